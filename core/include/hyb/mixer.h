@@ -1,0 +1,70 @@
+/* hyb/mixer.h: the plugin loader and runtime mixer instances (the host side of plugin.h).
+ *
+ *   const hyb_mixer_desc *d;
+ *   if (hyb_plugin_find("mha", &d) != HYB_OK) { puts(hyb_error()); ... }
+ *   hyb_mixer *m;
+ *   hyb_mixer_new("mha", &dims, table, 42, &m);     // validated config, initialised params
+ *   hyb_tensor *y = hyb_mixer_apply(g, m, x, NULL, NULL, 0);
+ *   hyb_mixer_free(m);
+ *
+ * Search order for libhyb-<name>.so (DESIGN.md): an explicit path given to
+ * hyb_plugin_load_file, each directory of $HYB_PLUGIN_PATH (':'-separated), the directory of the
+ * running executable and its ../lib/hyb, the build tree's plugins/ directory.
+ */
+#ifndef HYB_MIXER_H
+#define HYB_MIXER_H
+
+#include "hyb/plugin.h"
+#include "hyb/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The host service table handed to plugins. */
+const hyb_host *hyb_host_services(void);
+
+/* Load one plugin file. Checks the entry symbol, ABI version ("built for ABI 2, this hyb has
+ * ABI 1") and struct size, and that required vtable entries are non-NULL. Registers it. */
+int hyb_plugin_load_file(const char *path, const hyb_mixer_desc **out);
+/* Find a plugin by mixer type name, loading libhyb-<name>.so from the search path on first use.
+ * Not found: HYB_ERR_NOTFOUND, message lists the directories searched and the known mixers. */
+int hyb_plugin_find(const char *name, const hyb_mixer_desc **out);
+/* Load every libhyb-*.so on the search path; returns the count. Errors of single files are
+ * logged as warnings. */
+int hyb_plugin_scan(void);
+/* Registered plugins (after find/scan). */
+int hyb_plugin_count(void);
+const hyb_mixer_desc *hyb_plugin_get(int i, const char **path);
+/* The search path as a ':'-joined string (for messages and `hyb plugins`). */
+const char *hyb_plugin_search_path(char *buf, size_t n);
+
+/* A mixer instance: a plugin's object plus its parameters. */
+typedef struct hyb_mixer {
+    const hyb_mixer_desc *desc;
+    void *self;
+    char type[64];
+    hyb_model_dims dims;
+    int n_params;
+    hyb_param_decl *decls;  /* [n_params] */
+    hyb_tensor **params;    /* [n_params] f32, requires_grad, ->grad allocated */
+} hyb_mixer;
+
+/* Create a mixer of `type` from its TOML table (NULL = defaults) and initialise its parameters
+ * with `seed` (host init per decl, then the plugin's init_params). */
+int hyb_mixer_new(const char *type, const hyb_model_dims *dims, const hyb_cfg_table *cfg,
+                  uint64_t seed, hyb_mixer **out);
+void hyb_mixer_free(hyb_mixer *m);
+/* Per-sequence decode state size for a context of max_ctx tokens. */
+size_t hyb_mixer_state_bytes(const hyb_mixer *m, int max_ctx);
+/* Decode one token for n sequences: x [n, D] -> y [n, D]. */
+int hyb_mixer_decode(hyb_mixer *m, const float *x, float *y, int n, void *const *states,
+                     const int32_t *pos, int max_ctx);
+/* Initialise dst's params from src (same layer); HYB_ERR_UNSUPPORTED when dst has no init_from. */
+int hyb_mixer_init_from(hyb_mixer *dst, const hyb_mixer *src, const hyb_cfg_table *src_cfg,
+                        uint64_t seed);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,116 @@
+/* hyb/model.h: a language model built from a layer map.
+ *
+ *   hyb_layermap *map;  hyb_layermap_load("graphs/tiny.toml", &map);
+ *   hyb_model *m;       hyb_model_build(map, 1234, &m);   // takes ownership of map
+ *   hyb_graph *g = hyb_graph_new();
+ *   hyb_tensor *logits = hyb_model_forward(m, g, ids, B, T);           // [B, T, V]
+ *   hyb_tensor *loss = hyb_cross_entropy(g, logits, targets, NULL);
+ *   hyb_graph_backward(g, loss, 1.0f);
+ *   hyb_adamw_step(opt, hyb_model_params(m, &n), n);
+ *   hyb_model_save(m, "out/ckpt");      // out/ckpt/model.safetensors + layermap.toml
+ *
+ * Block (SPEC.md section 2), every layer:
+ *   u = RMSNorm_in(h); h' = h + Mixer(u); out = h' + W_down(silu(W_gate v) * (W_up v)), v = RMSNorm_post(h')
+ * then the final RMSNorm and lm_head (tied to the embedding when tie_embeddings).
+ *
+ * Parameter names follow HF llama / apriel_h checkpoints:
+ *   model.embed_tokens.weight, model.layers.{i}.input_layernorm.weight,
+ *   model.layers.{i}.<mixer hf_prefix>.<decl name>, model.layers.{i}.post_attention_layernorm.weight,
+ *   model.layers.{i}.mlp.{gate,up,down}_proj.weight, model.norm.weight, lm_head.weight (untied).
+ */
+#ifndef HYB_MODEL_H
+#define HYB_MODEL_H
+
+#include "hyb/config.h"
+#include "hyb/graph.h"
+#include "hyb/mixer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct hyb_layer {
+    hyb_tensor *norm_in;   /* [D] */
+    hyb_mixer *mixer;      /* NULL = identity layer (leave-one-out): h' = h */
+    hyb_tensor *norm_post; /* [D] */
+    hyb_tensor *w_gate, *w_up; /* [F, D] */
+    hyb_tensor *w_down;        /* [D, F] */
+} hyb_layer;
+
+typedef struct hyb_model {
+    hyb_layermap *map; /* owned */
+    int D, V, F, L;
+    hyb_tensor *embed;   /* [V, D] */
+    hyb_layer *layers;   /* [L] */
+    hyb_tensor *norm_f;  /* [D] */
+    hyb_tensor *lm_head; /* [V, D], == embed when tied */
+    /* parameter store: every trainable tensor, in a stable order, named */
+    int n_params;
+    hyb_tensor **params;
+} hyb_model;
+
+/* Build with random init (seeded). Takes ownership of map (also on failure). Unknown mixer types
+ * are errors naming the layer map's file:line:col. Prints (hyb_log INFO) the resolved layout. */
+int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out);
+void hyb_model_free(hyb_model *m);
+
+/* All trainable parameters (pointer to the model's array). */
+hyb_tensor **hyb_model_params(hyb_model *m, int *n);
+hyb_tensor *hyb_model_param(hyb_model *m, const char *name); /* NULL if absent */
+int64_t hyb_model_n_elements(const hyb_model *m);
+void hyb_model_zero_grad(hyb_model *m);
+
+/* Full-sequence forward (training / evaluation): ids [B*T] -> logits [B, T, V] (graph-owned).
+ * NULL + error on failure. */
+hyb_tensor *hyb_model_forward(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T);
+
+/* ---- inference state: per-sequence decode state for every layer ------------------------------*/
+typedef struct hyb_kvstate {
+    int n_seq, max_ctx;
+    int32_t *pos;    /* [n_seq] tokens held per sequence */
+    void ***state;   /* [L][n_seq] per-layer per-sequence state (NULL for identity layers) */
+    size_t bytes;    /* total */
+} hyb_kvstate;
+
+int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out);
+void hyb_kvstate_free(hyb_kvstate *s);
+void hyb_kvstate_reset_seq(hyb_kvstate *s, int seq);
+
+/* Prefill T tokens for sequence `seq` (continuing after s->pos[seq]); logits of the last token
+ * into out_logits [V] (may be NULL). */
+int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids, int T,
+                      float *out_logits);
+/* One decode step for n sequences: ids[n] tokens, seqs[n] slot indices; logits [n, V]. */
+int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
+                     float *logits);
+
+/* ---- checkpoints -------------------------------------------------------------------------------*/
+/* Write dir/model.safetensors (HF names, f32) and dir/layermap.toml atomically (tmp + fsync +
+ * rename). */
+int hyb_model_save(hyb_model *m, const char *dir);
+/* Load parameters from a safetensors file into an already built model: every model parameter
+ * must be present with the same shape (error names the tensor and both shapes). */
+int hyb_model_load_params(hyb_model *m, const char *safetensors_path);
+/* Build from a directory written by hyb_model_save. */
+int hyb_model_load(const char *dir, hyb_model **out);
+
+/* ---- optimiser -------------------------------------------------------------------------------*/
+typedef struct hyb_adamw {
+    float lr, beta1, beta2, eps, weight_decay;
+    int64_t step;
+    int n;
+    hyb_tensor **params; /* not owned */
+    float **m, **v;      /* owned moments */
+    int *decay;          /* per param: apply weight decay? */
+} hyb_adamw;
+
+int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **out);
+void hyb_adamw_free(hyb_adamw *o);
+/* Global-norm gradient clip (max_norm <= 0: none); returns the pre-clip norm. */
+float hyb_grad_clip(hyb_tensor **params, int n, float max_norm);
+int hyb_adamw_step(hyb_adamw *o);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

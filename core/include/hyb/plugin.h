@@ -1,0 +1,220 @@
+/* hyb/plugin.h: the mixer plugin ABI. PLUGINS.md is the step-by-step guide; this is the reference.
+ *
+ * A mixer plugin is a shared object `libhyb-<name>.so` that exports one C symbol:
+ *
+ *   const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host);
+ *
+ * The host calls it once after dlopen with its service table and gets back a descriptor whose
+ * first two fields are the ABI version and the descriptor's size; the loader refuses a plugin
+ * whose version differs from HYB_PLUGIN_ABI_VERSION (naming both numbers) or whose struct is
+ * smaller than this header's. Plugins never link against libhyb: everything they need from the
+ * host (allocation, errors, config values, GEMM, RoPE, RNG) comes through hyb_host.
+ *
+ *   static const hyb_host *H;
+ *   static const hyb_mixer_desc DESC = { HYB_PLUGIN_ABI_VERSION, sizeof(hyb_mixer_desc),
+ *                                        "mymixer", "0.1.0", ... };
+ *   HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {
+ *       if (host->abi_version != HYB_PLUGIN_ABI_VERSION) return NULL;
+ *       H = host; return &DESC;
+ *   }
+ *
+ * Conventions:
+ *  - Every function returns 0 on success or a negative hyb_status; on failure it first calls
+ *    host->error(code, fmt, ...) with a message naming the mixer, the layer and the problem.
+ *  - Activations are f32, row-major, outermost first: x: [B, T, D] means x[(b*T + t)*D + d].
+ *    Parameters are f32 arrays in the order and shapes of param_decl (weights [out, in] as HF).
+ *  - Gradients are ACCUMULATED into grads[] (+=); dx is WRITTEN (=).
+ *  - Pointers are host pointers when device == HYB_DEV_CPU and device pointers for HYB_DEV_CUDA.
+ *  - All calls on one instance come from one thread at a time; a plugin may use OpenMP inside.
+ */
+#ifndef HYB_PLUGIN_H
+#define HYB_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define HYB_PLUGIN_ABI_VERSION 1u
+#define HYB_PLUGIN_ENTRY_SYMBOL "hyb_plugin_entry"
+#if defined(__GNUC__)
+#define HYB_PLUGIN_EXPORT __attribute__((visibility("default")))
+#else
+#define HYB_PLUGIN_EXPORT
+#endif
+
+/* Device bits for hyb_mixer_desc.devices. */
+#define HYB_DEVBIT_CPU 1u
+#define HYB_DEVBIT_CUDA 2u
+
+/* An opaque TOML table (the mixer's own table in the layer map). Read it with host->cfg_*. */
+typedef struct hyb_cfg_table hyb_cfg_table;
+
+/* Facts about the model the mixer lives in. */
+typedef struct hyb_model_dims {
+    int d_model;    /* D: width of the residual stream */
+    int n_layers;   /* layers in the model */
+    int layer;      /* this layer's index (0-based) */
+    int max_seq;    /* longest sequence (context) the model is built for */
+    float norm_eps; /* the model's RMSNorm epsilon */
+} hyb_model_dims;
+
+/* How the host should initialise a parameter before init_params runs (init_params may then
+ * overwrite any of them). */
+typedef enum hyb_init_kind {
+    HYB_INIT_ZEROS = 0,
+    HYB_INIT_ONES,
+    HYB_INIT_NORMAL,  /* N(0, a) */
+    HYB_INIT_UNIFORM, /* U(-a, a) */
+    HYB_INIT_CUSTOM,  /* left to init_params */
+} hyb_init_kind;
+
+typedef struct hyb_param_decl {
+    char name[64]; /* HF name below the mixer's prefix, e.g. "q_proj.weight", "A_log" */
+    int ndim;
+    int64_t shape[4];
+    int init; /* hyb_init_kind */
+    float init_a;
+    int no_decay; /* 1: exclude from weight decay (norms, biases, A_log, D) */
+} hyb_param_decl;
+
+/* ---- host services ------------------------------------------------------------------------- */
+
+typedef struct hyb_host {
+    uint32_t abi_version; /* HYB_PLUGIN_ABI_VERSION of the host */
+    uint32_t struct_size; /* sizeof(hyb_host) of the host */
+
+    /* logging and errors */
+    void (*log)(int level, const char *fmt, ...);      /* hyb_log_level */
+    int (*error)(int code, const char *fmt, ...);      /* set message, return code */
+
+    /* memory: 64-byte aligned, zeroed; NULL (error set) when out of memory */
+    void *(*alloc)(size_t nbytes);
+    void (*free)(void *p);
+
+    /* config: read a key of the mixer's TOML table. Missing key -> *out = def, return 0.
+     * Wrong type or out of range -> error naming file:line:col, return < 0. */
+    int (*cfg_int)(const hyb_cfg_table *t, const char *key, int64_t def, int64_t *out);
+    int (*cfg_float)(const hyb_cfg_table *t, const char *key, double def, double *out);
+    int (*cfg_bool)(const hyb_cfg_table *t, const char *key, int def, int *out);
+    /* string value or def; the pointer lives as long as the table */
+    int (*cfg_string)(const hyb_cfg_table *t, const char *key, const char *def, const char **out);
+    /* error (file:line:col of the key) for any key of t not in the NULL-terminated list */
+    int (*cfg_check_keys)(const hyb_cfg_table *t, const char *const *allowed);
+    /* error message prefixed with the table's file:line:col */
+    int (*cfg_error)(const hyb_cfg_table *t, const char *key, const char *fmt, ...);
+
+    /* CPU math (f32, row-major). C[M,N] = alpha * op(A) op(B) + beta * C, op = transpose if t*. */
+    void (*sgemm)(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc);
+    /* Rotary embedding in place on x: [T, H, hd] for positions pos[T] (half-split / NeoX-HF
+     * layout: pairs (i, i + hd/2)). inverse=1 applies the transpose (for backward). */
+    void (*rope)(float *x, int T, int H, int hd, const int32_t *pos, float theta, int inverse);
+
+    /* deterministic RNG streams: *state is advanced */
+    void (*rng_normal)(uint64_t *state, float *out, size_t n, float mean, float std);
+    void (*rng_uniform)(uint64_t *state, float *out, size_t n, float lo, float hi);
+
+    /* CUDA services (issue 6): NULL when the host has no CUDA backend. */
+    const void *cuda;
+} hyb_host;
+
+/* ---- the mixer vtable --------------------------------------------------------------------- */
+
+typedef struct hyb_mixer_fwd {
+    int B, T;                    /* batch, time */
+    int device;                  /* hyb_device */
+    void *stream;                /* CUDA stream or NULL */
+    const float *x;              /* [B, T, D] input (already normed) */
+    float *y;                    /* [B, T, D] output, written */
+    const float *const *params;  /* declaration order */
+    void *saved;                 /* saved_bytes(B, T) bytes to fill for backward, or NULL */
+    void *const *states;         /* [B] per-sequence decode states to fill, or NULL */
+    const int32_t *pos;          /* [B] tokens already in states[b] (continue), or NULL = 0 */
+    int max_ctx;                 /* capacity of the states in tokens */
+} hyb_mixer_fwd;
+
+typedef struct hyb_mixer_bwd {
+    int B, T;
+    int device;
+    void *stream;
+    const float *x;             /* [B, T, D] the forward's input */
+    const float *dy;            /* [B, T, D] */
+    float *dx;                  /* [B, T, D] written */
+    const float *const *params; /* declaration order */
+    float *const *grads;        /* declaration order, accumulated (+=) */
+    const void *saved;          /* what forward saved */
+} hyb_mixer_bwd;
+
+typedef struct hyb_mixer_dec {
+    int n; /* sequences in this step, each gets one new token */
+    int device;
+    void *stream;
+    const float *x;             /* [n, D] */
+    float *y;                   /* [n, D] written */
+    const float *const *params;
+    void *const *states;        /* [n] */
+    const int32_t *pos;         /* [n] position of the new token = tokens already in state */
+    int max_ctx;
+} hyb_mixer_dec;
+
+/* Source of an init_from call: another mixer's parameters in the same layer. */
+typedef struct hyb_mixer_src {
+    const char *type;                   /* source mixer type, e.g. "mha" */
+    int n_params;
+    const hyb_param_decl *decls;        /* [n_params] */
+    const float *const *params;         /* [n_params] */
+    const hyb_cfg_table *cfg;           /* the source mixer's TOML table (may be NULL) */
+} hyb_mixer_src;
+
+typedef struct hyb_mixer_desc {
+    uint32_t abi_version; /* HYB_PLUGIN_ABI_VERSION */
+    uint32_t struct_size; /* sizeof(hyb_mixer_desc) */
+    const char *name;     /* the `type` used in layer maps, e.g. "mha" */
+    const char *version;  /* the plugin's own version, e.g. "1.0.0" */
+    const char *description;
+    const char *hf_prefix; /* parameter prefix in HF checkpoints: "self_attn", "mixer" */
+    uint32_t devices;      /* HYB_DEVBIT_* */
+
+    /* Parse and validate the mixer's TOML table (cfg may be NULL: all defaults). Required. */
+    int (*create)(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void **self);
+    void (*destroy)(void *self);
+    /* One line describing the resolved mixer, e.g. "mha H=9 KV=3 hd=64 theta=1e5". Required. */
+    int (*describe)(void *self, char *buf, size_t n);
+
+    /* Parameters. Required. */
+    int (*n_params)(void *self);
+    int (*param_decl)(void *self, int i, hyb_param_decl *out);
+    /* Called after the host applied each decl's init; may overwrite (HYB_INIT_CUSTOM). Optional:
+     * NULL keeps the host's init. */
+    int (*init_params)(void *self, float *const *params, uint64_t seed);
+
+    /* Training and prefill. Required. */
+    size_t (*saved_bytes)(void *self, int B, int T);
+    int (*forward)(void *self, const hyb_mixer_fwd *a);
+    int (*backward)(void *self, const hyb_mixer_bwd *a);
+
+    /* Decode. Required. */
+    size_t (*state_bytes)(void *self, int max_ctx); /* per sequence */
+    int (*decode)(void *self, const hyb_mixer_dec *a);
+
+    /* Snapshot of a state holding `pos` tokens. dst == NULL: return the bytes needed (>= 0).
+     * Optional: NULL means the host copies state_bytes(max_ctx) bytes. */
+    int64_t (*state_snapshot)(void *self, const void *state, int pos, int max_ctx, void *dst);
+    /* Restore a snapshot into a state. Optional: NULL means memcpy. */
+    int (*state_restore)(void *self, void *state, const void *src, int pos, int max_ctx);
+
+    /* Initialise this mixer's params from another mixer of the same layer (MIL from attention).
+     * Optional: NULL means "no init from other mixers"; return HYB_ERR_UNSUPPORTED (with a
+     * message) for a source type it does not know. */
+    int (*init_from)(void *self, float *const *params, const hyb_mixer_src *src, uint64_t seed);
+} hyb_mixer_desc;
+
+typedef const hyb_mixer_desc *(*hyb_plugin_entry_fn)(const hyb_host *host);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,115 @@
+/* hyb/tensor.h: dense tensors.
+ *
+ *   int64_t shape[2] = {4, 8};
+ *   hyb_tensor *t = hyb_tensor_new(HYB_F32, 2, shape);   // heap-owned, zeroed
+ *   float *p = hyb_tensor_f32(t);                          // p[i * 8 + j] is t[i][j]
+ *   hyb_tensor_free(t);
+ *
+ * Shapes are outermost-first, as PyTorch writes them (x: [B, T, D] has D contiguous). Strides
+ * are in elements. Quantised dtypes (Q8_0 ...) are storage-only: they exist so loaders can hold
+ * file data; every op works on f32 (CPU) or f32/bf16 (CUDA).
+ *
+ * Ownership: a tensor made by hyb_tensor_new owns its data and frees it in hyb_tensor_free; a
+ * view (hyb_tensor_view) or a wrapper (hyb_tensor_wrap) never frees data; arena tensors belong to
+ * their arena and are released with it (hyb_tensor_free on them is a no-op for the data).
+ */
+#ifndef HYB_TENSOR_H
+#define HYB_TENSOR_H
+
+#include "hyb/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define HYB_MAX_DIMS 4
+
+typedef enum hyb_dtype {
+    HYB_F32 = 0,
+    HYB_F16,
+    HYB_BF16,
+    HYB_I32,
+    HYB_Q8_0,
+    HYB_Q4_0,
+    HYB_Q4_1,
+    HYB_Q4_K,
+    HYB_Q6_K,
+    HYB_DTYPE_COUNT
+} hyb_dtype;
+
+typedef enum hyb_device { HYB_DEV_CPU = 0, HYB_DEV_CUDA = 1 } hyb_device;
+
+typedef enum hyb_owner {
+    HYB_OWN_HEAP = 0, /* data freed with the tensor */
+    HYB_OWN_ARENA,    /* data belongs to an arena */
+    HYB_OWN_VIEW,     /* data belongs to another tensor */
+    HYB_OWN_EXTERNAL, /* data belongs to the caller (mmap, plugin buffer) */
+} hyb_owner;
+
+typedef struct hyb_tensor {
+    hyb_dtype dtype;
+    hyb_device device;
+    hyb_owner owner;
+    int ndim;
+    int64_t shape[HYB_MAX_DIMS];  /* outermost first */
+    int64_t stride[HYB_MAX_DIMS]; /* in elements; contiguous: stride[ndim-1] == 1 */
+    void *data;
+    /* autodiff: set by the graph (see graph.h). grad has the same shape, f32. */
+    struct hyb_tensor *grad;
+    int requires_grad;
+    char name[96]; /* parameter name (HF naming) or "" */
+} hyb_tensor;
+
+/* dtype facts. Block types: block_elems() elements occupy block_bytes() bytes. */
+const char *hyb_dtype_name(hyb_dtype t);
+int hyb_dtype_from_name(const char *name, hyb_dtype *out); /* "f32", "bf16", ... */
+int64_t hyb_dtype_block_elems(hyb_dtype t);
+int64_t hyb_dtype_block_bytes(hyb_dtype t);
+
+/* Heap tensor, zeroed. Returns NULL + hyb_error on bad shape or OOM. */
+hyb_tensor *hyb_tensor_new(hyb_dtype dtype, int ndim, const int64_t *shape);
+/* Wrap caller-owned memory (contiguous). */
+hyb_tensor *hyb_tensor_wrap(hyb_dtype dtype, int ndim, const int64_t *shape, void *data);
+/* Contiguous view of t with a new shape (same numel). NULL + error if numel differs. */
+hyb_tensor *hyb_tensor_view(hyb_tensor *t, int ndim, const int64_t *shape);
+/* Deep copy (contiguous heap tensor). */
+hyb_tensor *hyb_tensor_clone(const hyb_tensor *t);
+void hyb_tensor_free(hyb_tensor *t);
+
+int64_t hyb_tensor_numel(const hyb_tensor *t);
+size_t hyb_tensor_nbytes(const hyb_tensor *t);
+int hyb_tensor_is_contiguous(const hyb_tensor *t);
+/* "[2, 3, 4] f32" into buf; returns buf. */
+const char *hyb_tensor_shape_str(const hyb_tensor *t, char *buf, size_t n);
+/* Same dtype and shape? */
+int hyb_tensor_same_shape(const hyb_tensor *a, const hyb_tensor *b);
+
+static inline float *hyb_tensor_f32(hyb_tensor *t) { return (float *)t->data; }
+static inline const float *hyb_tensor_cf32(const hyb_tensor *t) { return (const float *)t->data; }
+
+/* Convert n elements of src (any dtype, quantised included) to f32. */
+int hyb_convert_to_f32(hyb_dtype src_type, const void *src, float *dst, int64_t n);
+/* f32 -> f16 / bf16 (round to nearest even). */
+int hyb_convert_from_f32(hyb_dtype dst_type, const float *src, void *dst, int64_t n);
+
+/* Scalar conversions. */
+float hyb_bf16_to_f32(uint16_t h);
+uint16_t hyb_f32_to_bf16(float f);
+float hyb_f16_to_f32(uint16_t h);
+uint16_t hyb_f32_to_f16(float f);
+
+/* Deterministic RNG (splitmix64 seeded xoshiro256**). Same seed, same numbers, any machine. */
+typedef struct hyb_rng {
+    uint64_t s[4];
+} hyb_rng;
+void hyb_rng_seed(hyb_rng *r, uint64_t seed);
+uint64_t hyb_rng_next(hyb_rng *r);
+float hyb_rng_uniform(hyb_rng *r);           /* [0, 1) */
+float hyb_rng_normal(hyb_rng *r);            /* N(0, 1), Box-Muller */
+void hyb_rng_fill_normal(hyb_rng *r, float *x, int64_t n, float mean, float std);
+void hyb_rng_fill_uniform(hyb_rng *r, float *x, int64_t n, float lo, float hi);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,59 @@
+#include "harness.h"
+#include <stdarg.h>
+#include <stdlib.h>
+
+int harness_checks_failed = 0;
+const char *harness_current = "";
+static int n_pass = 0, n_fail = 0;
+
+void harness_fail(const char *file, int line, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "FAIL %s (%s:%d): ", harness_current, file, line);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    harness_checks_failed++;
+}
+
+void harness_run(const char *name, void (*fn)(void)) {
+    int before = harness_checks_failed;
+    harness_current = name;
+    fn();
+    if (harness_checks_failed == before) {
+        n_pass++;
+        printf("ok   %s\n", name);
+    } else {
+        n_fail++;
+        printf("FAIL %s\n", name);
+    }
+    fflush(stdout);
+}
+
+int harness_done(void) {
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
+
+double harness_rel_rms(const float *a, const float *b, long n) {
+    double num = 0, den = 0;
+    for (long i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    if (num != num) return INFINITY;
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+double harness_max_rel(const float *a, const float *b, long n, double floor) {
+    double m = 0;
+    for (long i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        double s = fabs((double)b[i]);
+        if (s < floor) s = floor;
+        if (d != d) return INFINITY;
+        if (d / s > m) m = d / s;
+    }
+    return m;
+}

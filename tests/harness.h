@@ -1,0 +1,43 @@
+/* tests/harness.h: a tiny test harness shared by the C tests.
+ *
+ *   static void test_add(void) { CHECK(1 + 1 == 2); CHECK_NEAR(x, 1.0, 1e-6); }
+ *   int main(void) { RUN(test_add); return harness_done(); }
+ *
+ * harness_done() prints "N passed, N failed" and returns 0 only when nothing failed.
+ * Return HARNESS_SKIP (77) from main to mark the whole test skipped (ctest SKIP_RETURN_CODE).
+ */
+#ifndef HYB_TEST_HARNESS_H
+#define HYB_TEST_HARNESS_H
+#include <math.h>
+#include <stdio.h>
+
+#define HARNESS_SKIP 77
+
+extern int harness_checks_failed;
+extern const char *harness_current;
+void harness_run(const char *name, void (*fn)(void));
+int harness_done(void);
+void harness_fail(const char *file, int line, const char *fmt, ...);
+
+#define RUN(fn) harness_run(#fn, fn)
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) harness_fail(__FILE__, __LINE__, "CHECK(%s)", #cond);                         \
+    } while (0)
+#define CHECK_MSG(cond, ...)                                                                       \
+    do {                                                                                           \
+        if (!(cond)) harness_fail(__FILE__, __LINE__, __VA_ARGS__);                                \
+    } while (0)
+#define CHECK_NEAR(a, b, tol)                                                                      \
+    do {                                                                                           \
+        double ha_ = (double)(a), hb_ = (double)(b);                                               \
+        if (!(fabs(ha_ - hb_) <= (tol)) || ha_ != ha_ || hb_ != hb_)                               \
+            harness_fail(__FILE__, __LINE__, "%s = %.9g vs %s = %.9g (tol %g)", #a, ha_, #b, hb_,   \
+                         (double)(tol));                                                           \
+    } while (0)
+
+/* Relative RMS error rms(a - b) / rms(b), the flash-linear-attention metric. */
+double harness_rel_rms(const float *a, const float *b, long n);
+/* max |a-b| / max(|b|, floor) over elements */
+double harness_max_rel(const float *a, const float *b, long n, double floor);
+#endif
