@@ -721,7 +721,8 @@ static void test_training_loss_falls(void) {
         last = loss;
         ok &= hyb_graph_backward(g, L, 1.0f) == HYB_OK;
         int n;
-        hyb_grad_clip(hyb_model_params(m, &n), n, 1.0f);
+        hyb_tensor **ps = hyb_model_params(m, &n);
+        hyb_grad_clip(ps, n, 1.0f);
         ok &= hyb_adamw_step(o) == HYB_OK;
     }
     CHECK(ok);
