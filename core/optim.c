@@ -8,10 +8,12 @@
  * Parameters without a gradient (requires_grad == 0 or grad == NULL: frozen) are left alone and
  * their moments do not advance. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "hyb/model.h"
+#include "hyb/safetensors.h"
 
 int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **out) {
     *out = NULL;
@@ -140,4 +142,91 @@ int hyb_adamw_step(hyb_adamw *o) {
         }
     }
     return HYB_OK;
+}
+
+// ---- state checkpoints ----------------------------------------------------------------------------
+
+static void state_name(const hyb_adamw *o, int i, const char *suffix, char *buf, size_t n) {
+    if (o->params[i]->name[0]) snprintf(buf, n, "%s.%s", o->params[i]->name, suffix);
+    else snprintf(buf, n, "param.%d.%s", i, suffix);
+}
+
+int hyb_adamw_save(const hyb_adamw *o, const char *path) {
+    hyb_st_writer *w = hyb_st_writer_new();
+    if (!w) return HYB_ERR_NOMEM;
+    int rc = HYB_OK;
+    char name[160], val[64];
+    for (int i = 0; i < o->n && rc == HYB_OK; i++) {
+        const hyb_tensor *p = o->params[i];
+        state_name(o, i, "exp_avg", name, sizeof name);
+        rc = hyb_st_writer_add(w, name, HYB_F32, p->ndim, p->shape, o->m[i]);
+        state_name(o, i, "exp_avg_sq", name, sizeof name);
+        if (rc == HYB_OK) rc = hyb_st_writer_add(w, name, HYB_F32, p->ndim, p->shape, o->v[i]);
+    }
+#define META(k, fmt, v)                                                                            \
+    if (rc == HYB_OK) {                                                                            \
+        snprintf(val, sizeof val, fmt, v);                                                         \
+        rc = hyb_st_writer_meta(w, k, val);                                                        \
+    }
+    META("optimizer", "%s", "adamw")
+    META("step", "%lld", (long long)o->step)
+    META("lr", "%.9g", (double)o->lr)
+    META("beta1", "%.9g", (double)o->beta1)
+    META("beta2", "%.9g", (double)o->beta2)
+    META("eps", "%.9g", (double)o->eps)
+    META("weight_decay", "%.9g", (double)o->weight_decay)
+#undef META
+    if (rc == HYB_OK) rc = hyb_st_writer_save(w, path);
+    hyb_st_writer_free(w);
+    return rc;
+}
+
+static const char *shape_fmt(int ndim, const int64_t *shape, char *buf, size_t n) {
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && k < n; i++) k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+    return buf;
+}
+
+int hyb_adamw_load(hyb_adamw *o, const char *path) {
+    hyb_safetensors *st;
+    HYB_TRY(hyb_safetensors_open(path, &st));
+    int rc = HYB_OK;
+    char name[160];
+    const char *kind = hyb_safetensors_meta(st, "optimizer");
+    const char *step = hyb_safetensors_meta(st, "step");
+    char *end = NULL;
+    long long stepv = step ? strtoll(step, &end, 10) : -1;
+    if (!kind || strcmp(kind, "adamw") != 0 || !step || *end || stepv < 0) {
+        rc = hyb_error_set(HYB_ERR_FORMAT, "%s: not an AdamW state file (metadata optimizer/step missing or bad)",
+                           path);
+        goto done;
+    }
+    /* validate everything first (pass 0), then copy (pass 1) */
+    for (int pass = 0; pass < 2 && rc == HYB_OK; pass++)
+        for (int i = 0; i < o->n && rc == HYB_OK; i++) {
+            const hyb_tensor *p = o->params[i];
+            for (int k = 0; k < 2 && rc == HYB_OK; k++) {
+                state_name(o, i, k ? "exp_avg_sq" : "exp_avg", name, sizeof name);
+                const hyb_st_tensor *t = hyb_safetensors_find(st, name);
+                if (!t) {
+                    rc = hyb_error_set(HYB_ERR_NOTFOUND, "%s: optimiser state '%s' is missing", path, name);
+                    break;
+                }
+                int same = t->ndim == p->ndim && t->dtype == HYB_ST_F32;
+                for (int d = 0; same && d < p->ndim; d++) same = t->shape[d] == p->shape[d];
+                if (!same) {
+                    char a[128], b[128];
+                    rc = hyb_error_set(HYB_ERR_FORMAT, "%s: optimiser state '%s': file has %s %s, the parameter is %s",
+                                       path, name, shape_fmt(t->ndim, t->shape, a, sizeof a),
+                                       hyb_st_dtype_name(t->dtype), shape_fmt(p->ndim, p->shape, b, sizeof b));
+                    break;
+                }
+                if (pass == 1) rc = hyb_safetensors_read_f32(st, t, k ? o->v[i] : o->m[i], hyb_tensor_numel(p));
+            }
+        }
+    if (rc == HYB_OK) o->step = stepv;
+done:
+    hyb_safetensors_close(st);
+    return rc;
 }
