@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "backend/cpu/cpu.h"
+#include "backend/cpu/cpu_math.h"
 #include "gradcheck.h"
 #include "harness.h"
 #include "hyb/graph.h"
@@ -21,6 +22,28 @@ static double max_abs_diff(const float *a, const double *b, int64_t n) {
         if (d > m || d != d) m = d;
     }
     return m;
+}
+
+// ---- the vectorised exp of the row kernels --------------------------------------------------
+
+static void test_fast_expf(void) {
+    double worst = 0;
+    int nonmono = 0;
+    float prev = 0;
+    for (double x = -86.5; x < 88.7; x += 3.1e-5) {
+        float xf = (float)x;
+        double ref = exp((double)xf), e = fabs(hyb_fast_expf(xf) - ref) / ref;
+        if (e > worst) worst = e;
+        nonmono += hyb_fast_expf(xf) < prev;
+        prev = hyb_fast_expf(xf);
+    }
+    CHECK_MSG(worst < 2.5e-7, "fast expf relative error %.3g", worst); /* ~2 ulp */
+    CHECK(nonmono == 0);
+    CHECK(hyb_fast_expf(0.0f) == 1.0f);
+    CHECK(hyb_fast_expf(-87.0f) == 0.0f && hyb_fast_expf(-INFINITY) == 0.0f);
+    CHECK(hyb_fast_expf(88.8f) == INFINITY && hyb_fast_expf(INFINITY) == INFINITY);
+    CHECK(isnan(hyb_fast_expf(NAN)));
+    CHECK(fabs(hyb_fast_expf(88.72f) / exp((double)88.72f) - 1) < 2.5e-7); /* 2^128 range: no overflow */
 }
 
 // ---- matmul ---------------------------------------------------------------------------------
@@ -617,6 +640,7 @@ static void test_errors(void) {
 }
 
 int main(void) {
+    RUN(test_fast_expf);
     RUN(test_matmul);
     RUN(test_embedding);
     RUN(test_rmsnorm);
