@@ -273,9 +273,14 @@ static void search_dirs(dir_list *l) {
         if (slash) {
             *slash = 0;
             dirs_add(l, exe, strlen(exe));
+            /* <prefix>/bin/hyb -> <prefix>/lib/hyb */
             char lib[PATH_MAX + 16];
-            snprintf(lib, sizeof lib, "%s/../lib/hyb", exe);
-            dirs_add(l, lib, strlen(lib));
+            char *up = strrchr(exe, '/');
+            if (up) {
+                *up = 0;
+                snprintf(lib, sizeof lib, "%s/lib/hyb", exe[0] ? exe : "");
+                dirs_add(l, lib, strlen(lib));
+            }
         }
     }
 #ifdef HYB_BUILD_PLUGIN_DIR
