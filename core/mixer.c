@@ -351,6 +351,11 @@ static void known_mixers(const dir_list *l, char *buf, size_t n) {
 int hyb_plugin_find(const char *name, const hyb_mixer_desc **out) {
     if (out) *out = NULL;
     if (!name || !name[0]) return hyb_error_set(HYB_ERR_ARG, "hyb_plugin_find: empty mixer name");
+    for (const char *c = name; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || *c == '-') ||
+            c - name >= 63)
+            return hyb_error_set(HYB_ERR_ARG, "bad mixer type '%.80s': a mixer type is 1-63 characters "
+                                 "of [a-z0-9_-]", name);
     pthread_mutex_lock(&g_lock);
     const plugin_entry *e = registry_find(name);
     const hyb_mixer_desc *found = e ? e->desc : NULL;
