@@ -8,7 +8,10 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include <sys/stat.h>
+
 #include "hyb/hf.h"
+#include "hyb/safetensors.h"
 
 enum { L = 2, D = 16, H = 4, KV = 2, HD = 4, F = 24, V = 32 };
 
@@ -146,6 +149,29 @@ static const wt_t *find_w(const char *name) {
 
 static char g_path[256];
 
+static const char *pairs[][2] = {
+        {"input_layernorm.weight", "attn_norm.weight"}, {"self_attn.q_proj.weight", "attn_q.weight"},
+        {"self_attn.k_proj.weight", "attn_k.weight"},   {"self_attn.v_proj.weight", "attn_v.weight"},
+        {"self_attn.o_proj.weight", "attn_output.weight"},
+        {"post_attention_layernorm.weight", "ffn_norm.weight"},
+        {"mlp.gate_proj.weight", "ffn_gate.weight"}, {"mlp.up_proj.weight", "ffn_up.weight"},
+        {"mlp.down_proj.weight", "ffn_down.weight"},
+};
+#define N_PAIRS ((int)(sizeof pairs / sizeof pairs[0]))
+
+/* GGUF name of HF name */
+static void hf_of(const char *gg, char *hf, size_t n) {
+    int l;
+    char rest[64];
+    if (!strcmp(gg, "token_embd.weight")) snprintf(hf, n, "model.embed_tokens.weight");
+    else if (!strcmp(gg, "output_norm.weight")) snprintf(hf, n, "model.norm.weight");
+    else if (!strcmp(gg, "output.weight")) snprintf(hf, n, "lm_head.weight");
+    else if (sscanf(gg, "blk.%d.%63s", &l, rest) == 2) {
+        for (int i = 0; i < N_PAIRS; i++)
+            if (!strcmp(rest, pairs[i][1])) snprintf(hf, n, "model.layers.%d.%s", l, pairs[i][0]);
+    }
+}
+
 static void check_param(hyb_model *m, const char *hf, const char *gg) {
     hyb_tensor *t = hyb_model_param(m, hf);
     const wt_t *w = find_w(gg);
@@ -171,16 +197,8 @@ static void test_load_untied(void) {
     check_param(m, "model.norm.weight", "output_norm.weight");
     check_param(m, "lm_head.weight", "output.weight");
     char hf[128], gg[128];
-    static const char *pairs[][2] = {
-        {"input_layernorm.weight", "attn_norm.weight"}, {"self_attn.q_proj.weight", "attn_q.weight"},
-        {"self_attn.k_proj.weight", "attn_k.weight"},   {"self_attn.v_proj.weight", "attn_v.weight"},
-        {"self_attn.o_proj.weight", "attn_output.weight"},
-        {"post_attention_layernorm.weight", "ffn_norm.weight"},
-        {"mlp.gate_proj.weight", "ffn_gate.weight"}, {"mlp.up_proj.weight", "ffn_up.weight"},
-        {"mlp.down_proj.weight", "ffn_down.weight"},
-    };
     for (int l = 0; l < L; l++)
-        for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        for (int i = 0; i < N_PAIRS; i++) {
             snprintf(hf, sizeof hf, "model.layers.%d.%s", l, pairs[i][0]);
             snprintf(gg, sizeof gg, "blk.%d.%s", l, pairs[i][1]);
             check_param(m, hf, gg);
@@ -240,6 +258,106 @@ static void test_layermap_text(void) {
     CHECK(hyb_llama_layermap_text(&c, buf, 64) == HYB_ERR_ARG);
 }
 
+/* An HF directory: config.json + model.safetensors (or two shards + index), HF layout. */
+static void write_hf_dir(const char *dir, const char *model_type, int tied, int sharded) {
+    char p[512];
+    mkdir(dir, 0755);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    FILE *f = fopen(p, "w");
+    fprintf(f, "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"%s\",\n"
+               " \"num_hidden_layers\": %d, \"hidden_size\": %d, \"intermediate_size\": %d,\n"
+               " \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"vocab_size\": %d,\n"
+               " \"max_position_embeddings\": 64, \"rope_theta\": 10000.0, \"rms_norm_eps\": 1e-05,\n"
+               " \"tie_word_embeddings\": %s, \"hidden_act\": \"silu\", \"rope_scaling\": null}\n",
+            model_type, L, D, F, H, KV, V, tied ? "true" : "false");
+    fclose(f);
+    hyb_st_writer *w[2] = {hyb_st_writer_new(), hyb_st_writer_new()};
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+    FILE *idx = sharded ? fopen(p, "w") : NULL;
+    if (idx) fprintf(idx, "{\"metadata\": {}, \"weight_map\": {");
+    int first = 1;
+    for (int i = 0; i < n_w; i++) {
+        if (tied && !strcmp(W[i].name, "output.weight")) continue;
+        char hf[128] = "";
+        hf_of(W[i].name, hf, sizeof hf);
+        int64_t shape[2] = {W[i].rows, W[i].cols};
+        int k = sharded ? i % 2 : 0;
+        CHECK(hyb_st_writer_add(w[k], hf, HYB_F32, W[i].cols == 1 ? 1 : 2, shape, W[i].data) == HYB_OK);
+        if (idx) fprintf(idx, "%s\"%s\": \"model-0000%d-of-00002.safetensors\"", first ? "" : ", ", hf, k + 1);
+        first = 0;
+    }
+    if (idx) {
+        fprintf(idx, "}}\n");
+        fclose(idx);
+        for (int k = 0; k < 2; k++) {
+            snprintf(p, sizeof p, "%s/model-0000%d-of-00002.safetensors", dir, k + 1);
+            CHECK(hyb_st_writer_save(w[k], p) == HYB_OK);
+        }
+    } else {
+        snprintf(p, sizeof p, "%s/model.safetensors", dir);
+        CHECK(hyb_st_writer_save(w[0], p) == HYB_OK);
+    }
+    hyb_st_writer_free(w[0]);
+    hyb_st_writer_free(w[1]);
+}
+
+static void rm_hf_dir(const char *dir) {
+    const char *files[] = {"config.json", "model.safetensors", "model.safetensors.index.json",
+                           "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"};
+    char p[512];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+static void check_all_params(hyb_model *m) {
+    for (int i = 0; i < n_w; i++) {
+        char hf[128] = "";
+        hf_of(W[i].name, hf, sizeof hf);
+        if (!strcmp(W[i].name, "output.weight") && m->map->tie_embeddings) continue;
+        check_param(m, hf, W[i].name);
+    }
+}
+
+static void test_hf_dir(void) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "/tmp/hyb_test_hf_dir_%d", (int)getpid());
+    for (int variant = 0; variant < 3; variant++) {
+        int tied = variant == 1, sharded = variant == 2;
+        write_hf_dir(dir, variant == 2 ? "mistral" : "llama", tied, sharded);
+        hyb_model *m = NULL;
+        int rc = hyb_model_load_hf_dir(dir, &m);
+        CHECK_MSG(rc == HYB_OK, "variant %d: %s", variant, hyb_error());
+        if (m) {
+            CHECK(m->map->tie_embeddings == tied);
+            CHECK(tied ? m->lm_head == m->embed : m->lm_head != m->embed);
+            check_all_params(m);
+            hyb_model_free(m);
+        }
+        rm_hf_dir(dir);
+    }
+    /* errors: wrong model_type, missing tensor */
+    write_hf_dir(dir, "gpt2", 0, 0);
+    hyb_model *m = (hyb_model *)1;
+    CHECK(hyb_model_load_hf_dir(dir, &m) == HYB_ERR_UNSUPPORTED && m == NULL);
+    CHECK_MSG(strstr(hyb_error(), "gpt2") != NULL, "%s", hyb_error());
+    rm_hf_dir(dir);
+    write_hf_dir(dir, "llama", 1, 0); /* file has no lm_head, config says untied */
+    char p[512];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    FILE *f = fopen(p, "w");
+    fprintf(f, "{\"model_type\": \"llama\", \"num_hidden_layers\": %d, \"hidden_size\": %d, "
+               "\"intermediate_size\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, "
+               "\"vocab_size\": %d, \"tie_word_embeddings\": false}", L, D, F, H, KV, V);
+    fclose(f);
+    CHECK(hyb_model_load_hf_dir(dir, &m) == HYB_ERR_FORMAT && m == NULL);
+    CHECK_MSG(strstr(hyb_error(), "lm_head.weight") != NULL, "%s", hyb_error());
+    rm_hf_dir(dir);
+    CHECK(hyb_model_load_hf_dir("/nonexistent_dir", &m) < 0 && m == NULL);
+}
+
 int main(void) {
     snprintf(g_path, sizeof g_path, "/tmp/hyb_test_hf_load_%d.gguf", (int)getpid());
     make_weights();
@@ -247,6 +365,7 @@ int main(void) {
     RUN(test_load_untied);
     RUN(test_load_tied);
     RUN(test_errors);
+    RUN(test_hf_dir);
     unlink(g_path);
     for (int i = 0; i < n_w; i++) free(W[i].data);
     return harness_done();

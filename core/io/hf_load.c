@@ -12,7 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cJSON.h>
+
 #include "hyb/gguf.h"
+#include "hyb/safetensors.h"
 
 /* ---- layer map text ---------------------------------------------------------------------------*/
 
@@ -49,12 +52,13 @@ int hyb_llama_layermap_text(const hyb_llama_config *c, char *buf, size_t n) {
                      "n_kv_heads = %d\n"
                      "head_dim = %d\n"
                      "rope_theta = %.17g\n"
+                     "%s"
                      "\n"
                      "[layout]\n"
                      "pattern = \"",
                      name, c->d_model, c->n_layers, c->vocab_size, c->d_ff, c->norm_eps,
                      c->tie_embeddings ? "true" : "false", c->max_seq, c->n_heads, c->n_kv_heads,
-                     c->head_dim, c->rope_theta);
+                     c->head_dim, c->rope_theta, c->attention_bias ? "bias = true\n" : "");
     if (w < 0 || (size_t)w >= n) goto too_small;
     len = (size_t)w;
     if (len + (size_t)c->n_layers + 3 > n) goto too_small;
@@ -272,6 +276,7 @@ static int gguf_read_config(hyb_gguf *g, const char *path, hyb_llama_config *c) 
         }
     }
     c->tie_embeddings = hyb_gguf_find_tensor(g, "output.weight") < 0;
+    c->attention_bias = hyb_gguf_find_tensor(g, "blk.0.attn_q.bias") >= 0;
     return HYB_OK;
 }
 
@@ -356,6 +361,248 @@ int hyb_model_load_gguf(const char *path, hyb_model **out) {
     hyb_log(HYB_LOG_INFO, "%s: %s, %d layers, d_model %d, %d/%d heads of %d, vocab %d%s", path,
             c.name, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size,
             c.tie_embeddings ? ", tied embeddings" : "");
+    *out = m;
+    return HYB_OK;
+}
+
+/* ---- HF checkpoint directories ----------------------------------------------------------------*/
+
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *p = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long n = ftell(f);
+        if (n >= 0 && n < (1L << 30) && fseek(f, 0, SEEK_SET) == 0 && (p = malloc((size_t)n + 1))) {
+            if (fread(p, 1, (size_t)n, f) != (size_t)n) {
+                free(p);
+                p = NULL;
+            } else {
+                p[n] = 0;
+            }
+        }
+    }
+    fclose(f);
+    return p;
+}
+
+/* Integer / number / bool fields of config.json. Absent (or null) -> def when !required. */
+static int js_int(const cJSON *root, const char *path, const char *key, int required, int def,
+                  int *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (required) return hyb_error_set(HYB_ERR_FORMAT, "%s: key \"%s\" is missing", path, key);
+        *out = def;
+        return HYB_OK;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble ||
+        v->valuedouble < 0 || v->valuedouble > INT32_MAX)
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: \"%s\" must be a non-negative integer", path, key);
+    *out = (int)v->valuedouble;
+    return HYB_OK;
+}
+
+static int js_num(const cJSON *root, const char *path, const char *key, double def, double *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) {
+        *out = def;
+        return HYB_OK;
+    }
+    if (!cJSON_IsNumber(v))
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: \"%s\" must be a number", path, key);
+    *out = v->valuedouble;
+    return HYB_OK;
+}
+
+static int js_bool(const cJSON *root, const char *path, const char *key, int def, int *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) {
+        *out = def;
+        return HYB_OK;
+    }
+    if (!cJSON_IsBool(v))
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: \"%s\" must be true or false", path, key);
+    *out = cJSON_IsTrue(v);
+    return HYB_OK;
+}
+
+static int hf_read_config(const char *path, hyb_llama_config *c) {
+    memset(c, 0, sizeof *c);
+    char *text = read_text(path);
+    if (!text) return hyb_error_set(HYB_ERR_IO, "%s: cannot read", path);
+    cJSON *root = cJSON_Parse(text);
+    int rc = HYB_OK;
+    if (!root || !cJSON_IsObject(root)) {
+        const char *at = cJSON_GetErrorPtr();
+        rc = hyb_error_set(HYB_ERR_FORMAT, "%s: not a JSON object (near byte %ld)", path,
+                           at && at >= text ? (long)(at - text) : 0L);
+        goto out;
+    }
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    const char *type = cJSON_IsString(mt) ? mt->valuestring : NULL;
+    if (!type || (strcmp(type, "llama") != 0 && strcmp(type, "mistral") != 0)) {
+        rc = hyb_error_set(HYB_ERR_UNSUPPORTED,
+                           "%s: model_type is %s%s%s; hyb loads \"llama\" and \"mistral\" checkpoints",
+                           path, type ? "\"" : "", type ? type : "missing", type ? "\"" : "");
+        goto out;
+    }
+    snprintf(c->name, sizeof c->name, "%s", type);
+    if ((rc = js_int(root, path, "num_hidden_layers", 1, 0, &c->n_layers)) ||
+        (rc = js_int(root, path, "hidden_size", 1, 0, &c->d_model)) ||
+        (rc = js_int(root, path, "intermediate_size", 1, 0, &c->d_ff)) ||
+        (rc = js_int(root, path, "num_attention_heads", 1, 0, &c->n_heads)) ||
+        (rc = js_int(root, path, "num_key_value_heads", 0, c->n_heads, &c->n_kv_heads)) ||
+        (rc = js_int(root, path, "vocab_size", 1, 0, &c->vocab_size)) ||
+        (rc = js_int(root, path, "max_position_embeddings", 0, 2048, &c->max_seq)) ||
+        (rc = js_num(root, path, "rope_theta", 10000.0, &c->rope_theta)) ||
+        (rc = js_num(root, path, "rms_norm_eps", 1e-6, &c->norm_eps)) ||
+        (rc = js_bool(root, path, "tie_word_embeddings", 0, &c->tie_embeddings)) ||
+        (rc = js_bool(root, path, "attention_bias", 0, &c->attention_bias)))
+        goto out;
+    if (c->n_heads <= 0) {
+        rc = hyb_error_set(HYB_ERR_FORMAT, "%s: num_attention_heads must be > 0", path);
+        goto out;
+    }
+    if ((rc = js_int(root, path, "head_dim", 0, c->d_model / c->n_heads, &c->head_dim))) goto out;
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    if (rs && !cJSON_IsNull(rs)) {
+        const cJSON *rt = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+        if (!rt) rt = cJSON_GetObjectItemCaseSensitive(rs, "type");
+        if (!cJSON_IsString(rt) || strcmp(rt->valuestring, "default") != 0) {
+            rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: rope_scaling %s is not supported", path,
+                               cJSON_IsString(rt) ? rt->valuestring : "(unknown type)");
+            goto out;
+        }
+    }
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (cJSON_IsString(act) && strcmp(act->valuestring, "silu") != 0) {
+        rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: hidden_act \"%s\" (hyb's MLP is SwiGLU/silu)",
+                           path, act->valuestring);
+        goto out;
+    }
+    int window = 0;
+    if ((rc = js_int(root, path, "sliding_window", 0, 0, &window))) goto out;
+    if (window > 0 && window < c->max_seq) {
+        hyb_log(HYB_LOG_WARN,
+                "%s: sliding_window %d < max_position_embeddings %d: context limited to %d tokens",
+                path, window, c->max_seq, window);
+        c->max_seq = window;
+    }
+out:
+    cJSON_Delete(root);
+    free(text);
+    return rc;
+}
+
+typedef struct shard_set {
+    int n;
+    hyb_safetensors **st;
+} shard_set;
+
+static void shards_close(shard_set *s) {
+    for (int i = 0; i < s->n; i++) hyb_safetensors_close(s->st[i]);
+    free(s->st);
+    s->st = NULL;
+    s->n = 0;
+}
+
+/* model.safetensors, or every shard the index names (each opened once). */
+static int shards_open(const char *dir, shard_set *s) {
+    char path[4096];
+    s->n = 0;
+    s->st = NULL;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        fclose(f);
+        s->st = calloc(1, sizeof *s->st);
+        if (!s->st) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", dir);
+        HYB_TRY(hyb_safetensors_open(path, &s->st[0]));
+        s->n = 1;
+        return HYB_OK;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    char *text = read_text(path);
+    if (!text)
+        return hyb_error_set(HYB_ERR_IO,
+                             "%s: neither model.safetensors nor model.safetensors.index.json found",
+                             dir);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    const cJSON *wm = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
+    int rc = HYB_OK;
+    if (!cJSON_IsObject(wm)) {
+        rc = hyb_error_set(HYB_ERR_FORMAT, "%s: no \"weight_map\" object", path);
+        goto out;
+    }
+    int cap = cJSON_GetArraySize(wm);
+    s->st = calloc((size_t)(cap > 0 ? cap : 1), sizeof *s->st);
+    const char **names = calloc((size_t)(cap > 0 ? cap : 1), sizeof *names);
+    if (!s->st || !names) {
+        free(names);
+        rc = hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+        goto out;
+    }
+    const cJSON *e;
+    cJSON_ArrayForEach(e, wm) {
+        if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) {
+            rc = hyb_error_set(HYB_ERR_FORMAT, "%s: weight_map[\"%s\"] must be a file name", path,
+                               e->string ? e->string : "?");
+            break;
+        }
+        int seen = 0;
+        for (int i = 0; i < s->n && !seen; i++) seen = !strcmp(names[i], e->valuestring);
+        if (seen) continue;
+        char sp[4096];
+        snprintf(sp, sizeof sp, "%s/%s", dir, e->valuestring);
+        if ((rc = hyb_safetensors_open(sp, &s->st[s->n])) != HYB_OK) break;
+        names[s->n++] = e->valuestring;
+    }
+    free(names);
+out:
+    cJSON_Delete(root);
+    if (rc != HYB_OK) shards_close(s);
+    return rc;
+}
+
+static int hf_fill(hyb_model *m, shard_set *s, const char *dir) {
+    for (int p = 0; p < m->n_params; p++) {
+        hyb_tensor *t = m->params[p];
+        const hyb_st_tensor *st = NULL;
+        int k = 0;
+        for (; k < s->n && !st; k++) st = hyb_safetensors_find(s->st[k], t->name);
+        char a[96], b[96];
+        if (!st)
+            return hyb_error_set(HYB_ERR_FORMAT, "%s: tensor '%s' %s is missing", dir, t->name,
+                                 shape_str(t->ndim, t->shape, a, sizeof a));
+        int same = st->ndim == t->ndim && t->dtype == HYB_F32 && hyb_tensor_is_contiguous(t);
+        for (int d = 0; same && d < t->ndim; d++) same = st->shape[d] == t->shape[d];
+        if (!same)
+            return hyb_error_set(HYB_ERR_FORMAT, "%s: tensor '%s' has shape %s, the model needs %s",
+                                 hyb_safetensors_path(s->st[k - 1]), t->name,
+                                 shape_str(st->ndim, st->shape, a, sizeof a),
+                                 shape_str(t->ndim, t->shape, b, sizeof b));
+        HYB_TRY(hyb_safetensors_read_f32(s->st[k - 1], st, hyb_tensor_f32(t), st->numel));
+    }
+    return HYB_OK;
+}
+
+int hyb_model_load_hf_dir(const char *dir, hyb_model **out) {
+    *out = NULL;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    hyb_llama_config c;
+    HYB_TRY(hf_read_config(path, &c));
+    shard_set s = {0, NULL};
+    HYB_TRY(shards_open(dir, &s));
+    hyb_model *m = NULL;
+    int rc = build_from_config(dir, &c, &m);
+    if (rc == HYB_OK) rc = hf_fill(m, &s, dir);
+    shards_close(&s);
+    if (rc != HYB_OK) {
+        hyb_model_free(m);
+        return rc;
+    }
     *out = m;
     return HYB_OK;
 }

@@ -27,6 +27,7 @@ typedef struct hyb_llama_config {
     int n_layers, d_model, d_ff, n_heads, n_kv_heads, head_dim, vocab_size, max_seq;
     double rope_theta, norm_eps;
     int tie_embeddings;
+    int attention_bias; /* q/k/v projections have biases (mha `bias = true`) */
 } hyb_llama_config;
 
 /* The layer map (TOML text) for cfg: [model], one [mixers.attn] of type "mha", an all-"t"
@@ -39,7 +40,9 @@ int hyb_llama_layermap_text(const hyb_llama_config *cfg, char *buf, size_t n);
 int hyb_model_load_gguf(const char *path, hyb_model **out);
 
 /* An HF checkpoint directory: config.json (model_type llama or mistral) and model.safetensors or
- * model.safetensors.index.json with its shards (f32, bf16 or f16 tensors). */
+ * model.safetensors.index.json with its shards (f32, bf16 or f16 tensors). RoPE scaling is
+ * refused; a Mistral sliding window shorter than the context limits max_seq to the window (where
+ * sliding-window and full attention agree), with a warning. */
 int hyb_model_load_hf_dir(const char *dir, hyb_model **out);
 
 #ifdef __cplusplus
