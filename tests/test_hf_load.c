@@ -242,7 +242,7 @@ static void test_errors(void) {
 }
 
 static void test_layermap_text(void) {
-    hyb_llama_config c = {"SmolLM2 135M", 30, 576, 1536, 9, 3, 64, 49152, 8192, 1e5, 1e-5, 1};
+    hyb_llama_config c = {"SmolLM2 135M", 30, 576, 1536, 9, 3, 64, 49152, 8192, 1e5, 1e-5, 1, 0};
     char buf[4096];
     CHECK(hyb_llama_layermap_text(&c, buf, sizeof buf) == HYB_OK);
     hyb_layermap *map = NULL;
