@@ -215,7 +215,10 @@ static void test_load_tied(void) {
     if (!m) return;
     CHECK(m->map->tie_embeddings);
     CHECK(m->lm_head == m->embed);
-    CHECK(hyb_model_param(m, "lm_head.weight") == NULL);
+    CHECK(hyb_model_param(m, "lm_head.weight") == m->embed); /* the tied alias */
+    int np = 0;
+    hyb_tensor **ps = hyb_model_params(m, &np);
+    for (int i = 0; i < np; i++) CHECK(strcmp(ps[i]->name, "lm_head.weight") != 0);
     check_param(m, "model.embed_tokens.weight", "token_embd.weight");
     hyb_model_free(m);
 }
