@@ -82,6 +82,7 @@ static void test_smollm2_map(void) {
     CHECK_MSG(contains(buf, "tttttttttttttttttttttttttttttt"), "describe: %s", buf);
     CHECK_MSG(contains(buf, "layers 0-29") && contains(buf, "attn (mha) x30"), "describe: %s", buf);
     CHECK_MSG(contains(buf, "d_model 576") && contains(buf, "30 layers"), "describe: %s", buf);
+    CHECK_MSG(!contains(buf, "mixers:"), "single-mixer maps need no summary: %s", buf);
     hyb_layermap_free(m);
 }
 
@@ -130,7 +131,7 @@ static void test_hybrid_pattern(void) {
     hyb_layermap_describe(m, buf, sizeof buf);
     CHECK_MSG(contains(buf, "layer 0 ") && contains(buf, "layers 1-2") &&
                   contains(buf, "mamba (m2) x2") && contains(buf, "layer 3 ") &&
-                  contains(buf, "tmmt"),
+                  contains(buf, "tmmt") && contains(buf, "mixers: attn (mha) x2, mamba (m2) x2"),
               "describe: %s", buf);
     /* a tiny buffer truncates and stays terminated */
     char small[8];
@@ -158,6 +159,34 @@ static void test_hybrid_pattern(void) {
     CHECK(strcmp(hyb_layermap_pattern(m, buf, sizeof buf), "gimm") == 0);
     hyb_layermap_free(m);
     hyb_toml_free(doc);
+}
+
+/* The released Apriel-H1-30 layout (SPEC.md section 2), written as a spaced pattern, resolves to
+ * exactly the published Mamba layers. */
+static void test_h1_30_layout(void) {
+    const char *text = "[model]\nd_model = 5120\nn_layers = 50\nvocab_size = 131072\n"
+                       "d_ff = 14336\nmax_seq = 4096\n"
+                       "[mixers.attn]\ntype = \"mha\"\nsymbol = \"t\"\n"
+                       "[mixers.m2]\ntype = \"m2\"\nsymbol = \"m\"\n"
+                       "[layout]\npattern = \"\"\"\n"
+                       "tttmt mmmmt ttttt ttttt mmmmm mtmtt mmmmt mmmmm mmmmm mmmtm\n\"\"\"\n";
+    hyb_layermap *m = NULL;
+    int rc = hyb_layermap_parse(text, "h1-30.toml", &m);
+    CHECK_MSG(rc == HYB_OK, "%s", hyb_error());
+    if (rc != HYB_OK) return;
+    /* SPEC.md: Mamba: 3, 5, 6, 7, 8, 20-25, 27, 30-33, 35-47, 49 */
+    int is_m[50] = {0};
+    const int ranges[][2] = {{3, 3},   {5, 8},   {20, 25}, {27, 27},
+                             {30, 33}, {35, 47}, {49, 49}};
+    for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++)
+        for (int l = ranges[r][0]; l <= ranges[r][1]; l++) is_m[l] = 1;
+    int n_m = 0;
+    for (int l = 0; l < 50; l++) {
+        CHECK_MSG(m->layer_mixer[l] == (is_m[l] ? 1 : 0), "layer %d", l);
+        n_m += m->layer_mixer[l] == 1;
+    }
+    CHECK(n_m == 30);
+    hyb_layermap_free(m);
 }
 
 static void test_layers_list(void) {
@@ -517,6 +546,7 @@ int main(void) {
     RUN(test_smollm2_map);
     RUN(test_shipped_maps);
     RUN(test_hybrid_pattern);
+    RUN(test_h1_30_layout);
     RUN(test_layers_list);
     RUN(test_err_malformed_toml);
     RUN(test_err_model_keys);

@@ -439,6 +439,22 @@ const char *hyb_layermap_describe(const hyb_layermap *m, char *buf, size_t n) {
                   "embeddings (%s)\n",
               m->name, m->n_layers, m->d_model, m->d_ff, m->vocab_size, m->max_seq, m->norm_eps,
               m->tie_embeddings ? "tied" : "untied", m->path);
+    /* hybrids: how many layers each mixer runs, e.g. "mixers: attn (mha) x20, m2 (m2) x30" */
+    int used = 0, counts[HYB_MAX_MIXERS] = {0};
+    for (int l = 0; l < m->n_layers; l++) {
+        int k = m->layer_mixer[l];
+        if (k >= 0 && k < m->n_mixers && counts[k]++ == 0) used++;
+    }
+    if (used > 1) {
+        sb_printf(&s, "  mixers:");
+        for (int k = 0, first = 1; k < m->n_mixers; k++) {
+            if (!counts[k]) continue;
+            sb_printf(&s, "%s %s (%s) x%d", first ? "" : ",", m->mixers[k].name, m->mixers[k].type,
+                      counts[k]);
+            first = 0;
+        }
+        sb_printf(&s, "\n");
+    }
     for (int a = 0; a < m->n_layers;) {
         int b = a;
         while (b + 1 < m->n_layers && m->layer_mixer[b + 1] == m->layer_mixer[a]) b++;
