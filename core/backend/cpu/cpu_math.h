@@ -16,6 +16,7 @@
 static inline float hyb_fast_expf(float x) {
     const float lo = -86.6f, hi = 88.72283f;
     float xc = x < lo ? lo : (x > hi ? hi : x);
+    xc = x != x ? 0.0f : xc; /* NaN: keep the integer conversion below defined */
     /* round to nearest: adding 1.5 * 2^23 leaves the integer part in the mantissa */
     const float magic = 12582912.0f;
     float n = (xc * 1.44269504088896341f + magic) - magic; /* n in [-125, 128] */
@@ -29,7 +30,7 @@ static inline float hyb_fast_expf(float x) {
     p = p * r + 5.0000001201e-1f;
     float e = p * r * r + r + 1.0f;
     /* 2^n as 2^(n-1) * 2 so that n = 128 (x near 88.7) stays a normal float */
-    int32_t bits = ((int32_t)n + 126) << 23;
+    uint32_t bits = (uint32_t)((int32_t)n + 126) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     float y = (e * scale) * 2.0f;
