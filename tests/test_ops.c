@@ -1,5 +1,6 @@
 /* tests/test_ops.c: every core op against a double-precision reference written here, and its
  * gradient against finite differences (gradcheck.h explains the method and the tolerance). */
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -531,6 +532,10 @@ static void test_mixer_apply(void) {
     gc_check("mixer_apply (params frozen)", f_mixer, in, 3, m, 1000);
     CHECK(hyb_tensor_f32(m->params[0]->grad)[0] == 0.0f);
     m->params[0]->requires_grad = m->params[1]->requires_grad = 1;
+    /* x frozen (a first layer's input): the node is still recorded for the params */
+    x->requires_grad = 0;
+    gc_check("mixer_apply (x frozen)", f_mixer, in, 3, m, 1000);
+    x->requires_grad = 1;
     /* a plugin error comes back with the mixer and layer named */
     hyb_graph *g = hyb_graph_new();
     toy_fail = 1;
@@ -546,6 +551,59 @@ static void test_mixer_apply(void) {
     hyb_graph_free(g);
     gc_free(x);
     toy_free(m);
+}
+
+// ---- results do not depend on the number of threads ----------------------------------------
+
+static void run_kernels(int nthreads, float *out, int64_t R, int64_t V, const float *x,
+                        const float *t, const int32_t *tg) {
+    omp_set_num_threads(nthreads);
+    int32_t ids[64];
+    for (int i = 0; i < 64; i++) ids[i] = (int32_t)((uint32_t)tg[i] % (uint32_t)R);
+    int32_t targets[64];
+    for (int i = 0; i < 64; i++) targets[i] = (int32_t)((uint32_t)tg[i] % (uint32_t)V);
+    float wts[64], stats[3 * 64], lse[64], rstd[64];
+    for (int i = 0; i < 64; i++) wts[i] = (i % 5) ? 1.0f : 0.5f;
+    double sum;
+    int64_t k = 0;
+    memset(out, 0, sizeof(float) * (size_t)(8 * R * V + 16));
+    hyb_cpu_ce_fwd(x, targets, wts, lse, R, V, &sum);
+    out[k++] = (float)sum;
+    hyb_cpu_ce_bwd(x, targets, wts, lse, out + k, R, V, 0.1f);
+    k += R * V;
+    hyb_cpu_kl_fwd(x, t, wts, stats, R, V, 1.3f, 1, &sum);
+    out[k++] = (float)sum;
+    hyb_cpu_kl_bwd(x, t, wts, stats, out + k, R, V, 1.3f, 1, 0.1f);
+    k += R * V;
+    hyb_cpu_softmax_fwd(x, out + k, R, V);
+    hyb_cpu_softmax_bwd(out + k, t, out + k + R * V, R, V);
+    k += 2 * R * V;
+    hyb_cpu_rmsnorm_fwd(x, t, out + k, rstd, R, V, 1e-5f);
+    hyb_cpu_rmsnorm_bwd(x, t, rstd, x, out + k + R * V, out + k + 2 * R * V, R, V);
+    k += 3 * R * V;
+    hyb_cpu_embedding_bwd(out + k, ids, x, 64, V / 64); /* scatter-add with repeated ids */
+}
+
+static void test_thread_invariance(void) {
+    enum { R = 64, V = 4096 };
+    float *x = malloc(sizeof(float) * R * V), *t = malloc(sizeof(float) * R * V);
+    int32_t w[64];
+    hyb_rng r;
+    hyb_rng_seed(&r, 77);
+    hyb_rng_fill_normal(&r, x, R * V, 0, 3);
+    hyb_rng_fill_normal(&r, t, R * V, 0, 3);
+    for (int i = 0; i < 64; i++) w[i] = (int32_t)(hyb_rng_next(&r) >> 33);
+    size_t n = (size_t)(8 * R * V + 16);
+    float *o1 = malloc(sizeof(float) * n), *o2 = malloc(sizeof(float) * n);
+    int before = omp_get_max_threads();
+    run_kernels(1, o1, R, V, x, t, w);
+    run_kernels(3, o2, R, V, x, t, w);
+    omp_set_num_threads(before);
+    CHECK_MSG(memcmp(o1, o2, sizeof(float) * n) == 0, "kernel results differ between 1 and 3 threads");
+    free(x);
+    free(t);
+    free(o1);
+    free(o2);
 }
 
 // ---- grad mode, errors ----------------------------------------------------------------------
@@ -650,6 +708,7 @@ int main(void) {
     RUN(test_kl);
     RUN(test_losses_large_vocab);
     RUN(test_mixer_apply);
+    RUN(test_thread_invariance);
     RUN(test_no_grad_records_nothing);
     RUN(test_errors);
     return harness_done();
