@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "hyb/tensor.h"
@@ -69,6 +70,43 @@ static void test_malloc(void) {
     CHECK(strstr(hyb_error(), "out of memory") != NULL);
     double t0 = hyb_time_now(), t1 = hyb_time_now();
     CHECK(t1 >= t0 && t0 > 0);
+}
+
+/* Capture what hyb_log writes to stderr. */
+static void log_capture(char *buf, size_t n, void (*fn)(void)) {
+    fflush(stderr);
+    FILE *tmp = tmpfile();
+    int saved = dup(2);
+    dup2(fileno(tmp), 2);
+    fn();
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    rewind(tmp);
+    size_t k = fread(buf, 1, n - 1, tmp);
+    buf[k] = 0;
+    fclose(tmp);
+}
+
+static void log_some(void) {
+    hyb_log(HYB_LOG_DEBUG, "dbg %d", 1);
+    hyb_log(HYB_LOG_INFO, "info %d", 2);
+    hyb_log(HYB_LOG_WARN, "warn %d", 3);
+    hyb_log(HYB_LOG_ERROR, "err %d\n", 4);
+}
+
+static void test_log(void) {
+    char buf[1024];
+    /* the level comes from HYB_LOG at the first message */
+    setenv("HYB_LOG", "warn", 1);
+    log_capture(buf, sizeof buf, log_some);
+    CHECK(!strstr(buf, "dbg 1") && !strstr(buf, "info 2"));
+    CHECK(strstr(buf, "hyb [warn]: warn 3\n") && strstr(buf, "hyb [error]: err 4\n"));
+    CHECK(!strstr(buf, "err 4\n\n")); /* a trailing newline is not doubled */
+    hyb_log_set_level(HYB_LOG_DEBUG);
+    log_capture(buf, sizeof buf, log_some);
+    CHECK(strstr(buf, "hyb [debug]: dbg 1") && strstr(buf, "hyb [info]: info 2"));
+    hyb_log_set_level(HYB_LOG_INFO);
 }
 
 // ---- dtypes and tensors ---------------------------------------------------------------------
@@ -337,6 +375,7 @@ int main(void) {
     RUN(test_error_buffer);
     RUN(test_error_thread_local);
     RUN(test_malloc);
+    RUN(test_log);
     RUN(test_dtypes);
     RUN(test_tensor_basics);
     RUN(test_tensor_errors);
