@@ -391,6 +391,7 @@ int hyb_plugin_scan(void) {
     dir_list l;
     search_dirs(&l);
     int count = 0;
+    const hyb_mixer_desc *seen[MAX_PLUGINS];
     for (int i = 0; i < l.n; i++) {
         DIR *d = opendir(l.dir[i]);
         if (!d) continue;
@@ -401,9 +402,11 @@ int hyb_plugin_scan(void) {
             snprintf(p, sizeof p, "%s/%s", l.dir[i], de->d_name);
             if (!is_file(p)) continue;
             const hyb_mixer_desc *desc;
-            if (hyb_plugin_load_file(p, &desc) == HYB_OK)
-                count++;
-            else
+            if (hyb_plugin_load_file(p, &desc) == HYB_OK) {
+                int dup = 0; /* the same file reached through two spellings of a directory */
+                for (int k = 0; k < count; k++) dup |= seen[k] == desc;
+                if (!dup && count < MAX_PLUGINS) seen[count++] = desc;
+            } else
                 hyb_log(HYB_LOG_WARN, "%s", hyb_error());
         }
         closedir(d);

@@ -77,10 +77,10 @@ static double max_abs(const float *a, long n) {
 
 /* ---- golden: HF LlamaAttention ---------------------------------------------------------------- */
 
-static void test_golden_hf(void) {
+static void golden_case(const char *file) {
     char path[4096];
     const char *dd = getenv("HYB_TEST_DATA");
-    snprintf(path, sizeof path, "%s/mha_golden.bin", dd ? dd : "tests/data");
+    snprintf(path, sizeof path, "%s/%s", dd ? dd : "tests/data", file);
     FILE *f = fopen(path, "rb");
     CHECK_MSG(f != NULL, "cannot open %s (run tests/reference/mha_ref.py)", path);
     if (!f) return;
@@ -104,20 +104,28 @@ static void test_golden_hf(void) {
     if (inst_new(&I, D, toml, 1, 0) == 0) {
         for (int i = 0; i < 4; i++) memcpy((float *)I.pp[i], arr[1 + i], sizes[1 + i] * sizeof(float));
         float *y = malloc(nx * sizeof(float)), *dx = malloc(nx * sizeof(float));
+        CHECK(I.m->n_params == 4);
         void *saved = malloc(I.m->desc->saved_bytes(I.m->self, B, T));
         CHECK(fwd(&I, B, T, arr[0], y, saved, NULL, NULL, 0) == HYB_OK);
         double e = harness_max_rel(y, arr[5], (long)nx, 1.0);
+        printf("   %s [B=%d T=%d D=%d H=%d KV=%d hd=%d]\n", file, B, T, D, H, KV, hd);
         printf("   y vs HF: max rel err %.3g (max |y| %.3g)\n", e, max_abs(arr[5], (long)nx));
         CHECK_MSG(e < 1e-5, "y: max rel err %g", e);
         CHECK_MSG(bwd(&I, B, T, arr[0], arr[6], dx, saved) == HYB_OK, "%s", hyb_error());
         e = harness_max_rel(dx, arr[7], (long)nx, 1.0);
         printf("   dx vs HF: max rel err %.3g\n", e);
         CHECK_MSG(e < 1e-5, "dx: max rel err %g", e);
+        /* weight gradients are sums over all B*T tokens, so single elements can cancel far
+         * below the size of their terms: compare max |ours - ref| against the largest element
+         * (a stricter reading of Fast-LLM's relative RMS 1e-5), and report the relative RMS */
         const char *gn[4] = {"dWq", "dWk", "dWv", "dWo"};
         for (int i = 0; i < 4; i++) {
-            e = harness_max_rel(I.gp[i], arr[8 + i], (long)sizes[8 + i], 1.0);
-            printf("   %s vs HF: max rel err %.3g\n", gn[i], e);
-            CHECK_MSG(e < 1e-5, "%s: max rel err %g", gn[i], e);
+            long n = (long)sizes[8 + i];
+            double mx = max_abs(arr[8 + i], n);
+            e = harness_max_rel(I.gp[i], arr[8 + i], n, mx);
+            double rr = harness_rel_rms(I.gp[i], arr[8 + i], n);
+            printf("   %s vs HF: max err / max|ref| %.3g, rel rms %.3g (max|ref| %.3g)\n", gn[i], e, rr, mx);
+            CHECK_MSG(e < 1e-5 && rr < 1e-5, "%s: max err / max|ref| %g, rel rms %g", gn[i], e, rr);
         }
         /* gradients accumulate: a second backward doubles them */
         CHECK(bwd(&I, B, T, arr[0], arr[6], dx, saved) == HYB_OK);
@@ -134,6 +142,10 @@ static void test_golden_hf(void) {
     inst_free(&I);
     for (int i = 0; i < 12; i++) free(arr[i]);
 }
+
+static void test_golden_hf(void) { golden_case("mha_golden.bin"); }
+/* T = 150: several 64-query attention blocks, the last one partial */
+static void test_golden_hf_long(void) { golden_case("mha_golden_long.bin"); }
 
 /* ---- finite differences ----------------------------------------------------------------------- */
 
@@ -416,6 +428,46 @@ static void test_snapshot_restore(void) {
     inst_free(&I);
 }
 
+/* Long sequences: the blocked prefill (64-query blocks) against the per-token decode path (a
+ * separate implementation), and a chunked prefill whose chunks straddle block boundaries. */
+static void test_long_sequence(void) {
+    inst I;
+    if (inst_new(&I, DD, DEC_TOML, 15, 0.3f) != 0) {
+        inst_free(&I);
+        return;
+    }
+    enum { T = 150, C1 = 70, MAXC = 160 };
+    hyb_rng r;
+    hyb_rng_seed(&r, 9);
+    float *x = randn(&r, (size_t)T * DD, 1.0f), *yf = malloc((size_t)T * DD * 4),
+          *yc = malloc((size_t)T * DD * 4), *yd = malloc((size_t)T * DD * 4);
+    size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
+    void *st = calloc(1, sb), *st2 = calloc(1, sb);
+    CHECK(fwd(&I, 1, T, x, yf, NULL, NULL, NULL, 0) == HYB_OK);
+    void *sp[1] = {st};
+    int32_t p = C1;
+    CHECK(fwd(&I, 1, C1, x, yc, NULL, sp, NULL, MAXC) == HYB_OK);
+    CHECK(fwd(&I, 1, T - C1, x + C1 * DD, yc + C1 * DD, NULL, sp, &p, MAXC) == HYB_OK);
+    double ec = harness_max_rel(yc, yf, T * DD, 1.0);
+    void *sp2[1] = {st2};
+    CHECK(fwd(&I, 1, 1, x, yd, NULL, sp2, NULL, MAXC) == HYB_OK);
+    for (int t = 1; t < T; t++) {
+        p = t;
+        CHECK(hyb_mixer_decode(I.m, x + t * DD, yd + t * DD, 1, sp2, &p, MAXC) == HYB_OK);
+    }
+    double ed = harness_max_rel(yd, yf, T * DD, 1.0);
+    printf("   T=%d: chunked (%d+%d) vs one prefill %.3g, token-by-token decode vs prefill %.3g\n", T,
+           C1, T - C1, ec, ed);
+    CHECK_MSG(ec < 1e-5 && ed < 1e-5, "chunked %g decode %g", ec, ed);
+    free(x);
+    free(yf);
+    free(yc);
+    free(yd);
+    free(st);
+    free(st2);
+    inst_free(&I);
+}
+
 /* ---- as a graph node (core/graph/mixer_apply.c) ----------------------------------------------- */
 
 /* y = mixer(x), loss = CE(y Wl^T): the tape's backward must hand the plugin dL/dy and collect
@@ -481,10 +533,12 @@ int main(void) {
         return 1;
     }
     RUN(test_golden_hf);
+    RUN(test_golden_hf_long);
     RUN(test_fd_gradients);
     RUN(test_prefill_then_decode);
     RUN(test_chunked_prefill);
     RUN(test_snapshot_restore);
+    RUN(test_long_sequence);
     RUN(test_graph_node);
     return harness_done();
 }
