@@ -55,12 +55,14 @@ static inline float dot(const float *a, const float *b, int n) {
         s2 += a[i + 2] * b[i + 2];
         s3 += a[i + 3] * b[i + 3];
     }
-    for (; i < n; i++) s0 += a[i] * b[i];
+    for (; i < n; i++)
+        s0 += a[i] * b[i];
     return (s0 + s1) + (s2 + s3);
 }
 
 static inline void axpy(float *y, float a, const float *x, int n) {
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
 }
 
 /* One query row against n keys. q: [hd]; key j at k + j*ld, value j at v + j*ld; out: [hd]
@@ -78,9 +80,11 @@ static float attend_row(const float *q, const float *k, const float *v, size_t l
         l += s[j];
     }
     memset(out, 0, (size_t)hd * sizeof(float));
-    for (int j = 0; j < n; j++) axpy(out, s[j], v + (size_t)j * ld, hd);
+    for (int j = 0; j < n; j++)
+        axpy(out, s[j], v + (size_t)j * ld, hd);
     float inv = 1.0f / l;
-    for (int i = 0; i < hd; i++) out[i] *= inv;
+    for (int i = 0; i < hd; i++)
+        out[i] *= inv;
     return m + logf(l);
 }
 
@@ -96,15 +100,18 @@ static void attend_block(const float *q, size_t ldq, const float *k, const float
         float *sr = s + (size_t)r * nk;
         const int n = p_first + r + 1;
         float m = -INFINITY;
-        for (int j = 0; j < n; j++) m = sr[j] > m ? sr[j] : m;
+        for (int j = 0; j < n; j++)
+            m = sr[j] > m ? sr[j] : m;
         float l = 0;
         for (int j = 0; j < n; j++) {
             sr[j] = expf(sr[j] - m);
             l += sr[j];
         }
         const float inv = 1.0f / l;
-        for (int j = 0; j < n; j++) sr[j] *= inv;
-        for (int j = n; j < nk; j++) sr[j] = 0.0f;
+        for (int j = 0; j < n; j++)
+            sr[j] *= inv;
+        for (int j = n; j < nk; j++)
+            sr[j] = 0.0f;
         lse[r] = m + logf(l);
     }
     H_->sgemm(0, 0, qb, hd, nk, 1.0f, s, nk, v, (int)ldk, 0.0f, o, (int)ldo);
@@ -115,7 +122,8 @@ static void linear(const float *X, const float *W, const float *b, float *Y, int
                    int out) {
     H_->sgemm(0, 1, rows, out, in, 1.0f, X, in, W, in, 0.0f, Y, out);
     if (b)
-        for (int r = 0; r < rows; r++) axpy(Y + (size_t)r * out, 1.0f, b, out);
+        for (int r = 0; r < rows; r++)
+            axpy(Y + (size_t)r * out, 1.0f, b, out);
 }
 
 size_t mha_saved_bytes(void *self, int B, int T) {
@@ -126,19 +134,23 @@ size_t mha_saved_bytes(void *self, int B, int T) {
 
 static int check_cpu(const mha *m, int device, const char *what) {
     if (device != 0)
-        return H_->error(HYB_ERR_UNSUPPORTED, "mha (layer %d): %s on device %d: this build of mha "
-                         "has CPU code only", m->layer, what, device);
+        return H_->error(HYB_ERR_UNSUPPORTED,
+                         "mha (layer %d): %s on device %d: this build of mha "
+                         "has CPU code only",
+                         m->layer, what, device);
     return HYB_OK;
 }
 
-/* ---- forward / prefill ------------------------------------------------------------------------ */
+/* ---- forward / prefill ------------------------------------------------------------------------
+ */
 
 int mha_forward(void *self, const hyb_mixer_fwd *a) {
     mha *m = self;
     HYB_TRY(check_cpu(m, a->device, "forward"));
     const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
     if (B <= 0 || T <= 0)
-        return H_->error(HYB_ERR_ARG, "mha (layer %d): forward with B = %d, T = %d", m->layer, B, T);
+        return H_->error(HYB_ERR_ARG, "mha (layer %d): forward with B = %d, T = %d", m->layer, B,
+                         T);
     const size_t BT = (size_t)B * T, qd = (size_t)H * hd, kd = (size_t)KV * hd;
     int p_max = 0;
     for (int b = 0; b < B; b++) {
@@ -147,12 +159,16 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
             return H_->error(HYB_ERR_ARG, "mha (layer %d): forward with pos[%d] = %d %s", m->layer,
                              b, p0, p0 < 0 ? "(negative)" : "but no states to continue from");
         if (a->states && (int64_t)p0 + T > a->max_ctx)
-            return H_->error(HYB_ERR_ARG, "mha (layer %d): sequence %d: pos %d + T %d exceeds the "
-                             "state capacity max_ctx = %d", m->layer, b, p0, T, a->max_ctx);
+            return H_->error(HYB_ERR_ARG,
+                             "mha (layer %d): sequence %d: pos %d + T %d exceeds the "
+                             "state capacity max_ctx = %d",
+                             m->layer, b, p0, T, a->max_ctx);
         if (p0 > 0 && a->saved)
-            return H_->error(HYB_ERR_UNSUPPORTED, "mha (layer %d): backward through a continued "
-                             "prefill (pos[%d] = %d > 0) is not supported; train on whole sequences",
-                             m->layer, b, p0);
+            return H_->error(
+                HYB_ERR_UNSUPPORTED,
+                "mha (layer %d): backward through a continued "
+                "prefill (pos[%d] = %d > 0) is not supported; train on whole sequences",
+                m->layer, b, p0);
         if (p0 > p_max) p_max = p0;
     }
     const float *const *P = a->params;
@@ -191,7 +207,8 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
     linear(a->x, P[MHA_WV], bias ? P[MHA_BV] : NULL, V, (int)BT, D, (int)kd);
     for (int b = 0; b < B; b++) {
         int p0 = a->pos ? a->pos[b] : 0;
-        for (int t = 0; t < T; t++) posbuf[(size_t)b * T + t] = p0 + t;
+        for (int t = 0; t < T; t++)
+            posbuf[(size_t)b * T + t] = p0 + t;
     }
     H_->rope(Q, (int)BT, H, hd, posbuf, m->theta, 0);
     H_->rope(K, (int)BT, KV, hd, posbuf, m->theta, 0);
@@ -236,7 +253,8 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
     return HYB_OK;
 }
 
-/* ---- backward --------------------------------------------------------------------------------- */
+/* ---- backward ---------------------------------------------------------------------------------
+ */
 
 int mha_backward(void *self, const hyb_mixer_bwd *a) {
     mha *m = self;
@@ -244,11 +262,13 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
     const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
     const saved_hdr *hdr = a->saved;
     if (!hdr || hdr->magic != SAVED_MAGIC || hdr->B != B || hdr->T != T)
-        return H_->error(HYB_ERR_ARG, "mha (layer %d): backward [B=%d, T=%d] without a matching "
-                         "saved forward", m->layer, B, T);
+        return H_->error(HYB_ERR_ARG,
+                         "mha (layer %d): backward [B=%d, T=%d] without a matching "
+                         "saved forward",
+                         m->layer, B, T);
     const size_t BT = (size_t)B * T, qd = (size_t)H * hd, kd = (size_t)KV * hd;
-    const float *Q = (const float *)(hdr + 1), *K = Q + BT * qd, *V = K + BT * kd,
-                *O = V + BT * kd, *LSE = O + BT * qd;
+    const float *Q = (const float *)(hdr + 1), *K = Q + BT * qd, *V = K + BT * kd, *O = V + BT * kd,
+                *LSE = O + BT * qd;
     const float *const *P = a->params;
     float *const *G = a->grads;
 
@@ -304,7 +324,8 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
                         pr[j] = p;
                         dpr[j] = p * (dpr[j] - dr[r]);
                     }
-                    for (int j = last + 1; j < nk; j++) pr[j] = dpr[j] = 0.0f;
+                    for (int j = last + 1; j < nk; j++)
+                        pr[j] = dpr[j] = 0.0f;
                 }
                 H_->sgemm(0, 0, qb, hd, nk, scale, dP, nk, kb + go, (int)kd, 1.0f,
                           dQ + row0 * qd + ho, (int)qd);
@@ -319,7 +340,8 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
 
     /* RoPE is a rotation: its backward is the inverse rotation. */
     for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) posbuf[(size_t)b * T + t] = t;
+        for (int t = 0; t < T; t++)
+            posbuf[(size_t)b * T + t] = t;
     H_->rope(dQ, (int)BT, H, hd, posbuf, m->theta, 1);
     H_->rope(dK, (int)BT, KV, hd, posbuf, m->theta, 1);
 
@@ -341,7 +363,8 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
     return HYB_OK;
 }
 
-/* ---- decode ----------------------------------------------------------------------------------- */
+/* ---- decode -----------------------------------------------------------------------------------
+ */
 
 int mha_decode(void *self, const hyb_mixer_dec *a) {
     mha *m = self;
@@ -352,8 +375,10 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
     int p_max = 0;
     for (int i = 0; i < n; i++) {
         if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
-            return H_->error(HYB_ERR_ARG, "mha (layer %d): decode sequence %d at pos %d: the KV cache "
-                             "holds max_ctx = %d tokens", m->layer, i, a->pos[i], a->max_ctx);
+            return H_->error(HYB_ERR_ARG,
+                             "mha (layer %d): decode sequence %d at pos %d: the KV cache "
+                             "holds max_ctx = %d tokens",
+                             m->layer, i, a->pos[i], a->max_ctx);
         if (a->pos[i] > p_max) p_max = a->pos[i];
     }
     const float *const *P = a->params;
