@@ -24,7 +24,7 @@ extern "C" {
 /* The host service table handed to plugins. */
 const hyb_host *hyb_host_services(void);
 
-/* Load one plugin file. Checks the entry symbol, ABI version ("built for ABI 2, this hyb has
+/* Load one plugin file. Checks the entry symbol, ABI version ("built for plugin ABI 2, this hyb has
  * ABI 1") and struct size, and that required vtable entries are non-NULL. Registers it. */
 int hyb_plugin_load_file(const char *path, const hyb_mixer_desc **out);
 /* Find a plugin by mixer type name, loading libhyb-<name>.so from the search path on first use.
