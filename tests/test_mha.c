@@ -509,6 +509,51 @@ static void test_long_sequence(void) {
     inst_free(&I);
 }
 
+/* A decode step big enough for mha to open its OpenMP region (n * H * ctx * hd > 2e5):
+ * realistic head size 64, multi-query (KV = 1), 4 sequences at different positions ~200. */
+static void test_decode_large_step(void) {
+    enum { D = 64, NS = 4, MAXC = 256 };
+    inst I;
+    if (inst_new(&I, D, "n_heads = 4\nn_kv_heads = 1\nhead_dim = 64\nrope_theta = 100000.0\n", 16,
+                 0.15f) != 0) {
+        inst_free(&I);
+        return;
+    }
+    const int len[NS] = {230, 201, 256, 215};
+    hyb_rng r;
+    hyb_rng_seed(&r, 10);
+    size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
+    void *st[NS];
+    float *x[NS], *yf[NS], xs[NS * D], ys[NS * D];
+    int32_t pos[NS];
+    for (int s = 0; s < NS; s++) {
+        x[s] = randn(&r, (size_t)len[s] * D, 1.0f);
+        yf[s] = malloc((size_t)len[s] * D * 4);
+        st[s] = calloc(1, sb);
+        void *sp[1] = {st[s]};
+        /* prefill all but the last token into the state, full forward for the reference */
+        CHECK(fwd(&I, 1, len[s], x[s], yf[s], NULL, NULL, NULL, 0) == HYB_OK);
+        float *yp = malloc((size_t)len[s] * D * 4);
+        CHECK(fwd(&I, 1, len[s] - 1, x[s], yp, NULL, sp, NULL, MAXC) == HYB_OK);
+        free(yp);
+        pos[s] = len[s] - 1;
+        memcpy(xs + s * D, x[s] + (size_t)pos[s] * D, D * 4);
+    }
+    CHECK_MSG(hyb_mixer_decode(I.m, xs, ys, NS, st, pos, MAXC) == HYB_OK, "%s", hyb_error());
+    double worst = 0;
+    for (int s = 0; s < NS; s++) {
+        double e = harness_max_rel(ys + s * D, yf[s] + (size_t)pos[s] * D, D, 1.0);
+        worst = e > worst ? e : worst;
+        free(x[s]);
+        free(yf[s]);
+        free(st[s]);
+    }
+    printf("   n=%d at positions %d..%d (hd=64, KV=1): max rel err vs prefill %.3g\n", NS, 200, 255,
+           worst);
+    CHECK_MSG(worst < 1e-5, "large decode step: %g", worst);
+    inst_free(&I);
+}
+
 /* ---- as a graph node (core/graph/mixer_apply.c) -----------------------------------------------
  */
 
@@ -590,6 +635,7 @@ int main(void) {
     RUN(test_chunked_prefill);
     RUN(test_snapshot_restore);
     RUN(test_long_sequence);
+    RUN(test_decode_large_step);
     RUN(test_graph_node);
     return harness_done();
 }
