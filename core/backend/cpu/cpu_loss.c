@@ -5,8 +5,10 @@
  * logits and the saved per-row log-sum-exp. Row sums are reduced serially afterwards, so the loss
  * does not depend on the number of threads. */
 #include <math.h>
+#include <stdlib.h>
 
 #include "backend/cpu/cpu.h"
+#include "hyb/common.h"
 
 #define PAR_MIN 32768
 #define KL_CLAMP 100.0f
@@ -23,12 +25,24 @@ static double row_lse(const float *x, int64_t V) {
 
 void hyb_cpu_ce_fwd(const float *logits, const int32_t *targets, const float *w, float *lse,
                     int64_t rows, int64_t V, double *loss_sum) {
+    /* per-row losses from the double log-sum-exp (the f32 copy in lse is for the backward) */
+    double *row_loss = malloc(sizeof(double) * (size_t)(rows ? rows : 1));
+    HYB_ASSERT(row_loss != NULL);
 #pragma omp parallel for schedule(static) if (rows * V > PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) lse[r] = w[r] != 0.0f ? (float)row_lse(logits + r * V, V) : 0.0f;
+    for (int64_t r = 0; r < rows; r++) {
+        if (w[r] == 0.0f) {
+            lse[r] = 0.0f;
+            row_loss[r] = 0.0;
+            continue;
+        }
+        const double l = row_lse(logits + r * V, V);
+        lse[r] = (float)l;
+        row_loss[r] = l - (double)logits[r * V + targets[r]];
+    }
     double sum = 0.0;
     for (int64_t r = 0; r < rows; r++)
-        if (w[r] != 0.0f)
-            sum += (double)w[r] * ((double)lse[r] - (double)logits[r * V + targets[r]]);
+        if (w[r] != 0.0f) sum += (double)w[r] * row_loss[r];
+    free(row_loss);
     *loss_sum = sum;
 }
 
@@ -71,15 +85,15 @@ void hyb_cpu_kl_fwd(const float *s, const float *t, const float *w, float *stats
         const float *sr = s + r * V, *tr = t + r * V;
         const double ls = row_lse_clamped(sr, V, 1.0f);
         const double lt = row_lse_clamped(tr, V, temperature);
-        const float lsf = (float)ls, ltf = (float)lt;
         double kl = 0.0;
+        /* log-probabilities in double: a rounded lse would shift every term of the row alike */
         for (int64_t v = 0; v < V; v++) {
-            const float q = clampk(sr[v]) - lsf;              /* log student prob */
-            const float p = clampk(tr[v] / temperature) - ltf; /* log teacher prob */
-            kl += reverse ? (double)expf(q) * (double)(q - p) : (double)expf(p) * (double)(p - q);
+            const double q = (double)clampk(sr[v]) - ls;              /* log student prob */
+            const double p = (double)clampk(tr[v] / temperature) - lt; /* log teacher prob */
+            kl += reverse ? (double)expf((float)q) * (q - p) : (double)expf((float)p) * (p - q);
         }
-        st[0] = lsf;
-        st[1] = ltf;
+        st[0] = (float)ls;
+        st[1] = (float)lt;
         st[2] = (float)kl;
     }
     double sum = 0.0;
