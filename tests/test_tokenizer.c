@@ -376,6 +376,56 @@ static void test_malformed(void) {
     }
     CHECK(failures > 0);
     free(s);
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 99999999}, \"merges\": []}}",
+                      "far beyond");
+}
+
+/* Random mutations of a real tokenizer.json: each either loads (and then encodes and decodes a
+ * sample) or fails with a message; never a crash (run under ASan/UBSan in the sanitizer build). */
+static void test_mutations(void) {
+    size_t len;
+    char *orig = read_all(data_path("spm_metaspace_split.tokenizer.json"), &len);
+    CHECK(orig != NULL);
+    if (!orig) return;
+    char *s = malloc(len + 64);
+    unsigned seed = 99;
+    static const char alphabet[] = "{}[]\",:0123456789ab \\-.eE\xE2\x96\x81<>";
+    int loaded = 0, failed = 0, silent = 0;
+    for (int it = 0; it < 150; it++) {
+        memcpy(s, orig, len);
+        size_t n = len;
+        int muts = 1 + it % 4;
+        for (int m = 0; m < muts; m++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t pos = (seed >> 8) % n;
+            seed = seed * 1103515245u + 12345u;
+            switch ((seed >> 16) % 3) {
+            case 0: s[pos] = alphabet[(seed >> 4) % (sizeof alphabet - 1)]; break;
+            case 1: memmove(s + pos, s + pos + 1, n - pos - 1), n--; break; /* delete */
+            default:
+                memmove(s + pos + 1, s + pos, n - pos), n++;
+                s[pos] = alphabet[(seed >> 4) % (sizeof alphabet - 1)];
+            }
+        }
+        hyb_error_clear();
+        hyb_tokenizer *t = hyb_tokenizer_load_json_mem(s, n, "mutated.json");
+        if (t) {
+            loaded++;
+            int32_t ids[256];
+            const char *text = "Hello wörld 123 <s> 中文 \xF0\x9F\x98\x80";
+            long k = hyb_tokenizer_encode(t, text, strlen(text), HYB_TOK_ADD_SPECIAL, ids, 256);
+            char out[1024];
+            if (k >= 0 && k <= 256) hyb_tokenizer_decode(t, ids, (size_t)k, 0, out, sizeof out);
+            hyb_tokenizer_free(t);
+        } else {
+            failed++;
+            silent += hyb_error()[0] == 0;
+        }
+    }
+    printf("  mutated tokenizer.json: %d loaded, %d rejected\n", loaded, failed);
+    CHECK(failed > 0 && silent == 0);
+    free(s);
+    free(orig);
 }
 
 
@@ -593,6 +643,20 @@ static void test_speed_and_threads(void) {
     long nb = hyb_tokenizer_decode(t, ids, (size_t)nt, 0, out, n + 16);
     double t3 = hyb_time_now();
     printf("  decode speed: %.1f MB/s\n", n / 1e6 / (t3 - t2));
+    /* SentencePiece style (llama-2 layout: no pre-tokenizer, so long segments are one word) */
+    hyb_tokenizer *ts = load("spm_llama2.tokenizer.json");
+    if (ts) {
+        size_t scap = hyb_tokenizer_max_tokens(ts, n);
+        int32_t *sids = malloc(scap * sizeof *sids);
+        double s0 = hyb_time_now();
+        long ns = hyb_tokenizer_encode(ts, text, n, 0, sids, scap);
+        double s1 = hyb_time_now();
+        CHECK(ns > 0 && (size_t)ns <= scap);
+        printf("  encode speed (SentencePiece-style, tiny vocab): %.2f MB/s (%ld tokens)\n",
+               n / 1e6 / (s1 - s0), ns);
+        free(sids);
+        hyb_tokenizer_free(ts);
+    }
     CHECK(nb == (long)n && memcmp(out, text, n) == 0);
     /* two threads sharing one tokenizer (and its cache) */
     thread_job jobs[2];
@@ -621,6 +685,7 @@ int main(void) {
     RUN(test_spm_spec);
     RUN(test_llama3_regex);
     RUN(test_malformed);
+    RUN(test_mutations);
     RUN(test_gguf_llama_scores);
     RUN(test_gguf_errors);
     RUN(test_random_bytes);

@@ -17,6 +17,15 @@
  * A tokenizer is safe to use from several threads at once (the cache has a lock).
  *
  * Token types follow the GGUF numbering (tokenizer.ggml.token_type).
+ *
+ * Checked against HF `tokenizers` (tests/test_tokenizer.c: identical ids on every sample for
+ * SmolLM2, the GPT-2 and llama-3 regexes and three SentencePiece layouts). Known differences:
+ *  - added tokens are always matched in the raw text: HF matches `normalized: true` added tokens
+ *    in the normalized text instead (the same thing when there is no normalizer);
+ *    `single_word` is ignored; lstrip/rstrip strip ASCII whitespace only.
+ *  - decode returns raw bytes; HF returns lossy UTF-8 (U+FFFD for a byte sequence cut short).
+ *  - unsupported normalizers (NFC, NFKC, Lowercase, ...) and pre-tokenizers (Whitespace,
+ *    Punctuation, UnicodeScripts, ...) are load errors that name them, never ignored.
  */
 #ifndef HYB_TOKENIZER_H
 #define HYB_TOKENIZER_H
