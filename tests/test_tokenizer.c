@@ -530,6 +530,68 @@ static void test_gguf_llama_scores(void) {
     free(img);
 }
 
+/* A GGUF "llama" tokenizer (pieces + scores, no merges) against Google's sentencepiece itself:
+ * a small BPE model with byte fallback trained by tests/reference/tokenizer_ref.py. sentencepiece
+ * does not parse control tokens in text, hence HYB_TOK_NO_PARSE_SPECIAL. */
+static void test_gguf_vs_sentencepiece(void) {
+    cJSON *j = read_json("spm_real.json");
+    CHECK(j != NULL);
+    if (!j) return;
+    const cJSON *jt = cJSON_GetObjectItem(j, "tokens"), *js = cJSON_GetObjectItem(j, "scores");
+    const cJSON *jy = cJSON_GetObjectItem(j, "types"), *it;
+    int n = cJSON_GetArraySize(jt), i = 0;
+    const char **toks = calloc((size_t)n, sizeof *toks);
+    float *scores = calloc((size_t)n, sizeof *scores);
+    int32_t *types = calloc((size_t)n, sizeof *types);
+    cJSON_ArrayForEach(it, jt) toks[i++] = it->valuestring;
+    i = 0;
+    cJSON_ArrayForEach(it, js) scores[i++] = (float)it->valuedouble;
+    i = 0;
+    cJSON_ArrayForEach(it, jy) types[i++] = it->valueint;
+    gbuf g = {0};
+    kv_str(&g, "tokenizer.ggml.model", "llama");
+    kv_strs(&g, "tokenizer.ggml.tokens", toks, n);
+    kv_i32s(&g, "tokenizer.ggml.token_type", types, n);
+    kv_f32s(&g, "tokenizer.ggml.scores", scores, n);
+    kv_u32(&g, "tokenizer.ggml.bos_token_id", 1);
+    kv_u32(&g, "tokenizer.ggml.eos_token_id", 2);
+    kv_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
+    size_t size;
+    unsigned char *img = gfinish(&g, &size);
+    hyb_tokenizer *t = tok_from_image(img, size);
+    CHECK_MSG(t != NULL, "%s", hyb_error());
+    int k = 0, same = 0, ndec = 0;
+    const cJSON *e;
+    const cJSON *golden = t ? cJSON_GetObjectItem(j, "golden") : NULL;
+    cJSON_ArrayForEach(e, golden) {
+        const char *text = cJSON_GetObjectItem(e, "text")->valuestring;
+        const char *dec = cJSON_GetObjectItem(e, "decode")->valuestring;
+        int32_t *ids = NULL;
+        size_t nids = 0;
+        CHECK(hyb_tokenizer_encode_alloc(t, text, strlen(text), HYB_TOK_NO_PARSE_SPECIAL, &ids, &nids) == HYB_OK);
+        int eq = ids_equal(ids, (long)nids, cJSON_GetObjectItem(e, "ids"));
+        CHECK_MSG(eq, "sentencepiece sample %d: ids differ for \"%.60s\"", k, text);
+        if (!eq) print_ids("hyb", ids, (long)nids);
+        same += eq;
+        long need = hyb_tokenizer_decode(t, ids, nids, 0, NULL, 0);
+        char *out = malloc((size_t)need + 1);
+        long nb = hyb_tokenizer_decode(t, ids, nids, 0, out, (size_t)need + 1);
+        if (!has_replacement_char(dec)) {
+            ndec++;
+            CHECK_MSG(nb == (long)strlen(dec) && memcmp(out, dec, (size_t)nb) == 0,
+                      "sentencepiece sample %d: decode \"%.*s\" != \"%s\"", k, (int)nb, out, dec);
+        }
+        free(out);
+        free(ids);
+        k++;
+    }
+    printf("  GGUF llama (scores) vs sentencepiece: %d/%d samples identical, %d decodes compared\n",
+           same, k, ndec);
+    hyb_tokenizer_free(t);
+    free(img), free(toks), free(scores), free(types);
+    cJSON_Delete(j);
+}
+
 /* parts: 1 = tokens, 2 = merges */
 static void expect_gguf_error(const char *model, const char *pre, int parts, const char *needle) {
     const char *toks[] = {"a", "b", "ab"};
@@ -688,6 +750,7 @@ int main(void) {
     RUN(test_mutations);
     RUN(test_gguf_llama_scores);
     RUN(test_gguf_errors);
+    RUN(test_gguf_vs_sentencepiece);
     RUN(test_random_bytes);
     RUN(test_speed_and_threads);
     return harness_done();
