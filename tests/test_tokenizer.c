@@ -524,6 +524,12 @@ static void test_gguf_llama_scores(void) {
         /* control tokens in text */
         n = hyb_tokenizer_encode(t, "<s>a", 4, 0, ids, 16);
         CHECK(n == 2 && ids[0] == 1 && ids[1] == 8);
+        n = hyb_tokenizer_encode(t, "<unk>a", 6, 0, ids, 16); /* unknown-type token, as HF */
+        CHECK(n == 2 && ids[0] == 0 && ids[1] == 8);
+        nb = hyb_tokenizer_decode(t, ids, (size_t)n, HYB_TOK_SKIP_SPECIAL, out, sizeof out);
+        CHECK(nb == 1 && out[0] == 'a'); /* skipped tokens do not count: "▁a" is first */
+        nb = hyb_tokenizer_decode(t, ids, (size_t)n, 0, out, sizeof out);
+        CHECK(nb == 7 && memcmp(out, "<unk> a", 7) == 0); /* only a leading space is dropped */
         CHECK(hyb_tokenizer_unk_id(t) == 0 && hyb_tokenizer_eos_id(t) == 2);
     }
     hyb_tokenizer_free(t);

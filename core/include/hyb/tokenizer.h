@@ -62,7 +62,7 @@ typedef enum hyb_pretok_kind {
 /* Token types, numbered as GGUF's tokenizer.ggml.token_type. */
 enum {
     HYB_TOKEN_NORMAL = 1,
-    HYB_TOKEN_UNKNOWN = 2,
+    HYB_TOKEN_UNKNOWN = 2,      /* <unk>: matched in text and skipped like a control token */
     HYB_TOKEN_CONTROL = 3,      /* special token (bos, eos, <|im_start|>...): matched in text */
     HYB_TOKEN_USER_DEFINED = 4, /* added, non-special token: matched in text */
     HYB_TOKEN_UNUSED = 5,
@@ -110,7 +110,7 @@ void hyb_tokenizer_free(hyb_tokenizer *tok);
 enum {
     HYB_TOK_ADD_SPECIAL = 1,      /* encode: add bos/eos as the tokenizer says */
     HYB_TOK_NO_PARSE_SPECIAL = 2, /* encode: added/special token text is plain text */
-    HYB_TOK_SKIP_SPECIAL = 4,     /* decode: drop special (control) tokens */
+    HYB_TOK_SKIP_SPECIAL = 4,     /* decode: drop special (control and unknown) tokens */
 };
 
 /* text: [len] bytes (UTF-8; invalid bytes are kept and byte-encoded). Writes up to `cap` ids and
