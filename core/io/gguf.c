@@ -410,11 +410,15 @@ static int parse(hyb_gguf *g) {
     /* a kv is at least 8 (key length) + 1 (key) + 4 (type) + 1 (value) bytes; a tensor info at
      * least 8 + 1 (name) + 4 (n_dims) + 8 (one dim) + 4 (type) + 8 (offset) */
     if (n_kv > left / 14)
-        return FERR(g, 16, "kv count %" PRIu64 " is impossible: the file has only %" PRIu64 " bytes after the header",
+        return FERR(g, 16,
+                    "kv count %" PRIu64 " is impossible: a kv takes at least 14 bytes and only %" PRIu64
+                    " bytes follow the header (truncated file or corrupt count)",
                     n_kv, left);
     if (n_tensors > left / 33)
-        return FERR(g, 8, "tensor count %" PRIu64 " is impossible: the file has only %" PRIu64
-                    " bytes after the header", n_tensors, left);
+        return FERR(g, 8,
+                    "tensor count %" PRIu64 " is impossible: a tensor info takes at least 33 bytes and only %" PRIu64
+                    " bytes follow the header (truncated file or corrupt count)",
+                    n_tensors, left);
     g->kv = calloc((size_t)n_kv + 1, sizeof(gguf_kv));
     g->tensors = calloc((size_t)n_tensors + 1, sizeof(hyb_gguf_tensor));
     g->tensor_name_off = calloc((size_t)n_tensors + 1, sizeof(uint64_t));
@@ -465,7 +469,7 @@ static int parse(hyb_gguf *g) {
                         PRIu64 " bytes)", t->name, data, g->size);
         uint64_t room = g->size - data;
         if (t->offset > room || t->nbytes > room - t->offset)
-            return FERR(g, data,
+            return FERR(g, t->offset <= room ? data + t->offset : data,
                         "tensor '%s' (%s, %" PRIu64 " bytes at data offset %" PRIu64
                         ") extends beyond the end of the file (%" PRIu64 " bytes; data section starts at %" PRIu64 ")",
                         t->name, hyb_ggml_type_name(t->type), t->nbytes, t->offset, g->size, data);
