@@ -17,9 +17,11 @@
  *   Q8_K 292 B / 256: d:f32, qs:i8[256], bsums:i16[16]  y = d * qs[e]
  * The per-type comments below give the bit positions.
  *
- * Arithmetic: every product and sum is done in f32 in the order the reference formulas use, and
- * fused multiply-add is disabled for this file, so the results are bit-identical to the python
- * reference (tests/test_gguf.c checks that on every type).
+ * Arithmetic: every product and sum is done in f32 in the order the reference formulas use, so
+ * the results are bit-identical to the python reference (tests/test_gguf.c checks every type).
+ * For these formats the products feeding an addition (f16 scale x small integer) are exact in
+ * f32, so a fused multiply-add would round the same; contraction is still switched off for this
+ * file so that the guarantee does not rest on that argument.
  */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
