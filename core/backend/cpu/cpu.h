@@ -12,4 +12,28 @@ void hyb_cpu_sgemm(int transA, int transB, int M, int N, int K, float alpha, con
  * for i < hd/2, (x[i], x[i+hd/2]) rotated by angle pos * theta^(-2i/hd). inverse: rotate by -angle
  * (the backward of the forward). */
 void hyb_cpu_rope(float *x, int T, int H, int hd, const int32_t *pos, float theta, int inverse);
+
+/* The remaining kernels of the backend table (hyb/backend.h documents each one; `rows` counts all
+ * leading dims, gradients d* are accumulated (+=) and may be NULL). */
+void hyb_cpu_embedding_fwd(const float *W, const int32_t *ids, float *y, int64_t n, int64_t D);
+void hyb_cpu_embedding_bwd(float *dW, const int32_t *ids, const float *dy, int64_t n, int64_t D);
+void hyb_cpu_rmsnorm_fwd(const float *x, const float *w, float *y, float *rstd, int64_t rows,
+                         int64_t D, float eps);
+void hyb_cpu_rmsnorm_bwd(const float *x, const float *w, const float *rstd, const float *dy,
+                         float *dx, float *dw, int64_t rows, int64_t D);
+void hyb_cpu_swiglu_fwd(const float *gate, const float *up, float *y, int64_t n);
+void hyb_cpu_swiglu_bwd(const float *gate, const float *up, const float *dy, float *dgate,
+                        float *dup, int64_t n);
+void hyb_cpu_add(const float *a, const float *b, float *y, int64_t n);
+void hyb_cpu_axpy(float *dst, const float *src, float alpha, int64_t n);
+void hyb_cpu_softmax_fwd(const float *x, float *y, int64_t rows, int64_t V);
+void hyb_cpu_softmax_bwd(const float *y, const float *dy, float *dx, int64_t rows, int64_t V);
+void hyb_cpu_ce_fwd(const float *logits, const int32_t *targets, const float *w, float *lse,
+                    int64_t rows, int64_t V, double *loss_sum);
+void hyb_cpu_ce_bwd(const float *logits, const int32_t *targets, const float *w, const float *lse,
+                    float *dlogits, int64_t rows, int64_t V, float scale);
+void hyb_cpu_kl_fwd(const float *s, const float *t, const float *w, float *stats, int64_t rows,
+                    int64_t V, float temperature, int reverse, double *loss_sum);
+void hyb_cpu_kl_bwd(const float *s, const float *t, const float *w, const float *stats, float *ds,
+                    int64_t rows, int64_t V, float temperature, int reverse, float scale);
 #endif

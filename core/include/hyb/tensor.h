@@ -12,6 +12,9 @@
  * Ownership: a tensor made by hyb_tensor_new owns its data and frees it in hyb_tensor_free; a
  * view (hyb_tensor_view) or a wrapper (hyb_tensor_wrap) never frees data; arena tensors belong to
  * their arena and are released with it (hyb_tensor_free on them is a no-op for the data).
+ * ->grad is owned by whoever set it (the parameter store for parameters, the graph's arena for
+ * activations): hyb_tensor_free never frees ->grad. A view shares data but not autodiff: the tape
+ * does not connect a view to its base.
  */
 #ifndef HYB_TENSOR_H
 #define HYB_TENSOR_H
@@ -89,6 +92,10 @@ static inline const float *hyb_tensor_cf32(const hyb_tensor *t) { return (const 
 
 /* Convert n elements of src (any dtype, quantised included) to f32. */
 int hyb_convert_to_f32(hyb_dtype src_type, const void *src, float *dst, int64_t n);
+/* Dequantise n elements (a whole number of blocks) of a quantised GGUF type (Q8_0, Q4_0, Q4_1,
+ * Q4_K, Q6_K) into f32. Implemented by the GGUF reader (core/io/dequant.c); hyb_convert_to_f32
+ * calls it for quantised types. Returns HYB_OK or a negative hyb_status with the error set. */
+int hyb_dequantize(hyb_dtype type, const void *src, float *dst, int64_t n);
 /* f32 -> f16 / bf16 (round to nearest even). */
 int hyb_convert_from_f32(hyb_dtype dst_type, const float *src, void *dst, int64_t n);
 

@@ -1,0 +1,74 @@
+/* core/graph/graph_internal.h: the tape and the helpers every op uses (internal to libhyb).
+ *
+ * An op: check its inputs (op_check_*), make its output (graph_output), run the backend kernel,
+ * then, when graph_recording() says so, record a node whose backward reads node->out->grad and
+ * accumulates into each input's gradient obtained with graph_grad(). */
+#ifndef HYB_GRAPH_INTERNAL_H
+#define HYB_GRAPH_INTERNAL_H
+
+#include "graph/arena.h"
+#include "hyb/backend.h"
+#include "hyb/graph.h"
+
+#define HYB_NODE_MAX_IN 3
+
+/* Set an argument error and return NULL from an op. */
+#define OP_ERR(...)                                                                                \
+    do {                                                                                           \
+        hyb_error_set(HYB_ERR_ARG, __VA_ARGS__);                                                   \
+        return NULL;                                                                               \
+    } while (0)
+
+typedef struct hyb_node hyb_node;
+typedef int (*hyb_backward_fn)(hyb_graph *g, hyb_node *n);
+
+struct hyb_node {
+    const char *op;
+    hyb_tensor *in[HYB_NODE_MAX_IN];
+    int n_in;
+    hyb_tensor *out;
+    const hyb_backend *be;
+    hyb_backward_fn backward;
+    void *saved[3]; /* arena buffers the backward needs (device or host as the op documents) */
+    int64_t iv[4];  /* small integer parameters */
+    float fv[4];    /* small float parameters */
+    void *ptr;      /* op-specific object (the mixer for hyb_mixer_apply) */
+};
+
+struct hyb_graph {
+    hyb_arena *host;                    /* tensor structs, host-side saved data, CPU activations */
+    hyb_arena *dev[2];                  /* per device data arena; dev[HYB_DEV_CPU] == host */
+    hyb_node *nodes;
+    int n_nodes, cap_nodes;
+    int grad_enabled;
+};
+
+/* Host memory from the graph's arena (not zeroed). */
+void *graph_host_alloc(hyb_graph *g, size_t nbytes);
+/* Device memory of `dev` from the graph's arena (not zeroed). */
+void *graph_dev_alloc(hyb_graph *g, hyb_device dev, size_t nbytes);
+/* An f32 arena tensor for an op's result (data not zeroed). NULL + error (prefixed by op). */
+hyb_tensor *graph_output(hyb_graph *g, const char *op, hyb_device dev, int ndim,
+                         const int64_t *shape);
+/* Grad mode on and some input requires grad? (NULL entries are skipped.) */
+int graph_recording(const hyb_graph *g, hyb_tensor *const *ins, int n);
+/* Append a node; marks out->requires_grad. NULL + error on OOM. */
+hyb_node *graph_record(hyb_graph *g, const char *op, hyb_tensor *out, hyb_tensor *const *ins,
+                       int n_in, hyb_backward_fn backward);
+/* The gradient buffer of t for accumulation: *out = NULL when t does not require grad; an arena
+ * tensor's grad is allocated (zeroed) on first use; a non-arena tensor must bring its own ->grad of
+ * t's shape, f32, same device (error otherwise). */
+int graph_grad(hyb_graph *g, hyb_tensor *t, float **out);
+
+/* Backend of a device, error prefixed with the op. */
+const hyb_backend *op_backend(const char *op, hyb_device dev);
+/* t non-NULL, f32, contiguous, on a device; `what` names it in messages ("x", "W"). */
+int op_check_f32(const char *op, const char *what, const hyb_tensor *t);
+/* Same device for a and b. */
+int op_check_same_device(const char *op, const char *an, const hyb_tensor *a, const char *bn,
+                         const hyb_tensor *b);
+/* "[2, 3, 4]" (shape only) into buf. */
+const char *op_shape(const hyb_tensor *t, char *buf, size_t n);
+/* Rows of a [..., D] tensor as int for BLAS, error when too large. */
+int op_rows_int(const char *op, const char *what, const hyb_tensor *t, int64_t inner, int *rows);
+#endif

@@ -1,0 +1,127 @@
+/* core/graph/mixer_apply.c: a mixer plugin as one coarse node of the tape. */
+#include <string.h>
+
+#include "graph/graph_internal.h"
+#include "hyb/mixer.h"
+
+static int mixer_bwd(hyb_graph *g, hyb_node *n) {
+    hyb_mixer *m = (hyb_mixer *)n->ptr;
+    hyb_tensor *x = n->in[0];
+    const int B = (int)n->iv[0], T = (int)n->iv[1];
+    const size_t xbytes = hyb_tensor_nbytes(x);
+    float *dx_acc;
+    HYB_TRY(graph_grad(g, x, &dx_acc));
+    /* the plugin WRITES dx: give it scratch, then accumulate into x's grad */
+    float *dx = graph_dev_alloc(g, x->device, xbytes ? xbytes : 1);
+    float **grads = graph_host_alloc(g, sizeof(float *) * (size_t)(m->n_params ? m->n_params : 1));
+    if (!dx || !grads) return HYB_ERR_NOMEM;
+    for (int i = 0; i < m->n_params; i++) {
+        hyb_tensor *p = m->params[i];
+        float *gp = NULL;
+        HYB_TRY(graph_grad(g, p, &gp));
+        if (!gp) {
+            /* frozen parameter: the plugin still accumulates, into zeroed scratch */
+            size_t nb = hyb_tensor_nbytes(p);
+            gp = graph_dev_alloc(g, p->device, nb ? nb : 1);
+            if (!gp) return HYB_ERR_NOMEM;
+            n->be->memset0(n->be, gp, nb);
+        }
+        grads[i] = gp;
+    }
+    hyb_mixer_bwd a;
+    memset(&a, 0, sizeof a);
+    a.B = B;
+    a.T = T;
+    a.device = x->device;
+    a.stream = n->be->stream;
+    a.x = (const float *)x->data;
+    a.dy = (const float *)n->out->grad->data;
+    a.dx = dx;
+    a.params = (const float *const *)n->saved[1];
+    a.grads = grads;
+    a.saved = n->saved[0];
+    int rc = m->desc->backward(m->self, &a);
+    if (rc != HYB_OK)
+        return hyb_error_wrap(rc < 0 ? rc : HYB_ERR, "mixer '%s' (layer %d) backward", m->type,
+                              m->dims.layer);
+    if (dx_acc) n->be->axpy(n->be, dx_acc, dx, 1.0f, hyb_tensor_numel(x));
+    return HYB_OK;
+}
+
+hyb_tensor *hyb_mixer_apply(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x, void *const *states,
+                            const int32_t *pos, int max_ctx) {
+    static const char OP[] = "hyb_mixer_apply";
+    char a[128], b[128];
+    if (!g) OP_ERR("%s: graph is NULL", OP);
+    if (!m || !m->desc) OP_ERR("%s: mixer is NULL", OP);
+    if (op_check_f32(OP, "x", x)) return NULL;
+    const int64_t D = m->dims.d_model;
+    if (x->ndim != 3 || x->shape[2] != D)
+        OP_ERR("%s: mixer '%s' (layer %d): x %s must be [B, T, %lld]", OP, m->type, m->dims.layer,
+               op_shape(x, a, sizeof a), (long long)D);
+    if (x->shape[0] > 0x7fffffff || x->shape[1] > 0x7fffffff)
+        OP_ERR("%s: x %s is too large", OP, op_shape(x, a, sizeof a));
+    const int B = (int)x->shape[0], T = (int)x->shape[1];
+    if (m->n_params < 0 || (m->n_params > 0 && !m->params))
+        OP_ERR("%s: mixer '%s' has no parameter array", OP, m->type);
+    int wants_grad = x->requires_grad;
+    for (int i = 0; i < m->n_params; i++) {
+        hyb_tensor *p = m->params[i];
+        const char *pn = m->decls ? m->decls[i].name : "param";
+        if (op_check_f32(OP, pn, p)) return NULL;
+        if (op_check_same_device(OP, "x", x, pn, p)) return NULL;
+        if (m->decls) {
+            int64_t want = 1;
+            for (int d = 0; d < m->decls[i].ndim; d++) want *= m->decls[i].shape[d];
+            if (want != hyb_tensor_numel(p))
+                OP_ERR("%s: mixer '%s' parameter '%s' %s does not match its declaration (%lld "
+                       "elements)", OP, m->type, pn, op_shape(p, b, sizeof b), (long long)want);
+        }
+        if (p->requires_grad) wants_grad = 1;
+    }
+    const hyb_backend *be = op_backend(OP, x->device);
+    if (!be) return NULL;
+    const int recording = g->grad_enabled && wants_grad;
+    const float **params = graph_host_alloc(g, sizeof(float *) * (size_t)(m->n_params ? m->n_params : 1));
+    if (!params) return NULL;
+    for (int i = 0; i < m->n_params; i++) params[i] = (const float *)m->params[i]->data;
+    void *saved = NULL;
+    if (recording) {
+        size_t sb = m->desc->saved_bytes(m->self, B, T);
+        saved = graph_dev_alloc(g, x->device, sb ? sb : 1);
+        if (!saved) return NULL;
+    }
+    hyb_tensor *y = graph_output(g, OP, x->device, 3, x->shape);
+    if (!y) return NULL;
+    hyb_mixer_fwd fa;
+    memset(&fa, 0, sizeof fa);
+    fa.B = B;
+    fa.T = T;
+    fa.device = x->device;
+    fa.stream = be->stream;
+    fa.x = (const float *)x->data;
+    fa.y = (float *)y->data;
+    fa.params = params;
+    fa.saved = saved;
+    fa.states = states;
+    fa.pos = pos;
+    fa.max_ctx = max_ctx;
+    int rc = m->desc->forward(m->self, &fa);
+    if (rc != HYB_OK) {
+        hyb_error_wrap(rc < 0 ? rc : HYB_ERR, "%s: mixer '%s' (layer %d) forward on x %s", OP,
+                       m->type, m->dims.layer, op_shape(x, a, sizeof a));
+        return NULL;
+    }
+    if (recording) {
+        /* x alone decides nothing here: the node must exist when only the params want grads */
+        hyb_tensor *ins[1] = {x};
+        hyb_node *nd = graph_record(g, OP, y, ins, 1, mixer_bwd);
+        if (!nd) return NULL;
+        nd->ptr = m;
+        nd->saved[0] = saved;
+        nd->saved[1] = (void *)params;
+        nd->iv[0] = B;
+        nd->iv[1] = T;
+    }
+    return y;
+}

@@ -1,0 +1,97 @@
+/* core/graph/op_elementwise.c: swiglu, add, softmax. */
+#include "graph/graph_internal.h"
+
+static int same_shape_f32(const char *op, const char *an, const hyb_tensor *a, const char *bn,
+                          const hyb_tensor *b) {
+    if (op_check_f32(op, an, a) || op_check_f32(op, bn, b)) return HYB_ERR_ARG;
+    if (!hyb_tensor_same_shape(a, b)) {
+        char sa[128], sb[128];
+        return hyb_error_set(HYB_ERR_ARG, "%s: %s %s and %s %s: shapes differ", op, an,
+                             op_shape(a, sa, sizeof sa), bn, op_shape(b, sb, sizeof sb));
+    }
+    return op_check_same_device(op, an, a, bn, b);
+}
+
+// ---- swiglu ---------------------------------------------------------------------------------
+
+static int swiglu_bwd(hyb_graph *g, hyb_node *n) {
+    float *dg, *du;
+    HYB_TRY(graph_grad(g, n->in[0], &dg));
+    HYB_TRY(graph_grad(g, n->in[1], &du));
+    n->be->swiglu_bwd(n->be, (const float *)n->in[0]->data, (const float *)n->in[1]->data,
+                      (const float *)n->out->grad->data, dg, du, hyb_tensor_numel(n->out));
+    return HYB_OK;
+}
+
+hyb_tensor *hyb_swiglu(hyb_graph *g, hyb_tensor *gate, hyb_tensor *up) {
+    static const char OP[] = "hyb_swiglu";
+    if (!g) OP_ERR("%s: graph is NULL", OP);
+    if (same_shape_f32(OP, "gate", gate, "up", up)) return NULL;
+    const hyb_backend *be = op_backend(OP, gate->device);
+    if (!be) return NULL;
+    hyb_tensor *y = graph_output(g, OP, gate->device, gate->ndim, gate->shape);
+    if (!y) return NULL;
+    be->swiglu_fwd(be, (const float *)gate->data, (const float *)up->data, (float *)y->data,
+                   hyb_tensor_numel(y));
+    hyb_tensor *ins[2] = {gate, up};
+    if (graph_recording(g, ins, 2) && !graph_record(g, OP, y, ins, 2, swiglu_bwd)) return NULL;
+    return y;
+}
+
+// ---- add ------------------------------------------------------------------------------------
+
+static int add_bwd(hyb_graph *g, hyb_node *n) {
+    const int64_t N = hyb_tensor_numel(n->out);
+    const float *dy = (const float *)n->out->grad->data;
+    for (int i = 0; i < 2; i++) {
+        float *d;
+        HYB_TRY(graph_grad(g, n->in[i], &d));
+        if (d) n->be->axpy(n->be, d, dy, 1.0f, N);
+    }
+    return HYB_OK;
+}
+
+hyb_tensor *hyb_add(hyb_graph *g, hyb_tensor *a, hyb_tensor *b) {
+    static const char OP[] = "hyb_add";
+    if (!g) OP_ERR("%s: graph is NULL", OP);
+    if (same_shape_f32(OP, "a", a, "b", b)) return NULL;
+    const hyb_backend *be = op_backend(OP, a->device);
+    if (!be) return NULL;
+    hyb_tensor *y = graph_output(g, OP, a->device, a->ndim, a->shape);
+    if (!y) return NULL;
+    be->add(be, (const float *)a->data, (const float *)b->data, (float *)y->data, hyb_tensor_numel(y));
+    hyb_tensor *ins[2] = {a, b};
+    if (graph_recording(g, ins, 2) && !graph_record(g, OP, y, ins, 2, add_bwd)) return NULL;
+    return y;
+}
+
+// ---- softmax --------------------------------------------------------------------------------
+
+static int softmax_bwd(hyb_graph *g, hyb_node *n) {
+    float *dx;
+    HYB_TRY(graph_grad(g, n->in[0], &dx));
+    if (dx)
+        n->be->softmax_bwd(n->be, (const float *)n->out->data, (const float *)n->out->grad->data, dx,
+                           n->iv[0], n->iv[1]);
+    return HYB_OK;
+}
+
+hyb_tensor *hyb_softmax(hyb_graph *g, hyb_tensor *x) {
+    static const char OP[] = "hyb_softmax";
+    if (!g) OP_ERR("%s: graph is NULL", OP);
+    if (op_check_f32(OP, "x", x)) return NULL;
+    const hyb_backend *be = op_backend(OP, x->device);
+    if (!be) return NULL;
+    const int64_t V = x->shape[x->ndim - 1], rows = V ? hyb_tensor_numel(x) / V : 0;
+    hyb_tensor *y = graph_output(g, OP, x->device, x->ndim, x->shape);
+    if (!y) return NULL;
+    be->softmax_fwd(be, (const float *)x->data, (float *)y->data, rows, V);
+    hyb_tensor *ins[1] = {x};
+    if (graph_recording(g, ins, 1)) {
+        hyb_node *nd = graph_record(g, OP, y, ins, 1, softmax_bwd);
+        if (!nd) return NULL;
+        nd->iv[0] = rows;
+        nd->iv[1] = V;
+    }
+    return y;
+}
