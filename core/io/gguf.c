@@ -726,7 +726,7 @@ static int lookup(const hyb_gguf *g, const char *key, int want, const gguf_kv **
 
 #define GETTER(fn, vt, ctype, load)                                                                \
     int fn(const hyb_gguf *g, const char *key, ctype *out) {                                       \
-        const gguf_kv *e;                                                                          \
+        const gguf_kv *e = NULL;                                                                   \
         HYB_TRY(lookup(g, key, vt, &e));                                                           \
         const uint8_t *p = g->base + e->pos;                                                       \
         (void)p;                                                                                   \
@@ -745,7 +745,7 @@ GETTER(hyb_gguf_get_i64, HYB_GGUF_I64, int64_t, (int64_t)ld_u64(p))
 GETTER(hyb_gguf_get_bool, HYB_GGUF_BOOL, int, p[0] != 0)
 
 int hyb_gguf_get_f32(const hyb_gguf *g, const char *key, float *out) {
-    const gguf_kv *e;
+    const gguf_kv *e = NULL;
     HYB_TRY(lookup(g, key, HYB_GGUF_F32, &e));
     uint32_t u = ld_u32(g->base + e->pos);
     memcpy(out, &u, 4);
@@ -753,7 +753,7 @@ int hyb_gguf_get_f32(const hyb_gguf *g, const char *key, float *out) {
 }
 
 int hyb_gguf_get_f64(const hyb_gguf *g, const char *key, double *out) {
-    const gguf_kv *e;
+    const gguf_kv *e = NULL;
     HYB_TRY(lookup(g, key, HYB_GGUF_F64, &e));
     uint64_t u = ld_u64(g->base + e->pos);
     memcpy(out, &u, 8);
@@ -761,7 +761,7 @@ int hyb_gguf_get_f64(const hyb_gguf *g, const char *key, double *out) {
 }
 
 int hyb_gguf_get_str(const hyb_gguf *g, const char *key, const char **out, uint64_t *len) {
-    const gguf_kv *e;
+    const gguf_kv *e = NULL;
     HYB_TRY(lookup(g, key, HYB_GGUF_STRING, &e));
     *out = g->arena + e->str;
     if (len) *len = e->str_len;
@@ -769,7 +769,7 @@ int hyb_gguf_get_str(const hyb_gguf *g, const char *key, const char **out, uint6
 }
 
 int hyb_gguf_get_int(const hyb_gguf *g, const char *key, int64_t *out) {
-    const gguf_kv *e;
+    const gguf_kv *e = NULL;
     HYB_TRY(lookup(g, key, -1, &e));
     num v;
     if (e->type == HYB_GGUF_STRING || e->type == HYB_GGUF_ARRAY || num_load(e->type, g->base + e->pos, &v) != HYB_OK ||
@@ -782,7 +782,7 @@ int hyb_gguf_get_int(const hyb_gguf *g, const char *key, int64_t *out) {
 }
 
 int hyb_gguf_get_float(const hyb_gguf *g, const char *key, double *out) {
-    const gguf_kv *e;
+    const gguf_kv *e = NULL;
     HYB_TRY(lookup(g, key, -1, &e));
     num v;
     if (e->type == HYB_GGUF_STRING || e->type == HYB_GGUF_ARRAY || e->type == HYB_GGUF_BOOL ||
@@ -794,7 +794,7 @@ int hyb_gguf_get_float(const hyb_gguf *g, const char *key, double *out) {
 }
 
 int hyb_gguf_get_arr(const hyb_gguf *g, const char *key, hyb_gguf_vtype *elem_type, uint64_t *len) {
-    const gguf_kv *e;
+    const gguf_kv *e = NULL;
     HYB_TRY(lookup(g, key, HYB_GGUF_ARRAY, &e));
     if (elem_type) *elem_type = (hyb_gguf_vtype)e->arr_type;
     if (len) *len = e->n;

@@ -107,9 +107,9 @@ int hyb_ggml_type_to_dtype(int type, hyb_dtype *out);
  * python gguf package (no fused multiply-add). Parallel (OpenMP) for large n. */
 int hyb_ggml_dequantize(int type, const void *src, float *dst, int64_t n);
 
-/* Same for hyb dtypes (F32, F16, BF16, I32, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K).
- * src: n elements of `type` (blocks for quantised types); dst: [n] f32. */
-int hyb_dequantize(hyb_dtype type, const void *src, float *dst, int64_t n);
+/* hyb_dequantize(hyb_dtype, src, dst, n), declared in hyb/tensor.h, is implemented in
+ * core/io/dequant.c on top of hyb_ggml_dequantize; it accepts every hyb dtype with a GGML
+ * counterpart (F32, F16, BF16, I32, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K). */
 
 typedef struct hyb_gguf hyb_gguf;
 
