@@ -11,6 +11,7 @@
 
 #include "harness.h"
 #include "hyb/common.h"
+#include "hyb/gguf.h"
 #include "hyb/tokenizer.h"
 
 static char *data_path(const char *name) {
@@ -377,6 +378,170 @@ static void test_malformed(void) {
     free(s);
 }
 
+
+/* ---- a tiny GGUF writer, to test loading from GGUF metadata without the model ------------- */
+typedef struct {
+    unsigned char *b;
+    size_t n, cap;
+    uint64_t n_kv;
+} gbuf;
+
+static void gput(gbuf *g, const void *d, size_t n) {
+    if (g->n + n > g->cap) {
+        g->cap = (g->n + n) * 2 + 256;
+        g->b = realloc(g->b, g->cap);
+    }
+    memcpy(g->b + g->n, d, n);
+    g->n += n;
+}
+static void gu32(gbuf *g, uint32_t v) { gput(g, &v, 4); } /* little-endian host */
+static void gu64(gbuf *g, uint64_t v) { gput(g, &v, 8); }
+static void gstr(gbuf *g, const char *s) {
+    gu64(g, strlen(s));
+    gput(g, s, strlen(s));
+}
+static void gkey(gbuf *g, const char *k, uint32_t type) {
+    gstr(g, k);
+    gu32(g, type);
+    g->n_kv++;
+}
+static void kv_str(gbuf *g, const char *k, const char *v) { gkey(g, k, HYB_GGUF_STRING), gstr(g, v); }
+static void kv_u32(gbuf *g, const char *k, uint32_t v) { gkey(g, k, HYB_GGUF_U32), gu32(g, v); }
+static void kv_strs(gbuf *g, const char *k, const char *const *v, int n) {
+    gkey(g, k, HYB_GGUF_ARRAY);
+    gu32(g, HYB_GGUF_STRING), gu64(g, (uint64_t)n);
+    for (int i = 0; i < n; i++) gstr(g, v[i]);
+}
+static void kv_i32s(gbuf *g, const char *k, const int32_t *v, int n) {
+    gkey(g, k, HYB_GGUF_ARRAY);
+    gu32(g, HYB_GGUF_I32), gu64(g, (uint64_t)n), gput(g, v, 4 * (size_t)n);
+}
+static void kv_f32s(gbuf *g, const char *k, const float *v, int n) {
+    gkey(g, k, HYB_GGUF_ARRAY);
+    gu32(g, HYB_GGUF_F32), gu64(g, (uint64_t)n), gput(g, v, 4 * (size_t)n);
+}
+/* The finished image: header + kvs + padding to 32. Caller frees. */
+static unsigned char *gfinish(gbuf *g, size_t *size) {
+    gbuf h = {0};
+    gput(&h, "GGUF", 4), gu32(&h, 3), gu64(&h, 0), gu64(&h, g->n_kv);
+    gput(&h, g->b, g->n);
+    while (h.n % 32) gput(&h, "\0", 1);
+    free(g->b);
+    *size = h.n;
+    return h.b;
+}
+
+static hyb_tokenizer *tok_from_image(unsigned char *img, size_t size) {
+    hyb_gguf *gg = NULL;
+    hyb_tokenizer *t = NULL;
+    if (hyb_gguf_open_memory(img, size, "mem.gguf", &gg) == HYB_OK) t = hyb_tokenizer_from_gguf(gg);
+    hyb_gguf_close(gg);
+    return t;
+}
+
+static void test_gguf_llama_scores(void) {
+    /* SentencePiece-style, no merges: merge priority comes from the merged token's score */
+    const char *toks[] = {"<unk>", "<s>", "</s>", "<0x21>", "\xE2\x96\x81", "a", "b", "ab",
+                          "\xE2\x96\x81" "a", "\xE2\x96\x81" "ab"};
+    int32_t types[] = {2, 3, 3, 6, 1, 1, 1, 1, 1, 1};
+    float scores[] = {0, 0, 0, 0, -10, -10, -10, -1, -2, -3};
+    gbuf g = {0};
+    kv_str(&g, "tokenizer.ggml.model", "llama");
+    kv_strs(&g, "tokenizer.ggml.tokens", toks, 10);
+    kv_i32s(&g, "tokenizer.ggml.token_type", types, 10);
+    kv_f32s(&g, "tokenizer.ggml.scores", scores, 10);
+    kv_u32(&g, "tokenizer.ggml.bos_token_id", 1);
+    kv_u32(&g, "tokenizer.ggml.eos_token_id", 2);
+    kv_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
+    size_t size;
+    unsigned char *img = gfinish(&g, &size);
+    hyb_tokenizer *t = tok_from_image(img, size);
+    CHECK_MSG(t != NULL, "%s", hyb_error());
+    if (t) {
+        int32_t ids[16];
+        /* "▁ab": ab (score -1) first, then ▁ + ab -> ▁ab; bos added by default for llama */
+        long n = hyb_tokenizer_encode(t, "ab", 2, HYB_TOK_ADD_SPECIAL, ids, 16);
+        CHECK(n == 2 && ids[0] == 1 && ids[1] == 9);
+        /* no "ba": ▁ b a, and '!' by byte fallback */
+        n = hyb_tokenizer_encode(t, "ba!", 3, 0, ids, 16);
+        CHECK(n == 4 && ids[0] == 4 && ids[1] == 6 && ids[2] == 5 && ids[3] == 3);
+        char out[16];
+        long nb = hyb_tokenizer_decode(t, ids, (size_t)n, 0, out, sizeof out);
+        CHECK(nb == 3 && memcmp(out, "ba!", 3) == 0);
+        /* é has neither a token nor byte tokens: unk */
+        n = hyb_tokenizer_encode(t, "a\xC3\xA9", 3, 0, ids, 16);
+        CHECK(n == 2 && ids[0] == 8 && ids[1] == 0);
+        /* control tokens in text */
+        n = hyb_tokenizer_encode(t, "<s>a", 4, 0, ids, 16);
+        CHECK(n == 2 && ids[0] == 1 && ids[1] == 8);
+        CHECK(hyb_tokenizer_unk_id(t) == 0 && hyb_tokenizer_eos_id(t) == 2);
+    }
+    hyb_tokenizer_free(t);
+    free(img);
+}
+
+/* parts: 1 = tokens, 2 = merges */
+static void expect_gguf_error(const char *model, const char *pre, int parts, const char *needle) {
+    const char *toks[] = {"a", "b", "ab"};
+    const char *merges[] = {"a b"};
+    gbuf g = {0};
+    kv_str(&g, "tokenizer.ggml.model", model);
+    if (pre) kv_str(&g, "tokenizer.ggml.pre", pre);
+    if (parts & 1) kv_strs(&g, "tokenizer.ggml.tokens", toks, 3);
+    if (parts & 2) kv_strs(&g, "tokenizer.ggml.merges", merges, 1);
+    size_t size;
+    unsigned char *img = gfinish(&g, &size);
+    hyb_tokenizer *t = tok_from_image(img, size);
+    CHECK_MSG(t == NULL, "GGUF tokenizer (%s, %s) accepted", model, pre ? pre : "-");
+    CHECK_MSG(strstr(hyb_error(), needle) != NULL, "error \"%s\" lacks \"%s\"", hyb_error(), needle);
+    hyb_tokenizer_free(t);
+    free(img);
+}
+
+static void test_gguf_errors(void) {
+    expect_gguf_error("bert", NULL, 3, "\"bert\"");
+    expect_gguf_error("gpt2", "qwen2", 3, "\"qwen2\"");
+    expect_gguf_error("gpt2", "smollm", 2, "tokenizer.ggml.tokens");
+    expect_gguf_error("gpt2", "smollm", 1, "tokenizer.ggml.merges");
+    expect_gguf_error("llama", NULL, 1, "tokenizer.ggml.scores");
+}
+
+/* Random and invalid-UTF-8 bytes: byte-level encode/decode is an exact round trip (for the bytes
+ * the vocab has a token for: SmolLM2 has none for 04 06 13 14 16 1D C0 C1 F1 F2 F5..FF; HF drops those too). */
+static void test_random_bytes(void) {
+    hyb_tokenizer *t = load("smollm2.tokenizer.json");
+    if (!t) return;
+    int have[256] = {0}, n_have = 0;
+    for (int32_t id = 0; id < hyb_tokenizer_vocab_size(t); id++) {
+        size_t pl;
+        const char *p = hyb_tokenizer_token_to_piece(t, id, &pl);
+        if (pl == 1 && hyb_tokenizer_token_type(t, id) == HYB_TOKEN_NORMAL) have[(unsigned char)p[0]] = 1;
+    }
+    for (int b = 0; b < 256; b++) n_have += have[b];
+    CHECK(n_have == 256 - 21); /* also no 04 06 13 14 16 1D */
+    unsigned seed = 7;
+    char text[600], out[600];
+    int32_t ids[2500];
+    int bad = 0;
+    for (int it = 0; it < 300; it++) {
+        size_t len = (size_t)(it * 2);
+        for (size_t i = 0; i < len; i++) {
+            seed = seed * 1103515245u + 12345u;
+            unsigned r = seed >> 16;
+            /* mix ASCII, spaces/digits and arbitrary (often invalid UTF-8) bytes */
+            unsigned c = r % 4 == 0   ? (r >> 3) & 0xFF
+                         : r % 4 == 1 ? (unsigned char)" 0\n\t"[(r >> 4) % 4]
+                                      : 'a' + (r >> 5) % 26;
+            text[i] = (char)(have[c] ? c : 'x');
+        }
+        long n = hyb_tokenizer_encode(t, text, len, 0, ids, 2500);
+        long nb = n >= 0 ? hyb_tokenizer_decode(t, ids, (size_t)n, 0, out, sizeof out) : -1;
+        bad += !(n >= 0 && nb == (long)len && memcmp(out, text, len) == 0);
+    }
+    CHECK_MSG(bad == 0, "%d random byte strings did not round-trip", bad);
+    hyb_tokenizer_free(t);
+}
+
 typedef struct {
     const hyb_tokenizer *tok;
     const char *text;
@@ -456,6 +621,9 @@ int main(void) {
     RUN(test_spm_spec);
     RUN(test_llama3_regex);
     RUN(test_malformed);
+    RUN(test_gguf_llama_scores);
+    RUN(test_gguf_errors);
+    RUN(test_random_bytes);
     RUN(test_speed_and_threads);
     return harness_done();
 }

@@ -455,6 +455,8 @@ int tok_finish(hyb_tokenizer *t) {
         if (!tok_strmap_get(&t->vocab, hex, 6, &t->bytefb_id[b])) t->bytefb_id[b] = -1;
     }
     if (t->n_added > 1) qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added_len);
+    memset(t->added_first, 0, sizeof t->added_first);
+    for (int k = 0; k < t->n_added; k++) t->added_first[(unsigned char)t->added[k].text[0]] = 1;
     return HYB_OK;
 }
 
@@ -940,7 +942,7 @@ static int bpe_word_cached(const hyb_tokenizer *t, enc_state *s, const char *w, 
                 if (!ni) rc = hyb_error_set(HYB_ERR_NOMEM, "tokenizer: out of memory");
                 else s->ids = ni, s->capids = nc;
             }
-            if (rc == HYB_OK) {
+            if (rc == HYB_OK && cnt > 0) {
                 memcpy(s->ids + s->nids, mt->cache_ids + off + 1, (size_t)cnt * sizeof(int32_t));
                 s->nids += (size_t)cnt;
             }
@@ -968,7 +970,7 @@ static int bpe_word_cached(const hyb_tokenizer *t, enc_state *s, const char *w, 
         if (need <= mt->cache_ids_cap &&
             tok_strmap_put(&mt->cache, w, n, (int32_t)mt->cache_ids_n) == HYB_OK) {
             mt->cache_ids[mt->cache_ids_n] = (int32_t)cnt;
-            memcpy(mt->cache_ids + mt->cache_ids_n + 1, s->ids + before, cnt * sizeof(int32_t));
+            if (cnt) memcpy(mt->cache_ids + mt->cache_ids_n + 1, s->ids + before, cnt * sizeof(int32_t));
             mt->cache_ids_n = need;
         }
         hyb_error_clear(); /* a failed cache insert is not an error of the encode */
@@ -1018,6 +1020,10 @@ static int encode_all(const hyb_tokenizer *t, enc_state *s, const char *text, si
     size_t seg = 0, i = 0;
     while (parse && i < len) {
         const tok_added *hit = NULL;
+        if (!t->added_first[(unsigned char)text[i]]) {
+            i++;
+            continue;
+        }
         for (int k = 0; k < t->n_added; k++) {
             const tok_added *a = &t->added[k];
             if (a->text[0] == text[i] && a->len <= len - i && memcmp(text + i, a->text, a->len) == 0) {
@@ -1052,7 +1058,7 @@ long hyb_tokenizer_encode(const hyb_tokenizer *t, const char *text, size_t len, 
     memset(&s, 0, sizeof s);
     int rc = encode_all(t, &s, text ? text : "", len, flags);
     long n = rc == HYB_OK ? (long)s.nids : rc;
-    if (rc == HYB_OK) memcpy(ids, s.ids, (s.nids < cap ? s.nids : cap) * sizeof *ids);
+    if (rc == HYB_OK && s.nids && cap) memcpy(ids, s.ids, (s.nids < cap ? s.nids : cap) * sizeof *ids);
     enc_state_free(&s);
     return n;
 }

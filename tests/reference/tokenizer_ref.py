@@ -79,6 +79,12 @@ SAMPLES = [
     "a",
     " ",
     "ï»¿BOM-like ÿþ bytes and control \u0001\u0002\u001f chars \u007f",
+    "<s>Hello</s> world <s> again</s>",
+    "</s>",
+    " <s> x <unk>y",
+    "<|begin_of_text|>Hi<|end_of_text|>",
+    "   <|im_start|>  spaced  <|im_end|>   ",
+    "x\n\n\n<|im_end|>\n\n",
 ]
 
 
