@@ -50,7 +50,9 @@ static uint32_t f32_bits(float f) {
     return u;
 }
 
-static int contains(const char *hay, const char *needle) { return strstr(hay, needle) != NULL; }
+static int contains(const char *hay, const char *needle) {
+    return strstr(hay, needle) != NULL;
+}
 
 /* ---- metadata --------------------------------------------------------------------------------*/
 
@@ -90,10 +92,10 @@ static void test_meta_scalars(void) {
 
     const char *s;
     uint64_t len;
-    CHECK(hyb_gguf_get_str(g, "general.architecture", &s, &len) == HYB_OK && strcmp(s, "testarch") == 0 &&
-          len == 8);
-    CHECK(hyb_gguf_get_str(g, "test.str", &s, &len) == HYB_OK && strcmp(s, "h\xc3\xa9llo w\xc3\xb6rld \xe2\x9c\x93") == 0 &&
-          len == 17);
+    CHECK(hyb_gguf_get_str(g, "general.architecture", &s, &len) == HYB_OK &&
+          strcmp(s, "testarch") == 0 && len == 8);
+    CHECK(hyb_gguf_get_str(g, "test.str", &s, &len) == HYB_OK &&
+          strcmp(s, "h\xc3\xa9llo w\xc3\xb6rld \xe2\x9c\x93") == 0 && len == 17);
     CHECK(hyb_gguf_get_str(g, "test.str_empty", &s, &len) == HYB_OK && s[0] == 0 && len == 0);
 
     /* lenient getters */
@@ -116,13 +118,16 @@ static void test_meta_scalars(void) {
 
     /* wrong type / missing key: clear errors */
     CHECK(hyb_gguf_get_u32(g, "test.u8", &u32) == HYB_ERR_FORMAT);
-    CHECK(contains(hyb_error(), "test.u8") && contains(hyb_error(), "u8") && contains(hyb_error(), "u32") &&
-          contains(hyb_error(), "meta.gguf"));
-    CHECK(hyb_gguf_get_str(g, "test.arr.str", &s, NULL) == HYB_ERR_FORMAT && contains(hyb_error(), "array"));
-    CHECK(hyb_gguf_get_u32(g, "no.such.key", &u32) == HYB_ERR_NOTFOUND && contains(hyb_error(), "no.such.key"));
+    CHECK(contains(hyb_error(), "test.u8") && contains(hyb_error(), "u8") &&
+          contains(hyb_error(), "u32") && contains(hyb_error(), "meta.gguf"));
+    CHECK(hyb_gguf_get_str(g, "test.arr.str", &s, NULL) == HYB_ERR_FORMAT &&
+          contains(hyb_error(), "array"));
+    CHECK(hyb_gguf_get_u32(g, "no.such.key", &u32) == HYB_ERR_NOTFOUND &&
+          contains(hyb_error(), "no.such.key"));
     CHECK(hyb_gguf_find_key(g, "no.such.key") == -1);
     int64_t k = hyb_gguf_find_key(g, "test.f64");
-    CHECK(k >= 0 && strcmp(hyb_gguf_kv_key(g, k), "test.f64") == 0 && hyb_gguf_kv_type(g, k) == HYB_GGUF_F64);
+    CHECK(k >= 0 && strcmp(hyb_gguf_kv_key(g, k), "test.f64") == 0 &&
+          hyb_gguf_kv_type(g, k) == HYB_GGUF_F64);
     CHECK(hyb_gguf_kv_key(g, 999) == NULL && hyb_gguf_kv_key(g, -1) == NULL);
     hyb_gguf_close(g);
 }
@@ -135,17 +140,21 @@ static void test_meta_arrays(void) {
     static const struct {
         const char *key;
         hyb_gguf_vtype t;
-    } arrs[] = {{"test.arr.u8", HYB_GGUF_U8},   {"test.arr.i8", HYB_GGUF_I8},   {"test.arr.u16", HYB_GGUF_U16},
-                {"test.arr.i16", HYB_GGUF_I16}, {"test.arr.u32", HYB_GGUF_U32}, {"test.arr.i32", HYB_GGUF_I32},
-                {"test.arr.u64", HYB_GGUF_U64}, {"test.arr.i64", HYB_GGUF_I64}, {"test.arr.f32", HYB_GGUF_F32},
-                {"test.arr.f64", HYB_GGUF_F64}, {"test.arr.bool", HYB_GGUF_BOOL}};
+    } arrs[] = {{"test.arr.u8", HYB_GGUF_U8},    {"test.arr.i8", HYB_GGUF_I8},
+                {"test.arr.u16", HYB_GGUF_U16},  {"test.arr.i16", HYB_GGUF_I16},
+                {"test.arr.u32", HYB_GGUF_U32},  {"test.arr.i32", HYB_GGUF_I32},
+                {"test.arr.u64", HYB_GGUF_U64},  {"test.arr.i64", HYB_GGUF_I64},
+                {"test.arr.f32", HYB_GGUF_F32},  {"test.arr.f64", HYB_GGUF_F64},
+                {"test.arr.bool", HYB_GGUF_BOOL}};
     for (size_t a = 0; a < sizeof arrs / sizeof arrs[0]; a++) {
         hyb_gguf_vtype et;
         uint64_t n;
-        CHECK_MSG(hyb_gguf_get_arr(g, arrs[a].key, &et, &n) == HYB_OK && et == arrs[a].t && n == (uint64_t)N,
+        CHECK_MSG(hyb_gguf_get_arr(g, arrs[a].key, &et, &n) == HYB_OK && et == arrs[a].t &&
+                      n == (uint64_t)N,
                   "%s: type %d len %llu", arrs[a].key, (int)et, (unsigned long long)n);
         int64_t kv = hyb_gguf_find_key(g, arrs[a].key);
-        CHECK(hyb_gguf_kv_type(g, kv) == HYB_GGUF_ARRAY && hyb_gguf_kv_arr_type(g, kv) == arrs[a].t);
+        CHECK(hyb_gguf_kv_type(g, kv) == HYB_GGUF_ARRAY &&
+              hyb_gguf_kv_arr_type(g, kv) == arrs[a].t);
         CHECK(hyb_gguf_kv_arr_len(g, kv) == (uint64_t)N);
         const uint8_t *raw = hyb_gguf_kv_arr_data(g, kv);
         CHECK(raw != NULL);
@@ -156,36 +165,59 @@ static void test_meta_arrays(void) {
             int rci = hyb_gguf_kv_arr_int(g, kv, (uint64_t)i, &iv);
             int rcf = hyb_gguf_kv_arr_float(g, kv, (uint64_t)i, &fv);
             switch (arrs[a].t) {
-            case HYB_GGUF_U8: bad += rci || iv != (i * 37) % 256 || raw[i] != (i * 37) % 256; break;
-            case HYB_GGUF_I8: bad += rci || iv != (i * 37) % 256 - 128; break;
-            case HYB_GGUF_U16: bad += rci || iv != (i * 1000) % 65536; break;
-            case HYB_GGUF_I16: bad += rci || iv != i * 600 - 30000; break;
-            case HYB_GGUF_U32: bad += rci || iv != (int64_t)i * 40000000; break;
-            case HYB_GGUF_I32: bad += rci || iv != (int64_t)i * 40000000 - 2000000000; break;
+            case HYB_GGUF_U8:
+                bad += rci || iv != (i * 37) % 256 || raw[i] != (i * 37) % 256;
+                break;
+            case HYB_GGUF_I8:
+                bad += rci || iv != (i * 37) % 256 - 128;
+                break;
+            case HYB_GGUF_U16:
+                bad += rci || iv != (i * 1000) % 65536;
+                break;
+            case HYB_GGUF_I16:
+                bad += rci || iv != i * 600 - 30000;
+                break;
+            case HYB_GGUF_U32:
+                bad += rci || iv != (int64_t)i * 40000000;
+                break;
+            case HYB_GGUF_I32:
+                bad += rci || iv != (int64_t)i * 40000000 - 2000000000;
+                break;
             case HYB_GGUF_U64: {
                 uint64_t want = (uint64_t)i * 180000000000000000ull, got;
                 memcpy(&got, raw + 8 * i, 8);
-                bad += got != want || (want <= (uint64_t)INT64_MAX ? (rci || (uint64_t)iv != want) : rci == HYB_OK);
+                bad += got != want || (want <= (uint64_t)INT64_MAX ? (rci || (uint64_t)iv != want)
+                                                                   : rci == HYB_OK);
                 break;
             }
             case HYB_GGUF_I64: /* the value fits; the products on the way do not: unsigned wraps */
-                bad += rci || iv != (int64_t)((uint64_t)i * 180000000000000000ull - 9000000000000000000ull);
+                bad += rci || iv != (int64_t)((uint64_t)i * 180000000000000000ull -
+                                              9000000000000000000ull);
                 break;
-            case HYB_GGUF_F32: bad += rcf || (float)fv != (float)i / 7.0f || rci == HYB_OK; break;
-            case HYB_GGUF_F64: bad += rcf || fv != (double)i / 7.0; break;
-            case HYB_GGUF_BOOL: bad += rci || iv != (i % 3 == 0); break;
-            default: bad++;
+            case HYB_GGUF_F32:
+                bad += rcf || (float)fv != (float)i / 7.0f || rci == HYB_OK;
+                break;
+            case HYB_GGUF_F64:
+                bad += rcf || fv != (double)i / 7.0;
+                break;
+            case HYB_GGUF_BOOL:
+                bad += rci || iv != (i % 3 == 0);
+                break;
+            default:
+                bad++;
             }
             (void)rcf;
         }
         CHECK_MSG(bad == 0, "%s: %d wrong elements", arrs[a].key, bad);
         int64_t iv;
-        CHECK(hyb_gguf_kv_arr_int(g, kv, (uint64_t)N, &iv) == HYB_ERR_ARG && contains(hyb_error(), "out of range"));
+        CHECK(hyb_gguf_kv_arr_int(g, kv, (uint64_t)N, &iv) == HYB_ERR_ARG &&
+              contains(hyb_error(), "out of range"));
     }
 
     /* strings, incl. empty, embedded NUL, non-ASCII and long */
     int64_t kv = hyb_gguf_find_key(g, "test.arr.str");
-    CHECK(kv >= 0 && hyb_gguf_kv_arr_type(g, kv) == HYB_GGUF_STRING && hyb_gguf_kv_arr_len(g, kv) == 6);
+    CHECK(kv >= 0 && hyb_gguf_kv_arr_type(g, kv) == HYB_GGUF_STRING &&
+          hyb_gguf_kv_arr_len(g, kv) == 6);
     uint64_t len = 99;
     const char *s = hyb_gguf_kv_arr_str(g, kv, 0, &len);
     CHECK(s && len == 0 && s[0] == 0);
@@ -205,7 +237,8 @@ static void test_meta_arrays(void) {
 
     /* nested arrays: visible, skipped correctly (the keys after it parse), not decodable */
     kv = hyb_gguf_find_key(g, "test.arr.nested");
-    CHECK(kv >= 0 && hyb_gguf_kv_arr_type(g, kv) == HYB_GGUF_ARRAY && hyb_gguf_kv_arr_len(g, kv) == 3);
+    CHECK(kv >= 0 && hyb_gguf_kv_arr_type(g, kv) == HYB_GGUF_ARRAY &&
+          hyb_gguf_kv_arr_len(g, kv) == 3);
     int64_t iv;
     CHECK(hyb_gguf_kv_arr_int(g, kv, 0, &iv) == HYB_ERR_ARG);
     CHECK(hyb_gguf_kv_arr_data(g, kv) == NULL);
@@ -221,7 +254,8 @@ static void test_meta_tensors(void) {
     CHECK(hyb_gguf_tensor_count(g) == 4);
     int64_t i = hyb_gguf_find_tensor(g, "t4d");
     const hyb_gguf_tensor *t = hyb_gguf_tensor_at(g, i);
-    CHECK(t && t->ndim == 4 && t->shape[0] == 2 && t->shape[1] == 3 && t->shape[2] == 4 && t->shape[3] == 5);
+    CHECK(t && t->ndim == 4 && t->shape[0] == 2 && t->shape[1] == 3 && t->shape[2] == 4 &&
+          t->shape[3] == 5);
     CHECK(t && t->type == HYB_GGML_F32 && t->numel == 120 && t->nbytes == 480);
     CHECK(t && t->file_offset == hyb_gguf_data_offset(g) + t->offset && t->offset % 32 == 0);
     float buf[128];
@@ -238,12 +272,15 @@ static void test_meta_tensors(void) {
     CHECK(bad == 0);
 
     t = hyb_gguf_tensor_at(g, hyb_gguf_find_tensor(g, "t3d"));
-    CHECK(t && t->ndim == 3 && t->shape[0] == 3 && t->shape[1] == 2 && t->shape[2] == 8 && t->shape[3] == 1);
-    CHECK(hyb_gguf_tensor_to_f32(g, hyb_gguf_find_tensor(g, "t3d"), buf) == HYB_OK && buf[47] == 23.5f);
+    CHECK(t && t->ndim == 3 && t->shape[0] == 3 && t->shape[1] == 2 && t->shape[2] == 8 &&
+          t->shape[3] == 1);
+    CHECK(hyb_gguf_tensor_to_f32(g, hyb_gguf_find_tensor(g, "t3d"), buf) == HYB_OK &&
+          buf[47] == 23.5f);
 
     t = hyb_gguf_tensor_at(g, hyb_gguf_find_tensor(g, "vec"));
     CHECK(t && t->ndim == 1 && t->shape[0] == 7);
-    CHECK(hyb_gguf_tensor_to_f32(g, hyb_gguf_find_tensor(g, "vec"), buf) == HYB_OK && buf[0] == -3.0f && buf[6] == 3.0f);
+    CHECK(hyb_gguf_tensor_to_f32(g, hyb_gguf_find_tensor(g, "vec"), buf) == HYB_OK &&
+          buf[0] == -3.0f && buf[6] == 3.0f);
 
     i = hyb_gguf_find_tensor(g, "mat_i32");
     t = hyb_gguf_tensor_at(g, i);
@@ -252,13 +289,14 @@ static void test_meta_tensors(void) {
 
     CHECK(hyb_gguf_find_tensor(g, "nope") == -1);
     CHECK(hyb_gguf_tensor_at(g, 4) == NULL && hyb_gguf_tensor_at(g, -1) == NULL);
-    CHECK(hyb_gguf_tensor_to_f32(g, 4, buf) == HYB_ERR_ARG && contains(hyb_error(), "out of range"));
+    CHECK(hyb_gguf_tensor_to_f32(g, 4, buf) == HYB_ERR_ARG &&
+          contains(hyb_error(), "out of range"));
 
     /* hyb_tensor load (needs core's hyb_tensor_new) */
     hyb_tensor *x = NULL;
     CHECK(hyb_gguf_tensor_load(g, hyb_gguf_find_tensor(g, "t4d"), HYB_F32, &x) == HYB_OK);
-    CHECK(x && x->ndim == 4 && x->shape[0] == 2 && x->shape[3] == 5 && strcmp(x->name, "t4d") == 0 &&
-          ((float *)x->data)[119] == 119.0f);
+    CHECK(x && x->ndim == 4 && x->shape[0] == 2 && x->shape[3] == 5 &&
+          strcmp(x->name, "t4d") == 0 && ((float *)x->data)[119] == 119.0f);
     hyb_tensor_free(x);
     CHECK(hyb_gguf_tensor_load(g, 0, HYB_Q8_0, &x) == HYB_ERR_ARG && x == NULL);
     hyb_gguf_close(g);
@@ -277,8 +315,10 @@ static void test_align64(void) {
     CHECK(hyb_gguf_tensor_to_f32(g, hyb_gguf_find_tensor(g, "a"), buf) == HYB_OK && buf[4] == 4.0f);
     const hyb_gguf_tensor *b = hyb_gguf_tensor_at(g, hyb_gguf_find_tensor(g, "b"));
     CHECK(b && b->type == HYB_GGML_F16 && b->shape[0] == 3 && b->shape[1] == 3);
-    CHECK(hyb_gguf_tensor_to_f32(g, hyb_gguf_find_tensor(g, "b"), buf) == HYB_OK && buf[5] == 1.25f && buf[8] == 2.0f);
-    CHECK(hyb_gguf_tensor_to_f32(g, hyb_gguf_find_tensor(g, "c"), buf) == HYB_OK && buf[2] == 102.0f);
+    CHECK(hyb_gguf_tensor_to_f32(g, hyb_gguf_find_tensor(g, "b"), buf) == HYB_OK &&
+          buf[5] == 1.25f && buf[8] == 2.0f);
+    CHECK(hyb_gguf_tensor_to_f32(g, hyb_gguf_find_tensor(g, "c"), buf) == HYB_OK &&
+          buf[2] == 102.0f);
     hyb_gguf_close(g);
 }
 
@@ -307,8 +347,9 @@ static void test_quants(void) {
         if (line[0] == '#') continue;
         char name[64], tname[32];
         int64_t shape[4] = {1, 1, 1, 1};
-        int nd = sscanf(line, "%63s %31s %ld %ld %ld %ld", name, tname, (long *)&shape[0], (long *)&shape[1],
-                        (long *)&shape[2], (long *)&shape[3]) - 2;
+        int nd = sscanf(line, "%63s %31s %ld %ld %ld %ld", name, tname, (long *)&shape[0],
+                        (long *)&shape[1], (long *)&shape[2], (long *)&shape[3]) -
+                 2;
         if (nd < 1) continue;
         int64_t ti = hyb_gguf_find_tensor(g, name);
         const hyb_gguf_tensor *t = hyb_gguf_tensor_at(g, ti);
@@ -317,7 +358,8 @@ static void test_quants(void) {
         CHECK_MSG(strcmp(hyb_ggml_type_name(t->type), tname) == 0, "%s: type %s, want %s", name,
                   hyb_ggml_type_name(t->type), tname);
         CHECK_MSG(t->ndim == nd, "%s: ndim %d want %d", name, t->ndim, nd);
-        for (int d = 0; d < nd; d++) CHECK_MSG(t->shape[d] == shape[d], "%s: shape[%d]", name, d);
+        for (int d = 0; d < nd; d++)
+            CHECK_MSG(t->shape[d] == shape[d], "%s: shape[%d]", name, d);
         if (t->type >= 0 && t->type < 64) types_seen[t->type] = 1;
 
         char ename[96];
@@ -332,13 +374,16 @@ static void test_quants(void) {
         if (want && rc == HYB_OK) {
             int64_t bad = 0, first = -1;
             for (int64_t k = 0; k < t->numel; k++) {
-                int same = (want[k] != want[k]) ? (got[k] != got[k]) : f32_bits(got[k]) == f32_bits(want[k]);
+                int same = (want[k] != want[k]) ? (got[k] != got[k])
+                                                : f32_bits(got[k]) == f32_bits(want[k]);
                 if (!same && bad++ == 0) first = k;
             }
-            CHECK_MSG(bad == 0, "%s: %lld of %lld values differ, first at %lld: %.9g vs %.9g (bits %08x vs %08x)",
-                      name, (long long)bad, (long long)t->numel, (long long)first, first >= 0 ? got[first] : 0.0,
-                      first >= 0 ? want[first] : 0.0, first >= 0 ? f32_bits(got[first]) : 0,
-                      first >= 0 ? f32_bits(want[first]) : 0);
+            CHECK_MSG(
+                bad == 0,
+                "%s: %lld of %lld values differ, first at %lld: %.9g vs %.9g (bits %08x vs %08x)",
+                name, (long long)bad, (long long)t->numel, (long long)first,
+                first >= 0 ? got[first] : 0.0, first >= 0 ? want[first] : 0.0,
+                first >= 0 ? f32_bits(got[first]) : 0, first >= 0 ? f32_bits(want[first]) : 0);
             /* the same through hyb_dequantize for types that have a hyb dtype */
             hyb_dtype dt;
             if (hyb_ggml_type_to_dtype(t->type, &dt) == HYB_OK) {
@@ -346,16 +391,20 @@ static void test_quants(void) {
                 CHECK(hyb_dequantize(dt, t->data, got, t->numel) == HYB_OK);
                 bad = 0;
                 for (int64_t k = 0; k < t->numel; k++)
-                    bad += !((want[k] != want[k]) ? (got[k] != got[k]) : f32_bits(got[k]) == f32_bits(want[k]));
-                CHECK_MSG(bad == 0, "%s: hyb_dequantize differs in %lld values", name, (long long)bad);
+                    bad += !((want[k] != want[k]) ? (got[k] != got[k])
+                                                  : f32_bits(got[k]) == f32_bits(want[k]));
+                CHECK_MSG(bad == 0, "%s: hyb_dequantize differs in %lld values", name,
+                          (long long)bad);
             }
             /* bf16 output: round to nearest even of the f32 values */
             CHECK(hyb_gguf_tensor_to_bf16(g, ti, bf) == HYB_OK);
             bad = 0;
             for (int64_t k = 0; k < t->numel; k++) {
                 uint16_t r = ref_bf16(want[k]);
-                if (want[k] != want[k]) bad += (bf[k] & 0x7f80) != 0x7f80 || !(bf[k] & 0x7f);
-                else bad += bf[k] != r;
+                if (want[k] != want[k])
+                    bad += (bf[k] & 0x7f80) != 0x7f80 || !(bf[k] & 0x7f);
+                else
+                    bad += bf[k] != r;
             }
             CHECK_MSG(bad == 0, "%s: bf16 differs in %lld values", name, (long long)bad);
             n_checked++;
@@ -366,9 +415,10 @@ static void test_quants(void) {
     }
     fclose(f);
     CHECK_MSG(n_checked >= 24, "only %d tensors checked", n_checked);
-    static const int required[] = {HYB_GGML_F32, HYB_GGML_F16, HYB_GGML_BF16, HYB_GGML_Q8_0, HYB_GGML_Q4_0,
-                                   HYB_GGML_Q4_1, HYB_GGML_Q4_K, HYB_GGML_Q6_K, HYB_GGML_Q5_0, HYB_GGML_Q5_1,
-                                   HYB_GGML_Q5_K, HYB_GGML_Q8_K, HYB_GGML_Q2_K, HYB_GGML_Q3_K};
+    static const int required[] = {HYB_GGML_F32,  HYB_GGML_F16,  HYB_GGML_BF16, HYB_GGML_Q8_0,
+                                   HYB_GGML_Q4_0, HYB_GGML_Q4_1, HYB_GGML_Q4_K, HYB_GGML_Q6_K,
+                                   HYB_GGML_Q5_0, HYB_GGML_Q5_1, HYB_GGML_Q5_K, HYB_GGML_Q8_K,
+                                   HYB_GGML_Q2_K, HYB_GGML_Q3_K};
     for (size_t k = 0; k < sizeof required / sizeof required[0]; k++)
         CHECK_MSG(types_seen[required[k]], "type %s not covered", hyb_ggml_type_name(required[k]));
     hyb_gguf_close(g);
@@ -377,10 +427,12 @@ static void test_quants(void) {
 static void test_dequant_args(void) {
     uint8_t blk[292] = {0};
     float out[256];
-    CHECK(hyb_ggml_dequantize(HYB_GGML_Q4_0, blk, out, 31) == HYB_ERR_ARG && contains(hyb_error(), "block size 32"));
+    CHECK(hyb_ggml_dequantize(HYB_GGML_Q4_0, blk, out, 31) == HYB_ERR_ARG &&
+          contains(hyb_error(), "block size 32"));
     CHECK(hyb_ggml_dequantize(HYB_GGML_Q6_K, blk, out, 32) == HYB_ERR_ARG);
     CHECK(hyb_ggml_dequantize(HYB_GGML_Q4_0, blk, out, -32) == HYB_ERR_ARG);
-    CHECK(hyb_ggml_dequantize(99, blk, out, 32) == HYB_ERR_UNSUPPORTED && contains(hyb_error(), "99"));
+    CHECK(hyb_ggml_dequantize(99, blk, out, 32) == HYB_ERR_UNSUPPORTED &&
+          contains(hyb_error(), "99"));
     CHECK(hyb_ggml_dequantize(16 /* IQ2_XXS */, blk, out, 256) == HYB_ERR_UNSUPPORTED &&
           contains(hyb_error(), "IQ2_XXS"));
     CHECK(hyb_ggml_dequantize(HYB_GGML_Q4_0, NULL, NULL, 0) == HYB_OK);
@@ -388,19 +440,23 @@ static void test_dequant_args(void) {
     /* zero scale block gives zeros; a hand-made Q8_0 block: d = 0.5 (f16 0x3800), q = -3 -> -1.5 */
     blk[0] = 0x00;
     blk[1] = 0x38;
-    for (int j = 0; j < 32; j++) blk[2 + j] = (uint8_t)(int8_t)(j - 16);
-    CHECK(hyb_dequantize(HYB_Q8_0, blk, out, 32) == HYB_OK && out[0] == -8.0f && out[13] == -1.5f && out[31] == 7.5f);
+    for (int j = 0; j < 32; j++)
+        blk[2 + j] = (uint8_t)(int8_t)(j - 16);
+    CHECK(hyb_dequantize(HYB_Q8_0, blk, out, 32) == HYB_OK && out[0] == -8.0f && out[13] == -1.5f &&
+          out[31] == 7.5f);
     /* hand-made Q4_1: d = 1, m = -2 (0xC000), nibbles j & 15 / j >> 4 */
     memset(blk, 0, sizeof blk);
     blk[1] = 0x3C;
     blk[3] = 0xC0;
-    for (int j = 0; j < 16; j++) blk[4 + j] = (uint8_t)(j | ((15 - j) << 4));
-    CHECK(hyb_dequantize(HYB_Q4_1, blk, out, 32) == HYB_OK && out[0] == -2.0f && out[5] == 3.0f && out[16] == 13.0f &&
-          out[31] == -2.0f);
+    for (int j = 0; j < 16; j++)
+        blk[4 + j] = (uint8_t)(j | ((15 - j) << 4));
+    CHECK(hyb_dequantize(HYB_Q4_1, blk, out, 32) == HYB_OK && out[0] == -2.0f && out[5] == 3.0f &&
+          out[16] == 13.0f && out[31] == -2.0f);
     CHECK(hyb_ggml_block_elems(HYB_GGML_Q4_K) == 256 && hyb_ggml_block_bytes(HYB_GGML_Q4_K) == 144);
     CHECK(hyb_ggml_block_bytes(HYB_GGML_Q6_K) == 210 && hyb_ggml_block_bytes(HYB_GGML_Q4_1) == 20);
     CHECK(hyb_ggml_type_name(4) == NULL && hyb_ggml_block_elems(4) == 0);
-    CHECK(hyb_ggml_type_from_dtype(HYB_Q4_K) == HYB_GGML_Q4_K && hyb_ggml_type_from_dtype(HYB_BF16) == HYB_GGML_BF16);
+    CHECK(hyb_ggml_type_from_dtype(HYB_Q4_K) == HYB_GGML_Q4_K &&
+          hyb_ggml_type_from_dtype(HYB_BF16) == HYB_GGML_BF16);
 }
 
 /* ---- malformed files --------------------------------------------------------------------------*/
@@ -428,10 +484,12 @@ static int open_copy(const uint8_t *buf, size_t n, hyb_gguf **g) {
 }
 
 static void put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
 }
 static void put_u64(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
 }
 
 /* Offset of the u64 length prefix of the first string `s` in buf. */
@@ -439,7 +497,8 @@ static size_t find_str(const uint8_t *buf, size_t n, const char *s) {
     size_t L = strlen(s);
     for (size_t i = 8; i + L <= n; i++) {
         uint64_t len = 0;
-        for (int k = 0; k < 8; k++) len |= (uint64_t)buf[i - 8 + k] << (8 * k);
+        for (int k = 0; k < 8; k++)
+            len |= (uint64_t)buf[i - 8 + k] << (8 * k);
         if (len == L && memcmp(buf + i, s, L) == 0) return i - 8;
     }
     return 0;
@@ -481,10 +540,12 @@ static void test_truncated_every_length(void) {
         int rc = open_copy(buf, len, &h);
         int should_fail = len < need;
         if (should_fail != (rc != HYB_OK)) wrong++;
-        if (rc != HYB_OK && (rc != HYB_ERR_FORMAT || !contains(hyb_error(), "bad.gguf: offset") ||
-                             !(contains(hyb_error(), "truncated") || contains(hyb_error(), "beyond the end") ||
-                               contains(hyb_error(), "bytes left")))) {
-            if (unclear++ < 20) fprintf(stderr, "  length %zu: unclear message: %s\n", len, hyb_error());
+        if (rc != HYB_OK &&
+            (rc != HYB_ERR_FORMAT || !contains(hyb_error(), "bad.gguf: offset") ||
+             !(contains(hyb_error(), "truncated") || contains(hyb_error(), "beyond the end") ||
+               contains(hyb_error(), "bytes left")))) {
+            if (unclear++ < 20)
+                fprintf(stderr, "  length %zu: unclear message: %s\n", len, hyb_error());
         }
     }
     CHECK_MSG(wrong == 0, "%d truncation lengths gave the wrong verdict", wrong);
@@ -651,13 +712,15 @@ static void test_open_errors(void) {
     if (f) {
         fwrite("GGUF", 1, 4, f);
         fclose(f);
-        CHECK(hyb_gguf_open(p, &g) == HYB_ERR_FORMAT && contains(hyb_error(), "truncated") && contains(hyb_error(), p));
+        CHECK(hyb_gguf_open(p, &g) == HYB_ERR_FORMAT && contains(hyb_error(), "truncated") &&
+              contains(hyb_error(), p));
         f = fopen(p, "wb");
         fclose(f);
         CHECK(hyb_gguf_open(p, &g) == HYB_ERR_FORMAT && contains(hyb_error(), "truncated"));
         remove(p);
     }
-    CHECK(hyb_gguf_open_memory(NULL, 0, "empty", &g) == HYB_ERR_FORMAT && contains(hyb_error(), "empty: offset 0"));
+    CHECK(hyb_gguf_open_memory(NULL, 0, "empty", &g) == HYB_ERR_FORMAT &&
+          contains(hyb_error(), "empty: offset 0"));
     hyb_gguf_close(NULL);
 }
 
@@ -689,7 +752,8 @@ static void test_fuzz_mutations(void) {
             s ^= s << 13, s ^= s >> 7, s ^= s << 17;
             size_t len = (s % 5 == 0) ? (size_t)(s >> 20) % (n + 1) : n;
             hyb_gguf *h = NULL;
-            if (open_copy(b, len, &h) == HYB_OK) opened++;
+            if (open_copy(b, len, &h) == HYB_OK)
+                opened++;
             else {
                 failed++;
                 CHECK_MSG(hyb_error()[0] != 0, "failure without a message");
