@@ -46,9 +46,9 @@ struct hyb_gguf {
     int mapped;
     uint32_t version, alignment;
     uint64_t data_off;
-    int64_t n_kv;
+    int64_t n_kv, kv_cap;
     gguf_kv *kv;
-    int64_t n_tensors;
+    int64_t n_tensors, tensors_cap;
     hyb_gguf_tensor *tensors;
     uint64_t *tensor_name_off; /* arena offsets, resolved into tensors[i].name at the end */
     char *arena;
@@ -139,6 +139,21 @@ static int arena_put(hyb_gguf *g, const uint8_t *s, uint64_t len, uint64_t *off)
     if (len) memcpy(g->arena + g->arena_len, s, (size_t)len);
     g->arena[g->arena_len + len] = '\0';
     g->arena_len += len + 1;
+    return HYB_OK;
+}
+
+/* Make room for `need` elements of `elem` bytes in *p (capacity *cap, at most `max`), zeroing
+ * the new part. Arrays grow with what was actually parsed, so a corrupt count costs nothing. */
+static int grow(hyb_gguf *g, void **p, int64_t *cap, int64_t need, size_t elem, int64_t max) {
+    if (need <= *cap) return HYB_OK;
+    int64_t nc = *cap < 16 ? 16 : *cap * 2;
+    if (nc < need) nc = need;
+    if (nc > max) nc = max;
+    void *q = realloc(*p, (size_t)nc * elem);
+    if (!q) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", g->path);
+    memset((char *)q + (size_t)*cap * elem, 0, (size_t)(nc - *cap) * elem);
+    *p = q;
+    *cap = nc;
     return HYB_OK;
 }
 
@@ -247,13 +262,16 @@ static int parse_kv(reader *r, int64_t idx, gguf_kv *kv) {
                     " bytes per element, only %" PRIu64 " bytes left in the file",
                     key, n, vtype_name((int)et), min, left);
     if (et == HYB_GGUF_STRING) {
-        kv->str_offs = malloc((size_t)(n + 1) * sizeof(uint64_t));
-        if (!kv->str_offs)
-            return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory (array '%s')", g->path, key);
+        int64_t cap = 0;
         snprintf(what, sizeof what, "a string in array '%s'", key);
-        for (uint64_t i = 0; i < n; i++)
-            HYB_TRY(rd_str(r, &kv->str_offs[i], NULL, what, 1));
-        kv->str_offs[n] = g->arena_len;
+        for (uint64_t i = 0; i <= n; i++) {
+            HYB_TRY(grow(g, (void **)&kv->str_offs, &cap, (int64_t)i + 1, sizeof(uint64_t),
+                         (int64_t)n + 1));
+            if (i == n)
+                kv->str_offs[n] = g->arena_len;
+            else
+                HYB_TRY(rd_str(r, &kv->str_offs[i], NULL, what, 1));
+        }
         return HYB_OK;
     }
     if (et == HYB_GGUF_ARRAY) {
@@ -450,15 +468,11 @@ static int parse(hyb_gguf *g) {
                     " is impossible: a tensor info takes at least 33 bytes and only %" PRIu64
                     " bytes follow the header (truncated file or corrupt count)",
                     n_tensors, left);
-    g->kv = calloc((size_t)n_kv + 1, sizeof(gguf_kv));
-    g->tensors = calloc((size_t)n_tensors + 1, sizeof(hyb_gguf_tensor));
-    g->tensor_name_off = calloc((size_t)n_tensors + 1, sizeof(uint64_t));
-    if (!g->kv || !g->tensors || !g->tensor_name_off)
-        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", g->path);
-
     /* metadata */
     g->alignment = HYB_GGUF_DEFAULT_ALIGNMENT;
     for (uint64_t i = 0; i < n_kv; i++) {
+        HYB_TRY(
+            grow(g, (void **)&g->kv, &g->kv_cap, (int64_t)i + 1, sizeof(gguf_kv), (int64_t)n_kv));
         HYB_TRY(parse_kv(&r, (int64_t)i, &g->kv[i]));
         g->n_kv = (int64_t)i + 1;
     }
@@ -477,6 +491,11 @@ static int parse(hyb_gguf *g) {
 
     /* tensor infos */
     for (uint64_t i = 0; i < n_tensors; i++) {
+        int64_t cap = g->tensors_cap;
+        HYB_TRY(grow(g, (void **)&g->tensors, &g->tensors_cap, (int64_t)i + 1,
+                     sizeof(hyb_gguf_tensor), (int64_t)n_tensors));
+        HYB_TRY(grow(g, (void **)&g->tensor_name_off, &cap, (int64_t)i + 1, sizeof(uint64_t),
+                     (int64_t)n_tensors));
         HYB_TRY(parse_tensor_info(&r, (int64_t)i));
         g->n_tensors = (int64_t)i + 1;
     }
@@ -516,9 +535,9 @@ static int parse(hyb_gguf *g) {
 }
 
 static void gguf_free_parts(hyb_gguf *g) {
-    if (g->kv)
-        for (int64_t i = 0; i < g->n_kv + 1; i++)
-            free(g->kv[i].str_offs);
+    /* the kv after the last complete one may hold a partly filled string array */
+    for (int64_t i = 0; i < g->kv_cap && i <= g->n_kv; i++)
+        free(g->kv[i].str_offs);
     free(g->kv);
     free(g->tensors);
     free(g->tensor_name_off);
@@ -548,8 +567,6 @@ static hyb_gguf *gguf_alloc(const char *name) {
 static int gguf_finish(hyb_gguf *g, hyb_gguf **out) {
     int rc = parse(g);
     if (rc != HYB_OK) {
-        /* the string arrays being filled when parsing stopped are freed too: kv has n_kv + 1
-         * slots and only the one after the last complete kv can be partial */
         hyb_gguf_close(g);
         return rc;
     }
