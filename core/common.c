@@ -99,7 +99,8 @@ void *hyb_malloc(size_t nbytes) {
     size_t n = nbytes ? nbytes : 1;
     /* round up to the alignment: aligned_alloc requires a multiple, and it lets SIMD loops
      * touch a whole last cache line */
-    if (n > SIZE_MAX - 63) {
+    /* beyond the 47-bit user address space nothing can succeed (and sanitizers abort on it) */
+    if (n > ((size_t)1 << 47)) {
         hyb_error_set(HYB_ERR_NOMEM, "out of memory: cannot allocate %zu bytes", nbytes);
         return NULL;
     }

@@ -5,6 +5,16 @@
 
 #define ARENA_ALIGN 64
 
+/* Host blocks are not zeroed: untouched pages of a large block then cost nothing. */
+static void *host_block_alloc(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, ARENA_ALIGN, n) != 0 || !p) {
+        hyb_error_set(HYB_ERR_NOMEM, "out of memory: cannot allocate %zu bytes", n);
+        return NULL;
+    }
+    return p;
+}
+
 typedef struct arena_block {
     char *base;
     size_t cap, used;
@@ -33,7 +43,7 @@ void hyb_arena_free(hyb_arena *a) {
     while (b) {
         arena_block *nx = b->next;
         if (a->be) a->be->free(a->be, b->base);
-        else hyb_free(b->base);
+        else free(b->base);
         hyb_free(b);
         b = nx;
     }
@@ -61,7 +71,7 @@ void *hyb_arena_alloc(hyb_arena *a, size_t nbytes) {
     size_t cap = n > a->block_bytes ? n : a->block_bytes;
     arena_block *b = hyb_malloc(sizeof *b);
     if (!b) return NULL;
-    b->base = a->be ? a->be->alloc(a->be, cap) : hyb_malloc(cap);
+    b->base = a->be ? a->be->alloc(a->be, cap) : host_block_alloc(cap);
     if (!b->base) {
         hyb_free(b);
         hyb_error_wrap(HYB_ERR_NOMEM, "arena: new block of %zu bytes (%zu bytes in use)", cap, a->used);

@@ -197,21 +197,10 @@ int graph_grad(hyb_graph *g, hyb_tensor *t, float **out) {
 
 // ---- the reverse pass -----------------------------------------------------------------------
 
-int hyb_graph_backward(hyb_graph *g, hyb_tensor *loss, float scale) {
-    char a[128];
-    if (!g) return hyb_error_set(HYB_ERR_ARG, "hyb_graph_backward: graph is NULL");
-    if (!loss) return hyb_error_set(HYB_ERR_ARG, "hyb_graph_backward: loss is NULL");
-    if (loss->dtype != HYB_F32 || hyb_tensor_numel(loss) != 1)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_graph_backward: loss %s is not a scalar f32 tensor",
-                             hyb_tensor_shape_str(loss, a, sizeof a));
-    if (!loss->requires_grad || loss->owner != HYB_OWN_ARENA)
-        return hyb_error_set(HYB_ERR_ARG,
-                             "hyb_graph_backward: loss %s does not depend on anything that requires "
-                             "grad (grad mode off, or no parameter requires grad)",
-                             hyb_tensor_shape_str(loss, a, sizeof a));
-    const hyb_backend *be = hyb_backend_get(loss->device);
+/* zero the intermediate grads of a previous pass, seed out's grad, run the nodes in reverse */
+static int run_backward(hyb_graph *g, hyb_tensor *out, const float *seed) {
+    const hyb_backend *be = hyb_backend_get(out->device);
     if (!be) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "hyb_graph_backward");
-    /* a second backward over the same tape starts from clean intermediate grads */
     for (int i = 0; i < g->n_nodes; i++) {
         hyb_tensor *o = g->nodes[i].out;
         if (o->grad && o->owner == HYB_OWN_ARENA && o->grad->owner == HYB_OWN_ARENA) {
@@ -219,9 +208,9 @@ int hyb_graph_backward(hyb_graph *g, hyb_tensor *loss, float scale) {
             ob->memset0(ob, o->grad->data, hyb_tensor_nbytes(o->grad));
         }
     }
-    float *dl;
-    HYB_TRY(graph_grad(g, loss, &dl));
-    be->upload(be, dl, &scale, sizeof(float));
+    float *d;
+    HYB_TRY(graph_grad(g, out, &d));
+    be->upload(be, d, seed, sizeof(float) * (size_t)hyb_tensor_numel(out));
     for (int i = g->n_nodes - 1; i >= 0; i--) {
         hyb_node *n = &g->nodes[i];
         if (!n->out->grad) continue; /* no gradient reached this node */
@@ -229,6 +218,32 @@ int hyb_graph_backward(hyb_graph *g, hyb_tensor *loss, float scale) {
         if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_graph_backward: node %d (%s)", i, n->op);
     }
     return HYB_OK;
+}
+
+static int check_backward_root(const char *who, hyb_graph *g, hyb_tensor *out) {
+    char a[128];
+    if (!g) return hyb_error_set(HYB_ERR_ARG, "%s: graph is NULL", who);
+    if (!out) return hyb_error_set(HYB_ERR_ARG, "%s: output is NULL", who);
+    if (!out->requires_grad || out->owner != HYB_OWN_ARENA)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "%s: %s does not depend on anything that requires grad (grad mode "
+                             "off, or no parameter requires grad)",
+                             who, hyb_tensor_shape_str(out, a, sizeof a));
+    return HYB_OK;
+}
+
+int hyb_graph_backward(hyb_graph *g, hyb_tensor *loss, float scale) {
+    char a[128];
+    if (loss && (loss->dtype != HYB_F32 || hyb_tensor_numel(loss) != 1))
+        return hyb_error_set(HYB_ERR_ARG, "hyb_graph_backward: loss %s is not a scalar f32 tensor",
+                             hyb_tensor_shape_str(loss, a, sizeof a));
+    HYB_TRY(check_backward_root("hyb_graph_backward", g, loss));
+    return run_backward(g, loss, &scale);
+}
+
+int graph_backward_seed(hyb_graph *g, hyb_tensor *out, const float *seed) {
+    HYB_TRY(check_backward_root("graph_backward_seed", g, out));
+    return run_backward(g, out, seed);
 }
 
 // ---- checks shared by the ops ---------------------------------------------------------------

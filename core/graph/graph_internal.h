@@ -60,6 +60,10 @@ hyb_node *graph_record(hyb_graph *g, const char *op, hyb_tensor *out, hyb_tensor
  * t's shape, f32, same device (error otherwise). */
 int graph_grad(hyb_graph *g, hyb_tensor *t, float **out);
 
+/* Reverse pass from a non-scalar output with upstream gradient seed[numel(out)] (host memory);
+ * hyb_graph_backward is the scalar case. Used by the gradient checks. */
+int graph_backward_seed(hyb_graph *g, hyb_tensor *out, const float *seed);
+
 /* Backend of a device, error prefixed with the op. */
 const hyb_backend *op_backend(const char *op, hyb_device dev);
 /* t non-NULL, f32, contiguous, on a device; `what` names it in messages ("x", "W"). */
