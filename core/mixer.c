@@ -273,9 +273,14 @@ static void search_dirs(dir_list *l) {
         if (slash) {
             *slash = 0;
             dirs_add(l, exe, strlen(exe));
+            /* <prefix>/bin/hyb -> <prefix>/lib/hyb */
             char lib[PATH_MAX + 16];
-            snprintf(lib, sizeof lib, "%s/../lib/hyb", exe);
-            dirs_add(l, lib, strlen(lib));
+            char *up = strrchr(exe, '/');
+            if (up) {
+                *up = 0;
+                snprintf(lib, sizeof lib, "%s/lib/hyb", exe[0] ? exe : "");
+                dirs_add(l, lib, strlen(lib));
+            }
         }
     }
 #ifdef HYB_BUILD_PLUGIN_DIR
@@ -346,6 +351,11 @@ static void known_mixers(const dir_list *l, char *buf, size_t n) {
 int hyb_plugin_find(const char *name, const hyb_mixer_desc **out) {
     if (out) *out = NULL;
     if (!name || !name[0]) return hyb_error_set(HYB_ERR_ARG, "hyb_plugin_find: empty mixer name");
+    for (const char *c = name; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || *c == '-') ||
+            c - name >= 63)
+            return hyb_error_set(HYB_ERR_ARG, "bad mixer type '%.80s': a mixer type is 1-63 characters "
+                                 "of [a-z0-9_-]", name);
     pthread_mutex_lock(&g_lock);
     const plugin_entry *e = registry_find(name);
     const hyb_mixer_desc *found = e ? e->desc : NULL;

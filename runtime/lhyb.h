@@ -85,6 +85,13 @@ int32_t *lhyb_check_ids(lua_State *L, int idx, const char *fname, const char *ar
 /* Same for n floats (mask weights). */
 float *lhyb_check_floats(lua_State *L, int idx, const char *fname, const char *argname, int64_t n);
 
+/* Raise a Lua error with a printf-style message (C formats: %lld, %g ... which luaL_error does not
+ * know), prefixed with the calling script's "file:line: " like luaL_error. Never returns. */
+int lhyb_error(lua_State *L, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
 /* Raise "<fname>: <hyb_error()>" (never returns). */
 int lhyb_raise_hyb(lua_State *L, const char *fname);
 

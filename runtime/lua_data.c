@@ -31,22 +31,22 @@ static void collect_files(lua_State *L, int idx, const char *F) {
     int n = 0;
     if (lua_type(L, idx) == LUA_TTABLE) {
         lua_Integer len = (lua_Integer)lua_rawlen(L, idx);
-        if (len == 0) luaL_error(L, "%s: the list of files is empty", F);
+        if (len == 0) lhyb_error(L, "%s: the list of files is empty", F);
         for (lua_Integer i = 1; i <= len; i++) {
             lua_rawgeti(L, idx, i);
             if (lua_type(L, -1) != LUA_TSTRING)
-                luaL_error(L, "%s: file %d must be a string, got %s", F, (int)i,
+                lhyb_error(L, "%s: file %d must be a string, got %s", F, (int)i,
                            lhyb_describe(L, -1, buf, sizeof buf));
             lua_rawseti(L, list, ++n);
         }
         return;
     }
     if (lua_type(L, idx) != LUA_TSTRING)
-        luaL_error(L, "%s: expected a file, a directory or a table of files, got %s", F,
+        lhyb_error(L, "%s: expected a file, a directory or a table of files, got %s", F,
                    lhyb_describe(L, idx, buf, sizeof buf));
     const char *path = lua_tostring(L, idx);
     struct stat st;
-    if (stat(path, &st) != 0) luaL_error(L, "%s: cannot open '%s': %s", F, path, strerror(errno));
+    if (stat(path, &st) != 0) lhyb_error(L, "%s: cannot open '%s': %s", F, path, strerror(errno));
     if (!S_ISDIR(st.st_mode)) {
         lua_pushvalue(L, idx);
         lua_rawseti(L, list, 1);
@@ -54,7 +54,7 @@ static void collect_files(lua_State *L, int idx, const char *F) {
     }
     /* a directory: its *.txt files, sorted by name */
     DIR *d = opendir(path);
-    if (!d) luaL_error(L, "%s: cannot open directory '%s': %s", F, path, strerror(errno));
+    if (!d) lhyb_error(L, "%s: cannot open directory '%s': %s", F, path, strerror(errno));
     int cap = 0, cnt = 0;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
@@ -71,7 +71,7 @@ static void collect_files(lua_State *L, int idx, const char *F) {
             memcpy(names + (size_t)cnt++ * NAME_LEN, e->d_name, len + 1);
     }
     closedir(d);
-    if (cnt == 0) luaL_error(L, "%s: directory '%s' has no *.txt files", F, path);
+    if (cnt == 0) lhyb_error(L, "%s: directory '%s' has no *.txt files", F, path);
     qsort(names, (size_t)cnt, NAME_LEN, cmp_names);
     size_t plen = strlen(path);
     int slash = plen > 0 && path[plen - 1] == '/';
@@ -93,13 +93,13 @@ static int l_bytes(lua_State *L) {
         lua_rawgeti(L, list, i);
         const char *p = lua_tostring(L, -1);
         struct stat st;
-        if (stat(p, &st) != 0) return luaL_error(L, "%s: cannot open '%s': %s", F, p, strerror(errno));
-        if (!S_ISREG(st.st_mode)) return luaL_error(L, "%s: '%s' is not a regular file", F, p);
+        if (stat(p, &st) != 0) return lhyb_error(L, "%s: cannot open '%s': %s", F, p, strerror(errno));
+        if (!S_ISREG(st.st_mode)) return lhyb_error(L, "%s: '%s' is not a regular file", F, p);
         total += (int64_t)st.st_size;
         lua_pop(L, 1);
     }
     if (total < 2)
-        return luaL_error(L, "%s: the data holds %lld bytes; at least 2 are needed", F,
+        return lhyb_error(L, "%s: the data holds %lld bytes; at least 2 are needed", F,
                           (long long)total);
     int64_t shape[1] = {total};
     lhyb_tensor *b = lhyb_push_owned(L, hyb_tensor_new(HYB_I32, 1, shape), F);
@@ -110,22 +110,22 @@ static int l_bytes(lua_State *L) {
         lua_rawgeti(L, list, i);
         const char *p = lua_tostring(L, -1);
         FILE *f = fopen(p, "rb");
-        if (!f) return luaL_error(L, "%s: cannot open '%s': %s", F, p, strerror(errno));
+        if (!f) return lhyb_error(L, "%s: cannot open '%s': %s", F, p, strerror(errno));
         size_t got;
         while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
             if (at + (int64_t)got > total) {
                 fclose(f);
-                return luaL_error(L, "%s: '%s' grew while being read", F, p);
+                return lhyb_error(L, "%s: '%s' grew while being read", F, p);
             }
             for (size_t k = 0; k < got; k++) out[at + (int64_t)k] = chunk[k];
             at += (int64_t)got;
         }
         int err = ferror(f);
         fclose(f);
-        if (err) return luaL_error(L, "%s: error reading '%s'", F, p);
+        if (err) return lhyb_error(L, "%s: error reading '%s'", F, p);
         lua_pop(L, 1);
     }
-    if (at != total) return luaL_error(L, "%s: the files shrank while being read", F);
+    if (at != total) return lhyb_error(L, "%s: the files shrank while being read", F);
     return 1;
 }
 
@@ -133,11 +133,11 @@ static hyb_tensor *check_tokens(lua_State *L, int idx, const char *F, int64_t mi
     hyb_tensor *t = lhyb_check_tensor(L, idx, F, "tokens")->t;
     if (t->dtype != HYB_I32 || t->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(t)) {
         char buf[128];
-        luaL_error(L, "%s: tokens must be a contiguous CPU i32 tensor, got %s", F,
+        lhyb_error(L, "%s: tokens must be a contiguous CPU i32 tensor, got %s", F,
                    hyb_tensor_shape_str(t, buf, sizeof buf));
     }
     if (hyb_tensor_numel(t) < min_n)
-        luaL_error(L, "%s: tokens holds %lld ids; at least %lld are needed", F,
+        lhyb_error(L, "%s: tokens holds %lld ids; at least %lld are needed", F,
                    (long long)hyb_tensor_numel(t), (long long)min_n);
     return t;
 }
@@ -149,7 +149,7 @@ static int l_batch(lua_State *L) {
     lua_Integer T = lhyb_check_int(L, 3, F, "T", 1, 1 << 24);
     lua_Integer step = lhyb_check_int(L, 4, F, "step", 0, LUA_MAXINTEGER);
     lua_Integer seed = lhyb_check_int(L, 5, F, "seed", 0, LUA_MAXINTEGER);
-    if (B * T > ((lua_Integer)1 << 31) - 1) return luaL_error(L, "%s: B*T is too large", F);
+    if (B * T > ((lua_Integer)1 << 31) - 1) return lhyb_error(L, "%s: B*T is too large", F);
     hyb_tensor *tok = check_tokens(L, 1, F, T + 1);
     const int32_t *src = (const int32_t *)tok->data;
     int64_t N = hyb_tensor_numel(tok);
@@ -174,11 +174,11 @@ static int l_split(lua_State *L) {
     hyb_tensor *tok = check_tokens(L, 1, F, 4);
     double frac = lhyb_check_number(L, 2, F, "fraction");
     if (!(frac > 0 && frac < 1))
-        return luaL_error(L, "%s: fraction must be in (0, 1), got %g", F, frac);
+        return lhyb_error(L, "%s: fraction must be in (0, 1), got %g", F, frac);
     int64_t N = hyb_tensor_numel(tok);
     int64_t n1 = (int64_t)((double)N * frac);
     if (n1 < 2 || N - n1 < 2)
-        return luaL_error(L, "%s: splitting %lld ids at %g leaves a part with fewer than 2", F,
+        return lhyb_error(L, "%s: splitting %lld ids at %g leaves a part with fewer than 2", F,
                           (long long)N, frac);
     int64_t s1[1] = {n1}, s2[1] = {N - n1};
     lhyb_tensor *a = lhyb_push_owned(L, hyb_tensor_new(HYB_I32, 1, s1), F);

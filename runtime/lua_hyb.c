@@ -59,7 +59,7 @@ static int l_log_level(lua_State *L) {
     static const char *const names[] = {"debug", "info", "warn", "error", NULL};
     char buf[96];
     if (lua_type(L, 1) != LUA_TSTRING)
-        return luaL_error(L, "hyb.log_level: level must be a string, got %s",
+        return lhyb_error(L, "hyb.log_level: level must be a string, got %s",
                           lhyb_describe(L, 1, buf, sizeof buf));
     const char *s = lua_tostring(L, 1);
     for (int i = 0; names[i]; i++)
@@ -67,7 +67,7 @@ static int l_log_level(lua_State *L) {
             hyb_log_set_level(i);
             return 0;
         }
-    return luaL_error(L, "hyb.log_level: level must be \"debug\", \"info\", \"warn\" or \"error\", "
+    return lhyb_error(L, "hyb.log_level: level must be \"debug\", \"info\", \"warn\" or \"error\", "
                          "got \"%s\"", s);
 }
 

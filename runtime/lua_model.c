@@ -44,9 +44,9 @@ static lmap *check_map(lua_State *L, int idx, const char *fname) {
     char buf[96];
     lmap *m = (lmap *)luaL_testudata(L, idx, LHYB_LAYERMAP_MT);
     if (!m)
-        luaL_error(L, "%s: expected a hyb.layermap, got %s", fname,
+        lhyb_error(L, "%s: expected a hyb.layermap, got %s", fname,
                    lhyb_describe(L, idx, buf, sizeof buf));
-    if (!m->map) luaL_error(L, "%s: the hyb.layermap is closed", fname);
+    if (!m->map) lhyb_error(L, "%s: the hyb.layermap is closed", fname);
     return m;
 }
 
@@ -67,12 +67,12 @@ static int map_reload(const lmap *m, hyb_layermap **out) {
 static int l_layermap(lua_State *L) {
     char buf[96];
     if (lua_type(L, 1) != LUA_TSTRING)
-        return luaL_error(L, "hyb.layermap: path must be a string, got %s",
+        return lhyb_error(L, "hyb.layermap: path must be a string, got %s",
                           lhyb_describe(L, 1, buf, sizeof buf));
     const char *path = lua_tostring(L, 1);
     lmap *m = new_map_box(L);
     m->source = dup_str(path);
-    if (!m->source) return luaL_error(L, "hyb.layermap: out of memory");
+    if (!m->source) return lhyb_error(L, "hyb.layermap: out of memory");
     if (hyb_layermap_load(path, &m->map) != HYB_OK) return lhyb_raise_hyb(L, "hyb.layermap");
     return 1;
 }
@@ -81,10 +81,10 @@ static int l_layermap(lua_State *L) {
 static int l_parse_layermap(lua_State *L) {
     char buf[96];
     if (lua_type(L, 1) != LUA_TSTRING)
-        return luaL_error(L, "hyb.parse_layermap: text must be a string, got %s",
+        return lhyb_error(L, "hyb.parse_layermap: text must be a string, got %s",
                           lhyb_describe(L, 1, buf, sizeof buf));
     if (!lua_isnoneornil(L, 2) && lua_type(L, 2) != LUA_TSTRING)
-        return luaL_error(L, "hyb.parse_layermap: source name must be a string, got %s",
+        return lhyb_error(L, "hyb.parse_layermap: source name must be a string, got %s",
                           lhyb_describe(L, 2, buf, sizeof buf));
     const char *text = lua_tostring(L, 1);
     const char *name = luaL_optstring(L, 2, "<string>");
@@ -92,7 +92,7 @@ static int l_parse_layermap(lua_State *L) {
     m->from_text = 1;
     m->source = dup_str(text);
     m->name = dup_str(name);
-    if (!m->source || !m->name) return luaL_error(L, "hyb.parse_layermap: out of memory");
+    if (!m->source || !m->name) return lhyb_error(L, "hyb.parse_layermap: out of memory");
     if (hyb_layermap_parse(text, name, &m->map) != HYB_OK)
         return lhyb_raise_hyb(L, "hyb.parse_layermap");
     return 1;
@@ -182,9 +182,9 @@ static lmodel *check_model(lua_State *L, int idx, const char *fname) {
     char buf[96];
     lmodel *lm = (lmodel *)luaL_testudata(L, idx, LHYB_MODEL_MT);
     if (!lm)
-        luaL_error(L, "%s: expected a hyb.model, got %s", fname,
+        lhyb_error(L, "%s: expected a hyb.model, got %s", fname,
                    lhyb_describe(L, idx, buf, sizeof buf));
-    if (!lm->m) luaL_error(L, "%s: the hyb.model is closed", fname);
+    if (!lm->m) lhyb_error(L, "%s: the hyb.model is closed", fname);
     return lm;
 }
 
@@ -202,12 +202,13 @@ static void model_attach_graph(lua_State *L, lmodel *lm, const char *fname) {
 
 /* hyb.model(path_or_map[, {seed = n}]) */
 static int l_model(lua_State *L) {
+    lua_settop(L, 2);
     static const char *const allowed[] = {"seed", NULL};
     char buf[96];
     const char *F = "hyb.model";
     lmap *src = (lmap *)luaL_testudata(L, 1, LHYB_LAYERMAP_MT);
     if (!src && lua_type(L, 1) != LUA_TSTRING)
-        return luaL_error(L, "%s: expected a layer map path (string) or a hyb.layermap, got %s", F,
+        return lhyb_error(L, "%s: expected a layer map path (string) or a hyb.layermap, got %s", F,
                           lhyb_describe(L, 1, buf, sizeof buf));
     if (src) check_map(L, 1, F);
     lhyb_check_opts(L, 2, F, allowed);
@@ -228,7 +229,7 @@ static int l_model(lua_State *L) {
 static int l_load(lua_State *L) {
     char buf[96];
     if (lua_type(L, 1) != LUA_TSTRING)
-        return luaL_error(L, "hyb.load: dir must be a string, got %s",
+        return lhyb_error(L, "hyb.load: dir must be a string, got %s",
                           lhyb_describe(L, 1, buf, sizeof buf));
     lmodel *lm = new_model_box(L);
     if (hyb_model_load(lua_tostring(L, 1), &lm->m) != HYB_OK) {
@@ -247,6 +248,7 @@ static void graph_reset(lmodel *lm) {
 
 /* model:forward(ids, B, T[, {grad = true, reset = true}]) -> logits [B, T, V] */
 static int m_forward(lua_State *L) {
+    lua_settop(L, 5);
     static const char *const allowed[] = {"grad", "reset", NULL};
     const char *F = "model:forward";
     lmodel *lm = check_model(L, 1, F);
@@ -254,7 +256,7 @@ static int m_forward(lua_State *L) {
     int max_seq = m->map && m->map->max_seq > 0 ? m->map->max_seq : (1 << 30);
     lua_Integer B = lhyb_check_int(L, 3, F, "B", 1, 1 << 20);
     lua_Integer T = lhyb_check_int(L, 4, F, "T", 1, max_seq);
-    if (B * T > ((lua_Integer)1 << 31) - 1) return luaL_error(L, "%s: B*T is too large", F);
+    if (B * T > ((lua_Integer)1 << 31) - 1) return lhyb_error(L, "%s: B*T is too large", F);
     lhyb_check_opts(L, 5, F, allowed);
     int grad = lhyb_opt_field_bool(L, 5, F, "grad", 1);
     int reset = lhyb_opt_field_bool(L, 5, F, "reset", 1);
@@ -287,16 +289,17 @@ static hyb_tensor *arena_copy(hyb_graph *g, const hyb_tensor *x) {
 
 /* model:loss(logits, targets[, {kind=, teacher=, mask=, temperature=}]) -> loss */
 static int m_loss(lua_State *L) {
+    lua_settop(L, 4);
     static const char *const allowed[] = {"kind", "teacher", "mask", "temperature", NULL};
     const char *F = "model:loss";
     char sa[128], sb[128];
     lmodel *lm = check_model(L, 1, F);
     lhyb_tensor *lt = lhyb_check_tensor(L, 2, F, "logits");
     if (lt->genp != &lm->graph_gen)
-        return luaL_error(L, "%s: logits must be the output of this model's forward", F);
+        return lhyb_error(L, "%s: logits must be the output of this model's forward", F);
     hyb_tensor *logits = lt->t;
     if (logits->dtype != HYB_F32 || logits->ndim < 2)
-        return luaL_error(L, "%s: logits must be f32 [B, T, V], got %s", F,
+        return lhyb_error(L, "%s: logits must be f32 [B, T, V], got %s", F,
                           hyb_tensor_shape_str(logits, sa, sizeof sa));
     int64_t V = logits->shape[logits->ndim - 1];
     int64_t n = hyb_tensor_numel(logits) / V;
@@ -307,10 +310,10 @@ static int m_loss(lua_State *L) {
             : strcmp(kind, "kl_reverse") == 0 ? 2
                                                : -1;
     if (k < 0)
-        return luaL_error(L, "%s: option 'kind' must be \"ce\", \"kl_forward\" or \"kl_reverse\", "
+        return lhyb_error(L, "%s: option 'kind' must be \"ce\", \"kl_forward\" or \"kl_reverse\", "
                              "got \"%s\"", F, kind);
     double temp = lhyb_opt_field_number(L, 4, F, "temperature", 1.0);
-    if (!(temp > 0)) return luaL_error(L, "%s: option 'temperature' must be > 0, got %g", F, temp);
+    if (!(temp > 0)) return lhyb_error(L, "%s: option 'temperature' must be > 0, got %g", F, temp);
     int base = lua_gettop(L);
 
     /* mask: B*T weights, copied into the graph's arena so it lives as long as the tape */
@@ -332,11 +335,11 @@ static int m_loss(lua_State *L) {
         if (lua_istable(L, 4)) {
             lua_getfield(L, 4, "teacher");
             if (!lua_isnil(L, -1))
-                return luaL_error(L, "%s: option 'teacher' is only used by kind \"kl_forward\" and "
+                return lhyb_error(L, "%s: option 'teacher' is only used by kind \"kl_forward\" and "
                                      "\"kl_reverse\" (kind is \"ce\")", F);
         }
         if (lua_isnoneornil(L, 3))
-            return luaL_error(L, "%s: kind \"ce\" needs targets (B*T token ids)", F);
+            return lhyb_error(L, "%s: kind \"ce\" needs targets (B*T token ids)", F);
         int32_t *tg = lhyb_check_ids(L, 3, F, "targets", n, INT32_MIN, V - 1);
         int64_t sh[1] = {n};
         hyb_tensor *tt = hyb_graph_tensor(lm->g, HYB_I32, 1, sh);
@@ -345,18 +348,18 @@ static int m_loss(lua_State *L) {
         loss = hyb_cross_entropy(lm->g, logits, (const int32_t *)tt->data, mask);
     } else {
         if (!lua_isnoneornil(L, 3))
-            return luaL_error(L, "%s: kind \"%s\" takes no targets (pass nil)", F, kind);
+            return lhyb_error(L, "%s: kind \"%s\" takes no targets (pass nil)", F, kind);
         if (lua_istable(L, 4))
             lua_getfield(L, 4, "teacher");
         else
             lua_pushnil(L);
         if (lua_isnil(L, -1))
-            return luaL_error(L, "%s: kind \"%s\" needs option 'teacher' (the teacher's logits)", F,
+            return lhyb_error(L, "%s: kind \"%s\" needs option 'teacher' (the teacher's logits)", F,
                               kind);
         hyb_tensor *te = lhyb_check_tensor(L, -1, F, "option 'teacher'")->t;
         if (te->dtype != HYB_F32 || !hyb_tensor_same_shape(te, logits) ||
             !hyb_tensor_is_contiguous(te) || te->device != logits->device)
-            return luaL_error(L, "%s: teacher logits %s must match the student's %s", F,
+            return lhyb_error(L, "%s: teacher logits %s must match the student's %s", F,
                               hyb_tensor_shape_str(te, sa, sizeof sa),
                               hyb_tensor_shape_str(logits, sb, sizeof sb));
         hyb_tensor *tc = arena_copy(lm->g, te);
@@ -384,7 +387,7 @@ static lloss *check_loss(lua_State *L, int idx, const char *fname) {
     char buf[96];
     lloss *ls = (lloss *)luaL_testudata(L, idx, LHYB_LOSS_MT);
     if (!ls)
-        luaL_error(L, "%s: expected a hyb.loss, got %s", fname,
+        lhyb_error(L, "%s: expected a hyb.loss, got %s", fname,
                    lhyb_describe(L, idx, buf, sizeof buf));
     return ls;
 }
@@ -396,19 +399,20 @@ static int loss_value(lua_State *L) {
 
 /* loss:backward([scale]) accumulates d(scale * loss)/d(param) into every parameter's grad. */
 static int loss_backward(lua_State *L) {
+    lua_settop(L, 2);
     const char *F = "loss:backward";
     lloss *ls = check_loss(L, 1, F);
     double scale = lua_isnoneornil(L, 2) ? 1.0 : lhyb_check_number(L, 2, F, "scale");
     lmodel *lm = ls->lm;
-    if (!lm->m) return luaL_error(L, "%s: the model is closed", F);
+    if (!lm->m) return lhyb_error(L, "%s: the model is closed", F);
     if (ls->gen != lm->graph_gen)
-        return luaL_error(L, "%s: the graph of this loss was reset by a later forward; call "
+        return lhyb_error(L, "%s: the graph of this loss was reset by a later forward; call "
                              "backward before the next forward", F);
     if (!ls->grad)
-        return luaL_error(L, "%s: the forward ran with {grad = false}: there is nothing to "
+        return lhyb_error(L, "%s: the forward ran with {grad = false}: there is nothing to "
                              "differentiate", F);
     if (lm->backward_done)
-        return luaL_error(L, "%s: backward already ran on this graph; run forward again", F);
+        return lhyb_error(L, "%s: backward already ran on this graph; run forward again", F);
     if (hyb_graph_backward(lm->g, ls->loss, (float)scale) != HYB_OK) return lhyb_raise_hyb(L, F);
     lm->backward_done = 1;
     return 0;
@@ -441,11 +445,11 @@ static int m_params(lua_State *L) {
 static hyb_tensor *check_param(lua_State *L, lmodel *lm, int idx, const char *fname) {
     char buf[96];
     if (lua_type(L, idx) != LUA_TSTRING)
-        luaL_error(L, "%s: name must be a string, got %s", fname,
+        lhyb_error(L, "%s: name must be a string, got %s", fname,
                    lhyb_describe(L, idx, buf, sizeof buf));
     hyb_tensor *p = hyb_model_param(lm->m, lua_tostring(L, idx));
     if (!p)
-        luaL_error(L, "%s: the model has no parameter '%s' (see model:params())", fname,
+        lhyb_error(L, "%s: the model has no parameter '%s' (see model:params())", fname,
                    lua_tostring(L, idx));
     return p;
 }
@@ -462,7 +466,7 @@ static int m_param(lua_State *L) {
 static int m_grad(lua_State *L) {
     lmodel *lm = check_model(L, 1, "model:grad");
     hyb_tensor *p = check_param(L, lm, 2, "model:grad");
-    if (!p->grad) return luaL_error(L, "model:grad: parameter '%s' has no gradient", p->name);
+    if (!p->grad) return lhyb_error(L, "model:grad: parameter '%s' has no gradient", p->name);
     lhyb_push_borrowed(L, p->grad, 1, &lm->param_gen, "parameter");
     return 1;
 }
@@ -501,13 +505,13 @@ static int make_dirs(const char *path, char *err, size_t n) {
 }
 
 static int m_save(lua_State *L) {
-    char buf[96], err[512];
+    char buf[96], err[4400];
     lmodel *lm = check_model(L, 1, "model:save");
     if (lua_type(L, 2) != LUA_TSTRING)
-        return luaL_error(L, "model:save: dir must be a string, got %s",
+        return lhyb_error(L, "model:save: dir must be a string, got %s",
                           lhyb_describe(L, 2, buf, sizeof buf));
     const char *dir = lua_tostring(L, 2);
-    if (make_dirs(dir, err, sizeof err) != 0) return luaL_error(L, "model:save: %s", err);
+    if (make_dirs(dir, err, sizeof err) != 0) return lhyb_error(L, "model:save: %s", err);
     if (hyb_model_save(lm->m, dir) != HYB_OK) return lhyb_raise_hyb(L, "model:save");
     return 0;
 }
@@ -516,7 +520,7 @@ static int m_load_params(lua_State *L) {
     char buf[96];
     lmodel *lm = check_model(L, 1, "model:load_params");
     if (lua_type(L, 2) != LUA_TSTRING)
-        return luaL_error(L, "model:load_params: path must be a string, got %s",
+        return lhyb_error(L, "model:load_params: path must be a string, got %s",
                           lhyb_describe(L, 2, buf, sizeof buf));
     if (hyb_model_load_params(lm->m, lua_tostring(L, 2)) != HYB_OK)
         return lhyb_raise_hyb(L, "model:load_params");
@@ -591,17 +595,18 @@ static ladamw *check_adamw(lua_State *L, int idx, const char *fname) {
     char buf[96];
     ladamw *a = (ladamw *)luaL_testudata(L, idx, LHYB_ADAMW_MT);
     if (!a)
-        luaL_error(L, "%s: expected a hyb.adamw optimiser, got %s", fname,
+        lhyb_error(L, "%s: expected a hyb.adamw optimiser, got %s", fname,
                    lhyb_describe(L, idx, buf, sizeof buf));
-    if (!a->o) luaL_error(L, "%s: the optimiser is closed", fname);
+    if (!a->o) lhyb_error(L, "%s: the optimiser is closed", fname);
     if (!a->lm->m || a->param_gen != a->lm->param_gen)
-        luaL_error(L, "%s: the model's parameters changed (swap or close) after this optimiser was "
+        lhyb_error(L, "%s: the model's parameters changed (swap or close) after this optimiser was "
                       "made; make a new one", fname);
     return a;
 }
 
 /* hyb.optim.adamw(model[, {lr=1e-3, weight_decay=0.01, betas={0.9, 0.999}, eps=1e-8, clip=0}]) */
 static int l_adamw(lua_State *L) {
+    lua_settop(L, 2);
     static const char *const allowed[] = {"lr", "weight_decay", "betas", "eps", "clip", NULL};
     const char *F = "hyb.optim.adamw";
     lmodel *lm = check_model(L, 1, F);
@@ -611,23 +616,23 @@ static int l_adamw(lua_State *L) {
     double eps = lhyb_opt_field_number(L, 2, F, "eps", 1e-8);
     double clip = lhyb_opt_field_number(L, 2, F, "clip", 0.0);
     double b1 = 0.9, b2 = 0.999;
-    if (!(lr > 0)) return luaL_error(L, "%s: option 'lr' must be > 0, got %g", F, lr);
-    if (!(wd >= 0)) return luaL_error(L, "%s: option 'weight_decay' must be >= 0, got %g", F, wd);
-    if (!(eps > 0)) return luaL_error(L, "%s: option 'eps' must be > 0, got %g", F, eps);
-    if (!(clip >= 0)) return luaL_error(L, "%s: option 'clip' must be >= 0 (0 = off), got %g", F, clip);
+    if (!(lr > 0)) return lhyb_error(L, "%s: option 'lr' must be > 0, got %g", F, lr);
+    if (!(wd >= 0)) return lhyb_error(L, "%s: option 'weight_decay' must be >= 0, got %g", F, wd);
+    if (!(eps > 0)) return lhyb_error(L, "%s: option 'eps' must be > 0, got %g", F, eps);
+    if (!(clip >= 0)) return lhyb_error(L, "%s: option 'clip' must be >= 0 (0 = off), got %g", F, clip);
     if (lua_istable(L, 2)) {
         lua_getfield(L, 2, "betas");
         if (!lua_isnil(L, -1)) {
             char buf[96];
             if (!lua_istable(L, -1) || lua_rawlen(L, -1) != 2)
-                return luaL_error(L, "%s: option 'betas' must be a table {beta1, beta2}, got %s", F,
+                return lhyb_error(L, "%s: option 'betas' must be a table {beta1, beta2}, got %s", F,
                                   lhyb_describe(L, -1, buf, sizeof buf));
             lua_rawgeti(L, -1, 1);
             lua_rawgeti(L, -2, 2);
             b1 = lhyb_check_number(L, -2, F, "betas[1]");
             b2 = lhyb_check_number(L, -1, F, "betas[2]");
-            if (!(b1 >= 0 && b1 < 1)) return luaL_error(L, "%s: betas[1] must be in [0, 1), got %g", F, b1);
-            if (!(b2 >= 0 && b2 < 1)) return luaL_error(L, "%s: betas[2] must be in [0, 1), got %g", F, b2);
+            if (!(b1 >= 0 && b1 < 1)) return lhyb_error(L, "%s: betas[1] must be in [0, 1), got %g", F, b1);
+            if (!(b2 >= 0 && b2 < 1)) return lhyb_error(L, "%s: betas[2] must be in [0, 1), got %g", F, b2);
             lua_pop(L, 2);
         }
         lua_pop(L, 1);
@@ -657,7 +662,7 @@ static int o_step(lua_State *L) {
     ladamw *a = check_adamw(L, 1, "opt:step");
     float norm = hyb_grad_clip(a->o->params, a->o->n, a->clip);
     if (!isfinite(norm))
-        return luaL_error(L, "opt:step: the gradient norm is %f (NaN/Inf in the gradients); "
+        return lhyb_error(L, "opt:step: the gradient norm is %f (NaN/Inf in the gradients); "
                              "step skipped", (double)norm);
     if (hyb_adamw_step(a->o) != HYB_OK) return lhyb_raise_hyb(L, "opt:step");
     a->last_norm = norm;
@@ -668,7 +673,7 @@ static int o_step(lua_State *L) {
 static int o_set_lr(lua_State *L) {
     ladamw *a = check_adamw(L, 1, "opt:set_lr");
     double lr = lhyb_check_number(L, 2, "opt:set_lr", "lr");
-    if (!(lr >= 0)) return luaL_error(L, "opt:set_lr: lr must be >= 0, got %g", lr);
+    if (!(lr >= 0)) return lhyb_error(L, "opt:set_lr: lr must be >= 0, got %g", lr);
     a->o->lr = (float)lr;
     return 0;
 }

@@ -57,16 +57,16 @@ lhyb_tensor *lhyb_check_tensor(lua_State *L, int idx, const char *fname, const c
     char buf[96];
     lhyb_tensor *b = lhyb_test_tensor(L, idx);
     if (!b)
-        luaL_error(L, "%s: %s must be a hyb.tensor, got %s", fname, argname,
+        lhyb_error(L, "%s: %s must be a hyb.tensor, got %s", fname, argname,
                    lhyb_describe(L, idx, buf, sizeof buf));
-    if (!b->t) luaL_error(L, "%s: %s is a closed hyb.tensor", fname, argname);
+    if (!b->t) lhyb_error(L, "%s: %s is a closed hyb.tensor", fname, argname);
     if (b->genp && *b->genp != b->gen) {
         if (b->what && strcmp(b->what, "graph") == 0)
-            luaL_error(L,
+            lhyb_error(L,
                        "%s: %s is stale: it belonged to a model graph that was reset by a later "
                        "forward (use t:clone() to keep a tensor across forwards)",
                        fname, argname);
-        luaL_error(L,
+        lhyb_error(L,
                    "%s: %s is stale: its model's parameters were replaced or the model was closed",
                    fname, argname);
     }
@@ -79,21 +79,21 @@ lhyb_tensor *lhyb_check_tensor(lua_State *L, int idx, const char *fname, const c
 static int check_shape(lua_State *L, int idx, const char *fname, int64_t *shape) {
     char buf[96];
     if (!lua_istable(L, idx))
-        luaL_error(L, "%s: shape must be a table of positive integers, got %s", fname,
+        lhyb_error(L, "%s: shape must be a table of positive integers, got %s", fname,
                    lhyb_describe(L, idx, buf, sizeof buf));
     lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
     if (n < 1 || n > HYB_MAX_DIMS)
-        luaL_error(L, "%s: shape must have 1 to %d entries, got %d", fname, HYB_MAX_DIMS, (int)n);
+        lhyb_error(L, "%s: shape must have 1 to %d entries, got %d", fname, HYB_MAX_DIMS, (int)n);
     int64_t numel = 1;
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, idx, i);
         int isnum = 0;
         lua_Integer v = lua_type(L, -1) == LUA_TNUMBER ? lua_tointegerx(L, -1, &isnum) : 0;
         if (!isnum || v < 1)
-            luaL_error(L, "%s: shape entry %d must be a positive integer, got %s", fname, (int)i,
+            lhyb_error(L, "%s: shape entry %d must be a positive integer, got %s", fname, (int)i,
                        lhyb_describe(L, -1, buf, sizeof buf));
         if (v > ((int64_t)1 << 40) || numel > ((int64_t)1 << 40) / v)
-            luaL_error(L, "%s: shape is too large (entry %d = %lld)", fname, (int)i, (long long)v);
+            lhyb_error(L, "%s: shape is too large (entry %d = %lld)", fname, (int)i, (long long)v);
         numel *= v;
         shape[i - 1] = v;
         lua_pop(L, 1);
@@ -105,13 +105,13 @@ static hyb_dtype check_dtype(lua_State *L, int idx, const char *fname) {
     char buf[96];
     if (lua_isnoneornil(L, idx)) return HYB_F32;
     if (lua_type(L, idx) != LUA_TSTRING)
-        luaL_error(L, "%s: dtype must be a string (\"f32\", \"i32\", \"f16\", \"bf16\"), got %s",
+        lhyb_error(L, "%s: dtype must be a string (\"f32\", \"i32\", \"f16\", \"bf16\"), got %s",
                    fname, lhyb_describe(L, idx, buf, sizeof buf));
     const char *s = lua_tostring(L, idx);
     hyb_dtype d;
     if (hyb_dtype_from_name(s, &d) != HYB_OK ||
         (d != HYB_F32 && d != HYB_I32 && d != HYB_F16 && d != HYB_BF16))
-        luaL_error(L, "%s: dtype must be one of \"f32\", \"i32\", \"f16\", \"bf16\", got \"%s\"",
+        lhyb_error(L, "%s: dtype must be one of \"f32\", \"i32\", \"f16\", \"bf16\", got \"%s\"",
                    fname, s);
     return d;
 }
@@ -136,7 +136,7 @@ static void store_elem(lua_State *L, hyb_tensor *t, int64_t off, int idx, const 
                        const char *what) {
     char buf[96];
     if (lua_type(L, idx) != LUA_TNUMBER)
-        luaL_error(L, "%s: %s must be a number, got %s", fname, what,
+        lhyb_error(L, "%s: %s must be a number, got %s", fname, what,
                    lhyb_describe(L, idx, buf, sizeof buf));
     switch (t->dtype) {
     case HYB_F32: ((float *)t->data)[off] = (float)lua_tonumber(L, idx); break;
@@ -148,12 +148,12 @@ static void store_elem(lua_State *L, hyb_tensor *t, int64_t off, int idx, const 
         int isnum = 0;
         lua_Integer v = lua_tointegerx(L, idx, &isnum);
         if (!isnum || v < INT32_MIN || v > INT32_MAX)
-            luaL_error(L, "%s: %s must be a 32-bit integer for an i32 tensor, got %s", fname, what,
+            lhyb_error(L, "%s: %s must be a 32-bit integer for an i32 tensor, got %s", fname, what,
                        lhyb_describe(L, idx, buf, sizeof buf));
         ((int32_t *)t->data)[off] = (int32_t)v;
         break;
     }
-    default: luaL_error(L, "%s: cannot write elements of a %s tensor", fname, hyb_dtype_name(t->dtype));
+    default: lhyb_error(L, "%s: cannot write elements of a %s tensor", fname, hyb_dtype_name(t->dtype));
     }
 }
 
@@ -163,13 +163,13 @@ static void fill_nested(lua_State *L, hyb_tensor *t, int idx, int dim, int64_t *
     char what[64];
     lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
     if (n != t->shape[dim])
-        luaL_error(L, "%s: values at depth %d must have %lld entries (shape[%d]), got %lld", fname,
+        lhyb_error(L, "%s: values at depth %d must have %lld entries (shape[%d]), got %lld", fname,
                    dim + 1, (long long)t->shape[dim], dim + 1, (long long)n);
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, idx, i);
         if (dim + 1 < t->ndim) {
             if (!lua_istable(L, -1))
-                luaL_error(L, "%s: values at depth %d entry %d must be a table (shape has %d dims)",
+                lhyb_error(L, "%s: values at depth %d entry %d must be a table (shape has %d dims)",
                            fname, dim + 1, (int)i, t->ndim);
             fill_nested(L, t, lua_gettop(L), dim + 1, off, fname);
         } else {
@@ -184,7 +184,7 @@ static void fill_nested(lua_State *L, hyb_tensor *t, int idx, int dim, int64_t *
 static void fill_values(lua_State *L, hyb_tensor *t, int idx, const char *fname) {
     char buf[96], what[64];
     if (!lua_istable(L, idx))
-        luaL_error(L, "%s: values must be a table of numbers, got %s", fname,
+        lhyb_error(L, "%s: values must be a table of numbers, got %s", fname,
                    lhyb_describe(L, idx, buf, sizeof buf));
     int64_t numel = hyb_tensor_numel(t);
     lua_rawgeti(L, idx, 1);
@@ -197,7 +197,7 @@ static void fill_values(lua_State *L, hyb_tensor *t, int idx, const char *fname)
     }
     int64_t n = (int64_t)lua_rawlen(L, idx);
     if (n != numel)
-        luaL_error(L, "%s: values must have %lld entries (the shape's numel), got %lld", fname,
+        lhyb_error(L, "%s: values must have %lld entries (the shape's numel), got %lld", fname,
                    (long long)numel, (long long)n);
     for (int64_t i = 0; i < numel; i++) {
         lua_rawgeti(L, idx, (lua_Integer)(i + 1));
@@ -212,6 +212,7 @@ static void fill_values(lua_State *L, hyb_tensor *t, int idx, const char *fname)
 /* hyb.tensor(shape[, values[, dtype]]) */
 static int l_tensor(lua_State *L) {
     int64_t shape[HYB_MAX_DIMS];
+    lua_settop(L, 3);
     int nd = check_shape(L, 1, "hyb.tensor", shape);
     hyb_dtype d = check_dtype(L, 3, "hyb.tensor");
     lhyb_tensor *b = lhyb_push_owned(L, hyb_tensor_new(d, nd, shape), "hyb.tensor");
@@ -222,6 +223,7 @@ static int l_tensor(lua_State *L) {
 /* hyb.zeros(shape[, dtype]) */
 static int l_zeros(lua_State *L) {
     int64_t shape[HYB_MAX_DIMS];
+    lua_settop(L, 2);
     int nd = check_shape(L, 1, "hyb.zeros", shape);
     hyb_dtype d = check_dtype(L, 2, "hyb.zeros");
     lhyb_push_owned(L, hyb_tensor_new(d, nd, shape), "hyb.zeros");
@@ -231,10 +233,11 @@ static int l_zeros(lua_State *L) {
 /* hyb.randn(shape, seed[, std]) -> f32 N(0, std^2) */
 static int l_randn(lua_State *L) {
     int64_t shape[HYB_MAX_DIMS];
+    lua_settop(L, 3);
     int nd = check_shape(L, 1, "hyb.randn", shape);
     lua_Integer seed = lhyb_check_int(L, 2, "hyb.randn", "seed", 0, LUA_MAXINTEGER);
     double std = lua_isnoneornil(L, 3) ? 1.0 : lhyb_check_number(L, 3, "hyb.randn", "std");
-    if (std < 0) luaL_error(L, "hyb.randn: std must be >= 0, got %g", std);
+    if (std < 0) lhyb_error(L, "hyb.randn: std must be >= 0, got %g", std);
     lhyb_tensor *b = lhyb_push_owned(L, hyb_tensor_new(HYB_F32, nd, shape), "hyb.randn");
     hyb_rng r;
     hyb_rng_seed(&r, (uint64_t)seed);
@@ -273,9 +276,9 @@ static int t_dtype(lua_State *L) {
 
 static void check_readable(lua_State *L, const hyb_tensor *t, const char *fname) {
     if (t->device != HYB_DEV_CPU)
-        luaL_error(L, "%s: the tensor is on a GPU; elements can only be read on the CPU", fname);
+        lhyb_error(L, "%s: the tensor is on a GPU; elements can only be read on the CPU", fname);
     if (!elem_readable(t->dtype))
-        luaL_error(L, "%s: elements of a %s tensor cannot be read one by one (storage-only dtype)",
+        lhyb_error(L, "%s: elements of a %s tensor cannot be read one by one (storage-only dtype)",
                    fname, hyb_dtype_name(t->dtype));
 }
 
@@ -296,7 +299,7 @@ static int t_get(lua_State *L) {
     check_readable(L, t, "tensor:get");
     int nidx = lua_gettop(L) - 1;
     if (nidx != t->ndim)
-        return luaL_error(L, "tensor:get: a %d-d tensor needs %d indices, got %d", t->ndim,
+        return lhyb_error(L, "tensor:get: a %d-d tensor needs %d indices, got %d", t->ndim,
                           t->ndim, nidx);
     push_elem(L, t, check_index(L, t, 2, "tensor:get"));
     return 1;
@@ -307,7 +310,7 @@ static int t_set(lua_State *L) {
     check_readable(L, t, "tensor:set");
     int nargs = lua_gettop(L) - 1;
     if (nargs != t->ndim + 1)
-        return luaL_error(L, "tensor:set: a %d-d tensor needs %d indices and a value, got %d "
+        return lhyb_error(L, "tensor:set: a %d-d tensor needs %d indices and a value, got %d "
                              "arguments",
                           t->ndim, t->ndim, nargs);
     int64_t off = check_index(L, t, 2, "tensor:set");
@@ -321,7 +324,7 @@ static int t_item(lua_State *L) {
     check_readable(L, t, "tensor:item");
     if (hyb_tensor_numel(t) != 1) {
         char buf[128];
-        return luaL_error(L, "tensor:item: the tensor must have exactly one element, it is %s",
+        return lhyb_error(L, "tensor:item: the tensor must have exactly one element, it is %s",
                           hyb_tensor_shape_str(t, buf, sizeof buf));
     }
     push_elem(L, t, 0);
@@ -345,7 +348,7 @@ static int t_totable(lua_State *L) {
     hyb_tensor *t = SELF("tensor:totable")->t;
     check_readable(L, t, "tensor:totable");
     if (hyb_tensor_numel(t) > ((int64_t)1 << 26))
-        return luaL_error(L, "tensor:totable: %lld elements is too many for a Lua table",
+        return lhyb_error(L, "tensor:totable: %lld elements is too many for a Lua table",
                           (long long)hyb_tensor_numel(t));
     push_nested(L, t, 0, 0);
     return 1;
@@ -353,7 +356,7 @@ static int t_totable(lua_State *L) {
 
 static int t_clone(lua_State *L) {
     hyb_tensor *t = SELF("tensor:clone")->t;
-    if (t->device != HYB_DEV_CPU) return luaL_error(L, "tensor:clone: only CPU tensors for now");
+    if (t->device != HYB_DEV_CPU) return lhyb_error(L, "tensor:clone: only CPU tensors for now");
     lhyb_push_owned(L, hyb_tensor_clone(t), "tensor:clone");
     return 1;
 }
@@ -380,10 +383,10 @@ static int t_max_abs_diff(lua_State *L) {
     int same = a->ndim == b->ndim;
     for (int i = 0; same && i < a->ndim; i++) same = a->shape[i] == b->shape[i];
     if (!same)
-        return luaL_error(L, "tensor:max_abs_diff: shapes differ: %s vs %s",
+        return lhyb_error(L, "tensor:max_abs_diff: shapes differ: %s vs %s",
                           hyb_tensor_shape_str(a, sa, sizeof sa), hyb_tensor_shape_str(b, sb, sizeof sb));
     if (!hyb_tensor_is_contiguous(a) || !hyb_tensor_is_contiguous(b))
-        return luaL_error(L, "tensor:max_abs_diff: tensors must be contiguous");
+        return lhyb_error(L, "tensor:max_abs_diff: tensors must be contiguous");
     double m = 0;
     int64_t n = hyb_tensor_numel(a);
     for (int64_t i = 0; i < n; i++) {
@@ -416,7 +419,7 @@ static int t_equal(lua_State *L) {
 static int t_stats_impl(lua_State *L, const char *fname, int which) {
     hyb_tensor *t = lhyb_check_tensor(L, 1, fname, "self")->t;
     check_readable(L, t, fname);
-    if (!hyb_tensor_is_contiguous(t)) return luaL_error(L, "%s: tensor must be contiguous", fname);
+    if (!hyb_tensor_is_contiguous(t)) return lhyb_error(L, "%s: tensor must be contiguous", fname);
     int64_t n = hyb_tensor_numel(t), arg = 0;
     double acc = which == 0 || which == 1 ? 0 : elem_f64(t, 0);
     for (int64_t i = 0; i < n; i++) {

@@ -2,6 +2,7 @@
  * of the form "<function>: <argument> must be <what>, got <value>" (luaL_error adds the caller's
  * script:line in front). */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -10,7 +11,7 @@
 
 const char *lhyb_describe(lua_State *L, int idx, char *buf, size_t n) {
     switch (lua_type(L, idx)) {
-    case LUA_TNONE: snprintf(buf, n, "no value"); break;
+    case LUA_TNONE: snprintf(buf, n, "nil"); break; /* "no value" confuses more than it helps */
     case LUA_TNIL: snprintf(buf, n, "nil"); break;
     case LUA_TBOOLEAN: snprintf(buf, n, "%s", lua_toboolean(L, idx) ? "true" : "false"); break;
     case LUA_TNUMBER:
@@ -42,9 +43,21 @@ const char *lhyb_describe(lua_State *L, int idx, char *buf, size_t n) {
     return buf;
 }
 
+int lhyb_error(lua_State *L, const char *fmt, ...) {
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    luaL_where(L, 1);
+    lua_pushstring(L, msg);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
 int lhyb_raise_hyb(lua_State *L, const char *fname) {
     const char *msg = hyb_error();
-    return luaL_error(L, "%s: %s", fname, (msg && *msg) ? msg : "failed (no message)");
+    return lhyb_error(L, "%s: %s", fname, (msg && *msg) ? msg : "failed (no message)");
 }
 
 /* Integer value of the number at idx, or 0 with *ok = 0 (not a number, or not integral). */
@@ -65,10 +78,10 @@ lua_Integer lhyb_check_int(lua_State *L, int idx, const char *fname, const char 
     lua_Integer v = to_integer(L, idx, &ok);
     if (!ok || v < lo || v > hi) {
         if (hi == LUA_MAXINTEGER)
-            luaL_error(L, "%s: %s must be an integer >= %lld, got %s", fname, argname, (long long)lo,
+            lhyb_error(L, "%s: %s must be an integer >= %lld, got %s", fname, argname, (long long)lo,
                        lhyb_describe(L, idx, buf, sizeof buf));
         else
-            luaL_error(L, "%s: %s must be an integer in [%lld, %lld], got %s", fname, argname,
+            lhyb_error(L, "%s: %s must be an integer in [%lld, %lld], got %s", fname, argname,
                        (long long)lo, (long long)hi, lhyb_describe(L, idx, buf, sizeof buf));
     }
     return v;
@@ -83,11 +96,11 @@ lua_Integer lhyb_opt_int(lua_State *L, int idx, const char *fname, const char *a
 double lhyb_check_number(lua_State *L, int idx, const char *fname, const char *argname) {
     char buf[96];
     if (lua_type(L, idx) != LUA_TNUMBER)
-        luaL_error(L, "%s: %s must be a number, got %s", fname, argname,
+        lhyb_error(L, "%s: %s must be a number, got %s", fname, argname,
                    lhyb_describe(L, idx, buf, sizeof buf));
     double v = lua_tonumber(L, idx);
     if (!isfinite(v))
-        luaL_error(L, "%s: %s must be a finite number, got %s", fname, argname,
+        lhyb_error(L, "%s: %s must be a finite number, got %s", fname, argname,
                    lhyb_describe(L, idx, buf, sizeof buf));
     return v;
 }
@@ -96,14 +109,14 @@ int lhyb_check_opts(lua_State *L, int idx, const char *fname, const char *const 
     char buf[96];
     if (lua_isnoneornil(L, idx)) return 0;
     if (!lua_istable(L, idx))
-        return luaL_error(L, "%s: options must be a table, got %s", fname,
+        return lhyb_error(L, "%s: options must be a table, got %s", fname,
                           lhyb_describe(L, idx, buf, sizeof buf));
     idx = lua_absindex(L, idx);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         lua_pop(L, 1); /* value */
         if (lua_type(L, -1) != LUA_TSTRING)
-            return luaL_error(L, "%s: option keys must be strings, got %s", fname,
+            return lhyb_error(L, "%s: option keys must be strings, got %s", fname,
                               lhyb_describe(L, -1, buf, sizeof buf));
         const char *k = lua_tostring(L, -1);
         int found = 0;
@@ -117,7 +130,7 @@ int lhyb_check_opts(lua_State *L, int idx, const char *fname, const char *const 
                 luaL_addstring(&b, allowed[i]);
             }
             luaL_pushresult(&b);
-            return luaL_error(L, "%s: unknown option '%s' (known: %s)", fname, k,
+            return lhyb_error(L, "%s: unknown option '%s' (known: %s)", fname, k,
                               lua_tostring(L, -1));
         }
     }
@@ -143,7 +156,7 @@ double lhyb_opt_field_number(lua_State *L, int idx, const char *fname, const cha
     }
     snprintf(name, sizeof name, "option '%s'", key);
     if (lua_type(L, -1) != LUA_TNUMBER || !isfinite(lua_tonumber(L, -1)))
-        luaL_error(L, "%s: %s must be a finite number, got %s", fname, name,
+        lhyb_error(L, "%s: %s must be a finite number, got %s", fname, name,
                    lhyb_describe(L, -1, buf, sizeof buf));
     double v = lua_tonumber(L, -1);
     lua_pop(L, 1);
@@ -174,7 +187,7 @@ int lhyb_opt_field_bool(lua_State *L, int idx, const char *fname, const char *ke
         return def;
     }
     if (!lua_isboolean(L, -1))
-        luaL_error(L, "%s: option '%s' must be a boolean, got %s", fname, key,
+        lhyb_error(L, "%s: option '%s' must be a boolean, got %s", fname, key,
                    lhyb_describe(L, -1, buf, sizeof buf));
     int v = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -191,7 +204,7 @@ const char *lhyb_opt_field_string(lua_State *L, int idx, const char *fname, cons
         return def;
     }
     if (lua_type(L, -1) != LUA_TSTRING)
-        luaL_error(L, "%s: option '%s' must be a string, got %s", fname, key,
+        lhyb_error(L, "%s: option '%s' must be a string, got %s", fname, key,
                    lhyb_describe(L, -1, buf, sizeof buf));
     /* The string stays alive: it is referenced by the options table, which is an argument. */
     const char *s = lua_tostring(L, -1);
@@ -208,22 +221,22 @@ int32_t *lhyb_check_ids(lua_State *L, int idx, const char *fname, const char *ar
     lhyb_tensor *lt = lhyb_test_tensor(L, idx);
     if (lt) lt = lhyb_check_tensor(L, idx, fname, argname); /* live? */
     if (!lt && !lua_istable(L, idx))
-        luaL_error(L, "%s: %s must be a table of integers or a hyb.tensor, got %s", fname, argname,
+        lhyb_error(L, "%s: %s must be a table of integers or a hyb.tensor, got %s", fname, argname,
                    lhyb_describe(L, idx, buf, sizeof buf));
     int64_t have = lt ? hyb_tensor_numel(lt->t) : (int64_t)lua_rawlen(L, idx);
     if (have != n)
-        luaL_error(L, "%s: %s must hold %lld entries (B*T), got %lld", fname, argname, (long long)n,
+        lhyb_error(L, "%s: %s must hold %lld entries (B*T), got %lld", fname, argname, (long long)n,
                    (long long)have);
     int32_t *out = (int32_t *)lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof(int32_t), 0);
     if (lt) {
         hyb_tensor *t = lt->t;
         if (t->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(t))
-            luaL_error(L, "%s: %s must be a contiguous CPU tensor", fname, argname);
+            lhyb_error(L, "%s: %s must be a contiguous CPU tensor", fname, argname);
         if (t->dtype == HYB_I32) {
             const int32_t *p = (const int32_t *)t->data;
             for (int64_t i = 0; i < n; i++) {
                 if (p[i] < lo || p[i] > hi)
-                    luaL_error(L, "%s: %s entry %lld is %d, outside [%lld, %lld]", fname, argname,
+                    lhyb_error(L, "%s: %s entry %lld is %d, outside [%lld, %lld]", fname, argname,
                                (long long)(i + 1), (int)p[i], (long long)lo, (long long)hi);
                 out[i] = p[i];
             }
@@ -232,12 +245,12 @@ int32_t *lhyb_check_ids(lua_State *L, int idx, const char *fname, const char *ar
             for (int64_t i = 0; i < n; i++) {
                 float v = p[i];
                 if (!(v == floorf(v)) || v < (float)lo || v > (float)hi)
-                    luaL_error(L, "%s: %s entry %lld is %g, not an integer in [%lld, %lld]", fname,
+                    lhyb_error(L, "%s: %s entry %lld is %g, not an integer in [%lld, %lld]", fname,
                                argname, (long long)(i + 1), (double)v, (long long)lo, (long long)hi);
                 out[i] = (int32_t)v;
             }
         } else {
-            luaL_error(L, "%s: %s must be an i32 or f32 tensor, got %s", fname, argname,
+            lhyb_error(L, "%s: %s must be an i32 or f32 tensor, got %s", fname, argname,
                        hyb_dtype_name(t->dtype));
         }
         return out;
@@ -247,7 +260,7 @@ int32_t *lhyb_check_ids(lua_State *L, int idx, const char *fname, const char *ar
         int isnum = 0;
         lua_Integer v = lua_type(L, -1) == LUA_TNUMBER ? lua_tointegerx(L, -1, &isnum) : 0;
         if (!isnum || v < lo || v > hi)
-            luaL_error(L, "%s: %s entry %lld must be an integer in [%lld, %lld], got %s", fname,
+            lhyb_error(L, "%s: %s entry %lld must be an integer in [%lld, %lld], got %s", fname,
                        argname, (long long)(i + 1), (long long)lo, (long long)hi,
                        lhyb_describe(L, -1, buf, sizeof buf));
         out[i] = (int32_t)v;
@@ -262,30 +275,30 @@ float *lhyb_check_floats(lua_State *L, int idx, const char *fname, const char *a
     lhyb_tensor *lt = lhyb_test_tensor(L, idx);
     if (lt) lt = lhyb_check_tensor(L, idx, fname, argname);
     if (!lt && !lua_istable(L, idx))
-        luaL_error(L, "%s: %s must be a table of numbers or a hyb.tensor, got %s", fname, argname,
+        lhyb_error(L, "%s: %s must be a table of numbers or a hyb.tensor, got %s", fname, argname,
                    lhyb_describe(L, idx, buf, sizeof buf));
     int64_t have = lt ? hyb_tensor_numel(lt->t) : (int64_t)lua_rawlen(L, idx);
     if (have != n)
-        luaL_error(L, "%s: %s must hold %lld entries (B*T), got %lld", fname, argname, (long long)n,
+        lhyb_error(L, "%s: %s must hold %lld entries (B*T), got %lld", fname, argname, (long long)n,
                    (long long)have);
     float *out = (float *)lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof(float), 0);
     if (lt) {
         hyb_tensor *t = lt->t;
         if (t->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(t))
-            luaL_error(L, "%s: %s must be a contiguous CPU tensor", fname, argname);
+            lhyb_error(L, "%s: %s must be a contiguous CPU tensor", fname, argname);
         if (t->dtype == HYB_F32) {
             memcpy(out, t->data, (size_t)n * sizeof(float));
         } else if (t->dtype == HYB_I32) {
             for (int64_t i = 0; i < n; i++) out[i] = (float)((const int32_t *)t->data)[i];
         } else {
-            luaL_error(L, "%s: %s must be an f32 or i32 tensor, got %s", fname, argname,
+            lhyb_error(L, "%s: %s must be an f32 or i32 tensor, got %s", fname, argname,
                        hyb_dtype_name(t->dtype));
         }
     } else {
         for (int64_t i = 0; i < n; i++) {
             lua_rawgeti(L, idx, (lua_Integer)(i + 1));
             if (lua_type(L, -1) != LUA_TNUMBER)
-                luaL_error(L, "%s: %s entry %lld must be a number, got %s", fname, argname,
+                lhyb_error(L, "%s: %s entry %lld must be a number, got %s", fname, argname,
                            (long long)(i + 1), lhyb_describe(L, -1, buf, sizeof buf));
             out[i] = (float)lua_tonumber(L, -1);
             lua_pop(L, 1);
@@ -293,7 +306,7 @@ float *lhyb_check_floats(lua_State *L, int idx, const char *fname, const char *a
     }
     for (int64_t i = 0; i < n; i++)
         if (!isfinite(out[i]) || out[i] < 0)
-            luaL_error(L, "%s: %s entry %lld must be a finite weight >= 0, got %g", fname, argname,
+            lhyb_error(L, "%s: %s entry %lld must be a finite weight >= 0, got %g", fname, argname,
                        (long long)(i + 1), (double)out[i]);
     return out;
 }

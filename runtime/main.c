@@ -151,9 +151,13 @@ static int run_lua(const char *script, int is_chunk, char **args, int nargs) {
     char sd[PATH_MAX];
     if (scripts_dir(sd, sizeof sd)) add_package_path(L, sd);
 
-    /* arg table as in lua.c: arg[-1] = the binary, arg[0] = script, arg[1..] = arguments */
+    /* arg table as in lua.c: arg[-1] = the binary (absolute path), arg[0] = script,
+     * arg[1..] = arguments */
+    char exe[PATH_MAX];
+    ssize_t elen = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[elen > 0 ? elen : 0] = 0;
     lua_createtable(L, nargs, 2);
-    lua_pushstring(L, progname);
+    lua_pushstring(L, exe[0] ? exe : progname);
     lua_rawseti(L, -2, -1);
     lua_pushstring(L, is_chunk ? "-e" : script);
     lua_rawseti(L, -2, 0);

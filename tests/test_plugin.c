@@ -150,9 +150,35 @@ static void test_unknown_mixer(void) {
     CHECK(hyb_mixer_new("nosuchmixer", &dims, NULL, 1, &m) == HYB_ERR_NOTFOUND && m == NULL);
 }
 
+static void test_bad_names(void) {
+    const hyb_mixer_desc *d;
+    CHECK(hyb_plugin_find("../plugins/mha", &d) == HYB_ERR_ARG);
+    CHECK_MSG(contains(hyb_error(), "[a-z0-9_-]"), "%s", hyb_error());
+    CHECK(hyb_plugin_find("MHA", &d) == HYB_ERR_ARG);
+    CHECK(hyb_plugin_find("", &d) == HYB_ERR_ARG);
+}
+
 static void test_scan(void) {
     int n = hyb_plugin_scan();
     CHECK_MSG(n >= 1, "scan found %d", n);
+    /* scanning a directory of broken plugins loads none of them and does not fail */
+    const char *env = getenv("HYB_PLUGIN_PATH");
+    char *old = env ? strdup(env) : NULL;
+    setenv("HYB_PLUGIN_PATH", g_test_dir, 1);
+    int before = hyb_plugin_count();
+    int n2 = hyb_plugin_scan();
+    CHECK_MSG(n2 >= 1, "scan found %d", n2); /* mha, from the build tree */
+    CHECK(hyb_plugin_count() == before);
+    for (int i = 0; i < hyb_plugin_count(); i++) {
+        const char *nm = hyb_plugin_get(i, NULL)->name;
+        CHECK(strcmp(nm, "badabi") && strcmp(nm, "noentry") && strcmp(nm, "nodecode"));
+    }
+    if (old) {
+        setenv("HYB_PLUGIN_PATH", old, 1);
+        free(old);
+    } else {
+        unsetenv("HYB_PLUGIN_PATH");
+    }
     const hyb_mixer_desc *d;
     CHECK(hyb_plugin_find("mha", &d) == HYB_OK);
 }
@@ -336,6 +362,7 @@ int main(void) {
     RUN(test_missing_file);
     RUN(test_duplicate_name);
     RUN(test_unknown_mixer);
+    RUN(test_bad_names);
     RUN(test_scan);
     RUN(test_host_services);
     RUN(test_mixer_new_params);

@@ -32,35 +32,37 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
     double theta = 10000.0;
     int64_t def_h = D % 64 == 0 ? D / 64 : 0;
     int bias_i = 0;
+#define CFG_ERR(key, fmt, ...) H_->cfg_error(cfg, key, "mha (layer %d): " fmt, dims->layer, __VA_ARGS__)
     if (cfg) {
         HYB_TRY(H_->cfg_check_keys(cfg, MHA_KEYS));
         HYB_TRY(H_->cfg_int(cfg, "n_heads", def_h, &nh));
         if (nh <= 0)
-            return H_->cfg_error(cfg, "n_heads", "mha: n_heads must be >= 1, got %lld (the default d_model / 64 "
+            return CFG_ERR("n_heads", "n_heads must be >= 1, got %lld (the default d_model / 64 "
                                  "needs d_model %% 64 == 0; d_model = %d)",
                                  (long long)nh, D);
         HYB_TRY(H_->cfg_int(cfg, "n_kv_heads", nh, &nkv));
         if (nkv <= 0 || nkv > nh || nh % nkv != 0)
-            return H_->cfg_error(cfg, "n_kv_heads",
-                                 "mha: n_kv_heads must divide n_heads = %lld, got %lld",
+            return CFG_ERR("n_kv_heads",
+                                 "n_kv_heads must divide n_heads = %lld, got %lld",
                                  (long long)nh, (long long)nkv);
         HYB_TRY(H_->cfg_int(cfg, "head_dim", -1, &hd));
         if (hd == -1) { /* missing: d_model / n_heads */
             if (D % nh != 0)
-                return H_->cfg_error(cfg, "n_heads",
-                                     "mha: d_model = %d is not a multiple of n_heads = %lld; set head_dim",
+                return CFG_ERR("n_heads",
+                                     "d_model = %d is not a multiple of n_heads = %lld; set head_dim",
                                      D, (long long)nh);
             hd = D / nh;
         }
         if (hd <= 0 || hd % 2 != 0 || hd > 1024)
-            return H_->cfg_error(cfg, "head_dim",
-                                 "mha: head_dim must be even and in [2, 1024] (RoPE rotates pairs), got %lld",
+            return CFG_ERR("head_dim",
+                                 "head_dim must be even and in [2, 1024] (RoPE rotates pairs), got %lld",
                                  (long long)hd);
         HYB_TRY(H_->cfg_float(cfg, "rope_theta", 10000.0, &theta));
         if (!(theta > 1.0) || theta > 1e12)
-            return H_->cfg_error(cfg, "rope_theta", "mha: rope_theta must be in (1, 1e12], got %g", theta);
+            return CFG_ERR("rope_theta", "rope_theta must be in (1, 1e12], got %g", theta);
         HYB_TRY(H_->cfg_bool(cfg, "bias", 0, &bias_i));
         bias = bias_i;
+#undef CFG_ERR
     } else {
         if (def_h == 0)
             return H_->error(HYB_ERR_ARG,
