@@ -14,6 +14,7 @@
 
 #include "harness.h"
 #include "hyb/config.h"
+#include "hyb/graph.h"
 #include "hyb/mixer.h"
 
 typedef struct inst {
@@ -415,6 +416,64 @@ static void test_snapshot_restore(void) {
     inst_free(&I);
 }
 
+/* ---- as a graph node (core/graph/mixer_apply.c) ----------------------------------------------- */
+
+/* y = mixer(x), loss = CE(y Wl^T): the tape's backward must hand the plugin dL/dy and collect
+ * exactly what a direct backward with that dy gives (dx accumulated into x->grad, parameter grads
+ * into ->grad). */
+static void test_graph_node(void) {
+    inst I;
+    if (inst_new(&I, DD, DEC_TOML, 14, 0.3f) != 0) {
+        inst_free(&I);
+        return;
+    }
+    enum { B = 2, T = 5, V = 11 };
+    hyb_rng r;
+    hyb_rng_seed(&r, 8);
+    int64_t xs[3] = {B, T, DD}, ws[2] = {V, DD};
+    hyb_tensor *x = hyb_tensor_new(HYB_F32, 3, xs), *W = hyb_tensor_new(HYB_F32, 2, ws);
+    x->grad = hyb_tensor_new(HYB_F32, 3, xs);
+    W->grad = hyb_tensor_new(HYB_F32, 2, ws);
+    x->requires_grad = W->requires_grad = 1;
+    hyb_rng_fill_normal(&r, hyb_tensor_f32(x), B * T * DD, 0, 1);
+    hyb_rng_fill_normal(&r, hyb_tensor_f32(W), V * DD, 0, 0.5f);
+    int32_t tgt[B * T];
+    for (int i = 0; i < B * T; i++) tgt[i] = (i * 7 + 3) % V;
+    hyb_graph *g = hyb_graph_new();
+    hyb_tensor *y = hyb_mixer_apply(g, I.m, x, NULL, NULL, 0);
+    CHECK_MSG(y != NULL, "%s", hyb_error());
+    hyb_tensor *L = y ? hyb_cross_entropy(g, hyb_matmul(g, y, W), tgt, NULL) : NULL;
+    CHECK_MSG(L && hyb_graph_backward(g, L, 1.0f) == HYB_OK, "%s", hyb_error());
+    if (L && y->grad) {
+        float yd[B * T * DD], dx[B * T * DD];
+        void *saved = malloc(I.m->desc->saved_bytes(I.m->self, B, T));
+        CHECK(fwd(&I, B, T, hyb_tensor_f32(x), yd, saved, NULL, NULL, 0) == HYB_OK);
+        CHECK(harness_max_rel(hyb_tensor_f32(y), yd, B * T * DD, 1.0) == 0);
+        float *gd[8];
+        for (int i = 0; i < I.m->n_params; i++) gd[i] = calloc((size_t)hyb_tensor_numel(I.m->params[i]), 4);
+        hyb_mixer_bwd a = {.B = B, .T = T, .x = hyb_tensor_f32(x), .dy = hyb_tensor_f32(y->grad), .dx = dx,
+                           .params = I.pp, .grads = gd, .saved = saved};
+        CHECK(I.m->desc->backward(I.m->self, &a) == HYB_OK);
+        double e = harness_max_rel(hyb_tensor_f32(x->grad), dx, B * T * DD, 1e-3);
+        CHECK_MSG(e < 1e-6, "dx via graph vs direct: %g", e);
+        for (int i = 0; i < I.m->n_params; i++) {
+            long n = (long)hyb_tensor_numel(I.m->params[i]);
+            e = harness_max_rel(I.gp[i], gd[i], n, 1e-3);
+            CHECK_MSG(e < 1e-6 && max_abs(gd[i], n) > 0, "%s via graph vs direct: %g", I.m->decls[i].name, e);
+            free(gd[i]);
+        }
+        free(saved);
+    }
+    hyb_graph_free(g);
+    hyb_tensor_free(x->grad);
+    x->grad = NULL;
+    hyb_tensor_free(W->grad);
+    W->grad = NULL;
+    hyb_tensor_free(x);
+    hyb_tensor_free(W);
+    inst_free(&I);
+}
+
 int main(void) {
     const hyb_mixer_desc *d;
     if (hyb_plugin_find("mha", &d) != HYB_OK) {
@@ -426,5 +485,6 @@ int main(void) {
     RUN(test_prefill_then_decode);
     RUN(test_chunked_prefill);
     RUN(test_snapshot_restore);
+    RUN(test_graph_node);
     return harness_done();
 }
