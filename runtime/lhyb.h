@@ -47,6 +47,7 @@ int luaopen_hyb(lua_State *L);
 void lhyb_open_tensor(lua_State *L);
 void lhyb_open_model(lua_State *L);
 void lhyb_open_data(lua_State *L);
+void lhyb_open_generate(lua_State *L); /* hyb.llm, hyb.sampler (lua_generate.c) */
 
 /* Push a tensor the Lua side owns (freed by __gc). On t == NULL raises "<fname>: <hyb_error()>". */
 lhyb_tensor *lhyb_push_owned(lua_State *L, hyb_tensor *t, const char *fname);

@@ -88,8 +88,13 @@ hyb_tokenizer *hyb_tokenizer_load_json(const char *path);
 /* Same, from the JSON text in memory (`name` is used in error messages). */
 hyb_tokenizer *hyb_tokenizer_load_json_mem(const char *json, size_t len, const char *name);
 /* GGUF metadata: tokenizer.ggml.model ("gpt2" or "llama"), .tokens, .merges, .scores,
- * .token_type, .pre, .bos/eos/unknown/padding_token_id, .add_bos_token/.add_eos_token. */
+ * .token_type, .pre ("default"/"gpt2", "smollm", "llama3"/"llama-bpe"; others are an error that
+ * names them), .bos/eos/unknown/padding_token_id, .add_bos_token/.add_eos_token,
+ * .add_space_prefix. Tokens of type CONTROL and USER_DEFINED are matched in text. */
 hyb_tokenizer *hyb_tokenizer_load_gguf(const char *path);
+/* Same, from a GGUF already open (hyb/gguf.h); the tokenizer does not keep the handle. */
+struct hyb_gguf;
+hyb_tokenizer *hyb_tokenizer_from_gguf(const struct hyb_gguf *g);
 void hyb_tokenizer_free(hyb_tokenizer *tok);
 
 /* Flags for encode / decode. */
