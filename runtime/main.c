@@ -182,6 +182,11 @@ static int run_lua(const char *script, int is_chunk, char **args, int nargs) {
 
 /* ---- subcommands ------------------------------------------------------------------------------ */
 
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The shipped scripts (<scripts>/<name>.lua), sorted by name. */
 static void list_scripts(FILE *out) {
     char sd[PATH_MAX];
     if (!scripts_dir(sd, sizeof sd)) {
@@ -190,17 +195,24 @@ static void list_scripts(FILE *out) {
     }
     DIR *d = opendir(sd);
     if (!d) return;
-    int first = 1;
+    char *names[256];
+    int n = 0;
     struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
+    while ((e = readdir(d)) != NULL && n < 256) {
         size_t len = strlen(e->d_name);
         if (e->d_name[0] == '.' || len < 5 || strcmp(e->d_name + len - 4, ".lua") != 0) continue;
-        if (first) fprintf(out, "\nScripts in %s (run as `%s <name> args...`):\n ", sd, progname);
-        first = 0;
-        fprintf(out, " %.*s", (int)(len - 4), e->d_name);
+        names[n] = strndup(e->d_name, len - 4);
+        if (names[n]) n++;
     }
     closedir(d);
-    if (!first) fprintf(out, "\n");
+    if (n == 0) return;
+    qsort(names, (size_t)n, sizeof names[0], cmp_str);
+    fprintf(out, "\nScripts in %s (run as `%s <name> args...`):\n ", sd, progname);
+    for (int i = 0; i < n; i++) {
+        fprintf(out, " %s", names[i]);
+        free(names[i]);
+    }
+    fprintf(out, "\n");
 }
 
 static void usage(FILE *out) {
