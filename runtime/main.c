@@ -305,7 +305,13 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cmd, "plugins") == 0) return cmd_plugins();
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        printf("hyb %s (%s)\n", HYB_VERSION, LUA_RELEASE);
+#ifdef HYB_HAVE_CUDA
+        const char *cuda = "CUDA backend compiled in";
+#else
+        const char *cuda = "CPU only";
+#endif
+        printf("hyb %s (%s, plugin ABI %u, %s)\n", HYB_VERSION, LUA_RELEASE,
+               (unsigned)HYB_PLUGIN_ABI_VERSION, cuda);
         return 0;
     }
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

@@ -105,6 +105,28 @@ H.run("forward: bad arguments and stale tensors", function()
   H.raises(function() l1:get(1, 1, 1) end, "is stale: it belonged to a model graph that was reset")
   H.eq(tostring(l1), "hyb.tensor(stale)", "tostring of a stale tensor")
   H.check(keep:equal(ref), "a clone survives the next forward")
+  -- {reset = false} keeps the previous forward's tensors in the graph
+  local g1 = m:forward(ids, B, T)
+  local g2 = m:forward(ids, B, T, {reset = false})
+  H.check(g1:equal(g2), "reset = false: the earlier logits stay valid")
+  m:loss(g2, ids):backward()
+  H.check(m:graph_stats().nodes > 0, "graph_stats counts nodes")
+end)
+
+H.run("plugins", function()
+  local list = hyb.plugins()
+  local mha
+  for _, p in ipairs(list) do
+    if p.name == "mha" then mha = p end
+  end
+  H.check(mha ~= nil, "hyb.plugins() lists mha")
+  if mha then
+    H.check(mha.version:match("^%d+%.%d+"), "version string")
+    H.check(mha.path:find("libhyb-mha.so", 1, true), "path to the shared object")
+    H.check(#mha.devices >= 1 and mha.devices[1] == "cpu", "devices")
+    H.check(#mha.description > 0, "description")
+  end
+  H.check(type(hyb.plugin_path()) == "string" and #hyb.plugin_path() > 0, "plugin_path")
 end)
 
 -- Cross-entropy of logits [n, V] (Lua tables) against targets, weighted by mask: independent of C.
