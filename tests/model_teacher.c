@@ -11,6 +11,7 @@
 #include "harness.h"
 #include "hyb/hf.h"
 #include "hyb/sample.h"
+#include "hyb/tokenizer.h"
 
 static hyb_model *M;
 static cJSON *J;
@@ -201,11 +202,34 @@ static void test_prefill_decode_equals_forward(void) {
     free(gen);
 }
 
+static char MODEL_PATH[1024];
+
+/* The GGUF tokenizer gives the ids HF's tokenizer gave for the golden prompts (the inputs above). */
+static void test_prompt_ids(void) {
+    hyb_tokenizer *tok = hyb_tokenizer_load_gguf(MODEL_PATH);
+    CHECK_MSG(tok != NULL, "tokenizer: %s", hyb_error());
+    if (!tok) return;
+    cJSON *prompts = cJSON_GetObjectItem(J, "prompts"), *ids_all = cJSON_GetObjectItem(J, "ids");
+    for (int p = 0; p < cJSON_GetArraySize(prompts); p++) {
+        const char *text = cJSON_GetArrayItem(prompts, p)->valuestring;
+        int n;
+        int32_t *want = json_ids(cJSON_GetArrayItem(ids_all, p), &n);
+        int32_t *got = NULL;
+        size_t ng = 0;
+        CHECK(hyb_tokenizer_encode_alloc(tok, text, strlen(text), 0, &got, &ng) == HYB_OK);
+        CHECK_MSG(got && (int)ng == n && memcmp(got, want, sizeof *got * (size_t)n) == 0,
+                  "prompt %d: token ids differ from HF's", p);
+        free(got);
+        free(want);
+    }
+    hyb_tokenizer_free(tok);
+}
+
 int main(void) {
-    char path[1024];
+    char *path = MODEL_PATH;
     const char *env = getenv("HYB_MODEL");
-    if (env && *env) snprintf(path, sizeof path, "%s", env);
-    else snprintf(path, sizeof path, "%s/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+    if (env && *env) snprintf(path, sizeof MODEL_PATH, "%s", env);
+    else snprintf(path, sizeof MODEL_PATH, "%s/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf",
                   getenv("HOME") ? getenv("HOME") : ".");
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -231,6 +255,7 @@ int main(void) {
     }
     printf("  loaded %s in %.2f s (%lld parameters)\n", path, hyb_time_now() - t0,
            (long long)hyb_model_n_elements(M));
+    RUN(test_prompt_ids);
     RUN(test_forward_vs_hf);
     RUN(test_greedy_decode);
     RUN(test_prefill_decode_equals_forward);
