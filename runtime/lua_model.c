@@ -176,6 +176,8 @@ typedef struct lmodel {
     uint64_t graph_gen;  /* +1 at every graph reset: tensors from the old graph go stale */
     uint64_t param_gen;  /* +1 when parameters are replaced (swap) or the model is closed */
     int backward_done;   /* a backward already ran on the current graph */
+    hyb_toml **docs;     /* configs given to model:swap (the layer map refers to their tables) */
+    int n_docs;
 } lmodel;
 
 static lmodel *check_model(lua_State *L, int idx, const char *fname) {
@@ -558,6 +560,132 @@ static int m_graph_stats(lua_State *L) {
     return 1;
 }
 
+/* Layer indices (0-based, as in layer maps and HF names) from an integer or a table at idx into a
+ * userdata buffer pushed on the stack; returns the count. Each must be in [0, L), no repeats. */
+static int check_layers(lua_State *L, int idx, const char *F, int n_layers, int **out) {
+    char buf[96];
+    int n = 1;
+    if (lua_istable(L, idx)) {
+        n = (int)lua_rawlen(L, idx);
+        if (n < 1) lhyb_error(L, "%s: layers must not be empty", F);
+    } else if (lua_type(L, idx) != LUA_TNUMBER) {
+        lhyb_error(L, "%s: layers must be a layer index or a table of them (0-based), got %s", F,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    }
+    int *ls = (int *)lua_newuserdatauv(L, sizeof(int) * (size_t)n, 0);
+    for (int i = 0; i < n; i++) {
+        char name[48];
+        if (lua_istable(L, idx)) {
+            lua_rawgeti(L, idx, i + 1);
+            snprintf(name, sizeof name, "layers[%d]", i + 1);
+        } else {
+            lua_pushvalue(L, idx);
+            snprintf(name, sizeof name, "layer");
+        }
+        ls[i] = (int)lhyb_check_int(L, -1, F, name, 0, n_layers - 1);
+        lua_pop(L, 1);
+        for (int j = 0; j < i; j++)
+            if (ls[j] == ls[i]) lhyb_error(L, "%s: layer %d is listed twice", F, ls[i]);
+    }
+    *out = ls;
+    return n;
+}
+
+/* After a structural change: parameters, optimisers and the graph's tensors are stale. */
+static void model_changed(lmodel *lm) {
+    lm->param_gen++;
+    graph_reset(lm);
+}
+
+/* model:swap(layers, mixer[, {init = "random" | "mil" | "from_old", seed = n, config = toml}])
+ *   layers: a 0-based layer index or a table of them.
+ *   mixer:  the name of a mixer in the model's layer map ([mixers.<name>]: its type and table are
+ *           used), a plugin type (e.g. "mamba1") configured by option `config` (TOML text of the
+ *           mixer's table, without a header) or by its defaults, or "identity".
+ *   init:   "random" (default) keeps the new mixer's own init; "mil" / "dil" / "from_old"
+ *           initialise it from the layer's old mixer (the plugin's init_from: MIL from attention).
+ * Parameters (model:param tensors) and optimisers made before the swap become stale. */
+static int m_swap(lua_State *L) {
+    static const char *const allowed[] = {"init", "seed", "config", NULL};
+    const char *F = "model:swap";
+    char buf[96];
+    lua_settop(L, 4);
+    lmodel *lm = check_model(L, 1, F);
+    hyb_model *m = lm->m;
+    if (lua_type(L, 3) != LUA_TSTRING)
+        return lhyb_error(L, "%s: mixer must be a string (a mixer name of the layer map, a plugin "
+                             "type or \"identity\"), got %s", F, lhyb_describe(L, 3, buf, sizeof buf));
+    const char *mixer = lua_tostring(L, 3);
+    lhyb_check_opts(L, 4, F, allowed);
+    const char *init = lhyb_opt_field_string(L, 4, F, "init", "random");
+    int from_old;
+    if (strcmp(init, "random") == 0)
+        from_old = 0;
+    else if (strcmp(init, "mil") == 0 || strcmp(init, "dil") == 0 || strcmp(init, "from_old") == 0)
+        from_old = 1;
+    else
+        return lhyb_error(L, "%s: option 'init' must be \"random\", \"mil\", \"dil\" or "
+                             "\"from_old\", got \"%s\"", F, init);
+    lua_Integer seed = lhyb_opt_field_int(L, 4, F, "seed", 0, LUA_MAXINTEGER, 1234);
+    const char *config = lhyb_opt_field_string(L, 4, F, "config", NULL);
+    int *layers = NULL;
+    int n = check_layers(L, 2, F, m->L, &layers);
+
+    /* resolve the mixer: a spec of the layer map by name, else a plugin type */
+    const char *type = mixer;
+    const hyb_cfg_table *cfg = NULL;
+    for (int i = 0; i < m->map->n_mixers; i++)
+        if (strcmp(m->map->mixers[i].name, mixer) == 0) {
+            type = m->map->mixers[i].type;
+            cfg = m->map->mixers[i].table;
+            break;
+        }
+    if (config) {
+        if (cfg)
+            return lhyb_error(L, "%s: '%s' is a mixer of the layer map, which has its own config; "
+                                 "option 'config' is for plugin types", F, mixer);
+        if (strcmp(mixer, HYB_MIXER_IDENTITY) == 0)
+            return lhyb_error(L, "%s: the identity mixer takes no config", F);
+        hyb_toml **docs = (hyb_toml **)hyb_malloc(sizeof(hyb_toml *) * (size_t)(lm->n_docs + 1));
+        if (!docs) return lhyb_error(L, "%s: out of memory", F);
+        if (lm->n_docs) memcpy(docs, lm->docs, sizeof(hyb_toml *) * (size_t)lm->n_docs);
+        hyb_free(lm->docs);
+        lm->docs = docs;
+        char name[96];
+        snprintf(name, sizeof name, "<%s config>", mixer);
+        hyb_toml *doc = hyb_toml_parse_string(config, name);
+        if (!doc) return lhyb_raise_hyb(L, F);
+        lm->docs[lm->n_docs++] = doc;
+        cfg = hyb_toml_root(doc);
+    }
+    for (int i = 0; i < n; i++) {
+        int rc = hyb_model_swap(m, layers[i], type, cfg, from_old, (uint64_t)seed + (uint64_t)layers[i]);
+        if (i > 0 || rc == HYB_OK) model_changed(lm);
+        if (rc != HYB_OK) {
+            if (i > 0) hyb_error_wrap(rc, "layers listed before %d were swapped", layers[i]);
+            return lhyb_raise_hyb(L, F);
+        }
+    }
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* model:set_identity(layers): replace the layers' mixers by identity (h' = h; the MLP stays). */
+static int m_set_identity(lua_State *L) {
+    const char *F = "model:set_identity";
+    lua_settop(L, 2);
+    lmodel *lm = check_model(L, 1, F);
+    int *layers = NULL;
+    int n = check_layers(L, 2, F, lm->m->L, &layers);
+    for (int i = 0; i < n; i++) {
+        int rc = hyb_model_set_identity(lm->m, layers[i]);
+        if (i > 0 || rc == HYB_OK) model_changed(lm);
+        if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    }
+    lua_settop(L, 1);
+    return 1;
+}
+
 static int model_tostring(lua_State *L) {
     char pat[4096];
     lmodel *lm = (lmodel *)luaL_checkudata(L, 1, LHYB_MODEL_MT);
@@ -574,6 +702,10 @@ static int model_gc(lua_State *L) {
     lmodel *lm = (lmodel *)luaL_checkudata(L, 1, LHYB_MODEL_MT);
     if (lm->g) hyb_graph_free(lm->g);
     if (lm->m) hyb_model_free(lm->m);
+    for (int i = 0; i < lm->n_docs; i++) hyb_toml_free(lm->docs[i]);
+    hyb_free(lm->docs);
+    lm->docs = NULL;
+    lm->n_docs = 0;
     lm->g = NULL;
     lm->m = NULL;
     lm->graph_gen++;
@@ -642,9 +774,8 @@ static int l_adamw(lua_State *L) {
     luaL_setmetatable(L, LHYB_ADAMW_MT);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
-    int n = 0;
-    hyb_tensor **params = hyb_model_params(lm->m, &n);
-    if (hyb_adamw_new(params, n, (float)lr, (float)wd, &a->o) != HYB_OK) {
+    /* the model's no_decay flags: norms and biases are not decayed */
+    if (hyb_adamw_new_model(lm->m, (float)lr, (float)wd, &a->o) != HYB_OK) {
         a->o = NULL;
         return lhyb_raise_hyb(L, F);
     }
@@ -723,7 +854,8 @@ static const luaL_Reg model_methods[] = {
     {"n_params", m_n_params},   {"save", m_save},
     {"load_params", m_load_params}, {"layout", m_layout},
     {"pattern", m_pattern},     {"config", m_config},
-    {"graph_stats", m_graph_stats}, {NULL, NULL}};
+    {"graph_stats", m_graph_stats}, {"swap", m_swap},
+    {"set_identity", m_set_identity}, {NULL, NULL}};
 
 static const luaL_Reg loss_methods[] = {
     {"value", loss_value}, {"backward", loss_backward}, {NULL, NULL}};

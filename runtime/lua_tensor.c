@@ -439,6 +439,29 @@ static int t_min(lua_State *L) { return t_stats_impl(L, "tensor:min", 2); }
 static int t_max(lua_State *L) { return t_stats_impl(L, "tensor:max", 3); }
 static int t_argmax(lua_State *L) { return t_stats_impl(L, "tensor:argmax", 4); }
 
+/* t:argmax_last() -> a table with, for each row of the last dimension (outer dims flattened), the
+ * 0-based position of its largest value: for logits [B, T, V] the greedy token id of each
+ * position, in order b*T + t (first maximum wins). */
+static int t_argmax_last(lua_State *L) {
+    hyb_tensor *t = SELF("tensor:argmax_last")->t;
+    check_readable(L, t, "tensor:argmax_last");
+    if (!hyb_tensor_is_contiguous(t)) return lhyb_error(L, "tensor:argmax_last: tensor must be contiguous");
+    int64_t V = t->shape[t->ndim - 1], rows = hyb_tensor_numel(t) / V;
+    if (rows > ((int64_t)1 << 26)) return lhyb_error(L, "tensor:argmax_last: too many rows (%lld)", (long long)rows);
+    lua_createtable(L, (int)rows, 0);
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t best = 0;
+        double bv = elem_f64(t, r * V);
+        for (int64_t v = 1; v < V; v++) {
+            double x = elem_f64(t, r * V + v);
+            if (x > bv) bv = x, best = v;
+        }
+        lua_pushinteger(L, best);
+        lua_rawseti(L, -2, (lua_Integer)(r + 1));
+    }
+    return 1;
+}
+
 static int t_tostring(lua_State *L) {
     lhyb_tensor *b = (lhyb_tensor *)luaL_checkudata(L, 1, LHYB_TENSOR_MT);
     char buf[160];
@@ -471,7 +494,7 @@ static const luaL_Reg tensor_methods[] = {
     {"item", t_item},         {"totable", t_totable}, {"clone", t_clone},
     {"max_abs_diff", t_max_abs_diff}, {"equal", t_equal}, {"sum", t_sum},
     {"mean", t_mean},         {"min", t_min},     {"max", t_max},
-    {"argmax", t_argmax},     {NULL, NULL}};
+    {"argmax", t_argmax},     {"argmax_last", t_argmax_last}, {NULL, NULL}};
 
 static const luaL_Reg tensor_funcs[] = {
     {"tensor", l_tensor}, {"zeros", l_zeros}, {"randn", l_randn}, {NULL, NULL}};
