@@ -225,6 +225,33 @@ static void test_prompt_ids(void) {
     hyb_tokenizer_free(tok);
 }
 
+/* Optional (HYB_HF_DIR, made by tests/reference/export_hf_dir.py): the same weights read from an
+ * HF directory by transformers' GGUF path and hyb's safetensors path are bit-identical. */
+static void test_hf_dir_matches_gguf(void) {
+    const char *dir = getenv("HYB_HF_DIR");
+    if (!dir || !*dir) {
+        printf("  (HYB_HF_DIR not set: HF-directory comparison skipped)\n");
+        return;
+    }
+    hyb_model *h = NULL;
+    int rc = hyb_model_load_hf_dir(dir, &h);
+    CHECK_MSG(rc == HYB_OK, "hf dir: %s", hyb_error());
+    if (!h) return;
+    CHECK(h->n_params == M->n_params && h->map->tie_embeddings == M->map->tie_embeddings);
+    long differ = 0;
+    for (int i = 0; i < M->n_params; i++) {
+        hyb_tensor *a = M->params[i], *b = hyb_model_param(h, a->name);
+        CHECK_MSG(b != NULL, "%s missing in the HF directory model", a->name);
+        if (b && memcmp(a->data, b->data, hyb_tensor_nbytes(a)) != 0) {
+            differ++;
+            printf("  %s differs\n", a->name);
+        }
+    }
+    CHECK(differ == 0);
+    printf("  HF directory %s: %d tensors, %ld differ from the GGUF load\n", dir, M->n_params, differ);
+    hyb_model_free(h);
+}
+
 int main(void) {
     char *path = MODEL_PATH;
     const char *env = getenv("HYB_MODEL");
@@ -259,6 +286,7 @@ int main(void) {
     RUN(test_forward_vs_hf);
     RUN(test_greedy_decode);
     RUN(test_prefill_decode_equals_forward);
+    RUN(test_hf_dir_matches_gguf);
     hyb_model_free(M);
     cJSON_Delete(J);
     return harness_done();
