@@ -80,6 +80,7 @@ struct hyb_tokenizer {
     tok_pretok *pretoks;
     int n_pretoks;
     tok_added *added; /* sorted by length, longest first */
+    unsigned char added_first[256]; /* 1 when some added token starts with this byte */
     int n_added;
     int32_t *prefix_ids, *suffix_ids; /* what HYB_TOK_ADD_SPECIAL adds */
     int n_prefix, n_suffix;
