@@ -17,9 +17,11 @@
 
 int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **out) {
     *out = NULL;
-    if (n < 0 || (n > 0 && !params)) return hyb_error_set(HYB_ERR_ARG, "hyb_adamw_new: bad parameter list (n = %d)", n);
+    if (n < 0 || (n > 0 && !params))
+        return hyb_error_set(HYB_ERR_ARG, "hyb_adamw_new: bad parameter list (n = %d)", n);
     if (!(lr >= 0) || !(wd >= 0))
-        return hyb_error_set(HYB_ERR_ARG, "hyb_adamw_new: lr (%g) and weight decay (%g) must be >= 0", lr, wd);
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_adamw_new: lr (%g) and weight decay (%g) must be >= 0", lr, wd);
     hyb_adamw *o = calloc(1, sizeof *o);
     if (!o) return hyb_error_set(HYB_ERR_NOMEM, "hyb_adamw_new: out of memory");
     o->lr = lr;
@@ -37,8 +39,10 @@ int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **ou
         hyb_tensor *p = params[i];
         if (!p || p->dtype != HYB_F32 || p->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(p)) {
             hyb_adamw_free(o);
-            return hyb_error_set(HYB_ERR_ARG, "hyb_adamw_new: parameter %d ('%s') must be a contiguous f32 CPU tensor",
-                                 i, p ? p->name : "(null)");
+            return hyb_error_set(
+                HYB_ERR_ARG,
+                "hyb_adamw_new: parameter %d ('%s') must be a contiguous f32 CPU tensor", i,
+                p ? p->name : "(null)");
         }
         o->params[i] = p;
         int64_t ne = hyb_tensor_numel(p);
@@ -51,14 +55,16 @@ int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **ou
     return HYB_OK;
 oom:
     hyb_adamw_free(o);
-    return hyb_error_set(HYB_ERR_NOMEM, "hyb_adamw_new: out of memory for the moments of %d tensors", n);
+    return hyb_error_set(HYB_ERR_NOMEM,
+                         "hyb_adamw_new: out of memory for the moments of %d tensors", n);
 }
 
 int hyb_adamw_new_model(hyb_model *m, float lr, float wd, hyb_adamw **out) {
     int n;
     hyb_tensor **p = hyb_model_params(m, &n);
     HYB_TRY(hyb_adamw_new(p, n, lr, wd, out));
-    for (int i = 0; i < n; i++) (*out)->decay[i] = !m->no_decay[i];
+    for (int i = 0; i < n; i++)
+        (*out)->decay[i] = !m->no_decay[i];
     return HYB_OK;
 }
 
@@ -81,7 +87,8 @@ void hyb_adamw_free(hyb_adamw *o) {
 }
 
 static int has_grad(const hyb_tensor *p) {
-    return p && p->requires_grad && p->grad && p->grad->data && hyb_tensor_numel(p->grad) == hyb_tensor_numel(p);
+    return p && p->requires_grad && p->grad && p->grad->data &&
+           hyb_tensor_numel(p->grad) == hyb_tensor_numel(p);
 }
 
 float hyb_grad_clip(hyb_tensor **params, int n, float max_norm) {
@@ -92,7 +99,8 @@ float hyb_grad_clip(hyb_tensor **params, int n, float max_norm) {
         int64_t ne = hyb_tensor_numel(params[i]);
         double s = 0;
 #pragma omp parallel for reduction(+ : s) if (ne > 65536)
-        for (int64_t k = 0; k < ne; k++) s += (double)g[k] * (double)g[k];
+        for (int64_t k = 0; k < ne; k++)
+            s += (double)g[k] * (double)g[k];
         ss += s;
     }
     double norm = sqrt(ss);
@@ -104,18 +112,20 @@ float hyb_grad_clip(hyb_tensor **params, int n, float max_norm) {
             float *g = hyb_tensor_f32(params[i]->grad);
             int64_t ne = hyb_tensor_numel(params[i]);
 #pragma omp parallel for if (ne > 65536)
-            for (int64_t k = 0; k < ne; k++) g[k] *= scale;
+            for (int64_t k = 0; k < ne; k++)
+                g[k] *= scale;
         }
     }
     return (float)norm;
 }
 
 int hyb_adamw_step(hyb_adamw *o) {
-    if (!(o->lr >= 0) || !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) || !(o->eps > 0) ||
-        !(o->weight_decay >= 0))
-        return hyb_error_set(HYB_ERR_ARG,
-                             "hyb_adamw_step: bad hyper-parameters lr %g betas (%g, %g) eps %g weight_decay %g",
-                             o->lr, o->beta1, o->beta2, o->eps, o->weight_decay);
+    if (!(o->lr >= 0) || !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) ||
+        !(o->eps > 0) || !(o->weight_decay >= 0))
+        return hyb_error_set(
+            HYB_ERR_ARG,
+            "hyb_adamw_step: bad hyper-parameters lr %g betas (%g, %g) eps %g weight_decay %g",
+            o->lr, o->beta1, o->beta2, o->eps, o->weight_decay);
     o->step++;
     const double t = (double)o->step;
     const double bc1 = 1.0 - pow((double)o->beta1, t);
@@ -144,11 +154,14 @@ int hyb_adamw_step(hyb_adamw *o) {
     return HYB_OK;
 }
 
-// ---- state checkpoints ----------------------------------------------------------------------------
+// ---- state checkpoints
+// ----------------------------------------------------------------------------
 
 static void state_name(const hyb_adamw *o, int i, const char *suffix, char *buf, size_t n) {
-    if (o->params[i]->name[0]) snprintf(buf, n, "%s.%s", o->params[i]->name, suffix);
-    else snprintf(buf, n, "param.%d.%s", i, suffix);
+    if (o->params[i]->name[0])
+        snprintf(buf, n, "%s.%s", o->params[i]->name, suffix);
+    else
+        snprintf(buf, n, "param.%d.%s", i, suffix);
 }
 
 int hyb_adamw_save(const hyb_adamw *o, const char *path) {
@@ -183,7 +196,8 @@ int hyb_adamw_save(const hyb_adamw *o, const char *path) {
 
 static const char *shape_fmt(int ndim, const int64_t *shape, char *buf, size_t n) {
     size_t k = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && k < n; i++) k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
     if (k < n) snprintf(buf + k, n - k, "]");
     return buf;
 }
@@ -198,7 +212,8 @@ int hyb_adamw_load(hyb_adamw *o, const char *path) {
     char *end = NULL;
     long long stepv = step ? strtoll(step, &end, 10) : -1;
     if (!kind || strcmp(kind, "adamw") != 0 || !step || *end || stepv < 0) {
-        rc = hyb_error_set(HYB_ERR_FORMAT, "%s: not an AdamW state file (metadata optimizer/step missing or bad)",
+        rc = hyb_error_set(HYB_ERR_FORMAT,
+                           "%s: not an AdamW state file (metadata optimizer/step missing or bad)",
                            path);
         goto done;
     }
@@ -210,19 +225,25 @@ int hyb_adamw_load(hyb_adamw *o, const char *path) {
                 state_name(o, i, k ? "exp_avg_sq" : "exp_avg", name, sizeof name);
                 const hyb_st_tensor *t = hyb_safetensors_find(st, name);
                 if (!t) {
-                    rc = hyb_error_set(HYB_ERR_NOTFOUND, "%s: optimiser state '%s' is missing", path, name);
+                    rc = hyb_error_set(HYB_ERR_NOTFOUND, "%s: optimiser state '%s' is missing",
+                                       path, name);
                     break;
                 }
                 int same = t->ndim == p->ndim && t->dtype == HYB_ST_F32;
-                for (int d = 0; same && d < p->ndim; d++) same = t->shape[d] == p->shape[d];
+                for (int d = 0; same && d < p->ndim; d++)
+                    same = t->shape[d] == p->shape[d];
                 if (!same) {
                     char a[128], b[128];
-                    rc = hyb_error_set(HYB_ERR_FORMAT, "%s: optimiser state '%s': file has %s %s, the parameter is %s",
-                                       path, name, shape_fmt(t->ndim, t->shape, a, sizeof a),
-                                       hyb_st_dtype_name(t->dtype), shape_fmt(p->ndim, p->shape, b, sizeof b));
+                    rc = hyb_error_set(
+                        HYB_ERR_FORMAT,
+                        "%s: optimiser state '%s': file has %s %s, the parameter is %s", path, name,
+                        shape_fmt(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
+                        shape_fmt(p->ndim, p->shape, b, sizeof b));
                     break;
                 }
-                if (pass == 1) rc = hyb_safetensors_read_f32(st, t, k ? o->v[i] : o->m[i], hyb_tensor_numel(p));
+                if (pass == 1)
+                    rc =
+                        hyb_safetensors_read_f32(st, t, k ? o->v[i] : o->m[i], hyb_tensor_numel(p));
             }
         }
     if (rc == HYB_OK) o->step = stepv;
