@@ -205,6 +205,22 @@ static void test_build_store(void) {
     }
     hyb_model_free(m2);
     hyb_model_free(m3);
+    /* HYB_BUILD_NO_INIT: embedding and MLP left zero, norms one, mixers initialised */
+    hyb_layermap *nmap;
+    hyb_model *z = NULL;
+    CHECK(hyb_layermap_parse(MAP_TEXT, "inline", &nmap) == HYB_OK);
+    CHECK(hyb_model_build_ex(nmap, 1, HYB_BUILD_NO_INIT, &z) == HYB_OK);
+    if (z) {
+        int zero = 1;
+        for (int64_t i = 0; i < hyb_tensor_numel(z->embed); i++)
+            zero &= hyb_tensor_f32(z->embed)[i] == 0.0f;
+        for (int64_t i = 0; i < hyb_tensor_numel(z->layers[0].w_up); i++)
+            zero &= hyb_tensor_f32(z->layers[0].w_up)[i] == 0.0f;
+        CHECK(zero && hyb_tensor_f32(z->norm_f)[0] == 1.0f);
+        CHECK(memcmp(z->layers[0].mixer->params[0]->data, m->layers[0].mixer->params[0]->data,
+                     hyb_tensor_nbytes(m->layers[0].mixer->params[0])) == 0);
+        hyb_model_free(z);
+    }
     /* untied: lm_head is its own parameter, last in the store */
     char *ut = map_variant("tie_embeddings = true", "tie_embeddings = false");
     hyb_model *u = build(ut, "inline-untied", 1);

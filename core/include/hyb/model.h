@@ -60,6 +60,11 @@ typedef struct hyb_model {
  * from `seed` and the layer index. A mixer spec whose type is "identity" (HYB_MIXER_IDENTITY)
  * gives an identity layer: no mixer, h' = h (the MLP stays). */
 int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out);
+/* flags: HYB_BUILD_NO_INIT leaves the embedding, MLP and lm_head zero (for a model whose weights
+ * are loaded next: skips drawing ~all random numbers; norms are still 1 and mixers still run
+ * their plugin's init). */
+#define HYB_BUILD_NO_INIT 1u
+int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_model **out);
 void hyb_model_free(hyb_model *m);
 
 /* All trainable parameters (pointer to the model's array). */
