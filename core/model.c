@@ -887,6 +887,40 @@ fail:
     return NULL;
 }
 
+int hyb_model_clone(const hyb_model *src, hyb_model **out) {
+    *out = NULL;
+    char *toml = hyb_model_layermap_toml(src);
+    if (!toml) return hyb_error_wrap(HYB_ERR, "hyb_model_clone");
+    hyb_layermap *map = NULL;
+    int rc = hyb_layermap_parse(toml, src->map->path, &map);
+    free(toml);
+    if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_model_clone: re-reading the layer map");
+    hyb_model *m = NULL;
+    if ((rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m)) != HYB_OK)
+        return hyb_error_wrap(rc, "hyb_model_clone");
+    if (m->n_params != src->n_params) {
+        hyb_model_free(m);
+        return hyb_error_set(HYB_ERR,
+                             "hyb_model_clone: %d parameters in the copy, %d in the source",
+                             m->n_params, src->n_params);
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        const hyb_tensor *a = src->params[i];
+        hyb_tensor *b = m->params[i];
+        if (strcmp(a->name, b->name) != 0 || hyb_tensor_numel(a) != hyb_tensor_numel(b)) {
+            hyb_model_free(m);
+            return hyb_error_set(
+                HYB_ERR, "hyb_model_clone: parameter %d is '%s' in the source, '%s' in the copy", i,
+                a->name, b->name);
+        }
+        memcpy(b->data, a->data, hyb_tensor_nbytes(a));
+        b->requires_grad = a->requires_grad;
+        m->no_decay[i] = src->no_decay[i];
+    }
+    *out = m;
+    return HYB_OK;
+}
+
 // ---- checkpoints
 // ---------------------------------------------------------------------------------
 

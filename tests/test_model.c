@@ -587,6 +587,38 @@ static void test_swap(void) {
     hyb_model_free(m);
 }
 
+static void test_clone(void) {
+    hyb_model *m = build(MAP_TEXT, "inline", 12);
+    CHECK(m != NULL);
+    if (!m) return;
+    CHECK(hyb_model_set_identity(m, 2) == HYB_OK);
+    m->layers[0].w_up->requires_grad = 0; /* frozen */
+    hyb_model *c = NULL;
+    CHECK_MSG(hyb_model_clone(m, &c) == HYB_OK, "%s", hyb_error());
+    if (!c) {
+        hyb_model_free(m);
+        return;
+    }
+    CHECK(c->n_params == m->n_params && c->layers[2].mixer == NULL &&
+          c->layers[0].w_up->requires_grad == 0);
+    int32_t ids[12];
+    random_ids(ids, 12, m->V, 9);
+    float *a = forward_logits(m, ids, 1, 12), *b = forward_logits(c, ids, 1, 12);
+    CHECK(a && b && memcmp(a, b, 12 * (size_t)m->V * sizeof(float)) == 0);
+    /* independent: changing the copy leaves the source alone */
+    hyb_tensor_f32(c->embed)[0] += 1.0f;
+    CHECK(hyb_tensor_f32(c->embed)[0] != hyb_tensor_f32(m->embed)[0]);
+    CHECK(hyb_model_swap(c, 2, "mha", c->map->mixers[0].table, 0, 1) == HYB_OK);
+    CHECK(m->layers[2].mixer == NULL);
+    free(a);
+    free(b);
+    hyb_model_free(m); /* the copy outlives its source */
+    float *d = forward_logits(c, ids, 1, 12);
+    CHECK(d != NULL);
+    free(d);
+    hyb_model_free(c);
+}
+
 // ---- against HF transformers -------------------------------------------------------------------
 
 /* tests/reference/llama_ref.py: a HF LlamaForCausalLM with random weights (saved by HF), logits
@@ -808,6 +840,7 @@ int main(void) {
     RUN(test_load_errors);
     RUN(test_prefill_decode);
     RUN(test_swap);
+    RUN(test_clone);
     RUN(test_hf_llama_logits);
     RUN(test_gradients_fd);
     RUN(test_training_loss_falls);

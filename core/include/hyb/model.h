@@ -87,6 +87,11 @@ int hyb_model_set_identity(hyb_model *m, int layer);
 int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_table *cfg,
                    int init_from_old, uint64_t seed);
 
+/* Deep copy: same layout (the layer map is re-read from its TOML serialisation, so the copy owns
+ * everything), same parameter values and requires_grad flags, grads zero. E.g. a student made
+ * from the teacher before swapping its layers. */
+int hyb_model_clone(const hyb_model *m, hyb_model **out);
+
 /* Full-sequence forward (training / evaluation): ids [B*T] -> logits [B, T, V] (graph-owned).
  * NULL + error on failure. */
 hyb_tensor *hyb_model_forward(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T);
