@@ -127,7 +127,8 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
 
 /* ---- checkpoints -------------------------------------------------------------------------------*/
 /* Write dir/model.safetensors (HF names, f32) and dir/layermap.toml atomically (tmp + fsync +
- * rename). */
+ * rename), and, when every layer is the same `mha` mixer (a plain llama), an HF config.json
+ * (model_type "llama") so transformers and hyb_model_load_hf_dir load the directory too. */
 int hyb_model_save(hyb_model *m, const char *dir);
 /* Load parameters from a safetensors file into an already built model: every model parameter
  * must be present with the same shape (error names the tensor and both shapes); F32/F16/BF16
