@@ -318,15 +318,8 @@ uint16_t hyb_f32_to_f16(float f) {
 
 // ---- conversion -----------------------------------------------------------------------------
 
-/* Weak default for the GGUF reader's dequantiser: the real one lives in core/io/dequant.c. */
-__attribute__((weak)) int hyb_dequantize(hyb_dtype type, const void *src, float *dst, int64_t n) {
-    (void)src;
-    (void)dst;
-    (void)n;
-    return hyb_error_set(HYB_ERR_UNSUPPORTED,
-                         "hyb_dequantize: no dequantiser for %s is linked into this build",
-                         hyb_dtype_name(type));
-}
+/* hyb_dequantize lives in core/io/dequant.c. (No weak default here: from a static libhyb a
+ * weak definition would satisfy the reference and dequant.o would never be linked in.) */
 
 int hyb_convert_to_f32(hyb_dtype src_type, const void *src, float *dst, int64_t n) {
     if (n < 0) return hyb_error_set(HYB_ERR_ARG, "hyb_convert_to_f32: negative count %lld",
