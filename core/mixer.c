@@ -16,7 +16,8 @@
 #include "backend/cpu/cpu.h"
 #include "hyb/config.h"
 
-/* ---- host services ---------------------------------------------------------------------------- */
+/* ---- host services ----------------------------------------------------------------------------
+ */
 
 static void host_log(int level, const char *fmt, ...) {
     char buf[2048];
@@ -80,9 +81,12 @@ static const hyb_host HOST = {
     .cuda = NULL,
 };
 
-const hyb_host *hyb_host_services(void) { return &HOST; }
+const hyb_host *hyb_host_services(void) {
+    return &HOST;
+}
 
-/* ---- registry --------------------------------------------------------------------------------- */
+/* ---- registry ---------------------------------------------------------------------------------
+ */
 
 #define MAX_PLUGINS 64
 
@@ -128,28 +132,35 @@ static int validate_desc(const char *path, const hyb_mixer_desc *d) {
                              "plugin against this hyb's hyb/plugin.h",
                              path, (unsigned)d->abi_version, (unsigned)HYB_PLUGIN_ABI_VERSION);
     if (d->struct_size < sizeof(hyb_mixer_desc))
-        return hyb_error_set(HYB_ERR_FORMAT,
-                             "plugin %s: descriptor is %u bytes, this hyb needs at least %zu (ABI %u)",
-                             path, (unsigned)d->struct_size, sizeof(hyb_mixer_desc),
-                             (unsigned)HYB_PLUGIN_ABI_VERSION);
+        return hyb_error_set(
+            HYB_ERR_FORMAT,
+            "plugin %s: descriptor is %u bytes, this hyb needs at least %zu (ABI %u)", path,
+            (unsigned)d->struct_size, sizeof(hyb_mixer_desc), (unsigned)HYB_PLUGIN_ABI_VERSION);
     if (!d->name || !d->name[0] || strlen(d->name) >= 64)
-        return hyb_error_set(HYB_ERR_FORMAT, "plugin %s: descriptor has no name (or one of 64+ characters)",
-                             path);
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "plugin %s: descriptor has no name (or one of 64+ characters)", path);
     for (const char *c = d->name; *c; c++)
         if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || *c == '-'))
             return hyb_error_set(HYB_ERR_FORMAT,
-                                 "plugin %s: mixer name '%s' may only use [a-z0-9_-]", path, d->name);
+                                 "plugin %s: mixer name '%s' may only use [a-z0-9_-]", path,
+                                 d->name);
     if (!d->hf_prefix)
-        return hyb_error_set(HYB_ERR_FORMAT, "plugin %s (mixer '%s'): hf_prefix is NULL", path, d->name);
+        return hyb_error_set(HYB_ERR_FORMAT, "plugin %s (mixer '%s'): hf_prefix is NULL", path,
+                             d->name);
     struct {
         const char *name;
         const void *fn;
     } req[] = {
-        {"create", (const void *)d->create},           {"destroy", (const void *)d->destroy},
-        {"describe", (const void *)d->describe},       {"n_params", (const void *)d->n_params},
-        {"param_decl", (const void *)d->param_decl},   {"saved_bytes", (const void *)d->saved_bytes},
-        {"forward", (const void *)d->forward},         {"backward", (const void *)d->backward},
-        {"state_bytes", (const void *)d->state_bytes}, {"decode", (const void *)d->decode},
+        {"create", (const void *)d->create},
+        {"destroy", (const void *)d->destroy},
+        {"describe", (const void *)d->describe},
+        {"n_params", (const void *)d->n_params},
+        {"param_decl", (const void *)d->param_decl},
+        {"saved_bytes", (const void *)d->saved_bytes},
+        {"forward", (const void *)d->forward},
+        {"backward", (const void *)d->backward},
+        {"state_bytes", (const void *)d->state_bytes},
+        {"decode", (const void *)d->decode},
     };
     for (size_t i = 0; i < sizeof req / sizeof req[0]; i++)
         if (!req[i].fn)
@@ -157,10 +168,11 @@ static int validate_desc(const char *path, const hyb_mixer_desc *d) {
                                  "plugin %s (mixer '%s'): required vtable entry '%s' is NULL", path,
                                  d->name, req[i].name);
     if (!!d->state_snapshot != !!d->state_restore)
-        return hyb_error_set(HYB_ERR_FORMAT,
-                             "plugin %s (mixer '%s'): state_snapshot and state_restore must be both "
-                             "set or both NULL",
-                             path, d->name);
+        return hyb_error_set(
+            HYB_ERR_FORMAT,
+            "plugin %s (mixer '%s'): state_snapshot and state_restore must be both "
+            "set or both NULL",
+            path, d->name);
     return HYB_OK;
 }
 
@@ -168,8 +180,7 @@ int hyb_plugin_load_file(const char *path, const hyb_mixer_desc **out) {
     if (out) *out = NULL;
     if (!path || !path[0]) return hyb_error_set(HYB_ERR_ARG, "hyb_plugin_load_file: empty path");
     char real[PATH_MAX];
-    if (!realpath(path, real))
-        return hyb_error_set(HYB_ERR_IO, "plugin %s: no such file", path);
+    if (!realpath(path, real)) return hyb_error_set(HYB_ERR_IO, "plugin %s: no such file", path);
     pthread_mutex_lock(&g_lock);
     int rc = HYB_OK;
     for (int i = 0; i < g_n_plugins; i++)
@@ -178,7 +189,8 @@ int hyb_plugin_load_file(const char *path, const hyb_mixer_desc **out) {
             goto done;
         }
     if (g_n_plugins >= MAX_PLUGINS) {
-        rc = hyb_error_set(HYB_ERR, "plugin %s: too many plugins loaded (max %d)", path, MAX_PLUGINS);
+        rc = hyb_error_set(HYB_ERR, "plugin %s: too many plugins loaded (max %d)", path,
+                           MAX_PLUGINS);
         goto done;
     }
     dlerror();
@@ -204,9 +216,11 @@ int hyb_plugin_load_file(const char *path, const hyb_mixer_desc **out) {
         char why[1024];
         snprintf(why, sizeof why, "%s", hyb_error());
         dlclose(h);
-        rc = hyb_error_set(HYB_ERR_FORMAT, "plugin %s: %s returned NULL (it refused this host, plugin "
-                           "ABI %u)%s%s", path, HYB_PLUGIN_ENTRY_SYMBOL,
-                           (unsigned)HYB_PLUGIN_ABI_VERSION, why[0] ? ": " : "", why);
+        rc = hyb_error_set(HYB_ERR_FORMAT,
+                           "plugin %s: %s returned NULL (it refused this host, plugin "
+                           "ABI %u)%s%s",
+                           path, HYB_PLUGIN_ENTRY_SYMBOL, (unsigned)HYB_PLUGIN_ABI_VERSION,
+                           why[0] ? ": " : "", why);
         goto done;
     }
     if ((rc = validate_desc(path, d)) != HYB_OK) {
@@ -231,7 +245,8 @@ done:
     return rc;
 }
 
-/* ---- search path ------------------------------------------------------------------------------ */
+/* ---- search path ------------------------------------------------------------------------------
+ */
 
 #define MAX_DIRS 32
 
@@ -245,7 +260,8 @@ static void dirs_add(dir_list *l, const char *d, size_t len) {
     char tmp[PATH_MAX];
     memcpy(tmp, d, len);
     tmp[len] = 0;
-    while (len > 1 && tmp[len - 1] == '/') tmp[--len] = 0;
+    while (len > 1 && tmp[len - 1] == '/')
+        tmp[--len] = 0;
     for (int i = 0; i < l->n; i++)
         if (strcmp(l->dir[i], tmp) == 0) return;
     snprintf(l->dir[l->n++], PATH_MAX, "%s", tmp);
@@ -324,7 +340,8 @@ static void known_mixers(const dir_list *l, char *buf, size_t n) {
     char names[128][64];
     int nn = 0;
     pthread_mutex_lock(&g_lock);
-    for (int i = 0; i < g_n_plugins && nn < 128; i++) snprintf(names[nn++], 64, "%s", g_plugins[i].desc->name);
+    for (int i = 0; i < g_n_plugins && nn < 128; i++)
+        snprintf(names[nn++], 64, "%s", g_plugins[i].desc->name);
     pthread_mutex_unlock(&g_lock);
     for (int i = 0; i < l->n; i++) {
         DIR *d = opendir(l->dir[i]);
@@ -334,7 +351,8 @@ static void known_mixers(const dir_list *l, char *buf, size_t n) {
             char nm[64];
             if (!plugin_file_name(de->d_name, nm, sizeof nm)) continue;
             int seen = 0;
-            for (int k = 0; k < nn; k++) seen |= strcmp(names[k], nm) == 0;
+            for (int k = 0; k < nn; k++)
+                seen |= strcmp(names[k], nm) == 0;
             if (!seen) snprintf(names[nn++], 64, "%s", nm);
         }
         closedir(d);
@@ -354,8 +372,10 @@ int hyb_plugin_find(const char *name, const hyb_mixer_desc **out) {
     for (const char *c = name; *c; c++)
         if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || *c == '-') ||
             c - name >= 63)
-            return hyb_error_set(HYB_ERR_ARG, "bad mixer type '%.80s': a mixer type is 1-63 characters "
-                                 "of [a-z0-9_-]", name);
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "bad mixer type '%.80s': a mixer type is 1-63 characters "
+                                 "of [a-z0-9_-]",
+                                 name);
     pthread_mutex_lock(&g_lock);
     const plugin_entry *e = registry_find(name);
     const hyb_mixer_desc *found = e ? e->desc : NULL;
@@ -373,8 +393,10 @@ int hyb_plugin_find(const char *name, const hyb_mixer_desc **out) {
         const hyb_mixer_desc *d;
         HYB_TRY(hyb_plugin_load_file(p, &d));
         if (strcmp(d->name, name) != 0)
-            return hyb_error_set(HYB_ERR_FORMAT, "plugin %s: file name says mixer '%s' but it "
-                                 "registers '%s'", p, name, d->name);
+            return hyb_error_set(HYB_ERR_FORMAT,
+                                 "plugin %s: file name says mixer '%s' but it "
+                                 "registers '%s'",
+                                 p, name, d->name);
         if (out) *out = d;
         return HYB_OK;
     }
@@ -391,6 +413,7 @@ int hyb_plugin_scan(void) {
     dir_list l;
     search_dirs(&l);
     int count = 0;
+    const hyb_mixer_desc *seen[MAX_PLUGINS];
     for (int i = 0; i < l.n; i++) {
         DIR *d = opendir(l.dir[i]);
         if (!d) continue;
@@ -401,9 +424,12 @@ int hyb_plugin_scan(void) {
             snprintf(p, sizeof p, "%s/%s", l.dir[i], de->d_name);
             if (!is_file(p)) continue;
             const hyb_mixer_desc *desc;
-            if (hyb_plugin_load_file(p, &desc) == HYB_OK)
-                count++;
-            else
+            if (hyb_plugin_load_file(p, &desc) == HYB_OK) {
+                int dup = 0; /* the same file reached through two spellings of a directory */
+                for (int k = 0; k < count; k++)
+                    dup |= seen[k] == desc;
+                if (!dup && count < MAX_PLUGINS) seen[count++] = desc;
+            } else
                 hyb_log(HYB_LOG_WARN, "%s", hyb_error());
         }
         closedir(d);
@@ -411,7 +437,8 @@ int hyb_plugin_scan(void) {
     return count;
 }
 
-/* ---- mixer instances -------------------------------------------------------------------------- */
+/* ---- mixer instances --------------------------------------------------------------------------
+ */
 
 /* A distinct, reproducible stream per (seed, layer, parameter). */
 static uint64_t mix_seed(uint64_t seed, int layer, int i) {
@@ -428,15 +455,25 @@ static int apply_init(hyb_tensor *t, const hyb_param_decl *d, uint64_t stream) {
     hyb_rng r;
     hyb_rng_seed(&r, stream);
     switch (d->init) {
-    case HYB_INIT_ZEROS: memset(p, 0, (size_t)n * sizeof(float)); break;
-    case HYB_INIT_ONES:
-        for (int64_t i = 0; i < n; i++) p[i] = 1.0f;
+    case HYB_INIT_ZEROS:
+        memset(p, 0, (size_t)n * sizeof(float));
         break;
-    case HYB_INIT_NORMAL: hyb_rng_fill_normal(&r, p, n, 0.0f, d->init_a); break;
-    case HYB_INIT_UNIFORM: hyb_rng_fill_uniform(&r, p, n, -d->init_a, d->init_a); break;
-    case HYB_INIT_CUSTOM: memset(p, 0, (size_t)n * sizeof(float)); break;
+    case HYB_INIT_ONES:
+        for (int64_t i = 0; i < n; i++)
+            p[i] = 1.0f;
+        break;
+    case HYB_INIT_NORMAL:
+        hyb_rng_fill_normal(&r, p, n, 0.0f, d->init_a);
+        break;
+    case HYB_INIT_UNIFORM:
+        hyb_rng_fill_uniform(&r, p, n, -d->init_a, d->init_a);
+        break;
+    case HYB_INIT_CUSTOM:
+        memset(p, 0, (size_t)n * sizeof(float));
+        break;
     default:
-        return hyb_error_set(HYB_ERR_FORMAT, "parameter %s: unknown init kind %d", t->name, d->init);
+        return hyb_error_set(HYB_ERR_FORMAT, "parameter %s: unknown init kind %d", t->name,
+                             d->init);
     }
     return HYB_OK;
 }
@@ -455,7 +492,8 @@ int hyb_mixer_new(const char *type, const hyb_model_dims *dims, const hyb_cfg_ta
     int rc;
     hyb_error_clear();
     if ((rc = d->create(dims, cfg, &m->self)) != HYB_OK) {
-        if (!hyb_error()[0]) hyb_error_set(rc, "mixer '%s' (layer %d): create failed", type, dims->layer);
+        if (!hyb_error()[0])
+            hyb_error_set(rc, "mixer '%s' (layer %d): create failed", type, dims->layer);
         m->self = NULL;
         goto fail;
     }
@@ -492,7 +530,8 @@ int hyb_mixer_new(const char *type, const hyb_model_dims *dims, const hyb_cfg_ta
             goto fail;
         }
         m->params[i] = t;
-        snprintf(t->name, sizeof t->name, "%s%s%s", d->hf_prefix, d->hf_prefix[0] ? "." : "", pd->name);
+        snprintf(t->name, sizeof t->name, "%s%s%s", d->hf_prefix, d->hf_prefix[0] ? "." : "",
+                 pd->name);
         t->requires_grad = 1;
         t->grad = hyb_tensor_new(HYB_F32, pd->ndim, pd->shape);
         if (!t->grad) {
@@ -507,7 +546,8 @@ int hyb_mixer_new(const char *type, const hyb_model_dims *dims, const hyb_cfg_ta
             rc = HYB_ERR_NOMEM;
             goto fail;
         }
-        for (int i = 0; i < np; i++) pp[i] = hyb_tensor_f32(m->params[i]);
+        for (int i = 0; i < np; i++)
+            pp[i] = hyb_tensor_f32(m->params[i]);
         rc = d->init_params(m->self, pp, mix_seed(seed, dims->layer, -1));
         hyb_free(pp);
         if (rc != HYB_OK) goto fail;
@@ -540,23 +580,32 @@ size_t hyb_mixer_state_bytes(const hyb_mixer *m, int max_ctx) {
 
 /* Parameter pointers in declaration order into a caller buffer (small: stack for <= 64). */
 static const float **param_ptrs(const hyb_mixer *m, const float **stack, int cap) {
-    const float **p = m->n_params <= cap ? stack : hyb_malloc(sizeof(float *) * (size_t)m->n_params);
+    const float **p =
+        m->n_params <= cap ? stack : hyb_malloc(sizeof(float *) * (size_t)m->n_params);
     if (!p) return NULL;
-    for (int i = 0; i < m->n_params; i++) p[i] = hyb_tensor_cf32(m->params[i]);
+    for (int i = 0; i < m->n_params; i++)
+        p[i] = hyb_tensor_cf32(m->params[i]);
     return p;
 }
 
 int hyb_mixer_decode(hyb_mixer *m, const float *x, float *y, int n, void *const *states,
                      const int32_t *pos, int max_ctx) {
     if (n <= 0 || !x || !y || !states || !pos || max_ctx <= 0)
-        return hyb_error_set(HYB_ERR_ARG, "mixer '%s' (layer %d): decode with n = %d, max_ctx = %d%s",
-                             m->type, m->dims.layer, n, max_ctx,
-                             (!x || !y || !states || !pos) ? " and a NULL buffer" : "");
+        return hyb_error_set(
+            HYB_ERR_ARG, "mixer '%s' (layer %d): decode with n = %d, max_ctx = %d%s", m->type,
+            m->dims.layer, n, max_ctx, (!x || !y || !states || !pos) ? " and a NULL buffer" : "");
     const float *stack[64];
     const float **pp = param_ptrs(m, stack, 64);
     if (!pp) return HYB_ERR_NOMEM;
-    hyb_mixer_dec a = {.n = n, .device = HYB_DEV_CPU, .stream = NULL, .x = x, .y = y,
-                       .params = pp, .states = states, .pos = pos, .max_ctx = max_ctx};
+    hyb_mixer_dec a = {.n = n,
+                       .device = HYB_DEV_CPU,
+                       .stream = NULL,
+                       .x = x,
+                       .y = y,
+                       .params = pp,
+                       .states = states,
+                       .pos = pos,
+                       .max_ctx = max_ctx};
     int rc = m->desc->decode(m->self, &a);
     if (pp != stack) hyb_free((void *)pp);
     return rc;
@@ -565,10 +614,11 @@ int hyb_mixer_decode(hyb_mixer *m, const float *x, float *y, int n, void *const 
 int hyb_mixer_init_from(hyb_mixer *dst, const hyb_mixer *src, const hyb_cfg_table *src_cfg,
                         uint64_t seed) {
     if (!dst->desc->init_from)
-        return hyb_error_set(HYB_ERR_UNSUPPORTED,
-                             "mixer '%s' (layer %d) cannot be initialised from another mixer ('%s'): "
-                             "its plugin has no init_from",
-                             dst->type, dst->dims.layer, src->type);
+        return hyb_error_set(
+            HYB_ERR_UNSUPPORTED,
+            "mixer '%s' (layer %d) cannot be initialised from another mixer ('%s'): "
+            "its plugin has no init_from",
+            dst->type, dst->dims.layer, src->type);
     const float *stack[64];
     const float **sp = param_ptrs(src, stack, 64);
     float **dp = hyb_malloc(sizeof(float *) * (size_t)(dst->n_params ? dst->n_params : 1));
@@ -577,9 +627,13 @@ int hyb_mixer_init_from(hyb_mixer *dst, const hyb_mixer *src, const hyb_cfg_tabl
         hyb_free(dp);
         return HYB_ERR_NOMEM;
     }
-    for (int i = 0; i < dst->n_params; i++) dp[i] = hyb_tensor_f32(dst->params[i]);
-    hyb_mixer_src s = {.type = src->type, .n_params = src->n_params, .decls = src->decls,
-                       .params = sp, .cfg = src_cfg};
+    for (int i = 0; i < dst->n_params; i++)
+        dp[i] = hyb_tensor_f32(dst->params[i]);
+    hyb_mixer_src s = {.type = src->type,
+                       .n_params = src->n_params,
+                       .decls = src->decls,
+                       .params = sp,
+                       .cfg = src_cfg};
     hyb_error_clear();
     int rc = dst->desc->init_from(dst->self, dp, &s, mix_seed(seed, dst->dims.layer, -2));
     if (rc != HYB_OK && !hyb_error()[0])

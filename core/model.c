@@ -677,6 +677,11 @@ static void sb_tfloat(sbuf *b, double v) {
         return;
     }
     char tmp[64];
+    if (v == floor(v) && fabs(v) < 1e15) { /* 10000.0, not 1e+04 */
+        snprintf(tmp, sizeof tmp, "%.1f", v);
+        sb_puts(b, tmp);
+        return;
+    }
     snprintf(tmp, sizeof tmp, "%.17g", v);
     /* shortest form that reads back to the same double */
     for (int prec = 1; prec <= 17; prec++) {

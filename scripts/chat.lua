@@ -63,6 +63,7 @@ while true do
     })
     started = true
     io.write("\n")
+    io.stdout:flush()
     gen.report(llm, r)
     for _, k in ipairs({"prefill_tokens", "prefill_s", "decode_tokens", "decode_s"}) do
       total[k] = total[k] + r[k]

@@ -51,4 +51,5 @@ local out = gen.generate(llm, ids, {
   on_text = function(s) io.write(s); io.flush() end,
 })
 io.write("\n")
+io.stdout:flush()
 if not opts.quiet then gen.report(llm, out) end

@@ -31,7 +31,9 @@ static void expect_map_error(int line, const char *text, int code, const char *n
 }
 #define EXPECT_MAP_ERROR(text, code, n1, n2, n3) expect_map_error(__LINE__, text, code, n1, n2, n3)
 
-static int contains(const char *hay, const char *needle) { return strstr(hay, needle) != NULL; }
+static int contains(const char *hay, const char *needle) {
+    return strstr(hay, needle) != NULL;
+}
 
 /* A valid two-mixer map; the error tests below are small edits of it. */
 #define MODEL_OK                                                                                   \
@@ -68,7 +70,8 @@ static void test_smollm2_map(void) {
     CHECK(m->mixers[0].symbol == 't');
     CHECK_MSG(contains(m->mixers[0].where, "graphs/smollm2-135m.toml:"), "where = %s",
               m->mixers[0].where);
-    for (int l = 0; l < 30; l++) CHECK(m->layer_mixer[l] == 0);
+    for (int l = 0; l < 30; l++)
+        CHECK(m->layer_mixer[l] == 0);
     int64_t v;
     double f;
     CHECK(hyb_cfg_int(m->mixers[0].table, "n_heads", 0, &v) == HYB_OK && v == 9);
@@ -82,6 +85,7 @@ static void test_smollm2_map(void) {
     CHECK_MSG(contains(buf, "tttttttttttttttttttttttttttttt"), "describe: %s", buf);
     CHECK_MSG(contains(buf, "layers 0-29") && contains(buf, "attn (mha) x30"), "describe: %s", buf);
     CHECK_MSG(contains(buf, "d_model 576") && contains(buf, "30 layers"), "describe: %s", buf);
+    CHECK_MSG(!contains(buf, "mixers:"), "single-mixer maps need no summary: %s", buf);
     hyb_layermap_free(m);
 }
 
@@ -108,7 +112,8 @@ static void test_shipped_maps(void) {
         hyb_cfg_int(m->mixers[0].table, "n_kv_heads", 0, &kv);
         hyb_cfg_int(m->mixers[0].table, "head_dim", 0, &hd);
         CHECK(h == 32 && kv == 8 && hd == 128);
-        for (int l = 0; l < 50; l++) CHECK(m->layer_mixer[l] == 0);
+        for (int l = 0; l < 50; l++)
+            CHECK(m->layer_mixer[l] == 0);
         hyb_layermap_free(m);
     }
 }
@@ -130,7 +135,7 @@ static void test_hybrid_pattern(void) {
     hyb_layermap_describe(m, buf, sizeof buf);
     CHECK_MSG(contains(buf, "layer 0 ") && contains(buf, "layers 1-2") &&
                   contains(buf, "mamba (m2) x2") && contains(buf, "layer 3 ") &&
-                  contains(buf, "tmmt"),
+                  contains(buf, "tmmt") && contains(buf, "mixers: attn (mha) x2, mamba (m2) x2"),
               "describe: %s", buf);
     /* a tiny buffer truncates and stays terminated */
     char small[8];
@@ -160,8 +165,37 @@ static void test_hybrid_pattern(void) {
     hyb_toml_free(doc);
 }
 
+/* The released Apriel-H1-30 layout (SPEC.md section 2), written as a spaced pattern, resolves to
+ * exactly the published Mamba layers. */
+static void test_h1_30_layout(void) {
+    const char *text = "[model]\nd_model = 5120\nn_layers = 50\nvocab_size = 131072\n"
+                       "d_ff = 14336\nmax_seq = 4096\n"
+                       "[mixers.attn]\ntype = \"mha\"\nsymbol = \"t\"\n"
+                       "[mixers.m2]\ntype = \"m2\"\nsymbol = \"m\"\n"
+                       "[layout]\npattern = \"\"\"\n"
+                       "tttmt mmmmt ttttt ttttt mmmmm mtmtt mmmmt mmmmm mmmmm mmmtm\n\"\"\"\n";
+    hyb_layermap *m = NULL;
+    int rc = hyb_layermap_parse(text, "h1-30.toml", &m);
+    CHECK_MSG(rc == HYB_OK, "%s", hyb_error());
+    if (rc != HYB_OK) return;
+    /* SPEC.md: Mamba: 3, 5, 6, 7, 8, 20-25, 27, 30-33, 35-47, 49 */
+    int is_m[50] = {0};
+    const int ranges[][2] = {{3, 3}, {5, 8}, {20, 25}, {27, 27}, {30, 33}, {35, 47}, {49, 49}};
+    for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++)
+        for (int l = ranges[r][0]; l <= ranges[r][1]; l++)
+            is_m[l] = 1;
+    int n_m = 0;
+    for (int l = 0; l < 50; l++) {
+        CHECK_MSG(m->layer_mixer[l] == (is_m[l] ? 1 : 0), "layer %d", l);
+        n_m += m->layer_mixer[l] == 1;
+    }
+    CHECK(n_m == 30);
+    hyb_layermap_free(m);
+}
+
 static void test_layers_list(void) {
-    const char *text = MODEL_OK MIXERS_OK "[layout]\nlayers = [\"attn\", \"m\", \"mamba\", \"t\"]\n";
+    const char *text =
+        MODEL_OK MIXERS_OK "[layout]\nlayers = [\"attn\", \"m\", \"mamba\", \"t\"]\n";
     hyb_layermap *m = NULL;
     int rc = hyb_layermap_parse(text, "list.toml", &m);
     CHECK_MSG(rc == HYB_OK, "%s", hyb_error());
@@ -187,8 +221,8 @@ static void test_err_malformed_toml(void) {
     EXPECT_MAP_ERROR("[model]\nd_model = 64\nn_layers = \n", HYB_ERR_FORMAT, "t.toml:3:", NULL,
                      NULL);
     EXPECT_MAP_ERROR("[model\n", HYB_ERR_FORMAT, "t.toml:1:", NULL, NULL);
-    EXPECT_MAP_ERROR("[model]\nd_model = 1\nd_model = 2\n", HYB_ERR_FORMAT, "t.toml:3:",
-                     "d_model", NULL);
+    EXPECT_MAP_ERROR("[model]\nd_model = 1\nd_model = 2\n", HYB_ERR_FORMAT, "t.toml:3:", "d_model",
+                     NULL);
     /* through a file: the path is the prefix */
     hyb_layermap *m = NULL;
     int rc = hyb_layermap_load("tests/data/config/malformed.toml", &m);
@@ -209,11 +243,10 @@ static void test_err_model_keys(void) {
                      "[layout]\npattern = \"tttt\"\n",
                      HYB_ERR_FORMAT, "t.toml:1:1:", "'max_seq'", NULL);
     /* no [model] at all */
-    EXPECT_MAP_ERROR(MIXERS_OK "[layout]\npattern = \"tttt\"\n", HYB_ERR_FORMAT, "t.toml:1:1:",
-                     "[model]", NULL);
+    EXPECT_MAP_ERROR(MIXERS_OK "[layout]\npattern = \"tttt\"\n", HYB_ERR_FORMAT,
+                     "t.toml:1:1:", "[model]", NULL);
     /* [model] is not a table */
-    EXPECT_MAP_ERROR("model = 3\n", HYB_ERR_FORMAT, "t.toml:1:9:", "'model' must be a table",
-                     NULL);
+    EXPECT_MAP_ERROR("model = 3\n", HYB_ERR_FORMAT, "t.toml:1:9:", "'model' must be a table", NULL);
     /* wrong types: reported at the value */
     EXPECT_MAP_ERROR("[model]\nd_model = \"576\"\nn_layers = 4\nvocab_size = 256\nd_ff = 128\n"
                      "max_seq = 32\n" MIXERS_OK "[layout]\npattern = \"tttt\"\n",
@@ -258,8 +291,7 @@ static void test_err_unknown_keys(void) {
                      HYB_ERR_FORMAT, "t.toml:16:3:", "unknown key 'order' in [layout]",
                      "allowed: pattern, layers");
     EXPECT_MAP_ERROR(MODEL_OK MIXERS_OK "[layout]\npattern = \"tttt\"\n[train]\nlr = 1\n",
-                     HYB_ERR_FORMAT, "t.toml:16:2:", "unknown key 'train' at the top level",
-                     NULL);
+                     HYB_ERR_FORMAT, "t.toml:16:2:", "unknown key 'train' at the top level", NULL);
 }
 
 static void test_err_layout_length(void) {
@@ -269,9 +301,8 @@ static void test_err_layout_length(void) {
     EXPECT_MAP_ERROR(MODEL_OK MIXERS_OK "[layout]\npattern = \"tt tt m\"\n", HYB_ERR_FORMAT,
                      "t.toml:15:11:", "has 5 layers", "n_layers = 4");
     /* layers list */
-    EXPECT_MAP_ERROR(MODEL_OK MIXERS_OK "[layout]\nlayers = [\"attn\", \"attn\"]\n",
-                     HYB_ERR_FORMAT, "t.toml:15:10:", "layout.layers has 2 entries",
-                     "model.n_layers = 4");
+    EXPECT_MAP_ERROR(MODEL_OK MIXERS_OK "[layout]\nlayers = [\"attn\", \"attn\"]\n", HYB_ERR_FORMAT,
+                     "t.toml:15:10:", "layout.layers has 2 entries", "model.n_layers = 4");
 }
 
 static void test_err_unknown_symbol(void) {
@@ -286,7 +317,8 @@ static void test_err_unknown_symbol(void) {
     EXPECT_MAP_ERROR(MODEL_OK MIXERS_OK "[layout]\npattern = \"t\\u0020mmz\"\n", HYB_ERR_FORMAT,
                      "t.toml:15:11:", "symbol 'z'", NULL);
     /* layers list entry: at the element */
-    EXPECT_MAP_ERROR(MODEL_OK MIXERS_OK "[layout]\nlayers = [\"attn\",\n  \"mamab\", \"t\", \"t\"]\n",
+    EXPECT_MAP_ERROR(MODEL_OK MIXERS_OK
+                     "[layout]\nlayers = [\"attn\",\n  \"mamab\", \"t\", \"t\"]\n",
                      HYB_ERR_FORMAT, "t.toml:16:3:", "layout.layers[1] = \"mamab\" names no mixer",
                      "known: attn ('t'), mamba ('m')");
     EXPECT_MAP_ERROR(MODEL_OK MIXERS_OK "[layout]\nlayers = [\"attn\", 3, \"t\", \"t\"]\n",
@@ -300,8 +332,8 @@ static void test_err_unknown_symbol(void) {
 static void test_err_pattern_and_layers(void) {
     EXPECT_MAP_ERROR(MODEL_OK MIXERS_OK "[layout]\npattern = \"tttt\"\nlayers = [\"t\"]\n",
                      HYB_ERR_FORMAT, "t.toml:16:1:", "both `pattern` and `layers`", NULL);
-    EXPECT_MAP_ERROR(MODEL_OK MIXERS_OK "[layout]\n", HYB_ERR_FORMAT, "t.toml:14:1:",
-                     "[layout] needs `pattern`", NULL);
+    EXPECT_MAP_ERROR(MODEL_OK MIXERS_OK "[layout]\n", HYB_ERR_FORMAT,
+                     "t.toml:14:1:", "[layout] needs `pattern`", NULL);
     EXPECT_MAP_ERROR(MODEL_OK MIXERS_OK, HYB_ERR_FORMAT, "t.toml:1:1:", "missing [layout]", NULL);
 }
 
@@ -322,27 +354,27 @@ static void test_err_mixers(void) {
     EXPECT_MAP_ERROR(MODEL_OK "[mixers.attn]\ntype = \"mha\"\nsymbol = \"tt\"\n"
                               "[layout]\npattern = \"tttt\"\n",
                      HYB_ERR_FORMAT, "t.toml:9:10:", "symbol must be one printable", NULL);
-    EXPECT_MAP_ERROR(MODEL_OK "[mixers]\nattn = 3\n[layout]\npattern = \"tttt\"\n",
-                     HYB_ERR_FORMAT, "t.toml:8:8:", "'attn' must be a table", NULL);
+    EXPECT_MAP_ERROR(MODEL_OK "[mixers]\nattn = 3\n[layout]\npattern = \"tttt\"\n", HYB_ERR_FORMAT,
+                     "t.toml:8:8:", "'attn' must be a table", NULL);
     EXPECT_MAP_ERROR(MODEL_OK "[mixers]\n[layout]\npattern = \"tttt\"\n", HYB_ERR_FORMAT,
                      "t.toml:7:1:", "[mixers] is empty", NULL);
-    EXPECT_MAP_ERROR(MODEL_OK "[layout]\npattern = \"tttt\"\n", HYB_ERR_FORMAT, "t.toml:1:1:",
-                     "missing [mixers]", NULL);
+    EXPECT_MAP_ERROR(MODEL_OK "[layout]\npattern = \"tttt\"\n", HYB_ERR_FORMAT,
+                     "t.toml:1:1:", "missing [mixers]", NULL);
 }
 
 /* ---- hyb_cfg_* --------------------------------------------------------------------------------*/
 
-static const char *DOC = "title = \"x\"\n"           /* 1 */
-                         "[a]\n"                     /* 2 */
-                         "zeta = 3\n"                /* 3 */
-                         "alpha = 2.5\n"             /* 4 */
-                         "one = 1\n"                 /* 5 */
-                         "flag = true\n"             /* 6 */
-                         "name = \"hello\"\n"        /* 7 */
+static const char *DOC = "title = \"x\"\n"            /* 1 */
+                         "[a]\n"                      /* 2 */
+                         "zeta = 3\n"                 /* 3 */
+                         "alpha = 2.5\n"              /* 4 */
+                         "one = 1\n"                  /* 5 */
+                         "flag = true\n"              /* 6 */
+                         "name = \"hello\"\n"         /* 7 */
                          "list = [\"p\", \"q\", 7]\n" /* 8 */
-                         "nums = [1, -2, 3]\n"       /* 9 */
-                         "[a.sub]\n"                 /* 10 */
-                         "k = 1\n";                  /* 11 */
+                         "nums = [1, -2, 3]\n"        /* 9 */
+                         "[a.sub]\n"                  /* 10 */
+                         "k = 1\n";                   /* 11 */
 
 static void test_cfg_getters(void) {
     hyb_toml *doc = hyb_toml_parse_string(DOC, "doc.toml");
@@ -371,8 +403,9 @@ static void test_cfg_getters(void) {
 
     /* wrong types: the value's position, the dotted key, both types */
     CHECK(hyb_cfg_int(a, "alpha", 0, &i) == HYB_ERR_FORMAT);
-    CHECK_MSG(contains(hyb_error(), "doc.toml:4:9: key 'a.alpha' must be an integer, got float 2.5"),
-              "%s", hyb_error());
+    CHECK_MSG(
+        contains(hyb_error(), "doc.toml:4:9: key 'a.alpha' must be an integer, got float 2.5"),
+        "%s", hyb_error());
     CHECK(hyb_cfg_bool(a, "name", 0, &b) == HYB_ERR_FORMAT);
     CHECK_MSG(contains(hyb_error(), "doc.toml:7:8:") && contains(hyb_error(), "a.name"), "%s",
               hyb_error());
@@ -389,9 +422,10 @@ static void test_cfg_getters(void) {
     CHECK(hyb_cfg_array_len(a, "name") == -1 && contains(hyb_error(), "doc.toml:7:8:"));
     CHECK(hyb_cfg_array_string(a, "list", 1, &s) == HYB_OK && strcmp(s, "q") == 0);
     CHECK(hyb_cfg_array_string(a, "list", 2, &s) == HYB_ERR_FORMAT);
-    CHECK_MSG(contains(hyb_error(), "doc.toml:8:19:") && contains(hyb_error(), "'a.list[2]'"),
-              "%s", hyb_error());
-    CHECK(hyb_cfg_array_string(a, "list", 3, &s) == HYB_ERR_ARG && contains(hyb_error(), "index 3"));
+    CHECK_MSG(contains(hyb_error(), "doc.toml:8:19:") && contains(hyb_error(), "'a.list[2]'"), "%s",
+              hyb_error());
+    CHECK(hyb_cfg_array_string(a, "list", 3, &s) == HYB_ERR_ARG &&
+          contains(hyb_error(), "index 3"));
     CHECK(hyb_cfg_array_int(a, "nums", 1, &i) == HYB_OK && i == -2);
     CHECK(hyb_cfg_array_int(a, "list", 0, &i) == HYB_ERR_FORMAT);
     CHECK(hyb_cfg_array_int(a, "missing", 0, &i) == HYB_ERR_FORMAT &&
@@ -402,7 +436,8 @@ static void test_cfg_getters(void) {
     int n = hyb_cfg_keys(a, &keys);
     CHECK(n == 8);
     const char *want[] = {"zeta", "alpha", "one", "flag", "name", "list", "nums", "sub"};
-    for (int k = 0; k < n && k < 8; k++) CHECK_MSG(strcmp(keys[k], want[k]) == 0, "key %d = %s", k, keys[k]);
+    for (int k = 0; k < n && k < 8; k++)
+        CHECK_MSG(strcmp(keys[k], want[k]) == 0, "key %d = %s", k, keys[k]);
     n = hyb_cfg_keys(root, &keys);
     CHECK(n == 2 && strcmp(keys[0], "title") == 0 && strcmp(keys[1], "a") == 0);
 
@@ -415,7 +450,8 @@ static void test_cfg_getters(void) {
     CHECK(sub && strcmp(hyb_cfg_where(sub, "k", buf, sizeof buf), "doc.toml:11:1") == 0);
 
     /* check_keys */
-    const char *const ok_keys[] = {"zeta", "alpha", "one", "flag", "name", "list", "nums", "sub", NULL};
+    const char *const ok_keys[] = {"zeta", "alpha", "one", "flag", "name",
+                                   "list", "nums",  "sub", NULL};
     CHECK(hyb_cfg_check_keys(a, ok_keys) == HYB_OK);
     const char *const few[] = {"zeta", "alpha", "one", "flag", "name", "list", "nums", NULL};
     CHECK(hyb_cfg_check_keys(a, few) == HYB_ERR_FORMAT);
@@ -517,6 +553,7 @@ int main(void) {
     RUN(test_smollm2_map);
     RUN(test_shipped_maps);
     RUN(test_hybrid_pattern);
+    RUN(test_h1_30_layout);
     RUN(test_layers_list);
     RUN(test_err_malformed_toml);
     RUN(test_err_model_keys);

@@ -270,9 +270,12 @@ static void write_hf_dir(const char *dir, const char *model_type, int tied, int 
     fprintf(f, "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"%s\",\n"
                " \"num_hidden_layers\": %d, \"hidden_size\": %d, \"intermediate_size\": %d,\n"
                " \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"vocab_size\": %d,\n"
-               " \"max_position_embeddings\": 64, \"rope_theta\": 10000.0, \"rms_norm_eps\": 1e-05,\n"
+               " \"max_position_embeddings\": 64, %s, \"rms_norm_eps\": 1e-05,\n"
                " \"tie_word_embeddings\": %s, \"hidden_act\": \"silu\", \"rope_scaling\": null}\n",
-            model_type, L, D, F, H, KV, V, tied ? "true" : "false");
+            model_type, L, D, F, H, KV, V,
+            sharded ? "\"rope_parameters\": {\"rope_theta\": 500000.0, \"rope_type\": \"default\"}"
+                    : "\"rope_theta\": 20000.0",
+            tied ? "true" : "false");
     fclose(f);
     hyb_st_writer *w[2] = {hyb_st_writer_new(), hyb_st_writer_new()};
     snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
@@ -335,6 +338,9 @@ static void test_hf_dir(void) {
         CHECK_MSG(rc == HYB_OK, "variant %d: %s", variant, hyb_error());
         if (m) {
             CHECK(m->map->tie_embeddings == tied);
+            double theta = 0;
+            CHECK(hyb_cfg_float(m->map->mixers[0].table, "rope_theta", 0, &theta) == HYB_OK);
+            CHECK_MSG(theta == (sharded ? 500000.0 : 20000.0), "rope_theta %g", theta);
             CHECK(tied ? m->lm_head == m->embed : m->lm_head != m->embed);
             check_all_params(m);
             hyb_model_free(m);
@@ -357,6 +363,14 @@ static void test_hf_dir(void) {
     fclose(f);
     CHECK(hyb_model_load_hf_dir(dir, &m) == HYB_ERR_FORMAT && m == NULL);
     CHECK_MSG(strstr(hyb_error(), "lm_head.weight") != NULL, "%s", hyb_error());
+    f = fopen(p, "w");
+    fprintf(f, "{\"model_type\": \"llama\", \"num_hidden_layers\": %d, \"hidden_size\": %d, "
+               "\"intermediate_size\": %d, \"num_attention_heads\": %d, \"vocab_size\": %d, "
+               "\"tie_word_embeddings\": true, \"rope_parameters\": {\"rope_type\": \"llama3\", "
+               "\"rope_theta\": 500000.0, \"factor\": 8.0}}", L, D, F, H, V);
+    fclose(f);
+    CHECK(hyb_model_load_hf_dir(dir, &m) == HYB_ERR_UNSUPPORTED && m == NULL);
+    CHECK_MSG(strstr(hyb_error(), "llama3") != NULL, "%s", hyb_error());
     rm_hf_dir(dir);
     CHECK(hyb_model_load_hf_dir("/nonexistent_dir", &m) < 0 && m == NULL);
 }

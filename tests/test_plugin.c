@@ -21,7 +21,9 @@ static const char *test_plugin(const char *name) {
     return buf;
 }
 
-static int contains(const char *hay, const char *needle) { return strstr(hay, needle) != NULL; }
+static int contains(const char *hay, const char *needle) {
+    return strstr(hay, needle) != NULL;
+}
 
 static void test_find_mha(void) {
     const hyb_mixer_desc *d = NULL;
@@ -62,9 +64,10 @@ static void test_search_path_order(void) {
         char *c = strchr(first, ':');
         if (c) *c = 0;
         size_t n = strlen(first);
-        while (n > 1 && first[n - 1] == '/') first[--n] = 0;
-        CHECK_MSG(strncmp(buf, first, strlen(first)) == 0, "search path %s should start with %s", buf,
-                  first);
+        while (n > 1 && first[n - 1] == '/')
+            first[--n] = 0;
+        CHECK_MSG(strncmp(buf, first, strlen(first)) == 0, "search path %s should start with %s",
+                  buf, first);
     }
 #ifdef HYB_BUILD_PLUGIN_DIR
     CHECK_MSG(contains(buf, HYB_BUILD_PLUGIN_DIR), "search path %s lacks the build tree", buf);
@@ -92,7 +95,8 @@ static void test_bad_abi(void) {
     CHECK_MSG(contains(e, want), "message: %s", e);
     CHECK_MSG(contains(e, "libhyb-badabi.so"), "message: %s", e);
     /* not registered */
-    for (int i = 0; i < hyb_plugin_count(); i++) CHECK(strcmp(hyb_plugin_get(i, NULL)->name, "badabi") != 0);
+    for (int i = 0; i < hyb_plugin_count(); i++)
+        CHECK(strcmp(hyb_plugin_get(i, NULL)->name, "badabi") != 0);
 }
 
 static void test_no_entry(void) {
@@ -106,7 +110,8 @@ static void test_no_entry(void) {
 static void test_missing_vtable_entry(void) {
     int rc = hyb_plugin_load_file(test_plugin("nodecode"), NULL);
     CHECK(rc == HYB_ERR_FORMAT);
-    CHECK_MSG(contains(hyb_error(), "required vtable entry 'decode' is NULL"), "message: %s", hyb_error());
+    CHECK_MSG(contains(hyb_error(), "required vtable entry 'decode' is NULL"), "message: %s",
+              hyb_error());
 }
 
 static void test_missing_file(void) {
@@ -206,7 +211,8 @@ static void test_host_services(void) {
     CHECK(memcmp(a, c, sizeof a) != 0);
     h->rng_uniform(&s1, c, 256, -2.0f, 3.0f);
     int in = 1;
-    for (int i = 0; i < 256; i++) in &= c[i] >= -2.0f && c[i] < 3.0f;
+    for (int i = 0; i < 256; i++)
+        in &= c[i] >= -2.0f && c[i] < 3.0f;
     CHECK(in);
     /* sgemm: [2,3] x [3,2]^T... C = A B^T */
     float A[6] = {1, 2, 3, 4, 5, 6}, Bm[6] = {1, 0, 1, 0, 1, 0}, C[4] = {0};
@@ -226,7 +232,8 @@ static hyb_toml *parse(const char *text) {
 static void test_mixer_new_params(void) {
     hyb_toml *doc = parse("type = \"mha\"\nn_heads = 4\nn_kv_heads = 2\nhead_dim = 16\n");
     if (!doc) return;
-    hyb_model_dims dims = {.d_model = 48, .n_layers = 2, .layer = 1, .max_seq = 32, .norm_eps = 1e-5f};
+    hyb_model_dims dims = {
+        .d_model = 48, .n_layers = 2, .layer = 1, .max_seq = 32, .norm_eps = 1e-5f};
     hyb_mixer *m = NULL;
     CHECK_MSG(hyb_mixer_new("mha", &dims, hyb_toml_root(doc), 42, &m) == HYB_OK, "%s", hyb_error());
     if (!m) {
@@ -255,7 +262,8 @@ static void test_mixer_new_params(void) {
             g += fabs(hyb_tensor_f32(t->grad)[k]);
         }
         double mean = s / n, sd = sqrt(s2 / n - mean * mean);
-        CHECK_MSG(fabs(sd - 0.02) < 0.002 && fabs(mean) < 0.003, "%s: mean %g std %g", t->name, mean, sd);
+        CHECK_MSG(fabs(sd - 0.02) < 0.002 && fabs(mean) < 0.003, "%s: mean %g std %g", t->name,
+                  mean, sd);
         CHECK(g == 0);
     }
     /* distinct streams per parameter: q and k rows differ */
@@ -265,8 +273,10 @@ static void test_mixer_new_params(void) {
     CHECK(hyb_mixer_new("mha", &dims, hyb_toml_root(doc), 42, &m2) == HYB_OK);
     CHECK(hyb_mixer_new("mha", &dims, hyb_toml_root(doc), 43, &m3) == HYB_OK);
     if (m2 && m3) {
-        CHECK(memcmp(hyb_tensor_f32(m->params[0]), hyb_tensor_f32(m2->params[0]), 64 * 48 * 4) == 0);
-        CHECK(memcmp(hyb_tensor_f32(m->params[0]), hyb_tensor_f32(m3->params[0]), 64 * 48 * 4) != 0);
+        CHECK(memcmp(hyb_tensor_f32(m->params[0]), hyb_tensor_f32(m2->params[0]), 64 * 48 * 4) ==
+              0);
+        CHECK(memcmp(hyb_tensor_f32(m->params[0]), hyb_tensor_f32(m3->params[0]), 64 * 48 * 4) !=
+              0);
     }
     CHECK(hyb_mixer_state_bytes(m, 100) == (size_t)2 * 2 * 16 * 100 * 4);
     char buf[128];
@@ -328,15 +338,17 @@ static void expect_cfg_error(const char *text, const char *where, const char *wh
 }
 
 static void test_mha_config_errors(void) {
-    expect_cfg_error("type = \"mha\"\nn_heads = 4\nn_kv_heads = 3\n", "mixer.toml:3:", "n_kv_heads");
+    expect_cfg_error("type = \"mha\"\nn_heads = 4\nn_kv_heads = 3\n",
+                     "mixer.toml:3:", "n_kv_heads");
     expect_cfg_error("n_heads = 4\nn_kv_heads = 8\n", "mixer.toml:2:", "n_kv_heads");
     expect_cfg_error("n_heads = 0\n", "mixer.toml:1:", "n_heads");
     expect_cfg_error("n_heads = -2\n", "mixer.toml:1:", "n_heads");
-    expect_cfg_error("n_heads = 5\n", "mixer.toml:1:", "head_dim");        /* 64 % 5 != 0 */
+    expect_cfg_error("n_heads = 5\n", "mixer.toml:1:", "head_dim");               /* 64 % 5 != 0 */
     expect_cfg_error("n_heads = 4\nhead_dim = 7\n", "mixer.toml:2:", "head_dim"); /* odd */
     expect_cfg_error("n_heads = 4\nrope_theta = -1.0\n", "mixer.toml:2:", "rope_theta");
-    expect_cfg_error("n_heads = 4\nn_kv_head = 2\n", "mixer.toml:2:", "n_kv_head");  /* unknown key */
-    expect_cfg_error("n_heads = \"four\"\n", "mixer.toml:1:", "n_heads");           /* wrong type */
+    expect_cfg_error("n_heads = 4\nn_kv_head = 2\n",
+                     "mixer.toml:2:", "n_kv_head");                       /* unknown key */
+    expect_cfg_error("n_heads = \"four\"\n", "mixer.toml:1:", "n_heads"); /* wrong type */
     expect_cfg_error("n_heads = 4\nbias = 1\n", "mixer.toml:2:", "bias");
 }
 
@@ -347,7 +359,8 @@ int main(void) {
         char *c = strchr(g_test_dir, ':');
         if (c) *c = 0;
         size_t n = strlen(g_test_dir);
-        while (n > 1 && g_test_dir[n - 1] == '/') g_test_dir[--n] = 0;
+        while (n > 1 && g_test_dir[n - 1] == '/')
+            g_test_dir[--n] = 0;
         strncat(g_test_dir, "/../test-plugins", sizeof g_test_dir - strlen(g_test_dir) - 1);
     } else {
 #ifdef HYB_BUILD_PLUGIN_DIR

@@ -1,6 +1,8 @@
 /* Sampler: greedy, repetition penalty (HF formula), temperature / top-k / top-p distributions
  * against independently computed expectations, fixed-seed determinism, argument errors. */
+#include <cJSON.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -227,6 +229,63 @@ static void test_errors(void) {
     hyb_sampler_free(s);
 }
 
+/* Against transformers' own processors (tests/reference/sample_ref.py). */
+static void test_vs_hf_processors(void) {
+    const char *dir = getenv("HYB_TEST_DATA");
+    char path[600];
+    snprintf(path, sizeof path, "%s/sample/hf_probs.json", dir && *dir ? dir : "tests/data");
+    FILE *f = fopen(path, "rb");
+    CHECK_MSG(f != NULL, "cannot open %s", path);
+    if (!f) return;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = malloc((size_t)n + 1);
+    CHECK(fread(text, 1, (size_t)n, f) == (size_t)n);
+    text[n] = 0;
+    fclose(f);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    CHECK(root != NULL);
+    if (!root) return;
+    const int V = cJSON_GetObjectItem(root, "V")->valueint;
+    float *l = malloc(sizeof(float) * V), *pr = malloc(sizeof(float) * V);
+    const cJSON *c;
+    int ncase = 0;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+        hyb_sampler_params p = {(float)cJSON_GetObjectItem(c, "temperature")->valuedouble,
+                                cJSON_GetObjectItem(c, "top_k")->valueint,
+                                (float)cJSON_GetObjectItem(c, "top_p")->valuedouble,
+                                (float)cJSON_GetObjectItem(c, "repetition_penalty")->valuedouble};
+        const cJSON *hl = cJSON_GetObjectItem(c, "history");
+        int nh = cJSON_GetArraySize(hl);
+        int32_t hist[64];
+        for (int i = 0; i < nh && i < 64; i++) hist[i] = cJSON_GetArrayItem(hl, i)->valueint;
+        for (int v = 0; v < V; v++)
+            l[v] = (float)cJSON_GetArrayItem(cJSON_GetObjectItem(c, "logits"), v)->valuedouble;
+        hyb_sampler *s = NULL;
+        CHECK(hyb_sampler_new(V, &p, 1, &s) == HYB_OK);
+        CHECK(hyb_sampler_probs(s, l, hist, nh, pr) == HYB_OK);
+        double worst = 0;
+        int support_differs = 0;
+        for (int v = 0; v < V; v++) {
+            double want = cJSON_GetArrayItem(cJSON_GetObjectItem(c, "probs"), v)->valuedouble;
+            if ((want == 0.0) != (pr[v] == 0.0f)) support_differs++;
+            if (fabs(pr[v] - want) > worst) worst = fabs(pr[v] - want);
+        }
+        CHECK_MSG(support_differs == 0 && worst < 2e-6,
+                  "case %d (T %.2f k %d p %.2f rp %.2f): %d tokens kept differently, max |dp| %.3g",
+                  ncase, (double)p.temperature, p.top_k, (double)p.top_p,
+                  (double)p.repetition_penalty, support_differs, worst);
+        hyb_sampler_free(s);
+        ncase++;
+    }
+    CHECK(ncase == 6);
+    free(l);
+    free(pr);
+    cJSON_Delete(root);
+}
+
 int main(void) {
     RUN(test_greedy);
     RUN(test_repetition_penalty_formula);
@@ -236,5 +295,6 @@ int main(void) {
     RUN(test_combined_order);
     RUN(test_determinism);
     RUN(test_errors);
+    RUN(test_vs_hf_processors);
     return harness_done();
 }

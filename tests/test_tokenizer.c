@@ -376,6 +376,56 @@ static void test_malformed(void) {
     }
     CHECK(failures > 0);
     free(s);
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 99999999}, \"merges\": []}}",
+                      "far beyond");
+}
+
+/* Random mutations of a real tokenizer.json: each either loads (and then encodes and decodes a
+ * sample) or fails with a message; never a crash (run under ASan/UBSan in the sanitizer build). */
+static void test_mutations(void) {
+    size_t len;
+    char *orig = read_all(data_path("spm_metaspace_split.tokenizer.json"), &len);
+    CHECK(orig != NULL);
+    if (!orig) return;
+    char *s = malloc(len + 64);
+    unsigned seed = 99;
+    static const char alphabet[] = "{}[]\",:0123456789ab \\-.eE\xE2\x96\x81<>";
+    int loaded = 0, failed = 0, silent = 0;
+    for (int it = 0; it < 150; it++) {
+        memcpy(s, orig, len);
+        size_t n = len;
+        int muts = 1 + it % 4;
+        for (int m = 0; m < muts; m++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t pos = (seed >> 8) % n;
+            seed = seed * 1103515245u + 12345u;
+            switch ((seed >> 16) % 3) {
+            case 0: s[pos] = alphabet[(seed >> 4) % (sizeof alphabet - 1)]; break;
+            case 1: memmove(s + pos, s + pos + 1, n - pos - 1), n--; break; /* delete */
+            default:
+                memmove(s + pos + 1, s + pos, n - pos), n++;
+                s[pos] = alphabet[(seed >> 4) % (sizeof alphabet - 1)];
+            }
+        }
+        hyb_error_clear();
+        hyb_tokenizer *t = hyb_tokenizer_load_json_mem(s, n, "mutated.json");
+        if (t) {
+            loaded++;
+            int32_t ids[256];
+            const char *text = "Hello wörld 123 <s> 中文 \xF0\x9F\x98\x80";
+            long k = hyb_tokenizer_encode(t, text, strlen(text), HYB_TOK_ADD_SPECIAL, ids, 256);
+            char out[1024];
+            if (k >= 0 && k <= 256) hyb_tokenizer_decode(t, ids, (size_t)k, 0, out, sizeof out);
+            hyb_tokenizer_free(t);
+        } else {
+            failed++;
+            silent += hyb_error()[0] == 0;
+        }
+    }
+    printf("  mutated tokenizer.json: %d loaded, %d rejected\n", loaded, failed);
+    CHECK(failed > 0 && silent == 0);
+    free(s);
+    free(orig);
 }
 
 
@@ -474,10 +524,78 @@ static void test_gguf_llama_scores(void) {
         /* control tokens in text */
         n = hyb_tokenizer_encode(t, "<s>a", 4, 0, ids, 16);
         CHECK(n == 2 && ids[0] == 1 && ids[1] == 8);
+        n = hyb_tokenizer_encode(t, "<unk>a", 6, 0, ids, 16); /* unknown-type token, as HF */
+        CHECK(n == 2 && ids[0] == 0 && ids[1] == 8);
+        nb = hyb_tokenizer_decode(t, ids, (size_t)n, HYB_TOK_SKIP_SPECIAL, out, sizeof out);
+        CHECK(nb == 1 && out[0] == 'a'); /* skipped tokens do not count: "▁a" is first */
+        nb = hyb_tokenizer_decode(t, ids, (size_t)n, 0, out, sizeof out);
+        CHECK(nb == 7 && memcmp(out, "<unk> a", 7) == 0); /* only a leading space is dropped */
         CHECK(hyb_tokenizer_unk_id(t) == 0 && hyb_tokenizer_eos_id(t) == 2);
     }
     hyb_tokenizer_free(t);
     free(img);
+}
+
+/* A GGUF "llama" tokenizer (pieces + scores, no merges) against Google's sentencepiece itself:
+ * a small BPE model with byte fallback trained by tests/reference/tokenizer_ref.py. sentencepiece
+ * does not parse control tokens in text, hence HYB_TOK_NO_PARSE_SPECIAL. */
+static void test_gguf_vs_sentencepiece(void) {
+    cJSON *j = read_json("spm_real.json");
+    CHECK(j != NULL);
+    if (!j) return;
+    const cJSON *jt = cJSON_GetObjectItem(j, "tokens"), *js = cJSON_GetObjectItem(j, "scores");
+    const cJSON *jy = cJSON_GetObjectItem(j, "types"), *it;
+    int n = cJSON_GetArraySize(jt), i = 0;
+    const char **toks = calloc((size_t)n, sizeof *toks);
+    float *scores = calloc((size_t)n, sizeof *scores);
+    int32_t *types = calloc((size_t)n, sizeof *types);
+    cJSON_ArrayForEach(it, jt) toks[i++] = it->valuestring;
+    i = 0;
+    cJSON_ArrayForEach(it, js) scores[i++] = (float)it->valuedouble;
+    i = 0;
+    cJSON_ArrayForEach(it, jy) types[i++] = it->valueint;
+    gbuf g = {0};
+    kv_str(&g, "tokenizer.ggml.model", "llama");
+    kv_strs(&g, "tokenizer.ggml.tokens", toks, n);
+    kv_i32s(&g, "tokenizer.ggml.token_type", types, n);
+    kv_f32s(&g, "tokenizer.ggml.scores", scores, n);
+    kv_u32(&g, "tokenizer.ggml.bos_token_id", 1);
+    kv_u32(&g, "tokenizer.ggml.eos_token_id", 2);
+    kv_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
+    size_t size;
+    unsigned char *img = gfinish(&g, &size);
+    hyb_tokenizer *t = tok_from_image(img, size);
+    CHECK_MSG(t != NULL, "%s", hyb_error());
+    int k = 0, same = 0, ndec = 0;
+    const cJSON *e;
+    const cJSON *golden = t ? cJSON_GetObjectItem(j, "golden") : NULL;
+    cJSON_ArrayForEach(e, golden) {
+        const char *text = cJSON_GetObjectItem(e, "text")->valuestring;
+        const char *dec = cJSON_GetObjectItem(e, "decode")->valuestring;
+        int32_t *ids = NULL;
+        size_t nids = 0;
+        CHECK(hyb_tokenizer_encode_alloc(t, text, strlen(text), HYB_TOK_NO_PARSE_SPECIAL, &ids, &nids) == HYB_OK);
+        int eq = ids_equal(ids, (long)nids, cJSON_GetObjectItem(e, "ids"));
+        CHECK_MSG(eq, "sentencepiece sample %d: ids differ for \"%.60s\"", k, text);
+        if (!eq) print_ids("hyb", ids, (long)nids);
+        same += eq;
+        long need = hyb_tokenizer_decode(t, ids, nids, 0, NULL, 0);
+        char *out = malloc((size_t)need + 1);
+        long nb = hyb_tokenizer_decode(t, ids, nids, 0, out, (size_t)need + 1);
+        if (!has_replacement_char(dec)) {
+            ndec++;
+            CHECK_MSG(nb == (long)strlen(dec) && memcmp(out, dec, (size_t)nb) == 0,
+                      "sentencepiece sample %d: decode \"%.*s\" != \"%s\"", k, (int)nb, out, dec);
+        }
+        free(out);
+        free(ids);
+        k++;
+    }
+    printf("  GGUF llama (scores) vs sentencepiece: %d/%d samples identical, %d decodes compared\n",
+           same, k, ndec);
+    hyb_tokenizer_free(t);
+    free(img), free(toks), free(scores), free(types);
+    cJSON_Delete(j);
 }
 
 /* parts: 1 = tokens, 2 = merges */
@@ -593,6 +711,20 @@ static void test_speed_and_threads(void) {
     long nb = hyb_tokenizer_decode(t, ids, (size_t)nt, 0, out, n + 16);
     double t3 = hyb_time_now();
     printf("  decode speed: %.1f MB/s\n", n / 1e6 / (t3 - t2));
+    /* SentencePiece style (llama-2 layout: no pre-tokenizer, so long segments are one word) */
+    hyb_tokenizer *ts = load("spm_llama2.tokenizer.json");
+    if (ts) {
+        size_t scap = hyb_tokenizer_max_tokens(ts, n);
+        int32_t *sids = malloc(scap * sizeof *sids);
+        double s0 = hyb_time_now();
+        long ns = hyb_tokenizer_encode(ts, text, n, 0, sids, scap);
+        double s1 = hyb_time_now();
+        CHECK(ns > 0 && (size_t)ns <= scap);
+        printf("  encode speed (SentencePiece-style, tiny vocab): %.2f MB/s (%ld tokens)\n",
+               n / 1e6 / (s1 - s0), ns);
+        free(sids);
+        hyb_tokenizer_free(ts);
+    }
     CHECK(nb == (long)n && memcmp(out, text, n) == 0);
     /* two threads sharing one tokenizer (and its cache) */
     thread_job jobs[2];
@@ -621,8 +753,10 @@ int main(void) {
     RUN(test_spm_spec);
     RUN(test_llama3_regex);
     RUN(test_malformed);
+    RUN(test_mutations);
     RUN(test_gguf_llama_scores);
     RUN(test_gguf_errors);
+    RUN(test_gguf_vs_sentencepiece);
     RUN(test_random_bytes);
     RUN(test_speed_and_threads);
     return harness_done();

@@ -18,9 +18,9 @@
 #include "toml_internal.h"
 
 static const char *const TOP_KEYS[] = {"model", "mixers", "layout", NULL};
-static const char *const MODEL_KEYS[] = {"name",     "d_model",        "n_layers", "vocab_size",
-                                         "d_ff",     "norm_eps",       "tie_embeddings",
-                                         "max_seq",  NULL};
+static const char *const MODEL_KEYS[] = {"name",           "d_model", "n_layers",
+                                         "vocab_size",     "d_ff",    "norm_eps",
+                                         "tie_embeddings", "max_seq", NULL};
 static const char *const LAYOUT_KEYS[] = {"pattern", "layers", NULL};
 
 /* ---- small helpers ----------------------------------------------------------------------------*/
@@ -59,8 +59,9 @@ static int get_table(const hyb_cfg_table *t, const char *key, int required,
         return hyb_cfg_error_at(t, line, col, "'%s' must be a table, got %s", key, ty);
     }
     if (required)
-        return hyb_cfg_error(t, NULL, "missing [%s] table (a layer map needs [model], [mixers.<name>] "
-                                      "and [layout])",
+        return hyb_cfg_error(t, NULL,
+                             "missing [%s] table (a layer map needs [model], [mixers.<name>] "
+                             "and [layout])",
                              key);
     return HYB_OK;
 }
@@ -69,8 +70,8 @@ static int get_table(const hyb_cfg_table *t, const char *key, int required,
 static int get_dim(const hyb_cfg_table *model, const char *key, int required, int def, int *out) {
     if (!hyb_cfg_has(model, key)) {
         if (required)
-            return hyb_cfg_error(model, NULL, "[model] is missing required key '%s' (a positive integer)",
-                                 key);
+            return hyb_cfg_error(model, NULL,
+                                 "[model] is missing required key '%s' (a positive integer)", key);
         *out = def;
         return HYB_OK;
     }
@@ -88,11 +89,12 @@ static int get_dim(const hyb_cfg_table *model, const char *key, int required, in
     return HYB_OK;
 }
 
-static int copy_name(char *dst, size_t n, const char *src, const hyb_cfg_table *t,
-                     const char *key, const char *what) {
+static int copy_name(char *dst, size_t n, const char *src, const hyb_cfg_table *t, const char *key,
+                     const char *what) {
     size_t len = strlen(src);
     if (len == 0) return hyb_cfg_error(t, key, "%s must not be empty", what);
-    if (len >= n) return hyb_cfg_error(t, key, "%s '%s' is too long (at most %zu bytes)", what, src, n - 1);
+    if (len >= n)
+        return hyb_cfg_error(t, key, "%s '%s' is too long (at most %zu bytes)", what, src, n - 1);
     memcpy(dst, src, len + 1);
     return HYB_OK;
 }
@@ -160,7 +162,8 @@ static int parse_model(hyb_layermap *m, const hyb_cfg_table *root) {
     if (!(m->norm_eps > 0.0) || !isfinite(m->norm_eps)) {
         int line, col;
         hyb_cfg_pos(model, "norm_eps", 1, &line, &col);
-        return hyb_cfg_error_at(model, line, col, "model.norm_eps must be a positive finite number, got %g",
+        return hyb_cfg_error_at(model, line, col,
+                                "model.norm_eps must be a positive finite number, got %g",
                                 m->norm_eps);
     }
     HYB_TRY(hyb_cfg_bool(model, "tie_embeddings", 0, &m->tie_embeddings));
@@ -173,8 +176,9 @@ static int parse_mixers(hyb_layermap *m, const hyb_cfg_table *root) {
     const char **keys;
     int n = hyb_cfg_keys(mixers, &keys);
     if (n == 0)
-        return hyb_cfg_error(mixers, NULL, "[mixers] is empty: define at least one [mixers.<name>] "
-                                           "with a `type`");
+        return hyb_cfg_error(mixers, NULL,
+                             "[mixers] is empty: define at least one [mixers.<name>] "
+                             "with a `type`");
     if (n > HYB_MAX_MIXERS)
         return hyb_cfg_error(mixers, keys[HYB_MAX_MIXERS], "too many mixers: %d (at most %d)", n,
                              HYB_MAX_MIXERS);
@@ -190,8 +194,9 @@ static int parse_mixers(hyb_layermap *m, const hyb_cfg_table *root) {
         const char *type = NULL;
         HYB_TRY(hyb_cfg_string(mt, "type", NULL, &type));
         if (!type)
-            return hyb_cfg_error(mt, NULL, "mixer '%s' has no `type` (the plugin to use, e.g. "
-                                           "type = \"mha\")",
+            return hyb_cfg_error(mt, NULL,
+                                 "mixer '%s' has no `type` (the plugin to use, e.g. "
+                                 "type = \"mha\")",
                                  key);
         HYB_TRY(copy_name(x->type, sizeof x->type, type, mt, "type", "mixer type"));
         hyb_cfg_where(mt, "type", x->where, sizeof x->where);
@@ -311,8 +316,9 @@ static int parse_layout(hyb_layermap *m, const hyb_cfg_table *root) {
                              "[layout] has both `pattern` and `layers`; give exactly one");
     }
     if (!has_p && !has_l)
-        return hyb_cfg_error(layout, NULL, "[layout] needs `pattern` (one mixer symbol per layer) "
-                                           "or `layers` (a list of mixer names)");
+        return hyb_cfg_error(layout, NULL,
+                             "[layout] needs `pattern` (one mixer symbol per layer) "
+                             "or `layers` (a list of mixer names)");
     return has_p ? parse_pattern(m, layout) : parse_layers(m, layout);
 }
 
@@ -425,7 +431,8 @@ static char layer_char(const hyb_layermap *m, int l) {
 const char *hyb_layermap_pattern(const hyb_layermap *m, char *buf, size_t n) {
     if (!buf || n == 0) return buf;
     size_t len = 0;
-    for (int l = 0; m && l < m->n_layers && len + 1 < n; l++) buf[len++] = layer_char(m, l);
+    for (int l = 0; m && l < m->n_layers && len + 1 < n; l++)
+        buf[len++] = layer_char(m, l);
     buf[len] = 0;
     return buf;
 }
@@ -435,13 +442,31 @@ const char *hyb_layermap_describe(const hyb_layermap *m, char *buf, size_t n) {
     buf[0] = 0;
     if (!m) return buf;
     sbuf s = {buf, n, 0};
-    sb_printf(&s, "%s: %d layers, d_model %d, d_ff %d, vocab %d, max_seq %d, norm_eps %g, %s "
-                  "embeddings (%s)\n",
+    sb_printf(&s,
+              "%s: %d layers, d_model %d, d_ff %d, vocab %d, max_seq %d, norm_eps %g, %s "
+              "embeddings (%s)\n",
               m->name, m->n_layers, m->d_model, m->d_ff, m->vocab_size, m->max_seq, m->norm_eps,
               m->tie_embeddings ? "tied" : "untied", m->path);
+    /* hybrids: how many layers each mixer runs, e.g. "mixers: attn (mha) x20, m2 (m2) x30" */
+    int used = 0, counts[HYB_MAX_MIXERS] = {0};
+    for (int l = 0; l < m->n_layers; l++) {
+        int k = m->layer_mixer[l];
+        if (k >= 0 && k < m->n_mixers && counts[k]++ == 0) used++;
+    }
+    if (used > 1) {
+        sb_printf(&s, "  mixers:");
+        for (int k = 0, first = 1; k < m->n_mixers; k++) {
+            if (!counts[k]) continue;
+            sb_printf(&s, "%s %s (%s) x%d", first ? "" : ",", m->mixers[k].name, m->mixers[k].type,
+                      counts[k]);
+            first = 0;
+        }
+        sb_printf(&s, "\n");
+    }
     for (int a = 0; a < m->n_layers;) {
         int b = a;
-        while (b + 1 < m->n_layers && m->layer_mixer[b + 1] == m->layer_mixer[a]) b++;
+        while (b + 1 < m->n_layers && m->layer_mixer[b + 1] == m->layer_mixer[a])
+            b++;
         int k = m->layer_mixer[a];
         const char *name = k >= 0 && k < m->n_mixers ? m->mixers[k].name : "?";
         const char *type = k >= 0 && k < m->n_mixers ? m->mixers[k].type : "?";
@@ -456,7 +481,8 @@ const char *hyb_layermap_describe(const hyb_layermap *m, char *buf, size_t n) {
         a = b + 1;
     }
     sb_printf(&s, "  pattern ");
-    for (int l = 0; l < m->n_layers; l++) sb_printf(&s, "%c", layer_char(m, l));
+    for (int l = 0; l < m->n_layers; l++)
+        sb_printf(&s, "%c", layer_char(m, l));
     sb_printf(&s, "\n");
     return buf;
 }

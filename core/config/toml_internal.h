@@ -35,8 +35,7 @@ int hyb_cfg_array_pos(const hyb_cfg_table *t, const char *key, int i, int *line,
 /* Position of byte `offset` of the string value of `key` inside the source text. Exact when the
  * string's text in the file equals its value (no escapes); otherwise the value's start. Returns
  * 0 when exact, 1 when approximate, -1 when the key is absent or not a string. */
-int hyb_cfg_string_pos(const hyb_cfg_table *t, const char *key, size_t offset, int *line,
-                       int *col);
+int hyb_cfg_string_pos(const hyb_cfg_table *t, const char *key, size_t offset, int *line, int *col);
 /* Error "source:line:col: <message>" at an explicit position. Returns HYB_ERR_FORMAT. */
 int hyb_cfg_error_at(const hyb_cfg_table *t, int line, int col, const char *fmt, ...)
 #if defined(__GNUC__)

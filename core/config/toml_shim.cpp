@@ -67,14 +67,18 @@ pos from_source(const toml::source_position &p) {
     return r;
 }
 
-const char *source_of(const hyb_cfg_table *t) { return t ? t->doc->source.c_str() : ""; }
+const char *source_of(const hyb_cfg_table *t) {
+    return t ? t->doc->source.c_str() : "";
+}
 
 const toml::node *lookup(const hyb_cfg_table *t, const char *key) {
     if (!t || !key) return nullptr;
     return t->tbl->get(std::string_view(key));
 }
 
-pos table_pos(const hyb_cfg_table *t) { return from_source(t->tbl->source().begin); }
+pos table_pos(const hyb_cfg_table *t) {
+    return from_source(t->tbl->source().begin);
+}
 
 /* Position of a key; falls back to its value, then to the table. */
 bool key_pos(const hyb_cfg_table *t, const char *key, pos *out) {
@@ -100,16 +104,26 @@ bool value_pos(const hyb_cfg_table *t, const char *key, pos *out) {
 
 const char *type_name(const toml::node &n) {
     switch (n.type()) {
-    case toml::node_type::string: return "string";
-    case toml::node_type::integer: return "integer";
-    case toml::node_type::floating_point: return "float";
-    case toml::node_type::boolean: return "boolean";
-    case toml::node_type::array: return "array";
-    case toml::node_type::table: return "table";
-    case toml::node_type::date: return "date";
-    case toml::node_type::time: return "time";
-    case toml::node_type::date_time: return "date-time";
-    default: return "nothing";
+    case toml::node_type::string:
+        return "string";
+    case toml::node_type::integer:
+        return "integer";
+    case toml::node_type::floating_point:
+        return "float";
+    case toml::node_type::boolean:
+        return "boolean";
+    case toml::node_type::array:
+        return "array";
+    case toml::node_type::table:
+        return "table";
+    case toml::node_type::date:
+        return "date";
+    case toml::node_type::time:
+        return "time";
+    case toml::node_type::date_time:
+        return "date-time";
+    default:
+        return "nothing";
     }
 }
 
@@ -171,7 +185,8 @@ size_t offset_of(const hyb_toml *doc, int line, int col) {
     for (int c = 1; c < col; c++) {
         if (o >= doc->text.size()) return std::string::npos;
         o++;
-        while (o < doc->text.size() && (((unsigned char)doc->text[o]) & 0xC0) == 0x80) o++;
+        while (o < doc->text.size() && (((unsigned char)doc->text[o]) & 0xC0) == 0x80)
+            o++;
     }
     return o;
 }
@@ -197,8 +212,10 @@ void build_tables(hyb_toml *doc, const toml::table *tbl, const std::string &path
     }
     std::stable_sort(ents.begin(), ents.end(),
                      [](const ent &a, const ent &b) { return a.p < b.p; });
-    for (auto &e : ents) w.keys.push_back(e.key);
-    for (auto &k : w.keys) w.key_ptrs.push_back(k.c_str());
+    for (auto &e : ents)
+        w.keys.push_back(e.key);
+    for (auto &k : w.keys)
+        w.key_ptrs.push_back(k.c_str());
     w.key_ptrs.push_back(nullptr);
     for (auto &e : ents)
         if (auto sub = e.node->as_table())
@@ -221,8 +238,8 @@ int parse_into(std::string &&text, const char *source, hyb_toml **out) {
     } catch (const toml::parse_error &e) {
         pos p = from_source(e.source().begin);
         std::string_view d = e.description();
-        return hyb_error_set(HYB_ERR_FORMAT, "%s:%d:%d: %.*s", source ? source : "<string>",
-                             p.line, p.col, (int)d.size(), d.data());
+        return hyb_error_set(HYB_ERR_FORMAT, "%s:%d:%d: %.*s", source ? source : "<string>", p.line,
+                             p.col, (int)d.size(), d.data());
     } catch (const std::bad_alloc &) {
         return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory while parsing TOML",
                              source ? source : "<string>");
@@ -236,7 +253,8 @@ int parse_into(std::string &&text, const char *source, hyb_toml **out) {
 size_t edit_distance(const char *a, const char *b) {
     size_t na = std::strlen(a), nb = std::strlen(b);
     std::vector<size_t> prev(nb + 1), cur(nb + 1);
-    for (size_t j = 0; j <= nb; j++) prev[j] = j;
+    for (size_t j = 0; j <= nb; j++)
+        prev[j] = j;
     for (size_t i = 1; i <= na; i++) {
         cur[0] = i;
         for (size_t j = 1; j <= nb; j++) {
@@ -266,8 +284,8 @@ extern "C" int hyb_toml_open(const char *path, hyb_toml **out) {
         while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) {
             text.append(buf, n);
             if (text.size() > kMaxFileBytes) {
-                rc = hyb_error_set(HYB_ERR_FORMAT, "%s: larger than %zu MiB, not a layer map",
-                                   path, kMaxFileBytes >> 20);
+                rc = hyb_error_set(HYB_ERR_FORMAT, "%s: larger than %zu MiB, not a layer map", path,
+                                   kMaxFileBytes >> 20);
                 break;
             }
         }
@@ -293,7 +311,8 @@ extern "C" int hyb_toml_open_string(const char *text, const char *source_name, h
     try {
         return parse_into(std::string(text), source_name, out);
     } catch (...) {
-        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", source_name ? source_name : "<string>");
+        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory",
+                             source_name ? source_name : "<string>");
     }
 }
 
@@ -309,7 +328,9 @@ extern "C" hyb_toml *hyb_toml_parse_string(const char *text, const char *source_
     return doc;
 }
 
-extern "C" void hyb_toml_free(hyb_toml *doc) { delete doc; }
+extern "C" void hyb_toml_free(hyb_toml *doc) {
+    delete doc;
+}
 
 extern "C" const hyb_cfg_table *hyb_toml_root(const hyb_toml *doc) {
     return doc && !doc->tables.empty() ? &doc->tables.front() : nullptr;
@@ -338,8 +359,7 @@ extern "C" int hyb_cfg_keys(const hyb_cfg_table *t, const char ***keys) {
     return (int)t->keys.size();
 }
 
-extern "C" const char *hyb_cfg_where(const hyb_cfg_table *t, const char *key, char *buf,
-                                     size_t n) {
+extern "C" const char *hyb_cfg_where(const hyb_cfg_table *t, const char *key, char *buf, size_t n) {
     if (!buf || n == 0) return buf;
     if (!t) {
         std::snprintf(buf, n, "(defaults)");
@@ -453,8 +473,8 @@ static int elem_type_error(const hyb_cfg_table *t, const char *key, int i, const
                            const char *want) {
     pos p = from_source(e.source().begin);
     if (!e.source().begin) value_pos(t, key, &p);
-    return set_at(HYB_ERR_FORMAT, t, p, "key '%s[%d]' must be %s, got %s",
-                  full_key(t, key).c_str(), i, want, describe_value(e).c_str());
+    return set_at(HYB_ERR_FORMAT, t, p, "key '%s[%d]' must be %s, got %s", full_key(t, key).c_str(),
+                  i, want, describe_value(e).c_str());
 }
 
 extern "C" int hyb_cfg_array_string(const hyb_cfg_table *t, const char *key, int i,
@@ -509,8 +529,8 @@ extern "C" int hyb_cfg_check_keys(const hyb_cfg_table *t, const char *const *all
         std::string suggestion;
         if (!hint.empty() && best <= 2 && best * 2 < std::max<size_t>(k.size(), 2))
             suggestion = " (did you mean '" + hint + "'?)";
-        std::string where = t->path.empty() ? std::string("at the top level")
-                                            : "in [" + t->path + "]";
+        std::string where =
+            t->path.empty() ? std::string("at the top level") : "in [" + t->path + "]";
         pos p;
         key_pos(t, k.c_str(), &p);
         return set_at(HYB_ERR_FORMAT, t, p, "unknown key '%s' %s%s; allowed: %s", k.c_str(),
@@ -536,9 +556,13 @@ extern "C" int hyb_cfg_error(const hyb_cfg_table *t, const char *key, const char
 
 /* ---- private helpers (toml_internal.h) ------------------------------------------------------*/
 
-extern "C" const char *hyb_cfg_source(const hyb_cfg_table *t) { return source_of(t); }
+extern "C" const char *hyb_cfg_source(const hyb_cfg_table *t) {
+    return source_of(t);
+}
 
-extern "C" const char *hyb_cfg_path(const hyb_cfg_table *t) { return t ? t->path.c_str() : ""; }
+extern "C" const char *hyb_cfg_path(const hyb_cfg_table *t) {
+    return t ? t->path.c_str() : "";
+}
 
 extern "C" const char *hyb_cfg_type(const hyb_cfg_table *t, const char *key) {
     const toml::node *n = lookup(t, key);
@@ -573,8 +597,8 @@ extern "C" int hyb_cfg_array_pos(const hyb_cfg_table *t, const char *key, int i,
     return 0;
 }
 
-extern "C" int hyb_cfg_string_pos(const hyb_cfg_table *t, const char *key, size_t offset,
-                                  int *line, int *col) {
+extern "C" int hyb_cfg_string_pos(const hyb_cfg_table *t, const char *key, size_t offset, int *line,
+                                  int *col) {
     pos p;
     value_pos(t, key, &p);
     *line = p.line;
@@ -589,9 +613,8 @@ extern "C" int hyb_cfg_string_pos(const hyb_cfg_table *t, const char *key, size_
     size_t e = offset_of(doc, (int)r.end.line, (int)r.end.column);
     if (b == std::string::npos || e == std::string::npos || e <= b) return 1;
     std::string_view raw(doc->text.data() + b, e - b);
-    size_t delim = (raw.size() >= 6 && (raw.substr(0, 3) == "\"\"\"" || raw.substr(0, 3) == "'''"))
-                       ? 3
-                       : 1;
+    size_t delim =
+        (raw.size() >= 6 && (raw.substr(0, 3) == "\"\"\"" || raw.substr(0, 3) == "'''")) ? 3 : 1;
     if (raw.size() < 2 * delim) return 1;
     pos at{(int)r.begin.line, (int)r.begin.column + (int)delim};
     size_t cb = b + delim, ce = e - delim; /* content bytes [cb, ce) */

@@ -464,15 +464,32 @@ static int hf_read_config(const char *path, hyb_llama_config *c) {
         goto out;
     }
     if ((rc = js_int(root, path, "head_dim", 0, c->d_model / c->n_heads, &c->head_dim))) goto out;
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
-    if (rs && !cJSON_IsNull(rs)) {
-        const cJSON *rt = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
-        if (!rt) rt = cJSON_GetObjectItemCaseSensitive(rs, "type");
-        if (!cJSON_IsString(rt) || strcmp(rt->valuestring, "default") != 0) {
-            rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: rope_scaling %s is not supported", path,
-                               cJSON_IsString(rt) ? rt->valuestring : "(unknown type)");
+    /* transformers >= 5 writes "rope_parameters": {"rope_theta": x, "rope_type": "default"};
+     * older files "rope_theta" at the top and "rope_scaling" (null when none). */
+    static const char *const rope_keys[] = {"rope_scaling", "rope_parameters"};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, rope_keys[k]);
+        if (!rs || cJSON_IsNull(rs)) continue;
+        if (!cJSON_IsObject(rs)) {
+            rc = hyb_error_set(HYB_ERR_FORMAT, "%s: \"%s\" must be an object", path, rope_keys[k]);
             goto out;
         }
+        const cJSON *rt = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+        if (!rt) rt = cJSON_GetObjectItemCaseSensitive(rs, "type");
+        if ((rt || k == 0) && (!cJSON_IsString(rt) || strcmp(rt->valuestring, "default") != 0)) {
+            rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: %s type %s is not supported", path,
+                               rope_keys[k], cJSON_IsString(rt) ? rt->valuestring : "(unknown)");
+            goto out;
+        }
+        if (cJSON_GetObjectItemCaseSensitive(rs, "rope_theta") &&
+            (rc = js_num(rs, path, "rope_theta", c->rope_theta, &c->rope_theta)))
+            goto out;
+    }
+    int mlp_bias = 0;
+    if ((rc = js_bool(root, path, "mlp_bias", 0, &mlp_bias))) goto out;
+    if (mlp_bias) {
+        rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: mlp_bias = true is not supported", path);
+        goto out;
     }
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
     if (cJSON_IsString(act) && strcmp(act->valuestring, "silu") != 0) {

@@ -414,6 +414,10 @@ static int cmp_added_len(const void *x, const void *y) {
     return a->id < b->id ? -1 : a->id > b->id;
 }
 
+static int hexval(char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
 int tok_finish(hyb_tokenizer *t) {
     for (int32_t i = 0; i < t->n_vocab; i++) {
         if (!t->text[i]) {
@@ -427,11 +431,10 @@ int tok_finish(hyb_tokenizer *t) {
         long pl = -1;
         if (t->dec_mode == TOK_DEC_BYTE_LEVEL) pl = bl_decode(s, n, p);
         if (t->dec_mode == TOK_DEC_SPM) {
-            unsigned v;
-            char tail;
-            if (t->dec_byte_fallback && n == 6 && sscanf(s, "<0x%2X%c", &v, &tail) == 2 &&
-                tail == '>') {
-                p[0] = (char)v;
+            int hi = n == 6 ? hexval(s[3]) : -1, lo = n == 6 ? hexval(s[4]) : -1;
+            if (t->dec_byte_fallback && n == 6 && memcmp(s, "<0x", 3) == 0 && s[5] == '>' &&
+                hi >= 0 && lo >= 0) {
+                p[0] = (char)(hi * 16 + lo);
                 pl = 1;
             } else { /* "▁" (E2 96 81) -> ' ' */
                 size_t o = 0;
@@ -505,8 +508,10 @@ hyb_tokenizer *hyb_tokenizer_new_bpe(const hyb_tokenizer_spec *spec) {
         const char *s = spec->vocab[i] ? spec->vocab[i] : "";
         int type = spec->token_types ? spec->token_types[i] : HYB_TOKEN_NORMAL;
         rc = tok_set_token(t, i, s, strlen(s), type, 1);
-        if (rc == HYB_OK && (type == HYB_TOKEN_CONTROL || type == HYB_TOKEN_USER_DEFINED))
-            rc = tok_add_added(t, s, strlen(s), i, type == HYB_TOKEN_CONTROL, 0, 0);
+        /* control, unknown and user-defined tokens are matched in text (HF: added tokens) */
+        if (rc == HYB_OK && (type == HYB_TOKEN_CONTROL || type == HYB_TOKEN_UNKNOWN ||
+                             type == HYB_TOKEN_USER_DEFINED))
+            rc = tok_add_added(t, s, strlen(s), i, type != HYB_TOKEN_USER_DEFINED, 0, 0);
     }
     for (int32_t r = 0; r < spec->n_merges && rc == HYB_OK; r++) {
         const char *m = spec->merges[r];
@@ -967,13 +972,16 @@ static int bpe_word_cached(const hyb_tokenizer *t, enc_state *s, const char *w, 
             int32_t *ni = realloc(mt->cache_ids, nc * sizeof *ni);
             if (ni) mt->cache_ids = ni, mt->cache_ids_cap = nc;
         }
-        if (need <= mt->cache_ids_cap &&
-            tok_strmap_put(&mt->cache, w, n, (int32_t)mt->cache_ids_n) == HYB_OK) {
-            mt->cache_ids[mt->cache_ids_n] = (int32_t)cnt;
-            if (cnt) memcpy(mt->cache_ids + mt->cache_ids_n + 1, s->ids + before, cnt * sizeof(int32_t));
-            mt->cache_ids_n = need;
+        if (need <= mt->cache_ids_cap) {
+            if (tok_strmap_put(&mt->cache, w, n, (int32_t)mt->cache_ids_n) == HYB_OK) {
+                mt->cache_ids[mt->cache_ids_n] = (int32_t)cnt;
+                if (cnt)
+                    memcpy(mt->cache_ids + mt->cache_ids_n + 1, s->ids + before, cnt * sizeof(int32_t));
+                mt->cache_ids_n = need;
+            } else {
+                hyb_error_clear(); /* a failed cache insert is not an error of the encode */
+            }
         }
-        hyb_error_clear(); /* a failed cache insert is not an error of the encode */
         pthread_mutex_unlock(&mt->cache_lock);
     }
     return HYB_OK;
@@ -1097,7 +1105,9 @@ long hyb_tokenizer_decode(const hyb_tokenizer *t, const int32_t *ids, size_t n, 
         if (id < 0 || id >= t->n_vocab)
             return hyb_error_set(HYB_ERR_ARG, "hyb_tokenizer_decode: id %d at %zu out of range [0, %d)",
                                  (int)id, i, (int)t->n_vocab);
-        if ((flags & HYB_TOK_SKIP_SPECIAL) && t->type[id] == HYB_TOKEN_CONTROL) continue;
+        if ((flags & HYB_TOK_SKIP_SPECIAL) &&
+            (t->type[id] == HYB_TOKEN_CONTROL || t->type[id] == HYB_TOKEN_UNKNOWN))
+            continue;
         const char *p = t->piece[id];
         size_t pl = t->piece_len[id];
         if (at_start && pl > 0) {

@@ -27,36 +27,39 @@ static const char *const MHA_KEYS[] = {"type",     "symbol",     "n_heads", "n_k
 static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void **self) {
     *self = NULL;
     int D = dims->d_model;
-    if (D <= 0) return H_->error(HYB_ERR_ARG, "mha (layer %d): d_model must be > 0, got %d", dims->layer, D);
+    if (D <= 0)
+        return H_->error(HYB_ERR_ARG, "mha (layer %d): d_model must be > 0, got %d", dims->layer,
+                         D);
     int64_t nh = 0, nkv = 0, hd = 0, bias = 0;
     double theta = 10000.0;
     int64_t def_h = D % 64 == 0 ? D / 64 : 0;
     int bias_i = 0;
-#define CFG_ERR(key, fmt, ...) H_->cfg_error(cfg, key, "mha (layer %d): " fmt, dims->layer, __VA_ARGS__)
+#define CFG_ERR(key, fmt, ...)                                                                     \
+    H_->cfg_error(cfg, key, "mha (layer %d): " fmt, dims->layer, __VA_ARGS__)
     if (cfg) {
         HYB_TRY(H_->cfg_check_keys(cfg, MHA_KEYS));
         HYB_TRY(H_->cfg_int(cfg, "n_heads", def_h, &nh));
         if (nh <= 0)
-            return CFG_ERR("n_heads", "n_heads must be >= 1, got %lld (the default d_model / 64 "
-                                 "needs d_model %% 64 == 0; d_model = %d)",
-                                 (long long)nh, D);
+            return CFG_ERR("n_heads",
+                           "n_heads must be >= 1, got %lld (the default d_model / 64 "
+                           "needs d_model %% 64 == 0; d_model = %d)",
+                           (long long)nh, D);
         HYB_TRY(H_->cfg_int(cfg, "n_kv_heads", nh, &nkv));
         if (nkv <= 0 || nkv > nh || nh % nkv != 0)
-            return CFG_ERR("n_kv_heads",
-                                 "n_kv_heads must divide n_heads = %lld, got %lld",
-                                 (long long)nh, (long long)nkv);
+            return CFG_ERR("n_kv_heads", "n_kv_heads must divide n_heads = %lld, got %lld",
+                           (long long)nh, (long long)nkv);
         HYB_TRY(H_->cfg_int(cfg, "head_dim", -1, &hd));
         if (hd == -1) { /* missing: d_model / n_heads */
             if (D % nh != 0)
                 return CFG_ERR("n_heads",
-                                     "d_model = %d is not a multiple of n_heads = %lld; set head_dim",
-                                     D, (long long)nh);
+                               "d_model = %d is not a multiple of n_heads = %lld; set head_dim", D,
+                               (long long)nh);
             hd = D / nh;
         }
         if (hd <= 0 || hd % 2 != 0 || hd > 1024)
             return CFG_ERR("head_dim",
-                                 "head_dim must be even and in [2, 1024] (RoPE rotates pairs), got %lld",
-                                 (long long)hd);
+                           "head_dim must be even and in [2, 1024] (RoPE rotates pairs), got %lld",
+                           (long long)hd);
         HYB_TRY(H_->cfg_float(cfg, "rope_theta", 10000.0, &theta));
         if (!(theta > 1.0) || theta > 1e12)
             return CFG_ERR("rope_theta", "rope_theta must be in (1, 1e12], got %g", theta);
@@ -65,10 +68,11 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
 #undef CFG_ERR
     } else {
         if (def_h == 0)
-            return H_->error(HYB_ERR_ARG,
-                             "mha (layer %d): no config table and d_model = %d is not a multiple of 64; "
-                             "give n_heads",
-                             dims->layer, D);
+            return H_->error(
+                HYB_ERR_ARG,
+                "mha (layer %d): no config table and d_model = %d is not a multiple of 64; "
+                "give n_heads",
+                dims->layer, D);
         nh = nkv = def_h;
         hd = 64;
     }
@@ -88,7 +92,9 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
     return HYB_OK;
 }
 
-static void mha_destroy(void *self) { H_->free(self); }
+static void mha_destroy(void *self) {
+    H_->free(self);
+}
 
 static int mha_describe(void *self, char *buf, size_t n) {
     mha *m = self;
@@ -97,7 +103,9 @@ static int mha_describe(void *self, char *buf, size_t n) {
     return HYB_OK;
 }
 
-static int mha_n_params(void *self) { return ((mha *)self)->bias ? 7 : 4; }
+static int mha_n_params(void *self) {
+    return ((mha *)self)->bias ? 7 : 4;
+}
 
 static void decl2(hyb_param_decl *d, const char *name, int64_t out, int64_t in, int init, float a,
                   int no_decay) {
@@ -115,16 +123,32 @@ static int mha_param_decl(void *self, int i, hyb_param_decl *d) {
     mha *m = self;
     int64_t qd = (int64_t)m->H * m->hd, kd = (int64_t)m->KV * m->hd;
     switch (i) {
-    case MHA_WQ: decl2(d, "q_proj.weight", qd, m->D, HYB_INIT_NORMAL, 0.02f, 0); break;
-    case MHA_WK: decl2(d, "k_proj.weight", kd, m->D, HYB_INIT_NORMAL, 0.02f, 0); break;
-    case MHA_WV: decl2(d, "v_proj.weight", kd, m->D, HYB_INIT_NORMAL, 0.02f, 0); break;
-    case MHA_WO: decl2(d, "o_proj.weight", m->D, qd, HYB_INIT_NORMAL, 0.02f, 0); break;
-    case MHA_BQ: decl2(d, "q_proj.bias", qd, 0, HYB_INIT_ZEROS, 0, 1); break;
-    case MHA_BK: decl2(d, "k_proj.bias", kd, 0, HYB_INIT_ZEROS, 0, 1); break;
-    case MHA_BV: decl2(d, "v_proj.bias", kd, 0, HYB_INIT_ZEROS, 0, 1); break;
-    default: return H_->error(HYB_ERR_ARG, "mha: param_decl index %d out of range", i);
+    case MHA_WQ:
+        decl2(d, "q_proj.weight", qd, m->D, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case MHA_WK:
+        decl2(d, "k_proj.weight", kd, m->D, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case MHA_WV:
+        decl2(d, "v_proj.weight", kd, m->D, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case MHA_WO:
+        decl2(d, "o_proj.weight", m->D, qd, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case MHA_BQ:
+        decl2(d, "q_proj.bias", qd, 0, HYB_INIT_ZEROS, 0, 1);
+        break;
+    case MHA_BK:
+        decl2(d, "k_proj.bias", kd, 0, HYB_INIT_ZEROS, 0, 1);
+        break;
+    case MHA_BV:
+        decl2(d, "v_proj.bias", kd, 0, HYB_INIT_ZEROS, 0, 1);
+        break;
+    default:
+        return H_->error(HYB_ERR_ARG, "mha: param_decl index %d out of range", i);
     }
-    if (i >= MHA_BQ && !m->bias) return H_->error(HYB_ERR_ARG, "mha: param_decl index %d out of range", i);
+    if (i >= MHA_BQ && !m->bias)
+        return H_->error(HYB_ERR_ARG, "mha: param_decl index %d out of range", i);
     return HYB_OK;
 }
 
@@ -164,7 +188,8 @@ static const hyb_mixer_desc MHA_DESC = {
     .struct_size = sizeof(hyb_mixer_desc),
     .name = "mha",
     .version = "1.0.0",
-    .description = "causal multi-head / grouped-query attention with RoPE and a KV cache (HF llama)",
+    .description =
+        "causal multi-head / grouped-query attention with RoPE and a KV cache (HF llama)",
     .hf_prefix = "self_attn",
     .devices = HYB_DEVBIT_CPU,
     .create = mha_create,

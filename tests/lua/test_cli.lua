@@ -67,6 +67,15 @@ if arg[1] == "exit" then os.exit(tonumber(arg[2])) end
   H.check(out:find("chunk\tz", 1, true), "run -e output: " .. out)
 end)
 
+H.run("Ctrl-C stops a script with a traceback", function()
+  local cmd = "( " .. HYB .. " run -e 'local x = 0 while true do x = x + 1 end' & pid=$!; sleep 1; " ..
+    "kill -INT $pid; wait $pid; echo \"status $?\" )"
+  local out = H.sh(cmd)
+  H.check(out:find("hyb: interrupted", 1, true) and out:find("stack traceback:", 1, true),
+    "interrupted message and traceback: " .. out)
+  H.check(out:find("status 1", 1, true), "exit status 1 after an interrupt: " .. out)
+end)
+
 H.run("usage errors exit 2", function()
   local out, code = H.sh(HYB)
   H.eq(code, 2, "no command")

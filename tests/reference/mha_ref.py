@@ -3,7 +3,10 @@
 `mha` plugin must reproduce), run in float64 on a small GQA shape with head_dim != D / n_heads.
 
 Run once, under the venv that has torch + transformers (not needed by the build or by ctest):
-    /work/venv/bin/python3 tests/reference/mha_ref.py      # writes tests/data/mha_golden.bin
+    /work/venv/bin/python3 tests/reference/mha_ref.py
+writes tests/data/mha_golden.bin (B=2, T=7, D=32, H=4, KV=2, hd=12) and
+tests/data/mha_golden_long.bin (B=1, T=150, D=16, H=4, KV=2, hd=8: spans several of the
+plugin's 64-query attention blocks, the last one partial).
 
 File layout (little-endian):
     int32[8]  magic 0x4D484131 ("1AHM"), B, T, D, H, KV, hd, 0
@@ -23,14 +26,17 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
 
-B, T, D, H, KV, HD, THETA = 2, 7, 32, 4, 2, 12, 10000.0
+CASES = [  # file, B, T, D, H, KV, hd, theta, seed
+    ("mha_golden.bin", 2, 7, 32, 4, 2, 12, 10000.0, 1234),
+    ("mha_golden_long.bin", 1, 150, 16, 4, 2, 8, 500.0, 4321),
+]
 
 
-def main():
-    torch.manual_seed(1234)
-    rng = np.random.default_rng(1234)
+def write_case(fname, B, T, D, H, KV, HD, THETA, seed):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     cfg = LlamaConfig(hidden_size=D, num_attention_heads=H, num_key_value_heads=KV, head_dim=HD,
-                      rope_theta=THETA, attention_bias=False, max_position_embeddings=64,
+                      rope_theta=THETA, attention_bias=False, max_position_embeddings=256,
                       intermediate_size=64, num_hidden_layers=1, vocab_size=16)
     cfg._attn_implementation = "eager"
     attn = LlamaAttention(cfg, layer_idx=0).double()
@@ -53,7 +59,7 @@ def main():
     y, _ = attn(xt, position_embeddings=(cos, sin), attention_mask=mask)
     (y * torch.from_numpy(dy).double()).sum().backward()
 
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "mha_golden.bin")
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", fname)
     with open(out, "wb") as f:
         f.write(struct.pack("<8i", 0x4D484131, B, T, D, H, KV, HD, 0))
         f.write(struct.pack("<d", THETA))
@@ -62,6 +68,11 @@ def main():
         for a in arrays:
             f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
     print("wrote", os.path.normpath(out), "max|y| = %.4f" % float(y.detach().abs().max()))
+
+
+def main():
+    for case in CASES:
+        write_case(*case)
 
 
 if __name__ == "__main__":
