@@ -36,8 +36,8 @@ struct hyb_node {
 };
 
 struct hyb_graph {
-    hyb_arena *host;                    /* tensor structs, host-side saved data, CPU activations */
-    hyb_arena *dev[2];                  /* per device data arena; dev[HYB_DEV_CPU] == host */
+    hyb_arena *host;   /* tensor structs, host-side saved data, CPU activations */
+    hyb_arena *dev[2]; /* per device data arena; dev[HYB_DEV_CPU] == host */
     hyb_node *nodes;
     int n_nodes, cap_nodes;
     int grad_enabled;
@@ -59,6 +59,10 @@ hyb_node *graph_record(hyb_graph *g, const char *op, hyb_tensor *out, hyb_tensor
  * tensor's grad is allocated (zeroed) on first use; a non-arena tensor must bring its own ->grad of
  * t's shape, f32, same device (error otherwise). */
 int graph_grad(hyb_graph *g, hyb_tensor *t, float **out);
+
+/* Reverse pass from a non-scalar output with upstream gradient seed[numel(out)] (host memory);
+ * hyb_graph_backward is the scalar case. Used by the gradient checks. */
+int graph_backward_seed(hyb_graph *g, hyb_tensor *out, const float *seed);
 
 /* Backend of a device, error prefixed with the op. */
 const hyb_backend *op_backend(const char *op, hyb_device dev);

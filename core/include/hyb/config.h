@@ -69,7 +69,7 @@ int hyb_cfg_int(const hyb_cfg_table *t, const char *key, int64_t def, int64_t *o
 int hyb_cfg_float(const hyb_cfg_table *t, const char *key, double def, double *out);
 int hyb_cfg_bool(const hyb_cfg_table *t, const char *key, int def, int *out);
 int hyb_cfg_string(const hyb_cfg_table *t, const char *key, const char *def, const char **out);
-/* Arrays: count (-1 + error if `key` is not an array); element getters. */
+/* Arrays: count (0 when `key` is missing, -1 + error if it is not an array); element getters. */
 int hyb_cfg_array_len(const hyb_cfg_table *t, const char *key);
 int hyb_cfg_array_string(const hyb_cfg_table *t, const char *key, int i, const char **out);
 int hyb_cfg_array_int(const hyb_cfg_table *t, const char *key, int i, int64_t *out);
@@ -110,9 +110,12 @@ typedef struct hyb_layermap {
 int hyb_layermap_load(const char *path, hyb_layermap **out);
 int hyb_layermap_parse(const char *text, const char *source_name, hyb_layermap **out);
 void hyb_layermap_free(hyb_layermap *m);
-/* Deep copy with layer i's mixer index changed (used by model:swap). */
+/* In place: layer `layer` now runs mixers[mixer_index] (used by model:swap). HYB_ERR_ARG when
+ * either index is out of range. */
 int hyb_layermap_set_layer(hyb_layermap *m, int layer, int mixer_index);
-/* Add a mixer spec (e.g. for swap to a type not in the file): returns its index. */
+/* Add a mixer spec (e.g. for swap to a type not in the file): returns its index (the existing one
+ * when a spec with this name, type and table is already there), or a negative status. `table` is
+ * not copied: it must outlive the map (NULL: the plugin's defaults). */
 int hyb_layermap_add_mixer(hyb_layermap *m, const char *name, const char *type,
                            const hyb_cfg_table *table);
 /* Human-readable resolved layout: a header line with dims, one line per run of equal layers,

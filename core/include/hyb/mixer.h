@@ -24,8 +24,10 @@ extern "C" {
 /* The host service table handed to plugins. */
 const hyb_host *hyb_host_services(void);
 
-/* Load one plugin file. Checks the entry symbol, ABI version ("built for ABI 2, this hyb has
- * ABI 1") and struct size, and that required vtable entries are non-NULL. Registers it. */
+/* Load one plugin file. Checks the entry symbol, ABI version ("built for plugin ABI 2, this hyb
+ * has ABI 1") and struct size, that required vtable entries are non-NULL and that no other file
+ * registered the same mixer name. Registers it. Loading an already loaded file (same real path)
+ * returns its descriptor again. Plugins stay loaded until the process exits. */
 int hyb_plugin_load_file(const char *path, const hyb_mixer_desc **out);
 /* Find a plugin by mixer type name, loading libhyb-<name>.so from the search path on first use.
  * Not found: HYB_ERR_NOTFOUND, message lists the directories searched and the known mixers. */

@@ -14,9 +14,13 @@
  *   static const hyb_mixer_desc DESC = { HYB_PLUGIN_ABI_VERSION, sizeof(hyb_mixer_desc),
  *                                        "mymixer", "0.1.0", ... };
  *   HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {
- *       if (host->abi_version != HYB_PLUGIN_ABI_VERSION) return NULL;
- *       H = host; return &DESC;
+ *       H = host; return &DESC;   // no other use of host here: the host checks versions first
  *   }
+ *
+ * Return the descriptor unconditionally: abi_version and struct_size (the first two fields of
+ * both hyb_host and hyb_mixer_desc) keep their place in every ABI version, so the host can read
+ * them from any plugin and name both versions in its error. A plugin that returns NULL is
+ * reported as "refused this host" (with the message it set through host->error, if any).
  *
  * Conventions:
  *  - Every function returns 0 on success or a negative hyb_status; on failure it first calls

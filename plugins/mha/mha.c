@@ -1,0 +1,214 @@
+/* plugins/mha/mha.c: the `mha` mixer plugin: descriptor, TOML config, parameters, decode state.
+ * The math (forward, backward, decode) is in mha_attn.c. See mha.h for shapes and layouts.
+ *
+ * TOML keys of [mixers.<name>] (type = "mha"):
+ *   n_heads     query heads H (default d_model / 64)
+ *   n_kv_heads  key/value heads KV, H % KV == 0 (default n_heads: plain multi-head attention)
+ *   head_dim    hd, even (default d_model / n_heads, which must then divide evenly)
+ *   rope_theta  RoPE base (default 10000)
+ *   bias        q/k/v projection biases (default false; o_proj never has one)
+ *   type, symbol  read by the layer map, accepted here
+ *
+ * Initialisation: every weight N(0, 0.02), as HF LlamaPreTrainedModel._init_weights with
+ * initializer_range = 0.02; biases zero. Applied by the host from the declarations (no
+ * init_params).
+ */
+#include "mha.h"
+
+#include <stdio.h>
+#include <string.h>
+
+const hyb_host *mha_host;
+#define H_ mha_host
+
+static const char *const MHA_KEYS[] = {"type",     "symbol",     "n_heads", "n_kv_heads",
+                                       "head_dim", "rope_theta", "bias",    NULL};
+
+static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void **self) {
+    *self = NULL;
+    int D = dims->d_model;
+    if (D <= 0)
+        return H_->error(HYB_ERR_ARG, "mha (layer %d): d_model must be > 0, got %d", dims->layer,
+                         D);
+    int64_t nh = 0, nkv = 0, hd = 0, bias = 0;
+    double theta = 10000.0;
+    int64_t def_h = D % 64 == 0 ? D / 64 : 0;
+    int bias_i = 0;
+#define CFG_ERR(key, fmt, ...)                                                                     \
+    H_->cfg_error(cfg, key, "mha (layer %d): " fmt, dims->layer, __VA_ARGS__)
+    if (cfg) {
+        HYB_TRY(H_->cfg_check_keys(cfg, MHA_KEYS));
+        HYB_TRY(H_->cfg_int(cfg, "n_heads", def_h, &nh));
+        if (nh <= 0)
+            return CFG_ERR("n_heads",
+                           "n_heads must be >= 1, got %lld (the default d_model / 64 "
+                           "needs d_model %% 64 == 0; d_model = %d)",
+                           (long long)nh, D);
+        HYB_TRY(H_->cfg_int(cfg, "n_kv_heads", nh, &nkv));
+        if (nkv <= 0 || nkv > nh || nh % nkv != 0)
+            return CFG_ERR("n_kv_heads", "n_kv_heads must divide n_heads = %lld, got %lld",
+                           (long long)nh, (long long)nkv);
+        HYB_TRY(H_->cfg_int(cfg, "head_dim", -1, &hd));
+        if (hd == -1) { /* missing: d_model / n_heads */
+            if (D % nh != 0)
+                return CFG_ERR("n_heads",
+                               "d_model = %d is not a multiple of n_heads = %lld; set head_dim", D,
+                               (long long)nh);
+            hd = D / nh;
+        }
+        if (hd <= 0 || hd % 2 != 0 || hd > 1024)
+            return CFG_ERR("head_dim",
+                           "head_dim must be even and in [2, 1024] (RoPE rotates pairs), got %lld",
+                           (long long)hd);
+        HYB_TRY(H_->cfg_float(cfg, "rope_theta", 10000.0, &theta));
+        if (!(theta > 1.0) || theta > 1e12)
+            return CFG_ERR("rope_theta", "rope_theta must be in (1, 1e12], got %g", theta);
+        HYB_TRY(H_->cfg_bool(cfg, "bias", 0, &bias_i));
+        bias = bias_i;
+#undef CFG_ERR
+    } else {
+        if (def_h == 0)
+            return H_->error(
+                HYB_ERR_ARG,
+                "mha (layer %d): no config table and d_model = %d is not a multiple of 64; "
+                "give n_heads",
+                dims->layer, D);
+        nh = nkv = def_h;
+        hd = 64;
+    }
+    if (nh * hd > (1 << 20) || nh > 4096)
+        return H_->error(HYB_ERR_ARG, "mha (layer %d): n_heads * head_dim = %lld is too large",
+                         dims->layer, (long long)(nh * hd));
+    mha *m = H_->alloc(sizeof *m);
+    if (!m) return HYB_ERR_NOMEM;
+    m->D = D;
+    m->H = (int)nh;
+    m->KV = (int)nkv;
+    m->hd = (int)hd;
+    m->layer = dims->layer;
+    m->bias = (int)bias;
+    m->theta = (float)theta;
+    *self = m;
+    return HYB_OK;
+}
+
+static void mha_destroy(void *self) {
+    H_->free(self);
+}
+
+static int mha_describe(void *self, char *buf, size_t n) {
+    mha *m = self;
+    snprintf(buf, n, "mha H=%d KV=%d hd=%d theta=%g%s", m->H, m->KV, m->hd, (double)m->theta,
+             m->bias ? " bias" : "");
+    return HYB_OK;
+}
+
+static int mha_n_params(void *self) {
+    return ((mha *)self)->bias ? 7 : 4;
+}
+
+static void decl2(hyb_param_decl *d, const char *name, int64_t out, int64_t in, int init, float a,
+                  int no_decay) {
+    memset(d, 0, sizeof *d);
+    snprintf(d->name, sizeof d->name, "%s", name);
+    d->ndim = in > 0 ? 2 : 1;
+    d->shape[0] = out;
+    if (in > 0) d->shape[1] = in;
+    d->init = init;
+    d->init_a = a;
+    d->no_decay = no_decay;
+}
+
+static int mha_param_decl(void *self, int i, hyb_param_decl *d) {
+    mha *m = self;
+    int64_t qd = (int64_t)m->H * m->hd, kd = (int64_t)m->KV * m->hd;
+    switch (i) {
+    case MHA_WQ:
+        decl2(d, "q_proj.weight", qd, m->D, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case MHA_WK:
+        decl2(d, "k_proj.weight", kd, m->D, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case MHA_WV:
+        decl2(d, "v_proj.weight", kd, m->D, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case MHA_WO:
+        decl2(d, "o_proj.weight", m->D, qd, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case MHA_BQ:
+        decl2(d, "q_proj.bias", qd, 0, HYB_INIT_ZEROS, 0, 1);
+        break;
+    case MHA_BK:
+        decl2(d, "k_proj.bias", kd, 0, HYB_INIT_ZEROS, 0, 1);
+        break;
+    case MHA_BV:
+        decl2(d, "v_proj.bias", kd, 0, HYB_INIT_ZEROS, 0, 1);
+        break;
+    default:
+        return H_->error(HYB_ERR_ARG, "mha: param_decl index %d out of range", i);
+    }
+    if (i >= MHA_BQ && !m->bias)
+        return H_->error(HYB_ERR_ARG, "mha: param_decl index %d out of range", i);
+    return HYB_OK;
+}
+
+static size_t mha_state_bytes(void *self, int max_ctx) {
+    mha *m = self;
+    return max_ctx <= 0 ? 0 : 2 * (size_t)m->KV * m->hd * (size_t)max_ctx * sizeof(float);
+}
+
+static int64_t mha_state_snapshot(void *self, const void *state, int pos, int max_ctx, void *dst) {
+    mha *m = self;
+    if (pos < 0 || pos > max_ctx)
+        return H_->error(HYB_ERR_ARG, "mha (layer %d): snapshot of %d tokens from a state of %d",
+                         m->layer, pos, max_ctx);
+    size_t kd = (size_t)m->KV * m->hd, rows = kd * (size_t)pos * sizeof(float);
+    if (dst) {
+        const char *s = state;
+        memcpy(dst, s, rows);
+        memcpy((char *)dst + rows, s + kd * (size_t)max_ctx * sizeof(float), rows);
+    }
+    return (int64_t)(2 * rows);
+}
+
+static int mha_state_restore(void *self, void *state, const void *src, int pos, int max_ctx) {
+    mha *m = self;
+    if (pos < 0 || pos > max_ctx)
+        return H_->error(HYB_ERR_ARG, "mha (layer %d): restore of %d tokens into a state of %d",
+                         m->layer, pos, max_ctx);
+    size_t kd = (size_t)m->KV * m->hd, rows = kd * (size_t)pos * sizeof(float);
+    char *s = state;
+    memcpy(s, src, rows);
+    memcpy(s + kd * (size_t)max_ctx * sizeof(float), (const char *)src + rows, rows);
+    return HYB_OK;
+}
+
+static const hyb_mixer_desc MHA_DESC = {
+    .abi_version = HYB_PLUGIN_ABI_VERSION,
+    .struct_size = sizeof(hyb_mixer_desc),
+    .name = "mha",
+    .version = "1.0.0",
+    .description =
+        "causal multi-head / grouped-query attention with RoPE and a KV cache (HF llama)",
+    .hf_prefix = "self_attn",
+    .devices = HYB_DEVBIT_CPU,
+    .create = mha_create,
+    .destroy = mha_destroy,
+    .describe = mha_describe,
+    .n_params = mha_n_params,
+    .param_decl = mha_param_decl,
+    .init_params = NULL,
+    .saved_bytes = mha_saved_bytes,
+    .forward = mha_forward,
+    .backward = mha_backward,
+    .state_bytes = mha_state_bytes,
+    .decode = mha_decode,
+    .state_snapshot = mha_state_snapshot,
+    .state_restore = mha_state_restore,
+    .init_from = NULL,
+};
+
+HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {
+    mha_host = host; /* used only after the host accepted MHA_DESC's version */
+    return &MHA_DESC;
+}

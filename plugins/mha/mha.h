@@ -1,0 +1,40 @@
+/* plugins/mha/mha.h: internal header of the `mha` mixer plugin (causal GQA attention, RoPE,
+ * per-sequence KV cache; HF LlamaAttention semantics). Not part of the ABI.
+ *
+ * Shapes (D = d_model, H = n_heads, KV = n_kv_heads, hd = head_dim, qd = H*hd, kd = KV*hd):
+ *   params, in declaration order:
+ *     0 q_proj.weight [qd, D]   1 k_proj.weight [kd, D]   2 v_proj.weight [kd, D]
+ *     3 o_proj.weight [D, qd]   (bias = true adds 4 q_proj.bias [qd], 5 k_proj.bias [kd],
+ *                                6 v_proj.bias [kd], Qwen2-style; o_proj has no bias)
+ *   decode state of one sequence (f32): K cache [max_ctx, kd] then V cache [max_ctx, kd];
+ *     row t holds token t (K after RoPE). Snapshot of `pos` tokens: K rows [0, pos) then
+ *     V rows [0, pos), 2*pos*kd*4 bytes.
+ *   saved (training forward -> backward): a 64-byte header, then Q [B*T, qd] and K [B*T, kd]
+ *     (both after RoPE), V [B*T, kd], O [B*T, qd] (attention output before o_proj),
+ *     LSE [B, H, T] (log-sum-exp of each softmax row, so backward recomputes P exactly).
+ */
+#ifndef HYB_PLUGIN_MHA_H
+#define HYB_PLUGIN_MHA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hyb/common.h" /* hyb_status values only: plugins never link against libhyb */
+#include "hyb/plugin.h"
+
+extern const hyb_host *mha_host;
+
+enum { MHA_WQ = 0, MHA_WK, MHA_WV, MHA_WO, MHA_BQ, MHA_BK, MHA_BV };
+
+typedef struct mha {
+    int D, H, KV, hd, layer;
+    int bias;    /* 1: q/k/v projections have biases */
+    float theta; /* RoPE base */
+} mha;
+
+size_t mha_saved_bytes(void *self, int B, int T);
+int mha_forward(void *self, const hyb_mixer_fwd *a);
+int mha_backward(void *self, const hyb_mixer_bwd *a);
+int mha_decode(void *self, const hyb_mixer_dec *a);
+
+#endif

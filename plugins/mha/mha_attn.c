@@ -1,0 +1,418 @@
+/* plugins/mha/mha_attn.c: forward, backward and decode of the `mha` mixer on the CPU (f32).
+ *
+ *   q = RoPE(x Wq^T + bq), k = RoPE(x Wk^T + bk), v = x Wv^T + bv        per head, GQA group
+ *   o_h[t] = sum_{j <= pos+t} softmax_j(q_h[t] . k_g[j] / sqrt(hd)) v_g[j], g = h / (H / KV)
+ *   y = o Wo^T
+ *
+ * Softmax in f32 with the row maximum subtracted; forward saves the log-sum-exp of each row so
+ * backward recomputes the probabilities exactly instead of storing [T, T] per head.
+ * Projections go through host->sgemm over all B*T rows. Prefill/training attention works on
+ * blocks of QBLK queries per (sequence, head): scores and outputs are host->sgemm calls (which
+ * thread inside), so no OpenMP region is opened per block (cheap regions still cost a barrier
+ * each, which is ruinous on a loaded machine). Decode attends row by row (a GEMV-shaped,
+ * memory-bound loop) with OpenMP over (sequence, head) when the step is large enough.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "mha.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define H_ mha_host
+#define SAVED_MAGIC 0x31414d48u /* "HMA1" */
+#define QBLK 64                 /* query rows per attention block */
+
+typedef struct saved_hdr {
+    uint32_t magic;
+    int32_t B, T;
+    uint8_t pad[52];
+} saved_hdr;
+
+static int max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static inline float dot(const float *a, const float *b, int n) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+    }
+    for (; i < n; i++)
+        s0 += a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+static inline void axpy(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+/* One query row against n keys. q: [hd]; key j at k + j*ld, value j at v + j*ld; out: [hd]
+ * written; s: [n] scratch. Returns the log-sum-exp of the scaled scores. */
+static float attend_row(const float *q, const float *k, const float *v, size_t ld, int n, int hd,
+                        float scale, float *s, float *out) {
+    float m = -INFINITY;
+    for (int j = 0; j < n; j++) {
+        s[j] = dot(q, k + (size_t)j * ld, hd) * scale;
+        if (s[j] > m) m = s[j];
+    }
+    float l = 0;
+    for (int j = 0; j < n; j++) {
+        s[j] = expf(s[j] - m);
+        l += s[j];
+    }
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int j = 0; j < n; j++)
+        axpy(out, s[j], v + (size_t)j * ld, hd);
+    float inv = 1.0f / l;
+    for (int i = 0; i < hd; i++)
+        out[i] *= inv;
+    return m + logf(l);
+}
+
+/* Queries [qb] (row r at q + r*ldq, absolute position p_first + r) against keys/values
+ * 0 .. p_first + qb - 1 (row j at k + j*ldk, v + j*ldk), causal. s: [qb * (p_first + qb)]
+ * scratch. out row r at o + r*ldo; lse[r] = log-sum-exp of row r's scaled scores. */
+static void attend_block(const float *q, size_t ldq, const float *k, const float *v, size_t ldk,
+                         int p_first, int qb, int hd, float scale, float *s, float *o, size_t ldo,
+                         float *lse) {
+    const int nk = p_first + qb;
+    H_->sgemm(0, 1, qb, nk, hd, scale, q, (int)ldq, k, (int)ldk, 0.0f, s, nk);
+    for (int r = 0; r < qb; r++) {
+        float *sr = s + (size_t)r * nk;
+        const int n = p_first + r + 1;
+        float m = -INFINITY;
+        for (int j = 0; j < n; j++)
+            m = sr[j] > m ? sr[j] : m;
+        float l = 0;
+        for (int j = 0; j < n; j++) {
+            sr[j] = expf(sr[j] - m);
+            l += sr[j];
+        }
+        const float inv = 1.0f / l;
+        for (int j = 0; j < n; j++)
+            sr[j] *= inv;
+        for (int j = n; j < nk; j++)
+            sr[j] = 0.0f;
+        lse[r] = m + logf(l);
+    }
+    H_->sgemm(0, 0, qb, hd, nk, 1.0f, s, nk, v, (int)ldk, 0.0f, o, (int)ldo);
+}
+
+/* Y[rows, out] = X[rows, in] W^T (+ b) */
+static void linear(const float *X, const float *W, const float *b, float *Y, int rows, int in,
+                   int out) {
+    H_->sgemm(0, 1, rows, out, in, 1.0f, X, in, W, in, 0.0f, Y, out);
+    if (b)
+        for (int r = 0; r < rows; r++)
+            axpy(Y + (size_t)r * out, 1.0f, b, out);
+}
+
+size_t mha_saved_bytes(void *self, int B, int T) {
+    mha *m = self;
+    size_t BT = (size_t)B * T, qd = (size_t)m->H * m->hd, kd = (size_t)m->KV * m->hd;
+    return sizeof(saved_hdr) + sizeof(float) * (BT * (2 * qd + 2 * kd) + (size_t)B * m->H * T);
+}
+
+static int check_cpu(const mha *m, int device, const char *what) {
+    if (device != 0)
+        return H_->error(HYB_ERR_UNSUPPORTED,
+                         "mha (layer %d): %s on device %d: this build of mha "
+                         "has CPU code only",
+                         m->layer, what, device);
+    return HYB_OK;
+}
+
+/* ---- forward / prefill ------------------------------------------------------------------------
+ */
+
+int mha_forward(void *self, const hyb_mixer_fwd *a) {
+    mha *m = self;
+    HYB_TRY(check_cpu(m, a->device, "forward"));
+    const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
+    if (B <= 0 || T <= 0)
+        return H_->error(HYB_ERR_ARG, "mha (layer %d): forward with B = %d, T = %d", m->layer, B,
+                         T);
+    const size_t BT = (size_t)B * T, qd = (size_t)H * hd, kd = (size_t)KV * hd;
+    int p_max = 0;
+    for (int b = 0; b < B; b++) {
+        int p0 = a->pos ? a->pos[b] : 0;
+        if (p0 < 0 || (p0 > 0 && !a->states))
+            return H_->error(HYB_ERR_ARG, "mha (layer %d): forward with pos[%d] = %d %s", m->layer,
+                             b, p0, p0 < 0 ? "(negative)" : "but no states to continue from");
+        if (a->states && (int64_t)p0 + T > a->max_ctx)
+            return H_->error(HYB_ERR_ARG,
+                             "mha (layer %d): sequence %d: pos %d + T %d exceeds the "
+                             "state capacity max_ctx = %d",
+                             m->layer, b, p0, T, a->max_ctx);
+        if (p0 > 0 && a->saved)
+            return H_->error(
+                HYB_ERR_UNSUPPORTED,
+                "mha (layer %d): backward through a continued "
+                "prefill (pos[%d] = %d > 0) is not supported; train on whole sequences",
+                m->layer, b, p0);
+        if (p0 > p_max) p_max = p0;
+    }
+    const float *const *P = a->params;
+    const int bias = m->bias;
+
+    /* Q, K, V, O, LSE: in `saved` when training, else a temporary block. */
+    float *Q, *K, *V, *O, *LSE;
+    void *tmp = NULL;
+    if (a->saved) {
+        saved_hdr *h = a->saved;
+        memset(h, 0, sizeof *h);
+        h->magic = SAVED_MAGIC;
+        h->B = B;
+        h->T = T;
+        Q = (float *)(h + 1);
+    } else {
+        tmp = H_->alloc(mha_saved_bytes(m, B, T));
+        if (!tmp) return HYB_ERR_NOMEM;
+        Q = (float *)((saved_hdr *)tmp + 1);
+    }
+    K = Q + BT * qd;
+    V = K + BT * kd;
+    O = V + BT * kd;
+    LSE = O + BT * qd;
+
+    size_t n_keys_max = (size_t)p_max + T, nscr = (size_t)QBLK * n_keys_max;
+    float *scratch = H_->alloc(sizeof(float) * (nscr + BT));
+    if (!scratch) {
+        H_->free(tmp);
+        return HYB_ERR_NOMEM;
+    }
+    int32_t *posbuf = (int32_t *)(scratch + nscr);
+
+    linear(a->x, P[MHA_WQ], bias ? P[MHA_BQ] : NULL, Q, (int)BT, D, (int)qd);
+    linear(a->x, P[MHA_WK], bias ? P[MHA_BK] : NULL, K, (int)BT, D, (int)kd);
+    linear(a->x, P[MHA_WV], bias ? P[MHA_BV] : NULL, V, (int)BT, D, (int)kd);
+    for (int b = 0; b < B; b++) {
+        int p0 = a->pos ? a->pos[b] : 0;
+        for (int t = 0; t < T; t++)
+            posbuf[(size_t)b * T + t] = p0 + t;
+    }
+    H_->rope(Q, (int)BT, H, hd, posbuf, m->theta, 0);
+    H_->rope(K, (int)BT, KV, hd, posbuf, m->theta, 0);
+
+    if (a->states) {
+        for (int b = 0; b < B; b++) {
+            int p0 = a->pos ? a->pos[b] : 0;
+            float *kc = a->states[b], *vc = kc + (size_t)a->max_ctx * kd;
+            memcpy(kc + (size_t)p0 * kd, K + (size_t)b * T * kd, (size_t)T * kd * sizeof(float));
+            memcpy(vc + (size_t)p0 * kd, V + (size_t)b * T * kd, (size_t)T * kd * sizeof(float));
+        }
+    }
+
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int group = H / KV;
+    for (int b = 0; b < B; b++) {
+        int p0 = a->pos ? a->pos[b] : 0;
+        const float *kb, *vb;
+        if (a->states) {
+            kb = (const float *)a->states[b];
+            vb = kb + (size_t)a->max_ctx * kd;
+        } else {
+            kb = K + (size_t)b * T * kd;
+            vb = V + (size_t)b * T * kd;
+        }
+        for (int h = 0; h < H; h++) {
+            int g = h / group;
+            for (int i0 = 0; i0 < T; i0 += QBLK) {
+                int qb = T - i0 < QBLK ? T - i0 : QBLK;
+                size_t row0 = (size_t)b * T + i0;
+                attend_block(Q + row0 * qd + (size_t)h * hd, qd, kb + (size_t)g * hd,
+                             vb + (size_t)g * hd, kd, p0 + i0, qb, hd, scale, scratch,
+                             O + row0 * qd + (size_t)h * hd, qd,
+                             LSE + ((size_t)b * H + h) * T + i0);
+            }
+        }
+    }
+
+    linear(O, P[MHA_WO], NULL, a->y, (int)BT, (int)qd, D);
+    H_->free(scratch);
+    H_->free(tmp);
+    return HYB_OK;
+}
+
+/* ---- backward ---------------------------------------------------------------------------------
+ */
+
+int mha_backward(void *self, const hyb_mixer_bwd *a) {
+    mha *m = self;
+    HYB_TRY(check_cpu(m, a->device, "backward"));
+    const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
+    const saved_hdr *hdr = a->saved;
+    if (!hdr || hdr->magic != SAVED_MAGIC || hdr->B != B || hdr->T != T)
+        return H_->error(HYB_ERR_ARG,
+                         "mha (layer %d): backward [B=%d, T=%d] without a matching "
+                         "saved forward",
+                         m->layer, B, T);
+    const size_t BT = (size_t)B * T, qd = (size_t)H * hd, kd = (size_t)KV * hd;
+    const float *Q = (const float *)(hdr + 1), *K = Q + BT * qd, *V = K + BT * kd, *O = V + BT * kd,
+                *LSE = O + BT * qd;
+    const float *const *P = a->params;
+    float *const *G = a->grads;
+
+    /* dO [BT, qd], Dr [B, H, T] (rowsum dO*O), dQ [BT, qd], dK, dV [BT, kd], positions */
+    size_t nfl = BT * qd * 2 + (size_t)B * H * T + BT * kd * 2 + BT;
+    float *buf = H_->alloc(nfl * sizeof(float));
+    if (!buf) return HYB_ERR_NOMEM;
+    float *dO = buf, *Dr = dO + BT * qd, *dQ = Dr + (size_t)B * H * T, *dK = dQ + BT * qd,
+          *dV = dK + BT * kd;
+    int32_t *posbuf = (int32_t *)(dV + BT * kd);
+
+    /* y = O Wo^T: dO = dy Wo, dWo += dy^T O */
+    H_->sgemm(0, 0, (int)BT, (int)qd, D, 1.0f, a->dy, D, P[MHA_WO], (int)qd, 0.0f, dO, (int)qd);
+    H_->sgemm(1, 0, D, (int)qd, (int)BT, 1.0f, a->dy, D, O, (int)qd, 1.0f, G[MHA_WO], (int)qd);
+
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                size_t off = ((size_t)b * T + t) * qd + (size_t)h * hd;
+                Dr[((size_t)b * H + h) * T + t] = dot(dO + off, O + off, hd);
+            }
+
+    /* Per (b, head, block of QBLK queries), keys 0 .. last query of the block:
+     *   S = scale Q K^T, P = exp(S - lse) (causal), dP = dO V^T, dS = P (dP - D)
+     *   dQ += scale dS K, dK += scale dS^T Q, dV += P^T dO           (all through sgemm) */
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int group = H / KV;
+    float *Pm = H_->alloc(sizeof(float) * 2 * (size_t)QBLK * T);
+    if (!Pm) {
+        H_->free(buf);
+        return HYB_ERR_NOMEM;
+    }
+    float *dP = Pm + (size_t)QBLK * T;
+    for (int b = 0; b < B; b++) {
+        const float *kb = K + (size_t)b * T * kd, *vb = V + (size_t)b * T * kd;
+        float *dkb = dK + (size_t)b * T * kd, *dvb = dV + (size_t)b * T * kd;
+        for (int h = 0; h < H; h++) {
+            const size_t go = (size_t)(h / group) * hd, ho = (size_t)h * hd;
+            for (int i0 = 0; i0 < T; i0 += QBLK) {
+                const int qb = T - i0 < QBLK ? T - i0 : QBLK, nk = i0 + qb;
+                const size_t row0 = (size_t)b * T + i0;
+                const float *lse = LSE + ((size_t)b * H + h) * T + i0;
+                const float *dr = Dr + ((size_t)b * H + h) * T + i0;
+                H_->sgemm(0, 1, qb, nk, hd, scale, Q + row0 * qd + ho, (int)qd, kb + go, (int)kd,
+                          0.0f, Pm, nk);
+                H_->sgemm(0, 1, qb, nk, hd, 1.0f, dO + row0 * qd + ho, (int)qd, vb + go, (int)kd,
+                          0.0f, dP, nk);
+                for (int r = 0; r < qb; r++) {
+                    float *pr = Pm + (size_t)r * nk, *dpr = dP + (size_t)r * nk;
+                    const int last = i0 + r; /* causal: keys 0..last */
+                    for (int j = 0; j <= last; j++) {
+                        float p = expf(pr[j] - lse[r]);
+                        pr[j] = p;
+                        dpr[j] = p * (dpr[j] - dr[r]);
+                    }
+                    for (int j = last + 1; j < nk; j++)
+                        pr[j] = dpr[j] = 0.0f;
+                }
+                H_->sgemm(0, 0, qb, hd, nk, scale, dP, nk, kb + go, (int)kd, 1.0f,
+                          dQ + row0 * qd + ho, (int)qd);
+                H_->sgemm(1, 0, nk, hd, qb, scale, dP, nk, Q + row0 * qd + ho, (int)qd, 1.0f,
+                          dkb + go, (int)kd);
+                H_->sgemm(1, 0, nk, hd, qb, 1.0f, Pm, nk, dO + row0 * qd + ho, (int)qd, 1.0f,
+                          dvb + go, (int)kd);
+            }
+        }
+    }
+    H_->free(Pm);
+
+    /* RoPE is a rotation: its backward is the inverse rotation. */
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            posbuf[(size_t)b * T + t] = t;
+    H_->rope(dQ, (int)BT, H, hd, posbuf, m->theta, 1);
+    H_->rope(dK, (int)BT, KV, hd, posbuf, m->theta, 1);
+
+    if (m->bias) {
+        for (size_t r = 0; r < BT; r++) {
+            axpy(G[MHA_BQ], 1.0f, dQ + r * qd, (int)qd);
+            axpy(G[MHA_BK], 1.0f, dK + r * kd, (int)kd);
+            axpy(G[MHA_BV], 1.0f, dV + r * kd, (int)kd);
+        }
+    }
+    /* projections: dW += d^T x, dx = sum d W */
+    H_->sgemm(1, 0, (int)qd, D, (int)BT, 1.0f, dQ, (int)qd, a->x, D, 1.0f, G[MHA_WQ], D);
+    H_->sgemm(1, 0, (int)kd, D, (int)BT, 1.0f, dK, (int)kd, a->x, D, 1.0f, G[MHA_WK], D);
+    H_->sgemm(1, 0, (int)kd, D, (int)BT, 1.0f, dV, (int)kd, a->x, D, 1.0f, G[MHA_WV], D);
+    H_->sgemm(0, 0, (int)BT, D, (int)qd, 1.0f, dQ, (int)qd, P[MHA_WQ], D, 0.0f, a->dx, D);
+    H_->sgemm(0, 0, (int)BT, D, (int)kd, 1.0f, dK, (int)kd, P[MHA_WK], D, 1.0f, a->dx, D);
+    H_->sgemm(0, 0, (int)BT, D, (int)kd, 1.0f, dV, (int)kd, P[MHA_WV], D, 1.0f, a->dx, D);
+    H_->free(buf);
+    return HYB_OK;
+}
+
+/* ---- decode -----------------------------------------------------------------------------------
+ */
+
+int mha_decode(void *self, const hyb_mixer_dec *a) {
+    mha *m = self;
+    HYB_TRY(check_cpu(m, a->device, "decode"));
+    const int n = a->n, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
+    if (n <= 0) return H_->error(HYB_ERR_ARG, "mha (layer %d): decode with n = %d", m->layer, n);
+    const size_t qd = (size_t)H * hd, kd = (size_t)KV * hd;
+    int p_max = 0;
+    for (int i = 0; i < n; i++) {
+        if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
+            return H_->error(HYB_ERR_ARG,
+                             "mha (layer %d): decode sequence %d at pos %d: the KV cache "
+                             "holds max_ctx = %d tokens",
+                             m->layer, i, a->pos[i], a->max_ctx);
+        if (a->pos[i] > p_max) p_max = a->pos[i];
+    }
+    const float *const *P = a->params;
+    int nthr = max_threads();
+    size_t nfl = (size_t)n * (2 * qd + 2 * kd) + (size_t)nthr * (p_max + 1);
+    float *buf = H_->alloc(nfl * sizeof(float));
+    if (!buf) return HYB_ERR_NOMEM;
+    float *Q = buf, *K = Q + (size_t)n * qd, *V = K + (size_t)n * kd, *O = V + (size_t)n * kd,
+          *scratch = O + (size_t)n * qd;
+
+    linear(a->x, P[MHA_WQ], m->bias ? P[MHA_BQ] : NULL, Q, n, D, (int)qd);
+    linear(a->x, P[MHA_WK], m->bias ? P[MHA_BK] : NULL, K, n, D, (int)kd);
+    linear(a->x, P[MHA_WV], m->bias ? P[MHA_BV] : NULL, V, n, D, (int)kd);
+    H_->rope(Q, n, H, hd, a->pos, m->theta, 0);
+    H_->rope(K, n, KV, hd, a->pos, m->theta, 0);
+    for (int i = 0; i < n; i++) {
+        float *kc = a->states[i], *vc = kc + (size_t)a->max_ctx * kd;
+        memcpy(kc + (size_t)a->pos[i] * kd, K + (size_t)i * kd, kd * sizeof(float));
+        memcpy(vc + (size_t)a->pos[i] * kd, V + (size_t)i * kd, kd * sizeof(float));
+    }
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int group = H / KV;
+    /* threads only when there is enough work to pay for a parallel region */
+    const int par = (double)n * H * (p_max + 1) * hd > 2e5;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (int ih = 0; ih < n * H; ih++) {
+        int i = ih / H, h = ih % H, g = h / group;
+        const float *kb = (const float *)a->states[i] + (size_t)g * hd;
+        const float *vb = kb + (size_t)a->max_ctx * kd;
+        float *s = scratch + (size_t)thread_id() * (p_max + 1);
+        attend_row(Q + (size_t)i * qd + (size_t)h * hd, kb, vb, kd, a->pos[i] + 1, hd, scale, s,
+                   O + (size_t)i * qd + (size_t)h * hd);
+    }
+    linear(O, P[MHA_WO], NULL, a->y, n, (int)qd, D);
+    H_->free(buf);
+    return HYB_OK;
+}

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# scripts/bootstrap.sh: install the Debian packages that hyb's build, tests and model download
+# need, and only those that are missing. Idempotent and quiet: when everything is there it runs
+# one dpkg-query and exits (no apt-get update, no output).
+#
+#   scripts/bootstrap.sh            # as root, or as a user with sudo
+#   HYB_NO_BOOTSTRAP=1 ...          # skip (e.g. a non-Debian system with the libraries installed)
+#   HYB_BOOTSTRAP_DRY_RUN=1 ...     # print what would be installed, install nothing
+#
+# Needs: cmake, a C11 compiler and g++ (C++17, for the toml++ shim), pkg-config, Lua 5.4,
+# OpenBLAS, toml++, PCRE2, cJSON; OpenMP is gcc's libgomp (comes with gcc). python3 with pip is
+# used only by scripts/fetch_model.sh (`pip download`, no venv). CUDA is optional and never
+# installed here: the CUDA backend is compiled when the toolkit's headers exist.
+set -euo pipefail
+
+[[ "${HYB_NO_BOOTSTRAP:-0}" == 1 ]] && exit 0
+
+PKGS=(cmake make gcc g++ pkg-config liblua5.4-dev libopenblas-dev libtomlplusplus-dev
+      libpcre2-dev libcjson-dev)
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+    echo "bootstrap: not a Debian-based system; make sure these (or their equivalents) are" \
+         "installed: ${PKGS[*]} python3-pip" >&2
+    exit 0
+fi
+
+# One dpkg-query for all packages; names it does not know go to stderr and are simply missing.
+installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${PKGS[@]}" python3-pip 2>/dev/null |
+            awk '$NF == "installed" && $(NF-1) == "ok" { print $1 }' || true)
+need=()
+for p in "${PKGS[@]}"; do
+    grep -qx -- "$p" <<<"$installed" || need+=("$p")
+done
+# pip for scripts/fetch_model.sh: Debian's python3-pip, or any python3 that has pip (pyenv, ...)
+if grep -qx python3-pip <<<"$installed"; then
+    :
+elif ! command -v python3 >/dev/null 2>&1; then
+    need+=(python3 python3-pip)
+elif ! python3 -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("pip") is None)' \
+        >/dev/null 2>&1; then
+    need+=(python3-pip)
+fi
+
+((${#need[@]} == 0)) && exit 0
+
+if [[ "${HYB_BOOTSTRAP_DRY_RUN:-0}" == 1 ]]; then
+    echo "bootstrap: would install: ${need[*]}"
+    exit 0
+fi
+
+if [[ $(id -u) -eq 0 ]]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+else
+    echo "bootstrap: missing packages: ${need[*]}" >&2
+    echo "bootstrap: not root and no sudo; run as root: apt-get update && apt-get install -y ${need[*]}" >&2
+    exit 1
+fi
+
+echo "bootstrap: installing ${need[*]}" >&2
+log=$(mktemp "${TMPDIR:-/tmp}/hyb-bootstrap.XXXXXX")
+trap 'rm -f "$log"' EXIT
+export DEBIAN_FRONTEND=noninteractive
+if ! "${SUDO[@]}" apt-get update -qq >"$log" 2>&1 ||
+   ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >>"$log" 2>&1; then
+    cat "$log" >&2
+    echo "bootstrap: apt-get failed (output above)" >&2
+    exit 1
+fi
+echo "bootstrap: done" >&2
