@@ -32,11 +32,11 @@
 #define LHYB_ADAMW_MT "hyb.adamw"
 
 typedef struct lhyb_tensor {
-    hyb_tensor *t;         /* NULL once closed */
-    int owned;             /* 1: freed with the userdata */
-    const uint64_t *genp;  /* borrowed: the owner's generation counter (NULL when owned) */
-    uint64_t gen;          /* value of *genp when the tensor was handed out */
-    const char *what;      /* borrowed: "graph" or "parameter", for the stale message */
+    hyb_tensor *t;        /* NULL once closed */
+    int owned;            /* 1: freed with the userdata */
+    const uint64_t *genp; /* borrowed: the owner's generation counter (NULL when owned) */
+    uint64_t gen;         /* value of *genp when the tensor was handed out */
+    const char *what;     /* borrowed: "graph" or "parameter", for the stale message */
 } lhyb_tensor;
 
 /* Install the module: package.preload["hyb"] = loader, and the global `hyb`. */

@@ -24,7 +24,8 @@
 #include "hyb/model.h"
 #include "lhyb.h"
 
-/* ---- layer maps ------------------------------------------------------------------------------- */
+/* ---- layer maps -------------------------------------------------------------------------------
+ */
 
 typedef struct lmap {
     hyb_layermap *map; /* NULL once closed */
@@ -143,7 +144,8 @@ static int map_n_layers(lua_State *L) {
 }
 static int map_pattern(lua_State *L) {
     char pat[4096];
-    lua_pushstring(L, hyb_layermap_pattern(check_map(L, 1, "layermap:pattern")->map, pat, sizeof pat));
+    lua_pushstring(L,
+                   hyb_layermap_pattern(check_map(L, 1, "layermap:pattern")->map, pat, sizeof pat));
     return 1;
 }
 static int map_config(lua_State *L) {
@@ -168,15 +170,16 @@ static int map_gc(lua_State *L) {
     return 0;
 }
 
-/* ---- models ----------------------------------------------------------------------------------- */
+/* ---- models -----------------------------------------------------------------------------------
+ */
 
 typedef struct lmodel {
-    hyb_model *m;        /* NULL once closed */
-    hyb_graph *g;        /* the model's graph: tape + activation arena */
-    uint64_t graph_gen;  /* +1 at every graph reset: tensors from the old graph go stale */
-    uint64_t param_gen;  /* +1 when parameters are replaced (swap) or the model is closed */
-    int backward_done;   /* a backward already ran on the current graph */
-    hyb_toml **docs;     /* configs given to model:swap (the layer map refers to their tables) */
+    hyb_model *m;       /* NULL once closed */
+    hyb_graph *g;       /* the model's graph: tape + activation arena */
+    uint64_t graph_gen; /* +1 at every graph reset: tensors from the old graph go stale */
+    uint64_t param_gen; /* +1 when parameters are replaced (swap) or the model is closed */
+    int backward_done;  /* a backward already ran on the current graph */
+    hyb_toml **docs;    /* configs given to model:swap (the layer map refers to their tables) */
     int n_docs;
 } lmodel;
 
@@ -271,13 +274,14 @@ static int m_forward(lua_State *L) {
     return 1;
 }
 
-/* ---- losses ----------------------------------------------------------------------------------- */
+/* ---- losses -----------------------------------------------------------------------------------
+ */
 
 typedef struct lloss {
-    hyb_tensor *loss;  /* [1] in the model's graph */
-    lmodel *lm;        /* the model (kept alive by the user value) */
-    uint64_t gen;      /* lm->graph_gen when computed */
-    int grad;          /* grad mode was on: backward possible */
+    hyb_tensor *loss; /* [1] in the model's graph */
+    lmodel *lm;       /* the model (kept alive by the user value) */
+    uint64_t gen;     /* lm->graph_gen when computed */
+    int grad;         /* grad mode was on: backward possible */
     double value;
     char kind[16];
 } lloss;
@@ -307,13 +311,15 @@ static int m_loss(lua_State *L) {
     int64_t n = hyb_tensor_numel(logits) / V;
     lhyb_check_opts(L, 4, F, allowed);
     const char *kind = lhyb_opt_field_string(L, 4, F, "kind", "ce");
-    int k = strcmp(kind, "ce") == 0 ? 0
+    int k = strcmp(kind, "ce") == 0           ? 0
             : strcmp(kind, "kl_forward") == 0 ? 1
             : strcmp(kind, "kl_reverse") == 0 ? 2
-                                               : -1;
+                                              : -1;
     if (k < 0)
-        return lhyb_error(L, "%s: option 'kind' must be \"ce\", \"kl_forward\" or \"kl_reverse\", "
-                             "got \"%s\"", F, kind);
+        return lhyb_error(L,
+                          "%s: option 'kind' must be \"ce\", \"kl_forward\" or \"kl_reverse\", "
+                          "got \"%s\"",
+                          F, kind);
     double temp = lhyb_opt_field_number(L, 4, F, "temperature", 1.0);
     if (!(temp > 0)) return lhyb_error(L, "%s: option 'temperature' must be > 0, got %g", F, temp);
     int base = lua_gettop(L);
@@ -337,8 +343,10 @@ static int m_loss(lua_State *L) {
         if (lua_istable(L, 4)) {
             lua_getfield(L, 4, "teacher");
             if (!lua_isnil(L, -1))
-                return lhyb_error(L, "%s: option 'teacher' is only used by kind \"kl_forward\" and "
-                                     "\"kl_reverse\" (kind is \"ce\")", F);
+                return lhyb_error(L,
+                                  "%s: option 'teacher' is only used by kind \"kl_forward\" and "
+                                  "\"kl_reverse\" (kind is \"ce\")",
+                                  F);
         }
         if (lua_isnoneornil(L, 3))
             return lhyb_error(L, "%s: kind \"ce\" needs targets (B*T token ids)", F);
@@ -408,11 +416,15 @@ static int loss_backward(lua_State *L) {
     lmodel *lm = ls->lm;
     if (!lm->m) return lhyb_error(L, "%s: the model is closed", F);
     if (ls->gen != lm->graph_gen)
-        return lhyb_error(L, "%s: the graph of this loss was reset by a later forward; call "
-                             "backward before the next forward", F);
+        return lhyb_error(L,
+                          "%s: the graph of this loss was reset by a later forward; call "
+                          "backward before the next forward",
+                          F);
     if (!ls->grad)
-        return lhyb_error(L, "%s: the forward ran with {grad = false}: there is nothing to "
-                             "differentiate", F);
+        return lhyb_error(L,
+                          "%s: the forward ran with {grad = false}: there is nothing to "
+                          "differentiate",
+                          F);
     if (lm->backward_done)
         return lhyb_error(L, "%s: backward already ran on this graph; run forward again", F);
     if (hyb_graph_backward(lm->g, ls->loss, (float)scale) != HYB_OK) return lhyb_raise_hyb(L, F);
@@ -426,7 +438,8 @@ static int loss_tostring(lua_State *L) {
     return 1;
 }
 
-/* ---- model methods ---------------------------------------------------------------------------- */
+/* ---- model methods ----------------------------------------------------------------------------
+ */
 
 static int m_zero_grad(lua_State *L) {
     hyb_model_zero_grad(check_model(L, 1, "model:zero_grad")->m);
@@ -613,8 +626,10 @@ static int m_swap(lua_State *L) {
     lmodel *lm = check_model(L, 1, F);
     hyb_model *m = lm->m;
     if (lua_type(L, 3) != LUA_TSTRING)
-        return lhyb_error(L, "%s: mixer must be a string (a mixer name of the layer map, a plugin "
-                             "type or \"identity\"), got %s", F, lhyb_describe(L, 3, buf, sizeof buf));
+        return lhyb_error(L,
+                          "%s: mixer must be a string (a mixer name of the layer map, a plugin "
+                          "type or \"identity\"), got %s",
+                          F, lhyb_describe(L, 3, buf, sizeof buf));
     const char *mixer = lua_tostring(L, 3);
     lhyb_check_opts(L, 4, F, allowed);
     const char *init = lhyb_opt_field_string(L, 4, F, "init", "random");
@@ -624,8 +639,10 @@ static int m_swap(lua_State *L) {
     else if (strcmp(init, "mil") == 0 || strcmp(init, "dil") == 0 || strcmp(init, "from_old") == 0)
         from_old = 1;
     else
-        return lhyb_error(L, "%s: option 'init' must be \"random\", \"mil\", \"dil\" or "
-                             "\"from_old\", got \"%s\"", F, init);
+        return lhyb_error(L,
+                          "%s: option 'init' must be \"random\", \"mil\", \"dil\" or "
+                          "\"from_old\", got \"%s\"",
+                          F, init);
     lua_Integer seed = lhyb_opt_field_int(L, 4, F, "seed", 0, LUA_MAXINTEGER, 1234);
     const char *config = lhyb_opt_field_string(L, 4, F, "config", NULL);
     int *layers = NULL;
@@ -642,8 +659,10 @@ static int m_swap(lua_State *L) {
         }
     if (config) {
         if (cfg)
-            return lhyb_error(L, "%s: '%s' is a mixer of the layer map, which has its own config; "
-                                 "option 'config' is for plugin types", F, mixer);
+            return lhyb_error(L,
+                              "%s: '%s' is a mixer of the layer map, which has its own config; "
+                              "option 'config' is for plugin types",
+                              F, mixer);
         if (strcmp(mixer, HYB_MIXER_IDENTITY) == 0)
             return lhyb_error(L, "%s: the identity mixer takes no config", F);
         hyb_toml **docs = (hyb_toml **)hyb_malloc(sizeof(hyb_toml *) * (size_t)(lm->n_docs + 1));
@@ -659,7 +678,8 @@ static int m_swap(lua_State *L) {
         cfg = hyb_toml_root(doc);
     }
     for (int i = 0; i < n; i++) {
-        int rc = hyb_model_swap(m, layers[i], type, cfg, from_old, (uint64_t)seed + (uint64_t)layers[i]);
+        int rc =
+            hyb_model_swap(m, layers[i], type, cfg, from_old, (uint64_t)seed + (uint64_t)layers[i]);
         if (i > 0 || rc == HYB_OK) model_changed(lm);
         if (rc != HYB_OK) {
             if (i > 0) hyb_error_wrap(rc, "layers listed before %d were swapped", layers[i]);
@@ -702,7 +722,8 @@ static int model_gc(lua_State *L) {
     lmodel *lm = (lmodel *)luaL_checkudata(L, 1, LHYB_MODEL_MT);
     if (lm->g) hyb_graph_free(lm->g);
     if (lm->m) hyb_model_free(lm->m);
-    for (int i = 0; i < lm->n_docs; i++) hyb_toml_free(lm->docs[i]);
+    for (int i = 0; i < lm->n_docs; i++)
+        hyb_toml_free(lm->docs[i]);
     hyb_free(lm->docs);
     lm->docs = NULL;
     lm->n_docs = 0;
@@ -713,7 +734,8 @@ static int model_gc(lua_State *L) {
     return 0;
 }
 
-/* ---- AdamW ------------------------------------------------------------------------------------ */
+/* ---- AdamW ------------------------------------------------------------------------------------
+ */
 
 typedef struct ladamw {
     hyb_adamw *o;       /* NULL once closed */
@@ -731,8 +753,10 @@ static ladamw *check_adamw(lua_State *L, int idx, const char *fname) {
                    lhyb_describe(L, idx, buf, sizeof buf));
     if (!a->o) lhyb_error(L, "%s: the optimiser is closed", fname);
     if (!a->lm->m || a->param_gen != a->lm->param_gen)
-        lhyb_error(L, "%s: the model's parameters changed (swap or close) after this optimiser was "
-                      "made; make a new one", fname);
+        lhyb_error(L,
+                   "%s: the model's parameters changed (swap or close) after this optimiser was "
+                   "made; make a new one",
+                   fname);
     return a;
 }
 
@@ -751,7 +775,8 @@ static int l_adamw(lua_State *L) {
     if (!(lr > 0)) return lhyb_error(L, "%s: option 'lr' must be > 0, got %g", F, lr);
     if (!(wd >= 0)) return lhyb_error(L, "%s: option 'weight_decay' must be >= 0, got %g", F, wd);
     if (!(eps > 0)) return lhyb_error(L, "%s: option 'eps' must be > 0, got %g", F, eps);
-    if (!(clip >= 0)) return lhyb_error(L, "%s: option 'clip' must be >= 0 (0 = off), got %g", F, clip);
+    if (!(clip >= 0))
+        return lhyb_error(L, "%s: option 'clip' must be >= 0 (0 = off), got %g", F, clip);
     if (lua_istable(L, 2)) {
         lua_getfield(L, 2, "betas");
         if (!lua_isnil(L, -1)) {
@@ -763,8 +788,10 @@ static int l_adamw(lua_State *L) {
             lua_rawgeti(L, -2, 2);
             b1 = lhyb_check_number(L, -2, F, "betas[1]");
             b2 = lhyb_check_number(L, -1, F, "betas[2]");
-            if (!(b1 >= 0 && b1 < 1)) return lhyb_error(L, "%s: betas[1] must be in [0, 1), got %g", F, b1);
-            if (!(b2 >= 0 && b2 < 1)) return lhyb_error(L, "%s: betas[2] must be in [0, 1), got %g", F, b2);
+            if (!(b1 >= 0 && b1 < 1))
+                return lhyb_error(L, "%s: betas[1] must be in [0, 1), got %g", F, b1);
+            if (!(b2 >= 0 && b2 < 1))
+                return lhyb_error(L, "%s: betas[2] must be in [0, 1), got %g", F, b2);
             lua_pop(L, 2);
         }
         lua_pop(L, 1);
@@ -793,8 +820,10 @@ static int o_step(lua_State *L) {
     ladamw *a = check_adamw(L, 1, "opt:step");
     float norm = hyb_grad_clip(a->o->params, a->o->n, a->clip);
     if (!isfinite(norm))
-        return lhyb_error(L, "opt:step: the gradient norm is %f (NaN/Inf in the gradients); "
-                             "step skipped", (double)norm);
+        return lhyb_error(L,
+                          "opt:step: the gradient norm is %f (NaN/Inf in the gradients); "
+                          "step skipped",
+                          (double)norm);
     if (hyb_adamw_step(a->o) != HYB_OK) return lhyb_raise_hyb(L, "opt:step");
     a->last_norm = norm;
     lua_pushnumber(L, norm);
@@ -841,28 +870,38 @@ static int adamw_gc(lua_State *L) {
     return 0;
 }
 
-/* ---- registration ----------------------------------------------------------------------------- */
+/* ---- registration -----------------------------------------------------------------------------
+ */
 
-static const luaL_Reg map_methods[] = {{"describe", map_describe}, {"n_layers", map_n_layers},
-                                       {"pattern", map_pattern},   {"config", map_config},
+static const luaL_Reg map_methods[] = {{"describe", map_describe},
+                                       {"n_layers", map_n_layers},
+                                       {"pattern", map_pattern},
+                                       {"config", map_config},
                                        {NULL, NULL}};
 
-static const luaL_Reg model_methods[] = {
-    {"forward", m_forward},     {"loss", m_loss},
-    {"zero_grad", m_zero_grad}, {"params", m_params},
-    {"param", m_param},         {"grad", m_grad},
-    {"n_params", m_n_params},   {"save", m_save},
-    {"load_params", m_load_params}, {"layout", m_layout},
-    {"pattern", m_pattern},     {"config", m_config},
-    {"graph_stats", m_graph_stats}, {"swap", m_swap},
-    {"set_identity", m_set_identity}, {NULL, NULL}};
+static const luaL_Reg model_methods[] = {{"forward", m_forward},
+                                         {"loss", m_loss},
+                                         {"zero_grad", m_zero_grad},
+                                         {"params", m_params},
+                                         {"param", m_param},
+                                         {"grad", m_grad},
+                                         {"n_params", m_n_params},
+                                         {"save", m_save},
+                                         {"load_params", m_load_params},
+                                         {"layout", m_layout},
+                                         {"pattern", m_pattern},
+                                         {"config", m_config},
+                                         {"graph_stats", m_graph_stats},
+                                         {"swap", m_swap},
+                                         {"set_identity", m_set_identity},
+                                         {NULL, NULL}};
 
 static const luaL_Reg loss_methods[] = {
     {"value", loss_value}, {"backward", loss_backward}, {NULL, NULL}};
 
-static const luaL_Reg adamw_methods[] = {{"step", o_step},   {"set_lr", o_set_lr},
-                                         {"lr", o_lr},       {"steps", o_steps},
-                                         {"zero_grad", o_zero_grad}, {NULL, NULL}};
+static const luaL_Reg adamw_methods[] = {
+    {"step", o_step},   {"set_lr", o_set_lr},       {"lr", o_lr},
+    {"steps", o_steps}, {"zero_grad", o_zero_grad}, {NULL, NULL}};
 
 static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
                       lua_CFunction tostring, lua_CFunction gc) {
@@ -886,8 +925,10 @@ void lhyb_open_model(lua_State *L) {
     new_class(L, LHYB_MODEL_MT, model_methods, model_tostring, model_gc);
     new_class(L, LHYB_LOSS_MT, loss_methods, loss_tostring, NULL);
     new_class(L, LHYB_ADAMW_MT, adamw_methods, adamw_tostring, adamw_gc);
-    static const luaL_Reg funcs[] = {{"layermap", l_layermap}, {"parse_layermap", l_parse_layermap},
-                                     {"model", l_model},       {"load", l_load},
+    static const luaL_Reg funcs[] = {{"layermap", l_layermap},
+                                     {"parse_layermap", l_parse_layermap},
+                                     {"model", l_model},
+                                     {"load", l_load},
                                      {NULL, NULL}};
     luaL_setfuncs(L, funcs, 0);
     lua_createtable(L, 0, 1);

@@ -4,7 +4,8 @@
  *   hyb run -e 'lua code' [args]   run a chunk given on the command line
  *   hyb plugins                    list the mixer plugins found and the search path
  *   hyb version | hyb help
- *   hyb <name> [args...]           run the shipped script <scripts>/<name>.lua (generate, distill ...)
+ *   hyb <name> [args...]           run the shipped script <scripts>/<name>.lua (generate, distill
+ * ...)
  *
  * The scripts directory is $HYB_SCRIPTS_DIR, else <binary dir>/../share/hyb/scripts, else the
  * source tree's scripts/ (HYB_SCRIPTS_DIR compile definition). A script error prints
@@ -34,7 +35,8 @@
 
 static const char *progname = "hyb";
 
-/* ---- paths -------------------------------------------------------------------------------------- */
+/* ---- paths --------------------------------------------------------------------------------------
+ */
 
 static int is_dir(const char *p) {
     struct stat st;
@@ -76,7 +78,8 @@ static const char *scripts_dir(char *buf, size_t n) {
     return is_dir(buf) ? buf : NULL;
 }
 
-/* ---- running Lua ------------------------------------------------------------------------------ */
+/* ---- running Lua ------------------------------------------------------------------------------
+ */
 
 static lua_State *global_L = NULL;
 
@@ -89,7 +92,8 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar) {
 /* Ctrl-C: stop the script at the next Lua instruction (a second Ctrl-C kills the process). */
 static void on_sigint(int sig) {
     signal(sig, SIG_DFL);
-    if (global_L) lua_sethook(global_L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    if (global_L)
+        lua_sethook(global_L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
 /* Message handler: the error message plus the traceback. */
@@ -171,7 +175,8 @@ static int run_lua(const char *script, int is_chunk, char **args, int nargs) {
                           : luaL_loadfile(L, script);
     if (status == LUA_OK) {
         luaL_checkstack(L, nargs + 4, "too many arguments to the script");
-        for (int i = 0; i < nargs; i++) lua_pushstring(L, args[i]);
+        for (int i = 0; i < nargs; i++)
+            lua_pushstring(L, args[i]);
         status = docall(L, nargs);
     }
     if (status != LUA_OK) report(L);
@@ -180,7 +185,8 @@ static int run_lua(const char *script, int is_chunk, char **args, int nargs) {
     return status == LUA_OK ? 0 : 1;
 }
 
-/* ---- subcommands ------------------------------------------------------------------------------ */
+/* ---- subcommands ------------------------------------------------------------------------------
+ */
 
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
@@ -226,7 +232,8 @@ static void usage(FILE *out) {
             "  plugins                     list the mixer plugins found and the search path\n"
             "  version                     print the version\n"
             "  help                        this text\n"
-            "  <name> [args...]            run the shipped script <name>.lua (e.g. generate, distill)\n",
+            "  <name> [args...]            run the shipped script <name>.lua (e.g. generate, "
+            "distill)\n",
             progname);
     list_scripts(out);
 }

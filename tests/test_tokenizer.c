@@ -252,6 +252,7 @@ static void test_spm_spec(void) {
     CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
     if (t) {
         check_golden(t, "spm_llama2_golden.json", "ids", 0, 1);
+        CHECK(hyb_tokenizer_max_tokens(t, 10) == 6 * 10 + 4 + 1);
         size_t pl;
         const char *p = hyb_tokenizer_token_to_piece(t, 3 + 0xE4, &pl);
         CHECK(p && pl == 1 && (unsigned char)p[0] == 0xE4);
@@ -301,6 +302,7 @@ static void test_bpe_by_hand(void) {
     CHECK(n == 1 && ids[0] == 0); /* '<', 's', '>' have no token and are dropped, as in HF */
     n = hyb_tokenizer_encode(t, "a<s>", 4, 0, ids, 16);
     CHECK(n == 2 && ids[0] == 0 && ids[1] == 7);
+    CHECK(hyb_tokenizer_max_tokens(t, 10) == 12); /* 10 bytes + 1 + bos */
     /* a too-small buffer reports the size needed */
     n = hyb_tokenizer_encode(t, "a a a a", 7, 0, ids, 2);
     CHECK(n == 4);

@@ -86,6 +86,7 @@ struct hyb_tokenizer {
     int n_prefix, n_suffix;
     int dec_mode, dec_strip_space;
     int dec_byte_fallback; /* SPM decode: <0xNN> tokens become their byte */
+    double bound_mult, bound_add; /* ids <= len * mult + (len + 1) * add + specials */
     /* word cache: raw piece bytes -> ids */
     pthread_mutex_t cache_lock;
     tok_strmap cache;

@@ -418,7 +418,63 @@ static int hexval(char c) {
     return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
+/* Bytes of `s` after replacing every `a` by `b` (the normalizer's Replace). */
+static size_t replace_str(const char *s, size_t n, const tok_norm *r, char *out) {
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        if (r->alen && i + r->alen <= n && memcmp(s + i, r->a, r->alen) == 0) {
+            if (out) memcpy(out + o, r->b, r->blen);
+            o += r->blen, i += r->alen;
+        } else {
+            if (out) out[o] = s[i];
+            o++, i++;
+        }
+    }
+    return o;
+}
+
+/* Worst-case ids per input byte. Every id covers at least one byte of the final normalized,
+ * pre-tokenized text, so bound that text: Replace a -> b grows it by at most max(1, |b|/|a|),
+ * Prepend adds its bytes once per segment (segments <= len + 1), ByteLevel's prefix space at most
+ * doubles it (one per piece), Metaspace at most triples it (" " -> "▁") and adds 3 bytes per
+ * piece. */
+static int compute_bound(hyb_tokenizer *t) {
+    double mult = 1, add = 0;
+    char *pre = NULL; /* what the Prepends put before a segment, through the later Replaces */
+    size_t npre = 0;
+    for (int i = 0; i < t->n_norms; i++) {
+        const tok_norm *nm = &t->norms[i];
+        size_t nn = nm->kind == TOK_NORM_PREPEND ? nm->alen + npre : replace_str(pre, npre, nm, NULL);
+        char *np = malloc(nn + 1);
+        if (!np) {
+            free(pre);
+            return hyb_error_set(HYB_ERR_NOMEM, "tokenizer: out of memory");
+        }
+        if (nm->kind == TOK_NORM_PREPEND) {
+            memcpy(np, nm->a, nm->alen);
+            if (npre) memcpy(np + nm->alen, pre, npre);
+        } else {
+            replace_str(pre, npre, nm, np);
+            double r = nm->alen ? (double)nm->blen / (double)nm->alen : 1;
+            mult *= r > 1 ? r : 1;
+        }
+        free(pre);
+        pre = np, npre = nn;
+    }
+    free(pre);
+    add = (double)npre;
+    for (int i = 0; i < t->n_pretoks; i++) {
+        double f = t->pretoks[i].kind == TOK_PT_METASPACE ? 6
+                   : t->pretoks[i].kind == TOK_PT_BYTELEVEL && t->pretoks[i].add_prefix_space ? 2
+                                                                                             : 1;
+        mult *= f, add *= f;
+    }
+    t->bound_mult = mult, t->bound_add = add;
+    return HYB_OK;
+}
+
 int tok_finish(hyb_tokenizer *t) {
+    HYB_TRY(compute_bound(t));
     for (int32_t i = 0; i < t->n_vocab; i++) {
         if (!t->text[i]) {
             t->text[i] = calloc(1, 1);
@@ -1089,7 +1145,9 @@ int hyb_tokenizer_encode_alloc(const hyb_tokenizer *t, const char *text, size_t 
 }
 
 size_t hyb_tokenizer_max_tokens(const hyb_tokenizer *t, size_t len) {
-    return 4 * len + 8 + (t ? (size_t)(t->n_prefix + t->n_suffix) : 0);
+    if (!t) return 0;
+    double b = (double)len * t->bound_mult + ((double)len + 1) * t->bound_add;
+    return (size_t)b + 1 + (size_t)(t->n_prefix + t->n_suffix);
 }
 
 /* ---- decoding and queries --------------------------------------------------------------------*/

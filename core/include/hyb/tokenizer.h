@@ -115,7 +115,9 @@ enum {
 
 /* text: [len] bytes (UTF-8; invalid bytes are kept and byte-encoded). Writes up to `cap` ids and
  * returns how many the text needs (> cap: call again with a larger buffer), or a negative
- * hyb_status. At most hyb_tokenizer_max_tokens(tok, len) ids are ever needed. */
+ * hyb_status. At most hyb_tokenizer_max_tokens(tok, len) ids are ever needed (a worst-case
+ * bound from the pipeline: len + 1 + specials for byte-level BPE without a prefix space,
+ * 6 * len + 4 + specials for SentencePiece-style "▁" models). */
 long hyb_tokenizer_encode(const hyb_tokenizer *tok, const char *text, size_t len, int flags,
                           int32_t *ids, size_t cap);
 /* Encode into a malloc'ed array (*ids, free with free()); *n_ids its length. */
