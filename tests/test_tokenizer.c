@@ -278,6 +278,23 @@ static void test_llama3_regex(void) {
     spec_free(&h);
 }
 
+static void test_tekken_regex(void) {
+    hyb_tokenizer *t = load("tekken_tiny.tokenizer.json");
+    if (t) check_golden(t, "tekken_tiny_golden.json", "ids", 1, 1);
+    hyb_tokenizer_free(t);
+    spec_holder h;
+    CHECK(spec_from_json("tekken_tiny.tokenizer.json", &h));
+    h.spec.model = HYB_TOK_BYTE_LEVEL;
+    h.spec.pretok = HYB_PRETOK_TEKKEN;
+    h.spec.ignore_merges = 1;
+    h.spec.bos_id = 0, h.spec.add_bos = 1;
+    t = hyb_tokenizer_new_bpe(&h.spec);
+    CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
+    if (t) check_golden(t, "tekken_tiny_golden.json", "ids", 1, 1);
+    hyb_tokenizer_free(t);
+    spec_free(&h);
+}
+
 /* Hand-checked BPE: merges apply lowest rank first, leftmost first on ties. */
 static void test_bpe_by_hand(void) {
     const char *vocab[] = {"a", "b", "c", "aa", "ab", "bc", "abc", "<s>", "Ġ", "Ġa"};
@@ -754,6 +771,7 @@ int main(void) {
     RUN(test_spm_json);
     RUN(test_spm_spec);
     RUN(test_llama3_regex);
+    RUN(test_tekken_regex);
     RUN(test_malformed);
     RUN(test_mutations);
     RUN(test_gguf_llama_scores);

@@ -118,6 +118,7 @@ int tok_finish(hyb_tokenizer *t);
 
 extern const char *const tok_regex_gpt2;
 extern const char *const tok_regex_llama3;
+extern const char *const tok_regex_tekken;
 
 int tok_strmap_get(const tok_strmap *m, const char *k, size_t len, int32_t *val);
 int tok_strmap_put(tok_strmap *m, const char *k, size_t len, int32_t val);

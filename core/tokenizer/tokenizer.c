@@ -12,6 +12,11 @@ const char *const tok_regex_llama3 =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
+const char *const tok_regex_tekken =
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|"
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|"
+    "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
 #define CACHE_MAX_WORD 256
 #define CACHE_MAX_ENTRIES (1u << 17)
 
@@ -598,6 +603,11 @@ hyb_tokenizer *hyb_tokenizer_new_bpe(const hyb_tokenizer_spec *spec) {
         case HYB_PRETOK_LLAMA3:
             rc = tok_add_split(t, tok_regex_llama3, strlen(tok_regex_llama3), TOK_SPLIT_ISOLATED, 0,
                                "llama3 pre-tokenizer");
+            if (rc == HYB_OK) rc = tok_add_bytelevel(t, 0, 0);
+            break;
+        case HYB_PRETOK_TEKKEN:
+            rc = tok_add_split(t, tok_regex_tekken, strlen(tok_regex_tekken), TOK_SPLIT_ISOLATED, 0,
+                               "tekken pre-tokenizer");
             if (rc == HYB_OK) rc = tok_add_bytelevel(t, 0, 0);
             break;
         case HYB_PRETOK_SMOLLM:

@@ -15,7 +15,7 @@ static int pretok_from_name(const char *pre) {
         {"default", HYB_PRETOK_GPT2}, {"gpt2", HYB_PRETOK_GPT2},
         {"gpt-2", HYB_PRETOK_GPT2},   {"smollm", HYB_PRETOK_SMOLLM},
         {"llama3", HYB_PRETOK_LLAMA3}, {"llama-bpe", HYB_PRETOK_LLAMA3},
-        {"llama-v3", HYB_PRETOK_LLAMA3},
+        {"llama-v3", HYB_PRETOK_LLAMA3}, {"tekken", HYB_PRETOK_TEKKEN},
     };
     if (!pre) return HYB_PRETOK_GPT2;
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
@@ -177,7 +177,10 @@ hyb_tokenizer *hyb_tokenizer_from_gguf(const struct hyb_gguf *g) {
     int32_t *ids[4] = {&spec.bos_id, &spec.eos_id, &spec.unk_id, &spec.pad_id};
     for (int k = 0; k < 4; k++)
         if (*ids[k] >= spec.n_vocab) *ids[k] = -1; /* converters write ids past the vocab */
-    spec.add_bos = get_flag(g, "tokenizer.ggml.add_bos_token", spec.model == HYB_TOK_SPM);
+    int tekken = spec.model == HYB_TOK_BYTE_LEVEL && spec.pretok == HYB_PRETOK_TEKKEN;
+    spec.ignore_merges = spec.model == HYB_TOK_BYTE_LEVEL &&
+                         (spec.pretok == HYB_PRETOK_LLAMA3 || spec.pretok == HYB_PRETOK_TEKKEN);
+    spec.add_bos = get_flag(g, "tokenizer.ggml.add_bos_token", spec.model == HYB_TOK_SPM || tekken);
     spec.add_eos = get_flag(g, "tokenizer.ggml.add_eos_token", 0);
     t = hyb_tokenizer_new_bpe(&spec);
     if (!t) hyb_error_wrap(hyb_error()[0] ? HYB_ERR_FORMAT : HYB_ERR, "%s", path);

@@ -57,6 +57,7 @@ typedef enum hyb_pretok_kind {
     HYB_PRETOK_GPT2 = 1,   /* GPT-2 regex ('s|'t|... | ?\p{L}+| ?\p{N}+|...) */
     HYB_PRETOK_LLAMA3 = 2, /* llama-3 regex (\p{N}{1,3}, case-insensitive contractions, ...) */
     HYB_PRETOK_SMOLLM = 3, /* every digit is its own word, then the GPT-2 regex (SmolLM/SmolLM2) */
+    HYB_PRETOK_TEKKEN = 4, /* Mistral's tekken regex (case-aware letter runs, single digits) */
 } hyb_pretok_kind;
 
 /* Token types, numbered as GGUF's tokenizer.ggml.token_type. */
@@ -97,8 +98,8 @@ hyb_tokenizer *hyb_tokenizer_load_json(const char *path);
 /* Same, from the JSON text in memory (`name` is used in error messages). */
 hyb_tokenizer *hyb_tokenizer_load_json_mem(const char *json, size_t len, const char *name);
 /* GGUF metadata: tokenizer.ggml.model ("gpt2" or "llama"), .tokens, .merges, .scores,
- * .token_type, .pre ("default"/"gpt2", "smollm", "llama3"/"llama-bpe"; others are an error that
- * names them), .bos/eos/unknown/padding_token_id, .add_bos_token/.add_eos_token,
+ * .token_type, .pre ("default"/"gpt2", "smollm", "llama3"/"llama-bpe"/"llama-v3", "tekken"; others
+ * are an error that names them; llama3 and tekken imply ignore_merges, tekken adds bos), .bos/eos/unknown/padding_token_id, .add_bos_token/.add_eos_token,
  * .add_space_prefix. Tokens of type CONTROL and USER_DEFINED are matched in text. */
 hyb_tokenizer *hyb_tokenizer_load_gguf(const char *path);
 /* Same, from a GGUF already open (hyb/gguf.h); the tokenizer does not keep the handle. */
