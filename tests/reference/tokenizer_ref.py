@@ -20,7 +20,9 @@ Writes into tests/data/tokenizer/:
                           ByteLevel pre-tokenizer: the golden for HYB_PRETOK_GPT2).
   spm_*.tokenizer.json,   small SentencePiece-style BPE tokenizers (byte_fallback, "▁") trained here
   spm_*_golden.json       with HF tokenizers, llama-2 layout (Prepend+Replace normalizer) and
-                          Metaspace layouts, and their ids/decodes on the samples.
+                          Metaspace layouts, and their ids/decodes on the samples. (HF's trainer
+                          breaks count ties in hash order, so these fixtures differ a little from
+                          run to run; each tokenizer and its golden are always written together.)
   llama3_tiny.tokenizer.json, llama3_tiny_golden.json
                           a small byte-level BPE with the llama-3 Split regex (ignore_merges).
   tekken_tiny.tokenizer.json, tekken_tiny_golden.json
