@@ -158,6 +158,10 @@ static void test_smollm2_json(void) {
     CHECK(p && pl == 4 && memcmp(p, " the", 4) == 0);
     CHECK(hyb_tokenizer_token_to_piece(t, 49152, &pl) == NULL);
     check_golden(t, "smollm2_golden.json", "ids", 1, 1);
+    CHECK(hyb_tokenizer_eos_id(t) == 0); /* guessed from "<|endoftext|>": no template */
+    CHECK(hyb_tokenizer_set_special_ids(t, 1, 2) == HYB_OK);
+    CHECK(hyb_tokenizer_bos_id(t) == 1 && hyb_tokenizer_eos_id(t) == 2);
+    CHECK(hyb_tokenizer_set_special_ids(t, 1, 49152) == HYB_ERR_ARG);
     hyb_tokenizer_free(t);
 }
 

@@ -1284,3 +1284,12 @@ int32_t hyb_tokenizer_unk_id(const hyb_tokenizer *t) {
 int32_t hyb_tokenizer_pad_id(const hyb_tokenizer *t) {
     return t ? t->pad_id : -1;
 }
+int hyb_tokenizer_set_special_ids(hyb_tokenizer *t, int32_t bos_id, int32_t eos_id) {
+    if (!t) return hyb_error_set(HYB_ERR_ARG, "hyb_tokenizer_set_special_ids: NULL tokenizer");
+    if (bos_id < -1 || bos_id >= t->n_vocab || eos_id < -1 || eos_id >= t->n_vocab)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_tokenizer_set_special_ids: bos %d / eos %d out of range [0, %d)",
+                             (int)bos_id, (int)eos_id, (int)t->n_vocab);
+    t->bos_id = bos_id, t->eos_id = eos_id;
+    return HYB_OK;
+}

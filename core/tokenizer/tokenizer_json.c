@@ -68,7 +68,6 @@ static int load_normalizer(jctx *c, const cJSON *n, const char *path) {
         if (!p)
             return hyb_error_set(HYB_ERR_FORMAT, "%s: %s Prepend has no \"prepend\"", c->name,
                                  path);
-        c->t->dec_strip_space = c->t->dec_strip_space; /* decided by the decoder */
         return tok_add_norm(c->t, TOK_NORM_PREPEND, p, strlen(p), NULL, 0);
     }
     if (!strcmp(ty, "Replace")) {
@@ -293,12 +292,6 @@ static void line_col(const char *s, size_t len, const char *at, int *line, int *
     }
 }
 
-static int special_id(jctx *c, const cJSON *root, const char *tokstr, int32_t *out) {
-    (void)root;
-    *out = tokstr ? hyb_tokenizer_token_id(c->t, tokstr) : -1;
-    return HYB_OK;
-}
-
 static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!cJSON_IsObject(model)) {
@@ -377,12 +370,9 @@ static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
         const char *content = jstr(it, "content");
         int32_t id = (int32_t)cJSON_GetObjectItemCaseSensitive(it, "id")->valueint;
         int special = jbool(it, "special", 0);
-        int32_t vid;
-        int in_model = tok_strmap_get(&t->vocab, content, strlen(content), &vid) && vid == id;
         if ((rc = tok_set_token(t, id, content, strlen(content),
                                 special ? HYB_TOKEN_CONTROL : HYB_TOKEN_USER_DEFINED, 0)) != HYB_OK)
             goto fail;
-        (void)in_model;
         if ((rc = tok_add_added(t, content, strlen(content), id, special, jbool(it, "lstrip", 0),
                                 jbool(it, "rstrip", 0))) != HYB_OK)
             goto fail;
@@ -438,9 +428,9 @@ static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
     static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|endoftext|>", "<bos>"};
     static const char *const eos_names[] = {"</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"};
     for (int k = 0; k < 4 && t->bos_id < 0; k++)
-        special_id(c, root, bos_names[k], &t->bos_id);
+        t->bos_id = hyb_tokenizer_token_id(t, bos_names[k]);
     for (int k = 0; k < 4 && t->eos_id < 0; k++)
-        special_id(c, root, eos_names[k], &t->eos_id);
+        t->eos_id = hyb_tokenizer_token_id(t, eos_names[k]);
     if ((rc = tok_finish(t)) != HYB_OK) goto fail;
     return t;
 fail:

@@ -146,6 +146,11 @@ int32_t hyb_tokenizer_bos_id(const hyb_tokenizer *tok); /* -1 when none */
 int32_t hyb_tokenizer_eos_id(const hyb_tokenizer *tok);
 int32_t hyb_tokenizer_unk_id(const hyb_tokenizer *tok);
 int32_t hyb_tokenizer_pad_id(const hyb_tokenizer *tok);
+/* Override bos/eos (e.g. from the model's config.json: a tokenizer.json only names them through
+ * its post-processor template, else hyb guesses from common names like "<s>", "</s>",
+ * "<|endoftext|>"). -1 = none. Does not change what HYB_TOK_ADD_SPECIAL adds. HYB_ERR_ARG when
+ * an id is out of range. */
+int hyb_tokenizer_set_special_ids(hyb_tokenizer *tok, int32_t bos_id, int32_t eos_id);
 
 #ifdef __cplusplus
 }
