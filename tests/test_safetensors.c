@@ -73,7 +73,8 @@ static unsigned char *read_bytes(const char *path, size_t *n) {
 static void write_raw(const char *path, const char *header, const void *data, size_t ndata) {
     size_t hl = strlen(header);
     unsigned char *buf = malloc(8 + hl + ndata + 1);
-    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)hl >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        buf[i] = (unsigned char)((uint64_t)hl >> (8 * i));
     memcpy(buf + 8, header, hl);
     if (ndata) memcpy(buf + 8 + hl, data, ndata);
     write_bytes(path, buf, 8 + hl + ndata);
@@ -128,7 +129,8 @@ static void test_round_trip(void) {
     size_t n;
     unsigned char *raw = read_bytes(path, &n);
     uint64_t hl = 0;
-    for (int i = 7; i >= 0; i--) hl = (hl << 8) | raw[i];
+    for (int i = 7; i >= 0; i--)
+        hl = (hl << 8) | raw[i];
     CHECK((8 + hl) % 8 == 0); /* data section 8-byte aligned */
     CHECK(n == 8 + hl + 24 + 8 + 8 + 12);
     free(raw);
@@ -142,7 +144,8 @@ static void test_round_trip(void) {
     CHECK(hyb_safetensors_meta(st, "absent") == NULL);
     CHECK(hyb_safetensors_meta_count(st) == 2);
     const hyb_st_tensor *t = hyb_safetensors_find(st, "model.a");
-    CHECK(t && t->dtype == HYB_ST_F32 && t->ndim == 2 && t->shape[0] == 2 && t->shape[1] == 3 && t->numel == 6);
+    CHECK(t && t->dtype == HYB_ST_F32 && t->ndim == 2 && t->shape[0] == 2 && t->shape[1] == 3 &&
+          t->numel == 6);
     float out[6];
     CHECK(hyb_safetensors_read_f32(st, t, out, 6) == HYB_OK);
     CHECK(memcmp(out, a, sizeof a) == 0);
@@ -151,13 +154,15 @@ static void test_round_trip(void) {
     CHECK(t && t->dtype == HYB_ST_F16);
     if (t) {
         CHECK(hyb_safetensors_read_f32(st, t, out, 4) == HYB_OK);
-        for (int i = 0; i < 4; i++) CHECK(out[i] == hv[i]);
+        for (int i = 0; i < 4; i++)
+            CHECK(out[i] == hv[i]);
     }
     t = hyb_safetensors_find(st, "b");
     CHECK(t && t->dtype == HYB_ST_BF16);
     if (t) {
         CHECK(hyb_safetensors_read_f32(st, t, out, 4) == HYB_OK);
-        for (int i = 0; i < 4; i++) CHECK(out[i] == hyb_bf16_to_f32(bf[i]));
+        for (int i = 0; i < 4; i++)
+            CHECK(out[i] == hyb_bf16_to_f32(bf[i]));
         CHECK(out[0] == 1.0f && out[1] == -3.0f && out[2] == 1.5f);
         CHECK_NEAR(out[3] / 2.0e20, 1.0, 1.0 / 128);
     }
@@ -193,8 +198,9 @@ static void test_reference_file(void) {
         int ndim;
         int64_t shape[3];
     } want[] = {
-        {"f32", HYB_ST_F32, 2, {3, 4}},   {"f16", HYB_ST_F16, 1, {10}}, {"bf16", HYB_ST_BF16, 3, {2, 3, 2}},
-        {"i32", HYB_ST_I32, 1, {5}},      {"f64", HYB_ST_F64, 1, {4}},  {"i64", HYB_ST_I64, 1, {4}},
+        {"f32", HYB_ST_F32, 2, {3, 4}},      {"f16", HYB_ST_F16, 1, {10}},
+        {"bf16", HYB_ST_BF16, 3, {2, 3, 2}}, {"i32", HYB_ST_I32, 1, {5}},
+        {"f64", HYB_ST_F64, 1, {4}},         {"i64", HYB_ST_I64, 1, {4}},
     };
     CHECK(hyb_safetensors_count(st) == 6);
     for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
@@ -236,7 +242,8 @@ static void test_truncated_every_length(void) {
     size_t n;
     unsigned char *raw = read_bytes(good, &n);
     uint64_t hl = 0;
-    for (int i = 7; i >= 0; i--) hl = (hl << 8) | raw[i];
+    for (int i = 7; i >= 0; i--)
+        hl = (hl << 8) | raw[i];
     const char *bad = tmp_path("trunc.safetensors");
     int failures_ok = 1;
     for (size_t len = 0; len < n; len++) {
@@ -256,7 +263,8 @@ static void test_truncated_every_length(void) {
     write_bytes(bad, raw, 8 + hl / 2);
     expect_open_error(bad, HYB_ERR_FORMAT, (const char *[]){"exceeds the file", NULL});
     write_bytes(bad, raw, n - 4); /* the last tensor loses its tail */
-    expect_open_error(bad, HYB_ERR_FORMAT, (const char *[]){"'u.bias'", "past the end", "truncated", NULL});
+    expect_open_error(bad, HYB_ERR_FORMAT,
+                      (const char *[]){"'u.bias'", "past the end", "truncated", NULL});
     free(raw);
 }
 
@@ -271,7 +279,8 @@ static void test_header_errors(void) {
     write_raw(p, "[1, 2]", d, 16);
     expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"not a JSON object", NULL});
     write_raw(p, "{\"x\":{\"dtype\":\"F7\",\"shape\":[4],\"data_offsets\":[0,16]}}", d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", "unknown dtype 'F7'", NULL});
+    expect_open_error(p, HYB_ERR_FORMAT,
+                      (const char *[]){"tensor 'x'", "unknown dtype 'F7'", NULL});
     write_raw(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,16]}}", d, 16);
     expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", "needs 12 bytes", NULL});
     write_raw(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[-4],\"data_offsets\":[0,16]}}", d, 16);
@@ -284,18 +293,21 @@ static void test_header_errors(void) {
     expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", "data_offsets", NULL});
     write_raw(p, "{\"x\":{\"shape\":[4],\"data_offsets\":[0,16]}}", d, 16);
     expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", "dtype", NULL});
-    write_raw(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                 "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+    write_raw(p,
+              "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+              "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
               d, 16);
     expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"overlap", NULL});
-    write_raw(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                 "\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
+    write_raw(p,
+              "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+              "\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
               d, 16);
     expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"'x'", "twice", NULL});
     write_raw(p, "{\"__metadata__\":{\"a\":1}}", d, 0);
     expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"__metadata__", NULL});
-    write_raw(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],"
-                 "\"data_offsets\":[0,16]}}",
+    write_raw(p,
+              "{\"x\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],"
+              "\"data_offsets\":[0,16]}}",
               d, 16);
     expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", NULL});
     write_raw(p, "{} garbage", d, 0);
@@ -304,7 +316,8 @@ static void test_header_errors(void) {
     unsigned char big[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, '{', '}'};
     write_bytes(p, big, sizeof big);
     expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"header length", NULL});
-    expect_open_error(tmp_path("does-not-exist"), HYB_ERR_IO, (const char *[]){"cannot open", NULL});
+    expect_open_error(tmp_path("does-not-exist"), HYB_ERR_IO,
+                      (const char *[]){"cannot open", NULL});
     /* valid edge cases: empty header object, padding spaces, F8 is readable but not convertible */
     write_raw(p, "{}      ", d, 0);
     hyb_safetensors *st;
@@ -317,7 +330,8 @@ static void test_header_errors(void) {
     CHECK(hyb_safetensors_open(p, &st) == HYB_OK);
     if (st) {
         float o[4];
-        CHECK(hyb_safetensors_read_f32(st, hyb_safetensors_find(st, "f8"), o, 4) == HYB_ERR_UNSUPPORTED);
+        CHECK(hyb_safetensors_read_f32(st, hyb_safetensors_find(st, "f8"), o, 4) ==
+              HYB_ERR_UNSUPPORTED);
         CHECK(strstr(hyb_error(), "'f8'") != NULL);
         hyb_safetensors_close(st);
     }
@@ -340,7 +354,8 @@ static void test_header_fuzz(void) {
     const char *bad = tmp_path("fz2.safetensors");
     hyb_rng r;
     hyb_rng_seed(&r, 7);
-    static const unsigned char subs[] = {'"', '{', '}', '[', ']', ',', ':', '0', '9', '-', 'e', ' ', 0, 0xff};
+    static const unsigned char subs[] = {'"', '{', '}', '[', ']', ',', ':',
+                                         '0', '9', '-', 'e', ' ', 0,   0xff};
     int opened = 0, failed = 0;
     for (int it = 0; it < 3000; it++) {
         unsigned char *c = malloc(n);
@@ -358,7 +373,8 @@ static void test_header_fuzz(void) {
             /* whatever it says must be readable within the file */
             for (int i = 0; i < hyb_safetensors_count(st); i++) {
                 const hyb_st_tensor *t = hyb_safetensors_tensor(st, i);
-                if (t->numel > 0 && t->numel < 1000 && t->dtype != HYB_ST_F8_E4M3 && t->dtype != HYB_ST_F8_E5M2) {
+                if (t->numel > 0 && t->numel < 1000 && t->dtype != HYB_ST_F8_E4M3 &&
+                    t->dtype != HYB_ST_F8_E5M2) {
                     float *x = malloc((size_t)t->numel * sizeof(float));
                     CHECK(hyb_safetensors_read_f32(st, t, x, t->numel) == HYB_OK);
                     free(x);
@@ -386,7 +402,8 @@ static int failing_writer(hyb_atomic_file *f, void *vctx) {
     char chunk[4096];
     memset(chunk, 'x', sizeof chunk);
     for (int i = 0;; i++) {
-        if (i == c->fail_after) return hyb_error_set(HYB_ERR_IO, "simulated failure after %d chunks", i);
+        if (i == c->fail_after)
+            return hyb_error_set(HYB_ERR_IO, "simulated failure after %d chunks", i);
         HYB_TRY(hyb_atomic_write(f, chunk, sizeof chunk));
     }
 }
@@ -466,7 +483,9 @@ static void test_mkdir_p(void) {
 }
 
 int main(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/hyb_test_st_XXXXXX");
+    /* tmpfs when there is one: the writers fsync, which is slow on a busy disk */
+    snprintf(g_dir, sizeof g_dir, "%s/hyb_test_st_XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
     if (!mkdtemp(g_dir)) {
         perror("mkdtemp");
         return 1;

@@ -80,11 +80,13 @@ struct hyb_tokenizer {
     tok_pretok *pretoks;
     int n_pretoks;
     tok_added *added; /* sorted by length, longest first */
+    unsigned char added_first[256]; /* 1 when some added token starts with this byte */
     int n_added;
     int32_t *prefix_ids, *suffix_ids; /* what HYB_TOK_ADD_SPECIAL adds */
     int n_prefix, n_suffix;
     int dec_mode, dec_strip_space;
     int dec_byte_fallback; /* SPM decode: <0xNN> tokens become their byte */
+    double bound_mult, bound_add; /* ids <= len * mult + (len + 1) * add + specials */
     /* word cache: raw piece bytes -> ids */
     pthread_mutex_t cache_lock;
     tok_strmap cache;

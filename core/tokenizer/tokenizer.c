@@ -414,7 +414,67 @@ static int cmp_added_len(const void *x, const void *y) {
     return a->id < b->id ? -1 : a->id > b->id;
 }
 
+static int hexval(char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Bytes of `s` after replacing every `a` by `b` (the normalizer's Replace). */
+static size_t replace_str(const char *s, size_t n, const tok_norm *r, char *out) {
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        if (r->alen && i + r->alen <= n && memcmp(s + i, r->a, r->alen) == 0) {
+            if (out) memcpy(out + o, r->b, r->blen);
+            o += r->blen, i += r->alen;
+        } else {
+            if (out) out[o] = s[i];
+            o++, i++;
+        }
+    }
+    return o;
+}
+
+/* Worst-case ids per input byte. Every id covers at least one byte of the final normalized,
+ * pre-tokenized text, so bound that text: Replace a -> b grows it by at most max(1, |b|/|a|),
+ * Prepend adds its bytes once per segment (segments <= len + 1), ByteLevel's prefix space at most
+ * doubles it (one per piece), Metaspace at most triples it (" " -> "▁") and adds 3 bytes per
+ * piece. */
+static int compute_bound(hyb_tokenizer *t) {
+    double mult = 1, add = 0;
+    char *pre = NULL; /* what the Prepends put before a segment, through the later Replaces */
+    size_t npre = 0;
+    for (int i = 0; i < t->n_norms; i++) {
+        const tok_norm *nm = &t->norms[i];
+        size_t nn = nm->kind == TOK_NORM_PREPEND ? nm->alen + npre : replace_str(pre, npre, nm, NULL);
+        char *np = malloc(nn + 1);
+        if (!np) {
+            free(pre);
+            return hyb_error_set(HYB_ERR_NOMEM, "tokenizer: out of memory");
+        }
+        if (nm->kind == TOK_NORM_PREPEND) {
+            memcpy(np, nm->a, nm->alen);
+            if (npre) memcpy(np + nm->alen, pre, npre);
+        } else {
+            replace_str(pre, npre, nm, np);
+            double r = nm->alen ? (double)nm->blen / (double)nm->alen : 1;
+            mult *= r > 1 ? r : 1;
+        }
+        free(pre);
+        pre = np, npre = nn;
+    }
+    free(pre);
+    add = (double)npre;
+    for (int i = 0; i < t->n_pretoks; i++) {
+        double f = t->pretoks[i].kind == TOK_PT_METASPACE ? 6
+                   : t->pretoks[i].kind == TOK_PT_BYTELEVEL && t->pretoks[i].add_prefix_space ? 2
+                                                                                             : 1;
+        mult *= f, add *= f;
+    }
+    t->bound_mult = mult, t->bound_add = add;
+    return HYB_OK;
+}
+
 int tok_finish(hyb_tokenizer *t) {
+    HYB_TRY(compute_bound(t));
     for (int32_t i = 0; i < t->n_vocab; i++) {
         if (!t->text[i]) {
             t->text[i] = calloc(1, 1);
@@ -427,11 +487,10 @@ int tok_finish(hyb_tokenizer *t) {
         long pl = -1;
         if (t->dec_mode == TOK_DEC_BYTE_LEVEL) pl = bl_decode(s, n, p);
         if (t->dec_mode == TOK_DEC_SPM) {
-            unsigned v;
-            char tail;
-            if (t->dec_byte_fallback && n == 6 && sscanf(s, "<0x%2X%c", &v, &tail) == 2 &&
-                tail == '>') {
-                p[0] = (char)v;
+            int hi = n == 6 ? hexval(s[3]) : -1, lo = n == 6 ? hexval(s[4]) : -1;
+            if (t->dec_byte_fallback && n == 6 && memcmp(s, "<0x", 3) == 0 && s[5] == '>' &&
+                hi >= 0 && lo >= 0) {
+                p[0] = (char)(hi * 16 + lo);
                 pl = 1;
             } else { /* "▁" (E2 96 81) -> ' ' */
                 size_t o = 0;
@@ -455,6 +514,8 @@ int tok_finish(hyb_tokenizer *t) {
         if (!tok_strmap_get(&t->vocab, hex, 6, &t->bytefb_id[b])) t->bytefb_id[b] = -1;
     }
     if (t->n_added > 1) qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added_len);
+    memset(t->added_first, 0, sizeof t->added_first);
+    for (int k = 0; k < t->n_added; k++) t->added_first[(unsigned char)t->added[k].text[0]] = 1;
     return HYB_OK;
 }
 
@@ -503,8 +564,10 @@ hyb_tokenizer *hyb_tokenizer_new_bpe(const hyb_tokenizer_spec *spec) {
         const char *s = spec->vocab[i] ? spec->vocab[i] : "";
         int type = spec->token_types ? spec->token_types[i] : HYB_TOKEN_NORMAL;
         rc = tok_set_token(t, i, s, strlen(s), type, 1);
-        if (rc == HYB_OK && (type == HYB_TOKEN_CONTROL || type == HYB_TOKEN_USER_DEFINED))
-            rc = tok_add_added(t, s, strlen(s), i, type == HYB_TOKEN_CONTROL, 0, 0);
+        /* control, unknown and user-defined tokens are matched in text (HF: added tokens) */
+        if (rc == HYB_OK && (type == HYB_TOKEN_CONTROL || type == HYB_TOKEN_UNKNOWN ||
+                             type == HYB_TOKEN_USER_DEFINED))
+            rc = tok_add_added(t, s, strlen(s), i, type != HYB_TOKEN_USER_DEFINED, 0, 0);
     }
     for (int32_t r = 0; r < spec->n_merges && rc == HYB_OK; r++) {
         const char *m = spec->merges[r];
@@ -940,7 +1003,7 @@ static int bpe_word_cached(const hyb_tokenizer *t, enc_state *s, const char *w, 
                 if (!ni) rc = hyb_error_set(HYB_ERR_NOMEM, "tokenizer: out of memory");
                 else s->ids = ni, s->capids = nc;
             }
-            if (rc == HYB_OK) {
+            if (rc == HYB_OK && cnt > 0) {
                 memcpy(s->ids + s->nids, mt->cache_ids + off + 1, (size_t)cnt * sizeof(int32_t));
                 s->nids += (size_t)cnt;
             }
@@ -965,13 +1028,16 @@ static int bpe_word_cached(const hyb_tokenizer *t, enc_state *s, const char *w, 
             int32_t *ni = realloc(mt->cache_ids, nc * sizeof *ni);
             if (ni) mt->cache_ids = ni, mt->cache_ids_cap = nc;
         }
-        if (need <= mt->cache_ids_cap &&
-            tok_strmap_put(&mt->cache, w, n, (int32_t)mt->cache_ids_n) == HYB_OK) {
-            mt->cache_ids[mt->cache_ids_n] = (int32_t)cnt;
-            memcpy(mt->cache_ids + mt->cache_ids_n + 1, s->ids + before, cnt * sizeof(int32_t));
-            mt->cache_ids_n = need;
+        if (need <= mt->cache_ids_cap) {
+            if (tok_strmap_put(&mt->cache, w, n, (int32_t)mt->cache_ids_n) == HYB_OK) {
+                mt->cache_ids[mt->cache_ids_n] = (int32_t)cnt;
+                if (cnt)
+                    memcpy(mt->cache_ids + mt->cache_ids_n + 1, s->ids + before, cnt * sizeof(int32_t));
+                mt->cache_ids_n = need;
+            } else {
+                hyb_error_clear(); /* a failed cache insert is not an error of the encode */
+            }
         }
-        hyb_error_clear(); /* a failed cache insert is not an error of the encode */
         pthread_mutex_unlock(&mt->cache_lock);
     }
     return HYB_OK;
@@ -1018,6 +1084,10 @@ static int encode_all(const hyb_tokenizer *t, enc_state *s, const char *text, si
     size_t seg = 0, i = 0;
     while (parse && i < len) {
         const tok_added *hit = NULL;
+        if (!t->added_first[(unsigned char)text[i]]) {
+            i++;
+            continue;
+        }
         for (int k = 0; k < t->n_added; k++) {
             const tok_added *a = &t->added[k];
             if (a->text[0] == text[i] && a->len <= len - i && memcmp(text + i, a->text, a->len) == 0) {
@@ -1052,7 +1122,7 @@ long hyb_tokenizer_encode(const hyb_tokenizer *t, const char *text, size_t len, 
     memset(&s, 0, sizeof s);
     int rc = encode_all(t, &s, text ? text : "", len, flags);
     long n = rc == HYB_OK ? (long)s.nids : rc;
-    if (rc == HYB_OK) memcpy(ids, s.ids, (s.nids < cap ? s.nids : cap) * sizeof *ids);
+    if (rc == HYB_OK && s.nids && cap) memcpy(ids, s.ids, (s.nids < cap ? s.nids : cap) * sizeof *ids);
     enc_state_free(&s);
     return n;
 }
@@ -1075,7 +1145,9 @@ int hyb_tokenizer_encode_alloc(const hyb_tokenizer *t, const char *text, size_t 
 }
 
 size_t hyb_tokenizer_max_tokens(const hyb_tokenizer *t, size_t len) {
-    return 4 * len + 8 + (t ? (size_t)(t->n_prefix + t->n_suffix) : 0);
+    if (!t) return 0;
+    double b = (double)len * t->bound_mult + ((double)len + 1) * t->bound_add;
+    return (size_t)b + 1 + (size_t)(t->n_prefix + t->n_suffix);
 }
 
 /* ---- decoding and queries --------------------------------------------------------------------*/
@@ -1091,7 +1163,9 @@ long hyb_tokenizer_decode(const hyb_tokenizer *t, const int32_t *ids, size_t n, 
         if (id < 0 || id >= t->n_vocab)
             return hyb_error_set(HYB_ERR_ARG, "hyb_tokenizer_decode: id %d at %zu out of range [0, %d)",
                                  (int)id, i, (int)t->n_vocab);
-        if ((flags & HYB_TOK_SKIP_SPECIAL) && t->type[id] == HYB_TOKEN_CONTROL) continue;
+        if ((flags & HYB_TOK_SKIP_SPECIAL) &&
+            (t->type[id] == HYB_TOKEN_CONTROL || t->type[id] == HYB_TOKEN_UNKNOWN))
+            continue;
         const char *p = t->piece[id];
         size_t pl = t->piece_len[id];
         if (at_start && pl > 0) {

@@ -343,6 +343,12 @@ static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
         }
         if (id->valueint > maxid) maxid = id->valueint;
     }
+    long n_entries = (long)cJSON_GetArraySize(vocab) + (long)cJSON_GetArraySize(added);
+    if (maxid >= 2 * n_entries + 1024) { /* holes are fine, a vocab of mostly holes is not */
+        hyb_error_set(HYB_ERR_FORMAT, "%s: token id %ld is far beyond the %ld tokens listed", c->name,
+                      maxid, n_entries);
+        return NULL;
+    }
     hyb_tokenizer *t = tok_alloc((int32_t)(maxid + 1));
     if (!t) return NULL;
     c->t = t;

@@ -23,6 +23,11 @@ Writes into tests/data/tokenizer/:
                           Metaspace layouts, and their ids/decodes on the samples.
   llama3_tiny.tokenizer.json, llama3_tiny_golden.json
                           a small byte-level BPE with the llama-3 Split regex (ignore_merges).
+  spm_real.json           a small model trained with Google's `sentencepiece` itself (BPE,
+                          byte_fallback, identity normalization, dummy prefix): pieces, scores,
+                          types (the data of a GGUF "llama" tokenizer, which has no merges), and
+                          sentencepiece's own ids and decodes on the samples. Needs
+                          `pip install sentencepiece` (skipped with a message when missing).
 """
 import json
 import os
@@ -79,6 +84,12 @@ SAMPLES = [
     "a",
     " ",
     "ï»¿BOM-like ÿþ bytes and control \u0001\u0002\u001f chars \u007f",
+    "<s>Hello</s> world <s> again</s>",
+    "</s>",
+    " <s> x <unk>y",
+    "<|begin_of_text|>Hi<|end_of_text|>",
+    "   <|im_start|>  spaced  <|im_end|>   ",
+    "x\n\n\n<|im_end|>\n\n",
 ]
 
 
@@ -211,6 +222,34 @@ def build_llama3_tiny():
     return tok
 
 
+def build_sentencepiece():
+    try:
+        import sentencepiece as spm
+    except ImportError:
+        print("sentencepiece not installed: spm_real.json not regenerated")
+        return None
+    import io
+    corpus = [s for s in CORPUS if s.strip()] * 5
+    m = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=m, model_type="bpe", vocab_size=1000,
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=True, split_digits=True, character_coverage=0.98, unk_id=0, bos_id=1,
+        eos_id=2, pad_id=-1, minloglevel=2, hard_vocab_limit=False)
+    sp = spm.SentencePieceProcessor(model_proto=m.getvalue())
+    n = sp.get_piece_size()
+    types = []
+    for i in range(n):
+        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i)
+                     else 5 if sp.is_unused(i) else 1)
+    gold = []
+    for s in SAMPLES:
+        ids = sp.encode(s)
+        gold.append({"text": s, "ids": ids, "decode": sp.decode(ids)})
+    return {"tokens": [sp.id_to_piece(i) for i in range(n)],
+            "scores": [sp.get_score(i) for i in range(n)], "types": types, "golden": gold}
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     path = sys.argv[1] if len(sys.argv) > 1 else gguf_default()
@@ -242,6 +281,9 @@ def main():
     t = build_llama3_tiny()
     t.save(os.path.join(OUT, "llama3_tiny.tokenizer.json"), pretty=True)
     dump(golden(t, SAMPLES), "llama3_tiny_golden.json")
+    real = build_sentencepiece()
+    if real:
+        dump(real, "spm_real.json")
 
 
 if __name__ == "__main__":

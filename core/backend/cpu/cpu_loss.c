@@ -20,17 +20,21 @@
 #define PAR_MIN 32768
 #define KL_CLAMP 100.0f
 
-static inline float clampk(float x) { return x < -KL_CLAMP ? -KL_CLAMP : (x > KL_CLAMP ? KL_CLAMP : x); }
+static inline float clampk(float x) {
+    return x < -KL_CLAMP ? -KL_CLAMP : (x > KL_CLAMP ? KL_CLAMP : x);
+}
 
 /* log sum exp of x[0..V) */
 static double row_lse(const float *x, int64_t V) {
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
-    for (int64_t v = 0; v < V; v++) m = x[v] > m ? x[v] : m;
+    for (int64_t v = 0; v < V; v++)
+        m = x[v] > m ? x[v] : m;
     if (m == -INFINITY || m == INFINITY) return m;
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
-    for (int64_t v = 0; v < V; v++) s += hyb_fast_expf(x[v] - m);
+    for (int64_t v = 0; v < V; v++)
+        s += hyb_fast_expf(x[v] - m);
     return (double)m + log(s);
 }
 
@@ -66,7 +70,8 @@ void hyb_cpu_ce_bwd(const float *logits, const int32_t *targets, const float *w,
         const float *x = logits + r * V;
         float *d = dlogits + r * V;
 #pragma omp simd
-        for (int64_t v = 0; v < V; v++) d[v] += g * hyb_fast_expf(x[v] - l);
+        for (int64_t v = 0; v < V; v++)
+            d[v] += g * hyb_fast_expf(x[v] - l);
         d[targets[r]] -= g;
     }
 }
@@ -111,7 +116,8 @@ static void kl_row(const float *sr, const float *tr, int64_t V, float T, int rev
             mass += e;
         }
     }
-    const double kl = reverse ? exp(ds) * (acc + (ds - dt) * mass) : exp(dt) * (acc + (dt - ds) * mass);
+    const double kl =
+        reverse ? exp(ds) * (acc + (ds - dt) * mass) : exp(dt) * (acc + (dt - ds) * mass);
     st[0] = (float)ls;
     st[1] = (float)lt;
     st[2] = (float)kl;

@@ -30,7 +30,8 @@ static void omp_slice(int64_t n, int64_t *lo, int64_t *hi) {
 
 void hyb_cpu_embedding_fwd(const float *W, const int32_t *ids, float *y, int64_t n, int64_t D) {
 #pragma omp parallel for schedule(static) if (n * D > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) memcpy(y + i * D, W + (int64_t)ids[i] * D, sizeof(float) * (size_t)D);
+    for (int64_t i = 0; i < n; i++)
+        memcpy(y + i * D, W + (int64_t)ids[i] * D, sizeof(float) * (size_t)D);
 }
 
 void hyb_cpu_embedding_bwd(float *dW, const int32_t *ids, const float *dy, int64_t n, int64_t D) {
@@ -43,7 +44,8 @@ void hyb_cpu_embedding_bwd(float *dW, const int32_t *ids, const float *dy, int64
             float *dst = dW + (int64_t)ids[i] * D;
             const float *src = dy + i * D;
 #pragma omp simd
-            for (int64_t d = lo; d < hi; d++) dst[d] += src[d];
+            for (int64_t d = lo; d < hi; d++)
+                dst[d] += src[d];
         }
     }
 }
@@ -58,11 +60,13 @@ void hyb_cpu_rmsnorm_fwd(const float *x, const float *w, float *y, float *rstd, 
         float *yr = y + r * D;
         double ss = 0.0;
 #pragma omp simd reduction(+ : ss)
-        for (int64_t i = 0; i < D; i++) ss += (double)xr[i] * xr[i];
+        for (int64_t i = 0; i < D; i++)
+            ss += (double)xr[i] * xr[i];
         float rs = (float)(1.0 / sqrt(ss / (double)D + (double)eps));
         rstd[r] = rs;
 #pragma omp simd
-        for (int64_t i = 0; i < D; i++) yr[i] = w[i] * (xr[i] * rs);
+        for (int64_t i = 0; i < D; i++)
+            yr[i] = w[i] * (xr[i] * rs);
     }
 }
 
@@ -77,11 +81,13 @@ void hyb_cpu_rmsnorm_bwd(const float *x, const float *w, const float *rstd, cons
             float *dr = dx + r * D;
             double c = 0.0;
 #pragma omp simd reduction(+ : c)
-            for (int64_t i = 0; i < D; i++) c += (double)w[i] * gr[i] * xr[i];
+            for (int64_t i = 0; i < D; i++)
+                c += (double)w[i] * gr[i] * xr[i];
             const float rs = rstd[r];
             const float k = (float)((double)rs * rs * rs * c / (double)D);
 #pragma omp simd
-            for (int64_t i = 0; i < D; i++) dr[i] += rs * w[i] * gr[i] - k * xr[i];
+            for (int64_t i = 0; i < D; i++)
+                dr[i] += rs * w[i] * gr[i] - k * xr[i];
         }
     }
     if (dw) {
@@ -95,21 +101,26 @@ void hyb_cpu_rmsnorm_bwd(const float *x, const float *w, const float *rstd, cons
                 const float *xr = x + r * D, *gr = dy + r * D;
                 const double rs = rstd[r];
 #pragma omp simd
-                for (int64_t i = lo; i < hi; i++) acc[i] += (double)gr[i] * xr[i] * rs;
+                for (int64_t i = lo; i < hi; i++)
+                    acc[i] += (double)gr[i] * xr[i] * rs;
             }
         }
-        for (int64_t i = 0; i < D; i++) dw[i] += (float)acc[i];
+        for (int64_t i = 0; i < D; i++)
+            dw[i] += (float)acc[i];
         free(acc);
     }
 }
 
 // ---- swiglu, add, axpy ----------------------------------------------------------------------
 
-static inline float sigmoidf(float g) { return 1.0f / (1.0f + hyb_fast_expf(-g)); }
+static inline float sigmoidf(float g) {
+    return 1.0f / (1.0f + hyb_fast_expf(-g));
+}
 
 void hyb_cpu_swiglu_fwd(const float *gate, const float *up, float *y, int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) y[i] = gate[i] * sigmoidf(gate[i]) * up[i];
+    for (int64_t i = 0; i < n; i++)
+        y[i] = gate[i] * sigmoidf(gate[i]) * up[i];
 }
 
 void hyb_cpu_swiglu_bwd(const float *gate, const float *up, const float *dy, float *dgate,
@@ -125,12 +136,14 @@ void hyb_cpu_swiglu_bwd(const float *gate, const float *up, const float *dy, flo
 
 void hyb_cpu_add(const float *a, const float *b, float *y, int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+    for (int64_t i = 0; i < n; i++)
+        y[i] = a[i] + b[i];
 }
 
 void hyb_cpu_axpy(float *dst, const float *src, float alpha, int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) dst[i] += alpha * src[i];
+    for (int64_t i = 0; i < n; i++)
+        dst[i] += alpha * src[i];
 }
 
 // ---- softmax --------------------------------------------------------------------------------
@@ -142,7 +155,8 @@ void hyb_cpu_softmax_fwd(const float *x, float *y, int64_t rows, int64_t V) {
         float *yr = y + r * V;
         float m = -INFINITY;
 #pragma omp simd reduction(max : m)
-        for (int64_t v = 0; v < V; v++) m = xr[v] > m ? xr[v] : m;
+        for (int64_t v = 0; v < V; v++)
+            m = xr[v] > m ? xr[v] : m;
         if (m == -INFINITY) m = 0.0f; /* an all -inf row: avoid inf - inf */
         double s = 0.0;
 #pragma omp simd reduction(+ : s)
@@ -152,7 +166,8 @@ void hyb_cpu_softmax_fwd(const float *x, float *y, int64_t rows, int64_t V) {
         }
         const float inv = (float)(1.0 / s);
 #pragma omp simd
-        for (int64_t v = 0; v < V; v++) yr[v] *= inv;
+        for (int64_t v = 0; v < V; v++)
+            yr[v] *= inv;
     }
 }
 
@@ -163,9 +178,11 @@ void hyb_cpu_softmax_bwd(const float *y, const float *dy, float *dx, int64_t row
         float *dr = dx + r * V;
         double dot = 0.0;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t v = 0; v < V; v++) dot += (double)gr[v] * yr[v];
+        for (int64_t v = 0; v < V; v++)
+            dot += (double)gr[v] * yr[v];
         const float d = (float)dot;
 #pragma omp simd
-        for (int64_t v = 0; v < V; v++) dr[v] += yr[v] * (gr[v] - d);
+        for (int64_t v = 0; v < V; v++)
+            dr[v] += yr[v] * (gr[v] - d);
     }
 }

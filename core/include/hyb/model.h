@@ -152,6 +152,13 @@ void hyb_adamw_free(hyb_adamw *o);
  * without touching the grads (skip the step). */
 float hyb_grad_clip(hyb_tensor **params, int n, float max_norm);
 int hyb_adamw_step(hyb_adamw *o);
+/* Optimiser state for resuming: a safetensors file (atomic) with "<param name>.exp_avg" and
+ * "<param name>.exp_avg_sq" (f32; "param.<i>" for unnamed params) and the step and
+ * hyper-parameters in its metadata. */
+int hyb_adamw_save(const hyb_adamw *o, const char *path);
+/* Restore the step and the moments into an optimiser over the same parameters (names and shapes
+ * must match; errors name the tensor and both shapes). Hyper-parameters stay the caller's. */
+int hyb_adamw_load(hyb_adamw *o, const char *path);
 
 #ifdef __cplusplus
 }

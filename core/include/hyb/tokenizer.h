@@ -17,6 +17,15 @@
  * A tokenizer is safe to use from several threads at once (the cache has a lock).
  *
  * Token types follow the GGUF numbering (tokenizer.ggml.token_type).
+ *
+ * Checked against HF `tokenizers` (tests/test_tokenizer.c: identical ids on every sample for
+ * SmolLM2, the GPT-2 and llama-3 regexes and three SentencePiece layouts). Known differences:
+ *  - added tokens are always matched in the raw text: HF matches `normalized: true` added tokens
+ *    in the normalized text instead (the same thing when there is no normalizer);
+ *    `single_word` is ignored; lstrip/rstrip strip ASCII whitespace only.
+ *  - decode returns raw bytes; HF returns lossy UTF-8 (U+FFFD for a byte sequence cut short).
+ *  - unsupported normalizers (NFC, NFKC, Lowercase, ...) and pre-tokenizers (Whitespace,
+ *    Punctuation, UnicodeScripts, ...) are load errors that name them, never ignored.
  */
 #ifndef HYB_TOKENIZER_H
 #define HYB_TOKENIZER_H
@@ -53,7 +62,7 @@ typedef enum hyb_pretok_kind {
 /* Token types, numbered as GGUF's tokenizer.ggml.token_type. */
 enum {
     HYB_TOKEN_NORMAL = 1,
-    HYB_TOKEN_UNKNOWN = 2,
+    HYB_TOKEN_UNKNOWN = 2,      /* <unk>: matched in text and skipped like a control token */
     HYB_TOKEN_CONTROL = 3,      /* special token (bos, eos, <|im_start|>...): matched in text */
     HYB_TOKEN_USER_DEFINED = 4, /* added, non-special token: matched in text */
     HYB_TOKEN_UNUSED = 5,
@@ -101,12 +110,14 @@ void hyb_tokenizer_free(hyb_tokenizer *tok);
 enum {
     HYB_TOK_ADD_SPECIAL = 1,      /* encode: add bos/eos as the tokenizer says */
     HYB_TOK_NO_PARSE_SPECIAL = 2, /* encode: added/special token text is plain text */
-    HYB_TOK_SKIP_SPECIAL = 4,     /* decode: drop special (control) tokens */
+    HYB_TOK_SKIP_SPECIAL = 4,     /* decode: drop special (control and unknown) tokens */
 };
 
 /* text: [len] bytes (UTF-8; invalid bytes are kept and byte-encoded). Writes up to `cap` ids and
  * returns how many the text needs (> cap: call again with a larger buffer), or a negative
- * hyb_status. At most hyb_tokenizer_max_tokens(tok, len) ids are ever needed. */
+ * hyb_status. At most hyb_tokenizer_max_tokens(tok, len) ids are ever needed (a worst-case
+ * bound from the pipeline: len + 1 + specials for byte-level BPE without a prefix space,
+ * 6 * len + 4 + specials for SentencePiece-style "▁" models). */
 long hyb_tokenizer_encode(const hyb_tokenizer *tok, const char *text, size_t len, int flags,
                           int32_t *ids, size_t cap);
 /* Encode into a malloc'ed array (*ids, free with free()); *n_ids its length. */
