@@ -854,6 +854,46 @@ static int o_zero_grad(lua_State *L) {
     return 0;
 }
 
+/* Create the directory that will hold `path` (mkdir -p of its dirname). */
+static int make_parent_dirs(const char *path, char *err, size_t n) {
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path) return 0;
+    size_t len = (size_t)(slash - path);
+    if (len >= sizeof dir) {
+        snprintf(err, n, "path too long");
+        return -1;
+    }
+    memcpy(dir, path, len);
+    dir[len] = 0;
+    return make_dirs(dir, err, n);
+}
+
+/* opt:save(path): the optimiser's state (step, moments) for resuming, written atomically. */
+static int o_save(lua_State *L) {
+    char buf[96], err[4400];
+    ladamw *a = check_adamw(L, 1, "opt:save");
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return lhyb_error(L, "opt:save: path must be a string, got %s",
+                          lhyb_describe(L, 2, buf, sizeof buf));
+    const char *path = lua_tostring(L, 2);
+    if (make_parent_dirs(path, err, sizeof err) != 0) return lhyb_error(L, "opt:save: %s", err);
+    if (hyb_adamw_save(a->o, path) != HYB_OK) return lhyb_raise_hyb(L, "opt:save");
+    return 0;
+}
+
+/* opt:load(path): restore the step and moments saved by opt:save (same parameters); the
+ * hyper-parameters (lr, betas ...) stay this optimiser's. */
+static int o_load(lua_State *L) {
+    char buf[96];
+    ladamw *a = check_adamw(L, 1, "opt:load");
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return lhyb_error(L, "opt:load: path must be a string, got %s",
+                          lhyb_describe(L, 2, buf, sizeof buf));
+    if (hyb_adamw_load(a->o, lua_tostring(L, 2)) != HYB_OK) return lhyb_raise_hyb(L, "opt:load");
+    return 0;
+}
+
 static int adamw_tostring(lua_State *L) {
     ladamw *a = (ladamw *)luaL_checkudata(L, 1, LHYB_ADAMW_MT);
     if (!a->o)
@@ -900,8 +940,8 @@ static const luaL_Reg loss_methods[] = {
     {"value", loss_value}, {"backward", loss_backward}, {NULL, NULL}};
 
 static const luaL_Reg adamw_methods[] = {
-    {"step", o_step},   {"set_lr", o_set_lr},       {"lr", o_lr},
-    {"steps", o_steps}, {"zero_grad", o_zero_grad}, {NULL, NULL}};
+    {"step", o_step},           {"set_lr", o_set_lr}, {"lr", o_lr},     {"steps", o_steps},
+    {"zero_grad", o_zero_grad}, {"save", o_save},     {"load", o_load}, {NULL, NULL}};
 
 static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
                       lua_CFunction tostring, lua_CFunction gc) {
