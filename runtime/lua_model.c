@@ -24,8 +24,7 @@
 #include "hyb/model.h"
 #include "lhyb.h"
 
-/* ---- layer maps -------------------------------------------------------------------------------
- */
+/* ---- layer maps ------------------------------------------------------------------------------ */
 
 typedef struct lmap {
     hyb_layermap *map; /* NULL once closed */
@@ -170,8 +169,7 @@ static int map_gc(lua_State *L) {
     return 0;
 }
 
-/* ---- models -----------------------------------------------------------------------------------
- */
+/* ---- models ---------------------------------------------------------------------------------- */
 
 typedef struct lmodel {
     hyb_model *m;       /* NULL once closed */
@@ -274,8 +272,7 @@ static int m_forward(lua_State *L) {
     return 1;
 }
 
-/* ---- losses -----------------------------------------------------------------------------------
- */
+/* ---- losses ---------------------------------------------------------------------------------- */
 
 typedef struct lloss {
     hyb_tensor *loss; /* [1] in the model's graph */
@@ -438,8 +435,7 @@ static int loss_tostring(lua_State *L) {
     return 1;
 }
 
-/* ---- model methods ----------------------------------------------------------------------------
- */
+/* ---- model methods --------------------------------------------------------------------------- */
 
 static int m_zero_grad(lua_State *L) {
     hyb_model_zero_grad(check_model(L, 1, "model:zero_grad")->m);
@@ -734,8 +730,7 @@ static int model_gc(lua_State *L) {
     return 0;
 }
 
-/* ---- AdamW ------------------------------------------------------------------------------------
- */
+/* ---- AdamW ----------------------------------------------------------------------------------- */
 
 typedef struct ladamw {
     hyb_adamw *o;       /* NULL once closed */
@@ -910,8 +905,7 @@ static int adamw_gc(lua_State *L) {
     return 0;
 }
 
-/* ---- registration -----------------------------------------------------------------------------
- */
+/* ---- registration ---------------------------------------------------------------------------- */
 
 static const luaL_Reg map_methods[] = {{"describe", map_describe},
                                        {"n_layers", map_n_layers},

@@ -4,8 +4,7 @@
  *   hyb run -e 'lua code' [args]   run a chunk given on the command line
  *   hyb plugins                    list the mixer plugins found and the search path
  *   hyb version | hyb help
- *   hyb <name> [args...]           run the shipped script <scripts>/<name>.lua (generate, distill
- * ...)
+ *   hyb <name> [args...]           run the shipped script <scripts>/<name>.lua (generate ...)
  *
  * The scripts directory is $HYB_SCRIPTS_DIR, else <binary dir>/../share/hyb/scripts, else the
  * source tree's scripts/ (HYB_SCRIPTS_DIR compile definition). A script error prints
@@ -35,8 +34,7 @@
 
 static const char *progname = "hyb";
 
-/* ---- paths --------------------------------------------------------------------------------------
- */
+/* ---- paths ----------------------------------------------------------------------------------- */
 
 static int is_dir(const char *p) {
     struct stat st;
@@ -78,8 +76,7 @@ static const char *scripts_dir(char *buf, size_t n) {
     return is_dir(buf) ? buf : NULL;
 }
 
-/* ---- running Lua ------------------------------------------------------------------------------
- */
+/* ---- running Lua ----------------------------------------------------------------------------- */
 
 static lua_State *global_L = NULL;
 
@@ -185,8 +182,7 @@ static int run_lua(const char *script, int is_chunk, char **args, int nargs) {
     return status == LUA_OK ? 0 : 1;
 }
 
-/* ---- subcommands ------------------------------------------------------------------------------
- */
+/* ---- subcommands ----------------------------------------------------------------------------- */
 
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
