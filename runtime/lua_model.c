@@ -243,6 +243,19 @@ static int l_load(lua_State *L) {
     return 1;
 }
 
+/* model:clone() -> an independent copy (same layout, parameter values and frozen flags, zero
+ * grads, its own graph): e.g. a student made from its teacher before swapping layers. */
+static int m_clone(lua_State *L) {
+    lmodel *lm = check_model(L, 1, "model:clone");
+    lmodel *c = new_model_box(L);
+    if (hyb_model_clone(lm->m, &c->m) != HYB_OK) {
+        c->m = NULL;
+        return lhyb_raise_hyb(L, "model:clone");
+    }
+    model_attach_graph(L, c, "model:clone");
+    return 1;
+}
+
 static void graph_reset(lmodel *lm) {
     hyb_graph_reset(lm->g);
     lm->graph_gen++;
@@ -927,6 +940,7 @@ static const luaL_Reg model_methods[] = {{"forward", m_forward},
                                          {"config", m_config},
                                          {"graph_stats", m_graph_stats},
                                          {"swap", m_swap},
+                                         {"clone", m_clone},
                                          {"set_identity", m_set_identity},
                                          {NULL, NULL}};
 
