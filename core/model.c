@@ -47,7 +47,9 @@ static hyb_tensor *param_new(const char *name, int ndim, const int64_t *shape, i
     snprintf(t->name, sizeof t->name, "%s", name);
     float *p = hyb_tensor_f32(t);
     int64_t n = hyb_tensor_numel(t);
-    if (normal) {
+    if (normal < 0) {
+        /* zeros (hyb_tensor_new zeroes) */
+    } else if (normal) {
         hyb_rng r;
         hyb_rng_seed(&r, seed);
         hyb_rng_fill_normal(&r, p, n, 0.0f, INIT_STD);
@@ -208,6 +210,10 @@ static void log_layout(const hyb_model *m) {
 }
 
 int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
+    return hyb_model_build_ex(map, seed, 0, out);
+}
+
+int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_model **out) {
     *out = NULL;
     if (!map) return hyb_error_set(HYB_ERR_ARG, "hyb_model_build: no layer map");
     if (map->d_model <= 0 || map->n_layers <= 0 || map->vocab_size <= 0 || map->d_ff <= 0) {
@@ -228,6 +234,7 @@ int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
     m->F = map->d_ff;
     m->L = map->n_layers;
     int rc = HYB_OK;
+    const int rnd = (flags & HYB_BUILD_NO_INIT) ? -1 : 1; /* N(0, 0.02) or left zero */
     const int64_t D = m->D, V = m->V, F = m->F;
     int64_t sh_vd[2] = {V, D}, sh_d[1] = {D}, sh_fd[2] = {F, D}, sh_df[2] = {D, F};
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
@@ -235,7 +242,7 @@ int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
         rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_model_build: out of memory");
         goto fail;
     }
-    if (!(m->embed = param_new("model.embed_tokens.weight", 2, sh_vd, 1, seed_mix(seed, 0))))
+    if (!(m->embed = param_new("model.embed_tokens.weight", 2, sh_vd, rnd, seed_mix(seed, 0))))
         goto fail_err;
     for (int l = 0; l < m->L; l++) {
         hyb_layer *ly = &m->layers[l];
@@ -257,16 +264,16 @@ int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
         if (!(ly->norm_post = param_new(name, 1, sh_d, 0, 0))) goto fail_err;
         snprintf(name, sizeof name, "model.layers.%d.mlp.gate_proj.weight", l);
-        if (!(ly->w_gate = param_new(name, 2, sh_fd, 1, seed_mix(ls, 2)))) goto fail_err;
+        if (!(ly->w_gate = param_new(name, 2, sh_fd, rnd, seed_mix(ls, 2)))) goto fail_err;
         snprintf(name, sizeof name, "model.layers.%d.mlp.up_proj.weight", l);
-        if (!(ly->w_up = param_new(name, 2, sh_fd, 1, seed_mix(ls, 3)))) goto fail_err;
+        if (!(ly->w_up = param_new(name, 2, sh_fd, rnd, seed_mix(ls, 3)))) goto fail_err;
         snprintf(name, sizeof name, "model.layers.%d.mlp.down_proj.weight", l);
-        if (!(ly->w_down = param_new(name, 2, sh_df, 1, seed_mix(ls, 4)))) goto fail_err;
+        if (!(ly->w_down = param_new(name, 2, sh_df, rnd, seed_mix(ls, 4)))) goto fail_err;
     }
     if (!(m->norm_f = param_new("model.norm.weight", 1, sh_d, 0, 0))) goto fail_err;
     if (map->tie_embeddings)
         m->lm_head = m->embed;
-    else if (!(m->lm_head = param_new("lm_head.weight", 2, sh_vd, 1, seed_mix(seed, 1))))
+    else if (!(m->lm_head = param_new("lm_head.weight", 2, sh_vd, rnd, seed_mix(seed, 1))))
         goto fail_err;
     if ((rc = rebuild_store(m)) != HYB_OK) goto fail;
     log_layout(m);
@@ -880,6 +887,40 @@ fail:
     return NULL;
 }
 
+int hyb_model_clone(const hyb_model *src, hyb_model **out) {
+    *out = NULL;
+    char *toml = hyb_model_layermap_toml(src);
+    if (!toml) return hyb_error_wrap(HYB_ERR, "hyb_model_clone");
+    hyb_layermap *map = NULL;
+    int rc = hyb_layermap_parse(toml, src->map->path, &map);
+    free(toml);
+    if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_model_clone: re-reading the layer map");
+    hyb_model *m = NULL;
+    if ((rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m)) != HYB_OK)
+        return hyb_error_wrap(rc, "hyb_model_clone");
+    if (m->n_params != src->n_params) {
+        hyb_model_free(m);
+        return hyb_error_set(HYB_ERR,
+                             "hyb_model_clone: %d parameters in the copy, %d in the source",
+                             m->n_params, src->n_params);
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        const hyb_tensor *a = src->params[i];
+        hyb_tensor *b = m->params[i];
+        if (strcmp(a->name, b->name) != 0 || hyb_tensor_numel(a) != hyb_tensor_numel(b)) {
+            hyb_model_free(m);
+            return hyb_error_set(
+                HYB_ERR, "hyb_model_clone: parameter %d is '%s' in the source, '%s' in the copy", i,
+                a->name, b->name);
+        }
+        memcpy(b->data, a->data, hyb_tensor_nbytes(a));
+        b->requires_grad = a->requires_grad;
+        m->no_decay[i] = src->no_decay[i];
+    }
+    *out = m;
+    return HYB_OK;
+}
+
 // ---- checkpoints
 // ---------------------------------------------------------------------------------
 
@@ -1016,7 +1057,7 @@ int hyb_model_load(const char *dir, hyb_model **out) {
         goto done;
     }
     if ((rc = hyb_layermap_load(p_map, &map)) != HYB_OK) goto done;
-    if ((rc = hyb_model_build(map, 0, &m)) != HYB_OK) goto done;
+    if ((rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m)) != HYB_OK) goto done;
     if ((rc = hyb_model_load_params(m, p_st)) != HYB_OK) {
         hyb_model_free(m);
         goto done;

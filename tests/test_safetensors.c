@@ -180,6 +180,20 @@ static void test_round_trip(void) {
     hyb_tensor_free(ten);
     CHECK(hyb_safetensors_find(st, "nope") == NULL);
     hyb_safetensors_close(st);
+
+    /* the same bytes from memory */
+    raw = read_bytes(path, &n);
+    CHECK(hyb_safetensors_open_memory(raw, n, "mem.safetensors", &st) == HYB_OK);
+    if (st) {
+        t = hyb_safetensors_find(st, "model.a");
+        CHECK(t && hyb_safetensors_read_f32(st, t, out, 6) == HYB_OK &&
+              memcmp(out, a, sizeof a) == 0);
+        CHECK(hyb_safetensors_count(st) == 5);
+        hyb_safetensors_close(st);
+    }
+    CHECK(hyb_safetensors_open_memory(raw, n - 1, "mem.safetensors", &st) == HYB_ERR_FORMAT);
+    CHECK(st == NULL && strstr(hyb_error(), "mem.safetensors") != NULL);
+    free(raw);
 }
 
 /* A file written by the reference implementation (Python safetensors). */

@@ -60,6 +60,11 @@ typedef struct hyb_model {
  * from `seed` and the layer index. A mixer spec whose type is "identity" (HYB_MIXER_IDENTITY)
  * gives an identity layer: no mixer, h' = h (the MLP stays). */
 int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out);
+/* flags: HYB_BUILD_NO_INIT leaves the embedding, MLP and lm_head zero (for a model whose weights
+ * are loaded next: skips drawing ~all random numbers; norms are still 1 and mixers still run
+ * their plugin's init). */
+#define HYB_BUILD_NO_INIT 1u
+int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_model **out);
 void hyb_model_free(hyb_model *m);
 
 /* All trainable parameters (pointer to the model's array). */
@@ -81,6 +86,11 @@ int hyb_model_set_identity(hyb_model *m, int layer);
  * are refused with an error; make a new optimiser). On failure the model is unchanged. */
 int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_table *cfg,
                    int init_from_old, uint64_t seed);
+
+/* Deep copy: same layout (the layer map is re-read from its TOML serialisation, so the copy owns
+ * everything), same parameter values and requires_grad flags, grads zero. E.g. a student made
+ * from the teacher before swapping its layers. */
+int hyb_model_clone(const hyb_model *m, hyb_model **out);
 
 /* Full-sequence forward (training / evaluation): ids [B*T] -> logits [B, T, V] (graph-owned).
  * NULL + error on failure. */
