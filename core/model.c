@@ -451,7 +451,7 @@ int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
         size_t per = hyb_mixer_state_bytes(mx, max_ctx);
         if (per == 0) continue;
         size_t stride = (per + 63) & ~(size_t)63;
-        if (stride / 64 > SIZE_MAX / 64 / (size_t)n_seq) goto oom;
+        if (stride > SIZE_MAX / (size_t)n_seq) goto oom;
         s->layer_mem[l] = hyb_malloc(stride * (size_t)n_seq);
         if (!s->layer_mem[l]) goto oom;
         for (int i = 0; i < n_seq; i++)

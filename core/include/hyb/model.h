@@ -118,7 +118,10 @@ void hyb_kvstate_reset_seq(hyb_kvstate *s, int seq);
 int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids, int T,
                       float *out_logits);
 /* One decode step for n sequences: ids[n] tokens, seqs[n] distinct slot indices; logits [n, V]
- * (may be NULL). Row-wise graph ops in no-grad mode plus each mixer's batched decode. */
+ * (may be NULL). Row-wise graph ops in no-grad mode plus each mixer's batched decode.
+ * Argument errors (bad slot, full sequence, duplicate slot) are caught before anything runs; if a
+ * step fails later, pos is not advanced and the states of the sequences involved are undefined
+ * (reset them). Same for prefill. */
 int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
                      float *logits);
 
