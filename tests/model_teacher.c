@@ -24,7 +24,10 @@ static void *slurp(const char *path, size_t *n) {
     long sz = ftell(f);
     fseek(f, 0, SEEK_SET);
     char *p = malloc((size_t)sz + 1);
-    if (p && fread(p, 1, (size_t)sz, f) != (size_t)sz) { free(p); p = NULL; }
+    if (p && fread(p, 1, (size_t)sz, f) != (size_t)sz) {
+        free(p);
+        p = NULL;
+    }
     fclose(f);
     if (p) p[sz] = 0;
     if (n) *n = (size_t)sz;
@@ -44,7 +47,8 @@ static float *golden(const char *file, size_t expect_floats) {
 static int32_t *json_ids(const cJSON *arr, int *n) {
     *n = cJSON_GetArraySize(arr);
     int32_t *ids = malloc(sizeof *ids * (size_t)(*n > 0 ? *n : 1));
-    for (int i = 0; i < *n; i++) ids[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
+    for (int i = 0; i < *n; i++)
+        ids[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
     return ids;
 }
 
@@ -81,8 +85,9 @@ static void test_forward_vs_hf(void) {
     cJSON *ids_all = cJSON_GetObjectItem(J, "ids");
     int np = cJSON_GetArraySize(ids_all);
     float *last = golden("last_logits.bin", (size_t)np * V);
-    const int nfull = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(J, "full_logits"),
-                                                             "shape"), 0)->valueint;
+    const int nfull =
+        cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(J, "full_logits"), "shape"), 0)
+            ->valueint;
     float *full = golden("full_logits.bin", (size_t)nfull * V);
     if (!last || !full) return;
     for (int p = 0; p < np; p++) {
@@ -118,7 +123,8 @@ static void test_greedy_decode(void) {
     cJSON *gr = cJSON_GetObjectItem(J, "greedy");
     int np, ng;
     int32_t *prompt = json_ids(cJSON_GetArrayItem(cJSON_GetObjectItem(J, "ids"),
-                                                  cJSON_GetObjectItem(gr, "prompt")->valueint), &np);
+                                                  cJSON_GetObjectItem(gr, "prompt")->valueint),
+                               &np);
     int32_t *want = json_ids(cJSON_GetObjectItem(gr, "ids"), &ng);
     hyb_kvstate *s = NULL;
     int rc = hyb_kvstate_new(M, 1, np + ng + 8, &s);
@@ -204,7 +210,8 @@ static void test_prefill_decode_equals_forward(void) {
 
 static char MODEL_PATH[1024];
 
-/* The GGUF tokenizer gives the ids HF's tokenizer gave for the golden prompts (the inputs above). */
+/* The GGUF tokenizer gives the ids HF's tokenizer gave for the golden prompts (the inputs above).
+ */
 static void test_prompt_ids(void) {
     hyb_tokenizer *tok = hyb_tokenizer_load_gguf(MODEL_PATH);
     CHECK_MSG(tok != NULL, "tokenizer: %s", hyb_error());
@@ -248,16 +255,19 @@ static void test_hf_dir_matches_gguf(void) {
         }
     }
     CHECK(differ == 0);
-    printf("  HF directory %s: %d tensors, %ld differ from the GGUF load\n", dir, M->n_params, differ);
+    printf("  HF directory %s: %d tensors, %ld differ from the GGUF load\n", dir, M->n_params,
+           differ);
     hyb_model_free(h);
 }
 
 int main(void) {
     char *path = MODEL_PATH;
     const char *env = getenv("HYB_MODEL");
-    if (env && *env) snprintf(path, sizeof MODEL_PATH, "%s", env);
-    else snprintf(path, sizeof MODEL_PATH, "%s/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                  getenv("HOME") ? getenv("HOME") : ".");
+    if (env && *env)
+        snprintf(path, sizeof MODEL_PATH, "%s", env);
+    else
+        snprintf(path, sizeof MODEL_PATH, "%s/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 getenv("HOME") ? getenv("HOME") : ".");
     FILE *f = fopen(path, "rb");
     if (!f) {
         printf("skipped: model file %s not found (set HYB_MODEL or run scripts/setup.sh)\n", path);

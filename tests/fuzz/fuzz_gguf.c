@@ -12,7 +12,8 @@
  *   clang -fsanitize=fuzzer,address,undefined *.o -lm -o fuzz_gguf
  *   mkdir -p corpus && cp ../tests/data/gguf/[a-z]*.gguf corpus/
  *   ./fuzz_gguf -max_total_time=300 -max_len=100000 corpus
- * Last run: see the commit that last touched this file.
+ * Last runs (2026-11-24): 314k + 353k inputs (240 s + 200 s, seeded with tests/data/gguf), no
+ * crash, leak or UB report.
  */
 #include <stddef.h>
 #include <stdint.h>
