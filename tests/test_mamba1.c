@@ -1063,6 +1063,76 @@ static void test_model_hybrid(void) {
     hyb_toml_free(mdoc);
 }
 
+/* ---- the shipped layer maps ------------------------------------------------------------------*/
+
+/* graphs/<file> loads, its mamba1 layers are exactly `want` (-1 terminated), the plugin accepts
+ * its table (create only: no parameter memory), and the shapes line up for MIL with the same
+ * file's attention mixer (q/k/v/o declarations of mha against in_proj/out_proj of mamba1). */
+static void check_graph(const char *file, const int *want, size_t want_state_floats) {
+    char path[4096];
+    const char *dd = getenv("HYB_TEST_DATA");
+    snprintf(path, sizeof path, "%s/../../graphs/%s", dd ? dd : "tests/data", file);
+    hyb_layermap *map = NULL;
+    if (hyb_layermap_load(path, &map) != HYB_OK) {
+        CHECK_MSG(0, "%s", hyb_error());
+        return;
+    }
+    int is_m[64] = {0}, n_want = 0;
+    for (; want[n_want] >= 0; n_want++)
+        is_m[want[n_want]] = 1;
+    int im = -1, ia = -1, n_m = 0;
+    for (int i = 0; i < map->n_mixers; i++) {
+        if (!strcmp(map->mixers[i].type, "mamba1")) im = i;
+        if (!strcmp(map->mixers[i].type, "mha")) ia = i;
+    }
+    CHECK(im >= 0 && ia >= 0 && map->n_layers <= 64);
+    for (int l = 0; l < map->n_layers && im >= 0; l++) {
+        CHECK_MSG((map->layer_mixer[l] == im) == is_m[l], "%s: layer %d", file, l);
+        n_m += map->layer_mixer[l] == im;
+    }
+    CHECK_MSG(n_m == n_want, "%s: %d mamba1 layers, want %d", file, n_m, n_want);
+    const hyb_mixer_desc *dm, *da;
+    if (im >= 0 && ia >= 0 && hyb_plugin_find("mamba1", &dm) == HYB_OK &&
+        hyb_plugin_find("mha", &da) == HYB_OK) {
+        hyb_model_dims dims = {.d_model = map->d_model, .n_layers = map->n_layers, .layer = 3,
+                               .max_seq = map->max_seq, .norm_eps = (float)map->norm_eps};
+        void *sm = NULL, *sa = NULL;
+        CHECK_MSG(dm->create(&dims, map->mixers[im].table, &sm) == HYB_OK, "%s", hyb_error());
+        CHECK_MSG(da->create(&dims, map->mixers[ia].table, &sa) == HYB_OK, "%s", hyb_error());
+        if (sm && sa) {
+            char buf[200];
+            dm->describe(sm, buf, sizeof buf);
+            printf("   %-24s %2d mamba1 layers: %s, state %zu floats\n", file, n_m, buf,
+                   dm->state_bytes(sm, map->max_seq) / 4);
+            CHECK(dm->state_bytes(sm, map->max_seq) == want_state_floats * 4);
+            hyb_param_decl q, k, v, o, win, wout;
+            CHECK(da->param_decl(sa, 0, &q) == HYB_OK && da->param_decl(sa, 1, &k) == HYB_OK &&
+                  da->param_decl(sa, 2, &v) == HYB_OK && da->param_decl(sa, 3, &o) == HYB_OK);
+            CHECK(dm->param_decl(sm, 0, &win) == HYB_OK && dm->param_decl(sm, 8, &wout) == HYB_OK);
+            /* in_proj rows = 2 Di + 2 Dx = 2 q rows + 2 kv rows; out_proj = o_proj */
+            CHECK_MSG(win.shape[0] == 2 * q.shape[0] + 2 * k.shape[0] && k.shape[0] == v.shape[0],
+                      "%s: in_proj rows %lld vs q %lld, k %lld", file, (long long)win.shape[0],
+                      (long long)q.shape[0], (long long)k.shape[0]);
+            CHECK(wout.shape[0] == o.shape[0] && wout.shape[1] == o.shape[1]);
+        }
+        if (sm) dm->destroy(sm);
+        if (sa) da->destroy(sa);
+    }
+    hyb_layermap_free(map);
+}
+
+static void test_graph_files(void) {
+    static const int h1_30[] = {3,  5,  6,  7,  8,  20, 21, 22, 23, 24, 25, 27, 30, 31, 32, 33,
+                                35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 49, -1};
+    check_graph("apriel-h1-30.toml", h1_30, 81920); /* SPEC.md section 3: 81,920 values */
+    static const int h3[] = {5, 15, 25, -1}, h6[] = {2, 7, 12, 17, 22, 27, -1};
+    static const int h15[] = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, -1};
+    const size_t smol = 576 * (16 + 4);
+    check_graph("smollm2-135m-h3.toml", h3, smol);
+    check_graph("smollm2-135m-h6.toml", h6, smol);
+    check_graph("smollm2-135m-h15.toml", h15, smol);
+}
+
 int main(void) {
     const hyb_mixer_desc *d;
     if (hyb_plugin_find("mamba1", &d) != HYB_OK) {
@@ -1081,5 +1151,6 @@ int main(void) {
     RUN(test_mil_init);
     RUN(test_config_errors);
     RUN(test_model_hybrid);
+    RUN(test_graph_files);
     return harness_done();
 }
