@@ -522,11 +522,12 @@ static void test_prefill_then_decode(void) {
     inst_free(&I);
 }
 
-/* A decode step large enough to open the OpenMP region (n * Di * N > 32768). */
+/* A decode step large enough to open the OpenMP region (n * Di * N > 262144), on a realistic
+ * head size (d_state 16) with repeat 4. */
 static void test_decode_large_step(void) {
-    enum { D = 64, NS = 5, LEN = 30, MAXC = 64 };
+    enum { D = 64, NS = 17, LEN = 30, MAXC = 64 };
     inst I;
-    if (inst_new(&I, D, "d_inner = 128\nd_xb = 32\nd_state = 16\ndt_rank = 8\n", 21) != 0) {
+    if (inst_new(&I, D, "d_inner = 1024\nd_xb = 256\nd_state = 16\ndt_rank = 8\n", 21) != 0) {
         inst_free(&I);
         return;
     }
@@ -541,7 +542,7 @@ static void test_decode_large_step(void) {
     CHECK(fwd(&I, NS, LEN, x, yf, NULL, NULL, NULL, 0) == HYB_OK);
     for (int s = 0; s < NS; s++) {
         st[s] = malloc(sb);
-        pos[s] = LEN - 1 - 3 * s;
+        pos[s] = LEN - 1 - s;
         void *sp[1] = {st[s]};
         CHECK(fwd(&I, 1, pos[s], x + (size_t)s * LEN * D, yp, NULL, sp, NULL, MAXC) == HYB_OK);
         memcpy(xs + s * D, x + ((size_t)s * LEN + pos[s]) * D, D * 4);
@@ -553,7 +554,7 @@ static void test_decode_large_step(void) {
         worst = e > worst ? e : worst;
         free(st[s]);
     }
-    printf("   n=%d (Di=128, N=16) at positions %d..%d: max rel err vs forward %.3g\n", NS,
+    printf("   n=%d (Di=1024, N=16) at positions %d..%d: max rel err vs forward %.3g\n", NS,
            pos[NS - 1], pos[0], worst);
     CHECK_MSG(worst < 1e-5, "large decode step: %g", worst);
     free(x);
