@@ -63,7 +63,6 @@ static long pnumel(const inst *I, int i) {
     return (long)hyb_tensor_numel(I->m->params[i]);
 }
 
-
 static int fwd(inst *I, int B, int T, const float *x, float *y, void *saved, void *const *states,
                const int32_t *pos, int max_ctx) {
     hyb_mixer_fwd a = {.B = B,
@@ -263,10 +262,10 @@ static void golden_case(const char *file, int chunk) {
         double es = 0, ec = 0;
         for (int b = 0; b < B; b++) {
             const float *s = st[b];
-            double e1 = allclose_ratio(s, arr[NA - 2] + (size_t)b * Di * N, (long)Di * N, 2e-5,
-                                       6e-5);
-            double e2 = max_diff(s + (size_t)Di * N, arr[NA - 1] + (size_t)b * Di * K,
-                                 (long)Di * K);
+            double e1 =
+                allclose_ratio(s, arr[NA - 2] + (size_t)b * Di * N, (long)Di * N, 2e-5, 6e-5);
+            double e2 =
+                max_diff(s + (size_t)Di * N, arr[NA - 1] + (size_t)b * Di * K, (long)Di * K);
             es = e1 > es ? e1 : es;
             ec = e2 > ec ? e2 : ec;
             free(st[b]);
@@ -356,8 +355,7 @@ static void fd_case(const char *toml, int D, int B, int T) {
     CHECK(bwd(&I, B, T, x, dy, dx, saved) == HYB_OK);
     fd_check(&I, "x", x, dx, nx, B, T, x, dy, y);
     for (int i = 0; i < NP; i++)
-        fd_check(&I, I.m->decls[i].name, (float *)I.pp[i], I.gp[i], pnumel(&I, i), B, T, x, dy,
-                 y);
+        fd_check(&I, I.m->decls[i].name, (float *)I.pp[i], I.gp[i], pnumel(&I, i), B, T, x, dy, y);
     free(x);
     free(dy);
     free(y);
@@ -743,11 +741,12 @@ static void check_random_init(inst *I, int Di, int Dx, int N, int R, int K, int 
 
 static void test_random_init(void) {
     inst I;
-    if (inst_new(&I, 64, "d_inner = 96\nd_xb = 32\nd_state = 16\ndt_rank = 8\nd_conv = 4\n",
-                 77) == 0) {
-        static const char *names[NP] = {"in_proj.weight", "dt_in_proj.weight", "dt_proj.weight",
-                                         "dt_proj.bias",   "conv1d.weight",     "conv1d.bias",
-                                         "A_log",          "D",                 "out_proj.weight"};
+    if (inst_new(&I, 64, "d_inner = 96\nd_xb = 32\nd_state = 16\ndt_rank = 8\nd_conv = 4\n", 77) ==
+        0) {
+        static const char *names[NP] = {
+            "in_proj.weight", "dt_in_proj.weight", "dt_proj.weight", "dt_proj.bias",
+            "conv1d.weight",  "conv1d.bias",       "A_log",          "D",
+            "out_proj.weight"};
         for (int i = 0; i < NP; i++) {
             CHECK(strcmp(I.m->decls[i].name, names[i]) == 0);
             char full[80];
@@ -804,8 +803,7 @@ static void test_mil_init(void) {
     const float *q = hyb_tensor_f32(att->params[0]), *k = hyb_tensor_f32(att->params[1]),
                 *v = hyb_tensor_f32(att->params[2]), *o = hyb_tensor_f32(att->params[3]);
     randomize_params(&I, 1, 1.0f); /* MIL must overwrite everything */
-    CHECK_MSG(hyb_mixer_init_from(I.m, att, hyb_toml_root(tdoc), 123) == HYB_OK, "%s",
-              hyb_error());
+    CHECK_MSG(hyb_mixer_init_from(I.m, att, hyb_toml_root(tdoc), 123) == HYB_OK, "%s", hyb_error());
     const float *win = I.pp[0];
     const size_t row = D * sizeof(float);
     CHECK_MSG(memcmp(win + (size_t)Di * D, v, Dx * row) == 0, "in_proj x rows != v_proj");
@@ -846,8 +844,8 @@ static void test_mil_init(void) {
     inst_free(&I);
     if (inst_new(&I, D, "d_inner = 64\nd_xb = 16\nd_state = 4\n", 9) == 0) {
         CHECK(hyb_mixer_init_from(I.m, att, NULL, 1) == HYB_ERR_ARG);
-        CHECK_MSG(strstr(hyb_error(), "q_proj.weight is [32, 32], this mixer needs [64, 32]"),
-                  "%s", hyb_error());
+        CHECK_MSG(strstr(hyb_error(), "q_proj.weight is [32, 32], this mixer needs [64, 32]"), "%s",
+                  hyb_error());
     }
     /* a source type MIL does not know */
     if (I.m) {
@@ -884,9 +882,10 @@ static void config_error(const char *body, const char *where, const char *what) 
 }
 
 static void test_config_errors(void) {
-    config_error("d_inner = 60\n", "bad.toml:3:", "d_inner = 60 must be a multiple of d_state = 16");
-    config_error("d_inner = 64\nd_xb = 20\nd_state = 8\n", "bad.toml:4:",
-                 "d_xb = 20 must be a multiple of d_state = 8");
+    config_error("d_inner = 60\n",
+                 "bad.toml:3:", "d_inner = 60 must be a multiple of d_state = 16");
+    config_error("d_inner = 64\nd_xb = 20\nd_state = 8\n",
+                 "bad.toml:4:", "d_xb = 20 must be a multiple of d_state = 8");
     config_error("d_inner = 96\nd_xb = 64\nd_state = 16\n", "bad.toml:4:",
                  "the 6 C heads (d_inner / d_state) must be a multiple of the 4 x/B heads");
     config_error("d_state = 0\n", "bad.toml:3:", "d_state must be in [1,");
@@ -1095,8 +1094,11 @@ static void check_graph(const char *file, const int *want, size_t want_state_flo
     const hyb_mixer_desc *dm, *da;
     if (im >= 0 && ia >= 0 && hyb_plugin_find("mamba1", &dm) == HYB_OK &&
         hyb_plugin_find("mha", &da) == HYB_OK) {
-        hyb_model_dims dims = {.d_model = map->d_model, .n_layers = map->n_layers, .layer = 3,
-                               .max_seq = map->max_seq, .norm_eps = (float)map->norm_eps};
+        hyb_model_dims dims = {.d_model = map->d_model,
+                               .n_layers = map->n_layers,
+                               .layer = 3,
+                               .max_seq = map->max_seq,
+                               .norm_eps = (float)map->norm_eps};
         void *sm = NULL, *sa = NULL;
         CHECK_MSG(dm->create(&dims, map->mixers[im].table, &sm) == HYB_OK, "%s", hyb_error());
         CHECK_MSG(da->create(&dims, map->mixers[ia].table, &sa) == HYB_OK, "%s", hyb_error());
