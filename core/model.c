@@ -34,7 +34,8 @@ static void param_free(hyb_tensor *t) {
 }
 
 /* A trainable f32 tensor with a zeroed grad. init: 0 = ones, 1 = N(0, INIT_STD). */
-static hyb_tensor *param_new(const char *name, int ndim, const int64_t *shape, int normal, uint64_t seed) {
+static hyb_tensor *param_new(const char *name, int ndim, const int64_t *shape, int normal,
+                             uint64_t seed) {
     hyb_tensor *t = hyb_tensor_new(HYB_F32, ndim, shape);
     if (!t) return NULL;
     t->grad = hyb_tensor_new(HYB_F32, ndim, shape);
@@ -46,12 +47,15 @@ static hyb_tensor *param_new(const char *name, int ndim, const int64_t *shape, i
     snprintf(t->name, sizeof t->name, "%s", name);
     float *p = hyb_tensor_f32(t);
     int64_t n = hyb_tensor_numel(t);
-    if (normal) {
+    if (normal < 0) {
+        /* zeros (hyb_tensor_new zeroes) */
+    } else if (normal) {
         hyb_rng r;
         hyb_rng_seed(&r, seed);
         hyb_rng_fill_normal(&r, p, n, 0.0f, INIT_STD);
     } else {
-        for (int64_t i = 0; i < n; i++) p[i] = 1.0f;
+        for (int64_t i = 0; i < n; i++)
+            p[i] = 1.0f;
     }
     return t;
 }
@@ -66,7 +70,8 @@ static int ends_with(const char *s, const char *suffix) {
  * the mixer parameters with their full HF names. */
 static int rebuild_store(hyb_model *m) {
     int n = 1 + 1 + (m->lm_head != m->embed);
-    for (int l = 0; l < m->L; l++) n += 5 + (m->layers[l].mixer ? m->layers[l].mixer->n_params : 0);
+    for (int l = 0; l < m->L; l++)
+        n += 5 + (m->layers[l].mixer ? m->layers[l].mixer->n_params : 0);
     hyb_tensor **p = calloc((size_t)n, sizeof *p);
     int *nd = calloc((size_t)n, sizeof *nd);
     if (!p || !nd) {
@@ -90,7 +95,8 @@ static int rebuild_store(hyb_model *m) {
             const char *pre = mx->desc->hf_prefix ? mx->desc->hf_prefix : "mixer";
             for (int i = 0; i < mx->n_params; i++) {
                 hyb_tensor *t = mx->params[i];
-                snprintf(t->name, sizeof t->name, "model.layers.%d.%s.%s", l, pre, mx->decls[i].name);
+                snprintf(t->name, sizeof t->name, "model.layers.%d.%s.%s", l, pre,
+                         mx->decls[i].name);
                 PUSH(t, mx->decls[i].no_decay || t->ndim < 2 || ends_with(t->name, "bias"));
             }
         }
@@ -125,18 +131,22 @@ hyb_tensor *hyb_model_param(hyb_model *m, const char *name) {
 
 int64_t hyb_model_n_elements(const hyb_model *m) {
     int64_t n = 0;
-    for (int i = 0; i < m->n_params; i++) n += hyb_tensor_numel(m->params[i]);
+    for (int i = 0; i < m->n_params; i++)
+        n += hyb_tensor_numel(m->params[i]);
     return n;
 }
 
 void hyb_model_zero_grad(hyb_model *m) {
     for (int i = 0; i < m->n_params; i++)
-        if (m->params[i]->grad) memset(m->params[i]->grad->data, 0, hyb_tensor_nbytes(m->params[i]->grad));
+        if (m->params[i]->grad)
+            memset(m->params[i]->grad->data, 0, hyb_tensor_nbytes(m->params[i]->grad));
 }
 
 // ---- build / free -------------------------------------------------------------------------------
 
-static int is_identity(const char *type) { return strcmp(type, HYB_MIXER_IDENTITY) == 0; }
+static int is_identity(const char *type) {
+    return strcmp(type, HYB_MIXER_IDENTITY) == 0;
+}
 
 static hyb_model_dims model_dims(const hyb_model *m, int layer) {
     hyb_model_dims d;
@@ -188,8 +198,8 @@ static void log_layout(const hyb_model *m) {
             if (mx) {
                 buf[0] = 0;
                 mx->desc->describe(mx->self, buf, cap);
-                hyb_log(HYB_LOG_INFO, "  mixer '%s' (%s %s): %s", m->map->mixers[s].name, mx->desc->name,
-                        mx->desc->version ? mx->desc->version : "", buf);
+                hyb_log(HYB_LOG_INFO, "  mixer '%s' (%s %s): %s", m->map->mixers[s].name,
+                        mx->desc->name, mx->desc->version ? mx->desc->version : "", buf);
             } else {
                 hyb_log(HYB_LOG_INFO, "  mixer '%s': identity", m->map->mixers[s].name);
             }
@@ -200,11 +210,15 @@ static void log_layout(const hyb_model *m) {
 }
 
 int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
+    return hyb_model_build_ex(map, seed, 0, out);
+}
+
+int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_model **out) {
     *out = NULL;
     if (!map) return hyb_error_set(HYB_ERR_ARG, "hyb_model_build: no layer map");
-    if (map->d_model <= 0 || map->n_layers <= 0 || map->vocab_size <= 0 || map->d_ff <= 0)
-        {
-        int rc = hyb_error_set(HYB_ERR_ARG, "%s: bad model dims d_model %d n_layers %d vocab_size %d d_ff %d",
+    if (map->d_model <= 0 || map->n_layers <= 0 || map->vocab_size <= 0 || map->d_ff <= 0) {
+        int rc = hyb_error_set(HYB_ERR_ARG,
+                               "%s: bad model dims d_model %d n_layers %d vocab_size %d d_ff %d",
                                map->path, map->d_model, map->n_layers, map->vocab_size, map->d_ff);
         hyb_layermap_free(map);
         return rc;
@@ -220,6 +234,7 @@ int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
     m->F = map->d_ff;
     m->L = map->n_layers;
     int rc = HYB_OK;
+    const int rnd = (flags & HYB_BUILD_NO_INIT) ? -1 : 1; /* N(0, 0.02) or left zero */
     const int64_t D = m->D, V = m->V, F = m->F;
     int64_t sh_vd[2] = {V, D}, sh_d[1] = {D}, sh_fd[2] = {F, D}, sh_df[2] = {D, F};
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
@@ -227,7 +242,8 @@ int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
         rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_model_build: out of memory");
         goto fail;
     }
-    if (!(m->embed = param_new("model.embed_tokens.weight", 2, sh_vd, 1, seed_mix(seed, 0)))) goto fail_err;
+    if (!(m->embed = param_new("model.embed_tokens.weight", 2, sh_vd, rnd, seed_mix(seed, 0))))
+        goto fail_err;
     for (int l = 0; l < m->L; l++) {
         hyb_layer *ly = &m->layers[l];
         char name[96];
@@ -240,23 +256,25 @@ int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
             rc = hyb_mixer_new(spec->type, &dims, spec->table, seed_mix(ls, 1), &ly->mixer);
             if (rc != HYB_OK) {
                 ly->mixer = NULL;
-                rc = hyb_error_wrap(rc, "%s: layer %d (mixer '%s', type '%s')", spec->where, l, spec->name,
-                                    spec->type);
+                rc = hyb_error_wrap(rc, "%s: layer %d (mixer '%s', type '%s')", spec->where, l,
+                                    spec->name, spec->type);
                 goto fail;
             }
         }
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
         if (!(ly->norm_post = param_new(name, 1, sh_d, 0, 0))) goto fail_err;
         snprintf(name, sizeof name, "model.layers.%d.mlp.gate_proj.weight", l);
-        if (!(ly->w_gate = param_new(name, 2, sh_fd, 1, seed_mix(ls, 2)))) goto fail_err;
+        if (!(ly->w_gate = param_new(name, 2, sh_fd, rnd, seed_mix(ls, 2)))) goto fail_err;
         snprintf(name, sizeof name, "model.layers.%d.mlp.up_proj.weight", l);
-        if (!(ly->w_up = param_new(name, 2, sh_fd, 1, seed_mix(ls, 3)))) goto fail_err;
+        if (!(ly->w_up = param_new(name, 2, sh_fd, rnd, seed_mix(ls, 3)))) goto fail_err;
         snprintf(name, sizeof name, "model.layers.%d.mlp.down_proj.weight", l);
-        if (!(ly->w_down = param_new(name, 2, sh_df, 1, seed_mix(ls, 4)))) goto fail_err;
+        if (!(ly->w_down = param_new(name, 2, sh_df, rnd, seed_mix(ls, 4)))) goto fail_err;
     }
     if (!(m->norm_f = param_new("model.norm.weight", 1, sh_d, 0, 0))) goto fail_err;
-    if (map->tie_embeddings) m->lm_head = m->embed;
-    else if (!(m->lm_head = param_new("lm_head.weight", 2, sh_vd, 1, seed_mix(seed, 1)))) goto fail_err;
+    if (map->tie_embeddings)
+        m->lm_head = m->embed;
+    else if (!(m->lm_head = param_new("lm_head.weight", 2, sh_vd, rnd, seed_mix(seed, 1))))
+        goto fail_err;
     if ((rc = rebuild_store(m)) != HYB_OK) goto fail;
     log_layout(m);
     *out = m;
@@ -270,11 +288,13 @@ fail:
 
 // ---- swap / identity ----------------------------------------------------------------------------
 
-int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_table *cfg, int init_from_old,
-                   uint64_t seed) {
+int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_table *cfg,
+                   int init_from_old, uint64_t seed) {
     if (layer < 0 || layer >= m->L)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_model_swap: layer %d out of range [0, %d)", layer, m->L);
-    if (!type || !*type) return hyb_error_set(HYB_ERR_ARG, "hyb_model_swap: layer %d: empty mixer type", layer);
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_swap: layer %d out of range [0, %d)", layer,
+                             m->L);
+    if (!type || !*type)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_swap: layer %d: empty mixer type", layer);
     hyb_layermap *map = m->map;
     hyb_mixer *old = m->layers[layer].mixer;
     const hyb_mixer_spec *old_spec = &map->mixers[map->layer_mixer[layer]];
@@ -283,20 +303,22 @@ int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_tabl
     if (!is_identity(type)) {
         hyb_model_dims dims = model_dims(m, layer);
         rc = hyb_mixer_new(type, &dims, cfg, seed, &nm);
-        if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_model_swap: layer %d to '%s'", layer, type);
+        if (rc != HYB_OK)
+            return hyb_error_wrap(rc, "hyb_model_swap: layer %d to '%s'", layer, type);
         if (init_from_old) {
             if (!old) {
                 hyb_mixer_free(nm);
-                return hyb_error_set(HYB_ERR_ARG,
-                                     "hyb_model_swap: layer %d is an identity layer: no mixer to initialise "
-                                     "'%s' from",
-                                     layer, type);
+                return hyb_error_set(
+                    HYB_ERR_ARG,
+                    "hyb_model_swap: layer %d is an identity layer: no mixer to initialise "
+                    "'%s' from",
+                    layer, type);
             }
             rc = hyb_mixer_init_from(nm, old, old_spec->table, seed);
             if (rc != HYB_OK) {
                 hyb_mixer_free(nm);
-                return hyb_error_wrap(rc, "hyb_model_swap: layer %d: init '%s' from '%s'", layer, type,
-                                      old->type);
+                return hyb_error_wrap(rc, "hyb_model_swap: layer %d: init '%s' from '%s'", layer,
+                                      type, old->type);
             }
         }
     }
@@ -310,10 +332,13 @@ int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_tabl
     if (idx < 0) {
         char name[64];
         for (int k = 1;; k++) {
-            if (k == 1) snprintf(name, sizeof name, "%s", type);
-            else snprintf(name, sizeof name, "%s_%d", type, k);
+            if (k == 1)
+                snprintf(name, sizeof name, "%s", type);
+            else
+                snprintf(name, sizeof name, "%s_%d", type, k);
             int taken = 0;
-            for (int s = 0; s < map->n_mixers; s++) taken |= strcmp(map->mixers[s].name, name) == 0;
+            for (int s = 0; s < map->n_mixers; s++)
+                taken |= strcmp(map->mixers[s].name, name) == 0;
             if (!taken) break;
         }
         idx = hyb_layermap_add_mixer(map, name, type, cfg);
@@ -336,8 +361,8 @@ int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_tabl
     }
     hyb_mixer_free(old);
     m->generation++;
-    hyb_log(HYB_LOG_INFO, "model '%s': layer %d is now '%s' (%s)", map->name, layer, map->mixers[idx].name,
-            type);
+    hyb_log(HYB_LOG_INFO, "model '%s': layer %d is now '%s' (%s)", map->name, layer,
+            map->mixers[idx].name, type);
     return HYB_OK;
 }
 
@@ -351,8 +376,8 @@ int hyb_model_set_identity(hyb_model *m, int layer) {
  * per layer a pointer to B per-sequence states (state_of(l)); pos [B] or NULL. */
 typedef void *const *(*state_fn)(void *ctx, int layer);
 
-static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T, state_fn states,
-                         void *sctx, const int32_t *pos, int max_ctx) {
+static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T,
+                         state_fn states, void *sctx, const int32_t *pos, int max_ctx) {
     const float eps = (float)m->map->norm_eps;
     hyb_tensor *h = hyb_embedding(g, m->embed, ids, B, T);
     if (!h) {
@@ -363,8 +388,9 @@ static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, 
         hyb_layer *ly = &m->layers[l];
         if (ly->mixer) {
             hyb_tensor *u = hyb_rmsnorm(g, h, ly->norm_in, eps);
-            hyb_tensor *y = u ? hyb_mixer_apply(g, ly->mixer, u, states ? states(sctx, l) : NULL, pos, max_ctx)
-                              : NULL;
+            hyb_tensor *y =
+                u ? hyb_mixer_apply(g, ly->mixer, u, states ? states(sctx, l) : NULL, pos, max_ctx)
+                  : NULL;
             h = y ? hyb_add(g, h, y) : NULL;
             if (!h) goto fail_layer;
         }
@@ -403,7 +429,8 @@ hyb_tensor *hyb_model_forward(hyb_model *m, hyb_graph *g, const int32_t *ids, in
 int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
     *out = NULL;
     if (n_seq <= 0 || max_ctx <= 0)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_kvstate_new: n_seq (%d) and max_ctx (%d) must be positive", n_seq,
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_kvstate_new: n_seq (%d) and max_ctx (%d) must be positive", n_seq,
                              max_ctx);
     hyb_kvstate *s = calloc(1, sizeof *s);
     if (!s) return hyb_error_set(HYB_ERR_NOMEM, "hyb_kvstate_new: out of memory");
@@ -424,17 +451,19 @@ int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
         size_t per = hyb_mixer_state_bytes(mx, max_ctx);
         if (per == 0) continue;
         size_t stride = (per + 63) & ~(size_t)63;
-        if (stride / 64 > SIZE_MAX / 64 / (size_t)n_seq) goto oom;
+        if (stride > SIZE_MAX / (size_t)n_seq) goto oom;
         s->layer_mem[l] = hyb_malloc(stride * (size_t)n_seq);
         if (!s->layer_mem[l]) goto oom;
-        for (int i = 0; i < n_seq; i++) s->state[l][i] = (char *)s->layer_mem[l] + stride * (size_t)i;
+        for (int i = 0; i < n_seq; i++)
+            s->state[l][i] = (char *)s->layer_mem[l] + stride * (size_t)i;
         s->bytes += stride * (size_t)n_seq;
     }
     *out = s;
     return HYB_OK;
 oom:
     hyb_kvstate_free(s);
-    return hyb_error_set(HYB_ERR_NOMEM, "hyb_kvstate_new: out of memory for %d sequences of %d tokens", n_seq,
+    return hyb_error_set(HYB_ERR_NOMEM,
+                         "hyb_kvstate_new: out of memory for %d sequences of %d tokens", n_seq,
                          max_ctx);
 }
 
@@ -463,9 +492,10 @@ void hyb_kvstate_reset_seq(hyb_kvstate *s, int seq) {
 
 static int check_state(const hyb_model *m, const hyb_kvstate *s, const char *who) {
     if (s->model != m || s->generation != m->generation || s->L != m->L)
-        return hyb_error_set(HYB_ERR_ARG,
-                             "%s: the kvstate was made for another model or before a layer swap; make a new one",
-                             who);
+        return hyb_error_set(
+            HYB_ERR_ARG,
+            "%s: the kvstate was made for another model or before a layer swap; make a new one",
+            who);
     return HYB_OK;
 }
 
@@ -486,14 +516,19 @@ static void *const *prefill_states(void *ctx, int layer) {
     return &c->s->state[layer][c->seq];
 }
 
-int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids, int T, float *out_logits) {
+int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids, int T,
+                      float *out_logits) {
     HYB_TRY(check_state(m, s, "hyb_model_prefill"));
     if (seq < 0 || seq >= s->n_seq)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_model_prefill: sequence %d out of range [0, %d)", seq, s->n_seq);
-    if (T <= 0 || !ids) return hyb_error_set(HYB_ERR_ARG, "hyb_model_prefill: no tokens (T = %d)", T);
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_prefill: sequence %d out of range [0, %d)",
+                             seq, s->n_seq);
+    if (T <= 0 || !ids)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_prefill: no tokens (T = %d)", T);
     if ((int64_t)s->pos[seq] + T > s->max_ctx)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_model_prefill: sequence %d holds %d tokens, %d more exceed max_ctx %d",
-                             seq, s->pos[seq], T, s->max_ctx);
+        return hyb_error_set(
+            HYB_ERR_ARG,
+            "hyb_model_prefill: sequence %d holds %d tokens, %d more exceed max_ctx %d", seq,
+            s->pos[seq], T, s->max_ctx);
     hyb_graph *g = scratch_graph(m);
     if (!g) return hyb_error_wrap(HYB_ERR_NOMEM, "hyb_model_prefill");
     prefill_ctx c = {s, seq};
@@ -505,10 +540,13 @@ int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids,
     }
     if (out_logits) {
         int64_t sh[2] = {1, m->D};
-        hyb_tensor *last = hyb_tensor_wrap(HYB_F32, 2, sh, hyb_tensor_f32(hn) + (size_t)(T - 1) * (size_t)m->D);
+        hyb_tensor *last =
+            hyb_tensor_wrap(HYB_F32, 2, sh, hyb_tensor_f32(hn) + (size_t)(T - 1) * (size_t)m->D);
         hyb_tensor *lg = last ? hyb_matmul(g, last, m->lm_head) : NULL;
-        if (lg) memcpy(out_logits, hyb_tensor_cf32(lg), (size_t)m->V * sizeof(float));
-        else rc = hyb_error_wrap(HYB_ERR, "hyb_model_prefill: lm_head");
+        if (lg)
+            memcpy(out_logits, hyb_tensor_cf32(lg), (size_t)m->V * sizeof(float));
+        else
+            rc = hyb_error_wrap(HYB_ERR, "hyb_model_prefill: lm_head");
         hyb_tensor_free(last);
     }
     if (rc == HYB_OK) s->pos[seq] += T;
@@ -520,17 +558,20 @@ done:
 int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
                      float *logits) {
     HYB_TRY(check_state(m, s, "hyb_model_decode"));
-    if (n <= 0 || !seqs || !ids) return hyb_error_set(HYB_ERR_ARG, "hyb_model_decode: no sequences (n = %d)", n);
+    if (n <= 0 || !seqs || !ids)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_decode: no sequences (n = %d)", n);
     for (int i = 0; i < n; i++) {
         if (seqs[i] < 0 || seqs[i] >= s->n_seq)
-            return hyb_error_set(HYB_ERR_ARG, "hyb_model_decode: seqs[%d] = %d out of range [0, %d)", i, seqs[i],
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "hyb_model_decode: seqs[%d] = %d out of range [0, %d)", i, seqs[i],
                                  s->n_seq);
         if (s->pos[seqs[i]] >= s->max_ctx)
-            return hyb_error_set(HYB_ERR_ARG, "hyb_model_decode: sequence %d is full (max_ctx %d)", seqs[i],
-                                 s->max_ctx);
+            return hyb_error_set(HYB_ERR_ARG, "hyb_model_decode: sequence %d is full (max_ctx %d)",
+                                 seqs[i], s->max_ctx);
         for (int j = 0; j < i; j++)
             if (seqs[j] == seqs[i])
-                return hyb_error_set(HYB_ERR_ARG, "hyb_model_decode: sequence %d appears twice in one step",
+                return hyb_error_set(HYB_ERR_ARG,
+                                     "hyb_model_decode: sequence %d appears twice in one step",
                                      seqs[i]);
     }
     hyb_graph *g = scratch_graph(m);
@@ -541,7 +582,8 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
         free(pos);
         return hyb_error_set(HYB_ERR_NOMEM, "hyb_model_decode: out of memory");
     }
-    for (int i = 0; i < n; i++) pos[i] = s->pos[seqs[i]];
+    for (int i = 0; i < n; i++)
+        pos[i] = s->pos[seqs[i]];
     const float eps = (float)m->map->norm_eps;
     int rc = HYB_OK;
     int64_t shape[3] = {n, 1, m->D};
@@ -556,8 +598,10 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
             hyb_tensor *u = hyb_rmsnorm(g, h, ly->norm_in, eps);
             hyb_tensor *y = u ? hyb_graph_tensor(g, HYB_F32, 3, shape) : NULL;
             if (!y) goto fail_layer;
-            for (int i = 0; i < n; i++) st[i] = s->state[l][seqs[i]];
-            if (hyb_mixer_decode(ly->mixer, hyb_tensor_cf32(u), hyb_tensor_f32(y), n, st, pos, s->max_ctx) != HYB_OK)
+            for (int i = 0; i < n; i++)
+                st[i] = s->state[l][seqs[i]];
+            if (hyb_mixer_decode(ly->mixer, hyb_tensor_cf32(u), hyb_tensor_f32(y), n, st, pos,
+                                 s->max_ctx) != HYB_OK)
                 goto fail_layer;
             if (!(h = hyb_add(g, h, y))) goto fail_layer;
         }
@@ -575,10 +619,13 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
     if (rc == HYB_OK) {
         hyb_tensor *hn = hyb_rmsnorm(g, h, m->norm_f, eps);
         hyb_tensor *lg = hn ? hyb_matmul(g, hn, m->lm_head) : NULL;
-        if (!lg) rc = hyb_error_wrap(HYB_ERR, "hyb_model_decode: final norm / lm_head");
+        if (!lg)
+            rc = hyb_error_wrap(HYB_ERR, "hyb_model_decode: final norm / lm_head");
         else {
-            if (logits) memcpy(logits, hyb_tensor_cf32(lg), (size_t)n * (size_t)m->V * sizeof(float));
-            for (int i = 0; i < n; i++) s->pos[seqs[i]]++;
+            if (logits)
+                memcpy(logits, hyb_tensor_cf32(lg), (size_t)n * (size_t)m->V * sizeof(float));
+            for (int i = 0; i < n; i++)
+                s->pos[seqs[i]]++;
         }
     }
 done:
@@ -588,7 +635,8 @@ done:
     return rc;
 }
 
-// ---- layer map as TOML ---------------------------------------------------------------------------
+// ---- layer map as TOML
+// ---------------------------------------------------------------------------
 
 typedef struct {
     char *p;
@@ -600,7 +648,8 @@ static void sb_putn(sbuf *b, const char *s, size_t n) {
     if (b->oom) return;
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->n + n + 1) cap *= 2;
+        while (cap < b->n + n + 1)
+            cap *= 2;
         char *p = realloc(b->p, cap);
         if (!p) {
             b->oom = 1;
@@ -613,7 +662,9 @@ static void sb_putn(sbuf *b, const char *s, size_t n) {
     b->n += n;
     b->p[b->n] = 0;
 }
-static void sb_puts(sbuf *b, const char *s) { sb_putn(b, s, strlen(s)); }
+static void sb_puts(sbuf *b, const char *s) {
+    sb_putn(b, s, strlen(s));
+}
 static void sb_printf(sbuf *b, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
@@ -646,12 +697,18 @@ static void sb_printf(sbuf *b, const char *fmt, ...) {
 static void sb_tstr(sbuf *b, const char *s) {
     sb_putn(b, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"') sb_puts(b, "\\\"");
-        else if (*p == '\\') sb_puts(b, "\\\\");
-        else if (*p == '\n') sb_puts(b, "\\n");
-        else if (*p == '\t') sb_puts(b, "\\t");
-        else if (*p < 0x20 || *p == 0x7f) sb_printf(b, "\\u%04x", *p);
-        else sb_putn(b, (const char *)p, 1);
+        if (*p == '"')
+            sb_puts(b, "\\\"");
+        else if (*p == '\\')
+            sb_puts(b, "\\\\");
+        else if (*p == '\n')
+            sb_puts(b, "\\n");
+        else if (*p == '\t')
+            sb_puts(b, "\\t");
+        else if (*p < 0x20 || *p == 0x7f)
+            sb_printf(b, "\\u%04x", *p);
+        else
+            sb_putn(b, (const char *)p, 1);
     }
     sb_putn(b, "\"", 1);
 }
@@ -660,11 +717,13 @@ static void sb_tstr(sbuf *b, const char *s) {
 static void sb_tkey(sbuf *b, const char *k) {
     int bare = *k != 0;
     for (const char *p = k; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
-              *p == '-'))
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '_' || *p == '-'))
             bare = 0;
-    if (bare) sb_puts(b, k);
-    else sb_tstr(b, k);
+    if (bare)
+        sb_puts(b, k);
+    else
+        sb_tstr(b, k);
 }
 
 static void sb_tfloat(sbuf *b, double v) {
@@ -677,6 +736,11 @@ static void sb_tfloat(sbuf *b, double v) {
         return;
     }
     char tmp[64];
+    if (v == floor(v) && fabs(v) < 1e15) { /* 10000.0, not 1e+04 */
+        snprintf(tmp, sizeof tmp, "%.1f", v);
+        sb_puts(b, tmp);
+        return;
+    }
     snprintf(tmp, sizeof tmp, "%.17g", v);
     /* shortest form that reads back to the same double */
     for (int prec = 1; prec <= 17; prec++) {
@@ -692,13 +756,15 @@ static void sb_tfloat(sbuf *b, double v) {
 }
 
 /* Emit `prefix.key = value` lines for every key of t except `skip` (NULL-terminated). */
-static int emit_table(sbuf *b, const hyb_cfg_table *t, const char *prefix, const char *const *skip) {
+static int emit_table(sbuf *b, const hyb_cfg_table *t, const char *prefix,
+                      const char *const *skip) {
     const char **keys = NULL;
     int nk = hyb_cfg_keys(t, &keys);
     for (int i = 0; i < nk; i++) {
         const char *k = keys[i];
         int skipped = 0;
-        for (const char *const *s = skip; s && *s; s++) skipped |= strcmp(*s, k) == 0;
+        for (const char *const *s = skip; s && *s; s++)
+            skipped |= strcmp(*s, k) == 0;
         if (skipped) continue;
         const hyb_cfg_table *sub = hyb_cfg_subtable(t, k);
         if (sub) {
@@ -725,25 +791,33 @@ static int emit_table(sbuf *b, const hyb_cfg_table *t, const char *prefix, const
         double fv;
         const char *sv;
         char where[200];
-        if (hyb_cfg_int(t, k, 0, &iv) == HYB_OK) sb_printf(b, "%" PRId64, iv);
-        else if (hyb_cfg_bool(t, k, 0, &bv) == HYB_OK) sb_puts(b, bv ? "true" : "false");
-        else if (hyb_cfg_float(t, k, 0, &fv) == HYB_OK) sb_tfloat(b, fv);
-        else if (hyb_cfg_string(t, k, NULL, &sv) == HYB_OK && sv) sb_tstr(b, sv);
+        if (hyb_cfg_int(t, k, 0, &iv) == HYB_OK)
+            sb_printf(b, "%" PRId64, iv);
+        else if (hyb_cfg_bool(t, k, 0, &bv) == HYB_OK)
+            sb_puts(b, bv ? "true" : "false");
+        else if (hyb_cfg_float(t, k, 0, &fv) == HYB_OK)
+            sb_tfloat(b, fv);
+        else if (hyb_cfg_string(t, k, NULL, &sv) == HYB_OK && sv)
+            sb_tstr(b, sv);
         else {
             hyb_error_clear();
             int n = hyb_cfg_array_len(t, k);
             if (n < 0)
-                return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: key '%s': value type cannot be written back to TOML",
+                return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                                     "%s: key '%s': value type cannot be written back to TOML",
                                      hyb_cfg_where(t, k, where, sizeof where), k);
             sb_puts(b, "[");
             for (int j = 0; j < n; j++) {
                 if (j) sb_puts(b, ", ");
-                if (hyb_cfg_array_int(t, k, j, &iv) == HYB_OK) sb_printf(b, "%" PRId64, iv);
-                else if (hyb_cfg_array_string(t, k, j, &sv) == HYB_OK) sb_tstr(b, sv);
+                if (hyb_cfg_array_int(t, k, j, &iv) == HYB_OK)
+                    sb_printf(b, "%" PRId64, iv);
+                else if (hyb_cfg_array_string(t, k, j, &sv) == HYB_OK)
+                    sb_tstr(b, sv);
                 else
-                    return hyb_error_set(HYB_ERR_UNSUPPORTED,
-                                         "%s: key '%s': array element %d cannot be written back to TOML",
-                                         hyb_cfg_where(t, k, where, sizeof where), k, j);
+                    return hyb_error_set(
+                        HYB_ERR_UNSUPPORTED,
+                        "%s: key '%s': array element %d cannot be written back to TOML",
+                        hyb_cfg_where(t, k, where, sizeof where), k, j);
             }
             sb_puts(b, "]");
         }
@@ -759,17 +833,20 @@ char *hyb_model_layermap_toml(const hyb_model *m) {
     sb_puts(&b, "# layer map written by hyb_model_save\n\n[model]\n");
     sb_puts(&b, "name = ");
     sb_tstr(&b, map->name);
-    sb_printf(&b, "\nd_model = %d\nn_layers = %d\nvocab_size = %d\nd_ff = %d\nnorm_eps = ", map->d_model,
-              map->n_layers, map->vocab_size, map->d_ff);
+    sb_printf(&b, "\nd_model = %d\nn_layers = %d\nvocab_size = %d\nd_ff = %d\nnorm_eps = ",
+              map->d_model, map->n_layers, map->vocab_size, map->d_ff);
     sb_tfloat(&b, map->norm_eps);
-    sb_printf(&b, "\ntie_embeddings = %s\nmax_seq = %d\n", map->tie_embeddings ? "true" : "false", map->max_seq);
+    sb_printf(&b, "\ntie_embeddings = %s\nmax_seq = %d\n", map->tie_embeddings ? "true" : "false",
+              map->max_seq);
     /* other root tables of the source document, verbatim (none today; future-proof) */
     if (map->doc) {
         const hyb_cfg_table *root = hyb_toml_root(map->doc);
         const char **keys = NULL;
         int nk = root ? hyb_cfg_keys(root, &keys) : 0;
         for (int i = 0; i < nk; i++) {
-            if (!strcmp(keys[i], "model") || !strcmp(keys[i], "mixers") || !strcmp(keys[i], "layout")) continue;
+            if (!strcmp(keys[i], "model") || !strcmp(keys[i], "mixers") ||
+                !strcmp(keys[i], "layout"))
+                continue;
             const hyb_cfg_table *sub = hyb_cfg_subtable(root, keys[i]);
             if (!sub) continue;
             sb_puts(&b, "\n[");
@@ -810,13 +887,50 @@ fail:
     return NULL;
 }
 
-// ---- checkpoints ---------------------------------------------------------------------------------
+int hyb_model_clone(const hyb_model *src, hyb_model **out) {
+    *out = NULL;
+    char *toml = hyb_model_layermap_toml(src);
+    if (!toml) return hyb_error_wrap(HYB_ERR, "hyb_model_clone");
+    hyb_layermap *map = NULL;
+    int rc = hyb_layermap_parse(toml, src->map->path, &map);
+    free(toml);
+    if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_model_clone: re-reading the layer map");
+    hyb_model *m = NULL;
+    if ((rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m)) != HYB_OK)
+        return hyb_error_wrap(rc, "hyb_model_clone");
+    if (m->n_params != src->n_params) {
+        hyb_model_free(m);
+        return hyb_error_set(HYB_ERR,
+                             "hyb_model_clone: %d parameters in the copy, %d in the source",
+                             m->n_params, src->n_params);
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        const hyb_tensor *a = src->params[i];
+        hyb_tensor *b = m->params[i];
+        if (strcmp(a->name, b->name) != 0 || hyb_tensor_numel(a) != hyb_tensor_numel(b)) {
+            hyb_model_free(m);
+            return hyb_error_set(
+                HYB_ERR, "hyb_model_clone: parameter %d is '%s' in the source, '%s' in the copy", i,
+                a->name, b->name);
+        }
+        memcpy(b->data, a->data, hyb_tensor_nbytes(a));
+        b->requires_grad = a->requires_grad;
+        m->no_decay[i] = src->no_decay[i];
+    }
+    *out = m;
+    return HYB_OK;
+}
+
+// ---- checkpoints
+// ---------------------------------------------------------------------------------
 
 static char *join_path(const char *dir, const char *file) {
     size_t n = strlen(dir) + strlen(file) + 2;
     char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, file);
-    else hyb_error_set(HYB_ERR_NOMEM, "out of memory");
+    if (p)
+        snprintf(p, n, "%s/%s", dir, file);
+    else
+        hyb_error_set(HYB_ERR_NOMEM, "out of memory");
     return p;
 }
 
@@ -831,15 +945,17 @@ int hyb_model_save(hyb_model *m, const char *dir) {
         rc = hyb_error_wrap(HYB_ERR_NOMEM, "hyb_model_save %s", dir);
         goto done;
     }
-    for (int i = 0; i < m->n_params && rc == HYB_OK; i++) rc = hyb_st_writer_add_tensor(w, m->params[i]->name, m->params[i]);
+    for (int i = 0; i < m->n_params && rc == HYB_OK; i++)
+        rc = hyb_st_writer_add_tensor(w, m->params[i]->name, m->params[i]);
     if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "format", "pt");
     if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "hyb_version", HYB_VERSION);
     if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "hyb_layermap", toml);
     /* weights first: a layer map never describes weights that are not on disk yet */
     if (rc == HYB_OK) rc = hyb_st_writer_save(w, p_st);
     if (rc == HYB_OK) rc = hyb_atomic_write_buf(p_map, toml, strlen(toml));
-    if (rc == HYB_OK) hyb_log(HYB_LOG_INFO, "saved %s (%d tensors, %" PRId64 " parameters)", dir, m->n_params,
-                              hyb_model_n_elements(m));
+    if (rc == HYB_OK)
+        hyb_log(HYB_LOG_INFO, "saved %s (%d tensors, %" PRId64 " parameters)", dir, m->n_params,
+                hyb_model_n_elements(m));
 done:
     hyb_st_writer_free(w);
     free(toml);
@@ -851,12 +967,15 @@ done:
 static const char *shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
     size_t k = 0;
     k += (size_t)snprintf(buf + k, n - k, "[");
-    for (int i = 0; i < ndim && k < n; i++) k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
     if (k < n) snprintf(buf + k, n - k, "]");
     return buf;
 }
 
-int hyb_model_load_params(hyb_model *m, const char *path) { return hyb_model_load_params_ex(m, path, 0); }
+int hyb_model_load_params(hyb_model *m, const char *path) {
+    return hyb_model_load_params_ex(m, path, 0);
+}
 
 int hyb_model_load_params_ex(hyb_model *m, const char *path, unsigned flags) {
     hyb_safetensors *st;
@@ -878,16 +997,18 @@ int hyb_model_load_params_ex(hyb_model *m, const char *path, unsigned flags) {
             goto done;
         }
         int same = t->ndim == p->ndim;
-        for (int d = 0; same && d < p->ndim; d++) same = t->shape[d] == p->shape[d];
+        for (int d = 0; same && d < p->ndim; d++)
+            same = t->shape[d] == p->shape[d];
         if (!same) {
-            rc = hyb_error_set(HYB_ERR_FORMAT, "%s: tensor '%s': file has %s %s, the model expects %s", path,
-                               p->name, shape_str(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
-                               shape_str(p->ndim, p->shape, b, sizeof b));
+            rc = hyb_error_set(
+                HYB_ERR_FORMAT, "%s: tensor '%s': file has %s %s, the model expects %s", path,
+                p->name, shape_str(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
+                shape_str(p->ndim, p->shape, b, sizeof b));
             goto done;
         }
         if (t->dtype == HYB_ST_F8_E4M3 || t->dtype == HYB_ST_F8_E5M2) {
-            rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: tensor '%s': dtype %s is not supported", path, p->name,
-                               hyb_st_dtype_name(t->dtype));
+            rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: tensor '%s': dtype %s is not supported",
+                               path, p->name, hyb_st_dtype_name(t->dtype));
             goto done;
         }
         src[i] = t;
@@ -897,22 +1018,27 @@ int hyb_model_load_params_ex(hyb_model *m, const char *path, unsigned flags) {
     for (int j = 0; j < hyb_safetensors_count(st); j++) {
         const hyb_st_tensor *t = hyb_safetensors_tensor(st, j);
         int found = 0;
-        for (int i = 0; i < m->n_params && !found; i++) found = src[i] == t;
+        for (int i = 0; i < m->n_params && !found; i++)
+            found = src[i] == t;
         if (found) continue;
         if (m->lm_head == m->embed && strcmp(t->name, "lm_head.weight") == 0) continue;
         if (!(flags & HYB_LOAD_ALLOW_EXTRA)) {
-            rc = hyb_error_set(HYB_ERR_FORMAT,
-                               "%s: tensor '%s' %s is not a parameter of this model (layer map '%s'); pass "
-                               "HYB_LOAD_ALLOW_EXTRA to ignore extra tensors",
-                               path, t->name, shape_str(t->ndim, t->shape, a, sizeof a), m->map->path);
+            rc = hyb_error_set(
+                HYB_ERR_FORMAT,
+                "%s: tensor '%s' %s is not a parameter of this model (layer map '%s'); pass "
+                "HYB_LOAD_ALLOW_EXTRA to ignore extra tensors",
+                path, t->name, shape_str(t->ndim, t->shape, a, sizeof a), m->map->path);
             goto done;
         }
         n_extra++;
     }
-    if (n_extra) hyb_log(HYB_LOG_WARN, "%s: ignored %d tensors that are not parameters of the model", path, n_extra);
+    if (n_extra)
+        hyb_log(HYB_LOG_WARN, "%s: ignored %d tensors that are not parameters of the model", path,
+                n_extra);
     /* 3. copy */
     for (int i = 0; i < m->n_params && rc == HYB_OK; i++)
-        rc = hyb_safetensors_read_f32(st, src[i], hyb_tensor_f32(m->params[i]), hyb_tensor_numel(m->params[i]));
+        rc = hyb_safetensors_read_f32(st, src[i], hyb_tensor_f32(m->params[i]),
+                                      hyb_tensor_numel(m->params[i]));
 done:
     free(src);
     hyb_safetensors_close(st);
@@ -931,7 +1057,7 @@ int hyb_model_load(const char *dir, hyb_model **out) {
         goto done;
     }
     if ((rc = hyb_layermap_load(p_map, &map)) != HYB_OK) goto done;
-    if ((rc = hyb_model_build(map, 0, &m)) != HYB_OK) goto done;
+    if ((rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m)) != HYB_OK) goto done;
     if ((rc = hyb_model_load_params(m, p_st)) != HYB_OK) {
         hyb_model_free(m);
         goto done;

@@ -17,7 +17,8 @@ static int check_params(const hyb_sampler_params *p) {
     if (p->top_k < 0)
         return hyb_error_set(HYB_ERR_ARG, "sampler: top_k must be >= 0, got %d", p->top_k);
     if (!isfinite(p->top_p))
-        return hyb_error_set(HYB_ERR_ARG, "sampler: top_p must be finite, got %g", (double)p->top_p);
+        return hyb_error_set(HYB_ERR_ARG, "sampler: top_p must be finite, got %g",
+                             (double)p->top_p);
     if (!(p->repetition_penalty > 0.0f) || !isfinite(p->repetition_penalty))
         return hyb_error_set(HYB_ERR_ARG, "sampler: repetition_penalty must be > 0, got %g",
                              (double)p->repetition_penalty);
@@ -26,7 +27,8 @@ static int check_params(const hyb_sampler_params *p) {
 
 int hyb_sampler_new(int V, const hyb_sampler_params *p, uint64_t seed, hyb_sampler **out) {
     *out = NULL;
-    if (V <= 0) return hyb_error_set(HYB_ERR_ARG, "sampler: vocabulary size must be > 0, got %d", V);
+    if (V <= 0)
+        return hyb_error_set(HYB_ERR_ARG, "sampler: vocabulary size must be > 0, got %d", V);
     hyb_sampler_params def = hyb_sampler_defaults();
     if (!p) p = &def;
     HYB_TRY(check_params(p));
@@ -54,7 +56,9 @@ void hyb_sampler_free(hyb_sampler *s) {
     free(s);
 }
 
-void hyb_sampler_reseed(hyb_sampler *s, uint64_t seed) { hyb_rng_seed(&s->rng, seed); }
+void hyb_sampler_reseed(hyb_sampler *s, uint64_t seed) {
+    hyb_rng_seed(&s->rng, seed);
+}
 
 int32_t hyb_sample_argmax(const float *x, int n) {
     int32_t best = -1;
@@ -78,7 +82,8 @@ static int penalise(float *logits, int V, const int32_t *hist, int n, float pena
         float l = logits[t];
         logits[t] = l < 0.0f ? l * penalty : l / penalty;
     }
-    for (int i = 0; i < n; i++) seen[hist[i]] = 0;
+    for (int i = 0; i < n; i++)
+        seen[hist[i]] = 0;
     return HYB_OK;
 }
 
@@ -123,7 +128,9 @@ static float kth_largest(const float *vals, const int32_t *idx, int n, int k, fl
             int i = h++;
             heap[i] = v;
             while (i > 0 && heap[(i - 1) / 2] > heap[i]) {
-                float t = heap[i]; heap[i] = heap[(i - 1) / 2]; heap[(i - 1) / 2] = t;
+                float t = heap[i];
+                heap[i] = heap[(i - 1) / 2];
+                heap[(i - 1) / 2] = t;
                 i = (i - 1) / 2;
             }
         } else if (v > heap[0]) {
@@ -134,7 +141,9 @@ static float kth_largest(const float *vals, const int32_t *idx, int n, int k, fl
                 if (l < h && heap[l] < heap[m]) m = l;
                 if (r < h && heap[r] < heap[m]) m = r;
                 if (m == i) break;
-                float t = heap[i]; heap[i] = heap[m]; heap[m] = t;
+                float t = heap[i];
+                heap[i] = heap[m];
+                heap[m] = t;
                 i = m;
             }
         }
@@ -144,8 +153,8 @@ static float kth_largest(const float *vals, const int32_t *idx, int n, int k, fl
 
 /* Fill s->idx[0..*n_out) with the kept tokens and s->work[tok] with their normalised
  * probabilities. *greedy_tok >= 0 when the choice is deterministic. */
-static int prepare(hyb_sampler *s, const float *logits, const int32_t *hist, int n_hist,
-                   int *n_out, int32_t *greedy_tok) {
+static int prepare(hyb_sampler *s, const float *logits, const int32_t *hist, int n_hist, int *n_out,
+                   int32_t *greedy_tok) {
     const int V = s->V;
     float *w = s->work;
     int32_t *idx = s->idx;
@@ -177,7 +186,8 @@ static int prepare(hyb_sampler *s, const float *logits, const int32_t *hist, int
         int m = 0;
         for (int c = 0; c < n; c++)
             if (isinf(w[idx[c]])) idx[m++] = idx[c];
-        for (int c = 0; c < m; c++) w[idx[c]] = 1.0f / (float)m;
+        for (int c = 0; c < m; c++)
+            w[idx[c]] = 1.0f / (float)m;
         *n_out = m;
         return HYB_OK;
     }
@@ -204,16 +214,20 @@ static int prepare(hyb_sampler *s, const float *logits, const int32_t *hist, int
         w[idx[c]] = e;
         sum += e;
     }
-    for (int c = 0; c < n; c++) w[idx[c]] = (float)(w[idx[c]] / sum);
+    for (int c = 0; c < n; c++)
+        w[idx[c]] = (float)(w[idx[c]] / sum);
 
     if (use_top_p) { /* keep token c iff the mass before it (descending order) is < top_p */
         double before = 0.0;
         int m = 0;
-        while (m < n && (m == 0 || before < (double)s->p.top_p)) before += w[idx[m++]];
+        while (m < n && (m == 0 || before < (double)s->p.top_p))
+            before += w[idx[m++]];
         n = m;
         double kept = 0.0;
-        for (int c = 0; c < n; c++) kept += w[idx[c]];
-        for (int c = 0; c < n; c++) w[idx[c]] = (float)(w[idx[c]] / kept);
+        for (int c = 0; c < n; c++)
+            kept += w[idx[c]];
+        for (int c = 0; c < n; c++)
+            w[idx[c]] = (float)(w[idx[c]] / kept);
     }
     *n_out = n;
     return HYB_OK;
@@ -229,7 +243,8 @@ int hyb_sampler_probs(hyb_sampler *s, const float *logits, const int32_t *histor
         probs[g] = 1.0f;
         return HYB_OK;
     }
-    for (int c = 0; c < n; c++) probs[s->idx[c]] = s->work[s->idx[c]];
+    for (int c = 0; c < n; c++)
+        probs[s->idx[c]] = s->work[s->idx[c]];
     return HYB_OK;
 }
 
@@ -243,7 +258,8 @@ int32_t hyb_sampler_sample(hyb_sampler *s, const float *logits, const int32_t *h
     /* inverse CDF over the kept tokens in their fixed order */
     double u = (double)hyb_rng_uniform(&s->rng), acc = 0.0;
     double total = 0.0;
-    for (int c = 0; c < n; c++) total += s->work[s->idx[c]];
+    for (int c = 0; c < n; c++)
+        total += s->work[s->idx[c]];
     u *= total;
     for (int c = 0; c < n; c++) {
         acc += s->work[s->idx[c]];

@@ -32,11 +32,11 @@
 #define LHYB_ADAMW_MT "hyb.adamw"
 
 typedef struct lhyb_tensor {
-    hyb_tensor *t;         /* NULL once closed */
-    int owned;             /* 1: freed with the userdata */
-    const uint64_t *genp;  /* borrowed: the owner's generation counter (NULL when owned) */
-    uint64_t gen;          /* value of *genp when the tensor was handed out */
-    const char *what;      /* borrowed: "graph" or "parameter", for the stale message */
+    hyb_tensor *t;        /* NULL once closed */
+    int owned;            /* 1: freed with the userdata */
+    const uint64_t *genp; /* borrowed: the owner's generation counter (NULL when owned) */
+    uint64_t gen;         /* value of *genp when the tensor was handed out */
+    const char *what;     /* borrowed: "graph" or "parameter", for the stale message */
 } lhyb_tensor;
 
 /* Install the module: package.preload["hyb"] = loader, and the global `hyb`. */
@@ -47,6 +47,7 @@ int luaopen_hyb(lua_State *L);
 void lhyb_open_tensor(lua_State *L);
 void lhyb_open_model(lua_State *L);
 void lhyb_open_data(lua_State *L);
+void lhyb_open_generate(lua_State *L); /* hyb.llm, hyb.sampler (lua_generate.c) */
 
 /* Push a tensor the Lua side owns (freed by __gc). On t == NULL raises "<fname>: <hyb_error()>". */
 lhyb_tensor *lhyb_push_owned(lua_State *L, hyb_tensor *t, const char *fname);

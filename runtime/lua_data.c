@@ -21,7 +21,9 @@
 
 #define NAME_LEN 1024
 
-static int cmp_names(const void *a, const void *b) { return strcmp((const char *)a, (const char *)b); }
+static int cmp_names(const void *a, const void *b) {
+    return strcmp((const char *)a, (const char *)b);
+}
 
 /* Push the list of files to read (a Lua table of strings) for the argument at idx. */
 static void collect_files(lua_State *L, int idx, const char *F) {
@@ -93,7 +95,8 @@ static int l_bytes(lua_State *L) {
         lua_rawgeti(L, list, i);
         const char *p = lua_tostring(L, -1);
         struct stat st;
-        if (stat(p, &st) != 0) return lhyb_error(L, "%s: cannot open '%s': %s", F, p, strerror(errno));
+        if (stat(p, &st) != 0)
+            return lhyb_error(L, "%s: cannot open '%s': %s", F, p, strerror(errno));
         if (!S_ISREG(st.st_mode)) return lhyb_error(L, "%s: '%s' is not a regular file", F, p);
         total += (int64_t)st.st_size;
         lua_pop(L, 1);
@@ -117,7 +120,8 @@ static int l_bytes(lua_State *L) {
                 fclose(f);
                 return lhyb_error(L, "%s: '%s' grew while being read", F, p);
             }
-            for (size_t k = 0; k < got; k++) out[at + (int64_t)k] = chunk[k];
+            for (size_t k = 0; k < got; k++)
+                out[at + (int64_t)k] = chunk[k];
             at += (int64_t)got;
         }
         int err = ferror(f);

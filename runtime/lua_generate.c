@@ -33,9 +33,9 @@ typedef struct lllm {
     hyb_tokenizer *tok;
     hyb_kvstate *s;
     int max_ctx;
-    float *logits;    /* [V] of the last token fed */
+    float *logits; /* [V] of the last token fed */
     int have_logits;
-    int32_t *hist;    /* [max_ctx] tokens in the context */
+    int32_t *hist; /* [max_ctx] tokens in the context */
     int n_hist;
     double t_prefill, t_decode; /* seconds spent */
     long n_prefill, n_decode;   /* tokens */
@@ -54,7 +54,8 @@ static lllm *check_llm(lua_State *L, int idx, const char *fname) {
     char buf[96];
     lllm *l = (lllm *)luaL_testudata(L, idx, LHYB_LLM_MT);
     if (!l)
-        luaL_error(L, "%s: expected a hyb.llm, got %s", fname, lhyb_describe(L, idx, buf, sizeof buf));
+        luaL_error(L, "%s: expected a hyb.llm, got %s", fname,
+                   lhyb_describe(L, idx, buf, sizeof buf));
     if (!l->m) luaL_error(L, "%s: the hyb.llm is closed", fname);
     return l;
 }
@@ -80,7 +81,8 @@ static int l_llm(lua_State *L) {
     }
     if (!path) {
         const char *env = getenv("HYB_MODEL");
-        if (env && *env) path = env;
+        if (env && *env)
+            path = env;
         else {
             const char *home = getenv("HOME");
             snprintf(buf, sizeof buf, "%s/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -199,7 +201,8 @@ static int m_decode(lua_State *L) {
     int32_t *ids = ids_arg(L, 2, F, hyb_tokenizer_vocab_size(l->tok), &n);
     long nb = hyb_tokenizer_decode(l->tok, ids, (size_t)n, flags, NULL, 0);
     char *out = nb > 0 ? malloc((size_t)nb) : NULL;
-    if (nb >= 0 && (nb == 0 || out)) nb = hyb_tokenizer_decode(l->tok, ids, (size_t)n, flags, out, (size_t)nb);
+    if (nb >= 0 && (nb == 0 || out))
+        nb = hyb_tokenizer_decode(l->tok, ids, (size_t)n, flags, out, (size_t)nb);
     free(ids);
     if (nb < 0) {
         free(out);
@@ -213,7 +216,8 @@ static int m_decode(lua_State *L) {
 /* llm:piece(id) -> the token's bytes */
 static int m_piece(lua_State *L) {
     lllm *l = check_llm(L, 1, "llm:piece");
-    lua_Integer id = lhyb_check_int(L, 2, "llm:piece", "id", 0, hyb_tokenizer_vocab_size(l->tok) - 1);
+    lua_Integer id =
+        lhyb_check_int(L, 2, "llm:piece", "id", 0, hyb_tokenizer_vocab_size(l->tok) - 1);
     size_t len = 0;
     const char *p = hyb_tokenizer_token_to_piece(l->tok, (int32_t)id, &len);
     lua_pushlstring(L, p ? p : "", p ? len : 0);
@@ -224,24 +228,30 @@ static int m_piece(lua_State *L) {
 static int m_token_id(lua_State *L) {
     lllm *l = check_llm(L, 1, "llm:token_id");
     int32_t id = hyb_tokenizer_token_id(l->tok, luaL_checkstring(L, 2));
-    if (id < 0) lua_pushnil(L);
-    else lua_pushinteger(L, id);
+    if (id < 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, id);
     return 1;
 }
 
 static int m_eos(lua_State *L) {
     lllm *l = check_llm(L, 1, "llm:eos");
     int32_t id = hyb_tokenizer_eos_id(l->tok);
-    if (id < 0) lua_pushnil(L);
-    else lua_pushinteger(L, id);
+    if (id < 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, id);
     return 1;
 }
 
 static int m_bos(lua_State *L) {
     lllm *l = check_llm(L, 1, "llm:bos");
     int32_t id = hyb_tokenizer_bos_id(l->tok);
-    if (id < 0) lua_pushnil(L);
-    else lua_pushinteger(L, id);
+    if (id < 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, id);
     return 1;
 }
 
@@ -336,10 +346,14 @@ static int m_logits(lua_State *L) {
 static int m_stats(lua_State *L) {
     lllm *l = check_llm(L, 1, "llm:stats");
     lua_createtable(L, 0, 4);
-    lua_pushinteger(L, l->n_prefill); lua_setfield(L, -2, "prefill_tokens");
-    lua_pushnumber(L, l->t_prefill);  lua_setfield(L, -2, "prefill_s");
-    lua_pushinteger(L, l->n_decode);  lua_setfield(L, -2, "decode_tokens");
-    lua_pushnumber(L, l->t_decode);   lua_setfield(L, -2, "decode_s");
+    lua_pushinteger(L, l->n_prefill);
+    lua_setfield(L, -2, "prefill_tokens");
+    lua_pushnumber(L, l->t_prefill);
+    lua_setfield(L, -2, "prefill_s");
+    lua_pushinteger(L, l->n_decode);
+    lua_setfield(L, -2, "decode_tokens");
+    lua_pushnumber(L, l->t_decode);
+    lua_setfield(L, -2, "decode_s");
     return 1;
 }
 
@@ -351,7 +365,8 @@ static int m_close(lua_State *L) {
 
 static int m_tostring(lua_State *L) {
     lllm *l = (lllm *)luaL_checkudata(L, 1, LHYB_LLM_MT);
-    if (!l->m) lua_pushstring(L, "hyb.llm(closed)");
+    if (!l->m)
+        lua_pushstring(L, "hyb.llm(closed)");
     else
         lua_pushfstring(L, "hyb.llm(%s, %d layers, vocab %d, %d/%d tokens)", l->m->map->name,
                         l->m->L, l->m->V, l->n_hist, l->max_ctx);
@@ -389,8 +404,8 @@ static hyb_sampler *sampler_for(lua_State *L, lsampler *ls, int V, const char *f
 
 /* hyb.sampler{temperature = 0, top_k = 0, top_p = 1, repetition_penalty = 1, seed = 0} */
 static int l_sampler(lua_State *L) {
-    static const char *const allowed[] = {"temperature", "top_k", "top_p", "repetition_penalty",
-                                          "seed", NULL};
+    static const char *const allowed[] = {"temperature",        "top_k", "top_p",
+                                          "repetition_penalty", "seed",  NULL};
     const char *F = "hyb.sampler";
     lhyb_check_opts(L, 1, F, allowed);
     hyb_sampler_params p = hyb_sampler_defaults();
@@ -464,7 +479,8 @@ static int s_gc(lua_State *L) {
 static int s_tostring(lua_State *L) {
     lsampler *ls = (lsampler *)luaL_checkudata(L, 1, LHYB_SAMPLER_MT);
     char buf[160];
-    snprintf(buf, sizeof buf, "hyb.sampler(temperature=%g, top_k=%d, top_p=%g, repetition_penalty=%g)",
+    snprintf(buf, sizeof buf,
+             "hyb.sampler(temperature=%g, top_k=%d, top_p=%g, repetition_penalty=%g)",
              (double)ls->p.temperature, ls->p.top_k, (double)ls->p.top_p,
              (double)ls->p.repetition_penalty);
     lua_pushstring(L, buf);
@@ -472,15 +488,25 @@ static int s_tostring(lua_State *L) {
 }
 
 void lhyb_open_generate(lua_State *L) {
-    static const luaL_Reg llm_methods[] = {
-        {"encode", m_encode}, {"decode", m_decode},   {"piece", m_piece},
-        {"token_id", m_token_id}, {"eos", m_eos},     {"bos", m_bos},
-        {"vocab_size", m_vocab_size}, {"max_ctx", m_max_ctx}, {"pos", m_pos},
-        {"reset", m_reset},   {"prefill", m_prefill}, {"feed", m_feed},
-        {"sample", m_sample}, {"logits", m_logits},   {"stats", m_stats},
-        {"close", m_close},   {NULL, NULL}};
-    static const luaL_Reg sampler_methods[] = {{"sample", s_sample}, {"reseed", s_reseed},
-                                               {NULL, NULL}};
+    static const luaL_Reg llm_methods[] = {{"encode", m_encode},
+                                           {"decode", m_decode},
+                                           {"piece", m_piece},
+                                           {"token_id", m_token_id},
+                                           {"eos", m_eos},
+                                           {"bos", m_bos},
+                                           {"vocab_size", m_vocab_size},
+                                           {"max_ctx", m_max_ctx},
+                                           {"pos", m_pos},
+                                           {"reset", m_reset},
+                                           {"prefill", m_prefill},
+                                           {"feed", m_feed},
+                                           {"sample", m_sample},
+                                           {"logits", m_logits},
+                                           {"stats", m_stats},
+                                           {"close", m_close},
+                                           {NULL, NULL}};
+    static const luaL_Reg sampler_methods[] = {
+        {"sample", s_sample}, {"reseed", s_reseed}, {NULL, NULL}};
     luaL_newmetatable(L, LHYB_LLM_MT);
     luaL_newlib(L, llm_methods);
     lua_setfield(L, -2, "__index");

@@ -67,8 +67,10 @@ static int l_log_level(lua_State *L) {
             hyb_log_set_level(i);
             return 0;
         }
-    return lhyb_error(L, "hyb.log_level: level must be \"debug\", \"info\", \"warn\" or \"error\", "
-                         "got \"%s\"", s);
+    return lhyb_error(L,
+                      "hyb.log_level: level must be \"debug\", \"info\", \"warn\" or \"error\", "
+                      "got \"%s\"",
+                      s);
 }
 
 int luaopen_hyb(lua_State *L) {
@@ -81,6 +83,7 @@ int luaopen_hyb(lua_State *L) {
     lhyb_open_tensor(L);
     lhyb_open_model(L);
     lhyb_open_data(L);
+    lhyb_open_generate(L);
     lua_pushstring(L, HYB_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

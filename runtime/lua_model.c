@@ -24,7 +24,7 @@
 #include "hyb/model.h"
 #include "lhyb.h"
 
-/* ---- layer maps ------------------------------------------------------------------------------- */
+/* ---- layer maps ------------------------------------------------------------------------------ */
 
 typedef struct lmap {
     hyb_layermap *map; /* NULL once closed */
@@ -143,7 +143,8 @@ static int map_n_layers(lua_State *L) {
 }
 static int map_pattern(lua_State *L) {
     char pat[4096];
-    lua_pushstring(L, hyb_layermap_pattern(check_map(L, 1, "layermap:pattern")->map, pat, sizeof pat));
+    lua_pushstring(L,
+                   hyb_layermap_pattern(check_map(L, 1, "layermap:pattern")->map, pat, sizeof pat));
     return 1;
 }
 static int map_config(lua_State *L) {
@@ -168,14 +169,16 @@ static int map_gc(lua_State *L) {
     return 0;
 }
 
-/* ---- models ----------------------------------------------------------------------------------- */
+/* ---- models ---------------------------------------------------------------------------------- */
 
 typedef struct lmodel {
-    hyb_model *m;        /* NULL once closed */
-    hyb_graph *g;        /* the model's graph: tape + activation arena */
-    uint64_t graph_gen;  /* +1 at every graph reset: tensors from the old graph go stale */
-    uint64_t param_gen;  /* +1 when parameters are replaced (swap) or the model is closed */
-    int backward_done;   /* a backward already ran on the current graph */
+    hyb_model *m;       /* NULL once closed */
+    hyb_graph *g;       /* the model's graph: tape + activation arena */
+    uint64_t graph_gen; /* +1 at every graph reset: tensors from the old graph go stale */
+    uint64_t param_gen; /* +1 when parameters are replaced (swap) or the model is closed */
+    int backward_done;  /* a backward already ran on the current graph */
+    hyb_toml **docs;    /* configs given to model:swap (the layer map refers to their tables) */
+    int n_docs;
 } lmodel;
 
 static lmodel *check_model(lua_State *L, int idx, const char *fname) {
@@ -240,6 +243,19 @@ static int l_load(lua_State *L) {
     return 1;
 }
 
+/* model:clone() -> an independent copy (same layout, parameter values and frozen flags, zero
+ * grads, its own graph): e.g. a student made from its teacher before swapping layers. */
+static int m_clone(lua_State *L) {
+    lmodel *lm = check_model(L, 1, "model:clone");
+    lmodel *c = new_model_box(L);
+    if (hyb_model_clone(lm->m, &c->m) != HYB_OK) {
+        c->m = NULL;
+        return lhyb_raise_hyb(L, "model:clone");
+    }
+    model_attach_graph(L, c, "model:clone");
+    return 1;
+}
+
 static void graph_reset(lmodel *lm) {
     hyb_graph_reset(lm->g);
     lm->graph_gen++;
@@ -269,13 +285,13 @@ static int m_forward(lua_State *L) {
     return 1;
 }
 
-/* ---- losses ----------------------------------------------------------------------------------- */
+/* ---- losses ---------------------------------------------------------------------------------- */
 
 typedef struct lloss {
-    hyb_tensor *loss;  /* [1] in the model's graph */
-    lmodel *lm;        /* the model (kept alive by the user value) */
-    uint64_t gen;      /* lm->graph_gen when computed */
-    int grad;          /* grad mode was on: backward possible */
+    hyb_tensor *loss; /* [1] in the model's graph */
+    lmodel *lm;       /* the model (kept alive by the user value) */
+    uint64_t gen;     /* lm->graph_gen when computed */
+    int grad;         /* grad mode was on: backward possible */
     double value;
     char kind[16];
 } lloss;
@@ -305,13 +321,15 @@ static int m_loss(lua_State *L) {
     int64_t n = hyb_tensor_numel(logits) / V;
     lhyb_check_opts(L, 4, F, allowed);
     const char *kind = lhyb_opt_field_string(L, 4, F, "kind", "ce");
-    int k = strcmp(kind, "ce") == 0 ? 0
+    int k = strcmp(kind, "ce") == 0           ? 0
             : strcmp(kind, "kl_forward") == 0 ? 1
             : strcmp(kind, "kl_reverse") == 0 ? 2
-                                               : -1;
+                                              : -1;
     if (k < 0)
-        return lhyb_error(L, "%s: option 'kind' must be \"ce\", \"kl_forward\" or \"kl_reverse\", "
-                             "got \"%s\"", F, kind);
+        return lhyb_error(L,
+                          "%s: option 'kind' must be \"ce\", \"kl_forward\" or \"kl_reverse\", "
+                          "got \"%s\"",
+                          F, kind);
     double temp = lhyb_opt_field_number(L, 4, F, "temperature", 1.0);
     if (!(temp > 0)) return lhyb_error(L, "%s: option 'temperature' must be > 0, got %g", F, temp);
     int base = lua_gettop(L);
@@ -335,8 +353,10 @@ static int m_loss(lua_State *L) {
         if (lua_istable(L, 4)) {
             lua_getfield(L, 4, "teacher");
             if (!lua_isnil(L, -1))
-                return lhyb_error(L, "%s: option 'teacher' is only used by kind \"kl_forward\" and "
-                                     "\"kl_reverse\" (kind is \"ce\")", F);
+                return lhyb_error(L,
+                                  "%s: option 'teacher' is only used by kind \"kl_forward\" and "
+                                  "\"kl_reverse\" (kind is \"ce\")",
+                                  F);
         }
         if (lua_isnoneornil(L, 3))
             return lhyb_error(L, "%s: kind \"ce\" needs targets (B*T token ids)", F);
@@ -406,11 +426,15 @@ static int loss_backward(lua_State *L) {
     lmodel *lm = ls->lm;
     if (!lm->m) return lhyb_error(L, "%s: the model is closed", F);
     if (ls->gen != lm->graph_gen)
-        return lhyb_error(L, "%s: the graph of this loss was reset by a later forward; call "
-                             "backward before the next forward", F);
+        return lhyb_error(L,
+                          "%s: the graph of this loss was reset by a later forward; call "
+                          "backward before the next forward",
+                          F);
     if (!ls->grad)
-        return lhyb_error(L, "%s: the forward ran with {grad = false}: there is nothing to "
-                             "differentiate", F);
+        return lhyb_error(L,
+                          "%s: the forward ran with {grad = false}: there is nothing to "
+                          "differentiate",
+                          F);
     if (lm->backward_done)
         return lhyb_error(L, "%s: backward already ran on this graph; run forward again", F);
     if (hyb_graph_backward(lm->g, ls->loss, (float)scale) != HYB_OK) return lhyb_raise_hyb(L, F);
@@ -424,7 +448,7 @@ static int loss_tostring(lua_State *L) {
     return 1;
 }
 
-/* ---- model methods ---------------------------------------------------------------------------- */
+/* ---- model methods --------------------------------------------------------------------------- */
 
 static int m_zero_grad(lua_State *L) {
     hyb_model_zero_grad(check_model(L, 1, "model:zero_grad")->m);
@@ -558,6 +582,139 @@ static int m_graph_stats(lua_State *L) {
     return 1;
 }
 
+/* Layer indices (0-based, as in layer maps and HF names) from an integer or a table at idx into a
+ * userdata buffer pushed on the stack; returns the count. Each must be in [0, L), no repeats. */
+static int check_layers(lua_State *L, int idx, const char *F, int n_layers, int **out) {
+    char buf[96];
+    int n = 1;
+    if (lua_istable(L, idx)) {
+        n = (int)lua_rawlen(L, idx);
+        if (n < 1) lhyb_error(L, "%s: layers must not be empty", F);
+    } else if (lua_type(L, idx) != LUA_TNUMBER) {
+        lhyb_error(L, "%s: layers must be a layer index or a table of them (0-based), got %s", F,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    }
+    int *ls = (int *)lua_newuserdatauv(L, sizeof(int) * (size_t)n, 0);
+    for (int i = 0; i < n; i++) {
+        char name[48];
+        if (lua_istable(L, idx)) {
+            lua_rawgeti(L, idx, i + 1);
+            snprintf(name, sizeof name, "layers[%d]", i + 1);
+        } else {
+            lua_pushvalue(L, idx);
+            snprintf(name, sizeof name, "layer");
+        }
+        ls[i] = (int)lhyb_check_int(L, -1, F, name, 0, n_layers - 1);
+        lua_pop(L, 1);
+        for (int j = 0; j < i; j++)
+            if (ls[j] == ls[i]) lhyb_error(L, "%s: layer %d is listed twice", F, ls[i]);
+    }
+    *out = ls;
+    return n;
+}
+
+/* After a structural change: parameters, optimisers and the graph's tensors are stale. */
+static void model_changed(lmodel *lm) {
+    lm->param_gen++;
+    graph_reset(lm);
+}
+
+/* model:swap(layers, mixer[, {init = "random" | "mil" | "from_old", seed = n, config = toml}])
+ *   layers: a 0-based layer index or a table of them.
+ *   mixer:  the name of a mixer in the model's layer map ([mixers.<name>]: its type and table are
+ *           used), a plugin type (e.g. "mamba1") configured by option `config` (TOML text of the
+ *           mixer's table, without a header) or by its defaults, or "identity".
+ *   init:   "random" (default) keeps the new mixer's own init; "mil" / "dil" / "from_old"
+ *           initialise it from the layer's old mixer (the plugin's init_from: MIL from attention).
+ * Parameters (model:param tensors) and optimisers made before the swap become stale. */
+static int m_swap(lua_State *L) {
+    static const char *const allowed[] = {"init", "seed", "config", NULL};
+    const char *F = "model:swap";
+    char buf[96];
+    lua_settop(L, 4);
+    lmodel *lm = check_model(L, 1, F);
+    hyb_model *m = lm->m;
+    if (lua_type(L, 3) != LUA_TSTRING)
+        return lhyb_error(L,
+                          "%s: mixer must be a string (a mixer name of the layer map, a plugin "
+                          "type or \"identity\"), got %s",
+                          F, lhyb_describe(L, 3, buf, sizeof buf));
+    const char *mixer = lua_tostring(L, 3);
+    lhyb_check_opts(L, 4, F, allowed);
+    const char *init = lhyb_opt_field_string(L, 4, F, "init", "random");
+    int from_old;
+    if (strcmp(init, "random") == 0)
+        from_old = 0;
+    else if (strcmp(init, "mil") == 0 || strcmp(init, "dil") == 0 || strcmp(init, "from_old") == 0)
+        from_old = 1;
+    else
+        return lhyb_error(L,
+                          "%s: option 'init' must be \"random\", \"mil\", \"dil\" or "
+                          "\"from_old\", got \"%s\"",
+                          F, init);
+    lua_Integer seed = lhyb_opt_field_int(L, 4, F, "seed", 0, LUA_MAXINTEGER, 1234);
+    const char *config = lhyb_opt_field_string(L, 4, F, "config", NULL);
+    int *layers = NULL;
+    int n = check_layers(L, 2, F, m->L, &layers);
+
+    /* resolve the mixer: a spec of the layer map by name, else a plugin type */
+    const char *type = mixer;
+    const hyb_cfg_table *cfg = NULL;
+    for (int i = 0; i < m->map->n_mixers; i++)
+        if (strcmp(m->map->mixers[i].name, mixer) == 0) {
+            type = m->map->mixers[i].type;
+            cfg = m->map->mixers[i].table;
+            break;
+        }
+    if (config) {
+        if (cfg)
+            return lhyb_error(L,
+                              "%s: '%s' is a mixer of the layer map, which has its own config; "
+                              "option 'config' is for plugin types",
+                              F, mixer);
+        if (strcmp(mixer, HYB_MIXER_IDENTITY) == 0)
+            return lhyb_error(L, "%s: the identity mixer takes no config", F);
+        hyb_toml **docs = (hyb_toml **)hyb_malloc(sizeof(hyb_toml *) * (size_t)(lm->n_docs + 1));
+        if (!docs) return lhyb_error(L, "%s: out of memory", F);
+        if (lm->n_docs) memcpy(docs, lm->docs, sizeof(hyb_toml *) * (size_t)lm->n_docs);
+        hyb_free(lm->docs);
+        lm->docs = docs;
+        char name[96];
+        snprintf(name, sizeof name, "<%s config>", mixer);
+        hyb_toml *doc = hyb_toml_parse_string(config, name);
+        if (!doc) return lhyb_raise_hyb(L, F);
+        lm->docs[lm->n_docs++] = doc;
+        cfg = hyb_toml_root(doc);
+    }
+    for (int i = 0; i < n; i++) {
+        int rc =
+            hyb_model_swap(m, layers[i], type, cfg, from_old, (uint64_t)seed + (uint64_t)layers[i]);
+        if (i > 0 || rc == HYB_OK) model_changed(lm);
+        if (rc != HYB_OK) {
+            if (i > 0) hyb_error_wrap(rc, "layers listed before %d were swapped", layers[i]);
+            return lhyb_raise_hyb(L, F);
+        }
+    }
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* model:set_identity(layers): replace the layers' mixers by identity (h' = h; the MLP stays). */
+static int m_set_identity(lua_State *L) {
+    const char *F = "model:set_identity";
+    lua_settop(L, 2);
+    lmodel *lm = check_model(L, 1, F);
+    int *layers = NULL;
+    int n = check_layers(L, 2, F, lm->m->L, &layers);
+    for (int i = 0; i < n; i++) {
+        int rc = hyb_model_set_identity(lm->m, layers[i]);
+        if (i > 0 || rc == HYB_OK) model_changed(lm);
+        if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    }
+    lua_settop(L, 1);
+    return 1;
+}
+
 static int model_tostring(lua_State *L) {
     char pat[4096];
     lmodel *lm = (lmodel *)luaL_checkudata(L, 1, LHYB_MODEL_MT);
@@ -574,6 +731,11 @@ static int model_gc(lua_State *L) {
     lmodel *lm = (lmodel *)luaL_checkudata(L, 1, LHYB_MODEL_MT);
     if (lm->g) hyb_graph_free(lm->g);
     if (lm->m) hyb_model_free(lm->m);
+    for (int i = 0; i < lm->n_docs; i++)
+        hyb_toml_free(lm->docs[i]);
+    hyb_free(lm->docs);
+    lm->docs = NULL;
+    lm->n_docs = 0;
     lm->g = NULL;
     lm->m = NULL;
     lm->graph_gen++;
@@ -581,7 +743,7 @@ static int model_gc(lua_State *L) {
     return 0;
 }
 
-/* ---- AdamW ------------------------------------------------------------------------------------ */
+/* ---- AdamW ----------------------------------------------------------------------------------- */
 
 typedef struct ladamw {
     hyb_adamw *o;       /* NULL once closed */
@@ -599,8 +761,10 @@ static ladamw *check_adamw(lua_State *L, int idx, const char *fname) {
                    lhyb_describe(L, idx, buf, sizeof buf));
     if (!a->o) lhyb_error(L, "%s: the optimiser is closed", fname);
     if (!a->lm->m || a->param_gen != a->lm->param_gen)
-        lhyb_error(L, "%s: the model's parameters changed (swap or close) after this optimiser was "
-                      "made; make a new one", fname);
+        lhyb_error(L,
+                   "%s: the model's parameters changed (swap or close) after this optimiser was "
+                   "made; make a new one",
+                   fname);
     return a;
 }
 
@@ -619,7 +783,8 @@ static int l_adamw(lua_State *L) {
     if (!(lr > 0)) return lhyb_error(L, "%s: option 'lr' must be > 0, got %g", F, lr);
     if (!(wd >= 0)) return lhyb_error(L, "%s: option 'weight_decay' must be >= 0, got %g", F, wd);
     if (!(eps > 0)) return lhyb_error(L, "%s: option 'eps' must be > 0, got %g", F, eps);
-    if (!(clip >= 0)) return lhyb_error(L, "%s: option 'clip' must be >= 0 (0 = off), got %g", F, clip);
+    if (!(clip >= 0))
+        return lhyb_error(L, "%s: option 'clip' must be >= 0 (0 = off), got %g", F, clip);
     if (lua_istable(L, 2)) {
         lua_getfield(L, 2, "betas");
         if (!lua_isnil(L, -1)) {
@@ -631,8 +796,10 @@ static int l_adamw(lua_State *L) {
             lua_rawgeti(L, -2, 2);
             b1 = lhyb_check_number(L, -2, F, "betas[1]");
             b2 = lhyb_check_number(L, -1, F, "betas[2]");
-            if (!(b1 >= 0 && b1 < 1)) return lhyb_error(L, "%s: betas[1] must be in [0, 1), got %g", F, b1);
-            if (!(b2 >= 0 && b2 < 1)) return lhyb_error(L, "%s: betas[2] must be in [0, 1), got %g", F, b2);
+            if (!(b1 >= 0 && b1 < 1))
+                return lhyb_error(L, "%s: betas[1] must be in [0, 1), got %g", F, b1);
+            if (!(b2 >= 0 && b2 < 1))
+                return lhyb_error(L, "%s: betas[2] must be in [0, 1), got %g", F, b2);
             lua_pop(L, 2);
         }
         lua_pop(L, 1);
@@ -642,9 +809,8 @@ static int l_adamw(lua_State *L) {
     luaL_setmetatable(L, LHYB_ADAMW_MT);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
-    int n = 0;
-    hyb_tensor **params = hyb_model_params(lm->m, &n);
-    if (hyb_adamw_new(params, n, (float)lr, (float)wd, &a->o) != HYB_OK) {
+    /* the model's no_decay flags: norms and biases are not decayed */
+    if (hyb_adamw_new_model(lm->m, (float)lr, (float)wd, &a->o) != HYB_OK) {
         a->o = NULL;
         return lhyb_raise_hyb(L, F);
     }
@@ -662,8 +828,10 @@ static int o_step(lua_State *L) {
     ladamw *a = check_adamw(L, 1, "opt:step");
     float norm = hyb_grad_clip(a->o->params, a->o->n, a->clip);
     if (!isfinite(norm))
-        return lhyb_error(L, "opt:step: the gradient norm is %f (NaN/Inf in the gradients); "
-                             "step skipped", (double)norm);
+        return lhyb_error(L,
+                          "opt:step: the gradient norm is %f (NaN/Inf in the gradients); "
+                          "step skipped",
+                          (double)norm);
     if (hyb_adamw_step(a->o) != HYB_OK) return lhyb_raise_hyb(L, "opt:step");
     a->last_norm = norm;
     lua_pushnumber(L, norm);
@@ -694,6 +862,46 @@ static int o_zero_grad(lua_State *L) {
     return 0;
 }
 
+/* Create the directory that will hold `path` (mkdir -p of its dirname). */
+static int make_parent_dirs(const char *path, char *err, size_t n) {
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path) return 0;
+    size_t len = (size_t)(slash - path);
+    if (len >= sizeof dir) {
+        snprintf(err, n, "path too long");
+        return -1;
+    }
+    memcpy(dir, path, len);
+    dir[len] = 0;
+    return make_dirs(dir, err, n);
+}
+
+/* opt:save(path): the optimiser's state (step, moments) for resuming, written atomically. */
+static int o_save(lua_State *L) {
+    char buf[96], err[4400];
+    ladamw *a = check_adamw(L, 1, "opt:save");
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return lhyb_error(L, "opt:save: path must be a string, got %s",
+                          lhyb_describe(L, 2, buf, sizeof buf));
+    const char *path = lua_tostring(L, 2);
+    if (make_parent_dirs(path, err, sizeof err) != 0) return lhyb_error(L, "opt:save: %s", err);
+    if (hyb_adamw_save(a->o, path) != HYB_OK) return lhyb_raise_hyb(L, "opt:save");
+    return 0;
+}
+
+/* opt:load(path): restore the step and moments saved by opt:save (same parameters); the
+ * hyper-parameters (lr, betas ...) stay this optimiser's. */
+static int o_load(lua_State *L) {
+    char buf[96];
+    ladamw *a = check_adamw(L, 1, "opt:load");
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return lhyb_error(L, "opt:load: path must be a string, got %s",
+                          lhyb_describe(L, 2, buf, sizeof buf));
+    if (hyb_adamw_load(a->o, lua_tostring(L, 2)) != HYB_OK) return lhyb_raise_hyb(L, "opt:load");
+    return 0;
+}
+
 static int adamw_tostring(lua_State *L) {
     ladamw *a = (ladamw *)luaL_checkudata(L, 1, LHYB_ADAMW_MT);
     if (!a->o)
@@ -710,27 +918,38 @@ static int adamw_gc(lua_State *L) {
     return 0;
 }
 
-/* ---- registration ----------------------------------------------------------------------------- */
+/* ---- registration ---------------------------------------------------------------------------- */
 
-static const luaL_Reg map_methods[] = {{"describe", map_describe}, {"n_layers", map_n_layers},
-                                       {"pattern", map_pattern},   {"config", map_config},
+static const luaL_Reg map_methods[] = {{"describe", map_describe},
+                                       {"n_layers", map_n_layers},
+                                       {"pattern", map_pattern},
+                                       {"config", map_config},
                                        {NULL, NULL}};
 
-static const luaL_Reg model_methods[] = {
-    {"forward", m_forward},     {"loss", m_loss},
-    {"zero_grad", m_zero_grad}, {"params", m_params},
-    {"param", m_param},         {"grad", m_grad},
-    {"n_params", m_n_params},   {"save", m_save},
-    {"load_params", m_load_params}, {"layout", m_layout},
-    {"pattern", m_pattern},     {"config", m_config},
-    {"graph_stats", m_graph_stats}, {NULL, NULL}};
+static const luaL_Reg model_methods[] = {{"forward", m_forward},
+                                         {"loss", m_loss},
+                                         {"zero_grad", m_zero_grad},
+                                         {"params", m_params},
+                                         {"param", m_param},
+                                         {"grad", m_grad},
+                                         {"n_params", m_n_params},
+                                         {"save", m_save},
+                                         {"load_params", m_load_params},
+                                         {"layout", m_layout},
+                                         {"pattern", m_pattern},
+                                         {"config", m_config},
+                                         {"graph_stats", m_graph_stats},
+                                         {"swap", m_swap},
+                                         {"clone", m_clone},
+                                         {"set_identity", m_set_identity},
+                                         {NULL, NULL}};
 
 static const luaL_Reg loss_methods[] = {
     {"value", loss_value}, {"backward", loss_backward}, {NULL, NULL}};
 
-static const luaL_Reg adamw_methods[] = {{"step", o_step},   {"set_lr", o_set_lr},
-                                         {"lr", o_lr},       {"steps", o_steps},
-                                         {"zero_grad", o_zero_grad}, {NULL, NULL}};
+static const luaL_Reg adamw_methods[] = {
+    {"step", o_step},           {"set_lr", o_set_lr}, {"lr", o_lr},     {"steps", o_steps},
+    {"zero_grad", o_zero_grad}, {"save", o_save},     {"load", o_load}, {NULL, NULL}};
 
 static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
                       lua_CFunction tostring, lua_CFunction gc) {
@@ -754,8 +973,10 @@ void lhyb_open_model(lua_State *L) {
     new_class(L, LHYB_MODEL_MT, model_methods, model_tostring, model_gc);
     new_class(L, LHYB_LOSS_MT, loss_methods, loss_tostring, NULL);
     new_class(L, LHYB_ADAMW_MT, adamw_methods, adamw_tostring, adamw_gc);
-    static const luaL_Reg funcs[] = {{"layermap", l_layermap}, {"parse_layermap", l_parse_layermap},
-                                     {"model", l_model},       {"load", l_load},
+    static const luaL_Reg funcs[] = {{"layermap", l_layermap},
+                                     {"parse_layermap", l_parse_layermap},
+                                     {"model", l_model},
+                                     {"load", l_load},
                                      {NULL, NULL}};
     luaL_setfuncs(L, funcs, 0);
     lua_createtable(L, 0, 1);

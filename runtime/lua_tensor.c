@@ -73,7 +73,7 @@ lhyb_tensor *lhyb_check_tensor(lua_State *L, int idx, const char *fname, const c
     return b;
 }
 
-/* ---- shapes and values ------------------------------------------------------------------------ */
+/* ---- shapes and values ----------------------------------------------------------------------- */
 
 /* Read a shape table at idx: 1..HYB_MAX_DIMS positive integers. Returns ndim. */
 static int check_shape(lua_State *L, int idx, const char *fname, int64_t *shape) {
@@ -123,11 +123,21 @@ static int elem_readable(hyb_dtype d) {
 /* Element at linear (element) offset off. */
 static void push_elem(lua_State *L, const hyb_tensor *t, int64_t off) {
     switch (t->dtype) {
-    case HYB_F32: lua_pushnumber(L, ((const float *)t->data)[off]); break;
-    case HYB_I32: lua_pushinteger(L, ((const int32_t *)t->data)[off]); break;
-    case HYB_F16: lua_pushnumber(L, hyb_f16_to_f32(((const uint16_t *)t->data)[off])); break;
-    case HYB_BF16: lua_pushnumber(L, hyb_bf16_to_f32(((const uint16_t *)t->data)[off])); break;
-    default: lua_pushnil(L); break;
+    case HYB_F32:
+        lua_pushnumber(L, ((const float *)t->data)[off]);
+        break;
+    case HYB_I32:
+        lua_pushinteger(L, ((const int32_t *)t->data)[off]);
+        break;
+    case HYB_F16:
+        lua_pushnumber(L, hyb_f16_to_f32(((const uint16_t *)t->data)[off]));
+        break;
+    case HYB_BF16:
+        lua_pushnumber(L, hyb_bf16_to_f32(((const uint16_t *)t->data)[off]));
+        break;
+    default:
+        lua_pushnil(L);
+        break;
     }
 }
 
@@ -139,8 +149,12 @@ static void store_elem(lua_State *L, hyb_tensor *t, int64_t off, int idx, const 
         lhyb_error(L, "%s: %s must be a number, got %s", fname, what,
                    lhyb_describe(L, idx, buf, sizeof buf));
     switch (t->dtype) {
-    case HYB_F32: ((float *)t->data)[off] = (float)lua_tonumber(L, idx); break;
-    case HYB_F16: ((uint16_t *)t->data)[off] = hyb_f32_to_f16((float)lua_tonumber(L, idx)); break;
+    case HYB_F32:
+        ((float *)t->data)[off] = (float)lua_tonumber(L, idx);
+        break;
+    case HYB_F16:
+        ((uint16_t *)t->data)[off] = hyb_f32_to_f16((float)lua_tonumber(L, idx));
+        break;
     case HYB_BF16:
         ((uint16_t *)t->data)[off] = hyb_f32_to_bf16((float)lua_tonumber(L, idx));
         break;
@@ -153,7 +167,8 @@ static void store_elem(lua_State *L, hyb_tensor *t, int64_t off, int idx, const 
         ((int32_t *)t->data)[off] = (int32_t)v;
         break;
     }
-    default: lhyb_error(L, "%s: cannot write elements of a %s tensor", fname, hyb_dtype_name(t->dtype));
+    default:
+        lhyb_error(L, "%s: cannot write elements of a %s tensor", fname, hyb_dtype_name(t->dtype));
     }
 }
 
@@ -207,7 +222,7 @@ static void fill_values(lua_State *L, hyb_tensor *t, int idx, const char *fname)
     }
 }
 
-/* ---- constructors ------------------------------------------------------------------------------ */
+/* ---- constructors ---------------------------------------------------------------------------- */
 
 /* hyb.tensor(shape[, values[, dtype]]) */
 static int l_tensor(lua_State *L) {
@@ -245,7 +260,7 @@ static int l_randn(lua_State *L) {
     return 1;
 }
 
-/* ---- methods ------------------------------------------------------------------------------------ */
+/* ---- methods --------------------------------------------------------------------------------- */
 
 #define SELF(fname) lhyb_check_tensor(L, 1, fname, "self")
 
@@ -299,8 +314,8 @@ static int t_get(lua_State *L) {
     check_readable(L, t, "tensor:get");
     int nidx = lua_gettop(L) - 1;
     if (nidx != t->ndim)
-        return lhyb_error(L, "tensor:get: a %d-d tensor needs %d indices, got %d", t->ndim,
-                          t->ndim, nidx);
+        return lhyb_error(L, "tensor:get: a %d-d tensor needs %d indices, got %d", t->ndim, t->ndim,
+                          nidx);
     push_elem(L, t, check_index(L, t, 2, "tensor:get"));
     return 1;
 }
@@ -310,8 +325,9 @@ static int t_set(lua_State *L) {
     check_readable(L, t, "tensor:set");
     int nargs = lua_gettop(L) - 1;
     if (nargs != t->ndim + 1)
-        return lhyb_error(L, "tensor:set: a %d-d tensor needs %d indices and a value, got %d "
-                             "arguments",
+        return lhyb_error(L,
+                          "tensor:set: a %d-d tensor needs %d indices and a value, got %d "
+                          "arguments",
                           t->ndim, t->ndim, nargs);
     int64_t off = check_index(L, t, 2, "tensor:set");
     store_elem(L, t, off, t->ndim + 2, "tensor:set", "value");
@@ -364,11 +380,16 @@ static int t_clone(lua_State *L) {
 /* Value of element i (contiguous index) as double, for comparisons. */
 static double elem_f64(const hyb_tensor *t, int64_t i) {
     switch (t->dtype) {
-    case HYB_F32: return ((const float *)t->data)[i];
-    case HYB_I32: return ((const int32_t *)t->data)[i];
-    case HYB_F16: return hyb_f16_to_f32(((const uint16_t *)t->data)[i]);
-    case HYB_BF16: return hyb_bf16_to_f32(((const uint16_t *)t->data)[i]);
-    default: return NAN;
+    case HYB_F32:
+        return ((const float *)t->data)[i];
+    case HYB_I32:
+        return ((const int32_t *)t->data)[i];
+    case HYB_F16:
+        return hyb_f16_to_f32(((const uint16_t *)t->data)[i]);
+    case HYB_BF16:
+        return hyb_bf16_to_f32(((const uint16_t *)t->data)[i]);
+    default:
+        return NAN;
     }
 }
 
@@ -381,10 +402,12 @@ static int t_max_abs_diff(lua_State *L) {
     check_readable(L, a, "tensor:max_abs_diff");
     check_readable(L, b, "tensor:max_abs_diff");
     int same = a->ndim == b->ndim;
-    for (int i = 0; same && i < a->ndim; i++) same = a->shape[i] == b->shape[i];
+    for (int i = 0; same && i < a->ndim; i++)
+        same = a->shape[i] == b->shape[i];
     if (!same)
         return lhyb_error(L, "tensor:max_abs_diff: shapes differ: %s vs %s",
-                          hyb_tensor_shape_str(a, sa, sizeof sa), hyb_tensor_shape_str(b, sb, sizeof sb));
+                          hyb_tensor_shape_str(a, sa, sizeof sa),
+                          hyb_tensor_shape_str(b, sb, sizeof sb));
     if (!hyb_tensor_is_contiguous(a) || !hyb_tensor_is_contiguous(b))
         return lhyb_error(L, "tensor:max_abs_diff: tensors must be contiguous");
     double m = 0;
@@ -408,9 +431,11 @@ static int t_equal(lua_State *L) {
     check_readable(L, a, "tensor:equal");
     check_readable(L, b, "tensor:equal");
     int same = a->ndim == b->ndim && hyb_tensor_is_contiguous(a) && hyb_tensor_is_contiguous(b);
-    for (int i = 0; same && i < a->ndim; i++) same = a->shape[i] == b->shape[i];
+    for (int i = 0; same && i < a->ndim; i++)
+        same = a->shape[i] == b->shape[i];
     int64_t n = same ? hyb_tensor_numel(a) : 0;
-    for (int64_t i = 0; same && i < n; i++) same = elem_f64(a, i) == elem_f64(b, i);
+    for (int64_t i = 0; same && i < n; i++)
+        same = elem_f64(a, i) == elem_f64(b, i);
     lua_pushboolean(L, same);
     return 1;
 }
@@ -424,20 +449,60 @@ static int t_stats_impl(lua_State *L, const char *fname, int which) {
     double acc = which == 0 || which == 1 ? 0 : elem_f64(t, 0);
     for (int64_t i = 0; i < n; i++) {
         double v = elem_f64(t, i);
-        if (which <= 1) acc += v;
-        else if (which == 2 && v < acc) acc = v;
-        else if ((which == 3 || which == 4) && v > acc) acc = v, arg = i;
+        if (which <= 1)
+            acc += v;
+        else if (which == 2 && v < acc)
+            acc = v;
+        else if ((which == 3 || which == 4) && v > acc)
+            acc = v, arg = i;
     }
     if (which == 1) acc /= (double)n;
-    if (which == 4) lua_pushinteger(L, arg + 1);
-    else lua_pushnumber(L, acc);
+    if (which == 4)
+        lua_pushinteger(L, arg + 1);
+    else
+        lua_pushnumber(L, acc);
     return 1;
 }
-static int t_sum(lua_State *L) { return t_stats_impl(L, "tensor:sum", 0); }
-static int t_mean(lua_State *L) { return t_stats_impl(L, "tensor:mean", 1); }
-static int t_min(lua_State *L) { return t_stats_impl(L, "tensor:min", 2); }
-static int t_max(lua_State *L) { return t_stats_impl(L, "tensor:max", 3); }
-static int t_argmax(lua_State *L) { return t_stats_impl(L, "tensor:argmax", 4); }
+static int t_sum(lua_State *L) {
+    return t_stats_impl(L, "tensor:sum", 0);
+}
+static int t_mean(lua_State *L) {
+    return t_stats_impl(L, "tensor:mean", 1);
+}
+static int t_min(lua_State *L) {
+    return t_stats_impl(L, "tensor:min", 2);
+}
+static int t_max(lua_State *L) {
+    return t_stats_impl(L, "tensor:max", 3);
+}
+static int t_argmax(lua_State *L) {
+    return t_stats_impl(L, "tensor:argmax", 4);
+}
+
+/* t:argmax_last() -> a table with, for each row of the last dimension (outer dims flattened), the
+ * 0-based position of its largest value: for logits [B, T, V] the greedy token id of each
+ * position, in order b*T + t (first maximum wins). */
+static int t_argmax_last(lua_State *L) {
+    hyb_tensor *t = SELF("tensor:argmax_last")->t;
+    check_readable(L, t, "tensor:argmax_last");
+    if (!hyb_tensor_is_contiguous(t))
+        return lhyb_error(L, "tensor:argmax_last: tensor must be contiguous");
+    int64_t V = t->shape[t->ndim - 1], rows = hyb_tensor_numel(t) / V;
+    if (rows > ((int64_t)1 << 26))
+        return lhyb_error(L, "tensor:argmax_last: too many rows (%lld)", (long long)rows);
+    lua_createtable(L, (int)rows, 0);
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t best = 0;
+        double bv = elem_f64(t, r * V);
+        for (int64_t v = 1; v < V; v++) {
+            double x = elem_f64(t, r * V + v);
+            if (x > bv) bv = x, best = v;
+        }
+        lua_pushinteger(L, best);
+        lua_rawseti(L, -2, (lua_Integer)(r + 1));
+    }
+    return 1;
+}
 
 static int t_tostring(lua_State *L) {
     lhyb_tensor *b = (lhyb_tensor *)luaL_checkudata(L, 1, LHYB_TENSOR_MT);
@@ -465,13 +530,24 @@ static int tensor_gc(lua_State *L) {
     return 0;
 }
 
-static const luaL_Reg tensor_methods[] = {
-    {"shape", t_shape},       {"numel", t_numel}, {"ndim", t_ndim},
-    {"dtype", t_dtype},       {"get", t_get},     {"set", t_set},
-    {"item", t_item},         {"totable", t_totable}, {"clone", t_clone},
-    {"max_abs_diff", t_max_abs_diff}, {"equal", t_equal}, {"sum", t_sum},
-    {"mean", t_mean},         {"min", t_min},     {"max", t_max},
-    {"argmax", t_argmax},     {NULL, NULL}};
+static const luaL_Reg tensor_methods[] = {{"shape", t_shape},
+                                          {"numel", t_numel},
+                                          {"ndim", t_ndim},
+                                          {"dtype", t_dtype},
+                                          {"get", t_get},
+                                          {"set", t_set},
+                                          {"item", t_item},
+                                          {"totable", t_totable},
+                                          {"clone", t_clone},
+                                          {"max_abs_diff", t_max_abs_diff},
+                                          {"equal", t_equal},
+                                          {"sum", t_sum},
+                                          {"mean", t_mean},
+                                          {"min", t_min},
+                                          {"max", t_max},
+                                          {"argmax", t_argmax},
+                                          {"argmax_last", t_argmax_last},
+                                          {NULL, NULL}};
 
 static const luaL_Reg tensor_funcs[] = {
     {"tensor", l_tensor}, {"zeros", l_zeros}, {"randn", l_randn}, {NULL, NULL}};

@@ -11,9 +11,15 @@
 
 const char *lhyb_describe(lua_State *L, int idx, char *buf, size_t n) {
     switch (lua_type(L, idx)) {
-    case LUA_TNONE: snprintf(buf, n, "nil"); break; /* "no value" confuses more than it helps */
-    case LUA_TNIL: snprintf(buf, n, "nil"); break;
-    case LUA_TBOOLEAN: snprintf(buf, n, "%s", lua_toboolean(L, idx) ? "true" : "false"); break;
+    case LUA_TNONE:
+        snprintf(buf, n, "nil");
+        break; /* "no value" confuses more than it helps */
+    case LUA_TNIL:
+        snprintf(buf, n, "nil");
+        break;
+    case LUA_TBOOLEAN:
+        snprintf(buf, n, "%s", lua_toboolean(L, idx) ? "true" : "false");
+        break;
     case LUA_TNUMBER:
         if (lua_isinteger(L, idx))
             snprintf(buf, n, "%lld", (long long)lua_tointeger(L, idx));
@@ -38,7 +44,9 @@ const char *lhyb_describe(lua_State *L, int idx, char *buf, size_t n) {
         }
         break;
     }
-    default: snprintf(buf, n, "%s", luaL_typename(L, idx)); break;
+    default:
+        snprintf(buf, n, "%s", luaL_typename(L, idx));
+        break;
     }
     return buf;
 }
@@ -78,8 +86,8 @@ lua_Integer lhyb_check_int(lua_State *L, int idx, const char *fname, const char 
     lua_Integer v = to_integer(L, idx, &ok);
     if (!ok || v < lo || v > hi) {
         if (hi == LUA_MAXINTEGER)
-            lhyb_error(L, "%s: %s must be an integer >= %lld, got %s", fname, argname, (long long)lo,
-                       lhyb_describe(L, idx, buf, sizeof buf));
+            lhyb_error(L, "%s: %s must be an integer >= %lld, got %s", fname, argname,
+                       (long long)lo, lhyb_describe(L, idx, buf, sizeof buf));
         else
             lhyb_error(L, "%s: %s must be an integer in [%lld, %lld], got %s", fname, argname,
                        (long long)lo, (long long)hi, lhyb_describe(L, idx, buf, sizeof buf));
@@ -212,7 +220,7 @@ const char *lhyb_opt_field_string(lua_State *L, int idx, const char *fname, cons
     return s;
 }
 
-/* ---- id / float arrays ---------------------------------------------------------------------- */
+/* ---- id / float arrays ----------------------------------------------------------------------- */
 
 int32_t *lhyb_check_ids(lua_State *L, int idx, const char *fname, const char *argname, int64_t n,
                         int64_t lo, int64_t hi) {
@@ -246,7 +254,8 @@ int32_t *lhyb_check_ids(lua_State *L, int idx, const char *fname, const char *ar
                 float v = p[i];
                 if (!(v == floorf(v)) || v < (float)lo || v > (float)hi)
                     lhyb_error(L, "%s: %s entry %lld is %g, not an integer in [%lld, %lld]", fname,
-                               argname, (long long)(i + 1), (double)v, (long long)lo, (long long)hi);
+                               argname, (long long)(i + 1), (double)v, (long long)lo,
+                               (long long)hi);
                 out[i] = (int32_t)v;
             }
         } else {
@@ -289,7 +298,8 @@ float *lhyb_check_floats(lua_State *L, int idx, const char *fname, const char *a
         if (t->dtype == HYB_F32) {
             memcpy(out, t->data, (size_t)n * sizeof(float));
         } else if (t->dtype == HYB_I32) {
-            for (int64_t i = 0; i < n; i++) out[i] = (float)((const int32_t *)t->data)[i];
+            for (int64_t i = 0; i < n; i++)
+                out[i] = (float)((const int32_t *)t->data)[i];
         } else {
             lhyb_error(L, "%s: %s must be an f32 or i32 tensor, got %s", fname, argname,
                        hyb_dtype_name(t->dtype));

@@ -1,10 +1,10 @@
 /* runtime/main.c: the hyb command line.
  *
  *   hyb run script.lua [args...]   run a Lua script with the `hyb` module (arg[0] = script)
- *   hyb run -e 'lua code' [args]   run a chunk given on the command line
+ *   hyb run -e 'lua code' [args]   run a chunk given on the command line (`hyb run -` reads stdin)
  *   hyb plugins                    list the mixer plugins found and the search path
  *   hyb version | hyb help
- *   hyb <name> [args...]           run the shipped script <scripts>/<name>.lua (generate, distill ...)
+ *   hyb <name> [args...]           run the shipped script <scripts>/<name>.lua (generate ...)
  *
  * The scripts directory is $HYB_SCRIPTS_DIR, else <binary dir>/../share/hyb/scripts, else the
  * source tree's scripts/ (HYB_SCRIPTS_DIR compile definition). A script error prints
@@ -34,7 +34,7 @@
 
 static const char *progname = "hyb";
 
-/* ---- paths -------------------------------------------------------------------------------------- */
+/* ---- paths ----------------------------------------------------------------------------------- */
 
 static int is_dir(const char *p) {
     struct stat st;
@@ -76,7 +76,7 @@ static const char *scripts_dir(char *buf, size_t n) {
     return is_dir(buf) ? buf : NULL;
 }
 
-/* ---- running Lua ------------------------------------------------------------------------------ */
+/* ---- running Lua ----------------------------------------------------------------------------- */
 
 static lua_State *global_L = NULL;
 
@@ -89,7 +89,8 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar) {
 /* Ctrl-C: stop the script at the next Lua instruction (a second Ctrl-C kills the process). */
 static void on_sigint(int sig) {
     signal(sig, SIG_DFL);
-    if (global_L) lua_sethook(global_L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    if (global_L)
+        lua_sethook(global_L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
 /* Message handler: the error message plus the traceback. */
@@ -167,11 +168,17 @@ static int run_lua(const char *script, int is_chunk, char **args, int nargs) {
     }
     lua_setglobal(L, "arg");
 
-    int status = is_chunk ? luaL_loadbuffer(L, script, strlen(script), "=(command line)")
-                          : luaL_loadfile(L, script);
+    int status;
+    if (is_chunk)
+        status = luaL_loadbuffer(L, script, strlen(script), "=(command line)");
+    else if (strcmp(script, "-") == 0)
+        status = luaL_loadfile(L, NULL); /* standard input */
+    else
+        status = luaL_loadfile(L, script);
     if (status == LUA_OK) {
         luaL_checkstack(L, nargs + 4, "too many arguments to the script");
-        for (int i = 0; i < nargs; i++) lua_pushstring(L, args[i]);
+        for (int i = 0; i < nargs; i++)
+            lua_pushstring(L, args[i]);
         status = docall(L, nargs);
     }
     if (status != LUA_OK) report(L);
@@ -180,8 +187,13 @@ static int run_lua(const char *script, int is_chunk, char **args, int nargs) {
     return status == LUA_OK ? 0 : 1;
 }
 
-/* ---- subcommands ------------------------------------------------------------------------------ */
+/* ---- subcommands ----------------------------------------------------------------------------- */
 
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The shipped scripts (<scripts>/<name>.lua), sorted by name. */
 static void list_scripts(FILE *out) {
     char sd[PATH_MAX];
     if (!scripts_dir(sd, sizeof sd)) {
@@ -190,17 +202,24 @@ static void list_scripts(FILE *out) {
     }
     DIR *d = opendir(sd);
     if (!d) return;
-    int first = 1;
+    char *names[256];
+    int n = 0;
     struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
+    while ((e = readdir(d)) != NULL && n < 256) {
         size_t len = strlen(e->d_name);
         if (e->d_name[0] == '.' || len < 5 || strcmp(e->d_name + len - 4, ".lua") != 0) continue;
-        if (first) fprintf(out, "\nScripts in %s (run as `%s <name> args...`):\n ", sd, progname);
-        first = 0;
-        fprintf(out, " %.*s", (int)(len - 4), e->d_name);
+        names[n] = strndup(e->d_name, len - 4);
+        if (names[n]) n++;
     }
     closedir(d);
-    if (!first) fprintf(out, "\n");
+    if (n == 0) return;
+    qsort(names, (size_t)n, sizeof names[0], cmp_str);
+    fprintf(out, "\nScripts in %s (run as `%s <name> args...`):\n ", sd, progname);
+    for (int i = 0; i < n; i++) {
+        fprintf(out, " %s", names[i]);
+        free(names[i]);
+    }
+    fprintf(out, "\n");
 }
 
 static void usage(FILE *out) {
@@ -211,10 +230,12 @@ static void usage(FILE *out) {
             "  run <script.lua> [args...]  run a Lua script; the `hyb` module is preloaded and\n"
             "                              the script's arguments are in `arg` (arg[0] = script)\n"
             "  run -e '<lua code>' [args]  run a chunk of Lua given on the command line\n"
+            "  run - [args]                run Lua read from standard input\n"
             "  plugins                     list the mixer plugins found and the search path\n"
             "  version                     print the version\n"
             "  help                        this text\n"
-            "  <name> [args...]            run the shipped script <name>.lua (e.g. generate, distill)\n",
+            "  <name> [args...]            run the shipped script <name>.lua (e.g. generate, "
+            "distill)\n",
             progname);
     list_scripts(out);
 }
@@ -258,7 +279,19 @@ static int valid_script_name(const char *s) {
     return 1;
 }
 
+/* OpenMP's default wait policy spins on idle cores; on a machine shared with other work (CI, a
+ * laptop, several jobs) spinning threads steal the cores the others need and a tiny model trains
+ * several times slower (measured 7x on 2 busy cores). libgomp reads OMP_WAIT_POLICY once, while
+ * the program loads, so choose "passive" by re-executing ourselves with it set, unless the user
+ * chose a policy. */
+static void ensure_omp_wait_policy(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    if (setenv("OMP_WAIT_POLICY", "passive", 0) != 0) return;
+    execv("/proc/self/exe", argv); /* returns only on failure: carry on with the default policy */
+}
+
 int main(int argc, char **argv) {
+    ensure_omp_wait_policy(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -281,7 +314,13 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cmd, "plugins") == 0) return cmd_plugins();
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        printf("hyb %s (%s)\n", HYB_VERSION, LUA_RELEASE);
+#ifdef HYB_HAVE_CUDA
+        const char *cuda = "CUDA backend compiled in";
+#else
+        const char *cuda = "CPU only";
+#endif
+        printf("hyb %s (%s, plugin ABI %u, %s)\n", HYB_VERSION, LUA_RELEASE,
+               (unsigned)HYB_PLUGIN_ABI_VERSION, cuda);
         return 0;
     }
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

@@ -1,7 +1,7 @@
 -- scripts/chat.lua: chat with a model in the terminal (ChatML, as SmolLM2-Instruct expects).
 --
 --   hyb chat [--model PATH] [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R]
---            [--seed S] [--max-tokens N] [--system TEXT] [--stop STR]... [--max-ctx N]
+--            [--seed S] [--max-tokens N] [--system TEXT] [--stop STR]... [--max-ctx N] [--verbose]
 --
 -- Each line you type is one user turn; the reply streams as it is generated. The KV cache keeps
 -- the whole conversation, so only the new turn is prefilled. Commands: /reset (forget the
@@ -14,19 +14,20 @@ local function usage(msg)
   if msg then io.stderr:write("chat: ", msg, "\n") end
   io.stderr:write("usage: hyb chat [--model PATH] [--temperature T] [--top-k K] [--top-p P]\n",
                   "         [--repetition-penalty R] [--seed S] [--max-tokens N] [--system TEXT]\n",
-                  "         [--stop STR]... [--max-ctx N]\n")
+                  "         [--stop STR]... [--max-ctx N] [--verbose]\n")
   os.exit(2)
 end
 
 local opts = gen.parse_args(arg, {
   model = "string", ["max-tokens"] = "int", temperature = "number", ["top-k"] = "int",
   ["top-p"] = "number", ["repetition-penalty"] = "number", seed = "int", stop = "list",
-  system = "string", ["max-ctx"] = "int",
+  system = "string", ["max-ctx"] = "int", verbose = "flag",
 }, usage)
 if #opts._ > 0 then usage("unexpected argument '" .. opts._[1] .. "'") end
 
+local sampler = gen.sampler(opts) -- bad sampling options fail before the model loads
+if not opts.verbose then hyb.log_level("warn") end
 local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"]})
-local sampler = gen.sampler(opts)
 local stops = {"<|im_end|>"}
 for _, s in ipairs(opts.stop or {}) do stops[#stops + 1] = s end
 local system = opts.system or gen.default_system
@@ -63,6 +64,7 @@ while true do
     })
     started = true
     io.write("\n")
+    io.stdout:flush()
     gen.report(llm, r)
     for _, k in ipairs({"prefill_tokens", "prefill_s", "decode_tokens", "decode_s"}) do
       total[k] = total[k] + r[k]

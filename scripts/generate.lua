@@ -17,6 +17,7 @@
 --   --system TEXT           system message for --chat
 --   --max-ctx N             context capacity in tokens (default: the model's, at most 4096)
 --   --quiet                 no statistics line at the end
+--   --verbose               log the model layout while loading
 -- EOS always stops. Statistics (prefill and decode tokens/s) go to stderr.
 local hyb = require("hyb")
 local gen = require("genlib")
@@ -25,19 +26,20 @@ local function usage(msg)
   if msg then io.stderr:write("generate: ", msg, "\n") end
   io.stderr:write("usage: hyb generate [--model PATH] [--max-tokens N] [--temperature T] [--top-k K]\n",
                   "         [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--chat]\n",
-                  "         [--system TEXT] [--max-ctx N] [--quiet] PROMPT\n")
+                  "         [--system TEXT] [--max-ctx N] [--quiet] [--verbose] PROMPT\n")
   os.exit(2)
 end
 
 local opts = gen.parse_args(arg, {
   model = "string", ["max-tokens"] = "int", temperature = "number", ["top-k"] = "int",
   ["top-p"] = "number", ["repetition-penalty"] = "number", seed = "int", stop = "list",
-  chat = "flag", system = "string", ["max-ctx"] = "int", quiet = "flag",
+  chat = "flag", system = "string", ["max-ctx"] = "int", quiet = "flag", verbose = "flag",
 }, usage)
 if #opts._ ~= 1 then usage(#opts._ == 0 and "no prompt given" or "give the prompt as one argument") end
 
+local sampler = gen.sampler(opts) -- bad sampling options fail before the model loads
+if not opts.verbose then hyb.log_level("warn") end
 local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"]})
-local sampler = gen.sampler(opts)
 local prompt = opts._[1]
 local stops = opts.stop or {}
 if opts.chat then
@@ -51,4 +53,5 @@ local out = gen.generate(llm, ids, {
   on_text = function(s) io.write(s); io.flush() end,
 })
 io.write("\n")
+io.stdout:flush()
 if not opts.quiet then gen.report(llm, out) end

@@ -11,6 +11,7 @@
 #include "harness.h"
 #include "hyb/hf.h"
 #include "hyb/sample.h"
+#include "hyb/tokenizer.h"
 
 static hyb_model *M;
 static cJSON *J;
@@ -23,7 +24,10 @@ static void *slurp(const char *path, size_t *n) {
     long sz = ftell(f);
     fseek(f, 0, SEEK_SET);
     char *p = malloc((size_t)sz + 1);
-    if (p && fread(p, 1, (size_t)sz, f) != (size_t)sz) { free(p); p = NULL; }
+    if (p && fread(p, 1, (size_t)sz, f) != (size_t)sz) {
+        free(p);
+        p = NULL;
+    }
     fclose(f);
     if (p) p[sz] = 0;
     if (n) *n = (size_t)sz;
@@ -43,7 +47,8 @@ static float *golden(const char *file, size_t expect_floats) {
 static int32_t *json_ids(const cJSON *arr, int *n) {
     *n = cJSON_GetArraySize(arr);
     int32_t *ids = malloc(sizeof *ids * (size_t)(*n > 0 ? *n : 1));
-    for (int i = 0; i < *n; i++) ids[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
+    for (int i = 0; i < *n; i++)
+        ids[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
     return ids;
 }
 
@@ -80,8 +85,9 @@ static void test_forward_vs_hf(void) {
     cJSON *ids_all = cJSON_GetObjectItem(J, "ids");
     int np = cJSON_GetArraySize(ids_all);
     float *last = golden("last_logits.bin", (size_t)np * V);
-    const int nfull = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(J, "full_logits"),
-                                                             "shape"), 0)->valueint;
+    const int nfull =
+        cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(J, "full_logits"), "shape"), 0)
+            ->valueint;
     float *full = golden("full_logits.bin", (size_t)nfull * V);
     if (!last || !full) return;
     for (int p = 0; p < np; p++) {
@@ -117,7 +123,8 @@ static void test_greedy_decode(void) {
     cJSON *gr = cJSON_GetObjectItem(J, "greedy");
     int np, ng;
     int32_t *prompt = json_ids(cJSON_GetArrayItem(cJSON_GetObjectItem(J, "ids"),
-                                                  cJSON_GetObjectItem(gr, "prompt")->valueint), &np);
+                                                  cJSON_GetObjectItem(gr, "prompt")->valueint),
+                               &np);
     int32_t *want = json_ids(cJSON_GetObjectItem(gr, "ids"), &ng);
     hyb_kvstate *s = NULL;
     int rc = hyb_kvstate_new(M, 1, np + ng + 8, &s);
@@ -201,12 +208,66 @@ static void test_prefill_decode_equals_forward(void) {
     free(gen);
 }
 
+static char MODEL_PATH[1024];
+
+/* The GGUF tokenizer gives the ids HF's tokenizer gave for the golden prompts (the inputs above).
+ */
+static void test_prompt_ids(void) {
+    hyb_tokenizer *tok = hyb_tokenizer_load_gguf(MODEL_PATH);
+    CHECK_MSG(tok != NULL, "tokenizer: %s", hyb_error());
+    if (!tok) return;
+    cJSON *prompts = cJSON_GetObjectItem(J, "prompts"), *ids_all = cJSON_GetObjectItem(J, "ids");
+    for (int p = 0; p < cJSON_GetArraySize(prompts); p++) {
+        const char *text = cJSON_GetArrayItem(prompts, p)->valuestring;
+        int n;
+        int32_t *want = json_ids(cJSON_GetArrayItem(ids_all, p), &n);
+        int32_t *got = NULL;
+        size_t ng = 0;
+        CHECK(hyb_tokenizer_encode_alloc(tok, text, strlen(text), 0, &got, &ng) == HYB_OK);
+        CHECK_MSG(got && (int)ng == n && memcmp(got, want, sizeof *got * (size_t)n) == 0,
+                  "prompt %d: token ids differ from HF's", p);
+        free(got);
+        free(want);
+    }
+    hyb_tokenizer_free(tok);
+}
+
+/* Optional (HYB_HF_DIR, made by tests/reference/export_hf_dir.py): the same weights read from an
+ * HF directory by transformers' GGUF path and hyb's safetensors path are bit-identical. */
+static void test_hf_dir_matches_gguf(void) {
+    const char *dir = getenv("HYB_HF_DIR");
+    if (!dir || !*dir) {
+        printf("  (HYB_HF_DIR not set: HF-directory comparison skipped)\n");
+        return;
+    }
+    hyb_model *h = NULL;
+    int rc = hyb_model_load_hf_dir(dir, &h);
+    CHECK_MSG(rc == HYB_OK, "hf dir: %s", hyb_error());
+    if (!h) return;
+    CHECK(h->n_params == M->n_params && h->map->tie_embeddings == M->map->tie_embeddings);
+    long differ = 0;
+    for (int i = 0; i < M->n_params; i++) {
+        hyb_tensor *a = M->params[i], *b = hyb_model_param(h, a->name);
+        CHECK_MSG(b != NULL, "%s missing in the HF directory model", a->name);
+        if (b && memcmp(a->data, b->data, hyb_tensor_nbytes(a)) != 0) {
+            differ++;
+            printf("  %s differs\n", a->name);
+        }
+    }
+    CHECK(differ == 0);
+    printf("  HF directory %s: %d tensors, %ld differ from the GGUF load\n", dir, M->n_params,
+           differ);
+    hyb_model_free(h);
+}
+
 int main(void) {
-    char path[1024];
+    char *path = MODEL_PATH;
     const char *env = getenv("HYB_MODEL");
-    if (env && *env) snprintf(path, sizeof path, "%s", env);
-    else snprintf(path, sizeof path, "%s/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                  getenv("HOME") ? getenv("HOME") : ".");
+    if (env && *env)
+        snprintf(path, sizeof MODEL_PATH, "%s", env);
+    else
+        snprintf(path, sizeof MODEL_PATH, "%s/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 getenv("HOME") ? getenv("HOME") : ".");
     FILE *f = fopen(path, "rb");
     if (!f) {
         printf("skipped: model file %s not found (set HYB_MODEL or run scripts/setup.sh)\n", path);
@@ -231,9 +292,11 @@ int main(void) {
     }
     printf("  loaded %s in %.2f s (%lld parameters)\n", path, hyb_time_now() - t0,
            (long long)hyb_model_n_elements(M));
+    RUN(test_prompt_ids);
     RUN(test_forward_vs_hf);
     RUN(test_greedy_decode);
     RUN(test_prefill_decode_equals_forward);
+    RUN(test_hf_dir_matches_gguf);
     hyb_model_free(M);
     cJSON_Delete(J);
     return harness_done();

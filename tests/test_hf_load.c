@@ -15,8 +15,12 @@
 
 enum { L = 2, D = 16, H = 4, KV = 2, HD = 4, F = 24, V = 32 };
 
-/* ---- a minimal GGUF v3 writer ------------------------------------------------------------------*/
-typedef struct { unsigned char *p; size_t n, cap; } buf_t;
+/* ---- a minimal GGUF v3 writer
+ * ------------------------------------------------------------------*/
+typedef struct {
+    unsigned char *p;
+    size_t n, cap;
+} buf_t;
 static void put(buf_t *b, const void *x, size_t n) {
     if (b->n + n > b->cap) {
         b->cap = (b->n + n) * 2 + 1024;
@@ -25,14 +29,37 @@ static void put(buf_t *b, const void *x, size_t n) {
     memcpy(b->p + b->n, x, n);
     b->n += n;
 }
-static void put_u32(buf_t *b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(buf_t *b, uint64_t v) { put(b, &v, 8); }
-static void put_str(buf_t *b, const char *s) { put_u64(b, strlen(s)); put(b, s, strlen(s)); }
-static void kv_u32(buf_t *b, const char *k, uint32_t v) { put_str(b, k); put_u32(b, 4); put_u32(b, v); }
-static void kv_f32(buf_t *b, const char *k, float v) { put_str(b, k); put_u32(b, 6); put(b, &v, 4); }
-static void kv_str(buf_t *b, const char *k, const char *v) { put_str(b, k); put_u32(b, 8); put_str(b, v); }
+static void put_u32(buf_t *b, uint32_t v) {
+    put(b, &v, 4);
+}
+static void put_u64(buf_t *b, uint64_t v) {
+    put(b, &v, 8);
+}
+static void put_str(buf_t *b, const char *s) {
+    put_u64(b, strlen(s));
+    put(b, s, strlen(s));
+}
+static void kv_u32(buf_t *b, const char *k, uint32_t v) {
+    put_str(b, k);
+    put_u32(b, 4);
+    put_u32(b, v);
+}
+static void kv_f32(buf_t *b, const char *k, float v) {
+    put_str(b, k);
+    put_u32(b, 6);
+    put(b, &v, 4);
+}
+static void kv_str(buf_t *b, const char *k, const char *v) {
+    put_str(b, k);
+    put_u32(b, 8);
+    put_str(b, v);
+}
 
-typedef struct { char name[64]; int rows, cols; float *data; } wt_t; /* [rows, cols] */
+typedef struct {
+    char name[64];
+    int rows, cols;
+    float *data;
+} wt_t; /* [rows, cols] */
 
 static int n_w;
 static wt_t W[64];
@@ -78,27 +105,46 @@ static void write_gguf(const char *path, const variant *v) {
         int rows = w->rows + (v->bad_shape && !strcmp(w->name, v->bad_shape) ? 1 : 0);
         const float *src = w->data;
         float *perm = NULL;
-        if (strstr(w->name, "attn_q.weight")) src = perm = permute_like_converter(w->data, H, w->cols);
-        if (strstr(w->name, "attn_k.weight")) src = perm = permute_like_converter(w->data, KV, w->cols);
+        if (strstr(w->name, "attn_q.weight"))
+            src = perm = permute_like_converter(w->data, H, w->cols);
+        if (strstr(w->name, "attn_k.weight"))
+            src = perm = permute_like_converter(w->data, KV, w->cols);
         put_str(&infos, w->name);
         int is_vec = w->cols == 1;
         put_u32(&infos, is_vec ? 1 : 2);
-        if (is_vec) put_u64(&infos, (uint64_t)rows);
-        else { put_u64(&infos, (uint64_t)w->cols); put_u64(&infos, (uint64_t)rows); }
+        if (is_vec)
+            put_u64(&infos, (uint64_t)rows);
+        else {
+            put_u64(&infos, (uint64_t)w->cols);
+            put_u64(&infos, (uint64_t)rows);
+        }
         put_u32(&infos, 0); /* F32 */
         put_u64(&infos, data.n);
         put(&data, src, sizeof(float) * w->rows * w->cols);
-        for (int e = w->rows * w->cols; e < rows * w->cols; e++) { float z = 0; put(&data, &z, 4); }
-        while (data.n % 32) { unsigned char z = 0; put(&data, &z, 1); }
+        for (int e = w->rows * w->cols; e < rows * w->cols; e++) {
+            float z = 0;
+            put(&data, &z, 4);
+        }
+        while (data.n % 32) {
+            unsigned char z = 0;
+            put(&data, &z, 1);
+        }
         free(perm);
         n_t++;
     }
     buf_t kvs = {0};
     int n_kv = 0;
     char k[96];
-    kv_str(&kvs, "general.architecture", v->arch); n_kv++;
-    kv_str(&kvs, "general.name", "tiny llama"); n_kv++;
-#define KU(key, val) do { snprintf(k, sizeof k, "%s.%s", v->arch, key); kv_u32(&kvs, k, val); n_kv++; } while (0)
+    kv_str(&kvs, "general.architecture", v->arch);
+    n_kv++;
+    kv_str(&kvs, "general.name", "tiny llama");
+    n_kv++;
+#define KU(key, val)                                                                               \
+    do {                                                                                           \
+        snprintf(k, sizeof k, "%s.%s", v->arch, key);                                              \
+        kv_u32(&kvs, k, val);                                                                      \
+        n_kv++;                                                                                    \
+    } while (0)
     KU("block_count", L);
     KU("embedding_length", D);
     KU("feed_forward_length", F);
@@ -106,20 +152,30 @@ static void write_gguf(const char *path, const variant *v) {
     KU("attention.head_count_kv", KV);
     KU("context_length", 64);
     KU("vocab_size", V);
-    snprintf(k, sizeof k, "%s.rope.freq_base", v->arch); kv_f32(&kvs, k, 10000.0f); n_kv++;
-    snprintf(k, sizeof k, "%s.attention.layer_norm_rms_epsilon", v->arch); kv_f32(&kvs, k, 1e-5f); n_kv++;
+    snprintf(k, sizeof k, "%s.rope.freq_base", v->arch);
+    kv_f32(&kvs, k, 10000.0f);
+    n_kv++;
+    snprintf(k, sizeof k, "%s.attention.layer_norm_rms_epsilon", v->arch);
+    kv_f32(&kvs, k, 1e-5f);
+    n_kv++;
     put(&hdr, "GGUF", 4);
     put_u32(&hdr, 3);
     put_u64(&hdr, (uint64_t)n_t);
     put_u64(&hdr, (uint64_t)n_kv);
     put(&hdr, kvs.p, kvs.n);
     put(&hdr, infos.p, infos.n);
-    while (hdr.n % 32) { unsigned char z = 0; put(&hdr, &z, 1); }
+    while (hdr.n % 32) {
+        unsigned char z = 0;
+        put(&hdr, &z, 1);
+    }
     FILE *f = fopen(path, "wb");
     fwrite(hdr.p, 1, hdr.n, f);
     fwrite(data.p, 1, data.n, f);
     fclose(f);
-    free(hdr.p); free(data.p); free(infos.p); free(kvs.p);
+    free(hdr.p);
+    free(data.p);
+    free(infos.p);
+    free(kvs.p);
 }
 
 static void make_weights(void) {
@@ -129,7 +185,11 @@ static void make_weights(void) {
     hf_tensor("output_norm.weight", D, 1, s++);
     hf_tensor("output.weight", V, D, s++);
     for (int l = 0; l < L; l++) {
-#define T(name, r, c) do { snprintf(n, sizeof n, "blk.%d." name, l); hf_tensor(n, r, c, s++); } while (0)
+#define T(name, r, c)                                                                              \
+    do {                                                                                           \
+        snprintf(n, sizeof n, "blk.%d." name, l);                                                  \
+        hf_tensor(n, r, c, s++);                                                                   \
+    } while (0)
         T("attn_norm.weight", D, 1);
         T("attn_q.weight", H * HD, D);
         T("attn_k.weight", KV * HD, D);
@@ -143,19 +203,23 @@ static void make_weights(void) {
 }
 
 static const wt_t *find_w(const char *name) {
-    for (int i = 0; i < n_w; i++) if (!strcmp(W[i].name, name)) return &W[i];
+    for (int i = 0; i < n_w; i++)
+        if (!strcmp(W[i].name, name)) return &W[i];
     return NULL;
 }
 
 static char g_path[256];
 
 static const char *pairs[][2] = {
-        {"input_layernorm.weight", "attn_norm.weight"}, {"self_attn.q_proj.weight", "attn_q.weight"},
-        {"self_attn.k_proj.weight", "attn_k.weight"},   {"self_attn.v_proj.weight", "attn_v.weight"},
-        {"self_attn.o_proj.weight", "attn_output.weight"},
-        {"post_attention_layernorm.weight", "ffn_norm.weight"},
-        {"mlp.gate_proj.weight", "ffn_gate.weight"}, {"mlp.up_proj.weight", "ffn_up.weight"},
-        {"mlp.down_proj.weight", "ffn_down.weight"},
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.k_proj.weight", "attn_k.weight"},
+    {"self_attn.v_proj.weight", "attn_v.weight"},
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"post_attention_layernorm.weight", "ffn_norm.weight"},
+    {"mlp.gate_proj.weight", "ffn_gate.weight"},
+    {"mlp.up_proj.weight", "ffn_up.weight"},
+    {"mlp.down_proj.weight", "ffn_down.weight"},
 };
 #define N_PAIRS ((int)(sizeof pairs / sizeof pairs[0]))
 
@@ -163,9 +227,12 @@ static const char *pairs[][2] = {
 static void hf_of(const char *gg, char *hf, size_t n) {
     int l;
     char rest[64];
-    if (!strcmp(gg, "token_embd.weight")) snprintf(hf, n, "model.embed_tokens.weight");
-    else if (!strcmp(gg, "output_norm.weight")) snprintf(hf, n, "model.norm.weight");
-    else if (!strcmp(gg, "output.weight")) snprintf(hf, n, "lm_head.weight");
+    if (!strcmp(gg, "token_embd.weight"))
+        snprintf(hf, n, "model.embed_tokens.weight");
+    else if (!strcmp(gg, "output_norm.weight"))
+        snprintf(hf, n, "model.norm.weight");
+    else if (!strcmp(gg, "output.weight"))
+        snprintf(hf, n, "lm_head.weight");
     else if (sscanf(gg, "blk.%d.%63s", &l, rest) == 2) {
         for (int i = 0; i < N_PAIRS; i++)
             if (!strcmp(rest, pairs[i][1])) snprintf(hf, n, "model.layers.%d.%s", l, pairs[i][0]);
@@ -218,7 +285,8 @@ static void test_load_tied(void) {
     CHECK(hyb_model_param(m, "lm_head.weight") == m->embed); /* the tied alias */
     int np = 0;
     hyb_tensor **ps = hyb_model_params(m, &np);
-    for (int i = 0; i < np; i++) CHECK(strcmp(ps[i]->name, "lm_head.weight") != 0);
+    for (int i = 0; i < np; i++)
+        CHECK(strcmp(ps[i]->name, "lm_head.weight") != 0);
     check_param(m, "model.embed_tokens.weight", "token_embd.weight");
     hyb_model_free(m);
 }
@@ -255,7 +323,8 @@ static void test_layermap_text(void) {
         CHECK(map->n_layers == 30 && map->d_model == 576 && map->vocab_size == 49152);
         CHECK(map->d_ff == 1536 && map->tie_embeddings && map->max_seq == 8192);
         CHECK(!strcmp(map->name, "SmolLM2-135M"));
-        for (int i = 0; i < 30; i++) CHECK(map->layer_mixer[i] == 0);
+        for (int i = 0; i < 30; i++)
+            CHECK(map->layer_mixer[i] == 0);
         hyb_layermap_free(map);
     }
     CHECK(hyb_llama_layermap_text(&c, buf, 64) == HYB_ERR_ARG);
@@ -267,12 +336,16 @@ static void write_hf_dir(const char *dir, const char *model_type, int tied, int 
     mkdir(dir, 0755);
     snprintf(p, sizeof p, "%s/config.json", dir);
     FILE *f = fopen(p, "w");
-    fprintf(f, "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"%s\",\n"
-               " \"num_hidden_layers\": %d, \"hidden_size\": %d, \"intermediate_size\": %d,\n"
-               " \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"vocab_size\": %d,\n"
-               " \"max_position_embeddings\": 64, \"rope_theta\": 10000.0, \"rms_norm_eps\": 1e-05,\n"
-               " \"tie_word_embeddings\": %s, \"hidden_act\": \"silu\", \"rope_scaling\": null}\n",
-            model_type, L, D, F, H, KV, V, tied ? "true" : "false");
+    fprintf(f,
+            "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"%s\",\n"
+            " \"num_hidden_layers\": %d, \"hidden_size\": %d, \"intermediate_size\": %d,\n"
+            " \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"vocab_size\": %d,\n"
+            " \"max_position_embeddings\": 64, %s, \"rms_norm_eps\": 1e-05,\n"
+            " \"tie_word_embeddings\": %s, \"hidden_act\": \"silu\", \"rope_scaling\": null}\n",
+            model_type, L, D, F, H, KV, V,
+            sharded ? "\"rope_parameters\": {\"rope_theta\": 500000.0, \"rope_type\": \"default\"}"
+                    : "\"rope_theta\": 20000.0",
+            tied ? "true" : "false");
     fclose(f);
     hyb_st_writer *w[2] = {hyb_st_writer_new(), hyb_st_writer_new()};
     snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
@@ -285,8 +358,11 @@ static void write_hf_dir(const char *dir, const char *model_type, int tied, int 
         hf_of(W[i].name, hf, sizeof hf);
         int64_t shape[2] = {W[i].rows, W[i].cols};
         int k = sharded ? i % 2 : 0;
-        CHECK(hyb_st_writer_add(w[k], hf, HYB_F32, W[i].cols == 1 ? 1 : 2, shape, W[i].data) == HYB_OK);
-        if (idx) fprintf(idx, "%s\"%s\": \"model-0000%d-of-00002.safetensors\"", first ? "" : ", ", hf, k + 1);
+        CHECK(hyb_st_writer_add(w[k], hf, HYB_F32, W[i].cols == 1 ? 1 : 2, shape, W[i].data) ==
+              HYB_OK);
+        if (idx)
+            fprintf(idx, "%s\"%s\": \"model-0000%d-of-00002.safetensors\"", first ? "" : ", ", hf,
+                    k + 1);
         first = 0;
     }
     if (idx) {
@@ -335,6 +411,9 @@ static void test_hf_dir(void) {
         CHECK_MSG(rc == HYB_OK, "variant %d: %s", variant, hyb_error());
         if (m) {
             CHECK(m->map->tie_embeddings == tied);
+            double theta = 0;
+            CHECK(hyb_cfg_float(m->map->mixers[0].table, "rope_theta", 0, &theta) == HYB_OK);
+            CHECK_MSG(theta == (sharded ? 500000.0 : 20000.0), "rope_theta %g", theta);
             CHECK(tied ? m->lm_head == m->embed : m->lm_head != m->embed);
             check_all_params(m);
             hyb_model_free(m);
@@ -351,12 +430,24 @@ static void test_hf_dir(void) {
     char p[512];
     snprintf(p, sizeof p, "%s/config.json", dir);
     FILE *f = fopen(p, "w");
-    fprintf(f, "{\"model_type\": \"llama\", \"num_hidden_layers\": %d, \"hidden_size\": %d, "
-               "\"intermediate_size\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, "
-               "\"vocab_size\": %d, \"tie_word_embeddings\": false}", L, D, F, H, KV, V);
+    fprintf(f,
+            "{\"model_type\": \"llama\", \"num_hidden_layers\": %d, \"hidden_size\": %d, "
+            "\"intermediate_size\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, "
+            "\"vocab_size\": %d, \"tie_word_embeddings\": false}",
+            L, D, F, H, KV, V);
     fclose(f);
     CHECK(hyb_model_load_hf_dir(dir, &m) == HYB_ERR_FORMAT && m == NULL);
     CHECK_MSG(strstr(hyb_error(), "lm_head.weight") != NULL, "%s", hyb_error());
+    f = fopen(p, "w");
+    fprintf(f,
+            "{\"model_type\": \"llama\", \"num_hidden_layers\": %d, \"hidden_size\": %d, "
+            "\"intermediate_size\": %d, \"num_attention_heads\": %d, \"vocab_size\": %d, "
+            "\"tie_word_embeddings\": true, \"rope_parameters\": {\"rope_type\": \"llama3\", "
+            "\"rope_theta\": 500000.0, \"factor\": 8.0}}",
+            L, D, F, H, V);
+    fclose(f);
+    CHECK(hyb_model_load_hf_dir(dir, &m) == HYB_ERR_UNSUPPORTED && m == NULL);
+    CHECK_MSG(strstr(hyb_error(), "llama3") != NULL, "%s", hyb_error());
     rm_hf_dir(dir);
     CHECK(hyb_model_load_hf_dir("/nonexistent_dir", &m) < 0 && m == NULL);
 }
@@ -370,6 +461,7 @@ int main(void) {
     RUN(test_errors);
     RUN(test_hf_dir);
     unlink(g_path);
-    for (int i = 0; i < n_w; i++) free(W[i].data);
+    for (int i = 0; i < n_w; i++)
+        free(W[i].data);
     return harness_done();
 }

@@ -1,6 +1,8 @@
 /* Sampler: greedy, repetition penalty (HF formula), temperature / top-k / top-p distributions
  * against independently computed expectations, fixed-seed determinism, argument errors. */
+#include <cJSON.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,9 +12,12 @@
 /* softmax in double, independent of the sampler's code path */
 static void softmax_d(const float *x, int n, double t, double *p) {
     double mx = -INFINITY, s = 0;
-    for (int i = 0; i < n; i++) if (x[i] / t > mx) mx = x[i] / t;
-    for (int i = 0; i < n; i++) s += (p[i] = exp(x[i] / t - mx));
-    for (int i = 0; i < n; i++) p[i] /= s;
+    for (int i = 0; i < n; i++)
+        if (x[i] / t > mx) mx = x[i] / t;
+    for (int i = 0; i < n; i++)
+        s += (p[i] = exp(x[i] / t - mx));
+    for (int i = 0; i < n; i++)
+        p[i] /= s;
 }
 
 static hyb_sampler *mk(int V, float temp, int k, float p, float pen, uint64_t seed) {
@@ -27,14 +32,16 @@ static void test_greedy(void) {
     float l[6] = {0.1f, 2.0f, NAN, 2.0f, -1.0f, 1.5f};
     CHECK(hyb_sample_argmax(l, 6) == 1); /* tie 1 vs 3: lowest index, NaN never wins */
     hyb_sampler *s = mk(6, 0.0f, 0, 1.0f, 1.0f, 1);
-    for (int i = 0; i < 5; i++) CHECK(hyb_sampler_sample(s, l, NULL, 0) == 1);
+    for (int i = 0; i < 5; i++)
+        CHECK(hyb_sampler_sample(s, l, NULL, 0) == 1);
     float pr[6];
     CHECK(hyb_sampler_probs(s, l, NULL, 0, pr) == HYB_OK);
     CHECK(pr[1] == 1.0f && pr[0] == 0.0f && pr[3] == 0.0f);
     hyb_sampler_free(s);
     /* top_k = 1 is greedy too, whatever the temperature */
     s = mk(6, 5.0f, 1, 1.0f, 1.0f, 2);
-    for (int i = 0; i < 20; i++) CHECK(hyb_sampler_sample(s, l, NULL, 0) == 1);
+    for (int i = 0; i < 20; i++)
+        CHECK(hyb_sampler_sample(s, l, NULL, 0) == 1);
     hyb_sampler_free(s);
 }
 
@@ -74,9 +81,11 @@ static void check_freq(hyb_sampler *s, const float *l, int V, const int32_t *h, 
     }
     for (int v = 0; v < V; v++) {
         double f = (double)cnt[v] / n, sd = sqrt(expect[v] * (1 - expect[v]) / n);
-        if (expect[v] == 0.0) CHECK_MSG(cnt[v] == 0, "token %d drawn %d times, prob 0", v, cnt[v]);
-        else CHECK_MSG(fabs(f - expect[v]) <= 5 * sd + 1e-12, "token %d: freq %.4f vs p %.4f", v,
-                       f, expect[v]);
+        if (expect[v] == 0.0)
+            CHECK_MSG(cnt[v] == 0, "token %d drawn %d times, prob 0", v, cnt[v]);
+        else
+            CHECK_MSG(fabs(f - expect[v]) <= 5 * sd + 1e-12, "token %d: freq %.4f vs p %.4f", v, f,
+                      expect[v]);
     }
     free(cnt);
 }
@@ -91,7 +100,8 @@ static void test_temperature_distribution(void) {
         softmax_d(l, V, temps[ti], ex);
         hyb_sampler *s = mk(V, temps[ti], 0, 1.0f, 1.0f, 100 + ti);
         CHECK(hyb_sampler_probs(s, l, NULL, 0, pr) == HYB_OK);
-        for (int v = 0; v < V; v++) CHECK_NEAR(pr[v], ex[v], 1e-6);
+        for (int v = 0; v < V; v++)
+            CHECK_NEAR(pr[v], ex[v], 1e-6);
         check_freq(s, l, V, NULL, 0, ex, 40000);
         hyb_sampler_free(s);
     }
@@ -106,17 +116,21 @@ static void test_top_k(void) {
     float kept[3] = {3.0f, 2.0f, 2.0f};
     double pk[3];
     softmax_d(kept, 3, 1.0, pk);
-    ex[1] = pk[0]; ex[3] = pk[1]; ex[4] = pk[2];
+    ex[1] = pk[0];
+    ex[3] = pk[1];
+    ex[4] = pk[2];
     hyb_sampler *s = mk(V, 1.0f, 2, 1.0f, 1.0f, 7);
     CHECK(hyb_sampler_probs(s, l, NULL, 0, pr) == HYB_OK);
-    for (int v = 0; v < V; v++) CHECK_NEAR(pr[v], ex[v], 1e-6);
+    for (int v = 0; v < V; v++)
+        CHECK_NEAR(pr[v], ex[v], 1e-6);
     check_freq(s, l, V, NULL, 0, ex, 20000);
     hyb_sampler_free(s);
     /* k >= V: no filtering */
     s = mk(V, 1.0f, 100, 1.0f, 1.0f, 7);
     softmax_d(l, V, 1.0, ex);
     CHECK(hyb_sampler_probs(s, l, NULL, 0, pr) == HYB_OK);
-    for (int v = 0; v < V; v++) CHECK_NEAR(pr[v], ex[v], 1e-6);
+    for (int v = 0; v < V; v++)
+        CHECK_NEAR(pr[v], ex[v], 1e-6);
     hyb_sampler_free(s);
 }
 
@@ -124,18 +138,24 @@ static void test_top_p(void) {
     const int V = 5;
     const double p[5] = {0.05, 0.5, 0.1, 0.2, 0.15}; /* sorted: 1 (.5), 3 (.2), 4 (.15), 2, 0 */
     float l[5];
-    for (int v = 0; v < V; v++) l[v] = (float)log(p[v]);
+    for (int v = 0; v < V; v++)
+        l[v] = (float)log(p[v]);
     float pr[5];
-    struct { float top_p; int keep[5]; } cases[] = {
-        {0.30f, {0, 1, 0, 0, 0}},  /* mass 0.5 >= 0.3 already */
-        {0.60f, {0, 1, 0, 1, 0}},  /* 0.5 < 0.6 -> add 0.2 */
-        {0.75f, {0, 1, 0, 1, 1}},  /* 0.7 < 0.75 -> add 0.15 */
+    struct {
+        float top_p;
+        int keep[5];
+    } cases[] = {
+        {0.30f, {0, 1, 0, 0, 0}}, /* mass 0.5 >= 0.3 already */
+        {0.60f, {0, 1, 0, 1, 0}}, /* 0.5 < 0.6 -> add 0.2 */
+        {0.75f, {0, 1, 0, 1, 1}}, /* 0.7 < 0.75 -> add 0.15 */
         {0.99f, {1, 1, 1, 1, 1}},
     };
     for (int c = 0; c < 4; c++) {
         double mass = 0, ex[5];
-        for (int v = 0; v < V; v++) if (cases[c].keep[v]) mass += p[v];
-        for (int v = 0; v < V; v++) ex[v] = cases[c].keep[v] ? p[v] / mass : 0.0;
+        for (int v = 0; v < V; v++)
+            if (cases[c].keep[v]) mass += p[v];
+        for (int v = 0; v < V; v++)
+            ex[v] = cases[c].keep[v] ? p[v] / mass : 0.0;
         hyb_sampler *s = mk(V, 1.0f, 0, cases[c].top_p, 1.0f, 11 + c);
         CHECK(hyb_sampler_probs(s, l, NULL, 0, pr) == HYB_OK);
         double kept_mass = 0;
@@ -169,7 +189,8 @@ static void test_combined_order(void) {
     hyb_sampler *s = mk(V, 0.5f, 3, 0.9f, 2.0f, 5);
     float pr[6];
     CHECK(hyb_sampler_probs(s, l, h, 1, pr) == HYB_OK);
-    for (int v = 0; v < V; v++) CHECK_NEAR(pr[v], ex[v], 1e-6);
+    for (int v = 0; v < V; v++)
+        CHECK_NEAR(pr[v], ex[v], 1e-6);
     check_freq(s, l, V, h, 1, ex, 20000);
     hyb_sampler_free(s);
 }
@@ -192,7 +213,8 @@ static void test_determinism(void) {
     CHECK(memcmp(a, b, sizeof a) == 0);
     CHECK(memcmp(a, c, sizeof a) != 0);
     hyb_sampler_reseed(s1, 1234);
-    for (int i = 0; i < 64; i++) CHECK(hyb_sampler_sample(s1, l, a, i) == a[i]);
+    for (int i = 0; i < 64; i++)
+        CHECK(hyb_sampler_sample(s1, l, a, i) == a[i]);
     hyb_sampler_free(s1);
     hyb_sampler_free(s2);
     hyb_sampler_free(s3);
@@ -227,6 +249,64 @@ static void test_errors(void) {
     hyb_sampler_free(s);
 }
 
+/* Against transformers' own processors (tests/reference/sample_ref.py). */
+static void test_vs_hf_processors(void) {
+    const char *dir = getenv("HYB_TEST_DATA");
+    char path[600];
+    snprintf(path, sizeof path, "%s/sample/hf_probs.json", dir && *dir ? dir : "tests/data");
+    FILE *f = fopen(path, "rb");
+    CHECK_MSG(f != NULL, "cannot open %s", path);
+    if (!f) return;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = malloc((size_t)n + 1);
+    CHECK(fread(text, 1, (size_t)n, f) == (size_t)n);
+    text[n] = 0;
+    fclose(f);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    CHECK(root != NULL);
+    if (!root) return;
+    const int V = cJSON_GetObjectItem(root, "V")->valueint;
+    float *l = malloc(sizeof(float) * V), *pr = malloc(sizeof(float) * V);
+    const cJSON *c;
+    int ncase = 0;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+        hyb_sampler_params p = {(float)cJSON_GetObjectItem(c, "temperature")->valuedouble,
+                                cJSON_GetObjectItem(c, "top_k")->valueint,
+                                (float)cJSON_GetObjectItem(c, "top_p")->valuedouble,
+                                (float)cJSON_GetObjectItem(c, "repetition_penalty")->valuedouble};
+        const cJSON *hl = cJSON_GetObjectItem(c, "history");
+        int nh = cJSON_GetArraySize(hl);
+        int32_t hist[64];
+        for (int i = 0; i < nh && i < 64; i++)
+            hist[i] = cJSON_GetArrayItem(hl, i)->valueint;
+        for (int v = 0; v < V; v++)
+            l[v] = (float)cJSON_GetArrayItem(cJSON_GetObjectItem(c, "logits"), v)->valuedouble;
+        hyb_sampler *s = NULL;
+        CHECK(hyb_sampler_new(V, &p, 1, &s) == HYB_OK);
+        CHECK(hyb_sampler_probs(s, l, hist, nh, pr) == HYB_OK);
+        double worst = 0;
+        int support_differs = 0;
+        for (int v = 0; v < V; v++) {
+            double want = cJSON_GetArrayItem(cJSON_GetObjectItem(c, "probs"), v)->valuedouble;
+            if ((want == 0.0) != (pr[v] == 0.0f)) support_differs++;
+            if (fabs(pr[v] - want) > worst) worst = fabs(pr[v] - want);
+        }
+        CHECK_MSG(support_differs == 0 && worst < 2e-6,
+                  "case %d (T %.2f k %d p %.2f rp %.2f): %d tokens kept differently, max |dp| %.3g",
+                  ncase, (double)p.temperature, p.top_k, (double)p.top_p,
+                  (double)p.repetition_penalty, support_differs, worst);
+        hyb_sampler_free(s);
+        ncase++;
+    }
+    CHECK(ncase == 6);
+    free(l);
+    free(pr);
+    cJSON_Delete(root);
+}
+
 int main(void) {
     RUN(test_greedy);
     RUN(test_repetition_penalty_formula);
@@ -236,5 +316,6 @@ int main(void) {
     RUN(test_combined_order);
     RUN(test_determinism);
     RUN(test_errors);
+    RUN(test_vs_hf_processors);
     return harness_done();
 }

@@ -38,7 +38,9 @@ static int fsync_dir(const char *path) {
     char dir[4096];
     dir_of(path, dir, sizeof dir);
     int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return hyb_error_set(HYB_ERR_IO, "%s: cannot open directory for fsync: %s", dir, strerror(errno));
+    if (fd < 0)
+        return hyb_error_set(HYB_ERR_IO, "%s: cannot open directory for fsync: %s", dir,
+                             strerror(errno));
     int rc = fsync(fd);
     int e = errno;
     close(fd);
@@ -95,7 +97,9 @@ int hyb_atomic_write(hyb_atomic_file *f, const void *data, size_t n) {
     return HYB_OK;
 }
 
-uint64_t hyb_atomic_size(const hyb_atomic_file *f) { return f->size; }
+uint64_t hyb_atomic_size(const hyb_atomic_file *f) {
+    return f->size;
+}
 
 static void atomic_free(hyb_atomic_file *f) {
     free(f->tmp);
@@ -121,7 +125,8 @@ int hyb_atomic_commit(hyb_atomic_file *f) {
     if (rc == HYB_OK && crc != 0)
         rc = hyb_error_set(HYB_ERR_IO, "%s: close failed: %s", f->path, strerror(errno));
     if (rc == HYB_OK && rename(f->tmp, f->path) != 0)
-        rc = hyb_error_set(HYB_ERR_IO, "%s: rename from %s failed: %s", f->path, f->tmp, strerror(errno));
+        rc = hyb_error_set(HYB_ERR_IO, "%s: rename from %s failed: %s", f->path, f->tmp,
+                           strerror(errno));
     if (rc != HYB_OK) {
         unlink(f->tmp);
         atomic_free(f);
@@ -169,7 +174,8 @@ int hyb_mkdir_p(const char *dir) {
         char c = p[i];
         p[i] = 0;
         if (mkdir(p, 0755) != 0 && errno != EEXIST) {
-            int rc = hyb_error_set(HYB_ERR_IO, "%s: cannot create directory %s: %s", dir, p, strerror(errno));
+            int rc = hyb_error_set(HYB_ERR_IO, "%s: cannot create directory %s: %s", dir, p,
+                                   strerror(errno));
             free(p);
             return rc;
         }

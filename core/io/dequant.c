@@ -4,22 +4,22 @@
  * the python `gguf` package (gguf/constants.py GGML_QUANT_SIZES, gguf/quants.py). All scales are
  * little-endian IEEE half (f16) unless noted. QK_K = 256. Element e of a block is written y[e].
  *
- *   Q4_0  18 B / 32:  d:f16, qs[16]            y[j] = d * ((qs[j] & 15) - 8), y[j+16] with qs[j] >> 4
- *   Q4_1  20 B / 32:  d, m, qs[16]             y = d * q + m            (q = nibble as above)
- *   Q5_0  22 B / 32:  d, qh:u32, qs[16]        q = nibble | bit e of qh << 4; y = d * (q - 16)
- *   Q5_1  24 B / 32:  d, m, qh:u32, qs[16]     y = d * q + m
- *   Q8_0  34 B / 32:  d, qs:i8[32]             y = qs[e] * d
- *   Q2_K  84 B / 256: scales[16], qs[64], d, dmin
- *   Q3_K 110 B / 256: hmask[32], qs[64], scales[12] (16 x 6 bit), d
- *   Q4_K 144 B / 256: d, dmin, scales[12] (8 scales + 8 mins, 6 bit), qs[128]
- *   Q5_K 176 B / 256: d, dmin, scales[12], qh[32], qs[128]
- *   Q6_K 210 B / 256: ql[128], qh[64], scales:i8[16], d
- *   Q8_K 292 B / 256: d:f32, qs:i8[256], bsums:i16[16]  y = d * qs[e]
- * The per-type comments below give the bit positions.
+ *   type  bytes/elems  layout                     value
+ *   Q4_0   18 / 32     d:f16, qs[16]              y[j] = d * ((qs[j] & 15) - 8), y[j+16]: qs[j] >>
+ * 4 Q4_1   20 / 32     d, m, qs[16]               y = d * q + m     (q: nibbles as above) Q5_0   22
+ * / 32     d, qh:u32, qs[16]          q = nibble | (bit e of qh) << 4; y = d * (q - 16) Q5_1   24 /
+ * 32     d, m, qh:u32, qs[16]       y = d * q + m Q8_0   34 / 32     d, qs:i8[32]               y =
+ * qs[e] * d Q2_K   84 / 256    scales[16], qs[64], d, dmin Q3_K  110 / 256    hmask[32], qs[64],
+ * scales[12] (16 x 6 bit), d Q4_K  144 / 256    d, dmin, scales[12] (8 scales + 8 mins, 6 bit),
+ * qs[128] Q5_K  176 / 256    d, dmin, scales[12], qh[32], qs[128] Q6_K  210 / 256    ql[128],
+ * qh[64], scales:i8[16], d Q8_K  292 / 256    d:f32, qs:i8[256], bsums:i16[16]    y = d * qs[e] The
+ * per-type comments below give the bit positions.
  *
- * Arithmetic: every product and sum is done in f32 in the order the reference formulas use, and
- * fused multiply-add is disabled for this file, so the results are bit-identical to the python
- * reference (tests/test_gguf.c checks that on every type).
+ * Arithmetic: every product and sum is done in f32 in the order the reference formulas use, so
+ * the results are bit-identical to the python reference (tests/test_gguf.c checks every type).
+ * For these formats the products feeding an addition (f16 scale x small integer) are exact in
+ * f32, so a fused multiply-add would round the same; contraction is still switched off for this
+ * file so that the guarantee does not rest on that argument.
  */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -65,6 +65,7 @@ static void dq_q6_k(const uint8_t *s, float *y, int64_t nb);
 static void dq_q8_k(const uint8_t *s, float *y, int64_t nb);
 
 /* Indexed by GGML type id. Sizes as in GGML_QUANT_SIZES (gguf-py constants.py). */
+// clang-format off
 static const type_info TYPES[] = {
     [0] = {"F32", 1, 4, dq_f32},
     [1] = {"F16", 1, 2, dq_f16},
@@ -99,6 +100,7 @@ static const type_info TYPES[] = {
     [35] = {"TQ2_0", QK_K, 66, NULL},
     [39] = {"MXFP4", 32, 17, NULL},
 };
+// clang-format on
 #define N_TYPES ((int)(sizeof(TYPES) / sizeof(TYPES[0])))
 
 static const type_info *type_get(int type) {
@@ -128,16 +130,26 @@ int hyb_ggml_can_dequantize(int type) {
 
 int hyb_ggml_type_from_dtype(hyb_dtype t) {
     switch (t) {
-    case HYB_F32: return HYB_GGML_F32;
-    case HYB_F16: return HYB_GGML_F16;
-    case HYB_BF16: return HYB_GGML_BF16;
-    case HYB_I32: return HYB_GGML_I32;
-    case HYB_Q8_0: return HYB_GGML_Q8_0;
-    case HYB_Q4_0: return HYB_GGML_Q4_0;
-    case HYB_Q4_1: return HYB_GGML_Q4_1;
-    case HYB_Q4_K: return HYB_GGML_Q4_K;
-    case HYB_Q6_K: return HYB_GGML_Q6_K;
-    default: return -1;
+    case HYB_F32:
+        return HYB_GGML_F32;
+    case HYB_F16:
+        return HYB_GGML_F16;
+    case HYB_BF16:
+        return HYB_GGML_BF16;
+    case HYB_I32:
+        return HYB_GGML_I32;
+    case HYB_Q8_0:
+        return HYB_GGML_Q8_0;
+    case HYB_Q4_0:
+        return HYB_GGML_Q4_0;
+    case HYB_Q4_1:
+        return HYB_GGML_Q4_1;
+    case HYB_Q4_K:
+        return HYB_GGML_Q4_K;
+    case HYB_Q6_K:
+        return HYB_GGML_Q6_K;
+    default:
+        return -1;
     }
 }
 
@@ -162,9 +174,9 @@ int hyb_ggml_dequantize(int type, const void *src, float *dst, int64_t n) {
         return hyb_error_set(HYB_ERR_UNSUPPORTED, "dequantize: GGML type %s (%d) is not supported",
                              t->name, type);
     if (n < 0 || n % t->blck != 0)
-        return hyb_error_set(HYB_ERR_ARG,
-                             "dequantize %s: %lld elements is not a multiple of the block size %lld",
-                             t->name, (long long)n, (long long)t->blck);
+        return hyb_error_set(
+            HYB_ERR_ARG, "dequantize %s: %lld elements is not a multiple of the block size %lld",
+            t->name, (long long)n, (long long)t->blck);
     if (n == 0) return HYB_OK;
     if (!src || !dst) return hyb_error_set(HYB_ERR_ARG, "dequantize %s: NULL buffer", t->name);
     const int64_t nb = n / t->blck;
@@ -184,20 +196,25 @@ int hyb_ggml_dequantize(int type, const void *src, float *dst, int64_t n) {
 
 int hyb_dequantize(hyb_dtype type, const void *src, float *dst, int64_t n) {
     int g = hyb_ggml_type_from_dtype(type);
-    if (g < 0) return hyb_error_set(HYB_ERR_UNSUPPORTED, "dequantize: dtype %d has no decoder", (int)type);
+    if (g < 0)
+        return hyb_error_set(HYB_ERR_UNSUPPORTED, "dequantize: dtype %d has no decoder", (int)type);
     return hyb_ggml_dequantize(g, src, dst, n);
 }
 
 /* ---- little-endian loads (no alignment assumed) -----------------------------------------------*/
 
-static inline uint16_t ld_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint16_t ld_u16(const uint8_t *p) {
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
 static inline uint32_t ld_u32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 static inline uint64_t ld_u64(const uint8_t *p) {
     return (uint64_t)ld_u32(p) | ((uint64_t)ld_u32(p + 4) << 32);
 }
-static inline float ld_h(const uint8_t *p) { return hyb_f16_to_f32(ld_u16(p)); }
+static inline float ld_h(const uint8_t *p) {
+    return hyb_f16_to_f32(ld_u16(p));
+}
 static inline float ld_f32(const uint8_t *p) {
     uint32_t u = ld_u32(p);
     float f;
@@ -208,10 +225,12 @@ static inline float ld_f32(const uint8_t *p) {
 /* ---- plain types ------------------------------------------------------------------------------*/
 
 static void dq_f32(const uint8_t *s, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = ld_f32(s + 4 * i);
+    for (int64_t i = 0; i < n; i++)
+        y[i] = ld_f32(s + 4 * i);
 }
 static void dq_f16(const uint8_t *s, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = ld_h(s + 2 * i);
+    for (int64_t i = 0; i < n; i++)
+        y[i] = ld_h(s + 2 * i);
 }
 /* bf16 is the top half of an f32: exact, NaN payloads kept. */
 static void dq_bf16(const uint8_t *s, float *y, int64_t n) {
@@ -229,16 +248,20 @@ static void dq_f64(const uint8_t *s, float *y, int64_t n) {
     }
 }
 static void dq_i8(const uint8_t *s, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = (float)(int8_t)s[i];
+    for (int64_t i = 0; i < n; i++)
+        y[i] = (float)(int8_t)s[i];
 }
 static void dq_i16(const uint8_t *s, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = (float)(int16_t)ld_u16(s + 2 * i);
+    for (int64_t i = 0; i < n; i++)
+        y[i] = (float)(int16_t)ld_u16(s + 2 * i);
 }
 static void dq_i32(const uint8_t *s, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = (float)(int32_t)ld_u32(s + 4 * i);
+    for (int64_t i = 0; i < n; i++)
+        y[i] = (float)(int32_t)ld_u32(s + 4 * i);
 }
 static void dq_i64(const uint8_t *s, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = (float)(int64_t)ld_u64(s + 8 * i);
+    for (int64_t i = 0; i < n; i++)
+        y[i] = (float)(int64_t)ld_u64(s + 8 * i);
 }
 
 /* ---- 32-element blocks ------------------------------------------------------------------------*/
@@ -301,7 +324,8 @@ static void dq_q5_1(const uint8_t *s, float *y, int64_t nb) {
 static void dq_q8_0(const uint8_t *s, float *y, int64_t nb) {
     for (int64_t b = 0; b < nb; b++, s += 34, y += 32) {
         const float d = ld_h(s);
-        for (int j = 0; j < 32; j++) y[j] = (float)(int8_t)s[2 + j] * d;
+        for (int j = 0; j < 32; j++)
+            y[j] = (float)(int8_t)s[2 + j] * d;
     }
 }
 
@@ -355,7 +379,8 @@ static void dq_q3_k(const uint8_t *s, float *y, int64_t nb) {
 
 /* The 12-byte scale/min block of Q4_K and Q5_K: 8 six-bit scales and 8 six-bit mins.
  * j < 4: sc = s[j] & 63, mn = s[j + 4] & 63.
- * j >= 4: sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4), mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4). */
+ * j >= 4: sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4), mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4).
+ */
 static void k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
     if (j < 4) {
         *sc = s[j] & 63;
@@ -378,7 +403,8 @@ static void dq_q4_k(const uint8_t *s, float *y, int64_t nb) {
             const float dl = d * (float)isc, ml = dmin * (float)imn;
             const uint8_t *q = qs + 32 * (j / 2);
             const int shift = 4 * (j % 2);
-            for (int l = 0; l < 32; l++) y[32 * j + l] = dl * (float)((q[l] >> shift) & 0x0F) - ml;
+            for (int l = 0; l < 32; l++)
+                y[32 * j + l] = dl * (float)((q[l] >> shift) & 0x0F) - ml;
         }
     }
 }
@@ -412,7 +438,8 @@ static void dq_q6_k(const uint8_t *s, float *y, int64_t nb) {
         const int8_t *sc = (const int8_t *)(s + 192);
         const float d = ld_h(s + 208);
         float dl[16];
-        for (int k = 0; k < 16; k++) dl[k] = d * (float)sc[k];
+        for (int k = 0; k < 16; k++)
+            dl[k] = d * (float)sc[k];
         for (int h = 0; h < 2; h++)
             for (int e = 0; e < 128; e++) {
                 int lo = (ql[64 * h + e % 64] >> (4 * (e / 64))) & 0x0F;
@@ -427,6 +454,7 @@ static void dq_q6_k(const uint8_t *s, float *y, int64_t nb) {
 static void dq_q8_k(const uint8_t *s, float *y, int64_t nb) {
     for (int64_t b = 0; b < nb; b++, s += 292, y += QK_K) {
         const float d = ld_f32(s);
-        for (int e = 0; e < QK_K; e++) y[e] = d * (float)(int8_t)s[4 + e];
+        for (int e = 0; e < QK_K; e++)
+            y[e] = d * (float)(int8_t)s[4 + e];
     }
 }

@@ -25,16 +25,16 @@
 
 #include "hyb/gguf.h"
 
-#define GGUF_MAX_NEST 8       /* arrays of arrays of ... */
-#define GGUF_MAX_NAME 255     /* longest tensor name accepted */
+#define GGUF_MAX_NEST 8   /* arrays of arrays of ... */
+#define GGUF_MAX_NAME 255 /* longest tensor name accepted */
 
 typedef struct gguf_kv {
-    uint64_t key;       /* arena offset */
-    int type;           /* hyb_gguf_vtype */
-    int arr_type;       /* element type for arrays */
-    uint64_t n;         /* array length */
-    uint64_t pos;       /* file offset of the value (scalars) or first element (arrays) */
-    uint64_t str;       /* string value: arena offset */
+    uint64_t key; /* arena offset */
+    int type;     /* hyb_gguf_vtype */
+    int arr_type; /* element type for arrays */
+    uint64_t n;   /* array length */
+    uint64_t pos; /* file offset of the value (scalars) or first element (arrays) */
+    uint64_t str; /* string value: arena offset */
     uint64_t str_len;
     uint64_t *str_offs; /* string arrays: n + 1 arena offsets (string i: [offs[i], offs[i+1]-1)) */
 } gguf_kv;
@@ -46,9 +46,9 @@ struct hyb_gguf {
     int mapped;
     uint32_t version, alignment;
     uint64_t data_off;
-    int64_t n_kv;
+    int64_t n_kv, kv_cap;
     gguf_kv *kv;
-    int64_t n_tensors;
+    int64_t n_tensors, tensors_cap;
     hyb_gguf_tensor *tensors;
     uint64_t *tensor_name_off; /* arena offsets, resolved into tensors[i].name at the end */
     char *arena;
@@ -57,20 +57,23 @@ struct hyb_gguf {
 
 /* ---- helpers ---------------------------------------------------------------------------------*/
 
-static const char *VTYPE_NAMES[HYB_GGUF_VTYPE_COUNT] = {"u8",  "i8",   "u16",    "i16",   "u32",
-                                                        "i32", "f32",  "bool",   "string", "array",
-                                                        "u64", "i64",  "f64"};
+static const char *VTYPE_NAMES[HYB_GGUF_VTYPE_COUNT] = {
+    "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64"};
 static const int VTYPE_SIZE[HYB_GGUF_VTYPE_COUNT] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
 
 static const char *vtype_name(int t) {
     return (t >= 0 && t < HYB_GGUF_VTYPE_COUNT) ? VTYPE_NAMES[t] : "invalid";
 }
 
-static uint16_t ld_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint16_t ld_u16(const uint8_t *p) {
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
 static uint32_t ld_u32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
-static uint64_t ld_u64(const uint8_t *p) { return (uint64_t)ld_u32(p) | ((uint64_t)ld_u32(p + 4) << 32); }
+static uint64_t ld_u64(const uint8_t *p) {
+    return (uint64_t)ld_u32(p) | ((uint64_t)ld_u32(p + 4) << 32);
+}
 
 typedef struct reader {
     hyb_gguf *g;
@@ -123,9 +126,12 @@ static int arena_put(hyb_gguf *g, const uint8_t *s, uint64_t len, uint64_t *off)
     uint64_t need_cap = g->arena_len + len + 1;
     if (need_cap > g->arena_cap) {
         uint64_t cap = g->arena_cap ? g->arena_cap : 4096;
-        while (cap < need_cap) cap *= 2;
+        while (cap < need_cap)
+            cap *= 2;
         char *a = realloc(g->arena, (size_t)cap);
-        if (!a) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory (%" PRIu64 " bytes for strings)", g->path, cap);
+        if (!a)
+            return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory (%" PRIu64 " bytes for strings)",
+                                 g->path, cap);
         g->arena = a;
         g->arena_cap = cap;
     }
@@ -133,6 +139,21 @@ static int arena_put(hyb_gguf *g, const uint8_t *s, uint64_t len, uint64_t *off)
     if (len) memcpy(g->arena + g->arena_len, s, (size_t)len);
     g->arena[g->arena_len + len] = '\0';
     g->arena_len += len + 1;
+    return HYB_OK;
+}
+
+/* Make room for `need` elements of `elem` bytes in *p (capacity *cap, at most `max`), zeroing
+ * the new part. Arrays grow with what was actually parsed, so a corrupt count costs nothing. */
+static int grow(hyb_gguf *g, void **p, int64_t *cap, int64_t need, size_t elem, int64_t max) {
+    if (need <= *cap) return HYB_OK;
+    int64_t nc = *cap < 16 ? 16 : *cap * 2;
+    if (nc < need) nc = need;
+    if (nc > max) nc = max;
+    void *q = realloc(*p, (size_t)nc * elem);
+    if (!q) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", g->path);
+    memset((char *)q + (size_t)*cap * elem, 0, (size_t)(nc - *cap) * elem);
+    *p = q;
+    *cap = nc;
     return HYB_OK;
 }
 
@@ -145,8 +166,7 @@ static int rd_str(reader *r, uint64_t *off, uint64_t *len_out, const char *what,
                     "bad string length %" PRIu64 " for %s: only %" PRIu64 " bytes left in the file",
                     len, what, r->g->size - r->pos);
     const uint8_t *s = r->g->base + r->pos;
-    if (!nul_ok && memchr(s, 0, (size_t)len))
-        return FERR(r->g, at, "%s contains a NUL byte", what);
+    if (!nul_ok && memchr(s, 0, (size_t)len)) return FERR(r->g, at, "%s contains a NUL byte", what);
     HYB_TRY(arena_put(r->g, s, len, off));
     r->pos += len;
     if (len_out) *len_out = len;
@@ -161,8 +181,9 @@ static int skip_value(reader *r, int t, int depth, const char *what) {
         uint64_t at = r->pos, len;
         HYB_TRY(rd_u64(r, &len, what));
         if (len > r->g->size - r->pos)
-            return FERR(r->g, at, "bad string length %" PRIu64 " in %s: only %" PRIu64 " bytes left",
-                        len, what, r->g->size - r->pos);
+            return FERR(r->g, at,
+                        "bad string length %" PRIu64 " in %s: only %" PRIu64 " bytes left", len,
+                        what, r->g->size - r->pos);
         r->pos += len;
         return HYB_OK;
     }
@@ -171,22 +192,26 @@ static int skip_value(reader *r, int t, int depth, const char *what) {
         r->pos += (uint64_t)VTYPE_SIZE[t];
         return HYB_OK;
     }
-    if (depth >= GGUF_MAX_NEST) return FERR(r->g, r->pos, "arrays nested deeper than %d in %s", GGUF_MAX_NEST, what);
+    if (depth >= GGUF_MAX_NEST)
+        return FERR(r->g, r->pos, "arrays nested deeper than %d in %s", GGUF_MAX_NEST, what);
     uint32_t et;
     uint64_t n, at;
     HYB_TRY(rd_u32(r, &et, what));
     at = r->pos;
     HYB_TRY(rd_u64(r, &n, what));
-    if (et >= HYB_GGUF_VTYPE_COUNT) return FERR(r->g, at - 4, "unknown array element type %u in %s", et, what);
+    if (et >= HYB_GGUF_VTYPE_COUNT)
+        return FERR(r->g, at - 4, "unknown array element type %u in %s", et, what);
     uint64_t min = et == HYB_GGUF_STRING ? 8 : et == HYB_GGUF_ARRAY ? 12 : (uint64_t)VTYPE_SIZE[et];
     if (n > (r->g->size - r->pos) / min)
-        return FERR(r->g, at, "array length %" PRIu64 " of %s exceeds the file (%" PRIu64 " bytes left)", n, what,
-                    r->g->size - r->pos);
+        return FERR(r->g, at,
+                    "array length %" PRIu64 " of %s exceeds the file (%" PRIu64 " bytes left)", n,
+                    what, r->g->size - r->pos);
     if (et != HYB_GGUF_STRING && et != HYB_GGUF_ARRAY) {
         r->pos += n * min;
         return HYB_OK;
     }
-    for (uint64_t i = 0; i < n; i++) HYB_TRY(skip_value(r, (int)et, depth + 1, what));
+    for (uint64_t i = 0; i < n; i++)
+        HYB_TRY(skip_value(r, (int)et, depth + 1, what));
     return HYB_OK;
 }
 
@@ -206,7 +231,8 @@ static int parse_kv(reader *r, int64_t idx, gguf_kv *kv) {
     uint32_t t;
     uint64_t type_at = r->pos;
     HYB_TRY(rd_u32(r, &t, what));
-    if (t >= HYB_GGUF_VTYPE_COUNT) return FERR(g, type_at, "key '%s': unknown value type %u", key, t);
+    if (t >= HYB_GGUF_VTYPE_COUNT)
+        return FERR(g, type_at, "key '%s': unknown value type %u", key, t);
     kv->type = (int)t;
     kv->arr_type = -1;
     kv->pos = r->pos;
@@ -214,14 +240,16 @@ static int parse_kv(reader *r, int64_t idx, gguf_kv *kv) {
     if (t != HYB_GGUF_ARRAY) {
         HYB_TRY(need(r, (uint64_t)VTYPE_SIZE[t], what));
         if (t == HYB_GGUF_BOOL && g->base[r->pos] > 1)
-            return FERR(g, r->pos, "key '%s': bool value %u is neither 0 nor 1", key, g->base[r->pos]);
+            return FERR(g, r->pos, "key '%s': bool value %u is neither 0 nor 1", key,
+                        g->base[r->pos]);
         r->pos += (uint64_t)VTYPE_SIZE[t];
         return HYB_OK;
     }
     uint32_t et;
     uint64_t et_at = r->pos, n_at;
     HYB_TRY(rd_u32(r, &et, what));
-    if (et >= HYB_GGUF_VTYPE_COUNT) return FERR(g, et_at, "key '%s': unknown array element type %u", key, et);
+    if (et >= HYB_GGUF_VTYPE_COUNT)
+        return FERR(g, et_at, "key '%s': unknown array element type %u", key, et);
     n_at = r->pos;
     HYB_TRY(rd_u64(r, &kv->n, what));
     kv->arr_type = (int)et;
@@ -234,21 +262,28 @@ static int parse_kv(reader *r, int64_t idx, gguf_kv *kv) {
                     " bytes per element, only %" PRIu64 " bytes left in the file",
                     key, n, vtype_name((int)et), min, left);
     if (et == HYB_GGUF_STRING) {
-        kv->str_offs = malloc((size_t)(n + 1) * sizeof(uint64_t));
-        if (!kv->str_offs) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory (array '%s')", g->path, key);
+        int64_t cap = 0;
         snprintf(what, sizeof what, "a string in array '%s'", key);
-        for (uint64_t i = 0; i < n; i++) HYB_TRY(rd_str(r, &kv->str_offs[i], NULL, what, 1));
-        kv->str_offs[n] = g->arena_len;
+        for (uint64_t i = 0; i <= n; i++) {
+            HYB_TRY(grow(g, (void **)&kv->str_offs, &cap, (int64_t)i + 1, sizeof(uint64_t),
+                         (int64_t)n + 1));
+            if (i == n)
+                kv->str_offs[n] = g->arena_len;
+            else
+                HYB_TRY(rd_str(r, &kv->str_offs[i], NULL, what, 1));
+        }
         return HYB_OK;
     }
     if (et == HYB_GGUF_ARRAY) {
-        for (uint64_t i = 0; i < n; i++) HYB_TRY(skip_value(r, HYB_GGUF_ARRAY, 1, what));
+        for (uint64_t i = 0; i < n; i++)
+            HYB_TRY(skip_value(r, HYB_GGUF_ARRAY, 1, what));
         return HYB_OK;
     }
     if (et == HYB_GGUF_BOOL)
         for (uint64_t i = 0; i < n; i++)
             if (g->base[r->pos + i] > 1)
-                return FERR(g, r->pos + i, "key '%s': bool element %" PRIu64 " is %u, neither 0 nor 1", key, i,
+                return FERR(g, r->pos + i,
+                            "key '%s': bool element %" PRIu64 " is %u, neither 0 nor 1", key, i,
                             g->base[r->pos + i]);
     r->pos += n * min;
     return HYB_OK;
@@ -266,13 +301,15 @@ static int parse_tensor_info(reader *r, int64_t idx) {
     const char *name = g->arena + g->tensor_name_off[idx];
     if (len == 0) return FERR(g, at, "tensor %" PRId64 " has an empty name", idx);
     if (len > GGUF_MAX_NAME)
-        return FERR(g, at, "tensor %" PRId64 ": name is %" PRIu64 " bytes (at most %d)", idx, len, GGUF_MAX_NAME);
+        return FERR(g, at, "tensor %" PRId64 ": name is %" PRIu64 " bytes (at most %d)", idx, len,
+                    GGUF_MAX_NAME);
     snprintf(what, sizeof what, "tensor '%.60s'", name);
     uint32_t nd;
     at = r->pos;
     HYB_TRY(rd_u32(r, &nd, what));
     if (nd < 1 || nd > HYB_GGUF_MAX_DIMS)
-        return FERR(g, at, "tensor '%s': %u dimensions (must be 1..%d)", name, nd, HYB_GGUF_MAX_DIMS);
+        return FERR(g, at, "tensor '%s': %u dimensions (must be 1..%d)", name, nd,
+                    HYB_GGUF_MAX_DIMS);
     t->ndim = (int)nd;
     uint64_t ne[HYB_GGUF_MAX_DIMS] = {1, 1, 1, 1};
     int64_t numel = 1;
@@ -280,13 +317,16 @@ static int parse_tensor_info(reader *r, int64_t idx) {
         at = r->pos;
         HYB_TRY(rd_u64(r, &ne[d], what));
         if (ne[d] > (uint64_t)INT64_MAX)
-            return FERR(g, at, "tensor '%s': dimension %u is %" PRIu64 " (too large)", name, d, ne[d]);
+            return FERR(g, at, "tensor '%s': dimension %u is %" PRIu64 " (too large)", name, d,
+                        ne[d]);
         if (ne[d] != 0 && (uint64_t)numel > (uint64_t)INT64_MAX / ne[d])
             return FERR(g, at, "tensor '%s': element count overflows 64 bits", name);
         numel *= (int64_t)ne[d];
     }
-    for (int d = 0; d < HYB_GGUF_MAX_DIMS; d++) t->shape[d] = 1;
-    for (uint32_t d = 0; d < nd; d++) t->shape[nd - 1 - d] = (int64_t)ne[d];
+    for (int d = 0; d < HYB_GGUF_MAX_DIMS; d++)
+        t->shape[d] = 1;
+    for (uint32_t d = 0; d < nd; d++)
+        t->shape[nd - 1 - d] = (int64_t)ne[d];
     t->numel = numel;
     uint32_t type;
     at = r->pos;
@@ -297,17 +337,20 @@ static int parse_tensor_info(reader *r, int64_t idx) {
     t->type = (int)type;
     if (ne[0] % (uint64_t)blck != 0)
         return FERR(g, at,
-                    "tensor '%s': innermost dimension %" PRIu64 " is not a multiple of the %s block size %" PRId64,
+                    "tensor '%s': innermost dimension %" PRIu64
+                    " is not a multiple of the %s block size %" PRId64,
                     name, ne[0], hyb_ggml_type_name((int)type), blck);
     /* bytes = numel / blck * bsz, without overflow */
     uint64_t nblocks = (uint64_t)numel / (uint64_t)blck;
-    if (nblocks > UINT64_MAX / (uint64_t)bsz) return FERR(g, at, "tensor '%s': byte size overflows", name);
+    if (nblocks > UINT64_MAX / (uint64_t)bsz)
+        return FERR(g, at, "tensor '%s': byte size overflows", name);
     t->nbytes = nblocks * (uint64_t)bsz;
     at = r->pos;
     HYB_TRY(rd_u64(r, &t->offset, what));
     if (t->offset % g->alignment != 0)
-        return FERR(g, at, "tensor '%s': data offset %" PRIu64 " is not a multiple of the alignment %u", name,
-                    t->offset, g->alignment);
+        return FERR(g, at,
+                    "tensor '%s': data offset %" PRIu64 " is not a multiple of the alignment %u",
+                    name, t->offset, g->alignment);
     return HYB_OK;
 }
 
@@ -331,7 +374,8 @@ static int check_keys(hyb_gguf *g) {
     if (n < 2) return HYB_OK;
     const char **keys = malloc((size_t)n * sizeof(char *));
     if (!keys) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", g->path);
-    for (int64_t i = 0; i < n; i++) keys[i] = g->arena + g->kv[i].key;
+    for (int64_t i = 0; i < n; i++)
+        keys[i] = g->arena + g->kv[i].key;
     qsort(keys, (size_t)n, sizeof(char *), cmp_name);
     int rc = HYB_OK;
     for (int64_t k = 1; k < n && rc == HYB_OK; k++)
@@ -372,8 +416,8 @@ static int check_unique(hyb_gguf *g) {
         if (last >= 0 && sp[k].off < end) {
             const hyb_gguf_tensor *a = &g->tensors[last], *b = &g->tensors[sp[k].idx];
             rc = FERR(g, b->file_offset,
-                      "tensor '%s' (data offset %" PRIu64 ") overlaps tensor '%s' (data offsets %" PRIu64
-                      "..%" PRIu64 ")",
+                      "tensor '%s' (data offset %" PRIu64
+                      ") overlaps tensor '%s' (data offsets %" PRIu64 "..%" PRIu64 ")",
                       b->name, b->offset, a->name, a->offset, a->offset + a->nbytes);
         }
         if (sp[k].off + sp[k].nbytes > end) {
@@ -391,16 +435,19 @@ static int check_unique(hyb_gguf *g) {
 static int parse(hyb_gguf *g) {
     reader r = {g, 0};
     uint32_t magic;
-    if (g->size < 4) return FERR(g, 0, "truncated file: %" PRIu64 " bytes, too small for a GGUF header", g->size);
+    if (g->size < 4)
+        return FERR(g, 0, "truncated file: %" PRIu64 " bytes, too small for a GGUF header",
+                    g->size);
     magic = ld_u32(g->base);
     if (magic != 0x46554747u) /* "GGUF" */
-        return FERR(g, 0, "bad magic %02x %02x %02x %02x (expected \"GGUF\"): not a GGUF file", g->base[0],
-                    g->base[1], g->base[2], g->base[3]);
+        return FERR(g, 0, "bad magic %02x %02x %02x %02x (expected \"GGUF\"): not a GGUF file",
+                    g->base[0], g->base[1], g->base[2], g->base[3]);
     r.pos = 4;
     HYB_TRY(rd_u32(&r, &g->version, "the version"));
     if (g->version == 0x02000000u || g->version == 0x03000000u)
         return FERR(g, 4, "big-endian GGUF files are not supported");
-    if (g->version == 1) return FERR(g, 4, "GGUF version 1 is not supported (versions 2 and 3 are)");
+    if (g->version == 1)
+        return FERR(g, 4, "GGUF version 1 is not supported (versions 2 and 3 are)");
     if (g->version != 2 && g->version != 3)
         return FERR(g, 4, "unsupported GGUF version %u (versions 2 and 3 are)", g->version);
     uint64_t n_tensors, n_kv;
@@ -410,20 +457,22 @@ static int parse(hyb_gguf *g) {
     /* a kv is at least 8 (key length) + 1 (key) + 4 (type) + 1 (value) bytes; a tensor info at
      * least 8 + 1 (name) + 4 (n_dims) + 8 (one dim) + 4 (type) + 8 (offset) */
     if (n_kv > left / 14)
-        return FERR(g, 16, "kv count %" PRIu64 " is impossible: the file has only %" PRIu64 " bytes after the header",
+        return FERR(g, 16,
+                    "kv count %" PRIu64
+                    " is impossible: a kv takes at least 14 bytes and only %" PRIu64
+                    " bytes follow the header (truncated file or corrupt count)",
                     n_kv, left);
     if (n_tensors > left / 33)
-        return FERR(g, 8, "tensor count %" PRIu64 " is impossible: the file has only %" PRIu64
-                    " bytes after the header", n_tensors, left);
-    g->kv = calloc((size_t)n_kv + 1, sizeof(gguf_kv));
-    g->tensors = calloc((size_t)n_tensors + 1, sizeof(hyb_gguf_tensor));
-    g->tensor_name_off = calloc((size_t)n_tensors + 1, sizeof(uint64_t));
-    if (!g->kv || !g->tensors || !g->tensor_name_off)
-        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", g->path);
-
+        return FERR(g, 8,
+                    "tensor count %" PRIu64
+                    " is impossible: a tensor info takes at least 33 bytes and only %" PRIu64
+                    " bytes follow the header (truncated file or corrupt count)",
+                    n_tensors, left);
     /* metadata */
     g->alignment = HYB_GGUF_DEFAULT_ALIGNMENT;
     for (uint64_t i = 0; i < n_kv; i++) {
+        HYB_TRY(
+            grow(g, (void **)&g->kv, &g->kv_cap, (int64_t)i + 1, sizeof(gguf_kv), (int64_t)n_kv));
         HYB_TRY(parse_kv(&r, (int64_t)i, &g->kv[i]));
         g->n_kv = (int64_t)i + 1;
     }
@@ -432,7 +481,8 @@ static int parse(hyb_gguf *g) {
     if (al >= 0) {
         const gguf_kv *kv = &g->kv[al];
         if (kv->type != HYB_GGUF_U32)
-            return FERR(g, kv->pos, "general.alignment has type %s (must be u32)", vtype_name(kv->type));
+            return FERR(g, kv->pos, "general.alignment has type %s (must be u32)",
+                        vtype_name(kv->type));
         uint32_t a = ld_u32(g->base + kv->pos);
         if (a == 0 || (a & (a - 1)) != 0)
             return FERR(g, kv->pos, "general.alignment is %u (must be a power of two)", a);
@@ -441,6 +491,11 @@ static int parse(hyb_gguf *g) {
 
     /* tensor infos */
     for (uint64_t i = 0; i < n_tensors; i++) {
+        int64_t cap = g->tensors_cap;
+        HYB_TRY(grow(g, (void **)&g->tensors, &g->tensors_cap, (int64_t)i + 1,
+                     sizeof(hyb_gguf_tensor), (int64_t)n_tensors));
+        HYB_TRY(grow(g, (void **)&g->tensor_name_off, &cap, (int64_t)i + 1, sizeof(uint64_t),
+                     (int64_t)n_tensors));
         HYB_TRY(parse_tensor_info(&r, (int64_t)i));
         g->n_tensors = (int64_t)i + 1;
     }
@@ -449,7 +504,8 @@ static int parse(hyb_gguf *g) {
     g->data_off = data;
 
     /* names: resolve pointers (the arena does not move any more) */
-    for (int64_t i = 0; i < g->n_tensors; i++) g->tensors[i].name = g->arena + g->tensor_name_off[i];
+    for (int64_t i = 0; i < g->n_tensors; i++)
+        g->tensors[i].name = g->arena + g->tensor_name_off[i];
 
     /* data ranges */
     for (int64_t i = 0; i < g->n_tensors; i++) {
@@ -461,13 +517,15 @@ static int parse(hyb_gguf *g) {
         }
         if (data > g->size)
             return FERR(g, end_infos,
-                        "tensor '%s': the data section would start at %" PRIu64 ", beyond the end of the file (%"
-                        PRIu64 " bytes)", t->name, data, g->size);
+                        "tensor '%s': the data section would start at %" PRIu64
+                        ", beyond the end of the file (%" PRIu64 " bytes)",
+                        t->name, data, g->size);
         uint64_t room = g->size - data;
         if (t->offset > room || t->nbytes > room - t->offset)
-            return FERR(g, data,
+            return FERR(g, t->offset <= room ? data + t->offset : data,
                         "tensor '%s' (%s, %" PRIu64 " bytes at data offset %" PRIu64
-                        ") extends beyond the end of the file (%" PRIu64 " bytes; data section starts at %" PRIu64 ")",
+                        ") extends beyond the end of the file (%" PRIu64
+                        " bytes; data section starts at %" PRIu64 ")",
                         t->name, hyb_ggml_type_name(t->type), t->nbytes, t->offset, g->size, data);
         t->file_offset = data + t->offset;
         t->data = g->base + t->file_offset;
@@ -477,8 +535,9 @@ static int parse(hyb_gguf *g) {
 }
 
 static void gguf_free_parts(hyb_gguf *g) {
-    if (g->kv)
-        for (int64_t i = 0; i < g->n_kv + 1; i++) free(g->kv[i].str_offs);
+    /* the kv after the last complete one may hold a partly filled string array */
+    for (int64_t i = 0; i < g->kv_cap && i <= g->n_kv; i++)
+        free(g->kv[i].str_offs);
     free(g->kv);
     free(g->tensors);
     free(g->tensor_name_off);
@@ -508,8 +567,6 @@ static hyb_gguf *gguf_alloc(const char *name) {
 static int gguf_finish(hyb_gguf *g, hyb_gguf **out) {
     int rc = parse(g);
     if (rc != HYB_OK) {
-        /* the string arrays being filled when parsing stopped are freed too: kv has n_kv + 1
-         * slots and only the one after the last complete kv can be partial */
         hyb_gguf_close(g);
         return rc;
     }
@@ -522,7 +579,8 @@ int hyb_gguf_open_memory(const void *buf, size_t size, const char *name, hyb_ggu
     *out = NULL;
     if (!buf && size) return hyb_error_set(HYB_ERR_ARG, "hyb_gguf_open_memory: NULL buffer");
     hyb_gguf *g = gguf_alloc(name);
-    if (!g) return hyb_error_set(HYB_ERR_NOMEM, "out of memory opening %s", name ? name : "<memory>");
+    if (!g)
+        return hyb_error_set(HYB_ERR_NOMEM, "out of memory opening %s", name ? name : "<memory>");
     g->base = buf;
     g->size = size;
     return gguf_finish(g, out);
@@ -545,13 +603,17 @@ int hyb_gguf_open(const char *path, hyb_gguf **out) {
     }
     if (st.st_size < 24) {
         close(fd);
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: offset 0: truncated file: %lld bytes, too small for a GGUF header (24 bytes)",
-                             path, (long long)st.st_size);
+        return hyb_error_set(
+            HYB_ERR_FORMAT,
+            "%s: offset 0: truncated file: %lld bytes, too small for a GGUF header (24 bytes)",
+            path, (long long)st.st_size);
     }
     void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);
-    if (p == MAP_FAILED) return hyb_error_set(HYB_ERR_IO, "%s: cannot map %lld bytes: %s", path, (long long)st.st_size, strerror(e));
+    if (p == MAP_FAILED)
+        return hyb_error_set(HYB_ERR_IO, "%s: cannot map %lld bytes: %s", path,
+                             (long long)st.st_size, strerror(e));
     hyb_gguf *g = gguf_alloc(path);
     if (!g) {
         munmap(p, (size_t)st.st_size);
@@ -563,15 +625,27 @@ int hyb_gguf_open(const char *path, hyb_gguf **out) {
     return gguf_finish(g, out);
 }
 
-const char *hyb_gguf_path(const hyb_gguf *g) { return g->path; }
-uint32_t hyb_gguf_version(const hyb_gguf *g) { return g->version; }
-uint32_t hyb_gguf_alignment(const hyb_gguf *g) { return g->alignment; }
-uint64_t hyb_gguf_data_offset(const hyb_gguf *g) { return g->data_off; }
-uint64_t hyb_gguf_file_size(const hyb_gguf *g) { return g->size; }
+const char *hyb_gguf_path(const hyb_gguf *g) {
+    return g->path;
+}
+uint32_t hyb_gguf_version(const hyb_gguf *g) {
+    return g->version;
+}
+uint32_t hyb_gguf_alignment(const hyb_gguf *g) {
+    return g->alignment;
+}
+uint64_t hyb_gguf_data_offset(const hyb_gguf *g) {
+    return g->data_off;
+}
+uint64_t hyb_gguf_file_size(const hyb_gguf *g) {
+    return g->size;
+}
 
 /* ---- metadata getters -------------------------------------------------------------------------*/
 
-int64_t hyb_gguf_kv_count(const hyb_gguf *g) { return g->n_kv; }
+int64_t hyb_gguf_kv_count(const hyb_gguf *g) {
+    return g->n_kv;
+}
 
 int64_t hyb_gguf_find_key(const hyb_gguf *g, const char *key) {
     if (!key) return -1;
@@ -613,7 +687,8 @@ const char *hyb_gguf_kv_arr_str(const hyb_gguf *g, int64_t kv, uint64_t i, uint6
 
 const void *hyb_gguf_kv_arr_data(const hyb_gguf *g, int64_t kv) {
     const gguf_kv *e = kv_at(g, kv);
-    if (!e || e->type != HYB_GGUF_ARRAY || e->arr_type == HYB_GGUF_STRING || e->arr_type == HYB_GGUF_ARRAY)
+    if (!e || e->type != HYB_GGUF_ARRAY || e->arr_type == HYB_GGUF_STRING ||
+        e->arr_type == HYB_GGUF_ARRAY)
         return NULL;
     return g->base + e->pos;
 }
@@ -630,15 +705,38 @@ static int num_load(int t, const uint8_t *p, num *v) {
     memset(v, 0, sizeof *v);
     v->is_int = 1;
     switch (t) {
-    case HYB_GGUF_U8: v->u = p[0]; v->is_unsigned = 1; break;
-    case HYB_GGUF_BOOL: v->u = p[0]; v->is_unsigned = 1; break;
-    case HYB_GGUF_I8: v->i = (int8_t)p[0]; break;
-    case HYB_GGUF_U16: v->u = ld_u16(p); v->is_unsigned = 1; break;
-    case HYB_GGUF_I16: v->i = (int16_t)ld_u16(p); break;
-    case HYB_GGUF_U32: v->u = ld_u32(p); v->is_unsigned = 1; break;
-    case HYB_GGUF_I32: v->i = (int32_t)ld_u32(p); break;
-    case HYB_GGUF_U64: v->u = ld_u64(p); v->is_unsigned = 1; break;
-    case HYB_GGUF_I64: v->i = (int64_t)ld_u64(p); break;
+    case HYB_GGUF_U8:
+        v->u = p[0];
+        v->is_unsigned = 1;
+        break;
+    case HYB_GGUF_BOOL:
+        v->u = p[0];
+        v->is_unsigned = 1;
+        break;
+    case HYB_GGUF_I8:
+        v->i = (int8_t)p[0];
+        break;
+    case HYB_GGUF_U16:
+        v->u = ld_u16(p);
+        v->is_unsigned = 1;
+        break;
+    case HYB_GGUF_I16:
+        v->i = (int16_t)ld_u16(p);
+        break;
+    case HYB_GGUF_U32:
+        v->u = ld_u32(p);
+        v->is_unsigned = 1;
+        break;
+    case HYB_GGUF_I32:
+        v->i = (int32_t)ld_u32(p);
+        break;
+    case HYB_GGUF_U64:
+        v->u = ld_u64(p);
+        v->is_unsigned = 1;
+        break;
+    case HYB_GGUF_I64:
+        v->i = (int64_t)ld_u64(p);
+        break;
     case HYB_GGUF_F32: {
         uint32_t u = ld_u32(p);
         float f;
@@ -653,7 +751,8 @@ static int num_load(int t, const uint8_t *p, num *v) {
         v->is_int = 0;
         return HYB_OK;
     }
-    default: return HYB_ERR;
+    default:
+        return HYB_ERR;
     }
     if (v->is_unsigned) {
         v->f = (double)v->u;
@@ -676,16 +775,19 @@ int hyb_gguf_kv_arr_int(const hyb_gguf *g, int64_t kv, uint64_t i, int64_t *out)
     const gguf_kv *e = kv_at(g, kv);
     if (!e) return hyb_error_set(HYB_ERR_ARG, "%s: kv index %" PRId64 " out of range", g->path, kv);
     const char *key = g->arena + e->key;
-    if (e->type != HYB_GGUF_ARRAY || e->arr_type == HYB_GGUF_STRING || e->arr_type == HYB_GGUF_ARRAY)
+    if (e->type != HYB_GGUF_ARRAY || e->arr_type == HYB_GGUF_STRING ||
+        e->arr_type == HYB_GGUF_ARRAY)
         return hyb_error_set(HYB_ERR_ARG, "%s: '%s' is not an array of numbers", g->path, key);
     if (i >= e->n)
-        return hyb_error_set(HYB_ERR_ARG, "%s: '%s': index %" PRIu64 " out of range (length %" PRIu64 ")", g->path,
-                             key, i, e->n);
+        return hyb_error_set(HYB_ERR_ARG,
+                             "%s: '%s': index %" PRIu64 " out of range (length %" PRIu64 ")",
+                             g->path, key, i, e->n);
     num v;
     num_load(e->arr_type, g->base + e->pos + i * (uint64_t)VTYPE_SIZE[e->arr_type], &v);
     if (num_to_int(&v, out) != HYB_OK)
-        return hyb_error_set(HYB_ERR_ARG, "%s: '%s'[%" PRIu64 "] (%s) is not representable as int64", g->path, key, i,
-                             vtype_name(e->arr_type));
+        return hyb_error_set(HYB_ERR_ARG,
+                             "%s: '%s'[%" PRIu64 "] (%s) is not representable as int64", g->path,
+                             key, i, vtype_name(e->arr_type));
     return HYB_OK;
 }
 
@@ -693,11 +795,13 @@ int hyb_gguf_kv_arr_float(const hyb_gguf *g, int64_t kv, uint64_t i, double *out
     const gguf_kv *e = kv_at(g, kv);
     if (!e) return hyb_error_set(HYB_ERR_ARG, "%s: kv index %" PRId64 " out of range", g->path, kv);
     const char *key = g->arena + e->key;
-    if (e->type != HYB_GGUF_ARRAY || e->arr_type == HYB_GGUF_STRING || e->arr_type == HYB_GGUF_ARRAY)
+    if (e->type != HYB_GGUF_ARRAY || e->arr_type == HYB_GGUF_STRING ||
+        e->arr_type == HYB_GGUF_ARRAY)
         return hyb_error_set(HYB_ERR_ARG, "%s: '%s' is not an array of numbers", g->path, key);
     if (i >= e->n)
-        return hyb_error_set(HYB_ERR_ARG, "%s: '%s': index %" PRIu64 " out of range (length %" PRIu64 ")", g->path,
-                             key, i, e->n);
+        return hyb_error_set(HYB_ERR_ARG,
+                             "%s: '%s': index %" PRIu64 " out of range (length %" PRIu64 ")",
+                             g->path, key, i, e->n);
     num v;
     num_load(e->arr_type, g->base + e->pos + i * (uint64_t)VTYPE_SIZE[e->arr_type], &v);
     *out = v.f;
@@ -707,14 +811,16 @@ int hyb_gguf_kv_arr_float(const hyb_gguf *g, int64_t kv, uint64_t i, double *out
 /* The entry for key, of type want (-1: any). */
 static int lookup(const hyb_gguf *g, const char *key, int want, const gguf_kv **out) {
     int64_t i = hyb_gguf_find_key(g, key);
-    if (i < 0) return hyb_error_set(HYB_ERR_NOTFOUND, "%s: key '%s' not found", g->path, key ? key : "(null)");
+    if (i < 0)
+        return hyb_error_set(HYB_ERR_NOTFOUND, "%s: key '%s' not found", g->path,
+                             key ? key : "(null)");
     const gguf_kv *e = &g->kv[i];
     if (want >= 0 && e->type != want) {
         if (e->type == HYB_GGUF_ARRAY)
-            return hyb_error_set(HYB_ERR_FORMAT, "%s: key '%s' is an array of %s, not a %s", g->path, key,
-                                 vtype_name(e->arr_type), vtype_name(want));
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: key '%s' has type %s, not %s", g->path, key, vtype_name(e->type),
-                             vtype_name(want));
+            return hyb_error_set(HYB_ERR_FORMAT, "%s: key '%s' is an array of %s, not a %s",
+                                 g->path, key, vtype_name(e->arr_type), vtype_name(want));
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: key '%s' has type %s, not %s", g->path, key,
+                             vtype_name(e->type), vtype_name(want));
     }
     *out = e;
     return HYB_OK;
@@ -722,7 +828,7 @@ static int lookup(const hyb_gguf *g, const char *key, int want, const gguf_kv **
 
 #define GETTER(fn, vt, ctype, load)                                                                \
     int fn(const hyb_gguf *g, const char *key, ctype *out) {                                       \
-        const gguf_kv *e;                                                                          \
+        const gguf_kv *e = NULL;                                                                   \
         HYB_TRY(lookup(g, key, vt, &e));                                                           \
         const uint8_t *p = g->base + e->pos;                                                       \
         (void)p;                                                                                   \
@@ -741,7 +847,7 @@ GETTER(hyb_gguf_get_i64, HYB_GGUF_I64, int64_t, (int64_t)ld_u64(p))
 GETTER(hyb_gguf_get_bool, HYB_GGUF_BOOL, int, p[0] != 0)
 
 int hyb_gguf_get_f32(const hyb_gguf *g, const char *key, float *out) {
-    const gguf_kv *e;
+    const gguf_kv *e = NULL;
     HYB_TRY(lookup(g, key, HYB_GGUF_F32, &e));
     uint32_t u = ld_u32(g->base + e->pos);
     memcpy(out, &u, 4);
@@ -749,7 +855,7 @@ int hyb_gguf_get_f32(const hyb_gguf *g, const char *key, float *out) {
 }
 
 int hyb_gguf_get_f64(const hyb_gguf *g, const char *key, double *out) {
-    const gguf_kv *e;
+    const gguf_kv *e = NULL;
     HYB_TRY(lookup(g, key, HYB_GGUF_F64, &e));
     uint64_t u = ld_u64(g->base + e->pos);
     memcpy(out, &u, 8);
@@ -757,7 +863,7 @@ int hyb_gguf_get_f64(const hyb_gguf *g, const char *key, double *out) {
 }
 
 int hyb_gguf_get_str(const hyb_gguf *g, const char *key, const char **out, uint64_t *len) {
-    const gguf_kv *e;
+    const gguf_kv *e = NULL;
     HYB_TRY(lookup(g, key, HYB_GGUF_STRING, &e));
     *out = g->arena + e->str;
     if (len) *len = e->str_len;
@@ -765,20 +871,21 @@ int hyb_gguf_get_str(const hyb_gguf *g, const char *key, const char **out, uint6
 }
 
 int hyb_gguf_get_int(const hyb_gguf *g, const char *key, int64_t *out) {
-    const gguf_kv *e;
+    const gguf_kv *e = NULL;
     HYB_TRY(lookup(g, key, -1, &e));
     num v;
-    if (e->type == HYB_GGUF_STRING || e->type == HYB_GGUF_ARRAY || num_load(e->type, g->base + e->pos, &v) != HYB_OK ||
-        !v.is_int)
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: key '%s' has type %s, not an integer", g->path, key,
-                             vtype_name(e->type));
+    if (e->type == HYB_GGUF_STRING || e->type == HYB_GGUF_ARRAY ||
+        num_load(e->type, g->base + e->pos, &v) != HYB_OK || !v.is_int)
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: key '%s' has type %s, not an integer", g->path,
+                             key, vtype_name(e->type));
     if (num_to_int(&v, out) != HYB_OK)
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: key '%s' = %" PRIu64 " does not fit in int64", g->path, key, v.u);
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: key '%s' = %" PRIu64 " does not fit in int64",
+                             g->path, key, v.u);
     return HYB_OK;
 }
 
 int hyb_gguf_get_float(const hyb_gguf *g, const char *key, double *out) {
-    const gguf_kv *e;
+    const gguf_kv *e = NULL;
     HYB_TRY(lookup(g, key, -1, &e));
     num v;
     if (e->type == HYB_GGUF_STRING || e->type == HYB_GGUF_ARRAY || e->type == HYB_GGUF_BOOL ||
@@ -790,7 +897,7 @@ int hyb_gguf_get_float(const hyb_gguf *g, const char *key, double *out) {
 }
 
 int hyb_gguf_get_arr(const hyb_gguf *g, const char *key, hyb_gguf_vtype *elem_type, uint64_t *len) {
-    const gguf_kv *e;
+    const gguf_kv *e = NULL;
     HYB_TRY(lookup(g, key, HYB_GGUF_ARRAY, &e));
     if (elem_type) *elem_type = (hyb_gguf_vtype)e->arr_type;
     if (len) *len = e->n;
@@ -799,7 +906,9 @@ int hyb_gguf_get_arr(const hyb_gguf *g, const char *key, hyb_gguf_vtype *elem_ty
 
 /* ---- tensors ----------------------------------------------------------------------------------*/
 
-int64_t hyb_gguf_tensor_count(const hyb_gguf *g) { return g->n_tensors; }
+int64_t hyb_gguf_tensor_count(const hyb_gguf *g) {
+    return g->n_tensors;
+}
 
 int64_t hyb_gguf_find_tensor(const hyb_gguf *g, const char *name) {
     if (!name) return -1;
@@ -824,9 +933,11 @@ static const char *shape_str(const hyb_gguf_tensor *t, char *buf, size_t n) {
 static int tensor_check(const hyb_gguf *g, int64_t i, const void *out, const hyb_gguf_tensor **t) {
     *t = hyb_gguf_tensor_at(g, i);
     if (!*t)
-        return hyb_error_set(HYB_ERR_ARG, "%s: tensor index %" PRId64 " out of range (%" PRId64 " tensors)", g->path, i,
-                             g->n_tensors);
-    if (!out && (*t)->numel) return hyb_error_set(HYB_ERR_ARG, "%s: tensor '%s': NULL output", g->path, (*t)->name);
+        return hyb_error_set(HYB_ERR_ARG,
+                             "%s: tensor index %" PRId64 " out of range (%" PRId64 " tensors)",
+                             g->path, i, g->n_tensors);
+    if (!out && (*t)->numel)
+        return hyb_error_set(HYB_ERR_ARG, "%s: tensor '%s': NULL output", g->path, (*t)->name);
     return HYB_OK;
 }
 
@@ -836,7 +947,8 @@ int hyb_gguf_tensor_to_f32(const hyb_gguf *g, int64_t i, float *out) {
     int rc = hyb_ggml_dequantize(t->type, t->data, out, t->numel);
     if (rc != HYB_OK) {
         char buf[96];
-        return hyb_error_wrap(rc, "%s: tensor '%s' %s", g->path, t->name, shape_str(t, buf, sizeof buf));
+        return hyb_error_wrap(rc, "%s: tensor '%s' %s", g->path, t->name,
+                              shape_str(t, buf, sizeof buf));
     }
     return HYB_OK;
 }
@@ -850,8 +962,8 @@ int hyb_gguf_tensor_to_bf16(const hyb_gguf *g, int64_t i, uint16_t *out) {
     }
     if (!hyb_ggml_can_dequantize(t->type)) {
         char buf[96];
-        return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: tensor '%s' %s: type not supported", g->path, t->name,
-                             shape_str(t, buf, sizeof buf));
+        return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: tensor '%s' %s: type not supported", g->path,
+                             t->name, shape_str(t, buf, sizeof buf));
     }
     /* through f32 in chunks (a multiple of every block size) */
     enum { CH = 4096 };
@@ -862,7 +974,8 @@ int hyb_gguf_tensor_to_bf16(const hyb_gguf *g, int64_t i, uint16_t *out) {
         int64_t n = t->numel - e < CH ? t->numel - e : CH;
         int rc = hyb_ggml_dequantize(t->type, src + e / blck * bsz, tmp, n);
         if (rc != HYB_OK) return hyb_error_wrap(rc, "%s: tensor '%s'", g->path, t->name);
-        for (int64_t k = 0; k < n; k++) out[e + k] = hyb_f32_to_bf16(tmp[k]);
+        for (int64_t k = 0; k < n; k++)
+            out[e + k] = hyb_f32_to_bf16(tmp[k]);
     }
     return HYB_OK;
 }
@@ -873,10 +986,11 @@ int hyb_gguf_tensor_load(const hyb_gguf *g, int64_t i, hyb_dtype as, hyb_tensor 
     *out = NULL;
     HYB_TRY(tensor_check(g, i, out, &t));
     if (as != HYB_F32 && as != HYB_BF16)
-        return hyb_error_set(HYB_ERR_ARG, "%s: tensor '%s': can load as f32 or bf16 only", g->path, t->name);
+        return hyb_error_set(HYB_ERR_ARG, "%s: tensor '%s': can load as f32 or bf16 only", g->path,
+                             t->name);
     if (strlen(t->name) >= sizeof((*out)->name))
-        return hyb_error_set(HYB_ERR_ARG, "%s: tensor name '%s' is longer than %zu bytes", g->path, t->name,
-                             sizeof((*out)->name) - 1);
+        return hyb_error_set(HYB_ERR_ARG, "%s: tensor name '%s' is longer than %zu bytes", g->path,
+                             t->name, sizeof((*out)->name) - 1);
     hyb_tensor *x = hyb_tensor_new(as, t->ndim, t->shape);
     if (!x) return hyb_error_wrap(HYB_ERR_NOMEM, "%s: tensor '%s'", g->path, t->name);
     int rc = as == HYB_F32 ? hyb_gguf_tensor_to_f32(g, i, (float *)x->data)

@@ -62,7 +62,8 @@ int hyb_llama_layermap_text(const hyb_llama_config *c, char *buf, size_t n) {
     if (w < 0 || (size_t)w >= n) goto too_small;
     len = (size_t)w;
     if (len + (size_t)c->n_layers + 3 > n) goto too_small;
-    for (int i = 0; i < c->n_layers; i++) buf[len++] = 't';
+    for (int i = 0; i < c->n_layers; i++)
+        buf[len++] = 't';
     memcpy(buf + len, "\"\n", 3);
     return HYB_OK;
 too_small:
@@ -70,9 +71,12 @@ too_small:
 }
 
 static int check_config(const char *src, const hyb_llama_config *c) {
-    struct { const char *what; int v; } pos[] = {
-        {"n_layers", c->n_layers}, {"d_model", c->d_model}, {"d_ff", c->d_ff},
-        {"n_heads", c->n_heads},   {"n_kv_heads", c->n_kv_heads}, {"head_dim", c->head_dim},
+    struct {
+        const char *what;
+        int v;
+    } pos[] = {
+        {"n_layers", c->n_layers},     {"d_model", c->d_model},       {"d_ff", c->d_ff},
+        {"n_heads", c->n_heads},       {"n_kv_heads", c->n_kv_heads}, {"head_dim", c->head_dim},
         {"vocab_size", c->vocab_size}, {"max_seq", c->max_seq},
     };
     for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
@@ -116,7 +120,10 @@ enum { PERM_NONE = 0, PERM_Q, PERM_K };
 
 /* HF parameter name -> GGUF tensor name (llama.cpp's naming). */
 static int gguf_name_for(const char *hf, char *out, size_t n, int *perm) {
-    static const struct { const char *hf, *gg; int perm; } layer_map[] = {
+    static const struct {
+        const char *hf, *gg;
+        int perm;
+    } layer_map[] = {
         {"input_layernorm.weight", "attn_norm.weight", PERM_NONE},
         {"self_attn.q_proj.weight", "attn_q.weight", PERM_Q},
         {"self_attn.k_proj.weight", "attn_k.weight", PERM_K},
@@ -191,8 +198,8 @@ static int gg_int(hyb_gguf *g, const char *path, const char *arch, const char *k
     return HYB_OK;
 }
 
-static int gg_float(hyb_gguf *g, const char *path, const char *arch, const char *key,
-                    int required, double def, double *out) {
+static int gg_float(hyb_gguf *g, const char *path, const char *arch, const char *key, int required,
+                    double def, double *out) {
     char k[128];
     snprintf(k, sizeof k, "%s.%s", arch, key);
     int rc = hyb_gguf_get_float(g, k, out);
@@ -225,13 +232,18 @@ static int gguf_read_config(hyb_gguf *g, const char *path, hyb_llama_config *c) 
     hyb_error_clear();
 
     int64_t v;
-    HYB_TRY(gg_int(g, path, arch, "block_count", 1, 0, &v)); c->n_layers = (int)v;
-    HYB_TRY(gg_int(g, path, arch, "embedding_length", 1, 0, &v)); c->d_model = (int)v;
-    HYB_TRY(gg_int(g, path, arch, "feed_forward_length", 1, 0, &v)); c->d_ff = (int)v;
-    HYB_TRY(gg_int(g, path, arch, "attention.head_count", 1, 0, &v)); c->n_heads = (int)v;
+    HYB_TRY(gg_int(g, path, arch, "block_count", 1, 0, &v));
+    c->n_layers = (int)v;
+    HYB_TRY(gg_int(g, path, arch, "embedding_length", 1, 0, &v));
+    c->d_model = (int)v;
+    HYB_TRY(gg_int(g, path, arch, "feed_forward_length", 1, 0, &v));
+    c->d_ff = (int)v;
+    HYB_TRY(gg_int(g, path, arch, "attention.head_count", 1, 0, &v));
+    c->n_heads = (int)v;
     HYB_TRY(gg_int(g, path, arch, "attention.head_count_kv", 0, c->n_heads, &v));
     c->n_kv_heads = (int)v;
-    HYB_TRY(gg_int(g, path, arch, "context_length", 0, 2048, &v)); c->max_seq = (int)v;
+    HYB_TRY(gg_int(g, path, arch, "context_length", 0, 2048, &v));
+    c->max_seq = (int)v;
     if (c->n_heads <= 0)
         return hyb_error_set(HYB_ERR_FORMAT, "%s: %s.attention.head_count must be > 0", path, arch);
     HYB_TRY(gg_int(g, path, arch, "attention.key_length", 0, c->d_model / c->n_heads, &v));
@@ -303,11 +315,11 @@ static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llam
         }
         const hyb_gguf_tensor *ti = hyb_gguf_tensor_at(g, ti_idx);
         int same = ti->ndim == t->ndim && t->dtype == HYB_F32 && hyb_tensor_is_contiguous(t);
-        for (int d = 0; same && d < t->ndim; d++) same = ti->shape[d] == t->shape[d];
+        for (int d = 0; same && d < t->ndim; d++)
+            same = ti->shape[d] == t->shape[d];
         if (!same) {
-            rc = hyb_error_set(HYB_ERR_FORMAT,
-                               "%s: tensor '%s' has shape %s, but %s needs %s", path, gname,
-                               shape_str(ti->ndim, ti->shape, a, sizeof a), t->name,
+            rc = hyb_error_set(HYB_ERR_FORMAT, "%s: tensor '%s' has shape %s, but %s needs %s",
+                               path, gname, shape_str(ti->ndim, ti->shape, a, sizeof a), t->name,
                                shape_str(t->ndim, t->shape, b, sizeof b));
             break;
         }
@@ -322,8 +334,9 @@ static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llam
             int nh = perm == PERM_Q ? c->n_heads : c->n_kv_heads;
             int64_t cols = t->ndim == 2 ? t->shape[1] : 1;
             if (t->shape[0] != (int64_t)nh * c->head_dim) {
-                rc = hyb_error_set(HYB_ERR_FORMAT, "%s: tensor '%s' has %lld rows, expected %d heads x %d",
-                                   path, gname, (long long)t->shape[0], nh, c->head_dim);
+                rc = hyb_error_set(HYB_ERR_FORMAT,
+                                   "%s: tensor '%s' has %lld rows, expected %d heads x %d", path,
+                                   gname, (long long)t->shape[0], nh, c->head_dim);
                 break;
             }
             if (!tmp) tmp = malloc((size_t)c->head_dim * (size_t)c->d_model * sizeof *tmp);
@@ -397,7 +410,8 @@ static int js_int(const cJSON *root, const char *path, const char *key, int requ
     }
     if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble ||
         v->valuedouble < 0 || v->valuedouble > INT32_MAX)
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: \"%s\" must be a non-negative integer", path, key);
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: \"%s\" must be a non-negative integer", path,
+                             key);
     *out = (int)v->valuedouble;
     return HYB_OK;
 }
@@ -441,9 +455,10 @@ static int hf_read_config(const char *path, hyb_llama_config *c) {
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     const char *type = cJSON_IsString(mt) ? mt->valuestring : NULL;
     if (!type || (strcmp(type, "llama") != 0 && strcmp(type, "mistral") != 0)) {
-        rc = hyb_error_set(HYB_ERR_UNSUPPORTED,
-                           "%s: model_type is %s%s%s; hyb loads \"llama\" and \"mistral\" checkpoints",
-                           path, type ? "\"" : "", type ? type : "missing", type ? "\"" : "");
+        rc = hyb_error_set(
+            HYB_ERR_UNSUPPORTED,
+            "%s: model_type is %s%s%s; hyb loads \"llama\" and \"mistral\" checkpoints", path,
+            type ? "\"" : "", type ? type : "missing", type ? "\"" : "");
         goto out;
     }
     snprintf(c->name, sizeof c->name, "%s", type);
@@ -464,15 +479,32 @@ static int hf_read_config(const char *path, hyb_llama_config *c) {
         goto out;
     }
     if ((rc = js_int(root, path, "head_dim", 0, c->d_model / c->n_heads, &c->head_dim))) goto out;
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
-    if (rs && !cJSON_IsNull(rs)) {
-        const cJSON *rt = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
-        if (!rt) rt = cJSON_GetObjectItemCaseSensitive(rs, "type");
-        if (!cJSON_IsString(rt) || strcmp(rt->valuestring, "default") != 0) {
-            rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: rope_scaling %s is not supported", path,
-                               cJSON_IsString(rt) ? rt->valuestring : "(unknown type)");
+    /* transformers >= 5 writes "rope_parameters": {"rope_theta": x, "rope_type": "default"};
+     * older files "rope_theta" at the top and "rope_scaling" (null when none). */
+    static const char *const rope_keys[] = {"rope_scaling", "rope_parameters"};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, rope_keys[k]);
+        if (!rs || cJSON_IsNull(rs)) continue;
+        if (!cJSON_IsObject(rs)) {
+            rc = hyb_error_set(HYB_ERR_FORMAT, "%s: \"%s\" must be an object", path, rope_keys[k]);
             goto out;
         }
+        const cJSON *rt = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+        if (!rt) rt = cJSON_GetObjectItemCaseSensitive(rs, "type");
+        if ((rt || k == 0) && (!cJSON_IsString(rt) || strcmp(rt->valuestring, "default") != 0)) {
+            rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: %s type %s is not supported", path,
+                               rope_keys[k], cJSON_IsString(rt) ? rt->valuestring : "(unknown)");
+            goto out;
+        }
+        if (cJSON_GetObjectItemCaseSensitive(rs, "rope_theta") &&
+            (rc = js_num(rs, path, "rope_theta", c->rope_theta, &c->rope_theta)))
+            goto out;
+    }
+    int mlp_bias = 0;
+    if ((rc = js_bool(root, path, "mlp_bias", 0, &mlp_bias))) goto out;
+    if (mlp_bias) {
+        rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: mlp_bias = true is not supported", path);
+        goto out;
     }
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
     if (cJSON_IsString(act) && strcmp(act->valuestring, "silu") != 0) {
@@ -500,7 +532,8 @@ typedef struct shard_set {
 } shard_set;
 
 static void shards_close(shard_set *s) {
-    for (int i = 0; i < s->n; i++) hyb_safetensors_close(s->st[i]);
+    for (int i = 0; i < s->n; i++)
+        hyb_safetensors_close(s->st[i]);
     free(s->st);
     s->st = NULL;
     s->n = 0;
@@ -551,7 +584,8 @@ static int shards_open(const char *dir, shard_set *s) {
             break;
         }
         int seen = 0;
-        for (int i = 0; i < s->n && !seen; i++) seen = !strcmp(names[i], e->valuestring);
+        for (int i = 0; i < s->n && !seen; i++)
+            seen = !strcmp(names[i], e->valuestring);
         if (seen) continue;
         char sp[4096];
         snprintf(sp, sizeof sp, "%s/%s", dir, e->valuestring);
@@ -570,13 +604,15 @@ static int hf_fill(hyb_model *m, shard_set *s, const char *dir) {
         hyb_tensor *t = m->params[p];
         const hyb_st_tensor *st = NULL;
         int k = 0;
-        for (; k < s->n && !st; k++) st = hyb_safetensors_find(s->st[k], t->name);
+        for (; k < s->n && !st; k++)
+            st = hyb_safetensors_find(s->st[k], t->name);
         char a[96], b[96];
         if (!st)
             return hyb_error_set(HYB_ERR_FORMAT, "%s: tensor '%s' %s is missing", dir, t->name,
                                  shape_str(t->ndim, t->shape, a, sizeof a));
         int same = st->ndim == t->ndim && t->dtype == HYB_F32 && hyb_tensor_is_contiguous(t);
-        for (int d = 0; same && d < t->ndim; d++) same = st->shape[d] == t->shape[d];
+        for (int d = 0; same && d < t->ndim; d++)
+            same = st->shape[d] == t->shape[d];
         if (!same)
             return hyb_error_set(HYB_ERR_FORMAT, "%s: tensor '%s' has shape %s, the model needs %s",
                                  hyb_safetensors_path(s->st[k - 1]), t->name,

@@ -65,6 +65,22 @@ if arg[1] == "exit" then os.exit(tonumber(arg[2])) end
   out, code = H.sh(HYB .. " run -e " .. H.quote("print('chunk', arg[1]); assert(hyb.tensor)") .. " z")
   H.eq(code, 0, "run -e status")
   H.check(out:find("chunk\tz", 1, true), "run -e output: " .. out)
+  out, code = H.sh("echo 'print(\"stdin\", arg[1])' | " .. HYB .. " run - q")
+  H.eq(code, 0, "run - status")
+  H.check(out:find("stdin\tq", 1, true), "run - reads the script from stdin: " .. out)
+end)
+
+H.run("Ctrl-C stops a script with a traceback", function()
+  -- wait until the script runs (its handler is installed by then), then send SIGINT
+  local log = tmp .. "/interrupt.log"
+  local code = "io.write('ready\\n') io.flush() local x = 0 while true do x = x + 1 end"
+  local cmd = "( " .. HYB .. " run -e " .. H.quote(code) .. " > " .. H.quote(log) .. " 2>&1 & pid=$!; " ..
+    "for i in $(seq 200); do grep -q ready " .. H.quote(log) .. " && break; sleep 0.1; done; " ..
+    "kill -INT $pid; wait $pid; echo \"status $?\"; cat " .. H.quote(log) .. " )"
+  local out = H.sh(cmd)
+  H.check(out:find("hyb: interrupted", 1, true) and out:find("stack traceback:", 1, true),
+    "interrupted message and traceback: " .. out)
+  H.check(out:find("status 1", 1, true), "exit status 1 after an interrupt: " .. out)
 end)
 
 H.run("usage errors exit 2", function()

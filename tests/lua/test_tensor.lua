@@ -30,6 +30,9 @@ H.run("construct and read", function()
   H.eq(t:max(), 7.5, "max")
   H.eq(t:min(), 1, "min")
   H.eq(t:argmax(), 4, "argmax is 1-based flat index")
+  local am = hyb.tensor({2, 2, 3}, {0, 5, 1, 9, 2, 9, -1, -3, -2, 4, 4, 4}):argmax_last()
+  H.check(#am == 4 and am[1] == 1 and am[2] == 0 and am[3] == 0 and am[4] == 0,
+    "argmax_last: 0-based per row, first maximum wins")
 end)
 
 H.run("nested values, dtypes, item", function()

@@ -20,9 +20,18 @@ Writes into tests/data/tokenizer/:
                           ByteLevel pre-tokenizer: the golden for HYB_PRETOK_GPT2).
   spm_*.tokenizer.json,   small SentencePiece-style BPE tokenizers (byte_fallback, "▁") trained here
   spm_*_golden.json       with HF tokenizers, llama-2 layout (Prepend+Replace normalizer) and
-                          Metaspace layouts, and their ids/decodes on the samples.
+                          Metaspace layouts, and their ids/decodes on the samples. (HF's trainer
+                          breaks count ties in hash order, so these fixtures differ a little from
+                          run to run; each tokenizer and its golden are always written together.)
   llama3_tiny.tokenizer.json, llama3_tiny_golden.json
                           a small byte-level BPE with the llama-3 Split regex (ignore_merges).
+  tekken_tiny.tokenizer.json, tekken_tiny_golden.json
+                          the same with Mistral's tekken regex (Mistral-Nemo / Apriel teachers).
+  spm_real.json           a small model trained with Google's `sentencepiece` itself (BPE,
+                          byte_fallback, identity normalization, dummy prefix): pieces, scores,
+                          types (the data of a GGUF "llama" tokenizer, which has no merges), and
+                          sentencepiece's own ids and decodes on the samples. Needs
+                          `pip install sentencepiece` (skipped with a message when missing).
 """
 import json
 import os
@@ -79,6 +88,12 @@ SAMPLES = [
     "a",
     " ",
     "ï»¿BOM-like ÿþ bytes and control \u0001\u0002\u001f chars \u007f",
+    "<s>Hello</s> world <s> again</s>",
+    "</s>",
+    " <s> x <unk>y",
+    "<|begin_of_text|>Hi<|end_of_text|>",
+    "   <|im_start|>  spaced  <|im_end|>   ",
+    "x\n\n\n<|im_end|>\n\n",
 ]
 
 
@@ -194,9 +209,16 @@ def build_spm(layout):
     return tok
 
 
-def build_llama3_tiny():
-    pat = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
-           "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+LLAMA3_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+                "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+# Mistral's tekken (Mistral-Nemo, 131072 tokens): case-aware letter runs, single digits.
+TEKKEN_REGEX = ("[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*"
+                "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|[^\\r\\n\\p{L}\\p{N}]?"
+                "[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|\\p{N}|"
+                " ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
+
+def build_llama3_tiny(pat=LLAMA3_REGEX):
     tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(pat), behavior="isolated", invert=False),
@@ -209,6 +231,34 @@ def build_llama3_tiny():
     tok.post_processor = processors.TemplateProcessing(
         single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)])
     return tok
+
+
+def build_sentencepiece():
+    try:
+        import sentencepiece as spm
+    except ImportError:
+        print("sentencepiece not installed: spm_real.json not regenerated")
+        return None
+    import io
+    corpus = [s for s in CORPUS if s.strip()] * 5
+    m = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=m, model_type="bpe", vocab_size=1000,
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=True, split_digits=True, character_coverage=0.98, unk_id=0, bos_id=1,
+        eos_id=2, pad_id=-1, minloglevel=2, hard_vocab_limit=False)
+    sp = spm.SentencePieceProcessor(model_proto=m.getvalue())
+    n = sp.get_piece_size()
+    types = []
+    for i in range(n):
+        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i)
+                     else 5 if sp.is_unused(i) else 1)
+    gold = []
+    for s in SAMPLES:
+        ids = sp.encode(s)
+        gold.append({"text": s, "ids": ids, "decode": sp.decode(ids)})
+    return {"tokens": [sp.id_to_piece(i) for i in range(n)],
+            "scores": [sp.get_score(i) for i in range(n)], "types": types, "golden": gold}
 
 
 def main():
@@ -242,6 +292,12 @@ def main():
     t = build_llama3_tiny()
     t.save(os.path.join(OUT, "llama3_tiny.tokenizer.json"), pretty=True)
     dump(golden(t, SAMPLES), "llama3_tiny_golden.json")
+    t = build_llama3_tiny(TEKKEN_REGEX)
+    t.save(os.path.join(OUT, "tekken_tiny.tokenizer.json"), pretty=True)
+    dump(golden(t, SAMPLES), "tekken_tiny_golden.json")
+    real = build_sentencepiece()
+    if real:
+        dump(real, "spm_real.json")
 
 
 if __name__ == "__main__":

@@ -90,10 +90,10 @@ typedef enum hyb_ggml_type {
 } hyb_ggml_type;
 
 /* GGML type facts. Unknown ids: name NULL, sizes 0. */
-const char *hyb_ggml_type_name(int type);  /* "Q4_1", ... */
-int64_t hyb_ggml_block_elems(int type);    /* elements per block (1 for plain types) */
-int64_t hyb_ggml_block_bytes(int type);    /* bytes per block */
-int hyb_ggml_can_dequantize(int type);     /* 1 when hyb_ggml_dequantize decodes it */
+const char *hyb_ggml_type_name(int type); /* "Q4_1", ... */
+int64_t hyb_ggml_block_elems(int type);   /* elements per block (1 for plain types) */
+int64_t hyb_ggml_block_bytes(int type);   /* bytes per block */
+int hyb_ggml_can_dequantize(int type);    /* 1 when hyb_ggml_dequantize decodes it */
 /* The GGML type that stores hyb dtype t (F32, F16, BF16, I32, Q8_0, ...); -1 when none. */
 int hyb_ggml_type_from_dtype(hyb_dtype t);
 /* The hyb dtype for a GGML type; HYB_ERR_UNSUPPORTED when hyb has no such dtype. */
@@ -107,22 +107,22 @@ int hyb_ggml_type_to_dtype(int type, hyb_dtype *out);
  * python gguf package (no fused multiply-add). Parallel (OpenMP) for large n. */
 int hyb_ggml_dequantize(int type, const void *src, float *dst, int64_t n);
 
-/* Same for hyb dtypes (F32, F16, BF16, I32, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K).
- * src: n elements of `type` (blocks for quantised types); dst: [n] f32. */
-int hyb_dequantize(hyb_dtype type, const void *src, float *dst, int64_t n);
+/* hyb_dequantize(hyb_dtype, src, dst, n), declared in hyb/tensor.h, is implemented in
+ * core/io/dequant.c on top of hyb_ggml_dequantize; it accepts every hyb dtype with a GGML
+ * counterpart (F32, F16, BF16, I32, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K). */
 
 typedef struct hyb_gguf hyb_gguf;
 
 typedef struct hyb_gguf_tensor {
     const char *name;
-    int ndim;                           /* 1..4 */
-    int64_t shape[HYB_GGUF_MAX_DIMS];   /* outermost first (PyTorch order); unused entries 1 */
-    int type;                           /* hyb_ggml_type id */
+    int ndim;                         /* 1..4 */
+    int64_t shape[HYB_GGUF_MAX_DIMS]; /* outermost first (PyTorch order); unused entries 1 */
+    int type;                         /* hyb_ggml_type id */
     int64_t numel;
-    uint64_t offset;                    /* from the start of the data section */
-    uint64_t file_offset;               /* from the start of the file */
+    uint64_t offset;      /* from the start of the data section */
+    uint64_t file_offset; /* from the start of the file */
     uint64_t nbytes;
-    const void *data;                   /* into the mapping */
+    const void *data; /* into the mapping */
 } hyb_gguf_tensor;
 
 /* Open and validate a GGUF file (mapped read-only). *out is NULL on failure. */
@@ -179,7 +179,7 @@ int hyb_gguf_get_arr(const hyb_gguf *g, const char *key, hyb_gguf_vtype *elem_ty
 
 /* ---- tensors -------------------------------------------------------------------------------- */
 int64_t hyb_gguf_tensor_count(const hyb_gguf *g);
-int64_t hyb_gguf_find_tensor(const hyb_gguf *g, const char *name); /* index, -1 when absent */
+int64_t hyb_gguf_find_tensor(const hyb_gguf *g, const char *name);       /* index, -1 when absent */
 const hyb_gguf_tensor *hyb_gguf_tensor_at(const hyb_gguf *g, int64_t i); /* NULL out of range */
 /* Dequantise tensor i into out (f32, [numel], outermost-first layout). */
 int hyb_gguf_tensor_to_f32(const hyb_gguf *g, int64_t i, float *out);

@@ -60,6 +60,11 @@ typedef struct hyb_model {
  * from `seed` and the layer index. A mixer spec whose type is "identity" (HYB_MIXER_IDENTITY)
  * gives an identity layer: no mixer, h' = h (the MLP stays). */
 int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out);
+/* flags: HYB_BUILD_NO_INIT leaves the embedding, MLP and lm_head zero (for a model whose weights
+ * are loaded next: skips drawing ~all random numbers; norms are still 1 and mixers still run
+ * their plugin's init). */
+#define HYB_BUILD_NO_INIT 1u
+int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_model **out);
 void hyb_model_free(hyb_model *m);
 
 /* All trainable parameters (pointer to the model's array). */
@@ -81,6 +86,11 @@ int hyb_model_set_identity(hyb_model *m, int layer);
  * are refused with an error; make a new optimiser). On failure the model is unchanged. */
 int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_table *cfg,
                    int init_from_old, uint64_t seed);
+
+/* Deep copy: same layout (the layer map is re-read from its TOML serialisation, so the copy owns
+ * everything), same parameter values and requires_grad flags, grads zero. E.g. a student made
+ * from the teacher before swapping its layers. */
+int hyb_model_clone(const hyb_model *m, hyb_model **out);
 
 /* Full-sequence forward (training / evaluation): ids [B*T] -> logits [B, T, V] (graph-owned).
  * NULL + error on failure. */
@@ -108,7 +118,10 @@ void hyb_kvstate_reset_seq(hyb_kvstate *s, int seq);
 int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids, int T,
                       float *out_logits);
 /* One decode step for n sequences: ids[n] tokens, seqs[n] distinct slot indices; logits [n, V]
- * (may be NULL). Row-wise graph ops in no-grad mode plus each mixer's batched decode. */
+ * (may be NULL). Row-wise graph ops in no-grad mode plus each mixer's batched decode.
+ * Argument errors (bad slot, full sequence, duplicate slot) are caught before anything runs; if a
+ * step fails later, pos is not advanced and the states of the sequences involved are undefined
+ * (reset them). Same for prefill. */
 int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
                      float *logits);
 
@@ -152,6 +165,13 @@ void hyb_adamw_free(hyb_adamw *o);
  * without touching the grads (skip the step). */
 float hyb_grad_clip(hyb_tensor **params, int n, float max_norm);
 int hyb_adamw_step(hyb_adamw *o);
+/* Optimiser state for resuming: a safetensors file (atomic) with "<param name>.exp_avg" and
+ * "<param name>.exp_avg_sq" (f32; "param.<i>" for unnamed params) and the step and
+ * hyper-parameters in its metadata. */
+int hyb_adamw_save(const hyb_adamw *o, const char *path);
+/* Restore the step and the moments into an optimiser over the same parameters (names and shapes
+ * must match; errors name the tensor and both shapes). Hyper-parameters stay the caller's. */
+int hyb_adamw_load(hyb_adamw *o, const char *path);
 
 #ifdef __cplusplus
 }

@@ -70,6 +70,10 @@ typedef struct hyb_safetensors hyb_safetensors;
 /* Map and validate a file. HYB_ERR_IO (cannot open/map) or HYB_ERR_FORMAT (corrupt/truncated)
  * with "path: tensor 'name': ..." messages. */
 int hyb_safetensors_open(const char *path, hyb_safetensors **out);
+/* The same over a caller-owned buffer holding a whole file (not copied: it must outlive st);
+ * `name` stands for the path in messages. */
+int hyb_safetensors_open_memory(const void *data, size_t size, const char *name,
+                                hyb_safetensors **out);
 void hyb_safetensors_close(hyb_safetensors *st);
 
 const char *hyb_safetensors_path(const hyb_safetensors *st);
@@ -84,15 +88,17 @@ const char *hyb_safetensors_meta_key(const hyb_safetensors *st, int i);
 const char *hyb_safetensors_meta(const hyb_safetensors *st, const char *key); /* NULL if absent */
 
 /* Convert a tensor to f32 into dst[n]; n must equal t->numel (error names the tensor). */
-int hyb_safetensors_read_f32(const hyb_safetensors *st, const hyb_st_tensor *t, float *dst, int64_t n);
+int hyb_safetensors_read_f32(const hyb_safetensors *st, const hyb_st_tensor *t, float *dst,
+                             int64_t n);
 /* A new heap f32 tensor with t's shape (at most HYB_MAX_DIMS dims) and name. NULL + error. */
 hyb_tensor *hyb_safetensors_load_f32(const hyb_safetensors *st, const hyb_st_tensor *t);
 
-const char *hyb_st_dtype_name(hyb_st_dtype t);      /* "F32" */
-int hyb_st_dtype_size(hyb_st_dtype t);              /* bytes per element */
+const char *hyb_st_dtype_name(hyb_st_dtype t); /* "F32" */
+int hyb_st_dtype_size(hyb_st_dtype t);         /* bytes per element */
 int hyb_st_dtype_from_name(const char *name, hyb_st_dtype *out);
 
-/* ---- writer ------------------------------------------------------------------------------------*/
+/* ---- writer
+ * ------------------------------------------------------------------------------------*/
 typedef struct hyb_st_writer hyb_st_writer;
 
 hyb_st_writer *hyb_st_writer_new(void); /* NULL + error on OOM */

@@ -40,9 +40,9 @@ typedef struct hyb_sampler {
     hyb_sampler_params p;
     int V;
     hyb_rng rng;
-    float *work;    /* [V] scratch: processed logits, then probabilities */
-    int32_t *idx;   /* [V] scratch: candidate indices */
-    uint8_t *seen;  /* [V] scratch: repetition-penalty marks */
+    float *work;   /* [V] scratch: processed logits, then probabilities */
+    int32_t *idx;  /* [V] scratch: candidate indices */
+    uint8_t *seen; /* [V] scratch: repetition-penalty marks */
 } hyb_sampler;
 
 /* Greedy: temperature 0, top_k 0, top_p 1, repetition_penalty 1. */
