@@ -591,6 +591,26 @@ static void test_chunked_prefill(void) {
         double e = harness_max_rel(y1, yone[s], (long)first[s] * DD, 1.0);
         worst = e > worst ? e : worst;
         free(y1);
+        if (first[s] < 4) { /* fewer tokens than d_conv = 4: the window is left zero-padded */
+            const float *cs = (const float *)st_chunk[s] + 32 * 4, *win = I.pp[0];
+            double ez = 0, ex = 0;
+            for (int d = 0; d < 32; d++)
+                for (int k = 0; k < 4; k++) {
+                    int j = first[s] - 4 + k; /* token of column k */
+                    if (j < 0) {
+                        ez = fmax(ez, fabs(cs[d * 4 + k]));
+                        continue;
+                    }
+                    /* x_rep[d] = in_proj row Di + (d / N / rep) * N + d % N, Di 32, N 4, rep 2 */
+                    const float *w = win + (size_t)(32 + (d / 8) * 4 + d % 4) * DD;
+                    double xr = 0;
+                    for (int i = 0; i < DD; i++)
+                        xr += (double)w[i] * x[s][(size_t)j * DD + i];
+                    ex = fmax(ex, fabs(cs[d * 4 + k] - xr));
+                }
+            CHECK_MSG(ez == 0 && ex < 1e-5, "conv_state after %d tokens: pad %g, x_rep err %g",
+                      first[s], ez, ex);
+        }
     }
     /* second chunk of all sequences in one batch, each continuing at its own position */
     float x2[3 * second * DD], y2[3 * second * DD];
