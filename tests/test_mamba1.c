@@ -434,6 +434,59 @@ static void test_chunk_sizes(void) {
     free(dx0);
 }
 
+/* The OpenMP regions (forward scan over (sequence, head), backward over x/B groups, conv) open only
+ * above ~262144 inner steps: one call on 4 sequences is above (B*T*Di*N = 327680), each sequence
+ * alone is below. The batched call must give the per-sequence outputs and dx, and parameter
+ * gradients equal to the sum of the per-sequence ones. */
+static void test_parallel_vs_serial(void) {
+    enum { D = 48, B = 4, T = 160 };
+    inst I;
+    if (inst_new(&I, D, "d_inner = 64\nd_xb = 32\nd_state = 8\ndt_rank = 6\nchunk = 16\n", 31) !=
+        0) {
+        inst_free(&I);
+        return;
+    }
+    randomize_params(&I, 32, 1.0f);
+    hyb_rng r;
+    hyb_rng_seed(&r, 33);
+    const long nx = (long)B * T * D, nr = (long)T * D;
+    float *x = randn(&r, nx, 1.0f), *dy = randn(&r, nx, 1.0f), *y = malloc(nx * 4),
+          *dx = malloc(nx * 4), *y1 = malloc(nr * 4), *dx1 = malloc(nr * 4), *gb[NP];
+    void *saved = saved_new(&I, B, T);
+    CHECK(fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK);
+    CHECK(bwd(&I, B, T, x, dy, dx, saved) == HYB_OK);
+    for (int i = 0; i < NP; i++) { /* keep the batched gradients, then start from zero */
+        gb[i] = malloc((size_t)pnumel(&I, i) * 4);
+        memcpy(gb[i], I.gp[i], (size_t)pnumel(&I, i) * 4);
+        memset(I.gp[i], 0, (size_t)pnumel(&I, i) * 4);
+    }
+    double ey = 0, edx = 0, eg = 0;
+    for (int b = 0; b < B; b++) {
+        CHECK(fwd(&I, 1, T, x + b * nr, y1, saved, NULL, NULL, 0) == HYB_OK);
+        CHECK(bwd(&I, 1, T, x + b * nr, dy + b * nr, dx1, saved) == HYB_OK);
+        ey = fmax(ey, harness_max_rel(y1, y + b * nr, nr, 1.0));
+        edx = fmax(edx, harness_max_rel(dx1, dx + b * nr, nr, 1.0));
+    }
+    for (int i = 0; i < NP; i++) {
+        long n = pnumel(&I, i);
+        double mx = max_abs(gb[i], n);
+        eg = fmax(eg, max_diff(I.gp[i], gb[i], n) / (mx > 0 ? mx : 1));
+        free(gb[i]);
+    }
+    printf("   B=%d batched (threads) vs one sequence at a time: y %.3g, dx %.3g, grads %.3g\n", B,
+           ey, edx, eg);
+    CHECK_MSG(ey < 1e-5 && edx < 1e-5 && eg < 1e-5, "batched vs serial: y %g dx %g grads %g", ey,
+              edx, eg);
+    free(x);
+    free(dy);
+    free(y);
+    free(dx);
+    free(y1);
+    free(dx1);
+    free(saved);
+    inst_free(&I);
+}
+
 /* ---- decode ----------------------------------------------------------------------------------*/
 
 enum { DD = 24 };
@@ -1166,6 +1219,7 @@ int main(void) {
     RUN(test_golden_nodbl);
     RUN(test_fd_gradients);
     RUN(test_chunk_sizes);
+    RUN(test_parallel_vs_serial);
     RUN(test_prefill_then_decode);
     RUN(test_decode_large_step);
     RUN(test_chunked_prefill);
