@@ -11,7 +11,7 @@
  *   4. y = (ys * silu(z)) Wout^T
  *
  * Memory trade-off of training: backward needs every scan state h_t [Di, N]; storing them all
- * would cost Di*N floats per token (65,536 for H1: 4x everything else saved). The forward saves
+ * would cost Di*N floats per token (65,536 for H1, about 3x everything else saved). The forward saves
  * only the state at the start of each time chunk (Di*N/chunk floats per token, 1,024 for H1 with
  * chunk 64) and the backward recomputes the states of one chunk at a time into a per-thread
  * buffer [(chunk + 1), N, N], then runs the reverse-time recurrence for dh over it. The
