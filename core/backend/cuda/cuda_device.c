@@ -8,6 +8,18 @@
 
 hyb_cuda_state hyb_cuda_g;
 
+/* Make the device's context current on the calling thread (the driver's current context is per
+ * thread; OpenMP or runtime threads may call in). Once per thread. */
+int hyb_cuda_bind(void) {
+    static _Thread_local CUcontext bound;
+    if (!hyb_cuda_g.ready)
+        return hyb_error_set(HYB_ERR_UNSUPPORTED, "CUDA is not initialised (hyb_cuda_init)");
+    if (bound == hyb_cuda_g.ctx) return HYB_OK;
+    CU_CHECK(hyb_cu.cuCtxSetCurrent(hyb_cuda_g.ctx));
+    bound = hyb_cuda_g.ctx;
+    return HYB_OK;
+}
+
 /* ---- caching pool -------------------------------------------------------------------------- */
 /* Size classes: 256 B, 512 B, ... 32 MiB (powers of two), then multiples of 2 MiB. A freed block
  * goes to the free list of its class; an allocation takes a block of exactly its class size. */
@@ -75,8 +87,8 @@ void hyb_cuda_pool_stats(size_t *in_use, size_t *cached) {
 }
 
 void *hyb_cuda_malloc(size_t nbytes) {
-    if (!hyb_cuda_g.ready) {
-        hyb_error_set(HYB_ERR_UNSUPPORTED, "hyb_cuda_malloc(%zu): CUDA is not initialised", nbytes);
+    if (hyb_cuda_bind() != HYB_OK) {
+        hyb_error_wrap(HYB_ERR_UNSUPPORTED, "hyb_cuda_malloc(%zu)", nbytes);
         return NULL;
     }
     int cls;
@@ -152,6 +164,7 @@ void hyb_cuda_free(void *p) {
 /* ---- transfers ----------------------------------------------------------------------------- */
 int hyb_cuda_upload(void *dst, const void *src, size_t n) {
     if (!n) return HYB_OK;
+    HYB_TRY(hyb_cuda_bind());
     CU_CHECK(hyb_cu.cuMemcpyHtoDAsync((CUdeviceptr)(uintptr_t)dst, src, n, hyb_cuda_g.stream));
     /* the host buffer may be reused right after return (callers pass stack/temporary memory) */
     CU_CHECK(hyb_cu.cuStreamSynchronize(hyb_cuda_g.stream));
@@ -159,17 +172,20 @@ int hyb_cuda_upload(void *dst, const void *src, size_t n) {
 }
 int hyb_cuda_download(void *dst, const void *src, size_t n) {
     if (!n) return HYB_OK;
+    HYB_TRY(hyb_cuda_bind());
     CU_CHECK(hyb_cu.cuMemcpyDtoHAsync(dst, (CUdeviceptr)(uintptr_t)src, n, hyb_cuda_g.stream));
     CU_CHECK(hyb_cu.cuStreamSynchronize(hyb_cuda_g.stream));
     return HYB_OK;
 }
 int hyb_cuda_memset0(void *p, size_t n) {
     if (!n) return HYB_OK;
+    HYB_TRY(hyb_cuda_bind());
     CU_CHECK(hyb_cu.cuMemsetD8Async((CUdeviceptr)(uintptr_t)p, 0, n, hyb_cuda_g.stream));
     return HYB_OK;
 }
 int hyb_cuda_copy(void *dst, const void *src, size_t n) {
     if (!n || dst == src) return HYB_OK;
+    HYB_TRY(hyb_cuda_bind());
     CU_CHECK(hyb_cu.cuMemcpyDtoDAsync((CUdeviceptr)(uintptr_t)dst, (CUdeviceptr)(uintptr_t)src, n,
                                       hyb_cuda_g.stream));
     return HYB_OK;
@@ -236,6 +252,7 @@ int hyb_cuda_init(int ordinal) {
     }
     s.ready = 1;
     hyb_cuda_g = s;
+    HYB_TRY(hyb_cuda_bind());
     hyb_log(HYB_LOG_INFO, "CUDA device %d: %s (sm_%d, %d SMs)", ordinal, s.name, s.arch, s.n_sm);
     return hyb_cuda_register_backend();
 }

@@ -118,6 +118,8 @@ typedef struct hyb_cuda_state {
     char name[128];
 } hyb_cuda_state;
 extern hyb_cuda_state hyb_cuda_g;
+/* Make the context current on this thread (cheap after the first call per thread). */
+int hyb_cuda_bind(void);
 
 /* A kernel of an embedded file, compiled and loaded on first use (cuda_ops.c). NULL + error. */
 CUfunction hyb_cuda_function(const char *file, const char *kernel);

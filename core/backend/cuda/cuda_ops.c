@@ -57,6 +57,7 @@ static int load_module(const char *file, CUmodule *out) {
 
 CUfunction hyb_cuda_function(const char *file, const char *kernel) {
     CUfunction fn = NULL;
+    if (hyb_cuda_bind() != HYB_OK) return NULL;
     pthread_mutex_lock(&g_k.mu);
     for (int i = 0; i < g_k.nfns; i++)
         if (strcmp(g_k.fns[i].kernel, kernel) == 0) {

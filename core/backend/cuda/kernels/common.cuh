@@ -46,6 +46,7 @@ __device__ __forceinline__ lse_state lse_merge(lse_state a, lse_state b) {
     return r;
 }
 __device__ __forceinline__ lse_state lse_push(lse_state a, float x) {
+    if (x == -HYB_INF) return a; /* exp(-inf) = 0; also avoids -inf - -inf */
     if (x <= a.m) {
         a.s += expf(x - a.m);
     } else {
