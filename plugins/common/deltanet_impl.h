@@ -684,18 +684,25 @@ static int dn_init_from(void *self, float *const *params, const hyb_mixer_src *s
                          DN_NAME " (layer %d): cannot initialise from mixer type '%s' (known: mha)",
                          m->layer, src && src->type ? src->type : "(null)");
     const int D = m->D, H = m->H, n = m->n, C = m->C;
-    int64_t qd = -1, kd = -1;
+    /* the teacher's head count and size, resolved as mha resolves them */
+    int64_t th = D % 64 == 0 ? D / 64 : 0, thd = -1, qd = -1, kd = -1;
+    if (src->cfg) {
+        HYB_TRY(H_->cfg_int(src->cfg, "n_heads", th, &th));
+        HYB_TRY(H_->cfg_int(src->cfg, "head_dim", -1, &thd));
+    }
+    if (thd == -1) thd = th > 0 && D % th == 0 ? D / th : -1;
     for (int i = 0; i < src->n_params; i++) {
         if (!strcmp(src->decls[i].name, "q_proj.weight")) qd = src->decls[i].shape[0];
         if (!strcmp(src->decls[i].name, "k_proj.weight")) kd = src->decls[i].shape[0];
     }
-    if (qd != C || kd <= 0 || kd % n != 0 || H % (kd / n) != 0)
+    if (th != H || thd != n || qd != C || kd <= 0 || kd % n != 0 || H % (kd / n) != 0)
         return H_->error(HYB_ERR_ARG,
-                         DN_NAME " (layer %d): init from mha needs q_proj.weight [%d, %d] "
-                         "(n_heads %d x head_dim %d, as this mixer) and k_proj.weight rows a "
-                         "multiple of head_dim dividing n_heads; the teacher has q rows %lld, "
-                         "k rows %lld",
-                         m->layer, C, D, H, n, (long long)qd, (long long)kd);
+                         DN_NAME " (layer %d): init from mha needs the teacher's n_heads and "
+                         "head_dim equal to this mixer's (%d x %d, q_proj.weight [%d, %d]); the "
+                         "teacher has n_heads %lld, head_dim %lld, q_proj rows %lld, k_proj rows "
+                         "%lld",
+                         m->layer, H, n, C, D, (long long)th, (long long)thd, (long long)qd,
+                         (long long)kd);
     const int KV = (int)(kd / n), grp = H / KV;
     int iq = dn_find(src, "q_proj.weight", C, D), ik = dn_find(src, "k_proj.weight", kd, D),
         iv = dn_find(src, "v_proj.weight", kd, D), io = dn_find(src, "o_proj.weight", D, C);
