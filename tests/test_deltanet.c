@@ -143,8 +143,8 @@ static void golden_case(int gated) {
     for (int i = 0; i < np; i++)
         ok = ok && fread((float *)I.pp[i], 4, (size_t)hyb_tensor_numel(I.m->params[i]), f) ==
                        (size_t)hyb_tensor_numel(I.m->params[i]);
-    ok = ok && fread(yr, 4, nx, f) == nx && fread(Sr, 4, nS, f) == nS && fread(Wr, 4, nW, f) == nW &&
-         fread(dy, 4, nx, f) == nx && fread(dxr, 4, nx, f) == nx;
+    ok = ok && fread(yr, 4, nx, f) == nx && fread(Sr, 4, nS, f) == nS &&
+         fread(Wr, 4, nW, f) == nW && fread(dy, 4, nx, f) == nx && fread(dxr, 4, nx, f) == nx;
     for (int i = 0; i < np; i++) {
         size_t k = (size_t)hyb_tensor_numel(I.m->params[i]);
         gr[i] = malloc(k * 4);
@@ -502,7 +502,8 @@ static void test_chunked_prefill(void) {
         int32_t p3[2] = {1, 0};
         CHECK(fwd(&I, 2, 2, xb, yb, saved, st_chunk, p3, MAXC) == HYB_ERR_UNSUPPORTED);
         CHECK(fwd(&I, 2, 2, xb, yb, NULL, NULL, p3, MAXC) == HYB_ERR_ARG);
-        hyb_mixer_fwd a = {.B = 1, .T = 1, .device = HYB_DEV_CUDA, .x = xb, .y = yb, .params = I.pp};
+        hyb_mixer_fwd a = {
+            .B = 1, .T = 1, .device = HYB_DEV_CUDA, .x = xb, .y = yb, .params = I.pp};
         CHECK(I.m->desc->forward(I.m->self, &a) == HYB_ERR_UNSUPPORTED);
         /* backward without a matching forward is an argument error */
         CHECK(bwd(&I, 2, 3, xb, xb, yb, saved) == HYB_ERR_ARG);
@@ -619,7 +620,8 @@ static void test_long_sequence(void) {
             }
         }
         for (int b = 0; b < B; b++) {
-            double e = harness_max_rel(yp + (size_t)b * P * D, y + (size_t)b * T * D, (long)P * D, 1.0);
+            double e =
+                harness_max_rel(yp + (size_t)b * P * D, y + (size_t)b * T * D, (long)P * D, 1.0);
             worst = e > worst ? e : worst;
         }
         CHECK_MSG(worst < 1e-5, "long: prefill/decode vs forward %g", worst);
@@ -651,7 +653,8 @@ static void test_long_sequence(void) {
                 for (long j = 0; j < cnt[i]; j++)
                     vals[i][j] -= off[s] * u[i][j];
         }
-        double fd = (8.0 * (L[0] - L[1]) - (L[2] - L[3])) / (12.0 * h), rel = fabs(fd - an) / fabs(an);
+        double fd = (8.0 * (L[0] - L[1]) - (L[2] - L[3])) / (12.0 * h),
+               rel = fabs(fd - an) / fabs(an);
         printf("   %s T=%d: fwd %.1f ms, bwd %.1f ms; prefill+decode vs fwd %.3g; "
                "directional derivative %.6g vs <grad, u> %.6g (rel %.2g)\n",
                TYPES[gated], T, 1e3 * (t1 - t0), 1e3 * (t2 - t1), worst, fd, an, rel);
@@ -682,7 +685,8 @@ static void test_long_sequence(void) {
 static void test_init_from_mha(void) {
     const int D = 32;
     hyb_toml *tdoc = hyb_toml_parse_string("n_heads = 4\nn_kv_heads = 2\nhead_dim = 8\n", "t.toml");
-    hyb_model_dims dims = {.d_model = D, .n_layers = 1, .layer = 0, .max_seq = 64, .norm_eps = 1e-5f};
+    hyb_model_dims dims = {
+        .d_model = D, .n_layers = 1, .layer = 0, .max_seq = 64, .norm_eps = 1e-5f};
     hyb_mixer *teacher = NULL;
     CHECK_MSG(hyb_mixer_new("mha", &dims, hyb_toml_root(tdoc), 3, &teacher) == HYB_OK, "%s",
               hyb_error());
@@ -728,7 +732,8 @@ static void test_init_from_mha(void) {
         /* mismatched shapes and unknown sources fail with a message */
         if (inst_new(&I, TYPES[gated], D, "n_heads = 2\nhead_dim = 16\n", 9, 0) == 0) {
             CHECK(hyb_mixer_init_from(I.m, teacher, hyb_toml_root(tdoc), 5) == HYB_ERR_ARG);
-            CHECK_MSG(strstr(hyb_error(), "teacher has n_heads 4, head_dim 8") != NULL, "%s", hyb_error());
+            CHECK_MSG(strstr(hyb_error(), "teacher has n_heads 4, head_dim 8") != NULL, "%s",
+                      hyb_error());
             printf("   %s\n", hyb_error());
             CHECK(hyb_mixer_init_from(I.m, I.m, NULL, 5) == HYB_ERR_UNSUPPORTED);
         }

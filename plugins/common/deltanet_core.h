@@ -154,9 +154,9 @@ static inline size_t dn_backward_scratch(int n, int c) {
  * The initial state is zero (training runs whole sequences), so dS at t = 0 is dropped.
  * dq, dk, dv rows written (row stride ld); dbeta, dg written (stride ldh; dg only if g). */
 static void dn_core_backward(int n, int T, int c, const float *q, const float *k, const float *v,
-                        size_t ld, const float *beta, const float *g, size_t ldh, const float *dout,
-                        size_t ldo, const float *chk, float *dq, float *dk, float *dv, float *dbeta,
-                        float *dg, float *scr) {
+                             size_t ld, const float *beta, const float *g, size_t ldh,
+                             const float *dout, size_t ldo, const float *chk, float *dq, float *dk,
+                             float *dv, float *dbeta, float *dg, float *scr) {
     const size_t nn = (size_t)n * n;
     float *Sb = scr, *dS = Sb + ((size_t)c + 1) * nn, *u = dS + nn, *w = u + n, *dw = w + n,
           *du = dw + n;
@@ -180,7 +180,8 @@ static void dn_core_backward(int n, int T, int c, const float *q, const float *k
         for (int i = cl - 1; i >= 0; i--) {
             const int t = t0 + i;
             const float *Sp = Sb + (size_t)i * nn, *Sc = Sb + (size_t)(i + 1) * nn;
-            const float *qt = q + t * ld, *kt = k + t * ld, *vt = v + t * ld, *dot_ = dout + t * ldo;
+            const float *qt = q + t * ld, *kt = k + t * ld, *vt = v + t * ld,
+                        *dot_ = dout + t * ldo;
             const float b = beta[t * ldh], a = g ? expf(g[t * ldh]) : 1.0f;
             float *dqt = dq + t * ld, *dkt = dk + t * ld, *dvt = dv + t * ld;
             for (int m = 0; m < n; m++) {

@@ -94,7 +94,7 @@ static inline float dn_softplus(float x) {
 /* ---- configuration ---------------------------------------------------------------------------
  */
 
-static const char *const DN_KEYS[] = {"type",      "symbol", "n_heads", "head_dim",
+static const char *const DN_KEYS[] = {"type",      "symbol", "n_heads",  "head_dim",
                                       "conv_size", "chunk",  "norm_eps", NULL};
 
 static int dn_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void **self) {
@@ -138,7 +138,7 @@ static int dn_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void 
         if (nh == 0)
             return H_->error(HYB_ERR_ARG,
                              DN_NAME " (layer %d): no config table and d_model = %d is not a "
-                             "multiple of 64; give n_heads",
+                                     "multiple of 64; give n_heads",
                              dims->layer, D);
         hd = 64;
     }
@@ -196,19 +196,45 @@ static int dn_param_decl(void *self, int i, hyb_param_decl *d) {
     if (i < 0 || i >= dn_n_params(self))
         return H_->error(HYB_ERR_ARG, DN_NAME ": param_decl index %d out of range", i);
     switch (i) {
-    case DN_WQ: dn_decl(d, "q_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0); break;
-    case DN_WK: dn_decl(d, "k_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0); break;
-    case DN_WV: dn_decl(d, "v_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0); break;
-    case DN_WB: dn_decl(d, "b_proj.weight", 2, H, D, 0, HYB_INIT_NORMAL, 0.02f, 0); break;
-    case DN_CQ: dn_decl(d, "q_conv1d.weight", 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0); break;
-    case DN_CK: dn_decl(d, "k_conv1d.weight", 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0); break;
-    case DN_CV: dn_decl(d, "v_conv1d.weight", 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0); break;
-    case DN_WG: dn_decl(d, "g_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0); break;
-    case DN_NORM: dn_decl(d, "o_norm.weight", 1, m->n, 0, 0, HYB_INIT_ONES, 0, 1); break;
-    case DN_WO: dn_decl(d, "o_proj.weight", 2, D, C, 0, HYB_INIT_NORMAL, 0.02f, 0); break;
-    case DN_WA: dn_decl(d, "a_proj.weight", 2, H, D, 0, HYB_INIT_NORMAL, 0.02f, 0); break;
-    case DN_ALOG: dn_decl(d, "A_log", 1, H, 0, 0, HYB_INIT_CUSTOM, 0, 1); break;
-    case DN_DTB: dn_decl(d, "dt_bias", 1, H, 0, 0, HYB_INIT_CUSTOM, 0, 1); break;
+    case DN_WQ:
+        dn_decl(d, "q_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_WK:
+        dn_decl(d, "k_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_WV:
+        dn_decl(d, "v_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_WB:
+        dn_decl(d, "b_proj.weight", 2, H, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_CQ:
+        dn_decl(d, "q_conv1d.weight", 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0);
+        break;
+    case DN_CK:
+        dn_decl(d, "k_conv1d.weight", 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0);
+        break;
+    case DN_CV:
+        dn_decl(d, "v_conv1d.weight", 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0);
+        break;
+    case DN_WG:
+        dn_decl(d, "g_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_NORM:
+        dn_decl(d, "o_norm.weight", 1, m->n, 0, 0, HYB_INIT_ONES, 0, 1);
+        break;
+    case DN_WO:
+        dn_decl(d, "o_proj.weight", 2, D, C, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_WA:
+        dn_decl(d, "a_proj.weight", 2, H, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_ALOG:
+        dn_decl(d, "A_log", 1, H, 0, 0, HYB_INIT_CUSTOM, 0, 1);
+        break;
+    case DN_DTB:
+        dn_decl(d, "dt_bias", 1, H, 0, 0, HYB_INIT_CUSTOM, 0, 1);
+        break;
     }
     return HYB_OK;
 }
@@ -245,8 +271,9 @@ static size_t dn_state_bytes(void *self, int max_ctx) {
 static int64_t dn_state_snapshot(void *self, const void *state, int pos, int max_ctx, void *dst) {
     dn *m = self;
     if (pos < 0 || pos > max_ctx)
-        return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): snapshot of %d tokens from a state of %d",
-                         m->layer, pos, max_ctx);
+        return H_->error(HYB_ERR_ARG,
+                         DN_NAME " (layer %d): snapshot of %d tokens from a state of %d", m->layer,
+                         pos, max_ctx);
     size_t nb = dn_state_bytes(m, max_ctx);
     if (dst) memcpy(dst, state, nb);
     return (int64_t)nb;
@@ -254,8 +281,9 @@ static int64_t dn_state_snapshot(void *self, const void *state, int pos, int max
 static int dn_state_restore(void *self, void *state, const void *src, int pos, int max_ctx) {
     dn *m = self;
     if (pos < 0 || pos > max_ctx)
-        return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): restore of %d tokens into a state of %d",
-                         m->layer, pos, max_ctx);
+        return H_->error(HYB_ERR_ARG,
+                         DN_NAME " (layer %d): restore of %d tokens into a state of %d", m->layer,
+                         pos, max_ctx);
     memcpy(state, src, dn_state_bytes(m, max_ctx));
     return HYB_OK;
 }
@@ -290,8 +318,8 @@ static void dn_window_update(const float *xr, const float *win, float *nw, int T
     for (int c = 0; c < C; c++)
         for (int i = 0; i < W; i++) {
             int tau = T - W + i;
-            nw[(size_t)c * W + i] = tau >= 0 ? xr[(size_t)tau * C + c]
-                                             : (win ? win[(size_t)c * W + W + tau] : 0.0f);
+            nw[(size_t)c * W + i] =
+                tau >= 0 ? xr[(size_t)tau * C + c] : (win ? win[(size_t)c * W + W + tau] : 0.0f);
         }
 }
 
@@ -475,11 +503,12 @@ static int dn_forward(void *self, const hyb_mixer_fwd *a) {
         if (a->states && (int64_t)p0 + a->T > a->max_ctx)
             return H_->error(HYB_ERR_ARG,
                              DN_NAME " (layer %d): sequence %d: pos %d + T %d exceeds the "
-                             "context max_ctx = %d",
+                                     "context max_ctx = %d",
                              m->layer, b, p0, a->T, a->max_ctx);
         if (p0 > 0 && a->saved)
             return H_->error(HYB_ERR_UNSUPPORTED,
-                             DN_NAME " (layer %d): backward through a continued prefill "
+                             DN_NAME
+                             " (layer %d): backward through a continued prefill "
                              "(pos[%d] = %d > 0) is not supported; train on whole sequences",
                              m->layer, b, p0);
     }
@@ -495,7 +524,7 @@ static int dn_decode(void *self, const hyb_mixer_dec *a) {
         if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
             return H_->error(HYB_ERR_ARG,
                              DN_NAME " (layer %d): decode sequence %d at pos %d: the context "
-                             "holds max_ctx = %d tokens",
+                                     "holds max_ctx = %d tokens",
                              m->layer, i, a->pos[i], a->max_ctx);
     /* n sequences of one token each: B = n, T = 1, recurrent step */
     return dn_run(m, a->n, 1, a->x, a->y, a->params, NULL, a->states, a->pos, 1);
@@ -512,7 +541,7 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
     if (!hd || hd->magic != DN_SAVED_MAGIC || hd->B != B || hd->T != T)
         return H_->error(HYB_ERR_ARG,
                          DN_NAME " (layer %d): backward [B=%d, T=%d] without a matching "
-                         "saved forward",
+                                 "saved forward",
                          m->layer, B, T);
     const size_t BT = (size_t)B * T, nn = (size_t)n * n, nch = dn_n_chunks(m, T);
     const float *Qr = (const float *)(hd + 1), *Kr = Qr + BT * C, *Vr = Kr + BT * C,
@@ -583,10 +612,10 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
         const int b = bh / H, h = bh % H;
         const size_t r0 = (size_t)b * T, ho = (size_t)h * n;
         dn_core_backward(n, T, c, Qn + r0 * C + ho, Kn + r0 * C + ho, Vn + r0 * C + ho, C,
-                    beta + r0 * H + h, DN_GATED ? g + r0 * H + h : NULL, H, dO + r0 * C + ho, C,
-                    CHK + ((size_t)b * H + h) * nch * nn, dQ + r0 * C + ho, dK + r0 * C + ho,
-                    dV + r0 * C + ho, dbeta + r0 * H + h, dg + r0 * H + h,
-                    scr + (size_t)dn_thread_id() * scr_t);
+                         beta + r0 * H + h, DN_GATED ? g + r0 * H + h : NULL, H, dO + r0 * C + ho,
+                         C, CHK + ((size_t)b * H + h) * nch * nn, dQ + r0 * C + ho,
+                         dK + r0 * C + ho, dV + r0 * C + ho, dbeta + r0 * H + h, dg + r0 * H + h,
+                         scr + (size_t)dn_thread_id() * scr_t);
     }
 
     /* beta = sigmoid(Bl); g = -exp(A_log) softplus(Al + dt_bias) */
@@ -696,26 +725,28 @@ static int dn_init_from(void *self, float *const *params, const hyb_mixer_src *s
         if (!strcmp(src->decls[i].name, "k_proj.weight")) kd = src->decls[i].shape[0];
     }
     if (th != H || thd != n || qd != C || kd <= 0 || kd % n != 0 || H % (kd / n) != 0)
-        return H_->error(HYB_ERR_ARG,
-                         DN_NAME " (layer %d): init from mha needs the teacher's n_heads and "
-                         "head_dim equal to this mixer's (%d x %d, q_proj.weight [%d, %d]); the "
-                         "teacher has n_heads %lld, head_dim %lld, q_proj rows %lld, k_proj rows "
-                         "%lld",
-                         m->layer, H, n, C, D, (long long)th, (long long)thd, (long long)qd,
-                         (long long)kd);
+        return H_->error(
+            HYB_ERR_ARG,
+            DN_NAME " (layer %d): init from mha needs the teacher's n_heads and "
+                    "head_dim equal to this mixer's (%d x %d, q_proj.weight [%d, %d]); the "
+                    "teacher has n_heads %lld, head_dim %lld, q_proj rows %lld, k_proj rows "
+                    "%lld",
+            m->layer, H, n, C, D, (long long)th, (long long)thd, (long long)qd, (long long)kd);
     const int KV = (int)(kd / n), grp = H / KV;
     int iq = dn_find(src, "q_proj.weight", C, D), ik = dn_find(src, "k_proj.weight", kd, D),
         iv = dn_find(src, "v_proj.weight", kd, D), io = dn_find(src, "o_proj.weight", D, C);
     if (iq < 0 || ik < 0 || iv < 0 || io < 0)
         return H_->error(HYB_ERR_ARG,
                          DN_NAME " (layer %d): init from mha: q/k/v/o_proj.weight missing or "
-                         "not [%d, %d] / [%lld, %d] / [%d, %d]",
+                                 "not [%d, %d] / [%lld, %d] / [%d, %d]",
                          m->layer, C, D, (long long)kd, D, D, C);
     const size_t rowb = (size_t)D * sizeof(float), headb = (size_t)n * rowb;
     memcpy(params[DN_WQ], src->params[iq], (size_t)C * rowb);
     for (int h = 0; h < H; h++) {
-        memcpy(params[DN_WK] + (size_t)h * n * D, src->params[ik] + (size_t)(h / grp) * n * D, headb);
-        memcpy(params[DN_WV] + (size_t)h * n * D, src->params[iv] + (size_t)(h / grp) * n * D, headb);
+        memcpy(params[DN_WK] + (size_t)h * n * D, src->params[ik] + (size_t)(h / grp) * n * D,
+               headb);
+        memcpy(params[DN_WV] + (size_t)h * n * D, src->params[iv] + (size_t)(h / grp) * n * D,
+               headb);
     }
     memcpy(params[DN_WO], src->params[io], (size_t)D * C * sizeof(float));
     memset(params[DN_WG], 0, (size_t)C * rowb);

@@ -25,5 +25,6 @@
  */
 #define DN_GATED 0
 #define DN_NAME "deltanet"
-#define DN_DESCRIPTION "DeltaNet: delta-rule linear attention with short convs (fla), chunked + recurrent"
+#define DN_DESCRIPTION                                                                             \
+    "DeltaNet: delta-rule linear attention with short convs (fla), chunked + recurrent"
 #include "../common/deltanet_impl.h"

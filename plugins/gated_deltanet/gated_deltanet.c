@@ -17,5 +17,6 @@
  */
 #define DN_GATED 1
 #define DN_NAME "gated_deltanet"
-#define DN_DESCRIPTION "Gated DeltaNet: delta rule with decay, short convs (fla), chunked + recurrent"
+#define DN_DESCRIPTION                                                                             \
+    "Gated DeltaNet: delta rule with decay, short convs (fla), chunked + recurrent"
 #include "../common/deltanet_impl.h"
