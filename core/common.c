@@ -33,18 +33,25 @@ int hyb_error_wrap(int code, const char *fmt, ...) {
     memcpy(old, g_error, sizeof old);
     /* "ctx: old", truncated to the buffer */
     size_t k = 0, cap = sizeof g_error - 1;
-    for (const char *p = ctx; *p && k < cap; p++) g_error[k++] = *p;
+    for (const char *p = ctx; *p && k < cap; p++)
+        g_error[k++] = *p;
     if (old[0]) {
-        for (const char *p = ": "; *p && k < cap; p++) g_error[k++] = *p;
-        for (const char *p = old; *p && k < cap; p++) g_error[k++] = *p;
+        for (const char *p = ": "; *p && k < cap; p++)
+            g_error[k++] = *p;
+        for (const char *p = old; *p && k < cap; p++)
+            g_error[k++] = *p;
     }
     g_error[k] = '\0';
     return code;
 }
 
-const char *hyb_error(void) { return g_error; }
+const char *hyb_error(void) {
+    return g_error;
+}
 
-void hyb_error_clear(void) { g_error[0] = '\0'; }
+void hyb_error_clear(void) {
+    g_error[0] = '\0';
+}
 
 void hyb_assert_fail(const char *file, int line, const char *expr) {
     fprintf(stderr, "hyb: %s:%d: internal assertion failed: %s\n", file, line, expr);
@@ -99,7 +106,8 @@ void *hyb_malloc(size_t nbytes) {
     size_t n = nbytes ? nbytes : 1;
     /* round up to the alignment: aligned_alloc requires a multiple, and it lets SIMD loops
      * touch a whole last cache line */
-    if (n > SIZE_MAX - 63) {
+    /* beyond the 47-bit user address space nothing can succeed (and sanitizers abort on it) */
+    if (n > ((size_t)1 << 47)) {
         hyb_error_set(HYB_ERR_NOMEM, "out of memory: cannot allocate %zu bytes", nbytes);
         return NULL;
     }
@@ -113,7 +121,9 @@ void *hyb_malloc(size_t nbytes) {
     return p;
 }
 
-void hyb_free(void *p) { free(p); }
+void hyb_free(void *p) {
+    free(p);
+}
 
 double hyb_time_now(void) {
     struct timespec ts;

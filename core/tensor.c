@@ -13,16 +13,18 @@ static const struct {
     const char *name;
     int64_t block_elems, block_bytes;
 } DT[HYB_DTYPE_COUNT] = {
-    [HYB_F32] = {"f32", 1, 4},      [HYB_F16] = {"f16", 1, 2},
-    [HYB_BF16] = {"bf16", 1, 2},    [HYB_I32] = {"i32", 1, 4},
-    [HYB_Q8_0] = {"q8_0", 32, 34},  [HYB_Q4_0] = {"q4_0", 32, 18},
-    [HYB_Q4_1] = {"q4_1", 32, 20},  [HYB_Q4_K] = {"q4_k", 256, 144},
-    [HYB_Q6_K] = {"q6_k", 256, 210},
+    [HYB_F32] = {"f32", 1, 4},     [HYB_F16] = {"f16", 1, 2},       [HYB_BF16] = {"bf16", 1, 2},
+    [HYB_I32] = {"i32", 1, 4},     [HYB_Q8_0] = {"q8_0", 32, 34},   [HYB_Q4_0] = {"q4_0", 32, 18},
+    [HYB_Q4_1] = {"q4_1", 32, 20}, [HYB_Q4_K] = {"q4_k", 256, 144}, [HYB_Q6_K] = {"q6_k", 256, 210},
 };
 
-static int dtype_ok(hyb_dtype t) { return (int)t >= 0 && t < HYB_DTYPE_COUNT; }
+static int dtype_ok(hyb_dtype t) {
+    return (int)t >= 0 && t < HYB_DTYPE_COUNT;
+}
 
-const char *hyb_dtype_name(hyb_dtype t) { return dtype_ok(t) ? DT[t].name : "?"; }
+const char *hyb_dtype_name(hyb_dtype t) {
+    return dtype_ok(t) ? DT[t].name : "?";
+}
 
 int hyb_dtype_from_name(const char *name, hyb_dtype *out) {
     if (!name) return hyb_error_set(HYB_ERR_ARG, "dtype name is NULL");
@@ -35,21 +37,24 @@ int hyb_dtype_from_name(const char *name, hyb_dtype *out) {
     static const struct {
         const char *alias;
         hyb_dtype t;
-    } AL[] = {{"float32", HYB_F32}, {"float", HYB_F32}, {"float16", HYB_F16}, {"half", HYB_F16},
-              {"bfloat16", HYB_BF16}, {"int32", HYB_I32}};
+    } AL[] = {{"float32", HYB_F32}, {"float", HYB_F32},     {"float16", HYB_F16},
+              {"half", HYB_F16},    {"bfloat16", HYB_BF16}, {"int32", HYB_I32}};
     for (size_t i = 0; i < sizeof AL / sizeof AL[0]; i++) {
         if (!strcasecmp(name, AL[i].alias)) {
             *out = AL[i].t;
             return HYB_OK;
         }
     }
-    return hyb_error_set(HYB_ERR_ARG,
-                         "unknown dtype '%s' (known: f32 f16 bf16 i32 q8_0 q4_0 q4_1 q4_k q6_k)",
-                         name);
+    return hyb_error_set(
+        HYB_ERR_ARG, "unknown dtype '%s' (known: f32 f16 bf16 i32 q8_0 q4_0 q4_1 q4_k q6_k)", name);
 }
 
-int64_t hyb_dtype_block_elems(hyb_dtype t) { return dtype_ok(t) ? DT[t].block_elems : 0; }
-int64_t hyb_dtype_block_bytes(hyb_dtype t) { return dtype_ok(t) ? DT[t].block_bytes : 0; }
+int64_t hyb_dtype_block_elems(hyb_dtype t) {
+    return dtype_ok(t) ? DT[t].block_elems : 0;
+}
+int64_t hyb_dtype_block_bytes(hyb_dtype t) {
+    return dtype_ok(t) ? DT[t].block_bytes : 0;
+}
 
 // ---- tensors --------------------------------------------------------------------------------
 
@@ -64,7 +69,8 @@ static void shape_to_str(int ndim, const int64_t *shape, char *buf, size_t n) {
 /* Validate dtype/shape, fill the metadata of t (contiguous strides). */
 static int tensor_init(hyb_tensor *t, hyb_dtype dtype, int ndim, const int64_t *shape,
                        const char *who) {
-    if (!dtype_ok(dtype)) return hyb_error_set(HYB_ERR_ARG, "%s: invalid dtype %d", who, (int)dtype);
+    if (!dtype_ok(dtype))
+        return hyb_error_set(HYB_ERR_ARG, "%s: invalid dtype %d", who, (int)dtype);
     if (ndim < 0 || ndim > HYB_MAX_DIMS)
         return hyb_error_set(HYB_ERR_ARG, "%s: ndim %d outside [0, %d]", who, ndim, HYB_MAX_DIMS);
     if (ndim > 0 && !shape) return hyb_error_set(HYB_ERR_ARG, "%s: shape is NULL", who);
@@ -118,8 +124,7 @@ hyb_tensor *hyb_tensor_new(hyb_dtype dtype, int ndim, const int64_t *shape) {
     t->data = hyb_malloc(hyb_tensor_nbytes(t));
     if (!t->data) {
         char s[128];
-        hyb_error_wrap(HYB_ERR_NOMEM, "hyb_tensor_new %s",
-                       hyb_tensor_shape_str(t, s, sizeof s));
+        hyb_error_wrap(HYB_ERR_NOMEM, "hyb_tensor_new %s", hyb_tensor_shape_str(t, s, sizeof s));
         hyb_free(t);
         return NULL;
     }
@@ -157,9 +162,11 @@ hyb_tensor *hyb_tensor_view(hyb_tensor *t, int ndim, const int64_t *shape) {
     if (hyb_tensor_numel(&tmp) != hyb_tensor_numel(t)) {
         char b[128];
         shape_to_str(ndim, shape, b, sizeof b);
-        hyb_error_set(HYB_ERR_ARG, "hyb_tensor_view: cannot view %s as %s: element counts differ "
-                      "(%lld vs %lld)", hyb_tensor_shape_str(t, a, sizeof a), b,
-                      (long long)hyb_tensor_numel(t), (long long)hyb_tensor_numel(&tmp));
+        hyb_error_set(HYB_ERR_ARG,
+                      "hyb_tensor_view: cannot view %s as %s: element counts differ "
+                      "(%lld vs %lld)",
+                      hyb_tensor_shape_str(t, a, sizeof a), b, (long long)hyb_tensor_numel(t),
+                      (long long)hyb_tensor_numel(&tmp));
         return NULL;
     }
     hyb_tensor *v = hyb_malloc(sizeof *v);
@@ -215,7 +222,8 @@ void hyb_tensor_free(hyb_tensor *t) {
 
 int64_t hyb_tensor_numel(const hyb_tensor *t) {
     int64_t n = 1;
-    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    for (int i = 0; i < t->ndim; i++)
+        n *= t->shape[i];
     return n;
 }
 
@@ -265,7 +273,9 @@ static inline float u2f(uint32_t u) {
     return f;
 }
 
-float hyb_bf16_to_f32(uint16_t h) { return u2f((uint32_t)h << 16); }
+float hyb_bf16_to_f32(uint16_t h) {
+    return u2f((uint32_t)h << 16);
+}
 
 uint16_t hyb_f32_to_bf16(float f) {
     uint32_t x = f2u(f);
@@ -302,7 +312,7 @@ uint16_t hyb_f32_to_f16(float f) {
     if (exp < 113) {
         /* result is an f16 subnormal (or zero): value = m * 2^-24 */
         uint32_t mant = (x & 0x7fffffu) | (exp ? 0x800000u : 0);
-        uint32_t shift = 126 - exp; /* >= 14 */
+        uint32_t shift = 126 - exp;              /* >= 14 */
         if (exp == 0 || shift > 24) return sign; /* below half the smallest subnormal */
         uint32_t m = mant >> shift;
         uint32_t rem = mant & ((1u << shift) - 1);
@@ -318,19 +328,11 @@ uint16_t hyb_f32_to_f16(float f) {
 
 // ---- conversion -----------------------------------------------------------------------------
 
-/* Weak default for the GGUF reader's dequantiser: the real one lives in core/io/dequant.c. */
-__attribute__((weak)) int hyb_dequantize(hyb_dtype type, const void *src, float *dst, int64_t n) {
-    (void)src;
-    (void)dst;
-    (void)n;
-    return hyb_error_set(HYB_ERR_UNSUPPORTED,
-                         "hyb_dequantize: no dequantiser for %s is linked into this build",
-                         hyb_dtype_name(type));
-}
+/* hyb_dequantize (quantised GGUF types) is implemented by the GGUF reader in core/io/dequant.c. */
 
 int hyb_convert_to_f32(hyb_dtype src_type, const void *src, float *dst, int64_t n) {
-    if (n < 0) return hyb_error_set(HYB_ERR_ARG, "hyb_convert_to_f32: negative count %lld",
-                                    (long long)n);
+    if (n < 0)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_convert_to_f32: negative count %lld", (long long)n);
     if (n > 0 && (!src || !dst))
         return hyb_error_set(HYB_ERR_ARG, "hyb_convert_to_f32: NULL buffer");
     switch (src_type) {
@@ -339,17 +341,20 @@ int hyb_convert_to_f32(hyb_dtype src_type, const void *src, float *dst, int64_t 
         return HYB_OK;
     case HYB_F16: {
         const uint16_t *s = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = hyb_f16_to_f32(s[i]);
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = hyb_f16_to_f32(s[i]);
         return HYB_OK;
     }
     case HYB_BF16: {
         const uint16_t *s = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = hyb_bf16_to_f32(s[i]);
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = hyb_bf16_to_f32(s[i]);
         return HYB_OK;
     }
     case HYB_I32: {
         const int32_t *s = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = (float)s[i];
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = (float)s[i];
         return HYB_OK;
     }
     case HYB_Q8_0:
@@ -370,8 +375,9 @@ int hyb_convert_to_f32(hyb_dtype src_type, const void *src, float *dst, int64_t 
 }
 
 int hyb_convert_from_f32(hyb_dtype dst_type, const float *src, void *dst, int64_t n) {
-    if (n < 0) return hyb_error_set(HYB_ERR_ARG, "hyb_convert_from_f32: negative count %lld",
-                                    (long long)n);
+    if (n < 0)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_convert_from_f32: negative count %lld",
+                             (long long)n);
     if (n > 0 && (!src || !dst))
         return hyb_error_set(HYB_ERR_ARG, "hyb_convert_from_f32: NULL buffer");
     switch (dst_type) {
@@ -380,12 +386,14 @@ int hyb_convert_from_f32(hyb_dtype dst_type, const float *src, void *dst, int64_
         return HYB_OK;
     case HYB_F16: {
         uint16_t *d = dst;
-        for (int64_t i = 0; i < n; i++) d[i] = hyb_f32_to_f16(src[i]);
+        for (int64_t i = 0; i < n; i++)
+            d[i] = hyb_f32_to_f16(src[i]);
         return HYB_OK;
     }
     case HYB_BF16: {
         uint16_t *d = dst;
-        for (int64_t i = 0; i < n; i++) d[i] = hyb_f32_to_bf16(src[i]);
+        for (int64_t i = 0; i < n; i++)
+            d[i] = hyb_f32_to_bf16(src[i]);
         return HYB_OK;
     }
     default:
@@ -405,11 +413,14 @@ static uint64_t splitmix64(uint64_t *x) {
     return z ^ (z >> 31);
 }
 
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static inline uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
 
 void hyb_rng_seed(hyb_rng *r, uint64_t seed) {
     uint64_t x = seed;
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&x);
+    for (int i = 0; i < 4; i++)
+        r->s[i] = splitmix64(&x);
 }
 
 uint64_t hyb_rng_next(hyb_rng *r) {
@@ -425,7 +436,9 @@ uint64_t hyb_rng_next(hyb_rng *r) {
     return result;
 }
 
-float hyb_rng_uniform(hyb_rng *r) { return (float)(hyb_rng_next(r) >> 40) * 0x1p-24f; }
+float hyb_rng_uniform(hyb_rng *r) {
+    return (float)(hyb_rng_next(r) >> 40) * 0x1p-24f;
+}
 
 /* Box-Muller from two 53-bit uniforms; u1 in (0, 1] so log(u1) is finite. */
 static void box_muller(hyb_rng *r, double *z0, double *z1) {

@@ -61,7 +61,8 @@ static double gc_eval(hyb_graph *g, gc_fwd f, hyb_tensor **in, void *ctx, const 
     }
     const float *o = hyb_tensor_cf32(out);
     double L = 0;
-    for (int64_t i = 0; i < hyb_tensor_numel(out); i++) L += (double)c[i] * o[i];
+    for (int64_t i = 0; i < hyb_tensor_numel(out); i++)
+        L += (double)c[i] * o[i];
     return L;
 }
 
@@ -70,7 +71,8 @@ static double gc_eval(hyb_graph *g, gc_fwd f, hyb_tensor **in, void *ctx, const 
 static double gc_check(const char *what, gc_fwd f, hyb_tensor **in, int n_in, void *ctx,
                        int max_elems) {
     hyb_graph *g = hyb_graph_new();
-    for (int k = 0; k < n_in; k++) gc_zero_grad(in[k]);
+    for (int k = 0; k < n_in; k++)
+        gc_zero_grad(in[k]);
     hyb_tensor *out = f(g, in, ctx);
     if (!out) {
         harness_fail(__FILE__, __LINE__, "%s: forward failed: %s", what, hyb_error());
@@ -113,9 +115,11 @@ static double gc_check(const char *what, gc_fwd f, hyb_tensor **in, int n_in, vo
         double err_wrong = maxnum > 0 ? maxdiff_wrong / maxnum : maxdiff_wrong;
         CHECK_MSG(err <= GC_TOL, "%s: input %d (%s): gradient error %.3g > %.3g (max |grad| %.3g)",
                   what, k, x->name, err, GC_TOL, maxnum);
-        CHECK_MSG(maxnum > 0, "%s: input %d has an all-zero gradient: the check is vacuous", what, k);
-        CHECK_MSG(err_wrong > GC_TOL, "%s: input %d: a 1%% gradient error (%.3g) would go unnoticed",
-                  what, k, err_wrong);
+        CHECK_MSG(maxnum > 0, "%s: input %d has an all-zero gradient: the check is vacuous", what,
+                  k);
+        CHECK_MSG(err_wrong > GC_TOL,
+                  "%s: input %d: a 1%% gradient error (%.3g) would go unnoticed", what, k,
+                  err_wrong);
         if (getenv("HYB_GC_VERBOSE"))
             printf("  %-28s input %d: err %.2e (1%%-wrong %.2e)\n", what, k, err, err_wrong);
         if (err > worst || err != err) worst = err;

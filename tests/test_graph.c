@@ -59,7 +59,8 @@ static void test_graph_memory(void) {
     CHECK(hyb_graph_bytes(g) == 0 && hyb_graph_peak_bytes(g) == peak);
     hyb_tensor *u = hyb_graph_tensor(g, HYB_F32, 2, s); /* reuses the dirty memory, zeroed */
     int zero = 1;
-    for (int i = 0; i < 10000; i++) zero &= hyb_tensor_f32(u)[i] == 0.0f;
+    for (int i = 0; i < 10000; i++)
+        zero &= hyb_tensor_f32(u)[i] == 0.0f;
     CHECK(zero);
     hyb_tensor_free(u); /* a no-op for arena tensors */
     int64_t q[1] = {64};
@@ -118,7 +119,8 @@ static void test_model_gradcheck(void) {
     make_model(p);
     double err = gc_check("2-layer model", model_loss, p, NP, NULL, 200);
     CHECK(err <= GC_TOL);
-    for (int i = 0; i < NP; i++) gc_free(p[i]);
+    for (int i = 0; i < NP; i++)
+        gc_free(p[i]);
 }
 
 static void test_backward_accumulates(void) {
@@ -147,7 +149,8 @@ static void test_backward_accumulates(void) {
             maxg = fmax(maxg, fabs(g1[i][j]));
         }
     CHECK(maxg > 0);
-    CHECK_MSG(maxerr <= 1e-5 * maxg, "grad after 1x + 2x backward off by %.3g (max grad %.3g)", maxerr, maxg);
+    CHECK_MSG(maxerr <= 1e-5 * maxg, "grad after 1x + 2x backward off by %.3g (max grad %.3g)",
+              maxerr, maxg);
     /* reset drops the tape: the graph is reusable and gives the same loss */
     float l0 = hyb_tensor_f32(L)[0];
     CHECK(hyb_graph_bytes(g) > fwd_bytes); /* backward added the intermediate grads */
@@ -164,13 +167,16 @@ static void test_backward_accumulates(void) {
     hyb_graph_set_grad(g, 1);
     /* frozen embedding: the rest still trains, the embedding's grad is untouched */
     hyb_graph_reset(g);
-    for (int i = 0; i < NP; i++) gc_zero_grad(p[i]);
+    for (int i = 0; i < NP; i++)
+        gc_zero_grad(p[i]);
     p[0]->requires_grad = 0;
     L = model_loss(g, p, NULL);
     CHECK(hyb_graph_backward(g, L, 1.0f) == HYB_OK);
     double e0 = 0, e1 = 0;
-    for (int64_t j = 0; j < V * D; j++) e0 = fmax(e0, fabs(hyb_tensor_f32(p[0]->grad)[j]));
-    for (int64_t j = 0; j < F * D; j++) e1 = fmax(e1, fabs(hyb_tensor_f32(p[2]->grad)[j] - g1[2][j]));
+    for (int64_t j = 0; j < V * D; j++)
+        e0 = fmax(e0, fabs(hyb_tensor_f32(p[0]->grad)[j]));
+    for (int64_t j = 0; j < F * D; j++)
+        e1 = fmax(e1, fabs(hyb_tensor_f32(p[2]->grad)[j] - g1[2][j]));
     CHECK(e0 == 0.0);
     CHECK(e1 <= 1e-6);
     for (int i = 0; i < NP; i++) {

@@ -1,9 +1,11 @@
 /* tests/test_ops.c: every core op against a double-precision reference written here, and its
  * gradient against finite differences (gradcheck.h explains the method and the tolerance). */
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend/cpu/cpu.h"
+#include "backend/cpu/cpu_math.h"
 #include "gradcheck.h"
 #include "harness.h"
 #include "hyb/graph.h"
@@ -23,6 +25,29 @@ static double max_abs_diff(const float *a, const double *b, int64_t n) {
     return m;
 }
 
+// ---- the vectorised exp of the row kernels --------------------------------------------------
+
+static void test_fast_expf(void) {
+    double worst = 0;
+    int nonmono = 0;
+    float prev = 0;
+    for (double x = -86.5; x < 88.7; x += 3.1e-5) {
+        float xf = (float)x;
+        double ref = exp((double)xf), e = fabs(hyb_fast_expf(xf) - ref) / ref;
+        if (e > worst) worst = e;
+        nonmono += hyb_fast_expf(xf) < prev;
+        prev = hyb_fast_expf(xf);
+    }
+    CHECK_MSG(worst < 2.5e-7, "fast expf relative error %.3g", worst); /* ~2 ulp */
+    CHECK(nonmono == 0);
+    CHECK(hyb_fast_expf(0.0f) == 1.0f);
+    CHECK(hyb_fast_expf(-87.0f) == 0.0f && hyb_fast_expf(-INFINITY) == 0.0f);
+    CHECK(hyb_fast_expf(88.8f) == INFINITY && hyb_fast_expf(INFINITY) == INFINITY);
+    CHECK(isnan(hyb_fast_expf(NAN)));
+    CHECK(fabs(hyb_fast_expf(88.72f) / exp((double)88.72f) - 1) <
+          2.5e-7); /* 2^128 range: no overflow */
+}
+
 // ---- matmul ---------------------------------------------------------------------------------
 
 static hyb_tensor *f_matmul(hyb_graph *g, hyb_tensor **in, void *ctx) {
@@ -40,7 +65,8 @@ static void test_matmul(void) {
     for (int m = 0; m < 6; m++)
         for (int n = 0; n < 4; n++) {
             double s = 0;
-            for (int k = 0; k < 5; k++) s += (double)hyb_tensor_f32(x)[m * 5 + k] * hyb_tensor_f32(W)[n * 5 + k];
+            for (int k = 0; k < 5; k++)
+                s += (double)hyb_tensor_f32(x)[m * 5 + k] * hyb_tensor_f32(W)[n * 5 + k];
             ref[m * 4 + n] = s;
         }
     CHECK(max_abs_diff(hyb_tensor_f32(y), ref, 24) < 1e-5);
@@ -74,7 +100,8 @@ static void test_embedding(void) {
         CHECK(memcmp(hyb_tensor_f32(y) + i * 4, hyb_tensor_f32(W) + EMB_IDS[i] * 4, 16) == 0);
     /* exact backward: row 3 receives three upstream rows, row 2 none */
     float ones[24];
-    for (int i = 0; i < 24; i++) ones[i] = (float)(i % 4 + 1);
+    for (int i = 0; i < 24; i++)
+        ones[i] = (float)(i % 4 + 1);
     gc_zero_grad(W);
     CHECK(graph_backward_seed(g, y, ones) == HYB_OK);
     const float *dW = hyb_tensor_cf32(W->grad);
@@ -101,9 +128,11 @@ static void test_rmsnorm(void) {
     const float *xd = hyb_tensor_f32(x), *wd = hyb_tensor_f32(w);
     for (int r = 0; r < 6; r++) {
         double ss = 0;
-        for (int i = 0; i < 8; i++) ss += (double)xd[r * 8 + i] * xd[r * 8 + i];
+        for (int i = 0; i < 8; i++)
+            ss += (double)xd[r * 8 + i] * xd[r * 8 + i];
         double rs = 1.0 / sqrt(ss / 8 + eps);
-        for (int i = 0; i < 8; i++) ref[r * 8 + i] = wd[i] * xd[r * 8 + i] * rs;
+        for (int i = 0; i < 8; i++)
+            ref[r * 8 + i] = wd[i] * xd[r * 8 + i] * rs;
     }
     CHECK(y && max_abs_diff(hyb_tensor_f32(y), ref, 48) < 2e-6);
     hyb_graph_free(g);
@@ -134,7 +163,8 @@ static void rope_ref(const float *x, double *out, int B, int T, int H, int hd, c
                     double ang = (pos ? pos[t] : t) * pow(theta, -2.0 * i / hd);
                     const float *xv = x + (((int64_t)b * T + t) * H + h) * hd;
                     double rot = j < half ? -(double)xv[j + half] : (double)xv[j - half];
-                    out[(((int64_t)b * T + t) * H + h) * hd + j] = xv[j] * cos(ang) + rot * sin(ang);
+                    out[(((int64_t)b * T + t) * H + h) * hd + j] =
+                        xv[j] * cos(ang) + rot * sin(ang);
                 }
 }
 
@@ -155,9 +185,11 @@ static void test_rope(void) {
     CHECK(memcmp(hyb_tensor_f32(y0), hyb_tensor_f32(x), 8 * 2 * 4) == 0);
     float buf[96];
     memcpy(buf, hyb_tensor_f32(y), sizeof buf);
-    for (int b = 0; b < 2; b++) hyb_cpu_rope(buf + b * 48, 3, 2, 8, ROPE_POS, 10000.0f, 1);
+    for (int b = 0; b < 2; b++)
+        hyb_cpu_rope(buf + b * 48, 3, 2, 8, ROPE_POS, 10000.0f, 1);
     double xr[96];
-    for (int i = 0; i < 96; i++) xr[i] = hyb_tensor_f32(x)[i];
+    for (int i = 0; i < 96; i++)
+        xr[i] = hyb_tensor_f32(x)[i];
     CHECK(max_abs_diff(buf, xr, 96) < 1e-5);
     hyb_graph_free(g);
     hyb_tensor *in[1] = {x};
@@ -197,9 +229,12 @@ static void test_elementwise(void) {
     }
     for (int r = 0; r < 3; r++) {
         double m = -1e300, sum = 0;
-        for (int v = 0; v < 7; v++) m = fmax(m, ad[r * 7 + v]);
-        for (int v = 0; v < 7; v++) sum += exp(ad[r * 7 + v] - m);
-        for (int v = 0; v < 7; v++) rp[r * 7 + v] = exp(ad[r * 7 + v] - m) / sum;
+        for (int v = 0; v < 7; v++)
+            m = fmax(m, ad[r * 7 + v]);
+        for (int v = 0; v < 7; v++)
+            sum += exp(ad[r * 7 + v] - m);
+        for (int v = 0; v < 7; v++)
+            rp[r * 7 + v] = exp(ad[r * 7 + v] - m) / sum;
     }
     CHECK(y && max_abs_diff(hyb_tensor_f32(y), rs, 21) < 1e-5);
     CHECK(z && max_abs_diff(hyb_tensor_f32(z), ra, 21) < 1e-6);
@@ -222,8 +257,10 @@ static const float L_MASK[LR] = {1, 1, 0, 0.5f, 1, 1};
 
 static double lse_d(const double *x, int64_t V) {
     double m = -INFINITY, s = 0;
-    for (int64_t v = 0; v < V; v++) m = fmax(m, x[v]);
-    for (int64_t v = 0; v < V; v++) s += exp(x[v] - m);
+    for (int64_t v = 0; v < V; v++)
+        m = fmax(m, x[v]);
+    for (int64_t v = 0; v < V; v++)
+        s += exp(x[v] - m);
     return m + log(s);
 }
 
@@ -233,7 +270,8 @@ static double ce_ref(const float *x, const int32_t *t, const float *mask, int64_
     for (int64_t r = 0; r < R; r++) {
         double w = (mask ? mask[r] : 1.0) * (t[r] >= 0);
         if (w == 0) continue;
-        for (int64_t v = 0; v < V; v++) row[v] = x[r * V + v];
+        for (int64_t v = 0; v < V; v++)
+            row[v] = x[r * V + v];
         num += w * (lse_d(row, V) - row[t[r]]);
         den += w;
     }
@@ -299,7 +337,8 @@ static void test_cross_entropy(void) {
     gc_zero_grad(x);
     CHECK(hyb_graph_backward(g, L0, 1.0f) == HYB_OK);
     float mx = 0;
-    for (int i = 0; i < LR * LV; i++) mx = fmaxf(mx, fabsf(hyb_tensor_f32(x->grad)[i]));
+    for (int i = 0; i < LR * LV; i++)
+        mx = fmaxf(mx, fabsf(hyb_tensor_f32(x->grad)[i]));
     CHECK(mx == 0.0f);
     hyb_graph_free(g);
     hyb_tensor *in[1] = {x};
@@ -322,7 +361,8 @@ static void test_kl(void) {
             hyb_graph *g = hyb_graph_new();
             hyb_tensor *in[1] = {st};
             hyb_tensor *L = f_kl(g, in, &k);
-            double ref = kl_ref(hyb_tensor_f32(st), hyb_tensor_f32(te), k.mask, LR, LV, k.T, reverse);
+            double ref =
+                kl_ref(hyb_tensor_f32(st), hyb_tensor_f32(te), k.mask, LR, LV, k.T, reverse);
             CHECK_MSG(L && fabs(hyb_tensor_f32(L)[0] - ref) <= 1e-6 * fmax(1, fabs(ref)),
                       "%s T=%g: %.9g vs reference %.9g", nm, (double)k.T,
                       L ? hyb_tensor_f32(L)[0] : NAN, ref);
@@ -343,7 +383,8 @@ static void test_kl(void) {
     L = hyb_kl_reverse(g, st, te, NULL, 1.0f);
     CHECK(hyb_graph_backward(g, L, 1.0f) == HYB_OK);
     float mx = 0;
-    for (int i = 0; i < LR * LV; i++) mx = fmaxf(mx, fabsf(hyb_tensor_f32(te->grad)[i]));
+    for (int i = 0; i < LR * LV; i++)
+        mx = fmaxf(mx, fabsf(hyb_tensor_f32(te->grad)[i]));
     CHECK(mx == 0.0f);
     /* a teacher that requires grad with a student that does not: nothing recorded */
     st->requires_grad = 0;
@@ -362,9 +403,11 @@ static void test_losses_large_vocab(void) {
     int64_t s[2] = {R, V};
     hyb_tensor *x = leaf(2, s, 12, 0, 4), *t = leaf(2, s, 13, 0, 4);
     float *xd = hyb_tensor_f32(x), *td = hyb_tensor_f32(t);
-    for (int v = 0; v < V; v += 7) xd[V + v] += 90.0f; /* huge logits in row 1 */
-    xd[2 * V + 5] = 300.0f;                             /* beyond the KL clamp */
-    for (int v = 0; v < V; v += 5) td[3 * V + v] -= 80.0f;
+    for (int v = 0; v < V; v += 7)
+        xd[V + v] += 90.0f; /* huge logits in row 1 */
+    xd[2 * V + 5] = 300.0f; /* beyond the KL clamp */
+    for (int v = 0; v < V; v += 5)
+        td[3 * V + v] -= 80.0f;
     t->requires_grad = 0;
     const int32_t tg[R] = {0, 7, 49151, 1000};
     hyb_graph *g = hyb_graph_new();
@@ -375,7 +418,8 @@ static void test_losses_large_vocab(void) {
     double *row = malloc(sizeof(double) * V);
     double maxerr = 0;
     for (int r = 0; r < R; r++) {
-        for (int v = 0; v < V; v++) row[v] = xd[(int64_t)r * V + v];
+        for (int v = 0; v < V; v++)
+            row[v] = xd[(int64_t)r * V + v];
         double l = lse_d(row, V);
         for (int v = 0; v < V; v++) {
             double want = (exp(row[v] - l) - (v == tg[r])) / R;
@@ -386,7 +430,8 @@ static void test_losses_large_vocab(void) {
     for (int reverse = 0; reverse < 2; reverse++) {
         hyb_graph_reset(g);
         gc_zero_grad(x);
-        hyb_tensor *L = reverse ? hyb_kl_reverse(g, x, t, NULL, 1.5f) : hyb_kl_forward(g, x, t, NULL, 1.5f);
+        hyb_tensor *L =
+            reverse ? hyb_kl_reverse(g, x, t, NULL, 1.5f) : hyb_kl_forward(g, x, t, NULL, 1.5f);
         double ref = kl_ref(xd, td, NULL, R, V, 1.5, reverse);
         CHECK_MSG(L && fabs(hyb_tensor_f32(L)[0] - ref) <= 1e-5 * fabs(ref) + 1e-6,
                   "KL(%d) %.9g vs %.9g", reverse, L ? hyb_tensor_f32(L)[0] : NAN, ref);
@@ -399,12 +444,14 @@ static void test_losses_large_vocab(void) {
                 b[v] = fmin(100, fmax(-100, (double)td[(int64_t)r * V + v] / 1.5));
             }
             double la = lse_d(a, V), lb = lse_d(b, V), kl = 0;
-            for (int v = 0; v < V; v++) kl += reverse ? exp(a[v] - la) * ((a[v] - la) - (b[v] - lb))
-                                                      : exp(b[v] - lb) * ((b[v] - lb) - (a[v] - la));
+            for (int v = 0; v < V; v++)
+                kl += reverse ? exp(a[v] - la) * ((a[v] - la) - (b[v] - lb))
+                              : exp(b[v] - lb) * ((b[v] - lb) - (a[v] - la));
             for (int v = 0; v < V; v++) {
                 double q = a[v] - la, p = b[v] - lb, x0 = xd[(int64_t)r * V + v];
-                double want = (x0 > 100 || x0 < -100) ? 0
-                              : (reverse ? exp(q) * ((q - p) - kl) : exp(q) - exp(p)) / R;
+                double want = (x0 > 100 || x0 < -100)
+                                  ? 0
+                                  : (reverse ? exp(q) * ((q - p) - kl) : exp(q) - exp(p)) / R;
                 maxerr = fmax(maxerr, fabs(hyb_tensor_f32(x->grad)[(int64_t)r * V + v] - want));
             }
         }
@@ -423,7 +470,9 @@ static void test_losses_large_vocab(void) {
 /* A toy mixer with a causal time mix: y[b,t,d] = a[d] x[b,t,d] + c x[b,t-1,d] (params a [D],
  * c [1]). It saves a copy of x in `saved` and checks in backward that it came back intact. */
 static int toy_fail;
-static size_t toy_saved_bytes(void *self, int B, int T) { return sizeof(float) * (size_t)B * T * *(int *)self; }
+static size_t toy_saved_bytes(void *self, int B, int T) {
+    return sizeof(float) * (size_t)B * T * *(int *)self;
+}
 static int toy_forward(void *self, const hyb_mixer_fwd *f) {
     int D = *(int *)self;
     if (toy_fail) return hyb_error_set(HYB_ERR_ARG, "toy: asked to fail");
@@ -508,6 +557,10 @@ static void test_mixer_apply(void) {
     gc_check("mixer_apply (params frozen)", f_mixer, in, 3, m, 1000);
     CHECK(hyb_tensor_f32(m->params[0]->grad)[0] == 0.0f);
     m->params[0]->requires_grad = m->params[1]->requires_grad = 1;
+    /* x frozen (a first layer's input): the node is still recorded for the params */
+    x->requires_grad = 0;
+    gc_check("mixer_apply (x frozen)", f_mixer, in, 3, m, 1000);
+    x->requires_grad = 1;
     /* a plugin error comes back with the mixer and layer named */
     hyb_graph *g = hyb_graph_new();
     toy_fail = 1;
@@ -523,6 +576,64 @@ static void test_mixer_apply(void) {
     hyb_graph_free(g);
     gc_free(x);
     toy_free(m);
+}
+
+// ---- results do not depend on the number of threads ----------------------------------------
+
+static void run_kernels(int nthreads, float *out, int64_t R, int64_t V, const float *x,
+                        const float *t, const int32_t *tg) {
+    omp_set_num_threads(nthreads);
+    int32_t ids[64];
+    for (int i = 0; i < 64; i++)
+        ids[i] = (int32_t)((uint32_t)tg[i] % (uint32_t)R);
+    int32_t targets[64];
+    for (int i = 0; i < 64; i++)
+        targets[i] = (int32_t)((uint32_t)tg[i] % (uint32_t)V);
+    float wts[64], stats[3 * 64], lse[64], rstd[64];
+    for (int i = 0; i < 64; i++)
+        wts[i] = (i % 5) ? 1.0f : 0.5f;
+    double sum;
+    int64_t k = 0;
+    memset(out, 0, sizeof(float) * (size_t)(8 * R * V + 16));
+    hyb_cpu_ce_fwd(x, targets, wts, lse, R, V, &sum);
+    out[k++] = (float)sum;
+    hyb_cpu_ce_bwd(x, targets, wts, lse, out + k, R, V, 0.1f);
+    k += R * V;
+    hyb_cpu_kl_fwd(x, t, wts, stats, R, V, 1.3f, 1, &sum);
+    out[k++] = (float)sum;
+    hyb_cpu_kl_bwd(x, t, wts, stats, out + k, R, V, 1.3f, 1, 0.1f);
+    k += R * V;
+    hyb_cpu_softmax_fwd(x, out + k, R, V);
+    hyb_cpu_softmax_bwd(out + k, t, out + k + R * V, R, V);
+    k += 2 * R * V;
+    hyb_cpu_rmsnorm_fwd(x, t, out + k, rstd, R, V, 1e-5f);
+    hyb_cpu_rmsnorm_bwd(x, t, rstd, x, out + k + R * V, out + k + 2 * R * V, R, V);
+    k += 3 * R * V;
+    hyb_cpu_embedding_bwd(out + k, ids, x, 64, V / 64); /* scatter-add with repeated ids */
+}
+
+static void test_thread_invariance(void) {
+    enum { R = 64, V = 4096 };
+    float *x = malloc(sizeof(float) * R * V), *t = malloc(sizeof(float) * R * V);
+    int32_t w[64];
+    hyb_rng r;
+    hyb_rng_seed(&r, 77);
+    hyb_rng_fill_normal(&r, x, R * V, 0, 3);
+    hyb_rng_fill_normal(&r, t, R * V, 0, 3);
+    for (int i = 0; i < 64; i++)
+        w[i] = (int32_t)(hyb_rng_next(&r) >> 33);
+    size_t n = (size_t)(8 * R * V + 16);
+    float *o1 = malloc(sizeof(float) * n), *o2 = malloc(sizeof(float) * n);
+    int before = omp_get_max_threads();
+    run_kernels(1, o1, R, V, x, t, w);
+    run_kernels(3, o2, R, V, x, t, w);
+    omp_set_num_threads(before);
+    CHECK_MSG(memcmp(o1, o2, sizeof(float) * n) == 0,
+              "kernel results differ between 1 and 3 threads");
+    free(x);
+    free(t);
+    free(o1);
+    free(o2);
 }
 
 // ---- grad mode, errors ----------------------------------------------------------------------
@@ -556,8 +667,8 @@ static void test_no_grad_records_nothing(void) {
         CHECK_MSG((call) == NULL, "%s should fail", #call);                                        \
         const char *subs_[] = {__VA_ARGS__};                                                       \
         for (size_t i_ = 0; i_ < sizeof subs_ / sizeof subs_[0]; i_++)                             \
-            CHECK_MSG(strstr(hyb_error(), subs_[i_]) != NULL, "%s: message '%s' lacks '%s'", #call, \
-                      hyb_error(), subs_[i_]);                                                     \
+            CHECK_MSG(strstr(hyb_error(), subs_[i_]) != NULL, "%s: message '%s' lacks '%s'",       \
+                      #call, hyb_error(), subs_[i_]);                                              \
     } while (0)
 
 static void test_errors(void) {
@@ -598,7 +709,8 @@ static void test_errors(void) {
     hyb_tensor *pv = hyb_tensor_view(p, 1, flat);
     hyb_tensor *sm = hyb_softmax(g, pv);
     float c21[21];
-    for (int i = 0; i < 21; i++) c21[i] = 1.0f;
+    for (int i = 0; i < 21; i++)
+        c21[i] = 1.0f;
     CHECK(sm && graph_backward_seed(g, sm, c21) == HYB_ERR_ARG);
     CHECK(strstr(hyb_error(), "[21]") && strstr(hyb_error(), "no ->grad"));
     /* the loss must be a scalar */
@@ -617,6 +729,7 @@ static void test_errors(void) {
 }
 
 int main(void) {
+    RUN(test_fast_expf);
     RUN(test_matmul);
     RUN(test_embedding);
     RUN(test_rmsnorm);
@@ -626,6 +739,7 @@ int main(void) {
     RUN(test_kl);
     RUN(test_losses_large_vocab);
     RUN(test_mixer_apply);
+    RUN(test_thread_invariance);
     RUN(test_no_grad_records_nothing);
     RUN(test_errors);
     return harness_done();

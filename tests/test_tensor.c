@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "hyb/tensor.h"
@@ -59,7 +60,8 @@ static void test_malloc(void) {
         CHECK(p != NULL);
         CHECK(((uintptr_t)p & 63) == 0);
         int zero = 1;
-        for (size_t i = 0; i < n; i++) zero &= p[i] == 0;
+        for (size_t i = 0; i < n; i++)
+            zero &= p[i] == 0;
         CHECK(zero);
         hyb_free(p);
     }
@@ -71,6 +73,43 @@ static void test_malloc(void) {
     CHECK(t1 >= t0 && t0 > 0);
 }
 
+/* Capture what hyb_log writes to stderr. */
+static void log_capture(char *buf, size_t n, void (*fn)(void)) {
+    fflush(stderr);
+    FILE *tmp = tmpfile();
+    int saved = dup(2);
+    dup2(fileno(tmp), 2);
+    fn();
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    rewind(tmp);
+    size_t k = fread(buf, 1, n - 1, tmp);
+    buf[k] = 0;
+    fclose(tmp);
+}
+
+static void log_some(void) {
+    hyb_log(HYB_LOG_DEBUG, "dbg %d", 1);
+    hyb_log(HYB_LOG_INFO, "info %d", 2);
+    hyb_log(HYB_LOG_WARN, "warn %d", 3);
+    hyb_log(HYB_LOG_ERROR, "err %d\n", 4);
+}
+
+static void test_log(void) {
+    char buf[1024];
+    /* the level comes from HYB_LOG at the first message */
+    setenv("HYB_LOG", "warn", 1);
+    log_capture(buf, sizeof buf, log_some);
+    CHECK(!strstr(buf, "dbg 1") && !strstr(buf, "info 2"));
+    CHECK(strstr(buf, "hyb [warn]: warn 3\n") && strstr(buf, "hyb [error]: err 4\n"));
+    CHECK(!strstr(buf, "err 4\n\n")); /* a trailing newline is not doubled */
+    hyb_log_set_level(HYB_LOG_DEBUG);
+    log_capture(buf, sizeof buf, log_some);
+    CHECK(strstr(buf, "hyb [debug]: dbg 1") && strstr(buf, "hyb [info]: info 2"));
+    hyb_log_set_level(HYB_LOG_INFO);
+}
+
 // ---- dtypes and tensors ---------------------------------------------------------------------
 
 static void test_dtypes(void) {
@@ -78,9 +117,10 @@ static void test_dtypes(void) {
         hyb_dtype t;
         const char *name;
         int64_t be, bb;
-    } want[] = {{HYB_F32, "f32", 1, 4},       {HYB_F16, "f16", 1, 2},        {HYB_BF16, "bf16", 1, 2},
-                {HYB_I32, "i32", 1, 4},       {HYB_Q8_0, "q8_0", 32, 34},    {HYB_Q4_0, "q4_0", 32, 18},
-                {HYB_Q4_1, "q4_1", 32, 20},   {HYB_Q4_K, "q4_k", 256, 144},  {HYB_Q6_K, "q6_k", 256, 210}};
+    } want[] = {
+        {HYB_F32, "f32", 1, 4},     {HYB_F16, "f16", 1, 2},       {HYB_BF16, "bf16", 1, 2},
+        {HYB_I32, "i32", 1, 4},     {HYB_Q8_0, "q8_0", 32, 34},   {HYB_Q4_0, "q4_0", 32, 18},
+        {HYB_Q4_1, "q4_1", 32, 20}, {HYB_Q4_K, "q4_k", 256, 144}, {HYB_Q6_K, "q6_k", 256, 210}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         CHECK(strcmp(hyb_dtype_name(want[i].t), want[i].name) == 0);
         CHECK(hyb_dtype_block_elems(want[i].t) == want[i].be);
@@ -117,7 +157,8 @@ static void test_tensor_basics(void) {
     CHECK(hyb_tensor_view(t, 2, bad) == NULL);
     CHECK(strstr(hyb_error(), "[2, 3, 4]") && strstr(hyb_error(), "[5, 5]"));
     hyb_tensor *c = hyb_tensor_clone(t);
-    CHECK(c && c->data != t->data && memcmp(c->data, t->data, 96) == 0 && hyb_tensor_same_shape(c, t));
+    CHECK(c && c->data != t->data && memcmp(c->data, t->data, 96) == 0 &&
+          hyb_tensor_same_shape(c, t));
     CHECK(!hyb_tensor_same_shape(c, v));
     /* a strided (transposed) tensor clones element by element */
     hyb_tensor *w = hyb_tensor_view(t, 2, vs);
@@ -204,12 +245,12 @@ static void test_f16(void) {
     CHECK(hyb_f32_to_f16(65519.996f) == 0x7bff);
     CHECK(hyb_f32_to_f16(65520.0f) == 0x7c00);
     CHECK(hyb_f32_to_f16(1e10f) == 0x7c00 && hyb_f32_to_f16(-1e10f) == 0xfc00);
-    CHECK(hyb_f32_to_f16(0x1p-25f) == 0x0000);          /* tie between 0 and 2^-24: even = 0 */
-    CHECK(hyb_f32_to_f16(0x1.8p-25f) == 0x0001);        /* above the tie */
-    CHECK(hyb_f32_to_f16(0x1.8p-24f) == 0x0002);        /* tie between 1 and 2: even = 2 */
-    CHECK(hyb_f32_to_f16(1.0f + 0x1p-11f) == 0x3c00);   /* tie, round down to even */
-    CHECK(hyb_f32_to_f16(1.0f + 0x3p-11f) == 0x3c02);   /* tie, round up to even */
-    CHECK(hyb_f32_to_f16(0x1.ffcp-15f) == 0x0400);      /* subnormal rounding up into normal */
+    CHECK(hyb_f32_to_f16(0x1p-25f) == 0x0000);        /* tie between 0 and 2^-24: even = 0 */
+    CHECK(hyb_f32_to_f16(0x1.8p-25f) == 0x0001);      /* above the tie */
+    CHECK(hyb_f32_to_f16(0x1.8p-24f) == 0x0002);      /* tie between 1 and 2: even = 2 */
+    CHECK(hyb_f32_to_f16(1.0f + 0x1p-11f) == 0x3c00); /* tie, round down to even */
+    CHECK(hyb_f32_to_f16(1.0f + 0x3p-11f) == 0x3c02); /* tie, round up to even */
+    CHECK(hyb_f32_to_f16(0x1.ffcp-15f) == 0x0400);    /* subnormal rounding up into normal */
     CHECK(hyb_f32_to_f16(-0.0f) == 0x8000);
     CHECK(hyb_f32_to_f16(1e-30f) == 0 && hyb_f32_to_f16(FLT_TRUE_MIN) == 0);
     uint16_t n = hyb_f32_to_f16(NAN);
@@ -243,9 +284,9 @@ static void test_bf16(void) {
     CHECK(hyb_f32_to_bf16(u2f(0x3f808000u)) == 0x3f80); /* tie -> even (down) */
     CHECK(hyb_f32_to_bf16(u2f(0x3f818000u)) == 0x3f82); /* tie -> even (up) */
     CHECK(hyb_f32_to_bf16(u2f(0x3f808001u)) == 0x3f81);
-    CHECK(hyb_f32_to_bf16(FLT_MAX) == 0x7f80);          /* rounds past the largest bf16 */
+    CHECK(hyb_f32_to_bf16(FLT_MAX) == 0x7f80); /* rounds past the largest bf16 */
     CHECK(hyb_f32_to_bf16(-INFINITY) == 0xff80);
-    uint16_t n = hyb_f32_to_bf16(u2f(0x7f800001u));      /* NaN whose payload is in the low bits */
+    uint16_t n = hyb_f32_to_bf16(u2f(0x7f800001u)); /* NaN whose payload is in the low bits */
     CHECK((n & 0x7f80) == 0x7f80 && (n & 0x7f));
     /* random: result equals the nearest in double arithmetic */
     hyb_rng r;
@@ -271,11 +312,13 @@ static void test_convert(void) {
     float back[5];
     CHECK(hyb_convert_from_f32(HYB_F16, src, h, 5) == HYB_OK);
     CHECK(hyb_convert_to_f32(HYB_F16, h, back, 5) == HYB_OK);
-    for (int i = 0; i < 5; i++) CHECK(back[i] == hyb_f16_to_f32(hyb_f32_to_f16(src[i])));
+    for (int i = 0; i < 5; i++)
+        CHECK(back[i] == hyb_f16_to_f32(hyb_f32_to_f16(src[i])));
     CHECK(fabsf(back[2] - 0.1f) < 1e-4f);
     CHECK(hyb_convert_from_f32(HYB_BF16, src, b, 5) == HYB_OK);
     CHECK(hyb_convert_to_f32(HYB_BF16, b, back, 5) == HYB_OK);
-    for (int i = 0; i < 5; i++) CHECK(back[i] == hyb_bf16_to_f32(hyb_f32_to_bf16(src[i])));
+    for (int i = 0; i < 5; i++)
+        CHECK(back[i] == hyb_bf16_to_f32(hyb_f32_to_bf16(src[i])));
     int32_t iv[3] = {-7, 0, 123456};
     CHECK(hyb_convert_to_f32(HYB_I32, iv, back, 3) == HYB_OK);
     CHECK(back[0] == -7.0f && back[1] == 0.0f && back[2] == 123456.0f);
@@ -298,7 +341,8 @@ static void test_rng(void) {
     CHECK(hyb_rng_next(&r) == UINT64_C(0xae17533239e499a1));
     hyb_rng_seed(&r, 5);
     hyb_rng_seed(&r2, 5);
-    for (int i = 0; i < 100; i++) CHECK(hyb_rng_next(&r) == hyb_rng_next(&r2));
+    for (int i = 0; i < 100; i++)
+        CHECK(hyb_rng_next(&r) == hyb_rng_next(&r2));
     /* uniform: in [0, 1), mean 1/2 */
     double s = 0;
     int out = 0;
@@ -314,21 +358,26 @@ static void test_rng(void) {
     float *x = malloc(sizeof(float) * N);
     hyb_rng_fill_normal(&r, x, N, 2.0f, 3.0f);
     double m = 0, v = 0;
-    for (int i = 0; i < N; i++) m += x[i];
+    for (int i = 0; i < N; i++)
+        m += x[i];
     m /= N;
-    for (int i = 0; i < N; i++) v += (x[i] - m) * (x[i] - m);
+    for (int i = 0; i < N; i++)
+        v += (x[i] - m) * (x[i] - m);
     v /= N;
     CHECK_NEAR(m, 2.0, 0.035); /* std of the mean 3/447 = 0.0067: 5 sigma */
     CHECK_NEAR(v, 9.0, 0.15);  /* std of the variance 9*sqrt(2/N) = 0.028: 5 sigma */
     double m4 = 0;
-    for (int i = 0; i < N; i++) m4 += pow((x[i] - m) / 3.0, 4);
+    for (int i = 0; i < N; i++)
+        m4 += pow((x[i] - m) / 3.0, 4);
     CHECK_NEAR(m4 / N, 3.0, 0.1); /* Gaussian kurtosis */
     m = 0;
-    for (int i = 0; i < N; i++) m += hyb_rng_normal(&r);
+    for (int i = 0; i < N; i++)
+        m += hyb_rng_normal(&r);
     CHECK_NEAR(m / N, 0.0, 0.012);
     hyb_rng_fill_uniform(&r, x, N, -0.5f, 0.25f);
     out = 0;
-    for (int i = 0; i < N; i++) out += !(x[i] >= -0.5f && x[i] < 0.25f);
+    for (int i = 0; i < N; i++)
+        out += !(x[i] >= -0.5f && x[i] < 0.25f);
     CHECK(out == 0);
     free(x);
 }
@@ -337,6 +386,7 @@ int main(void) {
     RUN(test_error_buffer);
     RUN(test_error_thread_local);
     RUN(test_malloc);
+    RUN(test_log);
     RUN(test_dtypes);
     RUN(test_tensor_basics);
     RUN(test_tensor_errors);

@@ -33,7 +33,8 @@ hyb_arena *hyb_arena_new(size_t block_bytes, const hyb_backend *be) {
     hyb_arena *a = hyb_malloc(sizeof *a);
     if (!a) return NULL;
     a->be = be;
-    a->block_bytes = block_bytes ? (block_bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1) : ((size_t)16 << 20);
+    a->block_bytes = block_bytes ? (block_bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1)
+                                 : ((size_t)16 << 20);
     return a;
 }
 
@@ -42,8 +43,10 @@ void hyb_arena_free(hyb_arena *a) {
     arena_block *b = a->head;
     while (b) {
         arena_block *nx = b->next;
-        if (a->be) a->be->free(a->be, b->base);
-        else free(b->base);
+        if (a->be)
+            a->be->free(a->be, b->base);
+        else
+            free(b->base);
         hyb_free(b);
         b = nx;
     }
@@ -74,13 +77,16 @@ void *hyb_arena_alloc(hyb_arena *a, size_t nbytes) {
     b->base = a->be ? a->be->alloc(a->be, cap) : host_block_alloc(cap);
     if (!b->base) {
         hyb_free(b);
-        hyb_error_wrap(HYB_ERR_NOMEM, "arena: new block of %zu bytes (%zu bytes in use)", cap, a->used);
+        hyb_error_wrap(HYB_ERR_NOMEM, "arena: new block of %zu bytes (%zu bytes in use)", cap,
+                       a->used);
         return NULL;
     }
     b->cap = cap;
     b->used = n;
-    if (a->tail) a->tail->next = b;
-    else a->head = b;
+    if (a->tail)
+        a->tail->next = b;
+    else
+        a->head = b;
     a->tail = b;
     a->cur = b;
     a->capacity += cap;
@@ -91,12 +97,21 @@ void *hyb_arena_alloc(hyb_arena *a, size_t nbytes) {
 }
 
 void hyb_arena_reset(hyb_arena *a) {
-    for (arena_block *b = a->head; b; b = b->next) b->used = 0;
+    for (arena_block *b = a->head; b; b = b->next)
+        b->used = 0;
     a->cur = a->head;
     a->used = 0;
 }
 
-size_t hyb_arena_used(const hyb_arena *a) { return a->used; }
-size_t hyb_arena_peak(const hyb_arena *a) { return a->peak; }
-size_t hyb_arena_capacity(const hyb_arena *a) { return a->capacity; }
-int hyb_arena_n_blocks(const hyb_arena *a) { return a->n_blocks; }
+size_t hyb_arena_used(const hyb_arena *a) {
+    return a->used;
+}
+size_t hyb_arena_peak(const hyb_arena *a) {
+    return a->peak;
+}
+size_t hyb_arena_capacity(const hyb_arena *a) {
+    return a->capacity;
+}
+int hyb_arena_n_blocks(const hyb_arena *a) {
+    return a->n_blocks;
+}

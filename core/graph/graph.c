@@ -8,7 +8,9 @@
 
 #define GRAPH_BLOCK_BYTES ((size_t)32 << 20)
 
-static const char *dev_name(hyb_device d) { return d == HYB_DEV_CPU ? "cpu" : d == HYB_DEV_CUDA ? "cuda" : "?"; }
+static const char *dev_name(hyb_device d) {
+    return d == HYB_DEV_CPU ? "cpu" : d == HYB_DEV_CUDA ? "cuda" : "?";
+}
 
 // ---- graph lifetime -------------------------------------------------------------------------
 
@@ -40,9 +42,15 @@ void hyb_graph_reset(hyb_graph *g) {
     if (g->dev[HYB_DEV_CUDA]) hyb_arena_reset(g->dev[HYB_DEV_CUDA]);
 }
 
-void hyb_graph_set_grad(hyb_graph *g, int enabled) { g->grad_enabled = enabled ? 1 : 0; }
-int hyb_graph_grad_enabled(const hyb_graph *g) { return g->grad_enabled; }
-int hyb_graph_n_nodes(const hyb_graph *g) { return g->n_nodes; }
+void hyb_graph_set_grad(hyb_graph *g, int enabled) {
+    g->grad_enabled = enabled ? 1 : 0;
+}
+int hyb_graph_grad_enabled(const hyb_graph *g) {
+    return g->grad_enabled;
+}
+int hyb_graph_n_nodes(const hyb_graph *g) {
+    return g->n_nodes;
+}
 
 size_t hyb_graph_bytes(const hyb_graph *g) {
     size_t n = hyb_arena_used(g->host);
@@ -58,7 +66,9 @@ size_t hyb_graph_peak_bytes(const hyb_graph *g) {
 
 // ---- allocation helpers ---------------------------------------------------------------------
 
-void *graph_host_alloc(hyb_graph *g, size_t nbytes) { return hyb_arena_alloc(g->host, nbytes); }
+void *graph_host_alloc(hyb_graph *g, size_t nbytes) {
+    return hyb_arena_alloc(g->host, nbytes);
+}
 
 void *graph_dev_alloc(hyb_graph *g, hyb_device dev, size_t nbytes) {
     if (dev == HYB_DEV_CPU) return hyb_arena_alloc(g->host, nbytes);
@@ -103,11 +113,13 @@ static hyb_tensor *graph_tensor_raw(hyb_graph *g, const char *op, hyb_dtype dtyp
         t->stride[i] = st;
         st *= shape[i];
     }
-    for (int i = ndim; i < HYB_MAX_DIMS; i++) t->shape[i] = t->stride[i] = 1;
+    for (int i = ndim; i < HYB_MAX_DIMS; i++)
+        t->shape[i] = t->stride[i] = 1;
     int64_t be = hyb_dtype_block_elems(dtype);
     if (be > 1 && ndim > 0 && shape[ndim - 1] % be) {
-        hyb_error_set(HYB_ERR_ARG, "%s: innermost dimension %lld is not a multiple of %s's block of %lld",
-                      op, (long long)shape[ndim - 1], hyb_dtype_name(dtype), (long long)be);
+        hyb_error_set(HYB_ERR_ARG,
+                      "%s: innermost dimension %lld is not a multiple of %s's block of %lld", op,
+                      (long long)shape[ndim - 1], hyb_dtype_name(dtype), (long long)be);
         return NULL;
     }
     t->data = graph_dev_alloc(g, dev, hyb_tensor_nbytes(t));
@@ -119,7 +131,8 @@ static hyb_tensor *graph_tensor_raw(hyb_graph *g, const char *op, hyb_dtype dtyp
     return t;
 }
 
-hyb_tensor *graph_output(hyb_graph *g, const char *op, hyb_device dev, int ndim, const int64_t *shape) {
+hyb_tensor *graph_output(hyb_graph *g, const char *op, hyb_device dev, int ndim,
+                         const int64_t *shape) {
     return graph_tensor_raw(g, op, HYB_F32, dev, ndim, shape);
 }
 
@@ -160,7 +173,8 @@ hyb_node *graph_record(hyb_graph *g, const char *op, hyb_tensor *out, hyb_tensor
     n->op = op;
     n->out = out;
     n->n_in = n_in;
-    for (int i = 0; i < n_in; i++) n->in[i] = ins[i];
+    for (int i = 0; i < n_in; i++)
+        n->in[i] = ins[i];
     n->be = hyb_backend_get(out->device);
     n->backward = backward;
     out->requires_grad = 1;
@@ -187,7 +201,8 @@ int graph_grad(hyb_graph *g, hyb_tensor *t, float **out) {
     hyb_tensor *gt = t->grad;
     if (gt->dtype != HYB_F32 || hyb_tensor_numel(gt) != hyb_tensor_numel(t) ||
         gt->device != t->device || !hyb_tensor_is_contiguous(gt))
-        return hyb_error_set(HYB_ERR_ARG, "tensor '%s' %s on %s has a grad %s on %s (want f32, same "
+        return hyb_error_set(HYB_ERR_ARG,
+                             "tensor '%s' %s on %s has a grad %s on %s (want f32, same "
                              "shape and device, contiguous)",
                              t->name, hyb_tensor_shape_str(t, a, sizeof a), dev_name(t->device),
                              hyb_tensor_shape_str(gt, b, sizeof b), dev_name(gt->device));
@@ -275,7 +290,8 @@ int op_check_f32(const char *op, const char *what, const hyb_tensor *t) {
         return hyb_error_set(HYB_ERR_ARG, "%s: %s %s is not contiguous", op, what,
                              op_shape(t, a, sizeof a));
     if (!t->data && hyb_tensor_numel(t) > 0)
-        return hyb_error_set(HYB_ERR_ARG, "%s: %s %s has no data", op, what, op_shape(t, a, sizeof a));
+        return hyb_error_set(HYB_ERR_ARG, "%s: %s %s has no data", op, what,
+                             op_shape(t, a, sizeof a));
     return HYB_OK;
 }
 

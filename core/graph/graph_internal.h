@@ -36,8 +36,8 @@ struct hyb_node {
 };
 
 struct hyb_graph {
-    hyb_arena *host;                    /* tensor structs, host-side saved data, CPU activations */
-    hyb_arena *dev[2];                  /* per device data arena; dev[HYB_DEV_CPU] == host */
+    hyb_arena *host;   /* tensor structs, host-side saved data, CPU activations */
+    hyb_arena *dev[2]; /* per device data arena; dev[HYB_DEV_CPU] == host */
     hyb_node *nodes;
     int n_nodes, cap_nodes;
     int grad_enabled;

@@ -72,19 +72,23 @@ hyb_tensor *hyb_mixer_apply(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x, vo
         if (op_check_same_device(OP, "x", x, pn, p)) return NULL;
         if (m->decls) {
             int64_t want = 1;
-            for (int d = 0; d < m->decls[i].ndim; d++) want *= m->decls[i].shape[d];
+            for (int d = 0; d < m->decls[i].ndim; d++)
+                want *= m->decls[i].shape[d];
             if (want != hyb_tensor_numel(p))
                 OP_ERR("%s: mixer '%s' parameter '%s' %s does not match its declaration (%lld "
-                       "elements)", OP, m->type, pn, op_shape(p, b, sizeof b), (long long)want);
+                       "elements)",
+                       OP, m->type, pn, op_shape(p, b, sizeof b), (long long)want);
         }
         if (p->requires_grad) wants_grad = 1;
     }
     const hyb_backend *be = op_backend(OP, x->device);
     if (!be) return NULL;
     const int recording = g->grad_enabled && wants_grad;
-    const float **params = graph_host_alloc(g, sizeof(float *) * (size_t)(m->n_params ? m->n_params : 1));
+    const float **params =
+        graph_host_alloc(g, sizeof(float *) * (size_t)(m->n_params ? m->n_params : 1));
     if (!params) return NULL;
-    for (int i = 0; i < m->n_params; i++) params[i] = (const float *)m->params[i]->data;
+    for (int i = 0; i < m->n_params; i++)
+        params[i] = (const float *)m->params[i]->data;
     void *saved = NULL;
     if (recording) {
         size_t sb = m->desc->saved_bytes(m->self, B, T);

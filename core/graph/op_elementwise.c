@@ -59,7 +59,8 @@ hyb_tensor *hyb_add(hyb_graph *g, hyb_tensor *a, hyb_tensor *b) {
     if (!be) return NULL;
     hyb_tensor *y = graph_output(g, OP, a->device, a->ndim, a->shape);
     if (!y) return NULL;
-    be->add(be, (const float *)a->data, (const float *)b->data, (float *)y->data, hyb_tensor_numel(y));
+    be->add(be, (const float *)a->data, (const float *)b->data, (float *)y->data,
+            hyb_tensor_numel(y));
     hyb_tensor *ins[2] = {a, b};
     if (graph_recording(g, ins, 2) && !graph_record(g, OP, y, ins, 2, add_bwd)) return NULL;
     return y;
@@ -71,8 +72,8 @@ static int softmax_bwd(hyb_graph *g, hyb_node *n) {
     float *dx;
     HYB_TRY(graph_grad(g, n->in[0], &dx));
     if (dx)
-        n->be->softmax_bwd(n->be, (const float *)n->out->data, (const float *)n->out->grad->data, dx,
-                           n->iv[0], n->iv[1]);
+        n->be->softmax_bwd(n->be, (const float *)n->out->data, (const float *)n->out->grad->data,
+                           dx, n->iv[0], n->iv[1]);
     return HYB_OK;
 }
 

@@ -9,8 +9,8 @@ static int embedding_bwd(hyb_graph *g, hyb_node *n) {
     float *dW;
     HYB_TRY(graph_grad(g, n->in[0], &dW));
     if (dW)
-        n->be->embedding_bwd(n->be, dW, (const int32_t *)n->saved[0], (const float *)n->out->grad->data,
-                             n->iv[0], n->iv[1]);
+        n->be->embedding_bwd(n->be, dW, (const int32_t *)n->saved[0],
+                             (const float *)n->out->grad->data, n->iv[0], n->iv[1]);
     return HYB_OK;
 }
 
@@ -20,7 +20,9 @@ hyb_tensor *hyb_embedding(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B
     if (!g) return hyb_error_set(HYB_ERR_ARG, "%s: graph is NULL", OP), NULL;
     if (op_check_f32(OP, "W", W)) return NULL;
     if (W->ndim != 2)
-        return hyb_error_set(HYB_ERR_ARG, "%s: W %s must be 2-D [V, D]", OP, op_shape(W, a, sizeof a)), NULL;
+        return hyb_error_set(HYB_ERR_ARG, "%s: W %s must be 2-D [V, D]", OP,
+                             op_shape(W, a, sizeof a)),
+               NULL;
     if (B < 0 || T < 0)
         return hyb_error_set(HYB_ERR_ARG, "%s: negative B=%d or T=%d", OP, B, T), NULL;
     const int64_t n = (int64_t)B * T, V = W->shape[0], D = W->shape[1];
@@ -35,7 +37,8 @@ hyb_tensor *hyb_embedding(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B
     int64_t shape[3] = {B, T, D};
     hyb_tensor *y = graph_output(g, OP, W->device, 3, shape);
     if (!y) return NULL;
-    int32_t *idc = graph_host_alloc(g, sizeof(int32_t) * (size_t)(n ? n : 1)); /* copied: caller's may go */
+    int32_t *idc =
+        graph_host_alloc(g, sizeof(int32_t) * (size_t)(n ? n : 1)); /* copied: caller's may go */
     if (!idc) return NULL;
     if (n) memcpy(idc, ids, sizeof(int32_t) * (size_t)n);
     be->embedding_fwd(be, (const float *)W->data, idc, (float *)y->data, n, D);
@@ -72,21 +75,25 @@ hyb_tensor *hyb_matmul(hyb_graph *g, hyb_tensor *x, hyb_tensor *W) {
     if (op_check_f32(OP, "x", x) || op_check_f32(OP, "W", W)) return NULL;
     if (W->ndim != 2)
         return hyb_error_set(HYB_ERR_ARG, "%s: W %s must be 2-D [N, K] (a Linear weight)", OP,
-                             op_shape(W, a, sizeof a)), NULL;
+                             op_shape(W, a, sizeof a)),
+               NULL;
     const int64_t K = x->shape[x->ndim - 1];
     if (K != W->shape[1])
         return hyb_error_set(HYB_ERR_ARG, "%s: x %s and W %s: inner dims differ (%lld vs %lld)", OP,
                              op_shape(x, a, sizeof a), op_shape(W, b, sizeof b), (long long)K,
-                             (long long)W->shape[1]), NULL;
+                             (long long)W->shape[1]),
+               NULL;
     if (op_check_same_device(OP, "x", x, "W", W)) return NULL;
     int M;
     if (op_rows_int(OP, "x", x, K, &M)) return NULL;
-    if (W->shape[0] > 0x7fffffff) return hyb_error_set(HYB_ERR_ARG, "%s: W %s too large", OP, op_shape(W, a, sizeof a)), NULL;
+    if (W->shape[0] > 0x7fffffff)
+        return hyb_error_set(HYB_ERR_ARG, "%s: W %s too large", OP, op_shape(W, a, sizeof a)), NULL;
     const int N = (int)W->shape[0];
     const hyb_backend *be = op_backend(OP, x->device);
     if (!be) return NULL;
     int64_t shape[HYB_MAX_DIMS];
-    for (int i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
+    for (int i = 0; i < x->ndim; i++)
+        shape[i] = x->shape[i];
     shape[x->ndim - 1] = N;
     hyb_tensor *y = graph_output(g, OP, x->device, x->ndim, shape);
     if (!y) return NULL;

@@ -134,8 +134,8 @@ static hyb_tensor *kl_op(hyb_graph *g, const char *op, hyb_tensor *student, hyb_
         /* [B, T, V] against [B*T, V] is fine: only rows and V must agree */
         if (student->shape[student->ndim - 1] != teacher->shape[teacher->ndim - 1] ||
             hyb_tensor_numel(student) != hyb_tensor_numel(teacher))
-            OP_ERR("%s: student %s and teacher %s: shapes differ", op, op_shape(student, a, sizeof a),
-                   op_shape(teacher, b, sizeof b));
+            OP_ERR("%s: student %s and teacher %s: shapes differ", op,
+                   op_shape(student, a, sizeof a), op_shape(teacher, b, sizeof b));
     }
     if (op_check_same_device(op, "student", student, "teacher", teacher)) return NULL;
     if (!(temperature > 0.0f) || isinf(temperature))
@@ -147,7 +147,8 @@ static hyb_tensor *kl_op(hyb_graph *g, const char *op, hyb_tensor *student, hyb_
     float *w = loss_weights(g, op, student, NULL, mask, &rows, &count);
     if (!w) return NULL;
     const int64_t V = student->shape[student->ndim - 1];
-    float *stats = graph_dev_alloc(g, student->device, sizeof(float) * 3 * (size_t)(rows ? rows : 1));
+    float *stats =
+        graph_dev_alloc(g, student->device, sizeof(float) * 3 * (size_t)(rows ? rows : 1));
     if (!stats) return NULL;
     double sum = 0.0;
     be->kl_fwd(be, (const float *)student->data, (const float *)teacher->data, w, stats, rows, V,

@@ -34,8 +34,8 @@ hyb_tensor *hyb_rmsnorm(hyb_graph *g, hyb_tensor *x, hyb_tensor *w, float eps) {
     if (!y) return NULL;
     float *rstd = graph_dev_alloc(g, x->device, sizeof(float) * (size_t)(rows ? rows : 1));
     if (!rstd) return NULL;
-    be->rmsnorm_fwd(be, (const float *)x->data, (const float *)w->data, (float *)y->data, rstd, rows,
-                    D, eps);
+    be->rmsnorm_fwd(be, (const float *)x->data, (const float *)w->data, (float *)y->data, rstd,
+                    rows, D, eps);
     hyb_tensor *ins[2] = {x, w};
     if (graph_recording(g, ins, 2)) {
         hyb_node *nd = graph_record(g, OP, y, ins, 2, rmsnorm_bwd);
@@ -72,7 +72,8 @@ hyb_tensor *hyb_rope(hyb_graph *g, hyb_tensor *x, const int32_t *pos, float thet
     if (x->ndim != 4) OP_ERR("%s: x %s must be 4-D [B, T, H, hd]", OP, op_shape(x, a, sizeof a));
     for (int i = 0; i < 4; i++)
         if (x->shape[i] > 0x7fffffff) OP_ERR("%s: x %s is too large", OP, op_shape(x, a, sizeof a));
-    const int B = (int)x->shape[0], T = (int)x->shape[1], H = (int)x->shape[2], hd = (int)x->shape[3];
+    const int B = (int)x->shape[0], T = (int)x->shape[1], H = (int)x->shape[2],
+              hd = (int)x->shape[3];
     if (hd % 2) OP_ERR("%s: x %s: head dim %d must be even", OP, op_shape(x, a, sizeof a), hd);
     if (!(theta > 0.0f)) OP_ERR("%s: theta %g must be > 0", OP, (double)theta);
     const hyb_backend *be = op_backend(OP, x->device);

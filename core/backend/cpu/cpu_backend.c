@@ -1,41 +1,61 @@
-/* core/backend/cpu/cpu_backend.c: the CPU backend table (hyb/backend.h) over the hyb_cpu_* kernels. */
+/* core/backend/cpu/cpu_backend.c: the CPU backend table (hyb/backend.h) over the hyb_cpu_* kernels.
+ */
 #include <string.h>
 
 #include "backend/cpu/cpu.h"
 #include "hyb/backend.h"
 
-static void *cpu_alloc(const hyb_backend *be, size_t n) { (void)be; return hyb_malloc(n); }
-static void cpu_free(const hyb_backend *be, void *p) { (void)be; hyb_free(p); }
-static void cpu_memset0(const hyb_backend *be, void *p, size_t n) { (void)be; if (n) memset(p, 0, n); }
+static void *cpu_alloc(const hyb_backend *be, size_t n) {
+    (void)be;
+    return hyb_malloc(n);
+}
+static void cpu_free(const hyb_backend *be, void *p) {
+    (void)be;
+    hyb_free(p);
+}
+static void cpu_memset0(const hyb_backend *be, void *p, size_t n) {
+    (void)be;
+    if (n) memset(p, 0, n);
+}
 static void cpu_copy(const hyb_backend *be, void *dst, const void *src, size_t n) {
     (void)be;
     if (n && dst != src) memmove(dst, src, n);
 }
 static void cpu_sgemm(const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha,
-                      const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                      int ldc) {
     (void)be;
     hyb_cpu_sgemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 static void cpu_rope(const hyb_backend *be, float *x, int B, int T, int H, int hd,
                      const int32_t *pos, float theta, int inverse) {
     (void)be;
-    for (int b = 0; b < B; b++) hyb_cpu_rope(x + (int64_t)b * T * H * hd, T, H, hd, pos, theta, inverse);
+    for (int b = 0; b < B; b++)
+        hyb_cpu_rope(x + (int64_t)b * T * H * hd, T, H, hd, pos, theta, inverse);
 }
 static void cpu_embedding_fwd(const hyb_backend *be, const float *W, const int32_t *ids, float *y,
-                              int64_t n, int64_t D) { (void)be; hyb_cpu_embedding_fwd(W, ids, y, n, D); }
+                              int64_t n, int64_t D) {
+    (void)be;
+    hyb_cpu_embedding_fwd(W, ids, y, n, D);
+}
 static void cpu_embedding_bwd(const hyb_backend *be, float *dW, const int32_t *ids, const float *dy,
-                              int64_t n, int64_t D) { (void)be; hyb_cpu_embedding_bwd(dW, ids, dy, n, D); }
+                              int64_t n, int64_t D) {
+    (void)be;
+    hyb_cpu_embedding_bwd(dW, ids, dy, n, D);
+}
 static void cpu_rmsnorm_fwd(const hyb_backend *be, const float *x, const float *w, float *y,
                             float *rstd, int64_t rows, int64_t D, float eps) {
     (void)be;
     hyb_cpu_rmsnorm_fwd(x, w, y, rstd, rows, D, eps);
 }
-static void cpu_rmsnorm_bwd(const hyb_backend *be, const float *x, const float *w, const float *rstd,
-                            const float *dy, float *dx, float *dw, int64_t rows, int64_t D) {
+static void cpu_rmsnorm_bwd(const hyb_backend *be, const float *x, const float *w,
+                            const float *rstd, const float *dy, float *dx, float *dw, int64_t rows,
+                            int64_t D) {
     (void)be;
     hyb_cpu_rmsnorm_bwd(x, w, rstd, dy, dx, dw, rows, D);
 }
-static void cpu_swiglu_fwd(const hyb_backend *be, const float *g, const float *u, float *y, int64_t n) {
+static void cpu_swiglu_fwd(const hyb_backend *be, const float *g, const float *u, float *y,
+                           int64_t n) {
     (void)be;
     hyb_cpu_swiglu_fwd(g, u, y, n);
 }
@@ -52,7 +72,8 @@ static void cpu_axpy(const hyb_backend *be, float *dst, const float *src, float 
     (void)be;
     hyb_cpu_axpy(dst, src, alpha, n);
 }
-static void cpu_softmax_fwd(const hyb_backend *be, const float *x, float *y, int64_t rows, int64_t V) {
+static void cpu_softmax_fwd(const hyb_backend *be, const float *x, float *y, int64_t rows,
+                            int64_t V) {
     (void)be;
     hyb_cpu_softmax_fwd(x, y, rows, V);
 }
@@ -73,7 +94,8 @@ static void cpu_ce_bwd(const hyb_backend *be, const float *logits, const int32_t
     hyb_cpu_ce_bwd(logits, targets, w, lse, dlogits, rows, V, scale);
 }
 static void cpu_kl_fwd(const hyb_backend *be, const float *s, const float *t, const float *w,
-                       float *stats, int64_t rows, int64_t V, float T, int reverse, double *loss_sum) {
+                       float *stats, int64_t rows, int64_t V, float T, int reverse,
+                       double *loss_sum) {
     (void)be;
     hyb_cpu_kl_fwd(s, t, w, stats, rows, V, T, reverse, loss_sum);
 }
@@ -112,4 +134,6 @@ static const hyb_backend CPU_BACKEND = {
     .kl_bwd = cpu_kl_bwd,
 };
 
-const hyb_backend *hyb_backend_cpu(void) { return &CPU_BACKEND; }
+const hyb_backend *hyb_backend_cpu(void) {
+    return &CPU_BACKEND;
+}

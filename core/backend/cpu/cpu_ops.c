@@ -1,11 +1,17 @@
 /* core/backend/cpu/cpu_ops.c: element-wise and row-wise CPU kernels (f32, OpenMP over rows).
  * Reductions accumulate in double; per-row results never depend on the thread count. */
+/* FP operations never trap in hyb (no FP exceptions are enabled), so GCC may if-convert the
+ * clamps and selects below into vector blends. Results are unchanged. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend/cpu/cpu.h"
+#include "backend/cpu/cpu_math.h"
 #include "hyb/common.h"
 
 /* Work below this many elements runs on one thread: fork/join costs more than it saves. */
@@ -24,7 +30,8 @@ static void omp_slice(int64_t n, int64_t *lo, int64_t *hi) {
 
 void hyb_cpu_embedding_fwd(const float *W, const int32_t *ids, float *y, int64_t n, int64_t D) {
 #pragma omp parallel for schedule(static) if (n * D > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) memcpy(y + i * D, W + (int64_t)ids[i] * D, sizeof(float) * (size_t)D);
+    for (int64_t i = 0; i < n; i++)
+        memcpy(y + i * D, W + (int64_t)ids[i] * D, sizeof(float) * (size_t)D);
 }
 
 void hyb_cpu_embedding_bwd(float *dW, const int32_t *ids, const float *dy, int64_t n, int64_t D) {
@@ -36,7 +43,9 @@ void hyb_cpu_embedding_bwd(float *dW, const int32_t *ids, const float *dy, int64
         for (int64_t i = 0; i < n; i++) {
             float *dst = dW + (int64_t)ids[i] * D;
             const float *src = dy + i * D;
-            for (int64_t d = lo; d < hi; d++) dst[d] += src[d];
+#pragma omp simd
+            for (int64_t d = lo; d < hi; d++)
+                dst[d] += src[d];
         }
     }
 }
@@ -50,10 +59,14 @@ void hyb_cpu_rmsnorm_fwd(const float *x, const float *w, float *y, float *rstd, 
         const float *xr = x + r * D;
         float *yr = y + r * D;
         double ss = 0.0;
-        for (int64_t i = 0; i < D; i++) ss += (double)xr[i] * xr[i];
+#pragma omp simd reduction(+ : ss)
+        for (int64_t i = 0; i < D; i++)
+            ss += (double)xr[i] * xr[i];
         float rs = (float)(1.0 / sqrt(ss / (double)D + (double)eps));
         rstd[r] = rs;
-        for (int64_t i = 0; i < D; i++) yr[i] = w[i] * (xr[i] * rs);
+#pragma omp simd
+        for (int64_t i = 0; i < D; i++)
+            yr[i] = w[i] * (xr[i] * rs);
     }
 }
 
@@ -67,10 +80,14 @@ void hyb_cpu_rmsnorm_bwd(const float *x, const float *w, const float *rstd, cons
             const float *xr = x + r * D, *gr = dy + r * D;
             float *dr = dx + r * D;
             double c = 0.0;
-            for (int64_t i = 0; i < D; i++) c += (double)w[i] * gr[i] * xr[i];
+#pragma omp simd reduction(+ : c)
+            for (int64_t i = 0; i < D; i++)
+                c += (double)w[i] * gr[i] * xr[i];
             const float rs = rstd[r];
             const float k = (float)((double)rs * rs * rs * c / (double)D);
-            for (int64_t i = 0; i < D; i++) dr[i] += rs * w[i] * gr[i] - k * xr[i];
+#pragma omp simd
+            for (int64_t i = 0; i < D; i++)
+                dr[i] += rs * w[i] * gr[i] - k * xr[i];
         }
     }
     if (dw) {
@@ -83,27 +100,33 @@ void hyb_cpu_rmsnorm_bwd(const float *x, const float *w, const float *rstd, cons
             for (int64_t r = 0; r < rows; r++) {
                 const float *xr = x + r * D, *gr = dy + r * D;
                 const double rs = rstd[r];
-                for (int64_t i = lo; i < hi; i++) acc[i] += (double)gr[i] * xr[i] * rs;
+#pragma omp simd
+                for (int64_t i = lo; i < hi; i++)
+                    acc[i] += (double)gr[i] * xr[i] * rs;
             }
         }
-        for (int64_t i = 0; i < D; i++) dw[i] += (float)acc[i];
+        for (int64_t i = 0; i < D; i++)
+            dw[i] += (float)acc[i];
         free(acc);
     }
 }
 
 // ---- swiglu, add, axpy ----------------------------------------------------------------------
 
-static inline float sigmoidf(float g) { return 1.0f / (1.0f + expf(-g)); }
+static inline float sigmoidf(float g) {
+    return 1.0f / (1.0f + hyb_fast_expf(-g));
+}
 
 void hyb_cpu_swiglu_fwd(const float *gate, const float *up, float *y, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) y[i] = gate[i] * sigmoidf(gate[i]) * up[i];
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = gate[i] * sigmoidf(gate[i]) * up[i];
 }
 
 void hyb_cpu_swiglu_bwd(const float *gate, const float *up, const float *dy, float *dgate,
                         float *dup, int64_t n) {
     /* d silu(g)/dg = s (1 + g (1 - s)), s = sigmoid(g) */
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         const float g = gate[i], s = sigmoidf(g);
         if (dgate) dgate[i] += dy[i] * up[i] * s * (1.0f + g * (1.0f - s));
@@ -112,13 +135,15 @@ void hyb_cpu_swiglu_bwd(const float *gate, const float *up, const float *dy, flo
 }
 
 void hyb_cpu_add(const float *a, const float *b, float *y, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = a[i] + b[i];
 }
 
 void hyb_cpu_axpy(float *dst, const float *src, float alpha, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) dst[i] += alpha * src[i];
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        dst[i] += alpha * src[i];
 }
 
 // ---- softmax --------------------------------------------------------------------------------
@@ -129,15 +154,20 @@ void hyb_cpu_softmax_fwd(const float *x, float *y, int64_t rows, int64_t V) {
         const float *xr = x + r * V;
         float *yr = y + r * V;
         float m = -INFINITY;
-        for (int64_t v = 0; v < V; v++) m = xr[v] > m ? xr[v] : m;
+#pragma omp simd reduction(max : m)
+        for (int64_t v = 0; v < V; v++)
+            m = xr[v] > m ? xr[v] : m;
         if (m == -INFINITY) m = 0.0f; /* an all -inf row: avoid inf - inf */
         double s = 0.0;
+#pragma omp simd reduction(+ : s)
         for (int64_t v = 0; v < V; v++) {
-            yr[v] = expf(xr[v] - m);
+            yr[v] = hyb_fast_expf(xr[v] - m);
             s += yr[v];
         }
         const float inv = (float)(1.0 / s);
-        for (int64_t v = 0; v < V; v++) yr[v] *= inv;
+#pragma omp simd
+        for (int64_t v = 0; v < V; v++)
+            yr[v] *= inv;
     }
 }
 
@@ -147,8 +177,12 @@ void hyb_cpu_softmax_bwd(const float *y, const float *dy, float *dx, int64_t row
         const float *yr = y + r * V, *gr = dy + r * V;
         float *dr = dx + r * V;
         double dot = 0.0;
-        for (int64_t v = 0; v < V; v++) dot += (double)gr[v] * yr[v];
+#pragma omp simd reduction(+ : dot)
+        for (int64_t v = 0; v < V; v++)
+            dot += (double)gr[v] * yr[v];
         const float d = (float)dot;
-        for (int64_t v = 0; v < V; v++) dr[v] += yr[v] * (gr[v] - d);
+#pragma omp simd
+        for (int64_t v = 0; v < V; v++)
+            dr[v] += yr[v] * (gr[v] - d);
     }
 }

@@ -2,8 +2,9 @@
  *
  * Mirrors transformers' LlamaRotaryEmbedding + apply_rotary_pos_emb in f32:
  *   inv_freq[i] = 1 / theta^(2i / hd)   (i < hd/2, computed in f32 as HF does)
- *   angle = pos * inv_freq[i];  x[i]' = x[i] cos - x[i + hd/2] sin;  x[i + hd/2]' = x[i + hd/2] cos + x[i] sin
- * inverse applies the transpose (rotation by -angle), which is the backward of the forward. */
+ *   angle = pos * inv_freq[i];  x[i]' = x[i] cos - x[i + hd/2] sin;  x[i + hd/2]' = x[i + hd/2] cos
+ * + x[i] sin inverse applies the transpose (rotation by -angle), which is the backward of the
+ * forward. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -17,7 +18,8 @@ void hyb_cpu_rope(float *x, int T, int H, int hd, const int32_t *pos, float thet
     float inv_stack[256];
     float *inv = half <= 256 ? inv_stack : malloc(sizeof(float) * (size_t)half);
     HYB_ASSERT(inv != NULL);
-    for (int i = 0; i < half; i++) inv[i] = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+    for (int i = 0; i < half; i++)
+        inv[i] = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
     const float sgn = inverse ? -1.0f : 1.0f;
 #pragma omp parallel for schedule(static) if ((int64_t)T * H * hd > 16384)
     for (int t = 0; t < T; t++) {

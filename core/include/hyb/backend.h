@@ -55,7 +55,8 @@ struct hyb_backend {
     /* dW: [V, D] += scatter of dy: [n, D] by ids */
     void (*embedding_bwd)(const hyb_backend *be, float *dW, const int32_t *ids, const float *dy,
                           int64_t n, int64_t D);
-    /* x: [rows, D], w: [D] -> y: [rows, D] written, rstd: [rows] written (1/sqrt(mean x^2 + eps)) */
+    /* x: [rows, D], w: [D] -> y: [rows, D] written, rstd: [rows] written (1/sqrt(mean x^2 + eps))
+     */
     void (*rmsnorm_fwd)(const hyb_backend *be, const float *x, const float *w, float *y,
                         float *rstd, int64_t rows, int64_t D, float eps);
     /* dx: [rows, D] +=, dw: [D] += (either may be NULL) */

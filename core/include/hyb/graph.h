@@ -71,7 +71,10 @@ hyb_tensor *hyb_softmax(hyb_graph *g, hyb_tensor *x);
 /* targets [B*T], entries < 0 ignored */
 hyb_tensor *hyb_cross_entropy(hyb_graph *g, hyb_tensor *logits, const int32_t *targets,
                               const float *mask);
-/* KL(teacher || student) at temperature T (teacher is a constant: no grad flows to it) */
+/* KL(teacher || student) at temperature T (teacher is a constant: no grad flows to it), with the
+ * same conventions as hyb_kl_reverse: p = log_softmax(clamp(teacher / T, -100, 100)),
+ * q = log_softmax(clamp(student, -100, 100)), KL_t = sum_v exp(p_v) (p_v - q_v) (no T^2 factor);
+ * dKL_t/dstudent_v = exp(q_v) - exp(p_v), zero where the student logit is outside [-100, 100]. */
 hyb_tensor *hyb_kl_forward(hyb_graph *g, hyb_tensor *student, hyb_tensor *teacher,
                            const float *mask, float temperature);
 /* KL(student || teacher), SPEC.md section 5: both clamped to [-100, 100], teacher / T */

@@ -44,21 +44,53 @@ typedef struct hyb_model {
     hyb_layer *layers;   /* [L] */
     hyb_tensor *norm_f;  /* [D] */
     hyb_tensor *lm_head; /* [V, D], == embed when tied */
-    /* parameter store: every trainable tensor, in a stable order, named */
+    /* parameter store: every trainable tensor, in a stable order, named (HF names); a tied
+     * lm_head is the embedding and appears once */
     int n_params;
     hyb_tensor **params;
+    int *no_decay;       /* [n_params] 1: excluded from weight decay (norms, biases, decl no_decay) */
+    uint64_t generation; /* bumped whenever the layer structure changes (swap, identity) */
+    hyb_graph *scratch;  /* internal: no-grad graph reused by prefill/decode */
 } hyb_model;
 
 /* Build with random init (seeded). Takes ownership of map (also on failure). Unknown mixer types
- * are errors naming the layer map's file:line:col. Prints (hyb_log INFO) the resolved layout. */
+ * are errors naming the layer map's file:line:col. Prints (hyb_log INFO) the resolved layout.
+ * Init: norms 1; embedding, MLP weights and an untied lm_head N(0, 0.02) (the HF llama
+ * initializer_range); mixers by their plugin (decl init, then init_params) with a seed derived
+ * from `seed` and the layer index. A mixer spec whose type is "identity" (HYB_MIXER_IDENTITY)
+ * gives an identity layer: no mixer, h' = h (the MLP stays). */
 int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out);
+/* flags: HYB_BUILD_NO_INIT leaves the embedding, MLP and lm_head zero (for a model whose weights
+ * are loaded next: skips drawing ~all random numbers; norms are still 1 and mixers still run
+ * their plugin's init). */
+#define HYB_BUILD_NO_INIT 1u
+int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_model **out);
 void hyb_model_free(hyb_model *m);
 
 /* All trainable parameters (pointer to the model's array). */
+#define HYB_MIXER_IDENTITY "identity"
+
 hyb_tensor **hyb_model_params(hyb_model *m, int *n);
 hyb_tensor *hyb_model_param(hyb_model *m, const char *name); /* NULL if absent */
 int64_t hyb_model_n_elements(const hyb_model *m);
 void hyb_model_zero_grad(hyb_model *m);
+
+/* Replace layer `layer`'s mixer by identity (leave-one-out): same as swap to "identity". */
+int hyb_model_set_identity(hyb_model *m, int layer);
+/* Replace layer `layer`'s mixer by a new mixer of `type` configured by `cfg` (NULL = defaults;
+ * the table must outlive the model: the layer map refers to it), seeded with `seed`. With
+ * init_from_old, the new mixer is initialised from the old one (hyb_mixer_init_from, e.g. MIL
+ * from "mha"); an identity layer has nothing to initialise from (HYB_ERR_ARG). Updates the layer
+ * map (reuses a spec with the same type and table, else adds one) and rebuilds the parameter
+ * store: parameter pointers, optimisers and kvstates made before the swap are stale (kvstates
+ * are refused with an error; make a new optimiser). On failure the model is unchanged. */
+int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_table *cfg,
+                   int init_from_old, uint64_t seed);
+
+/* Deep copy: same layout (the layer map is re-read from its TOML serialisation, so the copy owns
+ * everything), same parameter values and requires_grad flags, grads zero. E.g. a student made
+ * from the teacher before swapping its layers. */
+int hyb_model_clone(const hyb_model *m, hyb_model **out);
 
 /* Full-sequence forward (training / evaluation): ids [B*T] -> logits [B, T, V] (graph-owned).
  * NULL + error on failure. */
@@ -70,6 +102,10 @@ typedef struct hyb_kvstate {
     int32_t *pos;    /* [n_seq] tokens held per sequence */
     void ***state;   /* [L][n_seq] per-layer per-sequence state (NULL for identity layers) */
     size_t bytes;    /* total */
+    int L;
+    void **layer_mem;          /* [L] owned blocks the states point into */
+    const hyb_model *model;    /* the model it was made for ... */
+    uint64_t generation;       /* ... and its generation (stale after a swap) */
 } hyb_kvstate;
 
 int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out);
@@ -77,10 +113,15 @@ void hyb_kvstate_free(hyb_kvstate *s);
 void hyb_kvstate_reset_seq(hyb_kvstate *s, int seq);
 
 /* Prefill T tokens for sequence `seq` (continuing after s->pos[seq]); logits of the last token
- * into out_logits [V] (may be NULL). */
+ * into out_logits [V] (may be NULL). Runs the full-sequence forward in no-grad mode with the
+ * sequence's states; pos[seq] + T must fit in max_ctx. */
 int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids, int T,
                       float *out_logits);
-/* One decode step for n sequences: ids[n] tokens, seqs[n] slot indices; logits [n, V]. */
+/* One decode step for n sequences: ids[n] tokens, seqs[n] distinct slot indices; logits [n, V]
+ * (may be NULL). Row-wise graph ops in no-grad mode plus each mixer's batched decode.
+ * Argument errors (bad slot, full sequence, duplicate slot) are caught before anything runs; if a
+ * step fails later, pos is not advanced and the states of the sequences involved are undefined
+ * (reset them). Same for prefill. */
 int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
                      float *logits);
 
@@ -89,8 +130,15 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
  * rename). */
 int hyb_model_save(hyb_model *m, const char *dir);
 /* Load parameters from a safetensors file into an already built model: every model parameter
- * must be present with the same shape (error names the tensor and both shapes). */
+ * must be present with the same shape (error names the tensor and both shapes); F32/F16/BF16
+ * (and integer) tensors are converted to f32. Tensors in the file that are not parameters are an
+ * error unless HYB_LOAD_ALLOW_EXTRA; "lm_head.weight" is ignored when the model is tied. Nothing
+ * is written into the model unless every check passes. */
 int hyb_model_load_params(hyb_model *m, const char *safetensors_path);
+#define HYB_LOAD_ALLOW_EXTRA 1u
+int hyb_model_load_params_ex(hyb_model *m, const char *safetensors_path, unsigned flags);
+/* The layer map as TOML text (what hyb_model_save writes to layermap.toml). Caller frees. */
+char *hyb_model_layermap_toml(const hyb_model *m);
 /* Build from a directory written by hyb_model_save. */
 int hyb_model_load(const char *dir, hyb_model **out);
 
@@ -104,11 +152,26 @@ typedef struct hyb_adamw {
     int *decay;          /* per param: apply weight decay? */
 } hyb_adamw;
 
+/* Defaults beta1 0.9, beta2 0.999, eps 1e-8 (set the fields to change them). Weight decay is
+ * decoupled (p *= 1 - lr * wd) and applied to params with decay[i]: by default those with
+ * ndim >= 2; hyb_adamw_new_model uses the model's no_decay flags instead. Params without a grad
+ * (requires_grad == 0: frozen) are skipped. */
 int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **out);
+int hyb_adamw_new_model(hyb_model *m, float lr, float wd, hyb_adamw **out);
+void hyb_adamw_set_decay(hyb_adamw *o, int i, int decay);
 void hyb_adamw_free(hyb_adamw *o);
-/* Global-norm gradient clip (max_norm <= 0: none); returns the pre-clip norm. */
+/* Global-norm gradient clip (max_norm <= 0: none); returns the pre-clip norm. Scales every grad
+ * by max_norm / (norm + 1e-6) when norm > max_norm (as torch); a non-finite norm is returned
+ * without touching the grads (skip the step). */
 float hyb_grad_clip(hyb_tensor **params, int n, float max_norm);
 int hyb_adamw_step(hyb_adamw *o);
+/* Optimiser state for resuming: a safetensors file (atomic) with "<param name>.exp_avg" and
+ * "<param name>.exp_avg_sq" (f32; "param.<i>" for unnamed params) and the step and
+ * hyper-parameters in its metadata. */
+int hyb_adamw_save(const hyb_adamw *o, const char *path);
+/* Restore the step and the moments into an optimiser over the same parameters (names and shapes
+ * must match; errors name the tensor and both shapes). Hyper-parameters stay the caller's. */
+int hyb_adamw_load(hyb_adamw *o, const char *path);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,1070 @@
+/* core/model.c: a language model built from a layer map (see hyb/model.h).
+ *
+ * Sections: parameters and the store, build/free, swap/identity, forward, inference state
+ * (prefill, batched decode), checkpoints (safetensors + layer map TOML). */
+#include "hyb/model.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hyb/atomic.h"
+#include "hyb/safetensors.h"
+
+#define INIT_STD 0.02f /* HF llama initializer_range */
+
+// ---- parameters ---------------------------------------------------------------------------------
+
+/* A mix of (seed, stream) into an independent RNG seed (splitmix64 finaliser). */
+static uint64_t seed_mix(uint64_t seed, uint64_t stream) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (stream + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void param_free(hyb_tensor *t) {
+    if (!t) return;
+    if (t->grad) hyb_tensor_free(t->grad);
+    t->grad = NULL;
+    hyb_tensor_free(t);
+}
+
+/* A trainable f32 tensor with a zeroed grad. init: 0 = ones, 1 = N(0, INIT_STD). */
+static hyb_tensor *param_new(const char *name, int ndim, const int64_t *shape, int normal,
+                             uint64_t seed) {
+    hyb_tensor *t = hyb_tensor_new(HYB_F32, ndim, shape);
+    if (!t) return NULL;
+    t->grad = hyb_tensor_new(HYB_F32, ndim, shape);
+    if (!t->grad) {
+        hyb_tensor_free(t);
+        return NULL;
+    }
+    t->requires_grad = 1;
+    snprintf(t->name, sizeof t->name, "%s", name);
+    float *p = hyb_tensor_f32(t);
+    int64_t n = hyb_tensor_numel(t);
+    if (normal < 0) {
+        /* zeros (hyb_tensor_new zeroes) */
+    } else if (normal) {
+        hyb_rng r;
+        hyb_rng_seed(&r, seed);
+        hyb_rng_fill_normal(&r, p, n, 0.0f, INIT_STD);
+    } else {
+        for (int64_t i = 0; i < n; i++)
+            p[i] = 1.0f;
+    }
+    return t;
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* (Re)build the parameter store in the stable order: embedding; per layer input norm, mixer
+ * params (declaration order), post norm, gate, up, down; final norm; untied lm_head. Also names
+ * the mixer parameters with their full HF names. */
+static int rebuild_store(hyb_model *m) {
+    int n = 1 + 1 + (m->lm_head != m->embed);
+    for (int l = 0; l < m->L; l++)
+        n += 5 + (m->layers[l].mixer ? m->layers[l].mixer->n_params : 0);
+    hyb_tensor **p = calloc((size_t)n, sizeof *p);
+    int *nd = calloc((size_t)n, sizeof *nd);
+    if (!p || !nd) {
+        free(p);
+        free(nd);
+        return hyb_error_set(HYB_ERR_NOMEM, "model: out of memory for the parameter store");
+    }
+    int k = 0;
+#define PUSH(t, nodecay)                                                                           \
+    do {                                                                                           \
+        p[k] = (t);                                                                                \
+        nd[k] = (nodecay);                                                                         \
+        k++;                                                                                       \
+    } while (0)
+    PUSH(m->embed, 0);
+    for (int l = 0; l < m->L; l++) {
+        hyb_layer *ly = &m->layers[l];
+        PUSH(ly->norm_in, 1);
+        if (ly->mixer) {
+            hyb_mixer *mx = ly->mixer;
+            const char *pre = mx->desc->hf_prefix ? mx->desc->hf_prefix : "mixer";
+            for (int i = 0; i < mx->n_params; i++) {
+                hyb_tensor *t = mx->params[i];
+                snprintf(t->name, sizeof t->name, "model.layers.%d.%s.%s", l, pre,
+                         mx->decls[i].name);
+                PUSH(t, mx->decls[i].no_decay || t->ndim < 2 || ends_with(t->name, "bias"));
+            }
+        }
+        PUSH(ly->norm_post, 1);
+        PUSH(ly->w_gate, 0);
+        PUSH(ly->w_up, 0);
+        PUSH(ly->w_down, 0);
+    }
+    PUSH(m->norm_f, 1);
+    if (m->lm_head != m->embed) PUSH(m->lm_head, 0);
+#undef PUSH
+    HYB_ASSERT(k == n);
+    free(m->params);
+    free(m->no_decay);
+    m->params = p;
+    m->no_decay = nd;
+    m->n_params = n;
+    return HYB_OK;
+}
+
+hyb_tensor **hyb_model_params(hyb_model *m, int *n) {
+    if (n) *n = m->n_params;
+    return m->params;
+}
+
+hyb_tensor *hyb_model_param(hyb_model *m, const char *name) {
+    for (int i = 0; i < m->n_params; i++)
+        if (strcmp(m->params[i]->name, name) == 0) return m->params[i];
+    if (m->lm_head == m->embed && strcmp(name, "lm_head.weight") == 0) return m->embed;
+    return NULL;
+}
+
+int64_t hyb_model_n_elements(const hyb_model *m) {
+    int64_t n = 0;
+    for (int i = 0; i < m->n_params; i++)
+        n += hyb_tensor_numel(m->params[i]);
+    return n;
+}
+
+void hyb_model_zero_grad(hyb_model *m) {
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i]->grad)
+            memset(m->params[i]->grad->data, 0, hyb_tensor_nbytes(m->params[i]->grad));
+}
+
+// ---- build / free -------------------------------------------------------------------------------
+
+static int is_identity(const char *type) {
+    return strcmp(type, HYB_MIXER_IDENTITY) == 0;
+}
+
+static hyb_model_dims model_dims(const hyb_model *m, int layer) {
+    hyb_model_dims d;
+    memset(&d, 0, sizeof d);
+    d.d_model = m->D;
+    d.n_layers = m->L;
+    d.layer = layer;
+    d.max_seq = m->map->max_seq;
+    d.norm_eps = (float)m->map->norm_eps;
+    return d;
+}
+
+void hyb_model_free(hyb_model *m) {
+    if (!m) return;
+    if (m->layers) {
+        for (int l = 0; l < m->L; l++) {
+            hyb_layer *ly = &m->layers[l];
+            param_free(ly->norm_in);
+            hyb_mixer_free(ly->mixer);
+            param_free(ly->norm_post);
+            param_free(ly->w_gate);
+            param_free(ly->w_up);
+            param_free(ly->w_down);
+        }
+        free(m->layers);
+    }
+    if (m->lm_head != m->embed) param_free(m->lm_head);
+    param_free(m->embed);
+    param_free(m->norm_f);
+    free(m->params);
+    free(m->no_decay);
+    if (m->scratch) hyb_graph_free(m->scratch);
+    hyb_layermap_free(m->map);
+    free(m);
+}
+
+/* Log the resolved layout and one line per mixer spec in use. */
+static void log_layout(const hyb_model *m) {
+    size_t cap = 16384;
+    char *buf = malloc(cap);
+    if (!buf) return;
+    hyb_layermap_describe(m->map, buf, cap);
+    hyb_log(HYB_LOG_INFO, "model '%s': %" PRId64 " parameters (%d tensors)\n%s", m->map->name,
+            hyb_model_n_elements(m), m->n_params, buf);
+    for (int s = 0; s < m->map->n_mixers; s++) {
+        for (int l = 0; l < m->L; l++) {
+            if (m->map->layer_mixer[l] != s) continue;
+            const hyb_mixer *mx = m->layers[l].mixer;
+            if (mx) {
+                buf[0] = 0;
+                mx->desc->describe(mx->self, buf, cap);
+                hyb_log(HYB_LOG_INFO, "  mixer '%s' (%s %s): %s", m->map->mixers[s].name,
+                        mx->desc->name, mx->desc->version ? mx->desc->version : "", buf);
+            } else {
+                hyb_log(HYB_LOG_INFO, "  mixer '%s': identity", m->map->mixers[s].name);
+            }
+            break;
+        }
+    }
+    free(buf);
+}
+
+int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
+    return hyb_model_build_ex(map, seed, 0, out);
+}
+
+int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_model **out) {
+    *out = NULL;
+    if (!map) return hyb_error_set(HYB_ERR_ARG, "hyb_model_build: no layer map");
+    if (map->d_model <= 0 || map->n_layers <= 0 || map->vocab_size <= 0 || map->d_ff <= 0) {
+        int rc = hyb_error_set(HYB_ERR_ARG,
+                               "%s: bad model dims d_model %d n_layers %d vocab_size %d d_ff %d",
+                               map->path, map->d_model, map->n_layers, map->vocab_size, map->d_ff);
+        hyb_layermap_free(map);
+        return rc;
+    }
+    hyb_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        hyb_layermap_free(map);
+        return hyb_error_set(HYB_ERR_NOMEM, "hyb_model_build: out of memory");
+    }
+    m->map = map;
+    m->D = map->d_model;
+    m->V = map->vocab_size;
+    m->F = map->d_ff;
+    m->L = map->n_layers;
+    int rc = HYB_OK;
+    const int rnd = (flags & HYB_BUILD_NO_INIT) ? -1 : 1; /* N(0, 0.02) or left zero */
+    const int64_t D = m->D, V = m->V, F = m->F;
+    int64_t sh_vd[2] = {V, D}, sh_d[1] = {D}, sh_fd[2] = {F, D}, sh_df[2] = {D, F};
+    m->layers = calloc((size_t)m->L, sizeof *m->layers);
+    if (!m->layers) {
+        rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_model_build: out of memory");
+        goto fail;
+    }
+    if (!(m->embed = param_new("model.embed_tokens.weight", 2, sh_vd, rnd, seed_mix(seed, 0))))
+        goto fail_err;
+    for (int l = 0; l < m->L; l++) {
+        hyb_layer *ly = &m->layers[l];
+        char name[96];
+        const hyb_mixer_spec *spec = &map->mixers[map->layer_mixer[l]];
+        uint64_t ls = seed_mix(seed, 16 + 8 * (uint64_t)l);
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        if (!(ly->norm_in = param_new(name, 1, sh_d, 0, 0))) goto fail_err;
+        if (!is_identity(spec->type)) {
+            hyb_model_dims dims = model_dims(m, l);
+            rc = hyb_mixer_new(spec->type, &dims, spec->table, seed_mix(ls, 1), &ly->mixer);
+            if (rc != HYB_OK) {
+                ly->mixer = NULL;
+                rc = hyb_error_wrap(rc, "%s: layer %d (mixer '%s', type '%s')", spec->where, l,
+                                    spec->name, spec->type);
+                goto fail;
+            }
+        }
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        if (!(ly->norm_post = param_new(name, 1, sh_d, 0, 0))) goto fail_err;
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate_proj.weight", l);
+        if (!(ly->w_gate = param_new(name, 2, sh_fd, rnd, seed_mix(ls, 2)))) goto fail_err;
+        snprintf(name, sizeof name, "model.layers.%d.mlp.up_proj.weight", l);
+        if (!(ly->w_up = param_new(name, 2, sh_fd, rnd, seed_mix(ls, 3)))) goto fail_err;
+        snprintf(name, sizeof name, "model.layers.%d.mlp.down_proj.weight", l);
+        if (!(ly->w_down = param_new(name, 2, sh_df, rnd, seed_mix(ls, 4)))) goto fail_err;
+    }
+    if (!(m->norm_f = param_new("model.norm.weight", 1, sh_d, 0, 0))) goto fail_err;
+    if (map->tie_embeddings)
+        m->lm_head = m->embed;
+    else if (!(m->lm_head = param_new("lm_head.weight", 2, sh_vd, rnd, seed_mix(seed, 1))))
+        goto fail_err;
+    if ((rc = rebuild_store(m)) != HYB_OK) goto fail;
+    log_layout(m);
+    *out = m;
+    return HYB_OK;
+fail_err:
+    rc = hyb_error_wrap(HYB_ERR_NOMEM, "hyb_model_build (%s)", map->path);
+fail:
+    hyb_model_free(m);
+    return rc;
+}
+
+// ---- swap / identity ----------------------------------------------------------------------------
+
+int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_table *cfg,
+                   int init_from_old, uint64_t seed) {
+    if (layer < 0 || layer >= m->L)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_swap: layer %d out of range [0, %d)", layer,
+                             m->L);
+    if (!type || !*type)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_swap: layer %d: empty mixer type", layer);
+    hyb_layermap *map = m->map;
+    hyb_mixer *old = m->layers[layer].mixer;
+    const hyb_mixer_spec *old_spec = &map->mixers[map->layer_mixer[layer]];
+    hyb_mixer *nm = NULL;
+    int rc;
+    if (!is_identity(type)) {
+        hyb_model_dims dims = model_dims(m, layer);
+        rc = hyb_mixer_new(type, &dims, cfg, seed, &nm);
+        if (rc != HYB_OK)
+            return hyb_error_wrap(rc, "hyb_model_swap: layer %d to '%s'", layer, type);
+        if (init_from_old) {
+            if (!old) {
+                hyb_mixer_free(nm);
+                return hyb_error_set(
+                    HYB_ERR_ARG,
+                    "hyb_model_swap: layer %d is an identity layer: no mixer to initialise "
+                    "'%s' from",
+                    layer, type);
+            }
+            rc = hyb_mixer_init_from(nm, old, old_spec->table, seed);
+            if (rc != HYB_OK) {
+                hyb_mixer_free(nm);
+                return hyb_error_wrap(rc, "hyb_model_swap: layer %d: init '%s' from '%s'", layer,
+                                      type, old->type);
+            }
+        }
+    }
+    /* the layer map: reuse a spec with the same type and table, else add one with a fresh name */
+    int idx = -1;
+    for (int s = 0; s < map->n_mixers; s++)
+        if (strcmp(map->mixers[s].type, type) == 0 && map->mixers[s].table == cfg) {
+            idx = s;
+            break;
+        }
+    if (idx < 0) {
+        char name[64];
+        for (int k = 1;; k++) {
+            if (k == 1)
+                snprintf(name, sizeof name, "%s", type);
+            else
+                snprintf(name, sizeof name, "%s_%d", type, k);
+            int taken = 0;
+            for (int s = 0; s < map->n_mixers; s++)
+                taken |= strcmp(map->mixers[s].name, name) == 0;
+            if (!taken) break;
+        }
+        idx = hyb_layermap_add_mixer(map, name, type, cfg);
+        if (idx < 0) {
+            hyb_mixer_free(nm);
+            return hyb_error_wrap(idx, "hyb_model_swap: layer %d", layer);
+        }
+    }
+    int prev_idx = map->layer_mixer[layer];
+    if ((rc = hyb_layermap_set_layer(map, layer, idx)) != HYB_OK) {
+        hyb_mixer_free(nm);
+        return hyb_error_wrap(rc, "hyb_model_swap: layer %d", layer);
+    }
+    m->layers[layer].mixer = nm;
+    if ((rc = rebuild_store(m)) != HYB_OK) {
+        m->layers[layer].mixer = old;
+        hyb_layermap_set_layer(map, layer, prev_idx);
+        hyb_mixer_free(nm);
+        return rc;
+    }
+    hyb_mixer_free(old);
+    m->generation++;
+    hyb_log(HYB_LOG_INFO, "model '%s': layer %d is now '%s' (%s)", map->name, layer,
+            map->mixers[idx].name, type);
+    return HYB_OK;
+}
+
+int hyb_model_set_identity(hyb_model *m, int layer) {
+    return hyb_model_swap(m, layer, HYB_MIXER_IDENTITY, NULL, 0, 0);
+}
+
+// ---- forward -----------------------------------------------------------------------------------
+
+/* The residual trunk: embedding, L blocks, final norm -> [B, T, D]. states: NULL (training) or
+ * per layer a pointer to B per-sequence states (state_of(l)); pos [B] or NULL. */
+typedef void *const *(*state_fn)(void *ctx, int layer);
+
+static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T,
+                         state_fn states, void *sctx, const int32_t *pos, int max_ctx) {
+    const float eps = (float)m->map->norm_eps;
+    hyb_tensor *h = hyb_embedding(g, m->embed, ids, B, T);
+    if (!h) {
+        hyb_error_wrap(HYB_ERR_ARG, "model forward: embedding");
+        return NULL;
+    }
+    for (int l = 0; l < m->L; l++) {
+        hyb_layer *ly = &m->layers[l];
+        if (ly->mixer) {
+            hyb_tensor *u = hyb_rmsnorm(g, h, ly->norm_in, eps);
+            hyb_tensor *y =
+                u ? hyb_mixer_apply(g, ly->mixer, u, states ? states(sctx, l) : NULL, pos, max_ctx)
+                  : NULL;
+            h = y ? hyb_add(g, h, y) : NULL;
+            if (!h) goto fail_layer;
+        }
+        hyb_tensor *v = hyb_rmsnorm(g, h, ly->norm_post, eps);
+        hyb_tensor *gt = v ? hyb_matmul(g, v, ly->w_gate) : NULL;
+        hyb_tensor *up = gt ? hyb_matmul(g, v, ly->w_up) : NULL;
+        hyb_tensor *a = up ? hyb_swiglu(g, gt, up) : NULL;
+        hyb_tensor *d = a ? hyb_matmul(g, a, ly->w_down) : NULL;
+        h = d ? hyb_add(g, h, d) : NULL;
+        if (!h) goto fail_layer;
+        continue;
+    fail_layer:
+        hyb_error_wrap(HYB_ERR, "model forward: layer %d (%s)", l,
+                       ly->mixer ? ly->mixer->type : HYB_MIXER_IDENTITY);
+        return NULL;
+    }
+    hyb_tensor *hn = hyb_rmsnorm(g, h, m->norm_f, eps);
+    if (!hn) hyb_error_wrap(HYB_ERR, "model forward: final norm");
+    return hn;
+}
+
+hyb_tensor *hyb_model_forward(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T) {
+    if (B <= 0 || T <= 0 || !ids) {
+        hyb_error_set(HYB_ERR_ARG, "hyb_model_forward: bad batch B=%d T=%d", B, T);
+        return NULL;
+    }
+    hyb_tensor *hn = trunk(m, g, ids, B, T, NULL, NULL, NULL, 0);
+    if (!hn) return NULL;
+    hyb_tensor *logits = hyb_matmul(g, hn, m->lm_head);
+    if (!logits) hyb_error_wrap(HYB_ERR, "model forward: lm_head");
+    return logits;
+}
+
+// ---- inference state ---------------------------------------------------------------------------
+
+int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
+    *out = NULL;
+    if (n_seq <= 0 || max_ctx <= 0)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_kvstate_new: n_seq (%d) and max_ctx (%d) must be positive", n_seq,
+                             max_ctx);
+    hyb_kvstate *s = calloc(1, sizeof *s);
+    if (!s) return hyb_error_set(HYB_ERR_NOMEM, "hyb_kvstate_new: out of memory");
+    s->n_seq = n_seq;
+    s->max_ctx = max_ctx;
+    s->L = m->L;
+    s->model = m;
+    s->generation = m->generation;
+    s->pos = calloc((size_t)n_seq, sizeof *s->pos);
+    s->state = calloc((size_t)m->L, sizeof *s->state);
+    s->layer_mem = calloc((size_t)m->L, sizeof *s->layer_mem);
+    if (!s->pos || !s->state || !s->layer_mem) goto oom;
+    for (int l = 0; l < m->L; l++) {
+        s->state[l] = calloc((size_t)n_seq, sizeof(void *));
+        if (!s->state[l]) goto oom;
+        const hyb_mixer *mx = m->layers[l].mixer;
+        if (!mx) continue;
+        size_t per = hyb_mixer_state_bytes(mx, max_ctx);
+        if (per == 0) continue;
+        size_t stride = (per + 63) & ~(size_t)63;
+        if (stride > SIZE_MAX / (size_t)n_seq) goto oom;
+        s->layer_mem[l] = hyb_malloc(stride * (size_t)n_seq);
+        if (!s->layer_mem[l]) goto oom;
+        for (int i = 0; i < n_seq; i++)
+            s->state[l][i] = (char *)s->layer_mem[l] + stride * (size_t)i;
+        s->bytes += stride * (size_t)n_seq;
+    }
+    *out = s;
+    return HYB_OK;
+oom:
+    hyb_kvstate_free(s);
+    return hyb_error_set(HYB_ERR_NOMEM,
+                         "hyb_kvstate_new: out of memory for %d sequences of %d tokens", n_seq,
+                         max_ctx);
+}
+
+void hyb_kvstate_free(hyb_kvstate *s) {
+    if (!s) return;
+    for (int l = 0; l < s->L; l++) {
+        if (s->state) free(s->state[l]);
+        if (s->layer_mem) hyb_free(s->layer_mem[l]);
+    }
+    free(s->state);
+    free(s->layer_mem);
+    free(s->pos);
+    free(s);
+}
+
+void hyb_kvstate_reset_seq(hyb_kvstate *s, int seq) {
+    HYB_ASSERT(s && seq >= 0 && seq < s->n_seq);
+    s->pos[seq] = 0;
+    const hyb_model *m = s->model;
+    for (int l = 0; l < s->L; l++) {
+        if (!s->state[l][seq]) continue;
+        const hyb_mixer *mx = (m && m->generation == s->generation) ? m->layers[l].mixer : NULL;
+        if (mx) memset(s->state[l][seq], 0, hyb_mixer_state_bytes(mx, s->max_ctx));
+    }
+}
+
+static int check_state(const hyb_model *m, const hyb_kvstate *s, const char *who) {
+    if (s->model != m || s->generation != m->generation || s->L != m->L)
+        return hyb_error_set(
+            HYB_ERR_ARG,
+            "%s: the kvstate was made for another model or before a layer swap; make a new one",
+            who);
+    return HYB_OK;
+}
+
+static hyb_graph *scratch_graph(hyb_model *m) {
+    if (!m->scratch && !(m->scratch = hyb_graph_new())) return NULL;
+    hyb_graph_reset(m->scratch);
+    hyb_graph_set_grad(m->scratch, 0);
+    return m->scratch;
+}
+
+typedef struct {
+    hyb_kvstate *s;
+    int seq;
+} prefill_ctx;
+
+static void *const *prefill_states(void *ctx, int layer) {
+    prefill_ctx *c = ctx;
+    return &c->s->state[layer][c->seq];
+}
+
+int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids, int T,
+                      float *out_logits) {
+    HYB_TRY(check_state(m, s, "hyb_model_prefill"));
+    if (seq < 0 || seq >= s->n_seq)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_prefill: sequence %d out of range [0, %d)",
+                             seq, s->n_seq);
+    if (T <= 0 || !ids)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_prefill: no tokens (T = %d)", T);
+    if ((int64_t)s->pos[seq] + T > s->max_ctx)
+        return hyb_error_set(
+            HYB_ERR_ARG,
+            "hyb_model_prefill: sequence %d holds %d tokens, %d more exceed max_ctx %d", seq,
+            s->pos[seq], T, s->max_ctx);
+    hyb_graph *g = scratch_graph(m);
+    if (!g) return hyb_error_wrap(HYB_ERR_NOMEM, "hyb_model_prefill");
+    prefill_ctx c = {s, seq};
+    int rc = HYB_OK;
+    hyb_tensor *hn = trunk(m, g, ids, 1, T, prefill_states, &c, &s->pos[seq], s->max_ctx);
+    if (!hn) {
+        rc = hyb_error_wrap(HYB_ERR, "hyb_model_prefill: sequence %d", seq);
+        goto done;
+    }
+    if (out_logits) {
+        int64_t sh[2] = {1, m->D};
+        hyb_tensor *last =
+            hyb_tensor_wrap(HYB_F32, 2, sh, hyb_tensor_f32(hn) + (size_t)(T - 1) * (size_t)m->D);
+        hyb_tensor *lg = last ? hyb_matmul(g, last, m->lm_head) : NULL;
+        if (lg)
+            memcpy(out_logits, hyb_tensor_cf32(lg), (size_t)m->V * sizeof(float));
+        else
+            rc = hyb_error_wrap(HYB_ERR, "hyb_model_prefill: lm_head");
+        hyb_tensor_free(last);
+    }
+    if (rc == HYB_OK) s->pos[seq] += T;
+done:
+    hyb_graph_reset(g);
+    return rc;
+}
+
+int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
+                     float *logits) {
+    HYB_TRY(check_state(m, s, "hyb_model_decode"));
+    if (n <= 0 || !seqs || !ids)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_decode: no sequences (n = %d)", n);
+    for (int i = 0; i < n; i++) {
+        if (seqs[i] < 0 || seqs[i] >= s->n_seq)
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "hyb_model_decode: seqs[%d] = %d out of range [0, %d)", i, seqs[i],
+                                 s->n_seq);
+        if (s->pos[seqs[i]] >= s->max_ctx)
+            return hyb_error_set(HYB_ERR_ARG, "hyb_model_decode: sequence %d is full (max_ctx %d)",
+                                 seqs[i], s->max_ctx);
+        for (int j = 0; j < i; j++)
+            if (seqs[j] == seqs[i])
+                return hyb_error_set(HYB_ERR_ARG,
+                                     "hyb_model_decode: sequence %d appears twice in one step",
+                                     seqs[i]);
+    }
+    hyb_graph *g = scratch_graph(m);
+    void **st = malloc((size_t)n * sizeof *st);
+    int32_t *pos = malloc((size_t)n * sizeof *pos);
+    if (!g || !st || !pos) {
+        free(st);
+        free(pos);
+        return hyb_error_set(HYB_ERR_NOMEM, "hyb_model_decode: out of memory");
+    }
+    for (int i = 0; i < n; i++)
+        pos[i] = s->pos[seqs[i]];
+    const float eps = (float)m->map->norm_eps;
+    int rc = HYB_OK;
+    int64_t shape[3] = {n, 1, m->D};
+    hyb_tensor *h = hyb_embedding(g, m->embed, ids, n, 1); /* [n, 1, D] */
+    if (!h) {
+        rc = hyb_error_wrap(HYB_ERR_ARG, "hyb_model_decode: embedding");
+        goto done;
+    }
+    for (int l = 0; l < m->L && rc == HYB_OK; l++) {
+        hyb_layer *ly = &m->layers[l];
+        if (ly->mixer) {
+            hyb_tensor *u = hyb_rmsnorm(g, h, ly->norm_in, eps);
+            hyb_tensor *y = u ? hyb_graph_tensor(g, HYB_F32, 3, shape) : NULL;
+            if (!y) goto fail_layer;
+            for (int i = 0; i < n; i++)
+                st[i] = s->state[l][seqs[i]];
+            if (hyb_mixer_decode(ly->mixer, hyb_tensor_cf32(u), hyb_tensor_f32(y), n, st, pos,
+                                 s->max_ctx) != HYB_OK)
+                goto fail_layer;
+            if (!(h = hyb_add(g, h, y))) goto fail_layer;
+        }
+        hyb_tensor *v = hyb_rmsnorm(g, h, ly->norm_post, eps);
+        hyb_tensor *gt = v ? hyb_matmul(g, v, ly->w_gate) : NULL;
+        hyb_tensor *up = gt ? hyb_matmul(g, v, ly->w_up) : NULL;
+        hyb_tensor *a = up ? hyb_swiglu(g, gt, up) : NULL;
+        hyb_tensor *d = a ? hyb_matmul(g, a, ly->w_down) : NULL;
+        if (!d || !(h = hyb_add(g, h, d))) goto fail_layer;
+        continue;
+    fail_layer:
+        rc = hyb_error_wrap(HYB_ERR, "hyb_model_decode: layer %d (%s)", l,
+                            ly->mixer ? ly->mixer->type : HYB_MIXER_IDENTITY);
+    }
+    if (rc == HYB_OK) {
+        hyb_tensor *hn = hyb_rmsnorm(g, h, m->norm_f, eps);
+        hyb_tensor *lg = hn ? hyb_matmul(g, hn, m->lm_head) : NULL;
+        if (!lg)
+            rc = hyb_error_wrap(HYB_ERR, "hyb_model_decode: final norm / lm_head");
+        else {
+            if (logits)
+                memcpy(logits, hyb_tensor_cf32(lg), (size_t)n * (size_t)m->V * sizeof(float));
+            for (int i = 0; i < n; i++)
+                s->pos[seqs[i]]++;
+        }
+    }
+done:
+    hyb_graph_reset(g);
+    free(st);
+    free(pos);
+    return rc;
+}
+
+// ---- layer map as TOML
+// ---------------------------------------------------------------------------
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+    int oom;
+} sbuf;
+
+static void sb_putn(sbuf *b, const char *s, size_t n) {
+    if (b->oom) return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+static void sb_puts(sbuf *b, const char *s) {
+    sb_putn(b, s, strlen(s));
+}
+static void sb_printf(sbuf *b, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static void sb_printf(sbuf *b, const char *fmt, ...) {
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (k < 0) return;
+    if ((size_t)k < sizeof tmp) {
+        sb_putn(b, tmp, (size_t)k);
+        return;
+    }
+    char *big = malloc((size_t)k + 1);
+    if (!big) {
+        b->oom = 1;
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)k + 1, fmt, ap);
+    va_end(ap);
+    sb_putn(b, big, (size_t)k);
+    free(big);
+}
+
+/* TOML basic string. */
+static void sb_tstr(sbuf *b, const char *s) {
+    sb_putn(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"')
+            sb_puts(b, "\\\"");
+        else if (*p == '\\')
+            sb_puts(b, "\\\\");
+        else if (*p == '\n')
+            sb_puts(b, "\\n");
+        else if (*p == '\t')
+            sb_puts(b, "\\t");
+        else if (*p < 0x20 || *p == 0x7f)
+            sb_printf(b, "\\u%04x", *p);
+        else
+            sb_putn(b, (const char *)p, 1);
+    }
+    sb_putn(b, "\"", 1);
+}
+
+/* A key: bare when it can be, else quoted. */
+static void sb_tkey(sbuf *b, const char *k) {
+    int bare = *k != 0;
+    for (const char *p = k; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '_' || *p == '-'))
+            bare = 0;
+    if (bare)
+        sb_puts(b, k);
+    else
+        sb_tstr(b, k);
+}
+
+static void sb_tfloat(sbuf *b, double v) {
+    if (isnan(v)) {
+        sb_puts(b, "nan");
+        return;
+    }
+    if (isinf(v)) {
+        sb_puts(b, v > 0 ? "inf" : "-inf");
+        return;
+    }
+    char tmp[64];
+    if (v == floor(v) && fabs(v) < 1e15) { /* 10000.0, not 1e+04 */
+        snprintf(tmp, sizeof tmp, "%.1f", v);
+        sb_puts(b, tmp);
+        return;
+    }
+    snprintf(tmp, sizeof tmp, "%.17g", v);
+    /* shortest form that reads back to the same double */
+    for (int prec = 1; prec <= 17; prec++) {
+        char t2[64];
+        snprintf(t2, sizeof t2, "%.*g", prec, v);
+        if (strtod(t2, NULL) == v) {
+            memcpy(tmp, t2, sizeof t2);
+            break;
+        }
+    }
+    sb_puts(b, tmp);
+    if (!strpbrk(tmp, ".eE")) sb_puts(b, ".0"); /* keep it a float in TOML */
+}
+
+/* Emit `prefix.key = value` lines for every key of t except `skip` (NULL-terminated). */
+static int emit_table(sbuf *b, const hyb_cfg_table *t, const char *prefix,
+                      const char *const *skip) {
+    const char **keys = NULL;
+    int nk = hyb_cfg_keys(t, &keys);
+    for (int i = 0; i < nk; i++) {
+        const char *k = keys[i];
+        int skipped = 0;
+        for (const char *const *s = skip; s && *s; s++)
+            skipped |= strcmp(*s, k) == 0;
+        if (skipped) continue;
+        const hyb_cfg_table *sub = hyb_cfg_subtable(t, k);
+        if (sub) {
+            sbuf pre = {0};
+            if (prefix) {
+                sb_puts(&pre, prefix);
+                sb_puts(&pre, ".");
+            }
+            sb_tkey(&pre, k);
+            if (pre.oom) return hyb_error_set(HYB_ERR_NOMEM, "layer map TOML: out of memory");
+            int rc = emit_table(b, sub, pre.p, NULL);
+            free(pre.p);
+            HYB_TRY(rc);
+            continue;
+        }
+        if (prefix) {
+            sb_puts(b, prefix);
+            sb_puts(b, ".");
+        }
+        sb_tkey(b, k);
+        sb_puts(b, " = ");
+        int64_t iv;
+        int bv;
+        double fv;
+        const char *sv;
+        char where[200];
+        if (hyb_cfg_int(t, k, 0, &iv) == HYB_OK)
+            sb_printf(b, "%" PRId64, iv);
+        else if (hyb_cfg_bool(t, k, 0, &bv) == HYB_OK)
+            sb_puts(b, bv ? "true" : "false");
+        else if (hyb_cfg_float(t, k, 0, &fv) == HYB_OK)
+            sb_tfloat(b, fv);
+        else if (hyb_cfg_string(t, k, NULL, &sv) == HYB_OK && sv)
+            sb_tstr(b, sv);
+        else {
+            hyb_error_clear();
+            int n = hyb_cfg_array_len(t, k);
+            if (n < 0)
+                return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                                     "%s: key '%s': value type cannot be written back to TOML",
+                                     hyb_cfg_where(t, k, where, sizeof where), k);
+            sb_puts(b, "[");
+            for (int j = 0; j < n; j++) {
+                if (j) sb_puts(b, ", ");
+                if (hyb_cfg_array_int(t, k, j, &iv) == HYB_OK)
+                    sb_printf(b, "%" PRId64, iv);
+                else if (hyb_cfg_array_string(t, k, j, &sv) == HYB_OK)
+                    sb_tstr(b, sv);
+                else
+                    return hyb_error_set(
+                        HYB_ERR_UNSUPPORTED,
+                        "%s: key '%s': array element %d cannot be written back to TOML",
+                        hyb_cfg_where(t, k, where, sizeof where), k, j);
+            }
+            sb_puts(b, "]");
+        }
+        hyb_error_clear();
+        sb_puts(b, "\n");
+    }
+    return HYB_OK;
+}
+
+char *hyb_model_layermap_toml(const hyb_model *m) {
+    const hyb_layermap *map = m->map;
+    sbuf b = {0};
+    sb_puts(&b, "# layer map written by hyb_model_save\n\n[model]\n");
+    sb_puts(&b, "name = ");
+    sb_tstr(&b, map->name);
+    sb_printf(&b, "\nd_model = %d\nn_layers = %d\nvocab_size = %d\nd_ff = %d\nnorm_eps = ",
+              map->d_model, map->n_layers, map->vocab_size, map->d_ff);
+    sb_tfloat(&b, map->norm_eps);
+    sb_printf(&b, "\ntie_embeddings = %s\nmax_seq = %d\n", map->tie_embeddings ? "true" : "false",
+              map->max_seq);
+    /* other root tables of the source document, verbatim (none today; future-proof) */
+    if (map->doc) {
+        const hyb_cfg_table *root = hyb_toml_root(map->doc);
+        const char **keys = NULL;
+        int nk = root ? hyb_cfg_keys(root, &keys) : 0;
+        for (int i = 0; i < nk; i++) {
+            if (!strcmp(keys[i], "model") || !strcmp(keys[i], "mixers") ||
+                !strcmp(keys[i], "layout"))
+                continue;
+            const hyb_cfg_table *sub = hyb_cfg_subtable(root, keys[i]);
+            if (!sub) continue;
+            sb_puts(&b, "\n[");
+            sb_tkey(&b, keys[i]);
+            sb_puts(&b, "]\n");
+            if (emit_table(&b, sub, NULL, NULL) != HYB_OK) goto fail;
+        }
+    }
+    static const char *const skip[] = {"type", "symbol", NULL};
+    for (int s = 0; s < map->n_mixers; s++) {
+        const hyb_mixer_spec *sp = &map->mixers[s];
+        sb_puts(&b, "\n[mixers.");
+        sb_tkey(&b, sp->name);
+        sb_puts(&b, "]\ntype = ");
+        sb_tstr(&b, sp->type);
+        sb_puts(&b, "\n");
+        if (sp->symbol) {
+            char sym[2] = {sp->symbol, 0};
+            sb_puts(&b, "symbol = ");
+            sb_tstr(&b, sym);
+            sb_puts(&b, "\n");
+        }
+        if (sp->table && emit_table(&b, sp->table, NULL, skip) != HYB_OK) goto fail;
+    }
+    sb_puts(&b, "\n[layout]\nlayers = [");
+    for (int l = 0; l < map->n_layers; l++) {
+        sb_puts(&b, l ? (l % 8 ? ", " : ",\n  ") : "\n  ");
+        sb_tstr(&b, map->mixers[map->layer_mixer[l]].name);
+    }
+    sb_puts(&b, ",\n]\n");
+    if (b.oom) {
+        hyb_error_set(HYB_ERR_NOMEM, "layer map TOML: out of memory");
+        goto fail;
+    }
+    return b.p;
+fail:
+    free(b.p);
+    return NULL;
+}
+
+int hyb_model_clone(const hyb_model *src, hyb_model **out) {
+    *out = NULL;
+    char *toml = hyb_model_layermap_toml(src);
+    if (!toml) return hyb_error_wrap(HYB_ERR, "hyb_model_clone");
+    hyb_layermap *map = NULL;
+    int rc = hyb_layermap_parse(toml, src->map->path, &map);
+    free(toml);
+    if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_model_clone: re-reading the layer map");
+    hyb_model *m = NULL;
+    if ((rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m)) != HYB_OK)
+        return hyb_error_wrap(rc, "hyb_model_clone");
+    if (m->n_params != src->n_params) {
+        hyb_model_free(m);
+        return hyb_error_set(HYB_ERR,
+                             "hyb_model_clone: %d parameters in the copy, %d in the source",
+                             m->n_params, src->n_params);
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        const hyb_tensor *a = src->params[i];
+        hyb_tensor *b = m->params[i];
+        if (strcmp(a->name, b->name) != 0 || hyb_tensor_numel(a) != hyb_tensor_numel(b)) {
+            hyb_model_free(m);
+            return hyb_error_set(
+                HYB_ERR, "hyb_model_clone: parameter %d is '%s' in the source, '%s' in the copy", i,
+                a->name, b->name);
+        }
+        memcpy(b->data, a->data, hyb_tensor_nbytes(a));
+        b->requires_grad = a->requires_grad;
+        m->no_decay[i] = src->no_decay[i];
+    }
+    *out = m;
+    return HYB_OK;
+}
+
+// ---- checkpoints
+// ---------------------------------------------------------------------------------
+
+static char *join_path(const char *dir, const char *file) {
+    size_t n = strlen(dir) + strlen(file) + 2;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/%s", dir, file);
+    else
+        hyb_error_set(HYB_ERR_NOMEM, "out of memory");
+    return p;
+}
+
+int hyb_model_save(hyb_model *m, const char *dir) {
+    HYB_TRY(hyb_mkdir_p(dir));
+    int rc = HYB_OK;
+    char *toml = hyb_model_layermap_toml(m);
+    char *p_map = join_path(dir, "layermap.toml");
+    char *p_st = join_path(dir, "model.safetensors");
+    hyb_st_writer *w = hyb_st_writer_new();
+    if (!toml || !p_map || !p_st || !w) {
+        rc = hyb_error_wrap(HYB_ERR_NOMEM, "hyb_model_save %s", dir);
+        goto done;
+    }
+    for (int i = 0; i < m->n_params && rc == HYB_OK; i++)
+        rc = hyb_st_writer_add_tensor(w, m->params[i]->name, m->params[i]);
+    if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "format", "pt");
+    if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "hyb_version", HYB_VERSION);
+    if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "hyb_layermap", toml);
+    /* weights first: a layer map never describes weights that are not on disk yet */
+    if (rc == HYB_OK) rc = hyb_st_writer_save(w, p_st);
+    if (rc == HYB_OK) rc = hyb_atomic_write_buf(p_map, toml, strlen(toml));
+    if (rc == HYB_OK)
+        hyb_log(HYB_LOG_INFO, "saved %s (%d tensors, %" PRId64 " parameters)", dir, m->n_params,
+                hyb_model_n_elements(m));
+done:
+    hyb_st_writer_free(w);
+    free(toml);
+    free(p_map);
+    free(p_st);
+    return rc;
+}
+
+static const char *shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
+    size_t k = 0;
+    k += (size_t)snprintf(buf + k, n - k, "[");
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+    return buf;
+}
+
+int hyb_model_load_params(hyb_model *m, const char *path) {
+    return hyb_model_load_params_ex(m, path, 0);
+}
+
+int hyb_model_load_params_ex(hyb_model *m, const char *path, unsigned flags) {
+    hyb_safetensors *st;
+    HYB_TRY(hyb_safetensors_open(path, &st));
+    int rc = HYB_OK;
+    char a[128], b[128];
+    const hyb_st_tensor **src = calloc((size_t)m->n_params + 1, sizeof *src);
+    if (!src) {
+        rc = hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+        goto done;
+    }
+    /* 1. every parameter present, same shape, convertible */
+    for (int i = 0; i < m->n_params; i++) {
+        const hyb_tensor *p = m->params[i];
+        const hyb_st_tensor *t = hyb_safetensors_find(st, p->name);
+        if (!t) {
+            rc = hyb_error_set(HYB_ERR_NOTFOUND, "%s: tensor '%s' %s is missing", path, p->name,
+                               shape_str(p->ndim, p->shape, a, sizeof a));
+            goto done;
+        }
+        int same = t->ndim == p->ndim;
+        for (int d = 0; same && d < p->ndim; d++)
+            same = t->shape[d] == p->shape[d];
+        if (!same) {
+            rc = hyb_error_set(
+                HYB_ERR_FORMAT, "%s: tensor '%s': file has %s %s, the model expects %s", path,
+                p->name, shape_str(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
+                shape_str(p->ndim, p->shape, b, sizeof b));
+            goto done;
+        }
+        if (t->dtype == HYB_ST_F8_E4M3 || t->dtype == HYB_ST_F8_E5M2) {
+            rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: tensor '%s': dtype %s is not supported",
+                               path, p->name, hyb_st_dtype_name(t->dtype));
+            goto done;
+        }
+        src[i] = t;
+    }
+    /* 2. nothing else in the file (unless allowed) */
+    int n_extra = 0;
+    for (int j = 0; j < hyb_safetensors_count(st); j++) {
+        const hyb_st_tensor *t = hyb_safetensors_tensor(st, j);
+        int found = 0;
+        for (int i = 0; i < m->n_params && !found; i++)
+            found = src[i] == t;
+        if (found) continue;
+        if (m->lm_head == m->embed && strcmp(t->name, "lm_head.weight") == 0) continue;
+        if (!(flags & HYB_LOAD_ALLOW_EXTRA)) {
+            rc = hyb_error_set(
+                HYB_ERR_FORMAT,
+                "%s: tensor '%s' %s is not a parameter of this model (layer map '%s'); pass "
+                "HYB_LOAD_ALLOW_EXTRA to ignore extra tensors",
+                path, t->name, shape_str(t->ndim, t->shape, a, sizeof a), m->map->path);
+            goto done;
+        }
+        n_extra++;
+    }
+    if (n_extra)
+        hyb_log(HYB_LOG_WARN, "%s: ignored %d tensors that are not parameters of the model", path,
+                n_extra);
+    /* 3. copy */
+    for (int i = 0; i < m->n_params && rc == HYB_OK; i++)
+        rc = hyb_safetensors_read_f32(st, src[i], hyb_tensor_f32(m->params[i]),
+                                      hyb_tensor_numel(m->params[i]));
+done:
+    free(src);
+    hyb_safetensors_close(st);
+    return rc;
+}
+
+int hyb_model_load(const char *dir, hyb_model **out) {
+    *out = NULL;
+    char *p_map = join_path(dir, "layermap.toml");
+    char *p_st = join_path(dir, "model.safetensors");
+    int rc = HYB_OK;
+    hyb_layermap *map = NULL;
+    hyb_model *m = NULL;
+    if (!p_map || !p_st) {
+        rc = HYB_ERR_NOMEM;
+        goto done;
+    }
+    if ((rc = hyb_layermap_load(p_map, &map)) != HYB_OK) goto done;
+    if ((rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m)) != HYB_OK) goto done;
+    if ((rc = hyb_model_load_params(m, p_st)) != HYB_OK) {
+        hyb_model_free(m);
+        goto done;
+    }
+    *out = m;
+done:
+    free(p_map);
+    free(p_st);
+    return rc;
+}

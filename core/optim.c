@@ -1,0 +1,253 @@
+/* core/optim.c: AdamW (decoupled weight decay, bias correction, f32 moments) and global-norm
+ * gradient clipping. The update is the one torch.optim.AdamW performs:
+ *
+ *   p <- p * (1 - lr * wd)                  (only params with decay; norms/biases/no_decay skip it)
+ *   m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+ *   p <- p - (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+ *
+ * Parameters without a gradient (requires_grad == 0 or grad == NULL: frozen) are left alone and
+ * their moments do not advance. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hyb/model.h"
+#include "hyb/safetensors.h"
+
+int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **out) {
+    *out = NULL;
+    if (n < 0 || (n > 0 && !params))
+        return hyb_error_set(HYB_ERR_ARG, "hyb_adamw_new: bad parameter list (n = %d)", n);
+    if (!(lr >= 0) || !(wd >= 0))
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_adamw_new: lr (%g) and weight decay (%g) must be >= 0", lr, wd);
+    hyb_adamw *o = calloc(1, sizeof *o);
+    if (!o) return hyb_error_set(HYB_ERR_NOMEM, "hyb_adamw_new: out of memory");
+    o->lr = lr;
+    o->weight_decay = wd;
+    o->beta1 = 0.9f;
+    o->beta2 = 0.999f;
+    o->eps = 1e-8f;
+    o->n = n;
+    o->params = calloc((size_t)n + 1, sizeof *o->params);
+    o->m = calloc((size_t)n + 1, sizeof *o->m);
+    o->v = calloc((size_t)n + 1, sizeof *o->v);
+    o->decay = calloc((size_t)n + 1, sizeof *o->decay);
+    if (!o->params || !o->m || !o->v || !o->decay) goto oom;
+    for (int i = 0; i < n; i++) {
+        hyb_tensor *p = params[i];
+        if (!p || p->dtype != HYB_F32 || p->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(p)) {
+            hyb_adamw_free(o);
+            return hyb_error_set(
+                HYB_ERR_ARG,
+                "hyb_adamw_new: parameter %d ('%s') must be a contiguous f32 CPU tensor", i,
+                p ? p->name : "(null)");
+        }
+        o->params[i] = p;
+        int64_t ne = hyb_tensor_numel(p);
+        o->m[i] = hyb_malloc((size_t)(ne ? ne : 1) * sizeof(float));
+        o->v[i] = hyb_malloc((size_t)(ne ? ne : 1) * sizeof(float));
+        if (!o->m[i] || !o->v[i]) goto oom;
+        o->decay[i] = p->ndim >= 2; /* default: matrices decay, vectors (norms, biases) do not */
+    }
+    *out = o;
+    return HYB_OK;
+oom:
+    hyb_adamw_free(o);
+    return hyb_error_set(HYB_ERR_NOMEM,
+                         "hyb_adamw_new: out of memory for the moments of %d tensors", n);
+}
+
+int hyb_adamw_new_model(hyb_model *m, float lr, float wd, hyb_adamw **out) {
+    int n;
+    hyb_tensor **p = hyb_model_params(m, &n);
+    HYB_TRY(hyb_adamw_new(p, n, lr, wd, out));
+    for (int i = 0; i < n; i++)
+        (*out)->decay[i] = !m->no_decay[i];
+    return HYB_OK;
+}
+
+void hyb_adamw_set_decay(hyb_adamw *o, int i, int decay) {
+    HYB_ASSERT(o && i >= 0 && i < o->n);
+    o->decay[i] = decay != 0;
+}
+
+void hyb_adamw_free(hyb_adamw *o) {
+    if (!o) return;
+    for (int i = 0; i < o->n; i++) {
+        if (o->m) hyb_free(o->m[i]);
+        if (o->v) hyb_free(o->v[i]);
+    }
+    free(o->m);
+    free(o->v);
+    free(o->params);
+    free(o->decay);
+    free(o);
+}
+
+static int has_grad(const hyb_tensor *p) {
+    return p && p->requires_grad && p->grad && p->grad->data &&
+           hyb_tensor_numel(p->grad) == hyb_tensor_numel(p);
+}
+
+float hyb_grad_clip(hyb_tensor **params, int n, float max_norm) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) {
+        if (!has_grad(params[i])) continue;
+        const float *g = hyb_tensor_cf32(params[i]->grad);
+        int64_t ne = hyb_tensor_numel(params[i]);
+        double s = 0;
+#pragma omp parallel for reduction(+ : s) if (ne > 65536)
+        for (int64_t k = 0; k < ne; k++)
+            s += (double)g[k] * (double)g[k];
+        ss += s;
+    }
+    double norm = sqrt(ss);
+    /* Non-finite norm: leave the grads alone and report it (the caller should skip the step). */
+    if (max_norm > 0 && isfinite(norm) && norm > max_norm) {
+        float scale = (float)((double)max_norm / (norm + 1e-6));
+        for (int i = 0; i < n; i++) {
+            if (!has_grad(params[i])) continue;
+            float *g = hyb_tensor_f32(params[i]->grad);
+            int64_t ne = hyb_tensor_numel(params[i]);
+#pragma omp parallel for if (ne > 65536)
+            for (int64_t k = 0; k < ne; k++)
+                g[k] *= scale;
+        }
+    }
+    return (float)norm;
+}
+
+int hyb_adamw_step(hyb_adamw *o) {
+    if (!(o->lr >= 0) || !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) ||
+        !(o->eps > 0) || !(o->weight_decay >= 0))
+        return hyb_error_set(
+            HYB_ERR_ARG,
+            "hyb_adamw_step: bad hyper-parameters lr %g betas (%g, %g) eps %g weight_decay %g",
+            o->lr, o->beta1, o->beta2, o->eps, o->weight_decay);
+    o->step++;
+    const double t = (double)o->step;
+    const double bc1 = 1.0 - pow((double)o->beta1, t);
+    const double bc2 = 1.0 - pow((double)o->beta2, t);
+    const float step_size = (float)((double)o->lr / bc1);
+    const float inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+    const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
+    for (int i = 0; i < o->n; i++) {
+        hyb_tensor *p = o->params[i];
+        if (!has_grad(p)) continue;
+        float *w = hyb_tensor_f32(p);
+        const float *g = hyb_tensor_cf32(p->grad);
+        float *m = o->m[i], *v = o->v[i];
+        const float shrink = o->decay[i] ? 1.0f - o->lr * o->weight_decay : 1.0f;
+        int64_t ne = hyb_tensor_numel(p);
+#pragma omp parallel for if (ne > 65536)
+        for (int64_t k = 0; k < ne; k++) {
+            float gk = g[k];
+            float mk = b1 * m[k] + (1.0f - b1) * gk;
+            float vk = b2 * v[k] + (1.0f - b2) * gk * gk;
+            m[k] = mk;
+            v[k] = vk;
+            w[k] = w[k] * shrink - step_size * mk / (sqrtf(vk) * inv_sqrt_bc2 + eps);
+        }
+    }
+    return HYB_OK;
+}
+
+// ---- state checkpoints
+// ----------------------------------------------------------------------------
+
+static void state_name(const hyb_adamw *o, int i, const char *suffix, char *buf, size_t n) {
+    if (o->params[i]->name[0])
+        snprintf(buf, n, "%s.%s", o->params[i]->name, suffix);
+    else
+        snprintf(buf, n, "param.%d.%s", i, suffix);
+}
+
+int hyb_adamw_save(const hyb_adamw *o, const char *path) {
+    hyb_st_writer *w = hyb_st_writer_new();
+    if (!w) return HYB_ERR_NOMEM;
+    int rc = HYB_OK;
+    char name[160], val[64];
+    for (int i = 0; i < o->n && rc == HYB_OK; i++) {
+        const hyb_tensor *p = o->params[i];
+        state_name(o, i, "exp_avg", name, sizeof name);
+        rc = hyb_st_writer_add(w, name, HYB_F32, p->ndim, p->shape, o->m[i]);
+        state_name(o, i, "exp_avg_sq", name, sizeof name);
+        if (rc == HYB_OK) rc = hyb_st_writer_add(w, name, HYB_F32, p->ndim, p->shape, o->v[i]);
+    }
+#define META(k, fmt, v)                                                                            \
+    if (rc == HYB_OK) {                                                                            \
+        snprintf(val, sizeof val, fmt, v);                                                         \
+        rc = hyb_st_writer_meta(w, k, val);                                                        \
+    }
+    META("optimizer", "%s", "adamw")
+    META("step", "%lld", (long long)o->step)
+    META("lr", "%.9g", (double)o->lr)
+    META("beta1", "%.9g", (double)o->beta1)
+    META("beta2", "%.9g", (double)o->beta2)
+    META("eps", "%.9g", (double)o->eps)
+    META("weight_decay", "%.9g", (double)o->weight_decay)
+#undef META
+    if (rc == HYB_OK) rc = hyb_st_writer_save(w, path);
+    hyb_st_writer_free(w);
+    return rc;
+}
+
+static const char *shape_fmt(int ndim, const int64_t *shape, char *buf, size_t n) {
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+    return buf;
+}
+
+int hyb_adamw_load(hyb_adamw *o, const char *path) {
+    hyb_safetensors *st;
+    HYB_TRY(hyb_safetensors_open(path, &st));
+    int rc = HYB_OK;
+    char name[160];
+    const char *kind = hyb_safetensors_meta(st, "optimizer");
+    const char *step = hyb_safetensors_meta(st, "step");
+    char *end = NULL;
+    long long stepv = step ? strtoll(step, &end, 10) : -1;
+    if (!kind || strcmp(kind, "adamw") != 0 || !step || *end || stepv < 0) {
+        rc = hyb_error_set(HYB_ERR_FORMAT,
+                           "%s: not an AdamW state file (metadata optimizer/step missing or bad)",
+                           path);
+        goto done;
+    }
+    /* validate everything first (pass 0), then copy (pass 1) */
+    for (int pass = 0; pass < 2 && rc == HYB_OK; pass++)
+        for (int i = 0; i < o->n && rc == HYB_OK; i++) {
+            const hyb_tensor *p = o->params[i];
+            for (int k = 0; k < 2 && rc == HYB_OK; k++) {
+                state_name(o, i, k ? "exp_avg_sq" : "exp_avg", name, sizeof name);
+                const hyb_st_tensor *t = hyb_safetensors_find(st, name);
+                if (!t) {
+                    rc = hyb_error_set(HYB_ERR_NOTFOUND, "%s: optimiser state '%s' is missing",
+                                       path, name);
+                    break;
+                }
+                int same = t->ndim == p->ndim && t->dtype == HYB_ST_F32;
+                for (int d = 0; same && d < p->ndim; d++)
+                    same = t->shape[d] == p->shape[d];
+                if (!same) {
+                    char a[128], b[128];
+                    rc = hyb_error_set(
+                        HYB_ERR_FORMAT,
+                        "%s: optimiser state '%s': file has %s %s, the parameter is %s", path, name,
+                        shape_fmt(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
+                        shape_fmt(p->ndim, p->shape, b, sizeof b));
+                    break;
+                }
+                if (pass == 1)
+                    rc =
+                        hyb_safetensors_read_f32(st, t, k ? o->v[i] : o->m[i], hyb_tensor_numel(p));
+            }
+        }
+    if (rc == HYB_OK) o->step = stepv;
+done:
+    hyb_safetensors_close(st);
+    return rc;
+}

@@ -1,0 +1,535 @@
+/* runtime/lua_generate.c: text generation for Lua: a loaded language model with its tokenizer
+ * and KV cache (hyb.llm), and the sampler (hyb.sampler).
+ *
+ *   local llm = hyb.llm()                        -- $HYB_MODEL or the default teacher GGUF
+ *   local s = hyb.sampler{temperature = 0.7, top_k = 40, top_p = 0.9, repetition_penalty = 1.1,
+ *                         seed = 42}             -- {} = greedy
+ *   llm:prefill(llm:encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"))
+ *   while true do
+ *     local tok = llm:sample(s)                  -- from the last logits; penalty over the context
+ *     if tok == llm:eos() then break end
+ *     io.write(llm:piece(tok)); llm:feed(tok)    -- one decode step through the KV cache
+ *   end
+ *
+ * hyb.llm(path[, {max_ctx = n}]): a .gguf file (llama architecture; tokenizer from its metadata)
+ * or an HF checkpoint directory (config.json + safetensors + tokenizer.json). The context holds
+ * at most max_ctx tokens (default: the model's max_seq, at most 4096); going past it is an error.
+ * Per-token work happens in C; Lua drives the loop, one call per token.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "hyb/hf.h"
+#include "hyb/sample.h"
+#include "hyb/tokenizer.h"
+#include "lhyb.h"
+
+#define LHYB_LLM_MT "hyb.llm"
+#define LHYB_SAMPLER_MT "hyb.sampler"
+
+typedef struct lllm {
+    hyb_model *m;
+    hyb_tokenizer *tok;
+    hyb_kvstate *s;
+    int max_ctx;
+    float *logits; /* [V] of the last token fed */
+    int have_logits;
+    int32_t *hist; /* [max_ctx] tokens in the context */
+    int n_hist;
+    double t_prefill, t_decode; /* seconds spent */
+    long n_prefill, n_decode;   /* tokens */
+} lllm;
+
+static void llm_release(lllm *l) {
+    hyb_kvstate_free(l->s);
+    hyb_model_free(l->m);
+    hyb_tokenizer_free(l->tok);
+    free(l->logits);
+    free(l->hist);
+    memset(l, 0, sizeof *l);
+}
+
+static lllm *check_llm(lua_State *L, int idx, const char *fname) {
+    char buf[96];
+    lllm *l = (lllm *)luaL_testudata(L, idx, LHYB_LLM_MT);
+    if (!l)
+        luaL_error(L, "%s: expected a hyb.llm, got %s", fname,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    if (!l->m) luaL_error(L, "%s: the hyb.llm is closed", fname);
+    return l;
+}
+
+static int is_directory(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* hyb.llm([path][, {max_ctx = n}]) */
+static int l_llm(lua_State *L) {
+    static const char *const allowed[] = {"max_ctx", NULL};
+    const char *F = "hyb.llm";
+    char buf[1024];
+    const char *path = NULL;
+    int opt_idx = 2;
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        path = lua_tostring(L, 1);
+    } else if (lua_istable(L, 1)) {
+        opt_idx = 1;
+    } else if (!lua_isnoneornil(L, 1)) {
+        return luaL_error(L, "%s: path must be a string, got %s", F, lhyb_describe(L, 1, buf, 96));
+    }
+    if (!path) {
+        const char *env = getenv("HYB_MODEL");
+        if (env && *env)
+            path = env;
+        else {
+            const char *home = getenv("HOME");
+            snprintf(buf, sizeof buf, "%s/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                     home ? home : ".");
+            path = buf;
+        }
+    }
+    lhyb_check_opts(L, opt_idx, F, allowed);
+    lua_Integer max_ctx = lhyb_opt_field_int(L, opt_idx, F, "max_ctx", 1, 1 << 24, 0);
+
+    lllm *l = (lllm *)lua_newuserdatauv(L, sizeof(lllm), 0);
+    memset(l, 0, sizeof *l);
+    luaL_setmetatable(L, LHYB_LLM_MT);
+    int dir = is_directory(path);
+    int rc = dir ? hyb_model_load_hf_dir(path, &l->m) : hyb_model_load_gguf(path, &l->m);
+    if (rc != HYB_OK) {
+        l->m = NULL;
+        return lhyb_raise_hyb(L, F);
+    }
+    if (dir) {
+        char tp[1200];
+        snprintf(tp, sizeof tp, "%s/tokenizer.json", path);
+        l->tok = hyb_tokenizer_load_json(tp);
+    } else {
+        l->tok = hyb_tokenizer_load_gguf(path);
+    }
+    if (!l->tok) {
+        llm_release(l);
+        return lhyb_raise_hyb(L, F);
+    }
+    if (max_ctx == 0) max_ctx = l->m->map->max_seq < 4096 ? l->m->map->max_seq : 4096;
+    l->max_ctx = (int)max_ctx;
+    l->logits = malloc(sizeof(float) * (size_t)l->m->V);
+    l->hist = malloc(sizeof(int32_t) * (size_t)l->max_ctx);
+    if (!l->logits || !l->hist) {
+        llm_release(l);
+        return luaL_error(L, "%s: out of memory", F);
+    }
+    if (hyb_kvstate_new(l->m, 1, l->max_ctx, &l->s) != HYB_OK) {
+        l->s = NULL;
+        llm_release(l);
+        return lhyb_raise_hyb(L, F);
+    }
+    return 1;
+}
+
+/* A Lua array of ids (or a single integer) -> malloc'ed array, each in [0, V). */
+static int32_t *ids_arg(lua_State *L, int idx, const char *fname, int V, int *n) {
+    char buf[96];
+    if (lua_isinteger(L, idx)) {
+        lua_Integer v = lua_tointeger(L, idx);
+        if (v < 0 || v >= V) luaL_error(L, "%s: token id %I is outside [0, %d)", fname, v, V);
+        int32_t *ids = malloc(sizeof *ids);
+        if (!ids) luaL_error(L, "%s: out of memory", fname);
+        ids[0] = (int32_t)v;
+        *n = 1;
+        return ids;
+    }
+    if (!lua_istable(L, idx))
+        luaL_error(L, "%s: ids must be an array of integers, got %s", fname,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    lua_Integer len = luaL_len(L, idx);
+    int32_t *ids = malloc(sizeof *ids * (size_t)(len > 0 ? len : 1));
+    if (!ids) luaL_error(L, "%s: out of memory", fname);
+    for (lua_Integer i = 1; i <= len; i++) {
+        lua_geti(L, idx, i);
+        int isnum = 0;
+        lua_Integer v = lua_tointegerx(L, -1, &isnum);
+        lua_pop(L, 1);
+        if (!isnum || v < 0 || v >= V) {
+            free(ids);
+            luaL_error(L, "%s: ids[%I] must be an integer in [0, %d)", fname, i, V);
+        }
+        ids[i - 1] = (int32_t)v;
+    }
+    *n = (int)len;
+    return ids;
+}
+
+static void push_ids(lua_State *L, const int32_t *ids, size_t n) {
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_pushinteger(L, ids[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+}
+
+/* llm:encode(text[, {special = true, add_special = false}]) -> {ids} */
+static int m_encode(lua_State *L) {
+    static const char *const allowed[] = {"special", "add_special", NULL};
+    const char *F = "llm:encode";
+    lllm *l = check_llm(L, 1, F);
+    size_t len;
+    const char *text = luaL_checklstring(L, 2, &len);
+    lhyb_check_opts(L, 3, F, allowed);
+    int flags = 0;
+    if (!lhyb_opt_field_bool(L, 3, F, "special", 1)) flags |= HYB_TOK_NO_PARSE_SPECIAL;
+    if (lhyb_opt_field_bool(L, 3, F, "add_special", 0)) flags |= HYB_TOK_ADD_SPECIAL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (hyb_tokenizer_encode_alloc(l->tok, text, len, flags, &ids, &n) != HYB_OK)
+        return lhyb_raise_hyb(L, F);
+    push_ids(L, ids, n);
+    free(ids);
+    return 1;
+}
+
+/* llm:decode(ids[, {skip_special = false}]) -> string */
+static int m_decode(lua_State *L) {
+    static const char *const allowed[] = {"skip_special", NULL};
+    const char *F = "llm:decode";
+    lllm *l = check_llm(L, 1, F);
+    lhyb_check_opts(L, 3, F, allowed);
+    int flags = lhyb_opt_field_bool(L, 3, F, "skip_special", 0) ? HYB_TOK_SKIP_SPECIAL : 0;
+    int n;
+    int32_t *ids = ids_arg(L, 2, F, hyb_tokenizer_vocab_size(l->tok), &n);
+    long nb = hyb_tokenizer_decode(l->tok, ids, (size_t)n, flags, NULL, 0);
+    char *out = nb > 0 ? malloc((size_t)nb) : NULL;
+    if (nb >= 0 && (nb == 0 || out))
+        nb = hyb_tokenizer_decode(l->tok, ids, (size_t)n, flags, out, (size_t)nb);
+    free(ids);
+    if (nb < 0) {
+        free(out);
+        return lhyb_raise_hyb(L, F);
+    }
+    lua_pushlstring(L, out ? out : "", (size_t)nb);
+    free(out);
+    return 1;
+}
+
+/* llm:piece(id) -> the token's bytes */
+static int m_piece(lua_State *L) {
+    lllm *l = check_llm(L, 1, "llm:piece");
+    lua_Integer id =
+        lhyb_check_int(L, 2, "llm:piece", "id", 0, hyb_tokenizer_vocab_size(l->tok) - 1);
+    size_t len = 0;
+    const char *p = hyb_tokenizer_token_to_piece(l->tok, (int32_t)id, &len);
+    lua_pushlstring(L, p ? p : "", p ? len : 0);
+    return 1;
+}
+
+/* llm:token_id(text) -> id or nil */
+static int m_token_id(lua_State *L) {
+    lllm *l = check_llm(L, 1, "llm:token_id");
+    int32_t id = hyb_tokenizer_token_id(l->tok, luaL_checkstring(L, 2));
+    if (id < 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, id);
+    return 1;
+}
+
+static int m_eos(lua_State *L) {
+    lllm *l = check_llm(L, 1, "llm:eos");
+    int32_t id = hyb_tokenizer_eos_id(l->tok);
+    if (id < 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, id);
+    return 1;
+}
+
+static int m_bos(lua_State *L) {
+    lllm *l = check_llm(L, 1, "llm:bos");
+    int32_t id = hyb_tokenizer_bos_id(l->tok);
+    if (id < 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, id);
+    return 1;
+}
+
+static int m_vocab_size(lua_State *L) {
+    lua_pushinteger(L, check_llm(L, 1, "llm:vocab_size")->m->V);
+    return 1;
+}
+static int m_max_ctx(lua_State *L) {
+    lua_pushinteger(L, check_llm(L, 1, "llm:max_ctx")->max_ctx);
+    return 1;
+}
+static int m_pos(lua_State *L) {
+    lua_pushinteger(L, check_llm(L, 1, "llm:pos")->n_hist);
+    return 1;
+}
+
+/* llm:reset(): empty context (KV cache, history, timers) */
+static int m_reset(lua_State *L) {
+    lllm *l = check_llm(L, 1, "llm:reset");
+    hyb_kvstate_reset_seq(l->s, 0);
+    l->n_hist = 0;
+    l->have_logits = 0;
+    l->t_prefill = l->t_decode = 0;
+    l->n_prefill = l->n_decode = 0;
+    return 0;
+}
+
+static void check_room(lua_State *L, lllm *l, int n, const char *fname) {
+    if (n > l->max_ctx - l->n_hist)
+        luaL_error(L, "%s: %d more tokens do not fit: the context holds %d of max_ctx %d", fname, n,
+                   l->n_hist, l->max_ctx);
+}
+
+/* llm:prefill(ids) -> tokens in the context. Continues after what is already there. */
+static int m_prefill(lua_State *L) {
+    const char *F = "llm:prefill";
+    lllm *l = check_llm(L, 1, F);
+    int n;
+    int32_t *ids = ids_arg(L, 2, F, l->m->V, &n);
+    if (n == 0) {
+        free(ids);
+        lua_pushinteger(L, l->n_hist);
+        return 1;
+    }
+    if (n > l->max_ctx - l->n_hist) free(ids);
+    check_room(L, l, n, F);
+    double t0 = hyb_time_now();
+    int rc = hyb_model_prefill(l->m, l->s, 0, ids, n, l->logits);
+    l->t_prefill += hyb_time_now() - t0;
+    if (rc == HYB_OK) {
+        memcpy(l->hist + l->n_hist, ids, sizeof *ids * (size_t)n);
+        l->n_hist += n;
+        l->n_prefill += n;
+        l->have_logits = 1;
+    }
+    free(ids);
+    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    lua_pushinteger(L, l->n_hist);
+    return 1;
+}
+
+/* llm:feed(id): one decode step through the KV cache */
+static int m_feed(lua_State *L) {
+    const char *F = "llm:feed";
+    lllm *l = check_llm(L, 1, F);
+    int32_t id = (int32_t)lhyb_check_int(L, 2, F, "id", 0, l->m->V - 1);
+    check_room(L, l, 1, F);
+    int32_t seq = 0;
+    double t0 = hyb_time_now();
+    int rc = hyb_model_decode(l->m, l->s, 1, &seq, &id, l->logits);
+    l->t_decode += hyb_time_now() - t0;
+    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    l->hist[l->n_hist++] = id;
+    l->n_decode++;
+    l->have_logits = 1;
+    lua_pushinteger(L, l->n_hist);
+    return 1;
+}
+
+/* llm:logits() -> a new hyb.tensor [V] (copy) of the last position's logits */
+static int m_logits(lua_State *L) {
+    lllm *l = check_llm(L, 1, "llm:logits");
+    if (!l->have_logits) return luaL_error(L, "llm:logits: nothing fed yet (call llm:prefill)");
+    int64_t shape[1] = {l->m->V};
+    hyb_tensor *t = hyb_tensor_new(HYB_F32, 1, shape);
+    if (t) memcpy(t->data, l->logits, sizeof(float) * (size_t)l->m->V);
+    lhyb_push_owned(L, t, "llm:logits");
+    return 1;
+}
+
+/* llm:stats() -> {prefill_tokens, prefill_s, decode_tokens, decode_s} */
+static int m_stats(lua_State *L) {
+    lllm *l = check_llm(L, 1, "llm:stats");
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, l->n_prefill);
+    lua_setfield(L, -2, "prefill_tokens");
+    lua_pushnumber(L, l->t_prefill);
+    lua_setfield(L, -2, "prefill_s");
+    lua_pushinteger(L, l->n_decode);
+    lua_setfield(L, -2, "decode_tokens");
+    lua_pushnumber(L, l->t_decode);
+    lua_setfield(L, -2, "decode_s");
+    return 1;
+}
+
+static int m_close(lua_State *L) {
+    lllm *l = (lllm *)luaL_checkudata(L, 1, LHYB_LLM_MT);
+    llm_release(l);
+    return 0;
+}
+
+static int m_tostring(lua_State *L) {
+    lllm *l = (lllm *)luaL_checkudata(L, 1, LHYB_LLM_MT);
+    if (!l->m)
+        lua_pushstring(L, "hyb.llm(closed)");
+    else
+        lua_pushfstring(L, "hyb.llm(%s, %d layers, vocab %d, %d/%d tokens)", l->m->map->name,
+                        l->m->L, l->m->V, l->n_hist, l->max_ctx);
+    return 1;
+}
+
+/* ---- sampler ----------------------------------------------------------------------------------*/
+
+typedef struct lsampler {
+    hyb_sampler_params p;
+    uint64_t seed;
+    hyb_sampler *s; /* made on first use, for the vocabulary it meets */
+} lsampler;
+
+static lsampler *check_sampler(lua_State *L, int idx, const char *fname) {
+    char buf[96];
+    lsampler *s = (lsampler *)luaL_testudata(L, idx, LHYB_SAMPLER_MT);
+    if (!s)
+        luaL_error(L, "%s: expected a hyb.sampler, got %s", fname,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    return s;
+}
+
+static hyb_sampler *sampler_for(lua_State *L, lsampler *ls, int V, const char *fname) {
+    if (ls->s && ls->s->V != V) {
+        hyb_sampler_free(ls->s);
+        ls->s = NULL;
+    }
+    if (!ls->s && hyb_sampler_new(V, &ls->p, ls->seed, &ls->s) != HYB_OK) {
+        ls->s = NULL;
+        lhyb_raise_hyb(L, fname);
+    }
+    return ls->s;
+}
+
+/* hyb.sampler{temperature = 0, top_k = 0, top_p = 1, repetition_penalty = 1, seed = 0} */
+static int l_sampler(lua_State *L) {
+    static const char *const allowed[] = {"temperature",        "top_k", "top_p",
+                                          "repetition_penalty", "seed",  NULL};
+    const char *F = "hyb.sampler";
+    lhyb_check_opts(L, 1, F, allowed);
+    hyb_sampler_params p = hyb_sampler_defaults();
+    p.temperature = (float)lhyb_opt_field_number(L, 1, F, "temperature", 0.0);
+    p.top_k = (int)lhyb_opt_field_int(L, 1, F, "top_k", 0, 1 << 30, 0);
+    p.top_p = (float)lhyb_opt_field_number(L, 1, F, "top_p", 1.0);
+    p.repetition_penalty = (float)lhyb_opt_field_number(L, 1, F, "repetition_penalty", 1.0);
+    lua_Integer seed = lhyb_opt_field_int(L, 1, F, "seed", 0, LUA_MAXINTEGER, 0);
+    hyb_sampler *probe = NULL;
+    if (hyb_sampler_new(1, &p, 0, &probe) != HYB_OK) return lhyb_raise_hyb(L, F); /* validate */
+    hyb_sampler_free(probe);
+    lsampler *ls = (lsampler *)lua_newuserdatauv(L, sizeof(lsampler), 0);
+    memset(ls, 0, sizeof *ls);
+    luaL_setmetatable(L, LHYB_SAMPLER_MT);
+    ls->p = p;
+    ls->seed = (uint64_t)seed;
+    return 1;
+}
+
+/* llm:sample([sampler]) -> id: from the last logits, penalising the whole context */
+static int m_sample(lua_State *L) {
+    const char *F = "llm:sample";
+    lllm *l = check_llm(L, 1, F);
+    if (!l->have_logits) return luaL_error(L, "%s: nothing fed yet (call llm:prefill)", F);
+    int32_t tok;
+    if (lua_isnoneornil(L, 2)) {
+        tok = hyb_sample_argmax(l->logits, l->m->V);
+    } else {
+        lsampler *ls = check_sampler(L, 2, F);
+        tok = hyb_sampler_sample(sampler_for(L, ls, l->m->V, F), l->logits, l->hist, l->n_hist);
+    }
+    if (tok < 0) return lhyb_raise_hyb(L, F);
+    lua_pushinteger(L, tok);
+    return 1;
+}
+
+/* sampler:sample(logits tensor[, history ids]) -> id */
+static int s_sample(lua_State *L) {
+    const char *F = "sampler:sample";
+    lsampler *ls = check_sampler(L, 1, F);
+    lhyb_tensor *t = lhyb_check_tensor(L, 2, F, "logits");
+    if (t->t->dtype != HYB_F32 || !hyb_tensor_is_contiguous(t->t))
+        return luaL_error(L, "%s: logits must be a contiguous f32 tensor", F);
+    int V = (int)t->t->shape[t->t->ndim - 1];
+    int64_t rows = hyb_tensor_numel(t->t) / V;
+    const float *lg = hyb_tensor_cf32(t->t) + (rows - 1) * V; /* last row */
+    int n = 0;
+    int32_t *hist = lua_isnoneornil(L, 3) ? NULL : ids_arg(L, 3, F, V, &n);
+    int32_t tok = hyb_sampler_sample(sampler_for(L, ls, V, F), lg, hist, n);
+    free(hist);
+    if (tok < 0) return lhyb_raise_hyb(L, F);
+    lua_pushinteger(L, tok);
+    return 1;
+}
+
+static int s_reseed(lua_State *L) {
+    lsampler *ls = check_sampler(L, 1, "sampler:reseed");
+    lua_Integer seed = lhyb_check_int(L, 2, "sampler:reseed", "seed", 0, LUA_MAXINTEGER);
+    ls->seed = (uint64_t)seed;
+    if (ls->s) hyb_sampler_reseed(ls->s, ls->seed);
+    return 0;
+}
+
+static int s_gc(lua_State *L) {
+    lsampler *ls = (lsampler *)luaL_checkudata(L, 1, LHYB_SAMPLER_MT);
+    hyb_sampler_free(ls->s);
+    ls->s = NULL;
+    return 0;
+}
+
+static int s_tostring(lua_State *L) {
+    lsampler *ls = (lsampler *)luaL_checkudata(L, 1, LHYB_SAMPLER_MT);
+    char buf[160];
+    snprintf(buf, sizeof buf,
+             "hyb.sampler(temperature=%g, top_k=%d, top_p=%g, repetition_penalty=%g)",
+             (double)ls->p.temperature, ls->p.top_k, (double)ls->p.top_p,
+             (double)ls->p.repetition_penalty);
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+void lhyb_open_generate(lua_State *L) {
+    static const luaL_Reg llm_methods[] = {{"encode", m_encode},
+                                           {"decode", m_decode},
+                                           {"piece", m_piece},
+                                           {"token_id", m_token_id},
+                                           {"eos", m_eos},
+                                           {"bos", m_bos},
+                                           {"vocab_size", m_vocab_size},
+                                           {"max_ctx", m_max_ctx},
+                                           {"pos", m_pos},
+                                           {"reset", m_reset},
+                                           {"prefill", m_prefill},
+                                           {"feed", m_feed},
+                                           {"sample", m_sample},
+                                           {"logits", m_logits},
+                                           {"stats", m_stats},
+                                           {"close", m_close},
+                                           {NULL, NULL}};
+    static const luaL_Reg sampler_methods[] = {
+        {"sample", s_sample}, {"reseed", s_reseed}, {NULL, NULL}};
+    luaL_newmetatable(L, LHYB_LLM_MT);
+    luaL_newlib(L, llm_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, m_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, m_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, m_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, LHYB_SAMPLER_MT);
+    luaL_newlib(L, sampler_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, s_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, s_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+
+    /* into the module table at the top of the stack */
+    lua_pushcfunction(L, l_llm);
+    lua_setfield(L, -2, "llm");
+    lua_pushcfunction(L, l_sampler);
+    lua_setfield(L, -2, "sampler");
+}

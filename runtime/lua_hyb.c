@@ -1,0 +1,100 @@
+/* runtime/lua_hyb.c: the `hyb` module table: constructors (lua_tensor.c, lua_model.c), hyb.data
+ * (lua_data.c), hyb.optim, and the small functions below (plugins, time, version). */
+#include <string.h>
+
+#include "hyb/common.h"
+#include "hyb/mixer.h"
+#include "lhyb.h"
+
+/* hyb.plugins() -> { {name=, version=, path=, description=, devices={"cpu", ...}}, ... } */
+static int l_plugins(lua_State *L) {
+    hyb_plugin_scan();
+    int n = hyb_plugin_count();
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        const char *path = NULL;
+        const hyb_mixer_desc *d = hyb_plugin_get(i, &path);
+        if (!d) continue;
+        lua_createtable(L, 0, 5);
+        lua_pushstring(L, d->name ? d->name : "");
+        lua_setfield(L, -2, "name");
+        lua_pushstring(L, d->version ? d->version : "");
+        lua_setfield(L, -2, "version");
+        lua_pushstring(L, path ? path : "");
+        lua_setfield(L, -2, "path");
+        lua_pushstring(L, d->description ? d->description : "");
+        lua_setfield(L, -2, "description");
+        lua_createtable(L, 2, 0);
+        int k = 0;
+        if (d->devices & HYB_DEVBIT_CPU) {
+            lua_pushstring(L, "cpu");
+            lua_rawseti(L, -2, ++k);
+        }
+        if (d->devices & HYB_DEVBIT_CUDA) {
+            lua_pushstring(L, "cuda");
+            lua_rawseti(L, -2, ++k);
+        }
+        lua_setfield(L, -2, "devices");
+        lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    }
+    return 1;
+}
+
+/* hyb.plugin_path() -> the plugin search path (':'-joined) */
+static int l_plugin_path(lua_State *L) {
+    char buf[8192];
+    buf[0] = 0;
+    lua_pushstring(L, hyb_plugin_search_path(buf, sizeof buf));
+    return 1;
+}
+
+/* hyb.time() -> monotonic seconds */
+static int l_time(lua_State *L) {
+    lua_pushnumber(L, hyb_time_now());
+    return 1;
+}
+
+/* hyb.log_level("debug" | "info" | "warn" | "error") */
+static int l_log_level(lua_State *L) {
+    static const char *const names[] = {"debug", "info", "warn", "error", NULL};
+    char buf[96];
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return lhyb_error(L, "hyb.log_level: level must be a string, got %s",
+                          lhyb_describe(L, 1, buf, sizeof buf));
+    const char *s = lua_tostring(L, 1);
+    for (int i = 0; names[i]; i++)
+        if (strcmp(names[i], s) == 0) {
+            hyb_log_set_level(i);
+            return 0;
+        }
+    return lhyb_error(L,
+                      "hyb.log_level: level must be \"debug\", \"info\", \"warn\" or \"error\", "
+                      "got \"%s\"",
+                      s);
+}
+
+int luaopen_hyb(lua_State *L) {
+    static const luaL_Reg funcs[] = {{"plugins", l_plugins},
+                                     {"plugin_path", l_plugin_path},
+                                     {"time", l_time},
+                                     {"log_level", l_log_level},
+                                     {NULL, NULL}};
+    luaL_newlib(L, funcs);
+    lhyb_open_tensor(L);
+    lhyb_open_model(L);
+    lhyb_open_data(L);
+    lhyb_open_generate(L);
+    lua_pushstring(L, HYB_VERSION);
+    lua_setfield(L, -2, "version");
+    return 1;
+}
+
+void lhyb_install(lua_State *L) {
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_hyb);
+    lua_setfield(L, -2, "hyb");
+    lua_pop(L, 1);
+    /* the global: require("hyb") so that both are the same table */
+    luaL_requiref(L, "hyb", luaopen_hyb, 1);
+    lua_pop(L, 1);
+}

@@ -1,0 +1,57 @@
+-- scripts/generate.lua: generate text from a prompt, streaming token by token.
+--
+--   hyb generate [options] "prompt text"
+--   hyb run scripts/generate.lua --temperature 0.7 --top-p 0.9 --seed 1 "Once upon a time"
+--
+-- Options:
+--   --model PATH            .gguf file or HF checkpoint directory (default $HYB_MODEL or the
+--                           default teacher in ~/.cache/hyb/models)
+--   --max-tokens N          new tokens at most (default 128)
+--   --temperature T         0 = greedy (default 0)
+--   --top-k K               0 = off (default 0)
+--   --top-p P               1 = off (default 1)
+--   --repetition-penalty R  1 = off (default 1)
+--   --seed S                sampler seed (default 0)
+--   --stop STRING           stop when the output contains STRING (repeatable)
+--   --chat                  wrap the prompt in the ChatML template (one user turn)
+--   --system TEXT           system message for --chat
+--   --max-ctx N             context capacity in tokens (default: the model's, at most 4096)
+--   --quiet                 no statistics line at the end
+--   --verbose               log the model layout while loading
+-- EOS always stops. Statistics (prefill and decode tokens/s) go to stderr.
+local hyb = require("hyb")
+local gen = require("genlib")
+
+local function usage(msg)
+  if msg then io.stderr:write("generate: ", msg, "\n") end
+  io.stderr:write("usage: hyb generate [--model PATH] [--max-tokens N] [--temperature T] [--top-k K]\n",
+                  "         [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--chat]\n",
+                  "         [--system TEXT] [--max-ctx N] [--quiet] [--verbose] PROMPT\n")
+  os.exit(2)
+end
+
+local opts = gen.parse_args(arg, {
+  model = "string", ["max-tokens"] = "int", temperature = "number", ["top-k"] = "int",
+  ["top-p"] = "number", ["repetition-penalty"] = "number", seed = "int", stop = "list",
+  chat = "flag", system = "string", ["max-ctx"] = "int", quiet = "flag", verbose = "flag",
+}, usage)
+if #opts._ ~= 1 then usage(#opts._ == 0 and "no prompt given" or "give the prompt as one argument") end
+
+local sampler = gen.sampler(opts) -- bad sampling options fail before the model loads
+if not opts.verbose then hyb.log_level("warn") end
+local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"]})
+local prompt = opts._[1]
+local stops = opts.stop or {}
+if opts.chat then
+  prompt = gen.chatml({{role = "user", content = prompt}}, opts.system)
+  stops[#stops + 1] = "<|im_end|>"
+end
+
+local ids = llm:encode(prompt)
+local out = gen.generate(llm, ids, {
+  sampler = sampler, max_tokens = opts["max-tokens"] or 128, stop = stops,
+  on_text = function(s) io.write(s); io.flush() end,
+})
+io.write("\n")
+io.stdout:flush()
+if not opts.quiet then gen.report(llm, out) end

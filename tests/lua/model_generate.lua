@@ -1,0 +1,95 @@
+-- hyb.llm / hyb.sampler / scripts/genlib.lua on the default teacher: the prompt's token ids and
+-- the greedy reply equal HF transformers' (tests/data/teacher/teacher.json), stop strings,
+-- seeded sampling is reproducible, argument errors are Lua errors. Skips (77) without the model.
+local hyb = require("hyb")
+local path = os.getenv("HYB_MODEL")
+if not path or path == "" then
+  path = (os.getenv("HOME") or ".") .. "/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+end
+local f = io.open(path, "rb")
+if not f then print("skipped: model file " .. path .. " not found"); os.exit(77) end
+f:close()
+package.path = (os.getenv("HYB_SOURCE_DIR") or ".") .. "/scripts/?.lua;" .. package.path
+local gen = require("genlib")
+
+local failed, passed = 0, 0
+local function check(cond, msg)
+  if cond then passed = passed + 1 else failed = failed + 1; print("FAIL: " .. msg) end
+end
+local function ids_of(s)
+  local t = {}
+  for d in s:gmatch("%d+") do t[#t + 1] = math.tointeger(tonumber(d)) end
+  return t
+end
+local function same(a, b)
+  if #a ~= #b then return false end
+  for i = 1, #a do if a[i] ~= b[i] then return false end end
+  return true
+end
+
+local jf = assert(io.open((os.getenv("HYB_TEST_DATA") or "tests/data") .. "/teacher/teacher.json"))
+local json = jf:read("a")
+jf:close()
+local prompt_ids = ids_of(json:match('"ids": %[%s*%[([%d,%s]+)%]'))
+local greedy_ids = ids_of(json:match('"greedy": {.-"ids": %[([%d,%s]+)%]'))
+local prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+
+local llm = hyb.llm(path, {max_ctx = 128})
+check(llm:vocab_size() == 49152 and llm:max_ctx() == 128, "vocab/max_ctx")
+check(llm:eos() == 2, "eos id " .. tostring(llm:eos()))
+
+-- 1. tokenizer agrees with HF
+local ids = llm:encode(prompt)
+check(same(ids, prompt_ids), "encode(prompt) differs from HF: " .. table.concat(ids, ","))
+
+-- 2. greedy reply == HF's continuation up to EOS
+local streamed = {}
+local r = gen.generate(llm, ids, {sampler = hyb.sampler{}, max_tokens = 16,
+                                  on_text = function(s) streamed[#streamed + 1] = s end})
+local want = {}
+for i = 1, #greedy_ids do
+  if greedy_ids[i] == llm:eos() then break end
+  want[#want + 1] = greedy_ids[i]
+end
+check(same(r.ids, want), "greedy ids " .. table.concat(r.ids, ",") .. " vs HF " .. table.concat(want, ","))
+check(r.reason == "eos", "reason " .. r.reason)
+check(r.text == llm:decode(want), "text '" .. r.text .. "'")
+check(table.concat(streamed) == r.text, "streamed text differs")
+check(r.text == "The capital of France is Paris.", "reply '" .. r.text .. "'")
+check(llm:pos() == #ids + #want, "context holds " .. llm:pos())
+check(r.prefill_tokens == #ids and r.decode_tokens == #want, "stats")
+
+-- 3. stop strings: output ends before the stop string, nothing of it is streamed
+llm:reset()
+check(llm:pos() == 0, "reset")
+streamed = {}
+r = gen.generate(llm, ids, {sampler = hyb.sampler{}, max_tokens = 16, stop = {" Paris"},
+                            on_text = function(s) streamed[#streamed + 1] = s end})
+check(r.reason == "stop" and r.text == "The capital of France is", "stop: '" .. r.text .. "' " .. r.reason)
+check(table.concat(streamed) == r.text, "stop: streamed '" .. table.concat(streamed) .. "'")
+
+-- 4. seeded sampling is reproducible; another seed differs
+local function sample_run(seed)
+  llm:reset()
+  local s = hyb.sampler{temperature = 1.0, top_k = 50, top_p = 0.95, repetition_penalty = 1.1, seed = seed}
+  return gen.generate(llm, ids, {sampler = s, max_tokens = 5}).ids
+end
+local a, b, c = sample_run(7), sample_run(7), sample_run(8)
+check(same(a, b), "same seed, different tokens")
+check(not same(a, c), "different seeds, same tokens")
+
+-- 5. errors
+check(not pcall(hyb.sampler, {top_k = -1}), "top_k = -1 accepted")
+check(not pcall(hyb.sampler, {temperatur = 1}), "unknown option accepted")
+check(not pcall(llm.feed, llm, 49152), "token id 49152 accepted")
+llm:reset()
+local long = {}
+for i = 1, 129 do long[i] = 100 end
+local ok, err = pcall(llm.prefill, llm, long)
+check(not ok and tostring(err):find("max_ctx"), "context overflow: " .. tostring(err))
+check(not pcall(hyb.llm, "/nonexistent/model.gguf"), "missing model file accepted")
+llm:close()
+check(not pcall(llm.pos, llm), "closed llm usable")
+
+print(string.format("%d passed, %d failed", passed, failed))
+os.exit(failed == 0 and 0 or 1)

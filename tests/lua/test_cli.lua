@@ -1,0 +1,130 @@
+-- tests/lua/test_cli.lua: the hyb command line, driven through io.popen: exit codes, the error
+-- message + traceback of a failing script, script arguments, and the shipped-script wrapper.
+-- Run: hyb run tests/lua/test_cli.lua
+local H = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/harness.lua")
+
+local exe = arg[-1]
+if not exe or not exe:find("/") then H.skip("cannot tell where the hyb binary is (arg[-1] = " .. tostring(exe) .. ")") end
+local HYB = H.quote(exe)
+local tmp = H.tmpdir()
+
+local function write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+H.run("failing script: message, traceback, exit 1", function()
+  local script = tmp .. "/fail.lua"
+  write(script, [[
+local function inner_fn() error("deliberate failure 42") end
+local function outer_fn() inner_fn() end
+outer_fn()
+]])
+  local out, code = H.sh(HYB .. " run " .. H.quote(script))
+  H.eq(code, 1, "exit status")
+  H.check(out:find("hyb: " .. script .. ":1: deliberate failure 42", 1, true), "message with file:line: " .. out)
+  H.check(out:find("stack traceback:", 1, true), "traceback present")
+  H.check(out:find("inner_fn", 1, true) and out:find("outer_fn", 1, true), "traceback names the functions")
+  H.check(out:find(script .. ":3: in main chunk", 1, true), "traceback reaches the main chunk")
+end)
+
+H.run("error in a binding: script location and C frame", function()
+  local script = tmp .. "/badarg.lua"
+  write(script, "local x = 1\nlocal t = hyb.tensor({2, -3})\n")
+  local out, code = H.sh(HYB .. " run " .. H.quote(script))
+  H.eq(code, 1, "exit status")
+  H.check(out:find(script .. ":2: hyb.tensor: shape entry 2 must be a positive integer, got -3", 1, true),
+    "binding error names the script line: " .. out)
+  H.check(out:find("in function 'hyb.tensor'", 1, true), "traceback shows the C function")
+end)
+
+H.run("syntax error and missing file", function()
+  local script = tmp .. "/syntax.lua"
+  write(script, "local = 3\n")
+  local out, code = H.sh(HYB .. " run " .. H.quote(script))
+  H.eq(code, 1, "syntax error exit status")
+  H.check(out:find("hyb: " .. script .. ":1:", 1, true), "syntax error names file:line: " .. out)
+  out, code = H.sh(HYB .. " run " .. H.quote(tmp .. "/nope.lua"))
+  H.eq(code, 1, "missing file exit status")
+  H.check(out:find("cannot open", 1, true), "missing file message: " .. out)
+end)
+
+H.run("script arguments and exit codes", function()
+  local script = tmp .. "/args.lua"
+  write(script, [[
+local n = select("#", ...)
+print(("n=%d arg0=%s a1=%s a2=%s v1=%s"):format(n, arg[0], arg[1], arg[2], (...)))
+if arg[1] == "exit" then os.exit(tonumber(arg[2])) end
+]])
+  local out, code = H.sh(HYB .. " run " .. H.quote(script) .. " alpha 'b c'")
+  H.eq(code, 0, "exit status 0")
+  H.check(out:find("n=2 arg0=" .. script .. " a1=alpha a2=b c v1=alpha", 1, true), "arg table and varargs: " .. out)
+  out, code = H.sh(HYB .. " run " .. H.quote(script) .. " exit 5")
+  H.eq(code, 5, "os.exit status passes through")
+  out, code = H.sh(HYB .. " run -e " .. H.quote("print('chunk', arg[1]); assert(hyb.tensor)") .. " z")
+  H.eq(code, 0, "run -e status")
+  H.check(out:find("chunk\tz", 1, true), "run -e output: " .. out)
+  out, code = H.sh("echo 'print(\"stdin\", arg[1])' | " .. HYB .. " run - q")
+  H.eq(code, 0, "run - status")
+  H.check(out:find("stdin\tq", 1, true), "run - reads the script from stdin: " .. out)
+end)
+
+H.run("Ctrl-C stops a script with a traceback", function()
+  -- wait until the script runs (its handler is installed by then), then send SIGINT
+  local log = tmp .. "/interrupt.log"
+  local code = "io.write('ready\\n') io.flush() local x = 0 while true do x = x + 1 end"
+  local cmd = "( " .. HYB .. " run -e " .. H.quote(code) .. " > " .. H.quote(log) .. " 2>&1 & pid=$!; " ..
+    "for i in $(seq 200); do grep -q ready " .. H.quote(log) .. " && break; sleep 0.1; done; " ..
+    "kill -INT $pid; wait $pid; echo \"status $?\"; cat " .. H.quote(log) .. " )"
+  local out = H.sh(cmd)
+  H.check(out:find("hyb: interrupted", 1, true) and out:find("stack traceback:", 1, true),
+    "interrupted message and traceback: " .. out)
+  H.check(out:find("status 1", 1, true), "exit status 1 after an interrupt: " .. out)
+end)
+
+H.run("usage errors exit 2", function()
+  local out, code = H.sh(HYB)
+  H.eq(code, 2, "no command")
+  H.check(out:find("usage: hyb", 1, true), "usage printed")
+  out, code = H.sh(HYB .. " frobnicate")
+  H.eq(code, 2, "unknown command")
+  H.check(out:find("unknown command 'frobnicate'", 1, true) and out:find("usage:", 1, true), "unknown command message: " .. out)
+  out, code = H.sh(HYB .. " run")
+  H.eq(code, 2, "run without a script")
+  out, code = H.sh(HYB .. " ../etc/passwd")
+  H.eq(code, 2, "a path is not a script name")
+end)
+
+H.run("version, help, plugins", function()
+  local out, code = H.sh(HYB .. " version")
+  H.eq(code, 0, "version status")
+  H.check(out:find("^hyb %d+%.%d+%.%d+") ~= nil, "version text: " .. out)
+  out, code = H.sh(HYB .. " help")
+  H.eq(code, 0, "help status")
+  H.check(out:find("run <script.lua>", 1, true), "help lists run")
+  out, code = H.sh(HYB .. " plugins")
+  H.eq(code, 0, "plugins status")
+  H.check(out:find("plugin search path:", 1, true), "plugins shows the search path: " .. out)
+end)
+
+H.run("shipped-script wrapper", function()
+  local sd = tmp .. "/scripts"
+  os.execute("mkdir -p " .. H.quote(sd))
+  write(sd .. "/hello.lua", 'print("hello from " .. arg[0]:match("[^/]*$") .. " " .. (arg[1] or "-"))\n')
+  write(sd .. "/util.lua", "return {answer = 42}\n")
+  write(sd .. "/usesutil.lua", 'print("answer " .. require("util").answer)\n')
+  local env = "HYB_SCRIPTS_DIR=" .. H.quote(sd) .. " "
+  local out, code = H.sh(env .. HYB .. " hello world")
+  H.eq(code, 0, "wrapper status")
+  H.check(out:find("hello from hello.lua world", 1, true), "wrapper runs scripts/hello.lua with args: " .. out)
+  out, code = H.sh(env .. HYB .. " usesutil")
+  H.check(code == 0 and out:find("answer 42", 1, true), "scripts dir is on package.path: " .. out)
+  out, code = H.sh(env .. HYB .. " help")
+  H.check(out:find("hello", 1, true), "help lists the shipped scripts")
+  out, code = H.sh(env .. HYB .. " nosuchscript")
+  H.eq(code, 2, "missing shipped script is an unknown command")
+end)
+
+H.rmdir(tmp)
+os.exit(H.done())

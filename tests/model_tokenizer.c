@@ -1,0 +1,129 @@
+/* tests/model_tokenizer.c: SmolLM2's tokenizer loaded from the model's GGUF metadata equals the
+ * tokenizer.json rebuilt by tests/reference/tokenizer_ref.py, and both equal HF's golden ids on
+ * the samples. Needs the GGUF: $HYB_MODEL or ~/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf
+ * (skips with exit code 77 when absent). */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "hyb/common.h"
+#include "hyb/tokenizer.h"
+
+static char model_path[4096];
+static hyb_tokenizer *tg, *tj;
+
+static char *data_path(const char *name) {
+    const char *d = getenv("HYB_TEST_DATA");
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "%s/tokenizer/%s", d ? d : "tests/data", name);
+    return buf;
+}
+
+static cJSON *read_json(const char *name) {
+    FILE *f = fopen(data_path(name), "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    size_t r = fread(b, 1, (size_t)n, f);
+    fclose(f);
+    b[r] = 0;
+    cJSON *j = cJSON_Parse(b);
+    free(b);
+    return j;
+}
+
+static void test_vocab_equal(void) {
+    CHECK(hyb_tokenizer_vocab_size(tg) == 49152);
+    CHECK(hyb_tokenizer_vocab_size(tg) == hyb_tokenizer_vocab_size(tj));
+    CHECK(hyb_tokenizer_bos_id(tg) == 1 && hyb_tokenizer_eos_id(tg) == 2);
+    int bad = 0;
+    for (int32_t i = 0; i < hyb_tokenizer_vocab_size(tg); i++) {
+        size_t la, lb;
+        const char *a = hyb_tokenizer_token_to_piece(tg, i, &la);
+        const char *b = hyb_tokenizer_token_to_piece(tj, i, &lb);
+        bad += !(a && b && la == lb && memcmp(a, b, la) == 0);
+        bad += strcmp(hyb_tokenizer_token_text(tg, i), hyb_tokenizer_token_text(tj, i)) != 0;
+        int ta = hyb_tokenizer_token_type(tg, i), tb = hyb_tokenizer_token_type(tj, i);
+        bad += (ta == HYB_TOKEN_CONTROL) != (tb == HYB_TOKEN_CONTROL);
+    }
+    CHECK_MSG(bad == 0, "%d token pieces/texts/types differ between GGUF and JSON", bad);
+}
+
+static void test_samples(void) {
+    cJSON *g = read_json("smollm2_golden.json");
+    CHECK(g != NULL);
+    if (!g) return;
+    const cJSON *e;
+    int k = 0, same = 0;
+    cJSON_ArrayForEach(e, g) {
+        const char *text = cJSON_GetObjectItem(e, "text")->valuestring;
+        const cJSON *gold = cJSON_GetObjectItem(e, "ids");
+        size_t len = strlen(text);
+        int32_t *a = NULL, *b = NULL;
+        size_t na = 0, nb = 0;
+        CHECK(hyb_tokenizer_encode_alloc(tg, text, len, 0, &a, &na) == HYB_OK);
+        CHECK(hyb_tokenizer_encode_alloc(tj, text, len, 0, &b, &nb) == HYB_OK);
+        int eq = na == nb && (size_t)cJSON_GetArraySize(gold) == na;
+        for (size_t i = 0; eq && i < na; i++)
+            eq = a[i] == b[i] && a[i] == cJSON_GetArrayItem(gold, (int)i)->valueint;
+        CHECK_MSG(eq, "sample %d: GGUF / JSON / HF ids differ for \"%.60s\"", k, text);
+        same += eq;
+        char *out = malloc(len + 1);
+        long n = hyb_tokenizer_decode(tg, a, na, 0, out, len + 1);
+        CHECK_MSG(n == (long)len && memcmp(out, text, len) == 0,
+                  "sample %d: GGUF decode round trip", k);
+        free(out), free(a), free(b);
+        k++;
+    }
+    printf("  %d/%d samples: GGUF tokenizer = tokenizer.json = HF golden\n", same, k);
+    cJSON_Delete(g);
+}
+
+static void test_chat_template_tokens(void) {
+    const char *chat = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+    int32_t ids[64];
+    long n = hyb_tokenizer_encode(tg, chat, strlen(chat), HYB_TOK_ADD_SPECIAL, ids, 64);
+    CHECK(n > 4 && ids[0] == 1); /* add_bos_token is false in SmolLM2's GGUF: nothing prepended */
+    int n_ctrl = 0;
+    for (long i = 0; i < n; i++)
+        n_ctrl += hyb_tokenizer_token_type(tg, ids[i]) == HYB_TOKEN_CONTROL;
+    CHECK(n_ctrl == 3);
+    char out[128];
+    long nb = hyb_tokenizer_decode(tg, ids, (size_t)n, HYB_TOK_SKIP_SPECIAL, out, sizeof out);
+    CHECK(nb == 18 && memcmp(out, "user\nHi\nassistant\n", 18) == 0);
+}
+
+int main(void) {
+    const char *env = getenv("HYB_MODEL");
+    if (env && *env)
+        snprintf(model_path, sizeof model_path, "%s", env);
+    else
+        snprintf(model_path, sizeof model_path,
+                 "%s/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 getenv("HOME") ? getenv("HOME") : ".");
+    if (access(model_path, R_OK) != 0) {
+        printf("skip: %s not found (set HYB_MODEL)\n", model_path);
+        return HARNESS_SKIP;
+    }
+    double t0 = hyb_time_now();
+    tg = hyb_tokenizer_load_gguf(model_path);
+    double t1 = hyb_time_now();
+    tj = hyb_tokenizer_load_json(data_path("smollm2.tokenizer.json"));
+    double t2 = hyb_time_now();
+    if (!tg || !tj) {
+        fprintf(stderr, "load failed: %s\n", hyb_error());
+        return 1;
+    }
+    printf("  load: GGUF %.1f ms, tokenizer.json %.1f ms\n", (t1 - t0) * 1e3, (t2 - t1) * 1e3);
+    RUN(test_vocab_equal);
+    RUN(test_samples);
+    RUN(test_chat_template_tokens);
+    hyb_tokenizer_free(tg);
+    hyb_tokenizer_free(tj);
+    return harness_done();
+}
