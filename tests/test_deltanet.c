@@ -14,6 +14,9 @@
  *  - snapshot -> decode -> restore -> decode equals the uninterrupted run
  *  - DIL init from an `mha` mixer copies exactly (GQA heads repeated), and shape mismatches fail
  *  - config errors name file:line:col and the key
+ *  - in a model (mha + deltanet + gated_deltanet layers): prefill + batched decode equals the
+ *    forward, a training backward reaches the mixers, and a DIL swap of an attention layer
+ *    starts as an identity mixer (zero output gate): logits equal the leave-one-out model's
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -23,6 +26,7 @@
 #include "hyb/config.h"
 #include "hyb/graph.h"
 #include "hyb/mixer.h"
+#include "hyb/model.h"
 
 static const char *TYPES[2] = {"deltanet", "gated_deltanet"};
 
@@ -780,6 +784,146 @@ static void test_config_errors(void) {
         }
 }
 
+/* ---- in a hybrid model ------------------------------------------------------------------------
+ */
+
+static const char *HYB_MAP =
+    "[model]\nname = \"dn-hybrid\"\nd_model = 32\nn_layers = 3\nvocab_size = 40\nd_ff = 48\n"
+    "norm_eps = 1e-5\ntie_embeddings = true\nmax_seq = 64\n"
+    "[mixers.attn]\ntype = \"mha\"\nsymbol = \"t\"\nn_heads = 4\nn_kv_heads = 2\nhead_dim = 8\n"
+    "[mixers.dn]\ntype = \"deltanet\"\nsymbol = \"d\"\nn_heads = 4\nhead_dim = 8\nchunk = 4\n"
+    "[mixers.gdn]\ntype = \"gated_deltanet\"\nsymbol = \"g\"\nn_heads = 4\nhead_dim = 8\n"
+    "chunk = 4\n"
+    "[layout]\npattern = \"dtg\"\n";
+
+static float *model_logits(hyb_model *m, const int32_t *ids, int B, int T) {
+    hyb_graph *g = hyb_graph_new();
+    hyb_graph_set_grad(g, 0);
+    hyb_tensor *lg = hyb_model_forward(m, g, ids, B, T);
+    float *out = NULL;
+    CHECK_MSG(lg != NULL, "forward: %s", hyb_error());
+    if (lg) {
+        out = malloc(hyb_tensor_nbytes(lg));
+        memcpy(out, lg->data, hyb_tensor_nbytes(lg));
+    }
+    hyb_graph_free(g);
+    return out;
+}
+
+/* the model owns (and frees) its layer map */
+static hyb_model *hybrid_model(void) {
+    hyb_layermap *map = NULL;
+    hyb_model *m = NULL;
+    CHECK_MSG(hyb_layermap_parse(HYB_MAP, "hybrid.toml", &map) == HYB_OK, "%s", hyb_error());
+    if (!map) return NULL;
+    CHECK_MSG(hyb_model_build(map, 77, &m) == HYB_OK, "%s", hyb_error());
+    return m;
+}
+
+static void test_hybrid_model(void) {
+    hyb_model *m = hybrid_model();
+    if (!m) return;
+    enum { NS = 2, LEN = 11 };
+    const int V = 40, len[NS] = {11, 8}, prompt[NS] = {5, 3};
+    int32_t ids[NS][LEN];
+    for (int s = 0; s < NS; s++)
+        for (int t = 0; t < LEN; t++)
+            ids[s][t] = (int32_t)((t * 7 + s * 13 + 3) % V);
+    float *full[NS];
+    for (int s = 0; s < NS; s++)
+        full[s] = model_logits(m, ids[s], 1, len[s]);
+    hyb_kvstate *kv = NULL;
+    CHECK_MSG(hyb_kvstate_new(m, NS, 32, &kv) == HYB_OK, "%s", hyb_error());
+    double worst = 0;
+    float lg[NS * 40];
+    if (kv && full[0] && full[1]) {
+        /* sequence 0: two-part prefill; sequence 1: one */
+        CHECK(hyb_model_prefill(m, kv, 0, ids[0], 2, lg) == HYB_OK);
+        worst = fmax(worst, harness_max_rel(lg, full[0] + V, V, 1.0));
+        CHECK_MSG(hyb_model_prefill(m, kv, 0, ids[0] + 2, prompt[0] - 2, lg) == HYB_OK, "%s",
+                  hyb_error());
+        worst = fmax(worst, harness_max_rel(lg, full[0] + (size_t)(prompt[0] - 1) * V, V, 1.0));
+        CHECK(hyb_model_prefill(m, kv, 1, ids[1], prompt[1], lg) == HYB_OK);
+        worst = fmax(worst, harness_max_rel(lg, full[1] + (size_t)(prompt[1] - 1) * V, V, 1.0));
+        int at[NS] = {prompt[0], prompt[1]};
+        for (;;) {
+            int32_t seqs[NS], tok[NS], who[NS];
+            int n = 0;
+            for (int s = 0; s < NS; s++)
+                if (at[s] < len[s]) {
+                    who[n] = s;
+                    seqs[n] = s;
+                    tok[n++] = ids[s][at[s]];
+                }
+            if (!n) break;
+            CHECK_MSG(hyb_model_decode(m, kv, n, seqs, tok, lg) == HYB_OK, "%s", hyb_error());
+            for (int i = 0; i < n; i++) {
+                int s = who[i];
+                worst = fmax(worst, harness_max_rel(lg + (size_t)i * V, full[s] + (size_t)at[s] * V,
+                                                    V, 1.0));
+                at[s]++;
+            }
+        }
+    }
+    printf("   model 'dtg': prefill + decode vs forward logits: max rel err %.3g\n", worst);
+    CHECK_MSG(worst < 1e-5, "model prefill/decode: %g", worst);
+    hyb_kvstate_free(kv);
+
+    /* training: gradients reach both linear mixers */
+    {
+        enum { B = 2, T = 9 };
+        int32_t tid[B * T], tg[B * T];
+        for (int i = 0; i < B * T; i++) {
+            tid[i] = (i * 5 + 1) % V;
+            tg[i] = (i * 3 + 2) % V;
+        }
+        hyb_graph *g = hyb_graph_new();
+        hyb_tensor *lgt = hyb_model_forward(m, g, tid, B, T);
+        hyb_tensor *L = lgt ? hyb_cross_entropy(g, lgt, tg, NULL) : NULL;
+        CHECK_MSG(L && hyb_graph_backward(g, L, 1.0f) == HYB_OK, "%s", hyb_error());
+        const char *names[3] = {"model.layers.0.mixer.q_conv1d.weight",
+                                "model.layers.2.mixer.A_log", "model.layers.2.mixer.k_proj.weight"};
+        for (int k = 0; k < 3; k++) {
+            hyb_tensor *p = hyb_model_param(m, names[k]);
+            CHECK_MSG(p != NULL && p->grad, "no parameter %s", names[k]);
+            if (!p || !p->grad) continue;
+            double s2 = 0;
+            const float *gd = hyb_tensor_f32(p->grad);
+            for (int64_t i = 0; i < hyb_tensor_numel(p); i++)
+                s2 += (double)gd[i] * gd[i];
+            CHECK_MSG(s2 > 0 && isfinite(s2), "%s: |grad|^2 = %g", names[k], s2);
+        }
+        hyb_graph_free(g);
+    }
+    for (int s = 0; s < NS; s++)
+        free(full[s]);
+    hyb_model_free(m);
+
+    /* DIL: swapping attention layer 1 for a DeltaNet initialised from it gives a zero mixer
+     * output (output gate 0), so the logits equal those with layer 1 left out (identity) */
+    for (int gated = 0; gated < 2; gated++) {
+        hyb_model *a = hybrid_model(), *b = hybrid_model();
+        hyb_toml *doc = hyb_toml_parse_string("n_heads = 4\nhead_dim = 8\n", "swap.toml");
+        if (a && b && doc) {
+            CHECK_MSG(hyb_model_swap(a, 1, TYPES[gated], hyb_toml_root(doc), 1, 5) == HYB_OK, "%s",
+                      hyb_error());
+            CHECK(hyb_model_set_identity(b, 1) == HYB_OK);
+            float *la = model_logits(a, ids[0], 1, LEN), *lb = model_logits(b, ids[0], 1, LEN);
+            if (la && lb) {
+                double e = harness_max_rel(la, lb, LEN * V, 1e-30);
+                printf("   DIL %s at layer 1 vs identity layer: max rel diff %.3g\n", TYPES[gated],
+                       e);
+                CHECK_MSG(e == 0, "DIL swap is not a zero mixer: %g", e);
+            }
+            free(la);
+            free(lb);
+        }
+        hyb_model_free(a);
+        hyb_model_free(b);
+        hyb_toml_free(doc);
+    }
+}
+
 int main(void) {
     for (int i = 0; i < 2; i++) {
         const hyb_mixer_desc *d;
@@ -799,5 +943,6 @@ int main(void) {
     RUN(test_long_sequence);
     RUN(test_init_from_mha);
     RUN(test_config_errors);
+    RUN(test_hybrid_model);
     return harness_done();
 }
