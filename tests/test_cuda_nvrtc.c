@@ -125,6 +125,20 @@ static void test_driver_status(void) {
     }
 }
 
+/* Without a driver the backend stays unregistered and its entry points fail cleanly. */
+static void test_no_device_is_clean(void) {
+    if (hyb_cuda_load() == HYB_OK) return; /* a driver is present: cuda_ops covers it */
+    CHECK(hyb_cuda_init(0) != HYB_OK);
+    CHECK(strstr(hyb_error(), "CPU only") != NULL || strstr(hyb_error(), "cuBLAS") != NULL);
+    CHECK(hyb_cuda_ready() == 0 && hyb_cuda_arch() == 0);
+    CHECK(hyb_backend_cuda() == NULL);
+    CHECK(hyb_backend_get(HYB_DEV_CUDA) == NULL);
+    CHECK(hyb_cuda_malloc(1024) == NULL);
+    CHECK(strstr(hyb_error(), "not initialised") != NULL);
+    hyb_cuda_free(NULL);
+    CHECK(hyb_cuda_sync() == HYB_OK);
+}
+
 int main(void) {
     if (hyb_cuda_nvrtc_load() != HYB_OK) {
         printf("skipped: %s\n", hyb_error());
@@ -142,6 +156,7 @@ int main(void) {
     RUN(test_broken_source_shows_log);
     RUN(test_unknown_source);
     RUN(test_driver_status);
+    RUN(test_no_device_is_clean);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_cache);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_cache);
