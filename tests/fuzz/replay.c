@@ -35,7 +35,8 @@ static void run_variants(const uint8_t *data, size_t size) {
     run(data, size);
     if (size <= off) return;
     size_t body = size - off;
-    for (int k = 0; k < 8; k++) run(data, off + body * (size_t)k / 8);
+    for (int k = 0; k < 8; k++)
+        run(data, off + body * (size_t)k / 8);
     uint8_t *m = malloc(size);
     if (!m) return;
     uint64_t s = 0x9e3779b97f4a7c15ull ^ size;
@@ -135,7 +136,8 @@ int main(int argc, char **argv) {
             char *end;
             long v = strtol(argv[i] + 9, &end, 0);
             if (*end || end == argv[i] + 9 || v < 0 || v > 255) {
-                fprintf(stderr, "replay: --prefix needs a byte value 0..255, got '%s'\n", argv[i] + 9);
+                fprintf(stderr, "replay: --prefix needs a byte value 0..255, got '%s'\n",
+                        argv[i] + 9);
                 return 2;
             }
             prefix = (int)v;
