@@ -4,12 +4,14 @@
  * (prefill, batched decode), checkpoints (safetensors + layer map TOML). */
 #include "hyb/model.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hyb/atomic.h"
 #include "hyb/safetensors.h"
@@ -934,6 +936,84 @@ static char *join_path(const char *dir, const char *file) {
     return p;
 }
 
+/* The shortest %g form that reads back as the same double (finite v). */
+static void sb_shortest(sbuf *b, double v) {
+    char tmp[64];
+    if (v == floor(v) && fabs(v) < 1e15) { /* 10000.0, not 1e+04 */
+        snprintf(tmp, sizeof tmp, "%.1f", v);
+        sb_puts(b, tmp);
+        return;
+    }
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(tmp, sizeof tmp, "%.*g", prec, v);
+        if (strtod(tmp, NULL) == v) break;
+    }
+    sb_puts(b, tmp);
+}
+
+/* HF config.json for a model every layer of which is the same `mha` mixer (a llama checkpoint
+ * that transformers and hyb_model_load_hf_dir read back). Returns NULL (no error) when the
+ * layout is not a plain llama: hybrids, identity layers, per-layer attention shapes. */
+static char *llama_config_json(const hyb_model *m) {
+    const hyb_mixer_spec *spec = NULL;
+    for (int l = 0; l < m->L; l++) {
+        const hyb_mixer *mx = m->layers[l].mixer;
+        const hyb_mixer_spec *sp = &m->map->mixers[m->map->layer_mixer[l]];
+        if (!mx || strcmp(mx->type, "mha") != 0) return NULL;
+        if (spec && sp != spec) return NULL;
+        spec = sp;
+    }
+    /* the mha plugin's keys and defaults (plugins/mha/mha.c) */
+    const hyb_cfg_table *t = spec->table;
+    int64_t nh = 0, nkv = 0, hd = 0;
+    double theta = 10000.0;
+    int bias = 0;
+    int ok = hyb_cfg_int(t, "n_heads", m->D % 64 == 0 ? m->D / 64 : 0, &nh) == HYB_OK && nh > 0 &&
+             hyb_cfg_int(t, "n_kv_heads", nh, &nkv) == HYB_OK && nkv > 0 &&
+             hyb_cfg_int(t, "head_dim", m->D % nh == 0 ? m->D / nh : 0, &hd) == HYB_OK && hd > 0 &&
+             hyb_cfg_float(t, "rope_theta", 10000.0, &theta) == HYB_OK &&
+             hyb_cfg_bool(t, "bias", 0, &bias) == HYB_OK;
+    hyb_error_clear();
+    if (!ok) return NULL;
+    /* cross-check with the declared shapes: q_proj [H*hd, D], k_proj [KV*hd, D] */
+    const hyb_mixer *mx = m->layers[0].mixer;
+    int seen = 0;
+    for (int i = 0; i < mx->n_params; i++) {
+        const hyb_param_decl *d = &mx->decls[i];
+        if (!strcmp(d->name, "q_proj.weight"))
+            seen += d->shape[0] == nh * hd && d->shape[1] == m->D;
+        if (!strcmp(d->name, "k_proj.weight"))
+            seen += d->shape[0] == nkv * hd && d->shape[1] == m->D;
+    }
+    if (seen != 2) return NULL;
+    sbuf b = {0};
+    sb_puts(&b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
+    sb_printf(
+        &b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
+        m->D, m->F, m->L);
+    sb_printf(&b,
+              "  \"num_attention_heads\": %" PRId64 ",\n  \"num_key_value_heads\": %" PRId64
+              ",\n  \"head_dim\": %" PRId64 ",\n",
+              nh, nkv, hd);
+    sb_printf(&b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n", m->V,
+              m->map->max_seq);
+    sb_puts(&b, "  \"rms_norm_eps\": ");
+    sb_shortest(&b, m->map->norm_eps);
+    sb_puts(&b, ",\n  \"rope_theta\": ");
+    sb_shortest(&b, theta);
+    sb_puts(&b, ",\n");
+    sb_printf(&b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": %s,\n",
+              m->lm_head == m->embed ? "true" : "false", bias ? "true" : "false");
+    sb_puts(&b,
+            "  \"mlp_bias\": false,\n  \"hidden_act\": \"silu\",\n  \"initializer_range\": 0.02,\n"
+            "  \"dtype\": \"float32\",\n  \"torch_dtype\": \"float32\"\n}\n");
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
 int hyb_model_save(hyb_model *m, const char *dir) {
     HYB_TRY(hyb_mkdir_p(dir));
     int rc = HYB_OK;
@@ -953,6 +1033,20 @@ int hyb_model_save(hyb_model *m, const char *dir) {
     /* weights first: a layer map never describes weights that are not on disk yet */
     if (rc == HYB_OK) rc = hyb_st_writer_save(w, p_st);
     if (rc == HYB_OK) rc = hyb_atomic_write_buf(p_map, toml, strlen(toml));
+    if (rc == HYB_OK) {
+        char *cfg = llama_config_json(m);
+        char *p_cfg = join_path(dir, "config.json");
+        if (cfg && p_cfg)
+            rc = hyb_atomic_write_buf(p_cfg, cfg, strlen(cfg));
+        else if (!cfg && p_cfg) { /* and none left over from an earlier save of another layout */
+            hyb_log(HYB_LOG_DEBUG, "%s: no config.json (the layout is not a plain llama)", dir);
+            if (unlink(p_cfg) != 0 && errno != ENOENT)
+                rc = hyb_error_set(HYB_ERR_IO, "%s: cannot remove a stale config.json: %s", dir,
+                                   strerror(errno));
+        }
+        free(cfg);
+        free(p_cfg);
+    }
     if (rc == HYB_OK)
         hyb_log(HYB_LOG_INFO, "saved %s (%d tensors, %" PRId64 " parameters)", dir, m->n_params,
                 hyb_model_n_elements(m));

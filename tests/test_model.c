@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "hyb/hf.h"
 #include "hyb/model.h"
 #include "hyb/safetensors.h"
 
@@ -673,6 +674,23 @@ static void test_hf_llama_logits(void) {
             CHECK_MSG(worst < 1e-5, "decode vs HF: max rel %g", worst);
             free(lg);
             hyb_kvstate_free(kv);
+            /* a plain llama is saved with an HF config.json: the directory loads as HF too */
+            const char *dir = sub("llama-hf");
+            CHECK(hyb_model_save(m, dir) == HYB_OK);
+            hyb_model *h = NULL;
+            CHECK_MSG(hyb_model_load_hf_dir(dir, &h) == HYB_OK, "%s", hyb_error());
+            if (h) {
+                float *again = forward_logits(h, ids, B, T);
+                CHECK(again && memcmp(again, got, (size_t)B * T * V * sizeof(float)) == 0);
+                free(again);
+                hyb_model_free(h);
+            }
+            /* after a swap to identity the layout is no longer llama: config.json is removed */
+            CHECK(hyb_model_set_identity(m, 1) == HYB_OK);
+            CHECK(hyb_model_save(m, dir) == HYB_OK);
+            char cp[600];
+            snprintf(cp, sizeof cp, "%s/config.json", dir);
+            CHECK(access(cp, F_OK) != 0);
         }
         free(got);
         hyb_model_free(m);

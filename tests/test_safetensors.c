@@ -118,6 +118,7 @@ static void test_round_trip(void) {
     CHECK(hyb_st_writer_add(w, "model.a", HYB_F32, 2, sa, a) == HYB_ERR_ARG); /* duplicate */
     CHECK(strstr(hyb_error(), "model.a") != NULL);
     CHECK(hyb_st_writer_add(w, "q", HYB_Q8_0, 1, s4, a) == HYB_ERR_UNSUPPORTED);
+    CHECK(hyb_st_writer_add(w, "nodata", HYB_F32, 1, s4, NULL) == HYB_ERR_ARG);
     CHECK(hyb_st_writer_meta(w, "format", "pt") == HYB_OK);
     CHECK(hyb_st_writer_meta(w, "note", "line1\nline2 \"x\"") == HYB_OK);
     CHECK(hyb_st_writer_meta(w, "format", "pt2") == HYB_OK); /* replaces */

@@ -560,6 +560,10 @@ int hyb_st_writer_add(hyb_st_writer *w, const char *name, hyb_dtype dtype, int n
                                  name, (long long)shape[i]);
         numel *= (uint64_t)shape[i];
     }
+    if (!data && numel > 0)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "safetensors writer: tensor '%s': no data for %llu elements", name,
+                             (unsigned long long)numel);
     if (w->n == w->cap) {
         int cap = w->cap ? 2 * w->cap : 64;
         st_entry *e = realloc(w->e, (size_t)cap * sizeof *e);
