@@ -161,6 +161,16 @@ static void push_meta(lua_State *L, const hyb_ckpt_meta *meta) {
     }
 }
 
+/* hyb.train.layermap_toml(model) -> the model's layer map as TOML text (what model:save writes) */
+static int l_layermap_toml(lua_State *L) {
+    hyb_model *m = lhyb_check_model(L, 1, "hyb.train.layermap_toml");
+    char *t = hyb_model_layermap_toml(m);
+    if (!t) return lhyb_raise_hyb(L, "hyb.train.layermap_toml");
+    lua_pushstring(L, t);
+    free(t);
+    return 1;
+}
+
 /* hyb.train.checkpoint_meta(path) -> the metadata table of a training checkpoint */
 static int l_checkpoint_meta(lua_State *L) {
     const char *F = "hyb.train.checkpoint_meta";
@@ -879,6 +889,7 @@ void lhyb_open_train(lua_State *L) {
                                            {"checkpoint_meta", l_checkpoint_meta},
                                            {"greedy", l_greedy},
                                            {"read_toml", l_read_toml},
+                                           {"layermap_toml", l_layermap_toml},
                                            {NULL, NULL}};
     luaL_newlib(L, train_funcs);
     lua_setfield(L, -2, "train");

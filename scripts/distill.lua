@@ -23,7 +23,8 @@
 --   [train] lr = 3e-4, min_lr = lr / 10, warmup = 0, batch = 4, seq_len = 256, accum = 1,
 --           loss = "reverse_kl" | "forward_kl" | "ce" | "mix", weights = {rkl=, fkl=, ce=} (mix),
 --           temperature = 1, weight_decay = 0.1, clip = 1.0, freeze = [glob patterns]
---   [stages.<name>]  in file order: layers = [..] | (lowest = n, ranking = "file.json"),
+--   [stages.<name>]  in file order: layers = [..] | (lowest = n, ranking = "file.json": the n
+--           least important layers of the ranking not yet swapped; scripts/importance.lua),
 --           mixer = "mamba1" | "identity" | a plugin type, init = "mil" | "random",
 --           config = "TOML text of the mixer table", steps (required), and any [train] key to
 --           override it for this stage.
@@ -200,17 +201,22 @@ local function write_svg()
 end
 
 -- ---- stages -------------------------------------------------------------------------------------
-local function ranking_layers(path, n)
-  local f = assert(io.open(expand(path), "r"), "cannot open ranking file " .. path)
+-- The first n layers of a ranking file's "order" (least important first) that the student still
+-- runs with the teacher's mixer (layers swapped by earlier stages are skipped).
+local function ranking_layers(path, n, student)
+  local f = assert(io.open(expand(path), "r"), "cannot open ranking file " .. path ..
+    " (write it with: hyb importance ...)")
   local text = f:read("a")
   f:close()
-  -- the ranking file's "order": [least important first]
   local list = text:match('"order"%s*:%s*%[([^%]]*)%]') or error(path .. ": no \"order\" list")
+  local sp, tp = student:pattern(), teacher:pattern()
   local layers = {}
   for v in list:gmatch("%-?%d+") do
-    if #layers < n then layers[#layers + 1] = tonumber(v) end
+    local l = tonumber(v)
+    if #layers < n and sp:sub(l + 1, l + 1) == tp:sub(l + 1, l + 1) then layers[#layers + 1] = l end
   end
-  if #layers < n then error(("%s: the ranking lists %d layers, %d wanted"):format(path, #layers, n)) end
+  if #layers < n then error(("%s: only %d layers left to swap, %d wanted"):format(path, #layers, n)) end
+  table.sort(layers)
   return layers
 end
 
@@ -234,9 +240,11 @@ for si, name in ipairs(order) do
     local B = setting(S, "batch", 4)
     local T = setting(S, "seq_len", 256)
     local accum = setting(S, "accum", 1)
-    local layers = S.layers
-    if not layers and S.lowest then layers = ranking_layers(S.ranking or error("stage " .. name .. ": lowest needs ranking"), S.lowest) end
     local student = prev and hyb.train.load(prev) or hyb.train.clone(teacher)
+    local layers = S.layers
+    if not layers and S.lowest then
+      layers = ranking_layers(S.ranking or error("stage " .. name .. ": lowest needs ranking"), S.lowest, student)
+    end
     local mixer = S.mixer or "mamba1"
     if layers and #layers > 0 then
       if mixer == "identity" then
