@@ -161,5 +161,63 @@ freeze = ["model.embed_tokens.weight"]
   H.eq(losses(tmp .. "/B/metrics.jsonl"), losses(tmp .. "/A/metrics.jsonl"), "metrics.jsonl")
 end)
 
+H.run("importance and eval scripts", function()
+  local base = ("'%s' run '%s/scripts/%%s.lua' --teacher '%s/teacher' --data '%s/examples/data' --tokenizer bytes " ..
+    "--batches 2 --seq-len 32 %%s > '%s/log2.txt' 2>&1"):format(bin, root, tmp, root, tmp)
+  H.eq(sh(base:format("importance", "--mmr-steps 2 --out '" .. tmp .. "/rank.json'")), 0, "importance runs")
+  local f = io.open(tmp .. "/rank.json")
+  local text = f and f:read("a") or ""
+  if f then f:close() end
+  local order = text:match('"order": %[([^%]]*)%]') or ""
+  local seen = {}
+  for v in order:gmatch("%d+") do seen[#seen + 1] = tonumber(v) end
+  table.sort(seen)
+  H.eq(table.concat(seen, ","), "0,1,2,3", "the ranking lists every layer once")
+  H.check(text:match('"loo": {') ~= nil, "LOO scores")
+  H.eq(sh(base:format("eval", "--prompts 2 --gen 8 --out '" .. tmp .. "/eval.json' '" .. tmp .. "/A/s1/model' '" ..
+    tmp .. "/A/s2/final.safetensors'")), 0, "eval runs")
+  f = io.open(tmp .. "/eval.json")
+  text = f and f:read("a") or ""
+  if f then f:close() end
+  local n = 0
+  for _ in text:gmatch('"ppl": [%d.]+') do n = n + 1 end
+  H.eq(n, 3, "three models evaluated (teacher + 2)")
+  H.check(text:match('"agree": 1,') ~= nil, "the teacher agrees with itself")
+  -- a ranking-driven stage picks the least important layers not yet swapped
+  local r2 = tmp .. "/r2.toml"
+  local g = assert(io.open(r2, "w"))
+  g:write(([[
+[run]
+teacher = "%s/teacher"
+[data]
+files = ["%s/examples/data"]
+tokenizer = "bytes"
+[train]
+batch = 1
+seq_len = 16
+[stages.a]
+lowest = 1
+ranking = "%s/rank.json"
+mixer = "identity"
+steps = 1
+[stages.b]
+lowest = 2
+ranking = "%s/rank.json"
+mixer = "identity"
+steps = 1
+]]):format(tmp, root, tmp, tmp))
+  g:close()
+  H.eq(sh(("'%s' run '%s/scripts/distill.lua' '%s' '%s/C' > '%s/log3.txt' 2>&1"):format(bin, root, r2, tmp, tmp)), 0,
+    "ranking recipe runs")
+  local m = hyb.train.load(tmp .. "/C/b/final.safetensors")
+  local ids = {}
+  for v in order:gmatch("%d+") do ids[#ids + 1] = tonumber(v) end
+  local pat = m:pattern()
+  local want = {}
+  for l = 0, 3 do want[l + 1] = "t" end
+  for i = 1, 3 do want[ids[i] + 1] = "i" end
+  H.eq(pat, table.concat(want), "the three least important layers are identity after two stages")
+end)
+
 os.execute("rm -rf '" .. tmp .. "'")
 os.exit(H.done())
