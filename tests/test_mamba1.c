@@ -63,7 +63,6 @@ static long pnumel(const inst *I, int i) {
     return (long)hyb_tensor_numel(I->m->params[i]);
 }
 
-
 static int fwd(inst *I, int B, int T, const float *x, float *y, void *saved, void *const *states,
                const int32_t *pos, int max_ctx) {
     hyb_mixer_fwd a = {.B = B,
@@ -263,10 +262,10 @@ static void golden_case(const char *file, int chunk) {
         double es = 0, ec = 0;
         for (int b = 0; b < B; b++) {
             const float *s = st[b];
-            double e1 = allclose_ratio(s, arr[NA - 2] + (size_t)b * Di * N, (long)Di * N, 2e-5,
-                                       6e-5);
-            double e2 = max_diff(s + (size_t)Di * N, arr[NA - 1] + (size_t)b * Di * K,
-                                 (long)Di * K);
+            double e1 =
+                allclose_ratio(s, arr[NA - 2] + (size_t)b * Di * N, (long)Di * N, 2e-5, 6e-5);
+            double e2 =
+                max_diff(s + (size_t)Di * N, arr[NA - 1] + (size_t)b * Di * K, (long)Di * K);
             es = e1 > es ? e1 : es;
             ec = e2 > ec ? e2 : ec;
             free(st[b]);
@@ -356,8 +355,7 @@ static void fd_case(const char *toml, int D, int B, int T) {
     CHECK(bwd(&I, B, T, x, dy, dx, saved) == HYB_OK);
     fd_check(&I, "x", x, dx, nx, B, T, x, dy, y);
     for (int i = 0; i < NP; i++)
-        fd_check(&I, I.m->decls[i].name, (float *)I.pp[i], I.gp[i], pnumel(&I, i), B, T, x, dy,
-                 y);
+        fd_check(&I, I.m->decls[i].name, (float *)I.pp[i], I.gp[i], pnumel(&I, i), B, T, x, dy, y);
     free(x);
     free(dy);
     free(y);
@@ -434,6 +432,59 @@ static void test_chunk_sizes(void) {
     free(dy);
     free(y0);
     free(dx0);
+}
+
+/* The OpenMP regions (forward scan over (sequence, head), backward over x/B groups, conv) open only
+ * above ~262144 inner steps: one call on 4 sequences is above (B*T*Di*N = 327680), each sequence
+ * alone is below. The batched call must give the per-sequence outputs and dx, and parameter
+ * gradients equal to the sum of the per-sequence ones. */
+static void test_parallel_vs_serial(void) {
+    enum { D = 48, B = 4, T = 160 };
+    inst I;
+    if (inst_new(&I, D, "d_inner = 64\nd_xb = 32\nd_state = 8\ndt_rank = 6\nchunk = 16\n", 31) !=
+        0) {
+        inst_free(&I);
+        return;
+    }
+    randomize_params(&I, 32, 1.0f);
+    hyb_rng r;
+    hyb_rng_seed(&r, 33);
+    const long nx = (long)B * T * D, nr = (long)T * D;
+    float *x = randn(&r, nx, 1.0f), *dy = randn(&r, nx, 1.0f), *y = malloc(nx * 4),
+          *dx = malloc(nx * 4), *y1 = malloc(nr * 4), *dx1 = malloc(nr * 4), *gb[NP];
+    void *saved = saved_new(&I, B, T);
+    CHECK(fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK);
+    CHECK(bwd(&I, B, T, x, dy, dx, saved) == HYB_OK);
+    for (int i = 0; i < NP; i++) { /* keep the batched gradients, then start from zero */
+        gb[i] = malloc((size_t)pnumel(&I, i) * 4);
+        memcpy(gb[i], I.gp[i], (size_t)pnumel(&I, i) * 4);
+        memset(I.gp[i], 0, (size_t)pnumel(&I, i) * 4);
+    }
+    double ey = 0, edx = 0, eg = 0;
+    for (int b = 0; b < B; b++) {
+        CHECK(fwd(&I, 1, T, x + b * nr, y1, saved, NULL, NULL, 0) == HYB_OK);
+        CHECK(bwd(&I, 1, T, x + b * nr, dy + b * nr, dx1, saved) == HYB_OK);
+        ey = fmax(ey, harness_max_rel(y1, y + b * nr, nr, 1.0));
+        edx = fmax(edx, harness_max_rel(dx1, dx + b * nr, nr, 1.0));
+    }
+    for (int i = 0; i < NP; i++) {
+        long n = pnumel(&I, i);
+        double mx = max_abs(gb[i], n);
+        eg = fmax(eg, max_diff(I.gp[i], gb[i], n) / (mx > 0 ? mx : 1));
+        free(gb[i]);
+    }
+    printf("   B=%d batched (threads) vs one sequence at a time: y %.3g, dx %.3g, grads %.3g\n", B,
+           ey, edx, eg);
+    CHECK_MSG(ey < 1e-5 && edx < 1e-5 && eg < 1e-5, "batched vs serial: y %g dx %g grads %g", ey,
+              edx, eg);
+    free(x);
+    free(dy);
+    free(y);
+    free(dx);
+    free(y1);
+    free(dx1);
+    free(saved);
+    inst_free(&I);
 }
 
 /* ---- decode ----------------------------------------------------------------------------------*/
@@ -522,11 +573,12 @@ static void test_prefill_then_decode(void) {
     inst_free(&I);
 }
 
-/* A decode step large enough to open the OpenMP region (n * Di * N > 32768). */
+/* A decode step large enough to open the OpenMP region (n * Di * N > 262144), on a realistic
+ * head size (d_state 16) with repeat 4. */
 static void test_decode_large_step(void) {
-    enum { D = 64, NS = 5, LEN = 30, MAXC = 64 };
+    enum { D = 64, NS = 17, LEN = 30, MAXC = 64 };
     inst I;
-    if (inst_new(&I, D, "d_inner = 128\nd_xb = 32\nd_state = 16\ndt_rank = 8\n", 21) != 0) {
+    if (inst_new(&I, D, "d_inner = 1024\nd_xb = 256\nd_state = 16\ndt_rank = 8\n", 21) != 0) {
         inst_free(&I);
         return;
     }
@@ -541,7 +593,7 @@ static void test_decode_large_step(void) {
     CHECK(fwd(&I, NS, LEN, x, yf, NULL, NULL, NULL, 0) == HYB_OK);
     for (int s = 0; s < NS; s++) {
         st[s] = malloc(sb);
-        pos[s] = LEN - 1 - 3 * s;
+        pos[s] = LEN - 1 - s;
         void *sp[1] = {st[s]};
         CHECK(fwd(&I, 1, pos[s], x + (size_t)s * LEN * D, yp, NULL, sp, NULL, MAXC) == HYB_OK);
         memcpy(xs + s * D, x + ((size_t)s * LEN + pos[s]) * D, D * 4);
@@ -553,7 +605,7 @@ static void test_decode_large_step(void) {
         worst = e > worst ? e : worst;
         free(st[s]);
     }
-    printf("   n=%d (Di=128, N=16) at positions %d..%d: max rel err vs forward %.3g\n", NS,
+    printf("   n=%d (Di=1024, N=16) at positions %d..%d: max rel err vs forward %.3g\n", NS,
            pos[NS - 1], pos[0], worst);
     CHECK_MSG(worst < 1e-5, "large decode step: %g", worst);
     free(x);
@@ -592,6 +644,26 @@ static void test_chunked_prefill(void) {
         double e = harness_max_rel(y1, yone[s], (long)first[s] * DD, 1.0);
         worst = e > worst ? e : worst;
         free(y1);
+        if (first[s] < 4) { /* fewer tokens than d_conv = 4: the window is left zero-padded */
+            const float *cs = (const float *)st_chunk[s] + 32 * 4, *win = I.pp[0];
+            double ez = 0, ex = 0;
+            for (int d = 0; d < 32; d++)
+                for (int k = 0; k < 4; k++) {
+                    int j = first[s] - 4 + k; /* token of column k */
+                    if (j < 0) {
+                        ez = fmax(ez, fabs(cs[d * 4 + k]));
+                        continue;
+                    }
+                    /* x_rep[d] = in_proj row Di + (d / N / rep) * N + d % N, Di 32, N 4, rep 2 */
+                    const float *w = win + (size_t)(32 + (d / 8) * 4 + d % 4) * DD;
+                    double xr = 0;
+                    for (int i = 0; i < DD; i++)
+                        xr += (double)w[i] * x[s][(size_t)j * DD + i];
+                    ex = fmax(ex, fabs(cs[d * 4 + k] - xr));
+                }
+            CHECK_MSG(ez == 0 && ex < 1e-5, "conv_state after %d tokens: pad %g, x_rep err %g",
+                      first[s], ez, ex);
+        }
     }
     /* second chunk of all sequences in one batch, each continuing at its own position */
     float x2[3 * second * DD], y2[3 * second * DD];
@@ -742,11 +814,12 @@ static void check_random_init(inst *I, int Di, int Dx, int N, int R, int K, int 
 
 static void test_random_init(void) {
     inst I;
-    if (inst_new(&I, 64, "d_inner = 96\nd_xb = 32\nd_state = 16\ndt_rank = 8\nd_conv = 4\n",
-                 77) == 0) {
-        static const char *names[NP] = {"in_proj.weight", "dt_in_proj.weight", "dt_proj.weight",
-                                         "dt_proj.bias",   "conv1d.weight",     "conv1d.bias",
-                                         "A_log",          "D",                 "out_proj.weight"};
+    if (inst_new(&I, 64, "d_inner = 96\nd_xb = 32\nd_state = 16\ndt_rank = 8\nd_conv = 4\n", 77) ==
+        0) {
+        static const char *names[NP] = {
+            "in_proj.weight", "dt_in_proj.weight", "dt_proj.weight", "dt_proj.bias",
+            "conv1d.weight",  "conv1d.bias",       "A_log",          "D",
+            "out_proj.weight"};
         for (int i = 0; i < NP; i++) {
             CHECK(strcmp(I.m->decls[i].name, names[i]) == 0);
             char full[80];
@@ -803,8 +876,7 @@ static void test_mil_init(void) {
     const float *q = hyb_tensor_f32(att->params[0]), *k = hyb_tensor_f32(att->params[1]),
                 *v = hyb_tensor_f32(att->params[2]), *o = hyb_tensor_f32(att->params[3]);
     randomize_params(&I, 1, 1.0f); /* MIL must overwrite everything */
-    CHECK_MSG(hyb_mixer_init_from(I.m, att, hyb_toml_root(tdoc), 123) == HYB_OK, "%s",
-              hyb_error());
+    CHECK_MSG(hyb_mixer_init_from(I.m, att, hyb_toml_root(tdoc), 123) == HYB_OK, "%s", hyb_error());
     const float *win = I.pp[0];
     const size_t row = D * sizeof(float);
     CHECK_MSG(memcmp(win + (size_t)Di * D, v, Dx * row) == 0, "in_proj x rows != v_proj");
@@ -845,8 +917,8 @@ static void test_mil_init(void) {
     inst_free(&I);
     if (inst_new(&I, D, "d_inner = 64\nd_xb = 16\nd_state = 4\n", 9) == 0) {
         CHECK(hyb_mixer_init_from(I.m, att, NULL, 1) == HYB_ERR_ARG);
-        CHECK_MSG(strstr(hyb_error(), "q_proj.weight is [32, 32], this mixer needs [64, 32]"),
-                  "%s", hyb_error());
+        CHECK_MSG(strstr(hyb_error(), "q_proj.weight is [32, 32], this mixer needs [64, 32]"), "%s",
+                  hyb_error());
     }
     /* a source type MIL does not know */
     if (I.m) {
@@ -883,9 +955,10 @@ static void config_error(const char *body, const char *where, const char *what) 
 }
 
 static void test_config_errors(void) {
-    config_error("d_inner = 60\n", "bad.toml:3:", "d_inner = 60 must be a multiple of d_state = 16");
-    config_error("d_inner = 64\nd_xb = 20\nd_state = 8\n", "bad.toml:4:",
-                 "d_xb = 20 must be a multiple of d_state = 8");
+    config_error("d_inner = 60\n",
+                 "bad.toml:3:", "d_inner = 60 must be a multiple of d_state = 16");
+    config_error("d_inner = 64\nd_xb = 20\nd_state = 8\n",
+                 "bad.toml:4:", "d_xb = 20 must be a multiple of d_state = 8");
     config_error("d_inner = 96\nd_xb = 64\nd_state = 16\n", "bad.toml:4:",
                  "the 6 C heads (d_inner / d_state) must be a multiple of the 4 x/B heads");
     config_error("d_state = 0\n", "bad.toml:3:", "d_state must be in [1,");
@@ -1094,8 +1167,11 @@ static void check_graph(const char *file, const int *want, size_t want_state_flo
     const hyb_mixer_desc *dm, *da;
     if (im >= 0 && ia >= 0 && hyb_plugin_find("mamba1", &dm) == HYB_OK &&
         hyb_plugin_find("mha", &da) == HYB_OK) {
-        hyb_model_dims dims = {.d_model = map->d_model, .n_layers = map->n_layers, .layer = 3,
-                               .max_seq = map->max_seq, .norm_eps = (float)map->norm_eps};
+        hyb_model_dims dims = {.d_model = map->d_model,
+                               .n_layers = map->n_layers,
+                               .layer = 3,
+                               .max_seq = map->max_seq,
+                               .norm_eps = (float)map->norm_eps};
         void *sm = NULL, *sa = NULL;
         CHECK_MSG(dm->create(&dims, map->mixers[im].table, &sm) == HYB_OK, "%s", hyb_error());
         CHECK_MSG(da->create(&dims, map->mixers[ia].table, &sa) == HYB_OK, "%s", hyb_error());
@@ -1143,6 +1219,7 @@ int main(void) {
     RUN(test_golden_nodbl);
     RUN(test_fd_gradients);
     RUN(test_chunk_sizes);
+    RUN(test_parallel_vs_serial);
     RUN(test_prefill_then_decode);
     RUN(test_decode_large_step);
     RUN(test_chunked_prefill);

@@ -310,15 +310,73 @@ done:
     return rc;
 }
 
-int hyb_safetensors_open(const char *path, hyb_safetensors **out) {
-    *out = NULL;
+/* Validate the bytes [p, p + size) (the whole file) and fill st. */
+static int parse_buffer(hyb_safetensors *st, const uint8_t *p, uint64_t size) {
+    const char *path = st->path;
+    if (size < 8)
+        return hyb_error_set(
+            HYB_ERR_FORMAT,
+            "%s: file is %llu bytes, too short for a safetensors header (truncated?)", path,
+            (unsigned long long)size);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | p[i];
+    if (hlen > ST_MAX_HEADER)
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: header length %llu is larger than the limit %llu "
+                             "(not a safetensors file?)",
+                             path, (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
+    if (hlen > size - 8)
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: header length %llu exceeds the file (%llu bytes): "
+                             "truncated or not a safetensors file",
+                             path, (unsigned long long)hlen, (unsigned long long)size);
+    if (hlen < 2)
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: header length %llu is too short for a JSON object", path,
+                             (unsigned long long)hlen);
+    st->data = p + 8 + hlen;
+    st->data_size = size - 8 - hlen;
+    char *hdr = malloc((size_t)hlen + 1);
+    if (!hdr)
+        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory for a %llu-byte header", path,
+                             (unsigned long long)hlen);
+    memcpy(hdr, p + 8, (size_t)hlen);
+    hdr[hlen] = 0;
+    int rc = parse_header(st, hdr, (size_t)hlen);
+    free(hdr);
+    return rc;
+}
+
+static hyb_safetensors *st_alloc(const char *path) {
     hyb_safetensors *st = calloc(1, sizeof *st);
     if (!st || !(st->path = strdup(path))) {
         free(st);
-        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+        hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+        return NULL;
     }
+    return st;
+}
+
+int hyb_safetensors_open_memory(const void *data, size_t size, const char *name,
+                                hyb_safetensors **out) {
+    *out = NULL;
+    hyb_safetensors *st = st_alloc(name ? name : "(memory)");
+    if (!st) return HYB_ERR_NOMEM;
+    int rc = parse_buffer(st, data, (uint64_t)size);
+    if (rc != HYB_OK) {
+        hyb_safetensors_close(st);
+        return rc;
+    }
+    *out = st;
+    return HYB_OK;
+}
+
+int hyb_safetensors_open(const char *path, hyb_safetensors **out) {
+    *out = NULL;
+    hyb_safetensors *st = st_alloc(path);
+    if (!st) return HYB_ERR_NOMEM;
     int rc = HYB_OK;
-    char *hdr = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         rc = hyb_error_set(HYB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -334,62 +392,22 @@ int hyb_safetensors_open(const char *path, hyb_safetensors **out) {
         goto fail;
     }
     uint64_t size = (uint64_t)sb.st_size;
-    if (size < 8) {
-        rc = hyb_error_set(HYB_ERR_FORMAT,
-                           "%s: file is %llu bytes, too short for a safetensors header "
-                           "(truncated?)",
-                           path, (unsigned long long)size);
-        goto fail;
+    if (size >= 8) {
+        st->map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (st->map == MAP_FAILED) {
+            st->map = NULL;
+            rc = hyb_error_set(HYB_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+            goto fail;
+        }
+        st->map_size = (size_t)size;
     }
-    st->map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (st->map == MAP_FAILED) {
-        st->map = NULL;
-        rc = hyb_error_set(HYB_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
-        goto fail;
-    }
-    st->map_size = (size_t)size;
     close(fd);
     fd = -1;
-    const uint8_t *p = st->map;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = (hlen << 8) | p[i];
-    if (hlen > ST_MAX_HEADER) {
-        rc = hyb_error_set(HYB_ERR_FORMAT,
-                           "%s: header length %llu is larger than the limit %llu "
-                           "(not a safetensors file?)",
-                           path, (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
-        goto fail;
-    }
-    if (hlen > size - 8) {
-        rc = hyb_error_set(HYB_ERR_FORMAT,
-                           "%s: header length %llu exceeds the file (%llu bytes): "
-                           "truncated or not a safetensors file",
-                           path, (unsigned long long)hlen, (unsigned long long)size);
-        goto fail;
-    }
-    if (hlen < 2) {
-        rc = hyb_error_set(HYB_ERR_FORMAT, "%s: header length %llu is too short for a JSON object",
-                           path, (unsigned long long)hlen);
-        goto fail;
-    }
-    st->data = p + 8 + hlen;
-    st->data_size = size - 8 - hlen;
-    hdr = malloc((size_t)hlen + 1);
-    if (!hdr) {
-        rc = hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory for a %llu-byte header", path,
-                           (unsigned long long)hlen);
-        goto fail;
-    }
-    memcpy(hdr, p + 8, (size_t)hlen);
-    hdr[hlen] = 0;
-    if ((rc = parse_header(st, hdr, (size_t)hlen)) != HYB_OK) goto fail;
-    free(hdr);
+    if ((rc = parse_buffer(st, st->map, size)) != HYB_OK) goto fail;
     *out = st;
     return HYB_OK;
 fail:
     if (fd >= 0) close(fd);
-    free(hdr);
     hyb_safetensors_close(st);
     return rc;
 }
@@ -541,6 +559,10 @@ int hyb_st_writer_add(hyb_st_writer *w, const char *name, hyb_dtype dtype, int n
                                  name, (long long)shape[i]);
         numel *= (uint64_t)shape[i];
     }
+    if (!data && numel > 0)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "safetensors writer: tensor '%s': no data for %llu elements", name,
+                             (unsigned long long)numel);
     if (w->n == w->cap) {
         int cap = w->cap ? 2 * w->cap : 64;
         st_entry *e = realloc(w->e, (size_t)cap * sizeof *e);

@@ -25,8 +25,8 @@
  *   type, symbol    read by the layer map, accepted here
  * With no table at all every key takes its default.
  *
- * Initialisation (SPEC.md section 4's table; "Linear default" is PyTorch's kaiming_uniform(a=sqrt 5),
- * i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))):
+ * Initialisation (SPEC.md section 4's table; "Linear default" is PyTorch's
+ * kaiming_uniform(a = sqrt 5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))):
  *   in_proj.weight U(+-D^-1/2), dt_in_proj.weight U(+-D^-1/2), dt_proj.weight U(+-R^-1/2),
  *   dt_proj.bias = softplus^-1(dt), dt = max(exp(U(log 1e-3, log 1e-1)), 1e-4),
  *   conv1d.weight U(+-K^-1/2) (fan_in = K for a depthwise conv), conv1d.bias 0,
@@ -49,9 +49,8 @@
 const hyb_host *m1_host;
 #define H_ m1_host
 
-static const char *const M1_KEYS[] = {"type",    "symbol", "d_inner",        "d_xb",
-                                      "d_state", "dt_rank", "d_conv",        "double_dt_bias",
-                                      "chunk",   NULL};
+static const char *const M1_KEYS[] = {"type",    "symbol", "d_inner",        "d_xb",  "d_state",
+                                      "dt_rank", "d_conv", "double_dt_bias", "chunk", NULL};
 
 #define MAX_DIM (1 << 20)
 
@@ -254,8 +253,8 @@ static int m1_init_from(void *self, float *const *params, const hyb_mixer_src *s
     for (int k = 0; k < 4; k++)
         if (!w[k])
             return H_->error(HYB_ERR_ARG,
-                             "mamba1 (layer %d): MIL init from mha: the source has no %s",
-                             m->layer, names[k]);
+                             "mamba1 (layer %d): MIL init from mha: the source has no %s", m->layer,
+                             names[k]);
     if (biased)
         H_->log(HYB_LOG_WARN,
                 "mamba1 (layer %d): MIL init from an mha with q/k/v biases: the biases are "
@@ -264,10 +263,10 @@ static int m1_init_from(void *self, float *const *params, const hyb_mixer_src *s
     init_all(m, params, seed);
     const size_t row = (size_t)m->D * sizeof(float);
     float *win = params[M1_WIN];
-    memcpy(win + (size_t)m->Di * m->D, w[2], (size_t)m->Dx * row);                 /* x <- v */
-    memcpy(win + (size_t)(m->Di + m->Dx) * m->D, w[1], (size_t)m->Dx * row);        /* B <- k */
-    memcpy(win + (size_t)(m->Di + 2 * m->Dx) * m->D, w[0], (size_t)m->Di * row);    /* C <- q */
-    memcpy(params[M1_WOUT], w[3], (size_t)m->D * m->Di * sizeof(float));            /* o */
+    memcpy(win + (size_t)m->Di * m->D, w[2], (size_t)m->Dx * row);               /* x <- v */
+    memcpy(win + (size_t)(m->Di + m->Dx) * m->D, w[1], (size_t)m->Dx * row);     /* B <- k */
+    memcpy(win + (size_t)(m->Di + 2 * m->Dx) * m->D, w[0], (size_t)m->Di * row); /* C <- q */
+    memcpy(params[M1_WOUT], w[3], (size_t)m->D * m->Di * sizeof(float));         /* o */
     return HYB_OK;
 }
 

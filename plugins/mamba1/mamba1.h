@@ -22,8 +22,9 @@
  * saved (training forward -> backward): a 64-byte header, then, row-major over the B*T rows,
  *   zxbc [BT, P] (in_proj output), dtl [BT, R] (dt_in_proj output), v [BT, Di] (the softplus
  *   argument), cpre [BT, Di] (conv output before silu), ys [BT, Di] (scan output y before the
- *   silu(z) gate), then hb [B, nch, Di, N]: the scan state at the start of each time chunk
- *   (nch = ceil(T / chunk)). Backward recomputes the states inside a chunk from hb.
+ *   silu(z) gate), then hb [B, nch, nC, N, N]: the scan state at the start of each time chunk
+ *   (nch = ceil(T / chunk)), per head state-major ([n][c], the scan's internal layout).
+ *   Backward recomputes the states inside a chunk from hb.
  */
 #ifndef HYB_PLUGIN_MAMBA1_H
 #define HYB_PLUGIN_MAMBA1_H

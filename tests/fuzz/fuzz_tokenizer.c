@@ -13,8 +13,9 @@
  *       ../core/common.c ../tests/fuzz/fuzz_tokenizer.c
  *   clang -fsanitize=fuzzer,address,undefined *.o -lpcre2-8 -lcjson -lpthread -lm -o fuzz_tokenizer
  *   mkdir -p corpus && for f in ../tests/data/tokenizer/spm_*.tokenizer.json \
- *       ../tests/data/tokenizer/llama3_tiny.tokenizer.json; do (printf '\0'; cat $f) > corpus/$(basename $f); done
- *   HYB_TEST_DATA=../tests/data ./fuzz_tokenizer -max_total_time=300 -max_len=65536 corpus
+ *       ../tests/data/tokenizer/llama3_tiny.tokenizer.json; do (printf '\0'; cat $f) >
+ * corpus/$(basename $f); done HYB_TEST_DATA=../tests/data ./fuzz_tokenizer -max_total_time=300
+ * -max_len=65536 corpus
  *
  * Last run (2026-11-24): 114k inputs in 240 s (seeded with the tokenizer.json fixtures and the
  * samples), no crash, leak or UB report.
@@ -43,7 +44,8 @@ static void load_smol(void) {
     for (int32_t id = 0; id < hyb_tokenizer_vocab_size(smol); id++) {
         size_t pl;
         const char *p = hyb_tokenizer_token_to_piece(smol, id, &pl);
-        if (pl == 1 && hyb_tokenizer_token_type(smol, id) == HYB_TOKEN_NORMAL) have[(unsigned char)p[0]] = 1;
+        if (pl == 1 && hyb_tokenizer_token_type(smol, id) == HYB_TOKEN_NORMAL)
+            have[(unsigned char)p[0]] = 1;
     }
 }
 
