@@ -52,41 +52,6 @@ int hyb_model_n_frozen(const hyb_model *m) {
     return n;
 }
 
-// ---- clone --------------------------------------------------------------------------------------
-
-int hyb_model_clone(const hyb_model *src, hyb_model **out) {
-    *out = NULL;
-    char *toml = hyb_model_layermap_toml(src);
-    if (!toml) return hyb_error_wrap(HYB_ERR_NOMEM, "hyb_model_clone");
-    hyb_layermap *map = NULL;
-    int rc = hyb_layermap_parse(toml, src->map->path, &map);
-    free(toml);
-    if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_model_clone: layer map");
-    hyb_model *m = NULL;
-    if ((rc = hyb_model_build(map, 0, &m)) != HYB_OK) return hyb_error_wrap(rc, "hyb_model_clone");
-    if (m->n_params != src->n_params) {
-        hyb_model_free(m);
-        return hyb_error_set(HYB_ERR, "hyb_model_clone: the copy has %d parameter tensors, the source %d",
-                             m->n_params, src->n_params);
-    }
-    for (int i = 0; i < m->n_params; i++) {
-        const hyb_tensor *a = src->params[i];
-        hyb_tensor *b = m->params[i];
-        if (strcmp(a->name, b->name) != 0 || !hyb_tensor_same_shape(a, b)) {
-            char sa[128], sb[128];
-            rc = hyb_error_set(HYB_ERR, "hyb_model_clone: parameter %d is '%s' %s in the source, '%s' %s in the copy",
-                               i, a->name, hyb_tensor_shape_str(a, sa, sizeof sa), b->name,
-                               hyb_tensor_shape_str(b, sb, sizeof sb));
-            hyb_model_free(m);
-            return rc;
-        }
-        memcpy(b->data, a->data, hyb_tensor_nbytes(a));
-        b->requires_grad = a->requires_grad;
-    }
-    *out = m;
-    return HYB_OK;
-}
-
 // ---- distillation loss --------------------------------------------------------------------------
 
 /* out[0] = sum_i w_i in_i[0]; backward: d in_i += w_i * d out */
@@ -594,7 +559,7 @@ int hyb_model_from_checkpoint(const char *path, hyb_model **out) {
     hyb_layermap *map = NULL;
     if (!toml) rc = hyb_error_set(HYB_ERR_FORMAT, "%s: metadata 'hyb_layermap' is missing", path);
     if (rc == HYB_OK) rc = hyb_layermap_parse(toml, path, &map);
-    if (rc == HYB_OK) rc = hyb_model_build(map, 0, &m);
+    if (rc == HYB_OK) rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m); /* values come from the file */
     if (rc == HYB_OK) rc = load_tensors(st, path, m, NULL);
     if (rc == HYB_OK) apply_frozen(m, hyb_safetensors_meta(st, "frozen"));
     hyb_safetensors_close(st);

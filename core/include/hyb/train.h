@@ -1,6 +1,6 @@
 /* hyb/train.h: the distillation pieces (SPEC.md section 5): learning-rate schedule, parameter
  * freezing, model clone, the mixed distillation loss, a trainer with gradient accumulation, and
- * one-file training checkpoints.
+ * one-file training checkpoints. (Model clone: hyb_model_clone in hyb/model.h.)
  *
  *   hyb_model *teacher;  hyb_model_load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", &teacher);
  *   hyb_model *student;  hyb_model_clone(teacher, &student);     // params copied
@@ -48,10 +48,7 @@ float hyb_lr_at(const hyb_lr_sched *s, int64_t step);
 int hyb_model_freeze(hyb_model *m, const char *pattern, int frozen);
 int hyb_model_n_frozen(const hyb_model *m);
 
-/* ---- clone --------------------------------------------------------------------------------------
- * A deep copy: the same layer map (written to TOML and parsed back, so swapped mixers and their
- * configs carry over), every parameter copied bit for bit, the frozen flags too. */
-int hyb_model_clone(const hyb_model *src, hyb_model **out);
+/* (hyb_model_clone, the student's starting point, is in hyb/model.h.) */
 
 /* ---- the distillation loss ----------------------------------------------------------------------
  * loss = w_rkl * KL(student || teacher) + w_fkl * KL(teacher || student) + w_ce * CE(targets),
