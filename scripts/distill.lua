@@ -33,7 +33,11 @@
 local hyb = require("hyb")
 
 local usage = "usage: hyb distill <recipe.toml> [out_dir]"
-local recipe_path = arg[1] or error(usage)
+if not arg[1] or arg[1] == "--help" or arg[1] == "-h" then
+  print(usage)
+  os.exit(arg[1] and 0 or 2)
+end
+local recipe_path = arg[1]
 local R = hyb.train.read_toml(recipe_path)
 local run = R.run or error(recipe_path .. ": missing [run]")
 local data = R.data or error(recipe_path .. ": missing [data]")
