@@ -42,10 +42,11 @@ uint64_t hyb_tokenizer_identity(const hyb_tokenizer *tok) {
         if (s) h = fnv(h, s, strlen(s) + 1);
         h = fnv(h, &ty, sizeof ty);
     }
-    int32_t sp[4] = {hyb_tokenizer_bos_id(tok), hyb_tokenizer_eos_id(tok), hyb_tokenizer_unk_id(tok),
-                     hyb_tokenizer_pad_id(tok)};
+    int32_t sp[4] = {hyb_tokenizer_bos_id(tok), hyb_tokenizer_eos_id(tok),
+                     hyb_tokenizer_unk_id(tok), hyb_tokenizer_pad_id(tok)};
     h = fnv(h, sp, sizeof sp);
-    static const char probe[] = "Hello, world! 12345 don't  <|im_start|>caf\xc3\xa9\n\n\tx = f(y);  ";
+    static const char probe[] =
+        "Hello, world! 12345 don't  <|im_start|>caf\xc3\xa9\n\n\tx = f(y);  ";
     int32_t ids[256];
     long n = hyb_tokenizer_encode(tok, probe, sizeof probe - 1, 0, ids, 256);
     if (n > 256) n = 256;
@@ -120,7 +121,8 @@ static int split_docs(doclist *l, int file, const char *t, size_t n) {
     while (i < n) {
         /* the end of this paragraph: after a run of >= 2 newlines (and the blank lines) */
         if (t[i] == '\n' && i + 1 < n && t[i + 1] == '\n') {
-            while (i < n && t[i] == '\n') i++;
+            while (i < n && t[i] == '\n')
+                i++;
             if (i - start >= HYB_DATA_DOC_BYTES) {
                 doc d = {file, start, i - start, 0, NULL, 0};
                 HYB_TRY(push_doc(l, d));
@@ -142,14 +144,16 @@ static int split_docs(doclist *l, int file, const char *t, size_t n) {
 /* The identity part of the header: everything that decides the content. */
 static char *identity_header(const hyb_data_cfg *cfg, uint64_t tok_hash) {
     size_t cap = 256;
-    for (int i = 0; i < cfg->n_files; i++) cap += strlen(cfg->files[i]) + 80;
+    for (int i = 0; i < cfg->n_files; i++)
+        cap += strlen(cfg->files[i]) + 80;
     char *h = malloc(cap);
     if (!h) {
         hyb_error_set(HYB_ERR_NOMEM, "dataset: out of memory");
         return NULL;
     }
-    size_t k = (size_t)snprintf(h, cap, "tokenizer %016" PRIx64 "\nval_fraction %.17g\nseed %" PRIu64 "\ndoc_bytes %d\n",
-                                tok_hash, cfg->val_fraction, cfg->seed, HYB_DATA_DOC_BYTES);
+    size_t k = (size_t)snprintf(
+        h, cap, "tokenizer %016" PRIx64 "\nval_fraction %.17g\nseed %" PRIu64 "\ndoc_bytes %d\n",
+        tok_hash, cfg->val_fraction, cfg->seed, HYB_DATA_DOC_BYTES);
     for (int i = 0; i < cfg->n_files; i++) {
         struct stat st;
         if (stat(cfg->files[i], &st) != 0) {
@@ -157,8 +161,9 @@ static char *identity_header(const hyb_data_cfg *cfg, uint64_t tok_hash) {
             free(h);
             return NULL;
         }
-        k += (size_t)snprintf(h + k, cap - k, "file %lld %lld.%09ld %s\n", (long long)st.st_size,
-                              (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec, cfg->files[i]);
+        k +=
+            (size_t)snprintf(h + k, cap - k, "file %lld %lld.%09ld %s\n", (long long)st.st_size,
+                             (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec, cfg->files[i]);
     }
     return h;
 }
@@ -214,13 +219,15 @@ static int read_cache(const char *path, const char *ident, hyb_dataset *d) {
         size_t il = strlen(ident);
         if (strlen(hdr) < il || memcmp(hdr, ident, il) != 0)
             why = "the files, tokenizer or settings changed";
-        else if (sscanf(hdr + il, "n_train %" SCNd64 "\nn_val %" SCNd64 "\nchecksum %" SCNx64, &n_train, &n_val, &sum) != 3 ||
+        else if (sscanf(hdr + il, "n_train %" SCNd64 "\nn_val %" SCNd64 "\nchecksum %" SCNx64,
+                        &n_train, &n_val, &sum) != 3 ||
                  n_train < 0 || n_val < 0)
             why = "bad header";
         off = 12 + hl;
         off += (4 - off % 4) % 4;
     }
-    if (!why && (len < off || (len - off) % 4 != 0 || (int64_t)((len - off) / 4) != n_train + n_val))
+    if (!why &&
+        (len < off || (len - off) % 4 != 0 || (int64_t)((len - off) / 4) != n_train + n_val))
         why = "token count does not match the header (truncated?)";
     if (!why && fnv(FNV0, buf + off, len - off) != sum) why = "checksum mismatch";
     if (why) {
@@ -252,7 +259,8 @@ static int tokenize_doc(const hyb_tokenizer *tok, const char *t, size_t n, doc *
     if (!tok) {
         d->ids = malloc(sizeof(int32_t) * (n ? n : 1));
         if (!d->ids) return hyb_error_set(HYB_ERR_NOMEM, "dataset: out of memory");
-        for (size_t i = 0; i < n; i++) d->ids[i] = (unsigned char)t[i];
+        for (size_t i = 0; i < n; i++)
+            d->ids[i] = (unsigned char)t[i];
         d->n_ids = n;
         return HYB_OK;
     }
@@ -264,7 +272,8 @@ int hyb_dataset_open(const hyb_data_cfg *cfg, hyb_dataset **out) {
     if (!cfg || cfg->n_files < 1 || !cfg->files)
         return hyb_error_set(HYB_ERR_ARG, "hyb_dataset_open: no input files");
     if (!(cfg->val_fraction >= 0 && cfg->val_fraction < 1))
-        return hyb_error_set(HYB_ERR_ARG, "hyb_dataset_open: val_fraction %g must be in [0, 1)", cfg->val_fraction);
+        return hyb_error_set(HYB_ERR_ARG, "hyb_dataset_open: val_fraction %g must be in [0, 1)",
+                             cfg->val_fraction);
     hyb_dataset *d = calloc(1, sizeof *d);
     if (!d) return hyb_error_set(HYB_ERR_NOMEM, "hyb_dataset_open: out of memory");
     d->perm_epoch = -1;
@@ -310,8 +319,10 @@ int hyb_dataset_open(const hyb_data_cfg *cfg, hyb_dataset **out) {
         n_val_docs = 1;
     }
     if (rc == HYB_OK && n_val_docs == dl.n)
-        rc = hyb_error_set(HYB_ERR_ARG, "hyb_dataset_open: all %" PRId64 " documents went to the held-out split "
-                           "(val_fraction %g); give more text", dl.n, cfg->val_fraction);
+        rc = hyb_error_set(HYB_ERR_ARG,
+                           "hyb_dataset_open: all %" PRId64 " documents went to the held-out split "
+                           "(val_fraction %g); give more text",
+                           dl.n, cfg->val_fraction);
     for (int64_t i = 0; i < dl.n && rc == HYB_OK; i++)
         rc = tokenize_doc(cfg->tok, text[dl.d[i].file] + dl.d[i].off, dl.d[i].len, &dl.d[i]);
     if (rc == HYB_OK) {
@@ -336,7 +347,9 @@ int hyb_dataset_open(const hyb_data_cfg *cfg, hyb_dataset **out) {
             for (int64_t i = 0; i < dl.n; i++)
                 if (dl.d[i].val) order[k++] = i;
             d->tokens = malloc(sizeof(int32_t) * (size_t)(total ? total : 1));
-            if (!d->tokens) rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_dataset_open: out of memory for %" PRId64 " tokens", total);
+            if (!d->tokens)
+                rc = hyb_error_set(HYB_ERR_NOMEM,
+                                   "hyb_dataset_open: out of memory for %" PRId64 " tokens", total);
             int64_t at = 0;
             for (int64_t i = 0; rc == HYB_OK && i < dl.n; i++) {
                 const doc *x = &dl.d[order[i]];
@@ -351,9 +364,11 @@ int hyb_dataset_open(const hyb_data_cfg *cfg, hyb_dataset **out) {
         }
         free(order);
     }
-    for (int64_t i = 0; i < dl.n; i++) free(dl.d[i].ids);
+    for (int64_t i = 0; i < dl.n; i++)
+        free(dl.d[i].ids);
     free(dl.d);
-    for (int f = 0; f < cfg->n_files; f++) free(text[f]);
+    for (int f = 0; f < cfg->n_files; f++)
+        free(text[f]);
     free(text);
     if (rc != HYB_OK) goto fail;
     if (cfg->cache) {
@@ -365,7 +380,9 @@ int hyb_dataset_open(const hyb_data_cfg *cfg, hyb_dataset **out) {
             rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_dataset_open: out of memory");
             goto fail;
         }
-        snprintf(hdr, hl, "%sn_train %" PRId64 "\nn_val %" PRId64 "\nchecksum %016" PRIx64 "\ndocs %" PRId64 " %" PRId64 "\n",
+        snprintf(hdr, hl,
+                 "%sn_train %" PRId64 "\nn_val %" PRId64 "\nchecksum %016" PRIx64 "\ndocs %" PRId64
+                 " %" PRId64 "\n",
                  ident, d->n_train, d->n_val, sum, d->n_docs, d->n_val_docs);
         cache_w c = {hdr, d->tokens, n};
         rc = hyb_atomic_write_file(cfg->cache, write_cache_fn, &c);
@@ -400,7 +417,8 @@ int64_t hyb_dataset_windows(const hyb_dataset *d, int split, int T) {
 }
 
 static int make_perm(hyb_dataset *d, int64_t W, int T, uint64_t seed, int64_t epoch) {
-    if (d->perm && d->perm_n == W && d->perm_T == T && d->perm_seed == seed && d->perm_epoch == epoch)
+    if (d->perm && d->perm_n == W && d->perm_T == T && d->perm_seed == seed &&
+        d->perm_epoch == epoch)
         return HYB_OK;
     if (d->perm_n != W || !d->perm) {
         free(d->perm);
@@ -408,7 +426,8 @@ static int make_perm(hyb_dataset *d, int64_t W, int T, uint64_t seed, int64_t ep
         d->perm_n = 0;
         if (!d->perm) return hyb_error_set(HYB_ERR_NOMEM, "hyb_dataset_batch: out of memory");
     }
-    for (int64_t i = 0; i < W; i++) d->perm[i] = i;
+    for (int64_t i = 0; i < W; i++)
+        d->perm[i] = i;
     hyb_rng r;
     hyb_rng_seed(&r, mix64(seed * 0x9E3779B97F4A7C15ull + (uint64_t)epoch));
     for (int64_t i = W - 1; i > 0; i--) {
@@ -424,14 +443,18 @@ static int make_perm(hyb_dataset *d, int64_t W, int T, uint64_t seed, int64_t ep
     return HYB_OK;
 }
 
-int hyb_dataset_batch(hyb_dataset *d, int split, int64_t step, int B, int T, uint64_t seed, int32_t *ids,
-                      int32_t *targets) {
+int hyb_dataset_batch(hyb_dataset *d, int split, int64_t step, int B, int T, uint64_t seed,
+                      int32_t *ids, int32_t *targets) {
     if (B < 1 || T < 1 || step < 0 || (split != HYB_SPLIT_TRAIN && split != HYB_SPLIT_VAL))
-        return hyb_error_set(HYB_ERR_ARG, "hyb_dataset_batch: bad arguments (split %d, step %" PRId64 ", B %d, T %d)",
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_dataset_batch: bad arguments (split %d, step %" PRId64
+                             ", B %d, T %d)",
                              split, step, B, T);
     int64_t W = hyb_dataset_windows(d, split, T);
     if (W < 1)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_dataset_batch: the %s split holds %" PRId64 " tokens; T = %d needs at least %d",
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_dataset_batch: the %s split holds %" PRId64
+                             " tokens; T = %d needs at least %d",
                              split == HYB_SPLIT_VAL ? "held-out" : "training",
                              split == HYB_SPLIT_VAL ? d->n_val : d->n_train, T, T + 1);
     const int32_t *base = split == HYB_SPLIT_VAL ? d->tokens + d->n_train : d->tokens;

@@ -48,7 +48,8 @@ int hyb_model_freeze(hyb_model *m, const char *pattern, int frozen) {
 
 int hyb_model_n_frozen(const hyb_model *m) {
     int n = 0;
-    for (int i = 0; i < m->n_params; i++) n += !m->params[i]->requires_grad;
+    for (int i = 0; i < m->n_params; i++)
+        n += !m->params[i]->requires_grad;
     return n;
 }
 
@@ -70,12 +71,14 @@ static hyb_tensor *weighted_sum(hyb_graph *g, hyb_tensor **ins, const float *w, 
     hyb_tensor *out = graph_output(g, "distill_loss", HYB_DEV_CPU, 1, sh);
     if (!out) return NULL;
     double s = 0;
-    for (int i = 0; i < n; i++) s += (double)w[i] * (double)hyb_tensor_cf32(ins[i])[0];
+    for (int i = 0; i < n; i++)
+        s += (double)w[i] * (double)hyb_tensor_cf32(ins[i])[0];
     hyb_tensor_f32(out)[0] = (float)s;
     if (graph_recording(g, ins, n)) {
         hyb_node *nd = graph_record(g, "distill_loss", out, ins, n, wsum_bwd);
         if (!nd) return NULL;
-        for (int i = 0; i < n; i++) nd->fv[i] = w[i];
+        for (int i = 0; i < n; i++)
+            nd->fv[i] = w[i];
     }
     return out;
 }
@@ -88,8 +91,10 @@ hyb_tensor *hyb_distill_loss_apply(hyb_graph *g, const hyb_distill_loss *cfg, hy
         cfg->w_rkl + cfg->w_fkl + cfg->w_ce <= 0)
         OP_ERR("hyb_distill_loss: weights (rkl %g, fkl %g, ce %g) must be >= 0 with a positive sum",
                (double)cfg->w_rkl, (double)cfg->w_fkl, (double)cfg->w_ce);
-    if (!(cfg->temperature > 0)) OP_ERR("hyb_distill_loss: temperature %g must be > 0", (double)cfg->temperature);
-    if ((cfg->w_rkl > 0 || cfg->w_fkl > 0) && !teacher) OP_ERR("hyb_distill_loss: a KL term needs the teacher's logits");
+    if (!(cfg->temperature > 0))
+        OP_ERR("hyb_distill_loss: temperature %g must be > 0", (double)cfg->temperature);
+    if ((cfg->w_rkl > 0 || cfg->w_fkl > 0) && !teacher)
+        OP_ERR("hyb_distill_loss: a KL term needs the teacher's logits");
     if (cfg->w_ce > 0 && !targets) OP_ERR("hyb_distill_loss: the CE term needs targets");
     hyb_tensor *ins[3];
     float w[3];
@@ -135,26 +140,34 @@ void hyb_trainer_cfg_default(hyb_trainer_cfg *c) {
     c->loss.temperature = 1.0f;
 }
 
-static int needs_teacher(const hyb_distill_loss *l) { return l->w_rkl > 0 || l->w_fkl > 0; }
+static int needs_teacher(const hyb_distill_loss *l) {
+    return l->w_rkl > 0 || l->w_fkl > 0;
+}
 
-int hyb_trainer_new(hyb_model *student, hyb_model *teacher, const hyb_trainer_cfg *cfg, hyb_trainer **out) {
+int hyb_trainer_new(hyb_model *student, hyb_model *teacher, const hyb_trainer_cfg *cfg,
+                    hyb_trainer **out) {
     *out = NULL;
     if (!student || !cfg) return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: no student / config");
-    if (cfg->accum < 1) return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: accum %d must be >= 1", cfg->accum);
+    if (cfg->accum < 1)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: accum %d must be >= 1", cfg->accum);
     if (!(cfg->sched.lr_max >= 0) || !(cfg->sched.lr_min >= 0) || cfg->sched.warmup < 0)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: bad schedule (lr %g, min_lr %g, warmup %" PRId64 ")",
-                             (double)cfg->sched.lr_max, (double)cfg->sched.lr_min, cfg->sched.warmup);
+        return hyb_error_set(
+            HYB_ERR_ARG, "hyb_trainer_new: bad schedule (lr %g, min_lr %g, warmup %" PRId64 ")",
+            (double)cfg->sched.lr_max, (double)cfg->sched.lr_min, cfg->sched.warmup);
     if (!(cfg->loss.w_rkl >= 0 && cfg->loss.w_fkl >= 0 && cfg->loss.w_ce >= 0) ||
         !(cfg->loss.w_rkl + cfg->loss.w_fkl + cfg->loss.w_ce > 0) || !(cfg->loss.temperature > 0))
-        return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: bad loss weights (rkl %g fkl %g ce %g, T %g)",
-                             (double)cfg->loss.w_rkl, (double)cfg->loss.w_fkl, (double)cfg->loss.w_ce,
-                             (double)cfg->loss.temperature);
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_trainer_new: bad loss weights (rkl %g fkl %g ce %g, T %g)",
+                             (double)cfg->loss.w_rkl, (double)cfg->loss.w_fkl,
+                             (double)cfg->loss.w_ce, (double)cfg->loss.temperature);
     if (needs_teacher(&cfg->loss) && !teacher)
         return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: a KL loss needs a teacher");
     if (teacher && teacher->V != student->V)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: teacher vocabulary %d != student vocabulary %d",
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_trainer_new: teacher vocabulary %d != student vocabulary %d",
                              teacher->V, student->V);
-    if (teacher == student) return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: the teacher is the student");
+    if (teacher == student)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: the teacher is the student");
     hyb_trainer *t = calloc(1, sizeof *t);
     if (!t) return hyb_error_set(HYB_ERR_NOMEM, "hyb_trainer_new: out of memory");
     t->cfg = *cfg;
@@ -190,16 +203,18 @@ void hyb_trainer_free(hyb_trainer *t) {
 
 static int check_fresh(const hyb_trainer *t, const char *who) {
     if (t->student->generation != t->generation)
-        return hyb_error_set(HYB_ERR_ARG,
-                             "%s: the student's layers changed (swap/identity) after the trainer was made; "
-                             "make a new trainer",
-                             who);
+        return hyb_error_set(
+            HYB_ERR_ARG,
+            "%s: the student's layers changed (swap/identity) after the trainer was made; "
+            "make a new trainer",
+            who);
     return HYB_OK;
 }
 
 /* Forward the teacher (no tape) and the student for one micro-batch; returns the loss node. */
-static hyb_tensor *micro_loss(hyb_trainer *t, const hyb_distill_loss *lc, const int32_t *ids, const int32_t *targets,
-                              const float *mask, int B, int T, int grad, float parts[3]) {
+static hyb_tensor *micro_loss(hyb_trainer *t, const hyb_distill_loss *lc, const int32_t *ids,
+                              const int32_t *targets, const float *mask, int B, int T, int grad,
+                              float parts[3]) {
     hyb_graph_reset(t->g);
     hyb_graph_reset(t->tg);
     hyb_tensor *tl = NULL;
@@ -219,13 +234,15 @@ static hyb_tensor *micro_loss(hyb_trainer *t, const hyb_distill_loss *lc, const 
     return hyb_distill_loss_apply(t->g, lc, sl, tl, targets, mask, parts);
 }
 
-int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets, const float *mask, int B, int T,
-                     hyb_train_stats *st) {
+int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets, const float *mask,
+                     int B, int T, hyb_train_stats *st) {
     static const char W[] = "hyb_trainer_step";
     HYB_TRY(check_fresh(t, W));
-    if (B < 1 || T < 1) return hyb_error_set(HYB_ERR_ARG, "%s: B %d and T %d must be >= 1", W, B, T);
+    if (B < 1 || T < 1)
+        return hyb_error_set(HYB_ERR_ARG, "%s: B %d and T %d must be >= 1", W, B, T);
     if (!ids) return hyb_error_set(HYB_ERR_ARG, "%s: no ids", W);
-    if (t->cfg.loss.w_ce > 0 && !targets) return hyb_error_set(HYB_ERR_ARG, "%s: the CE term needs targets", W);
+    if (t->cfg.loss.w_ce > 0 && !targets)
+        return hyb_error_set(HYB_ERR_ARG, "%s: the CE term needs targets", W);
     const int K = t->cfg.accum;
     const int64_t n = (int64_t)B * T;
     /* each micro-batch's share of the total mask weight */
@@ -236,7 +253,8 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
         double s = (double)n;
         if (mask) {
             s = 0;
-            for (int64_t i = 0; i < n; i++) s += mask[k * n + i];
+            for (int64_t i = 0; i < n; i++)
+                s += mask[k * n + i];
         }
         wk[k] = s;
         total += s;
@@ -252,15 +270,17 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
     for (int k = 0; k < K; k++) {
         if (wk[k] == 0) continue; /* nothing to learn from this micro-batch */
         float parts[3];
-        hyb_tensor *loss = micro_loss(t, &t->cfg.loss, ids + k * n, targets ? targets + k * n : NULL,
-                                      mask ? mask + k * n : NULL, B, T, 1, parts);
+        hyb_tensor *loss =
+            micro_loss(t, &t->cfg.loss, ids + k * n, targets ? targets + k * n : NULL,
+                       mask ? mask + k * n : NULL, B, T, 1, parts);
         if (!loss) {
             rc = hyb_error_wrap(HYB_ERR, "%s: micro-batch %d", W, k);
             goto done;
         }
         const double share = wk[k] / total;
         s.loss += share * hyb_tensor_cf32(loss)[0];
-        for (int j = 0; j < 3; j++) s.parts[j] += share * parts[j];
+        for (int j = 0; j < 3; j++)
+            s.parts[j] += share * parts[j];
         if ((rc = hyb_graph_backward(t->g, loss, (float)share)) != HYB_OK) {
             rc = hyb_error_wrap(rc, "%s: micro-batch %d", W, k);
             goto done;
@@ -275,7 +295,8 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
         if ((rc = hyb_adamw_step(t->opt)) != HYB_OK) goto done;
     } else {
         s.skipped = 1;
-        hyb_log(HYB_LOG_WARN, "%s: update %" PRId64 ": gradient norm %g, update skipped", W, t->step + 1, s.grad_norm);
+        hyb_log(HYB_LOG_WARN, "%s: update %" PRId64 ": gradient norm %g, update skipped", W,
+                t->step + 1, s.grad_norm);
     }
     t->step++;
     t->tokens += (int64_t)K * n;
@@ -288,15 +309,17 @@ done:
     return rc;
 }
 
-int hyb_trainer_eval(hyb_trainer *t, const int32_t *ids, const int32_t *targets, const float *mask, int B, int T,
-                     double *loss, double parts[3]) {
+int hyb_trainer_eval(hyb_trainer *t, const int32_t *ids, const int32_t *targets, const float *mask,
+                     int B, int T, double *loss, double parts[3]) {
     static const char W[] = "hyb_trainer_eval";
     HYB_TRY(check_fresh(t, W));
-    if (B < 1 || T < 1 || !ids) return hyb_error_set(HYB_ERR_ARG, "%s: bad batch (B %d, T %d)", W, B, T);
+    if (B < 1 || T < 1 || !ids)
+        return hyb_error_set(HYB_ERR_ARG, "%s: bad batch (B %d, T %d)", W, B, T);
     hyb_distill_loss all = t->cfg.loss;
     all.w_rkl = all.w_fkl = t->teacher ? 1.0f : 0.0f;
     all.w_ce = targets ? 1.0f : 0.0f;
-    if (!t->teacher && !targets) return hyb_error_set(HYB_ERR_ARG, "%s: no teacher and no targets: nothing to measure", W);
+    if (!t->teacher && !targets)
+        return hyb_error_set(HYB_ERR_ARG, "%s: no teacher and no targets: nothing to measure", W);
     float pf[3];
     hyb_tensor *l = micro_loss(t, &all, ids, targets, mask, B, T, 0, pf);
     int rc = l ? HYB_OK : hyb_error_wrap(HYB_ERR, "%s", W);
@@ -319,8 +342,9 @@ int hyb_trainer_eval(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
 
 #define CKPT_KIND "train-1"
 
-static const char *const reserved_meta[] = {"format", "step", "tokens", "opt_step", "lr", "beta1", "beta2",
-                                            "eps", "weight_decay", "frozen", NULL};
+static const char *const reserved_meta[] = {"format",       "step",   "tokens", "opt_step",
+                                            "lr",           "beta1",  "beta2",  "eps",
+                                            "weight_decay", "frozen", NULL};
 
 int hyb_trainer_save(hyb_trainer *t, const char *path, int n_meta, const char *const *keys,
                      const char *const *vals) {
@@ -328,7 +352,8 @@ int hyb_trainer_save(hyb_trainer *t, const char *path, int n_meta, const char *c
     HYB_TRY(check_fresh(t, W));
     for (int i = 0; i < n_meta; i++) {
         if (!keys[i] || !vals[i] || !keys[i][0] || strncmp(keys[i], "hyb_", 4) == 0)
-            return hyb_error_set(HYB_ERR_ARG, "%s: metadata key %d ('%s') is empty or starts with 'hyb_'", W, i,
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "%s: metadata key %d ('%s') is empty or starts with 'hyb_'", W, i,
                                  keys[i] ? keys[i] : "(null)");
         for (const char *const *r = reserved_meta; *r; r++)
             if (strcmp(*r, keys[i]) == 0)
@@ -338,7 +363,8 @@ int hyb_trainer_save(hyb_trainer *t, const char *path, int n_meta, const char *c
     hyb_st_writer *w = hyb_st_writer_new();
     char *toml = hyb_model_layermap_toml(m);
     size_t fcap = 1;
-    for (int i = 0; i < m->n_params; i++) fcap += strlen(m->params[i]->name) + 1;
+    for (int i = 0; i < m->n_params; i++)
+        fcap += strlen(m->params[i]->name) + 1;
     char *frozen = calloc(1, fcap);
     int rc = HYB_OK;
     if (!w || !toml || !frozen) {
@@ -358,10 +384,10 @@ int hyb_trainer_save(hyb_trainer *t, const char *path, int n_meta, const char *c
             strcat(frozen, "\n");
         }
     }
-#define META(k, fmt, v)                                                                                            \
-    if (rc == HYB_OK) {                                                                                            \
-        snprintf(val, sizeof val, fmt, v);                                                                         \
-        rc = hyb_st_writer_meta(w, k, val);                                                                        \
+#define META(k, fmt, v)                                                                            \
+    if (rc == HYB_OK) {                                                                            \
+        snprintf(val, sizeof val, fmt, v);                                                         \
+        rc = hyb_st_writer_meta(w, k, val);                                                        \
     }
     META("format", "%s", "pt")
     META("hyb_checkpoint", "%s", CKPT_KIND)
@@ -377,7 +403,8 @@ int hyb_trainer_save(hyb_trainer *t, const char *path, int n_meta, const char *c
 #undef META
     if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "hyb_layermap", toml);
     if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "frozen", frozen);
-    for (int i = 0; i < n_meta && rc == HYB_OK; i++) rc = hyb_st_writer_meta(w, keys[i], vals[i]);
+    for (int i = 0; i < n_meta && rc == HYB_OK; i++)
+        rc = hyb_st_writer_meta(w, keys[i], vals[i]);
     if (rc == HYB_OK) rc = hyb_st_writer_save(w, path);
     if (rc != HYB_OK) rc = hyb_error_wrap(rc, "%s %s", W, path);
 done:
@@ -436,8 +463,9 @@ static int open_ckpt(const char *path, hyb_safetensors **st) {
     if (!kind || strcmp(kind, CKPT_KIND) != 0) {
         hyb_safetensors_close(*st);
         *st = NULL;
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: not a hyb training checkpoint (metadata hyb_checkpoint is %s%s%s)",
-                             path, kind ? "'" : "", kind ? kind : "missing", kind ? "'" : "");
+        return hyb_error_set(
+            HYB_ERR_FORMAT, "%s: not a hyb training checkpoint (metadata hyb_checkpoint is %s%s%s)",
+            path, kind ? "'" : "", kind ? kind : "missing", kind ? "'" : "");
     }
     return HYB_OK;
 }
@@ -447,32 +475,35 @@ static int meta_i64(const hyb_safetensors *st, const char *path, const char *key
     char *end = NULL;
     long long x = v ? strtoll(v, &end, 10) : -1;
     if (!v || !*v || *end || x < 0)
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: metadata '%s' is %s (want an integer >= 0)", path, key,
-                             v ? v : "missing");
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: metadata '%s' is %s (want an integer >= 0)", path,
+                             key, v ? v : "missing");
     *out = x;
     return HYB_OK;
 }
 
 static const char *shape_fmt(int ndim, const int64_t *shape, char *buf, size_t n) {
     size_t k = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && k < n; i++) k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
     if (k < n) snprintf(buf + k, n - k, "]");
     return buf;
 }
 
 /* Find `name` with p's shape in st (f32 for optimiser state); error names both shapes. */
-static int find_like(const hyb_safetensors *st, const char *path, const char *name, const hyb_tensor *p, int f32_only,
-                     const hyb_st_tensor **out) {
+static int find_like(const hyb_safetensors *st, const char *path, const char *name,
+                     const hyb_tensor *p, int f32_only, const hyb_st_tensor **out) {
     char a[128], b[128];
     const hyb_st_tensor *t = hyb_safetensors_find(st, name);
     if (!t) return hyb_error_set(HYB_ERR_NOTFOUND, "%s: tensor '%s' is missing", path, name);
     int same = t->ndim == p->ndim;
-    for (int d = 0; same && d < p->ndim; d++) same = t->shape[d] == p->shape[d];
+    for (int d = 0; same && d < p->ndim; d++)
+        same = t->shape[d] == p->shape[d];
     if (!same || (f32_only && t->dtype != HYB_ST_F32) ||
         !(t->dtype == HYB_ST_F32 || t->dtype == HYB_ST_BF16 || t->dtype == HYB_ST_F16))
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: tensor '%s': file has %s %s, the model expects %s f32", path, name,
-                             shape_fmt(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
-                             shape_fmt(p->ndim, p->shape, b, sizeof b));
+        return hyb_error_set(
+            HYB_ERR_FORMAT, "%s: tensor '%s': file has %s %s, the model expects %s f32", path, name,
+            shape_fmt(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
+            shape_fmt(p->ndim, p->shape, b, sizeof b));
     *out = t;
     return HYB_OK;
 }
@@ -501,12 +532,16 @@ static int load_tensors(const hyb_safetensors *st, const char *path, hyb_model *
             hyb_tensor *p = m->params[i];
             const hyb_st_tensor *t;
             HYB_TRY(find_like(st, path, p->name, p, 0, &t));
-            if (pass) HYB_TRY(hyb_safetensors_read_f32(st, t, hyb_tensor_f32(p), hyb_tensor_numel(p)));
+            if (pass)
+                HYB_TRY(hyb_safetensors_read_f32(st, t, hyb_tensor_f32(p), hyb_tensor_numel(p)));
             if (!opt) continue;
             for (int k = 0; k < 2; k++) {
-                snprintf(name, sizeof name, "optimizer.%s.%s", p->name, k ? "exp_avg_sq" : "exp_avg");
+                snprintf(name, sizeof name, "optimizer.%s.%s", p->name,
+                         k ? "exp_avg_sq" : "exp_avg");
                 HYB_TRY(find_like(st, path, name, p, 1, &t));
-                if (pass) HYB_TRY(hyb_safetensors_read_f32(st, t, k ? opt->v[i] : opt->m[i], hyb_tensor_numel(p)));
+                if (pass)
+                    HYB_TRY(hyb_safetensors_read_f32(st, t, k ? opt->v[i] : opt->m[i],
+                                                     hyb_tensor_numel(p)));
             }
         }
     return HYB_OK;
@@ -524,10 +559,11 @@ int hyb_trainer_load(hyb_trainer *t, const char *path, hyb_ckpt_meta *meta) {
     if (rc == HYB_OK) rc = meta_i64(st, path, "opt_step", &opt_step);
     /* the tensor count must match too: a checkpoint of a model with more parameters is not ours */
     if (rc == HYB_OK && hyb_safetensors_count(st) != 3 * t->student->n_params)
-        rc = hyb_error_set(HYB_ERR_FORMAT,
-                           "%s: %d tensors, but this student has %d parameters (x3 with the optimiser state): a "
-                           "checkpoint of a different layer map?",
-                           path, hyb_safetensors_count(st), t->student->n_params);
+        rc = hyb_error_set(
+            HYB_ERR_FORMAT,
+            "%s: %d tensors, but this student has %d parameters (x3 with the optimiser state): a "
+            "checkpoint of a different layer map?",
+            path, hyb_safetensors_count(st), t->student->n_params);
     if (rc == HYB_OK) rc = load_tensors(st, path, t->student, t->opt);
     if (rc == HYB_OK) {
         t->step = step;
@@ -559,7 +595,8 @@ int hyb_model_from_checkpoint(const char *path, hyb_model **out) {
     hyb_layermap *map = NULL;
     if (!toml) rc = hyb_error_set(HYB_ERR_FORMAT, "%s: metadata 'hyb_layermap' is missing", path);
     if (rc == HYB_OK) rc = hyb_layermap_parse(toml, path, &map);
-    if (rc == HYB_OK) rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m); /* values come from the file */
+    if (rc == HYB_OK)
+        rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m); /* values come from the file */
     if (rc == HYB_OK) rc = load_tensors(st, path, m, NULL);
     if (rc == HYB_OK) apply_frozen(m, hyb_safetensors_meta(st, "frozen"));
     hyb_safetensors_close(st);

@@ -51,7 +51,8 @@ static int ends_with(const char *s, const char *suf) {
 static const char *check_string(lua_State *L, int idx, const char *F, const char *what) {
     char buf[96];
     if (lua_type(L, idx) != LUA_TSTRING)
-        lhyb_error(L, "%s: %s must be a string, got %s", F, what, lhyb_describe(L, idx, buf, sizeof buf));
+        lhyb_error(L, "%s: %s must be a string, got %s", F, what,
+                   lhyb_describe(L, idx, buf, sizeof buf));
     return lua_tostring(L, idx);
 }
 
@@ -74,16 +75,20 @@ static void sched_from_opts(lua_State *L, int idx, const char *F, hyb_lr_sched *
     s->lr_min = (float)lhyb_opt_field_number(L, idx, F, "min_lr", s->lr_max * 0.1);
     s->warmup = lhyb_opt_field_int(L, idx, F, "warmup", 0, LUA_MAXINTEGER, 0);
     s->total = lhyb_opt_field_int(L, idx, F, "steps", 0, LUA_MAXINTEGER, 0);
-    if (!(s->lr_max >= 0)) lhyb_error(L, "%s: option 'lr' must be >= 0, got %g", F, (double)s->lr_max);
-    if (!(s->lr_min >= 0)) lhyb_error(L, "%s: option 'min_lr' must be >= 0, got %g", F, (double)s->lr_min);
+    if (!(s->lr_max >= 0))
+        lhyb_error(L, "%s: option 'lr' must be >= 0, got %g", F, (double)s->lr_max);
+    if (!(s->lr_min >= 0))
+        lhyb_error(L, "%s: option 'min_lr' must be >= 0, got %g", F, (double)s->lr_min);
 }
 
-/* hyb.train.lr(step, {lr=, min_lr=, warmup=, steps=}) -> the learning rate of update `step` (0-based) */
+/* hyb.train.lr(step, {lr=, min_lr=, warmup=, steps=}) -> the learning rate of update `step`
+ * (0-based) */
 static int l_lr(lua_State *L) {
     static const char *const allowed[] = {"lr", "min_lr", "warmup", "steps", NULL};
     const char *F = "hyb.train.lr";
     lua_Integer step = lhyb_check_int(L, 1, F, "step", 0, LUA_MAXINTEGER);
-    if (!lua_istable(L, 2)) return lhyb_error(L, "%s: the schedule must be a table {lr=, min_lr=, warmup=, steps=}", F);
+    if (!lua_istable(L, 2))
+        return lhyb_error(L, "%s: the schedule must be a table {lr=, min_lr=, warmup=, steps=}", F);
     lhyb_check_opts(L, 2, F, allowed);
     hyb_lr_sched s;
     sched_from_opts(L, 2, F, &s);
@@ -110,8 +115,10 @@ static int l_load(lua_State *L) {
     char p[4200];
     if (is_dir(path)) {
         snprintf(p, sizeof p, "%s/layermap.toml", path);
-        if (is_file(p)) rc = hyb_model_load(path, &m);
-        else rc = hyb_model_load_hf_dir(path, &m);
+        if (is_file(p))
+            rc = hyb_model_load(path, &m);
+        else
+            rc = hyb_model_load_hf_dir(path, &m);
     } else if (ends_with(path, ".gguf")) {
         rc = hyb_model_load_gguf(path, &m);
     } else if (ends_with(path, ".safetensors")) {
@@ -119,8 +126,10 @@ static int l_load(lua_State *L) {
     } else if (!is_file(path)) {
         return lhyb_error(L, "%s: '%s' does not exist", F, path);
     } else {
-        return lhyb_error(L, "%s: '%s': expected a .gguf file, a training checkpoint (.safetensors) or a directory", F,
-                          path);
+        return lhyb_error(
+            L,
+            "%s: '%s': expected a .gguf file, a training checkpoint (.safetensors) or a directory",
+            F, path);
     }
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     lhyb_push_model(L, m, F);
@@ -133,7 +142,8 @@ static int l_freeze(lua_State *L) {
     hyb_model *m = lhyb_check_model(L, 1, F);
     const char *pat = check_string(L, 2, F, "pattern");
     int frozen = lua_isnoneornil(L, 3) ? 1 : lua_toboolean(L, 3);
-    if (!lua_isnoneornil(L, 3) && !lua_isboolean(L, 3)) return lhyb_error(L, "%s: frozen must be a boolean", F);
+    if (!lua_isnoneornil(L, 3) && !lua_isboolean(L, 3))
+        return lhyb_error(L, "%s: frozen must be a boolean", F);
     int n = hyb_model_freeze(m, pat, frozen);
     if (n < 0) return lhyb_raise_hyb(L, F);
     lua_pushinteger(L, n);
@@ -193,8 +203,8 @@ static int l_greedy(lua_State *L) {
     int32_t *ids = lhyb_check_ids(L, 2, F, "prompt", np, 0, m->V - 1);
     int max_ctx = (int)(np + n);
     if (m->map->max_seq > 0 && max_ctx > m->map->max_seq)
-        return lhyb_error(L, "%s: prompt %lld + n %lld exceeds the model's max_seq %d", F, (long long)np, (long long)n,
-                          m->map->max_seq);
+        return lhyb_error(L, "%s: prompt %lld + n %lld exceeds the model's max_seq %d", F,
+                          (long long)np, (long long)n, m->map->max_seq);
     float *logits = (float *)lua_newuserdatauv(L, sizeof(float) * (size_t)m->V, 0);
     hyb_kvstate *s = NULL;
     if (hyb_kvstate_new(m, 1, max_ctx, &s) != HYB_OK) return lhyb_raise_hyb(L, F);
@@ -221,7 +231,8 @@ static int toml_box_gc(lua_State *L) {
     return 0;
 }
 
-/* Convert a TOML table into a Lua table (pushed); arrays of integers/strings/floats become lists. */
+/* Convert a TOML table into a Lua table (pushed); arrays of integers/strings/floats become lists.
+ */
 static void push_cfg_table(lua_State *L, const hyb_cfg_table *t, const char *F) {
     const char **keys = NULL;
     int nk = hyb_cfg_keys(t, &keys);
@@ -249,12 +260,15 @@ static void push_cfg_table(lua_State *L, const hyb_cfg_table *t, const char *F) 
             if (n < 0) lhyb_raise_hyb(L, F);
             lua_createtable(L, n, 0);
             for (int j = 0; j < n; j++) {
-                if (hyb_cfg_array_int(t, k, j, &iv) == HYB_OK) lua_pushinteger(L, (lua_Integer)iv);
-                else if (hyb_cfg_array_string(t, k, j, &sv) == HYB_OK) lua_pushstring(L, sv);
+                if (hyb_cfg_array_int(t, k, j, &iv) == HYB_OK)
+                    lua_pushinteger(L, (lua_Integer)iv);
+                else if (hyb_cfg_array_string(t, k, j, &sv) == HYB_OK)
+                    lua_pushstring(L, sv);
                 else {
                     char where[200];
-                    lhyb_error(L, "%s: %s: key '%s': array element %d must be an integer or a string", F,
-                               hyb_cfg_where(t, k, where, sizeof where), k, j + 1);
+                    lhyb_error(L,
+                               "%s: %s: key '%s': array element %d must be an integer or a string",
+                               F, hyb_cfg_where(t, k, where, sizeof where), k, j + 1);
                 }
                 lua_rawseti(L, -2, j + 1);
             }
@@ -299,7 +313,9 @@ typedef struct ltrainer {
 static ltrainer *check_trainer(lua_State *L, int idx, const char *F) {
     char buf[96];
     ltrainer *t = (ltrainer *)luaL_testudata(L, idx, LHYB_TRAINER_MT);
-    if (!t) lhyb_error(L, "%s: expected a hyb.trainer, got %s", F, lhyb_describe(L, idx, buf, sizeof buf));
+    if (!t)
+        lhyb_error(L, "%s: expected a hyb.trainer, got %s", F,
+                   lhyb_describe(L, idx, buf, sizeof buf));
     if (!t->t) lhyb_error(L, "%s: the trainer is closed", F);
     /* the models are kept alive by the user values; they may have been closed explicitly */
     lua_getiuservalue(L, idx, 1);
@@ -315,8 +331,9 @@ static ltrainer *check_trainer(lua_State *L, int idx, const char *F) {
  *   eps=, clip=, accum=, loss="reverse_kl"|"forward_kl"|"ce"|"mix", weights={rkl=,fkl=,ce=},
  *   temperature=}) */
 static int l_trainer(lua_State *L) {
-    static const char *const allowed[] = {"teacher", "lr",   "min_lr", "warmup", "steps",   "weight_decay", "betas",
-                                          "eps",     "clip", "accum",  "loss",   "weights", "temperature",  NULL};
+    static const char *const allowed[] = {
+        "teacher", "lr",   "min_lr", "warmup", "steps",   "weight_decay", "betas",
+        "eps",     "clip", "accum",  "loss",   "weights", "temperature",  NULL};
     const char *F = "hyb.train.trainer";
     lua_settop(L, 2);
     hyb_model *student = lhyb_check_model(L, 1, F);
@@ -335,12 +352,18 @@ static int l_trainer(lua_State *L) {
     const char *loss = lhyb_opt_field_string(L, 2, F, "loss", "reverse_kl");
     c.loss.w_rkl = c.loss.w_fkl = c.loss.w_ce = 0;
     int mix = 0;
-    if (strcmp(loss, "reverse_kl") == 0) c.loss.w_rkl = 1;
-    else if (strcmp(loss, "forward_kl") == 0) c.loss.w_fkl = 1;
-    else if (strcmp(loss, "ce") == 0) c.loss.w_ce = 1;
-    else if (strcmp(loss, "mix") == 0) mix = 1;
+    if (strcmp(loss, "reverse_kl") == 0)
+        c.loss.w_rkl = 1;
+    else if (strcmp(loss, "forward_kl") == 0)
+        c.loss.w_fkl = 1;
+    else if (strcmp(loss, "ce") == 0)
+        c.loss.w_ce = 1;
+    else if (strcmp(loss, "mix") == 0)
+        mix = 1;
     else
-        return lhyb_error(L, "%s: option 'loss' must be \"reverse_kl\", \"forward_kl\", \"ce\" or \"mix\", got \"%s\"",
+        return lhyb_error(L,
+                          "%s: option 'loss' must be \"reverse_kl\", \"forward_kl\", \"ce\" or "
+                          "\"mix\", got \"%s\"",
                           F, loss);
     if (lua_istable(L, 2)) {
         lua_getfield(L, 2, "weights");
@@ -353,7 +376,8 @@ static int l_trainer(lua_State *L) {
             c.loss.w_fkl = (float)lhyb_opt_field_number(L, wi, F, "fkl", 0);
             c.loss.w_ce = (float)lhyb_opt_field_number(L, wi, F, "ce", 0);
         } else if (mix) {
-            return lhyb_error(L, "%s: loss = \"mix\" needs option 'weights' = {rkl=, fkl=, ce=}", F);
+            return lhyb_error(L, "%s: loss = \"mix\" needs option 'weights' = {rkl=, fkl=, ce=}",
+                              F);
         }
         lua_pop(L, 1);
         lua_getfield(L, 2, "betas");
@@ -417,15 +441,16 @@ static void check_batch(lua_State *L, hyb_trainer *t, int K, const char *F, batc
     a->mask = NULL;
     if (lua_istable(L, 5)) {
         lua_getfield(L, 5, "targets");
-        if (!lua_isnil(L, -1)) a->targets = lhyb_check_ids(L, -1, F, "option 'targets'", n, INT32_MIN, m->V - 1);
+        if (!lua_isnil(L, -1))
+            a->targets = lhyb_check_ids(L, -1, F, "option 'targets'", n, INT32_MIN, m->V - 1);
         lua_getfield(L, 5, "mask");
         if (!lua_isnil(L, -1)) a->mask = lhyb_check_floats(L, -1, F, "option 'mask'", n);
     }
     if (a->mask)
         for (int64_t i = 0; i < n; i++)
             if (!(a->mask[i] >= 0) || isinf(a->mask[i]))
-                lhyb_error(L, "%s: option 'mask' entry %lld is %g; weights must be finite and >= 0", F,
-                           (long long)i + 1, (double)a->mask[i]);
+                lhyb_error(L, "%s: option 'mask' entry %lld is %g; weights must be finite and >= 0",
+                           F, (long long)i + 1, (double)a->mask[i]);
 }
 
 static void set_num(lua_State *L, const char *k, double v) {
@@ -439,8 +464,8 @@ static void push_parts(lua_State *L, const double *parts) {
         if (!isnan(parts[j])) set_num(L, names[j], parts[j]);
 }
 
-/* tr:step(ids, B, T[, {targets=, mask=}]) -> {loss=, rkl=, fkl=, ce=, grad_norm=, lr=, step=, skipped=}
- * ids: accum*B*T ids (a tensor [accum*B, T] or a table); B is the micro-batch size. */
+/* tr:step(ids, B, T[, {targets=, mask=}]) -> {loss=, rkl=, fkl=, ce=, grad_norm=, lr=, step=,
+ * skipped=} ids: accum*B*T ids (a tensor [accum*B, T] or a table); B is the micro-batch size. */
 static int t_step(lua_State *L) {
     const char *F = "trainer:step";
     lua_settop(L, 5);
@@ -450,7 +475,8 @@ static int t_step(lua_State *L) {
     if (t->t->cfg.loss.w_ce > 0 && !a.targets)
         return lhyb_error(L, "%s: the loss has a CE term: pass option 'targets'", F);
     hyb_train_stats st;
-    if (hyb_trainer_step(t->t, a.ids, a.targets, a.mask, a.B, a.T, &st) != HYB_OK) return lhyb_raise_hyb(L, F);
+    if (hyb_trainer_step(t->t, a.ids, a.targets, a.mask, a.B, a.T, &st) != HYB_OK)
+        return lhyb_raise_hyb(L, F);
     lua_createtable(L, 0, 9);
     set_num(L, "loss", st.loss);
     push_parts(L, st.parts);
@@ -494,9 +520,11 @@ static int t_save(lua_State *L) {
         int scratch = lua_gettop(L);
         lua_pushnil(L);
         while (lua_next(L, 3)) {
-            if (lua_type(L, -2) != LUA_TSTRING) return lhyb_error(L, "%s: metadata keys must be strings", F);
+            if (lua_type(L, -2) != LUA_TSTRING)
+                return lhyb_error(L, "%s: metadata keys must be strings", F);
             if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
-                return lhyb_error(L, "%s: metadata '%s' must be a string or a number", F, lua_tostring(L, -2));
+                return lhyb_error(L, "%s: metadata '%s' must be a string or a number", F,
+                                  lua_tostring(L, -2));
             if (n == 64) return lhyb_error(L, "%s: at most 64 metadata entries", F);
             lua_pushvalue(L, -2);
             lua_rawseti(L, scratch, 2 * n + 1);
@@ -557,8 +585,11 @@ static int trainer_gc(lua_State *L) {
 }
 static int trainer_tostring(lua_State *L) {
     ltrainer *t = (ltrainer *)luaL_checkudata(L, 1, LHYB_TRAINER_MT);
-    if (!t->t) lua_pushstring(L, "hyb.trainer(closed)");
-    else lua_pushfstring(L, "hyb.trainer(step %I, accum %d)", (lua_Integer)t->t->step, t->t->cfg.accum);
+    if (!t->t)
+        lua_pushstring(L, "hyb.trainer(closed)");
+    else
+        lua_pushfstring(L, "hyb.trainer(step %I, accum %d)", (lua_Integer)t->t->step,
+                        t->t->cfg.accum);
     return 1;
 }
 
@@ -571,7 +602,9 @@ typedef struct ltok {
 static ltok *check_tok(lua_State *L, int idx, const char *F) {
     char buf[96];
     ltok *t = (ltok *)luaL_testudata(L, idx, LHYB_TOKENIZER_MT);
-    if (!t) lhyb_error(L, "%s: expected a hyb.tokenizer, got %s", F, lhyb_describe(L, idx, buf, sizeof buf));
+    if (!t)
+        lhyb_error(L, "%s: expected a hyb.tokenizer, got %s", F,
+                   lhyb_describe(L, idx, buf, sizeof buf));
     if (!t->tok) lhyb_error(L, "%s: the tokenizer is closed", F);
     return t;
 }
@@ -604,7 +637,8 @@ static int tk_encode(lua_State *L) {
     s = lua_tolstring(L, 2, &len);
     int32_t *ids = NULL;
     size_t n = 0;
-    if (hyb_tokenizer_encode_alloc(t->tok, s, len, 0, &ids, &n) != HYB_OK) return lhyb_raise_hyb(L, "tokenizer:encode");
+    if (hyb_tokenizer_encode_alloc(t->tok, s, len, 0, &ids, &n) != HYB_OK)
+        return lhyb_raise_hyb(L, "tokenizer:encode");
     lua_createtable(L, (int)n, 0);
     for (size_t i = 0; i < n; i++) {
         lua_pushinteger(L, ids[i]);
@@ -618,8 +652,10 @@ static int tk_encode(lua_State *L) {
 static int tk_decode(lua_State *L) {
     const char *F = "tokenizer:decode";
     ltok *t = check_tok(L, 1, F);
-    if (!lua_istable(L, 2) && !lhyb_test_tensor(L, 2)) return lhyb_error(L, "%s: ids must be a table or a tensor", F);
-    int64_t n = lua_istable(L, 2) ? (int64_t)lua_rawlen(L, 2) : hyb_tensor_numel(lhyb_check_tensor(L, 2, F, "ids")->t);
+    if (!lua_istable(L, 2) && !lhyb_test_tensor(L, 2))
+        return lhyb_error(L, "%s: ids must be a table or a tensor", F);
+    int64_t n = lua_istable(L, 2) ? (int64_t)lua_rawlen(L, 2)
+                                  : hyb_tensor_numel(lhyb_check_tensor(L, 2, F, "ids")->t);
     int32_t *ids = lhyb_check_ids(L, 2, F, "ids", n, 0, hyb_tokenizer_vocab_size(t->tok) - 1);
     long need = hyb_tokenizer_decode(t->tok, ids, (size_t)n, 0, NULL, 0);
     if (need < 0) return lhyb_raise_hyb(L, F);
@@ -639,7 +675,9 @@ static int tk_eos(lua_State *L) {
 }
 static int tk_identity(lua_State *L) {
     char b[32];
-    snprintf(b, sizeof b, "%016llx", (unsigned long long)hyb_tokenizer_identity(check_tok(L, 1, "tokenizer:identity")->tok));
+    snprintf(
+        b, sizeof b, "%016llx",
+        (unsigned long long)hyb_tokenizer_identity(check_tok(L, 1, "tokenizer:identity")->tok));
     lua_pushstring(L, b);
     return 1;
 }
@@ -651,8 +689,10 @@ static int tok_gc(lua_State *L) {
 }
 static int tok_tostring(lua_State *L) {
     ltok *t = (ltok *)luaL_checkudata(L, 1, LHYB_TOKENIZER_MT);
-    if (!t->tok) lua_pushstring(L, "hyb.tokenizer(closed)");
-    else lua_pushfstring(L, "hyb.tokenizer(%d tokens)", (int)hyb_tokenizer_vocab_size(t->tok));
+    if (!t->tok)
+        lua_pushstring(L, "hyb.tokenizer(closed)");
+    else
+        lua_pushfstring(L, "hyb.tokenizer(%d tokens)", (int)hyb_tokenizer_vocab_size(t->tok));
     return 1;
 }
 
@@ -666,14 +706,19 @@ typedef struct lds {
 static lds *check_ds(lua_State *L, int idx, const char *F) {
     char buf[96];
     lds *d = (lds *)luaL_testudata(L, idx, LHYB_DATASET_MT);
-    if (!d) lhyb_error(L, "%s: expected a hyb.dataset, got %s", F, lhyb_describe(L, idx, buf, sizeof buf));
+    if (!d)
+        lhyb_error(L, "%s: expected a hyb.dataset, got %s", F,
+                   lhyb_describe(L, idx, buf, sizeof buf));
     if (!d->d) lhyb_error(L, "%s: the dataset is closed", F);
     return d;
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
 
-/* append path (a file, or a directory's non-hidden regular files sorted by name) to the list table */
+/* append path (a file, or a directory's non-hidden regular files sorted by name) to the list table
+ */
 static void add_path(lua_State *L, int list, const char *F, const char *path) {
     struct stat st;
     if (stat(path, &st) != 0) lhyb_error(L, "%s: cannot open '%s': %s", F, path, strerror(errno));
@@ -691,8 +736,10 @@ static void add_path(lua_State *L, int list, const char *F, const char *path) {
     while ((e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.') continue;
         lua_pushfstring(L, "%s/%s", path, e->d_name);
-        if (is_file(lua_tostring(L, -1))) lua_rawseti(L, names, ++n);
-        else lua_pop(L, 1);
+        if (is_file(lua_tostring(L, -1)))
+            lua_rawseti(L, names, ++n);
+        else
+            lua_pop(L, 1);
     }
     closedir(d);
     const char **arr = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)(n ? n : 1), 0);
@@ -712,10 +759,12 @@ static void add_path(lua_State *L, int list, const char *F, const char *path) {
 /* hyb.data.dataset{files = path | {paths}, tokenizer = tok | nil (bytes), cache = path,
  *                  val_fraction = 0.05, seed = 1} */
 static int l_dataset(lua_State *L) {
-    static const char *const allowed[] = {"files", "tokenizer", "cache", "val_fraction", "seed", NULL};
+    static const char *const allowed[] = {"files",        "tokenizer", "cache",
+                                          "val_fraction", "seed",      NULL};
     const char *F = "hyb.data.dataset";
     lua_settop(L, 1);
-    if (!lua_istable(L, 1)) return lhyb_error(L, "%s: expected an options table {files=, tokenizer=, cache=, ...}", F);
+    if (!lua_istable(L, 1))
+        return lhyb_error(L, "%s: expected an options table {files=, tokenizer=, cache=, ...}", F);
     lhyb_check_opts(L, 1, F, allowed);
     lua_newtable(L);
     int list = lua_gettop(L);
@@ -727,7 +776,8 @@ static int l_dataset(lua_State *L) {
         lua_Integer nf = (lua_Integer)lua_rawlen(L, ft);
         for (lua_Integer i = 1; i <= nf; i++) {
             lua_rawgeti(L, ft, i);
-            if (lua_type(L, -1) != LUA_TSTRING) return lhyb_error(L, "%s: files[%d] must be a string", F, (int)i);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return lhyb_error(L, "%s: files[%d] must be a string", F, (int)i);
             add_path(L, list, F, lua_tostring(L, -1));
             lua_pop(L, 1);
         }
@@ -751,7 +801,8 @@ static int l_dataset(lua_State *L) {
     c.seed = (uint64_t)lhyb_opt_field_int(L, 1, F, "seed", 0, LUA_MAXINTEGER, 1);
     c.cache = lhyb_opt_field_string(L, 1, F, "cache", NULL);
     if (!(c.val_fraction >= 0 && c.val_fraction < 1))
-        return lhyb_error(L, "%s: option 'val_fraction' must be in [0, 1), got %g", F, c.val_fraction);
+        return lhyb_error(L, "%s: option 'val_fraction' must be in [0, 1), got %g", F,
+                          c.val_fraction);
     lua_getfield(L, 1, "tokenizer");
     int vocab = 256;
     if (!lua_isnil(L, -1)) {
@@ -771,11 +822,13 @@ static int l_dataset(lua_State *L) {
     return 1;
 }
 
-static int push_batch(lua_State *L, lds *d, int split, int64_t step, int B, int T, uint64_t seed, const char *F) {
+static int push_batch(lua_State *L, lds *d, int split, int64_t step, int B, int T, uint64_t seed,
+                      const char *F) {
     int64_t shape[2] = {B, T};
     lhyb_tensor *ids = lhyb_push_owned(L, hyb_tensor_new(HYB_I32, 2, shape), F);
     lhyb_tensor *tg = lhyb_push_owned(L, hyb_tensor_new(HYB_I32, 2, shape), F);
-    if (hyb_dataset_batch(d->d, split, step, B, T, seed, (int32_t *)ids->t->data, (int32_t *)tg->t->data) != HYB_OK)
+    if (hyb_dataset_batch(d->d, split, step, B, T, seed, (int32_t *)ids->t->data,
+                          (int32_t *)tg->t->data) != HYB_OK)
         return lhyb_raise_hyb(L, F);
     return 2;
 }
@@ -809,7 +862,8 @@ static int ds_windows(lua_State *L) {
     const char *s = luaL_optstring(L, 3, "train");
     if (strcmp(s, "train") != 0 && strcmp(s, "val") != 0)
         return lhyb_error(L, "%s: split must be \"train\" or \"val\", got \"%s\"", F, s);
-    lua_pushinteger(L, hyb_dataset_windows(d->d, strcmp(s, "val") == 0 ? HYB_SPLIT_VAL : HYB_SPLIT_TRAIN, T));
+    lua_pushinteger(
+        L, hyb_dataset_windows(d->d, strcmp(s, "val") == 0 ? HYB_SPLIT_VAL : HYB_SPLIT_TRAIN, T));
     return 1;
 }
 
@@ -842,7 +896,8 @@ static int ds_gc(lua_State *L) {
 }
 static int ds_tostring(lua_State *L) {
     lds *d = (lds *)luaL_checkudata(L, 1, LHYB_DATASET_MT);
-    if (!d->d) lua_pushstring(L, "hyb.dataset(closed)");
+    if (!d->d)
+        lua_pushstring(L, "hyb.dataset(closed)");
     else
         lua_pushfstring(L, "hyb.dataset(%I train + %I held-out tokens)", (lua_Integer)d->d->n_train,
                         (lua_Integer)d->d->n_val);
@@ -851,8 +906,8 @@ static int ds_tostring(lua_State *L) {
 
 // ---- registration -------------------------------------------------------------------------------
 
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction tostring,
-                      lua_CFunction gc) {
+static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                      lua_CFunction tostring, lua_CFunction gc) {
     luaL_newmetatable(L, name);
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);
@@ -867,16 +922,17 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, l
 }
 
 void lhyb_open_train(lua_State *L) {
-    static const luaL_Reg trainer_methods[] = {{"step", t_step},   {"eval", t_eval},     {"save", t_save},
-                                               {"load", t_load},   {"steps", t_steps},   {"tokens", t_tokens},
-                                               {"lr", t_lr},       {"accum", t_accum},   {"close", trainer_gc},
-                                               {NULL, NULL}};
-    static const luaL_Reg tok_methods[] = {{"encode", tk_encode},         {"decode", tk_decode},
-                                           {"vocab_size", tk_vocab_size}, {"eos", tk_eos},
-                                           {"identity", tk_identity},     {"close", tok_gc},
-                                           {NULL, NULL}};
-    static const luaL_Reg ds_methods[] = {{"batch", ds_batch}, {"val_batch", ds_val_batch}, {"windows", ds_windows},
-                                          {"info", ds_info},   {"close", ds_gc},            {NULL, NULL}};
+    static const luaL_Reg trainer_methods[] = {
+        {"step", t_step},      {"eval", t_eval},     {"save", t_save}, {"load", t_load},
+        {"steps", t_steps},    {"tokens", t_tokens}, {"lr", t_lr},     {"accum", t_accum},
+        {"close", trainer_gc}, {NULL, NULL}};
+    static const luaL_Reg tok_methods[] = {
+        {"encode", tk_encode}, {"decode", tk_decode},     {"vocab_size", tk_vocab_size},
+        {"eos", tk_eos},       {"identity", tk_identity}, {"close", tok_gc},
+        {NULL, NULL}};
+    static const luaL_Reg ds_methods[] = {{"batch", ds_batch},     {"val_batch", ds_val_batch},
+                                          {"windows", ds_windows}, {"info", ds_info},
+                                          {"close", ds_gc},        {NULL, NULL}};
     new_class(L, LHYB_TRAINER_MT, trainer_methods, trainer_tostring, trainer_gc);
     new_class(L, LHYB_TOKENIZER_MT, tok_methods, tok_tostring, tok_gc);
     new_class(L, LHYB_DATASET_MT, ds_methods, ds_tostring, ds_gc);

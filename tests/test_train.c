@@ -85,7 +85,8 @@ static double params_max_diff(const hyb_model *a, const hyb_model *b) {
 static void fill_ids(int32_t *ids, int64_t n, uint64_t seed) {
     hyb_rng r;
     hyb_rng_seed(&r, seed);
-    for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)(hyb_rng_next(&r) % 256);
+    for (int64_t i = 0; i < n; i++)
+        ids[i] = (int32_t)(hyb_rng_next(&r) % 256);
 }
 
 // ---- schedule -----------------------------------------------------------------------------------
@@ -95,19 +96,20 @@ static void test_schedule(void) {
     CHECK_NEAR(hyb_lr_at(&s, 0), 0.25, 1e-7);
     CHECK_NEAR(hyb_lr_at(&s, 1), 0.5, 1e-7);
     CHECK_NEAR(hyb_lr_at(&s, 3), 1.0, 1e-7);
-    CHECK_NEAR(hyb_lr_at(&s, 4), 1.0, 1e-7);          /* first cosine step: the peak */
-    CHECK_NEAR(hyb_lr_at(&s, 8), 0.628141680, 1e-6);  /* 0.1 + 0.45 (1 + cos(4 pi / 9)) */
-    CHECK_NEAR(hyb_lr_at(&s, 13), 0.1, 1e-7);         /* last step: the floor */
+    CHECK_NEAR(hyb_lr_at(&s, 4), 1.0, 1e-7);         /* first cosine step: the peak */
+    CHECK_NEAR(hyb_lr_at(&s, 8), 0.628141680, 1e-6); /* 0.1 + 0.45 (1 + cos(4 pi / 9)) */
+    CHECK_NEAR(hyb_lr_at(&s, 13), 0.1, 1e-7);        /* last step: the floor */
     CHECK_NEAR(hyb_lr_at(&s, 1000), 0.1, 1e-7);
-    hyb_lr_sched c = {0.5f, 0.0f, 0, 0};               /* constant */
+    hyb_lr_sched c = {0.5f, 0.0f, 0, 0}; /* constant */
     CHECK_NEAR(hyb_lr_at(&c, 0), 0.5, 0);
     CHECK_NEAR(hyb_lr_at(&c, 77), 0.5, 0);
-    hyb_lr_sched nw = {2.0f, 0.0f, 0, 3};              /* no warmup, 3 steps: 2, 1, 0 */
+    hyb_lr_sched nw = {2.0f, 0.0f, 0, 3}; /* no warmup, 3 steps: 2, 1, 0 */
     CHECK_NEAR(hyb_lr_at(&nw, 0), 2.0, 1e-7);
     CHECK_NEAR(hyb_lr_at(&nw, 1), 1.0, 1e-6);
     CHECK_NEAR(hyb_lr_at(&nw, 2), 0.0, 1e-7);
     /* monotone non-increasing after warmup */
-    for (int64_t k = 4; k < 20; k++) CHECK(hyb_lr_at(&s, k + 1) <= hyb_lr_at(&s, k));
+    for (int64_t k = 4; k < 20; k++)
+        CHECK(hyb_lr_at(&s, k + 1) <= hyb_lr_at(&s, k));
 }
 
 // ---- clone / freeze -----------------------------------------------------------------------------
@@ -172,7 +174,8 @@ static void test_mix_loss(void) {
     fill_ids(ids, 24, 9);
     fill_ids(tg, 24, 10);
     float mask[24];
-    for (int i = 0; i < 24; i++) mask[i] = (float)(i % 3 != 0);
+    for (int i = 0; i < 24; i++)
+        mask[i] = (float)(i % 3 != 0);
     hyb_graph *tgr = hyb_graph_new(), *g = hyb_graph_new();
     hyb_graph_set_grad(tgr, 0);
     hyb_tensor *tl = hyb_model_forward(t, tgr, ids, B, T);
@@ -223,7 +226,8 @@ static void test_mix_loss(void) {
     CHECK(hyb_distill_loss_apply(g, &bad, sl, tl, tg, NULL, NULL) == NULL);
     hyb_distill_loss nt = {1, 0, 0, 1};
     CHECK(hyb_distill_loss_apply(g, &nt, sl, NULL, tg, NULL, NULL) == NULL);
-    for (int i = 0; i < np; i++) free(ref[i]);
+    for (int i = 0; i < np; i++)
+        free(ref[i]);
     free(ref);
     hyb_graph_free(g);
     hyb_graph_free(tgr);
@@ -264,10 +268,14 @@ static void test_accum(void) {
         for (int step = 0; step < 3; step++) {
             fill_ids(ids, 32, 100 + step);
             fill_ids(tg, 32, 200 + step);
-            for (int i = 0; i < 32; i++) mask[i] = variant ? (float)((i * 7 + step) % 5 != 0) * (i < 16 ? 1.0f : 0.5f) : 1.0f;
+            for (int i = 0; i < 32; i++)
+                mask[i] =
+                    variant ? (float)((i * 7 + step) % 5 != 0) * (i < 16 ? 1.0f : 0.5f) : 1.0f;
             hyb_train_stats a, b;
-            CHECK_MSG(hyb_trainer_step(ta, ids, tg, variant ? mask : NULL, 1, T, &a) == HYB_OK, "%s", hyb_error());
-            CHECK_MSG(hyb_trainer_step(tb, ids, tg, variant ? mask : NULL, 2, T, &b) == HYB_OK, "%s", hyb_error());
+            CHECK_MSG(hyb_trainer_step(ta, ids, tg, variant ? mask : NULL, 1, T, &a) == HYB_OK,
+                      "%s", hyb_error());
+            CHECK_MSG(hyb_trainer_step(tb, ids, tg, variant ? mask : NULL, 2, T, &b) == HYB_OK,
+                      "%s", hyb_error());
             CHECK_NEAR(a.loss, b.loss, 1e-6 * fabs(b.loss));
             CHECK_NEAR(a.grad_norm, b.grad_norm, 1e-5 * b.grad_norm);
             CHECK(a.lr == b.lr && a.step == step + 1);
@@ -275,13 +283,16 @@ static void test_accum(void) {
             double gd = 0, gm = 0;
             for (int i = 0; i < sa->n_params; i++)
                 for (int64_t k = 0; k < hyb_tensor_numel(sa->params[i]); k++) {
-                    double x = hyb_tensor_cf32(sa->params[i]->grad)[k], y = hyb_tensor_cf32(sb->params[i]->grad)[k];
+                    double x = hyb_tensor_cf32(sa->params[i]->grad)[k],
+                           y = hyb_tensor_cf32(sb->params[i]->grad)[k];
                     if (fabs(x - y) > gd) gd = fabs(x - y);
                     if (fabs(y) > gm) gm = fabs(y);
                 }
-            CHECK_MSG(gd <= 1e-5 * gm, "variant %d step %d: gradients differ by %g (max %g)", variant, step, gd, gm);
+            CHECK_MSG(gd <= 1e-5 * gm, "variant %d step %d: gradients differ by %g (max %g)",
+                      variant, step, gd, gm);
             double d = params_max_diff(sa, sb);
-            CHECK_MSG(d <= 1e-6, "variant %d step %d: accum 2 x 1 vs batch 2 params differ by %g", variant, step, d);
+            CHECK_MSG(d <= 1e-6, "variant %d step %d: accum 2 x 1 vs batch 2 params differ by %g",
+                      variant, step, d);
         }
         CHECK(!params_equal(sa, s0)); /* it did train */
         hyb_trainer_free(ta);
@@ -323,7 +334,8 @@ static void test_determinism(void) {
 static void test_frozen_unchanged(void) {
     hyb_model *t = build(1), *s = build(2), *ref = NULL;
     CHECK(hyb_model_clone(s, &ref) == HYB_OK);
-    int nf = hyb_model_freeze(s, "model.layers.0.*", 1) + hyb_model_freeze(s, "model.embed_tokens.weight", 1);
+    int nf = hyb_model_freeze(s, "model.layers.0.*", 1) +
+             hyb_model_freeze(s, "model.embed_tokens.weight", 1);
     CHECK(nf >= 7);
     hyb_trainer_cfg c = base_cfg(1);
     hyb_trainer *tr;
@@ -331,11 +343,13 @@ static void test_frozen_unchanged(void) {
     run_steps(tr, 0, 3);
     int changed = 0, bad = 0;
     for (int i = 0; i < s->n_params; i++) {
-        int same = memcmp(s->params[i]->data, ref->params[i]->data, hyb_tensor_nbytes(s->params[i])) == 0;
+        int same =
+            memcmp(s->params[i]->data, ref->params[i]->data, hyb_tensor_nbytes(s->params[i])) == 0;
         if (!s->params[i]->requires_grad) {
             bad += !same;
             const float *gr = hyb_tensor_cf32(s->params[i]->grad);
-            for (int64_t k = 0; k < hyb_tensor_numel(s->params[i]); k++) bad += gr[k] != 0;
+            for (int64_t k = 0; k < hyb_tensor_numel(s->params[i]); k++)
+                bad += gr[k] != 0;
         } else {
             changed += !same;
         }
@@ -352,7 +366,8 @@ static int count_tmp(const char *dir) {
     DIR *d = opendir(dir);
     int n = 0;
     struct dirent *e;
-    while (d && (e = readdir(d)) != NULL) n += strstr(e->d_name, ".tmp") != NULL;
+    while (d && (e = readdir(d)) != NULL)
+        n += strstr(e->d_name, ".tmp") != NULL;
     if (d) closedir(d);
     return n;
 }
@@ -381,8 +396,10 @@ static void test_resume(void) {
     hyb_ckpt_meta meta;
     CHECK_MSG(hyb_trainer_load(tb, path, &meta) == HYB_OK, "%s", hyb_error());
     CHECK(tb->step == 3 && tb->opt->step == 3);
-    CHECK(meta.n > 0 && hyb_ckpt_meta_get(&meta, "stage") && strcmp(hyb_ckpt_meta_get(&meta, "stage"), "h1") == 0);
-    CHECK(hyb_ckpt_meta_get(&meta, "data_step") && strcmp(hyb_ckpt_meta_get(&meta, "data_step"), "3") == 0);
+    CHECK(meta.n > 0 && hyb_ckpt_meta_get(&meta, "stage") &&
+          strcmp(hyb_ckpt_meta_get(&meta, "stage"), "h1") == 0);
+    CHECK(hyb_ckpt_meta_get(&meta, "data_step") &&
+          strcmp(hyb_ckpt_meta_get(&meta, "data_step"), "3") == 0);
     hyb_ckpt_meta_free(&meta);
     CHECK(hyb_model_param(sb, "model.norm.weight")->requires_grad == 0); /* frozen flags restored */
     run_steps(tb, 3, 6);
@@ -447,12 +464,14 @@ static void test_dataset(void) {
     /* the byte histogram is preserved by the shuffle */
     {
         int64_t h1[256] = {0}, h2[256] = {0};
-        for (int64_t i = 0; i < d->n_train + d->n_val; i++) h1[d->tokens[i]]++;
+        for (int64_t i = 0; i < d->n_train + d->n_val; i++)
+            h1[d->tokens[i]]++;
         FILE *fp;
         int ch;
         for (int k = 0; k < 2; k++) {
             fp = fopen(files[k], "rb");
-            while ((ch = fgetc(fp)) != EOF) h2[ch]++;
+            while ((ch = fgetc(fp)) != EOF)
+                h2[ch]++;
             fclose(fp);
         }
         CHECK(memcmp(h1, h2, sizeof h1) == 0);
@@ -478,9 +497,12 @@ static void test_dataset(void) {
             /* find the window by its content position */
             int64_t w = -1;
             for (int64_t k = 0; k < W && w < 0; k++)
-                if (memcmp(d->tokens + k * T, ids + b * T, sizeof(int32_t) * T) == 0 && !seen[k]) w = k;
-            if (w < 0) dup++;
-            else seen[w] = 1;
+                if (memcmp(d->tokens + k * T, ids + b * T, sizeof(int32_t) * T) == 0 && !seen[k])
+                    w = k;
+            if (w < 0)
+                dup++;
+            else
+                seen[w] = 1;
             shifted &= memcmp(ids + b * T + 1, tg + b * T, sizeof(int32_t) * (T - 1)) == 0;
         }
     }
@@ -498,12 +520,14 @@ static void test_dataset(void) {
     CHECK(memcmp(ids, d->tokens + d->n_train, sizeof(int32_t) * T) == 0);
     CHECK(hyb_dataset_batch(d, HYB_SPLIT_VAL, 0, B, T, 99, ids2, NULL) == HYB_OK);
     CHECK(memcmp(ids, ids2, sizeof ids) == 0);
-    CHECK(hyb_dataset_batch(d, HYB_SPLIT_TRAIN, 0, B, (int)d->n_train, 1, ids, NULL) == HYB_ERR_ARG);
+    CHECK(hyb_dataset_batch(d, HYB_SPLIT_TRAIN, 0, B, (int)d->n_train, 1, ids, NULL) ==
+          HYB_ERR_ARG);
 
     /* a corrupt (truncated) cache or a changed source file rebuilds it */
     CHECK(truncate(sub("data.bin"), 100) == 0);
     CHECK(hyb_dataset_open(&cfg, &e) == HYB_OK && e && e->from_cache == 0);
-    CHECK(e && memcmp(e->tokens, d->tokens, sizeof(int32_t) * (size_t)(d->n_train + d->n_val)) == 0);
+    CHECK(e &&
+          memcmp(e->tokens, d->tokens, sizeof(int32_t) * (size_t)(d->n_train + d->n_val)) == 0);
     hyb_dataset_free(e);
     e = NULL;
     hyb_data_cfg c2 = cfg;
@@ -526,7 +550,8 @@ static void test_dataset(void) {
             CHECK(e->n_train > 0 && e->n_val > 0 && e->n_train + e->n_val < d->n_train + d->n_val);
             size_t cap = (size_t)(d->n_train + d->n_val) + 16;
             char *txt = malloc(cap);
-            long nb = hyb_tokenizer_decode(tok, e->tokens, (size_t)(e->n_train + e->n_val), 0, txt, cap);
+            long nb =
+                hyb_tokenizer_decode(tok, e->tokens, (size_t)(e->n_train + e->n_val), 0, txt, cap);
             CHECK(nb == d->n_train + d->n_val);
             free(txt);
             hyb_dataset *f = NULL;

@@ -65,8 +65,8 @@ void hyb_dataset_free(hyb_dataset *d);
 /* ids, targets: [B*T] (targets may be NULL). split HYB_SPLIT_TRAIN (step, seed as above) or
  * HYB_SPLIT_VAL (step = held-out batch number; seed ignored). HYB_ERR_ARG when the split holds
  * fewer than T + 1 tokens. */
-int hyb_dataset_batch(hyb_dataset *d, int split, int64_t step, int B, int T, uint64_t seed, int32_t *ids,
-                      int32_t *targets);
+int hyb_dataset_batch(hyb_dataset *d, int split, int64_t step, int B, int T, uint64_t seed,
+                      int32_t *ids, int32_t *targets);
 /* Number of windows of T + 1 tokens in a split (the length of an epoch in samples). */
 int64_t hyb_dataset_windows(const hyb_dataset *d, int split, int T);
 

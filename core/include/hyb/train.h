@@ -67,12 +67,13 @@ hyb_tensor *hyb_distill_loss_apply(hyb_graph *g, const hyb_distill_loss *cfg, hy
                                    hyb_tensor *teacher, const int32_t *targets, const float *mask,
                                    float parts[3]);
 
-/* ---- trainer ------------------------------------------------------------------------------------*/
+/* ---- trainer
+ * ------------------------------------------------------------------------------------*/
 typedef struct hyb_trainer_cfg {
     hyb_lr_sched sched;
     float weight_decay, beta1, beta2, eps;
-    float clip;    /* global-norm clip, <= 0: none */
-    int accum;     /* micro-batches per optimiser step (>= 1) */
+    float clip; /* global-norm clip, <= 0: none */
+    int accum;  /* micro-batches per optimiser step (>= 1) */
     hyb_distill_loss loss;
 } hyb_trainer_cfg;
 
@@ -91,12 +92,12 @@ typedef struct hyb_trainer {
 } hyb_trainer;
 
 typedef struct hyb_train_stats {
-    double loss;         /* weighted loss, averaged over the micro-batches by token weight */
-    double parts[3];     /* rkl, fkl, ce (NAN when not computed) */
-    double grad_norm;    /* before clipping */
-    double lr;           /* the lr used for this update */
-    int64_t step;        /* update number just done (1-based) */
-    int skipped;         /* 1: non-finite gradient, no update (step still counts) */
+    double loss;      /* weighted loss, averaged over the micro-batches by token weight */
+    double parts[3];  /* rkl, fkl, ce (NAN when not computed) */
+    double grad_norm; /* before clipping */
+    double lr;        /* the lr used for this update */
+    int64_t step;     /* update number just done (1-based) */
+    int skipped;      /* 1: non-finite gradient, no update (step still counts) */
 } hyb_train_stats;
 
 /* teacher may be NULL when the loss is pure CE (w_rkl = w_fkl = 0). The student and teacher must
