@@ -450,6 +450,8 @@ int hyb_dataset_batch(hyb_dataset *d, int split, int64_t step, int B, int T, uin
                              "hyb_dataset_batch: bad arguments (split %d, step %" PRId64
                              ", B %d, T %d)",
                              split, step, B, T);
+    if (step > (INT64_MAX - B) / B)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_dataset_batch: step %" PRId64 " is too large", step);
     int64_t W = hyb_dataset_windows(d, split, T);
     if (W < 1)
         return hyb_error_set(HYB_ERR_ARG,

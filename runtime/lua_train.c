@@ -837,7 +837,7 @@ static int push_batch(lua_State *L, lds *d, int split, int64_t step, int B, int 
 static int ds_batch(lua_State *L) {
     const char *F = "dataset:batch";
     lds *d = check_ds(L, 1, F);
-    lua_Integer step = lhyb_check_int(L, 2, F, "step", 0, LUA_MAXINTEGER / 4096);
+    lua_Integer step = lhyb_check_int(L, 2, F, "step", 0, (lua_Integer)1 << 40);
     int B = (int)lhyb_check_int(L, 3, F, "B", 1, 1 << 16);
     int T = (int)lhyb_check_int(L, 4, F, "T", 1, 1 << 24);
     lua_Integer seed = lhyb_check_int(L, 5, F, "seed", 0, LUA_MAXINTEGER);
@@ -848,7 +848,7 @@ static int ds_batch(lua_State *L) {
 static int ds_val_batch(lua_State *L) {
     const char *F = "dataset:val_batch";
     lds *d = check_ds(L, 1, F);
-    lua_Integer j = lhyb_check_int(L, 2, F, "j", 0, LUA_MAXINTEGER / 4096);
+    lua_Integer j = lhyb_check_int(L, 2, F, "j", 0, (lua_Integer)1 << 40);
     int B = (int)lhyb_check_int(L, 3, F, "B", 1, 1 << 16);
     int T = (int)lhyb_check_int(L, 4, F, "T", 1, 1 << 24);
     return push_batch(L, d, HYB_SPLIT_VAL, j, B, T, 0, F);
