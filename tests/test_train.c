@@ -430,7 +430,8 @@ static void test_resume(void) {
     fputs("garbage", f);
     fclose(f);
     CHECK(hyb_trainer_load(tb, sub("ckpt/bad.safetensors"), NULL) != HYB_OK);
-    CHECK(hyb_model_from_checkpoint(sub("ckpt/bad.safetensors"), &m3) != HYB_OK || m3 == NULL);
+hyb_model *m_bad = NULL;
+    CHECK(hyb_model_from_checkpoint(sub("ckpt/bad.safetensors"), &m_bad) != HYB_OK && m_bad == NULL);
 
     hyb_trainer_free(to);
     hyb_trainer_free(ta);
