@@ -254,7 +254,11 @@ for si, name in ipairs(order) do
       if mixer == "identity" then
         student:set_identity(layers)
       else
-        student:swap(layers, mixer, {init = S.init or "mil", seed = seed + si, config = S.config})
+        -- a student from an earlier stage may already have the mixer in its layer map (with its
+        -- own config); model:swap then takes no config
+        local cfg = S.config
+        if cfg and hyb.train.layermap_toml(student):find("[mixers." .. mixer .. "]", 1, true) then cfg = nil end
+        student:swap(layers, mixer, {init = S.init or "mil", seed = seed + si, config = cfg})
       end
     end
     for _, pat in ipairs(setting(S, "freeze", {})) do hyb.train.freeze(student, pat) end
