@@ -2,7 +2,8 @@
 -- (SPEC.md section 4). Swaps the same layers of a clone of the teacher to mamba1 twice, once with
 -- MIL init and once with random init, and measures, before any training, on the held-out split:
 -- perplexity and the reverse / forward KL to the teacher (per token, averaged); then greedy-
--- generates --gen tokens from a few ChatML prompts with the teacher and the MIL hybrid.
+-- generates --gen tokens from a few ChatML prompts with the teacher and the MIL hybrid. A last row
+-- has the same layers as identity (removed), the baseline the swapped layers must beat.
 --
 --   hyb mil_check --teacher T --data FILES [--layers 5,15,25 | --ranking r.json --lowest 3]
 --       [--batches 4] [--batch 2] [--seq-len 128] [--gen 40] [--cache PATH] [--out mil.json]
@@ -82,6 +83,11 @@ local rnd = hyb.train.clone(teacher)
 rnd:swap(layers, "mamba1", {init = "random", seed = o.seed, config = o.config})
 measure("random", rnd)
 gens.random = generate(rnd)
+
+-- the same layers removed (identity): what the swapped layers add over nothing
+local idm = hyb.train.clone(teacher)
+idm:set_identity(layers)
+measure("identity", idm)
 
 E.table({{"model", "init"}, {"pattern", "layers"}, {"ppl", "ppl", "%.3f"}, {"rkl", "rKL", "%.4f"},
   {"fkl", "fKL", "%.4f"}, {"secs", "s", "%.1f"}}, rows)
