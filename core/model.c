@@ -1021,8 +1021,8 @@ static char *llama_config_json(const hyb_model *m) {
  *     "i" per layer) and one `ssm_cfg` dict shared by every SSM layer; Fast-LLM names the type
  *     "apriel_hybrid_ssm", the released Apriel-H1 checkpoints "apriel_h" (SPEC.md section 1);
  *   - "t" is a MistralDecoderLayer (no q/k/v bias); "m2" is a decoder layer whose `mixer` is the
- *     Mamba module with in_proj [2*d_xb + 2*d_inner, D] split (z, x, B, C), dt_in_proj [dt_rank, D],
- *     dt_proj [d_inner, dt_rank] with bias (added twice: once by the Linear, again as the scan's
+ *     Mamba module with in_proj [2*d_xb + 2*d_inner, D] split (z, x, B, C), dt_in_proj [dt_rank,
+ * D], dt_proj [d_inner, dt_rank] with bias (added twice: once by the Linear, again as the scan's
  *     delta_bias), conv1d [d_inner, 1, d_conv] over x repeated to d_inner (repeat_kv_before_conv),
  *     A_log [d_inner, d_state], D [d_inner], out_proj [D, d_inner], no other biases; the
  *     conv activation is always silu; dt_rank "auto" = ceil(D / 16);
@@ -1120,7 +1120,8 @@ static char *apriel_config_json(const hyb_model *m, const char **why) {
                 *why = "mha layers with q/k/v biases (apriel_h attention has none)";
                 return NULL;
             }
-            if (n_attn++ && (a.nh != a1.nh || a.nkv != a1.nkv || a.hd != a1.hd || a.theta != a1.theta)) {
+            if (n_attn++ &&
+                (a.nh != a1.nh || a.nkv != a1.nkv || a.hd != a1.hd || a.theta != a1.theta)) {
                 *why = "mha layers with different shapes (apriel_h has one attention config)";
                 return NULL;
             }
@@ -1134,7 +1135,8 @@ static char *apriel_config_json(const hyb_model *m, const char **why) {
                 *why = "mamba1 with double_dt_bias = false (apriel_h \"m2\" adds the bias twice)";
                 return NULL;
             }
-            if (n_ssm++ && (s.di != s1.di || s.dx != s1.dx || s.n != s1.n || s.r != s1.r || s.k != s1.k)) {
+            if (n_ssm++ &&
+                (s.di != s1.di || s.dx != s1.dx || s.n != s1.n || s.r != s1.r || s.k != s1.k)) {
                 *why = "mamba1 layers with different configs (apriel_h has one ssm_cfg)";
                 return NULL;
             }
@@ -1153,7 +1155,8 @@ static char *apriel_config_json(const hyb_model *m, const char **why) {
         a.theta = 10000.0;
     }
     sbuf b = {0};
-    sb_puts(&b, "{\n  \"architectures\": [\"AprielHForCausalLM\"],\n  \"model_type\": \"apriel_h\",\n");
+    sb_puts(&b,
+            "{\n  \"architectures\": [\"AprielHForCausalLM\"],\n  \"model_type\": \"apriel_h\",\n");
     sb_printf(
         &b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
         m->D, m->F, m->L);
@@ -1173,8 +1176,7 @@ static char *apriel_config_json(const hyb_model *m, const char **why) {
                 "  \"hybrid_block_layout\": [");
     for (int l = 0; l < m->L; l++) {
         const hyb_mixer *mx = m->layers[l].mixer;
-        sb_printf(&b, "%s\"%s\"", l ? ", " : "",
-                  !mx ? "i" : !strcmp(mx->type, "mha") ? "t" : "m2");
+        sb_printf(&b, "%s\"%s\"", l ? ", " : "", !mx ? "i" : !strcmp(mx->type, "mha") ? "t" : "m2");
     }
     sb_printf(&b,
               "],\n  \"ssm_cfg\": {\n    \"d_state\": %" PRId64 ",\n    \"d_xb\": %" PRId64

@@ -453,13 +453,15 @@ static int apriel_read(const cJSON *root, const char *path, const hyb_llama_conf
                        apriel_cfg *ap) {
     const cJSON *lay = cJSON_GetObjectItemCaseSensitive(root, "hybrid_block_layout");
     if (!cJSON_IsArray(lay))
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: \"hybrid_block_layout\" must be a list of block "
-                             "types (\"t\", \"m2\", \"i\")", path);
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: \"hybrid_block_layout\" must be a list of block "
+                             "types (\"t\", \"m2\", \"i\")",
+                             path);
     int n = cJSON_GetArraySize(lay);
     if (n != c->n_layers)
-        return hyb_error_set(HYB_ERR_FORMAT,
-                             "%s: \"hybrid_block_layout\" has %d entries but num_hidden_layers = %d",
-                             path, n, c->n_layers);
+        return hyb_error_set(
+            HYB_ERR_FORMAT, "%s: \"hybrid_block_layout\" has %d entries but num_hidden_layers = %d",
+            path, n, c->n_layers);
     ap->kinds = calloc((size_t)n + 1, 1);
     if (!ap->kinds) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
     int n_ssm = 0;
@@ -505,8 +507,10 @@ static int apriel_read(const cJSON *root, const char *path, const hyb_llama_conf
         int v;
         HYB_TRY(js_bool(ssm, where, flags[i].key, flags[i].want, &v));
         if (v != flags[i].want)
-            return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: %s = %s is not supported (hyb's "
-                                 "mamba1 needs %s)", where, flags[i].key, v ? "true" : "false",
+            return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                                 "%s: %s = %s is not supported (hyb's "
+                                 "mamba1 needs %s)",
+                                 where, flags[i].key, v ? "true" : "false",
                                  flags[i].want ? "true" : "false");
     }
     const int dims[] = {ap->d_inner, ap->d_state, ap->d_conv, ap->d_xb, ap->dt_rank};
@@ -784,8 +788,10 @@ int hyb_model_load_hf_dir(const char *dir, hyb_model **out) {
     if (rc == HYB_OK) rc = hf_fill(m, &s, dir, &ap);
     shards_close(&s);
     if (rc == HYB_OK && ap.is_apriel)
-        hyb_log(HYB_LOG_INFO, "%s: apriel_h hybrid, %d layers \"%s\" (t attention, m Mamba m2, "
-                "i identity)", dir, c.n_layers, ap.kinds);
+        hyb_log(HYB_LOG_INFO,
+                "%s: apriel_h hybrid, %d layers \"%s\" (t attention, m Mamba m2, "
+                "i identity)",
+                dir, c.n_layers, ap.kinds);
     free(ap.kinds);
     if (rc != HYB_OK) {
         hyb_model_free(m);

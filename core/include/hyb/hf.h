@@ -39,7 +39,10 @@ int hyb_llama_layermap_text(const hyb_llama_config *cfg, char *buf, size_t n);
  * for its RoPE; they are put back into the HF half-split layout the `mha` mixer uses. */
 int hyb_model_load_gguf(const char *path, hyb_model **out);
 
-/* An HF checkpoint directory: config.json (model_type llama or mistral) and model.safetensors or
+/* An HF checkpoint directory: config.json (model_type llama, mistral, or apriel_h /
+ * apriel_hybrid_ssm: the layer map comes from hybrid_block_layout, "t" -> mha, "m2" -> mamba1
+ * with double_dt_bias configured by ssm_cfg, "i" -> identity with a zero MLP; other block types
+ * and missing ssm_cfg keys are errors naming the value or key and the file) and model.safetensors or
  * model.safetensors.index.json with its shards (f32, bf16 or f16 tensors). RoPE scaling is
  * refused; a Mistral sliding window shorter than the context limits max_seq to the window (where
  * sliding-window and full attention agree), with a warning. */
