@@ -408,8 +408,9 @@ static int js_int(const cJSON *root, const char *path, const char *key, int requ
         *out = def;
         return HYB_OK;
     }
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble ||
-        v->valuedouble < 0 || v->valuedouble > INT32_MAX)
+    /* range first: converting an out-of-range double (1e300, inf) to an integer is UB */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= INT32_MAX) ||
+        v->valuedouble != (double)(int32_t)v->valuedouble)
         return hyb_error_set(HYB_ERR_FORMAT, "%s: \"%s\" must be a non-negative integer", path,
                              key);
     *out = (int)v->valuedouble;
@@ -440,10 +441,8 @@ static int js_bool(const cJSON *root, const char *path, const char *key, int def
     return HYB_OK;
 }
 
-static int hf_read_config(const char *path, hyb_llama_config *c) {
+int hyb_llama_config_from_json(const char *text, const char *path, hyb_llama_config *c) {
     memset(c, 0, sizeof *c);
-    char *text = read_text(path);
-    if (!text) return hyb_error_set(HYB_ERR_IO, "%s: cannot read", path);
     cJSON *root = cJSON_Parse(text);
     int rc = HYB_OK;
     if (!root || !cJSON_IsObject(root)) {
@@ -522,6 +521,14 @@ static int hf_read_config(const char *path, hyb_llama_config *c) {
     }
 out:
     cJSON_Delete(root);
+    return rc;
+}
+
+static int hf_read_config(const char *path, hyb_llama_config *c) {
+    memset(c, 0, sizeof *c);
+    char *text = read_text(path);
+    if (!text) return hyb_error_set(HYB_ERR_IO, "%s: cannot read", path);
+    int rc = hyb_llama_config_from_json(text, path, c);
     free(text);
     return rc;
 }
