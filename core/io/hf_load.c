@@ -409,8 +409,9 @@ static int js_int(const cJSON *root, const char *path, const char *key, int requ
         *out = def;
         return HYB_OK;
     }
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble ||
-        v->valuedouble < 0 || v->valuedouble > INT32_MAX)
+    /* range first: converting an out-of-range double (1e300, inf) to an integer is UB */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= INT32_MAX) ||
+        v->valuedouble != (double)(int32_t)v->valuedouble)
         return hyb_error_set(HYB_ERR_FORMAT, "%s: \"%s\" must be a non-negative integer", path,
                              key);
     *out = (int)v->valuedouble;
@@ -522,11 +523,12 @@ static int apriel_read(const cJSON *root, const char *path, const hyb_llama_conf
     return HYB_OK;
 }
 
-static int hf_read_config(const char *path, hyb_llama_config *c, apriel_cfg *ap) {
+/* Parse a config.json text into c, and for apriel_h checkpoints the layer kinds and ssm_cfg into
+ * ap (ap->kinds is allocated: the caller frees it, also on error). */
+static int config_from_json(const char *text, const char *path, hyb_llama_config *c,
+                            apriel_cfg *ap) {
     memset(c, 0, sizeof *c);
     memset(ap, 0, sizeof *ap);
-    char *text = read_text(path);
-    if (!text) return hyb_error_set(HYB_ERR_IO, "%s: cannot read", path);
     cJSON *root = cJSON_Parse(text);
     int rc = HYB_OK;
     if (!root || !cJSON_IsObject(root)) {
@@ -611,6 +613,21 @@ static int hf_read_config(const char *path, hyb_llama_config *c, apriel_cfg *ap)
     }
 out:
     cJSON_Delete(root);
+    return rc;
+}
+
+int hyb_llama_config_from_json(const char *text, const char *path, hyb_llama_config *c) {
+    apriel_cfg ap;
+    int rc = config_from_json(text, path, c, &ap);
+    free(ap.kinds);
+    return rc;
+}
+
+static int hf_read_config(const char *path, hyb_llama_config *c, apriel_cfg *ap) {
+    memset(ap, 0, sizeof *ap); /* ap->kinds == NULL when the file cannot be read */
+    char *text = read_text(path);
+    if (!text) return hyb_error_set(HYB_ERR_IO, "%s: cannot read", path);
+    int rc = config_from_json(text, path, c, ap);
     free(text);
     return rc;
 }

@@ -48,6 +48,10 @@ int hyb_model_load_gguf(const char *path, hyb_model **out);
  * sliding-window and full attention agree), with a warning. */
 int hyb_model_load_hf_dir(const char *dir, hyb_model **out);
 
+/* The hyper-parameters in the text of an HF config.json (NUL-terminated; path names it in
+ * messages): what hyb_model_load_hf_dir reads, with the same checks and errors. */
+int hyb_llama_config_from_json(const char *text, const char *path, hyb_llama_config *out);
+
 #ifdef __cplusplus
 }
 #endif
