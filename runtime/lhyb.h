@@ -48,6 +48,7 @@ void lhyb_open_tensor(lua_State *L);
 void lhyb_open_model(lua_State *L);
 void lhyb_open_data(lua_State *L);
 void lhyb_open_generate(lua_State *L); /* hyb.llm, hyb.sampler (lua_generate.c) */
+void lhyb_open_bench(lua_State *L);    /* hyb.bench (lua_bench.c) */
 
 /* Push a tensor the Lua side owns (freed by __gc). On t == NULL raises "<fname>: <hyb_error()>". */
 lhyb_tensor *lhyb_push_owned(lua_State *L, hyb_tensor *t, const char *fname);
