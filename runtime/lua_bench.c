@@ -1,9 +1,11 @@
 /* runtime/lua_bench.c: hyb.bench, the hooks scripts/bench_cpu.lua needs to time inference.
  *
  *   local m = hyb.bench.load(path)          -- a .gguf (or HF dir) model; m:load_s() its load time
- *   m:prefill(T)                            -- seconds for one prefill of T synthetic tokens
- *   m:decode(B, steps[, ctx])               -- seconds for `steps` decode steps of B sequences,
- *                                              each first prefilled with ctx (default 32) tokens
+ *   m:prefill(T)                            -- wall and CPU seconds (all threads) for one prefill
+ *                                              of T synthetic tokens
+ *   m:decode(B, steps[, ctx])               -- wall and CPU seconds for `steps` decode steps of B
+ *                                              sequences, each first prefilled with ctx (default
+ *                                              32) tokens
  *   m:weight_bytes()                        -- bytes of weights read per decode step (f32)
  *   m:kv_bytes_per_token()                  -- bytes of KV cache read per token of context
  *   hyb.bench.mem()                         -- {rss_mb, hwm_mb} from /proc/self/status
@@ -13,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "hyb/common.h"
@@ -31,6 +34,14 @@ static lbench *check_bench(lua_State *L, int idx, const char *fname) {
     lbench *b = (lbench *)luaL_checkudata(L, idx, LHYB_BENCH_MT);
     if (!b->m) luaL_error(L, "%s: the benchmark model is closed", fname);
     return b;
+}
+
+/* CPU seconds (user + system, all threads) of the process so far */
+static double cpu_seconds(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec * 1e-6;
 }
 
 static int32_t *synth_ids(int n, int V, uint32_t seed) {
@@ -85,15 +96,16 @@ static int m_prefill(lua_State *L) {
         hyb_kvstate_free(s);
         return luaL_error(L, "%s: out of memory", F);
     }
-    double t0 = hyb_time_now();
+    double t0 = hyb_time_now(), c0 = cpu_seconds();
     int rc = hyb_model_prefill(b->m, s, 0, ids, T, logits);
-    double dt = hyb_time_now() - t0;
+    double dt = hyb_time_now() - t0, dc = cpu_seconds() - c0;
     free(ids);
     free(logits);
     hyb_kvstate_free(s);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     lua_pushnumber(L, dt);
-    return 1;
+    lua_pushnumber(L, dc);
+    return 2;
 }
 
 /* bench:decode(B, steps[, ctx = 32]) -> seconds for the steps (prefill not counted) */
@@ -109,7 +121,7 @@ static int m_decode(lua_State *L) {
     int32_t *tok = synth_ids(B * (steps > ctx ? steps : ctx), b->m->V, 7);
     float *logits = malloc(sizeof(float) * (size_t)b->m->V * (size_t)B);
     int rc = HYB_OK;
-    double dt = 0;
+    double dt = 0, dc = 0;
     if (!seqs || !tok || !logits) {
         rc = HYB_ERR_NOMEM;
         hyb_error_set(rc, "%s: out of memory", F);
@@ -119,10 +131,11 @@ static int m_decode(lua_State *L) {
         seqs[i] = i;
         rc = hyb_model_prefill(b->m, s, i, tok + (size_t)i * ctx, ctx, NULL);
     }
-    double t0 = hyb_time_now();
+    double t0 = hyb_time_now(), c0 = cpu_seconds();
     for (int k = 0; k < steps && rc == HYB_OK; k++)
         rc = hyb_model_decode(b->m, s, B, seqs, tok + (size_t)k * B, logits);
     dt = hyb_time_now() - t0;
+    dc = cpu_seconds() - c0;
 done:
     free(seqs);
     free(tok);
@@ -130,7 +143,8 @@ done:
     hyb_kvstate_free(s);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     lua_pushnumber(L, dt);
-    return 1;
+    lua_pushnumber(L, dc);
+    return 2;
 }
 
 /* Bytes of f32 weights one decode step reads: every parameter except the embedding table, of

@@ -37,38 +37,50 @@ static void blas_sgemm(int transA, int transB, int M, int N, int K, float alpha,
                 transB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+static inline void store_c(float *c, float s, float alpha, float beta) {
+    *c = alpha * s + (beta == 0.0f ? 0.0f : beta * *c);
+}
+
 /* C[m, n] = alpha * sum_k A[m, k] W[n, k] + beta * C[m, n] for n in [n0, n1)
- * A: [M, K] (lda), W: [N, K] (ldw), C: [M, N] (ldc); M <= SKINNY_MAX_M. */
+ * A: [M, K] (lda), W: [N, K] (ldw), C: [M, N] (ldc); M <= SKINNY_MAX_M.
+ * Blocks of 4 weight rows: 4 independent accumulators per input row (a single one is bound by
+ * the add latency, not by memory), and the block (4 K floats) stays in L1 across the M rows, so
+ * the weights stream from memory once. Built for AVX-512, AVX2+FMA and baseline x86-64, picked
+ * at load time (ifunc); results differ from BLAS only by summation order and FMA rounding. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
 static void skinny_nt_rows(int M, int n0, int n1, int K, float alpha, const float *A, int lda,
                            const float *W, int ldw, float beta, float *C, int ldc) {
-    for (int n = n0; n < n1; n++) {
-        const float *w = W + (int64_t)n * ldw;
-        int m = 0;
-        for (; m + 4 <= M; m += 4) {
-            const float *a0 = A + (int64_t)m * lda, *a1 = a0 + lda, *a2 = a1 + lda,
-                        *a3 = a2 + lda;
+    int n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        const float *w0 = W + (int64_t)n * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+        for (int m = 0; m < M; m++) {
+            const float *a = A + (int64_t)m * lda;
             float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
             for (int k = 0; k < K; k++) {
-                s0 += a0[k] * w[k];
-                s1 += a1[k] * w[k];
-                s2 += a2[k] * w[k];
-                s3 += a3[k] * w[k];
+                s0 += a[k] * w0[k];
+                s1 += a[k] * w1[k];
+                s2 += a[k] * w2[k];
+                s3 += a[k] * w3[k];
             }
-            float s[4] = {s0, s1, s2, s3};
-            for (int j = 0; j < 4; j++) {
-                float *c = C + (int64_t)(m + j) * ldc + n;
-                *c = alpha * s[j] + (beta == 0.0f ? 0.0f : beta * *c);
-            }
+            float *c = C + (int64_t)m * ldc + n;
+            store_c(c, s0, alpha, beta);
+            store_c(c + 1, s1, alpha, beta);
+            store_c(c + 2, s2, alpha, beta);
+            store_c(c + 3, s3, alpha, beta);
         }
-        for (; m < M; m++) {
+    }
+    for (; n < n1; n++) {
+        const float *w = W + (int64_t)n * ldw;
+        for (int m = 0; m < M; m++) {
             const float *a = A + (int64_t)m * lda;
             float s = 0;
 #pragma omp simd reduction(+ : s)
             for (int k = 0; k < K; k++)
                 s += a[k] * w[k];
-            float *c = C + (int64_t)m * ldc + n;
-            *c = alpha * s + (beta == 0.0f ? 0.0f : beta * *c);
+            store_c(C + (int64_t)m * ldc + n, s, alpha, beta);
         }
     }
 }
