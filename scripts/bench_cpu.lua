@@ -7,6 +7,8 @@
 -- one decode step reads divided by the measured read bandwidth. Prints a table and writes JSON to
 -- bench/results/cpu-<date>.json (or --out). Each number is the best of `reps` runs (after one
 -- warm-up run), so background load shows up as noise in the worst, not the reported, figure.
+-- CPU seconds (user + system of all threads) are reported too: on a shared machine they move
+-- less with other processes' load than wall time does. "ms" is per prefill / per decode step.
 local args = { ... }
 local path, out, quick = nil, nil, false
 local i = 1
@@ -32,13 +34,15 @@ local prefill_lens = quick and { 64 } or { 64, 256, 1024 }
 local batches = quick and { 1 } or { 1, 4, 16 }
 local decode_steps = quick and 8 or 32
 
+-- best wall and best CPU seconds (user + system, all threads) over n runs
 local function best(f, n)
-  local b = math.huge
+  local b, bc = math.huge, math.huge
   for _ = 1, n do
-    local t = f()
+    local t, c = f()
     if t < b then b = t end
+    if c < bc then bc = c end
   end
-  return b
+  return b, bc
 end
 
 local function sh(cmd)
@@ -76,14 +80,14 @@ res.floor_tok_s = bw.read / res.weight_bytes
 
 for _, T in ipairs(prefill_lens) do
   m:prefill(T) -- warm-up
-  local s = best(function() return m:prefill(T) end, reps)
-  res.prefill[#res.prefill + 1] = { T = T, seconds = s, tok_s = T / s }
+  local s, c = best(function() return m:prefill(T) end, reps)
+  res.prefill[#res.prefill + 1] = { T = T, seconds = s, cpu_seconds = c, tok_s = T / s }
 end
 for _, B in ipairs(batches) do
   m:decode(B, 2)
-  local s = best(function() return m:decode(B, decode_steps) end, reps)
+  local s, c = best(function() return m:decode(B, decode_steps) end, reps)
   res.decode[#res.decode + 1] = {
-    B = B, steps = decode_steps, ctx = 32, seconds = s,
+    B = B, steps = decode_steps, ctx = 32, seconds = s, cpu_seconds = c,
     ms_per_step = s / decode_steps * 1e3, tok_s = B * decode_steps / s,
   }
 end
@@ -99,13 +103,15 @@ print(string.format("bandwidth  read %.1f GB/s, copy %.1f GB/s (read+write)", re
   res.copy_GBps))
 print(string.format("floor      %.1f MB weights / decode step -> %.1f ms/step, %.1f tok/s at B=1",
   res.weight_bytes / 1e6, res.floor_ms_per_token, res.floor_tok_s))
-print(string.format("%-10s %6s %10s %10s", "phase", "T/B", "ms", "tok/s"))
+print(string.format("%-10s %6s %10s %10s %12s", "phase", "T/B", "ms", "tok/s", "cpu ms/tok"))
 for _, p in ipairs(res.prefill) do
-  print(string.format("%-10s %6d %10.1f %10.1f", "prefill", p.T, p.seconds * 1e3, p.tok_s))
+  print(string.format("%-10s %6d %10.1f %10.1f %12.2f", "prefill", p.T, p.seconds * 1e3, p.tok_s,
+    p.cpu_seconds / p.T * 1e3))
 end
 for _, d in ipairs(res.decode) do
-  print(string.format("%-10s %6d %10.1f %10.1f   (%.2fx floor per step)", "decode", d.B,
-    d.ms_per_step, d.tok_s, d.ms_per_step / res.floor_ms_per_token))
+  print(string.format("%-10s %6d %10.1f %10.1f %12.2f   (step = %.2fx floor)", "decode", d.B,
+    d.ms_per_step, d.tok_s, d.cpu_seconds / (d.B * d.steps) * 1e3,
+    d.ms_per_step / res.floor_ms_per_token))
 end
 print(string.format("peak RSS   %.0f MB", res.peak_rss_mb))
 
