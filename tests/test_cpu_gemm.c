@@ -41,15 +41,16 @@ static void check_case(int tA, int tB, int M, int N, int K, float alpha, float b
                 s += a * b;
                 mag += fabs(a * b);
             }
-            double want = alpha * s + (beta == 0.0f ? 0.0 : beta * (double)C0[(int64_t)i * ldc + j]);
+            double want =
+                alpha * s + (beta == 0.0f ? 0.0 : beta * (double)C0[(int64_t)i * ldc + j]);
             double err = fabs(C[(int64_t)i * ldc + j] - want) / (fabs(alpha) * mag + 1.0);
             if (err > worst) worst = err;
         }
         for (int j = N; j < ldc; j++)
             if (C[(int64_t)i * ldc + j] != C0[(int64_t)i * ldc + j]) pad_ok = 0;
     }
-    CHECK_MSG(worst < 1e-5, "tA=%d tB=%d M=%d N=%d K=%d alpha=%g beta=%g: rel err %g", tA, tB, M,
-              N, K, alpha, beta, worst);
+    CHECK_MSG(worst < 1e-5, "tA=%d tB=%d M=%d N=%d K=%d alpha=%g beta=%g: rel err %g", tA, tB, M, N,
+              K, alpha, beta, worst);
     CHECK_MSG(pad_ok, "tA=%d tB=%d M=%d N=%d K=%d: wrote into the padding of C", tA, tB, M, N, K);
     free(A);
     free(B);
@@ -71,10 +72,10 @@ static void test_skinny(void) {
 static void test_blas_slices(void) {
     for (int tA = 0; tA < 2; tA++)
         for (int tB = 0; tB < 2; tB++) {
-            check_case(tA, tB, 17, 700, 120, 1.0f, 0.0f);  /* split along N */
-            check_case(tA, tB, 700, 33, 120, 0.7f, 1.0f);  /* split along M */
-            check_case(tA, tB, 3, 5, 7, -1.0f, 0.5f);      /* serial */
-            check_case(tA, tB, 64, 64, 1, 1.0f, 0.0f);     /* K = 1 */
+            check_case(tA, tB, 17, 700, 120, 1.0f, 0.0f); /* split along N */
+            check_case(tA, tB, 700, 33, 120, 0.7f, 1.0f); /* split along M */
+            check_case(tA, tB, 3, 5, 7, -1.0f, 0.5f);     /* serial */
+            check_case(tA, tB, 64, 64, 1, 1.0f, 0.0f);    /* K = 1 */
         }
 }
 

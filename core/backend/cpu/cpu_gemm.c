@@ -43,22 +43,23 @@ static inline void store_c(float *c, float s, float alpha, float beta) {
 
 /* C[m, n] = alpha * sum_k A[m, k] W[n, k] + beta * C[m, n] for n in [n0, n1)
  * A: [M, K] (lda), W: [N, K] (ldw), C: [M, N] (ldc); M <= SKINNY_MAX_M.
- * Blocks of 4 weight rows: 4 independent accumulators per input row (a single one is bound by
- * the add latency, not by memory), and the block (4 K floats) stays in L1 across the M rows, so
- * the weights stream from memory once. Built for AVX-512, AVX2+FMA and baseline x86-64, picked
- * at load time (ifunc); results differ from BLAS only by summation order and FMA rounding. */
+ * Blocks of 4 weight rows x 4 input rows (16 accumulators; leftover input rows 4): independent
+ * accumulators (a single one is bound by the add latency, not by memory), and the weight block
+ * (4 K floats) stays in L1 across the M rows, so the weights stream from memory once. Built for
+ * AVX-512, AVX2+FMA and baseline x86-64, picked at load time (ifunc); results differ from BLAS
+ * only by summation order and FMA rounding. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
-static void skinny_nt_rows(int M, int n0, int n1, int K, float alpha, const float *A, int lda,
-                           const float *W, int ldw, float beta, float *C, int ldc) {
+static void
+skinny_nt_rows(int M, int n0, int n1, int K, float alpha, const float *A, int lda, const float *W,
+               int ldw, float beta, float *C, int ldc) {
     int n = n0;
     for (; n + 4 <= n1; n += 4) {
         const float *w0 = W + (int64_t)n * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
         int m = 0;
         for (; m + 4 <= M; m += 4) { /* 4 x 4 block: 16 accumulators, 8 loads per 16 FMAs */
-            const float *a0 = A + (int64_t)m * lda, *a1 = a0 + lda, *a2 = a1 + lda,
-                        *a3 = a2 + lda;
+            const float *a0 = A + (int64_t)m * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
             float s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
             float s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
 #pragma omp simd reduction(+ : s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, \
