@@ -4,12 +4,14 @@
  * (prefill, batched decode), checkpoints (safetensors + layer map TOML). */
 #include "hyb/model.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hyb/atomic.h"
 #include "hyb/safetensors.h"
@@ -47,7 +49,9 @@ static hyb_tensor *param_new(const char *name, int ndim, const int64_t *shape, i
     snprintf(t->name, sizeof t->name, "%s", name);
     float *p = hyb_tensor_f32(t);
     int64_t n = hyb_tensor_numel(t);
-    if (normal) {
+    if (normal < 0) {
+        /* zeros (hyb_tensor_new zeroes) */
+    } else if (normal) {
         hyb_rng r;
         hyb_rng_seed(&r, seed);
         hyb_rng_fill_normal(&r, p, n, 0.0f, INIT_STD);
@@ -208,6 +212,10 @@ static void log_layout(const hyb_model *m) {
 }
 
 int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
+    return hyb_model_build_ex(map, seed, 0, out);
+}
+
+int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_model **out) {
     *out = NULL;
     if (!map) return hyb_error_set(HYB_ERR_ARG, "hyb_model_build: no layer map");
     if (map->d_model <= 0 || map->n_layers <= 0 || map->vocab_size <= 0 || map->d_ff <= 0) {
@@ -228,6 +236,7 @@ int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
     m->F = map->d_ff;
     m->L = map->n_layers;
     int rc = HYB_OK;
+    const int rnd = (flags & HYB_BUILD_NO_INIT) ? -1 : 1; /* N(0, 0.02) or left zero */
     const int64_t D = m->D, V = m->V, F = m->F;
     int64_t sh_vd[2] = {V, D}, sh_d[1] = {D}, sh_fd[2] = {F, D}, sh_df[2] = {D, F};
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
@@ -235,7 +244,7 @@ int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
         rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_model_build: out of memory");
         goto fail;
     }
-    if (!(m->embed = param_new("model.embed_tokens.weight", 2, sh_vd, 1, seed_mix(seed, 0))))
+    if (!(m->embed = param_new("model.embed_tokens.weight", 2, sh_vd, rnd, seed_mix(seed, 0))))
         goto fail_err;
     for (int l = 0; l < m->L; l++) {
         hyb_layer *ly = &m->layers[l];
@@ -257,16 +266,16 @@ int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out) {
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
         if (!(ly->norm_post = param_new(name, 1, sh_d, 0, 0))) goto fail_err;
         snprintf(name, sizeof name, "model.layers.%d.mlp.gate_proj.weight", l);
-        if (!(ly->w_gate = param_new(name, 2, sh_fd, 1, seed_mix(ls, 2)))) goto fail_err;
+        if (!(ly->w_gate = param_new(name, 2, sh_fd, rnd, seed_mix(ls, 2)))) goto fail_err;
         snprintf(name, sizeof name, "model.layers.%d.mlp.up_proj.weight", l);
-        if (!(ly->w_up = param_new(name, 2, sh_fd, 1, seed_mix(ls, 3)))) goto fail_err;
+        if (!(ly->w_up = param_new(name, 2, sh_fd, rnd, seed_mix(ls, 3)))) goto fail_err;
         snprintf(name, sizeof name, "model.layers.%d.mlp.down_proj.weight", l);
-        if (!(ly->w_down = param_new(name, 2, sh_df, 1, seed_mix(ls, 4)))) goto fail_err;
+        if (!(ly->w_down = param_new(name, 2, sh_df, rnd, seed_mix(ls, 4)))) goto fail_err;
     }
     if (!(m->norm_f = param_new("model.norm.weight", 1, sh_d, 0, 0))) goto fail_err;
     if (map->tie_embeddings)
         m->lm_head = m->embed;
-    else if (!(m->lm_head = param_new("lm_head.weight", 2, sh_vd, 1, seed_mix(seed, 1))))
+    else if (!(m->lm_head = param_new("lm_head.weight", 2, sh_vd, rnd, seed_mix(seed, 1))))
         goto fail_err;
     if ((rc = rebuild_store(m)) != HYB_OK) goto fail;
     log_layout(m);
@@ -444,7 +453,7 @@ int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
         size_t per = hyb_mixer_state_bytes(mx, max_ctx);
         if (per == 0) continue;
         size_t stride = (per + 63) & ~(size_t)63;
-        if (stride / 64 > SIZE_MAX / 64 / (size_t)n_seq) goto oom;
+        if (stride > SIZE_MAX / (size_t)n_seq) goto oom;
         s->layer_mem[l] = hyb_malloc(stride * (size_t)n_seq);
         if (!s->layer_mem[l]) goto oom;
         for (int i = 0; i < n_seq; i++)
@@ -880,6 +889,40 @@ fail:
     return NULL;
 }
 
+int hyb_model_clone(const hyb_model *src, hyb_model **out) {
+    *out = NULL;
+    char *toml = hyb_model_layermap_toml(src);
+    if (!toml) return hyb_error_wrap(HYB_ERR, "hyb_model_clone");
+    hyb_layermap *map = NULL;
+    int rc = hyb_layermap_parse(toml, src->map->path, &map);
+    free(toml);
+    if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_model_clone: re-reading the layer map");
+    hyb_model *m = NULL;
+    if ((rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m)) != HYB_OK)
+        return hyb_error_wrap(rc, "hyb_model_clone");
+    if (m->n_params != src->n_params) {
+        hyb_model_free(m);
+        return hyb_error_set(HYB_ERR,
+                             "hyb_model_clone: %d parameters in the copy, %d in the source",
+                             m->n_params, src->n_params);
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        const hyb_tensor *a = src->params[i];
+        hyb_tensor *b = m->params[i];
+        if (strcmp(a->name, b->name) != 0 || hyb_tensor_numel(a) != hyb_tensor_numel(b)) {
+            hyb_model_free(m);
+            return hyb_error_set(
+                HYB_ERR, "hyb_model_clone: parameter %d is '%s' in the source, '%s' in the copy", i,
+                a->name, b->name);
+        }
+        memcpy(b->data, a->data, hyb_tensor_nbytes(a));
+        b->requires_grad = a->requires_grad;
+        m->no_decay[i] = src->no_decay[i];
+    }
+    *out = m;
+    return HYB_OK;
+}
+
 // ---- checkpoints
 // ---------------------------------------------------------------------------------
 
@@ -891,6 +934,84 @@ static char *join_path(const char *dir, const char *file) {
     else
         hyb_error_set(HYB_ERR_NOMEM, "out of memory");
     return p;
+}
+
+/* The shortest %g form that reads back as the same double (finite v). */
+static void sb_shortest(sbuf *b, double v) {
+    char tmp[64];
+    if (v == floor(v) && fabs(v) < 1e15) { /* 10000.0, not 1e+04 */
+        snprintf(tmp, sizeof tmp, "%.1f", v);
+        sb_puts(b, tmp);
+        return;
+    }
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(tmp, sizeof tmp, "%.*g", prec, v);
+        if (strtod(tmp, NULL) == v) break;
+    }
+    sb_puts(b, tmp);
+}
+
+/* HF config.json for a model every layer of which is the same `mha` mixer (a llama checkpoint
+ * that transformers and hyb_model_load_hf_dir read back). Returns NULL (no error) when the
+ * layout is not a plain llama: hybrids, identity layers, per-layer attention shapes. */
+static char *llama_config_json(const hyb_model *m) {
+    const hyb_mixer_spec *spec = NULL;
+    for (int l = 0; l < m->L; l++) {
+        const hyb_mixer *mx = m->layers[l].mixer;
+        const hyb_mixer_spec *sp = &m->map->mixers[m->map->layer_mixer[l]];
+        if (!mx || strcmp(mx->type, "mha") != 0) return NULL;
+        if (spec && sp != spec) return NULL;
+        spec = sp;
+    }
+    /* the mha plugin's keys and defaults (plugins/mha/mha.c) */
+    const hyb_cfg_table *t = spec->table;
+    int64_t nh = 0, nkv = 0, hd = 0;
+    double theta = 10000.0;
+    int bias = 0;
+    int ok = hyb_cfg_int(t, "n_heads", m->D % 64 == 0 ? m->D / 64 : 0, &nh) == HYB_OK && nh > 0 &&
+             hyb_cfg_int(t, "n_kv_heads", nh, &nkv) == HYB_OK && nkv > 0 &&
+             hyb_cfg_int(t, "head_dim", m->D % nh == 0 ? m->D / nh : 0, &hd) == HYB_OK && hd > 0 &&
+             hyb_cfg_float(t, "rope_theta", 10000.0, &theta) == HYB_OK &&
+             hyb_cfg_bool(t, "bias", 0, &bias) == HYB_OK;
+    hyb_error_clear();
+    if (!ok) return NULL;
+    /* cross-check with the declared shapes: q_proj [H*hd, D], k_proj [KV*hd, D] */
+    const hyb_mixer *mx = m->layers[0].mixer;
+    int seen = 0;
+    for (int i = 0; i < mx->n_params; i++) {
+        const hyb_param_decl *d = &mx->decls[i];
+        if (!strcmp(d->name, "q_proj.weight"))
+            seen += d->shape[0] == nh * hd && d->shape[1] == m->D;
+        if (!strcmp(d->name, "k_proj.weight"))
+            seen += d->shape[0] == nkv * hd && d->shape[1] == m->D;
+    }
+    if (seen != 2) return NULL;
+    sbuf b = {0};
+    sb_puts(&b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
+    sb_printf(
+        &b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
+        m->D, m->F, m->L);
+    sb_printf(&b,
+              "  \"num_attention_heads\": %" PRId64 ",\n  \"num_key_value_heads\": %" PRId64
+              ",\n  \"head_dim\": %" PRId64 ",\n",
+              nh, nkv, hd);
+    sb_printf(&b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n", m->V,
+              m->map->max_seq);
+    sb_puts(&b, "  \"rms_norm_eps\": ");
+    sb_shortest(&b, m->map->norm_eps);
+    sb_puts(&b, ",\n  \"rope_theta\": ");
+    sb_shortest(&b, theta);
+    sb_puts(&b, ",\n");
+    sb_printf(&b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": %s,\n",
+              m->lm_head == m->embed ? "true" : "false", bias ? "true" : "false");
+    sb_puts(&b,
+            "  \"mlp_bias\": false,\n  \"hidden_act\": \"silu\",\n  \"initializer_range\": 0.02,\n"
+            "  \"dtype\": \"float32\",\n  \"torch_dtype\": \"float32\"\n}\n");
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
 }
 
 int hyb_model_save(hyb_model *m, const char *dir) {
@@ -912,6 +1033,20 @@ int hyb_model_save(hyb_model *m, const char *dir) {
     /* weights first: a layer map never describes weights that are not on disk yet */
     if (rc == HYB_OK) rc = hyb_st_writer_save(w, p_st);
     if (rc == HYB_OK) rc = hyb_atomic_write_buf(p_map, toml, strlen(toml));
+    if (rc == HYB_OK) {
+        char *cfg = llama_config_json(m);
+        char *p_cfg = join_path(dir, "config.json");
+        if (cfg && p_cfg)
+            rc = hyb_atomic_write_buf(p_cfg, cfg, strlen(cfg));
+        else if (!cfg && p_cfg) { /* and none left over from an earlier save of another layout */
+            hyb_log(HYB_LOG_DEBUG, "%s: no config.json (the layout is not a plain llama)", dir);
+            if (unlink(p_cfg) != 0 && errno != ENOENT)
+                rc = hyb_error_set(HYB_ERR_IO, "%s: cannot remove a stale config.json: %s", dir,
+                                   strerror(errno));
+        }
+        free(cfg);
+        free(p_cfg);
+    }
     if (rc == HYB_OK)
         hyb_log(HYB_LOG_INFO, "saved %s (%d tensors, %" PRId64 " parameters)", dir, m->n_params,
                 hyb_model_n_elements(m));
@@ -1016,7 +1151,7 @@ int hyb_model_load(const char *dir, hyb_model **out) {
         goto done;
     }
     if ((rc = hyb_layermap_load(p_map, &map)) != HYB_OK) goto done;
-    if ((rc = hyb_model_build(map, 0, &m)) != HYB_OK) goto done;
+    if ((rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m)) != HYB_OK) goto done;
     if ((rc = hyb_model_load_params(m, p_st)) != HYB_OK) {
         hyb_model_free(m);
         goto done;

@@ -24,8 +24,7 @@
 #include "hyb/model.h"
 #include "lhyb.h"
 
-/* ---- layer maps -------------------------------------------------------------------------------
- */
+/* ---- layer maps ------------------------------------------------------------------------------ */
 
 typedef struct lmap {
     hyb_layermap *map; /* NULL once closed */
@@ -170,8 +169,7 @@ static int map_gc(lua_State *L) {
     return 0;
 }
 
-/* ---- models -----------------------------------------------------------------------------------
- */
+/* ---- models ---------------------------------------------------------------------------------- */
 
 typedef struct lmodel {
     hyb_model *m;       /* NULL once closed */
@@ -245,6 +243,19 @@ static int l_load(lua_State *L) {
     return 1;
 }
 
+/* model:clone() -> an independent copy (same layout, parameter values and frozen flags, zero
+ * grads, its own graph): e.g. a student made from its teacher before swapping layers. */
+static int m_clone(lua_State *L) {
+    lmodel *lm = check_model(L, 1, "model:clone");
+    lmodel *c = new_model_box(L);
+    if (hyb_model_clone(lm->m, &c->m) != HYB_OK) {
+        c->m = NULL;
+        return lhyb_raise_hyb(L, "model:clone");
+    }
+    model_attach_graph(L, c, "model:clone");
+    return 1;
+}
+
 static void graph_reset(lmodel *lm) {
     hyb_graph_reset(lm->g);
     lm->graph_gen++;
@@ -274,8 +285,7 @@ static int m_forward(lua_State *L) {
     return 1;
 }
 
-/* ---- losses -----------------------------------------------------------------------------------
- */
+/* ---- losses ---------------------------------------------------------------------------------- */
 
 typedef struct lloss {
     hyb_tensor *loss; /* [1] in the model's graph */
@@ -438,8 +448,7 @@ static int loss_tostring(lua_State *L) {
     return 1;
 }
 
-/* ---- model methods ----------------------------------------------------------------------------
- */
+/* ---- model methods --------------------------------------------------------------------------- */
 
 static int m_zero_grad(lua_State *L) {
     hyb_model_zero_grad(check_model(L, 1, "model:zero_grad")->m);
@@ -734,8 +743,7 @@ static int model_gc(lua_State *L) {
     return 0;
 }
 
-/* ---- AdamW ------------------------------------------------------------------------------------
- */
+/* ---- AdamW ----------------------------------------------------------------------------------- */
 
 typedef struct ladamw {
     hyb_adamw *o;       /* NULL once closed */
@@ -854,6 +862,46 @@ static int o_zero_grad(lua_State *L) {
     return 0;
 }
 
+/* Create the directory that will hold `path` (mkdir -p of its dirname). */
+static int make_parent_dirs(const char *path, char *err, size_t n) {
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path) return 0;
+    size_t len = (size_t)(slash - path);
+    if (len >= sizeof dir) {
+        snprintf(err, n, "path too long");
+        return -1;
+    }
+    memcpy(dir, path, len);
+    dir[len] = 0;
+    return make_dirs(dir, err, n);
+}
+
+/* opt:save(path): the optimiser's state (step, moments) for resuming, written atomically. */
+static int o_save(lua_State *L) {
+    char buf[96], err[4400];
+    ladamw *a = check_adamw(L, 1, "opt:save");
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return lhyb_error(L, "opt:save: path must be a string, got %s",
+                          lhyb_describe(L, 2, buf, sizeof buf));
+    const char *path = lua_tostring(L, 2);
+    if (make_parent_dirs(path, err, sizeof err) != 0) return lhyb_error(L, "opt:save: %s", err);
+    if (hyb_adamw_save(a->o, path) != HYB_OK) return lhyb_raise_hyb(L, "opt:save");
+    return 0;
+}
+
+/* opt:load(path): restore the step and moments saved by opt:save (same parameters); the
+ * hyper-parameters (lr, betas ...) stay this optimiser's. */
+static int o_load(lua_State *L) {
+    char buf[96];
+    ladamw *a = check_adamw(L, 1, "opt:load");
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return lhyb_error(L, "opt:load: path must be a string, got %s",
+                          lhyb_describe(L, 2, buf, sizeof buf));
+    if (hyb_adamw_load(a->o, lua_tostring(L, 2)) != HYB_OK) return lhyb_raise_hyb(L, "opt:load");
+    return 0;
+}
+
 static int adamw_tostring(lua_State *L) {
     ladamw *a = (ladamw *)luaL_checkudata(L, 1, LHYB_ADAMW_MT);
     if (!a->o)
@@ -870,8 +918,7 @@ static int adamw_gc(lua_State *L) {
     return 0;
 }
 
-/* ---- registration -----------------------------------------------------------------------------
- */
+/* ---- registration ---------------------------------------------------------------------------- */
 
 static const luaL_Reg map_methods[] = {{"describe", map_describe},
                                        {"n_layers", map_n_layers},
@@ -893,6 +940,7 @@ static const luaL_Reg model_methods[] = {{"forward", m_forward},
                                          {"config", m_config},
                                          {"graph_stats", m_graph_stats},
                                          {"swap", m_swap},
+                                         {"clone", m_clone},
                                          {"set_identity", m_set_identity},
                                          {NULL, NULL}};
 
@@ -900,8 +948,8 @@ static const luaL_Reg loss_methods[] = {
     {"value", loss_value}, {"backward", loss_backward}, {NULL, NULL}};
 
 static const luaL_Reg adamw_methods[] = {
-    {"step", o_step},   {"set_lr", o_set_lr},       {"lr", o_lr},
-    {"steps", o_steps}, {"zero_grad", o_zero_grad}, {NULL, NULL}};
+    {"step", o_step},           {"set_lr", o_set_lr}, {"lr", o_lr},     {"steps", o_steps},
+    {"zero_grad", o_zero_grad}, {"save", o_save},     {"load", o_load}, {NULL, NULL}};
 
 static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
                       lua_CFunction tostring, lua_CFunction gc) {
@@ -935,4 +983,17 @@ void lhyb_open_model(lua_State *L) {
     lua_pushcfunction(L, l_adamw);
     lua_setfield(L, -2, "adamw");
     lua_setfield(L, -2, "optim");
+}
+
+/* ---- for other runtime modules (lua_train.c) ---------------------------------------------------
+ */
+
+hyb_model *lhyb_check_model(lua_State *L, int idx, const char *fname) {
+    return check_model(L, idx, fname)->m;
+}
+
+void lhyb_push_model(lua_State *L, hyb_model *m, const char *fname) {
+    lmodel *lm = new_model_box(L);
+    lm->m = m;
+    model_attach_graph(L, lm, fname);
 }

@@ -73,8 +73,7 @@ lhyb_tensor *lhyb_check_tensor(lua_State *L, int idx, const char *fname, const c
     return b;
 }
 
-/* ---- shapes and values ------------------------------------------------------------------------
- */
+/* ---- shapes and values ----------------------------------------------------------------------- */
 
 /* Read a shape table at idx: 1..HYB_MAX_DIMS positive integers. Returns ndim. */
 static int check_shape(lua_State *L, int idx, const char *fname, int64_t *shape) {
@@ -223,8 +222,7 @@ static void fill_values(lua_State *L, hyb_tensor *t, int idx, const char *fname)
     }
 }
 
-/* ---- constructors ------------------------------------------------------------------------------
- */
+/* ---- constructors ---------------------------------------------------------------------------- */
 
 /* hyb.tensor(shape[, values[, dtype]]) */
 static int l_tensor(lua_State *L) {
@@ -262,8 +260,7 @@ static int l_randn(lua_State *L) {
     return 1;
 }
 
-/* ---- methods ------------------------------------------------------------------------------------
- */
+/* ---- methods --------------------------------------------------------------------------------- */
 
 #define SELF(fname) lhyb_check_tensor(L, 1, fname, "self")
 

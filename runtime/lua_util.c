@@ -220,7 +220,7 @@ const char *lhyb_opt_field_string(lua_State *L, int idx, const char *fname, cons
     return s;
 }
 
-/* ---- id / float arrays ---------------------------------------------------------------------- */
+/* ---- id / float arrays ----------------------------------------------------------------------- */
 
 int32_t *lhyb_check_ids(lua_State *L, int idx, const char *fname, const char *argname, int64_t n,
                         int64_t lo, int64_t hi) {

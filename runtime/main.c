@@ -1,11 +1,10 @@
 /* runtime/main.c: the hyb command line.
  *
  *   hyb run script.lua [args...]   run a Lua script with the `hyb` module (arg[0] = script)
- *   hyb run -e 'lua code' [args]   run a chunk given on the command line
+ *   hyb run -e 'lua code' [args]   run a chunk given on the command line (`hyb run -` reads stdin)
  *   hyb plugins                    list the mixer plugins found and the search path
  *   hyb version | hyb help
- *   hyb <name> [args...]           run the shipped script <scripts>/<name>.lua (generate, distill
- * ...)
+ *   hyb <name> [args...]           run the shipped script <scripts>/<name>.lua (generate ...)
  *
  * The scripts directory is $HYB_SCRIPTS_DIR, else <binary dir>/../share/hyb/scripts, else the
  * source tree's scripts/ (HYB_SCRIPTS_DIR compile definition). A script error prints
@@ -35,8 +34,7 @@
 
 static const char *progname = "hyb";
 
-/* ---- paths --------------------------------------------------------------------------------------
- */
+/* ---- paths ----------------------------------------------------------------------------------- */
 
 static int is_dir(const char *p) {
     struct stat st;
@@ -78,8 +76,7 @@ static const char *scripts_dir(char *buf, size_t n) {
     return is_dir(buf) ? buf : NULL;
 }
 
-/* ---- running Lua ------------------------------------------------------------------------------
- */
+/* ---- running Lua ----------------------------------------------------------------------------- */
 
 static lua_State *global_L = NULL;
 
@@ -171,8 +168,13 @@ static int run_lua(const char *script, int is_chunk, char **args, int nargs) {
     }
     lua_setglobal(L, "arg");
 
-    int status = is_chunk ? luaL_loadbuffer(L, script, strlen(script), "=(command line)")
-                          : luaL_loadfile(L, script);
+    int status;
+    if (is_chunk)
+        status = luaL_loadbuffer(L, script, strlen(script), "=(command line)");
+    else if (strcmp(script, "-") == 0)
+        status = luaL_loadfile(L, NULL); /* standard input */
+    else
+        status = luaL_loadfile(L, script);
     if (status == LUA_OK) {
         luaL_checkstack(L, nargs + 4, "too many arguments to the script");
         for (int i = 0; i < nargs; i++)
@@ -185,8 +187,7 @@ static int run_lua(const char *script, int is_chunk, char **args, int nargs) {
     return status == LUA_OK ? 0 : 1;
 }
 
-/* ---- subcommands ------------------------------------------------------------------------------
- */
+/* ---- subcommands ----------------------------------------------------------------------------- */
 
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
@@ -229,6 +230,7 @@ static void usage(FILE *out) {
             "  run <script.lua> [args...]  run a Lua script; the `hyb` module is preloaded and\n"
             "                              the script's arguments are in `arg` (arg[0] = script)\n"
             "  run -e '<lua code>' [args]  run a chunk of Lua given on the command line\n"
+            "  run - [args]                run Lua read from standard input\n"
             "  plugins                     list the mixer plugins found and the search path\n"
             "  version                     print the version\n"
             "  help                        this text\n"
@@ -252,7 +254,13 @@ static int cmd_plugins(void) {
         printf("no plugins found\n");
         return 0;
     }
-    printf("%-12s %-10s %-9s %s\n", "NAME", "VERSION", "DEVICES", "PATH");
+    int w = 4; /* name column fits the longest name */
+    for (int i = 0; i < count; i++) {
+        const hyb_mixer_desc *d = hyb_plugin_get(i, NULL);
+        int len = d && d->name ? (int)strlen(d->name) : 1;
+        if (len > w) w = len;
+    }
+    printf("%-*s %-10s %-9s %s\n", w, "NAME", "VERSION", "DEVICES", "PATH");
     for (int i = 0; i < count; i++) {
         const char *p = NULL;
         const hyb_mixer_desc *d = hyb_plugin_get(i, &p);
@@ -260,9 +268,9 @@ static int cmd_plugins(void) {
         char dev[32] = "";
         if (d->devices & HYB_DEVBIT_CPU) strcat(dev, "cpu");
         if (d->devices & HYB_DEVBIT_CUDA) strcat(dev, dev[0] ? ",cuda" : "cuda");
-        printf("%-12s %-10s %-9s %s\n", d->name ? d->name : "?", d->version ? d->version : "?",
+        printf("%-*s %-10s %-9s %s\n", w, d->name ? d->name : "?", d->version ? d->version : "?",
                dev[0] ? dev : "-", p ? p : "?");
-        if (d->description && *d->description) printf("             %s\n", d->description);
+        if (d->description && *d->description) printf("%*s %s\n", w, "", d->description);
     }
     return 0;
 }

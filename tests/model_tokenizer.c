@@ -75,7 +75,8 @@ static void test_samples(void) {
         same += eq;
         char *out = malloc(len + 1);
         long n = hyb_tokenizer_decode(tg, a, na, 0, out, len + 1);
-        CHECK_MSG(n == (long)len && memcmp(out, text, len) == 0, "sample %d: GGUF decode round trip", k);
+        CHECK_MSG(n == (long)len && memcmp(out, text, len) == 0,
+                  "sample %d: GGUF decode round trip", k);
         free(out), free(a), free(b);
         k++;
     }
@@ -89,7 +90,8 @@ static void test_chat_template_tokens(void) {
     long n = hyb_tokenizer_encode(tg, chat, strlen(chat), HYB_TOK_ADD_SPECIAL, ids, 64);
     CHECK(n > 4 && ids[0] == 1); /* add_bos_token is false in SmolLM2's GGUF: nothing prepended */
     int n_ctrl = 0;
-    for (long i = 0; i < n; i++) n_ctrl += hyb_tokenizer_token_type(tg, ids[i]) == HYB_TOKEN_CONTROL;
+    for (long i = 0; i < n; i++)
+        n_ctrl += hyb_tokenizer_token_type(tg, ids[i]) == HYB_TOKEN_CONTROL;
     CHECK(n_ctrl == 3);
     char out[128];
     long nb = hyb_tokenizer_decode(tg, ids, (size_t)n, HYB_TOK_SKIP_SPECIAL, out, sizeof out);
@@ -98,9 +100,12 @@ static void test_chat_template_tokens(void) {
 
 int main(void) {
     const char *env = getenv("HYB_MODEL");
-    if (env && *env) snprintf(model_path, sizeof model_path, "%s", env);
-    else snprintf(model_path, sizeof model_path, "%s/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                  getenv("HOME") ? getenv("HOME") : ".");
+    if (env && *env)
+        snprintf(model_path, sizeof model_path, "%s", env);
+    else
+        snprintf(model_path, sizeof model_path,
+                 "%s/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 getenv("HOME") ? getenv("HOME") : ".");
     if (access(model_path, R_OK) != 0) {
         printf("skip: %s not found (set HYB_MODEL)\n", model_path);
         return HARNESS_SKIP;

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "hyb/hf.h"
 #include "hyb/model.h"
 #include "hyb/safetensors.h"
 
@@ -205,6 +206,22 @@ static void test_build_store(void) {
     }
     hyb_model_free(m2);
     hyb_model_free(m3);
+    /* HYB_BUILD_NO_INIT: embedding and MLP left zero, norms one, mixers initialised */
+    hyb_layermap *nmap;
+    hyb_model *z = NULL;
+    CHECK(hyb_layermap_parse(MAP_TEXT, "inline", &nmap) == HYB_OK);
+    CHECK(hyb_model_build_ex(nmap, 1, HYB_BUILD_NO_INIT, &z) == HYB_OK);
+    if (z) {
+        int zero = 1;
+        for (int64_t i = 0; i < hyb_tensor_numel(z->embed); i++)
+            zero &= hyb_tensor_f32(z->embed)[i] == 0.0f;
+        for (int64_t i = 0; i < hyb_tensor_numel(z->layers[0].w_up); i++)
+            zero &= hyb_tensor_f32(z->layers[0].w_up)[i] == 0.0f;
+        CHECK(zero && hyb_tensor_f32(z->norm_f)[0] == 1.0f);
+        CHECK(memcmp(z->layers[0].mixer->params[0]->data, m->layers[0].mixer->params[0]->data,
+                     hyb_tensor_nbytes(m->layers[0].mixer->params[0])) == 0);
+        hyb_model_free(z);
+    }
     /* untied: lm_head is its own parameter, last in the store */
     char *ut = map_variant("tie_embeddings = true", "tie_embeddings = false");
     hyb_model *u = build(ut, "inline-untied", 1);
@@ -571,6 +588,38 @@ static void test_swap(void) {
     hyb_model_free(m);
 }
 
+static void test_clone(void) {
+    hyb_model *m = build(MAP_TEXT, "inline", 12);
+    CHECK(m != NULL);
+    if (!m) return;
+    CHECK(hyb_model_set_identity(m, 2) == HYB_OK);
+    m->layers[0].w_up->requires_grad = 0; /* frozen */
+    hyb_model *c = NULL;
+    CHECK_MSG(hyb_model_clone(m, &c) == HYB_OK, "%s", hyb_error());
+    if (!c) {
+        hyb_model_free(m);
+        return;
+    }
+    CHECK(c->n_params == m->n_params && c->layers[2].mixer == NULL &&
+          c->layers[0].w_up->requires_grad == 0);
+    int32_t ids[12];
+    random_ids(ids, 12, m->V, 9);
+    float *a = forward_logits(m, ids, 1, 12), *b = forward_logits(c, ids, 1, 12);
+    CHECK(a && b && memcmp(a, b, 12 * (size_t)m->V * sizeof(float)) == 0);
+    /* independent: changing the copy leaves the source alone */
+    hyb_tensor_f32(c->embed)[0] += 1.0f;
+    CHECK(hyb_tensor_f32(c->embed)[0] != hyb_tensor_f32(m->embed)[0]);
+    CHECK(hyb_model_swap(c, 2, "mha", c->map->mixers[0].table, 0, 1) == HYB_OK);
+    CHECK(m->layers[2].mixer == NULL);
+    free(a);
+    free(b);
+    hyb_model_free(m); /* the copy outlives its source */
+    float *d = forward_logits(c, ids, 1, 12);
+    CHECK(d != NULL);
+    free(d);
+    hyb_model_free(c);
+}
+
 // ---- against HF transformers -------------------------------------------------------------------
 
 /* tests/reference/llama_ref.py: a HF LlamaForCausalLM with random weights (saved by HF), logits
@@ -625,6 +674,23 @@ static void test_hf_llama_logits(void) {
             CHECK_MSG(worst < 1e-5, "decode vs HF: max rel %g", worst);
             free(lg);
             hyb_kvstate_free(kv);
+            /* a plain llama is saved with an HF config.json: the directory loads as HF too */
+            const char *dir = sub("llama-hf");
+            CHECK(hyb_model_save(m, dir) == HYB_OK);
+            hyb_model *h = NULL;
+            CHECK_MSG(hyb_model_load_hf_dir(dir, &h) == HYB_OK, "%s", hyb_error());
+            if (h) {
+                float *again = forward_logits(h, ids, B, T);
+                CHECK(again && memcmp(again, got, (size_t)B * T * V * sizeof(float)) == 0);
+                free(again);
+                hyb_model_free(h);
+            }
+            /* after a swap to identity the layout is no longer llama: config.json is removed */
+            CHECK(hyb_model_set_identity(m, 1) == HYB_OK);
+            CHECK(hyb_model_save(m, dir) == HYB_OK);
+            char cp[600];
+            snprintf(cp, sizeof cp, "%s/config.json", dir);
+            CHECK(access(cp, F_OK) != 0);
         }
         free(got);
         hyb_model_free(m);
@@ -792,6 +858,7 @@ int main(void) {
     RUN(test_load_errors);
     RUN(test_prefill_decode);
     RUN(test_swap);
+    RUN(test_clone);
     RUN(test_hf_llama_logits);
     RUN(test_gradients_fd);
     RUN(test_training_loss_falls);

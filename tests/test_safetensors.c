@@ -118,6 +118,7 @@ static void test_round_trip(void) {
     CHECK(hyb_st_writer_add(w, "model.a", HYB_F32, 2, sa, a) == HYB_ERR_ARG); /* duplicate */
     CHECK(strstr(hyb_error(), "model.a") != NULL);
     CHECK(hyb_st_writer_add(w, "q", HYB_Q8_0, 1, s4, a) == HYB_ERR_UNSUPPORTED);
+    CHECK(hyb_st_writer_add(w, "nodata", HYB_F32, 1, s4, NULL) == HYB_ERR_ARG);
     CHECK(hyb_st_writer_meta(w, "format", "pt") == HYB_OK);
     CHECK(hyb_st_writer_meta(w, "note", "line1\nline2 \"x\"") == HYB_OK);
     CHECK(hyb_st_writer_meta(w, "format", "pt2") == HYB_OK); /* replaces */
@@ -180,6 +181,20 @@ static void test_round_trip(void) {
     hyb_tensor_free(ten);
     CHECK(hyb_safetensors_find(st, "nope") == NULL);
     hyb_safetensors_close(st);
+
+    /* the same bytes from memory */
+    raw = read_bytes(path, &n);
+    CHECK(hyb_safetensors_open_memory(raw, n, "mem.safetensors", &st) == HYB_OK);
+    if (st) {
+        t = hyb_safetensors_find(st, "model.a");
+        CHECK(t && hyb_safetensors_read_f32(st, t, out, 6) == HYB_OK &&
+              memcmp(out, a, sizeof a) == 0);
+        CHECK(hyb_safetensors_count(st) == 5);
+        hyb_safetensors_close(st);
+    }
+    CHECK(hyb_safetensors_open_memory(raw, n - 1, "mem.safetensors", &st) == HYB_ERR_FORMAT);
+    CHECK(st == NULL && strstr(hyb_error(), "mem.safetensors") != NULL);
+    free(raw);
 }
 
 /* A file written by the reference implementation (Python safetensors). */

@@ -2,7 +2,8 @@
  * (tests/reference/tokenizer_ref.py): SmolLM2's byte-level tokenizer (Digits + ByteLevel),
  * the same vocab with the plain GPT-2 regex, small SentencePiece-style tokenizers with byte
  * fallback (llama-2 Prepend/Replace normalizer, Metaspace with and without split), a small
- * llama-3-regex tokenizer; the in-memory spec API; malformed tokenizer.json files; threads; speed. */
+ * llama-3-regex tokenizer; the in-memory spec API; malformed tokenizer.json files; threads; speed.
+ */
 #include <cjson/cJSON.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -57,11 +58,14 @@ static int ids_equal(const int32_t *ids, long n, const cJSON *gold) {
 
 static void print_ids(const char *what, const int32_t *ids, long n) {
     fprintf(stderr, "  %s (%ld):", what, n);
-    for (long i = 0; i < n && i < 40; i++) fprintf(stderr, " %d", ids[i]);
+    for (long i = 0; i < n && i < 40; i++)
+        fprintf(stderr, " %d", ids[i]);
     fprintf(stderr, "\n");
 }
 
-static int has_replacement_char(const char *s) { return strstr(s, "\xEF\xBF\xBD") != NULL; }
+static int has_replacement_char(const char *s) {
+    return strstr(s, "\xEF\xBF\xBD") != NULL;
+}
 
 /* Check one tokenizer against a golden file: ids, ids with specials, decode (raw text equality
  * when `roundtrip`), decode skipping specials. `key` picks the golden ids ("ids" or "ids_gpt2"). */
@@ -79,7 +83,8 @@ static void check_golden(const hyb_tokenizer *tok, const char *golden, const cha
         size_t cap = hyb_tokenizer_max_tokens(tok, len);
         int32_t *ids = malloc(cap * sizeof *ids);
         long n = hyb_tokenizer_encode(tok, text, len, 0, ids, cap);
-        CHECK_MSG(n >= 0 && (size_t)n <= cap, "%s #%d: encode rc %ld: %s", golden, k, n, hyb_error());
+        CHECK_MSG(n >= 0 && (size_t)n <= cap, "%s #%d: encode rc %ld: %s", golden, k, n,
+                  hyb_error());
         if (n < 0) {
             free(ids);
             k++;
@@ -153,6 +158,10 @@ static void test_smollm2_json(void) {
     CHECK(p && pl == 4 && memcmp(p, " the", 4) == 0);
     CHECK(hyb_tokenizer_token_to_piece(t, 49152, &pl) == NULL);
     check_golden(t, "smollm2_golden.json", "ids", 1, 1);
+    CHECK(hyb_tokenizer_eos_id(t) == 0); /* guessed from "<|endoftext|>": no template */
+    CHECK(hyb_tokenizer_set_special_ids(t, 1, 2) == HYB_OK);
+    CHECK(hyb_tokenizer_bos_id(t) == 1 && hyb_tokenizer_eos_id(t) == 2);
+    CHECK(hyb_tokenizer_set_special_ids(t, 1, 49152) == HYB_ERR_ARG);
     hyb_tokenizer_free(t);
 }
 
@@ -168,7 +177,8 @@ static int spec_from_json(const char *name, spec_holder *h) {
     cJSON *j = read_json(name);
     if (!j) return 0;
     cJSON *model = cJSON_GetObjectItem(j, "model");
-    cJSON *vocab = cJSON_GetObjectItem(model, "vocab"), *merges = cJSON_GetObjectItem(model, "merges");
+    cJSON *vocab = cJSON_GetObjectItem(model, "vocab"),
+          *merges = cJSON_GetObjectItem(model, "merges");
     int nv = cJSON_GetArraySize(vocab), nm = cJSON_GetArraySize(merges);
     h->vocab = calloc((size_t)nv, sizeof(char *));
     h->merges = calloc((size_t)nm, sizeof(char *));
@@ -177,14 +187,16 @@ static int spec_from_json(const char *name, spec_holder *h) {
     cJSON_ArrayForEach(it, vocab) {
         if (it->valueint < nv) h->vocab[it->valueint] = strdup(it->string);
     }
-    for (int i = 0; i < nv; i++) h->types[i] = HYB_TOKEN_NORMAL;
+    for (int i = 0; i < nv; i++)
+        h->types[i] = HYB_TOKEN_NORMAL;
     cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "added_tokens")) {
         int id = cJSON_GetObjectItem(it, "id")->valueint;
         if (id < nv) h->types[id] = HYB_TOKEN_CONTROL;
     }
     int i = 0;
     cJSON_ArrayForEach(it, merges) {
-        const char *a = cJSON_GetArrayItem(it, 0)->valuestring, *b = cJSON_GetArrayItem(it, 1)->valuestring;
+        const char *a = cJSON_GetArrayItem(it, 0)->valuestring,
+                   *b = cJSON_GetArrayItem(it, 1)->valuestring;
         h->merges[i] = malloc(strlen(a) + strlen(b) + 2);
         sprintf(h->merges[i++], "%s %s", a, b);
     }
@@ -199,8 +211,10 @@ static int spec_from_json(const char *name, spec_holder *h) {
 }
 
 static void spec_free(spec_holder *h) {
-    for (int i = 0; i < h->spec.n_vocab; i++) free(h->vocab[i]);
-    for (int i = 0; i < h->spec.n_merges; i++) free(h->merges[i]);
+    for (int i = 0; i < h->spec.n_vocab; i++)
+        free(h->vocab[i]);
+    for (int i = 0; i < h->spec.n_merges; i++)
+        free(h->merges[i]);
     free(h->vocab), free(h->merges), free(h->types);
 }
 
@@ -247,7 +261,8 @@ static void test_spm_spec(void) {
     h.spec.add_prefix_space = 1;
     h.spec.unk_id = 0, h.spec.bos_id = 1, h.spec.eos_id = 2;
     h.spec.add_bos = 1;
-    for (int b = 0; b < 256; b++) h.types[3 + b] = HYB_TOKEN_BYTE;
+    for (int b = 0; b < 256; b++)
+        h.types[3 + b] = HYB_TOKEN_BYTE;
     hyb_tokenizer *t = hyb_tokenizer_new_bpe(&h.spec);
     CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
     if (t) {
@@ -274,6 +289,23 @@ static void test_llama3_regex(void) {
     t = hyb_tokenizer_new_bpe(&h.spec);
     CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
     if (t) check_golden(t, "llama3_tiny_golden.json", "ids", 1, 1);
+    hyb_tokenizer_free(t);
+    spec_free(&h);
+}
+
+static void test_tekken_regex(void) {
+    hyb_tokenizer *t = load("tekken_tiny.tokenizer.json");
+    if (t) check_golden(t, "tekken_tiny_golden.json", "ids", 1, 1);
+    hyb_tokenizer_free(t);
+    spec_holder h;
+    CHECK(spec_from_json("tekken_tiny.tokenizer.json", &h));
+    h.spec.model = HYB_TOK_BYTE_LEVEL;
+    h.spec.pretok = HYB_PRETOK_TEKKEN;
+    h.spec.ignore_merges = 1;
+    h.spec.bos_id = 0, h.spec.add_bos = 1;
+    t = hyb_tokenizer_new_bpe(&h.spec);
+    CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
+    if (t) check_golden(t, "tekken_tiny_golden.json", "ids", 1, 1);
     hyb_tokenizer_free(t);
     spec_free(&h);
 }
@@ -327,7 +359,8 @@ static void expect_load_error(const char *json, const char *needle) {
     hyb_tokenizer *t = hyb_tokenizer_load_json_mem(json, strlen(json), "bad.json");
     CHECK_MSG(t == NULL, "malformed tokenizer.json accepted: %.80s", json);
     hyb_tokenizer_free(t);
-    CHECK_MSG(strstr(hyb_error(), needle) != NULL, "error \"%s\" lacks \"%s\"", hyb_error(), needle);
+    CHECK_MSG(strstr(hyb_error(), needle) != NULL, "error \"%s\" lacks \"%s\"", hyb_error(),
+              needle);
 }
 
 static void test_malformed(void) {
@@ -342,8 +375,9 @@ static void test_malformed(void) {
     expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1},"
                       " \"merges\": [[\"a\", \"b\"]]}}",
                       "not in the vocab");
-    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"ab\"]}}",
-                      "merges[0]");
+    expect_load_error(
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"ab\"]}}",
+        "merges[0]");
     expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}, \"merges\": []}}",
                       "model.vocab");
     expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
@@ -378,8 +412,9 @@ static void test_malformed(void) {
     }
     CHECK(failures > 0);
     free(s);
-    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 99999999}, \"merges\": []}}",
-                      "far beyond");
+    expect_load_error(
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 99999999}, \"merges\": []}}",
+        "far beyond");
 }
 
 /* Random mutations of a real tokenizer.json: each either loads (and then encodes and decodes a
@@ -402,8 +437,12 @@ static void test_mutations(void) {
             size_t pos = (seed >> 8) % n;
             seed = seed * 1103515245u + 12345u;
             switch ((seed >> 16) % 3) {
-            case 0: s[pos] = alphabet[(seed >> 4) % (sizeof alphabet - 1)]; break;
-            case 1: memmove(s + pos, s + pos + 1, n - pos - 1), n--; break; /* delete */
+            case 0:
+                s[pos] = alphabet[(seed >> 4) % (sizeof alphabet - 1)];
+                break;
+            case 1:
+                memmove(s + pos, s + pos + 1, n - pos - 1), n--;
+                break; /* delete */
             default:
                 memmove(s + pos + 1, s + pos, n - pos), n++;
                 s[pos] = alphabet[(seed >> 4) % (sizeof alphabet - 1)];
@@ -430,7 +469,6 @@ static void test_mutations(void) {
     free(orig);
 }
 
-
 /* ---- a tiny GGUF writer, to test loading from GGUF metadata without the model ------------- */
 typedef struct {
     unsigned char *b;
@@ -446,8 +484,12 @@ static void gput(gbuf *g, const void *d, size_t n) {
     memcpy(g->b + g->n, d, n);
     g->n += n;
 }
-static void gu32(gbuf *g, uint32_t v) { gput(g, &v, 4); } /* little-endian host */
-static void gu64(gbuf *g, uint64_t v) { gput(g, &v, 8); }
+static void gu32(gbuf *g, uint32_t v) {
+    gput(g, &v, 4);
+} /* little-endian host */
+static void gu64(gbuf *g, uint64_t v) {
+    gput(g, &v, 8);
+}
 static void gstr(gbuf *g, const char *s) {
     gu64(g, strlen(s));
     gput(g, s, strlen(s));
@@ -457,12 +499,17 @@ static void gkey(gbuf *g, const char *k, uint32_t type) {
     gu32(g, type);
     g->n_kv++;
 }
-static void kv_str(gbuf *g, const char *k, const char *v) { gkey(g, k, HYB_GGUF_STRING), gstr(g, v); }
-static void kv_u32(gbuf *g, const char *k, uint32_t v) { gkey(g, k, HYB_GGUF_U32), gu32(g, v); }
+static void kv_str(gbuf *g, const char *k, const char *v) {
+    gkey(g, k, HYB_GGUF_STRING), gstr(g, v);
+}
+static void kv_u32(gbuf *g, const char *k, uint32_t v) {
+    gkey(g, k, HYB_GGUF_U32), gu32(g, v);
+}
 static void kv_strs(gbuf *g, const char *k, const char *const *v, int n) {
     gkey(g, k, HYB_GGUF_ARRAY);
     gu32(g, HYB_GGUF_STRING), gu64(g, (uint64_t)n);
-    for (int i = 0; i < n; i++) gstr(g, v[i]);
+    for (int i = 0; i < n; i++)
+        gstr(g, v[i]);
 }
 static void kv_i32s(gbuf *g, const char *k, const int32_t *v, int n) {
     gkey(g, k, HYB_GGUF_ARRAY);
@@ -477,7 +524,8 @@ static unsigned char *gfinish(gbuf *g, size_t *size) {
     gbuf h = {0};
     gput(&h, "GGUF", 4), gu32(&h, 3), gu64(&h, 0), gu64(&h, g->n_kv);
     gput(&h, g->b, g->n);
-    while (h.n % 32) gput(&h, "\0", 1);
+    while (h.n % 32)
+        gput(&h, "\0", 1);
     free(g->b);
     *size = h.n;
     return h.b;
@@ -493,8 +541,18 @@ static hyb_tokenizer *tok_from_image(unsigned char *img, size_t size) {
 
 static void test_gguf_llama_scores(void) {
     /* SentencePiece-style, no merges: merge priority comes from the merged token's score */
-    const char *toks[] = {"<unk>", "<s>", "</s>", "<0x21>", "\xE2\x96\x81", "a", "b", "ab",
-                          "\xE2\x96\x81" "a", "\xE2\x96\x81" "ab"};
+    const char *toks[] = {"<unk>",
+                          "<s>",
+                          "</s>",
+                          "<0x21>",
+                          "\xE2\x96\x81",
+                          "a",
+                          "b",
+                          "ab",
+                          "\xE2\x96\x81"
+                          "a",
+                          "\xE2\x96\x81"
+                          "ab"};
     int32_t types[] = {2, 3, 3, 6, 1, 1, 1, 1, 1, 1};
     float scores[] = {0, 0, 0, 0, -10, -10, -10, -1, -2, -3};
     gbuf g = {0};
@@ -576,7 +634,8 @@ static void test_gguf_vs_sentencepiece(void) {
         const char *dec = cJSON_GetObjectItem(e, "decode")->valuestring;
         int32_t *ids = NULL;
         size_t nids = 0;
-        CHECK(hyb_tokenizer_encode_alloc(t, text, strlen(text), HYB_TOK_NO_PARSE_SPECIAL, &ids, &nids) == HYB_OK);
+        CHECK(hyb_tokenizer_encode_alloc(t, text, strlen(text), HYB_TOK_NO_PARSE_SPECIAL, &ids,
+                                         &nids) == HYB_OK);
         int eq = ids_equal(ids, (long)nids, cJSON_GetObjectItem(e, "ids"));
         CHECK_MSG(eq, "sentencepiece sample %d: ids differ for \"%.60s\"", k, text);
         if (!eq) print_ids("hyb", ids, (long)nids);
@@ -613,7 +672,8 @@ static void expect_gguf_error(const char *model, const char *pre, int parts, con
     unsigned char *img = gfinish(&g, &size);
     hyb_tokenizer *t = tok_from_image(img, size);
     CHECK_MSG(t == NULL, "GGUF tokenizer (%s, %s) accepted", model, pre ? pre : "-");
-    CHECK_MSG(strstr(hyb_error(), needle) != NULL, "error \"%s\" lacks \"%s\"", hyb_error(), needle);
+    CHECK_MSG(strstr(hyb_error(), needle) != NULL, "error \"%s\" lacks \"%s\"", hyb_error(),
+              needle);
     hyb_tokenizer_free(t);
     free(img);
 }
@@ -627,7 +687,8 @@ static void test_gguf_errors(void) {
 }
 
 /* Random and invalid-UTF-8 bytes: byte-level encode/decode is an exact round trip (for the bytes
- * the vocab has a token for: SmolLM2 has none for 04 06 13 14 16 1D C0 C1 F1 F2 F5..FF; HF drops those too). */
+ * the vocab has a token for: SmolLM2 has none for 04 06 13 14 16 1D C0 C1 F1 F2 F5..FF; HF drops
+ * those too). */
 static void test_random_bytes(void) {
     hyb_tokenizer *t = load("smollm2.tokenizer.json");
     if (!t) return;
@@ -635,9 +696,11 @@ static void test_random_bytes(void) {
     for (int32_t id = 0; id < hyb_tokenizer_vocab_size(t); id++) {
         size_t pl;
         const char *p = hyb_tokenizer_token_to_piece(t, id, &pl);
-        if (pl == 1 && hyb_tokenizer_token_type(t, id) == HYB_TOKEN_NORMAL) have[(unsigned char)p[0]] = 1;
+        if (pl == 1 && hyb_tokenizer_token_type(t, id) == HYB_TOKEN_NORMAL)
+            have[(unsigned char)p[0]] = 1;
     }
-    for (int b = 0; b < 256; b++) n_have += have[b];
+    for (int b = 0; b < 256; b++)
+        n_have += have[b];
     CHECK(n_have == 256 - 21); /* also no 04 06 13 14 16 1D */
     unsigned seed = 7;
     char text[600], out[600];
@@ -694,8 +757,8 @@ static void test_speed_and_threads(void) {
             n += l;
             /* a made-up word so the cache does not see only repeats */
             seed = seed * 1103515245u + 12345u;
-            n += (size_t)sprintf(text + n, " w%cx%uq%c ", 'a' + (seed >> 16) % 26, (seed >> 8) % 9973,
-                                 'a' + (seed >> 20) % 26);
+            n += (size_t)sprintf(text + n, " w%cx%uq%c ", 'a' + (seed >> 16) % 26,
+                                 (seed >> 8) % 9973, 'a' + (seed >> 20) % 26);
         }
     }
     cJSON_Delete(g);
@@ -754,6 +817,7 @@ int main(void) {
     RUN(test_spm_json);
     RUN(test_spm_spec);
     RUN(test_llama3_regex);
+    RUN(test_tekken_regex);
     RUN(test_malformed);
     RUN(test_mutations);
     RUN(test_gguf_llama_scores);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "hyb/atomic.h"
+#include "strbuf.h"
 
 #define ST_MAX_HEADER ((uint64_t)100 * 1024 * 1024) /* as the reference implementation */
 
@@ -310,15 +311,73 @@ done:
     return rc;
 }
 
-int hyb_safetensors_open(const char *path, hyb_safetensors **out) {
-    *out = NULL;
+/* Validate the bytes [p, p + size) (the whole file) and fill st. */
+static int parse_buffer(hyb_safetensors *st, const uint8_t *p, uint64_t size) {
+    const char *path = st->path;
+    if (size < 8)
+        return hyb_error_set(
+            HYB_ERR_FORMAT,
+            "%s: file is %llu bytes, too short for a safetensors header (truncated?)", path,
+            (unsigned long long)size);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | p[i];
+    if (hlen > ST_MAX_HEADER)
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: header length %llu is larger than the limit %llu "
+                             "(not a safetensors file?)",
+                             path, (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
+    if (hlen > size - 8)
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: header length %llu exceeds the file (%llu bytes): "
+                             "truncated or not a safetensors file",
+                             path, (unsigned long long)hlen, (unsigned long long)size);
+    if (hlen < 2)
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: header length %llu is too short for a JSON object", path,
+                             (unsigned long long)hlen);
+    st->data = p + 8 + hlen;
+    st->data_size = size - 8 - hlen;
+    char *hdr = malloc((size_t)hlen + 1);
+    if (!hdr)
+        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory for a %llu-byte header", path,
+                             (unsigned long long)hlen);
+    memcpy(hdr, p + 8, (size_t)hlen);
+    hdr[hlen] = 0;
+    int rc = parse_header(st, hdr, (size_t)hlen);
+    free(hdr);
+    return rc;
+}
+
+static hyb_safetensors *st_alloc(const char *path) {
     hyb_safetensors *st = calloc(1, sizeof *st);
     if (!st || !(st->path = strdup(path))) {
         free(st);
-        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+        hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+        return NULL;
     }
+    return st;
+}
+
+int hyb_safetensors_open_memory(const void *data, size_t size, const char *name,
+                                hyb_safetensors **out) {
+    *out = NULL;
+    hyb_safetensors *st = st_alloc(name ? name : "(memory)");
+    if (!st) return HYB_ERR_NOMEM;
+    int rc = parse_buffer(st, data, (uint64_t)size);
+    if (rc != HYB_OK) {
+        hyb_safetensors_close(st);
+        return rc;
+    }
+    *out = st;
+    return HYB_OK;
+}
+
+int hyb_safetensors_open(const char *path, hyb_safetensors **out) {
+    *out = NULL;
+    hyb_safetensors *st = st_alloc(path);
+    if (!st) return HYB_ERR_NOMEM;
     int rc = HYB_OK;
-    char *hdr = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         rc = hyb_error_set(HYB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -334,62 +393,22 @@ int hyb_safetensors_open(const char *path, hyb_safetensors **out) {
         goto fail;
     }
     uint64_t size = (uint64_t)sb.st_size;
-    if (size < 8) {
-        rc = hyb_error_set(HYB_ERR_FORMAT,
-                           "%s: file is %llu bytes, too short for a safetensors header "
-                           "(truncated?)",
-                           path, (unsigned long long)size);
-        goto fail;
+    if (size >= 8) {
+        st->map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (st->map == MAP_FAILED) {
+            st->map = NULL;
+            rc = hyb_error_set(HYB_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+            goto fail;
+        }
+        st->map_size = (size_t)size;
     }
-    st->map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (st->map == MAP_FAILED) {
-        st->map = NULL;
-        rc = hyb_error_set(HYB_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
-        goto fail;
-    }
-    st->map_size = (size_t)size;
     close(fd);
     fd = -1;
-    const uint8_t *p = st->map;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = (hlen << 8) | p[i];
-    if (hlen > ST_MAX_HEADER) {
-        rc = hyb_error_set(HYB_ERR_FORMAT,
-                           "%s: header length %llu is larger than the limit %llu "
-                           "(not a safetensors file?)",
-                           path, (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
-        goto fail;
-    }
-    if (hlen > size - 8) {
-        rc = hyb_error_set(HYB_ERR_FORMAT,
-                           "%s: header length %llu exceeds the file (%llu bytes): "
-                           "truncated or not a safetensors file",
-                           path, (unsigned long long)hlen, (unsigned long long)size);
-        goto fail;
-    }
-    if (hlen < 2) {
-        rc = hyb_error_set(HYB_ERR_FORMAT, "%s: header length %llu is too short for a JSON object",
-                           path, (unsigned long long)hlen);
-        goto fail;
-    }
-    st->data = p + 8 + hlen;
-    st->data_size = size - 8 - hlen;
-    hdr = malloc((size_t)hlen + 1);
-    if (!hdr) {
-        rc = hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory for a %llu-byte header", path,
-                           (unsigned long long)hlen);
-        goto fail;
-    }
-    memcpy(hdr, p + 8, (size_t)hlen);
-    hdr[hlen] = 0;
-    if ((rc = parse_header(st, hdr, (size_t)hlen)) != HYB_OK) goto fail;
-    free(hdr);
+    if ((rc = parse_buffer(st, st->map, size)) != HYB_OK) goto fail;
     *out = st;
     return HYB_OK;
 fail:
     if (fd >= 0) close(fd);
-    free(hdr);
     hyb_safetensors_close(st);
     return rc;
 }
@@ -541,6 +560,10 @@ int hyb_st_writer_add(hyb_st_writer *w, const char *name, hyb_dtype dtype, int n
                                  name, (long long)shape[i]);
         numel *= (uint64_t)shape[i];
     }
+    if (!data && numel > 0)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "safetensors writer: tensor '%s': no data for %llu elements", name,
+                             (unsigned long long)numel);
     if (w->n == w->cap) {
         int cap = w->cap ? 2 * w->cap : 64;
         st_entry *e = realloc(w->e, (size_t)cap * sizeof *e);
@@ -595,54 +618,24 @@ int hyb_st_writer_meta(hyb_st_writer *w, const char *key, const char *value) {
     return HYB_OK;
 }
 
-/* A growing string buffer for the header. */
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_putn(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-static void sb_puts(sbuf *b, const char *s) {
-    sb_putn(b, s, strlen(s));
-}
-static void sb_json_str(sbuf *b, const char *s) {
-    sb_putn(b, "\"", 1);
+static void sb_json_str(hyb_strbuf *b, const char *s) {
+    hyb_strbuf_putn(b, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char esc[8];
         if (*p == '"')
-            sb_putn(b, "\\\"", 2);
+            hyb_strbuf_putn(b, "\\\"", 2);
         else if (*p == '\\')
-            sb_putn(b, "\\\\", 2);
-        else if (*p < 0x20) {
-            snprintf(esc, sizeof esc, "\\u%04x", *p);
-            sb_puts(b, esc);
-        } else
-            sb_putn(b, (const char *)p, 1);
+            hyb_strbuf_putn(b, "\\\\", 2);
+        else if (*p < 0x20)
+            hyb_strbuf_printf(b, "\\u%04x", *p);
+        else
+            hyb_strbuf_putn(b, (const char *)p, 1);
     }
-    sb_putn(b, "\"", 1);
+    hyb_strbuf_putn(b, "\"", 1);
 }
 
 typedef struct {
     hyb_st_writer *w;
-    sbuf *hdr;
+    hyb_strbuf *hdr;
 } save_ctx;
 
 static int save_cb(hyb_atomic_file *f, void *vctx) {
@@ -660,49 +653,45 @@ static int save_cb(hyb_atomic_file *f, void *vctx) {
 }
 
 int hyb_st_writer_save(hyb_st_writer *w, const char *path) {
-    sbuf b = {0};
-    char num[64];
+    hyb_strbuf b = {0};
     uint64_t off = 0;
-    sb_puts(&b, "{");
+    hyb_strbuf_puts(&b, "{");
     int first = 1;
     if (w->n_meta) {
-        sb_puts(&b, "\"__metadata__\":{");
+        hyb_strbuf_puts(&b, "\"__metadata__\":{");
         for (int i = 0; i < w->n_meta; i++) {
-            if (i) sb_puts(&b, ",");
+            if (i) hyb_strbuf_puts(&b, ",");
             sb_json_str(&b, w->meta_k[i]);
-            sb_puts(&b, ":");
+            hyb_strbuf_puts(&b, ":");
             sb_json_str(&b, w->meta_v[i]);
         }
-        sb_puts(&b, "}");
+        hyb_strbuf_puts(&b, "}");
         first = 0;
     }
     for (int i = 0; i < w->n; i++) {
         const st_entry *e = &w->e[i];
-        if (!first) sb_puts(&b, ",");
+        if (!first) hyb_strbuf_puts(&b, ",");
         first = 0;
         sb_json_str(&b, e->name);
-        sb_puts(&b, ":{\"dtype\":\"");
-        sb_puts(&b, hyb_st_dtype_name(e->dtype));
-        sb_puts(&b, "\",\"shape\":[");
-        for (int d = 0; d < e->ndim; d++) {
-            snprintf(num, sizeof num, d ? ",%lld" : "%lld", (long long)e->shape[d]);
-            sb_puts(&b, num);
-        }
-        snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
-                 (unsigned long long)(off + e->nbytes));
-        sb_puts(&b, num);
+        hyb_strbuf_puts(&b, ":{\"dtype\":\"");
+        hyb_strbuf_puts(&b, hyb_st_dtype_name(e->dtype));
+        hyb_strbuf_puts(&b, "\",\"shape\":[");
+        for (int d = 0; d < e->ndim; d++)
+            hyb_strbuf_printf(&b, d ? ",%lld" : "%lld", (long long)e->shape[d]);
+        hyb_strbuf_printf(&b, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                          (unsigned long long)(off + e->nbytes));
         off += e->nbytes;
     }
-    sb_puts(&b, "}");
+    hyb_strbuf_puts(&b, "}");
     while ((8 + b.n) % 8)
-        sb_puts(&b, " "); /* data section starts 8-byte aligned */
+        hyb_strbuf_puts(&b, " "); /* data section starts 8-byte aligned */
     if (b.oom) {
-        free(b.p);
+        hyb_strbuf_free(&b);
         return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory building the safetensors header",
                              path);
     }
     save_ctx c = {w, &b};
     int rc = hyb_atomic_write_file(path, save_cb, &c);
-    free(b.p);
+    hyb_strbuf_free(&b);
     return rc;
 }

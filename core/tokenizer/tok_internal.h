@@ -48,7 +48,7 @@ typedef struct tok_pretok {
     int kind;
     pcre2_code *re; /* SPLIT (also the GPT-2 regex of BYTELEVEL when use_regex) */
     int behavior, invert;
-    int add_prefix_space; /* BYTELEVEL */
+    int add_prefix_space;      /* BYTELEVEL */
     int prepend_scheme, split; /* METASPACE (replacement is always "▁") */
 } tok_pretok;
 
@@ -63,29 +63,29 @@ typedef struct tok_added {
 enum { TOK_DEC_RAW = 0, TOK_DEC_BYTE_LEVEL = 1, TOK_DEC_SPM = 2 };
 
 struct hyb_tokenizer {
-    int32_t n_vocab;  /* ids are 0..n_vocab-1 */
-    char **text;      /* [n_vocab] vocab form, NUL-terminated ("" for holes) */
-    char **piece;     /* [n_vocab] decoded bytes */
+    int32_t n_vocab; /* ids are 0..n_vocab-1 */
+    char **text;     /* [n_vocab] vocab form, NUL-terminated ("" for holes) */
+    char **piece;    /* [n_vocab] decoded bytes */
     uint32_t *piece_len;
     int32_t *type;    /* [n_vocab] HYB_TOKEN_* */
     tok_strmap vocab; /* model vocab: text -> id (BPE lookups) */
     tok_pairmap merges;
-    int byte_level;          /* word bytes are mapped through the GPT-2 byte table */
-    int32_t byte_id[256];    /* byte-level: byte -> id of its one-char token (-1 none) */
-    int32_t bytefb_id[256];  /* <0xNN> tokens (-1 none) */
+    int byte_level;         /* word bytes are mapped through the GPT-2 byte table */
+    int32_t byte_id[256];   /* byte-level: byte -> id of its one-char token (-1 none) */
+    int32_t bytefb_id[256]; /* <0xNN> tokens (-1 none) */
     int byte_fallback, ignore_merges, fuse_unk;
     int32_t unk_id, bos_id, eos_id, pad_id;
     tok_norm *norms;
     int n_norms;
     tok_pretok *pretoks;
     int n_pretoks;
-    tok_added *added; /* sorted by length, longest first */
+    tok_added *added;               /* sorted by length, longest first */
     unsigned char added_first[256]; /* 1 when some added token starts with this byte */
     int n_added;
     int32_t *prefix_ids, *suffix_ids; /* what HYB_TOK_ADD_SPECIAL adds */
     int n_prefix, n_suffix;
     int dec_mode, dec_strip_space;
-    int dec_byte_fallback; /* SPM decode: <0xNN> tokens become their byte */
+    int dec_byte_fallback;        /* SPM decode: <0xNN> tokens become their byte */
     double bound_mult, bound_add; /* ids <= len * mult + (len + 1) * add + specials */
     /* word cache: raw piece bytes -> ids */
     pthread_mutex_t cache_lock;
@@ -118,6 +118,7 @@ int tok_finish(hyb_tokenizer *t);
 
 extern const char *const tok_regex_gpt2;
 extern const char *const tok_regex_llama3;
+extern const char *const tok_regex_tekken;
 
 int tok_strmap_get(const tok_strmap *m, const char *k, size_t len, int32_t *val);
 int tok_strmap_put(tok_strmap *m, const char *k, size_t len, int32_t val);

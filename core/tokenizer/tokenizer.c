@@ -12,6 +12,11 @@ const char *const tok_regex_llama3 =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
+const char *const tok_regex_tekken =
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|"
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|"
+    "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
 #define CACHE_MAX_WORD 256
 #define CACHE_MAX_ENTRIES (1u << 17)
 
@@ -38,7 +43,8 @@ static int strmap_grow(tok_strmap *m) {
     for (size_t i = 0; i < m->cap; i++) {
         if (!m->keys[i]) continue;
         size_t j = hash_bytes(m->keys[i], m->klen[i]) & (ncap - 1);
-        while (nk[j]) j = (j + 1) & (ncap - 1);
+        while (nk[j])
+            j = (j + 1) & (ncap - 1);
         nk[j] = m->keys[i], nl[j] = m->klen[i], nv[j] = m->vals[i];
     }
     free(m->keys), free(m->klen), free(m->vals);
@@ -80,7 +86,8 @@ int tok_strmap_put(tok_strmap *m, const char *k, size_t len, int32_t val) {
 }
 
 void tok_strmap_free(tok_strmap *m) {
-    for (size_t i = 0; i < m->cap; i++) free(m->keys[i]);
+    for (size_t i = 0; i < m->cap; i++)
+        free(m->keys[i]);
     free(m->keys), free(m->klen), free(m->vals);
     memset(m, 0, sizeof *m);
 }
@@ -105,7 +112,8 @@ static int pairmap_grow(tok_pairmap *m) {
     for (size_t i = 0; i < m->cap; i++) {
         if (m->keys[i] == UINT64_MAX) continue;
         size_t j = hash_u64(m->keys[i]) & (ncap - 1);
-        while (nk[j] != UINT64_MAX) j = (j + 1) & (ncap - 1);
+        while (nk[j] != UINT64_MAX)
+            j = (j + 1) & (ncap - 1);
         nk[j] = m->keys[i], nr[j] = m->rank[i], ni[j] = m->id[i];
     }
     free(m->keys), free(m->rank), free(m->id);
@@ -184,7 +192,8 @@ static void bl_init(void) {
         int keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
         bl_cp[b] = keep ? (unsigned)b : 256 + n++;
     }
-    for (int i = 0; i < 324; i++) bl_inv[i] = -1;
+    for (int i = 0; i < 324; i++)
+        bl_inv[i] = -1;
     for (int b = 0; b < 256; b++) {
         bl_inv[bl_cp[b]] = b;
         bl_utf8_len[b] = (unsigned char)utf8_put(bl_utf8[b], bl_cp[b]);
@@ -199,9 +208,12 @@ static long bl_decode(const char *s, size_t n, char *out) {
         const unsigned char *u = (const unsigned char *)s + i;
         size_t l = utf8_len(u, n - i);
         unsigned cp;
-        if (l == 1 && u[0] < 0x80) cp = u[0];
-        else if (l == 2) cp = (unsigned)(u[0] & 31) << 6 | (u[1] & 63);
-        else return -1;
+        if (l == 1 && u[0] < 0x80)
+            cp = u[0];
+        else if (l == 2)
+            cp = (unsigned)(u[0] & 31) << 6 | (u[1] & 63);
+        else
+            return -1;
         if (cp >= 324 || bl_inv[cp] < 0) return -1;
         out[o++] = (char)bl_inv[cp];
         i += l;
@@ -229,7 +241,8 @@ hyb_tokenizer *tok_alloc(int32_t n_vocab) {
         hyb_tokenizer_free(t);
         goto oom;
     }
-    for (int32_t i = 0; i < n_vocab; i++) t->type[i] = HYB_TOKEN_UNUSED;
+    for (int32_t i = 0; i < n_vocab; i++)
+        t->type[i] = HYB_TOKEN_UNUSED;
     t->unk_id = t->bos_id = t->eos_id = t->pad_id = -1;
     return t;
 oom:
@@ -240,8 +253,8 @@ oom:
 int tok_set_token(hyb_tokenizer *t, int32_t id, const char *text, size_t len, int type,
                   int in_model) {
     if (id < 0 || id >= t->n_vocab)
-        return hyb_error_set(HYB_ERR_FORMAT, "tokenizer: token id %d out of range [0, %d)",
-                             (int)id, (int)t->n_vocab);
+        return hyb_error_set(HYB_ERR_FORMAT, "tokenizer: token id %d out of range [0, %d)", (int)id,
+                             (int)t->n_vocab);
     char *c = malloc(len + 1);
     if (!c) return hyb_error_set(HYB_ERR_NOMEM, "tokenizer: out of memory");
     memcpy(c, text, len);
@@ -290,7 +303,8 @@ static int cmp_score_desc(const void *x, const void *y) {
 int tok_merges_from_scores(hyb_tokenizer *t, const float *scores) {
     score_id *order = malloc((size_t)t->n_vocab * sizeof *order);
     if (!order) return hyb_error_set(HYB_ERR_NOMEM, "tokenizer: out of memory");
-    for (int32_t i = 0; i < t->n_vocab; i++) order[i].score = scores[i], order[i].id = i;
+    for (int32_t i = 0; i < t->n_vocab; i++)
+        order[i].score = scores[i], order[i].id = i;
     qsort(order, (size_t)t->n_vocab, sizeof *order, cmp_score_desc);
     int rc = HYB_OK;
     for (int32_t r = 0; r < t->n_vocab && rc == HYB_OK; r++) {
@@ -301,7 +315,8 @@ int tok_merges_from_scores(hyb_tokenizer *t, const float *scores) {
         for (size_t k = 1; k < n; k++) {
             int32_t ia, ib;
             if ((s[k] & 0xC0) == 0x80) continue; /* split on character boundaries */
-            if (tok_strmap_get(&t->vocab, s, k, &ia) && tok_strmap_get(&t->vocab, s + k, n - k, &ib))
+            if (tok_strmap_get(&t->vocab, s, k, &ia) &&
+                tok_strmap_get(&t->vocab, s + k, n - k, &ib))
                 if ((rc = pairmap_put(&t->merges, ia, ib, r, id)) != HYB_OK) break;
         }
     }
@@ -360,9 +375,9 @@ static tok_pretok *push_pretok(hyb_tokenizer *t) {
 static pcre2_code *compile_re(const char *pattern, size_t plen, const char *where) {
     int err;
     PCRE2_SIZE off;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, plen,
-                                   PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &off,
-                                   NULL);
+    pcre2_code *re =
+        pcre2_compile((PCRE2_SPTR)pattern, plen, PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF,
+                      &err, &off, NULL);
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
@@ -415,7 +430,10 @@ static int cmp_added_len(const void *x, const void *y) {
 }
 
 static int hexval(char c) {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                  : -1;
 }
 
 /* Bytes of `s` after replacing every `a` by `b` (the normalizer's Replace). */
@@ -444,7 +462,8 @@ static int compute_bound(hyb_tokenizer *t) {
     size_t npre = 0;
     for (int i = 0; i < t->n_norms; i++) {
         const tok_norm *nm = &t->norms[i];
-        size_t nn = nm->kind == TOK_NORM_PREPEND ? nm->alen + npre : replace_str(pre, npre, nm, NULL);
+        size_t nn =
+            nm->kind == TOK_NORM_PREPEND ? nm->alen + npre : replace_str(pre, npre, nm, NULL);
         char *np = malloc(nn + 1);
         if (!np) {
             free(pre);
@@ -464,9 +483,9 @@ static int compute_bound(hyb_tokenizer *t) {
     free(pre);
     add = (double)npre;
     for (int i = 0; i < t->n_pretoks; i++) {
-        double f = t->pretoks[i].kind == TOK_PT_METASPACE ? 6
+        double f = t->pretoks[i].kind == TOK_PT_METASPACE                                     ? 6
                    : t->pretoks[i].kind == TOK_PT_BYTELEVEL && t->pretoks[i].add_prefix_space ? 2
-                                                                                             : 1;
+                                                                                              : 1;
         mult *= f, add *= f;
     }
     t->bound_mult = mult, t->bound_add = add;
@@ -495,8 +514,10 @@ int tok_finish(hyb_tokenizer *t) {
             } else { /* "▁" (E2 96 81) -> ' ' */
                 size_t o = 0;
                 for (size_t k = 0; k < n;) {
-                    if (k + 3 <= n && memcmp(s + k, "\xE2\x96\x81", 3) == 0) p[o++] = ' ', k += 3;
-                    else p[o++] = s[k++];
+                    if (k + 3 <= n && memcmp(s + k, "\xE2\x96\x81", 3) == 0)
+                        p[o++] = ' ', k += 3;
+                    else
+                        p[o++] = s[k++];
                 }
                 pl = (long)o;
             }
@@ -515,7 +536,8 @@ int tok_finish(hyb_tokenizer *t) {
     }
     if (t->n_added > 1) qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added_len);
     memset(t->added_first, 0, sizeof t->added_first);
-    for (int k = 0; k < t->n_added; k++) t->added_first[(unsigned char)t->added[k].text[0]] = 1;
+    for (int k = 0; k < t->n_added; k++)
+        t->added_first[(unsigned char)t->added[k].text[0]] = 1;
     return HYB_OK;
 }
 
@@ -528,11 +550,14 @@ void hyb_tokenizer_free(hyb_tokenizer *t) {
     free(t->text), free(t->piece), free(t->piece_len), free(t->type);
     tok_strmap_free(&t->vocab);
     free(t->merges.keys), free(t->merges.rank), free(t->merges.id);
-    for (int i = 0; i < t->n_norms; i++) free(t->norms[i].a), free(t->norms[i].b);
+    for (int i = 0; i < t->n_norms; i++)
+        free(t->norms[i].a), free(t->norms[i].b);
     free(t->norms);
-    for (int i = 0; i < t->n_pretoks; i++) pcre2_code_free(t->pretoks[i].re);
+    for (int i = 0; i < t->n_pretoks; i++)
+        pcre2_code_free(t->pretoks[i].re);
     free(t->pretoks);
-    for (int i = 0; i < t->n_added; i++) free(t->added[i].text);
+    for (int i = 0; i < t->n_added; i++)
+        free(t->added[i].text);
     free(t->added);
     free(t->prefix_ids), free(t->suffix_ids);
     tok_strmap_free(&t->cache);
@@ -593,11 +618,20 @@ hyb_tokenizer *hyb_tokenizer_new_bpe(const hyb_tokenizer_spec *spec) {
     if (spec->model == HYB_TOK_BYTE_LEVEL) {
         t->dec_mode = TOK_DEC_BYTE_LEVEL;
         switch (spec->pretok) {
-        case HYB_PRETOK_NONE: rc = tok_add_bytelevel(t, 0, 0); break;
-        case HYB_PRETOK_GPT2: rc = tok_add_bytelevel(t, 0, 1); break;
+        case HYB_PRETOK_NONE:
+            rc = tok_add_bytelevel(t, 0, 0);
+            break;
+        case HYB_PRETOK_GPT2:
+            rc = tok_add_bytelevel(t, 0, 1);
+            break;
         case HYB_PRETOK_LLAMA3:
             rc = tok_add_split(t, tok_regex_llama3, strlen(tok_regex_llama3), TOK_SPLIT_ISOLATED, 0,
                                "llama3 pre-tokenizer");
+            if (rc == HYB_OK) rc = tok_add_bytelevel(t, 0, 0);
+            break;
+        case HYB_PRETOK_TEKKEN:
+            rc = tok_add_split(t, tok_regex_tekken, strlen(tok_regex_tekken), TOK_SPLIT_ISOLATED, 0,
+                               "tekken pre-tokenizer");
             if (rc == HYB_OK) rc = tok_add_bytelevel(t, 0, 0);
             break;
         case HYB_PRETOK_SMOLLM:
@@ -605,7 +639,8 @@ hyb_tokenizer *hyb_tokenizer_new_bpe(const hyb_tokenizer_spec *spec) {
             if (rc == HYB_OK) rc = tok_add_bytelevel(t, 0, 1);
             break;
         default:
-            rc = hyb_error_set(HYB_ERR_ARG, "tokenizer spec: unknown pre-tokenizer %d", spec->pretok);
+            rc = hyb_error_set(HYB_ERR_ARG, "tokenizer spec: unknown pre-tokenizer %d",
+                               spec->pretok);
         }
     } else {
         t->dec_mode = TOK_DEC_SPM;
@@ -663,7 +698,7 @@ typedef struct {
     size_t capsym;
     struct heap_ent {
         int32_t rank, pos, id;
-    } *heap;
+    } * heap;
     size_t nheap, capheap;
     char *wbuf;
     size_t capw;
@@ -676,7 +711,8 @@ typedef struct {
     do {                                                                                           \
         if ((need) > (cap)) {                                                                      \
             size_t nc_ = (cap) ? (cap) : 16;                                                       \
-            while (nc_ < (need)) nc_ *= 2;                                                         \
+            while (nc_ < (need))                                                                   \
+                nc_ *= 2;                                                                          \
             void *np_ = realloc((ptr), nc_ * sizeof *(ptr));                                       \
             if (!np_) return hyb_error_set(HYB_ERR_NOMEM, "tokenizer: out of memory");             \
             (ptr) = np_;                                                                           \
@@ -740,7 +776,8 @@ static int split_piece(enc_state *s, const tok_pretok *pt, const piece *pc) {
         s->runs[s->nruns++] = (run){gap, n, 0};
     }
     if (pt->invert)
-        for (size_t i = 0; i < s->nruns; i++) s->runs[i].m = !s->runs[i].m;
+        for (size_t i = 0; i < s->nruns; i++)
+            s->runs[i].m = !s->runs[i].m;
     /* fold the runs into pieces the way HF does */
     size_t out0 = s->nruns, nout = 0; /* output runs are appended after the input runs */
     GROW(s->runs, s->capruns, 2 * s->nruns + 1);
@@ -748,7 +785,8 @@ static int split_piece(enc_state *s, const tok_pretok *pt, const piece *pc) {
     int prev = 0;
     switch (pt->behavior) {
     case TOK_SPLIT_ISOLATED:
-        for (size_t i = 0; i < out0; i++) out[nout++] = in[i];
+        for (size_t i = 0; i < out0; i++)
+            out[nout++] = in[i];
         break;
     case TOK_SPLIT_REMOVED:
         for (size_t i = 0; i < out0; i++)
@@ -756,15 +794,19 @@ static int split_piece(enc_state *s, const tok_pretok *pt, const piece *pc) {
         break;
     case TOK_SPLIT_MERGED_PREV:
         for (size_t i = 0; i < out0; i++) {
-            if (in[i].m && !prev && nout) out[nout - 1].b = in[i].b;
-            else out[nout++] = in[i];
+            if (in[i].m && !prev && nout)
+                out[nout - 1].b = in[i].b;
+            else
+                out[nout++] = in[i];
             prev = in[i].m;
         }
         break;
     case TOK_SPLIT_MERGED_NEXT: /* built backwards, then reversed */
         for (size_t i = out0; i-- > 0;) {
-            if (in[i].m && !prev && nout) out[nout - 1].a = in[i].a;
-            else out[nout++] = in[i];
+            if (in[i].m && !prev && nout)
+                out[nout - 1].a = in[i].a;
+            else
+                out[nout++] = in[i];
             prev = in[i].m;
         }
         for (size_t i = 0; i < nout / 2; i++) {
@@ -774,8 +816,10 @@ static int split_piece(enc_state *s, const tok_pretok *pt, const piece *pc) {
         break;
     case TOK_SPLIT_CONTIGUOUS:
         for (size_t i = 0; i < out0; i++) {
-            if (in[i].m == prev && nout) out[nout - 1].b = in[i].b;
-            else out[nout++] = in[i];
+            if (in[i].m == prev && nout)
+                out[nout - 1].b = in[i].b;
+            else
+                out[nout++] = in[i];
             prev = in[i].m;
         }
         break;
@@ -796,7 +840,8 @@ static int replace_into(enc_state *s, size_t off, size_t len, const char *a, siz
             i += alen;
         } else {
             size_t j = i + 1;
-            while (j < len && s->buf[off + j] != a[0]) j++;
+            while (j < len && s->buf[off + j] != a[0])
+                j++;
             GROW(s->buf, s->cap, s->n + (j - i) + 1);
             memcpy(s->buf + s->n, s->buf + off + i, j - i);
             s->n += j - i;
@@ -827,8 +872,10 @@ static int run_pretok(const hyb_tokenizer *t, enc_state *s, const tok_pretok *pt
         } else if (pt->kind == TOK_PT_BYTELEVEL) {
             if (pt->add_prefix_space && s->buf[pc.off] != ' ')
                 HYB_TRY(prepend_into(s, pc.off, pc.len, " ", 1, &pc.off, &pc.len));
-            if (pt->re) HYB_TRY(split_piece(s, pt, &pc));
-            else HYB_TRY(push_q(s, pc.off, pc.len, pc.first));
+            if (pt->re)
+                HYB_TRY(split_piece(s, pt, &pc));
+            else
+                HYB_TRY(push_q(s, pc.off, pc.len, pc.first));
         } else { /* METASPACE */
             static const char rep[] = "\xE2\x96\x81";
             HYB_TRY(replace_into(s, pc.off, pc.len, " ", 1, rep, 3, &pc.off, &pc.len));
@@ -845,7 +892,8 @@ static int run_pretok(const hyb_tokenizer *t, enc_state *s, const tok_pretok *pt
                         k += 2;
                     }
                 HYB_TRY(push_q(s, st, e - st, pc.first && st == pc.off));
-            } else HYB_TRY(push_q(s, pc.off, pc.len, pc.first));
+            } else
+                HYB_TRY(push_q(s, pc.off, pc.len, pc.first));
         }
     }
     (void)t;
@@ -908,7 +956,8 @@ static int bpe_word(const hyb_tokenizer *t, enc_state *s, const char *w, size_t 
     /* initial symbols */
     if (n + 1 > s->capsym) {
         size_t nc = s->capsym ? s->capsym : 64;
-        while (nc < n + 1) nc *= 2;
+        while (nc < n + 1)
+            nc *= 2;
         int32_t **arr[4] = {&s->sym_id, &s->sym_prev, &s->sym_next, &s->sym_len};
         for (int k = 0; k < 4; k++) {
             int32_t *na = realloc(*arr[k], nc * sizeof(int32_t));
@@ -931,7 +980,8 @@ static int bpe_word(const hyb_tokenizer *t, enc_state *s, const char *w, size_t 
         }
         if (id < 0 && t->byte_fallback) {
             int all = 1;
-            for (size_t k = 0; k < l; k++) all &= t->bytefb_id[(unsigned char)w[i + k]] >= 0;
+            for (size_t k = 0; k < l; k++)
+                all &= t->bytefb_id[(unsigned char)w[i + k]] >= 0;
             if (all) {
                 for (size_t k = 0; k < l; k++) {
                     s->sym_id[ns] = t->bytefb_id[(unsigned char)w[i + k]];
@@ -958,7 +1008,8 @@ static int bpe_word(const hyb_tokenizer *t, enc_state *s, const char *w, size_t 
         s->sym_id[ns] = id, s->sym_len[ns++] = (int32_t)l;
         i += l;
     }
-    for (int32_t k = 0; k < ns; k++) s->sym_prev[k] = k - 1, s->sym_next[k] = k + 1 < ns ? k + 1 : -1;
+    for (int32_t k = 0; k < ns; k++)
+        s->sym_prev[k] = k - 1, s->sym_next[k] = k + 1 < ns ? k + 1 : -1;
     s->nheap = 0;
     for (int32_t k = 0; k + 1 < ns; k++) {
         int32_t r, id;
@@ -984,7 +1035,8 @@ static int bpe_word(const hyb_tokenizer *t, enc_state *s, const char *w, size_t 
         if (nn >= 0 && pairmap_get(&t->merges, id, s->sym_id[nn], &r, &nid))
             HYB_TRY(heap_push(s, r, p, nid));
     }
-    for (int32_t k = 0; k >= 0 && k < ns; k = s->sym_next[k]) HYB_TRY(push_id(s, s->sym_id[k]));
+    for (int32_t k = 0; k >= 0 && k < ns; k = s->sym_next[k])
+        HYB_TRY(push_id(s, s->sym_id[k]));
     return HYB_OK;
 }
 
@@ -998,10 +1050,13 @@ static int bpe_word_cached(const hyb_tokenizer *t, enc_state *s, const char *w, 
             int rc = HYB_OK;
             if (s->nids + (size_t)cnt > s->capids) {
                 size_t nc = s->capids ? s->capids : 16;
-                while (nc < s->nids + (size_t)cnt) nc *= 2;
+                while (nc < s->nids + (size_t)cnt)
+                    nc *= 2;
                 int32_t *ni = realloc(s->ids, nc * sizeof *ni);
-                if (!ni) rc = hyb_error_set(HYB_ERR_NOMEM, "tokenizer: out of memory");
-                else s->ids = ni, s->capids = nc;
+                if (!ni)
+                    rc = hyb_error_set(HYB_ERR_NOMEM, "tokenizer: out of memory");
+                else
+                    s->ids = ni, s->capids = nc;
             }
             if (rc == HYB_OK && cnt > 0) {
                 memcpy(s->ids + s->nids, mt->cache_ids + off + 1, (size_t)cnt * sizeof(int32_t));
@@ -1024,7 +1079,8 @@ static int bpe_word_cached(const hyb_tokenizer *t, enc_state *s, const char *w, 
         size_t need = mt->cache_ids_n + cnt + 1;
         if (need > mt->cache_ids_cap) {
             size_t nc = mt->cache_ids_cap ? mt->cache_ids_cap * 2 : 4096;
-            while (nc < need) nc *= 2;
+            while (nc < need)
+                nc *= 2;
             int32_t *ni = realloc(mt->cache_ids, nc * sizeof *ni);
             if (ni) mt->cache_ids = ni, mt->cache_ids_cap = nc;
         }
@@ -1032,7 +1088,8 @@ static int bpe_word_cached(const hyb_tokenizer *t, enc_state *s, const char *w, 
             if (tok_strmap_put(&mt->cache, w, n, (int32_t)mt->cache_ids_n) == HYB_OK) {
                 mt->cache_ids[mt->cache_ids_n] = (int32_t)cnt;
                 if (cnt)
-                    memcpy(mt->cache_ids + mt->cache_ids_n + 1, s->ids + before, cnt * sizeof(int32_t));
+                    memcpy(mt->cache_ids + mt->cache_ids_n + 1, s->ids + before,
+                           cnt * sizeof(int32_t));
                 mt->cache_ids_n = need;
             } else {
                 hyb_error_clear(); /* a failed cache insert is not an error of the encode */
@@ -1054,18 +1111,22 @@ static int encode_segment(const hyb_tokenizer *t, enc_state *s, const char *text
         const tok_norm *nm = &t->norms[i];
         if (nm->kind == TOK_NORM_PREPEND) {
             if (n) HYB_TRY(prepend_into(s, off, n, nm->a, nm->alen, &off, &n));
-        } else HYB_TRY(replace_into(s, off, n, nm->a, nm->alen, nm->b, nm->blen, &off, &n));
+        } else
+            HYB_TRY(replace_into(s, off, n, nm->a, nm->alen, nm->b, nm->blen, &off, &n));
     }
     s->np = 0, s->nq = 0;
     HYB_TRY(push_q(s, off, n, first));
     swap_pq(s);
-    for (int i = 0; i < t->n_pretoks; i++) HYB_TRY(run_pretok(t, s, &t->pretoks[i]));
+    for (int i = 0; i < t->n_pretoks; i++)
+        HYB_TRY(run_pretok(t, s, &t->pretoks[i]));
     for (size_t i = 0; i < s->np; i++)
         HYB_TRY(bpe_word_cached(t, s, s->buf + s->p[i].off, s->p[i].len));
     return HYB_OK;
 }
 
-static int is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+static int is_ws(unsigned char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 
 static void enc_state_free(enc_state *s) {
     free(s->buf), free(s->p), free(s->q), free(s->ids);
@@ -1079,7 +1140,8 @@ static int encode_all(const hyb_tokenizer *t, enc_state *s, const char *text, si
     s->md = pcre2_match_data_create(4, NULL);
     if (!s->md) return hyb_error_set(HYB_ERR_NOMEM, "tokenizer: out of memory");
     if (flags & HYB_TOK_ADD_SPECIAL)
-        for (int i = 0; i < t->n_prefix; i++) HYB_TRY(push_id(s, t->prefix_ids[i]));
+        for (int i = 0; i < t->n_prefix; i++)
+            HYB_TRY(push_id(s, t->prefix_ids[i]));
     int parse = !(flags & HYB_TOK_NO_PARSE_SPECIAL) && t->n_added > 0;
     size_t seg = 0, i = 0;
     while (parse && i < len) {
@@ -1090,7 +1152,8 @@ static int encode_all(const hyb_tokenizer *t, enc_state *s, const char *text, si
         }
         for (int k = 0; k < t->n_added; k++) {
             const tok_added *a = &t->added[k];
-            if (a->text[0] == text[i] && a->len <= len - i && memcmp(text + i, a->text, a->len) == 0) {
+            if (a->text[0] == text[i] && a->len <= len - i &&
+                memcmp(text + i, a->text, a->len) == 0) {
                 hit = a; /* sorted longest first */
                 break;
             }
@@ -1101,16 +1164,19 @@ static int encode_all(const hyb_tokenizer *t, enc_state *s, const char *text, si
         }
         size_t ms = i, me = i + hit->len;
         if (hit->lstrip)
-            while (ms > seg && is_ws((unsigned char)text[ms - 1])) ms--;
+            while (ms > seg && is_ws((unsigned char)text[ms - 1]))
+                ms--;
         if (hit->rstrip)
-            while (me < len && is_ws((unsigned char)text[me])) me++;
+            while (me < len && is_ws((unsigned char)text[me]))
+                me++;
         HYB_TRY(encode_segment(t, s, text + seg, ms - seg, seg == 0));
         HYB_TRY(push_id(s, hit->id));
         seg = i = me;
     }
     HYB_TRY(encode_segment(t, s, text + seg, len - seg, seg == 0));
     if (flags & HYB_TOK_ADD_SPECIAL)
-        for (int k = 0; k < t->n_suffix; k++) HYB_TRY(push_id(s, t->suffix_ids[k]));
+        for (int k = 0; k < t->n_suffix; k++)
+            HYB_TRY(push_id(s, t->suffix_ids[k]));
     return HYB_OK;
 }
 
@@ -1122,7 +1188,8 @@ long hyb_tokenizer_encode(const hyb_tokenizer *t, const char *text, size_t len, 
     memset(&s, 0, sizeof s);
     int rc = encode_all(t, &s, text ? text : "", len, flags);
     long n = rc == HYB_OK ? (long)s.nids : rc;
-    if (rc == HYB_OK && s.nids && cap) memcpy(ids, s.ids, (s.nids < cap ? s.nids : cap) * sizeof *ids);
+    if (rc == HYB_OK && s.nids && cap)
+        memcpy(ids, s.ids, (s.nids < cap ? s.nids : cap) * sizeof *ids);
     enc_state_free(&s);
     return n;
 }
@@ -1161,8 +1228,9 @@ long hyb_tokenizer_decode(const hyb_tokenizer *t, const int32_t *ids, size_t n, 
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || id >= t->n_vocab)
-            return hyb_error_set(HYB_ERR_ARG, "hyb_tokenizer_decode: id %d at %zu out of range [0, %d)",
-                                 (int)id, i, (int)t->n_vocab);
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "hyb_tokenizer_decode: id %d at %zu out of range [0, %d)", (int)id,
+                                 i, (int)t->n_vocab);
         if ((flags & HYB_TOK_SKIP_SPECIAL) &&
             (t->type[id] == HYB_TOKEN_CONTROL || t->type[id] == HYB_TOKEN_UNKNOWN))
             continue;
@@ -1198,11 +1266,30 @@ int32_t hyb_tokenizer_token_id(const hyb_tokenizer *t, const char *text) {
     return tok_strmap_get(&t->vocab, text, n, &id) ? id : -1;
 }
 
-int32_t hyb_tokenizer_vocab_size(const hyb_tokenizer *t) { return t ? t->n_vocab : 0; }
+int32_t hyb_tokenizer_vocab_size(const hyb_tokenizer *t) {
+    return t ? t->n_vocab : 0;
+}
 int hyb_tokenizer_token_type(const hyb_tokenizer *t, int32_t id) {
     return t && id >= 0 && id < t->n_vocab ? t->type[id] : 0;
 }
-int32_t hyb_tokenizer_bos_id(const hyb_tokenizer *t) { return t ? t->bos_id : -1; }
-int32_t hyb_tokenizer_eos_id(const hyb_tokenizer *t) { return t ? t->eos_id : -1; }
-int32_t hyb_tokenizer_unk_id(const hyb_tokenizer *t) { return t ? t->unk_id : -1; }
-int32_t hyb_tokenizer_pad_id(const hyb_tokenizer *t) { return t ? t->pad_id : -1; }
+int32_t hyb_tokenizer_bos_id(const hyb_tokenizer *t) {
+    return t ? t->bos_id : -1;
+}
+int32_t hyb_tokenizer_eos_id(const hyb_tokenizer *t) {
+    return t ? t->eos_id : -1;
+}
+int32_t hyb_tokenizer_unk_id(const hyb_tokenizer *t) {
+    return t ? t->unk_id : -1;
+}
+int32_t hyb_tokenizer_pad_id(const hyb_tokenizer *t) {
+    return t ? t->pad_id : -1;
+}
+int hyb_tokenizer_set_special_ids(hyb_tokenizer *t, int32_t bos_id, int32_t eos_id) {
+    if (!t) return hyb_error_set(HYB_ERR_ARG, "hyb_tokenizer_set_special_ids: NULL tokenizer");
+    if (bos_id < -1 || bos_id >= t->n_vocab || eos_id < -1 || eos_id >= t->n_vocab)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_tokenizer_set_special_ids: bos %d / eos %d out of range [0, %d)",
+                             (int)bos_id, (int)eos_id, (int)t->n_vocab);
+    t->bos_id = bos_id, t->eos_id = eos_id;
+    return HYB_OK;
+}

@@ -12,10 +12,10 @@ static int pretok_from_name(const char *pre) {
         const char *name;
         int kind;
     } map[] = {
-        {"default", HYB_PRETOK_GPT2}, {"gpt2", HYB_PRETOK_GPT2},
-        {"gpt-2", HYB_PRETOK_GPT2},   {"smollm", HYB_PRETOK_SMOLLM},
-        {"llama3", HYB_PRETOK_LLAMA3}, {"llama-bpe", HYB_PRETOK_LLAMA3},
-        {"llama-v3", HYB_PRETOK_LLAMA3},
+        {"default", HYB_PRETOK_GPT2},    {"gpt2", HYB_PRETOK_GPT2},
+        {"gpt-2", HYB_PRETOK_GPT2},      {"smollm", HYB_PRETOK_SMOLLM},
+        {"llama3", HYB_PRETOK_LLAMA3},   {"llama-bpe", HYB_PRETOK_LLAMA3},
+        {"llama-v3", HYB_PRETOK_LLAMA3}, {"tekken", HYB_PRETOK_TEKKEN},
     };
     if (!pre) return HYB_PRETOK_GPT2;
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
@@ -47,14 +47,16 @@ static int str_array(const hyb_gguf *g, const char *key, const char ***out, uint
     *out = NULL, *n = 0;
     int64_t kv = hyb_gguf_find_key(g, key);
     if (kv < 0) {
-        if (required) return hyb_error_set(HYB_ERR_FORMAT, "%s: no %s in the GGUF metadata", path, key);
+        if (required)
+            return hyb_error_set(HYB_ERR_FORMAT, "%s: no %s in the GGUF metadata", path, key);
         return HYB_OK;
     }
     if (hyb_gguf_kv_type(g, kv) != HYB_GGUF_ARRAY || hyb_gguf_kv_arr_type(g, kv) != HYB_GGUF_STRING)
         return hyb_error_set(HYB_ERR_FORMAT, "%s: %s is not an array of strings", path, key);
     uint64_t len = hyb_gguf_kv_arr_len(g, kv);
-    if (len > INT32_MAX) return hyb_error_set(HYB_ERR_FORMAT, "%s: %s has %llu entries", path, key,
-                                              (unsigned long long)len);
+    if (len > INT32_MAX)
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: %s has %llu entries", path, key,
+                             (unsigned long long)len);
     const char **a = malloc((len ? len : 1) * sizeof *a);
     if (!a) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
     for (uint64_t i = 0; i < len; i++) {
@@ -93,8 +95,8 @@ hyb_tokenizer *hyb_tokenizer_from_gguf(const struct hyb_gguf *g) {
         spec.model = HYB_TOK_BYTE_LEVEL;
         spec.pretok = pretok_from_name(pre);
         if (spec.pretok < 0) {
-            hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: unsupported pre-tokenizer tokenizer.ggml.pre = \"%s\"",
-                          path, pre);
+            hyb_error_set(HYB_ERR_UNSUPPORTED,
+                          "%s: unsupported pre-tokenizer tokenizer.ggml.pre = \"%s\"", path, pre);
             return NULL;
         }
     } else if (!strcmp(model, "llama")) {
@@ -123,9 +125,9 @@ hyb_tokenizer *hyb_tokenizer_from_gguf(const struct hyb_gguf *g) {
     int64_t kv = hyb_gguf_find_key(g, "tokenizer.ggml.token_type");
     if (kv >= 0) {
         if (hyb_gguf_kv_arr_len(g, kv) != n_tokens) {
-            hyb_error_set(HYB_ERR_FORMAT, "%s: tokenizer.ggml.token_type has %llu entries for %llu tokens",
-                          path, (unsigned long long)hyb_gguf_kv_arr_len(g, kv),
-                          (unsigned long long)n_tokens);
+            hyb_error_set(
+                HYB_ERR_FORMAT, "%s: tokenizer.ggml.token_type has %llu entries for %llu tokens",
+                path, (unsigned long long)hyb_gguf_kv_arr_len(g, kv), (unsigned long long)n_tokens);
             goto done;
         }
         types = malloc(n_tokens * sizeof *types);
@@ -147,8 +149,10 @@ hyb_tokenizer *hyb_tokenizer_from_gguf(const struct hyb_gguf *g) {
     if (spec.model == HYB_TOK_SPM && !merges) {
         kv = hyb_gguf_find_key(g, "tokenizer.ggml.scores");
         if (kv < 0 || hyb_gguf_kv_arr_len(g, kv) != n_tokens) {
-            hyb_error_set(HYB_ERR_FORMAT, "%s: a llama tokenizer needs tokenizer.ggml.merges or "
-                          "tokenizer.ggml.scores (one per token)", path);
+            hyb_error_set(HYB_ERR_FORMAT,
+                          "%s: a llama tokenizer needs tokenizer.ggml.merges or "
+                          "tokenizer.ggml.scores (one per token)",
+                          path);
             goto done;
         }
         scores = malloc(n_tokens * sizeof *scores);
@@ -177,7 +181,10 @@ hyb_tokenizer *hyb_tokenizer_from_gguf(const struct hyb_gguf *g) {
     int32_t *ids[4] = {&spec.bos_id, &spec.eos_id, &spec.unk_id, &spec.pad_id};
     for (int k = 0; k < 4; k++)
         if (*ids[k] >= spec.n_vocab) *ids[k] = -1; /* converters write ids past the vocab */
-    spec.add_bos = get_flag(g, "tokenizer.ggml.add_bos_token", spec.model == HYB_TOK_SPM);
+    int tekken = spec.model == HYB_TOK_BYTE_LEVEL && spec.pretok == HYB_PRETOK_TEKKEN;
+    spec.ignore_merges = spec.model == HYB_TOK_BYTE_LEVEL &&
+                         (spec.pretok == HYB_PRETOK_LLAMA3 || spec.pretok == HYB_PRETOK_TEKKEN);
+    spec.add_bos = get_flag(g, "tokenizer.ggml.add_bos_token", spec.model == HYB_TOK_SPM || tekken);
     spec.add_eos = get_flag(g, "tokenizer.ggml.add_eos_token", 0);
     t = hyb_tokenizer_new_bpe(&spec);
     if (!t) hyb_error_wrap(hyb_error()[0] ? HYB_ERR_FORMAT : HYB_ERR, "%s", path);

@@ -58,28 +58,31 @@ static int load_normalizer(jctx *c, const cJSON *n, const char *path) {
     if (!strcmp(ty, "Sequence")) {
         const cJSON *arr = cJSON_GetObjectItemCaseSensitive(n, "normalizers"), *it;
         if (!cJSON_IsArray(arr))
-            return hyb_error_set(HYB_ERR_FORMAT, "%s: %s.normalizers is not an array", c->name, path);
+            return hyb_error_set(HYB_ERR_FORMAT, "%s: %s.normalizers is not an array", c->name,
+                                 path);
         cJSON_ArrayForEach(it, arr) HYB_TRY(load_normalizer(c, it, path));
         return HYB_OK;
     }
     if (!strcmp(ty, "Prepend")) {
         const char *p = jstr(n, "prepend");
-        if (!p) return hyb_error_set(HYB_ERR_FORMAT, "%s: %s Prepend has no \"prepend\"", c->name, path);
-        c->t->dec_strip_space = c->t->dec_strip_space; /* decided by the decoder */
+        if (!p)
+            return hyb_error_set(HYB_ERR_FORMAT, "%s: %s Prepend has no \"prepend\"", c->name,
+                                 path);
         return tok_add_norm(c->t, TOK_NORM_PREPEND, p, strlen(p), NULL, 0);
     }
     if (!strcmp(ty, "Replace")) {
         const cJSON *pat = cJSON_GetObjectItemCaseSensitive(n, "pattern");
         const char *from = jstr(pat, "String"), *to = jstr(n, "content");
         if (!from || !to)
-            return hyb_error_set(HYB_ERR_UNSUPPORTED,
-                                 "%s: %s Replace: only a {\"String\": ...} pattern with a \"content\" "
-                                 "is supported",
-                                 c->name, path);
+            return hyb_error_set(
+                HYB_ERR_UNSUPPORTED,
+                "%s: %s Replace: only a {\"String\": ...} pattern with a \"content\" "
+                "is supported",
+                c->name, path);
         return tok_add_norm(c->t, TOK_NORM_REPLACE, from, strlen(from), to, strlen(to));
     }
-    return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: unsupported normalizer type \"%s\" in %s", c->name,
-                         ty, path);
+    return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: unsupported normalizer type \"%s\" in %s",
+                         c->name, ty, path);
 }
 
 static int load_pretok(jctx *c, const cJSON *p, const char *path) {
@@ -129,18 +132,23 @@ static int load_pretok(jctx *c, const cJSON *p, const char *path) {
     if (!strcmp(ty, "Metaspace")) {
         const char *rep = jstr(p, "replacement");
         if (rep && strcmp(rep, "\xE2\x96\x81"))
-            return hyb_error_set(HYB_ERR_UNSUPPORTED,
-                                 "%s: %s Metaspace: only the replacement \"\xE2\x96\x81\" is supported",
-                                 c->name, path);
+            return hyb_error_set(
+                HYB_ERR_UNSUPPORTED,
+                "%s: %s Metaspace: only the replacement \"\xE2\x96\x81\" is supported", c->name,
+                path);
         const char *scheme = jstr(p, "prepend_scheme");
         int ps = jbool(p, "add_prefix_space", 1) ? TOK_PREPEND_ALWAYS : TOK_PREPEND_NEVER;
         if (scheme) {
-            if (!strcmp(scheme, "always")) ps = TOK_PREPEND_ALWAYS;
-            else if (!strcmp(scheme, "first")) ps = TOK_PREPEND_FIRST;
-            else if (!strcmp(scheme, "never")) ps = TOK_PREPEND_NEVER;
+            if (!strcmp(scheme, "always"))
+                ps = TOK_PREPEND_ALWAYS;
+            else if (!strcmp(scheme, "first"))
+                ps = TOK_PREPEND_FIRST;
+            else if (!strcmp(scheme, "never"))
+                ps = TOK_PREPEND_NEVER;
             else
-                return hyb_error_set(HYB_ERR_FORMAT, "%s: %s Metaspace: unknown prepend_scheme \"%s\"",
-                                     c->name, path, scheme);
+                return hyb_error_set(HYB_ERR_FORMAT,
+                                     "%s: %s Metaspace: unknown prepend_scheme \"%s\"", c->name,
+                                     path, scheme);
         }
         return tok_add_metaspace(c->t, ps, jbool(p, "split", 1));
     }
@@ -163,7 +171,8 @@ static int load_decoder(jctx *c, const cJSON *d) {
     if (!strcmp(ty, "Metaspace")) {
         t->dec_mode = TOK_DEC_SPM;
         const char *scheme = jstr(d, "prepend_scheme");
-        t->dec_strip_space = scheme ? strcmp(scheme, "never") != 0 : jbool(d, "add_prefix_space", 1);
+        t->dec_strip_space =
+            scheme ? strcmp(scheme, "never") != 0 : jbool(d, "add_prefix_space", 1);
         return HYB_OK;
     }
     if (!strcmp(ty, "ByteFallback")) {
@@ -180,7 +189,8 @@ static int load_decoder(jctx *c, const cJSON *d) {
             return HYB_OK;
         }
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
-                             "%s: decoder Replace: only \"\xE2\x96\x81\" -> \" \" is supported", c->name);
+                             "%s: decoder Replace: only \"\xE2\x96\x81\" -> \" \" is supported",
+                             c->name);
     }
     if (!strcmp(ty, "Strip")) {
         const char *content = jstr(d, "content");
@@ -236,7 +246,8 @@ static int load_post(jctx *c, const cJSON *p) {
         const cJSON *sep = cJSON_GetObjectItemCaseSensitive(p, "sep");
         const cJSON *ci = cJSON_GetArrayItem(cls, 1), *si = cJSON_GetArrayItem(sep, 1);
         if (!cJSON_IsNumber(ci) || !cJSON_IsNumber(si))
-            return hyb_error_set(HYB_ERR_FORMAT, "%s: %s needs cls and sep [token, id]", c->name, ty);
+            return hyb_error_set(HYB_ERR_FORMAT, "%s: %s needs cls and sep [token, id]", c->name,
+                                 ty);
         HYB_TRY(push_special(c, 1, (int32_t)ci->valueint));
         return push_special(c, 0, (int32_t)si->valueint);
     }
@@ -274,15 +285,11 @@ static int load_post(jctx *c, const cJSON *p) {
 static void line_col(const char *s, size_t len, const char *at, int *line, int *col) {
     *line = 1, *col = 1;
     for (const char *p = s; p < at && p < s + len; p++) {
-        if (*p == '\n') (*line)++, *col = 1;
-        else (*col)++;
+        if (*p == '\n')
+            (*line)++, *col = 1;
+        else
+            (*col)++;
     }
-}
-
-static int special_id(jctx *c, const cJSON *root, const char *tokstr, int32_t *out) {
-    (void)root;
-    *out = tokstr ? hyb_tokenizer_token_id(c->t, tokstr) : -1;
-    return HYB_OK;
 }
 
 static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
@@ -293,7 +300,8 @@ static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
     }
     const char *mty = jtype(model);
     if (mty && strcmp(mty, "BPE")) {
-        hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: unsupported model type \"%s\" (only BPE)", c->name, mty);
+        hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: unsupported model type \"%s\" (only BPE)", c->name,
+                      mty);
         return NULL;
     }
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
@@ -345,8 +353,8 @@ static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
     }
     long n_entries = (long)cJSON_GetArraySize(vocab) + (long)cJSON_GetArraySize(added);
     if (maxid >= 2 * n_entries + 1024) { /* holes are fine, a vocab of mostly holes is not */
-        hyb_error_set(HYB_ERR_FORMAT, "%s: token id %ld is far beyond the %ld tokens listed", c->name,
-                      maxid, n_entries);
+        hyb_error_set(HYB_ERR_FORMAT, "%s: token id %ld is far beyond the %ld tokens listed",
+                      c->name, maxid, n_entries);
         return NULL;
     }
     hyb_tokenizer *t = tok_alloc((int32_t)(maxid + 1));
@@ -362,12 +370,9 @@ static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
         const char *content = jstr(it, "content");
         int32_t id = (int32_t)cJSON_GetObjectItemCaseSensitive(it, "id")->valueint;
         int special = jbool(it, "special", 0);
-        int32_t vid;
-        int in_model = tok_strmap_get(&t->vocab, content, strlen(content), &vid) && vid == id;
         if ((rc = tok_set_token(t, id, content, strlen(content),
                                 special ? HYB_TOKEN_CONTROL : HYB_TOKEN_USER_DEFINED, 0)) != HYB_OK)
             goto fail;
-        (void)in_model;
         if ((rc = tok_add_added(t, content, strlen(content), id, special, jbool(it, "lstrip", 0),
                                 jbool(it, "rstrip", 0))) != HYB_OK)
             goto fail;
@@ -379,7 +384,8 @@ static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
         if (cJSON_IsString(it)) {
             const char *m = it->valuestring, *sp = strchr(m, ' ');
             if (!sp || strchr(sp + 1, ' ')) {
-                rc = hyb_error_set(HYB_ERR_FORMAT, "%s[%d]: \"%s\" is not \"a b\"", where, (int)rank, m);
+                rc = hyb_error_set(HYB_ERR_FORMAT, "%s[%d]: \"%s\" is not \"a b\"", where,
+                                   (int)rank, m);
                 goto fail;
             }
             rc = tok_add_merge(t, m, (size_t)(sp - m), sp + 1, strlen(sp + 1), rank, where);
@@ -409,8 +415,10 @@ static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
         }
         t->unk_id = uid;
     }
-    if ((rc = load_normalizer(c, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), "normalizer")) ||
-        (rc = load_pretok(c, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), "pre_tokenizer")) ||
+    if ((rc = load_normalizer(c, cJSON_GetObjectItemCaseSensitive(root, "normalizer"),
+                              "normalizer")) ||
+        (rc = load_pretok(c, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"),
+                          "pre_tokenizer")) ||
         (rc = load_decoder(c, cJSON_GetObjectItemCaseSensitive(root, "decoder"))) ||
         (rc = load_post(c, cJSON_GetObjectItemCaseSensitive(root, "post_processor"))))
         goto fail;
@@ -419,8 +427,10 @@ static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
     if (t->n_suffix) t->eos_id = t->suffix_ids[t->n_suffix - 1];
     static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|endoftext|>", "<bos>"};
     static const char *const eos_names[] = {"</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"};
-    for (int k = 0; k < 4 && t->bos_id < 0; k++) special_id(c, root, bos_names[k], &t->bos_id);
-    for (int k = 0; k < 4 && t->eos_id < 0; k++) special_id(c, root, eos_names[k], &t->eos_id);
+    for (int k = 0; k < 4 && t->bos_id < 0; k++)
+        t->bos_id = hyb_tokenizer_token_id(t, bos_names[k]);
+    for (int k = 0; k < 4 && t->eos_id < 0; k++)
+        t->eos_id = hyb_tokenizer_token_id(t, eos_names[k]);
     if ((rc = tok_finish(t)) != HYB_OK) goto fail;
     return t;
 fail:
@@ -446,8 +456,10 @@ hyb_tokenizer *hyb_tokenizer_load_json_mem(const char *json, size_t len, const c
         return NULL;
     }
     hyb_tokenizer *t = NULL;
-    if (!cJSON_IsObject(root)) hyb_error_set(HYB_ERR_FORMAT, "%s:1:1: top level is not an object", c.name);
-    else t = load_root(&c, root);
+    if (!cJSON_IsObject(root))
+        hyb_error_set(HYB_ERR_FORMAT, "%s:1:1: top level is not an object", c.name);
+    else
+        t = load_root(&c, root);
     cJSON_Delete(root);
     return t;
 }

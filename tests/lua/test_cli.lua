@@ -65,6 +65,9 @@ if arg[1] == "exit" then os.exit(tonumber(arg[2])) end
   out, code = H.sh(HYB .. " run -e " .. H.quote("print('chunk', arg[1]); assert(hyb.tensor)") .. " z")
   H.eq(code, 0, "run -e status")
   H.check(out:find("chunk\tz", 1, true), "run -e output: " .. out)
+  out, code = H.sh("echo 'print(\"stdin\", arg[1])' | " .. HYB .. " run - q")
+  H.eq(code, 0, "run - status")
+  H.check(out:find("stdin\tq", 1, true), "run - reads the script from stdin: " .. out)
 end)
 
 H.run("Ctrl-C stops a script with a traceback", function()

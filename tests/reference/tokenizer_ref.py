@@ -20,9 +20,13 @@ Writes into tests/data/tokenizer/:
                           ByteLevel pre-tokenizer: the golden for HYB_PRETOK_GPT2).
   spm_*.tokenizer.json,   small SentencePiece-style BPE tokenizers (byte_fallback, "▁") trained here
   spm_*_golden.json       with HF tokenizers, llama-2 layout (Prepend+Replace normalizer) and
-                          Metaspace layouts, and their ids/decodes on the samples.
+                          Metaspace layouts, and their ids/decodes on the samples. (HF's trainer
+                          breaks count ties in hash order, so these fixtures differ a little from
+                          run to run; each tokenizer and its golden are always written together.)
   llama3_tiny.tokenizer.json, llama3_tiny_golden.json
                           a small byte-level BPE with the llama-3 Split regex (ignore_merges).
+  tekken_tiny.tokenizer.json, tekken_tiny_golden.json
+                          the same with Mistral's tekken regex (Mistral-Nemo / Apriel teachers).
   spm_real.json           a small model trained with Google's `sentencepiece` itself (BPE,
                           byte_fallback, identity normalization, dummy prefix): pieces, scores,
                           types (the data of a GGUF "llama" tokenizer, which has no merges), and
@@ -205,9 +209,16 @@ def build_spm(layout):
     return tok
 
 
-def build_llama3_tiny():
-    pat = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
-           "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+LLAMA3_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+                "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+# Mistral's tekken (Mistral-Nemo, 131072 tokens): case-aware letter runs, single digits.
+TEKKEN_REGEX = ("[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*"
+                "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|[^\\r\\n\\p{L}\\p{N}]?"
+                "[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|\\p{N}|"
+                " ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
+
+def build_llama3_tiny(pat=LLAMA3_REGEX):
     tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(pat), behavior="isolated", invert=False),
@@ -281,6 +292,9 @@ def main():
     t = build_llama3_tiny()
     t.save(os.path.join(OUT, "llama3_tiny.tokenizer.json"), pretty=True)
     dump(golden(t, SAMPLES), "llama3_tiny_golden.json")
+    t = build_llama3_tiny(TEKKEN_REGEX)
+    t.save(os.path.join(OUT, "tekken_tiny.tokenizer.json"), pretty=True)
+    dump(golden(t, SAMPLES), "tekken_tiny_golden.json")
     real = build_sentencepiece()
     if real:
         dump(real, "spm_real.json")

@@ -2,12 +2,26 @@
  *
  *   hyb_layermap *map;  hyb_layermap_load("graphs/tiny.toml", &map);
  *   hyb_model *m;       hyb_model_build(map, 1234, &m);   // takes ownership of map
+ *   hyb_adamw *opt;     hyb_adamw_new_model(m, 3e-4f, 0.1f, &opt);
  *   hyb_graph *g = hyb_graph_new();
- *   hyb_tensor *logits = hyb_model_forward(m, g, ids, B, T);           // [B, T, V]
- *   hyb_tensor *loss = hyb_cross_entropy(g, logits, targets, NULL);
- *   hyb_graph_backward(g, loss, 1.0f);
- *   hyb_adamw_step(opt, hyb_model_params(m, &n), n);
- *   hyb_model_save(m, "out/ckpt");      // out/ckpt/model.safetensors + layermap.toml
+ *   for (each step) {
+ *       hyb_graph_reset(g);
+ *       hyb_model_zero_grad(m);
+ *       hyb_tensor *logits = hyb_model_forward(m, g, ids, B, T);       // [B, T, V]
+ *       hyb_tensor *loss = hyb_cross_entropy(g, logits, targets, NULL);
+ *       hyb_graph_backward(g, loss, 1.0f);
+ *       int n; hyb_tensor **p = hyb_model_params(m, &n);
+ *       hyb_grad_clip(p, n, 1.0f);
+ *       hyb_adamw_step(opt);
+ *   }
+ *   hyb_model_save(m, "out/ckpt");  // model.safetensors + layermap.toml (+ config.json if llama)
+ *
+ *   hyb_kvstate *kv;  hyb_kvstate_new(m, 8, 2048, &kv);     // 8 slots of 2048 tokens
+ *   hyb_model_prefill(m, kv, 0, prompt, n_prompt, logits);  // logits of the last token [V]
+ *   hyb_model_decode(m, kv, 1, (int32_t[]){0}, &next, logits);
+ *
+ * A model is used by one thread at a time (prefill/decode share a scratch graph); its ops may
+ * use OpenMP inside.
  *
  * Block (SPEC.md section 2), every layer:
  *   u = RMSNorm_in(h); h' = h + Mixer(u); out = h' + W_down(silu(W_gate v) * (W_up v)), v = RMSNorm_post(h')
@@ -60,6 +74,11 @@ typedef struct hyb_model {
  * from `seed` and the layer index. A mixer spec whose type is "identity" (HYB_MIXER_IDENTITY)
  * gives an identity layer: no mixer, h' = h (the MLP stays). */
 int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out);
+/* flags: HYB_BUILD_NO_INIT leaves the embedding, MLP and lm_head zero (for a model whose weights
+ * are loaded next: skips drawing ~all random numbers; norms are still 1 and mixers still run
+ * their plugin's init). */
+#define HYB_BUILD_NO_INIT 1u
+int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_model **out);
 void hyb_model_free(hyb_model *m);
 
 /* All trainable parameters (pointer to the model's array). */
@@ -81,6 +100,11 @@ int hyb_model_set_identity(hyb_model *m, int layer);
  * are refused with an error; make a new optimiser). On failure the model is unchanged. */
 int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_table *cfg,
                    int init_from_old, uint64_t seed);
+
+/* Deep copy: same layout (the layer map is re-read from its TOML serialisation, so the copy owns
+ * everything), same parameter values and requires_grad flags, grads zero. E.g. a student made
+ * from the teacher before swapping its layers. */
+int hyb_model_clone(const hyb_model *m, hyb_model **out);
 
 /* Full-sequence forward (training / evaluation): ids [B*T] -> logits [B, T, V] (graph-owned).
  * NULL + error on failure. */
@@ -108,13 +132,17 @@ void hyb_kvstate_reset_seq(hyb_kvstate *s, int seq);
 int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids, int T,
                       float *out_logits);
 /* One decode step for n sequences: ids[n] tokens, seqs[n] distinct slot indices; logits [n, V]
- * (may be NULL). Row-wise graph ops in no-grad mode plus each mixer's batched decode. */
+ * (may be NULL). Row-wise graph ops in no-grad mode plus each mixer's batched decode.
+ * Argument errors (bad slot, full sequence, duplicate slot) are caught before anything runs; if a
+ * step fails later, pos is not advanced and the states of the sequences involved are undefined
+ * (reset them). Same for prefill. */
 int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
                      float *logits);
 
 /* ---- checkpoints -------------------------------------------------------------------------------*/
 /* Write dir/model.safetensors (HF names, f32) and dir/layermap.toml atomically (tmp + fsync +
- * rename). */
+ * rename), and, when every layer is the same `mha` mixer (a plain llama), an HF config.json
+ * (model_type "llama") so transformers and hyb_model_load_hf_dir load the directory too. */
 int hyb_model_save(hyb_model *m, const char *dir);
 /* Load parameters from a safetensors file into an already built model: every model parameter
  * must be present with the same shape (error names the tensor and both shapes); F32/F16/BF16

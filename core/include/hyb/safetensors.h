@@ -70,6 +70,10 @@ typedef struct hyb_safetensors hyb_safetensors;
 /* Map and validate a file. HYB_ERR_IO (cannot open/map) or HYB_ERR_FORMAT (corrupt/truncated)
  * with "path: tensor 'name': ..." messages. */
 int hyb_safetensors_open(const char *path, hyb_safetensors **out);
+/* The same over a caller-owned buffer holding a whole file (not copied: it must outlive st);
+ * `name` stands for the path in messages. */
+int hyb_safetensors_open_memory(const void *data, size_t size, const char *name,
+                                hyb_safetensors **out);
 void hyb_safetensors_close(hyb_safetensors *st);
 
 const char *hyb_safetensors_path(const hyb_safetensors *st);

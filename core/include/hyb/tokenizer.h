@@ -57,6 +57,7 @@ typedef enum hyb_pretok_kind {
     HYB_PRETOK_GPT2 = 1,   /* GPT-2 regex ('s|'t|... | ?\p{L}+| ?\p{N}+|...) */
     HYB_PRETOK_LLAMA3 = 2, /* llama-3 regex (\p{N}{1,3}, case-insensitive contractions, ...) */
     HYB_PRETOK_SMOLLM = 3, /* every digit is its own word, then the GPT-2 regex (SmolLM/SmolLM2) */
+    HYB_PRETOK_TEKKEN = 4, /* Mistral's tekken regex (case-aware letter runs, single digits) */
 } hyb_pretok_kind;
 
 /* Token types, numbered as GGUF's tokenizer.ggml.token_type. */
@@ -72,16 +73,16 @@ enum {
 /* Everything needed to build a BPE tokenizer in memory. Arrays are copied; the caller keeps
  * ownership. Token ids are array indices. */
 typedef struct hyb_tokenizer_spec {
-    int model;                 /* hyb_tok_model */
-    int pretok;                /* hyb_pretok_kind */
-    const char *const *vocab;  /* [n_vocab] token strings (byte-level alphabet or ▁-text) */
+    int model;                /* hyb_tok_model */
+    int pretok;               /* hyb_pretok_kind */
+    const char *const *vocab; /* [n_vocab] token strings (byte-level alphabet or ▁-text) */
     int32_t n_vocab;
     const char *const *merges; /* [n_merges] "a b", rank = index; may be NULL when scores given */
     int32_t n_merges;
     /* [n_vocab] optional: when merges is NULL for an SPM model, every split t = a + b of a vocab
      * token (a, b in the vocab) is a merge whose priority is t's score (higher merges first). */
     const float *scores;
-    const int32_t *token_types; /* [n_vocab] optional HYB_TOKEN_*; NULL = all normal */
+    const int32_t *token_types;             /* [n_vocab] optional HYB_TOKEN_*; NULL = all normal */
     int32_t bos_id, eos_id, unk_id, pad_id; /* -1 = none */
     int add_bos, add_eos;                   /* what HYB_TOK_ADD_SPECIAL adds */
     int byte_fallback;                      /* SPM: unknown chars -> <0xNN> tokens */
@@ -97,9 +98,10 @@ hyb_tokenizer *hyb_tokenizer_load_json(const char *path);
 /* Same, from the JSON text in memory (`name` is used in error messages). */
 hyb_tokenizer *hyb_tokenizer_load_json_mem(const char *json, size_t len, const char *name);
 /* GGUF metadata: tokenizer.ggml.model ("gpt2" or "llama"), .tokens, .merges, .scores,
- * .token_type, .pre ("default"/"gpt2", "smollm", "llama3"/"llama-bpe"; others are an error that
- * names them), .bos/eos/unknown/padding_token_id, .add_bos_token/.add_eos_token,
- * .add_space_prefix. Tokens of type CONTROL and USER_DEFINED are matched in text. */
+ * .token_type, .pre ("default"/"gpt2", "smollm", "llama3"/"llama-bpe"/"llama-v3", "tekken"; others
+ * are an error that names them; llama3 and tekken imply ignore_merges, tekken adds bos),
+ * .bos/eos/unknown/padding_token_id, .add_bos_token/.add_eos_token, .add_space_prefix. Tokens of
+ * type CONTROL and USER_DEFINED are matched in text. */
 hyb_tokenizer *hyb_tokenizer_load_gguf(const char *path);
 /* Same, from a GGUF already open (hyb/gguf.h); the tokenizer does not keep the handle. */
 struct hyb_gguf;
@@ -144,6 +146,11 @@ int32_t hyb_tokenizer_bos_id(const hyb_tokenizer *tok); /* -1 when none */
 int32_t hyb_tokenizer_eos_id(const hyb_tokenizer *tok);
 int32_t hyb_tokenizer_unk_id(const hyb_tokenizer *tok);
 int32_t hyb_tokenizer_pad_id(const hyb_tokenizer *tok);
+/* Override bos/eos (e.g. from the model's config.json: a tokenizer.json only names them through
+ * its post-processor template, else hyb guesses from common names like "<s>", "</s>",
+ * "<|endoftext|>"). -1 = none. Does not change what HYB_TOK_ADD_SPECIAL adds. HYB_ERR_ARG when
+ * an id is out of range. */
+int hyb_tokenizer_set_special_ids(hyb_tokenizer *tok, int32_t bos_id, int32_t eos_id);
 
 #ifdef __cplusplus
 }
