@@ -85,6 +85,7 @@ int luaopen_hyb(lua_State *L) {
     lhyb_open_data(L);
     lhyb_open_generate(L);
     lhyb_open_train(L);
+    lhyb_open_bench(L); /* hyb.bench (lua_bench.c) */
     lua_pushstring(L, HYB_VERSION);
     lua_setfield(L, -2, "version");
     return 1;
