@@ -110,7 +110,8 @@ static int build_from_config(const char *src, const hyb_llama_config *c, hyb_mod
     }
     free(text);
     if (rc != HYB_OK) return rc;
-    rc = hyb_model_build(map, 0, out); /* takes ownership of map */
+    /* every parameter is filled from the file next (a missing one is an error): skip random init */
+    rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, out); /* takes ownership of map */
     if (rc != HYB_OK) return hyb_error_wrap(rc, "%s", src);
     return HYB_OK;
 }
