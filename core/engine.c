@@ -585,7 +585,16 @@ void hyb_engine_get_stats(const hyb_engine *e, hyb_engine_stats *out) {
 
 int hyb_plan_memory(const hyb_layermap *map, size_t budget_bytes, int context,
                     hyb_memory_plan *out) {
+    return hyb_plan_memory_ex(map, budget_bytes, context, (int)sizeof(float), out);
+}
+
+int hyb_plan_memory_ex(const hyb_layermap *map, size_t budget_bytes, int context,
+                       int weight_elem_bytes, hyb_memory_plan *out) {
     memset(out, 0, sizeof *out);
+    if (weight_elem_bytes < 1 || weight_elem_bytes > 8)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_plan_memory: weight_elem_bytes must be in [1, 8], got %d",
+                             weight_elem_bytes);
     if (!map) return hyb_error_set(HYB_ERR_ARG, "hyb_plan_memory: no layer map");
     if (context < 1 || context > map->max_seq)
         return hyb_error_set(HYB_ERR_ARG,
@@ -637,7 +646,7 @@ int hyb_plan_memory(const hyb_layermap *map, size_t budget_bytes, int context,
             out->n_fixed_layers++;
         per_seq += (s1 + 63) & ~(size_t)63; /* as hyb_kvstate_new lays them out */
     }
-    out->weight_bytes = elems * sizeof(float);
+    out->weight_bytes = elems * (size_t)weight_elem_bytes;
     out->kv_bytes_per_token = per_tok;
     out->fixed_bytes_per_seq = fixed;
     out->context = context;
@@ -656,7 +665,7 @@ static double mib(size_t b) { return (double)b / (1024.0 * 1024.0); }
 
 void hyb_memory_plan_format(const hyb_memory_plan *p, const char *name, char *buf, size_t n) {
     snprintf(buf, n,
-             "memory plan %s: weights %.1f MiB (f32); per sequence: KV %zu B/token (%d attention "
+             "memory plan %s: weights %.1f MiB; per sequence: KV %zu B/token (%d attention "
              "layers), fixed %zu B (%d recurrent layers, %d identity); at context %d: %.2f "
              "MiB/sequence; budget %.1f MiB -> max batch %lld",
              name ? name : "", mib(p->weight_bytes), p->kv_bytes_per_token, p->n_attn_layers,

@@ -120,7 +120,7 @@ void hyb_engine_get_stats(const hyb_engine *e, hyb_engine_stats *out);
 
 /* ---- memory planning -------------------------------------------------------------------------*/
 typedef struct hyb_memory_plan {
-    size_t weight_bytes;       /* f32 parameters: embedding, (untied) lm_head, norms, MLPs, mixers */
+    size_t weight_bytes;       /* parameters (f32 unless _ex says otherwise): embedding, (untied) lm_head, norms, MLPs, mixers */
     size_t kv_bytes_per_token; /* per sequence, growth per token of context (attention caches) */
     size_t fixed_bytes_per_seq;/* per sequence, independent of context (recurrent states) */
     int context;               /* the context the plan is for */
@@ -137,6 +137,10 @@ typedef struct hyb_memory_plan {
  * sequence (HYB_ERR_ARG, naming both sizes), unknown mixer types. */
 int hyb_plan_memory(const hyb_layermap *map, size_t budget_bytes, int context,
                     hyb_memory_plan *out);
+/* Same with weights stored in weight_elem_bytes bytes per parameter (4: f32, 2: bf16/f16); the
+ * decode states stay f32 (what the mixers' state_bytes report). */
+int hyb_plan_memory_ex(const hyb_layermap *map, size_t budget_bytes, int context,
+                       int weight_elem_bytes, hyb_memory_plan *out);
 /* Human-readable multi-line description of a plan into buf. */
 void hyb_memory_plan_format(const hyb_memory_plan *p, const char *name, char *buf, size_t n);
 
