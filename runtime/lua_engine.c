@@ -104,6 +104,7 @@ static int l_submit(lua_State *L) {
     const char *F = "engine:submit";
     char buf[96];
     lengine *le = check_engine(L, 1, F);
+    lua_settop(L, 3); /* the id buffer pushed below must not take the options' place */
     int n = 0;
     int32_t *ids = check_id_list(L, 2, F, "ids", le->m->V, &n);
     lhyb_check_opts(L, 3, F, allowed);
