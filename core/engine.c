@@ -403,6 +403,24 @@ static int take_token(hyb_engine *e, req *r, const float *logits) {
     return HYB_OK;
 }
 
+/* The next prompt length to snapshot at: the shortest registered, not yet computed prefix of the
+ * prompt beyond what the slot holds (nested prefixes are all taken in one pass), else the
+ * prompt's longest block-aligned prefix (automatic caching); 0: none. */
+static void next_target(hyb_engine *e, req *r) {
+    int t = 0;
+    for (int i = 0; i < e->n_pe; i++) {
+        const pentry *p = &e->pe[i];
+        if (p->registered && !p->ready && p->n > r->done && prompt_starts_with(r, p) &&
+            (!t || p->n < t))
+            t = p->n;
+    }
+    if (!t && e->o.prefix_block > 0 && e->o.max_prefix_entries > 0) {
+        int blk = r->n_prompt / e->o.prefix_block * e->o.prefix_block;
+        if (blk > r->done) t = blk;
+    }
+    r->snap_target = t;
+}
+
 static int admit(hyb_engine *e, req *r, int slot) {
     r->slot = slot;
     r->t_admit = hyb_time_now();
@@ -425,11 +443,7 @@ static int admit(hyb_engine *e, req *r, int slot) {
         }
     }
     int could = want != NULL;
-    int blk = 0;
-    if (e->o.prefix_block > 0) {
-        blk = r->n_prompt / e->o.prefix_block * e->o.prefix_block;
-        if (blk > 0) could = 1;
-    }
+    if (e->o.prefix_block > 0 && r->n_prompt / e->o.prefix_block > 0) could = 1;
     if (best) {
         HYB_TRY(pe_restore(e, best, slot));
         best->last_used = ++e->tick;
@@ -440,9 +454,7 @@ static int admit(hyb_engine *e, req *r, int slot) {
     } else if (could) {
         e->st.prefix_misses++;
     }
-    r->snap_target = 0;
-    if (want && want->n > r->done) r->snap_target = want->n;
-    else if (blk > r->done && e->o.max_prefix_entries > 0) r->snap_target = blk;
+    next_target(e, r);
     if (r->done == r->n_prompt) return take_token(e, r, best->logits);
     return HYB_OK;
 }
@@ -513,7 +525,7 @@ int hyb_engine_step(hyb_engine *e) {
         if (r->done == r->snap_target) {
             int src = snapshot_at(e, r, e->logits);
             if (src != HYB_OK && rc == HYB_OK) rc = src; /* the request itself goes on */
-            r->snap_target = 0;
+            next_target(e, r);
         }
         if (r->done == r->n_prompt) {
             int trc = take_token(e, r, e->logits);

@@ -249,6 +249,51 @@ static void test_prefix_cache(void) {
     hyb_model_free(m);
 }
 
+/* Nested registered prefixes are all snapshotted in one prefill pass; exact-prefix prompts are
+ * answered from the stored logits without any prefill. */
+static void test_nested_prefixes(void) {
+    hyb_model *m = build();
+    if (!m) return;
+    hyb_engine_opts o = hyb_engine_defaults();
+    o.slots = 1;
+    o.max_ctx = 96;
+    hyb_engine *e = NULL;
+    CHECK(hyb_engine_new(m, &o, &e) == HYB_OK);
+    if (!e) return;
+    int32_t ids[30];
+    for (int i = 0; i < 30; i++) ids[i] = (i * 19 + 2) % 53;
+    CHECK(hyb_engine_add_prefix(e, ids, 8) == HYB_OK);
+    CHECK(hyb_engine_add_prefix(e, ids, 16) == HYB_OK);
+    CHECK(hyb_engine_add_prefix(e, ids, 24) == HYB_OK);
+    hyb_request_params p = hyb_request_defaults();
+    p.max_tokens = 5;
+    CHECK(hyb_engine_submit(e, ids, 30, &p, NULL) == HYB_OK);
+    int lens[3] = {8, 16, 24};
+    for (int k = 0; k < 3; k++) CHECK(hyb_engine_submit(e, ids, lens[k], &p, NULL) == HYB_OK);
+    while (hyb_engine_pending(e)) CHECK(hyb_engine_step(e) == HYB_OK);
+    hyb_engine_stats st;
+    hyb_engine_get_stats(e, &st);
+    CHECK(st.prefix_entries == 3);
+    CHECK(st.prefill_tokens == 30);
+    CHECK(st.prefix_hits == 3 && st.prefix_misses == 1);
+    hyb_completion c;
+    int k = -1;
+    int32_t ref[8];
+    while (hyb_engine_pop(e, &c)) {
+        if (k >= 0) {
+            int n = generate_alone(m, ids, lens[k], 5, -1, ref);
+            CHECK(c.prefix_tokens == lens[k] && c.n_tokens == n);
+            for (int i = 0; i < n && i < c.n_tokens; i++)
+                CHECK_MSG(c.tokens[i] == ref[i], "prefix %d token %d", lens[k], i);
+        }
+        k++;
+        hyb_completion_free(&c);
+    }
+    CHECK(k == 3);
+    hyb_engine_free(e);
+    hyb_model_free(m);
+}
+
 static void test_memory_plan(void) {
     hyb_layermap *map = NULL;
     CHECK(hyb_layermap_parse(MAP_TEXT, "engine-test.toml", &map) == HYB_OK);
@@ -332,6 +377,7 @@ int main(void) {
     RUN(test_batched_equals_alone);
     RUN(test_eos_stops);
     RUN(test_prefix_cache);
+    RUN(test_nested_prefixes);
     RUN(test_memory_plan);
     RUN(test_errors);
     return harness_done();
