@@ -30,6 +30,7 @@ typedef struct pentry {
     int32_t *ids;
     int n;
     int registered, ready;
+    int busy;     /* a running request will snapshot it: others wanting it wait for it */
     void **snap;  /* [L] */
     float *logits; /* [V] logits of token n */
     size_t bytes;
@@ -295,6 +296,7 @@ static int pe_snapshot(hyb_engine *e, pentry *p, int slot, const float *logits) 
         p->bytes += (size_t)sz;
     }
     p->ready = 1;
+    p->busy = 0;
     p->last_used = ++e->tick;
     return HYB_OK;
 oom:
@@ -337,6 +339,10 @@ static void pe_evict(hyb_engine *e) {
 }
 
 static void finish_req(hyb_engine *e, req *r, int why) {
+    for (int i = 0; r->snap_target > 0 && i < e->n_pe; i++) {
+        pentry *p = &e->pe[i];
+        if (!p->ready && p->n == r->snap_target && prompt_starts_with(r, p)) p->busy = 0;
+    }
     r->finish = why;
     r->state = R_DONE;
     if (r->slot >= 0) {
@@ -414,6 +420,10 @@ static void next_target(hyb_engine *e, req *r) {
             (!t || p->n < t))
             t = p->n;
     }
+    for (int i = 0; t && i < e->n_pe; i++) {
+        pentry *p = &e->pe[i];
+        if (p->registered && !p->ready && p->n == t && prompt_starts_with(r, p)) p->busy = 1;
+    }
     if (!t && e->o.prefix_block > 0 && e->o.max_prefix_entries > 0) {
         int blk = r->n_prompt / e->o.prefix_block * e->o.prefix_block;
         if (blk > r->done) t = blk;
@@ -479,15 +489,34 @@ static int snapshot_at(hyb_engine *e, req *r, const float *logits) {
     return HYB_OK;
 }
 
+/* A waiting request whose longest matching registered prefix is being computed by a running
+ * request waits for that snapshot instead of computing the prefix again. */
+static int waits_for_prefix(const hyb_engine *e, const req *r) {
+    const pentry *best = NULL;
+    for (int i = 0; i < e->n_pe; i++) {
+        const pentry *p = &e->pe[i];
+        if ((p->registered || p->ready) && prompt_starts_with(r, p) && (!best || p->n > best->n))
+            best = p;
+    }
+    return best && !best->ready && best->busy;
+}
+
 int hyb_engine_step(hyb_engine *e) {
     int S = e->o.slots, rc = HYB_OK;
     e->st.steps++;
     /* 1. admit */
-    for (int s = 0; s < S && e->wait_head; s++) {
+    req *prev = NULL, *cand = e->wait_head;
+    for (int s = 0; s < S && cand; s++) {
         if (e->slot_req[s]) continue;
-        req *r = e->wait_head;
-        e->wait_head = r->next;
-        if (!e->wait_head) e->wait_tail = NULL;
+        while (cand && waits_for_prefix(e, cand)) prev = cand, cand = cand->next;
+        if (!cand) break;
+        req *r = cand;
+        cand = r->next;
+        if (prev)
+            prev->next = r->next;
+        else
+            e->wait_head = r->next;
+        if (e->wait_tail == r) e->wait_tail = prev;
         r->next = NULL;
         e->st.waiting--;
         int arc = admit(e, r, s);

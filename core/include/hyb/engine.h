@@ -31,6 +31,11 @@
  * (floor(n / block) * block tokens) is snapshotted after it is prefilled, and later prompts with
  * the same first tokens restore it. A request counts a hit when it restored an entry, a miss when
  * it could have used one (a registered prefix or a block-aligned prefix) but none was there.
+ * A request whose longest matching registered prefix is being computed by a running request
+ * stays in the queue (later requests may pass it) until the snapshot exists, so a registered
+ * prefix is computed once even when its requests arrive together. Automatic entries have no such
+ * wait: identical prompts admitted in the same step each compute their prefix. Nested registered
+ * prefixes of one prompt are all snapshotted in the same prefill pass.
  * Entries are evicted least recently used beyond max_prefix_entries.
  * The engine and its model are used by one thread at a time.
  */
