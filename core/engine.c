@@ -646,7 +646,7 @@ int hyb_plan_memory_ex(const hyb_layermap *map, size_t budget_bytes, int context
     size_t per_tok = 0, fixed = 0, per_seq = 0;
     /* two contexts to separate growth from the fixed part */
     int c1 = context, c2 = context < map->max_seq ? map->max_seq : context / 2;
-    if (c2 == c1) c2 = c1 > 1 ? c1 - 1 : c1 + 1;
+    if (c2 < 1 || c2 == c1) c2 = c1 + 1;
     for (int l = 0; l < map->n_layers; l++) {
         elems += 2 * D + 3 * D * F; /* norms + MLP (identity layers keep them) */
         const hyb_mixer_spec *sp = &map->mixers[map->layer_mixer[l]];

@@ -138,6 +138,8 @@ typedef struct hyb_memory_plan {
 /* Plan from a layer map without building the model: each layer's mixer is created through its
  * plugin (create/state_bytes/n_params/param_decl/destroy; no parameters allocated). Per layer,
  * state_bytes is measured at two contexts: growth per token is the KV part, the rest is fixed.
+ * Not counted: activations of the scratch graph (prefill of a chunk needs O(chunk * (D + F + V))
+ * floats plus the attention scores of the chunk), snapshots in the prefix cache, allocator slack.
  * Errors: context < 1 or above the map's max_seq, a budget that does not hold the weights and one
  * sequence (HYB_ERR_ARG, naming both sizes), unknown mixer types. */
 int hyb_plan_memory(const hyb_layermap *map, size_t budget_bytes, int context,
