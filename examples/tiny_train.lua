@@ -6,7 +6,8 @@
 -- Prints step, loss, learning rate, gradient norm and tokens per second; checks that the loss fell
 -- clearly (final < 0.6 x initial) and that the held-out loss fell too; saves the model to out_dir,
 -- loads it back with hyb.load and checks that the logits are identical. Any failed check is an
--- error (exit status 1). About a minute on two CPU cores.
+-- error (exit status 1). About a minute on two CPU cores (ctest runs it with steps=80:
+-- test example_tiny_train).
 local hyb = require("hyb")
 
 local root = (arg[0]:match("^(.*)/examples/[^/]*$")) or "."

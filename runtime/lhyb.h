@@ -48,6 +48,13 @@ void lhyb_open_tensor(lua_State *L);
 void lhyb_open_model(lua_State *L);
 void lhyb_open_data(lua_State *L);
 void lhyb_open_generate(lua_State *L); /* hyb.llm, hyb.sampler (lua_generate.c) */
+void lhyb_open_train(lua_State *L);    /* hyb.train, hyb.data.dataset/tokenizer (lua_train.c) */
+
+/* A live hyb.model at idx (raises otherwise), and pushing a new hyb.model that takes ownership
+ * of m (lua_model.c; used by lua_train.c for clones and loaded checkpoints). */
+struct hyb_model;
+struct hyb_model *lhyb_check_model(lua_State *L, int idx, const char *fname);
+void lhyb_push_model(lua_State *L, struct hyb_model *m, const char *fname);
 
 /* Push a tensor the Lua side owns (freed by __gc). On t == NULL raises "<fname>: <hyb_error()>". */
 lhyb_tensor *lhyb_push_owned(lua_State *L, hyb_tensor *t, const char *fname);

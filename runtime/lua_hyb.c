@@ -84,6 +84,7 @@ int luaopen_hyb(lua_State *L) {
     lhyb_open_model(L);
     lhyb_open_data(L);
     lhyb_open_generate(L);
+    lhyb_open_train(L);
     { void lhyb_open_engine(lua_State *L); lhyb_open_engine(L); } /* lua_engine.c */
     lua_pushstring(L, HYB_VERSION);
     lua_setfield(L, -2, "version");

@@ -984,3 +984,16 @@ void lhyb_open_model(lua_State *L) {
     lua_setfield(L, -2, "adamw");
     lua_setfield(L, -2, "optim");
 }
+
+/* ---- for other runtime modules (lua_train.c) ---------------------------------------------------
+ */
+
+hyb_model *lhyb_check_model(lua_State *L, int idx, const char *fname) {
+    return check_model(L, idx, fname)->m;
+}
+
+void lhyb_push_model(lua_State *L, hyb_model *m, const char *fname) {
+    lmodel *lm = new_model_box(L);
+    lm->m = m;
+    model_attach_graph(L, lm, fname);
+}

@@ -254,7 +254,13 @@ static int cmd_plugins(void) {
         printf("no plugins found\n");
         return 0;
     }
-    printf("%-12s %-10s %-9s %s\n", "NAME", "VERSION", "DEVICES", "PATH");
+    int w = 4; /* name column fits the longest name */
+    for (int i = 0; i < count; i++) {
+        const hyb_mixer_desc *d = hyb_plugin_get(i, NULL);
+        int len = d && d->name ? (int)strlen(d->name) : 1;
+        if (len > w) w = len;
+    }
+    printf("%-*s %-10s %-9s %s\n", w, "NAME", "VERSION", "DEVICES", "PATH");
     for (int i = 0; i < count; i++) {
         const char *p = NULL;
         const hyb_mixer_desc *d = hyb_plugin_get(i, &p);
@@ -262,9 +268,9 @@ static int cmd_plugins(void) {
         char dev[32] = "";
         if (d->devices & HYB_DEVBIT_CPU) strcat(dev, "cpu");
         if (d->devices & HYB_DEVBIT_CUDA) strcat(dev, dev[0] ? ",cuda" : "cuda");
-        printf("%-12s %-10s %-9s %s\n", d->name ? d->name : "?", d->version ? d->version : "?",
+        printf("%-*s %-10s %-9s %s\n", w, d->name ? d->name : "?", d->version ? d->version : "?",
                dev[0] ? dev : "-", p ? p : "?");
-        if (d->description && *d->description) printf("             %s\n", d->description);
+        if (d->description && *d->description) printf("%*s %s\n", w, "", d->description);
     }
     return 0;
 }

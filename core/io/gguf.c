@@ -771,39 +771,37 @@ static int num_to_int(const num *v, int64_t *out) {
     return HYB_OK;
 }
 
-int hyb_gguf_kv_arr_int(const hyb_gguf *g, int64_t kv, uint64_t i, int64_t *out) {
+/* Element i of the numeric array kv, loaded into *v; *key names the key for messages. */
+static int arr_num_at(const hyb_gguf *g, int64_t kv, uint64_t i, num *v, const char **key) {
     const gguf_kv *e = kv_at(g, kv);
     if (!e) return hyb_error_set(HYB_ERR_ARG, "%s: kv index %" PRId64 " out of range", g->path, kv);
-    const char *key = g->arena + e->key;
+    *key = g->arena + e->key;
     if (e->type != HYB_GGUF_ARRAY || e->arr_type == HYB_GGUF_STRING ||
         e->arr_type == HYB_GGUF_ARRAY)
-        return hyb_error_set(HYB_ERR_ARG, "%s: '%s' is not an array of numbers", g->path, key);
+        return hyb_error_set(HYB_ERR_ARG, "%s: '%s' is not an array of numbers", g->path, *key);
     if (i >= e->n)
         return hyb_error_set(HYB_ERR_ARG,
                              "%s: '%s': index %" PRIu64 " out of range (length %" PRIu64 ")",
-                             g->path, key, i, e->n);
+                             g->path, *key, i, e->n);
+    num_load(e->arr_type, g->base + e->pos + i * (uint64_t)VTYPE_SIZE[e->arr_type], v);
+    return HYB_OK;
+}
+
+int hyb_gguf_kv_arr_int(const hyb_gguf *g, int64_t kv, uint64_t i, int64_t *out) {
     num v;
-    num_load(e->arr_type, g->base + e->pos + i * (uint64_t)VTYPE_SIZE[e->arr_type], &v);
+    const char *key;
+    HYB_TRY(arr_num_at(g, kv, i, &v, &key));
     if (num_to_int(&v, out) != HYB_OK)
         return hyb_error_set(HYB_ERR_ARG,
                              "%s: '%s'[%" PRIu64 "] (%s) is not representable as int64", g->path,
-                             key, i, vtype_name(e->arr_type));
+                             key, i, vtype_name(kv_at(g, kv)->arr_type));
     return HYB_OK;
 }
 
 int hyb_gguf_kv_arr_float(const hyb_gguf *g, int64_t kv, uint64_t i, double *out) {
-    const gguf_kv *e = kv_at(g, kv);
-    if (!e) return hyb_error_set(HYB_ERR_ARG, "%s: kv index %" PRId64 " out of range", g->path, kv);
-    const char *key = g->arena + e->key;
-    if (e->type != HYB_GGUF_ARRAY || e->arr_type == HYB_GGUF_STRING ||
-        e->arr_type == HYB_GGUF_ARRAY)
-        return hyb_error_set(HYB_ERR_ARG, "%s: '%s' is not an array of numbers", g->path, key);
-    if (i >= e->n)
-        return hyb_error_set(HYB_ERR_ARG,
-                             "%s: '%s': index %" PRIu64 " out of range (length %" PRIu64 ")",
-                             g->path, key, i, e->n);
     num v;
-    num_load(e->arr_type, g->base + e->pos + i * (uint64_t)VTYPE_SIZE[e->arr_type], &v);
+    const char *key;
+    HYB_TRY(arr_num_at(g, kv, i, &v, &key));
     *out = v.f;
     return HYB_OK;
 }

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "hyb/atomic.h"
+#include "strbuf.h"
 
 #define ST_MAX_HEADER ((uint64_t)100 * 1024 * 1024) /* as the reference implementation */
 
@@ -617,54 +618,24 @@ int hyb_st_writer_meta(hyb_st_writer *w, const char *key, const char *value) {
     return HYB_OK;
 }
 
-/* A growing string buffer for the header. */
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_putn(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-static void sb_puts(sbuf *b, const char *s) {
-    sb_putn(b, s, strlen(s));
-}
-static void sb_json_str(sbuf *b, const char *s) {
-    sb_putn(b, "\"", 1);
+static void sb_json_str(hyb_strbuf *b, const char *s) {
+    hyb_strbuf_putn(b, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char esc[8];
         if (*p == '"')
-            sb_putn(b, "\\\"", 2);
+            hyb_strbuf_putn(b, "\\\"", 2);
         else if (*p == '\\')
-            sb_putn(b, "\\\\", 2);
-        else if (*p < 0x20) {
-            snprintf(esc, sizeof esc, "\\u%04x", *p);
-            sb_puts(b, esc);
-        } else
-            sb_putn(b, (const char *)p, 1);
+            hyb_strbuf_putn(b, "\\\\", 2);
+        else if (*p < 0x20)
+            hyb_strbuf_printf(b, "\\u%04x", *p);
+        else
+            hyb_strbuf_putn(b, (const char *)p, 1);
     }
-    sb_putn(b, "\"", 1);
+    hyb_strbuf_putn(b, "\"", 1);
 }
 
 typedef struct {
     hyb_st_writer *w;
-    sbuf *hdr;
+    hyb_strbuf *hdr;
 } save_ctx;
 
 static int save_cb(hyb_atomic_file *f, void *vctx) {
@@ -682,49 +653,45 @@ static int save_cb(hyb_atomic_file *f, void *vctx) {
 }
 
 int hyb_st_writer_save(hyb_st_writer *w, const char *path) {
-    sbuf b = {0};
-    char num[64];
+    hyb_strbuf b = {0};
     uint64_t off = 0;
-    sb_puts(&b, "{");
+    hyb_strbuf_puts(&b, "{");
     int first = 1;
     if (w->n_meta) {
-        sb_puts(&b, "\"__metadata__\":{");
+        hyb_strbuf_puts(&b, "\"__metadata__\":{");
         for (int i = 0; i < w->n_meta; i++) {
-            if (i) sb_puts(&b, ",");
+            if (i) hyb_strbuf_puts(&b, ",");
             sb_json_str(&b, w->meta_k[i]);
-            sb_puts(&b, ":");
+            hyb_strbuf_puts(&b, ":");
             sb_json_str(&b, w->meta_v[i]);
         }
-        sb_puts(&b, "}");
+        hyb_strbuf_puts(&b, "}");
         first = 0;
     }
     for (int i = 0; i < w->n; i++) {
         const st_entry *e = &w->e[i];
-        if (!first) sb_puts(&b, ",");
+        if (!first) hyb_strbuf_puts(&b, ",");
         first = 0;
         sb_json_str(&b, e->name);
-        sb_puts(&b, ":{\"dtype\":\"");
-        sb_puts(&b, hyb_st_dtype_name(e->dtype));
-        sb_puts(&b, "\",\"shape\":[");
-        for (int d = 0; d < e->ndim; d++) {
-            snprintf(num, sizeof num, d ? ",%lld" : "%lld", (long long)e->shape[d]);
-            sb_puts(&b, num);
-        }
-        snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
-                 (unsigned long long)(off + e->nbytes));
-        sb_puts(&b, num);
+        hyb_strbuf_puts(&b, ":{\"dtype\":\"");
+        hyb_strbuf_puts(&b, hyb_st_dtype_name(e->dtype));
+        hyb_strbuf_puts(&b, "\",\"shape\":[");
+        for (int d = 0; d < e->ndim; d++)
+            hyb_strbuf_printf(&b, d ? ",%lld" : "%lld", (long long)e->shape[d]);
+        hyb_strbuf_printf(&b, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                          (unsigned long long)(off + e->nbytes));
         off += e->nbytes;
     }
-    sb_puts(&b, "}");
+    hyb_strbuf_puts(&b, "}");
     while ((8 + b.n) % 8)
-        sb_puts(&b, " "); /* data section starts 8-byte aligned */
+        hyb_strbuf_puts(&b, " "); /* data section starts 8-byte aligned */
     if (b.oom) {
-        free(b.p);
+        hyb_strbuf_free(&b);
         return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory building the safetensors header",
                              path);
     }
     save_ctx c = {w, &b};
     int rc = hyb_atomic_write_file(path, save_cb, &c);
-    free(b.p);
+    hyb_strbuf_free(&b);
     return rc;
 }

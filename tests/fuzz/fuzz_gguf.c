@@ -4,14 +4,12 @@
  * the input. On success every metadata entry is read through the getters and every decodable
  * tensor (up to 1M elements) is dequantised to f32 and bf16.
  *
- * Build and run (clang with libFuzzer, from the repository root):
- *   mkdir -p build-fuzz && cd build-fuzz
- *   F="-g -O1 -fsanitize=fuzzer-no-link,address,undefined -I../core/include"
- *   clang -std=gnu11 $F -c ../core/io/gguf.c ../core/io/dequant.c ../core/common.c \
- *       ../core/tensor.c ../tests/fuzz/fuzz_gguf.c
- *   clang -fsanitize=fuzzer,address,undefined *.o -lm -o fuzz_gguf
- *   mkdir -p corpus && cp ../tests/data/gguf/[a-z]*.gguf corpus/
- *   ./fuzz_gguf -max_total_time=300 -max_len=100000 corpus
+ * Build and run (clang with libFuzzer, from the repository root; tests/fuzz/CMakeLists.txt):
+ *   CC=clang CXX=clang++ cmake -S . -B build-fuzz -DHYB_FUZZ=ON
+ *   cmake --build build-fuzz --target fuzz_gguf
+ *   mkdir -p corpus && cp tests/data/gguf/[a-z]*.gguf tests/fuzz/corpus/gguf/[a-z]* corpus/
+ *   build-fuzz/tests/fuzz/fuzz_gguf -max_total_time=300 -max_len=100000 corpus
+ * Without clang, ctest's unit test fuzz_gguf replays the seeds (tests/fuzz/replay.c).
  * Last runs (2026-11-24): 314k + 353k inputs (240 s + 200 s, seeded with tests/data/gguf), no
  * crash, leak or UB report.
  */

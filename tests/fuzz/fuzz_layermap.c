@@ -3,15 +3,13 @@
  * Any input must give HYB_OK or an error with a message; never a crash, leak or UB. On success
  * the whole document is walked through every hyb_cfg_* getter, and the map is described.
  *
- * Build and run (clang with libFuzzer, from the repository root):
- *   mkdir -p build-fuzz && cd build-fuzz
- *   F="-g -O1 -fsanitize=fuzzer-no-link,address,undefined -I../core/include"
- *   clang++ -std=c++17 $F $(pkg-config --cflags tomlplusplus) -c ../core/config/toml_shim.cpp
- *   clang -std=gnu11 $F -c ../core/config/layermap.c ../core/common.c ../tests/fuzz/fuzz_layermap.c
- *   clang++ -fsanitize=fuzzer,address,undefined *.o $(pkg-config --libs tomlplusplus) -lm \
- *       -o fuzz_layermap
- *   mkdir -p corpus && cp ../graphs/[a-z]*.toml ../tests/data/config/[a-z]*.toml corpus/
- *   ./fuzz_layermap -max_total_time=300 -max_len=4096 corpus
+ * Build and run (clang with libFuzzer, from the repository root; tests/fuzz/CMakeLists.txt):
+ *   CC=clang CXX=clang++ cmake -S . -B build-fuzz -DHYB_FUZZ=ON
+ *   cmake --build build-fuzz --target fuzz_layermap
+ *   mkdir -p corpus && cp graphs/[a-z]*.toml tests/data/config/[a-z]*.toml \
+ *       tests/fuzz/corpus/layermap/[a-z]* corpus/
+ *   build-fuzz/tests/fuzz/fuzz_layermap -max_total_time=300 -max_len=4096 corpus
+ * Without clang, ctest's unit test fuzz_layermap replays the seeds (tests/fuzz/replay.c).
  *
  * Last run (2026-11-24): 870k inputs in 150 s, no crash, leak or UB report.
  */

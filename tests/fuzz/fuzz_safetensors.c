@@ -4,14 +4,13 @@
  * the input. On success every tensor (up to 1M elements) is converted to f32 and the metadata is
  * read back.
  *
- * Build and run (clang with libFuzzer, from the repository root):
- *   mkdir -p build-fuzz && cd build-fuzz
- *   F="-g -O1 -fsanitize=fuzzer-no-link,address,undefined -I../core/include"
- *   clang -std=gnu11 $F -c ../core/io/safetensors.c ../core/io/atomic.c ../core/io/dequant.c \
- *       ../core/common.c ../core/tensor.c ../tests/fuzz/fuzz_safetensors.c
- *   clang -fsanitize=fuzzer,address,undefined *.o -lcjson -lm -o fuzz_safetensors
- *   mkdir -p corpus && cp ../tests/data/st_ref.safetensors corpus/
- *   ./fuzz_safetensors -max_total_time=300 -max_len=4096 corpus
+ * Build and run (clang with libFuzzer, from the repository root; tests/fuzz/CMakeLists.txt):
+ *   CC=clang CXX=clang++ cmake -S . -B build-fuzz -DHYB_FUZZ=ON
+ *   cmake --build build-fuzz --target fuzz_safetensors
+ *   mkdir -p corpus && cp tests/data/st_ref.safetensors tests/fuzz/corpus/safetensors/[a-z]* \
+ *       corpus/
+ *   build-fuzz/tests/fuzz/fuzz_safetensors -max_total_time=300 -max_len=4096 corpus
+ * Without clang, ctest's unit test fuzz_safetensors replays the seeds (tests/fuzz/replay.c).
  * Last run: 4.6M inputs in 150 s, clean under ASan+UBSan (see the commit that added this line).
  */
 #include <stddef.h>

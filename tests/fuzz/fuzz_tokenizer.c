@@ -6,16 +6,14 @@
  *   odd:  the rest is text for SmolLM2's tokenizer (tests/data/tokenizer/smollm2.tokenizer.json,
  *         loaded once); decode(encode(text)) must give back text minus the bytes the vocab lacks.
  *
- * Build and run (clang with libFuzzer, from the repository root):
- *   mkdir -p build-fuzz && cd build-fuzz
- *   F="-g -O1 -fsanitize=fuzzer-no-link,address,undefined -I../core/include -I../core"
- *   clang -std=gnu11 $F -c ../core/tokenizer/tokenizer.c ../core/tokenizer/tokenizer_json.c \
- *       ../core/common.c ../tests/fuzz/fuzz_tokenizer.c
- *   clang -fsanitize=fuzzer,address,undefined *.o -lpcre2-8 -lcjson -lpthread -lm -o fuzz_tokenizer
- *   mkdir -p corpus && for f in ../tests/data/tokenizer/spm_*.tokenizer.json \
- *       ../tests/data/tokenizer/llama3_tiny.tokenizer.json; do (printf '\0'; cat $f) >
- * corpus/$(basename $f); done HYB_TEST_DATA=../tests/data ./fuzz_tokenizer -max_total_time=300
- * -max_len=65536 corpus
+ * Build and run (clang with libFuzzer, from the repository root; tests/fuzz/CMakeLists.txt):
+ *   CC=clang CXX=clang++ cmake -S . -B build-fuzz -DHYB_FUZZ=ON
+ *   cmake --build build-fuzz --target fuzz_tokenizer
+ *   mkdir -p corpus && for f in tests/data/tokenizer/{spm_[a-z]*,llama3_tiny}.tokenizer.json; do
+ *       (printf '\0'; cat "$f") >corpus/$(basename "$f"); done
+ *   HYB_TEST_DATA=tests/data build-fuzz/tests/fuzz/fuzz_tokenizer -max_total_time=300 \
+ *       -max_len=65536 corpus
+ * Without clang, ctest's unit test fuzz_tokenizer replays the seeds (tests/fuzz/replay.c).
  *
  * Last run (2026-11-24): 114k inputs in 240 s (seeded with the tokenizer.json fixtures and the
  * samples), no crash, leak or UB report.

@@ -1,0 +1,609 @@
+/* core/train.c: the distillation pieces (see hyb/train.h).
+ *
+ * Sections: schedule, freeze, clone, distillation loss (a weighted-sum node), trainer (gradient
+ * accumulation, clip, AdamW), checkpoints (one safetensors file with params, moments, metadata). */
+#include "hyb/train.h"
+
+#include <fnmatch.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graph/graph_internal.h"
+#include "hyb/safetensors.h"
+
+#ifndef M_PI
+#define M_PI 3.14159265358979323846
+#endif
+
+// ---- schedule -----------------------------------------------------------------------------------
+
+float hyb_lr_at(const hyb_lr_sched *s, int64_t step) {
+    if (step < 0) step = 0;
+    if (s->warmup > 0 && step < s->warmup)
+        return (float)((double)s->lr_max * (double)(step + 1) / (double)s->warmup);
+    if (s->total <= 0) return s->lr_max;
+    int64_t span = s->total - s->warmup - 1;
+    if (span < 1) span = 1;
+    double p = (double)(step - s->warmup) / (double)span;
+    if (p > 1) p = 1;
+    return (float)((double)s->lr_min +
+                   ((double)s->lr_max - (double)s->lr_min) * 0.5 * (1.0 + cos(M_PI * p)));
+}
+
+// ---- freeze -------------------------------------------------------------------------------------
+
+int hyb_model_freeze(hyb_model *m, const char *pattern, int frozen) {
+    if (!m || !pattern) return hyb_error_set(HYB_ERR_ARG, "hyb_model_freeze: NULL argument");
+    int n = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (fnmatch(pattern, m->params[i]->name, 0) == 0) {
+            m->params[i]->requires_grad = !frozen;
+            n++;
+        }
+    return n;
+}
+
+int hyb_model_n_frozen(const hyb_model *m) {
+    int n = 0;
+    for (int i = 0; i < m->n_params; i++)
+        n += !m->params[i]->requires_grad;
+    return n;
+}
+
+// ---- distillation loss --------------------------------------------------------------------------
+
+/* out[0] = sum_i w_i in_i[0]; backward: d in_i += w_i * d out */
+static int wsum_bwd(hyb_graph *g, hyb_node *n) {
+    const float go = ((const float *)n->out->grad->data)[0];
+    for (int i = 0; i < n->n_in; i++) {
+        float *d;
+        HYB_TRY(graph_grad(g, n->in[i], &d));
+        if (d) d[0] += n->fv[i] * go;
+    }
+    return HYB_OK;
+}
+
+static hyb_tensor *weighted_sum(hyb_graph *g, hyb_tensor **ins, const float *w, int n) {
+    int64_t sh[1] = {1};
+    hyb_tensor *out = graph_output(g, "distill_loss", HYB_DEV_CPU, 1, sh);
+    if (!out) return NULL;
+    double s = 0;
+    for (int i = 0; i < n; i++)
+        s += (double)w[i] * (double)hyb_tensor_cf32(ins[i])[0];
+    hyb_tensor_f32(out)[0] = (float)s;
+    if (graph_recording(g, ins, n)) {
+        hyb_node *nd = graph_record(g, "distill_loss", out, ins, n, wsum_bwd);
+        if (!nd) return NULL;
+        for (int i = 0; i < n; i++)
+            nd->fv[i] = w[i];
+    }
+    return out;
+}
+
+hyb_tensor *hyb_distill_loss_apply(hyb_graph *g, const hyb_distill_loss *cfg, hyb_tensor *student,
+                                   hyb_tensor *teacher, const int32_t *targets, const float *mask,
+                                   float parts[3]) {
+    if (parts) parts[0] = parts[1] = parts[2] = NAN;
+    if (!(cfg->w_rkl >= 0 && cfg->w_fkl >= 0 && cfg->w_ce >= 0) ||
+        cfg->w_rkl + cfg->w_fkl + cfg->w_ce <= 0)
+        OP_ERR("hyb_distill_loss: weights (rkl %g, fkl %g, ce %g) must be >= 0 with a positive sum",
+               (double)cfg->w_rkl, (double)cfg->w_fkl, (double)cfg->w_ce);
+    if (!(cfg->temperature > 0))
+        OP_ERR("hyb_distill_loss: temperature %g must be > 0", (double)cfg->temperature);
+    if ((cfg->w_rkl > 0 || cfg->w_fkl > 0) && !teacher)
+        OP_ERR("hyb_distill_loss: a KL term needs the teacher's logits");
+    if (cfg->w_ce > 0 && !targets) OP_ERR("hyb_distill_loss: the CE term needs targets");
+    hyb_tensor *ins[3];
+    float w[3];
+    int n = 0;
+    if (cfg->w_rkl > 0) {
+        hyb_tensor *l = hyb_kl_reverse(g, student, teacher, mask, cfg->temperature);
+        if (!l) return NULL;
+        if (parts) parts[0] = hyb_tensor_cf32(l)[0];
+        ins[n] = l;
+        w[n++] = cfg->w_rkl;
+    }
+    if (cfg->w_fkl > 0) {
+        hyb_tensor *l = hyb_kl_forward(g, student, teacher, mask, cfg->temperature);
+        if (!l) return NULL;
+        if (parts) parts[1] = hyb_tensor_cf32(l)[0];
+        ins[n] = l;
+        w[n++] = cfg->w_fkl;
+    }
+    if (cfg->w_ce > 0) {
+        hyb_tensor *l = hyb_cross_entropy(g, student, targets, mask);
+        if (!l) return NULL;
+        if (parts) parts[2] = hyb_tensor_cf32(l)[0];
+        ins[n] = l;
+        w[n++] = cfg->w_ce;
+    }
+    if (n == 1 && w[0] == 1.0f) return ins[0]; /* the plain loss: no extra node */
+    return weighted_sum(g, ins, w, n);
+}
+
+// ---- trainer ------------------------------------------------------------------------------------
+
+void hyb_trainer_cfg_default(hyb_trainer_cfg *c) {
+    memset(c, 0, sizeof *c);
+    c->sched.lr_max = 3e-4f;
+    c->sched.lr_min = 3e-5f;
+    c->weight_decay = 0.1f;
+    c->beta1 = 0.9f;
+    c->beta2 = 0.95f;
+    c->eps = 1e-8f;
+    c->clip = 1.0f;
+    c->accum = 1;
+    c->loss.w_rkl = 1.0f;
+    c->loss.temperature = 1.0f;
+}
+
+static int needs_teacher(const hyb_distill_loss *l) {
+    return l->w_rkl > 0 || l->w_fkl > 0;
+}
+
+int hyb_trainer_new(hyb_model *student, hyb_model *teacher, const hyb_trainer_cfg *cfg,
+                    hyb_trainer **out) {
+    *out = NULL;
+    if (!student || !cfg) return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: no student / config");
+    if (cfg->accum < 1)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: accum %d must be >= 1", cfg->accum);
+    if (!(cfg->sched.lr_max >= 0) || !(cfg->sched.lr_min >= 0) || cfg->sched.warmup < 0)
+        return hyb_error_set(
+            HYB_ERR_ARG, "hyb_trainer_new: bad schedule (lr %g, min_lr %g, warmup %" PRId64 ")",
+            (double)cfg->sched.lr_max, (double)cfg->sched.lr_min, cfg->sched.warmup);
+    if (!(cfg->loss.w_rkl >= 0 && cfg->loss.w_fkl >= 0 && cfg->loss.w_ce >= 0) ||
+        !(cfg->loss.w_rkl + cfg->loss.w_fkl + cfg->loss.w_ce > 0) || !(cfg->loss.temperature > 0))
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_trainer_new: bad loss weights (rkl %g fkl %g ce %g, T %g)",
+                             (double)cfg->loss.w_rkl, (double)cfg->loss.w_fkl,
+                             (double)cfg->loss.w_ce, (double)cfg->loss.temperature);
+    if (needs_teacher(&cfg->loss) && !teacher)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: a KL loss needs a teacher");
+    if (teacher && teacher->V != student->V)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_trainer_new: teacher vocabulary %d != student vocabulary %d",
+                             teacher->V, student->V);
+    if (teacher == student)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_new: the teacher is the student");
+    hyb_trainer *t = calloc(1, sizeof *t);
+    if (!t) return hyb_error_set(HYB_ERR_NOMEM, "hyb_trainer_new: out of memory");
+    t->cfg = *cfg;
+    t->student = student;
+    t->teacher = teacher;
+    t->generation = student->generation;
+    int rc = hyb_adamw_new_model(student, cfg->sched.lr_max, cfg->weight_decay, &t->opt);
+    if (rc != HYB_OK) {
+        free(t);
+        return rc;
+    }
+    t->opt->beta1 = cfg->beta1;
+    t->opt->beta2 = cfg->beta2;
+    t->opt->eps = cfg->eps;
+    t->g = hyb_graph_new();
+    t->tg = hyb_graph_new();
+    if (!t->g || !t->tg) {
+        hyb_trainer_free(t);
+        return hyb_error_set(HYB_ERR_NOMEM, "hyb_trainer_new: out of memory");
+    }
+    hyb_graph_set_grad(t->tg, 0);
+    *out = t;
+    return HYB_OK;
+}
+
+void hyb_trainer_free(hyb_trainer *t) {
+    if (!t) return;
+    hyb_adamw_free(t->opt);
+    if (t->g) hyb_graph_free(t->g);
+    if (t->tg) hyb_graph_free(t->tg);
+    free(t);
+}
+
+static int check_fresh(const hyb_trainer *t, const char *who) {
+    if (t->student->generation != t->generation)
+        return hyb_error_set(
+            HYB_ERR_ARG,
+            "%s: the student's layers changed (swap/identity) after the trainer was made; "
+            "make a new trainer",
+            who);
+    return HYB_OK;
+}
+
+/* Forward the teacher (no tape) and the student for one micro-batch; returns the loss node. */
+static hyb_tensor *micro_loss(hyb_trainer *t, const hyb_distill_loss *lc, const int32_t *ids,
+                              const int32_t *targets, const float *mask, int B, int T, int grad,
+                              float parts[3]) {
+    hyb_graph_reset(t->g);
+    hyb_graph_reset(t->tg);
+    hyb_tensor *tl = NULL;
+    if (t->teacher && (lc->w_rkl > 0 || lc->w_fkl > 0)) {
+        tl = hyb_model_forward(t->teacher, t->tg, ids, B, T);
+        if (!tl) {
+            hyb_error_wrap(HYB_ERR, "teacher forward");
+            return NULL;
+        }
+    }
+    hyb_graph_set_grad(t->g, grad);
+    hyb_tensor *sl = hyb_model_forward(t->student, t->g, ids, B, T);
+    if (!sl) {
+        hyb_error_wrap(HYB_ERR, "student forward");
+        return NULL;
+    }
+    return hyb_distill_loss_apply(t->g, lc, sl, tl, targets, mask, parts);
+}
+
+int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets, const float *mask,
+                     int B, int T, hyb_train_stats *st) {
+    static const char W[] = "hyb_trainer_step";
+    HYB_TRY(check_fresh(t, W));
+    if (B < 1 || T < 1)
+        return hyb_error_set(HYB_ERR_ARG, "%s: B %d and T %d must be >= 1", W, B, T);
+    if (!ids) return hyb_error_set(HYB_ERR_ARG, "%s: no ids", W);
+    if (t->cfg.loss.w_ce > 0 && !targets)
+        return hyb_error_set(HYB_ERR_ARG, "%s: the CE term needs targets", W);
+    const int K = t->cfg.accum;
+    const int64_t n = (int64_t)B * T;
+    /* each micro-batch's share of the total mask weight */
+    double wsum[256], total = 0;
+    double *wk = K <= 256 ? wsum : malloc(sizeof(double) * (size_t)K);
+    if (!wk) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", W);
+    for (int k = 0; k < K; k++) {
+        double s = (double)n;
+        if (mask) {
+            s = 0;
+            for (int64_t i = 0; i < n; i++)
+                s += mask[k * n + i];
+        }
+        wk[k] = s;
+        total += s;
+    }
+    int rc = HYB_OK;
+    hyb_train_stats s;
+    memset(&s, 0, sizeof s);
+    if (!(total > 0)) {
+        rc = hyb_error_set(HYB_ERR_ARG, "%s: the loss mask has no positive weight", W);
+        goto done;
+    }
+    hyb_model_zero_grad(t->student);
+    for (int k = 0; k < K; k++) {
+        if (wk[k] == 0) continue; /* nothing to learn from this micro-batch */
+        float parts[3];
+        hyb_tensor *loss =
+            micro_loss(t, &t->cfg.loss, ids + k * n, targets ? targets + k * n : NULL,
+                       mask ? mask + k * n : NULL, B, T, 1, parts);
+        if (!loss) {
+            rc = hyb_error_wrap(HYB_ERR, "%s: micro-batch %d", W, k);
+            goto done;
+        }
+        const double share = wk[k] / total;
+        s.loss += share * hyb_tensor_cf32(loss)[0];
+        for (int j = 0; j < 3; j++)
+            s.parts[j] += share * parts[j];
+        if ((rc = hyb_graph_backward(t->g, loss, (float)share)) != HYB_OK) {
+            rc = hyb_error_wrap(rc, "%s: micro-batch %d", W, k);
+            goto done;
+        }
+    }
+    int np;
+    hyb_tensor **p = hyb_model_params(t->student, &np);
+    s.grad_norm = hyb_grad_clip(p, np, t->cfg.clip);
+    s.lr = hyb_lr_at(&t->cfg.sched, t->step);
+    if (isfinite(s.grad_norm)) {
+        t->opt->lr = (float)s.lr;
+        if ((rc = hyb_adamw_step(t->opt)) != HYB_OK) goto done;
+    } else {
+        s.skipped = 1;
+        hyb_log(HYB_LOG_WARN, "%s: update %" PRId64 ": gradient norm %g, update skipped", W,
+                t->step + 1, s.grad_norm);
+    }
+    t->step++;
+    t->tokens += (int64_t)K * n;
+    s.step = t->step;
+done:
+    hyb_graph_reset(t->g);
+    hyb_graph_reset(t->tg);
+    if (wk != wsum) free(wk);
+    if (st) *st = s;
+    return rc;
+}
+
+int hyb_trainer_eval(hyb_trainer *t, const int32_t *ids, const int32_t *targets, const float *mask,
+                     int B, int T, double *loss, double parts[3]) {
+    static const char W[] = "hyb_trainer_eval";
+    HYB_TRY(check_fresh(t, W));
+    if (B < 1 || T < 1 || !ids)
+        return hyb_error_set(HYB_ERR_ARG, "%s: bad batch (B %d, T %d)", W, B, T);
+    hyb_distill_loss all = t->cfg.loss;
+    all.w_rkl = all.w_fkl = t->teacher ? 1.0f : 0.0f;
+    all.w_ce = targets ? 1.0f : 0.0f;
+    if (!t->teacher && !targets)
+        return hyb_error_set(HYB_ERR_ARG, "%s: no teacher and no targets: nothing to measure", W);
+    float pf[3];
+    hyb_tensor *l = micro_loss(t, &all, ids, targets, mask, B, T, 0, pf);
+    int rc = l ? HYB_OK : hyb_error_wrap(HYB_ERR, "%s", W);
+    if (rc == HYB_OK) {
+        const float w[3] = {t->cfg.loss.w_rkl, t->cfg.loss.w_fkl, t->cfg.loss.w_ce};
+        double s = 0;
+        for (int j = 0; j < 3; j++) {
+            if (parts) parts[j] = pf[j];
+            if (w[j] > 0) s += (double)w[j] * (double)pf[j];
+        }
+        if (loss) *loss = s;
+    }
+    hyb_graph_reset(t->g);
+    hyb_graph_reset(t->tg);
+    hyb_graph_set_grad(t->g, 1);
+    return rc;
+}
+
+// ---- checkpoints --------------------------------------------------------------------------------
+
+#define CKPT_KIND "train-1"
+
+static const char *const reserved_meta[] = {"format",       "step",   "tokens", "opt_step",
+                                            "lr",           "beta1",  "beta2",  "eps",
+                                            "weight_decay", "frozen", NULL};
+
+int hyb_trainer_save(hyb_trainer *t, const char *path, int n_meta, const char *const *keys,
+                     const char *const *vals) {
+    static const char W[] = "hyb_trainer_save";
+    HYB_TRY(check_fresh(t, W));
+    for (int i = 0; i < n_meta; i++) {
+        if (!keys[i] || !vals[i] || !keys[i][0] || strncmp(keys[i], "hyb_", 4) == 0)
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "%s: metadata key %d ('%s') is empty or starts with 'hyb_'", W, i,
+                                 keys[i] ? keys[i] : "(null)");
+        for (const char *const *r = reserved_meta; *r; r++)
+            if (strcmp(*r, keys[i]) == 0)
+                return hyb_error_set(HYB_ERR_ARG, "%s: metadata key '%s' is reserved", W, keys[i]);
+    }
+    hyb_model *m = t->student;
+    hyb_st_writer *w = hyb_st_writer_new();
+    char *toml = hyb_model_layermap_toml(m);
+    size_t fcap = 1;
+    for (int i = 0; i < m->n_params; i++)
+        fcap += strlen(m->params[i]->name) + 1;
+    char *frozen = calloc(1, fcap);
+    int rc = HYB_OK;
+    if (!w || !toml || !frozen) {
+        rc = hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", W);
+        goto done;
+    }
+    char name[200], val[64];
+    for (int i = 0; i < m->n_params && rc == HYB_OK; i++) {
+        hyb_tensor *p = m->params[i];
+        rc = hyb_st_writer_add_tensor(w, p->name, p);
+        snprintf(name, sizeof name, "optimizer.%s.exp_avg", p->name);
+        if (rc == HYB_OK) rc = hyb_st_writer_add(w, name, HYB_F32, p->ndim, p->shape, t->opt->m[i]);
+        snprintf(name, sizeof name, "optimizer.%s.exp_avg_sq", p->name);
+        if (rc == HYB_OK) rc = hyb_st_writer_add(w, name, HYB_F32, p->ndim, p->shape, t->opt->v[i]);
+        if (!p->requires_grad) {
+            strcat(frozen, p->name);
+            strcat(frozen, "\n");
+        }
+    }
+#define META(k, fmt, v)                                                                            \
+    if (rc == HYB_OK) {                                                                            \
+        snprintf(val, sizeof val, fmt, v);                                                         \
+        rc = hyb_st_writer_meta(w, k, val);                                                        \
+    }
+    META("format", "%s", "pt")
+    META("hyb_checkpoint", "%s", CKPT_KIND)
+    META("hyb_version", "%s", HYB_VERSION)
+    META("step", "%" PRId64, t->step)
+    META("tokens", "%" PRId64, t->tokens)
+    META("opt_step", "%" PRId64, t->opt->step)
+    META("lr", "%.9g", (double)t->opt->lr)
+    META("beta1", "%.9g", (double)t->opt->beta1)
+    META("beta2", "%.9g", (double)t->opt->beta2)
+    META("eps", "%.9g", (double)t->opt->eps)
+    META("weight_decay", "%.9g", (double)t->opt->weight_decay)
+#undef META
+    if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "hyb_layermap", toml);
+    if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "frozen", frozen);
+    for (int i = 0; i < n_meta && rc == HYB_OK; i++)
+        rc = hyb_st_writer_meta(w, keys[i], vals[i]);
+    if (rc == HYB_OK) rc = hyb_st_writer_save(w, path);
+    if (rc != HYB_OK) rc = hyb_error_wrap(rc, "%s %s", W, path);
+done:
+    hyb_st_writer_free(w);
+    free(toml);
+    free(frozen);
+    return rc;
+}
+
+const char *hyb_ckpt_meta_get(const hyb_ckpt_meta *m, const char *key) {
+    for (int i = 0; m && i < m->n; i++)
+        if (strcmp(m->keys[i], key) == 0) return m->vals[i];
+    return NULL;
+}
+
+void hyb_ckpt_meta_free(hyb_ckpt_meta *m) {
+    if (!m) return;
+    for (int i = 0; i < m->n; i++) {
+        free(m->keys[i]);
+        free(m->vals[i]);
+    }
+    free(m->keys);
+    free(m->vals);
+    memset(m, 0, sizeof *m);
+}
+
+static char *dup_s(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+static int meta_copy(const hyb_safetensors *st, hyb_ckpt_meta *out) {
+    memset(out, 0, sizeof *out);
+    int n = hyb_safetensors_meta_count(st);
+    out->keys = calloc((size_t)n + 1, sizeof(char *));
+    out->vals = calloc((size_t)n + 1, sizeof(char *));
+    if (!out->keys || !out->vals) goto oom;
+    for (int i = 0; i < n; i++) {
+        const char *k = hyb_safetensors_meta_key(st, i);
+        out->keys[i] = dup_s(k);
+        out->vals[i] = dup_s(hyb_safetensors_meta(st, k));
+        out->n = i + 1;
+        if (!out->keys[i] || !out->vals[i]) goto oom;
+    }
+    return HYB_OK;
+oom:
+    hyb_ckpt_meta_free(out);
+    return hyb_error_set(HYB_ERR_NOMEM, "checkpoint metadata: out of memory");
+}
+
+static int open_ckpt(const char *path, hyb_safetensors **st) {
+    HYB_TRY(hyb_safetensors_open(path, st));
+    const char *kind = hyb_safetensors_meta(*st, "hyb_checkpoint");
+    if (!kind || strcmp(kind, CKPT_KIND) != 0) {
+        hyb_safetensors_close(*st);
+        *st = NULL;
+        return hyb_error_set(
+            HYB_ERR_FORMAT, "%s: not a hyb training checkpoint (metadata hyb_checkpoint is %s%s%s)",
+            path, kind ? "'" : "", kind ? kind : "missing", kind ? "'" : "");
+    }
+    return HYB_OK;
+}
+
+static int meta_i64(const hyb_safetensors *st, const char *path, const char *key, int64_t *out) {
+    const char *v = hyb_safetensors_meta(st, key);
+    char *end = NULL;
+    long long x = v ? strtoll(v, &end, 10) : -1;
+    if (!v || !*v || *end || x < 0)
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: metadata '%s' is %s (want an integer >= 0)", path,
+                             key, v ? v : "missing");
+    *out = x;
+    return HYB_OK;
+}
+
+static const char *shape_fmt(int ndim, const int64_t *shape, char *buf, size_t n) {
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+    return buf;
+}
+
+/* Find `name` with p's shape in st (f32 for optimiser state); error names both shapes. */
+static int find_like(const hyb_safetensors *st, const char *path, const char *name,
+                     const hyb_tensor *p, int f32_only, const hyb_st_tensor **out) {
+    char a[128], b[128];
+    const hyb_st_tensor *t = hyb_safetensors_find(st, name);
+    if (!t) return hyb_error_set(HYB_ERR_NOTFOUND, "%s: tensor '%s' is missing", path, name);
+    int same = t->ndim == p->ndim;
+    for (int d = 0; same && d < p->ndim; d++)
+        same = t->shape[d] == p->shape[d];
+    if (!same || (f32_only && t->dtype != HYB_ST_F32) ||
+        !(t->dtype == HYB_ST_F32 || t->dtype == HYB_ST_BF16 || t->dtype == HYB_ST_F16))
+        return hyb_error_set(
+            HYB_ERR_FORMAT, "%s: tensor '%s': file has %s %s, the model expects %s f32", path, name,
+            shape_fmt(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
+            shape_fmt(p->ndim, p->shape, b, sizeof b));
+    *out = t;
+    return HYB_OK;
+}
+
+/* frozen flags from the newline-separated list */
+static void apply_frozen(hyb_model *m, const char *list) {
+    for (int i = 0; i < m->n_params; i++) {
+        const char *name = m->params[i]->name;
+        size_t len = strlen(name);
+        int frozen = 0;
+        for (const char *s = list; s && *s && !frozen;) {
+            const char *e = strchr(s, '\n');
+            size_t k = e ? (size_t)(e - s) : strlen(s);
+            frozen = k == len && strncmp(s, name, len) == 0;
+            s = e ? e + 1 : s + k;
+        }
+        m->params[i]->requires_grad = !frozen;
+    }
+}
+
+/* Validate (pass 0) then copy (pass 1) the parameters and, with opt, the moments. */
+static int load_tensors(const hyb_safetensors *st, const char *path, hyb_model *m, hyb_adamw *opt) {
+    char name[200];
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < m->n_params; i++) {
+            hyb_tensor *p = m->params[i];
+            const hyb_st_tensor *t;
+            HYB_TRY(find_like(st, path, p->name, p, 0, &t));
+            if (pass)
+                HYB_TRY(hyb_safetensors_read_f32(st, t, hyb_tensor_f32(p), hyb_tensor_numel(p)));
+            if (!opt) continue;
+            for (int k = 0; k < 2; k++) {
+                snprintf(name, sizeof name, "optimizer.%s.%s", p->name,
+                         k ? "exp_avg_sq" : "exp_avg");
+                HYB_TRY(find_like(st, path, name, p, 1, &t));
+                if (pass)
+                    HYB_TRY(hyb_safetensors_read_f32(st, t, k ? opt->v[i] : opt->m[i],
+                                                     hyb_tensor_numel(p)));
+            }
+        }
+    return HYB_OK;
+}
+
+int hyb_trainer_load(hyb_trainer *t, const char *path, hyb_ckpt_meta *meta) {
+    static const char W[] = "hyb_trainer_load";
+    if (meta) memset(meta, 0, sizeof *meta);
+    HYB_TRY(check_fresh(t, W));
+    hyb_safetensors *st;
+    HYB_TRY(open_ckpt(path, &st));
+    int64_t step, tokens, opt_step;
+    int rc = meta_i64(st, path, "step", &step);
+    if (rc == HYB_OK) rc = meta_i64(st, path, "tokens", &tokens);
+    if (rc == HYB_OK) rc = meta_i64(st, path, "opt_step", &opt_step);
+    /* the tensor count must match too: a checkpoint of a model with more parameters is not ours */
+    if (rc == HYB_OK && hyb_safetensors_count(st) != 3 * t->student->n_params)
+        rc = hyb_error_set(
+            HYB_ERR_FORMAT,
+            "%s: %d tensors, but this student has %d parameters (x3 with the optimiser state): a "
+            "checkpoint of a different layer map?",
+            path, hyb_safetensors_count(st), t->student->n_params);
+    if (rc == HYB_OK) rc = load_tensors(st, path, t->student, t->opt);
+    if (rc == HYB_OK) {
+        t->step = step;
+        t->tokens = tokens;
+        t->opt->step = opt_step;
+        apply_frozen(t->student, hyb_safetensors_meta(st, "frozen"));
+        if (meta) rc = meta_copy(st, meta);
+    }
+    hyb_safetensors_close(st);
+    return rc == HYB_OK ? rc : hyb_error_wrap(rc, "%s", W);
+}
+
+int hyb_ckpt_read_meta(const char *path, hyb_ckpt_meta *meta) {
+    memset(meta, 0, sizeof *meta);
+    hyb_safetensors *st;
+    HYB_TRY(open_ckpt(path, &st));
+    int rc = meta_copy(st, meta);
+    hyb_safetensors_close(st);
+    return rc;
+}
+
+int hyb_model_from_checkpoint(const char *path, hyb_model **out) {
+    *out = NULL;
+    hyb_safetensors *st;
+    HYB_TRY(open_ckpt(path, &st));
+    int rc = HYB_OK;
+    hyb_model *m = NULL;
+    const char *toml = hyb_safetensors_meta(st, "hyb_layermap");
+    hyb_layermap *map = NULL;
+    if (!toml) rc = hyb_error_set(HYB_ERR_FORMAT, "%s: metadata 'hyb_layermap' is missing", path);
+    if (rc == HYB_OK) rc = hyb_layermap_parse(toml, path, &map);
+    if (rc == HYB_OK)
+        rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m); /* values come from the file */
+    if (rc == HYB_OK) rc = load_tensors(st, path, m, NULL);
+    if (rc == HYB_OK) apply_frozen(m, hyb_safetensors_meta(st, "frozen"));
+    hyb_safetensors_close(st);
+    if (rc != HYB_OK) {
+        hyb_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return HYB_OK;
+}

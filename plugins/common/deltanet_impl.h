@@ -1,0 +1,798 @@
+/* plugins/common/deltanet_impl.h: the DeltaNet / Gated DeltaNet mixer layer (flash-linear-attention
+ * semantics), header-only. Included exactly once by plugins/deltanet/deltanet.c (DN_GATED 0) and
+ * plugins/gated_deltanet/gated_deltanet.c (DN_GATED 1), each of which becomes its own
+ * self-contained libhyb-<name>.so; those files document the TOML keys, parameters and init.
+ *
+ * Layer, per token x [D] (C = H*n, n = head_dim = dk = dv):
+ *   q, k, v = silu(causal_conv_K(W_{q,k,v} x))                  depthwise over C channels, no bias
+ *   q, k    = per head x / sqrt(|x|^2 + 1e-6); q *= n^-1/2
+ *   beta    = sigmoid(W_b x)                                     [H]
+ *   g       = -exp(A_log) softplus(W_a x + dt_bias)              [H] (gated; else no decay)
+ *   o       = delta-rule recurrence per head (deltanet_core.h)    [C]
+ *   z       = RMSNorm_head(o) * o_norm.weight * silu(W_g x)       [C]
+ *   y       = W_o z                                               [D]
+ * Decode state of one sequence (f32): S [H, n, n], then the raw (pre-conv) inputs of the last
+ * K-1 tokens for each of the three convs: [3][C][K-1], oldest first (q, k, v).
+ * saved (forward -> backward): a 64-byte header, then the projections Qr, Kr, Vr, Gp [B*T, C],
+ * Bl [B*T, H], (gated) Al [B*T, H], the recurrence output O [B*T, C], and the state at the start
+ * of every chunk [B, H, ceil(T/chunk), n, n]; everything else is recomputed by backward.
+ */
+#ifndef HYB_PLUGIN_DELTANET_IMPL_H
+#define HYB_PLUGIN_DELTANET_IMPL_H
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "deltanet_core.h"
+#include "hyb/common.h" /* hyb_status values only: plugins never link against libhyb */
+#include "hyb/plugin.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef DN_GATED
+#error "define DN_GATED (0 or 1) and DN_NAME before including deltanet_impl.h"
+#endif
+
+static const hyb_host *dn_host;
+#define H_ dn_host
+#define DN_SAVED_MAGIC 0x31544e44u /* "DNT1" */
+#define DN_L2_EPS 1e-6f
+
+enum {
+    DN_WQ = 0,
+    DN_WK,
+    DN_WV,
+    DN_WB,
+    DN_CQ,
+    DN_CK,
+    DN_CV,
+    DN_WG,
+    DN_NORM,
+    DN_WO,
+    DN_WA,    /* gated only */
+    DN_ALOG,  /* gated only */
+    DN_DTB,   /* gated only */
+    DN_NPARAM /* gated count */
+};
+
+typedef struct dn {
+    int D, H, n, C, K, chunk, layer;
+    float eps; /* o_norm epsilon */
+} dn;
+
+typedef struct dn_saved_hdr {
+    uint32_t magic;
+    int32_t B, T;
+    uint8_t pad[52];
+} dn_saved_hdr;
+
+static int dn_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+static int dn_thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static inline float dn_sigmoid(float x) {
+    return 1.0f / (1.0f + expf(-x));
+}
+static inline float dn_softplus(float x) {
+    return x > 20.0f ? x : log1pf(expf(x));
+}
+
+/* ---- configuration ---------------------------------------------------------------------------
+ */
+
+static const char *const DN_KEYS[] = {"type",      "symbol", "n_heads",  "head_dim",
+                                      "conv_size", "chunk",  "norm_eps", NULL};
+
+static int dn_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void **self) {
+    *self = NULL;
+    const int D = dims->d_model;
+    if (D <= 0)
+        return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): d_model must be > 0, got %d",
+                         dims->layer, D);
+    int64_t nh = D % 64 == 0 ? D / 64 : 0, hd = -1, K = 4, chunk = 64;
+    double eps = dims->norm_eps > 0 ? dims->norm_eps : 1e-5;
+#define CFG_ERR(key, fmt, ...)                                                                     \
+    H_->cfg_error(cfg, key, DN_NAME " (layer %d): " fmt, dims->layer, __VA_ARGS__)
+    if (cfg) {
+        HYB_TRY(H_->cfg_check_keys(cfg, DN_KEYS));
+        HYB_TRY(H_->cfg_int(cfg, "n_heads", nh, &nh));
+        if (nh <= 0 || nh > 4096)
+            return CFG_ERR("n_heads",
+                           "n_heads must be in [1, 4096], got %lld (the default d_model / 64 "
+                           "needs d_model %% 64 == 0; d_model = %d)",
+                           (long long)nh, D);
+        HYB_TRY(H_->cfg_int(cfg, "head_dim", -1, &hd));
+        if (hd == -1) {
+            if (D % nh != 0)
+                return CFG_ERR("n_heads",
+                               "d_model = %d is not a multiple of n_heads = %lld; set head_dim", D,
+                               (long long)nh);
+            hd = D / nh;
+        }
+        if (hd <= 0 || hd > 512)
+            return CFG_ERR("head_dim", "head_dim must be in [1, 512], got %lld", (long long)hd);
+        HYB_TRY(H_->cfg_int(cfg, "conv_size", 4, &K));
+        if (K < 1 || K > 16)
+            return CFG_ERR("conv_size", "conv_size must be in [1, 16], got %lld", (long long)K);
+        HYB_TRY(H_->cfg_int(cfg, "chunk", 64, &chunk));
+        if (chunk < 1 || chunk > 1024)
+            return CFG_ERR("chunk", "chunk must be in [1, 1024], got %lld", (long long)chunk);
+        HYB_TRY(H_->cfg_float(cfg, "norm_eps", eps, &eps));
+        if (!(eps > 0) || eps > 1)
+            return CFG_ERR("norm_eps", "norm_eps must be in (0, 1], got %g", eps);
+    } else {
+        if (nh == 0)
+            return H_->error(HYB_ERR_ARG,
+                             DN_NAME " (layer %d): no config table and d_model = %d is not a "
+                                     "multiple of 64; give n_heads",
+                             dims->layer, D);
+        hd = 64;
+    }
+#undef CFG_ERR
+    if (nh * hd > (1 << 20))
+        return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): n_heads * head_dim = %lld is too large",
+                         dims->layer, (long long)(nh * hd));
+    dn *m = H_->alloc(sizeof *m);
+    if (!m) return HYB_ERR_NOMEM;
+    m->D = D;
+    m->H = (int)nh;
+    m->n = (int)hd;
+    m->C = (int)(nh * hd);
+    m->K = (int)K;
+    m->chunk = (int)chunk;
+    m->layer = dims->layer;
+    m->eps = (float)eps;
+    *self = m;
+    return HYB_OK;
+}
+
+static void dn_destroy(void *self) {
+    H_->free(self);
+}
+
+static int dn_describe(void *self, char *buf, size_t len) {
+    dn *m = self;
+    snprintf(buf, len, DN_NAME " H=%d hd=%d conv=%d chunk=%d eps=%g", m->H, m->n, m->K, m->chunk,
+             (double)m->eps);
+    return HYB_OK;
+}
+
+static int dn_n_params(void *self) {
+    (void)self;
+    return DN_GATED ? DN_NPARAM : DN_WA;
+}
+
+static void dn_decl(hyb_param_decl *d, const char *name, int ndim, int64_t s0, int64_t s1,
+                    int64_t s2, int init, float a, int no_decay) {
+    memset(d, 0, sizeof *d);
+    snprintf(d->name, sizeof d->name, "%s", name);
+    d->ndim = ndim;
+    d->shape[0] = s0;
+    d->shape[1] = s1;
+    d->shape[2] = s2;
+    d->init = init;
+    d->init_a = a;
+    d->no_decay = no_decay;
+}
+
+static int dn_param_decl(void *self, int i, hyb_param_decl *d) {
+    dn *m = self;
+    const int64_t C = m->C, D = m->D, H = m->H;
+    const float cb = 1.0f / sqrtf((float)m->K); /* nn.Conv1d default bound, fan_in = K */
+    if (i < 0 || i >= dn_n_params(self))
+        return H_->error(HYB_ERR_ARG, DN_NAME ": param_decl index %d out of range", i);
+    switch (i) {
+    case DN_WQ:
+        dn_decl(d, "q_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_WK:
+        dn_decl(d, "k_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_WV:
+        dn_decl(d, "v_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_WB:
+        dn_decl(d, "b_proj.weight", 2, H, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_CQ:
+        dn_decl(d, "q_conv1d.weight", 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0);
+        break;
+    case DN_CK:
+        dn_decl(d, "k_conv1d.weight", 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0);
+        break;
+    case DN_CV:
+        dn_decl(d, "v_conv1d.weight", 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0);
+        break;
+    case DN_WG:
+        dn_decl(d, "g_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_NORM:
+        dn_decl(d, "o_norm.weight", 1, m->n, 0, 0, HYB_INIT_ONES, 0, 1);
+        break;
+    case DN_WO:
+        dn_decl(d, "o_proj.weight", 2, D, C, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_WA:
+        dn_decl(d, "a_proj.weight", 2, H, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
+    case DN_ALOG:
+        dn_decl(d, "A_log", 1, H, 0, 0, HYB_INIT_CUSTOM, 0, 1);
+        break;
+    case DN_DTB:
+        dn_decl(d, "dt_bias", 1, H, 0, 0, HYB_INIT_CUSTOM, 0, 1);
+        break;
+    }
+    return HYB_OK;
+}
+
+/* Gated only: A ~ U(0, 16) (floored at 1e-4 so the log is finite), A_log = log A; dt_bias =
+ * softplus^-1(dt), dt = exp(U(log 1e-3, log 1e-1)) floored at 1e-4 (fla / Mamba). */
+static void dn_init_decay(const dn *m, float *A_log, float *dt_bias, uint64_t seed) {
+    uint64_t st = seed ^ 0x9e3779b97f4a7c15ull;
+    H_->rng_uniform(&st, A_log, (size_t)m->H, 0.0f, 16.0f);
+    H_->rng_uniform(&st, dt_bias, (size_t)m->H, logf(1e-3f), logf(1e-1f));
+    for (int h = 0; h < m->H; h++) {
+        A_log[h] = logf(A_log[h] > 1e-4f ? A_log[h] : 1e-4f);
+        double dt = exp((double)dt_bias[h]);
+        if (dt < 1e-4) dt = 1e-4;
+        dt_bias[h] = (float)(dt + log(-expm1(-dt)));
+    }
+}
+
+static int dn_init_params(void *self, float *const *params, uint64_t seed) {
+    if (DN_GATED) dn_init_decay(self, params[DN_ALOG], params[DN_DTB], seed);
+    return HYB_OK;
+}
+
+/* ---- state ------------------------------------------------------------------------------------
+ */
+
+static size_t dn_state_floats(const dn *m) {
+    return (size_t)m->H * m->n * m->n + 3 * (size_t)m->C * (m->K - 1);
+}
+static size_t dn_state_bytes(void *self, int max_ctx) {
+    (void)max_ctx;
+    return dn_state_floats(self) * sizeof(float);
+}
+static int64_t dn_state_snapshot(void *self, const void *state, int pos, int max_ctx, void *dst) {
+    dn *m = self;
+    if (pos < 0 || pos > max_ctx)
+        return H_->error(HYB_ERR_ARG,
+                         DN_NAME " (layer %d): snapshot of %d tokens from a state of %d", m->layer,
+                         pos, max_ctx);
+    size_t nb = dn_state_bytes(m, max_ctx);
+    if (dst) memcpy(dst, state, nb);
+    return (int64_t)nb;
+}
+static int dn_state_restore(void *self, void *state, const void *src, int pos, int max_ctx) {
+    dn *m = self;
+    if (pos < 0 || pos > max_ctx)
+        return H_->error(HYB_ERR_ARG,
+                         DN_NAME " (layer %d): restore of %d tokens into a state of %d", m->layer,
+                         pos, max_ctx);
+    memcpy(state, src, dn_state_bytes(m, max_ctx));
+    return HYB_OK;
+}
+
+/* ---- shared pieces of forward / backward / decode ---------------------------------------------
+ */
+
+static void dn_linear(const float *X, const float *W, float *Y, int rows, int in, int out) {
+    H_->sgemm(0, 1, rows, out, in, 1.0f, X, in, W, in, 0.0f, Y, out);
+}
+
+/* Causal depthwise conv of one sequence. xr: [T, C] raw inputs; w: [C, K]; win: [C, K-1] the raw
+ * inputs before token 0 (oldest first) or NULL (zeros). out [T, C] = conv (pre-activation). */
+static void dn_conv(const float *xr, const float *w, const float *win, float *out, int T, int C,
+                    int K) {
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < C; c++) {
+            float s = 0;
+            for (int j = 0; j < K; j++) {
+                int tau = t - (K - 1) + j;
+                float xv = tau >= 0 ? xr[(size_t)tau * C + c]
+                                    : (win ? win[(size_t)c * (K - 1) + (K - 1) + tau] : 0.0f);
+                s += w[(size_t)c * K + j] * xv;
+            }
+            out[(size_t)t * C + c] = s;
+        }
+}
+
+/* New window after T raw inputs xr [T, C] following win (NULL = zeros); written to nw. */
+static void dn_window_update(const float *xr, const float *win, float *nw, int T, int C, int K) {
+    const int W = K - 1;
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < W; i++) {
+            int tau = T - W + i;
+            nw[(size_t)c * W + i] =
+                tau >= 0 ? xr[(size_t)tau * C + c] : (win ? win[(size_t)c * W + W + tau] : 0.0f);
+        }
+}
+
+/* x [rows, C]: silu in place, then (l2) per-head normalisation times `scale` when l2. */
+static void dn_act_norm(float *x, size_t rows, int H, int n, int l2, float scale) {
+    for (size_t r = 0; r < rows; r++)
+        for (int h = 0; h < H; h++) {
+            float *p = x + r * (size_t)H * n + (size_t)h * n;
+            for (int i = 0; i < n; i++)
+                p[i] = p[i] * dn_sigmoid(p[i]);
+            if (l2) {
+                float rs = scale / sqrtf(dn_dot(p, p, n) + DN_L2_EPS);
+                for (int i = 0; i < n; i++)
+                    p[i] *= rs;
+            }
+        }
+}
+
+/* beta [rows, H] = sigmoid(Bl); gated: g = -exp(A_log) softplus(Al + dt_bias) */
+static void dn_beta_gate(const dn *m, const float *Bl, const float *Al, const float *const *P,
+                         float *beta, float *g, size_t rows) {
+    for (size_t i = 0; i < rows * m->H; i++)
+        beta[i] = dn_sigmoid(Bl[i]);
+    if (DN_GATED)
+        for (size_t r = 0; r < rows; r++)
+            for (int h = 0; h < m->H; h++) {
+                size_t i = r * m->H + h;
+                g[i] = -expf(P[DN_ALOG][h]) * dn_softplus(Al[i] + P[DN_DTB][h]);
+            }
+}
+
+/* z [rows, C] = RMSNorm_head(O) * w * silu(Gp) */
+static void dn_norm_gate(const dn *m, const float *O, const float *Gp, const float *w, float *Z,
+                         size_t rows) {
+    const int n = m->n;
+    for (size_t r = 0; r < rows; r++)
+        for (int h = 0; h < m->H; h++) {
+            size_t off = r * m->C + (size_t)h * n;
+            const float *o = O + off, *gp = Gp + off;
+            float rs = 1.0f / sqrtf(dn_dot(o, o, n) / n + m->eps);
+            for (int i = 0; i < n; i++)
+                Z[off + i] = o[i] * rs * w[i] * gp[i] * dn_sigmoid(gp[i]);
+        }
+}
+
+static int dn_check_cpu(const dn *m, int device, const char *what) {
+    if (device != 0)
+        return H_->error(HYB_ERR_UNSUPPORTED,
+                         DN_NAME " (layer %d): %s on device %d: this build has CPU code only",
+                         m->layer, what, device);
+    return HYB_OK;
+}
+
+static size_t dn_n_chunks(const dn *m, int T) {
+    return (size_t)((T + m->chunk - 1) / m->chunk);
+}
+
+static size_t dn_saved_bytes(void *self, int B, int T) {
+    dn *m = self;
+    size_t BT = (size_t)B * T;
+    size_t fl = BT * (5 * (size_t)m->C + (DN_GATED ? 2 : 1) * (size_t)m->H) +
+                (size_t)B * m->H * dn_n_chunks(m, T) * m->n * m->n;
+    return sizeof(dn_saved_hdr) + fl * sizeof(float);
+}
+
+/* ---- forward / prefill --------------------------------------------------------------------------
+ * Rows of all [*, C] / [*, H] buffers are b*T + t. With states, sequence b continues after
+ * pos[b] tokens (pos 0: the state's old contents are ignored). T == 1 steps use the recurrent
+ * form (that is what decode calls), longer runs the chunked form. */
+
+static int dn_run(dn *m, int B, int T, const float *x, float *y, const float *const *P, void *saved,
+                  void *const *states, const int32_t *pos, int recurrent) {
+    const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K;
+    const size_t BT = (size_t)B * T, nn = (size_t)n * n, nch = dn_n_chunks(m, T);
+    float *Qr, *Kr, *Vr, *Gp, *Bl, *Al, *O, *CHK;
+    void *tmp = NULL;
+    if (saved) {
+        dn_saved_hdr *hd = saved;
+        memset(hd, 0, sizeof *hd);
+        hd->magic = DN_SAVED_MAGIC;
+        hd->B = B;
+        hd->T = T;
+        Qr = (float *)(hd + 1);
+    } else {
+        tmp = H_->alloc(dn_saved_bytes(m, B, T));
+        if (!tmp) return HYB_ERR_NOMEM;
+        Qr = (float *)((dn_saved_hdr *)tmp + 1);
+    }
+    Kr = Qr + BT * C;
+    Vr = Kr + BT * C;
+    Gp = Vr + BT * C;
+    Bl = Gp + BT * C;
+    Al = Bl + BT * H;
+    O = Al + (DN_GATED ? BT * H : 0);
+    CHK = O + BT * C;
+
+    const int nthr = dn_max_threads(), c = recurrent ? 1 : (m->chunk < T ? m->chunk : T);
+    const size_t scr_t = dn_chunked_scratch(n, c) + 2 * (size_t)n;
+    const size_t nwork = 3 * BT * C + 2 * BT * H + (size_t)nthr * scr_t + 3 * (size_t)C * (K - 1) +
+                         (states ? 0 : (size_t)B * H * nn);
+    float *work = H_->alloc(nwork * sizeof(float));
+    if (!work) {
+        H_->free(tmp);
+        return HYB_ERR_NOMEM;
+    }
+    float *Qn = work, *Kn = Qn + BT * C, *Vn = Kn + BT * C, *beta = Vn + BT * C, *g = beta + BT * H,
+          *scr = g + BT * H, *nwin = scr + (size_t)nthr * scr_t,
+          *Sall = nwin + 3 * (size_t)C * (K - 1);
+
+    dn_linear(x, P[DN_WQ], Qr, (int)BT, D, C);
+    dn_linear(x, P[DN_WK], Kr, (int)BT, D, C);
+    dn_linear(x, P[DN_WV], Vr, (int)BT, D, C);
+    dn_linear(x, P[DN_WG], Gp, (int)BT, D, C);
+    dn_linear(x, P[DN_WB], Bl, (int)BT, D, H);
+    if (DN_GATED) dn_linear(x, P[DN_WA], Al, (int)BT, D, H);
+
+    const float *raw[3] = {Qr, Kr, Vr};
+    float *cv[3] = {Qn, Kn, Vn};
+    for (int b = 0; b < B; b++) {
+        const int p0 = pos ? pos[b] : 0;
+        float *win = states && p0 > 0 ? (float *)states[b] + H * nn : NULL;
+        for (int s = 0; s < 3; s++) {
+            const float *ws = win ? win + (size_t)s * C * (K - 1) : NULL;
+            dn_conv(raw[s] + (size_t)b * T * C, P[DN_CQ + s], ws, cv[s] + (size_t)b * T * C, T, C,
+                    K);
+            if (states) { /* after the conv read the old window */
+                dn_window_update(raw[s] + (size_t)b * T * C, ws, nwin + (size_t)s * C * (K - 1), T,
+                                 C, K);
+                memcpy((float *)states[b] + H * nn + (size_t)s * C * (K - 1),
+                       nwin + (size_t)s * C * (K - 1), (size_t)C * (K - 1) * sizeof(float));
+            }
+        }
+    }
+    const float qs = 1.0f / sqrtf((float)n);
+    dn_act_norm(Qn, BT, H, n, 1, qs);
+    dn_act_norm(Kn, BT, H, n, 1, 1.0f);
+    dn_act_norm(Vn, BT, H, n, 0, 1.0f);
+    dn_beta_gate(m, Bl, Al, P, beta, g, BT);
+
+    const int par = (double)B * H * T * nn > 1e5;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (int bh = 0; bh < B * H; bh++) {
+        const int b = bh / H, h = bh % H;
+        const int p0 = pos ? pos[b] : 0;
+        float *sc = scr + (size_t)dn_thread_id() * scr_t, *tmp2 = sc + dn_chunked_scratch(n, c);
+        /* S lives in the state when there is one, else in Sall */
+        float *Sp = states ? (float *)states[b] + (size_t)h * nn : Sall + (size_t)bh * nn;
+        if (!states || p0 == 0) memset(Sp, 0, nn * sizeof(float));
+        const size_t r0 = (size_t)b * T, ho = (size_t)h * n;
+        const float *gp = DN_GATED ? g + r0 * H + h : NULL;
+        float *chk = saved ? CHK + ((size_t)b * H + h) * nch * nn : NULL;
+        if (recurrent) {
+            if (chk) memcpy(chk, Sp, nn * sizeof(float));
+            dn_recurrent(n, T, Qn + r0 * C + ho, Kn + r0 * C + ho, Vn + r0 * C + ho, C,
+                         beta + r0 * H + h, gp, H, Sp, O + r0 * C + ho, C, tmp2);
+        } else {
+            dn_chunked(n, T, c, Qn + r0 * C + ho, Kn + r0 * C + ho, Vn + r0 * C + ho, C,
+                       beta + r0 * H + h, gp, H, Sp, O + r0 * C + ho, C, chk, sc);
+        }
+    }
+
+    dn_norm_gate(m, O, Gp, P[DN_NORM], Qn, BT); /* Z into Qn (no longer needed) */
+    dn_linear(Qn, P[DN_WO], y, (int)BT, C, D);
+    H_->free(work);
+    H_->free(tmp);
+    return HYB_OK;
+}
+
+static int dn_forward(void *self, const hyb_mixer_fwd *a) {
+    dn *m = self;
+    HYB_TRY(dn_check_cpu(m, a->device, "forward"));
+    if (a->B <= 0 || a->T <= 0)
+        return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): forward with B = %d, T = %d", m->layer,
+                         a->B, a->T);
+    for (int b = 0; b < a->B; b++) {
+        int p0 = a->pos ? a->pos[b] : 0;
+        if (p0 < 0 || (p0 > 0 && !a->states))
+            return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): forward with pos[%d] = %d %s",
+                             m->layer, b, p0,
+                             p0 < 0 ? "(negative)" : "but no states to continue from");
+        if (a->states && (int64_t)p0 + a->T > a->max_ctx)
+            return H_->error(HYB_ERR_ARG,
+                             DN_NAME " (layer %d): sequence %d: pos %d + T %d exceeds the "
+                                     "context max_ctx = %d",
+                             m->layer, b, p0, a->T, a->max_ctx);
+        if (p0 > 0 && a->saved)
+            return H_->error(HYB_ERR_UNSUPPORTED,
+                             DN_NAME
+                             " (layer %d): backward through a continued prefill "
+                             "(pos[%d] = %d > 0) is not supported; train on whole sequences",
+                             m->layer, b, p0);
+    }
+    return dn_run(m, a->B, a->T, a->x, a->y, a->params, a->saved, a->states, a->pos, 0);
+}
+
+static int dn_decode(void *self, const hyb_mixer_dec *a) {
+    dn *m = self;
+    HYB_TRY(dn_check_cpu(m, a->device, "decode"));
+    if (a->n <= 0)
+        return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): decode with n = %d", m->layer, a->n);
+    for (int i = 0; i < a->n; i++)
+        if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
+            return H_->error(HYB_ERR_ARG,
+                             DN_NAME " (layer %d): decode sequence %d at pos %d: the context "
+                                     "holds max_ctx = %d tokens",
+                             m->layer, i, a->pos[i], a->max_ctx);
+    /* n sequences of one token each: B = n, T = 1, recurrent step */
+    return dn_run(m, a->n, 1, a->x, a->y, a->params, NULL, a->states, a->pos, 1);
+}
+
+/* ---- backward ---------------------------------------------------------------------------------
+ */
+
+static int dn_backward(void *self, const hyb_mixer_bwd *a) {
+    dn *m = self;
+    HYB_TRY(dn_check_cpu(m, a->device, "backward"));
+    const int B = a->B, T = a->T, D = m->D, H = m->H, n = m->n, C = m->C, K = m->K;
+    const dn_saved_hdr *hd = a->saved;
+    if (!hd || hd->magic != DN_SAVED_MAGIC || hd->B != B || hd->T != T)
+        return H_->error(HYB_ERR_ARG,
+                         DN_NAME " (layer %d): backward [B=%d, T=%d] without a matching "
+                                 "saved forward",
+                         m->layer, B, T);
+    const size_t BT = (size_t)B * T, nn = (size_t)n * n, nch = dn_n_chunks(m, T);
+    const float *Qr = (const float *)(hd + 1), *Kr = Qr + BT * C, *Vr = Kr + BT * C,
+                *Gp = Vr + BT * C, *Bl = Gp + BT * C, *Al = Bl + BT * H,
+                *O = Al + (DN_GATED ? BT * H : 0), *CHK = O + BT * C;
+    const float *const *P = a->params;
+    float *const *G = a->grads;
+    const int c = m->chunk < T ? m->chunk : T, nthr = dn_max_threads();
+    const size_t scr_t = dn_backward_scratch(n, c);
+    /* Qc Kc Vc (conv pre-act), Qn Kn Vn, Z/dZ, dO, dQ dK dV, beta g dbeta dg, scratch */
+    const size_t nwork = 11 * BT * C + 4 * BT * H + (size_t)nthr * scr_t;
+    float *work = H_->alloc(nwork * sizeof(float));
+    if (!work) return HYB_ERR_NOMEM;
+    float *Qc = work, *Kc = Qc + BT * C, *Vc = Kc + BT * C, *Qn = Vc + BT * C, *Kn = Qn + BT * C,
+          *Vn = Kn + BT * C, *Z = Vn + BT * C, *dO = Z + BT * C, *dQ = dO + BT * C,
+          *dK = dQ + BT * C, *dV = dK + BT * C, *beta = dV + BT * C, *g = beta + BT * H,
+          *dbeta = g + BT * H, *dg = dbeta + BT * H, *scr = dg + BT * H;
+
+    /* recompute the activations */
+    const float *raw[3] = {Qr, Kr, Vr};
+    float *pre[3] = {Qc, Kc, Vc}, *post[3] = {Qn, Kn, Vn};
+    for (int s = 0; s < 3; s++) {
+        for (int b = 0; b < B; b++)
+            dn_conv(raw[s] + (size_t)b * T * C, P[DN_CQ + s], NULL, pre[s] + (size_t)b * T * C, T,
+                    C, K);
+        memcpy(post[s], pre[s], BT * C * sizeof(float));
+    }
+    const float qs = 1.0f / sqrtf((float)n);
+    dn_act_norm(Qn, BT, H, n, 1, qs);
+    dn_act_norm(Kn, BT, H, n, 1, 1.0f);
+    dn_act_norm(Vn, BT, H, n, 0, 1.0f);
+    dn_beta_gate(m, Bl, Al, P, beta, g, BT);
+
+    /* y = Z Wo^T */
+    dn_norm_gate(m, O, Gp, P[DN_NORM], Z, BT);
+    H_->sgemm(1, 0, D, C, (int)BT, 1.0f, a->dy, D, Z, C, 1.0f, G[DN_WO], C);
+    H_->sgemm(0, 0, (int)BT, C, D, 1.0f, a->dy, D, P[DN_WO], C, 0.0f, Z, C); /* Z := dZ */
+
+    /* z = o r w silu(gp): dGp (into dV as scratch? no: own pass), dw, dO */
+    float *dGp = dQ; /* dQ is free until the recurrence backward */
+    const float *w = P[DN_NORM];
+    for (size_t r = 0; r < BT; r++)
+        for (int h = 0; h < H; h++) {
+            const size_t off = r * C + (size_t)h * n;
+            const float *o = O + off, *gp = Gp + off, *dz = Z + off;
+            const float rs = 1.0f / sqrtf(dn_dot(o, o, n) / n + m->eps);
+            float dot_ = 0;
+            for (int i = 0; i < n; i++) {
+                const float sg = dn_sigmoid(gp[i]), si = gp[i] * sg;
+                const float nv = o[i] * rs * w[i];
+                dGp[off + i] = dz[i] * nv * sg * (1.0f + gp[i] * (1.0f - sg));
+                const float dn_ = dz[i] * si; /* dL/d(normed o * w) */
+                G[DN_NORM][i] += dn_ * o[i] * rs;
+                dO[off + i] = dn_ * w[i];
+                dot_ += dO[off + i] * o[i];
+            }
+            const float k3 = dot_ * rs * rs * rs / n;
+            for (int i = 0; i < n; i++)
+                dO[off + i] = rs * dO[off + i] - k3 * o[i];
+        }
+    H_->sgemm(1, 0, C, D, (int)BT, 1.0f, dGp, C, a->x, D, 1.0f, G[DN_WG], D);
+    H_->sgemm(0, 0, (int)BT, D, C, 1.0f, dGp, C, P[DN_WG], D, 0.0f, a->dx, D);
+
+    /* the recurrence */
+    const int par = (double)B * H * T * nn > 1e5;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (int bh = 0; bh < B * H; bh++) {
+        const int b = bh / H, h = bh % H;
+        const size_t r0 = (size_t)b * T, ho = (size_t)h * n;
+        dn_core_backward(n, T, c, Qn + r0 * C + ho, Kn + r0 * C + ho, Vn + r0 * C + ho, C,
+                         beta + r0 * H + h, DN_GATED ? g + r0 * H + h : NULL, H, dO + r0 * C + ho,
+                         C, CHK + ((size_t)b * H + h) * nch * nn, dQ + r0 * C + ho,
+                         dK + r0 * C + ho, dV + r0 * C + ho, dbeta + r0 * H + h, dg + r0 * H + h,
+                         scr + (size_t)dn_thread_id() * scr_t);
+    }
+
+    /* beta = sigmoid(Bl); g = -exp(A_log) softplus(Al + dt_bias) */
+    for (size_t i = 0; i < BT * H; i++)
+        dbeta[i] *= beta[i] * (1.0f - beta[i]);
+    H_->sgemm(1, 0, H, D, (int)BT, 1.0f, dbeta, H, a->x, D, 1.0f, G[DN_WB], D);
+    H_->sgemm(0, 0, (int)BT, D, H, 1.0f, dbeta, H, P[DN_WB], D, 1.0f, a->dx, D);
+    if (DN_GATED) {
+        for (size_t r = 0; r < BT; r++)
+            for (int h = 0; h < H; h++) {
+                const size_t i = r * H + h;
+                const float eA = expf(P[DN_ALOG][h]), zz = Al[i] + P[DN_DTB][h];
+                G[DN_ALOG][h] += dg[i] * g[i];
+                const float da = -dg[i] * eA * dn_sigmoid(zz);
+                G[DN_DTB][h] += da;
+                dg[i] = da;
+            }
+        H_->sgemm(1, 0, H, D, (int)BT, 1.0f, dg, H, a->x, D, 1.0f, G[DN_WA], D);
+        H_->sgemm(0, 0, (int)BT, D, H, 1.0f, dg, H, P[DN_WA], D, 1.0f, a->dx, D);
+    }
+
+    /* l2 norm (q, k), silu, conv, projection backward; dQ/dK/dV become d(raw) in place */
+    float *dpost[3] = {dQ, dK, dV};
+    for (int s = 0; s < 3; s++) {
+        float *d = dpost[s];
+        const float *pc = pre[s];
+        for (size_t r = 0; r < BT; r++)
+            for (int h = 0; h < H; h++) {
+                const size_t off = r * C + (size_t)h * n;
+                float *dd = d + off;
+                const float *p = pc + off;
+                if (s < 2) { /* y = scale * a / sqrt(|a|^2 + eps), a = silu(p) */
+                    const float sc = s == 0 ? qs : 1.0f;
+                    float aa = 0, ad = 0, av[512];
+                    for (int i = 0; i < n; i++) {
+                        av[i] = p[i] * dn_sigmoid(p[i]);
+                        aa += av[i] * av[i];
+                        ad += av[i] * dd[i];
+                    }
+                    const float rr = 1.0f / sqrtf(aa + DN_L2_EPS);
+                    for (int i = 0; i < n; i++)
+                        dd[i] = sc * (rr * dd[i] - av[i] * rr * rr * rr * ad);
+                }
+                for (int i = 0; i < n; i++) {
+                    const float sg = dn_sigmoid(p[i]);
+                    dd[i] *= sg * (1.0f + p[i] * (1.0f - sg));
+                }
+            }
+        /* conv: pre[t, c] = sum_j w[c, j] raw[t-K+1+j, c] */
+        float *dw = G[DN_CQ + s];
+        const float *wc = P[DN_CQ + s], *xr = raw[s];
+        float *draw = Z; /* dZ no longer needed */
+        for (int b = 0; b < B; b++) {
+            const size_t r0 = (size_t)b * T;
+            for (int t = 0; t < T; t++)
+                for (int ch = 0; ch < C; ch++) {
+                    float acc = 0;
+                    for (int j = 0; j < K; j++) {
+                        int to = t + (K - 1) - j; /* output that reads raw[t] through tap j */
+                        if (to < T) acc += d[(r0 + to) * C + ch] * wc[(size_t)ch * K + j];
+                        int ti = t - (K - 1) + j;
+                        if (ti >= 0)
+                            dw[(size_t)ch * K + j] += d[(r0 + t) * C + ch] * xr[(r0 + ti) * C + ch];
+                    }
+                    draw[(r0 + t) * C + ch] = acc;
+                }
+        }
+        H_->sgemm(1, 0, C, D, (int)BT, 1.0f, draw, C, a->x, D, 1.0f, G[DN_WQ + s], D);
+        H_->sgemm(0, 0, (int)BT, D, C, 1.0f, draw, C, P[DN_WQ + s], D, 1.0f, a->dx, D);
+    }
+    H_->free(work);
+    return HYB_OK;
+}
+
+/* ---- attention-derived init ("DIL") -----------------------------------------------------------
+ * From an `mha` mixer of the same layer: q heads <- the teacher's q heads, k/v head h <- the
+ * teacher's kv head h / (H / KV) (GQA repeated), o_proj <- o_proj; output gate g_proj = 0,
+ * b_proj = 0 (beta = 0.5), convs = identity (last tap 1, others 0), o_norm = 1; gated: a_proj keeps
+ * its init, A_log / dt_bias redrawn with the Mamba-style init. Needs n_heads and head_dim equal
+ * to the teacher's; teacher biases (if any) are dropped. */
+static int dn_find(const hyb_mixer_src *src, const char *name, int64_t rows, int64_t cols) {
+    for (int i = 0; i < src->n_params; i++)
+        if (!strcmp(src->decls[i].name, name)) {
+            const hyb_param_decl *d = &src->decls[i];
+            if (d->ndim != 2 || d->shape[0] != rows || d->shape[1] != cols) return -2;
+            return i;
+        }
+    return -1;
+}
+
+static int dn_init_from(void *self, float *const *params, const hyb_mixer_src *src, uint64_t seed) {
+    dn *m = self;
+    if (!src || !src->type || strcmp(src->type, "mha") != 0)
+        return H_->error(HYB_ERR_UNSUPPORTED,
+                         DN_NAME " (layer %d): cannot initialise from mixer type '%s' (known: mha)",
+                         m->layer, src && src->type ? src->type : "(null)");
+    const int D = m->D, H = m->H, n = m->n, C = m->C;
+    /* the teacher's head count and size, resolved as mha resolves them */
+    int64_t th = D % 64 == 0 ? D / 64 : 0, thd = -1, qd = -1, kd = -1;
+    if (src->cfg) {
+        HYB_TRY(H_->cfg_int(src->cfg, "n_heads", th, &th));
+        HYB_TRY(H_->cfg_int(src->cfg, "head_dim", -1, &thd));
+    }
+    if (thd == -1) thd = th > 0 && D % th == 0 ? D / th : -1;
+    for (int i = 0; i < src->n_params; i++) {
+        if (!strcmp(src->decls[i].name, "q_proj.weight")) qd = src->decls[i].shape[0];
+        if (!strcmp(src->decls[i].name, "k_proj.weight")) kd = src->decls[i].shape[0];
+    }
+    if (th != H || thd != n || qd != C || kd <= 0 || kd % n != 0 || H % (kd / n) != 0)
+        return H_->error(
+            HYB_ERR_ARG,
+            DN_NAME " (layer %d): init from mha needs the teacher's n_heads and "
+                    "head_dim equal to this mixer's (%d x %d, q_proj.weight [%d, %d]); the "
+                    "teacher has n_heads %lld, head_dim %lld, q_proj rows %lld, k_proj rows "
+                    "%lld",
+            m->layer, H, n, C, D, (long long)th, (long long)thd, (long long)qd, (long long)kd);
+    const int KV = (int)(kd / n), grp = H / KV;
+    int iq = dn_find(src, "q_proj.weight", C, D), ik = dn_find(src, "k_proj.weight", kd, D),
+        iv = dn_find(src, "v_proj.weight", kd, D), io = dn_find(src, "o_proj.weight", D, C);
+    if (iq < 0 || ik < 0 || iv < 0 || io < 0)
+        return H_->error(HYB_ERR_ARG,
+                         DN_NAME " (layer %d): init from mha: q/k/v/o_proj.weight missing or "
+                                 "not [%d, %d] / [%lld, %d] / [%d, %d]",
+                         m->layer, C, D, (long long)kd, D, D, C);
+    const size_t rowb = (size_t)D * sizeof(float), headb = (size_t)n * rowb;
+    memcpy(params[DN_WQ], src->params[iq], (size_t)C * rowb);
+    for (int h = 0; h < H; h++) {
+        memcpy(params[DN_WK] + (size_t)h * n * D, src->params[ik] + (size_t)(h / grp) * n * D,
+               headb);
+        memcpy(params[DN_WV] + (size_t)h * n * D, src->params[iv] + (size_t)(h / grp) * n * D,
+               headb);
+    }
+    memcpy(params[DN_WO], src->params[io], (size_t)D * C * sizeof(float));
+    memset(params[DN_WG], 0, (size_t)C * rowb);
+    memset(params[DN_WB], 0, (size_t)H * rowb);
+    for (int s = 0; s < 3; s++) {
+        float *w = params[DN_CQ + s];
+        memset(w, 0, (size_t)C * m->K * sizeof(float));
+        for (int ch = 0; ch < C; ch++)
+            w[(size_t)ch * m->K + m->K - 1] = 1.0f;
+    }
+    for (int i = 0; i < n; i++)
+        params[DN_NORM][i] = 1.0f;
+    if (DN_GATED) dn_init_decay(m, params[DN_ALOG], params[DN_DTB], seed);
+    return HYB_OK;
+}
+
+/* ---- descriptor -------------------------------------------------------------------------------
+ */
+
+static const hyb_mixer_desc DN_DESC = {
+    .abi_version = HYB_PLUGIN_ABI_VERSION,
+    .struct_size = sizeof(hyb_mixer_desc),
+    .name = DN_NAME,
+    .version = "0.1.0",
+    .description = DN_DESCRIPTION,
+    .hf_prefix = "mixer",
+    .devices = HYB_DEVBIT_CPU,
+    .create = dn_create,
+    .destroy = dn_destroy,
+    .describe = dn_describe,
+    .n_params = dn_n_params,
+    .param_decl = dn_param_decl,
+    .init_params = dn_init_params,
+    .saved_bytes = dn_saved_bytes,
+    .forward = dn_forward,
+    .backward = dn_backward,
+    .state_bytes = dn_state_bytes,
+    .decode = dn_decode,
+    .state_snapshot = dn_state_snapshot,
+    .state_restore = dn_state_restore,
+    .init_from = dn_init_from,
+};
+
+HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {
+    dn_host = host; /* used only after the host accepted the descriptor's version */
+    return &DN_DESC;
+}
+
+#endif

@@ -1,0 +1,961 @@
+/* runtime/lua_train.c: distillation for Lua scripts: hyb.train (schedule, clone, load, freeze,
+ * trainer, checkpoints, greedy decoding) and hyb.data.tokenizer / hyb.data.dataset.
+ *
+ *   local teacher = hyb.train.load("SmolLM2-135M-Instruct.Q4_1.gguf")
+ *   local student = hyb.train.clone(teacher)
+ *   student:swap({3, 5}, "mamba1", {init = "mil"})
+ *   local tok = hyb.data.tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf")
+ *   local ds = hyb.data.dataset{files = {"/usr/share/common-licenses"}, tokenizer = tok,
+ *                               cache = "run/data.bin", val_fraction = 0.05, seed = 1}
+ *   local tr = hyb.train.trainer(student, {teacher = teacher, lr = 3e-4, min_lr = 3e-5,
+ *                                          warmup = 20, steps = 1000, accum = 2})
+ *   local ids = ds:batch(tr:steps(), 2 * B, T, seed)        -- accum * B rows
+ *   local st = tr:step(ids, B, T)                         -- {loss=, rkl=, lr=, grad_norm=, ...}
+ *   tr:save("run/ckpt.safetensors", {stage = "1"}); local meta = tr:load("run/ckpt.safetensors")
+ *
+ * A trainer keeps its student and teacher alive; a swap of the student after the trainer was made
+ * makes every trainer call an error (make a new trainer).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "hyb/atomic.h"
+#include "hyb/config.h"
+#include "hyb/data.h"
+#include "hyb/hf.h"
+#include "hyb/train.h"
+#include "lhyb.h"
+
+#define LHYB_TRAINER_MT "hyb.trainer"
+#define LHYB_TOKENIZER_MT "hyb.tokenizer"
+#define LHYB_DATASET_MT "hyb.dataset"
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+static int is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+static const char *check_string(lua_State *L, int idx, const char *F, const char *what) {
+    char buf[96];
+    if (lua_type(L, idx) != LUA_TSTRING)
+        lhyb_error(L, "%s: %s must be a string, got %s", F, what,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    return lua_tostring(L, idx);
+}
+
+/* mkdir -p of the directory part of path */
+static void make_parent(lua_State *L, const char *F, const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path) return;
+    char dir[4096];
+    size_t n = (size_t)(slash - path);
+    if (n >= sizeof dir) lhyb_error(L, "%s: path too long", F);
+    memcpy(dir, path, n);
+    dir[n] = 0;
+    if (hyb_mkdir_p(dir) != HYB_OK) lhyb_raise_hyb(L, F);
+}
+
+// ---- hyb.train: functions -----------------------------------------------------------------------
+
+static void sched_from_opts(lua_State *L, int idx, const char *F, hyb_lr_sched *s) {
+    s->lr_max = (float)lhyb_opt_field_number(L, idx, F, "lr", 3e-4);
+    s->lr_min = (float)lhyb_opt_field_number(L, idx, F, "min_lr", s->lr_max * 0.1);
+    s->warmup = lhyb_opt_field_int(L, idx, F, "warmup", 0, LUA_MAXINTEGER, 0);
+    s->total = lhyb_opt_field_int(L, idx, F, "steps", 0, LUA_MAXINTEGER, 0);
+    if (!(s->lr_max >= 0))
+        lhyb_error(L, "%s: option 'lr' must be >= 0, got %g", F, (double)s->lr_max);
+    if (!(s->lr_min >= 0))
+        lhyb_error(L, "%s: option 'min_lr' must be >= 0, got %g", F, (double)s->lr_min);
+}
+
+/* hyb.train.lr(step, {lr=, min_lr=, warmup=, steps=}) -> the learning rate of update `step`
+ * (0-based) */
+static int l_lr(lua_State *L) {
+    static const char *const allowed[] = {"lr", "min_lr", "warmup", "steps", NULL};
+    const char *F = "hyb.train.lr";
+    lua_Integer step = lhyb_check_int(L, 1, F, "step", 0, LUA_MAXINTEGER);
+    if (!lua_istable(L, 2))
+        return lhyb_error(L, "%s: the schedule must be a table {lr=, min_lr=, warmup=, steps=}", F);
+    lhyb_check_opts(L, 2, F, allowed);
+    hyb_lr_sched s;
+    sched_from_opts(L, 2, F, &s);
+    lua_pushnumber(L, hyb_lr_at(&s, step));
+    return 1;
+}
+
+/* hyb.train.clone(model) -> a new hyb.model with the same layers and parameters */
+static int l_clone(lua_State *L) {
+    hyb_model *src = lhyb_check_model(L, 1, "hyb.train.clone");
+    hyb_model *m = NULL;
+    if (hyb_model_clone(src, &m) != HYB_OK) return lhyb_raise_hyb(L, "hyb.train.clone");
+    lhyb_push_model(L, m, "hyb.train.clone");
+    return 1;
+}
+
+/* hyb.train.load(path) -> hyb.model from a .gguf file, an HF directory (config.json), a directory
+ * saved by model:save (layermap.toml) or a training checkpoint (.safetensors) */
+static int l_load(lua_State *L) {
+    const char *F = "hyb.train.load";
+    const char *path = check_string(L, 1, F, "path");
+    hyb_model *m = NULL;
+    int rc;
+    char p[4200];
+    if (is_dir(path)) {
+        snprintf(p, sizeof p, "%s/layermap.toml", path);
+        if (is_file(p))
+            rc = hyb_model_load(path, &m);
+        else
+            rc = hyb_model_load_hf_dir(path, &m);
+    } else if (ends_with(path, ".gguf")) {
+        rc = hyb_model_load_gguf(path, &m);
+    } else if (ends_with(path, ".safetensors")) {
+        rc = hyb_model_from_checkpoint(path, &m);
+    } else if (!is_file(path)) {
+        return lhyb_error(L, "%s: '%s' does not exist", F, path);
+    } else {
+        return lhyb_error(
+            L,
+            "%s: '%s': expected a .gguf file, a training checkpoint (.safetensors) or a directory",
+            F, path);
+    }
+    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    lhyb_push_model(L, m, F);
+    return 1;
+}
+
+/* hyb.train.freeze(model, pattern[, frozen = true]) -> number of parameters matched (glob) */
+static int l_freeze(lua_State *L) {
+    const char *F = "hyb.train.freeze";
+    hyb_model *m = lhyb_check_model(L, 1, F);
+    const char *pat = check_string(L, 2, F, "pattern");
+    int frozen = lua_isnoneornil(L, 3) ? 1 : lua_toboolean(L, 3);
+    if (!lua_isnoneornil(L, 3) && !lua_isboolean(L, 3))
+        return lhyb_error(L, "%s: frozen must be a boolean", F);
+    int n = hyb_model_freeze(m, pat, frozen);
+    if (n < 0) return lhyb_raise_hyb(L, F);
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+/* hyb.train.frozen(model) -> list of the frozen parameters' names */
+static int l_frozen(lua_State *L) {
+    hyb_model *m = lhyb_check_model(L, 1, "hyb.train.frozen");
+    lua_newtable(L);
+    int k = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (!m->params[i]->requires_grad) {
+            lua_pushstring(L, m->params[i]->name);
+            lua_rawseti(L, -2, ++k);
+        }
+    return 1;
+}
+
+static void push_meta(lua_State *L, const hyb_ckpt_meta *meta) {
+    lua_createtable(L, 0, meta->n);
+    for (int i = 0; i < meta->n; i++) {
+        lua_pushstring(L, meta->vals[i]);
+        lua_setfield(L, -2, meta->keys[i]);
+    }
+}
+
+/* hyb.train.layermap_toml(model) -> the model's layer map as TOML text (what model:save writes) */
+static int l_layermap_toml(lua_State *L) {
+    hyb_model *m = lhyb_check_model(L, 1, "hyb.train.layermap_toml");
+    char *t = hyb_model_layermap_toml(m);
+    if (!t) return lhyb_raise_hyb(L, "hyb.train.layermap_toml");
+    lua_pushstring(L, t);
+    free(t);
+    return 1;
+}
+
+/* hyb.train.checkpoint_meta(path) -> the metadata table of a training checkpoint */
+static int l_checkpoint_meta(lua_State *L) {
+    const char *F = "hyb.train.checkpoint_meta";
+    const char *path = check_string(L, 1, F, "path");
+    hyb_ckpt_meta meta;
+    if (hyb_ckpt_read_meta(path, &meta) != HYB_OK) return lhyb_raise_hyb(L, F);
+    push_meta(L, &meta);
+    hyb_ckpt_meta_free(&meta);
+    return 1;
+}
+
+/* hyb.train.greedy(model, prompt_ids, n) -> the n greedy continuation ids (KV cache decode) */
+static int l_greedy(lua_State *L) {
+    const char *F = "hyb.train.greedy";
+    hyb_model *m = lhyb_check_model(L, 1, F);
+    if (!lua_istable(L, 2)) return lhyb_error(L, "%s: prompt must be a table of token ids", F);
+    lua_Integer np = (lua_Integer)lua_rawlen(L, 2);
+    if (np < 1) return lhyb_error(L, "%s: the prompt is empty", F);
+    lua_Integer n = lhyb_check_int(L, 3, F, "n", 1, 1 << 20);
+    int32_t *ids = lhyb_check_ids(L, 2, F, "prompt", np, 0, m->V - 1);
+    int max_ctx = (int)(np + n);
+    if (m->map->max_seq > 0 && max_ctx > m->map->max_seq)
+        return lhyb_error(L, "%s: prompt %lld + n %lld exceeds the model's max_seq %d", F,
+                          (long long)np, (long long)n, m->map->max_seq);
+    float *logits = (float *)lua_newuserdatauv(L, sizeof(float) * (size_t)m->V, 0);
+    hyb_kvstate *s = NULL;
+    if (hyb_kvstate_new(m, 1, max_ctx, &s) != HYB_OK) return lhyb_raise_hyb(L, F);
+    int rc = hyb_model_prefill(m, s, 0, ids, (int)np, logits);
+    lua_createtable(L, (int)n, 0);
+    int32_t seq = 0;
+    for (lua_Integer i = 0; rc == HYB_OK && i < n; i++) {
+        int32_t best = 0;
+        for (int v = 1; v < m->V; v++)
+            if (logits[v] > logits[best]) best = v;
+        lua_pushinteger(L, best);
+        lua_rawseti(L, -2, i + 1);
+        if (i + 1 < n) rc = hyb_model_decode(m, s, 1, &seq, &best, logits);
+    }
+    hyb_kvstate_free(s);
+    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    return 1;
+}
+
+static int toml_box_gc(lua_State *L) {
+    hyb_toml **box = (hyb_toml **)lua_touserdata(L, 1);
+    if (box && *box) hyb_toml_free(*box);
+    if (box) *box = NULL;
+    return 0;
+}
+
+/* Convert a TOML table into a Lua table (pushed); arrays of integers/strings/floats become lists.
+ */
+static void push_cfg_table(lua_State *L, const hyb_cfg_table *t, const char *F) {
+    const char **keys = NULL;
+    int nk = hyb_cfg_keys(t, &keys);
+    lua_createtable(L, 0, nk);
+    for (int i = 0; i < nk; i++) {
+        const char *k = keys[i];
+        const hyb_cfg_table *sub = hyb_cfg_subtable(t, k);
+        int64_t iv;
+        int bv;
+        double fv;
+        const char *sv;
+        if (sub) {
+            push_cfg_table(L, sub, F);
+        } else if (hyb_cfg_int(t, k, 0, &iv) == HYB_OK) {
+            lua_pushinteger(L, (lua_Integer)iv);
+        } else if (hyb_cfg_bool(t, k, 0, &bv) == HYB_OK) {
+            lua_pushboolean(L, bv);
+        } else if (hyb_cfg_float(t, k, 0, &fv) == HYB_OK) {
+            lua_pushnumber(L, fv);
+        } else if (hyb_cfg_string(t, k, NULL, &sv) == HYB_OK && sv) {
+            lua_pushstring(L, sv);
+        } else {
+            hyb_error_clear();
+            int n = hyb_cfg_array_len(t, k);
+            if (n < 0) lhyb_raise_hyb(L, F);
+            lua_createtable(L, n, 0);
+            for (int j = 0; j < n; j++) {
+                if (hyb_cfg_array_int(t, k, j, &iv) == HYB_OK)
+                    lua_pushinteger(L, (lua_Integer)iv);
+                else if (hyb_cfg_array_string(t, k, j, &sv) == HYB_OK)
+                    lua_pushstring(L, sv);
+                else {
+                    char where[200];
+                    lhyb_error(L,
+                               "%s: %s: key '%s': array element %d must be an integer or a string",
+                               F, hyb_cfg_where(t, k, where, sizeof where), k, j + 1);
+                }
+                lua_rawseti(L, -2, j + 1);
+            }
+        }
+        hyb_error_clear();
+        lua_setfield(L, -2, k);
+    }
+    /* key order of the file (stages run in the order they are written) */
+    lua_createtable(L, nk, 0);
+    for (int i = 0; i < nk; i++) {
+        lua_pushstring(L, keys[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "__order");
+}
+
+/* hyb.train.read_toml(path) -> a Lua table (every table gets an "__order" list of its keys) */
+static int l_read_toml(lua_State *L) {
+    const char *F = "hyb.train.read_toml";
+    const char *path = check_string(L, 1, F, "path");
+    hyb_toml *doc = hyb_toml_parse_file(path);
+    if (!doc) return lhyb_raise_hyb(L, F);
+    /* free the document even when a conversion error is raised: a to-be-closed userdata */
+    hyb_toml **box = (hyb_toml **)lua_newuserdatauv(L, sizeof(hyb_toml *), 0);
+    *box = doc;
+    lua_newtable(L);
+    lua_pushcfunction(L, toml_box_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    push_cfg_table(L, hyb_toml_root(doc), F);
+    hyb_toml_free(doc);
+    *box = NULL;
+    return 1;
+}
+
+// ---- trainer ------------------------------------------------------------------------------------
+
+typedef struct ltrainer {
+    hyb_trainer *t; /* NULL once closed */
+} ltrainer;
+
+static ltrainer *check_trainer(lua_State *L, int idx, const char *F) {
+    char buf[96];
+    ltrainer *t = (ltrainer *)luaL_testudata(L, idx, LHYB_TRAINER_MT);
+    if (!t)
+        lhyb_error(L, "%s: expected a hyb.trainer, got %s", F,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    if (!t->t) lhyb_error(L, "%s: the trainer is closed", F);
+    /* the models are kept alive by the user values; they may have been closed explicitly */
+    lua_getiuservalue(L, idx, 1);
+    lhyb_check_model(L, -1, F);
+    lua_pop(L, 1);
+    lua_getiuservalue(L, idx, 2);
+    if (!lua_isnil(L, -1)) lhyb_check_model(L, -1, F);
+    lua_pop(L, 1);
+    return t;
+}
+
+/* hyb.train.trainer(student, {teacher=, lr=, min_lr=, warmup=, steps=, weight_decay=, betas=,
+ *   eps=, clip=, accum=, loss="reverse_kl"|"forward_kl"|"ce"|"mix", weights={rkl=,fkl=,ce=},
+ *   temperature=}) */
+static int l_trainer(lua_State *L) {
+    static const char *const allowed[] = {
+        "teacher", "lr",   "min_lr", "warmup", "steps",   "weight_decay", "betas",
+        "eps",     "clip", "accum",  "loss",   "weights", "temperature",  NULL};
+    const char *F = "hyb.train.trainer";
+    lua_settop(L, 2);
+    hyb_model *student = lhyb_check_model(L, 1, F);
+    lhyb_check_opts(L, 2, F, allowed);
+    hyb_trainer_cfg c;
+    hyb_trainer_cfg_default(&c);
+    sched_from_opts(L, 2, F, &c.sched);
+    c.weight_decay = (float)lhyb_opt_field_number(L, 2, F, "weight_decay", c.weight_decay);
+    c.eps = (float)lhyb_opt_field_number(L, 2, F, "eps", c.eps);
+    c.clip = (float)lhyb_opt_field_number(L, 2, F, "clip", c.clip);
+    c.accum = (int)lhyb_opt_field_int(L, 2, F, "accum", 1, 1 << 16, 1);
+    c.loss.temperature = (float)lhyb_opt_field_number(L, 2, F, "temperature", 1.0);
+    if (!(c.weight_decay >= 0)) return lhyb_error(L, "%s: option 'weight_decay' must be >= 0", F);
+    if (!(c.eps > 0)) return lhyb_error(L, "%s: option 'eps' must be > 0", F);
+    if (!(c.loss.temperature > 0)) return lhyb_error(L, "%s: option 'temperature' must be > 0", F);
+    const char *loss = lhyb_opt_field_string(L, 2, F, "loss", "reverse_kl");
+    c.loss.w_rkl = c.loss.w_fkl = c.loss.w_ce = 0;
+    int mix = 0;
+    if (strcmp(loss, "reverse_kl") == 0)
+        c.loss.w_rkl = 1;
+    else if (strcmp(loss, "forward_kl") == 0)
+        c.loss.w_fkl = 1;
+    else if (strcmp(loss, "ce") == 0)
+        c.loss.w_ce = 1;
+    else if (strcmp(loss, "mix") == 0)
+        mix = 1;
+    else
+        return lhyb_error(L,
+                          "%s: option 'loss' must be \"reverse_kl\", \"forward_kl\", \"ce\" or "
+                          "\"mix\", got \"%s\"",
+                          F, loss);
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "weights");
+        if (!lua_isnil(L, -1)) {
+            static const char *const wk[] = {"rkl", "fkl", "ce", NULL};
+            if (!mix) return lhyb_error(L, "%s: option 'weights' is for loss = \"mix\"", F);
+            int wi = lua_gettop(L);
+            lhyb_check_opts(L, wi, F, wk);
+            c.loss.w_rkl = (float)lhyb_opt_field_number(L, wi, F, "rkl", 0);
+            c.loss.w_fkl = (float)lhyb_opt_field_number(L, wi, F, "fkl", 0);
+            c.loss.w_ce = (float)lhyb_opt_field_number(L, wi, F, "ce", 0);
+        } else if (mix) {
+            return lhyb_error(L, "%s: loss = \"mix\" needs option 'weights' = {rkl=, fkl=, ce=}",
+                              F);
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, 2, "betas");
+        if (!lua_isnil(L, -1)) {
+            if (!lua_istable(L, -1) || lua_rawlen(L, -1) != 2)
+                return lhyb_error(L, "%s: option 'betas' must be a table {beta1, beta2}", F);
+            lua_rawgeti(L, -1, 1);
+            lua_rawgeti(L, -2, 2);
+            c.beta1 = (float)lhyb_check_number(L, -2, F, "betas[1]");
+            c.beta2 = (float)lhyb_check_number(L, -1, F, "betas[2]");
+            if (!(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1))
+                return lhyb_error(L, "%s: betas must be in [0, 1)", F);
+            lua_pop(L, 2);
+        }
+        lua_pop(L, 1);
+    } else if (mix) {
+        return lhyb_error(L, "%s: loss = \"mix\" needs option 'weights' = {rkl=, fkl=, ce=}", F);
+    }
+    hyb_model *teacher = NULL;
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "teacher");
+        if (!lua_isnil(L, -1)) teacher = lhyb_check_model(L, -1, F);
+        lua_pop(L, 1);
+    }
+    if ((c.loss.w_rkl > 0 || c.loss.w_fkl > 0) && !teacher)
+        return lhyb_error(L, "%s: loss \"%s\" needs option 'teacher' (a hyb.model)", F, loss);
+    ltrainer *t = (ltrainer *)lua_newuserdatauv(L, sizeof(ltrainer), 2);
+    t->t = NULL;
+    luaL_setmetatable(L, LHYB_TRAINER_MT);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1);
+    if (teacher) {
+        lua_getfield(L, 2, "teacher");
+        lua_setiuservalue(L, -2, 2);
+    }
+    if (hyb_trainer_new(student, teacher, &c, &t->t) != HYB_OK) {
+        t->t = NULL;
+        return lhyb_raise_hyb(L, F);
+    }
+    return 1;
+}
+
+/* ids, B, T and the {targets=, mask=} options at idx..idx+3 for K micro-batches */
+typedef struct batch_args {
+    int32_t *ids, *targets;
+    float *mask;
+    int B, T;
+} batch_args;
+
+static void check_batch(lua_State *L, hyb_trainer *t, int K, const char *F, batch_args *a) {
+    static const char *const allowed[] = {"targets", "mask", NULL};
+    hyb_model *m = t->student;
+    int max_seq = m->map->max_seq > 0 ? m->map->max_seq : (1 << 24);
+    a->B = (int)lhyb_check_int(L, 3, F, "B", 1, 1 << 20);
+    a->T = (int)lhyb_check_int(L, 4, F, "T", 1, max_seq);
+    int64_t n = (int64_t)K * a->B * a->T;
+    if (n > ((int64_t)1 << 31) - 1) lhyb_error(L, "%s: accum*B*T is too large", F);
+    lhyb_check_opts(L, 5, F, allowed);
+    a->ids = lhyb_check_ids(L, 2, F, "ids", n, 0, m->V - 1);
+    a->targets = NULL;
+    a->mask = NULL;
+    if (lua_istable(L, 5)) {
+        lua_getfield(L, 5, "targets");
+        if (!lua_isnil(L, -1))
+            a->targets = lhyb_check_ids(L, -1, F, "option 'targets'", n, INT32_MIN, m->V - 1);
+        lua_getfield(L, 5, "mask");
+        if (!lua_isnil(L, -1)) a->mask = lhyb_check_floats(L, -1, F, "option 'mask'", n);
+    }
+    if (a->mask)
+        for (int64_t i = 0; i < n; i++)
+            if (!(a->mask[i] >= 0) || isinf(a->mask[i]))
+                lhyb_error(L, "%s: option 'mask' entry %lld is %g; weights must be finite and >= 0",
+                           F, (long long)i + 1, (double)a->mask[i]);
+}
+
+static void set_num(lua_State *L, const char *k, double v) {
+    lua_pushnumber(L, v);
+    lua_setfield(L, -2, k);
+}
+
+static void push_parts(lua_State *L, const double *parts) {
+    static const char *const names[3] = {"rkl", "fkl", "ce"};
+    for (int j = 0; j < 3; j++)
+        if (!isnan(parts[j])) set_num(L, names[j], parts[j]);
+}
+
+/* tr:step(ids, B, T[, {targets=, mask=}]) -> {loss=, rkl=, fkl=, ce=, grad_norm=, lr=, step=,
+ * skipped=} ids: accum*B*T ids (a tensor [accum*B, T] or a table); B is the micro-batch size. */
+static int t_step(lua_State *L) {
+    const char *F = "trainer:step";
+    lua_settop(L, 5);
+    ltrainer *t = check_trainer(L, 1, F);
+    batch_args a;
+    check_batch(L, t->t, t->t->cfg.accum, F, &a);
+    if (t->t->cfg.loss.w_ce > 0 && !a.targets)
+        return lhyb_error(L, "%s: the loss has a CE term: pass option 'targets'", F);
+    hyb_train_stats st;
+    if (hyb_trainer_step(t->t, a.ids, a.targets, a.mask, a.B, a.T, &st) != HYB_OK)
+        return lhyb_raise_hyb(L, F);
+    lua_createtable(L, 0, 9);
+    set_num(L, "loss", st.loss);
+    push_parts(L, st.parts);
+    set_num(L, "grad_norm", st.grad_norm);
+    set_num(L, "lr", st.lr);
+    lua_pushinteger(L, st.step);
+    lua_setfield(L, -2, "step");
+    lua_pushboolean(L, st.skipped);
+    lua_setfield(L, -2, "skipped");
+    return 1;
+}
+
+/* tr:eval(ids, B, T[, {targets=, mask=}]) -> {loss=, rkl=, fkl=, ce=} without a tape (one batch) */
+static int t_eval(lua_State *L) {
+    const char *F = "trainer:eval";
+    lua_settop(L, 5);
+    ltrainer *t = check_trainer(L, 1, F);
+    batch_args a;
+    check_batch(L, t->t, 1, F, &a);
+    double loss, parts[3];
+    if (hyb_trainer_eval(t->t, a.ids, a.targets, a.mask, a.B, a.T, &loss, parts) != HYB_OK)
+        return lhyb_raise_hyb(L, F);
+    lua_createtable(L, 0, 4);
+    set_num(L, "loss", loss);
+    push_parts(L, parts);
+    return 1;
+}
+
+/* tr:save(path[, {key = "value", ...}]) -> writes a training checkpoint atomically */
+static int t_save(lua_State *L) {
+    const char *F = "trainer:save";
+    lua_settop(L, 3);
+    ltrainer *t = check_trainer(L, 1, F);
+    const char *path = check_string(L, 2, F, "path");
+    int n = 0;
+    const char *keys[64], *vals[64];
+    if (!lua_isnil(L, 3)) {
+        if (!lua_istable(L, 3)) return lhyb_error(L, "%s: metadata must be a table of strings", F);
+        /* copies in a scratch table keep the strings referenced while C holds their pointers */
+        lua_newtable(L);
+        int scratch = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            if (lua_type(L, -2) != LUA_TSTRING)
+                return lhyb_error(L, "%s: metadata keys must be strings", F);
+            if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+                return lhyb_error(L, "%s: metadata '%s' must be a string or a number", F,
+                                  lua_tostring(L, -2));
+            if (n == 64) return lhyb_error(L, "%s: at most 64 metadata entries", F);
+            lua_pushvalue(L, -2);
+            lua_rawseti(L, scratch, 2 * n + 1);
+            lua_pushstring(L, lua_tostring(L, -1)); /* a number becomes a string in the copy */
+            lua_rawseti(L, scratch, 2 * n + 2);
+            lua_pop(L, 1);
+            n++;
+        }
+        for (int i = 0; i < n; i++) {
+            lua_rawgeti(L, scratch, 2 * i + 1);
+            keys[i] = lua_tostring(L, -1);
+            lua_rawgeti(L, scratch, 2 * i + 2);
+            vals[i] = lua_tostring(L, -1);
+            lua_pop(L, 2);
+        }
+    }
+    make_parent(L, F, path);
+    if (hyb_trainer_save(t->t, path, n, keys, vals) != HYB_OK) return lhyb_raise_hyb(L, F);
+    return 0;
+}
+
+/* tr:load(path) -> metadata table; restores params, moments, step, frozen flags */
+static int t_load(lua_State *L) {
+    const char *F = "trainer:load";
+    ltrainer *t = check_trainer(L, 1, F);
+    const char *path = check_string(L, 2, F, "path");
+    hyb_ckpt_meta meta;
+    if (hyb_trainer_load(t->t, path, &meta) != HYB_OK) return lhyb_raise_hyb(L, F);
+    push_meta(L, &meta);
+    hyb_ckpt_meta_free(&meta);
+    return 1;
+}
+
+static int t_steps(lua_State *L) {
+    lua_pushinteger(L, check_trainer(L, 1, "trainer:steps")->t->step);
+    return 1;
+}
+static int t_tokens(lua_State *L) {
+    lua_pushinteger(L, check_trainer(L, 1, "trainer:tokens")->t->tokens);
+    return 1;
+}
+static int t_accum(lua_State *L) {
+    lua_pushinteger(L, check_trainer(L, 1, "trainer:accum")->t->cfg.accum);
+    return 1;
+}
+/* tr:lr([step]) -> the schedule's lr for update `step` (default: the next one) */
+static int t_lr(lua_State *L) {
+    ltrainer *t = check_trainer(L, 1, "trainer:lr");
+    lua_Integer s = lhyb_opt_int(L, 2, "trainer:lr", "step", 0, LUA_MAXINTEGER, t->t->step);
+    lua_pushnumber(L, hyb_lr_at(&t->t->cfg.sched, s));
+    return 1;
+}
+static int trainer_gc(lua_State *L) {
+    ltrainer *t = (ltrainer *)luaL_checkudata(L, 1, LHYB_TRAINER_MT);
+    hyb_trainer_free(t->t);
+    t->t = NULL;
+    return 0;
+}
+static int trainer_tostring(lua_State *L) {
+    ltrainer *t = (ltrainer *)luaL_checkudata(L, 1, LHYB_TRAINER_MT);
+    if (!t->t)
+        lua_pushstring(L, "hyb.trainer(closed)");
+    else
+        lua_pushfstring(L, "hyb.trainer(step %I, accum %d)", (lua_Integer)t->t->step,
+                        t->t->cfg.accum);
+    return 1;
+}
+
+// ---- hyb.data.tokenizer -------------------------------------------------------------------------
+
+typedef struct ltok {
+    hyb_tokenizer *tok;
+} ltok;
+
+static ltok *check_tok(lua_State *L, int idx, const char *F) {
+    char buf[96];
+    ltok *t = (ltok *)luaL_testudata(L, idx, LHYB_TOKENIZER_MT);
+    if (!t)
+        lhyb_error(L, "%s: expected a hyb.tokenizer, got %s", F,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    if (!t->tok) lhyb_error(L, "%s: the tokenizer is closed", F);
+    return t;
+}
+
+/* hyb.data.tokenizer(path): a .gguf file, a tokenizer.json, or a directory holding one */
+static int l_tokenizer(lua_State *L) {
+    const char *F = "hyb.data.tokenizer";
+    const char *path = check_string(L, 1, F, "path");
+    ltok *t = (ltok *)lua_newuserdatauv(L, sizeof(ltok), 0);
+    t->tok = NULL;
+    luaL_setmetatable(L, LHYB_TOKENIZER_MT);
+    char p[4200];
+    if (is_dir(path)) {
+        snprintf(p, sizeof p, "%s/tokenizer.json", path);
+        t->tok = hyb_tokenizer_load_json(p);
+    } else if (ends_with(path, ".gguf")) {
+        t->tok = hyb_tokenizer_load_gguf(path);
+    } else {
+        t->tok = hyb_tokenizer_load_json(path);
+    }
+    if (!t->tok) return lhyb_raise_hyb(L, F);
+    return 1;
+}
+
+/* tok:encode(text) -> table of ids (special-token text is parsed; no bos/eos added) */
+static int tk_encode(lua_State *L) {
+    ltok *t = check_tok(L, 1, "tokenizer:encode");
+    size_t len;
+    const char *s = check_string(L, 2, "tokenizer:encode", "text");
+    s = lua_tolstring(L, 2, &len);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (hyb_tokenizer_encode_alloc(t->tok, s, len, 0, &ids, &n) != HYB_OK)
+        return lhyb_raise_hyb(L, "tokenizer:encode");
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_pushinteger(L, ids[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    free(ids);
+    return 1;
+}
+
+/* tok:decode(ids) -> string */
+static int tk_decode(lua_State *L) {
+    const char *F = "tokenizer:decode";
+    ltok *t = check_tok(L, 1, F);
+    if (!lua_istable(L, 2) && !lhyb_test_tensor(L, 2))
+        return lhyb_error(L, "%s: ids must be a table or a tensor", F);
+    int64_t n = lua_istable(L, 2) ? (int64_t)lua_rawlen(L, 2)
+                                  : hyb_tensor_numel(lhyb_check_tensor(L, 2, F, "ids")->t);
+    int32_t *ids = lhyb_check_ids(L, 2, F, "ids", n, 0, hyb_tokenizer_vocab_size(t->tok) - 1);
+    long need = hyb_tokenizer_decode(t->tok, ids, (size_t)n, 0, NULL, 0);
+    if (need < 0) return lhyb_raise_hyb(L, F);
+    char *buf = (char *)lua_newuserdatauv(L, (size_t)need + 1, 0);
+    hyb_tokenizer_decode(t->tok, ids, (size_t)n, 0, buf, (size_t)need + 1);
+    lua_pushlstring(L, buf, (size_t)need);
+    return 1;
+}
+
+static int tk_vocab_size(lua_State *L) {
+    lua_pushinteger(L, hyb_tokenizer_vocab_size(check_tok(L, 1, "tokenizer:vocab_size")->tok));
+    return 1;
+}
+static int tk_eos(lua_State *L) {
+    lua_pushinteger(L, hyb_tokenizer_eos_id(check_tok(L, 1, "tokenizer:eos")->tok));
+    return 1;
+}
+static int tk_identity(lua_State *L) {
+    char b[32];
+    snprintf(
+        b, sizeof b, "%016llx",
+        (unsigned long long)hyb_tokenizer_identity(check_tok(L, 1, "tokenizer:identity")->tok));
+    lua_pushstring(L, b);
+    return 1;
+}
+static int tok_gc(lua_State *L) {
+    ltok *t = (ltok *)luaL_checkudata(L, 1, LHYB_TOKENIZER_MT);
+    hyb_tokenizer_free(t->tok);
+    t->tok = NULL;
+    return 0;
+}
+static int tok_tostring(lua_State *L) {
+    ltok *t = (ltok *)luaL_checkudata(L, 1, LHYB_TOKENIZER_MT);
+    if (!t->tok)
+        lua_pushstring(L, "hyb.tokenizer(closed)");
+    else
+        lua_pushfstring(L, "hyb.tokenizer(%d tokens)", (int)hyb_tokenizer_vocab_size(t->tok));
+    return 1;
+}
+
+// ---- hyb.data.dataset ---------------------------------------------------------------------------
+
+typedef struct lds {
+    hyb_dataset *d;
+    int vocab; /* ids are < vocab (256 for bytes) */
+} lds;
+
+static lds *check_ds(lua_State *L, int idx, const char *F) {
+    char buf[96];
+    lds *d = (lds *)luaL_testudata(L, idx, LHYB_DATASET_MT);
+    if (!d)
+        lhyb_error(L, "%s: expected a hyb.dataset, got %s", F,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    if (!d->d) lhyb_error(L, "%s: the dataset is closed", F);
+    return d;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* append path (a file, or a directory's non-hidden regular files sorted by name) to the list table
+ */
+static void add_path(lua_State *L, int list, const char *F, const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) lhyb_error(L, "%s: cannot open '%s': %s", F, path, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) {
+        lua_pushstring(L, path);
+        lua_rawseti(L, list, (lua_Integer)lua_rawlen(L, list) + 1);
+        return;
+    }
+    DIR *d = opendir(path);
+    if (!d) lhyb_error(L, "%s: cannot open directory '%s': %s", F, path, strerror(errno));
+    lua_newtable(L);
+    int names = lua_gettop(L);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        lua_pushfstring(L, "%s/%s", path, e->d_name);
+        if (is_file(lua_tostring(L, -1)))
+            lua_rawseti(L, names, ++n);
+        else
+            lua_pop(L, 1);
+    }
+    closedir(d);
+    const char **arr = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)(n ? n : 1), 0);
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, names, i + 1);
+        arr[i] = lua_tostring(L, -1);
+        lua_pop(L, 1); /* still referenced by names */
+    }
+    qsort(arr, (size_t)n, sizeof(char *), cmp_str);
+    for (int i = 0; i < n; i++) {
+        lua_pushstring(L, arr[i]);
+        lua_rawseti(L, list, (lua_Integer)lua_rawlen(L, list) + 1);
+    }
+    lua_pop(L, 2);
+}
+
+/* hyb.data.dataset{files = path | {paths}, tokenizer = tok | nil (bytes), cache = path,
+ *                  val_fraction = 0.05, seed = 1} */
+static int l_dataset(lua_State *L) {
+    static const char *const allowed[] = {"files",        "tokenizer", "cache",
+                                          "val_fraction", "seed",      NULL};
+    const char *F = "hyb.data.dataset";
+    lua_settop(L, 1);
+    if (!lua_istable(L, 1))
+        return lhyb_error(L, "%s: expected an options table {files=, tokenizer=, cache=, ...}", F);
+    lhyb_check_opts(L, 1, F, allowed);
+    lua_newtable(L);
+    int list = lua_gettop(L);
+    lua_getfield(L, 1, "files");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        add_path(L, list, F, lua_tostring(L, -1));
+    } else if (lua_istable(L, -1)) {
+        int ft = lua_gettop(L);
+        lua_Integer nf = (lua_Integer)lua_rawlen(L, ft);
+        for (lua_Integer i = 1; i <= nf; i++) {
+            lua_rawgeti(L, ft, i);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return lhyb_error(L, "%s: files[%d] must be a string", F, (int)i);
+            add_path(L, list, F, lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    } else {
+        return lhyb_error(L, "%s: option 'files' must be a path or a table of paths", F);
+    }
+    lua_pop(L, 1);
+    int nfiles = (int)lua_rawlen(L, list);
+    if (nfiles < 1) return lhyb_error(L, "%s: no input files", F);
+    const char **files = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)nfiles, 0);
+    for (int i = 0; i < nfiles; i++) {
+        lua_rawgeti(L, list, i + 1);
+        files[i] = lua_tostring(L, -1);
+        lua_pop(L, 1);
+    }
+    hyb_data_cfg c;
+    memset(&c, 0, sizeof c);
+    c.files = files;
+    c.n_files = nfiles;
+    c.val_fraction = lhyb_opt_field_number(L, 1, F, "val_fraction", 0.05);
+    c.seed = (uint64_t)lhyb_opt_field_int(L, 1, F, "seed", 0, LUA_MAXINTEGER, 1);
+    c.cache = lhyb_opt_field_string(L, 1, F, "cache", NULL);
+    if (!(c.val_fraction >= 0 && c.val_fraction < 1))
+        return lhyb_error(L, "%s: option 'val_fraction' must be in [0, 1), got %g", F,
+                          c.val_fraction);
+    lua_getfield(L, 1, "tokenizer");
+    int vocab = 256;
+    if (!lua_isnil(L, -1)) {
+        ltok *t = check_tok(L, -1, F);
+        c.tok = t->tok;
+        vocab = hyb_tokenizer_vocab_size(t->tok);
+    }
+    if (c.cache) make_parent(L, F, c.cache);
+    lds *d = (lds *)lua_newuserdatauv(L, sizeof(lds), 0);
+    d->d = NULL;
+    d->vocab = vocab;
+    luaL_setmetatable(L, LHYB_DATASET_MT);
+    if (hyb_dataset_open(&c, &d->d) != HYB_OK) {
+        d->d = NULL;
+        return lhyb_raise_hyb(L, F);
+    }
+    return 1;
+}
+
+static int push_batch(lua_State *L, lds *d, int split, int64_t step, int B, int T, uint64_t seed,
+                      const char *F) {
+    int64_t shape[2] = {B, T};
+    lhyb_tensor *ids = lhyb_push_owned(L, hyb_tensor_new(HYB_I32, 2, shape), F);
+    lhyb_tensor *tg = lhyb_push_owned(L, hyb_tensor_new(HYB_I32, 2, shape), F);
+    if (hyb_dataset_batch(d->d, split, step, B, T, seed, (int32_t *)ids->t->data,
+                          (int32_t *)tg->t->data) != HYB_OK)
+        return lhyb_raise_hyb(L, F);
+    return 2;
+}
+
+/* ds:batch(step, B, T, seed) -> ids, targets (i32 [B, T]) */
+static int ds_batch(lua_State *L) {
+    const char *F = "dataset:batch";
+    lds *d = check_ds(L, 1, F);
+    lua_Integer step = lhyb_check_int(L, 2, F, "step", 0, (lua_Integer)1 << 40);
+    int B = (int)lhyb_check_int(L, 3, F, "B", 1, 1 << 16);
+    int T = (int)lhyb_check_int(L, 4, F, "T", 1, 1 << 24);
+    lua_Integer seed = lhyb_check_int(L, 5, F, "seed", 0, LUA_MAXINTEGER);
+    return push_batch(L, d, HYB_SPLIT_TRAIN, step, B, T, (uint64_t)seed, F);
+}
+
+/* ds:val_batch(j, B, T) -> ids, targets of the fixed held-out batch j (0-based) */
+static int ds_val_batch(lua_State *L) {
+    const char *F = "dataset:val_batch";
+    lds *d = check_ds(L, 1, F);
+    lua_Integer j = lhyb_check_int(L, 2, F, "j", 0, (lua_Integer)1 << 40);
+    int B = (int)lhyb_check_int(L, 3, F, "B", 1, 1 << 16);
+    int T = (int)lhyb_check_int(L, 4, F, "T", 1, 1 << 24);
+    return push_batch(L, d, HYB_SPLIT_VAL, j, B, T, 0, F);
+}
+
+/* ds:windows(T[, "train" | "val"]) -> number of windows of T + 1 tokens */
+static int ds_windows(lua_State *L) {
+    const char *F = "dataset:windows";
+    lds *d = check_ds(L, 1, F);
+    int T = (int)lhyb_check_int(L, 2, F, "T", 1, 1 << 24);
+    const char *s = luaL_optstring(L, 3, "train");
+    if (strcmp(s, "train") != 0 && strcmp(s, "val") != 0)
+        return lhyb_error(L, "%s: split must be \"train\" or \"val\", got \"%s\"", F, s);
+    lua_pushinteger(
+        L, hyb_dataset_windows(d->d, strcmp(s, "val") == 0 ? HYB_SPLIT_VAL : HYB_SPLIT_TRAIN, T));
+    return 1;
+}
+
+/* ds:info() -> {train_tokens=, val_tokens=, docs=, val_docs=, from_cache=, tokenizer=} */
+static int ds_info(lua_State *L) {
+    lds *d = check_ds(L, 1, "dataset:info");
+    char b[32];
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, d->d->n_train);
+    lua_setfield(L, -2, "train_tokens");
+    lua_pushinteger(L, d->d->n_val);
+    lua_setfield(L, -2, "val_tokens");
+    lua_pushinteger(L, d->d->n_docs);
+    lua_setfield(L, -2, "docs");
+    lua_pushinteger(L, d->d->n_val_docs);
+    lua_setfield(L, -2, "val_docs");
+    lua_pushboolean(L, d->d->from_cache);
+    lua_setfield(L, -2, "from_cache");
+    snprintf(b, sizeof b, "%016llx", (unsigned long long)d->d->tok_hash);
+    lua_pushstring(L, b);
+    lua_setfield(L, -2, "tokenizer");
+    return 1;
+}
+
+static int ds_gc(lua_State *L) {
+    lds *d = (lds *)luaL_checkudata(L, 1, LHYB_DATASET_MT);
+    hyb_dataset_free(d->d);
+    d->d = NULL;
+    return 0;
+}
+static int ds_tostring(lua_State *L) {
+    lds *d = (lds *)luaL_checkudata(L, 1, LHYB_DATASET_MT);
+    if (!d->d)
+        lua_pushstring(L, "hyb.dataset(closed)");
+    else
+        lua_pushfstring(L, "hyb.dataset(%I train + %I held-out tokens)", (lua_Integer)d->d->n_train,
+                        (lua_Integer)d->d->n_val);
+    return 1;
+}
+
+// ---- registration -------------------------------------------------------------------------------
+
+static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                      lua_CFunction tostring, lua_CFunction gc) {
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__close");
+    lua_pop(L, 1);
+}
+
+void lhyb_open_train(lua_State *L) {
+    static const luaL_Reg trainer_methods[] = {
+        {"step", t_step},      {"eval", t_eval},     {"save", t_save}, {"load", t_load},
+        {"steps", t_steps},    {"tokens", t_tokens}, {"lr", t_lr},     {"accum", t_accum},
+        {"close", trainer_gc}, {NULL, NULL}};
+    static const luaL_Reg tok_methods[] = {
+        {"encode", tk_encode}, {"decode", tk_decode},     {"vocab_size", tk_vocab_size},
+        {"eos", tk_eos},       {"identity", tk_identity}, {"close", tok_gc},
+        {NULL, NULL}};
+    static const luaL_Reg ds_methods[] = {{"batch", ds_batch},     {"val_batch", ds_val_batch},
+                                          {"windows", ds_windows}, {"info", ds_info},
+                                          {"close", ds_gc},        {NULL, NULL}};
+    new_class(L, LHYB_TRAINER_MT, trainer_methods, trainer_tostring, trainer_gc);
+    new_class(L, LHYB_TOKENIZER_MT, tok_methods, tok_tostring, tok_gc);
+    new_class(L, LHYB_DATASET_MT, ds_methods, ds_tostring, ds_gc);
+    static const luaL_Reg train_funcs[] = {{"lr", l_lr},
+                                           {"clone", l_clone},
+                                           {"load", l_load},
+                                           {"freeze", l_freeze},
+                                           {"frozen", l_frozen},
+                                           {"trainer", l_trainer},
+                                           {"checkpoint_meta", l_checkpoint_meta},
+                                           {"greedy", l_greedy},
+                                           {"read_toml", l_read_toml},
+                                           {"layermap_toml", l_layermap_toml},
+                                           {NULL, NULL}};
+    luaL_newlib(L, train_funcs);
+    lua_setfield(L, -2, "train");
+    /* hyb.data exists (lua_data.c): add the tokenizer and dataset constructors */
+    lua_getfield(L, -1, "data");
+    if (lua_istable(L, -1)) {
+        lua_pushcfunction(L, l_tokenizer);
+        lua_setfield(L, -2, "tokenizer");
+        lua_pushcfunction(L, l_dataset);
+        lua_setfield(L, -2, "dataset");
+    }
+    lua_pop(L, 1);
+}

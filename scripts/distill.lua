@@ -1,0 +1,337 @@
+-- scripts/distill.lua: staged distillation driven by a TOML recipe (SPEC.md section 5).
+--
+--   hyb distill recipes/smollm2-h3-h6.toml [out_dir]
+--
+-- The teacher is always the original model. Stage 1's student is a clone of the teacher; every
+-- later stage starts from the previous stage's final checkpoint. In each stage the listed layers
+-- are swapped to the stage's mixer (MIL init by default), then the student is distilled for
+-- `steps` optimiser updates. Output in out_dir:
+--   data.bin                     the tokenized dataset cache
+--   <stage>/ckpt.safetensors     training checkpoint (every ckpt_every steps, atomic)
+--   <stage>/final.safetensors    the stage's final checkpoint (its presence = stage done)
+--   <stage>/model/               model:save of the final student (layermap.toml + safetensors)
+--   metrics.jsonl                one JSON object per step / evaluation
+--   loss.svg                     the loss curves (train, held-out), stage boundaries
+-- Running the same command again after a kill resumes from the last checkpoint and produces
+-- bitwise the same result as an uninterrupted run (data order is a function of (seed, step)).
+--
+-- Recipe keys (all optional unless said):
+--   [run]   teacher (required: .gguf, HF dir, model:save dir), out, seed = 1,
+--           log_every = 10, eval_every = 50, eval_batches = 4, ckpt_every = 50
+--   [data]  files (required: paths; directories give their files), tokenizer ("bytes", a path;
+--           default: the teacher when it is a .gguf), val_fraction = 0.05, seed
+--   [train] lr = 3e-4, min_lr = lr / 10, warmup = 0, batch = 4, seq_len = 256, accum = 1,
+--           loss = "reverse_kl" | "forward_kl" | "ce" | "mix", weights = {rkl=, fkl=, ce=} (mix),
+--           temperature = 1, weight_decay = 0.1, clip = 1.0, freeze = [glob patterns]
+--   [stages.<name>]  in file order: layers = [..] | (lowest = n, ranking = "file.json": the n
+--           least important layers of the ranking not yet swapped; scripts/importance.lua),
+--           mixer = "mamba1" | "identity" | a plugin type, init = "mil" | "random",
+--           config = "TOML text of the mixer table", steps (required), and any [train] key to
+--           override it for this stage.
+-- HYB_DISTILL_EXIT_AFTER=n (tests): exit abruptly (status 3) after n optimiser updates of this
+-- process, as a kill would.
+local hyb = require("hyb")
+
+local usage = "usage: hyb distill <recipe.toml> [out_dir]"
+if not arg[1] or arg[1] == "--help" or arg[1] == "-h" then
+  print(usage)
+  os.exit(arg[1] and 0 or 2)
+end
+local recipe_path = arg[1]
+local R = hyb.train.read_toml(recipe_path)
+local run = R.run or error(recipe_path .. ": missing [run]")
+local data = R.data or error(recipe_path .. ": missing [data]")
+local train = R.train or {}
+local out = arg[2] or run.out or error(recipe_path .. ": [run] out is missing and no out_dir given")
+local seed = run.seed or 1
+local exit_after = tonumber(os.getenv("HYB_DISTILL_EXIT_AFTER") or "")
+local recipe_dir = recipe_path:match("^(.*)/[^/]*$") or "."
+
+local function expand(p)
+  if type(p) ~= "string" then return p end
+  p = p:gsub("^~", os.getenv("HOME") or "~")
+  return p
+end
+
+local function exists(p)
+  local f = io.open(p, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+-- ---- JSON (writing; and the small reading the ranking files need) ----------------------------
+local function json(v)
+  local t = type(v)
+  if t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return "null" end
+    if math.type(v) == "integer" then return tostring(v) end
+    return string.format("%.9g", v)
+  elseif t == "string" then
+    return '"' .. v:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end) .. '"'
+  elseif t == "boolean" then return tostring(v)
+  elseif t == "table" then
+    if #v > 0 or next(v) == nil then
+      local parts = {}
+      for i = 1, #v do parts[i] = json(v[i]) end
+      return "[" .. table.concat(parts, ",") .. "]"
+    end
+    local keys = {}
+    for k in pairs(v) do if k ~= "__order" then keys[#keys + 1] = tostring(k) end end
+    table.sort(keys)
+    local parts = {}
+    for _, k in ipairs(keys) do parts[#parts + 1] = json(k) .. ":" .. json(v[k]) end
+    return "{" .. table.concat(parts, ",") .. "}"
+  end
+  return "null"
+end
+
+-- ---- settings ---------------------------------------------------------------------------------
+local function strip(t)
+  if type(t) ~= "table" then return t end
+  local c = {}
+  for k, v in pairs(t) do if k ~= "__order" then c[k] = v end end
+  return c
+end
+
+local function setting(stage, key, default)
+  if stage and stage[key] ~= nil then return stage[key] end
+  if train[key] ~= nil then return train[key] end
+  return default
+end
+
+local teacher_path = expand(run.teacher or error(recipe_path .. ": [run] teacher is missing"))
+if not teacher_path:match("^/") and not exists(teacher_path) and exists(recipe_dir .. "/" .. teacher_path) then
+  teacher_path = recipe_dir .. "/" .. teacher_path
+end
+local teacher = hyb.train.load(teacher_path)
+local V = teacher:config().vocab_size
+
+local tok = nil
+local tokspec = data.tokenizer or (teacher_path:match("%.gguf$") and teacher_path) or "bytes"
+if tokspec ~= "bytes" then tok = hyb.data.tokenizer(expand(tokspec)) end
+local files = {}
+for i, f in ipairs(data.files or error(recipe_path .. ": [data] files is missing")) do files[i] = expand(f) end
+local ds = hyb.data.dataset{files = files, tokenizer = tok, cache = out .. "/data.bin",
+  val_fraction = data.val_fraction or 0.05, seed = data.seed or seed}
+local info = ds:info()
+print(("data: %d training + %d held-out tokens from %d documents (%s)"):format(info.train_tokens,
+  info.val_tokens, info.docs, info.from_cache and "cache" or "tokenized"))
+if tok and tok:vocab_size() > V then
+  error(("the tokenizer has %d tokens but the teacher's vocabulary is %d"):format(tok:vocab_size(), V))
+end
+
+-- ---- metrics: JSONL + SVG ----------------------------------------------------------------------
+local metrics_path = out .. "/metrics.jsonl"
+
+-- Keep the lines of stages before `stage` and of `stage` up to `upto` steps (a resumed stage
+-- rewrites what came after its checkpoint).
+local function truncate_metrics(stage_idx, upto)
+  local f = io.open(metrics_path, "r")
+  if not f then return end
+  local keep = {}
+  for line in f:lines() do
+    local si = tonumber(line:match('"stage_index":(%d+)'))
+    local st = tonumber(line:match('"step":(%d+)'))
+    if si and st and (si < stage_idx or (si == stage_idx and st <= upto)) then keep[#keep + 1] = line end
+  end
+  f:close()
+  local w = assert(io.open(metrics_path .. ".new", "w"))
+  for _, l in ipairs(keep) do w:write(l, "\n") end
+  w:close()
+  assert(os.rename(metrics_path .. ".new", metrics_path))
+end
+
+local function write_svg()
+  local f = io.open(metrics_path, "r")
+  if not f then return end
+  local tr, va, bounds = {}, {}, {}
+  local base, last_stage, gmax = 0, nil, 0
+  local offsets = {}
+  for line in f:lines() do
+    local si = tonumber(line:match('"stage_index":(%d+)'))
+    local st = tonumber(line:match('"step":(%d+)'))
+    local loss = tonumber(line:match('"loss":([%d%.eE+-]+)'))
+    local kind = line:match('"kind":"(%a+)"')
+    if si and st and loss then
+      if not offsets[si] then offsets[si] = gmax; bounds[#bounds + 1] = gmax end
+      local x = offsets[si] + st
+      if x > gmax then gmax = x end
+      if kind == "val" then va[#va + 1] = {x, loss} else tr[#tr + 1] = {x, loss} end
+    end
+  end
+  f:close()
+  if #tr == 0 then return end
+  local W, H, m = 800, 400, 50
+  local ymin, ymax = math.huge, -math.huge
+  for _, s in ipairs({tr, va}) do
+    for _, p in ipairs(s) do ymin = math.min(ymin, p[2]); ymax = math.max(ymax, p[2]) end
+  end
+  if ymax <= ymin then ymax = ymin + 1 end
+  local xmax = math.max(gmax, 1)
+  local function X(x) return m + (W - 2 * m) * x / xmax end
+  local function Y(y) return H - m - (H - 2 * m) * (y - ymin) / (ymax - ymin) end
+  local o = {}
+  o[#o + 1] = ('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">'):format(W, H)
+  o[#o + 1] = ('<rect width="%d" height="%d" fill="white"/>'):format(W, H)
+  o[#o + 1] = ('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>'):format(m, H - m, W - m, H - m)
+  o[#o + 1] = ('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>'):format(m, m, m, H - m)
+  for k = 0, 4 do
+    local y = ymin + (ymax - ymin) * k / 4
+    o[#o + 1] = ('<text x="4" y="%.1f">%.3g</text>'):format(Y(y) + 4, y)
+  end
+  o[#o + 1] = ('<text x="%d" y="%d">%d</text>'):format(W - m - 20, H - m + 18, xmax)
+  for _, b in ipairs(bounds) do
+    o[#o + 1] = ('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#bbb" stroke-dasharray="4"/>'):format(X(b), m, X(b), H - m)
+  end
+  local function poly(s, color)
+    local pts = {}
+    for i, p in ipairs(s) do pts[i] = ("%.1f,%.1f"):format(X(p[1]), Y(p[2])) end
+    return ('<polyline fill="none" stroke="%s" stroke-width="1.5" points="%s"/>'):format(color, table.concat(pts, " "))
+  end
+  o[#o + 1] = poly(tr, "#1f77b4")
+  if #va > 0 then
+    o[#o + 1] = poly(va, "#d62728")
+    for _, p in ipairs(va) do
+      o[#o + 1] = ('<circle cx="%.1f" cy="%.1f" r="3" fill="#d62728"/>'):format(X(p[1]), Y(p[2]))
+    end
+  end
+  o[#o + 1] = ('<text x="%d" y="20" fill="#1f77b4">train loss</text><text x="%d" y="20" fill="#d62728">held-out loss</text>'):format(m, m + 100)
+  o[#o + 1] = ('<text x="%d" y="%d">optimiser step (all stages)</text>'):format(W / 2 - 80, H - 10)
+  o[#o + 1] = "</svg>"
+  local w = assert(io.open(out .. "/loss.svg.new", "w"))
+  w:write(table.concat(o, "\n"), "\n")
+  w:close()
+  assert(os.rename(out .. "/loss.svg.new", out .. "/loss.svg"))
+end
+
+-- ---- stages -------------------------------------------------------------------------------------
+-- The first n layers of a ranking file's "order" (least important first) that the student still
+-- runs with the teacher's mixer (layers swapped by earlier stages are skipped).
+local function ranking_layers(path, n, student)
+  local f = assert(io.open(expand(path), "r"), "cannot open ranking file " .. path ..
+    " (write it with: hyb importance ...)")
+  local text = f:read("a")
+  f:close()
+  local list = text:match('"order"%s*:%s*%[([^%]]*)%]') or error(path .. ": no \"order\" list")
+  local sp, tp = student:pattern(), teacher:pattern()
+  local layers = {}
+  for v in list:gmatch("%-?%d+") do
+    local l = tonumber(v)
+    if #layers < n and sp:sub(l + 1, l + 1) == tp:sub(l + 1, l + 1) then layers[#layers + 1] = l end
+  end
+  if #layers < n then error(("%s: only %d layers left to swap, %d wanted"):format(path, #layers, n)) end
+  table.sort(layers)
+  return layers
+end
+
+local stages = R.stages or error(recipe_path .. ": no [stages.<name>] tables")
+local order = stages.__order
+local done_steps = 0
+local prev = nil
+local eval_batches = run.eval_batches or 4
+
+for si, name in ipairs(order) do
+  local S = stages[name]
+  local dir = out .. "/" .. name
+  local final = dir .. "/final.safetensors"
+  if exists(final) then
+    print(("stage %d '%s': done (%s)"):format(si, name, final))
+    prev = final
+    goto continue
+  end
+  do
+    local steps = S.steps or error(("stage '%s': steps is missing"):format(name))
+    local B = setting(S, "batch", 4)
+    local T = setting(S, "seq_len", 256)
+    local accum = setting(S, "accum", 1)
+    local student = prev and hyb.train.load(prev) or hyb.train.clone(teacher)
+    local layers = S.layers
+    if not layers and S.lowest then
+      layers = ranking_layers(S.ranking or error("stage " .. name .. ": lowest needs ranking"), S.lowest, student)
+    end
+    local mixer = S.mixer or "mamba1"
+    if layers and #layers > 0 then
+      if mixer == "identity" then
+        student:set_identity(layers)
+      else
+        student:swap(layers, mixer, {init = S.init or "mil", seed = seed + si, config = S.config})
+      end
+    end
+    for _, pat in ipairs(setting(S, "freeze", {})) do hyb.train.freeze(student, pat) end
+    local tr = hyb.train.trainer(student, {teacher = teacher, lr = setting(S, "lr", 3e-4),
+      min_lr = setting(S, "min_lr", setting(S, "lr", 3e-4) / 10), warmup = setting(S, "warmup", 0),
+      steps = steps, accum = accum, loss = setting(S, "loss", "reverse_kl"), weights = strip(setting(S, "weights", nil)),
+      temperature = setting(S, "temperature", 1.0), weight_decay = setting(S, "weight_decay", 0.1),
+      clip = setting(S, "clip", 1.0)})
+    local ckpt = dir .. "/ckpt.safetensors"
+    if exists(ckpt) then
+      local meta = tr:load(ckpt)
+      print(("stage %d '%s': resumed from %s at step %d"):format(si, name, ckpt, tr:steps()))
+      assert(meta.stage == name, ckpt .. " belongs to stage " .. tostring(meta.stage))
+    end
+    truncate_metrics(si, tr:steps())
+    print(("stage %d '%s': %s, layers %s -> %s, %d steps of %d x %d x %d tokens"):format(si, name,
+      student:pattern(), json(layers or {}), mixer, steps, accum, B, T))
+    local mf = assert(io.open(metrics_path, "a"))
+    local data_seed = seed * 1000 + si
+    local needs_targets = setting(S, "loss", "reverse_kl") == "ce" or (setting(S, "weights", {}).ce or 0) > 0
+    local function evaluate(step)
+      local sum, parts = 0, {}
+      for j = 0, eval_batches - 1 do
+        local ids, tg = ds:val_batch(j, B, T)
+        local r = tr:eval(ids, B, T, {targets = tg})
+        sum = sum + r.loss
+        for k, v in pairs(r) do if k ~= "loss" then parts[k] = (parts[k] or 0) + v / eval_batches end end
+      end
+      local rec = {kind = "val", stage = name, stage_index = si, step = step, loss = sum / eval_batches}
+      for k, v in pairs(parts) do rec[k] = v end
+      mf:write(json(rec), "\n")
+      mf:flush()
+      return rec
+    end
+    if tr:steps() == 0 then
+      local r = evaluate(0)
+      print(("  held-out before: loss %.4f  rkl %.4f  ce %.4f"):format(r.loss, r.rkl or 0 / 0, r.ce or 0 / 0))
+    end
+    local t0, tok0 = hyb.time(), 0
+    local start = tr:steps()
+    for step = start, steps - 1 do
+      local ids, tg = ds:batch(step, accum * B, T, data_seed)
+      local st = tr:step(ids, B, T, needs_targets and {targets = tg} or nil)
+      tok0 = tok0 + accum * B * T
+      local el = hyb.time() - t0
+      local tps = tok0 / math.max(el, 1e-9)
+      local rec = {kind = "train", stage = name, stage_index = si, step = st.step, loss = st.loss, rkl = st.rkl,
+        fkl = st.fkl, ce = st.ce, lr = st.lr, grad_norm = st.grad_norm, tok_s = tps}
+      mf:write(json(rec), "\n")
+      if st.step % (run.log_every or 10) == 0 or st.step == steps or st.step == start + 1 then
+        local eta = (steps - st.step) * el / math.max(st.step - start, 1)
+        print(("  [%s] step %5d/%d  loss %.4f  lr %.2e  |g| %.3f  %7.0f tok/s  ETA %5.0f s"):format(name,
+          st.step, steps, st.loss, st.lr, st.grad_norm, tps, eta))
+      end
+      if st.step % (run.eval_every or 50) == 0 or st.step == steps then
+        local r = evaluate(st.step)
+        print(("  [%s] held-out at %d: loss %.4f"):format(name, st.step, r.loss))
+      end
+      mf:flush()
+      if st.step % (run.ckpt_every or 50) == 0 and st.step < steps then
+        tr:save(ckpt, {stage = name, data_seed = data_seed})
+      end
+      done_steps = done_steps + 1
+      if exit_after and done_steps >= exit_after then
+        io.stdout:flush()
+        os.exit(3, false) -- as abrupt as a kill: no cleanup, no close
+      end
+    end
+    mf:close()
+    student:save(dir .. "/model")
+    tr:save(final, {stage = name, data_seed = data_seed}) -- last: its presence marks the stage done
+    os.remove(ckpt)
+    write_svg()
+    print(("stage %d '%s': done, %s"):format(si, name, final))
+    prev = final
+  end
+  ::continue::
+end
+write_svg()
+print("distillation done: " .. out)

@@ -1,0 +1,143 @@
+-- scripts/evallib.lua: helpers shared by scripts/eval.lua and scripts/importance.lua: argument
+-- parsing, the held-out data, held-out metrics of a model against the teacher, JSON and tables.
+local hyb = require("hyb")
+local E = {}
+
+-- "--key value" and "--flag" options; the rest are positional. spec: key -> default (a boolean
+-- default makes it a flag). Unknown options are an error.
+function E.parse_args(args, spec, usage)
+  local o, pos = {}, {}
+  for k, v in pairs(spec) do o[k] = v end
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    local key = a:match("^%-%-([%w_-]+)$")
+    if key then
+      key = key:gsub("-", "_")
+      if spec[key] == nil then error(("unknown option --%s\n%s"):format(key, usage), 0) end
+      if type(spec[key]) == "boolean" then
+        o[key] = true
+      else
+        i = i + 1
+        local v = args[i] or error(("option --%s needs a value\n%s"):format(key, usage), 0)
+        if type(spec[key]) == "number" then
+          o[key] = tonumber(v) or error(("option --%s needs a number, got %q"):format(key, v), 0)
+        else
+          o[key] = v
+        end
+      end
+    else
+      pos[#pos + 1] = a
+    end
+    i = i + 1
+  end
+  return o, pos
+end
+
+function E.expand(p)
+  return (p:gsub("^~", os.getenv("HOME") or "~"))
+end
+
+-- The held-out data: a dataset over `files` (comma-separated paths) with the tokenizer spec
+-- ("bytes", a path, or nil: the teacher when it is a .gguf).
+function E.dataset(opts, teacher_path)
+  local files = {}
+  for f in opts.data:gmatch("[^,]+") do files[#files + 1] = E.expand(f) end
+  local tokspec = opts.tokenizer ~= "" and opts.tokenizer or (teacher_path:match("%.gguf$") and teacher_path) or "bytes"
+  local tok = tokspec ~= "bytes" and hyb.data.tokenizer(E.expand(tokspec)) or nil
+  local ds = hyb.data.dataset{files = files, tokenizer = tok, cache = opts.cache ~= "" and opts.cache or nil,
+    val_fraction = opts.val_fraction, seed = opts.seed}
+  return ds, tok
+end
+
+-- Held-out metrics of `model` against `teacher` over `nb` fixed batches of B x T:
+-- ce (mean token cross-entropy), ppl = exp(ce), rkl, fkl (per token, averaged), tok_s (forward).
+function E.heldout(model, teacher, ds, nb, B, T)
+  local ce, rkl, fkl, secs = 0, 0, 0, 0
+  for j = 0, nb - 1 do
+    local ids, tg = ds:val_batch(j, B, T)
+    local tl = teacher:forward(ids, B, T, {grad = false})
+    local t0 = hyb.time()
+    local lg = model:forward(ids, B, T, {grad = false})
+    secs = secs + hyb.time() - t0
+    ce = ce + model:loss(lg, tg):value()
+    if teacher ~= model then
+      rkl = rkl + model:loss(lg, nil, {kind = "kl_reverse", teacher = tl}):value()
+      fkl = fkl + model:loss(lg, nil, {kind = "kl_forward", teacher = tl}):value()
+    end
+  end
+  ce, rkl, fkl = ce / nb, rkl / nb, fkl / nb
+  return {ce = ce, ppl = math.exp(ce), rkl = rkl, fkl = fkl, tok_s = nb * B * T / math.max(secs, 1e-9)}
+end
+
+-- Held-out reverse KL only (importance ranking).
+function E.rkl(model, teacher, ds, nb, B, T, cache)
+  local s = 0
+  for j = 0, nb - 1 do
+    local ids = ds:val_batch(j, B, T)
+    local tl = cache and cache[j] or teacher:forward(ids, B, T, {grad = false}):clone()
+    if cache then cache[j] = tl end
+    s = s + model:loss(model:forward(ids, B, T, {grad = false}), nil, {kind = "kl_reverse", teacher = tl}):value()
+  end
+  return s / nb
+end
+
+function E.json(v)
+  local t = type(v)
+  if t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return "null" end
+    if math.type(v) == "integer" then return tostring(v) end
+    return string.format("%.9g", v)
+  elseif t == "string" then
+    return '"' .. v:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end) .. '"'
+  elseif t == "boolean" then return tostring(v)
+  elseif t == "table" then
+    if #v > 0 or next(v) == nil then
+      local parts = {}
+      for i = 1, #v do parts[i] = E.json(v[i]) end
+      return "[" .. table.concat(parts, ", ") .. "]"
+    end
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+    table.sort(keys)
+    local parts = {}
+    for _, k in ipairs(keys) do parts[#parts + 1] = E.json(k) .. ": " .. E.json(v[k]) end
+    return "{" .. table.concat(parts, ", ") .. "}"
+  end
+  return "null"
+end
+
+function E.write(path, text)
+  local dir = path:match("^(.*)/[^/]*$")
+  if dir then os.execute("mkdir -p '" .. dir .. "'") end
+  local f = assert(io.open(path .. ".new", "w"))
+  f:write(text)
+  f:close()
+  assert(os.rename(path .. ".new", path))
+end
+
+-- Print rows (tables) as an aligned table with the given columns {key, header, format}.
+function E.table(cols, rows)
+  local cells, w = {}, {}
+  for c, col in ipairs(cols) do w[c] = #col[2] end
+  for r, row in ipairs(rows) do
+    cells[r] = {}
+    for c, col in ipairs(cols) do
+      local v = row[col[1]]
+      local s = v == nil and "-" or (col[3] and type(v) == "number" and col[3]:format(v) or tostring(v))
+      cells[r][c] = s
+      if #s > w[c] then w[c] = #s end
+    end
+  end
+  local function line(vals)
+    local p = {}
+    for c, v in ipairs(vals) do p[c] = (c == 1 and "%-" .. w[c] .. "s" or "%" .. w[c] .. "s"):format(v) end
+    print(table.concat(p, "  "))
+  end
+  local hdr = {}
+  for c, col in ipairs(cols) do hdr[c] = col[2] end
+  line(hdr)
+  for _, r in ipairs(cells) do line(r) end
+end
+
+return E

@@ -1,0 +1,403 @@
+/* tests/cuda_ops.c: every CUDA kernel against the CPU backend (label `cuda`), in the spirit of
+ * ggml's test-backend-ops: fresh random inputs, the same call on both backends, outputs compared
+ * by normalised MSE  nmse(a, b) = sum (a - b)^2 / sum b^2  (b = CPU).
+ *
+ * Thresholds: 1e-7 for the f32 ops (they differ from the CPU only in summation order and in
+ * expf/sincosf rounding, a few ulp: nmse ~ 1e-12 or below). Backward gradients are ACCUMULATED
+ * into random initial values on both sides, so "+=" versus "=" is caught too. The bf16 GEMM
+ * compares with the CPU f32 GEMM of the SAME bf16-rounded inputs: products of bf16 numbers are
+ * exact in f32, so the only difference is f32 accumulation order (relative error ~ sqrt(K) *
+ * 2^-24 ~ 1e-6 for K = 256, nmse ~ 1e-12): 1e-7 still applies and catches a layout or transpose
+ * bug (nmse ~ 1). A bf16 OUTPUT adds a rounding of relative size 2^-9 per element, nmse
+ * <= (2^-9)^2 / 3 ~ 1.3e-6, so that case uses 1e-5.
+ *
+ * Exits 77 (skipped) with a message when there is no CUDA driver or no GPU. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "hyb/backend.h"
+#include "hyb/common.h"
+
+#ifdef HYB_HAVE_CUDA
+#include "backend/cuda/cuda.h"
+
+#define TOL 1e-7
+
+static const hyb_backend *cpu, *gpu;
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+
+static float urand(void) { /* uniform in [-1, 1) */
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (float)((g_rng >> 40) * (1.0 / 8388608.0)) * 2.0f - 1.0f;
+}
+static float *rnd(int64_t n, float scale) {
+    float *p = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    for (int64_t i = 0; i < n; i++)
+        p[i] = scale * urand();
+    return p;
+}
+static float *to_dev(const float *x, int64_t n) {
+    float *d = gpu->alloc(gpu, sizeof(float) * (size_t)(n ? n : 1));
+    HYB_ASSERT(d != NULL);
+    gpu->upload(gpu, d, x, sizeof(float) * (size_t)n);
+    return d;
+}
+/* download d into a new host array and free d */
+static float *from_dev(float *d, int64_t n) {
+    float *h = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    gpu->download(gpu, h, d, sizeof(float) * (size_t)n);
+    gpu->free(gpu, d);
+    return h;
+}
+static double nmse(const float *a, const float *b, int64_t n) {
+    double num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const double d = (double)a[i] - b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+        if (a[i] != a[i]) return INFINITY; /* NaN */
+    }
+    return num / (den > 1e-30 ? den : 1e-30);
+}
+#define CHECK_NMSE(gpu_out, cpu_out, n, tol)                                                       \
+    do {                                                                                           \
+        double e_ = nmse(gpu_out, cpu_out, n);                                                     \
+        CHECK_MSG(e_ <= (tol), "%s vs %s: nmse %.3g > %g", #gpu_out, #cpu_out, e_, (double)(tol));  \
+    } while (0)
+
+static void test_add_axpy(void) {
+    const int64_t n = 100003;
+    float *a = rnd(n, 1), *b = rnd(n, 1), *y = malloc(sizeof(float) * n);
+    float *da = to_dev(a, n), *db = to_dev(b, n), *dy = to_dev(y, n);
+    cpu->add(cpu, a, b, y, n);
+    gpu->add(gpu, da, db, dy, n);
+    float *gy = from_dev(dy, n);
+    CHECK_NMSE(gy, y, n, TOL);
+    cpu->axpy(cpu, a, b, -0.37f, n);
+    gpu->axpy(gpu, da, db, -0.37f, n);
+    float *ga = from_dev(da, n);
+    CHECK_NMSE(ga, a, n, TOL);
+    gpu->free(gpu, db);
+    free(a), free(b), free(y), free(gy), free(ga);
+}
+
+static void test_swiglu(void) {
+    const int64_t n = 70001;
+    float *g = rnd(n, 4), *u = rnd(n, 2), *dy = rnd(n, 1), *y = malloc(sizeof(float) * n);
+    float *dg = rnd(n, 1), *du = rnd(n, 1);
+    float *d_g = to_dev(g, n), *d_u = to_dev(u, n), *d_dy = to_dev(dy, n), *d_y = to_dev(y, n);
+    float *d_dg = to_dev(dg, n), *d_du = to_dev(du, n);
+    cpu->swiglu_fwd(cpu, g, u, y, n);
+    gpu->swiglu_fwd(gpu, d_g, d_u, d_y, n);
+    cpu->swiglu_bwd(cpu, g, u, dy, dg, du, n);
+    gpu->swiglu_bwd(gpu, d_g, d_u, d_dy, d_dg, d_du, n);
+    float *gy = from_dev(d_y, n), *gdg = from_dev(d_dg, n), *gdu = from_dev(d_du, n);
+    CHECK_NMSE(gy, y, n, TOL);
+    CHECK_NMSE(gdg, dg, n, TOL);
+    CHECK_NMSE(gdu, du, n, TOL);
+    gpu->free(gpu, d_g), gpu->free(gpu, d_u), gpu->free(gpu, d_dy);
+    free(g), free(u), free(dy), free(y), free(dg), free(du), free(gy), free(gdg), free(gdu);
+}
+
+static void test_embedding(void) {
+    const int64_t V = 1000, D = 96, n = 777;
+    int32_t *ids = malloc(sizeof(int32_t) * n);
+    for (int64_t i = 0; i < n; i++)
+        ids[i] = (int32_t)((urand() + 1.0f) * 0.5f * 50); /* ids < 50: many repeats */
+    ids[0] = (int32_t)(V - 1);
+    float *W = rnd(V * D, 1), *y = malloc(sizeof(float) * n * D), *dy = rnd(n * D, 1);
+    float *dW = rnd(V * D, 1);
+    float *d_W = to_dev(W, V * D), *d_y = to_dev(y, n * D), *d_dy = to_dev(dy, n * D);
+    float *d_dW = to_dev(dW, V * D);
+    cpu->embedding_fwd(cpu, W, ids, y, n, D);
+    gpu->embedding_fwd(gpu, d_W, ids, d_y, n, D);
+    cpu->embedding_bwd(cpu, dW, ids, dy, n, D);
+    gpu->embedding_bwd(gpu, d_dW, ids, d_dy, n, D);
+    float *gy = from_dev(d_y, n * D), *gdW = from_dev(d_dW, V * D);
+    CHECK_NMSE(gy, y, n * D, TOL);
+    CHECK_NMSE(gdW, dW, V * D, TOL);
+    gpu->free(gpu, d_W), gpu->free(gpu, d_dy);
+    free(ids), free(W), free(y), free(dy), free(dW), free(gy), free(gdW);
+}
+
+static void test_rmsnorm(void) {
+    const int64_t rows = 300, D = 576; /* D > block size and not a multiple of it */
+    float *x = rnd(rows * D, 3), *w = rnd(D, 1), *dy = rnd(rows * D, 1);
+    float *y = malloc(sizeof(float) * rows * D), *rstd = malloc(sizeof(float) * rows);
+    float *dx = rnd(rows * D, 1), *dw = rnd(D, 1);
+    float *d_x = to_dev(x, rows * D), *d_w = to_dev(w, D), *d_dy = to_dev(dy, rows * D);
+    float *d_y = to_dev(y, rows * D), *d_rstd = to_dev(rstd, rows);
+    float *d_dx = to_dev(dx, rows * D), *d_dw = to_dev(dw, D);
+    cpu->rmsnorm_fwd(cpu, x, w, y, rstd, rows, D, 1e-5f);
+    gpu->rmsnorm_fwd(gpu, d_x, d_w, d_y, d_rstd, rows, D, 1e-5f);
+    /* the backward of each side uses its own rstd (as the graph would) */
+    cpu->rmsnorm_bwd(cpu, x, w, rstd, dy, dx, dw, rows, D);
+    gpu->rmsnorm_bwd(gpu, d_x, d_w, d_rstd, d_dy, d_dx, d_dw, rows, D);
+    float *gy = from_dev(d_y, rows * D), *gr = from_dev(d_rstd, rows);
+    float *gdx = from_dev(d_dx, rows * D), *gdw = from_dev(d_dw, D);
+    CHECK_NMSE(gy, y, rows * D, TOL);
+    CHECK_NMSE(gr, rstd, rows, TOL);
+    CHECK_NMSE(gdx, dx, rows * D, TOL);
+    CHECK_NMSE(gdw, dw, D, TOL);
+    gpu->free(gpu, d_x), gpu->free(gpu, d_w), gpu->free(gpu, d_dy);
+    free(x), free(w), free(dy), free(y), free(rstd), free(dx), free(dw);
+    free(gy), free(gr), free(gdx), free(gdw);
+}
+
+static void test_rope(void) {
+    const int B = 2, T = 37, H = 3, hd = 64;
+    const int64_t n = (int64_t)B * T * H * hd;
+    int32_t pos[37];
+    for (int t = 0; t < T; t++)
+        pos[t] = 5 + 3 * t; /* not 0..T-1: the positions must be used */
+    for (int inverse = 0; inverse < 2; inverse++) {
+        float *x = rnd(n, 1), *d_x = to_dev(x, n);
+        cpu->rope(cpu, x, B, T, H, hd, pos, 10000.0f, inverse);
+        gpu->rope(gpu, d_x, B, T, H, hd, pos, 10000.0f, inverse);
+        float *gx = from_dev(d_x, n);
+        CHECK_NMSE(gx, x, n, TOL);
+        free(x), free(gx);
+    }
+}
+
+static void test_softmax(void) {
+    const int64_t rows = 33, V = 5000;
+    float *x = rnd(rows * V, 8), *dy = rnd(rows * V, 1), *y = malloc(sizeof(float) * rows * V);
+    float *dx = rnd(rows * V, 1);
+    float *d_x = to_dev(x, rows * V), *d_y = to_dev(y, rows * V), *d_dy = to_dev(dy, rows * V);
+    float *d_dx = to_dev(dx, rows * V);
+    cpu->softmax_fwd(cpu, x, y, rows, V);
+    gpu->softmax_fwd(gpu, d_x, d_y, rows, V);
+    cpu->softmax_bwd(cpu, y, dy, dx, rows, V);
+    gpu->softmax_bwd(gpu, d_y, d_dy, d_dx, rows, V);
+    float *gy = from_dev(d_y, rows * V), *gdx = from_dev(d_dx, rows * V);
+    CHECK_NMSE(gy, y, rows * V, TOL);
+    CHECK_NMSE(gdx, dx, rows * V, TOL);
+    gpu->free(gpu, d_x), gpu->free(gpu, d_dy);
+    free(x), free(dy), free(y), free(dx), free(gy), free(gdx);
+}
+
+/* large vocabulary, ignored rows (w = 0, target -1), weighted rows */
+static void test_cross_entropy(void) {
+    const int64_t rows = 24, V = 49152 + 17;
+    float *x = rnd(rows * V, 10), *w = malloc(sizeof(float) * rows);
+    int32_t *t = malloc(sizeof(int32_t) * rows);
+    for (int64_t r = 0; r < rows; r++) {
+        t[r] = (int32_t)((urand() + 1.0f) * 0.5f * (float)(V - 1));
+        w[r] = r % 5 == 3 ? 0.0f : 0.5f + 0.5f * (urand() + 1.0f);
+        if (w[r] == 0.0f) t[r] = -1;
+    }
+    float *lse = malloc(sizeof(float) * rows), *dx = rnd(rows * V, 1e-4f);
+    float *d_x = to_dev(x, rows * V), *d_lse = to_dev(lse, rows), *d_dx = to_dev(dx, rows * V);
+    double lc = 0, lg = 0;
+    cpu->ce_fwd(cpu, x, t, w, lse, rows, V, &lc);
+    gpu->ce_fwd(gpu, d_x, t, w, d_lse, rows, V, &lg);
+    CHECK_MSG(fabs(lg - lc) <= 1e-5 * fabs(lc), "ce loss: cuda %.9g cpu %.9g", lg, lc);
+    cpu->ce_bwd(cpu, x, t, w, lse, dx, rows, V, 0.25f);
+    gpu->ce_bwd(gpu, d_x, t, w, d_lse, d_dx, rows, V, 0.25f);
+    float *glse = from_dev(d_lse, rows), *gdx = from_dev(d_dx, rows * V);
+    CHECK_NMSE(glse, lse, rows, TOL);
+    CHECK_NMSE(gdx, dx, rows * V, TOL);
+    gpu->free(gpu, d_x);
+    free(x), free(w), free(t), free(lse), free(dx), free(glse), free(gdx);
+}
+
+static void test_kl(void) {
+    const int64_t rows = 12, V = 32768 + 5;
+    for (int reverse = 0; reverse < 2; reverse++) {
+        float *s = rnd(rows * V, 6), *t = rnd(rows * V, 12), *w = malloc(sizeof(float) * rows);
+        s[7] = 150.0f, s[V + 3] = -130.0f, t[11] = 400.0f; /* outside the clamp */
+        for (int64_t r = 0; r < rows; r++)
+            w[r] = r == 4 ? 0.0f : 1.0f + (float)r / 8.0f;
+        float *st = malloc(sizeof(float) * rows * 3), *ds = rnd(rows * V, 1e-4f);
+        float *d_s = to_dev(s, rows * V), *d_t = to_dev(t, rows * V);
+        float *d_st = to_dev(st, rows * 3), *d_ds = to_dev(ds, rows * V);
+        double lc = 0, lg = 0;
+        cpu->kl_fwd(cpu, s, t, w, st, rows, V, 2.0f, reverse, &lc);
+        gpu->kl_fwd(gpu, d_s, d_t, w, d_st, rows, V, 2.0f, reverse, &lg);
+        CHECK_MSG(fabs(lg - lc) <= 1e-4 * fabs(lc) + 1e-7, "kl(reverse=%d) loss: cuda %.9g cpu %.9g",
+                  reverse, lg, lc);
+        cpu->kl_bwd(cpu, s, t, w, st, ds, rows, V, 2.0f, reverse, 0.5f);
+        gpu->kl_bwd(gpu, d_s, d_t, w, d_st, d_ds, rows, V, 2.0f, reverse, 0.5f);
+        float *gst = from_dev(d_st, rows * 3), *gds = from_dev(d_ds, rows * V);
+        /* the lse columns; the KL itself is checked through the loss above (it is a small
+         * difference of large sums, so its relative error is larger than 1e-7 nmse allows) */
+        float lc2[2 * 12], lg2[2 * 12];
+        for (int64_t r = 0; r < rows; r++)
+            lc2[2 * r] = st[3 * r], lc2[2 * r + 1] = st[3 * r + 1], lg2[2 * r] = gst[3 * r],
+                    lg2[2 * r + 1] = gst[3 * r + 1];
+        CHECK_NMSE(lg2, lc2, 2 * rows, TOL);
+        CHECK_NMSE(gds, ds, rows * V, TOL);
+        gpu->free(gpu, d_s), gpu->free(gpu, d_t);
+        free(s), free(t), free(w), free(st), free(ds), free(gst), free(gds);
+    }
+}
+
+static void test_sgemm(void) {
+    const int M = 67, N = 45, K = 129;
+    for (int tA = 0; tA < 2; tA++)
+        for (int tB = 0; tB < 2; tB++) {
+            float *A = rnd((int64_t)M * K, 1), *B = rnd((int64_t)K * N, 1), *C = rnd((int64_t)M * N, 1);
+            const int lda = tA ? M : K, ldb = tB ? K : N;
+            float *dA = to_dev(A, (int64_t)M * K), *dB = to_dev(B, (int64_t)K * N);
+            float *dC = to_dev(C, (int64_t)M * N);
+            cpu->sgemm(cpu, tA, tB, M, N, K, 0.7f, A, lda, B, ldb, 0.3f, C, N);
+            gpu->sgemm(gpu, tA, tB, M, N, K, 0.7f, dA, lda, dB, ldb, 0.3f, dC, N);
+            float *gC = from_dev(dC, (int64_t)M * N);
+            CHECK_NMSE(gC, C, (int64_t)M * N, TOL);
+            gpu->free(gpu, dA), gpu->free(gpu, dB);
+            free(A), free(B), free(C), free(gC);
+        }
+}
+
+/* host f32 -> bf16, round to nearest even (the reference for the conversion kernel) */
+static uint16_t bf16_of(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static float f32_of(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void test_bf16_convert(void) {
+    const int64_t n = 10007;
+    float *x = rnd(n, 100);
+    x[0] = 1.00390625f; /* exactly halfway between two bf16 values: ties to even */
+    x[1] = NAN;
+    float *d_x = to_dev(x, n);
+    uint16_t *d_b = gpu->alloc(gpu, 2 * (size_t)n), *hb = malloc(2 * (size_t)n);
+    CHECK(hyb_cuda_f32_to_bf16(d_x, d_b, n) == HYB_OK);
+    gpu->download(gpu, hb, d_b, 2 * (size_t)n);
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++)
+        bad += hb[i] != bf16_of(x[i]);
+    CHECK_MSG(bad == 0, "%d of %lld bf16 values differ from round-to-nearest-even", bad, (long long)n);
+    CHECK(hyb_cuda_bf16_to_f32(d_b, d_x, n) == HYB_OK);
+    float *back = from_dev(d_x, n);
+    bad = 0;
+    for (int64_t i = 2; i < n; i++)
+        bad += back[i] != f32_of(hb[i]);
+    CHECK(bad == 0);
+    CHECK(back[1] != back[1]); /* NaN survives */
+    gpu->free(gpu, d_b);
+    free(x), free(hb), free(back);
+}
+
+/* bf16 GEMMs for forward (x W^T), dX (dy W) and dW (dy^T x), against the CPU f32 GEMM of the
+ * same bf16-rounded inputs (thresholds: see the top of the file) */
+static void test_gemm_bf16(void) {
+    const int M = 70, N = 96, K = 256;
+    static const int cases[3][2] = {{0, 1}, {0, 0}, {1, 0}};
+    for (int c = 0; c < 3; c++)
+        for (int cf32 = 0; cf32 < 2; cf32++) {
+            const int tA = cases[c][0], tB = cases[c][1];
+            const int64_t na = (int64_t)M * K, nb = (int64_t)K * N, nc = (int64_t)M * N;
+            float *A = rnd(na, 1), *B = rnd(nb, 1), *C = malloc(sizeof(float) * nc);
+            for (int64_t i = 0; i < na; i++)
+                A[i] = f32_of(bf16_of(A[i]));
+            for (int64_t i = 0; i < nb; i++)
+                B[i] = f32_of(bf16_of(B[i]));
+            const int lda = tA ? M : K, ldb = tB ? K : N;
+            float *dA = to_dev(A, na), *dB = to_dev(B, nb), *dC = to_dev(C, nc);
+            void *a16 = gpu->alloc(gpu, 2 * (size_t)na), *b16 = gpu->alloc(gpu, 2 * (size_t)nb);
+            void *c16 = gpu->alloc(gpu, 2 * (size_t)nc);
+            CHECK(hyb_cuda_f32_to_bf16(dA, a16, na) == HYB_OK);
+            CHECK(hyb_cuda_f32_to_bf16(dB, b16, nb) == HYB_OK);
+            cpu->sgemm(cpu, tA, tB, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
+            CHECK(hyb_cuda_gemm_bf16(tA, tB, M, N, K, 1.0f, a16, lda, b16, ldb, 0.0f,
+                                     cf32 ? (void *)dC : c16, N, cf32) == HYB_OK);
+            if (!cf32) CHECK(hyb_cuda_bf16_to_f32(c16, dC, nc) == HYB_OK);
+            float *gC = from_dev(dC, nc);
+            CHECK_NMSE(gC, C, nc, cf32 ? TOL : 1e-5);
+            gpu->free(gpu, dA), gpu->free(gpu, dB), gpu->free(gpu, a16), gpu->free(gpu, b16);
+            gpu->free(gpu, c16);
+            free(A), free(B), free(C), free(gC);
+        }
+}
+
+/* AdamW kernel vs the update of core/optim.c written out here in f32 */
+static void test_adamw(void) {
+    const int64_t n = 50001;
+    float *p = rnd(n, 1), *g = rnd(n, 0.1f), *m = rnd(n, 0.01f), *v = rnd(n, 0.001f);
+    for (int64_t i = 0; i < n; i++)
+        v[i] = fabsf(v[i]);
+    float *d_p = to_dev(p, n), *d_g = to_dev(g, n), *d_m = to_dev(m, n), *d_v = to_dev(v, n);
+    const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, lr = 1e-3f, wd = 0.1f;
+    const double t = 7;
+    const float shrink = 1.0f - lr * wd, step = (float)(lr / (1.0 - pow(b1, t)));
+    const float isb = (float)(1.0 / sqrt(1.0 - pow(b2, t)));
+    CHECK(hyb_cuda_adamw(d_p, d_g, d_m, d_v, n, b1, b2, eps, shrink, step, isb) == HYB_OK);
+    for (int64_t k = 0; k < n; k++) {
+        const float mk = b1 * m[k] + (1.0f - b1) * g[k];
+        const float vk = b2 * v[k] + (1.0f - b2) * g[k] * g[k];
+        m[k] = mk, v[k] = vk;
+        p[k] = p[k] * shrink - step * mk / (sqrtf(vk) * isb + eps);
+    }
+    float *gp = from_dev(d_p, n), *gm = from_dev(d_m, n), *gv = from_dev(d_v, n);
+    CHECK_NMSE(gp, p, n, TOL);
+    CHECK_NMSE(gm, m, n, TOL);
+    CHECK_NMSE(gv, v, n, TOL);
+    gpu->free(gpu, d_g);
+    free(p), free(g), free(m), free(v), free(gp), free(gm), free(gv);
+}
+
+/* the pool reuses freed blocks, and an impossible request is a clear NOMEM error */
+static void test_pool(void) {
+    void *a = gpu->alloc(gpu, 1000);
+    CHECK(a != NULL);
+    gpu->free(gpu, a);
+    void *b = gpu->alloc(gpu, 900); /* same 1 KiB class: the cached block */
+    CHECK(b == a);
+    gpu->free(gpu, b);
+    void *huge = gpu->alloc(gpu, (size_t)1 << 50);
+    CHECK(huge == NULL);
+    CHECK_MSG(strstr(hyb_error(), "out of memory") && strstr(hyb_error(), "requested"),
+              "OOM message: %s", hyb_error());
+    printf("  (OOM message: %s)\n", hyb_error());
+}
+
+int main(void) {
+    if (hyb_cuda_init(0) != HYB_OK) {
+        printf("skipped: no GPU: %s\n", hyb_error());
+        return HARNESS_SKIP;
+    }
+    cpu = hyb_backend_cpu();
+    gpu = hyb_backend_get(HYB_DEV_CUDA);
+    if (!gpu) {
+        printf("CUDA backend not registered: %s\n", hyb_error());
+        return 1;
+    }
+    printf("device: sm_%d\n", hyb_cuda_arch());
+    RUN(test_add_axpy);
+    RUN(test_swiglu);
+    RUN(test_embedding);
+    RUN(test_rmsnorm);
+    RUN(test_rope);
+    RUN(test_softmax);
+    RUN(test_cross_entropy);
+    RUN(test_kl);
+    RUN(test_sgemm);
+    RUN(test_bf16_convert);
+    RUN(test_gemm_bf16);
+    RUN(test_adamw);
+    RUN(test_pool);
+    hyb_cuda_shutdown();
+    return harness_done();
+}
+#else
+int main(void) {
+    printf("skipped: no GPU: built without the CUDA headers\n");
+    return HARNESS_SKIP;
+}
+#endif
