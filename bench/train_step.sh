@@ -6,8 +6,8 @@
 #
 # Env: HYB (default build/hyb), PY (default ${HYB_VENV:-/work/venv}/bin/python3, with torch),
 # THREADS (default 2: OMP_NUM_THREADS for hyb, torch.set_num_threads for PyTorch), MAP (layer map).
-# Both run with OMP_WAIT_POLICY=passive (hyb sets it itself; PyTorch's default spinning threads
-# were ~10x slower on the shared cores). Prints a table with hyb tok/s / torch tok/s and writes
+# Both run with OMP_WAIT_POLICY=passive (hyb sets it itself; PyTorch gets the same so that neither
+# spins on the shared cores). Prints a table with hyb tok/s / torch tok/s and writes
 # bench/results/train_step-<date>.json (every round's raw JSON, the pooled medians, uptime).
 set -euo pipefail
 cd "$(dirname "$0")/.."
