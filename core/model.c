@@ -1014,6 +1014,188 @@ static char *llama_config_json(const hyb_model *m) {
     return b.p;
 }
 
+/* ---- HF apriel_h config.json (hybrids of mha / mamba1 / identity layers) --------------------
+ * Facts confirmed from the public Fast-LLM HF code (fast_llm_external_models/apriel_hybrid_ssm:
+ * configuration_apriel_hybrid_ssm.py, modeling_apriel_hybrid_ssm.py), read, not copied:
+ *   - the config is a MistralConfig subclass with `hybrid_block_layout` (one of "t", "m2", "m2d",
+ *     "i" per layer) and one `ssm_cfg` dict shared by every SSM layer; Fast-LLM names the type
+ *     "apriel_hybrid_ssm", the released Apriel-H1 checkpoints "apriel_h" (SPEC.md section 1);
+ *   - "t" is a MistralDecoderLayer (no q/k/v bias); "m2" is a decoder layer whose `mixer` is the
+ *     Mamba module with in_proj [2*d_xb + 2*d_inner, D] split (z, x, B, C), dt_in_proj [dt_rank,
+ * D], dt_proj [d_inner, dt_rank] with bias (added twice: once by the Linear, again as the scan's
+ *     delta_bias), conv1d [d_inner, 1, d_conv] over x repeated to d_inner (repeat_kv_before_conv),
+ *     A_log [d_inner, d_state], D [d_inner], out_proj [D, d_inner], no other biases; the
+ *     conv activation is always silu; dt_rank "auto" = ceil(D / 16);
+ *   - "i" (AprielHybridIdentity) returns the hidden states unchanged: the WHOLE block, MLP
+ *     included, is skipped. A hyb identity layer keeps its MLP, so it is written as "i" only
+ *     when its MLP is exactly zero (then both compute h unchanged); hyb_model_load_hf_dir builds
+ *     "i" layers that way. */
+typedef struct attn_hp {
+    int64_t nh, nkv, hd;
+    double theta;
+    int bias;
+} attn_hp;
+
+/* The mha hyper-parameters of layer l (the plugin's keys and defaults, plugins/mha/mha.c),
+ * cross-checked with the declared q/k shapes. 0 when they cannot be determined. */
+static int mha_hparams(const hyb_model *m, int l, attn_hp *a) {
+    const hyb_mixer *mx = m->layers[l].mixer;
+    const hyb_cfg_table *t = m->map->mixers[m->map->layer_mixer[l]].table;
+    memset(a, 0, sizeof *a);
+    a->theta = 10000.0;
+    int ok = hyb_cfg_int(t, "n_heads", m->D % 64 == 0 ? m->D / 64 : 0, &a->nh) == HYB_OK &&
+             a->nh > 0 && hyb_cfg_int(t, "n_kv_heads", a->nh, &a->nkv) == HYB_OK && a->nkv > 0 &&
+             hyb_cfg_int(t, "head_dim", m->D % a->nh == 0 ? m->D / a->nh : 0, &a->hd) == HYB_OK &&
+             a->hd > 0 && hyb_cfg_float(t, "rope_theta", 10000.0, &a->theta) == HYB_OK &&
+             hyb_cfg_bool(t, "bias", 0, &a->bias) == HYB_OK;
+    hyb_error_clear();
+    if (!ok) return 0;
+    int seen = 0;
+    for (int i = 0; i < mx->n_params; i++) {
+        const hyb_param_decl *d = &mx->decls[i];
+        if (!strcmp(d->name, "q_proj.weight"))
+            seen += d->shape[0] == a->nh * a->hd && d->shape[1] == m->D;
+        if (!strcmp(d->name, "k_proj.weight"))
+            seen += d->shape[0] == a->nkv * a->hd && d->shape[1] == m->D;
+    }
+    return seen == 2;
+}
+
+typedef struct ssm_hp {
+    int64_t di, dx, n, r, k;
+    int dbl;
+} ssm_hp;
+
+/* The mamba1 shapes of layer l, from its declared parameters (plugins/mamba1/mamba1.c):
+ * A_log [Di, N], dt_in_proj [R, D], conv1d [Di, 1, K], in_proj [2 Di + 2 Dx, D]. */
+static int mamba1_hparams(const hyb_model *m, int l, ssm_hp *s) {
+    const hyb_mixer *mx = m->layers[l].mixer;
+    const hyb_cfg_table *t = m->map->mixers[m->map->layer_mixer[l]].table;
+    memset(s, 0, sizeof *s);
+    int64_t p = 0;
+    for (int i = 0; i < mx->n_params; i++) {
+        const hyb_param_decl *d = &mx->decls[i];
+        if (!strcmp(d->name, "A_log")) s->di = d->shape[0], s->n = d->shape[1];
+        if (!strcmp(d->name, "dt_in_proj.weight")) s->r = d->shape[0];
+        if (!strcmp(d->name, "conv1d.weight")) s->k = d->shape[2];
+        if (!strcmp(d->name, "in_proj.weight")) p = d->shape[0];
+    }
+    s->dx = (p - 2 * s->di) / 2;
+    s->dbl = 1;
+    int ok = hyb_cfg_bool(t, "double_dt_bias", 1, &s->dbl) == HYB_OK;
+    hyb_error_clear();
+    return ok && s->di > 0 && s->n > 0 && s->r > 0 && s->k > 0 && s->dx > 0 &&
+           2 * s->di + 2 * s->dx == p;
+}
+
+static int all_zero(const hyb_tensor *t) {
+    const float *x = hyb_tensor_f32((hyb_tensor *)t);
+    for (int64_t i = 0, n = hyb_tensor_numel(t); i < n; i++)
+        if (x[i] != 0.0f) return 0;
+    return 1;
+}
+
+/* Returns the apriel_h config.json text, or NULL with *why set (a static reason, no error) when
+ * the model is not such a hybrid or cannot be expressed in that format. */
+static char *apriel_config_json(const hyb_model *m, const char **why) {
+    attn_hp a = {0}, a1;
+    ssm_hp s = {0}, s1;
+    int n_attn = 0, n_ssm = 0;
+    *why = NULL;
+    for (int l = 0; l < m->L; l++) {
+        const hyb_mixer *mx = m->layers[l].mixer;
+        if (!mx) {
+            const hyb_layer *ly = &m->layers[l];
+            if (!all_zero(ly->w_gate) || !all_zero(ly->w_up) || !all_zero(ly->w_down)) {
+                *why = "an identity layer keeps a non-zero MLP, but apriel_h \"i\" skips the "
+                       "whole block";
+                return NULL;
+            }
+        } else if (!strcmp(mx->type, "mha")) {
+            if (!mha_hparams(m, l, &a1)) {
+                *why = "an mha layer's shape cannot be determined";
+                return NULL;
+            }
+            if (a1.bias) {
+                *why = "mha layers with q/k/v biases (apriel_h attention has none)";
+                return NULL;
+            }
+            if (n_attn++ &&
+                (a.nh != a1.nh || a.nkv != a1.nkv || a.hd != a1.hd || a.theta != a1.theta)) {
+                *why = "mha layers with different shapes (apriel_h has one attention config)";
+                return NULL;
+            }
+            a = a1;
+        } else if (!strcmp(mx->type, "mamba1")) {
+            if (!mamba1_hparams(m, l, &s1)) {
+                *why = "a mamba1 layer's shape cannot be determined";
+                return NULL;
+            }
+            if (!s1.dbl) {
+                *why = "mamba1 with double_dt_bias = false (apriel_h \"m2\" adds the bias twice)";
+                return NULL;
+            }
+            if (n_ssm++ &&
+                (s.di != s1.di || s.dx != s1.dx || s.n != s1.n || s.r != s1.r || s.k != s1.k)) {
+                *why = "mamba1 layers with different configs (apriel_h has one ssm_cfg)";
+                return NULL;
+            }
+            s = s1;
+        } else {
+            *why = "a layer's mixer has no apriel_h block type (only mha, mamba1, identity)";
+            return NULL;
+        }
+    }
+    if (!n_ssm) return NULL; /* not a hybrid: the llama path (or nothing) */
+    if (!n_attn) {
+        /* MistralConfig still needs the attention keys; use the llama defaults */
+        a.nh = m->D % 64 == 0 ? m->D / 64 : 1;
+        a.nkv = a.nh;
+        a.hd = m->D / a.nh;
+        a.theta = 10000.0;
+    }
+    sbuf b = {0};
+    sb_puts(&b,
+            "{\n  \"architectures\": [\"AprielHForCausalLM\"],\n  \"model_type\": \"apriel_h\",\n");
+    sb_printf(
+        &b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
+        m->D, m->F, m->L);
+    sb_printf(&b,
+              "  \"num_attention_heads\": %" PRId64 ",\n  \"num_key_value_heads\": %" PRId64
+              ",\n  \"head_dim\": %" PRId64 ",\n",
+              a.nh, a.nkv, a.hd);
+    sb_printf(&b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n", m->V,
+              m->map->max_seq);
+    sb_puts(&b, "  \"rms_norm_eps\": ");
+    sb_shortest(&b, m->map->norm_eps);
+    sb_puts(&b, ",\n  \"rope_theta\": ");
+    sb_shortest(&b, a.theta);
+    sb_printf(&b, ",\n  \"tie_word_embeddings\": %s,\n", m->lm_head == m->embed ? "true" : "false");
+    sb_puts(&b, "  \"sliding_window\": null,\n  \"hidden_act\": \"silu\",\n"
+                "  \"initializer_range\": 0.02,\n  \"torch_dtype\": \"float32\",\n"
+                "  \"hybrid_block_layout\": [");
+    for (int l = 0; l < m->L; l++) {
+        const hyb_mixer *mx = m->layers[l].mixer;
+        sb_printf(&b, "%s\"%s\"", l ? ", " : "", !mx ? "i" : !strcmp(mx->type, "mha") ? "t" : "m2");
+    }
+    sb_printf(&b,
+              "],\n  \"ssm_cfg\": {\n    \"d_state\": %" PRId64 ",\n    \"d_xb\": %" PRId64
+              ",\n    \"d_inner\": %" PRId64 ",\n    \"dt_rank\": %" PRId64
+              ",\n    \"d_conv\": %" PRId64 ",\n",
+              s.n, s.dx, s.di, s.r, s.k);
+    sb_puts(&b, "    \"expand\": 1,\n    \"conv_bias\": true,\n    \"bias\": false,\n"
+                "    \"dt_proj_bias\": true,\n    \"repeat_kv_before_conv\": true,\n"
+                "    \"activation\": \"silu\",\n    \"dt_min\": 0.001,\n    \"dt_max\": 0.1,\n"
+                "    \"dt_init\": \"random\",\n    \"dt_scale\": 1.0,\n"
+                "    \"dt_init_floor\": 0.0001\n  }\n}\n");
+    if (b.oom) {
+        free(b.p);
+        *why = "out of memory";
+        return NULL;
+    }
+    return b.p;
+}
+
 int hyb_model_save(hyb_model *m, const char *dir) {
     HYB_TRY(hyb_mkdir_p(dir));
     int rc = HYB_OK;
@@ -1035,11 +1217,22 @@ int hyb_model_save(hyb_model *m, const char *dir) {
     if (rc == HYB_OK) rc = hyb_atomic_write_buf(p_map, toml, strlen(toml));
     if (rc == HYB_OK) {
         char *cfg = llama_config_json(m);
+        const char *why = NULL;
+        if (!cfg) cfg = apriel_config_json(m, &why);
         char *p_cfg = join_path(dir, "config.json");
         if (cfg && p_cfg)
             rc = hyb_atomic_write_buf(p_cfg, cfg, strlen(cfg));
         else if (!cfg && p_cfg) { /* and none left over from an earlier save of another layout */
-            hyb_log(HYB_LOG_DEBUG, "%s: no config.json (the layout is not a plain llama)", dir);
+            if (why)
+                hyb_log(HYB_LOG_INFO,
+                        "%s: no config.json: the hybrid cannot be written as HF apriel_h (%s); "
+                        "layermap.toml describes it",
+                        dir, why);
+            else
+                hyb_log(HYB_LOG_DEBUG,
+                        "%s: no config.json (the layout is neither a plain llama nor an apriel_h "
+                        "hybrid)",
+                        dir);
             if (unlink(p_cfg) != 0 && errno != ENOENT)
                 rc = hyb_error_set(HYB_ERR_IO, "%s: cannot remove a stale config.json: %s", dir,
                                    strerror(errno));

@@ -48,6 +48,8 @@ void lhyb_open_tensor(lua_State *L);
 void lhyb_open_model(lua_State *L);
 void lhyb_open_data(lua_State *L);
 void lhyb_open_generate(lua_State *L); /* hyb.llm, hyb.sampler (lua_generate.c) */
+void lhyb_open_bench(lua_State *L);    /* hyb.bench (lua_bench.c) */
+void lhyb_open_engine(lua_State *L);   /* hyb.engine, hyb.plan_memory (lua_engine.c) */
 void lhyb_open_train(lua_State *L);    /* hyb.train, hyb.data.dataset/tokenizer (lua_train.c) */
 
 /* A live hyb.model at idx (raises otherwise), and pushing a new hyb.model that takes ownership

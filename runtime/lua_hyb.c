@@ -85,6 +85,8 @@ int luaopen_hyb(lua_State *L) {
     lhyb_open_data(L);
     lhyb_open_generate(L);
     lhyb_open_train(L);
+    lhyb_open_bench(L);  /* hyb.bench (lua_bench.c) */
+    lhyb_open_engine(L); /* hyb.engine, hyb.plan_memory (lua_engine.c) */
     lua_pushstring(L, HYB_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # scripts/setup.sh: the one command for a new user. Installs what is missing, builds, fetches
-# the default model, then runs the main job (for now: train the tiny byte-level model on the CPU).
+# the default model (SmolLM2-135M-Instruct), then runs the main job on it: a chat reply from the
+# teacher, streamed token by token, with prefill/decode speed at the end.
 #
-#   scripts/setup.sh
+#   scripts/setup.sh                       # the default prompt
+#   scripts/setup.sh "Write a haiku about the sea."
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${HYB_BUILD_DIR:-$root/build}
@@ -17,5 +19,6 @@ if [[ ! -x "$build/hyb" ]]; then
     exit 1
 fi
 cd "$root"
-echo "setup: running: hyb run examples/tiny_train.lua" >&2
-exec "$build/hyb" run examples/tiny_train.lua "$@"
+prompt=${1:-"In two sentences, what is a state space model?"}
+echo "setup: running: hyb generate --chat --max-tokens 160 \"$prompt\"" >&2
+exec "$build/hyb" generate --chat --max-tokens 160 "$prompt"

@@ -16,6 +16,7 @@
 
 #include "hyb/gguf.h"
 #include "hyb/safetensors.h"
+#include "../strbuf.h"
 
 /* ---- layer map text ---------------------------------------------------------------------------*/
 
@@ -109,7 +110,8 @@ static int build_from_config(const char *src, const hyb_llama_config *c, hyb_mod
     }
     free(text);
     if (rc != HYB_OK) return rc;
-    rc = hyb_model_build(map, 0, out); /* takes ownership of map */
+    /* every parameter is filled from the file next (a missing one is an error): skip random init */
+    rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, out); /* takes ownership of map */
     if (rc != HYB_OK) return hyb_error_wrap(rc, "%s", src);
     return HYB_OK;
 }
@@ -408,8 +410,9 @@ static int js_int(const cJSON *root, const char *path, const char *key, int requ
         *out = def;
         return HYB_OK;
     }
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble ||
-        v->valuedouble < 0 || v->valuedouble > INT32_MAX)
+    /* range first: converting an out-of-range double (1e300, inf) to an integer is UB */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= INT32_MAX) ||
+        v->valuedouble != (double)(int32_t)v->valuedouble)
         return hyb_error_set(HYB_ERR_FORMAT, "%s: \"%s\" must be a non-negative integer", path,
                              key);
     *out = (int)v->valuedouble;
@@ -440,10 +443,93 @@ static int js_bool(const cJSON *root, const char *path, const char *key, int def
     return HYB_OK;
 }
 
-static int hf_read_config(const char *path, hyb_llama_config *c) {
+/* An apriel_h hybrid (see core/model.c, apriel_config_json, for the format facts and where they
+ * were confirmed): the layer kinds and the one ssm_cfg of its "m2" layers. */
+typedef struct apriel_cfg {
+    int is_apriel;
+    char *kinds; /* [n_layers + 1]: 't', 'm' (m2) or 'i'; owned */
+    int d_inner, d_xb, d_state, dt_rank, d_conv;
+} apriel_cfg;
+
+static int apriel_read(const cJSON *root, const char *path, const hyb_llama_config *c,
+                       apriel_cfg *ap) {
+    const cJSON *lay = cJSON_GetObjectItemCaseSensitive(root, "hybrid_block_layout");
+    if (!cJSON_IsArray(lay))
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: \"hybrid_block_layout\" must be a list of block "
+                             "types (\"t\", \"m2\", \"i\")",
+                             path);
+    int n = cJSON_GetArraySize(lay);
+    if (n != c->n_layers)
+        return hyb_error_set(
+            HYB_ERR_FORMAT, "%s: \"hybrid_block_layout\" has %d entries but num_hidden_layers = %d",
+            path, n, c->n_layers);
+    ap->kinds = calloc((size_t)n + 1, 1);
+    if (!ap->kinds) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+    int n_ssm = 0;
+    for (int i = 0; i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(lay, i);
+        const char *v = cJSON_IsString(e) ? e->valuestring : NULL;
+        if (v && !strcmp(v, "t"))
+            ap->kinds[i] = 't';
+        else if (v && !strcmp(v, "m2"))
+            ap->kinds[i] = 'm', n_ssm++;
+        else if (v && !strcmp(v, "i"))
+            ap->kinds[i] = 'i';
+        else
+            return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                                 "%s: hybrid_block_layout[%d] = %s%s%s is not a block type hyb "
+                                 "supports (\"t\" attention, \"m2\" Mamba, \"i\" identity)",
+                                 path, i, v ? "\"" : "", v ? v : "(not a string)", v ? "\"" : "");
+    }
+    const cJSON *ssm = cJSON_GetObjectItemCaseSensitive(root, "ssm_cfg");
+    if (!n_ssm) return HYB_OK; /* ssm_cfg unused */
+    if (!cJSON_IsObject(ssm))
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: \"ssm_cfg\" (an object) is missing", path);
+    char where[4200];
+    snprintf(where, sizeof where, "%s: ssm_cfg", path);
+    HYB_TRY(js_int(ssm, where, "d_inner", 1, 0, &ap->d_inner));
+    HYB_TRY(js_int(ssm, where, "d_state", 1, 0, &ap->d_state));
+    HYB_TRY(js_int(ssm, where, "d_conv", 1, 0, &ap->d_conv));
+    /* d_xb: null means d_model; dt_rank: "auto" means ceil(d_model / 16) (the HF code) */
+    const cJSON *xb = cJSON_GetObjectItemCaseSensitive(ssm, "d_xb");
+    if (!xb) return hyb_error_set(HYB_ERR_FORMAT, "%s: key \"d_xb\" is missing", where);
+    HYB_TRY(js_int(ssm, where, "d_xb", 0, c->d_model, &ap->d_xb));
+    const cJSON *dr = cJSON_GetObjectItemCaseSensitive(ssm, "dt_rank");
+    if (!dr) return hyb_error_set(HYB_ERR_FORMAT, "%s: key \"dt_rank\" is missing", where);
+    if (cJSON_IsString(dr) && !strcmp(dr->valuestring, "auto"))
+        ap->dt_rank = (c->d_model + 15) / 16;
+    else
+        HYB_TRY(js_int(ssm, where, "dt_rank", 1, 0, &ap->dt_rank));
+    static const struct {
+        const char *key;
+        int want;
+    } flags[] = {{"conv_bias", 1}, {"bias", 0}, {"dt_proj_bias", 1}, {"repeat_kv_before_conv", 1}};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        int v;
+        HYB_TRY(js_bool(ssm, where, flags[i].key, flags[i].want, &v));
+        if (v != flags[i].want)
+            return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                                 "%s: %s = %s is not supported (hyb's "
+                                 "mamba1 needs %s)",
+                                 where, flags[i].key, v ? "true" : "false",
+                                 flags[i].want ? "true" : "false");
+    }
+    const int dims[] = {ap->d_inner, ap->d_state, ap->d_conv, ap->d_xb, ap->dt_rank};
+    static const char *const dn[] = {"d_inner", "d_state", "d_conv", "d_xb", "dt_rank"};
+    for (int i = 0; i < 5; i++)
+        if (dims[i] <= 0)
+            return hyb_error_set(HYB_ERR_FORMAT, "%s: %s must be > 0, got %d", where, dn[i],
+                                 dims[i]);
+    return HYB_OK;
+}
+
+/* Parse a config.json text into c, and for apriel_h checkpoints the layer kinds and ssm_cfg into
+ * ap (ap->kinds is allocated: the caller frees it, also on error). */
+static int config_from_json(const char *text, const char *path, hyb_llama_config *c,
+                            apriel_cfg *ap) {
     memset(c, 0, sizeof *c);
-    char *text = read_text(path);
-    if (!text) return hyb_error_set(HYB_ERR_IO, "%s: cannot read", path);
+    memset(ap, 0, sizeof *ap);
     cJSON *root = cJSON_Parse(text);
     int rc = HYB_OK;
     if (!root || !cJSON_IsObject(root)) {
@@ -454,11 +540,13 @@ static int hf_read_config(const char *path, hyb_llama_config *c) {
     }
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     const char *type = cJSON_IsString(mt) ? mt->valuestring : NULL;
-    if (!type || (strcmp(type, "llama") != 0 && strcmp(type, "mistral") != 0)) {
-        rc = hyb_error_set(
-            HYB_ERR_UNSUPPORTED,
-            "%s: model_type is %s%s%s; hyb loads \"llama\" and \"mistral\" checkpoints", path,
-            type ? "\"" : "", type ? type : "missing", type ? "\"" : "");
+    /* "apriel_hybrid_ssm" is Fast-LLM's name for the same format */
+    ap->is_apriel = type && (!strcmp(type, "apriel_h") || !strcmp(type, "apriel_hybrid_ssm"));
+    if (!type || (strcmp(type, "llama") != 0 && strcmp(type, "mistral") != 0 && !ap->is_apriel)) {
+        rc = hyb_error_set(HYB_ERR_UNSUPPORTED,
+                           "%s: model_type is %s%s%s; hyb loads \"llama\", \"mistral\" and "
+                           "\"apriel_h\" checkpoints",
+                           path, type ? "\"" : "", type ? type : "missing", type ? "\"" : "");
         goto out;
     }
     snprintf(c->name, sizeof c->name, "%s", type);
@@ -520,8 +608,27 @@ static int hf_read_config(const char *path, hyb_llama_config *c) {
                 path, window, c->max_seq, window);
         c->max_seq = window;
     }
+    if (ap->is_apriel) {
+        c->attention_bias = 0; /* MistralDecoderLayer: no q/k/v bias */
+        rc = apriel_read(root, path, c, ap);
+    }
 out:
     cJSON_Delete(root);
+    return rc;
+}
+
+int hyb_llama_config_from_json(const char *text, const char *path, hyb_llama_config *c) {
+    apriel_cfg ap;
+    int rc = config_from_json(text, path, c, &ap);
+    free(ap.kinds);
+    return rc;
+}
+
+static int hf_read_config(const char *path, hyb_llama_config *c, apriel_cfg *ap) {
+    memset(ap, 0, sizeof *ap); /* ap->kinds == NULL when the file cannot be read */
+    char *text = read_text(path);
+    if (!text) return hyb_error_set(HYB_ERR_IO, "%s: cannot read", path);
+    int rc = config_from_json(text, path, c, ap);
     free(text);
     return rc;
 }
@@ -599,9 +706,19 @@ out:
     return rc;
 }
 
-static int hf_fill(hyb_model *m, shard_set *s, const char *dir) {
+/* Parameter `name` belongs to an apriel_h "i" layer (the whole block skipped: its norms and its
+ * MLP are not read; the MLP stays zero, so h passes unchanged as in the HF code). */
+static int in_skipped_layer(const char *name, const apriel_cfg *ap) {
+    int layer, off = 0;
+    if (!ap || !ap->is_apriel || sscanf(name, "model.layers.%d.%n", &layer, &off) != 1 || off <= 0)
+        return 0;
+    return layer >= 0 && layer < (int)strlen(ap->kinds) && ap->kinds[layer] == 'i';
+}
+
+static int hf_fill(hyb_model *m, shard_set *s, const char *dir, const apriel_cfg *ap) {
     for (int p = 0; p < m->n_params; p++) {
         hyb_tensor *t = m->params[p];
+        if (in_skipped_layer(t->name, ap)) continue;
         const hyb_st_tensor *st = NULL;
         int k = 0;
         for (; k < s->n && !st; k++)
@@ -623,18 +740,77 @@ static int hf_fill(hyb_model *m, shard_set *s, const char *dir) {
     return HYB_OK;
 }
 
+/* The layer map of an apriel_h hybrid: [mixers.attn] (mha, "t"), [mixers.m2] (mamba1, "m"),
+ * [mixers.skip] (identity, "i"), only those used, and a pattern of their symbols. */
+static int apriel_build(const char *src, const hyb_llama_config *c, const apriel_cfg *ap,
+                        hyb_model **out) {
+    HYB_TRY(check_config(src, c));
+    char name[64];
+    sanitize_name(c->name, name, sizeof name);
+    hyb_strbuf b = {0};
+    hyb_strbuf_printf(&b,
+                      "# generated from an apriel_h checkpoint's config.json\n[model]\n"
+                      "name = \"%s\"\nd_model = %d\nn_layers = %d\nvocab_size = %d\nd_ff = %d\n"
+                      "norm_eps = %.17g\ntie_embeddings = %s\nmax_seq = %d\n",
+                      name, c->d_model, c->n_layers, c->vocab_size, c->d_ff, c->norm_eps,
+                      c->tie_embeddings ? "true" : "false", c->max_seq);
+    if (strchr(ap->kinds, 't'))
+        hyb_strbuf_printf(&b,
+                          "\n[mixers.attn]\ntype = \"mha\"\nsymbol = \"t\"\nn_heads = %d\n"
+                          "n_kv_heads = %d\nhead_dim = %d\nrope_theta = %.17g\n",
+                          c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
+    if (strchr(ap->kinds, 'm'))
+        hyb_strbuf_printf(&b,
+                          "\n[mixers.m2]\ntype = \"mamba1\"\nsymbol = \"m\"\nd_inner = %d\n"
+                          "d_xb = %d\nd_state = %d\ndt_rank = %d\nd_conv = %d\n"
+                          "double_dt_bias = true\n",
+                          ap->d_inner, ap->d_xb, ap->d_state, ap->dt_rank, ap->d_conv);
+    if (strchr(ap->kinds, 'i'))
+        hyb_strbuf_printf(&b, "\n[mixers.skip]\ntype = \"%s\"\nsymbol = \"i\"\n",
+                          HYB_MIXER_IDENTITY);
+    hyb_strbuf_printf(&b, "\n[layout]\npattern = \"%s\"\n", ap->kinds);
+    if (b.oom) {
+        hyb_strbuf_free(&b);
+        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", src);
+    }
+    char source[600];
+    snprintf(source, sizeof source, "%s (generated layer map)", src);
+    hyb_layermap *map = NULL;
+    int rc = hyb_layermap_parse(b.p, source, &map);
+    hyb_strbuf_free(&b);
+    if (rc != HYB_OK) return hyb_error_wrap(rc, "%s", src);
+    /* no init: the weights are read next, and the MLP of an "i" layer must stay zero */
+    rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, out);
+    if (rc != HYB_OK) return hyb_error_wrap(rc, "%s", src);
+    return HYB_OK;
+}
+
 int hyb_model_load_hf_dir(const char *dir, hyb_model **out) {
     *out = NULL;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     hyb_llama_config c;
-    HYB_TRY(hf_read_config(path, &c));
+    apriel_cfg ap;
+    int rc = hf_read_config(path, &c, &ap);
+    if (rc != HYB_OK) {
+        free(ap.kinds);
+        return rc;
+    }
     shard_set s = {0, NULL};
-    HYB_TRY(shards_open(dir, &s));
+    if ((rc = shards_open(dir, &s)) != HYB_OK) {
+        free(ap.kinds);
+        return rc;
+    }
     hyb_model *m = NULL;
-    int rc = build_from_config(dir, &c, &m);
-    if (rc == HYB_OK) rc = hf_fill(m, &s, dir);
+    rc = ap.is_apriel ? apriel_build(dir, &c, &ap, &m) : build_from_config(dir, &c, &m);
+    if (rc == HYB_OK) rc = hf_fill(m, &s, dir, &ap);
     shards_close(&s);
+    if (rc == HYB_OK && ap.is_apriel)
+        hyb_log(HYB_LOG_INFO,
+                "%s: apriel_h hybrid, %d layers \"%s\" (t attention, m Mamba m2, "
+                "i identity)",
+                dir, c.n_layers, ap.kinds);
+    free(ap.kinds);
     if (rc != HYB_OK) {
         hyb_model_free(m);
         return rc;

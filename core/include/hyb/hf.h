@@ -39,11 +39,18 @@ int hyb_llama_layermap_text(const hyb_llama_config *cfg, char *buf, size_t n);
  * for its RoPE; they are put back into the HF half-split layout the `mha` mixer uses. */
 int hyb_model_load_gguf(const char *path, hyb_model **out);
 
-/* An HF checkpoint directory: config.json (model_type llama or mistral) and model.safetensors or
+/* An HF checkpoint directory: config.json (model_type llama, mistral, or apriel_h /
+ * apriel_hybrid_ssm: the layer map comes from hybrid_block_layout, "t" -> mha, "m2" -> mamba1
+ * with double_dt_bias configured by ssm_cfg, "i" -> identity with a zero MLP; other block types
+ * and missing ssm_cfg keys are errors naming the value or key and the file) and model.safetensors or
  * model.safetensors.index.json with its shards (f32, bf16 or f16 tensors). RoPE scaling is
  * refused; a Mistral sliding window shorter than the context limits max_seq to the window (where
  * sliding-window and full attention agree), with a warning. */
 int hyb_model_load_hf_dir(const char *dir, hyb_model **out);
+
+/* The hyper-parameters in the text of an HF config.json (NUL-terminated; path names it in
+ * messages): what hyb_model_load_hf_dir reads, with the same checks and errors. */
+int hyb_llama_config_from_json(const char *text, const char *path, hyb_llama_config *out);
 
 #ifdef __cplusplus
 }

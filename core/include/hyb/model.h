@@ -14,7 +14,7 @@
  *       hyb_grad_clip(p, n, 1.0f);
  *       hyb_adamw_step(opt);
  *   }
- *   hyb_model_save(m, "out/ckpt");  // model.safetensors + layermap.toml (+ config.json if llama)
+ *   hyb_model_save(m, "out/ckpt");  // model.safetensors + layermap.toml (+ config.json: llama or apriel_h)
  *
  *   hyb_kvstate *kv;  hyb_kvstate_new(m, 8, 2048, &kv);     // 8 slots of 2048 tokens
  *   hyb_model_prefill(m, kv, 0, prompt, n_prompt, logits);  // logits of the last token [V]
@@ -142,7 +142,11 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
 /* ---- checkpoints -------------------------------------------------------------------------------*/
 /* Write dir/model.safetensors (HF names, f32) and dir/layermap.toml atomically (tmp + fsync +
  * rename), and, when every layer is the same `mha` mixer (a plain llama), an HF config.json
- * (model_type "llama") so transformers and hyb_model_load_hf_dir load the directory too. */
+ * (model_type "llama") so transformers and hyb_model_load_hf_dir load the directory too.
+ * A hybrid of mamba1 / mha / identity layers gets an HF apriel_h config.json instead
+ * (hybrid_block_layout "m2" / "t" / "i", one ssm_cfg) when it can be expressed: one mamba1
+ * shape with double_dt_bias, one bias-free attention shape, identity layers whose MLP is zero
+ * (apriel_h "i" skips the whole block). Otherwise no config.json, with a log line saying why. */
 int hyb_model_save(hyb_model *m, const char *dir);
 /* Load parameters from a safetensors file into an already built model: every model parameter
  * must be present with the same shape (error names the tensor and both shapes); F32/F16/BF16

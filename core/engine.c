@@ -1,0 +1,715 @@
+/* core/engine.c: the serving engine (continuous batching, chunked prefill, prefix caching by
+ * state snapshots, per-request metrics) and memory planning from a layer map. See hyb/engine.h. */
+#include "hyb/engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { R_WAIT = 0, R_PREFILL, R_DECODE, R_DONE };
+#define HYB_FINISH_ERROR 3
+
+typedef struct req {
+    int64_t id;
+    int32_t *tokens; /* [n_prompt + max_tokens]: prompt then generated */
+    double *t_tok;   /* [max_tokens] */
+    int n_prompt, n_gen, max_tokens;
+    hyb_request_params p;
+    hyb_sampler *smp;
+    double t_arrival, t_admit;
+    int slot, done; /* done: prompt tokens in the slot's state */
+    int state;
+    int64_t admit_seq;
+    int32_t pending;
+    int finish, prefix_tokens;
+    int snap_target; /* prompt length to snapshot at (0: none) */
+    struct req *next;
+} req;
+
+typedef struct pentry {
+    int32_t *ids;
+    int n;
+    int registered, ready;
+    int busy;     /* a running request will snapshot it: others wanting it wait for it */
+    void **snap;  /* [L] */
+    float *logits; /* [V] logits of token n */
+    size_t bytes;
+    uint64_t last_used;
+} pentry;
+
+typedef struct done_node {
+    hyb_completion c;
+    struct done_node *next;
+} done_node;
+
+struct hyb_engine {
+    hyb_model *m;
+    hyb_engine_opts o;
+    hyb_kvstate *kv;
+    int V;
+    req **slot_req;      /* [S] */
+    req *wait_head, *wait_tail;
+    done_node *done_head, *done_tail;
+    float *logits;       /* [S, V] */
+    int32_t *seqs, *ids; /* [S] */
+    pentry *pe;
+    int n_pe, cap_pe;
+    uint64_t tick;
+    int64_t next_id, admit_counter;
+    hyb_engine_stats st;
+};
+
+hyb_engine_opts hyb_engine_defaults(void) {
+    hyb_engine_opts o = {4, 0, 0, 0, 16};
+    return o;
+}
+
+hyb_request_params hyb_request_defaults(void) {
+    hyb_request_params p;
+    memset(&p, 0, sizeof p);
+    p.max_tokens = 16;
+    p.sampler = hyb_sampler_defaults();
+    p.seed = 0;
+    return p;
+}
+
+int hyb_engine_new(hyb_model *m, const hyb_engine_opts *o, hyb_engine **out) {
+    *out = NULL;
+    hyb_engine_opts d = hyb_engine_defaults();
+    if (!o) o = &d;
+    if (!m) return hyb_error_set(HYB_ERR_ARG, "hyb_engine_new: no model");
+    int max_ctx = o->max_ctx ? o->max_ctx : (m->map->max_seq < 4096 ? m->map->max_seq : 4096);
+    if (o->slots < 1 || o->slots > 65536)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_new: slots must be in [1, 65536], got %d",
+                             o->slots);
+    if (max_ctx < 2)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_new: max_ctx must be >= 2, got %d", max_ctx);
+    if (o->prefill_chunk < 0)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_new: prefill_chunk must be >= 0, got %d",
+                             o->prefill_chunk);
+    if (o->prefix_block < 0)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_new: prefix_block must be >= 0, got %d",
+                             o->prefix_block);
+    if (o->max_prefix_entries < 0)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_engine_new: max_prefix_entries must be >= 0, got %d",
+                             o->max_prefix_entries);
+    hyb_engine *e = calloc(1, sizeof *e);
+    if (!e) return hyb_error_set(HYB_ERR_NOMEM, "hyb_engine_new: out of memory");
+    e->m = m;
+    e->o = *o;
+    e->o.max_ctx = max_ctx;
+    e->V = m->V;
+    e->next_id = 1;
+    int rc = hyb_kvstate_new(m, o->slots, max_ctx, &e->kv);
+    if (rc != HYB_OK) {
+        free(e);
+        return hyb_error_wrap(rc, "hyb_engine_new: %d slots of %d tokens", o->slots, max_ctx);
+    }
+    e->slot_req = calloc((size_t)o->slots, sizeof *e->slot_req);
+    e->logits = malloc(sizeof(float) * (size_t)o->slots * (size_t)m->V);
+    e->seqs = malloc(sizeof(int32_t) * (size_t)o->slots);
+    e->ids = malloc(sizeof(int32_t) * (size_t)o->slots);
+    if (!e->slot_req || !e->logits || !e->seqs || !e->ids) {
+        hyb_engine_free(e);
+        return hyb_error_set(HYB_ERR_NOMEM, "hyb_engine_new: out of memory");
+    }
+    e->st.state_bytes = e->kv->bytes;
+    *out = e;
+    return HYB_OK;
+}
+
+static void req_free(req *r) {
+    if (!r) return;
+    free(r->tokens);
+    free(r->t_tok);
+    hyb_sampler_free(r->smp);
+    free(r);
+}
+
+static void pentry_clear(hyb_engine *e, pentry *p) {
+    if (p->snap)
+        for (int l = 0; l < e->kv->L; l++) free(p->snap[l]);
+    free(p->snap);
+    free(p->logits);
+    p->snap = NULL;
+    p->logits = NULL;
+    p->ready = 0;
+    p->bytes = 0;
+}
+
+void hyb_engine_free(hyb_engine *e) {
+    if (!e) return;
+    for (req *r = e->wait_head; r;) {
+        req *n = r->next;
+        req_free(r);
+        r = n;
+    }
+    if (e->slot_req)
+        for (int i = 0; i < e->o.slots; i++) req_free(e->slot_req[i]);
+    for (done_node *d = e->done_head; d;) {
+        done_node *n = d->next;
+        hyb_completion_free(&d->c);
+        free(d);
+        d = n;
+    }
+    for (int i = 0; i < e->n_pe; i++) {
+        if (e->kv) pentry_clear(e, &e->pe[i]);
+        free(e->pe[i].ids);
+    }
+    free(e->pe);
+    hyb_kvstate_free(e->kv);
+    free(e->slot_req);
+    free(e->logits);
+    free(e->seqs);
+    free(e->ids);
+    free(e);
+}
+
+int hyb_engine_submit(hyb_engine *e, const int32_t *ids, int n, const hyb_request_params *p,
+                      int64_t *id_out) {
+    hyb_request_params dp = hyb_request_defaults();
+    if (!p) p = &dp;
+    if (id_out) *id_out = -1;
+    if (!ids || n < 1)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: the prompt has no tokens (n = %d)", n);
+    if (n >= e->o.max_ctx)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_engine_submit: prompt of %d tokens leaves no room for a new "
+                             "token in max_ctx %d",
+                             n, e->o.max_ctx);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= e->V)
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "hyb_engine_submit: prompt id %d at position %d outside [0, %d)",
+                                 ids[i], i, e->V);
+    if (p->max_tokens < 1)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: max_tokens must be >= 1, got %d",
+                             p->max_tokens);
+    if (p->n_eos < 0 || p->n_eos > HYB_ENGINE_MAX_EOS)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: n_eos must be in [0, %d], got %d",
+                             HYB_ENGINE_MAX_EOS, p->n_eos);
+    req *r = calloc(1, sizeof *r);
+    if (!r) return hyb_error_set(HYB_ERR_NOMEM, "hyb_engine_submit: out of memory");
+    int rc = hyb_sampler_new(e->V, &p->sampler, p->seed, &r->smp);
+    if (rc != HYB_OK) {
+        free(r);
+        return hyb_error_wrap(rc, "hyb_engine_submit");
+    }
+    r->tokens = malloc(sizeof(int32_t) * ((size_t)n + (size_t)p->max_tokens));
+    r->t_tok = malloc(sizeof(double) * (size_t)p->max_tokens);
+    if (!r->tokens || !r->t_tok) {
+        req_free(r);
+        return hyb_error_set(HYB_ERR_NOMEM, "hyb_engine_submit: out of memory for %d tokens",
+                             p->max_tokens);
+    }
+    memcpy(r->tokens, ids, sizeof(int32_t) * (size_t)n);
+    r->n_prompt = n;
+    r->max_tokens = p->max_tokens;
+    r->p = *p;
+    r->id = e->next_id++;
+    r->t_arrival = hyb_time_now();
+    r->slot = -1;
+    r->state = R_WAIT;
+    if (e->wait_tail)
+        e->wait_tail->next = r;
+    else
+        e->wait_head = r;
+    e->wait_tail = r;
+    e->st.submitted++;
+    e->st.waiting++;
+    if (id_out) *id_out = r->id;
+    return HYB_OK;
+}
+
+static pentry *pe_add(hyb_engine *e, const int32_t *ids, int n, int registered) {
+    if (e->n_pe == e->cap_pe) {
+        int cap = e->cap_pe ? 2 * e->cap_pe : 8;
+        pentry *np = realloc(e->pe, sizeof *np * (size_t)cap);
+        if (!np) return NULL;
+        e->pe = np;
+        e->cap_pe = cap;
+    }
+    pentry *p = &e->pe[e->n_pe];
+    memset(p, 0, sizeof *p);
+    p->ids = malloc(sizeof(int32_t) * (size_t)n);
+    if (!p->ids) return NULL;
+    memcpy(p->ids, ids, sizeof(int32_t) * (size_t)n);
+    p->n = n;
+    p->registered = registered;
+    e->n_pe++;
+    return p;
+}
+
+int hyb_engine_add_prefix(hyb_engine *e, const int32_t *ids, int n) {
+    if (!ids || n < 1 || n >= e->o.max_ctx)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_engine_add_prefix: prefix length %d outside [1, max_ctx %d)", n,
+                             e->o.max_ctx);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= e->V)
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "hyb_engine_add_prefix: id %d at position %d outside [0, %d)",
+                                 ids[i], i, e->V);
+    for (int i = 0; i < e->n_pe; i++)
+        if (e->pe[i].n == n && memcmp(e->pe[i].ids, ids, sizeof(int32_t) * (size_t)n) == 0) {
+            e->pe[i].registered = 1;
+            return HYB_OK;
+        }
+    if (!pe_add(e, ids, n, 1))
+        return hyb_error_set(HYB_ERR_NOMEM, "hyb_engine_add_prefix: out of memory");
+    return HYB_OK;
+}
+
+static int prompt_starts_with(const req *r, const pentry *p) {
+    return p->n <= r->n_prompt && memcmp(r->tokens, p->ids, sizeof(int32_t) * (size_t)p->n) == 0;
+}
+
+/* Snapshot slot `slot` (holding p->n tokens) into p, with the logits of its last token. */
+static int pe_snapshot(hyb_engine *e, pentry *p, int slot, const float *logits) {
+    hyb_kvstate *kv = e->kv;
+    p->snap = calloc((size_t)kv->L, sizeof(void *));
+    p->logits = malloc(sizeof(float) * (size_t)e->V);
+    if (!p->snap || !p->logits) goto oom;
+    memcpy(p->logits, logits, sizeof(float) * (size_t)e->V);
+    p->bytes = sizeof(float) * (size_t)e->V;
+    for (int l = 0; l < kv->L; l++) {
+        const void *s = kv->state[l][slot];
+        const hyb_mixer *mx = e->m->layers[l].mixer;
+        if (!s || !mx) continue;
+        const hyb_mixer_desc *d = mx->desc;
+        int64_t sz;
+        if (d->state_snapshot) {
+            sz = d->state_snapshot(mx->self, s, p->n, kv->max_ctx, NULL);
+            if (sz < 0) return hyb_error_wrap((int)sz, "prefix snapshot: layer %d", l);
+        } else {
+            sz = (int64_t)hyb_mixer_state_bytes(mx, kv->max_ctx);
+        }
+        p->snap[l] = malloc(sz > 0 ? (size_t)sz : 1);
+        if (!p->snap[l]) goto oom;
+        if (d->state_snapshot) {
+            int64_t w = d->state_snapshot(mx->self, s, p->n, kv->max_ctx, p->snap[l]);
+            if (w < 0) return hyb_error_wrap((int)w, "prefix snapshot: layer %d", l);
+        } else {
+            memcpy(p->snap[l], s, (size_t)sz);
+        }
+        p->bytes += (size_t)sz;
+    }
+    p->ready = 1;
+    p->busy = 0;
+    p->last_used = ++e->tick;
+    return HYB_OK;
+oom:
+    pentry_clear(e, p);
+    return hyb_error_set(HYB_ERR_NOMEM, "prefix snapshot: out of memory");
+}
+
+static int pe_restore(hyb_engine *e, const pentry *p, int slot) {
+    hyb_kvstate *kv = e->kv;
+    for (int l = 0; l < kv->L; l++) {
+        void *s = kv->state[l][slot];
+        const hyb_mixer *mx = e->m->layers[l].mixer;
+        if (!s || !mx || !p->snap[l]) continue;
+        const hyb_mixer_desc *d = mx->desc;
+        if (d->state_restore) {
+            int rc = d->state_restore(mx->self, s, p->snap[l], p->n, kv->max_ctx);
+            if (rc < 0) return hyb_error_wrap(rc, "prefix restore: layer %d", l);
+        } else {
+            memcpy(s, p->snap[l], hyb_mixer_state_bytes(mx, kv->max_ctx));
+        }
+    }
+    kv->pos[slot] = p->n;
+    return HYB_OK;
+}
+
+/* Drop least recently used automatic entries beyond the limit. */
+static void pe_evict(hyb_engine *e) {
+    for (;;) {
+        int n_auto = 0, victim = -1;
+        for (int i = 0; i < e->n_pe; i++) {
+            if (e->pe[i].registered) continue;
+            n_auto++;
+            if (victim < 0 || e->pe[i].last_used < e->pe[victim].last_used) victim = i;
+        }
+        if (n_auto <= e->o.max_prefix_entries || victim < 0) return;
+        pentry_clear(e, &e->pe[victim]);
+        free(e->pe[victim].ids);
+        e->pe[victim] = e->pe[--e->n_pe];
+    }
+}
+
+static void finish_req(hyb_engine *e, req *r, int why) {
+    for (int i = 0; r->snap_target > 0 && i < e->n_pe; i++) {
+        pentry *p = &e->pe[i];
+        if (!p->ready && p->n == r->snap_target && prompt_starts_with(r, p)) p->busy = 0;
+    }
+    r->finish = why;
+    r->state = R_DONE;
+    if (r->slot >= 0) {
+        e->slot_req[r->slot] = NULL;
+        e->st.active--;
+    }
+    done_node *d = calloc(1, sizeof *d);
+    if (d) {
+        hyb_completion *c = &d->c;
+        c->id = r->id;
+        c->n_prompt = r->n_prompt;
+        c->n_tokens = r->n_gen;
+        c->tokens = malloc(sizeof(int32_t) * (size_t)(r->n_gen > 0 ? r->n_gen : 1));
+        c->t_token = malloc(sizeof(double) * (size_t)(r->n_gen > 0 ? r->n_gen : 1));
+        if (c->tokens && c->t_token) {
+            memcpy(c->tokens, r->tokens + r->n_prompt, sizeof(int32_t) * (size_t)r->n_gen);
+            memcpy(c->t_token, r->t_tok, sizeof(double) * (size_t)r->n_gen);
+        } else {
+            c->n_tokens = 0;
+        }
+        c->t_arrival = r->t_arrival;
+        c->t_admit = r->t_admit;
+        c->t_done = hyb_time_now();
+        c->finish = why;
+        c->prefix_tokens = r->prefix_tokens;
+        if (e->done_tail)
+            e->done_tail->next = d;
+        else
+            e->done_head = d;
+        e->done_tail = d;
+    }
+    e->st.finished++;
+    req_free(r);
+}
+
+/* Sample the next token from logits [V]; finishes the request or leaves it pending for decode. */
+static int take_token(hyb_engine *e, req *r, const float *logits) {
+    double t0 = hyb_time_now();
+    int32_t tok = hyb_sampler_sample(r->smp, logits, r->tokens, r->n_prompt + r->n_gen);
+    e->st.t_sample += hyb_time_now() - t0;
+    if (tok < 0) {
+        int rc = hyb_error_wrap(tok, "engine: request %lld: sampling", (long long)r->id);
+        finish_req(e, r, HYB_FINISH_ERROR);
+        return rc;
+    }
+    r->tokens[r->n_prompt + r->n_gen] = tok;
+    r->t_tok[r->n_gen] = hyb_time_now();
+    r->n_gen++;
+    for (int i = 0; i < r->p.n_eos; i++)
+        if (tok == r->p.eos[i]) {
+            finish_req(e, r, HYB_FINISH_EOS);
+            return HYB_OK;
+        }
+    if (r->n_gen >= r->max_tokens) {
+        finish_req(e, r, HYB_FINISH_LENGTH);
+        return HYB_OK;
+    }
+    if (e->kv->pos[r->slot] >= e->kv->max_ctx) {
+        finish_req(e, r, HYB_FINISH_CTX);
+        return HYB_OK;
+    }
+    r->pending = tok;
+    r->state = R_DECODE;
+    return HYB_OK;
+}
+
+/* The next prompt length to snapshot at: the shortest registered, not yet computed prefix of the
+ * prompt beyond what the slot holds (nested prefixes are all taken in one pass), else the
+ * prompt's longest block-aligned prefix (automatic caching); 0: none. */
+static void next_target(hyb_engine *e, req *r) {
+    int t = 0;
+    for (int i = 0; i < e->n_pe; i++) {
+        const pentry *p = &e->pe[i];
+        if (p->registered && !p->ready && p->n > r->done && prompt_starts_with(r, p) &&
+            (!t || p->n < t))
+            t = p->n;
+    }
+    for (int i = 0; t && i < e->n_pe; i++) {
+        pentry *p = &e->pe[i];
+        if (p->registered && !p->ready && p->n == t && prompt_starts_with(r, p)) p->busy = 1;
+    }
+    if (!t && e->o.prefix_block > 0 && e->o.max_prefix_entries > 0) {
+        int blk = r->n_prompt / e->o.prefix_block * e->o.prefix_block;
+        if (blk > r->done) t = blk;
+    }
+    r->snap_target = t;
+}
+
+static int admit(hyb_engine *e, req *r, int slot) {
+    r->slot = slot;
+    r->t_admit = hyb_time_now();
+    r->admit_seq = e->admit_counter++;
+    r->state = R_PREFILL;
+    e->slot_req[slot] = r;
+    e->st.active++;
+    if (e->st.active > e->st.max_active) e->st.max_active = e->st.active;
+    hyb_kvstate_reset_seq(e->kv, slot);
+    r->done = 0;
+    /* the longest ready entry that the prompt starts with */
+    pentry *best = NULL, *want = NULL;
+    for (int i = 0; i < e->n_pe; i++) {
+        pentry *p = &e->pe[i];
+        if (!prompt_starts_with(r, p)) continue;
+        if (p->ready) {
+            if (!best || p->n > best->n) best = p;
+        } else if (p->registered) {
+            if (!want || p->n > want->n) want = p;
+        }
+    }
+    int could = want != NULL;
+    if (e->o.prefix_block > 0 && r->n_prompt / e->o.prefix_block > 0) could = 1;
+    if (best) {
+        HYB_TRY(pe_restore(e, best, slot));
+        best->last_used = ++e->tick;
+        r->done = best->n;
+        r->prefix_tokens = best->n;
+        e->st.prefix_hits++;
+        e->st.prefix_tokens_saved += best->n;
+    } else if (could) {
+        e->st.prefix_misses++;
+    }
+    next_target(e, r);
+    if (r->done == r->n_prompt) return take_token(e, r, best->logits);
+    return HYB_OK;
+}
+
+static int snapshot_at(hyb_engine *e, req *r, const float *logits) {
+    for (int i = 0; i < e->n_pe; i++) {
+        pentry *p = &e->pe[i];
+        if (p->n == r->done && prompt_starts_with(r, p)) {
+            if (p->ready) return HYB_OK; /* another request got there first */
+            return pe_snapshot(e, p, r->slot, logits);
+        }
+    }
+    pentry *p = pe_add(e, r->tokens, r->done, 0);
+    if (!p) return hyb_error_set(HYB_ERR_NOMEM, "prefix cache: out of memory");
+    int rc = pe_snapshot(e, p, r->slot, logits);
+    if (rc != HYB_OK) {
+        free(p->ids);
+        e->n_pe--;
+        return rc;
+    }
+    pe_evict(e);
+    return HYB_OK;
+}
+
+/* A waiting request whose longest matching registered prefix is being computed by a running
+ * request waits for that snapshot instead of computing the prefix again. */
+static int waits_for_prefix(const hyb_engine *e, const req *r) {
+    const pentry *best = NULL;
+    for (int i = 0; i < e->n_pe; i++) {
+        const pentry *p = &e->pe[i];
+        if ((p->registered || p->ready) && prompt_starts_with(r, p) && (!best || p->n > best->n))
+            best = p;
+    }
+    return best && !best->ready && best->busy;
+}
+
+int hyb_engine_step(hyb_engine *e) {
+    int S = e->o.slots, rc = HYB_OK;
+    e->st.steps++;
+    /* 1. admit */
+    req *prev = NULL, *cand = e->wait_head;
+    for (int s = 0; s < S && cand; s++) {
+        if (e->slot_req[s]) continue;
+        while (cand && waits_for_prefix(e, cand)) prev = cand, cand = cand->next;
+        if (!cand) break;
+        req *r = cand;
+        cand = r->next;
+        if (prev)
+            prev->next = r->next;
+        else
+            e->wait_head = r->next;
+        if (e->wait_tail == r) e->wait_tail = prev;
+        r->next = NULL;
+        e->st.waiting--;
+        int arc = admit(e, r, s);
+        if (arc != HYB_OK) {
+            if (e->slot_req[s] == r) finish_req(e, r, HYB_FINISH_ERROR);
+            if (rc == HYB_OK) rc = arc;
+        }
+    }
+    /* 2. chunked prefill, in admission order */
+    int budget = e->o.prefill_chunk > 0 ? e->o.prefill_chunk : -1;
+    for (;;) {
+        if (budget == 0) break;
+        req *r = NULL;
+        for (int s = 0; s < S; s++) {
+            req *q = e->slot_req[s];
+            if (q && q->state == R_PREFILL && (!r || q->admit_seq < r->admit_seq)) r = q;
+        }
+        if (!r) break;
+        int chunk = r->n_prompt - r->done;
+        if (budget > 0 && chunk > budget) chunk = budget;
+        if (r->snap_target > r->done && chunk > r->snap_target - r->done)
+            chunk = r->snap_target - r->done;
+        double t0 = hyb_time_now();
+        int prc = hyb_model_prefill(e->m, e->kv, r->slot, r->tokens + r->done, chunk, e->logits);
+        e->st.t_prefill += hyb_time_now() - t0;
+        if (prc != HYB_OK) {
+            prc = hyb_error_wrap(prc, "engine: request %lld: prefill", (long long)r->id);
+            finish_req(e, r, HYB_FINISH_ERROR);
+            if (rc == HYB_OK) rc = prc;
+            continue;
+        }
+        e->st.prefill_tokens += chunk;
+        r->done += chunk;
+        if (budget > 0) budget -= chunk;
+        if (r->done == r->snap_target) {
+            int src = snapshot_at(e, r, e->logits);
+            if (src != HYB_OK && rc == HYB_OK) rc = src; /* the request itself goes on */
+            next_target(e, r);
+        }
+        if (r->done == r->n_prompt) {
+            int trc = take_token(e, r, e->logits);
+            if (trc != HYB_OK && rc == HYB_OK) rc = trc;
+        }
+    }
+    /* 3. one batched decode over every slot with a pending token */
+    int n = 0;
+    for (int s = 0; s < S; s++) {
+        req *r = e->slot_req[s];
+        if (r && r->state == R_DECODE) {
+            e->seqs[n] = s;
+            e->ids[n] = r->pending;
+            n++;
+        }
+    }
+    if (n > 0) {
+        double t0 = hyb_time_now();
+        int drc = hyb_model_decode(e->m, e->kv, n, e->seqs, e->ids, e->logits);
+        e->st.t_decode += hyb_time_now() - t0;
+        e->st.decode_calls++;
+        if (drc != HYB_OK) {
+            drc = hyb_error_wrap(drc, "engine: batched decode of %d sequences", n);
+            for (int i = 0; i < n; i++) finish_req(e, e->slot_req[e->seqs[i]], HYB_FINISH_ERROR);
+            return rc == HYB_OK ? drc : rc;
+        }
+        e->st.decode_tokens += n;
+        for (int i = 0; i < n; i++) {
+            int trc = take_token(e, e->slot_req[e->seqs[i]], e->logits + (size_t)i * (size_t)e->V);
+            if (trc != HYB_OK && rc == HYB_OK) rc = trc;
+        }
+    }
+    return rc;
+}
+
+int hyb_engine_pending(const hyb_engine *e) { return e->st.waiting + e->st.active; }
+
+int hyb_engine_pop(hyb_engine *e, hyb_completion *out) {
+    done_node *d = e->done_head;
+    if (!d) return 0;
+    e->done_head = d->next;
+    if (!e->done_head) e->done_tail = NULL;
+    *out = d->c;
+    free(d);
+    return 1;
+}
+
+void hyb_completion_free(hyb_completion *c) {
+    if (!c) return;
+    free(c->tokens);
+    free(c->t_token);
+    c->tokens = NULL;
+    c->t_token = NULL;
+    c->n_tokens = 0;
+}
+
+void hyb_engine_get_stats(const hyb_engine *e, hyb_engine_stats *out) {
+    *out = e->st;
+    out->prefix_entries = 0;
+    out->prefix_bytes = 0;
+    for (int i = 0; i < e->n_pe; i++)
+        if (e->pe[i].ready) {
+            out->prefix_entries++;
+            out->prefix_bytes += e->pe[i].bytes;
+        }
+}
+
+/* ---- memory planning -------------------------------------------------------------------------*/
+
+int hyb_plan_memory(const hyb_layermap *map, size_t budget_bytes, int context,
+                    hyb_memory_plan *out) {
+    return hyb_plan_memory_ex(map, budget_bytes, context, (int)sizeof(float), out);
+}
+
+int hyb_plan_memory_ex(const hyb_layermap *map, size_t budget_bytes, int context,
+                       int weight_elem_bytes, hyb_memory_plan *out) {
+    memset(out, 0, sizeof *out);
+    if (weight_elem_bytes < 1 || weight_elem_bytes > 8)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_plan_memory: weight_elem_bytes must be in [1, 8], got %d",
+                             weight_elem_bytes);
+    if (!map) return hyb_error_set(HYB_ERR_ARG, "hyb_plan_memory: no layer map");
+    if (context < 1 || context > map->max_seq)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_plan_memory: context %d outside [1, max_seq %d] of %s", context,
+                             map->max_seq, map->path);
+    const size_t D = (size_t)map->d_model, V = (size_t)map->vocab_size, F = (size_t)map->d_ff;
+    size_t elems = V * D * (map->tie_embeddings ? 1 : 2) + D; /* embed, lm_head, final norm */
+    size_t per_tok = 0, fixed = 0, per_seq = 0;
+    /* two contexts to separate growth from the fixed part */
+    int c1 = context, c2 = context < map->max_seq ? map->max_seq : context / 2;
+    if (c2 < 1 || c2 == c1) c2 = c1 + 1;
+    for (int l = 0; l < map->n_layers; l++) {
+        elems += 2 * D + 3 * D * F; /* norms + MLP (identity layers keep them) */
+        const hyb_mixer_spec *sp = &map->mixers[map->layer_mixer[l]];
+        if (strcmp(sp->type, HYB_MIXER_IDENTITY) == 0) {
+            out->n_identity_layers++;
+            continue;
+        }
+        const hyb_mixer_desc *d;
+        HYB_TRY(hyb_plugin_find(sp->type, &d));
+        hyb_model_dims dims = {map->d_model, map->n_layers, l, map->max_seq, (float)map->norm_eps};
+        void *self = NULL;
+        int rc = d->create(&dims, sp->table, &self);
+        if (rc < 0) return hyb_error_wrap(rc, "hyb_plan_memory: layer %d (%s)", l, sp->where);
+        int np = d->n_params(self);
+        for (int i = 0; i < np; i++) {
+            hyb_param_decl pd;
+            memset(&pd, 0, sizeof pd);
+            rc = d->param_decl(self, i, &pd);
+            if (rc < 0) {
+                d->destroy(self);
+                return hyb_error_wrap(rc, "hyb_plan_memory: layer %d param %d", l, i);
+            }
+            size_t ne = 1;
+            for (int k = 0; k < pd.ndim; k++) ne *= (size_t)pd.shape[k];
+            elems += ne;
+        }
+        size_t s1 = d->state_bytes(self, c1), s2 = d->state_bytes(self, c2);
+        d->destroy(self);
+        size_t lo = c1 < c2 ? s1 : s2, hi = c1 < c2 ? s2 : s1;
+        int dc = c1 < c2 ? c2 - c1 : c1 - c2;
+        size_t grow = (hi - lo) / (size_t)dc;
+        size_t fix = s1 - grow * (size_t)c1;
+        per_tok += grow;
+        fixed += fix;
+        if (grow)
+            out->n_attn_layers++;
+        else if (s1)
+            out->n_fixed_layers++;
+        per_seq += (s1 + 63) & ~(size_t)63; /* as hyb_kvstate_new lays them out */
+    }
+    out->weight_bytes = elems * (size_t)weight_elem_bytes;
+    out->kv_bytes_per_token = per_tok;
+    out->fixed_bytes_per_seq = fixed;
+    out->context = context;
+    out->bytes_per_seq = per_seq;
+    out->budget_bytes = budget_bytes;
+    if (budget_bytes < out->weight_bytes + per_seq)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_plan_memory: budget %zu bytes does not hold the weights (%zu "
+                             "bytes) and one sequence of %d tokens (%zu bytes) of %s",
+                             budget_bytes, out->weight_bytes, context, per_seq, map->path);
+    out->max_batch = (int64_t)((budget_bytes - out->weight_bytes) / (per_seq ? per_seq : 1));
+    return HYB_OK;
+}
+
+static double mib(size_t b) { return (double)b / (1024.0 * 1024.0); }
+
+void hyb_memory_plan_format(const hyb_memory_plan *p, const char *name, char *buf, size_t n) {
+    snprintf(buf, n,
+             "memory plan %s: weights %.1f MiB; per sequence: KV %zu B/token (%d attention "
+             "layers), fixed %zu B (%d recurrent layers, %d identity); at context %d: %.2f "
+             "MiB/sequence; budget %.1f MiB -> max batch %lld",
+             name ? name : "", mib(p->weight_bytes), p->kv_bytes_per_token, p->n_attn_layers,
+             p->fixed_bytes_per_seq, p->n_fixed_layers, p->n_identity_layers, p->context,
+             mib(p->bytes_per_seq), mib(p->budget_bytes), (long long)p->max_batch);
+}

@@ -1,0 +1,273 @@
+/* runtime/lua_bench.c: hyb.bench, the hooks scripts/bench_cpu.lua needs to time inference.
+ *
+ *   local m = hyb.bench.load(path)          -- a .gguf (or HF dir) model; m:load_s() its load time
+ *   m:prefill(T)                            -- wall and CPU seconds (all threads) for one prefill
+ *                                              of T synthetic tokens
+ *   m:decode(B, steps[, ctx])               -- wall and CPU seconds for `steps` decode steps of B
+ *                                              sequences, each first prefilled with ctx (default
+ *                                              32) tokens
+ *   m:weight_bytes()                        -- bytes of weights read per decode step (f32)
+ *   m:kv_bytes_per_token()                  -- bytes of KV cache read per token of context
+ *   hyb.bench.mem()                         -- {rss_mb, hwm_mb} from /proc/self/status
+ *   hyb.bench.bandwidth([mb])               -- {copy = B/s (memcpy, read + write bytes),
+ *                                               read = B/s (all OpenMP threads summing)}
+ * Synthetic ids are a fixed pseudo-random sequence so runs are comparable. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include "hyb/common.h"
+#include "hyb/hf.h"
+#include "hyb/model.h"
+#include "lhyb.h"
+
+#define LHYB_BENCH_MT "hyb.benchmodel"
+
+typedef struct lbench {
+    hyb_model *m;
+    double load_s;
+} lbench;
+
+static lbench *check_bench(lua_State *L, int idx, const char *fname) {
+    lbench *b = (lbench *)luaL_checkudata(L, idx, LHYB_BENCH_MT);
+    if (!b->m) luaL_error(L, "%s: the benchmark model is closed", fname);
+    return b;
+}
+
+/* CPU seconds (user + system, all threads) of the process so far */
+static double cpu_seconds(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec * 1e-6;
+}
+
+static int32_t *synth_ids(int n, int V, uint32_t seed) {
+    int32_t *ids = malloc(sizeof *ids * (size_t)(n > 0 ? n : 1));
+    if (!ids) return NULL;
+    uint32_t x = seed * 2654435761u + 12345u;
+    for (int i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        ids[i] = (int32_t)(x % (uint32_t)V);
+    }
+    return ids;
+}
+
+/* hyb.bench.load(path) */
+static int l_load(lua_State *L) {
+    const char *F = "hyb.bench.load";
+    const char *path = luaL_checkstring(L, 1);
+    lbench *b = (lbench *)lua_newuserdatauv(L, sizeof(lbench), 0);
+    memset(b, 0, sizeof *b);
+    luaL_setmetatable(L, LHYB_BENCH_MT);
+    struct stat st;
+    int dir = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+    double t0 = hyb_time_now();
+    int rc = dir ? hyb_model_load_hf_dir(path, &b->m) : hyb_model_load_gguf(path, &b->m);
+    b->load_s = hyb_time_now() - t0;
+    if (rc != HYB_OK) {
+        b->m = NULL;
+        return lhyb_raise_hyb(L, F);
+    }
+    return 1;
+}
+
+static int m_load_s(lua_State *L) {
+    lua_pushnumber(L, check_bench(L, 1, "bench:load_s")->load_s);
+    return 1;
+}
+
+/* bench:prefill(T) -> seconds */
+static int m_prefill(lua_State *L) {
+    const char *F = "bench:prefill";
+    lbench *b = check_bench(L, 1, F);
+    int T = (int)lhyb_check_int(L, 2, F, "T", 1, 1 << 20);
+    hyb_kvstate *s = NULL;
+    if (hyb_kvstate_new(b->m, 1, T, &s) != HYB_OK) return lhyb_raise_hyb(L, F);
+    int32_t *ids = synth_ids(T, b->m->V, 1);
+    float *logits = malloc(sizeof(float) * (size_t)b->m->V);
+    if (!ids || !logits) {
+        free(ids);
+        free(logits);
+        hyb_kvstate_free(s);
+        return luaL_error(L, "%s: out of memory", F);
+    }
+    double t0 = hyb_time_now(), c0 = cpu_seconds();
+    int rc = hyb_model_prefill(b->m, s, 0, ids, T, logits);
+    double dt = hyb_time_now() - t0, dc = cpu_seconds() - c0;
+    free(ids);
+    free(logits);
+    hyb_kvstate_free(s);
+    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    lua_pushnumber(L, dt);
+    lua_pushnumber(L, dc);
+    return 2;
+}
+
+/* bench:decode(B, steps[, ctx = 32]) -> seconds for the steps (prefill not counted) */
+static int m_decode(lua_State *L) {
+    const char *F = "bench:decode";
+    lbench *b = check_bench(L, 1, F);
+    int B = (int)lhyb_check_int(L, 2, F, "B", 1, 4096);
+    int steps = (int)lhyb_check_int(L, 3, F, "steps", 1, 1 << 20);
+    int ctx = lua_isnoneornil(L, 4) ? 32 : (int)lhyb_check_int(L, 4, F, "ctx", 1, 1 << 20);
+    hyb_kvstate *s = NULL;
+    if (hyb_kvstate_new(b->m, B, ctx + steps, &s) != HYB_OK) return lhyb_raise_hyb(L, F);
+    int32_t *seqs = malloc(sizeof *seqs * (size_t)B);
+    int32_t *tok = synth_ids(B * (steps > ctx ? steps : ctx), b->m->V, 7);
+    float *logits = malloc(sizeof(float) * (size_t)b->m->V * (size_t)B);
+    int rc = HYB_OK;
+    double dt = 0, dc = 0;
+    if (!seqs || !tok || !logits) {
+        rc = HYB_ERR_NOMEM;
+        hyb_error_set(rc, "%s: out of memory", F);
+        goto done;
+    }
+    for (int i = 0; i < B && rc == HYB_OK; i++) {
+        seqs[i] = i;
+        rc = hyb_model_prefill(b->m, s, i, tok + (size_t)i * ctx, ctx, NULL);
+    }
+    double t0 = hyb_time_now(), c0 = cpu_seconds();
+    for (int k = 0; k < steps && rc == HYB_OK; k++)
+        rc = hyb_model_decode(b->m, s, B, seqs, tok + (size_t)k * B, logits);
+    dt = hyb_time_now() - t0;
+    dc = cpu_seconds() - c0;
+done:
+    free(seqs);
+    free(tok);
+    free(logits);
+    hyb_kvstate_free(s);
+    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    lua_pushnumber(L, dt);
+    lua_pushnumber(L, dc);
+    return 2;
+}
+
+/* Bytes of f32 weights one decode step reads: every parameter except the embedding table, of
+ * which one row per token is read -- unless it is also the (tied) lm_head. */
+static int m_weight_bytes(lua_State *L) {
+    lbench *b = check_bench(L, 1, "bench:weight_bytes");
+    int n = 0;
+    hyb_tensor **p = hyb_model_params(b->m, &n);
+    int64_t bytes = 0;
+    for (int i = 0; i < n; i++) {
+        if (p[i] == b->m->embed && b->m->lm_head != b->m->embed)
+            bytes += (int64_t)b->m->D * 4;
+        else
+            bytes += hyb_tensor_numel(p[i]) * 4;
+    }
+    lua_pushinteger(L, (lua_Integer)bytes);
+    return 1;
+}
+
+/* Bytes of decode state per sequence and context token: from a kvstate of 1 x 2 tokens minus
+ * one of 1 x 1 token (recurrent layers contribute nothing per token). */
+static int m_kv_bytes(lua_State *L) {
+    const char *F = "bench:kv_bytes_per_token";
+    lbench *b = check_bench(L, 1, F);
+    hyb_kvstate *s1 = NULL, *s2 = NULL;
+    if (hyb_kvstate_new(b->m, 1, 64, &s1) != HYB_OK) return lhyb_raise_hyb(L, F);
+    if (hyb_kvstate_new(b->m, 1, 128, &s2) != HYB_OK) {
+        hyb_kvstate_free(s1);
+        return lhyb_raise_hyb(L, F);
+    }
+    lua_pushinteger(L, (lua_Integer)((s2->bytes - s1->bytes) / 64));
+    hyb_kvstate_free(s1);
+    hyb_kvstate_free(s2);
+    return 1;
+}
+
+static int m_close(lua_State *L) {
+    lbench *b = (lbench *)luaL_checkudata(L, 1, LHYB_BENCH_MT);
+    hyb_model_free(b->m);
+    b->m = NULL;
+    return 0;
+}
+
+/* hyb.bench.mem() -> {rss_mb, hwm_mb} */
+static int l_mem(lua_State *L) {
+    double rss = -1, hwm = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f) {
+        char line[256];
+        long v;
+        while (fgets(line, sizeof line, f)) {
+            if (sscanf(line, "VmRSS: %ld kB", &v) == 1) rss = v / 1024.0;
+            if (sscanf(line, "VmHWM: %ld kB", &v) == 1) hwm = v / 1024.0;
+        }
+        fclose(f);
+    }
+    lua_createtable(L, 0, 2);
+    lua_pushnumber(L, rss);
+    lua_setfield(L, -2, "rss_mb");
+    lua_pushnumber(L, hwm);
+    lua_setfield(L, -2, "hwm_mb");
+    return 1;
+}
+
+/* hyb.bench.bandwidth([mb = 256]) -> {copy = bytes/s, read = bytes/s}, best of 5 */
+static int l_bandwidth(lua_State *L) {
+    const char *F = "hyb.bench.bandwidth";
+    int mb = lua_isnoneornil(L, 1) ? 256 : (int)lhyb_check_int(L, 1, F, "mb", 1, 1 << 16);
+    size_t n = (size_t)mb << 20;
+    float *a = malloc(n), *c = malloc(n);
+    if (!a || !c) {
+        free(a);
+        free(c);
+        return luaL_error(L, "%s: out of memory for 2 x %d MiB", F, mb);
+    }
+    memset(a, 1, n);
+    memset(c, 0, n);
+    double best_copy = 1e30, best_read = 1e30;
+    volatile float sink = 0;
+    const int64_t nf = (int64_t)(n / sizeof(float));
+    for (int r = 0; r < 5; r++) {
+        double t0 = hyb_time_now();
+        memcpy(c, a, n);
+        double t1 = hyb_time_now();
+        float acc = 0;
+#pragma omp parallel for simd reduction(+ : acc) schedule(static)
+        for (int64_t i = 0; i < nf; i++)
+            acc += a[i];
+        double t2 = hyb_time_now();
+        sink += acc + c[r];
+        if (t1 - t0 < best_copy) best_copy = t1 - t0;
+        if (t2 - t1 < best_read) best_read = t2 - t1;
+    }
+    (void)sink;
+    free(a);
+    free(c);
+    lua_createtable(L, 0, 2);
+    lua_pushnumber(L, 2.0 * (double)n / best_copy);
+    lua_setfield(L, -2, "copy");
+    lua_pushnumber(L, (double)n / best_read);
+    lua_setfield(L, -2, "read");
+    return 1;
+}
+
+void lhyb_open_bench(lua_State *L) {
+    static const luaL_Reg methods[] = {{"load_s", m_load_s},
+                                       {"prefill", m_prefill},
+                                       {"decode", m_decode},
+                                       {"weight_bytes", m_weight_bytes},
+                                       {"kv_bytes_per_token", m_kv_bytes},
+                                       {"close", m_close},
+                                       {NULL, NULL}};
+    if (luaL_newmetatable(L, LHYB_BENCH_MT)) {
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, m_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, m_close);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_pop(L, 1);
+    static const luaL_Reg funcs[] = {
+        {"load", l_load}, {"mem", l_mem}, {"bandwidth", l_bandwidth}, {NULL, NULL}};
+    luaL_newlib(L, funcs);
+    lua_setfield(L, -2, "bench");
+}

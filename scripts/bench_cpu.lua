@@ -1,0 +1,148 @@
+-- scripts/bench_cpu.lua: CPU inference benchmark of the default teacher (or $HYB_MODEL / arg 1).
+--
+--   hyb bench_cpu [model.gguf] [--quick] [--out FILE]
+--
+-- Reports load time, prefill tok/s at prompt lengths 64/256/1024, decode tok/s at batch 1/4/16
+-- (after a 32-token context per sequence), peak RSS, and the memory-bound floor: bytes of weights
+-- one decode step reads divided by the measured read bandwidth. Prints a table and writes JSON to
+-- bench/results/cpu-<date>.json (or --out). Each number is the best of `reps` runs (after one
+-- warm-up run), so background load shows up as noise in the worst, not the reported, figure.
+-- CPU seconds (user + system of all threads) are reported too: on a shared machine they move
+-- less with other processes' load than wall time does. "ms" is per prefill / per decode step.
+local args = { ... }
+local path, out, quick = nil, nil, false
+local i = 1
+while i <= #args do
+  local a = args[i]
+  if a == "--quick" then
+    quick = true
+  elseif a == "--out" then
+    i = i + 1
+    out = args[i]
+  elseif a:sub(1, 2) == "--" then
+    error("bench_cpu: unknown option " .. a)
+  else
+    path = a
+  end
+  i = i + 1
+end
+path = path or os.getenv("HYB_MODEL")
+  or (os.getenv("HOME") .. "/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+local reps = quick and 1 or 3
+local prefill_lens = quick and { 64 } or { 64, 256, 1024 }
+local batches = quick and { 1 } or { 1, 4, 16 }
+local decode_steps = quick and 8 or 32
+
+-- best wall and best CPU seconds (user + system, all threads) over n runs
+local function best(f, n)
+  local b, bc = math.huge, math.huge
+  for _ = 1, n do
+    local t, c = f()
+    if t < b then b = t end
+    if c < bc then bc = c end
+  end
+  return b, bc
+end
+
+local function sh(cmd)
+  local p = io.popen(cmd)
+  if not p then return "" end
+  local s = p:read("a") or ""
+  p:close()
+  return (s:gsub("%s+$", ""))
+end
+
+local res = {
+  model = path,
+  date = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+  host = sh("uname -srm"),
+  cpus = tonumber(sh("nproc")) or 0,
+  cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"):gsub("^%s+", ""),
+  load_before = sh("cut -d' ' -f1-3 /proc/loadavg"),
+  omp_num_threads = os.getenv("OMP_NUM_THREADS") or "",
+  omp_wait_policy = os.getenv("OMP_WAIT_POLICY") or "",
+  openblas_num_threads = os.getenv("OPENBLAS_NUM_THREADS") or "",
+  git = sh("git rev-parse --short HEAD 2>/dev/null"),
+  prefill = {},
+  decode = {},
+}
+
+local bw = hyb.bench.bandwidth(256)
+res.copy_GBps, res.read_GBps = bw.copy / 1e9, bw.read / 1e9
+
+local m <close> = hyb.bench.load(path)
+res.load_s = m:load_s()
+res.weight_bytes = m:weight_bytes()
+res.kv_bytes_per_token = m:kv_bytes_per_token()
+res.floor_ms_per_token = res.weight_bytes / bw.read * 1e3
+res.floor_tok_s = bw.read / res.weight_bytes
+
+for _, T in ipairs(prefill_lens) do
+  m:prefill(T) -- warm-up
+  local s, c = best(function() return m:prefill(T) end, reps)
+  res.prefill[#res.prefill + 1] = { T = T, seconds = s, cpu_seconds = c, tok_s = T / s }
+end
+for _, B in ipairs(batches) do
+  m:decode(B, 2)
+  local s, c = best(function() return m:decode(B, decode_steps) end, reps)
+  res.decode[#res.decode + 1] = {
+    B = B, steps = decode_steps, ctx = 32, seconds = s, cpu_seconds = c,
+    ms_per_step = s / decode_steps * 1e3, tok_s = B * decode_steps / s,
+  }
+end
+local mem = hyb.bench.mem()
+res.peak_rss_mb, res.rss_mb = mem.hwm_mb, mem.rss_mb
+res.load_after = sh("cut -d' ' -f1-3 /proc/loadavg")
+
+print(string.format("model      %s", path))
+print(string.format("machine    %s, %d cpus, load avg before %s / after %s", res.cpu, res.cpus,
+  res.load_before, res.load_after))
+print(string.format("load       %.2f s", res.load_s))
+print(string.format("bandwidth  read %.1f GB/s, copy %.1f GB/s (read+write)", res.read_GBps,
+  res.copy_GBps))
+print(string.format("floor      %.1f MB weights / decode step -> %.1f ms/step, %.1f tok/s at B=1",
+  res.weight_bytes / 1e6, res.floor_ms_per_token, res.floor_tok_s))
+print(string.format("%-10s %6s %10s %10s %12s", "phase", "T/B", "ms", "tok/s", "cpu ms/tok"))
+for _, p in ipairs(res.prefill) do
+  print(string.format("%-10s %6d %10.1f %10.1f %12.2f", "prefill", p.T, p.seconds * 1e3, p.tok_s,
+    p.cpu_seconds / p.T * 1e3))
+end
+for _, d in ipairs(res.decode) do
+  print(string.format("%-10s %6d %10.1f %10.1f %12.2f   (step = %.2fx floor)", "decode", d.B,
+    d.ms_per_step, d.tok_s, d.cpu_seconds / (d.B * d.steps) * 1e3,
+    d.ms_per_step / res.floor_ms_per_token))
+end
+print(string.format("peak RSS   %.0f MB", res.peak_rss_mb))
+
+-- JSON (flat enough to write by hand)
+local function enc(v)
+  local t = type(v)
+  if t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return "null" end
+    return math.type(v) == "integer" and tostring(v) or string.format("%.6g", v)
+  elseif t == "string" then
+    return '"' .. v:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end) .. '"'
+  elseif t == "table" then
+    if #v > 0 or next(v) == nil then
+      local parts = {}
+      for _, x in ipairs(v) do parts[#parts + 1] = enc(x) end
+      return "[" .. table.concat(parts, ", ") .. "]"
+    end
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys)
+    local parts = {}
+    for _, k in ipairs(keys) do parts[#parts + 1] = enc(k) .. ": " .. enc(v[k]) end
+    return "{" .. table.concat(parts, ", ") .. "}"
+  end
+  return tostring(v)
+end
+if not out then
+  os.execute("mkdir -p bench/results")
+  out = "bench/results/cpu-" .. os.date("!%Y%m%d-%H%M%S") .. ".json"
+end
+local f = assert(io.open(out, "w"))
+f:write(enc(res), "\n")
+f:close()
+print("wrote " .. out)
