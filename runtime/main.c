@@ -208,6 +208,8 @@ static void list_scripts(FILE *out) {
     while ((e = readdir(d)) != NULL && n < 256) {
         size_t len = strlen(e->d_name);
         if (e->d_name[0] == '.' || len < 5 || strcmp(e->d_name + len - 4, ".lua") != 0) continue;
+        /* modules the scripts require (genlib.lua, evallib.lua) are not commands */
+        if (len >= 7 && strcmp(e->d_name + len - 7, "lib.lua") == 0) continue;
         names[n] = strndup(e->d_name, len - 4);
         if (names[n]) n++;
     }

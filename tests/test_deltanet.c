@@ -121,8 +121,8 @@ static void golden_case(int gated) {
     FILE *f = fopen(path, "rb");
     CHECK_MSG(f != NULL, "cannot open %s (run tests/reference/deltanet_ref.py)", path);
     if (!f) return;
-    int32_t h[8];
-    double eps;
+    int32_t h[8] = {0};
+    double eps = 0;
     CHECK(fread(h, 4, 8, f) == 8 && fread(&eps, 8, 1, f) == 1);
     CHECK(h[0] == 0x31544e44 && h[7] == gated);
     const int B = h[1], T = h[2], D = h[3], H = h[4], n = h[5], K = h[6];
