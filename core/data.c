@@ -2,7 +2,9 @@
  * cache (see hyb/data.h). */
 #include "hyb/data.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +54,225 @@ uint64_t hyb_tokenizer_identity(const hyb_tokenizer *tok) {
     if (n > 256) n = 256;
     if (n > 0) h = fnv(h, ids, sizeof(int32_t) * (size_t)n);
     return h;
+}
+
+// ---- choosing the files ---------------------------------------------------------------------
+
+typedef struct fentry {
+    char *path;
+    size_t rel; /* offset of the path relative to its directory argument */
+    int arg;
+    int64_t size;
+    uint64_t h;
+    int chosen;
+} fentry;
+
+typedef struct flist {
+    fentry *e;
+    int64_t n, cap;
+} flist;
+
+static int flist_push(flist *l, fentry x) {
+    if (l->n == l->cap) {
+        int64_t cap = l->cap ? 2 * l->cap : 64;
+        fentry *ne = realloc(l->e, sizeof(fentry) * (size_t)cap);
+        if (!ne) {
+            free(x.path);
+            return hyb_error_set(HYB_ERR_NOMEM, "dataset: out of memory listing files");
+        }
+        l->e = ne;
+        l->cap = cap;
+    }
+    l->e[l->n++] = x;
+    return HYB_OK;
+}
+
+static int matches(const char *rel, const char *const *pats, int n) {
+    const char *base = strrchr(rel, '/');
+    base = base ? base + 1 : rel;
+    for (int i = 0; i < n; i++) {
+        const char *p = pats[i];
+        if (fnmatch(p, strchr(p, '/') ? rel : base, 0) == 0) return 1;
+    }
+    return 0;
+}
+
+/* Walk dir (whose path relative to the argument starts at offset rel) into l. */
+static int walk_dir(flist *l, const char *dir, size_t rel, int arg, const hyb_data_select *sel,
+                    int depth) {
+    if (depth > 64)
+        return hyb_error_set(HYB_ERR_IO, "%s: directories nested too deeply (> 64)", dir);
+    DIR *d = opendir(dir);
+    if (!d) return hyb_error_set(HYB_ERR_IO, "%s: cannot open directory: %s", dir, strerror(errno));
+    struct dirent *de;
+    int rc = HYB_OK;
+    size_t dl = strlen(dir);
+    int slash = dl > 0 && dir[dl - 1] == '/';
+    while (rc == HYB_OK && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.') continue;
+        size_t nl = strlen(de->d_name);
+        char *p = malloc(dl + nl + 2);
+        if (!p) {
+            rc = hyb_error_set(HYB_ERR_NOMEM, "dataset: out of memory listing files");
+            break;
+        }
+        memcpy(p, dir, dl);
+        if (!slash) p[dl] = '/';
+        memcpy(p + dl + !slash, de->d_name, nl + 1);
+        size_t r = rel ? rel : dl + !slash;
+        struct stat st, lst;
+        if (lstat(p, &lst) != 0 || stat(p, &st) != 0) {
+            /* a dangling link: not a file to read */
+            free(p);
+            continue;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            if (!S_ISLNK(lst.st_mode)) rc = walk_dir(l, p, r, arg, sel, depth + 1);
+            free(p);
+            continue;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            free(p);
+            continue;
+        }
+        const char *rp = p + r;
+        if ((sel->n_include > 0 && !matches(rp, sel->include, sel->n_include)) ||
+            (sel->n_exclude > 0 && matches(rp, sel->exclude, sel->n_exclude))) {
+            free(p);
+            continue;
+        }
+        fentry x = {p, r, arg, (int64_t)st.st_size, mix64(fnv(FNV0, rp, strlen(rp))), 0};
+        rc = flist_push(l, x);
+    }
+    closedir(d);
+    return rc;
+}
+
+static int cmp_fentry_hash(const void *a, const void *b) {
+    const fentry *x = *(const fentry *const *)a, *y = *(const fentry *const *)b;
+    if (x->h != y->h) return x->h < y->h ? -1 : 1;
+    return strcmp(x->path + x->rel, y->path + y->rel);
+}
+
+static int cmp_fentry_path(const void *a, const void *b) {
+    const fentry *x = (const fentry *)a, *y = (const fentry *)b;
+    if (x->arg != y->arg) return x->arg < y->arg ? -1 : 1;
+    return strcmp(x->path, y->path);
+}
+
+void hyb_file_list_free(hyb_file_list *l) {
+    if (!l) return;
+    for (int i = 0; i < l->n; i++)
+        free(l->paths[i]);
+    free(l->paths);
+    memset(l, 0, sizeof *l);
+}
+
+int hyb_data_list_files(const char *const *paths, int n_paths, const hyb_data_select *sel,
+                        hyb_file_list *out) {
+    static const hyb_data_select none = {0};
+    memset(out, 0, sizeof *out);
+    if (!sel) sel = &none;
+    if (n_paths < 1 || !paths) return hyb_error_set(HYB_ERR_ARG, "dataset: no input files");
+    if (sel->max_bytes < 0)
+        return hyb_error_set(HYB_ERR_ARG, "dataset: max_bytes must be >= 0, got %lld",
+                             (long long)sel->max_bytes);
+    for (int i = 0; i < sel->n_include + sel->n_exclude; i++) {
+        const char *p = i < sel->n_include ? sel->include[i] : sel->exclude[i - sel->n_include];
+        if (!p || !*p)
+            return hyb_error_set(HYB_ERR_ARG, "dataset: %s pattern %d is empty",
+                                 i < sel->n_include ? "include" : "exclude",
+                                 (i < sel->n_include ? i : i - sel->n_include) + 1);
+    }
+    flist l = {0};
+    int rc = HYB_OK;
+    int64_t fixed_bytes = 0;
+    for (int a = 0; a < n_paths && rc == HYB_OK; a++) {
+        struct stat st;
+        if (!paths[a] || stat(paths[a], &st) != 0) {
+            rc = hyb_error_set(HYB_ERR_IO, "%s: cannot open: %s", paths[a] ? paths[a] : "(null)",
+                               strerror(errno));
+            break;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            int64_t before = l.n;
+            rc = walk_dir(&l, paths[a], 0, a, sel, 0);
+            if (rc == HYB_OK && l.n == before) {
+                char pats[512];
+                size_t k = 0;
+                pats[0] = 0;
+                for (int i = 0; i < sel->n_include + sel->n_exclude && k < sizeof pats - 64; i++) {
+                    int inc = i < sel->n_include;
+                    const char *p = inc ? sel->include[i] : sel->exclude[i - sel->n_include];
+                    k += (size_t)snprintf(pats + k, sizeof pats - k, "%s%s '%.200s'",
+                                          k ? "," : "", inc ? " include" : " exclude", p);
+                }
+                rc = hyb_error_set(HYB_ERR_ARG, "%s: the directory holds no file to read%s%s",
+                                   paths[a], k ? " with" : "", pats);
+            }
+            continue;
+        }
+        char *p = strdup(paths[a]);
+        if (!p) {
+            rc = hyb_error_set(HYB_ERR_NOMEM, "dataset: out of memory listing files");
+            break;
+        }
+        fentry x = {p, 0, a, (int64_t)st.st_size, 0, 1};
+        fixed_bytes += x.size;
+        rc = flist_push(&l, x);
+    }
+    fentry **byh = NULL;
+    if (rc == HYB_OK) {
+        int64_t nd = 0;
+        for (int64_t i = 0; i < l.n; i++)
+            if (!l.e[i].chosen) {
+                out->matched++;
+                out->matched_bytes += l.e[i].size;
+                nd++;
+            }
+        byh = malloc(sizeof(fentry *) * (size_t)(nd ? nd : 1));
+        if (rc == HYB_OK && !byh) rc = hyb_error_set(HYB_ERR_NOMEM, "dataset: out of memory");
+        if (rc == HYB_OK) {
+            int64_t k = 0;
+            for (int64_t i = 0; i < l.n; i++)
+                if (!l.e[i].chosen) byh[k++] = &l.e[i];
+            if (sel->max_bytes > 0) qsort(byh, (size_t)nd, sizeof(fentry *), cmp_fentry_hash);
+            int64_t total = fixed_bytes;
+            for (int64_t i = 0; i < nd; i++)
+                if (sel->max_bytes == 0 || total + byh[i]->size <= sel->max_bytes) {
+                    byh[i]->chosen = 1;
+                    total += byh[i]->size;
+                }
+            /* stable per argument: files as given, directory files sorted by path */
+            qsort(l.e, (size_t)l.n, sizeof(fentry), cmp_fentry_path);
+            int64_t n = 0;
+            for (int64_t i = 0; i < l.n; i++)
+                n += l.e[i].chosen;
+            if (n == 0)
+                rc = hyb_error_set(HYB_ERR_ARG,
+                                   "dataset: max_bytes %lld is smaller than every matching file "
+                                   "(the smallest of %lld holds more)",
+                                   (long long)sel->max_bytes, (long long)nd);
+            else if (n > INT32_MAX)
+                rc = hyb_error_set(HYB_ERR_ARG, "dataset: too many files (%lld)", (long long)n);
+            if (rc == HYB_OK) {
+                out->paths = malloc(sizeof(char *) * (size_t)n);
+                if (!out->paths) rc = hyb_error_set(HYB_ERR_NOMEM, "dataset: out of memory");
+            }
+            for (int64_t i = 0; rc == HYB_OK && i < l.n; i++)
+                if (l.e[i].chosen) {
+                    out->paths[out->n++] = l.e[i].path;
+                    out->bytes += l.e[i].size;
+                    l.e[i].path = NULL;
+                }
+        }
+    }
+    free(byh);
+    for (int64_t i = 0; i < l.n; i++)
+        free(l.e[i].path);
+    free(l.e);
+    if (rc != HYB_OK) hyb_file_list_free(out);
+    return rc;
 }
 
 // ---- reading and splitting ------------------------------------------------------------------
@@ -154,6 +375,8 @@ static char *identity_header(const hyb_data_cfg *cfg, uint64_t tok_hash) {
     size_t k = (size_t)snprintf(
         h, cap, "tokenizer %016" PRIx64 "\nval_fraction %.17g\nseed %" PRIu64 "\ndoc_bytes %d\n",
         tok_hash, cfg->val_fraction, cfg->seed, HYB_DATA_DOC_BYTES);
+    /* only when set, so caches written before the option existed stay valid */
+    if (cfg->parse_special && cfg->tok) k += (size_t)snprintf(h + k, cap - k, "special 1\n");
     for (int i = 0; i < cfg->n_files; i++) {
         struct stat st;
         if (stat(cfg->files[i], &st) != 0) {
@@ -255,7 +478,7 @@ static int read_cache(const char *path, const char *ident, hyb_dataset *d) {
 
 // ---- open -----------------------------------------------------------------------------------
 
-static int tokenize_doc(const hyb_tokenizer *tok, const char *t, size_t n, doc *d) {
+static int tokenize_doc(const hyb_tokenizer *tok, int special, const char *t, size_t n, doc *d) {
     if (!tok) {
         d->ids = malloc(sizeof(int32_t) * (n ? n : 1));
         if (!d->ids) return hyb_error_set(HYB_ERR_NOMEM, "dataset: out of memory");
@@ -264,7 +487,8 @@ static int tokenize_doc(const hyb_tokenizer *tok, const char *t, size_t n, doc *
         d->n_ids = n;
         return HYB_OK;
     }
-    return hyb_tokenizer_encode_alloc(tok, t, n, HYB_TOK_NO_PARSE_SPECIAL, &d->ids, &d->n_ids);
+    return hyb_tokenizer_encode_alloc(tok, t, n, special ? 0 : HYB_TOK_NO_PARSE_SPECIAL, &d->ids,
+                                      &d->n_ids);
 }
 
 int hyb_dataset_open(const hyb_data_cfg *cfg, hyb_dataset **out) {
@@ -324,7 +548,7 @@ int hyb_dataset_open(const hyb_data_cfg *cfg, hyb_dataset **out) {
                            "(val_fraction %g); give more text",
                            dl.n, cfg->val_fraction);
     for (int64_t i = 0; i < dl.n && rc == HYB_OK; i++)
-        rc = tokenize_doc(cfg->tok, text[dl.d[i].file] + dl.d[i].off, dl.d[i].len, &dl.d[i]);
+        rc = tokenize_doc(cfg->tok, cfg->parse_special, text[dl.d[i].file] + dl.d[i].off, dl.d[i].len, &dl.d[i]);
     if (rc == HYB_OK) {
         /* training documents shuffled (seeded), held-out in file order */
         int64_t *order = malloc(sizeof(int64_t) * (size_t)(dl.n ? dl.n : 1));

@@ -701,6 +701,9 @@ static int tok_tostring(lua_State *L) {
 typedef struct lds {
     hyb_dataset *d;
     int vocab; /* ids are < vocab (256 for bytes) */
+    int n_files;
+    int64_t bytes;                  /* of the files read */
+    int64_t matched, matched_bytes; /* directory files passing the filters, before max_bytes */
 } lds;
 
 static lds *check_ds(lua_State *L, int idx, const char *F) {
@@ -713,78 +716,126 @@ static lds *check_ds(lua_State *L, int idx, const char *F) {
     return d;
 }
 
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
+/* Option `key` of the table at opts: nil (none), a string or a list of strings. The strings stay
+ * referenced by the options table; the array lives in a userdata pushed on the stack (when n > 0). */
+static const char **string_list(lua_State *L, int opts, const char *F, const char *key, int *n) {
+    char buf[96];
+    *n = 0;
+    lua_getfield(L, opts, key);
+    int t = lua_gettop(L);
+    if (lua_isnil(L, t)) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    if (lua_type(L, t) == LUA_TSTRING) {
+        const char **arr = (const char **)lua_newuserdatauv(L, sizeof(char *), 0);
+        arr[0] = lua_tostring(L, t);
+        lua_remove(L, t); /* still referenced by the options table */
+        *n = 1;
+        return arr;
+    }
+    if (!lua_istable(L, t))
+        lhyb_error(L, "%s: option '%s' must be a pattern or a list of patterns, got %s", F, key,
+                   lhyb_describe(L, t, buf, sizeof buf));
+    int k = (int)lua_rawlen(L, t);
+    const char **arr = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)(k ? k : 1), 0);
+    for (int i = 1; i <= k; i++) {
+        lua_rawgeti(L, t, i);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            lhyb_error(L, "%s: option '%s' entry %d must be a string, got %s", F, key, i,
+                       lhyb_describe(L, -1, buf, sizeof buf));
+        arr[i - 1] = lua_tostring(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_remove(L, t);
+    *n = k;
+    return arr;
 }
 
-/* append path (a file, or a directory's non-hidden regular files sorted by name) to the list table
- */
-static void add_path(lua_State *L, int list, const char *F, const char *path) {
-    struct stat st;
-    if (stat(path, &st) != 0) lhyb_error(L, "%s: cannot open '%s': %s", F, path, strerror(errno));
-    if (!S_ISDIR(st.st_mode)) {
-        lua_pushstring(L, path);
-        lua_rawseti(L, list, (lua_Integer)lua_rawlen(L, list) + 1);
-        return;
-    }
-    DIR *d = opendir(path);
-    if (!d) lhyb_error(L, "%s: cannot open directory '%s': %s", F, path, strerror(errno));
-    lua_newtable(L);
-    int names = lua_gettop(L);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        lua_pushfstring(L, "%s/%s", path, e->d_name);
-        if (is_file(lua_tostring(L, -1)))
-            lua_rawseti(L, names, ++n);
-        else
+/* The files of `files` (a path or a list of paths, at files_idx) chosen by the include, exclude
+ * and max_bytes options of the table at opts (hyb_data_list_files): pushes a table of paths and
+ * returns their total size. */
+static int64_t push_file_list(lua_State *L, const char *F, int files_idx, int opts,
+                              int64_t *matched, int64_t *matched_bytes) {
+    char buf[96];
+    int top = lua_gettop(L);
+    files_idx = lua_absindex(L, files_idx);
+    int np = 0;
+    const char **paths = NULL;
+    if (lua_type(L, files_idx) == LUA_TSTRING) {
+        paths = (const char **)lua_newuserdatauv(L, sizeof(char *), 0);
+        paths[0] = lua_tostring(L, files_idx);
+        np = 1;
+    } else if (lua_istable(L, files_idx)) {
+        np = (int)lua_rawlen(L, files_idx);
+        if (np < 1) lhyb_error(L, "%s: the list of files is empty", F);
+        paths = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)np, 0);
+        for (int i = 1; i <= np; i++) {
+            lua_rawgeti(L, files_idx, i);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                lhyb_error(L, "%s: files[%d] must be a string, got %s", F, i,
+                           lhyb_describe(L, -1, buf, sizeof buf));
+            paths[i - 1] = lua_tostring(L, -1); /* referenced by the files table */
             lua_pop(L, 1);
+        }
+    } else {
+        lhyb_error(L, "%s: option 'files' must be a path or a table of paths, got %s", F,
+                   lhyb_describe(L, files_idx, buf, sizeof buf));
     }
-    closedir(d);
-    const char **arr = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)(n ? n : 1), 0);
-    for (int i = 0; i < n; i++) {
-        lua_rawgeti(L, names, i + 1);
-        arr[i] = lua_tostring(L, -1);
-        lua_pop(L, 1); /* still referenced by names */
+    hyb_data_select sel;
+    memset(&sel, 0, sizeof sel);
+    if (opts) {
+        sel.include = string_list(L, opts, F, "include", &sel.n_include);
+        sel.exclude = string_list(L, opts, F, "exclude", &sel.n_exclude);
+        sel.max_bytes = (int64_t)lhyb_opt_field_int(L, opts, F, "max_bytes", 0, LUA_MAXINTEGER, 0);
     }
-    qsort(arr, (size_t)n, sizeof(char *), cmp_str);
-    for (int i = 0; i < n; i++) {
-        lua_pushstring(L, arr[i]);
-        lua_rawseti(L, list, (lua_Integer)lua_rawlen(L, list) + 1);
+    hyb_file_list fl;
+    if (hyb_data_list_files(paths, np, &sel, &fl) != HYB_OK) lhyb_raise_hyb(L, F);
+    /* copy into Lua, then free (lua_createtable / pushstring may raise: check memory first) */
+    if (!lua_checkstack(L, 4)) {
+        hyb_file_list_free(&fl);
+        lhyb_error(L, "%s: out of Lua stack", F);
     }
-    lua_pop(L, 2);
+    lua_createtable(L, fl.n, 0);
+    for (int i = 0; i < fl.n; i++) {
+        lua_pushstring(L, fl.paths[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    int64_t bytes = fl.bytes;
+    if (matched) *matched = fl.matched;
+    if (matched_bytes) *matched_bytes = fl.matched_bytes;
+    hyb_file_list_free(&fl);
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+    return bytes;
 }
 
-/* hyb.data.dataset{files = path | {paths}, tokenizer = tok | nil (bytes), cache = path,
- *                  val_fraction = 0.05, seed = 1} */
+/* hyb.data.files(path | {paths}[, {include=, exclude=, max_bytes=}]) -> {paths}, bytes */
+static int l_files(lua_State *L) {
+    static const char *const allowed[] = {"include", "exclude", "max_bytes", NULL};
+    const char *F = "hyb.data.files";
+    lua_settop(L, 2);
+    lhyb_check_opts(L, 2, F, allowed);
+    int64_t bytes = push_file_list(L, F, 1, lua_istable(L, 2) ? 2 : 0, NULL, NULL);
+    lua_pushinteger(L, (lua_Integer)bytes);
+    return 2;
+}
+
+/* hyb.data.dataset{files = path | {paths}, include =, exclude =, max_bytes =, tokenizer = tok |
+ *                  nil (bytes), special = false, cache = path, val_fraction = 0.05, seed = 1} */
 static int l_dataset(lua_State *L) {
-    static const char *const allowed[] = {"files",        "tokenizer", "cache",
-                                          "val_fraction", "seed",      NULL};
+    static const char *const allowed[] = {"files",        "include", "exclude", "max_bytes",
+                                          "tokenizer",    "special", "cache",   "val_fraction",
+                                          "seed",         NULL};
     const char *F = "hyb.data.dataset";
     lua_settop(L, 1);
     if (!lua_istable(L, 1))
         return lhyb_error(L, "%s: expected an options table {files=, tokenizer=, cache=, ...}", F);
     lhyb_check_opts(L, 1, F, allowed);
-    lua_newtable(L);
-    int list = lua_gettop(L);
     lua_getfield(L, 1, "files");
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        add_path(L, list, F, lua_tostring(L, -1));
-    } else if (lua_istable(L, -1)) {
-        int ft = lua_gettop(L);
-        lua_Integer nf = (lua_Integer)lua_rawlen(L, ft);
-        for (lua_Integer i = 1; i <= nf; i++) {
-            lua_rawgeti(L, ft, i);
-            if (lua_type(L, -1) != LUA_TSTRING)
-                return lhyb_error(L, "%s: files[%d] must be a string", F, (int)i);
-            add_path(L, list, F, lua_tostring(L, -1));
-            lua_pop(L, 1);
-        }
-    } else {
-        return lhyb_error(L, "%s: option 'files' must be a path or a table of paths", F);
-    }
-    lua_pop(L, 1);
+    int64_t matched = 0, matched_bytes = 0;
+    int64_t bytes = push_file_list(L, F, 2, 1, &matched, &matched_bytes);
+    int list = lua_gettop(L);
     int nfiles = (int)lua_rawlen(L, list);
     if (nfiles < 1) return lhyb_error(L, "%s: no input files", F);
     const char **files = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)nfiles, 0);
@@ -800,6 +851,7 @@ static int l_dataset(lua_State *L) {
     c.val_fraction = lhyb_opt_field_number(L, 1, F, "val_fraction", 0.05);
     c.seed = (uint64_t)lhyb_opt_field_int(L, 1, F, "seed", 0, LUA_MAXINTEGER, 1);
     c.cache = lhyb_opt_field_string(L, 1, F, "cache", NULL);
+    c.parse_special = lhyb_opt_field_bool(L, 1, F, "special", 0);
     if (!(c.val_fraction >= 0 && c.val_fraction < 1))
         return lhyb_error(L, "%s: option 'val_fraction' must be in [0, 1), got %g", F,
                           c.val_fraction);
@@ -814,6 +866,10 @@ static int l_dataset(lua_State *L) {
     lds *d = (lds *)lua_newuserdatauv(L, sizeof(lds), 0);
     d->d = NULL;
     d->vocab = vocab;
+    d->n_files = nfiles;
+    d->bytes = bytes;
+    d->matched = matched;
+    d->matched_bytes = matched_bytes;
     luaL_setmetatable(L, LHYB_DATASET_MT);
     if (hyb_dataset_open(&c, &d->d) != HYB_OK) {
         d->d = NULL;
@@ -867,7 +923,8 @@ static int ds_windows(lua_State *L) {
     return 1;
 }
 
-/* ds:info() -> {train_tokens=, val_tokens=, docs=, val_docs=, from_cache=, tokenizer=} */
+/* ds:info() -> {train_tokens=, val_tokens=, docs=, val_docs=, from_cache=, tokenizer=, files=,
+ * bytes=, matched_files=, matched_bytes=} */
 static int ds_info(lua_State *L) {
     lds *d = check_ds(L, 1, "dataset:info");
     char b[32];
@@ -882,6 +939,14 @@ static int ds_info(lua_State *L) {
     lua_setfield(L, -2, "val_docs");
     lua_pushboolean(L, d->d->from_cache);
     lua_setfield(L, -2, "from_cache");
+    lua_pushinteger(L, d->n_files);
+    lua_setfield(L, -2, "files");
+    lua_pushinteger(L, (lua_Integer)d->bytes);
+    lua_setfield(L, -2, "bytes");
+    lua_pushinteger(L, (lua_Integer)d->matched);
+    lua_setfield(L, -2, "matched_files");
+    lua_pushinteger(L, (lua_Integer)d->matched_bytes);
+    lua_setfield(L, -2, "matched_bytes");
     snprintf(b, sizeof b, "%016llx", (unsigned long long)d->d->tok_hash);
     lua_pushstring(L, b);
     lua_setfield(L, -2, "tokenizer");
@@ -956,6 +1021,8 @@ void lhyb_open_train(lua_State *L) {
         lua_setfield(L, -2, "tokenizer");
         lua_pushcfunction(L, l_dataset);
         lua_setfield(L, -2, "dataset");
+        lua_pushcfunction(L, l_files);
+        lua_setfield(L, -2, "files");
     }
     lua_pop(L, 1);
 }

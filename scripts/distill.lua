@@ -18,8 +18,19 @@
 -- Recipe keys (all optional unless said):
 --   [run]   teacher (required: .gguf, HF dir, model:save dir), out, seed = 1,
 --           log_every = 10, eval_every = 50, eval_batches = 4, ckpt_every = 50
---   [data]  files (required: paths; directories give their files), tokenizer ("bytes", a path;
---           default: the teacher when it is a .gguf), val_fraction = 0.05, seed
+--   [data]  files (required unless generate is given: paths; a directory gives its files,
+--           recursively, sorted), include = ["*.rst.txt", ...] and exclude = ["translations/*"]
+--           (globs for the files found in directories: a pattern without '/' matches the name,
+--           one with '/' the path under the directory), max_bytes (a deterministic sample of the
+--           directory files up to this many bytes; files named explicitly are always read),
+--           tokenizer ("bytes", a path; default: the teacher when it is a .gguf),
+--           special (special-token text such as <|im_start|> becomes the special id; default
+--           true when generate is given, else false), val_fraction = 0.05, seed,
+--           generate = {n =, prompts = "file", corpus = [paths], include =, exclude =,
+--             max_tokens = 256, temperature = 0.8, top_p = 0.95, top_k = 0, seed = [run] seed,
+--             slots = 8, system =, out = "<out_dir>/teacher.txt"}: before training, the teacher
+--             writes replies to n prompts (scripts/teacher_data.lua; resumable, skipped when
+--             the file is complete) and the transcripts are added to the training files.
 --   [train] lr = 3e-4, min_lr = lr / 10, warmup = 0, batch = 4, seq_len = 256, accum = 1,
 --           loss = "reverse_kl" | "forward_kl" | "ce" | "mix", weights = {rkl=, fkl=, ce=} (mix),
 --           temperature = 1, weight_decay = 0.1, clip = 1.0, freeze = [glob patterns]
@@ -110,12 +121,58 @@ local tok = nil
 local tokspec = data.tokenizer or (teacher_path:match("%.gguf$") and teacher_path) or "bytes"
 if tokspec ~= "bytes" then tok = hyb.data.tokenizer(expand(tokspec)) end
 local files = {}
-for i, f in ipairs(data.files or error(recipe_path .. ": [data] files is missing")) do files[i] = expand(f) end
-local ds = hyb.data.dataset{files = files, tokenizer = tok, cache = out .. "/data.bin",
+if data.files == nil and data.generate == nil then error(recipe_path .. ": [data] files is missing", 0) end
+if data.files ~= nil and type(data.files) ~= "table" then data.files = {data.files} end
+for i, f in ipairs(data.files or {}) do files[i] = expand(f) end
+local function strlist(v)
+  if type(v) ~= "table" then return v end
+  local l = {}
+  for i, x in ipairs(v) do l[i] = expand(x) end
+  return l
+end
+
+-- ---- teacher-generated data ([data] generate) --------------------------------------------------
+if data.generate ~= nil then
+  local G = data.generate
+  if type(G) ~= "table" then error(recipe_path .. ": [data] generate must be a table {n =, prompts =, ...}", 0) end
+  local known = {n = 1, prompts = 1, corpus = 1, include = 1, exclude = 1, snippet_chars = 1, max_tokens = 1,
+    temperature = 1, top_p = 1, top_k = 1, seed = 1, slots = 1, system = 1, out = 1, max_ctx = 1}
+  for k in pairs(G) do
+    if k ~= "__order" and not known[k] then
+      error(("%s: [data] generate: unknown key '%s'"):format(recipe_path, tostring(k)), 0)
+    end
+  end
+  local TL = require("teacherlib")
+  local corpus = G.corpus
+  if type(corpus) == "string" then corpus = {corpus} end
+  local src = {prompts = G.prompts and expand(G.prompts), corpus = strlist(corpus), include = strlist(G.include),
+    exclude = strlist(G.exclude), snippet_chars = G.snippet_chars, n = G.n, seed = G.seed or seed}
+  if not src.prompts and not src.corpus then
+    error(recipe_path .. ": [data] generate needs prompts (a file) and/or corpus (paths)", 0)
+  end
+  local gset = {out = expand(G.out or (out .. "/teacher.txt")), max_tokens = G.max_tokens or 256,
+    temperature = G.temperature or 0.8, top_p = G.top_p or 0.95, top_k = G.top_k or 0, seed = G.seed or seed,
+    slots = G.slots or 8, system = G.system, max_ctx = G.max_ctx, teacher = TL.teacher_id(teacher_path),
+    source = TL.source(src)}
+  local ok, prompts = pcall(TL.prompts, src)
+  if not ok then error(recipe_path .. ": [data] generate: " .. tostring(prompts), 0) end
+  local done = TL.status(gset, #prompts)
+  if done == #prompts then
+    print(("data: teacher text %s complete (%d prompts)"):format(gset.out, #prompts))
+  else
+    TL.generate(teacher, tok, prompts, gset)
+  end
+  files[#files + 1] = gset.out
+end
+
+local special = data.special
+if special == nil then special = data.generate ~= nil end
+local ds = hyb.data.dataset{files = files, include = strlist(data.include), exclude = strlist(data.exclude),
+  max_bytes = data.max_bytes, tokenizer = tok, special = special and tok ~= nil, cache = out .. "/data.bin",
   val_fraction = data.val_fraction or 0.05, seed = data.seed or seed}
 local info = ds:info()
-print(("data: %d training + %d held-out tokens from %d documents (%s)"):format(info.train_tokens,
-  info.val_tokens, info.docs, info.from_cache and "cache" or "tokenized"))
+print(("data: %d training + %d held-out tokens from %d documents in %d files, %d bytes (%s)"):format(info.train_tokens,
+  info.val_tokens, info.docs, info.files, info.bytes, info.from_cache and "cache" or "tokenized"))
 if tok and tok:vocab_size() > V then
   error(("the tokenizer has %d tokens but the teacher's vocabulary is %d"):format(tok:vocab_size(), V))
 end

@@ -38,14 +38,30 @@ function E.expand(p)
   return (p:gsub("^~", os.getenv("HOME") or "~"))
 end
 
--- The held-out data: a dataset over `files` (comma-separated paths) with the tokenizer spec
--- ("bytes", a path, or nil: the teacher when it is a .gguf).
+-- The held-out data: a dataset over `opts.data` (comma-separated paths) with the tokenizer spec
+-- `opts.tokenizer` ("bytes", a path, or "": the teacher when it is a .gguf). Optional:
+-- opts.include / opts.exclude (comma-separated globs for the files found in directories),
+-- opts.max_bytes (> 0: a deterministic sample of the directory files; hyb.data.files),
+-- opts.special (special-token text is the special id, for teacher transcripts).
 function E.dataset(opts, teacher_path)
+  local function list(s)
+    if s == nil or s == "" then return nil end
+    local l = {}
+    for f in s:gmatch("[^,]+") do l[#l + 1] = f end
+    return l
+  end
   local files = {}
-  for f in opts.data:gmatch("[^,]+") do files[#files + 1] = E.expand(f) end
-  local tokspec = opts.tokenizer ~= "" and opts.tokenizer or (teacher_path:match("%.gguf$") and teacher_path) or "bytes"
+  for _, f in ipairs(list(opts.data) or {}) do files[#files + 1] = E.expand(f) end
+  local tokspec = (opts.tokenizer or "") ~= "" and opts.tokenizer or (teacher_path:match("%.gguf$") and teacher_path) or "bytes"
   local tok = tokspec ~= "bytes" and hyb.data.tokenizer(E.expand(tokspec)) or nil
-  local ds = hyb.data.dataset{files = files, tokenizer = tok, cache = opts.cache ~= "" and opts.cache or nil,
+  local max_bytes = opts.max_bytes
+  if max_bytes ~= nil then
+    max_bytes = math.tointeger(max_bytes) or error(("--max-bytes must be an integer, got %s"):format(max_bytes), 0)
+    if max_bytes == 0 then max_bytes = nil end
+  end
+  local ds = hyb.data.dataset{files = files, include = list(opts.include), exclude = list(opts.exclude),
+    max_bytes = max_bytes, special = opts.special and tok ~= nil or nil, tokenizer = tok,
+    cache = (opts.cache or "") ~= "" and opts.cache or nil,
     val_fraction = opts.val_fraction, seed = opts.seed}
   return ds, tok
 end

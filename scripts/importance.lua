@@ -16,9 +16,11 @@ local E = require("evallib")
 
 local usage = [=[usage: hyb importance --teacher PATH --data FILES [--tokenizer bytes|PATH] [--batches 4]
        [--batch 2] [--seq-len 128] [--layers 0,1,...] [--mmr-steps 0] [--mmr-lr 1e-3]
-       [--out ranking.json] [--cache PATH] [--val-fraction 0.05] [--seed 1]]=]
+       [--out ranking.json] [--cache PATH] [--val-fraction 0.05] [--seed 1]
+       [--include GLOBS] [--exclude GLOBS] [--max-bytes N] [--special]]=]
 local o = E.parse_args(arg, {teacher = "", data = "", tokenizer = "", batches = 4, batch = 2, seq_len = 128,
   layers = "", mmr_steps = 0, mmr_lr = 1e-3, out = "ranking.json", cache = "", val_fraction = 0.05,
+  include = "", exclude = "", max_bytes = 0, special = false,
   seed = 1, help = false}, usage)
 if o.help or o.teacher == "" or o.data == "" then print(usage) os.exit(o.help and 0 or 2) end
 hyb.log_level("warn")

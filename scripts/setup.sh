@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/setup.sh: the one command for a new user. Installs what is missing, builds, fetches
-# the default model (SmolLM2-135M-Instruct), then runs the main job on it: a chat reply from the
-# teacher, streamed token by token, with prefill/decode speed at the end.
+# the default model (SmolLM2-135M-Instruct), installs the training corpus (scripts/corpus.sh:
+# the Python and Linux manuals' text from Debian packages), then runs the main job on it: a chat
+# reply from the teacher, streamed token by token, with prefill/decode speed at the end.
 #
 #   scripts/setup.sh                       # the default prompt
 #   scripts/setup.sh "Write a haiku about the sea."
@@ -13,6 +14,12 @@ build=${HYB_BUILD_DIR:-$root/build}
 HYB_MODEL=$("$root/scripts/fetch_model.sh")
 export HYB_MODEL
 echo "setup: default model at $HYB_MODEL" >&2
+# the corpus for distillation recipes (not needed by the build, the tests or the main job: a
+# failure here is reported and setup goes on)
+if ! "$root/scripts/corpus.sh" | sed 's/^/setup: corpus: /' >&2; then
+    echo "setup: the corpus is incomplete (see above); recipes that use it will fail until" \
+         "scripts/corpus.sh succeeds" >&2
+fi
 
 if [[ ! -x "$build/hyb" ]]; then
     echo "setup: $build/hyb was not built (runtime/ missing?)" >&2

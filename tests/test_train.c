@@ -455,7 +455,7 @@ static void test_dataset(void) {
     const char *files[2] = {f1, f2};
     struct stat s1, s2;
     CHECK(stat(f1, &s1) == 0 && stat(f2, &s2) == 0);
-    hyb_data_cfg cfg = {files, 2, NULL, sub("data.bin"), 0.2, 7};
+    hyb_data_cfg cfg = {files, 2, NULL, sub("data.bin"), 0.2, 7, 0};
     hyb_dataset *d = NULL, *e = NULL;
     CHECK_MSG(hyb_dataset_open(&cfg, &d) == HYB_OK, "%s", hyb_error());
     if (!d) return;
@@ -545,7 +545,7 @@ static void test_dataset(void) {
     CHECK_MSG(tok != NULL, "%s", hyb_error());
     if (tok) {
         CHECK(hyb_tokenizer_identity(tok) != hyb_tokenizer_identity(NULL));
-        hyb_data_cfg c3 = {files, 2, tok, sub("data-tok.bin"), 0.2, 7};
+        hyb_data_cfg c3 = {files, 2, tok, sub("data-tok.bin"), 0.2, 7, 0};
         CHECK_MSG(hyb_dataset_open(&c3, &e) == HYB_OK, "%s", hyb_error());
         if (e) {
             CHECK(e->n_train > 0 && e->n_val > 0 && e->n_train + e->n_val < d->n_train + d->n_val);
@@ -564,7 +564,7 @@ static void test_dataset(void) {
     }
     /* errors */
     const char *missing[1] = {"/nonexistent/file.txt"};
-    hyb_data_cfg c4 = {missing, 1, NULL, NULL, 0.1, 1};
+    hyb_data_cfg c4 = {missing, 1, NULL, NULL, 0.1, 1, 0};
     CHECK(hyb_dataset_open(&c4, &e) == HYB_ERR_IO);
     hyb_data_cfg c5 = cfg;
     c5.val_fraction = 1.5;

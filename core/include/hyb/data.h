@@ -44,6 +44,8 @@ typedef struct hyb_data_cfg {
     const char *cache;        /* cache file path, NULL: none */
     double val_fraction;      /* [0, 1) */
     uint64_t seed;            /* document shuffle */
+    int parse_special;        /* 1: special-token text ("<|im_start|>") becomes its special id
+                                 (chat transcripts); 0: plain text (default) */
 } hyb_data_cfg;
 
 typedef struct hyb_dataset {
@@ -69,6 +71,46 @@ int hyb_dataset_batch(hyb_dataset *d, int split, int64_t step, int B, int T, uin
                       int32_t *ids, int32_t *targets);
 /* Number of windows of T + 1 tokens in a split (the length of an epoch in samples). */
 int64_t hyb_dataset_windows(const hyb_dataset *d, int split, int T);
+
+/* ---- choosing the files -------------------------------------------------------------------
+ *
+ *   const char *paths[] = {"/usr/share/doc/python3.11/html/_sources", "gen/teacher.txt"};
+ *   const char *inc[] = {"*.rst.txt"}, *exc[] = {"README*"};
+ *   hyb_data_select s = {.include = inc, .n_include = 1, .exclude = exc, .n_exclude = 1,
+ *                        .max_bytes = 12000000};
+ *   hyb_file_list l;  hyb_data_list_files(paths, 2, &s, &l);   // l.paths[0 .. l.n-1]
+ *   hyb_file_list_free(&l);
+ *
+ * A path naming a file is always taken, as given (filters do not apply; it counts towards
+ * max_bytes first). A directory is walked recursively (entries starting with '.' skipped,
+ * symbolic links followed to files but not to directories) and its regular files are filtered:
+ * a pattern without '/' matches the file's name, one with '/' the path relative to the directory
+ * given (fnmatch(3), '*' also crosses '/'); a file is taken when it matches some include pattern
+ * (none: every file) and no exclude pattern. max_bytes > 0 then takes a deterministic sample of
+ * the directory files: in the order of a hash of their relative path (so the choice does not
+ * depend on where the directory is, and is stable when files are added), each file that still
+ * fits within max_bytes is taken. The result lists each argument's files in order: a file as
+ * given, a directory's chosen files sorted by path (strcmp). Zero files in all is an error. */
+typedef struct hyb_data_select {
+    const char *const *include; /* [n_include] glob patterns; none: every file */
+    int n_include;
+    const char *const *exclude; /* [n_exclude] */
+    int n_exclude;
+    int64_t max_bytes; /* 0: no cap */
+} hyb_data_select;
+
+typedef struct hyb_file_list {
+    char **paths; /* [n], owned */
+    int n;
+    int64_t bytes;                    /* total size of the chosen files */
+    int64_t matched, matched_bytes;   /* directory files passing the filters, before the cap */
+} hyb_file_list;
+
+/* sel may be NULL (every file, no cap). On error *out is empty and the message names the path or
+ * the pattern. */
+int hyb_data_list_files(const char *const *paths, int n_paths, const hyb_data_select *sel,
+                        hyb_file_list *out);
+void hyb_file_list_free(hyb_file_list *l);
 
 /* A 64-bit identity of a tokenizer: vocab strings and types, special ids, and the encoding of a
  * probe text (catches different merges / pre-tokenizers). NULL (bytes) has its own value. */
