@@ -33,7 +33,9 @@
 --             the file is complete) and the transcripts are added to the training files.
 --   [train] lr = 3e-4, min_lr = lr / 10, warmup = 0, batch = 4, seq_len = 256, accum = 1,
 --           loss = "reverse_kl" | "forward_kl" | "ce" | "mix", weights = {rkl=, fkl=, ce=} (mix),
---           temperature = 1, weight_decay = 0.1, clip = 1.0, freeze = [glob patterns]
+--           temperature = 1, weight_decay = 0.1, clip = 1.0, freeze = [glob patterns],
+--           unfreeze = [glob patterns] (applied after freeze: freeze = ["*"] with
+--           unfreeze = ["model.layers.*.mixer.*"] trains only the swapped-in mixers)
 --   [stages.<name>]  in file order: layers = [..] | (lowest = n, ranking = "file.json": the n
 --           least important layers of the ranking not yet swapped; scripts/importance.lua),
 --           mixer = "mamba1" | "identity" | a plugin type, init = "mil" | "random",
@@ -319,6 +321,11 @@ for si, name in ipairs(order) do
       end
     end
     for _, pat in ipairs(setting(S, "freeze", {})) do hyb.train.freeze(student, pat) end
+    for _, pat in ipairs(setting(S, "unfreeze", {})) do
+      if hyb.train.freeze(student, pat, false) == 0 then
+        error(("stage '%s': unfreeze pattern '%s' matches no parameter"):format(name, pat))
+      end
+    end
     local tr = hyb.train.trainer(student, {teacher = teacher, lr = setting(S, "lr", 3e-4),
       min_lr = setting(S, "min_lr", setting(S, "lr", 3e-4) / 10), warmup = setting(S, "warmup", 0),
       steps = steps, accum = accum, loss = setting(S, "loss", "reverse_kl"), weights = strip(setting(S, "weights", nil)),

@@ -4,6 +4,9 @@
 -- perplexity and the reverse / forward KL to the teacher (per token, averaged); then greedy-
 -- generates --gen tokens from a few ChatML prompts with the teacher and the MIL hybrid. A last row
 -- has the same layers as identity (removed), the baseline the swapped layers must beat.
+-- With --train-steps N, both hybrids are then distilled for N updates (reverse KL, only the
+-- swapped-in mixers trained, same data order, AdamW at --train-lr with 2 warmup steps, accum 2)
+-- and measured again: whether MIL is the better starting point for distillation.
 --
 --   hyb mil_check --teacher T --data FILES [--layers 5,15,25 | --ranking r.json --lowest 3]
 --       [--batches 4] [--batch 2] [--seq-len 128] [--gen 40] [--cache PATH] [--out mil.json]
@@ -16,9 +19,11 @@ local G = require("genlib")
 
 local usage = [=[usage: hyb mil_check --teacher PATH --data FILES [--layers 5,15,25] [--ranking r.json --lowest 3]
        [--batches 4] [--batch 2] [--seq-len 128] [--gen 40] [--seed 1] [--config TOML] [--out mil.json]
-       [--cache PATH] [--val-fraction 0.05] [--tokenizer bytes|PATH]]=]
+       [--cache PATH] [--val-fraction 0.05] [--tokenizer bytes|PATH] [--train-steps 0] [--train-lr 3e-3]
+       [--include GLOBS] [--exclude GLOBS] [--max-bytes N]]=]
 local o = E.parse_args(arg, {teacher = "", data = "", tokenizer = "", layers = "", ranking = "", lowest = 3,
   batches = 4, batch = 2, seq_len = 128, gen = 40, seed = 1, out = "mil.json", cache = "", val_fraction = 0.05,
+  train_steps = 0, train_lr = 3e-3, include = "", exclude = "", max_bytes = 0,
   config = "d_inner = 576\nd_xb = 192\nd_state = 16\ndt_rank = 16\nd_conv = 4", help = false}, usage)
 if o.help or o.teacher == "" or o.data == "" then print(usage) os.exit(o.help and 0 or 2) end
 hyb.log_level("warn")
@@ -89,6 +94,24 @@ local idm = hyb.train.clone(teacher)
 idm:set_identity(layers)
 measure("identity", idm)
 
+-- both inits distilled the same way: the swapped mixers only, same batches
+local function distill(name, model)
+  hyb.train.freeze(model, "*")
+  hyb.train.freeze(model, "model.layers.*.mixer.*", false)
+  local tr = hyb.train.trainer(model, {teacher = teacher, lr = o.train_lr, min_lr = o.train_lr, warmup = 2,
+    steps = o.train_steps, accum = 2, loss = "reverse_kl", temperature = 1, weight_decay = 0, clip = 1.0})
+  local t0 = hyb.time()
+  for s = 0, o.train_steps - 1 do tr:step(ds:batch(s, 2 * o.batch, o.seq_len, 1001), o.batch, o.seq_len) end
+  io.stderr:write(("trained %s: %d updates in %.1f s\n"):format(name, o.train_steps, hyb.time() - t0))
+  measure(("%s+%d"):format(name, o.train_steps), model)
+end
+o.train_steps = math.tointeger(o.train_steps) or error("--train-steps must be an integer", 0)
+if o.train_steps < 0 or o.train_lr <= 0 then error("--train-steps must be >= 0 and --train-lr > 0", 0) end
+if o.train_steps > 0 then
+  distill("mil", mil)
+  distill("random", rnd)
+end
+
 E.table({{"model", "init"}, {"pattern", "layers"}, {"ppl", "ppl", "%.3f"}, {"rkl", "rKL", "%.4f"},
   {"fkl", "fKL", "%.4f"}, {"secs", "s", "%.1f"}}, rows)
 for i, p in ipairs(prompts) do
@@ -98,5 +121,5 @@ for i, p in ipairs(prompts) do
   end
 end
 E.write(o.out, E.json({teacher = o.teacher, data = o.data, layers = layers, batches = o.batches, batch = o.batch,
-  seq_len = o.seq_len, config = o.config, results = rows, prompts = prompts, generations = gens}) .. "\n")
+  seq_len = o.seq_len, config = o.config, train_steps = o.train_steps, train_lr = o.train_lr, results = rows, prompts = prompts, generations = gens}) .. "\n")
 print("wrote " .. o.out)
