@@ -480,6 +480,11 @@ static int apply_init(hyb_tensor *t, const hyb_param_decl *d, uint64_t stream) {
 
 int hyb_mixer_new(const char *type, const hyb_model_dims *dims, const hyb_cfg_table *cfg,
                   uint64_t seed, hyb_mixer **out) {
+    return hyb_mixer_new_ex(type, dims, cfg, seed, 0, out);
+}
+
+int hyb_mixer_new_ex(const char *type, const hyb_model_dims *dims, const hyb_cfg_table *cfg,
+                     uint64_t seed, unsigned flags, hyb_mixer **out) {
     *out = NULL;
     if (!dims) return hyb_error_set(HYB_ERR_ARG, "hyb_mixer_new: dims is NULL");
     const hyb_mixer_desc *d;
@@ -533,11 +538,9 @@ int hyb_mixer_new(const char *type, const hyb_model_dims *dims, const hyb_cfg_ta
         snprintf(t->name, sizeof t->name, "%s%s%s", d->hf_prefix, d->hf_prefix[0] ? "." : "",
                  pd->name);
         t->requires_grad = 1;
-        t->grad = hyb_tensor_new(HYB_F32, pd->ndim, pd->shape);
-        if (!t->grad) {
-            rc = HYB_ERR_NOMEM;
+        t->owner = HYB_OWN_PARAM;
+        if (!(flags & HYB_MIXER_LAZY_GRAD) && (rc = hyb_tensor_grad_ensure(t)) != HYB_OK)
             goto fail;
-        }
         if ((rc = apply_init(t, pd, mix_seed(seed, dims->layer, i))) != HYB_OK) goto fail;
     }
     if (d->init_params) {

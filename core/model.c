@@ -35,16 +35,13 @@ static void param_free(hyb_tensor *t) {
     hyb_tensor_free(t);
 }
 
-/* A trainable f32 tensor with a zeroed grad. init: 0 = ones, 1 = N(0, INIT_STD). */
+/* A trainable f32 tensor. init: 0 = ones, 1 = N(0, INIT_STD). Its grad is allocated on first
+ * need (backward, optimiser; owner HYB_OWN_PARAM): an inference-only model holds no gradients. */
 static hyb_tensor *param_new(const char *name, int ndim, const int64_t *shape, int normal,
                              uint64_t seed) {
     hyb_tensor *t = hyb_tensor_new(HYB_F32, ndim, shape);
     if (!t) return NULL;
-    t->grad = hyb_tensor_new(HYB_F32, ndim, shape);
-    if (!t->grad) {
-        hyb_tensor_free(t);
-        return NULL;
-    }
+    t->owner = HYB_OWN_PARAM;
     t->requires_grad = 1;
     snprintf(t->name, sizeof t->name, "%s", name);
     float *p = hyb_tensor_f32(t);
@@ -255,7 +252,8 @@ int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_mod
         if (!(ly->norm_in = param_new(name, 1, sh_d, 0, 0))) goto fail_err;
         if (!is_identity(spec->type)) {
             hyb_model_dims dims = model_dims(m, l);
-            rc = hyb_mixer_new(spec->type, &dims, spec->table, seed_mix(ls, 1), &ly->mixer);
+            rc = hyb_mixer_new_ex(spec->type, &dims, spec->table, seed_mix(ls, 1),
+                                  HYB_MIXER_LAZY_GRAD, &ly->mixer);
             if (rc != HYB_OK) {
                 ly->mixer = NULL;
                 rc = hyb_error_wrap(rc, "%s: layer %d (mixer '%s', type '%s')", spec->where, l,
@@ -304,7 +302,7 @@ int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_tabl
     int rc;
     if (!is_identity(type)) {
         hyb_model_dims dims = model_dims(m, layer);
-        rc = hyb_mixer_new(type, &dims, cfg, seed, &nm);
+        rc = hyb_mixer_new_ex(type, &dims, cfg, seed, HYB_MIXER_LAZY_GRAD, &nm);
         if (rc != HYB_OK)
             return hyb_error_wrap(rc, "hyb_model_swap: layer %d to '%s'", layer, type);
         if (init_from_old) {

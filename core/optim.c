@@ -45,6 +45,9 @@ int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **ou
                 p ? p->name : "(null)");
         }
         o->params[i] = p;
+        /* a model's parameters get their grads lazily; the optimiser steps every parameter
+         * that wants one, reached by a backward or not (weight decay), so allocate them now */
+        if (p->owner == HYB_OWN_PARAM && hyb_tensor_grad_ensure(p) != HYB_OK) goto oom;
         int64_t ne = hyb_tensor_numel(p);
         o->m[i] = hyb_malloc((size_t)(ne ? ne : 1) * sizeof(float));
         o->v[i] = hyb_malloc((size_t)(ne ? ne : 1) * sizeof(float));

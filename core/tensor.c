@@ -216,8 +216,24 @@ hyb_tensor *hyb_tensor_clone(const hyb_tensor *t) {
 void hyb_tensor_free(hyb_tensor *t) {
     if (!t) return;
     if (t->owner == HYB_OWN_ARENA) return; /* struct and data belong to the arena */
-    if (t->owner == HYB_OWN_HEAP) hyb_free(t->data);
+    if (t->owner == HYB_OWN_HEAP || t->owner == HYB_OWN_PARAM) hyb_free(t->data);
     hyb_free(t);
+}
+
+int hyb_tensor_grad_ensure(hyb_tensor *t) {
+    char s[128];
+    if (!t) return hyb_error_set(HYB_ERR_ARG, "hyb_tensor_grad_ensure: NULL tensor");
+    if (t->grad) return HYB_OK;
+    if (t->owner != HYB_OWN_PARAM || t->device != HYB_DEV_CPU)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "tensor '%s' %s has no ->grad and is not a CPU parameter (its owner "
+                             "must allocate it)",
+                             t->name, hyb_tensor_shape_str(t, s, sizeof s));
+    t->grad = hyb_tensor_new(HYB_F32, t->ndim, t->shape);
+    if (!t->grad)
+        return hyb_error_wrap(HYB_ERR_NOMEM, "gradient of '%s' %s", t->name,
+                              hyb_tensor_shape_str(t, s, sizeof s));
+    return HYB_OK;
 }
 
 int64_t hyb_tensor_numel(const hyb_tensor *t) {

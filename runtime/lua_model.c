@@ -490,7 +490,8 @@ static int m_param(lua_State *L) {
 static int m_grad(lua_State *L) {
     lmodel *lm = check_model(L, 1, "model:grad");
     hyb_tensor *p = check_param(L, lm, 2, "model:grad");
-    if (!p->grad) return lhyb_error(L, "model:grad: parameter '%s' has no gradient", p->name);
+    if (!p->grad && (p->owner != HYB_OWN_PARAM || hyb_tensor_grad_ensure(p) != HYB_OK))
+        return lhyb_error(L, "model:grad: parameter '%s' has no gradient", p->name);
     lhyb_push_borrowed(L, p->grad, 1, &lm->param_gen, "parameter");
     return 1;
 }

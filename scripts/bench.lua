@@ -11,9 +11,16 @@
 -- cumulative over the maps run so far in this process).
 -- Context sweep (--contexts): per map, one shared random prompt of the largest context is
 -- prefilled once (chunked), with a registered prefix at every context of the list (the engine
--- snapshots each in the same pass); then, per context, C requests whose prompt is exactly that
--- prefix restore it and decode G tokens together. Reported: decode tokens/s of the batched decode
--- at that context. Random weights (hyb.model builds them): throughput does not depend on values.
+-- snapshots each in the same pass); every map keeps its engine. Then the maps are measured
+-- interleaved: for each repetition, for each context, each map in turn (the map order rotates by
+-- one every repetition) runs C requests whose prompt is exactly that prefix: they restore it and
+-- decode G tokens together. Reported per (map, context): the median over the repetitions of the
+-- decode tokens/s (decode tokens / time in the batched decode), and per hybrid the median of the
+-- paired ratios hybrid/first map (both measured seconds apart, so load changes cancel), next to
+-- the memory-bound expectation from the memory plans (bytes one decode step reads: weights +
+-- C * (KV bytes/token * context + fixed state bytes), first map over this map). The 1-minute
+-- load average is recorded at every measurement. Random weights (hyb.model builds them):
+-- throughput does not depend on values.
 --
 -- Options:
 --   --maps A,B,...      layer maps (default graphs/smollm2-135m.toml,graphs/smollm2-135m-h6.toml)
@@ -23,7 +30,9 @@
 --   --concurrency C     engine slots (default 4)
 --   --chunk K           prefill tokens per engine step (default 256)
 --   --contexts L        comma-separated contexts for the sweep (default none)
---   --sweep-gen G       tokens decoded per request in the sweep (default 16)
+--   --sweep-gen G       tokens decoded per request in the sweep (default 16); the largest context
+--                       + G must fit the map's max_seq
+--   --reps R            repetitions of the interleaved sweep (default 3; the median is reported)
 --   --budget BYTES      also print the memory plan of each map for this budget (default 24e9)
 --   --out FILE.json     results (default bench/results/engine-<UTC time>.json); the SVG plot goes
 --                       next to it (.svg) when there is a sweep
@@ -33,7 +42,8 @@ local hyb = require("hyb")
 local function usage(msg)
   if msg then io.stderr:write("bench: ", msg, "\n") end
   io.stderr:write("usage: hyb bench [--maps A,B] [--n N] [--prompt P] [--gen G] [--concurrency C]\n",
-                  "         [--chunk K] [--contexts L] [--sweep-gen G] [--budget BYTES] [--out F] [--seed S]\n")
+                  "         [--chunk K] [--contexts L] [--sweep-gen G] [--reps R] [--budget BYTES] [--out F]\n",
+                  "         [--seed S]\n")
   os.exit(2)
 end
 
@@ -45,9 +55,9 @@ end
 
 local opt = {maps = "graphs/smollm2-135m.toml,graphs/smollm2-135m-h6.toml", n = 8, prompt = 128,
              gen = 32, concurrency = 4, chunk = 256, contexts = "", ["sweep-gen"] = 16,
-             budget = 24e9, out = nil, seed = 1}
+             reps = 3, budget = 24e9, out = nil, seed = 1}
 local numeric = {n = true, prompt = true, gen = true, concurrency = true, chunk = true,
-                 ["sweep-gen"] = true, budget = true, seed = true}
+                 ["sweep-gen"] = true, reps = true, budget = true, seed = true}
 local args = {...}
 local i = 1
 while i <= #args do
@@ -67,7 +77,8 @@ while i <= #args do
   i = i + 2
 end
 if opt.concurrency < 1 then usage("--concurrency must be >= 1") end
-if opt.gen < 1 or opt["sweep-gen"] < 1 then usage("--gen and --sweep-gen must be >= 1") end
+if opt.gen < 1 or opt["sweep-gen"] < 2 then usage("--gen must be >= 1 and --sweep-gen >= 2") end
+if opt.reps < 1 then usage("--reps must be >= 1") end
 if opt.n > 0 and opt.prompt < 1 then usage("--prompt must be >= 1") end
 
 local maps = split(opt.maps)
@@ -257,9 +268,11 @@ local function run_workload(m, V)
           decode_tokens = s.decode_tokens, t_prefill_s = s.t_prefill, t_decode_s = s.t_decode}
 end
 
-local function run_sweep(m, V, max_seq)
+-- prefill the longest context once, snapshotting every context; returns the engine kept for the
+-- interleaved measurements
+local function sweep_setup(m, V, max_seq)
   local G, cmax = opt["sweep-gen"], contexts[#contexts]
-  local max_ctx = cmax + G + 1
+  local max_ctx = cmax + G
   if max_ctx > max_seq then
     io.stderr:write(("bench: the largest context %d + %d generated tokens exceeds max_seq %d\n"):format(cmax, G, max_seq))
     os.exit(2)
@@ -270,34 +283,40 @@ local function run_sweep(m, V, max_seq)
   local long = table.move(base, 1, cmax, 1, {})
   long[#long + 1] = 1
   local t0 = hyb.time()
-  e:submit(long, {max_tokens = 1}) -- prefills cmax tokens once, snapshotting every context
+  e:submit(long, {max_tokens = 1}) -- prefills cmax + 1 tokens once, snapshotting every context
   e:run()
-  local t_prefill = hyb.time() - t0
-  local rows = {}
-  for _, c in ipairs(contexts) do
-    local before = e:stats()
-    local prompt = table.move(base, 1, c, 1, {})
-    local t1 = hyb.time()
-    for _ = 1, opt.concurrency do e:submit(prompt, {max_tokens = G}) end
-    local cs = e:run()
-    local wall = hyb.time() - t1
-    local after = e:stats()
-    local dtok = after.decode_tokens - before.decode_tokens
-    local dt = after.t_decode - before.t_decode
-    local gaps = {}
-    for _, cc in ipairs(cs) do
-      for k = 2, #cc.token_times do gaps[#gaps + 1] = cc.token_times[k] - cc.token_times[k - 1] end
-    end
-    table.sort(gaps)
-    rows[#rows + 1] = {context = c, decode_tokens_per_s = dtok / dt, decode_s = dt,
-                       wall_s = wall, tpot_p50_s = pct(gaps, 50),
-                       prefix_hits = after.prefix_hits - before.prefix_hits}
-    io.stderr:write(("  context %6d: %.1f decode tok/s (%d seqs)\n"):format(c, dtok / dt, opt.concurrency))
-  end
-  local s = e:stats()
-  e:close()
-  return {prefill_once_s = t_prefill, prefill_tokens = s.prefill_tokens, rows = rows,
-          prefix_bytes = s.prefix_bytes, peak_rss_bytes = vmhwm_bytes()}
+  return {e = e, base = base, prefill_once_s = hyb.time() - t0}
+end
+
+-- one measurement: C requests restore the prefix of context c and decode G tokens together
+local function sweep_measure(sw, c)
+  local G, e = opt["sweep-gen"], sw.e
+  local before = e:stats()
+  local prompt = table.move(sw.base, 1, c, 1, {})
+  local load1 = tonumber((loadavg():match("^(%S+)")))
+  local t1 = hyb.time()
+  for _ = 1, opt.concurrency do e:submit(prompt, {max_tokens = G}) end
+  local cs = e:run()
+  local wall = hyb.time() - t1
+  local after = e:stats()
+  local dtok = after.decode_tokens - before.decode_tokens
+  local dt = after.t_decode - before.t_decode
+  return {decode_tokens_per_s = dtok / dt, decode_s = dt, decode_tokens = dtok, wall_s = wall,
+          load1 = load1, prefix_hits = after.prefix_hits - before.prefix_hits, requests = #cs}
+end
+
+local function median(t)
+  local s = table.move(t, 1, #t, 1, {})
+  table.sort(s)
+  local n = #s
+  if n == 0 then return 0 / 0 end
+  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
+end
+
+-- bytes one batched decode step reads at context c (memory plan): weights + C sequences' state
+local function step_bytes(plan, c)
+  if not plan then return 0 / 0 end
+  return plan.weight_bytes + opt.concurrency * (plan.kv_bytes_per_token * c + plan.fixed_bytes_per_seq)
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -306,6 +325,7 @@ local started = os.date("!%Y-%m-%dT%H:%M:%SZ")
 local results = {started = started, command = "hyb bench " .. table.concat(args, " "),
                  cpus = ncpu(), load_start = loadavg(), options = opt, maps = {}}
 io.stderr:write(("bench: %d CPUs, load average %s\n"):format(results.cpus, results.load_start))
+local sweeps = {}
 for _, path in ipairs(maps) do
   local name = map_name(path)
   local r = {map = path, name = name}
@@ -322,17 +342,66 @@ for _, path in ipairs(maps) do
   local max_seq = lm:config().max_seq
   local m = hyb.model(path, {seed = opt.seed})
   if opt.n > 0 then
-    io.stderr:write(("bench %s: workload %d requests x (%d prompt + %d generated), concurrency %d\n"):format(
-      name, opt.n, opt.prompt, opt.gen, opt.concurrency))
+    io.stderr:write(("bench %s: workload %d requests x (%d prompt + %d generated), concurrency %d (load %s)\n"):format(
+      name, opt.n, opt.prompt, opt.gen, opt.concurrency, loadavg()))
     r.workload = run_workload(m, V)
   end
   if #contexts > 0 then
-    io.stderr:write(("bench %s: context sweep %s\n"):format(name, opt.contexts))
-    r.sweep = run_sweep(m, V, max_seq)
+    io.stderr:write(("bench %s: prefill of %d tokens for the sweep (load %s)\n"):format(
+      name, contexts[#contexts], loadavg()))
+    local sw = sweep_setup(m, V, max_seq)
+    sw.m = m
+    sweeps[#sweeps + 1] = sw
+    r.sweep = {prefill_once_s = sw.prefill_once_s, samples = {}, rows = {}}
   end
   results.maps[#results.maps + 1] = r
   m = nil
   collectgarbage()
+end
+-- the interleaved sweep: rep -> context -> maps in rotated order
+if #contexts > 0 then
+  local nm = #results.maps
+  for rep = 1, opt.reps do
+    for ci, c in ipairs(contexts) do
+      local line = {}
+      for k = 0, nm - 1 do
+        local mi = (rep - 1 + k) % nm + 1
+        local s = sweep_measure(sweeps[mi], c)
+        s.rep, s.order = rep, k + 1
+        local smp = results.maps[mi].sweep.samples
+        smp[ci] = smp[ci] or {}
+        smp[ci][rep] = s
+        line[#line + 1] = ("%s %.2f"):format(results.maps[mi].name, s.decode_tokens_per_s)
+      end
+      io.stderr:write(("  rep %d/%d context %6d (load %s): %s tok/s\n"):format(
+        rep, opt.reps, c, loadavg(), table.concat(line, ", ")))
+    end
+  end
+  local first = results.maps[1]
+  for mi, r in ipairs(results.maps) do
+    local sw = sweeps[mi]
+    local st = sw.e:stats()
+    r.sweep.prefix_bytes = st.prefix_bytes
+    r.sweep.prefill_tokens = st.prefill_tokens
+    for ci, c in ipairs(contexts) do
+      local tps, loads, ratios = {}, {}, {}
+      for rep = 1, opt.reps do
+        local s = r.sweep.samples[ci][rep]
+        tps[#tps + 1] = s.decode_tokens_per_s
+        loads[#loads + 1] = s.load1
+        ratios[#ratios + 1] = s.decode_tokens_per_s / first.sweep.samples[ci][rep].decode_tokens_per_s
+      end
+      table.sort(tps)
+      r.sweep.rows[ci] = {context = c, decode_tokens_per_s = median(tps), min_tokens_per_s = tps[1],
+                          max_tokens_per_s = tps[#tps], ratio_to_first = median(ratios),
+                          step_bytes = step_bytes(r.plan, c),
+                          expected_ratio_to_first = step_bytes(first.plan, c) / step_bytes(r.plan, c),
+                          load1_min = math.min(table.unpack(loads)),
+                          load1_max = math.max(table.unpack(loads))}
+    end
+    sw.e:close()
+  end
+  results.peak_rss_bytes = vmhwm_bytes()
 end
 results.load_end = loadavg()
 
@@ -353,21 +422,30 @@ if opt.n > 0 then
   end
 end
 if #contexts > 0 then
-  print(("\nDecode throughput vs context (%d sequences decoding together, %d tokens each; tokens/s)"):format(
-    opt.concurrency, opt["sweep-gen"]))
-  local hdr, sep = {"| context"}, {"|---"}
+  print(("\nDecode throughput vs context (%d sequences decoding together, %d tokens each; tokens/s, median of %d interleaved repetitions, min-max in brackets)"):format(
+    opt.concurrency, opt["sweep-gen"], opt.reps))
+  local hdr, sep = {"| context | load (1 min)"}, {"|---|---"}
   for _, r in ipairs(results.maps) do hdr[#hdr + 1] = " | " .. r.name; sep[#sep + 1] = "|---" end
-  if #results.maps >= 2 then
-    for k = 2, #results.maps do hdr[#hdr + 1] = " | " .. results.maps[k].name .. " / " .. results.maps[1].name; sep[#sep + 1] = "|---" end
+  for k = 2, #results.maps do
+    hdr[#hdr + 1] = " | " .. results.maps[k].name .. " / " .. results.maps[1].name .. " (memory-bound expectation)"
+    sep[#sep + 1] = "|---"
   end
   print(table.concat(hdr) .. " |")
   print(table.concat(sep) .. "|")
   for ci, c in ipairs(contexts) do
-    local row = {"| " .. c}
-    for _, r in ipairs(results.maps) do row[#row + 1] = (" | %.2f"):format(r.sweep.rows[ci].decode_tokens_per_s) end
+    local lo, hi = math.huge, -math.huge
+    for _, r in ipairs(results.maps) do
+      lo = math.min(lo, r.sweep.rows[ci].load1_min)
+      hi = math.max(hi, r.sweep.rows[ci].load1_max)
+    end
+    local row = {("| %d | %.2f-%.2f"):format(c, lo, hi)}
+    for _, r in ipairs(results.maps) do
+      local w = r.sweep.rows[ci]
+      row[#row + 1] = (" | %.2f (%.2f-%.2f)"):format(w.decode_tokens_per_s, w.min_tokens_per_s, w.max_tokens_per_s)
+    end
     for k = 2, #results.maps do
-      row[#row + 1] = (" | %.2fx"):format(results.maps[k].sweep.rows[ci].decode_tokens_per_s /
-                                          results.maps[1].sweep.rows[ci].decode_tokens_per_s)
+      local w = results.maps[k].sweep.rows[ci]
+      row[#row + 1] = (" | %.2fx (%.2fx)"):format(w.ratio_to_first, w.expected_ratio_to_first)
     end
     print(table.concat(row) .. " |")
   end
@@ -389,7 +467,8 @@ if #contexts > 0 then
     series[#series + 1] = {name = r.name, points = pts}
   end
   local svg = out:gsub("%.json$", "") .. ".svg"
-  svg_plot(svg, ("Decode throughput vs context (%d sequences)"):format(opt.concurrency),
+  svg_plot(svg, ("Decode throughput vs context (%d sequences, median of %d interleaved runs)"):format(
+             opt.concurrency, opt.reps),
            "context (tokens)", "decode tokens/s", series)
   print("plot: " .. svg)
 end

@@ -185,6 +185,7 @@ int graph_grad(hyb_graph *g, hyb_tensor *t, float **out) {
     *out = NULL;
     if (!t || !t->requires_grad) return HYB_OK;
     char a[128], b[128];
+    if (!t->grad && t->owner == HYB_OWN_PARAM) HYB_TRY(hyb_tensor_grad_ensure(t));
     if (!t->grad) {
         if (t->owner != HYB_OWN_ARENA)
             return hyb_error_set(HYB_ERR_ARG,

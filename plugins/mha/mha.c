@@ -81,6 +81,7 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
                          dims->layer, (long long)(nh * hd));
     mha *m = H_->alloc(sizeof *m);
     if (!m) return HYB_ERR_NOMEM;
+    memset(m, 0, sizeof *m);
     m->D = D;
     m->H = (int)nh;
     m->KV = (int)nkv;
@@ -93,6 +94,7 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
 }
 
 static void mha_destroy(void *self) {
+    if (self) H_->free(((mha *)self)->dec_buf);
     H_->free(self);
 }
 
@@ -162,13 +164,12 @@ static int64_t mha_state_snapshot(void *self, const void *state, int pos, int ma
     if (pos < 0 || pos > max_ctx)
         return H_->error(HYB_ERR_ARG, "mha (layer %d): snapshot of %d tokens from a state of %d",
                          m->layer, pos, max_ctx);
-    size_t kd = (size_t)m->KV * m->hd, rows = kd * (size_t)pos * sizeof(float);
-    if (dst) {
-        const char *s = state;
-        memcpy(dst, s, rows);
-        memcpy((char *)dst + rows, s + kd * (size_t)max_ctx * sizeof(float), rows);
-    }
-    return (int64_t)(2 * rows);
+    /* the first pos rows of each of the 2*KV head blocks (K heads, then V heads) */
+    const size_t blk = (size_t)m->hd * pos * sizeof(float), hs = (size_t)m->hd * max_ctx;
+    if (dst)
+        for (int b = 0; b < 2 * m->KV; b++)
+            memcpy((char *)dst + (size_t)b * blk, (const float *)state + (size_t)b * hs, blk);
+    return (int64_t)(2 * (size_t)m->KV * blk);
 }
 
 static int mha_state_restore(void *self, void *state, const void *src, int pos, int max_ctx) {
@@ -176,10 +177,9 @@ static int mha_state_restore(void *self, void *state, const void *src, int pos, 
     if (pos < 0 || pos > max_ctx)
         return H_->error(HYB_ERR_ARG, "mha (layer %d): restore of %d tokens into a state of %d",
                          m->layer, pos, max_ctx);
-    size_t kd = (size_t)m->KV * m->hd, rows = kd * (size_t)pos * sizeof(float);
-    char *s = state;
-    memcpy(s, src, rows);
-    memcpy(s + kd * (size_t)max_ctx * sizeof(float), (const char *)src + rows, rows);
+    const size_t blk = (size_t)m->hd * pos * sizeof(float), hs = (size_t)m->hd * max_ctx;
+    for (int b = 0; b < 2 * m->KV; b++)
+        memcpy((float *)state + (size_t)b * hs, (const char *)src + (size_t)b * blk, blk);
     return HYB_OK;
 }
 

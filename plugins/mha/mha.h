@@ -6,9 +6,10 @@
  *     0 q_proj.weight [qd, D]   1 k_proj.weight [kd, D]   2 v_proj.weight [kd, D]
  *     3 o_proj.weight [D, qd]   (bias = true adds 4 q_proj.bias [qd], 5 k_proj.bias [kd],
  *                                6 v_proj.bias [kd], Qwen2-style; o_proj has no bias)
- *   decode state of one sequence (f32): K cache [max_ctx, kd] then V cache [max_ctx, kd];
- *     row t holds token t (K after RoPE). Snapshot of `pos` tokens: K rows [0, pos) then
- *     V rows [0, pos), 2*pos*kd*4 bytes.
+ *   decode state of one sequence (f32), head-major: K cache [KV, max_ctx, hd] then V cache
+ *     [KV, max_ctx, hd]; row t of head g holds token t (K after RoPE). Head-major so that a
+ *     decode task (one KV head of one sequence) streams contiguous memory. Snapshot of `pos`
+ *     tokens: rows [0, pos) of K head 0 .. KV-1, then of V head 0 .. KV-1: 2*KV*pos*hd*4 bytes.
  *   saved (training forward -> backward): a 64-byte header, then Q [B*T, qd] and K [B*T, kd]
  *     (both after RoPE), V [B*T, kd], O [B*T, qd] (attention output before o_proj),
  *     LSE [B, H, T] (log-sum-exp of each softmax row, so backward recomputes P exactly).
@@ -30,6 +31,10 @@ typedef struct mha {
     int D, H, KV, hd, layer;
     int bias;    /* 1: q/k/v projections have biases */
     float theta; /* RoPE base */
+    /* decode scratch, grown on demand and kept (no allocation per step once warm); one decode
+     * of a given mixer at a time (the host's per-model decode is not reentrant either) */
+    void *dec_buf;
+    size_t dec_cap;
 } mha;
 
 size_t mha_saved_bytes(void *self, int B, int T);

@@ -9,8 +9,8 @@
  * Projections go through host->sgemm over all B*T rows. Prefill/training attention works on
  * blocks of QBLK queries per (sequence, head): scores and outputs are host->sgemm calls (which
  * thread inside), so no OpenMP region is opened per block (cheap regions still cost a barrier
- * each, which is ruinous on a loaded machine). Decode attends row by row (a GEMV-shaped,
- * memory-bound loop) with OpenMP over (sequence, head) when the step is large enough.
+ * each, which is ruinous on a loaded machine). Decode splits the keys into tasks
+ * (sequence x KV head x chunk of keys, all query heads of a KV head together; see its section).
  */
 #include <math.h>
 #include <string.h>
@@ -65,29 +65,6 @@ static inline void axpy(float *y, float a, const float *x, int n) {
         y[i] += a * x[i];
 }
 
-/* One query row against n keys. q: [hd]; key j at k + j*ld, value j at v + j*ld; out: [hd]
- * written; s: [n] scratch. Returns the log-sum-exp of the scaled scores. */
-static float attend_row(const float *q, const float *k, const float *v, size_t ld, int n, int hd,
-                        float scale, float *s, float *out) {
-    float m = -INFINITY;
-    for (int j = 0; j < n; j++) {
-        s[j] = dot(q, k + (size_t)j * ld, hd) * scale;
-        if (s[j] > m) m = s[j];
-    }
-    float l = 0;
-    for (int j = 0; j < n; j++) {
-        s[j] = expf(s[j] - m);
-        l += s[j];
-    }
-    memset(out, 0, (size_t)hd * sizeof(float));
-    for (int j = 0; j < n; j++)
-        axpy(out, s[j], v + (size_t)j * ld, hd);
-    float inv = 1.0f / l;
-    for (int i = 0; i < hd; i++)
-        out[i] *= inv;
-    return m + logf(l);
-}
-
 /* Queries [qb] (row r at q + r*ldq, absolute position p_first + r) against keys/values
  * 0 .. p_first + qb - 1 (row j at k + j*ldk, v + j*ldk), causal. s: [qb * (p_first + qb)]
  * scratch. out row r at o + r*ldo; lse[r] = log-sum-exp of row r's scaled scores. */
@@ -124,6 +101,21 @@ static void linear(const float *X, const float *W, const float *b, float *Y, int
     if (b)
         for (int r = 0; r < rows; r++)
             axpy(Y + (size_t)r * out, 1.0f, b, out);
+}
+
+/* Append T tokens at position p0 to one sequence's KV cache (head-major, see mha.h):
+ * Kn, Vn: [T, KV*hd] rows (K after RoPE). */
+static void cache_put(void *state, int max_ctx, int KV, int hd, int p0, int T, const float *Kn,
+                      const float *Vn) {
+    float *kc = state, *vc = kc + (size_t)KV * max_ctx * hd;
+    const size_t kd = (size_t)KV * hd;
+    for (int g = 0; g < KV; g++) {
+        float *kg = kc + ((size_t)g * max_ctx + p0) * hd, *vg = vc + ((size_t)g * max_ctx + p0) * hd;
+        for (int t = 0; t < T; t++) {
+            memcpy(kg + (size_t)t * hd, Kn + t * kd + (size_t)g * hd, (size_t)hd * sizeof(float));
+            memcpy(vg + (size_t)t * hd, Vn + t * kd + (size_t)g * hd, (size_t)hd * sizeof(float));
+        }
+    }
 }
 
 size_t mha_saved_bytes(void *self, int B, int T) {
@@ -213,34 +205,37 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
     H_->rope(Q, (int)BT, H, hd, posbuf, m->theta, 0);
     H_->rope(K, (int)BT, KV, hd, posbuf, m->theta, 0);
 
-    if (a->states) {
-        for (int b = 0; b < B; b++) {
-            int p0 = a->pos ? a->pos[b] : 0;
-            float *kc = a->states[b], *vc = kc + (size_t)a->max_ctx * kd;
-            memcpy(kc + (size_t)p0 * kd, K + (size_t)b * T * kd, (size_t)T * kd * sizeof(float));
-            memcpy(vc + (size_t)p0 * kd, V + (size_t)b * T * kd, (size_t)T * kd * sizeof(float));
-        }
-    }
+    if (a->states)
+        for (int b = 0; b < B; b++)
+            cache_put(a->states[b], a->max_ctx, KV, hd, a->pos ? a->pos[b] : 0, T,
+                      K + (size_t)b * T * kd, V + (size_t)b * T * kd);
 
     const float scale = 1.0f / sqrtf((float)hd);
     const int group = H / KV;
     for (int b = 0; b < B; b++) {
         int p0 = a->pos ? a->pos[b] : 0;
+        /* keys/values of KV head g: head-major in the cache (row stride hd), else rows of the
+         * fresh K/V (stride kd) */
         const float *kb, *vb;
+        size_t ldk, hstride;
         if (a->states) {
             kb = (const float *)a->states[b];
-            vb = kb + (size_t)a->max_ctx * kd;
+            vb = kb + (size_t)KV * a->max_ctx * hd;
+            ldk = (size_t)hd;
+            hstride = (size_t)a->max_ctx * hd;
         } else {
             kb = K + (size_t)b * T * kd;
             vb = V + (size_t)b * T * kd;
+            ldk = kd;
+            hstride = (size_t)hd;
         }
         for (int h = 0; h < H; h++) {
             int g = h / group;
             for (int i0 = 0; i0 < T; i0 += QBLK) {
                 int qb = T - i0 < QBLK ? T - i0 : QBLK;
                 size_t row0 = (size_t)b * T + i0;
-                attend_block(Q + row0 * qd + (size_t)h * hd, qd, kb + (size_t)g * hd,
-                             vb + (size_t)g * hd, kd, p0 + i0, qb, hd, scale, scratch,
+                attend_block(Q + row0 * qd + (size_t)h * hd, qd, kb + (size_t)g * hstride,
+                             vb + (size_t)g * hstride, ldk, p0 + i0, qb, hd, scale, scratch,
                              O + row0 * qd + (size_t)h * hd, qd,
                              LSE + ((size_t)b * H + h) * T + i0);
             }
@@ -364,55 +359,216 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
 }
 
 /* ---- decode -----------------------------------------------------------------------------------
- */
+ *
+ * One new query per sequence against its whole KV cache: memory-bound (each step streams every
+ * cached K and V row once). Work is split into tasks (sequence i, KV head g, chunk c of DEC_CHUNK
+ * keys), run in parallel; a task serves all G = H / KV query heads of its KV head in one pass over
+ * the chunk's K rows and one over its V rows (GQA: the cache is read once, not G times), and
+ * leaves an unnormalised partial result (o, running max m, sum l) per head. The partials of a
+ * (sequence, head) are then merged in chunk order: M = max m_c, l = sum l_c e^(m_c - M),
+ * o = sum o_c e^(m_c - M) / l. The chunking depends only on the sequence's own length, so a
+ * sequence's output does not depend on the batch it is decoded in or on the thread count. */
+
+#define DEC_CHUNK 512 /* keys per decode task */
+
+/* e^x for x <= 0 (scores minus their maximum), vectorisable (no libm call): Cephes expf's range
+ * reduction and polynomial, relative error ~2e-7; 0 below -87 (where expf is denormal). */
+static inline float exp_nonpos(float x) {
+    const float xc = x < -87.0f ? -87.0f : x;
+    const float t = xc * 1.44269504088896341f;
+    const float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest (|t| < 2^22) */
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    const float r2 = r * r;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r2 + r + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } sc;
+    sc.i = ((int32_t)n + 127) * (1 << 23);
+    const float y = p * sc.f;
+    return x < -87.0f ? 0.0f : y;
+}
+
+/* One task: G query heads (q row h at q + h*hd) against nk keys (key j at k + j*ld, value j at
+ * v + j*ld). s: [G * nk] scratch. part: per head hd + 2 floats: o (unnormalised), m, l.
+ * Built for AVX-512, AVX2+FMA and baseline x86-64 (picked at load time, like the host's GEMM). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+static void
+attend_chunk(const float *q, int G, const float *k, const float *v, size_t ld, int nk, int hd,
+             float scale, float *s, float *part) {
+    if (hd % 16 == 0) {
+        /* 16 lane sums and a fixed tree: element-wise vector code (an `omp simd reduction`
+         * here ends in a sequential 16-add chain per score, which dominated the profile) */
+        for (int j = 0; j < nk; j++) {
+            const float *kj = k + (size_t)j * ld;
+            for (int h = 0; h < G; h++) {
+                const float *qh = q + (size_t)h * hd;
+                float acc[16];
+#pragma omp simd
+                for (int l = 0; l < 16; l++)
+                    acc[l] = qh[l] * kj[l];
+                for (int d = 16; d < hd; d += 16) {
+#pragma omp simd
+                    for (int l = 0; l < 16; l++)
+                        acc[l] += qh[d + l] * kj[d + l];
+                }
+#pragma omp simd
+                for (int l = 0; l < 8; l++)
+                    acc[l] += acc[l + 8];
+#pragma omp simd
+                for (int l = 0; l < 4; l++)
+                    acc[l] += acc[l + 4];
+                s[(size_t)h * nk + j] = ((acc[0] + acc[2]) + (acc[1] + acc[3])) * scale;
+            }
+        }
+    } else {
+        for (int j = 0; j < nk; j++) {
+            const float *kj = k + (size_t)j * ld;
+            for (int h = 0; h < G; h++) {
+                const float *qh = q + (size_t)h * hd;
+                float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                for (int d = 0; d < hd; d++)
+                    acc += qh[d] * kj[d];
+                s[(size_t)h * nk + j] = acc * scale;
+            }
+        }
+    }
+    for (int h = 0; h < G; h++) {
+        float *sh = s + (size_t)h * nk, *ph = part + (size_t)h * (hd + 2);
+        float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+        for (int j = 0; j < nk; j++)
+            m = sh[j] > m ? sh[j] : m;
+        float l = 0.0f;
+#pragma omp simd reduction(+ : l)
+        for (int j = 0; j < nk; j++) {
+            const float e = exp_nonpos(sh[j] - m);
+            sh[j] = e;
+            l += e;
+        }
+        for (int d = 0; d < hd; d++)
+            ph[d] = 0.0f;
+        ph[hd] = m;
+        ph[hd + 1] = l;
+    }
+    for (int j = 0; j < nk; j++) {
+        const float *vj = v + (size_t)j * ld;
+        for (int h = 0; h < G; h++) {
+            float *oh = part + (size_t)h * (hd + 2);
+            const float p = s[(size_t)h * nk + j];
+#pragma omp simd
+            for (int d = 0; d < hd; d++)
+                oh[d] += p * vj[d];
+        }
+    }
+}
+
+/* scratch of at least `bytes` (grown, kept across calls) */
+static void *dec_scratch(mha *m, size_t bytes) {
+    if (bytes > m->dec_cap) {
+        void *p = H_->alloc(bytes);
+        if (!p) return NULL;
+        H_->free(m->dec_buf);
+        m->dec_buf = p;
+        m->dec_cap = bytes;
+    }
+    return m->dec_buf;
+}
 
 int mha_decode(void *self, const hyb_mixer_dec *a) {
     mha *m = self;
     HYB_TRY(check_cpu(m, a->device, "decode"));
-    const int n = a->n, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
+    const int n = a->n, D = m->D, H = m->H, KV = m->KV, hd = m->hd, G = H / KV;
     if (n <= 0) return H_->error(HYB_ERR_ARG, "mha (layer %d): decode with n = %d", m->layer, n);
     const size_t qd = (size_t)H * hd, kd = (size_t)KV * hd;
-    int p_max = 0;
+    double work = 0;
     for (int i = 0; i < n; i++) {
         if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
             return H_->error(HYB_ERR_ARG,
                              "mha (layer %d): decode sequence %d at pos %d: the KV cache "
                              "holds max_ctx = %d tokens",
                              m->layer, i, a->pos[i], a->max_ctx);
-        if (a->pos[i] > p_max) p_max = a->pos[i];
+        work += (double)(a->pos[i] + 1);
     }
-    const float *const *P = a->params;
-    int nthr = max_threads();
-    size_t nfl = (size_t)n * (2 * qd + 2 * kd) + (size_t)nthr * (p_max + 1);
-    float *buf = H_->alloc(nfl * sizeof(float));
+    /* tasks: sequence i owns tasks [t0[i], t0[i + 1]) = KV heads x chunks of its keys */
+    size_t ntask = 0;
+    for (int i = 0; i < n; i++)
+        ntask += (size_t)KV * (size_t)((a->pos[i] + DEC_CHUNK) / DEC_CHUNK);
+    const int nthr = max_threads();
+    const size_t partw = (size_t)G * (hd + 2); /* floats of one task's partials */
+    size_t nfl = (size_t)n * (2 * qd + 2 * kd) + ntask * partw + (size_t)nthr * G * DEC_CHUNK;
+    size_t nbytes = nfl * sizeof(float) + (size_t)(n + 1) * sizeof(size_t);
+    float *buf = dec_scratch(m, nbytes);
     if (!buf) return HYB_ERR_NOMEM;
     float *Q = buf, *K = Q + (size_t)n * qd, *V = K + (size_t)n * kd, *O = V + (size_t)n * kd,
-          *scratch = O + (size_t)n * qd;
+          *part = O + (size_t)n * qd, *scratch = part + ntask * partw;
+    size_t *t0 = (size_t *)(scratch + (size_t)nthr * G * DEC_CHUNK);
+    t0[0] = 0;
+    for (int i = 0; i < n; i++)
+        t0[i + 1] = t0[i] + (size_t)KV * (size_t)((a->pos[i] + DEC_CHUNK) / DEC_CHUNK);
 
+    const float *const *P = a->params;
     linear(a->x, P[MHA_WQ], m->bias ? P[MHA_BQ] : NULL, Q, n, D, (int)qd);
     linear(a->x, P[MHA_WK], m->bias ? P[MHA_BK] : NULL, K, n, D, (int)kd);
     linear(a->x, P[MHA_WV], m->bias ? P[MHA_BV] : NULL, V, n, D, (int)kd);
     H_->rope(Q, n, H, hd, a->pos, m->theta, 0);
     H_->rope(K, n, KV, hd, a->pos, m->theta, 0);
-    for (int i = 0; i < n; i++) {
-        float *kc = a->states[i], *vc = kc + (size_t)a->max_ctx * kd;
-        memcpy(kc + (size_t)a->pos[i] * kd, K + (size_t)i * kd, kd * sizeof(float));
-        memcpy(vc + (size_t)a->pos[i] * kd, V + (size_t)i * kd, kd * sizeof(float));
-    }
+    for (int i = 0; i < n; i++)
+        cache_put(a->states[i], a->max_ctx, KV, hd, a->pos[i], 1, K + (size_t)i * kd,
+                  V + (size_t)i * kd);
     const float scale = 1.0f / sqrtf((float)hd);
-    const int group = H / KV;
     /* threads only when there is enough work to pay for a parallel region */
-    const int par = (double)n * H * (p_max + 1) * hd > 2e5;
+    const int par = nthr > 1 && ntask > 1 && work * H * hd > 2e5;
 #pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (int ih = 0; ih < n * H; ih++) {
-        int i = ih / H, h = ih % H, g = h / group;
-        const float *kb = (const float *)a->states[i] + (size_t)g * hd;
-        const float *vb = kb + (size_t)a->max_ctx * kd;
-        float *s = scratch + (size_t)thread_id() * (p_max + 1);
-        attend_row(Q + (size_t)i * qd + (size_t)h * hd, kb, vb, kd, a->pos[i] + 1, hd, scale, s,
-                   O + (size_t)i * qd + (size_t)h * hd);
+    for (size_t t = 0; t < ntask; t++) {
+        int i = 0;
+        while (t >= t0[i + 1])
+            i++;
+        const size_t nch = (t0[i + 1] - t0[i]) / (size_t)KV, local = t - t0[i];
+        const int g = (int)(local / nch), c = (int)(local % nch);
+        const int j0 = c * DEC_CHUNK, len = a->pos[i] + 1;
+        const int nk = len - j0 < DEC_CHUNK ? len - j0 : DEC_CHUNK;
+        const float *kb = (const float *)a->states[i] + ((size_t)g * a->max_ctx + j0) * hd;
+        const float *vb = kb + (size_t)KV * a->max_ctx * hd;
+        float *s = scratch + (size_t)thread_id() * G * DEC_CHUNK;
+        attend_chunk(Q + (size_t)i * qd + (size_t)g * G * hd, G, kb, vb, (size_t)hd, nk, hd, scale,
+                     s, part + t * partw);
+    }
+    /* merge the chunks of each (sequence, head), in chunk order */
+    for (int i = 0; i < n; i++) {
+        const size_t nch = (t0[i + 1] - t0[i]) / (size_t)KV;
+        for (int h = 0; h < H; h++) {
+            const int g = h / G, hh = h % G;
+            const float *p0 = part + (t0[i] + (size_t)g * nch) * partw + (size_t)hh * (hd + 2);
+            float *o = O + (size_t)i * qd + (size_t)h * hd;
+            float M = -INFINITY;
+            for (size_t c = 0; c < nch; c++)
+                M = p0[c * partw + hd] > M ? p0[c * partw + hd] : M;
+            float l = 0.0f;
+            for (int d = 0; d < hd; d++)
+                o[d] = 0.0f;
+            for (size_t c = 0; c < nch; c++) {
+                const float *pc = p0 + c * partw;
+                const float w = nch == 1 ? 1.0f : expf(pc[hd] - M);
+                l += w * pc[hd + 1];
+                for (int d = 0; d < hd; d++)
+                    o[d] += w * pc[d];
+            }
+            const float inv = 1.0f / l;
+            for (int d = 0; d < hd; d++)
+                o[d] *= inv;
+        }
     }
     linear(O, P[MHA_WO], NULL, a->y, n, (int)qd, D);
-    H_->free(buf);
     return HYB_OK;
 }

@@ -11,7 +11,9 @@
  * Ops run eagerly on the inputs' device and, when grad mode is on and an input requires grad,
  * record a node (inputs, output, saved values, backward function) on the tape. Activations come
  * from the graph's arena and live until hyb_graph_reset. Parameters are ordinary tensors with
- * requires_grad = 1 and a ->grad tensor of the same shape (the parameter store makes both).
+ * requires_grad = 1 and a ->grad tensor of the same shape (the parameter store makes both; for
+ * a model's parameters, owner HYB_OWN_PARAM, the grad is allocated zeroed at the first backward
+ * that reaches them or when an optimiser is made, so inference holds no gradients).
  *
  * Every op returns NULL on a shape/dtype/device mismatch with hyb_error() naming the op and the
  * shapes, e.g. "hyb_matmul: x [2, 5, 576] and W [1536, 512]: inner dims differ (576 vs 512)".

@@ -49,13 +49,19 @@ typedef struct hyb_mixer {
     hyb_model_dims dims;
     int n_params;
     hyb_param_decl *decls;  /* [n_params] */
-    hyb_tensor **params;    /* [n_params] f32, requires_grad, ->grad allocated */
+    hyb_tensor **params;    /* [n_params] f32, requires_grad, owner HYB_OWN_PARAM; ->grad
+                               allocated (NULL until first needed with HYB_MIXER_LAZY_GRAD) */
 } hyb_mixer;
 
 /* Create a mixer of `type` from its TOML table (NULL = defaults) and initialise its parameters
  * with `seed` (host init per decl, then the plugin's init_params). */
 int hyb_mixer_new(const char *type, const hyb_model_dims *dims, const hyb_cfg_table *cfg,
                   uint64_t seed, hyb_mixer **out);
+/* flags: HYB_MIXER_LAZY_GRAD leaves the parameters' ->grad NULL until the graph's backward or an
+ * optimiser needs it (hyb_tensor_grad_ensure); models build their mixers this way. */
+#define HYB_MIXER_LAZY_GRAD 1u
+int hyb_mixer_new_ex(const char *type, const hyb_model_dims *dims, const hyb_cfg_table *cfg,
+                     uint64_t seed, unsigned flags, hyb_mixer **out);
 void hyb_mixer_free(hyb_mixer *m);
 /* Per-sequence decode state size for a context of max_ctx tokens. */
 size_t hyb_mixer_state_bytes(const hyb_mixer *m, int max_ctx);

@@ -72,7 +72,9 @@ typedef struct hyb_model {
  * Init: norms 1; embedding, MLP weights and an untied lm_head N(0, 0.02) (the HF llama
  * initializer_range); mixers by their plugin (decl init, then init_params) with a seed derived
  * from `seed` and the layer index. A mixer spec whose type is "identity" (HYB_MIXER_IDENTITY)
- * gives an identity layer: no mixer, h' = h (the MLP stays). */
+ * gives an identity layer: no mixer, h' = h (the MLP stays). Parameter gradients are not
+ * allocated here (owner HYB_OWN_PARAM): the first backward reaching a parameter, or an
+ * optimiser over it, allocates its ->grad zeroed; an inference-only model holds none. */
 int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out);
 /* flags: HYB_BUILD_NO_INIT leaves the embedding, MLP and lm_head zero (for a model whose weights
  * are loaded next: skips drawing ~all random numbers; norms are still 1 and mixers still run
@@ -174,7 +176,8 @@ typedef struct hyb_adamw {
 /* Defaults beta1 0.9, beta2 0.999, eps 1e-8 (set the fields to change them). Weight decay is
  * decoupled (p *= 1 - lr * wd) and applied to params with decay[i]: by default those with
  * ndim >= 2; hyb_adamw_new_model uses the model's no_decay flags instead. Params without a grad
- * (requires_grad == 0: frozen) are skipped. */
+ * (requires_grad == 0: frozen) are skipped. A parameter whose grad is allocated lazily (owner
+ * HYB_OWN_PARAM) gets it here, zeroed, so every trainable parameter is stepped as before. */
 int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **out);
 int hyb_adamw_new_model(hyb_model *m, float lr, float wd, hyb_adamw **out);
 void hyb_adamw_set_decay(hyb_adamw *o, int i, int decay);

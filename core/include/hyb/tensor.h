@@ -13,7 +13,9 @@
  * view (hyb_tensor_view) or a wrapper (hyb_tensor_wrap) never frees data; arena tensors belong to
  * their arena and are released with it (hyb_tensor_free on them is a no-op for the data).
  * ->grad is owned by whoever set it (the parameter store for parameters, the graph's arena for
- * activations): hyb_tensor_free never frees ->grad. A view shares data but not autodiff: the tape
+ * activations): hyb_tensor_free never frees ->grad. A parameter (owner HYB_OWN_PARAM) may have
+ * no ->grad yet: inference never allocates one; the graph's backward and optimisers allocate it
+ * (zeroed) when they first need it, and a missing grad reads as zero. A view shares data but not autodiff: the tape
  * does not connect a view to its base.
  */
 #ifndef HYB_TENSOR_H
@@ -47,6 +49,9 @@ typedef enum hyb_owner {
     HYB_OWN_ARENA,    /* data belongs to an arena */
     HYB_OWN_VIEW,     /* data belongs to another tensor */
     HYB_OWN_EXTERNAL, /* data belongs to the caller (mmap, plugin buffer) */
+    HYB_OWN_PARAM,    /* a parameter: data freed with the tensor (as HEAP); its ->grad belongs to
+                         the parameter store (model, mixer), which frees it, and is allocated,
+                         zeroed, on first need (hyb_tensor_grad_ensure) */
 } hyb_owner;
 
 typedef struct hyb_tensor {
@@ -72,6 +77,9 @@ int64_t hyb_dtype_block_bytes(hyb_dtype t);
 /* Heap tensor, zeroed. Returns NULL + hyb_error on bad shape or OOM. */
 hyb_tensor *hyb_tensor_new(hyb_dtype dtype, int ndim, const int64_t *shape);
 /* Wrap caller-owned memory (contiguous). */
+/* Give a parameter (owner HYB_OWN_PARAM, CPU) its zeroed f32 ->grad if it has none yet; a no-op
+ * when it has one. Any other tensor without ->grad is an error. */
+int hyb_tensor_grad_ensure(hyb_tensor *t);
 hyb_tensor *hyb_tensor_wrap(hyb_dtype dtype, int ndim, const int64_t *shape, void *data);
 /* Contiguous view of t with a new shape (same numel). NULL + error if numel differs. */
 hyb_tensor *hyb_tensor_view(hyb_tensor *t, int ndim, const int64_t *shape);
