@@ -13,7 +13,7 @@
 #                   (its translations/ subtree is not English: recipes exclude it)
 # Output: one line per corpus directory, "<dir> <files> <bytes>", then "total <files> <bytes>"
 # (the bytes of the *.rst.txt files; the same selection as include = ["*.rst.txt"]).
-# A recipe takes it as, for example (recipes/smollm2-h3-h6-corpus.toml):
+# A recipe takes it as, for example (recipes/smollm2-h3-h6-cpu.toml):
 #   [data]
 #   files = ["/usr/share/doc/python3.11/html/_sources", "/usr/share/doc/linux-doc-6.1/html/_sources"]
 #   include = ["*.rst.txt"]

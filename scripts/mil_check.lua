@@ -27,6 +27,8 @@ local o = E.parse_args(arg, {teacher = "", data = "", tokenizer = "", layers = "
   config = "d_inner = 576\nd_xb = 192\nd_state = 16\ndt_rank = 16\nd_conv = 4", help = false}, usage)
 if o.help or o.teacher == "" or o.data == "" then print(usage) os.exit(o.help and 0 or 2) end
 hyb.log_level("warn")
+o.gen = math.tointeger(o.gen) or error("--gen must be an integer (0: no generation)", 0)
+if o.gen < 0 then error("--gen must be >= 0", 0) end
 
 local teacher_path = E.expand(o.teacher)
 local teacher = hyb.train.load(teacher_path)
@@ -55,6 +57,7 @@ local prompts = {
 }
 local function generate(model)
   local outs = {}
+  if o.gen == 0 then return outs end -- --gen 0: measure only
   for i, p in ipairs(prompts) do
     local ids = tok:encode(G.chatml({{role = "user", content = p}}))
     local gen = hyb.train.greedy(model, ids, o.gen)
@@ -114,7 +117,7 @@ end
 
 E.table({{"model", "init"}, {"pattern", "layers"}, {"ppl", "ppl", "%.3f"}, {"rkl", "rKL", "%.4f"},
   {"fkl", "fKL", "%.4f"}, {"secs", "s", "%.1f"}}, rows)
-for i, p in ipairs(prompts) do
+for i, p in ipairs(o.gen > 0 and prompts or {}) do
   print(("\nprompt: %s"):format(p))
   for _, k in ipairs({"teacher", "mil", "random"}) do
     print(("  %-8s %q"):format(k .. ":", gens[k][i]))
