@@ -12,6 +12,8 @@
 # used only by scripts/fetch_model.sh (`pip download`, no venv). CUDA is optional and never
 # installed here: the CUDA backend is compiled when the toolkit's headers exist.
 set -euo pipefail
+# shellcheck source=scripts/apt_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt_lib.sh"
 
 [[ "${HYB_NO_BOOTSTRAP:-0}" == 1 ]] && exit 0
 
@@ -24,15 +26,11 @@ if ! command -v dpkg-query >/dev/null 2>&1; then
     exit 0
 fi
 
-# One dpkg-query for all packages; names it does not know go to stderr and are simply missing.
-installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${PKGS[@]}" python3-pip 2>/dev/null |
-            awk '$NF == "installed" && $(NF-1) == "ok" { print $1 }' || true)
-need=()
-for p in "${PKGS[@]}"; do
-    grep -qx -- "$p" <<<"$installed" || need+=("$p")
-done
+# One dpkg-query for all packages; names it does not know are simply missing.
+mapfile -t need < <(hyb_dpkg_missing "${PKGS[@]}")
+pip_missing=$(hyb_dpkg_missing python3-pip)
 # pip for scripts/fetch_model.sh: Debian's python3-pip, or any python3 that has pip (pyenv, ...)
-if grep -qx python3-pip <<<"$installed"; then
+if [[ -z "$pip_missing" ]]; then
     :
 elif ! command -v python3 >/dev/null 2>&1; then
     need+=(python3 python3-pip)
@@ -42,30 +40,5 @@ elif ! python3 -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec
 fi
 
 ((${#need[@]} == 0)) && exit 0
-
-if [[ "${HYB_BOOTSTRAP_DRY_RUN:-0}" == 1 ]]; then
-    echo "bootstrap: would install: ${need[*]}"
-    exit 0
-fi
-
-if [[ $(id -u) -eq 0 ]]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-else
-    echo "bootstrap: missing packages: ${need[*]}" >&2
-    echo "bootstrap: not root and no sudo; run as root: apt-get update && apt-get install -y ${need[*]}" >&2
-    exit 1
-fi
-
-echo "bootstrap: installing ${need[*]}" >&2
-log=$(mktemp "${TMPDIR:-/tmp}/hyb-bootstrap.XXXXXX")
-trap 'rm -f "$log"' EXIT
-export DEBIAN_FRONTEND=noninteractive
-if ! "${SUDO[@]}" apt-get update -qq >"$log" 2>&1 ||
-   ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >>"$log" 2>&1; then
-    cat "$log" >&2
-    echo "bootstrap: apt-get failed (output above)" >&2
-    exit 1
-fi
-echo "bootstrap: done" >&2
+hyb_apt_install bootstrap "" "${need[@]}"
+[[ "${HYB_BOOTSTRAP_DRY_RUN:-0}" == 1 ]] || echo "bootstrap: done" >&2

@@ -20,17 +20,15 @@
 #   exclude = ["translations/*"]
 #   max_bytes = 12000000
 set -euo pipefail
+# shellcheck source=scripts/apt_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt_lib.sh"
 
 PKGS=(python3.11-doc linux-doc-6.1)
 DIRS=(/usr/share/doc/python3.11/html/_sources /usr/share/doc/linux-doc-6.1/html/_sources)
 
 need=()
 if command -v dpkg-query >/dev/null 2>&1; then
-    installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${PKGS[@]}" 2>/dev/null |
-                awk '$NF == "installed" && $(NF-1) == "ok" { print $1 }' || true)
-    for p in "${PKGS[@]}"; do
-        grep -qx -- "$p" <<<"$installed" || need+=("$p")
-    done
+    mapfile -t need < <(hyb_dpkg_missing "${PKGS[@]}")
 else
     echo "corpus: not a Debian-based system; install the Python 3.11 and Linux 6.1 documentation" \
          "(Sphinx _sources) by other means" >&2
@@ -43,25 +41,7 @@ if ((${#need[@]} > 0)); then
     elif [[ "${HYB_NO_BOOTSTRAP:-0}" == 1 ]]; then
         echo "corpus: missing packages (HYB_NO_BOOTSTRAP=1, not installing): ${need[*]}" >&2
     else
-        if [[ $(id -u) -eq 0 ]]; then
-            SUDO=()
-        elif command -v sudo >/dev/null 2>&1; then
-            SUDO=(sudo)
-        else
-            echo "corpus: missing packages: ${need[*]}" >&2
-            echo "corpus: not root and no sudo; run as root: apt-get update && apt-get install -y ${need[*]}" >&2
-            exit 1
-        fi
-        echo "corpus: installing ${need[*]} (about 50 MB to download)" >&2
-        log=$(mktemp "${TMPDIR:-/tmp}/hyb-corpus.XXXXXX")
-        trap 'rm -f "$log"' EXIT
-        export DEBIAN_FRONTEND=noninteractive
-        if ! "${SUDO[@]}" apt-get update -qq >"$log" 2>&1 ||
-           ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >>"$log" 2>&1; then
-            cat "$log" >&2
-            echo "corpus: apt-get failed (output above)" >&2
-            exit 1
-        fi
+        hyb_apt_install corpus "about 50 MB to download" "${need[@]}" || exit 1
     fi
 fi
 
