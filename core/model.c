@@ -15,6 +15,7 @@
 
 #include "hyb/atomic.h"
 #include "hyb/safetensors.h"
+#include "strbuf.h"
 
 #define INIT_STD 0.02f /* HF llama initializer_range */
 
@@ -638,107 +639,54 @@ done:
 // ---- layer map as TOML
 // ---------------------------------------------------------------------------
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_putn(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-static void sb_puts(sbuf *b, const char *s) {
-    sb_putn(b, s, strlen(s));
-}
-static void sb_printf(sbuf *b, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (k < 0) return;
-    if ((size_t)k < sizeof tmp) {
-        sb_putn(b, tmp, (size_t)k);
-        return;
-    }
-    char *big = malloc((size_t)k + 1);
-    if (!big) {
-        b->oom = 1;
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)k + 1, fmt, ap);
-    va_end(ap);
-    sb_putn(b, big, (size_t)k);
-    free(big);
-}
+/* The text is built in a hyb_strbuf (core/strbuf.h). */
 
 /* TOML basic string. */
-static void sb_tstr(sbuf *b, const char *s) {
-    sb_putn(b, "\"", 1);
+static void sb_tstr(hyb_strbuf *b, const char *s) {
+    hyb_strbuf_putn(b, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p == '"')
-            sb_puts(b, "\\\"");
+            hyb_strbuf_puts(b, "\\\"");
         else if (*p == '\\')
-            sb_puts(b, "\\\\");
+            hyb_strbuf_puts(b, "\\\\");
         else if (*p == '\n')
-            sb_puts(b, "\\n");
+            hyb_strbuf_puts(b, "\\n");
         else if (*p == '\t')
-            sb_puts(b, "\\t");
+            hyb_strbuf_puts(b, "\\t");
         else if (*p < 0x20 || *p == 0x7f)
-            sb_printf(b, "\\u%04x", *p);
+            hyb_strbuf_printf(b, "\\u%04x", *p);
         else
-            sb_putn(b, (const char *)p, 1);
+            hyb_strbuf_putn(b, (const char *)p, 1);
     }
-    sb_putn(b, "\"", 1);
+    hyb_strbuf_putn(b, "\"", 1);
 }
 
 /* A key: bare when it can be, else quoted. */
-static void sb_tkey(sbuf *b, const char *k) {
+static void sb_tkey(hyb_strbuf *b, const char *k) {
     int bare = *k != 0;
     for (const char *p = k; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
               *p == '_' || *p == '-'))
             bare = 0;
     if (bare)
-        sb_puts(b, k);
+        hyb_strbuf_puts(b, k);
     else
         sb_tstr(b, k);
 }
 
-static void sb_tfloat(sbuf *b, double v) {
+static void sb_tfloat(hyb_strbuf *b, double v) {
     if (isnan(v)) {
-        sb_puts(b, "nan");
+        hyb_strbuf_puts(b, "nan");
         return;
     }
     if (isinf(v)) {
-        sb_puts(b, v > 0 ? "inf" : "-inf");
+        hyb_strbuf_puts(b, v > 0 ? "inf" : "-inf");
         return;
     }
     char tmp[64];
     if (v == floor(v) && fabs(v) < 1e15) { /* 10000.0, not 1e+04 */
         snprintf(tmp, sizeof tmp, "%.1f", v);
-        sb_puts(b, tmp);
+        hyb_strbuf_puts(b, tmp);
         return;
     }
     snprintf(tmp, sizeof tmp, "%.17g", v);
@@ -751,12 +699,12 @@ static void sb_tfloat(sbuf *b, double v) {
             break;
         }
     }
-    sb_puts(b, tmp);
-    if (!strpbrk(tmp, ".eE")) sb_puts(b, ".0"); /* keep it a float in TOML */
+    hyb_strbuf_puts(b, tmp);
+    if (!strpbrk(tmp, ".eE")) hyb_strbuf_puts(b, ".0"); /* keep it a float in TOML */
 }
 
 /* Emit `prefix.key = value` lines for every key of t except `skip` (NULL-terminated). */
-static int emit_table(sbuf *b, const hyb_cfg_table *t, const char *prefix,
+static int emit_table(hyb_strbuf *b, const hyb_cfg_table *t, const char *prefix,
                       const char *const *skip) {
     const char **keys = NULL;
     int nk = hyb_cfg_keys(t, &keys);
@@ -768,10 +716,10 @@ static int emit_table(sbuf *b, const hyb_cfg_table *t, const char *prefix,
         if (skipped) continue;
         const hyb_cfg_table *sub = hyb_cfg_subtable(t, k);
         if (sub) {
-            sbuf pre = {0};
+            hyb_strbuf pre = {0};
             if (prefix) {
-                sb_puts(&pre, prefix);
-                sb_puts(&pre, ".");
+                hyb_strbuf_puts(&pre, prefix);
+                hyb_strbuf_puts(&pre, ".");
             }
             sb_tkey(&pre, k);
             if (pre.oom) return hyb_error_set(HYB_ERR_NOMEM, "layer map TOML: out of memory");
@@ -781,20 +729,20 @@ static int emit_table(sbuf *b, const hyb_cfg_table *t, const char *prefix,
             continue;
         }
         if (prefix) {
-            sb_puts(b, prefix);
-            sb_puts(b, ".");
+            hyb_strbuf_puts(b, prefix);
+            hyb_strbuf_puts(b, ".");
         }
         sb_tkey(b, k);
-        sb_puts(b, " = ");
+        hyb_strbuf_puts(b, " = ");
         int64_t iv;
         int bv;
         double fv;
         const char *sv;
         char where[200];
         if (hyb_cfg_int(t, k, 0, &iv) == HYB_OK)
-            sb_printf(b, "%" PRId64, iv);
+            hyb_strbuf_printf(b, "%" PRId64, iv);
         else if (hyb_cfg_bool(t, k, 0, &bv) == HYB_OK)
-            sb_puts(b, bv ? "true" : "false");
+            hyb_strbuf_puts(b, bv ? "true" : "false");
         else if (hyb_cfg_float(t, k, 0, &fv) == HYB_OK)
             sb_tfloat(b, fv);
         else if (hyb_cfg_string(t, k, NULL, &sv) == HYB_OK && sv)
@@ -806,11 +754,11 @@ static int emit_table(sbuf *b, const hyb_cfg_table *t, const char *prefix,
                 return hyb_error_set(HYB_ERR_UNSUPPORTED,
                                      "%s: key '%s': value type cannot be written back to TOML",
                                      hyb_cfg_where(t, k, where, sizeof where), k);
-            sb_puts(b, "[");
+            hyb_strbuf_puts(b, "[");
             for (int j = 0; j < n; j++) {
-                if (j) sb_puts(b, ", ");
+                if (j) hyb_strbuf_puts(b, ", ");
                 if (hyb_cfg_array_int(t, k, j, &iv) == HYB_OK)
-                    sb_printf(b, "%" PRId64, iv);
+                    hyb_strbuf_printf(b, "%" PRId64, iv);
                 else if (hyb_cfg_array_string(t, k, j, &sv) == HYB_OK)
                     sb_tstr(b, sv);
                 else
@@ -819,24 +767,24 @@ static int emit_table(sbuf *b, const hyb_cfg_table *t, const char *prefix,
                         "%s: key '%s': array element %d cannot be written back to TOML",
                         hyb_cfg_where(t, k, where, sizeof where), k, j);
             }
-            sb_puts(b, "]");
+            hyb_strbuf_puts(b, "]");
         }
         hyb_error_clear();
-        sb_puts(b, "\n");
+        hyb_strbuf_puts(b, "\n");
     }
     return HYB_OK;
 }
 
 char *hyb_model_layermap_toml(const hyb_model *m) {
     const hyb_layermap *map = m->map;
-    sbuf b = {0};
-    sb_puts(&b, "# layer map written by hyb_model_save\n\n[model]\n");
-    sb_puts(&b, "name = ");
+    hyb_strbuf b = {0};
+    hyb_strbuf_puts(&b, "# layer map written by hyb_model_save\n\n[model]\n");
+    hyb_strbuf_puts(&b, "name = ");
     sb_tstr(&b, map->name);
-    sb_printf(&b, "\nd_model = %d\nn_layers = %d\nvocab_size = %d\nd_ff = %d\nnorm_eps = ",
+    hyb_strbuf_printf(&b, "\nd_model = %d\nn_layers = %d\nvocab_size = %d\nd_ff = %d\nnorm_eps = ",
               map->d_model, map->n_layers, map->vocab_size, map->d_ff);
     sb_tfloat(&b, map->norm_eps);
-    sb_printf(&b, "\ntie_embeddings = %s\nmax_seq = %d\n", map->tie_embeddings ? "true" : "false",
+    hyb_strbuf_printf(&b, "\ntie_embeddings = %s\nmax_seq = %d\n", map->tie_embeddings ? "true" : "false",
               map->max_seq);
     /* other root tables of the source document, verbatim (none today; future-proof) */
     if (map->doc) {
@@ -849,34 +797,34 @@ char *hyb_model_layermap_toml(const hyb_model *m) {
                 continue;
             const hyb_cfg_table *sub = hyb_cfg_subtable(root, keys[i]);
             if (!sub) continue;
-            sb_puts(&b, "\n[");
+            hyb_strbuf_puts(&b, "\n[");
             sb_tkey(&b, keys[i]);
-            sb_puts(&b, "]\n");
+            hyb_strbuf_puts(&b, "]\n");
             if (emit_table(&b, sub, NULL, NULL) != HYB_OK) goto fail;
         }
     }
     static const char *const skip[] = {"type", "symbol", NULL};
     for (int s = 0; s < map->n_mixers; s++) {
         const hyb_mixer_spec *sp = &map->mixers[s];
-        sb_puts(&b, "\n[mixers.");
+        hyb_strbuf_puts(&b, "\n[mixers.");
         sb_tkey(&b, sp->name);
-        sb_puts(&b, "]\ntype = ");
+        hyb_strbuf_puts(&b, "]\ntype = ");
         sb_tstr(&b, sp->type);
-        sb_puts(&b, "\n");
+        hyb_strbuf_puts(&b, "\n");
         if (sp->symbol) {
             char sym[2] = {sp->symbol, 0};
-            sb_puts(&b, "symbol = ");
+            hyb_strbuf_puts(&b, "symbol = ");
             sb_tstr(&b, sym);
-            sb_puts(&b, "\n");
+            hyb_strbuf_puts(&b, "\n");
         }
         if (sp->table && emit_table(&b, sp->table, NULL, skip) != HYB_OK) goto fail;
     }
-    sb_puts(&b, "\n[layout]\nlayers = [");
+    hyb_strbuf_puts(&b, "\n[layout]\nlayers = [");
     for (int l = 0; l < map->n_layers; l++) {
-        sb_puts(&b, l ? (l % 8 ? ", " : ",\n  ") : "\n  ");
+        hyb_strbuf_puts(&b, l ? (l % 8 ? ", " : ",\n  ") : "\n  ");
         sb_tstr(&b, map->mixers[map->layer_mixer[l]].name);
     }
-    sb_puts(&b, ",\n]\n");
+    hyb_strbuf_puts(&b, ",\n]\n");
     if (b.oom) {
         hyb_error_set(HYB_ERR_NOMEM, "layer map TOML: out of memory");
         goto fail;
@@ -935,18 +883,18 @@ static char *join_path(const char *dir, const char *file) {
 }
 
 /* The shortest %g form that reads back as the same double (finite v). */
-static void sb_shortest(sbuf *b, double v) {
+static void sb_shortest(hyb_strbuf *b, double v) {
     char tmp[64];
     if (v == floor(v) && fabs(v) < 1e15) { /* 10000.0, not 1e+04 */
         snprintf(tmp, sizeof tmp, "%.1f", v);
-        sb_puts(b, tmp);
+        hyb_strbuf_puts(b, tmp);
         return;
     }
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(tmp, sizeof tmp, "%.*g", prec, v);
         if (strtod(tmp, NULL) == v) break;
     }
-    sb_puts(b, tmp);
+    hyb_strbuf_puts(b, tmp);
 }
 
 /* HF config.json for a model every layer of which is the same `mha` mixer (a llama checkpoint
@@ -984,25 +932,25 @@ static char *llama_config_json(const hyb_model *m) {
             seen += d->shape[0] == nkv * hd && d->shape[1] == m->D;
     }
     if (seen != 2) return NULL;
-    sbuf b = {0};
-    sb_puts(&b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
-    sb_printf(
+    hyb_strbuf b = {0};
+    hyb_strbuf_puts(&b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
+    hyb_strbuf_printf(
         &b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
         m->D, m->F, m->L);
-    sb_printf(&b,
+    hyb_strbuf_printf(&b,
               "  \"num_attention_heads\": %" PRId64 ",\n  \"num_key_value_heads\": %" PRId64
               ",\n  \"head_dim\": %" PRId64 ",\n",
               nh, nkv, hd);
-    sb_printf(&b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n", m->V,
+    hyb_strbuf_printf(&b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n", m->V,
               m->map->max_seq);
-    sb_puts(&b, "  \"rms_norm_eps\": ");
+    hyb_strbuf_puts(&b, "  \"rms_norm_eps\": ");
     sb_shortest(&b, m->map->norm_eps);
-    sb_puts(&b, ",\n  \"rope_theta\": ");
+    hyb_strbuf_puts(&b, ",\n  \"rope_theta\": ");
     sb_shortest(&b, theta);
-    sb_puts(&b, ",\n");
-    sb_printf(&b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": %s,\n",
+    hyb_strbuf_puts(&b, ",\n");
+    hyb_strbuf_printf(&b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": %s,\n",
               m->lm_head == m->embed ? "true" : "false", bias ? "true" : "false");
-    sb_puts(&b,
+    hyb_strbuf_puts(&b,
             "  \"mlp_bias\": false,\n  \"hidden_act\": \"silu\",\n  \"initializer_range\": 0.02,\n"
             "  \"dtype\": \"float32\",\n  \"torch_dtype\": \"float32\"\n}\n");
     if (b.oom) {
@@ -1152,36 +1100,36 @@ static char *apriel_config_json(const hyb_model *m, const char **why) {
         a.hd = m->D / a.nh;
         a.theta = 10000.0;
     }
-    sbuf b = {0};
-    sb_puts(&b,
+    hyb_strbuf b = {0};
+    hyb_strbuf_puts(&b,
             "{\n  \"architectures\": [\"AprielHForCausalLM\"],\n  \"model_type\": \"apriel_h\",\n");
-    sb_printf(
+    hyb_strbuf_printf(
         &b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
         m->D, m->F, m->L);
-    sb_printf(&b,
+    hyb_strbuf_printf(&b,
               "  \"num_attention_heads\": %" PRId64 ",\n  \"num_key_value_heads\": %" PRId64
               ",\n  \"head_dim\": %" PRId64 ",\n",
               a.nh, a.nkv, a.hd);
-    sb_printf(&b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n", m->V,
+    hyb_strbuf_printf(&b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n", m->V,
               m->map->max_seq);
-    sb_puts(&b, "  \"rms_norm_eps\": ");
+    hyb_strbuf_puts(&b, "  \"rms_norm_eps\": ");
     sb_shortest(&b, m->map->norm_eps);
-    sb_puts(&b, ",\n  \"rope_theta\": ");
+    hyb_strbuf_puts(&b, ",\n  \"rope_theta\": ");
     sb_shortest(&b, a.theta);
-    sb_printf(&b, ",\n  \"tie_word_embeddings\": %s,\n", m->lm_head == m->embed ? "true" : "false");
-    sb_puts(&b, "  \"sliding_window\": null,\n  \"hidden_act\": \"silu\",\n"
+    hyb_strbuf_printf(&b, ",\n  \"tie_word_embeddings\": %s,\n", m->lm_head == m->embed ? "true" : "false");
+    hyb_strbuf_puts(&b, "  \"sliding_window\": null,\n  \"hidden_act\": \"silu\",\n"
                 "  \"initializer_range\": 0.02,\n  \"torch_dtype\": \"float32\",\n"
                 "  \"hybrid_block_layout\": [");
     for (int l = 0; l < m->L; l++) {
         const hyb_mixer *mx = m->layers[l].mixer;
-        sb_printf(&b, "%s\"%s\"", l ? ", " : "", !mx ? "i" : !strcmp(mx->type, "mha") ? "t" : "m2");
+        hyb_strbuf_printf(&b, "%s\"%s\"", l ? ", " : "", !mx ? "i" : !strcmp(mx->type, "mha") ? "t" : "m2");
     }
-    sb_printf(&b,
+    hyb_strbuf_printf(&b,
               "],\n  \"ssm_cfg\": {\n    \"d_state\": %" PRId64 ",\n    \"d_xb\": %" PRId64
               ",\n    \"d_inner\": %" PRId64 ",\n    \"dt_rank\": %" PRId64
               ",\n    \"d_conv\": %" PRId64 ",\n",
               s.n, s.dx, s.di, s.r, s.k);
-    sb_puts(&b, "    \"expand\": 1,\n    \"conv_bias\": true,\n    \"bias\": false,\n"
+    hyb_strbuf_puts(&b, "    \"expand\": 1,\n    \"conv_bias\": true,\n    \"bias\": false,\n"
                 "    \"dt_proj_bias\": true,\n    \"repeat_kv_before_conv\": true,\n"
                 "    \"activation\": \"silu\",\n    \"dt_min\": 0.001,\n    \"dt_max\": 0.1,\n"
                 "    \"dt_init\": \"random\",\n    \"dt_scale\": 1.0,\n"
