@@ -782,10 +782,10 @@ char *hyb_model_layermap_toml(const hyb_model *m) {
     hyb_strbuf_puts(&b, "name = ");
     sb_tstr(&b, map->name);
     hyb_strbuf_printf(&b, "\nd_model = %d\nn_layers = %d\nvocab_size = %d\nd_ff = %d\nnorm_eps = ",
-              map->d_model, map->n_layers, map->vocab_size, map->d_ff);
+                      map->d_model, map->n_layers, map->vocab_size, map->d_ff);
     sb_tfloat(&b, map->norm_eps);
-    hyb_strbuf_printf(&b, "\ntie_embeddings = %s\nmax_seq = %d\n", map->tie_embeddings ? "true" : "false",
-              map->max_seq);
+    hyb_strbuf_printf(&b, "\ntie_embeddings = %s\nmax_seq = %d\n",
+                      map->tie_embeddings ? "true" : "false", map->max_seq);
     /* other root tables of the source document, verbatim (none today; future-proof) */
     if (map->doc) {
         const hyb_cfg_table *root = hyb_toml_root(map->doc);
@@ -933,25 +933,26 @@ static char *llama_config_json(const hyb_model *m) {
     }
     if (seen != 2) return NULL;
     hyb_strbuf b = {0};
-    hyb_strbuf_puts(&b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
+    hyb_strbuf_puts(
+        &b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
     hyb_strbuf_printf(
         &b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
         m->D, m->F, m->L);
     hyb_strbuf_printf(&b,
-              "  \"num_attention_heads\": %" PRId64 ",\n  \"num_key_value_heads\": %" PRId64
-              ",\n  \"head_dim\": %" PRId64 ",\n",
-              nh, nkv, hd);
+                      "  \"num_attention_heads\": %" PRId64 ",\n  \"num_key_value_heads\": %" PRId64
+                      ",\n  \"head_dim\": %" PRId64 ",\n",
+                      nh, nkv, hd);
     hyb_strbuf_printf(&b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n", m->V,
-              m->map->max_seq);
+                      m->map->max_seq);
     hyb_strbuf_puts(&b, "  \"rms_norm_eps\": ");
     sb_shortest(&b, m->map->norm_eps);
     hyb_strbuf_puts(&b, ",\n  \"rope_theta\": ");
     sb_shortest(&b, theta);
     hyb_strbuf_puts(&b, ",\n");
     hyb_strbuf_printf(&b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": %s,\n",
-              m->lm_head == m->embed ? "true" : "false", bias ? "true" : "false");
-    hyb_strbuf_puts(&b,
-            "  \"mlp_bias\": false,\n  \"hidden_act\": \"silu\",\n  \"initializer_range\": 0.02,\n"
+                      m->lm_head == m->embed ? "true" : "false", bias ? "true" : "false");
+    hyb_strbuf_puts(
+        &b, "  \"mlp_bias\": false,\n  \"hidden_act\": \"silu\",\n  \"initializer_range\": 0.02,\n"
             "  \"dtype\": \"float32\",\n  \"torch_dtype\": \"float32\"\n}\n");
     if (b.oom) {
         free(b.p);
@@ -1101,39 +1102,44 @@ static char *apriel_config_json(const hyb_model *m, const char **why) {
         a.theta = 10000.0;
     }
     hyb_strbuf b = {0};
-    hyb_strbuf_puts(&b,
-            "{\n  \"architectures\": [\"AprielHForCausalLM\"],\n  \"model_type\": \"apriel_h\",\n");
+    hyb_strbuf_puts(
+        &b, "{\n  \"architectures\": [\"AprielHForCausalLM\"],\n  \"model_type\": \"apriel_h\",\n");
     hyb_strbuf_printf(
         &b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
         m->D, m->F, m->L);
     hyb_strbuf_printf(&b,
-              "  \"num_attention_heads\": %" PRId64 ",\n  \"num_key_value_heads\": %" PRId64
-              ",\n  \"head_dim\": %" PRId64 ",\n",
-              a.nh, a.nkv, a.hd);
+                      "  \"num_attention_heads\": %" PRId64 ",\n  \"num_key_value_heads\": %" PRId64
+                      ",\n  \"head_dim\": %" PRId64 ",\n",
+                      a.nh, a.nkv, a.hd);
     hyb_strbuf_printf(&b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n", m->V,
-              m->map->max_seq);
+                      m->map->max_seq);
     hyb_strbuf_puts(&b, "  \"rms_norm_eps\": ");
     sb_shortest(&b, m->map->norm_eps);
     hyb_strbuf_puts(&b, ",\n  \"rope_theta\": ");
     sb_shortest(&b, a.theta);
-    hyb_strbuf_printf(&b, ",\n  \"tie_word_embeddings\": %s,\n", m->lm_head == m->embed ? "true" : "false");
+    hyb_strbuf_printf(&b, ",\n  \"tie_word_embeddings\": %s,\n",
+                      m->lm_head == m->embed ? "true" : "false");
     hyb_strbuf_puts(&b, "  \"sliding_window\": null,\n  \"hidden_act\": \"silu\",\n"
-                "  \"initializer_range\": 0.02,\n  \"torch_dtype\": \"float32\",\n"
-                "  \"hybrid_block_layout\": [");
+                        "  \"initializer_range\": 0.02,\n  \"torch_dtype\": \"float32\",\n"
+                        "  \"hybrid_block_layout\": [");
     for (int l = 0; l < m->L; l++) {
         const hyb_mixer *mx = m->layers[l].mixer;
-        hyb_strbuf_printf(&b, "%s\"%s\"", l ? ", " : "", !mx ? "i" : !strcmp(mx->type, "mha") ? "t" : "m2");
+        hyb_strbuf_printf(&b, "%s\"%s\"", l ? ", " : "",
+                          !mx                        ? "i"
+                          : !strcmp(mx->type, "mha") ? "t"
+                                                     : "m2");
     }
     hyb_strbuf_printf(&b,
-              "],\n  \"ssm_cfg\": {\n    \"d_state\": %" PRId64 ",\n    \"d_xb\": %" PRId64
-              ",\n    \"d_inner\": %" PRId64 ",\n    \"dt_rank\": %" PRId64
-              ",\n    \"d_conv\": %" PRId64 ",\n",
-              s.n, s.dx, s.di, s.r, s.k);
-    hyb_strbuf_puts(&b, "    \"expand\": 1,\n    \"conv_bias\": true,\n    \"bias\": false,\n"
-                "    \"dt_proj_bias\": true,\n    \"repeat_kv_before_conv\": true,\n"
-                "    \"activation\": \"silu\",\n    \"dt_min\": 0.001,\n    \"dt_max\": 0.1,\n"
-                "    \"dt_init\": \"random\",\n    \"dt_scale\": 1.0,\n"
-                "    \"dt_init_floor\": 0.0001\n  }\n}\n");
+                      "],\n  \"ssm_cfg\": {\n    \"d_state\": %" PRId64 ",\n    \"d_xb\": %" PRId64
+                      ",\n    \"d_inner\": %" PRId64 ",\n    \"dt_rank\": %" PRId64
+                      ",\n    \"d_conv\": %" PRId64 ",\n",
+                      s.n, s.dx, s.di, s.r, s.k);
+    hyb_strbuf_puts(&b,
+                    "    \"expand\": 1,\n    \"conv_bias\": true,\n    \"bias\": false,\n"
+                    "    \"dt_proj_bias\": true,\n    \"repeat_kv_before_conv\": true,\n"
+                    "    \"activation\": \"silu\",\n    \"dt_min\": 0.001,\n    \"dt_max\": 0.1,\n"
+                    "    \"dt_init\": \"random\",\n    \"dt_scale\": 1.0,\n"
+                    "    \"dt_init_floor\": 0.0001\n  }\n}\n");
     if (b.oom) {
         free(b.p);
         *why = "out of memory";
