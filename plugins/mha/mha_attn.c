@@ -6,11 +6,14 @@
  *
  * Softmax in f32 with the row maximum subtracted; forward saves the log-sum-exp of each row so
  * backward recomputes the probabilities exactly instead of storing [T, T] per head.
- * Projections go through host->sgemm over all B*T rows. Prefill/training attention works on
- * blocks of QBLK queries per (sequence, head): scores and outputs are host->sgemm calls (which
- * thread inside), so no OpenMP region is opened per block (cheap regions still cost a barrier
- * each, which is ruinous on a loaded machine). Decode splits the keys into tasks
+ * Projections go through host->sgemm over all B*T rows (threaded by the host). Prefill/training
+ * attention works on blocks of QBLK queries per (sequence, head): one OpenMP region per call runs
+ * the blocks as tasks (forward: sequence x head x block; backward: sequence x KV head, which owns
+ * its dK/dV rows), and the host's sgemm runs single-threaded inside a region, so the result does
+ * not depend on the thread count (one region per layer, not one per block: regions cost a
+ * barrier each, which is ruinous on a loaded machine). Decode splits the keys into tasks
  * (sequence x KV head x chunk of keys, all query heads of a KV head together; see its section).
+ * Every softmax exp is exp_nonpos (vectorisable; forward, backward recomputation and decode).
  */
 #include <math.h>
 #include <string.h>
@@ -66,7 +69,8 @@ static inline void axpy(float *y, float a, const float *x, int n) {
 }
 
 /* e^x for x <= 0 (scores minus their maximum), vectorisable (no libm call): Cephes expf's range
- * reduction and polynomial, relative error ~2e-7; 0 below -87 (where expf is denormal). */
+ * reduction and polynomial, relative error ~2e-7; 0 below -87 (where expf is denormal). Also
+ * right for the small positive arguments rounding can give (backward's s - lse). */
 static inline float exp_nonpos(float x) {
     const float xc = x < -87.0f ? -87.0f : x;
     const float t = xc * 1.44269504088896341f;
