@@ -6,11 +6,14 @@
  *
  * Softmax in f32 with the row maximum subtracted; forward saves the log-sum-exp of each row so
  * backward recomputes the probabilities exactly instead of storing [T, T] per head.
- * Projections go through host->sgemm over all B*T rows. Prefill/training attention works on
- * blocks of QBLK queries per (sequence, head): scores and outputs are host->sgemm calls (which
- * thread inside), so no OpenMP region is opened per block (cheap regions still cost a barrier
- * each, which is ruinous on a loaded machine). Decode splits the keys into tasks
+ * Projections go through host->sgemm over all B*T rows (threaded by the host). Prefill/training
+ * attention works on blocks of QBLK queries per (sequence, head): one OpenMP region per call runs
+ * the blocks as tasks (forward: sequence x head x block; backward: sequence x KV head, which owns
+ * its dK/dV rows), and the host's sgemm runs single-threaded inside a region, so the result does
+ * not depend on the thread count (one region per layer, not one per block: regions cost a
+ * barrier each, which is ruinous on a loaded machine). Decode splits the keys into tasks
  * (sequence x KV head x chunk of keys, all query heads of a KV head together; see its section).
+ * Every softmax exp is exp_nonpos (vectorisable; forward, backward recomputation and decode).
  */
 #include <math.h>
 #include <string.h>
@@ -65,33 +68,101 @@ static inline void axpy(float *y, float a, const float *x, int n) {
         y[i] += a * x[i];
 }
 
-/* Queries [qb] (row r at q + r*ldq, absolute position p_first + r) against keys/values
- * 0 .. p_first + qb - 1 (row j at k + j*ldk, v + j*ldk), causal. s: [qb * (p_first + qb)]
- * scratch. out row r at o + r*ldo; lse[r] = log-sum-exp of row r's scaled scores. */
-static void attend_block(const float *q, size_t ldq, const float *k, const float *v, size_t ldk,
-                         int p_first, int qb, int hd, float scale, float *s, float *o, size_t ldo,
-                         float *lse) {
-    const int nk = p_first + qb;
-    H_->sgemm(0, 1, qb, nk, hd, scale, q, (int)ldq, k, (int)ldk, 0.0f, s, nk);
+/* e^x for x <= 0 (scores minus their maximum), vectorisable (no libm call): Cephes expf's range
+ * reduction and polynomial, relative error ~2e-7; 0 below -87 (where expf is denormal). Also
+ * right for the small positive arguments rounding can give (backward's s - lse). */
+static inline float exp_nonpos(float x) {
+    const float xc = x < -87.0f ? -87.0f : x;
+    const float t = xc * 1.44269504088896341f;
+    const float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest (|t| < 2^22) */
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    const float r2 = r * r;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r2 + r + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } sc;
+    sc.i = ((int32_t)n + 127) * (1 << 23);
+    const float y = p * sc.f;
+    return x < -87.0f ? 0.0f : y;
+}
+
+/* Causal row softmax of a block of scores, in place: row r of s (stride nk) holds the scaled
+ * scores of query p_first + r against keys 0 .. nk - 1; keys 0 .. p_first + r are kept,
+ * normalised, and the rest set to 0; lse[r] = log-sum-exp of the kept scores. exp_nonpos, the
+ * decode's exp, also in backward's recomputation (bwd_rows), so both use the same function.
+ * Built for AVX-512, AVX2+FMA and baseline x86-64 like attend_chunk below. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+static void
+softmax_rows(float *s, int qb, int nk, int p_first, float *lse) {
     for (int r = 0; r < qb; r++) {
         float *sr = s + (size_t)r * nk;
         const int n = p_first + r + 1;
         float m = -INFINITY;
+#pragma omp simd reduction(max : m)
         for (int j = 0; j < n; j++)
             m = sr[j] > m ? sr[j] : m;
         float l = 0;
+#pragma omp simd reduction(+ : l)
         for (int j = 0; j < n; j++) {
-            sr[j] = expf(sr[j] - m);
-            l += sr[j];
+            const float e = exp_nonpos(sr[j] - m);
+            sr[j] = e;
+            l += e;
         }
         const float inv = 1.0f / l;
+#pragma omp simd
         for (int j = 0; j < n; j++)
             sr[j] *= inv;
         for (int j = n; j < nk; j++)
             sr[j] = 0.0f;
         lse[r] = m + logf(l);
     }
+}
+
+/* Queries [qb] (row r at q + r*ldq, absolute position p_first + r) against keys/values
+ * 0 .. p_first + qb - 1 (row j at k + j*ldk, v + j*ldk), causal. s: [qb * (p_first + qb)]
+ * scratch. out row r at o + r*ldo; lse[r] = log-sum-exp of row r's scaled scores.
+ * Called from inside the forward's parallel region: the host's sgemm then runs on the calling
+ * thread (core/backend/cpu/cpu_gemm.c), so the result does not depend on the thread count. */
+static void attend_block(const float *q, size_t ldq, const float *k, const float *v, size_t ldk,
+                         int p_first, int qb, int hd, float scale, float *s, float *o, size_t ldo,
+                         float *lse) {
+    const int nk = p_first + qb;
+    H_->sgemm(0, 1, qb, nk, hd, scale, q, (int)ldq, k, (int)ldk, 0.0f, s, nk);
+    softmax_rows(s, qb, nk, p_first, lse);
     H_->sgemm(0, 0, qb, hd, nk, 1.0f, s, nk, v, (int)ldk, 0.0f, o, (int)ldo);
+}
+
+/* Backward's recomputation for one block (queries i0 .. i0 + qb - 1, keys 0 .. nk - 1): on
+ * entry p holds the scaled scores and dp = dO V^T; on exit p = exp(s - lse) (causal, 0 above the
+ * diagonal) and dp = p (dp - dr). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+static void
+bwd_rows(float *p, float *dp, int qb, int nk, int i0, const float *lse, const float *dr) {
+    for (int r = 0; r < qb; r++) {
+        float *pr = p + (size_t)r * nk, *dpr = dp + (size_t)r * nk;
+        const int n = i0 + r + 1; /* causal: keys 0 .. i0 + r */
+        const float lr = lse[r], d = dr[r];
+#pragma omp simd
+        for (int j = 0; j < n; j++) {
+            const float e = exp_nonpos(pr[j] - lr);
+            pr[j] = e;
+            dpr[j] = e * (dpr[j] - d);
+        }
+        for (int j = n; j < nk; j++)
+            pr[j] = dpr[j] = 0.0f;
+    }
 }
 
 /* Y[rows, out] = X[rows, in] W^T (+ b) */
@@ -186,13 +257,16 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
     O = V + BT * kd;
     LSE = O + BT * qd;
 
+    /* scores scratch: one [QBLK, keys] block per thread (the attention runs in one parallel
+     * region, below) */
+    const int nthr = max_threads();
     size_t n_keys_max = (size_t)p_max + T, nscr = (size_t)QBLK * n_keys_max;
-    float *scratch = H_->alloc(sizeof(float) * (nscr + BT));
+    float *scratch = H_->alloc(sizeof(float) * ((size_t)nthr * nscr + BT));
     if (!scratch) {
         H_->free(tmp);
         return HYB_ERR_NOMEM;
     }
-    int32_t *posbuf = (int32_t *)(scratch + nscr);
+    int32_t *posbuf = (int32_t *)(scratch + (size_t)nthr * nscr);
 
     linear(a->x, P[MHA_WQ], bias ? P[MHA_BQ] : NULL, Q, (int)BT, D, (int)qd);
     linear(a->x, P[MHA_WK], bias ? P[MHA_BK] : NULL, K, (int)BT, D, (int)kd);
@@ -210,10 +284,25 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
             cache_put(a->states[b], a->max_ctx, KV, hd, a->pos ? a->pos[b] : 0, T,
                       K + (size_t)b * T * kd, V + (size_t)b * T * kd);
 
+    /* One parallel region over the tasks (sequence b, head h, block of QBLK queries); each task
+     * writes only its own rows of O and LSE, and its sgemm calls run on the calling thread, so
+     * the result does not depend on the schedule or the thread count. Tasks go from the last
+     * block (most keys) to the first, so the dynamic schedule ends on small tasks. */
     const float scale = 1.0f / sqrtf((float)hd);
     const int group = H / KV;
-    for (int b = 0; b < B; b++) {
-        int p0 = a->pos ? a->pos[b] : 0;
+    const int nblk = (T + QBLK - 1) / QBLK;
+    const long nbh = (long)B * H, ntask = nbh * nblk;
+    /* multiply-adds of the score products; a region from 2e5 on (as the decode), which also
+     * puts test_mha's T = 150 HF reference case (3.6e5) through the parallel path */
+    double work = 0;
+    for (int b = 0; b < B; b++)
+        work += (double)H * hd * T * ((a->pos ? a->pos[b] : 0) + 0.5 * T);
+    const int par = nthr > 1 && ntask > 1 && work > 2e5;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (long t = 0; t < ntask; t++) {
+        const int blk = nblk - 1 - (int)(t / nbh), b = (int)(t % nbh) / H, h = (int)(t % nbh) % H;
+        const int p0 = a->pos ? a->pos[b] : 0, g = h / group, i0 = blk * QBLK;
+        const int qb = T - i0 < QBLK ? T - i0 : QBLK;
         /* keys/values of KV head g: head-major in the cache (row stride hd), else rows of the
          * fresh K/V (stride kd) */
         const float *kb, *vb;
@@ -229,17 +318,11 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
             ldk = kd;
             hstride = (size_t)hd;
         }
-        for (int h = 0; h < H; h++) {
-            int g = h / group;
-            for (int i0 = 0; i0 < T; i0 += QBLK) {
-                int qb = T - i0 < QBLK ? T - i0 : QBLK;
-                size_t row0 = (size_t)b * T + i0;
-                attend_block(Q + row0 * qd + (size_t)h * hd, qd, kb + (size_t)g * hstride,
-                             vb + (size_t)g * hstride, ldk, p0 + i0, qb, hd, scale, scratch,
-                             O + row0 * qd + (size_t)h * hd, qd,
-                             LSE + ((size_t)b * H + h) * T + i0);
-            }
-        }
+        const size_t row0 = (size_t)b * T + i0;
+        attend_block(Q + row0 * qd + (size_t)h * hd, qd, kb + (size_t)g * hstride,
+                     vb + (size_t)g * hstride, ldk, p0 + i0, qb, hd, scale,
+                     scratch + (size_t)thread_id() * nscr, O + row0 * qd + (size_t)h * hd, qd,
+                     LSE + ((size_t)b * H + h) * T + i0);
     }
 
     linear(O, P[MHA_WO], NULL, a->y, (int)BT, (int)qd, D);
@@ -289,19 +372,31 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
     /* Per (b, head, block of QBLK queries), keys 0 .. last query of the block:
      *   S = scale Q K^T, P = exp(S - lse) (causal), dP = dO V^T, dS = P (dP - D)
      *   dQ += scale dS K, dK += scale dS^T Q, dV += P^T dO           (all through sgemm) */
+    /* Tasks (sequence b, KV head g) in parallel: a task owns the dK, dV rows of its KV head and
+     * the dQ rows of its query heads, and runs its heads and blocks in the serial order, so every
+     * sum is accumulated in the same order whatever the schedule (deterministic). The sgemm calls
+     * inside run on the calling thread. Scratch: P and dP of one block per thread. */
     const float scale = 1.0f / sqrtf((float)hd);
     const int group = H / KV;
-    float *Pm = H_->alloc(sizeof(float) * 2 * (size_t)QBLK * T);
-    if (!Pm) {
+    const int nthr = max_threads();
+    const size_t pstride = 2 * (size_t)QBLK * T;
+    float *Pm_all = H_->alloc(sizeof(float) * pstride * (size_t)nthr);
+    if (!Pm_all) {
         H_->free(buf);
         return HYB_ERR_NOMEM;
     }
-    float *dP = Pm + (size_t)QBLK * T;
-    for (int b = 0; b < B; b++) {
+    const long ntask = (long)B * KV;
+    const double work = (double)B * H * hd * T * (0.5 * T); /* multiply-adds per product */
+    const int par = nthr > 1 && ntask > 1 && work > 2e5;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (long task = 0; task < ntask; task++) {
+        const int b = (int)(task / KV), g = (int)(task % KV);
+        float *Pm = Pm_all + (size_t)thread_id() * pstride, *dP = Pm + (size_t)QBLK * T;
         const float *kb = K + (size_t)b * T * kd, *vb = V + (size_t)b * T * kd;
         float *dkb = dK + (size_t)b * T * kd, *dvb = dV + (size_t)b * T * kd;
-        for (int h = 0; h < H; h++) {
-            const size_t go = (size_t)(h / group) * hd, ho = (size_t)h * hd;
+        const size_t go = (size_t)g * hd;
+        for (int h = g * group; h < (g + 1) * group; h++) {
+            const size_t ho = (size_t)h * hd;
             for (int i0 = 0; i0 < T; i0 += QBLK) {
                 const int qb = T - i0 < QBLK ? T - i0 : QBLK, nk = i0 + qb;
                 const size_t row0 = (size_t)b * T + i0;
@@ -311,17 +406,7 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
                           0.0f, Pm, nk);
                 H_->sgemm(0, 1, qb, nk, hd, 1.0f, dO + row0 * qd + ho, (int)qd, vb + go, (int)kd,
                           0.0f, dP, nk);
-                for (int r = 0; r < qb; r++) {
-                    float *pr = Pm + (size_t)r * nk, *dpr = dP + (size_t)r * nk;
-                    const int last = i0 + r; /* causal: keys 0..last */
-                    for (int j = 0; j <= last; j++) {
-                        float p = expf(pr[j] - lse[r]);
-                        pr[j] = p;
-                        dpr[j] = p * (dpr[j] - dr[r]);
-                    }
-                    for (int j = last + 1; j < nk; j++)
-                        pr[j] = dpr[j] = 0.0f;
-                }
+                bwd_rows(Pm, dP, qb, nk, i0, lse, dr);
                 H_->sgemm(0, 0, qb, hd, nk, scale, dP, nk, kb + go, (int)kd, 1.0f,
                           dQ + row0 * qd + ho, (int)qd);
                 H_->sgemm(1, 0, nk, hd, qb, scale, dP, nk, Q + row0 * qd + ho, (int)qd, 1.0f,
@@ -331,7 +416,7 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
             }
         }
     }
-    H_->free(Pm);
+    H_->free(Pm_all);
 
     /* RoPE is a rotation: its backward is the inverse rotation. */
     for (int b = 0; b < B; b++)
@@ -370,31 +455,6 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
  * sequence's output does not depend on the batch it is decoded in or on the thread count. */
 
 #define DEC_CHUNK 512 /* keys per decode task */
-
-/* e^x for x <= 0 (scores minus their maximum), vectorisable (no libm call): Cephes expf's range
- * reduction and polynomial, relative error ~2e-7; 0 below -87 (where expf is denormal). */
-static inline float exp_nonpos(float x) {
-    const float xc = x < -87.0f ? -87.0f : x;
-    const float t = xc * 1.44269504088896341f;
-    const float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest (|t| < 2^22) */
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    const float r2 = r * r;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r2 + r + 1.0f;
-    union {
-        int32_t i;
-        float f;
-    } sc;
-    sc.i = ((int32_t)n + 127) * (1 << 23);
-    const float y = p * sc.f;
-    return x < -87.0f ? 0.0f : y;
-}
 
 /* One task: G query heads (q row h at q + h*hd) against nk keys (key j at k + j*ld, value j at
  * v + j*ld). s: [G * nk] scratch. part: per head hd + 2 floats: o (unnormalised), m, l.
