@@ -7,9 +7,13 @@
  *    across the 512-key decode chunks with GQA groups (and alone == batched, bitwise)
  *  - chunked (continued) prefill equals one prefill, caches included
  *  - snapshot -> decode -> restore -> decode equals the uninterrupted run
+ *  - forward and backward bitwise independent of the thread count (1, 2, 3)
  *  - argument errors (context overflow, backward of a continued prefill, wrong device)
  */
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -694,6 +698,65 @@ static void test_graph_node(void) {
     inst_free(&I);
 }
 
+/* Forward and backward must not depend on the number of threads: the prefill/training region
+ * splits (sequence, head, query block) tasks and backward (sequence, KV head) tasks over threads
+ * with dynamic scheduling, and each task must own its outputs and keep a fixed summation order.
+ * Large enough to open the regions (score work > 2e5 multiply-adds); bitwise comparison. */
+static void test_threads_bitwise(void) {
+#ifdef _OPENMP
+    inst I;
+    if (inst_new(&I, DD, DEC_TOML, 17, 0.3f) != 0) {
+        inst_free(&I);
+        return;
+    }
+    enum { B = 3, T = 150 };
+    const long n = (long)B * T * DD;
+    hyb_rng r;
+    hyb_rng_seed(&r, 21);
+    float *x = randn(&r, (size_t)n, 1.0f), *dy = randn(&r, (size_t)n, 1.0f);
+    void *saved = malloc(I.m->desc->saved_bytes(I.m->self, B, T));
+    const int threads[3] = {1, 2, 3};
+    float *out[3][2 + 8] = {{0}};
+    const int saved_threads = omp_get_max_threads();
+    for (int k = 0; k < 3; k++) {
+        omp_set_num_threads(threads[k]);
+        for (int i = 0; i < I.m->n_params; i++)
+            memset(I.gp[i], 0, (size_t)hyb_tensor_numel(I.m->params[i]) * sizeof(float));
+        out[k][0] = malloc((size_t)n * 4);
+        out[k][1] = calloc((size_t)n, 4);
+        CHECK(fwd(&I, B, T, x, out[k][0], saved, NULL, NULL, 0) == HYB_OK);
+        CHECK(bwd(&I, B, T, x, dy, out[k][1], saved) == HYB_OK);
+        for (int i = 0; i < I.m->n_params; i++) {
+            size_t bytes = (size_t)hyb_tensor_numel(I.m->params[i]) * sizeof(float);
+            out[k][2 + i] = malloc(bytes);
+            memcpy(out[k][2 + i], I.gp[i], bytes);
+        }
+    }
+    omp_set_num_threads(saved_threads);
+    for (int k = 1; k < 3; k++) {
+        CHECK_MSG(memcmp(out[k][0], out[0][0], (size_t)n * 4) == 0, "y: %d threads != 1 thread",
+                  threads[k]);
+        CHECK_MSG(memcmp(out[k][1], out[0][1], (size_t)n * 4) == 0, "dx: %d threads != 1 thread",
+                  threads[k]);
+        for (int i = 0; i < I.m->n_params; i++)
+            CHECK_MSG(memcmp(out[k][2 + i], out[0][2 + i],
+                             (size_t)hyb_tensor_numel(I.m->params[i]) * sizeof(float)) == 0,
+                      "grad of %s: %d threads != 1 thread", I.m->params[i]->name, threads[k]);
+    }
+    printf("   B=%d T=%d: y, dx and %d parameter grads bitwise equal with 1, 2 and 3 threads\n", B,
+           T, I.m->n_params);
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < 2 + I.m->n_params; i++)
+            free(out[k][i]);
+    free(x);
+    free(dy);
+    free(saved);
+    inst_free(&I);
+#else
+    printf("   skip: built without OpenMP\n");
+#endif
+}
+
 int main(void) {
     const hyb_mixer_desc *d;
     if (hyb_plugin_find("mha", &d) != HYB_OK) {
@@ -707,6 +770,7 @@ int main(void) {
     RUN(test_chunked_prefill);
     RUN(test_snapshot_restore);
     RUN(test_long_sequence);
+    RUN(test_threads_bitwise);
     RUN(test_decode_large_step);
     RUN(test_decode_chunks);
     RUN(test_graph_node);
