@@ -1,6 +1,8 @@
 /* core/optim.c: AdamW (decoupled weight decay, bias correction, f32 moments) and global-norm
  * gradient clipping. The update is the one torch.optim.AdamW performs:
  *
+ * with lr = the optimiser's lr times the parameter's lr_scale (1 unless set):
+ *
  *   p <- p * (1 - lr * wd)                  (only params with decay; norms/biases/no_decay skip it)
  *   m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
  *   p <- p - (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
@@ -34,7 +36,8 @@ int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **ou
     o->m = calloc((size_t)n + 1, sizeof *o->m);
     o->v = calloc((size_t)n + 1, sizeof *o->v);
     o->decay = calloc((size_t)n + 1, sizeof *o->decay);
-    if (!o->params || !o->m || !o->v || !o->decay) goto oom;
+    o->lr_scale = calloc((size_t)n + 1, sizeof *o->lr_scale);
+    if (!o->params || !o->m || !o->v || !o->decay || !o->lr_scale) goto oom;
     for (int i = 0; i < n; i++) {
         hyb_tensor *p = params[i];
         if (!p || p->dtype != HYB_F32 || p->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(p)) {
@@ -53,6 +56,7 @@ int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **ou
         o->v[i] = hyb_malloc((size_t)(ne ? ne : 1) * sizeof(float));
         if (!o->m[i] || !o->v[i]) goto oom;
         o->decay[i] = p->ndim >= 2; /* default: matrices decay, vectors (norms, biases) do not */
+        o->lr_scale[i] = 1.0f;
     }
     *out = o;
     return HYB_OK;
@@ -76,6 +80,17 @@ void hyb_adamw_set_decay(hyb_adamw *o, int i, int decay) {
     o->decay[i] = decay != 0;
 }
 
+int hyb_adamw_set_lr_scale(hyb_adamw *o, int i, float scale) {
+    if (!o || i < 0 || i >= o->n)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_adamw_set_lr_scale: no parameter %d", i);
+    if (!(scale >= 0) || !isfinite(scale))
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_adamw_set_lr_scale: scale %g for '%s' must be finite and >= 0",
+                             scale, o->params[i]->name);
+    o->lr_scale[i] = scale;
+    return HYB_OK;
+}
+
 void hyb_adamw_free(hyb_adamw *o) {
     if (!o) return;
     for (int i = 0; i < o->n; i++) {
@@ -86,6 +101,7 @@ void hyb_adamw_free(hyb_adamw *o) {
     free(o->v);
     free(o->params);
     free(o->decay);
+    free(o->lr_scale);
     free(o);
 }
 
@@ -133,7 +149,6 @@ int hyb_adamw_step(hyb_adamw *o) {
     const double t = (double)o->step;
     const double bc1 = 1.0 - pow((double)o->beta1, t);
     const double bc2 = 1.0 - pow((double)o->beta2, t);
-    const float step_size = (float)((double)o->lr / bc1);
     const float inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
     const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
     for (int i = 0; i < o->n; i++) {
@@ -142,7 +157,9 @@ int hyb_adamw_step(hyb_adamw *o) {
         float *w = hyb_tensor_f32(p);
         const float *g = hyb_tensor_cf32(p->grad);
         float *m = o->m[i], *v = o->v[i];
-        const float shrink = o->decay[i] ? 1.0f - o->lr * o->weight_decay : 1.0f;
+        const float lr = o->lr * o->lr_scale[i];
+        const float step_size = (float)((double)lr / bc1);
+        const float shrink = o->decay[i] ? 1.0f - lr * o->weight_decay : 1.0f;
         int64_t ne = hyb_tensor_numel(p);
 #pragma omp parallel for if (ne > 65536)
         for (int64_t k = 0; k < ne; k++) {

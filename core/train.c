@@ -46,6 +46,21 @@ int hyb_model_freeze(hyb_model *m, const char *pattern, int frozen) {
     return n;
 }
 
+int hyb_trainer_lr_scale(hyb_trainer *t, const char *pattern, float scale) {
+    if (!t || !pattern) return hyb_error_set(HYB_ERR_ARG, "hyb_trainer_lr_scale: NULL argument");
+    if (!(scale >= 0) || !isfinite(scale))
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_trainer_lr_scale: scale %g for '%s' must be finite and >= 0",
+                             scale, pattern);
+    int n = 0;
+    for (int i = 0; i < t->opt->n; i++)
+        if (fnmatch(pattern, t->opt->params[i]->name, 0) == 0) {
+            HYB_TRY(hyb_adamw_set_lr_scale(t->opt, i, scale));
+            n++;
+        }
+    return n;
+}
+
 int hyb_model_n_frozen(const hyb_model *m) {
     int n = 0;
     for (int i = 0; i < m->n_params; i++)

@@ -577,6 +577,20 @@ static int t_lr(lua_State *L) {
     lua_pushnumber(L, hyb_lr_at(&t->t->cfg.sched, s));
     return 1;
 }
+/* trainer:lr_scale(pattern, scale) -> n matched: parameters whose name matches the glob are
+ * updated with lr * scale from the next step on (later calls override earlier ones). */
+static int t_lr_scale(lua_State *L) {
+    const char *F = "trainer:lr_scale";
+    ltrainer *t = check_trainer(L, 1, F);
+    const char *pat = check_string(L, 2, F, "pattern");
+    double sc = lhyb_check_number(L, 3, F, "scale");
+    if (!(sc >= 0) || !isfinite(sc) || sc > 1e6)
+        return lhyb_error(L, "%s: scale must be a finite number in [0, 1e6], got %g", F, sc);
+    int n = hyb_trainer_lr_scale(t->t, pat, (float)sc);
+    if (n < 0) return lhyb_raise_hyb(L, F);
+    lua_pushinteger(L, n);
+    return 1;
+}
 static int trainer_gc(lua_State *L) {
     ltrainer *t = (ltrainer *)luaL_checkudata(L, 1, LHYB_TRAINER_MT);
     hyb_trainer_free(t->t);
@@ -990,6 +1004,7 @@ void lhyb_open_train(lua_State *L) {
     static const luaL_Reg trainer_methods[] = {
         {"step", t_step},      {"eval", t_eval},     {"save", t_save}, {"load", t_load},
         {"steps", t_steps},    {"tokens", t_tokens}, {"lr", t_lr},     {"accum", t_accum},
+        {"lr_scale", t_lr_scale},
         {"close", trainer_gc}, {NULL, NULL}};
     static const luaL_Reg tok_methods[] = {
         {"encode", tk_encode}, {"decode", tk_decode},     {"vocab_size", tk_vocab_size},

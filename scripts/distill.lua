@@ -35,7 +35,10 @@
 --           loss = "reverse_kl" | "forward_kl" | "ce" | "mix", weights = {rkl=, fkl=, ce=} (mix),
 --           temperature = 1, weight_decay = 0.1, clip = 1.0, freeze = [glob patterns],
 --           unfreeze = [glob patterns] (applied after freeze: freeze = ["*"] with
---           unfreeze = ["model.layers.*.mixer.*"] trains only the swapped-in mixers)
+--           unfreeze = ["model.layers.*.mixer.*"] trains only the swapped-in mixers),
+--           lr_scale = { "*" = 0.01, "model.layers.*.mixer.*" = 1.0 } (learning-rate groups:
+--           parameters matching a glob use lr x scale; applied in the order written, a later
+--           glob overrides an earlier one: this one trains the mixers at lr, the rest 100x slower)
 --   [stages.<name>]  in file order: layers = [..] | (lowest = n, ranking = "file.json": the n
 --           least important layers of the ranking not yet swapped; scripts/importance.lua),
 --           mixer = "mamba1" | "identity" | a plugin type, init = "mil" | "random",
@@ -337,6 +340,22 @@ for si, name in ipairs(order) do
       print(("stage %d '%s': resumed from %s at step %d"):format(si, name, ckpt, tr:steps()))
       assert(meta.stage == name, ckpt .. " belongs to stage " .. tostring(meta.stage))
     end
+    local groups = {}
+    local scales = setting(S, "lr_scale", nil)
+    if scales ~= nil and (type(scales) ~= "table" or not scales.__order) then
+      error(("%s: stage '%s': lr_scale must be a table { \"glob\" = scale, ... }"):format(recipe_path, name), 0)
+    end
+    for _, pat in ipairs(scales and scales.__order or {}) do
+      local sc = scales[pat]
+      if type(sc) ~= "number" then
+        error(("%s: stage '%s': lr_scale '%s' must be a number, got %s"):format(recipe_path, name, pat, type(sc)), 0)
+      end
+      if tr:lr_scale(pat, sc) == 0 then
+        error(("%s: stage '%s': lr_scale pattern '%s' matches no parameter"):format(recipe_path, name, pat), 0)
+      end
+      groups[#groups + 1] = ("%s x%g"):format(pat, sc)
+    end
+    if #groups > 0 then print(("stage %d '%s': lr groups: %s"):format(si, name, table.concat(groups, ", "))) end
     truncate_metrics(si, tr:steps())
     print(("stage %d '%s': %s, layers %s -> %s, %d steps of %d x %d x %d tokens"):format(si, name,
       student:pattern(), json(layers or {}), mixer, steps, accum, B, T))

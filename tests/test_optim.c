@@ -1,6 +1,6 @@
 /* tests/test_optim.c: AdamW against a double-precision transcription of torch.optim.AdamW's
  * update (decoupled weight decay, bias correction), decay skipped for no-decay params, frozen
- * params untouched, the global-norm clip, and state save/resume. */
+ * params untouched, per-parameter lr scales, the global-norm clip, and state save/resume. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,6 +138,47 @@ static void test_weight_decay_only_where_asked(void) {
         param_free(ps[k]);
 }
 
+/* lr groups: a parameter with lr_scale s is updated exactly as with lr * s (bitwise, for a scale
+ * that is a power of two), decay included; scale 0 leaves it alone; bad scales are refused. */
+static void test_lr_scale(void) {
+    int64_t s2[2] = {3, 4};
+    hyb_tensor *a = param(2, s2, "a"), *b = param(2, s2, "b"), *c = param(2, s2, "c");
+    hyb_tensor *ps[3] = {a, b, c};
+    hyb_rng r;
+    hyb_rng_seed(&r, 5);
+    for (int k = 0; k < 3; k++) {
+        hyb_rng_fill_normal(&r, hyb_tensor_f32(ps[k]), 12, 0.0f, 1.0f);
+        hyb_rng_fill_normal(&r, hyb_tensor_f32(ps[k]->grad), 12, 0.0f, 1.0f);
+    }
+    /* b is a copy of a (values and grad): stepped by a second optimiser at half the lr */
+    memcpy(hyb_tensor_f32(b), hyb_tensor_f32(a), 12 * sizeof(float));
+    memcpy(hyb_tensor_f32(b->grad), hyb_tensor_f32(a->grad), 12 * sizeof(float));
+    float c0[12];
+    memcpy(c0, hyb_tensor_f32(c), sizeof c0);
+    hyb_tensor *pa[2] = {a, c}, *pb[1] = {b};
+    hyb_adamw *oa, *ob;
+    CHECK(hyb_adamw_new(pa, 2, 1e-2f, 0.1f, &oa) == HYB_OK);
+    CHECK(hyb_adamw_new(pb, 1, 5e-3f, 0.1f, &ob) == HYB_OK);
+    CHECK(hyb_adamw_set_lr_scale(oa, 0, 0.5f) == HYB_OK);
+    CHECK(hyb_adamw_set_lr_scale(oa, 1, 0.0f) == HYB_OK);
+    for (int t = 0; t < 4; t++) {
+        CHECK(hyb_adamw_step(oa) == HYB_OK);
+        CHECK(hyb_adamw_step(ob) == HYB_OK);
+    }
+    CHECK_MSG(memcmp(hyb_tensor_f32(a), hyb_tensor_f32(b), 12 * sizeof(float)) == 0,
+              "lr 1e-2 x scale 0.5 differs from lr 5e-3");
+    CHECK_MSG(memcmp(hyb_tensor_f32(c), c0, sizeof c0) == 0, "scale 0 changed the parameter");
+    CHECK(hyb_tensor_f32(a)[0] != hyb_tensor_f32(c)[0]); /* the step did something */
+    CHECK(hyb_adamw_set_lr_scale(oa, 0, -1.0f) == HYB_ERR_ARG);
+    CHECK(strstr(hyb_error(), "'a'") != NULL);
+    CHECK(hyb_adamw_set_lr_scale(oa, 0, NAN) == HYB_ERR_ARG);
+    CHECK(hyb_adamw_set_lr_scale(oa, 2, 1.0f) == HYB_ERR_ARG);
+    hyb_adamw_free(oa);
+    hyb_adamw_free(ob);
+    for (int k = 0; k < 3; k++)
+        param_free(ps[k]);
+}
+
 static void test_grad_clip(void) {
     int64_t s1[1] = {2}, s2[2] = {1, 1};
     hyb_tensor *a = param(1, s1, "a"), *b = param(2, s2, "b"), *fr = param(1, s1, "frozen");
@@ -246,6 +287,7 @@ static void test_state_save_resume(void) {
 int main(void) {
     RUN(test_adamw_matches_reference);
     RUN(test_weight_decay_only_where_asked);
+    RUN(test_lr_scale);
     RUN(test_grad_clip);
     RUN(test_state_save_resume);
     return harness_done();

@@ -127,6 +127,7 @@ steps = 5
 loss = "mix"
 weights = {rkl = 1.0, ce = 0.5}
 freeze = ["model.embed_tokens.weight"]
+lr_scale = { "*" = 0.25, "model.layers.*" = 1.0 }
 ]]):format(tmp, root, have_mamba and 'mixer = "mamba1"\nconfig = "d_inner = 128\\nd_xb = 64\\nd_state = 16"' or 'mixer = "identity"'))
   f:close()
   local cmd = ("'%s' run '%s/scripts/distill.lua' '%s' '%%s' > '%s/log.txt' 2>&1"):format(bin, root, recipe, tmp)
@@ -159,6 +160,27 @@ freeze = ["model.embed_tokens.weight"]
     return table.concat(r, "\n")
   end
   H.eq(losses(tmp .. "/B/metrics.jsonl"), losses(tmp .. "/A/metrics.jsonl"), "metrics.jsonl")
+  local log = io.open(tmp .. "/log.txt"):read("a")
+  H.check(log:find("lr groups: * x0.25, model.layers.* x1", 1, true) ~= nil, "stage 2 prints its lr groups")
+
+  -- a bad lr_scale is an error that names the recipe, the stage and the key
+  local function bad_recipe(line)
+    local r2 = tmp .. "/bad.toml"
+    local src = io.open(recipe):read("a"):gsub('lr_scale = [^\n]*', line)
+    local g = assert(io.open(r2, "w"))
+    g:write(src)
+    g:close()
+    local rc = sh(("'%s' run '%s/scripts/distill.lua' '%s' '%s/C' > '%s/bad.txt' 2>&1"):format(bin, root, r2, tmp, tmp))
+    return rc, io.open(tmp .. "/bad.txt"):read("a")
+  end
+  local rc, msg = bad_recipe('lr_scale = { "nope.*" = 0.5 }')
+  H.check(rc ~= 0 and msg:find("stage 's2': lr_scale pattern 'nope.*' matches no parameter", 1, true) ~= nil, msg)
+  rc, msg = bad_recipe('lr_scale = { "*" = "fast" }')
+  H.check(rc ~= 0 and msg:find("lr_scale '*' must be a number", 1, true) ~= nil, msg)
+  rc, msg = bad_recipe('lr_scale = { "*" = -1.0 }')
+  H.check(rc ~= 0 and msg:find("scale must be a finite number", 1, true) ~= nil, msg)
+  rc, msg = bad_recipe('lr_scale = 3')
+  H.check(rc ~= 0 and msg:find("lr_scale must be a table", 1, true) ~= nil, msg)
 end)
 
 H.run("importance and eval scripts", function()

@@ -171,6 +171,7 @@ typedef struct hyb_adamw {
     hyb_tensor **params; /* not owned */
     float **m, **v;      /* owned moments */
     int *decay;          /* per param: apply weight decay? */
+    float *lr_scale;     /* per param: lr multiplier (1 by default) */
 } hyb_adamw;
 
 /* Defaults beta1 0.9, beta2 0.999, eps 1e-8 (set the fields to change them). Weight decay is
@@ -181,6 +182,10 @@ typedef struct hyb_adamw {
 int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **out);
 int hyb_adamw_new_model(hyb_model *m, float lr, float wd, hyb_adamw **out);
 void hyb_adamw_set_decay(hyb_adamw *o, int i, int decay);
+/* Parameter groups with their own learning rate: param i is updated (and decayed) with
+ * lr * scale instead of lr; scale >= 0 and finite (0 leaves the values alone while its moments
+ * still advance). Not saved with hyb_adamw_save: the caller sets the scales again on resume. */
+int hyb_adamw_set_lr_scale(hyb_adamw *o, int i, float scale);
 void hyb_adamw_free(hyb_adamw *o);
 /* Global-norm gradient clip (max_norm <= 0: none); returns the pre-clip norm. Scales every grad
  * by max_norm / (norm + 1e-6) when norm > max_norm (as torch); a non-finite norm is returned

@@ -106,6 +106,14 @@ int hyb_trainer_new(hyb_model *student, hyb_model *teacher, const hyb_trainer_cf
                     hyb_trainer **out);
 void hyb_trainer_free(hyb_trainer *t);
 
+/* Learning-rate groups: every student parameter whose HF name matches the glob `pattern` (as
+ * hyb_model_freeze) is updated with lr * scale from now on (hyb_adamw_set_lr_scale); calls apply
+ * in order, so a later pattern overrides an earlier one. Returns the number of parameters matched
+ * (0 is not an error), or a negative status for a bad scale (finite, >= 0). E.g. the swapped-in
+ * mixers at the schedule's lr and everything else 100x slower:
+ *   hyb_trainer_lr_scale(t, "*", 0.01f); hyb_trainer_lr_scale(t, "model.layers.*.mixer.*", 1); */
+int hyb_trainer_lr_scale(hyb_trainer *t, const char *pattern, float scale);
+
 /* One optimiser update over cfg.accum micro-batches of B sequences of T tokens:
  * ids, targets: [accum * B * T] (targets may be NULL when w_ce = 0), mask [accum * B * T] or NULL.
  * Each micro-batch's backward is scaled by its share of the total mask weight, so accum k x
