@@ -269,13 +269,6 @@ static int l_stats(lua_State *L) {
     return 1;
 }
 
-static int l_close(lua_State *L) {
-    lengine *le = (lengine *)luaL_checkudata(L, 1, LHYB_ENGINE_MT);
-    hyb_engine_free(le->e);
-    le->e = NULL;
-    return 0;
-}
-
 /* hyb.plan_memory(layermap_path[, {budget_bytes=, context=, weight_dtype="f32"|"bf16"|"f16"}]) -> table (text = one line) */
 static int l_plan_memory(lua_State *L) {
     static const char *const allowed[] = {"budget_bytes", "context", "weight_dtype", NULL};
@@ -324,7 +317,7 @@ void lhyb_open_engine(lua_State *L) {
     static const luaL_Reg methods[] = {{"submit", l_submit},   {"add_prefix", l_add_prefix},
                                        {"step", l_step},       {"run", l_run},
                                        {"pending", l_pending}, {"stats", l_stats},
-                                       {"close", l_close},     {NULL, NULL}};
+                                       {"close", engine_gc},   {NULL, NULL}};
     luaL_newmetatable(L, LHYB_ENGINE_MT);
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);

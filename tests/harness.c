@@ -1,6 +1,10 @@
 #include "harness.h"
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int harness_checks_failed = 0;
 const char *harness_current = "";
@@ -56,4 +60,22 @@ double harness_max_rel(const float *a, const float *b, long n, double floor) {
         if (d / s > m) m = d / s;
     }
     return m;
+}
+
+void harness_rm_rf(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[1024];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        struct stat sb;
+        if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
+            harness_rm_rf(p);
+        else
+            unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
 }

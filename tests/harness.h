@@ -38,6 +38,8 @@ void harness_fail(const char *file, int line, const char *fmt, ...);
 
 /* Relative RMS error rms(a - b) / rms(b), the flash-linear-attention metric. */
 double harness_rel_rms(const float *a, const float *b, long n);
+/* Remove a directory tree (test scratch directories); missing is fine. */
+void harness_rm_rf(const char *dir);
 /* max |a-b| / max(|b|, floor) over elements */
 double harness_max_rel(const float *a, const float *b, long n, double floor);
 #endif

@@ -41,24 +41,6 @@ static const char *sub(const char *name) {
     return buf[k];
 }
 
-static void rm_rf(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[1024];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat sb;
-        if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-            rm_rf(p);
-        else
-            unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static const char *data_dir(void) {
     const char *dd = getenv("HYB_TEST_DATA");
     return dd ? dd : "tests/data";
@@ -327,6 +309,6 @@ int main(void) {
     RUN(test_not_expressible);
     RUN(test_fixture_errors);
     RUN(test_pytorch_golden);
-    rm_rf(g_dir);
+    harness_rm_rf(g_dir);
     return harness_done();
 }

@@ -103,24 +103,6 @@ static float *forward_logits(hyb_model *m, const int32_t *ids, int B, int T) {
     return out;
 }
 
-static void rm_rf(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[1024];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat sb;
-        if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-            rm_rf(p);
-        else
-            unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static const char *sub(const char *name) {
     static char buf[4][512];
     static int k;
@@ -863,6 +845,6 @@ int main(void) {
     RUN(test_hf_llama_logits);
     RUN(test_gradients_fd);
     RUN(test_training_loss_falls);
-    rm_rf(g_dir);
+    harness_rm_rf(g_dir);
     return harness_done();
 }
