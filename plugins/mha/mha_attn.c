@@ -94,6 +94,28 @@ static inline float exp_nonpos(float x) {
     return x < -87.0f ? 0.0f : y;
 }
 
+/* s[0..n) <- exp(s - max), returning the sum; *max_out = the max. The shared core of the
+ * prefill/training row softmax and the decode's per-head softmax (inlined into each of their
+ * target clones, so it is vectorised for the clone's ISA). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline float exp_shifted_sum(float *s, int n, float *max_out) {
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int j = 0; j < n; j++)
+        m = s[j] > m ? s[j] : m;
+    float l = 0.0f;
+#pragma omp simd reduction(+ : l)
+    for (int j = 0; j < n; j++) {
+        const float e = exp_nonpos(s[j] - m);
+        s[j] = e;
+        l += e;
+    }
+    *max_out = m;
+    return l;
+}
+
 /* Causal row softmax of a block of scores, in place: row r of s (stride nk) holds the scaled
  * scores of query p_first + r against keys 0 .. nk - 1; keys 0 .. p_first + r are kept,
  * normalised, and the rest set to 0; lse[r] = log-sum-exp of the kept scores. exp_nonpos, the
@@ -107,17 +129,8 @@ softmax_rows(float *s, int qb, int nk, int p_first, float *lse) {
     for (int r = 0; r < qb; r++) {
         float *sr = s + (size_t)r * nk;
         const int n = p_first + r + 1;
-        float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-        for (int j = 0; j < n; j++)
-            m = sr[j] > m ? sr[j] : m;
-        float l = 0;
-#pragma omp simd reduction(+ : l)
-        for (int j = 0; j < n; j++) {
-            const float e = exp_nonpos(sr[j] - m);
-            sr[j] = e;
-            l += e;
-        }
+        float m;
+        const float l = exp_shifted_sum(sr, n, &m);
         const float inv = 1.0f / l;
 #pragma omp simd
         for (int j = 0; j < n; j++)
@@ -505,17 +518,8 @@ attend_chunk(const float *q, int G, const float *k, const float *v, size_t ld, i
     }
     for (int h = 0; h < G; h++) {
         float *sh = s + (size_t)h * nk, *ph = part + (size_t)h * (hd + 2);
-        float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-        for (int j = 0; j < nk; j++)
-            m = sh[j] > m ? sh[j] : m;
-        float l = 0.0f;
-#pragma omp simd reduction(+ : l)
-        for (int j = 0; j < nk; j++) {
-            const float e = exp_nonpos(sh[j] - m);
-            sh[j] = e;
-            l += e;
-        }
+        float m;
+        const float l = exp_shifted_sum(sh, nk, &m);
         for (int d = 0; d < hd; d++)
             ph[d] = 0.0f;
         ph[hd] = m;
