@@ -373,8 +373,11 @@ int hyb_model_set_identity(hyb_model *m, int layer) {
 
 // ---- forward -----------------------------------------------------------------------------------
 
-/* The residual trunk: embedding, L blocks, final norm -> [B, T, D]. states: NULL (training) or
- * per layer a pointer to B per-sequence states (state_of(l)); pos [B] or NULL. */
+/* The residual trunk: embedding, L blocks, final norm -> [B, T, D]. The one block code of the
+ * model: training (states NULL), prefill (B = 1 sequence of T tokens) and decode (B sequences of
+ * T = 1 token, hyb_mixer_apply then runs the mixers' decode kernels) all come through here.
+ * states: NULL or per layer a pointer to B per-sequence states (states(sctx, l)); pos [B] or
+ * NULL. */
 typedef void *const *(*state_fn)(void *ctx, int layer);
 
 static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T,
@@ -543,17 +546,33 @@ int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids,
         int64_t sh[2] = {1, m->D};
         hyb_tensor *last =
             hyb_tensor_wrap(HYB_F32, 2, sh, hyb_tensor_f32(hn) + (size_t)(T - 1) * (size_t)m->D);
+        if (last) last->device = hn->device;
         hyb_tensor *lg = last ? hyb_matmul(g, last, m->lm_head) : NULL;
-        if (lg)
-            memcpy(out_logits, hyb_tensor_cf32(lg), (size_t)m->V * sizeof(float));
-        else
+        const hyb_backend *be = lg ? hyb_backend_get(lg->device) : NULL;
+        if (!lg)
             rc = hyb_error_wrap(HYB_ERR, "hyb_model_prefill: lm_head");
+        else if (!be || be->download(be, out_logits, lg->data, (size_t)m->V * sizeof(float)))
+            rc = hyb_error_wrap(HYB_ERR, "hyb_model_prefill: logits");
         hyb_tensor_free(last);
     }
     if (rc == HYB_OK) s->pos[seq] += T;
 done:
     hyb_graph_reset(g);
     return rc;
+}
+
+typedef struct {
+    hyb_kvstate *s;
+    const int32_t *seqs;
+    int n;
+    void **st; /* [n], refilled per layer (the layer's mixer reads it before the next call) */
+} decode_ctx;
+
+static void *const *decode_states(void *ctx, int layer) {
+    decode_ctx *c = ctx;
+    for (int i = 0; i < c->n; i++)
+        c->st[i] = c->s->state[layer][c->seqs[i]];
+    return c->st;
 }
 
 int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
@@ -585,51 +604,23 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
     }
     for (int i = 0; i < n; i++)
         pos[i] = s->pos[seqs[i]];
-    const float eps = (float)m->map->norm_eps;
+    /* the same blocks as training and prefill (trunk), on [n, 1] tokens with their states */
+    decode_ctx c = {s, seqs, n, st};
     int rc = HYB_OK;
-    int64_t shape[3] = {n, 1, m->D};
-    hyb_tensor *h = hyb_embedding(g, m->embed, ids, n, 1); /* [n, 1, D] */
-    if (!h) {
-        rc = hyb_error_wrap(HYB_ERR_ARG, "hyb_model_decode: embedding");
-        goto done;
-    }
-    for (int l = 0; l < m->L && rc == HYB_OK; l++) {
-        hyb_layer *ly = &m->layers[l];
-        if (ly->mixer) {
-            hyb_tensor *u = hyb_rmsnorm(g, h, ly->norm_in, eps);
-            hyb_tensor *y = u ? hyb_graph_tensor(g, HYB_F32, 3, shape) : NULL;
-            if (!y) goto fail_layer;
-            for (int i = 0; i < n; i++)
-                st[i] = s->state[l][seqs[i]];
-            if (hyb_mixer_decode(ly->mixer, hyb_tensor_cf32(u), hyb_tensor_f32(y), n, st, pos,
-                                 s->max_ctx) != HYB_OK)
-                goto fail_layer;
-            if (!(h = hyb_add(g, h, y))) goto fail_layer;
+    hyb_tensor *hn = trunk(m, g, ids, n, 1, decode_states, &c, pos, s->max_ctx);
+    hyb_tensor *lg = hn ? hyb_matmul(g, hn, m->lm_head) : NULL;
+    if (!lg)
+        rc = hyb_error_wrap(HYB_ERR, "hyb_model_decode: %d sequence%s", n, n == 1 ? "" : "s");
+    else {
+        if (logits) {
+            const hyb_backend *be = hyb_backend_get(lg->device);
+            rc = be ? be->download(be, logits, lg->data, (size_t)n * (size_t)m->V * sizeof(float))
+                    : HYB_ERR_UNSUPPORTED;
         }
-        hyb_tensor *v = hyb_rmsnorm(g, h, ly->norm_post, eps);
-        hyb_tensor *gt = v ? hyb_matmul(g, v, ly->w_gate) : NULL;
-        hyb_tensor *up = gt ? hyb_matmul(g, v, ly->w_up) : NULL;
-        hyb_tensor *a = up ? hyb_swiglu(g, gt, up) : NULL;
-        hyb_tensor *d = a ? hyb_matmul(g, a, ly->w_down) : NULL;
-        if (!d || !(h = hyb_add(g, h, d))) goto fail_layer;
-        continue;
-    fail_layer:
-        rc = hyb_error_wrap(HYB_ERR, "hyb_model_decode: layer %d (%s)", l,
-                            ly->mixer ? ly->mixer->type : HYB_MIXER_IDENTITY);
-    }
-    if (rc == HYB_OK) {
-        hyb_tensor *hn = hyb_rmsnorm(g, h, m->norm_f, eps);
-        hyb_tensor *lg = hn ? hyb_matmul(g, hn, m->lm_head) : NULL;
-        if (!lg)
-            rc = hyb_error_wrap(HYB_ERR, "hyb_model_decode: final norm / lm_head");
-        else {
-            if (logits)
-                memcpy(logits, hyb_tensor_cf32(lg), (size_t)n * (size_t)m->V * sizeof(float));
+        if (rc == HYB_OK)
             for (int i = 0; i < n; i++)
                 s->pos[seqs[i]]++;
-        }
     }
-done:
     hyb_graph_reset(g);
     free(st);
     free(pos);

@@ -26,14 +26,11 @@ static int l_plugins(lua_State *L) {
         lua_setfield(L, -2, "description");
         lua_createtable(L, 2, 0);
         int k = 0;
-        if (d->devices & HYB_DEVBIT_CPU) {
-            lua_pushstring(L, "cpu");
-            lua_rawseti(L, -2, ++k);
-        }
-        if (d->devices & HYB_DEVBIT_CUDA) {
-            lua_pushstring(L, "cuda");
-            lua_rawseti(L, -2, ++k);
-        }
+        for (int dev = 0; dev < HYB_DEV_COUNT; dev++)
+            if (d->kernels[dev].forward) {
+                lua_pushstring(L, hyb_device_name((hyb_device)dev));
+                lua_rawseti(L, -2, ++k);
+            }
         lua_setfield(L, -2, "devices");
         lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
     }

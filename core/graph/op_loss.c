@@ -50,14 +50,13 @@ static hyb_tensor *loss_output(hyb_graph *g, const char *op, const hyb_backend *
     hyb_tensor *L = graph_output(g, op, dev, 1, &one);
     if (!L) return NULL;
     float v = (float)value;
-    be->upload(be, L->data, &v, sizeof v);
+    OP_CALL(op, be->upload(be, L->data, &v, sizeof v));
     return L;
 }
 
-static float loss_upstream(hyb_node *n) {
-    float d;
-    n->be->download(n->be, &d, n->out->grad->data, sizeof d);
-    return d;
+/* dL/dloss, read back from the loss's (device) gradient */
+static int loss_upstream(hyb_node *n, float *d) {
+    return n->be->download(n->be, d, n->out->grad->data, sizeof *d);
 }
 
 // ---- cross-entropy --------------------------------------------------------------------------
@@ -67,10 +66,12 @@ static int ce_bwd(hyb_graph *g, hyb_node *n) {
     float *dx;
     HYB_TRY(graph_grad(g, x, &dx));
     if (!dx || n->fv[0] == 0.0f) return HYB_OK;
-    const float scale = loss_upstream(n) * n->fv[0]; /* dL/dloss / count */
-    n->be->ce_bwd(n->be, (const float *)x->data, (const int32_t *)n->saved[0],
-                  (const float *)n->saved[1], (const float *)n->saved[2], dx, n->iv[0], n->iv[1],
-                  scale);
+    float up;
+    HYB_TRY(loss_upstream(n, &up));
+    const float scale = up * n->fv[0]; /* dL/dloss / count */
+    HYB_TRY(n->be->ce_bwd(n->be, (const float *)x->data, (const int32_t *)n->saved[0],
+                          (const float *)n->saved[1], (const float *)n->saved[2], dx, n->iv[0],
+                          n->iv[1], scale));
     return HYB_OK;
 }
 
@@ -94,7 +95,7 @@ hyb_tensor *hyb_cross_entropy(hyb_graph *g, hyb_tensor *logits, const int32_t *t
     for (int64_t r = 0; r < rows; r++)
         if (tc[r] < 0) tc[r] = 0; /* ignored rows (w = 0) still get a valid index */
     double sum = 0.0;
-    be->ce_fwd(be, (const float *)logits->data, tc, w, lse, rows, V, &sum);
+    OP_CALL(OP, be->ce_fwd(be, (const float *)logits->data, tc, w, lse, rows, V, &sum));
     hyb_tensor *L = loss_output(g, OP, be, logits->device, count > 0 ? sum / count : 0.0);
     if (!L) return NULL;
     hyb_tensor *ins[1] = {logits};
@@ -118,10 +119,12 @@ static int kl_bwd(hyb_graph *g, hyb_node *n) {
     float *ds;
     HYB_TRY(graph_grad(g, s, &ds)); /* the teacher is a constant: no gradient for it */
     if (!ds || n->fv[0] == 0.0f) return HYB_OK;
-    const float scale = loss_upstream(n) * n->fv[0];
-    n->be->kl_bwd(n->be, (const float *)s->data, (const float *)t->data, (const float *)n->saved[0],
-                  (const float *)n->saved[1], ds, n->iv[0], n->iv[1], n->fv[1], (int)n->iv[2],
-                  scale);
+    float up;
+    HYB_TRY(loss_upstream(n, &up));
+    const float scale = up * n->fv[0];
+    HYB_TRY(n->be->kl_bwd(n->be, (const float *)s->data, (const float *)t->data,
+                          (const float *)n->saved[0], (const float *)n->saved[1], ds, n->iv[0],
+                          n->iv[1], n->fv[1], (int)n->iv[2], scale));
     return HYB_OK;
 }
 
@@ -151,8 +154,8 @@ static hyb_tensor *kl_op(hyb_graph *g, const char *op, hyb_tensor *student, hyb_
         graph_dev_alloc(g, student->device, sizeof(float) * 3 * (size_t)(rows ? rows : 1));
     if (!stats) return NULL;
     double sum = 0.0;
-    be->kl_fwd(be, (const float *)student->data, (const float *)teacher->data, w, stats, rows, V,
-               temperature, reverse, &sum);
+    OP_CALL(op, be->kl_fwd(be, (const float *)student->data, (const float *)teacher->data, w, stats,
+                           rows, V, temperature, reverse, &sum));
     hyb_tensor *L = loss_output(g, op, be, student->device, count > 0 ? sum / count : 0.0);
     if (!L) return NULL;
     hyb_tensor *rec[1] = {student};

@@ -42,7 +42,9 @@ typedef enum hyb_dtype {
     HYB_DTYPE_COUNT
 } hyb_dtype;
 
-typedef enum hyb_device { HYB_DEV_CPU = 0, HYB_DEV_CUDA = 1 } hyb_device;
+/* Device kinds. A backend (hyb/backend.h) owns the memory of one kind; new kinds go before
+ * HYB_DEV_COUNT (the plugin ABI reserves HYB_PLUGIN_MAX_DEVICES slots). */
+typedef enum hyb_device { HYB_DEV_CPU = 0, HYB_DEV_CUDA = 1, HYB_DEV_COUNT } hyb_device;
 
 typedef enum hyb_owner {
     HYB_OWN_HEAP = 0, /* data freed with the tensor */
