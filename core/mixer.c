@@ -661,6 +661,18 @@ int hyb_mixer_decode(hyb_mixer *m, const float *x, float *y, int n, void *const 
     return rc;
 }
 
+int hyb_mixer_move(hyb_mixer *m, const hyb_backend *be) {
+    HYB_TRY(hyb_mixer_kernel_check(m, be->device, HYB_MIXER_FORWARD));
+    HYB_TRY(hyb_mixer_kernel_check(m, be->device, HYB_MIXER_DECODE));
+    for (int i = 0; i < m->n_params; i++) {
+        int rc = hyb_tensor_move(m->params[i], be);
+        if (rc != HYB_OK)
+            return hyb_error_wrap(rc, "mixer '%s' (layer %d): parameter '%s' to %s", m->type,
+                                  m->dims.layer, m->decls[i].name, be->name);
+    }
+    return HYB_OK;
+}
+
 const hyb_backend *hyb_mixer_backend(const hyb_mixer *m) {
     return hyb_backend_get(mixer_device(m));
 }
@@ -703,10 +715,33 @@ int hyb_mixer_init_from(hyb_mixer *dst, const hyb_mixer *src, const hyb_cfg_tabl
             "mixer '%s' (layer %d) cannot be initialised from another mixer ('%s'): "
             "its plugin has no init_from",
             dst->type, dst->dims.layer, src->type);
+    if (mixer_device(dst) != HYB_DEV_CPU)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "mixer '%s' (layer %d): init_from runs on the CPU before the mixer "
+                             "moves to its device",
+                             dst->type, dst->dims.layer);
     const float *stack[64];
     const float **sp = param_ptrs(src, stack, 64);
     float **dp = hyb_malloc(sizeof(float *) * (size_t)(dst->n_params ? dst->n_params : 1));
-    if (!sp || !dp) {
+    float **host = NULL; /* host copies of a source on a device */
+    if (sp && dp && mixer_device(src) != HYB_DEV_CPU) {
+        host = hyb_malloc(sizeof(float *) * (size_t)(src->n_params ? src->n_params : 1));
+        for (int i = 0; host && i < src->n_params; i++) {
+            size_t nb = hyb_tensor_nbytes(src->params[i]);
+            host[i] = hyb_malloc(nb ? nb : 1);
+            if (!host[i] || hyb_tensor_download(src->params[i], host[i]) != HYB_OK) {
+                for (int k = 0; k <= i; k++)
+                    hyb_free(host[k]);
+                hyb_free(host);
+                if (sp != stack) hyb_free((void *)sp);
+                hyb_free(dp);
+                return hyb_error_wrap(HYB_ERR_NOMEM, "mixer '%s': reading '%s' for init_from",
+                                      dst->type, src->params[i]->name);
+            }
+            sp[i] = host[i];
+        }
+    }
+    if (!sp || !dp || (mixer_device(src) != HYB_DEV_CPU && !host)) {
         if (sp && sp != stack) hyb_free((void *)sp);
         hyb_free(dp);
         return HYB_ERR_NOMEM;
@@ -722,6 +757,11 @@ int hyb_mixer_init_from(hyb_mixer *dst, const hyb_mixer *src, const hyb_cfg_tabl
     int rc = dst->desc->init_from(dst->self, dp, &s, mix_seed(seed, dst->dims.layer, -2));
     if (rc != HYB_OK && !hyb_error()[0])
         hyb_error_set(rc, "mixer '%s': init_from '%s' failed", dst->type, src->type);
+    if (host) {
+        for (int i = 0; i < src->n_params; i++)
+            hyb_free(host[i]);
+        hyb_free(host);
+    }
     if (sp != stack) hyb_free((void *)sp);
     hyb_free(dp);
     return rc;

@@ -137,9 +137,12 @@ int64_t hyb_model_n_elements(const hyb_model *m) {
 }
 
 void hyb_model_zero_grad(hyb_model *m) {
+    const hyb_backend *be = hyb_model_backend(m);
     for (int i = 0; i < m->n_params; i++)
-        if (m->params[i]->grad)
-            memset(m->params[i]->grad->data, 0, hyb_tensor_nbytes(m->params[i]->grad));
+        if (m->params[i]->grad &&
+            be->memset0(be, m->params[i]->grad->data, hyb_tensor_nbytes(m->params[i]->grad)))
+            hyb_log(HYB_LOG_ERROR, "hyb_model_zero_grad: '%s': %s", m->params[i]->name,
+                    hyb_error());
 }
 
 // ---- build / free -------------------------------------------------------------------------------
@@ -322,6 +325,11 @@ int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_tabl
                                       type, old->type);
             }
         }
+        /* built and initialised on the CPU; then onto the model's device */
+        if (m->be && (rc = hyb_mixer_move(nm, m->be)) != HYB_OK) {
+            hyb_mixer_free(nm);
+            return hyb_error_wrap(rc, "hyb_model_swap: layer %d to '%s'", layer, type);
+        }
     }
     /* the layer map: reuse a spec with the same type and table, else add one with a fresh name */
     int idx = -1;
@@ -365,6 +373,41 @@ int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_tabl
     hyb_log(HYB_LOG_INFO, "model '%s': layer %d is now '%s' (%s)", map->name, layer,
             map->mixers[idx].name, type);
     return HYB_OK;
+}
+
+int hyb_model_check_device(const hyb_model *m, hyb_device dev, int training) {
+    for (int l = 0; l < m->L; l++) {
+        const hyb_mixer *mx = m->layers[l].mixer;
+        if (!mx) continue;
+        HYB_TRY(hyb_mixer_kernel_check(mx, dev, HYB_MIXER_FORWARD));
+        HYB_TRY(hyb_mixer_kernel_check(mx, dev, HYB_MIXER_DECODE));
+        if (training) HYB_TRY(hyb_mixer_kernel_check(mx, dev, HYB_MIXER_BACKWARD));
+    }
+    return HYB_OK;
+}
+
+int hyb_model_to_device(hyb_model *m, const hyb_backend *be) {
+    if (!be) return hyb_error_set(HYB_ERR_ARG, "hyb_model_to_device: no backend");
+    const hyb_backend *cur = m->be ? m->be : hyb_backend_cpu();
+    if (cur == be) return HYB_OK;
+    /* every kernel the model will ask for exists there, before anything moves */
+    int rc = hyb_model_check_device(m, be->device, 0);
+    if (rc != HYB_OK)
+        return hyb_error_wrap(rc, "model '%s' cannot run on %s", m->map->name, be->name);
+    for (int i = 0; i < m->n_params; i++)
+        if ((rc = hyb_tensor_move(m->params[i], be)) != HYB_OK)
+            return hyb_error_wrap(rc,
+                                  "model '%s': moving parameter '%s' to %s (the model is now "
+                                  "split across devices: free it)",
+                                  m->map->name, m->params[i]->name, be->name);
+    m->be = be->device == HYB_DEV_CPU ? NULL : be;
+    m->generation++; /* states made for the old device are refused (check_state) */
+    hyb_log(HYB_LOG_INFO, "model '%s' is on %s", m->map->name, be->name);
+    return HYB_OK;
+}
+
+const hyb_backend *hyb_model_backend(const hyb_model *m) {
+    return m->be ? m->be : hyb_backend_cpu();
 }
 
 int hyb_model_set_identity(hyb_model *m, int layer) {
@@ -438,6 +481,8 @@ int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
                              max_ctx);
     hyb_kvstate *s = calloc(1, sizeof *s);
     if (!s) return hyb_error_set(HYB_ERR_NOMEM, "hyb_kvstate_new: out of memory");
+    const hyb_backend *be = m->be ? m->be : hyb_backend_cpu();
+    s->be = be;
     s->n_seq = n_seq;
     s->max_ctx = max_ctx;
     s->L = m->L;
@@ -456,8 +501,12 @@ int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
         if (per == 0) continue;
         size_t stride = (per + 63) & ~(size_t)63;
         if (stride > SIZE_MAX / (size_t)n_seq) goto oom;
-        s->layer_mem[l] = hyb_malloc(stride * (size_t)n_seq);
+        s->layer_mem[l] = be->alloc(be, stride * (size_t)n_seq);
         if (!s->layer_mem[l]) goto oom;
+        if (be->memset0(be, s->layer_mem[l], stride * (size_t)n_seq) != HYB_OK) {
+            hyb_kvstate_free(s);
+            return hyb_error_wrap(HYB_ERR, "hyb_kvstate_new: layer %d", l);
+        }
         for (int i = 0; i < n_seq; i++)
             s->state[l][i] = (char *)s->layer_mem[l] + stride * (size_t)i;
         s->bytes += stride * (size_t)n_seq;
@@ -475,7 +524,7 @@ void hyb_kvstate_free(hyb_kvstate *s) {
     if (!s) return;
     for (int l = 0; l < s->L; l++) {
         if (s->state) free(s->state[l]);
-        if (s->layer_mem) hyb_free(s->layer_mem[l]);
+        if (s->layer_mem && s->layer_mem[l]) s->be->free(s->be, s->layer_mem[l]);
     }
     free(s->state);
     free(s->layer_mem);
@@ -490,7 +539,8 @@ void hyb_kvstate_reset_seq(hyb_kvstate *s, int seq) {
     for (int l = 0; l < s->L; l++) {
         if (!s->state[l][seq]) continue;
         const hyb_mixer *mx = (m && m->generation == s->generation) ? m->layers[l].mixer : NULL;
-        if (mx) memset(s->state[l][seq], 0, hyb_mixer_state_bytes(mx, s->max_ctx));
+        if (mx && s->be->memset0(s->be, s->state[l][seq], hyb_mixer_state_bytes(mx, s->max_ctx)))
+            hyb_log(HYB_LOG_ERROR, "hyb_kvstate_reset_seq: layer %d: %s", l, hyb_error());
     }
 }
 
@@ -852,7 +902,12 @@ int hyb_model_clone(const hyb_model *src, hyb_model **out) {
                 HYB_ERR, "hyb_model_clone: parameter %d is '%s' in the source, '%s' in the copy", i,
                 a->name, b->name);
         }
-        memcpy(b->data, a->data, hyb_tensor_nbytes(a));
+        if (a->device == HYB_DEV_CPU)
+            memcpy(b->data, a->data, hyb_tensor_nbytes(a));
+        else if ((rc = hyb_tensor_download(a, b->data)) != HYB_OK) { /* the copy is on the CPU */
+            hyb_model_free(m);
+            return hyb_error_wrap(rc, "hyb_model_clone");
+        }
         b->requires_grad = a->requires_grad;
         m->no_decay[i] = src->no_decay[i];
     }
@@ -1267,8 +1322,7 @@ int hyb_model_load_params_ex(hyb_model *m, const char *path, unsigned flags) {
                 n_extra);
     /* 3. copy */
     for (int i = 0; i < m->n_params && rc == HYB_OK; i++)
-        rc = hyb_safetensors_read_f32(st, src[i], hyb_tensor_f32(m->params[i]),
-                                      hyb_tensor_numel(m->params[i]));
+        rc = hyb_safetensors_read_tensor(st, src[i], m->params[i]);
 done:
     free(src);
     hyb_safetensors_close(st);

@@ -390,10 +390,11 @@ int hyb_trainer_save(hyb_trainer *t, const char *path, int n_meta, const char *c
     for (int i = 0; i < m->n_params && rc == HYB_OK; i++) {
         hyb_tensor *p = m->params[i];
         rc = hyb_st_writer_add_tensor(w, p->name, p);
-        snprintf(name, sizeof name, "optimizer.%s.exp_avg", p->name);
-        if (rc == HYB_OK) rc = hyb_st_writer_add(w, name, HYB_F32, p->ndim, p->shape, t->opt->m[i]);
-        snprintf(name, sizeof name, "optimizer.%s.exp_avg_sq", p->name);
-        if (rc == HYB_OK) rc = hyb_st_writer_add(w, name, HYB_F32, p->ndim, p->shape, t->opt->v[i]);
+        for (int k = 0; k < 2 && rc == HYB_OK; k++) {
+            hyb_tensor mt = hyb_adamw_moment(t->opt, i, k);
+            snprintf(name, sizeof name, "optimizer.%s.%s", p->name, k ? "exp_avg_sq" : "exp_avg");
+            rc = hyb_st_writer_add_tensor(w, name, &mt);
+        }
         if (!p->requires_grad) {
             strcat(frozen, p->name);
             strcat(frozen, "\n");
@@ -547,16 +548,16 @@ static int load_tensors(const hyb_safetensors *st, const char *path, hyb_model *
             hyb_tensor *p = m->params[i];
             const hyb_st_tensor *t;
             HYB_TRY(find_like(st, path, p->name, p, 0, &t));
-            if (pass)
-                HYB_TRY(hyb_safetensors_read_f32(st, t, hyb_tensor_f32(p), hyb_tensor_numel(p)));
+            if (pass) HYB_TRY(hyb_safetensors_read_tensor(st, t, p));
             if (!opt) continue;
             for (int k = 0; k < 2; k++) {
                 snprintf(name, sizeof name, "optimizer.%s.%s", p->name,
                          k ? "exp_avg_sq" : "exp_avg");
                 HYB_TRY(find_like(st, path, name, p, 1, &t));
-                if (pass)
-                    HYB_TRY(hyb_safetensors_read_f32(st, t, k ? opt->v[i] : opt->m[i],
-                                                     hyb_tensor_numel(p)));
+                if (pass) {
+                    hyb_tensor mt = hyb_adamw_moment(opt, i, k);
+                    HYB_TRY(hyb_safetensors_read_tensor(st, t, &mt));
+                }
             }
         }
     return HYB_OK;

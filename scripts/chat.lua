@@ -21,13 +21,14 @@ end
 local opts = gen.parse_args(arg, {
   model = "string", ["max-tokens"] = "int", temperature = "number", ["top-k"] = "int",
   ["top-p"] = "number", ["repetition-penalty"] = "number", seed = "int", stop = "list",
-  system = "string", ["max-ctx"] = "int", verbose = "flag",
+  system = "string", ["max-ctx"] = "int", device = "string", verbose = "flag",
 }, usage)
 if #opts._ > 0 then usage("unexpected argument '" .. opts._[1] .. "'") end
 
 local sampler = gen.sampler(opts) -- bad sampling options fail before the model loads
 if not opts.verbose then hyb.log_level("warn") end
-local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"]})
+local device = gen.open_device(opts.device, "chat")
+local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device})
 local stops = {"<|im_end|>"}
 for _, s in ipairs(opts.stop or {}) do stops[#stops + 1] = s end
 local system = opts.system or gen.default_system

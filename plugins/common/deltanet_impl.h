@@ -403,7 +403,7 @@ static int dn_run(const hyb_backend *be, dn *m, int B, int T, const float *x, fl
         hd->T = T;
         Qr = (float *)(hd + 1);
     } else {
-        tmp = H_->alloc(dn_saved_bytes(m, B, T));
+        tmp = be->alloc(be, dn_saved_bytes(m, B, T));
         if (!tmp) return HYB_ERR_NOMEM;
         Qr = (float *)((dn_saved_hdr *)tmp + 1);
     }
@@ -419,9 +419,9 @@ static int dn_run(const hyb_backend *be, dn *m, int B, int T, const float *x, fl
     const size_t scr_t = dn_chunked_scratch(n, c) + 2 * (size_t)n;
     const size_t nwork = 3 * BT * C + 2 * BT * H + (size_t)nthr * scr_t + 3 * (size_t)C * (K - 1) +
                          (states ? 0 : (size_t)B * H * nn);
-    float *work = H_->alloc(nwork * sizeof(float));
+    float *work = be->alloc(be, nwork * sizeof(float));
     if (!work) {
-        H_->free(tmp);
+        be->free(be, tmp);
         return HYB_ERR_NOMEM;
     }
     float *Qn = work, *Kn = Qn + BT * C, *Vn = Kn + BT * C, *beta = Vn + BT * C, *g = beta + BT * H,
@@ -482,8 +482,8 @@ static int dn_run(const hyb_backend *be, dn *m, int B, int T, const float *x, fl
 
     dn_norm_gate(m, O, Gp, P[DN_NORM], Qn, BT); /* Z into Qn (no longer needed) */
     if (rc == HYB_OK) rc = dn_linear(be, Qn, P[DN_WO], y, (int)BT, C, D);
-    H_->free(work);
-    H_->free(tmp);
+    be->free(be, work);
+    be->free(be, tmp);
     return rc;
 }
 
@@ -551,7 +551,7 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
     const size_t scr_t = dn_backward_scratch(n, c);
     /* Qc Kc Vc (conv pre-act), Qn Kn Vn, Z/dZ, dO, dQ dK dV, beta g dbeta dg, scratch */
     const size_t nwork = 11 * BT * C + 4 * BT * H + (size_t)nthr * scr_t;
-    float *work = H_->alloc(nwork * sizeof(float));
+    float *work = be->alloc(be, nwork * sizeof(float));
     if (!work) return HYB_ERR_NOMEM;
     float *Qc = work, *Kc = Qc + BT * C, *Vc = Kc + BT * C, *Qn = Vc + BT * C, *Kn = Qn + BT * C,
           *Vn = Kn + BT * C, *Z = Vn + BT * C, *dO = Z + BT * C, *dQ = dO + BT * C,
@@ -695,7 +695,7 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
         if (rc == HYB_OK)
             rc = be->sgemm(be, 0, 0, (int)BT, D, C, 1.0f, draw, C, P[DN_WQ + s], D, 1.0f, a->dx, D);
     }
-    H_->free(work);
+    be->free(be, work);
     return rc;
 }
 

@@ -168,9 +168,9 @@ static inline void transpose_nn(float *restrict dst, const float *restrict src, 
 }
 
 /* A = -exp(A_log) in the scan's layout: per head h, state-major At[h][n][c] = A[h*N + c, n]. */
-static float *make_A(const m1 *m, const float *alog) {
+static float *make_A(const hyb_backend *be, const m1 *m, const float *alog) {
     const int N = m->N;
-    float *A = H_->alloc((size_t)m->Di * N * sizeof(float));
+    float *A = be->alloc(be, (size_t)m->Di * N * sizeof(float));
     if (A)
         for (int h = 0; h < m->nC; h++)
             for (int c = 0; c < N; c++)
@@ -253,7 +253,7 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
         h->nch = nch;
         zxbc = (float *)(h + 1);
     } else {
-        tmp = H_->alloc(BT * ((size_t)Pw + R + 3 * (size_t)Di) * sizeof(float));
+        tmp = be->alloc(be, BT * ((size_t)Pw + R + 3 * (size_t)Di) * sizeof(float));
         if (!tmp) return HYB_ERR_NOMEM;
         zxbc = tmp;
     }
@@ -263,12 +263,12 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
     /* dt, u [BT, Di], A [Di, N], per-thread scan state [N, N], conv history [B, Di, K] */
     const int nthr = max_threads();
     float *work =
-        H_->alloc(sizeof(float) * (2 * BT * Di + (size_t)nthr * N * N + (size_t)B * Di * K));
-    float *A = make_A(m, P[M1_ALOG]);
+        be->alloc(be, sizeof(float) * (2 * BT * Di + (size_t)nthr * N * N + (size_t)B * Di * K));
+    float *A = make_A(be, m, P[M1_ALOG]);
     if (!work || !A) {
-        H_->free(tmp);
-        H_->free(work);
-        H_->free(A);
+        be->free(be, tmp);
+        be->free(be, work);
+        be->free(be, A);
         return HYB_ERR_NOMEM;
     }
     float *dt = work, *u = dt + BT * Di, *sbuf = u + BT * Di, *hist = sbuf + (size_t)nthr * N * N;
@@ -358,9 +358,9 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
                 }
             }
         }
-    H_->free(A);
-    H_->free(work);
-    H_->free(tmp);
+    be->free(be, A);
+    be->free(be, work);
+    be->free(be, tmp);
     return rc;
 }
 
@@ -392,11 +392,11 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     const int Lc = chunk < T ? chunk : T;
     const size_t per_thr = (size_t)(Lc + 3) * N * N + N;
     float *buf =
-        H_->alloc(sizeof(float) * (BT * Pw + 5 * BT * Di + BT * R + (size_t)nthr * per_thr));
-    float *A = make_A(m, P[M1_ALOG]);
+        be->alloc(be, sizeof(float) * (BT * Pw + 5 * BT * Di + BT * R + (size_t)nthr * per_thr));
+    float *A = make_A(be, m, P[M1_ALOG]);
     if (!buf || !A) {
-        H_->free(buf);
-        H_->free(A);
+        be->free(be, buf);
+        be->free(be, A);
         return HYB_ERR_NOMEM;
     }
     float *dz = buf, *dys = dz + BT * Pw, *ddt = dys + BT * Di, *du = ddt + BT * Di,
@@ -556,8 +556,8 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
         rc = be->sgemm(be, 1, 0, Pw, D, (int)BT, 1.0f, dz, Pw, a->x, D, 1.0f, G[M1_WIN], D);
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 0, (int)BT, D, Pw, 1.0f, dz, Pw, P[M1_WIN], D, 1.0f, a->dx, D);
-    H_->free(A);
-    H_->free(buf);
+    be->free(be, A);
+    be->free(be, buf);
     return rc;
 }
 
@@ -577,12 +577,12 @@ int m1_decode(void *self, const hyb_mixer_dec *a) {
                              m->layer, i, a->pos[i], a->max_ctx);
     const float *const *P = a->params;
     const int nthr = max_threads();
-    float *buf =
-        H_->alloc(sizeof(float) * ((size_t)n * (Pw + R + 3 * (size_t)Di) + (size_t)nthr * N * N));
-    float *A = make_A(m, P[M1_ALOG]);
+    float *buf = be->alloc(be, sizeof(float) *
+                                   ((size_t)n * (Pw + R + 3 * (size_t)Di) + (size_t)nthr * N * N));
+    float *A = make_A(be, m, P[M1_ALOG]);
     if (!buf || !A) {
-        H_->free(buf);
-        H_->free(A);
+        be->free(be, buf);
+        be->free(be, A);
         return HYB_ERR_NOMEM;
     }
     float *zxbc = buf, *dtl = zxbc + (size_t)n * Pw, *v = dtl + (size_t)n * R,
@@ -624,7 +624,7 @@ int m1_decode(void *self, const hyb_mixer_dec *a) {
     }
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, n, D, Di, 1.0f, ys, Di, P[M1_WOUT], Di, 0.0f, a->y, D);
-    H_->free(A);
-    H_->free(buf);
+    be->free(be, A);
+    be->free(be, buf);
     return rc;
 }

@@ -94,7 +94,8 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
 }
 
 static void mha_destroy(void *self) {
-    if (self) H_->free(((mha *)self)->dec_buf);
+    mha *m = self;
+    if (m && m->dec_buf) m->dec_be->free(m->dec_be, m->dec_buf);
     H_->free(self);
 }
 

@@ -257,7 +257,7 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
         h->T = T;
         Q = (float *)(h + 1);
     } else {
-        tmp = H_->alloc(mha_saved_bytes(m, B, T));
+        tmp = be->alloc(be, mha_saved_bytes(m, B, T));
         if (!tmp) return HYB_ERR_NOMEM;
         Q = (float *)((saved_hdr *)tmp + 1);
     }
@@ -270,9 +270,9 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
      * region, below) */
     const int nthr = max_threads();
     size_t n_keys_max = (size_t)p_max + T, nscr = (size_t)QBLK * n_keys_max;
-    float *scratch = H_->alloc(sizeof(float) * ((size_t)nthr * nscr + BT));
+    float *scratch = be->alloc(be, sizeof(float) * ((size_t)nthr * nscr + BT));
     if (!scratch) {
-        H_->free(tmp);
+        be->free(be, tmp);
         return HYB_ERR_NOMEM;
     }
     int32_t *posbuf = (int32_t *)(scratch + (size_t)nthr * nscr);
@@ -342,8 +342,8 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
     rc = perr;
     if (rc == HYB_OK) rc = linear(be, O, P[MHA_WO], NULL, a->y, (int)BT, (int)qd, D);
 done:
-    H_->free(scratch);
-    H_->free(tmp);
+    be->free(be, scratch);
+    be->free(be, tmp);
     return rc;
 }
 
@@ -369,7 +369,7 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
 
     /* dO [BT, qd], Dr [B, H, T] (rowsum dO*O), dQ [BT, qd], dK, dV [BT, kd], positions */
     size_t nfl = BT * qd * 2 + (size_t)B * H * T + BT * kd * 2 + BT;
-    float *buf = H_->alloc(nfl * sizeof(float));
+    float *buf = be->alloc(be, nfl * sizeof(float));
     if (!buf) return HYB_ERR_NOMEM;
     float *dO = buf, *Dr = dO + BT * qd, *dQ = Dr + (size_t)B * H * T, *dK = dQ + BT * qd,
           *dV = dK + BT * kd;
@@ -401,9 +401,9 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
     const int group = H / KV;
     const int nthr = max_threads();
     const size_t pstride = 2 * (size_t)QBLK * T;
-    float *Pm_all = H_->alloc(sizeof(float) * pstride * (size_t)nthr);
+    float *Pm_all = be->alloc(be, sizeof(float) * pstride * (size_t)nthr);
     if (!Pm_all) {
-        H_->free(buf);
+        be->free(be, buf);
         return HYB_ERR_NOMEM;
     }
     const long ntask = (long)B * KV;
@@ -440,7 +440,7 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
             }
         }
     }
-    H_->free(Pm_all);
+    be->free(be, Pm_all);
     if (rc == HYB_OK) rc = perr;
 
     /* RoPE is a rotation: its backward is the inverse rotation. */
@@ -476,7 +476,7 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 0, (int)BT, D, (int)kd, 1.0f, dV, (int)kd, P[MHA_WV], D, 1.0f, a->dx,
                        D);
-    H_->free(buf);
+    be->free(be, buf);
     return rc;
 }
 
@@ -561,14 +561,16 @@ attend_chunk(const float *q, int G, const float *k, const float *v, size_t ld, i
     }
 }
 
-/* scratch of at least `bytes` (grown, kept across calls) */
-static void *dec_scratch(mha *m, size_t bytes) {
-    if (bytes > m->dec_cap) {
-        void *p = H_->alloc(bytes);
+/* scratch of at least `bytes` on be's device (grown, kept across calls; remade when the backend
+ * changes) */
+static void *dec_scratch(mha *m, const hyb_backend *be, size_t bytes) {
+    if (bytes > m->dec_cap || m->dec_be != be) {
+        void *p = be->alloc(be, bytes);
         if (!p) return NULL;
-        H_->free(m->dec_buf);
+        if (m->dec_buf) m->dec_be->free(m->dec_be, m->dec_buf);
         m->dec_buf = p;
         m->dec_cap = bytes;
+        m->dec_be = be;
     }
     return m->dec_buf;
 }
@@ -597,7 +599,7 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
     const size_t partw = (size_t)G * (hd + 2); /* floats of one task's partials */
     size_t nfl = (size_t)n * (2 * qd + 2 * kd) + ntask * partw + (size_t)nthr * G * DEC_CHUNK;
     size_t nbytes = nfl * sizeof(float) + (size_t)(n + 1) * sizeof(size_t);
-    float *buf = dec_scratch(m, nbytes);
+    float *buf = dec_scratch(m, be, nbytes);
     if (!buf) return HYB_ERR_NOMEM;
     float *Q = buf, *K = Q + (size_t)n * qd, *V = K + (size_t)n * kd, *O = V + (size_t)n * kd,
           *part = O + (size_t)n * qd, *scratch = part + ntask * partw;

@@ -24,8 +24,8 @@
 /* Load NVRTC only (works without a GPU or driver). Idempotent. HYB_ERR_UNSUPPORTED + message. */
 int hyb_cuda_nvrtc_load(void);
 /* Load the driver (libcuda.so.1), NVRTC and cuBLAS. Idempotent. Without a driver: returns
- * HYB_ERR_UNSUPPORTED and the error "no CUDA driver found (libcuda.so.1): running on the CPU
- * only". */
+ * HYB_ERR_UNSUPPORTED and the error "no CUDA driver found (libcuda.so.1 is not on the loader
+ * path: ...)"; nothing falls back to the CPU: the caller reports it. */
 int hyb_cuda_load(void);
 /* NVRTC version as major * 1000 + minor * 10 (0 when not loaded). */
 int hyb_cuda_nvrtc_version(void);

@@ -218,7 +218,7 @@ int hyb_cuda_init(int ordinal) {
     CU_CHECK(hyb_cu.cuDeviceGetCount(&n));
     if (n <= 0)
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
-                             "the CUDA driver found no GPU: running on the CPU only");
+                             "the CUDA driver found no GPU");
     if (ordinal < 0 || ordinal >= n)
         return hyb_error_set(HYB_ERR_ARG, "CUDA device %d does not exist (%d device%s present)",
                              ordinal, n, n == 1 ? "" : "s");

@@ -75,6 +75,8 @@ int hyb_mixer_kernel_check(const hyb_mixer *m, hyb_device dev, hyb_mixer_op op);
  * (through that device's backend). */
 int hyb_mixer_decode(hyb_mixer *m, const float *x, float *y, int n, void *const *states,
                      const int32_t *pos, int max_ctx);
+/* Move m's parameters to be's device, after checking it has forward and decode kernels there. */
+int hyb_mixer_move(hyb_mixer *m, const hyb_backend *be);
 /* The backend of the device m's parameters live on (NULL + error when none is open). */
 const hyb_backend *hyb_mixer_backend(const hyb_mixer *m);
 /* Snapshot of a decode state holding `pos` tokens into dst (device memory of the same backend);

@@ -89,6 +89,16 @@ hyb_tensor *hyb_tensor_view(hyb_tensor *t, int ndim, const int64_t *shape);
 hyb_tensor *hyb_tensor_clone(const hyb_tensor *t);
 void hyb_tensor_free(hyb_tensor *t);
 
+/* Tensors on a device (hyb/backend.h; a NULL or CPU backend gives hyb_tensor_new). Zeroed. */
+struct hyb_backend;
+hyb_tensor *hyb_tensor_new_on(const struct hyb_backend *be, hyb_dtype dtype, int ndim,
+                              const int64_t *shape);
+/* Copy a contiguous tensor's data to / from host memory (hyb_tensor_nbytes bytes), any device. */
+int hyb_tensor_download(const hyb_tensor *t, void *host_dst);
+int hyb_tensor_upload(hyb_tensor *t, const void *host_src);
+/* Move an owning contiguous tensor (and its ->grad) to be's device, in place. */
+int hyb_tensor_move(hyb_tensor *t, const struct hyb_backend *be);
+
 int64_t hyb_tensor_numel(const hyb_tensor *t);
 size_t hyb_tensor_nbytes(const hyb_tensor *t);
 int hyb_tensor_is_contiguous(const hyb_tensor *t);
