@@ -911,6 +911,11 @@ int hyb_model_clone(const hyb_model *src, hyb_model **out) {
         b->requires_grad = a->requires_grad;
         m->no_decay[i] = src->no_decay[i];
     }
+    /* the copy lives where the source does */
+    if (src->be && (rc = hyb_model_to_device(m, src->be)) != HYB_OK) {
+        hyb_model_free(m);
+        return hyb_error_wrap(rc, "hyb_model_clone");
+    }
     *out = m;
     return HYB_OK;
 }

@@ -183,3 +183,44 @@ hyb_tensor *hyb_kl_reverse(hyb_graph *g, hyb_tensor *student, hyb_tensor *teache
                            const float *mask, float temperature) {
     return kl_op(g, "hyb_kl_reverse", student, teacher, mask, temperature, 1);
 }
+
+// ---- weighted sum of losses ---------------------------------------------------------------------
+
+static int wsum_bwd(hyb_graph *g, hyb_node *n) {
+    const float *go = (const float *)n->out->grad->data;
+    for (int i = 0; i < n->n_in; i++) {
+        float *d;
+        HYB_TRY(graph_grad(g, n->in[i], &d));
+        if (d) HYB_TRY(n->be->axpy(n->be, d, go, n->fv[i], 1));
+    }
+    return HYB_OK;
+}
+
+hyb_tensor *hyb_weighted_sum(hyb_graph *g, hyb_tensor *const *ins, const float *w, int n) {
+    static const char OP[] = "hyb_weighted_sum";
+    char a[128];
+    if (!g) OP_ERR("%s: graph is NULL", OP);
+    if (n < 1 || n > HYB_NODE_MAX_IN || !ins || !w)
+        OP_ERR("%s: %d inputs (1 to %d)", OP, n, HYB_NODE_MAX_IN);
+    for (int i = 0; i < n; i++) {
+        if (op_check_f32(OP, "input", ins[i])) return NULL;
+        if (hyb_tensor_numel(ins[i]) != 1)
+            OP_ERR("%s: input %d %s must hold one value", OP, i, op_shape(ins[i], a, sizeof a));
+        if (op_check_same_device(OP, "input 0", ins[0], "input", ins[i])) return NULL;
+    }
+    const hyb_backend *be = op_backend(OP, ins[0]->device);
+    if (!be) return NULL;
+    int64_t one = 1;
+    hyb_tensor *out = graph_output(g, OP, ins[0]->device, 1, &one);
+    if (!out) return NULL;
+    OP_CALL(OP, be->memset0(be, out->data, sizeof(float)));
+    for (int i = 0; i < n; i++)
+        OP_CALL(OP, be->axpy(be, (float *)out->data, (const float *)ins[i]->data, w[i], 1));
+    if (graph_recording(g, ins, n)) {
+        hyb_node *nd = graph_record(g, OP, out, ins, n, wsum_bwd);
+        if (!nd) return NULL;
+        for (int i = 0; i < n; i++)
+            nd->fv[i] = w[i];
+    }
+    return out;
+}
