@@ -3,6 +3,7 @@
  * into the context; all launches go to the one stream, so results are stream-ordered and pool
  * blocks freed after a launch can be reused by later work on that stream. */
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -389,11 +390,18 @@ int hyb_cuda_kl_bwd(const float *s, const float *t, const float *w, const float 
 
 /* ---- the backend table ------------------------------------------------------------------------
  */
+static char g_cuda_name[32] = "cuda:0";
+
 /* Every entry returns the kernel's status; a failure's message is prefixed with the backend and
  * the op ("cuda sgemm: ..."; the launchers already name the kernel, grid and sizes). */
-static int report(int rc, const char *op) {
-    if (rc != HYB_OK) return hyb_error_wrap(rc, "cuda %s", op);
-    return HYB_OK;
+static int report(int rc, const char *fmt, ...) {
+    if (rc == HYB_OK) return HYB_OK;
+    char what[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return hyb_error_wrap(rc, "%s %s", g_cuda_name, what);
 }
 static void *be_alloc(const hyb_backend *be, size_t n) {
     (void)be;
@@ -405,101 +413,113 @@ static void be_free(const hyb_backend *be, void *p) {
 }
 static int be_memset0(const hyb_backend *be, void *p, size_t n) {
     (void)be;
-    return report(hyb_cuda_memset0(p, n), "memset0");
+    return report(hyb_cuda_memset0(p, n), "memset0 %zu bytes", n);
 }
 static int be_copy(const hyb_backend *be, void *d, const void *s, size_t n) {
     (void)be;
-    return report(hyb_cuda_copy(d, s, n), "copy");
+    return report(hyb_cuda_copy(d, s, n), "copy %zu bytes", n);
 }
 static int be_upload(const hyb_backend *be, void *d, const void *s, size_t n) {
     (void)be;
-    return report(hyb_cuda_upload(d, s, n), "upload");
+    return report(hyb_cuda_upload(d, s, n), "upload %zu bytes", n);
 }
 static int be_download(const hyb_backend *be, void *d, const void *s, size_t n) {
     (void)be;
-    return report(hyb_cuda_download(d, s, n), "download");
+    return report(hyb_cuda_download(d, s, n), "download %zu bytes", n);
 }
 static int be_sgemm(const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha,
                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
                     int ldc) {
     (void)be;
-    return report(hyb_cuda_sgemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), "sgemm");
+    return report(hyb_cuda_sgemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc),
+                  "sgemm M=%d N=%d K=%d (trans %d%d)", M, N, K, tA, tB);
 }
 static int be_rope(const hyb_backend *be, float *x, int B, int T, int H, int hd, const int32_t *pos,
                    float theta, int inverse) {
     (void)be;
-    return report(hyb_cuda_rope(x, B, T, H, hd, pos, theta, inverse), "rope");
+    return report(hyb_cuda_rope(x, B, T, H, hd, pos, theta, inverse), "rope [%d, %d, %d, %d]", B, T,
+                  H, hd);
 }
 static int be_embedding_fwd(const hyb_backend *be, const float *W, const int32_t *ids, float *y,
                             int64_t n, int64_t D) {
     (void)be;
-    return report(hyb_cuda_embedding_fwd(W, ids, y, n, D), "embedding_fwd");
+    return report(hyb_cuda_embedding_fwd(W, ids, y, n, D), "embedding_fwd n=%lld D=%lld",
+                  (long long)n, (long long)D);
 }
 static int be_embedding_bwd(const hyb_backend *be, float *dW, const int32_t *ids, const float *dy,
                             int64_t n, int64_t D) {
     (void)be;
-    return report(hyb_cuda_embedding_bwd(dW, ids, dy, n, D), "embedding_bwd");
+    return report(hyb_cuda_embedding_bwd(dW, ids, dy, n, D), "embedding_bwd n=%lld D=%lld",
+                  (long long)n, (long long)D);
 }
 static int be_rmsnorm_fwd(const hyb_backend *be, const float *x, const float *w, float *y,
                           float *rstd, int64_t rows, int64_t D, float eps) {
     (void)be;
-    return report(hyb_cuda_rmsnorm_fwd(x, w, y, rstd, rows, D, eps), "rmsnorm_fwd");
+    return report(hyb_cuda_rmsnorm_fwd(x, w, y, rstd, rows, D, eps), "rmsnorm_fwd [%lld, %lld]",
+                  (long long)rows, (long long)D);
 }
 static int be_rmsnorm_bwd(const hyb_backend *be, const float *x, const float *w, const float *rstd,
                           const float *dy, float *dx, float *dw, int64_t rows, int64_t D) {
     (void)be;
-    return report(hyb_cuda_rmsnorm_bwd(x, w, rstd, dy, dx, dw, rows, D), "rmsnorm_bwd");
+    return report(hyb_cuda_rmsnorm_bwd(x, w, rstd, dy, dx, dw, rows, D), "rmsnorm_bwd [%lld, %lld]",
+                  (long long)rows, (long long)D);
 }
 static int be_swiglu_fwd(const hyb_backend *be, const float *g, const float *u, float *y,
                          int64_t n) {
     (void)be;
-    return report(hyb_cuda_swiglu_fwd(g, u, y, n), "swiglu_fwd");
+    return report(hyb_cuda_swiglu_fwd(g, u, y, n), "swiglu_fwd n=%lld", (long long)n);
 }
 static int be_swiglu_bwd(const hyb_backend *be, const float *g, const float *u, const float *dy,
                          float *dg, float *du, int64_t n) {
     (void)be;
-    return report(hyb_cuda_swiglu_bwd(g, u, dy, dg, du, n), "swiglu_bwd");
+    return report(hyb_cuda_swiglu_bwd(g, u, dy, dg, du, n), "swiglu_bwd n=%lld", (long long)n);
 }
 static int be_add(const hyb_backend *be, const float *a, const float *b, float *y, int64_t n) {
     (void)be;
-    return report(hyb_cuda_add(a, b, y, n), "add");
+    return report(hyb_cuda_add(a, b, y, n), "add n=%lld", (long long)n);
 }
 static int be_axpy(const hyb_backend *be, float *d, const float *s, float alpha, int64_t n) {
     (void)be;
-    return report(hyb_cuda_axpy(d, s, alpha, n), "axpy");
+    return report(hyb_cuda_axpy(d, s, alpha, n), "axpy n=%lld", (long long)n);
 }
 static int be_softmax_fwd(const hyb_backend *be, const float *x, float *y, int64_t rows,
                           int64_t V) {
     (void)be;
-    return report(hyb_cuda_softmax_fwd(x, y, rows, V), "softmax_fwd");
+    return report(hyb_cuda_softmax_fwd(x, y, rows, V), "softmax_fwd [%lld, %lld]", (long long)rows,
+                  (long long)V);
 }
 static int be_softmax_bwd(const hyb_backend *be, const float *y, const float *dy, float *dx,
                           int64_t rows, int64_t V) {
     (void)be;
-    return report(hyb_cuda_softmax_bwd(y, dy, dx, rows, V), "softmax_bwd");
+    return report(hyb_cuda_softmax_bwd(y, dy, dx, rows, V), "softmax_bwd [%lld, %lld]",
+                  (long long)rows, (long long)V);
 }
 static int be_ce_fwd(const hyb_backend *be, const float *logits, const int32_t *targets,
                      const float *w, float *lse, int64_t rows, int64_t V, double *loss_sum) {
     (void)be;
-    return report(hyb_cuda_ce_fwd(logits, targets, w, lse, rows, V, loss_sum), "ce_fwd");
+    return report(hyb_cuda_ce_fwd(logits, targets, w, lse, rows, V, loss_sum),
+                  "ce_fwd [%lld, %lld]", (long long)rows, (long long)V);
 }
 static int be_ce_bwd(const hyb_backend *be, const float *logits, const int32_t *targets,
                      const float *w, const float *lse, float *dlogits, int64_t rows, int64_t V,
                      float scale) {
     (void)be;
-    return report(hyb_cuda_ce_bwd(logits, targets, w, lse, dlogits, rows, V, scale), "ce_bwd");
+    return report(hyb_cuda_ce_bwd(logits, targets, w, lse, dlogits, rows, V, scale),
+                  "ce_bwd [%lld, %lld]", (long long)rows, (long long)V);
 }
 static int be_kl_fwd(const hyb_backend *be, const float *s, const float *t, const float *w,
                      float *stats, int64_t rows, int64_t V, float T, int reverse,
                      double *loss_sum) {
     (void)be;
-    return report(hyb_cuda_kl_fwd(s, t, w, stats, rows, V, T, reverse, loss_sum), "kl_fwd");
+    return report(hyb_cuda_kl_fwd(s, t, w, stats, rows, V, T, reverse, loss_sum),
+                  "kl_fwd [%lld, %lld]", (long long)rows, (long long)V);
 }
 static int be_kl_bwd(const hyb_backend *be, const float *s, const float *t, const float *w,
                      const float *stats, float *ds, int64_t rows, int64_t V, float T, int reverse,
                      float scale) {
     (void)be;
-    return report(hyb_cuda_kl_bwd(s, t, w, stats, ds, rows, V, T, reverse, scale), "kl_bwd");
+    return report(hyb_cuda_kl_bwd(s, t, w, stats, ds, rows, V, T, reverse, scale),
+                  "kl_bwd [%lld, %lld]", (long long)rows, (long long)V);
 }
 
 static int be_adamw(const hyb_backend *be, float *p, const float *g, float *m, float *v, int64_t n,
@@ -507,18 +527,17 @@ static int be_adamw(const hyb_backend *be, float *p, const float *g, float *m, f
                     float inv_sqrt_bc2) {
     (void)be;
     return report(hyb_cuda_adamw(p, g, m, v, n, b1, b2, eps, shrink, step_size, inv_sqrt_bc2),
-                  "adamw");
+                  "adamw n=%lld", (long long)n);
 }
 static int be_sumsq(const hyb_backend *be, const float *x, int64_t n, double *out) {
     (void)be;
-    return report(hyb_cuda_sumsq(x, n, out), "sumsq");
+    return report(hyb_cuda_sumsq(x, n, out), "sumsq n=%lld", (long long)n);
 }
 static int be_scale(const hyb_backend *be, float *x, float alpha, int64_t n) {
     (void)be;
-    return report(hyb_cuda_scale(x, alpha, n), "scale");
+    return report(hyb_cuda_scale(x, alpha, n), "scale n=%lld", (long long)n);
 }
 
-static char g_cuda_name[32] = "cuda:0";
 static hyb_backend g_cuda_backend = {
     .name = g_cuda_name,
     .device = HYB_DEV_CUDA,
