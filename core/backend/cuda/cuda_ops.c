@@ -93,9 +93,94 @@ int hyb_cuda_launch(CUfunction f, const char *kernel, unsigned gx, unsigned gy, 
     return HYB_OK;
 }
 
+/* ---- plugins' kernels (be->kernel / be->launch) --------------------------------------------- */
+#define MAX_PLUGIN_FUNCS 256
+static struct {
+    uint64_t key; /* source + options + kernel name (the arch is the context's) */
+    CUmodule mod;
+    CUfunction fn;
+} g_pk[MAX_PLUGIN_FUNCS];
+static int g_npk;
+
+static int plugin_kernel(const char *file, const char *source, const char *kernel,
+                         const char *const *opts, int nopts, void **out) {
+    *out = NULL;
+    if (!file || !source || !kernel || nopts < 0 || (nopts > 0 && !opts))
+        return hyb_error_set(HYB_ERR_ARG, "cuda kernel: file, source and kernel name are required");
+    HYB_TRY(hyb_cuda_bind());
+    uint64_t key = hyb_fnv1a64(HYB_FNV64_INIT, source, strlen(source) + 1);
+    for (int i = 0; i < nopts; i++)
+        key = hyb_fnv1a64(key, opts[i], strlen(opts[i]) + 1);
+    key = hyb_fnv1a64(key, kernel, strlen(kernel) + 1);
+    int rc = HYB_OK;
+    pthread_mutex_lock(&g_k.mu);
+    for (int i = 0; i < g_npk; i++)
+        if (g_pk[i].key == key) {
+            *out = (void *)g_pk[i].fn;
+            goto done;
+        }
+    if (g_npk == MAX_PLUGIN_FUNCS) {
+        rc = hyb_error_set(HYB_ERR, "cuda kernel %s of %s: too many plugin kernels (%d)", kernel,
+                           file, MAX_PLUGIN_FUNCS);
+        goto done;
+    }
+    hyb_cuda_image img;
+    if ((rc = hyb_cuda_nvrtc_compile(file, source, opts, nopts, hyb_cuda_g.arch, 1, &img)) !=
+        HYB_OK)
+        goto done;
+    CUmodule mod = NULL;
+    CUresult r = hyb_cu.cuModuleLoadData(&mod, img.data);
+    if (r != CUDA_SUCCESS && img.from_cache) { /* a stale or damaged cache entry: rebuild it */
+        hyb_cuda_image_free(&img);
+        if ((rc = hyb_cuda_nvrtc_compile(file, source, opts, nopts, hyb_cuda_g.arch, 0, &img)) !=
+            HYB_OK)
+            goto done;
+        r = hyb_cu.cuModuleLoadData(&mod, img.data);
+    }
+    hyb_cuda_image_free(&img);
+    if ((rc = hyb_cu_check(r, "cuModuleLoadData", __FILE__, __LINE__)) != HYB_OK) {
+        rc = hyb_error_wrap(rc, "cuda kernel %s: loading %s", kernel, file);
+        goto done;
+    }
+    CUfunction fn = NULL;
+    rc = hyb_cu_check(hyb_cu.cuModuleGetFunction(&fn, mod, kernel), "cuModuleGetFunction",
+                      __FILE__, __LINE__);
+    if (rc != HYB_OK) {
+        hyb_cu.cuModuleUnload(mod);
+        rc = hyb_error_wrap(rc, "cuda kernel %s: not in %s (declare it extern \"C\" __global__)",
+                            kernel, file);
+        goto done;
+    }
+    g_pk[g_npk].key = key;
+    g_pk[g_npk].mod = mod;
+    g_pk[g_npk].fn = fn;
+    g_npk++;
+    *out = (void *)fn;
+done:
+    pthread_mutex_unlock(&g_k.mu);
+    return rc;
+}
+
+static int plugin_launch(void *fn, const char *kernel, const unsigned grid[3],
+                         const unsigned block[3], unsigned shared_bytes, void **args) {
+    if (!fn || !grid || !block)
+        return hyb_error_set(HYB_ERR_ARG, "cuda launch %s: no function or sizes",
+                             kernel ? kernel : "?");
+    CUresult r = hyb_cu.cuLaunchKernel((CUfunction)fn, grid[0], grid[1], grid[2], block[0],
+                                       block[1], block[2], shared_bytes, hyb_cuda_g.stream, args,
+                                       NULL);
+    if (r != CUDA_SUCCESS)
+        return hyb_error_wrap(hyb_cu_check(r, "cuLaunchKernel", __FILE__, __LINE__),
+                              "kernel %s (grid %u x %u x %u, block %u x %u x %u, %u shared bytes)",
+                              kernel ? kernel : "?", grid[0], grid[1], grid[2], block[0], block[1],
+                              block[2], shared_bytes);
+    return HYB_OK;
+}
+
 void hyb_cuda_ops_reset(void) { /* after the context went away (hyb_cuda_shutdown) */
     pthread_mutex_lock(&g_k.mu);
     g_k.nmods = g_k.nfns = 0;
+    g_npk = 0;
     pthread_mutex_unlock(&g_k.mu);
 }
 
@@ -533,6 +618,16 @@ static int be_sumsq(const hyb_backend *be, const float *x, int64_t n, double *ou
     (void)be;
     return report(hyb_cuda_sumsq(x, n, out), "sumsq n=%lld", (long long)n);
 }
+static int be_kernel(const hyb_backend *be, const char *file, const char *source,
+                     const char *kernel, const char *const *opts, int nopts, void **fn) {
+    (void)be;
+    return plugin_kernel(file, source, kernel, opts, nopts, fn);
+}
+static int be_launch(const hyb_backend *be, void *fn, const char *kernel, const unsigned grid[3],
+                     const unsigned block[3], unsigned shared_bytes, void **args) {
+    (void)be;
+    return plugin_launch(fn, kernel, grid, block, shared_bytes, args);
+}
 static int be_scale(const hyb_backend *be, float *x, float alpha, int64_t n) {
     (void)be;
     return report(hyb_cuda_scale(x, alpha, n), "scale n=%lld", (long long)n);
@@ -566,6 +661,8 @@ static hyb_backend g_cuda_backend = {
     .adamw = be_adamw,
     .sumsq = be_sumsq,
     .scale = be_scale,
+    .kernel = be_kernel,
+    .launch = be_launch,
 };
 
 const hyb_backend *hyb_backend_cuda(void) {

@@ -114,6 +114,18 @@ struct hyb_backend {
     int (*sumsq)(const hyb_backend *be, const float *x, int64_t n, double *out);
     /* x *= alpha, [n] */
     int (*scale)(const hyb_backend *be, float *x, float alpha, int64_t n);
+
+    /* ---- device code: a plugin's own kernels (NULL on the CPU, whose kernels are plain C) ---- */
+    /* *fn = the kernel `kernel` (extern "C" __global__) of the CUDA C++ `source` (called `file`
+     * in messages), compiled for this device with `opts` ("-DHEAD_DIM=64", ...) and cached on
+     * disk and in memory by (source, options, architecture). A compile error names the file and
+     * carries NVRTC's log. *fn stays valid while the backend is open. */
+    int (*kernel)(const hyb_backend *be, const char *file, const char *source, const char *kernel,
+                  const char *const *opts, int nopts, void **fn);
+    /* Launch fn on the backend's stream: grid and block sizes (x, y, z), dynamic shared memory
+     * bytes, and args as cuLaunchKernel takes them (an array of pointers to each argument). */
+    int (*launch)(const hyb_backend *be, void *fn, const char *kernel, const unsigned grid[3],
+                  const unsigned block[3], unsigned shared_bytes, void **args);
 };
 
 /* ---- the registry ---- */
