@@ -281,6 +281,8 @@ static void test_prefill_decode(void) {
     /* past the capacity: an argument error */
     p0 = MAXC;
     CHECK(hyb_mixer_decode(I.m, x[0], ys, 1, sp, &p0, MAXC) == HYB_ERR_ARG);
+    CHECK_MSG(strstr(hyb_error(), "retention (layer 0): decode at pos 16, max_ctx = 16"), "%s",
+              hyb_error());
     for (int s = 0; s < NS; s++) {
         free(x[s]);
         free(yfull[s]);
@@ -330,7 +332,8 @@ static void test_chunks_and_snapshots(void) {
     /* refused: overflowing max_ctx, backward through a continued prefill */
     p = 18;
     CHECK(fwd(&I, 1, N2, x, ych, NULL, sp, &p, MAXC) == HYB_ERR_ARG);
-    CHECK_MSG(strstr(hyb_error(), "exceed max_ctx 20") != NULL, "%s", hyb_error());
+    CHECK_MSG(strstr(hyb_error(), "exceed max_ctx = 20") != NULL, "%s", hyb_error());
+    CHECK(fwd(&I, 1, N2, x, ych, NULL, NULL, &p, MAXC) == HYB_ERR_ARG); /* pos without states */
     void *saved = malloc(I.m->desc->saved_bytes(I.m->self, 1, 2));
     p = 1;
     CHECK(fwd(&I, 1, 2, x, ych, saved, sp, &p, MAXC) == HYB_ERR_UNSUPPORTED);

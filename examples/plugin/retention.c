@@ -38,7 +38,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "hyb/common.h" /* hyb_status values (declarations only: nothing of libhyb is linked) */
+#include "hyb/common.h" /* hyb_status values and HYB_TRY; never its functions (libhyb is not linked) */
 #include "hyb/plugin.h"
 
 /* plugins/common/be_call.h's HYB_BE_TRY: pass a failed backend call's status up */
@@ -248,11 +248,13 @@ static int forward_body(const retention *m, const hyb_mixer_fwd *a, float *scr) 
 
 static int ret_forward(void *self, const hyb_mixer_fwd *a) {
     retention *m = self;
+    if (a->pos && !a->states)
+        return H_->error(HYB_ERR_ARG, "retention (layer %d): pos given without states", m->layer);
     for (int b = 0; a->states && b < a->B; b++) {
         int p0 = a->pos ? a->pos[b] : 0;
         if (p0 < 0 || p0 + a->T > a->max_ctx)
             return H_->error(HYB_ERR_ARG,
-                             "retention (layer %d): sequence %d: %d + %d tokens exceed max_ctx %d",
+                             "retention (layer %d): sequence %d: %d + %d tokens exceed max_ctx = %d",
                              m->layer, b, p0, a->T, a->max_ctx);
         if (p0 > 0 && a->saved)
             return H_->error(HYB_ERR_UNSUPPORTED,
@@ -386,7 +388,7 @@ static int ret_decode(void *self, const hyb_mixer_dec *a) {
     retention *m = self;
     for (int i = 0; i < a->n; i++)
         if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
-            return H_->error(HYB_ERR_ARG, "retention (layer %d): decode at pos %d, max_ctx %d",
+            return H_->error(HYB_ERR_ARG, "retention (layer %d): decode at pos %d, max_ctx = %d",
                              m->layer, a->pos[i], a->max_ctx);
     size_t n = (size_t)a->n * (2 * (size_t)m->H * m->dk + 4 * (size_t)m->H * m->dv + m->H);
     float *scr = a->be->alloc(a->be, n * sizeof(float));
