@@ -11,6 +11,8 @@
  *  - chunked prefill (two chunks continuing at pos) equals one prefill, states included
  *  - snapshot -> decode -> restore -> decode equals the uninterrupted run
  *  - config errors name file:line:col and the key; overflow of max_ctx is refused
+ *  - through a wrapped CPU backend that owns every buffer: no sgemm/copy operand that is not the
+ *    backend's memory (scratch from be->alloc), and results identical to the plain CPU backend
  *  - the whole tiny hybrid (examples/plugin/tiny-retention.toml): logits of prefill + decode at
  *    every position equal the full forward's
  * Odd shapes on purpose: D = 8, H = 3, dk = 5, dv = 6 (dk != dv, dk != D / H).
@@ -366,6 +368,117 @@ static void test_config_errors(void) {
     }
 }
 
+/* ---- only memory of the call's backend reaches it ----------------------------------------------
+ * A wrapper of the CPU backend that records its allocations and counts every sgemm/copy operand
+ * it did not allocate ("foreign"). Everything the kernels get is allocated through it; the
+ * kernels must then hand it only its own memory (scratch from be->alloc, views into its blocks)
+ * and compute exactly what they compute on the CPU backend. */
+static hyb_backend g_be;
+static struct { const char *p[64]; size_t n[64]; int count; } g_own;
+static int g_foreign, g_sgemms;
+
+static int own(const void *q) {
+    for (int i = 0; i < g_own.count; i++)
+        if (g_own.p[i] && (const char *)q >= g_own.p[i] && (const char *)q < g_own.p[i] + g_own.n[i])
+            return 1;
+    return 0;
+}
+static void *w_alloc(const hyb_backend *be, size_t n) {
+    void *q = hyb_backend_cpu()->alloc(hyb_backend_cpu(), n);
+    if (q && g_own.count < 64) g_own.p[g_own.count] = q, g_own.n[g_own.count++] = n;
+    return q;
+}
+static void w_free(const hyb_backend *be, void *q) {
+    for (int i = 0; i < g_own.count; i++)
+        if (g_own.p[i] == q) g_own.p[i] = NULL;
+    hyb_backend_cpu()->free(hyb_backend_cpu(), q);
+}
+static int w_copy(const hyb_backend *be, void *d, const void *s, size_t n) {
+    g_foreign += !own(d) + !own(s);
+    return hyb_backend_cpu()->copy(hyb_backend_cpu(), d, s, n);
+}
+static int w_sgemm(const hyb_backend *be, int ta, int tb, int M, int N, int K, float al,
+                   const float *A, int lda, const float *B, int ldb, float bt, float *C, int ldc) {
+    g_foreign += !own(A) + !own(B) + !own(C);
+    g_sgemms++;
+    return hyb_backend_cpu()->sgemm(hyb_backend_cpu(), ta, tb, M, N, K, al, A, lda, B, ldb, bt, C,
+                                    ldc);
+}
+static void *w_dup(const void *src, size_t n) {
+    void *q = w_alloc(&g_be, n);
+    memcpy(q, src, n);
+    return q;
+}
+
+static void test_backend_memory_only(void) {
+    inst I;
+    if (inst_new(&I, 9) != 0) return inst_free(&I);
+    g_be = *hyb_backend_cpu();
+    g_be.name = "wrapped-cpu", g_be.alloc = w_alloc, g_be.free = w_free, g_be.copy = w_copy;
+    g_be.sgemm = w_sgemm;
+    enum { B = 2, T = 5, MAXC = 8 };
+    hyb_rng r;
+    hyb_rng_seed(&r, 10);
+    float *x = randn(&r, B * T * D, 1.0f), y[B * T * D], dx[B * T * D], yd[B * D];
+    size_t sv = I.m->desc->saved_bytes(I.m->self, B, T), sb = hyb_mixer_state_bytes(I.m, MAXC);
+    /* the CPU run */
+    void *saved = malloc(sv), *st[B] = {malloc(sb), malloc(sb)};
+    for (int i = 0; i < NP; i++) memset(I.gp[i], 0, hyb_tensor_nbytes(I.m->params[i]));
+    CHECK(fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK);
+    hyb_mixer_bwd ab = {.B = B, .T = T, .be = hyb_backend_cpu(), .x = x, .dy = x, .dx = dx,
+                        .params = I.pp, .grads = I.gp, .saved = saved};
+    CHECK(I.m->desc->kernels[HYB_DEV_CPU].backward(I.m->self, &ab) == HYB_OK);
+    CHECK(fwd(&I, B, T, x, y, NULL, st, NULL, MAXC) == HYB_OK);
+    int32_t pos[B] = {T, T};
+    hyb_mixer_dec ad = {.n = B, .be = hyb_backend_cpu(), .x = x, .y = yd, .params = I.pp,
+                        .states = st, .pos = pos, .max_ctx = MAXC};
+    CHECK(I.m->desc->kernels[HYB_DEV_CPU].decode(I.m->self, &ad) == HYB_OK);
+    /* the same through the wrapper, every buffer its own */
+    g_foreign = g_sgemms = 0;
+    const float *wp[NP];
+    float *wg[NP];
+    for (int i = 0; i < NP; i++) {
+        size_t n = hyb_tensor_nbytes(I.m->params[i]);
+        wp[i] = w_dup(I.pp[i], n);
+        wg[i] = w_alloc(&g_be, n);
+        memset(wg[i], 0, n);
+    }
+    float *wx = w_dup(x, sizeof y), *wy = w_alloc(&g_be, sizeof y), *wdx = w_alloc(&g_be, sizeof y);
+    float *wyd = w_alloc(&g_be, sizeof yd);
+    void *wsaved = w_alloc(&g_be, sv), *wst[B] = {w_alloc(&g_be, sb), w_alloc(&g_be, sb)};
+    hyb_mixer_fwd af = {.B = B, .T = T, .be = &g_be, .x = wx, .y = wy, .params = wp,
+                        .saved = wsaved};
+    CHECK_MSG(I.m->desc->kernels[HYB_DEV_CPU].forward(I.m->self, &af) == HYB_OK, "%s", hyb_error());
+    ab = (hyb_mixer_bwd){.B = B, .T = T, .be = &g_be, .x = wx, .dy = wx, .dx = wdx, .params = wp,
+                         .grads = wg, .saved = wsaved};
+    CHECK(I.m->desc->kernels[HYB_DEV_CPU].backward(I.m->self, &ab) == HYB_OK);
+    af = (hyb_mixer_fwd){.B = B, .T = T, .be = &g_be, .x = wx, .y = wy, .params = wp,
+                         .states = wst, .max_ctx = MAXC};
+    CHECK(I.m->desc->kernels[HYB_DEV_CPU].forward(I.m->self, &af) == HYB_OK);
+    ad = (hyb_mixer_dec){.n = B, .be = &g_be, .x = wx, .y = wyd, .params = wp, .states = wst,
+                         .pos = pos, .max_ctx = MAXC};
+    CHECK(I.m->desc->kernels[HYB_DEV_CPU].decode(I.m->self, &ad) == HYB_OK);
+    void *snap = w_alloc(&g_be, sb);
+    CHECK(I.m->desc->state_snapshot(I.m->self, &g_be, wst[0], T + 1, MAXC, snap) == (int64_t)sb);
+    CHECK(I.m->desc->state_restore(I.m->self, &g_be, wst[1], snap, T + 1, MAXC) == HYB_OK);
+    printf("   through a wrapped backend: %d sgemm calls, %d foreign operands\n", g_sgemms,
+           g_foreign);
+    CHECK(g_sgemms > 0);
+    CHECK_MSG(g_foreign == 0, "%d backend operands were not the backend's memory", g_foreign);
+    CHECK(memcmp(wy, y, sizeof y) == 0 && memcmp(wdx, dx, sizeof dx) == 0);
+    CHECK(memcmp(wyd, yd, sizeof yd) == 0);
+    for (int i = 0; i < NP; i++)
+        CHECK(memcmp(wg[i], I.gp[i], hyb_tensor_nbytes(I.m->params[i])) == 0);
+    CHECK(memcmp(wst[1], wst[0], sb) == 0);
+    for (int i = 0; i < g_own.count; i++)
+        if (g_own.p[i]) w_free(&g_be, (void *)g_own.p[i]);
+    free(saved);
+    free(st[0]);
+    free(st[1]);
+    free(x);
+    inst_free(&I);
+}
+
 /* ---- the tiny hybrid: prefill + decode logits equal the full forward's ---------------------------*/
 static void test_model_decode(void) {
     char path[4096];
@@ -416,6 +529,7 @@ int main(void) {
     RUN(test_prefill_decode);
     RUN(test_chunks_and_snapshots);
     RUN(test_config_errors);
+    RUN(test_backend_memory_only);
     RUN(test_model_decode);
     return harness_done();
 }
