@@ -67,8 +67,16 @@ static void inst_free(inst *I) {
 
 static int fwd(inst *I, int B, int T, const float *x, float *y, void *saved, void *const *states,
                const int32_t *pos, int max_ctx) {
-    hyb_mixer_fwd a = {.B = B, .T = T, .be = hyb_backend_cpu(), .x = x, .y = y, .params = I->pp,
-                       .saved = saved, .states = states, .pos = pos, .max_ctx = max_ctx};
+    hyb_mixer_fwd a = {.B = B,
+                       .T = T,
+                       .be = hyb_backend_cpu(),
+                       .x = x,
+                       .y = y,
+                       .params = I->pp,
+                       .saved = saved,
+                       .states = states,
+                       .pos = pos,
+                       .max_ctx = max_ctx};
     return I->m->desc->kernels[HYB_DEV_CPU].forward(I->m->self, &a);
 }
 
@@ -105,7 +113,8 @@ static void reference(const float *const *p, const float *x, int T, double *y) {
                     S[h][a][b] = gamma * S[h][a][b] + k[h * DK + a] * v[h * DV + b];
             for (int b = 0; b < DV; b++) {
                 o[b] = 0;
-                for (int a = 0; a < DK; a++) o[b] += q[h * DK + a] * S[h][a][b];
+                for (int a = 0; a < DK; a++)
+                    o[b] += q[h * DK + a] * S[h][a][b];
                 o[b] /= sqrt((double)DK);
                 ss += o[b] * o[b];
             }
@@ -117,7 +126,8 @@ static void reference(const float *const *p, const float *x, int T, double *y) {
         }
         for (int o = 0; o < D; o++) {
             y[(size_t)t * D + o] = 0;
-            for (int i = 0; i < VD; i++) y[(size_t)t * D + o] += (double)p[5][o * VD + i] * z[i];
+            for (int i = 0; i < VD; i++)
+                y[(size_t)t * D + o] += (double)p[5][o * VD + i] * z[i];
         }
     }
 }
@@ -148,16 +158,18 @@ static void test_forward_vs_reference(void) {
     inst_free(&I);
 }
 
-/* ---- finite differences --------------------------------------------------------------------------
- * L = sum_i c_i y_i; analytic = backward with dy = c. Numeric: (8 (L(+h) - L(-h)) - (L(+2h) -
- * L(-2h))) / (12 h) with h = 1e-2, truncation O(h^4) ~ 1e-8; the noise is the f32 forward (L ~ 10,
- * ulp ~ 1e-6, times 18 / (12 h) = 150: ~2e-4 absolute against gradients of O(1)). Tolerance: 2e-3
- * of the largest numeric gradient of each tensor; a gradient 1% off must exceed it. */
+/* ---- finite differences
+ * -------------------------------------------------------------------------- L = sum_i c_i y_i;
+ * analytic = backward with dy = c. Numeric: (8 (L(+h) - L(-h)) - (L(+2h) - L(-2h))) / (12 h) with h
+ * = 1e-2, truncation O(h^4) ~ 1e-8; the noise is the f32 forward (L ~ 10, ulp ~ 1e-6, times 18 /
+ * (12 h) = 150: ~2e-4 absolute against gradients of O(1)). Tolerance: 2e-3 of the largest numeric
+ * gradient of each tensor; a gradient 1% off must exceed it. */
 static double loss_at(inst *I, int B, int T, const float *x, const float *c) {
     float *y = malloc((size_t)B * T * D * sizeof(float));
     CHECK(fwd(I, B, T, x, y, NULL, NULL, NULL, 0) == HYB_OK);
     double L = 0;
-    for (int i = 0; i < B * T * D; i++) L += (double)c[i] * y[i];
+    for (int i = 0; i < B * T * D; i++)
+        L += (double)c[i] * y[i];
     free(y);
     return L;
 }
@@ -183,14 +195,21 @@ static void test_gradients(void) {
     float *x = randn(&r, B * T * D, 1.0f), *c = randn(&r, B * T * D, 1.0f);
     float y[B * T * D], dx[B * T * D];
     void *saved = malloc(I.m->desc->saved_bytes(I.m->self, B, T));
-    for (int i = 0; i < NP; i++) memset(I.gp[i], 0, hyb_tensor_nbytes(I.m->params[i]));
+    for (int i = 0; i < NP; i++)
+        memset(I.gp[i], 0, hyb_tensor_nbytes(I.m->params[i]));
     CHECK(fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK);
-    hyb_mixer_bwd a = {.B = B, .T = T, .be = hyb_backend_cpu(), .x = x, .dy = c, .dx = dx,
-                       .params = I.pp, .grads = I.gp, .saved = saved};
-    CHECK_MSG(I.m->desc->kernels[HYB_DEV_CPU].backward(I.m->self, &a) == HYB_OK, "%s",
-              hyb_error());
-    const char *names[NP + 1] = {"x", "q_proj", "k_proj", "v_proj", "g_proj", "group_norm",
-                                 "out_proj"};
+    hyb_mixer_bwd a = {.B = B,
+                       .T = T,
+                       .be = hyb_backend_cpu(),
+                       .x = x,
+                       .dy = c,
+                       .dx = dx,
+                       .params = I.pp,
+                       .grads = I.gp,
+                       .saved = saved};
+    CHECK_MSG(I.m->desc->kernels[HYB_DEV_CPU].backward(I.m->self, &a) == HYB_OK, "%s", hyb_error());
+    const char *names[NP + 1] = {"x",      "q_proj",     "k_proj",  "v_proj",
+                                 "g_proj", "group_norm", "out_proj"};
     for (int w = 0; w <= NP; w++) {
         float *val = w == 0 ? x : (float *)I.pp[w - 1];
         const float *an = w == 0 ? dx : I.gp[w - 1];
@@ -206,8 +225,8 @@ static void test_gradients(void) {
         }
         err /= nmax;
         err_off /= nmax;
-        printf("   d%-10s rel err %.2e (1%% off: %.2e, max |grad| %.3g)\n", names[w], err,
-               err_off, nmax);
+        printf("   d%-10s rel err %.2e (1%% off: %.2e, max |grad| %.3g)\n", names[w], err, err_off,
+               nmax);
         CHECK_MSG(nmax > 1e-3, "%s: vanishing gradient", names[w]);
         CHECK_MSG(err < 2e-3, "%s: gradient off by %g", names[w], err);
         CHECK_MSG(err_off > 2e-3, "%s: the check could not see a 1%% error", names[w]);
@@ -246,7 +265,8 @@ static void test_prefill_decode(void) {
         free(y);
     }
     int pos[NS], steps = 0, max_n = 0;
-    for (int s = 0; s < NS; s++) pos[s] = pre[s];
+    for (int s = 0; s < NS; s++)
+        pos[s] = pre[s];
     for (;;) { /* batched decode of every sequence that still has tokens */
         float xs[NS * D], ys[NS * D];
         void *sp[NS];
@@ -349,10 +369,14 @@ static void test_chunks_and_snapshots(void) {
 }
 
 static void test_config_errors(void) {
-    static const struct { const char *toml, *want; } cases[] = {
-        {"type = \"retention\"\nn_heads = 0\n", "test.toml:2:1: retention (layer 0): n_heads must be in [1, 256], got 0"},
+    static const struct {
+        const char *toml, *want;
+    } cases[] = {
+        {"type = \"retention\"\nn_heads = 0\n",
+         "test.toml:2:1: retention (layer 0): n_heads must be in [1, 256], got 0"},
         {"type = \"retention\"\nn_heads = 3\n", "head_dim must be in [1, 1024], got 0"},
-        {"type = \"retention\"\nvalue_dim = -2\n", "test.toml:2:1: retention (layer 0): value_dim must be in [1, 1024], got -2"},
+        {"type = \"retention\"\nvalue_dim = -2\n",
+         "test.toml:2:1: retention (layer 0): value_dim must be in [1, 1024], got -2"},
         {"type = \"retention\"\nn_head = 2\n", "test.toml:2:1"},
         {"type = \"retention\"\nhead_dim = \"x\"\n", "test.toml:2:12"},
     };
@@ -374,12 +398,17 @@ static void test_config_errors(void) {
  * kernels must then hand it only its own memory (scratch from be->alloc, views into its blocks)
  * and compute exactly what they compute on the CPU backend. */
 static hyb_backend g_be;
-static struct { const char *p[64]; size_t n[64]; int count; } g_own;
+static struct {
+    const char *p[64];
+    size_t n[64];
+    int count;
+} g_own;
 static int g_foreign, g_sgemms;
 
 static int own(const void *q) {
     for (int i = 0; i < g_own.count; i++)
-        if (g_own.p[i] && (const char *)q >= g_own.p[i] && (const char *)q < g_own.p[i] + g_own.n[i])
+        if (g_own.p[i] && (const char *)q >= g_own.p[i] &&
+            (const char *)q < g_own.p[i] + g_own.n[i])
             return 1;
     return 0;
 }
@@ -423,15 +452,29 @@ static void test_backend_memory_only(void) {
     size_t sv = I.m->desc->saved_bytes(I.m->self, B, T), sb = hyb_mixer_state_bytes(I.m, MAXC);
     /* the CPU run */
     void *saved = malloc(sv), *st[B] = {malloc(sb), malloc(sb)};
-    for (int i = 0; i < NP; i++) memset(I.gp[i], 0, hyb_tensor_nbytes(I.m->params[i]));
+    for (int i = 0; i < NP; i++)
+        memset(I.gp[i], 0, hyb_tensor_nbytes(I.m->params[i]));
     CHECK(fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK);
-    hyb_mixer_bwd ab = {.B = B, .T = T, .be = hyb_backend_cpu(), .x = x, .dy = x, .dx = dx,
-                        .params = I.pp, .grads = I.gp, .saved = saved};
+    hyb_mixer_bwd ab = {.B = B,
+                        .T = T,
+                        .be = hyb_backend_cpu(),
+                        .x = x,
+                        .dy = x,
+                        .dx = dx,
+                        .params = I.pp,
+                        .grads = I.gp,
+                        .saved = saved};
     CHECK(I.m->desc->kernels[HYB_DEV_CPU].backward(I.m->self, &ab) == HYB_OK);
     CHECK(fwd(&I, B, T, x, y, NULL, st, NULL, MAXC) == HYB_OK);
     int32_t pos[B] = {T, T};
-    hyb_mixer_dec ad = {.n = B, .be = hyb_backend_cpu(), .x = x, .y = yd, .params = I.pp,
-                        .states = st, .pos = pos, .max_ctx = MAXC};
+    hyb_mixer_dec ad = {.n = B,
+                        .be = hyb_backend_cpu(),
+                        .x = x,
+                        .y = yd,
+                        .params = I.pp,
+                        .states = st,
+                        .pos = pos,
+                        .max_ctx = MAXC};
     CHECK(I.m->desc->kernels[HYB_DEV_CPU].decode(I.m->self, &ad) == HYB_OK);
     /* the same through the wrapper, every buffer its own */
     g_foreign = g_sgemms = 0;
@@ -446,17 +489,36 @@ static void test_backend_memory_only(void) {
     float *wx = w_dup(x, sizeof y), *wy = w_alloc(&g_be, sizeof y), *wdx = w_alloc(&g_be, sizeof y);
     float *wyd = w_alloc(&g_be, sizeof yd);
     void *wsaved = w_alloc(&g_be, sv), *wst[B] = {w_alloc(&g_be, sb), w_alloc(&g_be, sb)};
-    hyb_mixer_fwd af = {.B = B, .T = T, .be = &g_be, .x = wx, .y = wy, .params = wp,
-                        .saved = wsaved};
+    hyb_mixer_fwd af = {
+        .B = B, .T = T, .be = &g_be, .x = wx, .y = wy, .params = wp, .saved = wsaved};
     CHECK_MSG(I.m->desc->kernels[HYB_DEV_CPU].forward(I.m->self, &af) == HYB_OK, "%s", hyb_error());
-    ab = (hyb_mixer_bwd){.B = B, .T = T, .be = &g_be, .x = wx, .dy = wx, .dx = wdx, .params = wp,
-                         .grads = wg, .saved = wsaved};
+    ab = (hyb_mixer_bwd){.B = B,
+                         .T = T,
+                         .be = &g_be,
+                         .x = wx,
+                         .dy = wx,
+                         .dx = wdx,
+                         .params = wp,
+                         .grads = wg,
+                         .saved = wsaved};
     CHECK(I.m->desc->kernels[HYB_DEV_CPU].backward(I.m->self, &ab) == HYB_OK);
-    af = (hyb_mixer_fwd){.B = B, .T = T, .be = &g_be, .x = wx, .y = wy, .params = wp,
-                         .states = wst, .max_ctx = MAXC};
+    af = (hyb_mixer_fwd){.B = B,
+                         .T = T,
+                         .be = &g_be,
+                         .x = wx,
+                         .y = wy,
+                         .params = wp,
+                         .states = wst,
+                         .max_ctx = MAXC};
     CHECK(I.m->desc->kernels[HYB_DEV_CPU].forward(I.m->self, &af) == HYB_OK);
-    ad = (hyb_mixer_dec){.n = B, .be = &g_be, .x = wx, .y = wyd, .params = wp, .states = wst,
-                         .pos = pos, .max_ctx = MAXC};
+    ad = (hyb_mixer_dec){.n = B,
+                         .be = &g_be,
+                         .x = wx,
+                         .y = wyd,
+                         .params = wp,
+                         .states = wst,
+                         .pos = pos,
+                         .max_ctx = MAXC};
     CHECK(I.m->desc->kernels[HYB_DEV_CPU].decode(I.m->self, &ad) == HYB_OK);
     void *snap = w_alloc(&g_be, sb);
     CHECK(I.m->desc->state_snapshot(I.m->self, &g_be, wst[0], T + 1, MAXC, snap) == (int64_t)sb);
@@ -479,7 +541,8 @@ static void test_backend_memory_only(void) {
     inst_free(&I);
 }
 
-/* ---- the tiny hybrid: prefill + decode logits equal the full forward's ---------------------------*/
+/* ---- the tiny hybrid: prefill + decode logits equal the full forward's
+ * ---------------------------*/
 static void test_model_decode(void) {
     char path[4096];
     const char *src = getenv("HYB_SOURCE_DIR");
@@ -490,7 +553,8 @@ static void test_model_decode(void) {
     CHECK_MSG(hyb_model_build(map, 11, &m) == HYB_OK, "%s", hyb_error());
     enum { T = 24, P = 5 };
     int32_t ids[T];
-    for (int t = 0; t < T; t++) ids[t] = (int32_t)((t * 37 + 11) % 256);
+    for (int t = 0; t < T; t++)
+        ids[t] = (int32_t)((t * 37 + 11) % 256);
     hyb_graph *g = hyb_graph_new();
     hyb_graph_set_grad(g, 0);
     hyb_tensor *lg = hyb_model_forward(m, g, ids, 1, T);

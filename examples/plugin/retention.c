@@ -6,10 +6,11 @@
  * MultiScaleRetention without the xPos/RoPE rotation): multi-head linear attention with a fixed
  * exponential decay per head, an RMS group norm per head and a swish output gate.
  *
- *   q = x Wq^T, k = x Wk^T, v = x Wv^T, g = x Wg^T                  per head h: q_t, k_t [dk], v_t [dv]
- *   o_t = s * sum_{j<=t} gamma_h^(t-j) (q_t . k_j) v_j             s = dk^-1/2, gamma_h = 1 - 2^(-5-h)
- *   n_t = RMSNorm_dv(o_t) * w_h                                    per head, eps = the model's norm_eps
- *   y_t = Wo (swish(g_t) * n_t)                                    swish(g) = g * sigmoid(g)
+ *   q = x Wq^T, k = x Wk^T, v = x Wv^T, g = x Wg^T                  per head h: q_t, k_t [dk], v_t
+ * [dv] o_t = s * sum_{j<=t} gamma_h^(t-j) (q_t . k_j) v_j             s = dk^-1/2, gamma_h = 1 -
+ * 2^(-5-h) n_t = RMSNorm_dv(o_t) * w_h                                    per head, eps = the
+ * model's norm_eps y_t = Wo (swish(g_t) * n_t)                                    swish(g) = g *
+ * sigmoid(g)
  *
  * Forward and backward use the parallel form (per head the [T, T] decay-masked score matrix);
  * decode uses the recurrent form with an O(1) state per head: S_t = gamma S_{t-1} + k_t^T v_t
@@ -32,7 +33,10 @@
  * [B*T, H*dv] (O before the group norm), R [B*T, H] (the norm's 1/rms).
  *
  * Every GEMM goes through a->be->sgemm with its status checked; scratch comes from a->be->alloc.
- * The element-wise loops (decay mask, norm, gate) run on the CPU: these are CPU kernels.
+ * The element-wise loops (decay mask, norm, gate) run on the CPU: these are CPU kernels. Kept
+ * simple on purpose: one head at a time (the GEMMs thread inside), and the parallel form's [T, T]
+ * scores per head, so memory grows as T^2 (RetNet's chunkwise form would bound it for long
+ * prompts: parallel inside chunks, the recurrent state across them).
  */
 #include <math.h>
 #include <stdio.h>
@@ -66,6 +70,11 @@ static int ret_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
     *self = NULL;
     int D = dims->d_model;
     int64_t nh = D % 64 == 0 ? D / 64 : 0, dk = 0, dv = 0;
+    if (!cfg && nh == 0) /* no table to point at: H->error, not H->cfg_error */
+        return H_->error(HYB_ERR_ARG,
+                         "retention (layer %d): no [mixers] table and d_model = %d is not a "
+                         "multiple of 64; give n_heads",
+                         dims->layer, D);
     if (cfg) {
         HYB_TRY(H_->cfg_check_keys(cfg, KEYS));
         HYB_TRY(H_->cfg_int(cfg, "n_heads", nh, &nh));
@@ -76,22 +85,30 @@ static int ret_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
                              "default d_model / 64 needs d_model %% 64 == 0; d_model = %d)",
                              dims->layer, (long long)nh, D);
     int64_t def_dk = D % nh == 0 ? D / nh : 0;
-    if (cfg) HYB_TRY(H_->cfg_int(cfg, "head_dim", def_dk, &dk));
-    else dk = def_dk;
+    if (cfg)
+        HYB_TRY(H_->cfg_int(cfg, "head_dim", def_dk, &dk));
+    else
+        dk = def_dk;
     if (dk < 1 || dk > 1024)
         return H_->cfg_error(cfg, "head_dim",
                              "retention (layer %d): head_dim must be in [1, 1024], got %lld "
                              "(the default d_model / n_heads needs n_heads to divide d_model)",
                              dims->layer, (long long)dk);
-    if (cfg) HYB_TRY(H_->cfg_int(cfg, "value_dim", dk, &dv));
-    else dv = dk;
+    if (cfg)
+        HYB_TRY(H_->cfg_int(cfg, "value_dim", dk, &dv));
+    else
+        dv = dk;
     if (dv < 1 || dv > 1024)
         return H_->cfg_error(cfg, "value_dim",
                              "retention (layer %d): value_dim must be in [1, 1024], got %lld",
                              dims->layer, (long long)dv);
     retention *m = H_->alloc(sizeof *m);
     if (!m) return HYB_ERR_NOMEM;
-    *m = (retention){.D = D, .H = (int)nh, .dk = (int)dk, .dv = (int)dv, .layer = dims->layer,
+    *m = (retention){.D = D,
+                     .H = (int)nh,
+                     .dk = (int)dk,
+                     .dv = (int)dv,
+                     .layer = dims->layer,
                      .eps = dims->norm_eps};
     for (int h = 0; h < m->H; h++)
         m->log_gamma[h] = log1p(-ldexp(1.0, -5 - h));
@@ -99,7 +116,9 @@ static int ret_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
     return HYB_OK;
 }
 
-static void ret_destroy(void *self) { H_->free(self); }
+static void ret_destroy(void *self) {
+    H_->free(self);
+}
 
 static int ret_describe(void *self, char *buf, size_t n) {
     retention *m = self;
@@ -107,15 +126,18 @@ static int ret_describe(void *self, char *buf, size_t n) {
     return HYB_OK;
 }
 
-static int ret_n_params(void *self) { return N_PARAMS; }
+static int ret_n_params(void *self) {
+    return N_PARAMS;
+}
 
 static int ret_param_decl(void *self, int i, hyb_param_decl *d) {
     retention *m = self;
-    static const char *const names[N_PARAMS] = {"q_proj.weight", "k_proj.weight",
-                                                "v_proj.weight", "g_proj.weight",
+    static const char *const names[N_PARAMS] = {"q_proj.weight",     "k_proj.weight",
+                                                "v_proj.weight",     "g_proj.weight",
                                                 "group_norm.weight", "out_proj.weight"};
     int64_t qk = (int64_t)m->H * m->dk, vd = (int64_t)m->H * m->dv;
-    int64_t out[N_PARAMS] = {qk, qk, vd, vd, vd, m->D}, in[N_PARAMS] = {m->D, m->D, m->D, m->D, 0, vd};
+    int64_t out[N_PARAMS] = {qk, qk, vd, vd, vd, m->D},
+            in[N_PARAMS] = {m->D, m->D, m->D, m->D, 0, vd};
     if (i < 0 || i >= N_PARAMS)
         return H_->error(HYB_ERR_ARG, "retention: param_decl index %d out of range", i);
     memset(d, 0, sizeof *d);
@@ -153,15 +175,15 @@ static int ret_state_restore(void *self, const hyb_backend *be, void *state, con
     return be->copy(be, state, src, ret_state_bytes(self, max_ctx));
 }
 
-/* ---- shared pieces of forward, backward and decode ----------------------------------------------*/
+/* ---- shared pieces of forward, backward and decode
+ * ----------------------------------------------*/
 
 /* P [T, T] (row t = query, column j = key) <- scale * gamma^(t-j) * P for j <= t, 0 above */
 static void decay_mask(float *P, int T, double log_gamma, float scale) {
     for (int t = 0; t < T; t++)
         for (int j = 0; j < T; j++)
-            P[(size_t)t * T + j] = j <= t ? P[(size_t)t * T + j] * scale *
-                                                (float)exp((t - j) * log_gamma)
-                                          : 0.0f;
+            P[(size_t)t * T + j] =
+                j <= t ? P[(size_t)t * T + j] * scale * (float)exp((t - j) * log_gamma) : 0.0f;
 }
 
 /* q, k, v, g = x W^T for `rows` rows: x [rows, D] -> Q, K [rows, QK], V, G [rows, VD] */
@@ -183,7 +205,8 @@ static void norm_gate(const retention *m, const float *O, const float *G, const 
         for (int h = 0; h < m->H; h++) {
             const float *o = O + (size_t)r * VD + h * dv, *g = G + (size_t)r * VD + h * dv;
             double ss = 0;
-            for (int i = 0; i < dv; i++) ss += (double)o[i] * o[i];
+            for (int i = 0; i < dv; i++)
+                ss += (double)o[i] * o[i];
             float rstd = (float)(1.0 / sqrt(ss / dv + m->eps));
             R[(size_t)r * m->H + h] = rstd;
             for (int i = 0; i < dv; i++) {
@@ -201,17 +224,17 @@ static int forward_body(const retention *m, const hyb_mixer_fwd *a, float *scr) 
     const int B = a->B, T = a->T, H = m->H, dk = m->dk, dv = m->dv;
     const int QK = H * dk, VD = H * dv, BT = B * T;
     const float s = 1.0f / sqrtf((float)dk);
-    float *Q, *K, *V, *G, *O, *R;
-    if (a->saved) { /* the activations backward needs live in `saved` */
-        Q = a->saved, K = Q + (size_t)BT * QK, V = K + (size_t)BT * QK;
-    } else {
-        Q = scr, K = Q + (size_t)BT * QK, V = K + (size_t)BT * QK;
-    }
-    G = V + (size_t)BT * VD, O = G + (size_t)BT * VD, R = O + (size_t)BT * VD; /* R [BT, H] */
-    float *P = scr + (size_t)BT * (2 * QK + 3 * VD + H);                      /* [T, T] */
-    float *tmp = P + (size_t)T * T;                                            /* [T, dv] */
-    float *Kw = tmp + (size_t)T * dv;                                          /* [T, dk] */
-    float *Z = Kw + (size_t)T * dk;                                            /* [BT, VD] */
+    /* what backward needs goes to `saved` when there is one, else to the front of scr */
+    float *Q = a->saved ? (float *)a->saved : scr;       /* [BT, QK] */
+    float *K = Q + (size_t)BT * QK;                      /* [BT, QK] */
+    float *V = K + (size_t)BT * QK;                      /* [BT, VD] */
+    float *G = V + (size_t)BT * VD;                      /* [BT, VD] gate pre-activation */
+    float *O = G + (size_t)BT * VD;                      /* [BT, VD] retention output, pre-norm */
+    float *R = O + (size_t)BT * VD;                      /* [BT, H] 1/rms of each head's O row */
+    float *P = scr + (size_t)BT * (2 * QK + 3 * VD + H); /* [T, T] one head's scores */
+    float *tmp = P + (size_t)T * T;                      /* [T, dv] q S_prev (continued prefill) */
+    float *Kw = tmp + (size_t)T * dv;                    /* [T, dk] decayed keys for the state */
+    float *Z = Kw + (size_t)T * dk;                      /* [BT, VD] gated, normed output */
 
     BE_TRY(project_in(m, be, p, a->x, BT, Q, K, V, G));
     for (int b = 0; b < B; b++)
@@ -228,7 +251,7 @@ static int forward_body(const retention *m, const hyb_mixer_fwd *a, float *scr) 
             /* prefill: continue the state of the p0 tokens before, then leave it after T more */
             const int p0 = a->pos ? a->pos[b] : 0;
             float *S = (float *)a->states[b] + (size_t)h * dk * dv; /* [dk, dv] */
-            if (p0 > 0) { /* o_t += gamma^(t+1) s q_t S */
+            if (p0 > 0) {                                           /* o_t += gamma^(t+1) s q_t S */
                 BE_TRY(be->sgemm(be, 0, 0, T, dv, dk, s, q, QK, S, dv, 0.0f, tmp, dv));
                 for (int t = 0; t < T; t++)
                     for (int i = 0; i < dv; i++)
@@ -253,9 +276,10 @@ static int ret_forward(void *self, const hyb_mixer_fwd *a) {
     for (int b = 0; a->states && b < a->B; b++) {
         int p0 = a->pos ? a->pos[b] : 0;
         if (p0 < 0 || p0 + a->T > a->max_ctx)
-            return H_->error(HYB_ERR_ARG,
-                             "retention (layer %d): sequence %d: %d + %d tokens exceed max_ctx = %d",
-                             m->layer, b, p0, a->T, a->max_ctx);
+            return H_->error(
+                HYB_ERR_ARG,
+                "retention (layer %d): sequence %d: %d + %d tokens exceed max_ctx = %d", m->layer,
+                b, p0, a->T, a->max_ctx);
         if (p0 > 0 && a->saved)
             return H_->error(HYB_ERR_UNSUPPORTED,
                              "retention (layer %d): no backward for a continued prefill (pos %d)",
@@ -272,7 +296,8 @@ static int ret_forward(void *self, const hyb_mixer_fwd *a) {
     return rc;
 }
 
-/* ---- backward ------------------------------------------------------------------------------------*/
+/* ---- backward
+ * ------------------------------------------------------------------------------------*/
 
 static int backward_body(const retention *m, const hyb_mixer_bwd *a, float *scr) {
     const hyb_backend *be = a->be;
@@ -283,16 +308,16 @@ static int backward_body(const retention *m, const hyb_mixer_bwd *a, float *scr)
     const float s = 1.0f / sqrtf((float)dk);
     const float *Q = a->saved, *K = Q + (size_t)BT * QK, *V = K + (size_t)BT * QK;
     const float *G = V + (size_t)BT * VD, *O = G + (size_t)BT * VD, *R = O + (size_t)BT * VD;
-    float *Z = scr;                          /* [BT, VD] gated output (recomputed) */
-    float *dZ = Z + (size_t)BT * VD;         /* [BT, VD] */
-    float *dO = dZ + (size_t)BT * VD;        /* [BT, VD] */
-    float *dG = dO + (size_t)BT * VD;        /* [BT, VD] */
-    float *dV = dG + (size_t)BT * VD;        /* [BT, VD] */
-    float *dQ = dV + (size_t)BT * VD;        /* [BT, QK] */
-    float *dK = dQ + (size_t)BT * QK;        /* [BT, QK] */
-    float *Rr = dK + (size_t)BT * QK;        /* [BT, H] */
-    float *P = Rr + (size_t)BT * H;          /* [T, T] */
-    float *dP = P + (size_t)T * T;           /* [T, T] */
+    float *Z = scr;                   /* [BT, VD] gated output (recomputed) */
+    float *dZ = Z + (size_t)BT * VD;  /* [BT, VD] */
+    float *dO = dZ + (size_t)BT * VD; /* [BT, VD] */
+    float *dG = dO + (size_t)BT * VD; /* [BT, VD] */
+    float *dV = dG + (size_t)BT * VD; /* [BT, VD] */
+    float *dQ = dV + (size_t)BT * VD; /* [BT, QK] */
+    float *dK = dQ + (size_t)BT * QK; /* [BT, QK] */
+    float *Rr = dK + (size_t)BT * QK; /* [BT, H] */
+    float *P = Rr + (size_t)BT * H;   /* [T, T] */
+    float *dP = P + (size_t)T * T;    /* [T, T] */
 
     /* out_proj: dWo += dy^T Z, dZ = dy Wo */
     norm_gate(m, O, G, p[GN], BT, Z, Rr);
@@ -355,17 +380,18 @@ static int ret_backward(void *self, const hyb_mixer_bwd *a) {
     return rc;
 }
 
-/* ---- decode (recurrent form) -------------------------------------------------------------------*/
+/* ---- decode (recurrent form)
+ * -------------------------------------------------------------------*/
 
 static int decode_body(const retention *m, const hyb_mixer_dec *a, float *scr) {
     const hyb_backend *be = a->be;
     const float *const *p = a->params;
     const int n = a->n, H = m->H, dk = m->dk, dv = m->dv, QK = H * dk, VD = H * dv;
     const float s = 1.0f / sqrtf((float)dk);
-    float *Q = scr, *K = Q + (size_t)n * QK;                    /* [n, QK] */
-    float *V = K + (size_t)n * QK, *G = V + (size_t)n * VD;     /* [n, VD] */
-    float *O = G + (size_t)n * VD, *Z = O + (size_t)n * VD;     /* [n, VD] */
-    float *R = Z + (size_t)n * VD;                              /* [n, H] */
+    float *Q = scr, *K = Q + (size_t)n * QK;                /* [n, QK] */
+    float *V = K + (size_t)n * QK, *G = V + (size_t)n * VD; /* [n, VD] */
+    float *O = G + (size_t)n * VD, *Z = O + (size_t)n * VD; /* [n, VD] */
+    float *R = Z + (size_t)n * VD;                          /* [n, H] */
 
     BE_TRY(project_in(m, be, p, a->x, n, Q, K, V, G));
     for (int i = 0; i < n; i++)
