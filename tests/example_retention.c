@@ -390,6 +390,14 @@ static void test_config_errors(void) {
         hyb_mixer_free(m);
         hyb_toml_free(doc);
     }
+    /* no table at all: defaults (H = d_model / 64, dk = dv = 64), or an error when they cannot be */
+    hyb_mixer *m = NULL;
+    CHECK_MSG(hyb_mixer_new("retention", &dims, NULL, 1, &m) == HYB_OK, "%s", hyb_error());
+    CHECK(m && m->params[0]->shape[0] == 64 && m->params[0]->shape[1] == 64);
+    hyb_mixer_free(m);
+    dims.d_model = 100;
+    CHECK(hyb_mixer_new("retention", &dims, NULL, 1, &m) == HYB_ERR_ARG);
+    CHECK_MSG(strstr(hyb_error(), "no [mixers] table and d_model = 100"), "%s", hyb_error());
 }
 
 /* ---- only memory of the call's backend reaches it ----------------------------------------------
