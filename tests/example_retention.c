@@ -158,12 +158,11 @@ static void test_forward_vs_reference(void) {
     inst_free(&I);
 }
 
-/* ---- finite differences
- * -------------------------------------------------------------------------- L = sum_i c_i y_i;
- * analytic = backward with dy = c. Numeric: (8 (L(+h) - L(-h)) - (L(+2h) - L(-2h))) / (12 h) with h
- * = 1e-2, truncation O(h^4) ~ 1e-8; the noise is the f32 forward (L ~ 10, ulp ~ 1e-6, times 18 /
- * (12 h) = 150: ~2e-4 absolute against gradients of O(1)). Tolerance: 2e-3 of the largest numeric
- * gradient of each tensor; a gradient 1% off must exceed it. */
+/* ---- finite differences -------------------------------------------------------------------- */
+/* L = sum_i c_i y_i; analytic = backward with dy = c. Numeric: (8 (L(+h) - L(-h)) - (L(+2h) -
+ * L(-2h))) / (12 h) with h = 1e-2: truncation O(h^4) ~ 1e-8; the noise is the f32 forward (L ~ 10,
+ * ulp ~ 1e-6, times 18 / (12 h) = 150: ~2e-4 absolute against gradients of O(1)). Tolerance:
+ * 2e-3 of the largest numeric gradient of each tensor; a gradient 1% off must exceed it. */
 static double loss_at(inst *I, int B, int T, const float *x, const float *c) {
     float *y = malloc((size_t)B * T * D * sizeof(float));
     CHECK(fwd(I, B, T, x, y, NULL, NULL, NULL, 0) == HYB_OK);
@@ -390,7 +389,7 @@ static void test_config_errors(void) {
         hyb_mixer_free(m);
         hyb_toml_free(doc);
     }
-    /* no table at all: defaults (H = d_model / 64, dk = dv = 64), or an error when they cannot be */
+    /* no table: defaults (H = d_model / 64, dk = dv = 64), or an error when they cannot be */
     hyb_mixer *m = NULL;
     CHECK_MSG(hyb_mixer_new("retention", &dims, NULL, 1, &m) == HYB_OK, "%s", hyb_error());
     CHECK(m && m->params[0]->shape[0] == 64 && m->params[0]->shape[1] == 64);
@@ -400,8 +399,8 @@ static void test_config_errors(void) {
     CHECK_MSG(strstr(hyb_error(), "no [mixers] table and d_model = 100"), "%s", hyb_error());
 }
 
-/* ---- only memory of the call's backend reaches it ----------------------------------------------
- * A wrapper of the CPU backend that records its allocations and counts every sgemm/copy operand
+/* ---- only memory of the call's backend reaches it ------------------------------------------ */
+/* A wrapper of the CPU backend that records its allocations and counts every sgemm/copy operand
  * it did not allocate ("foreign"). Everything the kernels get is allocated through it; the
  * kernels must then hand it only its own memory (scratch from be->alloc, views into its blocks)
  * and compute exactly what they compute on the CPU backend. */
@@ -549,8 +548,7 @@ static void test_backend_memory_only(void) {
     inst_free(&I);
 }
 
-/* ---- the tiny hybrid: prefill + decode logits equal the full forward's
- * ---------------------------*/
+/* ---- the tiny hybrid: prefill + decode logits equal the full forward's ----------------------- */
 static void test_model_decode(void) {
     char path[4096];
     const char *src = getenv("HYB_SOURCE_DIR");

@@ -6,11 +6,10 @@
  * MultiScaleRetention without the xPos/RoPE rotation): multi-head linear attention with a fixed
  * exponential decay per head, an RMS group norm per head and a swish output gate.
  *
- *   q = x Wq^T, k = x Wk^T, v = x Wv^T, g = x Wg^T                  per head h: q_t, k_t [dk], v_t
- * [dv] o_t = s * sum_{j<=t} gamma_h^(t-j) (q_t . k_j) v_j             s = dk^-1/2, gamma_h = 1 -
- * 2^(-5-h) n_t = RMSNorm_dv(o_t) * w_h                                    per head, eps = the
- * model's norm_eps y_t = Wo (swish(g_t) * n_t)                                    swish(g) = g *
- * sigmoid(g)
+ *   q, k, v, g = x Wq^T, x Wk^T, x Wv^T, x Wg^T     per head h: q_t, k_t [dk], v_t [dv]
+ *   o_t = s sum_{j<=t} gamma_h^(t-j) (q_t . k_j) v_j   s = dk^-1/2, gamma_h = 1 - 2^(-5-h)
+ *   n_t = RMSNorm(o_t) * w_h                        per head over dv, eps = the model's norm_eps
+ *   y_t = Wo (swish(g_t) * n_t)                     swish(g) = g sigmoid(g)
  *
  * Forward and backward use the parallel form (per head the [T, T] decay-masked score matrix);
  * decode uses the recurrent form with an O(1) state per head: S_t = gamma S_{t-1} + k_t^T v_t
@@ -175,8 +174,7 @@ static int ret_state_restore(void *self, const hyb_backend *be, void *state, con
     return be->copy(be, state, src, ret_state_bytes(self, max_ctx));
 }
 
-/* ---- shared pieces of forward, backward and decode
- * ----------------------------------------------*/
+/* ---- shared pieces of forward, backward and decode ------------------------------------------- */
 
 /* P [T, T] (row t = query, column j = key) <- scale * gamma^(t-j) * P for j <= t, 0 above */
 static void decay_mask(float *P, int T, double log_gamma, float scale) {
@@ -296,8 +294,7 @@ static int ret_forward(void *self, const hyb_mixer_fwd *a) {
     return rc;
 }
 
-/* ---- backward
- * ------------------------------------------------------------------------------------*/
+/* ---- backward -------------------------------------------------------------------------------- */
 
 static int backward_body(const retention *m, const hyb_mixer_bwd *a, float *scr) {
     const hyb_backend *be = a->be;
@@ -380,8 +377,7 @@ static int ret_backward(void *self, const hyb_mixer_bwd *a) {
     return rc;
 }
 
-/* ---- decode (recurrent form)
- * -------------------------------------------------------------------*/
+/* ---- decode (recurrent form) ----------------------------------------------------------------- */
 
 static int decode_body(const retention *m, const hyb_mixer_dec *a, float *scr) {
     const hyb_backend *be = a->be;
