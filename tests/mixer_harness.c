@@ -2,11 +2,35 @@
 #include "mixer_harness.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* ---- instances --------------------------------------------------------------------------------
  */
+
+/* free a[0..n-1], then a */
+static void free_arrays(void *a, int n) {
+    void **p = a;
+    for (int i = 0; p && i < n; i++)
+        free(p[i]);
+    free(p);
+}
+
+int mh_require(const char *type, ...) {
+    va_list ap;
+    int rc = 0;
+    va_start(ap, type);
+    for (const char *t = type; t && !rc; t = va_arg(ap, const char *)) {
+        const hyb_mixer_desc *d;
+        if (hyb_plugin_find(t, &d) != HYB_OK) {
+            fprintf(stderr, "%s\n", hyb_error());
+            rc = -1;
+        }
+    }
+    va_end(ap);
+    return rc;
+}
 
 int mh_inst_new_ex(mh_inst *I, const char *type, int D, const char *toml, uint64_t seed,
                    int layer, int n_layers) {
@@ -167,6 +191,14 @@ float *mh_randn(hyb_rng *r, size_t n, float s) {
     return p;
 }
 
+void mh_free(int n, ...) {
+    va_list ap;
+    va_start(ap, n);
+    for (int i = 0; i < n; i++)
+        free(va_arg(ap, void *));
+    va_end(ap);
+}
+
 double mh_max_abs(const float *a, long n) {
     double m = 0;
     for (long i = 0; i < n; i++)
@@ -229,6 +261,110 @@ static const char *data_path(const char *file, char *buf, size_t n) {
     const char *dd = getenv("HYB_TEST_DATA");
     snprintf(buf, n, "%s/%s", dd ? dd : "tests/data", file);
     return buf;
+}
+
+float *mh_model_logits(hyb_model *m, const int32_t *ids, int B, int T) {
+    hyb_graph *g = hyb_graph_new();
+    hyb_graph_set_grad(g, 0);
+    hyb_tensor *lg = hyb_model_forward(m, g, ids, B, T);
+    float *out = NULL;
+    CHECK_MSG(lg != NULL, "forward: %s", hyb_error());
+    if (lg) {
+        out = malloc(hyb_tensor_nbytes(lg));
+        memcpy(out, lg->data, hyb_tensor_nbytes(lg));
+    }
+    hyb_graph_free(g);
+    return out;
+}
+
+double mh_model_decode_vs_forward(hyb_model *m, int ns, const int32_t *ids, int stride,
+                                  const int *len, const int *prompt, const int *split, int max_ctx) {
+    const int V = m->V;
+    float **full = calloc((size_t)ns, sizeof *full), *lg = malloc((size_t)ns * V * 4);
+    int32_t *seqs = calloc((size_t)ns, 4), *tok = calloc((size_t)ns, 4);
+    int *at = calloc((size_t)ns, sizeof *at), *who = calloc((size_t)ns, sizeof *who), ok = 1;
+    for (int s = 0; s < ns; s++)
+        ok &= (full[s] = mh_model_logits(m, ids + (size_t)s * stride, 1, len[s])) != NULL;
+    hyb_kvstate *kv = NULL;
+    CHECK_MSG(hyb_kvstate_new(m, ns, max_ctx, &kv) == HYB_OK, "%s", hyb_error());
+    double worst = ok && kv ? 0 : INFINITY;
+    for (int s = 0; s < ns && kv && ok; s++) {
+        const int32_t *id = ids + (size_t)s * stride;
+        int k = split && split[s] > 0 ? split[s] : 0;
+        if (k) { /* a chunked prefill: k tokens, then the rest of the prompt */
+            CHECK_MSG(hyb_model_prefill(m, kv, s, id, k, lg) == HYB_OK, "%s", hyb_error());
+            worst = fmax(worst, harness_max_rel(lg, full[s] + (size_t)(k - 1) * V, V, 1.0));
+        }
+        CHECK_MSG(hyb_model_prefill(m, kv, s, id + k, prompt[s] - k, lg) == HYB_OK, "%s",
+                  hyb_error());
+        worst = fmax(worst, harness_max_rel(lg, full[s] + (size_t)(prompt[s] - 1) * V, V, 1.0));
+        at[s] = prompt[s];
+    }
+    for (int n = 1; kv && ok && n;) {
+        n = 0;
+        for (int s = 0; s < ns; s++)
+            if (at[s] < len[s]) {
+                who[n] = s;
+                seqs[n] = s;
+                tok[n++] = ids[(size_t)s * stride + at[s]];
+            }
+        if (!n) break;
+        int rc = hyb_model_decode(m, kv, n, seqs, tok, lg);
+        CHECK_MSG(rc == HYB_OK, "%s", hyb_error());
+        if (rc != HYB_OK) return INFINITY;
+        for (int i = 0; i < n; i++) {
+            int s = who[i];
+            worst = fmax(worst, harness_max_rel(lg + (size_t)i * V, full[s] + (size_t)at[s] * V,
+                                                V, 1.0));
+            at[s]++;
+        }
+    }
+    hyb_kvstate_free(kv);
+    free_arrays(full, ns);
+    free(lg);
+    free(seqs);
+    free(tok);
+    free(at);
+    free(who);
+    return worst;
+}
+
+int mh_model_train(hyb_model *m, const int32_t *seq, int B, int T, int steps, float lr,
+                   double *first, double *last) {
+    int32_t *in = malloc(sizeof(int32_t) * (size_t)B * T), *tg = malloc(sizeof(int32_t) * (size_t)B * T);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            in[b * T + t] = seq[b * (T + 1) + t];
+            tg[b * T + t] = seq[b * (T + 1) + t + 1];
+        }
+    hyb_adamw *o = NULL;
+    CHECK_MSG(hyb_adamw_new_model(m, lr, 0.01f, &o) == HYB_OK, "%s", hyb_error());
+    hyb_graph *g = hyb_graph_new();
+    int ok = o != NULL;
+    for (int step = 0; step < steps && ok; step++) {
+        hyb_graph_reset(g);
+        hyb_model_zero_grad(m);
+        hyb_tensor *lg = hyb_model_forward(m, g, in, B, T);
+        hyb_tensor *L = lg ? hyb_cross_entropy(g, lg, tg, NULL) : NULL;
+        if (!L) {
+            CHECK_MSG(0, "step %d: %s", step, hyb_error());
+            ok = 0;
+            break;
+        }
+        double l = hyb_tensor_f32(L)[0];
+        if (step == 0) *first = l;
+        *last = l;
+        ok &= hyb_graph_backward(g, L, 1.0f) == HYB_OK;
+        int n;
+        hyb_tensor **ps = hyb_model_params(m, &n);
+        hyb_grad_clip(ps, n, 1.0f);
+        ok &= hyb_adamw_step(o) == HYB_OK;
+    }
+    hyb_graph_free(g);
+    hyb_adamw_free(o);
+    free(in);
+    free(tg);
+    return ok;
 }
 
 /* ---- 1. the reference -------------------------------------------------------------------------
@@ -335,23 +471,12 @@ void mh_check_ref(const char *type, const char *file, mh_ref_loader load, int ar
                 mh_compare(r.parts[k].name, got, sr[k], (long)B * n, r.parts[k].tol);
                 free(got);
             }
-            for (int b = 0; b < B; b++)
-                free(st[b]);
-            free(st);
+            free_arrays(st, B);
         }
-        free(y);
-        free(dx);
-        free(saved);
+        mh_free(3, y, dx, saved);
     }
-    for (int i = 0; i < np; i++)
-        free(gr[i]);
-    for (int k = 0; k < MH_MAX_PARTS; k++)
-        free(sr[k]);
-    free(gr);
-    free(x);
-    free(yr);
-    free(dy);
-    free(dxr);
+    free_arrays(gr, np);
+    mh_free(MH_MAX_PARTS + 4, x, yr, dy, dxr, sr[0], sr[1], sr[2], sr[3]);
     mh_inst_free(&I);
 }
 
@@ -500,14 +625,9 @@ double mh_decode_vs_forward(mh_inst *I, int ns, const int *len, const int *pre, 
         steps++;
     }
     if (max_n_out) *max_n_out = max_n;
-    for (int s = 0; s < ns; s++) {
-        free(x[s]);
-        free(yfull[s]);
-        free(st[s]);
-    }
-    free(x);
-    free(yfull);
-    free(st);
+    free_arrays(x, ns);
+    free_arrays(yfull, ns);
+    free_arrays(st, ns);
     free(sp);
     free(pos);
     free(ps);
@@ -528,7 +648,8 @@ void mh_check_decode(const mh_case *c, mh_inst *I) {
                                         c->dec.garbage, 5, &max_n);
     printf("   %d sequences of", c->dec.ns);
     for (int s = 0; s < c->dec.ns; s++)
-        printf(" %d (%d prefilled)", c->dec.len[s], c->dec.pre[s]);
+        if (s < 4 || s == c->dec.ns - 1)
+            printf("%s %d (%d prefilled)", s == 4 ? " ..." : "", c->dec.len[s], c->dec.pre[s]);
     printf(", batches up to %d: max rel err vs full forward %.3g\n", max_n, worst);
     CHECK(max_n == c->dec.ns);
     CHECK_MSG(worst < 1e-5, "decode vs forward: %g", worst);
@@ -603,16 +724,10 @@ void mh_chunked_vs_whole(mh_inst *I, int ns, const int *first, int second, int m
         free(y3);
         free(yref);
     }
-    for (int s = 0; s < ns; s++) {
-        free(x[s]);
-        free(yone[s]);
-        free(st_one[s]);
-        free(st_chunk[s]);
-    }
-    free(x);
-    free(yone);
-    free(st_one);
-    free(st_chunk);
+    free_arrays(x, ns);
+    free_arrays(yone, ns);
+    free_arrays(st_one, ns);
+    free_arrays(st_chunk, ns);
     free(x2);
     free(y2);
     free(pos);

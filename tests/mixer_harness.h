@@ -24,6 +24,7 @@
 #include "hyb/config.h"
 #include "hyb/graph.h"
 #include "hyb/mixer.h"
+#include "hyb/model.h"
 
 /* A mixer built from a TOML snippet, with host pointers to its parameters and gradients. */
 typedef struct mh_inst {
@@ -37,6 +38,10 @@ typedef struct mh_inst {
 /* Parameter initialisation of a test instance (away from the plugin's init so every path
  * matters): seed and scale are the row's. */
 typedef void (*mh_init_fn)(mh_inst *I, uint64_t seed, float scale);
+
+/* Loads the plugins of the NULL-terminated mixer types; prints the loader's error and returns -1
+ * when one is missing (a test's main then exits 1 rather than failing every case). */
+int mh_require(const char *type, ...);
 
 /* toml NULL: no table (the plugin's defaults). layer/n_layers as in hyb_model_dims. */
 int mh_inst_new_ex(mh_inst *I, const char *type, int D, const char *toml, uint64_t seed,
@@ -65,10 +70,27 @@ void mh_init_perturb(mh_inst *I, uint64_t seed, float scale);
 mh_init_fn mh_init_for(const char *type);
 
 float *mh_randn(hyb_rng *r, size_t n, float s);
+/* free() each of the n pointers */
+void mh_free(int n, ...);
 double mh_max_abs(const float *a, long n);
 double mh_max_diff(const float *a, const float *b, long n);
 /* worst |a - b| / (atol + rtol |b|): <= 1 means every element passes numpy's allclose */
 double mh_allclose_ratio(const float *a, const float *b, long n, double rtol, double atol);
+
+/* Logits [B, T, V] of a model forward without a tape (heap copy; NULL after a failed CHECK). */
+float *mh_model_logits(hyb_model *m, const int32_t *ids, int B, int T);
+
+/* Prefill + batched decode of a model against its forward logits: sequence s (ids + s * stride)
+ * has len[s] tokens, prompt[s] prefilled (in two calls of split[s] and the rest when split is
+ * non-NULL and split[s] > 0), then decoded in batches of every unfinished sequence. Returns the
+ * worst max rel error (floor 1) of the logits. */
+double mh_model_decode_vs_forward(hyb_model *m, int ns, const int32_t *ids, int stride,
+                                  const int *len, const int *prompt, const int *split, int max_ctx);
+/* Next-token training on seq [B, T + 1] (inputs seq[:, :T], targets seq[:, 1:]): `steps` AdamW
+ * steps (lr, weight decay 0.01, gradients clipped to norm 1). First and last loss; 1 when every
+ * step ran. */
+int mh_model_train(hyb_model *m, const int32_t *seq, int B, int T, int steps, float lr,
+                   double *first, double *last);
 
 /* Tolerances of one comparison of a against the reference b; 0 = not checked. */
 typedef struct mh_tol {
@@ -132,7 +154,7 @@ typedef struct mh_fd_spec {
     double normwise;    /* ||fd - an|| / ||an|| < normwise */
 } mh_fd_spec;
 
-#define MH_MAX_SEQ 4
+#define MH_MAX_SEQ 17
 typedef struct mh_case {
     const char *label;
     const char *type;

@@ -145,126 +145,70 @@ static const struct ref_row {
  */
 
 #define FD_ONLY MH_FD
+#define NO_STATE {0}, {0}, {0}, 0 /* no decode, chunked, snapshot rows */
 #define NO_FD (MH_ALL & ~MH_FD)
+/* finite-difference rows (see above for the tolerances) */
+#define FD_MHA {2, 5, 2, 1e-2f, 2e-3, 2e-3, 1e-3}
+#define FD_MAMBA(B, T) {B, T, 2, 1e-2f, 3e-3, 3e-3, 2e-3}
+#define FD_DN {2, 7, 4, 5e-3f, 3e-3, 3e-3, 2e-3}
+/* H = 2, hd = 5 (odd, != D / H), K = 3, chunk 3 over T = 7: two full chunks and a partial */
+#define DN_FD_ROW(type)                                                                            \
+    {type " H 2 hd 5", type, 8, "n_heads = 2\nhead_dim = 5\nconv_size = 3\nchunk = 3\n", 5, NULL,  \
+     36, 0.5f, FD_ONLY, FD_DN, NO_STATE}
+/* state: S [H, hd, hd] and 3 conv windows [C, K - 1]; first chunks shorter and longer than the
+ * conv window (K - 1 = 3); the snapshot is the whole state */
+#define DN_STATE_BYTES ((2 * 8 * 8 + 3 * 16 * 3) * 4)
+#define DN_ROW(type)                                                                               \
+    {type, type, 16, "n_heads = 2\nhead_dim = 8\nchunk = 4\n", 11, NULL, 78, 0.3f, NO_FD, {0},     \
+     {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, DN_STATE_BYTES, 1}, {2, {2, 5}, 6, 20, 1e-5},             \
+     {6, 5, 24, DN_STATE_BYTES}, 1}
 
+/* Rows: label, type, D, TOML, seed, init (NULL: by type), init seed, init scale, checks, fd,
+ * decode {ns, len, pre, max_ctx, garbage, state bytes, fixed}, chunked {ns, first, second,
+ * max_ctx, state tol}, snapshot {P, N, max_ctx, bytes}, refuses saved with pos > 0. */
 static const mh_case CASES[] = {
     /* GQA 4:2, hd = 6 != D / H, q/k/v biases, a small theta so the rotation angles are large */
-    {.label = "mha GQA 4:2 hd 6 bias",
-     .type = "mha",
-     .D = 8,
-     .toml = "n_heads = 4\nn_kv_heads = 2\nhead_dim = 6\nrope_theta = 50.0\nbias = true\n",
-     .seed = 5,
-     .init_seed = 36,
-     .init_scale = 0.4f,
-     .checks = FD_ONLY,
-     .fd = {2, 5, 2, 1e-2f, 2e-3, 2e-3, 1e-3}},
-    /* plain multi-head (KV = H), no bias: every check */
-    {.label = "mha H 2 KV 2",
-     .type = "mha",
-     .D = 8,
-     .toml = "n_heads = 2\nn_kv_heads = 2\nhead_dim = 4\nrope_theta = 1000.0\n",
-     .seed = 6,
-     .init_seed = 43,
-     .init_scale = 0.4f,
-     .checks = MH_ALL,
-     .fd = {2, 5, 2, 1e-2f, 2e-3, 2e-3, 1e-3},
-     .dec = {3, {9, 6, 11}, {4, 1, 7}, 16, -1, 2 * 2 * 4 * 16 * 4, 0},
-     .chunk = {2, {3, 5}, 4, 20, 1e-6},
-     .snap = {6, 5, 24, 2 * 6 * 2 * 4 * 4},
-     .saved_with_pos = 1},
-    /* state: K and V caches [KV, max_ctx, hd]; a snapshot holds only the first P tokens */
-    {.label = "mha GQA 4:2",
-     .type = "mha",
-     .D = 16,
-     .toml = "n_heads = 4\nn_kv_heads = 2\nhead_dim = 8\nrope_theta = 10000.0\n",
-     .seed = 11,
-     .init_seed = 78,
-     .init_scale = 0.3f,
-     .checks = NO_FD,
-     .dec = {3, {9, 6, 11}, {4, 1, 7}, 16, -1, 2 * 2 * 8 * 16 * 4, 0},
-     .chunk = {2, {3, 5}, 4, 20, 1e-6},
-     .snap = {6, 5, 24, 2 * 6 * 2 * 8 * 4},
-     .saved_with_pos = 1},
+    {"mha GQA 4:2 hd 6 bias", "mha", 8,
+     "n_heads = 4\nn_kv_heads = 2\nhead_dim = 6\nrope_theta = 50.0\nbias = true\n", 5, NULL, 36,
+     0.4f, FD_ONLY, FD_MHA, NO_STATE},
+    /* plain multi-head (KV = H), no bias; state: K and V caches [KV, max_ctx, hd], a snapshot
+     * holds only the first P tokens */
+    {"mha H 2 KV 2", "mha", 8, "n_heads = 2\nn_kv_heads = 2\nhead_dim = 4\nrope_theta = 1000.0\n",
+     6, NULL, 43, 0.4f, MH_ALL, FD_MHA, {3, {9, 6, 11}, {4, 1, 7}, 16, -1, 2 * 2 * 4 * 16 * 4, 0},
+     {2, {3, 5}, 4, 20, 1e-6}, {6, 5, 24, 2 * 6 * 2 * 4 * 4}, 1},
+    {"mha GQA 4:2", "mha", 16, "n_heads = 4\nn_kv_heads = 2\nhead_dim = 8\nrope_theta = 10000.0\n",
+     11, NULL, 78, 0.3f, NO_FD, {0}, {3, {9, 6, 11}, {4, 1, 7}, 16, -1, 2 * 2 * 8 * 16 * 4, 0},
+     {2, {3, 5}, 4, 20, 1e-6}, {6, 5, 24, 2 * 6 * 2 * 8 * 4}, 1},
+    /* a decode step big enough for mha to open its OpenMP region (n * H * ctx * hd > 2e5):
+     * head size 64, multi-query (KV = 1), 4 sequences at different positions ~200 */
+    {"mha MQA hd 64 large decode step", "mha", 64,
+     "n_heads = 4\nn_kv_heads = 1\nhead_dim = 64\nrope_theta = 100000.0\n", 16, NULL, 113, 0.15f,
+     MH_DECODE, {0}, {4, {230, 201, 256, 215}, {229, 200, 255, 214}, 256, -1, 0, 0}, {0}, {0}, 0},
     /* 4 C heads of 2 channels, 2 x/B groups (repeat 2), R = 3, K = 3; chunks of 3 over T = 7 */
-    {.label = "mamba1 repeat 2 double dt bias",
-     .type = "mamba1",
-     .D = 6,
-     .toml = "d_inner = 8\nd_xb = 4\nd_state = 2\ndt_rank = 3\nd_conv = 3\nchunk = 3\n",
-     .seed = 5,
-     .init_seed = 31,
-     .init_scale = 1.0f,
-     .checks = FD_ONLY,
-     .fd = {2, 7, 2, 1e-2f, 3e-3, 3e-3, 2e-3}},
+    {"mamba1 repeat 2 double dt bias", "mamba1", 6,
+     "d_inner = 8\nd_xb = 4\nd_state = 2\ndt_rank = 3\nd_conv = 3\nchunk = 3\n", 5, NULL, 31,
+     1.0f, FD_ONLY, FD_MAMBA(2, 7), NO_STATE},
     /* single bias, repeat 3 (one x/B group), N = 3, K = 4 > T of the first tokens; one chunk */
-    {.label = "mamba1 repeat 3 single dt bias",
-     .type = "mamba1",
-     .D = 5,
-     .toml = "d_inner = 9\nd_xb = 3\nd_state = 3\ndt_rank = 2\nd_conv = 4\n"
-             "double_dt_bias = false\n",
-     .seed = 5,
-     .init_seed = 31,
-     .init_scale = 1.0f,
-     .checks = FD_ONLY,
-     .fd = {1, 6, 2, 1e-2f, 3e-3, 3e-3, 2e-3}},
+    {"mamba1 repeat 3 single dt bias", "mamba1", 5,
+     "d_inner = 9\nd_xb = 3\nd_state = 3\ndt_rank = 2\nd_conv = 4\ndouble_dt_bias = false\n", 5,
+     NULL, 31, 1.0f, FD_ONLY, FD_MAMBA(1, 6), NO_STATE},
     /* fixed-size state (ssm + conv window); prompts of 1 and 2 < d_conv and one of none; chunks
      * of 2 < d_conv (the window spans both chunks) */
-    {.label = "mamba1",
-     .type = "mamba1",
-     .D = 24,
-     .toml = "d_inner = 32\nd_xb = 16\nd_state = 4\ndt_rank = 4\nd_conv = 4\n",
-     .seed = 11,
-     .init_seed = 12,
-     .init_scale = 1.0f,
-     .checks = NO_FD,
-     .dec = {4, {19, 9, 23, 6}, {7, 1, 2, 0}, 40, 0x55, 32 * (4 + 4) * 4, 1},
-     .chunk = {3, {2, 9, 5}, 6, 40, 1e-5},
-     .snap = {6, 5, 24, 32 * (4 + 4) * 4},
-     .saved_with_pos = 1},
-    /* H = 2, hd = 5 (odd, != D / H), K = 3, chunk 3 over T = 7: two full chunks and a partial */
-    {.label = "deltanet H 2 hd 5",
-     .type = "deltanet",
-     .D = 8,
-     .toml = "n_heads = 2\nhead_dim = 5\nconv_size = 3\nchunk = 3\n",
-     .seed = 5,
-     .init_seed = 36,
-     .init_scale = 0.5f,
-     .checks = FD_ONLY,
-     .fd = {2, 7, 4, 5e-3f, 3e-3, 3e-3, 2e-3}},
-    {.label = "gated_deltanet H 2 hd 5",
-     .type = "gated_deltanet",
-     .D = 8,
-     .toml = "n_heads = 2\nhead_dim = 5\nconv_size = 3\nchunk = 3\n",
-     .seed = 5,
-     .init_seed = 36,
-     .init_scale = 0.5f,
-     .checks = FD_ONLY,
-     .fd = {2, 7, 4, 5e-3f, 3e-3, 3e-3, 2e-3}},
-    /* state: S [H, hd, hd] and 3 conv windows [C, K - 1]; first chunks shorter and longer than
-     * the conv window (K - 1 = 3) */
-    {.label = "deltanet",
-     .type = "deltanet",
-     .D = 16,
-     .toml = "n_heads = 2\nhead_dim = 8\nchunk = 4\n",
-     .seed = 11,
-     .init_seed = 78,
-     .init_scale = 0.3f,
-     .checks = NO_FD,
-     .dec = {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, (2 * 8 * 8 + 3 * 16 * 3) * 4, 1},
-     .chunk = {2, {2, 5}, 6, 20, 1e-5},
-     .snap = {6, 5, 24, (2 * 8 * 8 + 3 * 16 * 3) * 4},
-     .saved_with_pos = 1},
-    {.label = "gated_deltanet",
-     .type = "gated_deltanet",
-     .D = 16,
-     .toml = "n_heads = 2\nhead_dim = 8\nchunk = 4\n",
-     .seed = 11,
-     .init_seed = 78,
-     .init_scale = 0.3f,
-     .checks = NO_FD,
-     .dec = {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, (2 * 8 * 8 + 3 * 16 * 3) * 4, 1},
-     .chunk = {2, {2, 5}, 6, 20, 1e-5},
-     .snap = {6, 5, 24, (2 * 8 * 8 + 3 * 16 * 3) * 4},
-     .saved_with_pos = 1},
+    {"mamba1", "mamba1", 24, "d_inner = 32\nd_xb = 16\nd_state = 4\ndt_rank = 4\nd_conv = 4\n", 11,
+     NULL, 12, 1.0f, NO_FD, {0}, {4, {19, 9, 23, 6}, {7, 1, 2, 0}, 40, 0x55, 32 * 8 * 4, 1},
+     {3, {2, 9, 5}, 6, 40, 1e-5}, {6, 5, 24, 32 * 8 * 4}, 1},
+    /* a decode step large enough to open the OpenMP region (n * Di * N > 262144), on a realistic
+     * head size (d_state 16) with repeat 4: 17 sequences at positions 13..29 */
+    {"mamba1 Di 1024 large decode step", "mamba1", 64,
+     "d_inner = 1024\nd_xb = 256\nd_state = 16\ndt_rank = 8\n", 21, NULL, 22, 1.0f, MH_DECODE, {0},
+     {17,
+      {30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30},
+      {29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13},
+      64, 0x55, 0, 1}, {0}, {0}, 0},
+    DN_FD_ROW("deltanet"),
+    DN_FD_ROW("gated_deltanet"),
+    DN_ROW("deltanet"),
+    DN_ROW("gated_deltanet"),
 };
 enum { N_CASES = sizeof CASES / sizeof CASES[0] };
 
@@ -277,19 +221,6 @@ typedef struct pick {
 } pick;
 static pick PICKS[32];
 static int n_picks = -1; /* -1: no HYB_TEST_MIXERS, everything */
-
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) n = 0;
-    if (s) s[n] = 0;
-    fclose(f);
-    return s;
-}
 
 static int parse_picks(void) {
     const char *env = getenv("HYB_TEST_MIXERS");
@@ -305,7 +236,7 @@ static int parse_picks(void) {
         snprintf(p->name, sizeof p->name, "%s", tok);
         p->toml = NULL;
         if (eq) {
-            p->toml = slurp(eq + 1);
+            p->toml = harness_read_file(eq + 1, NULL);
             if (!p->toml) {
                 fprintf(stderr, "HYB_TEST_MIXERS: cannot read %s\n", eq + 1);
                 return -1;
@@ -357,16 +288,16 @@ int main(void) {
     }
     char sp[4096];
     printf("plugins on %s: %d loaded\n", hyb_plugin_search_path(sp, sizeof sp), n);
-    for (size_t i = 0; i < sizeof REFS / sizeof REFS[0]; i++) {
+    enum { N_REFS = sizeof REFS / sizeof REFS[0] };
+    static char names[N_REFS][160]; /* harness_run keeps the name while the check runs */
+    for (size_t i = 0; i < N_REFS; i++) {
         if (selected(REFS[i].type) != 1) continue;
-        char name[160];
-        snprintf(name, sizeof name, "%s: reference %s%s", REFS[i].type, REFS[i].file,
-                 REFS[i].load == load_mamba1 ? (REFS[i].arg == 64 ? " chunk 64"
-                                                : REFS[i].arg == 4 ? " chunk 4"
-                                                                   : " chunk 7")
-                                             : "");
+        char chunk[32] = "";
+        if (REFS[i].load == load_mamba1) snprintf(chunk, sizeof chunk, " chunk %d", REFS[i].arg);
+        snprintf(names[i], sizeof names[i], "%s: reference %s%s", REFS[i].type, REFS[i].file,
+                 chunk);
         cur_ref = &REFS[i];
-        harness_run(strdup(name), run_ref);
+        harness_run(names[i], run_ref);
     }
     for (int i = 0; i < N_CASES; i++)
         if (selected(CASES[i].type) == 1) mh_run_case(&CASES[i]);
