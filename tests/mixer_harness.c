@@ -499,7 +499,7 @@ static double fd_loss(mh_inst *I, int B, int T, const float *x, const float *dy,
 static void fd_one(mh_inst *I, const mh_fd_spec *s, const char *what, float *v, const float *an,
                    long n, const float *x, const float *dy, float *y) {
     const float h = s->h;
-    double num = 0, den = 0, worst = 0;
+    double num = 0, den = 0, worst = 0, num_wrong = 0;
     long bad = 0;
     for (long i = 0; i < n; i++) {
         const float keep = v[i];
@@ -528,14 +528,19 @@ static void fd_one(mh_inst *I, const mh_fd_spec *s, const char *what, float *v, 
             bad++;
         }
         num += d * d;
+        num_wrong += (fd - 1.01 * an[i]) * (fd - 1.01 * an[i]);
         den += (double)an[i] * an[i];
         worst = d > worst ? d : worst;
     }
-    double rel = sqrt(num / (den > 0 ? den : 1));
-    printf("   %-18s n=%-4ld |grad| %8.3g  normwise rel err %.2g  max abs err %.2g\n", what, n,
-           sqrt(den), rel, worst);
+    double rel = sqrt(num / (den > 0 ? den : 1)), rel_wrong = sqrt(num_wrong / (den > 0 ? den : 1));
+    printf("   %-18s n=%-4ld |grad| %8.3g  normwise rel err %.2g (1%%-wrong %.2g)  max abs err "
+           "%.2g\n",
+           what, n, sqrt(den), rel, rel_wrong, worst);
     CHECK_MSG(rel < s->normwise, "%s: normwise rel err %g", what, rel);
     CHECK_MSG(den > 0, "%s: gradient is all zero", what);
+    /* the check has the power to fail: a gradient off by 1% would not pass */
+    CHECK_MSG(rel_wrong >= s->normwise, "%s: a 1%% gradient error (%g) would go unnoticed", what,
+              rel_wrong);
 }
 
 void mh_check_fd(const mh_case *c, mh_inst *I) {
