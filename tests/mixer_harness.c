@@ -1232,8 +1232,18 @@ mh_case mh_default_case(const char *type, int D, const char *toml) {
 static const mh_case *run_case;
 static mh_inst *run_inst;
 static void (*run_fn)(const mh_case *, mh_inst *);
+static int run_created;
 static void run_one(void) {
     run_fn(run_case, run_inst);
+}
+static void run_create(void) {
+    const mh_case *c = run_case;
+    run_created = mh_inst_new(run_inst, c->type, c->D, c->toml, c->seed) == 0;
+    if (!run_created) return;
+    (c->init ? c->init : mh_init_for(c->type))(run_inst, c->init_seed, c->init_scale);
+    char desc[256];
+    run_inst->m->desc->describe(run_inst->m->self, desc, sizeof desc);
+    printf("   %s, D = %d\n", desc, c->D);
 }
 
 void mh_run_case(const mh_case *c) {
@@ -1248,22 +1258,16 @@ void mh_run_case(const mh_case *c) {
                   {MH_GRAPH, "graph op vs kernels", mh_check_graph},
                   {MH_BACKENDS, "backends vs cpu", mh_check_backends},
                   {MH_BAD_INPUT, "bad input", mh_check_bad_input}};
+    static char name[256]; /* harness_run keeps the name while the check runs */
     mh_inst I;
-    if (mh_inst_new(&I, c->type, c->D, c->toml, c->seed) != 0) {
-        printf("FAIL %s: cannot create the mixer\n", c->label);
-        mh_inst_free(&I);
-        return;
-    }
-    (c->init ? c->init : mh_init_for(c->type))(&I, c->init_seed, c->init_scale);
-    char desc[256];
-    I.m->desc->describe(I.m->self, desc, sizeof desc);
-    printf("-- %s: %s, D = %d\n", c->label, desc, c->D);
-    for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
+    memset(&I, 0, sizeof I);
+    run_case = c;
+    run_inst = &I;
+    snprintf(name, sizeof name, "%s: create", c->label);
+    harness_run(name, run_create);
+    for (size_t i = 0; run_created && i < sizeof checks / sizeof checks[0]; i++) {
         if (!(c->checks & checks[i].bit)) continue;
-        char name[256];
         snprintf(name, sizeof name, "%s: %s", c->label, checks[i].name);
-        run_case = c;
-        run_inst = &I;
         run_fn = checks[i].fn;
         harness_run(name, run_one);
     }
