@@ -108,7 +108,9 @@ int mh_bwd(mh_inst *I, int B, int T, const float *x, const float *dy, float *dx,
                        .params = I->pp,
                        .grads = I->gp,
                        .saved = saved};
-    return I->m->desc->kernels[HYB_DEV_CPU].backward(I->m->self, &a);
+    const hyb_mixer_kernels *k = &I->m->desc->kernels[HYB_DEV_CPU];
+    if (!k->backward) return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: no CPU backward", I->m->type);
+    return k->backward(I->m->self, &a);
 }
 
 int mh_dec(mh_inst *I, int n, const float *x, float *y, void *const *states, const int32_t *pos,
@@ -1192,10 +1194,12 @@ void mh_check_bad_input(const mh_case *c, mh_inst *I) {
     CHECK(mh_fwd(I, 2, 2, xz, yz, NULL, NULL, p3, M) == HYB_ERR_ARG);
     /* backward without a saved forward, and with the saved forward of another shape */
     float *dxz = malloc((size_t)2 * M * D * 4);
-    CHECK(mh_bwd(I, 1, 1, xz, xz, dxz, NULL) == HYB_ERR_ARG);
-    CHECK(mh_fwd(I, 2, 3, xz, yz, saved, NULL, NULL, 0) == HYB_OK);
-    CHECK(mh_bwd(I, 2, 2, xz, xz, dxz, saved) == HYB_ERR_ARG);
-    printf("   %s\n", hyb_error());
+    if (I->m->desc->kernels[HYB_DEV_CPU].backward) {
+        CHECK(mh_bwd(I, 1, 1, xz, xz, dxz, NULL) == HYB_ERR_ARG);
+        CHECK(mh_fwd(I, 2, 3, xz, yz, saved, NULL, NULL, 0) == HYB_OK);
+        CHECK(mh_bwd(I, 2, 2, xz, xz, dxz, saved) == HYB_ERR_ARG);
+        printf("   %s\n", hyb_error());
+    }
     free(saved);
     free(dxz);
     free(xz);
@@ -1240,6 +1244,12 @@ static void run_create(void) {
     const mh_case *c = run_case;
     run_created = mh_inst_new(run_inst, c->type, c->D, c->toml, c->seed) == 0;
     if (!run_created) return;
+    const hyb_mixer_kernels *k = &run_inst->m->desc->kernels[HYB_DEV_CPU];
+    if (!k->forward || !k->decode) { /* every check compares against the CPU */
+        CHECK_MSG(0, "%s: the harness needs CPU forward and decode kernels", c->type);
+        run_created = 0;
+        return;
+    }
     (c->init ? c->init : mh_init_for(c->type))(run_inst, c->init_seed, c->init_scale);
     char desc[256];
     run_inst->m->desc->describe(run_inst->m->self, desc, sizeof desc);
@@ -1265,8 +1275,13 @@ void mh_run_case(const mh_case *c) {
     run_inst = &I;
     snprintf(name, sizeof name, "%s: create", c->label);
     harness_run(name, run_create);
+    const int train = run_created && I.m->desc->kernels[HYB_DEV_CPU].backward;
+    if (run_created && !train && (c->checks & (MH_FD | MH_GRAPH | MH_BACKENDS)))
+        printf("   skip %s: finite differences, graph op and backends need a CPU backward "
+               "(inference-only plugin)\n", c->label);
     for (size_t i = 0; run_created && i < sizeof checks / sizeof checks[0]; i++) {
         if (!(c->checks & checks[i].bit)) continue;
+        if (!train && (checks[i].bit & (MH_FD | MH_GRAPH | MH_BACKENDS))) continue;
         snprintf(name, sizeof name, "%s: %s", c->label, checks[i].name);
         run_fn = checks[i].fn;
         harness_run(name, run_one);
