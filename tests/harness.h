@@ -9,6 +9,7 @@
 #ifndef HYB_TEST_HARNESS_H
 #define HYB_TEST_HARNESS_H
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 
 #define HARNESS_SKIP 77
@@ -40,6 +41,9 @@ void harness_fail(const char *file, int line, const char *fmt, ...);
 double harness_rel_rms(const float *a, const float *b, long n);
 /* Remove a directory tree (test scratch directories); missing is fine. */
 void harness_rm_rf(const char *dir);
+/* The whole file, NUL-terminated (heap; *len gets its size when len is non-NULL); NULL when it
+ * cannot be read. */
+char *harness_read_file(const char *path, size_t *len);
 /* max |a-b| / max(|b|, floor) over elements */
 double harness_max_rel(const float *a, const float *b, long n, double floor);
 #endif

@@ -17,28 +17,11 @@ static hyb_model *M;
 static cJSON *J;
 static char DATA[512];
 
-static void *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = malloc((size_t)sz + 1);
-    if (p && fread(p, 1, (size_t)sz, f) != (size_t)sz) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    if (p) p[sz] = 0;
-    if (n) *n = (size_t)sz;
-    return p;
-}
-
 static float *golden(const char *file, size_t expect_floats) {
     char path[700];
     snprintf(path, sizeof path, "%s/%s", DATA, file);
     size_t n = 0;
-    float *p = slurp(path, &n);
+    float *p = (float *)harness_read_file(path, &n);
     CHECK_MSG(p != NULL && n == expect_floats * sizeof(float), "golden %s: %zu bytes, want %zu",
               path, n, expect_floats * sizeof(float));
     return p;
@@ -278,7 +261,7 @@ int main(void) {
     snprintf(DATA, sizeof DATA, "%s/teacher", data && *data ? data : "tests/data");
     char jpath[700];
     snprintf(jpath, sizeof jpath, "%s/teacher.json", DATA);
-    char *text = slurp(jpath, NULL);
+    char *text = harness_read_file(jpath, NULL);
     if (!text) {
         printf("FAIL: golden file %s missing\n", jpath);
         return 1;

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "mixer_harness.h"
 #include "hyb/hf.h"
 #include "hyb/model.h"
 #include "hyb/safetensors.h"
@@ -781,43 +782,14 @@ static void test_training_loss_falls(void) {
     CHECK(m != NULL);
     if (!m) return;
     enum { B = 2, T = 24 };
-    int32_t seq[B * (T + 1)], ids[B * T], tg[B * T];
+    int32_t seq[B * (T + 1)];
     random_ids(seq, B * (T + 1), m->V, 77);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            ids[b * T + t] = seq[b * (T + 1) + t];
-            tg[b * T + t] = seq[b * (T + 1) + t + 1];
-        }
-    hyb_adamw *o;
-    CHECK(hyb_adamw_new_model(m, 1e-2f, 0.01f, &o) == HYB_OK);
-    hyb_graph *g = hyb_graph_new();
     double first = 0, last = 0;
-    int ok = 1;
-    for (int step = 0; step < 50 && ok; step++) {
-        hyb_graph_reset(g);
-        hyb_model_zero_grad(m);
-        hyb_tensor *lg = hyb_model_forward(m, g, ids, B, T);
-        hyb_tensor *L = lg ? hyb_cross_entropy(g, lg, tg, NULL) : NULL;
-        if (!L) {
-            ok = 0;
-            CHECK_MSG(0, "step %d: %s", step, hyb_error());
-            break;
-        }
-        double loss = hyb_tensor_f32(L)[0];
-        if (step == 0) first = loss;
-        last = loss;
-        ok &= hyb_graph_backward(g, L, 1.0f) == HYB_OK;
-        int n;
-        hyb_tensor **ps = hyb_model_params(m, &n);
-        hyb_grad_clip(ps, n, 1.0f);
-        ok &= hyb_adamw_step(o) == HYB_OK;
-    }
+    int ok = mh_model_train(m, seq, B, T, 50, 1e-2f, &first, &last);
     CHECK(ok);
     printf("  training: loss %.4f -> %.4f after 50 steps\n", first, last);
     CHECK_NEAR(first, log((double)m->V), 0.15); /* near-uniform predictions at init */
     CHECK_MSG(last < 0.5 * first, "loss %.4f -> %.4f did not fall clearly", first, last);
-    hyb_graph_free(g);
-    hyb_adamw_free(o);
     hyb_model_free(m);
 }
 

@@ -22,25 +22,8 @@ static char *data_path(const char *name) {
     return buf;
 }
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b) b[n] = 0;
-    if (len) *len = (size_t)n;
-    return b;
-}
-
 static cJSON *read_json(const char *name) {
-    char *s = read_all(data_path(name), NULL);
+    char *s = harness_read_file(data_path(name), NULL);
     if (!s) return NULL;
     cJSON *j = cJSON_Parse(s);
     free(s);
@@ -401,7 +384,7 @@ static void test_malformed(void) {
     CHECK(strstr(hyb_error(), "/nonexistent/tokenizer.json") != NULL);
     /* every truncation of a real file fails cleanly (or loads, when the cut is harmless) */
     size_t len;
-    char *s = read_all(data_path("spm_llama2.tokenizer.json"), &len);
+    char *s = harness_read_file(data_path("spm_llama2.tokenizer.json"), &len);
     CHECK(s != NULL);
     if (!s) return;
     int failures = 0;
@@ -421,7 +404,7 @@ static void test_malformed(void) {
  * sample) or fails with a message; never a crash (run under ASan/UBSan in the sanitizer build). */
 static void test_mutations(void) {
     size_t len;
-    char *orig = read_all(data_path("spm_metaspace_split.tokenizer.json"), &len);
+    char *orig = harness_read_file(data_path("spm_metaspace_split.tokenizer.json"), &len);
     CHECK(orig != NULL);
     if (!orig) return;
     char *s = malloc(len + 64);
