@@ -28,7 +28,8 @@
  * group_norm.weight ones (no weight decay).
  *
  * Decode state of one sequence: S [H, dk, dv] f32, whatever the context (max_ctx is ignored);
- * snapshot/restore copy it whole. saved (forward -> backward): Q, K [B*T, H*dk], V, G, O
+ * snapshot/restore copy it whole. saved (forward -> backward): a 64-byte header (magic, B, T:
+ * backward refuses a saved forward of another shape), then Q, K [B*T, H*dk], V, G, O
  * [B*T, H*dv] (O before the group norm), R [B*T, H] (the norm's 1/rms).
  *
  * Every GEMM goes through a->be->sgemm with its status checked; scratch comes from a->be->alloc.
@@ -150,11 +151,20 @@ static int ret_param_decl(void *self, int i, hyb_param_decl *d) {
     return HYB_OK;
 }
 
-/* Q, K [BT, QK], V, G, O [BT, VD], R [BT, H] */
+/* The header of `saved`: which forward filled it (64 bytes, so the floats stay aligned). */
+#define RET_SAVED_MAGIC 0x52455431u /* "RET1" */
+typedef struct ret_saved_hdr {
+    uint32_t magic;
+    int32_t B, T;
+    uint8_t pad[52];
+} ret_saved_hdr;
+
+/* header, then Q, K [BT, QK], V, G, O [BT, VD], R [BT, H] */
 static size_t ret_saved_bytes(void *self, int B, int T) {
     retention *m = self;
     size_t bt = (size_t)B * T;
-    return bt * (2 * (size_t)m->H * m->dk + 3 * (size_t)m->H * m->dv + m->H) * sizeof(float);
+    return sizeof(ret_saved_hdr) +
+           bt * (2 * (size_t)m->H * m->dk + 3 * (size_t)m->H * m->dv + m->H) * sizeof(float);
 }
 
 static size_t ret_state_bytes(void *self, int max_ctx) {
@@ -164,6 +174,10 @@ static size_t ret_state_bytes(void *self, int max_ctx) {
 
 static int64_t ret_state_snapshot(void *self, const hyb_backend *be, const void *state, int pos,
                                   int max_ctx, void *dst) {
+    retention *m = self;
+    if (pos < 0 || pos > max_ctx)
+        return H_->error(HYB_ERR_ARG, "retention (layer %d): snapshot of %d tokens from a state of %d",
+                         m->layer, pos, max_ctx);
     size_t n = ret_state_bytes(self, max_ctx);
     if (dst) BE_TRY(be->copy(be, dst, state, n));
     return (int64_t)n;
@@ -171,6 +185,10 @@ static int64_t ret_state_snapshot(void *self, const hyb_backend *be, const void 
 
 static int ret_state_restore(void *self, const hyb_backend *be, void *state, const void *src,
                              int pos, int max_ctx) {
+    retention *m = self;
+    if (pos < 0 || pos > max_ctx)
+        return H_->error(HYB_ERR_ARG, "retention (layer %d): restore of %d tokens into a state of %d",
+                         m->layer, pos, max_ctx);
     return be->copy(be, state, src, ret_state_bytes(self, max_ctx));
 }
 
@@ -223,7 +241,14 @@ static int forward_body(const retention *m, const hyb_mixer_fwd *a, float *scr) 
     const int QK = H * dk, VD = H * dv, BT = B * T;
     const float s = 1.0f / sqrtf((float)dk);
     /* what backward needs goes to `saved` when there is one, else to the front of scr */
-    float *Q = a->saved ? (float *)a->saved : scr;       /* [BT, QK] */
+    if (a->saved) { /* a CPU kernel: `saved` is host memory, the header is written in place */
+        ret_saved_hdr *h = a->saved;
+        memset(h, 0, sizeof *h);
+        h->magic = RET_SAVED_MAGIC;
+        h->B = B;
+        h->T = T;
+    }
+    float *Q = a->saved ? (float *)((ret_saved_hdr *)a->saved + 1) : scr; /* [BT, QK] */
     float *K = Q + (size_t)BT * QK;                      /* [BT, QK] */
     float *V = K + (size_t)BT * QK;                      /* [BT, VD] */
     float *G = V + (size_t)BT * VD;                      /* [BT, VD] gate pre-activation */
@@ -303,7 +328,8 @@ static int backward_body(const retention *m, const hyb_mixer_bwd *a, float *scr)
     const int B = a->B, T = a->T, H = m->H, dk = m->dk, dv = m->dv, D = m->D;
     const int QK = H * dk, VD = H * dv, BT = B * T;
     const float s = 1.0f / sqrtf((float)dk);
-    const float *Q = a->saved, *K = Q + (size_t)BT * QK, *V = K + (size_t)BT * QK;
+    const float *Q = (const float *)((const ret_saved_hdr *)a->saved + 1);
+    const float *K = Q + (size_t)BT * QK, *V = K + (size_t)BT * QK;
     const float *G = V + (size_t)BT * VD, *O = G + (size_t)BT * VD, *R = O + (size_t)BT * VD;
     float *Z = scr;                   /* [BT, VD] gated output (recomputed) */
     float *dZ = Z + (size_t)BT * VD;  /* [BT, VD] */
@@ -365,9 +391,12 @@ static int backward_body(const retention *m, const hyb_mixer_bwd *a, float *scr)
 
 static int ret_backward(void *self, const hyb_mixer_bwd *a) {
     retention *m = self;
-    if (!a->saved)
-        return H_->error(HYB_ERR_ARG, "retention (layer %d): backward without saved activations",
-                         m->layer);
+    const ret_saved_hdr *h = a->saved;
+    if (!h || h->magic != RET_SAVED_MAGIC || h->B != a->B || h->T != a->T)
+        return H_->error(HYB_ERR_ARG,
+                         "retention (layer %d): backward [B=%d, T=%d] without a matching saved "
+                         "forward",
+                         m->layer, a->B, a->T);
     const size_t BT = (size_t)a->B * a->T, QK = (size_t)m->H * m->dk, VD = (size_t)m->H * m->dv;
     size_t n = BT * (5 * VD + 2 * QK + m->H) + 2 * (size_t)a->T * a->T; /* see backward_body */
     float *scr = a->be->alloc(a->be, n * sizeof(float));
