@@ -14,6 +14,7 @@
 #include "hyb/atomic.h"
 #include "hyb/safetensors.h"
 #include "../strbuf.h"
+#include "../io/hf_config.h"
 
 // ---- layer map as TOML
 // ---------------------------------------------------------------------------
@@ -266,158 +267,23 @@ static char *join_path(const char *dir, const char *file) {
     return p;
 }
 
-/* The shortest %g form that reads back as the same double (finite v). */
-static void sb_shortest(hyb_strbuf *b, double v) {
-    char tmp[64];
-    if (v == floor(v) && fabs(v) < 1e15) { /* 10000.0, not 1e+04 */
-        snprintf(tmp, sizeof tmp, "%.1f", v);
-        hyb_strbuf_puts(b, tmp);
-        return;
-    }
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(tmp, sizeof tmp, "%.*g", prec, v);
-        if (strtod(tmp, NULL) == v) break;
-    }
-    hyb_strbuf_puts(b, tmp);
-}
-
-/* HF config.json for a model every layer of which is the same `mha` mixer (a llama checkpoint
- * that transformers and hyb_model_load_hf_dir read back). Returns NULL (no error) when the
- * layout is not a plain llama: hybrids, identity layers, per-layer attention shapes. */
-static char *llama_config_json(const hyb_model *m) {
-    const hyb_mixer_spec *spec = NULL;
-    for (int l = 0; l < m->L; l++) {
-        const hyb_mixer *mx = m->layers[l].mixer;
-        const hyb_mixer_spec *sp = &m->map->mixers[m->map->layer_mixer[l]];
-        if (!mx || strcmp(mx->type, "mha") != 0) return NULL;
-        if (spec && sp != spec) return NULL;
-        spec = sp;
-    }
-    /* the mha plugin's keys and defaults (plugins/mha/mha.c) */
-    const hyb_cfg_table *t = spec->table;
-    int64_t nh = 0, nkv = 0, hd = 0;
-    double theta = 10000.0;
-    int bias = 0;
-    int ok = hyb_cfg_int(t, "n_heads", m->D % 64 == 0 ? m->D / 64 : 0, &nh) == HYB_OK && nh > 0 &&
-             hyb_cfg_int(t, "n_kv_heads", nh, &nkv) == HYB_OK && nkv > 0 &&
-             hyb_cfg_int(t, "head_dim", m->D % nh == 0 ? m->D / nh : 0, &hd) == HYB_OK && hd > 0 &&
-             hyb_cfg_float(t, "rope_theta", 10000.0, &theta) == HYB_OK &&
-             hyb_cfg_bool(t, "bias", 0, &bias) == HYB_OK;
-    hyb_error_clear();
-    if (!ok) return NULL;
-    /* cross-check with the declared shapes: q_proj [H*hd, D], k_proj [KV*hd, D] */
-    const hyb_mixer *mx = m->layers[0].mixer;
-    int seen = 0;
-    for (int i = 0; i < mx->n_params; i++) {
-        const hyb_param_decl *d = &mx->decls[i];
-        if (!strcmp(d->name, "q_proj.weight"))
-            seen += d->shape[0] == nh * hd && d->shape[1] == m->D;
-        if (!strcmp(d->name, "k_proj.weight"))
-            seen += d->shape[0] == nkv * hd && d->shape[1] == m->D;
-    }
-    if (seen != 2) return NULL;
-    hyb_strbuf b = {0};
-    hyb_strbuf_puts(
-        &b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
-    hyb_strbuf_printf(
-        &b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
-        m->D, m->F, m->L);
-    hyb_strbuf_printf(&b,
-                      "  \"num_attention_heads\": %" PRId64 ",\n  \"num_key_value_heads\": %" PRId64
-                      ",\n  \"head_dim\": %" PRId64 ",\n",
-                      nh, nkv, hd);
-    hyb_strbuf_printf(&b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n", m->V,
-                      m->map->max_seq);
-    hyb_strbuf_puts(&b, "  \"rms_norm_eps\": ");
-    sb_shortest(&b, m->map->norm_eps);
-    hyb_strbuf_puts(&b, ",\n  \"rope_theta\": ");
-    sb_shortest(&b, theta);
-    hyb_strbuf_puts(&b, ",\n");
-    hyb_strbuf_printf(&b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": %s,\n",
-                      m->lm_head == m->embed ? "true" : "false", bias ? "true" : "false");
-    hyb_strbuf_puts(
-        &b, "  \"mlp_bias\": false,\n  \"hidden_act\": \"silu\",\n  \"initializer_range\": 0.02,\n"
-            "  \"dtype\": \"float32\",\n  \"torch_dtype\": \"float32\"\n}\n");
-    if (b.oom) {
-        free(b.p);
-        return NULL;
-    }
-    return b.p;
-}
-
-/* ---- HF apriel_h config.json (hybrids of mha / mamba1 / identity layers) --------------------
- * Facts confirmed from the public Fast-LLM HF code (fast_llm_external_models/apriel_hybrid_ssm:
- * configuration_apriel_hybrid_ssm.py, modeling_apriel_hybrid_ssm.py), read, not copied:
- *   - the config is a MistralConfig subclass with `hybrid_block_layout` (one of "t", "m2", "m2d",
- *     "i" per layer) and one `ssm_cfg` dict shared by every SSM layer; Fast-LLM names the type
- *     "apriel_hybrid_ssm", the released Apriel-H1 checkpoints "apriel_h" (SPEC.md section 1);
- *   - "t" is a MistralDecoderLayer (no q/k/v bias); "m2" is a decoder layer whose `mixer` is the
- *     Mamba module with in_proj [2*d_xb + 2*d_inner, D] split (z, x, B, C), dt_in_proj [dt_rank,
- * D], dt_proj [d_inner, dt_rank] with bias (added twice: once by the Linear, again as the scan's
- *     delta_bias), conv1d [d_inner, 1, d_conv] over x repeated to d_inner (repeat_kv_before_conv),
- *     A_log [d_inner, d_state], D [d_inner], out_proj [D, d_inner], no other biases; the
- *     conv activation is always silu; dt_rank "auto" = ceil(D / 16);
- *   - "i" (AprielHybridIdentity) returns the hidden states unchanged: the WHOLE block, MLP
- *     included, is skipped. A hyb identity layer keeps its MLP, so it is written as "i" only
- *     when its MLP is exactly zero (then both compute h unchanged); hyb_model_load_hf_dir builds
- *     "i" layers that way. */
-typedef struct attn_hp {
-    int64_t nh, nkv, hd;
-    double theta;
-    int bias;
-} attn_hp;
-
-/* The mha hyper-parameters of layer l (the plugin's keys and defaults, plugins/mha/mha.c),
- * cross-checked with the declared q/k shapes. 0 when they cannot be determined. */
-static int mha_hparams(const hyb_model *m, int l, attn_hp *a) {
-    const hyb_mixer *mx = m->layers[l].mixer;
-    const hyb_cfg_table *t = m->map->mixers[m->map->layer_mixer[l]].table;
-    memset(a, 0, sizeof *a);
-    a->theta = 10000.0;
-    int ok = hyb_cfg_int(t, "n_heads", m->D % 64 == 0 ? m->D / 64 : 0, &a->nh) == HYB_OK &&
-             a->nh > 0 && hyb_cfg_int(t, "n_kv_heads", a->nh, &a->nkv) == HYB_OK && a->nkv > 0 &&
-             hyb_cfg_int(t, "head_dim", m->D % a->nh == 0 ? m->D / a->nh : 0, &a->hd) == HYB_OK &&
-             a->hd > 0 && hyb_cfg_float(t, "rope_theta", 10000.0, &a->theta) == HYB_OK &&
-             hyb_cfg_bool(t, "bias", 0, &a->bias) == HYB_OK;
-    hyb_error_clear();
-    if (!ok) return 0;
-    int seen = 0;
-    for (int i = 0; i < mx->n_params; i++) {
-        const hyb_param_decl *d = &mx->decls[i];
-        if (!strcmp(d->name, "q_proj.weight"))
-            seen += d->shape[0] == a->nh * a->hd && d->shape[1] == m->D;
-        if (!strcmp(d->name, "k_proj.weight"))
-            seen += d->shape[0] == a->nkv * a->hd && d->shape[1] == m->D;
-    }
-    return seen == 2;
-}
-
-typedef struct ssm_hp {
-    int64_t di, dx, n, r, k;
-    int dbl;
-} ssm_hp;
-
-/* The mamba1 shapes of layer l, from its declared parameters (plugins/mamba1/mamba1.c):
- * A_log [Di, N], dt_in_proj [R, D], conv1d [Di, 1, K], in_proj [2 Di + 2 Dx, D]. */
-static int mamba1_hparams(const hyb_model *m, int l, ssm_hp *s) {
-    const hyb_mixer *mx = m->layers[l].mixer;
-    const hyb_cfg_table *t = m->map->mixers[m->map->layer_mixer[l]].table;
-    memset(s, 0, sizeof *s);
-    int64_t p = 0;
-    for (int i = 0; i < mx->n_params; i++) {
-        const hyb_param_decl *d = &mx->decls[i];
-        if (!strcmp(d->name, "A_log")) s->di = d->shape[0], s->n = d->shape[1];
-        if (!strcmp(d->name, "dt_in_proj.weight")) s->r = d->shape[0];
-        if (!strcmp(d->name, "conv1d.weight")) s->k = d->shape[2];
-        if (!strcmp(d->name, "in_proj.weight")) p = d->shape[0];
-    }
-    s->dx = (p - 2 * s->di) / 2;
-    s->dbl = 1;
-    int ok = hyb_cfg_bool(t, "double_dt_bias", 1, &s->dbl) == HYB_OK;
-    hyb_error_clear();
-    return ok && s->di > 0 && s->n > 0 && s->r > 0 && s->k > 0 && s->dx > 0 &&
-           2 * s->di + 2 * s->dx == p;
-}
+/* ---- HF config.json, written through the mixers' hf_export hooks -------------------------------
+ * The formats (hyb/plugin.h, docs/HF_CONFIG.md), tried in this order; the first that can express
+ * the model is written:
+ *   llama       every layer a mixer of HF block type "t" (the attention), one set of keys;
+ *   apriel_h    the Apriel-H1 hybrid: a MistralConfig with hybrid_block_layout of the mixers'
+ *               block types and "i" for identity layers. Facts confirmed from the public Fast-LLM
+ *               HF code (fast_llm_external_models/apriel_hybrid_ssm), read, not copied: the config
+ *               is a MistralConfig subclass with `hybrid_block_layout` and one `ssm_cfg` dict;
+ *               Fast-LLM names the type "apriel_hybrid_ssm", the released checkpoints
+ *               "apriel_h" (SPEC.md section 1); "i" (AprielHybridIdentity) returns the hidden
+ *               states unchanged: the WHOLE block, MLP included, is skipped, so a hyb identity
+ *               layer (which keeps its MLP) is written as "i" only when its MLP is exactly zero;
+ *               hyb_model_load_hf_dir builds "i" layers that way;
+ *   hyb_hybrid  hyb's own: the same, with the layout naming each layer's mixer type.
+ * The core writes the model-level keys (sizes, norms, embeddings, the layout); each mixer writes
+ * its own keys (attention keys, ssm_cfg, mixer_cfg.<type>) and the host's json_set_* checks that
+ * the layers of one type agree. */
 
 static int all_zero(const hyb_tensor *t) {
     const float *x = hyb_tensor_f32((hyb_tensor *)t);
@@ -426,110 +292,107 @@ static int all_zero(const hyb_tensor *t) {
     return 1;
 }
 
-/* Returns the apriel_h config.json text, or NULL with *why set (a static reason, no error) when
- * the model is not such a hybrid or cannot be expressed in that format. */
-static char *apriel_config_json(const hyb_model *m, const char **why) {
-    attn_hp a = {0}, a1;
-    ssm_hp s = {0}, s1;
-    int n_attn = 0, n_ssm = 0;
-    *why = NULL;
+/* The config.json text of m in `fmt`, or NULL with the reason in why (no error set). */
+static char *hf_config_for(const hyb_model *m, const char *fmt, char *why, size_t nwhy) {
+    const int llama = !strcmp(fmt, HYB_HF_LLAMA), apriel = !strcmp(fmt, HYB_HF_APRIEL_H);
+    char *text = NULL;
+    cJSON *root = cJSON_CreateObject(), *arch = cJSON_CreateArray(), *lay = cJSON_CreateArray();
+    hyb_json *j = (hyb_json *)root;
+    snprintf(why, nwhy, "out of memory");
+    if (!root || !arch || !lay) goto done;
+    cJSON_AddItemToArray(arch, cJSON_CreateString(llama    ? "LlamaForCausalLM"
+                                                  : apriel ? "AprielHForCausalLM"
+                                                           : "HybHybridForCausalLM"));
+    cJSON_AddItemToObject(root, "architectures", arch);
+    arch = NULL;
+    int rc = hyb_hfj_set_string(j, "model_type", fmt);
+    if (!rc) rc = hyb_hfj_set_int(j, "hidden_size", m->D);
+    if (!rc) rc = hyb_hfj_set_int(j, "intermediate_size", m->F);
+    if (!rc) rc = hyb_hfj_set_int(j, "num_hidden_layers", m->L);
+    if (rc) goto done;
     for (int l = 0; l < m->L; l++) {
-        const hyb_mixer *mx = m->layers[l].mixer;
+        const hyb_layer *ly = &m->layers[l];
+        const hyb_mixer *mx = ly->mixer;
         if (!mx) {
-            const hyb_layer *ly = &m->layers[l];
+            if (llama) {
+                snprintf(why, nwhy, "layer %d is an identity layer", l);
+                goto done;
+            }
             if (!all_zero(ly->w_gate) || !all_zero(ly->w_up) || !all_zero(ly->w_down)) {
-                *why = "an identity layer keeps a non-zero MLP, but apriel_h \"i\" skips the "
-                       "whole block";
-                return NULL;
+                snprintf(why, nwhy,
+                         "identity layer %d keeps a non-zero MLP, but \"i\" skips the whole block",
+                         l);
+                goto done;
             }
-        } else if (!strcmp(mx->type, "mha")) {
-            if (!mha_hparams(m, l, &a1)) {
-                *why = "an mha layer's shape cannot be determined";
-                return NULL;
-            }
-            if (a1.bias) {
-                *why = "mha layers with q/k/v biases (apriel_h attention has none)";
-                return NULL;
-            }
-            if (n_attn++ &&
-                (a.nh != a1.nh || a.nkv != a1.nkv || a.hd != a1.hd || a.theta != a1.theta)) {
-                *why = "mha layers with different shapes (apriel_h has one attention config)";
-                return NULL;
-            }
-            a = a1;
-        } else if (!strcmp(mx->type, "mamba1")) {
-            if (!mamba1_hparams(m, l, &s1)) {
-                *why = "a mamba1 layer's shape cannot be determined";
-                return NULL;
-            }
-            if (!s1.dbl) {
-                *why = "mamba1 with double_dt_bias = false (apriel_h \"m2\" adds the bias twice)";
-                return NULL;
-            }
-            if (n_ssm++ &&
-                (s.di != s1.di || s.dx != s1.dx || s.n != s1.n || s.r != s1.r || s.k != s1.k)) {
-                *why = "mamba1 layers with different configs (apriel_h has one ssm_cfg)";
-                return NULL;
-            }
-            s = s1;
-        } else {
-            *why = "a layer's mixer has no apriel_h block type (only mha, mamba1, identity)";
-            return NULL;
+            cJSON_AddItemToArray(lay, cJSON_CreateString(apriel ? "i" : HYB_MIXER_IDENTITY));
+            continue;
         }
+        const hyb_mixer_desc *d = mx->desc;
+        const char *tag = d->hf_layer_type;
+        if (!d->hf_export) {
+            snprintf(why, nwhy, "layer %d: mixer '%s' has no HF config hooks", l, mx->type);
+            goto done;
+        }
+        if ((apriel && !tag) || (llama && (!tag || strcmp(tag, "t") != 0))) {
+            snprintf(why, nwhy, "layer %d: mixer '%s' has no %s block type", l, mx->type,
+                     llama ? "llama (\"t\")" : "apriel_h");
+            goto done;
+        }
+        if ((rc = d->hf_export(mx->self, fmt, j)) != HYB_OK) {
+            snprintf(why, nwhy, "layer %d (%s): %s", l, mx->type, hyb_error());
+            hyb_error_clear();
+            goto done;
+        }
+        cJSON_AddItemToArray(lay, cJSON_CreateString(apriel ? tag : mx->type));
     }
-    if (!n_ssm) return NULL; /* not a hybrid: the llama path (or nothing) */
-    if (!n_attn) {
-        /* MistralConfig still needs the attention keys; use the llama defaults */
-        a.nh = m->D % 64 == 0 ? m->D / 64 : 1;
-        a.nkv = a.nh;
-        a.hd = m->D / a.nh;
-        a.theta = 10000.0;
+    rc = hyb_hfj_set_int(j, "vocab_size", m->V);
+    if (!rc) rc = hyb_hfj_set_int(j, "max_position_embeddings", m->map->max_seq);
+    if (!rc) rc = hyb_hfj_set_float(j, "rms_norm_eps", m->map->norm_eps);
+    if (!rc && !llama && !cJSON_GetObjectItemCaseSensitive(root, "num_attention_heads")) {
+        /* no attention layer: MistralConfig still needs its keys (unused); placeholders */
+        int nh = m->D % 64 == 0 ? m->D / 64 : 1;
+        rc = hyb_hfj_set_int(j, "num_attention_heads", nh);
+        if (!rc) rc = hyb_hfj_set_int(j, "num_key_value_heads", nh);
+        if (!rc) rc = hyb_hfj_set_int(j, "head_dim", m->D / nh);
+        if (!rc) rc = hyb_hfj_set_float(j, "rope_theta", 10000.0);
     }
-    hyb_strbuf b = {0};
-    hyb_strbuf_puts(
-        &b, "{\n  \"architectures\": [\"AprielHForCausalLM\"],\n  \"model_type\": \"apriel_h\",\n");
-    hyb_strbuf_printf(
-        &b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
-        m->D, m->F, m->L);
-    hyb_strbuf_printf(&b,
-                      "  \"num_attention_heads\": %" PRId64 ",\n  \"num_key_value_heads\": %" PRId64
-                      ",\n  \"head_dim\": %" PRId64 ",\n",
-                      a.nh, a.nkv, a.hd);
-    hyb_strbuf_printf(&b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n", m->V,
-                      m->map->max_seq);
-    hyb_strbuf_puts(&b, "  \"rms_norm_eps\": ");
-    sb_shortest(&b, m->map->norm_eps);
-    hyb_strbuf_puts(&b, ",\n  \"rope_theta\": ");
-    sb_shortest(&b, a.theta);
-    hyb_strbuf_printf(&b, ",\n  \"tie_word_embeddings\": %s,\n",
-                      m->lm_head == m->embed ? "true" : "false");
-    hyb_strbuf_puts(&b, "  \"sliding_window\": null,\n  \"hidden_act\": \"silu\",\n"
-                        "  \"initializer_range\": 0.02,\n  \"torch_dtype\": \"float32\",\n"
-                        "  \"hybrid_block_layout\": [");
-    for (int l = 0; l < m->L; l++) {
-        const hyb_mixer *mx = m->layers[l].mixer;
-        hyb_strbuf_printf(&b, "%s\"%s\"", l ? ", " : "",
-                          !mx                        ? "i"
-                          : !strcmp(mx->type, "mha") ? "t"
-                                                     : "m2");
+    if (!rc) rc = hyb_hfj_set_bool(j, "tie_word_embeddings", m->lm_head == m->embed);
+    if (!rc && llama) rc = hyb_hfj_set_bool(j, "mlp_bias", 0);
+    if (!rc && !llama) rc = hyb_hfj_set_null(j, "sliding_window");
+    if (!rc) rc = hyb_hfj_set_string(j, "hidden_act", "silu");
+    if (!rc) rc = hyb_hfj_set_float(j, "initializer_range", 0.02);
+    if (!rc && llama) rc = hyb_hfj_set_string(j, "dtype", "float32");
+    if (!rc) rc = hyb_hfj_set_string(j, "torch_dtype", "float32");
+    if (rc) {
+        snprintf(why, nwhy, "%s", hyb_error());
+        hyb_error_clear();
+        goto done;
     }
-    hyb_strbuf_printf(&b,
-                      "],\n  \"ssm_cfg\": {\n    \"d_state\": %" PRId64 ",\n    \"d_xb\": %" PRId64
-                      ",\n    \"d_inner\": %" PRId64 ",\n    \"dt_rank\": %" PRId64
-                      ",\n    \"d_conv\": %" PRId64 ",\n",
-                      s.n, s.dx, s.di, s.r, s.k);
-    hyb_strbuf_puts(&b,
-                    "    \"expand\": 1,\n    \"conv_bias\": true,\n    \"bias\": false,\n"
-                    "    \"dt_proj_bias\": true,\n    \"repeat_kv_before_conv\": true,\n"
-                    "    \"activation\": \"silu\",\n    \"dt_min\": 0.001,\n    \"dt_max\": 0.1,\n"
-                    "    \"dt_init\": \"random\",\n    \"dt_scale\": 1.0,\n"
-                    "    \"dt_init_floor\": 0.0001\n  }\n}\n");
-    if (b.oom) {
-        free(b.p);
-        *why = "out of memory";
-        return NULL;
+    if (!llama) {
+        cJSON_AddItemToObject(root, "hybrid_block_layout", lay);
+        lay = NULL;
     }
-    return b.p;
+    text = hyb_hfj_print(root);
+done:
+    cJSON_Delete(root);
+    cJSON_Delete(arch);
+    cJSON_Delete(lay);
+    return text;
+}
+
+/* The config.json of the first format that expresses m, or NULL with the reasons in why. */
+static char *hf_config_json(const hyb_model *m, char *why, size_t nwhy) {
+    static const char *const formats[] = {HYB_HF_LLAMA, HYB_HF_APRIEL_H, HYB_HF_HYB_HYBRID};
+    size_t k = 0;
+    why[0] = 0;
+    for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++) {
+        char one[1024];
+        char *text = hf_config_for(m, formats[i], one, sizeof one);
+        if (text) return text;
+        if (k < nwhy)
+            k += (size_t)snprintf(why + k, nwhy - k, "%s%s: %s", i ? "; " : "", formats[i], one);
+    }
+    return NULL;
 }
 
 int hyb_model_save(hyb_model *m, const char *dir) {
@@ -552,23 +415,16 @@ int hyb_model_save(hyb_model *m, const char *dir) {
     if (rc == HYB_OK) rc = hyb_st_writer_save(w, p_st);
     if (rc == HYB_OK) rc = hyb_atomic_write_buf(p_map, toml, strlen(toml));
     if (rc == HYB_OK) {
-        char *cfg = llama_config_json(m);
-        const char *why = NULL;
-        if (!cfg) cfg = apriel_config_json(m, &why);
+        char why[4096];
+        char *cfg = hf_config_json(m, why, sizeof why);
         char *p_cfg = join_path(dir, "config.json");
         if (cfg && p_cfg)
             rc = hyb_atomic_write_buf(p_cfg, cfg, strlen(cfg));
         else if (!cfg && p_cfg) { /* and none left over from an earlier save of another layout */
-            if (why)
-                hyb_log(HYB_LOG_INFO,
-                        "%s: no config.json: the hybrid cannot be written as HF apriel_h (%s); "
-                        "layermap.toml describes it",
-                        dir, why);
-            else
-                hyb_log(HYB_LOG_DEBUG,
-                        "%s: no config.json (the layout is neither a plain llama nor an apriel_h "
-                        "hybrid)",
-                        dir);
+            hyb_log(HYB_LOG_INFO,
+                    "%s: no config.json: no HF format expresses the model (%s); layermap.toml "
+                    "describes it",
+                    dir, why);
             if (unlink(p_cfg) != 0 && errno != ENOENT)
                 rc = hyb_error_set(HYB_ERR_IO, "%s: cannot remove a stale config.json: %s", dir,
                                    strerror(errno));
