@@ -210,7 +210,7 @@ static int plan_layermap(const cJSON *root, const char *path, const hyb_llama_co
             hyb_strbuf_printf(&b, "\n[mixers.%s]\ntype = \"%s\"\nsymbol = \"%c\"\n%s", d->name,
                               d->name, sym, t.b.p ? t.b.p : "");
         else
-            rc = hyb_error_wrap(rc, "%s: layer %d (%s)", path, l, d->name);
+            rc = hyb_error_wrap(rc, "layer %d (%s)", l, d->name);
         hyb_strbuf_free(&t.b);
     }
     hyb_hfj_source(old_src);

@@ -26,8 +26,11 @@
  * With no table at all every key takes its default.
  *
  * HF config.json (hf_layer_type "m2"): the Apriel-H1 `ssm_cfg` object, shared by every mamba1
- * layer (they must agree): d_state, d_xb (null on import: d_model), d_inner, dt_rank ("auto" on
- * import: ceil(d_model / 16)), d_conv, and the constants of the HF Mamba module (expand 1,
+ * layer (they must agree): d_state, d_xb (null on import: d_model), d_inner (null on import:
+ * expand * d_model, expand defaulting to 2 as in the HF Mamba2 module), n_qk_heads (written as
+ * d_inner / d_state, the "m2" C heads: the HF hybrid cache reads it for every SSM layer and
+ * asserts that it divides d_inner; ignored on import), dt_rank ("auto" on import:
+ * ceil(d_model / 16)), d_conv, and the constants of the HF Mamba module (expand 1,
  * conv_bias true, bias false, dt_proj_bias true, repeat_kv_before_conv true, activation silu,
  * the dt init keys). apriel_h "m2" adds dt_proj.bias twice, so double_dt_bias = false is
  * refused there; the hyb_hybrid format writes it as ssm_cfg.double_dt_bias. Not in llama configs.
@@ -301,6 +304,7 @@ static int m1_hf_export(void *self, const char *format, hyb_json *c) {
     HYB_TRY(H_->json_set_int(s, "d_state", m->N));
     HYB_TRY(H_->json_set_int(s, "d_xb", m->Dx));
     HYB_TRY(H_->json_set_int(s, "d_inner", m->Di));
+    HYB_TRY(H_->json_set_int(s, "n_qk_heads", m->nC));
     HYB_TRY(H_->json_set_int(s, "dt_rank", m->R));
     HYB_TRY(H_->json_set_int(s, "d_conv", m->K));
     HYB_TRY(H_->json_set_int(s, "expand", 1));
@@ -324,7 +328,15 @@ static int m1_hf_import(const hyb_model_dims *dims, const char *format, const hy
     const hyb_json *s;
     HYB_TRY(H_->json_object(c, "ssm_cfg", 1, &s));
     int64_t Di, Dx, N, R, K;
-    HYB_TRY(H_->json_int(s, "d_inner", 1, 0, &Di));
+    if (H_->json_type(s, "d_inner") == HYB_JSON_NULL) { /* the HF code: expand * d_model */
+        int64_t expand;
+        HYB_TRY(H_->json_int(s, "expand", 0, 2, &expand));
+        if (expand <= 0 || expand > 64)
+            return H_->json_error(s, "expand", "must be in [1, 64], got %lld", (long long)expand);
+        Di = expand * D;
+    } else {
+        HYB_TRY(H_->json_int(s, "d_inner", 1, 0, &Di));
+    }
     HYB_TRY(H_->json_int(s, "d_state", 1, 0, &N));
     HYB_TRY(H_->json_int(s, "d_conv", 1, 0, &K));
     /* d_xb: null means d_model; dt_rank: "auto" means ceil(d_model / 16) (the HF code) */
