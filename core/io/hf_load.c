@@ -8,6 +8,7 @@
 #include "hyb/hf.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,12 +56,13 @@ static void plan_free(hf_plan *p) {
 
 /* The plugin whose hf_layer_type is `tag` (every plugin on the search path is loaded once, so that
  * two claiming the same type are caught). NULL without an error when none does. */
+static void scan_plugins(void) {
+    hyb_plugin_scan();
+}
+
 static int find_by_layer_type(const char *path, const char *tag, const hyb_mixer_desc **out) {
-    static int scanned;
-    if (!scanned) {
-        hyb_plugin_scan();
-        scanned = 1;
-    }
+    static pthread_once_t scanned = PTHREAD_ONCE_INIT;
+    pthread_once(&scanned, scan_plugins);
     *out = NULL;
     const char *where = NULL, *w2 = NULL;
     for (int i = 0, n = hyb_plugin_count(); i < n; i++) {

@@ -285,11 +285,25 @@ static char *join_path(const char *dir, const char *file) {
  * its own keys (attention keys, ssm_cfg, mixer_cfg.<type>) and the host's json_set_* checks that
  * the layers of one type agree. */
 
+/* 1 when every element of t is 0 (t on any device; 0 when it cannot be read). */
 static int all_zero(const hyb_tensor *t) {
-    const float *x = hyb_tensor_f32((hyb_tensor *)t);
-    for (int64_t i = 0, n = hyb_tensor_numel(t); i < n; i++)
-        if (x[i] != 0.0f) return 0;
-    return 1;
+    const int64_t n = hyb_tensor_numel(t);
+    float *tmp = NULL;
+    const float *x = t->device == HYB_DEV_CPU ? hyb_tensor_f32((hyb_tensor *)t) : NULL;
+    if (!x) {
+        tmp = malloc((size_t)(n > 0 ? n : 1) * sizeof *tmp);
+        if (!tmp || hyb_tensor_download(t, tmp) != HYB_OK) {
+            hyb_error_clear();
+            free(tmp);
+            return 0;
+        }
+        x = tmp;
+    }
+    int zero = 1;
+    for (int64_t i = 0; i < n && zero; i++)
+        zero = x[i] == 0.0f;
+    free(tmp);
+    return zero;
 }
 
 /* The config.json text of m in `fmt`, or NULL with the reason in why (no error set). */
