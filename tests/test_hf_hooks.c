@@ -5,6 +5,8 @@
  *    hooks) has the same keys and values as that committed config.json, plus ssm_cfg.n_qk_heads
  *    (issue 16: the HF hybrid cache reads it; d_inner / d_state);
  *  - ssm_cfg.d_inner: null is read as expand * hidden_size, as the HF code does (issue 16);
+ *  - identity layers written as "i" / "identity" have no tensors in model.safetensors (the HF
+ *    side has none; issue 16), and hyb_model_load still gives the same model and logits;
  *  - DeltaNet / Gated DeltaNet hybrids (with mha, mamba1 and identity layers) are written in the
  *    hyb_hybrid format: hybrid_block_layout names each layer's mixer, mixer_cfg.<type> its
  *    options; loading the directory gives the same layer map and bit-identical logits;
@@ -29,6 +31,7 @@
 #include "hyb/hf.h"
 #include "hyb/model.h"
 #include "hyb/plugin.h"
+#include "hyb/safetensors.h"
 
 static char g_dir[512];
 
@@ -370,6 +373,60 @@ static void test_d_inner_null(void) {
     hyb_model_free(m);
 }
 
+/* issue 16: no tensors the HF side lacks for identity layers; the native load restores them. */
+static void test_identity_tensors_omitted(void) {
+    static const char *const pats[] = {"mtim", "tdigmd"};
+    for (int k = 0; k < 2; k++) {
+        hyb_model *m = make(pats[k], k);
+        if (!m) return;
+        const char *dir = sub(k ? "omit_dn" : "omit_apriel");
+        CHECK(hyb_model_save(m, dir) == HYB_OK);
+        char p[700];
+        snprintf(p, sizeof p, "%s/model.safetensors", dir);
+        hyb_safetensors *st = NULL;
+        CHECK_MSG(hyb_safetensors_open(p, &st) == HYB_OK, "%s", hyb_error());
+        int n_layer2 = 0, n_all = st ? hyb_safetensors_count(st) : 0;
+        for (int i = 0; i < n_all; i++)
+            n_layer2 += !strncmp(hyb_safetensors_tensor(st, i)->name, "model.layers.2.", 15);
+        CHECK_MSG(n_layer2 == 0, "%s: %d tensors of identity layer 2 saved", pats[k], n_layer2);
+        CHECK_MSG(n_all == m->n_params - 5, "%s: %d tensors for %d parameters", pats[k], n_all,
+                  m->n_params);
+        hyb_safetensors_close(st);
+        hyb_model *back = NULL;
+        int rc = hyb_model_load(dir, &back);
+        CHECK_MSG(rc == HYB_OK, "%s: hyb_model_load: %s", pats[k], hyb_error());
+        if (back) {
+            CHECK(back->n_params == m->n_params);
+            float *x = logits_of(m), *y = logits_of(back);
+            CHECK_MSG(x && y && memcmp(x, y, sizeof(float) * B * T * 48) == 0,
+                      "%s: logits differ after hyb_model_load", pats[k]);
+            free(x);
+            free(y);
+            hyb_model_free(back);
+        }
+        hyb_model_free(m);
+    }
+    /* an identity layer that keeps its MLP has no HF form: its tensors stay (and load back) */
+    hyb_model *m = make("mtim", 0);
+    if (!m) return;
+    hyb_layer *ly = &m->layers[2];
+    hyb_tensor_f32(ly->w_down)[0] = 0.5f;
+    hyb_tensor_f32(ly->w_up)[0] = 0.5f;
+    hyb_tensor_f32(ly->w_gate)[0] = 0.5f;
+    const char *dir = sub("keep_identity");
+    CHECK(hyb_model_save(m, dir) == HYB_OK);
+    hyb_model *back = NULL;
+    CHECK_MSG(hyb_model_load(dir, &back) == HYB_OK, "%s", hyb_error());
+    if (back) {
+        float *x = logits_of(m), *y = logits_of(back);
+        CHECK(x && y && memcmp(x, y, sizeof(float) * B * T * 48) == 0);
+        free(x);
+        free(y);
+        hyb_model_free(back);
+    }
+    hyb_model_free(m);
+}
+
 /* PLUGINS.md's example: a third-party mixer with the hooks round-trips in hyb_hybrid. */
 static void test_example_plugin(void) {
     const char *pp = getenv("HYB_PLUGIN_PATH");
@@ -443,6 +500,7 @@ int main(void) {
     RUN(test_disagreeing_layers);
     RUN(test_import_errors);
     RUN(test_d_inner_null);
+    RUN(test_identity_tensors_omitted);
     RUN(test_example_plugin);
     harness_rm_rf(g_dir);
     return harness_done();

@@ -409,6 +409,20 @@ static char *hf_config_json(const hyb_model *m, char *why, size_t nwhy) {
     return NULL;
 }
 
+/* The identity layer t belongs to (its norms or MLP), or -1. */
+static int identity_layer_of(const hyb_model *m, const hyb_tensor *t) {
+    for (int l = 0; l < m->L; l++) {
+        const hyb_layer *ly = &m->layers[l];
+        if (!ly->mixer && (t == ly->norm_in || t == ly->norm_post || t == ly->w_gate ||
+                           t == ly->w_up || t == ly->w_down))
+            return l;
+    }
+    return -1;
+}
+
+/* safetensors metadata key listing the identity layers whose tensors a save left out */
+#define OMITTED_KEY "hyb_identity_layers_omitted"
+
 int hyb_model_save(hyb_model *m, const char *dir) {
     HYB_TRY(hyb_mkdir_p(dir));
     int rc = HYB_OK;
@@ -420,8 +434,20 @@ int hyb_model_save(hyb_model *m, const char *dir) {
         rc = hyb_error_wrap(HYB_ERR_NOMEM, "hyb_model_save %s", dir);
         goto done;
     }
+    /* With an HF config.json, identity layers are "i" / "identity" there (their MLP is zero): the
+     * HF side has no tensors for them, so neither has the file (issue 16); the metadata lists
+     * them, and hyb_model_load_params gives them back (norms 1, MLP zero). */
+    char why[4096];
+    char *cfg = hf_config_json(m, why, sizeof why);
+    hyb_strbuf omitted = {0};
+    for (int l = 0; l < m->L && cfg; l++)
+        if (!m->layers[l].mixer) hyb_strbuf_printf(&omitted, "%s%d", omitted.n ? "," : "", l);
     for (int i = 0; i < m->n_params && rc == HYB_OK; i++)
-        rc = hyb_st_writer_add_tensor(w, m->params[i]->name, m->params[i]);
+        if (!(cfg && identity_layer_of(m, m->params[i]) >= 0))
+            rc = hyb_st_writer_add_tensor(w, m->params[i]->name, m->params[i]);
+    if (rc == HYB_OK && omitted.n) rc = hyb_st_writer_meta(w, OMITTED_KEY, omitted.p);
+    if (rc == HYB_OK && omitted.oom) rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_model_save: out of memory");
+    hyb_strbuf_free(&omitted);
     if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "format", "pt");
     if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "hyb_version", HYB_VERSION);
     if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "hyb_layermap", toml);
@@ -429,8 +455,6 @@ int hyb_model_save(hyb_model *m, const char *dir) {
     if (rc == HYB_OK) rc = hyb_st_writer_save(w, p_st);
     if (rc == HYB_OK) rc = hyb_atomic_write_buf(p_map, toml, strlen(toml));
     if (rc == HYB_OK) {
-        char why[4096];
-        char *cfg = hf_config_json(m, why, sizeof why);
         char *p_cfg = join_path(dir, "config.json");
         if (cfg && p_cfg)
             rc = hyb_atomic_write_buf(p_cfg, cfg, strlen(cfg));
@@ -443,13 +467,15 @@ int hyb_model_save(hyb_model *m, const char *dir) {
                 rc = hyb_error_set(HYB_ERR_IO, "%s: cannot remove a stale config.json: %s", dir,
                                    strerror(errno));
         }
-        free(cfg);
         free(p_cfg);
     }
+    free(cfg);
+    cfg = NULL;
     if (rc == HYB_OK)
         hyb_log(HYB_LOG_INFO, "saved %s (%d tensors, %" PRId64 " parameters)", dir, m->n_params,
                 hyb_model_n_elements(m));
 done:
+    free(cfg);
     hyb_st_writer_free(w);
     free(toml);
     free(p_map);
@@ -476,7 +502,16 @@ int hyb_model_load_params_ex(hyb_model *m, const char *path, unsigned flags) {
     int rc = HYB_OK;
     char a[128], b[128];
     const hyb_st_tensor **src = calloc((size_t)m->n_params + 1, sizeof *src);
-    if (!src) {
+    unsigned char *omitted = calloc((size_t)m->L + 1, 1); /* identity layers the save left out */
+    const char *om = hyb_safetensors_meta(st, OMITTED_KEY);
+    for (const char *c = om; c && omitted && *c;) {
+        char *end;
+        long l = strtol(c, &end, 10);
+        if (end == c) break;
+        if (l >= 0 && l < m->L) omitted[l] = 1;
+        c = *end == ',' ? end + 1 : end;
+    }
+    if (!src || !omitted) {
         rc = hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
         goto done;
     }
@@ -485,6 +520,8 @@ int hyb_model_load_params_ex(hyb_model *m, const char *path, unsigned flags) {
         const hyb_tensor *p = m->params[i];
         const hyb_st_tensor *t = hyb_safetensors_find(st, p->name);
         if (!t) {
+            int l = identity_layer_of(m, p);
+            if (l >= 0 && omitted[l]) continue; /* src[i] NULL: norms 1, MLP zero (step 3) */
             rc = hyb_error_set(HYB_ERR_NOTFOUND, "%s: tensor '%s' %s is missing", path, p->name,
                                shape_str(p->ndim, p->shape, a, sizeof a));
             goto done;
@@ -529,9 +566,28 @@ int hyb_model_load_params_ex(hyb_model *m, const char *path, unsigned flags) {
         hyb_log(HYB_LOG_WARN, "%s: ignored %d tensors that are not parameters of the model", path,
                 n_extra);
     /* 3. copy */
-    for (int i = 0; i < m->n_params && rc == HYB_OK; i++)
-        rc = hyb_safetensors_read_tensor(st, src[i], m->params[i]);
+    for (int i = 0; i < m->n_params && rc == HYB_OK; i++) {
+        hyb_tensor *p = m->params[i];
+        if (src[i]) {
+            rc = hyb_safetensors_read_tensor(st, src[i], p);
+            continue;
+        }
+        /* an omitted identity layer: norms 1, MLP zero (h passes unchanged, as "i" in HF) */
+        const hyb_layer *ly = &m->layers[identity_layer_of(m, p)];
+        const int64_t n = hyb_tensor_numel(p);
+        float *v = calloc((size_t)(n > 0 ? n : 1), sizeof *v);
+        if (!v) {
+            rc = hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+            break;
+        }
+        if (p == ly->norm_in || p == ly->norm_post)
+            for (int64_t k = 0; k < n; k++)
+                v[k] = 1.0f;
+        rc = hyb_tensor_upload(p, v);
+        free(v);
+    }
 done:
+    free(omitted);
     free(src);
     hyb_safetensors_close(st);
     return rc;
