@@ -1,9 +1,11 @@
-/* Building a hyb_model from pretrained llama-style checkpoints: GGUF files (hyb/hf.h).
+/* Building a hyb_model from pretrained checkpoints (hyb/hf.h): GGUF files and HF directories.
  *
  * The steps: read the hyper-parameters, write the layer map as TOML text and parse it (so the
  * map is the same object a file would give), build the model, then fill every parameter by name.
- * Parameters are the model's (HF names); each is mapped to its GGUF name, its shape checked and
- * its data dequantised to f32 in place.
+ * The layer map's mixer tables come from the mixer plugins' hf_import hooks (docs/HF_CONFIG.md):
+ * this file knows the config formats and identity layers, never a mixer. For GGUF, parameters
+ * are the model's (HF names); each is mapped to its GGUF name, its shape checked and its data
+ * dequantised to f32 in place.
  */
 #include "hyb/hf.h"
 
@@ -295,14 +297,13 @@ static int check_config(const char *src, const hyb_llama_config *c) {
     return HYB_OK;
 }
 
-static int hf_build(const char *src, const hyb_llama_config *c, const hf_plan *p,
-                    hyb_model **out);
+static int hf_build(const char *src, const hf_plan *p, hyb_model **out);
 
 static int build_from_config(const char *src, const hyb_llama_config *c, hyb_model **out) {
     HYB_TRY(check_config(src, c));
     hf_plan p;
     int rc = llama_plan(c, src, &p);
-    if (rc == HYB_OK) rc = hf_build(src, c, &p, out);
+    if (rc == HYB_OK) rc = hf_build(src, &p, out);
     plan_free(&p);
     return rc;
 }
@@ -870,9 +871,7 @@ static int hf_fill(hyb_model *m, shard_set *s, const char *dir, const hf_plan *p
 
 /* Build the model of a plan (its generated layer map), without random init: every parameter is
  * read next, and the MLP of an identity layer skipped by the format must stay zero. */
-static int hf_build(const char *src, const hyb_llama_config *c, const hf_plan *p,
-                    hyb_model **out) {
-    (void)c;
+static int hf_build(const char *src, const hf_plan *p, hyb_model **out) {
     char source[600];
     snprintf(source, sizeof source, "%s (generated layer map)", src);
     hyb_layermap *map = NULL;
@@ -900,7 +899,7 @@ int hyb_model_load_hf_dir(const char *dir, hyb_model **out) {
         return rc;
     }
     hyb_model *m = NULL;
-    rc = hf_build(dir, &c, &p, &m);
+    rc = hf_build(dir, &p, &m);
     if (rc == HYB_OK) rc = hf_fill(m, &s, dir, &p);
     shards_close(&s);
     if (rc == HYB_OK && strcmp(p.format, HYB_HF_LLAMA) != 0)

@@ -22,6 +22,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "deltanet_core.h"
@@ -793,7 +794,18 @@ static int dn_hf_export(void *self, const char *format, hyb_json *c) {
     HYB_TRY(H_->json_set_int(o, "head_dim", m->n));
     HYB_TRY(H_->json_set_int(o, "conv_size", m->K));
     HYB_TRY(H_->json_set_int(o, "chunk", m->chunk));
-    HYB_TRY(H_->json_set_float(o, "norm_eps", m->eps_cfg));
+    /* the default comes from the model's float epsilon: write its shortest float form (1e-05,
+     * not 9.999999747378752e-06); it reads back as the same float */
+    double eps = m->eps_cfg;
+    if (eps == (double)(float)eps) {
+        char t[32];
+        for (int prec = 1; prec <= 9; prec++) {
+            snprintf(t, sizeof t, "%.*g", prec, eps);
+            if (strtof(t, NULL) == (float)eps) break;
+        }
+        eps = strtod(t, NULL);
+    }
+    HYB_TRY(H_->json_set_float(o, "norm_eps", eps));
     return HYB_OK;
 }
 
