@@ -15,6 +15,7 @@
 
 #include "hyb/backend.h"
 #include "hyb/config.h"
+#include "io/hf_config.h"
 
 /* ---- host services ----------------------------------------------------------------------------
  */
@@ -76,6 +77,23 @@ static const hyb_host HOST = {
     .cfg_error = host_cfg_error,
     .rng_normal = host_rng_normal,
     .rng_uniform = host_rng_uniform,
+    .json_type = hyb_hfj_type,
+    .json_object = hyb_hfj_object,
+    .json_int = hyb_hfj_int,
+    .json_float = hyb_hfj_float,
+    .json_bool = hyb_hfj_bool,
+    .json_string = hyb_hfj_string,
+    .json_error = hyb_hfj_error,
+    .json_set_int = hyb_hfj_set_int,
+    .json_set_float = hyb_hfj_set_float,
+    .json_set_bool = hyb_hfj_set_bool,
+    .json_set_string = hyb_hfj_set_string,
+    .json_set_null = hyb_hfj_set_null,
+    .json_set_object = hyb_hfj_set_object,
+    .toml_int = hyb_toml_put_int,
+    .toml_float = hyb_toml_put_float,
+    .toml_bool = hyb_toml_put_bool,
+    .toml_string = hyb_toml_put_string,
 };
 
 const hyb_host *hyb_host_services(void) {
@@ -185,6 +203,17 @@ static int validate_desc(const char *path, const hyb_mixer_desc *d) {
             "plugin %s (mixer '%s'): state_snapshot and state_restore must be both "
             "set or both NULL",
             path, d->name);
+    if (!!d->hf_export != !!d->hf_import)
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "plugin %s (mixer '%s'): hf_export and hf_import must be both set or "
+                             "both NULL",
+                             path, d->name);
+    if (d->hf_layer_type && (!d->hf_layer_type[0] || strlen(d->hf_layer_type) >= 16 ||
+                             !strcmp(d->hf_layer_type, "i") || !d->hf_import))
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "plugin %s (mixer '%s'): hf_layer_type '%s' must be 1-15 characters, "
+                             "not \"i\" (identity), and needs the hf hooks",
+                             path, d->name, d->hf_layer_type);
     return HYB_OK;
 }
 

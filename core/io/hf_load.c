@@ -1,13 +1,16 @@
-/* Building a hyb_model from pretrained llama-style checkpoints: GGUF files (hyb/hf.h).
+/* Building a hyb_model from pretrained checkpoints (hyb/hf.h): GGUF files and HF directories.
  *
  * The steps: read the hyper-parameters, write the layer map as TOML text and parse it (so the
  * map is the same object a file would give), build the model, then fill every parameter by name.
- * Parameters are the model's (HF names); each is mapped to its GGUF name, its shape checked and
- * its data dequantised to f32 in place.
+ * The layer map's mixer tables come from the mixer plugins' hf_import hooks (docs/HF_CONFIG.md):
+ * this file knows the config formats and identity layers, never a mixer. For GGUF, parameters
+ * are the model's (HF names); each is mapped to its GGUF name, its shape checked and its data
+ * dequantised to f32 in place.
  */
 #include "hyb/hf.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,7 @@
 #include "hyb/gguf.h"
 #include "hyb/safetensors.h"
 #include "../strbuf.h"
+#include "hf_config.h"
 
 /* ---- layer map text ---------------------------------------------------------------------------*/
 
@@ -30,45 +34,242 @@ static void sanitize_name(const char *in, char *out, size_t n) {
     if (j == 0) snprintf(out, n, "llama");
 }
 
-int hyb_llama_layermap_text(const hyb_llama_config *c, char *buf, size_t n) {
+/* ---- the layer map of an HF config, through the mixers' hf_import hooks ----------------------
+ * A config names its layers' mixers in one of three formats (hyb/plugin.h, docs/HF_CONFIG.md):
+ * llama (every layer the mixer of HF block type "t"), apriel_h (hybrid_block_layout of block
+ * types, "i" = identity) and hyb_hybrid (hybrid_block_layout of mixer types). Each mixer type
+ * reads its own keys and writes its TOML table (hf_import); the core writes [model] and the
+ * layout, and knows only identity layers. */
+
+typedef struct hf_plan {
+    const char *format;          /* HYB_HF_* */
+    int n;                       /* layers */
+    const hyb_mixer_desc **desc; /* [n]; NULL = identity layer (the whole block skipped) */
+    char *pattern;               /* [n + 1] the layout's symbols */
+    char *toml;                  /* the generated layer map */
+} hf_plan;
+
+static void plan_free(hf_plan *p) {
+    free(p->desc);
+    free(p->pattern);
+    free(p->toml);
+    memset(p, 0, sizeof *p);
+}
+
+/* The plugin whose hf_layer_type is `tag` (every plugin on the search path is loaded once, so that
+ * two claiming the same type are caught). NULL without an error when none does. */
+static void scan_plugins(void) {
+    hyb_plugin_scan();
+}
+
+static int find_by_layer_type(const char *path, const char *tag, const hyb_mixer_desc **out) {
+    static pthread_once_t scanned = PTHREAD_ONCE_INIT;
+    pthread_once(&scanned, scan_plugins);
+    *out = NULL;
+    const char *where = NULL, *w2 = NULL;
+    for (int i = 0, n = hyb_plugin_count(); i < n; i++) {
+        const hyb_mixer_desc *d = hyb_plugin_get(i, &w2);
+        if (!d || !d->hf_layer_type || strcmp(d->hf_layer_type, tag) != 0) continue;
+        if (*out)
+            return hyb_error_set(HYB_ERR_FORMAT,
+                                 "%s: HF block type \"%s\" is claimed by two mixers: '%s' (%s) and "
+                                 "'%s' (%s)",
+                                 path, tag, (*out)->name, where, d->name, w2);
+        *out = d;
+        where = w2;
+    }
+    return HYB_OK;
+}
+
+/* The block types of the loaded plugins ("\"t\" (<mixer>), ...") for messages */
+static void known_layer_types(char *buf, size_t n) {
+    size_t k = (size_t)snprintf(buf, n, "\"i\" (identity)");
+    for (int i = 0, c = hyb_plugin_count(); i < c && k < n; i++) {
+        const hyb_mixer_desc *d = hyb_plugin_get(i, NULL);
+        if (d && d->hf_layer_type)
+            k += (size_t)snprintf(buf + k, n - k, ", \"%s\" (%s)", d->hf_layer_type, d->name);
+    }
+}
+
+static int plan_alloc(hf_plan *p, const char *format, int n, const char *path) {
+    memset(p, 0, sizeof *p);
+    p->format = format;
+    p->n = n;
+    p->desc = calloc((size_t)(n > 0 ? n : 1), sizeof *p->desc);
+    p->pattern = calloc((size_t)n + 1, 1);
+    if (!p->desc || !p->pattern) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+    return HYB_OK;
+}
+
+/* Which mixer each layer runs, from hybrid_block_layout (apriel_h: block types; hyb_hybrid:
+ * mixer types). */
+static int plan_layout(const cJSON *root, const char *path, const char *format, int n_layers,
+                       hf_plan *p) {
+    const int apriel = !strcmp(format, HYB_HF_APRIEL_H);
+    const cJSON *lay = cJSON_GetObjectItemCaseSensitive(root, "hybrid_block_layout");
+    if (!cJSON_IsArray(lay))
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: \"hybrid_block_layout\" must be a list of %s", path,
+                             apriel ? "block types (\"t\", \"m2\", \"i\", ...)"
+                                    : "mixer types (plugin names, \"identity\")");
+    int n = cJSON_GetArraySize(lay);
+    if (n != n_layers)
+        return hyb_error_set(
+            HYB_ERR_FORMAT, "%s: \"hybrid_block_layout\" has %d entries but num_hidden_layers = %d",
+            path, n, n_layers);
+    HYB_TRY(plan_alloc(p, format, n, path));
+    for (int i = 0; i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(lay, i);
+        const char *v = cJSON_IsString(e) ? e->valuestring : NULL;
+        const hyb_mixer_desc *d = NULL;
+        if (v && !strcmp(v, apriel ? "i" : HYB_MIXER_IDENTITY)) continue; /* identity: NULL */
+        if (v && apriel) {
+            HYB_TRY(find_by_layer_type(path, v, &d));
+        } else if (v) {
+            if (hyb_plugin_find(v, &d) != HYB_OK)
+                return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "%s: hybrid_block_layout[%d] = \"%s\"",
+                                      path, i, v);
+        }
+        if (!d) {
+            char known[512];
+            known_layer_types(known, sizeof known);
+            return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                                 "%s: hybrid_block_layout[%d] = %s%s%s is not a block type hyb "
+                                 "supports (known: %s)",
+                                 path, i, v ? "\"" : "", v ? v : "(not a string)", v ? "\"" : "",
+                                 known);
+        }
+        if (!d->hf_import)
+            return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                                 "%s: hybrid_block_layout[%d]: mixer '%s' has no HF config hooks",
+                                 path, i, d->name);
+        p->desc[i] = d;
+    }
+    return HYB_OK;
+}
+
+/* A symbol for mixer d: its block type's first letter, else its name's, else any free one. */
+static char pick_symbol(const hyb_mixer_desc *d, const char *used) {
+    const char *cand[2] = {d->hf_layer_type, d->name};
+    for (int k = 0; k < 2; k++)
+        if (cand[k] && isalnum((unsigned char)cand[k][0]) && cand[k][0] != 'i' &&
+            !strchr(used, cand[k][0]))
+            return cand[k][0];
+    for (const char *c = "abcdefghjklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"; *c; c++)
+        if (!strchr(used, *c)) return *c;
+    return 0;
+}
+
+/* The layer map text of p: [model] from c, one [mixers.<type>] per mixer type (its table from
+ * hf_import over root), [mixers.skip] for identity layers, the pattern. */
+static int plan_layermap(const cJSON *root, const char *path, const hyb_llama_config *c,
+                         hf_plan *p) {
     char name[64];
     sanitize_name(c->name, name, sizeof name);
-    size_t len = 0;
-    int w = snprintf(buf, n,
-                     "# generated from a llama checkpoint's hyper-parameters\n"
-                     "[model]\n"
-                     "name = \"%s\"\n"
-                     "d_model = %d\n"
-                     "n_layers = %d\n"
-                     "vocab_size = %d\n"
-                     "d_ff = %d\n"
-                     "norm_eps = %.17g\n"
-                     "tie_embeddings = %s\n"
-                     "max_seq = %d\n"
-                     "\n"
-                     "[mixers.attn]\n"
-                     "type = \"mha\"\n"
-                     "symbol = \"t\"\n"
-                     "n_heads = %d\n"
-                     "n_kv_heads = %d\n"
-                     "head_dim = %d\n"
-                     "rope_theta = %.17g\n"
-                     "%s"
-                     "\n"
-                     "[layout]\n"
-                     "pattern = \"",
-                     name, c->d_model, c->n_layers, c->vocab_size, c->d_ff, c->norm_eps,
-                     c->tie_embeddings ? "true" : "false", c->max_seq, c->n_heads, c->n_kv_heads,
-                     c->head_dim, c->rope_theta, c->attention_bias ? "bias = true\n" : "");
-    if (w < 0 || (size_t)w >= n) goto too_small;
-    len = (size_t)w;
-    if (len + (size_t)c->n_layers + 3 > n) goto too_small;
-    for (int i = 0; i < c->n_layers; i++)
-        buf[len++] = 't';
-    memcpy(buf + len, "\"\n", 3);
+    hyb_strbuf b = {0};
+    hyb_strbuf_printf(&b,
+                      "# generated from an HF %s config.json\n[model]\n"
+                      "name = \"%s\"\nd_model = %d\nn_layers = %d\nvocab_size = %d\nd_ff = %d\n"
+                      "norm_eps = %.17g\ntie_embeddings = %s\nmax_seq = %d\n",
+                      p->format, name, c->d_model, c->n_layers, c->vocab_size, c->d_ff, c->norm_eps,
+                      c->tie_embeddings ? "true" : "false", c->max_seq);
+    char used[128] = "";
+    int rc = HYB_OK, any_identity = 0;
+    const char *old_src = hyb_hfj_source(path);
+    for (int l = 0; l < p->n && rc == HYB_OK; l++) {
+        const hyb_mixer_desc *d = p->desc[l];
+        if (!d) {
+            any_identity = 1;
+            p->pattern[l] = 'i';
+            continue;
+        }
+        int first = l;
+        for (int k = 0; k < l; k++)
+            if (p->desc[k] == d) {
+                first = k;
+                break;
+            }
+        if (first < l) {
+            p->pattern[l] = p->pattern[first];
+            continue;
+        }
+        char sym = pick_symbol(d, used);
+        if (!sym) {
+            rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: too many mixer types", path);
+            break;
+        }
+        size_t u = strlen(used);
+        used[u] = sym;
+        used[u + 1] = 0;
+        p->pattern[l] = sym;
+        hyb_model_dims dims = {.d_model = c->d_model,
+                               .n_layers = c->n_layers,
+                               .layer = l,
+                               .max_seq = c->max_seq,
+                               .norm_eps = (float)c->norm_eps};
+        hyb_toml t = {{0}};
+        rc = d->hf_import(&dims, p->format, (const hyb_json *)root, &t);
+        if (rc == HYB_OK && t.b.oom) rc = hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+        if (rc == HYB_OK)
+            hyb_strbuf_printf(&b, "\n[mixers.%s]\ntype = \"%s\"\nsymbol = \"%c\"\n%s", d->name,
+                              d->name, sym, t.b.p ? t.b.p : "");
+        else
+            rc = hyb_error_wrap(rc, "layer %d (%s)", l, d->name);
+        hyb_strbuf_free(&t.b);
+    }
+    hyb_hfj_source(old_src);
+    if (rc != HYB_OK) {
+        hyb_strbuf_free(&b);
+        return rc;
+    }
+    if (any_identity)
+        hyb_strbuf_printf(&b, "\n[mixers.skip]\ntype = \"%s\"\nsymbol = \"i\"\n",
+                          HYB_MIXER_IDENTITY);
+    hyb_strbuf_printf(&b, "\n[layout]\npattern = \"%s\"\n", p->pattern);
+    if (b.oom) {
+        hyb_strbuf_free(&b);
+        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+    }
+    p->toml = b.p;
     return HYB_OK;
-too_small:
-    return hyb_error_set(HYB_ERR_ARG, "layer map text needs more than %zu bytes", n);
+}
+
+/* A plain llama (GGUF metadata or a llama/mistral config): every layer the mixer of block type
+ * "t", configured from the attention keys of c. */
+static int llama_plan(const hyb_llama_config *c, const char *path, hf_plan *p) {
+    const hyb_mixer_desc *d = NULL;
+    HYB_TRY(plan_alloc(p, HYB_HF_LLAMA, c->n_layers, path));
+    HYB_TRY(find_by_layer_type(path, "t", &d));
+    if (!d)
+        return hyb_error_set(HYB_ERR_NOTFOUND,
+                             "%s: no mixer plugin has HF block type \"t\" (the attention of a "
+                             "llama): is the plugin search path right?",
+                             path);
+    for (int l = 0; l < p->n; l++)
+        p->desc[l] = d;
+    cJSON *root = cJSON_CreateObject();
+    if (!root ||
+        !cJSON_AddNumberToObject(root, "num_attention_heads", c->n_heads) ||
+        !cJSON_AddNumberToObject(root, "num_key_value_heads", c->n_kv_heads) ||
+        !cJSON_AddNumberToObject(root, "head_dim", c->head_dim) ||
+        !cJSON_AddNumberToObject(root, "rope_theta", c->rope_theta) ||
+        !cJSON_AddBoolToObject(root, "attention_bias", c->attention_bias)) {
+        cJSON_Delete(root);
+        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+    }
+    int rc = plan_layermap(root, path, c, p);
+    cJSON_Delete(root);
+    return rc;
+}
+
+int hyb_llama_layermap_text(const hyb_llama_config *c, char *buf, size_t n) {
+    hf_plan p;
+    int rc = llama_plan(c, c->name[0] ? c->name : "llama", &p);
+    if (rc == HYB_OK && strlen(p.toml) >= n)
+        rc = hyb_error_set(HYB_ERR_ARG, "layer map text needs more than %zu bytes", n);
+    if (rc == HYB_OK) memcpy(buf, p.toml, strlen(p.toml) + 1);
+    plan_free(&p);
+    return rc;
 }
 
 static int check_config(const char *src, const hyb_llama_config *c) {
@@ -96,24 +297,15 @@ static int check_config(const char *src, const hyb_llama_config *c) {
     return HYB_OK;
 }
 
+static int hf_build(const char *src, const hf_plan *p, hyb_model **out);
+
 static int build_from_config(const char *src, const hyb_llama_config *c, hyb_model **out) {
     HYB_TRY(check_config(src, c));
-    size_t cap = 2048 + (size_t)c->n_layers;
-    char *text = malloc(cap);
-    if (!text) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", src);
-    int rc = hyb_llama_layermap_text(c, text, cap);
-    hyb_layermap *map = NULL;
-    if (rc == HYB_OK) {
-        char source[600];
-        snprintf(source, sizeof source, "%s (generated layer map)", src);
-        rc = hyb_layermap_parse(text, source, &map);
-    }
-    free(text);
-    if (rc != HYB_OK) return rc;
-    /* every parameter is filled from the file next (a missing one is an error): skip random init */
-    rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, out); /* takes ownership of map */
-    if (rc != HYB_OK) return hyb_error_wrap(rc, "%s", src);
-    return HYB_OK;
+    hf_plan p;
+    int rc = llama_plan(c, src, &p);
+    if (rc == HYB_OK) rc = hf_build(src, &p, out);
+    plan_free(&p);
+    return rc;
 }
 
 /* ---- names ------------------------------------------------------------------------------------*/
@@ -443,93 +635,13 @@ static int js_bool(const cJSON *root, const char *path, const char *key, int def
     return HYB_OK;
 }
 
-/* An apriel_h hybrid (see core/model.c, apriel_config_json, for the format facts and where they
- * were confirmed): the layer kinds and the one ssm_cfg of its "m2" layers. */
-typedef struct apriel_cfg {
-    int is_apriel;
-    char *kinds; /* [n_layers + 1]: 't', 'm' (m2) or 'i'; owned */
-    int d_inner, d_xb, d_state, dt_rank, d_conv;
-} apriel_cfg;
-
-static int apriel_read(const cJSON *root, const char *path, const hyb_llama_config *c,
-                       apriel_cfg *ap) {
-    const cJSON *lay = cJSON_GetObjectItemCaseSensitive(root, "hybrid_block_layout");
-    if (!cJSON_IsArray(lay))
-        return hyb_error_set(HYB_ERR_FORMAT,
-                             "%s: \"hybrid_block_layout\" must be a list of block "
-                             "types (\"t\", \"m2\", \"i\")",
-                             path);
-    int n = cJSON_GetArraySize(lay);
-    if (n != c->n_layers)
-        return hyb_error_set(
-            HYB_ERR_FORMAT, "%s: \"hybrid_block_layout\" has %d entries but num_hidden_layers = %d",
-            path, n, c->n_layers);
-    ap->kinds = calloc((size_t)n + 1, 1);
-    if (!ap->kinds) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
-    int n_ssm = 0;
-    for (int i = 0; i < n; i++) {
-        const cJSON *e = cJSON_GetArrayItem(lay, i);
-        const char *v = cJSON_IsString(e) ? e->valuestring : NULL;
-        if (v && !strcmp(v, "t"))
-            ap->kinds[i] = 't';
-        else if (v && !strcmp(v, "m2"))
-            ap->kinds[i] = 'm', n_ssm++;
-        else if (v && !strcmp(v, "i"))
-            ap->kinds[i] = 'i';
-        else
-            return hyb_error_set(HYB_ERR_UNSUPPORTED,
-                                 "%s: hybrid_block_layout[%d] = %s%s%s is not a block type hyb "
-                                 "supports (\"t\" attention, \"m2\" Mamba, \"i\" identity)",
-                                 path, i, v ? "\"" : "", v ? v : "(not a string)", v ? "\"" : "");
-    }
-    const cJSON *ssm = cJSON_GetObjectItemCaseSensitive(root, "ssm_cfg");
-    if (!n_ssm) return HYB_OK; /* ssm_cfg unused */
-    if (!cJSON_IsObject(ssm))
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: \"ssm_cfg\" (an object) is missing", path);
-    char where[4200];
-    snprintf(where, sizeof where, "%s: ssm_cfg", path);
-    HYB_TRY(js_int(ssm, where, "d_inner", 1, 0, &ap->d_inner));
-    HYB_TRY(js_int(ssm, where, "d_state", 1, 0, &ap->d_state));
-    HYB_TRY(js_int(ssm, where, "d_conv", 1, 0, &ap->d_conv));
-    /* d_xb: null means d_model; dt_rank: "auto" means ceil(d_model / 16) (the HF code) */
-    const cJSON *xb = cJSON_GetObjectItemCaseSensitive(ssm, "d_xb");
-    if (!xb) return hyb_error_set(HYB_ERR_FORMAT, "%s: key \"d_xb\" is missing", where);
-    HYB_TRY(js_int(ssm, where, "d_xb", 0, c->d_model, &ap->d_xb));
-    const cJSON *dr = cJSON_GetObjectItemCaseSensitive(ssm, "dt_rank");
-    if (!dr) return hyb_error_set(HYB_ERR_FORMAT, "%s: key \"dt_rank\" is missing", where);
-    if (cJSON_IsString(dr) && !strcmp(dr->valuestring, "auto"))
-        ap->dt_rank = (c->d_model + 15) / 16;
-    else
-        HYB_TRY(js_int(ssm, where, "dt_rank", 1, 0, &ap->dt_rank));
-    static const struct {
-        const char *key;
-        int want;
-    } flags[] = {{"conv_bias", 1}, {"bias", 0}, {"dt_proj_bias", 1}, {"repeat_kv_before_conv", 1}};
-    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
-        int v;
-        HYB_TRY(js_bool(ssm, where, flags[i].key, flags[i].want, &v));
-        if (v != flags[i].want)
-            return hyb_error_set(HYB_ERR_UNSUPPORTED,
-                                 "%s: %s = %s is not supported (hyb's "
-                                 "mamba1 needs %s)",
-                                 where, flags[i].key, v ? "true" : "false",
-                                 flags[i].want ? "true" : "false");
-    }
-    const int dims[] = {ap->d_inner, ap->d_state, ap->d_conv, ap->d_xb, ap->dt_rank};
-    static const char *const dn[] = {"d_inner", "d_state", "d_conv", "d_xb", "dt_rank"};
-    for (int i = 0; i < 5; i++)
-        if (dims[i] <= 0)
-            return hyb_error_set(HYB_ERR_FORMAT, "%s: %s must be > 0, got %d", where, dn[i],
-                                 dims[i]);
-    return HYB_OK;
-}
-
-/* Parse a config.json text into c, and for apriel_h checkpoints the layer kinds and ssm_cfg into
- * ap (ap->kinds is allocated: the caller frees it, also on error). */
+/* Parse a config.json text into c and plan its layers (which mixer each runs and the generated
+ * layer map, through the mixers' hf_import; p is allocated: the caller frees it with plan_free,
+ * also on error). */
 static int config_from_json(const char *text, const char *path, hyb_llama_config *c,
-                            apriel_cfg *ap) {
+                            hf_plan *p) {
     memset(c, 0, sizeof *c);
-    memset(ap, 0, sizeof *ap);
+    memset(p, 0, sizeof *p);
     cJSON *root = cJSON_Parse(text);
     int rc = HYB_OK;
     if (!root || !cJSON_IsObject(root)) {
@@ -540,12 +652,17 @@ static int config_from_json(const char *text, const char *path, hyb_llama_config
     }
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     const char *type = cJSON_IsString(mt) ? mt->valuestring : NULL;
-    /* "apriel_hybrid_ssm" is Fast-LLM's name for the same format */
-    ap->is_apriel = type && (!strcmp(type, "apriel_h") || !strcmp(type, "apriel_hybrid_ssm"));
-    if (!type || (strcmp(type, "llama") != 0 && strcmp(type, "mistral") != 0 && !ap->is_apriel)) {
+    /* "apriel_hybrid_ssm" is Fast-LLM's name for the apriel_h format */
+    const char *format = !type                                          ? NULL
+                         : !strcmp(type, "llama") || !strcmp(type, "mistral") ? HYB_HF_LLAMA
+                         : !strcmp(type, "apriel_h") || !strcmp(type, "apriel_hybrid_ssm")
+                             ? HYB_HF_APRIEL_H
+                         : !strcmp(type, HYB_HF_HYB_HYBRID) ? HYB_HF_HYB_HYBRID
+                                                            : NULL;
+    if (!format) {
         rc = hyb_error_set(HYB_ERR_UNSUPPORTED,
-                           "%s: model_type is %s%s%s; hyb loads \"llama\", \"mistral\" and "
-                           "\"apriel_h\" checkpoints",
+                           "%s: model_type is %s%s%s; hyb loads \"llama\", \"mistral\", "
+                           "\"apriel_h\" and \"hyb_hybrid\" checkpoints",
                            path, type ? "\"" : "", type ? type : "missing", type ? "\"" : "");
         goto out;
     }
@@ -608,9 +725,19 @@ static int config_from_json(const char *text, const char *path, hyb_llama_config
                 path, window, c->max_seq, window);
         c->max_seq = window;
     }
-    if (ap->is_apriel) {
-        c->attention_bias = 0; /* MistralDecoderLayer: no q/k/v bias */
-        rc = apriel_read(root, path, c, ap);
+    if (strcmp(format, HYB_HF_APRIEL_H) == 0) c->attention_bias = 0; /* MistralDecoderLayer */
+    if ((rc = check_config(path, c)) != HYB_OK) goto out;
+    if (strcmp(format, HYB_HF_LLAMA) == 0) {
+        rc = llama_plan(c, path, p);
+    } else {
+        /* the mixers read rope_theta at the top level: put the one resolved above there */
+        cJSON_DeleteItemFromObjectCaseSensitive(root, "rope_theta");
+        if (!cJSON_AddNumberToObject(root, "rope_theta", c->rope_theta)) {
+            rc = hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+            goto out;
+        }
+        rc = plan_layout(root, path, format, c->n_layers, p);
+        if (rc == HYB_OK) rc = plan_layermap(root, path, c, p);
     }
 out:
     cJSON_Delete(root);
@@ -618,17 +745,17 @@ out:
 }
 
 int hyb_llama_config_from_json(const char *text, const char *path, hyb_llama_config *c) {
-    apriel_cfg ap;
-    int rc = config_from_json(text, path, c, &ap);
-    free(ap.kinds);
+    hf_plan p;
+    int rc = config_from_json(text, path, c, &p);
+    plan_free(&p);
     return rc;
 }
 
-static int hf_read_config(const char *path, hyb_llama_config *c, apriel_cfg *ap) {
-    memset(ap, 0, sizeof *ap); /* ap->kinds == NULL when the file cannot be read */
+static int hf_read_config(const char *path, hyb_llama_config *c, hf_plan *p) {
+    memset(p, 0, sizeof *p);
     char *text = read_text(path);
     if (!text) return hyb_error_set(HYB_ERR_IO, "%s: cannot read", path);
-    int rc = config_from_json(text, path, c, ap);
+    int rc = config_from_json(text, path, c, p);
     free(text);
     return rc;
 }
@@ -706,19 +833,21 @@ out:
     return rc;
 }
 
-/* Parameter `name` belongs to an apriel_h "i" layer (the whole block skipped: its norms and its
- * MLP are not read; the MLP stays zero, so h passes unchanged as in the HF code). */
-static int in_skipped_layer(const char *name, const apriel_cfg *ap) {
+/* Parameter `name` belongs to an identity layer of an apriel_h / hyb_hybrid config (the whole
+ * block skipped: its norms and its MLP are not read; the MLP stays zero, so h passes unchanged as
+ * in the HF code). */
+static int in_skipped_layer(const char *name, const hf_plan *p) {
     int layer, off = 0;
-    if (!ap || !ap->is_apriel || sscanf(name, "model.layers.%d.%n", &layer, &off) != 1 || off <= 0)
+    if (!p || !strcmp(p->format, HYB_HF_LLAMA) ||
+        sscanf(name, "model.layers.%d.%n", &layer, &off) != 1 || off <= 0)
         return 0;
-    return layer >= 0 && layer < (int)strlen(ap->kinds) && ap->kinds[layer] == 'i';
+    return layer >= 0 && layer < p->n && p->desc[layer] == NULL;
 }
 
-static int hf_fill(hyb_model *m, shard_set *s, const char *dir, const apriel_cfg *ap) {
-    for (int p = 0; p < m->n_params; p++) {
-        hyb_tensor *t = m->params[p];
-        if (in_skipped_layer(t->name, ap)) continue;
+static int hf_fill(hyb_model *m, shard_set *s, const char *dir, const hf_plan *p) {
+    for (int k0 = 0; k0 < m->n_params; k0++) {
+        hyb_tensor *t = m->params[k0];
+        if (in_skipped_layer(t->name, p)) continue;
         const hyb_st_tensor *st = NULL;
         int k = 0;
         for (; k < s->n && !st; k++)
@@ -740,47 +869,15 @@ static int hf_fill(hyb_model *m, shard_set *s, const char *dir, const apriel_cfg
     return HYB_OK;
 }
 
-/* The layer map of an apriel_h hybrid: [mixers.attn] (mha, "t"), [mixers.m2] (mamba1, "m"),
- * [mixers.skip] (identity, "i"), only those used, and a pattern of their symbols. */
-static int apriel_build(const char *src, const hyb_llama_config *c, const apriel_cfg *ap,
-                        hyb_model **out) {
-    HYB_TRY(check_config(src, c));
-    char name[64];
-    sanitize_name(c->name, name, sizeof name);
-    hyb_strbuf b = {0};
-    hyb_strbuf_printf(&b,
-                      "# generated from an apriel_h checkpoint's config.json\n[model]\n"
-                      "name = \"%s\"\nd_model = %d\nn_layers = %d\nvocab_size = %d\nd_ff = %d\n"
-                      "norm_eps = %.17g\ntie_embeddings = %s\nmax_seq = %d\n",
-                      name, c->d_model, c->n_layers, c->vocab_size, c->d_ff, c->norm_eps,
-                      c->tie_embeddings ? "true" : "false", c->max_seq);
-    if (strchr(ap->kinds, 't'))
-        hyb_strbuf_printf(&b,
-                          "\n[mixers.attn]\ntype = \"mha\"\nsymbol = \"t\"\nn_heads = %d\n"
-                          "n_kv_heads = %d\nhead_dim = %d\nrope_theta = %.17g\n",
-                          c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
-    if (strchr(ap->kinds, 'm'))
-        hyb_strbuf_printf(&b,
-                          "\n[mixers.m2]\ntype = \"mamba1\"\nsymbol = \"m\"\nd_inner = %d\n"
-                          "d_xb = %d\nd_state = %d\ndt_rank = %d\nd_conv = %d\n"
-                          "double_dt_bias = true\n",
-                          ap->d_inner, ap->d_xb, ap->d_state, ap->dt_rank, ap->d_conv);
-    if (strchr(ap->kinds, 'i'))
-        hyb_strbuf_printf(&b, "\n[mixers.skip]\ntype = \"%s\"\nsymbol = \"i\"\n",
-                          HYB_MIXER_IDENTITY);
-    hyb_strbuf_printf(&b, "\n[layout]\npattern = \"%s\"\n", ap->kinds);
-    if (b.oom) {
-        hyb_strbuf_free(&b);
-        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", src);
-    }
+/* Build the model of a plan (its generated layer map), without random init: every parameter is
+ * read next, and the MLP of an identity layer skipped by the format must stay zero. */
+static int hf_build(const char *src, const hf_plan *p, hyb_model **out) {
     char source[600];
     snprintf(source, sizeof source, "%s (generated layer map)", src);
     hyb_layermap *map = NULL;
-    int rc = hyb_layermap_parse(b.p, source, &map);
-    hyb_strbuf_free(&b);
+    int rc = hyb_layermap_parse(p->toml, source, &map);
     if (rc != HYB_OK) return hyb_error_wrap(rc, "%s", src);
-    /* no init: the weights are read next, and the MLP of an "i" layer must stay zero */
-    rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, out);
+    rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, out); /* takes ownership of map */
     if (rc != HYB_OK) return hyb_error_wrap(rc, "%s", src);
     return HYB_OK;
 }
@@ -790,27 +887,25 @@ int hyb_model_load_hf_dir(const char *dir, hyb_model **out) {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     hyb_llama_config c;
-    apriel_cfg ap;
-    int rc = hf_read_config(path, &c, &ap);
+    hf_plan p;
+    int rc = hf_read_config(path, &c, &p);
     if (rc != HYB_OK) {
-        free(ap.kinds);
+        plan_free(&p);
         return rc;
     }
     shard_set s = {0, NULL};
     if ((rc = shards_open(dir, &s)) != HYB_OK) {
-        free(ap.kinds);
+        plan_free(&p);
         return rc;
     }
     hyb_model *m = NULL;
-    rc = ap.is_apriel ? apriel_build(dir, &c, &ap, &m) : build_from_config(dir, &c, &m);
-    if (rc == HYB_OK) rc = hf_fill(m, &s, dir, &ap);
+    rc = hf_build(dir, &p, &m);
+    if (rc == HYB_OK) rc = hf_fill(m, &s, dir, &p);
     shards_close(&s);
-    if (rc == HYB_OK && ap.is_apriel)
-        hyb_log(HYB_LOG_INFO,
-                "%s: apriel_h hybrid, %d layers \"%s\" (t attention, m Mamba m2, "
-                "i identity)",
-                dir, c.n_layers, ap.kinds);
-    free(ap.kinds);
+    if (rc == HYB_OK && strcmp(p.format, HYB_HF_LLAMA) != 0)
+        hyb_log(HYB_LOG_INFO, "%s: %s hybrid, %d layers \"%s\" (i: identity)", dir, p.format,
+                c.n_layers, p.pattern);
+    plan_free(&p);
     if (rc != HYB_OK) {
         hyb_model_free(m);
         return rc;

@@ -22,6 +22,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "deltanet_core.h"
@@ -61,6 +62,7 @@ enum {
 typedef struct dn {
     int D, H, n, C, K, chunk, layer;
     float eps; /* o_norm epsilon */
+    double eps_cfg; /* norm_eps as configured (written to HF configs) */
 } dn;
 
 typedef struct dn_saved_hdr {
@@ -156,6 +158,7 @@ static int dn_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void 
     m->chunk = (int)chunk;
     m->layer = dims->layer;
     m->eps = (float)eps;
+    m->eps_cfg = eps;
     *self = m;
     return HYB_OK;
 }
@@ -772,6 +775,65 @@ static int dn_init_from(void *self, float *const *params, const hyb_mixer_src *s
     return HYB_OK;
 }
 
+/* ---- HF config.json ---------------------------------------------------------------------------
+ * No HF modeling code has this layer in a hybrid config, so only hyb's own hyb_hybrid format
+ * (docs/HF_CONFIG.md) carries it: the layout names the mixer type, and its options live in
+ * mixer_cfg.<type>: n_heads, head_dim, conv_size, chunk, norm_eps (every layer of the type shares
+ * them). The parameters keep their hyb/fla names under model.layers.<i>.mixer. */
+
+static int dn_hf_export(void *self, const char *format, hyb_json *c) {
+    dn *m = self;
+    if (strcmp(format, HYB_HF_HYB_HYBRID) != 0)
+        return H_->error(HYB_ERR_UNSUPPORTED,
+                         DN_NAME " (layer %d): no place in an HF %s config (only hyb_hybrid)",
+                         m->layer, format);
+    hyb_json *all, *o;
+    HYB_TRY(H_->json_set_object(c, "mixer_cfg", &all));
+    HYB_TRY(H_->json_set_object(all, DN_NAME, &o));
+    HYB_TRY(H_->json_set_int(o, "n_heads", m->H));
+    HYB_TRY(H_->json_set_int(o, "head_dim", m->n));
+    HYB_TRY(H_->json_set_int(o, "conv_size", m->K));
+    HYB_TRY(H_->json_set_int(o, "chunk", m->chunk));
+    /* the default comes from the model's float epsilon: write its shortest float form (1e-05,
+     * not 9.999999747378752e-06); it reads back as the same float */
+    double eps = m->eps_cfg;
+    if (eps == (double)(float)eps) {
+        char t[32];
+        for (int prec = 1; prec <= 9; prec++) {
+            snprintf(t, sizeof t, "%.*g", prec, eps);
+            if (strtof(t, NULL) == (float)eps) break;
+        }
+        eps = strtod(t, NULL);
+    }
+    HYB_TRY(H_->json_set_float(o, "norm_eps", eps));
+    return HYB_OK;
+}
+
+static int dn_hf_import(const hyb_model_dims *dims, const char *format, const hyb_json *c,
+                        hyb_toml *t) {
+    (void)dims;
+    if (strcmp(format, HYB_HF_HYB_HYBRID) != 0)
+        return H_->error(HYB_ERR_UNSUPPORTED, DN_NAME ": no place in an HF %s config", format);
+    const hyb_json *all, *o;
+    HYB_TRY(H_->json_object(c, "mixer_cfg", 1, &all));
+    HYB_TRY(H_->json_object(all, DN_NAME, 1, &o));
+    int64_t nh, hd, K, chunk;
+    double eps;
+    HYB_TRY(H_->json_int(o, "n_heads", 1, 0, &nh));
+    HYB_TRY(H_->json_int(o, "head_dim", 1, 0, &hd));
+    HYB_TRY(H_->json_int(o, "conv_size", 0, 4, &K));
+    HYB_TRY(H_->json_int(o, "chunk", 0, 64, &chunk));
+    HYB_TRY(H_->toml_int(t, "n_heads", nh));
+    HYB_TRY(H_->toml_int(t, "head_dim", hd));
+    HYB_TRY(H_->toml_int(t, "conv_size", K));
+    HYB_TRY(H_->toml_int(t, "chunk", chunk));
+    if (H_->json_type(o, "norm_eps") != HYB_JSON_ABSENT) { /* absent: the model's norm_eps */
+        HYB_TRY(H_->json_float(o, "norm_eps", 1, 0, &eps));
+        HYB_TRY(H_->toml_float(t, "norm_eps", eps));
+    }
+    return HYB_OK;
+}
+
 /* ---- descriptor -------------------------------------------------------------------------------
  */
 
@@ -794,6 +856,9 @@ static const hyb_mixer_desc DN_DESC = {
     .state_snapshot = dn_state_snapshot,
     .state_restore = dn_state_restore,
     .init_from = dn_init_from,
+    .hf_layer_type = NULL, /* no apriel_h block type */
+    .hf_export = dn_hf_export,
+    .hf_import = dn_hf_import,
 };
 
 HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {

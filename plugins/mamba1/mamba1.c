@@ -25,6 +25,16 @@
  *   type, symbol    read by the layer map, accepted here
  * With no table at all every key takes its default.
  *
+ * HF config.json (hf_layer_type "m2"): the Apriel-H1 `ssm_cfg` object, shared by every mamba1
+ * layer (they must agree): d_state, d_xb (null on import: d_model), d_inner (null on import:
+ * expand * d_model, expand defaulting to 2 as in the HF Mamba2 module), n_qk_heads (written as
+ * d_inner / d_state, the "m2" C heads: the HF hybrid cache reads it for every SSM layer and
+ * asserts that it divides d_inner; ignored on import), dt_rank ("auto" on import:
+ * ceil(d_model / 16)), d_conv, and the constants of the HF Mamba module (expand 1,
+ * conv_bias true, bias false, dt_proj_bias true, repeat_kv_before_conv true, activation silu,
+ * the dt init keys). apriel_h "m2" adds dt_proj.bias twice, so double_dt_bias = false is
+ * refused there; the hyb_hybrid format writes it as ssm_cfg.double_dt_bias. Not in llama configs.
+ *
  * Initialisation (SPEC.md section 4's table; "Linear default" is PyTorch's
  * kaiming_uniform(a = sqrt 5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))):
  *   in_proj.weight U(+-D^-1/2), dt_in_proj.weight U(+-D^-1/2), dt_proj.weight U(+-R^-1/2),
@@ -276,6 +286,101 @@ static size_t m1_state_bytes(void *self, int max_ctx) {
     return (size_t)m->Di * (size_t)(m->N + m->K) * sizeof(float);
 }
 
+/* ---- HF config.json ---------------------------------------------------------------------------*/
+
+static int m1_hf_export(void *self, const char *format, hyb_json *c) {
+    m1 *m = self;
+    const int apriel = !strcmp(format, HYB_HF_APRIEL_H);
+    if (!apriel && strcmp(format, HYB_HF_HYB_HYBRID) != 0)
+        return H_->error(HYB_ERR_UNSUPPORTED, "mamba1 (layer %d): no place in an HF %s config",
+                         m->layer, format);
+    if (apriel && !m->dbl)
+        return H_->error(HYB_ERR_UNSUPPORTED,
+                         "mamba1 (layer %d): double_dt_bias = false (apriel_h \"m2\" adds the "
+                         "bias twice)",
+                         m->layer);
+    hyb_json *s;
+    HYB_TRY(H_->json_set_object(c, "ssm_cfg", &s));
+    HYB_TRY(H_->json_set_int(s, "d_state", m->N));
+    HYB_TRY(H_->json_set_int(s, "d_xb", m->Dx));
+    HYB_TRY(H_->json_set_int(s, "d_inner", m->Di));
+    HYB_TRY(H_->json_set_int(s, "n_qk_heads", m->nC));
+    HYB_TRY(H_->json_set_int(s, "dt_rank", m->R));
+    HYB_TRY(H_->json_set_int(s, "d_conv", m->K));
+    HYB_TRY(H_->json_set_int(s, "expand", 1));
+    HYB_TRY(H_->json_set_bool(s, "conv_bias", 1));
+    HYB_TRY(H_->json_set_bool(s, "bias", 0));
+    HYB_TRY(H_->json_set_bool(s, "dt_proj_bias", 1));
+    HYB_TRY(H_->json_set_bool(s, "repeat_kv_before_conv", 1));
+    HYB_TRY(H_->json_set_string(s, "activation", "silu"));
+    HYB_TRY(H_->json_set_float(s, "dt_min", 0.001));
+    HYB_TRY(H_->json_set_float(s, "dt_max", 0.1));
+    HYB_TRY(H_->json_set_string(s, "dt_init", "random"));
+    HYB_TRY(H_->json_set_float(s, "dt_scale", 1.0));
+    HYB_TRY(H_->json_set_float(s, "dt_init_floor", 0.0001));
+    if (!apriel) HYB_TRY(H_->json_set_bool(s, "double_dt_bias", m->dbl));
+    return HYB_OK;
+}
+
+static int m1_hf_import(const hyb_model_dims *dims, const char *format, const hyb_json *c,
+                        hyb_toml *t) {
+    const int D = dims->d_model;
+    const hyb_json *s;
+    HYB_TRY(H_->json_object(c, "ssm_cfg", 1, &s));
+    int64_t Di, Dx, N, R, K;
+    if (H_->json_type(s, "d_inner") == HYB_JSON_NULL) { /* the HF code: expand * d_model */
+        int64_t expand;
+        HYB_TRY(H_->json_int(s, "expand", 0, 2, &expand));
+        if (expand <= 0 || expand > 64)
+            return H_->json_error(s, "expand", "must be in [1, 64], got %lld", (long long)expand);
+        Di = expand * D;
+    } else {
+        HYB_TRY(H_->json_int(s, "d_inner", 1, 0, &Di));
+    }
+    HYB_TRY(H_->json_int(s, "d_state", 1, 0, &N));
+    HYB_TRY(H_->json_int(s, "d_conv", 1, 0, &K));
+    /* d_xb: null means d_model; dt_rank: "auto" means ceil(d_model / 16) (the HF code) */
+    if (H_->json_type(s, "d_xb") == HYB_JSON_ABSENT)
+        return H_->json_error(s, "d_xb", "is missing (null for d_model)");
+    HYB_TRY(H_->json_int(s, "d_xb", 0, D, &Dx));
+    const char *rs = NULL;
+    if (H_->json_type(s, "dt_rank") == HYB_JSON_STRING) {
+        HYB_TRY(H_->json_string(s, "dt_rank", 1, NULL, &rs));
+        if (strcmp(rs, "auto") != 0)
+            return H_->json_error(s, "dt_rank", "must be an integer or \"auto\", got \"%s\"",
+                                  rs);
+        R = (D + 15) / 16;
+    } else {
+        HYB_TRY(H_->json_int(s, "dt_rank", 1, 0, &R));
+    }
+    static const struct {
+        const char *key;
+        int want;
+    } flags[] = {{"conv_bias", 1}, {"bias", 0}, {"dt_proj_bias", 1}, {"repeat_kv_before_conv", 1}};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        int v;
+        HYB_TRY(H_->json_bool(s, flags[i].key, 0, flags[i].want, &v));
+        if (v != flags[i].want)
+            return H_->json_error(s, flags[i].key, "%s is not supported (hyb's mamba1 needs %s)",
+                                  v ? "true" : "false", flags[i].want ? "true" : "false");
+    }
+    const int64_t dv[] = {Di, N, K, Dx, R};
+    static const char *const dn[] = {"d_inner", "d_state", "d_conv", "d_xb", "dt_rank"};
+    for (int i = 0; i < 5; i++)
+        if (dv[i] <= 0 || dv[i] > MAX_DIM)
+            return H_->json_error(s, dn[i], "must be in [1, %d], got %lld", MAX_DIM,
+                                  (long long)dv[i]);
+    int dbl = 1;
+    if (!strcmp(format, HYB_HF_HYB_HYBRID)) HYB_TRY(H_->json_bool(s, "double_dt_bias", 0, 1, &dbl));
+    HYB_TRY(H_->toml_int(t, "d_inner", Di));
+    HYB_TRY(H_->toml_int(t, "d_xb", Dx));
+    HYB_TRY(H_->toml_int(t, "d_state", N));
+    HYB_TRY(H_->toml_int(t, "dt_rank", R));
+    HYB_TRY(H_->toml_int(t, "d_conv", K));
+    HYB_TRY(H_->toml_bool(t, "double_dt_bias", dbl));
+    return HYB_OK;
+}
+
 static const hyb_mixer_desc M1_DESC = {
     .abi_version = HYB_PLUGIN_ABI_VERSION,
     .struct_size = sizeof(hyb_mixer_desc),
@@ -297,6 +402,9 @@ static const hyb_mixer_desc M1_DESC = {
     .state_snapshot = NULL, /* fixed-size state: the host's memcpy is exact */
     .state_restore = NULL,
     .init_from = m1_init_from,
+    .hf_layer_type = "m2",
+    .hf_export = m1_hf_export,
+    .hf_import = m1_hf_import,
 };
 
 HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {

@@ -9,6 +9,12 @@
  *   bias        q/k/v projection biases (default false; o_proj never has one)
  *   type, symbol  read by the layer map, accepted here
  *
+ * HF config.json (hf_layer_type "t"): the MistralConfig / LlamaConfig attention keys at the top
+ * level, num_attention_heads, num_key_value_heads (default num_attention_heads), head_dim
+ * (default hidden_size / num_attention_heads), rope_theta (default 10000) and, in the llama and
+ * hyb_hybrid formats, attention_bias (apriel_h attention has no biases: such an mha is refused
+ * there). Every mha layer of a model must agree on them (one set of keys).
+ *
  * Initialisation: every weight N(0, 0.02), as HF LlamaPreTrainedModel._init_weights with
  * initializer_range = 0.02; biases zero. Applied by the host from the declarations (no
  * init_params).
@@ -89,6 +95,7 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
     m->layer = dims->layer;
     m->bias = (int)bias;
     m->theta = (float)theta;
+    m->theta_cfg = theta;
     *self = m;
     return HYB_OK;
 }
@@ -192,6 +199,47 @@ static int mha_state_restore(void *self, const hyb_backend *be, void *state, con
     return HYB_OK;
 }
 
+/* ---- HF config.json ---------------------------------------------------------------------------*/
+
+static int mha_hf_export(void *self, const char *format, hyb_json *c) {
+    mha *m = self;
+    const int apriel = !strcmp(format, HYB_HF_APRIEL_H);
+    if (!apriel && strcmp(format, HYB_HF_LLAMA) != 0 && strcmp(format, HYB_HF_HYB_HYBRID) != 0)
+        return H_->error(HYB_ERR_UNSUPPORTED, "mha (layer %d): no HF format '%s'", m->layer,
+                         format);
+    if (apriel && m->bias)
+        return H_->error(HYB_ERR_UNSUPPORTED,
+                         "mha (layer %d): q/k/v biases (apriel_h attention has none)", m->layer);
+    HYB_TRY(H_->json_set_int(c, "num_attention_heads", m->H));
+    HYB_TRY(H_->json_set_int(c, "num_key_value_heads", m->KV));
+    HYB_TRY(H_->json_set_int(c, "head_dim", m->hd));
+    HYB_TRY(H_->json_set_float(c, "rope_theta", m->theta_cfg));
+    if (!apriel) HYB_TRY(H_->json_set_bool(c, "attention_bias", m->bias));
+    return HYB_OK;
+}
+
+static int mha_hf_import(const hyb_model_dims *dims, const char *format, const hyb_json *c,
+                         hyb_toml *t) {
+    int64_t nh, nkv, hd;
+    double theta;
+    int bias = 0;
+    HYB_TRY(H_->json_int(c, "num_attention_heads", 1, 0, &nh));
+    if (nh <= 0 || nh > 4096)
+        return H_->json_error(c, "num_attention_heads", "must be in [1, 4096], got %lld",
+                              (long long)nh);
+    HYB_TRY(H_->json_int(c, "num_key_value_heads", 0, nh, &nkv));
+    HYB_TRY(H_->json_int(c, "head_dim", 0, dims->d_model / nh, &hd));
+    HYB_TRY(H_->json_float(c, "rope_theta", 0, 10000.0, &theta));
+    if (strcmp(format, HYB_HF_APRIEL_H) != 0) /* MistralDecoderLayer: no q/k/v bias */
+        HYB_TRY(H_->json_bool(c, "attention_bias", 0, 0, &bias));
+    HYB_TRY(H_->toml_int(t, "n_heads", nh));
+    HYB_TRY(H_->toml_int(t, "n_kv_heads", nkv));
+    HYB_TRY(H_->toml_int(t, "head_dim", hd));
+    HYB_TRY(H_->toml_float(t, "rope_theta", theta));
+    if (bias) HYB_TRY(H_->toml_bool(t, "bias", 1));
+    return HYB_OK;
+}
+
 static const hyb_mixer_desc MHA_DESC = {
     .abi_version = HYB_PLUGIN_ABI_VERSION,
     .struct_size = sizeof(hyb_mixer_desc),
@@ -212,6 +260,9 @@ static const hyb_mixer_desc MHA_DESC = {
     .state_snapshot = mha_state_snapshot,
     .state_restore = mha_state_restore,
     .init_from = NULL,
+    .hf_layer_type = "t",
+    .hf_export = mha_hf_export,
+    .hf_import = mha_hf_import,
 };
 
 HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {

@@ -31,6 +31,7 @@ typedef struct mha {
     int D, H, KV, hd, layer;
     int bias;    /* 1: q/k/v projections have biases */
     float theta; /* RoPE base */
+    double theta_cfg; /* rope_theta as configured (written to HF configs) */
     /* decode scratch, grown on demand and kept (no allocation per step once warm); one decode
      * of a given mixer at a time (the host's per-model decode is not reentrant either) */
     void *dec_buf;

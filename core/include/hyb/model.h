@@ -156,17 +156,22 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
 
 /* ---- checkpoints -------------------------------------------------------------------------------*/
 /* Write dir/model.safetensors (HF names, f32) and dir/layermap.toml atomically (tmp + fsync +
- * rename), and, when every layer is the same `mha` mixer (a plain llama), an HF config.json
- * (model_type "llama") so transformers and hyb_model_load_hf_dir load the directory too.
- * A hybrid of mamba1 / mha / identity layers gets an HF apriel_h config.json instead
- * (hybrid_block_layout "m2" / "t" / "i", one ssm_cfg) when it can be expressed: one mamba1
- * shape with double_dt_bias, one bias-free attention shape, identity layers whose MLP is zero
- * (apriel_h "i" skips the whole block). Otherwise no config.json, with a log line saying why. */
+ * rename), and an HF config.json in the first format that expresses the model (docs/HF_CONFIG.md;
+ * each mixer writes its keys through its plugin's hf_export hook): "llama" when every layer is
+ * the attention mixer of HF block type "t" with one shape (transformers and
+ * hyb_model_load_hf_dir load the directory too); else "apriel_h" (hybrid_block_layout of the
+ * mixers' block types, "i" for identity layers) when every mixer has a block type and the layers
+ * of one type agree; else hyb's "hyb_hybrid" (the layout names each layer's mixer type; DeltaNet
+ * hybrids). Identity layers need a zero MLP ("i" skips the whole block); with a config.json their
+ * norm and MLP tensors are left out of model.safetensors (the HF side has none; the metadata key
+ * hyb_identity_layers_omitted lists them and hyb_model_load_params restores norms 1, MLP zero).
+ * Otherwise no config.json, with a log line giving each format's reason. */
 int hyb_model_save(hyb_model *m, const char *dir);
 /* Load parameters from a safetensors file into an already built model: every model parameter
  * must be present with the same shape (error names the tensor and both shapes); F32/F16/BF16
  * (and integer) tensors are converted to f32. Tensors in the file that are not parameters are an
- * error unless HYB_LOAD_ALLOW_EXTRA; "lm_head.weight" is ignored when the model is tied. Nothing
+ * error unless HYB_LOAD_ALLOW_EXTRA; "lm_head.weight" is ignored when the model is tied; the
+ * tensors of identity layers a save left out (hyb_model_save) get norms 1 and a zero MLP. Nothing
  * is written into the model unless every check passes. */
 int hyb_model_load_params(hyb_model *m, const char *safetensors_path);
 #define HYB_LOAD_ALLOW_EXTRA 1u

@@ -67,6 +67,35 @@ extern "C" {
 
 /* An opaque TOML table (the mixer's own table in the layer map). Read it with host->cfg_*. */
 typedef struct hyb_cfg_table hyb_cfg_table;
+/* An opaque JSON value (an object of an HF config.json). Read and write it with host->json_*. */
+typedef struct hyb_json hyb_json;
+/* An opaque TOML table being written (a mixer's table in a generated layer map): host->toml_*. */
+typedef struct hyb_toml hyb_toml;
+
+/* The HF config.json formats of the hf_export / hf_import hooks (the `format` argument).
+ *  "llama"      model_type llama (or mistral on import): every layer the same attention mixer,
+ *               the one whose hf_layer_type is "t"; its keys at the top level.
+ *  "apriel_h"   the Apriel-H1 hybrid (model_type apriel_h / apriel_hybrid_ssm): a MistralConfig
+ *               with hybrid_block_layout, one entry per layer: a mixer's hf_layer_type, or "i"
+ *               (an identity layer, the whole block skipped).
+ *  "hyb_hybrid" hyb's own hybrid (docs/HF_CONFIG.md): a MistralConfig with hybrid_block_layout
+ *               naming each layer's mixer type ("identity" for identity layers) and, by
+ *               convention, a mixer's options in mixer_cfg.<type> (attention keeps the top-level
+ *               keys, mamba1 ssm_cfg). Any mixer with the hooks can be written in it. */
+#define HYB_HF_LLAMA "llama"
+#define HYB_HF_APRIEL_H "apriel_h"
+#define HYB_HF_HYB_HYBRID "hyb_hybrid"
+
+/* Kinds of a JSON value (host->json_type). */
+typedef enum hyb_json_type {
+    HYB_JSON_ABSENT = 0,
+    HYB_JSON_NULL,
+    HYB_JSON_BOOL,
+    HYB_JSON_NUMBER,
+    HYB_JSON_STRING,
+    HYB_JSON_ARRAY,
+    HYB_JSON_OBJECT,
+} hyb_json_type;
 
 /* Facts about the model the mixer lives in. */
 typedef struct hyb_model_dims {
@@ -125,6 +154,38 @@ typedef struct hyb_host {
     /* deterministic RNG streams: *state is advanced */
     void (*rng_normal)(uint64_t *state, float *out, size_t n, float mean, float std);
     void (*rng_uniform)(uint64_t *state, float *out, size_t n, float lo, float hi);
+
+    /* ---- HF config.json, for the hf_export / hf_import hooks (added at the end in ABI 2) ----
+     * Reading (hf_import). A missing or null key gives def when !required, else an error naming
+     * the file, the object and the key ("x/config.json: ssm_cfg: key \"d_state\" is missing");
+     * a value of the wrong type is an error naming them too. */
+    int (*json_type)(const hyb_json *obj, const char *key); /* hyb_json_type of obj[key] */
+    /* The object obj[key]; *out = NULL when it is missing or null and !required. */
+    int (*json_object)(const hyb_json *obj, const char *key, int required, const hyb_json **out);
+    int (*json_int)(const hyb_json *obj, const char *key, int required, int64_t def, int64_t *out);
+    int (*json_float)(const hyb_json *obj, const char *key, int required, double def, double *out);
+    int (*json_bool)(const hyb_json *obj, const char *key, int required, int def, int *out);
+    /* the pointer lives as long as the config */
+    int (*json_string)(const hyb_json *obj, const char *key, int required, const char *def,
+                       const char **out);
+    /* error message prefixed with "<file>: <object>.<key>: " */
+    int (*json_error)(const hyb_json *obj, const char *key, const char *fmt, ...);
+    /* Writing (hf_export). A key that is absent is added; present with the same value it is left
+     * alone (another layer of the same mixer wrote it); a different value is HYB_ERR_UNSUPPORTED
+     * naming the key and both values: the layers cannot share one config. Floats are written in
+     * the shortest form that reads back as the same double. */
+    int (*json_set_int)(hyb_json *obj, const char *key, int64_t v);
+    int (*json_set_float)(hyb_json *obj, const char *key, double v);
+    int (*json_set_bool)(hyb_json *obj, const char *key, int v);
+    int (*json_set_string)(hyb_json *obj, const char *key, const char *v);
+    int (*json_set_null)(hyb_json *obj, const char *key);
+    /* obj[key] as an object, created empty when absent (error when it holds something else) */
+    int (*json_set_object)(hyb_json *obj, const char *key, hyb_json **out);
+    /* Writing a TOML table (hf_import): one `key = value` line each. */
+    int (*toml_int)(hyb_toml *t, const char *key, int64_t v);
+    int (*toml_float)(hyb_toml *t, const char *key, double v);
+    int (*toml_bool)(hyb_toml *t, const char *key, int v);
+    int (*toml_string)(hyb_toml *t, const char *key, const char *v);
 } hyb_host;
 
 /* ---- the mixer vtable --------------------------------------------------------------------- */
@@ -225,6 +286,27 @@ typedef struct hyb_mixer_desc {
      * Optional: NULL means "no init from other mixers"; return HYB_ERR_UNSUPPORTED (with a
      * message) for a source type it does not know. */
     int (*init_from)(void *self, float *const *params, const hyb_mixer_src *src, uint64_t seed);
+
+    /* ---- HF config.json import/export (optional; added at the end in ABI 2) ------------------
+     * A mixer without these hooks is not written to (or read from) any HF config: the model is
+     * still saved, with layermap.toml describing it. Both hooks set or both NULL. */
+    /* The mixer's block type in apriel_h hybrid_block_layout ("t", "m2"); "t" is also the
+     * attention of a plain llama/mistral config. NULL: the mixer has no apriel_h type. The host
+     * refuses two plugins claiming the same type when it needs one. */
+    const char *hf_layer_type;
+    /* Write this (resolved) mixer's keys into `config` (the root object) for `format`
+     * (HYB_HF_*), for every layer that has this mixer: write with host->json_set_*, which also
+     * checks that the layers of one type agree. Return HYB_ERR_UNSUPPORTED, with a message
+     * saying why (host->error), when the mixer or its settings cannot be expressed in that
+     * format; the host then tries the next format (llama, apriel_h, hyb_hybrid, in that order)
+     * and logs the reasons when none fits. */
+    int (*hf_export)(void *self, const char *format, hyb_json *config);
+    /* Read this mixer's keys from `config` (the root object of a config.json in `format`) and
+     * write the mixer's TOML table (the keys create reads; not type or symbol) with host->toml_*.
+     * dims: the model, with layer = the first layer of this mixer. Errors name the file and key
+     * (host->json_* do). Called once per mixer type in the file. */
+    int (*hf_import)(const hyb_model_dims *dims, const char *format, const hyb_json *config,
+                     hyb_toml *table);
 } hyb_mixer_desc;
 
 typedef const hyb_mixer_desc *(*hyb_plugin_entry_fn)(const hyb_host *host);

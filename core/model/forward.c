@@ -1,0 +1,276 @@
+/* core/model/forward.c: running a model (see hyb/model.h): the residual trunk (the one block code
+ * of training, prefill and decode), the full-sequence forward, and the inference state: kvstates,
+ * prefill and the batched decode step. */
+#include "hyb/model.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+// ---- forward -----------------------------------------------------------------------------------
+
+/* The residual trunk: embedding, L blocks, final norm -> [B, T, D]. The one block code of the
+ * model: training (states NULL), prefill (B = 1 sequence of T tokens) and decode (B sequences of
+ * T = 1 token, hyb_mixer_apply then runs the mixers' decode kernels) all come through here.
+ * states: NULL or per layer a pointer to B per-sequence states (states(sctx, l)); pos [B] or
+ * NULL. */
+typedef void *const *(*state_fn)(void *ctx, int layer);
+
+static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T,
+                         state_fn states, void *sctx, const int32_t *pos, int max_ctx) {
+    const float eps = (float)m->map->norm_eps;
+    hyb_tensor *h = hyb_embedding(g, m->embed, ids, B, T);
+    if (!h) {
+        hyb_error_wrap(HYB_ERR_ARG, "model forward: embedding");
+        return NULL;
+    }
+    for (int l = 0; l < m->L; l++) {
+        hyb_layer *ly = &m->layers[l];
+        if (ly->mixer) {
+            hyb_tensor *u = hyb_rmsnorm(g, h, ly->norm_in, eps);
+            hyb_tensor *y =
+                u ? hyb_mixer_apply(g, ly->mixer, u, states ? states(sctx, l) : NULL, pos, max_ctx)
+                  : NULL;
+            h = y ? hyb_add(g, h, y) : NULL;
+            if (!h) goto fail_layer;
+        }
+        hyb_tensor *v = hyb_rmsnorm(g, h, ly->norm_post, eps);
+        hyb_tensor *gt = v ? hyb_matmul(g, v, ly->w_gate) : NULL;
+        hyb_tensor *up = gt ? hyb_matmul(g, v, ly->w_up) : NULL;
+        hyb_tensor *a = up ? hyb_swiglu(g, gt, up) : NULL;
+        hyb_tensor *d = a ? hyb_matmul(g, a, ly->w_down) : NULL;
+        h = d ? hyb_add(g, h, d) : NULL;
+        if (!h) goto fail_layer;
+        continue;
+    fail_layer:
+        hyb_error_wrap(HYB_ERR, "model forward: layer %d (%s)", l,
+                       ly->mixer ? ly->mixer->type : HYB_MIXER_IDENTITY);
+        return NULL;
+    }
+    hyb_tensor *hn = hyb_rmsnorm(g, h, m->norm_f, eps);
+    if (!hn) hyb_error_wrap(HYB_ERR, "model forward: final norm");
+    return hn;
+}
+
+hyb_tensor *hyb_model_forward(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T) {
+    if (B <= 0 || T <= 0 || !ids) {
+        hyb_error_set(HYB_ERR_ARG, "hyb_model_forward: bad batch B=%d T=%d", B, T);
+        return NULL;
+    }
+    hyb_tensor *hn = trunk(m, g, ids, B, T, NULL, NULL, NULL, 0);
+    if (!hn) return NULL;
+    hyb_tensor *logits = hyb_matmul(g, hn, m->lm_head);
+    if (!logits) hyb_error_wrap(HYB_ERR, "model forward: lm_head");
+    return logits;
+}
+
+// ---- inference state ---------------------------------------------------------------------------
+
+int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
+    *out = NULL;
+    if (n_seq <= 0 || max_ctx <= 0)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_kvstate_new: n_seq (%d) and max_ctx (%d) must be positive", n_seq,
+                             max_ctx);
+    hyb_kvstate *s = calloc(1, sizeof *s);
+    if (!s) return hyb_error_set(HYB_ERR_NOMEM, "hyb_kvstate_new: out of memory");
+    const hyb_backend *be = m->be ? m->be : hyb_backend_cpu();
+    s->be = be;
+    s->n_seq = n_seq;
+    s->max_ctx = max_ctx;
+    s->L = m->L;
+    s->model = m;
+    s->generation = m->generation;
+    s->pos = calloc((size_t)n_seq, sizeof *s->pos);
+    s->state = calloc((size_t)m->L, sizeof *s->state);
+    s->layer_mem = calloc((size_t)m->L, sizeof *s->layer_mem);
+    if (!s->pos || !s->state || !s->layer_mem) goto oom;
+    for (int l = 0; l < m->L; l++) {
+        s->state[l] = calloc((size_t)n_seq, sizeof(void *));
+        if (!s->state[l]) goto oom;
+        const hyb_mixer *mx = m->layers[l].mixer;
+        if (!mx) continue;
+        size_t per = hyb_mixer_state_bytes(mx, max_ctx);
+        if (per == 0) continue;
+        size_t stride = (per + 63) & ~(size_t)63;
+        if (stride > SIZE_MAX / (size_t)n_seq) goto oom;
+        s->layer_mem[l] = be->alloc(be, stride * (size_t)n_seq);
+        if (!s->layer_mem[l]) goto oom;
+        if (be->memset0(be, s->layer_mem[l], stride * (size_t)n_seq) != HYB_OK) {
+            hyb_kvstate_free(s);
+            return hyb_error_wrap(HYB_ERR, "hyb_kvstate_new: layer %d", l);
+        }
+        for (int i = 0; i < n_seq; i++)
+            s->state[l][i] = (char *)s->layer_mem[l] + stride * (size_t)i;
+        s->bytes += stride * (size_t)n_seq;
+    }
+    *out = s;
+    return HYB_OK;
+oom:
+    hyb_kvstate_free(s);
+    return hyb_error_set(HYB_ERR_NOMEM,
+                         "hyb_kvstate_new: out of memory for %d sequences of %d tokens", n_seq,
+                         max_ctx);
+}
+
+void hyb_kvstate_free(hyb_kvstate *s) {
+    if (!s) return;
+    for (int l = 0; l < s->L; l++) {
+        if (s->state) free(s->state[l]);
+        if (s->layer_mem && s->layer_mem[l]) s->be->free(s->be, s->layer_mem[l]);
+    }
+    free(s->state);
+    free(s->layer_mem);
+    free(s->pos);
+    free(s);
+}
+
+void hyb_kvstate_reset_seq(hyb_kvstate *s, int seq) {
+    HYB_ASSERT(s && seq >= 0 && seq < s->n_seq);
+    s->pos[seq] = 0;
+    const hyb_model *m = s->model;
+    for (int l = 0; l < s->L; l++) {
+        if (!s->state[l][seq]) continue;
+        const hyb_mixer *mx = (m && m->generation == s->generation) ? m->layers[l].mixer : NULL;
+        if (mx && s->be->memset0(s->be, s->state[l][seq], hyb_mixer_state_bytes(mx, s->max_ctx)))
+            hyb_log(HYB_LOG_ERROR, "hyb_kvstate_reset_seq: layer %d: %s", l, hyb_error());
+    }
+}
+
+static int check_state(const hyb_model *m, const hyb_kvstate *s, const char *who) {
+    if (s->model != m || s->generation != m->generation || s->L != m->L)
+        return hyb_error_set(
+            HYB_ERR_ARG,
+            "%s: the kvstate was made for another model or before a layer swap; make a new one",
+            who);
+    return HYB_OK;
+}
+
+static hyb_graph *scratch_graph(hyb_model *m) {
+    if (!m->scratch && !(m->scratch = hyb_graph_new())) return NULL;
+    hyb_graph_reset(m->scratch);
+    hyb_graph_set_grad(m->scratch, 0);
+    return m->scratch;
+}
+
+typedef struct {
+    hyb_kvstate *s;
+    int seq;
+} prefill_ctx;
+
+static void *const *prefill_states(void *ctx, int layer) {
+    prefill_ctx *c = ctx;
+    return &c->s->state[layer][c->seq];
+}
+
+int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids, int T,
+                      float *out_logits) {
+    HYB_TRY(check_state(m, s, "hyb_model_prefill"));
+    if (seq < 0 || seq >= s->n_seq)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_prefill: sequence %d out of range [0, %d)",
+                             seq, s->n_seq);
+    if (T <= 0 || !ids)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_prefill: no tokens (T = %d)", T);
+    if ((int64_t)s->pos[seq] + T > s->max_ctx)
+        return hyb_error_set(
+            HYB_ERR_ARG,
+            "hyb_model_prefill: sequence %d holds %d tokens, %d more exceed max_ctx %d", seq,
+            s->pos[seq], T, s->max_ctx);
+    hyb_graph *g = scratch_graph(m);
+    if (!g) return hyb_error_wrap(HYB_ERR_NOMEM, "hyb_model_prefill");
+    prefill_ctx c = {s, seq};
+    int rc = HYB_OK;
+    hyb_tensor *hn = trunk(m, g, ids, 1, T, prefill_states, &c, &s->pos[seq], s->max_ctx);
+    if (!hn) {
+        rc = hyb_error_wrap(HYB_ERR, "hyb_model_prefill: sequence %d", seq);
+        goto done;
+    }
+    if (out_logits) {
+        int64_t sh[2] = {1, m->D};
+        hyb_tensor *last =
+            hyb_tensor_wrap(HYB_F32, 2, sh, hyb_tensor_f32(hn) + (size_t)(T - 1) * (size_t)m->D);
+        if (last) last->device = hn->device;
+        hyb_tensor *lg = last ? hyb_matmul(g, last, m->lm_head) : NULL;
+        const hyb_backend *be = lg ? hyb_backend_get(lg->device) : NULL;
+        if (!lg)
+            rc = hyb_error_wrap(HYB_ERR, "hyb_model_prefill: lm_head");
+        else if (!be || be->download(be, out_logits, lg->data, (size_t)m->V * sizeof(float)))
+            rc = hyb_error_wrap(HYB_ERR, "hyb_model_prefill: logits");
+        hyb_tensor_free(last);
+    }
+    if (rc == HYB_OK) s->pos[seq] += T;
+done:
+    hyb_graph_reset(g);
+    return rc;
+}
+
+typedef struct {
+    hyb_kvstate *s;
+    const int32_t *seqs;
+    int n;
+    void **st; /* [n], refilled per layer (the layer's mixer reads it before the next call) */
+} decode_ctx;
+
+static void *const *decode_states(void *ctx, int layer) {
+    decode_ctx *c = ctx;
+    for (int i = 0; i < c->n; i++)
+        c->st[i] = c->s->state[layer][c->seqs[i]];
+    return c->st;
+}
+
+int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
+                     float *logits) {
+    HYB_TRY(check_state(m, s, "hyb_model_decode"));
+    if (n <= 0 || !seqs || !ids)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_decode: no sequences (n = %d)", n);
+    for (int i = 0; i < n; i++) {
+        if (seqs[i] < 0 || seqs[i] >= s->n_seq)
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "hyb_model_decode: seqs[%d] = %d out of range [0, %d)", i, seqs[i],
+                                 s->n_seq);
+        if (s->pos[seqs[i]] >= s->max_ctx)
+            return hyb_error_set(HYB_ERR_ARG, "hyb_model_decode: sequence %d is full (max_ctx %d)",
+                                 seqs[i], s->max_ctx);
+        for (int j = 0; j < i; j++)
+            if (seqs[j] == seqs[i])
+                return hyb_error_set(HYB_ERR_ARG,
+                                     "hyb_model_decode: sequence %d appears twice in one step",
+                                     seqs[i]);
+    }
+    hyb_graph *g = scratch_graph(m);
+    void **st = malloc((size_t)n * sizeof *st);
+    int32_t *pos = malloc((size_t)n * sizeof *pos);
+    if (!g || !st || !pos) {
+        free(st);
+        free(pos);
+        return hyb_error_set(HYB_ERR_NOMEM, "hyb_model_decode: out of memory");
+    }
+    for (int i = 0; i < n; i++)
+        pos[i] = s->pos[seqs[i]];
+    /* the same blocks as training and prefill (trunk), on [n, 1] tokens with their states */
+    decode_ctx c = {s, seqs, n, st};
+    int rc = HYB_OK;
+    hyb_tensor *hn = trunk(m, g, ids, n, 1, decode_states, &c, pos, s->max_ctx);
+    hyb_tensor *lg = hn ? hyb_matmul(g, hn, m->lm_head) : NULL;
+    if (!lg)
+        rc = hyb_error_wrap(HYB_ERR, "hyb_model_decode: %d sequence%s", n, n == 1 ? "" : "s");
+    else {
+        if (logits) {
+            const hyb_backend *be = hyb_backend_get(lg->device);
+            rc = be ? be->download(be, logits, lg->data, (size_t)n * (size_t)m->V * sizeof(float))
+                    : HYB_ERR_UNSUPPORTED;
+        }
+        if (rc == HYB_OK)
+            for (int i = 0; i < n; i++)
+                s->pos[seqs[i]]++;
+    }
+    hyb_graph_reset(g);
+    free(st);
+    free(pos);
+    return rc;
+}
+

@@ -1,0 +1,507 @@
+/* tests/test_hf_hooks.c: HF config.json export/import through the mixers' hooks (hf_layer_type,
+ * hf_export, hf_import in hyb/plugin.h; docs/HF_CONFIG.md).
+ *
+ *  - the apriel_h export of the hybrid in tests/data/apriel/model (written by the code before the
+ *    hooks) has the same keys and values as that committed config.json, plus ssm_cfg.n_qk_heads
+ *    (issue 16: the HF hybrid cache reads it; d_inner / d_state);
+ *  - ssm_cfg.d_inner: null is read as expand * hidden_size, as the HF code does (issue 16);
+ *  - identity layers written as "i" / "identity" have no tensors in model.safetensors (the HF
+ *    side has none; issue 16), and hyb_model_load still gives the same model and logits;
+ *  - DeltaNet / Gated DeltaNet hybrids (with mha, mamba1 and identity layers) are written in the
+ *    hyb_hybrid format: hybrid_block_layout names each layer's mixer, mixer_cfg.<type> its
+ *    options; loading the directory gives the same layer map and bit-identical logits;
+ *  - an mha with q/k/v biases next to mamba1 (not apriel_h) goes to hyb_hybrid and round-trips;
+ *  - mha / mamba1 / identity without an SSM layer ("ttit") is apriel_h and round-trips;
+ *  - two deltanet layers with different options: no config.json (one mixer_cfg per type);
+ *  - import errors name the file, the object and the key (unknown mixer type, missing option);
+ *  - the example plugin of PLUGINS.md (`gain`, built from the document into
+ *    <build>/example-plugins) is exported and imported like the shipped mixers.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cJSON.h>
+
+#include "harness.h"
+#include "hyb/atomic.h"
+#include "hyb/hf.h"
+#include "hyb/model.h"
+#include "hyb/plugin.h"
+#include "hyb/safetensors.h"
+
+static char g_dir[512];
+
+static const char *sub(const char *name) {
+    static char buf[4][600];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
+    return buf[k];
+}
+
+static const char *data_dir(void) {
+    const char *dd = getenv("HYB_TEST_DATA");
+    return dd ? dd : "tests/data";
+}
+
+/* symbols: t mha, b mha with biases, m mamba1, n mamba1 with double_dt_bias = false, d deltanet,
+ * e a second deltanet config, g gated_deltanet, i identity */
+#define MAP                                                                                        \
+    "[model]\nname = \"hooks-test\"\nd_model = 32\nn_layers = %d\nvocab_size = 48\nd_ff = 40\n"    \
+    "norm_eps = 1e-5\ntie_embeddings = %s\nmax_seq = 64\n\n"                                       \
+    "[mixers.attn]\ntype = \"mha\"\nsymbol = \"t\"\nn_heads = 4\nn_kv_heads = 2\nhead_dim = 8\n"   \
+    "rope_theta = 50000.0\n\n"                                                                     \
+    "[mixers.battn]\ntype = \"mha\"\nsymbol = \"b\"\nn_heads = 4\nn_kv_heads = 2\nhead_dim = 8\n"  \
+    "rope_theta = 50000.0\nbias = true\n\n"                                                        \
+    "[mixers.m2]\ntype = \"mamba1\"\nsymbol = \"m\"\nd_inner = 32\nd_xb = 16\nd_state = 4\n"       \
+    "dt_rank = 3\nd_conv = 3\n\n"                                                                  \
+    "[mixers.m1]\ntype = \"mamba1\"\nsymbol = \"n\"\nd_inner = 32\nd_xb = 16\nd_state = 4\n"       \
+    "dt_rank = 3\nd_conv = 3\ndouble_dt_bias = false\n\n"                                          \
+    "[mixers.dn]\ntype = \"deltanet\"\nsymbol = \"d\"\nn_heads = 2\nhead_dim = 8\nchunk = 4\n"     \
+    "norm_eps = 1e-4\n\n"                                                                          \
+    "[mixers.dn2]\ntype = \"deltanet\"\nsymbol = \"e\"\nn_heads = 4\nhead_dim = 8\n\n"             \
+    "[mixers.gdn]\ntype = \"gated_deltanet\"\nsymbol = \"g\"\nn_heads = 4\nhead_dim = 8\n"         \
+    "conv_size = 3\nchunk = 8\n\n"                                                                 \
+    "[mixers.skip]\ntype = \"identity\"\nsymbol = \"i\"\n\n"                                       \
+    "[layout]\npattern = \"%s\"\n"
+
+static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+static float frand(void) { /* uniform in [-1, 1) */
+    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((g_rng >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+}
+
+/* A model of the pattern, its constant-initialised parameters (norms, biases, A_log, D, ...)
+ * perturbed so that a loader mixing them up is caught, identity layers' MLPs zero. */
+static hyb_model *make(const char *pattern, int tied) {
+    char text[4096];
+    snprintf(text, sizeof text, MAP, (int)strlen(pattern), tied ? "true" : "false", pattern);
+    hyb_layermap *map = NULL;
+    if (hyb_layermap_parse(text, "inline-hooks.toml", &map) != HYB_OK) {
+        harness_fail(__FILE__, __LINE__, "layer map: %s", hyb_error());
+        return NULL;
+    }
+    hyb_model *m = NULL;
+    if (hyb_model_build(map, 777, &m) != HYB_OK) {
+        harness_fail(__FILE__, __LINE__, "build: %s", hyb_error());
+        return NULL;
+    }
+    g_rng = 4321;
+    for (int i = 0; i < m->n_params; i++) {
+        hyb_tensor *t = m->params[i];
+        float *x = hyb_tensor_f32(t);
+        if (t->ndim == 1 || strstr(t->name, "A_log"))
+            for (int64_t j = 0, k = hyb_tensor_numel(t); j < k; j++)
+                x[j] += 0.3f * frand();
+    }
+    for (int l = 0; l < m->L; l++) {
+        hyb_layer *ly = &m->layers[l];
+        if (ly->mixer) continue;
+        memset(hyb_tensor_f32(ly->w_gate), 0, hyb_tensor_nbytes(ly->w_gate));
+        memset(hyb_tensor_f32(ly->w_up), 0, hyb_tensor_nbytes(ly->w_up));
+        memset(hyb_tensor_f32(ly->w_down), 0, hyb_tensor_nbytes(ly->w_down));
+    }
+    return m;
+}
+
+enum { B = 2, T = 11 };
+static const int32_t IDS[B * T] = {1,  5, 9, 47, 0,  3, 3,  17, 22, 40, 2,
+                                   8, 31, 7, 11, 46, 19, 4, 23, 1,  0,  45};
+
+static float *logits_of(hyb_model *m) {
+    hyb_graph *g = hyb_graph_new();
+    hyb_tensor *y = hyb_model_forward(m, g, IDS, B, T);
+    float *out = NULL;
+    if (y) {
+        out = malloc(hyb_tensor_nbytes(y));
+        memcpy(out, hyb_tensor_f32(y), hyb_tensor_nbytes(y));
+    } else {
+        harness_fail(__FILE__, __LINE__, "forward: %s", hyb_error());
+    }
+    hyb_graph_free(g);
+    return out;
+}
+
+static cJSON *read_json(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return cJSON_Parse(buf);
+}
+
+static const char *jstr(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static double jnum(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : -1.0;
+}
+
+/* The resolved description of every layer ("mha H=4 ...", "identity"): equal for two models
+ * means the same mixers with the same settings in the same places. */
+static void describe_layers(const hyb_model *m, char *buf, size_t n) {
+    size_t k = 0;
+    buf[0] = 0;
+    for (int l = 0; l < m->L && k < n; l++) {
+        char one[256] = "identity";
+        const hyb_mixer *mx = m->layers[l].mixer;
+        if (mx) mx->desc->describe(mx->self, one, sizeof one);
+        k += (size_t)snprintf(buf + k, n - k, "%d: %s\n", l, one);
+    }
+}
+
+/* Save m, check config.json's format and layout, load the directory back as HF: same layers,
+ * bit-identical logits. */
+static void roundtrip(const char *name, const char *pattern, int tied, const char *want_type,
+                      const char *const *want_layout) {
+    hyb_model *m = make(pattern, tied);
+    if (!m) return;
+    const char *dir = sub(name);
+    CHECK(hyb_model_save(m, dir) == HYB_OK);
+    char p[700];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    cJSON *js = read_json(p);
+    CHECK_MSG(js != NULL, "%s: %s missing or not JSON", name, p);
+    if (js) {
+        CHECK_MSG(!strcmp(jstr(js, "model_type"), want_type), "%s: model_type %s", name,
+                  jstr(js, "model_type"));
+        const cJSON *lay = cJSON_GetObjectItemCaseSensitive(js, "hybrid_block_layout");
+        int n = (int)strlen(pattern);
+        CHECK_MSG(cJSON_IsArray(lay) && cJSON_GetArraySize(lay) == n, "%s: layout", name);
+        for (int i = 0; i < n && cJSON_IsArray(lay); i++) {
+            const cJSON *e = cJSON_GetArrayItem(lay, i);
+            CHECK_MSG(cJSON_IsString(e) && !strcmp(e->valuestring, want_layout[i]),
+                      "%s: layer %d is %s, want %s", name, i,
+                      cJSON_IsString(e) ? e->valuestring : "?", want_layout[i]);
+        }
+        cJSON_Delete(js);
+    }
+    hyb_model *h = NULL;
+    int rc = hyb_model_load_hf_dir(dir, &h);
+    CHECK_MSG(rc == HYB_OK, "%s: load_hf_dir: %s", name, hyb_error());
+    if (h) {
+        char a[4096], b[4096];
+        describe_layers(m, a, sizeof a);
+        describe_layers(h, b, sizeof b);
+        CHECK_MSG(!strcmp(a, b), "%s: layers differ:\n%s---\n%s", name, a, b);
+        CHECK((h->lm_head == h->embed) == tied);
+        float *x = logits_of(m), *y = logits_of(h);
+        CHECK_MSG(x && y && memcmp(x, y, sizeof(float) * B * T * 48) == 0,
+                  "%s: logits differ after the round trip", name);
+        free(x);
+        free(y);
+        hyb_model_free(h);
+    }
+    hyb_model_free(m);
+}
+
+static void test_deltanet_hybrid(void) {
+    static const char *const want[] = {"mha", "deltanet", "identity", "gated_deltanet", "mamba1",
+                                       "deltanet"};
+    roundtrip("dn", "tdigmd", 0, "hyb_hybrid", want);
+    static const char *const want2[] = {"gated_deltanet", "deltanet", "gated_deltanet"};
+    roundtrip("dn_tied", "gdg", 1, "hyb_hybrid", want2);
+}
+
+static void test_deltanet_keys(void) {
+    hyb_model *m = make("dgt", 0);
+    if (!m) return;
+    const char *dir = sub("dnkeys");
+    CHECK(hyb_model_save(m, dir) == HYB_OK);
+    char p[700];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    cJSON *js = read_json(p);
+    const cJSON *mc = js ? cJSON_GetObjectItemCaseSensitive(js, "mixer_cfg") : NULL;
+    const cJSON *dn = mc ? cJSON_GetObjectItemCaseSensitive(mc, "deltanet") : NULL;
+    const cJSON *gd = mc ? cJSON_GetObjectItemCaseSensitive(mc, "gated_deltanet") : NULL;
+    CHECK_MSG(cJSON_IsObject(dn) && cJSON_IsObject(gd), "mixer_cfg.deltanet / gated_deltanet");
+    CHECK(jnum(dn, "n_heads") == 2 && jnum(dn, "head_dim") == 8 && jnum(dn, "conv_size") == 4);
+    CHECK(jnum(dn, "chunk") == 4 && jnum(dn, "norm_eps") == 1e-4);
+    CHECK(jnum(gd, "n_heads") == 4 && jnum(gd, "conv_size") == 3 && jnum(gd, "chunk") == 8);
+    CHECK(jnum(js, "num_attention_heads") == 4 && jnum(js, "rope_theta") == 50000.0);
+    CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(js, "attention_bias")));
+    cJSON_Delete(js);
+    hyb_model_free(m);
+}
+
+static void test_bias_and_identity(void) {
+    static const char *const want[] = {"mha", "mamba1", "mamba1", "mha"};
+    roundtrip("bias", "bmmb", 0, "hyb_hybrid", want);
+    static const char *const want2[] = {"mamba1", "mha", "identity"};
+    roundtrip("nodbl", "nti", 0, "hyb_hybrid", want2); /* double_dt_bias = false */
+    static const char *const want3[] = {"t", "t", "i", "t"};
+    roundtrip("tti", "ttit", 1, "apriel_h", want3);
+    static const char *const want4[] = {"m2", "t", "i", "m2"};
+    roundtrip("apriel", "mtim", 0, "apriel_h", want4);
+}
+
+/* Layers of one mixer type must agree: two deltanet configs have no HF form. */
+static void test_disagreeing_layers(void) {
+    hyb_model *m = make("tde", 0);
+    if (!m) return;
+    const char *dir = sub("disagree");
+    CHECK(hyb_model_save(m, dir) == HYB_OK);
+    char p[700];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    CHECK_MSG(access(p, F_OK) != 0, "config.json written for two deltanet configs");
+    snprintf(p, sizeof p, "%s/layermap.toml", dir);
+    CHECK(access(p, F_OK) == 0);
+    hyb_model_free(m);
+}
+
+/* The export of the hybrid of tests/data/apriel/model (test_apriel.c's make_hybrid, written as
+ * that fixture before the hooks existed) has the same keys and values. */
+static void test_apriel_export_unchanged(void) {
+    char ref[700];
+    snprintf(ref, sizeof ref, "%s/apriel/model", data_dir());
+    hyb_model *m = NULL;
+    int rc = hyb_model_load(ref, &m);
+    CHECK_MSG(rc == HYB_OK, "load %s: %s", ref, hyb_error());
+    if (!m) return;
+    const char *dir = sub("apriel_again");
+    CHECK(hyb_model_save(m, dir) == HYB_OK);
+    char p[700], q[800];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    snprintf(q, sizeof q, "%s/config.json", ref);
+    cJSON *a = read_json(p), *b = a ? cJSON_Duplicate(a, 1) : NULL;
+    cJSON_Delete(a);
+    a = read_json(q);
+    /* the one key added since: n_qk_heads = d_inner / d_state = 32 / 4 */
+    cJSON *ssm = b ? cJSON_GetObjectItemCaseSensitive(b, "ssm_cfg") : NULL;
+    CHECK_MSG(jnum(ssm, "n_qk_heads") == 8, "ssm_cfg.n_qk_heads %g", jnum(ssm, "n_qk_heads"));
+    if (ssm) cJSON_DeleteItemFromObjectCaseSensitive(ssm, "n_qk_heads");
+    CHECK_MSG(a && b && cJSON_Compare(a, b, 1), "exported config.json differs from %s", q);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    hyb_model_free(m);
+}
+
+/* A config.json written by hand (with the weights of a saved model). */
+static void expect_import_error(const char *name, const char *pattern, const char *from,
+                                const char *to, const char *n1, const char *n2) {
+    hyb_model *m = make(pattern, 0);
+    if (!m) return;
+    const char *dir = sub(name);
+    CHECK(hyb_model_save(m, dir) == HYB_OK);
+    hyb_model_free(m);
+    char p[700];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    FILE *f = fopen(p, "rb");
+    static char buf[1 << 16], out[1 << 16];
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f) fclose(f);
+    buf[n] = 0;
+    char *at = strstr(buf, from);
+    CHECK_MSG(at != NULL, "%s: '%s' not in config.json", name, from);
+    if (!at) return;
+    snprintf(out, sizeof out, "%.*s%s%s", (int)(at - buf), buf, to, at + strlen(from));
+    CHECK(hyb_atomic_write_buf(p, out, strlen(out)) == HYB_OK);
+    hyb_model *h = NULL;
+    int rc = hyb_model_load_hf_dir(dir, &h);
+    CHECK_MSG(rc < 0 && !h, "%s: loaded", name);
+    const char *e = hyb_error();
+    CHECK_MSG(strstr(e, n1) && strstr(e, n2) && strstr(e, "config.json"), "%s: error: %s", name,
+              e);
+    hyb_model_free(h);
+}
+
+static void test_import_errors(void) {
+    expect_import_error("unknown", "td", "\"deltanet\"]", "\"deltanot\"]", "\"deltanot\"",
+                        "hybrid_block_layout[1]");
+    expect_import_error("nokey", "td", "\"n_heads\": 2", "\"n_hedas\": 2", "deltanet",
+                        "\"n_heads\" is missing");
+    expect_import_error("badtype", "td", "\"head_dim\": 8,\n      \"conv_size\"",
+                        "\"head_dim\": \"8\",\n      \"conv_size\"", "deltanet", "head_dim");
+    expect_import_error("badtag", "mt", "\"m2\"", "\"m9\"", "\"m9\"", "hybrid_block_layout[0]");
+}
+
+/* Replace `from` by `to` in dir/config.json. */
+static int edit_config(const char *dir, const char *from, const char *to) {
+    char p[700];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    FILE *f = fopen(p, "rb");
+    static char buf[1 << 16], out[1 << 16];
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f) fclose(f);
+    buf[n] = 0;
+    char *at = strstr(buf, from);
+    if (!at) return 0;
+    snprintf(out, sizeof out, "%.*s%s%s", (int)(at - buf), buf, to, at + strlen(from));
+    return hyb_atomic_write_buf(p, out, strlen(out)) == HYB_OK;
+}
+
+/* issue 16: "d_inner": null means expand * hidden_size (the HF Mamba2 module and hybrid cache);
+ * it used to fail with "key d_inner is missing". */
+static void test_d_inner_null(void) {
+    hyb_model *m = make("mtim", 0); /* d_inner 32 = 1 * d_model */
+    if (!m) return;
+    const char *dir = sub("dinner");
+    CHECK(hyb_model_save(m, dir) == HYB_OK);
+    CHECK(edit_config(dir, "\"d_inner\": 32", "\"d_inner\": null"));
+    hyb_model *h = NULL;
+    int rc = hyb_model_load_hf_dir(dir, &h);
+    CHECK_MSG(rc == HYB_OK, "d_inner null, expand 1: %s", hyb_error());
+    if (h) {
+        float *x = logits_of(m), *y = logits_of(h);
+        CHECK(x && y && memcmp(x, y, sizeof(float) * B * T * 48) == 0);
+        free(x);
+        free(y);
+        hyb_model_free(h);
+    }
+    /* expand 2: d_inner 64, which the weights do not have: the error names the tensor */
+    CHECK(edit_config(dir, "\"expand\": 1", "\"expand\": 2"));
+    h = NULL;
+    rc = hyb_model_load_hf_dir(dir, &h);
+    CHECK_MSG(rc < 0 && !h && strstr(hyb_error(), "in_proj.weight") &&
+                  strstr(hyb_error(), "[160, 32]"),
+              "d_inner null, expand 2: %s", rc < 0 ? hyb_error() : "loaded");
+    hyb_model_free(h);
+    /* absent is still an error, naming the key */
+    CHECK(edit_config(dir, "\"d_inner\": null", "\"d_innr\": null"));
+    rc = hyb_model_load_hf_dir(dir, &h);
+    CHECK_MSG(rc < 0 && strstr(hyb_error(), "ssm_cfg") && strstr(hyb_error(), "\"d_inner\" is missing"),
+              "%s", hyb_error());
+    hyb_model_free(m);
+}
+
+/* issue 16: no tensors the HF side lacks for identity layers; the native load restores them. */
+static void test_identity_tensors_omitted(void) {
+    static const char *const pats[] = {"mtim", "tdigmd"};
+    for (int k = 0; k < 2; k++) {
+        hyb_model *m = make(pats[k], k);
+        if (!m) return;
+        const char *dir = sub(k ? "omit_dn" : "omit_apriel");
+        CHECK(hyb_model_save(m, dir) == HYB_OK);
+        char p[700];
+        snprintf(p, sizeof p, "%s/model.safetensors", dir);
+        hyb_safetensors *st = NULL;
+        CHECK_MSG(hyb_safetensors_open(p, &st) == HYB_OK, "%s", hyb_error());
+        int n_layer2 = 0, n_all = st ? hyb_safetensors_count(st) : 0;
+        for (int i = 0; i < n_all; i++)
+            n_layer2 += !strncmp(hyb_safetensors_tensor(st, i)->name, "model.layers.2.", 15);
+        CHECK_MSG(n_layer2 == 0, "%s: %d tensors of identity layer 2 saved", pats[k], n_layer2);
+        CHECK_MSG(n_all == m->n_params - 5, "%s: %d tensors for %d parameters", pats[k], n_all,
+                  m->n_params);
+        hyb_safetensors_close(st);
+        hyb_model *back = NULL;
+        int rc = hyb_model_load(dir, &back);
+        CHECK_MSG(rc == HYB_OK, "%s: hyb_model_load: %s", pats[k], hyb_error());
+        if (back) {
+            CHECK(back->n_params == m->n_params);
+            float *x = logits_of(m), *y = logits_of(back);
+            CHECK_MSG(x && y && memcmp(x, y, sizeof(float) * B * T * 48) == 0,
+                      "%s: logits differ after hyb_model_load", pats[k]);
+            free(x);
+            free(y);
+            hyb_model_free(back);
+        }
+        hyb_model_free(m);
+    }
+    /* an identity layer that keeps its MLP has no HF form: its tensors stay (and load back) */
+    hyb_model *m = make("mtim", 0);
+    if (!m) return;
+    hyb_layer *ly = &m->layers[2];
+    hyb_tensor_f32(ly->w_down)[0] = 0.5f;
+    hyb_tensor_f32(ly->w_up)[0] = 0.5f;
+    hyb_tensor_f32(ly->w_gate)[0] = 0.5f;
+    const char *dir = sub("keep_identity");
+    CHECK(hyb_model_save(m, dir) == HYB_OK);
+    hyb_model *back = NULL;
+    CHECK_MSG(hyb_model_load(dir, &back) == HYB_OK, "%s", hyb_error());
+    if (back) {
+        float *x = logits_of(m), *y = logits_of(back);
+        CHECK(x && y && memcmp(x, y, sizeof(float) * B * T * 48) == 0);
+        free(x);
+        free(y);
+        hyb_model_free(back);
+    }
+    hyb_model_free(m);
+}
+
+/* PLUGINS.md's example: a third-party mixer with the hooks round-trips in hyb_hybrid. */
+static void test_example_plugin(void) {
+    const char *pp = getenv("HYB_PLUGIN_PATH");
+    char path[1024];
+    snprintf(path, sizeof path, "%.*s/../example-plugins/libhyb-gain.so",
+             pp ? (int)strcspn(pp, ":") : 5, pp ? pp : "build/plugins");
+    const hyb_mixer_desc *d = NULL;
+    int rc = hyb_plugin_load_file(path, &d);
+    CHECK_MSG(rc == HYB_OK && d && !strcmp(d->name, "gain"), "%s: %s", path, hyb_error());
+    if (rc != HYB_OK) return;
+    static const char *const map =
+        "[model]\nname = \"gain-test\"\nd_model = 32\nn_layers = 3\nvocab_size = 48\n"
+        "d_ff = 40\nnorm_eps = 1e-5\ntie_embeddings = true\nmax_seq = 64\n\n"
+        "[mixers.attn]\ntype = \"mha\"\nsymbol = \"t\"\nn_heads = 4\n\n"
+        "[mixers.g]\ntype = \"gain\"\nsymbol = \"x\"\ninit = 0.75\n\n"
+        "[layout]\npattern = \"xtx\"\n";
+    hyb_layermap *lm = NULL;
+    hyb_model *m = NULL, *h = NULL;
+    CHECK_MSG(hyb_layermap_parse(map, "inline-gain.toml", &lm) == HYB_OK, "%s", hyb_error());
+    CHECK_MSG(lm && hyb_model_build(lm, 5, &m) == HYB_OK, "%s", hyb_error());
+    if (!m) return;
+    hyb_tensor *w = hyb_model_param(m, "model.layers.2.mixer.weight");
+    CHECK(w != NULL);
+    if (w) hyb_tensor_f32(w)[3] = -2.5f; /* a loaded weight, not a re-initialised one */
+    const char *dir = sub("gain");
+    CHECK(hyb_model_save(m, dir) == HYB_OK);
+    char p[700];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    cJSON *js = read_json(p);
+    const cJSON *mc = js ? cJSON_GetObjectItemCaseSensitive(js, "mixer_cfg") : NULL;
+    const cJSON *g = mc ? cJSON_GetObjectItemCaseSensitive(mc, "gain") : NULL;
+    CHECK_MSG(!strcmp(jstr(js, "model_type"), "hyb_hybrid") && jnum(g, "init") == 0.75,
+              "config.json of the gain hybrid");
+    cJSON_Delete(js);
+    rc = hyb_model_load_hf_dir(dir, &h);
+    CHECK_MSG(rc == HYB_OK, "load_hf_dir: %s", hyb_error());
+    if (h) {
+        char a[2048], b[2048];
+        describe_layers(m, a, sizeof a);
+        describe_layers(h, b, sizeof b);
+        CHECK_MSG(!strcmp(a, b), "layers differ:\n%s---\n%s", a, b);
+        float *x = logits_of(m), *y = logits_of(h);
+        CHECK(x && y && memcmp(x, y, sizeof(float) * B * T * 48) == 0);
+        free(x);
+        free(y);
+        hyb_model_free(h);
+    }
+    hyb_model_free(m);
+}
+
+int main(void) {
+    static const char *const need[] = {"mha", "mamba1", "deltanet", "gated_deltanet"};
+    for (int i = 0; i < 4; i++) {
+        const hyb_mixer_desc *d;
+        if (hyb_plugin_find(need[i], &d) != HYB_OK) {
+            fprintf(stderr, "skipping: plugin %s is not available: %s\n", need[i], hyb_error());
+            return HARNESS_SKIP;
+        }
+    }
+    hyb_log_set_level(HYB_LOG_WARN);
+    snprintf(g_dir, sizeof g_dir, "%s/hyb_test_hf_hooks_XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+    if (!mkdtemp(g_dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    RUN(test_apriel_export_unchanged);
+    RUN(test_deltanet_hybrid);
+    RUN(test_deltanet_keys);
+    RUN(test_bias_and_identity);
+    RUN(test_disagreeing_layers);
+    RUN(test_import_errors);
+    RUN(test_d_inner_null);
+    RUN(test_identity_tensors_omitted);
+    RUN(test_example_plugin);
+    harness_rm_rf(g_dir);
+    return harness_done();
+}
