@@ -183,6 +183,11 @@ static __thread ucontext_t g_sched_uc;
 static __thread char **g_stacks;
 static __thread int g_nstacks;
 static __thread unsigned char *g_arena;
+/* under ThreadSanitizer every block of a launch gets its own arena: reusing one would need an
+ * ordering from one block's threads to the next block's, which would hide races between blocks
+ * (the arenas are reused by the next launch, which is ordered after this one) */
+static __thread unsigned char **g_tsan_arenas;
+static __thread uint64_t g_tsan_narenas;
 static __thread size_t g_arena_hw; /* bytes of the arena ever used by static __shared__ */
 
 static char g_last_error[1024];
@@ -250,7 +255,9 @@ static void to_fiber(fiber *f) {
 #else
     swapcontext(&g_sched_uc, &f->uc);
 #endif
-    if (san.asan) san.asan_finish_switch(g_sched_asan_fake, &g_sched_stack_bottom, &g_sched_stack_size);
+    /* (the bounds of the stack we came from are the fiber's: not wanted here; the scheduler's
+     * own bounds were recorded by the fiber's first finish_switch) */
+    if (san.asan) san.asan_finish_switch(g_sched_asan_fake, NULL, NULL);
     g_cur = NULL;
 }
 
@@ -281,7 +288,8 @@ static void fiber_init(fiber *f, char *stack) {
 #if defined(__x86_64__)
     uintptr_t top = ((uintptr_t)stack + f->stack_size) & ~(uintptr_t)15;
     uint64_t *sp = (uint64_t *)top;
-    *--sp = 0;                               /* keeps the entry's rsp 16-byte aligned */
+    /* after the final `ret` of hyb_emu_swap, rsp = top (16-byte aligned), so the entry's `call`
+     * gives hyb_emu_fiber_main the ABI's rsp % 16 == 8 */
     *--sp = (uint64_t)(uintptr_t)hyb_emu_fiber_entry; /* ret target */
     *--sp = 0;                               /* rbp */
     *--sp = 0;                               /* rbx */
@@ -562,6 +570,7 @@ static void run_block(block *b, launch *L, unsigned bx, unsigned by, unsigned bz
     /* fresh shared memory: a NaN pattern (the part used so far; all of it under a sanitizer,
      * whose memset interceptors must see the fill here, by the scheduler, before the poisoning),
      * poisoned for ASan until a variable is placed */
+    if (san.asan) san.asan_unpoison(b->arena, ARENA_BYTES); /* poisoned by the last block */
     memset(b->arena, 0xff, (san.asan || san.tsan) ? ARENA_BYTES : g_arena_hw);
     memset(b->arena + b->dyn_off, 0xff, b->dyn_size);
     if (san.asan) {
@@ -709,6 +718,20 @@ int hyb_emu_run(void (*entry)(void **), void **args, const char *name, const uns
         unsigned bx = (unsigned)(lin % grid[0]);
         unsigned by = (unsigned)(lin / grid[0] % grid[1]);
         unsigned bz = (unsigned)(lin / ((uint64_t)grid[0] * grid[1]));
+        if (san.tsan) {
+            if (k >= g_tsan_narenas) {
+                unsigned char **a = realloc(g_tsan_arenas, sizeof *a * (size_t)(k + 1));
+                if (!a || !(a[k] = aligned_alloc(256, ARENA_BYTES))) {
+                    if (a) g_tsan_arenas = a;
+                    fail(&L, "kernel %s: no memory for the shared memory of block %llu", name,
+                         (unsigned long long)k);
+                    break;
+                }
+                g_tsan_arenas = a;
+                g_tsan_narenas = k + 1;
+            }
+            b.arena = g_tsan_arenas[k];
+        }
         run_block(&b, &L, bx, by, bz);
     }
     if (san.tsan) san.tsan_acquire(&g_launch_end_obj);

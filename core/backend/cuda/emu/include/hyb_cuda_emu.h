@@ -124,6 +124,10 @@ template <class T> static inline unsigned int __match_any_sync(unsigned int m, T
     std::memcpy(&bits, &v, sizeof(T));
     return (unsigned int)hyb_emu_rt->warp(HYB_EMU_MATCH_ANY, m, bits, 0, 32);
 }
+/* a failed device assertion fails the launch with its text (the process goes on, as on a GPU
+ * where the error surfaces at the next synchronisation) */
+#undef assert
+#define assert(e) ((e) ? (void)0 : hyb_emu_rt->trap("assertion `" #e "' failed", __FILE__, __LINE__))
 static inline void __trap() { hyb_emu_rt->trap("__trap()", __FILE__, __LINE__); }
 static inline void __brkpt() {}
 static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
