@@ -57,6 +57,7 @@ static int child(const char *kernel, int plant) {
     void *args[] = {&dx, &dy, &n};
     unsigned g[3] = {4, 1, 1}, b[3] = {128, 1, 1};
     if (strcmp(kernel, "bug_shared_oob") == 0) g[0] = 8, b[0] = 64;
+    if (strcmp(kernel, "bug_reuse_barrier") == 0) g[0] = 2, b[0] = 256;
     int rc = emu_launch(k, g, b, 0, args);
     emu_get(y, dy, sizeof y);
     printf("launch %s plant=%d: rc %d\n", kernel, plant, rc);
@@ -135,6 +136,8 @@ int main(int argc, char **argv) {
             cases[nc++] = (tcase){"bug_missing_barrier", 1, orders[o], "data race"};
             cases[nc++] = (tcase){"ok_block_sum", 0, orders[o], NULL};
         }
+        cases[nc++] = (tcase){"bug_reuse_barrier", 1, "forward", "data race"};
+        cases[nc++] = (tcase){"bug_reuse_barrier", 0, "random", NULL};
         cases[nc++] = (tcase){"bug_race", 0, "random", NULL};
         cases[nc++] = (tcase){"bug_missing_barrier", 0, "random", NULL};
     }

@@ -76,3 +76,26 @@ extern "C" __global__ void ok_block_sum(const float *x, float *y) {
         if (lane == 0) atomicAdd(y, v);
     }
 }
+
+/* two block sums in a row through the same shared array (y[b] = sum x, y[b + G] = sum x^2): the
+ * planted version drops the barrier that keeps the second sum's writes from overwriting what a
+ * slower warp still reads of the first (the bug common.cuh's block_sum_d guards against) */
+__device__ float block_sum_shared(float v, float *sh) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+#ifndef PLANT
+    __syncthreads();
+#endif
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = lane < (int)(blockDim.x >> 5) ? sh[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+extern "C" __global__ void bug_reuse_barrier(const float *x, float *y) {
+    __shared__ float sh[32];
+    const float v = x[blockIdx.x * blockDim.x + threadIdx.x];
+    const float s1 = block_sum_shared(v, sh);
+    const float s2 = block_sum_shared(v * v, sh);
+    if (threadIdx.x == 0) y[blockIdx.x] = s1, y[blockIdx.x + gridDim.x] = s2;
+}

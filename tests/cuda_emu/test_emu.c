@@ -8,7 +8,8 @@
  *
  * Part 2 (planted.cu) shows that running threads in several orders catches bugs: for each
  * planted bug the correct kernel matches the host reference in all three orders and the buggy
- * one (-DPLANT) mismatches in at least one (the missing barrier, the wrong index, the race);
+ * one (-DPLANT) mismatches in at least one (the missing barrier, the wrong index, the race,
+ * a shared array reused without the barrier between two reductions);
  * the off-by-one read is NOT caught by comparison (asserted here), which is why emu_sanitize.c
  * runs it under AddressSanitizer. */
 #include <math.h>
@@ -388,6 +389,26 @@ static int run_race(void *k, int o) {
     return ok;
 }
 
+static int run_reuse_barrier(void *k, int o) {
+    enum { B = 256, G = 3 };
+    float x[B * G], y[2 * G];
+    for (int i = 0; i < B * G; i++) x[i] = (float)(i % 5) - 1.0f; /* small integers: exact sums */
+    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
+    emu_put(dx, x, sizeof x);
+    set_order(o);
+    void *args[] = {&dx, &dy};
+    const unsigned g[3] = {G, 1, 1}, b[3] = {B, 1, 1};
+    int ok = emu_launch(k, g, b, 0, args) == 0;
+    emu_get(y, dy, sizeof y);
+    for (int blk = 0; blk < G && ok; blk++) {
+        float s1 = 0, s2 = 0;
+        for (int i = 0; i < B; i++) s1 += x[blk * B + i], s2 += x[blk * B + i] * x[blk * B + i];
+        ok = y[blk] == s1 && y[blk + G] == s2;
+    }
+    emu_free(dx), emu_free(dy);
+    return ok;
+}
+
 /* correct kernel: matches in every order; planted: `caught` says whether some order mismatches */
 static void planted(const char *kernel, plant_case run, int expect_caught) {
     void *good = emu_build("planted.cu", g_plant, kernel, NULL);
@@ -409,6 +430,8 @@ static void planted(const char *kernel, plant_case run, int expect_caught) {
 }
 static void test_planted_missing_barrier(void) { planted("bug_missing_barrier", run_missing_barrier, 1); }
 static void test_planted_wrong_index(void) { planted("bug_wrong_index", run_wrong_index, 1); }
+/* caught because a warp runs ahead of the others through its shuffles (runtime.c) */
+static void test_planted_reuse_barrier(void) { planted("bug_reuse_barrier", run_reuse_barrier, 1); }
 static void test_planted_race(void) { planted("bug_race", run_race, 1); }
 /* the comparison cannot see it (the value read is unused): emu_sanitize.c's ASan run does */
 static void test_planted_off_by_one_needs_asan(void) { planted("bug_off_by_one", run_off_by_one, 0); }
@@ -427,6 +450,7 @@ int main(void) {
     RUN(test_planted_missing_barrier);
     RUN(test_planted_wrong_index);
     RUN(test_planted_race);
+    RUN(test_planted_reuse_barrier);
     RUN(test_planted_off_by_one_needs_asan);
     free(g_sem), free(g_plant);
     return harness_done();

@@ -144,6 +144,7 @@ typedef struct block {
     fiber *f;
     int n, nwarps;
     int *order;
+    int *queue; /* run queue (ring of n) */
     const struct launch *L;
     /* shared memory */
     unsigned char *arena;
@@ -154,6 +155,7 @@ typedef struct block {
     char bar_obj[2], warp_obj[2], start_obj;
     int bar_gen;
     int *warp_gen;
+    unsigned *wwait, *wdone; /* per warp: lanes waiting at a warp operation / finished */
 } block;
 
 typedef struct launch {
@@ -473,95 +475,94 @@ static void describe(block *b, char *buf, size_t n) {
     snprintf(buf + k, n - k, "; %d threads wait at __syncthreads, %d finished", nb, nd);
 }
 
-/* try to complete warp operations; returns how many lanes were released */
-static int resolve_warps(block *b) {
+/* Lane `lane` of warp w arrived at a warp operation: complete its group when every existing
+ * lane of its mask waits at the same operation with the same mask. Returns the mask of lanes
+ * released (0: not yet). O(32): the bit masks of waiting and finished lanes are kept per warp. */
+static unsigned resolve_warp(block *b, int w, int lane) {
     launch *L = (launch *)b->L;
-    int released = 0;
-    for (int w = 0; w < b->nwarps; w++) {
-        const int base = w * 32;
-        const int nl = b->n - base < 32 ? b->n - base : 32;
-        for (int l = 0; l < nl; l++) {
-            fiber *f = &b->f[base + l];
-            if (f->state != F_WARP) continue;
-            const unsigned m = f->wmask;
-            if (!(m & (1u << l))) {
-                fail(L, "kernel %s: thread %d calls %s with mask 0x%08x that does not name its "
-                        "own lane %d", L->name, base + l, warp_op_name(f->wop), m, l);
-                return 0;
-            }
-            int ready = 1;
-            for (int j = 0; j < nl && ready; j++) {
-                if (!(m & (1u << j))) continue;
-                fiber *g = &b->f[base + j];
-                if (g->state == F_DONE) {
-                    fail(L, "kernel %s: %s (mask 0x%08x) in warp %d of block (%u,%u,%u) names "
-                            "lane %d, which has finished",
-                         L->name, warp_op_name(f->wop), m, w, f->t.blockIdx.x, f->t.blockIdx.y,
-                         f->t.blockIdx.z, j);
-                    return 0;
-                }
-                if (g->state != F_WARP) ready = 0;
-                else if (g->wmask != m || g->wop != f->wop) {
-                    fail(L, "kernel %s: divergent warp operations in warp %d of block "
-                            "(%u,%u,%u): lane %d at %s(mask 0x%08x), lane %d at %s(mask 0x%08x)",
-                         L->name, w, f->t.blockIdx.x, f->t.blockIdx.y, f->t.blockIdx.z, l,
-                         warp_op_name(f->wop), m, j, warp_op_name(g->wop), g->wmask);
-                    return 0;
-                }
-            }
-            if (!ready) continue;
-            /* complete the group: every lane j of m (that exists) */
-            unsigned long long bal = 0, sum = 0, mn = ~0ull, mx = 0;
-            for (int j = 0; j < nl; j++)
-                if (m & (1u << j)) {
-                    fiber *g = &b->f[base + j];
-                    if (g->wval) bal |= 1ull << j;
-                    sum += (unsigned)g->wval;
-                    if ((unsigned)g->wval < mn) mn = (unsigned)g->wval;
-                    if ((unsigned)g->wval > mx) mx = (unsigned)g->wval;
-                }
-            const unsigned exist = nl == 32 ? 0xffffffffu : ((1u << nl) - 1);
-            for (int j = 0; j < nl; j++) {
-                if (!(m & (1u << j))) continue;
-                fiber *g = &b->f[base + j];
-                unsigned long long r = 0;
-                switch (g->wop) {
-                case HYB_EMU_SHFL_IDX:
-                case HYB_EMU_SHFL_UP:
-                case HYB_EMU_SHFL_DOWN:
-                case HYB_EMU_SHFL_XOR: {
-                    int s = shfl_src(g->wop, j, g->warg, g->wwidth);
-                    /* a source outside the mask or the block: undefined on the device; here
-                     * the own value */
-                    r = (s >= 0 && s < nl && (m & (1u << s))) ? b->f[base + s].wval : g->wval;
-                    break;
-                }
-                case HYB_EMU_BALLOT: r = bal; break;
-                case HYB_EMU_ANY: r = bal != 0; break;
-                case HYB_EMU_ALL: r = bal == (m & exist); break;
-                case HYB_EMU_REDUCE_ADD: r = (unsigned)sum; break;
-                case HYB_EMU_REDUCE_MIN: r = mn; break;
-                case HYB_EMU_REDUCE_MAX: r = mx; break;
-                case HYB_EMU_MATCH_ANY: {
-                    unsigned mm = 0;
-                    for (int k = 0; k < nl; k++)
-                        if ((m & (1u << k)) && b->f[base + k].wval == g->wval) mm |= 1u << k;
-                    r = mm;
-                    break;
-                }
-                default: r = 0;
-                }
-                g->wres = r;
-            }
-            for (int j = 0; j < nl; j++)
-                if (m & (1u << j)) {
-                    b->f[base + j].state = F_RUN;
-                    released++;
-                }
-            b->warp_gen[w]++;
-        }
+    const int base = w * 32;
+    const int nl = b->n - base < 32 ? b->n - base : 32;
+    const unsigned exist = nl == 32 ? 0xffffffffu : ((1u << nl) - 1);
+    fiber *f = &b->f[base + lane];
+    const unsigned m = f->wmask, me = m & exist;
+    if (!(m & (1u << lane))) {
+        fail(L, "kernel %s: thread %d calls %s with mask 0x%08x that does not name its own lane %d",
+             L->name, base + lane, warp_op_name(f->wop), m, lane);
+        return 0;
     }
-    return released;
+    if (me & b->wdone[w]) {
+        fail(L, "kernel %s: %s (mask 0x%08x) in warp %d of block (%u,%u,%u) names lane %d, which "
+                "has finished",
+             L->name, warp_op_name(f->wop), m, w, f->t.blockIdx.x, f->t.blockIdx.y,
+             f->t.blockIdx.z, __builtin_ctz(me & b->wdone[w]));
+        return 0;
+    }
+    if ((b->wwait[w] & me) != me) return 0;
+    unsigned long long bal = 0, sum = 0, mn = ~0ull, mx = 0;
+    for (int j = 0; j < nl; j++) {
+        if (!(me & (1u << j))) continue;
+        fiber *g = &b->f[base + j];
+        if (g->wmask != m || g->wop != f->wop) {
+            fail(L, "kernel %s: divergent warp operations in warp %d of block (%u,%u,%u): lane %d "
+                    "at %s(mask 0x%08x), lane %d at %s(mask 0x%08x)",
+                 L->name, w, f->t.blockIdx.x, f->t.blockIdx.y, f->t.blockIdx.z, lane,
+                 warp_op_name(f->wop), m, j, warp_op_name(g->wop), g->wmask);
+            return 0;
+        }
+        if (g->wval) bal |= 1ull << j;
+        const unsigned u = (unsigned)g->wval;
+        sum += u;
+        if (u < mn) mn = u;
+        if (u > mx) mx = u;
+    }
+    for (int j = 0; j < nl; j++) {
+        if (!(me & (1u << j))) continue;
+        fiber *g = &b->f[base + j];
+        unsigned long long r = 0;
+        switch (g->wop) {
+        case HYB_EMU_SHFL_IDX:
+        case HYB_EMU_SHFL_UP:
+        case HYB_EMU_SHFL_DOWN:
+        case HYB_EMU_SHFL_XOR: {
+            const int src = shfl_src(g->wop, j, g->warg, g->wwidth);
+            /* a source outside the mask or the block is undefined on the device; here the own
+             * value */
+            r = (src >= 0 && src < nl && (me & (1u << src))) ? b->f[base + src].wval : g->wval;
+            break;
+        }
+        case HYB_EMU_BALLOT: r = bal; break;
+        case HYB_EMU_ANY: r = bal != 0; break;
+        case HYB_EMU_ALL: r = bal == me; break;
+        case HYB_EMU_REDUCE_ADD: r = (unsigned)sum; break;
+        case HYB_EMU_REDUCE_MIN: r = mn; break;
+        case HYB_EMU_REDUCE_MAX: r = mx; break;
+        case HYB_EMU_MATCH_ANY: {
+            unsigned mm = 0;
+            for (int k = 0; k < nl; k++)
+                if ((me & (1u << k)) && b->f[base + k].wval == g->wval) mm |= 1u << k;
+            r = mm;
+            break;
+        }
+        default: r = 0;
+        }
+        g->wres = r;
+    }
+    for (int j = 0; j < nl; j++)
+        if (me & (1u << j)) b->f[base + j].state = F_RUN;
+    b->wwait[w] &= ~me;
+    b->warp_gen[w]++;
+    return me;
+}
+
+/* lane `lane` of warp w finished: a lane still waiting with a mask that names it never completes */
+static void lane_done(block *b, int w, int lane) {
+    b->wdone[w] |= 1u << lane;
+    const int base = w * 32;
+    for (int j = 0; j < 32 && base + j < b->n; j++)
+        if ((b->wwait[w] & (1u << j)) && (b->f[base + j].wmask & (1u << lane))) {
+            resolve_warp(b, w, j); /* reports the finished lane */
+            return;
+        }
 }
 
 /* run one block to completion (or failure) */
@@ -581,6 +582,8 @@ static void run_block(block *b, launch *L, unsigned bx, unsigned by, unsigned bz
     memset(b->shared_size, 0, sizeof b->shared_size);
     b->bar_gen = 0;
     memset(b->warp_gen, 0, sizeof(int) * (size_t)b->nwarps);
+    memset(b->wwait, 0, sizeof(unsigned) * (size_t)b->nwarps);
+    memset(b->wdone, 0, sizeof(unsigned) * (size_t)b->nwarps);
     if (san.tsan) san.tsan_release(&b->start_obj); /* the fill happens before the threads */
     g_blk = b;
     for (int i = 0; i < b->n; i++) {
@@ -600,44 +603,70 @@ static void run_block(block *b, launch *L, unsigned bx, unsigned by, unsigned bz
         fiber_init(f, g_stacks[i]);
         f->tsan_fiber = san.tsan ? san.tsan_create_fiber(0) : NULL;
     }
+    /* The run queue: a fiber runs until it blocks or finishes. When the last lane of a warp
+     * operation arrives, the warp's lanes go to the FRONT of the queue, so a warp runs ahead
+     * through its shuffles until a barrier (warps are not kept in lockstep, as on the GPU);
+     * when the queue is empty a complete barrier releases the block in the order policy. */
+    int *q = b->queue, qh = 0, qn = 0;
+    const int n = b->n;
+    if (L->order == HYB_EMU_ORDER_RANDOM) make_order(b->order, n, L->order, &L->rng);
+    for (int k = 0; k < n; k++) q[(qh + qn++) % n] = b->order[k];
     for (;;) {
-        int ran = 0;
-        if (L->order == HYB_EMU_ORDER_RANDOM) make_order(b->order, b->n, L->order, &L->rng);
-        for (int k = 0; k < b->n && !L->failed; k++) {
-            fiber *f = &b->f[b->order[k]];
+        while (qn > 0 && !L->failed) {
+            fiber *f = &b->f[q[qh]];
+            qh = (qh + 1) % n, qn--;
             if (f->state != F_RUN) continue;
             to_fiber(f);
-            ran++;
+            if (f->state == F_DONE) { /* a lane waiting on it with a mask naming it: an error */
+                lane_done(b, (int)f->t.warp, (int)f->t.lane);
+                continue;
+            }
+            if (f->state != F_WARP) continue;
+            b->wwait[f->t.warp] |= 1u << f->t.lane;
+            unsigned rel = resolve_warp(b, (int)f->t.warp, (int)f->t.lane);
+            if (!rel) continue;
+            int lanes[32], nr = 0;
+            for (int j = 0; j < 32; j++)
+                if (rel & (1u << j)) lanes[nr++] = (int)f->t.warp * 32 + j;
+            if (L->order == HYB_EMU_ORDER_RANDOM)
+                for (int i = nr - 1; i > 0; i--) {
+                    int j = (int)(rng_next(&L->rng) % (uint64_t)(i + 1)), t = lanes[i];
+                    lanes[i] = lanes[j], lanes[j] = t;
+                }
+            /* push to the front so that the queue then starts with lanes[0] (forward: the
+             * lowest lane; reverse: the highest) */
+            for (int i = nr - 1; i >= 0; i--) {
+                const int lane = L->order == HYB_EMU_ORDER_REVERSE ? lanes[nr - 1 - i] : lanes[i];
+                qh = (qh + n - 1) % n, qn++;
+                q[qh] = lane;
+            }
         }
         if (L->failed) break;
         int live = 0, atbar = 0;
-        for (int i = 0; i < b->n; i++) {
+        for (int i = 0; i < n; i++) {
             live += b->f[i].state != F_DONE;
             atbar += b->f[i].state == F_BAR;
         }
         if (!live) break;
-        int rel = resolve_warps(b);
-        if (L->failed) break;
-        if (!rel && atbar == live) { /* barrier complete */
-            int cnt = 0;
-            for (int i = 0; i < b->n; i++)
-                if (b->f[i].state == F_BAR) cnt += b->f[i].bar_pred != 0;
-            for (int i = 0; i < b->n; i++)
-                if (b->f[i].state == F_BAR) {
-                    b->f[i].bar_pred = cnt;
-                    b->f[i].wres = (unsigned long long)live;
-                    b->f[i].state = F_RUN;
-                }
-            b->bar_gen++;
-            rel = 1;
-        }
-        if (!rel && !ran) {
+        if (atbar != live) {
             char d[600];
             describe(b, d, sizeof d);
             fail(L, "kernel %s: deadlock in block (%u,%u,%u)%s", L->name, bx, by, bz, d);
             break;
         }
-        if (!rel && ran) continue; /* cannot happen: every run ends blocked or done */
+        /* the barrier is complete */
+        int cnt = 0;
+        for (int i = 0; i < n; i++) cnt += b->f[i].state == F_BAR && b->f[i].bar_pred != 0;
+        for (int i = 0; i < n; i++)
+            if (b->f[i].state == F_BAR) {
+                b->f[i].bar_pred = cnt;
+                b->f[i].wres = (unsigned long long)live;
+                b->f[i].state = F_RUN;
+            }
+        b->bar_gen++;
+        if (L->order == HYB_EMU_ORDER_RANDOM) make_order(b->order, n, L->order, &L->rng);
+        for (int k = 0; k < n; k++)
+            if (b->f[b->order[k]].state == F_RUN) q[(qh + qn++) % n] = b->order[k];
     }
     if (san.tsan)
         for (int i = 0; i < b->n; i++) {
@@ -687,12 +716,15 @@ int hyb_emu_run(void (*entry)(void **), void **args, const char *name, const uns
     b.L = &L;
     b.f = calloc((size_t)n, sizeof *b.f);
     b.order = malloc(sizeof(int) * (size_t)n);
+    b.queue = malloc(sizeof(int) * (size_t)n);
     b.warp_gen = calloc((size_t)b.nwarps, sizeof(int));
+    b.wwait = calloc((size_t)b.nwarps, sizeof(unsigned));
+    b.wdone = calloc((size_t)b.nwarps, sizeof(unsigned));
     b.arena = g_arena;
     b.dyn_size = dyn_shared;
     b.dyn_off = (ARENA_BYTES - dyn_shared) & ~(size_t)255;
-    if (!b.f || !b.order || !b.warp_gen) {
-        free(b.f), free(b.order), free(b.warp_gen);
+    if (!b.f || !b.order || !b.queue || !b.warp_gen || !b.wwait || !b.wdone) {
+        free(b.f), free(b.order), free(b.queue), free(b.warp_gen), free(b.wwait), free(b.wdone);
         snprintf(err, nerr, "kernel %s: out of host memory", name);
         return -1;
     }
@@ -735,7 +767,7 @@ int hyb_emu_run(void (*entry)(void **), void **args, const char *name, const uns
         run_block(&b, &L, bx, by, bz);
     }
     if (san.tsan) san.tsan_acquire(&g_launch_end_obj);
-    free(b.f), free(b.order), free(b.warp_gen);
+    free(b.f), free(b.order), free(b.queue), free(b.warp_gen), free(b.wwait), free(b.wdone);
     if (L.failed) {
         snprintf(err, nerr, "%s", L.msg);
         snprintf(g_last_error, sizeof g_last_error, "%s", L.msg);
