@@ -99,3 +99,15 @@ extern "C" __global__ void bug_reuse_barrier(const float *x, float *y) {
     const float s2 = block_sum_shared(v * v, sh);
     if (threadIdx.x == 0) y[blockIdx.x] = s1, y[blockIdx.x + gridDim.x] = s2;
 }
+
+/* y[t] = sum over blocks of x[b, t]: the planted version adds without an atomic, a race between
+ * blocks that the emulation's one-block-at-a-time execution turns into the right sum (the
+ * comparison cannot see it); ThreadSanitizer does, since blocks are unordered for it */
+extern "C" __global__ void bug_block_race(const float *x, float *y) {
+    const float v = x[blockIdx.x * blockDim.x + threadIdx.x];
+#ifdef PLANT
+    y[threadIdx.x] += v;
+#else
+    atomicAdd(y + threadIdx.x, v);
+#endif
+}

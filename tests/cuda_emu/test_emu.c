@@ -10,8 +10,8 @@
  * planted bug the correct kernel matches the host reference in all three orders and the buggy
  * one (-DPLANT) mismatches in at least one (the missing barrier, the wrong index, the race,
  * a shared array reused without the barrier between two reductions);
- * the off-by-one read is NOT caught by comparison (asserted here), which is why emu_sanitize.c
- * runs it under AddressSanitizer. */
+ * the off-by-one read and a non-atomic += between blocks are NOT caught by comparison (asserted
+ * here), which is why emu_sanitize.c runs them under AddressSanitizer / ThreadSanitizer. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -409,6 +409,27 @@ static int run_reuse_barrier(void *k, int o) {
     return ok;
 }
 
+static int run_block_race(void *k, int o) {
+    enum { B = 64, G = 4 };
+    float x[B * G], y[B];
+    for (int i = 0; i < B * G; i++) x[i] = (float)(i % 9);
+    memset(y, 0, sizeof y);
+    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
+    emu_put(dx, x, sizeof x), emu_put(dy, y, sizeof y);
+    set_order(o);
+    void *args[] = {&dx, &dy};
+    const unsigned g[3] = {G, 1, 1}, b[3] = {B, 1, 1};
+    int ok = emu_launch(k, g, b, 0, args) == 0;
+    emu_get(y, dy, sizeof y);
+    for (int t = 0; t < B && ok; t++) {
+        float s = 0;
+        for (int blk = 0; blk < G; blk++) s += x[blk * B + t];
+        ok = y[t] == s;
+    }
+    emu_free(dx), emu_free(dy);
+    return ok;
+}
+
 /* correct kernel: matches in every order; planted: `caught` says whether some order mismatches */
 static void planted(const char *kernel, plant_case run, int expect_caught) {
     void *good = emu_build("planted.cu", g_plant, kernel, NULL);
@@ -434,6 +455,8 @@ static void test_planted_wrong_index(void) { planted("bug_wrong_index", run_wron
 static void test_planted_reuse_barrier(void) { planted("bug_reuse_barrier", run_reuse_barrier, 1); }
 static void test_planted_race(void) { planted("bug_race", run_race, 1); }
 /* the comparison cannot see it (the value read is unused): emu_sanitize.c's ASan run does */
+/* blocks run one after another here: a race between blocks gives the right sum (emu_tsan sees it) */
+static void test_planted_block_race_needs_tsan(void) { planted("bug_block_race", run_block_race, 0); }
 static void test_planted_off_by_one_needs_asan(void) { planted("bug_off_by_one", run_off_by_one, 0); }
 
 int main(void) {
@@ -452,6 +475,7 @@ int main(void) {
     RUN(test_planted_race);
     RUN(test_planted_reuse_barrier);
     RUN(test_planted_off_by_one_needs_asan);
+    RUN(test_planted_block_race_needs_tsan);
     free(g_sem), free(g_plant);
     return harness_done();
 }

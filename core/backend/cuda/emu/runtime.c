@@ -78,6 +78,7 @@ static struct {
     int tsan, asan;
     void *(*tsan_get_current_fiber)(void);
     void *(*tsan_create_fiber)(unsigned);
+    void (*tsan_set_fiber_name)(void *, const char *);
     void (*tsan_destroy_fiber)(void *);
     void (*tsan_switch_to_fiber)(void *, unsigned);
     void (*tsan_acquire)(void *);
@@ -95,6 +96,8 @@ static void san_init(void) {
     san.tsan_get_current_fiber = (void *(*)(void))dlsym(RTLD_DEFAULT, "__tsan_get_current_fiber");
     san.tsan_create_fiber = (void *(*)(unsigned))dlsym(RTLD_DEFAULT, "__tsan_create_fiber");
     san.tsan_destroy_fiber = (void (*)(void *))dlsym(RTLD_DEFAULT, "__tsan_destroy_fiber");
+    san.tsan_set_fiber_name = (void (*)(void *, const char *))dlsym(RTLD_DEFAULT,
+                                                                    "__tsan_set_fiber_name");
     san.tsan_switch_to_fiber = (void (*)(void *, unsigned))dlsym(RTLD_DEFAULT, "__tsan_switch_to_fiber");
     san.tsan_acquire = (void (*)(void *))dlsym(RTLD_DEFAULT, "__tsan_acquire");
     san.tsan_release = (void (*)(void *))dlsym(RTLD_DEFAULT, "__tsan_release");
@@ -134,9 +137,11 @@ typedef struct fiber {
     unsigned long long wval, wres;
     void *tsan_fiber;
     void *asan_fake;
+    char tsan_name[80]; /* "block (x,y,z) thread (x,y,z)" in TSan's reports */
 } fiber;
 
-#define ARENA_BYTES (256u << 10) /* static + dynamic shared memory of one block */
+#define ARENA_BYTES (256u << 10)
+#define TSAN_STACK_RESET ((size_t)16 << 10) /* static + dynamic shared memory of one block */
 #define MAX_SHARED_IDS 256
 #define SHARED_REDZONE 64
 
@@ -287,6 +292,15 @@ static void fiber_init(fiber *f, char *stack) {
     f->stack = stack;
     f->stack_size = stack_bytes();
     if (san.asan) san.asan_unpoison(stack, f->stack_size);
+    if (san.tsan) {
+        /* the stack was used by another TSan fiber (a thread of an earlier block): TSan would
+         * report its old frames against the new fiber's as races. Mapping the top of the stack
+         * afresh (TSan's mmap interceptor resets the shadow) forgets them; kernels' frames are
+         * far smaller than this part */
+        const size_t top = f->stack_size < TSAN_STACK_RESET ? f->stack_size : TSAN_STACK_RESET;
+        mmap(stack + f->stack_size - top, top, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    }
 #if defined(__x86_64__)
     uintptr_t top = ((uintptr_t)stack + f->stack_size) & ~(uintptr_t)15;
     uint64_t *sp = (uint64_t *)top;
@@ -388,8 +402,10 @@ static void *api_shared(int id, size_t size, size_t align) {
         b->shared_off[id] = off;
         b->shared_size[id] = size ? size : 1;
         b->arena_used = off + size + SHARED_REDZONE;
-        if (!san.asan && !san.tsan && b->arena_used > g_arena_hw) { /* first use of this part */
-            memset(b->arena + g_arena_hw, 0xff, b->arena_used - g_arena_hw);
+        if (!san.asan && b->arena_used > g_arena_hw) { /* first use of this part */
+            /* (under TSan a fill here, by one thread, would race with the others' accesses:
+             * it is left to the scheduler at the next block's start) */
+            if (!san.tsan) memset(b->arena + g_arena_hw, 0xff, b->arena_used - g_arena_hw);
             g_arena_hw = b->arena_used;
         }
         if (san.asan) san.asan_unpoison(b->arena + off, size);
@@ -566,13 +582,31 @@ static void lane_done(block *b, int w, int lane) {
 }
 
 /* run one block to completion (or failure) */
-static void run_block(block *b, launch *L, unsigned bx, unsigned by, unsigned bz) {
+/* The TSan fiber of thread i of the seq-th block of a launch. Fibers are kept and reused by the
+ * next launches (which are ordered after this one anyway), never by another block of the same
+ * launch (that would order the blocks); creating one costs TSan far more than a launch. */
+static __thread void ***g_tsan_fibs;
+static __thread uint64_t g_tsan_nfibs;
+static void *tsan_fiber_for(uint64_t seq, int i) {
+    if (seq >= g_tsan_nfibs) {
+        void ***t = realloc(g_tsan_fibs, sizeof *t * (size_t)(seq + 1));
+        if (!t) abort();
+        for (uint64_t k = g_tsan_nfibs; k <= seq; k++) t[k] = NULL;
+        g_tsan_fibs = t;
+        g_tsan_nfibs = seq + 1;
+    }
+    if (!g_tsan_fibs[seq] && !(g_tsan_fibs[seq] = calloc(1024, sizeof(void *)))) abort();
+    if (!g_tsan_fibs[seq][i]) g_tsan_fibs[seq][i] = san.tsan_create_fiber(0);
+    return g_tsan_fibs[seq][i];
+}
+
+static void run_block(block *b, launch *L, unsigned bx, unsigned by, unsigned bz, uint64_t seq) {
     const unsigned tx = L->blk[0], ty = L->blk[1], tz = L->blk[2];
-    /* fresh shared memory: a NaN pattern (the part used so far; all of it under a sanitizer,
-     * whose memset interceptors must see the fill here, by the scheduler, before the poisoning),
-     * poisoned for ASan until a variable is placed */
+    /* fresh shared memory: a NaN pattern over the part used so far (all of it under ASan, whose
+     * memset interceptor must see the fill before the poisoning), poisoned for ASan until a
+     * variable is placed */
     if (san.asan) san.asan_unpoison(b->arena, ARENA_BYTES); /* poisoned by the last block */
-    memset(b->arena, 0xff, (san.asan || san.tsan) ? ARENA_BYTES : g_arena_hw);
+    memset(b->arena, 0xff, san.asan ? ARENA_BYTES : g_arena_hw);
     memset(b->arena + b->dyn_off, 0xff, b->dyn_size);
     if (san.asan) {
         san.asan_poison(b->arena, ARENA_BYTES);
@@ -584,7 +618,6 @@ static void run_block(block *b, launch *L, unsigned bx, unsigned by, unsigned bz
     memset(b->warp_gen, 0, sizeof(int) * (size_t)b->nwarps);
     memset(b->wwait, 0, sizeof(unsigned) * (size_t)b->nwarps);
     memset(b->wdone, 0, sizeof(unsigned) * (size_t)b->nwarps);
-    if (san.tsan) san.tsan_release(&b->start_obj); /* the fill happens before the threads */
     g_blk = b;
     for (int i = 0; i < b->n; i++) {
         fiber *f = &b->f[i];
@@ -601,12 +634,19 @@ static void run_block(block *b, launch *L, unsigned bx, unsigned by, unsigned bz
         f->state = F_RUN;
         f->asan_fake = NULL;
         fiber_init(f, g_stacks[i]);
-        f->tsan_fiber = san.tsan ? san.tsan_create_fiber(0) : NULL;
+        f->tsan_fiber = san.tsan ? tsan_fiber_for(seq, i) : NULL;
+        if (f->tsan_fiber && san.tsan_set_fiber_name) {
+            snprintf(f->tsan_name, sizeof f->tsan_name, "%s block (%u,%u,%u) thread (%u,%u,%u)",
+                     L->name, bx, by, bz, f->t.threadIdx.x, f->t.threadIdx.y, f->t.threadIdx.z);
+            san.tsan_set_fiber_name(f->tsan_fiber, f->tsan_name);
+        }
     }
     /* The run queue: a fiber runs until it blocks or finishes. When the last lane of a warp
      * operation arrives, the warp's lanes go to the FRONT of the queue, so a warp runs ahead
      * through its shuffles until a barrier (warps are not kept in lockstep, as on the GPU);
      * when the queue is empty a complete barrier releases the block in the order policy. */
+    /* the arena's fill and the stacks' remapping above happen before the threads */
+    if (san.tsan) san.tsan_release(&b->start_obj);
     int *q = b->queue, qh = 0, qn = 0;
     const int n = b->n;
     if (L->order == HYB_EMU_ORDER_RANDOM) make_order(b->order, n, L->order, &L->rng);
@@ -668,11 +708,6 @@ static void run_block(block *b, launch *L, unsigned bx, unsigned by, unsigned bz
         for (int k = 0; k < n; k++)
             if (b->f[b->order[k]].state == F_RUN) q[(qh + qn++) % n] = b->order[k];
     }
-    if (san.tsan)
-        for (int i = 0; i < b->n; i++) {
-            san.tsan_destroy_fiber(b->f[i].tsan_fiber);
-            b->f[i].tsan_fiber = NULL;
-        }
     g_blk = NULL;
 }
 
@@ -764,7 +799,7 @@ int hyb_emu_run(void (*entry)(void **), void **args, const char *name, const uns
             }
             b.arena = g_tsan_arenas[k];
         }
-        run_block(&b, &L, bx, by, bz);
+        run_block(&b, &L, bx, by, bz, k);
     }
     if (san.tsan) san.tsan_acquire(&g_launch_end_obj);
     free(b.f), free(b.order), free(b.queue), free(b.warp_gen), free(b.wwait), free(b.wdone);
