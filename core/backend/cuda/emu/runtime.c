@@ -30,7 +30,7 @@
 #include "emu_internal.h"
 
 /* ---- context switch ------------------------------------------------------------------------ */
-#if defined(__x86_64__)
+#if HYB_EMU_ASM_SWITCH
 /* void hyb_emu_swap(void **save_sp, void *load_sp): callee-saved registers, MXCSR and the x87
  * control word on the old stack, switch stacks, restore from the new one. */
 __asm__(".text\n"
@@ -124,7 +124,7 @@ enum { F_RUN, F_BAR, F_WARP, F_DONE };
 
 typedef struct fiber {
     void *sp;     /* saved stack pointer (x86-64) */
-#if !defined(__x86_64__)
+#if !HYB_EMU_ASM_SWITCH
     ucontext_t uc;
 #endif
     char *stack;  /* lowest usable address */
@@ -183,7 +183,7 @@ static __thread void *g_sched_tsan;
 static __thread const void *g_sched_stack_bottom;
 static __thread size_t g_sched_stack_size;
 static __thread void *g_sched_asan_fake;
-#if !defined(__x86_64__)
+#if !HYB_EMU_ASM_SWITCH
 static __thread ucontext_t g_sched_uc;
 #endif
 /* stacks, kept between launches */
@@ -244,7 +244,7 @@ static void to_sched(fiber *f, int finished) {
     if (san.tsan) san.tsan_switch_to_fiber(g_sched_tsan, 1 /* no sync */);
     if (san.asan) san.asan_start_switch(finished ? NULL : &f->asan_fake, g_sched_stack_bottom,
                                         g_sched_stack_size);
-#if defined(__x86_64__)
+#if HYB_EMU_ASM_SWITCH
     hyb_emu_swap(&f->sp, g_sched_sp);
 #else
     swapcontext(&f->uc, &g_sched_uc);
@@ -257,7 +257,7 @@ static void to_fiber(fiber *f) {
     g_cur = f;
     if (san.tsan) san.tsan_switch_to_fiber(f->tsan_fiber, 1);
     if (san.asan) san.asan_start_switch(&g_sched_asan_fake, f->stack, f->stack_size);
-#if defined(__x86_64__)
+#if HYB_EMU_ASM_SWITCH
     hyb_emu_swap(&g_sched_sp, f->sp);
 #else
     swapcontext(&g_sched_uc, &f->uc);
@@ -282,7 +282,7 @@ __attribute__((used)) void hyb_emu_fiber_main(fiber *f) {
     to_sched(f, 1);
     abort(); /* never resumed */
 }
-#if !defined(__x86_64__)
+#if !HYB_EMU_ASM_SWITCH
 static void uc_entry(unsigned lo, unsigned hi) {
     hyb_emu_fiber_main((fiber *)(((uintptr_t)hi << 32) | lo));
 }
@@ -301,7 +301,7 @@ static void fiber_init(fiber *f, char *stack) {
         mmap(stack + f->stack_size - top, top, PROT_READ | PROT_WRITE,
              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
     }
-#if defined(__x86_64__)
+#if HYB_EMU_ASM_SWITCH
     uintptr_t top = ((uintptr_t)stack + f->stack_size) & ~(uintptr_t)15;
     uint64_t *sp = (uint64_t *)top;
     /* after the final `ret` of hyb_emu_swap, rsp = top (16-byte aligned), so the entry's `call`
