@@ -102,3 +102,26 @@ extern "C" __global__ void k_exited_lane(int *out) {
 extern "C" __global__ void k_assert(const int *in) {
     assert(in[threadIdx.x] != 5);
 }
+
+/* the declarations the emulated compiler rewrites, in their less common forms: namespace-scope
+ * static and dynamic shared memory, __align__, a template type with a comma, a declaration over
+ * two lines, __launch_bounds__ between the return type and the name */
+template <class T, int N> struct pair_arr {
+    T v[N];
+};
+__shared__ float g_tile[64];
+extern __shared__ float g_dyn[];
+extern "C" __global__ void __launch_bounds__(64, 2) k_forms(const float *x, float *y) {
+    __shared__ __align__(16) float4 quad[16];
+    __shared__ pair_arr<float, 2>
+        pairs[64];
+    const int t = threadIdx.x;
+    g_tile[t] = x[t];
+    g_dyn[t] = 2.0f * x[t];
+    pairs[t].v[0] = 3.0f * x[t];
+    if (t < 16) quad[t] = make_float4(x[4 * t], x[4 * t + 1], x[4 * t + 2], x[4 * t + 3]);
+    __syncthreads();
+    const int r = 63 - t;
+    const float *q = &quad[r / 4].x;
+    y[t] = g_tile[r] + g_dyn[r] + pairs[r].v[0] + q[r % 4] * 100.0f;
+}

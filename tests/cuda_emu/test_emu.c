@@ -177,6 +177,28 @@ static void test_shared_and_ids(void) {
     emu_free(dx), emu_free(dy);
 }
 
+/* the rewrite's less common forms (k_forms): y[t] = 106 x[63 - t] */
+static void test_shared_forms(void) {
+    void *k = emu_build("semantics.cu", g_sem, "k_forms", NULL);
+    CHECK(k != NULL);
+    if (!k) return;
+    float x[64], y[64];
+    for (int i = 0; i < 64; i++) x[i] = (float)(i * 3 % 11);
+    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
+    emu_put(dx, x, sizeof x);
+    for (int o = 0; o < 3; o++) {
+        set_order(o);
+        void *args[] = {&dx, &dy};
+        const unsigned b[3] = {64, 1, 1};
+        CHECK(emu_launch(k, ONE, b, 64 * sizeof(float), args) == 0);
+        emu_get(y, dy, sizeof y);
+        int bad = 0;
+        for (int t = 0; t < 64; t++) bad += y[t] != 106.0f * x[63 - t];
+        CHECK_MSG(bad == 0, "%s: %d of 64 wrong", g_orders[o], bad);
+    }
+    emu_free(dx), emu_free(dy);
+}
+
 static void test_atomics(void) {
     void *k = emu_build("semantics.cu", g_sem, "k_atomics", NULL);
     CHECK(k != NULL);
@@ -466,6 +488,7 @@ int main(void) {
     RUN(test_warp_ops);
     RUN(test_barrier_reductions);
     RUN(test_shared_and_ids);
+    RUN(test_shared_forms);
     RUN(test_atomics);
     RUN(test_half_bf16);
     RUN(test_wmma);

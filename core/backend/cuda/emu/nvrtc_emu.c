@@ -282,10 +282,15 @@ static char *rewrite(const char *src, char *err, size_t nerr) {
         while (ne > decl && (ne[-1] == ' ' || ne[-1] == '\t')) ne--;
         char *ns = ne;
         while (ns > decl && is_id((unsigned char)ns[-1])) ns--;
-        if (ns == ne || ns == decl || strchr(decl, ',') || strchr(decl, '=')) {
+        int commas = 0, nest = 0; /* a comma outside <...>, (...), [...]: several declarators */
+        for (const char *c = decl; *c; c++) {
+            nest += (*c == '<' || *c == '(' || *c == '[') - (*c == '>' || *c == ')' || *c == ']');
+            commas += *c == ',' && nest == 0;
+        }
+        if (ns == ne || ns == decl || commas || strchr(decl, '=')) {
             snprintf(err, nerr,
-                     "line %d: cannot emulate the __shared__ declaration `%s` (one variable per "
-                     "declaration, no initialiser)",
+                     "line %d: cannot emulate the __shared__ declaration `%.200s` (one variable "
+                     "per declaration, no initialiser)",
                      line, decl);
             free(o.p), free(kernels.p);
             return NULL;
@@ -481,7 +486,7 @@ nvrtcResult nvrtcCompileProgram(nvrtcProgram prog, int nopts, const char *const 
     memset(&prog->img, 0, sizeof prog->img);
     memcpy(prog->img.magic, HYB_EMU_IMAGE_MAGIC, 8);
     snprintf(prog->img.key, sizeof prog->img.key, "%s", key);
-    snprintf(prog->img.path, sizeof prog->img.path, "%s", so);
+    snprintf(prog->img.path, sizeof prog->img.path, "%.3990s", so);
     prog->img.size = offsetof(hyb_emu_image, path) + strlen(so) + 1;
     prog->compiled = 1;
     return NVRTC_SUCCESS;
