@@ -391,7 +391,8 @@ static void *api_shared(int id, size_t size, size_t align) {
         return b->arena;
     }
     if (b->shared_size[id] == 0) {
-        size_t off = (b->arena_used + align - 1) / (align ? align : 1) * (align ? align : 1);
+        if (align < 16) align = 16; /* __align__(16) is dropped by the rewrite: give it anyway */
+        size_t off = (b->arena_used + align - 1) / align * align;
         if (off + size + SHARED_REDZONE > b->dyn_off) {
             fail((launch *)b->L,
                  "kernel %s: static __shared__ memory (%zu bytes) and dynamic (%zu) exceed the "
