@@ -327,6 +327,13 @@ CUresult cuModuleLoadData(CUmodule *m, const void *image) {
     if (!img || memcmp(img->magic, HYB_EMU_IMAGE_MAGIC, 8) != 0 ||
         memchr(img->path, 0, sizeof img->path) == NULL)
         return CUDA_ERROR_INVALID_IMAGE;
+    if (strcmp(img->sanitizer, hyb_emu_sanitize_mode()) != 0) {
+        /* an uninstrumented module would run unchecked in a sanitizer process (and an
+         * instrumented one does not load without the runtime): the caller recompiles */
+        fprintf(stderr, "hyb cuda emu: module %s was built for sanitizer '%s', this process uses '%s'\n",
+                img->path, img->sanitizer, hyb_emu_sanitize_mode());
+        return CUDA_ERROR_INVALID_IMAGE;
+    }
     void *dl = dlopen(img->path, RTLD_NOW | RTLD_LOCAL);
     if (!dl) {
         fprintf(stderr, "hyb cuda emu: cannot load module %s: %s\n", img->path, dlerror());

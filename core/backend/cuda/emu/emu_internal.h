@@ -43,13 +43,18 @@ HYB_EMU_EXPORT const char *hyb_emu_last_error(void);
 
 /* The module image the emulated NVRTC hands out (what nvrtcGetCUBIN returns, what the backend
  * caches and passes to cuModuleLoadData): this header, then the path of the compiled .so. */
-#define HYB_EMU_IMAGE_MAGIC "HYBEMU\x01\x00"
+#define HYB_EMU_IMAGE_MAGIC "HYBEMU\x02\x00"
 typedef struct hyb_emu_image {
     char magic[8];
     uint64_t size; /* of the whole image */
     char key[24];  /* source hash */
+    char sanitizer[16]; /* "", "address", "thread": what the .so was built with */
     char path[4000];
 } hyb_emu_image;
+
+/* the sanitizer modules are built with: HYB_CUDA_EMU_SANITIZE=none|address|thread or the
+ * process's (nvrtc_emu.c) */
+const char *hyb_emu_sanitize_mode(void);
 
 /* the kernel cache directory for emulated builds: ${HYB_CACHE:-~/.cache/hyb}/kernels-emu */
 int hyb_emu_cache_dir(char *buf, size_t n);

@@ -17,8 +17,8 @@
  * The sanitizer flag follows the process (a module built with -fsanitize=thread only loads into
  * a ThreadSanitizer process): it is picked from the running process unless
  * HYB_CUDA_EMU_SANITIZE=none|address|thread says otherwise. HYB_CUDA_EMU_CXXFLAGS adds flags.
- * The reported NVRTC version is 0.<ABI>, so the backend's cache keys never collide with a real
- * NVRTC's. */
+ * The reported NVRTC version is 0.<ABI><sanitizer>, so the backend's cache keys never collide
+ * with a real NVRTC's, nor an ASan build's with a plain one's. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -330,7 +330,7 @@ static const char *include_dir(void) {
     const char *e = getenv("HYB_CUDA_EMU_INCLUDE");
     return e && *e ? e : HYB_CUDA_EMU_INCLUDE;
 }
-static const char *sanitize_mode(void) {
+const char *hyb_emu_sanitize_mode(void) {
     const char *e = getenv("HYB_CUDA_EMU_SANITIZE");
     if (e && *e) return strcmp(e, "none") == 0 ? "" : e;
     return hyb_emu_sanitizer();
@@ -374,7 +374,7 @@ nvrtcResult nvrtcCompileProgram(nvrtcProgram prog, int nopts, const char *const 
     const char *cxx = getenv("HYB_CUDA_EMU_CXX");
     if (!cxx || !*cxx) cxx = HYB_CUDA_EMU_DEFAULT_CXX;
     const char *inc = include_dir();
-    const char *san = sanitize_mode();
+    const char *san = hyb_emu_sanitize_mode();
     /* argv */
     const char *argv[128];
     int na = 0;
@@ -486,6 +486,7 @@ nvrtcResult nvrtcCompileProgram(nvrtcProgram prog, int nopts, const char *const 
     memset(&prog->img, 0, sizeof prog->img);
     memcpy(prog->img.magic, HYB_EMU_IMAGE_MAGIC, 8);
     snprintf(prog->img.key, sizeof prog->img.key, "%s", key);
+    snprintf(prog->img.sanitizer, sizeof prog->img.sanitizer, "%s", san);
     snprintf(prog->img.path, sizeof prog->img.path, "%.3990s", so);
     prog->img.size = offsetof(hyb_emu_image, path) + strlen(so) + 1;
     prog->compiled = 1;
@@ -493,9 +494,12 @@ nvrtcResult nvrtcCompileProgram(nvrtcProgram prog, int nopts, const char *const 
 }
 
 /* ---- the rest of the NVRTC API ------------------------------------------------------------- */
+/* 0.<ABI><sanitizer>: the backend keys its kernel cache by this version, so images built for
+ * another sanitizer (or emulator ABI) are never picked up from it */
 nvrtcResult nvrtcVersion(int *major, int *minor) {
+    const char *san = hyb_emu_sanitize_mode();
     *major = 0;
-    *minor = HYB_EMU_ABI;
+    *minor = HYB_EMU_ABI * 10 + (strcmp(san, "address") == 0 ? 1 : strcmp(san, "thread") == 0 ? 2 : 0);
     return NVRTC_SUCCESS;
 }
 const char *nvrtcGetErrorString(nvrtcResult r) {
