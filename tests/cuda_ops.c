@@ -33,7 +33,7 @@ static float urand(void) { /* uniform in [-1, 1) */
     g_rng ^= g_rng << 13;
     g_rng ^= g_rng >> 7;
     g_rng ^= g_rng << 17;
-    return (float)((g_rng >> 40) * (1.0 / 8388608.0)) * 2.0f - 1.0f;
+    return (float)((g_rng >> 40) * (1.0 / 8388608.0) - 1.0); /* 24 bits / 2^23 - 1 */
 }
 static float *rnd(int64_t n, float scale) {
     float *p = malloc(sizeof(float) * (size_t)(n ? n : 1));

@@ -13,6 +13,10 @@ hyb_nvrtc_api hyb_nvrtc;
 hyb_cublas_api hyb_cublas;
 
 static void *g_cuda_lib, *g_nvrtc_lib, *g_cublas_lib, *g_cublaslt_lib;
+
+/* HYB_CUDA_EMULATE=1: all three APIs come from the emulation library (cuda_emu_select.c) */
+int hyb_cuda_emulated(void);
+void *hyb_cuda_emu_open(void);
 static int g_nvrtc_version;
 
 #define HYB_STR_(x) #x
@@ -68,7 +72,9 @@ int hyb_cuda_nvrtc_load(void) {
     _Static_assert(sizeof syms / sizeof *syms * sizeof(void *) == sizeof(hyb_nvrtc_api),
                    "nvrtc symbol list and table differ");
     char tried[512];
-    void *lib = open_first(names, RTLD_NOW | RTLD_LOCAL, tried, sizeof tried);
+    if (hyb_cuda_emulated() && !hyb_cuda_emu_open()) return HYB_ERR_UNSUPPORTED;
+    void *lib = hyb_cuda_emulated() ? hyb_cuda_emu_open()
+                                    : open_first(names, RTLD_NOW | RTLD_LOCAL, tried, sizeof tried);
     if (!lib)
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
                              "no NVRTC found (tried %s, also in $CUDA_HOME/lib64): CUDA kernels "
@@ -111,7 +117,8 @@ static int load_driver(void) {
     _Static_assert(sizeof syms / sizeof *syms * sizeof(void *) == sizeof(hyb_cu_api),
                    "driver symbol list and table differ");
     /* only the system loader path: $CUDA_HOME/lib64/stubs/libcuda.so is a link-time stub */
-    void *lib = dlopen(names[0], RTLD_NOW | RTLD_LOCAL);
+    if (hyb_cuda_emulated() && !hyb_cuda_emu_open()) return HYB_ERR_UNSUPPORTED;
+    void *lib = hyb_cuda_emulated() ? hyb_cuda_emu_open() : dlopen(names[0], RTLD_NOW | RTLD_LOCAL);
     if (!lib)
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
                              "no CUDA driver found (libcuda.so.1 is not on the loader path: no NVIDIA driver installed)");
@@ -141,8 +148,11 @@ static int load_cublas(void) {
     char tried[512];
     /* libcublas needs libcublasLt: load it first (global) so the dependency resolves even when
      * only $CUDA_HOME/lib64 has it */
-    if (!g_cublaslt_lib) g_cublaslt_lib = open_first(lt_names, RTLD_NOW | RTLD_GLOBAL, tried, sizeof tried);
-    void *lib = open_first(names, RTLD_NOW | RTLD_LOCAL, tried, sizeof tried);
+    if (hyb_cuda_emulated() && !hyb_cuda_emu_open()) return HYB_ERR_UNSUPPORTED;
+    if (!g_cublaslt_lib && !hyb_cuda_emulated())
+        g_cublaslt_lib = open_first(lt_names, RTLD_NOW | RTLD_GLOBAL, tried, sizeof tried);
+    void *lib = hyb_cuda_emulated() ? hyb_cuda_emu_open()
+                                    : open_first(names, RTLD_NOW | RTLD_LOCAL, tried, sizeof tried);
     if (!lib)
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
                              "no cuBLAS found (tried %s, also in $CUDA_HOME/lib64)", tried);
