@@ -67,7 +67,7 @@ static double nmse(const float *a, const float *b, int64_t n) {
 #define CHECK_NMSE(gpu_out, cpu_out, n, tol)                                                       \
     do {                                                                                           \
         double e_ = nmse(gpu_out, cpu_out, n);                                                     \
-        CHECK_MSG(e_ <= (tol), "%s vs %s: nmse %.3g > %g", #gpu_out, #cpu_out, e_, (double)(tol));  \
+        CHECK_MSG(e_ <= (tol), "%s vs %s: nmse %.3g > %g", #gpu_out, #cpu_out, e_, (double)(tol)); \
     } while (0)
 
 static void test_add_axpy(void) {
@@ -220,8 +220,8 @@ static void test_kl(void) {
         double lc = 0, lg = 0;
         cpu->kl_fwd(cpu, s, t, w, st, rows, V, 2.0f, reverse, &lc);
         gpu->kl_fwd(gpu, d_s, d_t, w, d_st, rows, V, 2.0f, reverse, &lg);
-        CHECK_MSG(fabs(lg - lc) <= 1e-4 * fabs(lc) + 1e-7, "kl(reverse=%d) loss: cuda %.9g cpu %.9g",
-                  reverse, lg, lc);
+        CHECK_MSG(fabs(lg - lc) <= 1e-4 * fabs(lc) + 1e-7,
+                  "kl(reverse=%d) loss: cuda %.9g cpu %.9g", reverse, lg, lc);
         cpu->kl_bwd(cpu, s, t, w, st, ds, rows, V, 2.0f, reverse, 0.5f);
         gpu->kl_bwd(gpu, d_s, d_t, w, d_st, d_ds, rows, V, 2.0f, reverse, 0.5f);
         float *gst = from_dev(d_st, rows * 3), *gds = from_dev(d_ds, rows * V);
@@ -242,7 +242,8 @@ static void test_sgemm(void) {
     const int M = 67, N = 45, K = 129;
     for (int tA = 0; tA < 2; tA++)
         for (int tB = 0; tB < 2; tB++) {
-            float *A = rnd((int64_t)M * K, 1), *B = rnd((int64_t)K * N, 1), *C = rnd((int64_t)M * N, 1);
+            float *A = rnd((int64_t)M * K, 1), *B = rnd((int64_t)K * N, 1),
+                  *C = rnd((int64_t)M * N, 1);
             const int lda = tA ? M : K, ldb = tB ? K : N;
             float *dA = to_dev(A, (int64_t)M * K), *dB = to_dev(B, (int64_t)K * N);
             float *dC = to_dev(C, (int64_t)M * N);
@@ -282,7 +283,8 @@ static void test_bf16_convert(void) {
     int bad = 0;
     for (int64_t i = 0; i < n; i++)
         bad += hb[i] != bf16_of(x[i]);
-    CHECK_MSG(bad == 0, "%d of %lld bf16 values differ from round-to-nearest-even", bad, (long long)n);
+    CHECK_MSG(bad == 0, "%d of %lld bf16 values differ from round-to-nearest-even", bad,
+              (long long)n);
     CHECK(hyb_cuda_bf16_to_f32(d_b, d_x, n) == HYB_OK);
     float *back = from_dev(d_x, n);
     bad = 0;
@@ -352,6 +354,72 @@ static void test_adamw(void) {
     free(p), free(g), free(m), free(v), free(gp), free(gm), free(gv);
 }
 
+/* scale and sumsq (gradient clipping) and the adamw entry, through the backend tables */
+static void test_clip_entries(void) {
+    const int64_t n = 65537;
+    float *x = rnd(n, 1);
+    float *dx = to_dev(x, n);
+    double sc = 0, sg = 0;
+    CHECK(cpu->sumsq(cpu, x, n, &sc) == HYB_OK);
+    CHECK(gpu->sumsq(gpu, dx, n, &sg) == HYB_OK);
+    CHECK_MSG(fabs(sg - sc) <= 1e-9 * sc, "sumsq gpu %.17g cpu %.17g", sg, sc);
+    CHECK(cpu->scale(cpu, x, 0.37f, n) == HYB_OK);
+    CHECK(gpu->scale(gpu, dx, 0.37f, n) == HYB_OK);
+    float *gx = from_dev(dx, n);
+    CHECK_NMSE(gx, x, n, TOL);
+    /* adamw through both tables (the optimiser's route) */
+    float *p = rnd(n, 1), *g = rnd(n, 0.1f), *m = rnd(n, 0.01f), *v = rnd(n, 0.001f);
+    for (int64_t i = 0; i < n; i++)
+        v[i] = fabsf(v[i]);
+    float *d_p = to_dev(p, n), *d_g = to_dev(g, n), *d_m = to_dev(m, n), *d_v = to_dev(v, n);
+    CHECK(cpu->adamw(cpu, p, g, m, v, n, 0.9f, 0.999f, 1e-8f, 0.999f, 1e-3f, 1.02f) == HYB_OK);
+    CHECK(gpu->adamw(gpu, d_p, d_g, d_m, d_v, n, 0.9f, 0.999f, 1e-8f, 0.999f, 1e-3f, 1.02f) ==
+          HYB_OK);
+    float *gp = from_dev(d_p, n), *gm = from_dev(d_m, n), *gv = from_dev(d_v, n);
+    CHECK_NMSE(gp, p, n, TOL);
+    CHECK_NMSE(gm, m, n, TOL);
+    CHECK_NMSE(gv, v, n, TOL);
+    gpu->free(gpu, d_g);
+    free(x), free(gx), free(p), free(g), free(m), free(v), free(gp), free(gm), free(gv);
+}
+
+/* a plugin's own kernel: compiled from source through be->kernel, run with be->launch */
+static const char *PLUGIN_SRC =
+    "extern \"C\" __global__ void twice_plus(const float *x, float *y, float c, long long n) {\n"
+    "    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;\n"
+    "         i += (long long)gridDim.x * blockDim.x)\n"
+    "        y[i] = SCALE * x[i] + c;\n"
+    "}\n";
+static void test_plugin_kernel(void) {
+    CHECK(cpu->kernel == NULL && cpu->launch == NULL); /* the CPU's kernels are plain C */
+    const char *opts[] = {"-DSCALE=2.0f"};
+    void *fn = NULL, *fn2 = NULL;
+    CHECK_MSG(gpu->kernel(gpu, "twice.cu", PLUGIN_SRC, "twice_plus", opts, 1, &fn) == HYB_OK, "%s",
+              hyb_error());
+    CHECK(gpu->kernel(gpu, "twice.cu", PLUGIN_SRC, "twice_plus", opts, 1, &fn2) == HYB_OK &&
+          fn2 == fn); /* cached */
+    long long n = 1000;
+    float *x = rnd(n, 1), *dx = to_dev(x, n), *dy = gpu->alloc(gpu, sizeof(float) * (size_t)n);
+    float c = 0.5f;
+    void *args[] = {&dx, &dy, &c, &n};
+    const unsigned grid[3] = {4, 1, 1}, block[3] = {128, 1, 1};
+    CHECK_MSG(gpu->launch(gpu, fn, "twice_plus", grid, block, 0, args) == HYB_OK, "%s",
+              hyb_error());
+    float *y = from_dev(dy, n);
+    int ok = 1;
+    for (long long i = 0; i < n; i++)
+        ok &= y[i] == 2.0f * x[i] + 0.5f;
+    CHECK(ok);
+    /* a kernel name that is not there, and a source that does not compile, are named */
+    CHECK(gpu->kernel(gpu, "twice.cu", PLUGIN_SRC, "nope", opts, 1, &fn2) != HYB_OK);
+    CHECK_MSG(strstr(hyb_error(), "nope") && strstr(hyb_error(), "twice.cu"), "%s", hyb_error());
+    CHECK(gpu->kernel(gpu, "broken.cu", "extern \"C\" __global__ void k( {", "k", NULL, 0, &fn2) !=
+          HYB_OK);
+    CHECK_MSG(strstr(hyb_error(), "broken.cu"), "%s", hyb_error());
+    gpu->free(gpu, dx);
+    free(x), free(y);
+}
+
 /* the pool reuses freed blocks, and an impossible request is a clear NOMEM error */
 static void test_pool(void) {
     void *a = gpu->alloc(gpu, 1000);
@@ -391,6 +459,8 @@ int main(void) {
     RUN(test_bf16_convert);
     RUN(test_gemm_bf16);
     RUN(test_adamw);
+    RUN(test_clip_entries);
+    RUN(test_plugin_kernel);
     RUN(test_pool);
     hyb_cuda_shutdown();
     return harness_done();

@@ -8,7 +8,15 @@
  * cross-entropy, backward, clipping, AdamW), prefill and batched decode, checkpoints saved from
  * the device. And the refusals: a mixer with no kernel for the device (the error names the mixer,
  * the layer, the op and the device), an unknown device, a device that is not there.
+ *
+ * With HYB_ROUTE_DEVICE=cuda and HYB_CUDA_EMULATE=1 (ctest test_device_route_emu) the same model
+ * runs on the real CUDA backend, emulated (core/backend/cuda/emu): its kernels, launches, pool,
+ * cuBLAS stand-in and transfers; results are then compared at f32 tolerances (the CUDA kernels
+ * sum in other orders). The mixers' "CUDA kernels" there are their CPU kernels, which is only
+ * valid because emulated device memory is host memory: this checks the core's route (ops,
+ * losses, optimiser, states, checkpoints) on CUDA, not mixer kernels (issue 14).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,17 +272,29 @@ static void test_refusals(void) {
     hyb_model_free(m);
 }
 
+static const char *g_dev = "mock"; /* HYB_ROUTE_DEVICE */
+static int g_mock = 1;             /* the mock device: bitwise checks and pointer ownership */
+
+/* a equal to b: bitwise on the mock, else within rel (of the largest |b|) */
+static int same(const float *a, const float *b, int64_t n, double rel, const char *what) {
+    if (g_mock) return memcmp(a, b, sizeof(float) * (size_t)n) == 0;
+    double e = harness_max_rel(a, b, n, 1e-3);
+    printf("  %s: max rel err %.3g\n", what, e);
+    return e <= rel;
+}
+
 static void test_train_on_device(void) {
     hyb_model *ref = build(), *dev = build();
     if (!ref || !dev) return;
     const hyb_backend *be = NULL;
-    CHECK(hyb_backend_open("mock", &be) == HYB_OK);
+    CHECK_MSG(hyb_backend_open(g_dev, &be) == HYB_OK, "%s", hyb_error());
+    if (!be) return;
     give_mock_kernels(dev);
     long alloc0 = g_calls[4];
     CHECK_MSG(hyb_model_to_device(dev, be) == HYB_OK, "%s", hyb_error());
-    CHECK(g_calls[4] > alloc0);
+    CHECK(!g_mock || g_calls[4] > alloc0);
     for (int i = 0; i < dev->n_params; i++)
-        CHECK(dev->params[i]->device == HYB_DEV_CUDA && owned(dev->params[i]->data));
+        CHECK(dev->params[i]->device == HYB_DEV_CUDA && (!g_mock || owned(dev->params[i]->data)));
     enum { B = 2, T = 12 };
     int32_t ids[B * T], tg[B * T];
     for (int i = 0; i < B * T; i++) {
@@ -285,7 +305,7 @@ static void test_train_on_device(void) {
     CHECK(hyb_adamw_new_model(ref, 1e-2f, 0.1f, &o1) == HYB_OK);
     CHECK_MSG(hyb_adamw_new_model(dev, 1e-2f, 0.1f, &o2) == HYB_OK, "%s", hyb_error());
     if (!o1 || !o2) return;
-    CHECK(o2->be == be && owned(o2->m[0]) && owned(o2->v[0]));
+    CHECK(o2->be == be && (!g_mock || (owned(o2->m[0]) && owned(o2->v[0]))));
     hyb_graph *g1 = hyb_graph_new(), *g2 = hyb_graph_new();
     long sg0 = g_calls[0], ad0 = g_calls[3], ce0 = g_calls[6];
     for (int step = 0; step < 3; step++) {
@@ -307,14 +327,18 @@ static void test_train_on_device(void) {
             hyb_grad_clip(p, n, 0.5f);
             CHECK_MSG(hyb_adamw_step(os[k]) == HYB_OK, "%s", hyb_error());
         }
-        CHECK_MSG(loss[0] == loss[1], "step %d: loss cpu %.9g device %.9g", step, loss[0], loss[1]);
+        CHECK_MSG(g_mock ? loss[0] == loss[1] : fabs(loss[0] - loss[1]) <= 1e-5 * fabs(loss[0]),
+                  "step %d: loss cpu %.9g device %.9g", step, loss[0], loss[1]);
     }
-    CHECK(g_calls[0] > sg0 && g_calls[3] > ad0 && g_calls[6] > ce0);
+    CHECK(!g_mock || (g_calls[0] > sg0 && g_calls[3] > ad0 && g_calls[6] > ce0));
     float *a, *b;
     int64_t na, nb;
     params_host(ref, &a, &na);
     params_host(dev, &b, &nb);
-    CHECK(na == nb && memcmp(a, b, sizeof(float) * (size_t)na) == 0);
+    /* 1e-3 off the mock: AdamW divides by sqrt(v), so parameters with tiny gradients move by about
+     * lr whatever the gradient's last bits; summation-order differences (~1e-7 relative in the
+     * gradients) show up amplified in them after a few steps (measured 1.5e-4 here) */
+    CHECK(na == nb && same(b, a, na, 1e-3, "parameters after 3 steps"));
     free(a);
     free(b);
 
@@ -325,7 +349,7 @@ static void test_train_on_device(void) {
     hyb_model *back = NULL;
     CHECK_MSG(hyb_model_load(dir, &back) == HYB_OK, "%s", hyb_error());
     if (back) {
-        params_host(ref, &a, &na);
+        params_host(dev, &a, &na); /* what the device held, read back */
         params_host(back, &b, &nb);
         CHECK(na == nb && memcmp(a, b, sizeof(float) * (size_t)na) == 0);
         free(a);
@@ -339,19 +363,19 @@ static void test_train_on_device(void) {
     CHECK(hyb_kvstate_new(ref, 2, 32, &k1) == HYB_OK);
     CHECK(hyb_kvstate_new(dev, 2, 32, &k2) == HYB_OK);
     if (!k1 || !k2) return;
-    CHECK(owned(k2->layer_mem[0]) && owned(k2->layer_mem[1]));
+    CHECK(!g_mock || (owned(k2->layer_mem[0]) && owned(k2->layer_mem[1])));
     float l1[2 * 53], l2[2 * 53];
     for (int s = 0; s < 2; s++) {
         CHECK(hyb_model_prefill(ref, k1, s, ids + s * 5, 4 + s, l1) == HYB_OK);
         CHECK_MSG(hyb_model_prefill(dev, k2, s, ids + s * 5, 4 + s, l2) == HYB_OK, "%s",
                   hyb_error());
-        CHECK(memcmp(l1, l2, sizeof(float) * 53) == 0);
+        CHECK(same(l2, l1, 53, 1e-4, "prefill logits"));
     }
     int32_t seqs[2] = {1, 0}, next[2] = {7, 9};
     for (int t = 0; t < 4; t++) {
         CHECK(hyb_model_decode(ref, k1, 2, seqs, next, l1) == HYB_OK);
         CHECK_MSG(hyb_model_decode(dev, k2, 2, seqs, next, l2) == HYB_OK, "%s", hyb_error());
-        CHECK_MSG(memcmp(l1, l2, sizeof l1) == 0, "decode step %d differs", t);
+        CHECK_MSG(same(l2, l1, 2 * 53, 1e-4, "decode logits"), "decode step %d differs", t);
         next[0] = (next[0] + 5) % 53;
         next[1] = (next[1] + 3) % 53;
     }
@@ -373,6 +397,18 @@ static void test_train_on_device(void) {
 }
 
 int main(void) {
+    const char *d = getenv("HYB_ROUTE_DEVICE");
+    if (d && *d && strcmp(d, "mock") != 0) {
+        g_dev = d;
+        g_mock = 0;
+        const hyb_backend *be = NULL;
+        if (hyb_backend_open(g_dev, &be) != HYB_OK) {
+            printf("skipped: device %s: %s\n", g_dev, hyb_error());
+            return HARNESS_SKIP;
+        }
+        RUN(test_train_on_device);
+        return harness_done();
+    }
     mock_init();
     RUN(test_refusals);
     RUN(test_train_on_device);

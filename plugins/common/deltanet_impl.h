@@ -556,6 +556,8 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
     const size_t nwork = 11 * BT * C + 4 * BT * H + (size_t)nthr * scr_t;
     float *work = be->alloc(be, nwork * sizeof(float));
     if (!work) return HYB_ERR_NOMEM;
+    /* the gradient buffers accumulate (+=): be->alloc memory is not zeroed */
+    rc = be->memset0(be, work, nwork * sizeof(float));
     float *Qc = work, *Kc = Qc + BT * C, *Vc = Kc + BT * C, *Qn = Vc + BT * C, *Kn = Qn + BT * C,
           *Vn = Kn + BT * C, *Z = Vn + BT * C, *dO = Z + BT * C, *dQ = dO + BT * C,
           *dK = dQ + BT * C, *dV = dK + BT * C, *beta = dV + BT * C, *g = beta + BT * H,

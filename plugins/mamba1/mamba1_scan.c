@@ -282,11 +282,13 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
 
     /* conv history: the previous K raw inputs of each sequence (zeros at the start). Copied
      * because the states are rewritten below. */
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < B; b++) { /* (scratch from be->alloc is not zeroed: write both cases) */
         int p0 = a->pos ? a->pos[b] : 0;
         if (p0 > 0)
             memcpy(hist + (size_t)b * Di * K, (const float *)a->states[b] + (size_t)Di * N,
                    (size_t)Di * K * sizeof(float));
+        else
+            memset(hist + (size_t)b * Di * K, 0, (size_t)Di * K * sizeof(float));
     }
 
     /* 2. conv + silu, softplus */
@@ -399,6 +401,9 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
         be->free(be, A);
         return HYB_ERR_NOMEM;
     }
+    /* the gradient buffers accumulate (+=): be->alloc memory is not zeroed */
+    rc = be->memset0(be, buf,
+                     sizeof(float) * (BT * Pw + 5 * BT * Di + BT * R + (size_t)nthr * per_thr));
     float *dz = buf, *dys = dz + BT * Pw, *ddt = dys + BT * Di, *du = ddt + BT * Di,
           *dt = du + BT * Di, *u = dt + BT * Di, *ddtl = u + BT * Di, *thr = ddtl + BT * R;
 

@@ -371,6 +371,8 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
     size_t nfl = BT * qd * 2 + (size_t)B * H * T + BT * kd * 2 + BT;
     float *buf = be->alloc(be, nfl * sizeof(float));
     if (!buf) return HYB_ERR_NOMEM;
+    /* dQ, dK, dV accumulate over heads and blocks: be->alloc memory is not zeroed */
+    rc = be->memset0(be, buf, nfl * sizeof(float));
     float *dO = buf, *Dr = dO + BT * qd, *dQ = Dr + (size_t)B * H * T, *dK = dQ + BT * qd,
           *dV = dK + BT * kd;
     int32_t *posbuf = (int32_t *)(dV + BT * kd);
