@@ -2,10 +2,11 @@
  *
  *   local m = hyb.bench.load(path)          -- a .gguf (or HF dir) model; m:load_s() its load time
  *   m:prefill(T)                            -- wall and CPU seconds (all threads) for one prefill
- *                                              of T synthetic tokens
+ *                                              of T synthetic tokens (+ sampling the next one)
  *   m:decode(B, steps[, ctx])               -- wall and CPU seconds for `steps` decode steps of B
- *                                              sequences, each first prefilled with ctx (default
- *                                              32) tokens
+ *                                              sequences (+ sampling), each first prefilled with
+ *                                              ctx (default 32) tokens
+ * Both go through the generation API (hyb/engine.h), as hyb generate and the engine do.
  *   m:weight_bytes()                        -- bytes of weights read per decode step (f32)
  *   m:kv_bytes_per_token()                  -- bytes of KV cache read per token of context
  *   hyb.bench.mem()                         -- {rss_mb, hwm_mb} from /proc/self/status
@@ -19,6 +20,7 @@
 #include <sys/stat.h>
 
 #include "hyb/common.h"
+#include "hyb/engine.h"
 #include "hyb/hf.h"
 #include "hyb/model.h"
 #include "lhyb.h"
@@ -81,66 +83,74 @@ static int m_load_s(lua_State *L) {
     return 1;
 }
 
-/* bench:prefill(T) -> seconds */
+/* Both timings run the generation API (hyb/engine.h), the path hyb generate, hyb chat and the
+ * engine take: engine steps with their prefill, batched decode and sampling (greedy). */
+
+/* bench:prefill(T) -> wall and CPU seconds of one engine step that prefills T synthetic tokens
+ * and samples the first new token */
 static int m_prefill(lua_State *L) {
     const char *F = "bench:prefill";
     lbench *b = check_bench(L, 1, F);
     int T = (int)lhyb_check_int(L, 2, F, "T", 1, 1 << 20);
-    hyb_kvstate *s = NULL;
-    if (hyb_kvstate_new(b->m, 1, T, &s) != HYB_OK) return lhyb_raise_hyb(L, F);
+    hyb_engine_opts o = hyb_engine_defaults();
+    o.slots = 1;
+    o.max_ctx = T + 1;
+    hyb_request_params p = hyb_request_defaults();
+    p.max_tokens = 1;
+    hyb_engine *e = NULL;
     int32_t *ids = synth_ids(T, b->m->V, 1);
-    float *logits = malloc(sizeof(float) * (size_t)b->m->V);
-    if (!ids || !logits) {
-        free(ids);
-        free(logits);
-        hyb_kvstate_free(s);
-        return luaL_error(L, "%s: out of memory", F);
+    if (!ids) return luaL_error(L, "%s: out of memory", F);
+    double dt = 0, dc = 0;
+    int rc = hyb_engine_new(b->m, &o, &e);
+    if (rc == HYB_OK) rc = hyb_engine_submit(e, ids, T, &p, NULL);
+    if (rc == HYB_OK) {
+        double t0 = hyb_time_now(), c0 = cpu_seconds();
+        rc = hyb_engine_run(e);
+        dt = hyb_time_now() - t0;
+        dc = cpu_seconds() - c0;
     }
-    double t0 = hyb_time_now(), c0 = cpu_seconds();
-    int rc = hyb_model_prefill(b->m, s, 0, ids, T, logits);
-    double dt = hyb_time_now() - t0, dc = cpu_seconds() - c0;
     free(ids);
-    free(logits);
-    hyb_kvstate_free(s);
+    hyb_engine_free(e);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     lua_pushnumber(L, dt);
     lua_pushnumber(L, dc);
     return 2;
 }
 
-/* bench:decode(B, steps[, ctx = 32]) -> seconds for the steps (prefill not counted) */
+/* bench:decode(B, steps[, ctx = 32]) -> wall and CPU seconds of `steps` engine steps, each one
+ * batched decode of B sequences (after ctx prompt tokens each) and B greedy samples; the first
+ * step (prefill and the first decode) is not counted */
 static int m_decode(lua_State *L) {
     const char *F = "bench:decode";
     lbench *b = check_bench(L, 1, F);
     int B = (int)lhyb_check_int(L, 2, F, "B", 1, 4096);
     int steps = (int)lhyb_check_int(L, 3, F, "steps", 1, 1 << 20);
     int ctx = lua_isnoneornil(L, 4) ? 32 : (int)lhyb_check_int(L, 4, F, "ctx", 1, 1 << 20);
-    hyb_kvstate *s = NULL;
-    if (hyb_kvstate_new(b->m, B, ctx + steps, &s) != HYB_OK) return lhyb_raise_hyb(L, F);
-    int32_t *seqs = malloc(sizeof *seqs * (size_t)B);
-    int32_t *tok = synth_ids(B * (steps > ctx ? steps : ctx), b->m->V, 7);
-    float *logits = malloc(sizeof(float) * (size_t)b->m->V * (size_t)B);
-    int rc = HYB_OK;
+    hyb_engine_opts o = hyb_engine_defaults();
+    o.slots = B;
+    o.max_ctx = ctx + steps + 2;
+    hyb_request_params p = hyb_request_defaults();
+    p.max_tokens = steps + 2; /* one from the prefill, one per decode */
+    hyb_engine *e = NULL;
+    int32_t *tok = synth_ids(B * ctx, b->m->V, 7);
+    if (!tok) return luaL_error(L, "%s: out of memory", F);
     double dt = 0, dc = 0;
-    if (!seqs || !tok || !logits) {
-        rc = HYB_ERR_NOMEM;
-        hyb_error_set(rc, "%s: out of memory", F);
-        goto done;
+    int rc = hyb_engine_new(b->m, &o, &e);
+    for (int i = 0; i < B && rc == HYB_OK; i++)
+        rc = hyb_engine_submit(e, tok + (size_t)i * ctx, ctx, &p, NULL);
+    if (rc == HYB_OK) rc = hyb_engine_step(e); /* admit, prefill, first decode */
+    if (rc == HYB_OK) {
+        double t0 = hyb_time_now(), c0 = cpu_seconds();
+        for (int k = 0; k < steps && rc == HYB_OK; k++)
+            rc = hyb_engine_step(e);
+        dt = hyb_time_now() - t0;
+        dc = cpu_seconds() - c0;
     }
-    for (int i = 0; i < B && rc == HYB_OK; i++) {
-        seqs[i] = i;
-        rc = hyb_model_prefill(b->m, s, i, tok + (size_t)i * ctx, ctx, NULL);
-    }
-    double t0 = hyb_time_now(), c0 = cpu_seconds();
-    for (int k = 0; k < steps && rc == HYB_OK; k++)
-        rc = hyb_model_decode(b->m, s, B, seqs, tok + (size_t)k * B, logits);
-    dt = hyb_time_now() - t0;
-    dc = cpu_seconds() - c0;
-done:
-    free(seqs);
+    if (rc == HYB_OK && hyb_engine_pending(e))
+        rc = hyb_error_set(HYB_ERR, "%s: %d requests still running after %d steps", F,
+                           hyb_engine_pending(e), steps + 1);
     free(tok);
-    free(logits);
-    hyb_kvstate_free(s);
+    hyb_engine_free(e);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     lua_pushnumber(L, dt);
     lua_pushnumber(L, dc);

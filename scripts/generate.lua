@@ -37,7 +37,7 @@ local opts = gen.parse_args(arg, {
 }, usage)
 if #opts._ ~= 1 then usage(#opts._ == 0 and "no prompt given" or "give the prompt as one argument") end
 
-local sampler = gen.sampler(opts) -- bad sampling options fail before the model loads
+local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the model loads
 if not opts.verbose then hyb.log_level("warn") end
 local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"]})
 local prompt = opts._[1]
@@ -48,8 +48,10 @@ if opts.chat then
 end
 
 local ids = llm:encode(prompt)
+local max_tokens = opts["max-tokens"] or 128
+gen.check_request(llm, ids, max_tokens, usage)
 local out = gen.generate(llm, ids, {
-  sampler = sampler, max_tokens = opts["max-tokens"] or 128, stop = stops,
+  sampler = sampler, max_tokens = max_tokens, stop = stops,
   on_text = function(s) io.write(s); io.flush() end,
 })
 io.write("\n")

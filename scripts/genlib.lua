@@ -47,11 +47,35 @@ function M.parse_args(argv, spec, usage)
   return r
 end
 
-function M.sampler(opts)
-  return hyb.sampler{
+-- The sampler for the command-line options; with usage, a bad value is a usage error naming
+-- the option (--top-k ...), without a traceback.
+function M.sampler(opts, usage)
+  local ok, s = pcall(hyb.sampler, {
     temperature = opts.temperature or 0, top_k = opts["top-k"] or 0, top_p = opts["top-p"] or 1,
     repetition_penalty = opts["repetition-penalty"] or 1, seed = opts.seed or 0,
-  }
+  })
+  if ok then return s end
+  if not usage then error(s, 2) end
+  local msg = tostring(s):gsub("^.-hyb%.sampler: ", ""):gsub("^sampler: ", "")
+  for _, o in ipairs({"temperature", "top_k", "top_p", "repetition_penalty", "seed"}) do
+    msg = msg:gsub("'?" .. o .. "'?", "--" .. o:gsub("_", "-"))
+  end
+  usage(msg)
+end
+
+-- Usage errors for what the model decides: --max-tokens against the context (--max-ctx) and,
+-- unless ids is nil, the prompt's tokens against the room left in it.
+function M.check_request(llm, ids, max_tokens, usage)
+  if max_tokens < 1 or max_tokens >= llm:max_ctx() then
+    usage(("--max-tokens must be in [1, %d] for a context of %d (--max-ctx), got %d"):format(
+      llm:max_ctx() - 1, llm:max_ctx(), max_tokens))
+  end
+  if ids == nil then return end
+  if #ids == 0 then usage("the prompt is empty") end
+  if llm:max_ctx() - llm:pos() - #ids < 1 then
+    usage(("the prompt has %d tokens: no room left in the context of %d (--max-ctx)"):format(
+      #ids, llm:max_ctx()))
+  end
 end
 
 -- SmolLM2's chat template (ChatML): a default system turn when the first message is not one.
