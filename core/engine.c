@@ -15,9 +15,9 @@ typedef struct req {
     int n_prompt, n_gen, max_tokens;
     hyb_request_params p;
     hyb_sampler *smp;
-    int own_smp;     /* smp made for this request (else the caller's p.sampler_state) */
-    char **stop;     /* [p.n_stop] owned copies */
-    char *text;      /* with p.tok: the text so far, [0, shown) streamed */
+    int own_smp; /* smp made for this request (else the caller's p.sampler_state) */
+    char **stop; /* [p.n_stop] owned copies */
+    char *text;  /* with p.tok: the text so far, [0, shown) streamed */
     size_t text_len, text_cap, shown;
     int prefill_tokens, decode_tokens;
     double prefill_s, decode_s;
@@ -207,8 +207,8 @@ int hyb_engine_submit(hyb_engine *e, const int32_t *ids, int n, const hyb_reques
                              HYB_ENGINE_MAX_EOS, p->n_eos);
     for (int i = 0; i < p->n_eos; i++)
         if (p->eos[i] < 0 || p->eos[i] >= e->V)
-            return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: eos[%d] = %d outside [0, %d)",
-                                 i, p->eos[i], e->V);
+            return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: eos[%d] = %d outside [0, %d)", i,
+                                 p->eos[i], e->V);
     if (p->n_stop < 0 || p->n_stop > HYB_ENGINE_MAX_STOP)
         return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: n_stop must be in [0, %d], got %d",
                              HYB_ENGINE_MAX_STOP, p->n_stop);
@@ -465,8 +465,11 @@ static int text_add(req *r, int32_t tok, int is_eos, int *stopped) {
         while (cap < r->text_len + len + 1)
             cap *= 2;
         char *t = realloc(r->text, cap);
-        if (!t) return hyb_error_set(HYB_ERR_NOMEM, "engine: request %lld: out of memory for "
-                                     "%zu bytes of text", (long long)r->id, cap);
+        if (!t)
+            return hyb_error_set(HYB_ERR_NOMEM,
+                                 "engine: request %lld: out of memory for "
+                                 "%zu bytes of text",
+                                 (long long)r->id, cap);
         r->text = t;
         r->text_cap = cap;
     }
@@ -523,8 +526,13 @@ static int take_token(hyb_engine *e, req *r, const float *logits) {
     if (why < 0 && e->kv->pos[r->slot] >= e->kv->max_ctx) why = HYB_FINISH_CTX;
     if (r->p.tok) final = why >= 0 ? r->text_len : r->text_len - held_back(r, r->text, r->text_len);
     if (r->p.on_token) {
-        hyb_token_event ev = {r->id, tok, r->n_gen - 1, t1, r->text ? r->text + r->shown : "",
-                              0, why, logits};
+        hyb_token_event ev = {.id = r->id,
+                              .token = tok,
+                              .index = r->n_gen - 1,
+                              .t = t1,
+                              .text = r->text ? r->text + r->shown : "",
+                              .finish = why,
+                              .logits = logits};
         if (final > r->shown) ev.text_len = final - r->shown;
         int cb = r->p.on_token(r->p.user, &ev);
         if (cb < 0) {

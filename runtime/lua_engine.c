@@ -166,7 +166,8 @@ static const char *finish_name(int f) {
     case HYB_FINISH_LENGTH: return "length";
     case HYB_FINISH_EOS: return "eos";
     case HYB_FINISH_CTX: return "ctx";
-    case HYB_FINISH_STOP: return "stop";
+    case HYB_FINISH_STOP:
+        return "stop";
     default: return "error";
     }
 }

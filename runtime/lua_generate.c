@@ -489,15 +489,8 @@ static int gen_on_token(void *user, const hyb_token_event *ev) {
     return 0;
 }
 
-static const char *reason_name(int finish) {
-    switch (finish) {
-    case HYB_FINISH_LENGTH: return "max_tokens";
-    case HYB_FINISH_EOS: return "eos";
-    case HYB_FINISH_CTX: return "context";
-    case HYB_FINISH_STOP: return "stop";
-    default: return "error";
-    }
-}
+/* genlib's names for the ways a generate call ends, by HYB_FINISH_* */
+static const char *const reason_names[] = {"max_tokens", "eos", "context", "stop", "error"};
 
 /* llm:generate(ids[, {sampler=, max_tokens=128, stop={...}, on_text=fn}]) -> {text, ids, reason,
  * prefill_tokens, prefill_s, decode_tokens, decode_s}. Continues the context with ids, then
@@ -525,8 +518,7 @@ static int m_generate(lua_State *L) {
     gen_cb cb = {L, l, 0, 0};
     if (lua_istable(L, 3)) {
         lua_getfield(L, 3, "sampler"); /* 4 */
-        if (!lua_isnil(L, 4))
-            p.sampler_state = sampler_for(L, check_sampler(L, 4, F), l->m->V, F);
+        if (!lua_isnil(L, 4)) p.sampler_state = sampler_for(L, check_sampler(L, 4, F), l->m->V, F);
         lua_getfield(L, 3, "stop"); /* 5 */
         if (lua_istable(L, 5)) {
             lua_Integer k = (lua_Integer)lua_rawlen(L, 5);
@@ -567,8 +559,7 @@ static int m_generate(lua_State *L) {
     p.slot = 0;
     int32_t eos = hyb_tokenizer_eos_id(l->tok);
     if (eos >= 0 && eos < l->m->V) p.eos[p.n_eos++] = eos;
-    if (hyb_engine_submit(l->e, l->hist, n_prompt, &p, NULL) != HYB_OK)
-        return lhyb_raise_hyb(L, F);
+    if (hyb_engine_submit(l->e, l->hist, n_prompt, &p, NULL) != HYB_OK) return lhyb_raise_hyb(L, F);
     int rc = hyb_engine_run(l->e);
     hyb_completion c;
     int got = hyb_engine_pop(l->e, &c);
@@ -598,7 +589,8 @@ static int m_generate(lua_State *L) {
     lua_setfield(L, -2, "text");
     push_ids(L, c.tokens, (size_t)(c.n_tokens - (c.finish == HYB_FINISH_EOS)));
     lua_setfield(L, -2, "ids");
-    lua_pushstring(L, reason_name(c.finish));
+    int why = c.finish >= 0 && c.finish <= HYB_FINISH_ERROR ? c.finish : HYB_FINISH_ERROR;
+    lua_pushstring(L, reason_names[why]);
     lua_setfield(L, -2, "reason");
     lua_pushinteger(L, c.prefill_tokens);
     lua_setfield(L, -2, "prefill_tokens");
@@ -658,24 +650,13 @@ static int s_tostring(lua_State *L) {
 }
 
 void lhyb_open_generate(lua_State *L) {
-    static const luaL_Reg llm_methods[] = {{"encode", m_encode},
-                                           {"decode", m_decode},
-                                           {"piece", m_piece},
-                                           {"token_id", m_token_id},
-                                           {"eos", m_eos},
-                                           {"bos", m_bos},
-                                           {"vocab_size", m_vocab_size},
-                                           {"max_ctx", m_max_ctx},
-                                           {"pos", m_pos},
-                                           {"reset", m_reset},
-                                           {"prefill", m_prefill},
-                                           {"feed", m_feed},
-                                           {"sample", m_sample},
-                                           {"generate", m_generate},
-                                           {"logits", m_logits},
-                                           {"stats", m_stats},
-                                           {"close", m_close},
-                                           {NULL, NULL}};
+    static const luaL_Reg llm_methods[] = {
+        {"encode", m_encode},         {"decode", m_decode},     {"piece", m_piece},
+        {"token_id", m_token_id},     {"eos", m_eos},           {"bos", m_bos},
+        {"vocab_size", m_vocab_size}, {"max_ctx", m_max_ctx},   {"pos", m_pos},
+        {"reset", m_reset},           {"prefill", m_prefill},   {"feed", m_feed},
+        {"sample", m_sample},         {"generate", m_generate}, {"logits", m_logits},
+        {"stats", m_stats},           {"close", m_close},       {NULL, NULL}};
     static const luaL_Reg sampler_methods[] = {
         {"sample", s_sample}, {"reseed", s_reseed}, {NULL, NULL}};
     luaL_newmetatable(L, LHYB_LLM_MT);

@@ -81,18 +81,23 @@ typedef struct hyb_engine_opts {
 #define HYB_ENGINE_MAX_EOS 8
 #define HYB_ENGINE_MAX_STOP 16
 
-enum { HYB_FINISH_LENGTH = 0, HYB_FINISH_EOS = 1, HYB_FINISH_CTX = 2, HYB_FINISH_STOP = 3,
-       HYB_FINISH_ERROR = 4 };
+enum {
+    HYB_FINISH_LENGTH = 0,
+    HYB_FINISH_EOS = 1,
+    HYB_FINISH_CTX = 2,
+    HYB_FINISH_STOP = 3,
+    HYB_FINISH_ERROR = 4
+};
 
 /* One sampled token, as the request's on_token callback sees it (valid during the call). */
 typedef struct hyb_token_event {
-    int64_t id;        /* the request */
+    int64_t id; /* the request */
     int32_t token;
-    int index;         /* 0-based among the request's generated tokens */
-    double t;          /* hyb_time_now() when it was sampled */
-    const char *text;  /* with p.tok: the text that became final with this token (may be empty) */
+    int index;        /* 0-based among the request's generated tokens */
+    double t;         /* hyb_time_now() when it was sampled */
+    const char *text; /* with p.tok: the text that became final with this token (may be empty) */
     size_t text_len;
-    int finish;        /* HYB_FINISH_* when this token ends the request, else -1 */
+    int finish;          /* HYB_FINISH_* when this token ends the request, else -1 */
     const float *logits; /* [V] the logits it was sampled from */
 } hyb_token_event;
 /* Returns 0 to go on, > 0 to stop the request here (HYB_FINISH_STOP), < 0 (a hyb_status) to fail
@@ -103,19 +108,19 @@ typedef int (*hyb_token_fn)(void *user, const hyb_token_event *ev);
 #define HYB_REQ_CONTINUE 2u /* with HYB_REQ_PIN: keep the slot's state (see above) */
 
 typedef struct hyb_request_params {
-    int max_tokens;            /* new tokens at most (1 <= max_tokens < max_ctx) */
+    int max_tokens; /* new tokens at most (1 <= max_tokens < max_ctx) */
     hyb_sampler_params sampler;
     uint64_t seed;             /* the request's sampler seed */
     int n_eos;                 /* stop ids: generation ends after sampling one (it is kept) */
     int32_t eos[HYB_ENGINE_MAX_EOS];
-    hyb_sampler *sampler_state;   /* borrowed; when set, used instead of sampler + seed */
-    const hyb_tokenizer *tok;     /* borrowed; token text for on_token and stop strings */
-    int n_stop;                   /* stop strings (copied at submit; need tok) */
+    hyb_sampler *sampler_state; /* borrowed; when set, used instead of sampler + seed */
+    const hyb_tokenizer *tok;   /* borrowed; token text for on_token and stop strings */
+    int n_stop;                 /* stop strings (copied at submit; need tok) */
     const char *const *stop;
-    hyb_token_fn on_token;        /* may be NULL */
+    hyb_token_fn on_token; /* may be NULL */
     void *user;
-    unsigned flags;               /* HYB_REQ_* */
-    int slot;                     /* with HYB_REQ_PIN */
+    unsigned flags; /* HYB_REQ_* */
+    int slot;       /* with HYB_REQ_PIN */
 } hyb_request_params;
 
 typedef struct hyb_completion {
@@ -133,7 +138,7 @@ typedef struct hyb_completion {
     int prefill_tokens;    /* prompt tokens it prefilled (not restored, not kept) */
     int decode_tokens;     /* tokens it fed through batched decodes */
     double prefill_s, decode_s; /* seconds of the model calls it took part in */
-    char *text;            /* with p.tok: the final text (stop string cut off; owned) */
+    char *text;                 /* with p.tok: the final text (stop string cut off; owned) */
     size_t text_len;
 } hyb_completion;
 
