@@ -86,35 +86,53 @@ static int m_load_s(lua_State *L) {
 /* Both timings run the generation API (hyb/engine.h), the path hyb generate, hyb chat and the
  * engine take: engine steps with their prefill, batched decode and sampling (greedy). */
 
-/* bench:prefill(T) -> wall and CPU seconds of one engine step that prefills T synthetic tokens
- * and samples the first new token */
-static int m_prefill(lua_State *L) {
-    const char *F = "bench:prefill";
-    lbench *b = check_bench(L, 1, F);
-    int T = (int)lhyb_check_int(L, 2, F, "T", 1, 1 << 20);
+/* An engine of n_req slots of max_ctx tokens with n_req greedy requests of T synthetic prompt
+ * tokens and max_tokens new ones queued. */
+static int bench_engine(hyb_model *m, int n_req, int T, int max_ctx, int max_tokens, uint32_t seed,
+                        hyb_engine **out) {
     hyb_engine_opts o = hyb_engine_defaults();
-    o.slots = 1;
-    o.max_ctx = T + 1;
+    o.slots = n_req;
+    o.max_ctx = max_ctx;
     hyb_request_params p = hyb_request_defaults();
-    p.max_tokens = 1;
-    hyb_engine *e = NULL;
-    int32_t *ids = synth_ids(T, b->m->V, 1);
-    if (!ids) return luaL_error(L, "%s: out of memory", F);
-    double dt = 0, dc = 0;
-    int rc = hyb_engine_new(b->m, &o, &e);
-    if (rc == HYB_OK) rc = hyb_engine_submit(e, ids, T, &p, NULL);
-    if (rc == HYB_OK) {
-        double t0 = hyb_time_now(), c0 = cpu_seconds();
-        rc = hyb_engine_run(e);
-        dt = hyb_time_now() - t0;
-        dc = cpu_seconds() - c0;
-    }
+    p.max_tokens = max_tokens;
+    int32_t *ids = synth_ids(n_req * T, m->V, seed);
+    if (!ids) return hyb_error_set(HYB_ERR_NOMEM, "out of memory for %d prompts", n_req);
+    int rc = hyb_engine_new(m, &o, out);
+    for (int i = 0; i < n_req && rc == HYB_OK; i++)
+        rc = hyb_engine_submit(*out, ids + (size_t)i * T, T, &p, NULL);
     free(ids);
+    return rc;
+}
+
+/* Wall and CPU seconds of `steps` engine steps (all of them when steps < 0), pushed. */
+static int timed_steps(lua_State *L, const char *F, hyb_engine *e, int steps) {
+    double t0 = hyb_time_now(), c0 = cpu_seconds();
+    int rc = HYB_OK;
+    for (int k = 0; (steps < 0 || k < steps) && hyb_engine_pending(e) && rc == HYB_OK; k++)
+        rc = hyb_engine_step(e);
+    double dt = hyb_time_now() - t0, dc = cpu_seconds() - c0;
+    if (rc == HYB_OK && hyb_engine_pending(e))
+        rc = hyb_error_set(HYB_ERR, "%d requests still running after the timed steps",
+                           hyb_engine_pending(e));
     hyb_engine_free(e);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     lua_pushnumber(L, dt);
     lua_pushnumber(L, dc);
     return 2;
+}
+
+/* bench:prefill(T) -> wall and CPU seconds of the engine step that prefills T synthetic tokens
+ * and samples the first new token */
+static int m_prefill(lua_State *L) {
+    const char *F = "bench:prefill";
+    lbench *b = check_bench(L, 1, F);
+    int T = (int)lhyb_check_int(L, 2, F, "T", 1, 1 << 20);
+    hyb_engine *e = NULL;
+    if (bench_engine(b->m, 1, T, T + 1, 1, 1, &e) != HYB_OK) {
+        hyb_engine_free(e);
+        return lhyb_raise_hyb(L, F);
+    }
+    return timed_steps(L, F, e, -1);
 }
 
 /* bench:decode(B, steps[, ctx = 32]) -> wall and CPU seconds of `steps` engine steps, each one
@@ -126,35 +144,15 @@ static int m_decode(lua_State *L) {
     int B = (int)lhyb_check_int(L, 2, F, "B", 1, 4096);
     int steps = (int)lhyb_check_int(L, 3, F, "steps", 1, 1 << 20);
     int ctx = lua_isnoneornil(L, 4) ? 32 : (int)lhyb_check_int(L, 4, F, "ctx", 1, 1 << 20);
-    hyb_engine_opts o = hyb_engine_defaults();
-    o.slots = B;
-    o.max_ctx = ctx + steps + 2;
-    hyb_request_params p = hyb_request_defaults();
-    p.max_tokens = steps + 2; /* one from the prefill, one per decode */
     hyb_engine *e = NULL;
-    int32_t *tok = synth_ids(B * ctx, b->m->V, 7);
-    if (!tok) return luaL_error(L, "%s: out of memory", F);
-    double dt = 0, dc = 0;
-    int rc = hyb_engine_new(b->m, &o, &e);
-    for (int i = 0; i < B && rc == HYB_OK; i++)
-        rc = hyb_engine_submit(e, tok + (size_t)i * ctx, ctx, &p, NULL);
+    /* max_tokens: one from the prefill, one per decode */
+    int rc = bench_engine(b->m, B, ctx, ctx + steps + 2, steps + 2, 7, &e);
     if (rc == HYB_OK) rc = hyb_engine_step(e); /* admit, prefill, first decode */
-    if (rc == HYB_OK) {
-        double t0 = hyb_time_now(), c0 = cpu_seconds();
-        for (int k = 0; k < steps && rc == HYB_OK; k++)
-            rc = hyb_engine_step(e);
-        dt = hyb_time_now() - t0;
-        dc = cpu_seconds() - c0;
+    if (rc != HYB_OK) {
+        hyb_engine_free(e);
+        return lhyb_raise_hyb(L, F);
     }
-    if (rc == HYB_OK && hyb_engine_pending(e))
-        rc = hyb_error_set(HYB_ERR, "%s: %d requests still running after %d steps", F,
-                           hyb_engine_pending(e), steps + 1);
-    free(tok);
-    hyb_engine_free(e);
-    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
-    lua_pushnumber(L, dt);
-    lua_pushnumber(L, dc);
-    return 2;
+    return timed_steps(L, F, e, steps);
 }
 
 /* Bytes of f32 weights one decode step reads: every parameter except the embedding table, of

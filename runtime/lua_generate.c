@@ -234,35 +234,27 @@ static int m_piece(lua_State *L) {
     return 1;
 }
 
+/* A token id, or nil for a negative one (not in the vocabulary / none). */
+static int push_id_or_nil(lua_State *L, int32_t id) {
+    if (id < 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, id);
+    return 1;
+}
+
 /* llm:token_id(text) -> id or nil */
 static int m_token_id(lua_State *L) {
     lllm *l = check_llm(L, 1, "llm:token_id");
-    int32_t id = hyb_tokenizer_token_id(l->tok, luaL_checkstring(L, 2));
-    if (id < 0)
-        lua_pushnil(L);
-    else
-        lua_pushinteger(L, id);
-    return 1;
+    return push_id_or_nil(L, hyb_tokenizer_token_id(l->tok, luaL_checkstring(L, 2)));
 }
 
 static int m_eos(lua_State *L) {
-    lllm *l = check_llm(L, 1, "llm:eos");
-    int32_t id = hyb_tokenizer_eos_id(l->tok);
-    if (id < 0)
-        lua_pushnil(L);
-    else
-        lua_pushinteger(L, id);
-    return 1;
+    return push_id_or_nil(L, hyb_tokenizer_eos_id(check_llm(L, 1, "llm:eos")->tok));
 }
 
 static int m_bos(lua_State *L) {
-    lllm *l = check_llm(L, 1, "llm:bos");
-    int32_t id = hyb_tokenizer_bos_id(l->tok);
-    if (id < 0)
-        lua_pushnil(L);
-    else
-        lua_pushinteger(L, id);
-    return 1;
+    return push_id_or_nil(L, hyb_tokenizer_bos_id(check_llm(L, 1, "llm:bos")->tok));
 }
 
 static int m_vocab_size(lua_State *L) {

@@ -18,11 +18,7 @@ local function usage(msg)
   os.exit(2)
 end
 
-local opts = gen.parse_args(arg, {
-  model = "string", ["max-tokens"] = "int", temperature = "number", ["top-k"] = "int",
-  ["top-p"] = "number", ["repetition-penalty"] = "number", seed = "int", stop = "list",
-  system = "string", ["max-ctx"] = "int", verbose = "flag",
-}, usage)
+local opts = gen.parse_args(arg, gen.gen_options(), usage)
 if #opts._ > 0 then usage("unexpected argument '" .. opts._[1] .. "'") end
 
 local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the model loads

@@ -30,11 +30,7 @@ local function usage(msg)
   os.exit(2)
 end
 
-local opts = gen.parse_args(arg, {
-  model = "string", ["max-tokens"] = "int", temperature = "number", ["top-k"] = "int",
-  ["top-p"] = "number", ["repetition-penalty"] = "number", seed = "int", stop = "list",
-  chat = "flag", system = "string", ["max-ctx"] = "int", quiet = "flag", verbose = "flag",
-}, usage)
+local opts = gen.parse_args(arg, gen.gen_options({chat = "flag", quiet = "flag"}), usage)
 if #opts._ ~= 1 then usage(#opts._ == 0 and "no prompt given" or "give the prompt as one argument") end
 
 local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the model loads

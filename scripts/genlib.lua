@@ -47,6 +47,17 @@ function M.parse_args(argv, spec, usage)
   return r
 end
 
+-- The options generate.lua and chat.lua share (for parse_args), plus `extra`.
+function M.gen_options(extra)
+  local spec = {
+    model = "string", ["max-tokens"] = "int", temperature = "number", ["top-k"] = "int",
+    ["top-p"] = "number", ["repetition-penalty"] = "number", seed = "int", stop = "list",
+    system = "string", ["max-ctx"] = "int", verbose = "flag",
+  }
+  for k, v in pairs(extra or {}) do spec[k] = v end
+  return spec
+end
+
 -- The sampler for the command-line options; with usage, a bad value is a usage error naming
 -- the option (--top-k ...), without a traceback.
 function M.sampler(opts, usage)
