@@ -7,7 +7,6 @@
 #include <string.h>
 
 enum { R_WAIT = 0, R_PREFILL, R_DECODE, R_DONE };
-#define HYB_FINISH_ERROR 3
 
 typedef struct req {
     int64_t id;
@@ -16,6 +15,12 @@ typedef struct req {
     int n_prompt, n_gen, max_tokens;
     hyb_request_params p;
     hyb_sampler *smp;
+    int own_smp; /* smp made for this request (else the caller's p.sampler_state) */
+    char **stop; /* [p.n_stop] owned copies */
+    char *text;  /* with p.tok: the text so far, [0, shown) streamed */
+    size_t text_len, text_cap, shown;
+    int prefill_tokens, decode_tokens;
+    double prefill_s, decode_s;
     double t_arrival, t_admit;
     int slot, done; /* done: prompt tokens in the slot's state */
     int state;
@@ -122,7 +127,11 @@ static void req_free(req *r) {
     if (!r) return;
     free(r->tokens);
     free(r->t_tok);
-    hyb_sampler_free(r->smp);
+    if (r->own_smp) hyb_sampler_free(r->smp);
+    for (int i = 0; r->stop && i < r->p.n_stop; i++)
+        free(r->stop[i]);
+    free(r->stop);
+    free(r->text);
     free(r);
 }
 
@@ -189,18 +198,68 @@ int hyb_engine_submit(hyb_engine *e, const int32_t *ids, int n, const hyb_reques
             return hyb_error_set(HYB_ERR_ARG,
                                  "hyb_engine_submit: prompt id %d at position %d outside [0, %d)",
                                  ids[i], i, e->V);
-    if (p->max_tokens < 1)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: max_tokens must be >= 1, got %d",
-                             p->max_tokens);
+    if (p->max_tokens < 1 || p->max_tokens >= e->o.max_ctx)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_engine_submit: max_tokens must be in [1, max_ctx %d), got %d",
+                             e->o.max_ctx, p->max_tokens);
     if (p->n_eos < 0 || p->n_eos > HYB_ENGINE_MAX_EOS)
         return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: n_eos must be in [0, %d], got %d",
                              HYB_ENGINE_MAX_EOS, p->n_eos);
+    for (int i = 0; i < p->n_eos; i++)
+        if (p->eos[i] < 0 || p->eos[i] >= e->V)
+            return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: eos[%d] = %d outside [0, %d)", i,
+                                 p->eos[i], e->V);
+    if (p->n_stop < 0 || p->n_stop > HYB_ENGINE_MAX_STOP)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: n_stop must be in [0, %d], got %d",
+                             HYB_ENGINE_MAX_STOP, p->n_stop);
+    if (p->n_stop > 0 && (!p->tok || !p->stop))
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_engine_submit: stop strings need a tokenizer (tok) to match");
+    for (int i = 0; i < p->n_stop; i++)
+        if (!p->stop[i] || !p->stop[i][0])
+            return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: stop[%d] is empty", i);
+    if ((p->flags & HYB_REQ_PIN) && (p->slot < 0 || p->slot >= e->o.slots))
+        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: slot must be in [0, %d), got %d",
+                             e->o.slots, p->slot);
+    if ((p->flags & HYB_REQ_CONTINUE) && !(p->flags & HYB_REQ_PIN))
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_engine_submit: HYB_REQ_CONTINUE needs HYB_REQ_PIN (a slot)");
+    if ((p->flags & HYB_REQ_CONTINUE) && !e->slot_req[p->slot] && e->kv->pos[p->slot] >= n)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_engine_submit: the prompt (%d tokens) must go past the %d "
+                             "tokens slot %d holds",
+                             n, e->kv->pos[p->slot], p->slot);
+    if (p->sampler_state && p->sampler_state->V != e->V)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_engine_submit: sampler_state is for a vocabulary of %d, the "
+                             "model's is %d",
+                             p->sampler_state->V, e->V);
     req *r = calloc(1, sizeof *r);
     if (!r) return hyb_error_set(HYB_ERR_NOMEM, "hyb_engine_submit: out of memory");
-    int rc = hyb_sampler_new(e->V, &p->sampler, p->seed, &r->smp);
-    if (rc != HYB_OK) {
-        free(r);
-        return hyb_error_wrap(rc, "hyb_engine_submit");
+    if (p->sampler_state) {
+        r->smp = p->sampler_state;
+    } else {
+        int rc = hyb_sampler_new(e->V, &p->sampler, p->seed, &r->smp);
+        if (rc != HYB_OK) {
+            free(r);
+            return hyb_error_wrap(rc, "hyb_engine_submit");
+        }
+        r->own_smp = 1;
+    }
+    r->p = *p;
+    r->p.stop = NULL;
+    if (p->n_stop > 0) {
+        r->stop = calloc((size_t)p->n_stop, sizeof *r->stop);
+        for (int i = 0; r->stop && i < p->n_stop; i++)
+            if (!(r->stop[i] = strdup(p->stop[i]))) {
+                req_free(r);
+                return hyb_error_set(HYB_ERR_NOMEM, "hyb_engine_submit: out of memory");
+            }
+        if (!r->stop) {
+            r->p.n_stop = 0;
+            req_free(r);
+            return hyb_error_set(HYB_ERR_NOMEM, "hyb_engine_submit: out of memory");
+        }
     }
     r->tokens = malloc(sizeof(int32_t) * ((size_t)n + (size_t)p->max_tokens));
     r->t_tok = malloc(sizeof(double) * (size_t)p->max_tokens);
@@ -212,7 +271,6 @@ int hyb_engine_submit(hyb_engine *e, const int32_t *ids, int n, const hyb_reques
     memcpy(r->tokens, ids, sizeof(int32_t) * (size_t)n);
     r->n_prompt = n;
     r->max_tokens = p->max_tokens;
-    r->p = *p;
     r->id = e->next_id++;
     r->t_arrival = hyb_time_now();
     r->slot = -1;
@@ -361,6 +419,14 @@ static void finish_req(hyb_engine *e, req *r, int why) {
         c->t_done = hyb_time_now();
         c->finish = why;
         c->prefix_tokens = r->prefix_tokens;
+        c->slot = r->slot;
+        c->prefill_tokens = r->prefill_tokens;
+        c->decode_tokens = r->decode_tokens;
+        c->prefill_s = r->prefill_s;
+        c->decode_s = r->decode_s;
+        c->text = r->text;
+        c->text_len = r->text_len;
+        r->text = NULL;
         if (e->done_tail)
             e->done_tail->next = d;
         else
@@ -371,30 +437,114 @@ static void finish_req(hyb_engine *e, req *r, int why) {
     req_free(r);
 }
 
-/* Sample the next token from logits [V]; finishes the request or leaves it pending for decode. */
+/* Bytes at the end of s[0, n) that are a proper prefix of some stop string: text held back
+ * because a stop string may be starting. */
+static size_t held_back(const req *r, const char *s, size_t n) {
+    size_t keep = 0;
+    for (int i = 0; i < r->p.n_stop; i++) {
+        size_t ls = strlen(r->stop[i]);
+        for (size_t k = ls - 1 < n ? ls - 1 : n; k > keep; k--)
+            if (memcmp(s + n - k, r->stop[i], k) == 0) {
+                keep = k;
+                break;
+            }
+    }
+    return keep;
+}
+
+/* Append tok's piece (nothing for an EOS) to the request's text; cut the text before the
+ * earliest stop string found in what is not streamed yet (*stopped = 1). */
+static int text_add(req *r, int32_t tok, int is_eos, int *stopped) {
+    *stopped = 0;
+    if (is_eos) return HYB_OK;
+    size_t len = 0;
+    const char *piece = hyb_tokenizer_token_to_piece(r->p.tok, tok, &len);
+    if (!piece) len = 0;
+    if (r->text_len + len + 1 > r->text_cap) {
+        size_t cap = r->text_cap ? r->text_cap : 256;
+        while (cap < r->text_len + len + 1)
+            cap *= 2;
+        char *t = realloc(r->text, cap);
+        if (!t)
+            return hyb_error_set(HYB_ERR_NOMEM,
+                                 "engine: request %lld: out of memory for "
+                                 "%zu bytes of text",
+                                 (long long)r->id, cap);
+        r->text = t;
+        r->text_cap = cap;
+    }
+    if (len) memcpy(r->text + r->text_len, piece, len);
+    r->text_len += len;
+    r->text[r->text_len] = 0;
+    size_t hit = (size_t)-1;
+    for (int i = 0; i < r->p.n_stop; i++) {
+        size_t ls = strlen(r->stop[i]);
+        for (size_t at = r->shown > ls ? r->shown - ls : 0; at + ls <= r->text_len && at < hit;
+             at++)
+            if (memcmp(r->text + at, r->stop[i], ls) == 0) {
+                hit = at;
+                break;
+            }
+    }
+    if (hit != (size_t)-1) {
+        r->text_len = hit;
+        r->text[hit] = 0;
+        if (r->shown > hit) r->shown = hit;
+        *stopped = 1;
+    }
+    return HYB_OK;
+}
+
+/* Sample the next token from logits [V], apply the stop rules (hyb/engine.h), stream it; finishes
+ * the request or leaves it pending for decode. */
 static int take_token(hyb_engine *e, req *r, const float *logits) {
     double t0 = hyb_time_now();
     int32_t tok = hyb_sampler_sample(r->smp, logits, r->tokens, r->n_prompt + r->n_gen);
-    e->st.t_sample += hyb_time_now() - t0;
+    double t1 = hyb_time_now();
+    e->st.t_sample += t1 - t0;
     if (tok < 0) {
         int rc = hyb_error_wrap(tok, "engine: request %lld: sampling", (long long)r->id);
         finish_req(e, r, HYB_FINISH_ERROR);
         return rc;
     }
     r->tokens[r->n_prompt + r->n_gen] = tok;
-    r->t_tok[r->n_gen] = hyb_time_now();
+    r->t_tok[r->n_gen] = t1;
     r->n_gen++;
-    for (int i = 0; i < r->p.n_eos; i++)
-        if (tok == r->p.eos[i]) {
-            finish_req(e, r, HYB_FINISH_EOS);
-            return HYB_OK;
+    int why = -1;
+    for (int i = 0; i < r->p.n_eos && why < 0; i++)
+        if (tok == r->p.eos[i]) why = HYB_FINISH_EOS;
+    size_t final = 0;
+    if (r->p.tok) {
+        int stopped = 0, rc = text_add(r, tok, why == HYB_FINISH_EOS, &stopped);
+        if (rc != HYB_OK) {
+            finish_req(e, r, HYB_FINISH_ERROR);
+            return rc;
         }
-    if (r->n_gen >= r->max_tokens) {
-        finish_req(e, r, HYB_FINISH_LENGTH);
-        return HYB_OK;
+        if (stopped) why = HYB_FINISH_STOP;
     }
-    if (e->kv->pos[r->slot] >= e->kv->max_ctx) {
-        finish_req(e, r, HYB_FINISH_CTX);
+    if (why < 0 && r->n_gen >= r->max_tokens) why = HYB_FINISH_LENGTH;
+    if (why < 0 && e->kv->pos[r->slot] >= e->kv->max_ctx) why = HYB_FINISH_CTX;
+    if (r->p.tok) final = why >= 0 ? r->text_len : r->text_len - held_back(r, r->text, r->text_len);
+    if (r->p.on_token) {
+        hyb_token_event ev = {.id = r->id,
+                              .token = tok,
+                              .index = r->n_gen - 1,
+                              .t = t1,
+                              .text = r->text ? r->text + r->shown : "",
+                              .finish = why,
+                              .logits = logits};
+        if (final > r->shown) ev.text_len = final - r->shown;
+        int cb = r->p.on_token(r->p.user, &ev);
+        if (cb < 0) {
+            int rc = hyb_error_wrap(cb, "engine: request %lld: on_token", (long long)r->id);
+            finish_req(e, r, HYB_FINISH_ERROR);
+            return rc;
+        }
+        if (cb > 0 && why < 0) why = HYB_FINISH_STOP;
+    }
+    if (final > r->shown) r->shown = final;
+    if (why >= 0) {
+        finish_req(e, r, why);
         return HYB_OK;
     }
     r->pending = tok;
@@ -432,6 +582,15 @@ static int admit(hyb_engine *e, req *r, int slot) {
     e->slot_req[slot] = r;
     e->st.active++;
     if (e->st.active > e->st.max_active) e->st.max_active = e->st.active;
+    if (r->p.flags & HYB_REQ_CONTINUE) { /* the slot holds the prompt's first pos tokens */
+        r->done = e->kv->pos[slot];
+        if (r->done >= r->n_prompt)
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "engine: request %lld: the prompt (%d tokens) must go past the "
+                                 "%d tokens slot %d holds",
+                                 (long long)r->id, r->n_prompt, r->done, slot);
+        return HYB_OK;
+    }
     hyb_kvstate_reset_seq(e->kv, slot);
     r->done = 0;
     /* the longest ready entry that the prompt starts with */
@@ -499,11 +658,20 @@ int hyb_engine_step(hyb_engine *e) {
     e->st.steps++;
     /* 1. admit */
     req *prev = NULL, *cand = e->wait_head;
-    for (int s = 0; s < S && cand; s++) {
-        if (e->slot_req[s]) continue;
-        while (cand && waits_for_prefix(e, cand))
+    int free_from = 0; /* slots below are taken */
+    while (cand && e->st.active < S) {
+        int s = -1;
+        if (cand->p.flags & HYB_REQ_PIN) {
+            if (!e->slot_req[cand->p.slot]) s = cand->p.slot;
+        } else if (!waits_for_prefix(e, cand)) {
+            while (free_from < S && e->slot_req[free_from])
+                free_from++;
+            s = free_from < S ? free_from : -1;
+        }
+        if (s < 0) { /* it stays in the queue; later requests may pass it */
             prev = cand, cand = cand->next;
-        if (!cand) break;
+            continue;
+        }
         req *r = cand;
         cand = r->next;
         if (prev)
@@ -535,7 +703,9 @@ int hyb_engine_step(hyb_engine *e) {
             chunk = r->snap_target - r->done;
         double t0 = hyb_time_now();
         int prc = hyb_model_prefill(e->m, e->kv, r->slot, r->tokens + r->done, chunk, e->logits);
-        e->st.t_prefill += hyb_time_now() - t0;
+        double dt = hyb_time_now() - t0;
+        e->st.t_prefill += dt;
+        r->prefill_s += dt;
         if (prc != HYB_OK) {
             prc = hyb_error_wrap(prc, "engine: request %lld: prefill", (long long)r->id);
             finish_req(e, r, HYB_FINISH_ERROR);
@@ -543,6 +713,7 @@ int hyb_engine_step(hyb_engine *e) {
             continue;
         }
         e->st.prefill_tokens += chunk;
+        r->prefill_tokens += chunk;
         r->done += chunk;
         if (budget > 0) budget -= chunk;
         if (r->done == r->snap_target) {
@@ -568,7 +739,8 @@ int hyb_engine_step(hyb_engine *e) {
     if (n > 0) {
         double t0 = hyb_time_now();
         int drc = hyb_model_decode(e->m, e->kv, n, e->seqs, e->ids, e->logits);
-        e->st.t_decode += hyb_time_now() - t0;
+        double dt = hyb_time_now() - t0;
+        e->st.t_decode += dt;
         e->st.decode_calls++;
         if (drc != HYB_OK) {
             drc = hyb_error_wrap(drc, "engine: batched decode of %d sequences", n);
@@ -578,7 +750,10 @@ int hyb_engine_step(hyb_engine *e) {
         }
         e->st.decode_tokens += n;
         for (int i = 0; i < n; i++) {
-            int trc = take_token(e, e->slot_req[e->seqs[i]], e->logits + (size_t)i * (size_t)e->V);
+            req *r = e->slot_req[e->seqs[i]];
+            r->decode_s += dt;
+            r->decode_tokens++;
+            int trc = take_token(e, r, e->logits + (size_t)i * (size_t)e->V);
             if (trc != HYB_OK && rc == HYB_OK) rc = trc;
         }
     }
@@ -603,9 +778,26 @@ void hyb_completion_free(hyb_completion *c) {
     if (!c) return;
     free(c->tokens);
     free(c->t_token);
+    free(c->text);
     c->tokens = NULL;
     c->t_token = NULL;
+    c->text = NULL;
     c->n_tokens = 0;
+    c->text_len = 0;
+}
+
+int hyb_engine_run(hyb_engine *e) {
+    while (hyb_engine_pending(e))
+        HYB_TRY(hyb_engine_step(e));
+    return HYB_OK;
+}
+
+int hyb_engine_slot_pos(const hyb_engine *e, int slot) {
+    return slot >= 0 && slot < e->o.slots ? e->kv->pos[slot] : -1;
+}
+
+hyb_kvstate *hyb_engine_kvstate(hyb_engine *e) {
+    return e->kv;
 }
 
 void hyb_engine_get_stats(const hyb_engine *e, hyb_engine_stats *out) {

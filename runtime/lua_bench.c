@@ -2,10 +2,11 @@
  *
  *   local m = hyb.bench.load(path)          -- a .gguf (or HF dir) model; m:load_s() its load time
  *   m:prefill(T)                            -- wall and CPU seconds (all threads) for one prefill
- *                                              of T synthetic tokens
+ *                                              of T synthetic tokens (+ sampling the next one)
  *   m:decode(B, steps[, ctx])               -- wall and CPU seconds for `steps` decode steps of B
- *                                              sequences, each first prefilled with ctx (default
- *                                              32) tokens
+ *                                              sequences (+ sampling), each first prefilled with
+ *                                              ctx (default 32) tokens
+ * Both go through the generation API (hyb/engine.h), as hyb generate and the engine do.
  *   m:weight_bytes()                        -- bytes of weights read per decode step (f32)
  *   m:kv_bytes_per_token()                  -- bytes of KV cache read per token of context
  *   hyb.bench.mem()                         -- {rss_mb, hwm_mb} from /proc/self/status
@@ -19,6 +20,7 @@
 #include <sys/stat.h>
 
 #include "hyb/common.h"
+#include "hyb/engine.h"
 #include "hyb/hf.h"
 #include "hyb/model.h"
 #include "lhyb.h"
@@ -81,70 +83,76 @@ static int m_load_s(lua_State *L) {
     return 1;
 }
 
-/* bench:prefill(T) -> seconds */
-static int m_prefill(lua_State *L) {
-    const char *F = "bench:prefill";
-    lbench *b = check_bench(L, 1, F);
-    int T = (int)lhyb_check_int(L, 2, F, "T", 1, 1 << 20);
-    hyb_kvstate *s = NULL;
-    if (hyb_kvstate_new(b->m, 1, T, &s) != HYB_OK) return lhyb_raise_hyb(L, F);
-    int32_t *ids = synth_ids(T, b->m->V, 1);
-    float *logits = malloc(sizeof(float) * (size_t)b->m->V);
-    if (!ids || !logits) {
-        free(ids);
-        free(logits);
-        hyb_kvstate_free(s);
-        return luaL_error(L, "%s: out of memory", F);
-    }
-    double t0 = hyb_time_now(), c0 = cpu_seconds();
-    int rc = hyb_model_prefill(b->m, s, 0, ids, T, logits);
-    double dt = hyb_time_now() - t0, dc = cpu_seconds() - c0;
+/* Both timings run the generation API (hyb/engine.h), the path hyb generate, hyb chat and the
+ * engine take: engine steps with their prefill, batched decode and sampling (greedy). */
+
+/* An engine of n_req slots of max_ctx tokens with n_req greedy requests of T synthetic prompt
+ * tokens and max_tokens new ones queued. */
+static int bench_engine(hyb_model *m, int n_req, int T, int max_ctx, int max_tokens, uint32_t seed,
+                        hyb_engine **out) {
+    hyb_engine_opts o = hyb_engine_defaults();
+    o.slots = n_req;
+    o.max_ctx = max_ctx;
+    hyb_request_params p = hyb_request_defaults();
+    p.max_tokens = max_tokens;
+    int32_t *ids = synth_ids(n_req * T, m->V, seed);
+    if (!ids) return hyb_error_set(HYB_ERR_NOMEM, "out of memory for %d prompts", n_req);
+    int rc = hyb_engine_new(m, &o, out);
+    for (int i = 0; i < n_req && rc == HYB_OK; i++)
+        rc = hyb_engine_submit(*out, ids + (size_t)i * T, T, &p, NULL);
     free(ids);
-    free(logits);
-    hyb_kvstate_free(s);
+    return rc;
+}
+
+/* Wall and CPU seconds of `steps` engine steps (all of them when steps < 0), pushed. */
+static int timed_steps(lua_State *L, const char *F, hyb_engine *e, int steps) {
+    double t0 = hyb_time_now(), c0 = cpu_seconds();
+    int rc = HYB_OK;
+    for (int k = 0; (steps < 0 || k < steps) && hyb_engine_pending(e) && rc == HYB_OK; k++)
+        rc = hyb_engine_step(e);
+    double dt = hyb_time_now() - t0, dc = cpu_seconds() - c0;
+    if (rc == HYB_OK && hyb_engine_pending(e))
+        rc = hyb_error_set(HYB_ERR, "%d requests still running after the timed steps",
+                           hyb_engine_pending(e));
+    hyb_engine_free(e);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     lua_pushnumber(L, dt);
     lua_pushnumber(L, dc);
     return 2;
 }
 
-/* bench:decode(B, steps[, ctx = 32]) -> seconds for the steps (prefill not counted) */
+/* bench:prefill(T) -> wall and CPU seconds of the engine step that prefills T synthetic tokens
+ * and samples the first new token */
+static int m_prefill(lua_State *L) {
+    const char *F = "bench:prefill";
+    lbench *b = check_bench(L, 1, F);
+    int T = (int)lhyb_check_int(L, 2, F, "T", 1, 1 << 20);
+    hyb_engine *e = NULL;
+    if (bench_engine(b->m, 1, T, T + 1, 1, 1, &e) != HYB_OK) {
+        hyb_engine_free(e);
+        return lhyb_raise_hyb(L, F);
+    }
+    return timed_steps(L, F, e, -1);
+}
+
+/* bench:decode(B, steps[, ctx = 32]) -> wall and CPU seconds of `steps` engine steps, each one
+ * batched decode of B sequences (after ctx prompt tokens each) and B greedy samples; the first
+ * step (prefill and the first decode) is not counted */
 static int m_decode(lua_State *L) {
     const char *F = "bench:decode";
     lbench *b = check_bench(L, 1, F);
     int B = (int)lhyb_check_int(L, 2, F, "B", 1, 4096);
     int steps = (int)lhyb_check_int(L, 3, F, "steps", 1, 1 << 20);
     int ctx = lua_isnoneornil(L, 4) ? 32 : (int)lhyb_check_int(L, 4, F, "ctx", 1, 1 << 20);
-    hyb_kvstate *s = NULL;
-    if (hyb_kvstate_new(b->m, B, ctx + steps, &s) != HYB_OK) return lhyb_raise_hyb(L, F);
-    int32_t *seqs = malloc(sizeof *seqs * (size_t)B);
-    int32_t *tok = synth_ids(B * (steps > ctx ? steps : ctx), b->m->V, 7);
-    float *logits = malloc(sizeof(float) * (size_t)b->m->V * (size_t)B);
-    int rc = HYB_OK;
-    double dt = 0, dc = 0;
-    if (!seqs || !tok || !logits) {
-        rc = HYB_ERR_NOMEM;
-        hyb_error_set(rc, "%s: out of memory", F);
-        goto done;
+    hyb_engine *e = NULL;
+    /* max_tokens: one from the prefill, one per decode */
+    int rc = bench_engine(b->m, B, ctx, ctx + steps + 2, steps + 2, 7, &e);
+    if (rc == HYB_OK) rc = hyb_engine_step(e); /* admit, prefill, first decode */
+    if (rc != HYB_OK) {
+        hyb_engine_free(e);
+        return lhyb_raise_hyb(L, F);
     }
-    for (int i = 0; i < B && rc == HYB_OK; i++) {
-        seqs[i] = i;
-        rc = hyb_model_prefill(b->m, s, i, tok + (size_t)i * ctx, ctx, NULL);
-    }
-    double t0 = hyb_time_now(), c0 = cpu_seconds();
-    for (int k = 0; k < steps && rc == HYB_OK; k++)
-        rc = hyb_model_decode(b->m, s, B, seqs, tok + (size_t)k * B, logits);
-    dt = hyb_time_now() - t0;
-    dc = cpu_seconds() - c0;
-done:
-    free(seqs);
-    free(tok);
-    free(logits);
-    hyb_kvstate_free(s);
-    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
-    lua_pushnumber(L, dt);
-    lua_pushnumber(L, dc);
-    return 2;
+    return timed_steps(L, F, e, steps);
 }
 
 /* Bytes of f32 weights one decode step reads: every parameter except the embedding table, of

@@ -164,14 +164,12 @@ static int l_add_prefix(lua_State *L) {
 
 static const char *finish_name(int f) {
     switch (f) {
-    case HYB_FINISH_LENGTH:
-        return "length";
-    case HYB_FINISH_EOS:
-        return "eos";
-    case HYB_FINISH_CTX:
-        return "ctx";
-    default:
-        return "error";
+    case HYB_FINISH_LENGTH: return "length";
+    case HYB_FINISH_EOS: return "eos";
+    case HYB_FINISH_CTX: return "ctx";
+    case HYB_FINISH_STOP:
+        return "stop";
+    default: return "error";
     }
 }
 
@@ -209,6 +207,8 @@ static void drain(lua_State *L, lengine *le) {
         setnum(L, "arrival", c.t_arrival);
         setnum(L, "admit", c.t_admit);
         setnum(L, "done", c.t_done);
+        setnum(L, "prefill_s", c.prefill_s);
+        setnum(L, "decode_s", c.decode_s);
         if (c.n_tokens > 0) {
             setnum(L, "first_token", c.t_token[0]);
             setnum(L, "ttft", c.t_token[0] - c.t_arrival);

@@ -1,15 +1,19 @@
 /* runtime/lua_generate.c: text generation for Lua: a loaded language model with its tokenizer
- * and KV cache (hyb.llm), and the sampler (hyb.sampler).
+ * and context (hyb.llm), and the sampler (hyb.sampler).
  *
  *   local llm = hyb.llm()                        -- $HYB_MODEL or the default teacher GGUF
  *   local s = hyb.sampler{temperature = 0.7, top_k = 40, top_p = 0.9, repetition_penalty = 1.1,
  *                         seed = 42}             -- {} = greedy
- *   llm:prefill(llm:encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"))
- *   while true do
- *     local tok = llm:sample(s)                  -- from the last logits; penalty over the context
- *     if tok == llm:eos() then break end
- *     io.write(llm:piece(tok)); llm:feed(tok)    -- one decode step through the KV cache
- *   end
+ *   local r = llm:generate(llm:encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+ *                          {sampler = s, max_tokens = 64, stop = {"<|im_end|>"},
+ *                           on_text = function(t) io.write(t) end})
+ *   print(r.reason, #r.ids, r.decode_tokens / r.decode_s)
+ *
+ * llm:generate is one request of the generation API (hyb/engine.h): the llm holds a one-slot
+ * hyb_engine whose slot is the context, and each call continues it (HYB_REQ_CONTINUE), so a chat
+ * prefills only its new turn. The per-token pieces (llm:prefill, llm:feed, llm:sample) work on
+ * the same slot. The context's token list may end with one token not computed yet: the last of
+ * a generate that stopped at max_tokens; the next call that needs it computes it first.
  *
  * hyb.llm(path[, {max_ctx = n}]): a .gguf file (llama architecture; tokenizer from its metadata)
  * or an HF checkpoint directory (config.json + safetensors + tokenizer.json). The context holds
@@ -20,6 +24,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "hyb/engine.h"
 #include "hyb/hf.h"
 #include "hyb/sample.h"
 #include "hyb/tokenizer.h"
@@ -30,20 +35,21 @@
 #define LHYB_SAMPLER_MT "hyb.sampler"
 
 typedef struct lllm {
-    hyb_model *m;
+    hyb_model *m; /* first field: hyb.engine reads it (lua_engine.c) */
     hyb_tokenizer *tok;
-    hyb_kvstate *s;
+    hyb_engine *e;  /* one slot: the context */
+    hyb_kvstate *s; /* the engine's */
     int max_ctx;
-    float *logits; /* [V] of the last token fed */
+    float *logits; /* [V] of the last token computed */
     int have_logits;
-    int32_t *hist; /* [max_ctx] tokens in the context */
+    int32_t *hist; /* [max_ctx] tokens in the context: [0, s->pos[0]) computed, the rest not yet */
     int n_hist;
     double t_prefill, t_decode; /* seconds spent */
     long n_prefill, n_decode;   /* tokens */
 } lllm;
 
 static void llm_release(lllm *l) {
-    hyb_kvstate_free(l->s);
+    hyb_engine_free(l->e);
     hyb_model_free(l->m);
     hyb_tokenizer_free(l->tok);
     free(l->logits);
@@ -123,11 +129,15 @@ static int l_llm(lua_State *L) {
         llm_release(l);
         return luaL_error(L, "%s: out of memory", F);
     }
-    if (hyb_kvstate_new(l->m, 1, l->max_ctx, &l->s) != HYB_OK) {
-        l->s = NULL;
+    hyb_engine_opts eo = hyb_engine_defaults();
+    eo.slots = 1;
+    eo.max_ctx = l->max_ctx;
+    if (hyb_engine_new(l->m, &eo, &l->e) != HYB_OK) {
+        l->e = NULL;
         llm_release(l);
         return lhyb_raise_hyb(L, F);
     }
+    l->s = hyb_engine_kvstate(l->e);
     return 1;
 }
 
@@ -226,35 +236,27 @@ static int m_piece(lua_State *L) {
     return 1;
 }
 
+/* A token id, or nil for a negative one (not in the vocabulary / none). */
+static int push_id_or_nil(lua_State *L, int32_t id) {
+    if (id < 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, id);
+    return 1;
+}
+
 /* llm:token_id(text) -> id or nil */
 static int m_token_id(lua_State *L) {
     lllm *l = check_llm(L, 1, "llm:token_id");
-    int32_t id = hyb_tokenizer_token_id(l->tok, luaL_checkstring(L, 2));
-    if (id < 0)
-        lua_pushnil(L);
-    else
-        lua_pushinteger(L, id);
-    return 1;
+    return push_id_or_nil(L, hyb_tokenizer_token_id(l->tok, luaL_checkstring(L, 2)));
 }
 
 static int m_eos(lua_State *L) {
-    lllm *l = check_llm(L, 1, "llm:eos");
-    int32_t id = hyb_tokenizer_eos_id(l->tok);
-    if (id < 0)
-        lua_pushnil(L);
-    else
-        lua_pushinteger(L, id);
-    return 1;
+    return push_id_or_nil(L, hyb_tokenizer_eos_id(check_llm(L, 1, "llm:eos")->tok));
 }
 
 static int m_bos(lua_State *L) {
-    lllm *l = check_llm(L, 1, "llm:bos");
-    int32_t id = hyb_tokenizer_bos_id(l->tok);
-    if (id < 0)
-        lua_pushnil(L);
-    else
-        lua_pushinteger(L, id);
-    return 1;
+    return push_id_or_nil(L, hyb_tokenizer_bos_id(check_llm(L, 1, "llm:bos")->tok));
 }
 
 static int m_vocab_size(lua_State *L) {
@@ -287,30 +289,45 @@ static void check_room(lua_State *L, lllm *l, int n, const char *fname) {
                    l->n_hist, l->max_ctx);
 }
 
+/* Compute the context's tokens not computed yet (hist[pos, n_hist)): one decode step when it is
+ * a single token after others and as_decode, else a prefill. On failure the list is cut back to
+ * old_n. */
+static int llm_compute(lllm *l, int as_decode, int old_n) {
+    int pos = l->s->pos[0], n = l->n_hist - pos;
+    if (n <= 0) return HYB_OK;
+    double t0 = hyb_time_now();
+    int rc;
+    if (as_decode && n == 1 && pos > 0) {
+        int32_t seq = 0;
+        rc = hyb_model_decode(l->m, l->s, 1, &seq, l->hist + pos, l->logits);
+        l->t_decode += hyb_time_now() - t0;
+        if (rc == HYB_OK) l->n_decode++;
+    } else {
+        rc = hyb_model_prefill(l->m, l->s, 0, l->hist + pos, n, l->logits);
+        l->t_prefill += hyb_time_now() - t0;
+        if (rc == HYB_OK) l->n_prefill += n;
+    }
+    if (rc != HYB_OK) {
+        l->n_hist = old_n < l->s->pos[0] ? l->s->pos[0] : old_n;
+        return rc;
+    }
+    l->have_logits = 1;
+    return HYB_OK;
+}
+
 /* llm:prefill(ids) -> tokens in the context. Continues after what is already there. */
 static int m_prefill(lua_State *L) {
     const char *F = "llm:prefill";
     lllm *l = check_llm(L, 1, F);
     int n;
     int32_t *ids = ids_arg(L, 2, F, l->m->V, &n);
-    if (n == 0) {
-        free(ids);
-        lua_pushinteger(L, l->n_hist);
-        return 1;
-    }
     if (n > l->max_ctx - l->n_hist) free(ids);
     check_room(L, l, n, F);
-    double t0 = hyb_time_now();
-    int rc = hyb_model_prefill(l->m, l->s, 0, ids, n, l->logits);
-    l->t_prefill += hyb_time_now() - t0;
-    if (rc == HYB_OK) {
-        memcpy(l->hist + l->n_hist, ids, sizeof *ids * (size_t)n);
-        l->n_hist += n;
-        l->n_prefill += n;
-        l->have_logits = 1;
-    }
+    int old = l->n_hist;
+    memcpy(l->hist + l->n_hist, ids, sizeof *ids * (size_t)n);
+    l->n_hist += n;
     free(ids);
-    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    if (llm_compute(l, 0, old) != HYB_OK) return lhyb_raise_hyb(L, F);
     lua_pushinteger(L, l->n_hist);
     return 1;
 }
@@ -321,14 +338,9 @@ static int m_feed(lua_State *L) {
     lllm *l = check_llm(L, 1, F);
     int32_t id = (int32_t)lhyb_check_int(L, 2, F, "id", 0, l->m->V - 1);
     check_room(L, l, 1, F);
-    int32_t seq = 0;
-    double t0 = hyb_time_now();
-    int rc = hyb_model_decode(l->m, l->s, 1, &seq, &id, l->logits);
-    l->t_decode += hyb_time_now() - t0;
-    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    int old = l->n_hist;
     l->hist[l->n_hist++] = id;
-    l->n_decode++;
-    l->have_logits = 1;
+    if (llm_compute(l, 1, old) != HYB_OK) return lhyb_raise_hyb(L, F);
     lua_pushinteger(L, l->n_hist);
     return 1;
 }
@@ -336,6 +348,7 @@ static int m_feed(lua_State *L) {
 /* llm:logits() -> a new hyb.tensor [V] (copy) of the last position's logits */
 static int m_logits(lua_State *L) {
     lllm *l = check_llm(L, 1, "llm:logits");
+    if (llm_compute(l, 0, l->n_hist) != HYB_OK) return lhyb_raise_hyb(L, "llm:logits");
     if (!l->have_logits) return luaL_error(L, "llm:logits: nothing fed yet (call llm:prefill)");
     int64_t shape[1] = {l->m->V};
     hyb_tensor *t = hyb_tensor_new(HYB_F32, 1, shape);
@@ -431,6 +444,7 @@ static int l_sampler(lua_State *L) {
 static int m_sample(lua_State *L) {
     const char *F = "llm:sample";
     lllm *l = check_llm(L, 1, F);
+    if (llm_compute(l, 0, l->n_hist) != HYB_OK) return lhyb_raise_hyb(L, F);
     if (!l->have_logits) return luaL_error(L, "%s: nothing fed yet (call llm:prefill)", F);
     int32_t tok;
     if (lua_isnoneornil(L, 2)) {
@@ -441,6 +455,146 @@ static int m_sample(lua_State *L) {
     }
     if (tok < 0) return lhyb_raise_hyb(L, F);
     lua_pushinteger(L, tok);
+    return 1;
+}
+
+/* ---- llm:generate: one request of the generation API (hyb/engine.h) ---------------------*/
+
+typedef struct gen_cb {
+    lua_State *L;
+    lllm *l;
+    int fn;     /* stack index of on_text (0: none) */
+    int failed; /* on_text raised: its error is on the stack */
+} gen_cb;
+
+static int gen_on_token(void *user, const hyb_token_event *ev) {
+    gen_cb *cb = (gen_cb *)user;
+    if (ev->finish >= 0) { /* the context's last logits: those the final token came from */
+        memcpy(cb->l->logits, ev->logits, sizeof(float) * (size_t)cb->l->m->V);
+        cb->l->have_logits = 1;
+    }
+    if (!cb->fn || ev->text_len == 0) return 0;
+    lua_pushvalue(cb->L, cb->fn);
+    lua_pushlstring(cb->L, ev->text, ev->text_len);
+    if (lua_pcall(cb->L, 1, 0, 0) != LUA_OK) {
+        cb->failed = 1;
+        return HYB_ERR_ARG;
+    }
+    return 0;
+}
+
+/* genlib's names for the ways a generate call ends, by HYB_FINISH_* */
+static const char *const reason_names[] = {"max_tokens", "eos", "context", "stop", "error"};
+
+/* llm:generate(ids[, {sampler=, max_tokens=128, stop={...}, on_text=fn}]) -> {text, ids, reason,
+ * prefill_tokens, prefill_s, decode_tokens, decode_s}. Continues the context with ids, then
+ * samples until the tokenizer's EOS, a stop string, max_tokens or a full context. */
+static int m_generate(lua_State *L) {
+    static const char *const allowed[] = {"sampler", "max_tokens", "stop", "on_text", NULL};
+    const char *F = "llm:generate";
+    char buf[96];
+    lllm *l = check_llm(L, 1, F);
+    lua_settop(L, 3);
+    lhyb_check_opts(L, 3, F, allowed);
+    int n;
+    int32_t *ids = ids_arg(L, 2, F, l->m->V, &n);
+    free(ids); /* checked here; copied into the context below */
+    if (n == 0 && l->n_hist == l->s->pos[0]) return luaL_error(L, "%s: ids is empty", F);
+    if (n >= l->max_ctx - l->n_hist)
+        return luaL_error(L,
+                          "%s: ids (%d tokens) leave no room for a new token: the context holds "
+                          "%d of max_ctx %d",
+                          F, n, l->n_hist, l->max_ctx);
+    hyb_request_params p = hyb_request_defaults();
+    p.max_tokens = (int)lhyb_opt_field_int(L, 3, F, "max_tokens", 1, l->max_ctx - 1, 128);
+    int hist0 = l->n_hist;
+    const char *stops[HYB_ENGINE_MAX_STOP];
+    gen_cb cb = {L, l, 0, 0};
+    if (lua_istable(L, 3)) {
+        lua_getfield(L, 3, "sampler"); /* 4 */
+        if (!lua_isnil(L, 4)) p.sampler_state = sampler_for(L, check_sampler(L, 4, F), l->m->V, F);
+        lua_getfield(L, 3, "stop"); /* 5 */
+        if (lua_istable(L, 5)) {
+            lua_Integer k = (lua_Integer)lua_rawlen(L, 5);
+            if (k > HYB_ENGINE_MAX_STOP)
+                return luaL_error(L, "%s: stop holds %d strings, at most %d", F, (int)k,
+                                  HYB_ENGINE_MAX_STOP);
+            for (lua_Integer i = 1; i <= k; i++) {
+                lua_rawgeti(L, 5, i);
+                if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+                    return luaL_error(L, "%s: stop[%d] must be a non-empty string, got %s", F,
+                                      (int)i, lhyb_describe(L, -1, buf, sizeof buf));
+                stops[p.n_stop++] = lua_tostring(L, -1);
+                lua_pop(L, 1); /* the table holds it */
+            }
+        } else if (!lua_isnil(L, 5)) {
+            return luaL_error(L, "%s: stop must be a table of strings, got %s", F,
+                              lhyb_describe(L, 5, buf, sizeof buf));
+        }
+        lua_getfield(L, 3, "on_text"); /* 6 */
+        if (lua_isfunction(L, 6))
+            cb.fn = 6;
+        else if (!lua_isnil(L, 6))
+            return luaL_error(L, "%s: on_text must be a function, got %s", F,
+                              lhyb_describe(L, 6, buf, sizeof buf));
+    }
+    /* the request's prompt: the whole context (the slot holds its computed part) + ids */
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, i + 1);
+        l->hist[l->n_hist + i] = (int32_t)lua_tointeger(L, -1);
+        lua_pop(L, 1);
+    }
+    int n_prompt = l->n_hist + n;
+    p.stop = stops;
+    p.tok = l->tok;
+    p.on_token = gen_on_token;
+    p.user = &cb;
+    p.flags = HYB_REQ_PIN | HYB_REQ_CONTINUE;
+    p.slot = 0;
+    int32_t eos = hyb_tokenizer_eos_id(l->tok);
+    if (eos >= 0 && eos < l->m->V) p.eos[p.n_eos++] = eos;
+    if (hyb_engine_submit(l->e, l->hist, n_prompt, &p, NULL) != HYB_OK) return lhyb_raise_hyb(L, F);
+    int rc = hyb_engine_run(l->e);
+    hyb_completion c;
+    int got = hyb_engine_pop(l->e, &c);
+    /* the context: the prompt and what was fed; a max_tokens ending keeps its last token, to be
+     * computed when needed (as if fed) */
+    if (got) {
+        int keep = c.n_tokens - 1 + (c.finish == HYB_FINISH_LENGTH);
+        if (keep < 0) keep = 0;
+        if (n_prompt + keep > l->max_ctx) keep = l->max_ctx - n_prompt;
+        memcpy(l->hist + n_prompt, c.tokens, sizeof(int32_t) * (size_t)keep);
+        l->n_hist = n_prompt + keep;
+        l->n_prefill += c.prefill_tokens;
+        l->t_prefill += c.prefill_s;
+        l->n_decode += c.decode_tokens;
+        l->t_decode += c.decode_s;
+    } else {
+        l->n_hist = hist0 > l->s->pos[0] ? hist0 : l->s->pos[0];
+    }
+    if (l->n_hist < l->s->pos[0]) l->n_hist = l->s->pos[0];
+    if (rc != HYB_OK || !got) {
+        if (got) hyb_completion_free(&c);
+        if (cb.failed) return lua_error(L); /* on_text's error, as it raised it */
+        return lhyb_raise_hyb(L, F);
+    }
+    lua_createtable(L, 0, 8);
+    lua_pushlstring(L, c.text ? c.text : "", c.text_len);
+    lua_setfield(L, -2, "text");
+    push_ids(L, c.tokens, (size_t)(c.n_tokens - (c.finish == HYB_FINISH_EOS)));
+    lua_setfield(L, -2, "ids");
+    int why = c.finish >= 0 && c.finish <= HYB_FINISH_ERROR ? c.finish : HYB_FINISH_ERROR;
+    lua_pushstring(L, reason_names[why]);
+    lua_setfield(L, -2, "reason");
+    lua_pushinteger(L, c.prefill_tokens);
+    lua_setfield(L, -2, "prefill_tokens");
+    lua_pushnumber(L, c.prefill_s);
+    lua_setfield(L, -2, "prefill_s");
+    lua_pushinteger(L, c.decode_tokens);
+    lua_setfield(L, -2, "decode_tokens");
+    lua_pushnumber(L, c.decode_s);
+    lua_setfield(L, -2, "decode_s");
+    hyb_completion_free(&c);
     return 1;
 }
 
@@ -490,23 +644,13 @@ static int s_tostring(lua_State *L) {
 }
 
 void lhyb_open_generate(lua_State *L) {
-    static const luaL_Reg llm_methods[] = {{"encode", m_encode},
-                                           {"decode", m_decode},
-                                           {"piece", m_piece},
-                                           {"token_id", m_token_id},
-                                           {"eos", m_eos},
-                                           {"bos", m_bos},
-                                           {"vocab_size", m_vocab_size},
-                                           {"max_ctx", m_max_ctx},
-                                           {"pos", m_pos},
-                                           {"reset", m_reset},
-                                           {"prefill", m_prefill},
-                                           {"feed", m_feed},
-                                           {"sample", m_sample},
-                                           {"logits", m_logits},
-                                           {"stats", m_stats},
-                                           {"close", m_close},
-                                           {NULL, NULL}};
+    static const luaL_Reg llm_methods[] = {
+        {"encode", m_encode},         {"decode", m_decode},     {"piece", m_piece},
+        {"token_id", m_token_id},     {"eos", m_eos},           {"bos", m_bos},
+        {"vocab_size", m_vocab_size}, {"max_ctx", m_max_ctx},   {"pos", m_pos},
+        {"reset", m_reset},           {"prefill", m_prefill},   {"feed", m_feed},
+        {"sample", m_sample},         {"generate", m_generate}, {"logits", m_logits},
+        {"stats", m_stats},           {"close", m_close},       {NULL, NULL}};
     static const luaL_Reg sampler_methods[] = {
         {"sample", s_sample}, {"reseed", s_reseed}, {NULL, NULL}};
     luaL_newmetatable(L, LHYB_LLM_MT);

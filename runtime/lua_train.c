@@ -30,6 +30,7 @@
 #include "hyb/hf.h"
 #include "hyb/train.h"
 #include "hyb/backend.h"
+#include "hyb/engine.h"
 #include "lhyb.h"
 
 #define LHYB_TRAINER_MT "hyb.trainer"
@@ -198,7 +199,8 @@ static int l_checkpoint_meta(lua_State *L) {
     return 1;
 }
 
-/* hyb.train.greedy(model, prompt_ids, n) -> the n greedy continuation ids (KV cache decode) */
+/* hyb.train.greedy(model, prompt_ids, n) -> the n greedy continuation ids: one request of the
+ * generation API (hyb/engine.h) on a one-slot engine of prompt + n tokens; no EOS stops it. */
 static int l_greedy(lua_State *L) {
     const char *F = "hyb.train.greedy";
     hyb_model *m = lhyb_check_model(L, 1, F);
@@ -207,26 +209,29 @@ static int l_greedy(lua_State *L) {
     if (np < 1) return lhyb_error(L, "%s: the prompt is empty", F);
     lua_Integer n = lhyb_check_int(L, 3, F, "n", 1, 1 << 20);
     int32_t *ids = lhyb_check_ids(L, 2, F, "prompt", np, 0, m->V - 1);
-    int max_ctx = (int)(np + n);
-    if (m->map->max_seq > 0 && max_ctx > m->map->max_seq)
+    if (m->map->max_seq > 0 && np + n > m->map->max_seq)
         return lhyb_error(L, "%s: prompt %lld + n %lld exceeds the model's max_seq %d", F,
                           (long long)np, (long long)n, m->map->max_seq);
-    float *logits = (float *)lua_newuserdatauv(L, sizeof(float) * (size_t)m->V, 0);
-    hyb_kvstate *s = NULL;
-    if (hyb_kvstate_new(m, 1, max_ctx, &s) != HYB_OK) return lhyb_raise_hyb(L, F);
-    int rc = hyb_model_prefill(m, s, 0, ids, (int)np, logits);
-    lua_createtable(L, (int)n, 0);
-    int32_t seq = 0;
-    for (lua_Integer i = 0; rc == HYB_OK && i < n; i++) {
-        int32_t best = 0;
-        for (int v = 1; v < m->V; v++)
-            if (logits[v] > logits[best]) best = v;
-        lua_pushinteger(L, best);
-        lua_rawseti(L, -2, i + 1);
-        if (i + 1 < n) rc = hyb_model_decode(m, s, 1, &seq, &best, logits);
-    }
-    hyb_kvstate_free(s);
+    hyb_engine_opts o = hyb_engine_defaults();
+    o.slots = 1;
+    o.max_ctx = (int)(np + n);
+    hyb_request_params p = hyb_request_defaults(); /* greedy */
+    p.max_tokens = (int)n;
+    hyb_engine *e = NULL;
+    hyb_completion c = {0};
+    int rc = hyb_engine_new(m, &o, &e);
+    if (rc == HYB_OK) rc = hyb_engine_submit(e, ids, (int)np, &p, NULL);
+    if (rc == HYB_OK) rc = hyb_engine_run(e);
+    if (rc == HYB_OK && !hyb_engine_pop(e, &c))
+        rc = hyb_error_set(HYB_ERR, "%s: the request did not finish", F);
+    hyb_engine_free(e);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    lua_createtable(L, c.n_tokens, 0);
+    for (int i = 0; i < c.n_tokens; i++) {
+        lua_pushinteger(L, c.tokens[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    hyb_completion_free(&c);
     return 1;
 }
 

@@ -18,17 +18,15 @@ local function usage(msg)
   os.exit(2)
 end
 
-local opts = gen.parse_args(arg, {
-  model = "string", ["max-tokens"] = "int", temperature = "number", ["top-k"] = "int",
-  ["top-p"] = "number", ["repetition-penalty"] = "number", seed = "int", stop = "list",
-  system = "string", ["max-ctx"] = "int", device = "string", verbose = "flag",
-}, usage)
+local opts = gen.parse_args(arg, gen.gen_options(), usage)
 if #opts._ > 0 then usage("unexpected argument '" .. opts._[1] .. "'") end
 
-local sampler = gen.sampler(opts) -- bad sampling options fail before the model loads
+local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the model loads
 if not opts.verbose then hyb.log_level("warn") end
 local device = gen.open_device(opts.device, "chat")
 local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device})
+local max_tokens = opts["max-tokens"] or 512
+gen.check_request(llm, nil, max_tokens, usage)
 local stops = {"<|im_end|>"}
 for _, s in ipairs(opts.stop or {}) do stops[#stops + 1] = s end
 local system = opts.system or gen.default_system
@@ -60,7 +58,7 @@ while true do
       ids = llm:encode(gen.chatml({{role = "user", content = line}}, system))
     end
     local r = gen.generate(llm, ids, {
-      sampler = sampler, max_tokens = opts["max-tokens"] or 512, stop = stops,
+      sampler = sampler, max_tokens = max_tokens, stop = stops,
       on_text = function(s) io.write(s); io.flush() end,
     })
     started = true

@@ -30,14 +30,10 @@ local function usage(msg)
   os.exit(2)
 end
 
-local opts = gen.parse_args(arg, {
-  model = "string", ["max-tokens"] = "int", temperature = "number", ["top-k"] = "int",
-  ["top-p"] = "number", ["repetition-penalty"] = "number", seed = "int", stop = "list",
-  chat = "flag", system = "string", ["max-ctx"] = "int", device = "string", quiet = "flag", verbose = "flag",
-}, usage)
+local opts = gen.parse_args(arg, gen.gen_options({chat = "flag", quiet = "flag"}), usage)
 if #opts._ ~= 1 then usage(#opts._ == 0 and "no prompt given" or "give the prompt as one argument") end
 
-local sampler = gen.sampler(opts) -- bad sampling options fail before the model loads
+local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the model loads
 if not opts.verbose then hyb.log_level("warn") end
 local device = gen.open_device(opts.device, "generate")
 local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device})
@@ -49,8 +45,10 @@ if opts.chat then
 end
 
 local ids = llm:encode(prompt)
+local max_tokens = opts["max-tokens"] or 128
+gen.check_request(llm, ids, max_tokens, usage)
 local out = gen.generate(llm, ids, {
-  sampler = sampler, max_tokens = opts["max-tokens"] or 128, stop = stops,
+  sampler = sampler, max_tokens = max_tokens, stop = stops,
   on_text = function(s) io.write(s); io.flush() end,
 })
 io.write("\n")

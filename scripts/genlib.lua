@@ -1,5 +1,5 @@
 -- scripts/genlib.lua: shared pieces of generate.lua and chat.lua (argument parsing, the ChatML
--- template, the streaming generation loop with stop strings, the statistics line).
+-- template, generation through llm:generate, the statistics line).
 local hyb = require("hyb")
 local M = {}
 
@@ -60,11 +60,46 @@ function M.open_device(name, prog)
   return name
 end
 
-function M.sampler(opts)
-  return hyb.sampler{
+-- The options generate.lua and chat.lua share (for parse_args), plus `extra`.
+function M.gen_options(extra)
+  local spec = {
+    model = "string", ["max-tokens"] = "int", temperature = "number", ["top-k"] = "int",
+    ["top-p"] = "number", ["repetition-penalty"] = "number", seed = "int", stop = "list",
+    system = "string", ["max-ctx"] = "int", device = "string", verbose = "flag",
+  }
+  for k, v in pairs(extra or {}) do spec[k] = v end
+  return spec
+end
+
+-- The sampler for the command-line options; with usage, a bad value is a usage error naming
+-- the option (--top-k ...), without a traceback.
+function M.sampler(opts, usage)
+  local ok, s = pcall(hyb.sampler, {
     temperature = opts.temperature or 0, top_k = opts["top-k"] or 0, top_p = opts["top-p"] or 1,
     repetition_penalty = opts["repetition-penalty"] or 1, seed = opts.seed or 0,
-  }
+  })
+  if ok then return s end
+  if not usage then error(s, 2) end
+  local msg = tostring(s):gsub("^.-hyb%.sampler: ", ""):gsub("^sampler: ", "")
+  for _, o in ipairs({"temperature", "top_k", "top_p", "repetition_penalty", "seed"}) do
+    msg = msg:gsub("'?" .. o .. "'?", "--" .. o:gsub("_", "-"))
+  end
+  usage(msg)
+end
+
+-- Usage errors for what the model decides: --max-tokens against the context (--max-ctx) and,
+-- unless ids is nil, the prompt's tokens against the room left in it.
+function M.check_request(llm, ids, max_tokens, usage)
+  if max_tokens < 1 or max_tokens >= llm:max_ctx() then
+    usage(("--max-tokens must be in [1, %d] for a context of %d (--max-ctx), got %d"):format(
+      llm:max_ctx() - 1, llm:max_ctx(), max_tokens))
+  end
+  if ids == nil then return end
+  if #ids == 0 then usage("the prompt is empty") end
+  if llm:max_ctx() - llm:pos() - #ids < 1 then
+    usage(("the prompt has %d tokens: no room left in the context of %d (--max-ctx)"):format(
+      #ids, llm:max_ctx()))
+  end
 end
 
 -- SmolLM2's chat template (ChatML): a default system turn when the first message is not one.
@@ -85,61 +120,15 @@ function M.chatml(messages, system)
   return table.concat(parts)
 end
 
--- Longest suffix of s that is a proper prefix of some stop string: text that must be held back
--- because a stop string may be starting.
-local function held_back(s, stops)
-  local keep = 0
-  for _, st in ipairs(stops) do
-    for k = math.min(#st - 1, #s), 1, -1 do
-      if k > keep and s:sub(-k) == st:sub(1, k) then keep = k; break end
-    end
-  end
-  return keep
-end
-
--- generate(llm, ids, {sampler, max_tokens, stop = {...}, on_text = fn}):
--- prefill ids (after whatever the context holds), then sample/feed until EOS, a stop string,
--- max_tokens or a full context. The last sampled token (EOS, or the one completing a stop
--- string) is not fed: the context ends just before it. Text is streamed through on_text as it becomes final (never a
--- piece of a stop string). Returns {text, ids, reason, prefill_tokens, prefill_s, decode_tokens,
--- decode_s} for this call.
+-- generate(llm, ids, {sampler, max_tokens, stop = {...}, on_text = fn}): llm:generate, the
+-- generation API in C (core/engine.c through runtime/lua_generate.c): continue the context with
+-- ids, then sample until EOS, a stop string, max_tokens or a full context. The last sampled token
+-- (EOS, or the one completing a stop string) is not in the context afterwards. Text is streamed
+-- through on_text as it becomes final (never a piece of a stop string). Returns {text, ids,
+-- reason, prefill_tokens, prefill_s, decode_tokens, decode_s} for this call.
 function M.generate(llm, ids, o)
-  local stops, emit = o.stop or {}, o.on_text or function() end
-  local eos = llm:eos()
-  local before = llm:stats()
-  if #ids > 0 then llm:prefill(ids) end
-  local gen_ids, text, shown, reason = {}, "", 0, "max_tokens"
-  for _ = 1, o.max_tokens or 128 do
-    local tok = llm:sample(o.sampler)
-    if tok == eos then reason = "eos"; break end
-    gen_ids[#gen_ids + 1] = tok
-    text = text .. llm:piece(tok)
-    local hit
-    for _, st in ipairs(stops) do
-      local at = text:find(st, shown + 1 - #st > 0 and shown + 1 - #st or 1, true)
-      if at and (not hit or at < hit) then hit = at end
-    end
-    if hit then
-      text = text:sub(1, hit - 1)
-      if #text > shown then emit(text:sub(shown + 1)) end
-      shown = #text
-      reason = "stop"
-      break
-    end
-    local final = #text - held_back(text, stops)
-    if final > shown then emit(text:sub(shown + 1, final)); shown = final end
-    if llm:pos() >= llm:max_ctx() then reason = "context"; break end
-    llm:feed(tok)
-  end
-  if reason ~= "stop" and #text > shown then emit(text:sub(shown + 1)) end
-  local after = llm:stats()
-  return {
-    text = text, ids = gen_ids, reason = reason,
-    prefill_tokens = after.prefill_tokens - before.prefill_tokens,
-    prefill_s = after.prefill_s - before.prefill_s,
-    decode_tokens = after.decode_tokens - before.decode_tokens,
-    decode_s = after.decode_s - before.decode_s,
-  }
+  return llm:generate(ids, {sampler = o.sampler, max_tokens = o.max_tokens or 128, stop = o.stop,
+                            on_text = o.on_text})
 end
 
 function M.report(llm, r)

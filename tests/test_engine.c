@@ -1,6 +1,7 @@
-/* tests/test_engine.c: the serving engine (continuous batching, chunked prefill, prefix cache)
- * against generating each request alone with hyb_model_prefill/decode, and memory planning
- * against hand-computed sizes. Label: unit. */
+/* tests/test_engine.c: the serving engine, i.e. the generation API (continuous batching, chunked
+ * prefill, prefix cache, on_token, pinned/continued slots, borrowed samplers) against generating
+ * each request alone with hyb_model_prefill/decode, and memory planning against hand-computed
+ * sizes. Label: unit. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -373,6 +374,168 @@ static void test_errors(void) {
     hyb_model_free(m);
 }
 
+/* ---- the generation API's request features: on_token, pinned slots and continuation, a
+ * borrowed sampler, per-request timings, argument errors ---------------------------------------*/
+typedef struct events {
+    int n, stop_at, fail_at;
+    int32_t tok[32];
+    int index[32], finish[32];
+} events;
+
+static int on_token(void *user, const hyb_token_event *ev) {
+    events *e = (events *)user;
+    if (e->n < 32) {
+        e->tok[e->n] = ev->token;
+        e->index[e->n] = ev->index;
+        e->finish[e->n] = ev->finish;
+    }
+    e->n++;
+    if (ev->index == e->fail_at) return hyb_error_set(HYB_ERR_ARG, "on_token says no");
+    return ev->index == e->stop_at;
+}
+
+static int run_one(hyb_engine *e, const int32_t *ids, int n, const hyb_request_params *p,
+                   hyb_completion *c) {
+    int rc = hyb_engine_submit(e, ids, n, p, NULL);
+    if (rc == HYB_OK) rc = hyb_engine_run(e);
+    int got = hyb_engine_pop(e, c);
+    return got ? rc : (rc != HYB_OK ? rc : -100);
+}
+
+static void test_request_features(void) {
+    hyb_model *m = build();
+    if (!m) return;
+    int32_t prompt[64], ref[32];
+    int n, mt;
+    make_prompt(5, prompt, &n, &mt);
+    hyb_engine *e = NULL;
+    hyb_engine_opts o = hyb_engine_defaults();
+    o.slots = 2;
+    o.max_ctx = 96;
+    CHECK(hyb_engine_new(m, &o, &e) == HYB_OK);
+    if (!e) return;
+    hyb_completion c;
+
+    /* on_token sees every token in order, the last one with its finish */
+    events ev = {0, -1, -1, {0}, {0}, {0}};
+    hyb_request_params p = hyb_request_defaults();
+    p.max_tokens = 6;
+    p.on_token = on_token;
+    p.user = &ev;
+    CHECK(run_one(e, prompt, n, &p, &c) == HYB_OK);
+    int k = generate_alone(m, prompt, n, 6, -1, ref);
+    CHECK(c.n_tokens == k && ev.n == k && c.finish == HYB_FINISH_LENGTH);
+    for (int i = 0; i < k && i < c.n_tokens; i++) {
+        CHECK(ev.tok[i] == c.tokens[i] && c.tokens[i] == ref[i] && ev.index[i] == i);
+        CHECK(ev.finish[i] == (i == k - 1 ? HYB_FINISH_LENGTH : -1));
+    }
+    CHECK(c.prefill_tokens == n && c.decode_tokens == k - 1);
+    CHECK(c.prefill_s > 0 && c.decode_s > 0 && c.text == NULL);
+    hyb_completion_free(&c);
+    /* ... and may stop a request (kept token) or fail it (the step reports the error) */
+    ev = (events){0, 2, -1, {0}, {0}, {0}};
+    CHECK(run_one(e, prompt, n, &p, &c) == HYB_OK);
+    CHECK(c.finish == HYB_FINISH_STOP && c.n_tokens == 3);
+    hyb_completion_free(&c);
+    ev = (events){0, -1, 1, {0}, {0}, {0}};
+    CHECK(run_one(e, prompt, n, &p, &c) == HYB_ERR_ARG);
+    CHECK(strstr(hyb_error(), "on_token says no") != NULL);
+    CHECK(c.finish == HYB_FINISH_ERROR && c.n_tokens == 2);
+    hyb_completion_free(&c);
+    CHECK(hyb_engine_pending(e) == 0);
+
+    /* a pinned request, then one continuing its slot: only the new tokens are prefilled, and
+     * the tokens are those of the whole prompt generated at once */
+    p = hyb_request_defaults();
+    p.max_tokens = 5;
+    p.flags = HYB_REQ_PIN;
+    p.slot = 1;
+    CHECK(run_one(e, prompt, n, &p, &c) == HYB_OK);
+    CHECK(c.slot == 1 && c.n_tokens == 5);
+    CHECK(hyb_engine_slot_pos(e, 1) == n + 4); /* the last token is not fed */
+    int32_t full[64];
+    memcpy(full, prompt, sizeof(int32_t) * (size_t)n);
+    memcpy(full + n, c.tokens, sizeof(int32_t) * 5);
+    full[n + 5] = 7;
+    full[n + 6] = 11;
+    int nf = n + 7;
+    hyb_completion_free(&c);
+    p.flags = HYB_REQ_PIN | HYB_REQ_CONTINUE;
+    p.max_tokens = 8;
+    CHECK(run_one(e, full, nf, &p, &c) == HYB_OK);
+    k = generate_alone(m, full, nf, 8, -1, ref);
+    CHECK(c.prefill_tokens == 3 && c.n_tokens == k);
+    for (int i = 0; i < k && i < c.n_tokens; i++)
+        CHECK_MSG(ref[i] == c.tokens[i], "continued token %d: %d alone, %d continued", i, ref[i],
+                  c.tokens[i]);
+    hyb_completion_free(&c);
+    /* a continuation must go past what the slot holds */
+    CHECK(hyb_engine_slot_pos(e, 1) == nf + 7);
+    CHECK(hyb_engine_submit(e, full, nf, &p, NULL) == HYB_ERR_ARG);
+    CHECK(strstr(hyb_error(), "slot 1 holds") != NULL);
+
+    /* a borrowed sampler: same tokens as one made from the same params and seed, still the
+     * caller's afterwards */
+    hyb_sampler_params sp = hyb_sampler_defaults();
+    sp.temperature = 1.5f;
+    hyb_sampler *smp = NULL;
+    CHECK(hyb_sampler_new(m->V, &sp, 99, &smp) == HYB_OK);
+    p = hyb_request_defaults();
+    p.max_tokens = 10;
+    p.sampler = sp;
+    p.seed = 99;
+    CHECK(run_one(e, prompt, n, &p, &c) == HYB_OK);
+    int32_t made[10];
+    memcpy(made, c.tokens, sizeof made);
+    hyb_completion_free(&c);
+    p.sampler = hyb_sampler_defaults();
+    p.sampler_state = smp;
+    CHECK(run_one(e, prompt, n, &p, &c) == HYB_OK);
+    CHECK(c.n_tokens == 10 && memcmp(made, c.tokens, sizeof made) == 0);
+    hyb_completion_free(&c);
+
+    /* argument errors name the parameter */
+    p = hyb_request_defaults();
+    p.max_tokens = 96;
+    CHECK(hyb_engine_submit(e, prompt, n, &p, NULL) == HYB_ERR_ARG);
+    CHECK(strstr(hyb_error(), "max_tokens") != NULL);
+    p = hyb_request_defaults();
+    p.flags = HYB_REQ_PIN;
+    p.slot = 2;
+    CHECK(hyb_engine_submit(e, prompt, n, &p, NULL) == HYB_ERR_ARG);
+    CHECK(strstr(hyb_error(), "slot") != NULL);
+    p.flags = HYB_REQ_CONTINUE;
+    p.slot = 0;
+    CHECK(hyb_engine_submit(e, prompt, n, &p, NULL) == HYB_ERR_ARG);
+    CHECK(strstr(hyb_error(), "HYB_REQ_PIN") != NULL);
+    p = hyb_request_defaults();
+    const char *stop[1] = {"x"};
+    p.stop = stop;
+    p.n_stop = 1;
+    CHECK(hyb_engine_submit(e, prompt, n, &p, NULL) == HYB_ERR_ARG);
+    CHECK(strstr(hyb_error(), "tokenizer") != NULL);
+    p = hyb_request_defaults();
+    p.n_eos = 1;
+    p.eos[0] = 53;
+    CHECK(hyb_engine_submit(e, prompt, n, &p, NULL) == HYB_ERR_ARG);
+    CHECK(strstr(hyb_error(), "eos[0]") != NULL);
+    hyb_sampler *other = NULL;
+    CHECK(hyb_sampler_new(10, &sp, 1, &other) == HYB_OK);
+    p = hyb_request_defaults();
+    p.sampler_state = other;
+    CHECK(hyb_engine_submit(e, prompt, n, &p, NULL) == HYB_ERR_ARG);
+    CHECK(strstr(hyb_error(), "sampler_state") != NULL);
+    CHECK(hyb_engine_pending(e) == 0);
+    hyb_engine_free(e);
+    /* the borrowed sampler outlives the engine */
+    float lg[53] = {0};
+    lg[5] = 1;
+    CHECK(hyb_sampler_sample(smp, lg, NULL, 0) >= 0);
+    hyb_sampler_free(smp);
+    hyb_sampler_free(other);
+    hyb_model_free(m);
+}
+
 int main(void) {
     RUN(test_batched_equals_alone);
     RUN(test_eos_stops);
@@ -380,5 +543,6 @@ int main(void) {
     RUN(test_nested_prefixes);
     RUN(test_memory_plan);
     RUN(test_errors);
+    RUN(test_request_features);
     return harness_done();
 }

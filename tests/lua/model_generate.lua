@@ -78,6 +78,51 @@ local a, b, c = sample_run(7), sample_run(7), sample_run(8)
 check(same(a, b), "same seed, different tokens")
 check(not same(a, c), "different seeds, same tokens")
 
+-- 4b. llm:generate (the generation API): a stop string spanning tokens is cut and never
+-- streamed; after an EOS the logits it came from stay (llm:sample gives it again); a max_tokens
+-- ending keeps its last token in the context and the next call continues as one long prompt
+llm:reset()
+streamed = {}
+r = llm:generate(ids, {max_tokens = 16, stop = {"capital of", "zzz"},
+                       on_text = function(s) streamed[#streamed + 1] = s end})
+check(r.reason == "stop" and r.text == "The " and table.concat(streamed) == "The ",
+      "stop across tokens: '" .. r.text .. "' streamed '" .. table.concat(streamed) .. "'")
+llm:reset()
+r = llm:generate(ids, {max_tokens = 16})
+check(r.reason == "eos" and llm:sample() == llm:eos(), "logits after eos")
+llm:reset()
+local r1 = llm:generate(ids, {max_tokens = 3})
+check(r1.reason == "max_tokens" and #r1.ids == 3 and llm:pos() == #ids + 3, "pos after max_tokens " .. llm:pos())
+local more = llm:encode(" Answer again:")
+local r2 = llm:generate(more, {max_tokens = 6})
+check(r2.prefill_tokens == #more + 1, "continuation prefilled " .. r2.prefill_tokens)
+llm:reset()
+local whole = {}
+for _, t in ipairs(ids) do whole[#whole + 1] = t end
+for _, t in ipairs(r1.ids) do whole[#whole + 1] = t end
+for _, t in ipairs(more) do whole[#whole + 1] = t end
+local r3 = llm:generate(whole, {max_tokens = 6})
+check(same(r2.ids, r3.ids), "continued " .. table.concat(r2.ids, ",") .. " vs whole " .. table.concat(r3.ids, ","))
+-- an on_text error reaches the caller as raised; the llm stays usable
+llm:reset()
+local okb, errb = pcall(llm.generate, llm, ids, {max_tokens = 4, on_text = function() error("boom") end})
+check(not okb and tostring(errb):find("boom"), "on_text error: " .. tostring(errb))
+check(llm:pos() >= #ids and llm:pos() <= #ids + 4, "pos after on_text error " .. llm:pos())
+llm:reset()
+local function raises(f, want, what)
+  local okf, e = pcall(f)
+  check(not okf and tostring(e):find(want, 1, true), what .. ": " .. tostring(e))
+end
+raises(function() llm:generate({}, {}) end, "ids is empty", "empty ids")
+raises(function() llm:generate(ids, {max_tokens = 0}) end, "max_tokens", "max_tokens 0")
+raises(function() llm:generate(ids, {max_tokens = 128}) end, "max_tokens", "max_tokens past the context")
+raises(function() llm:generate(ids, {sampler = 5}) end, "hyb.sampler", "sampler 5")
+raises(function() llm:generate(ids, {stop = {""}}) end, "stop[1]", "empty stop")
+raises(function() llm:generate(ids, {stop = "x"}) end, "stop must be a table", "stop string")
+raises(function() llm:generate(ids, {on_text = 1}) end, "on_text", "on_text 1")
+raises(function() llm:generate(ids, {max_token = 1}) end, "max_token", "unknown option")
+check(llm:pos() == 0, "failed calls leave the context alone")
+
 -- 5. errors
 check(not pcall(hyb.sampler, {top_k = -1}), "top_k = -1 accepted")
 check(not pcall(hyb.sampler, {temperatur = 1}), "unknown option accepted")

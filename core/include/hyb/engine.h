@@ -38,12 +38,33 @@
  * prefixes of one prompt are all snapshotted in the same prefill pass.
  * Entries are evicted least recently used beyond max_prefix_entries.
  * The engine and its model are used by one thread at a time.
+ *
+ * This is the one generation API: hyb.llm's generate (hyb generate, hyb chat), hyb.engine,
+ * hyb.train.greedy and the benchmarks (hyb bench, hyb.bench) all run requests through it, so
+ * prefill, batched decode, sampling and the stop rules live here only. Per request:
+ *  - sampling: p.sampler + p.seed (a sampler made for the request), or p.sampler_state, a
+ *    caller's sampler used in place (its random stream goes on across requests: a chat);
+ *  - stop rules, checked in this order after each sampled token: an id of p.eos (HYB_FINISH_EOS),
+ *    a stop string (HYB_FINISH_STOP; needs p.tok), max_tokens (HYB_FINISH_LENGTH), a full
+ *    context (HYB_FINISH_CTX); then on_token sees the token (and the finish), and may stop a
+ *    request that goes on (HYB_FINISH_STOP; nothing held back is streamed then). The last
+ *    sampled token is kept in the completion but never fed to the model;
+ *  - streaming: p.on_token(p.user, &event) after each sampled token. With a tokenizer (p.tok) the
+ *    event carries the text that became final with it: the token pieces concatenated (an EOS id
+ *    adds nothing), held back while they may be the start of a stop string, cut before a stop
+ *    string, flushed when the request ends;
+ *  - slots: HYB_REQ_PIN runs the request in slot p.slot; with HYB_REQ_CONTINUE as well, the
+ *    slot's state is kept: it holds the first hyb_engine_slot_pos() ids of the prompt (the caller
+ *    vouches for that; no prefix cache), and only the rest is prefilled (at least one id);
+ *  - timings: the completion's prefill_s / decode_s are the seconds of the model calls the
+ *    request took part in (a batched decode counts whole for each of its requests).
  */
 #ifndef HYB_ENGINE_H
 #define HYB_ENGINE_H
 
 #include "hyb/model.h"
 #include "hyb/sample.h"
+#include "hyb/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -58,16 +79,49 @@ typedef struct hyb_engine_opts {
 } hyb_engine_opts;
 
 #define HYB_ENGINE_MAX_EOS 8
+#define HYB_ENGINE_MAX_STOP 16
+
+enum {
+    HYB_FINISH_LENGTH = 0,
+    HYB_FINISH_EOS = 1,
+    HYB_FINISH_CTX = 2,
+    HYB_FINISH_STOP = 3,
+    HYB_FINISH_ERROR = 4
+};
+
+/* One sampled token, as the request's on_token callback sees it (valid during the call). */
+typedef struct hyb_token_event {
+    int64_t id; /* the request */
+    int32_t token;
+    int index;        /* 0-based among the request's generated tokens */
+    double t;         /* hyb_time_now() when it was sampled */
+    const char *text; /* with p.tok: the text that became final with this token (may be empty) */
+    size_t text_len;
+    int finish;          /* HYB_FINISH_* when this token ends the request, else -1 */
+    const float *logits; /* [V] the logits it was sampled from */
+} hyb_token_event;
+/* Returns 0 to go on, > 0 to stop the request here (HYB_FINISH_STOP), < 0 (a hyb_status) to fail
+ * it: it finishes with HYB_FINISH_ERROR and hyb_engine_step returns that status. */
+typedef int (*hyb_token_fn)(void *user, const hyb_token_event *ev);
+
+#define HYB_REQ_PIN 1u      /* run in slot p.slot */
+#define HYB_REQ_CONTINUE 2u /* with HYB_REQ_PIN: keep the slot's state (see above) */
 
 typedef struct hyb_request_params {
-    int max_tokens;            /* new tokens at most (>= 1) */
+    int max_tokens; /* new tokens at most (1 <= max_tokens < max_ctx) */
     hyb_sampler_params sampler;
     uint64_t seed;             /* the request's sampler seed */
     int n_eos;                 /* stop ids: generation ends after sampling one (it is kept) */
     int32_t eos[HYB_ENGINE_MAX_EOS];
+    hyb_sampler *sampler_state; /* borrowed; when set, used instead of sampler + seed */
+    const hyb_tokenizer *tok;   /* borrowed; token text for on_token and stop strings */
+    int n_stop;                 /* stop strings (copied at submit; need tok) */
+    const char *const *stop;
+    hyb_token_fn on_token; /* may be NULL */
+    void *user;
+    unsigned flags; /* HYB_REQ_* */
+    int slot;       /* with HYB_REQ_PIN */
 } hyb_request_params;
-
-enum { HYB_FINISH_LENGTH = 0, HYB_FINISH_EOS = 1, HYB_FINISH_CTX = 2 };
 
 typedef struct hyb_completion {
     int64_t id;
@@ -80,6 +134,12 @@ typedef struct hyb_completion {
     double t_done;
     int finish;            /* HYB_FINISH_* */
     int prefix_tokens;     /* prompt tokens restored from the prefix cache (0: none) */
+    int slot;              /* the slot it ran in (-1: never admitted) */
+    int prefill_tokens;    /* prompt tokens it prefilled (not restored, not kept) */
+    int decode_tokens;     /* tokens it fed through batched decodes */
+    double prefill_s, decode_s; /* seconds of the model calls it took part in */
+    char *text;                 /* with p.tok: the final text (stop string cut off; owned) */
+    size_t text_len;
 } hyb_completion;
 
 typedef struct hyb_engine_stats {
@@ -104,8 +164,11 @@ hyb_request_params hyb_request_defaults(void);
 int hyb_engine_new(hyb_model *m, const hyb_engine_opts *o, hyb_engine **out);
 void hyb_engine_free(hyb_engine *e);
 
-/* Queue a request (ids copied). Errors (HYB_ERR_ARG): no tokens, an id outside [0, V), a prompt
- * that does not leave room for one new token in max_ctx, bad params (max_tokens < 1, sampler). */
+/* Queue a request (ids copied). Errors (HYB_ERR_ARG, naming the parameter): no tokens, an id
+ * outside [0, V), a prompt that does not leave room for one new token in max_ctx, max_tokens
+ * outside [1, max_ctx), bad sampler params, eos/stop counts, stop strings without a tokenizer or
+ * empty, a slot outside [0, slots), HYB_REQ_CONTINUE without HYB_REQ_PIN or with a prompt that
+ * does not go past what the slot holds. */
 int hyb_engine_submit(hyb_engine *e, const int32_t *ids, int n, const hyb_request_params *p,
                       int64_t *id_out);
 /* Register a prefix (ids copied; 1 <= n < max_ctx): its state is computed by the first request
@@ -122,6 +185,13 @@ int hyb_engine_pending(const hyb_engine *e);
 int hyb_engine_pop(hyb_engine *e, hyb_completion *out);
 void hyb_completion_free(hyb_completion *c);
 void hyb_engine_get_stats(const hyb_engine *e, hyb_engine_stats *out);
+/* Run every pending request to the end (hyb_engine_step until nothing is pending). */
+int hyb_engine_run(hyb_engine *e);
+/* Tokens the slot's state holds (its last request's prompt and fed tokens until it is reused). */
+int hyb_engine_slot_pos(const hyb_engine *e, int slot);
+/* The slot's decode state, for callers that extend a slot's context by hand (hyb.llm's
+ * prefill/feed); a pinned HYB_REQ_CONTINUE request goes on from it. */
+hyb_kvstate *hyb_engine_kvstate(hyb_engine *e);
 
 /* ---- memory planning -------------------------------------------------------------------------*/
 typedef struct hyb_memory_plan {
