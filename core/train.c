@@ -5,6 +5,7 @@
 #include "hyb/train.h"
 
 #include <fnmatch.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,6 +14,10 @@
 
 #include "graph/graph_internal.h"
 #include "hyb/safetensors.h"
+
+/* A checkpoint's counters are integers in [0, HYB_CKPT_COUNTER_MAX] (2^53: exact in a double, and
+ * far enough from INT64_MAX that step++ and tokens += n cannot overflow). */
+#define HYB_CKPT_COUNTER_MAX ((int64_t)1 << 53)
 
 #ifndef M_PI
 #define M_PI 3.14159265358979323846
@@ -260,6 +265,10 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
         return hyb_error_set(HYB_ERR_ARG, "%s: the CE term needs targets", W);
     const int K = t->cfg.accum;
     const int64_t n = (int64_t)B * T;
+    if (t->step < 0 || t->step >= HYB_CKPT_COUNTER_MAX || t->tokens < 0 ||
+        t->tokens > HYB_CKPT_COUNTER_MAX - (int64_t)K * n)
+        return hyb_error_set(HYB_ERR_ARG, "%s: step %" PRId64 " or tokens %" PRId64
+                             " out of range [0, 2^53]", W, t->step, t->tokens);
     /* each micro-batch's share of the total mask weight */
     double wsum[256], total = 0;
     double *wk = K <= 256 ? wsum : malloc(sizeof(double) * (size_t)K);
@@ -476,11 +485,13 @@ static int open_ckpt(const char *path, hyb_safetensors **st) {
     HYB_TRY(hyb_safetensors_open(path, st));
     const char *kind = hyb_safetensors_meta(*st, "hyb_checkpoint");
     if (!kind || strcmp(kind, CKPT_KIND) != 0) {
+        /* the message first: kind points into *st, which the close frees */
+        int rc = hyb_error_set(
+            HYB_ERR_FORMAT, "%s: not a hyb training checkpoint (metadata hyb_checkpoint is %s%.64s%s)",
+            path, kind ? "'" : "", kind ? kind : "missing", kind ? "'" : "");
         hyb_safetensors_close(*st);
         *st = NULL;
-        return hyb_error_set(
-            HYB_ERR_FORMAT, "%s: not a hyb training checkpoint (metadata hyb_checkpoint is %s%s%s)",
-            path, kind ? "'" : "", kind ? kind : "missing", kind ? "'" : "");
+        return rc;
     }
     return HYB_OK;
 }
@@ -488,10 +499,12 @@ static int open_ckpt(const char *path, hyb_safetensors **st) {
 static int meta_i64(const hyb_safetensors *st, const char *path, const char *key, int64_t *out) {
     const char *v = hyb_safetensors_meta(st, key);
     char *end = NULL;
+    errno = 0;
     long long x = v ? strtoll(v, &end, 10) : -1;
-    if (!v || !*v || *end || x < 0)
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: metadata '%s' is %s (want an integer >= 0)", path,
-                             key, v ? v : "missing");
+    if (!v || !*v || *end || errno == ERANGE || x < 0 || x > HYB_CKPT_COUNTER_MAX)
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: metadata '%s' is %s%.64s%s (want an integer in [0, 2^53])", path,
+                             key, v ? "'" : "", v ? v : "missing", v ? "'" : "");
     *out = x;
     return HYB_OK;
 }
