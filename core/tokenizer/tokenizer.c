@@ -588,6 +588,11 @@ hyb_tokenizer *hyb_tokenizer_new_bpe(const hyb_tokenizer_spec *spec) {
     for (int32_t i = 0; i < spec->n_vocab && rc == HYB_OK; i++) {
         const char *s = spec->vocab[i] ? spec->vocab[i] : "";
         int type = spec->token_types ? spec->token_types[i] : HYB_TOKEN_NORMAL;
+        if (type < HYB_TOKEN_NORMAL || type > HYB_TOKEN_BYTE) {
+            rc = hyb_error_set(HYB_ERR_ARG, "tokenizer spec: token %d has type %d (want 1-6)",
+                               (int)i, type);
+            break;
+        }
         rc = tok_set_token(t, i, s, strlen(s), type, 1);
         /* control, unknown and user-defined tokens are matched in text (HF: added tokens) */
         if (rc == HYB_OK && (type == HYB_TOKEN_CONTROL || type == HYB_TOKEN_UNKNOWN ||
