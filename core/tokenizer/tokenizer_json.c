@@ -424,7 +424,7 @@ static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
                                c->name, unk);
             goto fail;
         }
-        t->unk_id = uid;
+        t->unk_id = t->enc_unk_id = uid; /* HF emits model.unk_token for what the vocab lacks */
     }
     if ((rc = load_normalizer(c, cJSON_GetObjectItemCaseSensitive(root, "normalizer"),
                               "normalizer")) ||
