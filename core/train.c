@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "graph/graph_internal.h"
+#include "hyb/atomic.h"
 #include "hyb/safetensors.h"
 
 /* A checkpoint's counters are integers in [0, HYB_CKPT_COUNTER_MAX] (2^53: exact in a double, and
@@ -579,6 +580,12 @@ int hyb_trainer_load(hyb_trainer *t, const char *path, hyb_ckpt_meta *meta) {
     static const char W[] = "hyb_trainer_load";
     if (meta) memset(meta, 0, sizeof *meta);
     HYB_TRY(check_fresh(t, W));
+    {   /* a resume removes what a killed save left beside the checkpoint (hyb/atomic.h) */
+        char dir[4096];
+        const char *slash = strrchr(path, '/');
+        snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+        if (hyb_atomic_clean_stale(dir[0] ? dir : "/") < 0) hyb_error_clear();
+    }
     hyb_safetensors *st;
     HYB_TRY(open_ckpt(path, &st));
     int64_t step, tokens, opt_step;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -398,8 +399,25 @@ static void test_resume(void) {
     run_steps(ta, 3, 6);
 
     CHECK(hyb_trainer_new(sb, t, &c, &tb) == HYB_OK);
+    {   /* what a save killed by kill -9 leaves: removed by the resume (issue 19) */
+        pid_t child = fork();
+        if (child == 0) _exit(0);
+        CHECK(child > 0 && waitpid(child, NULL, 0) == child);
+        char stale[400], dir[300]; /* not sub(): its ring of buffers holds `path` */
+        snprintf(dir, sizeof dir, "%s/ckpt", g_dir);
+        snprintf(stale, sizeof stale, "%s/train.safetensors.tmp.%ld.4", dir, (long)child);
+        FILE *f = fopen(stale, "wb");
+        CHECK(f != NULL);
+        if (f) fputs("half a checkpoint", f), fclose(f);
+        CHECK(count_tmp(dir) == 1);
+    }
     hyb_ckpt_meta meta;
     CHECK_MSG(hyb_trainer_load(tb, path, &meta) == HYB_OK, "%s", hyb_error());
+    {
+        char dir[300];
+        snprintf(dir, sizeof dir, "%s/ckpt", g_dir);
+        CHECK(count_tmp(dir) == 0);
+    }
     CHECK(tb->step == 3 && tb->opt->step == 3);
     CHECK(meta.n > 0 && hyb_ckpt_meta_get(&meta, "stage") &&
           strcmp(hyb_ckpt_meta_get(&meta, "stage"), "h1") == 0);
