@@ -3,6 +3,7 @@
  * Sections: parameters and the store, build/free, swap/identity, forward, inference state
  * (prefill, batched decode), checkpoints (safetensors + layer map TOML). */
 #include "hyb/model.h"
+#include "hyb/memplan.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -223,6 +224,16 @@ int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_mod
         hyb_layermap_free(map);
         return rc;
     }
+    { /* the parameters' bytes against the memory available, before allocating (hyb/memplan.h) */
+        uint64_t need;
+        int prc = hyb_mem_plan_weights(map, &need);
+        if (prc == HYB_OK) prc = hyb_mem_check(map->path, need, "f32 weights");
+        if (prc != HYB_OK) {
+            prc = hyb_error_wrap(prc, "hyb_model_build");
+            hyb_layermap_free(map);
+            return prc;
+        }
+    }
     hyb_model *m = calloc(1, sizeof *m);
     if (!m) {
         hyb_layermap_free(map);
@@ -433,6 +444,15 @@ int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
         return hyb_error_set(HYB_ERR_ARG,
                              "hyb_kvstate_new: n_seq (%d) and max_ctx (%d) must be positive", n_seq,
                              max_ctx);
+    { /* the state's bytes against the memory available, before allocating (hyb/memplan.h) */
+        uint64_t need;
+        char what[600], detail[96];
+        snprintf(what, sizeof what, "hyb_kvstate_new: the decode state of %s", m->map->path);
+        snprintf(detail, sizeof detail, "%d sequence%s of %d tokens", n_seq, n_seq > 1 ? "s" : "",
+                 max_ctx);
+        HYB_TRY(hyb_mem_plan_state(m, n_seq, max_ctx, &need));
+        HYB_TRY(hyb_mem_check(what, need, detail));
+    }
     hyb_kvstate *s = calloc(1, sizeof *s);
     if (!s) return hyb_error_set(HYB_ERR_NOMEM, "hyb_kvstate_new: out of memory");
     s->n_seq = n_seq;
