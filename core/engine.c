@@ -30,8 +30,8 @@ typedef struct pentry {
     int32_t *ids;
     int n;
     int registered, ready;
-    int busy;     /* a running request will snapshot it: others wanting it wait for it */
-    void **snap;  /* [L] */
+    int busy;      /* a running request will snapshot it: others wanting it wait for it */
+    void **snap;   /* [L] */
     float *logits; /* [V] logits of token n */
     size_t bytes;
     uint64_t last_used;
@@ -47,7 +47,7 @@ struct hyb_engine {
     hyb_engine_opts o;
     hyb_kvstate *kv;
     int V;
-    req **slot_req;      /* [S] */
+    req **slot_req; /* [S] */
     req *wait_head, *wait_tail;
     done_node *done_head, *done_tail;
     float *logits;       /* [S, V] */
@@ -94,8 +94,7 @@ int hyb_engine_new(hyb_model *m, const hyb_engine_opts *o, hyb_engine **out) {
         return hyb_error_set(HYB_ERR_ARG, "hyb_engine_new: prefix_block must be >= 0, got %d",
                              o->prefix_block);
     if (o->max_prefix_entries < 0)
-        return hyb_error_set(HYB_ERR_ARG,
-                             "hyb_engine_new: max_prefix_entries must be >= 0, got %d",
+        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_new: max_prefix_entries must be >= 0, got %d",
                              o->max_prefix_entries);
     hyb_engine *e = calloc(1, sizeof *e);
     if (!e) return hyb_error_set(HYB_ERR_NOMEM, "hyb_engine_new: out of memory");
@@ -132,7 +131,12 @@ static void req_free(req *r) {
 
 static void pentry_clear(hyb_engine *e, pentry *p) {
     if (p->snap)
-        for (int l = 0; l < e->kv->L; l++) free(p->snap[l]);
+        for (int l = 0; l < e->kv->L; l++)
+            if (p->snap[l]) {
+                const hyb_mixer *mx = e->m->layers[l].mixer;
+                const hyb_backend *be = mx ? hyb_mixer_backend(mx) : NULL;
+                if (be) be->free(be, p->snap[l]);
+            }
     free(p->snap);
     free(p->logits);
     p->snap = NULL;
@@ -149,7 +153,8 @@ void hyb_engine_free(hyb_engine *e) {
         r = n;
     }
     if (e->slot_req)
-        for (int i = 0; i < e->o.slots; i++) req_free(e->slot_req[i]);
+        for (int i = 0; i < e->o.slots; i++)
+            req_free(e->slot_req[i]);
     for (done_node *d = e->done_head; d;) {
         done_node *n = d->next;
         hyb_completion_free(&d->c);
@@ -175,7 +180,8 @@ int hyb_engine_submit(hyb_engine *e, const int32_t *ids, int n, const hyb_reques
     if (!p) p = &dp;
     if (id_out) *id_out = -1;
     if (!ids || n < 1)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: the prompt has no tokens (n = %d)", n);
+        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_submit: the prompt has no tokens (n = %d)",
+                             n);
     if (n >= e->o.max_ctx)
         return hyb_error_set(HYB_ERR_ARG,
                              "hyb_engine_submit: prompt of %d tokens leaves no room for a new "
@@ -280,22 +286,14 @@ static int pe_snapshot(hyb_engine *e, pentry *p, int slot, const float *logits) 
         const void *s = kv->state[l][slot];
         const hyb_mixer *mx = e->m->layers[l].mixer;
         if (!s || !mx) continue;
-        const hyb_mixer_desc *d = mx->desc;
-        int64_t sz;
-        if (d->state_snapshot) {
-            sz = d->state_snapshot(mx->self, s, p->n, kv->max_ctx, NULL);
-            if (sz < 0) return hyb_error_wrap((int)sz, "prefix snapshot: layer %d", l);
-        } else {
-            sz = (int64_t)hyb_mixer_state_bytes(mx, kv->max_ctx);
-        }
-        p->snap[l] = malloc(sz > 0 ? (size_t)sz : 1);
+        const hyb_backend *be = hyb_mixer_backend(mx);
+        if (!be) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "prefix snapshot: layer %d", l);
+        int64_t sz = hyb_mixer_state_snapshot(mx, s, p->n, kv->max_ctx, NULL);
+        if (sz < 0) return hyb_error_wrap((int)sz, "prefix snapshot: layer %d", l);
+        p->snap[l] = be->alloc(be, sz > 0 ? (size_t)sz : 1);
         if (!p->snap[l]) goto oom;
-        if (d->state_snapshot) {
-            int64_t w = d->state_snapshot(mx->self, s, p->n, kv->max_ctx, p->snap[l]);
-            if (w < 0) return hyb_error_wrap((int)w, "prefix snapshot: layer %d", l);
-        } else {
-            memcpy(p->snap[l], s, (size_t)sz);
-        }
+        int64_t w = hyb_mixer_state_snapshot(mx, s, p->n, kv->max_ctx, p->snap[l]);
+        if (w < 0) return hyb_error_wrap((int)w, "prefix snapshot: layer %d", l);
         p->bytes += (size_t)sz;
     }
     p->ready = 1;
@@ -313,13 +311,8 @@ static int pe_restore(hyb_engine *e, const pentry *p, int slot) {
         void *s = kv->state[l][slot];
         const hyb_mixer *mx = e->m->layers[l].mixer;
         if (!s || !mx || !p->snap[l]) continue;
-        const hyb_mixer_desc *d = mx->desc;
-        if (d->state_restore) {
-            int rc = d->state_restore(mx->self, s, p->snap[l], p->n, kv->max_ctx);
-            if (rc < 0) return hyb_error_wrap(rc, "prefix restore: layer %d", l);
-        } else {
-            memcpy(s, p->snap[l], hyb_mixer_state_bytes(mx, kv->max_ctx));
-        }
+        int rc = hyb_mixer_state_restore(mx, s, p->snap[l], p->n, kv->max_ctx);
+        if (rc < 0) return hyb_error_wrap(rc, "prefix restore: layer %d", l);
     }
     kv->pos[slot] = p->n;
     return HYB_OK;
@@ -511,7 +504,8 @@ int hyb_engine_step(hyb_engine *e) {
     req *prev = NULL, *cand = e->wait_head;
     for (int s = 0; s < S && cand; s++) {
         if (e->slot_req[s]) continue;
-        while (cand && waits_for_prefix(e, cand)) prev = cand, cand = cand->next;
+        while (cand && waits_for_prefix(e, cand))
+            prev = cand, cand = cand->next;
         if (!cand) break;
         req *r = cand;
         cand = r->next;
@@ -581,7 +575,8 @@ int hyb_engine_step(hyb_engine *e) {
         e->st.decode_calls++;
         if (drc != HYB_OK) {
             drc = hyb_error_wrap(drc, "engine: batched decode of %d sequences", n);
-            for (int i = 0; i < n; i++) finish_req(e, e->slot_req[e->seqs[i]], HYB_FINISH_ERROR);
+            for (int i = 0; i < n; i++)
+                finish_req(e, e->slot_req[e->seqs[i]], HYB_FINISH_ERROR);
             return rc == HYB_OK ? drc : rc;
         }
         e->st.decode_tokens += n;
@@ -593,7 +588,9 @@ int hyb_engine_step(hyb_engine *e) {
     return rc;
 }
 
-int hyb_engine_pending(const hyb_engine *e) { return e->st.waiting + e->st.active; }
+int hyb_engine_pending(const hyb_engine *e) {
+    return e->st.waiting + e->st.active;
+}
 
 int hyb_engine_pop(hyb_engine *e, hyb_completion *out) {
     done_node *d = e->done_head;
@@ -673,7 +670,8 @@ int hyb_plan_memory_ex(const hyb_layermap *map, size_t budget_bytes, int context
                 return hyb_error_wrap(rc, "hyb_plan_memory: layer %d param %d", l, i);
             }
             size_t ne = 1;
-            for (int k = 0; k < pd.ndim; k++) ne *= (size_t)pd.shape[k];
+            for (int k = 0; k < pd.ndim; k++)
+                ne *= (size_t)pd.shape[k];
             elems += ne;
         }
         size_t s1 = d->state_bytes(self, c1), s2 = d->state_bytes(self, c2);
@@ -705,7 +703,9 @@ int hyb_plan_memory_ex(const hyb_layermap *map, size_t budget_bytes, int context
     return HYB_OK;
 }
 
-static double mib(size_t b) { return (double)b / (1024.0 * 1024.0); }
+static double mib(size_t b) {
+    return (double)b / (1024.0 * 1024.0);
+}
 
 void hyb_memory_plan_format(const hyb_memory_plan *p, const char *name, char *buf, size_t n) {
     snprintf(buf, n,

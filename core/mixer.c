@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "backend/cpu/cpu.h"
+#include "hyb/backend.h"
 #include "hyb/config.h"
 
 /* ---- host services ----------------------------------------------------------------------------
@@ -74,11 +74,8 @@ static const hyb_host HOST = {
     .cfg_string = hyb_cfg_string,
     .cfg_check_keys = hyb_cfg_check_keys,
     .cfg_error = host_cfg_error,
-    .sgemm = hyb_cpu_sgemm,
-    .rope = hyb_cpu_rope,
     .rng_normal = host_rng_normal,
     .rng_uniform = host_rng_uniform,
-    .cuda = NULL,
 };
 
 const hyb_host *hyb_host_services(void) {
@@ -157,16 +154,31 @@ static int validate_desc(const char *path, const hyb_mixer_desc *d) {
         {"n_params", (const void *)d->n_params},
         {"param_decl", (const void *)d->param_decl},
         {"saved_bytes", (const void *)d->saved_bytes},
-        {"forward", (const void *)d->forward},
-        {"backward", (const void *)d->backward},
         {"state_bytes", (const void *)d->state_bytes},
-        {"decode", (const void *)d->decode},
     };
     for (size_t i = 0; i < sizeof req / sizeof req[0]; i++)
         if (!req[i].fn)
             return hyb_error_set(HYB_ERR_FORMAT,
                                  "plugin %s (mixer '%s'): required vtable entry '%s' is NULL", path,
                                  d->name, req[i].name);
+    /* kernels: a device with a forward needs a decode too; at least one device */
+    int n_dev = 0;
+    for (int dev = 0; dev < HYB_PLUGIN_MAX_DEVICES; dev++) {
+        const hyb_mixer_kernels *k = &d->kernels[dev];
+        if (!k->forward && !k->backward && !k->decode) continue;
+        const char *dn = dev < HYB_DEV_COUNT ? hyb_device_name((hyb_device)dev) : "reserved";
+        if (!k->forward || !k->decode)
+            return hyb_error_set(HYB_ERR_FORMAT,
+                                 "plugin %s (mixer '%s'): required vtable entry '%s' is NULL "
+                                 "(kernels[%s])",
+                                 path, d->name, !k->forward ? "forward" : "decode", dn);
+        n_dev++;
+    }
+    if (!n_dev)
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "plugin %s (mixer '%s'): no device has kernels (kernels[HYB_DEV_CPU] "
+                             "and the rest are all NULL)",
+                             path, d->name);
     if (!!d->state_snapshot != !!d->state_restore)
         return hyb_error_set(
             HYB_ERR_FORMAT,
@@ -539,8 +551,7 @@ int hyb_mixer_new_ex(const char *type, const hyb_model_dims *dims, const hyb_cfg
                  pd->name);
         t->requires_grad = 1;
         t->owner = HYB_OWN_PARAM;
-        if (!(flags & HYB_MIXER_LAZY_GRAD) && (rc = hyb_tensor_grad_ensure(t)) != HYB_OK)
-            goto fail;
+        if (!(flags & HYB_MIXER_LAZY_GRAD) && (rc = hyb_tensor_grad_ensure(t)) != HYB_OK) goto fail;
         if ((rc = apply_init(t, pd, mix_seed(seed, dims->layer, i))) != HYB_OK) goto fail;
     }
     if (d->init_params) {
@@ -591,27 +602,109 @@ static const float **param_ptrs(const hyb_mixer *m, const float **stack, int cap
     return p;
 }
 
+/* The device its parameters live on (the CPU for a mixer without parameters). */
+static hyb_device mixer_device(const hyb_mixer *m) {
+    return m->n_params > 0 ? m->params[0]->device : HYB_DEV_CPU;
+}
+
+static const char *op_name(hyb_mixer_op op) {
+    return op == HYB_MIXER_FORWARD ? "forward" : op == HYB_MIXER_BACKWARD ? "backward" : "decode";
+}
+
+int hyb_mixer_kernel_check(const hyb_mixer *m, hyb_device dev, hyb_mixer_op op) {
+    const hyb_mixer_kernels *k =
+        (int)dev >= 0 && (int)dev < HYB_PLUGIN_MAX_DEVICES ? &m->desc->kernels[dev] : NULL;
+    const void *fn = !k                         ? NULL
+                     : op == HYB_MIXER_FORWARD  ? (const void *)k->forward
+                     : op == HYB_MIXER_BACKWARD ? (const void *)k->backward
+                                                : (const void *)k->decode;
+    if (fn) return HYB_OK;
+    char have[128];
+    size_t used = 0;
+    have[0] = 0;
+    for (int d = 0; d < HYB_DEV_COUNT && used < sizeof have; d++)
+        if (m->desc->kernels[d].forward)
+            used += (size_t)snprintf(have + used, sizeof have - used, "%s%s", used ? ", " : "",
+                                     hyb_device_name((hyb_device)d));
+    return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                         "mixer '%s' (layer %d) has no %s kernel for device %s (its plugin has "
+                         "kernels for: %s)",
+                         m->type, m->dims.layer, op_name(op), hyb_device_name(dev),
+                         have[0] ? have : "no device");
+}
+
 int hyb_mixer_decode(hyb_mixer *m, const float *x, float *y, int n, void *const *states,
                      const int32_t *pos, int max_ctx) {
     if (n <= 0 || !x || !y || !states || !pos || max_ctx <= 0)
         return hyb_error_set(
             HYB_ERR_ARG, "mixer '%s' (layer %d): decode with n = %d, max_ctx = %d%s", m->type,
             m->dims.layer, n, max_ctx, (!x || !y || !states || !pos) ? " and a NULL buffer" : "");
+    const hyb_device dev = mixer_device(m);
+    HYB_TRY(hyb_mixer_kernel_check(m, dev, HYB_MIXER_DECODE));
+    const hyb_backend *be = hyb_backend_get(dev);
+    if (!be)
+        return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "mixer '%s' (layer %d) decode", m->type,
+                              m->dims.layer);
     const float *stack[64];
     const float **pp = param_ptrs(m, stack, 64);
     if (!pp) return HYB_ERR_NOMEM;
     hyb_mixer_dec a = {.n = n,
-                       .device = HYB_DEV_CPU,
-                       .stream = NULL,
+                       .be = be,
                        .x = x,
                        .y = y,
                        .params = pp,
                        .states = states,
                        .pos = pos,
                        .max_ctx = max_ctx};
-    int rc = m->desc->decode(m->self, &a);
+    int rc = m->desc->kernels[dev].decode(m->self, &a);
     if (pp != stack) hyb_free((void *)pp);
     return rc;
+}
+
+int hyb_mixer_move(hyb_mixer *m, const hyb_backend *be) {
+    HYB_TRY(hyb_mixer_kernel_check(m, be->device, HYB_MIXER_FORWARD));
+    HYB_TRY(hyb_mixer_kernel_check(m, be->device, HYB_MIXER_DECODE));
+    for (int i = 0; i < m->n_params; i++) {
+        int rc = hyb_tensor_move(m->params[i], be);
+        if (rc != HYB_OK)
+            return hyb_error_wrap(rc, "mixer '%s' (layer %d): parameter '%s' to %s", m->type,
+                                  m->dims.layer, m->decls[i].name, be->name);
+    }
+    return HYB_OK;
+}
+
+const hyb_backend *hyb_mixer_backend(const hyb_mixer *m) {
+    return hyb_backend_get(mixer_device(m));
+}
+
+int64_t hyb_mixer_state_snapshot(const hyb_mixer *m, const void *state, int pos, int max_ctx,
+                                 void *dst) {
+    const hyb_backend *be = hyb_mixer_backend(m);
+    if (!be) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "mixer '%s' state snapshot", m->type);
+    if (m->desc->state_snapshot) {
+        int64_t n = m->desc->state_snapshot(m->self, be, state, pos, max_ctx, dst);
+        if (n < 0)
+            return hyb_error_wrap((int)n, "mixer '%s' (layer %d): snapshot of %d tokens", m->type,
+                                  m->dims.layer, pos);
+        return n;
+    }
+    size_t n = hyb_mixer_state_bytes(m, max_ctx);
+    if (dst) HYB_TRY(be->copy(be, dst, state, n));
+    return (int64_t)n;
+}
+
+int hyb_mixer_state_restore(const hyb_mixer *m, void *state, const void *src, int pos,
+                            int max_ctx) {
+    const hyb_backend *be = hyb_mixer_backend(m);
+    if (!be) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "mixer '%s' state restore", m->type);
+    if (m->desc->state_restore) {
+        int rc = m->desc->state_restore(m->self, be, state, src, pos, max_ctx);
+        if (rc != HYB_OK)
+            return hyb_error_wrap(rc, "mixer '%s' (layer %d): restore of %d tokens", m->type,
+                                  m->dims.layer, pos);
+        return HYB_OK;
+    }
+    return be->copy(be, state, src, hyb_mixer_state_bytes(m, max_ctx));
 }
 
 int hyb_mixer_init_from(hyb_mixer *dst, const hyb_mixer *src, const hyb_cfg_table *src_cfg,
@@ -622,10 +715,33 @@ int hyb_mixer_init_from(hyb_mixer *dst, const hyb_mixer *src, const hyb_cfg_tabl
             "mixer '%s' (layer %d) cannot be initialised from another mixer ('%s'): "
             "its plugin has no init_from",
             dst->type, dst->dims.layer, src->type);
+    if (mixer_device(dst) != HYB_DEV_CPU)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "mixer '%s' (layer %d): init_from runs on the CPU before the mixer "
+                             "moves to its device",
+                             dst->type, dst->dims.layer);
     const float *stack[64];
     const float **sp = param_ptrs(src, stack, 64);
     float **dp = hyb_malloc(sizeof(float *) * (size_t)(dst->n_params ? dst->n_params : 1));
-    if (!sp || !dp) {
+    float **host = NULL; /* host copies of a source on a device */
+    if (sp && dp && mixer_device(src) != HYB_DEV_CPU) {
+        host = hyb_malloc(sizeof(float *) * (size_t)(src->n_params ? src->n_params : 1));
+        for (int i = 0; host && i < src->n_params; i++) {
+            size_t nb = hyb_tensor_nbytes(src->params[i]);
+            host[i] = hyb_malloc(nb ? nb : 1);
+            if (!host[i] || hyb_tensor_download(src->params[i], host[i]) != HYB_OK) {
+                for (int k = 0; k <= i; k++)
+                    hyb_free(host[k]);
+                hyb_free(host);
+                if (sp != stack) hyb_free((void *)sp);
+                hyb_free(dp);
+                return hyb_error_wrap(HYB_ERR_NOMEM, "mixer '%s': reading '%s' for init_from",
+                                      dst->type, src->params[i]->name);
+            }
+            sp[i] = host[i];
+        }
+    }
+    if (!sp || !dp || (mixer_device(src) != HYB_DEV_CPU && !host)) {
         if (sp && sp != stack) hyb_free((void *)sp);
         hyb_free(dp);
         return HYB_ERR_NOMEM;
@@ -641,6 +757,11 @@ int hyb_mixer_init_from(hyb_mixer *dst, const hyb_mixer *src, const hyb_cfg_tabl
     int rc = dst->desc->init_from(dst->self, dp, &s, mix_seed(seed, dst->dims.layer, -2));
     if (rc != HYB_OK && !hyb_error()[0])
         hyb_error_set(rc, "mixer '%s': init_from '%s' failed", dst->type, src->type);
+    if (host) {
+        for (int i = 0; i < src->n_params; i++)
+            hyb_free(host[i]);
+        hyb_free(host);
+    }
     if (sp != stack) hyb_free((void *)sp);
     hyb_free(dp);
     return rc;

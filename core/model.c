@@ -138,9 +138,12 @@ int64_t hyb_model_n_elements(const hyb_model *m) {
 }
 
 void hyb_model_zero_grad(hyb_model *m) {
+    const hyb_backend *be = hyb_model_backend(m);
     for (int i = 0; i < m->n_params; i++)
-        if (m->params[i]->grad)
-            memset(m->params[i]->grad->data, 0, hyb_tensor_nbytes(m->params[i]->grad));
+        if (m->params[i]->grad &&
+            be->memset0(be, m->params[i]->grad->data, hyb_tensor_nbytes(m->params[i]->grad)))
+            hyb_log(HYB_LOG_ERROR, "hyb_model_zero_grad: '%s': %s", m->params[i]->name,
+                    hyb_error());
 }
 
 // ---- build / free -------------------------------------------------------------------------------
@@ -333,6 +336,11 @@ int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_tabl
                                       type, old->type);
             }
         }
+        /* built and initialised on the CPU; then onto the model's device */
+        if (m->be && (rc = hyb_mixer_move(nm, m->be)) != HYB_OK) {
+            hyb_mixer_free(nm);
+            return hyb_error_wrap(rc, "hyb_model_swap: layer %d to '%s'", layer, type);
+        }
     }
     /* the layer map: reuse a spec with the same type and table, else add one with a fresh name */
     int idx = -1;
@@ -378,14 +386,52 @@ int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_tabl
     return HYB_OK;
 }
 
+int hyb_model_check_device(const hyb_model *m, hyb_device dev, int training) {
+    for (int l = 0; l < m->L; l++) {
+        const hyb_mixer *mx = m->layers[l].mixer;
+        if (!mx) continue;
+        HYB_TRY(hyb_mixer_kernel_check(mx, dev, HYB_MIXER_FORWARD));
+        HYB_TRY(hyb_mixer_kernel_check(mx, dev, HYB_MIXER_DECODE));
+        if (training) HYB_TRY(hyb_mixer_kernel_check(mx, dev, HYB_MIXER_BACKWARD));
+    }
+    return HYB_OK;
+}
+
+int hyb_model_to_device(hyb_model *m, const hyb_backend *be) {
+    if (!be) return hyb_error_set(HYB_ERR_ARG, "hyb_model_to_device: no backend");
+    const hyb_backend *cur = m->be ? m->be : hyb_backend_cpu();
+    if (cur == be) return HYB_OK;
+    /* every kernel the model will ask for exists there, before anything moves */
+    int rc = hyb_model_check_device(m, be->device, 0);
+    if (rc != HYB_OK)
+        return hyb_error_wrap(rc, "model '%s' cannot run on %s", m->map->name, be->name);
+    for (int i = 0; i < m->n_params; i++)
+        if ((rc = hyb_tensor_move(m->params[i], be)) != HYB_OK)
+            return hyb_error_wrap(rc,
+                                  "model '%s': moving parameter '%s' to %s (the model is now "
+                                  "split across devices: free it)",
+                                  m->map->name, m->params[i]->name, be->name);
+    m->be = be->device == HYB_DEV_CPU ? NULL : be;
+    m->generation++; /* states made for the old device are refused (check_state) */
+    hyb_log(HYB_LOG_INFO, "model '%s' is on %s", m->map->name, be->name);
+    return HYB_OK;
+}
+
+const hyb_backend *hyb_model_backend(const hyb_model *m) {
+    return m->be ? m->be : hyb_backend_cpu();
+}
+
 int hyb_model_set_identity(hyb_model *m, int layer) {
     return hyb_model_swap(m, layer, HYB_MIXER_IDENTITY, NULL, 0, 0);
 }
 
 // ---- forward -----------------------------------------------------------------------------------
 
-/* The residual trunk: embedding, L blocks, final norm -> [B, T, D]. states: NULL (training) or
- * per layer a pointer to B per-sequence states (state_of(l)); pos [B] or NULL. */
+/* The residual trunk: embedding, L blocks, final norm -> [B, T, D]. The one block code of the
+ * model: training (states NULL), prefill (B = 1 sequence of T tokens) and decode (B sequences of
+ * T = 1 token, hyb_mixer_apply then runs the mixers' decode kernels) all come through here.
+ * states: NULL or per layer a pointer to B per-sequence states (states(sctx, l)); pos [B] or
+ * NULL. */
 typedef void *const *(*state_fn)(void *ctx, int layer);
 
 static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T,
@@ -455,6 +501,8 @@ int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
     }
     hyb_kvstate *s = calloc(1, sizeof *s);
     if (!s) return hyb_error_set(HYB_ERR_NOMEM, "hyb_kvstate_new: out of memory");
+    const hyb_backend *be = m->be ? m->be : hyb_backend_cpu();
+    s->be = be;
     s->n_seq = n_seq;
     s->max_ctx = max_ctx;
     s->L = m->L;
@@ -473,8 +521,12 @@ int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
         if (per == 0) continue;
         size_t stride = (per + 63) & ~(size_t)63;
         if (stride > SIZE_MAX / (size_t)n_seq) goto oom;
-        s->layer_mem[l] = hyb_malloc(stride * (size_t)n_seq);
+        s->layer_mem[l] = be->alloc(be, stride * (size_t)n_seq);
         if (!s->layer_mem[l]) goto oom;
+        if (be->memset0(be, s->layer_mem[l], stride * (size_t)n_seq) != HYB_OK) {
+            hyb_kvstate_free(s);
+            return hyb_error_wrap(HYB_ERR, "hyb_kvstate_new: layer %d", l);
+        }
         for (int i = 0; i < n_seq; i++)
             s->state[l][i] = (char *)s->layer_mem[l] + stride * (size_t)i;
         s->bytes += stride * (size_t)n_seq;
@@ -492,7 +544,7 @@ void hyb_kvstate_free(hyb_kvstate *s) {
     if (!s) return;
     for (int l = 0; l < s->L; l++) {
         if (s->state) free(s->state[l]);
-        if (s->layer_mem) hyb_free(s->layer_mem[l]);
+        if (s->layer_mem && s->layer_mem[l]) s->be->free(s->be, s->layer_mem[l]);
     }
     free(s->state);
     free(s->layer_mem);
@@ -507,7 +559,8 @@ void hyb_kvstate_reset_seq(hyb_kvstate *s, int seq) {
     for (int l = 0; l < s->L; l++) {
         if (!s->state[l][seq]) continue;
         const hyb_mixer *mx = (m && m->generation == s->generation) ? m->layers[l].mixer : NULL;
-        if (mx) memset(s->state[l][seq], 0, hyb_mixer_state_bytes(mx, s->max_ctx));
+        if (mx && s->be->memset0(s->be, s->state[l][seq], hyb_mixer_state_bytes(mx, s->max_ctx)))
+            hyb_log(HYB_LOG_ERROR, "hyb_kvstate_reset_seq: layer %d: %s", l, hyb_error());
     }
 }
 
@@ -563,17 +616,33 @@ int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids,
         int64_t sh[2] = {1, m->D};
         hyb_tensor *last =
             hyb_tensor_wrap(HYB_F32, 2, sh, hyb_tensor_f32(hn) + (size_t)(T - 1) * (size_t)m->D);
+        if (last) last->device = hn->device;
         hyb_tensor *lg = last ? hyb_matmul(g, last, m->lm_head) : NULL;
-        if (lg)
-            memcpy(out_logits, hyb_tensor_cf32(lg), (size_t)m->V * sizeof(float));
-        else
+        const hyb_backend *be = lg ? hyb_backend_get(lg->device) : NULL;
+        if (!lg)
             rc = hyb_error_wrap(HYB_ERR, "hyb_model_prefill: lm_head");
+        else if (!be || be->download(be, out_logits, lg->data, (size_t)m->V * sizeof(float)))
+            rc = hyb_error_wrap(HYB_ERR, "hyb_model_prefill: logits");
         hyb_tensor_free(last);
     }
     if (rc == HYB_OK) s->pos[seq] += T;
 done:
     hyb_graph_reset(g);
     return rc;
+}
+
+typedef struct {
+    hyb_kvstate *s;
+    const int32_t *seqs;
+    int n;
+    void **st; /* [n], refilled per layer (the layer's mixer reads it before the next call) */
+} decode_ctx;
+
+static void *const *decode_states(void *ctx, int layer) {
+    decode_ctx *c = ctx;
+    for (int i = 0; i < c->n; i++)
+        c->st[i] = c->s->state[layer][c->seqs[i]];
+    return c->st;
 }
 
 int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
@@ -605,51 +674,23 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
     }
     for (int i = 0; i < n; i++)
         pos[i] = s->pos[seqs[i]];
-    const float eps = (float)m->map->norm_eps;
+    /* the same blocks as training and prefill (trunk), on [n, 1] tokens with their states */
+    decode_ctx c = {s, seqs, n, st};
     int rc = HYB_OK;
-    int64_t shape[3] = {n, 1, m->D};
-    hyb_tensor *h = hyb_embedding(g, m->embed, ids, n, 1); /* [n, 1, D] */
-    if (!h) {
-        rc = hyb_error_wrap(HYB_ERR_ARG, "hyb_model_decode: embedding");
-        goto done;
-    }
-    for (int l = 0; l < m->L && rc == HYB_OK; l++) {
-        hyb_layer *ly = &m->layers[l];
-        if (ly->mixer) {
-            hyb_tensor *u = hyb_rmsnorm(g, h, ly->norm_in, eps);
-            hyb_tensor *y = u ? hyb_graph_tensor(g, HYB_F32, 3, shape) : NULL;
-            if (!y) goto fail_layer;
-            for (int i = 0; i < n; i++)
-                st[i] = s->state[l][seqs[i]];
-            if (hyb_mixer_decode(ly->mixer, hyb_tensor_cf32(u), hyb_tensor_f32(y), n, st, pos,
-                                 s->max_ctx) != HYB_OK)
-                goto fail_layer;
-            if (!(h = hyb_add(g, h, y))) goto fail_layer;
+    hyb_tensor *hn = trunk(m, g, ids, n, 1, decode_states, &c, pos, s->max_ctx);
+    hyb_tensor *lg = hn ? hyb_matmul(g, hn, m->lm_head) : NULL;
+    if (!lg)
+        rc = hyb_error_wrap(HYB_ERR, "hyb_model_decode: %d sequence%s", n, n == 1 ? "" : "s");
+    else {
+        if (logits) {
+            const hyb_backend *be = hyb_backend_get(lg->device);
+            rc = be ? be->download(be, logits, lg->data, (size_t)n * (size_t)m->V * sizeof(float))
+                    : HYB_ERR_UNSUPPORTED;
         }
-        hyb_tensor *v = hyb_rmsnorm(g, h, ly->norm_post, eps);
-        hyb_tensor *gt = v ? hyb_matmul(g, v, ly->w_gate) : NULL;
-        hyb_tensor *up = gt ? hyb_matmul(g, v, ly->w_up) : NULL;
-        hyb_tensor *a = up ? hyb_swiglu(g, gt, up) : NULL;
-        hyb_tensor *d = a ? hyb_matmul(g, a, ly->w_down) : NULL;
-        if (!d || !(h = hyb_add(g, h, d))) goto fail_layer;
-        continue;
-    fail_layer:
-        rc = hyb_error_wrap(HYB_ERR, "hyb_model_decode: layer %d (%s)", l,
-                            ly->mixer ? ly->mixer->type : HYB_MIXER_IDENTITY);
-    }
-    if (rc == HYB_OK) {
-        hyb_tensor *hn = hyb_rmsnorm(g, h, m->norm_f, eps);
-        hyb_tensor *lg = hn ? hyb_matmul(g, hn, m->lm_head) : NULL;
-        if (!lg)
-            rc = hyb_error_wrap(HYB_ERR, "hyb_model_decode: final norm / lm_head");
-        else {
-            if (logits)
-                memcpy(logits, hyb_tensor_cf32(lg), (size_t)n * (size_t)m->V * sizeof(float));
+        if (rc == HYB_OK)
             for (int i = 0; i < n; i++)
                 s->pos[seqs[i]]++;
-        }
     }
-done:
     hyb_graph_reset(g);
     free(st);
     free(pos);
@@ -881,9 +922,19 @@ int hyb_model_clone(const hyb_model *src, hyb_model **out) {
                 HYB_ERR, "hyb_model_clone: parameter %d is '%s' in the source, '%s' in the copy", i,
                 a->name, b->name);
         }
-        memcpy(b->data, a->data, hyb_tensor_nbytes(a));
+        if (a->device == HYB_DEV_CPU)
+            memcpy(b->data, a->data, hyb_tensor_nbytes(a));
+        else if ((rc = hyb_tensor_download(a, b->data)) != HYB_OK) { /* the copy is on the CPU */
+            hyb_model_free(m);
+            return hyb_error_wrap(rc, "hyb_model_clone");
+        }
         b->requires_grad = a->requires_grad;
         m->no_decay[i] = src->no_decay[i];
+    }
+    /* the copy lives where the source does */
+    if (src->be && (rc = hyb_model_to_device(m, src->be)) != HYB_OK) {
+        hyb_model_free(m);
+        return hyb_error_wrap(rc, "hyb_model_clone");
     }
     *out = m;
     return HYB_OK;
@@ -1296,8 +1347,7 @@ int hyb_model_load_params_ex(hyb_model *m, const char *path, unsigned flags) {
                 n_extra);
     /* 3. copy */
     for (int i = 0; i < m->n_params && rc == HYB_OK; i++)
-        rc = hyb_safetensors_read_f32(st, src[i], hyb_tensor_f32(m->params[i]),
-                                      hyb_tensor_numel(m->params[i]));
+        rc = hyb_safetensors_read_tensor(st, src[i], m->params[i]);
 done:
     free(src);
     hyb_safetensors_close(st);

@@ -8,13 +8,17 @@
  *   p <- p - (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
  *
  * Parameters without a gradient (requires_grad == 0 or grad == NULL: frozen) are left alone and
- * their moments do not advance. */
+ * their moments do not advance.
+ *
+ * The arithmetic runs on the parameters' device through its backend (be->adamw, be->sumsq,
+ * be->scale); the moments live there too and are read back only to be saved. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "hyb/backend.h"
 #include "hyb/model.h"
 #include "hyb/safetensors.h"
 
@@ -41,21 +45,40 @@ int hyb_adamw_new(hyb_tensor **params, int n, float lr, float wd, hyb_adamw **ou
     if (!o->params || !o->m || !o->v || !o->decay || !o->lr_scale) goto oom;
     for (int i = 0; i < n; i++) {
         hyb_tensor *p = params[i];
-        if (!p || p->dtype != HYB_F32 || p->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(p)) {
+        if (!p || p->dtype != HYB_F32 || !hyb_tensor_is_contiguous(p)) {
             hyb_adamw_free(o);
-            return hyb_error_set(
-                HYB_ERR_ARG,
-                "hyb_adamw_new: parameter %d ('%s') must be a contiguous f32 CPU tensor", i,
-                p ? p->name : "(null)");
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "hyb_adamw_new: parameter %d ('%s') must be a contiguous f32 "
+                                 "tensor",
+                                 i, p ? p->name : "(null)");
+        }
+        if (i > 0 && p->device != params[0]->device) {
+            hyb_adamw_free(o);
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "hyb_adamw_new: parameter %d ('%s') is on %s, parameter 0 on %s: "
+                                 "one optimiser steps the parameters of one device",
+                                 i, p->name, hyb_device_name(p->device),
+                                 hyb_device_name(params[0]->device));
+        }
+        if (!o->be && !(o->be = hyb_backend_get(p->device))) {
+            hyb_adamw_free(o);
+            return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "hyb_adamw_new");
         }
         o->params[i] = p;
         /* a model's parameters get their grads lazily; the optimiser steps every parameter
          * that wants one, reached by a backward or not (weight decay), so allocate them now */
         if (p->owner == HYB_OWN_PARAM && hyb_tensor_grad_ensure(p) != HYB_OK) goto oom;
         int64_t ne = hyb_tensor_numel(p);
-        o->m[i] = hyb_malloc((size_t)(ne ? ne : 1) * sizeof(float));
-        o->v[i] = hyb_malloc((size_t)(ne ? ne : 1) * sizeof(float));
+        size_t nb = (size_t)(ne ? ne : 1) * sizeof(float);
+        o->m[i] = o->be->alloc(o->be, nb);
+        o->v[i] = o->be->alloc(o->be, nb);
         if (!o->m[i] || !o->v[i]) goto oom;
+        if (o->be->memset0(o->be, o->m[i], nb) != HYB_OK ||
+            o->be->memset0(o->be, o->v[i], nb) != HYB_OK) {
+            int rc = hyb_error_wrap(HYB_ERR, "hyb_adamw_new: moments of '%s'", p->name);
+            hyb_adamw_free(o);
+            return rc;
+        }
         o->decay[i] = p->ndim >= 2; /* default: matrices decay, vectors (norms, biases) do not */
         o->lr_scale[i] = 1.0f;
     }
@@ -81,6 +104,15 @@ void hyb_adamw_set_decay(hyb_adamw *o, int i, int decay) {
     o->decay[i] = decay != 0;
 }
 
+hyb_tensor hyb_adamw_moment(const hyb_adamw *o, int i, int second) {
+    hyb_tensor mt = *o->params[i];
+    mt.owner = HYB_OWN_EXTERNAL;
+    mt.grad = NULL;
+    mt.requires_grad = 0;
+    mt.data = second ? o->v[i] : o->m[i];
+    return mt;
+}
+
 int hyb_adamw_set_lr_scale(hyb_adamw *o, int i, float scale) {
     if (!o || i < 0 || i >= o->n)
         return hyb_error_set(HYB_ERR_ARG, "hyb_adamw_set_lr_scale: no parameter %d", i);
@@ -94,9 +126,9 @@ int hyb_adamw_set_lr_scale(hyb_adamw *o, int i, float scale) {
 
 void hyb_adamw_free(hyb_adamw *o) {
     if (!o) return;
-    for (int i = 0; i < o->n; i++) {
-        if (o->m) hyb_free(o->m[i]);
-        if (o->v) hyb_free(o->v[i]);
+    for (int i = 0; i < o->n && o->be; i++) {
+        if (o->m && o->m[i]) o->be->free(o->be, o->m[i]);
+        if (o->v && o->v[i]) o->be->free(o->be, o->v[i]);
     }
     free(o->m);
     free(o->v);
@@ -115,12 +147,13 @@ float hyb_grad_clip(hyb_tensor **params, int n, float max_norm) {
     double ss = 0;
     for (int i = 0; i < n; i++) {
         if (!has_grad(params[i])) continue;
-        const float *g = hyb_tensor_cf32(params[i]->grad);
-        int64_t ne = hyb_tensor_numel(params[i]);
+        const hyb_backend *be = hyb_backend_get(params[i]->device);
         double s = 0;
-#pragma omp parallel for reduction(+ : s) if (ne > 65536)
-        for (int64_t k = 0; k < ne; k++)
-            s += (double)g[k] * (double)g[k];
+        if (!be || be->sumsq(be, hyb_tensor_cf32(params[i]->grad), hyb_tensor_numel(params[i]),
+                             &s) != HYB_OK) {
+            hyb_error_wrap(HYB_ERR, "hyb_grad_clip: '%s'", params[i]->name);
+            return NAN; /* the caller skips the step on a non-finite norm */
+        }
         ss += s;
     }
     double norm = sqrt(ss);
@@ -129,11 +162,12 @@ float hyb_grad_clip(hyb_tensor **params, int n, float max_norm) {
         float scale = (float)((double)max_norm / (norm + 1e-6));
         for (int i = 0; i < n; i++) {
             if (!has_grad(params[i])) continue;
-            float *g = hyb_tensor_f32(params[i]->grad);
-            int64_t ne = hyb_tensor_numel(params[i]);
-#pragma omp parallel for if (ne > 65536)
-            for (int64_t k = 0; k < ne; k++)
-                g[k] *= scale;
+            const hyb_backend *be = hyb_backend_get(params[i]->device);
+            if (!be || be->scale(be, hyb_tensor_f32(params[i]->grad), scale,
+                                 hyb_tensor_numel(params[i])) != HYB_OK) {
+                hyb_error_wrap(HYB_ERR, "hyb_grad_clip: '%s'", params[i]->name);
+                return NAN;
+            }
         }
     }
     return (float)norm;
@@ -158,22 +192,12 @@ int hyb_adamw_step(hyb_adamw *o) {
     for (int i = 0; i < o->n; i++) {
         hyb_tensor *p = o->params[i];
         if (!has_grad(p)) continue;
-        float *w = hyb_tensor_f32(p);
-        const float *g = hyb_tensor_cf32(p->grad);
-        float *m = o->m[i], *v = o->v[i];
         const float lr = o->lr * o->lr_scale[i];
         const float step_size = (float)((double)lr / bc1);
         const float shrink = o->decay[i] ? 1.0f - lr * o->weight_decay : 1.0f;
-        int64_t ne = hyb_tensor_numel(p);
-#pragma omp parallel for if (ne > 65536)
-        for (int64_t k = 0; k < ne; k++) {
-            float gk = g[k];
-            float mk = b1 * m[k] + (1.0f - b1) * gk;
-            float vk = b2 * v[k] + (1.0f - b2) * gk * gk;
-            m[k] = mk;
-            v[k] = vk;
-            w[k] = w[k] * shrink - step_size * mk / (sqrtf(vk) * inv_sqrt_bc2 + eps);
-        }
+        int rc = o->be->adamw(o->be, hyb_tensor_f32(p), hyb_tensor_cf32(p->grad), o->m[i], o->v[i],
+                              hyb_tensor_numel(p), b1, b2, eps, shrink, step_size, inv_sqrt_bc2);
+        if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_adamw_step: '%s'", p->name);
     }
     return HYB_OK;
 }
@@ -195,10 +219,13 @@ int hyb_adamw_save(const hyb_adamw *o, const char *path) {
     char name[160], val[64];
     for (int i = 0; i < o->n && rc == HYB_OK; i++) {
         const hyb_tensor *p = o->params[i];
-        state_name(o, i, "exp_avg", name, sizeof name);
-        rc = hyb_st_writer_add(w, name, HYB_F32, p->ndim, p->shape, o->m[i]);
-        state_name(o, i, "exp_avg_sq", name, sizeof name);
-        if (rc == HYB_OK) rc = hyb_st_writer_add(w, name, HYB_F32, p->ndim, p->shape, o->v[i]);
+        (void)p;
+        for (int k = 0; k < 2 && rc == HYB_OK; k++) {
+            /* the moments as tensors of the parameter's device: the writer copies device data */
+            hyb_tensor mt = hyb_adamw_moment(o, i, k);
+            state_name(o, i, k ? "exp_avg_sq" : "exp_avg", name, sizeof name);
+            rc = hyb_st_writer_add_tensor(w, name, &mt);
+        }
     }
 #define META(k, fmt, v)                                                                            \
     if (rc == HYB_OK) {                                                                            \
@@ -268,9 +295,10 @@ int hyb_adamw_load(hyb_adamw *o, const char *path) {
                         shape_fmt(p->ndim, p->shape, b, sizeof b));
                     break;
                 }
-                if (pass == 1)
-                    rc =
-                        hyb_safetensors_read_f32(st, t, k ? o->v[i] : o->m[i], hyb_tensor_numel(p));
+                if (pass == 1) {
+                    hyb_tensor mt = hyb_adamw_moment(o, i, k);
+                    rc = hyb_safetensors_read_tensor(st, t, &mt);
+                }
             }
         }
     if (rc == HYB_OK) o->step = stepv;

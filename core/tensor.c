@@ -1,6 +1,8 @@
 /* core/tensor.c: dtype facts, dense tensors, f16/bf16 conversion, the deterministic RNG. */
 #include "hyb/tensor.h"
 
+#include "hyb/backend.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,20 +218,125 @@ hyb_tensor *hyb_tensor_clone(const hyb_tensor *t) {
 void hyb_tensor_free(hyb_tensor *t) {
     if (!t) return;
     if (t->owner == HYB_OWN_ARENA) return; /* struct and data belong to the arena */
-    if (t->owner == HYB_OWN_HEAP || t->owner == HYB_OWN_PARAM) hyb_free(t->data);
+    if (t->owner == HYB_OWN_HEAP || t->owner == HYB_OWN_PARAM) {
+        if (t->device == HYB_DEV_CPU)
+            hyb_free(t->data);
+        else {
+            const hyb_backend *be = hyb_backend_get(t->device);
+            if (be && t->data) be->free(be, t->data);
+        }
+    }
     hyb_free(t);
+}
+
+hyb_tensor *hyb_tensor_new_on(const hyb_backend *be, hyb_dtype dtype, int ndim,
+                              const int64_t *shape) {
+    if (!be || be->device == HYB_DEV_CPU) return hyb_tensor_new(dtype, ndim, shape);
+    hyb_tensor tmp;
+    if (tensor_init(&tmp, dtype, ndim, shape, "hyb_tensor_new_on") != HYB_OK) return NULL;
+    hyb_tensor *t = hyb_malloc(sizeof *t);
+    if (!t) return NULL;
+    *t = tmp;
+    t->owner = HYB_OWN_HEAP;
+    t->device = be->device;
+    size_t nb = hyb_tensor_nbytes(t);
+    t->data = be->alloc(be, nb ? nb : 1);
+    char s[128];
+    if (!t->data || be->memset0(be, t->data, nb) != HYB_OK) {
+        hyb_error_wrap(HYB_ERR_NOMEM, "hyb_tensor_new_on %s: %s %s", be->name,
+                       hyb_tensor_shape_str(t, s, sizeof s), t->name);
+        if (t->data) be->free(be, t->data);
+        hyb_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+int hyb_tensor_download(const hyb_tensor *t, void *host_dst) {
+    size_t nb = hyb_tensor_nbytes(t);
+    if (t->device == HYB_DEV_CPU) {
+        if (nb) memcpy(host_dst, t->data, nb);
+        return HYB_OK;
+    }
+    const hyb_backend *be = hyb_backend_get(t->device);
+    if (!be) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "reading tensor '%s'", t->name);
+    return be->download(be, host_dst, t->data, nb);
+}
+
+int hyb_tensor_upload(hyb_tensor *t, const void *host_src) {
+    size_t nb = hyb_tensor_nbytes(t);
+    if (t->device == HYB_DEV_CPU) {
+        if (nb) memcpy(t->data, host_src, nb);
+        return HYB_OK;
+    }
+    const hyb_backend *be = hyb_backend_get(t->device);
+    if (!be) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "writing tensor '%s'", t->name);
+    return be->upload(be, t->data, host_src, nb);
+}
+
+/* Move the data of an owning tensor to another device in place (its ->grad too). */
+int hyb_tensor_move(hyb_tensor *t, const hyb_backend *be) {
+    char s[128];
+    if (!t || !be) return hyb_error_set(HYB_ERR_ARG, "hyb_tensor_move: NULL argument");
+    if (t->device == be->device) return HYB_OK;
+    if (t->owner != HYB_OWN_HEAP && t->owner != HYB_OWN_PARAM)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_tensor_move: '%s' %s does not own its data", t->name,
+                             hyb_tensor_shape_str(t, s, sizeof s));
+    if (!hyb_tensor_is_contiguous(t))
+        return hyb_error_set(HYB_ERR_ARG, "hyb_tensor_move: '%s' is not contiguous", t->name);
+    size_t nb = hyb_tensor_nbytes(t);
+    void *host = NULL; /* the data as host memory */
+    int rc = HYB_OK;
+    if (t->device == HYB_DEV_CPU)
+        host = t->data;
+    else {
+        host = hyb_malloc(nb ? nb : 1);
+        if (!host) return hyb_error_set(HYB_ERR_NOMEM, "hyb_tensor_move: out of memory");
+        rc = hyb_tensor_download(t, host);
+    }
+    void *dst = NULL;
+    if (rc == HYB_OK) {
+        if (be->device == HYB_DEV_CPU)
+            dst = host;
+        else {
+            dst = be->alloc(be, nb ? nb : 1);
+            if (!dst)
+                rc = hyb_error_wrap(HYB_ERR_NOMEM, "moving '%s' %s to %s", t->name,
+                                    hyb_tensor_shape_str(t, s, sizeof s), be->name);
+            else if ((rc = be->upload(be, dst, host, nb)) != HYB_OK)
+                be->free(be, dst);
+        }
+    }
+    if (rc != HYB_OK) {
+        if (host != t->data) hyb_free(host);
+        return rc;
+    }
+    /* release the old storage (the host copy is kept when it is the destination) */
+    if (t->device == HYB_DEV_CPU) {
+        if (dst != host) hyb_free(host);
+    } else {
+        const hyb_backend *old = hyb_backend_get(t->device);
+        if (old) old->free(old, t->data);
+        if (dst != host) hyb_free(host);
+    }
+    t->data = dst;
+    t->device = be->device;
+    if (t->grad) return hyb_tensor_move(t->grad, be);
+    return HYB_OK;
 }
 
 int hyb_tensor_grad_ensure(hyb_tensor *t) {
     char s[128];
     if (!t) return hyb_error_set(HYB_ERR_ARG, "hyb_tensor_grad_ensure: NULL tensor");
     if (t->grad) return HYB_OK;
-    if (t->owner != HYB_OWN_PARAM || t->device != HYB_DEV_CPU)
+    if (t->owner != HYB_OWN_PARAM)
         return hyb_error_set(HYB_ERR_ARG,
-                             "tensor '%s' %s has no ->grad and is not a CPU parameter (its owner "
+                             "tensor '%s' %s has no ->grad and is not a parameter (its owner "
                              "must allocate it)",
                              t->name, hyb_tensor_shape_str(t, s, sizeof s));
-    t->grad = hyb_tensor_new(HYB_F32, t->ndim, t->shape);
+    const hyb_backend *be = hyb_backend_get(t->device);
+    if (!be) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "gradient of '%s'", t->name);
+    t->grad = hyb_tensor_new_on(be, HYB_F32, t->ndim, t->shape);
     if (!t->grad)
         return hyb_error_wrap(HYB_ERR_NOMEM, "gradient of '%s' %s", t->name,
                               hyb_tensor_shape_str(t, s, sizeof s));

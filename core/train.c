@@ -76,34 +76,6 @@ int hyb_model_n_frozen(const hyb_model *m) {
 
 // ---- distillation loss --------------------------------------------------------------------------
 
-/* out[0] = sum_i w_i in_i[0]; backward: d in_i += w_i * d out */
-static int wsum_bwd(hyb_graph *g, hyb_node *n) {
-    const float go = ((const float *)n->out->grad->data)[0];
-    for (int i = 0; i < n->n_in; i++) {
-        float *d;
-        HYB_TRY(graph_grad(g, n->in[i], &d));
-        if (d) d[0] += n->fv[i] * go;
-    }
-    return HYB_OK;
-}
-
-static hyb_tensor *weighted_sum(hyb_graph *g, hyb_tensor **ins, const float *w, int n) {
-    int64_t sh[1] = {1};
-    hyb_tensor *out = graph_output(g, "distill_loss", HYB_DEV_CPU, 1, sh);
-    if (!out) return NULL;
-    double s = 0;
-    for (int i = 0; i < n; i++)
-        s += (double)w[i] * (double)hyb_tensor_cf32(ins[i])[0];
-    hyb_tensor_f32(out)[0] = (float)s;
-    if (graph_recording(g, ins, n)) {
-        hyb_node *nd = graph_record(g, "distill_loss", out, ins, n, wsum_bwd);
-        if (!nd) return NULL;
-        for (int i = 0; i < n; i++)
-            nd->fv[i] = w[i];
-    }
-    return out;
-}
-
 hyb_tensor *hyb_distill_loss_apply(hyb_graph *g, const hyb_distill_loss *cfg, hyb_tensor *student,
                                    hyb_tensor *teacher, const int32_t *targets, const float *mask,
                                    float parts[3]) {
@@ -123,26 +95,26 @@ hyb_tensor *hyb_distill_loss_apply(hyb_graph *g, const hyb_distill_loss *cfg, hy
     if (cfg->w_rkl > 0) {
         hyb_tensor *l = hyb_kl_reverse(g, student, teacher, mask, cfg->temperature);
         if (!l) return NULL;
-        if (parts) parts[0] = hyb_tensor_cf32(l)[0];
+        if (parts && hyb_tensor_download(l, &parts[0]) != HYB_OK) return NULL;
         ins[n] = l;
         w[n++] = cfg->w_rkl;
     }
     if (cfg->w_fkl > 0) {
         hyb_tensor *l = hyb_kl_forward(g, student, teacher, mask, cfg->temperature);
         if (!l) return NULL;
-        if (parts) parts[1] = hyb_tensor_cf32(l)[0];
+        if (parts && hyb_tensor_download(l, &parts[1]) != HYB_OK) return NULL;
         ins[n] = l;
         w[n++] = cfg->w_fkl;
     }
     if (cfg->w_ce > 0) {
         hyb_tensor *l = hyb_cross_entropy(g, student, targets, mask);
         if (!l) return NULL;
-        if (parts) parts[2] = hyb_tensor_cf32(l)[0];
+        if (parts && hyb_tensor_download(l, &parts[2]) != HYB_OK) return NULL;
         ins[n] = l;
         w[n++] = cfg->w_ce;
     }
     if (n == 1 && w[0] == 1.0f) return ins[0]; /* the plain loss: no extra node */
-    return weighted_sum(g, ins, w, n);
+    return hyb_weighted_sum(g, ins, w, n);
 }
 
 // ---- trainer ------------------------------------------------------------------------------------
@@ -303,7 +275,9 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
             goto done;
         }
         const double share = wk[k] / total;
-        s.loss += share * hyb_tensor_cf32(loss)[0];
+        float lv = 0.0f;
+        if ((rc = hyb_tensor_download(loss, &lv)) != HYB_OK) goto done;
+        s.loss += share * lv;
         for (int j = 0; j < 3; j++)
             s.parts[j] += share * parts[j];
         if ((rc = hyb_graph_backward(t->g, loss, (float)share)) != HYB_OK) {
@@ -400,10 +374,11 @@ int hyb_trainer_save(hyb_trainer *t, const char *path, int n_meta, const char *c
     for (int i = 0; i < m->n_params && rc == HYB_OK; i++) {
         hyb_tensor *p = m->params[i];
         rc = hyb_st_writer_add_tensor(w, p->name, p);
-        snprintf(name, sizeof name, "optimizer.%s.exp_avg", p->name);
-        if (rc == HYB_OK) rc = hyb_st_writer_add(w, name, HYB_F32, p->ndim, p->shape, t->opt->m[i]);
-        snprintf(name, sizeof name, "optimizer.%s.exp_avg_sq", p->name);
-        if (rc == HYB_OK) rc = hyb_st_writer_add(w, name, HYB_F32, p->ndim, p->shape, t->opt->v[i]);
+        for (int k = 0; k < 2 && rc == HYB_OK; k++) {
+            hyb_tensor mt = hyb_adamw_moment(t->opt, i, k);
+            snprintf(name, sizeof name, "optimizer.%s.%s", p->name, k ? "exp_avg_sq" : "exp_avg");
+            rc = hyb_st_writer_add_tensor(w, name, &mt);
+        }
         if (!p->requires_grad) {
             strcat(frozen, p->name);
             strcat(frozen, "\n");
@@ -561,16 +536,16 @@ static int load_tensors(const hyb_safetensors *st, const char *path, hyb_model *
             hyb_tensor *p = m->params[i];
             const hyb_st_tensor *t;
             HYB_TRY(find_like(st, path, p->name, p, 0, &t));
-            if (pass)
-                HYB_TRY(hyb_safetensors_read_f32(st, t, hyb_tensor_f32(p), hyb_tensor_numel(p)));
+            if (pass) HYB_TRY(hyb_safetensors_read_tensor(st, t, p));
             if (!opt) continue;
             for (int k = 0; k < 2; k++) {
                 snprintf(name, sizeof name, "optimizer.%s.%s", p->name,
                          k ? "exp_avg_sq" : "exp_avg");
                 HYB_TRY(find_like(st, path, name, p, 1, &t));
-                if (pass)
-                    HYB_TRY(hyb_safetensors_read_f32(st, t, k ? opt->v[i] : opt->m[i],
-                                                     hyb_tensor_numel(p)));
+                if (pass) {
+                    hyb_tensor mt = hyb_adamw_moment(opt, i, k);
+                    HYB_TRY(hyb_safetensors_read_tensor(st, t, &mt));
+                }
             }
         }
     return HYB_OK;

@@ -84,6 +84,10 @@ lua_Integer lhyb_opt_field_int(lua_State *L, int idx, const char *fname, const c
 int lhyb_opt_field_bool(lua_State *L, int idx, const char *fname, const char *key, int def);
 const char *lhyb_opt_field_string(lua_State *L, int idx, const char *fname, const char *key,
                                   const char *def);
+/* The backend named by the option `device` of the table at idx ("cpu", "cuda", "cuda:N"), opened;
+ * NULL when absent (the CPU). A device that cannot be opened raises its one-line reason. */
+struct hyb_backend;
+const struct hyb_backend *lhyb_opt_device(lua_State *L, int idx, const char *fname);
 /* A short description of the value at idx for messages: "-3", "2.5", "string \"x\"", "nil". */
 const char *lhyb_describe(lua_State *L, int idx, char *buf, size_t n);
 

@@ -5,7 +5,8 @@
  *   local id = e:submit({1, 2, 3}, {max_tokens = 32, temperature = 0, eos = {2}})
  *   for _, c in ipairs(e:run()) do print(c.id, #c.tokens, c.ttft) end   -- or e:step() in a loop
  *   print(e:stats().prefix_hits)
- *   local p = hyb.plan_memory("graphs/apriel-nemotron-15b.toml", {budget_bytes = 80e9, context = 8192})
+ *   local p = hyb.plan_memory("graphs/apriel-nemotron-15b.toml", {budget_bytes = 80e9, context =
+ * 8192})
  *
  * The engine keeps its model userdata alive (user value 1). It borrows the model's hyb_model: the
  * first field of both the hyb.model and the hyb.llm userdata is the hyb_model pointer (NULL once
@@ -44,10 +45,11 @@ static int engine_gc(lua_State *L) {
     return 0;
 }
 
-/* hyb.engine(model_or_llm[, {slots=, max_ctx=, prefill_chunk=, prefix_block=, max_prefix_entries=}]) */
+/* hyb.engine(model_or_llm[, {slots=, max_ctx=, prefill_chunk=, prefix_block=,
+ * max_prefix_entries=}]) */
 static int l_engine(lua_State *L) {
-    static const char *const allowed[] = {"slots", "max_ctx", "prefill_chunk", "prefix_block",
-                                          "max_prefix_entries", NULL};
+    static const char *const allowed[] = {
+        "slots", "max_ctx", "prefill_chunk", "prefix_block", "max_prefix_entries", NULL};
     const char *F = "hyb.engine";
     char buf[96];
     void *ud = luaL_testudata(L, 1, LHYB_MODEL_MT);
@@ -99,8 +101,8 @@ static int32_t *check_id_list(lua_State *L, int idx, const char *F, const char *
 /* e:submit(ids[, {max_tokens=16, temperature=0, top_k=0, top_p=1, repetition_penalty=1, seed=0,
  * eos=id or {ids}}]) -> request id */
 static int l_submit(lua_State *L) {
-    static const char *const allowed[] = {"max_tokens", "temperature", "top_k", "top_p",
-                                          "repetition_penalty", "seed", "eos", NULL};
+    static const char *const allowed[] = {"max_tokens",         "temperature", "top_k", "top_p",
+                                          "repetition_penalty", "seed",        "eos",   NULL};
     const char *F = "engine:submit";
     char buf[96];
     lengine *le = check_engine(L, 1, F);
@@ -113,8 +115,7 @@ static int l_submit(lua_State *L) {
     p.sampler.temperature = (float)lhyb_opt_field_number(L, 3, F, "temperature", 0.0);
     p.sampler.top_k = (int)lhyb_opt_field_int(L, 3, F, "top_k", 0, 1 << 30, 0);
     p.sampler.top_p = (float)lhyb_opt_field_number(L, 3, F, "top_p", 1.0);
-    p.sampler.repetition_penalty =
-        (float)lhyb_opt_field_number(L, 3, F, "repetition_penalty", 1.0);
+    p.sampler.repetition_penalty = (float)lhyb_opt_field_number(L, 3, F, "repetition_penalty", 1.0);
     p.seed = (uint64_t)lhyb_opt_field_int(L, 3, F, "seed", 0, LUA_MAXINTEGER, 0);
     if (lua_istable(L, 3)) {
         lua_getfield(L, 3, "eos");
@@ -163,10 +164,14 @@ static int l_add_prefix(lua_State *L) {
 
 static const char *finish_name(int f) {
     switch (f) {
-    case HYB_FINISH_LENGTH: return "length";
-    case HYB_FINISH_EOS: return "eos";
-    case HYB_FINISH_CTX: return "ctx";
-    default: return "error";
+    case HYB_FINISH_LENGTH:
+        return "length";
+    case HYB_FINISH_EOS:
+        return "eos";
+    case HYB_FINISH_CTX:
+        return "ctx";
+    default:
+        return "error";
     }
 }
 
@@ -269,7 +274,8 @@ static int l_stats(lua_State *L) {
     return 1;
 }
 
-/* hyb.plan_memory(layermap_path[, {budget_bytes=, context=, weight_dtype="f32"|"bf16"|"f16"}]) -> table (text = one line) */
+/* hyb.plan_memory(layermap_path[, {budget_bytes=, context=, weight_dtype="f32"|"bf16"|"f16"}]) ->
+ * table (text = one line) */
 static int l_plan_memory(lua_State *L) {
     static const char *const allowed[] = {"budget_bytes", "context", "weight_dtype", NULL};
     const char *F = "hyb.plan_memory";
@@ -282,12 +288,12 @@ static int l_plan_memory(lua_State *L) {
     if (!(budget >= 1 && budget < 9.2e18))
         return lhyb_error(L, "%s: budget_bytes must be positive, got %g", F, budget);
     const char *wd = lhyb_opt_field_string(L, 2, F, "weight_dtype", "f32");
-    int wb = strcmp(wd, "f32") == 0 ? 4
+    int wb = strcmp(wd, "f32") == 0                                ? 4
              : (strcmp(wd, "bf16") == 0 || strcmp(wd, "f16") == 0) ? 2
-                                                                      : 0;
+                                                                   : 0;
     if (!wb)
-        return lhyb_error(L, "%s: weight_dtype must be \"f32\", \"bf16\" or \"f16\", got \"%s\"",
-                          F, wd);
+        return lhyb_error(L, "%s: weight_dtype must be \"f32\", \"bf16\" or \"f16\", got \"%s\"", F,
+                          wd);
     hyb_layermap *map = NULL;
     if (hyb_layermap_load(lua_tostring(L, 1), &map) != HYB_OK) return lhyb_raise_hyb(L, F);
     lua_Integer ctx = lhyb_opt_field_int(L, 2, F, "context", 1, 1 << 30, map->max_seq);
@@ -314,10 +320,9 @@ static int l_plan_memory(lua_State *L) {
 
 void lhyb_open_engine(lua_State *L); /* called from luaopen_hyb (lua_hyb.c) */
 void lhyb_open_engine(lua_State *L) {
-    static const luaL_Reg methods[] = {{"submit", l_submit},   {"add_prefix", l_add_prefix},
-                                       {"step", l_step},       {"run", l_run},
-                                       {"pending", l_pending}, {"stats", l_stats},
-                                       {"close", engine_gc},   {NULL, NULL}};
+    static const luaL_Reg methods[] = {
+        {"submit", l_submit},   {"add_prefix", l_add_prefix}, {"step", l_step},     {"run", l_run},
+        {"pending", l_pending}, {"stats", l_stats},           {"close", engine_gc}, {NULL, NULL}};
     luaL_newmetatable(L, LHYB_ENGINE_MT);
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);

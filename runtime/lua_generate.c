@@ -23,6 +23,7 @@
 #include "hyb/hf.h"
 #include "hyb/sample.h"
 #include "hyb/tokenizer.h"
+#include "hyb/backend.h"
 #include "lhyb.h"
 
 #define LHYB_LLM_MT "hyb.llm"
@@ -65,9 +66,9 @@ static int is_directory(const char *p) {
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* hyb.llm([path][, {max_ctx = n}]) */
+/* hyb.llm([path][, {max_ctx = n, device = "cpu"|"cuda[:N]"}]) */
 static int l_llm(lua_State *L) {
-    static const char *const allowed[] = {"max_ctx", NULL};
+    static const char *const allowed[] = {"max_ctx", "device", NULL};
     const char *F = "hyb.llm";
     char buf[1024];
     const char *path = NULL;
@@ -92,6 +93,7 @@ static int l_llm(lua_State *L) {
     }
     lhyb_check_opts(L, opt_idx, F, allowed);
     lua_Integer max_ctx = lhyb_opt_field_int(L, opt_idx, F, "max_ctx", 1, 1 << 24, 0);
+    const hyb_backend *be = lhyb_opt_device(L, opt_idx, F); /* opened before the model loads */
 
     lllm *l = (lllm *)lua_newuserdatauv(L, sizeof(lllm), 0);
     memset(l, 0, sizeof *l);
@@ -109,7 +111,7 @@ static int l_llm(lua_State *L) {
     } else {
         l->tok = hyb_tokenizer_load_gguf(path);
     }
-    if (!l->tok) {
+    if (!l->tok || (be && hyb_model_to_device(l->m, be) != HYB_OK)) {
         llm_release(l);
         return lhyb_raise_hyb(L, F);
     }

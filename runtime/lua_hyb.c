@@ -4,6 +4,7 @@
 
 #include "hyb/common.h"
 #include "hyb/mixer.h"
+#include "hyb/backend.h"
 #include "lhyb.h"
 
 /* hyb.plugins() -> { {name=, version=, path=, description=, devices={"cpu", ...}}, ... } */
@@ -26,17 +27,40 @@ static int l_plugins(lua_State *L) {
         lua_setfield(L, -2, "description");
         lua_createtable(L, 2, 0);
         int k = 0;
-        if (d->devices & HYB_DEVBIT_CPU) {
-            lua_pushstring(L, "cpu");
-            lua_rawseti(L, -2, ++k);
-        }
-        if (d->devices & HYB_DEVBIT_CUDA) {
-            lua_pushstring(L, "cuda");
-            lua_rawseti(L, -2, ++k);
-        }
+        for (int dev = 0; dev < HYB_DEV_COUNT; dev++)
+            if (d->kernels[dev].forward) {
+                lua_pushstring(L, hyb_device_name((hyb_device)dev));
+                lua_rawseti(L, -2, ++k);
+            }
         lua_setfield(L, -2, "devices");
         lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
     }
+    return 1;
+}
+
+/* hyb.devices() -> { {name = "cpu", status = "available ..."}, {name = "cuda", status = ...} } */
+static int l_devices(lua_State *L) {
+    char name[64], status[512];
+    lua_newtable(L);
+    for (int i = 0; hyb_backend_describe(i, name, sizeof name, status, sizeof status) == HYB_OK;
+         i++) {
+        lua_createtable(L, 0, 2);
+        lua_pushstring(L, name);
+        lua_setfield(L, -2, "name");
+        lua_pushstring(L, status);
+        lua_setfield(L, -2, "status");
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+/* hyb.device(name) -> the opened backend's name ("cpu", "cuda:0"); raises the one-line reason
+ * when the device cannot be used */
+static int l_device(lua_State *L) {
+    const char *name = luaL_checkstring(L, 1);
+    const hyb_backend *be = NULL;
+    if (hyb_backend_open(name, &be) != HYB_OK) return lhyb_raise_hyb(L, "hyb.device");
+    lua_pushstring(L, be->name);
     return 1;
 }
 
@@ -75,6 +99,8 @@ static int l_log_level(lua_State *L) {
 
 int luaopen_hyb(lua_State *L) {
     static const luaL_Reg funcs[] = {{"plugins", l_plugins},
+                                     {"devices", l_devices},
+                                     {"device", l_device},
                                      {"plugin_path", l_plugin_path},
                                      {"time", l_time},
                                      {"log_level", l_log_level},

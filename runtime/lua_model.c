@@ -22,6 +22,7 @@
 #include "hyb/config.h"
 #include "hyb/graph.h"
 #include "hyb/model.h"
+#include "hyb/backend.h"
 #include "lhyb.h"
 
 /* ---- layer maps ------------------------------------------------------------------------------ */
@@ -529,6 +530,24 @@ static int make_dirs(const char *path, char *err, size_t n) {
     return 0;
 }
 
+/* model:to(device) -> model (moved in place: "cpu", "cuda", "cuda:N"); model:device() -> name */
+static int m_to(lua_State *L) {
+    const char *F = "model:to";
+    hyb_model *m = lhyb_check_model(L, 1, F);
+    const char *name = luaL_checkstring(L, 2);
+    const hyb_backend *be = NULL;
+    if (hyb_backend_open(name, &be) != HYB_OK || hyb_model_to_device(m, be) != HYB_OK)
+        return lhyb_raise_hyb(L, F);
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int m_device(lua_State *L) {
+    hyb_model *m = lhyb_check_model(L, 1, "model:device");
+    lua_pushstring(L, hyb_model_backend(m)->name);
+    return 1;
+}
+
 static int m_save(lua_State *L) {
     char buf[96], err[4400];
     lmodel *lm = check_model(L, 1, "model:save");
@@ -935,6 +954,8 @@ static const luaL_Reg model_methods[] = {{"forward", m_forward},
                                          {"grad", m_grad},
                                          {"n_params", m_n_params},
                                          {"save", m_save},
+                                         {"to", m_to},
+                                         {"device", m_device},
                                          {"load_params", m_load_params},
                                          {"layout", m_layout},
                                          {"pattern", m_pattern},

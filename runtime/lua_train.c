@@ -29,6 +29,7 @@
 #include "hyb/data.h"
 #include "hyb/hf.h"
 #include "hyb/train.h"
+#include "hyb/backend.h"
 #include "lhyb.h"
 
 #define LHYB_TRAINER_MT "hyb.trainer"
@@ -105,11 +106,15 @@ static int l_clone(lua_State *L) {
     return 1;
 }
 
-/* hyb.train.load(path) -> hyb.model from a .gguf file, an HF directory (config.json), a directory
- * saved by model:save (layermap.toml) or a training checkpoint (.safetensors) */
+/* hyb.train.load(path[, {device = "cpu"|"cuda[:N]"}]) -> hyb.model from a .gguf file, an HF
+ * directory (config.json), a directory saved by model:save (layermap.toml) or a training checkpoint
+ * (.safetensors), on the device asked for */
 static int l_load(lua_State *L) {
+    static const char *const allowed[] = {"device", NULL};
     const char *F = "hyb.train.load";
     const char *path = check_string(L, 1, F, "path");
+    lhyb_check_opts(L, 2, F, allowed);
+    const hyb_backend *be = lhyb_opt_device(L, 2, F);
     hyb_model *m = NULL;
     int rc;
     char p[4200];
@@ -131,6 +136,7 @@ static int l_load(lua_State *L) {
             "%s: '%s': expected a .gguf file, a training checkpoint (.safetensors) or a directory",
             F, path);
     }
+    if (rc == HYB_OK && be && (rc = hyb_model_to_device(m, be)) != HYB_OK) hyb_model_free(m);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     lhyb_push_model(L, m, F);
     return 1;
@@ -731,7 +737,8 @@ static lds *check_ds(lua_State *L, int idx, const char *F) {
 }
 
 /* Option `key` of the table at opts: nil (none), a string or a list of strings. The strings stay
- * referenced by the options table; the array lives in a userdata pushed on the stack (when n > 0). */
+ * referenced by the options table; the array lives in a userdata pushed on the stack (when n > 0).
+ */
 static const char **string_list(lua_State *L, int opts, const char *F, const char *key, int *n) {
     char buf[96];
     *n = 0;
@@ -838,9 +845,9 @@ static int l_files(lua_State *L) {
 /* hyb.data.dataset{files = path | {paths}, include =, exclude =, max_bytes =, tokenizer = tok |
  *                  nil (bytes), special = false, cache = path, val_fraction = 0.05, seed = 1} */
 static int l_dataset(lua_State *L) {
-    static const char *const allowed[] = {"files",        "include", "exclude", "max_bytes",
-                                          "tokenizer",    "special", "cache",   "val_fraction",
-                                          "seed",         NULL};
+    static const char *const allowed[] = {"files",     "include", "exclude", "max_bytes",
+                                          "tokenizer", "special", "cache",   "val_fraction",
+                                          "seed",      NULL};
     const char *F = "hyb.data.dataset";
     lua_settop(L, 1);
     if (!lua_istable(L, 1))
@@ -1002,10 +1009,9 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
 
 void lhyb_open_train(lua_State *L) {
     static const luaL_Reg trainer_methods[] = {
-        {"step", t_step},      {"eval", t_eval},     {"save", t_save}, {"load", t_load},
-        {"steps", t_steps},    {"tokens", t_tokens}, {"lr", t_lr},     {"accum", t_accum},
-        {"lr_scale", t_lr_scale},
-        {"close", trainer_gc}, {NULL, NULL}};
+        {"step", t_step},         {"eval", t_eval},      {"save", t_save}, {"load", t_load},
+        {"steps", t_steps},       {"tokens", t_tokens},  {"lr", t_lr},     {"accum", t_accum},
+        {"lr_scale", t_lr_scale}, {"close", trainer_gc}, {NULL, NULL}};
     static const luaL_Reg tok_methods[] = {
         {"encode", tk_encode}, {"decode", tk_decode},     {"vocab_size", tk_vocab_size},
         {"eos", tk_eos},       {"identity", tk_identity}, {"close", tok_gc},

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "hyb/common.h"
+#include "hyb/backend.h"
 #include "lhyb.h"
 
 const char *lhyb_describe(lua_State *L, int idx, char *buf, size_t n) {
@@ -319,4 +320,12 @@ float *lhyb_check_floats(lua_State *L, int idx, const char *fname, const char *a
             lhyb_error(L, "%s: %s entry %lld must be a finite weight >= 0, got %g", fname, argname,
                        (long long)(i + 1), (double)out[i]);
     return out;
+}
+
+const struct hyb_backend *lhyb_opt_device(lua_State *L, int idx, const char *fname) {
+    const char *name = lhyb_opt_field_string(L, idx, fname, "device", NULL);
+    if (!name) return NULL;
+    const hyb_backend *be = NULL;
+    if (hyb_backend_open(name, &be) != HYB_OK) lhyb_raise_hyb(L, fname);
+    return be;
 }

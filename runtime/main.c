@@ -3,6 +3,7 @@
  *   hyb run script.lua [args...]   run a Lua script with the `hyb` module (arg[0] = script)
  *   hyb run -e 'lua code' [args]   run a chunk given on the command line (`hyb run -` reads stdin)
  *   hyb plugins                    list the mixer plugins found and the search path
+ *   hyb devices                    list the devices (cpu, cuda) and whether each can be used
  *   hyb version | hyb help
  *   hyb <name> [args...]           run the shipped script <scripts>/<name>.lua (generate ...)
  *
@@ -20,6 +21,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "hyb/backend.h"
 #include <dirent.h>
 
 #include <lauxlib.h>
@@ -260,6 +263,8 @@ static void usage(FILE *out) {
             "  run -e '<lua code>' [args]  run a chunk of Lua given on the command line\n"
             "  run - [args]                run Lua read from standard input\n"
             "  plugins                     list the mixer plugins found and the search path\n"
+            "  devices                     list the devices (cpu, cuda[:N]) and whether each can "
+            "be used\n"
             "  version                     print the version\n"
             "  help                        this text\n"
             "  --verbose <command> ...     show the Lua traceback with an error (also\n"
@@ -295,13 +300,26 @@ static int cmd_plugins(void) {
         const char *p = NULL;
         const hyb_mixer_desc *d = hyb_plugin_get(i, &p);
         if (!d) continue;
-        char dev[32] = "";
-        if (d->devices & HYB_DEVBIT_CPU) strcat(dev, "cpu");
-        if (d->devices & HYB_DEVBIT_CUDA) strcat(dev, dev[0] ? ",cuda" : "cuda");
+        char dev[64] = "";
+        for (int k = 0; k < HYB_DEV_COUNT; k++)
+            if (d->kernels[k].forward) {
+                if (dev[0]) strcat(dev, ",");
+                strcat(dev, hyb_device_name((hyb_device)k));
+            }
         printf("%-*s %-10s %-9s %s\n", w, d->name ? d->name : "?", d->version ? d->version : "?",
                dev[0] ? dev : "-", p ? p : "?");
         if (d->description && *d->description) printf("%*s %s\n", w, "", d->description);
     }
+    return 0;
+}
+
+/* hyb devices: every device kind this build knows, and whether it can be used here. */
+static int cmd_devices(void) {
+    printf("%-8s %s\n", "DEVICE", "STATUS");
+    char name[64], status[512];
+    for (int i = 0; hyb_backend_describe(i, name, sizeof name, status, sizeof status) == HYB_OK;
+         i++)
+        printf("%-8s %s\n", name, status);
     return 0;
 }
 
@@ -358,6 +376,7 @@ int main(int argc, char **argv) {
         return run_lua(argv[2], 0, argv + 3, argc - 3);
     }
     if (strcmp(cmd, "plugins") == 0) return cmd_plugins();
+    if (strcmp(cmd, "devices") == 0) return cmd_devices();
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
 #ifdef HYB_HAVE_CUDA
         const char *cuda = "CUDA backend compiled in";

@@ -20,13 +20,14 @@ local function usage(msg)
 end
 
 local opts = gen.parse_args(arg, gen.with_sampling{
-  model = "string", stop = "list", system = "string", verbose = "flag",
+  model = "string", stop = "list", system = "string", device = "string", verbose = "flag",
 }, usage)
 if #opts._ > 0 then usage("unexpected argument '" .. opts._[1] .. "'") end
 
 local sampler = gen.sampler(opts) -- bad sampling options fail before the model loads
 if not opts.verbose then hyb.log_level("warn") end
-local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"]})
+local device = gen.open_device(opts.device, "chat")
+local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device})
 local stops = {"<|im_end|>"}
 for _, s in ipairs(opts.stop or {}) do stops[#stops + 1] = s end
 local system = opts.system or gen.default_system

@@ -127,7 +127,17 @@ local teacher_path = expand(run.teacher or error(recipe_path .. ": [run] teacher
 if not teacher_path:match("^/") and not exists(teacher_path) and exists(recipe_dir .. "/" .. teacher_path) then
   teacher_path = recipe_dir .. "/" .. teacher_path
 end
-local teacher = hyb.train.load(teacher_path)
+-- [run] device = "cpu" | "cuda" | "cuda:N": the teacher, the students and all their compute
+local device = run.device
+if device ~= nil and (type(device) ~= "string" or device == "") then
+  error(recipe_path .. ": [run] device must be a device name such as \"cpu\" or \"cuda:0\"", 0)
+end
+if device ~= nil then
+  local ok, err = pcall(hyb.device, device)
+  if not ok then error(recipe_path .. ": [run] device: " .. tostring(err):gsub("^hyb%.device: ", ""), 0) end
+end
+local load_opts = device and {device = device} or nil
+local teacher = hyb.train.load(teacher_path, load_opts)
 local V = teacher:config().vocab_size
 
 local tok = nil
@@ -314,7 +324,7 @@ for si, name in ipairs(order) do
     local B = setting(S, "batch", 4)
     local T = setting(S, "seq_len", 256)
     local accum = setting(S, "accum", 1)
-    local student = prev and hyb.train.load(prev) or hyb.train.clone(teacher)
+    local student = prev and hyb.train.load(prev, load_opts) or hyb.train.clone(teacher)
     local layers = S.layers
     if not layers and S.lowest then
       layers = ranking_layers(S.ranking or error("stage " .. name .. ": lowest needs ranking"), S.lowest, student)

@@ -16,11 +16,11 @@
 local hyb = require("hyb")
 local E = require("evallib")
 
-local usage = [[usage: hyb eval --teacher PATH --data FILES [--tokenizer bytes|PATH] [--batches 4]
+local usage = [[usage: hyb eval --teacher PATH --data FILES [--tokenizer bytes|PATH] [--device cpu|cuda:N] [--batches 4]
        [--batch 2] [--seq-len 128] [--prompts 4] [--prompt-len 32] [--gen 32] [--out eval.json]
        [--cache PATH] [--val-fraction 0.05] [--seed 1]
        [--include GLOBS] [--exclude GLOBS] [--max-bytes N] [--special] CKPT...]]
-local o, ckpts = E.parse_args(arg, {teacher = "", data = "", tokenizer = "", batches = 4, batch = 2,
+local o, ckpts = E.parse_args(arg, {teacher = "", device = "", data = "", tokenizer = "", batches = 4, batch = 2,
   seq_len = 128, prompts = 4, prompt_len = 32, gen = 32, out = "eval.json", cache = "", val_fraction = 0.05,
   include = "", exclude = "", max_bytes = 0, special = false,
   seed = 1, help = false}, usage)
@@ -28,7 +28,8 @@ if o.help or o.teacher == "" or o.data == "" then print(usage) os.exit(o.help an
 hyb.log_level("warn")
 
 local teacher_path = E.expand(o.teacher)
-local teacher = hyb.train.load(teacher_path)
+local load_opts = E.load_opts(o, "eval")
+local teacher = hyb.train.load(teacher_path, load_opts)
 local ds = E.dataset(o, teacher_path)
 
 -- prompts and the teacher's greedy continuations
@@ -83,7 +84,7 @@ end
 
 evaluate("teacher", teacher)
 for _, c in ipairs(ckpts) do
-  local m <close> = hyb.train.load(E.expand(c))
+  local m <close> = hyb.train.load(E.expand(c), load_opts)
   evaluate(c, m)
 end
 

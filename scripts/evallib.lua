@@ -65,6 +65,18 @@ function E.parse_args(args, spec, usage)
   return o, pos
 end
 
+-- The options of hyb.train.load for `--device D` (o.device; "" = the CPU). The device is opened
+-- at once: one that cannot be used ends the program with one line naming it (exit status 1).
+function E.load_opts(o, prog)
+  if (o.device or "") == "" then return nil end
+  local ok, err = pcall(hyb.device, o.device)
+  if not ok then
+    io.stderr:write(prog, ": ", (tostring(err):gsub("^hyb%.device: ", "")), "\n")
+    os.exit(1)
+  end
+  return {device = o.device}
+end
+
 function E.expand(p)
   return (p:gsub("^~", os.getenv("HOME") or "~"))
 end

@@ -27,18 +27,20 @@ local function usage(msg)
   if msg then io.stderr:write("hyb generate: ", msg, "\n") end
   out:write("usage: hyb generate [--model PATH] [--max-tokens N] [--temperature T] [--top-k K]\n",
                   "         [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--chat]\n",
-                  "         [--system TEXT] [--max-ctx N] [--quiet] [--verbose] PROMPT\n")
+                  "         [--system TEXT] [--max-ctx N] [--device cpu|cuda[:N]] [--quiet] [--verbose] PROMPT\n")
   os.exit(msg and 2 or 0)
 end
 
 local opts = gen.parse_args(arg, gen.with_sampling{
-  model = "string", stop = "list", chat = "flag", system = "string", quiet = "flag", verbose = "flag",
+  model = "string", stop = "list", chat = "flag", system = "string", device = "string",
+  quiet = "flag", verbose = "flag",
 }, usage)
 if #opts._ ~= 1 then usage(#opts._ == 0 and "no prompt given" or "give the prompt as one argument") end
 
 local sampler = gen.sampler(opts) -- bad sampling options fail before the model loads
 if not opts.verbose then hyb.log_level("warn") end
-local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"]})
+local device = gen.open_device(opts.device, "generate")
+local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device})
 local prompt = opts._[1]
 local stops = opts.stop or {}
 if opts.chat then

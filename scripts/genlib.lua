@@ -71,6 +71,19 @@ function M.with_sampling(spec)
   return r
 end
 
+-- open_device(name, prog): nil/"cpu" is the CPU; any other device ("cuda", "cuda:1") is opened
+-- now, before a model loads, and a device that cannot be used ends the program with one line
+-- naming it and the reason (exit status 1), no traceback.
+function M.open_device(name, prog)
+  if name == nil then return nil end
+  local ok, err = pcall(hyb.device, name)
+  if not ok then
+    io.stderr:write(prog, ": ", tostring(err):gsub("^hyb%.device: ", ""), "\n")
+    os.exit(1)
+  end
+  return name
+end
+
 function M.sampler(opts)
   return hyb.sampler{
     temperature = opts.temperature or 0, top_k = opts["top-k"] or 0, top_p = opts["top-p"] or 1,

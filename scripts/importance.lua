@@ -14,11 +14,11 @@
 local hyb = require("hyb")
 local E = require("evallib")
 
-local usage = [=[usage: hyb importance --teacher PATH --data FILES [--tokenizer bytes|PATH] [--batches 4]
+local usage = [=[usage: hyb importance --teacher PATH --data FILES [--tokenizer bytes|PATH] [--device cpu|cuda[:N]] [--batches 4]
        [--batch 2] [--seq-len 128] [--layers 0,1,...] [--mmr-steps 0] [--mmr-lr 1e-3]
        [--out ranking.json] [--cache PATH] [--val-fraction 0.05] [--seed 1]
        [--include GLOBS] [--exclude GLOBS] [--max-bytes N] [--special]]=]
-local o = E.parse_args(arg, {teacher = "", data = "", tokenizer = "", batches = 4, batch = 2, seq_len = 128,
+local o = E.parse_args(arg, {teacher = "", device = "", data = "", tokenizer = "", batches = 4, batch = 2, seq_len = 128,
   layers = "", mmr_steps = 0, mmr_lr = 1e-3, out = "ranking.json", cache = "", val_fraction = 0.05,
   include = "", exclude = "", max_bytes = 0, special = false,
   seed = 1, help = false}, usage)
@@ -26,7 +26,8 @@ if o.help or o.teacher == "" or o.data == "" then print(usage) os.exit(o.help an
 hyb.log_level("warn")
 
 local teacher_path = E.expand(o.teacher)
-local teacher = hyb.train.load(teacher_path)
+local load_opts = E.load_opts(o, "importance")
+local teacher = hyb.train.load(teacher_path, load_opts)
 local ds = E.dataset(o, teacher_path)
 local L = teacher:config().n_layers
 local layers = {}

@@ -507,8 +507,8 @@ static hyb_mixer *toy_mixer(int *D, hyb_mixer_desc *desc) {
     memset(desc, 0, sizeof *desc);
     desc->name = "toy";
     desc->saved_bytes = toy_saved_bytes;
-    desc->forward = toy_forward;
-    desc->backward = toy_backward;
+    desc->kernels[HYB_DEV_CPU].forward = toy_forward;
+    desc->kernels[HYB_DEV_CPU].backward = toy_backward;
     hyb_mixer *m = calloc(1, sizeof *m);
     m->desc = desc;
     m->self = D;

@@ -196,7 +196,7 @@ int graph_grad(hyb_graph *g, hyb_tensor *t, float **out) {
         if (!gt) return HYB_ERR_NOMEM;
         const hyb_backend *be = hyb_backend_get(t->device);
         if (!be) return HYB_ERR_UNSUPPORTED;
-        be->memset0(be, gt->data, hyb_tensor_nbytes(gt));
+        HYB_TRY(be->memset0(be, gt->data, hyb_tensor_nbytes(gt)));
         t->grad = gt;
     }
     hyb_tensor *gt = t->grad;
@@ -221,12 +221,13 @@ static int run_backward(hyb_graph *g, hyb_tensor *out, const float *seed) {
         hyb_tensor *o = g->nodes[i].out;
         if (o->grad && o->owner == HYB_OWN_ARENA && o->grad->owner == HYB_OWN_ARENA) {
             const hyb_backend *ob = hyb_backend_get(o->device);
-            ob->memset0(ob, o->grad->data, hyb_tensor_nbytes(o->grad));
+            if (!ob) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "hyb_graph_backward");
+            HYB_TRY(ob->memset0(ob, o->grad->data, hyb_tensor_nbytes(o->grad)));
         }
     }
     float *d;
     HYB_TRY(graph_grad(g, out, &d));
-    be->upload(be, d, seed, sizeof(float) * (size_t)hyb_tensor_numel(out));
+    HYB_TRY(be->upload(be, d, seed, sizeof(float) * (size_t)hyb_tensor_numel(out)));
     for (int i = g->n_nodes - 1; i >= 0; i--) {
         hyb_node *n = &g->nodes[i];
         if (!n->out->grad) continue; /* no gradient reached this node */

@@ -19,6 +19,17 @@
         return NULL;                                                                               \
     } while (0)
 
+/* A backend call in an op's forward: on failure prefix the backend's message (which names the
+ * kernel and its sizes) with the op and return NULL. Backward functions use HYB_TRY. */
+#define OP_CALL(op, call)                                                                          \
+    do {                                                                                           \
+        int op_call_rc_ = (call);                                                                  \
+        if (op_call_rc_ != HYB_OK) {                                                               \
+            hyb_error_wrap(op_call_rc_, "%s", op);                                                 \
+            return NULL;                                                                           \
+        }                                                                                          \
+    } while (0)
+
 typedef struct hyb_node hyb_node;
 typedef int (*hyb_backward_fn)(hyb_graph *g, hyb_node *n);
 
@@ -36,8 +47,8 @@ struct hyb_node {
 };
 
 struct hyb_graph {
-    hyb_arena *host;   /* tensor structs, host-side saved data, CPU activations */
-    hyb_arena *dev[2]; /* per device data arena; dev[HYB_DEV_CPU] == host */
+    hyb_arena *host;               /* tensor structs, host-side saved data, CPU activations */
+    hyb_arena *dev[HYB_DEV_COUNT]; /* per device data arena; dev[HYB_DEV_CPU] == host */
     hyb_node *nodes;
     int n_nodes, cap_nodes;
     int grad_enabled;

@@ -1,4 +1,9 @@
-/* core/graph/mixer_apply.c: a mixer plugin as one coarse node of the tape. */
+/* core/graph/mixer_apply.c: a mixer plugin as one coarse node of the tape.
+ *
+ * The plugin's kernels of the input's device run with that device's backend (hyb/backend.h) in
+ * their arguments. With states and T == 1 and no tape (a generation step of B sequences), the
+ * plugin's decode kernel runs; otherwise its forward (training, prefill), and its backward from
+ * the tape. */
 #include <string.h>
 
 #include "graph/graph_internal.h"
@@ -24,7 +29,7 @@ static int mixer_bwd(hyb_graph *g, hyb_node *n) {
             size_t nb = hyb_tensor_nbytes(p);
             gp = graph_dev_alloc(g, p->device, nb ? nb : 1);
             if (!gp) return HYB_ERR_NOMEM;
-            n->be->memset0(n->be, gp, nb);
+            HYB_TRY(n->be->memset0(n->be, gp, nb));
         }
         grads[i] = gp;
     }
@@ -32,19 +37,19 @@ static int mixer_bwd(hyb_graph *g, hyb_node *n) {
     memset(&a, 0, sizeof a);
     a.B = B;
     a.T = T;
-    a.device = x->device;
-    a.stream = n->be->stream;
+    a.be = n->be;
     a.x = (const float *)x->data;
     a.dy = (const float *)n->out->grad->data;
     a.dx = dx;
     a.params = (const float *const *)n->saved[1];
     a.grads = grads;
     a.saved = n->saved[0];
-    int rc = m->desc->backward(m->self, &a);
+    HYB_TRY(hyb_mixer_kernel_check(m, x->device, HYB_MIXER_BACKWARD));
+    int rc = m->desc->kernels[x->device].backward(m->self, &a);
     if (rc != HYB_OK)
         return hyb_error_wrap(rc < 0 ? rc : HYB_ERR, "mixer '%s' (layer %d) backward", m->type,
                               m->dims.layer);
-    if (dx_acc) n->be->axpy(n->be, dx_acc, dx, 1.0f, hyb_tensor_numel(x));
+    if (dx_acc) HYB_TRY(n->be->axpy(n->be, dx_acc, dx, 1.0f, hyb_tensor_numel(x)));
     return HYB_OK;
 }
 
@@ -84,6 +89,12 @@ hyb_tensor *hyb_mixer_apply(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x, vo
     const hyb_backend *be = op_backend(OP, x->device);
     if (!be) return NULL;
     const int recording = g->grad_enabled && wants_grad;
+    const int step = states && T == 1 && !recording; /* one token of B sequences: decode */
+    if (step && (!pos || max_ctx <= 0))
+        OP_ERR("%s: mixer '%s' (layer %d): a decode step needs pos and max_ctx (got %s, %d)", OP,
+               m->type, m->dims.layer, pos ? "pos" : "NULL", max_ctx);
+    if (hyb_mixer_kernel_check(m, x->device, step ? HYB_MIXER_DECODE : HYB_MIXER_FORWARD) != HYB_OK)
+        return NULL;
     const float **params =
         graph_host_alloc(g, sizeof(float *) * (size_t)(m->n_params ? m->n_params : 1));
     if (!params) return NULL;
@@ -97,12 +108,31 @@ hyb_tensor *hyb_mixer_apply(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x, vo
     }
     hyb_tensor *y = graph_output(g, OP, x->device, 3, x->shape);
     if (!y) return NULL;
+    if (step) {
+        hyb_mixer_dec da;
+        memset(&da, 0, sizeof da);
+        da.n = B;
+        da.be = be;
+        da.x = (const float *)x->data;
+        da.y = (float *)y->data;
+        da.params = params;
+        da.states = states;
+        da.pos = pos;
+        da.max_ctx = max_ctx;
+        int rc = m->desc->kernels[x->device].decode(m->self, &da);
+        if (rc != HYB_OK) {
+            hyb_error_wrap(rc < 0 ? rc : HYB_ERR,
+                           "%s: mixer '%s' (layer %d) decode of %d sequences", OP, m->type,
+                           m->dims.layer, B);
+            return NULL;
+        }
+        return y;
+    }
     hyb_mixer_fwd fa;
     memset(&fa, 0, sizeof fa);
     fa.B = B;
     fa.T = T;
-    fa.device = x->device;
-    fa.stream = be->stream;
+    fa.be = be;
     fa.x = (const float *)x->data;
     fa.y = (float *)y->data;
     fa.params = params;
@@ -110,7 +140,7 @@ hyb_tensor *hyb_mixer_apply(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x, vo
     fa.states = states;
     fa.pos = pos;
     fa.max_ctx = max_ctx;
-    int rc = m->desc->forward(m->self, &fa);
+    int rc = m->desc->kernels[x->device].forward(m->self, &fa);
     if (rc != HYB_OK) {
         hyb_error_wrap(rc < 0 ? rc : HYB_ERR, "%s: mixer '%s' (layer %d) forward on x %s", OP,
                        m->type, m->dims.layer, op_shape(x, a, sizeof a));

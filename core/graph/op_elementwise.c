@@ -18,8 +18,8 @@ static int swiglu_bwd(hyb_graph *g, hyb_node *n) {
     float *dg, *du;
     HYB_TRY(graph_grad(g, n->in[0], &dg));
     HYB_TRY(graph_grad(g, n->in[1], &du));
-    n->be->swiglu_bwd(n->be, (const float *)n->in[0]->data, (const float *)n->in[1]->data,
-                      (const float *)n->out->grad->data, dg, du, hyb_tensor_numel(n->out));
+    HYB_TRY(n->be->swiglu_bwd(n->be, (const float *)n->in[0]->data, (const float *)n->in[1]->data,
+                              (const float *)n->out->grad->data, dg, du, hyb_tensor_numel(n->out)));
     return HYB_OK;
 }
 
@@ -31,8 +31,8 @@ hyb_tensor *hyb_swiglu(hyb_graph *g, hyb_tensor *gate, hyb_tensor *up) {
     if (!be) return NULL;
     hyb_tensor *y = graph_output(g, OP, gate->device, gate->ndim, gate->shape);
     if (!y) return NULL;
-    be->swiglu_fwd(be, (const float *)gate->data, (const float *)up->data, (float *)y->data,
-                   hyb_tensor_numel(y));
+    OP_CALL(OP, be->swiglu_fwd(be, (const float *)gate->data, (const float *)up->data,
+                               (float *)y->data, hyb_tensor_numel(y)));
     hyb_tensor *ins[2] = {gate, up};
     if (graph_recording(g, ins, 2) && !graph_record(g, OP, y, ins, 2, swiglu_bwd)) return NULL;
     return y;
@@ -46,7 +46,7 @@ static int add_bwd(hyb_graph *g, hyb_node *n) {
     for (int i = 0; i < 2; i++) {
         float *d;
         HYB_TRY(graph_grad(g, n->in[i], &d));
-        if (d) n->be->axpy(n->be, d, dy, 1.0f, N);
+        if (d) HYB_TRY(n->be->axpy(n->be, d, dy, 1.0f, N));
     }
     return HYB_OK;
 }
@@ -59,8 +59,8 @@ hyb_tensor *hyb_add(hyb_graph *g, hyb_tensor *a, hyb_tensor *b) {
     if (!be) return NULL;
     hyb_tensor *y = graph_output(g, OP, a->device, a->ndim, a->shape);
     if (!y) return NULL;
-    be->add(be, (const float *)a->data, (const float *)b->data, (float *)y->data,
-            hyb_tensor_numel(y));
+    OP_CALL(OP, be->add(be, (const float *)a->data, (const float *)b->data, (float *)y->data,
+                        hyb_tensor_numel(y)));
     hyb_tensor *ins[2] = {a, b};
     if (graph_recording(g, ins, 2) && !graph_record(g, OP, y, ins, 2, add_bwd)) return NULL;
     return y;
@@ -72,8 +72,8 @@ static int softmax_bwd(hyb_graph *g, hyb_node *n) {
     float *dx;
     HYB_TRY(graph_grad(g, n->in[0], &dx));
     if (dx)
-        n->be->softmax_bwd(n->be, (const float *)n->out->data, (const float *)n->out->grad->data,
-                           dx, n->iv[0], n->iv[1]);
+        HYB_TRY(n->be->softmax_bwd(n->be, (const float *)n->out->data,
+                                   (const float *)n->out->grad->data, dx, n->iv[0], n->iv[1]));
     return HYB_OK;
 }
 
@@ -86,7 +86,7 @@ hyb_tensor *hyb_softmax(hyb_graph *g, hyb_tensor *x) {
     const int64_t V = x->shape[x->ndim - 1], rows = V ? hyb_tensor_numel(x) / V : 0;
     hyb_tensor *y = graph_output(g, OP, x->device, x->ndim, x->shape);
     if (!y) return NULL;
-    be->softmax_fwd(be, (const float *)x->data, (float *)y->data, rows, V);
+    OP_CALL(OP, be->softmax_fwd(be, (const float *)x->data, (float *)y->data, rows, V));
     hyb_tensor *ins[1] = {x};
     if (graph_recording(g, ins, 1)) {
         hyb_node *nd = graph_record(g, OP, y, ins, 1, softmax_bwd);

@@ -9,8 +9,8 @@ static int embedding_bwd(hyb_graph *g, hyb_node *n) {
     float *dW;
     HYB_TRY(graph_grad(g, n->in[0], &dW));
     if (dW)
-        n->be->embedding_bwd(n->be, dW, (const int32_t *)n->saved[0],
-                             (const float *)n->out->grad->data, n->iv[0], n->iv[1]);
+        HYB_TRY(n->be->embedding_bwd(n->be, dW, (const int32_t *)n->saved[0],
+                                     (const float *)n->out->grad->data, n->iv[0], n->iv[1]));
     return HYB_OK;
 }
 
@@ -41,7 +41,7 @@ hyb_tensor *hyb_embedding(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B
         graph_host_alloc(g, sizeof(int32_t) * (size_t)(n ? n : 1)); /* copied: caller's may go */
     if (!idc) return NULL;
     if (n) memcpy(idc, ids, sizeof(int32_t) * (size_t)n);
-    be->embedding_fwd(be, (const float *)W->data, idc, (float *)y->data, n, D);
+    OP_CALL(OP, be->embedding_fwd(be, (const float *)W->data, idc, (float *)y->data, n, D));
     hyb_tensor *ins[1] = {W};
     if (graph_recording(g, ins, 1)) {
         hyb_node *nd = graph_record(g, OP, y, ins, 1, embedding_bwd);
@@ -63,8 +63,12 @@ static int matmul_bwd(hyb_graph *g, hyb_node *n) {
     HYB_TRY(graph_grad(g, x, &dx));
     HYB_TRY(graph_grad(g, W, &dW));
     /* y = x W^T:  dx += dy W  ([M,N] x [N,K]);  dW += dy^T x  ([N,M] x [M,K]) */
-    if (dx) n->be->sgemm(n->be, 0, 0, M, K, N, 1.0f, dy, N, (const float *)W->data, K, 1.0f, dx, K);
-    if (dW) n->be->sgemm(n->be, 1, 0, N, K, M, 1.0f, dy, N, (const float *)x->data, K, 1.0f, dW, K);
+    if (dx)
+        HYB_TRY(n->be->sgemm(n->be, 0, 0, M, K, N, 1.0f, dy, N, (const float *)W->data, K, 1.0f, dx,
+                             K));
+    if (dW)
+        HYB_TRY(n->be->sgemm(n->be, 1, 0, N, K, M, 1.0f, dy, N, (const float *)x->data, K, 1.0f, dW,
+                             K));
     return HYB_OK;
 }
 
@@ -97,8 +101,8 @@ hyb_tensor *hyb_matmul(hyb_graph *g, hyb_tensor *x, hyb_tensor *W) {
     shape[x->ndim - 1] = N;
     hyb_tensor *y = graph_output(g, OP, x->device, x->ndim, shape);
     if (!y) return NULL;
-    be->sgemm(be, 0, 1, M, N, (int)K, 1.0f, (const float *)x->data, (int)K, (const float *)W->data,
-              (int)K, 0.0f, (float *)y->data, N);
+    OP_CALL(OP, be->sgemm(be, 0, 1, M, N, (int)K, 1.0f, (const float *)x->data, (int)K,
+                          (const float *)W->data, (int)K, 0.0f, (float *)y->data, N));
     hyb_tensor *ins[2] = {x, W};
     if (graph_recording(g, ins, 2)) {
         hyb_node *nd = graph_record(g, OP, y, ins, 2, matmul_bwd);

@@ -50,14 +50,13 @@ static hyb_tensor *loss_output(hyb_graph *g, const char *op, const hyb_backend *
     hyb_tensor *L = graph_output(g, op, dev, 1, &one);
     if (!L) return NULL;
     float v = (float)value;
-    be->upload(be, L->data, &v, sizeof v);
+    OP_CALL(op, be->upload(be, L->data, &v, sizeof v));
     return L;
 }
 
-static float loss_upstream(hyb_node *n) {
-    float d;
-    n->be->download(n->be, &d, n->out->grad->data, sizeof d);
-    return d;
+/* dL/dloss, read back from the loss's (device) gradient */
+static int loss_upstream(hyb_node *n, float *d) {
+    return n->be->download(n->be, d, n->out->grad->data, sizeof *d);
 }
 
 // ---- cross-entropy --------------------------------------------------------------------------
@@ -67,10 +66,12 @@ static int ce_bwd(hyb_graph *g, hyb_node *n) {
     float *dx;
     HYB_TRY(graph_grad(g, x, &dx));
     if (!dx || n->fv[0] == 0.0f) return HYB_OK;
-    const float scale = loss_upstream(n) * n->fv[0]; /* dL/dloss / count */
-    n->be->ce_bwd(n->be, (const float *)x->data, (const int32_t *)n->saved[0],
-                  (const float *)n->saved[1], (const float *)n->saved[2], dx, n->iv[0], n->iv[1],
-                  scale);
+    float up;
+    HYB_TRY(loss_upstream(n, &up));
+    const float scale = up * n->fv[0]; /* dL/dloss / count */
+    HYB_TRY(n->be->ce_bwd(n->be, (const float *)x->data, (const int32_t *)n->saved[0],
+                          (const float *)n->saved[1], (const float *)n->saved[2], dx, n->iv[0],
+                          n->iv[1], scale));
     return HYB_OK;
 }
 
@@ -94,7 +95,7 @@ hyb_tensor *hyb_cross_entropy(hyb_graph *g, hyb_tensor *logits, const int32_t *t
     for (int64_t r = 0; r < rows; r++)
         if (tc[r] < 0) tc[r] = 0; /* ignored rows (w = 0) still get a valid index */
     double sum = 0.0;
-    be->ce_fwd(be, (const float *)logits->data, tc, w, lse, rows, V, &sum);
+    OP_CALL(OP, be->ce_fwd(be, (const float *)logits->data, tc, w, lse, rows, V, &sum));
     hyb_tensor *L = loss_output(g, OP, be, logits->device, count > 0 ? sum / count : 0.0);
     if (!L) return NULL;
     hyb_tensor *ins[1] = {logits};
@@ -118,10 +119,12 @@ static int kl_bwd(hyb_graph *g, hyb_node *n) {
     float *ds;
     HYB_TRY(graph_grad(g, s, &ds)); /* the teacher is a constant: no gradient for it */
     if (!ds || n->fv[0] == 0.0f) return HYB_OK;
-    const float scale = loss_upstream(n) * n->fv[0];
-    n->be->kl_bwd(n->be, (const float *)s->data, (const float *)t->data, (const float *)n->saved[0],
-                  (const float *)n->saved[1], ds, n->iv[0], n->iv[1], n->fv[1], (int)n->iv[2],
-                  scale);
+    float up;
+    HYB_TRY(loss_upstream(n, &up));
+    const float scale = up * n->fv[0];
+    HYB_TRY(n->be->kl_bwd(n->be, (const float *)s->data, (const float *)t->data,
+                          (const float *)n->saved[0], (const float *)n->saved[1], ds, n->iv[0],
+                          n->iv[1], n->fv[1], (int)n->iv[2], scale));
     return HYB_OK;
 }
 
@@ -151,8 +154,8 @@ static hyb_tensor *kl_op(hyb_graph *g, const char *op, hyb_tensor *student, hyb_
         graph_dev_alloc(g, student->device, sizeof(float) * 3 * (size_t)(rows ? rows : 1));
     if (!stats) return NULL;
     double sum = 0.0;
-    be->kl_fwd(be, (const float *)student->data, (const float *)teacher->data, w, stats, rows, V,
-               temperature, reverse, &sum);
+    OP_CALL(op, be->kl_fwd(be, (const float *)student->data, (const float *)teacher->data, w, stats,
+                           rows, V, temperature, reverse, &sum));
     hyb_tensor *L = loss_output(g, op, be, student->device, count > 0 ? sum / count : 0.0);
     if (!L) return NULL;
     hyb_tensor *rec[1] = {student};
@@ -179,4 +182,45 @@ hyb_tensor *hyb_kl_forward(hyb_graph *g, hyb_tensor *student, hyb_tensor *teache
 hyb_tensor *hyb_kl_reverse(hyb_graph *g, hyb_tensor *student, hyb_tensor *teacher,
                            const float *mask, float temperature) {
     return kl_op(g, "hyb_kl_reverse", student, teacher, mask, temperature, 1);
+}
+
+// ---- weighted sum of losses ---------------------------------------------------------------------
+
+static int wsum_bwd(hyb_graph *g, hyb_node *n) {
+    const float *go = (const float *)n->out->grad->data;
+    for (int i = 0; i < n->n_in; i++) {
+        float *d;
+        HYB_TRY(graph_grad(g, n->in[i], &d));
+        if (d) HYB_TRY(n->be->axpy(n->be, d, go, n->fv[i], 1));
+    }
+    return HYB_OK;
+}
+
+hyb_tensor *hyb_weighted_sum(hyb_graph *g, hyb_tensor *const *ins, const float *w, int n) {
+    static const char OP[] = "hyb_weighted_sum";
+    char a[128];
+    if (!g) OP_ERR("%s: graph is NULL", OP);
+    if (n < 1 || n > HYB_NODE_MAX_IN || !ins || !w)
+        OP_ERR("%s: %d inputs (1 to %d)", OP, n, HYB_NODE_MAX_IN);
+    for (int i = 0; i < n; i++) {
+        if (op_check_f32(OP, "input", ins[i])) return NULL;
+        if (hyb_tensor_numel(ins[i]) != 1)
+            OP_ERR("%s: input %d %s must hold one value", OP, i, op_shape(ins[i], a, sizeof a));
+        if (op_check_same_device(OP, "input 0", ins[0], "input", ins[i])) return NULL;
+    }
+    const hyb_backend *be = op_backend(OP, ins[0]->device);
+    if (!be) return NULL;
+    int64_t one = 1;
+    hyb_tensor *out = graph_output(g, OP, ins[0]->device, 1, &one);
+    if (!out) return NULL;
+    OP_CALL(OP, be->memset0(be, out->data, sizeof(float)));
+    for (int i = 0; i < n; i++)
+        OP_CALL(OP, be->axpy(be, (float *)out->data, (const float *)ins[i]->data, w[i], 1));
+    if (graph_recording(g, ins, n)) {
+        hyb_node *nd = graph_record(g, OP, out, ins, n, wsum_bwd);
+        if (!nd) return NULL;
+        for (int i = 0; i < n; i++)
+            nd->fv[i] = w[i];
+    }
+    return out;
 }

@@ -10,9 +10,9 @@ static int rmsnorm_bwd(hyb_graph *g, hyb_node *n) {
     float *dx, *dw;
     HYB_TRY(graph_grad(g, x, &dx));
     HYB_TRY(graph_grad(g, w, &dw));
-    n->be->rmsnorm_bwd(n->be, (const float *)x->data, (const float *)w->data,
-                       (const float *)n->saved[0], (const float *)n->out->grad->data, dx, dw,
-                       n->iv[0], n->iv[1]);
+    HYB_TRY(n->be->rmsnorm_bwd(n->be, (const float *)x->data, (const float *)w->data,
+                               (const float *)n->saved[0], (const float *)n->out->grad->data, dx,
+                               dw, n->iv[0], n->iv[1]));
     return HYB_OK;
 }
 
@@ -34,8 +34,8 @@ hyb_tensor *hyb_rmsnorm(hyb_graph *g, hyb_tensor *x, hyb_tensor *w, float eps) {
     if (!y) return NULL;
     float *rstd = graph_dev_alloc(g, x->device, sizeof(float) * (size_t)(rows ? rows : 1));
     if (!rstd) return NULL;
-    be->rmsnorm_fwd(be, (const float *)x->data, (const float *)w->data, (float *)y->data, rstd,
-                    rows, D, eps);
+    OP_CALL(OP, be->rmsnorm_fwd(be, (const float *)x->data, (const float *)w->data,
+                                (float *)y->data, rstd, rows, D, eps));
     hyb_tensor *ins[2] = {x, w};
     if (graph_recording(g, ins, 2)) {
         hyb_node *nd = graph_record(g, OP, y, ins, 2, rmsnorm_bwd);
@@ -58,9 +58,9 @@ static int rope_bwd(hyb_graph *g, hyb_node *n) {
     /* the forward is a rotation, its backward the inverse rotation of dy */
     float *tmp = graph_dev_alloc(g, n->out->device, bytes ? bytes : 1);
     if (!tmp) return HYB_ERR_NOMEM;
-    n->be->copy(n->be, tmp, n->out->grad->data, bytes);
-    n->be->rope(n->be, tmp, B, T, H, hd, (const int32_t *)n->saved[0], n->fv[0], 1);
-    n->be->axpy(n->be, dx, tmp, 1.0f, (int64_t)B * T * H * hd);
+    HYB_TRY(n->be->copy(n->be, tmp, n->out->grad->data, bytes));
+    HYB_TRY(n->be->rope(n->be, tmp, B, T, H, hd, (const int32_t *)n->saved[0], n->fv[0], 1));
+    HYB_TRY(n->be->axpy(n->be, dx, tmp, 1.0f, (int64_t)B * T * H * hd));
     return HYB_OK;
 }
 
@@ -88,8 +88,8 @@ hyb_tensor *hyb_rope(hyb_graph *g, hyb_tensor *x, const int32_t *pos, float thet
     }
     hyb_tensor *y = graph_output(g, OP, x->device, 4, x->shape);
     if (!y) return NULL;
-    be->copy(be, y->data, x->data, hyb_tensor_nbytes(x));
-    be->rope(be, (float *)y->data, B, T, H, hd, pc, theta, 0);
+    OP_CALL(OP, be->copy(be, y->data, x->data, hyb_tensor_nbytes(x)));
+    OP_CALL(OP, be->rope(be, (float *)y->data, B, T, H, hd, pc, theta, 0));
     hyb_tensor *ins[1] = {x};
     if (graph_recording(g, ins, 1)) {
         hyb_node *nd = graph_record(g, OP, y, ins, 1, rope_bwd);

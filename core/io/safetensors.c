@@ -485,6 +485,21 @@ hyb_tensor *hyb_safetensors_load_f32(const hyb_safetensors *st, const hyb_st_ten
     return out;
 }
 
+int hyb_safetensors_read_tensor(const hyb_safetensors *st, const hyb_st_tensor *t,
+                                hyb_tensor *dst) {
+    if (dst->dtype != HYB_F32 || !hyb_tensor_is_contiguous(dst))
+        return hyb_error_set(HYB_ERR_ARG, "%s: tensor '%s': destination must be contiguous f32",
+                             st->path, t->name);
+    const int64_t n = hyb_tensor_numel(dst);
+    if (dst->device == HYB_DEV_CPU) return hyb_safetensors_read_f32(st, t, dst->data, n);
+    float *host = hyb_malloc((size_t)(n ? n : 1) * sizeof(float));
+    if (!host) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory for '%s'", st->path, t->name);
+    int rc = hyb_safetensors_read_f32(st, t, host, n);
+    if (rc == HYB_OK) rc = hyb_tensor_upload(dst, host);
+    hyb_free(host);
+    return rc;
+}
+
 // ---- writer ------------------------------------------------------------------------------------
 
 typedef struct {
@@ -494,6 +509,7 @@ typedef struct {
     int64_t shape[HYB_ST_MAX_DIMS];
     uint64_t nbytes;
     const void *data;
+    void *owned; /* a host copy of a device tensor's data (freed with the writer) */
 } st_entry;
 
 struct hyb_st_writer {
@@ -511,8 +527,10 @@ hyb_st_writer *hyb_st_writer_new(void) {
 
 void hyb_st_writer_free(hyb_st_writer *w) {
     if (!w) return;
-    for (int i = 0; i < w->n; i++)
+    for (int i = 0; i < w->n; i++) {
         free(w->e[i].name);
+        hyb_free(w->e[i].owned);
+    }
     for (int i = 0; i < w->n_meta; i++) {
         free(w->meta_k[i]);
         free(w->meta_v[i]);
@@ -586,10 +604,24 @@ int hyb_st_writer_add(hyb_st_writer *w, const char *name, hyb_dtype dtype, int n
 }
 
 int hyb_st_writer_add_tensor(hyb_st_writer *w, const char *name, const hyb_tensor *t) {
-    if (t->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(t))
-        return hyb_error_set(
-            HYB_ERR_ARG, "safetensors writer: tensor '%s' must be a contiguous CPU tensor", name);
-    return hyb_st_writer_add(w, name, t->dtype, t->ndim, t->shape, t->data);
+    if (!hyb_tensor_is_contiguous(t))
+        return hyb_error_set(HYB_ERR_ARG, "safetensors writer: tensor '%s' must be contiguous",
+                             name);
+    if (t->device == HYB_DEV_CPU)
+        return hyb_st_writer_add(w, name, t->dtype, t->ndim, t->shape, t->data);
+    /* a device tensor: a host copy now (the writer writes at save time) */
+    size_t nb = hyb_tensor_nbytes(t);
+    void *host = hyb_malloc(nb ? nb : 1);
+    if (!host)
+        return hyb_error_set(HYB_ERR_NOMEM, "safetensors writer: out of memory for '%s'", name);
+    int rc = hyb_tensor_download(t, host);
+    if (rc == HYB_OK) rc = hyb_st_writer_add(w, name, t->dtype, t->ndim, t->shape, host);
+    if (rc != HYB_OK) {
+        hyb_free(host);
+        return rc;
+    }
+    w->e[w->n - 1].owned = host;
+    return HYB_OK;
 }
 
 int hyb_st_writer_meta(hyb_st_writer *w, const char *key, const char *value) {

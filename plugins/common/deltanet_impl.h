@@ -268,31 +268,36 @@ static size_t dn_state_bytes(void *self, int max_ctx) {
     (void)max_ctx;
     return dn_state_floats(self) * sizeof(float);
 }
-static int64_t dn_state_snapshot(void *self, const void *state, int pos, int max_ctx, void *dst) {
+static int64_t dn_state_snapshot(void *self, const hyb_backend *be, const void *state, int pos,
+                                 int max_ctx, void *dst) {
     dn *m = self;
     if (pos < 0 || pos > max_ctx)
         return H_->error(HYB_ERR_ARG,
                          DN_NAME " (layer %d): snapshot of %d tokens from a state of %d", m->layer,
                          pos, max_ctx);
     size_t nb = dn_state_bytes(m, max_ctx);
-    if (dst) memcpy(dst, state, nb);
+    if (dst) {
+        int rc = be->copy(be, dst, state, nb);
+        if (rc != HYB_OK) return rc;
+    }
     return (int64_t)nb;
 }
-static int dn_state_restore(void *self, void *state, const void *src, int pos, int max_ctx) {
+static int dn_state_restore(void *self, const hyb_backend *be, void *state, const void *src,
+                            int pos, int max_ctx) {
     dn *m = self;
     if (pos < 0 || pos > max_ctx)
         return H_->error(HYB_ERR_ARG,
                          DN_NAME " (layer %d): restore of %d tokens into a state of %d", m->layer,
                          pos, max_ctx);
-    memcpy(state, src, dn_state_bytes(m, max_ctx));
-    return HYB_OK;
+    return be->copy(be, state, src, dn_state_bytes(m, max_ctx));
 }
 
 /* ---- shared pieces of forward / backward / decode ---------------------------------------------
  */
 
-static void dn_linear(const float *X, const float *W, float *Y, int rows, int in, int out) {
-    H_->sgemm(0, 1, rows, out, in, 1.0f, X, in, W, in, 0.0f, Y, out);
+static int dn_linear(const hyb_backend *be, const float *X, const float *W, float *Y, int rows,
+                     int in, int out) {
+    return be->sgemm(be, 0, 1, rows, out, in, 1.0f, X, in, W, in, 0.0f, Y, out);
 }
 
 /* Causal depthwise conv of one sequence. xr: [T, C] raw inputs; w: [C, K]; win: [C, K-1] the raw
@@ -365,14 +370,6 @@ static void dn_norm_gate(const dn *m, const float *O, const float *Gp, const flo
         }
 }
 
-static int dn_check_cpu(const dn *m, int device, const char *what) {
-    if (device != 0)
-        return H_->error(HYB_ERR_UNSUPPORTED,
-                         DN_NAME " (layer %d): %s on device %d: this build has CPU code only",
-                         m->layer, what, device);
-    return HYB_OK;
-}
-
 static size_t dn_n_chunks(const dn *m, int T) {
     return (size_t)((T + m->chunk - 1) / m->chunk);
 }
@@ -390,8 +387,10 @@ static size_t dn_saved_bytes(void *self, int B, int T) {
  * pos[b] tokens (pos 0: the state's old contents are ignored). T == 1 steps use the recurrent
  * form (that is what decode calls), longer runs the chunked form. */
 
-static int dn_run(dn *m, int B, int T, const float *x, float *y, const float *const *P, void *saved,
-                  void *const *states, const int32_t *pos, int recurrent) {
+static int dn_run(const hyb_backend *be, dn *m, int B, int T, const float *x, float *y,
+                  const float *const *P, void *saved, void *const *states, const int32_t *pos,
+                  int recurrent) {
+    int rc = HYB_OK;
     const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K;
     const size_t BT = (size_t)B * T, nn = (size_t)n * n, nch = dn_n_chunks(m, T);
     float *Qr, *Kr, *Vr, *Gp, *Bl, *Al, *O, *CHK;
@@ -404,7 +403,7 @@ static int dn_run(dn *m, int B, int T, const float *x, float *y, const float *co
         hd->T = T;
         Qr = (float *)(hd + 1);
     } else {
-        tmp = H_->alloc(dn_saved_bytes(m, B, T));
+        tmp = be->alloc(be, dn_saved_bytes(m, B, T));
         if (!tmp) return HYB_ERR_NOMEM;
         Qr = (float *)((dn_saved_hdr *)tmp + 1);
     }
@@ -420,21 +419,21 @@ static int dn_run(dn *m, int B, int T, const float *x, float *y, const float *co
     const size_t scr_t = dn_chunked_scratch(n, c) + 2 * (size_t)n;
     const size_t nwork = 3 * BT * C + 2 * BT * H + (size_t)nthr * scr_t + 3 * (size_t)C * (K - 1) +
                          (states ? 0 : (size_t)B * H * nn);
-    float *work = H_->alloc(nwork * sizeof(float));
+    float *work = be->alloc(be, nwork * sizeof(float));
     if (!work) {
-        H_->free(tmp);
+        be->free(be, tmp);
         return HYB_ERR_NOMEM;
     }
     float *Qn = work, *Kn = Qn + BT * C, *Vn = Kn + BT * C, *beta = Vn + BT * C, *g = beta + BT * H,
           *scr = g + BT * H, *nwin = scr + (size_t)nthr * scr_t,
           *Sall = nwin + 3 * (size_t)C * (K - 1);
 
-    dn_linear(x, P[DN_WQ], Qr, (int)BT, D, C);
-    dn_linear(x, P[DN_WK], Kr, (int)BT, D, C);
-    dn_linear(x, P[DN_WV], Vr, (int)BT, D, C);
-    dn_linear(x, P[DN_WG], Gp, (int)BT, D, C);
-    dn_linear(x, P[DN_WB], Bl, (int)BT, D, H);
-    if (DN_GATED) dn_linear(x, P[DN_WA], Al, (int)BT, D, H);
+    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WQ], Qr, (int)BT, D, C);
+    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WK], Kr, (int)BT, D, C);
+    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WV], Vr, (int)BT, D, C);
+    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WG], Gp, (int)BT, D, C);
+    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WB], Bl, (int)BT, D, H);
+    if (DN_GATED && rc == HYB_OK) rc = dn_linear(be, x, P[DN_WA], Al, (int)BT, D, H);
 
     const float *raw[3] = {Qr, Kr, Vr};
     float *cv[3] = {Qn, Kn, Vn};
@@ -482,15 +481,14 @@ static int dn_run(dn *m, int B, int T, const float *x, float *y, const float *co
     }
 
     dn_norm_gate(m, O, Gp, P[DN_NORM], Qn, BT); /* Z into Qn (no longer needed) */
-    dn_linear(Qn, P[DN_WO], y, (int)BT, C, D);
-    H_->free(work);
-    H_->free(tmp);
-    return HYB_OK;
+    if (rc == HYB_OK) rc = dn_linear(be, Qn, P[DN_WO], y, (int)BT, C, D);
+    be->free(be, work);
+    be->free(be, tmp);
+    return rc;
 }
 
 static int dn_forward(void *self, const hyb_mixer_fwd *a) {
     dn *m = self;
-    HYB_TRY(dn_check_cpu(m, a->device, "forward"));
     if (a->B <= 0 || a->T <= 0)
         return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): forward with B = %d, T = %d", m->layer,
                          a->B, a->T);
@@ -512,12 +510,11 @@ static int dn_forward(void *self, const hyb_mixer_fwd *a) {
                              "(pos[%d] = %d > 0) is not supported; train on whole sequences",
                              m->layer, b, p0);
     }
-    return dn_run(m, a->B, a->T, a->x, a->y, a->params, a->saved, a->states, a->pos, 0);
+    return dn_run(a->be, m, a->B, a->T, a->x, a->y, a->params, a->saved, a->states, a->pos, 0);
 }
 
 static int dn_decode(void *self, const hyb_mixer_dec *a) {
     dn *m = self;
-    HYB_TRY(dn_check_cpu(m, a->device, "decode"));
     if (a->n <= 0)
         return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): decode with n = %d", m->layer, a->n);
     for (int i = 0; i < a->n; i++)
@@ -527,7 +524,7 @@ static int dn_decode(void *self, const hyb_mixer_dec *a) {
                                      "holds max_ctx = %d tokens",
                              m->layer, i, a->pos[i], a->max_ctx);
     /* n sequences of one token each: B = n, T = 1, recurrent step */
-    return dn_run(m, a->n, 1, a->x, a->y, a->params, NULL, a->states, a->pos, 1);
+    return dn_run(a->be, m, a->n, 1, a->x, a->y, a->params, NULL, a->states, a->pos, 1);
 }
 
 /* ---- backward ---------------------------------------------------------------------------------
@@ -535,7 +532,8 @@ static int dn_decode(void *self, const hyb_mixer_dec *a) {
 
 static int dn_backward(void *self, const hyb_mixer_bwd *a) {
     dn *m = self;
-    HYB_TRY(dn_check_cpu(m, a->device, "backward"));
+    const hyb_backend *be = a->be;
+    int rc = HYB_OK;
     const int B = a->B, T = a->T, D = m->D, H = m->H, n = m->n, C = m->C, K = m->K;
     const dn_saved_hdr *hd = a->saved;
     if (!hd || hd->magic != DN_SAVED_MAGIC || hd->B != B || hd->T != T)
@@ -553,7 +551,7 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
     const size_t scr_t = dn_backward_scratch(n, c);
     /* Qc Kc Vc (conv pre-act), Qn Kn Vn, Z/dZ, dO, dQ dK dV, beta g dbeta dg, scratch */
     const size_t nwork = 11 * BT * C + 4 * BT * H + (size_t)nthr * scr_t;
-    float *work = H_->alloc(nwork * sizeof(float));
+    float *work = be->alloc(be, nwork * sizeof(float));
     if (!work) return HYB_ERR_NOMEM;
     float *Qc = work, *Kc = Qc + BT * C, *Vc = Kc + BT * C, *Qn = Vc + BT * C, *Kn = Qn + BT * C,
           *Vn = Kn + BT * C, *Z = Vn + BT * C, *dO = Z + BT * C, *dQ = dO + BT * C,
@@ -577,8 +575,11 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
 
     /* y = Z Wo^T */
     dn_norm_gate(m, O, Gp, P[DN_NORM], Z, BT);
-    H_->sgemm(1, 0, D, C, (int)BT, 1.0f, a->dy, D, Z, C, 1.0f, G[DN_WO], C);
-    H_->sgemm(0, 0, (int)BT, C, D, 1.0f, a->dy, D, P[DN_WO], C, 0.0f, Z, C); /* Z := dZ */
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, D, C, (int)BT, 1.0f, a->dy, D, Z, C, 1.0f, G[DN_WO], C);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, C, D, 1.0f, a->dy, D, P[DN_WO], C, 0.0f, Z,
+                       C); /* Z := dZ */
 
     /* z = o r w silu(gp): dGp (into dV as scratch? no: own pass), dw, dO */
     float *dGp = dQ; /* dQ is free until the recurrence backward */
@@ -602,8 +603,10 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
             for (int i = 0; i < n; i++)
                 dO[off + i] = rs * dO[off + i] - k3 * o[i];
         }
-    H_->sgemm(1, 0, C, D, (int)BT, 1.0f, dGp, C, a->x, D, 1.0f, G[DN_WG], D);
-    H_->sgemm(0, 0, (int)BT, D, C, 1.0f, dGp, C, P[DN_WG], D, 0.0f, a->dx, D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, C, D, (int)BT, 1.0f, dGp, C, a->x, D, 1.0f, G[DN_WG], D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, D, C, 1.0f, dGp, C, P[DN_WG], D, 0.0f, a->dx, D);
 
     /* the recurrence */
     const int par = (double)B * H * T * nn > 1e5;
@@ -621,8 +624,10 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
     /* beta = sigmoid(Bl); g = -exp(A_log) softplus(Al + dt_bias) */
     for (size_t i = 0; i < BT * H; i++)
         dbeta[i] *= beta[i] * (1.0f - beta[i]);
-    H_->sgemm(1, 0, H, D, (int)BT, 1.0f, dbeta, H, a->x, D, 1.0f, G[DN_WB], D);
-    H_->sgemm(0, 0, (int)BT, D, H, 1.0f, dbeta, H, P[DN_WB], D, 1.0f, a->dx, D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, H, D, (int)BT, 1.0f, dbeta, H, a->x, D, 1.0f, G[DN_WB], D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, D, H, 1.0f, dbeta, H, P[DN_WB], D, 1.0f, a->dx, D);
     if (DN_GATED) {
         for (size_t r = 0; r < BT; r++)
             for (int h = 0; h < H; h++) {
@@ -633,8 +638,10 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
                 G[DN_DTB][h] += da;
                 dg[i] = da;
             }
-        H_->sgemm(1, 0, H, D, (int)BT, 1.0f, dg, H, a->x, D, 1.0f, G[DN_WA], D);
-        H_->sgemm(0, 0, (int)BT, D, H, 1.0f, dg, H, P[DN_WA], D, 1.0f, a->dx, D);
+        if (rc == HYB_OK)
+            rc = be->sgemm(be, 1, 0, H, D, (int)BT, 1.0f, dg, H, a->x, D, 1.0f, G[DN_WA], D);
+        if (rc == HYB_OK)
+            rc = be->sgemm(be, 0, 0, (int)BT, D, H, 1.0f, dg, H, P[DN_WA], D, 1.0f, a->dx, D);
     }
 
     /* l2 norm (q, k), silu, conv, projection backward; dQ/dK/dV become d(raw) in place */
@@ -683,11 +690,13 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
                     draw[(r0 + t) * C + ch] = acc;
                 }
         }
-        H_->sgemm(1, 0, C, D, (int)BT, 1.0f, draw, C, a->x, D, 1.0f, G[DN_WQ + s], D);
-        H_->sgemm(0, 0, (int)BT, D, C, 1.0f, draw, C, P[DN_WQ + s], D, 1.0f, a->dx, D);
+        if (rc == HYB_OK)
+            rc = be->sgemm(be, 1, 0, C, D, (int)BT, 1.0f, draw, C, a->x, D, 1.0f, G[DN_WQ + s], D);
+        if (rc == HYB_OK)
+            rc = be->sgemm(be, 0, 0, (int)BT, D, C, 1.0f, draw, C, P[DN_WQ + s], D, 1.0f, a->dx, D);
     }
-    H_->free(work);
-    return HYB_OK;
+    be->free(be, work);
+    return rc;
 }
 
 /* ---- attention-derived init ("DIL") -----------------------------------------------------------
@@ -773,7 +782,6 @@ static const hyb_mixer_desc DN_DESC = {
     .version = "0.1.0",
     .description = DN_DESCRIPTION,
     .hf_prefix = "mixer",
-    .devices = HYB_DEVBIT_CPU,
     .create = dn_create,
     .destroy = dn_destroy,
     .describe = dn_describe,
@@ -781,10 +789,8 @@ static const hyb_mixer_desc DN_DESC = {
     .param_decl = dn_param_decl,
     .init_params = dn_init_params,
     .saved_bytes = dn_saved_bytes,
-    .forward = dn_forward,
-    .backward = dn_backward,
     .state_bytes = dn_state_bytes,
-    .decode = dn_decode,
+    .kernels[HYB_DEV_CPU] = {dn_forward, dn_backward, dn_decode},
     .state_snapshot = dn_state_snapshot,
     .state_restore = dn_state_restore,
     .init_from = dn_init_from,

@@ -284,7 +284,6 @@ static const hyb_mixer_desc M1_DESC = {
     .description = "Mamba-1 selective scan with GQA-shaped x/B (Apriel-H1 \"m2\", MIL init "
                    "from mha)",
     .hf_prefix = "mixer",
-    .devices = HYB_DEVBIT_CPU,
     .create = m1_create,
     .destroy = m1_destroy,
     .describe = m1_describe,
@@ -292,10 +291,9 @@ static const hyb_mixer_desc M1_DESC = {
     .param_decl = m1_param_decl,
     .init_params = m1_init_params,
     .saved_bytes = m1_saved_bytes,
-    .forward = m1_forward,
-    .backward = m1_backward,
+
     .state_bytes = m1_state_bytes,
-    .decode = m1_decode,
+    .kernels[HYB_DEV_CPU] = {m1_forward, m1_backward, m1_decode},
     .state_snapshot = NULL, /* fixed-size state: the host's memcpy is exact */
     .state_restore = NULL,
     .init_from = m1_init_from,

@@ -3,7 +3,7 @@
  *
  * Forward over x [B, T, D]:
  *   1. zxbc = x Win^T [BT, P], dtl = x Wdtin^T [BT, R], v = dtl Wdt^T + b_dt (+ b_dt) [BT, Di]
- *      (host->sgemm over all B*T rows)
+ *      (the backend's sgemm over all B*T rows)
  *   2. cpre = causal depthwise conv of x_rep (+ conv bias) [BT, Di]; u = silu(cpre);
  *      dt = softplus(v)                                       (OpenMP over rows)
  *   3. the selective scan, one C head (N channels x N states) per work unit, units = (b, head),
@@ -11,9 +11,9 @@
  *   4. y = (ys * silu(z)) Wout^T
  *
  * Memory trade-off of training: backward needs every scan state h_t [Di, N]; storing them all
- * would cost Di*N floats per token (65,536 for H1, about 3x everything else saved). The forward saves
- * only the state at the start of each time chunk (Di*N/chunk floats per token, 1,024 for H1 with
- * chunk 64) and the backward recomputes the states of one chunk at a time into a per-thread
+ * would cost Di*N floats per token (65,536 for H1, about 3x everything else saved). The forward
+ * saves only the state at the start of each time chunk (Di*N/chunk floats per token, 1,024 for H1
+ * with chunk 64) and the backward recomputes the states of one chunk at a time into a per-thread
  * buffer [(chunk + 1), N, N], then runs the reverse-time recurrence for dh over it. The
  * recomputation uses the same step function as the forward, so it reproduces the forward's
  * states bitwise; the price is one extra scan (exp-bound) per backward. Besides the boundary
@@ -39,6 +39,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../common/be_call.h"
 #include "mamba1.h"
 
 #ifdef _OPENMP
@@ -167,24 +168,15 @@ static inline void transpose_nn(float *restrict dst, const float *restrict src, 
 }
 
 /* A = -exp(A_log) in the scan's layout: per head h, state-major At[h][n][c] = A[h*N + c, n]. */
-static float *make_A(const m1 *m, const float *alog) {
+static float *make_A(const hyb_backend *be, const m1 *m, const float *alog) {
     const int N = m->N;
-    float *A = H_->alloc((size_t)m->Di * N * sizeof(float));
+    float *A = be->alloc(be, (size_t)m->Di * N * sizeof(float));
     if (A)
         for (int h = 0; h < m->nC; h++)
             for (int c = 0; c < N; c++)
                 for (int n = 0; n < N; n++)
                     A[((size_t)h * N + n) * N + c] = -expf(alog[((size_t)h * N + c) * N + n]);
     return A;
-}
-
-static int check_cpu(const m1 *m, int device, const char *what) {
-    if (device != 0)
-        return H_->error(HYB_ERR_UNSUPPORTED,
-                         "mamba1 (layer %d): %s on device %d: this build of mamba1 has CPU code "
-                         "only",
-                         m->layer, what, device);
-    return HYB_OK;
 }
 
 static inline int n_chunks(int T, int chunk) {
@@ -200,9 +192,10 @@ size_t m1_saved_bytes(void *self, int B, int T) {
 }
 
 /* v = dtl Wdt^T + b_dt (+ b_dt again when double_dt_bias): [rows, Di] */
-static void dt_pre(const m1 *m, const float *const *P, const float *dtl, float *v, int rows) {
+static int dt_pre(const hyb_backend *be, const m1 *m, const float *const *P, const float *dtl,
+                  float *v, int rows) {
     const int Di = m->Di;
-    H_->sgemm(0, 1, rows, Di, m->R, 1.0f, dtl, m->R, P[M1_WDT], m->R, 0.0f, v, Di);
+    HYB_BE_TRY(be->sgemm(be, 0, 1, rows, Di, m->R, 1.0f, dtl, m->R, P[M1_WDT], m->R, 0.0f, v, Di));
     const float *b = P[M1_BDT];
     for (int r = 0; r < rows; r++) {
         float *vr = v + (size_t)r * Di;
@@ -213,13 +206,15 @@ static void dt_pre(const m1 *m, const float *const *P, const float *dtl, float *
             for (int d = 0; d < Di; d++)
                 vr[d] += b[d];
     }
+    return HYB_OK;
 }
 
 /* ---- forward / prefill ----------------------------------------------------------------------*/
 
 int m1_forward(void *self, const hyb_mixer_fwd *a) {
     m1 *m = self;
-    HYB_TRY(check_cpu(m, a->device, "forward"));
+    const hyb_backend *be = a->be;
+    int rc = HYB_OK;
     const int B = a->B, T = a->T, D = m->D, Di = m->Di, N = m->N, K = m->K, R = m->R, Pw = m->P;
     if (B <= 0 || T <= 0)
         return H_->error(HYB_ERR_ARG, "mamba1 (layer %d): forward with B = %d, T = %d", m->layer, B,
@@ -258,7 +253,7 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
         h->nch = nch;
         zxbc = (float *)(h + 1);
     } else {
-        tmp = H_->alloc(BT * ((size_t)Pw + R + 3 * (size_t)Di) * sizeof(float));
+        tmp = be->alloc(be, BT * ((size_t)Pw + R + 3 * (size_t)Di) * sizeof(float));
         if (!tmp) return HYB_ERR_NOMEM;
         zxbc = tmp;
     }
@@ -268,20 +263,22 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
     /* dt, u [BT, Di], A [Di, N], per-thread scan state [N, N], conv history [B, Di, K] */
     const int nthr = max_threads();
     float *work =
-        H_->alloc(sizeof(float) * (2 * BT * Di + (size_t)nthr * N * N + (size_t)B * Di * K));
-    float *A = make_A(m, P[M1_ALOG]);
+        be->alloc(be, sizeof(float) * (2 * BT * Di + (size_t)nthr * N * N + (size_t)B * Di * K));
+    float *A = make_A(be, m, P[M1_ALOG]);
     if (!work || !A) {
-        H_->free(tmp);
-        H_->free(work);
-        H_->free(A);
+        be->free(be, tmp);
+        be->free(be, work);
+        be->free(be, A);
         return HYB_ERR_NOMEM;
     }
     float *dt = work, *u = dt + BT * Di, *sbuf = u + BT * Di, *hist = sbuf + (size_t)nthr * N * N;
 
     /* 1. projections */
-    H_->sgemm(0, 1, (int)BT, Pw, D, 1.0f, a->x, D, P[M1_WIN], D, 0.0f, zxbc, Pw);
-    H_->sgemm(0, 1, (int)BT, R, D, 1.0f, a->x, D, P[M1_WDTIN], D, 0.0f, dtl, R);
-    dt_pre(m, P, dtl, v, (int)BT);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 1, (int)BT, Pw, D, 1.0f, a->x, D, P[M1_WIN], D, 0.0f, zxbc, Pw);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 1, (int)BT, R, D, 1.0f, a->x, D, P[M1_WDTIN], D, 0.0f, dtl, R);
+    if (rc == HYB_OK) rc = dt_pre(be, m, P, dtl, v, (int)BT);
 
     /* conv history: the previous K raw inputs of each sequence (zeros at the start). Copied
      * because the states are rewritten below. */
@@ -344,7 +341,8 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
     for (size_t r = 0; r < BT; r++)
         for (int d = 0; d < Di; d++)
             yg[r * Di + d] = ys[r * Di + d] * siluf_(zxbc[r * Pw + d]);
-    H_->sgemm(0, 1, (int)BT, D, Di, 1.0f, yg, Di, P[M1_WOUT], Di, 0.0f, a->y, D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 1, (int)BT, D, Di, 1.0f, yg, Di, P[M1_WOUT], Di, 0.0f, a->y, D);
 
     /* conv states: the last K raw inputs of history ++ this chunk's x_rep */
     if (a->states)
@@ -360,17 +358,18 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
                 }
             }
         }
-    H_->free(A);
-    H_->free(work);
-    H_->free(tmp);
-    return HYB_OK;
+    be->free(be, A);
+    be->free(be, work);
+    be->free(be, tmp);
+    return rc;
 }
 
 /* ---- backward -------------------------------------------------------------------------------*/
 
 int m1_backward(void *self, const hyb_mixer_bwd *a) {
     m1 *m = self;
-    HYB_TRY(check_cpu(m, a->device, "backward"));
+    const hyb_backend *be = a->be;
+    int rc = HYB_OK;
     const int B = a->B, T = a->T, D = m->D, Di = m->Di, Dx = m->Dx, N = m->N, K = m->K, R = m->R,
               Pw = m->P;
     const saved_hdr *hdr = a->saved;
@@ -393,11 +392,11 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     const int Lc = chunk < T ? chunk : T;
     const size_t per_thr = (size_t)(Lc + 3) * N * N + N;
     float *buf =
-        H_->alloc(sizeof(float) * (BT * Pw + 5 * BT * Di + BT * R + (size_t)nthr * per_thr));
-    float *A = make_A(m, P[M1_ALOG]);
+        be->alloc(be, sizeof(float) * (BT * Pw + 5 * BT * Di + BT * R + (size_t)nthr * per_thr));
+    float *A = make_A(be, m, P[M1_ALOG]);
     if (!buf || !A) {
-        H_->free(buf);
-        H_->free(A);
+        be->free(be, buf);
+        be->free(be, A);
         return HYB_ERR_NOMEM;
     }
     float *dz = buf, *dys = dz + BT * Pw, *ddt = dys + BT * Di, *du = ddt + BT * Di,
@@ -408,8 +407,10 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     for (size_t r = 0; r < BT; r++)
         for (int d = 0; d < Di; d++)
             yg[r * Di + d] = ys[r * Di + d] * siluf_(zxbc[r * Pw + d]);
-    H_->sgemm(1, 0, D, Di, (int)BT, 1.0f, a->dy, D, yg, Di, 1.0f, G[M1_WOUT], Di);
-    H_->sgemm(0, 0, (int)BT, Di, D, 1.0f, a->dy, D, P[M1_WOUT], Di, 0.0f, dys, Di);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, D, Di, (int)BT, 1.0f, a->dy, D, yg, Di, 1.0f, G[M1_WOUT], Di);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, Di, D, 1.0f, a->dy, D, P[M1_WOUT], Di, 0.0f, dys, Di);
     for (size_t r = 0; r < BT; r++)
         for (int d = 0; d < Di; d++) {
             const float z = zxbc[r * Pw + d], dyg = dys[r * Di + d];
@@ -510,10 +511,14 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
             ddt[r * Di + d] = g_v;
             gb[d] += bmul * g_v;
         }
-    H_->sgemm(1, 0, Di, R, (int)BT, 1.0f, ddt, Di, dtl, R, 1.0f, G[M1_WDT], R);
-    H_->sgemm(0, 0, (int)BT, R, Di, 1.0f, ddt, Di, P[M1_WDT], R, 0.0f, ddtl, R);
-    H_->sgemm(1, 0, R, D, (int)BT, 1.0f, ddtl, R, a->x, D, 1.0f, G[M1_WDTIN], D);
-    H_->sgemm(0, 0, (int)BT, D, R, 1.0f, ddtl, R, P[M1_WDTIN], D, 0.0f, a->dx, D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, Di, R, (int)BT, 1.0f, ddt, Di, dtl, R, 1.0f, G[M1_WDT], R);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, R, Di, 1.0f, ddt, Di, P[M1_WDT], R, 0.0f, ddtl, R);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, R, D, (int)BT, 1.0f, ddtl, R, a->x, D, 1.0f, G[M1_WDTIN], D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, D, R, 1.0f, ddtl, R, P[M1_WDTIN], D, 0.0f, a->dx, D);
 
     /* conv + silu: dcpre = du * silu'(cpre); weight/bias grads; dx_rep summed into the group's
      * x columns. One x/B group per unit, as above. */
@@ -547,18 +552,21 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     }
 
     /* in_proj */
-    H_->sgemm(1, 0, Pw, D, (int)BT, 1.0f, dz, Pw, a->x, D, 1.0f, G[M1_WIN], D);
-    H_->sgemm(0, 0, (int)BT, D, Pw, 1.0f, dz, Pw, P[M1_WIN], D, 1.0f, a->dx, D);
-    H_->free(A);
-    H_->free(buf);
-    return HYB_OK;
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, Pw, D, (int)BT, 1.0f, dz, Pw, a->x, D, 1.0f, G[M1_WIN], D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, D, Pw, 1.0f, dz, Pw, P[M1_WIN], D, 1.0f, a->dx, D);
+    be->free(be, A);
+    be->free(be, buf);
+    return rc;
 }
 
 /* ---- decode ---------------------------------------------------------------------------------*/
 
 int m1_decode(void *self, const hyb_mixer_dec *a) {
     m1 *m = self;
-    HYB_TRY(check_cpu(m, a->device, "decode"));
+    const hyb_backend *be = a->be;
+    int rc = HYB_OK;
     const int n = a->n, D = m->D, Di = m->Di, Dx = m->Dx, N = m->N, K = m->K, R = m->R, Pw = m->P;
     if (n <= 0) return H_->error(HYB_ERR_ARG, "mamba1 (layer %d): decode with n = %d", m->layer, n);
     for (int i = 0; i < n; i++)
@@ -569,19 +577,21 @@ int m1_decode(void *self, const hyb_mixer_dec *a) {
                              m->layer, i, a->pos[i], a->max_ctx);
     const float *const *P = a->params;
     const int nthr = max_threads();
-    float *buf =
-        H_->alloc(sizeof(float) * ((size_t)n * (Pw + R + 3 * (size_t)Di) + (size_t)nthr * N * N));
-    float *A = make_A(m, P[M1_ALOG]);
+    float *buf = be->alloc(be, sizeof(float) *
+                                   ((size_t)n * (Pw + R + 3 * (size_t)Di) + (size_t)nthr * N * N));
+    float *A = make_A(be, m, P[M1_ALOG]);
     if (!buf || !A) {
-        H_->free(buf);
-        H_->free(A);
+        be->free(be, buf);
+        be->free(be, A);
         return HYB_ERR_NOMEM;
     }
     float *zxbc = buf, *dtl = zxbc + (size_t)n * Pw, *v = dtl + (size_t)n * R,
           *ys = v + (size_t)n * Di, *uu = ys + (size_t)n * Di, *sbuf = uu + (size_t)n * Di;
-    H_->sgemm(0, 1, n, Pw, D, 1.0f, a->x, D, P[M1_WIN], D, 0.0f, zxbc, Pw);
-    H_->sgemm(0, 1, n, R, D, 1.0f, a->x, D, P[M1_WDTIN], D, 0.0f, dtl, R);
-    dt_pre(m, P, dtl, v, n);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 1, n, Pw, D, 1.0f, a->x, D, P[M1_WIN], D, 0.0f, zxbc, Pw);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 1, n, R, D, 1.0f, a->x, D, P[M1_WDTIN], D, 0.0f, dtl, R);
+    if (rc == HYB_OK) rc = dt_pre(be, m, P, dtl, v, n);
     for (int i = 0; i < n; i++) /* a sequence without tokens starts from the zero state */
         if (a->pos[i] == 0) memset(a->states[i], 0, (size_t)Di * (N + K) * sizeof(float));
 
@@ -612,8 +622,9 @@ int m1_decode(void *self, const hyb_mixer_dec *a) {
         for (size_t d = d0; d < d0 + N; d++)
             ys[(size_t)i * Di + d] *= siluf_(zr[d]);
     }
-    H_->sgemm(0, 1, n, D, Di, 1.0f, ys, Di, P[M1_WOUT], Di, 0.0f, a->y, D);
-    H_->free(A);
-    H_->free(buf);
-    return HYB_OK;
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 1, n, D, Di, 1.0f, ys, Di, P[M1_WOUT], Di, 0.0f, a->y, D);
+    be->free(be, A);
+    be->free(be, buf);
+    return rc;
 }

@@ -94,7 +94,8 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
 }
 
 static void mha_destroy(void *self) {
-    if (self) H_->free(((mha *)self)->dec_buf);
+    mha *m = self;
+    if (m && m->dec_buf) m->dec_be->free(m->dec_be, m->dec_buf);
     H_->free(self);
 }
 
@@ -159,7 +160,8 @@ static size_t mha_state_bytes(void *self, int max_ctx) {
     return max_ctx <= 0 ? 0 : 2 * (size_t)m->KV * m->hd * (size_t)max_ctx * sizeof(float);
 }
 
-static int64_t mha_state_snapshot(void *self, const void *state, int pos, int max_ctx, void *dst) {
+static int64_t mha_state_snapshot(void *self, const hyb_backend *be, const void *state, int pos,
+                                  int max_ctx, void *dst) {
     mha *m = self;
     if (pos < 0 || pos > max_ctx)
         return H_->error(HYB_ERR_ARG, "mha (layer %d): snapshot of %d tokens from a state of %d",
@@ -167,19 +169,26 @@ static int64_t mha_state_snapshot(void *self, const void *state, int pos, int ma
     /* the first pos rows of each of the 2*KV head blocks (K heads, then V heads) */
     const size_t blk = (size_t)m->hd * pos * sizeof(float), hs = (size_t)m->hd * max_ctx;
     if (dst)
-        for (int b = 0; b < 2 * m->KV; b++)
-            memcpy((char *)dst + (size_t)b * blk, (const float *)state + (size_t)b * hs, blk);
+        for (int b = 0; b < 2 * m->KV; b++) {
+            int rc = be->copy(be, (char *)dst + (size_t)b * blk,
+                              (const float *)state + (size_t)b * hs, blk);
+            if (rc != HYB_OK) return rc;
+        }
     return (int64_t)(2 * (size_t)m->KV * blk);
 }
 
-static int mha_state_restore(void *self, void *state, const void *src, int pos, int max_ctx) {
+static int mha_state_restore(void *self, const hyb_backend *be, void *state, const void *src,
+                             int pos, int max_ctx) {
     mha *m = self;
     if (pos < 0 || pos > max_ctx)
         return H_->error(HYB_ERR_ARG, "mha (layer %d): restore of %d tokens into a state of %d",
                          m->layer, pos, max_ctx);
     const size_t blk = (size_t)m->hd * pos * sizeof(float), hs = (size_t)m->hd * max_ctx;
-    for (int b = 0; b < 2 * m->KV; b++)
-        memcpy((float *)state + (size_t)b * hs, (const char *)src + (size_t)b * blk, blk);
+    for (int b = 0; b < 2 * m->KV; b++) {
+        int rc =
+            be->copy(be, (float *)state + (size_t)b * hs, (const char *)src + (size_t)b * blk, blk);
+        if (rc != HYB_OK) return rc;
+    }
     return HYB_OK;
 }
 
@@ -191,7 +200,6 @@ static const hyb_mixer_desc MHA_DESC = {
     .description =
         "causal multi-head / grouped-query attention with RoPE and a KV cache (HF llama)",
     .hf_prefix = "self_attn",
-    .devices = HYB_DEVBIT_CPU,
     .create = mha_create,
     .destroy = mha_destroy,
     .describe = mha_describe,
@@ -199,10 +207,8 @@ static const hyb_mixer_desc MHA_DESC = {
     .param_decl = mha_param_decl,
     .init_params = NULL,
     .saved_bytes = mha_saved_bytes,
-    .forward = mha_forward,
-    .backward = mha_backward,
     .state_bytes = mha_state_bytes,
-    .decode = mha_decode,
+    .kernels[HYB_DEV_CPU] = {mha_forward, mha_backward, mha_decode},
     .state_snapshot = mha_state_snapshot,
     .state_restore = mha_state_restore,
     .init_from = NULL,

@@ -35,6 +35,7 @@ typedef struct mha {
      * of a given mixer at a time (the host's per-model decode is not reentrant either) */
     void *dec_buf;
     size_t dec_cap;
+    const hyb_backend *dec_be; /* the backend dec_buf came from */
 } mha;
 
 size_t mha_saved_bytes(void *self, int B, int T);

@@ -6,11 +6,12 @@
  *
  * Softmax in f32 with the row maximum subtracted; forward saves the log-sum-exp of each row so
  * backward recomputes the probabilities exactly instead of storing [T, T] per head.
- * Projections go through host->sgemm over all B*T rows (threaded by the host). Prefill/training
+ * All GEMMs and RoPE go through the backend of the call (a->be): projections over all B*T rows
+ * (threaded by the backend). Prefill/training
  * attention works on blocks of QBLK queries per (sequence, head): one OpenMP region per call runs
  * the blocks as tasks (forward: sequence x head x block; backward: sequence x KV head, which owns
- * its dK/dV rows), and the host's sgemm runs single-threaded inside a region, so the result does
- * not depend on the thread count (one region per layer, not one per block: regions cost a
+ * its dK/dV rows), and the CPU backend's sgemm runs single-threaded inside a region, so the result
+ * does not depend on the thread count (one region per layer, not one per block: regions cost a
  * barrier each, which is ruinous on a loaded machine). Decode splits the keys into tasks
  * (sequence x KV head x chunk of keys, all query heads of a KV head together; see its section).
  * Every softmax exp is exp_nonpos (vectorisable; forward, backward recomputation and decode).
@@ -18,6 +19,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../common/be_call.h"
 #include "mha.h"
 
 #ifdef _OPENMP
@@ -100,7 +102,8 @@ static inline float exp_nonpos(float x) {
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-static inline float exp_shifted_sum(float *s, int n, float *max_out) {
+static inline float
+exp_shifted_sum(float *s, int n, float *max_out) {
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
     for (int j = 0; j < n; j++)
@@ -146,13 +149,13 @@ softmax_rows(float *s, int qb, int nk, int p_first, float *lse) {
  * scratch. out row r at o + r*ldo; lse[r] = log-sum-exp of row r's scaled scores.
  * Called from inside the forward's parallel region: the host's sgemm then runs on the calling
  * thread (core/backend/cpu/cpu_gemm.c), so the result does not depend on the thread count. */
-static void attend_block(const float *q, size_t ldq, const float *k, const float *v, size_t ldk,
-                         int p_first, int qb, int hd, float scale, float *s, float *o, size_t ldo,
-                         float *lse) {
+static int attend_block(const hyb_backend *be, const float *q, size_t ldq, const float *k,
+                        const float *v, size_t ldk, int p_first, int qb, int hd, float scale,
+                        float *s, float *o, size_t ldo, float *lse) {
     const int nk = p_first + qb;
-    H_->sgemm(0, 1, qb, nk, hd, scale, q, (int)ldq, k, (int)ldk, 0.0f, s, nk);
+    HYB_BE_TRY(be->sgemm(be, 0, 1, qb, nk, hd, scale, q, (int)ldq, k, (int)ldk, 0.0f, s, nk));
     softmax_rows(s, qb, nk, p_first, lse);
-    H_->sgemm(0, 0, qb, hd, nk, 1.0f, s, nk, v, (int)ldk, 0.0f, o, (int)ldo);
+    return be->sgemm(be, 0, 0, qb, hd, nk, 1.0f, s, nk, v, (int)ldk, 0.0f, o, (int)ldo);
 }
 
 /* Backward's recomputation for one block (queries i0 .. i0 + qb - 1, keys 0 .. nk - 1): on
@@ -179,12 +182,13 @@ bwd_rows(float *p, float *dp, int qb, int nk, int i0, const float *lse, const fl
 }
 
 /* Y[rows, out] = X[rows, in] W^T (+ b) */
-static void linear(const float *X, const float *W, const float *b, float *Y, int rows, int in,
-                   int out) {
-    H_->sgemm(0, 1, rows, out, in, 1.0f, X, in, W, in, 0.0f, Y, out);
+static int linear(const hyb_backend *be, const float *X, const float *W, const float *b, float *Y,
+                  int rows, int in, int out) {
+    HYB_BE_TRY(be->sgemm(be, 0, 1, rows, out, in, 1.0f, X, in, W, in, 0.0f, Y, out));
     if (b)
         for (int r = 0; r < rows; r++)
             axpy(Y + (size_t)r * out, 1.0f, b, out);
+    return HYB_OK;
 }
 
 /* Append T tokens at position p0 to one sequence's KV cache (head-major, see mha.h):
@@ -194,7 +198,8 @@ static void cache_put(void *state, int max_ctx, int KV, int hd, int p0, int T, c
     float *kc = state, *vc = kc + (size_t)KV * max_ctx * hd;
     const size_t kd = (size_t)KV * hd;
     for (int g = 0; g < KV; g++) {
-        float *kg = kc + ((size_t)g * max_ctx + p0) * hd, *vg = vc + ((size_t)g * max_ctx + p0) * hd;
+        float *kg = kc + ((size_t)g * max_ctx + p0) * hd,
+              *vg = vc + ((size_t)g * max_ctx + p0) * hd;
         for (int t = 0; t < T; t++) {
             memcpy(kg + (size_t)t * hd, Kn + t * kd + (size_t)g * hd, (size_t)hd * sizeof(float));
             memcpy(vg + (size_t)t * hd, Vn + t * kd + (size_t)g * hd, (size_t)hd * sizeof(float));
@@ -208,21 +213,12 @@ size_t mha_saved_bytes(void *self, int B, int T) {
     return sizeof(saved_hdr) + sizeof(float) * (BT * (2 * qd + 2 * kd) + (size_t)B * m->H * T);
 }
 
-static int check_cpu(const mha *m, int device, const char *what) {
-    if (device != 0)
-        return H_->error(HYB_ERR_UNSUPPORTED,
-                         "mha (layer %d): %s on device %d: this build of mha "
-                         "has CPU code only",
-                         m->layer, what, device);
-    return HYB_OK;
-}
-
 /* ---- forward / prefill ------------------------------------------------------------------------
  */
 
 int mha_forward(void *self, const hyb_mixer_fwd *a) {
     mha *m = self;
-    HYB_TRY(check_cpu(m, a->device, "forward"));
+    const hyb_backend *be = a->be;
     const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
     if (B <= 0 || T <= 0)
         return H_->error(HYB_ERR_ARG, "mha (layer %d): forward with B = %d, T = %d", m->layer, B,
@@ -261,7 +257,7 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
         h->T = T;
         Q = (float *)(h + 1);
     } else {
-        tmp = H_->alloc(mha_saved_bytes(m, B, T));
+        tmp = be->alloc(be, mha_saved_bytes(m, B, T));
         if (!tmp) return HYB_ERR_NOMEM;
         Q = (float *)((saved_hdr *)tmp + 1);
     }
@@ -274,23 +270,27 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
      * region, below) */
     const int nthr = max_threads();
     size_t n_keys_max = (size_t)p_max + T, nscr = (size_t)QBLK * n_keys_max;
-    float *scratch = H_->alloc(sizeof(float) * ((size_t)nthr * nscr + BT));
+    float *scratch = be->alloc(be, sizeof(float) * ((size_t)nthr * nscr + BT));
     if (!scratch) {
-        H_->free(tmp);
+        be->free(be, tmp);
         return HYB_ERR_NOMEM;
     }
     int32_t *posbuf = (int32_t *)(scratch + (size_t)nthr * nscr);
 
-    linear(a->x, P[MHA_WQ], bias ? P[MHA_BQ] : NULL, Q, (int)BT, D, (int)qd);
-    linear(a->x, P[MHA_WK], bias ? P[MHA_BK] : NULL, K, (int)BT, D, (int)kd);
-    linear(a->x, P[MHA_WV], bias ? P[MHA_BV] : NULL, V, (int)BT, D, (int)kd);
     for (int b = 0; b < B; b++) {
         int p0 = a->pos ? a->pos[b] : 0;
         for (int t = 0; t < T; t++)
             posbuf[(size_t)b * T + t] = p0 + t;
     }
-    H_->rope(Q, (int)BT, H, hd, posbuf, m->theta, 0);
-    H_->rope(K, (int)BT, KV, hd, posbuf, m->theta, 0);
+    /* rows carry their own positions: RoPE over one batch of BT rows */
+    int rc = linear(be, a->x, P[MHA_WQ], bias ? P[MHA_BQ] : NULL, Q, (int)BT, D, (int)qd);
+    if (rc == HYB_OK)
+        rc = linear(be, a->x, P[MHA_WK], bias ? P[MHA_BK] : NULL, K, (int)BT, D, (int)kd);
+    if (rc == HYB_OK)
+        rc = linear(be, a->x, P[MHA_WV], bias ? P[MHA_BV] : NULL, V, (int)BT, D, (int)kd);
+    if (rc == HYB_OK) rc = be->rope(be, Q, 1, (int)BT, H, hd, posbuf, m->theta, 0);
+    if (rc == HYB_OK) rc = be->rope(be, K, 1, (int)BT, KV, hd, posbuf, m->theta, 0);
+    if (rc != HYB_OK) goto done;
 
     if (a->states)
         for (int b = 0; b < B; b++)
@@ -311,6 +311,7 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
     for (int b = 0; b < B; b++)
         work += (double)H * hd * T * ((a->pos ? a->pos[b] : 0) + 0.5 * T);
     const int par = nthr > 1 && ntask > 1 && work > 2e5;
+    int perr = HYB_OK;
 #pragma omp parallel for schedule(dynamic, 1) if (par)
     for (long t = 0; t < ntask; t++) {
         const int blk = nblk - 1 - (int)(t / nbh), b = (int)(t % nbh) / H, h = (int)(t % nbh) % H;
@@ -332,16 +333,18 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
             hstride = (size_t)hd;
         }
         const size_t row0 = (size_t)b * T + i0;
-        attend_block(Q + row0 * qd + (size_t)h * hd, qd, kb + (size_t)g * hstride,
-                     vb + (size_t)g * hstride, ldk, p0 + i0, qb, hd, scale,
-                     scratch + (size_t)thread_id() * nscr, O + row0 * qd + (size_t)h * hd, qd,
-                     LSE + ((size_t)b * H + h) * T + i0);
+        HYB_BE_TRY_PAR(
+            perr, attend_block(be, Q + row0 * qd + (size_t)h * hd, qd, kb + (size_t)g * hstride,
+                               vb + (size_t)g * hstride, ldk, p0 + i0, qb, hd, scale,
+                               scratch + (size_t)thread_id() * nscr, O + row0 * qd + (size_t)h * hd,
+                               qd, LSE + ((size_t)b * H + h) * T + i0));
     }
-
-    linear(O, P[MHA_WO], NULL, a->y, (int)BT, (int)qd, D);
-    H_->free(scratch);
-    H_->free(tmp);
-    return HYB_OK;
+    rc = perr;
+    if (rc == HYB_OK) rc = linear(be, O, P[MHA_WO], NULL, a->y, (int)BT, (int)qd, D);
+done:
+    be->free(be, scratch);
+    be->free(be, tmp);
+    return rc;
 }
 
 /* ---- backward ---------------------------------------------------------------------------------
@@ -349,7 +352,8 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
 
 int mha_backward(void *self, const hyb_mixer_bwd *a) {
     mha *m = self;
-    HYB_TRY(check_cpu(m, a->device, "backward"));
+    const hyb_backend *be = a->be;
+    int rc = HYB_OK;
     const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
     const saved_hdr *hdr = a->saved;
     if (!hdr || hdr->magic != SAVED_MAGIC || hdr->B != B || hdr->T != T)
@@ -365,15 +369,19 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
 
     /* dO [BT, qd], Dr [B, H, T] (rowsum dO*O), dQ [BT, qd], dK, dV [BT, kd], positions */
     size_t nfl = BT * qd * 2 + (size_t)B * H * T + BT * kd * 2 + BT;
-    float *buf = H_->alloc(nfl * sizeof(float));
+    float *buf = be->alloc(be, nfl * sizeof(float));
     if (!buf) return HYB_ERR_NOMEM;
     float *dO = buf, *Dr = dO + BT * qd, *dQ = Dr + (size_t)B * H * T, *dK = dQ + BT * qd,
           *dV = dK + BT * kd;
     int32_t *posbuf = (int32_t *)(dV + BT * kd);
 
     /* y = O Wo^T: dO = dy Wo, dWo += dy^T O */
-    H_->sgemm(0, 0, (int)BT, (int)qd, D, 1.0f, a->dy, D, P[MHA_WO], (int)qd, 0.0f, dO, (int)qd);
-    H_->sgemm(1, 0, D, (int)qd, (int)BT, 1.0f, a->dy, D, O, (int)qd, 1.0f, G[MHA_WO], (int)qd);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, (int)qd, D, 1.0f, a->dy, D, P[MHA_WO], (int)qd, 0.0f, dO,
+                       (int)qd);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, D, (int)qd, (int)BT, 1.0f, a->dy, D, O, (int)qd, 1.0f, G[MHA_WO],
+                       (int)qd);
 
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++)
@@ -393,14 +401,15 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
     const int group = H / KV;
     const int nthr = max_threads();
     const size_t pstride = 2 * (size_t)QBLK * T;
-    float *Pm_all = H_->alloc(sizeof(float) * pstride * (size_t)nthr);
+    float *Pm_all = be->alloc(be, sizeof(float) * pstride * (size_t)nthr);
     if (!Pm_all) {
-        H_->free(buf);
+        be->free(be, buf);
         return HYB_ERR_NOMEM;
     }
     const long ntask = (long)B * KV;
     const double work = (double)B * H * hd * T * (0.5 * T); /* multiply-adds per product */
     const int par = nthr > 1 && ntask > 1 && work > 2e5;
+    int perr = HYB_OK;
 #pragma omp parallel for schedule(dynamic, 1) if (par)
     for (long task = 0; task < ntask; task++) {
         const int b = (int)(task / KV), g = (int)(task % KV);
@@ -415,28 +424,31 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
                 const size_t row0 = (size_t)b * T + i0;
                 const float *lse = LSE + ((size_t)b * H + h) * T + i0;
                 const float *dr = Dr + ((size_t)b * H + h) * T + i0;
-                H_->sgemm(0, 1, qb, nk, hd, scale, Q + row0 * qd + ho, (int)qd, kb + go, (int)kd,
-                          0.0f, Pm, nk);
-                H_->sgemm(0, 1, qb, nk, hd, 1.0f, dO + row0 * qd + ho, (int)qd, vb + go, (int)kd,
-                          0.0f, dP, nk);
+                HYB_BE_TRY_PAR(perr, be->sgemm(be, 0, 1, qb, nk, hd, scale, Q + row0 * qd + ho,
+                                               (int)qd, kb + go, (int)kd, 0.0f, Pm, nk));
+                HYB_BE_TRY_PAR(perr, be->sgemm(be, 0, 1, qb, nk, hd, 1.0f, dO + row0 * qd + ho,
+                                               (int)qd, vb + go, (int)kd, 0.0f, dP, nk));
                 bwd_rows(Pm, dP, qb, nk, i0, lse, dr);
-                H_->sgemm(0, 0, qb, hd, nk, scale, dP, nk, kb + go, (int)kd, 1.0f,
-                          dQ + row0 * qd + ho, (int)qd);
-                H_->sgemm(1, 0, nk, hd, qb, scale, dP, nk, Q + row0 * qd + ho, (int)qd, 1.0f,
-                          dkb + go, (int)kd);
-                H_->sgemm(1, 0, nk, hd, qb, 1.0f, Pm, nk, dO + row0 * qd + ho, (int)qd, 1.0f,
-                          dvb + go, (int)kd);
+                HYB_BE_TRY_PAR(perr, be->sgemm(be, 0, 0, qb, hd, nk, scale, dP, nk, kb + go,
+                                               (int)kd, 1.0f, dQ + row0 * qd + ho, (int)qd));
+                HYB_BE_TRY_PAR(perr,
+                               be->sgemm(be, 1, 0, nk, hd, qb, scale, dP, nk, Q + row0 * qd + ho,
+                                         (int)qd, 1.0f, dkb + go, (int)kd));
+                HYB_BE_TRY_PAR(perr,
+                               be->sgemm(be, 1, 0, nk, hd, qb, 1.0f, Pm, nk, dO + row0 * qd + ho,
+                                         (int)qd, 1.0f, dvb + go, (int)kd));
             }
         }
     }
-    H_->free(Pm_all);
+    be->free(be, Pm_all);
+    if (rc == HYB_OK) rc = perr;
 
     /* RoPE is a rotation: its backward is the inverse rotation. */
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
             posbuf[(size_t)b * T + t] = t;
-    H_->rope(dQ, (int)BT, H, hd, posbuf, m->theta, 1);
-    H_->rope(dK, (int)BT, KV, hd, posbuf, m->theta, 1);
+    if (rc == HYB_OK) rc = be->rope(be, dQ, 1, (int)BT, H, hd, posbuf, m->theta, 1);
+    if (rc == HYB_OK) rc = be->rope(be, dK, 1, (int)BT, KV, hd, posbuf, m->theta, 1);
 
     if (m->bias) {
         for (size_t r = 0; r < BT; r++) {
@@ -446,14 +458,26 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
         }
     }
     /* projections: dW += d^T x, dx = sum d W */
-    H_->sgemm(1, 0, (int)qd, D, (int)BT, 1.0f, dQ, (int)qd, a->x, D, 1.0f, G[MHA_WQ], D);
-    H_->sgemm(1, 0, (int)kd, D, (int)BT, 1.0f, dK, (int)kd, a->x, D, 1.0f, G[MHA_WK], D);
-    H_->sgemm(1, 0, (int)kd, D, (int)BT, 1.0f, dV, (int)kd, a->x, D, 1.0f, G[MHA_WV], D);
-    H_->sgemm(0, 0, (int)BT, D, (int)qd, 1.0f, dQ, (int)qd, P[MHA_WQ], D, 0.0f, a->dx, D);
-    H_->sgemm(0, 0, (int)BT, D, (int)kd, 1.0f, dK, (int)kd, P[MHA_WK], D, 1.0f, a->dx, D);
-    H_->sgemm(0, 0, (int)BT, D, (int)kd, 1.0f, dV, (int)kd, P[MHA_WV], D, 1.0f, a->dx, D);
-    H_->free(buf);
-    return HYB_OK;
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, (int)qd, D, (int)BT, 1.0f, dQ, (int)qd, a->x, D, 1.0f, G[MHA_WQ],
+                       D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, (int)kd, D, (int)BT, 1.0f, dK, (int)kd, a->x, D, 1.0f, G[MHA_WK],
+                       D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, (int)kd, D, (int)BT, 1.0f, dV, (int)kd, a->x, D, 1.0f, G[MHA_WV],
+                       D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, D, (int)qd, 1.0f, dQ, (int)qd, P[MHA_WQ], D, 0.0f, a->dx,
+                       D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, D, (int)kd, 1.0f, dK, (int)kd, P[MHA_WK], D, 1.0f, a->dx,
+                       D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, D, (int)kd, 1.0f, dV, (int)kd, P[MHA_WV], D, 1.0f, a->dx,
+                       D);
+    be->free(be, buf);
+    return rc;
 }
 
 /* ---- decode -----------------------------------------------------------------------------------
@@ -537,21 +561,24 @@ attend_chunk(const float *q, int G, const float *k, const float *v, size_t ld, i
     }
 }
 
-/* scratch of at least `bytes` (grown, kept across calls) */
-static void *dec_scratch(mha *m, size_t bytes) {
-    if (bytes > m->dec_cap) {
-        void *p = H_->alloc(bytes);
+/* scratch of at least `bytes` on be's device (grown, kept across calls; remade when the backend
+ * changes) */
+static void *dec_scratch(mha *m, const hyb_backend *be, size_t bytes) {
+    if (bytes > m->dec_cap || m->dec_be != be) {
+        void *p = be->alloc(be, bytes);
         if (!p) return NULL;
-        H_->free(m->dec_buf);
+        if (m->dec_buf) m->dec_be->free(m->dec_be, m->dec_buf);
         m->dec_buf = p;
         m->dec_cap = bytes;
+        m->dec_be = be;
     }
     return m->dec_buf;
 }
 
 int mha_decode(void *self, const hyb_mixer_dec *a) {
     mha *m = self;
-    HYB_TRY(check_cpu(m, a->device, "decode"));
+    const hyb_backend *be = a->be;
+    int rc = HYB_OK;
     const int n = a->n, D = m->D, H = m->H, KV = m->KV, hd = m->hd, G = H / KV;
     if (n <= 0) return H_->error(HYB_ERR_ARG, "mha (layer %d): decode with n = %d", m->layer, n);
     const size_t qd = (size_t)H * hd, kd = (size_t)KV * hd;
@@ -572,7 +599,7 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
     const size_t partw = (size_t)G * (hd + 2); /* floats of one task's partials */
     size_t nfl = (size_t)n * (2 * qd + 2 * kd) + ntask * partw + (size_t)nthr * G * DEC_CHUNK;
     size_t nbytes = nfl * sizeof(float) + (size_t)(n + 1) * sizeof(size_t);
-    float *buf = dec_scratch(m, nbytes);
+    float *buf = dec_scratch(m, be, nbytes);
     if (!buf) return HYB_ERR_NOMEM;
     float *Q = buf, *K = Q + (size_t)n * qd, *V = K + (size_t)n * kd, *O = V + (size_t)n * kd,
           *part = O + (size_t)n * qd, *scratch = part + ntask * partw;
@@ -582,11 +609,14 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
         t0[i + 1] = t0[i] + (size_t)KV * (size_t)((a->pos[i] + DEC_CHUNK) / DEC_CHUNK);
 
     const float *const *P = a->params;
-    linear(a->x, P[MHA_WQ], m->bias ? P[MHA_BQ] : NULL, Q, n, D, (int)qd);
-    linear(a->x, P[MHA_WK], m->bias ? P[MHA_BK] : NULL, K, n, D, (int)kd);
-    linear(a->x, P[MHA_WV], m->bias ? P[MHA_BV] : NULL, V, n, D, (int)kd);
-    H_->rope(Q, n, H, hd, a->pos, m->theta, 0);
-    H_->rope(K, n, KV, hd, a->pos, m->theta, 0);
+    if (rc == HYB_OK)
+        rc = linear(be, a->x, P[MHA_WQ], m->bias ? P[MHA_BQ] : NULL, Q, n, D, (int)qd);
+    if (rc == HYB_OK)
+        rc = linear(be, a->x, P[MHA_WK], m->bias ? P[MHA_BK] : NULL, K, n, D, (int)kd);
+    if (rc == HYB_OK)
+        rc = linear(be, a->x, P[MHA_WV], m->bias ? P[MHA_BV] : NULL, V, n, D, (int)kd);
+    if (rc == HYB_OK) rc = be->rope(be, Q, 1, n, H, hd, a->pos, m->theta, 0);
+    if (rc == HYB_OK) rc = be->rope(be, K, 1, n, KV, hd, a->pos, m->theta, 0);
     for (int i = 0; i < n; i++)
         cache_put(a->states[i], a->max_ctx, KV, hd, a->pos[i], 1, K + (size_t)i * kd,
                   V + (size_t)i * kd);
@@ -633,6 +663,6 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
                 o[d] *= inv;
         }
     }
-    linear(O, P[MHA_WO], NULL, a->y, n, (int)qd, D);
-    return HYB_OK;
+    if (rc == HYB_OK) rc = linear(be, O, P[MHA_WO], NULL, a->y, n, (int)qd, D);
+    return rc;
 }

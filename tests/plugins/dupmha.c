@@ -7,7 +7,6 @@ static const hyb_mixer_desc DESC = {.abi_version = HYB_PLUGIN_ABI_VERSION,
                                     .name = "mha",
                                     .version = "0.0.1",
                                     .hf_prefix = "self_attn",
-                                    .devices = HYB_DEVBIT_CPU,
                                     STUB_VTABLE};
 
 HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {

@@ -7,17 +7,14 @@ static const hyb_mixer_desc DESC = {.abi_version = HYB_PLUGIN_ABI_VERSION,
                                     .name = "nodecode",
                                     .version = "0.0.1",
                                     .hf_prefix = "mixer",
-                                    .devices = HYB_DEVBIT_CPU,
                                     .create = stub_create,
                                     .destroy = stub_destroy,
                                     .describe = stub_describe,
                                     .n_params = stub_n_params,
                                     .param_decl = stub_param_decl,
                                     .saved_bytes = stub_saved_bytes,
-                                    .forward = stub_forward,
-                                    .backward = stub_backward,
                                     .state_bytes = stub_state_bytes,
-                                    .decode = 0};
+                                    .kernels[HYB_DEV_CPU] = {stub_forward, stub_backward, 0}};
 
 HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {
     (void)host;

@@ -58,6 +58,6 @@ static int stub_decode(void *self, const hyb_mixer_dec *a) {
 #define STUB_VTABLE                                                                                \
     .create = stub_create, .destroy = stub_destroy, .describe = stub_describe,                     \
     .n_params = stub_n_params, .param_decl = stub_param_decl, .saved_bytes = stub_saved_bytes,     \
-    .forward = stub_forward, .backward = stub_backward, .state_bytes = stub_state_bytes,           \
-    .decode = stub_decode
+    .state_bytes = stub_state_bytes,                                                               \
+    .kernels[HYB_DEV_CPU] = {stub_forward, stub_backward, stub_decode}
 #endif

@@ -1,5 +1,6 @@
 /* core/backend/cpu/cpu.h: CPU kernels (f32, row-major, OpenMP over the 2+ cores).
- * Internal to libhyb; the graph ops (graph.h) and the host service table (mixer.h) call these.
+ * Internal to libhyb: only the CPU backend table (cpu_backend.c) calls these; everything else
+ * reaches them through hyb/backend.h.
  * The CUDA backend mirrors these names and argument orders (hyb_cuda_<op>). */
 #ifndef HYB_BACKEND_CPU_H
 #define HYB_BACKEND_CPU_H
@@ -36,4 +37,8 @@ void hyb_cpu_kl_fwd(const float *s, const float *t, const float *w, float *stats
                     int64_t V, float temperature, int reverse, double *loss_sum);
 void hyb_cpu_kl_bwd(const float *s, const float *t, const float *w, const float *stats, float *ds,
                     int64_t rows, int64_t V, float temperature, int reverse, float scale);
+void hyb_cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
+                   float eps, float shrink, float step_size, float inv_sqrt_bc2);
+double hyb_cpu_sumsq(const float *x, int64_t n);
+void hyb_cpu_scale(float *x, float alpha, int64_t n);
 #endif

@@ -1,5 +1,6 @@
 /* core/backend/cpu/cpu_backend.c: the CPU backend table (hyb/backend.h) over the hyb_cpu_* kernels.
- */
+ * The CPU kernels cannot fail once their arguments are checked by the caller: every entry returns
+ * HYB_OK. */
 #include <string.h>
 
 #include "backend/cpu/cpu.h"
@@ -13,102 +14,138 @@ static void cpu_free(const hyb_backend *be, void *p) {
     (void)be;
     hyb_free(p);
 }
-static void cpu_memset0(const hyb_backend *be, void *p, size_t n) {
+static int cpu_memset0(const hyb_backend *be, void *p, size_t n) {
     (void)be;
     if (n) memset(p, 0, n);
+    return HYB_OK;
 }
-static void cpu_copy(const hyb_backend *be, void *dst, const void *src, size_t n) {
+static int cpu_copy(const hyb_backend *be, void *dst, const void *src, size_t n) {
     (void)be;
     if (n && dst != src) memmove(dst, src, n);
+    return HYB_OK;
 }
-static void cpu_sgemm(const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha,
-                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                      int ldc) {
+static int cpu_sgemm(const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                     int ldc) {
     (void)be;
     hyb_cpu_sgemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return HYB_OK;
 }
-static void cpu_rope(const hyb_backend *be, float *x, int B, int T, int H, int hd,
-                     const int32_t *pos, float theta, int inverse) {
+static int cpu_rope(const hyb_backend *be, float *x, int B, int T, int H, int hd,
+                    const int32_t *pos, float theta, int inverse) {
     (void)be;
     for (int b = 0; b < B; b++)
         hyb_cpu_rope(x + (int64_t)b * T * H * hd, T, H, hd, pos, theta, inverse);
+    return HYB_OK;
 }
-static void cpu_embedding_fwd(const hyb_backend *be, const float *W, const int32_t *ids, float *y,
-                              int64_t n, int64_t D) {
+static int cpu_embedding_fwd(const hyb_backend *be, const float *W, const int32_t *ids, float *y,
+                             int64_t n, int64_t D) {
     (void)be;
     hyb_cpu_embedding_fwd(W, ids, y, n, D);
+    return HYB_OK;
 }
-static void cpu_embedding_bwd(const hyb_backend *be, float *dW, const int32_t *ids, const float *dy,
-                              int64_t n, int64_t D) {
+static int cpu_embedding_bwd(const hyb_backend *be, float *dW, const int32_t *ids, const float *dy,
+                             int64_t n, int64_t D) {
     (void)be;
     hyb_cpu_embedding_bwd(dW, ids, dy, n, D);
+    return HYB_OK;
 }
-static void cpu_rmsnorm_fwd(const hyb_backend *be, const float *x, const float *w, float *y,
-                            float *rstd, int64_t rows, int64_t D, float eps) {
+static int cpu_rmsnorm_fwd(const hyb_backend *be, const float *x, const float *w, float *y,
+                           float *rstd, int64_t rows, int64_t D, float eps) {
     (void)be;
     hyb_cpu_rmsnorm_fwd(x, w, y, rstd, rows, D, eps);
+    return HYB_OK;
 }
-static void cpu_rmsnorm_bwd(const hyb_backend *be, const float *x, const float *w,
-                            const float *rstd, const float *dy, float *dx, float *dw, int64_t rows,
-                            int64_t D) {
+static int cpu_rmsnorm_bwd(const hyb_backend *be, const float *x, const float *w, const float *rstd,
+                           const float *dy, float *dx, float *dw, int64_t rows, int64_t D) {
     (void)be;
     hyb_cpu_rmsnorm_bwd(x, w, rstd, dy, dx, dw, rows, D);
+    return HYB_OK;
 }
-static void cpu_swiglu_fwd(const hyb_backend *be, const float *g, const float *u, float *y,
-                           int64_t n) {
+static int cpu_swiglu_fwd(const hyb_backend *be, const float *g, const float *u, float *y,
+                          int64_t n) {
     (void)be;
     hyb_cpu_swiglu_fwd(g, u, y, n);
+    return HYB_OK;
 }
-static void cpu_swiglu_bwd(const hyb_backend *be, const float *g, const float *u, const float *dy,
-                           float *dg, float *du, int64_t n) {
+static int cpu_swiglu_bwd(const hyb_backend *be, const float *g, const float *u, const float *dy,
+                          float *dg, float *du, int64_t n) {
     (void)be;
     hyb_cpu_swiglu_bwd(g, u, dy, dg, du, n);
+    return HYB_OK;
 }
-static void cpu_add(const hyb_backend *be, const float *a, const float *b, float *y, int64_t n) {
+static int cpu_add(const hyb_backend *be, const float *a, const float *b, float *y, int64_t n) {
     (void)be;
     hyb_cpu_add(a, b, y, n);
+    return HYB_OK;
 }
-static void cpu_axpy(const hyb_backend *be, float *dst, const float *src, float alpha, int64_t n) {
+static int cpu_axpy(const hyb_backend *be, float *dst, const float *src, float alpha, int64_t n) {
     (void)be;
     hyb_cpu_axpy(dst, src, alpha, n);
+    return HYB_OK;
 }
-static void cpu_softmax_fwd(const hyb_backend *be, const float *x, float *y, int64_t rows,
-                            int64_t V) {
+static int cpu_softmax_fwd(const hyb_backend *be, const float *x, float *y, int64_t rows,
+                           int64_t V) {
     (void)be;
     hyb_cpu_softmax_fwd(x, y, rows, V);
+    return HYB_OK;
 }
-static void cpu_softmax_bwd(const hyb_backend *be, const float *y, const float *dy, float *dx,
-                            int64_t rows, int64_t V) {
+static int cpu_softmax_bwd(const hyb_backend *be, const float *y, const float *dy, float *dx,
+                           int64_t rows, int64_t V) {
     (void)be;
     hyb_cpu_softmax_bwd(y, dy, dx, rows, V);
+    return HYB_OK;
 }
-static void cpu_ce_fwd(const hyb_backend *be, const float *logits, const int32_t *targets,
-                       const float *w, float *lse, int64_t rows, int64_t V, double *loss_sum) {
+static int cpu_ce_fwd(const hyb_backend *be, const float *logits, const int32_t *targets,
+                      const float *w, float *lse, int64_t rows, int64_t V, double *loss_sum) {
     (void)be;
     hyb_cpu_ce_fwd(logits, targets, w, lse, rows, V, loss_sum);
+    return HYB_OK;
 }
-static void cpu_ce_bwd(const hyb_backend *be, const float *logits, const int32_t *targets,
-                       const float *w, const float *lse, float *dlogits, int64_t rows, int64_t V,
-                       float scale) {
+static int cpu_ce_bwd(const hyb_backend *be, const float *logits, const int32_t *targets,
+                      const float *w, const float *lse, float *dlogits, int64_t rows, int64_t V,
+                      float scale) {
     (void)be;
     hyb_cpu_ce_bwd(logits, targets, w, lse, dlogits, rows, V, scale);
+    return HYB_OK;
 }
-static void cpu_kl_fwd(const hyb_backend *be, const float *s, const float *t, const float *w,
-                       float *stats, int64_t rows, int64_t V, float T, int reverse,
-                       double *loss_sum) {
+static int cpu_kl_fwd(const hyb_backend *be, const float *s, const float *t, const float *w,
+                      float *stats, int64_t rows, int64_t V, float T, int reverse,
+                      double *loss_sum) {
     (void)be;
     hyb_cpu_kl_fwd(s, t, w, stats, rows, V, T, reverse, loss_sum);
+    return HYB_OK;
 }
-static void cpu_kl_bwd(const hyb_backend *be, const float *s, const float *t, const float *w,
-                       const float *stats, float *ds, int64_t rows, int64_t V, float T, int reverse,
-                       float scale) {
+static int cpu_kl_bwd(const hyb_backend *be, const float *s, const float *t, const float *w,
+                      const float *stats, float *ds, int64_t rows, int64_t V, float T, int reverse,
+                      float scale) {
     (void)be;
     hyb_cpu_kl_bwd(s, t, w, stats, ds, rows, V, T, reverse, scale);
+    return HYB_OK;
+}
+
+static int cpu_adamw(const hyb_backend *be, float *p, const float *g, float *m, float *v, int64_t n,
+                     float b1, float b2, float eps, float shrink, float step_size,
+                     float inv_sqrt_bc2) {
+    (void)be;
+    hyb_cpu_adamw(p, g, m, v, n, b1, b2, eps, shrink, step_size, inv_sqrt_bc2);
+    return HYB_OK;
+}
+static int cpu_sumsq(const hyb_backend *be, const float *x, int64_t n, double *out) {
+    (void)be;
+    *out = hyb_cpu_sumsq(x, n);
+    return HYB_OK;
+}
+static int cpu_scale(const hyb_backend *be, float *x, float alpha, int64_t n) {
+    (void)be;
+    hyb_cpu_scale(x, alpha, n);
+    return HYB_OK;
 }
 
 static const hyb_backend CPU_BACKEND = {
     .name = "cpu",
     .device = HYB_DEV_CPU,
+    .ordinal = 0,
     .ctx = NULL,
     .alloc = cpu_alloc,
     .free = cpu_free,
@@ -132,6 +169,9 @@ static const hyb_backend CPU_BACKEND = {
     .ce_bwd = cpu_ce_bwd,
     .kl_fwd = cpu_kl_fwd,
     .kl_bwd = cpu_kl_bwd,
+    .adamw = cpu_adamw,
+    .sumsq = cpu_sumsq,
+    .scale = cpu_scale,
 };
 
 const hyb_backend *hyb_backend_cpu(void) {

@@ -186,3 +186,32 @@ void hyb_cpu_softmax_bwd(const float *y, const float *dy, float *dx, int64_t row
             dr[v] += yr[v] * (gr[v] - d);
     }
 }
+
+/* ---- optimiser ---- (the loops core/optim.c ran itself before the one compute route) */
+
+void hyb_cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
+                   float eps, float shrink, float step_size, float inv_sqrt_bc2) {
+#pragma omp parallel for if (n > 65536)
+    for (int64_t k = 0; k < n; k++) {
+        float gk = g[k];
+        float mk = b1 * m[k] + (1.0f - b1) * gk;
+        float vk = b2 * v[k] + (1.0f - b2) * gk * gk;
+        m[k] = mk;
+        v[k] = vk;
+        p[k] = p[k] * shrink - step_size * mk / (sqrtf(vk) * inv_sqrt_bc2 + eps);
+    }
+}
+
+double hyb_cpu_sumsq(const float *x, int64_t n) {
+    double s = 0;
+#pragma omp parallel for reduction(+ : s) if (n > 65536)
+    for (int64_t k = 0; k < n; k++)
+        s += (double)x[k] * (double)x[k];
+    return s;
+}
+
+void hyb_cpu_scale(float *x, float alpha, int64_t n) {
+#pragma omp parallel for if (n > 65536)
+    for (int64_t k = 0; k < n; k++)
+        x[k] *= alpha;
+}

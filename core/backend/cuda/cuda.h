@@ -24,8 +24,8 @@
 /* Load NVRTC only (works without a GPU or driver). Idempotent. HYB_ERR_UNSUPPORTED + message. */
 int hyb_cuda_nvrtc_load(void);
 /* Load the driver (libcuda.so.1), NVRTC and cuBLAS. Idempotent. Without a driver: returns
- * HYB_ERR_UNSUPPORTED and the error "no CUDA driver found (libcuda.so.1): running on the CPU
- * only". */
+ * HYB_ERR_UNSUPPORTED and the error "no CUDA driver found (libcuda.so.1 is not on the loader
+ * path: ...)"; nothing falls back to the CPU: the caller reports it. */
 int hyb_cuda_load(void);
 /* NVRTC version as major * 1000 + minor * 10 (0 when not loaded). */
 int hyb_cuda_nvrtc_version(void);
@@ -34,6 +34,9 @@ int hyb_cuda_nvrtc_version(void);
 /* Initialise device `ordinal`: primary context, one stream, cuBLAS handle, memory pool; then
  * register the "cuda" backend (hyb_backend_get(HYB_DEV_CUDA)). Idempotent. */
 int hyb_cuda_init(int ordinal);
+/* The provider behind hyb_backend_open("cuda[:N]") (core/graph/backend.c registers it): open(N)
+ * initialises device N (one CUDA device per process); probe() counts devices or says why none. */
+extern const hyb_backend_provider hyb_cuda_provider;
 /* 1 when hyb_cuda_init succeeded. */
 int hyb_cuda_ready(void);
 /* Compute capability of the initialised device as major*10+minor (90 for H100), 0 if none. */
@@ -135,6 +138,9 @@ int hyb_cuda_kl_bwd(const float *s, const float *t, const float *w, const float 
  * inv_sqrt_bc2 = 1 / sqrt(1 - b2^t)). */
 int hyb_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
                    float eps, float shrink, float step_size, float inv_sqrt_bc2);
+/* x *= alpha; *out = sum x^2 (partials per block in double, added on the host in block order) */
+int hyb_cuda_scale(float *x, float alpha, int64_t n);
+int hyb_cuda_sumsq(const float *x, int64_t n, double *out);
 /* x: [n] f32 -> y: [n] bf16 (round to nearest even); and back (exact). */
 int hyb_cuda_f32_to_bf16(const float *x, void *y, int64_t n);
 int hyb_cuda_bf16_to_f32(const void *x, float *y, int64_t n);

@@ -218,7 +218,7 @@ int hyb_cuda_init(int ordinal) {
     CU_CHECK(hyb_cu.cuDeviceGetCount(&n));
     if (n <= 0)
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
-                             "the CUDA driver found no GPU: running on the CPU only");
+                             "the CUDA driver found no GPU");
     if (ordinal < 0 || ordinal >= n)
         return hyb_error_set(HYB_ERR_ARG, "CUDA device %d does not exist (%d device%s present)",
                              ordinal, n, n == 1 ? "" : "s");
@@ -256,6 +256,28 @@ int hyb_cuda_init(int ordinal) {
     hyb_log(HYB_LOG_INFO, "CUDA device %d: %s (sm_%d, %d SMs)", ordinal, s.name, s.arch, s.n_sm);
     return hyb_cuda_register_backend();
 }
+
+static int provider_open(int ordinal, const hyb_backend **out) {
+    if (hyb_cuda_g.ready && hyb_cuda_g.ordinal != ordinal)
+        return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                             "this process already uses cuda:%d (one CUDA device per process)",
+                             hyb_cuda_g.ordinal);
+    HYB_TRY(hyb_cuda_init(ordinal));
+    *out = hyb_backend_cuda();
+    return HYB_OK;
+}
+
+static int provider_probe(void) {
+    HYB_TRY(hyb_cuda_load());
+    CU_CHECK(hyb_cu.cuInit(0));
+    int n = 0;
+    CU_CHECK(hyb_cu.cuDeviceGetCount(&n));
+    if (n <= 0) return hyb_error_set(HYB_ERR_UNSUPPORTED, "the CUDA driver found no GPU");
+    return n;
+}
+
+const hyb_backend_provider hyb_cuda_provider = {
+    .kind = "cuda", .device = HYB_DEV_CUDA, .open = provider_open, .probe = provider_probe};
 
 void hyb_cuda_shutdown(void) {
     if (!hyb_cuda_g.ready) return;

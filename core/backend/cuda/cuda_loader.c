@@ -114,7 +114,7 @@ static int load_driver(void) {
     void *lib = dlopen(names[0], RTLD_NOW | RTLD_LOCAL);
     if (!lib)
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
-                             "no CUDA driver found (libcuda.so.1): running on the CPU only");
+                             "no CUDA driver found (libcuda.so.1 is not on the loader path: no NVIDIA driver installed)");
     hyb_cu_api api;
     int rc = resolve(lib, "libcuda.so.1", (void **)&api, syms, (int)(sizeof syms / sizeof *syms));
     if (rc != HYB_OK) {

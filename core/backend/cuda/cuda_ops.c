@@ -1,8 +1,10 @@
-/* core/backend/cuda/cuda_ops.c: the hyb_cuda_<op> kernels (launchers of the kernels/ sources) and the
- * CUDA backend table. Kernels are compiled on first use (nvrtc.c, cached on disk) and loaded
+/* core/backend/cuda/cuda_ops.c: the hyb_cuda_<op> kernels (launchers of the kernels/ sources) and
+ * the CUDA backend table. Kernels are compiled on first use (nvrtc.c, cached on disk) and loaded
  * into the context; all launches go to the one stream, so results are stream-ordered and pool
  * blocks freed after a launch can be reused by later work on that stream. */
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,8 +68,8 @@ CUfunction hyb_cuda_function(const char *file, const char *kernel) {
         }
     CUmodule mod = NULL;
     if (load_module(file, &mod) != HYB_OK) goto out;
-    if (hyb_cu_check(hyb_cu.cuModuleGetFunction(&fn, mod, kernel), "cuModuleGetFunction",
-                     __FILE__, __LINE__) != HYB_OK) {
+    if (hyb_cu_check(hyb_cu.cuModuleGetFunction(&fn, mod, kernel), "cuModuleGetFunction", __FILE__,
+                     __LINE__) != HYB_OK) {
         hyb_error_wrap(HYB_ERR, "kernel %s of %s", kernel, file);
         fn = NULL;
         goto out;
@@ -108,7 +110,8 @@ void hyb_cuda_ops_reset(void) { /* after the context went away (hyb_cuda_shutdow
 
 /* blocks for a grid-stride loop over n elements */
 static unsigned grid_for(int64_t n) {
-    int64_t g = (n + BLOCK - 1) / BLOCK, cap = (int64_t)(hyb_cuda_g.n_sm > 0 ? hyb_cuda_g.n_sm : 1) * 32;
+    int64_t g = (n + BLOCK - 1) / BLOCK,
+            cap = (int64_t)(hyb_cuda_g.n_sm > 0 ? hyb_cuda_g.n_sm : 1) * 32;
     if (g > cap) g = cap;
     return (unsigned)(g < 1 ? 1 : g);
 }
@@ -175,6 +178,38 @@ int hyb_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, floa
            &step_size, &inv_sqrt_bc2);
     return HYB_OK;
 }
+int hyb_cuda_scale(float *x, float alpha, int64_t n) {
+    if (n <= 0) return HYB_OK;
+    GET("elementwise.cu", "hyb_scale");
+    LAUNCH("hyb_scale", grid_for(n), 1, BLOCK, &x, &alpha, &n);
+    return HYB_OK;
+}
+int hyb_cuda_sumsq(const float *x, int64_t n, double *out) {
+    *out = 0.0;
+    if (n <= 0) return HYB_OK;
+    GET("elementwise.cu", "hyb_sumsq");
+    unsigned grid = grid_for(n);
+    double *dpart = hyb_cuda_malloc(sizeof(double) * grid);
+    double *hpart = malloc(sizeof(double) * grid);
+    int rc = HYB_ERR_NOMEM;
+    if (!dpart || !hpart) {
+        if (!hpart) hyb_error_set(HYB_ERR_NOMEM, "sumsq: out of memory");
+        goto out;
+    }
+    void *args[] = {&x, &dpart, &n};
+    rc = hyb_cuda_launch(fn_, "hyb_sumsq", grid, 1, BLOCK, args);
+    if (rc == HYB_OK) rc = hyb_cuda_download(hpart, dpart, sizeof(double) * grid);
+    if (rc == HYB_OK) {
+        double s = 0.0;
+        for (unsigned b = 0; b < grid; b++)
+            s += hpart[b];
+        *out = s;
+    }
+out:
+    free(hpart);
+    hyb_cuda_free(dpart);
+    return rc;
+}
 
 static int ids_kernel(const char *name, float *a, const int32_t *ids, float *b, int64_t n,
                       int64_t D) {
@@ -196,8 +231,7 @@ int hyb_cuda_embedding_bwd(float *dW, const int32_t *ids, const float *dy, int64
 
 int hyb_cuda_rope(float *x, int B, int T, int H, int hd, const int32_t *pos, float theta,
                   int inverse) {
-    if (hd % 2 != 0)
-        return hyb_error_set(HYB_ERR_ARG, "rope: head size %d is odd", hd);
+    if (hd % 2 != 0) return hyb_error_set(HYB_ERR_ARG, "rope: head size %d is odd", hd);
     if (B <= 0 || T <= 0 || H <= 0 || hd == 0) return HYB_OK;
     GET("elementwise.cu", "hyb_rope");
     int32_t *hpos = NULL;
@@ -218,7 +252,8 @@ int hyb_cuda_rope(float *x, int B, int T, int H, int hd, const int32_t *pos, flo
     return rc;
 }
 
-/* ---- row-wise ---------------------------------------------------------------------------------- */
+/* ---- row-wise ----------------------------------------------------------------------------------
+ */
 int hyb_cuda_rmsnorm_fwd(const float *x, const float *w, float *y, float *rstd, int64_t rows,
                          int64_t D, float eps) {
     if (rows <= 0) return HYB_OK;
@@ -264,7 +299,8 @@ int hyb_cuda_softmax_bwd(const float *y, const float *dy, float *dx, int64_t row
     return HYB_OK;
 }
 
-/* ---- losses ------------------------------------------------------------------------------------ */
+/* ---- losses ------------------------------------------------------------------------------------
+ */
 int hyb_cuda_ce_fwd(const float *logits, const int32_t *targets, const float *w, float *lse,
                     int64_t rows, int64_t V, double *loss_sum) {
     *loss_sum = 0.0;
@@ -352,11 +388,20 @@ int hyb_cuda_kl_bwd(const float *s, const float *t, const float *w, const float 
     return rc;
 }
 
-/* ---- the backend table ------------------------------------------------------------------------ */
-/* The table's entries return void (hyb/backend.h): a failure is logged with its message and the
- * message stays in hyb_error() for the caller. */
-static void report(int rc, const char *op) {
-    if (rc != HYB_OK) hyb_log(HYB_LOG_ERROR, "cuda %s: %s", op, hyb_error());
+/* ---- the backend table ------------------------------------------------------------------------
+ */
+static char g_cuda_name[32] = "cuda:0";
+
+/* Every entry returns the kernel's status; a failure's message is prefixed with the backend and
+ * the op ("cuda sgemm: ..."; the launchers already name the kernel, grid and sizes). */
+static int report(int rc, const char *fmt, ...) {
+    if (rc == HYB_OK) return HYB_OK;
+    char what[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return hyb_error_wrap(rc, "%s %s", g_cuda_name, what);
 }
 static void *be_alloc(const hyb_backend *be, size_t n) {
     (void)be;
@@ -366,108 +411,135 @@ static void be_free(const hyb_backend *be, void *p) {
     (void)be;
     hyb_cuda_free(p);
 }
-static void be_memset0(const hyb_backend *be, void *p, size_t n) {
+static int be_memset0(const hyb_backend *be, void *p, size_t n) {
     (void)be;
-    report(hyb_cuda_memset0(p, n), "memset0");
+    return report(hyb_cuda_memset0(p, n), "memset0 %zu bytes", n);
 }
-static void be_copy(const hyb_backend *be, void *d, const void *s, size_t n) {
+static int be_copy(const hyb_backend *be, void *d, const void *s, size_t n) {
     (void)be;
-    report(hyb_cuda_copy(d, s, n), "copy");
+    return report(hyb_cuda_copy(d, s, n), "copy %zu bytes", n);
 }
-static void be_upload(const hyb_backend *be, void *d, const void *s, size_t n) {
+static int be_upload(const hyb_backend *be, void *d, const void *s, size_t n) {
     (void)be;
-    report(hyb_cuda_upload(d, s, n), "upload");
+    return report(hyb_cuda_upload(d, s, n), "upload %zu bytes", n);
 }
-static void be_download(const hyb_backend *be, void *d, const void *s, size_t n) {
+static int be_download(const hyb_backend *be, void *d, const void *s, size_t n) {
     (void)be;
-    report(hyb_cuda_download(d, s, n), "download");
+    return report(hyb_cuda_download(d, s, n), "download %zu bytes", n);
 }
-static void be_sgemm(const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha,
-                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                     int ldc) {
+static int be_sgemm(const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                    int ldc) {
     (void)be;
-    report(hyb_cuda_sgemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), "sgemm");
+    return report(hyb_cuda_sgemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc),
+                  "sgemm M=%d N=%d K=%d (trans %d%d)", M, N, K, tA, tB);
 }
-static void be_rope(const hyb_backend *be, float *x, int B, int T, int H, int hd,
-                    const int32_t *pos, float theta, int inverse) {
+static int be_rope(const hyb_backend *be, float *x, int B, int T, int H, int hd, const int32_t *pos,
+                   float theta, int inverse) {
     (void)be;
-    report(hyb_cuda_rope(x, B, T, H, hd, pos, theta, inverse), "rope");
+    return report(hyb_cuda_rope(x, B, T, H, hd, pos, theta, inverse), "rope [%d, %d, %d, %d]", B, T,
+                  H, hd);
 }
-static void be_embedding_fwd(const hyb_backend *be, const float *W, const int32_t *ids, float *y,
-                             int64_t n, int64_t D) {
+static int be_embedding_fwd(const hyb_backend *be, const float *W, const int32_t *ids, float *y,
+                            int64_t n, int64_t D) {
     (void)be;
-    report(hyb_cuda_embedding_fwd(W, ids, y, n, D), "embedding_fwd");
+    return report(hyb_cuda_embedding_fwd(W, ids, y, n, D), "embedding_fwd n=%lld D=%lld",
+                  (long long)n, (long long)D);
 }
-static void be_embedding_bwd(const hyb_backend *be, float *dW, const int32_t *ids,
-                             const float *dy, int64_t n, int64_t D) {
+static int be_embedding_bwd(const hyb_backend *be, float *dW, const int32_t *ids, const float *dy,
+                            int64_t n, int64_t D) {
     (void)be;
-    report(hyb_cuda_embedding_bwd(dW, ids, dy, n, D), "embedding_bwd");
+    return report(hyb_cuda_embedding_bwd(dW, ids, dy, n, D), "embedding_bwd n=%lld D=%lld",
+                  (long long)n, (long long)D);
 }
-static void be_rmsnorm_fwd(const hyb_backend *be, const float *x, const float *w, float *y,
-                           float *rstd, int64_t rows, int64_t D, float eps) {
+static int be_rmsnorm_fwd(const hyb_backend *be, const float *x, const float *w, float *y,
+                          float *rstd, int64_t rows, int64_t D, float eps) {
     (void)be;
-    report(hyb_cuda_rmsnorm_fwd(x, w, y, rstd, rows, D, eps), "rmsnorm_fwd");
+    return report(hyb_cuda_rmsnorm_fwd(x, w, y, rstd, rows, D, eps), "rmsnorm_fwd [%lld, %lld]",
+                  (long long)rows, (long long)D);
 }
-static void be_rmsnorm_bwd(const hyb_backend *be, const float *x, const float *w,
-                           const float *rstd, const float *dy, float *dx, float *dw, int64_t rows,
-                           int64_t D) {
+static int be_rmsnorm_bwd(const hyb_backend *be, const float *x, const float *w, const float *rstd,
+                          const float *dy, float *dx, float *dw, int64_t rows, int64_t D) {
     (void)be;
-    report(hyb_cuda_rmsnorm_bwd(x, w, rstd, dy, dx, dw, rows, D), "rmsnorm_bwd");
+    return report(hyb_cuda_rmsnorm_bwd(x, w, rstd, dy, dx, dw, rows, D), "rmsnorm_bwd [%lld, %lld]",
+                  (long long)rows, (long long)D);
 }
-static void be_swiglu_fwd(const hyb_backend *be, const float *g, const float *u, float *y,
-                          int64_t n) {
+static int be_swiglu_fwd(const hyb_backend *be, const float *g, const float *u, float *y,
+                         int64_t n) {
     (void)be;
-    report(hyb_cuda_swiglu_fwd(g, u, y, n), "swiglu_fwd");
+    return report(hyb_cuda_swiglu_fwd(g, u, y, n), "swiglu_fwd n=%lld", (long long)n);
 }
-static void be_swiglu_bwd(const hyb_backend *be, const float *g, const float *u, const float *dy,
-                          float *dg, float *du, int64_t n) {
+static int be_swiglu_bwd(const hyb_backend *be, const float *g, const float *u, const float *dy,
+                         float *dg, float *du, int64_t n) {
     (void)be;
-    report(hyb_cuda_swiglu_bwd(g, u, dy, dg, du, n), "swiglu_bwd");
+    return report(hyb_cuda_swiglu_bwd(g, u, dy, dg, du, n), "swiglu_bwd n=%lld", (long long)n);
 }
-static void be_add(const hyb_backend *be, const float *a, const float *b, float *y, int64_t n) {
+static int be_add(const hyb_backend *be, const float *a, const float *b, float *y, int64_t n) {
     (void)be;
-    report(hyb_cuda_add(a, b, y, n), "add");
+    return report(hyb_cuda_add(a, b, y, n), "add n=%lld", (long long)n);
 }
-static void be_axpy(const hyb_backend *be, float *d, const float *s, float alpha, int64_t n) {
+static int be_axpy(const hyb_backend *be, float *d, const float *s, float alpha, int64_t n) {
     (void)be;
-    report(hyb_cuda_axpy(d, s, alpha, n), "axpy");
+    return report(hyb_cuda_axpy(d, s, alpha, n), "axpy n=%lld", (long long)n);
 }
-static void be_softmax_fwd(const hyb_backend *be, const float *x, float *y, int64_t rows,
-                           int64_t V) {
+static int be_softmax_fwd(const hyb_backend *be, const float *x, float *y, int64_t rows,
+                          int64_t V) {
     (void)be;
-    report(hyb_cuda_softmax_fwd(x, y, rows, V), "softmax_fwd");
+    return report(hyb_cuda_softmax_fwd(x, y, rows, V), "softmax_fwd [%lld, %lld]", (long long)rows,
+                  (long long)V);
 }
-static void be_softmax_bwd(const hyb_backend *be, const float *y, const float *dy, float *dx,
-                           int64_t rows, int64_t V) {
+static int be_softmax_bwd(const hyb_backend *be, const float *y, const float *dy, float *dx,
+                          int64_t rows, int64_t V) {
     (void)be;
-    report(hyb_cuda_softmax_bwd(y, dy, dx, rows, V), "softmax_bwd");
+    return report(hyb_cuda_softmax_bwd(y, dy, dx, rows, V), "softmax_bwd [%lld, %lld]",
+                  (long long)rows, (long long)V);
 }
-static void be_ce_fwd(const hyb_backend *be, const float *logits, const int32_t *targets,
-                      const float *w, float *lse, int64_t rows, int64_t V, double *loss_sum) {
+static int be_ce_fwd(const hyb_backend *be, const float *logits, const int32_t *targets,
+                     const float *w, float *lse, int64_t rows, int64_t V, double *loss_sum) {
     (void)be;
-    report(hyb_cuda_ce_fwd(logits, targets, w, lse, rows, V, loss_sum), "ce_fwd");
+    return report(hyb_cuda_ce_fwd(logits, targets, w, lse, rows, V, loss_sum),
+                  "ce_fwd [%lld, %lld]", (long long)rows, (long long)V);
 }
-static void be_ce_bwd(const hyb_backend *be, const float *logits, const int32_t *targets,
-                      const float *w, const float *lse, float *dlogits, int64_t rows, int64_t V,
-                      float scale) {
+static int be_ce_bwd(const hyb_backend *be, const float *logits, const int32_t *targets,
+                     const float *w, const float *lse, float *dlogits, int64_t rows, int64_t V,
+                     float scale) {
     (void)be;
-    report(hyb_cuda_ce_bwd(logits, targets, w, lse, dlogits, rows, V, scale), "ce_bwd");
+    return report(hyb_cuda_ce_bwd(logits, targets, w, lse, dlogits, rows, V, scale),
+                  "ce_bwd [%lld, %lld]", (long long)rows, (long long)V);
 }
-static void be_kl_fwd(const hyb_backend *be, const float *s, const float *t, const float *w,
-                      float *stats, int64_t rows, int64_t V, float T, int reverse,
-                      double *loss_sum) {
+static int be_kl_fwd(const hyb_backend *be, const float *s, const float *t, const float *w,
+                     float *stats, int64_t rows, int64_t V, float T, int reverse,
+                     double *loss_sum) {
     (void)be;
-    report(hyb_cuda_kl_fwd(s, t, w, stats, rows, V, T, reverse, loss_sum), "kl_fwd");
+    return report(hyb_cuda_kl_fwd(s, t, w, stats, rows, V, T, reverse, loss_sum),
+                  "kl_fwd [%lld, %lld]", (long long)rows, (long long)V);
 }
-static void be_kl_bwd(const hyb_backend *be, const float *s, const float *t, const float *w,
-                      const float *stats, float *ds, int64_t rows, int64_t V, float T, int reverse,
-                      float scale) {
+static int be_kl_bwd(const hyb_backend *be, const float *s, const float *t, const float *w,
+                     const float *stats, float *ds, int64_t rows, int64_t V, float T, int reverse,
+                     float scale) {
     (void)be;
-    report(hyb_cuda_kl_bwd(s, t, w, stats, ds, rows, V, T, reverse, scale), "kl_bwd");
+    return report(hyb_cuda_kl_bwd(s, t, w, stats, ds, rows, V, T, reverse, scale),
+                  "kl_bwd [%lld, %lld]", (long long)rows, (long long)V);
+}
+
+static int be_adamw(const hyb_backend *be, float *p, const float *g, float *m, float *v, int64_t n,
+                    float b1, float b2, float eps, float shrink, float step_size,
+                    float inv_sqrt_bc2) {
+    (void)be;
+    return report(hyb_cuda_adamw(p, g, m, v, n, b1, b2, eps, shrink, step_size, inv_sqrt_bc2),
+                  "adamw n=%lld", (long long)n);
+}
+static int be_sumsq(const hyb_backend *be, const float *x, int64_t n, double *out) {
+    (void)be;
+    return report(hyb_cuda_sumsq(x, n, out), "sumsq n=%lld", (long long)n);
+}
+static int be_scale(const hyb_backend *be, float *x, float alpha, int64_t n) {
+    (void)be;
+    return report(hyb_cuda_scale(x, alpha, n), "scale n=%lld", (long long)n);
 }
 
 static hyb_backend g_cuda_backend = {
-    .name = "cuda",
+    .name = g_cuda_name,
     .device = HYB_DEV_CUDA,
     .alloc = be_alloc,
     .free = be_free,
@@ -491,6 +563,9 @@ static hyb_backend g_cuda_backend = {
     .ce_bwd = be_ce_bwd,
     .kl_fwd = be_kl_fwd,
     .kl_bwd = be_kl_bwd,
+    .adamw = be_adamw,
+    .sumsq = be_sumsq,
+    .scale = be_scale,
 };
 
 const hyb_backend *hyb_backend_cuda(void) {
@@ -498,6 +573,8 @@ const hyb_backend *hyb_backend_cuda(void) {
 }
 
 int hyb_cuda_register_backend(void) {
+    g_cuda_backend.ordinal = hyb_cuda_g.ordinal;
+    snprintf(g_cuda_name, sizeof g_cuda_name, "cuda:%d", hyb_cuda_g.ordinal);
     g_cuda_backend.ctx = &hyb_cuda_g;
     g_cuda_backend.stream = (void *)hyb_cuda_g.stream;
     return hyb_backend_register(&g_cuda_backend);

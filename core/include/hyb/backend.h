@@ -1,12 +1,18 @@
 /* hyb/backend.h: the backend vtable, one entry per kernel (in the spirit of ggml's backends).
+ * It is the ONLY way compute reaches the hardware: graph ops, mixer plugins (through the `be` of
+ * their call, plugin.h), the optimiser and the losses all call these entries.
  *
- *   const hyb_backend *be = hyb_backend_get(x->device);   // NULL + error if none registered
- *   be->rmsnorm_fwd(be, x, w, y, rstd, rows, D, eps);
+ *   const hyb_backend *be;
+ *   HYB_TRY(hyb_backend_open("cuda:0", &be));      // by name: "cpu", "cuda", "cuda:N"
+ *   HYB_TRY(be->rmsnorm_fwd(be, x, w, y, rstd, rows, D, eps));
  *
  * The graph ops (graph.h) check shapes, allocate outputs and record tape nodes; the arithmetic is
- * done by the backend of the inputs' device. The CPU backend (core/backend/cpu, OpenBLAS +
- * OpenMP) is always registered; a CUDA backend registers itself with hyb_backend_register and
- * fills the same table with hyb_cuda_<op> kernels (same names and argument orders as hyb_cpu_<op>).
+ * done by the backend of the inputs' device (hyb_backend_get(t->device)). The CPU backend
+ * (core/backend/cpu, OpenBLAS + OpenMP) is always registered; the CUDA backend (core/backend/cuda)
+ * is opened on demand by hyb_backend_open and fills the same table with hyb_cuda_<op> kernels.
+ * Every entry returns HYB_OK or a negative hyb_status with hyb_error() naming the backend, the op
+ * and its sizes ("cuda sgemm M=4 N=8 K=16: CUBLAS_STATUS_..."), so a failed launch or allocation
+ * reaches the Lua caller as an error, never an abort.
  *
  * Conventions for every kernel:
  *  - tensors are f32, contiguous, row-major, on the backend's device; `rows` counts all leading
@@ -29,80 +35,113 @@ extern "C" {
 typedef struct hyb_backend hyb_backend;
 
 struct hyb_backend {
-    const char *name;  /* "cpu", "cuda" */
-    hyb_device device; /* the device its memory lives on */
+    const char *name;  /* "cpu", "cuda:0" */
+    hyb_device device; /* the kind of device its memory lives on */
+    int ordinal;       /* which device of that kind (0 for the CPU) */
     void *ctx;         /* backend state (CUDA: context, stream, cuBLAS handle); NULL for CPU */
     void *stream;      /* the stream handed to plugins in hyb_mixer_fwd/bwd (NULL for CPU) */
 
     /* ---- memory (device memory, at least 64-byte aligned) ---- */
     void *(*alloc)(const hyb_backend *be, size_t nbytes); /* NULL + error on failure */
     void (*free)(const hyb_backend *be, void *p);
-    void (*memset0)(const hyb_backend *be, void *p, size_t nbytes);
-    void (*copy)(const hyb_backend *be, void *dst, const void *src, size_t nbytes); /* dev->dev */
-    void (*upload)(const hyb_backend *be, void *dst, const void *host_src, size_t nbytes);
-    void (*download)(const hyb_backend *be, void *host_dst, const void *src, size_t nbytes);
+    int (*memset0)(const hyb_backend *be, void *p, size_t nbytes);
+    int (*copy)(const hyb_backend *be, void *dst, const void *src, size_t nbytes); /* dev->dev */
+    int (*upload)(const hyb_backend *be, void *dst, const void *host_src, size_t nbytes);
+    int (*download)(const hyb_backend *be, void *host_dst, const void *src, size_t nbytes);
 
     /* ---- kernels ---- */
     /* C[M,N] = alpha op(A) op(B) + beta C (row-major; op = transpose when trans*) */
-    void (*sgemm)(const hyb_backend *be, int transA, int transB, int M, int N, int K, float alpha,
+    int (*sgemm)(const hyb_backend *be, int transA, int transB, int M, int N, int K, float alpha,
                   const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
     /* x: [B, T, H, hd] in place, pos: [T] (host); HF half-split layout; inverse = transpose */
-    void (*rope)(const hyb_backend *be, float *x, int B, int T, int H, int hd, const int32_t *pos,
+    int (*rope)(const hyb_backend *be, float *x, int B, int T, int H, int hd, const int32_t *pos,
                  float theta, int inverse);
     /* W: [V, D], ids: [n] (host, already range-checked) -> y: [n, D] written */
-    void (*embedding_fwd)(const hyb_backend *be, const float *W, const int32_t *ids, float *y,
+    int (*embedding_fwd)(const hyb_backend *be, const float *W, const int32_t *ids, float *y,
                           int64_t n, int64_t D);
     /* dW: [V, D] += scatter of dy: [n, D] by ids */
-    void (*embedding_bwd)(const hyb_backend *be, float *dW, const int32_t *ids, const float *dy,
+    int (*embedding_bwd)(const hyb_backend *be, float *dW, const int32_t *ids, const float *dy,
                           int64_t n, int64_t D);
     /* x: [rows, D], w: [D] -> y: [rows, D] written, rstd: [rows] written (1/sqrt(mean x^2 + eps))
      */
-    void (*rmsnorm_fwd)(const hyb_backend *be, const float *x, const float *w, float *y,
+    int (*rmsnorm_fwd)(const hyb_backend *be, const float *x, const float *w, float *y,
                         float *rstd, int64_t rows, int64_t D, float eps);
     /* dx: [rows, D] +=, dw: [D] += (either may be NULL) */
-    void (*rmsnorm_bwd)(const hyb_backend *be, const float *x, const float *w, const float *rstd,
+    int (*rmsnorm_bwd)(const hyb_backend *be, const float *x, const float *w, const float *rstd,
                         const float *dy, float *dx, float *dw, int64_t rows, int64_t D);
     /* gate, up: [n] -> y = silu(gate) * up */
-    void (*swiglu_fwd)(const hyb_backend *be, const float *gate, const float *up, float *y,
+    int (*swiglu_fwd)(const hyb_backend *be, const float *gate, const float *up, float *y,
                        int64_t n);
     /* dgate, dup: [n] += (either may be NULL) */
-    void (*swiglu_bwd)(const hyb_backend *be, const float *gate, const float *up, const float *dy,
+    int (*swiglu_bwd)(const hyb_backend *be, const float *gate, const float *up, const float *dy,
                        float *dgate, float *dup, int64_t n);
     /* y = a + b, [n] */
-    void (*add)(const hyb_backend *be, const float *a, const float *b, float *y, int64_t n);
+    int (*add)(const hyb_backend *be, const float *a, const float *b, float *y, int64_t n);
     /* dst += alpha * src, [n] */
-    void (*axpy)(const hyb_backend *be, float *dst, const float *src, float alpha, int64_t n);
+    int (*axpy)(const hyb_backend *be, float *dst, const float *src, float alpha, int64_t n);
     /* x: [rows, V] -> y: [rows, V] softmax over V */
-    void (*softmax_fwd)(const hyb_backend *be, const float *x, float *y, int64_t rows, int64_t V);
+    int (*softmax_fwd)(const hyb_backend *be, const float *x, float *y, int64_t rows, int64_t V);
     /* dx += y * (dy - sum(dy * y)) per row */
-    void (*softmax_bwd)(const hyb_backend *be, const float *y, const float *dy, float *dx,
+    int (*softmax_bwd)(const hyb_backend *be, const float *y, const float *dy, float *dx,
                         int64_t rows, int64_t V);
     /* Cross-entropy. logits: [rows, V]; targets: [rows] (host; < 0 = ignored, others in [0, V));
      * w: [rows] (host) per-row weight (mask * valid). lse: [rows] written (log-sum-exp of the
      * row). Returns sum_r w[r] * (lse[r] - logits[r, t_r]) into *loss_sum (host, double). */
-    void (*ce_fwd)(const hyb_backend *be, const float *logits, const int32_t *targets,
+    int (*ce_fwd)(const hyb_backend *be, const float *logits, const int32_t *targets,
                    const float *w, float *lse, int64_t rows, int64_t V, double *loss_sum);
     /* dlogits[r, v] += scale * w[r] * (softmax(logits)[r, v] - [v == t_r]) */
-    void (*ce_bwd)(const hyb_backend *be, const float *logits, const int32_t *targets,
+    int (*ce_bwd)(const hyb_backend *be, const float *logits, const int32_t *targets,
                    const float *w, const float *lse, float *dlogits, int64_t rows, int64_t V,
                    float scale);
     /* KL between softmax(clamp(s, -100, 100)) = q and softmax(clamp(t / T, -100, 100)) = p.
      * reverse = 1: KL(q || p) (student || teacher); 0: KL(p || q). s, t: [rows, V].
      * stats: [rows, 3] written (student lse, teacher lse, per-row KL) for the backward.
      * Returns sum_r w[r] * KL_r into *loss_sum. Rows with w[r] == 0 may be skipped (stats 0). */
-    void (*kl_fwd)(const hyb_backend *be, const float *s, const float *t, const float *w,
+    int (*kl_fwd)(const hyb_backend *be, const float *s, const float *t, const float *w,
                    float *stats, int64_t rows, int64_t V, float temperature, int reverse,
                    double *loss_sum);
     /* ds[r, v] += scale * w[r] * dKL_r/ds[r, v] (zero where s is outside [-100, 100]) */
-    void (*kl_bwd)(const hyb_backend *be, const float *s, const float *t, const float *w,
+    int (*kl_bwd)(const hyb_backend *be, const float *s, const float *t, const float *w,
                    const float *stats, float *ds, int64_t rows, int64_t V, float temperature,
                    int reverse, float scale);
+    /* One AdamW step on p, g, m, v: [n] (torch.optim.AdamW; core/optim.c computes the scalars:
+     * shrink = 1 - lr*wd (or 1), step_size = lr / (1 - b1^t), inv_sqrt_bc2 = 1/sqrt(1 - b2^t)):
+     * p *= shrink; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+     * p -= step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps) */
+    int (*adamw)(const hyb_backend *be, float *p, const float *g, float *m, float *v, int64_t n,
+                 float b1, float b2, float eps, float shrink, float step_size, float inv_sqrt_bc2);
+    /* Sum of squares of x: [n] into *out (host, double): gradient clipping's global norm. */
+    int (*sumsq)(const hyb_backend *be, const float *x, int64_t n, double *out);
+    /* x *= alpha, [n] */
+    int (*scale)(const hyb_backend *be, float *x, float alpha, int64_t n);
 };
 
-/* The backend for a device: NULL and an error naming the device when none is registered. */
+/* ---- the registry ---- */
+/* The backend that owns memory of device kind `dev` (the CPU's, or the CUDA device opened in this
+ * process): NULL and an error naming the device when none is open. */
 const hyb_backend *hyb_backend_get(hyb_device dev);
-/* Register (or replace) the backend of be->device. The table must outlive its use. */
+/* The backend called `name`: "cpu", "cuda" (= "cuda:0") or "cuda:N"; opens the device on first use
+ * (a provider's open). Unknown names, devices that are not there and builds without the backend
+ * are errors with a one-line reason ("device 'cuda:0': no CUDA driver found (libcuda.so.1)"). */
+int hyb_backend_open(const char *name, const hyb_backend **out);
+/* Register an opened backend under be->name. The table must outlive its use. One backend per
+ * device kind is open at a time (its tensors carry only the kind). */
 int hyb_backend_register(const hyb_backend *be);
+/* A provider opens the backends of one device kind on demand ("cuda" -> "cuda:N"). probe() says,
+ * without opening anything lasting, how many devices there are (>= 0) or why none (< 0, error
+ * set). */
+typedef struct hyb_backend_provider {
+    const char *kind; /* "cuda" */
+    hyb_device device;
+    int (*open)(int ordinal, const hyb_backend **out);
+    int (*probe)(void);
+} hyb_backend_provider;
+int hyb_backend_add_provider(const hyb_backend_provider *p);
+/* For `hyb devices`: entry i (0 = cpu, then each provider) as "name" and a one-line status
+ * ("available: 1 device" / the reason it is not). Returns HYB_ERR_NOTFOUND past the end. */
+int hyb_backend_describe(int i, char *name, size_t name_n, char *status, size_t status_n);
+/* Name of a device kind: "cpu", "cuda". */
+const char *hyb_device_name(hyb_device dev);
 /* The built-in CPU backend. */
 const hyb_backend *hyb_backend_cpu(void);
 

@@ -83,6 +83,9 @@ hyb_tensor *hyb_kl_forward(hyb_graph *g, hyb_tensor *student, hyb_tensor *teache
 hyb_tensor *hyb_kl_reverse(hyb_graph *g, hyb_tensor *student, hyb_tensor *teacher,
                            const float *mask, float temperature);
 
+/* sum_i w[i] * ins[i] over n <= 3 one-element losses (on their device): the distillation mix. */
+hyb_tensor *hyb_weighted_sum(hyb_graph *g, hyb_tensor *const *ins, const float *w, int n);
+
 /* A mixer (plugin) as one coarse node: x [B, T, D] -> [B, T, D]. Backward calls the plugin's
  * backward and accumulates into the mixer's parameter grads. states/pos as in hyb_mixer_fwd
  * (NULL for training). */

@@ -65,9 +65,27 @@ int hyb_mixer_new_ex(const char *type, const hyb_model_dims *dims, const hyb_cfg
 void hyb_mixer_free(hyb_mixer *m);
 /* Per-sequence decode state size for a context of max_ctx tokens. */
 size_t hyb_mixer_state_bytes(const hyb_mixer *m, int max_ctx);
-/* Decode one token for n sequences: x [n, D] -> y [n, D]. */
+/* The kernels a model run asks of a mixer. */
+typedef enum hyb_mixer_op { HYB_MIXER_FORWARD = 0, HYB_MIXER_BACKWARD, HYB_MIXER_DECODE } hyb_mixer_op;
+/* HYB_OK when m's plugin has the kernel `op` for device `dev`; else HYB_ERR_UNSUPPORTED and
+ * "mixer 'mha' (layer 3) has no forward kernel for device cuda (its plugin has kernels for: cpu)".
+ * Models check every layer at build/placement time, so a run never starts without its kernels. */
+int hyb_mixer_kernel_check(const hyb_mixer *m, hyb_device dev, hyb_mixer_op op);
+/* Decode one token for n sequences: x [n, D] -> y [n, D], on the device of m's parameters
+ * (through that device's backend). */
 int hyb_mixer_decode(hyb_mixer *m, const float *x, float *y, int n, void *const *states,
                      const int32_t *pos, int max_ctx);
+/* Move m's parameters to be's device, after checking it has forward and decode kernels there. */
+int hyb_mixer_move(hyb_mixer *m, const hyb_backend *be);
+/* The backend of the device m's parameters live on (NULL + error when none is open). */
+const hyb_backend *hyb_mixer_backend(const hyb_mixer *m);
+/* Snapshot of a decode state holding `pos` tokens into dst (device memory of the same backend);
+ * dst NULL: the bytes needed. The plugin's state_snapshot, or a copy of state_bytes(max_ctx). */
+int64_t hyb_mixer_state_snapshot(const hyb_mixer *m, const void *state, int pos, int max_ctx,
+                                 void *dst);
+/* Restore a snapshot made by hyb_mixer_state_snapshot. */
+int hyb_mixer_state_restore(const hyb_mixer *m, void *state, const void *src, int pos,
+                            int max_ctx);
 /* Initialise dst's params from src (same layer); HYB_ERR_UNSUPPORTED when dst has no init_from. */
 int hyb_mixer_init_from(hyb_mixer *dst, const hyb_mixer *src, const hyb_cfg_table *src_cfg,
                         uint64_t seed);

@@ -63,7 +63,9 @@ typedef struct hyb_model {
     int n_params;
     hyb_tensor **params;
     int *no_decay;       /* [n_params] 1: excluded from weight decay (norms, biases, decl no_decay) */
-    uint64_t generation; /* bumped whenever the layer structure changes (swap, identity) */
+    uint64_t generation; /* bumped whenever the layer structure changes (swap, identity) or the
+                            model moves to another device */
+    const struct hyb_backend *be; /* the device everything lives on; NULL = the CPU */
     hyb_graph *scratch;  /* internal: no-grad graph reused by prefill/decode */
 } hyb_model;
 
@@ -93,6 +95,16 @@ void hyb_model_zero_grad(hyb_model *m);
 
 /* Replace layer `layer`'s mixer by identity (leave-one-out): same as swap to "identity". */
 int hyb_model_set_identity(hyb_model *m, int layer);
+/* Placement. A model is built (and initialised, loaded, swapped) on the CPU; to_device checks
+ * that every layer's mixer has forward and decode kernels for be's device (the error names the
+ * mixer, the layer, the op and the device; nothing moves then) and moves every parameter there.
+ * Afterwards the forward, the losses, the optimiser, states and swapped-in mixers all live and
+ * run on that device. */
+int hyb_model_to_device(hyb_model *m, const struct hyb_backend *be);
+/* HYB_OK when every mixer has the kernels a run on `dev` needs (backward too when training). */
+int hyb_model_check_device(const hyb_model *m, hyb_device dev, int training);
+/* The model's backend (the CPU's unless moved). */
+const struct hyb_backend *hyb_model_backend(const hyb_model *m);
 /* Replace layer `layer`'s mixer by a new mixer of `type` configured by `cfg` (NULL = defaults;
  * the table must outlive the model: the layer map refers to it), seeded with `seed`. With
  * init_from_old, the new mixer is initialised from the old one (hyb_mixer_init_from, e.g. MIL
@@ -119,7 +131,8 @@ typedef struct hyb_kvstate {
     void ***state;   /* [L][n_seq] per-layer per-sequence state (NULL for identity layers) */
     size_t bytes;    /* total */
     int L;
-    void **layer_mem;          /* [L] owned blocks the states point into */
+    void **layer_mem;          /* [L] owned blocks the states point into (device memory) */
+    const struct hyb_backend *be; /* the model's backend when it was made */
     const hyb_model *model;    /* the model it was made for ... */
     uint64_t generation;       /* ... and its generation (stale after a swap) */
 } hyb_kvstate;
@@ -168,8 +181,9 @@ typedef struct hyb_adamw {
     float lr, beta1, beta2, eps, weight_decay;
     int64_t step;
     int n;
-    hyb_tensor **params; /* not owned */
-    float **m, **v;      /* owned moments */
+    hyb_tensor **params; /* not owned; all on one device */
+    float **m, **v;      /* owned moments, on the parameters' device */
+    const struct hyb_backend *be; /* the parameters' device: the step runs there */
     int *decay;          /* per param: apply weight decay? */
     float *lr_scale;     /* per param: lr multiplier (1 by default) */
 } hyb_adamw;
@@ -187,6 +201,9 @@ void hyb_adamw_set_decay(hyb_adamw *o, int i, int decay);
  * still advance). Not saved with hyb_adamw_save: the caller sets the scales again on resume. */
 int hyb_adamw_set_lr_scale(hyb_adamw *o, int i, float scale);
 void hyb_adamw_free(hyb_adamw *o);
+/* Moment `second` (0: exp_avg, 1: exp_avg_sq) of parameter i as a non-owning tensor on the
+ * parameters' device, shaped like the parameter (for checkpoints). */
+hyb_tensor hyb_adamw_moment(const hyb_adamw *o, int i, int second);
 /* Global-norm gradient clip (max_norm <= 0: none); returns the pre-clip norm. Scales every grad
  * by max_norm / (norm + 1e-6) when norm > max_norm (as torch); a non-finite norm is returned
  * without touching the grads (skip the step). */

@@ -7,12 +7,18 @@
  * The host calls it once after dlopen with its service table and gets back a descriptor whose
  * first two fields are the ABI version and the descriptor's size; the loader refuses a plugin
  * whose version differs from HYB_PLUGIN_ABI_VERSION (naming both numbers) or whose struct is
- * smaller than this header's. Plugins never link against libhyb: everything they need from the
- * host (allocation, errors, config values, GEMM, RoPE, RNG) comes through hyb_host.
+ * smaller than this header's. Plugins never link against libhyb: what they need from the host
+ * (allocation, errors, config values, RNG) comes through hyb_host, and ALL compute (GEMM, RoPE,
+ * element-wise kernels, transfers) through the backend table `be` of each call (hyb/backend.h):
+ * the plugin never names a CPU or CUDA library function itself.
  *
  *   static const hyb_host *H;
- *   static const hyb_mixer_desc DESC = { HYB_PLUGIN_ABI_VERSION, sizeof(hyb_mixer_desc),
- *                                        "mymixer", "0.1.0", ... };
+ *   static const hyb_mixer_desc DESC = {
+ *       .abi_version = HYB_PLUGIN_ABI_VERSION, .struct_size = sizeof(hyb_mixer_desc),
+ *       .name = "mymixer", ...,
+ *       .kernels[HYB_DEV_CPU] = {my_forward_cpu, my_backward_cpu, my_decode_cpu},
+ *       .kernels[HYB_DEV_CUDA] = {my_forward_cuda, my_backward_cuda, my_decode_cuda},  // optional
+ *   };
  *   HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {
  *       H = host; return &DESC;   // no other use of host here: the host checks versions first
  *   }
@@ -28,8 +34,12 @@
  *  - Activations are f32, row-major, outermost first: x: [B, T, D] means x[(b*T + t)*D + d].
  *    Parameters are f32 arrays in the order and shapes of param_decl (weights [out, in] as HF).
  *  - Gradients are ACCUMULATED into grads[] (+=); dx is WRITTEN (=).
- *  - Pointers are host pointers when device == HYB_DEV_CPU and device pointers for HYB_DEV_CUDA.
- *  - All calls on one instance come from one thread at a time; a plugin may use OpenMP inside.
+ *  - The kernels of device d (desc->kernels[d]) get pointers to memory of that device and the
+ *    backend `be` of that device (be->device == d); scratch memory comes from be->alloc/free,
+ *    GEMMs from be->sgemm, and every be-> call's status must be checked and returned.
+ *  - A device whose forward is NULL is not supported: a model asked to run there is refused at
+ *    load, naming the mixer, the layer, the op and the device. There is no fallback to the CPU.
+ *  - All calls on one instance come from one thread at a time; a CPU kernel may use OpenMP inside.
  */
 #ifndef HYB_PLUGIN_H
 #define HYB_PLUGIN_H
@@ -37,21 +47,23 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hyb/backend.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define HYB_PLUGIN_ABI_VERSION 1u
+/* 2: compute through the call's backend (`be` in the fwd/bwd/dec args; hyb_host has no sgemm or
+ *    rope any more) and per-device kernels (hyb_mixer_desc.kernels[device]). */
+#define HYB_PLUGIN_ABI_VERSION 2u
+/* Device slots in hyb_mixer_desc.kernels, indexed by hyb_device (room for device kinds to come). */
+#define HYB_PLUGIN_MAX_DEVICES 4
 #define HYB_PLUGIN_ENTRY_SYMBOL "hyb_plugin_entry"
 #if defined(__GNUC__)
 #define HYB_PLUGIN_EXPORT __attribute__((visibility("default")))
 #else
 #define HYB_PLUGIN_EXPORT
 #endif
-
-/* Device bits for hyb_mixer_desc.devices. */
-#define HYB_DEVBIT_CPU 1u
-#define HYB_DEVBIT_CUDA 2u
 
 /* An opaque TOML table (the mixer's own table in the layer map). Read it with host->cfg_*. */
 typedef struct hyb_cfg_table hyb_cfg_table;
@@ -110,27 +122,16 @@ typedef struct hyb_host {
     /* error message prefixed with the table's file:line:col */
     int (*cfg_error)(const hyb_cfg_table *t, const char *key, const char *fmt, ...);
 
-    /* CPU math (f32, row-major). C[M,N] = alpha * op(A) op(B) + beta * C, op = transpose if t*. */
-    void (*sgemm)(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
-                  const float *B, int ldb, float beta, float *C, int ldc);
-    /* Rotary embedding in place on x: [T, H, hd] for positions pos[T] (half-split / NeoX-HF
-     * layout: pairs (i, i + hd/2)). inverse=1 applies the transpose (for backward). */
-    void (*rope)(float *x, int T, int H, int hd, const int32_t *pos, float theta, int inverse);
-
     /* deterministic RNG streams: *state is advanced */
     void (*rng_normal)(uint64_t *state, float *out, size_t n, float mean, float std);
     void (*rng_uniform)(uint64_t *state, float *out, size_t n, float lo, float hi);
-
-    /* CUDA services (issue 6): NULL when the host has no CUDA backend. */
-    const void *cuda;
 } hyb_host;
 
 /* ---- the mixer vtable --------------------------------------------------------------------- */
 
 typedef struct hyb_mixer_fwd {
     int B, T;                    /* batch, time */
-    int device;                  /* hyb_device */
-    void *stream;                /* CUDA stream or NULL */
+    const hyb_backend *be;       /* the device's backend: all compute goes through it */
     const float *x;              /* [B, T, D] input (already normed) */
     float *y;                    /* [B, T, D] output, written */
     const float *const *params;  /* declaration order */
@@ -142,8 +143,7 @@ typedef struct hyb_mixer_fwd {
 
 typedef struct hyb_mixer_bwd {
     int B, T;
-    int device;
-    void *stream;
+    const hyb_backend *be;
     const float *x;             /* [B, T, D] the forward's input */
     const float *dy;            /* [B, T, D] */
     float *dx;                  /* [B, T, D] written */
@@ -154,8 +154,7 @@ typedef struct hyb_mixer_bwd {
 
 typedef struct hyb_mixer_dec {
     int n; /* sequences in this step, each gets one new token */
-    int device;
-    void *stream;
+    const hyb_backend *be;
     const float *x;             /* [n, D] */
     float *y;                   /* [n, D] written */
     const float *const *params;
@@ -173,6 +172,17 @@ typedef struct hyb_mixer_src {
     const hyb_cfg_table *cfg;           /* the source mixer's TOML table (may be NULL) */
 } hyb_mixer_src;
 
+/* The kernels of one device. forward and decode are required for a supported device; backward
+ * may be NULL for an inference-only device (training there is then refused with a message). */
+typedef struct hyb_mixer_kernels {
+    /* Training and prefill: y = mixer(x) over [B, T]; fills saved (backward) and/or states. */
+    int (*forward)(void *self, const hyb_mixer_fwd *a);
+    /* dx written, grads accumulated, from what forward saved. */
+    int (*backward)(void *self, const hyb_mixer_bwd *a);
+    /* One new token for each of n sequences, reading and advancing their states. */
+    int (*decode)(void *self, const hyb_mixer_dec *a);
+} hyb_mixer_kernels;
+
 typedef struct hyb_mixer_desc {
     uint32_t abi_version; /* HYB_PLUGIN_ABI_VERSION */
     uint32_t struct_size; /* sizeof(hyb_mixer_desc) */
@@ -180,7 +190,6 @@ typedef struct hyb_mixer_desc {
     const char *version;  /* the plugin's own version, e.g. "1.0.0" */
     const char *description;
     const char *hf_prefix; /* parameter prefix in HF checkpoints: "self_attn", "mixer" */
-    uint32_t devices;      /* HYB_DEVBIT_* */
 
     /* Parse and validate the mixer's TOML table (cfg may be NULL: all defaults). Required. */
     int (*create)(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void **self);
@@ -192,23 +201,25 @@ typedef struct hyb_mixer_desc {
     int (*n_params)(void *self);
     int (*param_decl)(void *self, int i, hyb_param_decl *out);
     /* Called after the host applied each decl's init; may overwrite (HYB_INIT_CUSTOM). Optional:
-     * NULL keeps the host's init. */
+     * NULL keeps the host's init. Parameters are host memory here (and in init_from): the host
+     * initialises on the CPU and moves the model to its device afterwards. */
     int (*init_params)(void *self, float *const *params, uint64_t seed);
 
-    /* Training and prefill. Required. */
-    size_t (*saved_bytes)(void *self, int B, int T);
-    int (*forward)(void *self, const hyb_mixer_fwd *a);
-    int (*backward)(void *self, const hyb_mixer_bwd *a);
+    /* Sizes of the buffers the host allocates on the device for the kernels. Required. */
+    size_t (*saved_bytes)(void *self, int B, int T);  /* forward -> backward */
+    size_t (*state_bytes)(void *self, int max_ctx);   /* decode state, per sequence */
 
-    /* Decode. Required. */
-    size_t (*state_bytes)(void *self, int max_ctx); /* per sequence */
-    int (*decode)(void *self, const hyb_mixer_dec *a);
+    /* The kernels, per device (indexed by hyb_device). At least one device must have them. */
+    hyb_mixer_kernels kernels[HYB_PLUGIN_MAX_DEVICES];
 
-    /* Snapshot of a state holding `pos` tokens. dst == NULL: return the bytes needed (>= 0).
-     * Optional: NULL means the host copies state_bytes(max_ctx) bytes. */
-    int64_t (*state_snapshot)(void *self, const void *state, int pos, int max_ctx, void *dst);
-    /* Restore a snapshot into a state. Optional: NULL means memcpy. */
-    int (*state_restore)(void *self, void *state, const void *src, int pos, int max_ctx);
+    /* Snapshot of a state holding `pos` tokens into dst (same device; copy with be->copy).
+     * dst == NULL: return the bytes needed (>= 0). Optional: NULL means the host copies
+     * state_bytes(max_ctx) bytes. */
+    int64_t (*state_snapshot)(void *self, const hyb_backend *be, const void *state, int pos,
+                              int max_ctx, void *dst);
+    /* Restore a snapshot into a state. Optional: NULL means a whole copy. */
+    int (*state_restore)(void *self, const hyb_backend *be, void *state, const void *src, int pos,
+                         int max_ctx);
 
     /* Initialise this mixer's params from another mixer of the same layer (MIL from attention).
      * Optional: NULL means "no init from other mixers"; return HYB_ERR_UNSUPPORTED (with a

@@ -90,6 +90,9 @@ const char *hyb_safetensors_meta(const hyb_safetensors *st, const char *key); /*
 /* Convert a tensor to f32 into dst[n]; n must equal t->numel (error names the tensor). */
 int hyb_safetensors_read_f32(const hyb_safetensors *st, const hyb_st_tensor *t, float *dst,
                              int64_t n);
+/* The same into a contiguous f32 tensor on any device (read on the host, then uploaded). */
+int hyb_safetensors_read_tensor(const hyb_safetensors *st, const hyb_st_tensor *t,
+                                hyb_tensor *dst);
 /* A new heap f32 tensor with t's shape (at most HYB_MAX_DIMS dims) and name. NULL + error. */
 hyb_tensor *hyb_safetensors_load_f32(const hyb_safetensors *st, const hyb_st_tensor *t);
 

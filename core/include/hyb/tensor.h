@@ -42,7 +42,9 @@ typedef enum hyb_dtype {
     HYB_DTYPE_COUNT
 } hyb_dtype;
 
-typedef enum hyb_device { HYB_DEV_CPU = 0, HYB_DEV_CUDA = 1 } hyb_device;
+/* Device kinds. A backend (hyb/backend.h) owns the memory of one kind; new kinds go before
+ * HYB_DEV_COUNT (the plugin ABI reserves HYB_PLUGIN_MAX_DEVICES slots). */
+typedef enum hyb_device { HYB_DEV_CPU = 0, HYB_DEV_CUDA = 1, HYB_DEV_COUNT } hyb_device;
 
 typedef enum hyb_owner {
     HYB_OWN_HEAP = 0, /* data freed with the tensor */
@@ -86,6 +88,16 @@ hyb_tensor *hyb_tensor_view(hyb_tensor *t, int ndim, const int64_t *shape);
 /* Deep copy (contiguous heap tensor). */
 hyb_tensor *hyb_tensor_clone(const hyb_tensor *t);
 void hyb_tensor_free(hyb_tensor *t);
+
+/* Tensors on a device (hyb/backend.h; a NULL or CPU backend gives hyb_tensor_new). Zeroed. */
+struct hyb_backend;
+hyb_tensor *hyb_tensor_new_on(const struct hyb_backend *be, hyb_dtype dtype, int ndim,
+                              const int64_t *shape);
+/* Copy a contiguous tensor's data to / from host memory (hyb_tensor_nbytes bytes), any device. */
+int hyb_tensor_download(const hyb_tensor *t, void *host_dst);
+int hyb_tensor_upload(hyb_tensor *t, const void *host_src);
+/* Move an owning contiguous tensor (and its ->grad) to be's device, in place. */
+int hyb_tensor_move(hyb_tensor *t, const struct hyb_backend *be);
 
 int64_t hyb_tensor_numel(const hyb_tensor *t);
 size_t hyb_tensor_nbytes(const hyb_tensor *t);

@@ -98,3 +98,18 @@ extern "C" __global__ void hyb_adamw(float *p, const float *g, float *m, float *
         p[i] = p[i] * shrink - step_size * mk / (sqrtf(vk) * inv_sqrt_bc2 + eps);
     }
 }
+/* x: [n]; x *= alpha (gradient clipping) */
+extern "C" __global__ void hyb_scale(float *x, float alpha, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        x[i] *= alpha;
+}
+/* x: [n] -> part: [gridDim.x] partial sums of x^2 in double (the host adds them in block order,
+ * so the total does not depend on the thread schedule) */
+extern "C" __global__ void hyb_sumsq(const float *x, double *part, i64 n) {
+    __shared__ double sh[HYB_WARPS];
+    double s = 0.0;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        s += (double)x[i] * (double)x[i];
+    s = block_sum_d(s, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
