@@ -36,7 +36,8 @@ if ! "$cc" -fsanitize=fuzzer "$probe/p.c" -o "$probe/p" >/dev/null 2>&1; then
 fi
 rm -rf "$probe"
 
-blog=$build.log
+mkdir -p "$build"
+blog=$build/fuzz-build.log
 if ! { CC=$cc CXX=$cxx cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
            -DHYB_FUZZ=ON --log-level=WARNING &&
        cmake --build "$build" -j "${HYB_JOBS:-$(nproc)}" --target "${targets[@]/#/fuzz_}"; } \
