@@ -444,7 +444,8 @@ static int read_cache(const char *path, const char *ident, hyb_dataset *d) {
             why = "the files, tokenizer or settings changed";
         else if (sscanf(hdr + il, "n_train %" SCNd64 "\nn_val %" SCNd64 "\nchecksum %" SCNx64,
                         &n_train, &n_val, &sum) != 3 ||
-                 n_train < 0 || n_val < 0)
+                 n_train < 0 || n_val < 0 || n_train > ((int64_t)1 << 53) ||
+                 n_val > ((int64_t)1 << 53)) /* counts in [0, 2^53]: n_train + n_val cannot overflow */
             why = "bad header";
         off = 12 + hl;
         off += (4 - off % 4) % 4;

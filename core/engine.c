@@ -87,8 +87,11 @@ int hyb_engine_new(hyb_model *m, const hyb_engine_opts *o, hyb_engine **out) {
     if (o->slots < 1 || o->slots > 65536)
         return hyb_error_set(HYB_ERR_ARG, "hyb_engine_new: slots must be in [1, 65536], got %d",
                              o->slots);
-    if (max_ctx < 2)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_engine_new: max_ctx must be >= 2, got %d", max_ctx);
+    if (max_ctx < 2 || max_ctx > m->map->max_seq)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_engine_new: max_ctx must be in [2, %d] (the model's max_seq), "
+                             "got %d",
+                             m->map->max_seq, max_ctx);
     if (o->prefill_chunk < 0)
         return hyb_error_set(HYB_ERR_ARG, "hyb_engine_new: prefill_chunk must be >= 0, got %d",
                              o->prefill_chunk);

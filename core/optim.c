@@ -12,6 +12,7 @@
  *
  * The arithmetic runs on the parameters' device through its backend (be->adamw, be->sumsq,
  * be->scale); the moments live there too and are read back only to be saved. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,6 +180,9 @@ int hyb_adamw_step(hyb_adamw *o) {
             HYB_ERR_ARG,
             "hyb_adamw_step: bad hyper-parameters lr %g betas (%g, %g) eps %g weight_decay %g",
             o->lr, o->beta1, o->beta2, o->eps, o->weight_decay);
+    if (o->step < 0 || o->step >= ((int64_t)1 << 53))
+        return hyb_error_set(HYB_ERR_ARG, "hyb_adamw_step: step %lld out of range [0, 2^53)",
+                             (long long)o->step);
     o->step++;
     const double t = (double)o->step;
     const double bc1 = 1.0 - pow((double)o->beta1, t);
@@ -257,8 +261,11 @@ int hyb_adamw_load(hyb_adamw *o, const char *path) {
     const char *kind = hyb_safetensors_meta(st, "optimizer");
     const char *step = hyb_safetensors_meta(st, "step");
     char *end = NULL;
+    errno = 0;
     long long stepv = step ? strtoll(step, &end, 10) : -1;
-    if (!kind || strcmp(kind, "adamw") != 0 || !step || *end || stepv < 0) {
+    /* the step is a counter in [0, 2^53] (exact in a double; step++ cannot overflow) */
+    if (!kind || strcmp(kind, "adamw") != 0 || !step || !*step || *end || errno == ERANGE ||
+        stepv < 0 || stepv > ((long long)1 << 53)) {
         rc = hyb_error_set(HYB_ERR_FORMAT,
                            "%s: not an AdamW state file (metadata optimizer/step missing or bad)",
                            path);

@@ -10,17 +10,20 @@ hyb_sampler_params hyb_sampler_defaults(void) {
     return p;
 }
 
+/* The stated ranges (hyb/sample.h): temperature [0, 100], top_k >= 0, top_p [0, 1], repetition
+ * penalty (0, 100]; "-1" or "2" is a mistake, not a way to say "off". */
 static int check_params(const hyb_sampler_params *p) {
-    if (!isfinite(p->temperature))
-        return hyb_error_set(HYB_ERR_ARG, "sampler: temperature must be finite, got %g",
-                             (double)p->temperature);
+    if (!(p->temperature >= 0.0f && p->temperature <= 100.0f))
+        return hyb_error_set(HYB_ERR_ARG, "sampler: temperature must be in [0, 100] (0: greedy), "
+                             "got %g", (double)p->temperature);
     if (p->top_k < 0)
-        return hyb_error_set(HYB_ERR_ARG, "sampler: top_k must be >= 0, got %d", p->top_k);
-    if (!isfinite(p->top_p))
-        return hyb_error_set(HYB_ERR_ARG, "sampler: top_p must be finite, got %g",
+        return hyb_error_set(HYB_ERR_ARG, "sampler: top_k must be >= 0 (0: off), got %d", p->top_k);
+    if (!(p->top_p >= 0.0f && p->top_p <= 1.0f))
+        return hyb_error_set(HYB_ERR_ARG, "sampler: top_p must be in [0, 1] (0 or 1: off), got %g",
                              (double)p->top_p);
-    if (!(p->repetition_penalty > 0.0f) || !isfinite(p->repetition_penalty))
-        return hyb_error_set(HYB_ERR_ARG, "sampler: repetition_penalty must be > 0, got %g",
+    if (!(p->repetition_penalty > 0.0f && p->repetition_penalty <= 100.0f))
+        return hyb_error_set(HYB_ERR_ARG,
+                             "sampler: repetition_penalty must be in (0, 100] (1: off), got %g",
                              (double)p->repetition_penalty);
     return HYB_OK;
 }

@@ -5,6 +5,7 @@
 #include "hyb/train.h"
 
 #include <fnmatch.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,7 +13,12 @@
 #include <string.h>
 
 #include "graph/graph_internal.h"
+#include "hyb/atomic.h"
 #include "hyb/safetensors.h"
+
+/* A checkpoint's counters are integers in [0, HYB_CKPT_COUNTER_MAX] (2^53: exact in a double, and
+ * far enough from INT64_MAX that step++ and tokens += n cannot overflow). */
+#define HYB_CKPT_COUNTER_MAX ((int64_t)1 << 53)
 
 #ifndef M_PI
 #define M_PI 3.14159265358979323846
@@ -232,6 +238,10 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
         return hyb_error_set(HYB_ERR_ARG, "%s: the CE term needs targets", W);
     const int K = t->cfg.accum;
     const int64_t n = (int64_t)B * T;
+    if (t->step < 0 || t->step >= HYB_CKPT_COUNTER_MAX || t->tokens < 0 ||
+        t->tokens > HYB_CKPT_COUNTER_MAX - (int64_t)K * n)
+        return hyb_error_set(HYB_ERR_ARG, "%s: step %" PRId64 " or tokens %" PRId64
+                             " out of range [0, 2^53]", W, t->step, t->tokens);
     /* each micro-batch's share of the total mask weight */
     double wsum[256], total = 0;
     double *wk = K <= 256 ? wsum : malloc(sizeof(double) * (size_t)K);
@@ -451,11 +461,13 @@ static int open_ckpt(const char *path, hyb_safetensors **st) {
     HYB_TRY(hyb_safetensors_open(path, st));
     const char *kind = hyb_safetensors_meta(*st, "hyb_checkpoint");
     if (!kind || strcmp(kind, CKPT_KIND) != 0) {
+        /* the message first: kind points into *st, which the close frees */
+        int rc = hyb_error_set(
+            HYB_ERR_FORMAT, "%s: not a hyb training checkpoint (metadata hyb_checkpoint is %s%.64s%s)",
+            path, kind ? "'" : "", kind ? kind : "missing", kind ? "'" : "");
         hyb_safetensors_close(*st);
         *st = NULL;
-        return hyb_error_set(
-            HYB_ERR_FORMAT, "%s: not a hyb training checkpoint (metadata hyb_checkpoint is %s%s%s)",
-            path, kind ? "'" : "", kind ? kind : "missing", kind ? "'" : "");
+        return rc;
     }
     return HYB_OK;
 }
@@ -463,10 +475,12 @@ static int open_ckpt(const char *path, hyb_safetensors **st) {
 static int meta_i64(const hyb_safetensors *st, const char *path, const char *key, int64_t *out) {
     const char *v = hyb_safetensors_meta(st, key);
     char *end = NULL;
+    errno = 0;
     long long x = v ? strtoll(v, &end, 10) : -1;
-    if (!v || !*v || *end || x < 0)
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: metadata '%s' is %s (want an integer >= 0)", path,
-                             key, v ? v : "missing");
+    if (!v || !*v || *end || errno == ERANGE || x < 0 || x > HYB_CKPT_COUNTER_MAX)
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: metadata '%s' is %s%.64s%s (want an integer in [0, 2^53])", path,
+                             key, v ? "'" : "", v ? v : "missing", v ? "'" : "");
     *out = x;
     return HYB_OK;
 }
@@ -541,6 +555,12 @@ int hyb_trainer_load(hyb_trainer *t, const char *path, hyb_ckpt_meta *meta) {
     static const char W[] = "hyb_trainer_load";
     if (meta) memset(meta, 0, sizeof *meta);
     HYB_TRY(check_fresh(t, W));
+    {   /* a resume removes what a killed save left beside the checkpoint (hyb/atomic.h) */
+        char dir[4096];
+        const char *slash = strrchr(path, '/');
+        snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+        if (hyb_atomic_clean_stale(dir[0] ? dir : "/") < 0) hyb_error_clear();
+    }
     hyb_safetensors *st;
     HYB_TRY(open_ckpt(path, &st));
     int64_t step, tokens, opt_step;

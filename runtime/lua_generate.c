@@ -122,6 +122,12 @@ static int l_llm(lua_State *L) {
         return lhyb_raise_hyb(L, F);
     }
     if (max_ctx == 0) max_ctx = l->m->map->max_seq < 4096 ? l->m->map->max_seq : 4096;
+    if (max_ctx > l->m->map->max_seq) {
+        int max_seq = l->m->map->max_seq;
+        llm_release(l);
+        return luaL_error(L, "%s: max_ctx %d is larger than the model's max_seq %d (range [1, %d])",
+                          F, (int)max_ctx, max_seq, max_seq);
+    }
     l->max_ctx = (int)max_ctx;
     l->logits = malloc(sizeof(float) * (size_t)l->m->V);
     l->hist = malloc(sizeof(int32_t) * (size_t)l->max_ctx);

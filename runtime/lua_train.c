@@ -72,15 +72,23 @@ static void make_parent(lua_State *L, const char *F, const char *path) {
 
 // ---- hyb.train: functions -----------------------------------------------------------------------
 
+/* opts[key], a number in its stated range [lo, hi] ((lo, hi] with lo_open), def when absent;
+ * checked as a double, before the caller narrows it to a float (1e300 is an error, not inf). */
+static double opt_range(lua_State *L, int idx, const char *F, const char *key, double def,
+                        double lo, double hi, int lo_open) {
+    double v = lhyb_opt_field_number(L, idx, F, key, def);
+    if (!(v >= lo && v <= hi) || (lo_open && v == lo))
+        lhyb_error(L, "%s: option '%s' must be in %s%g, %g], got %g", F, key, lo_open ? "(" : "[",
+                   lo, hi, v);
+    return v;
+}
+
 static void sched_from_opts(lua_State *L, int idx, const char *F, hyb_lr_sched *s) {
-    s->lr_max = (float)lhyb_opt_field_number(L, idx, F, "lr", 3e-4);
-    s->lr_min = (float)lhyb_opt_field_number(L, idx, F, "min_lr", s->lr_max * 0.1);
-    s->warmup = lhyb_opt_field_int(L, idx, F, "warmup", 0, LUA_MAXINTEGER, 0);
-    s->total = lhyb_opt_field_int(L, idx, F, "steps", 0, LUA_MAXINTEGER, 0);
-    if (!(s->lr_max >= 0))
-        lhyb_error(L, "%s: option 'lr' must be >= 0, got %g", F, (double)s->lr_max);
-    if (!(s->lr_min >= 0))
-        lhyb_error(L, "%s: option 'min_lr' must be >= 0, got %g", F, (double)s->lr_min);
+    s->lr_max = (float)opt_range(L, idx, F, "lr", 3e-4, 0, 10, 0);
+    s->lr_min = (float)opt_range(L, idx, F, "min_lr", s->lr_max * 0.1, 0, 10, 0);
+    /* step counters: [0, 2^53], as a checkpoint's (core/train.c) */
+    s->warmup = lhyb_opt_field_int(L, idx, F, "warmup", 0, (lua_Integer)1 << 53, 0);
+    s->total = lhyb_opt_field_int(L, idx, F, "steps", 0, (lua_Integer)1 << 53, 0);
 }
 
 /* hyb.train.lr(step, {lr=, min_lr=, warmup=, steps=}) -> the learning rate of update `step`
@@ -352,14 +360,13 @@ static int l_trainer(lua_State *L) {
     hyb_trainer_cfg c;
     hyb_trainer_cfg_default(&c);
     sched_from_opts(L, 2, F, &c.sched);
-    c.weight_decay = (float)lhyb_opt_field_number(L, 2, F, "weight_decay", c.weight_decay);
-    c.eps = (float)lhyb_opt_field_number(L, 2, F, "eps", c.eps);
-    c.clip = (float)lhyb_opt_field_number(L, 2, F, "clip", c.clip);
+    /* the stated ranges: weight_decay [0, 10], eps (0, 1], clip [0, 1e6] (0: none),
+     * temperature (0, 100], betas [0, 1), loss weights [0, 1e3] */
+    c.weight_decay = (float)opt_range(L, 2, F, "weight_decay", c.weight_decay, 0, 10, 0);
+    c.eps = (float)opt_range(L, 2, F, "eps", c.eps, 0, 1, 1);
+    c.clip = (float)opt_range(L, 2, F, "clip", c.clip, 0, 1e6, 0);
     c.accum = (int)lhyb_opt_field_int(L, 2, F, "accum", 1, 1 << 16, 1);
-    c.loss.temperature = (float)lhyb_opt_field_number(L, 2, F, "temperature", 1.0);
-    if (!(c.weight_decay >= 0)) return lhyb_error(L, "%s: option 'weight_decay' must be >= 0", F);
-    if (!(c.eps > 0)) return lhyb_error(L, "%s: option 'eps' must be > 0", F);
-    if (!(c.loss.temperature > 0)) return lhyb_error(L, "%s: option 'temperature' must be > 0", F);
+    c.loss.temperature = (float)opt_range(L, 2, F, "temperature", 1.0, 0, 100, 1);
     const char *loss = lhyb_opt_field_string(L, 2, F, "loss", "reverse_kl");
     c.loss.w_rkl = c.loss.w_fkl = c.loss.w_ce = 0;
     int mix = 0;
@@ -383,9 +390,9 @@ static int l_trainer(lua_State *L) {
             if (!mix) return lhyb_error(L, "%s: option 'weights' is for loss = \"mix\"", F);
             int wi = lua_gettop(L);
             lhyb_check_opts(L, wi, F, wk);
-            c.loss.w_rkl = (float)lhyb_opt_field_number(L, wi, F, "rkl", 0);
-            c.loss.w_fkl = (float)lhyb_opt_field_number(L, wi, F, "fkl", 0);
-            c.loss.w_ce = (float)lhyb_opt_field_number(L, wi, F, "ce", 0);
+            c.loss.w_rkl = (float)opt_range(L, wi, F, "rkl", 0, 0, 1e3, 0);
+            c.loss.w_fkl = (float)opt_range(L, wi, F, "fkl", 0, 0, 1e3, 0);
+            c.loss.w_ce = (float)opt_range(L, wi, F, "ce", 0, 0, 1e3, 0);
         } else if (mix) {
             return lhyb_error(L, "%s: loss = \"mix\" needs option 'weights' = {rkl=, fkl=, ce=}",
                               F);
@@ -397,10 +404,11 @@ static int l_trainer(lua_State *L) {
                 return lhyb_error(L, "%s: option 'betas' must be a table {beta1, beta2}", F);
             lua_rawgeti(L, -1, 1);
             lua_rawgeti(L, -2, 2);
-            c.beta1 = (float)lhyb_check_number(L, -2, F, "betas[1]");
-            c.beta2 = (float)lhyb_check_number(L, -1, F, "betas[2]");
-            if (!(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1))
-                return lhyb_error(L, "%s: betas must be in [0, 1)", F);
+            double b1 = lhyb_check_number(L, -2, F, "betas[1]");
+            double b2 = lhyb_check_number(L, -1, F, "betas[2]");
+            if (!(b1 >= 0 && b1 < 1 && b2 >= 0 && b2 < 1))
+                return lhyb_error(L, "%s: betas must be in [0, 1), got {%g, %g}", F, b1, b2);
+            c.beta1 = (float)b1, c.beta2 = (float)b2;
             lua_pop(L, 2);
         }
         lua_pop(L, 1);

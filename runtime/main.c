@@ -9,7 +9,9 @@
  *
  * The scripts directory is $HYB_SCRIPTS_DIR, else <binary dir>/../share/hyb/scripts, else the
  * source tree's scripts/ (HYB_SCRIPTS_DIR compile definition). A script error prints
- * "hyb: <message>" and the Lua traceback on stderr and exits with status 1; bad usage exits 2.
+ * "hyb: <message>" on stderr and exits with status 1; the Lua traceback follows only with
+ * --verbose (anywhere on the command line, or `hyb --verbose <command> ...`) or HYB_VERBOSE=1.
+ * Bad usage exits 2.
  */
 #include <errno.h>
 #include <limits.h>
@@ -36,6 +38,7 @@
 #endif
 
 static const char *progname = "hyb";
+static int g_verbose; /* --verbose or HYB_VERBOSE=1: tracebacks with script errors */
 
 /* ---- paths ----------------------------------------------------------------------------------- */
 
@@ -96,7 +99,7 @@ static void on_sigint(int sig) {
         lua_sethook(global_L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
-/* Message handler: the error message plus the traceback. */
+/* Message handler: the error message, plus the traceback when verbose. */
 static int msghandler(lua_State *L) {
     const char *msg = lua_tostring(L, 1);
     if (msg == NULL) {
@@ -105,12 +108,35 @@ static int msghandler(lua_State *L) {
         else
             msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
     }
-    luaL_traceback(L, L, msg, 1);
+    if (g_verbose)
+        luaL_traceback(L, L, msg, 1);
+    else
+        lua_pushstring(L, msg);
     return 1;
 }
 
+/* Without --verbose, a message raised in a shipped script ("/x/scripts/distill.lua:57: text")
+ * reads as the text alone: the place is the script's, not the user's mistake. */
+static const char *strip_script_pos(const char *msg) {
+    const char *p = msg ? strstr(msg, ".lua:") : NULL;
+    if (g_verbose || !p || (size_t)(p - msg) + 4 >= PATH_MAX) return msg;
+    const char *q = p + 5;
+    if (*q < '0' || *q > '9') return msg;
+    while (*q >= '0' && *q <= '9')
+        q++;
+    if (q[0] != ':' || q[1] != ' ') return msg;
+    char file[PATH_MAX], real_file[PATH_MAX], sd[PATH_MAX], real_sd[PATH_MAX];
+    snprintf(file, sizeof file, "%.*s", (int)(p + 4 - msg), msg);
+    if (!scripts_dir(sd, sizeof sd) || !realpath(sd, real_sd) || !realpath(file, real_file))
+        return msg;
+    char *slash = strrchr(real_file, '/');
+    if (!slash) return msg;
+    *slash = 0;
+    return strcmp(real_file, real_sd) == 0 ? q + 2 : msg;
+}
+
 static void report(lua_State *L) {
-    const char *msg = lua_tostring(L, -1);
+    const char *msg = strip_script_pos(lua_tostring(L, -1));
     fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error without a message)");
     fflush(stderr);
     lua_pop(L, 1);
@@ -241,6 +267,8 @@ static void usage(FILE *out) {
             "be used\n"
             "  version                     print the version\n"
             "  help                        this text\n"
+            "  --verbose <command> ...     show the Lua traceback with an error (also\n"
+            "                              HYB_VERBOSE=1); every command takes --help\n"
             "  <name> [args...]            run the shipped script <name>.lua (e.g. generate, "
             "distill)\n",
             progname);
@@ -318,6 +346,15 @@ static void ensure_omp_wait_policy(char **argv) {
 
 int main(int argc, char **argv) {
     ensure_omp_wait_policy(argv);
+    const char *ev = getenv("HYB_VERBOSE");
+    g_verbose = ev && *ev && strcmp(ev, "0") != 0;
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--verbose") == 0) g_verbose = 1;
+    if (argc >= 2 && strcmp(argv[1], "--verbose") == 0) { /* hyb --verbose <command> ... */
+        argv[1] = argv[0];
+        argv++;
+        argc--;
+    }
     if (argc < 2) {
         usage(stderr);
         return 2;

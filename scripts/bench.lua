@@ -40,11 +40,11 @@
 local hyb = require("hyb")
 
 local function usage(msg)
-  if msg then io.stderr:write("bench: ", msg, "\n") end
-  io.stderr:write("usage: hyb bench [--maps A,B] [--n N] [--prompt P] [--gen G] [--concurrency C]\n",
+  if msg then io.stderr:write("hyb bench: ", msg, "\n") end
+  ;(msg and io.stderr or io.stdout):write("usage: hyb bench [--maps A,B] [--n N] [--prompt P] [--gen G] [--concurrency C]\n",
                   "         [--chunk K] [--contexts L] [--sweep-gen G] [--reps R] [--budget BYTES] [--out F]\n",
                   "         [--seed S]\n")
-  os.exit(2)
+  os.exit(msg and 2 or 0) -- --help: stdout, status 0
 end
 
 local function split(s)
@@ -63,8 +63,9 @@ local i = 1
 while i <= #args do
   local a = args[i]
   local k = a:match("^%-%-(.+)$")
+  if a == "-h" then usage() end
   if not k then usage("unexpected argument " .. a) end
-  if k == "help" then usage() end
+  if k == "help" or a == "-h" then usage() end
   if opt[k] == nil and k ~= "out" then usage("unknown option --" .. k) end
   local v = args[i + 1]
   if v == nil then usage("--" .. k .. " needs a value") end

@@ -9,18 +9,28 @@
 -- warm-up run), so background load shows up as noise in the worst, not the reported, figure.
 -- CPU seconds (user + system of all threads) are reported too: on a shared machine they move
 -- less with other processes' load than wall time does. "ms" is per prefill / per decode step.
+local USAGE = "usage: hyb bench_cpu [model.gguf] [--quick] [--out FILE]"
+local function usage(msg)
+  if not msg then print(USAGE) os.exit(0) end -- --help
+  io.stderr:write("hyb bench_cpu: ", msg, "\n", USAGE, "\n")
+  os.exit(2)
+end
 local args = { ... }
 local path, out, quick = nil, nil, false
 local i = 1
 while i <= #args do
   local a = args[i]
-  if a == "--quick" then
+  if a == "--help" or a == "-h" then
+    usage()
+  elseif a == "--quick" then
     quick = true
   elseif a == "--out" then
     i = i + 1
-    out = args[i]
-  elseif a:sub(1, 2) == "--" then
-    error("bench_cpu: unknown option " .. a)
+    out = args[i] or usage("--out needs a value")
+  elseif a:sub(1, 1) == "-" then
+    usage("unknown option " .. a)
+  elseif path then
+    usage("unexpected argument " .. a .. " (one model path only)")
   else
     path = a
   end

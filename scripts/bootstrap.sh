@@ -6,6 +6,7 @@
 #   scripts/bootstrap.sh            # as root, or as a user with sudo
 #   HYB_NO_BOOTSTRAP=1 ...          # skip (e.g. a non-Debian system with the libraries installed)
 #   HYB_BOOTSTRAP_DRY_RUN=1 ...     # print what would be installed, install nothing
+#   scripts/bootstrap.sh --fuzz     # only clang + libclang-rt-dev (libFuzzer), for scripts/fuzz.sh
 #
 # Needs: cmake, a C11 compiler and g++ (C++17, for the toml++ shim), pkg-config, Lua 5.4,
 # OpenBLAS, toml++, PCRE2, cJSON; OpenMP is gcc's libgomp (comes with gcc). python3 with pip is
@@ -16,6 +17,16 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/apt_lib.sh"
 
 [[ "${HYB_NO_BOOTSTRAP:-0}" == 1 ]] && exit 0
+
+# --fuzz: clang and its runtimes (libFuzzer, ASan) for scripts/fuzz.sh; optional, so a failure
+# here only makes the fuzz step skip
+if [[ "${1:-}" == --fuzz ]]; then
+    command -v dpkg-query >/dev/null 2>&1 || exit 0
+    mapfile -t need < <(hyb_dpkg_missing clang libclang-rt-dev)
+    ((${#need[@]} == 0)) && exit 0
+    hyb_apt_install bootstrap "for scripts/fuzz.sh" "${need[@]}"
+    exit $?
+fi
 
 PKGS=(cmake make gcc g++ pkg-config liblua5.4-dev libopenblas-dev libtomlplusplus-dev
       libpcre2-dev libcjson-dev)

@@ -11,14 +11,17 @@ local hyb = require("hyb")
 local gen = require("genlib")
 
 local function usage(msg)
-  if msg then io.stderr:write("chat: ", msg, "\n") end
-  io.stderr:write("usage: hyb chat [--model PATH] [--temperature T] [--top-k K] [--top-p P]\n",
+  local out = msg and io.stderr or io.stdout -- --help: the usage on stdout, status 0
+  if msg then io.stderr:write("hyb chat: ", msg, "\n") end
+  out:write("usage: hyb chat [--model PATH] [--temperature T] [--top-k K] [--top-p P]\n",
                   "         [--repetition-penalty R] [--seed S] [--max-tokens N] [--system TEXT]\n",
                   "         [--stop STR]... [--max-ctx N] [--verbose]\n")
-  os.exit(2)
+  os.exit(msg and 2 or 0)
 end
 
-local opts = gen.parse_args(arg, gen.gen_options(), usage)
+local opts = gen.parse_args(arg, gen.with_sampling{
+  model = "string", stop = "list", system = "string", device = "string", verbose = "flag",
+}, usage)
 if #opts._ > 0 then usage("unexpected argument '" .. opts._[1] .. "'") end
 
 local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the model loads

@@ -49,9 +49,17 @@
 local hyb = require("hyb")
 
 local usage = "usage: hyb distill <recipe.toml> [out_dir]"
-if not arg[1] or arg[1] == "--help" or arg[1] == "-h" then
+if arg[1] == "--help" or arg[1] == "-h" then
   print(usage)
-  os.exit(arg[1] and 0 or 2)
+  os.exit(0)
+end
+if not arg[1] or arg[1]:sub(1, 1) == "-" or (arg[2] and arg[2]:sub(1, 1) == "-") or arg[3] then
+  local why = not arg[1] and "no recipe given"
+    or ((arg[1]:sub(1, 1) == "-" and arg[1]) or (arg[2] and arg[2]:sub(1, 1) == "-" and arg[2]))
+       and ("unknown option " .. (arg[1]:sub(1, 1) == "-" and arg[1] or arg[2]))
+    or ("unexpected argument " .. arg[3])
+  io.stderr:write("hyb distill: ", why, "\n", usage, "\n")
+  os.exit(2)
 end
 local recipe_path = arg[1]
 local R = hyb.train.read_toml(recipe_path)

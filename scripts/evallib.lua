@@ -3,25 +3,56 @@
 local hyb = require("hyb")
 local E = {}
 
+-- The stated range of each numeric option of eval, importance and mil_check: {lo, hi[, lo_open]}.
+E.ranges = {
+  batches = {1, 1 << 20}, batch = {1, 65536}, seq_len = {1, 1 << 24}, prompts = {0, 1 << 20},
+  prompt_len = {1, 1 << 24}, gen = {0, 1 << 24}, val_fraction = {0, 1, true}, seed = {0, 1 << 53},
+  max_bytes = {0, 1 << 53}, lowest = {1, 1024}, mmr_steps = {0, 1 << 30}, mmr_lr = {0, 1, true},
+  train_steps = {0, 1 << 30}, train_lr = {0, 1, true},
+}
+
 -- "--key value" and "--flag" options; the rest are positional. spec: key -> default (a boolean
--- default makes it a flag). Unknown options are an error.
+-- default makes it a flag; an integer default takes integers only). Unknown options, missing
+-- values and numbers outside E.ranges print the message and the usage on stderr and exit 2;
+-- --help / -h prints the usage on stdout and exits 0.
 function E.parse_args(args, spec, usage)
+  local function fail(msg)
+    io.stderr:write("hyb: ", msg, "\n", usage, "\n")
+    os.exit(2)
+  end
   local o, pos = {}, {}
   for k, v in pairs(spec) do o[k] = v end
   local i = 1
   while i <= #args do
     local a = args[i]
+    if a == "--help" or a == "-h" then
+      print(usage)
+      os.exit(0)
+    end
     local key = a:match("^%-%-([%w_-]+)$")
     if key then
+      local flag = key
       key = key:gsub("-", "_")
-      if spec[key] == nil then error(("unknown option --%s\n%s"):format(key, usage), 0) end
+      if spec[key] == nil then fail(("unknown option --%s"):format(flag)) end
       if type(spec[key]) == "boolean" then
         o[key] = true
       else
         i = i + 1
-        local v = args[i] or error(("option --%s needs a value\n%s"):format(key, usage), 0)
+        local v = args[i]
+        if v == nil then fail(("option --%s needs a value"):format(flag)) end
         if type(spec[key]) == "number" then
-          o[key] = tonumber(v) or error(("option --%s needs a number, got %q"):format(key, v), 0)
+          local n = tonumber(v)
+          if math.type(spec[key]) == "integer" then n = math.tointeger(n) end
+          if not n or n ~= n then
+            fail(("option --%s needs %s, got %q"):format(flag,
+              math.type(spec[key]) == "integer" and "an integer" or "a number", v))
+          end
+          local r = E.ranges[key]
+          if r and (n < r[1] or n > r[2] or (r[3] and n == r[1])) then
+            fail(("option --%s must be in %s%s, %s], got %s"):format(flag, r[3] and "(" or "[",
+              tostring(r[1]), tostring(r[2]), v))
+          end
+          o[key] = n
         else
           o[key] = v
         end

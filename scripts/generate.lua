@@ -7,10 +7,10 @@
 --   --model PATH            .gguf file or HF checkpoint directory (default $HYB_MODEL or the
 --                           default teacher in ~/.cache/hyb/models)
 --   --max-tokens N          new tokens at most (default 128)
---   --temperature T         0 = greedy (default 0)
+--   --temperature T         0 = greedy (default 0); in [0, 100]
 --   --top-k K               0 = off (default 0)
---   --top-p P               1 = off (default 1)
---   --repetition-penalty R  1 = off (default 1)
+--   --top-p P               1 = off (default 1); in (0, 1]
+--   --repetition-penalty R  1 = off (default 1); in (0, 100]
 --   --seed S                sampler seed (default 0)
 --   --stop STRING           stop when the output contains STRING (repeatable)
 --   --chat                  wrap the prompt in the ChatML template (one user turn)
@@ -23,14 +23,18 @@ local hyb = require("hyb")
 local gen = require("genlib")
 
 local function usage(msg)
-  if msg then io.stderr:write("generate: ", msg, "\n") end
-  io.stderr:write("usage: hyb generate [--model PATH] [--max-tokens N] [--temperature T] [--top-k K]\n",
+  local out = msg and io.stderr or io.stdout -- --help: the usage on stdout, status 0
+  if msg then io.stderr:write("hyb generate: ", msg, "\n") end
+  out:write("usage: hyb generate [--model PATH] [--max-tokens N] [--temperature T] [--top-k K]\n",
                   "         [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--chat]\n",
                   "         [--system TEXT] [--max-ctx N] [--device cpu|cuda[:N]] [--quiet] [--verbose] PROMPT\n")
-  os.exit(2)
+  os.exit(msg and 2 or 0)
 end
 
-local opts = gen.parse_args(arg, gen.gen_options({chat = "flag", quiet = "flag"}), usage)
+local opts = gen.parse_args(arg, gen.with_sampling{
+  model = "string", stop = "list", chat = "flag", system = "string", device = "string",
+  quiet = "flag", verbose = "flag",
+}, usage)
 if #opts._ ~= 1 then usage(#opts._ == 0 and "no prompt given" or "give the prompt as one argument") end
 
 local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the model loads

@@ -4,7 +4,10 @@ local hyb = require("hyb")
 local M = {}
 
 -- parse_args(arg, spec, usage): spec maps option names (without "--") to "string", "int",
--- "number", "flag" or "list" (repeatable string). Positional arguments land in result._.
+-- "number", "flag" or "list" (repeatable string), or for a number with a stated range to
+-- {"int"|"number", lo, hi[, lo_open]} (lo_open: lo itself is not allowed). Positional arguments
+-- land in result._. Mistakes call usage(message) (which must exit with status 2); --help / -h
+-- calls usage() (which prints the usage on stdout and exits 0).
 function M.parse_args(argv, spec, usage)
   local r, i = {_ = {}}, 1
   while argv[i] do
@@ -15,6 +18,8 @@ function M.parse_args(argv, spec, usage)
     if name then
       local kind = spec[name]
       if not kind then usage("unknown option --" .. name) end
+      local lo, hi, lo_open
+      if type(kind) == "table" then kind, lo, hi, lo_open = kind[1], kind[2], kind[3], kind[4] end
       if kind == "flag" then
         r[name] = true
       else
@@ -24,13 +29,17 @@ function M.parse_args(argv, spec, usage)
           v = argv[i]
           if v == nil then usage("--" .. name .. " needs a value") end
         end
-        if kind == "int" then
-          local n = math.tointeger(tonumber(v))
-          if not n then usage("--" .. name .. " must be an integer, got '" .. v .. "'") end
-          r[name] = n
-        elseif kind == "number" then
+        if kind == "int" or kind == "number" then
           local n = tonumber(v)
-          if not n then usage("--" .. name .. " must be a number, got '" .. v .. "'") end
+          if kind == "int" then n = math.tointeger(n) end
+          if not n or n ~= n then
+            usage("--" .. name .. " must be " .. (kind == "int" and "an integer" or "a number") ..
+                  ", got '" .. v .. "'")
+          end
+          if lo and (n < lo or (lo_open and n == lo) or n > hi) then
+            usage(("--%s must be in %s%s, %s], got %s"):format(name, lo_open and "(" or "[",
+                  tostring(lo), tostring(hi), v))
+          end
           r[name] = n
         elseif kind == "list" then
           r[name] = r[name] or {}
@@ -47,6 +56,21 @@ function M.parse_args(argv, spec, usage)
   return r
 end
 
+-- The sampling and generation options of generate, chat and teacher_data, with their ranges.
+M.sampling_spec = {
+  temperature = {"number", 0, 100}, ["top-k"] = {"int", 0, 1 << 24}, ["top-p"] = {"number", 0, 1, true},
+  ["repetition-penalty"] = {"number", 0, 100, true}, seed = {"int", 0, 1 << 53},
+  ["max-tokens"] = {"int", 1, 1 << 24}, ["max-ctx"] = {"int", 1, 1 << 24},
+}
+
+-- spec plus M.sampling_spec (a new table)
+function M.with_sampling(spec)
+  local r = {}
+  for k, v in pairs(M.sampling_spec) do r[k] = v end
+  for k, v in pairs(spec) do r[k] = v end
+  return r
+end
+
 -- open_device(name, prog): nil/"cpu" is the CPU; any other device ("cuda", "cuda:1") is opened
 -- now, before a model loads, and a device that cannot be used ends the program with one line
 -- naming it and the reason (exit status 1), no traceback.
@@ -58,17 +82,6 @@ function M.open_device(name, prog)
     os.exit(1)
   end
   return name
-end
-
--- The options generate.lua and chat.lua share (for parse_args), plus `extra`.
-function M.gen_options(extra)
-  local spec = {
-    model = "string", ["max-tokens"] = "int", temperature = "number", ["top-k"] = "int",
-    ["top-p"] = "number", ["repetition-penalty"] = "number", seed = "int", stop = "list",
-    system = "string", ["max-ctx"] = "int", device = "string", verbose = "flag",
-  }
-  for k, v in pairs(extra or {}) do spec[k] = v end
-  return spec
 end
 
 -- The sampler for the command-line options; with usage, a bad value is a usage error naming

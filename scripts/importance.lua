@@ -32,7 +32,7 @@ local ds = E.dataset(o, teacher_path)
 local L = teacher:config().n_layers
 local layers = {}
 if o.layers ~= "" then
-  for v in o.layers:gmatch("[^,]+") do layers[#layers + 1] = math.tointeger(tonumber(v)) or error("bad layer " .. v) end
+  for v in o.layers:gmatch("[^,]+") do layers[#layers + 1] = math.tointeger(tonumber(v)) or error("--layers: not a layer number: " .. v, 0) end
 else
   for l = 0, L - 1 do layers[#layers + 1] = l end
 end

@@ -27,8 +27,7 @@ local o = E.parse_args(arg, {teacher = "", device = "", data = "", tokenizer = "
   config = "d_inner = 576\nd_xb = 192\nd_state = 16\ndt_rank = 16\nd_conv = 4", help = false}, usage)
 if o.help or o.teacher == "" or o.data == "" then print(usage) os.exit(o.help and 0 or 2) end
 hyb.log_level("warn")
-o.gen = math.tointeger(o.gen) or error("--gen must be an integer (0: no generation)", 0)
-if o.gen < 0 then error("--gen must be >= 0", 0) end
+-- --gen (0: no generation) is an integer in [0, 2^24]: checked by E.parse_args
 
 local teacher_path = E.expand(o.teacher)
 local load_opts = E.load_opts(o, "mil_check")
@@ -37,7 +36,7 @@ local ds, tok = E.dataset(o, teacher_path)
 
 local layers = {}
 if o.layers ~= "" then
-  for v in o.layers:gmatch("[^,]+") do layers[#layers + 1] = math.tointeger(tonumber(v)) or error("bad layer " .. v) end
+  for v in o.layers:gmatch("[^,]+") do layers[#layers + 1] = math.tointeger(tonumber(v)) or error("--layers: not a layer number: " .. v, 0) end
 elseif o.ranking ~= "" then
   local f = assert(io.open(E.expand(o.ranking), "r"))
   local list = f:read("a"):match('"order"%s*:%s*%[([^%]]*)%]') or error(o.ranking .. ": no \"order\" list")
@@ -109,8 +108,7 @@ local function distill(name, model)
   io.stderr:write(("trained %s: %d updates in %.1f s\n"):format(name, o.train_steps, hyb.time() - t0))
   measure(("%s+%d"):format(name, o.train_steps), model)
 end
-o.train_steps = math.tointeger(o.train_steps) or error("--train-steps must be an integer", 0)
-if o.train_steps < 0 or o.train_lr <= 0 then error("--train-steps must be >= 0 and --train-lr > 0", 0) end
+-- --train-steps (an integer >= 0) and --train-lr (> 0): checked by E.parse_args
 if o.train_steps > 0 then
   distill("mil", mil)
   distill("random", rnd)

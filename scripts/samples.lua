@@ -4,11 +4,17 @@
 -- MODEL: anything hyb.train.load takes (model:save dir, .safetensors checkpoint, .gguf).
 local hyb = require("hyb")
 local G = require("genlib")
-if #arg < 3 then print("usage: hyb samples TOKENIZER N MODEL...") os.exit(2) end
+local USAGE = "usage: hyb samples TOKENIZER N MODEL..."
+if arg[1] == "--help" or arg[1] == "-h" then print(USAGE) os.exit(0) end
+if #arg < 3 then io.stderr:write(USAGE, "\n") os.exit(2) end
 hyb.log_level("warn")
 local function expand(p) return (p:gsub("^~", os.getenv("HOME") or "~")) end
+local n = math.tointeger(tonumber(arg[2]))
+if not n or n < 1 or n > 1 << 24 then
+  io.stderr:write(("hyb samples: N must be an integer in [1, 16777216], got '%s'\n%s\n"):format(arg[2], USAGE))
+  os.exit(2)
+end
 local tok = hyb.data.tokenizer(expand(arg[1]))
-local n = math.tointeger(tonumber(arg[2])) or error("bad N " .. arg[2])
 local prompts = {
   "What is the capital of France?",
   "Write a short sentence about the ocean.",

@@ -39,10 +39,10 @@ usage: hyb teacher_data --out FILE [--prompts FILE] [--corpus PATH ...] [options
   os.exit(0)
 end
 
-local o = genlib.parse_args(arg, {out = "string", teacher = "string", tokenizer = "string",
-  prompts = "string", corpus = "list", include = "list", exclude = "list", ["snippet-chars"] = "int",
-  n = "int", ["max-tokens"] = "int", temperature = "number", ["top-p"] = "number", ["top-k"] = "int",
-  seed = "int", slots = "int", system = "string"}, usage)
+local o = genlib.parse_args(arg, genlib.with_sampling{out = "string", teacher = "string",
+  tokenizer = "string", prompts = "string", corpus = "list", include = "list", exclude = "list",
+  ["snippet-chars"] = {"int", 1, 1 << 24}, n = {"int", 1, 1 << 31}, slots = {"int", 1, 65536},
+  system = "string"}, usage)
 if #o._ > 0 then usage("unexpected argument '" .. o._[1] .. "'") end
 if not o.out then usage("--out is required") end
 if not o.prompts and not o.corpus then usage("give --prompts FILE and/or --corpus PATH") end

@@ -2,6 +2,7 @@
  * tokenizer.json rebuilt by tests/reference/tokenizer_ref.py, and both equal HF's golden ids on
  * the samples. Needs the GGUF: $HYB_MODEL or ~/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf
  * (skips with exit code 77 when absent). */
+#define _GNU_SOURCE /* memmem */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +99,76 @@ static void test_chat_template_tokens(void) {
     CHECK(nb == 18 && memcmp(out, "user\nHi\nassistant\n", 18) == 0);
 }
 
+/* Bytes the vocabulary lacks (issue 19): HF drops them (its BPE has no unk_token); they used to
+ * become the GGUF's unknown id 0 = <|endoftext|>. Golden: tests/reference/tokenizer_unknown_ref.py.
+ * Then invalid UTF-8 (which HF cannot take as text): no control token, and the decode is the
+ * input less exactly the bytes the vocab lacks. */
+static int count_control(const hyb_tokenizer *t, const int32_t *ids, size_t n) {
+    int c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += hyb_tokenizer_token_type(t, ids[i]) == HYB_TOKEN_CONTROL;
+    return c;
+}
+
+static void test_unknown_bytes(void) {
+    cJSON *g = read_json("smollm2_unknown_golden.json");
+    CHECK(g != NULL);
+    if (!g) return;
+    int missing[256] = {0};
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(g, "missing_bytes")) missing[e->valueint & 255] = 1;
+    int k = 0;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(g, "samples")) {
+        const char *text = cJSON_GetObjectItem(e, "text")->valuestring;
+        const cJSON *gold = cJSON_GetObjectItem(e, "ids");
+        const char *hf_dec = cJSON_GetObjectItem(e, "decode")->valuestring;
+        size_t len = strlen(text);
+        for (int which = 0; which < 2; which++) {
+            const hyb_tokenizer *t = which ? tj : tg;
+            int32_t *ids = NULL;
+            size_t n = 0;
+            CHECK(hyb_tokenizer_encode_alloc(t, text, len, 0, &ids, &n) == HYB_OK);
+            int eq = (size_t)cJSON_GetArraySize(gold) == n;
+            for (size_t i = 0; eq && i < n; i++)
+                eq = ids[i] == cJSON_GetArrayItem(gold, (int)i)->valueint;
+            CHECK_MSG(eq, "%s: sample %d: ids differ from HF (%zu vs %d ids%s)",
+                      which ? "tokenizer.json" : "GGUF", k, n, cJSON_GetArraySize(gold),
+                      n ? "" : ", none");
+            char *out = malloc(len + 64);
+            long nb = hyb_tokenizer_decode(t, ids, n, 0, out, len + 64);
+            CHECK(nb >= 0 && nb <= (long)len);
+            if (nb >= 0 && !strstr(hf_dec, "\xEF\xBF\xBD")) /* HF decodes partial UTF-8 lossily */
+                CHECK_MSG((size_t)nb == strlen(hf_dec) && memcmp(out, hf_dec, (size_t)nb) == 0,
+                          "sample %d: decode differs from HF's", k);
+            CHECK(nb < 0 || !memmem(out, (size_t)nb, "<|endoftext|>", 13));
+            free(out), free(ids);
+        }
+        k++;
+    }
+    cJSON_Delete(g);
+    /* invalid UTF-8 and every lacking byte alone: no special token, decode = input less them */
+    char in[600], want[600];
+    size_t n = 0, nw = 0;
+    const char *parts[] = {"lone ", "\xC0\xAF", " overlong ", "\xF1", "\xF2\x80", " cut ",
+                           "\xFF\xFE", " end\x04\x1d"};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        for (const char *p = parts[i]; *p; p++) in[n++] = *p;
+    for (int b = 1; b < 256; b++) in[n++] = (char)b, in[n++] = 'q';
+    for (size_t i = 0; i < n; i++)
+        if (!missing[(unsigned char)in[i]]) want[nw++] = in[i];
+    int32_t *ids = NULL;
+    size_t ni = 0;
+    CHECK(hyb_tokenizer_encode_alloc(tg, in, n, 0, &ids, &ni) == HYB_OK);
+    CHECK_MSG(count_control(tg, ids, ni) == 0, "%d control tokens for ordinary bytes",
+              count_control(tg, ids, ni));
+    char out[700];
+    long nb = hyb_tokenizer_decode(tg, ids, ni, 0, out, sizeof out);
+    CHECK_MSG(nb == (long)nw && memcmp(out, want, nw) == 0,
+              "decode of invalid UTF-8: %ld bytes, want %zu (the input less the lacking bytes)", nb,
+              nw);
+    free(ids);
+}
+
 int main(void) {
     const char *env = getenv("HYB_MODEL");
     if (env && *env)
@@ -123,6 +194,7 @@ int main(void) {
     RUN(test_vocab_equal);
     RUN(test_samples);
     RUN(test_chat_template_tokens);
+    RUN(test_unknown_bytes);
     hyb_tokenizer_free(tg);
     hyb_tokenizer_free(tj);
     return harness_done();

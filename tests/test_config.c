@@ -281,6 +281,18 @@ static void test_err_nonpositive(void) {
                      HYB_ERR_FORMAT, "t.toml:7:12:", "norm_eps must be a positive", NULL);
     EXPECT_MAP_ERROR(MODEL_OK "norm_eps = nan\n" MIXERS_OK "[layout]\npattern = \"tttt\"\n",
                      HYB_ERR_FORMAT, "t.toml:7:12:", "norm_eps", NULL);
+    /* stated ranges (hyb/config.h): 1e300 used to be accepted and give all-zero logits */
+    EXPECT_MAP_ERROR(MODEL_OK "norm_eps = 1e300\n" MIXERS_OK "[layout]\npattern = \"tttt\"\n",
+                     HYB_ERR_FORMAT, "t.toml:7:12:", "norm_eps", "in [1e-12, 0.1], got 1e+300");
+    EXPECT_MAP_ERROR(MODEL_OK "norm_eps = 1e-30\n" MIXERS_OK "[layout]\npattern = \"tttt\"\n",
+                     HYB_ERR_FORMAT, "t.toml:7:12:", "norm_eps", "got 1e-30");
+    EXPECT_MAP_ERROR("[model]\nd_model = 100000\nn_layers = 4\nvocab_size = 256\nd_ff = 128\n"
+                     "max_seq = 32\n" MIXERS_OK "[layout]\npattern = \"tttt\"\n",
+                     HYB_ERR_FORMAT, "t.toml:2:11:", "model.d_model = 100000",
+                     "range [1, 65536]");
+    EXPECT_MAP_ERROR("[model]\nd_model = 64\nn_layers = 4\nvocab_size = 256\nd_ff = 128\n"
+                     "max_seq = 2000000000\n" MIXERS_OK "[layout]\npattern = \"tttt\"\n",
+                     HYB_ERR_FORMAT, "t.toml:6:11:", "model.max_seq", "range [1, 16777216]");
 }
 
 static void test_err_unknown_keys(void) {

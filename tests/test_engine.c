@@ -343,6 +343,9 @@ static void test_errors(void) {
     o.prefill_chunk = -1;
     CHECK(hyb_engine_new(m, &o, &e) == HYB_ERR_ARG);
     o = hyb_engine_defaults();
+    o.max_ctx = 129; /* past the map's max_seq 128 */
+    CHECK(hyb_engine_new(m, &o, &e) == HYB_ERR_ARG && e == NULL);
+    CHECK_MSG(strstr(hyb_error(), "max_ctx must be in [2, 128]") != NULL, "%s", hyb_error());
     o.max_ctx = 16;
     CHECK(hyb_engine_new(m, &o, &e) == HYB_OK);
     if (!e) return;

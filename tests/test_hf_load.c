@@ -92,6 +92,7 @@ typedef struct {
     int tied;
     const char *drop;      /* GGUF tensor to leave out */
     const char *bad_shape; /* GGUF tensor written with one extra row */
+    float eps, theta;      /* 0: 1e-5 and 10000 */
 } variant;
 
 static void write_gguf(const char *path, const variant *v) {
@@ -153,10 +154,10 @@ static void write_gguf(const char *path, const variant *v) {
     KU("context_length", 64);
     KU("vocab_size", V);
     snprintf(k, sizeof k, "%s.rope.freq_base", v->arch);
-    kv_f32(&kvs, k, 10000.0f);
+    kv_f32(&kvs, k, v->theta != 0 ? v->theta : 10000.0f);
     n_kv++;
     snprintf(k, sizeof k, "%s.attention.layer_norm_rms_epsilon", v->arch);
-    kv_f32(&kvs, k, 1e-5f);
+    kv_f32(&kvs, k, v->eps != 0 ? v->eps : 1e-5f);
     n_kv++;
     put(&hdr, "GGUF", 4);
     put_u32(&hdr, 3);
@@ -250,7 +251,7 @@ static void check_param(hyb_model *m, const char *hf, const char *gg) {
 }
 
 static void test_load_untied(void) {
-    variant v = {"llama", 0, NULL, NULL};
+    variant v = {"llama", 0, NULL, NULL, 0, 0};
     write_gguf(g_path, &v);
     hyb_model *m = NULL;
     int rc = hyb_model_load_gguf(g_path, &m);
@@ -274,7 +275,7 @@ static void test_load_untied(void) {
 }
 
 static void test_load_tied(void) {
-    variant v = {"llama", 1, NULL, NULL};
+    variant v = {"llama", 1, NULL, NULL, 0, 0};
     write_gguf(g_path, &v);
     hyb_model *m = NULL;
     int rc = hyb_model_load_gguf(g_path, &m);
@@ -302,14 +303,56 @@ static void expect_error(const variant *v, int code, const char *s1, const char 
 }
 
 static void test_errors(void) {
-    variant arch = {"gpt2", 0, NULL, NULL};
+    variant arch = {"gpt2", 0, NULL, NULL, 0, 0};
     expect_error(&arch, HYB_ERR_UNSUPPORTED, "gpt2", "llama");
-    variant missing = {"llama", 0, "blk.1.ffn_up.weight", NULL};
+    variant missing = {"llama", 0, "blk.1.ffn_up.weight", NULL, 0, 0};
     expect_error(&missing, HYB_ERR_FORMAT, "blk.1.ffn_up.weight", "missing");
-    variant shape = {"llama", 0, NULL, "blk.0.attn_v.weight"};
+    variant shape = {"llama", 0, NULL, "blk.0.attn_v.weight", 0, 0};
     expect_error(&shape, HYB_ERR_FORMAT, "[9, 16]", "[8, 16]");
+    /* hyper-parameters outside their stated ranges (hyb/config.h), named by their GGUF keys */
+    variant eps = {"llama", 0, NULL, NULL, 1e30f, 0};
+    expect_error(&eps, HYB_ERR_FORMAT, "llama.attention.layer_norm_rms_epsilon = 1e+30",
+                 "out of range [1e-12, 0.1]");
+    variant eps0 = {"llama", 0, NULL, NULL, -1.0f, 0};
+    expect_error(&eps0, HYB_ERR_FORMAT, "layer_norm_rms_epsilon = -1", "out of range");
+    variant theta = {"llama", 0, NULL, NULL, 0, 1e30f};
+    expect_error(&theta, HYB_ERR_FORMAT, "llama.rope.freq_base = 1e+30", "out of range (1, 1e+12]");
     hyb_model *m = NULL;
     CHECK(hyb_model_load_gguf("/nonexistent/x.gguf", &m) < 0 && m == NULL);
+}
+
+/* config.json values outside their stated ranges are refused, named by their config.json keys */
+static void test_json_ranges(void) {
+    static const struct {
+        const char *extra, *want;
+    } cases[] = {
+        {"\"rms_norm_eps\": 1e300", "rms_norm_eps = 1e+300 is out of range [1e-12, 0.1]"},
+        {"\"rms_norm_eps\": 0", "rms_norm_eps = 0 is out of range"},
+        {"\"rope_theta\": 1e300", "rope_theta = 1e+300 is out of range (1, 1e+12]"},
+        {"\"rope_theta\": 0.5", "rope_theta = 0.5 is out of range"},
+        {"\"max_position_embeddings\": 2000000000",
+         "max_position_embeddings = 2000000000 is out of range [1, 16777216]"},
+        {"\"num_key_value_heads\": 3", "not a multiple"},
+        {"\"head_dim\": 4096", "head_dim = 4096 is out of range [1, 1024]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[512];
+        snprintf(text, sizeof text,
+                 "{\"model_type\": \"llama\", \"num_hidden_layers\": 2, \"hidden_size\": 16, "
+                 "\"intermediate_size\": 24, \"num_attention_heads\": 4, \"vocab_size\": 32, %s}",
+                 cases[i].extra);
+        hyb_llama_config c;
+        int rc = hyb_llama_config_from_json(text, "cfg.json", &c);
+        CHECK_MSG(rc == HYB_ERR_FORMAT, "accepted: %s", cases[i].extra);
+        CHECK_MSG(strstr(hyb_error(), "cfg.json: ") && strstr(hyb_error(), cases[i].want),
+                  "'%s' not in: %s", cases[i].want, hyb_error());
+    }
+    hyb_llama_config c;
+    CHECK_MSG(hyb_llama_config_from_json("{\"model_type\": \"llama\", \"num_hidden_layers\": 2, "
+                                         "\"hidden_size\": 16, \"intermediate_size\": 24, "
+                                         "\"num_attention_heads\": 4, \"vocab_size\": 32}",
+                                         "cfg.json", &c) == HYB_OK,
+              "%s", hyb_error());
 }
 
 static void test_layermap_text(void) {
@@ -459,6 +502,7 @@ int main(void) {
     RUN(test_load_untied);
     RUN(test_load_tied);
     RUN(test_errors);
+    RUN(test_json_ranges);
     RUN(test_hf_dir);
     unlink(g_path);
     for (int i = 0; i < n_w; i++)

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -479,6 +480,42 @@ static void test_atomic_failure_leaves_nothing(void) {
     rmdir(sub);
 }
 
+/* What a kill -9 leaves ("<target>.tmp.<pid>.<n>" of a dead process) is removed by the next save
+ * in that directory; a live process's temporary (this one's) and look-alikes are kept. */
+static void write_plain(const char *name, const char *text) {
+    FILE *f = fopen(tmp_path(name), "wb");
+    CHECK(f != NULL);
+    if (f) fputs(text, f), fclose(f);
+}
+
+static void test_atomic_stale_cleanup(void) {
+    clear_dir();
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    CHECK(child > 0 && waitpid(child, NULL, 0) == child); /* child's pid: no process now */
+    char name[200];
+    const char *keep[] = {"notes.tmp.txt", "a.tmp.12x.3", "b.tmp.5.", ".tmp.7.1"};
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++)
+        write_plain(keep[i], "k");
+    snprintf(name, sizeof name, "ckpt.safetensors.tmp.%ld.0", (long)child);
+    write_plain(name, "stale"); /* as a writer killed mid-save leaves it */
+    snprintf(name, sizeof name, "data.bin.tmp.%ld.17", (long)child);
+    write_plain(name, "stale");
+    snprintf(name, sizeof name, "mine.tmp.%ld.3", (long)getpid());
+    write_plain(name, "live");
+    write_plain("init.tmp.1.0", "live"); /* pid 1 is alive */
+    CHECK(count_dir_entries() == 8);
+    CHECK(hyb_atomic_write_buf(tmp_path("ckpt.safetensors"), "new", 3) == HYB_OK);
+    CHECK_MSG(count_dir_entries() == 7, "%d entries (want 4 look-alikes, 2 live, the target)",
+              count_dir_entries());
+    snprintf(name, sizeof name, "ckpt.safetensors.tmp.%ld.0", (long)child);
+    CHECK(access(tmp_path(name), F_OK) != 0);
+    snprintf(name, sizeof name, "mine.tmp.%ld.3", (long)getpid());
+    CHECK(access(tmp_path(name), F_OK) == 0);
+    CHECK(hyb_atomic_clean_stale(g_dir) == 0);
+    CHECK(hyb_atomic_clean_stale("/no/such/dir") == HYB_ERR_IO);
+}
+
 static void test_mkdir_p(void) {
     clear_dir();
     char p[600];
@@ -511,6 +548,7 @@ int main(void) {
     RUN(test_header_errors);
     RUN(test_header_fuzz);
     RUN(test_atomic_failure_leaves_nothing);
+    RUN(test_atomic_stale_cleanup);
     RUN(test_mkdir_p);
     clear_dir();
     rmdir(g_dir);

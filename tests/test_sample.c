@@ -231,6 +231,15 @@ static void test_errors(void) {
     CHECK(strstr(hyb_error(), "repetition_penalty") != NULL);
     bad = (hyb_sampler_params){NAN, 0, 1.0f, 1.0f};
     CHECK(hyb_sampler_new(10, &bad, 1, &s) == HYB_ERR_ARG);
+    /* stated ranges (issue 19: --temperature -1 and --top-p 2 were accepted) */
+    bad = (hyb_sampler_params){-1.0f, 0, 1.0f, 1.0f};
+    CHECK(hyb_sampler_new(10, &bad, 1, &s) == HYB_ERR_ARG && s == NULL);
+    CHECK_MSG(strstr(hyb_error(), "temperature must be in [0, 100]") != NULL, "%s", hyb_error());
+    bad = (hyb_sampler_params){0.7f, 0, 2.0f, 1.0f};
+    CHECK(hyb_sampler_new(10, &bad, 1, &s) == HYB_ERR_ARG && s == NULL);
+    CHECK_MSG(strstr(hyb_error(), "top_p must be in [0, 1]") != NULL, "%s", hyb_error());
+    bad = (hyb_sampler_params){0.7f, 0, 1.0f, 1000.0f};
+    CHECK(hyb_sampler_new(10, &bad, 1, &s) == HYB_ERR_ARG && s == NULL);
     CHECK(hyb_sampler_new(0, NULL, 1, &s) == HYB_ERR_ARG);
 
     s = mk(4, 1.0f, 0, 1.0f, 1.2f, 1);

@@ -380,6 +380,23 @@ static void test_malformed(void) {
     expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [],"
                       " \"unk_token\": \"<unk>\"}}",
                       "unk_token");
+    /* ids must be integers (3.5 used to be read as 3); a NUL in a key is named with its place */
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 3.5}, "
+                      "\"merges\": []}}",
+                      "model.vocab[\"b\"]");
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+                      " \"added_tokens\": [{\"id\": 1.5, \"content\": \"<s>\"}]}",
+                      "valid id");
+    expect_load_error("{\"model\": {\"type\": \"BPE\",\n \"vocab\": {\"a\": 0, \"x\\u0000y\": 1}, "
+                      "\"merges\": []}}",
+                      "bad.json:2:22: a string holds \\u0000 (a NUL byte)");
+    {   /* an escaped backslash before u0000 is not a NUL */
+        const char *ok = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"\\\\u0000\": 1}, "
+                         "\"merges\": []}}";
+        hyb_tokenizer *t = hyb_tokenizer_load_json_mem(ok, strlen(ok), "ok.json");
+        CHECK_MSG(t != NULL, "%s", hyb_error());
+        hyb_tokenizer_free(t);
+    }
     CHECK(hyb_tokenizer_load_json("/nonexistent/tokenizer.json") == NULL);
     CHECK(strstr(hyb_error(), "/nonexistent/tokenizer.json") != NULL);
     /* every truncation of a real file fails cleanly (or loads, when the cut is harmless) */
@@ -577,6 +594,33 @@ static void test_gguf_llama_scores(void) {
     }
     hyb_tokenizer_free(t);
     free(img);
+}
+
+/* tokenizer.ggml.token_type is llama.cpp's enum 0-6: 99 used to be accepted */
+static void test_gguf_bad_token_type(void) {
+    const char *toks[] = {"<unk>", "<s>", "</s>", "a", "b", "ab"};
+    float scores[] = {0, 0, 0, -1, -1, -0.5f};
+    for (int bad = 0; bad < 2; bad++) {
+        int32_t types[] = {2, 3, 3, 1, bad ? 99 : 0, 1};
+        gbuf g = {0};
+        kv_str(&g, "tokenizer.ggml.model", "llama");
+        kv_strs(&g, "tokenizer.ggml.tokens", toks, 6);
+        kv_i32s(&g, "tokenizer.ggml.token_type", types, 6);
+        kv_f32s(&g, "tokenizer.ggml.scores", scores, 6);
+        size_t size;
+        unsigned char *img = gfinish(&g, &size);
+        hyb_tokenizer *t = tok_from_image(img, size);
+        if (bad) {
+            CHECK(t == NULL);
+            CHECK_MSG(strstr(hyb_error(), "tokenizer.ggml.token_type[4] = 99 is not a token type"),
+                      "%s", hyb_error());
+        } else { /* 0 (llama.cpp's "undefined") reads as normal */
+            CHECK_MSG(t != NULL, "%s", hyb_error());
+            if (t) CHECK(hyb_tokenizer_token_type(t, 4) == HYB_TOKEN_NORMAL);
+        }
+        hyb_tokenizer_free(t);
+        free(img);
+    }
 }
 
 /* A GGUF "llama" tokenizer (pieces + scores, no merges) against Google's sentencepiece itself:
@@ -804,6 +848,7 @@ int main(void) {
     RUN(test_malformed);
     RUN(test_mutations);
     RUN(test_gguf_llama_scores);
+    RUN(test_gguf_bad_token_type);
     RUN(test_gguf_errors);
     RUN(test_gguf_vs_sentencepiece);
     RUN(test_random_bytes);

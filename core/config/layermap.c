@@ -67,7 +67,8 @@ static int get_table(const hyb_cfg_table *t, const char *key, int required,
 }
 
 /* A positive int dimension of [model]. Missing: error when required, else def. */
-static int get_dim(const hyb_cfg_table *model, const char *key, int required, int def, int *out) {
+static int get_dim(const hyb_cfg_table *model, const char *key, int required, int def, int max,
+                   int *out) {
     if (!hyb_cfg_has(model, key)) {
         if (required)
             return hyb_cfg_error(model, NULL,
@@ -82,9 +83,9 @@ static int get_dim(const hyb_cfg_table *model, const char *key, int required, in
     if (v <= 0)
         return hyb_cfg_error_at(model, line, col, "model.%s must be positive, got %lld", key,
                                 (long long)v);
-    if (v > INT_MAX)
-        return hyb_cfg_error_at(model, line, col, "model.%s = %lld is too large (at most %d)", key,
-                                (long long)v, INT_MAX);
+    if (v > max)
+        return hyb_cfg_error_at(model, line, col, "model.%s = %lld is too large (range [1, %d])",
+                                key, (long long)v, max);
     *out = (int)v;
     return HYB_OK;
 }
@@ -152,19 +153,20 @@ static int parse_model(hyb_layermap *m, const hyb_cfg_table *root) {
         memcpy(m->name, base, len);
         m->name[len] = 0;
     }
-    HYB_TRY(get_dim(model, "d_model", 1, 0, &m->d_model));
-    HYB_TRY(get_dim(model, "n_layers", 1, 0, &m->n_layers));
-    HYB_TRY(get_dim(model, "vocab_size", 1, 0, &m->vocab_size));
-    HYB_TRY(get_dim(model, "d_ff", 1, 0, &m->d_ff));
-    HYB_TRY(get_dim(model, "max_seq", 1, 0, &m->max_seq));
+    HYB_TRY(get_dim(model, "d_model", 1, 0, HYB_MAX_D_MODEL, &m->d_model));
+    HYB_TRY(get_dim(model, "n_layers", 1, 0, HYB_MAX_LAYERS, &m->n_layers));
+    HYB_TRY(get_dim(model, "vocab_size", 1, 0, HYB_MAX_VOCAB, &m->vocab_size));
+    HYB_TRY(get_dim(model, "d_ff", 1, 0, HYB_MAX_D_FF, &m->d_ff));
+    HYB_TRY(get_dim(model, "max_seq", 1, 0, HYB_MAX_SEQ, &m->max_seq));
 
     HYB_TRY(hyb_cfg_float(model, "norm_eps", 1e-5, &m->norm_eps));
-    if (!(m->norm_eps > 0.0) || !isfinite(m->norm_eps)) {
+    if (!(m->norm_eps >= HYB_NORM_EPS_MIN && m->norm_eps <= HYB_NORM_EPS_MAX)) {
         int line, col;
         hyb_cfg_pos(model, "norm_eps", 1, &line, &col);
         return hyb_cfg_error_at(model, line, col,
-                                "model.norm_eps must be a positive finite number, got %g",
-                                m->norm_eps);
+                                "model.norm_eps must be a positive finite number in [%g, %g], "
+                                "got %g",
+                                HYB_NORM_EPS_MIN, HYB_NORM_EPS_MAX, m->norm_eps);
     }
     HYB_TRY(hyb_cfg_bool(model, "tie_embeddings", 0, &m->tie_embeddings));
     return HYB_OK;

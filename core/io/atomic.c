@@ -1,8 +1,10 @@
 /* core/io/atomic.c: tmp file + fsync + rename + fsync(dir). See hyb/atomic.h. */
 #include "hyb/atomic.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,9 +52,56 @@ static int fsync_dir(const char *path) {
     return HYB_OK;
 }
 
+/* The pid in a temporary's name "<target>.tmp.<pid>.<n>", or -1 when name is not one. */
+static long tmp_pid(const char *name) {
+    const char *t = NULL;
+    for (const char *p = strstr(name, ".tmp."); p; p = strstr(p + 1, ".tmp."))
+        t = p;
+    if (!t || t == name) return -1;
+    const char *p = t + 5, *d1 = p;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    if (p == d1 || p - d1 > 9 || *p != '.') return -1;
+    const char *d2 = ++p;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    if (p == d2 || *p) return -1;
+    return strtol(d1, NULL, 10);
+}
+
+int hyb_atomic_clean_stale(const char *dir) {
+    if (!dir || !*dir) dir = ".";
+    DIR *d = opendir(dir);
+    if (!d) return hyb_error_set(HYB_ERR_IO, "%s: cannot list: %s", dir, strerror(errno));
+    const long me = (long)getpid();
+    int removed = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        long pid = tmp_pid(e->d_name);
+        if (pid <= 0 || pid == me) continue;
+        /* only a process that no longer exists: a live one may be writing it right now */
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        struct stat sb;
+        if (fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(sb.st_mode))
+            continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0) {
+            removed++;
+            hyb_log(HYB_LOG_INFO, "%s/%s: removed a stale temporary file of process %ld (gone)",
+                    dir, e->d_name, pid);
+        }
+    }
+    closedir(d);
+    return removed;
+}
+
 int hyb_atomic_open(const char *path, hyb_atomic_file **out) {
     *out = NULL;
     if (!path || !*path) return hyb_error_set(HYB_ERR_ARG, "hyb_atomic_open: empty path");
+    {   /* a save in a directory first removes what killed writers left there (best effort) */
+        char dir[4096];
+        dir_of(path, dir, sizeof dir);
+        if (hyb_atomic_clean_stale(dir) < 0) hyb_error_clear();
+    }
     hyb_atomic_file *f = calloc(1, sizeof *f);
     size_t n = strlen(path) + 64;
     if (!f || !(f->path = strdup(path)) || !(f->tmp = malloc(n))) {

@@ -272,35 +272,60 @@ int hyb_llama_layermap_text(const hyb_llama_config *c, char *buf, size_t n) {
     return rc;
 }
 
-static int check_config(const char *src, const hyb_llama_config *c) {
-    struct {
-        const char *what;
-        int v;
-    } pos[] = {
-        {"n_layers", c->n_layers},     {"d_model", c->d_model},       {"d_ff", c->d_ff},
-        {"n_heads", c->n_heads},       {"n_kv_heads", c->n_kv_heads}, {"head_dim", c->head_dim},
-        {"vocab_size", c->vocab_size}, {"max_seq", c->max_seq},
+/* The file's names for the checked fields, in check_config's order (NULL: hyb's own names). */
+enum { K_LAYERS, K_DMODEL, K_DFF, K_HEADS, K_KV, K_HEAD_DIM, K_VOCAB, K_SEQ, K_EPS, K_THETA, K_N };
+static const char *const JSON_KEYS[K_N] = {
+    "num_hidden_layers",   "hidden_size", "intermediate_size",       "num_attention_heads",
+    "num_key_value_heads", "head_dim",    "vocab_size",              "max_position_embeddings",
+    "rms_norm_eps",        "rope_theta"};
+static const char *const GGUF_KEYS[K_N] = {"llama.block_count",
+                                           "llama.embedding_length",
+                                           "llama.feed_forward_length",
+                                           "llama.attention.head_count",
+                                           "llama.attention.head_count_kv",
+                                           "llama.attention.key_length",
+                                           "vocab_size (tokenizer.ggml.tokens)",
+                                           "llama.context_length",
+                                           "llama.attention.layer_norm_rms_epsilon",
+                                           "llama.rope.freq_base"};
+static const char *const OWN_KEYS[K_N] = {"n_layers", "d_model",    "d_ff",    "n_heads",
+                                          "n_kv_heads", "head_dim", "vocab_size", "max_seq",
+                                          "norm_eps", "rope_theta"};
+
+/* Every hyper-parameter within its stated range (hyb/config.h), named as the file names it. */
+static int check_config(const char *src, const hyb_llama_config *c, const char *const *names) {
+    if (!names) names = OWN_KEYS;
+    const struct {
+        int k, v, max;
+    } dims[] = {
+        {K_LAYERS, c->n_layers, HYB_MAX_LAYERS}, {K_DMODEL, c->d_model, HYB_MAX_D_MODEL},
+        {K_DFF, c->d_ff, HYB_MAX_D_FF},          {K_HEADS, c->n_heads, HYB_MAX_HEADS},
+        {K_KV, c->n_kv_heads, HYB_MAX_HEADS},    {K_HEAD_DIM, c->head_dim, HYB_MAX_HEAD_DIM},
+        {K_VOCAB, c->vocab_size, HYB_MAX_VOCAB}, {K_SEQ, c->max_seq, HYB_MAX_SEQ},
     };
-    for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
-        if (pos[i].v <= 0)
-            return hyb_error_set(HYB_ERR_FORMAT, "%s: %s must be > 0, got %d", src, pos[i].what,
-                                 pos[i].v);
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+        if (dims[i].v <= 0 || dims[i].v > dims[i].max)
+            return hyb_error_set(HYB_ERR_FORMAT, "%s: %s = %d is out of range [1, %d]", src,
+                                 names[dims[i].k], dims[i].v, dims[i].max);
     if (c->n_heads % c->n_kv_heads != 0)
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: n_heads %d is not a multiple of n_kv_heads %d",
-                             src, c->n_heads, c->n_kv_heads);
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: %s %d is not a multiple of %s %d", src,
+                             names[K_HEADS], c->n_heads, names[K_KV], c->n_kv_heads);
     if (c->head_dim % 2 != 0)
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: head_dim %d must be even (RoPE)", src,
-                             c->head_dim);
-    if (!(c->norm_eps > 0) || !(c->rope_theta > 1))
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: bad norm_eps %g or rope_theta %g", src,
-                             c->norm_eps, c->rope_theta);
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: %s %d must be even (RoPE)", src,
+                             names[K_HEAD_DIM], c->head_dim);
+    if (!(c->norm_eps >= HYB_NORM_EPS_MIN && c->norm_eps <= HYB_NORM_EPS_MAX))
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: %s = %g is out of range [%g, %g]", src,
+                             names[K_EPS], c->norm_eps, HYB_NORM_EPS_MIN, HYB_NORM_EPS_MAX);
+    if (!(c->rope_theta > 1 && c->rope_theta <= HYB_ROPE_THETA_MAX))
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: %s = %g is out of range (1, %g]", src,
+                             names[K_THETA], c->rope_theta, HYB_ROPE_THETA_MAX);
     return HYB_OK;
 }
 
 static int hf_build(const char *src, const hf_plan *p, hyb_model **out);
 
 static int build_from_config(const char *src, const hyb_llama_config *c, hyb_model **out) {
-    HYB_TRY(check_config(src, c));
+    HYB_TRY(check_config(src, c, NULL));
     hf_plan p;
     int rc = llama_plan(c, src, &p);
     if (rc == HYB_OK) rc = hf_build(src, &p, out);
@@ -467,6 +492,10 @@ static int gguf_read_config(hyb_gguf *g, const char *path, hyb_llama_config *c) 
     uint64_t ntok = 0;
     hyb_gguf_vtype et;
     if (hyb_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &ntok) == HYB_OK && ntok > 0) {
+        if (ntok > HYB_MAX_VOCAB)
+            return hyb_error_set(HYB_ERR_FORMAT,
+                                 "%s: tokenizer.ggml.tokens has %llu entries (range [1, %d])", path,
+                                 (unsigned long long)ntok, HYB_MAX_VOCAB);
         c->vocab_size = (int)ntok;
     } else {
         hyb_error_clear();
@@ -478,12 +507,16 @@ static int gguf_read_config(hyb_gguf *g, const char *path, hyb_llama_config *c) 
             if (!ti)
                 return hyb_error_set(HYB_ERR_FORMAT, "%s: tensor 'token_embd.weight' is missing",
                                      path);
+            if (ti->shape[0] < 1 || ti->shape[0] > HYB_MAX_VOCAB)
+                return hyb_error_set(HYB_ERR_FORMAT,
+                                     "%s: token_embd.weight has %lld rows (range [1, %d])", path,
+                                     (long long)ti->shape[0], HYB_MAX_VOCAB);
             c->vocab_size = (int)ti->shape[0];
         }
     }
     c->tie_embeddings = hyb_gguf_find_tensor(g, "output.weight") < 0;
     c->attention_bias = hyb_gguf_find_tensor(g, "blk.0.attn_q.bias") >= 0;
-    return HYB_OK;
+    return check_config(path, c, GGUF_KEYS);
 }
 
 static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llama_config *c) {
@@ -726,7 +759,7 @@ static int config_from_json(const char *text, const char *path, hyb_llama_config
         c->max_seq = window;
     }
     if (strcmp(format, HYB_HF_APRIEL_H) == 0) c->attention_bias = 0; /* MistralDecoderLayer */
-    if ((rc = check_config(path, c)) != HYB_OK) goto out;
+    if ((rc = check_config(path, c, JSON_KEYS)) != HYB_OK) goto out;
     if (strcmp(format, HYB_HF_LLAMA) == 0) {
         rc = llama_plan(c, path, p);
     } else {

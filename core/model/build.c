@@ -3,6 +3,7 @@
  * device. The forward and the inference state are in forward.c; the layer map writer, clone,
  * checkpoints and the HF config.json export glue in io.c. */
 #include "hyb/model.h"
+#include "hyb/memplan.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -220,6 +221,16 @@ int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_mod
                                map->path, map->d_model, map->n_layers, map->vocab_size, map->d_ff);
         hyb_layermap_free(map);
         return rc;
+    }
+    { /* the parameters' bytes against the memory available, before allocating (hyb/memplan.h) */
+        uint64_t need;
+        int prc = hyb_mem_plan_weights(map, &need);
+        if (prc == HYB_OK) prc = hyb_mem_check(map->path, need, "f32 weights");
+        if (prc != HYB_OK) {
+            prc = hyb_error_wrap(prc, "hyb_model_build");
+            hyb_layermap_free(map);
+            return prc;
+        }
     }
     hyb_model *m = calloc(1, sizeof *m);
     if (!m) {

@@ -2,6 +2,7 @@
  * of training, prefill and decode), the full-sequence forward, and the inference state: kvstates,
  * prefill and the batched decode step. */
 #include "hyb/model.h"
+#include "hyb/memplan.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -76,6 +77,15 @@ int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
         return hyb_error_set(HYB_ERR_ARG,
                              "hyb_kvstate_new: n_seq (%d) and max_ctx (%d) must be positive", n_seq,
                              max_ctx);
+    { /* the state's bytes against the memory available, before allocating (hyb/memplan.h) */
+        uint64_t need;
+        char what[600], detail[96];
+        snprintf(what, sizeof what, "hyb_kvstate_new: the decode state of %s", m->map->path);
+        snprintf(detail, sizeof detail, "%d sequence%s of %d tokens", n_seq, n_seq > 1 ? "s" : "",
+                 max_ctx);
+        HYB_TRY(hyb_mem_plan_state(m, n_seq, max_ctx, &need));
+        HYB_TRY(hyb_mem_check(what, need, detail));
+    }
     hyb_kvstate *s = calloc(1, sizeof *s);
     if (!s) return hyb_error_set(HYB_ERR_NOMEM, "hyb_kvstate_new: out of memory");
     const hyb_backend *be = m->be ? m->be : hyb_backend_cpu();

@@ -75,6 +75,9 @@ struct hyb_tokenizer {
     int32_t bytefb_id[256]; /* <0xNN> tokens (-1 none) */
     int byte_fallback, ignore_merges, fuse_unk;
     int32_t unk_id, bos_id, eos_id, pad_id;
+    /* what encode puts for a character the vocabulary lacks: -1 drops it (HF's BPE without an
+     * unk_token). Never a control token: ordinary text must not become <|endoftext|>. */
+    int32_t enc_unk_id;
     tok_norm *norms;
     int n_norms;
     tok_pretok *pretoks;

@@ -243,7 +243,7 @@ hyb_tokenizer *tok_alloc(int32_t n_vocab) {
     }
     for (int32_t i = 0; i < n_vocab; i++)
         t->type[i] = HYB_TOKEN_UNUSED;
-    t->unk_id = t->bos_id = t->eos_id = t->pad_id = -1;
+    t->unk_id = t->bos_id = t->eos_id = t->pad_id = t->enc_unk_id = -1;
     return t;
 oom:
     hyb_error_set(HYB_ERR_NOMEM, "tokenizer: out of memory (vocab of %d)", (int)n_vocab);
@@ -588,6 +588,11 @@ hyb_tokenizer *hyb_tokenizer_new_bpe(const hyb_tokenizer_spec *spec) {
     for (int32_t i = 0; i < spec->n_vocab && rc == HYB_OK; i++) {
         const char *s = spec->vocab[i] ? spec->vocab[i] : "";
         int type = spec->token_types ? spec->token_types[i] : HYB_TOKEN_NORMAL;
+        if (type < HYB_TOKEN_NORMAL || type > HYB_TOKEN_BYTE) {
+            rc = hyb_error_set(HYB_ERR_ARG, "tokenizer spec: token %d has type %d (want 1-6)",
+                               (int)i, type);
+            break;
+        }
         rc = tok_set_token(t, i, s, strlen(s), type, 1);
         /* control, unknown and user-defined tokens are matched in text (HF: added tokens) */
         if (rc == HYB_OK && (type == HYB_TOKEN_CONTROL || type == HYB_TOKEN_UNKNOWN ||
@@ -614,6 +619,13 @@ hyb_tokenizer *hyb_tokenizer_new_bpe(const hyb_tokenizer_spec *spec) {
     if (rc != HYB_OK) goto fail;
     t->bos_id = spec->bos_id, t->eos_id = spec->eos_id, t->unk_id = spec->unk_id;
     t->pad_id = spec->pad_id;
+    /* A byte-level BPE (GGUF "gpt2") encodes with no unknown token, as HF does: SmolLM2's
+     * tokenizer.json has model.unk_token null, while its GGUF's unknown_token_id (0,
+     * <|endoftext|>) comes from tokenizer_config.json. A byte its vocabulary lacks (SmolLM2: 0x04,
+     * 0xf1, ...) is dropped, never turned into a special token. SPM keeps its <unk> (sentencepiece
+     * emits it), unless that id is a control token. */
+    t->enc_unk_id = spec->model == HYB_TOK_SPM ? spec->unk_id : -1;
+    if (t->enc_unk_id >= 0 && t->type[t->enc_unk_id] == HYB_TOKEN_CONTROL) t->enc_unk_id = -1;
     t->ignore_merges = spec->ignore_merges;
     if (spec->model == HYB_TOK_BYTE_LEVEL) {
         t->dec_mode = TOK_DEC_BYTE_LEVEL;
@@ -993,11 +1005,11 @@ static int bpe_word(const hyb_tokenizer *t, enc_state *s, const char *w, size_t 
             }
         }
         if (id < 0) {
-            if (t->unk_id >= 0) {
+            if (t->enc_unk_id >= 0) {
                 if (t->fuse_unk && last_unk) {
                     s->sym_len[ns - 1] += (int32_t)l;
                 } else {
-                    s->sym_id[ns] = t->unk_id, s->sym_len[ns++] = (int32_t)l;
+                    s->sym_id[ns] = t->enc_unk_id, s->sym_len[ns++] = (int32_t)l;
                 }
                 last_unk = 1;
             } /* no unk token: the character is dropped, as HF does */

@@ -142,7 +142,16 @@ hyb_tokenizer *hyb_tokenizer_from_gguf(const struct hyb_gguf *g) {
                                (unsigned long long)i);
                 goto done;
             }
-            types[i] = (int32_t)v;
+            /* llama.cpp's enum: 0 undefined (read as normal), 1 normal ... 6 byte */
+            if (v < 0 || v > HYB_TOKEN_BYTE) {
+                hyb_error_set(HYB_ERR_FORMAT,
+                              "%s: tokenizer.ggml.token_type[%llu] = %lld is not a token type "
+                              "(0-6: undefined, normal, unknown, control, user-defined, unused, "
+                              "byte)",
+                              path, (unsigned long long)i, (long long)v);
+                goto done;
+            }
+            types[i] = v == 0 ? HYB_TOKEN_NORMAL : (int32_t)v;
             if (v == HYB_TOKEN_BYTE) spec.byte_fallback = 1;
         }
     }

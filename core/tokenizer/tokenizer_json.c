@@ -22,6 +22,12 @@ typedef struct {
     hyb_tokenizer *t;
 } jctx;
 
+/* A token id: an integer (not 3.5) in [0, 1e8]. */
+static int is_id(const cJSON *v) {
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble <= 1e8 &&
+           v->valuedouble == (double)(int32_t)v->valuedouble;
+}
+
 static const char *jtype(const cJSON *o) {
     const cJSON *ty = cJSON_GetObjectItemCaseSensitive(o, "type");
     return cJSON_IsString(ty) ? ty->valuestring : NULL;
@@ -245,8 +251,8 @@ static int load_post(jctx *c, const cJSON *p) {
         const cJSON *cls = cJSON_GetObjectItemCaseSensitive(p, "cls");
         const cJSON *sep = cJSON_GetObjectItemCaseSensitive(p, "sep");
         const cJSON *ci = cJSON_GetArrayItem(cls, 1), *si = cJSON_GetArrayItem(sep, 1);
-        if (!cJSON_IsNumber(ci) || !cJSON_IsNumber(si))
-            return hyb_error_set(HYB_ERR_FORMAT, "%s: %s needs cls and sep [token, id]", c->name,
+        if (!is_id(ci) || !is_id(si))
+            return hyb_error_set(HYB_ERR_FORMAT, "%s: %s needs cls and sep [token, integer id]", c->name,
                                  ty);
         HYB_TRY(push_special(c, 1, (int32_t)ci->valueint));
         return push_special(c, 0, (int32_t)si->valueint);
@@ -270,8 +276,9 @@ static int load_post(jctx *c, const cJSON *p) {
                                      "no ids in special_tokens",
                                      c->name, name ? name : "(unnamed)");
             cJSON_ArrayForEach(idv, ids) {
-                if (!cJSON_IsNumber(idv))
-                    return hyb_error_set(HYB_ERR_FORMAT, "%s: post_processor: %s ids not numbers",
+                if (!is_id(idv))
+                    return hyb_error_set(HYB_ERR_FORMAT,
+                                         "%s: post_processor: %s ids are not integer ids",
                                          c->name, name);
                 HYB_TRY(push_special(c, !seen_a, (int32_t)idv->valueint));
             }
@@ -334,18 +341,22 @@ static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
     long maxid = -1;
     const cJSON *it;
     cJSON_ArrayForEach(it, vocab) {
-        if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > 1e8) {
-            hyb_error_set(HYB_ERR_FORMAT, "%s: model.vocab[\"%s\"] is not a valid id", c->name,
-                          it->string ? it->string : "");
+        if (!is_id(it)) {
+            hyb_error_set(HYB_ERR_FORMAT,
+                          "%s: model.vocab[\"%s\"] = %s is not a valid id (an integer in [0, "
+                          "1e8])",
+                          c->name, it->string ? it->string : "",
+                          cJSON_IsNumber(it) ? "a number" : "not a number");
             return NULL;
         }
         if (it->valueint > maxid) maxid = it->valueint;
     }
     cJSON_ArrayForEach(it, added) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
-        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble > 1e8 ||
-            !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(it, "content"))) {
-            hyb_error_set(HYB_ERR_FORMAT, "%s: added_tokens entry without a valid id and content",
+        if (!is_id(id) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(it, "content"))) {
+            hyb_error_set(HYB_ERR_FORMAT,
+                          "%s: added_tokens entry without a valid id (an integer in [0, 1e8]) and "
+                          "content",
                           c->name);
             return NULL;
         }
@@ -413,7 +424,7 @@ static hyb_tokenizer *load_root(jctx *c, const cJSON *root) {
                                c->name, unk);
             goto fail;
         }
-        t->unk_id = uid;
+        t->unk_id = t->enc_unk_id = uid; /* HF emits model.unk_token for what the vocab lacks */
     }
     if ((rc = load_normalizer(c, cJSON_GetObjectItemCaseSensitive(root, "normalizer"),
                               "normalizer")) ||
@@ -445,6 +456,28 @@ hyb_tokenizer *hyb_tokenizer_load_json_mem(const char *json, size_t len, const c
         return NULL;
     }
     jctx c = {name ? name : "tokenizer.json", NULL};
+    /* A \u0000 escape: cJSON would cut the string there (a token "a\u0000b" would read as "a");
+     * no real tokenizer has a NUL in a token, so say where it is. Only strings hold backslashes. */
+    for (size_t i = 0; i + 5 < len; i++) {
+        if (json[i] != '\\') continue;
+        if (json[i + 1] == 'u' && !memcmp(json + i + 2, "0000", 4)) {
+            int line, col;
+            line_col(json, len, json + i, &line, &col);
+            hyb_error_set(HYB_ERR_FORMAT,
+                          "%s:%d:%d: a string holds \\u0000 (a NUL byte); tokens and keys "
+                          "with NUL bytes are not supported",
+                          c.name, line, col);
+            return NULL;
+        }
+        i++; /* skip the escaped character (\\ too) */
+    }
+    const char *nul = memchr(json, 0, len);
+    if (nul) {
+        int line, col;
+        line_col(json, len, nul, &line, &col);
+        hyb_error_set(HYB_ERR_FORMAT, "%s:%d:%d: a NUL byte in the JSON text", c.name, line, col);
+        return NULL;
+    }
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!root) {

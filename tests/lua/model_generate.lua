@@ -34,6 +34,11 @@ local prompt_ids = ids_of(json:match('"ids": %[%s*%[([%d,%s]+)%]'))
 local greedy_ids = ids_of(json:match('"greedy": {.-"ids": %[([%d,%s]+)%]'))
 local prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 
+-- max_ctx past the model's max_seq (8192) is refused with the range (issue 19)
+do
+  local ok, err = pcall(hyb.llm, path, {max_ctx = 8193})
+  check(not ok and tostring(err):find("max_seq 8192", 1, true), "max_ctx 8193: " .. tostring(err))
+end
 local llm = hyb.llm(path, {max_ctx = 128})
 check(llm:vocab_size() == 49152 and llm:max_ctx() == 128, "vocab/max_ctx")
 check(llm:eos() == 2, "eos id " .. tostring(llm:eos()))

@@ -1,5 +1,7 @@
 -- tests/lua/test_cli.lua: the hyb command line, driven through io.popen: exit codes, the error
--- message + traceback of a failing script, script arguments, and the shipped-script wrapper.
+-- message of a failing script (the traceback only with --verbose / HYB_VERBOSE=1), script
+-- arguments, the shipped-script wrapper, every shipped command's --help, and flag values outside
+-- their ranges refused with the range and without a traceback.
 -- Run: hyb run tests/lua/test_cli.lua
 local H = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/harness.lua")
 
@@ -24,6 +26,13 @@ outer_fn()
   local out, code = H.sh(HYB .. " run " .. H.quote(script))
   H.eq(code, 1, "exit status")
   H.check(out:find("hyb: " .. script .. ":1: deliberate failure 42", 1, true), "message with file:line: " .. out)
+  H.check(not out:find("stack traceback:", 1, true), "no traceback without --verbose: " .. out)
+  out, code = H.sh(HYB .. " --verbose run " .. H.quote(script))
+  H.eq(code, 1, "exit status with --verbose")
+  H.check(out:find("stack traceback:", 1, true) and out:find("inner_fn", 1, true), "hyb --verbose: traceback: " .. out)
+  out, code = H.sh("HYB_VERBOSE=1 " .. HYB .. " run " .. H.quote(script))
+  H.eq(code, 1, "exit status with HYB_VERBOSE=1")
+  H.check(out:find("hyb: " .. script .. ":1: deliberate failure 42", 1, true), "message with file:line: " .. out)
   H.check(out:find("stack traceback:", 1, true), "traceback present")
   H.check(out:find("inner_fn", 1, true) and out:find("outer_fn", 1, true), "traceback names the functions")
   H.check(out:find(script .. ":3: in main chunk", 1, true), "traceback reaches the main chunk")
@@ -32,7 +41,7 @@ end)
 H.run("error in a binding: script location and C frame", function()
   local script = tmp .. "/badarg.lua"
   write(script, "local x = 1\nlocal t = hyb.tensor({2, -3})\n")
-  local out, code = H.sh(HYB .. " run " .. H.quote(script))
+  local out, code = H.sh("HYB_VERBOSE=1 " .. HYB .. " run " .. H.quote(script))
   H.eq(code, 1, "exit status")
   H.check(out:find(script .. ":2: hyb.tensor: shape entry 2 must be a positive integer, got -3", 1, true),
     "binding error names the script line: " .. out)
@@ -74,7 +83,7 @@ H.run("Ctrl-C stops a script with a traceback", function()
   -- wait until the script runs (its handler is installed by then), then send SIGINT
   local log = tmp .. "/interrupt.log"
   local code = "io.write('ready\\n') io.flush() local x = 0 while true do x = x + 1 end"
-  local cmd = "( " .. HYB .. " run -e " .. H.quote(code) .. " > " .. H.quote(log) .. " 2>&1 & pid=$!; " ..
+  local cmd = "( HYB_VERBOSE=1 " .. HYB .. " run -e " .. H.quote(code) .. " > " .. H.quote(log) .. " 2>&1 & pid=$!; " ..
     "for i in $(seq 200); do grep -q ready " .. H.quote(log) .. " && break; sleep 0.1; done; " ..
     "kill -INT $pid; wait $pid; echo \"status $?\"; cat " .. H.quote(log) .. " )"
   local out = H.sh(cmd)
@@ -124,6 +133,53 @@ H.run("shipped-script wrapper", function()
   H.check(out:find("hello", 1, true), "help lists the shipped scripts")
   out, code = H.sh(env .. HYB .. " nosuchscript")
   H.eq(code, 2, "missing shipped script is an unknown command")
+end)
+
+-- issue 19: `hyb run scripts/bench_cpu.lua --help` crashed, and usage mistakes printed tracebacks
+H.run("every shipped command takes --help", function()
+  local src = os.getenv("HYB_SOURCE_DIR") or "."
+  local p = assert(io.popen("ls " .. H.quote(src .. "/scripts")))
+  local n = 0
+  for f in p:lines() do
+    local name = f:match("^(.+)%.lua$")
+    if name and not name:match("lib$") then
+      n = n + 1
+      for _, how in ipairs({" " .. name, " run " .. H.quote(src .. "/scripts/" .. f)}) do
+        local out, code = H.sh(HYB .. how .. " --help")
+        H.eq(code, 0, "hyb" .. how .. " --help: exit status")
+        H.check(out:find("usage: hyb " .. name, 1, true), "hyb" .. how .. " --help prints its usage: " .. out)
+        H.check(not out:find("stack traceback", 1, true), "hyb" .. how .. " --help: no traceback")
+      end
+    end
+  end
+  p:close()
+  H.check(n >= 10, "found the shipped scripts: " .. n)
+end)
+
+H.run("flag values outside their ranges are refused with the range", function()
+  local cases = {
+    {"generate --top-p 2 hi", "--top-p must be in (0, 1], got 2"},
+    {"generate --temperature -1 hi", "--temperature must be in [0, 100], got -1"},
+    {"generate --max-tokens 0 hi", "--max-tokens must be in [1, 16777216], got 0"},
+    {"generate --top-k x hi", "--top-k must be an integer, got 'x'"},
+    {"chat --repetition-penalty 0", "--repetition-penalty must be in (0, 100], got 0"},
+    {"teacher_data --out x --top-p 1.5", "--top-p must be in (0, 1], got 1.5"},
+    {"importance --batch 0 --teacher t --data d", "--batch must be in [1, 65536], got 0"},
+    {"eval --val-fraction 2 --teacher t --data d", "--val-fraction must be in (0, 1], got 2"},
+    {"mil_check --seq-len 2.5", "--seq-len needs an integer"},
+    {"eval --nope", "unknown option --nope"},
+    {"bench --reps 0", "--reps must be >= 1"},
+    {"bench_cpu --bogus", "unknown option --bogus"},
+    {"distill --bogus", "unknown option --bogus"},
+    {"samples tok 0 m", "N must be an integer in [1, 16777216], got '0'"},
+  }
+  for _, c in ipairs(cases) do
+    local out, code = H.sh(HYB .. " " .. c[1])
+    H.eq(code, 2, "hyb " .. c[1] .. ": exit status 2")
+    H.check(out:find(c[2], 1, true), "hyb " .. c[1] .. ": names the flag and range: " .. out)
+    H.check(out:find("usage: hyb", 1, true), "hyb " .. c[1] .. ": usage line")
+    H.check(not out:find("stack traceback", 1, true), "hyb " .. c[1] .. ": no traceback")
+  end
 end)
 
 H.rmdir(tmp)

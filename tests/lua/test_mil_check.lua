@@ -47,9 +47,10 @@ H.run("mil_check rows before and after training", function()
 
   local bad, err = sh(base .. " --gen -3", tmp .. "/bad.txt")
   H.check(not bad, "--gen -3 fails")
-  H.check(err:find("--gen must be >= 0", 1, true) ~= nil, "names the option: " .. err)
+  H.check(err:find("--gen must be in [0, 16777216], got -3", 1, true) ~= nil, "names the option and range: " .. err)
   bad, err = sh(base .. " --gen 1.5", tmp .. "/bad2.txt")
-  H.check(not bad and err:find("--gen must be an integer", 1, true) ~= nil, "non-integer --gen: " .. err)
+  H.check(not bad and err:find("--gen needs an integer", 1, true) ~= nil, "non-integer --gen: " .. err)
+  H.check(not err:find("stack traceback", 1, true), "no traceback for a usage error: " .. err)
   os.execute("rm -rf '" .. tmp .. "'")
 end)
 

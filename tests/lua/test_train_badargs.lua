@@ -72,5 +72,29 @@ H.run("still usable", function()
   ok, err = pcall(tr.lr_scale, tr, "*", 0 / 0)
   H.check(not ok and err:find("trainer:lr_scale", 1, true) ~= nil, tostring(err))
 end)
+-- every numeric trainer option has a stated range, checked before it becomes a float (issue 19:
+-- 1e300 used to turn into an infinite learning rate)
+H.run("trainer options outside their ranges", function()
+  local cases = {
+    {{lr = 1e300}, "option 'lr' must be in [0, 10], got 1e+300"},
+    {{lr = -1}, "option 'lr' must be in [0, 10], got -1"},
+    {{min_lr = 0 / 0}, "option 'min_lr' must be a finite number"},
+    {{min_lr = 11}, "option 'min_lr' must be in [0, 10], got 11"},
+    {{weight_decay = 1e300}, "option 'weight_decay' must be in [0, 10], got 1e+300"},
+    {{eps = 0}, "option 'eps' must be in (0, 1], got 0"},
+    {{clip = -1}, "option 'clip' must be in [0, 1e+06], got -1"},
+    {{temperature = 1e300}, "option 'temperature' must be in (0, 100], got 1e+300"},
+    {{betas = {0.9, 1}}, "betas must be in [0, 1), got {0.9, 1}"},
+    {{steps = math.maxinteger}, "steps"},
+    {{loss = "mix", weights = {rkl = 1e300}}, "option 'rkl' must be in [0, 1000], got 1e+300"},
+  }
+  for _, c in ipairs(cases) do
+    c[1].teacher = model
+    local ok, err = pcall(hyb.train.trainer, other, c[1])
+    H.check(not ok and tostring(err):find(c[2], 1, true) ~= nil, c[2] .. ": " .. tostring(err))
+  end
+  local ok, err = pcall(hyb.train.lr, 0, {lr = 1e300})
+  H.check(not ok and tostring(err):find("hyb.train.lr: option 'lr' must be in [0, 10]", 1, true) ~= nil, tostring(err))
+end)
 os.remove(tmp)
 os.exit(H.done())

@@ -9,7 +9,9 @@
  * closed and renamed over the target, and then the directory is fsync'ed. A reader therefore sees
  * either the old file or the complete new one; a killed or failed run leaves no half-written
  * target behind (at worst a stale "*.tmp.*" file after a kill -9, never under the target's name).
- * On any failure, hyb_atomic_abort / a failing hyb_atomic_commit remove the temporary file.
+ * On any failure, hyb_atomic_abort / a failing hyb_atomic_commit remove the temporary file. What a
+ * kill -9 leaves is removed by the next hyb_atomic_open in that directory (and by a resume,
+ * hyb_trainer_load): hyb_atomic_clean_stale.
  */
 #ifndef HYB_ATOMIC_H
 #define HYB_ATOMIC_H
@@ -34,6 +36,11 @@ uint64_t hyb_atomic_size(const hyb_atomic_file *f);
 int hyb_atomic_commit(hyb_atomic_file *f);
 /* Close and remove the temporary file; frees f. NULL is a no-op. */
 void hyb_atomic_abort(hyb_atomic_file *f);
+/* Remove the temporaries "<name>.tmp.<pid>.<n>" (regular files) in dir whose process no longer
+ * exists (kill(pid, 0) fails with ESRCH); never this process's nor a live one's. Returns how many
+ * were removed, or HYB_ERR_IO when dir cannot be listed. Called by hyb_atomic_open for the
+ * target's directory and by hyb_trainer_load for the checkpoint's. */
+int hyb_atomic_clean_stale(const char *dir);
 
 /* Whole-file helpers. fn writes the content through hyb_atomic_write and returns HYB_OK or a
  * negative status; on a negative status nothing is renamed and the temporary file is removed. */

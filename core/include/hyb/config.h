@@ -83,6 +83,21 @@ int hyb_cfg_verror(const hyb_cfg_table *t, const char *key, const char *fmt, va_
 
 #define HYB_MAX_MIXERS 32
 
+/* The stated range of every model hyper-parameter, whichever file it comes from (a layer map's
+ * [model], a config.json, GGUF metadata); anything outside is refused with the file and key.
+ * Integers are inclusive [1, max]; norm_eps in [HYB_NORM_EPS_MIN, HYB_NORM_EPS_MAX]; rope_theta
+ * in (1, HYB_ROPE_THETA_MAX] (checked by the mha plugin for layer maps). */
+#define HYB_MAX_D_MODEL 65536
+#define HYB_MAX_LAYERS 1024
+#define HYB_MAX_VOCAB (1 << 24)
+#define HYB_MAX_D_FF (1 << 20)
+#define HYB_MAX_SEQ (1 << 24)
+#define HYB_MAX_HEADS 1024
+#define HYB_MAX_HEAD_DIM 1024
+#define HYB_NORM_EPS_MIN 1e-12
+#define HYB_NORM_EPS_MAX 0.1
+#define HYB_ROPE_THETA_MAX 1e12
+
 typedef struct hyb_mixer_spec {
     char name[64];              /* key under [mixers], e.g. "attn" */
     char type[64];              /* plugin name, e.g. "mha" */

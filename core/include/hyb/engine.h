@@ -72,7 +72,7 @@ extern "C" {
 
 typedef struct hyb_engine_opts {
     int slots;              /* S sequences decoded together (kvstate n_seq) */
-    int max_ctx;            /* tokens per slot (prompt + generated); 0: the map's max_seq */
+    int max_ctx;            /* tokens per slot, at most the map's max_seq (0: max_seq) */
     int prefill_chunk;      /* prompt tokens prefilled per step over all requests; 0: no limit */
     int prefix_block;       /* automatic prefix caching block size in tokens; 0: off */
     int max_prefix_entries; /* cached snapshots kept (LRU); default 16 */

@@ -30,10 +30,10 @@ extern "C" {
 #endif
 
 typedef struct hyb_sampler_params {
-    float temperature;        /* <= 0: greedy */
-    int top_k;                /* 0: off */
-    float top_p;              /* >= 1 (or <= 0): off */
-    float repetition_penalty; /* 1: off; must be > 0 */
+    float temperature;        /* [0, 100]; 0: greedy */
+    int top_k;                /* >= 0; 0: off */
+    float top_p;              /* [0, 1]; 1 (or 0): off */
+    float repetition_penalty; /* (0, 100]; 1: off */
 } hyb_sampler_params;
 
 typedef struct hyb_sampler {
@@ -47,8 +47,8 @@ typedef struct hyb_sampler {
 
 /* Greedy: temperature 0, top_k 0, top_p 1, repetition_penalty 1. */
 hyb_sampler_params hyb_sampler_defaults(void);
-/* Validates p (temperature finite, top_k >= 0, top_p finite, penalty > 0): HYB_ERR_ARG naming
- * the field and value. */
+/* Validates p against the ranges above (a negative temperature or a top_p of 2 is an error, not
+ * "off"): HYB_ERR_ARG naming the field, its range and the value. */
 int hyb_sampler_new(int V, const hyb_sampler_params *p, uint64_t seed, hyb_sampler **out);
 void hyb_sampler_free(hyb_sampler *s);
 void hyb_sampler_reseed(hyb_sampler *s, uint64_t seed);
