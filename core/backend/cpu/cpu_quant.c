@@ -1,0 +1,544 @@
+/* core/backend/cpu/cpu_quant.c: y = x W^T from GGUF blocks (see cpu_quant.h).
+ *
+ * Block layouts (GGUF, as core/io/dequant.c documents them): Q8_0 = d:f16, qs:i8[32];
+ * Q4_0 = d:f16, qs[16] (byte j: element j in the low nibble, element j + 16 in the high), value
+ * d * (nibble - 8); Q4_1 = d:f16, m:f16, qs[16], value d * nibble + m.
+ *
+ * Lanes. Every kernel keeps 8 f32 partial sums ("lanes") and reduces them at the end in one fixed
+ * order, ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), which is what the AVX2 reduction
+ * computes; the scalar kernels walk the same lanes with fmaf where the AVX2 code fuses, so both
+ * round identically. This file is compiled without FP contraction (the pragma below) so that the
+ * compiler cannot fuse what the source does not.
+ *   PRECISE: vector k of a block holds elements 8k..8k+7, so lane l accumulates elements 8k + l;
+ *            per block t = w0 x0 (mul), t += w1 x1, w2 x2, w3 x3 (fma), lane += t * d (fma).
+ *   FAST:    maddubs + madd give lane l the exact integer sum of elements 4l..4l+3, which is why
+ *            activation scales can be per 4 values at no cost: lane += isum * (s_l * d) (fma).
+ * Q4_1's offset m * sum(x) is accumulated per block in a separate scalar (fmaf in both).
+ */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "backend/cpu/cpu_quant.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HYB_QUANT_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
+#include "backend/cpu/cpu.h"
+
+#define QK 32
+
+typedef enum { T_Q8_0 = 0, T_Q4_0, T_Q4_1, T_COUNT } qtype;
+
+static int qtype_of(hyb_dtype t) {
+    switch (t) {
+    case HYB_Q8_0:
+        return T_Q8_0;
+    case HYB_Q4_0:
+        return T_Q4_0;
+    case HYB_Q4_1:
+        return T_Q4_1;
+    default:
+        return -1;
+    }
+}
+
+static const int BLOCK_BYTES[T_COUNT] = {34, 18, 20};
+
+int hyb_quant_supported(hyb_dtype t) {
+    return qtype_of(t) >= 0;
+}
+
+int64_t hyb_quant_row_bytes(hyb_dtype t, int64_t K) {
+    return K / hyb_dtype_block_elems(t) * hyb_dtype_block_bytes(t);
+}
+
+/* ---- the activation row handed to a dot kernel ------------------------------------------------*/
+
+typedef struct xrow {
+    const float *x;    /* PRECISE/EMUL: the f32 row */
+    const int8_t *q;   /* FAST: int8 row */
+    const float *s;    /* FAST: K/4 lane scales */
+    const float *xsum; /* K/32 per-block sums of the f32 row (Q4_1's offset term) */
+} xrow;
+
+typedef float (*dot_fn)(const uint8_t *w, const xrow *xr, int nb);
+
+static inline uint16_t ld16(const uint8_t *p) {
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static inline float hsum8(const float a[8]) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/* ---- portable scalar kernels ------------------------------------------------------------------*/
+
+/* element e of a 4-bit block (nibble, 0..15) */
+static inline int nib(const uint8_t *qs, int e) {
+    return e < 16 ? (qs[e] & 0x0F) : (qs[e - 16] >> 4);
+}
+
+static float dot_p_q8_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 34) {
+        const float d = hyb_f16_to_f32(ld16(w));
+        const int8_t *q = (const int8_t *)(w + 2);
+        const float *x = xr->x + (int64_t)b * QK;
+        for (int l = 0; l < 8; l++) {
+            float t = (float)q[l] * x[l];
+            t = fmaf((float)q[8 + l], x[8 + l], t);
+            t = fmaf((float)q[16 + l], x[16 + l], t);
+            t = fmaf((float)q[24 + l], x[24 + l], t);
+            acc[l] = fmaf(t, d, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_p_q4_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 18) {
+        const float d = hyb_f16_to_f32(ld16(w));
+        const uint8_t *qs = w + 2;
+        const float *x = xr->x + (int64_t)b * QK;
+        for (int l = 0; l < 8; l++) {
+            float t = (float)(nib(qs, l) - 8) * x[l];
+            t = fmaf((float)(nib(qs, 8 + l) - 8), x[8 + l], t);
+            t = fmaf((float)(nib(qs, 16 + l) - 8), x[16 + l], t);
+            t = fmaf((float)(nib(qs, 24 + l) - 8), x[24 + l], t);
+            acc[l] = fmaf(t, d, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_p_q4_1_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 20) {
+        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
+        const uint8_t *qs = w + 4;
+        const float *x = xr->x + (int64_t)b * QK;
+        for (int l = 0; l < 8; l++) {
+            float t = (float)nib(qs, l) * x[l];
+            t = fmaf((float)nib(qs, 8 + l), x[8 + l], t);
+            t = fmaf((float)nib(qs, 16 + l), x[16 + l], t);
+            t = fmaf((float)nib(qs, 24 + l), x[24 + l], t);
+            acc[l] = fmaf(t, d, acc[l]);
+        }
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum8(acc) + sm;
+}
+
+static float dot_f_q8_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 34) {
+        const float d = hyb_f16_to_f32(ld16(w));
+        const int8_t *q = (const int8_t *)(w + 2), *xq = xr->q + (int64_t)b * QK;
+        const float *s = xr->s + (int64_t)b * 8;
+        for (int l = 0; l < 8; l++) {
+            int32_t i = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                i += (int32_t)q[j] * xq[j];
+            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_f_q4_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 18) {
+        const float d = hyb_f16_to_f32(ld16(w));
+        const uint8_t *qs = w + 2;
+        const int8_t *xq = xr->q + (int64_t)b * QK;
+        const float *s = xr->s + (int64_t)b * 8;
+        for (int l = 0; l < 8; l++) {
+            int32_t i = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                i += (nib(qs, j) - 8) * xq[j];
+            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_f_q4_1_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 20) {
+        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
+        const uint8_t *qs = w + 4;
+        const int8_t *xq = xr->q + (int64_t)b * QK;
+        const float *s = xr->s + (int64_t)b * 8;
+        for (int l = 0; l < 8; l++) {
+            int32_t i = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                i += nib(qs, j) * xq[j];
+            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
+        }
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum8(acc) + sm;
+}
+
+/* ---- AVX2 + FMA + F16C kernels ----------------------------------------------------------------*/
+
+#ifdef HYB_QUANT_X86
+#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
+
+AVX2_FN static inline float hsum_avx(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); /* l_i + l_i+4 */
+    __m128 h = _mm_add_ps(a, _mm_movehl_ps(a, a));                                 /* a0+a2, a1+a3 */
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
+/* 16 bytes of nibbles -> 32 bytes, byte e = element e */
+AVX2_FN static inline __m256i unpack_nibbles(const uint8_t *qs) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    __m128i v = _mm_loadu_si128((const __m128i *)qs);
+    __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+    return _mm256_set_m128i(hi, lo);
+}
+
+/* bytes (u8 or i8 as `sgn`) of a 32-byte vector -> 4 f32 vectors of elements 8k..8k+7 */
+#define BYTES_TO_PS(v, sgn, w0, w1, w2, w3)                                                        \
+    do {                                                                                           \
+        __m128i lo_ = _mm256_castsi256_si128(v), hi_ = _mm256_extracti128_si256(v, 1);             \
+        w0 = _mm256_cvtepi32_ps(_mm256_cvtep##sgn##8_epi32(lo_));                                  \
+        w1 = _mm256_cvtepi32_ps(_mm256_cvtep##sgn##8_epi32(_mm_srli_si128(lo_, 8)));               \
+        w2 = _mm256_cvtepi32_ps(_mm256_cvtep##sgn##8_epi32(hi_));                                  \
+        w3 = _mm256_cvtepi32_ps(_mm256_cvtep##sgn##8_epi32(_mm_srli_si128(hi_, 8)));               \
+    } while (0)
+
+AVX2_FN static inline __m256 block_t(const float *x, __m256 w0, __m256 w1, __m256 w2, __m256 w3) {
+    __m256 t = _mm256_mul_ps(w0, _mm256_loadu_ps(x));
+    t = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), t);
+    t = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), t);
+    return _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), t);
+}
+
+AVX2_FN static float dot_p_q8_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, w += 34) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        __m256i v = _mm256_loadu_si256((const __m256i *)(w + 2));
+        __m256 w0, w1, w2, w3;
+        BYTES_TO_PS(v, i, w0, w1, w2, w3);
+        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_p_q4_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(8);
+    for (int b = 0; b < nb; b++, w += 18) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        __m256i v = _mm256_sub_epi8(unpack_nibbles(w + 2), off);
+        __m256 w0, w1, w2, w3;
+        BYTES_TO_PS(v, i, w0, w1, w2, w3);
+        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_p_q4_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 20) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        const float m = _cvtsh_ss(ld16(w + 2));
+        __m256i v = unpack_nibbles(w + 4);
+        __m256 w0, w1, w2, w3;
+        BYTES_TO_PS(v, u, w0, w1, w2, w3);
+        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum_avx(acc) + sm;
+}
+
+/* lane l = sum of the 4 products of bytes 4l..4l+3; a: unsigned bytes, b: signed */
+AVX2_FN static inline __m256 lanes_us(__m256i a, __m256i b) {
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
+}
+/* the same for two signed byte vectors: |a| * (b with a's sign) */
+AVX2_FN static inline __m256 lanes_ss(__m256i a, __m256i b) {
+    return lanes_us(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+}
+
+AVX2_FN static float dot_f_q8_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, w += 34) {
+        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
+                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
+        __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
+        acc = _mm256_fmadd_ps(lanes_ss(wv, xv), sc, acc);
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_f_q4_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(8);
+    for (int b = 0; b < nb; b++, w += 18) {
+        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
+                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
+        __m256i wv = _mm256_sub_epi8(unpack_nibbles(w + 2), off);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
+        acc = _mm256_fmadd_ps(lanes_ss(wv, xv), sc, acc);
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_f_q4_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 20) {
+        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
+                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
+        const float m = _cvtsh_ss(ld16(w + 2));
+        __m256i wv = unpack_nibbles(w + 4);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
+        acc = _mm256_fmadd_ps(lanes_us(wv, xv), sc, acc);
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum_avx(acc) + sm;
+}
+#endif
+
+/* ---- dispatch ---------------------------------------------------------------------------------*/
+
+typedef struct kernels {
+    dot_fn precise[T_COUNT], fast[T_COUNT];
+} kernels;
+
+static const kernels K_SCALAR = {{dot_p_q8_0_sc, dot_p_q4_0_sc, dot_p_q4_1_sc},
+                                 {dot_f_q8_0_sc, dot_f_q4_0_sc, dot_f_q4_1_sc}};
+#ifdef HYB_QUANT_X86
+static const kernels K_AVX2 = {{dot_p_q8_0_avx2, dot_p_q4_0_avx2, dot_p_q4_1_avx2},
+                               {dot_f_q8_0_avx2, dot_f_q4_0_avx2, dot_f_q4_1_avx2}};
+#endif
+
+int hyb_quant_have_avx2(void) {
+#ifdef HYB_QUANT_X86
+    static int cached = -1;
+    if (cached < 0) {
+        unsigned a, b, c, d;
+        int ok = 0;
+        if (__get_cpuid(1, &a, &b, &c, &d)) {
+            const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1,
+                      f16c = (c >> 29) & 1;
+            if (osxsave && avx && fma && f16c) {
+                unsigned lo, hi;
+                __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+                if ((lo & 6) == 6 && __get_cpuid_count(7, 0, &a, &b, &c, &d)) ok = (b >> 5) & 1;
+            }
+        }
+        cached = ok;
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+/* ---- settings ---------------------------------------------------------------------------------*/
+
+static hyb_quant_config g_cfg;
+static int g_cfg_init;
+
+const char *hyb_quant_mode_name(hyb_quant_mode m) {
+    static const char *N[] = {"off", "precise", "fast", "emul"};
+    return (unsigned)m < 4 ? N[m] : "?";
+}
+
+int hyb_quant_parse(const char *mode, const char *act, hyb_quant_config *c) {
+    hyb_quant_config r = {HYB_QUANT_OFF, 4, 0, HYB_QISA_AUTO};
+    if (mode && *mode) {
+        int found = 0;
+        for (int i = 0; i < 4 && !found; i++)
+            if (!strcasecmp(mode, hyb_quant_mode_name((hyb_quant_mode)i))) {
+                r.mode = (hyb_quant_mode)i;
+                found = 1;
+            }
+        if (!found)
+            return hyb_error_set(HYB_ERR_ARG, "HYB_QUANT='%s': expected off, precise, fast or emul",
+                                 mode);
+    }
+    if (act && *act) {
+        char *end;
+        long gsz = (act[0] == 'g' || act[0] == 'G') ? strtol(act + 1, &end, 10) : 0;
+        if (gsz != 4 && gsz != 8 && gsz != 16 && gsz != 32)
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "HYB_QUANT_ACT='%s': expected g4, g8, g16 or g32, optionally "
+                                 "followed by h (f16 scales)",
+                                 act);
+        if (*end == 'h' || *end == 'H') r.f16_scale = 1, end++;
+        if (*end)
+            return hyb_error_set(HYB_ERR_ARG, "HYB_QUANT_ACT='%s': trailing '%s'", act, end);
+        r.group = (int)gsz;
+    }
+    *c = r;
+    return HYB_OK;
+}
+
+hyb_quant_config hyb_quant_get(void) {
+    if (!g_cfg_init) {
+        hyb_quant_config c;
+        if (hyb_quant_parse(getenv("HYB_QUANT"), getenv("HYB_QUANT_ACT"), &c) != HYB_OK) {
+            hyb_log(HYB_LOG_WARN, "%s; quantized compute is off", hyb_error());
+            c = (hyb_quant_config){HYB_QUANT_OFF, 4, 0, HYB_QISA_AUTO};
+        }
+        const char *isa = getenv("HYB_QUANT_ISA");
+        if (isa && !strcasecmp(isa, "scalar")) c.isa = HYB_QISA_SCALAR;
+        g_cfg = c;
+        g_cfg_init = 1;
+    }
+    return g_cfg;
+}
+
+void hyb_quant_set(const hyb_quant_config *c) {
+    g_cfg = *c;
+    g_cfg_init = 1;
+}
+
+/* ---- activations ------------------------------------------------------------------------------*/
+
+void hyb_quant_act_row(const float *x, int K, int group, int f16_scale, int8_t *q, float *scale) {
+    for (int g0 = 0; g0 < K; g0 += group) {
+        float amax = 0.0f;
+        for (int e = g0; e < g0 + group; e++)
+            amax = fmaxf(amax, fabsf(x[e]));
+        float s = amax / 127.0f;
+        if (f16_scale) s = hyb_f16_to_f32(hyb_f32_to_f16(s));
+        for (int e = g0; e < g0 + group; e++) {
+            float r = s > 0.0f ? roundf(x[e] / s) : 0.0f;
+            q[e] = (int8_t)(r > 127.0f ? 127 : r < -127.0f ? -127 : (int)r);
+        }
+        for (int l = g0 / 4; l < (g0 + group) / 4; l++)
+            scale[l] = s;
+    }
+}
+
+static void block_sums(const float *x, int K, float *xsum) {
+    for (int b = 0; b < K / QK; b++) {
+        float s = 0.0f;
+        for (int e = 0; e < QK; e++)
+            s += x[b * QK + e];
+        xsum[b] = s;
+    }
+}
+
+/* ---- matmul -----------------------------------------------------------------------------------*/
+
+/* Weight rows decoded per sgemm tile (M > HYB_QUANT_GEMV_MAX_M): about 256 KiB of f32. */
+static int tile_rows(int K) {
+    int r = (65536 / K) & ~15;
+    return r < 16 ? 16 : r;
+}
+
+static int matmul_tiled(hyb_dtype wt, const uint8_t *W, int64_t rb, const float *x, float *y,
+                        int M, int N, int K, int par) {
+    const int TR = tile_rows(K);
+    const int ntiles = (N + TR - 1) / TR;
+    int failed = 0;
+#pragma omp parallel if (par)
+    {
+        float *buf = malloc((size_t)TR * (size_t)K * sizeof *buf);
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int t = 0; t < ntiles; t++) {
+            if (!buf) continue;
+            const int n0 = t * TR, nn = N - n0 < TR ? N - n0 : TR;
+            hyb_dequantize(wt, W + (int64_t)n0 * rb, buf, (int64_t)nn * K);
+            hyb_cpu_sgemm(0, 1, M, nn, K, 1.0f, x, K, buf, K, 0.0f, y + n0, N);
+        }
+        free(buf);
+    }
+    return failed ? hyb_error_set(HYB_ERR_NOMEM, "quantized matmul: out of memory for a tile")
+                  : HYB_OK;
+}
+
+int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, int M, int N,
+                         int K, const hyb_quant_config *c) {
+    const int qt = qtype_of(wt);
+    if (qt < 0)
+        return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                             "quantized matmul: weight type %s is not supported (supported: "
+                             "q8_0 q4_0 q4_1)",
+                             hyb_dtype_name(wt));
+    if (M < 0 || N < 0 || K < 0 || K % QK)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "quantized matmul: bad shape M=%d N=%d K=%d (K must be a multiple "
+                             "of %d)",
+                             M, N, K, QK);
+    if (M == 0 || N == 0) return HYB_OK;
+    if (K == 0) {
+        memset(y, 0, (size_t)M * (size_t)N * sizeof *y);
+        return HYB_OK;
+    }
+    const kernels *kt = &K_SCALAR;
+    if (c->isa == HYB_QISA_AVX2 && !hyb_quant_have_avx2())
+        return hyb_error_set(HYB_ERR_UNSUPPORTED, "quantized matmul: this CPU lacks AVX2/FMA/F16C");
+#ifdef HYB_QUANT_X86
+    if (c->isa != HYB_QISA_SCALAR && hyb_quant_have_avx2()) kt = &K_AVX2;
+#endif
+    const int64_t rb = (int64_t)(K / QK) * BLOCK_BYTES[qt];
+    const int nb = K / QK;
+    const int par = !omp_in_parallel() && omp_get_max_threads() > 1 &&
+                    (double)M * N * K >= (double)(1 << 18);
+    if (M > HYB_QUANT_GEMV_MAX_M) return matmul_tiled(wt, W, rb, x, y, M, N, K, par);
+
+    /* prepare the activation rows */
+    const int fast = c->mode == HYB_QUANT_FAST, emul = c->mode == HYB_QUANT_EMUL;
+    const size_t MK = (size_t)M * (size_t)K;
+    float *xsum = malloc((size_t)M * (size_t)nb * sizeof *xsum);
+    float *xe = emul ? malloc(MK * sizeof *xe) : NULL;
+    int8_t *q = (fast || emul) ? malloc(MK) : NULL;
+    float *s = (fast || emul) ? malloc(MK / 4 * sizeof *s) : NULL;
+    if (!xsum || ((fast || emul) && (!q || !s)) || (emul && !xe)) {
+        free(xsum), free(xe), free(q), free(s);
+        return hyb_error_set(HYB_ERR_NOMEM, "quantized matmul: out of memory");
+    }
+    xrow xr[HYB_QUANT_GEMV_MAX_M];
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (size_t)m * K;
+        int8_t *qm = q ? q + (size_t)m * K : NULL;
+        float *sm = s ? s + (size_t)m * K / 4 : NULL;
+        if (fast || emul) hyb_quant_act_row(xm, K, c->group, c->f16_scale, qm, sm);
+        if (emul) {
+            float *em = xe + (size_t)m * K;
+            for (int e = 0; e < K; e++)
+                em[e] = (float)qm[e] * sm[e / 4];
+            xm = em;
+        }
+        block_sums(xm, K, xsum + (size_t)m * nb); /* FAST: of the f32 row itself */
+        xr[m] = (xrow){xm, qm, sm, xsum + (size_t)m * nb};
+    }
+    const dot_fn dot = fast ? kt->fast[qt] : kt->precise[qt];
+    const uint8_t *Wb = (const uint8_t *)W;
+#pragma omp parallel for schedule(static) if (par)
+    for (int n = 0; n < N; n++) {
+        const uint8_t *wn = Wb + (int64_t)n * rb;
+        for (int m = 0; m < M; m++)
+            y[(size_t)m * N + n] = dot(wn, &xr[m], nb);
+    }
+    free(xsum), free(xe), free(q), free(s);
+    return HYB_OK;
+}
