@@ -15,6 +15,7 @@
 #include <cJSON.h>
 
 #include "hyb/gguf.h"
+#include "io/quant_load.h"
 #include "hyb/safetensors.h"
 #include "../strbuf.h"
 
@@ -326,6 +327,11 @@ static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llam
             break;
         }
         used[ti_idx] = 1;
+        if (perm == PERM_NONE) { /* HYB_QUANT: keep linear weights in their blocks (quant_load.c) */
+            int kept = hyb_quant_adopt_gguf(t, gname, ti->type, ti->data, ti->nbytes);
+            if (kept < 0) rc = hyb_error_wrap(kept, "%s", path);
+            if (kept) continue;
+        }
         rc = hyb_gguf_tensor_to_f32(g, ti_idx, hyb_tensor_f32(t));
         if (rc != HYB_OK) {
             rc = hyb_error_wrap(rc, "%s: tensor '%s' (%s)", path, gname,

@@ -13,7 +13,8 @@
  *            per block t = w0 x0 (mul), t += w1 x1, w2 x2, w3 x3 (fma), lane += t * d (fma).
  *   FAST:    maddubs + madd give lane l the exact integer sum of elements 4l..4l+3, which is why
  *            activation scales can be per 4 values at no cost: lane += isum * (s_l * d) (fma).
- * Q4_1's offset m * sum(x) is accumulated per block in a separate scalar (fmaf in both).
+ * Q4_1's offset m * sum(x) is accumulated per block in a separate scalar (fmaf in both); FAST
+ * takes sum(x') of the rounded activations, as EMUL does.
  */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -509,10 +510,10 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
     const int fast = c->mode == HYB_QUANT_FAST, emul = c->mode == HYB_QUANT_EMUL;
     const size_t MK = (size_t)M * (size_t)K;
     float *xsum = malloc((size_t)M * (size_t)nb * sizeof *xsum);
-    float *xe = emul ? malloc(MK * sizeof *xe) : NULL;
+    float *xe = (fast || emul) ? malloc(MK * sizeof *xe) : NULL;
     int8_t *q = (fast || emul) ? malloc(MK) : NULL;
     float *s = (fast || emul) ? malloc(MK / 4 * sizeof *s) : NULL;
-    if (!xsum || ((fast || emul) && (!q || !s)) || (emul && !xe)) {
+    if (!xsum || ((fast || emul) && (!q || !s || !xe))) {
         free(xsum), free(xe), free(q), free(s);
         return hyb_error_set(HYB_ERR_NOMEM, "quantized matmul: out of memory");
     }
@@ -521,14 +522,19 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
         const float *xm = x + (size_t)m * K;
         int8_t *qm = q ? q + (size_t)m * K : NULL;
         float *sm = s ? s + (size_t)m * K / 4 : NULL;
-        if (fast || emul) hyb_quant_act_row(xm, K, c->group, c->f16_scale, qm, sm);
-        if (emul) {
+        if (fast || emul) {
+            /* x' = q * s: EMUL's row; FAST's Q4_1 offset term m * sum(x') takes the same sums
+             * (measured: the exact sum(x) raises the mean KL 4x on SmolLM2, because the rounding
+             * errors of x then meet d*q = w - m instead of w, which is not centred) */
             float *em = xe + (size_t)m * K;
+            hyb_quant_act_row(xm, K, c->group, c->f16_scale, qm, sm);
             for (int e = 0; e < K; e++)
                 em[e] = (float)qm[e] * sm[e / 4];
-            xm = em;
+            block_sums(em, K, xsum + (size_t)m * nb);
+            if (emul) xm = em;
+        } else {
+            block_sums(xm, K, xsum + (size_t)m * nb);
         }
-        block_sums(xm, K, xsum + (size_t)m * nb); /* FAST: of the f32 row itself */
         xr[m] = (xrow){xm, qm, sm, xsum + (size_t)m * nb};
     }
     const dot_fn dot = fast ? kt->fast[qt] : kt->precise[qt];

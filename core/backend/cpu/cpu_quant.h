@@ -12,7 +12,7 @@
  *   FAST     x is rounded on the fly to int8 per block of 32 values; the scale is per group of
  *            c->group values (4, 8, 16 or 32) = absmax/127 (f32, or rounded to f16 when
  *            c->f16_scale); the block products are integer (AVX2 maddubs/madd), then scaled in f32.
- *            Q4_1's offset term m * sum(x) uses the exact f32 sum of x.
+ *            Q4_1's offset term m * sum(x') uses the block sums of the rounded x' (= EMUL's).
  *   EMUL     the FAST scheme's rounding of x, emulated in f32: x' = dequant(quant(x)), then the
  *            PRECISE kernel. With group 32 + f16 scale this is llama.cpp's rounding of activations
  *            for these weight types; it exists to measure the error of a scheme apart from kernels.

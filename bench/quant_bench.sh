@@ -1,0 +1,21 @@
+#!/bin/sh
+# bench/quant_bench.sh: build bench/quant_bench.c against the Release build and run it on the
+# default model (issue 22: quantized decode speed and accuracy against the f32 computation).
+#   bench/quant_bench.sh [POSITIONS [STEPS [ROUNDS [JSON]]]]
+# Environment: HYB_BUILD_DIR (default build), HYB_MODEL (default: scripts/fetch_model.sh),
+# QUANT_TEXT (default: examples/data/garden.txt + apache-2.0.txt), OMP_NUM_THREADS (default 2).
+set -eu
+cd "$(dirname "$0")/.."
+B=${HYB_BUILD_DIR:-build}
+MODEL=${HYB_MODEL:-$(scripts/fetch_model.sh | tail -1)}
+TEXT=${QUANT_TEXT:-}
+if [ -z "$TEXT" ]; then
+  TEXT=$B/quant_text.txt
+  cat examples/data/garden.txt examples/data/apache-2.0.txt > "$TEXT"
+fi
+gcc -O2 -fopenmp -Icore/include -Icore bench/quant_bench.c "$B/libhyb_core.a" \
+  $(pkg-config --libs openblas tomlplusplus libpcre2-8 libcjson) -lstdc++ -ldl -lm \
+  -o "$B/quant_bench"
+mkdir -p bench/results
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HYB_PLUGIN_PATH=${HYB_PLUGIN_PATH:-$B/plugins} \
+  "$B/quant_bench" "$MODEL" "$TEXT" "$@"

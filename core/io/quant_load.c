@@ -1,0 +1,69 @@
+/* core/io/quant_load.c: keep GGUF linear weights in their blocks (see quant_load.h). */
+#include "io/quant_load.h"
+
+#include <string.h>
+
+#include "backend/cpu/cpu_quant.h"
+#include "hyb/gguf.h"
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* parameters that reach the kernels through hyb_matmul / hyb_embedding (core/model.c trunk) */
+static int graph_consumed(const char *name) {
+    return !strcmp(name, "model.embed_tokens.weight") || !strcmp(name, "lm_head.weight") ||
+           ends_with(name, ".mlp.gate_proj.weight") || ends_with(name, ".mlp.up_proj.weight") ||
+           ends_with(name, ".mlp.down_proj.weight");
+}
+
+/* offsets of the f16 scales in a block of each type */
+static int scale_fields(hyb_dtype t, int off[2]) {
+    switch (t) {
+    case HYB_Q8_0:
+    case HYB_Q4_0:
+        off[0] = 0;
+        return 1;
+    case HYB_Q4_1:
+        off[0] = 0, off[1] = 2;
+        return 2;
+    default:
+        return 0;
+    }
+}
+
+int hyb_quant_adopt_gguf(hyb_tensor *t, const char *gguf_name, int ggml_type, const void *data,
+                         uint64_t nbytes) {
+    if (hyb_quant_get().mode == HYB_QUANT_OFF || !graph_consumed(t->name)) return 0;
+    hyb_dtype dt;
+    if (hyb_ggml_type_to_dtype(ggml_type, &dt) != HYB_OK || !hyb_quant_supported(dt) ||
+        t->ndim != 2 || t->dtype != HYB_F32) {
+        hyb_error_clear();
+        return 0;
+    }
+    const int64_t K = t->shape[1], bb = hyb_dtype_block_bytes(dt), be = hyb_dtype_block_elems(dt);
+    if (K % be || (uint64_t)(hyb_quant_row_bytes(dt, K) * t->shape[0]) != nbytes)
+        return hyb_error_set(HYB_ERR_FORMAT, "tensor '%s' (%s): %llu bytes for shape [%lld, %lld]",
+                             gguf_name, hyb_dtype_name(dt), (unsigned long long)nbytes,
+                             (long long)t->shape[0], (long long)K);
+    int off[2];
+    const int nf = scale_fields(dt, off);
+    const uint8_t *p = data;
+    for (uint64_t b = 0; b < nbytes / (uint64_t)bb; b++)
+        for (int f = 0; f < nf; f++) {
+            const uint8_t *h = p + b * (uint64_t)bb + off[f];
+            if (((h[0] | (h[1] << 8)) & 0x7c00) == 0x7c00)
+                return hyb_error_set(HYB_ERR_FORMAT,
+                                     "tensor '%s' (%s): block %llu has a NaN/Inf scale", gguf_name,
+                                     hyb_dtype_name(dt), (unsigned long long)b);
+        }
+    void *q = hyb_malloc(nbytes);
+    if (!q) return hyb_error_set(HYB_ERR_NOMEM, "tensor '%s': out of memory", gguf_name);
+    memcpy(q, data, nbytes);
+    hyb_free(t->data);
+    t->data = q;
+    t->dtype = dt;
+    t->requires_grad = 0;
+    return 1;
+}
