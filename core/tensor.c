@@ -1,6 +1,8 @@
 /* core/tensor.c: dtype facts, dense tensors, f16/bf16 conversion, the deterministic RNG. */
 #include "hyb/tensor.h"
 
+#include "backend/cpu/cpu_quant.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,7 +218,10 @@ hyb_tensor *hyb_tensor_clone(const hyb_tensor *t) {
 void hyb_tensor_free(hyb_tensor *t) {
     if (!t) return;
     if (t->owner == HYB_OWN_ARENA) return; /* struct and data belong to the arena */
-    if (t->owner == HYB_OWN_HEAP || t->owner == HYB_OWN_PARAM) hyb_free(t->data);
+    if (t->owner == HYB_OWN_HEAP || t->owner == HYB_OWN_PARAM) {
+        hyb_quant_shadow_forget(t->data); /* HYB_QUANT: its blocks, if any (cpu_quant.h) */
+        hyb_free(t->data);
+    }
     hyb_free(t);
 }
 

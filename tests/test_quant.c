@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cpu/cpu.h"
 #include "backend/cpu/cpu_quant.h"
 #include "harness.h"
 #include "hyb/tensor.h"
@@ -238,11 +239,49 @@ static void test_bad_input(void) {
     CHECK(hyb_cpu_quant_matmul(HYB_Q8_0, w, x, y, 1, 1, 48, &c) == HYB_ERR_ARG);
 }
 
+/* a registered f32 weight multiplies from its blocks in hyb_cpu_sgemm (decode shapes only), and
+ * from its f32 data again once forgotten (hyb_tensor_free forgets what it frees) */
+static void test_shadow(void) {
+    hyb_rng r;
+    hyb_rng_seed(&r, 5);
+    const int N = 45, K = 192;
+    uint8_t *W = random_blocks(&r, HYB_Q4_1, N, K);
+    int64_t sh[2] = {N, K};
+    hyb_tensor *Wf = hyb_tensor_new(HYB_F32, 2, sh);
+    CHECK(hyb_dequantize(HYB_Q4_1, W, hyb_tensor_f32(Wf), (int64_t)N * K) == HYB_OK);
+    float *x = random_x(&r, 12, K);
+    float yq[12 * 45], ys[12 * 45], yf[12 * 45];
+    const hyb_quant_config saved = hyb_quant_get(), fast = cfg(HYB_QUANT_FAST, 4, 0, 0);
+    hyb_quant_set(&fast);
+    const int n0 = hyb_quant_shadow_count();
+    uint8_t *blocks = malloc((size_t)hyb_quant_row_bytes(HYB_Q4_1, K) * N);
+    memcpy(blocks, W, (size_t)hyb_quant_row_bytes(HYB_Q4_1, K) * N);
+    CHECK(hyb_quant_shadow_add(hyb_tensor_cf32(Wf), N, K, HYB_Q4_1, blocks) == HYB_OK);
+    CHECK(hyb_quant_shadow_count() == n0 + 1);
+    for (int M = 1; M <= HYB_QUANT_GEMV_MAX_M; M += HYB_QUANT_GEMV_MAX_M - 1) {
+        /* decode shapes: from the blocks in the current mode, bit for bit */
+        CHECK(hyb_cpu_quant_matmul(HYB_Q4_1, W, x, yq, M, N, K, &fast) == HYB_OK);
+        hyb_cpu_sgemm(0, 1, M, N, K, 1.0f, x, K, hyb_tensor_cf32(Wf), K, 0.0f, ys, N);
+        CHECK(memcmp(yq, ys, sizeof(float) * (size_t)M * N) == 0);
+    }
+    CHECK(hyb_cpu_quant_matmul(HYB_Q4_1, W, x, yq, 1, N, K, &fast) == HYB_OK);
+    hyb_tensor_free(Wf); /* forgets the shadow */
+    CHECK(hyb_quant_shadow_count() == n0);
+    Wf = hyb_tensor_new(HYB_F32, 2, sh);
+    CHECK(hyb_dequantize(HYB_Q4_1, W, hyb_tensor_f32(Wf), (int64_t)N * K) == HYB_OK);
+    hyb_cpu_sgemm(0, 1, 1, N, K, 1.0f, x, K, hyb_tensor_cf32(Wf), K, 0.0f, yf, N);
+    CHECK(memcmp(yq, yf, sizeof(float) * N) != 0); /* f32 again (fast's rounding differs) */
+    hyb_quant_set(&saved);
+    hyb_tensor_free(Wf);
+    free(W), free(x);
+}
+
 int main(void) {
     RUN(test_simd_equals_scalar);
     RUN(test_against_dequantized);
     RUN(test_tiled);
     RUN(test_finer_scales_help);
     RUN(test_bad_input);
+    RUN(test_shadow);
     return harness_done();
 }

@@ -354,6 +354,16 @@ static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llam
             }
             unpermute_heads(hyb_tensor_f32(t), nh, c->head_dim, cols, tmp);
         }
+        /* HYB_QUANT: attention projections also keep their blocks, as shadows (quant_load.c) */
+        rc = hyb_quant_shadow_gguf(t, gname, ti->type, ti->data, ti->nbytes,
+                                   perm == PERM_NONE ? 0
+                                   : perm == PERM_Q  ? c->n_heads
+                                                     : c->n_kv_heads,
+                                   c->head_dim);
+        if (rc != HYB_OK) {
+            rc = hyb_error_wrap(rc, "%s", path);
+            break;
+        }
     }
     if (rc == HYB_OK)
         for (int64_t i = 0; i < nt; i++)

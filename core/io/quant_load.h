@@ -14,4 +14,11 @@
  * block's scale is NaN/Inf or the byte count is wrong (the message names the tensor). */
 int hyb_quant_adopt_gguf(hyb_tensor *t, const char *gguf_name, int ggml_type, const void *data,
                          uint64_t nbytes);
+/* When the quantized mode is on, t is an attention projection (self_attn.{q,k,v,o}_proj.weight,
+ * already filled in f32, rows put back in HF order) and the GGUF type has a kernel: register a
+ * copy of the file's blocks as the shadow of t's f32 data (cpu_quant.h), with the same row
+ * permutation when n_heads > 0 (GGUF row h*hd + 2i + j is HF row h*hd + j*hd/2 + i). Returns
+ * HYB_OK also when nothing applies; an error for NaN/Inf scales (naming the tensor) or OOM. */
+int hyb_quant_shadow_gguf(hyb_tensor *t, const char *gguf_name, int ggml_type, const void *data,
+                          uint64_t nbytes, int n_heads, int head_dim);
 #endif
