@@ -419,6 +419,10 @@ void hyb_quant_set(const hyb_quant_config *c) {
 
 /* ---- activations ------------------------------------------------------------------------------*/
 
+/* Rounding: x / s to the nearest integer, ties to even (nearbyintf; _mm256_round_ps), clamped
+ * to [-127, 127] (an f16-rounded scale can be a hair below absmax/127). Block sums of a row are
+ * taken in the lane order of the kernels: p_l = ((x[l] + x[8+l]) + x[16+l]) + x[24+l], then the
+ * fixed 8-lane reduction. */
 void hyb_quant_act_row(const float *x, int K, int group, int f16_scale, int8_t *q, float *scale) {
     for (int g0 = 0; g0 < K; g0 += group) {
         float amax = 0.0f;
@@ -427,22 +431,91 @@ void hyb_quant_act_row(const float *x, int K, int group, int f16_scale, int8_t *
         float s = amax / 127.0f;
         if (f16_scale) s = hyb_f16_to_f32(hyb_f32_to_f16(s));
         for (int e = g0; e < g0 + group; e++) {
-            float r = s > 0.0f ? roundf(x[e] / s) : 0.0f;
-            q[e] = (int8_t)(r > 127.0f ? 127 : r < -127.0f ? -127 : (int)r);
+            float r = s > 0.0f ? nearbyintf(x[e] / s) : 0.0f;
+            r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+            q[e] = (int8_t)(int)r;
         }
         for (int l = g0 / 4; l < (g0 + group) / 4; l++)
             scale[l] = s;
     }
 }
 
-static void block_sums(const float *x, int K, float *xsum) {
+static void block_sums_sc(const float *x, int K, float *xsum) {
     for (int b = 0; b < K / QK; b++) {
-        float s = 0.0f;
-        for (int e = 0; e < QK; e++)
-            s += x[b * QK + e];
-        xsum[b] = s;
+        const float *xb = x + b * QK;
+        float p[8];
+        for (int l = 0; l < 8; l++)
+            p[l] = ((xb[l] + xb[8 + l]) + xb[16 + l]) + xb[24 + l];
+        xsum[b] = hsum8(p);
     }
 }
+
+/* one activation row for FAST/EMUL: q, lane scales, x' = q * s and the block sums of x' */
+static void prep_row_sc(const float *x, int K, int group, int f16, int8_t *q, float *scale,
+                        float *xe, float *xsum) {
+    hyb_quant_act_row(x, K, group, f16, q, scale);
+    for (int e = 0; e < K; e++)
+        xe[e] = (float)q[e] * scale[e / 4];
+    block_sums_sc(xe, K, xsum);
+}
+
+#ifdef HYB_QUANT_X86
+AVX2_FN static void block_sums_avx2(const float *x, int K, float *xsum) {
+    for (int b = 0; b < K / QK; b++) {
+        const float *xb = x + b * QK;
+        __m256 v = _mm256_add_ps(_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8));
+        v = _mm256_add_ps(v, _mm256_loadu_ps(xb + 16));
+        xsum[b] = hsum_avx(_mm256_add_ps(v, _mm256_loadu_ps(xb + 24)));
+    }
+}
+
+/* the same as prep_row_sc, 32 values at a time: group maxima by in-register shuffles */
+AVX2_FN static void prep_row_avx2(const float *x, int K, int group, int f16, int8_t *q,
+                                  float *scale, float *xe, float *xsum) {
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 r127 = _mm256_set1_ps(127.0f), n127 = _mm256_set1_ps(-127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int b = 0; b < K / QK; b++) {
+        const float *xb = x + b * QK;
+        __m256 v[4], m[4];
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(xb + 8 * k);
+            __m256 a = _mm256_and_ps(v[k], absm);
+            a = _mm256_max_ps(a, _mm256_permute_ps(a, 0xB1)); /* pairs */
+            m[k] = _mm256_max_ps(a, _mm256_permute_ps(a, 0x4E)); /* groups of 4 */
+            if (group >= 8) m[k] = _mm256_max_ps(m[k], _mm256_permute2f128_ps(m[k], m[k], 1));
+        }
+        if (group >= 16) {
+            m[0] = m[1] = _mm256_max_ps(m[0], m[1]);
+            m[2] = m[3] = _mm256_max_ps(m[2], m[3]);
+        }
+        if (group >= 32) m[0] = m[1] = m[2] = m[3] = _mm256_max_ps(m[0], m[2]);
+        __m256i iv[4];
+        __m256 sum = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            __m256 sk = _mm256_div_ps(m[k], r127);
+            if (f16) sk = _mm256_cvtph_ps(_mm256_cvtps_ph(sk, _MM_FROUND_TO_NEAREST_INT));
+            __m256 r = _mm256_round_ps(_mm256_div_ps(v[k], sk),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            r = _mm256_min_ps(_mm256_max_ps(r, n127), r127);
+            /* s == 0: the whole group is zero (x/0 is NaN there) */
+            r = _mm256_and_ps(r, _mm256_cmp_ps(sk, _mm256_setzero_ps(), _CMP_GT_OQ));
+            iv[k] = _mm256_cvttps_epi32(r);
+            const __m256 e = _mm256_mul_ps(r, sk);
+            _mm256_storeu_ps(xe + b * QK + 8 * k, e);
+            sum = k ? _mm256_add_ps(sum, e) : e;
+            float t[8];
+            _mm256_storeu_ps(t, sk);
+            scale[b * 8 + 2 * k] = t[0];
+            scale[b * 8 + 2 * k + 1] = t[4];
+        }
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(iv[0], iv[1]),
+                                       _mm256_packs_epi32(iv[2], iv[3]));
+        _mm256_storeu_si256((__m256i *)(q + b * QK), _mm256_permutevar8x32_epi32(p, order));
+        xsum[b] = hsum_avx(sum);
+    }
+}
+#endif
 
 /* ---- matmul -----------------------------------------------------------------------------------*/
 
@@ -518,6 +591,11 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
         free(xsum), free(xe), free(q), free(s);
         return hyb_error_set(HYB_ERR_NOMEM, "quantized matmul: out of memory");
     }
+    void (*prep)(const float *, int, int, int, int8_t *, float *, float *, float *) = prep_row_sc;
+    void (*bsums)(const float *, int, float *) = block_sums_sc;
+#ifdef HYB_QUANT_X86
+    if (kt == &K_AVX2) prep = prep_row_avx2, bsums = block_sums_avx2;
+#endif
     xrow xr[HYB_QUANT_GEMV_MAX_M];
     for (int m = 0; m < M; m++) {
         const float *xm = x + (size_t)m * K;
@@ -528,13 +606,10 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
              * (measured: the exact sum(x) raises the mean KL 4x on SmolLM2, because the rounding
              * errors of x then meet d*q = w - m instead of w, which is not centred) */
             float *em = xe + (size_t)m * K;
-            hyb_quant_act_row(xm, K, c->group, c->f16_scale, qm, sm);
-            for (int e = 0; e < K; e++)
-                em[e] = (float)qm[e] * sm[e / 4];
-            block_sums(em, K, xsum + (size_t)m * nb);
+            prep(xm, K, c->group, c->f16_scale, qm, sm, em, xsum + (size_t)m * nb);
             if (emul) xm = em;
         } else {
-            block_sums(xm, K, xsum + (size_t)m * nb);
+            bsums(xm, K, xsum + (size_t)m * nb);
         }
         xr[m] = (xrow){xm, qm, sm, xsum + (size_t)m * nb};
     }
