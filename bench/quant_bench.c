@@ -55,13 +55,49 @@ static hyb_quant_config qc(hyb_quant_mode m, int group, int f16) {
     return c;
 }
 
-static size_t weight_bytes(hyb_model *m) {
+/* bytes of weights the model holds as parameters; *streamed: bytes a decode step reads (a
+ * parameter with blocks registered as its shadow is read as those blocks) */
+static size_t weight_bytes(hyb_model *m, size_t *streamed) {
     int n;
     hyb_tensor **p = hyb_model_params(m, &n);
-    size_t b = 0;
-    for (int i = 0; i < n; i++)
-        b += hyb_tensor_nbytes(p[i]);
+    size_t b = 0, s = 0;
+    for (int i = 0; i < n; i++) {
+        const size_t nb = hyb_tensor_nbytes(p[i]);
+        const int64_t sh = hyb_quant_shadow_bytes(p[i]->data);
+        b += nb;
+        s += sh > 0 ? (size_t)sh : nb;
+    }
+    *streamed = s;
     return b;
+}
+
+/* read bandwidth of all threads: best of 3 sums over 256 MiB (B/s) */
+static double read_bandwidth(void) {
+    const size_t n = (size_t)64 << 20;
+    float *a = malloc(n * sizeof *a);
+    if (!a) return 0;
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++)
+        a[i] = (float)(i & 255);
+    double best = 0, sink = 0;
+    for (int r = 0; r < 3; r++) {
+        double t0 = now_s(), sum = 0;
+        /* 16 independent f32 sums per thread: bound by loads, not by the add latency */
+#pragma omp parallel for reduction(+ : sum)
+        for (size_t c = 0; c < n; c += 4096) {
+            float acc[16] = {0};
+            for (size_t i = c; i < c + 4096; i += 16)
+                for (int j = 0; j < 16; j++)
+                    acc[j] += a[i + j];
+            for (int j = 0; j < 16; j++)
+                sum += acc[j];
+        }
+        double t = now_s() - t0;
+        sink += sum;
+        if (n * sizeof *a / t > best) best = n * sizeof *a / t;
+    }
+    free(a);
+    return sink > 0 ? best : best;
 }
 
 typedef struct {
@@ -196,10 +232,14 @@ int main(int argc, char **argv) {
     if (hyb_model_load_gguf(model, &mq) != HYB_OK) die("load quant");
     const double load_q = now_s() - t0;
     const int V = mf->V;
-    const size_t wb_f = weight_bytes(mf), wb_q = weight_bytes(mq);
-    printf("model %s\nweights held: f32 %.1f MB, quant %.1f MB; load %.2f s (f32), %.2f s (quant)\n"
-           "AVX2 kernels: %s\n",
-           model, wb_f / 1e6, wb_q / 1e6, load_f, load_q, hyb_quant_have_avx2() ? "yes" : "no");
+    size_t rd_f, rd_q;
+    const size_t wb_f = weight_bytes(mf, &rd_f), wb_q = weight_bytes(mq, &rd_q);
+    const double bw = read_bandwidth();
+    printf("model %s\nweights held as parameters: f32 %.1f MB, quant %.1f MB (attention kept in f32 "
+           "too)\nweights read per decode step: f32 %.1f MB, quant %.1f MB\n"
+           "load %.2f s (f32), %.2f s (quant); read bandwidth %.1f GB/s; AVX2 kernels: %s\n",
+           model, wb_f / 1e6, wb_q / 1e6, rd_f / 1e6, rd_q / 1e6, load_f, load_q, bw / 1e9,
+           hyb_quant_have_avx2() ? "yes" : "no");
 
     hyb_kvstate *kf, *kq;
     if (hyb_kvstate_new(mf, 1, npos + 64, &kf) != HYB_OK ||
@@ -229,10 +269,12 @@ int main(int argc, char **argv) {
             ratio[i][r] = sp[i].tok_s[r] / sp[0].tok_s[r];
     printf("\ndecode, batch 1, %d steps after a 32-token prefill, %d interleaved rounds (median)\n",
            steps, rounds);
-    printf("%-8s %10s %12s %14s\n", "path", "tok/s", "cpu ms/tok", "x f32 (same round)");
+    printf("%-8s %8s %11s %9s %19s\n", "path", "tok/s", "cpu ms/tok", "x f32", "bandwidth floor ms");
     for (int i = 0; i < nsp; i++)
-        printf("%-8s %10.1f %12.2f %14.2f\n", sp[i].name, median(sp[i].tok_s, rounds),
-               median(sp[i].cpu_ms, rounds), median(ratio[i], rounds));
+        printf("%-8s %8.1f %11.2f %9.2f %19.2f\n", sp[i].name, median(sp[i].tok_s, rounds),
+               median(sp[i].cpu_ms, rounds), median(ratio[i], rounds),
+               1e3 * (sp[i].quant ? rd_q : rd_f) / bw);
+    if (npos <= 0) return 0;
 
     /* 2. accuracy */
     size_t tlen;
@@ -283,6 +325,8 @@ int main(int argc, char **argv) {
                 text_path, npos);
         fprintf(f, "  \"weights_mb\": {\"f32\": %.1f, \"quant\": %.1f},\n", wb_f / 1e6, wb_q / 1e6);
         fprintf(f, "  \"load_s\": {\"f32\": %.3f, \"quant\": %.3f},\n", load_f, load_q);
+        fprintf(f, "  \"read_mb_per_step\": {\"f32\": %.1f, \"quant\": %.1f}, \"read_gb_s\": %.2f,\n",
+                rd_f / 1e6, rd_q / 1e6, bw / 1e9);
         fprintf(f, "  \"decode\": {\"steps\": %d, \"rounds\": %d", steps, rounds);
         for (int i = 0; i < nsp; i++)
             fprintf(f,

@@ -679,6 +679,15 @@ int hyb_quant_shadow_count(void) {
     return n;
 }
 
+int64_t hyb_quant_shadow_bytes(const void *f32) {
+    int64_t b = 0;
+    pthread_mutex_lock(&sh_mu);
+    for (int i = 0; i < sh_n; i++)
+        if ((const void *)sh[i].f32 == f32) b = sh[i].N * hyb_quant_row_bytes(sh[i].wt, sh[i].K);
+    pthread_mutex_unlock(&sh_mu);
+    return b;
+}
+
 int hyb_quant_shadow_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
                           int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     if (!sh_any || transA || !transB || M < 1 || M > HYB_QUANT_GEMV_MAX_M || alpha != 1.0f ||

@@ -79,6 +79,8 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
 int hyb_quant_shadow_add(const float *f32, int64_t N, int64_t K, hyb_dtype wt, void *blocks);
 void hyb_quant_shadow_forget(const void *f32);
 int hyb_quant_shadow_count(void);
+/* Bytes of the blocks registered under f32 (0 when none). */
+int64_t hyb_quant_shadow_bytes(const void *f32);
 /* 1 when it computed C (see above), 0 when the caller must run the f32 product. */
 int hyb_quant_shadow_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
                           int lda, const float *B, int ldb, float beta, float *C, int ldc);
