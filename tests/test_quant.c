@@ -21,8 +21,8 @@
 #include "harness.h"
 #include "hyb/tensor.h"
 
-static const hyb_dtype TYPES[] = {HYB_Q8_0, HYB_Q4_0, HYB_Q4_1};
-#define NTYPES 3
+static const hyb_dtype TYPES[] = {HYB_Q8_0, HYB_Q4_0, HYB_Q4_1, HYB_Q4_K, HYB_Q6_K};
+#define NTYPES 5
 
 static uint8_t *random_blocks(hyb_rng *r, hyb_dtype t, int N, int K) {
     const int64_t rb = hyb_quant_row_bytes(t, K), nbytes = rb * N;
@@ -30,11 +30,15 @@ static uint8_t *random_blocks(hyb_rng *r, hyb_dtype t, int N, int K) {
     for (int64_t i = 0; i < nbytes; i++)
         w[i] = (uint8_t)(hyb_rng_next(r) >> 56);
     const int bb = (int)hyb_dtype_block_bytes(t);
+    /* the f16 scales: d (Q6_K: at byte 208; K-quants smaller, they multiply 6/8-bit scales) and
+     * Q4_1's m / Q4_K's dmin after it */
+    const int doff = t == HYB_Q6_K ? 208 : 0;
+    const float dmax = t == HYB_Q4_K ? 0.002f : t == HYB_Q6_K ? 0.0005f : 0.05f;
     for (int64_t off = 0; off < nbytes; off += bb) {
-        uint16_t d = hyb_f32_to_f16(0.001f + 0.05f * hyb_rng_uniform(r));
-        memcpy(w + off, &d, 2);
-        if (t == HYB_Q4_1) {
-            uint16_t m = hyb_f32_to_f16(-0.4f * hyb_rng_uniform(r));
+        uint16_t d = hyb_f32_to_f16(dmax * (0.02f + hyb_rng_uniform(r)));
+        memcpy(w + off + doff, &d, 2);
+        if (t == HYB_Q4_1 || t == HYB_Q4_K) {
+            uint16_t m = hyb_f32_to_f16((t == HYB_Q4_1 ? -0.4f : 0.004f) * hyb_rng_uniform(r));
             memcpy(w + off + 2, &m, 2);
         }
     }
@@ -56,6 +60,13 @@ typedef struct {
 } shape;
 static const shape SHAPES[] = {{1, 1, 32}, {1, 7, 96}, {3, 67, 576}, {8, 33, 160}, {2, 130, 1536}};
 #define NSHAPES 5
+
+/* the shape for type t: K rounded up to t's block size (256 for the K-quants) */
+static shape for_type(hyb_dtype t, shape s) {
+    const int be = (int)hyb_dtype_block_elems(t);
+    s.K = (s.K + be - 1) / be * be;
+    return s;
+}
 
 static hyb_quant_config cfg(hyb_quant_mode mode, int group, int f16, hyb_quant_isa isa) {
     hyb_quant_config c = {mode, group, f16, isa};
@@ -85,7 +96,7 @@ static void test_simd_equals_scalar(void) {
     int compared = 0;
     for (int ti = 0; ti < NTYPES; ti++)
         for (int si = 0; si < NSHAPES; si++) {
-            shape s = SHAPES[si];
+            shape s = for_type(TYPES[ti], SHAPES[si]);
             uint8_t *W = random_blocks(&r, TYPES[ti], s.N, s.K);
             float *x = random_x(&r, s.M, s.K);
             for (size_t mi = 0; mi < sizeof modes / sizeof modes[0]; mi++) {
@@ -143,7 +154,7 @@ static void test_against_dequantized(void) {
     for (int ti = 0; ti < NTYPES; ti++)
         for (int si = 0; si < NSHAPES; si++)
             for (int gi = 0; gi < 2; gi++) {
-                shape s = SHAPES[si];
+                shape s = for_type(TYPES[ti], SHAPES[si]);
                 const int G = groups[gi][0], H = groups[gi][1];
                 const size_t n = (size_t)s.M * s.N;
                 uint8_t *W = random_blocks(&r, TYPES[ti], s.N, s.K);
@@ -179,7 +190,7 @@ static void test_tiled(void) {
     const shape ss[] = {{HYB_QUANT_GEMV_MAX_M + 1, 77, 96}, {40, 301, 576}};
     for (int ti = 0; ti < NTYPES; ti++)
         for (int si = 0; si < 2; si++) {
-            shape s = ss[si];
+            shape s = for_type(TYPES[ti], ss[si]);
             const size_t n = (size_t)s.M * s.N;
             uint8_t *W = random_blocks(&r, TYPES[ti], s.N, s.K);
             float *x = random_x(&r, s.M, s.K);
@@ -231,12 +242,14 @@ static void test_bad_input(void) {
           c.group == 32 && c.f16_scale == 1);
     CHECK(hyb_quant_parse("precise", NULL, &c) == HYB_OK && c.mode == HYB_QUANT_PRECISE &&
           c.group == 4);
-    float x[32] = {0}, y[1];
+    float x[256] = {0}, y[1];
     uint8_t w[210] = {0};
     c = cfg(HYB_QUANT_PRECISE, 4, 0, 0);
-    CHECK(hyb_cpu_quant_matmul(HYB_Q6_K, w, x, y, 1, 1, 256, &c) == HYB_ERR_UNSUPPORTED);
-    CHECK(strstr(hyb_error(), "q6_k") != NULL && strstr(hyb_error(), "q4_1") != NULL);
+    CHECK(hyb_cpu_quant_matmul(HYB_F16, w, x, y, 1, 1, 32, &c) == HYB_ERR_UNSUPPORTED);
+    CHECK(strstr(hyb_error(), "f16") != NULL && strstr(hyb_error(), "q6_k") != NULL);
     CHECK(hyb_cpu_quant_matmul(HYB_Q8_0, w, x, y, 1, 1, 48, &c) == HYB_ERR_ARG);
+    CHECK(hyb_cpu_quant_matmul(HYB_Q4_K, w, x, y, 1, 1, 32, &c) == HYB_ERR_ARG);
+    CHECK(strstr(hyb_error(), "256") != NULL);
 }
 
 /* a registered f32 weight multiplies from its blocks in hyb_cpu_sgemm (decode shapes only), and

@@ -27,8 +27,12 @@ static int scale_fields(hyb_dtype t, int off[2]) {
         off[0] = 0;
         return 1;
     case HYB_Q4_1:
+    case HYB_Q4_K: /* d, dmin */
         off[0] = 0, off[1] = 2;
         return 2;
+    case HYB_Q6_K:
+        off[0] = 208;
+        return 1;
     default:
         return 0;
     }

@@ -3,6 +3,12 @@
  * Block layouts (GGUF, as core/io/dequant.c documents them): Q8_0 = d:f16, qs:i8[32];
  * Q4_0 = d:f16, qs[16] (byte j: element j in the low nibble, element j + 16 in the high), value
  * d * (nibble - 8); Q4_1 = d:f16, m:f16, qs[16], value d * nibble + m.
+ * K-quants, 256 values: Q4_K = d, dmin, scales[12] (8 six-bit scales + mins), qs[128]; sub-block j
+ * (32 values) is nibble j%2 of qs[32(j/2) ..], value d sc_j q - dmin mn_j: the kernels treat each
+ * sub-block as a Q4_1 block with scale d sc_j and offset -dmin mn_j. Q6_K = ql[128], qh[64],
+ * scales:i8[16], d; 32-value block u of half h: low nibble u/2 of ql[64h + 32(u%2) + l], high two
+ * bits 2u of qh[32h + l], value d sc_(e/16) (q - 32): a Q8_0-like block with two scales.
+ * The activation side is unchanged: 32-value blocks (sub-blocks of a K-quant super-block).
  *
  * Lanes. Every kernel keeps 8 f32 partial sums ("lanes") and reduces them at the end in one fixed
  * order, ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), which is what the AVX2 reduction
@@ -41,7 +47,7 @@
 
 #define QK 32
 
-typedef enum { T_Q8_0 = 0, T_Q4_0, T_Q4_1, T_COUNT } qtype;
+typedef enum { T_Q8_0 = 0, T_Q4_0, T_Q4_1, T_Q4_K, T_Q6_K, T_COUNT } qtype;
 
 static int qtype_of(hyb_dtype t) {
     switch (t) {
@@ -51,12 +57,17 @@ static int qtype_of(hyb_dtype t) {
         return T_Q4_0;
     case HYB_Q4_1:
         return T_Q4_1;
+    case HYB_Q4_K:
+        return T_Q4_K;
+    case HYB_Q6_K:
+        return T_Q6_K;
     default:
         return -1;
     }
 }
 
-static const int BLOCK_BYTES[T_COUNT] = {34, 18, 20};
+static const int BLOCK_BYTES[T_COUNT] = {34, 18, 20, 144, 210};
+static const int BLOCK_ELEMS[T_COUNT] = {32, 32, 32, 256, 256};
 
 int hyb_quant_supported(hyb_dtype t) {
     return qtype_of(t) >= 0;
@@ -195,6 +206,114 @@ static float dot_f_q4_1_sc(const uint8_t *w, const xrow *xr, int nb) {
     return hsum8(acc) + sm;
 }
 
+/* Q4_K's six-bit scale and min of sub-block j (as core/io/dequant.c decodes them) */
+static inline void k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* Q6_K: value (0..63) of element l of 32-value block u (0..7) of a super-block */
+static inline int q6(const uint8_t *blk, int u, int l) {
+    const int h = u / 4, uu = u % 4;
+    const int lo = (blk[64 * h + 32 * (uu % 2) + l] >> (4 * (uu / 2))) & 0x0F;
+    const int hi = (blk[128 + 32 * h + l] >> (2 * uu)) & 3;
+    return lo | (hi << 4);
+}
+
+static float dot_p_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 144) {
+        const float d = hyb_f16_to_f32(ld16(w)), dmin = hyb_f16_to_f32(ld16(w + 2));
+        for (int j = 0; j < 8; j++) {
+            int isc, imn;
+            k_scale_min(w + 4, j, &isc, &imn);
+            const float dl = d * (float)isc, ml = dmin * (float)imn;
+            const uint8_t *qs = w + 16 + 32 * (j / 2);
+            const int sh = 4 * (j % 2);
+            const float *x = xr->x + ((int64_t)b * 8 + j) * QK;
+            for (int l = 0; l < 8; l++) {
+                float t = (float)((qs[l] >> sh) & 15) * x[l];
+                t = fmaf((float)((qs[8 + l] >> sh) & 15), x[8 + l], t);
+                t = fmaf((float)((qs[16 + l] >> sh) & 15), x[16 + l], t);
+                t = fmaf((float)((qs[24 + l] >> sh) & 15), x[24 + l], t);
+                acc[l] = fmaf(t, dl, acc[l]);
+            }
+            sm = fmaf(ml, xr->xsum[(int64_t)b * 8 + j], sm);
+        }
+    }
+    return hsum8(acc) - sm;
+}
+
+static float dot_f_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 144) {
+        const float d = hyb_f16_to_f32(ld16(w)), dmin = hyb_f16_to_f32(ld16(w + 2));
+        for (int j = 0; j < 8; j++) {
+            int isc, imn;
+            k_scale_min(w + 4, j, &isc, &imn);
+            const float dl = d * (float)isc, ml = dmin * (float)imn;
+            const uint8_t *qs = w + 16 + 32 * (j / 2);
+            const int sh = 4 * (j % 2);
+            const int8_t *xq = xr->q + ((int64_t)b * 8 + j) * QK;
+            const float *s = xr->s + ((int64_t)b * 8 + j) * 8;
+            for (int l = 0; l < 8; l++) {
+                int32_t i = 0;
+                for (int e = 4 * l; e < 4 * l + 4; e++)
+                    i += ((qs[e] >> sh) & 15) * xq[e];
+                acc[l] = fmaf((float)i, s[l] * dl, acc[l]);
+            }
+            sm = fmaf(ml, xr->xsum[(int64_t)b * 8 + j], sm);
+        }
+    }
+    return hsum8(acc) - sm;
+}
+
+static float dot_p_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 210) {
+        const float d = hyb_f16_to_f32(ld16(w + 208));
+        const int8_t *sc = (const int8_t *)(w + 192);
+        for (int u = 0; u < 8; u++) {
+            const float d0 = d * (float)sc[2 * u], d1 = d * (float)sc[2 * u + 1];
+            const float *x = xr->x + ((int64_t)b * 8 + u) * QK;
+            for (int l = 0; l < 8; l++) {
+                float t0 = (float)(q6(w, u, l) - 32) * x[l];
+                t0 = fmaf((float)(q6(w, u, 8 + l) - 32), x[8 + l], t0);
+                float t1 = (float)(q6(w, u, 16 + l) - 32) * x[16 + l];
+                t1 = fmaf((float)(q6(w, u, 24 + l) - 32), x[24 + l], t1);
+                acc[l] = fmaf(t0, d0, acc[l]);
+                acc[l] = fmaf(t1, d1, acc[l]);
+            }
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_f_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 210) {
+        const float d = hyb_f16_to_f32(ld16(w + 208));
+        const int8_t *sc = (const int8_t *)(w + 192);
+        for (int u = 0; u < 8; u++) {
+            const int8_t *xq = xr->q + ((int64_t)b * 8 + u) * QK;
+            const float *s = xr->s + ((int64_t)b * 8 + u) * 8;
+            for (int l = 0; l < 8; l++) {
+                int32_t i = 0;
+                for (int e = 4 * l; e < 4 * l + 4; e++)
+                    i += (q6(w, u, e) - 32) * xq[e];
+                const float dl = d * (float)sc[2 * u + l / 4];
+                acc[l] = fmaf((float)i, s[l] * dl, acc[l]);
+            }
+        }
+    }
+    return hsum8(acc);
+}
+
 /* ---- AVX2 + FMA + F16C kernels ----------------------------------------------------------------*/
 
 #ifdef HYB_QUANT_X86
@@ -319,6 +438,113 @@ AVX2_FN static float dot_f_q4_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
     }
     return hsum_avx(acc) + sm;
 }
+/* Q4_K: the 32 nibbles of sub-blocks 2c (low) and 2c+1 (high) of qs[32c ..] */
+AVX2_FN static inline void q4k_pair(const uint8_t *qs, __m256i *lo, __m256i *hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i v = _mm256_loadu_si256((const __m256i *)qs);
+    *lo = _mm256_and_si256(v, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+}
+
+AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 144) {
+        const float d = _cvtsh_ss(ld16(w)), dmin = _cvtsh_ss(ld16(w + 2));
+        for (int c = 0; c < 4; c++) {
+            __m256i q[2];
+            q4k_pair(w + 16 + 32 * c, &q[0], &q[1]);
+            for (int t = 0; t < 2; t++) {
+                const int j = 2 * c + t;
+                int isc, imn;
+                k_scale_min(w + 4, j, &isc, &imn);
+                const __m256 dl = _mm256_set1_ps(d * (float)isc);
+                __m256 w0, w1, w2, w3;
+                BYTES_TO_PS(q[t], u, w0, w1, w2, w3);
+                acc = _mm256_fmadd_ps(block_t(xr->x + ((int64_t)b * 8 + j) * QK, w0, w1, w2, w3),
+                                      dl, acc);
+                sm = fmaf(dmin * (float)imn, xr->xsum[(int64_t)b * 8 + j], sm);
+            }
+        }
+    }
+    return hsum_avx(acc) - sm;
+}
+
+AVX2_FN static float dot_f_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 144) {
+        const float d = _cvtsh_ss(ld16(w)), dmin = _cvtsh_ss(ld16(w + 2));
+        for (int c = 0; c < 4; c++) {
+            __m256i q[2];
+            q4k_pair(w + 16 + 32 * c, &q[0], &q[1]);
+            for (int t = 0; t < 2; t++) {
+                const int64_t j = (int64_t)b * 8 + 2 * c + t;
+                int isc, imn;
+                k_scale_min(w + 4, 2 * c + t, &isc, &imn);
+                const __m256 sc =
+                    _mm256_mul_ps(_mm256_loadu_ps(xr->s + j * 8), _mm256_set1_ps(d * (float)isc));
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + j * QK));
+                acc = _mm256_fmadd_ps(lanes_us(q[t], xv), sc, acc);
+                sm = fmaf(dmin * (float)imn, xr->xsum[j], sm);
+            }
+        }
+    }
+    return hsum_avx(acc) - sm;
+}
+
+/* Q6_K: the 32 values (0..63) of 32-value block u of a super-block, as bytes */
+AVX2_FN static inline __m256i q6k_block(const uint8_t *w, int u) {
+    const int h = u / 4, uu = u % 4;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    __m256i lo = _mm256_loadu_si256((const __m256i *)(w + 64 * h + 32 * (uu % 2)));
+    if (uu / 2) lo = _mm256_srli_epi16(lo, 4);
+    lo = _mm256_and_si256(lo, m4);
+    __m256i hi = _mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h));
+    hi = _mm256_and_si256(_mm256_srl_epi16(hi, _mm_cvtsi32_si128(2 * uu)), m3);
+    return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+}
+
+AVX2_FN static float dot_p_q6_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(32);
+    for (int b = 0; b < nb; b++, w += 210) {
+        const float d = _cvtsh_ss(ld16(w + 208));
+        const int8_t *sc = (const int8_t *)(w + 192);
+        for (int u = 0; u < 8; u++) {
+            __m256i v = _mm256_sub_epi8(q6k_block(w, u), off);
+            __m256 w0, w1, w2, w3;
+            BYTES_TO_PS(v, i, w0, w1, w2, w3);
+            const float *x = xr->x + ((int64_t)b * 8 + u) * QK;
+            __m256 t0 = _mm256_mul_ps(w0, _mm256_loadu_ps(x));
+            t0 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), t0);
+            __m256 t1 = _mm256_mul_ps(w2, _mm256_loadu_ps(x + 16));
+            t1 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), t1);
+            acc = _mm256_fmadd_ps(t0, _mm256_set1_ps(d * (float)sc[2 * u]), acc);
+            acc = _mm256_fmadd_ps(t1, _mm256_set1_ps(d * (float)sc[2 * u + 1]), acc);
+        }
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_f_q6_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(32);
+    for (int b = 0; b < nb; b++, w += 210) {
+        const float d = _cvtsh_ss(ld16(w + 208));
+        const int8_t *sc = (const int8_t *)(w + 192);
+        for (int u = 0; u < 8; u++) {
+            const int64_t j = (int64_t)b * 8 + u;
+            __m256i v = _mm256_sub_epi8(q6k_block(w, u), off);
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + j * QK));
+            const __m256 dl = _mm256_set_m128(_mm_set1_ps(d * (float)sc[2 * u + 1]),
+                                              _mm_set1_ps(d * (float)sc[2 * u]));
+            const __m256 scv = _mm256_mul_ps(_mm256_loadu_ps(xr->s + j * 8), dl);
+            acc = _mm256_fmadd_ps(lanes_ss(v, xv), scv, acc);
+        }
+    }
+    return hsum_avx(acc);
+}
 #endif
 
 /* ---- dispatch ---------------------------------------------------------------------------------*/
@@ -327,11 +553,13 @@ typedef struct kernels {
     dot_fn precise[T_COUNT], fast[T_COUNT];
 } kernels;
 
-static const kernels K_SCALAR = {{dot_p_q8_0_sc, dot_p_q4_0_sc, dot_p_q4_1_sc},
-                                 {dot_f_q8_0_sc, dot_f_q4_0_sc, dot_f_q4_1_sc}};
+static const kernels K_SCALAR = {
+    {dot_p_q8_0_sc, dot_p_q4_0_sc, dot_p_q4_1_sc, dot_p_q4_k_sc, dot_p_q6_k_sc},
+    {dot_f_q8_0_sc, dot_f_q4_0_sc, dot_f_q4_1_sc, dot_f_q4_k_sc, dot_f_q6_k_sc}};
 #ifdef HYB_QUANT_X86
-static const kernels K_AVX2 = {{dot_p_q8_0_avx2, dot_p_q4_0_avx2, dot_p_q4_1_avx2},
-                               {dot_f_q8_0_avx2, dot_f_q4_0_avx2, dot_f_q4_1_avx2}};
+static const kernels K_AVX2 = {
+    {dot_p_q8_0_avx2, dot_p_q4_0_avx2, dot_p_q4_1_avx2, dot_p_q4_k_avx2, dot_p_q6_k_avx2},
+    {dot_f_q8_0_avx2, dot_f_q4_0_avx2, dot_f_q4_1_avx2, dot_f_q4_k_avx2, dot_f_q6_k_avx2}};
 #endif
 
 int hyb_quant_have_avx2(void) {
@@ -556,13 +784,13 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
     if (qt < 0)
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
                              "quantized matmul: weight type %s is not supported (supported: "
-                             "q8_0 q4_0 q4_1)",
+                             "q8_0 q4_0 q4_1 q4_k q6_k)",
                              hyb_dtype_name(wt));
-    if (M < 0 || N < 0 || K < 0 || K % QK)
+    if (M < 0 || N < 0 || K < 0 || K % BLOCK_ELEMS[qt])
         return hyb_error_set(HYB_ERR_ARG,
                              "quantized matmul: bad shape M=%d N=%d K=%d (K must be a multiple "
-                             "of %d)",
-                             M, N, K, QK);
+                             "of %d for %s)",
+                             M, N, K, BLOCK_ELEMS[qt], hyb_dtype_name(wt));
     if (M == 0 || N == 0) return HYB_OK;
     if (K == 0) {
         memset(y, 0, (size_t)M * (size_t)N * sizeof *y);
@@ -574,8 +802,8 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
 #ifdef HYB_QUANT_X86
     if (c->isa != HYB_QISA_SCALAR && hyb_quant_have_avx2()) kt = &K_AVX2;
 #endif
-    const int64_t rb = (int64_t)(K / QK) * BLOCK_BYTES[qt];
-    const int nb = K / QK;
+    const int64_t rb = (int64_t)(K / BLOCK_ELEMS[qt]) * BLOCK_BYTES[qt];
+    const int nb = K / BLOCK_ELEMS[qt]; /* weight blocks per row (the kernels' loop count) */
     const int par = !omp_in_parallel() && omp_get_max_threads() > 1 &&
                     (double)M * N * K >= (double)(1 << 18);
     if (M > HYB_QUANT_GEMV_MAX_M) return matmul_tiled(wt, W, rb, x, y, M, N, K, par);
@@ -583,7 +811,8 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
     /* prepare the activation rows */
     const int fast = c->mode == HYB_QUANT_FAST, emul = c->mode == HYB_QUANT_EMUL;
     const size_t MK = (size_t)M * (size_t)K;
-    float *xsum = malloc((size_t)M * (size_t)nb * sizeof *xsum);
+    const int nx = K / QK; /* 32-value activation blocks per row */
+    float *xsum = malloc((size_t)M * (size_t)nx * sizeof *xsum);
     float *xe = (fast || emul) ? malloc(MK * sizeof *xe) : NULL;
     int8_t *q = (fast || emul) ? malloc(MK) : NULL;
     float *s = (fast || emul) ? malloc(MK / 4 * sizeof *s) : NULL;
@@ -606,12 +835,12 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
              * (measured: the exact sum(x) raises the mean KL 4x on SmolLM2, because the rounding
              * errors of x then meet d*q = w - m instead of w, which is not centred) */
             float *em = xe + (size_t)m * K;
-            prep(xm, K, c->group, c->f16_scale, qm, sm, em, xsum + (size_t)m * nb);
+            prep(xm, K, c->group, c->f16_scale, qm, sm, em, xsum + (size_t)m * nx);
             if (emul) xm = em;
         } else {
-            bsums(xm, K, xsum + (size_t)m * nb);
+            bsums(xm, K, xsum + (size_t)m * nx);
         }
-        xr[m] = (xrow){xm, qm, sm, xsum + (size_t)m * nb};
+        xr[m] = (xrow){xm, qm, sm, xsum + (size_t)m * nx};
     }
     const dot_fn dot = fast ? kt->fast[qt] : kt->precise[qt];
     const uint8_t *Wb = (const uint8_t *)W;
@@ -640,7 +869,8 @@ static int sh_n, sh_cap;
 static volatile int sh_any; /* sh_n > 0, read without the lock as a fast exit */
 
 int hyb_quant_shadow_add(const float *f32, int64_t N, int64_t K, hyb_dtype wt, void *blocks) {
-    if (!f32 || !blocks || !hyb_quant_supported(wt) || N <= 0 || K <= 0 || K % QK)
+    if (!f32 || !blocks || !hyb_quant_supported(wt) || N <= 0 || K <= 0 ||
+        K % hyb_dtype_block_elems(wt))
         return hyb_error_set(HYB_ERR_ARG, "hyb_quant_shadow_add: bad arguments");
     pthread_mutex_lock(&sh_mu);
     int rc = HYB_OK;
