@@ -19,3 +19,14 @@ gcc -O2 -fopenmp -Icore/include -Icore bench/quant_bench.c "$B/libhyb_core.a" \
 mkdir -p bench/results
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HYB_PLUGIN_PATH=${HYB_PLUGIN_PATH:-$B/plugins} \
   "$B/quant_bench" "$MODEL" "$TEXT" "$@"
+# peak resident memory of a whole `hyb generate` (load + 16 tokens) per mode, two rounds in turn
+echo
+echo "peak RSS of hyb generate (load + 16 tokens), MB:"
+for round in 1 2; do
+  for mode in off precise fast; do
+    HYB_QUANT=$mode /usr/bin/time -o "$B/quant_rss.txt" -f "%M" "$B/hyb" generate \
+      --model "$MODEL" --max-tokens 16 --temperature 0 "The garden in spring" > /dev/null 2>&1
+    kb=$(tail -1 "$B/quant_rss.txt")
+    printf "  round %d  %-8s %s\n" "$round" "$mode" "$(( kb / 1024 ))"
+  done
+done
