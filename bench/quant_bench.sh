@@ -3,7 +3,10 @@
 # default model (issue 22: quantized decode speed and accuracy against the f32 computation).
 #   bench/quant_bench.sh [POSITIONS [STEPS [ROUNDS [JSON]]]]
 # Environment: HYB_BUILD_DIR (default build), HYB_MODEL (default: scripts/fetch_model.sh),
-# QUANT_TEXT (default: examples/data/garden.txt + apache-2.0.txt), OMP_NUM_THREADS (default 2).
+# QUANT_TEXT (default: examples/data/garden.txt + apache-2.0.txt), OMP_NUM_THREADS (default 2),
+# QUANT_LLAMA=1: also llama.cpp on the same file and thread count (llama-cpp-python and numpy
+# installed into .venv-bench on first use, compiled from PyPI's sdist: long on 2 cores): decode
+# rounds interleaved with hyb's, and its KL / top-1 against hyb's f32 logits.
 set -eu
 cd "$(dirname "$0")/.."
 B=${HYB_BUILD_DIR:-build}
@@ -17,8 +20,26 @@ gcc -O2 -fopenmp -Icore/include -Icore bench/quant_bench.c "$B/libhyb_core.a" \
   $(pkg-config --libs openblas tomlplusplus libpcre2-8 libcjson) -lstdc++ -ldl -lm \
   -o "$B/quant_bench"
 mkdir -p bench/results
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HYB_PLUGIN_PATH=${HYB_PLUGIN_PATH:-$B/plugins} \
-  "$B/quant_bench" "$MODEL" "$TEXT" "$@"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HYB_PLUGIN_PATH=${HYB_PLUGIN_PATH:-$B/plugins}
+[ "${QUANT_LLAMA:-0}" = 1 ] && export QUANT_DUMP=$B/quant_ref.bin
+"$B/quant_bench" "$MODEL" "$TEXT" "$@"
+if [ "${QUANT_LLAMA:-0}" = 1 ]; then
+  PY=.venv-bench/bin/python
+  [ -x "$PY" ] || python3 -m venv .venv-bench
+  "$PY" -c "import llama_cpp, numpy" 2>/dev/null || .venv-bench/bin/pip install -q numpy llama-cpp-python
+  STEPS=${2:-32}
+  ROUNDS=${3:-5}
+  echo
+  echo "hyb and llama.cpp decode, $STEPS steps after a 32-token prompt, rounds in turn:"
+  r=1
+  while [ "$r" -le "$ROUNDS" ]; do
+    QUANT_DUMP= "$B/quant_bench" "$MODEL" "$TEXT" 0 "$STEPS" 1 "$B/quant_round.json" 2>/dev/null |
+      grep -E "^(f32|precise|fast) " | sed "s/^/  round $r hyb /"
+    "$PY" bench/quant_llama.py "$MODEL" "$STEPS" 1 | sed "s/^/  round $r /"
+    r=$((r + 1))
+  done
+  "$PY" bench/quant_llama.py "$MODEL" "$STEPS" 0 "$QUANT_DUMP" | tail -1
+fi
 # peak resident memory of a whole `hyb generate` (load + 16 tokens) per mode, two rounds in turn
 echo
 echo "peak RSS of hyb generate (load + 16 tokens), MB:"
