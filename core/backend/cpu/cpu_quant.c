@@ -343,6 +343,20 @@ AVX2_FN static inline __m256i unpack_nibbles(const uint8_t *qs) {
         w3 = _mm256_cvtepi32_ps(_mm256_cvtep##sgn##8_epi32(_mm_srli_si128(hi_, 8)));               \
     } while (0)
 
+/* the 32 values of a Q4_0/Q4_1 block as 4 f32 vectors of elements 8k..8k+7: byte j of qs holds
+ * element j (low nibble) and j + 16 (high), so bytes 0-7 give elements 0-7 and 16-23, bytes 8-15
+ * give 8-15 and 24-31; `off` is subtracted (8 for Q4_0) */
+#define NIBBLES_TO_PS(qs, off, w0, w1, w2, w3)                                                     \
+    do {                                                                                           \
+        const __m256i m15_ = _mm256_set1_epi32(15), o_ = _mm256_set1_epi32(off);                   \
+        __m256i a_ = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs)));                 \
+        __m256i b_ = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((qs) + 8)));           \
+        w0 = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(a_, m15_), o_));                 \
+        w1 = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(b_, m15_), o_));                 \
+        w2 = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(a_, 4), o_));                   \
+        w3 = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(b_, 4), o_));                   \
+    } while (0)
+
 AVX2_FN static inline __m256 block_t(const float *x, __m256 w0, __m256 w1, __m256 w2, __m256 w3) {
     __m256 t = _mm256_mul_ps(w0, _mm256_loadu_ps(x));
     t = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), t);
@@ -364,12 +378,10 @@ AVX2_FN static float dot_p_q8_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
 
 AVX2_FN static float dot_p_q4_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
-    const __m256i off = _mm256_set1_epi8(8);
     for (int b = 0; b < nb; b++, w += 18) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
-        __m256i v = _mm256_sub_epi8(unpack_nibbles(w + 2), off);
         __m256 w0, w1, w2, w3;
-        BYTES_TO_PS(v, i, w0, w1, w2, w3);
+        NIBBLES_TO_PS(w + 2, 8, w0, w1, w2, w3);
         acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
     }
     return hsum_avx(acc);
@@ -381,9 +393,8 @@ AVX2_FN static float dot_p_q4_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
     for (int b = 0; b < nb; b++, w += 20) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
         const float m = _cvtsh_ss(ld16(w + 2));
-        __m256i v = unpack_nibbles(w + 4);
         __m256 w0, w1, w2, w3;
-        BYTES_TO_PS(v, u, w0, w1, w2, w3);
+        NIBBLES_TO_PS(w + 4, 0, w0, w1, w2, w3);
         acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
         sm = fmaf(m, xr->xsum[b], sm);
     }
@@ -452,15 +463,22 @@ AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
     for (int b = 0; b < nb; b++, w += 144) {
         const float d = _cvtsh_ss(ld16(w)), dmin = _cvtsh_ss(ld16(w + 2));
         for (int c = 0; c < 4; c++) {
-            __m256i q[2];
-            q4k_pair(w + 16 + 32 * c, &q[0], &q[1]);
+            /* bytes 8k..8k+7 of qs[32c ..] widened once; nibble t is sub-block 2c + t */
+            const uint8_t *qs = w + 16 + 32 * c;
+            __m256i bq[4];
+            for (int k = 0; k < 4; k++)
+                bq[k] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * k)));
             for (int t = 0; t < 2; t++) {
                 const int j = 2 * c + t;
                 int isc, imn;
                 k_scale_min(w + 4, j, &isc, &imn);
                 const __m256 dl = _mm256_set1_ps(d * (float)isc);
-                __m256 w0, w1, w2, w3;
-                BYTES_TO_PS(q[t], u, w0, w1, w2, w3);
+                const __m256i m15 = _mm256_set1_epi32(15);
+                __m256 wk[4];
+                for (int k = 0; k < 4; k++)
+                    wk[k] = _mm256_cvtepi32_ps(t ? _mm256_srli_epi32(bq[k], 4)
+                                                 : _mm256_and_si256(bq[k], m15));
+                const __m256 w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3];
                 acc = _mm256_fmadd_ps(block_t(xr->x + ((int64_t)b * 8 + j) * QK, w0, w1, w2, w3),
                                       dl, acc);
                 sm = fmaf(dmin * (float)imn, xr->xsum[(int64_t)b * 8 + j], sm);
