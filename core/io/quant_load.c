@@ -45,6 +45,11 @@ static int check_blocks(const hyb_tensor *t, const char *gguf_name, int ggml_typ
     if (hyb_ggml_type_to_dtype(ggml_type, &dt) != HYB_OK || !hyb_quant_supported(dt) ||
         t->ndim != 2 || t->dtype != HYB_F32) {
         hyb_error_clear();
+        if (hyb_ggml_block_elems(ggml_type) > 1) /* a block type without a kernel: say so */
+            hyb_log(HYB_LOG_WARN,
+                    "HYB_QUANT: tensor '%s' is %s, which has no quantized kernel (supported: "
+                    "Q8_0 Q4_0 Q4_1 Q4_K Q6_K); it is dequantized to f32",
+                    gguf_name, hyb_ggml_type_name(ggml_type) ? hyb_ggml_type_name(ggml_type) : "?");
         return 0;
     }
     const int64_t K = t->shape[1], bb = hyb_dtype_block_bytes(dt), be = hyb_dtype_block_elems(dt);
