@@ -21,8 +21,8 @@
 #include "harness.h"
 #include "hyb/tensor.h"
 
-static const hyb_dtype TYPES[] = {HYB_Q8_0, HYB_Q4_0, HYB_Q4_1, HYB_Q4_K, HYB_Q6_K};
-#define NTYPES 5
+static const hyb_dtype TYPES[] = {HYB_Q8_0, HYB_Q4_0, HYB_Q4_1, HYB_Q5_0, HYB_Q5_1, HYB_Q4_K, HYB_Q6_K};
+#define NTYPES 7
 
 static uint8_t *random_blocks(hyb_rng *r, hyb_dtype t, int N, int K) {
     const int64_t rb = hyb_quant_row_bytes(t, K), nbytes = rb * N;
@@ -37,8 +37,8 @@ static uint8_t *random_blocks(hyb_rng *r, hyb_dtype t, int N, int K) {
     for (int64_t off = 0; off < nbytes; off += bb) {
         uint16_t d = hyb_f32_to_f16(dmax * (0.02f + hyb_rng_uniform(r)));
         memcpy(w + off + doff, &d, 2);
-        if (t == HYB_Q4_1 || t == HYB_Q4_K) {
-            uint16_t m = hyb_f32_to_f16((t == HYB_Q4_1 ? -0.4f : 0.004f) * hyb_rng_uniform(r));
+        if (t == HYB_Q4_1 || t == HYB_Q5_1 || t == HYB_Q4_K) {
+            uint16_t m = hyb_f32_to_f16((t == HYB_Q4_K ? 0.004f : -0.4f) * hyb_rng_uniform(r));
             memcpy(w + off + 2, &m, 2);
         }
     }

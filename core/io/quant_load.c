@@ -24,9 +24,11 @@ static int scale_fields(hyb_dtype t, int off[2]) {
     switch (t) {
     case HYB_Q8_0:
     case HYB_Q4_0:
+    case HYB_Q5_0:
         off[0] = 0;
         return 1;
     case HYB_Q4_1:
+    case HYB_Q5_1:
     case HYB_Q4_K: /* d, dmin */
         off[0] = 0, off[1] = 2;
         return 2;
@@ -48,7 +50,7 @@ static int check_blocks(const hyb_tensor *t, const char *gguf_name, int ggml_typ
         if (hyb_ggml_block_elems(ggml_type) > 1) /* a block type without a kernel: say so */
             hyb_log(HYB_LOG_WARN,
                     "HYB_QUANT: tensor '%s' is %s, which has no quantized kernel (supported: "
-                    "Q8_0 Q4_0 Q4_1 Q4_K Q6_K); it is dequantized to f32",
+                    "Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q6_K); it is dequantized to f32",
                     gguf_name, hyb_ggml_type_name(ggml_type) ? hyb_ggml_type_name(ggml_type) : "?");
         return 0;
     }

@@ -3,6 +3,8 @@
  * Block layouts (GGUF, as core/io/dequant.c documents them): Q8_0 = d:f16, qs:i8[32];
  * Q4_0 = d:f16, qs[16] (byte j: element j in the low nibble, element j + 16 in the high), value
  * d * (nibble - 8); Q4_1 = d:f16, m:f16, qs[16], value d * nibble + m.
+ * Q5_0 = d, qh:u32, qs[16]: value d * (q - 16), q = nibble | (bit e of qh) << 4; Q5_1 = d, m, qh,
+ * qs[16]: value d * q + m.
  * K-quants, 256 values: Q4_K = d, dmin, scales[12] (8 six-bit scales + mins), qs[128]; sub-block j
  * (32 values) is nibble j%2 of qs[32(j/2) ..], value d sc_j q - dmin mn_j: the kernels treat each
  * sub-block as a Q4_1 block with scale d sc_j and offset -dmin mn_j. Q6_K = ql[128], qh[64],
@@ -47,7 +49,7 @@
 
 #define QK 32
 
-typedef enum { T_Q8_0 = 0, T_Q4_0, T_Q4_1, T_Q4_K, T_Q6_K, T_COUNT } qtype;
+typedef enum { T_Q8_0 = 0, T_Q4_0, T_Q4_1, T_Q4_K, T_Q6_K, T_Q5_0, T_Q5_1, T_COUNT } qtype;
 
 static int qtype_of(hyb_dtype t) {
     switch (t) {
@@ -61,13 +63,17 @@ static int qtype_of(hyb_dtype t) {
         return T_Q4_K;
     case HYB_Q6_K:
         return T_Q6_K;
+    case HYB_Q5_0:
+        return T_Q5_0;
+    case HYB_Q5_1:
+        return T_Q5_1;
     default:
         return -1;
     }
 }
 
-static const int BLOCK_BYTES[T_COUNT] = {34, 18, 20, 144, 210};
-static const int BLOCK_ELEMS[T_COUNT] = {32, 32, 32, 256, 256};
+static const int BLOCK_BYTES[T_COUNT] = {34, 18, 20, 144, 210, 22, 24};
+static const int BLOCK_ELEMS[T_COUNT] = {32, 32, 32, 256, 256, 32, 32};
 
 int hyb_quant_supported(hyb_dtype t) {
     return qtype_of(t) >= 0;
@@ -312,6 +318,88 @@ static float dot_f_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
         }
     }
     return hsum8(acc);
+}
+
+/* Q5_0 / Q5_1: element e (0..31) of a block, 0..31 */
+static inline int q5(const uint8_t *qs, uint32_t qh, int e) {
+    return nib(qs, e) | (int)(((qh >> e) & 1u) << 4);
+}
+static inline uint32_t ld32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static float dot_p_q5_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 22) {
+        const float d = hyb_f16_to_f32(ld16(w));
+        const uint32_t qh = ld32(w + 2);
+        const uint8_t *qs = w + 6;
+        const float *x = xr->x + (int64_t)b * QK;
+        for (int l = 0; l < 8; l++) {
+            float t = (float)(q5(qs, qh, l) - 16) * x[l];
+            t = fmaf((float)(q5(qs, qh, 8 + l) - 16), x[8 + l], t);
+            t = fmaf((float)(q5(qs, qh, 16 + l) - 16), x[16 + l], t);
+            t = fmaf((float)(q5(qs, qh, 24 + l) - 16), x[24 + l], t);
+            acc[l] = fmaf(t, d, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_p_q5_1_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 24) {
+        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
+        const uint32_t qh = ld32(w + 4);
+        const uint8_t *qs = w + 8;
+        const float *x = xr->x + (int64_t)b * QK;
+        for (int l = 0; l < 8; l++) {
+            float t = (float)q5(qs, qh, l) * x[l];
+            t = fmaf((float)q5(qs, qh, 8 + l), x[8 + l], t);
+            t = fmaf((float)q5(qs, qh, 16 + l), x[16 + l], t);
+            t = fmaf((float)q5(qs, qh, 24 + l), x[24 + l], t);
+            acc[l] = fmaf(t, d, acc[l]);
+        }
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum8(acc) + sm;
+}
+
+static float dot_f_q5_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 22) {
+        const float d = hyb_f16_to_f32(ld16(w));
+        const uint32_t qh = ld32(w + 2);
+        const uint8_t *qs = w + 6;
+        const int8_t *xq = xr->q + (int64_t)b * QK;
+        const float *s = xr->s + (int64_t)b * 8;
+        for (int l = 0; l < 8; l++) {
+            int32_t i = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                i += (q5(qs, qh, j) - 16) * xq[j];
+            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_f_q5_1_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 24) {
+        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
+        const uint32_t qh = ld32(w + 4);
+        const uint8_t *qs = w + 8;
+        const int8_t *xq = xr->q + (int64_t)b * QK;
+        const float *s = xr->s + (int64_t)b * 8;
+        for (int l = 0; l < 8; l++) {
+            int32_t i = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                i += q5(qs, qh, j) * xq[j];
+            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
+        }
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum8(acc) + sm;
 }
 
 /* ---- AVX2 + FMA + F16C kernels ----------------------------------------------------------------*/
@@ -563,6 +651,71 @@ AVX2_FN static float dot_f_q6_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
     }
     return hsum_avx(acc);
 }
+/* Q5_0 / Q5_1: the 32 values (0..31) of a block as bytes: nibbles | (bit e of qh) << 4 */
+AVX2_FN static inline __m256i q5_bytes(const uint8_t *qs, uint32_t qh) {
+    const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
+                                         2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    __m256i h = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), sel); /* byte e: byte e/8 of qh */
+    h = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);               /* 0xFF where bit e set */
+    return _mm256_or_si256(unpack_nibbles(qs), _mm256_and_si256(h, _mm256_set1_epi8(0x10)));
+}
+
+AVX2_FN static float dot_p_q5_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(16);
+    for (int b = 0; b < nb; b++, w += 22) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        __m256i v = _mm256_sub_epi8(q5_bytes(w + 6, ld32(w + 2)), off);
+        __m256 w0, w1, w2, w3;
+        BYTES_TO_PS(v, i, w0, w1, w2, w3);
+        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_p_q5_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 24) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        const float m = _cvtsh_ss(ld16(w + 2));
+        __m256i v = q5_bytes(w + 8, ld32(w + 4));
+        __m256 w0, w1, w2, w3;
+        BYTES_TO_PS(v, u, w0, w1, w2, w3);
+        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum_avx(acc) + sm;
+}
+
+AVX2_FN static float dot_f_q5_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(16);
+    for (int b = 0; b < nb; b++, w += 22) {
+        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
+                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
+        __m256i wv = _mm256_sub_epi8(q5_bytes(w + 6, ld32(w + 2)), off);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
+        acc = _mm256_fmadd_ps(lanes_ss(wv, xv), sc, acc);
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_f_q5_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 24) {
+        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
+                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
+        const float m = _cvtsh_ss(ld16(w + 2));
+        __m256i wv = q5_bytes(w + 8, ld32(w + 4));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
+        acc = _mm256_fmadd_ps(lanes_us(wv, xv), sc, acc);
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum_avx(acc) + sm;
+}
 #endif
 
 /* ---- dispatch ---------------------------------------------------------------------------------*/
@@ -572,12 +725,16 @@ typedef struct kernels {
 } kernels;
 
 static const kernels K_SCALAR = {
-    {dot_p_q8_0_sc, dot_p_q4_0_sc, dot_p_q4_1_sc, dot_p_q4_k_sc, dot_p_q6_k_sc},
-    {dot_f_q8_0_sc, dot_f_q4_0_sc, dot_f_q4_1_sc, dot_f_q4_k_sc, dot_f_q6_k_sc}};
+    {dot_p_q8_0_sc, dot_p_q4_0_sc, dot_p_q4_1_sc, dot_p_q4_k_sc, dot_p_q6_k_sc, dot_p_q5_0_sc,
+     dot_p_q5_1_sc},
+    {dot_f_q8_0_sc, dot_f_q4_0_sc, dot_f_q4_1_sc, dot_f_q4_k_sc, dot_f_q6_k_sc, dot_f_q5_0_sc,
+     dot_f_q5_1_sc}};
 #ifdef HYB_QUANT_X86
 static const kernels K_AVX2 = {
-    {dot_p_q8_0_avx2, dot_p_q4_0_avx2, dot_p_q4_1_avx2, dot_p_q4_k_avx2, dot_p_q6_k_avx2},
-    {dot_f_q8_0_avx2, dot_f_q4_0_avx2, dot_f_q4_1_avx2, dot_f_q4_k_avx2, dot_f_q6_k_avx2}};
+    {dot_p_q8_0_avx2, dot_p_q4_0_avx2, dot_p_q4_1_avx2, dot_p_q4_k_avx2, dot_p_q6_k_avx2,
+     dot_p_q5_0_avx2, dot_p_q5_1_avx2},
+    {dot_f_q8_0_avx2, dot_f_q4_0_avx2, dot_f_q4_1_avx2, dot_f_q4_k_avx2, dot_f_q6_k_avx2,
+     dot_f_q5_0_avx2, dot_f_q5_1_avx2}};
 #endif
 
 int hyb_quant_have_avx2(void) {
@@ -802,7 +959,7 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
     if (qt < 0)
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
                              "quantized matmul: weight type %s is not supported (supported: "
-                             "q8_0 q4_0 q4_1 q4_k q6_k)",
+                             "q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q6_k)",
                              hyb_dtype_name(wt));
     if (M < 0 || N < 0 || K < 0 || K % BLOCK_ELEMS[qt])
         return hyb_error_set(HYB_ERR_ARG,

@@ -39,6 +39,8 @@ typedef enum hyb_dtype {
     HYB_Q4_1,
     HYB_Q4_K,
     HYB_Q6_K,
+    HYB_Q5_0,
+    HYB_Q5_1,
     HYB_DTYPE_COUNT
 } hyb_dtype;
 
@@ -101,7 +103,7 @@ static inline const float *hyb_tensor_cf32(const hyb_tensor *t) { return (const 
 /* Convert n elements of src (any dtype, quantised included) to f32. */
 int hyb_convert_to_f32(hyb_dtype src_type, const void *src, float *dst, int64_t n);
 /* Dequantise n elements (a whole number of blocks) of a quantised GGUF type (Q8_0, Q4_0, Q4_1,
- * Q4_K, Q6_K) into f32. Implemented by the GGUF reader (core/io/dequant.c); hyb_convert_to_f32
+ * Q4_K, Q6_K, Q5_0, Q5_1) into f32. Implemented by the GGUF reader (core/io/dequant.c); hyb_convert_to_f32
  * calls it for quantised types. Returns HYB_OK or a negative hyb_status with the error set. */
 int hyb_dequantize(hyb_dtype type, const void *src, float *dst, int64_t n);
 /* f32 -> f16 / bf16 (round to nearest even). */
