@@ -6,8 +6,10 @@
  *   hyb_tensor_free(t);
  *
  * Shapes are outermost-first, as PyTorch writes them (x: [B, T, D] has D contiguous). Strides
- * are in elements. Quantised dtypes (Q8_0 ...) are storage-only: they exist so loaders can hold
- * file data; every op works on f32 (CPU) or f32/bf16 (CUDA).
+ * are in elements. Quantised dtypes (Q8_0 ...) hold GGUF blocks: loaders keep file data in them, and
+ * with HYB_QUANT the CPU hyb_matmul / hyb_embedding take a frozen weight in Q8_0, Q4_0, Q4_1, Q5_0,
+ * Q5_1, Q4_K or Q6_K blocks (core/backend/cpu/cpu_quant.h); every other op works on f32 (CPU) or
+ * f32/bf16 (CUDA).
  *
  * Ownership: a tensor made by hyb_tensor_new owns its data and frees it in hyb_tensor_free; a
  * view (hyb_tensor_view) or a wrapper (hyb_tensor_wrap) never frees data; arena tensors belong to
