@@ -276,28 +276,31 @@ int main(int argc, char **argv) {
         printf("%-8s %8.1f %11.2f %9.2f %19.2f\n", sp[i].name, median(sp[i].tok_s, rounds),
                median(sp[i].cpu_ms, rounds), median(ratio[i], rounds),
                1e3 * (sp[i].quant ? rd_q : rd_f) / bw);
-    if (npos <= 0) return 0;
 
-    /* 2. accuracy */
-    size_t tlen;
-    char *text = read_file(text_path, &tlen);
+    /* 2. accuracy (POSITIONS 0: skipped) */
+    size_t tlen = 0;
+    char *text = npos > 0 ? read_file(text_path, &tlen) : calloc(1, 1);
     if (!text) {
         fprintf(stderr, "quant_bench: cannot read %s\n", text_path);
         return 1;
     }
     hyb_tokenizer *tok = hyb_tokenizer_load_gguf(model);
     if (!tok) die("tokenizer");
-    int32_t *ids;
-    size_t nids;
-    if (hyb_tokenizer_encode_alloc(tok, text, tlen, 0, &ids, &nids) != HYB_OK) die("encode");
+    int32_t *ids = NULL;
+    size_t nids = 0;
+    if (npos > 0 && hyb_tokenizer_encode_alloc(tok, text, tlen, 0, &ids, &nids) != HYB_OK)
+        die("encode");
     if ((int)nids < npos) npos = (int)nids;
-    printf("\naccuracy: %d positions of %s, against the f32 model (same weights, dequantised)\n",
-           npos, text_path);
-    float *ref = malloc(sizeof(float) * (size_t)npos * V), *out = malloc(sizeof(float) * (size_t)npos * V);
+    if (npos > 0)
+        printf("\naccuracy: %d positions of %s, against the f32 model (same weights, "
+               "dequantised)\n",
+               npos, text_path);
+    const size_t nlog = (size_t)(npos > 0 ? npos : 1) * (size_t)V;
+    float *ref = malloc(sizeof(float) * nlog), *out = malloc(sizeof(float) * nlog);
     if (!ref || !out) die("out of memory");
     hyb_quant_set(&off);
     run_positions(mf, kf, ids, npos, V, ref);
-    const char *dump = getenv("QUANT_DUMP"); /* for bench/quant_llama.py: ids and f32 logits */
+    const char *dump = npos > 0 ? getenv("QUANT_DUMP") : NULL; /* for bench/quant_llama.py: ids and f32 logits */
     if (dump && *dump) {
         FILE *df = fopen(dump, "wb");
         int32_t hdr[2] = {npos, V};
@@ -320,8 +323,8 @@ int main(int argc, char **argv) {
         {"fast g32 f16 (llama.cpp's rounding)", qc(HYB_QUANT_FAST, 32, 1), 0, 0, 0},
         {"emul g32 f16 (llama.cpp's rounding in f32)", qc(HYB_QUANT_EMUL, 32, 1), 0, 0, 0},
     };
-    const int nac = (int)(sizeof ac / sizeof ac[0]);
-    printf("%-44s %12s %8s %10s\n", "path", "mean KL", "top-1", "max KL");
+    const int nac = npos > 0 ? (int)(sizeof ac / sizeof ac[0]) : 0;
+    if (nac) printf("%-44s %12s %8s %10s\n", "path", "mean KL", "top-1", "max KL");
     for (int i = 0; i < nac; i++) {
         hyb_quant_set(&ac[i].c);
         run_positions(mq, kq, ids, npos, V, out);
