@@ -19,6 +19,8 @@
 #include "backend/cpu/cpu.h"
 #include "backend/cpu/cpu_quant.h"
 #include "harness.h"
+#include "hyb/gguf.h"
+#include "io/quant_load.h"
 #include "hyb/tensor.h"
 
 static const hyb_dtype TYPES[] = {HYB_Q8_0, HYB_Q4_0, HYB_Q4_1, HYB_Q5_0, HYB_Q5_1, HYB_Q4_K, HYB_Q6_K};
@@ -289,6 +291,78 @@ static void test_shadow(void) {
     free(W), free(x);
 }
 
+/* the loader's two entry points: blocks adopted by a graph-consumed weight, NaN/Inf scales
+ * refused with the tensor's name, and an attention shadow with GGUF's per-head row order put back
+ * (the product through the shadow must match the f32 rows in HF order) */
+static void test_loader(void) {
+    hyb_rng r;
+    hyb_rng_seed(&r, 6);
+    const hyb_quant_config saved = hyb_quant_get(), pre = cfg(HYB_QUANT_PRECISE, 4, 0, 0);
+    hyb_quant_set(&pre);
+    const int N = 16, K = 64; /* 2 heads of 8 rows (with 4 rows the permutation is its own
+                               * inverse, and a reversed one would pass) */
+    const int64_t rb = hyb_quant_row_bytes(HYB_Q4_1, K), nbytes = rb * N;
+    uint8_t *W = random_blocks(&r, HYB_Q4_1, N, K);
+    int64_t sh[2] = {N, K};
+
+    hyb_tensor *t = hyb_tensor_new(HYB_F32, 2, sh);
+    t->owner = HYB_OWN_PARAM;
+    snprintf(t->name, sizeof t->name, "model.layers.3.mlp.up_proj.weight");
+    CHECK(hyb_quant_adopt_gguf(t, "blk.3.ffn_up.weight", HYB_GGML_Q4_1, W, (uint64_t)nbytes) == 1);
+    CHECK(t->dtype == HYB_Q4_1 && !t->requires_grad && memcmp(t->data, W, (size_t)nbytes) == 0);
+    hyb_tensor_free(t);
+
+    uint8_t *bad = malloc((size_t)nbytes);
+    memcpy(bad, W, (size_t)nbytes);
+    bad[5 * 20 + 3] = 0x7e; /* block 5's m: f16 exponent all ones = NaN */
+    t = hyb_tensor_new(HYB_F32, 2, sh);
+    t->owner = HYB_OWN_PARAM;
+    snprintf(t->name, sizeof t->name, "model.layers.3.mlp.up_proj.weight");
+    CHECK(hyb_quant_adopt_gguf(t, "blk.3.ffn_up.weight", HYB_GGML_Q4_1, bad, (uint64_t)nbytes) ==
+          HYB_ERR_FORMAT);
+    CHECK(strstr(hyb_error(), "blk.3.ffn_up.weight") && strstr(hyb_error(), "block 5"));
+    CHECK(t->dtype == HYB_F32);
+    /* not a graph-consumed weight: left alone */
+    snprintf(t->name, sizeof t->name, "model.layers.3.self_attn.q_proj.weight");
+    CHECK(hyb_quant_adopt_gguf(t, "blk.3.attn_q.weight", HYB_GGML_Q4_1, W, (uint64_t)nbytes) == 0);
+    CHECK(t->dtype == HYB_F32);
+    hyb_tensor_free(t);
+
+    /* q_proj: GGUF row h*hd + 2i + j is HF row h*hd + j*hd/2 + i */
+    t = hyb_tensor_new(HYB_F32, 2, sh);
+    t->owner = HYB_OWN_PARAM;
+    snprintf(t->name, sizeof t->name, "model.layers.3.self_attn.q_proj.weight");
+    float *gg = malloc(sizeof(float) * (size_t)N * K);
+    CHECK(hyb_dequantize(HYB_Q4_1, W, gg, (int64_t)N * K) == HYB_OK);
+    const int hd = 8, half = 4;
+    for (int h = 0; h < 2; h++)
+        for (int i = 0; i < half; i++)
+            for (int j = 0; j < 2; j++)
+                memcpy(hyb_tensor_f32(t) + (size_t)(h * hd + j * half + i) * K,
+                       gg + (size_t)(h * hd + 2 * i + j) * K, sizeof(float) * K);
+    const int n0 = hyb_quant_shadow_count();
+    CHECK(hyb_quant_shadow_gguf(t, "blk.3.attn_q.weight", HYB_GGML_Q4_1, W, (uint64_t)nbytes, 2,
+                                hd) == HYB_OK);
+    CHECK(hyb_quant_shadow_count() == n0 + 1);
+    float *x = random_x(&r, 1, K), yq[16], yf[16];
+    hyb_cpu_sgemm(0, 1, 1, N, K, 1.0f, x, K, hyb_tensor_cf32(t), K, 0.0f, yq, N); /* shadow */
+    for (int n = 0; n < N; n++) {
+        double a = 0, ab = 0;
+        for (int k = 0; k < K; k++) {
+            a += (double)x[k] * hyb_tensor_cf32(t)[(size_t)n * K + k];
+            ab += fabs((double)x[k] * hyb_tensor_cf32(t)[(size_t)n * K + k]);
+        }
+        yf[n] = (float)a;
+        CHECK_MSG(fabs(yq[n] - a) <= F32_TOL * ab + 1e-30, "row %d: shadow %.9g vs f32 %.9g", n,
+                  yq[n], a);
+    }
+    (void)yf;
+    hyb_tensor_free(t);
+    CHECK(hyb_quant_shadow_count() == n0);
+    hyb_quant_set(&saved);
+    free(W), free(bad), free(gg), free(x);
+}
+
 int main(void) {
     RUN(test_simd_equals_scalar);
     RUN(test_against_dequantized);
@@ -296,5 +370,6 @@ int main(void) {
     RUN(test_finer_scales_help);
     RUN(test_bad_input);
     RUN(test_shadow);
+    RUN(test_loader);
     return harness_done();
 }
