@@ -45,9 +45,10 @@ def main():
         if r:
             tok_s.append(steps / t)
             cpu_ms.append(1e3 * c / steps)
-    print(f"llama.cpp load {load_s:.2f} s; decode tok/s per round "
-          + " ".join(f"{x:.1f}" for x in tok_s)
-          + f"; median {np.median(tok_s):.1f} tok/s, {np.median(cpu_ms):.2f} cpu ms/tok")
+    if tok_s:
+        print(f"llama.cpp load {load_s:.2f} s; decode tok/s per round "
+              + " ".join(f"{x:.1f}" for x in tok_s)
+              + f"; median {np.median(tok_s):.1f} tok/s, {np.median(cpu_ms):.2f} cpu ms/tok")
     if ref:
         with open(ref, "rb") as f:
             npos, V = np.frombuffer(f.read(8), dtype=np.int32)
