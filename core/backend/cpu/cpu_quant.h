@@ -30,7 +30,7 @@
 
 #include "hyb/tensor.h"
 
-#define HYB_QUANT_GEMV_MAX_M 8
+#define HYB_QUANT_GEMV_MAX_M 16
 
 typedef enum hyb_quant_mode {
     HYB_QUANT_OFF = 0, /* the loader dequantises to f32 (today's behaviour) */
