@@ -264,8 +264,8 @@ static void test_shadow(void) {
     int64_t sh[2] = {N, K};
     hyb_tensor *Wf = hyb_tensor_new(HYB_F32, 2, sh);
     CHECK(hyb_dequantize(HYB_Q4_1, W, hyb_tensor_f32(Wf), (int64_t)N * K) == HYB_OK);
-    float *x = random_x(&r, 12, K);
-    float yq[12 * 45], ys[12 * 45], yf[12 * 45];
+    float *x = random_x(&r, HYB_QUANT_GEMV_MAX_M, K);
+    float yq[HYB_QUANT_GEMV_MAX_M * 45], ys[HYB_QUANT_GEMV_MAX_M * 45], yf[45];
     const hyb_quant_config saved = hyb_quant_get(), fast = cfg(HYB_QUANT_FAST, 4, 0, 0);
     hyb_quant_set(&fast);
     const int n0 = hyb_quant_shadow_count();
