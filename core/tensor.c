@@ -2,6 +2,7 @@
 #include "hyb/tensor.h"
 
 #include "hyb/backend.h"
+#include "backend/cpu/cpu_quant.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@ static const struct {
     [HYB_F32] = {"f32", 1, 4},     [HYB_F16] = {"f16", 1, 2},       [HYB_BF16] = {"bf16", 1, 2},
     [HYB_I32] = {"i32", 1, 4},     [HYB_Q8_0] = {"q8_0", 32, 34},   [HYB_Q4_0] = {"q4_0", 32, 18},
     [HYB_Q4_1] = {"q4_1", 32, 20}, [HYB_Q4_K] = {"q4_k", 256, 144}, [HYB_Q6_K] = {"q6_k", 256, 210},
+    [HYB_Q5_0] = {"q5_0", 32, 22}, [HYB_Q5_1] = {"q5_1", 32, 24},
 };
 
 static int dtype_ok(hyb_dtype t) {
@@ -48,7 +50,8 @@ int hyb_dtype_from_name(const char *name, hyb_dtype *out) {
         }
     }
     return hyb_error_set(
-        HYB_ERR_ARG, "unknown dtype '%s' (known: f32 f16 bf16 i32 q8_0 q4_0 q4_1 q4_k q6_k)", name);
+        HYB_ERR_ARG,
+        "unknown dtype '%s' (known: f32 f16 bf16 i32 q8_0 q4_0 q4_1 q4_k q6_k q5_0 q5_1)", name);
 }
 
 int64_t hyb_dtype_block_elems(hyb_dtype t) {
@@ -219,9 +222,10 @@ void hyb_tensor_free(hyb_tensor *t) {
     if (!t) return;
     if (t->owner == HYB_OWN_ARENA) return; /* struct and data belong to the arena */
     if (t->owner == HYB_OWN_HEAP || t->owner == HYB_OWN_PARAM) {
-        if (t->device == HYB_DEV_CPU)
+        if (t->device == HYB_DEV_CPU) {
+            hyb_quant_shadow_forget(t->data); /* HYB_QUANT: its blocks, if any (cpu_quant.h) */
             hyb_free(t->data);
-        else {
+        } else {
             const hyb_backend *be = hyb_backend_get(t->device);
             if (be && t->data) be->free(be, t->data);
         }
@@ -485,6 +489,8 @@ int hyb_convert_to_f32(hyb_dtype src_type, const void *src, float *dst, int64_t 
     case HYB_Q4_1:
     case HYB_Q4_K:
     case HYB_Q6_K:
+    case HYB_Q5_0:
+    case HYB_Q5_1:
         if (n % DT[src_type].block_elems)
             return hyb_error_set(HYB_ERR_ARG,
                                  "hyb_convert_to_f32: %lld elements of %s is not a whole number "

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "graph/graph_internal.h"
+#include "graph/op_linear_quant.h" /* HYB_QUANT: weights kept in GGUF blocks */
 
 // ---- embedding ------------------------------------------------------------------------------
 
@@ -18,6 +19,8 @@ hyb_tensor *hyb_embedding(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B
     static const char OP[] = "hyb_embedding";
     char a[128];
     if (!g) return hyb_error_set(HYB_ERR_ARG, "%s: graph is NULL", OP), NULL;
+    if (W && hyb_dtype_block_elems(W->dtype) > 1) /* HYB_QUANT hook: op_linear_quant.c */
+        return hyb_embedding_quant(g, W, ids, B, T);
     if (op_check_f32(OP, "W", W)) return NULL;
     if (W->ndim != 2)
         return hyb_error_set(HYB_ERR_ARG, "%s: W %s must be 2-D [V, D]", OP,
@@ -76,6 +79,8 @@ hyb_tensor *hyb_matmul(hyb_graph *g, hyb_tensor *x, hyb_tensor *W) {
     static const char OP[] = "hyb_matmul";
     char a[128], b[128];
     if (!g) return hyb_error_set(HYB_ERR_ARG, "%s: graph is NULL", OP), NULL;
+    if (W && hyb_dtype_block_elems(W->dtype) > 1) /* HYB_QUANT hook: op_linear_quant.c */
+        return hyb_matmul_quant(g, x, W);
     if (op_check_f32(OP, "x", x) || op_check_f32(OP, "W", W)) return NULL;
     if (W->ndim != 2)
         return hyb_error_set(HYB_ERR_ARG, "%s: W %s must be 2-D [N, K] (a Linear weight)", OP,

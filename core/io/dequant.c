@@ -148,6 +148,10 @@ int hyb_ggml_type_from_dtype(hyb_dtype t) {
         return HYB_GGML_Q4_K;
     case HYB_Q6_K:
         return HYB_GGML_Q6_K;
+    case HYB_Q5_0:
+        return HYB_GGML_Q5_0;
+    case HYB_Q5_1:
+        return HYB_GGML_Q5_1;
     default:
         return -1;
     }

@@ -18,6 +18,7 @@
 #include <cJSON.h>
 
 #include "hyb/gguf.h"
+#include "io/quant_load.h"
 #include "hyb/safetensors.h"
 #include "../strbuf.h"
 #include "hf_config.h"
@@ -108,8 +109,8 @@ static int plan_layout(const cJSON *root, const char *path, const char *format, 
     const int apriel = !strcmp(format, HYB_HF_APRIEL_H);
     const cJSON *lay = cJSON_GetObjectItemCaseSensitive(root, "hybrid_block_layout");
     if (!cJSON_IsArray(lay))
-        return hyb_error_set(HYB_ERR_FORMAT,
-                             "%s: \"hybrid_block_layout\" must be a list of %s", path,
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: \"hybrid_block_layout\" must be a list of %s",
+                             path,
                              apriel ? "block types (\"t\", \"m2\", \"i\", ...)"
                                     : "mixer types (plugin names, \"identity\")");
     int n = cJSON_GetArraySize(lay);
@@ -248,8 +249,7 @@ static int llama_plan(const hyb_llama_config *c, const char *path, hf_plan *p) {
     for (int l = 0; l < p->n; l++)
         p->desc[l] = d;
     cJSON *root = cJSON_CreateObject();
-    if (!root ||
-        !cJSON_AddNumberToObject(root, "num_attention_heads", c->n_heads) ||
+    if (!root || !cJSON_AddNumberToObject(root, "num_attention_heads", c->n_heads) ||
         !cJSON_AddNumberToObject(root, "num_key_value_heads", c->n_kv_heads) ||
         !cJSON_AddNumberToObject(root, "head_dim", c->head_dim) ||
         !cJSON_AddNumberToObject(root, "rope_theta", c->rope_theta) ||
@@ -275,8 +275,8 @@ int hyb_llama_layermap_text(const hyb_llama_config *c, char *buf, size_t n) {
 /* The file's names for the checked fields, in check_config's order (NULL: hyb's own names). */
 enum { K_LAYERS, K_DMODEL, K_DFF, K_HEADS, K_KV, K_HEAD_DIM, K_VOCAB, K_SEQ, K_EPS, K_THETA, K_N };
 static const char *const JSON_KEYS[K_N] = {
-    "num_hidden_layers",   "hidden_size", "intermediate_size",       "num_attention_heads",
-    "num_key_value_heads", "head_dim",    "vocab_size",              "max_position_embeddings",
+    "num_hidden_layers",   "hidden_size", "intermediate_size", "num_attention_heads",
+    "num_key_value_heads", "head_dim",    "vocab_size",        "max_position_embeddings",
     "rms_norm_eps",        "rope_theta"};
 static const char *const GGUF_KEYS[K_N] = {"llama.block_count",
                                            "llama.embedding_length",
@@ -288,9 +288,9 @@ static const char *const GGUF_KEYS[K_N] = {"llama.block_count",
                                            "llama.context_length",
                                            "llama.attention.layer_norm_rms_epsilon",
                                            "llama.rope.freq_base"};
-static const char *const OWN_KEYS[K_N] = {"n_layers", "d_model",    "d_ff",    "n_heads",
-                                          "n_kv_heads", "head_dim", "vocab_size", "max_seq",
-                                          "norm_eps", "rope_theta"};
+static const char *const OWN_KEYS[K_N] = {"n_layers",   "d_model",   "d_ff",       "n_heads",
+                                          "n_kv_heads", "head_dim",  "vocab_size", "max_seq",
+                                          "norm_eps",   "rope_theta"};
 
 /* Every hyper-parameter within its stated range (hyb/config.h), named as the file names it. */
 static int check_config(const char *src, const hyb_llama_config *c, const char *const *names) {
@@ -551,6 +551,11 @@ static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llam
             break;
         }
         used[ti_idx] = 1;
+        if (perm == PERM_NONE) { /* HYB_QUANT: keep linear weights in their blocks (quant_load.c) */
+            int kept = hyb_quant_adopt_gguf(t, gname, ti->type, ti->data, ti->nbytes);
+            if (kept < 0) rc = hyb_error_wrap(kept, "%s", path);
+            if (kept) continue;
+        }
         rc = hyb_gguf_tensor_to_f32(g, ti_idx, hyb_tensor_f32(t));
         if (rc != HYB_OK) {
             rc = hyb_error_wrap(rc, "%s: tensor '%s' (%s)", path, gname,
@@ -572,6 +577,16 @@ static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llam
                 break;
             }
             unpermute_heads(hyb_tensor_f32(t), nh, c->head_dim, cols, tmp);
+        }
+        /* HYB_QUANT: attention projections also keep their blocks, as shadows (quant_load.c) */
+        rc = hyb_quant_shadow_gguf(t, gname, ti->type, ti->data, ti->nbytes,
+                                   perm == PERM_NONE ? 0
+                                   : perm == PERM_Q  ? c->n_heads
+                                                     : c->n_kv_heads,
+                                   c->head_dim);
+        if (rc != HYB_OK) {
+            rc = hyb_error_wrap(rc, "%s", path);
+            break;
         }
     }
     if (rc == HYB_OK)
@@ -671,8 +686,7 @@ static int js_bool(const cJSON *root, const char *path, const char *key, int def
 /* Parse a config.json text into c and plan its layers (which mixer each runs and the generated
  * layer map, through the mixers' hf_import; p is allocated: the caller frees it with plan_free,
  * also on error). */
-static int config_from_json(const char *text, const char *path, hyb_llama_config *c,
-                            hf_plan *p) {
+static int config_from_json(const char *text, const char *path, hyb_llama_config *c, hf_plan *p) {
     memset(c, 0, sizeof *c);
     memset(p, 0, sizeof *p);
     cJSON *root = cJSON_Parse(text);
@@ -686,7 +700,7 @@ static int config_from_json(const char *text, const char *path, hyb_llama_config
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     const char *type = cJSON_IsString(mt) ? mt->valuestring : NULL;
     /* "apriel_hybrid_ssm" is Fast-LLM's name for the apriel_h format */
-    const char *format = !type                                          ? NULL
+    const char *format = !type                                                ? NULL
                          : !strcmp(type, "llama") || !strcmp(type, "mistral") ? HYB_HF_LLAMA
                          : !strcmp(type, "apriel_h") || !strcmp(type, "apriel_hybrid_ssm")
                              ? HYB_HF_APRIEL_H

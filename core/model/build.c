@@ -419,4 +419,3 @@ const hyb_backend *hyb_model_backend(const hyb_model *m) {
 int hyb_model_set_identity(hyb_model *m, int layer) {
     return hyb_model_swap(m, layer, HYB_MIXER_IDENTITY, NULL, 0, 0);
 }
-

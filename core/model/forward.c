@@ -283,4 +283,3 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
     free(pos);
     return rc;
 }
-

@@ -451,7 +451,8 @@ int hyb_model_save(hyb_model *m, const char *dir) {
         if (!(cfg && identity_layer_of(m, m->params[i]) >= 0))
             rc = hyb_st_writer_add_tensor(w, m->params[i]->name, m->params[i]);
     if (rc == HYB_OK && omitted.n) rc = hyb_st_writer_meta(w, OMITTED_KEY, omitted.p);
-    if (rc == HYB_OK && omitted.oom) rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_model_save: out of memory");
+    if (rc == HYB_OK && omitted.oom)
+        rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_model_save: out of memory");
     hyb_strbuf_free(&omitted);
     if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "format", "pt");
     if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "hyb_version", HYB_VERSION);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "backend/cpu/cpu.h"
+#include "backend/cpu/cpu_quant.h"
 #include "hyb/backend.h"
 
 static void *cpu_alloc(const hyb_backend *be, size_t n) {
@@ -142,6 +143,16 @@ static int cpu_scale(const hyb_backend *be, float *x, float alpha, int64_t n) {
     return HYB_OK;
 }
 
+/* the activation path (precise / fast) and scheme come from HYB_QUANT / HYB_QUANT_ACT; a
+ * quantized weight always computes, precise when HYB_QUANT is off */
+static int cpu_qmatmul(const hyb_backend *be, int wt, const void *W, const float *x, float *y,
+                       int M, int N, int K) {
+    (void)be;
+    hyb_quant_config c = hyb_quant_get();
+    if (c.mode == HYB_QUANT_OFF) c.mode = HYB_QUANT_PRECISE;
+    return hyb_cpu_quant_matmul((hyb_dtype)wt, W, x, y, M, N, K, &c);
+}
+
 static const hyb_backend CPU_BACKEND = {
     .name = "cpu",
     .device = HYB_DEV_CPU,
@@ -172,6 +183,7 @@ static const hyb_backend CPU_BACKEND = {
     .adamw = cpu_adamw,
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
+    .qmatmul = cpu_qmatmul,
 };
 
 const hyb_backend *hyb_backend_cpu(void) {

@@ -6,8 +6,10 @@
  *   hyb_tensor_free(t);
  *
  * Shapes are outermost-first, as PyTorch writes them (x: [B, T, D] has D contiguous). Strides
- * are in elements. Quantised dtypes (Q8_0 ...) are storage-only: they exist so loaders can hold
- * file data; every op works on f32 (CPU) or f32/bf16 (CUDA).
+ * are in elements. Quantised dtypes (Q8_0 ...) hold GGUF blocks: loaders keep file data in them, and
+ * with HYB_QUANT the CPU hyb_matmul / hyb_embedding take a frozen weight in Q8_0, Q4_0, Q4_1, Q5_0,
+ * Q5_1, Q4_K or Q6_K blocks (core/backend/cpu/cpu_quant.h); every other op works on f32 (CPU) or
+ * f32/bf16 (CUDA).
  *
  * Ownership: a tensor made by hyb_tensor_new owns its data and frees it in hyb_tensor_free; a
  * view (hyb_tensor_view) or a wrapper (hyb_tensor_wrap) never frees data; arena tensors belong to
@@ -39,6 +41,8 @@ typedef enum hyb_dtype {
     HYB_Q4_1,
     HYB_Q4_K,
     HYB_Q6_K,
+    HYB_Q5_0,
+    HYB_Q5_1,
     HYB_DTYPE_COUNT
 } hyb_dtype;
 
@@ -113,7 +117,7 @@ static inline const float *hyb_tensor_cf32(const hyb_tensor *t) { return (const 
 /* Convert n elements of src (any dtype, quantised included) to f32. */
 int hyb_convert_to_f32(hyb_dtype src_type, const void *src, float *dst, int64_t n);
 /* Dequantise n elements (a whole number of blocks) of a quantised GGUF type (Q8_0, Q4_0, Q4_1,
- * Q4_K, Q6_K) into f32. Implemented by the GGUF reader (core/io/dequant.c); hyb_convert_to_f32
+ * Q4_K, Q6_K, Q5_0, Q5_1) into f32. Implemented by the GGUF reader (core/io/dequant.c); hyb_convert_to_f32
  * calls it for quantised types. Returns HYB_OK or a negative hyb_status with the error set. */
 int hyb_dequantize(hyb_dtype type, const void *src, float *dst, int64_t n);
 /* f32 -> f16 / bf16 (round to nearest even). */

@@ -1,0 +1,1114 @@
+/* core/backend/cpu/cpu_quant.c: y = x W^T from GGUF blocks (see cpu_quant.h).
+ *
+ * Block layouts (GGUF, as core/io/dequant.c documents them): Q8_0 = d:f16, qs:i8[32];
+ * Q4_0 = d:f16, qs[16] (byte j: element j in the low nibble, element j + 16 in the high), value
+ * d * (nibble - 8); Q4_1 = d:f16, m:f16, qs[16], value d * nibble + m.
+ * Q5_0 = d, qh:u32, qs[16]: value d * (q - 16), q = nibble | (bit e of qh) << 4; Q5_1 = d, m, qh,
+ * qs[16]: value d * q + m.
+ * K-quants, 256 values: Q4_K = d, dmin, scales[12] (8 six-bit scales + mins), qs[128]; sub-block j
+ * (32 values) is nibble j%2 of qs[32(j/2) ..], value d sc_j q - dmin mn_j: the kernels treat each
+ * sub-block as a Q4_1 block with scale d sc_j and offset -dmin mn_j. Q6_K = ql[128], qh[64],
+ * scales:i8[16], d; 32-value block u of half h: low nibble u/2 of ql[64h + 32(u%2) + l], high two
+ * bits 2u of qh[32h + l], value d sc_(e/16) (q - 32): a Q8_0-like block with two scales.
+ * The activation side is unchanged: 32-value blocks (sub-blocks of a K-quant super-block).
+ *
+ * Lanes. Every kernel keeps 8 f32 partial sums ("lanes") and reduces them at the end in one fixed
+ * order, ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), which is what the AVX2 reduction
+ * computes; the scalar kernels walk the same lanes with fmaf where the AVX2 code fuses, so both
+ * round identically. This file is compiled without FP contraction (the pragma below) so that the
+ * compiler cannot fuse what the source does not.
+ *   PRECISE: vector k of a block holds elements 8k..8k+7, so lane l accumulates elements 8k + l;
+ *            per block t = w0 x0 (mul), t += w1 x1, w2 x2, w3 x3 (fma), lane += t * d (fma).
+ *   FAST:    maddubs + madd give lane l the exact integer sum of elements 4l..4l+3, which is why
+ *            activation scales can be per 4 values at no cost: lane += isum * (s_l * d) (fma).
+ * Q4_1's offset m * sum(x) is accumulated per block in a separate scalar (fmaf in both); FAST
+ * takes sum(x') of the rounded activations, as EMUL does.
+ */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "backend/cpu/cpu_quant.h"
+
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HYB_QUANT_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
+#include "backend/cpu/cpu.h"
+
+#define QK 32
+
+typedef enum { T_Q8_0 = 0, T_Q4_0, T_Q4_1, T_Q4_K, T_Q6_K, T_Q5_0, T_Q5_1, T_COUNT } qtype;
+
+static int qtype_of(hyb_dtype t) {
+    switch (t) {
+    case HYB_Q8_0:
+        return T_Q8_0;
+    case HYB_Q4_0:
+        return T_Q4_0;
+    case HYB_Q4_1:
+        return T_Q4_1;
+    case HYB_Q4_K:
+        return T_Q4_K;
+    case HYB_Q6_K:
+        return T_Q6_K;
+    case HYB_Q5_0:
+        return T_Q5_0;
+    case HYB_Q5_1:
+        return T_Q5_1;
+    default:
+        return -1;
+    }
+}
+
+static const int BLOCK_BYTES[T_COUNT] = {34, 18, 20, 144, 210, 22, 24};
+static const int BLOCK_ELEMS[T_COUNT] = {32, 32, 32, 256, 256, 32, 32};
+
+int hyb_quant_supported(hyb_dtype t) {
+    return qtype_of(t) >= 0;
+}
+
+int64_t hyb_quant_row_bytes(hyb_dtype t, int64_t K) {
+    return K / hyb_dtype_block_elems(t) * hyb_dtype_block_bytes(t);
+}
+
+/* ---- the activation row handed to a dot kernel ------------------------------------------------*/
+
+typedef struct xrow {
+    const float *x;    /* PRECISE/EMUL: the f32 row */
+    const int8_t *q;   /* FAST: int8 row */
+    const float *s;    /* FAST: K/4 lane scales */
+    const float *xsum; /* K/32 per-block sums of the f32 row (Q4_1's offset term) */
+} xrow;
+
+typedef float (*dot_fn)(const uint8_t *w, const xrow *xr, int nb);
+
+static inline uint16_t ld16(const uint8_t *p) {
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static inline float hsum8(const float a[8]) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/* ---- portable scalar kernels ------------------------------------------------------------------*/
+
+/* element e of a 4-bit block (nibble, 0..15) */
+static inline int nib(const uint8_t *qs, int e) {
+    return e < 16 ? (qs[e] & 0x0F) : (qs[e - 16] >> 4);
+}
+
+static float dot_p_q8_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 34) {
+        const float d = hyb_f16_to_f32(ld16(w));
+        const int8_t *q = (const int8_t *)(w + 2);
+        const float *x = xr->x + (int64_t)b * QK;
+        for (int l = 0; l < 8; l++) {
+            float t = (float)q[l] * x[l];
+            t = fmaf((float)q[8 + l], x[8 + l], t);
+            t = fmaf((float)q[16 + l], x[16 + l], t);
+            t = fmaf((float)q[24 + l], x[24 + l], t);
+            acc[l] = fmaf(t, d, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_p_q4_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 18) {
+        const float d = hyb_f16_to_f32(ld16(w));
+        const uint8_t *qs = w + 2;
+        const float *x = xr->x + (int64_t)b * QK;
+        for (int l = 0; l < 8; l++) {
+            float t = (float)(nib(qs, l) - 8) * x[l];
+            t = fmaf((float)(nib(qs, 8 + l) - 8), x[8 + l], t);
+            t = fmaf((float)(nib(qs, 16 + l) - 8), x[16 + l], t);
+            t = fmaf((float)(nib(qs, 24 + l) - 8), x[24 + l], t);
+            acc[l] = fmaf(t, d, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_p_q4_1_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 20) {
+        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
+        const uint8_t *qs = w + 4;
+        const float *x = xr->x + (int64_t)b * QK;
+        for (int l = 0; l < 8; l++) {
+            float t = (float)nib(qs, l) * x[l];
+            t = fmaf((float)nib(qs, 8 + l), x[8 + l], t);
+            t = fmaf((float)nib(qs, 16 + l), x[16 + l], t);
+            t = fmaf((float)nib(qs, 24 + l), x[24 + l], t);
+            acc[l] = fmaf(t, d, acc[l]);
+        }
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum8(acc) + sm;
+}
+
+static float dot_f_q8_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 34) {
+        const float d = hyb_f16_to_f32(ld16(w));
+        const int8_t *q = (const int8_t *)(w + 2), *xq = xr->q + (int64_t)b * QK;
+        const float *s = xr->s + (int64_t)b * 8;
+        for (int l = 0; l < 8; l++) {
+            int32_t i = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                i += (int32_t)q[j] * xq[j];
+            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_f_q4_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 18) {
+        const float d = hyb_f16_to_f32(ld16(w));
+        const uint8_t *qs = w + 2;
+        const int8_t *xq = xr->q + (int64_t)b * QK;
+        const float *s = xr->s + (int64_t)b * 8;
+        for (int l = 0; l < 8; l++) {
+            int32_t i = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                i += (nib(qs, j) - 8) * xq[j];
+            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_f_q4_1_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 20) {
+        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
+        const uint8_t *qs = w + 4;
+        const int8_t *xq = xr->q + (int64_t)b * QK;
+        const float *s = xr->s + (int64_t)b * 8;
+        for (int l = 0; l < 8; l++) {
+            int32_t i = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                i += nib(qs, j) * xq[j];
+            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
+        }
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum8(acc) + sm;
+}
+
+/* Q4_K's six-bit scale and min of sub-block j (as core/io/dequant.c decodes them) */
+static inline void k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* Q6_K: value (0..63) of element l of 32-value block u (0..7) of a super-block */
+static inline int q6(const uint8_t *blk, int u, int l) {
+    const int h = u / 4, uu = u % 4;
+    const int lo = (blk[64 * h + 32 * (uu % 2) + l] >> (4 * (uu / 2))) & 0x0F;
+    const int hi = (blk[128 + 32 * h + l] >> (2 * uu)) & 3;
+    return lo | (hi << 4);
+}
+
+static float dot_p_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 144) {
+        const float d = hyb_f16_to_f32(ld16(w)), dmin = hyb_f16_to_f32(ld16(w + 2));
+        for (int j = 0; j < 8; j++) {
+            int isc, imn;
+            k_scale_min(w + 4, j, &isc, &imn);
+            const float dl = d * (float)isc, ml = dmin * (float)imn;
+            const uint8_t *qs = w + 16 + 32 * (j / 2);
+            const int sh = 4 * (j % 2);
+            const float *x = xr->x + ((int64_t)b * 8 + j) * QK;
+            for (int l = 0; l < 8; l++) {
+                float t = (float)((qs[l] >> sh) & 15) * x[l];
+                t = fmaf((float)((qs[8 + l] >> sh) & 15), x[8 + l], t);
+                t = fmaf((float)((qs[16 + l] >> sh) & 15), x[16 + l], t);
+                t = fmaf((float)((qs[24 + l] >> sh) & 15), x[24 + l], t);
+                acc[l] = fmaf(t, dl, acc[l]);
+            }
+            sm = fmaf(ml, xr->xsum[(int64_t)b * 8 + j], sm);
+        }
+    }
+    return hsum8(acc) - sm;
+}
+
+static float dot_f_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 144) {
+        const float d = hyb_f16_to_f32(ld16(w)), dmin = hyb_f16_to_f32(ld16(w + 2));
+        for (int j = 0; j < 8; j++) {
+            int isc, imn;
+            k_scale_min(w + 4, j, &isc, &imn);
+            const float dl = d * (float)isc, ml = dmin * (float)imn;
+            const uint8_t *qs = w + 16 + 32 * (j / 2);
+            const int sh = 4 * (j % 2);
+            const int8_t *xq = xr->q + ((int64_t)b * 8 + j) * QK;
+            const float *s = xr->s + ((int64_t)b * 8 + j) * 8;
+            for (int l = 0; l < 8; l++) {
+                int32_t i = 0;
+                for (int e = 4 * l; e < 4 * l + 4; e++)
+                    i += ((qs[e] >> sh) & 15) * xq[e];
+                acc[l] = fmaf((float)i, s[l] * dl, acc[l]);
+            }
+            sm = fmaf(ml, xr->xsum[(int64_t)b * 8 + j], sm);
+        }
+    }
+    return hsum8(acc) - sm;
+}
+
+static float dot_p_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 210) {
+        const float d = hyb_f16_to_f32(ld16(w + 208));
+        const int8_t *sc = (const int8_t *)(w + 192);
+        for (int u = 0; u < 8; u++) {
+            const float d0 = d * (float)sc[2 * u], d1 = d * (float)sc[2 * u + 1];
+            const float *x = xr->x + ((int64_t)b * 8 + u) * QK;
+            for (int l = 0; l < 8; l++) {
+                float t0 = (float)(q6(w, u, l) - 32) * x[l];
+                t0 = fmaf((float)(q6(w, u, 8 + l) - 32), x[8 + l], t0);
+                float t1 = (float)(q6(w, u, 16 + l) - 32) * x[16 + l];
+                t1 = fmaf((float)(q6(w, u, 24 + l) - 32), x[24 + l], t1);
+                acc[l] = fmaf(t0, d0, acc[l]);
+                acc[l] = fmaf(t1, d1, acc[l]);
+            }
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_f_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 210) {
+        const float d = hyb_f16_to_f32(ld16(w + 208));
+        const int8_t *sc = (const int8_t *)(w + 192);
+        for (int u = 0; u < 8; u++) {
+            const int8_t *xq = xr->q + ((int64_t)b * 8 + u) * QK;
+            const float *s = xr->s + ((int64_t)b * 8 + u) * 8;
+            for (int l = 0; l < 8; l++) {
+                int32_t i = 0;
+                for (int e = 4 * l; e < 4 * l + 4; e++)
+                    i += (q6(w, u, e) - 32) * xq[e];
+                const float dl = d * (float)sc[2 * u + l / 4];
+                acc[l] = fmaf((float)i, s[l] * dl, acc[l]);
+            }
+        }
+    }
+    return hsum8(acc);
+}
+
+/* Q5_0 / Q5_1: element e (0..31) of a block, 0..31 */
+static inline int q5(const uint8_t *qs, uint32_t qh, int e) {
+    return nib(qs, e) | (int)(((qh >> e) & 1u) << 4);
+}
+static inline uint32_t ld32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static float dot_p_q5_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 22) {
+        const float d = hyb_f16_to_f32(ld16(w));
+        const uint32_t qh = ld32(w + 2);
+        const uint8_t *qs = w + 6;
+        const float *x = xr->x + (int64_t)b * QK;
+        for (int l = 0; l < 8; l++) {
+            float t = (float)(q5(qs, qh, l) - 16) * x[l];
+            t = fmaf((float)(q5(qs, qh, 8 + l) - 16), x[8 + l], t);
+            t = fmaf((float)(q5(qs, qh, 16 + l) - 16), x[16 + l], t);
+            t = fmaf((float)(q5(qs, qh, 24 + l) - 16), x[24 + l], t);
+            acc[l] = fmaf(t, d, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_p_q5_1_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 24) {
+        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
+        const uint32_t qh = ld32(w + 4);
+        const uint8_t *qs = w + 8;
+        const float *x = xr->x + (int64_t)b * QK;
+        for (int l = 0; l < 8; l++) {
+            float t = (float)q5(qs, qh, l) * x[l];
+            t = fmaf((float)q5(qs, qh, 8 + l), x[8 + l], t);
+            t = fmaf((float)q5(qs, qh, 16 + l), x[16 + l], t);
+            t = fmaf((float)q5(qs, qh, 24 + l), x[24 + l], t);
+            acc[l] = fmaf(t, d, acc[l]);
+        }
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum8(acc) + sm;
+}
+
+static float dot_f_q5_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0};
+    for (int b = 0; b < nb; b++, w += 22) {
+        const float d = hyb_f16_to_f32(ld16(w));
+        const uint32_t qh = ld32(w + 2);
+        const uint8_t *qs = w + 6;
+        const int8_t *xq = xr->q + (int64_t)b * QK;
+        const float *s = xr->s + (int64_t)b * 8;
+        for (int l = 0; l < 8; l++) {
+            int32_t i = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                i += (q5(qs, qh, j) - 16) * xq[j];
+            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+static float dot_f_q5_1_sc(const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 24) {
+        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
+        const uint32_t qh = ld32(w + 4);
+        const uint8_t *qs = w + 8;
+        const int8_t *xq = xr->q + (int64_t)b * QK;
+        const float *s = xr->s + (int64_t)b * 8;
+        for (int l = 0; l < 8; l++) {
+            int32_t i = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                i += q5(qs, qh, j) * xq[j];
+            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
+        }
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum8(acc) + sm;
+}
+
+/* ---- AVX2 + FMA + F16C kernels ----------------------------------------------------------------*/
+
+#ifdef HYB_QUANT_X86
+#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
+
+AVX2_FN static inline float hsum_avx(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); /* l_i + l_i+4 */
+    __m128 h = _mm_add_ps(a, _mm_movehl_ps(a, a));                                 /* a0+a2, a1+a3 */
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
+/* 16 bytes of nibbles -> 32 bytes, byte e = element e */
+AVX2_FN static inline __m256i unpack_nibbles(const uint8_t *qs) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    __m128i v = _mm_loadu_si128((const __m128i *)qs);
+    __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+    return _mm256_set_m128i(hi, lo);
+}
+
+/* bytes (u8 or i8 as `sgn`) of a 32-byte vector -> 4 f32 vectors of elements 8k..8k+7 */
+#define BYTES_TO_PS(v, sgn, w0, w1, w2, w3)                                                        \
+    do {                                                                                           \
+        __m128i lo_ = _mm256_castsi256_si128(v), hi_ = _mm256_extracti128_si256(v, 1);             \
+        w0 = _mm256_cvtepi32_ps(_mm256_cvtep##sgn##8_epi32(lo_));                                  \
+        w1 = _mm256_cvtepi32_ps(_mm256_cvtep##sgn##8_epi32(_mm_srli_si128(lo_, 8)));               \
+        w2 = _mm256_cvtepi32_ps(_mm256_cvtep##sgn##8_epi32(hi_));                                  \
+        w3 = _mm256_cvtepi32_ps(_mm256_cvtep##sgn##8_epi32(_mm_srli_si128(hi_, 8)));               \
+    } while (0)
+
+/* the 32 values of a Q4_0/Q4_1 block as 4 f32 vectors of elements 8k..8k+7: byte j of qs holds
+ * element j (low nibble) and j + 16 (high), so bytes 0-7 give elements 0-7 and 16-23, bytes 8-15
+ * give 8-15 and 24-31; `off` is subtracted (8 for Q4_0) */
+#define NIBBLES_TO_PS(qs, off, w0, w1, w2, w3)                                                     \
+    do {                                                                                           \
+        const __m256i m15_ = _mm256_set1_epi32(15), o_ = _mm256_set1_epi32(off);                   \
+        __m256i a_ = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs)));                 \
+        __m256i b_ = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((qs) + 8)));           \
+        w0 = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(a_, m15_), o_));                 \
+        w1 = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(b_, m15_), o_));                 \
+        w2 = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(a_, 4), o_));                   \
+        w3 = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(b_, 4), o_));                   \
+    } while (0)
+
+AVX2_FN static inline __m256 block_t(const float *x, __m256 w0, __m256 w1, __m256 w2, __m256 w3) {
+    __m256 t = _mm256_mul_ps(w0, _mm256_loadu_ps(x));
+    t = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), t);
+    t = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), t);
+    return _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), t);
+}
+
+AVX2_FN static float dot_p_q8_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, w += 34) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        __m256i v = _mm256_loadu_si256((const __m256i *)(w + 2));
+        __m256 w0, w1, w2, w3;
+        BYTES_TO_PS(v, i, w0, w1, w2, w3);
+        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_p_q4_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, w += 18) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        __m256 w0, w1, w2, w3;
+        NIBBLES_TO_PS(w + 2, 8, w0, w1, w2, w3);
+        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_p_q4_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 20) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        const float m = _cvtsh_ss(ld16(w + 2));
+        __m256 w0, w1, w2, w3;
+        NIBBLES_TO_PS(w + 4, 0, w0, w1, w2, w3);
+        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum_avx(acc) + sm;
+}
+
+/* lane l = sum of the 4 products of bytes 4l..4l+3; a: unsigned bytes, b: signed */
+AVX2_FN static inline __m256 lanes_us(__m256i a, __m256i b) {
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
+}
+/* the same for two signed byte vectors: |a| * (b with a's sign) */
+AVX2_FN static inline __m256 lanes_ss(__m256i a, __m256i b) {
+    return lanes_us(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+}
+
+AVX2_FN static float dot_f_q8_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, w += 34) {
+        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
+                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
+        __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
+        acc = _mm256_fmadd_ps(lanes_ss(wv, xv), sc, acc);
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_f_q4_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(8);
+    for (int b = 0; b < nb; b++, w += 18) {
+        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
+                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
+        __m256i wv = _mm256_sub_epi8(unpack_nibbles(w + 2), off);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
+        acc = _mm256_fmadd_ps(lanes_ss(wv, xv), sc, acc);
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_f_q4_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 20) {
+        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
+                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
+        const float m = _cvtsh_ss(ld16(w + 2));
+        __m256i wv = unpack_nibbles(w + 4);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
+        acc = _mm256_fmadd_ps(lanes_us(wv, xv), sc, acc);
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum_avx(acc) + sm;
+}
+/* Q4_K: the 32 nibbles of sub-blocks 2c (low) and 2c+1 (high) of qs[32c ..] */
+AVX2_FN static inline void q4k_pair(const uint8_t *qs, __m256i *lo, __m256i *hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i v = _mm256_loadu_si256((const __m256i *)qs);
+    *lo = _mm256_and_si256(v, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+}
+
+AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 144) {
+        const float d = _cvtsh_ss(ld16(w)), dmin = _cvtsh_ss(ld16(w + 2));
+        for (int c = 0; c < 4; c++) {
+            /* bytes 8k..8k+7 of qs[32c ..] widened once; nibble t is sub-block 2c + t */
+            const uint8_t *qs = w + 16 + 32 * c;
+            __m256i bq[4];
+            for (int k = 0; k < 4; k++)
+                bq[k] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * k)));
+            for (int t = 0; t < 2; t++) {
+                const int j = 2 * c + t;
+                int isc, imn;
+                k_scale_min(w + 4, j, &isc, &imn);
+                const __m256 dl = _mm256_set1_ps(d * (float)isc);
+                const __m256i m15 = _mm256_set1_epi32(15);
+                __m256 wk[4];
+                for (int k = 0; k < 4; k++)
+                    wk[k] = _mm256_cvtepi32_ps(t ? _mm256_srli_epi32(bq[k], 4)
+                                                 : _mm256_and_si256(bq[k], m15));
+                const __m256 w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3];
+                acc = _mm256_fmadd_ps(block_t(xr->x + ((int64_t)b * 8 + j) * QK, w0, w1, w2, w3),
+                                      dl, acc);
+                sm = fmaf(dmin * (float)imn, xr->xsum[(int64_t)b * 8 + j], sm);
+            }
+        }
+    }
+    return hsum_avx(acc) - sm;
+}
+
+AVX2_FN static float dot_f_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 144) {
+        const float d = _cvtsh_ss(ld16(w)), dmin = _cvtsh_ss(ld16(w + 2));
+        for (int c = 0; c < 4; c++) {
+            __m256i q[2];
+            q4k_pair(w + 16 + 32 * c, &q[0], &q[1]);
+            for (int t = 0; t < 2; t++) {
+                const int64_t j = (int64_t)b * 8 + 2 * c + t;
+                int isc, imn;
+                k_scale_min(w + 4, 2 * c + t, &isc, &imn);
+                const __m256 sc =
+                    _mm256_mul_ps(_mm256_loadu_ps(xr->s + j * 8), _mm256_set1_ps(d * (float)isc));
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + j * QK));
+                acc = _mm256_fmadd_ps(lanes_us(q[t], xv), sc, acc);
+                sm = fmaf(dmin * (float)imn, xr->xsum[j], sm);
+            }
+        }
+    }
+    return hsum_avx(acc) - sm;
+}
+
+/* Q6_K: the 32 values (0..63) of 32-value block u of a super-block, as bytes */
+AVX2_FN static inline __m256i q6k_block(const uint8_t *w, int u) {
+    const int h = u / 4, uu = u % 4;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    __m256i lo = _mm256_loadu_si256((const __m256i *)(w + 64 * h + 32 * (uu % 2)));
+    if (uu / 2) lo = _mm256_srli_epi16(lo, 4);
+    lo = _mm256_and_si256(lo, m4);
+    __m256i hi = _mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h));
+    hi = _mm256_and_si256(_mm256_srl_epi16(hi, _mm_cvtsi32_si128(2 * uu)), m3);
+    return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+}
+
+AVX2_FN static float dot_p_q6_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(32);
+    for (int b = 0; b < nb; b++, w += 210) {
+        const float d = _cvtsh_ss(ld16(w + 208));
+        const int8_t *sc = (const int8_t *)(w + 192);
+        for (int u = 0; u < 8; u++) {
+            __m256i v = _mm256_sub_epi8(q6k_block(w, u), off);
+            __m256 w0, w1, w2, w3;
+            BYTES_TO_PS(v, i, w0, w1, w2, w3);
+            const float *x = xr->x + ((int64_t)b * 8 + u) * QK;
+            __m256 t0 = _mm256_mul_ps(w0, _mm256_loadu_ps(x));
+            t0 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), t0);
+            __m256 t1 = _mm256_mul_ps(w2, _mm256_loadu_ps(x + 16));
+            t1 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), t1);
+            acc = _mm256_fmadd_ps(t0, _mm256_set1_ps(d * (float)sc[2 * u]), acc);
+            acc = _mm256_fmadd_ps(t1, _mm256_set1_ps(d * (float)sc[2 * u + 1]), acc);
+        }
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_f_q6_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(32);
+    for (int b = 0; b < nb; b++, w += 210) {
+        const float d = _cvtsh_ss(ld16(w + 208));
+        const int8_t *sc = (const int8_t *)(w + 192);
+        for (int u = 0; u < 8; u++) {
+            const int64_t j = (int64_t)b * 8 + u;
+            __m256i v = _mm256_sub_epi8(q6k_block(w, u), off);
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + j * QK));
+            const __m256 dl = _mm256_set_m128(_mm_set1_ps(d * (float)sc[2 * u + 1]),
+                                              _mm_set1_ps(d * (float)sc[2 * u]));
+            const __m256 scv = _mm256_mul_ps(_mm256_loadu_ps(xr->s + j * 8), dl);
+            acc = _mm256_fmadd_ps(lanes_ss(v, xv), scv, acc);
+        }
+    }
+    return hsum_avx(acc);
+}
+/* Q5_0 / Q5_1: the 32 values (0..31) of a block as bytes: nibbles | (bit e of qh) << 4 */
+AVX2_FN static inline __m256i q5_bytes(const uint8_t *qs, uint32_t qh) {
+    const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
+                                         2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    __m256i h = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), sel); /* byte e: byte e/8 of qh */
+    h = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);               /* 0xFF where bit e set */
+    return _mm256_or_si256(unpack_nibbles(qs), _mm256_and_si256(h, _mm256_set1_epi8(0x10)));
+}
+
+AVX2_FN static float dot_p_q5_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(16);
+    for (int b = 0; b < nb; b++, w += 22) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        __m256i v = _mm256_sub_epi8(q5_bytes(w + 6, ld32(w + 2)), off);
+        __m256 w0, w1, w2, w3;
+        BYTES_TO_PS(v, i, w0, w1, w2, w3);
+        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_p_q5_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 24) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        const float m = _cvtsh_ss(ld16(w + 2));
+        __m256i v = q5_bytes(w + 8, ld32(w + 4));
+        __m256 w0, w1, w2, w3;
+        BYTES_TO_PS(v, u, w0, w1, w2, w3);
+        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum_avx(acc) + sm;
+}
+
+AVX2_FN static float dot_f_q5_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(16);
+    for (int b = 0; b < nb; b++, w += 22) {
+        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
+                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
+        __m256i wv = _mm256_sub_epi8(q5_bytes(w + 6, ld32(w + 2)), off);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
+        acc = _mm256_fmadd_ps(lanes_ss(wv, xv), sc, acc);
+    }
+    return hsum_avx(acc);
+}
+
+AVX2_FN static float dot_f_q5_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float sm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 24) {
+        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
+                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
+        const float m = _cvtsh_ss(ld16(w + 2));
+        __m256i wv = q5_bytes(w + 8, ld32(w + 4));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
+        acc = _mm256_fmadd_ps(lanes_us(wv, xv), sc, acc);
+        sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return hsum_avx(acc) + sm;
+}
+#endif
+
+/* ---- dispatch ---------------------------------------------------------------------------------*/
+
+typedef struct kernels {
+    dot_fn precise[T_COUNT], fast[T_COUNT];
+} kernels;
+
+static const kernels K_SCALAR = {
+    {dot_p_q8_0_sc, dot_p_q4_0_sc, dot_p_q4_1_sc, dot_p_q4_k_sc, dot_p_q6_k_sc, dot_p_q5_0_sc,
+     dot_p_q5_1_sc},
+    {dot_f_q8_0_sc, dot_f_q4_0_sc, dot_f_q4_1_sc, dot_f_q4_k_sc, dot_f_q6_k_sc, dot_f_q5_0_sc,
+     dot_f_q5_1_sc}};
+#ifdef HYB_QUANT_X86
+static const kernels K_AVX2 = {
+    {dot_p_q8_0_avx2, dot_p_q4_0_avx2, dot_p_q4_1_avx2, dot_p_q4_k_avx2, dot_p_q6_k_avx2,
+     dot_p_q5_0_avx2, dot_p_q5_1_avx2},
+    {dot_f_q8_0_avx2, dot_f_q4_0_avx2, dot_f_q4_1_avx2, dot_f_q4_k_avx2, dot_f_q6_k_avx2,
+     dot_f_q5_0_avx2, dot_f_q5_1_avx2}};
+#endif
+
+int hyb_quant_have_avx2(void) {
+#ifdef HYB_QUANT_X86
+    static int cached = -1;
+    if (cached < 0) {
+        unsigned a, b, c, d;
+        int ok = 0;
+        if (__get_cpuid(1, &a, &b, &c, &d)) {
+            const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1,
+                      f16c = (c >> 29) & 1;
+            if (osxsave && avx && fma && f16c) {
+                unsigned lo, hi;
+                __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+                if ((lo & 6) == 6 && __get_cpuid_count(7, 0, &a, &b, &c, &d)) ok = (b >> 5) & 1;
+            }
+        }
+        cached = ok;
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+/* ---- settings ---------------------------------------------------------------------------------*/
+
+static hyb_quant_config g_cfg;
+static int g_cfg_init;
+
+const char *hyb_quant_mode_name(hyb_quant_mode m) {
+    static const char *N[] = {"off", "precise", "fast", "emul"};
+    return (unsigned)m < 4 ? N[m] : "?";
+}
+
+int hyb_quant_parse(const char *mode, const char *act, hyb_quant_config *c) {
+    hyb_quant_config r = {HYB_QUANT_OFF, 4, 0, HYB_QISA_AUTO};
+    if (mode && *mode) {
+        int found = 0;
+        for (int i = 0; i < 4 && !found; i++)
+            if (!strcasecmp(mode, hyb_quant_mode_name((hyb_quant_mode)i))) {
+                r.mode = (hyb_quant_mode)i;
+                found = 1;
+            }
+        if (!found)
+            return hyb_error_set(HYB_ERR_ARG, "HYB_QUANT='%s': expected off, precise, fast or emul",
+                                 mode);
+    }
+    if (act && *act) {
+        char *end;
+        long gsz = (act[0] == 'g' || act[0] == 'G') ? strtol(act + 1, &end, 10) : 0;
+        if (gsz != 4 && gsz != 8 && gsz != 16 && gsz != 32)
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "HYB_QUANT_ACT='%s': expected g4, g8, g16 or g32, optionally "
+                                 "followed by h (f16 scales)",
+                                 act);
+        if (*end == 'h' || *end == 'H') r.f16_scale = 1, end++;
+        if (*end)
+            return hyb_error_set(HYB_ERR_ARG, "HYB_QUANT_ACT='%s': trailing '%s'", act, end);
+        r.group = (int)gsz;
+    }
+    *c = r;
+    return HYB_OK;
+}
+
+hyb_quant_config hyb_quant_get(void) {
+    if (!g_cfg_init) {
+        hyb_quant_config c;
+        if (hyb_quant_parse(getenv("HYB_QUANT"), getenv("HYB_QUANT_ACT"), &c) != HYB_OK) {
+            hyb_log(HYB_LOG_WARN, "%s; quantized compute is off", hyb_error());
+            c = (hyb_quant_config){HYB_QUANT_OFF, 4, 0, HYB_QISA_AUTO};
+        }
+        const char *isa = getenv("HYB_QUANT_ISA");
+        if (isa && !strcasecmp(isa, "scalar")) c.isa = HYB_QISA_SCALAR;
+        g_cfg = c;
+        g_cfg_init = 1;
+    }
+    return g_cfg;
+}
+
+void hyb_quant_set(const hyb_quant_config *c) {
+    g_cfg = *c;
+    g_cfg_init = 1;
+}
+
+/* ---- activations ------------------------------------------------------------------------------*/
+
+/* Rounding: x / s to the nearest integer, ties to even (nearbyintf; _mm256_round_ps), clamped
+ * to [-127, 127] (an f16-rounded scale can be a hair below absmax/127). Block sums of a row are
+ * taken in the lane order of the kernels: p_l = ((x[l] + x[8+l]) + x[16+l]) + x[24+l], then the
+ * fixed 8-lane reduction. */
+void hyb_quant_act_row(const float *x, int K, int group, int f16_scale, int8_t *q, float *scale) {
+    for (int g0 = 0; g0 < K; g0 += group) {
+        float amax = 0.0f;
+        for (int e = g0; e < g0 + group; e++)
+            amax = fmaxf(amax, fabsf(x[e]));
+        float s = amax / 127.0f;
+        if (f16_scale) s = hyb_f16_to_f32(hyb_f32_to_f16(s));
+        for (int e = g0; e < g0 + group; e++) {
+            float r = s > 0.0f ? nearbyintf(x[e] / s) : 0.0f;
+            r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+            q[e] = (int8_t)(int)r;
+        }
+        for (int l = g0 / 4; l < (g0 + group) / 4; l++)
+            scale[l] = s;
+    }
+}
+
+static void block_sums_sc(const float *x, int K, float *xsum) {
+    for (int b = 0; b < K / QK; b++) {
+        const float *xb = x + b * QK;
+        float p[8];
+        for (int l = 0; l < 8; l++)
+            p[l] = ((xb[l] + xb[8 + l]) + xb[16 + l]) + xb[24 + l];
+        xsum[b] = hsum8(p);
+    }
+}
+
+/* one activation row for FAST/EMUL: q, lane scales, x' = q * s and the block sums of x' */
+static void prep_row_sc(const float *x, int K, int group, int f16, int8_t *q, float *scale,
+                        float *xe, float *xsum) {
+    hyb_quant_act_row(x, K, group, f16, q, scale);
+    for (int e = 0; e < K; e++)
+        xe[e] = (float)q[e] * scale[e / 4];
+    block_sums_sc(xe, K, xsum);
+}
+
+#ifdef HYB_QUANT_X86
+AVX2_FN static void block_sums_avx2(const float *x, int K, float *xsum) {
+    for (int b = 0; b < K / QK; b++) {
+        const float *xb = x + b * QK;
+        __m256 v = _mm256_add_ps(_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8));
+        v = _mm256_add_ps(v, _mm256_loadu_ps(xb + 16));
+        xsum[b] = hsum_avx(_mm256_add_ps(v, _mm256_loadu_ps(xb + 24)));
+    }
+}
+
+/* the same as prep_row_sc, 32 values at a time: group maxima by in-register shuffles */
+AVX2_FN static void prep_row_avx2(const float *x, int K, int group, int f16, int8_t *q,
+                                  float *scale, float *xe, float *xsum) {
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 r127 = _mm256_set1_ps(127.0f), n127 = _mm256_set1_ps(-127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int b = 0; b < K / QK; b++) {
+        const float *xb = x + b * QK;
+        __m256 v[4], m[4];
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(xb + 8 * k);
+            __m256 a = _mm256_and_ps(v[k], absm);
+            a = _mm256_max_ps(a, _mm256_permute_ps(a, 0xB1)); /* pairs */
+            m[k] = _mm256_max_ps(a, _mm256_permute_ps(a, 0x4E)); /* groups of 4 */
+            if (group >= 8) m[k] = _mm256_max_ps(m[k], _mm256_permute2f128_ps(m[k], m[k], 1));
+        }
+        if (group >= 16) {
+            m[0] = m[1] = _mm256_max_ps(m[0], m[1]);
+            m[2] = m[3] = _mm256_max_ps(m[2], m[3]);
+        }
+        if (group >= 32) m[0] = m[1] = m[2] = m[3] = _mm256_max_ps(m[0], m[2]);
+        __m256i iv[4];
+        __m256 sum = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            __m256 sk = _mm256_div_ps(m[k], r127);
+            if (f16) sk = _mm256_cvtph_ps(_mm256_cvtps_ph(sk, _MM_FROUND_TO_NEAREST_INT));
+            __m256 r = _mm256_round_ps(_mm256_div_ps(v[k], sk),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            r = _mm256_min_ps(_mm256_max_ps(r, n127), r127);
+            /* s == 0: the whole group is zero (x/0 is NaN there) */
+            r = _mm256_and_ps(r, _mm256_cmp_ps(sk, _mm256_setzero_ps(), _CMP_GT_OQ));
+            iv[k] = _mm256_cvttps_epi32(r);
+            const __m256 e = _mm256_mul_ps(r, sk);
+            _mm256_storeu_ps(xe + b * QK + 8 * k, e);
+            sum = k ? _mm256_add_ps(sum, e) : e;
+            float t[8];
+            _mm256_storeu_ps(t, sk);
+            scale[b * 8 + 2 * k] = t[0];
+            scale[b * 8 + 2 * k + 1] = t[4];
+        }
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(iv[0], iv[1]),
+                                       _mm256_packs_epi32(iv[2], iv[3]));
+        _mm256_storeu_si256((__m256i *)(q + b * QK), _mm256_permutevar8x32_epi32(p, order));
+        xsum[b] = hsum_avx(sum);
+    }
+}
+#endif
+
+/* ---- matmul -----------------------------------------------------------------------------------*/
+
+/* Weight rows decoded per sgemm tile (M > HYB_QUANT_GEMV_MAX_M): about 256 KiB of f32. */
+static int tile_rows(int K) {
+    int r = (65536 / K) & ~15;
+    return r < 16 ? 16 : r;
+}
+
+static int matmul_tiled(hyb_dtype wt, const uint8_t *W, int64_t rb, const float *x, float *y,
+                        int M, int N, int K, int par) {
+    const int TR = tile_rows(K);
+    const int ntiles = (N + TR - 1) / TR;
+    int failed = 0;
+#pragma omp parallel if (par)
+    {
+        float *buf = malloc((size_t)TR * (size_t)K * sizeof *buf);
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int t = 0; t < ntiles; t++) {
+            if (!buf) continue;
+            const int n0 = t * TR, nn = N - n0 < TR ? N - n0 : TR;
+            hyb_dequantize(wt, W + (int64_t)n0 * rb, buf, (int64_t)nn * K);
+            hyb_cpu_sgemm(0, 1, M, nn, K, 1.0f, x, K, buf, K, 0.0f, y + n0, N);
+        }
+        free(buf);
+    }
+    return failed ? hyb_error_set(HYB_ERR_NOMEM, "quantized matmul: out of memory for a tile")
+                  : HYB_OK;
+}
+
+int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, int M, int N,
+                         int K, const hyb_quant_config *c) {
+    const int qt = qtype_of(wt);
+    if (qt < 0)
+        return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                             "quantized matmul: weight type %s is not supported (supported: "
+                             "q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q6_k)",
+                             hyb_dtype_name(wt));
+    if (M < 0 || N < 0 || K < 0 || K % BLOCK_ELEMS[qt])
+        return hyb_error_set(HYB_ERR_ARG,
+                             "quantized matmul: bad shape M=%d N=%d K=%d (K must be a multiple "
+                             "of %d for %s)",
+                             M, N, K, BLOCK_ELEMS[qt], hyb_dtype_name(wt));
+    if (M == 0 || N == 0) return HYB_OK;
+    if (K == 0) {
+        memset(y, 0, (size_t)M * (size_t)N * sizeof *y);
+        return HYB_OK;
+    }
+    const kernels *kt = &K_SCALAR;
+    if (c->isa == HYB_QISA_AVX2 && !hyb_quant_have_avx2())
+        return hyb_error_set(HYB_ERR_UNSUPPORTED, "quantized matmul: this CPU lacks AVX2/FMA/F16C");
+#ifdef HYB_QUANT_X86
+    if (c->isa != HYB_QISA_SCALAR && hyb_quant_have_avx2()) kt = &K_AVX2;
+#endif
+    const int64_t rb = (int64_t)(K / BLOCK_ELEMS[qt]) * BLOCK_BYTES[qt];
+    const int nb = K / BLOCK_ELEMS[qt]; /* weight blocks per row (the kernels' loop count) */
+    const int par = !omp_in_parallel() && omp_get_max_threads() > 1 &&
+                    (double)M * N * K >= (double)(1 << 18);
+    if (M > HYB_QUANT_GEMV_MAX_M) return matmul_tiled(wt, W, rb, x, y, M, N, K, par);
+
+    /* prepare the activation rows */
+    const int fast = c->mode == HYB_QUANT_FAST, emul = c->mode == HYB_QUANT_EMUL;
+    const size_t MK = (size_t)M * (size_t)K;
+    const int nx = K / QK; /* 32-value activation blocks per row */
+    float *xsum = malloc((size_t)M * (size_t)nx * sizeof *xsum);
+    float *xe = (fast || emul) ? malloc(MK * sizeof *xe) : NULL;
+    int8_t *q = (fast || emul) ? malloc(MK) : NULL;
+    float *s = (fast || emul) ? malloc(MK / 4 * sizeof *s) : NULL;
+    if (!xsum || ((fast || emul) && (!q || !s || !xe))) {
+        free(xsum), free(xe), free(q), free(s);
+        return hyb_error_set(HYB_ERR_NOMEM, "quantized matmul: out of memory");
+    }
+    void (*prep)(const float *, int, int, int, int8_t *, float *, float *, float *) = prep_row_sc;
+    void (*bsums)(const float *, int, float *) = block_sums_sc;
+#ifdef HYB_QUANT_X86
+    if (kt == &K_AVX2) prep = prep_row_avx2, bsums = block_sums_avx2;
+#endif
+    xrow xr[HYB_QUANT_GEMV_MAX_M];
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (size_t)m * K;
+        int8_t *qm = q ? q + (size_t)m * K : NULL;
+        float *sm = s ? s + (size_t)m * K / 4 : NULL;
+        if (fast || emul) {
+            /* x' = q * s: EMUL's row; FAST's Q4_1 offset term m * sum(x') takes the same sums
+             * (measured: the exact sum(x) raises the mean KL 4x on SmolLM2, because the rounding
+             * errors of x then meet d*q = w - m instead of w, which is not centred) */
+            float *em = xe + (size_t)m * K;
+            prep(xm, K, c->group, c->f16_scale, qm, sm, em, xsum + (size_t)m * nx);
+            if (emul) xm = em;
+        } else {
+            bsums(xm, K, xsum + (size_t)m * nx);
+        }
+        xr[m] = (xrow){xm, qm, sm, xsum + (size_t)m * nx};
+    }
+    const dot_fn dot = fast ? kt->fast[qt] : kt->precise[qt];
+    const uint8_t *Wb = (const uint8_t *)W;
+#pragma omp parallel for schedule(static) if (par)
+    for (int n = 0; n < N; n++) {
+        const uint8_t *wn = Wb + (int64_t)n * rb;
+        for (int m = 0; m < M; m++)
+            y[(size_t)m * N + n] = dot(wn, &xr[m], nb);
+    }
+    free(xsum), free(xe), free(q), free(s);
+    return HYB_OK;
+}
+
+/* ---- shadows of f32 weights (see cpu_quant.h) -------------------------------------------------*/
+
+typedef struct shadow {
+    const float *f32;
+    int64_t N, K;
+    hyb_dtype wt;
+    void *blocks;
+} shadow;
+
+static pthread_mutex_t sh_mu = PTHREAD_MUTEX_INITIALIZER;
+static shadow *sh;
+static int sh_n, sh_cap;
+static volatile int sh_any; /* sh_n > 0, read without the lock as a fast exit */
+
+int hyb_quant_shadow_add(const float *f32, int64_t N, int64_t K, hyb_dtype wt, void *blocks) {
+    if (!f32 || !blocks || !hyb_quant_supported(wt) || N <= 0 || K <= 0 ||
+        K % hyb_dtype_block_elems(wt))
+        return hyb_error_set(HYB_ERR_ARG, "hyb_quant_shadow_add: bad arguments");
+    pthread_mutex_lock(&sh_mu);
+    int rc = HYB_OK;
+    if (sh_n == sh_cap) {
+        int cap = sh_cap ? 2 * sh_cap : 64;
+        shadow *p = realloc(sh, sizeof *p * (size_t)cap);
+        if (!p)
+            rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_quant_shadow_add: out of memory");
+        else
+            sh = p, sh_cap = cap;
+    }
+    if (rc == HYB_OK) {
+        sh[sh_n++] = (shadow){f32, N, K, wt, blocks};
+        sh_any = 1;
+    }
+    pthread_mutex_unlock(&sh_mu);
+    return rc;
+}
+
+void hyb_quant_shadow_forget(const void *f32) {
+    if (!sh_any || !f32) return;
+    pthread_mutex_lock(&sh_mu);
+    for (int i = 0; i < sh_n; i++)
+        if ((const void *)sh[i].f32 == f32) {
+            free(sh[i].blocks);
+            sh[i--] = sh[--sh_n];
+        }
+    sh_any = sh_n > 0;
+    pthread_mutex_unlock(&sh_mu);
+}
+
+int hyb_quant_shadow_count(void) {
+    pthread_mutex_lock(&sh_mu);
+    int n = sh_n;
+    pthread_mutex_unlock(&sh_mu);
+    return n;
+}
+
+int64_t hyb_quant_shadow_bytes(const void *f32) {
+    int64_t b = 0;
+    pthread_mutex_lock(&sh_mu);
+    for (int i = 0; i < sh_n; i++)
+        if ((const void *)sh[i].f32 == f32) b = sh[i].N * hyb_quant_row_bytes(sh[i].wt, sh[i].K);
+    pthread_mutex_unlock(&sh_mu);
+    return b;
+}
+
+int hyb_quant_shadow_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                          int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (!sh_any || transA || !transB || M < 1 || M > HYB_QUANT_GEMV_MAX_M || alpha != 1.0f ||
+        beta != 0.0f || lda != K || ldb != K || ldc != N)
+        return 0;
+    hyb_quant_config c = hyb_quant_get();
+    if (c.mode == HYB_QUANT_OFF) return 0;
+    shadow hit = {0};
+    pthread_mutex_lock(&sh_mu);
+    for (int i = 0; i < sh_n; i++)
+        if (sh[i].f32 == B && sh[i].N == N && sh[i].K == K) {
+            hit = sh[i];
+            break;
+        }
+    pthread_mutex_unlock(&sh_mu);
+    if (!hit.blocks) return 0;
+    /* blocks live until the f32 data is freed, which cannot happen during this product */
+    return hyb_cpu_quant_matmul(hit.wt, hit.blocks, A, C, M, N, K, &c) == HYB_OK;
+}

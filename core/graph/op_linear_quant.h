@@ -1,0 +1,9 @@
+/* core/graph/op_linear_quant.h: the matmul / embedding ops on a weight kept in GGUF blocks
+ * (internal; called by op_linear.c when W->dtype is a block type). */
+#ifndef HYB_OP_LINEAR_QUANT_H
+#define HYB_OP_LINEAR_QUANT_H
+#include "hyb/graph.h"
+
+hyb_tensor *hyb_matmul_quant(hyb_graph *g, hyb_tensor *x, hyb_tensor *W);
+hyb_tensor *hyb_embedding_quant(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B, int T);
+#endif
