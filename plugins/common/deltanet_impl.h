@@ -66,12 +66,6 @@ typedef struct dn {
     double eps_cfg; /* norm_eps as configured (written to HF configs) */
 } dn;
 
-typedef struct dn_saved_hdr {
-    uint32_t magic;
-    int32_t B, T;
-    uint8_t pad[52];
-} dn_saved_hdr;
-
 /* ---- configuration ---------------------------------------------------------------------------
  */
 
@@ -343,7 +337,7 @@ static size_t dn_saved_bytes(void *self, int B, int T) {
     size_t BT = (size_t)B * T;
     size_t fl = BT * (5 * (size_t)m->C + (DN_GATED ? 2 : 1) * (size_t)m->H) +
                 (size_t)B * m->H * dn_n_chunks(m, T) * m->n * m->n;
-    return sizeof(dn_saved_hdr) + fl * sizeof(float);
+    return sizeof(hyb_pl_saved_hdr) + fl * sizeof(float);
 }
 
 /* ---- forward / prefill --------------------------------------------------------------------------
@@ -357,20 +351,10 @@ static int dn_run(const hyb_backend *be, dn *m, int B, int T, const float *x, fl
     int rc = HYB_OK;
     const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K;
     const size_t BT = (size_t)B * T, nn = (size_t)n * n, nch = dn_n_chunks(m, T);
-    float *Qr, *Kr, *Vr, *Gp, *Bl, *Al, *O, *CHK;
-    void *tmp = NULL;
-    if (saved) {
-        dn_saved_hdr *hd = saved;
-        memset(hd, 0, sizeof *hd);
-        hd->magic = DN_SAVED_MAGIC;
-        hd->B = B;
-        hd->T = T;
-        Qr = (float *)(hd + 1);
-    } else {
-        tmp = be->alloc(be, dn_saved_bytes(m, B, T));
-        if (!tmp) return HYB_ERR_NOMEM;
-        Qr = (float *)((dn_saved_hdr *)tmp + 1);
-    }
+    void *tmp;
+    float *Qr = hyb_pl_saved_begin(saved, &tmp, be, dn_saved_bytes(m, B, T), DN_SAVED_MAGIC, B, T);
+    if (!Qr) return HYB_ERR_NOMEM;
+    float *Kr, *Vr, *Gp, *Bl, *Al, *O, *CHK;
     Kr = Qr + BT * C;
     Vr = Kr + BT * C;
     Gp = Vr + BT * C;
@@ -499,16 +483,15 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
     const hyb_backend *be = a->be;
     int rc = HYB_OK;
     const int B = a->B, T = a->T, D = m->D, H = m->H, n = m->n, C = m->C, K = m->K;
-    const dn_saved_hdr *hd = a->saved;
-    if (!hd || hd->magic != DN_SAVED_MAGIC || hd->B != B || hd->T != T)
+    const float *Qr = hyb_pl_saved_data(a->saved, DN_SAVED_MAGIC, B, T);
+    if (!Qr)
         return H_->error(HYB_ERR_ARG,
                          DN_NAME " (layer %d): backward [B=%d, T=%d] without a matching "
                                  "saved forward",
                          m->layer, B, T);
     const size_t BT = (size_t)B * T, nn = (size_t)n * n, nch = dn_n_chunks(m, T);
-    const float *Qr = (const float *)(hd + 1), *Kr = Qr + BT * C, *Vr = Kr + BT * C,
-                *Gp = Vr + BT * C, *Bl = Gp + BT * C, *Al = Bl + BT * H,
-                *O = Al + (DN_GATED ? BT * H : 0), *CHK = O + BT * C;
+    const float *Kr = Qr + BT * C, *Vr = Kr + BT * C, *Gp = Vr + BT * C, *Bl = Gp + BT * C,
+                *Al = Bl + BT * H, *O = Al + (DN_GATED ? BT * H : 0), *CHK = O + BT * C;
     const float *const *P = a->params;
     float *const *G = a->grads;
     const int c = m->chunk < T ? m->chunk : T, nthr = hyb_pl_max_threads();

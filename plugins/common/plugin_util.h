@@ -72,6 +72,42 @@ static inline float hyb_pl_softplus(float v) {
     return v > 20.0f ? v : log1pf(expf(v));
 }
 
+/* ---- the `saved` block (training forward -> backward) ----------------------------------------*/
+
+/* Its first 64 bytes: which mixer wrote it and for which batch, checked by backward; the mixer's
+ * f32 tensors follow. */
+typedef struct hyb_pl_saved_hdr {
+    uint32_t magic;
+    int32_t B, T;
+    uint8_t pad[52];
+} hyb_pl_saved_hdr;
+
+/* Where a forward keeps the tensors backward needs: after the header of `saved` when training
+ * (the header written: magic, B, T), else after the header of a temporary block of `bytes` from
+ * `be`, returned in *tmp for the caller to free. NULL when that allocation fails. */
+static inline float *hyb_pl_saved_begin(void *saved, void **tmp, const hyb_backend *be,
+                                        size_t bytes, uint32_t magic, int B, int T) {
+    *tmp = NULL;
+    if (!saved) {
+        *tmp = be->alloc(be, bytes);
+        return *tmp ? (float *)((hyb_pl_saved_hdr *)*tmp + 1) : NULL;
+    }
+    hyb_pl_saved_hdr *h = saved;
+    memset(h, 0, sizeof *h);
+    h->magic = magic;
+    h->B = B;
+    h->T = T;
+    return (float *)(h + 1);
+}
+
+/* The tensors of a saved block written by hyb_pl_saved_begin for (magic, B, T); NULL when there is
+ * none or it came from another mixer or batch shape. */
+static inline const float *hyb_pl_saved_data(const void *saved, uint32_t magic, int B, int T) {
+    const hyb_pl_saved_hdr *h = saved;
+    if (!h || h->magic != magic || h->B != B || h->T != T) return NULL;
+    return (const float *)(h + 1);
+}
+
 /* ---- parameters -------------------------------------------------------------------------------*/
 
 /* one parameter declaration: name, shape (ndim of s0, s1, s2), init kind, init argument, and

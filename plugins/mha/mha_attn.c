@@ -31,12 +31,6 @@
 #define SAVED_MAGIC 0x31414d48u /* "HMA1" */
 #define QBLK 64                 /* query rows per attention block */
 
-typedef struct saved_hdr {
-    uint32_t magic;
-    int32_t B, T;
-    uint8_t pad[52];
-} saved_hdr;
-
 /* e^x for x <= 0 (scores minus their maximum), vectorisable (no libm call): Cephes expf's range
  * reduction and polynomial, relative error ~2e-7; 0 below -87 (where expf is denormal). Also
  * right for the small positive arguments rounding can give (backward's s - lse). */
@@ -177,7 +171,8 @@ static void cache_put(void *state, int max_ctx, int KV, int hd, int p0, int T, c
 size_t mha_saved_bytes(void *self, int B, int T) {
     mha *m = self;
     size_t BT = (size_t)B * T, qd = (size_t)m->H * m->hd, kd = (size_t)m->KV * m->hd;
-    return sizeof(saved_hdr) + sizeof(float) * (BT * (2 * qd + 2 * kd) + (size_t)B * m->H * T);
+    return sizeof(hyb_pl_saved_hdr) +
+           sizeof(float) * (BT * (2 * qd + 2 * kd) + (size_t)B * m->H * T);
 }
 
 /* ---- forward / prefill ------------------------------------------------------------------------
@@ -214,20 +209,10 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
     const int bias = m->bias;
 
     /* Q, K, V, O, LSE: in `saved` when training, else a temporary block. */
-    float *Q, *K, *V, *O, *LSE;
-    void *tmp = NULL;
-    if (a->saved) {
-        saved_hdr *h = a->saved;
-        memset(h, 0, sizeof *h);
-        h->magic = SAVED_MAGIC;
-        h->B = B;
-        h->T = T;
-        Q = (float *)(h + 1);
-    } else {
-        tmp = be->alloc(be, mha_saved_bytes(m, B, T));
-        if (!tmp) return HYB_ERR_NOMEM;
-        Q = (float *)((saved_hdr *)tmp + 1);
-    }
+    void *tmp;
+    float *Q = hyb_pl_saved_begin(a->saved, &tmp, be, mha_saved_bytes(m, B, T), SAVED_MAGIC, B, T);
+    if (!Q) return HYB_ERR_NOMEM;
+    float *K, *V, *O, *LSE;
     K = Q + BT * qd;
     V = K + BT * kd;
     O = V + BT * kd;
@@ -323,15 +308,14 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
     const hyb_backend *be = a->be;
     int rc = HYB_OK;
     const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
-    const saved_hdr *hdr = a->saved;
-    if (!hdr || hdr->magic != SAVED_MAGIC || hdr->B != B || hdr->T != T)
+    const float *Q = hyb_pl_saved_data(a->saved, SAVED_MAGIC, B, T);
+    if (!Q)
         return H_->error(HYB_ERR_ARG,
                          "mha (layer %d): backward [B=%d, T=%d] without a matching "
                          "saved forward",
                          m->layer, B, T);
     const size_t BT = (size_t)B * T, qd = (size_t)H * hd, kd = (size_t)KV * hd;
-    const float *Q = (const float *)(hdr + 1), *K = Q + BT * qd, *V = K + BT * kd, *O = V + BT * kd,
-                *LSE = O + BT * qd;
+    const float *K = Q + BT * qd, *V = K + BT * kd, *O = V + BT * kd, *LSE = O + BT * qd;
     const float *const *P = a->params;
     float *const *G = a->grads;
 
