@@ -96,34 +96,20 @@ int hyb_hfj_object(const hyb_json *obj, const char *key, int required, const hyb
     return p < 0 ? p : HYB_OK;
 }
 
-int hyb_hfj_int(const hyb_json *obj, const char *key, int required, int64_t def, int64_t *out) {
-    const cJSON *v;
-    int p = typed(obj, key, required, is_integer, "an integer", &v);
-    *out = p > 0 ? (int64_t)v->valuedouble : def;
-    return p < 0 ? p : HYB_OK;
-}
+/* hyb_hfj_int, _float, _bool, _string: `value` (an expression of the item v) when the key is
+ * present and of its type, else def */
+#define HFJ_GETTER(fn, T, is, what, value)                                                         \
+    int fn(const hyb_json *obj, const char *key, int required, T def, T *out) {                    \
+        const cJSON *v;                                                                            \
+        int p = typed(obj, key, required, is, what, &v);                                           \
+        *out = p > 0 ? (value) : def;                                                              \
+        return p < 0 ? p : HYB_OK;                                                                 \
+    }
 
-int hyb_hfj_float(const hyb_json *obj, const char *key, int required, double def, double *out) {
-    const cJSON *v;
-    int p = typed(obj, key, required, cJSON_IsNumber, "a number", &v);
-    *out = p > 0 ? v->valuedouble : def;
-    return p < 0 ? p : HYB_OK;
-}
-
-int hyb_hfj_bool(const hyb_json *obj, const char *key, int required, int def, int *out) {
-    const cJSON *v;
-    int p = typed(obj, key, required, cJSON_IsBool, "true or false", &v);
-    *out = p > 0 ? cJSON_IsTrue(v) : def;
-    return p < 0 ? p : HYB_OK;
-}
-
-int hyb_hfj_string(const hyb_json *obj, const char *key, int required, const char *def,
-                   const char **out) {
-    const cJSON *v;
-    int p = typed(obj, key, required, cJSON_IsString, "a string", &v);
-    *out = p > 0 ? v->valuestring : def;
-    return p < 0 ? p : HYB_OK;
-}
+HFJ_GETTER(hyb_hfj_int, int64_t, is_integer, "an integer", (int64_t)v->valuedouble)
+HFJ_GETTER(hyb_hfj_float, double, cJSON_IsNumber, "a number", v->valuedouble)
+HFJ_GETTER(hyb_hfj_bool, int, cJSON_IsBool, "true or false", cJSON_IsTrue(v))
+HFJ_GETTER(hyb_hfj_string, const char *, cJSON_IsString, "a string", v->valuestring)
 
 void hyb_hfj_shortest(char *buf, size_t n, double v) {
     if (v == floor(v) && fabs(v) < 1e15) { /* 10000.0, not 1e+04 */
