@@ -52,6 +52,17 @@
         if (be_rc_ != 0) return be_rc_;                                                            \
     } while (0)
 
+/* return body(m, a, scratch), with a scratch block of n floats from the call's backend that is
+ * freed after it (the *_body functions return early through BE_TRY: one place frees) */
+#define RETURN_WITH_SCRATCH(body, m, a, n)                                                         \
+    do {                                                                                           \
+        float *scr_ = (a)->be->alloc((a)->be, (n) * sizeof(float));                                \
+        if (!scr_) return HYB_ERR_NOMEM;                                                           \
+        int rc_ = body(m, a, scr_);                                                                \
+        (a)->be->free((a)->be, scr_);                                                              \
+        return rc_;                                                                                \
+    } while (0)
+
 static const hyb_host *H_;
 
 enum { WQ = 0, WK, WV, WG, GN, WO, N_PARAMS };
@@ -312,11 +323,7 @@ static int ret_forward(void *self, const hyb_mixer_fwd *a) {
     /* scratch: Q K V G O R (unused when they go to `saved`), P [T,T], tmp [T,dv], Kw [T,dk],
      * Z [BT,VD]; forward_body carves it */
     size_t n = BT * (2 * QK + 3 * VD + m->H) + (size_t)a->T * (a->T + m->dv + m->dk) + BT * VD;
-    float *scr = a->be->alloc(a->be, n * sizeof(float));
-    if (!scr) return HYB_ERR_NOMEM;
-    int rc = forward_body(m, a, scr);
-    a->be->free(a->be, scr);
-    return rc;
+    RETURN_WITH_SCRATCH(forward_body, m, a, n);
 }
 
 /* ---- backward -------------------------------------------------------------------------------- */
@@ -399,11 +406,7 @@ static int ret_backward(void *self, const hyb_mixer_bwd *a) {
                          m->layer, a->B, a->T);
     const size_t BT = (size_t)a->B * a->T, QK = (size_t)m->H * m->dk, VD = (size_t)m->H * m->dv;
     size_t n = BT * (5 * VD + 2 * QK + m->H) + 2 * (size_t)a->T * a->T; /* see backward_body */
-    float *scr = a->be->alloc(a->be, n * sizeof(float));
-    if (!scr) return HYB_ERR_NOMEM;
-    int rc = backward_body(m, a, scr);
-    a->be->free(a->be, scr);
-    return rc;
+    RETURN_WITH_SCRATCH(backward_body, m, a, n);
 }
 
 /* ---- decode (recurrent form) ----------------------------------------------------------------- */
@@ -442,11 +445,7 @@ static int ret_decode(void *self, const hyb_mixer_dec *a) {
             return H_->error(HYB_ERR_ARG, "retention (layer %d): decode at pos %d, max_ctx = %d",
                              m->layer, a->pos[i], a->max_ctx);
     size_t n = (size_t)a->n * (2 * (size_t)m->H * m->dk + 4 * (size_t)m->H * m->dv + m->H);
-    float *scr = a->be->alloc(a->be, n * sizeof(float));
-    if (!scr) return HYB_ERR_NOMEM;
-    int rc = decode_body(m, a, scr);
-    a->be->free(a->be, scr);
-    return rc;
+    RETURN_WITH_SCRATCH(decode_body, m, a, n);
 }
 
 /* ---- descriptor ------------------------------------------------------------------------------*/
