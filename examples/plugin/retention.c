@@ -77,6 +77,12 @@ typedef struct retention {
 
 static const char *const KEYS[] = {"type", "symbol", "n_heads", "head_dim", "value_dim", NULL};
 
+/* the integer `key` of the [mixers] table; `def` when it is absent or there is no table */
+static int cfg_int_or(const hyb_cfg_table *cfg, const char *key, int64_t def, int64_t *out) {
+    *out = def;
+    return cfg ? H_->cfg_int(cfg, key, def, out) : HYB_OK;
+}
+
 static int ret_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void **self) {
     *self = NULL;
     int D = dims->d_model;
@@ -96,19 +102,13 @@ static int ret_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
                              "default d_model / 64 needs d_model %% 64 == 0; d_model = %d)",
                              dims->layer, (long long)nh, D);
     int64_t def_dk = D % nh == 0 ? D / nh : 0;
-    if (cfg)
-        HYB_TRY(H_->cfg_int(cfg, "head_dim", def_dk, &dk));
-    else
-        dk = def_dk;
+    HYB_TRY(cfg_int_or(cfg, "head_dim", def_dk, &dk));
     if (dk < 1 || dk > 1024)
         return H_->cfg_error(cfg, "head_dim",
                              "retention (layer %d): head_dim must be in [1, 1024], got %lld "
                              "(the default d_model / n_heads needs n_heads to divide d_model)",
                              dims->layer, (long long)dk);
-    if (cfg)
-        HYB_TRY(H_->cfg_int(cfg, "value_dim", dk, &dv));
-    else
-        dv = dk;
+    HYB_TRY(cfg_int_or(cfg, "value_dim", dk, &dv));
     if (dv < 1 || dv > 1024)
         return H_->cfg_error(cfg, "value_dim",
                              "retention (layer %d): value_dim must be in [1, 1024], got %lld",
