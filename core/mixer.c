@@ -20,21 +20,24 @@
 /* ---- host services ----------------------------------------------------------------------------
  */
 
+/* Declares char buf[2048] holding the message of a printf-style host service whose format
+ * argument is `fmt` (hyb_log and hyb_error_set take no va_list). */
+#define HOST_FORMAT(buf, fmt)                                                                      \
+    char buf[2048];                                                                                \
+    do {                                                                                           \
+        va_list ap_;                                                                               \
+        va_start(ap_, fmt);                                                                        \
+        vsnprintf(buf, sizeof buf, fmt, ap_);                                                      \
+        va_end(ap_);                                                                               \
+    } while (0)
+
 static void host_log(int level, const char *fmt, ...) {
-    char buf[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
+    HOST_FORMAT(buf, fmt);
     hyb_log(level, "%s", buf);
 }
 
 static int host_error(int code, const char *fmt, ...) {
-    char buf[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
+    HOST_FORMAT(buf, fmt);
     return hyb_error_set(code, "%s", buf);
 }
 

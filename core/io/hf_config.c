@@ -35,8 +35,9 @@ static const char *obj_name(const cJSON *o, char *buf, size_t n) {
 int hyb_hfj_verror(const hyb_json *obj, const char *key, const char *fmt, va_list ap) {
     char msg[1024], on[128];
     vsnprintf(msg, sizeof msg, fmt, ap);
-    return hyb_error_set(HYB_ERR_FORMAT, "%s: %s%s%s%s%s", src(), obj_name((const cJSON *)obj, on, sizeof on),
-                         key ? "\"" : "", key ? key : "", key ? "\": " : "", msg);
+    return hyb_error_set(HYB_ERR_FORMAT, "%s: %s%s%s%s%s", src(),
+                         obj_name((const cJSON *)obj, on, sizeof on), key ? "\"" : "",
+                         key ? key : "", key ? "\": " : "", msg);
 }
 
 int hyb_hfj_error(const hyb_json *obj, const char *key, const char *fmt, ...) {
@@ -72,59 +73,43 @@ static int present(const hyb_json *obj, const char *key, int required, const cJS
                          obj_name((const cJSON *)obj, on, sizeof on), key, *v ? "null" : "missing");
 }
 
+/* present() and of the type `is` accepts: 1 with *v set; 0: take the default; < 0: error (missing
+ * and required, or "must be <what>") */
+static int typed(const hyb_json *obj, const char *key, int required,
+                 cJSON_bool (*is)(const cJSON *), const char *what, const cJSON **v) {
+    int p = present(obj, key, required, v);
+    if (p <= 0) return p;
+    return is(*v) ? 1 : hyb_hfj_error(obj, key, "must be %s", what);
+}
+
+/* a number that is an integer of at most 2^53 in magnitude */
+static cJSON_bool is_integer(const cJSON *v) {
+    /* range first: converting an out-of-range double (1e300, inf) to an integer is UB */
+    return cJSON_IsNumber(v) && fabs(v->valuedouble) <= 9007199254740992.0 &&
+           v->valuedouble == floor(v->valuedouble);
+}
+
 int hyb_hfj_object(const hyb_json *obj, const char *key, int required, const hyb_json **out) {
     const cJSON *v;
-    *out = NULL;
-    int p = present(obj, key, required, &v);
-    if (p <= 0) return p;
-    if (!cJSON_IsObject(v)) return hyb_hfj_error(obj, key, "must be an object");
-    *out = (const hyb_json *)v;
-    return HYB_OK;
+    int p = typed(obj, key, required, cJSON_IsObject, "an object", &v);
+    *out = p > 0 ? (const hyb_json *)v : NULL;
+    return p < 0 ? p : HYB_OK;
 }
 
-int hyb_hfj_int(const hyb_json *obj, const char *key, int required, int64_t def, int64_t *out) {
-    const cJSON *v;
-    *out = def;
-    int p = present(obj, key, required, &v);
-    if (p <= 0) return p;
-    /* range first: converting an out-of-range double (1e300, inf) to an integer is UB */
-    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= 9007199254740992.0) ||
-        v->valuedouble != floor(v->valuedouble))
-        return hyb_hfj_error(obj, key, "must be an integer");
-    *out = (int64_t)v->valuedouble;
-    return HYB_OK;
-}
+/* hyb_hfj_int, _float, _bool, _string: `value` (an expression of the item v) when the key is
+ * present and of its type, else def */
+#define HFJ_GETTER(fn, T, is, what, value)                                                         \
+    int fn(const hyb_json *obj, const char *key, int required, T def, T *out) {                    \
+        const cJSON *v;                                                                            \
+        int p = typed(obj, key, required, is, what, &v);                                           \
+        *out = p > 0 ? (value) : def;                                                              \
+        return p < 0 ? p : HYB_OK;                                                                 \
+    }
 
-int hyb_hfj_float(const hyb_json *obj, const char *key, int required, double def, double *out) {
-    const cJSON *v;
-    *out = def;
-    int p = present(obj, key, required, &v);
-    if (p <= 0) return p;
-    if (!cJSON_IsNumber(v)) return hyb_hfj_error(obj, key, "must be a number");
-    *out = v->valuedouble;
-    return HYB_OK;
-}
-
-int hyb_hfj_bool(const hyb_json *obj, const char *key, int required, int def, int *out) {
-    const cJSON *v;
-    *out = def;
-    int p = present(obj, key, required, &v);
-    if (p <= 0) return p;
-    if (!cJSON_IsBool(v)) return hyb_hfj_error(obj, key, "must be true or false");
-    *out = cJSON_IsTrue(v);
-    return HYB_OK;
-}
-
-int hyb_hfj_string(const hyb_json *obj, const char *key, int required, const char *def,
-                   const char **out) {
-    const cJSON *v;
-    *out = def;
-    int p = present(obj, key, required, &v);
-    if (p <= 0) return p;
-    if (!cJSON_IsString(v)) return hyb_hfj_error(obj, key, "must be a string");
-    *out = v->valuestring;
-    return HYB_OK;
-}
+HFJ_GETTER(hyb_hfj_int, int64_t, is_integer, "an integer", (int64_t)v->valuedouble)
+HFJ_GETTER(hyb_hfj_float, double, cJSON_IsNumber, "a number", v->valuedouble)
+HFJ_GETTER(hyb_hfj_bool, int, cJSON_IsBool, "true or false", cJSON_IsTrue(v))
+HFJ_GETTER(hyb_hfj_string, const char *, cJSON_IsString, "a string", v->valuestring)
 
 void hyb_hfj_shortest(char *buf, size_t n, double v) {
     if (v == floor(v) && fabs(v) < 1e15) { /* 10000.0, not 1e+04 */

@@ -52,6 +52,17 @@
         if (be_rc_ != 0) return be_rc_;                                                            \
     } while (0)
 
+/* return body(m, a, scratch), with a scratch block of n floats from the call's backend that is
+ * freed after it (the *_body functions return early through BE_TRY: one place frees) */
+#define RETURN_WITH_SCRATCH(body, m, a, n)                                                         \
+    do {                                                                                           \
+        float *scr_ = (a)->be->alloc((a)->be, (n) * sizeof(float));                                \
+        if (!scr_) return HYB_ERR_NOMEM;                                                           \
+        int rc_ = body(m, a, scr_);                                                                \
+        (a)->be->free((a)->be, scr_);                                                              \
+        return rc_;                                                                                \
+    } while (0)
+
 static const hyb_host *H_;
 
 enum { WQ = 0, WK, WV, WG, GN, WO, N_PARAMS };
@@ -65,6 +76,12 @@ typedef struct retention {
 /* ---- config, parameters, state ----------------------------------------------------------------*/
 
 static const char *const KEYS[] = {"type", "symbol", "n_heads", "head_dim", "value_dim", NULL};
+
+/* the integer `key` of the [mixers] table; `def` when it is absent or there is no table */
+static int cfg_int_or(const hyb_cfg_table *cfg, const char *key, int64_t def, int64_t *out) {
+    *out = def;
+    return cfg ? H_->cfg_int(cfg, key, def, out) : HYB_OK;
+}
 
 static int ret_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void **self) {
     *self = NULL;
@@ -85,19 +102,13 @@ static int ret_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
                              "default d_model / 64 needs d_model %% 64 == 0; d_model = %d)",
                              dims->layer, (long long)nh, D);
     int64_t def_dk = D % nh == 0 ? D / nh : 0;
-    if (cfg)
-        HYB_TRY(H_->cfg_int(cfg, "head_dim", def_dk, &dk));
-    else
-        dk = def_dk;
+    HYB_TRY(cfg_int_or(cfg, "head_dim", def_dk, &dk));
     if (dk < 1 || dk > 1024)
         return H_->cfg_error(cfg, "head_dim",
                              "retention (layer %d): head_dim must be in [1, 1024], got %lld "
                              "(the default d_model / n_heads needs n_heads to divide d_model)",
                              dims->layer, (long long)dk);
-    if (cfg)
-        HYB_TRY(H_->cfg_int(cfg, "value_dim", dk, &dv));
-    else
-        dv = dk;
+    HYB_TRY(cfg_int_or(cfg, "value_dim", dk, &dv));
     if (dv < 1 || dv > 1024)
         return H_->cfg_error(cfg, "value_dim",
                              "retention (layer %d): value_dim must be in [1, 1024], got %lld",
@@ -312,11 +323,7 @@ static int ret_forward(void *self, const hyb_mixer_fwd *a) {
     /* scratch: Q K V G O R (unused when they go to `saved`), P [T,T], tmp [T,dv], Kw [T,dk],
      * Z [BT,VD]; forward_body carves it */
     size_t n = BT * (2 * QK + 3 * VD + m->H) + (size_t)a->T * (a->T + m->dv + m->dk) + BT * VD;
-    float *scr = a->be->alloc(a->be, n * sizeof(float));
-    if (!scr) return HYB_ERR_NOMEM;
-    int rc = forward_body(m, a, scr);
-    a->be->free(a->be, scr);
-    return rc;
+    RETURN_WITH_SCRATCH(forward_body, m, a, n);
 }
 
 /* ---- backward -------------------------------------------------------------------------------- */
@@ -399,11 +406,7 @@ static int ret_backward(void *self, const hyb_mixer_bwd *a) {
                          m->layer, a->B, a->T);
     const size_t BT = (size_t)a->B * a->T, QK = (size_t)m->H * m->dk, VD = (size_t)m->H * m->dv;
     size_t n = BT * (5 * VD + 2 * QK + m->H) + 2 * (size_t)a->T * a->T; /* see backward_body */
-    float *scr = a->be->alloc(a->be, n * sizeof(float));
-    if (!scr) return HYB_ERR_NOMEM;
-    int rc = backward_body(m, a, scr);
-    a->be->free(a->be, scr);
-    return rc;
+    RETURN_WITH_SCRATCH(backward_body, m, a, n);
 }
 
 /* ---- decode (recurrent form) ----------------------------------------------------------------- */
@@ -442,11 +445,7 @@ static int ret_decode(void *self, const hyb_mixer_dec *a) {
             return H_->error(HYB_ERR_ARG, "retention (layer %d): decode at pos %d, max_ctx = %d",
                              m->layer, a->pos[i], a->max_ctx);
     size_t n = (size_t)a->n * (2 * (size_t)m->H * m->dk + 4 * (size_t)m->H * m->dv + m->H);
-    float *scr = a->be->alloc(a->be, n * sizeof(float));
-    if (!scr) return HYB_ERR_NOMEM;
-    int rc = decode_body(m, a, scr);
-    a->be->free(a->be, scr);
-    return rc;
+    RETURN_WITH_SCRATCH(decode_body, m, a, n);
 }
 
 /* ---- descriptor ------------------------------------------------------------------------------*/

@@ -15,30 +15,13 @@
 #include <stddef.h>
 #include <string.h>
 
-static inline float dn_dot(const float *a, const float *b, int n) {
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += a[i] * b[i];
-        s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2];
-        s3 += a[i + 3] * b[i + 3];
-    }
-    for (; i < n; i++)
-        s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
-}
-
-static inline void dn_axpy(float *y, float a, const float *x, int n) {
-    for (int i = 0; i < n; i++)
-        y[i] += a * x[i];
-}
+#include "plugin_util.h" /* hyb_pl_dot, hyb_pl_axpy */
 
 /* y[j] = sum_m x[m] S[m, j]  (x^T S), S [n, n]; y written */
 static inline void dn_vecmat(const float *x, const float *S, float *y, int n) {
     memset(y, 0, (size_t)n * sizeof(float));
     for (int m = 0; m < n; m++)
-        dn_axpy(y, x[m], S + (size_t)m * n, n);
+        hyb_pl_axpy(y, x[m], S + (size_t)m * n, n);
 }
 
 /* Recurrent form (decode, and the reference the chunked form is tested against).
@@ -58,7 +41,7 @@ static void dn_recurrent(int n, int T, const float *q, const float *k, const flo
             if (a != 1.0f)
                 for (int j = 0; j < n; j++)
                     Sm[j] *= a;
-            dn_axpy(Sm, kt[m], w, n);
+            hyb_pl_axpy(Sm, kt[m], w, n);
         }
         dn_vecmat(qt, S, o + t * ldo, n);
     }
@@ -99,10 +82,10 @@ static void dn_chunked(int n, int T, int c, const float *q, const float *k, cons
                 Wi[j] = bi * egi * ki[j];
             }
             for (int j = 0; j < i; j++) {
-                const float aij = bi * dn_dot(ki, k + (t0 + j) * ld, n) * expf(Gam[i] - Gam[j]);
+                const float aij = bi * hyb_pl_dot(ki, k + (t0 + j) * ld, n) * expf(Gam[i] - Gam[j]);
                 A[(size_t)i * c + j] = aij;
-                dn_axpy(Ui, -aij, U + (size_t)j * n, n);
-                dn_axpy(Wi, -aij, W + (size_t)j * n, n);
+                hyb_pl_axpy(Ui, -aij, U + (size_t)j * n, n);
+                hyb_pl_axpy(Wi, -aij, W + (size_t)j * n, n);
             }
         }
         /* v_new = U - W S (in place in U) */
@@ -110,7 +93,7 @@ static void dn_chunked(int n, int T, int c, const float *q, const float *k, cons
             float *Ui = U + (size_t)i * n;
             const float *Wi = W + (size_t)i * n;
             for (int m = 0; m < n; m++)
-                dn_axpy(Ui, -Wi[m], S + (size_t)m * n, n);
+                hyb_pl_axpy(Ui, -Wi[m], S + (size_t)m * n, n);
         }
         /* outputs from the state before the chunk plus the intra-chunk part */
         for (int i = 0; i < cl; i++) {
@@ -121,8 +104,8 @@ static void dn_chunked(int n, int T, int c, const float *q, const float *k, cons
             for (int j = 0; j < n; j++)
                 oi[j] *= egi;
             for (int j = 0; j <= i; j++) {
-                const float s = dn_dot(qi, k + (t0 + j) * ld, n) * expf(Gam[i] - Gam[j]);
-                dn_axpy(oi, s, U + (size_t)j * n, n);
+                const float s = hyb_pl_dot(qi, k + (t0 + j) * ld, n) * expf(Gam[i] - Gam[j]);
+                hyb_pl_axpy(oi, s, U + (size_t)j * n, n);
             }
         }
         /* state update */
@@ -134,7 +117,7 @@ static void dn_chunked(int n, int T, int c, const float *q, const float *k, cons
             const float *kj = k + (t0 + j) * ld, *Uj = U + (size_t)j * n;
             const float dj = expf(gl - Gam[j]);
             for (int m = 0; m < n; m++)
-                dn_axpy(S + (size_t)m * n, dj * kj[m], Uj, n);
+                hyb_pl_axpy(S + (size_t)m * n, dj * kj[m], Uj, n);
         }
     }
 }
@@ -185,8 +168,8 @@ static void dn_core_backward(int n, int T, int c, const float *q, const float *k
             const float b = beta[t * ldh], a = g ? expf(g[t * ldh]) : 1.0f;
             float *dqt = dq + t * ld, *dkt = dk + t * ld, *dvt = dv + t * ld;
             for (int m = 0; m < n; m++) {
-                dn_axpy(dS + (size_t)m * n, qt[m], dot_, n);
-                dqt[m] = dn_dot(Sc + (size_t)m * n, dot_, n);
+                hyb_pl_axpy(dS + (size_t)m * n, qt[m], dot_, n);
+                dqt[m] = hyb_pl_dot(Sc + (size_t)m * n, dot_, n);
             }
             dn_vecmat(kt, Sp, u, n);
             for (int j = 0; j < n; j++)
@@ -194,8 +177,8 @@ static void dn_core_backward(int n, int T, int c, const float *q, const float *k
             dn_vecmat(kt, dS, dw, n);
             float da = 0, dbt = 0, dwu = 0;
             for (int m = 0; m < n; m++) {
-                dkt[m] = dn_dot(dS + (size_t)m * n, w, n);
-                da += dn_dot(dS + (size_t)m * n, Sp + (size_t)m * n, n);
+                dkt[m] = hyb_pl_dot(dS + (size_t)m * n, w, n);
+                da += hyb_pl_dot(dS + (size_t)m * n, Sp + (size_t)m * n, n);
             }
             for (int j = 0; j < n; j++) {
                 dvt[j] = b * dw[j];
@@ -205,7 +188,7 @@ static void dn_core_backward(int n, int T, int c, const float *q, const float *k
             }
             da -= b * dwu;
             for (int m = 0; m < n; m++) {
-                dkt[m] += dn_dot(Sp + (size_t)m * n, du, n);
+                dkt[m] += hyb_pl_dot(Sp + (size_t)m * n, du, n);
                 float *dSm = dS + (size_t)m * n;
                 for (int j = 0; j < n; j++)
                     dSm[j] = a * dSm[j] + kt[m] * du[j];

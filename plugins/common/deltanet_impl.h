@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "deltanet_core.h"
+#include "plugin_util.h"
 #include "hyb/common.h" /* hyb_status values only: plugins never link against libhyb */
 #include "hyb/plugin.h"
 
@@ -61,37 +62,9 @@ enum {
 
 typedef struct dn {
     int D, H, n, C, K, chunk, layer;
-    float eps; /* o_norm epsilon */
+    float eps;      /* o_norm epsilon */
     double eps_cfg; /* norm_eps as configured (written to HF configs) */
 } dn;
-
-typedef struct dn_saved_hdr {
-    uint32_t magic;
-    int32_t B, T;
-    uint8_t pad[52];
-} dn_saved_hdr;
-
-static int dn_max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-static int dn_thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-static inline float dn_sigmoid(float x) {
-    return 1.0f / (1.0f + expf(-x));
-}
-static inline float dn_softplus(float x) {
-    return x > 20.0f ? x : log1pf(expf(x));
-}
 
 /* ---- configuration ---------------------------------------------------------------------------
  */
@@ -179,18 +152,13 @@ static int dn_n_params(void *self) {
     return DN_GATED ? DN_NPARAM : DN_WA;
 }
 
-static void dn_decl(hyb_param_decl *d, const char *name, int ndim, int64_t s0, int64_t s1,
-                    int64_t s2, int init, float a, int no_decay) {
-    memset(d, 0, sizeof *d);
-    snprintf(d->name, sizeof d->name, "%s", name);
-    d->ndim = ndim;
-    d->shape[0] = s0;
-    d->shape[1] = s1;
-    d->shape[2] = s2;
-    d->init = init;
-    d->init_a = a;
-    d->no_decay = no_decay;
-}
+static const char *const DN_PARAM_NAMES[DN_NPARAM] = {
+    [DN_WQ] = "q_proj.weight",   [DN_WK] = "k_proj.weight",   [DN_WV] = "v_proj.weight",
+    [DN_WB] = "b_proj.weight",   [DN_CQ] = "q_conv1d.weight", [DN_CK] = "k_conv1d.weight",
+    [DN_CV] = "v_conv1d.weight", [DN_WG] = "g_proj.weight",   [DN_NORM] = "o_norm.weight",
+    [DN_WO] = "o_proj.weight",   [DN_WA] = "a_proj.weight",   [DN_ALOG] = "A_log",
+    [DN_DTB] = "dt_bias",
+};
 
 static int dn_param_decl(void *self, int i, hyb_param_decl *d) {
     dn *m = self;
@@ -198,45 +166,32 @@ static int dn_param_decl(void *self, int i, hyb_param_decl *d) {
     const float cb = 1.0f / sqrtf((float)m->K); /* nn.Conv1d default bound, fan_in = K */
     if (i < 0 || i >= dn_n_params(self))
         return H_->error(HYB_ERR_ARG, DN_NAME ": param_decl index %d out of range", i);
+    const char *name = DN_PARAM_NAMES[i];
     switch (i) {
     case DN_WQ:
-        dn_decl(d, "q_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
-        break;
     case DN_WK:
-        dn_decl(d, "k_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
-        break;
     case DN_WV:
-        dn_decl(d, "v_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+    case DN_WG:
+        hyb_pl_decl(d, name, 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
         break;
     case DN_WB:
-        dn_decl(d, "b_proj.weight", 2, H, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+    case DN_WA:
+        hyb_pl_decl(d, name, 2, H, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
         break;
     case DN_CQ:
-        dn_decl(d, "q_conv1d.weight", 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0);
-        break;
     case DN_CK:
-        dn_decl(d, "k_conv1d.weight", 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0);
-        break;
     case DN_CV:
-        dn_decl(d, "v_conv1d.weight", 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0);
-        break;
-    case DN_WG:
-        dn_decl(d, "g_proj.weight", 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        hyb_pl_decl(d, name, 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0);
         break;
     case DN_NORM:
-        dn_decl(d, "o_norm.weight", 1, m->n, 0, 0, HYB_INIT_ONES, 0, 1);
+        hyb_pl_decl(d, name, 1, m->n, 0, 0, HYB_INIT_ONES, 0, 1);
         break;
     case DN_WO:
-        dn_decl(d, "o_proj.weight", 2, D, C, 0, HYB_INIT_NORMAL, 0.02f, 0);
-        break;
-    case DN_WA:
-        dn_decl(d, "a_proj.weight", 2, H, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        hyb_pl_decl(d, name, 2, D, C, 0, HYB_INIT_NORMAL, 0.02f, 0);
         break;
     case DN_ALOG:
-        dn_decl(d, "A_log", 1, H, 0, 0, HYB_INIT_CUSTOM, 0, 1);
-        break;
     case DN_DTB:
-        dn_decl(d, "dt_bias", 1, H, 0, 0, HYB_INIT_CUSTOM, 0, 1);
+        hyb_pl_decl(d, name, 1, H, 0, 0, HYB_INIT_CUSTOM, 0, 1);
         break;
     }
     return HYB_OK;
@@ -337,9 +292,9 @@ static void dn_act_norm(float *x, size_t rows, int H, int n, int l2, float scale
         for (int h = 0; h < H; h++) {
             float *p = x + r * (size_t)H * n + (size_t)h * n;
             for (int i = 0; i < n; i++)
-                p[i] = p[i] * dn_sigmoid(p[i]);
+                p[i] = p[i] * hyb_pl_sigmoid(p[i]);
             if (l2) {
-                float rs = scale / sqrtf(dn_dot(p, p, n) + DN_L2_EPS);
+                float rs = scale / sqrtf(hyb_pl_dot(p, p, n) + DN_L2_EPS);
                 for (int i = 0; i < n; i++)
                     p[i] *= rs;
             }
@@ -350,12 +305,12 @@ static void dn_act_norm(float *x, size_t rows, int H, int n, int l2, float scale
 static void dn_beta_gate(const dn *m, const float *Bl, const float *Al, const float *const *P,
                          float *beta, float *g, size_t rows) {
     for (size_t i = 0; i < rows * m->H; i++)
-        beta[i] = dn_sigmoid(Bl[i]);
+        beta[i] = hyb_pl_sigmoid(Bl[i]);
     if (DN_GATED)
         for (size_t r = 0; r < rows; r++)
             for (int h = 0; h < m->H; h++) {
                 size_t i = r * m->H + h;
-                g[i] = -expf(P[DN_ALOG][h]) * dn_softplus(Al[i] + P[DN_DTB][h]);
+                g[i] = -expf(P[DN_ALOG][h]) * hyb_pl_softplus(Al[i] + P[DN_DTB][h]);
             }
 }
 
@@ -367,9 +322,9 @@ static void dn_norm_gate(const dn *m, const float *O, const float *Gp, const flo
         for (int h = 0; h < m->H; h++) {
             size_t off = r * m->C + (size_t)h * n;
             const float *o = O + off, *gp = Gp + off;
-            float rs = 1.0f / sqrtf(dn_dot(o, o, n) / n + m->eps);
+            float rs = 1.0f / sqrtf(hyb_pl_dot(o, o, n) / n + m->eps);
             for (int i = 0; i < n; i++)
-                Z[off + i] = o[i] * rs * w[i] * gp[i] * dn_sigmoid(gp[i]);
+                Z[off + i] = o[i] * rs * w[i] * gp[i] * hyb_pl_sigmoid(gp[i]);
         }
 }
 
@@ -382,7 +337,7 @@ static size_t dn_saved_bytes(void *self, int B, int T) {
     size_t BT = (size_t)B * T;
     size_t fl = BT * (5 * (size_t)m->C + (DN_GATED ? 2 : 1) * (size_t)m->H) +
                 (size_t)B * m->H * dn_n_chunks(m, T) * m->n * m->n;
-    return sizeof(dn_saved_hdr) + fl * sizeof(float);
+    return sizeof(hyb_pl_saved_hdr) + fl * sizeof(float);
 }
 
 /* ---- forward / prefill --------------------------------------------------------------------------
@@ -396,20 +351,10 @@ static int dn_run(const hyb_backend *be, dn *m, int B, int T, const float *x, fl
     int rc = HYB_OK;
     const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K;
     const size_t BT = (size_t)B * T, nn = (size_t)n * n, nch = dn_n_chunks(m, T);
-    float *Qr, *Kr, *Vr, *Gp, *Bl, *Al, *O, *CHK;
-    void *tmp = NULL;
-    if (saved) {
-        dn_saved_hdr *hd = saved;
-        memset(hd, 0, sizeof *hd);
-        hd->magic = DN_SAVED_MAGIC;
-        hd->B = B;
-        hd->T = T;
-        Qr = (float *)(hd + 1);
-    } else {
-        tmp = be->alloc(be, dn_saved_bytes(m, B, T));
-        if (!tmp) return HYB_ERR_NOMEM;
-        Qr = (float *)((dn_saved_hdr *)tmp + 1);
-    }
+    void *tmp;
+    float *Qr = hyb_pl_saved_begin(saved, &tmp, be, dn_saved_bytes(m, B, T), DN_SAVED_MAGIC, B, T);
+    if (!Qr) return HYB_ERR_NOMEM;
+    float *Kr, *Vr, *Gp, *Bl, *Al, *O, *CHK;
     Kr = Qr + BT * C;
     Vr = Kr + BT * C;
     Gp = Vr + BT * C;
@@ -418,7 +363,7 @@ static int dn_run(const hyb_backend *be, dn *m, int B, int T, const float *x, fl
     O = Al + (DN_GATED ? BT * H : 0);
     CHK = O + BT * C;
 
-    const int nthr = dn_max_threads(), c = recurrent ? 1 : (m->chunk < T ? m->chunk : T);
+    const int nthr = hyb_pl_max_threads(), c = recurrent ? 1 : (m->chunk < T ? m->chunk : T);
     const size_t scr_t = dn_chunked_scratch(n, c) + 2 * (size_t)n;
     const size_t nwork = 3 * BT * C + 2 * BT * H + (size_t)nthr * scr_t + 3 * (size_t)C * (K - 1) +
                          (states ? 0 : (size_t)B * H * nn);
@@ -466,7 +411,7 @@ static int dn_run(const hyb_backend *be, dn *m, int B, int T, const float *x, fl
     for (int bh = 0; bh < B * H; bh++) {
         const int b = bh / H, h = bh % H;
         const int p0 = pos ? pos[b] : 0;
-        float *sc = scr + (size_t)dn_thread_id() * scr_t, *tmp2 = sc + dn_chunked_scratch(n, c);
+        float *sc = scr + (size_t)hyb_pl_thread_id() * scr_t, *tmp2 = sc + dn_chunked_scratch(n, c);
         /* S lives in the state when there is one, else in Sall */
         float *Sp = states ? (float *)states[b] + (size_t)h * nn : Sall + (size_t)bh * nn;
         if (!states || p0 == 0) memset(Sp, 0, nn * sizeof(float));
@@ -538,19 +483,18 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
     const hyb_backend *be = a->be;
     int rc = HYB_OK;
     const int B = a->B, T = a->T, D = m->D, H = m->H, n = m->n, C = m->C, K = m->K;
-    const dn_saved_hdr *hd = a->saved;
-    if (!hd || hd->magic != DN_SAVED_MAGIC || hd->B != B || hd->T != T)
+    const float *Qr = hyb_pl_saved_data(a->saved, DN_SAVED_MAGIC, B, T);
+    if (!Qr)
         return H_->error(HYB_ERR_ARG,
                          DN_NAME " (layer %d): backward [B=%d, T=%d] without a matching "
                                  "saved forward",
                          m->layer, B, T);
     const size_t BT = (size_t)B * T, nn = (size_t)n * n, nch = dn_n_chunks(m, T);
-    const float *Qr = (const float *)(hd + 1), *Kr = Qr + BT * C, *Vr = Kr + BT * C,
-                *Gp = Vr + BT * C, *Bl = Gp + BT * C, *Al = Bl + BT * H,
-                *O = Al + (DN_GATED ? BT * H : 0), *CHK = O + BT * C;
+    const float *Kr = Qr + BT * C, *Vr = Kr + BT * C, *Gp = Vr + BT * C, *Bl = Gp + BT * C,
+                *Al = Bl + BT * H, *O = Al + (DN_GATED ? BT * H : 0), *CHK = O + BT * C;
     const float *const *P = a->params;
     float *const *G = a->grads;
-    const int c = m->chunk < T ? m->chunk : T, nthr = dn_max_threads();
+    const int c = m->chunk < T ? m->chunk : T, nthr = hyb_pl_max_threads();
     const size_t scr_t = dn_backward_scratch(n, c);
     /* Qc Kc Vc (conv pre-act), Qn Kn Vn, Z/dZ, dO, dQ dK dV, beta g dbeta dg, scratch */
     const size_t nwork = 11 * BT * C + 4 * BT * H + (size_t)nthr * scr_t;
@@ -593,10 +537,10 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
         for (int h = 0; h < H; h++) {
             const size_t off = r * C + (size_t)h * n;
             const float *o = O + off, *gp = Gp + off, *dz = Z + off;
-            const float rs = 1.0f / sqrtf(dn_dot(o, o, n) / n + m->eps);
+            const float rs = 1.0f / sqrtf(hyb_pl_dot(o, o, n) / n + m->eps);
             float dot_ = 0;
             for (int i = 0; i < n; i++) {
-                const float sg = dn_sigmoid(gp[i]), si = gp[i] * sg;
+                const float sg = hyb_pl_sigmoid(gp[i]), si = gp[i] * sg;
                 const float nv = o[i] * rs * w[i];
                 dGp[off + i] = dz[i] * nv * sg * (1.0f + gp[i] * (1.0f - sg));
                 const float dn_ = dz[i] * si; /* dL/d(normed o * w) */
@@ -623,7 +567,7 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
                          beta + r0 * H + h, DN_GATED ? g + r0 * H + h : NULL, H, dO + r0 * C + ho,
                          C, CHK + ((size_t)b * H + h) * nch * nn, dQ + r0 * C + ho,
                          dK + r0 * C + ho, dV + r0 * C + ho, dbeta + r0 * H + h, dg + r0 * H + h,
-                         scr + (size_t)dn_thread_id() * scr_t);
+                         scr + (size_t)hyb_pl_thread_id() * scr_t);
     }
 
     /* beta = sigmoid(Bl); g = -exp(A_log) softplus(Al + dt_bias) */
@@ -639,7 +583,7 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
                 const size_t i = r * H + h;
                 const float eA = expf(P[DN_ALOG][h]), zz = Al[i] + P[DN_DTB][h];
                 G[DN_ALOG][h] += dg[i] * g[i];
-                const float da = -dg[i] * eA * dn_sigmoid(zz);
+                const float da = -dg[i] * eA * hyb_pl_sigmoid(zz);
                 G[DN_DTB][h] += da;
                 dg[i] = da;
             }
@@ -663,7 +607,7 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
                     const float sc = s == 0 ? qs : 1.0f;
                     float aa = 0, ad = 0, av[512];
                     for (int i = 0; i < n; i++) {
-                        av[i] = p[i] * dn_sigmoid(p[i]);
+                        av[i] = p[i] * hyb_pl_sigmoid(p[i]);
                         aa += av[i] * av[i];
                         ad += av[i] * dd[i];
                     }
@@ -672,7 +616,7 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
                         dd[i] = sc * (rr * dd[i] - av[i] * rr * rr * rr * ad);
                 }
                 for (int i = 0; i < n; i++) {
-                    const float sg = dn_sigmoid(p[i]);
+                    const float sg = hyb_pl_sigmoid(p[i]);
                     dd[i] *= sg * (1.0f + p[i] * (1.0f - sg));
                 }
             }
@@ -840,21 +784,12 @@ static int dn_hf_import(const hyb_model_dims *dims, const char *format, const hy
  */
 
 static const hyb_mixer_desc DN_DESC = {
-    .abi_version = HYB_PLUGIN_ABI_VERSION,
-    .struct_size = sizeof(hyb_mixer_desc),
+    HYB_PL_DESC_REQUIRED(dn),
     .name = DN_NAME,
     .version = "0.1.0",
     .description = DN_DESCRIPTION,
     .hf_prefix = "mixer",
-    .create = dn_create,
-    .destroy = dn_destroy,
-    .describe = dn_describe,
-    .n_params = dn_n_params,
-    .param_decl = dn_param_decl,
     .init_params = dn_init_params,
-    .saved_bytes = dn_saved_bytes,
-    .state_bytes = dn_state_bytes,
-    .kernels[HYB_DEV_CPU] = {dn_forward, dn_backward, dn_decode},
     .state_snapshot = dn_state_snapshot,
     .state_restore = dn_state_restore,
     .init_from = dn_init_from,
@@ -863,9 +798,6 @@ static const hyb_mixer_desc DN_DESC = {
     .hf_import = dn_hf_import,
 };
 
-HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {
-    dn_host = host; /* used only after the host accepted the descriptor's version */
-    return &DN_DESC;
-}
+HYB_PL_ENTRY(dn_host, DN_DESC)
 
 #endif

@@ -138,50 +138,37 @@ static int m1_n_params(void *self) {
     return M1_NPARAMS;
 }
 
-static void decl(hyb_param_decl *d, const char *name, int ndim, int64_t s0, int64_t s1, int64_t s2,
-                 int init, float a, int no_decay) {
-    memset(d, 0, sizeof *d);
-    snprintf(d->name, sizeof d->name, "%s", name);
-    d->ndim = ndim;
-    d->shape[0] = s0;
-    d->shape[1] = s1;
-    d->shape[2] = s2;
-    d->init = init;
-    d->init_a = a;
-    d->no_decay = no_decay;
-}
-
 static int m1_param_decl(void *self, int i, hyb_param_decl *d) {
     m1 *m = self;
     const float bD = 1.0f / sqrtf((float)m->D), bR = 1.0f / sqrtf((float)m->R),
                 bK = 1.0f / sqrtf((float)m->K), bDi = 1.0f / sqrtf((float)m->Di);
     switch (i) {
     case M1_WIN:
-        decl(d, "in_proj.weight", 2, m->P, m->D, 0, HYB_INIT_UNIFORM, bD, 0);
+        hyb_pl_decl(d, "in_proj.weight", 2, m->P, m->D, 0, HYB_INIT_UNIFORM, bD, 0);
         break;
     case M1_WDTIN:
-        decl(d, "dt_in_proj.weight", 2, m->R, m->D, 0, HYB_INIT_UNIFORM, bD, 0);
+        hyb_pl_decl(d, "dt_in_proj.weight", 2, m->R, m->D, 0, HYB_INIT_UNIFORM, bD, 0);
         break;
     case M1_WDT:
-        decl(d, "dt_proj.weight", 2, m->Di, m->R, 0, HYB_INIT_UNIFORM, bR, 0);
+        hyb_pl_decl(d, "dt_proj.weight", 2, m->Di, m->R, 0, HYB_INIT_UNIFORM, bR, 0);
         break;
     case M1_BDT:
-        decl(d, "dt_proj.bias", 1, m->Di, 0, 0, HYB_INIT_CUSTOM, 0, 1);
+        hyb_pl_decl(d, "dt_proj.bias", 1, m->Di, 0, 0, HYB_INIT_CUSTOM, 0, 1);
         break;
     case M1_CONVW:
-        decl(d, "conv1d.weight", 3, m->Di, 1, m->K, HYB_INIT_UNIFORM, bK, 0);
+        hyb_pl_decl(d, "conv1d.weight", 3, m->Di, 1, m->K, HYB_INIT_UNIFORM, bK, 0);
         break;
     case M1_CONVB:
-        decl(d, "conv1d.bias", 1, m->Di, 0, 0, HYB_INIT_ZEROS, 0, 1);
+        hyb_pl_decl(d, "conv1d.bias", 1, m->Di, 0, 0, HYB_INIT_ZEROS, 0, 1);
         break;
     case M1_ALOG:
-        decl(d, "A_log", 2, m->Di, m->N, 0, HYB_INIT_CUSTOM, 0, 1);
+        hyb_pl_decl(d, "A_log", 2, m->Di, m->N, 0, HYB_INIT_CUSTOM, 0, 1);
         break;
     case M1_DSKIP:
-        decl(d, "D", 1, m->Di, 0, 0, HYB_INIT_ONES, 0, 1);
+        hyb_pl_decl(d, "D", 1, m->Di, 0, 0, HYB_INIT_ONES, 0, 1);
         break;
     case M1_WOUT:
-        decl(d, "out_proj.weight", 2, m->D, m->Di, 0, HYB_INIT_UNIFORM, bDi, 0);
+        hyb_pl_decl(d, "out_proj.weight", 2, m->D, m->Di, 0, HYB_INIT_UNIFORM, bDi, 0);
         break;
     default:
         return H_->error(HYB_ERR_ARG, "mamba1: param_decl index %d out of range", i);
@@ -347,8 +334,7 @@ static int m1_hf_import(const hyb_model_dims *dims, const char *format, const hy
     if (H_->json_type(s, "dt_rank") == HYB_JSON_STRING) {
         HYB_TRY(H_->json_string(s, "dt_rank", 1, NULL, &rs));
         if (strcmp(rs, "auto") != 0)
-            return H_->json_error(s, "dt_rank", "must be an integer or \"auto\", got \"%s\"",
-                                  rs);
+            return H_->json_error(s, "dt_rank", "must be an integer or \"auto\", got \"%s\"", rs);
         R = (D + 15) / 16;
     } else {
         HYB_TRY(H_->json_int(s, "dt_rank", 1, 0, &R));
@@ -382,23 +368,13 @@ static int m1_hf_import(const hyb_model_dims *dims, const char *format, const hy
 }
 
 static const hyb_mixer_desc M1_DESC = {
-    .abi_version = HYB_PLUGIN_ABI_VERSION,
-    .struct_size = sizeof(hyb_mixer_desc),
+    HYB_PL_DESC_REQUIRED(m1),
     .name = "mamba1",
     .version = "1.0.0",
     .description = "Mamba-1 selective scan with GQA-shaped x/B (Apriel-H1 \"m2\", MIL init "
                    "from mha)",
     .hf_prefix = "mixer",
-    .create = m1_create,
-    .destroy = m1_destroy,
-    .describe = m1_describe,
-    .n_params = m1_n_params,
-    .param_decl = m1_param_decl,
     .init_params = m1_init_params,
-    .saved_bytes = m1_saved_bytes,
-
-    .state_bytes = m1_state_bytes,
-    .kernels[HYB_DEV_CPU] = {m1_forward, m1_backward, m1_decode},
     .state_snapshot = NULL, /* fixed-size state: the host's memcpy is exact */
     .state_restore = NULL,
     .init_from = m1_init_from,
@@ -407,7 +383,4 @@ static const hyb_mixer_desc M1_DESC = {
     .hf_import = m1_hf_import,
 };
 
-HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {
-    m1_host = host; /* used only after the host accepted M1_DESC's version */
-    return &M1_DESC;
-}
+HYB_PL_ENTRY(m1_host, M1_DESC)

@@ -35,6 +35,8 @@
 #include "hyb/common.h" /* hyb_status values only: plugins never link against libhyb */
 #include "hyb/plugin.h"
 
+#include "../common/plugin_util.h"
+
 extern const hyb_host *m1_host;
 
 enum {
@@ -57,9 +59,6 @@ typedef struct m1 {
     int chunk; /* time chunk of the scan: boundary states are saved every `chunk` steps */
 } m1;
 
-size_t m1_saved_bytes(void *self, int B, int T);
-int m1_forward(void *self, const hyb_mixer_fwd *a);
-int m1_backward(void *self, const hyb_mixer_bwd *a);
-int m1_decode(void *self, const hyb_mixer_dec *a);
+HYB_PL_DECLARE_KERNELS(m1);
 
 #endif

@@ -40,6 +40,7 @@
 #include <string.h>
 
 #include "../common/be_call.h"
+#include "../common/plugin_util.h"
 #include "mamba1.h"
 
 #ifdef _OPENMP
@@ -63,38 +64,17 @@ typedef struct saved_hdr {
     uint8_t pad[44];
 } saved_hdr;
 
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-static inline float sigmoidf_(float v) {
-    return 1.0f / (1.0f + expf(-v));
-}
 static inline float siluf_(float v) {
     return v / (1.0f + expf(-v));
 }
 /* silu'(v) = s (1 + v (1 - s)), s = sigmoid(v) */
 static inline float dsiluf_(float v) {
-    float s = sigmoidf_(v);
+    float s = hyb_pl_sigmoid(v);
     return s * (1.0f + v * (1.0f - s));
 }
-/* softplus with PyTorch's threshold 20 (F.softplus default, used by selective_scan_ref) */
-static inline float softplusf_(float v) {
-    return v > 20.0f ? v : log1pf(expf(v));
-}
+/* softplus' = sigmoid (hyb_pl_softplus: PyTorch's threshold 20, as selective_scan_ref) */
 static inline float dsoftplusf_(float v) {
-    return v > 20.0f ? 1.0f : sigmoidf_(v);
+    return v > 20.0f ? 1.0f : hyb_pl_sigmoid(v);
 }
 
 /* x column of channel d (x_rep[d] = x[g*N + s]) */
@@ -261,7 +241,7 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
     if (a->saved) hb = ys + BT * Di;
 
     /* dt, u [BT, Di], A [Di, N], per-thread scan state [N, N], conv history [B, Di, K] */
-    const int nthr = max_threads();
+    const int nthr = hyb_pl_max_threads();
     float *work =
         be->alloc(be, sizeof(float) * (2 * BT * Di + (size_t)nthr * N * N + (size_t)B * Di * K));
     float *A = make_A(be, m, P[M1_ALOG]);
@@ -309,7 +289,7 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
             }
             cr[d] = acc;
             u[(size_t)r * Di + d] = siluf_(acc);
-            dt[(size_t)r * Di + d] = softplusf_(v[(size_t)r * Di + d]);
+            dt[(size_t)r * Di + d] = hyb_pl_softplus(v[(size_t)r * Di + d]);
         }
     }
 
@@ -319,7 +299,7 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
 #pragma omp parallel for schedule(dynamic, 1) if ((double)BT * Di * N > PAR_WORK)
     for (int unit = 0; unit < B * nC; unit++) {
         const int b = unit / nC, h = unit % nC, g = h / m->rep;
-        float *s = sbuf + (size_t)thread_id() * N * N;
+        float *s = sbuf + (size_t)hyb_pl_thread_id() * N * N;
         const size_t d0 = (size_t)h * N;
         const int p0 = a->pos ? a->pos[b] : 0;
         if (a->states && p0 > 0)
@@ -390,7 +370,7 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
 
     /* dzxbc [BT, P] (zeroed), dys, ddt, du, dt, u [BT, Di], ddtl [BT, R], per-thread scan
      * buffers: states [(chunk + 1), N, N], dh [N, N], dA [N, N], dD [N] */
-    const int nthr = max_threads();
+    const int nthr = hyb_pl_max_threads();
     const int Lc = chunk < T ? chunk : T;
     const size_t per_thr = (size_t)(Lc + 3) * N * N + N;
     float *buf =
@@ -422,7 +402,7 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
             dz[r * Pw + d] = dyg * ys[r * Di + d] * dsiluf_(z);
             dys[r * Di + d] = dyg * siluf_(z);
             u[r * Di + d] = siluf_(cpre[r * Di + d]);
-            dt[r * Di + d] = softplusf_(v[r * Di + d]);
+            dt[r * Di + d] = hyb_pl_softplus(v[r * Di + d]);
         }
 
     /* the scan, reverse time: one x/B group per unit (its rep heads, all sequences) */
@@ -431,7 +411,7 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     const int NN = N * N;
 #pragma omp parallel for schedule(dynamic, 1) if ((double)BT * Di * N > PAR_WORK)
     for (int g = 0; g < m->nX; g++) {
-        float *Hs = thr + (size_t)thread_id() * per_thr, *dh = Hs + (size_t)(Lc + 1) * NN,
+        float *Hs = thr + (size_t)hyb_pl_thread_id() * per_thr, *dh = Hs + (size_t)(Lc + 1) * NN,
               *dA = dh + NN, *dD = dA + NN;
         for (int h = g * m->rep; h < (g + 1) * m->rep; h++) {
             const size_t d0 = (size_t)h * N;
@@ -581,7 +561,7 @@ int m1_decode(void *self, const hyb_mixer_dec *a) {
                              "sized for max_ctx = %d tokens",
                              m->layer, i, a->pos[i], a->max_ctx);
     const float *const *P = a->params;
-    const int nthr = max_threads();
+    const int nthr = hyb_pl_max_threads();
     float *buf = be->alloc(be, sizeof(float) *
                                    ((size_t)n * (Pw + R + 3 * (size_t)Di) + (size_t)nthr * N * N));
     float *A = make_A(be, m, P[M1_ALOG]);
@@ -617,9 +597,9 @@ int m1_decode(void *self, const hyb_mixer_dec *a) {
             for (int k = 0; k < K; k++)
                 acc += cw[d * K + k] * w[k];
             u[d] = siluf_(acc);
-            dtv[d] = softplusf_(dtv[d]);
+            dtv[d] = hyb_pl_softplus(dtv[d]);
         }
-        float *sh = sbuf + (size_t)thread_id() * N * N;
+        float *sh = sbuf + (size_t)hyb_pl_thread_id() * N * N;
         transpose_nn(sh, ssm + d0 * N, N);
         step_head(sh, N, dtv + d0, u + d0, zr + Di + Dx + (size_t)g * N, zr + Di + 2 * Dx + d0,
                   A + d0 * N, Dk + d0, ys + (size_t)i * Di + d0);

@@ -241,22 +241,13 @@ static int mha_hf_import(const hyb_model_dims *dims, const char *format, const h
 }
 
 static const hyb_mixer_desc MHA_DESC = {
-    .abi_version = HYB_PLUGIN_ABI_VERSION,
-    .struct_size = sizeof(hyb_mixer_desc),
+    HYB_PL_DESC_REQUIRED(mha),
     .name = "mha",
     .version = "1.0.0",
     .description =
         "causal multi-head / grouped-query attention with RoPE and a KV cache (HF llama)",
     .hf_prefix = "self_attn",
-    .create = mha_create,
-    .destroy = mha_destroy,
-    .describe = mha_describe,
-    .n_params = mha_n_params,
-    .param_decl = mha_param_decl,
     .init_params = NULL,
-    .saved_bytes = mha_saved_bytes,
-    .state_bytes = mha_state_bytes,
-    .kernels[HYB_DEV_CPU] = {mha_forward, mha_backward, mha_decode},
     .state_snapshot = mha_state_snapshot,
     .state_restore = mha_state_restore,
     .init_from = NULL,
@@ -265,7 +256,4 @@ static const hyb_mixer_desc MHA_DESC = {
     .hf_import = mha_hf_import,
 };
 
-HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry(const hyb_host *host) {
-    mha_host = host; /* used only after the host accepted MHA_DESC's version */
-    return &MHA_DESC;
-}
+HYB_PL_ENTRY(mha_host, MHA_DESC)

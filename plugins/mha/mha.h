@@ -23,14 +23,16 @@
 #include "hyb/common.h" /* hyb_status values only: plugins never link against libhyb */
 #include "hyb/plugin.h"
 
+#include "../common/plugin_util.h"
+
 extern const hyb_host *mha_host;
 
 enum { MHA_WQ = 0, MHA_WK, MHA_WV, MHA_WO, MHA_BQ, MHA_BK, MHA_BV };
 
 typedef struct mha {
     int D, H, KV, hd, layer;
-    int bias;    /* 1: q/k/v projections have biases */
-    float theta; /* RoPE base */
+    int bias;         /* 1: q/k/v projections have biases */
+    float theta;      /* RoPE base */
     double theta_cfg; /* rope_theta as configured (written to HF configs) */
     /* decode scratch, grown on demand and kept (no allocation per step once warm); one decode
      * of a given mixer at a time (the host's per-model decode is not reentrant either) */
@@ -39,9 +41,6 @@ typedef struct mha {
     const hyb_backend *dec_be; /* the backend dec_buf came from */
 } mha;
 
-size_t mha_saved_bytes(void *self, int B, int T);
-int mha_forward(void *self, const hyb_mixer_fwd *a);
-int mha_backward(void *self, const hyb_mixer_bwd *a);
-int mha_decode(void *self, const hyb_mixer_dec *a);
+HYB_PL_DECLARE_KERNELS(mha);
 
 #endif

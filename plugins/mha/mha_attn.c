@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "../common/be_call.h"
+#include "../common/plugin_util.h"
 #include "mha.h"
 
 #ifdef _OPENMP
@@ -29,46 +30,6 @@
 #define H_ mha_host
 #define SAVED_MAGIC 0x31414d48u /* "HMA1" */
 #define QBLK 64                 /* query rows per attention block */
-
-typedef struct saved_hdr {
-    uint32_t magic;
-    int32_t B, T;
-    uint8_t pad[52];
-} saved_hdr;
-
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-static inline float dot(const float *a, const float *b, int n) {
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += a[i] * b[i];
-        s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2];
-        s3 += a[i + 3] * b[i + 3];
-    }
-    for (; i < n; i++)
-        s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
-}
-
-static inline void axpy(float *y, float a, const float *x, int n) {
-    for (int i = 0; i < n; i++)
-        y[i] += a * x[i];
-}
 
 /* e^x for x <= 0 (scores minus their maximum), vectorisable (no libm call): Cephes expf's range
  * reduction and polynomial, relative error ~2e-7; 0 below -87 (where expf is denormal). Also
@@ -187,7 +148,7 @@ static int linear(const hyb_backend *be, const float *X, const float *W, const f
     HYB_BE_TRY(be->sgemm(be, 0, 1, rows, out, in, 1.0f, X, in, W, in, 0.0f, Y, out));
     if (b)
         for (int r = 0; r < rows; r++)
-            axpy(Y + (size_t)r * out, 1.0f, b, out);
+            hyb_pl_axpy(Y + (size_t)r * out, 1.0f, b, out);
     return HYB_OK;
 }
 
@@ -210,7 +171,8 @@ static void cache_put(void *state, int max_ctx, int KV, int hd, int p0, int T, c
 size_t mha_saved_bytes(void *self, int B, int T) {
     mha *m = self;
     size_t BT = (size_t)B * T, qd = (size_t)m->H * m->hd, kd = (size_t)m->KV * m->hd;
-    return sizeof(saved_hdr) + sizeof(float) * (BT * (2 * qd + 2 * kd) + (size_t)B * m->H * T);
+    return sizeof(hyb_pl_saved_hdr) +
+           sizeof(float) * (BT * (2 * qd + 2 * kd) + (size_t)B * m->H * T);
 }
 
 /* ---- forward / prefill ------------------------------------------------------------------------
@@ -247,20 +209,10 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
     const int bias = m->bias;
 
     /* Q, K, V, O, LSE: in `saved` when training, else a temporary block. */
-    float *Q, *K, *V, *O, *LSE;
-    void *tmp = NULL;
-    if (a->saved) {
-        saved_hdr *h = a->saved;
-        memset(h, 0, sizeof *h);
-        h->magic = SAVED_MAGIC;
-        h->B = B;
-        h->T = T;
-        Q = (float *)(h + 1);
-    } else {
-        tmp = be->alloc(be, mha_saved_bytes(m, B, T));
-        if (!tmp) return HYB_ERR_NOMEM;
-        Q = (float *)((saved_hdr *)tmp + 1);
-    }
+    void *tmp;
+    float *Q = hyb_pl_saved_begin(a->saved, &tmp, be, mha_saved_bytes(m, B, T), SAVED_MAGIC, B, T);
+    if (!Q) return HYB_ERR_NOMEM;
+    float *K, *V, *O, *LSE;
     K = Q + BT * qd;
     V = K + BT * kd;
     O = V + BT * kd;
@@ -268,7 +220,7 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
 
     /* scores scratch: one [QBLK, keys] block per thread (the attention runs in one parallel
      * region, below) */
-    const int nthr = max_threads();
+    const int nthr = hyb_pl_max_threads();
     size_t n_keys_max = (size_t)p_max + T, nscr = (size_t)QBLK * n_keys_max;
     float *scratch = be->alloc(be, sizeof(float) * ((size_t)nthr * nscr + BT));
     if (!scratch) {
@@ -333,11 +285,12 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
             hstride = (size_t)hd;
         }
         const size_t row0 = (size_t)b * T + i0;
-        HYB_BE_TRY_PAR(
-            perr, attend_block(be, Q + row0 * qd + (size_t)h * hd, qd, kb + (size_t)g * hstride,
-                               vb + (size_t)g * hstride, ldk, p0 + i0, qb, hd, scale,
-                               scratch + (size_t)thread_id() * nscr, O + row0 * qd + (size_t)h * hd,
-                               qd, LSE + ((size_t)b * H + h) * T + i0));
+        HYB_BE_TRY_PAR(perr, attend_block(be, Q + row0 * qd + (size_t)h * hd, qd,
+                                          kb + (size_t)g * hstride, vb + (size_t)g * hstride, ldk,
+                                          p0 + i0, qb, hd, scale,
+                                          scratch + (size_t)hyb_pl_thread_id() * nscr,
+                                          O + row0 * qd + (size_t)h * hd, qd,
+                                          LSE + ((size_t)b * H + h) * T + i0));
     }
     rc = perr;
     if (rc == HYB_OK) rc = linear(be, O, P[MHA_WO], NULL, a->y, (int)BT, (int)qd, D);
@@ -355,15 +308,14 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
     const hyb_backend *be = a->be;
     int rc = HYB_OK;
     const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
-    const saved_hdr *hdr = a->saved;
-    if (!hdr || hdr->magic != SAVED_MAGIC || hdr->B != B || hdr->T != T)
+    const float *Q = hyb_pl_saved_data(a->saved, SAVED_MAGIC, B, T);
+    if (!Q)
         return H_->error(HYB_ERR_ARG,
                          "mha (layer %d): backward [B=%d, T=%d] without a matching "
                          "saved forward",
                          m->layer, B, T);
     const size_t BT = (size_t)B * T, qd = (size_t)H * hd, kd = (size_t)KV * hd;
-    const float *Q = (const float *)(hdr + 1), *K = Q + BT * qd, *V = K + BT * kd, *O = V + BT * kd,
-                *LSE = O + BT * qd;
+    const float *K = Q + BT * qd, *V = K + BT * kd, *O = V + BT * kd, *LSE = O + BT * qd;
     const float *const *P = a->params;
     float *const *G = a->grads;
 
@@ -389,7 +341,7 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
         for (int h = 0; h < H; h++)
             for (int t = 0; t < T; t++) {
                 size_t off = ((size_t)b * T + t) * qd + (size_t)h * hd;
-                Dr[((size_t)b * H + h) * T + t] = dot(dO + off, O + off, hd);
+                Dr[((size_t)b * H + h) * T + t] = hyb_pl_dot(dO + off, O + off, hd);
             }
 
     /* Per (b, head, block of QBLK queries), keys 0 .. last query of the block:
@@ -401,7 +353,7 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
      * inside run on the calling thread. Scratch: P and dP of one block per thread. */
     const float scale = 1.0f / sqrtf((float)hd);
     const int group = H / KV;
-    const int nthr = max_threads();
+    const int nthr = hyb_pl_max_threads();
     const size_t pstride = 2 * (size_t)QBLK * T;
     float *Pm_all = be->alloc(be, sizeof(float) * pstride * (size_t)nthr);
     if (!Pm_all) {
@@ -415,7 +367,7 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
 #pragma omp parallel for schedule(dynamic, 1) if (par)
     for (long task = 0; task < ntask; task++) {
         const int b = (int)(task / KV), g = (int)(task % KV);
-        float *Pm = Pm_all + (size_t)thread_id() * pstride, *dP = Pm + (size_t)QBLK * T;
+        float *Pm = Pm_all + (size_t)hyb_pl_thread_id() * pstride, *dP = Pm + (size_t)QBLK * T;
         const float *kb = K + (size_t)b * T * kd, *vb = V + (size_t)b * T * kd;
         float *dkb = dK + (size_t)b * T * kd, *dvb = dV + (size_t)b * T * kd;
         const size_t go = (size_t)g * hd;
@@ -454,9 +406,9 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
 
     if (m->bias) {
         for (size_t r = 0; r < BT; r++) {
-            axpy(G[MHA_BQ], 1.0f, dQ + r * qd, (int)qd);
-            axpy(G[MHA_BK], 1.0f, dK + r * kd, (int)kd);
-            axpy(G[MHA_BV], 1.0f, dV + r * kd, (int)kd);
+            hyb_pl_axpy(G[MHA_BQ], 1.0f, dQ + r * qd, (int)qd);
+            hyb_pl_axpy(G[MHA_BK], 1.0f, dK + r * kd, (int)kd);
+            hyb_pl_axpy(G[MHA_BV], 1.0f, dV + r * kd, (int)kd);
         }
     }
     /* projections: dW += d^T x, dx = sum d W */
@@ -597,7 +549,7 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
     size_t ntask = 0;
     for (int i = 0; i < n; i++)
         ntask += (size_t)KV * (size_t)((a->pos[i] + DEC_CHUNK) / DEC_CHUNK);
-    const int nthr = max_threads();
+    const int nthr = hyb_pl_max_threads();
     const size_t partw = (size_t)G * (hd + 2); /* floats of one task's partials */
     size_t nfl = (size_t)n * (2 * qd + 2 * kd) + ntask * partw + (size_t)nthr * G * DEC_CHUNK;
     size_t nbytes = nfl * sizeof(float) + (size_t)(n + 1) * sizeof(size_t);
@@ -636,7 +588,7 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
         const int nk = len - j0 < DEC_CHUNK ? len - j0 : DEC_CHUNK;
         const float *kb = (const float *)a->states[i] + ((size_t)g * a->max_ctx + j0) * hd;
         const float *vb = kb + (size_t)KV * a->max_ctx * hd;
-        float *s = scratch + (size_t)thread_id() * G * DEC_CHUNK;
+        float *s = scratch + (size_t)hyb_pl_thread_id() * G * DEC_CHUNK;
         attend_chunk(Q + (size_t)i * qd + (size_t)g * G * hd, G, kb, vb, (size_t)hd, nk, hd, scale,
                      s, part + t * partw);
     }

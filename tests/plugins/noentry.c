@@ -2,14 +2,4 @@
  * misspelled one). The loader must say which symbol is missing. */
 #include "stub.h"
 
-static const hyb_mixer_desc DESC = {.abi_version = HYB_PLUGIN_ABI_VERSION,
-                                    .struct_size = sizeof(hyb_mixer_desc),
-                                    .name = "noentry",
-                                    .version = "0.0.1",
-                                    .hf_prefix = "mixer",
-                                    STUB_VTABLE};
-
-HYB_PLUGIN_EXPORT const hyb_mixer_desc *hyb_plugin_entry_v1(const hyb_host *host) {
-    (void)host;
-    return &DESC;
-}
+STUB_PLUGIN(HYB_PLUGIN_ABI_VERSION, "noentry", "mixer", stub_decode, hyb_plugin_entry_v1)

@@ -34,30 +34,42 @@ static size_t stub_saved_bytes(void *self, int B, int T) {
     (void)T;
     return 0;
 }
-static int stub_forward(void *self, const hyb_mixer_fwd *a) {
-    (void)self;
-    (void)a;
-    return -7;
-}
-static int stub_backward(void *self, const hyb_mixer_bwd *a) {
-    (void)self;
-    (void)a;
-    return -7;
-}
 static size_t stub_state_bytes(void *self, int max_ctx) {
     (void)self;
     (void)max_ctx;
     return 0;
 }
-static int stub_decode(void *self, const hyb_mixer_dec *a) {
-    (void)self;
-    (void)a;
-    return -7;
-}
+/* a kernel that fails (-7) whatever it is given */
+#define STUB_KERNEL(fn, args_t)                                                                    \
+    static int fn(void *self, const args_t *a) {                                                   \
+        (void)self;                                                                                \
+        (void)a;                                                                                   \
+        return -7;                                                                                 \
+    }
+STUB_KERNEL(stub_forward, hyb_mixer_fwd)
+STUB_KERNEL(stub_backward, hyb_mixer_bwd)
+STUB_KERNEL(stub_decode, hyb_mixer_dec)
 
-#define STUB_VTABLE                                                                                \
+/* the stub entries, with `decode` as the CPU decode kernel (stub_decode, or 0 for a plugin
+ * missing it) */
+#define STUB_VTABLE(decode)                                                                        \
     .create = stub_create, .destroy = stub_destroy, .describe = stub_describe,                     \
     .n_params = stub_n_params, .param_decl = stub_param_decl, .saved_bytes = stub_saved_bytes,     \
-    .state_bytes = stub_state_bytes,                                                               \
-    .kernels[HYB_DEV_CPU] = {stub_forward, stub_backward, stub_decode}
+    .state_bytes = stub_state_bytes, .kernels[HYB_DEV_CPU] = {stub_forward, stub_backward, decode}
+
+/* A whole stub plugin: its descriptor DESC (ABI version `abi`, mixer `name`, HF prefix
+ * `hf_prefix`, CPU decode kernel `decode`) and the exported function `entry` returning it (the
+ * loader looks for hyb_plugin_entry). */
+#define STUB_PLUGIN(abi, name_, hf_prefix_, decode, entry)                                         \
+    static const hyb_mixer_desc DESC = {.abi_version = (abi),                                      \
+                                        .struct_size = sizeof(hyb_mixer_desc),                     \
+                                        .name = name_,                                             \
+                                        .version = "0.0.1",                                        \
+                                        .hf_prefix = hf_prefix_,                                   \
+                                        STUB_VTABLE(decode)};                                      \
+    HYB_PLUGIN_EXPORT const hyb_mixer_desc *entry(const hyb_host *host) {                          \
+        (void)host;                                                                                \
+        (void)stub_decode;                                                                         \
+        return &DESC;                                                                              \
+    }
 #endif
