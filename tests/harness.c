@@ -96,3 +96,29 @@ char *harness_read_file(const char *path, size_t *len) {
     if (b && len) *len = (size_t)n;
     return b;
 }
+
+int harness_mkdtemp(char *dir, size_t cap, const char *tag) {
+    snprintf(dir, cap, "%s/hyb_test_%s_XXXXXX", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp",
+             tag);
+    if (mkdtemp(dir)) return 0;
+    perror("mkdtemp");
+    return -1;
+}
+
+const char *harness_sub(const char *dir, const char *name) {
+    static char buf[4][1024];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+    return buf[k];
+}
+
+const char *harness_data_dir(void) {
+    const char *dd = getenv("HYB_TEST_DATA");
+    return dd ? dd : "tests/data";
+}
+
+float harness_frand(unsigned long long *state) {
+    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((*state >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+}

@@ -258,12 +258,7 @@ static const char *HYB_MAP =
 
 /* the model owns (and frees) its layer map */
 static hyb_model *hybrid_model(void) {
-    hyb_layermap *map = NULL;
-    hyb_model *m = NULL;
-    CHECK_MSG(hyb_layermap_parse(HYB_MAP, "hybrid.toml", &map) == HYB_OK, "%s", hyb_error());
-    if (!map) return NULL;
-    CHECK_MSG(hyb_model_build(map, 77, &m) == HYB_OK, "%s", hyb_error());
-    return m;
+    return harness_build_model(HYB_MAP, "hybrid.toml", 77);
 }
 
 static void test_hybrid_model(void) {

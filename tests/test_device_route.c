@@ -202,14 +202,7 @@ static const char *MAP = "[model]\n"
                          "pattern = \"tmt\"\n";
 
 static hyb_model *build(void) {
-    hyb_layermap *map = NULL;
-    hyb_model *m = NULL;
-    if (hyb_layermap_parse(MAP, "route.toml", &map) != HYB_OK ||
-        hyb_model_build(map, 11, &m) != HYB_OK) {
-        CHECK_MSG(0, "build: %s", hyb_error());
-        return NULL;
-    }
-    return m;
+    return harness_build_model(MAP, "route.toml", 11);
 }
 
 /* Mixer descriptors with the CPU kernels declared for the mock device too (its memory is host
