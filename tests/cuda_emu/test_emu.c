@@ -24,31 +24,28 @@ static const char *const g_orders[3] = {"forward", "reverse", "random"};
 static char *g_sem, *g_plant;
 
 static char *slurp(const char *name) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", HYB_EMU_TEST_DIR, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "cannot open %s\n", path);
-        exit(1);
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (fread(s, 1, (size_t)n, f) != (size_t)n) exit(1);
-    s[n] = '\0';
-    fclose(f);
-    return s;
+    return emu_slurp(name, 1);
 }
 static void set_order(int o) {
     setenv("HYB_CUDA_EMU_ORDER", g_orders[o], 1);
 }
 static const unsigned ONE[3] = {1, 1, 1};
+/* semantics.cu's kernel `name`, built; NULL after a failed check */
+static void *sem_kernel(const char *name) {
+    void *k = emu_build("semantics.cu", g_sem, name, NULL);
+    CHECK_MSG(k != NULL, "build %s: %s", name, emu_last_error());
+    return k;
+}
+/* one block of nt threads (shmem bytes of dynamic shared memory) in thread order o */
+static int launch_block(void *k, int o, unsigned nt, unsigned shmem, void **args) {
+    set_order(o);
+    const unsigned b[3] = {nt, 1, 1};
+    return emu_launch(k, ONE, b, shmem, args);
+}
 
 /* ---- part 1: semantics ----------------------------------------------------------------------- */
 static void test_warp_ops(void) {
-    void *k = emu_build("semantics.cu", g_sem, "k_warp", NULL);
-    CHECK(k != NULL);
+    void *k = sem_kernel("k_warp");
     if (!k) return;
     enum { NT = 64 };
     int in[NT], out[NT * 8], want[NT * 8];
@@ -77,10 +74,8 @@ static void test_warp_ops(void) {
     unsigned long long din = emu_alloc(sizeof in), dout = emu_alloc(sizeof out);
     emu_put(din, in, sizeof in);
     for (int o = 0; o < 3; o++) {
-        set_order(o);
         void *args[] = {&din, &dout};
-        const unsigned b[3] = {NT, 1, 1};
-        CHECK(emu_launch(k, ONE, b, 0, args) == 0);
+        CHECK(launch_block(k, o, NT, 0, args) == 0);
         emu_get(out, dout, sizeof out);
         int bad = 0;
         for (int i = 0; i < NT * 8; i++) bad += out[i] != want[i];
@@ -88,18 +83,15 @@ static void test_warp_ops(void) {
     }
     emu_free(din), emu_free(dout);
 
-    void *kh = emu_build("semantics.cu", g_sem, "k_halfwarp", NULL);
-    CHECK(kh != NULL);
+    void *kh = sem_kernel("k_halfwarp");
     if (!kh) return;
     float x[32], y[32];
     for (int i = 0; i < 32; i++) x[i] = (float)(i * i % 7);
     unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
     emu_put(dx, x, sizeof x);
     for (int o = 0; o < 3; o++) {
-        set_order(o);
         void *args[] = {&dx, &dy};
-        const unsigned b[3] = {32, 1, 1};
-        CHECK(emu_launch(kh, ONE, b, 0, args) == 0);
+        CHECK(launch_block(kh, o, 32, 0, args) == 0);
         emu_get(y, dy, sizeof y);
         for (int i = 0; i < 32; i++) {
             float s = 0;
@@ -111,8 +103,7 @@ static void test_warp_ops(void) {
 }
 
 static void test_barrier_reductions(void) {
-    void *k = emu_build("semantics.cu", g_sem, "k_bar", NULL);
-    CHECK(k != NULL);
+    void *k = sem_kernel("k_bar");
     if (!k) return;
     enum { NT = 100 };
     int in[NT], out[NT];
@@ -124,10 +115,8 @@ static void test_barrier_reductions(void) {
     unsigned long long din = emu_alloc(sizeof in), dout = emu_alloc(sizeof out);
     emu_put(din, in, sizeof in);
     for (int o = 0; o < 3; o++) {
-        set_order(o);
         void *args[] = {&din, &dout};
-        const unsigned b[3] = {NT, 1, 1};
-        CHECK(emu_launch(k, ONE, b, 0, args) == 0);
+        CHECK(launch_block(k, o, NT, 0, args) == 0);
         emu_get(out, dout, sizeof out);
         for (int t = 0; t < NT; t++) CHECK(out[t] == cnt * 4 + all * 2 + any);
     }
@@ -179,18 +168,15 @@ static void test_shared_and_ids(void) {
 
 /* the rewrite's less common forms (k_forms): y[t] = 106 x[63 - t] */
 static void test_shared_forms(void) {
-    void *k = emu_build("semantics.cu", g_sem, "k_forms", NULL);
-    CHECK(k != NULL);
+    void *k = sem_kernel("k_forms");
     if (!k) return;
     float x[64], y[64];
     for (int i = 0; i < 64; i++) x[i] = (float)(i * 3 % 11);
     unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
     emu_put(dx, x, sizeof x);
     for (int o = 0; o < 3; o++) {
-        set_order(o);
         void *args[] = {&dx, &dy};
-        const unsigned b[3] = {64, 1, 1};
-        CHECK(emu_launch(k, ONE, b, 64 * sizeof(float), args) == 0);
+        CHECK(launch_block(k, o, 64, 64 * sizeof(float), args) == 0);
         emu_get(y, dy, sizeof y);
         int bad = 0;
         for (int t = 0; t < 64; t++) bad += y[t] != 106.0f * x[63 - t];
@@ -200,8 +186,7 @@ static void test_shared_forms(void) {
 }
 
 static void test_atomics(void) {
-    void *k = emu_build("semantics.cu", g_sem, "k_atomics", NULL);
-    CHECK(k != NULL);
+    void *k = sem_kernel("k_atomics");
     if (!k) return;
     enum { N = 5000 };
     static int in[N];
@@ -244,8 +229,7 @@ static uint16_t bf16_ref(float f) {
 }
 
 static void test_half_bf16(void) {
-    void *k = emu_build("semantics.cu", g_sem, "k_half", NULL);
-    CHECK(k != NULL);
+    void *k = sem_kernel("k_half");
     if (!k) return;
     enum { N = 4096 };
     static float x[N], back[N];
@@ -286,8 +270,7 @@ static void test_half_bf16(void) {
 }
 
 static void test_wmma(void) {
-    void *k = emu_build("semantics.cu", g_sem, "k_wmma", NULL);
-    CHECK(k != NULL);
+    void *k = sem_kernel("k_wmma");
     if (!k) return;
     uint16_t a[256], b[256];
     float af[256], bf[256], c[256];
