@@ -4,11 +4,7 @@ local H = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/harness.lua")
 local hyb = require("hyb")
 
 local tmp = H.tmpdir()
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write = H.write
 
 H.run("bytes of a file", function()
   local text = "Hello, hyb!\n\0\255"
