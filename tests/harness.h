@@ -57,6 +57,15 @@ const char *harness_data_dir(void);
 /* Uniform in [-1, 1) from a 64-bit LCG state (the tests' reproducible perturbations). */
 float harness_frand(unsigned long long *state);
 
+/* The tiny test models' layer-map pieces: [model] with d_model 32, d_ff 48, norm_eps 1e-5, tied
+ * embeddings, max_seq 64; and the mha table `attn` (symbol t, 4 query heads over 2 KV heads of
+ * 8). */
+#define HARNESS_MAP_MODEL(name, n_layers, vocab)                                                   \
+    "[model]\nname = \"" name "\"\nd_model = 32\nn_layers = " #n_layers "\nvocab_size = " #vocab  \
+    "\nd_ff = 48\nnorm_eps = 1e-5\ntie_embeddings = true\nmax_seq = 64\n"
+#define HARNESS_MAP_ATTN                                                                           \
+    "[mixers.attn]\ntype = \"mha\"\nsymbol = \"t\"\nn_heads = 4\nn_kv_heads = 2\nhead_dim = 8\n"
+
 /* ---- model helpers (tests/harness_model.c, in hyb_test_harness: they need hyb_core) ---------- */
 struct hyb_model;
 struct cJSON;

@@ -260,24 +260,10 @@ int mh_compare(const char *what, const float *a, const float *b, long n, mh_tol 
 }
 
 static const char *data_path(const char *file, char *buf, size_t n) {
-    const char *dd = getenv("HYB_TEST_DATA");
-    snprintf(buf, n, "%s/%s", dd ? dd : "tests/data", file);
+    snprintf(buf, n, "%s/%s", harness_data_dir(), file);
     return buf;
 }
 
-float *mh_model_logits(hyb_model *m, const int32_t *ids, int B, int T) {
-    hyb_graph *g = hyb_graph_new();
-    hyb_graph_set_grad(g, 0);
-    hyb_tensor *lg = hyb_model_forward(m, g, ids, B, T);
-    float *out = NULL;
-    CHECK_MSG(lg != NULL, "forward: %s", hyb_error());
-    if (lg) {
-        out = malloc(hyb_tensor_nbytes(lg));
-        memcpy(out, lg->data, hyb_tensor_nbytes(lg));
-    }
-    hyb_graph_free(g);
-    return out;
-}
 
 double mh_model_decode_vs_forward(hyb_model *m, int ns, const int32_t *ids, int stride,
                                   const int *len, const int *prompt, const int *split, int max_ctx) {
@@ -286,7 +272,7 @@ double mh_model_decode_vs_forward(hyb_model *m, int ns, const int32_t *ids, int 
     int32_t *seqs = calloc((size_t)ns, 4), *tok = calloc((size_t)ns, 4);
     int *at = calloc((size_t)ns, sizeof *at), *who = calloc((size_t)ns, sizeof *who), ok = 1;
     for (int s = 0; s < ns; s++)
-        ok &= (full[s] = mh_model_logits(m, ids + (size_t)s * stride, 1, len[s])) != NULL;
+        ok &= (full[s] = harness_logits(m, ids + (size_t)s * stride, 1, len[s])) != NULL;
     hyb_kvstate *kv = NULL;
     CHECK_MSG(hyb_kvstate_new(m, ns, max_ctx, &kv) == HYB_OK, "%s", hyb_error());
     double worst = ok && kv ? 0 : INFINITY;

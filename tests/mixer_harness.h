@@ -77,8 +77,7 @@ double mh_max_diff(const float *a, const float *b, long n);
 /* worst |a - b| / (atol + rtol |b|): <= 1 means every element passes numpy's allclose */
 double mh_allclose_ratio(const float *a, const float *b, long n, double rtol, double atol);
 
-/* Logits [B, T, V] of a model forward without a tape (heap copy; NULL after a failed CHECK). */
-float *mh_model_logits(hyb_model *m, const int32_t *ids, int B, int T);
+/* (logits of a model forward without a tape: harness_logits in harness.h) */
 
 /* Prefill + batched decode of a model against its forward logits: sequence s (ids + s * stride)
  * has len[s] tokens, prompt[s] prefilled (in two calls of split[s] and the rest when split is

@@ -179,21 +179,7 @@ static void mock_init(void) {
 /* ---- models -----------------------------------------------------------------------------------
  */
 
-static const char *MAP = "[model]\n"
-                         "name = \"route\"\n"
-                         "d_model = 32\n"
-                         "n_layers = 3\n"
-                         "vocab_size = 53\n"
-                         "d_ff = 48\n"
-                         "norm_eps = 1e-5\n"
-                         "tie_embeddings = true\n"
-                         "max_seq = 64\n"
-                         "[mixers.attn]\n"
-                         "type = \"mha\"\n"
-                         "symbol = \"t\"\n"
-                         "n_heads = 4\n"
-                         "n_kv_heads = 2\n"
-                         "head_dim = 8\n"
+static const char *MAP = HARNESS_MAP_MODEL("route", 3, 53) HARNESS_MAP_ATTN
                          "[mixers.ssm]\n"
                          "type = \"mamba1\"\n"
                          "symbol = \"m\"\n"
