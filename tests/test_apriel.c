@@ -34,8 +34,6 @@
 static char g_dir[512];
 
 static const char *sub(const char *name) { return harness_sub(g_dir, name); }
-static double jnum(const cJSON *o, const char *k) { return harness_jnum(o, k); }
-static const char *jstr(const cJSON *o, const char *k) { return harness_jstr(o, k); }
 
 /* layers: t (mha, GQA 4/2 heads of 8), m (mamba1, repeat 2), i (identity), m */
 #define HYBRID_MAP                                                                                 \
@@ -93,17 +91,19 @@ static void roundtrip(int tied) {
     cJSON *js = harness_read_json(p);
     CHECK_MSG(js != NULL, "%s missing or not JSON", p);
     if (js) {
-        CHECK(!strcmp(jstr(js, "model_type"), "apriel_h"));
+        CHECK(!strcmp(harness_jstr(js, "model_type"), "apriel_h"));
         const cJSON *arch = cJSON_GetObjectItemCaseSensitive(js, "architectures");
         CHECK(cJSON_IsArray(arch) && cJSON_GetArraySize(arch) == 1 &&
               !strcmp(cJSON_GetArrayItem(arch, 0)->valuestring, "AprielHForCausalLM"));
-        CHECK(jnum(js, "hidden_size") == 32 && jnum(js, "intermediate_size") == 40);
-        CHECK(jnum(js, "num_hidden_layers") == 4 && jnum(js, "vocab_size") == 48);
-        CHECK(jnum(js, "num_attention_heads") == 4 && jnum(js, "num_key_value_heads") == 2);
-        CHECK(jnum(js, "head_dim") == 8 && jnum(js, "rope_theta") == 10000.0);
-        CHECK(jnum(js, "rms_norm_eps") == (double)1e-5f || jnum(js, "rms_norm_eps") == 1e-5);
-        CHECK(jnum(js, "max_position_embeddings") == 64);
-        CHECK(!strcmp(jstr(js, "hidden_act"), "silu"));
+        CHECK(harness_jnum(js, "hidden_size") == 32 && harness_jnum(js, "intermediate_size") == 40);
+        CHECK(harness_jnum(js, "num_hidden_layers") == 4 && harness_jnum(js, "vocab_size") == 48);
+        CHECK(harness_jnum(js, "num_attention_heads") == 4 &&
+              harness_jnum(js, "num_key_value_heads") == 2);
+        CHECK(harness_jnum(js, "head_dim") == 8 && harness_jnum(js, "rope_theta") == 10000.0);
+        CHECK(harness_jnum(js, "rms_norm_eps") == (double)1e-5f ||
+              harness_jnum(js, "rms_norm_eps") == 1e-5);
+        CHECK(harness_jnum(js, "max_position_embeddings") == 64);
+        CHECK(!strcmp(harness_jstr(js, "hidden_act"), "silu"));
         CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(js, "tie_word_embeddings")) == tied);
         const cJSON *lay = cJSON_GetObjectItemCaseSensitive(js, "hybrid_block_layout");
         static const char *const want[] = {"t", "m2", "i", "m2"};
@@ -114,13 +114,14 @@ static void roundtrip(int tied) {
         }
         const cJSON *ssm = cJSON_GetObjectItemCaseSensitive(js, "ssm_cfg");
         CHECK(cJSON_IsObject(ssm));
-        CHECK(jnum(ssm, "d_state") == 4 && jnum(ssm, "d_xb") == 16 && jnum(ssm, "d_inner") == 32);
-        CHECK(jnum(ssm, "dt_rank") == 3 && jnum(ssm, "d_conv") == 3);
+        CHECK(harness_jnum(ssm, "d_state") == 4 && harness_jnum(ssm, "d_xb") == 16 &&
+              harness_jnum(ssm, "d_inner") == 32);
+        CHECK(harness_jnum(ssm, "dt_rank") == 3 && harness_jnum(ssm, "d_conv") == 3);
         CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ssm, "conv_bias")));
         CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(ssm, "bias")));
-        CHECK(!strcmp(jstr(ssm, "activation"), "silu"));
-        CHECK(jnum(ssm, "dt_min") == 0.001 && jnum(ssm, "dt_max") == 0.1 &&
-              jnum(ssm, "dt_init_floor") == 1e-4);
+        CHECK(!strcmp(harness_jstr(ssm, "activation"), "silu"));
+        CHECK(harness_jnum(ssm, "dt_min") == 0.001 && harness_jnum(ssm, "dt_max") == 0.1 &&
+              harness_jnum(ssm, "dt_init_floor") == 1e-4);
         cJSON_Delete(js);
     }
     hyb_model *h = NULL;

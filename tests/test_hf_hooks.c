@@ -36,8 +36,6 @@
 static char g_dir[512];
 
 static const char *sub(const char *name) { return harness_sub(g_dir, name); }
-static double jnum(const cJSON *o, const char *k) { return harness_jnum(o, k); }
-static const char *jstr(const cJSON *o, const char *k) { return harness_jstr(o, k); }
 
 /* symbols: t mha, b mha with biases, m mamba1, n mamba1 with double_dt_bias = false, d deltanet,
  * e a second deltanet config, g gated_deltanet, i identity */
@@ -93,6 +91,16 @@ static const int32_t IDS[B * T] = {1,  5, 9, 47, 0,  3, 3,  17, 22, 40, 2,
 
 static float *logits_of(hyb_model *m) { return harness_logits(m, IDS, B, T); }
 
+/* make(pattern, tied) saved into sub(name) (the directory's path in *dir); NULL after a failed
+ * check. */
+static hyb_model *make_saved(const char *name, const char *pattern, int tied, const char **dir) {
+    hyb_model *m = make(pattern, tied);
+    if (!m) return NULL;
+    *dir = sub(name);
+    CHECK_MSG(hyb_model_save(m, *dir) == HYB_OK, "save %s: %s", name, hyb_error());
+    return m;
+}
+
 
 
 
@@ -113,17 +121,16 @@ static void describe_layers(const hyb_model *m, char *buf, size_t n) {
  * bit-identical logits. */
 static void roundtrip(const char *name, const char *pattern, int tied, const char *want_type,
                       const char *const *want_layout) {
-    hyb_model *m = make(pattern, tied);
+    const char *dir;
+    hyb_model *m = make_saved(name, pattern, tied, &dir);
     if (!m) return;
-    const char *dir = sub(name);
-    CHECK(hyb_model_save(m, dir) == HYB_OK);
     char p[700];
     snprintf(p, sizeof p, "%s/config.json", dir);
     cJSON *js = harness_read_json(p);
     CHECK_MSG(js != NULL, "%s: %s missing or not JSON", name, p);
     if (js) {
-        CHECK_MSG(!strcmp(jstr(js, "model_type"), want_type), "%s: model_type %s", name,
-                  jstr(js, "model_type"));
+        CHECK_MSG(!strcmp(harness_jstr(js, "model_type"), want_type), "%s: model_type %s", name,
+                  harness_jstr(js, "model_type"));
         const cJSON *lay = cJSON_GetObjectItemCaseSensitive(js, "hybrid_block_layout");
         int n = (int)strlen(pattern);
         CHECK_MSG(cJSON_IsArray(lay) && cJSON_GetArraySize(lay) == n, "%s: layout", name);
@@ -163,10 +170,9 @@ static void test_deltanet_hybrid(void) {
 }
 
 static void test_deltanet_keys(void) {
-    hyb_model *m = make("dgt", 0);
+    const char *dir;
+    hyb_model *m = make_saved("dnkeys", "dgt", 0, &dir);
     if (!m) return;
-    const char *dir = sub("dnkeys");
-    CHECK(hyb_model_save(m, dir) == HYB_OK);
     char p[700];
     snprintf(p, sizeof p, "%s/config.json", dir);
     cJSON *js = harness_read_json(p);
@@ -174,10 +180,13 @@ static void test_deltanet_keys(void) {
     const cJSON *dn = mc ? cJSON_GetObjectItemCaseSensitive(mc, "deltanet") : NULL;
     const cJSON *gd = mc ? cJSON_GetObjectItemCaseSensitive(mc, "gated_deltanet") : NULL;
     CHECK_MSG(cJSON_IsObject(dn) && cJSON_IsObject(gd), "mixer_cfg.deltanet / gated_deltanet");
-    CHECK(jnum(dn, "n_heads") == 2 && jnum(dn, "head_dim") == 8 && jnum(dn, "conv_size") == 4);
-    CHECK(jnum(dn, "chunk") == 4 && jnum(dn, "norm_eps") == 1e-4);
-    CHECK(jnum(gd, "n_heads") == 4 && jnum(gd, "conv_size") == 3 && jnum(gd, "chunk") == 8);
-    CHECK(jnum(js, "num_attention_heads") == 4 && jnum(js, "rope_theta") == 50000.0);
+    CHECK(harness_jnum(dn, "n_heads") == 2 && harness_jnum(dn, "head_dim") == 8 &&
+          harness_jnum(dn, "conv_size") == 4);
+    CHECK(harness_jnum(dn, "chunk") == 4 && harness_jnum(dn, "norm_eps") == 1e-4);
+    CHECK(harness_jnum(gd, "n_heads") == 4 && harness_jnum(gd, "conv_size") == 3 &&
+          harness_jnum(gd, "chunk") == 8);
+    CHECK(harness_jnum(js, "num_attention_heads") == 4 &&
+          harness_jnum(js, "rope_theta") == 50000.0);
     CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(js, "attention_bias")));
     cJSON_Delete(js);
     hyb_model_free(m);
@@ -196,10 +205,9 @@ static void test_bias_and_identity(void) {
 
 /* Layers of one mixer type must agree: two deltanet configs have no HF form. */
 static void test_disagreeing_layers(void) {
-    hyb_model *m = make("tde", 0);
+    const char *dir;
+    hyb_model *m = make_saved("disagree", "tde", 0, &dir);
     if (!m) return;
-    const char *dir = sub("disagree");
-    CHECK(hyb_model_save(m, dir) == HYB_OK);
     char p[700];
     snprintf(p, sizeof p, "%s/config.json", dir);
     CHECK_MSG(access(p, F_OK) != 0, "config.json written for two deltanet configs");
@@ -227,7 +235,8 @@ static void test_apriel_export_unchanged(void) {
     a = harness_read_json(q);
     /* the one key added since: n_qk_heads = d_inner / d_state = 32 / 4 */
     cJSON *ssm = b ? cJSON_GetObjectItemCaseSensitive(b, "ssm_cfg") : NULL;
-    CHECK_MSG(jnum(ssm, "n_qk_heads") == 8, "ssm_cfg.n_qk_heads %g", jnum(ssm, "n_qk_heads"));
+    CHECK_MSG(harness_jnum(ssm, "n_qk_heads") == 8, "ssm_cfg.n_qk_heads %g",
+              harness_jnum(ssm, "n_qk_heads"));
     if (ssm) cJSON_DeleteItemFromObjectCaseSensitive(ssm, "n_qk_heads");
     CHECK_MSG(a && b && cJSON_Compare(a, b, 1), "exported config.json differs from %s", q);
     cJSON_Delete(a);
@@ -238,10 +247,9 @@ static void test_apriel_export_unchanged(void) {
 /* A config.json written by hand (with the weights of a saved model). */
 static void expect_import_error(const char *name, const char *pattern, const char *from,
                                 const char *to, const char *n1, const char *n2) {
-    hyb_model *m = make(pattern, 0);
+    const char *dir;
+    hyb_model *m = make_saved(name, pattern, 0, &dir);
     if (!m) return;
-    const char *dir = sub(name);
-    CHECK(hyb_model_save(m, dir) == HYB_OK);
     hyb_model_free(m);
     char p[700];
     snprintf(p, sizeof p, "%s/config.json", dir);
@@ -318,7 +326,8 @@ static void test_d_inner_null(void) {
     /* absent is still an error, naming the key */
     CHECK(edit_config(dir, "\"d_inner\": null", "\"d_innr\": null"));
     rc = hyb_model_load_hf_dir(dir, &h);
-    CHECK_MSG(rc < 0 && strstr(hyb_error(), "ssm_cfg") && strstr(hyb_error(), "\"d_inner\" is missing"),
+    CHECK_MSG(rc < 0 && strstr(hyb_error(), "ssm_cfg") &&
+                  strstr(hyb_error(), "\"d_inner\" is missing"),
               "%s", hyb_error());
     hyb_model_free(m);
 }
@@ -327,10 +336,9 @@ static void test_d_inner_null(void) {
 static void test_identity_tensors_omitted(void) {
     static const char *const pats[] = {"mtim", "tdigmd"};
     for (int k = 0; k < 2; k++) {
-        hyb_model *m = make(pats[k], k);
+        const char *dir;
+        hyb_model *m = make_saved(k ? "omit_dn" : "omit_apriel", pats[k], k, &dir);
         if (!m) return;
-        const char *dir = sub(k ? "omit_dn" : "omit_apriel");
-        CHECK(hyb_model_save(m, dir) == HYB_OK);
         char p[700];
         snprintf(p, sizeof p, "%s/model.safetensors", dir);
         hyb_safetensors *st = NULL;
@@ -408,7 +416,8 @@ static void test_example_plugin(void) {
     cJSON *js = harness_read_json(p);
     const cJSON *mc = js ? cJSON_GetObjectItemCaseSensitive(js, "mixer_cfg") : NULL;
     const cJSON *g = mc ? cJSON_GetObjectItemCaseSensitive(mc, "gain") : NULL;
-    CHECK_MSG(!strcmp(jstr(js, "model_type"), "hyb_hybrid") && jnum(g, "init") == 0.75,
+    CHECK_MSG(!strcmp(harness_jstr(js, "model_type"), "hyb_hybrid") &&
+                  harness_jnum(g, "init") == 0.75,
               "config.json of the gain hybrid");
     cJSON_Delete(js);
     rc = hyb_model_load_hf_dir(dir, &h);
