@@ -331,66 +331,57 @@ static void test_launch_errors(void) {
 /* run planted kernel `name` (plant = 0 correct, 1 buggy) in order o; 1 when the output matches */
 typedef int (*plant_case)(void *k, int order);
 
+/* x (nx bytes) to the device, k launched in order o on grid g, block b with the arguments
+ * (dx, dy, extra0, extra1) (a kernel reads as many as it takes), y (ny bytes) back; 1 when the
+ * launch succeeded */
+static int launch_xy(void *k, int o, const float *x, size_t nx, float *y, size_t ny,
+                     const unsigned g[3], const unsigned b[3], void *extra0, void *extra1) {
+    unsigned long long dx = emu_alloc(nx), dy = emu_alloc(ny);
+    emu_put(dx, x, nx);
+    set_order(o);
+    void *args[] = {&dx, &dy, extra0, extra1};
+    int ok = emu_launch(k, g, b, 0, args) == 0;
+    emu_get(y, dy, ny);
+    emu_free(dx), emu_free(dy);
+    return ok;
+}
+
 static int run_missing_barrier(void *k, int o) {
     enum { B = 128, G = 3 };
     float x[B * G], y[B * G];
     for (int i = 0; i < B * G; i++) x[i] = (float)(i % 97) + 1.0f;
-    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
-    emu_put(dx, x, sizeof x);
-    set_order(o);
-    void *args[] = {&dx, &dy};
     const unsigned g[3] = {G, 1, 1}, b[3] = {B, 1, 1};
-    int ok = emu_launch(k, g, b, 0, args) == 0;
-    emu_get(y, dy, sizeof y);
+    int ok = launch_xy(k, o, x, sizeof x, y, sizeof y, g, b, NULL, NULL);
     for (int i = 0; i < B * G && ok; i++) ok = y[i] == x[(i / B) * B + B - 1 - i % B];
-    emu_free(dx), emu_free(dy);
     return ok;
 }
 static int run_wrong_index(void *k, int o) {
     enum { R = 37, C = 45 };
     float x[R * C], y[R * C];
     for (int i = 0; i < R * C; i++) x[i] = (float)i;
-    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
-    emu_put(dx, x, sizeof x);
-    set_order(o);
     int rows = R, cols = C;
-    void *args[] = {&dx, &dy, &rows, &cols};
     const unsigned g[3] = {(C + 15) / 16, (R + 15) / 16, 1}, b[3] = {16, 16, 1};
-    int ok = emu_launch(k, g, b, 0, args) == 0;
-    emu_get(y, dy, sizeof y);
+    int ok = launch_xy(k, o, x, sizeof x, y, sizeof y, g, b, &rows, &cols);
     for (int i = 0; i < R * C && ok; i++) ok = y[i] == 2.0f * x[i];
-    emu_free(dx), emu_free(dy);
     return ok;
 }
 static int run_off_by_one(void *k, int o) {
     enum { N = 1000 };
     float x[N], y[N];
     for (int i = 0; i < N; i++) x[i] = (float)(i % 13);
-    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
-    emu_put(dx, x, sizeof x);
-    set_order(o);
     int n = N;
-    void *args[] = {&dx, &dy, &n};
     const unsigned g[3] = {(N + 127) / 128, 1, 1}, b[3] = {128, 1, 1};
-    int ok = emu_launch(k, g, b, 0, args) == 0;
-    emu_get(y, dy, sizeof y);
+    int ok = launch_xy(k, o, x, sizeof x, y, sizeof y, g, b, &n, NULL);
     for (int i = 0; i < N && ok; i++) ok = y[i] == x[i] + (i + 1 < N ? x[i + 1] : 0.0f);
-    emu_free(dx), emu_free(dy);
     return ok;
 }
 static int run_race(void *k, int o) {
     enum { B = 128, G = 4 };
     float x[G], y[B * G];
     for (int i = 0; i < G; i++) x[i] = 1.5f + (float)i;
-    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
-    emu_put(dx, x, sizeof x);
-    set_order(o);
-    void *args[] = {&dx, &dy};
     const unsigned g[3] = {G, 1, 1}, b[3] = {B, 1, 1};
-    int ok = emu_launch(k, g, b, 0, args) == 0;
-    emu_get(y, dy, sizeof y);
+    int ok = launch_xy(k, o, x, sizeof x, y, sizeof y, g, b, NULL, NULL);
     for (int i = 0; i < B * G && ok; i++) ok = y[i] == x[i / B] * (float)(i % B);
-    emu_free(dx), emu_free(dy);
     return ok;
 }
 
@@ -398,19 +389,13 @@ static int run_reuse_barrier(void *k, int o) {
     enum { B = 256, G = 3 };
     float x[B * G], y[2 * G];
     for (int i = 0; i < B * G; i++) x[i] = (float)(i % 5) - 1.0f; /* small integers: exact sums */
-    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
-    emu_put(dx, x, sizeof x);
-    set_order(o);
-    void *args[] = {&dx, &dy};
     const unsigned g[3] = {G, 1, 1}, b[3] = {B, 1, 1};
-    int ok = emu_launch(k, g, b, 0, args) == 0;
-    emu_get(y, dy, sizeof y);
+    int ok = launch_xy(k, o, x, sizeof x, y, sizeof y, g, b, NULL, NULL);
     for (int blk = 0; blk < G && ok; blk++) {
         float s1 = 0, s2 = 0;
         for (int i = 0; i < B; i++) s1 += x[blk * B + i], s2 += x[blk * B + i] * x[blk * B + i];
         ok = y[blk] == s1 && y[blk + G] == s2;
     }
-    emu_free(dx), emu_free(dy);
     return ok;
 }
 
