@@ -141,9 +141,8 @@ end
 -- The whole file (binary), or nil when it cannot be opened.
 function H.read(path)
   local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
+  local s = f and f:read("a")
+  if f then f:close() end
   return s
 end
 
