@@ -42,6 +42,20 @@ static int launch_block(void *k, int o, unsigned nt, unsigned shmem, void **args
     const unsigned b[3] = {nt, 1, 1};
     return emu_launch(k, ONE, b, shmem, args);
 }
+/* x (nx bytes) to the device, k launched in order o on grid g, block b with the arguments
+ * (dx, dy, extra0, extra1) (a kernel reads as many as it takes), y (ny bytes) back; 1 when the
+ * launch succeeded */
+static int launch_xy(void *k, int o, const void *x, size_t nx, void *y, size_t ny,
+                     const unsigned g[3], const unsigned b[3], void *extra0, void *extra1) {
+    unsigned long long dx = emu_alloc(nx), dy = emu_alloc(ny);
+    emu_put(dx, x, nx);
+    set_order(o);
+    void *args[] = {&dx, &dy, extra0, extra1};
+    int ok = emu_launch(k, g, b, 0, args) == 0;
+    emu_get(y, dy, ny);
+    emu_free(dx), emu_free(dy);
+    return ok;
+}
 
 /* ---- part 1: semantics ----------------------------------------------------------------------- */
 static void test_warp_ops(void) {
@@ -71,35 +85,27 @@ static void test_warp_ops(void) {
         w[6] = any * 2 + all;
         w[7] = sum;
     }
-    unsigned long long din = emu_alloc(sizeof in), dout = emu_alloc(sizeof out);
-    emu_put(din, in, sizeof in);
+    const unsigned b[3] = {NT, 1, 1};
     for (int o = 0; o < 3; o++) {
-        void *args[] = {&din, &dout};
-        CHECK(launch_block(k, o, NT, 0, args) == 0);
-        emu_get(out, dout, sizeof out);
+        CHECK(launch_xy(k, o, in, sizeof in, out, sizeof out, ONE, b, NULL, NULL));
         int bad = 0;
         for (int i = 0; i < NT * 8; i++) bad += out[i] != want[i];
         CHECK_MSG(bad == 0, "%s order: %d of %d warp-op results differ", g_orders[o], bad, NT * 8);
     }
-    emu_free(din), emu_free(dout);
 
     void *kh = sem_kernel("k_halfwarp");
     if (!kh) return;
     float x[32], y[32];
     for (int i = 0; i < 32; i++) x[i] = (float)(i * i % 7);
-    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
-    emu_put(dx, x, sizeof x);
+    const unsigned b32[3] = {32, 1, 1};
     for (int o = 0; o < 3; o++) {
-        void *args[] = {&dx, &dy};
-        CHECK(launch_block(kh, o, 32, 0, args) == 0);
-        emu_get(y, dy, sizeof y);
+        CHECK(launch_xy(kh, o, x, sizeof x, y, sizeof y, ONE, b32, NULL, NULL));
         for (int i = 0; i < 32; i++) {
             float s = 0;
             for (int j = i & 16; j < (i & 16) + 16; j++) s += x[j];
             CHECK_MSG(y[i] == s, "%s: half-warp sum lane %d: %g, want %g", g_orders[o], i, y[i], s);
         }
     }
-    emu_free(dx), emu_free(dy);
 }
 
 static void test_barrier_reductions(void) {
@@ -112,15 +118,11 @@ static void test_barrier_reductions(void) {
         in[t] = (t * 13) % 29;
         cnt += in[t] % 3 == 0, all &= in[t] >= 0, any |= in[t] == 7;
     }
-    unsigned long long din = emu_alloc(sizeof in), dout = emu_alloc(sizeof out);
-    emu_put(din, in, sizeof in);
+    const unsigned b[3] = {NT, 1, 1};
     for (int o = 0; o < 3; o++) {
-        void *args[] = {&din, &dout};
-        CHECK(launch_block(k, o, NT, 0, args) == 0);
-        emu_get(out, dout, sizeof out);
+        CHECK(launch_xy(k, o, in, sizeof in, out, sizeof out, ONE, b, NULL, NULL));
         for (int t = 0; t < NT; t++) CHECK(out[t] == cnt * 4 + all * 2 + any);
     }
-    emu_free(din), emu_free(dout);
 }
 
 static void test_shared_and_ids(void) {
@@ -330,21 +332,6 @@ static void test_launch_errors(void) {
 /* ---- part 2: planted bugs -------------------------------------------------------------------- */
 /* run planted kernel `name` (plant = 0 correct, 1 buggy) in order o; 1 when the output matches */
 typedef int (*plant_case)(void *k, int order);
-
-/* x (nx bytes) to the device, k launched in order o on grid g, block b with the arguments
- * (dx, dy, extra0, extra1) (a kernel reads as many as it takes), y (ny bytes) back; 1 when the
- * launch succeeded */
-static int launch_xy(void *k, int o, const float *x, size_t nx, float *y, size_t ny,
-                     const unsigned g[3], const unsigned b[3], void *extra0, void *extra1) {
-    unsigned long long dx = emu_alloc(nx), dy = emu_alloc(ny);
-    emu_put(dx, x, nx);
-    set_order(o);
-    void *args[] = {&dx, &dy, extra0, extra1};
-    int ok = emu_launch(k, g, b, 0, args) == 0;
-    emu_get(y, dy, ny);
-    emu_free(dx), emu_free(dy);
-    return ok;
-}
 
 static int run_missing_barrier(void *k, int o) {
     enum { B = 128, G = 3 };
