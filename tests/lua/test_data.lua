@@ -19,11 +19,8 @@ end)
 
 H.run("bytes of a directory and of a list", function()
   local d = tmp .. "/dir"
-  os.execute("mkdir -p " .. H.quote(d))
-  write(d .. "/b.txt", "BB")
-  write(d .. "/a.txt", "AAA")
-  write(d .. "/c.md", "ignored")
-  write(d .. "/.hidden.txt", "ignored")
+  local files = {["b.txt"] = "BB", ["a.txt"] = "AAA", ["c.md"] = "ignored", [".hidden.txt"] = "ignored"}
+  for name, text in pairs(files) do H.write(d .. "/" .. name, text, true) end
   local t = hyb.data.bytes(d)
   H.eq(t:numel(), 5, "only *.txt, hidden skipped")
   H.eq(t:get(1), string.byte("A"), "sorted by name: a.txt first")

@@ -7,9 +7,7 @@ local H = dofile(arg[0]:match("^(.*)/[^/]*$") .. "/harness.lua")
 
 local root = os.getenv("HYB_SOURCE_DIR") or "."
 local bin = arg[-1]
-local tmp = os.tmpname()
-os.remove(tmp)
-assert(os.execute("mkdir -p '" .. tmp .. "'"))
+local tmp = H.tmpdir()
 hyb.log_level("warn")
 
 local exists = H.exists
