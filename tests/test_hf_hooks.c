@@ -91,12 +91,14 @@ static const int32_t IDS[B * T] = {1,  5, 9, 47, 0,  3, 3,  17, 22, 40, 2,
 
 static float *logits_of(hyb_model *m) { return harness_logits(m, IDS, B, T); }
 
-/* make(pattern, tied) saved into sub(name) (the directory's path in *dir); NULL after a failed
- * check. */
-static hyb_model *make_saved(const char *name, const char *pattern, int tied, const char **dir) {
+/* make(pattern, tied) saved into sub(name): the directory's path in *dir, its config.json's in
+ * cfg[700]; NULL after a failed check. */
+static hyb_model *make_saved(const char *name, const char *pattern, int tied, const char **dir,
+                             char *cfg) {
     hyb_model *m = make(pattern, tied);
     if (!m) return NULL;
     *dir = sub(name);
+    snprintf(cfg, 700, "%s/config.json", *dir);
     CHECK_MSG(hyb_model_save(m, *dir) == HYB_OK, "save %s: %s", name, hyb_error());
     return m;
 }
@@ -122,10 +124,9 @@ static void describe_layers(const hyb_model *m, char *buf, size_t n) {
 static void roundtrip(const char *name, const char *pattern, int tied, const char *want_type,
                       const char *const *want_layout) {
     const char *dir;
-    hyb_model *m = make_saved(name, pattern, tied, &dir);
-    if (!m) return;
     char p[700];
-    snprintf(p, sizeof p, "%s/config.json", dir);
+    hyb_model *m = make_saved(name, pattern, tied, &dir, p);
+    if (!m) return;
     cJSON *js = harness_read_json(p);
     CHECK_MSG(js != NULL, "%s: %s missing or not JSON", name, p);
     if (js) {
@@ -171,10 +172,9 @@ static void test_deltanet_hybrid(void) {
 
 static void test_deltanet_keys(void) {
     const char *dir;
-    hyb_model *m = make_saved("dnkeys", "dgt", 0, &dir);
-    if (!m) return;
     char p[700];
-    snprintf(p, sizeof p, "%s/config.json", dir);
+    hyb_model *m = make_saved("dnkeys", "dgt", 0, &dir, p);
+    if (!m) return;
     cJSON *js = harness_read_json(p);
     const cJSON *mc = js ? cJSON_GetObjectItemCaseSensitive(js, "mixer_cfg") : NULL;
     const cJSON *dn = mc ? cJSON_GetObjectItemCaseSensitive(mc, "deltanet") : NULL;
@@ -206,10 +206,9 @@ static void test_bias_and_identity(void) {
 /* Layers of one mixer type must agree: two deltanet configs have no HF form. */
 static void test_disagreeing_layers(void) {
     const char *dir;
-    hyb_model *m = make_saved("disagree", "tde", 0, &dir);
-    if (!m) return;
     char p[700];
-    snprintf(p, sizeof p, "%s/config.json", dir);
+    hyb_model *m = make_saved("disagree", "tde", 0, &dir, p);
+    if (!m) return;
     CHECK_MSG(access(p, F_OK) != 0, "config.json written for two deltanet configs");
     snprintf(p, sizeof p, "%s/layermap.toml", dir);
     CHECK(access(p, F_OK) == 0);
@@ -248,20 +247,20 @@ static void test_apriel_export_unchanged(void) {
 static void expect_import_error(const char *name, const char *pattern, const char *from,
                                 const char *to, const char *n1, const char *n2) {
     const char *dir;
-    hyb_model *m = make_saved(name, pattern, 0, &dir);
+    char p[700];
+    hyb_model *m = make_saved(name, pattern, 0, &dir, p);
     if (!m) return;
     hyb_model_free(m);
-    char p[700];
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    FILE *f = fopen(p, "rb");
-    static char buf[1 << 16], out[1 << 16];
-    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-    if (f) fclose(f);
-    buf[n] = 0;
-    char *at = strstr(buf, from);
+    char *buf = harness_read_file(p, NULL);
+    char *at = buf ? strstr(buf, from) : NULL;
     CHECK_MSG(at != NULL, "%s: '%s' not in config.json", name, from);
-    if (!at) return;
+    if (!at) {
+        free(buf);
+        return;
+    }
+    static char out[1 << 16];
     snprintf(out, sizeof out, "%.*s%s%s", (int)(at - buf), buf, to, at + strlen(from));
+    free(buf);
     CHECK(hyb_atomic_write_buf(p, out, strlen(out)) == HYB_OK);
     hyb_model *h = NULL;
     int rc = hyb_model_load_hf_dir(dir, &h);
@@ -337,9 +336,9 @@ static void test_identity_tensors_omitted(void) {
     static const char *const pats[] = {"mtim", "tdigmd"};
     for (int k = 0; k < 2; k++) {
         const char *dir;
-        hyb_model *m = make_saved(k ? "omit_dn" : "omit_apriel", pats[k], k, &dir);
-        if (!m) return;
         char p[700];
+        hyb_model *m = make_saved(k ? "omit_dn" : "omit_apriel", pats[k], k, &dir, p);
+        if (!m) return;
         snprintf(p, sizeof p, "%s/model.safetensors", dir);
         hyb_safetensors *st = NULL;
         CHECK_MSG(hyb_safetensors_open(p, &st) == HYB_OK, "%s", hyb_error());
