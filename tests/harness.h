@@ -54,6 +54,16 @@ int harness_mkdtemp(char *dir, size_t cap, const char *tag);
 const char *harness_sub(const char *dir, const char *name);
 /* The test data directory: $HYB_TEST_DATA, else tests/data. */
 const char *harness_data_dir(void);
+/* A golden-logits file written by the tests/reference scripts: int32 magic, B, T, V, then
+ * int32 ids [B*T] and float32 logits [B*T*V]. harness_read_golden: 0 when it was read whole
+ * (free with harness_golden_free), -1 after a harness_fail naming the file. */
+typedef struct harness_golden {
+    int b, t, v;
+    int32_t *ids;
+    float *logits;
+} harness_golden;
+int harness_read_golden(const char *path, int32_t magic, harness_golden *g);
+void harness_golden_free(harness_golden *g);
 /* Uniform in [-1, 1) from a 64-bit LCG state (the tests' reproducible perturbations). */
 float harness_frand(unsigned long long *state);
 

@@ -199,18 +199,12 @@ static void test_pytorch_golden(void) {
     char dir[700], path[800];
     snprintf(dir, sizeof dir, "%s/apriel/model", harness_data_dir());
     snprintf(path, sizeof path, "%s/apriel/golden_logits.bin", harness_data_dir());
-    FILE *f = fopen(path, "rb");
-    CHECK_MSG(f != NULL, "cannot open %s (run tests/reference/apriel_ref.py)", path);
-    if (!f) return;
-    int32_t h[4];
-    CHECK(fread(h, 4, 4, f) == 4 && h[0] == 0x4C525041);
-    int b = h[1], t = h[2], v = h[3];
-    CHECK(b > 0 && b <= 8 && t > 0 && t <= 64 && v == 48);
-    int32_t *ids = malloc(sizeof *ids * (size_t)(b * t));
-    float *ref = malloc(sizeof *ref * (size_t)(b * t * v));
-    CHECK(fread(ids, 4, (size_t)(b * t), f) == (size_t)(b * t));
-    CHECK(fread(ref, 4, (size_t)(b * t * v), f) == (size_t)(b * t * v));
-    fclose(f);
+    harness_golden gold;
+    if (harness_read_golden(path, 0x4C525041, &gold)) return; /* (tests/reference/apriel_ref.py) */
+    const int b = gold.b, t = gold.t, v = gold.v;
+    const int32_t *ids = gold.ids;
+    const float *ref = gold.logits;
+    CHECK(b <= 8 && t <= 64 && v == 48);
     hyb_model *m = NULL;
     int rc = hyb_model_load_hf_dir(dir, &m);
     CHECK_MSG(rc == HYB_OK, "load %s: %s", dir, hyb_error());
@@ -229,8 +223,7 @@ static void test_pytorch_golden(void) {
         free(y);
         hyb_model_free(m);
     }
-    free(ids);
-    free(ref);
+    harness_golden_free(&gold);
 }
 
 int main(void) {

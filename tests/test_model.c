@@ -562,17 +562,11 @@ static void test_hf_llama_logits(void) {
     char path[1024], lpath[1024];
     snprintf(path, sizeof path, "%s/llama_ref/model.safetensors", harness_data_dir());
     snprintf(lpath, sizeof lpath, "%s/llama_ref/logits.bin", harness_data_dir());
-    FILE *f = fopen(lpath, "rb");
-    CHECK_MSG(f != NULL, "cannot open %s", lpath);
-    if (!f) return;
-    int32_t hdr[4];
-    CHECK(fread(hdr, 4, 4, f) == 4 && hdr[0] == 0x4C4C4D31);
-    const int B = hdr[1], T = hdr[2], V = hdr[3];
-    int32_t *ids = malloc((size_t)B * T * sizeof *ids);
-    float *ref = malloc((size_t)B * T * V * sizeof *ref);
-    CHECK(fread(ids, 4, (size_t)B * T, f) == (size_t)B * T);
-    CHECK(fread(ref, 4, (size_t)B * T * V, f) == (size_t)B * T * V);
-    fclose(f);
+    harness_golden gold;
+    if (harness_read_golden(lpath, 0x4C4C4D31, &gold)) return;
+    const int B = gold.b, T = gold.t, V = gold.v;
+    const int32_t *ids = gold.ids;
+    const float *ref = gold.logits;
     hyb_model *m = harness_build_model(text, "llama-ref", 1);
     CHECK(m != NULL && m->V == V);
     if (m) {
@@ -623,8 +617,7 @@ static void test_hf_llama_logits(void) {
         free(got);
         hyb_model_free(m);
     }
-    free(ids);
-    free(ref);
+    harness_golden_free(&gold);
 }
 
 // ---- gradients and training --------------------------------------------------------------------
