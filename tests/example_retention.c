@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "mixer_harness.h"
 #include "hyb/config.h"
 #include "hyb/graph.h"
 #include "hyb/mixer.h"
@@ -65,51 +66,10 @@ static void inst_free(inst *I) {
     hyb_toml_free(I->doc);
 }
 
-/* The CPU kernels' forward / backward through backend be with the given parameter buffers. */
-static int fwd_on(inst *I, const hyb_backend *be, const float *const *params, int B, int T,
-                  const float *x, float *y, void *saved, void *const *states, const int32_t *pos,
-                  int max_ctx) {
-    hyb_mixer_fwd a = {.B = B,
-                       .T = T,
-                       .be = be,
-                       .x = x,
-                       .y = y,
-                       .params = params,
-                       .saved = saved,
-                       .states = states,
-                       .pos = pos,
-                       .max_ctx = max_ctx};
-    return I->m->desc->kernels[HYB_DEV_CPU].forward(I->m->self, &a);
-}
-static int bwd_on(inst *I, const hyb_backend *be, const float *const *params, float *const *grads,
-                  int B, int T, const float *x, const float *dy, float *dx, const void *saved) {
-    hyb_mixer_bwd a = {.B = B,
-                       .T = T,
-                       .be = be,
-                       .x = x,
-                       .dy = dy,
-                       .dx = dx,
-                       .params = params,
-                       .grads = grads,
-                       .saved = saved};
-    return I->m->desc->kernels[HYB_DEV_CPU].backward(I->m->self, &a);
-}
-static int dec_on(inst *I, const hyb_backend *be, const float *const *params, int n,
-                  const float *x, float *y, void *const *states, const int32_t *pos, int max_ctx) {
-    hyb_mixer_dec a = {.n = n,
-                       .be = be,
-                       .x = x,
-                       .y = y,
-                       .params = params,
-                       .states = states,
-                       .pos = pos,
-                       .max_ctx = max_ctx};
-    return I->m->desc->kernels[HYB_DEV_CPU].decode(I->m->self, &a);
-}
 /* on the plain CPU backend with the instance's parameters */
 static int fwd(inst *I, int B, int T, const float *x, float *y, void *saved, void *const *states,
                const int32_t *pos, int max_ctx) {
-    return fwd_on(I, hyb_backend_cpu(), I->pp, B, T, x, y, saved, states, pos, max_ctx);
+    return mh_fwd_on(I->m, hyb_backend_cpu(), I->pp, B, T, x, y, saved, states, pos, max_ctx);
 }
 static void zero_grads(inst *I) {
     for (int i = 0; i < NP; i++)
@@ -232,7 +192,7 @@ static void test_gradients(void) {
     void *saved = malloc(I.m->desc->saved_bytes(I.m->self, B, T));
     zero_grads(&I);
     CHECK(fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK);
-    CHECK_MSG(bwd_on(&I, hyb_backend_cpu(), I.pp, I.gp, B, T, x, c, dx, saved) == HYB_OK, "%s",
+    CHECK_MSG(mh_bwd_on(I.m, hyb_backend_cpu(), I.pp, I.gp, B, T, x, c, dx, saved) == HYB_OK, "%s",
               hyb_error());
     const char *names[NP + 1] = {"x",      "q_proj",     "k_proj",  "v_proj",
                                  "g_proj", "group_norm", "out_proj"};
@@ -488,10 +448,10 @@ static void test_backend_memory_only(void) {
     void *saved = malloc(sv), *st[B] = {malloc(sb), malloc(sb)};
     zero_grads(&I);
     CHECK(fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK);
-    CHECK(bwd_on(&I, hyb_backend_cpu(), I.pp, I.gp, B, T, x, x, dx, saved) == HYB_OK);
+    CHECK(mh_bwd_on(I.m, hyb_backend_cpu(), I.pp, I.gp, B, T, x, x, dx, saved) == HYB_OK);
     CHECK(fwd(&I, B, T, x, y, NULL, st, NULL, MAXC) == HYB_OK);
     int32_t pos[B] = {T, T};
-    CHECK(dec_on(&I, hyb_backend_cpu(), I.pp, B, x, yd, st, pos, MAXC) == HYB_OK);
+    CHECK(mh_dec_on(I.m, hyb_backend_cpu(), I.pp, B, x, yd, st, pos, MAXC) == HYB_OK);
     /* the same through the wrapper, every buffer its own */
     g_foreign = g_sgemms = 0;
     const float *wp[NP];
@@ -505,11 +465,11 @@ static void test_backend_memory_only(void) {
     float *wx = w_dup(x, sizeof y), *wy = w_alloc(&g_be, sizeof y), *wdx = w_alloc(&g_be, sizeof y);
     float *wyd = w_alloc(&g_be, sizeof yd);
     void *wsaved = w_alloc(&g_be, sv), *wst[B] = {w_alloc(&g_be, sb), w_alloc(&g_be, sb)};
-    CHECK_MSG(fwd_on(&I, &g_be, wp, B, T, wx, wy, wsaved, NULL, NULL, 0) == HYB_OK, "%s",
+    CHECK_MSG(mh_fwd_on(I.m, &g_be, wp, B, T, wx, wy, wsaved, NULL, NULL, 0) == HYB_OK, "%s",
               hyb_error());
-    CHECK(bwd_on(&I, &g_be, wp, wg, B, T, wx, wx, wdx, wsaved) == HYB_OK);
-    CHECK(fwd_on(&I, &g_be, wp, B, T, wx, wy, NULL, wst, NULL, MAXC) == HYB_OK);
-    CHECK(dec_on(&I, &g_be, wp, B, wx, wyd, wst, pos, MAXC) == HYB_OK);
+    CHECK(mh_bwd_on(I.m, &g_be, wp, wg, B, T, wx, wx, wdx, wsaved) == HYB_OK);
+    CHECK(mh_fwd_on(I.m, &g_be, wp, B, T, wx, wy, NULL, wst, NULL, MAXC) == HYB_OK);
+    CHECK(mh_dec_on(I.m, &g_be, wp, B, wx, wyd, wst, pos, MAXC) == HYB_OK);
     void *snap = w_alloc(&g_be, sb);
     CHECK(I.m->desc->state_snapshot(I.m->self, &g_be, wst[0], T + 1, MAXC, snap) == (int64_t)sb);
     CHECK(I.m->desc->state_restore(I.m->self, &g_be, wst[1], snap, T + 1, MAXC) == HYB_OK);

@@ -82,35 +82,60 @@ void *mh_saved_new(mh_inst *I, int B, int T) {
     return malloc(n ? n : 1);
 }
 
-int mh_fwd(mh_inst *I, int B, int T, const float *x, float *y, void *saved, void *const *states,
-           const int32_t *pos, int max_ctx) {
+int mh_fwd_on(const hyb_mixer *m, const hyb_backend *be, const float *const *params, int B, int T,
+              const float *x, float *y, void *saved, void *const *states, const int32_t *pos,
+              int max_ctx) {
     hyb_mixer_fwd a = {.B = B,
                        .T = T,
-                       .be = hyb_backend_cpu(),
+                       .be = be,
                        .x = x,
                        .y = y,
-                       .params = I->pp,
+                       .params = params,
                        .saved = saved,
                        .states = states,
                        .pos = pos,
                        .max_ctx = max_ctx};
-    return I->m->desc->kernels[HYB_DEV_CPU].forward(I->m->self, &a);
+    return m->desc->kernels[HYB_DEV_CPU].forward(m->self, &a);
+}
+
+int mh_bwd_on(const hyb_mixer *m, const hyb_backend *be, const float *const *params,
+              float *const *grads, int B, int T, const float *x, const float *dy, float *dx,
+              const void *saved) {
+    hyb_mixer_bwd a = {.B = B,
+                       .T = T,
+                       .be = be,
+                       .x = x,
+                       .dy = dy,
+                       .dx = dx,
+                       .params = params,
+                       .grads = grads,
+                       .saved = saved};
+    const hyb_mixer_kernels *k = &m->desc->kernels[HYB_DEV_CPU];
+    if (!k->backward) return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: no CPU backward", m->type);
+    return k->backward(m->self, &a);
+}
+
+int mh_dec_on(const hyb_mixer *m, const hyb_backend *be, const float *const *params, int n,
+              const float *x, float *y, void *const *states, const int32_t *pos, int max_ctx) {
+    hyb_mixer_dec a = {.n = n,
+                       .be = be,
+                       .x = x,
+                       .y = y,
+                       .params = params,
+                       .states = states,
+                       .pos = pos,
+                       .max_ctx = max_ctx};
+    return m->desc->kernels[HYB_DEV_CPU].decode(m->self, &a);
+}
+
+int mh_fwd(mh_inst *I, int B, int T, const float *x, float *y, void *saved, void *const *states,
+           const int32_t *pos, int max_ctx) {
+    return mh_fwd_on(I->m, hyb_backend_cpu(), I->pp, B, T, x, y, saved, states, pos, max_ctx);
 }
 
 int mh_bwd(mh_inst *I, int B, int T, const float *x, const float *dy, float *dx,
            const void *saved) {
-    hyb_mixer_bwd a = {.B = B,
-                       .T = T,
-                       .be = hyb_backend_cpu(),
-                       .x = x,
-                       .dy = dy,
-                       .dx = dx,
-                       .params = I->pp,
-                       .grads = I->gp,
-                       .saved = saved};
-    const hyb_mixer_kernels *k = &I->m->desc->kernels[HYB_DEV_CPU];
-    if (!k->backward) return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: no CPU backward", I->m->type);
-    return k->backward(I->m->self, &a);
+    return mh_bwd_on(I->m, hyb_backend_cpu(), I->pp, I->gp, B, T, x, dy, dx, saved);
 }
 
 int mh_dec(mh_inst *I, int n, const float *x, float *y, void *const *states, const int32_t *pos,

@@ -58,6 +58,16 @@ int mh_bwd(mh_inst *I, int B, int T, const float *x, const float *dy, float *dx,
            const void *saved);
 int mh_dec(mh_inst *I, int n, const float *x, float *y, void *const *states, const int32_t *pos,
            int max_ctx);
+/* The CPU kernels of mixer m called directly, through backend be, on the given parameter (and
+ * gradient) buffers: for buffers the mixer does not own (a wrapped backend's, a test's copies). */
+int mh_fwd_on(const hyb_mixer *m, const hyb_backend *be, const float *const *params, int B, int T,
+              const float *x, float *y, void *saved, void *const *states, const int32_t *pos,
+              int max_ctx);
+int mh_bwd_on(const hyb_mixer *m, const hyb_backend *be, const float *const *params,
+              float *const *grads, int B, int T, const float *x, const float *dy, float *dx,
+              const void *saved);
+int mh_dec_on(const hyb_mixer *m, const hyb_backend *be, const float *const *params, int n,
+              const float *x, float *y, void *const *states, const int32_t *pos, int max_ctx);
 
 /* Initialisers: N(0, scale) for every parameter (mha); the same with o_norm.weight + 1 and
  * dt_bias - 1 (deltanet, gated_deltanet); mamba1's (A_log ~ log(n+1), D ~ 1, dt bias giving dt in
