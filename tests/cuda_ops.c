@@ -256,14 +256,6 @@ static void test_sgemm(void) {
         }
 }
 
-/* host f32 -> bf16, round to nearest even (the reference for the conversion kernel) */
-static uint16_t bf16_of(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 static float f32_of(uint16_t b) {
     uint32_t u = (uint32_t)b << 16;
     float f;
@@ -282,7 +274,7 @@ static void test_bf16_convert(void) {
     gpu->download(gpu, hb, d_b, 2 * (size_t)n);
     int bad = 0;
     for (int64_t i = 0; i < n; i++)
-        bad += hb[i] != bf16_of(x[i]);
+        bad += hb[i] != harness_bf16(x[i]);
     CHECK_MSG(bad == 0, "%d of %lld bf16 values differ from round-to-nearest-even", bad,
               (long long)n);
     CHECK(hyb_cuda_bf16_to_f32(d_b, d_x, n) == HYB_OK);
@@ -307,9 +299,9 @@ static void test_gemm_bf16(void) {
             const int64_t na = (int64_t)M * K, nb = (int64_t)K * N, nc = (int64_t)M * N;
             float *A = rnd(na, 1), *B = rnd(nb, 1), *C = malloc(sizeof(float) * nc);
             for (int64_t i = 0; i < na; i++)
-                A[i] = f32_of(bf16_of(A[i]));
+                A[i] = f32_of(harness_bf16(A[i]));
             for (int64_t i = 0; i < nb; i++)
-                B[i] = f32_of(bf16_of(B[i]));
+                B[i] = f32_of(harness_bf16(B[i]));
             const int lda = tA ? M : K, ldb = tB ? K : N;
             float *dA = to_dev(A, na), *dB = to_dev(B, nb), *dC = to_dev(C, nc);
             void *a16 = gpu->alloc(gpu, 2 * (size_t)na), *b16 = gpu->alloc(gpu, 2 * (size_t)nb);

@@ -154,3 +154,11 @@ void harness_golden_free(harness_golden *g) {
     g->ids = NULL;
     g->logits = NULL;
 }
+
+uint16_t harness_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}

@@ -64,6 +64,9 @@ typedef struct harness_golden {
 } harness_golden;
 int harness_read_golden(const char *path, int32_t magic, harness_golden *g);
 void harness_golden_free(harness_golden *g);
+/* f32 -> bf16 rounded to nearest even, NaN kept quiet: the host reference for the CUDA
+ * conversion kernels (cuda_ops, the emulator's test). */
+uint16_t harness_bf16(float f);
 /* Uniform in [-1, 1) from a 64-bit LCG state (the tests' reproducible perturbations). */
 float harness_frand(unsigned long long *state);
 
