@@ -69,6 +69,13 @@ static double nmse(const float *a, const float *b, int64_t n) {
         double e_ = nmse(gpu_out, cpu_out, n);                                                     \
         CHECK_MSG(e_ <= (tol), "%s vs %s: nmse %.3g > %g", #gpu_out, #cpu_out, e_, (double)(tol)); \
     } while (0)
+/* Download (and free) device buffer d of n floats and check it against the CPU's result host. */
+#define CHECK_DEV(d, host, n, tol)                                                                 \
+    do {                                                                                           \
+        float *g_ = from_dev(d, n);                                                                \
+        CHECK_NMSE(g_, host, n, tol);                                                              \
+        free(g_);                                                                                  \
+    } while (0)
 
 static void test_add_axpy(void) {
     const int64_t n = 100003;
@@ -96,12 +103,11 @@ static void test_swiglu(void) {
     gpu->swiglu_fwd(gpu, d_g, d_u, d_y, n);
     cpu->swiglu_bwd(cpu, g, u, dy, dg, du, n);
     gpu->swiglu_bwd(gpu, d_g, d_u, d_dy, d_dg, d_du, n);
-    float *gy = from_dev(d_y, n), *gdg = from_dev(d_dg, n), *gdu = from_dev(d_du, n);
-    CHECK_NMSE(gy, y, n, TOL);
-    CHECK_NMSE(gdg, dg, n, TOL);
-    CHECK_NMSE(gdu, du, n, TOL);
+    CHECK_DEV(d_y, y, n, TOL);
+    CHECK_DEV(d_dg, dg, n, TOL);
+    CHECK_DEV(d_du, du, n, TOL);
     gpu->free(gpu, d_g), gpu->free(gpu, d_u), gpu->free(gpu, d_dy);
-    free(g), free(u), free(dy), free(y), free(dg), free(du), free(gy), free(gdg), free(gdu);
+    free(g), free(u), free(dy), free(y), free(dg), free(du);
 }
 
 static void test_embedding(void) {
@@ -118,11 +124,10 @@ static void test_embedding(void) {
     gpu->embedding_fwd(gpu, d_W, ids, d_y, n, D);
     cpu->embedding_bwd(cpu, dW, ids, dy, n, D);
     gpu->embedding_bwd(gpu, d_dW, ids, d_dy, n, D);
-    float *gy = from_dev(d_y, n * D), *gdW = from_dev(d_dW, V * D);
-    CHECK_NMSE(gy, y, n * D, TOL);
-    CHECK_NMSE(gdW, dW, V * D, TOL);
+    CHECK_DEV(d_y, y, n * D, TOL);
+    CHECK_DEV(d_dW, dW, V * D, TOL);
     gpu->free(gpu, d_W), gpu->free(gpu, d_dy);
-    free(ids), free(W), free(y), free(dy), free(dW), free(gy), free(gdW);
+    free(ids), free(W), free(y), free(dy), free(dW);
 }
 
 static void test_rmsnorm(void) {
@@ -138,15 +143,12 @@ static void test_rmsnorm(void) {
     /* the backward of each side uses its own rstd (as the graph would) */
     cpu->rmsnorm_bwd(cpu, x, w, rstd, dy, dx, dw, rows, D);
     gpu->rmsnorm_bwd(gpu, d_x, d_w, d_rstd, d_dy, d_dx, d_dw, rows, D);
-    float *gy = from_dev(d_y, rows * D), *gr = from_dev(d_rstd, rows);
-    float *gdx = from_dev(d_dx, rows * D), *gdw = from_dev(d_dw, D);
-    CHECK_NMSE(gy, y, rows * D, TOL);
-    CHECK_NMSE(gr, rstd, rows, TOL);
-    CHECK_NMSE(gdx, dx, rows * D, TOL);
-    CHECK_NMSE(gdw, dw, D, TOL);
+    CHECK_DEV(d_y, y, rows * D, TOL);
+    CHECK_DEV(d_rstd, rstd, rows, TOL);
+    CHECK_DEV(d_dx, dx, rows * D, TOL);
+    CHECK_DEV(d_dw, dw, D, TOL);
     gpu->free(gpu, d_x), gpu->free(gpu, d_w), gpu->free(gpu, d_dy);
     free(x), free(w), free(dy), free(y), free(rstd), free(dx), free(dw);
-    free(gy), free(gr), free(gdx), free(gdw);
 }
 
 static void test_rope(void) {
@@ -175,11 +177,10 @@ static void test_softmax(void) {
     gpu->softmax_fwd(gpu, d_x, d_y, rows, V);
     cpu->softmax_bwd(cpu, y, dy, dx, rows, V);
     gpu->softmax_bwd(gpu, d_y, d_dy, d_dx, rows, V);
-    float *gy = from_dev(d_y, rows * V), *gdx = from_dev(d_dx, rows * V);
-    CHECK_NMSE(gy, y, rows * V, TOL);
-    CHECK_NMSE(gdx, dx, rows * V, TOL);
+    CHECK_DEV(d_y, y, rows * V, TOL);
+    CHECK_DEV(d_dx, dx, rows * V, TOL);
     gpu->free(gpu, d_x), gpu->free(gpu, d_dy);
-    free(x), free(dy), free(y), free(dx), free(gy), free(gdx);
+    free(x), free(dy), free(y), free(dx);
 }
 
 /* large vocabulary, ignored rows (w = 0, target -1), weighted rows */
