@@ -38,10 +38,12 @@ typedef struct inst {
     hyb_toml *doc;
     const float *pp[NP];
     float *gp[NP];
+    hyb_rng rng; /* the test's data: seeded with the instance's seed + 1 */
 } inst;
 
 static int inst_new(inst *I, uint64_t seed) {
     memset(I, 0, sizeof *I);
+    hyb_rng_seed(&I->rng, seed + 1);
     I->doc = hyb_toml_parse_string(TOML, "test.toml");
     hyb_model_dims dims = {.d_model = D, .n_layers = 1, .layer = 0, .max_seq = 64, .norm_eps = EPS};
     int rc = hyb_mixer_new("retention", &dims, hyb_toml_root(I->doc), seed, &I->m);
@@ -76,11 +78,6 @@ static void zero_grads(inst *I) {
         memset(I->gp[i], 0, hyb_tensor_nbytes(I->m->params[i]));
 }
 
-static float *randn(hyb_rng *r, size_t n, float s) {
-    float *p = malloc(n * sizeof(float));
-    hyb_rng_fill_normal(r, p, (int64_t)n, 0.0f, s);
-    return p;
-}
 
 /* ---- the naive reference: recurrent form, one token at a time, in double --------------------*/
 static void reference(const float *const *p, const float *x, int T, double *y) {
@@ -132,9 +129,7 @@ static void test_forward_vs_reference(void) {
     inst I;
     if (inst_new(&I, 1) != 0) return inst_free(&I);
     enum { B = 2, T = 9 };
-    hyb_rng r;
-    hyb_rng_seed(&r, 2);
-    float *x = randn(&r, B * T * D, 1.0f), y[B * T * D];
+    float *x = mh_randn(&I.rng, B * T * D, 1.0f), y[B * T * D];
     void *saved = malloc(I.m->desc->saved_bytes(I.m->self, B, T));
     CHECK_MSG(fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK, "%s", hyb_error());
     double worst = 0, ymax = 0, ref[T * D];
@@ -185,9 +180,7 @@ static void test_gradients(void) {
     inst I;
     if (inst_new(&I, 3) != 0) return inst_free(&I);
     enum { B = 2, T = 6 };
-    hyb_rng r;
-    hyb_rng_seed(&r, 4);
-    float *x = randn(&r, B * T * D, 1.0f), *c = randn(&r, B * T * D, 1.0f);
+    float *x = mh_randn(&I.rng, B * T * D, 1.0f), *c = mh_randn(&I.rng, B * T * D, 1.0f);
     float y[B * T * D], dx[B * T * D];
     void *saved = malloc(I.m->desc->saved_bytes(I.m->self, B, T));
     zero_grads(&I);
@@ -231,15 +224,13 @@ static void test_prefill_decode(void) {
     if (inst_new(&I, 5) != 0) return inst_free(&I);
     enum { NS = 3, MAXC = 16 };
     const int len[NS] = {7, 12, 10}, pre[NS] = {3, 1, 6};
-    hyb_rng r;
-    hyb_rng_seed(&r, 6);
     size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
     CHECK(sb == NH * DK * DV * sizeof(float));
     float *x[NS], *yfull[NS];
     void *st[NS];
     double worst = 0;
     for (int s = 0; s < NS; s++) {
-        x[s] = randn(&r, (size_t)len[s] * D, 1.0f);
+        x[s] = mh_randn(&I.rng, (size_t)len[s] * D, 1.0f);
         yfull[s] = malloc((size_t)len[s] * D * 4);
         CHECK(fwd(&I, 1, len[s], x[s], yfull[s], NULL, NULL, NULL, 0) == HYB_OK);
         st[s] = malloc(sb);
@@ -303,10 +294,8 @@ static void test_chunks_and_snapshots(void) {
     inst I;
     if (inst_new(&I, 7) != 0) return inst_free(&I);
     enum { MAXC = 20, N1 = 5, N2 = 4, N = N1 + N2 };
-    hyb_rng r;
-    hyb_rng_seed(&r, 8);
     size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
-    float *x = randn(&r, N * D, 1.0f), yone[N * D], ych[N * D];
+    float *x = mh_randn(&I.rng, N * D, 1.0f), yone[N * D], ych[N * D];
     void *s_one = malloc(sb), *s_ch = malloc(sb);
     void *sp[1] = {s_one};
     CHECK(fwd(&I, 1, N, x, yone, NULL, sp, NULL, MAXC) == HYB_OK);
@@ -324,7 +313,7 @@ static void test_chunks_and_snapshots(void) {
     CHECK(nb == (int64_t)sb);
     void *snap = malloc((size_t)nb);
     CHECK(hyb_mixer_state_snapshot(I.m, s_one, N, MAXC, snap) == nb);
-    float *xd = randn(&r, 3 * D, 1.0f), y1[3 * D], y2[3 * D];
+    float *xd = mh_randn(&I.rng, 3 * D, 1.0f), y1[3 * D], y2[3 * D];
     sp[0] = s_one;
     for (int t = 0; t < 3; t++) {
         int32_t pt = N + t;
@@ -440,9 +429,7 @@ static void test_backend_memory_only(void) {
     g_be.name = "wrapped-cpu", g_be.alloc = w_alloc, g_be.free = w_free, g_be.copy = w_copy;
     g_be.sgemm = w_sgemm;
     enum { B = 2, T = 5, MAXC = 8 };
-    hyb_rng r;
-    hyb_rng_seed(&r, 10);
-    float *x = randn(&r, B * T * D, 1.0f), y[B * T * D], dx[B * T * D], yd[B * D];
+    float *x = mh_randn(&I.rng, B * T * D, 1.0f), y[B * T * D], dx[B * T * D], yd[B * D];
     size_t sv = I.m->desc->saved_bytes(I.m->self, B, T), sb = hyb_mixer_state_bytes(I.m, MAXC);
     /* the CPU run */
     void *saved = malloc(sv), *st[B] = {malloc(sb), malloc(sb)};
