@@ -69,6 +69,13 @@ static double nmse(const float *a, const float *b, int64_t n) {
         double e_ = nmse(gpu_out, cpu_out, n);                                                     \
         CHECK_MSG(e_ <= (tol), "%s vs %s: nmse %.3g > %g", #gpu_out, #cpu_out, e_, (double)(tol)); \
     } while (0)
+/* Download (and free) device buffer d of n floats and check it against the CPU's result host. */
+#define CHECK_DEV(d, host, n, tol)                                                                 \
+    do {                                                                                           \
+        float *g_ = from_dev(d, n);                                                                \
+        CHECK_NMSE(g_, host, n, tol);                                                              \
+        free(g_);                                                                                  \
+    } while (0)
 
 static void test_add_axpy(void) {
     const int64_t n = 100003;
@@ -96,12 +103,11 @@ static void test_swiglu(void) {
     gpu->swiglu_fwd(gpu, d_g, d_u, d_y, n);
     cpu->swiglu_bwd(cpu, g, u, dy, dg, du, n);
     gpu->swiglu_bwd(gpu, d_g, d_u, d_dy, d_dg, d_du, n);
-    float *gy = from_dev(d_y, n), *gdg = from_dev(d_dg, n), *gdu = from_dev(d_du, n);
-    CHECK_NMSE(gy, y, n, TOL);
-    CHECK_NMSE(gdg, dg, n, TOL);
-    CHECK_NMSE(gdu, du, n, TOL);
+    CHECK_DEV(d_y, y, n, TOL);
+    CHECK_DEV(d_dg, dg, n, TOL);
+    CHECK_DEV(d_du, du, n, TOL);
     gpu->free(gpu, d_g), gpu->free(gpu, d_u), gpu->free(gpu, d_dy);
-    free(g), free(u), free(dy), free(y), free(dg), free(du), free(gy), free(gdg), free(gdu);
+    free(g), free(u), free(dy), free(y), free(dg), free(du);
 }
 
 static void test_embedding(void) {
@@ -118,11 +124,10 @@ static void test_embedding(void) {
     gpu->embedding_fwd(gpu, d_W, ids, d_y, n, D);
     cpu->embedding_bwd(cpu, dW, ids, dy, n, D);
     gpu->embedding_bwd(gpu, d_dW, ids, d_dy, n, D);
-    float *gy = from_dev(d_y, n * D), *gdW = from_dev(d_dW, V * D);
-    CHECK_NMSE(gy, y, n * D, TOL);
-    CHECK_NMSE(gdW, dW, V * D, TOL);
+    CHECK_DEV(d_y, y, n * D, TOL);
+    CHECK_DEV(d_dW, dW, V * D, TOL);
     gpu->free(gpu, d_W), gpu->free(gpu, d_dy);
-    free(ids), free(W), free(y), free(dy), free(dW), free(gy), free(gdW);
+    free(ids), free(W), free(y), free(dy), free(dW);
 }
 
 static void test_rmsnorm(void) {
@@ -138,15 +143,12 @@ static void test_rmsnorm(void) {
     /* the backward of each side uses its own rstd (as the graph would) */
     cpu->rmsnorm_bwd(cpu, x, w, rstd, dy, dx, dw, rows, D);
     gpu->rmsnorm_bwd(gpu, d_x, d_w, d_rstd, d_dy, d_dx, d_dw, rows, D);
-    float *gy = from_dev(d_y, rows * D), *gr = from_dev(d_rstd, rows);
-    float *gdx = from_dev(d_dx, rows * D), *gdw = from_dev(d_dw, D);
-    CHECK_NMSE(gy, y, rows * D, TOL);
-    CHECK_NMSE(gr, rstd, rows, TOL);
-    CHECK_NMSE(gdx, dx, rows * D, TOL);
-    CHECK_NMSE(gdw, dw, D, TOL);
+    CHECK_DEV(d_y, y, rows * D, TOL);
+    CHECK_DEV(d_rstd, rstd, rows, TOL);
+    CHECK_DEV(d_dx, dx, rows * D, TOL);
+    CHECK_DEV(d_dw, dw, D, TOL);
     gpu->free(gpu, d_x), gpu->free(gpu, d_w), gpu->free(gpu, d_dy);
     free(x), free(w), free(dy), free(y), free(rstd), free(dx), free(dw);
-    free(gy), free(gr), free(gdx), free(gdw);
 }
 
 static void test_rope(void) {
@@ -175,11 +177,10 @@ static void test_softmax(void) {
     gpu->softmax_fwd(gpu, d_x, d_y, rows, V);
     cpu->softmax_bwd(cpu, y, dy, dx, rows, V);
     gpu->softmax_bwd(gpu, d_y, d_dy, d_dx, rows, V);
-    float *gy = from_dev(d_y, rows * V), *gdx = from_dev(d_dx, rows * V);
-    CHECK_NMSE(gy, y, rows * V, TOL);
-    CHECK_NMSE(gdx, dx, rows * V, TOL);
+    CHECK_DEV(d_y, y, rows * V, TOL);
+    CHECK_DEV(d_dx, dx, rows * V, TOL);
     gpu->free(gpu, d_x), gpu->free(gpu, d_dy);
-    free(x), free(dy), free(y), free(dx), free(gy), free(gdx);
+    free(x), free(dy), free(y), free(dx);
 }
 
 /* large vocabulary, ignored rows (w = 0, target -1), weighted rows */
@@ -256,14 +257,6 @@ static void test_sgemm(void) {
         }
 }
 
-/* host f32 -> bf16, round to nearest even (the reference for the conversion kernel) */
-static uint16_t bf16_of(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 static float f32_of(uint16_t b) {
     uint32_t u = (uint32_t)b << 16;
     float f;
@@ -282,7 +275,7 @@ static void test_bf16_convert(void) {
     gpu->download(gpu, hb, d_b, 2 * (size_t)n);
     int bad = 0;
     for (int64_t i = 0; i < n; i++)
-        bad += hb[i] != bf16_of(x[i]);
+        bad += hb[i] != harness_bf16(x[i]);
     CHECK_MSG(bad == 0, "%d of %lld bf16 values differ from round-to-nearest-even", bad,
               (long long)n);
     CHECK(hyb_cuda_bf16_to_f32(d_b, d_x, n) == HYB_OK);
@@ -307,9 +300,9 @@ static void test_gemm_bf16(void) {
             const int64_t na = (int64_t)M * K, nb = (int64_t)K * N, nc = (int64_t)M * N;
             float *A = rnd(na, 1), *B = rnd(nb, 1), *C = malloc(sizeof(float) * nc);
             for (int64_t i = 0; i < na; i++)
-                A[i] = f32_of(bf16_of(A[i]));
+                A[i] = f32_of(harness_bf16(A[i]));
             for (int64_t i = 0; i < nb; i++)
-                B[i] = f32_of(bf16_of(B[i]));
+                B[i] = f32_of(harness_bf16(B[i]));
             const int lda = tA ? M : K, ldb = tB ? K : N;
             float *dA = to_dev(A, na), *dB = to_dev(B, nb), *dC = to_dev(C, nc);
             void *a16 = gpu->alloc(gpu, 2 * (size_t)na), *b16 = gpu->alloc(gpu, 2 * (size_t)nb);

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "mixer_harness.h"
 #include "hyb/config.h"
 #include "hyb/graph.h"
 #include "hyb/mixer.h"
@@ -37,10 +38,12 @@ typedef struct inst {
     hyb_toml *doc;
     const float *pp[NP];
     float *gp[NP];
+    hyb_rng rng; /* the test's data: seeded with the instance's seed + 1 */
 } inst;
 
 static int inst_new(inst *I, uint64_t seed) {
     memset(I, 0, sizeof *I);
+    hyb_rng_seed(&I->rng, seed + 1);
     I->doc = hyb_toml_parse_string(TOML, "test.toml");
     hyb_model_dims dims = {.d_model = D, .n_layers = 1, .layer = 0, .max_seq = 64, .norm_eps = EPS};
     int rc = hyb_mixer_new("retention", &dims, hyb_toml_root(I->doc), seed, &I->m);
@@ -65,26 +68,16 @@ static void inst_free(inst *I) {
     hyb_toml_free(I->doc);
 }
 
+/* on the plain CPU backend with the instance's parameters */
 static int fwd(inst *I, int B, int T, const float *x, float *y, void *saved, void *const *states,
                const int32_t *pos, int max_ctx) {
-    hyb_mixer_fwd a = {.B = B,
-                       .T = T,
-                       .be = hyb_backend_cpu(),
-                       .x = x,
-                       .y = y,
-                       .params = I->pp,
-                       .saved = saved,
-                       .states = states,
-                       .pos = pos,
-                       .max_ctx = max_ctx};
-    return I->m->desc->kernels[HYB_DEV_CPU].forward(I->m->self, &a);
+    return mh_fwd_on(I->m, hyb_backend_cpu(), I->pp, B, T, x, y, saved, states, pos, max_ctx);
+}
+static void zero_grads(inst *I) {
+    for (int i = 0; i < NP; i++)
+        memset(I->gp[i], 0, hyb_tensor_nbytes(I->m->params[i]));
 }
 
-static float *randn(hyb_rng *r, size_t n, float s) {
-    float *p = malloc(n * sizeof(float));
-    hyb_rng_fill_normal(r, p, (int64_t)n, 0.0f, s);
-    return p;
-}
 
 /* ---- the naive reference: recurrent form, one token at a time, in double --------------------*/
 static void reference(const float *const *p, const float *x, int T, double *y) {
@@ -136,9 +129,7 @@ static void test_forward_vs_reference(void) {
     inst I;
     if (inst_new(&I, 1) != 0) return inst_free(&I);
     enum { B = 2, T = 9 };
-    hyb_rng r;
-    hyb_rng_seed(&r, 2);
-    float *x = randn(&r, B * T * D, 1.0f), y[B * T * D];
+    float *x = mh_randn(&I.rng, B * T * D, 1.0f), y[B * T * D];
     void *saved = malloc(I.m->desc->saved_bytes(I.m->self, B, T));
     CHECK_MSG(fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK, "%s", hyb_error());
     double worst = 0, ymax = 0, ref[T * D];
@@ -189,24 +180,13 @@ static void test_gradients(void) {
     inst I;
     if (inst_new(&I, 3) != 0) return inst_free(&I);
     enum { B = 2, T = 6 };
-    hyb_rng r;
-    hyb_rng_seed(&r, 4);
-    float *x = randn(&r, B * T * D, 1.0f), *c = randn(&r, B * T * D, 1.0f);
+    float *x = mh_randn(&I.rng, B * T * D, 1.0f), *c = mh_randn(&I.rng, B * T * D, 1.0f);
     float y[B * T * D], dx[B * T * D];
     void *saved = malloc(I.m->desc->saved_bytes(I.m->self, B, T));
-    for (int i = 0; i < NP; i++)
-        memset(I.gp[i], 0, hyb_tensor_nbytes(I.m->params[i]));
+    zero_grads(&I);
     CHECK(fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK);
-    hyb_mixer_bwd a = {.B = B,
-                       .T = T,
-                       .be = hyb_backend_cpu(),
-                       .x = x,
-                       .dy = c,
-                       .dx = dx,
-                       .params = I.pp,
-                       .grads = I.gp,
-                       .saved = saved};
-    CHECK_MSG(I.m->desc->kernels[HYB_DEV_CPU].backward(I.m->self, &a) == HYB_OK, "%s", hyb_error());
+    CHECK_MSG(mh_bwd_on(I.m, hyb_backend_cpu(), I.pp, I.gp, B, T, x, c, dx, saved) == HYB_OK, "%s",
+              hyb_error());
     const char *names[NP + 1] = {"x",      "q_proj",     "k_proj",  "v_proj",
                                  "g_proj", "group_norm", "out_proj"};
     for (int w = 0; w <= NP; w++) {
@@ -244,15 +224,13 @@ static void test_prefill_decode(void) {
     if (inst_new(&I, 5) != 0) return inst_free(&I);
     enum { NS = 3, MAXC = 16 };
     const int len[NS] = {7, 12, 10}, pre[NS] = {3, 1, 6};
-    hyb_rng r;
-    hyb_rng_seed(&r, 6);
     size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
     CHECK(sb == NH * DK * DV * sizeof(float));
     float *x[NS], *yfull[NS];
     void *st[NS];
     double worst = 0;
     for (int s = 0; s < NS; s++) {
-        x[s] = randn(&r, (size_t)len[s] * D, 1.0f);
+        x[s] = mh_randn(&I.rng, (size_t)len[s] * D, 1.0f);
         yfull[s] = malloc((size_t)len[s] * D * 4);
         CHECK(fwd(&I, 1, len[s], x[s], yfull[s], NULL, NULL, NULL, 0) == HYB_OK);
         st[s] = malloc(sb);
@@ -316,10 +294,8 @@ static void test_chunks_and_snapshots(void) {
     inst I;
     if (inst_new(&I, 7) != 0) return inst_free(&I);
     enum { MAXC = 20, N1 = 5, N2 = 4, N = N1 + N2 };
-    hyb_rng r;
-    hyb_rng_seed(&r, 8);
     size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
-    float *x = randn(&r, N * D, 1.0f), yone[N * D], ych[N * D];
+    float *x = mh_randn(&I.rng, N * D, 1.0f), yone[N * D], ych[N * D];
     void *s_one = malloc(sb), *s_ch = malloc(sb);
     void *sp[1] = {s_one};
     CHECK(fwd(&I, 1, N, x, yone, NULL, sp, NULL, MAXC) == HYB_OK);
@@ -337,7 +313,7 @@ static void test_chunks_and_snapshots(void) {
     CHECK(nb == (int64_t)sb);
     void *snap = malloc((size_t)nb);
     CHECK(hyb_mixer_state_snapshot(I.m, s_one, N, MAXC, snap) == nb);
-    float *xd = randn(&r, 3 * D, 1.0f), y1[3 * D], y2[3 * D];
+    float *xd = mh_randn(&I.rng, 3 * D, 1.0f), y1[3 * D], y2[3 * D];
     sp[0] = s_one;
     for (int t = 0; t < 3; t++) {
         int32_t pt = N + t;
@@ -453,36 +429,16 @@ static void test_backend_memory_only(void) {
     g_be.name = "wrapped-cpu", g_be.alloc = w_alloc, g_be.free = w_free, g_be.copy = w_copy;
     g_be.sgemm = w_sgemm;
     enum { B = 2, T = 5, MAXC = 8 };
-    hyb_rng r;
-    hyb_rng_seed(&r, 10);
-    float *x = randn(&r, B * T * D, 1.0f), y[B * T * D], dx[B * T * D], yd[B * D];
+    float *x = mh_randn(&I.rng, B * T * D, 1.0f), y[B * T * D], dx[B * T * D], yd[B * D];
     size_t sv = I.m->desc->saved_bytes(I.m->self, B, T), sb = hyb_mixer_state_bytes(I.m, MAXC);
     /* the CPU run */
     void *saved = malloc(sv), *st[B] = {malloc(sb), malloc(sb)};
-    for (int i = 0; i < NP; i++)
-        memset(I.gp[i], 0, hyb_tensor_nbytes(I.m->params[i]));
+    zero_grads(&I);
     CHECK(fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK);
-    hyb_mixer_bwd ab = {.B = B,
-                        .T = T,
-                        .be = hyb_backend_cpu(),
-                        .x = x,
-                        .dy = x,
-                        .dx = dx,
-                        .params = I.pp,
-                        .grads = I.gp,
-                        .saved = saved};
-    CHECK(I.m->desc->kernels[HYB_DEV_CPU].backward(I.m->self, &ab) == HYB_OK);
+    CHECK(mh_bwd_on(I.m, hyb_backend_cpu(), I.pp, I.gp, B, T, x, x, dx, saved) == HYB_OK);
     CHECK(fwd(&I, B, T, x, y, NULL, st, NULL, MAXC) == HYB_OK);
     int32_t pos[B] = {T, T};
-    hyb_mixer_dec ad = {.n = B,
-                        .be = hyb_backend_cpu(),
-                        .x = x,
-                        .y = yd,
-                        .params = I.pp,
-                        .states = st,
-                        .pos = pos,
-                        .max_ctx = MAXC};
-    CHECK(I.m->desc->kernels[HYB_DEV_CPU].decode(I.m->self, &ad) == HYB_OK);
+    CHECK(mh_dec_on(I.m, hyb_backend_cpu(), I.pp, B, x, yd, st, pos, MAXC) == HYB_OK);
     /* the same through the wrapper, every buffer its own */
     g_foreign = g_sgemms = 0;
     const float *wp[NP];
@@ -496,37 +452,11 @@ static void test_backend_memory_only(void) {
     float *wx = w_dup(x, sizeof y), *wy = w_alloc(&g_be, sizeof y), *wdx = w_alloc(&g_be, sizeof y);
     float *wyd = w_alloc(&g_be, sizeof yd);
     void *wsaved = w_alloc(&g_be, sv), *wst[B] = {w_alloc(&g_be, sb), w_alloc(&g_be, sb)};
-    hyb_mixer_fwd af = {
-        .B = B, .T = T, .be = &g_be, .x = wx, .y = wy, .params = wp, .saved = wsaved};
-    CHECK_MSG(I.m->desc->kernels[HYB_DEV_CPU].forward(I.m->self, &af) == HYB_OK, "%s", hyb_error());
-    ab = (hyb_mixer_bwd){.B = B,
-                         .T = T,
-                         .be = &g_be,
-                         .x = wx,
-                         .dy = wx,
-                         .dx = wdx,
-                         .params = wp,
-                         .grads = wg,
-                         .saved = wsaved};
-    CHECK(I.m->desc->kernels[HYB_DEV_CPU].backward(I.m->self, &ab) == HYB_OK);
-    af = (hyb_mixer_fwd){.B = B,
-                         .T = T,
-                         .be = &g_be,
-                         .x = wx,
-                         .y = wy,
-                         .params = wp,
-                         .states = wst,
-                         .max_ctx = MAXC};
-    CHECK(I.m->desc->kernels[HYB_DEV_CPU].forward(I.m->self, &af) == HYB_OK);
-    ad = (hyb_mixer_dec){.n = B,
-                         .be = &g_be,
-                         .x = wx,
-                         .y = wyd,
-                         .params = wp,
-                         .states = wst,
-                         .pos = pos,
-                         .max_ctx = MAXC};
-    CHECK(I.m->desc->kernels[HYB_DEV_CPU].decode(I.m->self, &ad) == HYB_OK);
+    CHECK_MSG(mh_fwd_on(I.m, &g_be, wp, B, T, wx, wy, wsaved, NULL, NULL, 0) == HYB_OK, "%s",
+              hyb_error());
+    CHECK(mh_bwd_on(I.m, &g_be, wp, wg, B, T, wx, wx, wdx, wsaved) == HYB_OK);
+    CHECK(mh_fwd_on(I.m, &g_be, wp, B, T, wx, wy, NULL, wst, NULL, MAXC) == HYB_OK);
+    CHECK(mh_dec_on(I.m, &g_be, wp, B, wx, wyd, wst, pos, MAXC) == HYB_OK);
     void *snap = w_alloc(&g_be, sb);
     CHECK(I.m->desc->state_snapshot(I.m->self, &g_be, wst[0], T + 1, MAXC, snap) == (int64_t)sb);
     CHECK(I.m->desc->state_restore(I.m->self, &g_be, wst[1], snap, T + 1, MAXC) == HYB_OK);

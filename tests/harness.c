@@ -96,3 +96,69 @@ char *harness_read_file(const char *path, size_t *len) {
     if (b && len) *len = (size_t)n;
     return b;
 }
+
+int harness_mkdtemp(char *dir, size_t cap, const char *tag) {
+    snprintf(dir, cap, "%s/hyb_test_%s_XXXXXX", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp",
+             tag);
+    if (mkdtemp(dir)) return 0;
+    perror("mkdtemp");
+    return -1;
+}
+
+const char *harness_sub(const char *dir, const char *name) {
+    static char buf[4][1024];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+    return buf[k];
+}
+
+const char *harness_data_dir(void) {
+    const char *dd = getenv("HYB_TEST_DATA");
+    return dd ? dd : "tests/data";
+}
+
+float harness_frand(unsigned long long *state) {
+    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((*state >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+}
+
+int harness_read_golden(const char *path, int32_t magic, harness_golden *g) {
+    memset(g, 0, sizeof *g);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        harness_fail(__FILE__, __LINE__, "cannot open %s", path);
+        return -1;
+    }
+    int32_t h[4];
+    int ok = fread(h, 4, 4, f) == 4 && h[0] == magic && h[1] > 0 && h[2] > 0 && h[3] > 0 &&
+             (int64_t)h[1] * h[2] * h[3] < (1 << 28);
+    if (ok) {
+        g->b = h[1], g->t = h[2], g->v = h[3];
+        size_t n = (size_t)g->b * g->t, nl = n * (size_t)g->v;
+        g->ids = malloc(n * sizeof *g->ids);
+        g->logits = malloc(nl * sizeof *g->logits);
+        ok = g->ids && g->logits && fread(g->ids, 4, n, f) == n &&
+             fread(g->logits, 4, nl, f) == nl;
+    }
+    fclose(f);
+    if (ok) return 0;
+    harness_fail(__FILE__, __LINE__, "%s: bad header or short file", path);
+    harness_golden_free(g);
+    return -1;
+}
+
+void harness_golden_free(harness_golden *g) {
+    free(g->ids);
+    free(g->logits);
+    g->ids = NULL;
+    g->logits = NULL;
+}
+
+uint16_t harness_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}

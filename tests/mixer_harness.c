@@ -82,35 +82,60 @@ void *mh_saved_new(mh_inst *I, int B, int T) {
     return malloc(n ? n : 1);
 }
 
-int mh_fwd(mh_inst *I, int B, int T, const float *x, float *y, void *saved, void *const *states,
-           const int32_t *pos, int max_ctx) {
+int mh_fwd_on(const hyb_mixer *m, const hyb_backend *be, const float *const *params, int B, int T,
+              const float *x, float *y, void *saved, void *const *states, const int32_t *pos,
+              int max_ctx) {
     hyb_mixer_fwd a = {.B = B,
                        .T = T,
-                       .be = hyb_backend_cpu(),
+                       .be = be,
                        .x = x,
                        .y = y,
-                       .params = I->pp,
+                       .params = params,
                        .saved = saved,
                        .states = states,
                        .pos = pos,
                        .max_ctx = max_ctx};
-    return I->m->desc->kernels[HYB_DEV_CPU].forward(I->m->self, &a);
+    return m->desc->kernels[HYB_DEV_CPU].forward(m->self, &a);
+}
+
+int mh_bwd_on(const hyb_mixer *m, const hyb_backend *be, const float *const *params,
+              float *const *grads, int B, int T, const float *x, const float *dy, float *dx,
+              const void *saved) {
+    hyb_mixer_bwd a = {.B = B,
+                       .T = T,
+                       .be = be,
+                       .x = x,
+                       .dy = dy,
+                       .dx = dx,
+                       .params = params,
+                       .grads = grads,
+                       .saved = saved};
+    const hyb_mixer_kernels *k = &m->desc->kernels[HYB_DEV_CPU];
+    if (!k->backward) return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: no CPU backward", m->type);
+    return k->backward(m->self, &a);
+}
+
+int mh_dec_on(const hyb_mixer *m, const hyb_backend *be, const float *const *params, int n,
+              const float *x, float *y, void *const *states, const int32_t *pos, int max_ctx) {
+    hyb_mixer_dec a = {.n = n,
+                       .be = be,
+                       .x = x,
+                       .y = y,
+                       .params = params,
+                       .states = states,
+                       .pos = pos,
+                       .max_ctx = max_ctx};
+    return m->desc->kernels[HYB_DEV_CPU].decode(m->self, &a);
+}
+
+int mh_fwd(mh_inst *I, int B, int T, const float *x, float *y, void *saved, void *const *states,
+           const int32_t *pos, int max_ctx) {
+    return mh_fwd_on(I->m, hyb_backend_cpu(), I->pp, B, T, x, y, saved, states, pos, max_ctx);
 }
 
 int mh_bwd(mh_inst *I, int B, int T, const float *x, const float *dy, float *dx,
            const void *saved) {
-    hyb_mixer_bwd a = {.B = B,
-                       .T = T,
-                       .be = hyb_backend_cpu(),
-                       .x = x,
-                       .dy = dy,
-                       .dx = dx,
-                       .params = I->pp,
-                       .grads = I->gp,
-                       .saved = saved};
-    const hyb_mixer_kernels *k = &I->m->desc->kernels[HYB_DEV_CPU];
-    if (!k->backward) return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: no CPU backward", I->m->type);
-    return k->backward(I->m->self, &a);
+    return mh_bwd_on(I->m, hyb_backend_cpu(), I->pp, I->gp, B, T, x, dy, dx, saved);
 }
 
 int mh_dec(mh_inst *I, int n, const float *x, float *y, void *const *states, const int32_t *pos,
@@ -260,24 +285,10 @@ int mh_compare(const char *what, const float *a, const float *b, long n, mh_tol 
 }
 
 static const char *data_path(const char *file, char *buf, size_t n) {
-    const char *dd = getenv("HYB_TEST_DATA");
-    snprintf(buf, n, "%s/%s", dd ? dd : "tests/data", file);
+    snprintf(buf, n, "%s/%s", harness_data_dir(), file);
     return buf;
 }
 
-float *mh_model_logits(hyb_model *m, const int32_t *ids, int B, int T) {
-    hyb_graph *g = hyb_graph_new();
-    hyb_graph_set_grad(g, 0);
-    hyb_tensor *lg = hyb_model_forward(m, g, ids, B, T);
-    float *out = NULL;
-    CHECK_MSG(lg != NULL, "forward: %s", hyb_error());
-    if (lg) {
-        out = malloc(hyb_tensor_nbytes(lg));
-        memcpy(out, lg->data, hyb_tensor_nbytes(lg));
-    }
-    hyb_graph_free(g);
-    return out;
-}
 
 double mh_model_decode_vs_forward(hyb_model *m, int ns, const int32_t *ids, int stride,
                                   const int *len, const int *prompt, const int *split, int max_ctx) {
@@ -286,7 +297,7 @@ double mh_model_decode_vs_forward(hyb_model *m, int ns, const int32_t *ids, int 
     int32_t *seqs = calloc((size_t)ns, 4), *tok = calloc((size_t)ns, 4);
     int *at = calloc((size_t)ns, sizeof *at), *who = calloc((size_t)ns, sizeof *who), ok = 1;
     for (int s = 0; s < ns; s++)
-        ok &= (full[s] = mh_model_logits(m, ids + (size_t)s * stride, 1, len[s])) != NULL;
+        ok &= (full[s] = harness_logits(m, ids + (size_t)s * stride, 1, len[s])) != NULL;
     hyb_kvstate *kv = NULL;
     CHECK_MSG(hyb_kvstate_new(m, ns, max_ctx, &kv) == HYB_OK, "%s", hyb_error());
     double worst = ok && kv ? 0 : INFINITY;

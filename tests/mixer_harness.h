@@ -58,6 +58,16 @@ int mh_bwd(mh_inst *I, int B, int T, const float *x, const float *dy, float *dx,
            const void *saved);
 int mh_dec(mh_inst *I, int n, const float *x, float *y, void *const *states, const int32_t *pos,
            int max_ctx);
+/* The CPU kernels of mixer m called directly, through backend be, on the given parameter (and
+ * gradient) buffers: for buffers the mixer does not own (a wrapped backend's, a test's copies). */
+int mh_fwd_on(const hyb_mixer *m, const hyb_backend *be, const float *const *params, int B, int T,
+              const float *x, float *y, void *saved, void *const *states, const int32_t *pos,
+              int max_ctx);
+int mh_bwd_on(const hyb_mixer *m, const hyb_backend *be, const float *const *params,
+              float *const *grads, int B, int T, const float *x, const float *dy, float *dx,
+              const void *saved);
+int mh_dec_on(const hyb_mixer *m, const hyb_backend *be, const float *const *params, int n,
+              const float *x, float *y, void *const *states, const int32_t *pos, int max_ctx);
 
 /* Initialisers: N(0, scale) for every parameter (mha); the same with o_norm.weight + 1 and
  * dt_bias - 1 (deltanet, gated_deltanet); mamba1's (A_log ~ log(n+1), D ~ 1, dt bias giving dt in
@@ -77,8 +87,7 @@ double mh_max_diff(const float *a, const float *b, long n);
 /* worst |a - b| / (atol + rtol |b|): <= 1 means every element passes numpy's allclose */
 double mh_allclose_ratio(const float *a, const float *b, long n, double rtol, double atol);
 
-/* Logits [B, T, V] of a model forward without a tape (heap copy; NULL after a failed CHECK). */
-float *mh_model_logits(hyb_model *m, const int32_t *ids, int B, int T);
+/* (logits of a model forward without a tape: harness_logits in harness.h) */
 
 /* Prefill + batched decode of a model against its forward logits: sequence s (ids + s * stride)
  * has len[s] tokens, prompt[s] prefilled (in two calls of split[s] and the rest when split is

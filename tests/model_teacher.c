@@ -100,15 +100,20 @@ static void test_forward_vs_hf(void) {
     free(full);
 }
 
+/* teacher.json's greedy case: its prompt's ids (*np of them) and HF's greedy continuation (*ng). */
+static void greedy_case(int32_t **prompt, int *np, int32_t **gen, int *ng) {
+    const cJSON *gr = cJSON_GetObjectItem(J, "greedy");
+    const int k = cJSON_GetObjectItem(gr, "prompt")->valueint;
+    *prompt = json_ids(cJSON_GetArrayItem(cJSON_GetObjectItem(J, "ids"), k), np);
+    *gen = json_ids(cJSON_GetObjectItem(gr, "ids"), ng);
+}
+
 /* Greedy continuation through prefill + decode (KV cache) == HF's 64 tokens. */
 static void test_greedy_decode(void) {
     const int V = M->V;
-    cJSON *gr = cJSON_GetObjectItem(J, "greedy");
     int np, ng;
-    int32_t *prompt = json_ids(cJSON_GetArrayItem(cJSON_GetObjectItem(J, "ids"),
-                                                  cJSON_GetObjectItem(gr, "prompt")->valueint),
-                               &np);
-    int32_t *want = json_ids(cJSON_GetObjectItem(gr, "ids"), &ng);
+    int32_t *prompt, *want;
+    greedy_case(&prompt, &np, &want, &ng);
     hyb_kvstate *s = NULL;
     int rc = hyb_kvstate_new(M, 1, np + ng + 8, &s);
     CHECK_MSG(rc == HYB_OK, "kvstate: %s", hyb_error());
@@ -144,10 +149,9 @@ done:
 /* Prefill (in two chunks) then decode, position by position == one full forward. */
 static void test_prefill_decode_equals_forward(void) {
     const int V = M->V;
-    cJSON *gr = cJSON_GetObjectItem(J, "greedy");
     int np, ng;
-    int32_t *prompt = json_ids(cJSON_GetArrayItem(cJSON_GetObjectItem(J, "ids"), 0), &np);
-    int32_t *gen = json_ids(cJSON_GetObjectItem(gr, "ids"), &ng);
+    int32_t *prompt, *gen;
+    greedy_case(&prompt, &np, &gen, &ng); /* gen continues prompt */
     const int T = np + 8, T1 = 5, T2 = np;
     int32_t *seq = malloc(sizeof *seq * T);
     memcpy(seq, prompt, sizeof *seq * np);

@@ -33,18 +33,7 @@
 
 static char g_dir[512];
 
-static const char *sub(const char *name) {
-    static char buf[4][600];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
-    return buf[k];
-}
-
-static const char *data_dir(void) {
-    const char *dd = getenv("HYB_TEST_DATA");
-    return dd ? dd : "tests/data";
-}
+static const char *sub(const char *name) { return harness_sub(g_dir, name); }
 
 /* layers: t (mha, GQA 4/2 heads of 8), m (mamba1, repeat 2), i (identity), m */
 #define HYBRID_MAP                                                                                 \
@@ -57,27 +46,15 @@ static const char *data_dir(void) {
     "[mixers.skip]\ntype = \"identity\"\nsymbol = \"i\"\n\n"                                       \
     "[layout]\npattern = \"tmim\"\n"
 
-static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
-static float frand(void) { /* uniform in [-1, 1) */
-    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((g_rng >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
-}
+static unsigned long long g_rng;
 
 /* The hybrid, with its norms, conv biases, A_log and D perturbed (init leaves them constant, so a
  * loader mixing them up would go unnoticed) and the identity layer's MLP zero unless keep_mlp. */
 static hyb_model *make_hybrid(int tied, int keep_mlp) {
     char text[2048];
     snprintf(text, sizeof text, HYBRID_MAP, tied ? "true" : "false");
-    hyb_layermap *map = NULL;
-    if (hyb_layermap_parse(text, "inline-apriel.toml", &map) != HYB_OK) {
-        harness_fail(__FILE__, __LINE__, "layer map: %s", hyb_error());
-        return NULL;
-    }
-    hyb_model *m = NULL;
-    if (hyb_model_build(map, 4242, &m) != HYB_OK) {
-        harness_fail(__FILE__, __LINE__, "build: %s", hyb_error());
-        return NULL;
-    }
+    hyb_model *m = harness_build_model(text, "inline-apriel.toml", 4242);
+    if (!m) return NULL;
     g_rng = 12345;
     for (int i = 0; i < m->n_params; i++) {
         hyb_tensor *t = m->params[i];
@@ -87,7 +64,7 @@ static hyb_model *make_hybrid(int tied, int keep_mlp) {
         if (strstr(n, "layernorm") || strstr(n, "model.norm") || strstr(n, "conv1d.bias") ||
             strstr(n, ".D") || strstr(n, "A_log"))
             for (int64_t j = 0; j < k; j++)
-                x[j] += 0.3f * frand();
+                x[j] += 0.3f * harness_frand(&g_rng);
     }
     if (!keep_mlp) {
         hyb_layer *ly = &m->layers[2];
@@ -101,38 +78,8 @@ static hyb_model *make_hybrid(int tied, int keep_mlp) {
 enum { B = 2, T = 9 };
 static const int32_t IDS[B * T] = {1, 5, 9, 47, 0, 3, 3, 17, 22, 40, 2, 8, 31, 7, 11, 46, 19, 4};
 
-static float *logits_of(hyb_model *m, const int32_t *ids, int b, int t) {
-    hyb_graph *g = hyb_graph_new();
-    hyb_tensor *y = hyb_model_forward(m, g, ids, b, t);
-    float *out = NULL;
-    if (y) {
-        out = malloc(hyb_tensor_nbytes(y));
-        memcpy(out, hyb_tensor_f32(y), hyb_tensor_nbytes(y));
-    } else {
-        harness_fail(__FILE__, __LINE__, "forward: %s", hyb_error());
-    }
-    hyb_graph_free(g);
-    return out;
-}
 
-static cJSON *read_json(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return cJSON_Parse(buf);
-}
 
-static double jnum(const cJSON *o, const char *k) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(v) ? v->valuedouble : -1.0;
-}
-static const char *jstr(const cJSON *o, const char *k) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : "";
-}
 
 static void roundtrip(int tied) {
     hyb_model *m = make_hybrid(tied, 0);
@@ -141,20 +88,22 @@ static void roundtrip(int tied) {
     CHECK(hyb_model_save(m, dir) == HYB_OK);
     char p[700];
     snprintf(p, sizeof p, "%s/config.json", dir);
-    cJSON *js = read_json(p);
+    cJSON *js = harness_read_json(p);
     CHECK_MSG(js != NULL, "%s missing or not JSON", p);
     if (js) {
-        CHECK(!strcmp(jstr(js, "model_type"), "apriel_h"));
+        CHECK(!strcmp(harness_jstr(js, "model_type"), "apriel_h"));
         const cJSON *arch = cJSON_GetObjectItemCaseSensitive(js, "architectures");
         CHECK(cJSON_IsArray(arch) && cJSON_GetArraySize(arch) == 1 &&
               !strcmp(cJSON_GetArrayItem(arch, 0)->valuestring, "AprielHForCausalLM"));
-        CHECK(jnum(js, "hidden_size") == 32 && jnum(js, "intermediate_size") == 40);
-        CHECK(jnum(js, "num_hidden_layers") == 4 && jnum(js, "vocab_size") == 48);
-        CHECK(jnum(js, "num_attention_heads") == 4 && jnum(js, "num_key_value_heads") == 2);
-        CHECK(jnum(js, "head_dim") == 8 && jnum(js, "rope_theta") == 10000.0);
-        CHECK(jnum(js, "rms_norm_eps") == (double)1e-5f || jnum(js, "rms_norm_eps") == 1e-5);
-        CHECK(jnum(js, "max_position_embeddings") == 64);
-        CHECK(!strcmp(jstr(js, "hidden_act"), "silu"));
+        CHECK(harness_jnum(js, "hidden_size") == 32 && harness_jnum(js, "intermediate_size") == 40);
+        CHECK(harness_jnum(js, "num_hidden_layers") == 4 && harness_jnum(js, "vocab_size") == 48);
+        CHECK(harness_jnum(js, "num_attention_heads") == 4 &&
+              harness_jnum(js, "num_key_value_heads") == 2);
+        CHECK(harness_jnum(js, "head_dim") == 8 && harness_jnum(js, "rope_theta") == 10000.0);
+        CHECK(harness_jnum(js, "rms_norm_eps") == (double)1e-5f ||
+              harness_jnum(js, "rms_norm_eps") == 1e-5);
+        CHECK(harness_jnum(js, "max_position_embeddings") == 64);
+        CHECK(!strcmp(harness_jstr(js, "hidden_act"), "silu"));
         CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(js, "tie_word_embeddings")) == tied);
         const cJSON *lay = cJSON_GetObjectItemCaseSensitive(js, "hybrid_block_layout");
         static const char *const want[] = {"t", "m2", "i", "m2"};
@@ -165,13 +114,14 @@ static void roundtrip(int tied) {
         }
         const cJSON *ssm = cJSON_GetObjectItemCaseSensitive(js, "ssm_cfg");
         CHECK(cJSON_IsObject(ssm));
-        CHECK(jnum(ssm, "d_state") == 4 && jnum(ssm, "d_xb") == 16 && jnum(ssm, "d_inner") == 32);
-        CHECK(jnum(ssm, "dt_rank") == 3 && jnum(ssm, "d_conv") == 3);
+        CHECK(harness_jnum(ssm, "d_state") == 4 && harness_jnum(ssm, "d_xb") == 16 &&
+              harness_jnum(ssm, "d_inner") == 32);
+        CHECK(harness_jnum(ssm, "dt_rank") == 3 && harness_jnum(ssm, "d_conv") == 3);
         CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ssm, "conv_bias")));
         CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(ssm, "bias")));
-        CHECK(!strcmp(jstr(ssm, "activation"), "silu"));
-        CHECK(jnum(ssm, "dt_min") == 0.001 && jnum(ssm, "dt_max") == 0.1 &&
-              jnum(ssm, "dt_init_floor") == 1e-4);
+        CHECK(!strcmp(harness_jstr(ssm, "activation"), "silu"));
+        CHECK(harness_jnum(ssm, "dt_min") == 0.001 && harness_jnum(ssm, "dt_max") == 0.1 &&
+              harness_jnum(ssm, "dt_init_floor") == 1e-4);
         cJSON_Delete(js);
     }
     hyb_model *h = NULL;
@@ -183,7 +133,7 @@ static void roundtrip(int tied) {
         CHECK(h->layers[1].mixer && !strcmp(h->layers[1].mixer->type, "mamba1"));
         CHECK(h->layers[3].mixer && !strcmp(h->layers[3].mixer->type, "mamba1"));
         CHECK((h->lm_head == h->embed) == tied);
-        float *a = logits_of(m, IDS, B, T), *b = logits_of(h, IDS, B, T);
+        float *a = harness_logits(m, IDS, B, T), *b = harness_logits(h, IDS, B, T);
         CHECK(a && b && memcmp(a, b, sizeof(float) * B * T * 48) == 0);
         free(a);
         free(b);
@@ -228,7 +178,7 @@ static void test_not_expressible(void) {
 
 static void expect_error(const char *fixture, const char *needle1, const char *needle2) {
     char dir[700];
-    snprintf(dir, sizeof dir, "%s/apriel/%s", data_dir(), fixture);
+    snprintf(dir, sizeof dir, "%s/apriel/%s", harness_data_dir(), fixture);
     hyb_model *m = NULL;
     int rc = hyb_model_load_hf_dir(dir, &m);
     CHECK_MSG(rc < 0 && m == NULL, "%s loaded", fixture);
@@ -247,25 +197,19 @@ static void test_fixture_errors(void) {
  * then float32 logits [B, T, V]. */
 static void test_pytorch_golden(void) {
     char dir[700], path[800];
-    snprintf(dir, sizeof dir, "%s/apriel/model", data_dir());
-    snprintf(path, sizeof path, "%s/apriel/golden_logits.bin", data_dir());
-    FILE *f = fopen(path, "rb");
-    CHECK_MSG(f != NULL, "cannot open %s (run tests/reference/apriel_ref.py)", path);
-    if (!f) return;
-    int32_t h[4];
-    CHECK(fread(h, 4, 4, f) == 4 && h[0] == 0x4C525041);
-    int b = h[1], t = h[2], v = h[3];
-    CHECK(b > 0 && b <= 8 && t > 0 && t <= 64 && v == 48);
-    int32_t *ids = malloc(sizeof *ids * (size_t)(b * t));
-    float *ref = malloc(sizeof *ref * (size_t)(b * t * v));
-    CHECK(fread(ids, 4, (size_t)(b * t), f) == (size_t)(b * t));
-    CHECK(fread(ref, 4, (size_t)(b * t * v), f) == (size_t)(b * t * v));
-    fclose(f);
+    snprintf(dir, sizeof dir, "%s/apriel/model", harness_data_dir());
+    snprintf(path, sizeof path, "%s/apriel/golden_logits.bin", harness_data_dir());
+    harness_golden gold;
+    if (harness_read_golden(path, 0x4C525041, &gold)) return; /* (tests/reference/apriel_ref.py) */
+    const int b = gold.b, t = gold.t, v = gold.v;
+    const int32_t *ids = gold.ids;
+    const float *ref = gold.logits;
+    CHECK(b <= 8 && t <= 64 && v == 48);
     hyb_model *m = NULL;
     int rc = hyb_model_load_hf_dir(dir, &m);
     CHECK_MSG(rc == HYB_OK, "load %s: %s", dir, hyb_error());
     if (m) {
-        float *y = logits_of(m, ids, b, t);
+        float *y = harness_logits(m, ids, b, t);
         double num = 0, den = 0, maxd = 0;
         for (int i = 0; y && i < b * t * v; i++) {
             double d = (double)y[i] - ref[i];
@@ -279,8 +223,7 @@ static void test_pytorch_golden(void) {
         free(y);
         hyb_model_free(m);
     }
-    free(ids);
-    free(ref);
+    harness_golden_free(&gold);
 }
 
 int main(void) {
@@ -298,12 +241,7 @@ int main(void) {
         fprintf(stderr, "%s: %s\n", exp, rc == HYB_OK ? "written" : hyb_error());
         return rc == HYB_OK ? 0 : 1;
     }
-    snprintf(g_dir, sizeof g_dir, "%s/hyb_test_apriel_XXXXXX",
-             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (harness_mkdtemp(g_dir, sizeof g_dir, "apriel")) return 1;
     RUN(test_roundtrip_untied);
     RUN(test_roundtrip_tied);
     RUN(test_not_expressible);

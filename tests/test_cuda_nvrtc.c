@@ -157,9 +157,7 @@ int main(void) {
     RUN(test_unknown_source);
     RUN(test_driver_status);
     RUN(test_no_device_is_clean);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_cache);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_cache);
+    harness_rm_rf(g_cache);
     return harness_done();
 }
 #else

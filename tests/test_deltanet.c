@@ -258,12 +258,7 @@ static const char *HYB_MAP =
 
 /* the model owns (and frees) its layer map */
 static hyb_model *hybrid_model(void) {
-    hyb_layermap *map = NULL;
-    hyb_model *m = NULL;
-    CHECK_MSG(hyb_layermap_parse(HYB_MAP, "hybrid.toml", &map) == HYB_OK, "%s", hyb_error());
-    if (!map) return NULL;
-    CHECK_MSG(hyb_model_build(map, 77, &m) == HYB_OK, "%s", hyb_error());
-    return m;
+    return harness_build_model(HYB_MAP, "hybrid.toml", 77);
 }
 
 static void test_hybrid_model(void) {
@@ -318,7 +313,7 @@ static void test_hybrid_model(void) {
             CHECK_MSG(hyb_model_swap(a, 1, TYPES[gated], hyb_toml_root(doc), 1, 5) == HYB_OK, "%s",
                       hyb_error());
             CHECK(hyb_model_set_identity(b, 1) == HYB_OK);
-            float *la = mh_model_logits(a, ids[0], 1, LEN), *lb = mh_model_logits(b, ids[0], 1, LEN);
+            float *la = harness_logits(a, ids[0], 1, LEN), *lb = harness_logits(b, ids[0], 1, LEN);
             if (la && lb) {
                 double e = harness_max_rel(la, lb, LEN * V, 1e-30);
                 printf("   DIL %s at layer 1 vs identity layer: max rel diff %.3g\n", TYPES[gated],

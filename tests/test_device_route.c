@@ -179,21 +179,7 @@ static void mock_init(void) {
 /* ---- models -----------------------------------------------------------------------------------
  */
 
-static const char *MAP = "[model]\n"
-                         "name = \"route\"\n"
-                         "d_model = 32\n"
-                         "n_layers = 3\n"
-                         "vocab_size = 53\n"
-                         "d_ff = 48\n"
-                         "norm_eps = 1e-5\n"
-                         "tie_embeddings = true\n"
-                         "max_seq = 64\n"
-                         "[mixers.attn]\n"
-                         "type = \"mha\"\n"
-                         "symbol = \"t\"\n"
-                         "n_heads = 4\n"
-                         "n_kv_heads = 2\n"
-                         "head_dim = 8\n"
+static const char *MAP = HARNESS_MAP_MODEL("route", 3, 53) HARNESS_MAP_ATTN
                          "[mixers.ssm]\n"
                          "type = \"mamba1\"\n"
                          "symbol = \"m\"\n"
@@ -202,14 +188,7 @@ static const char *MAP = "[model]\n"
                          "pattern = \"tmt\"\n";
 
 static hyb_model *build(void) {
-    hyb_layermap *map = NULL;
-    hyb_model *m = NULL;
-    if (hyb_layermap_parse(MAP, "route.toml", &map) != HYB_OK ||
-        hyb_model_build(map, 11, &m) != HYB_OK) {
-        CHECK_MSG(0, "build: %s", hyb_error());
-        return NULL;
-    }
-    return m;
+    return harness_build_model(MAP, "route.toml", 11);
 }
 
 /* Mixer descriptors with the CPU kernels declared for the mock device too (its memory is host

@@ -101,14 +101,16 @@ static void test_meta_scalars(void) {
     /* lenient getters */
     int64_t v;
     double d;
-    CHECK(hyb_gguf_get_int(g, "test.u8", &v) == HYB_OK && v == 200);
-    CHECK(hyb_gguf_get_int(g, "test.i8", &v) == HYB_OK && v == -100);
-    CHECK(hyb_gguf_get_int(g, "test.u16", &v) == HYB_OK && v == 60000);
-    CHECK(hyb_gguf_get_int(g, "test.i16", &v) == HYB_OK && v == -30000);
-    CHECK(hyb_gguf_get_int(g, "test.u32", &v) == HYB_OK && v == 4000000000ll);
-    CHECK(hyb_gguf_get_int(g, "test.i32", &v) == HYB_OK && v == -2000000000);
-    CHECK(hyb_gguf_get_int(g, "test.i64", &v) == HYB_OK && v == -9000000000000000000ll);
-    CHECK(hyb_gguf_get_int(g, "test.bool_t", &v) == HYB_OK && v == 1);
+    static const struct {
+        const char *key;
+        int64_t want;
+    } ints[] = {{"test.u8", 200},          {"test.i8", -100},
+                {"test.u16", 60000},       {"test.i16", -30000},
+                {"test.u32", 4000000000ll}, {"test.i32", -2000000000},
+                {"test.i64", -9000000000000000000ll}, {"test.bool_t", 1}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        CHECK_MSG(hyb_gguf_get_int(g, ints[i].key, &v) == HYB_OK && v == ints[i].want,
+                  "get_int %s: %lld", ints[i].key, (long long)v);
     CHECK(hyb_gguf_get_int(g, "test.u64", &v) == HYB_ERR_FORMAT && contains(hyb_error(), "int64"));
     CHECK(hyb_gguf_get_int(g, "test.f32", &v) == HYB_ERR_FORMAT && contains(hyb_error(), "f32"));
     CHECK(hyb_gguf_get_float(g, "test.f32", &d) == HYB_OK && d == (double)3.14159265358979f);

@@ -35,18 +35,7 @@
 
 static char g_dir[512];
 
-static const char *sub(const char *name) {
-    static char buf[4][600];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
-    return buf[k];
-}
-
-static const char *data_dir(void) {
-    const char *dd = getenv("HYB_TEST_DATA");
-    return dd ? dd : "tests/data";
-}
+static const char *sub(const char *name) { return harness_sub(g_dir, name); }
 
 /* symbols: t mha, b mha with biases, m mamba1, n mamba1 with double_dt_bias = false, d deltanet,
  * e a second deltanet config, g gated_deltanet, i identity */
@@ -69,34 +58,22 @@ static const char *data_dir(void) {
     "[mixers.skip]\ntype = \"identity\"\nsymbol = \"i\"\n\n"                                       \
     "[layout]\npattern = \"%s\"\n"
 
-static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
-static float frand(void) { /* uniform in [-1, 1) */
-    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((g_rng >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
-}
+static unsigned long long g_rng;
 
 /* A model of the pattern, its constant-initialised parameters (norms, biases, A_log, D, ...)
  * perturbed so that a loader mixing them up is caught, identity layers' MLPs zero. */
 static hyb_model *make(const char *pattern, int tied) {
     char text[4096];
     snprintf(text, sizeof text, MAP, (int)strlen(pattern), tied ? "true" : "false", pattern);
-    hyb_layermap *map = NULL;
-    if (hyb_layermap_parse(text, "inline-hooks.toml", &map) != HYB_OK) {
-        harness_fail(__FILE__, __LINE__, "layer map: %s", hyb_error());
-        return NULL;
-    }
-    hyb_model *m = NULL;
-    if (hyb_model_build(map, 777, &m) != HYB_OK) {
-        harness_fail(__FILE__, __LINE__, "build: %s", hyb_error());
-        return NULL;
-    }
+    hyb_model *m = harness_build_model(text, "inline-hooks.toml", 777);
+    if (!m) return NULL;
     g_rng = 4321;
     for (int i = 0; i < m->n_params; i++) {
         hyb_tensor *t = m->params[i];
         float *x = hyb_tensor_f32(t);
         if (t->ndim == 1 || strstr(t->name, "A_log"))
             for (int64_t j = 0, k = hyb_tensor_numel(t); j < k; j++)
-                x[j] += 0.3f * frand();
+                x[j] += 0.3f * harness_frand(&g_rng);
     }
     for (int l = 0; l < m->L; l++) {
         hyb_layer *ly = &m->layers[l];
@@ -112,39 +89,22 @@ enum { B = 2, T = 11 };
 static const int32_t IDS[B * T] = {1,  5, 9, 47, 0,  3, 3,  17, 22, 40, 2,
                                    8, 31, 7, 11, 46, 19, 4, 23, 1,  0,  45};
 
-static float *logits_of(hyb_model *m) {
-    hyb_graph *g = hyb_graph_new();
-    hyb_tensor *y = hyb_model_forward(m, g, IDS, B, T);
-    float *out = NULL;
-    if (y) {
-        out = malloc(hyb_tensor_nbytes(y));
-        memcpy(out, hyb_tensor_f32(y), hyb_tensor_nbytes(y));
-    } else {
-        harness_fail(__FILE__, __LINE__, "forward: %s", hyb_error());
-    }
-    hyb_graph_free(g);
-    return out;
+static float *logits_of(hyb_model *m) { return harness_logits(m, IDS, B, T); }
+
+/* make(pattern, tied) saved into sub(name): the directory's path in *dir, its config.json's in
+ * cfg[700]; NULL after a failed check. */
+static hyb_model *make_saved(const char *name, const char *pattern, int tied, const char **dir,
+                             char *cfg) {
+    hyb_model *m = make(pattern, tied);
+    if (!m) return NULL;
+    *dir = sub(name);
+    snprintf(cfg, 700, "%s/config.json", *dir);
+    CHECK_MSG(hyb_model_save(m, *dir) == HYB_OK, "save %s: %s", name, hyb_error());
+    return m;
 }
 
-static cJSON *read_json(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return cJSON_Parse(buf);
-}
 
-static const char *jstr(const cJSON *o, const char *k) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : "";
-}
 
-static double jnum(const cJSON *o, const char *k) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(v) ? v->valuedouble : -1.0;
-}
 
 /* The resolved description of every layer ("mha H=4 ...", "identity"): equal for two models
  * means the same mixers with the same settings in the same places. */
@@ -163,17 +123,15 @@ static void describe_layers(const hyb_model *m, char *buf, size_t n) {
  * bit-identical logits. */
 static void roundtrip(const char *name, const char *pattern, int tied, const char *want_type,
                       const char *const *want_layout) {
-    hyb_model *m = make(pattern, tied);
-    if (!m) return;
-    const char *dir = sub(name);
-    CHECK(hyb_model_save(m, dir) == HYB_OK);
+    const char *dir;
     char p[700];
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    cJSON *js = read_json(p);
+    hyb_model *m = make_saved(name, pattern, tied, &dir, p);
+    if (!m) return;
+    cJSON *js = harness_read_json(p);
     CHECK_MSG(js != NULL, "%s: %s missing or not JSON", name, p);
     if (js) {
-        CHECK_MSG(!strcmp(jstr(js, "model_type"), want_type), "%s: model_type %s", name,
-                  jstr(js, "model_type"));
+        CHECK_MSG(!strcmp(harness_jstr(js, "model_type"), want_type), "%s: model_type %s", name,
+                  harness_jstr(js, "model_type"));
         const cJSON *lay = cJSON_GetObjectItemCaseSensitive(js, "hybrid_block_layout");
         int n = (int)strlen(pattern);
         CHECK_MSG(cJSON_IsArray(lay) && cJSON_GetArraySize(lay) == n, "%s: layout", name);
@@ -213,21 +171,22 @@ static void test_deltanet_hybrid(void) {
 }
 
 static void test_deltanet_keys(void) {
-    hyb_model *m = make("dgt", 0);
-    if (!m) return;
-    const char *dir = sub("dnkeys");
-    CHECK(hyb_model_save(m, dir) == HYB_OK);
+    const char *dir;
     char p[700];
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    cJSON *js = read_json(p);
+    hyb_model *m = make_saved("dnkeys", "dgt", 0, &dir, p);
+    if (!m) return;
+    cJSON *js = harness_read_json(p);
     const cJSON *mc = js ? cJSON_GetObjectItemCaseSensitive(js, "mixer_cfg") : NULL;
     const cJSON *dn = mc ? cJSON_GetObjectItemCaseSensitive(mc, "deltanet") : NULL;
     const cJSON *gd = mc ? cJSON_GetObjectItemCaseSensitive(mc, "gated_deltanet") : NULL;
     CHECK_MSG(cJSON_IsObject(dn) && cJSON_IsObject(gd), "mixer_cfg.deltanet / gated_deltanet");
-    CHECK(jnum(dn, "n_heads") == 2 && jnum(dn, "head_dim") == 8 && jnum(dn, "conv_size") == 4);
-    CHECK(jnum(dn, "chunk") == 4 && jnum(dn, "norm_eps") == 1e-4);
-    CHECK(jnum(gd, "n_heads") == 4 && jnum(gd, "conv_size") == 3 && jnum(gd, "chunk") == 8);
-    CHECK(jnum(js, "num_attention_heads") == 4 && jnum(js, "rope_theta") == 50000.0);
+    CHECK(harness_jnum(dn, "n_heads") == 2 && harness_jnum(dn, "head_dim") == 8 &&
+          harness_jnum(dn, "conv_size") == 4);
+    CHECK(harness_jnum(dn, "chunk") == 4 && harness_jnum(dn, "norm_eps") == 1e-4);
+    CHECK(harness_jnum(gd, "n_heads") == 4 && harness_jnum(gd, "conv_size") == 3 &&
+          harness_jnum(gd, "chunk") == 8);
+    CHECK(harness_jnum(js, "num_attention_heads") == 4 &&
+          harness_jnum(js, "rope_theta") == 50000.0);
     CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(js, "attention_bias")));
     cJSON_Delete(js);
     hyb_model_free(m);
@@ -246,12 +205,10 @@ static void test_bias_and_identity(void) {
 
 /* Layers of one mixer type must agree: two deltanet configs have no HF form. */
 static void test_disagreeing_layers(void) {
-    hyb_model *m = make("tde", 0);
-    if (!m) return;
-    const char *dir = sub("disagree");
-    CHECK(hyb_model_save(m, dir) == HYB_OK);
+    const char *dir;
     char p[700];
-    snprintf(p, sizeof p, "%s/config.json", dir);
+    hyb_model *m = make_saved("disagree", "tde", 0, &dir, p);
+    if (!m) return;
     CHECK_MSG(access(p, F_OK) != 0, "config.json written for two deltanet configs");
     snprintf(p, sizeof p, "%s/layermap.toml", dir);
     CHECK(access(p, F_OK) == 0);
@@ -262,7 +219,7 @@ static void test_disagreeing_layers(void) {
  * that fixture before the hooks existed) has the same keys and values. */
 static void test_apriel_export_unchanged(void) {
     char ref[700];
-    snprintf(ref, sizeof ref, "%s/apriel/model", data_dir());
+    snprintf(ref, sizeof ref, "%s/apriel/model", harness_data_dir());
     hyb_model *m = NULL;
     int rc = hyb_model_load(ref, &m);
     CHECK_MSG(rc == HYB_OK, "load %s: %s", ref, hyb_error());
@@ -272,12 +229,13 @@ static void test_apriel_export_unchanged(void) {
     char p[700], q[800];
     snprintf(p, sizeof p, "%s/config.json", dir);
     snprintf(q, sizeof q, "%s/config.json", ref);
-    cJSON *a = read_json(p), *b = a ? cJSON_Duplicate(a, 1) : NULL;
+    cJSON *a = harness_read_json(p), *b = a ? cJSON_Duplicate(a, 1) : NULL;
     cJSON_Delete(a);
-    a = read_json(q);
+    a = harness_read_json(q);
     /* the one key added since: n_qk_heads = d_inner / d_state = 32 / 4 */
     cJSON *ssm = b ? cJSON_GetObjectItemCaseSensitive(b, "ssm_cfg") : NULL;
-    CHECK_MSG(jnum(ssm, "n_qk_heads") == 8, "ssm_cfg.n_qk_heads %g", jnum(ssm, "n_qk_heads"));
+    CHECK_MSG(harness_jnum(ssm, "n_qk_heads") == 8, "ssm_cfg.n_qk_heads %g",
+              harness_jnum(ssm, "n_qk_heads"));
     if (ssm) cJSON_DeleteItemFromObjectCaseSensitive(ssm, "n_qk_heads");
     CHECK_MSG(a && b && cJSON_Compare(a, b, 1), "exported config.json differs from %s", q);
     cJSON_Delete(a);
@@ -288,22 +246,21 @@ static void test_apriel_export_unchanged(void) {
 /* A config.json written by hand (with the weights of a saved model). */
 static void expect_import_error(const char *name, const char *pattern, const char *from,
                                 const char *to, const char *n1, const char *n2) {
-    hyb_model *m = make(pattern, 0);
-    if (!m) return;
-    const char *dir = sub(name);
-    CHECK(hyb_model_save(m, dir) == HYB_OK);
-    hyb_model_free(m);
+    const char *dir;
     char p[700];
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    FILE *f = fopen(p, "rb");
-    static char buf[1 << 16], out[1 << 16];
-    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-    if (f) fclose(f);
-    buf[n] = 0;
-    char *at = strstr(buf, from);
+    hyb_model *m = make_saved(name, pattern, 0, &dir, p);
+    if (!m) return;
+    hyb_model_free(m);
+    char *buf = harness_read_file(p, NULL);
+    char *at = buf ? strstr(buf, from) : NULL;
     CHECK_MSG(at != NULL, "%s: '%s' not in config.json", name, from);
-    if (!at) return;
+    if (!at) {
+        free(buf);
+        return;
+    }
+    static char out[1 << 16];
     snprintf(out, sizeof out, "%.*s%s%s", (int)(at - buf), buf, to, at + strlen(from));
+    free(buf);
     CHECK(hyb_atomic_write_buf(p, out, strlen(out)) == HYB_OK);
     hyb_model *h = NULL;
     int rc = hyb_model_load_hf_dir(dir, &h);
@@ -368,7 +325,8 @@ static void test_d_inner_null(void) {
     /* absent is still an error, naming the key */
     CHECK(edit_config(dir, "\"d_inner\": null", "\"d_innr\": null"));
     rc = hyb_model_load_hf_dir(dir, &h);
-    CHECK_MSG(rc < 0 && strstr(hyb_error(), "ssm_cfg") && strstr(hyb_error(), "\"d_inner\" is missing"),
+    CHECK_MSG(rc < 0 && strstr(hyb_error(), "ssm_cfg") &&
+                  strstr(hyb_error(), "\"d_inner\" is missing"),
               "%s", hyb_error());
     hyb_model_free(m);
 }
@@ -377,11 +335,10 @@ static void test_d_inner_null(void) {
 static void test_identity_tensors_omitted(void) {
     static const char *const pats[] = {"mtim", "tdigmd"};
     for (int k = 0; k < 2; k++) {
-        hyb_model *m = make(pats[k], k);
-        if (!m) return;
-        const char *dir = sub(k ? "omit_dn" : "omit_apriel");
-        CHECK(hyb_model_save(m, dir) == HYB_OK);
+        const char *dir;
         char p[700];
+        hyb_model *m = make_saved(k ? "omit_dn" : "omit_apriel", pats[k], k, &dir, p);
+        if (!m) return;
         snprintf(p, sizeof p, "%s/model.safetensors", dir);
         hyb_safetensors *st = NULL;
         CHECK_MSG(hyb_safetensors_open(p, &st) == HYB_OK, "%s", hyb_error());
@@ -455,10 +412,11 @@ static void test_example_plugin(void) {
     CHECK(hyb_model_save(m, dir) == HYB_OK);
     char p[700];
     snprintf(p, sizeof p, "%s/config.json", dir);
-    cJSON *js = read_json(p);
+    cJSON *js = harness_read_json(p);
     const cJSON *mc = js ? cJSON_GetObjectItemCaseSensitive(js, "mixer_cfg") : NULL;
     const cJSON *g = mc ? cJSON_GetObjectItemCaseSensitive(mc, "gain") : NULL;
-    CHECK_MSG(!strcmp(jstr(js, "model_type"), "hyb_hybrid") && jnum(g, "init") == 0.75,
+    CHECK_MSG(!strcmp(harness_jstr(js, "model_type"), "hyb_hybrid") &&
+                  harness_jnum(g, "init") == 0.75,
               "config.json of the gain hybrid");
     cJSON_Delete(js);
     rc = hyb_model_load_hf_dir(dir, &h);
@@ -487,12 +445,7 @@ int main(void) {
         }
     }
     hyb_log_set_level(HYB_LOG_WARN);
-    snprintf(g_dir, sizeof g_dir, "%s/hyb_test_hf_hooks_XXXXXX",
-             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (harness_mkdtemp(g_dir, sizeof g_dir, "hf_hooks")) return 1;
     RUN(test_apriel_export_unchanged);
     RUN(test_deltanet_hybrid);
     RUN(test_deltanet_keys);

@@ -400,16 +400,8 @@ static const char *MODEL_TOML =
     "[layout]\npattern = \"ttt\"\n";
 
 static void test_model_hybrid(void) {
-    hyb_layermap *map = NULL;
-    if (hyb_layermap_parse(MODEL_TOML, "tiny-hybrid.toml", &map) != HYB_OK) {
-        CHECK_MSG(0, "layermap: %s", hyb_error());
-        return;
-    }
-    hyb_model *m = NULL;
-    if (hyb_model_build(map, 17, &m) != HYB_OK) {
-        CHECK_MSG(0, "build: %s", hyb_error());
-        return;
-    }
+    hyb_model *m = harness_build_model(MODEL_TOML, "tiny-hybrid.toml", 17);
+    if (!m) return;
     hyb_toml *mdoc = hyb_toml_parse_string("type = \"mamba1\"\nsymbol = \"m\"\nd_inner = 32\n"
                                            "d_xb = 16\nd_state = 8\ndt_rank = 4\nchunk = 5\n",
                                            "mamba.toml");

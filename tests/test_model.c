@@ -26,22 +26,7 @@
 #include "hyb/model.h"
 #include "hyb/safetensors.h"
 
-static const char *MAP_TEXT = "[model]\n"
-                              "name = \"tiny-test\"\n"
-                              "d_model = 32\n"
-                              "n_layers = 3\n"
-                              "vocab_size = 61\n"
-                              "d_ff = 48\n"
-                              "norm_eps = 1e-5\n"
-                              "tie_embeddings = true\n"
-                              "max_seq = 64\n"
-                              "\n"
-                              "[mixers.attn]\n"
-                              "type = \"mha\"\n"
-                              "symbol = \"t\"\n"
-                              "n_heads = 4\n"
-                              "n_kv_heads = 2\n"
-                              "head_dim = 8\n"
+static const char *MAP_TEXT = HARNESS_MAP_MODEL("tiny-test", 3, 61) HARNESS_MAP_ATTN
                               "rope_theta = 10000.0\n"
                               "\n"
                               "[mixers.attnb]\n"
@@ -66,19 +51,6 @@ static char *map_variant(const char *from, const char *to) {
     return s;
 }
 
-static hyb_model *build(const char *text, const char *name, uint64_t seed) {
-    hyb_layermap *map = NULL;
-    if (hyb_layermap_parse(text, name, &map) != HYB_OK) {
-        fprintf(stderr, "layermap: %s\n", hyb_error());
-        return NULL;
-    }
-    hyb_model *m = NULL;
-    if (hyb_model_build(map, seed, &m) != HYB_OK) {
-        fprintf(stderr, "build: %s\n", hyb_error());
-        return NULL;
-    }
-    return m;
-}
 
 static void random_ids(int32_t *ids, int n, int V, uint64_t seed) {
     hyb_rng r;
@@ -87,36 +59,13 @@ static void random_ids(int32_t *ids, int n, int V, uint64_t seed) {
         ids[i] = (int32_t)(hyb_rng_next(&r) % (uint64_t)V);
 }
 
-/* logits [B*T*V] of a full forward, malloc'ed. */
-static float *forward_logits(hyb_model *m, const int32_t *ids, int B, int T) {
-    hyb_graph *g = hyb_graph_new();
-    hyb_graph_set_grad(g, 0);
-    hyb_tensor *lg = hyb_model_forward(m, g, ids, B, T);
-    float *out = NULL;
-    if (lg) {
-        CHECK(lg->ndim == 3 && lg->shape[0] == B && lg->shape[1] == T && lg->shape[2] == m->V);
-        out = malloc(hyb_tensor_nbytes(lg));
-        memcpy(out, lg->data, hyb_tensor_nbytes(lg));
-    } else {
-        CHECK_MSG(0, "forward: %s", hyb_error());
-    }
-    hyb_graph_free(g);
-    return out;
-}
 
-static const char *sub(const char *name) {
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
-    return buf[k];
-}
+static const char *sub(const char *name) { return harness_sub(g_dir, name); }
 
 // ---- build -------------------------------------------------------------------------------------
 
 static void test_build_store(void) {
-    hyb_model *m = build(MAP_TEXT, "inline", 1);
-    CHECK(m != NULL);
+    hyb_model *m = harness_build_model(MAP_TEXT, "inline", 1);
     if (!m) return;
     const int D = 32, F = 48, V = 61, L = 3;
     CHECK(m->D == D && m->F == F && m->V == V && m->L == L);
@@ -176,7 +125,8 @@ static void test_build_store(void) {
         CHECK(o->decay[i] == !m->no_decay[i]);
     hyb_adamw_free(o);
     /* deterministic init */
-    hyb_model *m2 = build(MAP_TEXT, "inline", 1), *m3 = build(MAP_TEXT, "inline", 2);
+    hyb_model *m2 = harness_build_model(MAP_TEXT, "inline", 1);
+    hyb_model *m3 = harness_build_model(MAP_TEXT, "inline", 2);
     CHECK(m2 && m3);
     if (m2 && m3) {
         int same = 1, diff = 0;
@@ -208,7 +158,7 @@ static void test_build_store(void) {
     }
     /* untied: lm_head is its own parameter, last in the store */
     char *ut = map_variant("tie_embeddings = true", "tie_embeddings = false");
-    hyb_model *u = build(ut, "inline-untied", 1);
+    hyb_model *u = harness_build_model(ut, "inline-untied", 1);
     free(ut);
     CHECK(u && u->lm_head != u->embed && u->n_params == m->n_params + 1);
     if (u) {
@@ -245,7 +195,7 @@ static void test_unknown_type(void) {
 static void check_save_load_bitwise(hyb_model *m, const char *dirname) {
     int32_t ids[2 * 11];
     random_ids(ids, 22, m->V, 5);
-    float *a = forward_logits(m, ids, 2, 11);
+    float *a = harness_logits(m, ids, 2, 11);
     const char *dir = sub(dirname);
     CHECK_MSG(hyb_model_save(m, dir) == HYB_OK, "%s", hyb_error());
     hyb_model *b = NULL;
@@ -271,7 +221,7 @@ static void check_save_load_bitwise(hyb_model *m, const char *dirname) {
         CHECK(strcmp(m->params[i]->name, b->params[i]->name) == 0);
         CHECK(memcmp(m->params[i]->data, b->params[i]->data, hyb_tensor_nbytes(m->params[i])) == 0);
     }
-    float *c = forward_logits(b, ids, 2, 11);
+    float *c = harness_logits(b, ids, 2, 11);
     CHECK(a && c && memcmp(a, c, (size_t)2 * 11 * m->V * sizeof(float)) == 0);
     /* the file: HF names, f32, tied lm_head not duplicated, format metadata */
     char path[600];
@@ -293,8 +243,7 @@ static void check_save_load_bitwise(hyb_model *m, const char *dirname) {
 }
 
 static void test_save_load(void) {
-    hyb_model *m = build(MAP_TEXT, "inline", 3);
-    CHECK(m != NULL);
+    hyb_model *m = harness_build_model(MAP_TEXT, "inline", 3);
     if (!m) return;
     /* make the norms non-trivial so a dropped norm would show */
     for (int i = 0; i < m->n_params; i++)
@@ -310,7 +259,7 @@ static void test_save_load(void) {
     hyb_model_free(m);
 
     char *ut = map_variant("tie_embeddings = true", "tie_embeddings = false");
-    m = build(ut, "inline-untied", 4);
+    m = harness_build_model(ut, "inline-untied", 4);
     free(ut);
     CHECK(m != NULL);
     if (!m) return;
@@ -335,8 +284,7 @@ static void test_save_load(void) {
 }
 
 static void test_load_errors(void) {
-    hyb_model *m = build(MAP_TEXT, "inline", 3);
-    CHECK(m != NULL);
+    hyb_model *m = harness_build_model(MAP_TEXT, "inline", 3);
     if (!m) return;
     const char *dir = sub("errs");
     CHECK(hyb_model_save(m, dir) == HYB_OK);
@@ -345,7 +293,7 @@ static void test_load_errors(void) {
 
     /* wrong shape: d_ff 40 instead of 48 */
     char *t40 = map_variant("d_ff = 48", "d_ff = 40");
-    hyb_model *w = build(t40, "inline-dff40", 3);
+    hyb_model *w = harness_build_model(t40, "inline-dff40", 3);
     free(t40);
     CHECK(w != NULL);
     if (w) {
@@ -363,7 +311,7 @@ static void test_load_errors(void) {
     }
     /* missing: an untied model needs lm_head.weight */
     char *ut = map_variant("tie_embeddings = true", "tie_embeddings = false");
-    w = build(ut, "inline-untied", 3);
+    w = harness_build_model(ut, "inline-untied", 3);
     free(ut);
     if (w) {
         CHECK(hyb_model_load_params(w, path) == HYB_ERR_NOTFOUND);
@@ -380,7 +328,7 @@ static void test_load_errors(void) {
         t2b = malloc(n);
         snprintf(t2b, n, "%.*spattern = \"tb\"\n", (int)(at - t2), t2);
     }
-    w = build(t2b, "inline-2layers", 3);
+    w = harness_build_model(t2b, "inline-2layers", 3);
     free(t2);
     free(t2b);
     CHECK(w != NULL);
@@ -428,7 +376,7 @@ static void check_prefill_decode(hyb_model *m) {
     const int V = m->V;
     for (int s = 0; s < NS; s++) {
         random_ids(ids[s], len[s], V, 100 + (uint64_t)s);
-        full[s] = forward_logits(m, ids[s], 1, len[s]);
+        full[s] = harness_logits(m, ids[s], 1, len[s]);
         if (!full[s]) return;
     }
     /* the batched full forward agrees with the B=1 ones (same length sequences) */
@@ -502,8 +450,7 @@ static void check_prefill_decode(hyb_model *m) {
 }
 
 static void test_prefill_decode(void) {
-    hyb_model *m = build(MAP_TEXT, "inline", 7);
-    CHECK(m != NULL);
+    hyb_model *m = harness_build_model(MAP_TEXT, "inline", 7);
     if (!m) return;
     check_prefill_decode(m);
     CHECK(hyb_model_set_identity(m, 1) == HYB_OK);
@@ -514,12 +461,11 @@ static void test_prefill_decode(void) {
 // ---- swap / identity ---------------------------------------------------------------------------
 
 static void test_swap(void) {
-    hyb_model *m = build(MAP_TEXT, "inline", 8);
-    CHECK(m != NULL);
+    hyb_model *m = harness_build_model(MAP_TEXT, "inline", 8);
     if (!m) return;
     int32_t ids[10];
     random_ids(ids, 10, m->V, 1);
-    float *before = forward_logits(m, ids, 1, 10);
+    float *before = harness_logits(m, ids, 1, 10);
     hyb_kvstate *kv;
     CHECK(hyb_kvstate_new(m, 1, 16, &kv) == HYB_OK);
     int n0 = m->n_params;
@@ -533,7 +479,7 @@ static void test_swap(void) {
     CHECK(hyb_model_swap(m, 5, "mha", NULL, 0, 1) == HYB_ERR_ARG);
     CHECK(hyb_model_set_identity(m, -1) == HYB_ERR_ARG);
     CHECK(m->n_params == n0 && m->generation == gen0 && m->layers[0].mixer == old0);
-    float *same = forward_logits(m, ids, 1, 10);
+    float *same = harness_logits(m, ids, 1, 10);
     CHECK(before && same && memcmp(before, same, 10 * (size_t)m->V * sizeof(float)) == 0);
     /* identity: fewer params, layer map updated, different output, stale kvstate refused */
     int np0 = m->layers[0].mixer->n_params;
@@ -544,7 +490,7 @@ static void test_swap(void) {
     CHECK_MSG(strcmp(pat, "ibt") == 0, "pattern %s", pat);
     CHECK(strcmp(m->map->mixers[m->map->layer_mixer[0]].type, HYB_MIXER_IDENTITY) == 0);
     CHECK(hyb_model_param(m, "model.layers.0.self_attn.q_proj.weight") == NULL);
-    float *ident = forward_logits(m, ids, 1, 10);
+    float *ident = harness_logits(m, ids, 1, 10);
     CHECK(ident && memcmp(before, ident, 10 * (size_t)m->V * sizeof(float)) != 0);
     CHECK(hyb_model_prefill(m, kv, 0, ids, 3, NULL) == HYB_ERR_ARG);
     CHECK(strstr(hyb_error(), "swap") != NULL);
@@ -573,8 +519,7 @@ static void test_swap(void) {
 }
 
 static void test_clone(void) {
-    hyb_model *m = build(MAP_TEXT, "inline", 12);
-    CHECK(m != NULL);
+    hyb_model *m = harness_build_model(MAP_TEXT, "inline", 12);
     if (!m) return;
     CHECK(hyb_model_set_identity(m, 2) == HYB_OK);
     m->layers[0].w_up->requires_grad = 0; /* frozen */
@@ -588,7 +533,7 @@ static void test_clone(void) {
           c->layers[0].w_up->requires_grad == 0);
     int32_t ids[12];
     random_ids(ids, 12, m->V, 9);
-    float *a = forward_logits(m, ids, 1, 12), *b = forward_logits(c, ids, 1, 12);
+    float *a = harness_logits(m, ids, 1, 12), *b = harness_logits(c, ids, 1, 12);
     CHECK(a && b && memcmp(a, b, 12 * (size_t)m->V * sizeof(float)) == 0);
     /* independent: changing the copy leaves the source alone */
     hyb_tensor_f32(c->embed)[0] += 1.0f;
@@ -598,7 +543,7 @@ static void test_clone(void) {
     free(a);
     free(b);
     hyb_model_free(m); /* the copy outlives its source */
-    float *d = forward_logits(c, ids, 1, 12);
+    float *d = harness_logits(c, ids, 1, 12);
     CHECK(d != NULL);
     free(d);
     hyb_model_free(c);
@@ -614,26 +559,19 @@ static void test_hf_llama_logits(void) {
         "d_ff = 96\nnorm_eps = 1e-5\ntie_embeddings = true\nmax_seq = 128\n"
         "[mixers.attn]\ntype = \"mha\"\nsymbol = \"t\"\nn_heads = 4\nn_kv_heads = 2\n"
         "head_dim = 16\nrope_theta = 10000.0\n[layout]\npattern = \"tt\"\n";
-    const char *dd = getenv("HYB_TEST_DATA");
     char path[1024], lpath[1024];
-    snprintf(path, sizeof path, "%s/llama_ref/model.safetensors", dd ? dd : "tests/data");
-    snprintf(lpath, sizeof lpath, "%s/llama_ref/logits.bin", dd ? dd : "tests/data");
-    FILE *f = fopen(lpath, "rb");
-    CHECK_MSG(f != NULL, "cannot open %s", lpath);
-    if (!f) return;
-    int32_t hdr[4];
-    CHECK(fread(hdr, 4, 4, f) == 4 && hdr[0] == 0x4C4C4D31);
-    const int B = hdr[1], T = hdr[2], V = hdr[3];
-    int32_t *ids = malloc((size_t)B * T * sizeof *ids);
-    float *ref = malloc((size_t)B * T * V * sizeof *ref);
-    CHECK(fread(ids, 4, (size_t)B * T, f) == (size_t)B * T);
-    CHECK(fread(ref, 4, (size_t)B * T * V, f) == (size_t)B * T * V);
-    fclose(f);
-    hyb_model *m = build(text, "llama-ref", 1);
+    snprintf(path, sizeof path, "%s/llama_ref/model.safetensors", harness_data_dir());
+    snprintf(lpath, sizeof lpath, "%s/llama_ref/logits.bin", harness_data_dir());
+    harness_golden gold;
+    if (harness_read_golden(lpath, 0x4C4C4D31, &gold)) return;
+    const int B = gold.b, T = gold.t, V = gold.v;
+    const int32_t *ids = gold.ids;
+    const float *ref = gold.logits;
+    hyb_model *m = harness_build_model(text, "llama-ref", 1);
     CHECK(m != NULL && m->V == V);
     if (m) {
         CHECK_MSG(hyb_model_load_params(m, path) == HYB_OK, "%s", hyb_error());
-        float *got = forward_logits(m, ids, B, T);
+        float *got = harness_logits(m, ids, B, T);
         if (got) {
             double rel = harness_rel_rms(got, ref, (long)B * T * V);
             double mx = harness_max_rel(got, ref, (long)B * T * V, 1.0);
@@ -664,7 +602,7 @@ static void test_hf_llama_logits(void) {
             hyb_model *h = NULL;
             CHECK_MSG(hyb_model_load_hf_dir(dir, &h) == HYB_OK, "%s", hyb_error());
             if (h) {
-                float *again = forward_logits(h, ids, B, T);
+                float *again = harness_logits(h, ids, B, T);
                 CHECK(again && memcmp(again, got, (size_t)B * T * V * sizeof(float)) == 0);
                 free(again);
                 hyb_model_free(h);
@@ -679,8 +617,7 @@ static void test_hf_llama_logits(void) {
         free(got);
         hyb_model_free(m);
     }
-    free(ids);
-    free(ref);
+    harness_golden_free(&gold);
 }
 
 // ---- gradients and training --------------------------------------------------------------------
@@ -697,7 +634,7 @@ static double loss_of(hyb_model *m, const int32_t *ids, const int32_t *tg, int B
 
 static void test_gradients_fd(void) {
     char *t = map_variant("vocab_size = 61", "vocab_size = 23");
-    hyb_model *m = build(t, "inline-grad", 21);
+    hyb_model *m = harness_build_model(t, "inline-grad", 21);
     free(t);
     CHECK(m != NULL);
     if (!m) return;
@@ -778,8 +715,7 @@ static void test_gradients_fd(void) {
 }
 
 static void test_training_loss_falls(void) {
-    hyb_model *m = build(MAP_TEXT, "inline-train", 5);
-    CHECK(m != NULL);
+    hyb_model *m = harness_build_model(MAP_TEXT, "inline-train", 5);
     if (!m) return;
     enum { B = 2, T = 24 };
     int32_t seq[B * (T + 1)];
@@ -799,13 +735,7 @@ int main(void) {
         fprintf(stderr, "skipping: the mha plugin is not available: %s\n", hyb_error());
         return HARNESS_SKIP;
     }
-    /* tmpfs when there is one: the writers fsync, which is slow on a busy disk */
-    snprintf(g_dir, sizeof g_dir, "%s/hyb_test_model_XXXXXX",
-             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (harness_mkdtemp(g_dir, sizeof g_dir, "model")) return 1;
     hyb_log_set_level(HYB_LOG_WARN);
     RUN(test_build_store);
     RUN(test_unknown_type);

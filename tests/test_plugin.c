@@ -55,18 +55,24 @@ static void test_find_mha(void) {
     CHECK_MSG(hyb_plugin_load_file(path, &d3) == HYB_OK && d3 == d, "%s", hyb_error());
 }
 
+/* The first directory of $HYB_PLUGIN_PATH without trailing slashes into out; 0 when unset. */
+static int first_plugin_dir(char *out, size_t cap) {
+    const char *env = getenv("HYB_PLUGIN_PATH");
+    if (!env || !env[0]) return 0;
+    snprintf(out, cap, "%s", env);
+    char *c = strchr(out, ':');
+    if (c) *c = 0;
+    size_t n = strlen(out);
+    while (n > 1 && out[n - 1] == '/')
+        out[--n] = 0;
+    return 1;
+}
+
 static void test_search_path_order(void) {
     char buf[8192];
     hyb_plugin_search_path(buf, sizeof buf);
-    const char *env = getenv("HYB_PLUGIN_PATH");
-    if (env && env[0]) {
-        char first[4096];
-        snprintf(first, sizeof first, "%s", env);
-        char *c = strchr(first, ':');
-        if (c) *c = 0;
-        size_t n = strlen(first);
-        while (n > 1 && first[n - 1] == '/')
-            first[--n] = 0;
+    char first[4096];
+    if (first_plugin_dir(first, sizeof first)) {
         CHECK_MSG(strncmp(buf, first, strlen(first)) == 0, "search path %s should start with %s",
                   buf, first);
     }
@@ -354,14 +360,7 @@ static void test_mha_config_errors(void) {
 }
 
 int main(void) {
-    const char *env = getenv("HYB_PLUGIN_PATH");
-    if (env && env[0]) {
-        snprintf(g_test_dir, sizeof g_test_dir, "%s", env);
-        char *c = strchr(g_test_dir, ':');
-        if (c) *c = 0;
-        size_t n = strlen(g_test_dir);
-        while (n > 1 && g_test_dir[n - 1] == '/')
-            g_test_dir[--n] = 0;
+    if (first_plugin_dir(g_test_dir, sizeof g_test_dir)) {
         strncat(g_test_dir, "/../test-plugins", sizeof g_test_dir - strlen(g_test_dir) - 1);
     } else {
 #ifdef HYB_BUILD_PLUGIN_DIR

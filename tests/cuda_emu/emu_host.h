@@ -133,4 +133,23 @@ static inline int emu_launch(void *fn, const unsigned g[3], const unsigned b[3],
 static inline const char *emu_last_error(void) {
     return emu.last_error();
 }
+/* HYB_EMU_TEST_DIR/<name>, whole and NUL-terminated (heap); exits with fail_code when it cannot
+ * be read (a test without its kernel source cannot run). */
+static inline char *emu_slurp(const char *name, int fail_code) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", HYB_EMU_TEST_DIR, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "cannot open %s\n", path);
+        exit(fail_code);
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    if (fread(s, 1, (size_t)n, f) != (size_t)n) exit(fail_code);
+    s[n] = '\0';
+    fclose(f);
+    return s;
+}
 #endif

@@ -29,18 +29,7 @@ const char *__asan_default_options(void) {
 }
 
 static char *slurp(const char *name) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", HYB_EMU_TEST_DIR, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) exit(2);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (fread(s, 1, (size_t)n, f) != (size_t)n) exit(2);
-    s[n] = '\0';
-    fclose(f);
-    return s;
+    return emu_slurp(name, 2);
 }
 
 /* the child: one launch of one kernel */

@@ -24,31 +24,42 @@ static const char *const g_orders[3] = {"forward", "reverse", "random"};
 static char *g_sem, *g_plant;
 
 static char *slurp(const char *name) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", HYB_EMU_TEST_DIR, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "cannot open %s\n", path);
-        exit(1);
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (fread(s, 1, (size_t)n, f) != (size_t)n) exit(1);
-    s[n] = '\0';
-    fclose(f);
-    return s;
+    return emu_slurp(name, 1);
 }
 static void set_order(int o) {
     setenv("HYB_CUDA_EMU_ORDER", g_orders[o], 1);
 }
 static const unsigned ONE[3] = {1, 1, 1};
+/* semantics.cu's kernel `name`, built; NULL after a failed check */
+static void *sem_kernel(const char *name) {
+    void *k = emu_build("semantics.cu", g_sem, name, NULL);
+    CHECK_MSG(k != NULL, "build %s: %s", name, emu_last_error());
+    return k;
+}
+/* one block of nt threads (shmem bytes of dynamic shared memory) in thread order o */
+static int launch_block(void *k, int o, unsigned nt, unsigned shmem, void **args) {
+    set_order(o);
+    const unsigned b[3] = {nt, 1, 1};
+    return emu_launch(k, ONE, b, shmem, args);
+}
+/* x (nx bytes) to the device, k launched in order o on grid g, block b with the arguments
+ * (dx, dy, extra0, extra1) (a kernel reads as many as it takes), y (ny bytes) back; 1 when the
+ * launch succeeded */
+static int launch_xy(void *k, int o, const void *x, size_t nx, void *y, size_t ny,
+                     const unsigned g[3], const unsigned b[3], void *extra0, void *extra1) {
+    unsigned long long dx = emu_alloc(nx), dy = emu_alloc(ny);
+    emu_put(dx, x, nx);
+    set_order(o);
+    void *args[] = {&dx, &dy, extra0, extra1};
+    int ok = emu_launch(k, g, b, 0, args) == 0;
+    emu_get(y, dy, ny);
+    emu_free(dx), emu_free(dy);
+    return ok;
+}
 
 /* ---- part 1: semantics ----------------------------------------------------------------------- */
 static void test_warp_ops(void) {
-    void *k = emu_build("semantics.cu", g_sem, "k_warp", NULL);
-    CHECK(k != NULL);
+    void *k = sem_kernel("k_warp");
     if (!k) return;
     enum { NT = 64 };
     int in[NT], out[NT * 8], want[NT * 8];
@@ -74,45 +85,31 @@ static void test_warp_ops(void) {
         w[6] = any * 2 + all;
         w[7] = sum;
     }
-    unsigned long long din = emu_alloc(sizeof in), dout = emu_alloc(sizeof out);
-    emu_put(din, in, sizeof in);
+    const unsigned b[3] = {NT, 1, 1};
     for (int o = 0; o < 3; o++) {
-        set_order(o);
-        void *args[] = {&din, &dout};
-        const unsigned b[3] = {NT, 1, 1};
-        CHECK(emu_launch(k, ONE, b, 0, args) == 0);
-        emu_get(out, dout, sizeof out);
+        CHECK(launch_xy(k, o, in, sizeof in, out, sizeof out, ONE, b, NULL, NULL));
         int bad = 0;
         for (int i = 0; i < NT * 8; i++) bad += out[i] != want[i];
         CHECK_MSG(bad == 0, "%s order: %d of %d warp-op results differ", g_orders[o], bad, NT * 8);
     }
-    emu_free(din), emu_free(dout);
 
-    void *kh = emu_build("semantics.cu", g_sem, "k_halfwarp", NULL);
-    CHECK(kh != NULL);
+    void *kh = sem_kernel("k_halfwarp");
     if (!kh) return;
     float x[32], y[32];
     for (int i = 0; i < 32; i++) x[i] = (float)(i * i % 7);
-    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
-    emu_put(dx, x, sizeof x);
+    const unsigned b32[3] = {32, 1, 1};
     for (int o = 0; o < 3; o++) {
-        set_order(o);
-        void *args[] = {&dx, &dy};
-        const unsigned b[3] = {32, 1, 1};
-        CHECK(emu_launch(kh, ONE, b, 0, args) == 0);
-        emu_get(y, dy, sizeof y);
+        CHECK(launch_xy(kh, o, x, sizeof x, y, sizeof y, ONE, b32, NULL, NULL));
         for (int i = 0; i < 32; i++) {
             float s = 0;
             for (int j = i & 16; j < (i & 16) + 16; j++) s += x[j];
             CHECK_MSG(y[i] == s, "%s: half-warp sum lane %d: %g, want %g", g_orders[o], i, y[i], s);
         }
     }
-    emu_free(dx), emu_free(dy);
 }
 
 static void test_barrier_reductions(void) {
-    void *k = emu_build("semantics.cu", g_sem, "k_bar", NULL);
-    CHECK(k != NULL);
+    void *k = sem_kernel("k_bar");
     if (!k) return;
     enum { NT = 100 };
     int in[NT], out[NT];
@@ -121,17 +118,11 @@ static void test_barrier_reductions(void) {
         in[t] = (t * 13) % 29;
         cnt += in[t] % 3 == 0, all &= in[t] >= 0, any |= in[t] == 7;
     }
-    unsigned long long din = emu_alloc(sizeof in), dout = emu_alloc(sizeof out);
-    emu_put(din, in, sizeof in);
+    const unsigned b[3] = {NT, 1, 1};
     for (int o = 0; o < 3; o++) {
-        set_order(o);
-        void *args[] = {&din, &dout};
-        const unsigned b[3] = {NT, 1, 1};
-        CHECK(emu_launch(k, ONE, b, 0, args) == 0);
-        emu_get(out, dout, sizeof out);
+        CHECK(launch_xy(k, o, in, sizeof in, out, sizeof out, ONE, b, NULL, NULL));
         for (int t = 0; t < NT; t++) CHECK(out[t] == cnt * 4 + all * 2 + any);
     }
-    emu_free(din), emu_free(dout);
 }
 
 static void test_shared_and_ids(void) {
@@ -179,18 +170,15 @@ static void test_shared_and_ids(void) {
 
 /* the rewrite's less common forms (k_forms): y[t] = 106 x[63 - t] */
 static void test_shared_forms(void) {
-    void *k = emu_build("semantics.cu", g_sem, "k_forms", NULL);
-    CHECK(k != NULL);
+    void *k = sem_kernel("k_forms");
     if (!k) return;
     float x[64], y[64];
     for (int i = 0; i < 64; i++) x[i] = (float)(i * 3 % 11);
     unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
     emu_put(dx, x, sizeof x);
     for (int o = 0; o < 3; o++) {
-        set_order(o);
         void *args[] = {&dx, &dy};
-        const unsigned b[3] = {64, 1, 1};
-        CHECK(emu_launch(k, ONE, b, 64 * sizeof(float), args) == 0);
+        CHECK(launch_block(k, o, 64, 64 * sizeof(float), args) == 0);
         emu_get(y, dy, sizeof y);
         int bad = 0;
         for (int t = 0; t < 64; t++) bad += y[t] != 106.0f * x[63 - t];
@@ -200,8 +188,7 @@ static void test_shared_forms(void) {
 }
 
 static void test_atomics(void) {
-    void *k = emu_build("semantics.cu", g_sem, "k_atomics", NULL);
-    CHECK(k != NULL);
+    void *k = sem_kernel("k_atomics");
     if (!k) return;
     enum { N = 5000 };
     static int in[N];
@@ -235,17 +222,8 @@ static void test_atomics(void) {
     emu_free(din), emu_free(dh), emu_free(df), emu_free(dm), emu_free(dd);
 }
 
-static uint16_t bf16_ref(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 static void test_half_bf16(void) {
-    void *k = emu_build("semantics.cu", g_sem, "k_half", NULL);
-    CHECK(k != NULL);
+    void *k = sem_kernel("k_half");
     if (!k) return;
     enum { N = 4096 };
     static float x[N], back[N];
@@ -272,8 +250,8 @@ static void test_half_bf16(void) {
         memcpy(&hb, &ref, 2);
         if (x[i] != x[i]) badh += (h[i] & 0x7fff) <= 0x7c00; /* any NaN */
         else badh += h[i] != hb;
-        badb += b[i] != bf16_ref(x[i]);
-        uint32_t ub = (uint32_t)bf16_ref(x[i]) << 16;
+        badb += b[i] != harness_bf16(x[i]);
+        uint32_t ub = (uint32_t)harness_bf16(x[i]) << 16;
         float fb;
         memcpy(&fb, &ub, 4);
         const float want = (float)ref + fb;
@@ -286,8 +264,7 @@ static void test_half_bf16(void) {
 }
 
 static void test_wmma(void) {
-    void *k = emu_build("semantics.cu", g_sem, "k_wmma", NULL);
-    CHECK(k != NULL);
+    void *k = sem_kernel("k_wmma");
     if (!k) return;
     uint16_t a[256], b[256];
     float af[256], bf[256], c[256];
@@ -352,62 +329,38 @@ static int run_missing_barrier(void *k, int o) {
     enum { B = 128, G = 3 };
     float x[B * G], y[B * G];
     for (int i = 0; i < B * G; i++) x[i] = (float)(i % 97) + 1.0f;
-    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
-    emu_put(dx, x, sizeof x);
-    set_order(o);
-    void *args[] = {&dx, &dy};
     const unsigned g[3] = {G, 1, 1}, b[3] = {B, 1, 1};
-    int ok = emu_launch(k, g, b, 0, args) == 0;
-    emu_get(y, dy, sizeof y);
+    int ok = launch_xy(k, o, x, sizeof x, y, sizeof y, g, b, NULL, NULL);
     for (int i = 0; i < B * G && ok; i++) ok = y[i] == x[(i / B) * B + B - 1 - i % B];
-    emu_free(dx), emu_free(dy);
     return ok;
 }
 static int run_wrong_index(void *k, int o) {
     enum { R = 37, C = 45 };
     float x[R * C], y[R * C];
     for (int i = 0; i < R * C; i++) x[i] = (float)i;
-    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
-    emu_put(dx, x, sizeof x);
-    set_order(o);
     int rows = R, cols = C;
-    void *args[] = {&dx, &dy, &rows, &cols};
     const unsigned g[3] = {(C + 15) / 16, (R + 15) / 16, 1}, b[3] = {16, 16, 1};
-    int ok = emu_launch(k, g, b, 0, args) == 0;
-    emu_get(y, dy, sizeof y);
+    int ok = launch_xy(k, o, x, sizeof x, y, sizeof y, g, b, &rows, &cols);
     for (int i = 0; i < R * C && ok; i++) ok = y[i] == 2.0f * x[i];
-    emu_free(dx), emu_free(dy);
     return ok;
 }
 static int run_off_by_one(void *k, int o) {
     enum { N = 1000 };
     float x[N], y[N];
     for (int i = 0; i < N; i++) x[i] = (float)(i % 13);
-    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
-    emu_put(dx, x, sizeof x);
-    set_order(o);
     int n = N;
-    void *args[] = {&dx, &dy, &n};
     const unsigned g[3] = {(N + 127) / 128, 1, 1}, b[3] = {128, 1, 1};
-    int ok = emu_launch(k, g, b, 0, args) == 0;
-    emu_get(y, dy, sizeof y);
+    int ok = launch_xy(k, o, x, sizeof x, y, sizeof y, g, b, &n, NULL);
     for (int i = 0; i < N && ok; i++) ok = y[i] == x[i] + (i + 1 < N ? x[i + 1] : 0.0f);
-    emu_free(dx), emu_free(dy);
     return ok;
 }
 static int run_race(void *k, int o) {
     enum { B = 128, G = 4 };
     float x[G], y[B * G];
     for (int i = 0; i < G; i++) x[i] = 1.5f + (float)i;
-    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
-    emu_put(dx, x, sizeof x);
-    set_order(o);
-    void *args[] = {&dx, &dy};
     const unsigned g[3] = {G, 1, 1}, b[3] = {B, 1, 1};
-    int ok = emu_launch(k, g, b, 0, args) == 0;
-    emu_get(y, dy, sizeof y);
+    int ok = launch_xy(k, o, x, sizeof x, y, sizeof y, g, b, NULL, NULL);
     for (int i = 0; i < B * G && ok; i++) ok = y[i] == x[i / B] * (float)(i % B);
-    emu_free(dx), emu_free(dy);
     return ok;
 }
 
@@ -415,19 +368,13 @@ static int run_reuse_barrier(void *k, int o) {
     enum { B = 256, G = 3 };
     float x[B * G], y[2 * G];
     for (int i = 0; i < B * G; i++) x[i] = (float)(i % 5) - 1.0f; /* small integers: exact sums */
-    unsigned long long dx = emu_alloc(sizeof x), dy = emu_alloc(sizeof y);
-    emu_put(dx, x, sizeof x);
-    set_order(o);
-    void *args[] = {&dx, &dy};
     const unsigned g[3] = {G, 1, 1}, b[3] = {B, 1, 1};
-    int ok = emu_launch(k, g, b, 0, args) == 0;
-    emu_get(y, dy, sizeof y);
+    int ok = launch_xy(k, o, x, sizeof x, y, sizeof y, g, b, NULL, NULL);
     for (int blk = 0; blk < G && ok; blk++) {
         float s1 = 0, s2 = 0;
         for (int i = 0; i < B; i++) s1 += x[blk * B + i], s2 += x[blk * B + i] * x[blk * B + i];
         ok = y[blk] == s1 && y[blk + G] == s2;
     }
-    emu_free(dx), emu_free(dy);
     return ok;
 }
 

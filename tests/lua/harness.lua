@@ -105,4 +105,45 @@ function H.quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
+-- The default model's path ($HYB_MODEL, else the cache's); skips the test (77) when it is missing.
+function H.model_path()
+  local path = os.getenv("HYB_MODEL")
+  if not path or path == "" then
+    path = (os.getenv("HOME") or ".") .. "/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  end
+  local f = io.open(path, "rb")
+  if not f then H.skip("model file " .. path .. " not found") end
+  f:close()
+  return path
+end
+
+-- Whether the mixer plugin `name` is loaded (hyb.plugins()).
+function H.have_plugin(name)
+  for _, p in ipairs(require("hyb").plugins()) do if p.name == name then return true end end
+  return false
+end
+
+-- Write text to path (binary), making its directory first when mkdir is true.
+function H.write(path, text, mkdir)
+  if mkdir then os.execute("mkdir -p " .. H.quote(path:match("^(.*)/[^/]*$"))) end
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+end
+
+-- Whether path can be opened for reading.
+function H.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+-- The whole file (binary), or nil when it cannot be opened.
+function H.read(path)
+  local f = io.open(path, "rb")
+  local s = f and f:read("a")
+  if f then f:close() end
+  return s
+end
+
 return H

@@ -2,13 +2,7 @@
 -- its JSON holds the fields docs/BENCHMARKS.md reads, with plausible values.
 -- Run: hyb run tests/lua/model_bench.lua   (skips without the model file)
 local H = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/harness.lua")
-local path = os.getenv("HYB_MODEL")
-if not path or path == "" then
-  path = (os.getenv("HOME") or ".") .. "/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-end
-local f = io.open(path, "rb")
-if not f then print("skipped: model file " .. path .. " not found"); os.exit(77) end
-f:close()
+local path = H.model_path()
 
 local tmp = H.tmpdir()
 H.run("bench_cpu --quick writes its table and JSON", function()

@@ -4,11 +4,7 @@ local H = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/harness.lua")
 local hyb = require("hyb")
 
 local tmp = H.tmpdir()
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write = H.write
 
 H.run("bytes of a file", function()
   local text = "Hello, hyb!\n\0\255"
@@ -23,11 +19,8 @@ end)
 
 H.run("bytes of a directory and of a list", function()
   local d = tmp .. "/dir"
-  os.execute("mkdir -p " .. H.quote(d))
-  write(d .. "/b.txt", "BB")
-  write(d .. "/a.txt", "AAA")
-  write(d .. "/c.md", "ignored")
-  write(d .. "/.hidden.txt", "ignored")
+  local files = {["b.txt"] = "BB", ["a.txt"] = "AAA", ["c.md"] = "ignored", [".hidden.txt"] = "ignored"}
+  for name, text in pairs(files) do H.write(d .. "/" .. name, text, true) end
   local t = hyb.data.bytes(d)
   H.eq(t:numel(), 5, "only *.txt, hidden skipped")
   H.eq(t:get(1), string.byte("A"), "sorted by name: a.txt first")

@@ -6,12 +6,7 @@ local hyb = require("hyb")
 hyb.log_level("warn")
 
 local tmp = H.tmpdir()
-local function write(path, text)
-  os.execute("mkdir -p " .. H.quote(path:match("^(.*)/[^/]*$")))
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local function write(path, text) H.write(path, text, true) end
 
 -- a small tree: 40 .rst.txt files of different sizes in nested directories, plus noise
 local function make_tree(root)

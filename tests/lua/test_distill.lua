@@ -7,16 +7,10 @@ local H = dofile(arg[0]:match("^(.*)/[^/]*$") .. "/harness.lua")
 
 local root = os.getenv("HYB_SOURCE_DIR") or "."
 local bin = arg[-1]
-local tmp = os.tmpname()
-os.remove(tmp)
-assert(os.execute("mkdir -p '" .. tmp .. "'"))
+local tmp = H.tmpdir()
 hyb.log_level("warn")
 
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = H.exists
 
 local function sh(cmd)
   local ok, how, code = os.execute(cmd)
@@ -94,8 +88,7 @@ end)
 H.run("distill: kill and resume equals an uninterrupted run", function()
   local t = hyb.model(root .. "/graphs/tiny.toml", {seed = 1})
   t:save(tmp .. "/teacher")
-  local have_mamba = false
-  for _, p in ipairs(hyb.plugins()) do if p.name == "mamba1" then have_mamba = true end end
+  local have_mamba = H.have_plugin("mamba1")
   local recipe = tmp .. "/r.toml"
   local f = assert(io.open(recipe, "w"))
   f:write(([[

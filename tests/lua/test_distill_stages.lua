@@ -8,14 +8,11 @@ local H = dofile(arg[0]:match("^(.*)/[^/]*$") .. "/harness.lua")
 local root = os.getenv("HYB_SOURCE_DIR") or "."
 local bin = arg[-1]
 hyb.log_level("warn")
-local have_mamba = false
-for _, p in ipairs(hyb.plugins()) do if p.name == "mamba1" then have_mamba = true end end
+local have_mamba = H.have_plugin("mamba1")
 
 H.run("two mamba1 stages with config", function()
   if not have_mamba then print("skip: no mamba1 plugin") return end
-  local tmp = os.tmpname()
-  os.remove(tmp)
-  assert(os.execute("mkdir -p '" .. tmp .. "'"))
+  local tmp = H.tmpdir()
   hyb.model(root .. "/graphs/tiny.toml", {seed = 1}):save(tmp .. "/teacher")
   local recipe = tmp .. "/r.toml"
   local f = assert(io.open(recipe, "w"))

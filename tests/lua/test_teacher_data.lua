@@ -12,19 +12,8 @@ local tmp = H.tmpdir()
 package.path = root .. "/scripts/?.lua;" .. package.path
 local T = require("teacherlib")
 
-local function write(path, text)
-  os.execute("mkdir -p " .. H.quote(path:match("^(.*)/[^/]*$")))
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local function write(path, text) H.write(path, text, true) end
+local read = H.read
 local function count(s, pat)
   local n = 0
   for _ in (s or ""):gmatch(pat) do n = n + 1 end
