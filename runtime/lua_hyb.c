@@ -81,11 +81,7 @@ static int l_time(lua_State *L) {
 /* hyb.log_level("debug" | "info" | "warn" | "error") */
 static int l_log_level(lua_State *L) {
     static const char *const names[] = {"debug", "info", "warn", "error", NULL};
-    char buf[96];
-    if (lua_type(L, 1) != LUA_TSTRING)
-        return lhyb_error(L, "hyb.log_level: level must be a string, got %s",
-                          lhyb_describe(L, 1, buf, sizeof buf));
-    const char *s = lua_tostring(L, 1);
+    const char *s = lhyb_check_string(L, 1, "hyb.log_level", "level");
     for (int i = 0; names[i]; i++)
         if (strcmp(names[i], s) == 0) {
             hyb_log_set_level(i);

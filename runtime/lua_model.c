@@ -42,11 +42,7 @@ static char *dup_str(const char *s) {
 }
 
 static lmap *check_map(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    lmap *m = (lmap *)luaL_testudata(L, idx, LHYB_LAYERMAP_MT);
-    if (!m)
-        lhyb_error(L, "%s: expected a hyb.layermap, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    lmap *m = (lmap *)lhyb_check_udata(L, idx, LHYB_LAYERMAP_MT, fname, "a hyb.layermap");
     if (!m->map) lhyb_error(L, "%s: the hyb.layermap is closed", fname);
     return m;
 }
@@ -66,11 +62,7 @@ static int map_reload(const lmap *m, hyb_layermap **out) {
 
 /* hyb.layermap(path) */
 static int l_layermap(lua_State *L) {
-    char buf[96];
-    if (lua_type(L, 1) != LUA_TSTRING)
-        return lhyb_error(L, "hyb.layermap: path must be a string, got %s",
-                          lhyb_describe(L, 1, buf, sizeof buf));
-    const char *path = lua_tostring(L, 1);
+    const char *path = lhyb_check_string(L, 1, "hyb.layermap", "path");
     lmap *m = new_map_box(L);
     m->source = dup_str(path);
     if (!m->source) return lhyb_error(L, "hyb.layermap: out of memory");
@@ -80,15 +72,10 @@ static int l_layermap(lua_State *L) {
 
 /* hyb.parse_layermap(text[, source_name]) */
 static int l_parse_layermap(lua_State *L) {
-    char buf[96];
-    if (lua_type(L, 1) != LUA_TSTRING)
-        return lhyb_error(L, "hyb.parse_layermap: text must be a string, got %s",
-                          lhyb_describe(L, 1, buf, sizeof buf));
-    if (!lua_isnoneornil(L, 2) && lua_type(L, 2) != LUA_TSTRING)
-        return lhyb_error(L, "hyb.parse_layermap: source name must be a string, got %s",
-                          lhyb_describe(L, 2, buf, sizeof buf));
-    const char *text = lua_tostring(L, 1);
-    const char *name = luaL_optstring(L, 2, "<string>");
+    const char *text = lhyb_check_string(L, 1, "hyb.parse_layermap", "text");
+    const char *name = lua_isnoneornil(L, 2)
+                           ? "<string>"
+                           : lhyb_check_string(L, 2, "hyb.parse_layermap", "source name");
     lmap *m = new_map_box(L);
     m->from_text = 1;
     m->source = dup_str(text);
@@ -183,11 +170,7 @@ typedef struct lmodel {
 } lmodel;
 
 static lmodel *check_model(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    lmodel *lm = (lmodel *)luaL_testudata(L, idx, LHYB_MODEL_MT);
-    if (!lm)
-        lhyb_error(L, "%s: expected a hyb.model, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    lmodel *lm = (lmodel *)lhyb_check_udata(L, idx, LHYB_MODEL_MT, fname, "a hyb.model");
     if (!lm->m) lhyb_error(L, "%s: the hyb.model is closed", fname);
     return lm;
 }
@@ -231,12 +214,9 @@ static int l_model(lua_State *L) {
 
 /* hyb.load(dir) */
 static int l_load(lua_State *L) {
-    char buf[96];
-    if (lua_type(L, 1) != LUA_TSTRING)
-        return lhyb_error(L, "hyb.load: dir must be a string, got %s",
-                          lhyb_describe(L, 1, buf, sizeof buf));
+    const char *dir = lhyb_check_string(L, 1, "hyb.load", "dir");
     lmodel *lm = new_model_box(L);
-    if (hyb_model_load(lua_tostring(L, 1), &lm->m) != HYB_OK) {
+    if (hyb_model_load(dir, &lm->m) != HYB_OK) {
         lm->m = NULL;
         return lhyb_raise_hyb(L, "hyb.load");
     }
@@ -405,12 +385,7 @@ static int m_loss(lua_State *L) {
 }
 
 static lloss *check_loss(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    lloss *ls = (lloss *)luaL_testudata(L, idx, LHYB_LOSS_MT);
-    if (!ls)
-        lhyb_error(L, "%s: expected a hyb.loss, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
-    return ls;
+    return (lloss *)lhyb_check_udata(L, idx, LHYB_LOSS_MT, fname, "a hyb.loss");
 }
 
 static int loss_value(lua_State *L) {
@@ -468,11 +443,7 @@ static int m_params(lua_State *L) {
 }
 
 static hyb_tensor *check_param(lua_State *L, lmodel *lm, int idx, const char *fname) {
-    char buf[96];
-    if (lua_type(L, idx) != LUA_TSTRING)
-        lhyb_error(L, "%s: name must be a string, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
-    hyb_tensor *p = hyb_model_param(lm->m, lua_tostring(L, idx));
+    hyb_tensor *p = hyb_model_param(lm->m, lhyb_check_string(L, idx, fname, "name"));
     if (!p)
         lhyb_error(L, "%s: the model has no parameter '%s' (see model:params())", fname,
                    lua_tostring(L, idx));
@@ -549,25 +520,18 @@ static int m_device(lua_State *L) {
 }
 
 static int m_save(lua_State *L) {
-    char buf[96], err[4400];
+    char err[4400];
     lmodel *lm = check_model(L, 1, "model:save");
-    if (lua_type(L, 2) != LUA_TSTRING)
-        return lhyb_error(L, "model:save: dir must be a string, got %s",
-                          lhyb_describe(L, 2, buf, sizeof buf));
-    const char *dir = lua_tostring(L, 2);
+    const char *dir = lhyb_check_string(L, 2, "model:save", "dir");
     if (make_dirs(dir, err, sizeof err) != 0) return lhyb_error(L, "model:save: %s", err);
     if (hyb_model_save(lm->m, dir) != HYB_OK) return lhyb_raise_hyb(L, "model:save");
     return 0;
 }
 
 static int m_load_params(lua_State *L) {
-    char buf[96];
     lmodel *lm = check_model(L, 1, "model:load_params");
-    if (lua_type(L, 2) != LUA_TSTRING)
-        return lhyb_error(L, "model:load_params: path must be a string, got %s",
-                          lhyb_describe(L, 2, buf, sizeof buf));
-    if (hyb_model_load_params(lm->m, lua_tostring(L, 2)) != HYB_OK)
-        return lhyb_raise_hyb(L, "model:load_params");
+    const char *path = lhyb_check_string(L, 2, "model:load_params", "path");
+    if (hyb_model_load_params(lm->m, path) != HYB_OK) return lhyb_raise_hyb(L, "model:load_params");
     return 0;
 }
 
@@ -774,11 +738,7 @@ typedef struct ladamw {
 } ladamw;
 
 static ladamw *check_adamw(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    ladamw *a = (ladamw *)luaL_testudata(L, idx, LHYB_ADAMW_MT);
-    if (!a)
-        lhyb_error(L, "%s: expected a hyb.adamw optimiser, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    ladamw *a = (ladamw *)lhyb_check_udata(L, idx, LHYB_ADAMW_MT, fname, "a hyb.adamw optimiser");
     if (!a->o) lhyb_error(L, "%s: the optimiser is closed", fname);
     if (!a->lm->m || a->param_gen != a->lm->param_gen)
         lhyb_error(L,
@@ -899,12 +859,9 @@ static int make_parent_dirs(const char *path, char *err, size_t n) {
 
 /* opt:save(path): the optimiser's state (step, moments) for resuming, written atomically. */
 static int o_save(lua_State *L) {
-    char buf[96], err[4400];
+    char err[4400];
     ladamw *a = check_adamw(L, 1, "opt:save");
-    if (lua_type(L, 2) != LUA_TSTRING)
-        return lhyb_error(L, "opt:save: path must be a string, got %s",
-                          lhyb_describe(L, 2, buf, sizeof buf));
-    const char *path = lua_tostring(L, 2);
+    const char *path = lhyb_check_string(L, 2, "opt:save", "path");
     if (make_parent_dirs(path, err, sizeof err) != 0) return lhyb_error(L, "opt:save: %s", err);
     if (hyb_adamw_save(a->o, path) != HYB_OK) return lhyb_raise_hyb(L, "opt:save");
     return 0;
@@ -913,12 +870,9 @@ static int o_save(lua_State *L) {
 /* opt:load(path): restore the step and moments saved by opt:save (same parameters); the
  * hyper-parameters (lr, betas ...) stay this optimiser's. */
 static int o_load(lua_State *L) {
-    char buf[96];
     ladamw *a = check_adamw(L, 1, "opt:load");
-    if (lua_type(L, 2) != LUA_TSTRING)
-        return lhyb_error(L, "opt:load: path must be a string, got %s",
-                          lhyb_describe(L, 2, buf, sizeof buf));
-    if (hyb_adamw_load(a->o, lua_tostring(L, 2)) != HYB_OK) return lhyb_raise_hyb(L, "opt:load");
+    if (hyb_adamw_load(a->o, lhyb_check_string(L, 2, "opt:load", "path")) != HYB_OK)
+        return lhyb_raise_hyb(L, "opt:load");
     return 0;
 }
 
@@ -973,28 +927,11 @@ static const luaL_Reg adamw_methods[] = {
     {"step", o_step},           {"set_lr", o_set_lr}, {"lr", o_lr},     {"steps", o_steps},
     {"zero_grad", o_zero_grad}, {"save", o_save},     {"load", o_load}, {NULL, NULL}};
 
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
-                      lua_CFunction tostring, lua_CFunction gc) {
-    luaL_newmetatable(L, name);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, tostring);
-    lua_setfield(L, -2, "__tostring");
-    if (gc) {
-        lua_pushcfunction(L, gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, gc);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_pop(L, 1);
-}
-
 void lhyb_open_model(lua_State *L) {
-    new_class(L, LHYB_LAYERMAP_MT, map_methods, map_tostring, map_gc);
-    new_class(L, LHYB_MODEL_MT, model_methods, model_tostring, model_gc);
-    new_class(L, LHYB_LOSS_MT, loss_methods, loss_tostring, NULL);
-    new_class(L, LHYB_ADAMW_MT, adamw_methods, adamw_tostring, adamw_gc);
+    lhyb_new_class(L, LHYB_LAYERMAP_MT, map_methods, map_tostring, map_gc);
+    lhyb_new_class(L, LHYB_MODEL_MT, model_methods, model_tostring, model_gc);
+    lhyb_new_class(L, LHYB_LOSS_MT, loss_methods, loss_tostring, NULL);
+    lhyb_new_class(L, LHYB_ADAMW_MT, adamw_methods, adamw_tostring, adamw_gc);
     static const luaL_Reg funcs[] = {{"layermap", l_layermap},
                                      {"parse_layermap", l_parse_layermap},
                                      {"model", l_model},

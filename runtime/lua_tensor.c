@@ -553,18 +553,10 @@ static const luaL_Reg tensor_funcs[] = {
     {"tensor", l_tensor}, {"zeros", l_zeros}, {"randn", l_randn}, {NULL, NULL}};
 
 void lhyb_open_tensor(lua_State *L) {
-    if (luaL_newmetatable(L, LHYB_TENSOR_MT)) {
-        luaL_newlib(L, tensor_methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, t_tostring);
-        lua_setfield(L, -2, "__tostring");
-        lua_pushcfunction(L, t_len);
-        lua_setfield(L, -2, "__len");
-        lua_pushcfunction(L, tensor_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, tensor_gc);
-        lua_setfield(L, -2, "__close");
-    }
+    lhyb_new_class(L, LHYB_TENSOR_MT, tensor_methods, t_tostring, tensor_gc);
+    luaL_getmetatable(L, LHYB_TENSOR_MT);
+    lua_pushcfunction(L, t_len);
+    lua_setfield(L, -2, "__len");
     lua_pop(L, 1);
     luaL_setfuncs(L, tensor_funcs, 0);
 }
