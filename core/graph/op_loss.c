@@ -99,9 +99,9 @@ hyb_tensor *hyb_cross_entropy(hyb_graph *g, hyb_tensor *logits, const int32_t *t
     hyb_tensor *L = loss_output(g, OP, be, logits->device, count > 0 ? sum / count : 0.0);
     if (!L) return NULL;
     hyb_tensor *ins[1] = {logits};
-    if (graph_recording(g, ins, 1)) {
-        hyb_node *nd = graph_record(g, OP, L, ins, 1, ce_bwd);
-        if (!nd) return NULL;
+    hyb_node *nd;
+    if (op_record(g, OP, L, ins, 1, ce_bwd, &nd)) return NULL;
+    if (nd) {
         nd->saved[0] = tc;
         nd->saved[1] = w;
         nd->saved[2] = lse;
@@ -216,9 +216,9 @@ hyb_tensor *hyb_weighted_sum(hyb_graph *g, hyb_tensor *const *ins, const float *
     OP_CALL(OP, be->memset0(be, out->data, sizeof(float)));
     for (int i = 0; i < n; i++)
         OP_CALL(OP, be->axpy(be, (float *)out->data, (const float *)ins[i]->data, w[i], 1));
-    if (graph_recording(g, ins, n)) {
-        hyb_node *nd = graph_record(g, OP, out, ins, n, wsum_bwd);
-        if (!nd) return NULL;
+    hyb_node *nd;
+    if (op_record(g, OP, out, ins, n, wsum_bwd, &nd)) return NULL;
+    if (nd) {
         for (int i = 0; i < n; i++)
             nd->fv[i] = w[i];
     }
