@@ -701,42 +701,40 @@ typedef struct num {
     double f;
 } num;
 
+/* The little-endian unsigned integer of n (1, 2, 4 or 8) bytes at p. */
+static uint64_t ld_uint(const uint8_t *p, int n) {
+    uint64_t u = 0;
+    for (int i = n - 1; i >= 0; i--)
+        u = (u << 8) | p[i];
+    return u;
+}
+
 static int num_load(int t, const uint8_t *p, num *v) {
     memset(v, 0, sizeof *v);
     v->is_int = 1;
     switch (t) {
     case HYB_GGUF_U8:
-        v->u = p[0];
-        v->is_unsigned = 1;
-        break;
     case HYB_GGUF_BOOL:
-        v->u = p[0];
+    case HYB_GGUF_U16:
+    case HYB_GGUF_U32:
+    case HYB_GGUF_U64:
+        v->u = ld_uint(p, VTYPE_SIZE[t]);
         v->is_unsigned = 1;
         break;
     case HYB_GGUF_I8:
-        v->i = (int8_t)p[0];
-        break;
-    case HYB_GGUF_U16:
-        v->u = ld_u16(p);
-        v->is_unsigned = 1;
-        break;
     case HYB_GGUF_I16:
-        v->i = (int16_t)ld_u16(p);
-        break;
-    case HYB_GGUF_U32:
-        v->u = ld_u32(p);
-        v->is_unsigned = 1;
-        break;
     case HYB_GGUF_I32:
-        v->i = (int32_t)ld_u32(p);
+    case HYB_GGUF_I64: {
+        const int bits = 8 * VTYPE_SIZE[t];
+        const uint64_t u = ld_uint(p, VTYPE_SIZE[t]);
+        if (bits == 64) {
+            v->i = (int64_t)u;
+        } else { /* sign-extend: (u ^ m) - m with m the sign bit */
+            const int64_t m = (int64_t)1 << (bits - 1);
+            v->i = (int64_t)(u ^ (uint64_t)m) - m;
+        }
         break;
-    case HYB_GGUF_U64:
-        v->u = ld_u64(p);
-        v->is_unsigned = 1;
-        break;
-    case HYB_GGUF_I64:
-        v->i = (int64_t)ld_u64(p);
-        break;
+    }
     case HYB_GGUF_F32: {
         uint32_t u = ld_u32(p);
         float f;
