@@ -373,65 +373,56 @@ extern "C" const char *hyb_cfg_where(const hyb_cfg_table *t, const char *key, ch
 
 /* ---- typed getters --------------------------------------------------------------------------*/
 
-extern "C" int hyb_cfg_int(const hyb_cfg_table *t, const char *key, int64_t def, int64_t *out) {
-    const toml::node *n = lookup(t, key);
-    if (!n) {
-        *out = def;
-        return HYB_OK;
-    }
-    if (auto v = n->as_integer()) {
-        *out = v->get();
-        return HYB_OK;
-    }
+/* The body every typed getter shares: a missing key gives def; a node that `conv` takes (it
+ * returns true after writing *out) gives its value; any other node gives def and a type error
+ * naming what was wanted. */
+template <typename T, typename Conv>
+static int get_typed(const hyb_cfg_table *t, const char *key, T def, T *out, const char *want,
+                     Conv conv) {
     *out = def;
-    return type_error(t, key, *n, "an integer");
+    const toml::node *n = lookup(t, key);
+    if (!n || conv(*n, out)) return HYB_OK;
+    return type_error(t, key, *n, want);
+}
+
+extern "C" int hyb_cfg_int(const hyb_cfg_table *t, const char *key, int64_t def, int64_t *out) {
+    return get_typed(t, key, def, out, "an integer", [](const toml::node &n, int64_t *o) {
+        auto v = n.as_integer();
+        if (v) *o = v->get();
+        return v != nullptr;
+    });
 }
 
 extern "C" int hyb_cfg_float(const hyb_cfg_table *t, const char *key, double def, double *out) {
-    const toml::node *n = lookup(t, key);
-    if (!n) {
-        *out = def;
-        return HYB_OK;
-    }
-    if (auto v = n->as_floating_point()) {
-        *out = v->get();
-        return HYB_OK;
-    }
-    if (auto v = n->as_integer()) { /* `norm_eps = 1` is a fine float */
-        *out = (double)v->get();
-        return HYB_OK;
-    }
-    *out = def;
-    return type_error(t, key, *n, "a number");
+    return get_typed(t, key, def, out, "a number", [](const toml::node &n, double *o) {
+        if (auto v = n.as_floating_point()) {
+            *o = v->get();
+            return true;
+        }
+        if (auto v = n.as_integer()) { /* `norm_eps = 1` is a fine float */
+            *o = (double)v->get();
+            return true;
+        }
+        return false;
+    });
 }
 
 extern "C" int hyb_cfg_bool(const hyb_cfg_table *t, const char *key, int def, int *out) {
-    const toml::node *n = lookup(t, key);
-    if (!n) {
-        *out = def;
-        return HYB_OK;
-    }
-    if (auto v = n->as_boolean()) {
-        *out = v->get() ? 1 : 0;
-        return HYB_OK;
-    }
-    *out = def;
-    return type_error(t, key, *n, "a boolean (true or false)");
+    return get_typed(t, key, def, out, "a boolean (true or false)",
+                     [](const toml::node &n, int *o) {
+                         auto v = n.as_boolean();
+                         if (v) *o = v->get() ? 1 : 0;
+                         return v != nullptr;
+                     });
 }
 
 extern "C" int hyb_cfg_string(const hyb_cfg_table *t, const char *key, const char *def,
                               const char **out) {
-    const toml::node *n = lookup(t, key);
-    if (!n) {
-        *out = def;
-        return HYB_OK;
-    }
-    if (auto v = n->as_string()) {
-        *out = v->get().c_str();
-        return HYB_OK;
-    }
-    *out = def;
-    return type_error(t, key, *n, "a string");
+    return get_typed(t, key, def, out, "a string", [](const toml::node &n, const char **o) {
+        auto v = n.as_string();
+        if (v) *o = v->get().c_str();
+        return v != nullptr;
+    });
 }
 
 /* ---- arrays ---------------------------------------------------------------------------------*/
