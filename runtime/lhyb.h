@@ -63,6 +63,12 @@ void lhyb_push_model(lua_State *L, struct hyb_model *m, const char *fname);
 void lhyb_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction tostring,
                     lua_CFunction gc);
 
+/* t[key] = v for the table t at the top of the stack. */
+void lhyb_set_int(lua_State *L, const char *key, lua_Integer v);
+void lhyb_set_str(lua_State *L, const char *key, const char *s);
+/* Push a new zeroed userdata of `size` bytes with `nuv` user values and the metatable `mt`. */
+void *lhyb_new_object(lua_State *L, size_t size, int nuv, const char *mt);
+
 /* Push a tensor the Lua side owns (freed by __gc). On t == NULL raises "<fname>: <hyb_error()>". */
 lhyb_tensor *lhyb_push_owned(lua_State *L, hyb_tensor *t, const char *fname);
 /* Push a borrowed tensor; owner_idx is the stack index of the owning userdata (kept alive). */

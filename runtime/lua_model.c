@@ -48,10 +48,7 @@ static lmap *check_map(lua_State *L, int idx, const char *fname) {
 }
 
 static lmap *new_map_box(lua_State *L) {
-    lmap *m = (lmap *)lua_newuserdatauv(L, sizeof(lmap), 0);
-    memset(m, 0, sizeof *m);
-    luaL_setmetatable(L, LHYB_LAYERMAP_MT);
-    return m;
+    return (lmap *)lhyb_new_object(L, sizeof(lmap), 0, LHYB_LAYERMAP_MT);
 }
 
 /* A fresh copy of the map from its source (hyb_model_build takes ownership of the map it gets). */
@@ -89,26 +86,18 @@ static int l_parse_layermap(lua_State *L) {
 static void push_map_config(lua_State *L, const hyb_layermap *map) {
     char pat[4096];
     lua_createtable(L, 0, 10);
-    lua_pushstring(L, map->name);
-    lua_setfield(L, -2, "name");
-    lua_pushstring(L, map->path);
-    lua_setfield(L, -2, "path");
-    lua_pushinteger(L, map->d_model);
-    lua_setfield(L, -2, "d_model");
-    lua_pushinteger(L, map->n_layers);
-    lua_setfield(L, -2, "n_layers");
-    lua_pushinteger(L, map->vocab_size);
-    lua_setfield(L, -2, "vocab_size");
-    lua_pushinteger(L, map->d_ff);
-    lua_setfield(L, -2, "d_ff");
-    lua_pushinteger(L, map->max_seq);
-    lua_setfield(L, -2, "max_seq");
+    lhyb_set_str(L, "name", map->name);
+    lhyb_set_str(L, "path", map->path);
+    lhyb_set_int(L, "d_model", map->d_model);
+    lhyb_set_int(L, "n_layers", map->n_layers);
+    lhyb_set_int(L, "vocab_size", map->vocab_size);
+    lhyb_set_int(L, "d_ff", map->d_ff);
+    lhyb_set_int(L, "max_seq", map->max_seq);
     lua_pushnumber(L, map->norm_eps);
     lua_setfield(L, -2, "norm_eps");
     lua_pushboolean(L, map->tie_embeddings);
     lua_setfield(L, -2, "tie_embeddings");
-    lua_pushstring(L, hyb_layermap_pattern(map, pat, sizeof pat));
-    lua_setfield(L, -2, "pattern");
+    lhyb_set_str(L, "pattern", hyb_layermap_pattern(map, pat, sizeof pat));
 }
 
 /* The layer map's describe() text (can be long: one line per run of layers). */
@@ -176,10 +165,7 @@ static lmodel *check_model(lua_State *L, int idx, const char *fname) {
 }
 
 static lmodel *new_model_box(lua_State *L) {
-    lmodel *lm = (lmodel *)lua_newuserdatauv(L, sizeof(lmodel), 0);
-    memset(lm, 0, sizeof *lm);
-    luaL_setmetatable(L, LHYB_MODEL_MT);
-    return lm;
+    return (lmodel *)lhyb_new_object(L, sizeof(lmodel), 0, LHYB_MODEL_MT);
 }
 
 static void model_attach_graph(lua_State *L, lmodel *lm, const char *fname) {
@@ -370,9 +356,7 @@ static int m_loss(lua_State *L) {
     }
     if (!loss) return lhyb_raise_hyb(L, F);
     lua_settop(L, base);
-    lloss *ls = (lloss *)lua_newuserdatauv(L, sizeof(lloss), 1);
-    memset(ls, 0, sizeof *ls);
-    luaL_setmetatable(L, LHYB_LOSS_MT);
+    lloss *ls = (lloss *)lhyb_new_object(L, sizeof(lloss), 1, LHYB_LOSS_MT);
     ls->loss = loss;
     ls->lm = lm;
     ls->gen = lm->graph_gen;
@@ -557,12 +541,9 @@ static int m_config(lua_State *L) {
 static int m_graph_stats(lua_State *L) {
     lmodel *lm = check_model(L, 1, "model:graph_stats");
     lua_createtable(L, 0, 3);
-    lua_pushinteger(L, hyb_graph_n_nodes(lm->g));
-    lua_setfield(L, -2, "nodes");
-    lua_pushinteger(L, (lua_Integer)hyb_graph_bytes(lm->g));
-    lua_setfield(L, -2, "bytes");
-    lua_pushinteger(L, (lua_Integer)hyb_graph_peak_bytes(lm->g));
-    lua_setfield(L, -2, "peak_bytes");
+    lhyb_set_int(L, "nodes", hyb_graph_n_nodes(lm->g));
+    lhyb_set_int(L, "bytes", (lua_Integer)hyb_graph_bytes(lm->g));
+    lhyb_set_int(L, "peak_bytes", (lua_Integer)hyb_graph_peak_bytes(lm->g));
     return 1;
 }
 
@@ -784,9 +765,7 @@ static int l_adamw(lua_State *L) {
         }
         lua_pop(L, 1);
     }
-    ladamw *a = (ladamw *)lua_newuserdatauv(L, sizeof(ladamw), 1);
-    memset(a, 0, sizeof *a);
-    luaL_setmetatable(L, LHYB_ADAMW_MT);
+    ladamw *a = (ladamw *)lhyb_new_object(L, sizeof(ladamw), 1, LHYB_ADAMW_MT);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
     /* the model's no_decay flags: norms and biases are not decayed */

@@ -19,19 +19,14 @@
 static int tensor_gc(lua_State *L);
 
 static lhyb_tensor *new_box(lua_State *L) {
-    lhyb_tensor *b = (lhyb_tensor *)lua_newuserdatauv(L, sizeof(lhyb_tensor), 1);
-    memset(b, 0, sizeof *b);
-    luaL_setmetatable(L, LHYB_TENSOR_MT);
-    return b;
+    return (lhyb_tensor *)lhyb_new_object(L, sizeof(lhyb_tensor), 1, LHYB_TENSOR_MT);
 }
 
 lhyb_tensor *lhyb_push_owned(lua_State *L, hyb_tensor *t, const char *fname) {
     if (!t) lhyb_raise_hyb(L, fname);
-    lhyb_tensor *b = (lhyb_tensor *)lua_newuserdatauv(L, sizeof(lhyb_tensor), 1);
-    memset(b, 0, sizeof *b);
+    lhyb_tensor *b = new_box(L);
     b->t = t;
     b->owned = 1;
-    luaL_setmetatable(L, LHYB_TENSOR_MT);
     return b;
 }
 

@@ -226,13 +226,14 @@ const char *lhyb_opt_field_string(lua_State *L, int idx, const char *fname, cons
 
 /* ---- id / float arrays ----------------------------------------------------------------------- */
 
-/* The common part of lhyb_check_ids/lhyb_check_floats: the argument at (absolute) idx is a live
- * tensor or a table (`elems` names what the table holds in the message) of exactly n entries; a
- * tensor must be a contiguous CPU one. Pushes a userdata of n (at least 1) elements of `elsize`
- * bytes into *out and returns the tensor, or NULL for a table. */
-static hyb_tensor *check_host_array(lua_State *L, int idx, const char *fname, const char *argname,
-                                    int64_t n, const char *elems, size_t elsize, void **out) {
+/* The common part of lhyb_check_ids/lhyb_check_floats: the argument at *idx (made absolute) is a
+ * live tensor or a table (`elems` names what the table holds in the message) of exactly n entries;
+ * a tensor must be a contiguous CPU one (*t, NULL for a table). Returns a new userdata (pushed) of
+ * n (at least 1) elements of `elsize` bytes for the caller to fill. */
+static void *check_host_array(lua_State *L, int *idxp, const char *fname, const char *argname,
+                              int64_t n, const char *elems, size_t elsize, hyb_tensor **t) {
     char buf[96];
+    const int idx = *idxp = lua_absindex(L, *idxp);
     lhyb_tensor *lt = lhyb_test_tensor(L, idx);
     if (lt) lt = lhyb_check_tensor(L, idx, fname, argname); /* live? */
     if (!lt && !lua_istable(L, idx))
@@ -242,21 +243,18 @@ static hyb_tensor *check_host_array(lua_State *L, int idx, const char *fname, co
     if (have != n)
         lhyb_error(L, "%s: %s must hold %lld entries (B*T), got %lld", fname, argname, (long long)n,
                    (long long)have);
-    *out = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * elsize, 0);
-    if (!lt) return NULL;
-    hyb_tensor *t = lt->t;
-    if (t->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(t))
+    void *out = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * elsize, 0);
+    *t = lt ? lt->t : NULL;
+    if (*t && ((*t)->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(*t)))
         lhyb_error(L, "%s: %s must be a contiguous CPU tensor", fname, argname);
-    return t;
+    return out;
 }
 
 int32_t *lhyb_check_ids(lua_State *L, int idx, const char *fname, const char *argname, int64_t n,
                         int64_t lo, int64_t hi) {
     char buf[96];
-    idx = lua_absindex(L, idx);
-    void *mem;
-    hyb_tensor *t = check_host_array(L, idx, fname, argname, n, "integers", sizeof(int32_t), &mem);
-    int32_t *out = (int32_t *)mem;
+    hyb_tensor *t;
+    int32_t *out = check_host_array(L, &idx, fname, argname, n, "integers", sizeof(int32_t), &t);
     if (t) {
         if (t->dtype == HYB_I32) {
             const int32_t *p = (const int32_t *)t->data;
@@ -298,10 +296,8 @@ int32_t *lhyb_check_ids(lua_State *L, int idx, const char *fname, const char *ar
 
 float *lhyb_check_floats(lua_State *L, int idx, const char *fname, const char *argname, int64_t n) {
     char buf[96];
-    idx = lua_absindex(L, idx);
-    void *mem;
-    hyb_tensor *t = check_host_array(L, idx, fname, argname, n, "numbers", sizeof(float), &mem);
-    float *out = (float *)mem;
+    hyb_tensor *t;
+    float *out = check_host_array(L, &idx, fname, argname, n, "numbers", sizeof(float), &t);
     if (t) {
         if (t->dtype == HYB_F32) {
             memcpy(out, t->data, (size_t)n * sizeof(float));
@@ -335,6 +331,23 @@ const struct hyb_backend *lhyb_opt_device(lua_State *L, int idx, const char *fna
     const hyb_backend *be = NULL;
     if (hyb_backend_open(name, &be) != HYB_OK) lhyb_raise_hyb(L, fname);
     return be;
+}
+
+void lhyb_set_int(lua_State *L, const char *key, lua_Integer v) {
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, key);
+}
+
+void lhyb_set_str(lua_State *L, const char *key, const char *s) {
+    lua_pushstring(L, s);
+    lua_setfield(L, -2, key);
+}
+
+void *lhyb_new_object(lua_State *L, size_t size, int nuv, const char *mt) {
+    void *p = lua_newuserdatauv(L, size, nuv);
+    memset(p, 0, size);
+    luaL_setmetatable(L, mt);
+    return p;
 }
 
 void lhyb_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction tostring,
