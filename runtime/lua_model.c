@@ -485,6 +485,32 @@ static int make_dirs(const char *path, char *err, size_t n) {
     return 0;
 }
 
+/* Create the directory that will hold `path` (mkdir -p of its dirname). */
+static int make_parent_dirs(const char *path, char *err, size_t n) {
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path) return 0;
+    size_t len = (size_t)(slash - path);
+    if (len >= sizeof dir) {
+        snprintf(err, n, "path too long");
+        return -1;
+    }
+    memcpy(dir, path, len);
+    dir[len] = 0;
+    return make_dirs(dir, err, n);
+}
+
+/* The string argument at idx naming where fname writes; the directory it names (parent = 0) or
+ * the one that will hold it (parent = 1) is created first. Raises "<fname>: <reason>". */
+static const char *check_out_path(lua_State *L, int idx, const char *fname, const char *argname,
+                                  int parent) {
+    char err[4400];
+    const char *path = lhyb_check_string(L, idx, fname, argname);
+    int rc = parent ? make_parent_dirs(path, err, sizeof err) : make_dirs(path, err, sizeof err);
+    if (rc != 0) lhyb_error(L, "%s: %s", fname, err);
+    return path;
+}
+
 /* model:to(device) -> model (moved in place: "cpu", "cuda", "cuda:N"); model:device() -> name */
 static int m_to(lua_State *L) {
     const char *F = "model:to";
@@ -504,10 +530,8 @@ static int m_device(lua_State *L) {
 }
 
 static int m_save(lua_State *L) {
-    char err[4400];
     lmodel *lm = check_model(L, 1, "model:save");
-    const char *dir = lhyb_check_string(L, 2, "model:save", "dir");
-    if (make_dirs(dir, err, sizeof err) != 0) return lhyb_error(L, "model:save: %s", err);
+    const char *dir = check_out_path(L, 2, "model:save", "dir", 0);
     if (hyb_model_save(lm->m, dir) != HYB_OK) return lhyb_raise_hyb(L, "model:save");
     return 0;
 }
@@ -821,27 +845,10 @@ static int o_zero_grad(lua_State *L) {
     return 0;
 }
 
-/* Create the directory that will hold `path` (mkdir -p of its dirname). */
-static int make_parent_dirs(const char *path, char *err, size_t n) {
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    if (!slash || slash == path) return 0;
-    size_t len = (size_t)(slash - path);
-    if (len >= sizeof dir) {
-        snprintf(err, n, "path too long");
-        return -1;
-    }
-    memcpy(dir, path, len);
-    dir[len] = 0;
-    return make_dirs(dir, err, n);
-}
-
 /* opt:save(path): the optimiser's state (step, moments) for resuming, written atomically. */
 static int o_save(lua_State *L) {
-    char err[4400];
     ladamw *a = check_adamw(L, 1, "opt:save");
-    const char *path = lhyb_check_string(L, 2, "opt:save", "path");
-    if (make_parent_dirs(path, err, sizeof err) != 0) return lhyb_error(L, "opt:save: %s", err);
+    const char *path = check_out_path(L, 2, "opt:save", "path", 1);
     if (hyb_adamw_save(a->o, path) != HYB_OK) return lhyb_raise_hyb(L, "opt:save");
     return 0;
 }
