@@ -432,6 +432,18 @@ static int check_unique(hyb_gguf *g) {
 
 /* ---- open / close -----------------------------------------------------------------------------*/
 
+/* A count read from the header (at file offset off) that cannot fit: each `item` takes at least
+ * `min_bytes` and only `left` bytes follow the header. */
+static int check_count(const hyb_gguf *g, uint64_t off, const char *what, const char *item,
+                       uint64_t count, uint64_t min_bytes, uint64_t left) {
+    if (count <= left / min_bytes) return HYB_OK;
+    return FERR(g, off,
+                "%s count %" PRIu64 " is impossible: %s takes at least %" PRIu64
+                " bytes and only %" PRIu64
+                " bytes follow the header (truncated file or corrupt count)",
+                what, count, item, min_bytes, left);
+}
+
 static int parse(hyb_gguf *g) {
     reader r = {g, 0};
     uint32_t magic;
@@ -456,18 +468,8 @@ static int parse(hyb_gguf *g) {
     uint64_t left = g->size - r.pos;
     /* a kv is at least 8 (key length) + 1 (key) + 4 (type) + 1 (value) bytes; a tensor info at
      * least 8 + 1 (name) + 4 (n_dims) + 8 (one dim) + 4 (type) + 8 (offset) */
-    if (n_kv > left / 14)
-        return FERR(g, 16,
-                    "kv count %" PRIu64
-                    " is impossible: a kv takes at least 14 bytes and only %" PRIu64
-                    " bytes follow the header (truncated file or corrupt count)",
-                    n_kv, left);
-    if (n_tensors > left / 33)
-        return FERR(g, 8,
-                    "tensor count %" PRIu64
-                    " is impossible: a tensor info takes at least 33 bytes and only %" PRIu64
-                    " bytes follow the header (truncated file or corrupt count)",
-                    n_tensors, left);
+    HYB_TRY(check_count(g, 16, "kv", "a kv", n_kv, 14, left));
+    HYB_TRY(check_count(g, 8, "tensor", "a tensor info", n_tensors, 33, left));
     /* metadata */
     g->alignment = HYB_GGUF_DEFAULT_ALIGNMENT;
     for (uint64_t i = 0; i < n_kv; i++) {
