@@ -86,17 +86,22 @@ const char *hyb_safetensors_meta(const hyb_safetensors *st, const char *key) {
     return NULL;
 }
 
+/* Free n metadata key/value strings and their two arrays (a reader's or a writer's). */
+static void free_meta(char **k, char **v, int n) {
+    for (int i = 0; i < n; i++) {
+        free(k[i]);
+        free(v[i]);
+    }
+    free(k);
+    free(v);
+}
+
 void hyb_safetensors_close(hyb_safetensors *st) {
     if (!st) return;
     if (st->map) munmap(st->map, st->map_size);
     for (int i = 0; i < st->n; i++)
         free((char *)st->t[i].name);
-    for (int i = 0; i < st->n_meta; i++) {
-        free(st->meta_k[i]);
-        free(st->meta_v[i]);
-    }
-    free(st->meta_k);
-    free(st->meta_v);
+    free_meta(st->meta_k, st->meta_v, st->n_meta);
     free(st->t);
     free(st->by_name);
     free(st->path);
@@ -542,13 +547,8 @@ void hyb_st_writer_free(hyb_st_writer *w) {
         free(w->e[i].name);
         hyb_free(w->e[i].owned);
     }
-    for (int i = 0; i < w->n_meta; i++) {
-        free(w->meta_k[i]);
-        free(w->meta_v[i]);
-    }
+    free_meta(w->meta_k, w->meta_v, w->n_meta);
     free(w->e);
-    free(w->meta_k);
-    free(w->meta_v);
     free(w);
 }
 
