@@ -74,6 +74,18 @@ static uint32_t ld_u32(const uint8_t *p) {
 static uint64_t ld_u64(const uint8_t *p) {
     return (uint64_t)ld_u32(p) | ((uint64_t)ld_u32(p + 4) << 32);
 }
+static float ld_f32(const uint8_t *p) {
+    uint32_t u = ld_u32(p);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static double ld_f64(const uint8_t *p) {
+    uint64_t u = ld_u64(p);
+    double d;
+    memcpy(&d, &u, 8);
+    return d;
+}
 
 typedef struct reader {
     hyb_gguf *g;
@@ -737,20 +749,11 @@ static int num_load(int t, const uint8_t *p, num *v) {
         }
         break;
     }
-    case HYB_GGUF_F32: {
-        uint32_t u = ld_u32(p);
-        float f;
-        memcpy(&f, &u, 4);
-        v->f = f;
+    case HYB_GGUF_F32:
+    case HYB_GGUF_F64:
+        v->f = t == HYB_GGUF_F32 ? (double)ld_f32(p) : ld_f64(p);
         v->is_int = 0;
         return HYB_OK;
-    }
-    case HYB_GGUF_F64: {
-        uint64_t u = ld_u64(p);
-        memcpy(&v->f, &u, 8);
-        v->is_int = 0;
-        return HYB_OK;
-    }
     default:
         return HYB_ERR;
     }
@@ -844,21 +847,8 @@ GETTER(hyb_gguf_get_u64, HYB_GGUF_U64, uint64_t, ld_u64(p))
 GETTER(hyb_gguf_get_i64, HYB_GGUF_I64, int64_t, (int64_t)ld_u64(p))
 GETTER(hyb_gguf_get_bool, HYB_GGUF_BOOL, int, p[0] != 0)
 
-int hyb_gguf_get_f32(const hyb_gguf *g, const char *key, float *out) {
-    const gguf_kv *e = NULL;
-    HYB_TRY(lookup(g, key, HYB_GGUF_F32, &e));
-    uint32_t u = ld_u32(g->base + e->pos);
-    memcpy(out, &u, 4);
-    return HYB_OK;
-}
-
-int hyb_gguf_get_f64(const hyb_gguf *g, const char *key, double *out) {
-    const gguf_kv *e = NULL;
-    HYB_TRY(lookup(g, key, HYB_GGUF_F64, &e));
-    uint64_t u = ld_u64(g->base + e->pos);
-    memcpy(out, &u, 8);
-    return HYB_OK;
-}
+GETTER(hyb_gguf_get_f32, HYB_GGUF_F32, float, ld_f32(p))
+GETTER(hyb_gguf_get_f64, HYB_GGUF_F64, double, ld_f64(p))
 
 int hyb_gguf_get_str(const hyb_gguf *g, const char *key, const char **out, uint64_t *len) {
     const gguf_kv *e = NULL;
