@@ -1,8 +1,9 @@
 /* core/graph/graph_internal.h: the tape and the helpers every op uses (internal to libhyb).
  *
- * An op: check its inputs (op_check_*), make its output (graph_output), run the backend kernel,
- * then, when graph_recording() says so, record a node whose backward reads node->out->grad and
- * accumulates into each input's gradient obtained with graph_grad(). */
+ * An op: check its inputs (op_check_*), make its output (graph_output, or op_output_like for one
+ * shaped like an input), run the backend kernel, then, when graph_recording() says so, record a
+ * node (op_record does both) whose backward reads node->out->grad and accumulates into each
+ * input's gradient obtained with graph_grad(). */
 #ifndef HYB_GRAPH_INTERNAL_H
 #define HYB_GRAPH_INTERNAL_H
 
