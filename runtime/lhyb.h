@@ -58,6 +58,17 @@ struct hyb_model;
 struct hyb_model *lhyb_check_model(lua_State *L, int idx, const char *fname);
 void lhyb_push_model(lua_State *L, struct hyb_model *m, const char *fname);
 
+/* Create (or refill) the metatable `name` of a class: __index = the methods, __tostring, and when
+ * gc is given __gc and __close = gc. Leaves the stack as it was. */
+void lhyb_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction tostring,
+                    lua_CFunction gc);
+
+/* t[key] = v for the table t at the top of the stack. */
+void lhyb_set_int(lua_State *L, const char *key, lua_Integer v);
+void lhyb_set_str(lua_State *L, const char *key, const char *s);
+/* Push a new zeroed userdata of `size` bytes with `nuv` user values and the metatable `mt`. */
+void *lhyb_new_object(lua_State *L, size_t size, int nuv, const char *mt);
+
 /* Push a tensor the Lua side owns (freed by __gc). On t == NULL raises "<fname>: <hyb_error()>". */
 lhyb_tensor *lhyb_push_owned(lua_State *L, hyb_tensor *t, const char *fname);
 /* Push a borrowed tensor; owner_idx is the stack index of the owning userdata (kept alive). */
@@ -74,6 +85,11 @@ lua_Integer lhyb_check_int(lua_State *L, int idx, const char *fname, const char 
 lua_Integer lhyb_opt_int(lua_State *L, int idx, const char *fname, const char *argname,
                          lua_Integer lo, lua_Integer hi, lua_Integer def);
 double lhyb_check_number(lua_State *L, int idx, const char *fname, const char *argname);
+/* A string argument (lua_type exactly LUA_TSTRING, so numbers are refused). */
+const char *lhyb_check_string(lua_State *L, int idx, const char *fname, const char *argname);
+/* A userdata with metatable `mt` at idx, else raises "<fname>: expected <what>, got <value>"
+ * (what: "a hyb.model"). */
+void *lhyb_check_udata(lua_State *L, int idx, const char *mt, const char *fname, const char *what);
 /* Check an options table at idx (nil/none allowed: returns 0); errors on keys not in `allowed`
  * (NULL-terminated) so that typos do not pass silently. Returns 1 when a table is present. */
 int lhyb_check_opts(lua_State *L, int idx, const char *fname, const char *const *allowed);

@@ -17,14 +17,10 @@ static int l_plugins(lua_State *L) {
         const hyb_mixer_desc *d = hyb_plugin_get(i, &path);
         if (!d) continue;
         lua_createtable(L, 0, 5);
-        lua_pushstring(L, d->name ? d->name : "");
-        lua_setfield(L, -2, "name");
-        lua_pushstring(L, d->version ? d->version : "");
-        lua_setfield(L, -2, "version");
-        lua_pushstring(L, path ? path : "");
-        lua_setfield(L, -2, "path");
-        lua_pushstring(L, d->description ? d->description : "");
-        lua_setfield(L, -2, "description");
+        lhyb_set_str(L, "name", d->name ? d->name : "");
+        lhyb_set_str(L, "version", d->version ? d->version : "");
+        lhyb_set_str(L, "path", path ? path : "");
+        lhyb_set_str(L, "description", d->description ? d->description : "");
         lua_createtable(L, 2, 0);
         int k = 0;
         for (int dev = 0; dev < HYB_DEV_COUNT; dev++)
@@ -45,10 +41,8 @@ static int l_devices(lua_State *L) {
     for (int i = 0; hyb_backend_describe(i, name, sizeof name, status, sizeof status) == HYB_OK;
          i++) {
         lua_createtable(L, 0, 2);
-        lua_pushstring(L, name);
-        lua_setfield(L, -2, "name");
-        lua_pushstring(L, status);
-        lua_setfield(L, -2, "status");
+        lhyb_set_str(L, "name", name);
+        lhyb_set_str(L, "status", status);
         lua_rawseti(L, -2, i + 1);
     }
     return 1;
@@ -81,11 +75,7 @@ static int l_time(lua_State *L) {
 /* hyb.log_level("debug" | "info" | "warn" | "error") */
 static int l_log_level(lua_State *L) {
     static const char *const names[] = {"debug", "info", "warn", "error", NULL};
-    char buf[96];
-    if (lua_type(L, 1) != LUA_TSTRING)
-        return lhyb_error(L, "hyb.log_level: level must be a string, got %s",
-                          lhyb_describe(L, 1, buf, sizeof buf));
-    const char *s = lua_tostring(L, 1);
+    const char *s = lhyb_check_string(L, 1, "hyb.log_level", "level");
     for (int i = 0; names[i]; i++)
         if (strcmp(names[i], s) == 0) {
             hyb_log_set_level(i);
@@ -113,8 +103,7 @@ int luaopen_hyb(lua_State *L) {
     lhyb_open_train(L);
     lhyb_open_bench(L);  /* hyb.bench (lua_bench.c) */
     lhyb_open_engine(L); /* hyb.engine, hyb.plan_memory (lua_engine.c) */
-    lua_pushstring(L, HYB_VERSION);
-    lua_setfield(L, -2, "version");
+    lhyb_set_str(L, "version", HYB_VERSION);
     return 1;
 }
 

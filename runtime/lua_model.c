@@ -42,20 +42,13 @@ static char *dup_str(const char *s) {
 }
 
 static lmap *check_map(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    lmap *m = (lmap *)luaL_testudata(L, idx, LHYB_LAYERMAP_MT);
-    if (!m)
-        lhyb_error(L, "%s: expected a hyb.layermap, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    lmap *m = (lmap *)lhyb_check_udata(L, idx, LHYB_LAYERMAP_MT, fname, "a hyb.layermap");
     if (!m->map) lhyb_error(L, "%s: the hyb.layermap is closed", fname);
     return m;
 }
 
 static lmap *new_map_box(lua_State *L) {
-    lmap *m = (lmap *)lua_newuserdatauv(L, sizeof(lmap), 0);
-    memset(m, 0, sizeof *m);
-    luaL_setmetatable(L, LHYB_LAYERMAP_MT);
-    return m;
+    return (lmap *)lhyb_new_object(L, sizeof(lmap), 0, LHYB_LAYERMAP_MT);
 }
 
 /* A fresh copy of the map from its source (hyb_model_build takes ownership of the map it gets). */
@@ -66,11 +59,7 @@ static int map_reload(const lmap *m, hyb_layermap **out) {
 
 /* hyb.layermap(path) */
 static int l_layermap(lua_State *L) {
-    char buf[96];
-    if (lua_type(L, 1) != LUA_TSTRING)
-        return lhyb_error(L, "hyb.layermap: path must be a string, got %s",
-                          lhyb_describe(L, 1, buf, sizeof buf));
-    const char *path = lua_tostring(L, 1);
+    const char *path = lhyb_check_string(L, 1, "hyb.layermap", "path");
     lmap *m = new_map_box(L);
     m->source = dup_str(path);
     if (!m->source) return lhyb_error(L, "hyb.layermap: out of memory");
@@ -80,15 +69,10 @@ static int l_layermap(lua_State *L) {
 
 /* hyb.parse_layermap(text[, source_name]) */
 static int l_parse_layermap(lua_State *L) {
-    char buf[96];
-    if (lua_type(L, 1) != LUA_TSTRING)
-        return lhyb_error(L, "hyb.parse_layermap: text must be a string, got %s",
-                          lhyb_describe(L, 1, buf, sizeof buf));
-    if (!lua_isnoneornil(L, 2) && lua_type(L, 2) != LUA_TSTRING)
-        return lhyb_error(L, "hyb.parse_layermap: source name must be a string, got %s",
-                          lhyb_describe(L, 2, buf, sizeof buf));
-    const char *text = lua_tostring(L, 1);
-    const char *name = luaL_optstring(L, 2, "<string>");
+    const char *text = lhyb_check_string(L, 1, "hyb.parse_layermap", "text");
+    const char *name = lua_isnoneornil(L, 2)
+                           ? "<string>"
+                           : lhyb_check_string(L, 2, "hyb.parse_layermap", "source name");
     lmap *m = new_map_box(L);
     m->from_text = 1;
     m->source = dup_str(text);
@@ -102,26 +86,18 @@ static int l_parse_layermap(lua_State *L) {
 static void push_map_config(lua_State *L, const hyb_layermap *map) {
     char pat[4096];
     lua_createtable(L, 0, 10);
-    lua_pushstring(L, map->name);
-    lua_setfield(L, -2, "name");
-    lua_pushstring(L, map->path);
-    lua_setfield(L, -2, "path");
-    lua_pushinteger(L, map->d_model);
-    lua_setfield(L, -2, "d_model");
-    lua_pushinteger(L, map->n_layers);
-    lua_setfield(L, -2, "n_layers");
-    lua_pushinteger(L, map->vocab_size);
-    lua_setfield(L, -2, "vocab_size");
-    lua_pushinteger(L, map->d_ff);
-    lua_setfield(L, -2, "d_ff");
-    lua_pushinteger(L, map->max_seq);
-    lua_setfield(L, -2, "max_seq");
+    lhyb_set_str(L, "name", map->name);
+    lhyb_set_str(L, "path", map->path);
+    lhyb_set_int(L, "d_model", map->d_model);
+    lhyb_set_int(L, "n_layers", map->n_layers);
+    lhyb_set_int(L, "vocab_size", map->vocab_size);
+    lhyb_set_int(L, "d_ff", map->d_ff);
+    lhyb_set_int(L, "max_seq", map->max_seq);
     lua_pushnumber(L, map->norm_eps);
     lua_setfield(L, -2, "norm_eps");
     lua_pushboolean(L, map->tie_embeddings);
     lua_setfield(L, -2, "tie_embeddings");
-    lua_pushstring(L, hyb_layermap_pattern(map, pat, sizeof pat));
-    lua_setfield(L, -2, "pattern");
+    lhyb_set_str(L, "pattern", hyb_layermap_pattern(map, pat, sizeof pat));
 }
 
 /* The layer map's describe() text (can be long: one line per run of layers). */
@@ -183,20 +159,13 @@ typedef struct lmodel {
 } lmodel;
 
 static lmodel *check_model(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    lmodel *lm = (lmodel *)luaL_testudata(L, idx, LHYB_MODEL_MT);
-    if (!lm)
-        lhyb_error(L, "%s: expected a hyb.model, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    lmodel *lm = (lmodel *)lhyb_check_udata(L, idx, LHYB_MODEL_MT, fname, "a hyb.model");
     if (!lm->m) lhyb_error(L, "%s: the hyb.model is closed", fname);
     return lm;
 }
 
 static lmodel *new_model_box(lua_State *L) {
-    lmodel *lm = (lmodel *)lua_newuserdatauv(L, sizeof(lmodel), 0);
-    memset(lm, 0, sizeof *lm);
-    luaL_setmetatable(L, LHYB_MODEL_MT);
-    return lm;
+    return (lmodel *)lhyb_new_object(L, sizeof(lmodel), 0, LHYB_MODEL_MT);
 }
 
 static void model_attach_graph(lua_State *L, lmodel *lm, const char *fname) {
@@ -231,12 +200,9 @@ static int l_model(lua_State *L) {
 
 /* hyb.load(dir) */
 static int l_load(lua_State *L) {
-    char buf[96];
-    if (lua_type(L, 1) != LUA_TSTRING)
-        return lhyb_error(L, "hyb.load: dir must be a string, got %s",
-                          lhyb_describe(L, 1, buf, sizeof buf));
+    const char *dir = lhyb_check_string(L, 1, "hyb.load", "dir");
     lmodel *lm = new_model_box(L);
-    if (hyb_model_load(lua_tostring(L, 1), &lm->m) != HYB_OK) {
+    if (hyb_model_load(dir, &lm->m) != HYB_OK) {
         lm->m = NULL;
         return lhyb_raise_hyb(L, "hyb.load");
     }
@@ -390,9 +356,7 @@ static int m_loss(lua_State *L) {
     }
     if (!loss) return lhyb_raise_hyb(L, F);
     lua_settop(L, base);
-    lloss *ls = (lloss *)lua_newuserdatauv(L, sizeof(lloss), 1);
-    memset(ls, 0, sizeof *ls);
-    luaL_setmetatable(L, LHYB_LOSS_MT);
+    lloss *ls = (lloss *)lhyb_new_object(L, sizeof(lloss), 1, LHYB_LOSS_MT);
     ls->loss = loss;
     ls->lm = lm;
     ls->gen = lm->graph_gen;
@@ -405,12 +369,7 @@ static int m_loss(lua_State *L) {
 }
 
 static lloss *check_loss(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    lloss *ls = (lloss *)luaL_testudata(L, idx, LHYB_LOSS_MT);
-    if (!ls)
-        lhyb_error(L, "%s: expected a hyb.loss, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
-    return ls;
+    return (lloss *)lhyb_check_udata(L, idx, LHYB_LOSS_MT, fname, "a hyb.loss");
 }
 
 static int loss_value(lua_State *L) {
@@ -468,11 +427,7 @@ static int m_params(lua_State *L) {
 }
 
 static hyb_tensor *check_param(lua_State *L, lmodel *lm, int idx, const char *fname) {
-    char buf[96];
-    if (lua_type(L, idx) != LUA_TSTRING)
-        lhyb_error(L, "%s: name must be a string, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
-    hyb_tensor *p = hyb_model_param(lm->m, lua_tostring(L, idx));
+    hyb_tensor *p = hyb_model_param(lm->m, lhyb_check_string(L, idx, fname, "name"));
     if (!p)
         lhyb_error(L, "%s: the model has no parameter '%s' (see model:params())", fname,
                    lua_tostring(L, idx));
@@ -530,6 +485,32 @@ static int make_dirs(const char *path, char *err, size_t n) {
     return 0;
 }
 
+/* Create the directory that will hold `path` (mkdir -p of its dirname). */
+static int make_parent_dirs(const char *path, char *err, size_t n) {
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path) return 0;
+    size_t len = (size_t)(slash - path);
+    if (len >= sizeof dir) {
+        snprintf(err, n, "path too long");
+        return -1;
+    }
+    memcpy(dir, path, len);
+    dir[len] = 0;
+    return make_dirs(dir, err, n);
+}
+
+/* The string argument at idx naming where fname writes; the directory it names (parent = 0) or
+ * the one that will hold it (parent = 1) is created first. Raises "<fname>: <reason>". */
+static const char *check_out_path(lua_State *L, int idx, const char *fname, const char *argname,
+                                  int parent) {
+    char err[4400];
+    const char *path = lhyb_check_string(L, idx, fname, argname);
+    int rc = parent ? make_parent_dirs(path, err, sizeof err) : make_dirs(path, err, sizeof err);
+    if (rc != 0) lhyb_error(L, "%s: %s", fname, err);
+    return path;
+}
+
 /* model:to(device) -> model (moved in place: "cpu", "cuda", "cuda:N"); model:device() -> name */
 static int m_to(lua_State *L) {
     const char *F = "model:to";
@@ -549,25 +530,16 @@ static int m_device(lua_State *L) {
 }
 
 static int m_save(lua_State *L) {
-    char buf[96], err[4400];
     lmodel *lm = check_model(L, 1, "model:save");
-    if (lua_type(L, 2) != LUA_TSTRING)
-        return lhyb_error(L, "model:save: dir must be a string, got %s",
-                          lhyb_describe(L, 2, buf, sizeof buf));
-    const char *dir = lua_tostring(L, 2);
-    if (make_dirs(dir, err, sizeof err) != 0) return lhyb_error(L, "model:save: %s", err);
+    const char *dir = check_out_path(L, 2, "model:save", "dir", 0);
     if (hyb_model_save(lm->m, dir) != HYB_OK) return lhyb_raise_hyb(L, "model:save");
     return 0;
 }
 
 static int m_load_params(lua_State *L) {
-    char buf[96];
     lmodel *lm = check_model(L, 1, "model:load_params");
-    if (lua_type(L, 2) != LUA_TSTRING)
-        return lhyb_error(L, "model:load_params: path must be a string, got %s",
-                          lhyb_describe(L, 2, buf, sizeof buf));
-    if (hyb_model_load_params(lm->m, lua_tostring(L, 2)) != HYB_OK)
-        return lhyb_raise_hyb(L, "model:load_params");
+    const char *path = lhyb_check_string(L, 2, "model:load_params", "path");
+    if (hyb_model_load_params(lm->m, path) != HYB_OK) return lhyb_raise_hyb(L, "model:load_params");
     return 0;
 }
 
@@ -593,12 +565,9 @@ static int m_config(lua_State *L) {
 static int m_graph_stats(lua_State *L) {
     lmodel *lm = check_model(L, 1, "model:graph_stats");
     lua_createtable(L, 0, 3);
-    lua_pushinteger(L, hyb_graph_n_nodes(lm->g));
-    lua_setfield(L, -2, "nodes");
-    lua_pushinteger(L, (lua_Integer)hyb_graph_bytes(lm->g));
-    lua_setfield(L, -2, "bytes");
-    lua_pushinteger(L, (lua_Integer)hyb_graph_peak_bytes(lm->g));
-    lua_setfield(L, -2, "peak_bytes");
+    lhyb_set_int(L, "nodes", hyb_graph_n_nodes(lm->g));
+    lhyb_set_int(L, "bytes", (lua_Integer)hyb_graph_bytes(lm->g));
+    lhyb_set_int(L, "peak_bytes", (lua_Integer)hyb_graph_peak_bytes(lm->g));
     return 1;
 }
 
@@ -774,11 +743,7 @@ typedef struct ladamw {
 } ladamw;
 
 static ladamw *check_adamw(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    ladamw *a = (ladamw *)luaL_testudata(L, idx, LHYB_ADAMW_MT);
-    if (!a)
-        lhyb_error(L, "%s: expected a hyb.adamw optimiser, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    ladamw *a = (ladamw *)lhyb_check_udata(L, idx, LHYB_ADAMW_MT, fname, "a hyb.adamw optimiser");
     if (!a->o) lhyb_error(L, "%s: the optimiser is closed", fname);
     if (!a->lm->m || a->param_gen != a->lm->param_gen)
         lhyb_error(L,
@@ -824,9 +789,7 @@ static int l_adamw(lua_State *L) {
         }
         lua_pop(L, 1);
     }
-    ladamw *a = (ladamw *)lua_newuserdatauv(L, sizeof(ladamw), 1);
-    memset(a, 0, sizeof *a);
-    luaL_setmetatable(L, LHYB_ADAMW_MT);
+    ladamw *a = (ladamw *)lhyb_new_object(L, sizeof(ladamw), 1, LHYB_ADAMW_MT);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
     /* the model's no_decay flags: norms and biases are not decayed */
@@ -882,30 +845,10 @@ static int o_zero_grad(lua_State *L) {
     return 0;
 }
 
-/* Create the directory that will hold `path` (mkdir -p of its dirname). */
-static int make_parent_dirs(const char *path, char *err, size_t n) {
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    if (!slash || slash == path) return 0;
-    size_t len = (size_t)(slash - path);
-    if (len >= sizeof dir) {
-        snprintf(err, n, "path too long");
-        return -1;
-    }
-    memcpy(dir, path, len);
-    dir[len] = 0;
-    return make_dirs(dir, err, n);
-}
-
 /* opt:save(path): the optimiser's state (step, moments) for resuming, written atomically. */
 static int o_save(lua_State *L) {
-    char buf[96], err[4400];
     ladamw *a = check_adamw(L, 1, "opt:save");
-    if (lua_type(L, 2) != LUA_TSTRING)
-        return lhyb_error(L, "opt:save: path must be a string, got %s",
-                          lhyb_describe(L, 2, buf, sizeof buf));
-    const char *path = lua_tostring(L, 2);
-    if (make_parent_dirs(path, err, sizeof err) != 0) return lhyb_error(L, "opt:save: %s", err);
+    const char *path = check_out_path(L, 2, "opt:save", "path", 1);
     if (hyb_adamw_save(a->o, path) != HYB_OK) return lhyb_raise_hyb(L, "opt:save");
     return 0;
 }
@@ -913,12 +856,9 @@ static int o_save(lua_State *L) {
 /* opt:load(path): restore the step and moments saved by opt:save (same parameters); the
  * hyper-parameters (lr, betas ...) stay this optimiser's. */
 static int o_load(lua_State *L) {
-    char buf[96];
     ladamw *a = check_adamw(L, 1, "opt:load");
-    if (lua_type(L, 2) != LUA_TSTRING)
-        return lhyb_error(L, "opt:load: path must be a string, got %s",
-                          lhyb_describe(L, 2, buf, sizeof buf));
-    if (hyb_adamw_load(a->o, lua_tostring(L, 2)) != HYB_OK) return lhyb_raise_hyb(L, "opt:load");
+    if (hyb_adamw_load(a->o, lhyb_check_string(L, 2, "opt:load", "path")) != HYB_OK)
+        return lhyb_raise_hyb(L, "opt:load");
     return 0;
 }
 
@@ -973,28 +913,11 @@ static const luaL_Reg adamw_methods[] = {
     {"step", o_step},           {"set_lr", o_set_lr}, {"lr", o_lr},     {"steps", o_steps},
     {"zero_grad", o_zero_grad}, {"save", o_save},     {"load", o_load}, {NULL, NULL}};
 
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
-                      lua_CFunction tostring, lua_CFunction gc) {
-    luaL_newmetatable(L, name);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, tostring);
-    lua_setfield(L, -2, "__tostring");
-    if (gc) {
-        lua_pushcfunction(L, gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, gc);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_pop(L, 1);
-}
-
 void lhyb_open_model(lua_State *L) {
-    new_class(L, LHYB_LAYERMAP_MT, map_methods, map_tostring, map_gc);
-    new_class(L, LHYB_MODEL_MT, model_methods, model_tostring, model_gc);
-    new_class(L, LHYB_LOSS_MT, loss_methods, loss_tostring, NULL);
-    new_class(L, LHYB_ADAMW_MT, adamw_methods, adamw_tostring, adamw_gc);
+    lhyb_new_class(L, LHYB_LAYERMAP_MT, map_methods, map_tostring, map_gc);
+    lhyb_new_class(L, LHYB_MODEL_MT, model_methods, model_tostring, model_gc);
+    lhyb_new_class(L, LHYB_LOSS_MT, loss_methods, loss_tostring, NULL);
+    lhyb_new_class(L, LHYB_ADAMW_MT, adamw_methods, adamw_tostring, adamw_gc);
     static const luaL_Reg funcs[] = {{"layermap", l_layermap},
                                      {"parse_layermap", l_parse_layermap},
                                      {"model", l_model},

@@ -19,19 +19,14 @@
 static int tensor_gc(lua_State *L);
 
 static lhyb_tensor *new_box(lua_State *L) {
-    lhyb_tensor *b = (lhyb_tensor *)lua_newuserdatauv(L, sizeof(lhyb_tensor), 1);
-    memset(b, 0, sizeof *b);
-    luaL_setmetatable(L, LHYB_TENSOR_MT);
-    return b;
+    return (lhyb_tensor *)lhyb_new_object(L, sizeof(lhyb_tensor), 1, LHYB_TENSOR_MT);
 }
 
 lhyb_tensor *lhyb_push_owned(lua_State *L, hyb_tensor *t, const char *fname) {
     if (!t) lhyb_raise_hyb(L, fname);
-    lhyb_tensor *b = (lhyb_tensor *)lua_newuserdatauv(L, sizeof(lhyb_tensor), 1);
-    memset(b, 0, sizeof *b);
+    lhyb_tensor *b = new_box(L);
     b->t = t;
     b->owned = 1;
-    luaL_setmetatable(L, LHYB_TENSOR_MT);
     return b;
 }
 
@@ -553,18 +548,10 @@ static const luaL_Reg tensor_funcs[] = {
     {"tensor", l_tensor}, {"zeros", l_zeros}, {"randn", l_randn}, {NULL, NULL}};
 
 void lhyb_open_tensor(lua_State *L) {
-    if (luaL_newmetatable(L, LHYB_TENSOR_MT)) {
-        luaL_newlib(L, tensor_methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, t_tostring);
-        lua_setfield(L, -2, "__tostring");
-        lua_pushcfunction(L, t_len);
-        lua_setfield(L, -2, "__len");
-        lua_pushcfunction(L, tensor_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, tensor_gc);
-        lua_setfield(L, -2, "__close");
-    }
+    lhyb_new_class(L, LHYB_TENSOR_MT, tensor_methods, t_tostring, tensor_gc);
+    luaL_getmetatable(L, LHYB_TENSOR_MT);
+    lua_pushcfunction(L, t_len);
+    lua_setfield(L, -2, "__len");
     lua_pop(L, 1);
     luaL_setfuncs(L, tensor_funcs, 0);
 }

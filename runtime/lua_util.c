@@ -146,23 +146,40 @@ int lhyb_check_opts(lua_State *L, int idx, const char *fname, const char *const 
     return 1;
 }
 
-/* Push field `key` of the options table at idx (nil when there is no table). */
-static void push_field(lua_State *L, int idx, const char *key) {
+const char *lhyb_check_string(lua_State *L, int idx, const char *fname, const char *argname) {
+    char buf[96];
+    if (lua_type(L, idx) != LUA_TSTRING)
+        lhyb_error(L, "%s: %s must be a string, got %s", fname, argname,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    return lua_tostring(L, idx);
+}
+
+void *lhyb_check_udata(lua_State *L, int idx, const char *mt, const char *fname, const char *what) {
+    char buf[96];
+    void *p = luaL_testudata(L, idx, mt);
+    if (!p)
+        lhyb_error(L, "%s: expected %s, got %s", fname, what,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    return p;
+}
+
+/* Push field `key` of the options table at idx and return 1; when there is no table or the field
+ * is nil, push nothing and return 0 (the caller returns its default). */
+static int push_field(lua_State *L, int idx, const char *key) {
     if (lua_istable(L, idx))
         lua_getfield(L, idx, key);
     else
         lua_pushnil(L);
+    if (!lua_isnil(L, -1)) return 1;
+    lua_pop(L, 1);
+    return 0;
 }
 
 double lhyb_opt_field_number(lua_State *L, int idx, const char *fname, const char *key,
                              double def) {
     char buf[96], name[80];
     idx = lua_absindex(L, idx);
-    push_field(L, idx, key);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return def;
-    }
+    if (!push_field(L, idx, key)) return def;
     snprintf(name, sizeof name, "option '%s'", key);
     if (lua_type(L, -1) != LUA_TNUMBER || !isfinite(lua_tonumber(L, -1)))
         lhyb_error(L, "%s: %s must be a finite number, got %s", fname, name,
@@ -176,11 +193,7 @@ lua_Integer lhyb_opt_field_int(lua_State *L, int idx, const char *fname, const c
                                lua_Integer lo, lua_Integer hi, lua_Integer def) {
     char name[80];
     idx = lua_absindex(L, idx);
-    push_field(L, idx, key);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return def;
-    }
+    if (!push_field(L, idx, key)) return def;
     snprintf(name, sizeof name, "option '%s'", key);
     lua_Integer v = lhyb_check_int(L, -1, fname, name, lo, hi);
     lua_pop(L, 1);
@@ -190,11 +203,7 @@ lua_Integer lhyb_opt_field_int(lua_State *L, int idx, const char *fname, const c
 int lhyb_opt_field_bool(lua_State *L, int idx, const char *fname, const char *key, int def) {
     char buf[96];
     idx = lua_absindex(L, idx);
-    push_field(L, idx, key);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return def;
-    }
+    if (!push_field(L, idx, key)) return def;
     if (!lua_isboolean(L, -1))
         lhyb_error(L, "%s: option '%s' must be a boolean, got %s", fname, key,
                    lhyb_describe(L, -1, buf, sizeof buf));
@@ -205,42 +214,48 @@ int lhyb_opt_field_bool(lua_State *L, int idx, const char *fname, const char *ke
 
 const char *lhyb_opt_field_string(lua_State *L, int idx, const char *fname, const char *key,
                                   const char *def) {
-    char buf[96];
+    char name[80];
     idx = lua_absindex(L, idx);
-    push_field(L, idx, key);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return def;
-    }
-    if (lua_type(L, -1) != LUA_TSTRING)
-        lhyb_error(L, "%s: option '%s' must be a string, got %s", fname, key,
-                   lhyb_describe(L, -1, buf, sizeof buf));
+    if (!push_field(L, idx, key)) return def;
+    snprintf(name, sizeof name, "option '%s'", key);
     /* The string stays alive: it is referenced by the options table, which is an argument. */
-    const char *s = lua_tostring(L, -1);
+    const char *s = lhyb_check_string(L, -1, fname, name);
     lua_pop(L, 1);
     return s;
 }
 
 /* ---- id / float arrays ----------------------------------------------------------------------- */
 
-int32_t *lhyb_check_ids(lua_State *L, int idx, const char *fname, const char *argname, int64_t n,
-                        int64_t lo, int64_t hi) {
+/* The common part of lhyb_check_ids/lhyb_check_floats: the argument at *idx (made absolute) is a
+ * live tensor or a table (`elems` names what the table holds in the message) of exactly n entries;
+ * a tensor must be a contiguous CPU one (*t, NULL for a table). Returns a new userdata (pushed) of
+ * n (at least 1) elements of `elsize` bytes for the caller to fill. */
+static void *check_host_array(lua_State *L, int *idxp, const char *fname, const char *argname,
+                              int64_t n, const char *elems, size_t elsize, hyb_tensor **t) {
     char buf[96];
-    idx = lua_absindex(L, idx);
+    const int idx = *idxp = lua_absindex(L, *idxp);
     lhyb_tensor *lt = lhyb_test_tensor(L, idx);
     if (lt) lt = lhyb_check_tensor(L, idx, fname, argname); /* live? */
     if (!lt && !lua_istable(L, idx))
-        lhyb_error(L, "%s: %s must be a table of integers or a hyb.tensor, got %s", fname, argname,
+        lhyb_error(L, "%s: %s must be a table of %s or a hyb.tensor, got %s", fname, argname, elems,
                    lhyb_describe(L, idx, buf, sizeof buf));
     int64_t have = lt ? hyb_tensor_numel(lt->t) : (int64_t)lua_rawlen(L, idx);
     if (have != n)
         lhyb_error(L, "%s: %s must hold %lld entries (B*T), got %lld", fname, argname, (long long)n,
                    (long long)have);
-    int32_t *out = (int32_t *)lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof(int32_t), 0);
-    if (lt) {
-        hyb_tensor *t = lt->t;
-        if (t->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(t))
-            lhyb_error(L, "%s: %s must be a contiguous CPU tensor", fname, argname);
+    void *out = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * elsize, 0);
+    *t = lt ? lt->t : NULL;
+    if (*t && ((*t)->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(*t)))
+        lhyb_error(L, "%s: %s must be a contiguous CPU tensor", fname, argname);
+    return out;
+}
+
+int32_t *lhyb_check_ids(lua_State *L, int idx, const char *fname, const char *argname, int64_t n,
+                        int64_t lo, int64_t hi) {
+    char buf[96];
+    hyb_tensor *t;
+    int32_t *out = check_host_array(L, &idx, fname, argname, n, "integers", sizeof(int32_t), &t);
+    if (t) {
         if (t->dtype == HYB_I32) {
             const int32_t *p = (const int32_t *)t->data;
             for (int64_t i = 0; i < n; i++) {
@@ -281,21 +296,9 @@ int32_t *lhyb_check_ids(lua_State *L, int idx, const char *fname, const char *ar
 
 float *lhyb_check_floats(lua_State *L, int idx, const char *fname, const char *argname, int64_t n) {
     char buf[96];
-    idx = lua_absindex(L, idx);
-    lhyb_tensor *lt = lhyb_test_tensor(L, idx);
-    if (lt) lt = lhyb_check_tensor(L, idx, fname, argname);
-    if (!lt && !lua_istable(L, idx))
-        lhyb_error(L, "%s: %s must be a table of numbers or a hyb.tensor, got %s", fname, argname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
-    int64_t have = lt ? hyb_tensor_numel(lt->t) : (int64_t)lua_rawlen(L, idx);
-    if (have != n)
-        lhyb_error(L, "%s: %s must hold %lld entries (B*T), got %lld", fname, argname, (long long)n,
-                   (long long)have);
-    float *out = (float *)lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof(float), 0);
-    if (lt) {
-        hyb_tensor *t = lt->t;
-        if (t->device != HYB_DEV_CPU || !hyb_tensor_is_contiguous(t))
-            lhyb_error(L, "%s: %s must be a contiguous CPU tensor", fname, argname);
+    hyb_tensor *t;
+    float *out = check_host_array(L, &idx, fname, argname, n, "numbers", sizeof(float), &t);
+    if (t) {
         if (t->dtype == HYB_F32) {
             memcpy(out, t->data, (size_t)n * sizeof(float));
         } else if (t->dtype == HYB_I32) {
@@ -328,4 +331,38 @@ const struct hyb_backend *lhyb_opt_device(lua_State *L, int idx, const char *fna
     const hyb_backend *be = NULL;
     if (hyb_backend_open(name, &be) != HYB_OK) lhyb_raise_hyb(L, fname);
     return be;
+}
+
+void lhyb_set_int(lua_State *L, const char *key, lua_Integer v) {
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, key);
+}
+
+void lhyb_set_str(lua_State *L, const char *key, const char *s) {
+    lua_pushstring(L, s);
+    lua_setfield(L, -2, key);
+}
+
+void *lhyb_new_object(lua_State *L, size_t size, int nuv, const char *mt) {
+    void *p = lua_newuserdatauv(L, size, nuv);
+    memset(p, 0, size);
+    luaL_setmetatable(L, mt);
+    return p;
+}
+
+void lhyb_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction tostring,
+                    lua_CFunction gc) {
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, tostring);
+    lua_setfield(L, -2, "__tostring");
+    if (gc) {
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_pop(L, 1);
 }

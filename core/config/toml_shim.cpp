@@ -373,65 +373,61 @@ extern "C" const char *hyb_cfg_where(const hyb_cfg_table *t, const char *key, ch
 
 /* ---- typed getters --------------------------------------------------------------------------*/
 
-extern "C" int hyb_cfg_int(const hyb_cfg_table *t, const char *key, int64_t def, int64_t *out) {
-    const toml::node *n = lookup(t, key);
-    if (!n) {
-        *out = def;
-        return HYB_OK;
+/* The conversions of the typed getters (scalar and array element): true after writing *o when
+ * the node has the wanted type. */
+static bool conv_int(const toml::node &n, int64_t *o) {
+    auto v = n.as_integer();
+    if (v) *o = v->get();
+    return v != nullptr;
+}
+static bool conv_float(const toml::node &n, double *o) {
+    if (auto v = n.as_floating_point()) {
+        *o = v->get();
+        return true;
     }
-    if (auto v = n->as_integer()) {
-        *out = v->get();
-        return HYB_OK;
+    if (auto v = n.as_integer()) { /* `norm_eps = 1` is a fine float */
+        *o = (double)v->get();
+        return true;
     }
+    return false;
+}
+static bool conv_bool(const toml::node &n, int *o) {
+    auto v = n.as_boolean();
+    if (v) *o = v->get() ? 1 : 0;
+    return v != nullptr;
+}
+static bool conv_string(const toml::node &n, const char **o) {
+    auto v = n.as_string();
+    if (v) *o = v->get().c_str();
+    return v != nullptr;
+}
+
+/* The body every typed getter shares: a missing key gives def; a node that `conv` takes gives its
+ * value; any other node gives def and a type error naming what was wanted. */
+template <typename T>
+static int get_typed(const hyb_cfg_table *t, const char *key, T def, T *out, const char *want,
+                     bool (*conv)(const toml::node &, T *)) {
     *out = def;
-    return type_error(t, key, *n, "an integer");
+    const toml::node *n = lookup(t, key);
+    if (!n || conv(*n, out)) return HYB_OK;
+    return type_error(t, key, *n, want);
+}
+
+extern "C" int hyb_cfg_int(const hyb_cfg_table *t, const char *key, int64_t def, int64_t *out) {
+    return get_typed(t, key, def, out, "an integer", conv_int);
 }
 
 extern "C" int hyb_cfg_float(const hyb_cfg_table *t, const char *key, double def, double *out) {
-    const toml::node *n = lookup(t, key);
-    if (!n) {
-        *out = def;
-        return HYB_OK;
-    }
-    if (auto v = n->as_floating_point()) {
-        *out = v->get();
-        return HYB_OK;
-    }
-    if (auto v = n->as_integer()) { /* `norm_eps = 1` is a fine float */
-        *out = (double)v->get();
-        return HYB_OK;
-    }
-    *out = def;
-    return type_error(t, key, *n, "a number");
+    return get_typed(t, key, def, out, "a number", conv_float);
 }
 
 extern "C" int hyb_cfg_bool(const hyb_cfg_table *t, const char *key, int def, int *out) {
-    const toml::node *n = lookup(t, key);
-    if (!n) {
-        *out = def;
-        return HYB_OK;
-    }
-    if (auto v = n->as_boolean()) {
-        *out = v->get() ? 1 : 0;
-        return HYB_OK;
-    }
-    *out = def;
-    return type_error(t, key, *n, "a boolean (true or false)");
+    return get_typed(t, key, def, out, "a boolean (true or false)", conv_bool);
 }
 
 extern "C" int hyb_cfg_string(const hyb_cfg_table *t, const char *key, const char *def,
                               const char **out) {
-    const toml::node *n = lookup(t, key);
-    if (!n) {
-        *out = def;
-        return HYB_OK;
-    }
-    if (auto v = n->as_string()) {
-        *out = v->get().c_str();
-        return HYB_OK;
-    }
-    *out = def;
-    return type_error(t, key, *n, "a string");
+    return get_typed(t, key, def, out, "a string", conv_string);
 }
 
 /* ---- arrays ---------------------------------------------------------------------------------*/
@@ -477,29 +473,25 @@ static int elem_type_error(const hyb_cfg_table *t, const char *key, int i, const
                   i, want, describe_value(e).c_str());
 }
 
-extern "C" int hyb_cfg_array_string(const hyb_cfg_table *t, const char *key, int i,
-                                    const char **out) {
+/* The body of the array element getters: *out = zero unless element i converts. */
+template <typename T>
+static int get_elem(const hyb_cfg_table *t, const char *key, int i, T zero, T *out,
+                    const char *want, bool (*conv)(const toml::node &, T *)) {
     int rc = HYB_OK;
-    *out = nullptr;
+    *out = zero;
     const toml::node *e = array_elem(t, key, i, &rc);
     if (!e) return rc;
-    if (auto v = e->as_string()) {
-        *out = v->get().c_str();
-        return HYB_OK;
-    }
-    return elem_type_error(t, key, i, *e, "a string");
+    if (conv(*e, out)) return HYB_OK;
+    return elem_type_error(t, key, i, *e, want);
+}
+
+extern "C" int hyb_cfg_array_string(const hyb_cfg_table *t, const char *key, int i,
+                                    const char **out) {
+    return get_elem<const char *>(t, key, i, nullptr, out, "a string", conv_string);
 }
 
 extern "C" int hyb_cfg_array_int(const hyb_cfg_table *t, const char *key, int i, int64_t *out) {
-    int rc = HYB_OK;
-    *out = 0;
-    const toml::node *e = array_elem(t, key, i, &rc);
-    if (!e) return rc;
-    if (auto v = e->as_integer()) {
-        *out = v->get();
-        return HYB_OK;
-    }
-    return elem_type_error(t, key, i, *e, "an integer");
+    return get_elem<int64_t>(t, key, i, 0, out, "an integer", conv_int);
 }
 
 /* ---- validation and errors ------------------------------------------------------------------*/

@@ -136,6 +136,13 @@ hyb_tensor *graph_output(hyb_graph *g, const char *op, hyb_device dev, int ndim,
     return graph_tensor_raw(g, op, HYB_F32, dev, ndim, shape);
 }
 
+hyb_tensor *op_output_like(hyb_graph *g, const char *op, const hyb_tensor *x,
+                           const hyb_backend **be) {
+    *be = op_backend(op, x->device);
+    if (!*be) return NULL;
+    return graph_output(g, op, x->device, x->ndim, x->shape);
+}
+
 hyb_tensor *hyb_graph_tensor(hyb_graph *g, hyb_dtype dtype, int ndim, const int64_t *shape) {
     if (!g) {
         hyb_error_set(HYB_ERR_ARG, "hyb_graph_tensor: graph is NULL");
@@ -179,6 +186,17 @@ hyb_node *graph_record(hyb_graph *g, const char *op, hyb_tensor *out, hyb_tensor
     n->backward = backward;
     out->requires_grad = 1;
     return n;
+}
+
+int op_record(hyb_graph *g, const char *op, hyb_tensor *out, hyb_tensor *const *ins, int n_in,
+              hyb_backward_fn backward, hyb_node **nd) {
+    hyb_node *n = NULL;
+    if (graph_recording(g, ins, n_in)) {
+        n = graph_record(g, op, out, ins, n_in, backward);
+        if (!n) return HYB_ERR_NOMEM;
+    }
+    if (nd) *nd = n;
+    return HYB_OK;
 }
 
 int graph_grad(hyb_graph *g, hyb_tensor *t, float **out) {

@@ -1,8 +1,9 @@
 /* core/graph/graph_internal.h: the tape and the helpers every op uses (internal to libhyb).
  *
- * An op: check its inputs (op_check_*), make its output (graph_output), run the backend kernel,
- * then, when graph_recording() says so, record a node whose backward reads node->out->grad and
- * accumulates into each input's gradient obtained with graph_grad(). */
+ * An op: check its inputs (op_check_*), make its output (graph_output, or op_output_like for one
+ * shaped like an input), run the backend kernel, then, when graph_recording() says so, record a
+ * node (op_record does both) whose backward reads node->out->grad and accumulates into each
+ * input's gradient obtained with graph_grad(). */
 #ifndef HYB_GRAPH_INTERNAL_H
 #define HYB_GRAPH_INTERNAL_H
 
@@ -61,11 +62,20 @@ void *graph_dev_alloc(hyb_graph *g, hyb_device dev, size_t nbytes);
 /* An f32 arena tensor for an op's result (data not zeroed). NULL + error (prefixed by op). */
 hyb_tensor *graph_output(hyb_graph *g, const char *op, hyb_device dev, int ndim,
                          const int64_t *shape);
+/* The prologue of an op whose output has x's shape: *be = the backend of x's device and a new
+ * output like x on it. NULL + error (prefixed by op). */
+hyb_tensor *op_output_like(hyb_graph *g, const char *op, const hyb_tensor *x,
+                           const hyb_backend **be);
 /* Grad mode on and some input requires grad? (NULL entries are skipped.) */
 int graph_recording(const hyb_graph *g, hyb_tensor *const *ins, int n);
 /* Append a node; marks out->requires_grad. NULL + error on OOM. */
 hyb_node *graph_record(hyb_graph *g, const char *op, hyb_tensor *out, hyb_tensor *const *ins,
                        int n_in, hyb_backward_fn backward);
+/* The epilogue of an op: when graph_recording(g, ins, n_in), append a node (graph_record) and
+ * hand it back in *nd (when nd is not NULL) for the op's saved data; *nd = NULL otherwise.
+ * Returns HYB_OK, or an error (set) when the node could not be appended. */
+int op_record(hyb_graph *g, const char *op, hyb_tensor *out, hyb_tensor *const *ins, int n_in,
+              hyb_backward_fn backward, hyb_node **nd);
 /* The gradient buffer of t for accumulation: *out = NULL when t does not require grad; an arena
  * tensor's grad is allocated (zeroed) on first use; a non-arena tensor must bring its own ->grad of
  * t's shape, f32, same device (error otherwise). */

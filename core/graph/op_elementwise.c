@@ -12,6 +12,23 @@ static int same_shape_f32(const char *op, const char *an, const hyb_tensor *a, c
     return op_check_same_device(op, an, a, bn, b);
 }
 
+/* swiglu and add: y = f(a, b) element by element over two same-shape inputs; the forward kernel
+ * is be->add when is_add, else be->swiglu_fwd (the two have the same signature). */
+static hyb_tensor *binary_op(hyb_graph *g, const char *op, const char *an, hyb_tensor *a,
+                             const char *bn, hyb_tensor *b, int is_add, hyb_backward_fn backward) {
+    if (!g) OP_ERR("%s: graph is NULL", op);
+    if (same_shape_f32(op, an, a, bn, b)) return NULL;
+    const hyb_backend *be;
+    hyb_tensor *y = op_output_like(g, op, a, &be);
+    if (!y) return NULL;
+    OP_CALL(op,
+            (is_add ? be->add : be->swiglu_fwd)(be, (const float *)a->data, (const float *)b->data,
+                                                (float *)y->data, hyb_tensor_numel(y)));
+    hyb_tensor *ins[2] = {a, b};
+    if (op_record(g, op, y, ins, 2, backward, NULL)) return NULL;
+    return y;
+}
+
 // ---- swiglu ---------------------------------------------------------------------------------
 
 static int swiglu_bwd(hyb_graph *g, hyb_node *n) {
@@ -24,18 +41,7 @@ static int swiglu_bwd(hyb_graph *g, hyb_node *n) {
 }
 
 hyb_tensor *hyb_swiglu(hyb_graph *g, hyb_tensor *gate, hyb_tensor *up) {
-    static const char OP[] = "hyb_swiglu";
-    if (!g) OP_ERR("%s: graph is NULL", OP);
-    if (same_shape_f32(OP, "gate", gate, "up", up)) return NULL;
-    const hyb_backend *be = op_backend(OP, gate->device);
-    if (!be) return NULL;
-    hyb_tensor *y = graph_output(g, OP, gate->device, gate->ndim, gate->shape);
-    if (!y) return NULL;
-    OP_CALL(OP, be->swiglu_fwd(be, (const float *)gate->data, (const float *)up->data,
-                               (float *)y->data, hyb_tensor_numel(y)));
-    hyb_tensor *ins[2] = {gate, up};
-    if (graph_recording(g, ins, 2) && !graph_record(g, OP, y, ins, 2, swiglu_bwd)) return NULL;
-    return y;
+    return binary_op(g, "hyb_swiglu", "gate", gate, "up", up, 0, swiglu_bwd);
 }
 
 // ---- add ------------------------------------------------------------------------------------
@@ -52,18 +58,7 @@ static int add_bwd(hyb_graph *g, hyb_node *n) {
 }
 
 hyb_tensor *hyb_add(hyb_graph *g, hyb_tensor *a, hyb_tensor *b) {
-    static const char OP[] = "hyb_add";
-    if (!g) OP_ERR("%s: graph is NULL", OP);
-    if (same_shape_f32(OP, "a", a, "b", b)) return NULL;
-    const hyb_backend *be = op_backend(OP, a->device);
-    if (!be) return NULL;
-    hyb_tensor *y = graph_output(g, OP, a->device, a->ndim, a->shape);
-    if (!y) return NULL;
-    OP_CALL(OP, be->add(be, (const float *)a->data, (const float *)b->data, (float *)y->data,
-                        hyb_tensor_numel(y)));
-    hyb_tensor *ins[2] = {a, b};
-    if (graph_recording(g, ins, 2) && !graph_record(g, OP, y, ins, 2, add_bwd)) return NULL;
-    return y;
+    return binary_op(g, "hyb_add", "a", a, "b", b, 1, add_bwd);
 }
 
 // ---- softmax --------------------------------------------------------------------------------
@@ -81,16 +76,15 @@ hyb_tensor *hyb_softmax(hyb_graph *g, hyb_tensor *x) {
     static const char OP[] = "hyb_softmax";
     if (!g) OP_ERR("%s: graph is NULL", OP);
     if (op_check_f32(OP, "x", x)) return NULL;
-    const hyb_backend *be = op_backend(OP, x->device);
-    if (!be) return NULL;
-    const int64_t V = x->shape[x->ndim - 1], rows = V ? hyb_tensor_numel(x) / V : 0;
-    hyb_tensor *y = graph_output(g, OP, x->device, x->ndim, x->shape);
+    const hyb_backend *be;
+    hyb_tensor *y = op_output_like(g, OP, x, &be);
     if (!y) return NULL;
+    const int64_t V = x->shape[x->ndim - 1], rows = V ? hyb_tensor_numel(x) / V : 0;
     OP_CALL(OP, be->softmax_fwd(be, (const float *)x->data, (float *)y->data, rows, V));
     hyb_tensor *ins[1] = {x};
-    if (graph_recording(g, ins, 1)) {
-        hyb_node *nd = graph_record(g, OP, y, ins, 1, softmax_bwd);
-        if (!nd) return NULL;
+    hyb_node *nd;
+    if (op_record(g, OP, y, ins, 1, softmax_bwd, &nd)) return NULL;
+    if (nd) {
         nd->iv[0] = rows;
         nd->iv[1] = V;
     }

@@ -9,11 +9,15 @@
 
 #include "graph/graph_internal.h"
 
-/* Rows of logits [..., V] and the per-row weights w (host arena); sets *count = sum w. */
+/* The common start of a loss: *be = the backend of the logits' device, *rows_out and *V_out of
+ * logits [..., V], and the per-row weights w (host arena) it returns; sets *count = sum w. NULL +
+ * error. */
 static float *loss_weights(hyb_graph *g, const char *op, const hyb_tensor *logits,
-                           const int32_t *targets, const float *mask, int64_t *rows_out,
-                           double *count) {
+                           const int32_t *targets, const float *mask, const hyb_backend **be,
+                           int64_t *rows_out, int64_t *V_out, double *count) {
     char a[128];
+    *be = op_backend(op, logits->device);
+    if (!*be) return NULL;
     const int64_t V = logits->shape[logits->ndim - 1];
     if (logits->ndim < 2 || V < 1)
         OP_ERR("%s: logits %s must be [B, T, V] or [N, V] with V >= 1", op,
@@ -40,6 +44,7 @@ static float *loss_weights(hyb_graph *g, const char *op, const hyb_tensor *logit
         c += m;
     }
     *rows_out = rows;
+    *V_out = V;
     *count = c;
     return w;
 }
@@ -81,13 +86,11 @@ hyb_tensor *hyb_cross_entropy(hyb_graph *g, hyb_tensor *logits, const int32_t *t
     if (!g) OP_ERR("%s: graph is NULL", OP);
     if (op_check_f32(OP, "logits", logits)) return NULL;
     if (!targets) OP_ERR("%s: targets is NULL", OP);
-    const hyb_backend *be = op_backend(OP, logits->device);
-    if (!be) return NULL;
-    int64_t rows;
+    const hyb_backend *be;
+    int64_t rows, V;
     double count;
-    float *w = loss_weights(g, OP, logits, targets, mask, &rows, &count);
+    float *w = loss_weights(g, OP, logits, targets, mask, &be, &rows, &V, &count);
     if (!w) return NULL;
-    const int64_t V = logits->shape[logits->ndim - 1];
     int32_t *tc = graph_host_alloc(g, sizeof(int32_t) * (size_t)(rows ? rows : 1));
     float *lse = graph_dev_alloc(g, logits->device, sizeof(float) * (size_t)(rows ? rows : 1));
     if (!tc || !lse) return NULL;
@@ -99,9 +102,9 @@ hyb_tensor *hyb_cross_entropy(hyb_graph *g, hyb_tensor *logits, const int32_t *t
     hyb_tensor *L = loss_output(g, OP, be, logits->device, count > 0 ? sum / count : 0.0);
     if (!L) return NULL;
     hyb_tensor *ins[1] = {logits};
-    if (graph_recording(g, ins, 1)) {
-        hyb_node *nd = graph_record(g, OP, L, ins, 1, ce_bwd);
-        if (!nd) return NULL;
+    hyb_node *nd;
+    if (op_record(g, OP, L, ins, 1, ce_bwd, &nd)) return NULL;
+    if (nd) {
         nd->saved[0] = tc;
         nd->saved[1] = w;
         nd->saved[2] = lse;
@@ -143,13 +146,11 @@ static hyb_tensor *kl_op(hyb_graph *g, const char *op, hyb_tensor *student, hyb_
     if (op_check_same_device(op, "student", student, "teacher", teacher)) return NULL;
     if (!(temperature > 0.0f) || isinf(temperature))
         OP_ERR("%s: temperature %g must be finite and > 0", op, (double)temperature);
-    const hyb_backend *be = op_backend(op, student->device);
-    if (!be) return NULL;
-    int64_t rows;
+    const hyb_backend *be;
+    int64_t rows, V;
     double count;
-    float *w = loss_weights(g, op, student, NULL, mask, &rows, &count);
+    float *w = loss_weights(g, op, student, NULL, mask, &be, &rows, &V, &count);
     if (!w) return NULL;
-    const int64_t V = student->shape[student->ndim - 1];
     float *stats =
         graph_dev_alloc(g, student->device, sizeof(float) * 3 * (size_t)(rows ? rows : 1));
     if (!stats) return NULL;
@@ -216,9 +217,9 @@ hyb_tensor *hyb_weighted_sum(hyb_graph *g, hyb_tensor *const *ins, const float *
     OP_CALL(OP, be->memset0(be, out->data, sizeof(float)));
     for (int i = 0; i < n; i++)
         OP_CALL(OP, be->axpy(be, (float *)out->data, (const float *)ins[i]->data, w[i], 1));
-    if (graph_recording(g, ins, n)) {
-        hyb_node *nd = graph_record(g, OP, out, ins, n, wsum_bwd);
-        if (!nd) return NULL;
+    hyb_node *nd;
+    if (op_record(g, OP, out, ins, n, wsum_bwd, &nd)) return NULL;
+    if (nd) {
         for (int i = 0; i < n; i++)
             nd->fv[i] = w[i];
     }

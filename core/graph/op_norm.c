@@ -27,19 +27,18 @@ hyb_tensor *hyb_rmsnorm(hyb_graph *g, hyb_tensor *x, hyb_tensor *w, float eps) {
                op_shape(w, b, sizeof b), (long long)D);
     if (!(eps >= 0.0f)) OP_ERR("%s: eps %g must be >= 0", OP, (double)eps);
     if (op_check_same_device(OP, "x", x, "w", w)) return NULL;
-    const hyb_backend *be = op_backend(OP, x->device);
-    if (!be) return NULL;
-    const int64_t rows = D ? hyb_tensor_numel(x) / D : 0;
-    hyb_tensor *y = graph_output(g, OP, x->device, x->ndim, x->shape);
+    const hyb_backend *be;
+    hyb_tensor *y = op_output_like(g, OP, x, &be);
     if (!y) return NULL;
+    const int64_t rows = D ? hyb_tensor_numel(x) / D : 0;
     float *rstd = graph_dev_alloc(g, x->device, sizeof(float) * (size_t)(rows ? rows : 1));
     if (!rstd) return NULL;
     OP_CALL(OP, be->rmsnorm_fwd(be, (const float *)x->data, (const float *)w->data,
                                 (float *)y->data, rstd, rows, D, eps));
     hyb_tensor *ins[2] = {x, w};
-    if (graph_recording(g, ins, 2)) {
-        hyb_node *nd = graph_record(g, OP, y, ins, 2, rmsnorm_bwd);
-        if (!nd) return NULL;
+    hyb_node *nd;
+    if (op_record(g, OP, y, ins, 2, rmsnorm_bwd, &nd)) return NULL;
+    if (nd) {
         nd->saved[0] = rstd;
         nd->iv[0] = rows;
         nd->iv[1] = D;
@@ -91,9 +90,9 @@ hyb_tensor *hyb_rope(hyb_graph *g, hyb_tensor *x, const int32_t *pos, float thet
     OP_CALL(OP, be->copy(be, y->data, x->data, hyb_tensor_nbytes(x)));
     OP_CALL(OP, be->rope(be, (float *)y->data, B, T, H, hd, pc, theta, 0));
     hyb_tensor *ins[1] = {x};
-    if (graph_recording(g, ins, 1)) {
-        hyb_node *nd = graph_record(g, OP, y, ins, 1, rope_bwd);
-        if (!nd) return NULL;
+    hyb_node *nd;
+    if (op_record(g, OP, y, ins, 1, rope_bwd, &nd)) return NULL;
+    if (nd) {
         nd->saved[0] = pc;
         nd->iv[0] = B;
         nd->iv[1] = T;

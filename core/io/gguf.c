@@ -74,6 +74,18 @@ static uint32_t ld_u32(const uint8_t *p) {
 static uint64_t ld_u64(const uint8_t *p) {
     return (uint64_t)ld_u32(p) | ((uint64_t)ld_u32(p + 4) << 32);
 }
+static float ld_f32(const uint8_t *p) {
+    uint32_t u = ld_u32(p);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static double ld_f64(const uint8_t *p) {
+    uint64_t u = ld_u64(p);
+    double d;
+    memcpy(&d, &u, 8);
+    return d;
+}
 
 typedef struct reader {
     hyb_gguf *g;
@@ -432,6 +444,18 @@ static int check_unique(hyb_gguf *g) {
 
 /* ---- open / close -----------------------------------------------------------------------------*/
 
+/* A count read from the header (at file offset off) that cannot fit: each `item` takes at least
+ * `min_bytes` and only `left` bytes follow the header. */
+static int check_count(const hyb_gguf *g, uint64_t off, const char *what, const char *item,
+                       uint64_t count, uint64_t min_bytes, uint64_t left) {
+    if (count <= left / min_bytes) return HYB_OK;
+    return FERR(g, off,
+                "%s count %" PRIu64 " is impossible: %s takes at least %" PRIu64
+                " bytes and only %" PRIu64
+                " bytes follow the header (truncated file or corrupt count)",
+                what, count, item, min_bytes, left);
+}
+
 static int parse(hyb_gguf *g) {
     reader r = {g, 0};
     uint32_t magic;
@@ -456,18 +480,8 @@ static int parse(hyb_gguf *g) {
     uint64_t left = g->size - r.pos;
     /* a kv is at least 8 (key length) + 1 (key) + 4 (type) + 1 (value) bytes; a tensor info at
      * least 8 + 1 (name) + 4 (n_dims) + 8 (one dim) + 4 (type) + 8 (offset) */
-    if (n_kv > left / 14)
-        return FERR(g, 16,
-                    "kv count %" PRIu64
-                    " is impossible: a kv takes at least 14 bytes and only %" PRIu64
-                    " bytes follow the header (truncated file or corrupt count)",
-                    n_kv, left);
-    if (n_tensors > left / 33)
-        return FERR(g, 8,
-                    "tensor count %" PRIu64
-                    " is impossible: a tensor info takes at least 33 bytes and only %" PRIu64
-                    " bytes follow the header (truncated file or corrupt count)",
-                    n_tensors, left);
+    HYB_TRY(check_count(g, 16, "kv", "a kv", n_kv, 14, left));
+    HYB_TRY(check_count(g, 8, "tensor", "a tensor info", n_tensors, 33, left));
     /* metadata */
     g->alignment = HYB_GGUF_DEFAULT_ALIGNMENT;
     for (uint64_t i = 0; i < n_kv; i++) {
@@ -701,56 +715,45 @@ typedef struct num {
     double f;
 } num;
 
+/* The little-endian unsigned integer of n (1, 2, 4 or 8) bytes at p. */
+static uint64_t ld_uint(const uint8_t *p, int n) {
+    uint64_t u = 0;
+    for (int i = n - 1; i >= 0; i--)
+        u = (u << 8) | p[i];
+    return u;
+}
+
 static int num_load(int t, const uint8_t *p, num *v) {
     memset(v, 0, sizeof *v);
     v->is_int = 1;
     switch (t) {
     case HYB_GGUF_U8:
-        v->u = p[0];
-        v->is_unsigned = 1;
-        break;
     case HYB_GGUF_BOOL:
-        v->u = p[0];
+    case HYB_GGUF_U16:
+    case HYB_GGUF_U32:
+    case HYB_GGUF_U64:
+        v->u = ld_uint(p, VTYPE_SIZE[t]);
         v->is_unsigned = 1;
         break;
     case HYB_GGUF_I8:
-        v->i = (int8_t)p[0];
-        break;
-    case HYB_GGUF_U16:
-        v->u = ld_u16(p);
-        v->is_unsigned = 1;
-        break;
     case HYB_GGUF_I16:
-        v->i = (int16_t)ld_u16(p);
-        break;
-    case HYB_GGUF_U32:
-        v->u = ld_u32(p);
-        v->is_unsigned = 1;
-        break;
     case HYB_GGUF_I32:
-        v->i = (int32_t)ld_u32(p);
+    case HYB_GGUF_I64: {
+        const int bits = 8 * VTYPE_SIZE[t];
+        const uint64_t u = ld_uint(p, VTYPE_SIZE[t]);
+        if (bits == 64) {
+            v->i = (int64_t)u;
+        } else { /* sign-extend: (u ^ m) - m with m the sign bit */
+            const int64_t m = (int64_t)1 << (bits - 1);
+            v->i = (int64_t)(u ^ (uint64_t)m) - m;
+        }
         break;
-    case HYB_GGUF_U64:
-        v->u = ld_u64(p);
-        v->is_unsigned = 1;
-        break;
-    case HYB_GGUF_I64:
-        v->i = (int64_t)ld_u64(p);
-        break;
-    case HYB_GGUF_F32: {
-        uint32_t u = ld_u32(p);
-        float f;
-        memcpy(&f, &u, 4);
-        v->f = f;
+    }
+    case HYB_GGUF_F32:
+    case HYB_GGUF_F64:
+        v->f = t == HYB_GGUF_F32 ? (double)ld_f32(p) : ld_f64(p);
         v->is_int = 0;
         return HYB_OK;
-    }
-    case HYB_GGUF_F64: {
-        uint64_t u = ld_u64(p);
-        memcpy(&v->f, &u, 8);
-        v->is_int = 0;
-        return HYB_OK;
-    }
     default:
         return HYB_ERR;
     }
@@ -844,21 +847,8 @@ GETTER(hyb_gguf_get_u64, HYB_GGUF_U64, uint64_t, ld_u64(p))
 GETTER(hyb_gguf_get_i64, HYB_GGUF_I64, int64_t, (int64_t)ld_u64(p))
 GETTER(hyb_gguf_get_bool, HYB_GGUF_BOOL, int, p[0] != 0)
 
-int hyb_gguf_get_f32(const hyb_gguf *g, const char *key, float *out) {
-    const gguf_kv *e = NULL;
-    HYB_TRY(lookup(g, key, HYB_GGUF_F32, &e));
-    uint32_t u = ld_u32(g->base + e->pos);
-    memcpy(out, &u, 4);
-    return HYB_OK;
-}
-
-int hyb_gguf_get_f64(const hyb_gguf *g, const char *key, double *out) {
-    const gguf_kv *e = NULL;
-    HYB_TRY(lookup(g, key, HYB_GGUF_F64, &e));
-    uint64_t u = ld_u64(g->base + e->pos);
-    memcpy(out, &u, 8);
-    return HYB_OK;
-}
+GETTER(hyb_gguf_get_f32, HYB_GGUF_F32, float, ld_f32(p))
+GETTER(hyb_gguf_get_f64, HYB_GGUF_F64, double, ld_f64(p))
 
 int hyb_gguf_get_str(const hyb_gguf *g, const char *key, const char **out, uint64_t *len) {
     const gguf_kv *e = NULL;

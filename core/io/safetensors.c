@@ -86,17 +86,22 @@ const char *hyb_safetensors_meta(const hyb_safetensors *st, const char *key) {
     return NULL;
 }
 
+/* Free n metadata key/value strings and their two arrays (a reader's or a writer's). */
+static void free_meta(char **k, char **v, int n) {
+    for (int i = 0; i < n; i++) {
+        free(k[i]);
+        free(v[i]);
+    }
+    free(k);
+    free(v);
+}
+
 void hyb_safetensors_close(hyb_safetensors *st) {
     if (!st) return;
     if (st->map) munmap(st->map, st->map_size);
     for (int i = 0; i < st->n; i++)
         free((char *)st->t[i].name);
-    for (int i = 0; i < st->n_meta; i++) {
-        free(st->meta_k[i]);
-        free(st->meta_v[i]);
-    }
-    free(st->meta_k);
-    free(st->meta_v);
+    free_meta(st->meta_k, st->meta_v, st->n_meta);
     free(st->t);
     free(st->by_name);
     free(st->path);
@@ -413,6 +418,18 @@ fail:
     return rc;
 }
 
+/* The little-endian integer of `size` bytes at p, as f32 with the one rounding of a C cast from
+ * its own type (widening to 64 bits first changes no value). */
+static float int_to_f32(const uint8_t *p, int size, int is_signed) {
+    uint64_t u = 0;
+    for (int b = size - 1; b >= 0; b--)
+        u = (u << 8) | p[b];
+    if (!is_signed) return (float)u;
+    if (size == 8) return (float)(int64_t)u;
+    const int64_t m = (int64_t)1 << (8 * size - 1); /* sign-extend: (u ^ m) - m */
+    return (float)((int64_t)(u ^ (uint64_t)m) - m);
+}
+
 int hyb_safetensors_read_f32(const hyb_safetensors *st, const hyb_st_tensor *t, float *dst,
                              int64_t n) {
     if (n != t->numel)
@@ -436,24 +453,23 @@ int hyb_safetensors_read_f32(const hyb_safetensors *st, const hyb_st_tensor *t, 
         CONV(uint16_t, hyb_bf16_to_f32(v))
     case HYB_ST_F64:
         CONV(double, (float)v)
-    case HYB_ST_I32:
-        CONV(int32_t, (float)v)
-    case HYB_ST_U32:
-        CONV(uint32_t, (float)v)
-    case HYB_ST_I64:
-        CONV(int64_t, (float)v)
-    case HYB_ST_U64:
-        CONV(uint64_t, (float)v)
-    case HYB_ST_I16:
-        CONV(int16_t, (float)v)
-    case HYB_ST_U16:
-        CONV(uint16_t, (float)v)
-    case HYB_ST_I8:
-        CONV(int8_t, (float)v)
-    case HYB_ST_U8:
-        CONV(uint8_t, (float)v)
     case HYB_ST_BOOL:
         CONV(uint8_t, v ? 1.0f : 0.0f)
+    case HYB_ST_I8:
+    case HYB_ST_I16:
+    case HYB_ST_I32:
+    case HYB_ST_I64:
+    case HYB_ST_U8:
+    case HYB_ST_U16:
+    case HYB_ST_U32:
+    case HYB_ST_U64: {
+        const int size = hyb_st_dtype_size(t->dtype);
+        const int is_signed = t->dtype == HYB_ST_I8 || t->dtype == HYB_ST_I16 ||
+                              t->dtype == HYB_ST_I32 || t->dtype == HYB_ST_I64;
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = int_to_f32(s + (size_t)i * (size_t)size, size, is_signed);
+        break;
+    }
 #undef CONV
     default:
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
@@ -531,13 +547,8 @@ void hyb_st_writer_free(hyb_st_writer *w) {
         free(w->e[i].name);
         hyb_free(w->e[i].owned);
     }
-    for (int i = 0; i < w->n_meta; i++) {
-        free(w->meta_k[i]);
-        free(w->meta_v[i]);
-    }
+    free_meta(w->meta_k, w->meta_v, w->n_meta);
     free(w->e);
-    free(w->meta_k);
-    free(w->meta_v);
     free(w);
 }
 

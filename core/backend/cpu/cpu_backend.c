@@ -7,6 +7,14 @@
 #include "backend/cpu/cpu_quant.h"
 #include "hyb/backend.h"
 
+/* An entry that forwards its arguments (all but `be`) to the kernel hyb_cpu_<name>. */
+#define CPU_ENTRY(name, params, args)                                                              \
+    static int cpu_##name params {                                                                 \
+        (void)be;                                                                                  \
+        hyb_cpu_##name args;                                                                       \
+        return HYB_OK;                                                                             \
+    }
+
 static void *cpu_alloc(const hyb_backend *be, size_t n) {
     (void)be;
     return hyb_malloc(n);
@@ -25,13 +33,10 @@ static int cpu_copy(const hyb_backend *be, void *dst, const void *src, size_t n)
     if (n && dst != src) memmove(dst, src, n);
     return HYB_OK;
 }
-static int cpu_sgemm(const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha,
-                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                     int ldc) {
-    (void)be;
-    hyb_cpu_sgemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    return HYB_OK;
-}
+CPU_ENTRY(sgemm,
+          (const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha, const float *A,
+           int lda, const float *B, int ldb, float beta, float *C, int ldc),
+          (tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
 static int cpu_rope(const hyb_backend *be, float *x, int B, int T, int H, int hd,
                     const int32_t *pos, float theta, int inverse) {
     (void)be;
@@ -39,109 +44,66 @@ static int cpu_rope(const hyb_backend *be, float *x, int B, int T, int H, int hd
         hyb_cpu_rope(x + (int64_t)b * T * H * hd, T, H, hd, pos, theta, inverse);
     return HYB_OK;
 }
-static int cpu_embedding_fwd(const hyb_backend *be, const float *W, const int32_t *ids, float *y,
-                             int64_t n, int64_t D) {
-    (void)be;
-    hyb_cpu_embedding_fwd(W, ids, y, n, D);
-    return HYB_OK;
-}
-static int cpu_embedding_bwd(const hyb_backend *be, float *dW, const int32_t *ids, const float *dy,
-                             int64_t n, int64_t D) {
-    (void)be;
-    hyb_cpu_embedding_bwd(dW, ids, dy, n, D);
-    return HYB_OK;
-}
-static int cpu_rmsnorm_fwd(const hyb_backend *be, const float *x, const float *w, float *y,
-                           float *rstd, int64_t rows, int64_t D, float eps) {
-    (void)be;
-    hyb_cpu_rmsnorm_fwd(x, w, y, rstd, rows, D, eps);
-    return HYB_OK;
-}
-static int cpu_rmsnorm_bwd(const hyb_backend *be, const float *x, const float *w, const float *rstd,
-                           const float *dy, float *dx, float *dw, int64_t rows, int64_t D) {
-    (void)be;
-    hyb_cpu_rmsnorm_bwd(x, w, rstd, dy, dx, dw, rows, D);
-    return HYB_OK;
-}
-static int cpu_swiglu_fwd(const hyb_backend *be, const float *g, const float *u, float *y,
-                          int64_t n) {
-    (void)be;
-    hyb_cpu_swiglu_fwd(g, u, y, n);
-    return HYB_OK;
-}
-static int cpu_swiglu_bwd(const hyb_backend *be, const float *g, const float *u, const float *dy,
-                          float *dg, float *du, int64_t n) {
-    (void)be;
-    hyb_cpu_swiglu_bwd(g, u, dy, dg, du, n);
-    return HYB_OK;
-}
-static int cpu_add(const hyb_backend *be, const float *a, const float *b, float *y, int64_t n) {
-    (void)be;
-    hyb_cpu_add(a, b, y, n);
-    return HYB_OK;
-}
-static int cpu_axpy(const hyb_backend *be, float *dst, const float *src, float alpha, int64_t n) {
-    (void)be;
-    hyb_cpu_axpy(dst, src, alpha, n);
-    return HYB_OK;
-}
-static int cpu_softmax_fwd(const hyb_backend *be, const float *x, float *y, int64_t rows,
-                           int64_t V) {
-    (void)be;
-    hyb_cpu_softmax_fwd(x, y, rows, V);
-    return HYB_OK;
-}
-static int cpu_softmax_bwd(const hyb_backend *be, const float *y, const float *dy, float *dx,
-                           int64_t rows, int64_t V) {
-    (void)be;
-    hyb_cpu_softmax_bwd(y, dy, dx, rows, V);
-    return HYB_OK;
-}
-static int cpu_ce_fwd(const hyb_backend *be, const float *logits, const int32_t *targets,
-                      const float *w, float *lse, int64_t rows, int64_t V, double *loss_sum) {
-    (void)be;
-    hyb_cpu_ce_fwd(logits, targets, w, lse, rows, V, loss_sum);
-    return HYB_OK;
-}
-static int cpu_ce_bwd(const hyb_backend *be, const float *logits, const int32_t *targets,
-                      const float *w, const float *lse, float *dlogits, int64_t rows, int64_t V,
-                      float scale) {
-    (void)be;
-    hyb_cpu_ce_bwd(logits, targets, w, lse, dlogits, rows, V, scale);
-    return HYB_OK;
-}
-static int cpu_kl_fwd(const hyb_backend *be, const float *s, const float *t, const float *w,
-                      float *stats, int64_t rows, int64_t V, float T, int reverse,
-                      double *loss_sum) {
-    (void)be;
-    hyb_cpu_kl_fwd(s, t, w, stats, rows, V, T, reverse, loss_sum);
-    return HYB_OK;
-}
-static int cpu_kl_bwd(const hyb_backend *be, const float *s, const float *t, const float *w,
-                      const float *stats, float *ds, int64_t rows, int64_t V, float T, int reverse,
-                      float scale) {
-    (void)be;
-    hyb_cpu_kl_bwd(s, t, w, stats, ds, rows, V, T, reverse, scale);
-    return HYB_OK;
-}
+CPU_ENTRY(embedding_fwd,
+          (const hyb_backend *be, const float *W, const int32_t *ids, float *y, int64_t n,
+           int64_t D),
+          (W, ids, y, n, D))
+CPU_ENTRY(embedding_bwd,
+          (const hyb_backend *be, float *dW, const int32_t *ids, const float *dy, int64_t n,
+           int64_t D),
+          (dW, ids, dy, n, D))
+CPU_ENTRY(rmsnorm_fwd,
+          (const hyb_backend *be, const float *x, const float *w, float *y, float *rstd,
+           int64_t rows, int64_t D, float eps),
+          (x, w, y, rstd, rows, D, eps))
+CPU_ENTRY(rmsnorm_bwd,
+          (const hyb_backend *be, const float *x, const float *w, const float *rstd,
+           const float *dy, float *dx, float *dw, int64_t rows, int64_t D),
+          (x, w, rstd, dy, dx, dw, rows, D))
+CPU_ENTRY(swiglu_fwd, (const hyb_backend *be, const float *g, const float *u, float *y, int64_t n),
+          (g, u, y, n))
+CPU_ENTRY(swiglu_bwd,
+          (const hyb_backend *be, const float *g, const float *u, const float *dy, float *dg,
+           float *du, int64_t n),
+          (g, u, dy, dg, du, n))
+CPU_ENTRY(add, (const hyb_backend *be, const float *a, const float *b, float *y, int64_t n),
+          (a, b, y, n))
+CPU_ENTRY(axpy, (const hyb_backend *be, float *dst, const float *src, float alpha, int64_t n),
+          (dst, src, alpha, n))
+CPU_ENTRY(softmax_fwd, (const hyb_backend *be, const float *x, float *y, int64_t rows, int64_t V),
+          (x, y, rows, V))
+CPU_ENTRY(softmax_bwd,
+          (const hyb_backend *be, const float *y, const float *dy, float *dx, int64_t rows,
+           int64_t V),
+          (y, dy, dx, rows, V))
+CPU_ENTRY(ce_fwd,
+          (const hyb_backend *be, const float *logits, const int32_t *targets, const float *w,
+           float *lse, int64_t rows, int64_t V, double *loss_sum),
+          (logits, targets, w, lse, rows, V, loss_sum))
+CPU_ENTRY(ce_bwd,
+          (const hyb_backend *be, const float *logits, const int32_t *targets, const float *w,
+           const float *lse, float *dlogits, int64_t rows, int64_t V, float scale),
+          (logits, targets, w, lse, dlogits, rows, V, scale))
+CPU_ENTRY(kl_fwd,
+          (const hyb_backend *be, const float *s, const float *t, const float *w, float *stats,
+           int64_t rows, int64_t V, float T, int reverse, double *loss_sum),
+          (s, t, w, stats, rows, V, T, reverse, loss_sum))
+CPU_ENTRY(kl_bwd,
+          (const hyb_backend *be, const float *s, const float *t, const float *w,
+           const float *stats, float *ds, int64_t rows, int64_t V, float T, int reverse,
+           float scale),
+          (s, t, w, stats, ds, rows, V, T, reverse, scale))
 
-static int cpu_adamw(const hyb_backend *be, float *p, const float *g, float *m, float *v, int64_t n,
-                     float b1, float b2, float eps, float shrink, float step_size,
-                     float inv_sqrt_bc2) {
-    (void)be;
-    hyb_cpu_adamw(p, g, m, v, n, b1, b2, eps, shrink, step_size, inv_sqrt_bc2);
-    return HYB_OK;
-}
+CPU_ENTRY(adamw,
+          (const hyb_backend *be, float *p, const float *g, float *m, float *v, int64_t n, float b1,
+           float b2, float eps, float shrink, float step_size, float inv_sqrt_bc2),
+          (p, g, m, v, n, b1, b2, eps, shrink, step_size, inv_sqrt_bc2))
 static int cpu_sumsq(const hyb_backend *be, const float *x, int64_t n, double *out) {
     (void)be;
     *out = hyb_cpu_sumsq(x, n);
     return HYB_OK;
 }
-static int cpu_scale(const hyb_backend *be, float *x, float alpha, int64_t n) {
-    (void)be;
-    hyb_cpu_scale(x, alpha, n);
-    return HYB_OK;
-}
+CPU_ENTRY(scale, (const hyb_backend *be, float *x, float alpha, int64_t n), (x, alpha, n))
 
 /* the activation path (precise / fast) and scheme come from HYB_QUANT / HYB_QUANT_ACT; a
  * quantized weight always computes, precise when HYB_QUANT is off */

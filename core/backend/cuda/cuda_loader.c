@@ -48,12 +48,16 @@ static void *open_first(const char *const *names, int flags, char *tried, size_t
 }
 
 /* dlsym every field of a table; the error names the first missing symbol. */
+/* Fill the function table `fields` with the n symbols of lib; on a missing one lib is closed. */
 static int resolve(void *lib, const char *libname, void **fields, const char *const *syms, int n) {
     for (int i = 0; i < n; i++) {
         fields[i] = dlsym(lib, syms[i]);
-        if (!fields[i])
-            return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: missing symbol %s (library too old?)",
-                                 libname, syms[i]);
+        if (!fields[i]) {
+            int rc = hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: missing symbol %s (library too old?)",
+                                   libname, syms[i]);
+            dlclose(lib);
+            return rc;
+        }
     }
     return HYB_OK;
 }
@@ -81,11 +85,7 @@ int hyb_cuda_nvrtc_load(void) {
                              "cannot be compiled",
                              tried);
     hyb_nvrtc_api api;
-    int rc = resolve(lib, "libnvrtc", (void **)&api, syms, (int)(sizeof syms / sizeof *syms));
-    if (rc != HYB_OK) {
-        dlclose(lib);
-        return rc;
-    }
+    HYB_TRY(resolve(lib, "libnvrtc", (void **)&api, syms, (int)(sizeof syms / sizeof *syms)));
     int major = 0, minor = 0;
     if (api.nvrtcVersion(&major, &minor) != NVRTC_SUCCESS) {
         dlclose(lib);
@@ -123,11 +123,7 @@ static int load_driver(void) {
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
                              "no CUDA driver found (libcuda.so.1 is not on the loader path: no NVIDIA driver installed)");
     hyb_cu_api api;
-    int rc = resolve(lib, "libcuda.so.1", (void **)&api, syms, (int)(sizeof syms / sizeof *syms));
-    if (rc != HYB_OK) {
-        dlclose(lib);
-        return rc;
-    }
+    HYB_TRY(resolve(lib, "libcuda.so.1", (void **)&api, syms, (int)(sizeof syms / sizeof *syms)));
     hyb_cu = api;
     g_cuda_lib = lib;
     return HYB_OK;
@@ -157,11 +153,7 @@ static int load_cublas(void) {
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
                              "no cuBLAS found (tried %s, also in $CUDA_HOME/lib64)", tried);
     hyb_cublas_api api;
-    int rc = resolve(lib, "libcublas", (void **)&api, syms, (int)(sizeof syms / sizeof *syms));
-    if (rc != HYB_OK) {
-        dlclose(lib);
-        return rc;
-    }
+    HYB_TRY(resolve(lib, "libcublas", (void **)&api, syms, (int)(sizeof syms / sizeof *syms)));
     hyb_cublas = api;
     g_cublas_lib = lib;
     return HYB_OK;

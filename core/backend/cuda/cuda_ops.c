@@ -218,56 +218,47 @@ static void *upload_tmp(const void *host, size_t nbytes) {
 }
 
 /* ---- element-wise ---------------------------------------------------------------------------- */
-int hyb_cuda_add(const float *a, const float *b, float *y, int64_t n) {
+/* Launch the grid-stride kernel `name` of elementwise.cu over n elements (nothing when n <= 0). */
+static int elementwise(const char *name, int64_t n, void **args) {
     if (n <= 0) return HYB_OK;
-    GET("elementwise.cu", "hyb_add");
-    LAUNCH("hyb_add", grid_for(n), 1, BLOCK, &a, &b, &y, &n);
-    return HYB_OK;
+    CUfunction fn = hyb_cuda_function("elementwise.cu", name);
+    if (!fn) return HYB_ERR;
+    return hyb_cuda_launch(fn, name, grid_for(n), 1, BLOCK, args);
+}
+int hyb_cuda_add(const float *a, const float *b, float *y, int64_t n) {
+    void *args[] = {&a, &b, &y, &n};
+    return elementwise("hyb_add", n, args);
 }
 int hyb_cuda_axpy(float *dst, const float *src, float alpha, int64_t n) {
-    if (n <= 0) return HYB_OK;
-    GET("elementwise.cu", "hyb_axpy");
-    LAUNCH("hyb_axpy", grid_for(n), 1, BLOCK, &dst, &src, &alpha, &n);
-    return HYB_OK;
+    void *args[] = {&dst, &src, &alpha, &n};
+    return elementwise("hyb_axpy", n, args);
 }
 int hyb_cuda_swiglu_fwd(const float *gate, const float *up, float *y, int64_t n) {
-    if (n <= 0) return HYB_OK;
-    GET("elementwise.cu", "hyb_swiglu_fwd");
-    LAUNCH("hyb_swiglu_fwd", grid_for(n), 1, BLOCK, &gate, &up, &y, &n);
-    return HYB_OK;
+    void *args[] = {&gate, &up, &y, &n};
+    return elementwise("hyb_swiglu_fwd", n, args);
 }
 int hyb_cuda_swiglu_bwd(const float *gate, const float *up, const float *dy, float *dgate,
                         float *dup, int64_t n) {
-    if (n <= 0 || (!dgate && !dup)) return HYB_OK;
-    GET("elementwise.cu", "hyb_swiglu_bwd");
-    LAUNCH("hyb_swiglu_bwd", grid_for(n), 1, BLOCK, &gate, &up, &dy, &dgate, &dup, &n);
-    return HYB_OK;
+    if (!dgate && !dup) return HYB_OK;
+    void *args[] = {&gate, &up, &dy, &dgate, &dup, &n};
+    return elementwise("hyb_swiglu_bwd", n, args);
 }
 int hyb_cuda_f32_to_bf16(const float *x, void *y, int64_t n) {
-    if (n <= 0) return HYB_OK;
-    GET("elementwise.cu", "hyb_f32_to_bf16");
-    LAUNCH("hyb_f32_to_bf16", grid_for(n), 1, BLOCK, &x, &y, &n);
-    return HYB_OK;
+    void *args[] = {&x, &y, &n};
+    return elementwise("hyb_f32_to_bf16", n, args);
 }
 int hyb_cuda_bf16_to_f32(const void *x, float *y, int64_t n) {
-    if (n <= 0) return HYB_OK;
-    GET("elementwise.cu", "hyb_bf16_to_f32");
-    LAUNCH("hyb_bf16_to_f32", grid_for(n), 1, BLOCK, &x, &y, &n);
-    return HYB_OK;
+    void *args[] = {&x, &y, &n};
+    return elementwise("hyb_bf16_to_f32", n, args);
 }
 int hyb_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
                    float eps, float shrink, float step_size, float inv_sqrt_bc2) {
-    if (n <= 0) return HYB_OK;
-    GET("elementwise.cu", "hyb_adamw");
-    LAUNCH("hyb_adamw", grid_for(n), 1, BLOCK, &p, &g, &m, &v, &n, &b1, &b2, &eps, &shrink,
-           &step_size, &inv_sqrt_bc2);
-    return HYB_OK;
+    void *args[] = {&p, &g, &m, &v, &n, &b1, &b2, &eps, &shrink, &step_size, &inv_sqrt_bc2};
+    return elementwise("hyb_adamw", n, args);
 }
 int hyb_cuda_scale(float *x, float alpha, int64_t n) {
-    if (n <= 0) return HYB_OK;
-    GET("elementwise.cu", "hyb_scale");
-    LAUNCH("hyb_scale", grid_for(n), 1, BLOCK, &x, &alpha, &n);
-    return HYB_OK;
+    void *args[] = {&x, &alpha, &n};
+    return elementwise("hyb_scale", n, args);
 }
 int hyb_cuda_sumsq(const float *x, int64_t n, double *out) {
     *out = 0.0;
@@ -488,6 +479,14 @@ static int report(int rc, const char *fmt, ...) {
     va_end(ap);
     return hyb_error_wrap(rc, "%s %s", g_cuda_name, what);
 }
+/* An entry that drops `be`, runs hyb_cuda_<name> and reports a failure with the printf-style
+ * description that follows (the op and its sizes). */
+#define CUDA_ENTRY(name, params, args, ...)                                                        \
+    static int be_##name params {                                                                  \
+        (void)be;                                                                                  \
+        return report(hyb_cuda_##name args, __VA_ARGS__);                                          \
+    }
+
 static void *be_alloc(const hyb_backend *be, size_t n) {
     (void)be;
     return hyb_cuda_malloc(n);
@@ -496,128 +495,84 @@ static void be_free(const hyb_backend *be, void *p) {
     (void)be;
     hyb_cuda_free(p);
 }
-static int be_memset0(const hyb_backend *be, void *p, size_t n) {
-    (void)be;
-    return report(hyb_cuda_memset0(p, n), "memset0 %zu bytes", n);
-}
-static int be_copy(const hyb_backend *be, void *d, const void *s, size_t n) {
-    (void)be;
-    return report(hyb_cuda_copy(d, s, n), "copy %zu bytes", n);
-}
-static int be_upload(const hyb_backend *be, void *d, const void *s, size_t n) {
-    (void)be;
-    return report(hyb_cuda_upload(d, s, n), "upload %zu bytes", n);
-}
-static int be_download(const hyb_backend *be, void *d, const void *s, size_t n) {
-    (void)be;
-    return report(hyb_cuda_download(d, s, n), "download %zu bytes", n);
-}
-static int be_sgemm(const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha,
-                    const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                    int ldc) {
-    (void)be;
-    return report(hyb_cuda_sgemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc),
-                  "sgemm M=%d N=%d K=%d (trans %d%d)", M, N, K, tA, tB);
-}
-static int be_rope(const hyb_backend *be, float *x, int B, int T, int H, int hd, const int32_t *pos,
-                   float theta, int inverse) {
-    (void)be;
-    return report(hyb_cuda_rope(x, B, T, H, hd, pos, theta, inverse), "rope [%d, %d, %d, %d]", B, T,
-                  H, hd);
-}
-static int be_embedding_fwd(const hyb_backend *be, const float *W, const int32_t *ids, float *y,
-                            int64_t n, int64_t D) {
-    (void)be;
-    return report(hyb_cuda_embedding_fwd(W, ids, y, n, D), "embedding_fwd n=%lld D=%lld",
-                  (long long)n, (long long)D);
-}
-static int be_embedding_bwd(const hyb_backend *be, float *dW, const int32_t *ids, const float *dy,
-                            int64_t n, int64_t D) {
-    (void)be;
-    return report(hyb_cuda_embedding_bwd(dW, ids, dy, n, D), "embedding_bwd n=%lld D=%lld",
-                  (long long)n, (long long)D);
-}
-static int be_rmsnorm_fwd(const hyb_backend *be, const float *x, const float *w, float *y,
-                          float *rstd, int64_t rows, int64_t D, float eps) {
-    (void)be;
-    return report(hyb_cuda_rmsnorm_fwd(x, w, y, rstd, rows, D, eps), "rmsnorm_fwd [%lld, %lld]",
-                  (long long)rows, (long long)D);
-}
-static int be_rmsnorm_bwd(const hyb_backend *be, const float *x, const float *w, const float *rstd,
-                          const float *dy, float *dx, float *dw, int64_t rows, int64_t D) {
-    (void)be;
-    return report(hyb_cuda_rmsnorm_bwd(x, w, rstd, dy, dx, dw, rows, D), "rmsnorm_bwd [%lld, %lld]",
-                  (long long)rows, (long long)D);
-}
-static int be_swiglu_fwd(const hyb_backend *be, const float *g, const float *u, float *y,
-                         int64_t n) {
-    (void)be;
-    return report(hyb_cuda_swiglu_fwd(g, u, y, n), "swiglu_fwd n=%lld", (long long)n);
-}
-static int be_swiglu_bwd(const hyb_backend *be, const float *g, const float *u, const float *dy,
-                         float *dg, float *du, int64_t n) {
-    (void)be;
-    return report(hyb_cuda_swiglu_bwd(g, u, dy, dg, du, n), "swiglu_bwd n=%lld", (long long)n);
-}
-static int be_add(const hyb_backend *be, const float *a, const float *b, float *y, int64_t n) {
-    (void)be;
-    return report(hyb_cuda_add(a, b, y, n), "add n=%lld", (long long)n);
-}
-static int be_axpy(const hyb_backend *be, float *d, const float *s, float alpha, int64_t n) {
-    (void)be;
-    return report(hyb_cuda_axpy(d, s, alpha, n), "axpy n=%lld", (long long)n);
-}
-static int be_softmax_fwd(const hyb_backend *be, const float *x, float *y, int64_t rows,
-                          int64_t V) {
-    (void)be;
-    return report(hyb_cuda_softmax_fwd(x, y, rows, V), "softmax_fwd [%lld, %lld]", (long long)rows,
-                  (long long)V);
-}
-static int be_softmax_bwd(const hyb_backend *be, const float *y, const float *dy, float *dx,
-                          int64_t rows, int64_t V) {
-    (void)be;
-    return report(hyb_cuda_softmax_bwd(y, dy, dx, rows, V), "softmax_bwd [%lld, %lld]",
-                  (long long)rows, (long long)V);
-}
-static int be_ce_fwd(const hyb_backend *be, const float *logits, const int32_t *targets,
-                     const float *w, float *lse, int64_t rows, int64_t V, double *loss_sum) {
-    (void)be;
-    return report(hyb_cuda_ce_fwd(logits, targets, w, lse, rows, V, loss_sum),
-                  "ce_fwd [%lld, %lld]", (long long)rows, (long long)V);
-}
-static int be_ce_bwd(const hyb_backend *be, const float *logits, const int32_t *targets,
-                     const float *w, const float *lse, float *dlogits, int64_t rows, int64_t V,
-                     float scale) {
-    (void)be;
-    return report(hyb_cuda_ce_bwd(logits, targets, w, lse, dlogits, rows, V, scale),
-                  "ce_bwd [%lld, %lld]", (long long)rows, (long long)V);
-}
-static int be_kl_fwd(const hyb_backend *be, const float *s, const float *t, const float *w,
-                     float *stats, int64_t rows, int64_t V, float T, int reverse,
-                     double *loss_sum) {
-    (void)be;
-    return report(hyb_cuda_kl_fwd(s, t, w, stats, rows, V, T, reverse, loss_sum),
-                  "kl_fwd [%lld, %lld]", (long long)rows, (long long)V);
-}
-static int be_kl_bwd(const hyb_backend *be, const float *s, const float *t, const float *w,
-                     const float *stats, float *ds, int64_t rows, int64_t V, float T, int reverse,
-                     float scale) {
-    (void)be;
-    return report(hyb_cuda_kl_bwd(s, t, w, stats, ds, rows, V, T, reverse, scale),
-                  "kl_bwd [%lld, %lld]", (long long)rows, (long long)V);
-}
+CUDA_ENTRY(memset0, (const hyb_backend *be, void *p, size_t n), (p, n), "memset0 %zu bytes", n)
+CUDA_ENTRY(copy, (const hyb_backend *be, void *d, const void *s, size_t n), (d, s, n),
+           "copy %zu bytes", n)
+CUDA_ENTRY(upload, (const hyb_backend *be, void *d, const void *s, size_t n), (d, s, n),
+           "upload %zu bytes", n)
+CUDA_ENTRY(download, (const hyb_backend *be, void *d, const void *s, size_t n), (d, s, n),
+           "download %zu bytes", n)
+CUDA_ENTRY(sgemm,
+           (const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha, const float *A,
+            int lda, const float *B, int ldb, float beta, float *C, int ldc),
+           (tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc),
+           "sgemm M=%d N=%d K=%d (trans %d%d)", M, N, K, tA, tB)
+CUDA_ENTRY(rope,
+           (const hyb_backend *be, float *x, int B, int T, int H, int hd, const int32_t *pos,
+            float theta, int inverse),
+           (x, B, T, H, hd, pos, theta, inverse), "rope [%d, %d, %d, %d]", B, T, H, hd)
+CUDA_ENTRY(embedding_fwd,
+           (const hyb_backend *be, const float *W, const int32_t *ids, float *y, int64_t n,
+            int64_t D),
+           (W, ids, y, n, D), "embedding_fwd n=%lld D=%lld", (long long)n, (long long)D)
+CUDA_ENTRY(embedding_bwd,
+           (const hyb_backend *be, float *dW, const int32_t *ids, const float *dy, int64_t n,
+            int64_t D),
+           (dW, ids, dy, n, D), "embedding_bwd n=%lld D=%lld", (long long)n, (long long)D)
+CUDA_ENTRY(rmsnorm_fwd,
+           (const hyb_backend *be, const float *x, const float *w, float *y, float *rstd,
+            int64_t rows, int64_t D, float eps),
+           (x, w, y, rstd, rows, D, eps), "rmsnorm_fwd [%lld, %lld]", (long long)rows, (long long)D)
+CUDA_ENTRY(rmsnorm_bwd,
+           (const hyb_backend *be, const float *x, const float *w, const float *rstd,
+            const float *dy, float *dx, float *dw, int64_t rows, int64_t D),
+           (x, w, rstd, dy, dx, dw, rows, D), "rmsnorm_bwd [%lld, %lld]", (long long)rows,
+           (long long)D)
+CUDA_ENTRY(swiglu_fwd, (const hyb_backend *be, const float *g, const float *u, float *y, int64_t n),
+           (g, u, y, n), "swiglu_fwd n=%lld", (long long)n)
+CUDA_ENTRY(swiglu_bwd,
+           (const hyb_backend *be, const float *g, const float *u, const float *dy, float *dg,
+            float *du, int64_t n),
+           (g, u, dy, dg, du, n), "swiglu_bwd n=%lld", (long long)n)
+CUDA_ENTRY(add, (const hyb_backend *be, const float *a, const float *b, float *y, int64_t n),
+           (a, b, y, n), "add n=%lld", (long long)n)
+CUDA_ENTRY(axpy, (const hyb_backend *be, float *d, const float *s, float alpha, int64_t n),
+           (d, s, alpha, n), "axpy n=%lld", (long long)n)
+CUDA_ENTRY(softmax_fwd, (const hyb_backend *be, const float *x, float *y, int64_t rows, int64_t V),
+           (x, y, rows, V), "softmax_fwd [%lld, %lld]", (long long)rows, (long long)V)
+CUDA_ENTRY(softmax_bwd,
+           (const hyb_backend *be, const float *y, const float *dy, float *dx, int64_t rows,
+            int64_t V),
+           (y, dy, dx, rows, V), "softmax_bwd [%lld, %lld]", (long long)rows, (long long)V)
+CUDA_ENTRY(ce_fwd,
+           (const hyb_backend *be, const float *logits, const int32_t *targets, const float *w,
+            float *lse, int64_t rows, int64_t V, double *loss_sum),
+           (logits, targets, w, lse, rows, V, loss_sum), "ce_fwd [%lld, %lld]", (long long)rows,
+           (long long)V)
+CUDA_ENTRY(ce_bwd,
+           (const hyb_backend *be, const float *logits, const int32_t *targets, const float *w,
+            const float *lse, float *dlogits, int64_t rows, int64_t V, float scale),
+           (logits, targets, w, lse, dlogits, rows, V, scale), "ce_bwd [%lld, %lld]",
+           (long long)rows, (long long)V)
+CUDA_ENTRY(kl_fwd,
+           (const hyb_backend *be, const float *s, const float *t, const float *w, float *stats,
+            int64_t rows, int64_t V, float T, int reverse, double *loss_sum),
+           (s, t, w, stats, rows, V, T, reverse, loss_sum), "kl_fwd [%lld, %lld]", (long long)rows,
+           (long long)V)
+CUDA_ENTRY(kl_bwd,
+           (const hyb_backend *be, const float *s, const float *t, const float *w,
+            const float *stats, float *ds, int64_t rows, int64_t V, float T, int reverse,
+            float scale),
+           (s, t, w, stats, ds, rows, V, T, reverse, scale), "kl_bwd [%lld, %lld]", (long long)rows,
+           (long long)V)
 
-static int be_adamw(const hyb_backend *be, float *p, const float *g, float *m, float *v, int64_t n,
-                    float b1, float b2, float eps, float shrink, float step_size,
-                    float inv_sqrt_bc2) {
-    (void)be;
-    return report(hyb_cuda_adamw(p, g, m, v, n, b1, b2, eps, shrink, step_size, inv_sqrt_bc2),
-                  "adamw n=%lld", (long long)n);
-}
-static int be_sumsq(const hyb_backend *be, const float *x, int64_t n, double *out) {
-    (void)be;
-    return report(hyb_cuda_sumsq(x, n, out), "sumsq n=%lld", (long long)n);
-}
+CUDA_ENTRY(adamw,
+           (const hyb_backend *be, float *p, const float *g, float *m, float *v, int64_t n,
+            float b1, float b2, float eps, float shrink, float step_size, float inv_sqrt_bc2),
+           (p, g, m, v, n, b1, b2, eps, shrink, step_size, inv_sqrt_bc2), "adamw n=%lld",
+           (long long)n)
+CUDA_ENTRY(sumsq, (const hyb_backend *be, const float *x, int64_t n, double *out), (x, n, out),
+           "sumsq n=%lld", (long long)n)
 static int be_kernel(const hyb_backend *be, const char *file, const char *source,
                      const char *kernel, const char *const *opts, int nopts, void **fn) {
     (void)be;
@@ -628,10 +583,8 @@ static int be_launch(const hyb_backend *be, void *fn, const char *kernel, const 
     (void)be;
     return plugin_launch(fn, kernel, grid, block, shared_bytes, args);
 }
-static int be_scale(const hyb_backend *be, float *x, float alpha, int64_t n) {
-    (void)be;
-    return report(hyb_cuda_scale(x, alpha, n), "scale n=%lld", (long long)n);
-}
+CUDA_ENTRY(scale, (const hyb_backend *be, float *x, float alpha, int64_t n), (x, alpha, n),
+           "scale n=%lld", (long long)n)
 
 static hyb_backend g_cuda_backend = {
     .name = g_cuda_name,

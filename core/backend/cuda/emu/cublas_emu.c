@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "include/hyb_emu_half.h" /* the emulated device's f16/bf16 conversions */
+
 struct cublasContext {
     cudaStream_t stream;
     cublasMath_t math;
@@ -61,47 +63,6 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
     return CUBLAS_STATUS_SUCCESS;
 }
 
-static float h2f(unsigned short h) {
-    const unsigned int sign = (unsigned int)(h & 0x8000u) << 16;
-    unsigned int e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
-    if (e == 0) {
-        float f = (float)m * (1.0f / 16777216.0f);
-        return sign ? -f : f;
-    }
-    x = e == 31 ? (sign | 0x7f800000u | (m << 13)) : (sign | ((e + 112u) << 23) | (m << 13));
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
-static unsigned short f2h(float f) {
-    unsigned int x;
-    memcpy(&x, &f, 4);
-    const unsigned int sign = (x >> 16) & 0x8000u;
-    unsigned int ax = x & 0x7fffffffu;
-    if (ax > 0x7f800000u) return (unsigned short)(sign | 0x7e00u);
-    if (ax >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);
-    if (ax < 0x38800000u) {
-        float a;
-        memcpy(&a, &ax, 4);
-        return (unsigned short)(sign | (unsigned int)__builtin_nearbyintf(a * 16777216.0f));
-    }
-    ax += 0xfffu + ((ax >> 13) & 1u);
-    return (unsigned short)(sign | (((ax >> 23) - 112u) << 10) | ((ax >> 13) & 0x3ffu));
-}
-static float bf2f(unsigned short b) {
-    unsigned int u = (unsigned int)b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static unsigned short f2bf(float f) {
-    unsigned int u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
-
 /* a column-major [rows, cols] matrix with leading dimension ld, as dense f32 (ld = rows) */
 static float *widen(const void *p, cudaDataType t, int rows, int cols, int ld) {
     float *o = malloc(sizeof(float) * (size_t)(rows ? rows : 1) * (size_t)(cols ? cols : 1));
@@ -110,8 +71,8 @@ static float *widen(const void *p, cudaDataType t, int rows, int cols, int ld) {
         for (int r = 0; r < rows; r++) {
             const size_t i = (size_t)c * (size_t)ld + (size_t)r;
             float v = t == CUDA_R_32F   ? ((const float *)p)[i]
-                      : t == CUDA_R_16F ? h2f(((const unsigned short *)p)[i])
-                                        : bf2f(((const unsigned short *)p)[i]);
+                      : t == CUDA_R_16F ? hyb_emu_h2f(((const unsigned short *)p)[i])
+                                        : hyb_emu_bf2f(((const unsigned short *)p)[i]);
             o[(size_t)c * (size_t)rows + (size_t)r] = v;
         }
     return o;
@@ -148,8 +109,8 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
             const float v = c[(size_t)j * (size_t)m + (size_t)i];
             const size_t o = (size_t)j * (size_t)ldc + (size_t)i;
             if (ct == CUDA_R_32F) ((float *)C)[o] = v;
-            else if (ct == CUDA_R_16F) ((unsigned short *)C)[o] = f2h(v);
-            else ((unsigned short *)C)[o] = f2bf(v);
+            else if (ct == CUDA_R_16F) ((unsigned short *)C)[o] = hyb_emu_f2h_bits(v);
+            else ((unsigned short *)C)[o] = hyb_emu_f2bf_bits(v);
         }
     free(a), free(b), free(c);
     return CUBLAS_STATUS_SUCCESS;

@@ -1,22 +1,29 @@
 /* core/backend/cuda/emu/include/hyb_emu_half.h: __half and __nv_bfloat16 for the emulation
  * (included by the shim cuda_fp16.h / cuda_bf16.h). Storage is the raw 16 bits; arithmetic goes
  * through float and rounds back to nearest even, as the device's f16/bf16 instructions do for a
- * single operation. Trivial types (no constructors run), so arrays of them can live anywhere. */
+ * single operation. Trivial types (no constructors run), so arrays of them can live anywhere.
+ * The bit conversions (hyb_emu_f2h_bits ... hyb_emu_bf2f) are plain C too: the emulated cuBLAS
+ * (cublas_emu.c) uses them for its f16/bf16 matrices. */
 #ifndef HYB_EMU_HALF_H
 #define HYB_EMU_HALF_H
+#ifdef __cplusplus
 #include <cmath>
 #include <cstring>
+#else
+#include <math.h>
+#include <string.h>
+#endif
 
 static inline unsigned short hyb_emu_f2h_bits(float f) {
     unsigned int x;
-    std::memcpy(&x, &f, 4);
+    memcpy(&x, &f, 4);
     const unsigned int sign = (x >> 16) & 0x8000u;
     unsigned int ax = x & 0x7fffffffu;
     if (ax > 0x7f800000u) return (unsigned short)(sign | 0x7e00u); /* NaN */
     if (ax >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u); /* overflow -> inf */
     if (ax < 0x38800000u) { /* subnormal or zero in half: scale and round */
         float a;
-        std::memcpy(&a, &ax, 4);
+        memcpy(&a, &ax, 4);
         const float r = nearbyintf(a * 16777216.0f); /* units of 2^-24, ties to even */
         return (unsigned short)(sign | (unsigned int)r);
     }
@@ -34,12 +41,12 @@ static inline float hyb_emu_h2f(unsigned short h) {
     if (e == 31) x = sign | 0x7f800000u | (m << 13);
     else x = sign | ((e + 112u) << 23) | (m << 13);
     float f;
-    std::memcpy(&f, &x, 4);
+    memcpy(&f, &x, 4);
     return f;
 }
 static inline unsigned short hyb_emu_f2bf_bits(float f) {
     unsigned int u;
-    std::memcpy(&u, &f, 4);
+    memcpy(&u, &f, 4);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (unsigned short)(u >> 16);
@@ -47,10 +54,11 @@ static inline unsigned short hyb_emu_f2bf_bits(float f) {
 static inline float hyb_emu_bf2f(unsigned short b) {
     unsigned int u = (unsigned int)b << 16;
     float f;
-    std::memcpy(&f, &u, 4);
+    memcpy(&f, &u, 4);
     return f;
 }
 
+#ifdef __cplusplus
 #define HYB_EMU_H16(T, TO_F, FROM_F)                                                               \
     struct T {                                                                                   \
         unsigned short __x;                                                                      \
@@ -81,4 +89,5 @@ static inline float hyb_emu_bf2f(unsigned short b) {
     static inline T##2 operator+(T##2 a, T##2 b) { return T##2{a.x + b.x, a.y + b.y}; }          \
     static inline T##2 operator-(T##2 a, T##2 b) { return T##2{a.x - b.x, a.y - b.y}; }          \
     static inline T##2 operator*(T##2 a, T##2 b) { return T##2{a.x * b.x, a.y * b.y}; }
+#endif /* __cplusplus */
 #endif
