@@ -265,15 +265,7 @@ void lhyb_open_bench(lua_State *L) {
                                        {"kv_bytes_per_token", m_kv_bytes},
                                        {"close", m_close},
                                        {NULL, NULL}};
-    if (luaL_newmetatable(L, LHYB_BENCH_MT)) {
-        luaL_newlib(L, methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, m_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, m_close);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_pop(L, 1);
+    lhyb_new_class(L, LHYB_BENCH_MT, methods, m_close, m_close, NULL);
     static const luaL_Reg funcs[] = {
         {"load", l_load}, {"mem", l_mem}, {"bandwidth", l_bandwidth}, {NULL, NULL}};
     luaL_newlib(L, funcs);

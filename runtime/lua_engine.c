@@ -28,11 +28,7 @@ typedef struct lengine {
 } lengine;
 
 static lengine *check_engine(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    lengine *le = (lengine *)luaL_testudata(L, idx, LHYB_ENGINE_MT);
-    if (!le)
-        lhyb_error(L, "%s: expected a hyb.engine, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    lengine *le = (lengine *)lhyb_test_class(L, idx, LHYB_ENGINE_MT, fname);
     if (!le->e) lhyb_error(L, "%s: the hyb.engine is closed", fname);
     if (*le->mref != le->m) lhyb_error(L, "%s: the engine's model was closed", fname);
     return le;
@@ -323,15 +319,7 @@ void lhyb_open_engine(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"submit", l_submit},   {"add_prefix", l_add_prefix}, {"step", l_step},     {"run", l_run},
         {"pending", l_pending}, {"stats", l_stats},           {"close", engine_gc}, {NULL, NULL}};
-    luaL_newmetatable(L, LHYB_ENGINE_MT);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, engine_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, engine_gc);
-    lua_setfield(L, -2, "__close");
-    lua_pop(L, 1);
+    lhyb_new_class(L, LHYB_ENGINE_MT, methods, engine_gc, engine_gc, NULL);
     lua_pushcfunction(L, l_engine);
     lua_setfield(L, -2, "engine");
     lua_pushcfunction(L, l_plan_memory);

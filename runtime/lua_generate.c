@@ -58,11 +58,7 @@ static void llm_release(lllm *l) {
 }
 
 static lllm *check_llm(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    lllm *l = (lllm *)luaL_testudata(L, idx, LHYB_LLM_MT);
-    if (!l)
-        luaL_error(L, "%s: expected a hyb.llm, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    lllm *l = (lllm *)lhyb_test_class(L, idx, LHYB_LLM_MT, fname);
     if (!l->m) luaL_error(L, "%s: the hyb.llm is closed", fname);
     return l;
 }
@@ -403,11 +399,7 @@ typedef struct lsampler {
 } lsampler;
 
 static lsampler *check_sampler(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    lsampler *s = (lsampler *)luaL_testudata(L, idx, LHYB_SAMPLER_MT);
-    if (!s)
-        luaL_error(L, "%s: expected a hyb.sampler, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    lsampler *s = (lsampler *)lhyb_test_class(L, idx, LHYB_SAMPLER_MT, fname);
     return s;
 }
 
@@ -659,25 +651,8 @@ void lhyb_open_generate(lua_State *L) {
         {"stats", m_stats},           {"close", m_close},       {NULL, NULL}};
     static const luaL_Reg sampler_methods[] = {
         {"sample", s_sample}, {"reseed", s_reseed}, {NULL, NULL}};
-    luaL_newmetatable(L, LHYB_LLM_MT);
-    luaL_newlib(L, llm_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, m_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, m_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, m_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, LHYB_SAMPLER_MT);
-    luaL_newlib(L, sampler_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, s_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, s_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    lhyb_new_class(L, LHYB_LLM_MT, llm_methods, m_close, m_close, m_tostring);
+    lhyb_new_class(L, LHYB_SAMPLER_MT, sampler_methods, s_gc, NULL, s_tostring);
 
     /* into the module table at the top of the stack */
     lua_pushcfunction(L, l_llm);

@@ -330,11 +330,7 @@ typedef struct ltrainer {
 } ltrainer;
 
 static ltrainer *check_trainer(lua_State *L, int idx, const char *F) {
-    char buf[96];
-    ltrainer *t = (ltrainer *)luaL_testudata(L, idx, LHYB_TRAINER_MT);
-    if (!t)
-        lhyb_error(L, "%s: expected a hyb.trainer, got %s", F,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    ltrainer *t = (ltrainer *)lhyb_test_class(L, idx, LHYB_TRAINER_MT, F);
     if (!t->t) lhyb_error(L, "%s: the trainer is closed", F);
     /* the models are kept alive by the user values; they may have been closed explicitly */
     lua_getiuservalue(L, idx, 1);
@@ -633,11 +629,7 @@ typedef struct ltok {
 } ltok;
 
 static ltok *check_tok(lua_State *L, int idx, const char *F) {
-    char buf[96];
-    ltok *t = (ltok *)luaL_testudata(L, idx, LHYB_TOKENIZER_MT);
-    if (!t)
-        lhyb_error(L, "%s: expected a hyb.tokenizer, got %s", F,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    ltok *t = (ltok *)lhyb_test_class(L, idx, LHYB_TOKENIZER_MT, F);
     if (!t->tok) lhyb_error(L, "%s: the tokenizer is closed", F);
     return t;
 }
@@ -740,11 +732,7 @@ typedef struct lds {
 } lds;
 
 static lds *check_ds(lua_State *L, int idx, const char *F) {
-    char buf[96];
-    lds *d = (lds *)luaL_testudata(L, idx, LHYB_DATASET_MT);
-    if (!d)
-        lhyb_error(L, "%s: expected a hyb.dataset, got %s", F,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    lds *d = (lds *)lhyb_test_class(L, idx, LHYB_DATASET_MT, F);
     if (!d->d) lhyb_error(L, "%s: the dataset is closed", F);
     return d;
 }
@@ -1005,18 +993,31 @@ static int ds_tostring(lua_State *L) {
 
 // ---- registration -------------------------------------------------------------------------------
 
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
-                      lua_CFunction tostring, lua_CFunction gc) {
-    luaL_newmetatable(L, name);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__close");
+void *lhyb_test_class(lua_State *L, int idx, const char *mt, const char *fname) {
+    char buf[96];
+    void *ud = luaL_testudata(L, idx, mt);
+    if (!ud)
+        lhyb_error(L, "%s: expected a %s, got %s", fname, mt,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    return ud;
+}
+
+void lhyb_new_class(lua_State *L, const char *mt, const luaL_Reg *methods, lua_CFunction gc,
+                    lua_CFunction close, lua_CFunction tostring) {
+    if (luaL_newmetatable(L, mt)) {
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__gc");
+        if (close) {
+            lua_pushcfunction(L, close);
+            lua_setfield(L, -2, "__close");
+        }
+        if (tostring) {
+            lua_pushcfunction(L, tostring);
+            lua_setfield(L, -2, "__tostring");
+        }
+    }
     lua_pop(L, 1);
 }
 
@@ -1032,9 +1033,9 @@ void lhyb_open_train(lua_State *L) {
     static const luaL_Reg ds_methods[] = {{"batch", ds_batch},     {"val_batch", ds_val_batch},
                                           {"windows", ds_windows}, {"info", ds_info},
                                           {"close", ds_gc},        {NULL, NULL}};
-    new_class(L, LHYB_TRAINER_MT, trainer_methods, trainer_tostring, trainer_gc);
-    new_class(L, LHYB_TOKENIZER_MT, tok_methods, tok_tostring, tok_gc);
-    new_class(L, LHYB_DATASET_MT, ds_methods, ds_tostring, ds_gc);
+    lhyb_new_class(L, LHYB_TRAINER_MT, trainer_methods, trainer_gc, trainer_gc, trainer_tostring);
+    lhyb_new_class(L, LHYB_TOKENIZER_MT, tok_methods, tok_gc, tok_gc, tok_tostring);
+    lhyb_new_class(L, LHYB_DATASET_MT, ds_methods, ds_gc, ds_gc, ds_tostring);
     static const luaL_Reg train_funcs[] = {{"lr", l_lr},
                                            {"clone", l_clone},
                                            {"load", l_load},
