@@ -141,7 +141,10 @@ function E.rkl(model, teacher, ds, nb, B, T, cache)
   return s / nb
 end
 
-function E.json(v)
+-- JSON text of v: a table with keys 1..n only (or none) is an array, other tables are objects
+-- with sorted keys. compact: no spaces after "," and ":", and the "__order" key (hyb.train.read_toml
+-- tables) is left out.
+local function json(v, compact)
   local t = type(v)
   if t == "number" then
     if v ~= v or v == math.huge or v == -math.huge then return "null" end
@@ -151,20 +154,23 @@ function E.json(v)
     return '"' .. v:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end) .. '"'
   elseif t == "boolean" then return tostring(v)
   elseif t == "table" then
+    local sep, colon = compact and "," or ", ", compact and ":" or ": "
     if #v > 0 or next(v) == nil then
       local parts = {}
-      for i = 1, #v do parts[i] = E.json(v[i]) end
-      return "[" .. table.concat(parts, ", ") .. "]"
+      for i = 1, #v do parts[i] = json(v[i], compact) end
+      return "[" .. table.concat(parts, sep) .. "]"
     end
     local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+    for k in pairs(v) do if not (compact and k == "__order") then keys[#keys + 1] = tostring(k) end end
     table.sort(keys)
     local parts = {}
-    for _, k in ipairs(keys) do parts[#parts + 1] = E.json(k) .. ": " .. E.json(v[k]) end
-    return "{" .. table.concat(parts, ", ") .. "}"
+    for _, k in ipairs(keys) do parts[#parts + 1] = json(k) .. colon .. json(v[k], compact) end
+    return "{" .. table.concat(parts, sep) .. "}"
   end
   return "null"
 end
+function E.json(v) return json(v, false) end
+function E.json_compact(v) return json(v, true) end
 
 function E.write(path, text)
   local dir = path:match("^(.*)/[^/]*$")
