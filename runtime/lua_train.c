@@ -1005,7 +1005,8 @@ void *lhyb_test_class(lua_State *L, int idx, const char *mt, const char *fname) 
 void lhyb_new_class(lua_State *L, const char *mt, const luaL_Reg *methods, lua_CFunction gc,
                     lua_CFunction close, lua_CFunction tostring) {
     if (luaL_newmetatable(L, mt)) {
-        luaL_newlib(L, methods);
+        lua_newtable(L); /* not luaL_newlib: it sizes the table by sizeof, wrong for a pointer */
+        luaL_setfuncs(L, methods, 0);
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, gc);
         lua_setfield(L, -2, "__gc");
