@@ -363,14 +363,10 @@ static int m_logits(lua_State *L) {
 static int m_stats(lua_State *L) {
     lllm *l = check_llm(L, 1, "llm:stats");
     lua_createtable(L, 0, 4);
-    lua_pushinteger(L, l->n_prefill);
-    lua_setfield(L, -2, "prefill_tokens");
-    lua_pushnumber(L, l->t_prefill);
-    lua_setfield(L, -2, "prefill_s");
-    lua_pushinteger(L, l->n_decode);
-    lua_setfield(L, -2, "decode_tokens");
-    lua_pushnumber(L, l->t_decode);
-    lua_setfield(L, -2, "decode_s");
+    lhyb_set_int(L, "prefill_tokens", l->n_prefill);
+    lhyb_set_num(L, "prefill_s", l->t_prefill);
+    lhyb_set_int(L, "decode_tokens", l->n_decode);
+    lhyb_set_num(L, "decode_s", l->t_decode);
     return 1;
 }
 
@@ -584,14 +580,10 @@ static int m_generate(lua_State *L) {
     int why = c.finish >= 0 && c.finish <= HYB_FINISH_ERROR ? c.finish : HYB_FINISH_ERROR;
     lua_pushstring(L, reason_names[why]);
     lua_setfield(L, -2, "reason");
-    lua_pushinteger(L, c.prefill_tokens);
-    lua_setfield(L, -2, "prefill_tokens");
-    lua_pushnumber(L, c.prefill_s);
-    lua_setfield(L, -2, "prefill_s");
-    lua_pushinteger(L, c.decode_tokens);
-    lua_setfield(L, -2, "decode_tokens");
-    lua_pushnumber(L, c.decode_s);
-    lua_setfield(L, -2, "decode_s");
+    lhyb_set_int(L, "prefill_tokens", c.prefill_tokens);
+    lhyb_set_num(L, "prefill_s", c.prefill_s);
+    lhyb_set_int(L, "decode_tokens", c.decode_tokens);
+    lhyb_set_num(L, "decode_s", c.decode_s);
     hyb_completion_free(&c);
     return 1;
 }

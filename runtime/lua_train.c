@@ -468,15 +468,10 @@ static void check_batch(lua_State *L, hyb_trainer *t, int K, const char *F, batc
                            F, (long long)i + 1, (double)a->mask[i]);
 }
 
-static void set_num(lua_State *L, const char *k, double v) {
-    lua_pushnumber(L, v);
-    lua_setfield(L, -2, k);
-}
-
 static void push_parts(lua_State *L, const double *parts) {
     static const char *const names[3] = {"rkl", "fkl", "ce"};
     for (int j = 0; j < 3; j++)
-        if (!isnan(parts[j])) set_num(L, names[j], parts[j]);
+        if (!isnan(parts[j])) lhyb_set_num(L, names[j], parts[j]);
 }
 
 /* tr:step(ids, B, T[, {targets=, mask=}]) -> {loss=, rkl=, fkl=, ce=, grad_norm=, lr=, step=,
@@ -493,12 +488,11 @@ static int t_step(lua_State *L) {
     if (hyb_trainer_step(t->t, a.ids, a.targets, a.mask, a.B, a.T, &st) != HYB_OK)
         return lhyb_raise_hyb(L, F);
     lua_createtable(L, 0, 9);
-    set_num(L, "loss", st.loss);
+    lhyb_set_num(L, "loss", st.loss);
     push_parts(L, st.parts);
-    set_num(L, "grad_norm", st.grad_norm);
-    set_num(L, "lr", st.lr);
-    lua_pushinteger(L, st.step);
-    lua_setfield(L, -2, "step");
+    lhyb_set_num(L, "grad_norm", st.grad_norm);
+    lhyb_set_num(L, "lr", st.lr);
+    lhyb_set_int(L, "step", st.step);
     lua_pushboolean(L, st.skipped);
     lua_setfield(L, -2, "skipped");
     return 1;
@@ -515,7 +509,7 @@ static int t_eval(lua_State *L) {
     if (hyb_trainer_eval(t->t, a.ids, a.targets, a.mask, a.B, a.T, &loss, parts) != HYB_OK)
         return lhyb_raise_hyb(L, F);
     lua_createtable(L, 0, 4);
-    set_num(L, "loss", loss);
+    lhyb_set_num(L, "loss", loss);
     push_parts(L, parts);
     return 1;
 }
@@ -951,24 +945,16 @@ static int ds_info(lua_State *L) {
     lds *d = check_ds(L, 1, "dataset:info");
     char b[32];
     lua_createtable(L, 0, 6);
-    lua_pushinteger(L, d->d->n_train);
-    lua_setfield(L, -2, "train_tokens");
-    lua_pushinteger(L, d->d->n_val);
-    lua_setfield(L, -2, "val_tokens");
-    lua_pushinteger(L, d->d->n_docs);
-    lua_setfield(L, -2, "docs");
-    lua_pushinteger(L, d->d->n_val_docs);
-    lua_setfield(L, -2, "val_docs");
+    lhyb_set_int(L, "train_tokens", d->d->n_train);
+    lhyb_set_int(L, "val_tokens", d->d->n_val);
+    lhyb_set_int(L, "docs", d->d->n_docs);
+    lhyb_set_int(L, "val_docs", d->d->n_val_docs);
     lua_pushboolean(L, d->d->from_cache);
     lua_setfield(L, -2, "from_cache");
-    lua_pushinteger(L, d->n_files);
-    lua_setfield(L, -2, "files");
-    lua_pushinteger(L, (lua_Integer)d->bytes);
-    lua_setfield(L, -2, "bytes");
-    lua_pushinteger(L, (lua_Integer)d->matched);
-    lua_setfield(L, -2, "matched_files");
-    lua_pushinteger(L, (lua_Integer)d->matched_bytes);
-    lua_setfield(L, -2, "matched_bytes");
+    lhyb_set_int(L, "files", d->n_files);
+    lhyb_set_int(L, "bytes", (lua_Integer)d->bytes);
+    lhyb_set_int(L, "matched_files", (lua_Integer)d->matched);
+    lhyb_set_int(L, "matched_bytes", (lua_Integer)d->matched_bytes);
     snprintf(b, sizeof b, "%016llx", (unsigned long long)d->d->tok_hash);
     lua_pushstring(L, b);
     lua_setfield(L, -2, "tokenizer");
