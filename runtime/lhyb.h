@@ -125,4 +125,15 @@ int lhyb_error(lua_State *L, const char *fmt, ...)
 /* Raise "<fname>: <hyb_error()>" (never returns). */
 int lhyb_raise_hyb(lua_State *L, const char *fname);
 
+/* t[k] = v for the table t on the top of the stack (lua_engine.c). */
+void lhyb_set_int(lua_State *L, const char *k, lua_Integer v);
+void lhyb_set_num(lua_State *L, const char *k, double v);
+/* The userdata at idx whose metatable is `mt`; otherwise raise "<fname>: expected a <mt>, got
+ * <what it is>" (lua_train.c; used by the classes of lua_train.c, lua_generate.c, lua_engine.c). */
+void *lhyb_test_class(lua_State *L, int idx, const char *mt, const char *fname);
+/* Register the metatable `mt` (once: nothing happens when it exists): __index = a table of
+ * `methods`, __gc = gc, and __close / __tostring when not NULL. Leaves the stack as it was. */
+void lhyb_new_class(lua_State *L, const char *mt, const luaL_Reg *methods, lua_CFunction gc,
+                    lua_CFunction close, lua_CFunction tostring);
+
 #endif

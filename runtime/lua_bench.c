@@ -210,10 +210,8 @@ static int l_mem(lua_State *L) {
         fclose(f);
     }
     lua_createtable(L, 0, 2);
-    lua_pushnumber(L, rss);
-    lua_setfield(L, -2, "rss_mb");
-    lua_pushnumber(L, hwm);
-    lua_setfield(L, -2, "hwm_mb");
+    lhyb_set_num(L, "rss_mb", rss);
+    lhyb_set_num(L, "hwm_mb", hwm);
     return 1;
 }
 
@@ -250,10 +248,8 @@ static int l_bandwidth(lua_State *L) {
     free(a);
     free(c);
     lua_createtable(L, 0, 2);
-    lua_pushnumber(L, 2.0 * (double)n / best_copy);
-    lua_setfield(L, -2, "copy");
-    lua_pushnumber(L, (double)n / best_read);
-    lua_setfield(L, -2, "read");
+    lhyb_set_num(L, "copy", 2.0 * (double)n / best_copy);
+    lhyb_set_num(L, "read", (double)n / best_read);
     return 1;
 }
 
@@ -265,15 +261,7 @@ void lhyb_open_bench(lua_State *L) {
                                        {"kv_bytes_per_token", m_kv_bytes},
                                        {"close", m_close},
                                        {NULL, NULL}};
-    if (luaL_newmetatable(L, LHYB_BENCH_MT)) {
-        luaL_newlib(L, methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, m_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, m_close);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_pop(L, 1);
+    lhyb_new_class(L, LHYB_BENCH_MT, methods, m_close, m_close, NULL);
     static const luaL_Reg funcs[] = {
         {"load", l_load}, {"mem", l_mem}, {"bandwidth", l_bandwidth}, {NULL, NULL}};
     luaL_newlib(L, funcs);

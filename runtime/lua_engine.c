@@ -28,11 +28,7 @@ typedef struct lengine {
 } lengine;
 
 static lengine *check_engine(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    lengine *le = (lengine *)luaL_testudata(L, idx, LHYB_ENGINE_MT);
-    if (!le)
-        lhyb_error(L, "%s: expected a hyb.engine, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    lengine *le = (lengine *)lhyb_test_class(L, idx, LHYB_ENGINE_MT, fname);
     if (!le->e) lhyb_error(L, "%s: the hyb.engine is closed", fname);
     if (*le->mref != le->m) lhyb_error(L, "%s: the engine's model was closed", fname);
     return le;
@@ -173,11 +169,11 @@ static const char *finish_name(int f) {
     }
 }
 
-static void setnum(lua_State *L, const char *k, double v) {
+void lhyb_set_num(lua_State *L, const char *k, double v) {
     lua_pushnumber(L, v);
     lua_setfield(L, -2, k);
 }
-static void setint(lua_State *L, const char *k, lua_Integer v) {
+void lhyb_set_int(lua_State *L, const char *k, lua_Integer v) {
     lua_pushinteger(L, v);
     lua_setfield(L, -2, k);
 }
@@ -187,9 +183,9 @@ static void drain(lua_State *L, lengine *le) {
     hyb_completion c;
     while (hyb_engine_pop(le->e, &c)) {
         lua_createtable(L, 0, 12);
-        setint(L, "id", c.id);
-        setint(L, "prompt_tokens", c.n_prompt);
-        setint(L, "prefix_tokens", c.prefix_tokens);
+        lhyb_set_int(L, "id", c.id);
+        lhyb_set_int(L, "prompt_tokens", c.n_prompt);
+        lhyb_set_int(L, "prefix_tokens", c.prefix_tokens);
         lua_pushstring(L, finish_name(c.finish));
         lua_setfield(L, -2, "finish");
         lua_createtable(L, c.n_tokens, 0);
@@ -204,14 +200,14 @@ static void drain(lua_State *L, lengine *le) {
             lua_rawseti(L, -2, i + 1);
         }
         lua_setfield(L, -2, "token_times");
-        setnum(L, "arrival", c.t_arrival);
-        setnum(L, "admit", c.t_admit);
-        setnum(L, "done", c.t_done);
-        setnum(L, "prefill_s", c.prefill_s);
-        setnum(L, "decode_s", c.decode_s);
+        lhyb_set_num(L, "arrival", c.t_arrival);
+        lhyb_set_num(L, "admit", c.t_admit);
+        lhyb_set_num(L, "done", c.t_done);
+        lhyb_set_num(L, "prefill_s", c.prefill_s);
+        lhyb_set_num(L, "decode_s", c.decode_s);
         if (c.n_tokens > 0) {
-            setnum(L, "first_token", c.t_token[0]);
-            setnum(L, "ttft", c.t_token[0] - c.t_arrival);
+            lhyb_set_num(L, "first_token", c.t_token[0]);
+            lhyb_set_num(L, "ttft", c.t_token[0] - c.t_arrival);
         }
         lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
         hyb_completion_free(&c);
@@ -253,24 +249,24 @@ static int l_stats(lua_State *L) {
     hyb_engine_stats s;
     hyb_engine_get_stats(le->e, &s);
     lua_createtable(L, 0, 20);
-    setint(L, "steps", s.steps);
-    setint(L, "submitted", s.submitted);
-    setint(L, "finished", s.finished);
-    setint(L, "prefill_tokens", s.prefill_tokens);
-    setint(L, "decode_tokens", s.decode_tokens);
-    setint(L, "decode_calls", s.decode_calls);
-    setint(L, "prefix_hits", s.prefix_hits);
-    setint(L, "prefix_misses", s.prefix_misses);
-    setint(L, "prefix_tokens_saved", s.prefix_tokens_saved);
-    setint(L, "prefix_entries", s.prefix_entries);
-    setint(L, "prefix_bytes", (lua_Integer)s.prefix_bytes);
-    setint(L, "state_bytes", (lua_Integer)s.state_bytes);
-    setint(L, "waiting", s.waiting);
-    setint(L, "active", s.active);
-    setint(L, "max_active", s.max_active);
-    setnum(L, "t_prefill", s.t_prefill);
-    setnum(L, "t_decode", s.t_decode);
-    setnum(L, "t_sample", s.t_sample);
+    lhyb_set_int(L, "steps", s.steps);
+    lhyb_set_int(L, "submitted", s.submitted);
+    lhyb_set_int(L, "finished", s.finished);
+    lhyb_set_int(L, "prefill_tokens", s.prefill_tokens);
+    lhyb_set_int(L, "decode_tokens", s.decode_tokens);
+    lhyb_set_int(L, "decode_calls", s.decode_calls);
+    lhyb_set_int(L, "prefix_hits", s.prefix_hits);
+    lhyb_set_int(L, "prefix_misses", s.prefix_misses);
+    lhyb_set_int(L, "prefix_tokens_saved", s.prefix_tokens_saved);
+    lhyb_set_int(L, "prefix_entries", s.prefix_entries);
+    lhyb_set_int(L, "prefix_bytes", (lua_Integer)s.prefix_bytes);
+    lhyb_set_int(L, "state_bytes", (lua_Integer)s.state_bytes);
+    lhyb_set_int(L, "waiting", s.waiting);
+    lhyb_set_int(L, "active", s.active);
+    lhyb_set_int(L, "max_active", s.max_active);
+    lhyb_set_num(L, "t_prefill", s.t_prefill);
+    lhyb_set_num(L, "t_decode", s.t_decode);
+    lhyb_set_num(L, "t_sample", s.t_sample);
     return 1;
 }
 
@@ -303,16 +299,16 @@ static int l_plan_memory(lua_State *L) {
     hyb_layermap_free(map);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     lua_createtable(L, 0, 12);
-    setint(L, "weight_bytes", (lua_Integer)p.weight_bytes);
-    setint(L, "kv_bytes_per_token", (lua_Integer)p.kv_bytes_per_token);
-    setint(L, "fixed_bytes_per_seq", (lua_Integer)p.fixed_bytes_per_seq);
-    setint(L, "bytes_per_seq", (lua_Integer)p.bytes_per_seq);
-    setint(L, "context", p.context);
-    setint(L, "budget_bytes", (lua_Integer)p.budget_bytes);
-    setint(L, "max_batch", p.max_batch);
-    setint(L, "attention_layers", p.n_attn_layers);
-    setint(L, "recurrent_layers", p.n_fixed_layers);
-    setint(L, "identity_layers", p.n_identity_layers);
+    lhyb_set_int(L, "weight_bytes", (lua_Integer)p.weight_bytes);
+    lhyb_set_int(L, "kv_bytes_per_token", (lua_Integer)p.kv_bytes_per_token);
+    lhyb_set_int(L, "fixed_bytes_per_seq", (lua_Integer)p.fixed_bytes_per_seq);
+    lhyb_set_int(L, "bytes_per_seq", (lua_Integer)p.bytes_per_seq);
+    lhyb_set_int(L, "context", p.context);
+    lhyb_set_int(L, "budget_bytes", (lua_Integer)p.budget_bytes);
+    lhyb_set_int(L, "max_batch", p.max_batch);
+    lhyb_set_int(L, "attention_layers", p.n_attn_layers);
+    lhyb_set_int(L, "recurrent_layers", p.n_fixed_layers);
+    lhyb_set_int(L, "identity_layers", p.n_identity_layers);
     lua_pushstring(L, buf);
     lua_setfield(L, -2, "text");
     return 1;
@@ -323,15 +319,7 @@ void lhyb_open_engine(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"submit", l_submit},   {"add_prefix", l_add_prefix}, {"step", l_step},     {"run", l_run},
         {"pending", l_pending}, {"stats", l_stats},           {"close", engine_gc}, {NULL, NULL}};
-    luaL_newmetatable(L, LHYB_ENGINE_MT);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, engine_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, engine_gc);
-    lua_setfield(L, -2, "__close");
-    lua_pop(L, 1);
+    lhyb_new_class(L, LHYB_ENGINE_MT, methods, engine_gc, engine_gc, NULL);
     lua_pushcfunction(L, l_engine);
     lua_setfield(L, -2, "engine");
     lua_pushcfunction(L, l_plan_memory);

@@ -58,11 +58,7 @@ static void llm_release(lllm *l) {
 }
 
 static lllm *check_llm(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    lllm *l = (lllm *)luaL_testudata(L, idx, LHYB_LLM_MT);
-    if (!l)
-        luaL_error(L, "%s: expected a hyb.llm, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    lllm *l = (lllm *)lhyb_test_class(L, idx, LHYB_LLM_MT, fname);
     if (!l->m) luaL_error(L, "%s: the hyb.llm is closed", fname);
     return l;
 }
@@ -367,14 +363,10 @@ static int m_logits(lua_State *L) {
 static int m_stats(lua_State *L) {
     lllm *l = check_llm(L, 1, "llm:stats");
     lua_createtable(L, 0, 4);
-    lua_pushinteger(L, l->n_prefill);
-    lua_setfield(L, -2, "prefill_tokens");
-    lua_pushnumber(L, l->t_prefill);
-    lua_setfield(L, -2, "prefill_s");
-    lua_pushinteger(L, l->n_decode);
-    lua_setfield(L, -2, "decode_tokens");
-    lua_pushnumber(L, l->t_decode);
-    lua_setfield(L, -2, "decode_s");
+    lhyb_set_int(L, "prefill_tokens", l->n_prefill);
+    lhyb_set_num(L, "prefill_s", l->t_prefill);
+    lhyb_set_int(L, "decode_tokens", l->n_decode);
+    lhyb_set_num(L, "decode_s", l->t_decode);
     return 1;
 }
 
@@ -403,11 +395,7 @@ typedef struct lsampler {
 } lsampler;
 
 static lsampler *check_sampler(lua_State *L, int idx, const char *fname) {
-    char buf[96];
-    lsampler *s = (lsampler *)luaL_testudata(L, idx, LHYB_SAMPLER_MT);
-    if (!s)
-        luaL_error(L, "%s: expected a hyb.sampler, got %s", fname,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    lsampler *s = (lsampler *)lhyb_test_class(L, idx, LHYB_SAMPLER_MT, fname);
     return s;
 }
 
@@ -592,14 +580,10 @@ static int m_generate(lua_State *L) {
     int why = c.finish >= 0 && c.finish <= HYB_FINISH_ERROR ? c.finish : HYB_FINISH_ERROR;
     lua_pushstring(L, reason_names[why]);
     lua_setfield(L, -2, "reason");
-    lua_pushinteger(L, c.prefill_tokens);
-    lua_setfield(L, -2, "prefill_tokens");
-    lua_pushnumber(L, c.prefill_s);
-    lua_setfield(L, -2, "prefill_s");
-    lua_pushinteger(L, c.decode_tokens);
-    lua_setfield(L, -2, "decode_tokens");
-    lua_pushnumber(L, c.decode_s);
-    lua_setfield(L, -2, "decode_s");
+    lhyb_set_int(L, "prefill_tokens", c.prefill_tokens);
+    lhyb_set_num(L, "prefill_s", c.prefill_s);
+    lhyb_set_int(L, "decode_tokens", c.decode_tokens);
+    lhyb_set_num(L, "decode_s", c.decode_s);
     hyb_completion_free(&c);
     return 1;
 }
@@ -659,25 +643,8 @@ void lhyb_open_generate(lua_State *L) {
         {"stats", m_stats},           {"close", m_close},       {NULL, NULL}};
     static const luaL_Reg sampler_methods[] = {
         {"sample", s_sample}, {"reseed", s_reseed}, {NULL, NULL}};
-    luaL_newmetatable(L, LHYB_LLM_MT);
-    luaL_newlib(L, llm_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, m_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, m_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, m_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, LHYB_SAMPLER_MT);
-    luaL_newlib(L, sampler_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, s_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, s_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    lhyb_new_class(L, LHYB_LLM_MT, llm_methods, m_close, m_close, m_tostring);
+    lhyb_new_class(L, LHYB_SAMPLER_MT, sampler_methods, s_gc, NULL, s_tostring);
 
     /* into the module table at the top of the stack */
     lua_pushcfunction(L, l_llm);

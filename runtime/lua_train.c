@@ -330,11 +330,7 @@ typedef struct ltrainer {
 } ltrainer;
 
 static ltrainer *check_trainer(lua_State *L, int idx, const char *F) {
-    char buf[96];
-    ltrainer *t = (ltrainer *)luaL_testudata(L, idx, LHYB_TRAINER_MT);
-    if (!t)
-        lhyb_error(L, "%s: expected a hyb.trainer, got %s", F,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    ltrainer *t = (ltrainer *)lhyb_test_class(L, idx, LHYB_TRAINER_MT, F);
     if (!t->t) lhyb_error(L, "%s: the trainer is closed", F);
     /* the models are kept alive by the user values; they may have been closed explicitly */
     lua_getiuservalue(L, idx, 1);
@@ -472,15 +468,10 @@ static void check_batch(lua_State *L, hyb_trainer *t, int K, const char *F, batc
                            F, (long long)i + 1, (double)a->mask[i]);
 }
 
-static void set_num(lua_State *L, const char *k, double v) {
-    lua_pushnumber(L, v);
-    lua_setfield(L, -2, k);
-}
-
 static void push_parts(lua_State *L, const double *parts) {
     static const char *const names[3] = {"rkl", "fkl", "ce"};
     for (int j = 0; j < 3; j++)
-        if (!isnan(parts[j])) set_num(L, names[j], parts[j]);
+        if (!isnan(parts[j])) lhyb_set_num(L, names[j], parts[j]);
 }
 
 /* tr:step(ids, B, T[, {targets=, mask=}]) -> {loss=, rkl=, fkl=, ce=, grad_norm=, lr=, step=,
@@ -497,12 +488,11 @@ static int t_step(lua_State *L) {
     if (hyb_trainer_step(t->t, a.ids, a.targets, a.mask, a.B, a.T, &st) != HYB_OK)
         return lhyb_raise_hyb(L, F);
     lua_createtable(L, 0, 9);
-    set_num(L, "loss", st.loss);
+    lhyb_set_num(L, "loss", st.loss);
     push_parts(L, st.parts);
-    set_num(L, "grad_norm", st.grad_norm);
-    set_num(L, "lr", st.lr);
-    lua_pushinteger(L, st.step);
-    lua_setfield(L, -2, "step");
+    lhyb_set_num(L, "grad_norm", st.grad_norm);
+    lhyb_set_num(L, "lr", st.lr);
+    lhyb_set_int(L, "step", st.step);
     lua_pushboolean(L, st.skipped);
     lua_setfield(L, -2, "skipped");
     return 1;
@@ -519,7 +509,7 @@ static int t_eval(lua_State *L) {
     if (hyb_trainer_eval(t->t, a.ids, a.targets, a.mask, a.B, a.T, &loss, parts) != HYB_OK)
         return lhyb_raise_hyb(L, F);
     lua_createtable(L, 0, 4);
-    set_num(L, "loss", loss);
+    lhyb_set_num(L, "loss", loss);
     push_parts(L, parts);
     return 1;
 }
@@ -633,11 +623,7 @@ typedef struct ltok {
 } ltok;
 
 static ltok *check_tok(lua_State *L, int idx, const char *F) {
-    char buf[96];
-    ltok *t = (ltok *)luaL_testudata(L, idx, LHYB_TOKENIZER_MT);
-    if (!t)
-        lhyb_error(L, "%s: expected a hyb.tokenizer, got %s", F,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    ltok *t = (ltok *)lhyb_test_class(L, idx, LHYB_TOKENIZER_MT, F);
     if (!t->tok) lhyb_error(L, "%s: the tokenizer is closed", F);
     return t;
 }
@@ -740,11 +726,7 @@ typedef struct lds {
 } lds;
 
 static lds *check_ds(lua_State *L, int idx, const char *F) {
-    char buf[96];
-    lds *d = (lds *)luaL_testudata(L, idx, LHYB_DATASET_MT);
-    if (!d)
-        lhyb_error(L, "%s: expected a hyb.dataset, got %s", F,
-                   lhyb_describe(L, idx, buf, sizeof buf));
+    lds *d = (lds *)lhyb_test_class(L, idx, LHYB_DATASET_MT, F);
     if (!d->d) lhyb_error(L, "%s: the dataset is closed", F);
     return d;
 }
@@ -963,24 +945,16 @@ static int ds_info(lua_State *L) {
     lds *d = check_ds(L, 1, "dataset:info");
     char b[32];
     lua_createtable(L, 0, 6);
-    lua_pushinteger(L, d->d->n_train);
-    lua_setfield(L, -2, "train_tokens");
-    lua_pushinteger(L, d->d->n_val);
-    lua_setfield(L, -2, "val_tokens");
-    lua_pushinteger(L, d->d->n_docs);
-    lua_setfield(L, -2, "docs");
-    lua_pushinteger(L, d->d->n_val_docs);
-    lua_setfield(L, -2, "val_docs");
+    lhyb_set_int(L, "train_tokens", d->d->n_train);
+    lhyb_set_int(L, "val_tokens", d->d->n_val);
+    lhyb_set_int(L, "docs", d->d->n_docs);
+    lhyb_set_int(L, "val_docs", d->d->n_val_docs);
     lua_pushboolean(L, d->d->from_cache);
     lua_setfield(L, -2, "from_cache");
-    lua_pushinteger(L, d->n_files);
-    lua_setfield(L, -2, "files");
-    lua_pushinteger(L, (lua_Integer)d->bytes);
-    lua_setfield(L, -2, "bytes");
-    lua_pushinteger(L, (lua_Integer)d->matched);
-    lua_setfield(L, -2, "matched_files");
-    lua_pushinteger(L, (lua_Integer)d->matched_bytes);
-    lua_setfield(L, -2, "matched_bytes");
+    lhyb_set_int(L, "files", d->n_files);
+    lhyb_set_int(L, "bytes", (lua_Integer)d->bytes);
+    lhyb_set_int(L, "matched_files", (lua_Integer)d->matched);
+    lhyb_set_int(L, "matched_bytes", (lua_Integer)d->matched_bytes);
     snprintf(b, sizeof b, "%016llx", (unsigned long long)d->d->tok_hash);
     lua_pushstring(L, b);
     lua_setfield(L, -2, "tokenizer");
@@ -1005,18 +979,32 @@ static int ds_tostring(lua_State *L) {
 
 // ---- registration -------------------------------------------------------------------------------
 
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
-                      lua_CFunction tostring, lua_CFunction gc) {
-    luaL_newmetatable(L, name);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__close");
+void *lhyb_test_class(lua_State *L, int idx, const char *mt, const char *fname) {
+    char buf[96];
+    void *ud = luaL_testudata(L, idx, mt);
+    if (!ud)
+        lhyb_error(L, "%s: expected a %s, got %s", fname, mt,
+                   lhyb_describe(L, idx, buf, sizeof buf));
+    return ud;
+}
+
+void lhyb_new_class(lua_State *L, const char *mt, const luaL_Reg *methods, lua_CFunction gc,
+                    lua_CFunction close, lua_CFunction tostring) {
+    if (luaL_newmetatable(L, mt)) {
+        lua_newtable(L); /* not luaL_newlib: it sizes the table by sizeof, wrong for a pointer */
+        luaL_setfuncs(L, methods, 0);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__gc");
+        if (close) {
+            lua_pushcfunction(L, close);
+            lua_setfield(L, -2, "__close");
+        }
+        if (tostring) {
+            lua_pushcfunction(L, tostring);
+            lua_setfield(L, -2, "__tostring");
+        }
+    }
     lua_pop(L, 1);
 }
 
@@ -1032,9 +1020,9 @@ void lhyb_open_train(lua_State *L) {
     static const luaL_Reg ds_methods[] = {{"batch", ds_batch},     {"val_batch", ds_val_batch},
                                           {"windows", ds_windows}, {"info", ds_info},
                                           {"close", ds_gc},        {NULL, NULL}};
-    new_class(L, LHYB_TRAINER_MT, trainer_methods, trainer_tostring, trainer_gc);
-    new_class(L, LHYB_TOKENIZER_MT, tok_methods, tok_tostring, tok_gc);
-    new_class(L, LHYB_DATASET_MT, ds_methods, ds_tostring, ds_gc);
+    lhyb_new_class(L, LHYB_TRAINER_MT, trainer_methods, trainer_gc, trainer_gc, trainer_tostring);
+    lhyb_new_class(L, LHYB_TOKENIZER_MT, tok_methods, tok_gc, tok_gc, tok_tostring);
+    lhyb_new_class(L, LHYB_DATASET_MT, ds_methods, ds_gc, ds_gc, ds_tostring);
     static const luaL_Reg train_funcs[] = {{"lr", l_lr},
                                            {"clone", l_clone},
                                            {"load", l_load},

@@ -125,29 +125,8 @@ for _, d in ipairs(res.decode) do
 end
 print(string.format("peak RSS   %.0f MB", res.peak_rss_mb))
 
--- JSON (flat enough to write by hand)
-local function enc(v)
-  local t = type(v)
-  if t == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then return "null" end
-    return math.type(v) == "integer" and tostring(v) or string.format("%.6g", v)
-  elseif t == "string" then
-    return '"' .. v:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end) .. '"'
-  elseif t == "table" then
-    if #v > 0 or next(v) == nil then
-      local parts = {}
-      for _, x in ipairs(v) do parts[#parts + 1] = enc(x) end
-      return "[" .. table.concat(parts, ", ") .. "]"
-    end
-    local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = k end
-    table.sort(keys)
-    local parts = {}
-    for _, k in ipairs(keys) do parts[#parts + 1] = enc(k) .. ": " .. enc(v[k]) end
-    return "{" .. table.concat(parts, ", ") .. "}"
-  end
-  return tostring(v)
-end
+-- JSON: evallib's encoder, numbers to 6 significant digits
+local enc = require("evallib").json_short
 if not out then
   os.execute("mkdir -p bench/results")
   out = "bench/results/cpu-" .. os.date("!%Y%m%d-%H%M%S") .. ".json"

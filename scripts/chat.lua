@@ -10,14 +10,10 @@
 local hyb = require("hyb")
 local gen = require("genlib")
 
-local function usage(msg)
-  local out = msg and io.stderr or io.stdout -- --help: the usage on stdout, status 0
-  if msg then io.stderr:write("hyb chat: ", msg, "\n") end
-  out:write("usage: hyb chat [--model PATH] [--temperature T] [--top-k K] [--top-p P]\n",
-                  "         [--repetition-penalty R] [--seed S] [--max-tokens N] [--system TEXT]\n",
-                  "         [--stop STR]... [--max-ctx N] [--verbose]\n")
-  os.exit(msg and 2 or 0)
-end
+local usage = gen.usage("chat",
+  "usage: hyb chat [--model PATH] [--temperature T] [--top-k K] [--top-p P]\n" ..
+  "         [--repetition-penalty R] [--seed S] [--max-tokens N] [--system TEXT]\n" ..
+  "         [--stop STR]... [--max-ctx N] [--verbose]\n")
 
 local opts = gen.parse_args(arg, gen.with_sampling{
   model = "string", stop = "list", system = "string", device = "string", verbose = "flag",

@@ -84,30 +84,7 @@ local function exists(p)
 end
 
 -- ---- JSON (writing; and the small reading the ranking files need) ----------------------------
-local function json(v)
-  local t = type(v)
-  if t == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then return "null" end
-    if math.type(v) == "integer" then return tostring(v) end
-    return string.format("%.9g", v)
-  elseif t == "string" then
-    return '"' .. v:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end) .. '"'
-  elseif t == "boolean" then return tostring(v)
-  elseif t == "table" then
-    if #v > 0 or next(v) == nil then
-      local parts = {}
-      for i = 1, #v do parts[i] = json(v[i]) end
-      return "[" .. table.concat(parts, ",") .. "]"
-    end
-    local keys = {}
-    for k in pairs(v) do if k ~= "__order" then keys[#keys + 1] = tostring(k) end end
-    table.sort(keys)
-    local parts = {}
-    for _, k in ipairs(keys) do parts[#parts + 1] = json(k) .. ":" .. json(v[k]) end
-    return "{" .. table.concat(parts, ",") .. "}"
-  end
-  return "null"
-end
+local json = require("evallib").json_compact -- compact, without read_toml's "__order" keys
 
 -- ---- settings ---------------------------------------------------------------------------------
 local function strip(t)

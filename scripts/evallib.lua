@@ -1,5 +1,6 @@
 -- scripts/evallib.lua: helpers shared by scripts/eval.lua and scripts/importance.lua: argument
--- parsing, the held-out data, held-out metrics of a model against the teacher, JSON and tables.
+-- parsing, the held-out data, held-out metrics of a model against the teacher, JSON (also for
+-- distill.lua and bench_cpu.lua) and tables.
 local hyb = require("hyb")
 local E = {}
 
@@ -141,30 +142,39 @@ function E.rkl(model, teacher, ds, nb, B, T, cache)
   return s / nb
 end
 
-function E.json(v)
+-- JSON text of v: a table with keys 1..n only (or none) is an array, other tables are objects
+-- with sorted keys. The style st: sep and colon (what follows "," and ":"), num (the format of
+-- non-integer numbers) and skip (an object key left out: "__order" of hyb.train.read_toml tables).
+local function json(v, st)
   local t = type(v)
   if t == "number" then
     if v ~= v or v == math.huge or v == -math.huge then return "null" end
     if math.type(v) == "integer" then return tostring(v) end
-    return string.format("%.9g", v)
+    return string.format(st.num, v)
   elseif t == "string" then
     return '"' .. v:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end) .. '"'
   elseif t == "boolean" then return tostring(v)
   elseif t == "table" then
     if #v > 0 or next(v) == nil then
       local parts = {}
-      for i = 1, #v do parts[i] = E.json(v[i]) end
-      return "[" .. table.concat(parts, ", ") .. "]"
+      for i = 1, #v do parts[i] = json(v[i], st) end
+      return "[" .. table.concat(parts, st.sep) .. "]"
     end
     local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+    for k in pairs(v) do if k ~= st.skip then keys[#keys + 1] = tostring(k) end end
     table.sort(keys)
     local parts = {}
-    for _, k in ipairs(keys) do parts[#parts + 1] = E.json(k) .. ": " .. E.json(v[k]) end
-    return "{" .. table.concat(parts, ", ") .. "}"
+    for _, k in ipairs(keys) do parts[#parts + 1] = json(k, st) .. st.colon .. json(v[k], st) end
+    return "{" .. table.concat(parts, st.sep) .. "}"
   end
   return "null"
 end
+local spaced = {sep = ", ", colon = ": ", num = "%.9g"}
+local compact = {sep = ",", colon = ":", num = "%.9g", skip = "__order"}
+local short = {sep = ", ", colon = ": ", num = "%.6g"}
+function E.json(v) return json(v, spaced) end         -- eval, importance, mil_check
+function E.json_compact(v) return json(v, compact) end -- distill (recipes read with read_toml)
+function E.json_short(v) return json(v, short) end     -- bench_cpu (6 significant digits)
 
 function E.write(path, text)
   local dir = path:match("^(.*)/[^/]*$")

@@ -22,14 +22,10 @@
 local hyb = require("hyb")
 local gen = require("genlib")
 
-local function usage(msg)
-  local out = msg and io.stderr or io.stdout -- --help: the usage on stdout, status 0
-  if msg then io.stderr:write("hyb generate: ", msg, "\n") end
-  out:write("usage: hyb generate [--model PATH] [--max-tokens N] [--temperature T] [--top-k K]\n",
-                  "         [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--chat]\n",
-                  "         [--system TEXT] [--max-ctx N] [--device cpu|cuda[:N]] [--quiet] [--verbose] PROMPT\n")
-  os.exit(msg and 2 or 0)
-end
+local usage = gen.usage("generate",
+  "usage: hyb generate [--model PATH] [--max-tokens N] [--temperature T] [--top-k K]\n" ..
+  "         [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--chat]\n" ..
+  "         [--system TEXT] [--max-ctx N] [--device cpu|cuda[:N]] [--quiet] [--verbose] PROMPT\n")
 
 local opts = gen.parse_args(arg, gen.with_sampling{
   model = "string", stop = "list", chat = "flag", system = "string", device = "string",

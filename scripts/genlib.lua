@@ -3,6 +3,18 @@
 local hyb = require("hyb")
 local M = {}
 
+-- usage(cmd, text) -> the usage(msg) that parse_args wants for `hyb <cmd>`: with a message,
+-- "hyb <cmd>: <msg>" and the usage text on stderr, status 2; without (--help), the usage on
+-- stdout, status 0.
+function M.usage(cmd, text)
+  return function(msg)
+    local out = msg and io.stderr or io.stdout
+    if msg then io.stderr:write("hyb ", cmd, ": ", msg, "\n") end
+    out:write(text)
+    os.exit(msg and 2 or 0)
+  end
+end
+
 -- parse_args(arg, spec, usage): spec maps option names (without "--") to "string", "int",
 -- "number", "flag" or "list" (repeatable string), or for a number with a stated range to
 -- {"int"|"number", lo, hi[, lo_open]} (lo_open: lo itself is not allowed). Positional arguments
