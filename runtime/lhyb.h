@@ -58,11 +58,6 @@ struct hyb_model;
 struct hyb_model *lhyb_check_model(lua_State *L, int idx, const char *fname);
 void lhyb_push_model(lua_State *L, struct hyb_model *m, const char *fname);
 
-/* Create (or refill) the metatable `name` of a class: __index = the methods, __tostring, and when
- * gc is given __gc and __close = gc. Leaves the stack as it was. */
-void lhyb_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction tostring,
-                    lua_CFunction gc);
-
 /* t[key] = v for the table t at the top of the stack. */
 void lhyb_set_int(lua_State *L, const char *key, lua_Integer v);
 void lhyb_set_str(lua_State *L, const char *key, const char *s);
@@ -125,15 +120,16 @@ int lhyb_error(lua_State *L, const char *fmt, ...)
 /* Raise "<fname>: <hyb_error()>" (never returns). */
 int lhyb_raise_hyb(lua_State *L, const char *fname);
 
-/* t[k] = v for the table t on the top of the stack (lua_engine.c). */
-void lhyb_set_int(lua_State *L, const char *k, lua_Integer v);
+/* t[k] = v (a number) for the table t on the top of the stack (lua_engine.c; lhyb_set_int and
+ * lhyb_set_str above are lua_util.c's). */
 void lhyb_set_num(lua_State *L, const char *k, double v);
 /* The userdata at idx whose metatable is `mt`; otherwise raise "<fname>: expected a <mt>, got
  * <what it is>" (lua_train.c; used by the classes of lua_train.c, lua_generate.c, lua_engine.c). */
 void *lhyb_test_class(lua_State *L, int idx, const char *mt, const char *fname);
-/* Register the metatable `mt` (once: nothing happens when it exists): __index = a table of
- * `methods`, __gc = gc, and __close / __tostring when not NULL. Leaves the stack as it was. */
-void lhyb_new_class(lua_State *L, const char *mt, const luaL_Reg *methods, lua_CFunction gc,
-                    lua_CFunction close, lua_CFunction tostring);
+/* Register the metatable `mt` of a class (once: nothing happens when it exists; lua_util.c):
+ * __index = a table of `methods`, and __gc, __close, __tostring for those not NULL. Leaves the
+ * stack as it was. */
+void lhyb_register_class(lua_State *L, const char *mt, const luaL_Reg *methods, lua_CFunction gc,
+                         lua_CFunction close, lua_CFunction tostring);
 
 #endif

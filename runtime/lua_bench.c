@@ -261,7 +261,7 @@ void lhyb_open_bench(lua_State *L) {
                                        {"kv_bytes_per_token", m_kv_bytes},
                                        {"close", m_close},
                                        {NULL, NULL}};
-    lhyb_new_class(L, LHYB_BENCH_MT, methods, m_close, m_close, NULL);
+    lhyb_register_class(L, LHYB_BENCH_MT, methods, m_close, m_close, NULL);
     static const luaL_Reg funcs[] = {
         {"load", l_load}, {"mem", l_mem}, {"bandwidth", l_bandwidth}, {NULL, NULL}};
     luaL_newlib(L, funcs);

@@ -160,12 +160,16 @@ static int l_add_prefix(lua_State *L) {
 
 static const char *finish_name(int f) {
     switch (f) {
-    case HYB_FINISH_LENGTH: return "length";
-    case HYB_FINISH_EOS: return "eos";
-    case HYB_FINISH_CTX: return "ctx";
+    case HYB_FINISH_LENGTH:
+        return "length";
+    case HYB_FINISH_EOS:
+        return "eos";
+    case HYB_FINISH_CTX:
+        return "ctx";
     case HYB_FINISH_STOP:
         return "stop";
-    default: return "error";
+    default:
+        return "error";
     }
 }
 
@@ -173,11 +177,6 @@ void lhyb_set_num(lua_State *L, const char *k, double v) {
     lua_pushnumber(L, v);
     lua_setfield(L, -2, k);
 }
-void lhyb_set_int(lua_State *L, const char *k, lua_Integer v) {
-    lua_pushinteger(L, v);
-    lua_setfield(L, -2, k);
-}
-
 /* Pops every finished request into the table at the top of the stack (appending). */
 static void drain(lua_State *L, lengine *le) {
     hyb_completion c;
@@ -319,7 +318,7 @@ void lhyb_open_engine(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"submit", l_submit},   {"add_prefix", l_add_prefix}, {"step", l_step},     {"run", l_run},
         {"pending", l_pending}, {"stats", l_stats},           {"close", engine_gc}, {NULL, NULL}};
-    lhyb_new_class(L, LHYB_ENGINE_MT, methods, engine_gc, engine_gc, NULL);
+    lhyb_register_class(L, LHYB_ENGINE_MT, methods, engine_gc, engine_gc, NULL);
     lua_pushcfunction(L, l_engine);
     lua_setfield(L, -2, "engine");
     lua_pushcfunction(L, l_plan_memory);

@@ -643,8 +643,8 @@ void lhyb_open_generate(lua_State *L) {
         {"stats", m_stats},           {"close", m_close},       {NULL, NULL}};
     static const luaL_Reg sampler_methods[] = {
         {"sample", s_sample}, {"reseed", s_reseed}, {NULL, NULL}};
-    lhyb_new_class(L, LHYB_LLM_MT, llm_methods, m_close, m_close, m_tostring);
-    lhyb_new_class(L, LHYB_SAMPLER_MT, sampler_methods, s_gc, NULL, s_tostring);
+    lhyb_register_class(L, LHYB_LLM_MT, llm_methods, m_close, m_close, m_tostring);
+    lhyb_register_class(L, LHYB_SAMPLER_MT, sampler_methods, s_gc, NULL, s_tostring);
 
     /* into the module table at the top of the stack */
     lua_pushcfunction(L, l_llm);

@@ -914,10 +914,10 @@ static const luaL_Reg adamw_methods[] = {
     {"zero_grad", o_zero_grad}, {"save", o_save},     {"load", o_load}, {NULL, NULL}};
 
 void lhyb_open_model(lua_State *L) {
-    lhyb_new_class(L, LHYB_LAYERMAP_MT, map_methods, map_tostring, map_gc);
-    lhyb_new_class(L, LHYB_MODEL_MT, model_methods, model_tostring, model_gc);
-    lhyb_new_class(L, LHYB_LOSS_MT, loss_methods, loss_tostring, NULL);
-    lhyb_new_class(L, LHYB_ADAMW_MT, adamw_methods, adamw_tostring, adamw_gc);
+    lhyb_register_class(L, LHYB_LAYERMAP_MT, map_methods, map_gc, map_gc, map_tostring);
+    lhyb_register_class(L, LHYB_MODEL_MT, model_methods, model_gc, model_gc, model_tostring);
+    lhyb_register_class(L, LHYB_LOSS_MT, loss_methods, NULL, NULL, loss_tostring);
+    lhyb_register_class(L, LHYB_ADAMW_MT, adamw_methods, adamw_gc, adamw_gc, adamw_tostring);
     static const luaL_Reg funcs[] = {{"layermap", l_layermap},
                                      {"parse_layermap", l_parse_layermap},
                                      {"model", l_model},

@@ -548,7 +548,7 @@ static const luaL_Reg tensor_funcs[] = {
     {"tensor", l_tensor}, {"zeros", l_zeros}, {"randn", l_randn}, {NULL, NULL}};
 
 void lhyb_open_tensor(lua_State *L) {
-    lhyb_new_class(L, LHYB_TENSOR_MT, tensor_methods, t_tostring, tensor_gc);
+    lhyb_register_class(L, LHYB_TENSOR_MT, tensor_methods, tensor_gc, tensor_gc, t_tostring);
     luaL_getmetatable(L, LHYB_TENSOR_MT);
     lua_pushcfunction(L, t_len);
     lua_setfield(L, -2, "__len");

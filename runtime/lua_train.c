@@ -988,26 +988,6 @@ void *lhyb_test_class(lua_State *L, int idx, const char *mt, const char *fname) 
     return ud;
 }
 
-void lhyb_new_class(lua_State *L, const char *mt, const luaL_Reg *methods, lua_CFunction gc,
-                    lua_CFunction close, lua_CFunction tostring) {
-    if (luaL_newmetatable(L, mt)) {
-        lua_newtable(L); /* not luaL_newlib: it sizes the table by sizeof, wrong for a pointer */
-        luaL_setfuncs(L, methods, 0);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, gc);
-        lua_setfield(L, -2, "__gc");
-        if (close) {
-            lua_pushcfunction(L, close);
-            lua_setfield(L, -2, "__close");
-        }
-        if (tostring) {
-            lua_pushcfunction(L, tostring);
-            lua_setfield(L, -2, "__tostring");
-        }
-    }
-    lua_pop(L, 1);
-}
-
 void lhyb_open_train(lua_State *L) {
     static const luaL_Reg trainer_methods[] = {
         {"step", t_step},         {"eval", t_eval},      {"save", t_save}, {"load", t_load},
@@ -1020,9 +1000,10 @@ void lhyb_open_train(lua_State *L) {
     static const luaL_Reg ds_methods[] = {{"batch", ds_batch},     {"val_batch", ds_val_batch},
                                           {"windows", ds_windows}, {"info", ds_info},
                                           {"close", ds_gc},        {NULL, NULL}};
-    lhyb_new_class(L, LHYB_TRAINER_MT, trainer_methods, trainer_gc, trainer_gc, trainer_tostring);
-    lhyb_new_class(L, LHYB_TOKENIZER_MT, tok_methods, tok_gc, tok_gc, tok_tostring);
-    lhyb_new_class(L, LHYB_DATASET_MT, ds_methods, ds_gc, ds_gc, ds_tostring);
+    lhyb_register_class(L, LHYB_TRAINER_MT, trainer_methods, trainer_gc, trainer_gc,
+                        trainer_tostring);
+    lhyb_register_class(L, LHYB_TOKENIZER_MT, tok_methods, tok_gc, tok_gc, tok_tostring);
+    lhyb_register_class(L, LHYB_DATASET_MT, ds_methods, ds_gc, ds_gc, ds_tostring);
     static const luaL_Reg train_funcs[] = {{"lr", l_lr},
                                            {"clone", l_clone},
                                            {"load", l_load},

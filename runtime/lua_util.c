@@ -350,19 +350,21 @@ void *lhyb_new_object(lua_State *L, size_t size, int nuv, const char *mt) {
     return p;
 }
 
-void lhyb_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction tostring,
-                    lua_CFunction gc) {
-    luaL_newmetatable(L, name);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, tostring);
-    lua_setfield(L, -2, "__tostring");
-    if (gc) {
-        lua_pushcfunction(L, gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, gc);
-        lua_setfield(L, -2, "__close");
+void lhyb_register_class(lua_State *L, const char *mt, const luaL_Reg *methods, lua_CFunction gc,
+                         lua_CFunction close, lua_CFunction tostring) {
+    if (luaL_newmetatable(L, mt)) {
+        lua_newtable(L); /* not luaL_newlib: it sizes the table by sizeof, wrong for a pointer */
+        luaL_setfuncs(L, methods, 0);
+        lua_setfield(L, -2, "__index");
+        const struct {
+            const char *k;
+            lua_CFunction f;
+        } meta[] = {{"__gc", gc}, {"__close", close}, {"__tostring", tostring}};
+        for (size_t i = 0; i < sizeof meta / sizeof meta[0]; i++)
+            if (meta[i].f) {
+                lua_pushcfunction(L, meta[i].f);
+                lua_setfield(L, -2, meta[i].k);
+            }
     }
     lua_pop(L, 1);
 }
