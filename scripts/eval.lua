@@ -20,12 +20,8 @@ local usage = [[usage: hyb eval --teacher PATH --data FILES [--tokenizer bytes|P
        [--batch 2] [--seq-len 128] [--prompts 4] [--prompt-len 32] [--gen 32] [--out eval.json]
        [--cache PATH] [--val-fraction 0.05] [--seed 1]
        [--include GLOBS] [--exclude GLOBS] [--max-bytes N] [--special] CKPT...]]
-local o, ckpts = E.parse_args(arg, {teacher = "", device = "", data = "", tokenizer = "", batches = 4, batch = 2,
-  seq_len = 128, prompts = 4, prompt_len = 32, gen = 32, out = "eval.json", cache = "", val_fraction = 0.05,
-  include = "", exclude = "", max_bytes = 0, special = false,
-  seed = 1, help = false}, usage)
-if o.help or o.teacher == "" or o.data == "" then print(usage) os.exit(o.help and 0 or 2) end
-hyb.log_level("warn")
+local o, ckpts = E.parse_or_usage(arg, E.data_spec{prompts = 4, prompt_len = 32, gen = 32,
+  out = "eval.json"}, usage)
 
 local teacher_path = E.expand(o.teacher)
 local load_opts = E.load_opts(o, "eval")

@@ -78,6 +78,25 @@ function E.load_opts(o, prog)
   return {device = o.device}
 end
 
+-- The options eval and importance share (their defaults), plus `extra` (a new table): the
+-- teacher and its device, the held-out data (E.dataset) and its batches, the seed.
+function E.data_spec(extra)
+  local spec = {teacher = "", device = "", data = "", tokenizer = "", batches = 4, batch = 2,
+    seq_len = 128, cache = "", val_fraction = 0.05, include = "", exclude = "", max_bytes = 0,
+    special = false, seed = 1, help = false}
+  for k, v in pairs(extra) do spec[k] = v end
+  return spec
+end
+
+-- Parse the command line with spec; print usage and exit unless --teacher and --data are there.
+-- Returns the options and the positional arguments, after quieting the log.
+function E.parse_or_usage(args, spec, usage)
+  local o, pos = E.parse_args(args, spec, usage)
+  if o.help or o.teacher == "" or o.data == "" then print(usage) os.exit(o.help and 0 or 2) end
+  hyb.log_level("warn")
+  return o, pos
+end
+
 function E.expand(p)
   return (p:gsub("^~", os.getenv("HOME") or "~"))
 end

@@ -18,12 +18,8 @@ local usage = [=[usage: hyb importance --teacher PATH --data FILES [--tokenizer 
        [--batch 2] [--seq-len 128] [--layers 0,1,...] [--mmr-steps 0] [--mmr-lr 1e-3]
        [--out ranking.json] [--cache PATH] [--val-fraction 0.05] [--seed 1]
        [--include GLOBS] [--exclude GLOBS] [--max-bytes N] [--special]]=]
-local o = E.parse_args(arg, {teacher = "", device = "", data = "", tokenizer = "", batches = 4, batch = 2, seq_len = 128,
-  layers = "", mmr_steps = 0, mmr_lr = 1e-3, out = "ranking.json", cache = "", val_fraction = 0.05,
-  include = "", exclude = "", max_bytes = 0, special = false,
-  seed = 1, help = false}, usage)
-if o.help or o.teacher == "" or o.data == "" then print(usage) os.exit(o.help and 0 or 2) end
-hyb.log_level("warn")
+local o = E.parse_or_usage(arg, E.data_spec{layers = "", mmr_steps = 0, mmr_lr = 1e-3,
+  out = "ranking.json"}, usage)
 
 local teacher_path = E.expand(o.teacher)
 local load_opts = E.load_opts(o, "importance")

@@ -21,12 +21,9 @@ local usage = [=[usage: hyb mil_check --teacher PATH --data FILES [--layers 5,15
        [--batches 4] [--batch 2] [--seq-len 128] [--gen 40] [--seed 1] [--config TOML] [--out mil.json]
        [--cache PATH] [--val-fraction 0.05] [--tokenizer bytes|PATH] [--device cpu|cuda[:N]] [--train-steps 0] [--train-lr 3e-3]
        [--include GLOBS] [--exclude GLOBS] [--max-bytes N]]=]
-local o = E.parse_args(arg, {teacher = "", device = "", data = "", tokenizer = "", layers = "", ranking = "", lowest = 3,
-  batches = 4, batch = 2, seq_len = 128, gen = 40, seed = 1, out = "mil.json", cache = "", val_fraction = 0.05,
-  train_steps = 0, train_lr = 3e-3, include = "", exclude = "", max_bytes = 0,
-  config = "d_inner = 576\nd_xb = 192\nd_state = 16\ndt_rank = 16\nd_conv = 4", help = false}, usage)
-if o.help or o.teacher == "" or o.data == "" then print(usage) os.exit(o.help and 0 or 2) end
-hyb.log_level("warn")
+local o = E.parse_or_usage(arg, E.data_spec{layers = "", ranking = "", lowest = 3, gen = 40,
+  out = "mil.json", train_steps = 0, train_lr = 3e-3,
+  config = "d_inner = 576\nd_xb = 192\nd_state = 16\ndt_rank = 16\nd_conv = 4"}, usage)
 -- --gen (0: no generation) is an integer in [0, 2^24]: checked by E.parse_args
 
 local teacher_path = E.expand(o.teacher)
