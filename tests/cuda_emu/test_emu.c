@@ -444,7 +444,14 @@ int main(void) {
     RUN(test_planted_wrong_index);
     RUN(test_planted_race);
     RUN(test_planted_reuse_barrier);
+#if defined(__SANITIZE_ADDRESS__)
+    /* in an AddressSanitizer build the kernels are built with ASan too (emu_sanitize.c's check),
+     * so this planted out-of-bounds read aborts here by design: emu_asan covers it */
+    printf("skip test_planted_off_by_one_needs_asan: this build has AddressSanitizer (emu_asan "
+           "runs it)\n");
+#else
     RUN(test_planted_off_by_one_needs_asan);
+#endif
     RUN(test_planted_block_race_needs_tsan);
     free(g_sem), free(g_plant);
     return harness_done();

@@ -25,14 +25,18 @@ struct CUctx_st {
 struct CUstream_st {
     int dummy;
 };
-struct CUmod_st {
-    void *dl;
-};
 struct CUfunc_st {
     void (*entry)(void **);
     char name[256];
     int max_dyn_shared;
+    struct CUfunc_st *next; /* the module's functions, freed with it (as the driver does) */
 };
+struct CUmod_st {
+    void *dl;
+    struct CUfunc_st *fns;
+    struct CUmod_st *next; /* the context's modules: they live until unloaded, as in the driver */
+};
+static struct CUmod_st *g_mods;
 
 static struct CUctx_st g_ctx;
 static int g_init;
@@ -353,12 +357,28 @@ CUresult cuModuleLoadData(CUmodule *m, const void *image) {
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     mod->dl = dl;
+    pthread_mutex_lock(&g_mu);
+    mod->next = g_mods;
+    g_mods = mod;
+    pthread_mutex_unlock(&g_mu);
     *m = mod;
     return CUDA_SUCCESS;
 }
 CUresult cuModuleUnload(CUmodule m) {
     if (!m) return CUDA_ERROR_INVALID_HANDLE;
-    /* the .so stays mapped: CUfunction handles of this module may still be cached by callers */
+    /* as with the driver, the module's CUfunction handles are invalid from now on; the .so
+     * stays mapped (dlclose of a module whose fibers may still be on a stack is not worth it) */
+    pthread_mutex_lock(&g_mu);
+    for (struct CUmod_st **p = &g_mods; *p; p = &(*p)->next)
+        if (*p == m) {
+            *p = m->next;
+            break;
+        }
+    pthread_mutex_unlock(&g_mu);
+    for (struct CUfunc_st *f = m->fns, *next; f; f = next) {
+        next = f->next;
+        free(f);
+    }
     free(m);
     return CUDA_SUCCESS;
 }
@@ -374,6 +394,8 @@ CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name) {
     fn->entry = (void (*)(void **))e;
     snprintf(fn->name, sizeof fn->name, "%s", name);
     fn->max_dyn_shared = 48 << 10;
+    fn->next = m->fns;
+    m->fns = fn;
     *f = fn;
     return CUDA_SUCCESS;
 }

@@ -471,6 +471,7 @@ nvrtcResult nvrtcCompileProgram(nvrtcProgram prog, int nopts, const char *const 
             sbuf b = {0};
             sb_fmt(&b, "%s: the emulated build (%s) failed (exit %d):\n", prog->name, cxx, rc);
             sb_str(&b, text ? text : "(no output)");
+            free(text);
             free(prog->log);
             prog->log = b.p;
             res = NVRTC_ERROR_COMPILATION;
