@@ -485,14 +485,6 @@ static int meta_i64(const hyb_safetensors *st, const char *path, const char *key
     return HYB_OK;
 }
 
-static const char *shape_fmt(int ndim, const int64_t *shape, char *buf, size_t n) {
-    size_t k = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && k < n; i++)
-        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
-    if (k < n) snprintf(buf + k, n - k, "]");
-    return buf;
-}
-
 /* Find `name` with p's shape in st (f32 for optimiser state); error names both shapes. */
 static int find_like(const hyb_safetensors *st, const char *path, const char *name,
                      const hyb_tensor *p, int f32_only, const hyb_st_tensor **out) {
@@ -506,8 +498,8 @@ static int find_like(const hyb_safetensors *st, const char *path, const char *na
         !(t->dtype == HYB_ST_F32 || t->dtype == HYB_ST_BF16 || t->dtype == HYB_ST_F16))
         return hyb_error_set(
             HYB_ERR_FORMAT, "%s: tensor '%s': file has %s %s, the model expects %s f32", path, name,
-            shape_fmt(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
-            shape_fmt(p->ndim, p->shape, b, sizeof b));
+            hyb_shape_str(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
+            hyb_shape_str(p->ndim, p->shape, b, sizeof b));
     *out = t;
     return HYB_OK;
 }
