@@ -259,38 +259,31 @@ static void test_spm_spec(void) {
     spec_free(&h);
 }
 
-static void test_llama3_regex(void) {
-    hyb_tokenizer *t = load("llama3_tiny.tokenizer.json");
-    if (t) check_golden(t, "llama3_tiny_golden.json", "ids", 1, 1);
+/* A regex pre-tokenizer model from its tokenizer.json, then again from a hand-made spec with the
+ * given pre-tokenizer: both match the golden ids. */
+static void check_regex(const char *json, const char *golden, hyb_pretok_kind pretok) {
+    hyb_tokenizer *t = load(json);
+    if (t) check_golden(t, golden, "ids", 1, 1);
     hyb_tokenizer_free(t);
     spec_holder h;
-    CHECK(spec_from_json("llama3_tiny.tokenizer.json", &h));
+    CHECK(spec_from_json(json, &h));
     h.spec.model = HYB_TOK_BYTE_LEVEL;
-    h.spec.pretok = HYB_PRETOK_LLAMA3;
+    h.spec.pretok = pretok;
     h.spec.ignore_merges = 1;
     h.spec.bos_id = 0, h.spec.add_bos = 1;
     t = hyb_tokenizer_new_bpe(&h.spec);
     CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
-    if (t) check_golden(t, "llama3_tiny_golden.json", "ids", 1, 1);
+    if (t) check_golden(t, golden, "ids", 1, 1);
     hyb_tokenizer_free(t);
     spec_free(&h);
 }
 
+static void test_llama3_regex(void) {
+    check_regex("llama3_tiny.tokenizer.json", "llama3_tiny_golden.json", HYB_PRETOK_LLAMA3);
+}
+
 static void test_tekken_regex(void) {
-    hyb_tokenizer *t = load("tekken_tiny.tokenizer.json");
-    if (t) check_golden(t, "tekken_tiny_golden.json", "ids", 1, 1);
-    hyb_tokenizer_free(t);
-    spec_holder h;
-    CHECK(spec_from_json("tekken_tiny.tokenizer.json", &h));
-    h.spec.model = HYB_TOK_BYTE_LEVEL;
-    h.spec.pretok = HYB_PRETOK_TEKKEN;
-    h.spec.ignore_merges = 1;
-    h.spec.bos_id = 0, h.spec.add_bos = 1;
-    t = hyb_tokenizer_new_bpe(&h.spec);
-    CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
-    if (t) check_golden(t, "tekken_tiny_golden.json", "ids", 1, 1);
-    hyb_tokenizer_free(t);
-    spec_free(&h);
+    check_regex("tekken_tiny.tokenizer.json", "tekken_tiny_golden.json", HYB_PRETOK_TEKKEN);
 }
 
 /* Hand-checked BPE: merges apply lowest rank first, leftmost first on ties. */
