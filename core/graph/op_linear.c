@@ -15,6 +15,20 @@ static int embedding_bwd(hyb_graph *g, hyb_node *n) {
     return HYB_OK;
 }
 
+/* The checks both embeddings make on ids (W is a 2-D [V, D] weight): B, T >= 0, ids non-NULL
+ * where B * T > 0 and every id in [0, V). Nonzero (error set) when one fails. */
+int embedding_check_ids(const char *OP, const hyb_tensor *W, const int32_t *ids, int B, int T) {
+    char a[128];
+    if (B < 0 || T < 0) return hyb_error_set(HYB_ERR_ARG, "%s: negative B=%d or T=%d", OP, B, T);
+    const int64_t n = (int64_t)B * T, V = W->shape[0];
+    if (n > 0 && !ids) return hyb_error_set(HYB_ERR_ARG, "%s: ids is NULL", OP);
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return hyb_error_set(HYB_ERR_ARG, "%s: ids[%lld] = %d is outside [0, %lld) of W %s", OP,
+                                 (long long)i, ids[i], (long long)V, op_shape(W, a, sizeof a));
+    return HYB_OK;
+}
+
 hyb_tensor *hyb_embedding(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B, int T) {
     static const char OP[] = "hyb_embedding";
     char a[128];
@@ -26,15 +40,8 @@ hyb_tensor *hyb_embedding(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B
         return hyb_error_set(HYB_ERR_ARG, "%s: W %s must be 2-D [V, D]", OP,
                              op_shape(W, a, sizeof a)),
                NULL;
-    if (B < 0 || T < 0)
-        return hyb_error_set(HYB_ERR_ARG, "%s: negative B=%d or T=%d", OP, B, T), NULL;
-    const int64_t n = (int64_t)B * T, V = W->shape[0], D = W->shape[1];
-    if (n > 0 && !ids) return hyb_error_set(HYB_ERR_ARG, "%s: ids is NULL", OP), NULL;
-    for (int64_t i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= V)
-            return hyb_error_set(HYB_ERR_ARG, "%s: ids[%lld] = %d is outside [0, %lld) of W %s", OP,
-                                 (long long)i, ids[i], (long long)V, op_shape(W, a, sizeof a)),
-                   NULL;
+    if (embedding_check_ids(OP, W, ids, B, T)) return NULL;
+    const int64_t n = (int64_t)B * T, D = W->shape[1];
     const hyb_backend *be = op_backend(OP, W->device);
     if (!be) return NULL;
     int64_t shape[3] = {B, T, D};

@@ -77,17 +77,9 @@ hyb_tensor *hyb_matmul_quant(hyb_graph *g, hyb_tensor *x, hyb_tensor *W) {
 
 hyb_tensor *hyb_embedding_quant(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B, int T) {
     static const char OP[] = "hyb_embedding";
-    char a[128];
     if (check_quant_w(OP, W) || check_frozen(OP, g, NULL, W)) return NULL;
-    if (B < 0 || T < 0)
-        return hyb_error_set(HYB_ERR_ARG, "%s: negative B=%d or T=%d", OP, B, T), NULL;
-    const int64_t n = (int64_t)B * T, V = W->shape[0], D = W->shape[1];
-    if (n > 0 && !ids) return hyb_error_set(HYB_ERR_ARG, "%s: ids is NULL", OP), NULL;
-    for (int64_t i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= V)
-            return hyb_error_set(HYB_ERR_ARG, "%s: ids[%lld] = %d is outside [0, %lld) of W %s", OP,
-                                 (long long)i, ids[i], (long long)V, op_shape(W, a, sizeof a)),
-                   NULL;
+    if (embedding_check_ids(OP, W, ids, B, T)) return NULL;
+    const int64_t n = (int64_t)B * T, D = W->shape[1];
     int64_t shape[3] = {B, T, D};
     hyb_tensor *y = graph_output(g, OP, W->device, 3, shape);
     if (!y) return NULL;

@@ -6,4 +6,6 @@
 
 hyb_tensor *hyb_matmul_quant(hyb_graph *g, hyb_tensor *x, hyb_tensor *W);
 hyb_tensor *hyb_embedding_quant(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B, int T);
+/* op_linear.c: the ids checks hyb_embedding and hyb_embedding_quant share. */
+int embedding_check_ids(const char *OP, const hyb_tensor *W, const int32_t *ids, int B, int T);
 #endif
