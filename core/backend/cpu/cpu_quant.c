@@ -109,107 +109,112 @@ static inline int nib(const uint8_t *qs, int e) {
     return e < 16 ? (qs[e] & 0x0F) : (qs[e - 16] >> 4);
 }
 
+/* One 32-value block q (integers) into the 8 lanes. PRECISE: x the f32 activations, scale d.
+ * FAST: xq the int8 activations, s their 8 lane scales; lanes 0-3 take d_lo, lanes 4-7 d_hi. */
+static inline void block_p_sc(float acc[8], const int8_t *q, const float *x, float d) {
+    for (int l = 0; l < 8; l++) {
+        float t = (float)q[l] * x[l];
+        t = fmaf((float)q[8 + l], x[8 + l], t);
+        t = fmaf((float)q[16 + l], x[16 + l], t);
+        t = fmaf((float)q[24 + l], x[24 + l], t);
+        acc[l] = fmaf(t, d, acc[l]);
+    }
+}
+
+static inline void block_f_sc(float acc[8], const int8_t *q, const int8_t *xq, const float *s,
+                              float d_lo, float d_hi) {
+    for (int l = 0; l < 8; l++) {
+        int32_t i = 0;
+        for (int j = 4 * l; j < 4 * l + 4; j++)
+            i += (int32_t)q[j] * xq[j];
+        acc[l] = fmaf((float)i, s[l] * (l < 4 ? d_lo : d_hi), acc[l]);
+    }
+}
+
+/* Q5_0 / Q5_1: element e (0..31) of a block, 0..31 */
+static inline int q5(const uint8_t *qs, uint32_t qh, int e) {
+    return nib(qs, e) | (int)(((qh >> e) & 1u) << 4);
+}
+static inline uint32_t ld32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+/* A 32-value block of type t (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1): its values q, scale d and (Q4_1,
+ * Q5_1) offset m; returns whether it has the offset. */
+static inline int unpack32_sc(int t, const uint8_t *w, int8_t q[QK], float *d, float *m) {
+    *d = hyb_f16_to_f32(ld16(w));
+    switch (t) {
+    case T_Q8_0:
+        memcpy(q, w + 2, QK);
+        return 0;
+    case T_Q4_0:
+        for (int e = 0; e < QK; e++)
+            q[e] = (int8_t)(nib(w + 2, e) - 8);
+        return 0;
+    case T_Q4_1:
+        *m = hyb_f16_to_f32(ld16(w + 2));
+        for (int e = 0; e < QK; e++)
+            q[e] = (int8_t)nib(w + 4, e);
+        return 1;
+    case T_Q5_0:
+        for (int e = 0; e < QK; e++)
+            q[e] = (int8_t)(q5(w + 6, ld32(w + 2), e) - 16);
+        return 0;
+    default: /* T_Q5_1 */
+        *m = hyb_f16_to_f32(ld16(w + 2));
+        for (int e = 0; e < QK; e++)
+            q[e] = (int8_t)q5(w + 8, ld32(w + 4), e);
+        return 1;
+    }
+}
+
+/* The scalar kernel of a 32-value block type, PRECISE or FAST; the offset m * sum(x) of Q4_1 and
+ * Q5_1 is accumulated per block in sm. */
+static inline float dot32_sc(int t, int fast, const uint8_t *w, const xrow *xr, int nb) {
+    float acc[8] = {0}, sm = 0.0f;
+    int has_m = 0;
+    int8_t q[QK];
+    for (int b = 0; b < nb; b++, w += BLOCK_BYTES[t]) {
+        float d, m = 0.0f;
+        has_m = unpack32_sc(t, w, q, &d, &m);
+        if (fast)
+            block_f_sc(acc, q, xr->q + (int64_t)b * QK, xr->s + (int64_t)b * 8, d, d);
+        else
+            block_p_sc(acc, q, xr->x + (int64_t)b * QK, d);
+        if (has_m) sm = fmaf(m, xr->xsum[b], sm);
+    }
+    return has_m ? hsum8(acc) + sm : hsum8(acc);
+}
+
 static float dot_p_q8_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 34) {
-        const float d = hyb_f16_to_f32(ld16(w));
-        const int8_t *q = (const int8_t *)(w + 2);
-        const float *x = xr->x + (int64_t)b * QK;
-        for (int l = 0; l < 8; l++) {
-            float t = (float)q[l] * x[l];
-            t = fmaf((float)q[8 + l], x[8 + l], t);
-            t = fmaf((float)q[16 + l], x[16 + l], t);
-            t = fmaf((float)q[24 + l], x[24 + l], t);
-            acc[l] = fmaf(t, d, acc[l]);
-        }
-    }
-    return hsum8(acc);
+    return dot32_sc(T_Q8_0, 0, w, xr, nb);
 }
-
 static float dot_p_q4_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 18) {
-        const float d = hyb_f16_to_f32(ld16(w));
-        const uint8_t *qs = w + 2;
-        const float *x = xr->x + (int64_t)b * QK;
-        for (int l = 0; l < 8; l++) {
-            float t = (float)(nib(qs, l) - 8) * x[l];
-            t = fmaf((float)(nib(qs, 8 + l) - 8), x[8 + l], t);
-            t = fmaf((float)(nib(qs, 16 + l) - 8), x[16 + l], t);
-            t = fmaf((float)(nib(qs, 24 + l) - 8), x[24 + l], t);
-            acc[l] = fmaf(t, d, acc[l]);
-        }
-    }
-    return hsum8(acc);
+    return dot32_sc(T_Q4_0, 0, w, xr, nb);
 }
-
 static float dot_p_q4_1_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0}, sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 20) {
-        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
-        const uint8_t *qs = w + 4;
-        const float *x = xr->x + (int64_t)b * QK;
-        for (int l = 0; l < 8; l++) {
-            float t = (float)nib(qs, l) * x[l];
-            t = fmaf((float)nib(qs, 8 + l), x[8 + l], t);
-            t = fmaf((float)nib(qs, 16 + l), x[16 + l], t);
-            t = fmaf((float)nib(qs, 24 + l), x[24 + l], t);
-            acc[l] = fmaf(t, d, acc[l]);
-        }
-        sm = fmaf(m, xr->xsum[b], sm);
-    }
-    return hsum8(acc) + sm;
+    return dot32_sc(T_Q4_1, 0, w, xr, nb);
 }
-
+static float dot_p_q5_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    return dot32_sc(T_Q5_0, 0, w, xr, nb);
+}
+static float dot_p_q5_1_sc(const uint8_t *w, const xrow *xr, int nb) {
+    return dot32_sc(T_Q5_1, 0, w, xr, nb);
+}
 static float dot_f_q8_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 34) {
-        const float d = hyb_f16_to_f32(ld16(w));
-        const int8_t *q = (const int8_t *)(w + 2), *xq = xr->q + (int64_t)b * QK;
-        const float *s = xr->s + (int64_t)b * 8;
-        for (int l = 0; l < 8; l++) {
-            int32_t i = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++)
-                i += (int32_t)q[j] * xq[j];
-            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
-        }
-    }
-    return hsum8(acc);
+    return dot32_sc(T_Q8_0, 1, w, xr, nb);
 }
-
 static float dot_f_q4_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 18) {
-        const float d = hyb_f16_to_f32(ld16(w));
-        const uint8_t *qs = w + 2;
-        const int8_t *xq = xr->q + (int64_t)b * QK;
-        const float *s = xr->s + (int64_t)b * 8;
-        for (int l = 0; l < 8; l++) {
-            int32_t i = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++)
-                i += (nib(qs, j) - 8) * xq[j];
-            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
-        }
-    }
-    return hsum8(acc);
+    return dot32_sc(T_Q4_0, 1, w, xr, nb);
 }
-
 static float dot_f_q4_1_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0}, sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 20) {
-        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
-        const uint8_t *qs = w + 4;
-        const int8_t *xq = xr->q + (int64_t)b * QK;
-        const float *s = xr->s + (int64_t)b * 8;
-        for (int l = 0; l < 8; l++) {
-            int32_t i = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++)
-                i += nib(qs, j) * xq[j];
-            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
-        }
-        sm = fmaf(m, xr->xsum[b], sm);
-    }
-    return hsum8(acc) + sm;
+    return dot32_sc(T_Q4_1, 1, w, xr, nb);
+}
+static float dot_f_q5_0_sc(const uint8_t *w, const xrow *xr, int nb) {
+    return dot32_sc(T_Q5_0, 1, w, xr, nb);
+}
+static float dot_f_q5_1_sc(const uint8_t *w, const xrow *xr, int nb) {
+    return dot32_sc(T_Q5_1, 1, w, xr, nb);
 }
 
 /* Q4_K's six-bit scale and min of sub-block j (as core/io/dequant.c decodes them) */
@@ -231,8 +236,10 @@ static inline int q6(const uint8_t *blk, int u, int l) {
     return lo | (hi << 4);
 }
 
-static float dot_p_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+/* Q4_K: each sub-block j a Q4_1-like block of scale d sc_j and offset -dmin mn_j. */
+static inline float dot_q4_k_sc(int fast, const uint8_t *w, const xrow *xr, int nb) {
     float acc[8] = {0}, sm = 0.0f;
+    int8_t q[QK];
     for (int b = 0; b < nb; b++, w += 144) {
         const float d = hyb_f16_to_f32(ld16(w)), dmin = hyb_f16_to_f32(ld16(w + 2));
         for (int j = 0; j < 8; j++) {
@@ -241,57 +248,41 @@ static float dot_p_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
             const float dl = d * (float)isc, ml = dmin * (float)imn;
             const uint8_t *qs = w + 16 + 32 * (j / 2);
             const int sh = 4 * (j % 2);
-            const float *x = xr->x + ((int64_t)b * 8 + j) * QK;
-            for (int l = 0; l < 8; l++) {
-                float t = (float)((qs[l] >> sh) & 15) * x[l];
-                t = fmaf((float)((qs[8 + l] >> sh) & 15), x[8 + l], t);
-                t = fmaf((float)((qs[16 + l] >> sh) & 15), x[16 + l], t);
-                t = fmaf((float)((qs[24 + l] >> sh) & 15), x[24 + l], t);
-                acc[l] = fmaf(t, dl, acc[l]);
-            }
-            sm = fmaf(ml, xr->xsum[(int64_t)b * 8 + j], sm);
+            for (int e = 0; e < QK; e++)
+                q[e] = (int8_t)((qs[e] >> sh) & 15);
+            const int64_t bj = (int64_t)b * 8 + j;
+            if (fast)
+                block_f_sc(acc, q, xr->q + bj * QK, xr->s + bj * 8, dl, dl);
+            else
+                block_p_sc(acc, q, xr->x + bj * QK, dl);
+            sm = fmaf(ml, xr->xsum[bj], sm);
         }
     }
     return hsum8(acc) - sm;
 }
 
-static float dot_f_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0}, sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 144) {
-        const float d = hyb_f16_to_f32(ld16(w)), dmin = hyb_f16_to_f32(ld16(w + 2));
-        for (int j = 0; j < 8; j++) {
-            int isc, imn;
-            k_scale_min(w + 4, j, &isc, &imn);
-            const float dl = d * (float)isc, ml = dmin * (float)imn;
-            const uint8_t *qs = w + 16 + 32 * (j / 2);
-            const int sh = 4 * (j % 2);
-            const int8_t *xq = xr->q + ((int64_t)b * 8 + j) * QK;
-            const float *s = xr->s + ((int64_t)b * 8 + j) * 8;
-            for (int l = 0; l < 8; l++) {
-                int32_t i = 0;
-                for (int e = 4 * l; e < 4 * l + 4; e++)
-                    i += ((qs[e] >> sh) & 15) * xq[e];
-                acc[l] = fmaf((float)i, s[l] * dl, acc[l]);
-            }
-            sm = fmaf(ml, xr->xsum[(int64_t)b * 8 + j], sm);
-        }
-    }
-    return hsum8(acc) - sm;
-}
-
-static float dot_p_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+/* Q6_K: each 32-value block u a Q8_0-like block with scale d sc_2u (values 0-15) and d sc_2u+1 */
+static inline float dot_q6_k_sc(int fast, const uint8_t *w, const xrow *xr, int nb) {
     float acc[8] = {0};
+    int8_t q[QK];
     for (int b = 0; b < nb; b++, w += 210) {
         const float d = hyb_f16_to_f32(ld16(w + 208));
         const int8_t *sc = (const int8_t *)(w + 192);
         for (int u = 0; u < 8; u++) {
             const float d0 = d * (float)sc[2 * u], d1 = d * (float)sc[2 * u + 1];
-            const float *x = xr->x + ((int64_t)b * 8 + u) * QK;
+            const int64_t bu = (int64_t)b * 8 + u;
+            for (int e = 0; e < QK; e++)
+                q[e] = (int8_t)(q6(w, u, e) - 32);
+            if (fast) {
+                block_f_sc(acc, q, xr->q + bu * QK, xr->s + bu * 8, d0, d1);
+                continue;
+            }
+            const float *x = xr->x + bu * QK;
             for (int l = 0; l < 8; l++) {
-                float t0 = (float)(q6(w, u, l) - 32) * x[l];
-                t0 = fmaf((float)(q6(w, u, 8 + l) - 32), x[8 + l], t0);
-                float t1 = (float)(q6(w, u, 16 + l) - 32) * x[16 + l];
-                t1 = fmaf((float)(q6(w, u, 24 + l) - 32), x[24 + l], t1);
+                float t0 = (float)q[l] * x[l];
+                t0 = fmaf((float)q[8 + l], x[8 + l], t0);
+                float t1 = (float)q[16 + l] * x[16 + l];
+                t1 = fmaf((float)q[24 + l], x[24 + l], t1);
                 acc[l] = fmaf(t0, d0, acc[l]);
                 acc[l] = fmaf(t1, d1, acc[l]);
             }
@@ -300,106 +291,17 @@ static float dot_p_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
     return hsum8(acc);
 }
 
+static float dot_p_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+    return dot_q4_k_sc(0, w, xr, nb);
+}
+static float dot_p_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+    return dot_q6_k_sc(0, w, xr, nb);
+}
+static float dot_f_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+    return dot_q4_k_sc(1, w, xr, nb);
+}
 static float dot_f_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 210) {
-        const float d = hyb_f16_to_f32(ld16(w + 208));
-        const int8_t *sc = (const int8_t *)(w + 192);
-        for (int u = 0; u < 8; u++) {
-            const int8_t *xq = xr->q + ((int64_t)b * 8 + u) * QK;
-            const float *s = xr->s + ((int64_t)b * 8 + u) * 8;
-            for (int l = 0; l < 8; l++) {
-                int32_t i = 0;
-                for (int e = 4 * l; e < 4 * l + 4; e++)
-                    i += (q6(w, u, e) - 32) * xq[e];
-                const float dl = d * (float)sc[2 * u + l / 4];
-                acc[l] = fmaf((float)i, s[l] * dl, acc[l]);
-            }
-        }
-    }
-    return hsum8(acc);
-}
-
-/* Q5_0 / Q5_1: element e (0..31) of a block, 0..31 */
-static inline int q5(const uint8_t *qs, uint32_t qh, int e) {
-    return nib(qs, e) | (int)(((qh >> e) & 1u) << 4);
-}
-static inline uint32_t ld32(const uint8_t *p) {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
-static float dot_p_q5_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 22) {
-        const float d = hyb_f16_to_f32(ld16(w));
-        const uint32_t qh = ld32(w + 2);
-        const uint8_t *qs = w + 6;
-        const float *x = xr->x + (int64_t)b * QK;
-        for (int l = 0; l < 8; l++) {
-            float t = (float)(q5(qs, qh, l) - 16) * x[l];
-            t = fmaf((float)(q5(qs, qh, 8 + l) - 16), x[8 + l], t);
-            t = fmaf((float)(q5(qs, qh, 16 + l) - 16), x[16 + l], t);
-            t = fmaf((float)(q5(qs, qh, 24 + l) - 16), x[24 + l], t);
-            acc[l] = fmaf(t, d, acc[l]);
-        }
-    }
-    return hsum8(acc);
-}
-
-static float dot_p_q5_1_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0}, sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 24) {
-        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
-        const uint32_t qh = ld32(w + 4);
-        const uint8_t *qs = w + 8;
-        const float *x = xr->x + (int64_t)b * QK;
-        for (int l = 0; l < 8; l++) {
-            float t = (float)q5(qs, qh, l) * x[l];
-            t = fmaf((float)q5(qs, qh, 8 + l), x[8 + l], t);
-            t = fmaf((float)q5(qs, qh, 16 + l), x[16 + l], t);
-            t = fmaf((float)q5(qs, qh, 24 + l), x[24 + l], t);
-            acc[l] = fmaf(t, d, acc[l]);
-        }
-        sm = fmaf(m, xr->xsum[b], sm);
-    }
-    return hsum8(acc) + sm;
-}
-
-static float dot_f_q5_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 22) {
-        const float d = hyb_f16_to_f32(ld16(w));
-        const uint32_t qh = ld32(w + 2);
-        const uint8_t *qs = w + 6;
-        const int8_t *xq = xr->q + (int64_t)b * QK;
-        const float *s = xr->s + (int64_t)b * 8;
-        for (int l = 0; l < 8; l++) {
-            int32_t i = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++)
-                i += (q5(qs, qh, j) - 16) * xq[j];
-            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
-        }
-    }
-    return hsum8(acc);
-}
-
-static float dot_f_q5_1_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0}, sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 24) {
-        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
-        const uint32_t qh = ld32(w + 4);
-        const uint8_t *qs = w + 8;
-        const int8_t *xq = xr->q + (int64_t)b * QK;
-        const float *s = xr->s + (int64_t)b * 8;
-        for (int l = 0; l < 8; l++) {
-            int32_t i = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++)
-                i += q5(qs, qh, j) * xq[j];
-            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
-        }
-        sm = fmaf(m, xr->xsum[b], sm);
-    }
-    return hsum8(acc) + sm;
+    return dot_q6_k_sc(1, w, xr, nb);
 }
 
 /* ---- AVX2 + FMA + F16C kernels ----------------------------------------------------------------*/
