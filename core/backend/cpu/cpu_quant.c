@@ -399,15 +399,20 @@ AVX2_FN static inline __m256 lanes_us(__m256i a, __m256i b) {
 AVX2_FN static inline __m256 lanes_ss(__m256i a, __m256i b) {
     return lanes_us(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
 }
+/* FAST: acc += lanes(wv, int8 block j of the row) * (lane scales of block j * d); signed weights
+ * (lanes_ss) or unsigned (lanes_us) */
+AVX2_FN static inline __m256 fast_block(__m256 acc, __m256i wv, int sgn, const xrow *xr, int64_t j,
+                                        __m256 d) {
+    const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + j * 8), d);
+    const __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + j * QK));
+    return _mm256_fmadd_ps(sgn ? lanes_ss(wv, xv) : lanes_us(wv, xv), sc, acc);
+}
 
 AVX2_FN static float dot_f_q8_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++, w += 34) {
-        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
-                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
-        __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
-        acc = _mm256_fmadd_ps(lanes_ss(wv, xv), sc, acc);
+        acc = fast_block(acc, _mm256_loadu_si256((const __m256i *)(w + 2)), 1, xr, b,
+                         _mm256_set1_ps(_cvtsh_ss(ld16(w))));
     }
     return hsum_avx(acc);
 }
@@ -416,11 +421,8 @@ AVX2_FN static float dot_f_q4_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     const __m256i off = _mm256_set1_epi8(8);
     for (int b = 0; b < nb; b++, w += 18) {
-        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
-                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
-        __m256i wv = _mm256_sub_epi8(unpack_nibbles(w + 2), off);
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
-        acc = _mm256_fmadd_ps(lanes_ss(wv, xv), sc, acc);
+        acc = fast_block(acc, _mm256_sub_epi8(unpack_nibbles(w + 2), off), 1, xr, b,
+                         _mm256_set1_ps(_cvtsh_ss(ld16(w))));
     }
     return hsum_avx(acc);
 }
@@ -429,12 +431,8 @@ AVX2_FN static float dot_f_q4_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     float sm = 0.0f;
     for (int b = 0; b < nb; b++, w += 20) {
-        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
-                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
         const float m = _cvtsh_ss(ld16(w + 2));
-        __m256i wv = unpack_nibbles(w + 4);
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
-        acc = _mm256_fmadd_ps(lanes_us(wv, xv), sc, acc);
+        acc = fast_block(acc, unpack_nibbles(w + 4), 0, xr, b, _mm256_set1_ps(_cvtsh_ss(ld16(w))));
         sm = fmaf(m, xr->xsum[b], sm);
     }
     return hsum_avx(acc) + sm;
@@ -490,10 +488,7 @@ AVX2_FN static float dot_f_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
                 const int64_t j = (int64_t)b * 8 + 2 * c + t;
                 int isc, imn;
                 k_scale_min(w + 4, 2 * c + t, &isc, &imn);
-                const __m256 sc =
-                    _mm256_mul_ps(_mm256_loadu_ps(xr->s + j * 8), _mm256_set1_ps(d * (float)isc));
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + j * QK));
-                acc = _mm256_fmadd_ps(lanes_us(q[t], xv), sc, acc);
+                acc = fast_block(acc, q[t], 0, xr, j, _mm256_set1_ps(d * (float)isc));
                 sm = fmaf(dmin * (float)imn, xr->xsum[j], sm);
             }
         }
@@ -544,11 +539,9 @@ AVX2_FN static float dot_f_q6_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
         for (int u = 0; u < 8; u++) {
             const int64_t j = (int64_t)b * 8 + u;
             __m256i v = _mm256_sub_epi8(q6k_block(w, u), off);
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + j * QK));
             const __m256 dl = _mm256_set_m128(_mm_set1_ps(d * (float)sc[2 * u + 1]),
                                               _mm_set1_ps(d * (float)sc[2 * u]));
-            const __m256 scv = _mm256_mul_ps(_mm256_loadu_ps(xr->s + j * 8), dl);
-            acc = _mm256_fmadd_ps(lanes_ss(v, xv), scv, acc);
+            acc = fast_block(acc, v, 1, xr, j, dl);
         }
     }
     return hsum_avx(acc);
@@ -595,11 +588,8 @@ AVX2_FN static float dot_f_q5_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     const __m256i off = _mm256_set1_epi8(16);
     for (int b = 0; b < nb; b++, w += 22) {
-        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
-                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
-        __m256i wv = _mm256_sub_epi8(q5_bytes(w + 6, ld32(w + 2)), off);
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
-        acc = _mm256_fmadd_ps(lanes_ss(wv, xv), sc, acc);
+        acc = fast_block(acc, _mm256_sub_epi8(q5_bytes(w + 6, ld32(w + 2)), off), 1, xr, b,
+                         _mm256_set1_ps(_cvtsh_ss(ld16(w))));
     }
     return hsum_avx(acc);
 }
@@ -608,12 +598,9 @@ AVX2_FN static float dot_f_q5_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     float sm = 0.0f;
     for (int b = 0; b < nb; b++, w += 24) {
-        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
-                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
         const float m = _cvtsh_ss(ld16(w + 2));
-        __m256i wv = q5_bytes(w + 8, ld32(w + 4));
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
-        acc = _mm256_fmadd_ps(lanes_us(wv, xv), sc, acc);
+        acc = fast_block(acc, q5_bytes(w + 8, ld32(w + 4)), 0, xr, b,
+                         _mm256_set1_ps(_cvtsh_ss(ld16(w))));
         sm = fmaf(m, xr->xsum[b], sm);
     }
     return hsum_avx(acc) + sm;
