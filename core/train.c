@@ -103,13 +103,11 @@ hyb_tensor *hyb_distill_loss_apply(hyb_graph *g, const hyb_distill_loss *cfg, hy
     hyb_tensor *ins[3];
     float w[3];
     int n = 0;
-    if (cfg->w_rkl > 0 &&
-        !add_term(hyb_kl_reverse(g, student, teacher, mask, cfg->temperature), cfg->w_rkl, 0,
-                  parts, ins, w, &n))
+    if (cfg->w_rkl > 0 && !add_term(hyb_kl_reverse(g, student, teacher, mask, cfg->temperature),
+                                    cfg->w_rkl, 0, parts, ins, w, &n))
         return NULL;
-    if (cfg->w_fkl > 0 &&
-        !add_term(hyb_kl_forward(g, student, teacher, mask, cfg->temperature), cfg->w_fkl, 1,
-                  parts, ins, w, &n))
+    if (cfg->w_fkl > 0 && !add_term(hyb_kl_forward(g, student, teacher, mask, cfg->temperature),
+                                    cfg->w_fkl, 1, parts, ins, w, &n))
         return NULL;
     if (cfg->w_ce > 0 &&
         !add_term(hyb_cross_entropy(g, student, targets, mask), cfg->w_ce, 2, parts, ins, w, &n))
