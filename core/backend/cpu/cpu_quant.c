@@ -186,36 +186,21 @@ static inline float dot32_sc(int t, int fast, const uint8_t *w, const xrow *xr, 
     return has_m ? hsum8(acc) + sm : hsum8(acc);
 }
 
-static float dot_p_q8_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot32_sc(T_Q8_0, 0, w, xr, nb);
-}
-static float dot_p_q4_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot32_sc(T_Q4_0, 0, w, xr, nb);
-}
-static float dot_p_q4_1_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot32_sc(T_Q4_1, 0, w, xr, nb);
-}
-static float dot_p_q5_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot32_sc(T_Q5_0, 0, w, xr, nb);
-}
-static float dot_p_q5_1_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot32_sc(T_Q5_1, 0, w, xr, nb);
-}
-static float dot_f_q8_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot32_sc(T_Q8_0, 1, w, xr, nb);
-}
-static float dot_f_q4_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot32_sc(T_Q4_0, 1, w, xr, nb);
-}
-static float dot_f_q4_1_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot32_sc(T_Q4_1, 1, w, xr, nb);
-}
-static float dot_f_q5_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot32_sc(T_Q5_0, 1, w, xr, nb);
-}
-static float dot_f_q5_1_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot32_sc(T_Q5_1, 1, w, xr, nb);
-}
+/* The table's scalar entries: name() calls fn(args..., w, xr, nb); PRECISE passes fast = 0. */
+#define SC_KERNEL(name, fn, ...)                                                                   \
+    static float name(const uint8_t *w, const xrow *xr, int nb) {                                  \
+        return fn(__VA_ARGS__, w, xr, nb);                                                         \
+    }
+SC_KERNEL(dot_p_q8_0_sc, dot32_sc, T_Q8_0, 0)
+SC_KERNEL(dot_p_q4_0_sc, dot32_sc, T_Q4_0, 0)
+SC_KERNEL(dot_p_q4_1_sc, dot32_sc, T_Q4_1, 0)
+SC_KERNEL(dot_p_q5_0_sc, dot32_sc, T_Q5_0, 0)
+SC_KERNEL(dot_p_q5_1_sc, dot32_sc, T_Q5_1, 0)
+SC_KERNEL(dot_f_q8_0_sc, dot32_sc, T_Q8_0, 1)
+SC_KERNEL(dot_f_q4_0_sc, dot32_sc, T_Q4_0, 1)
+SC_KERNEL(dot_f_q4_1_sc, dot32_sc, T_Q4_1, 1)
+SC_KERNEL(dot_f_q5_0_sc, dot32_sc, T_Q5_0, 1)
+SC_KERNEL(dot_f_q5_1_sc, dot32_sc, T_Q5_1, 1)
 
 /* Q4_K's six-bit scale and min of sub-block j (as core/io/dequant.c decodes them) */
 static inline void k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
@@ -291,18 +276,10 @@ static inline float dot_q6_k_sc(int fast, const uint8_t *w, const xrow *xr, int 
     return hsum8(acc);
 }
 
-static float dot_p_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot_q4_k_sc(0, w, xr, nb);
-}
-static float dot_p_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot_q6_k_sc(0, w, xr, nb);
-}
-static float dot_f_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot_q4_k_sc(1, w, xr, nb);
-}
-static float dot_f_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
-    return dot_q6_k_sc(1, w, xr, nb);
-}
+SC_KERNEL(dot_p_q4_k_sc, dot_q4_k_sc, 0)
+SC_KERNEL(dot_p_q6_k_sc, dot_q6_k_sc, 0)
+SC_KERNEL(dot_f_q4_k_sc, dot_q4_k_sc, 1)
+SC_KERNEL(dot_f_q6_k_sc, dot_q6_k_sc, 1)
 
 /* ---- AVX2 + FMA + F16C kernels ----------------------------------------------------------------*/
 
