@@ -532,6 +532,23 @@ static hyb_tokenizer *tok_from_image(unsigned char *img, size_t size) {
     return t;
 }
 
+/* A SentencePiece-style ("llama", scores, no merges) GGUF tokenizer of n tokens, bos 1, eos 2,
+ * unknown 0; *img is its GGUF image, which the caller frees after the tokenizer. */
+static hyb_tokenizer *llama_scores_tok(const char *const *toks, const int32_t *types,
+                                       const float *scores, int n, unsigned char **img) {
+    gbuf g = {0};
+    kv_str(&g, "tokenizer.ggml.model", "llama");
+    kv_strs(&g, "tokenizer.ggml.tokens", toks, n);
+    kv_i32s(&g, "tokenizer.ggml.token_type", types, n);
+    kv_f32s(&g, "tokenizer.ggml.scores", scores, n);
+    kv_u32(&g, "tokenizer.ggml.bos_token_id", 1);
+    kv_u32(&g, "tokenizer.ggml.eos_token_id", 2);
+    kv_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
+    size_t size;
+    *img = gfinish(&g, &size);
+    return tok_from_image(*img, size);
+}
+
 static void test_gguf_llama_scores(void) {
     /* SentencePiece-style, no merges: merge priority comes from the merged token's score */
     const char *toks[] = {"<unk>",
@@ -548,17 +565,8 @@ static void test_gguf_llama_scores(void) {
                           "ab"};
     int32_t types[] = {2, 3, 3, 6, 1, 1, 1, 1, 1, 1};
     float scores[] = {0, 0, 0, 0, -10, -10, -10, -1, -2, -3};
-    gbuf g = {0};
-    kv_str(&g, "tokenizer.ggml.model", "llama");
-    kv_strs(&g, "tokenizer.ggml.tokens", toks, 10);
-    kv_i32s(&g, "tokenizer.ggml.token_type", types, 10);
-    kv_f32s(&g, "tokenizer.ggml.scores", scores, 10);
-    kv_u32(&g, "tokenizer.ggml.bos_token_id", 1);
-    kv_u32(&g, "tokenizer.ggml.eos_token_id", 2);
-    kv_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
-    size_t size;
-    unsigned char *img = gfinish(&g, &size);
-    hyb_tokenizer *t = tok_from_image(img, size);
+    unsigned char *img;
+    hyb_tokenizer *t = llama_scores_tok(toks, types, scores, 10, &img);
     CHECK_MSG(t != NULL, "%s", hyb_error());
     if (t) {
         int32_t ids[16];
@@ -634,17 +642,8 @@ static void test_gguf_vs_sentencepiece(void) {
     cJSON_ArrayForEach(it, js) scores[i++] = (float)it->valuedouble;
     i = 0;
     cJSON_ArrayForEach(it, jy) types[i++] = it->valueint;
-    gbuf g = {0};
-    kv_str(&g, "tokenizer.ggml.model", "llama");
-    kv_strs(&g, "tokenizer.ggml.tokens", toks, n);
-    kv_i32s(&g, "tokenizer.ggml.token_type", types, n);
-    kv_f32s(&g, "tokenizer.ggml.scores", scores, n);
-    kv_u32(&g, "tokenizer.ggml.bos_token_id", 1);
-    kv_u32(&g, "tokenizer.ggml.eos_token_id", 2);
-    kv_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
-    size_t size;
-    unsigned char *img = gfinish(&g, &size);
-    hyb_tokenizer *t = tok_from_image(img, size);
+    unsigned char *img;
+    hyb_tokenizer *t = llama_scores_tok(toks, types, scores, n, &img);
     CHECK_MSG(t != NULL, "%s", hyb_error());
     int k = 0, same = 0, ndec = 0;
     const cJSON *e;
