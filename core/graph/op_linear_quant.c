@@ -39,25 +39,17 @@ static int check_frozen(const char *op, hyb_graph *g, hyb_tensor *x, hyb_tensor 
 
 hyb_tensor *hyb_matmul_quant(hyb_graph *g, hyb_tensor *x, hyb_tensor *W) {
     static const char OP[] = "hyb_matmul";
-    char a[128], b[128];
+    char a[128];
     if (op_check_f32(OP, "x", x) || check_quant_w(OP, W)) return NULL;
     const int64_t K = x->shape[x->ndim - 1];
-    if (K != W->shape[1])
-        return hyb_error_set(HYB_ERR_ARG, "%s: x %s and W %s: inner dims differ (%lld vs %lld)", OP,
-                             op_shape(x, a, sizeof a), op_shape(W, b, sizeof b), (long long)K,
-                             (long long)W->shape[1]),
-               NULL;
+    if (matmul_check_inner(OP, x, W)) return NULL;
     if (op_check_same_device(OP, "x", x, "W", W) || check_frozen(OP, g, x, W)) return NULL;
     int M;
     if (op_rows_int(OP, "x", x, K, &M)) return NULL;
     if (W->shape[0] > 0x7fffffff || K > 0x7fffffff)
         return hyb_error_set(HYB_ERR_ARG, "%s: W %s too large", OP, op_shape(W, a, sizeof a)), NULL;
     const int N = (int)W->shape[0];
-    int64_t shape[HYB_MAX_DIMS];
-    for (int i = 0; i < x->ndim; i++)
-        shape[i] = x->shape[i];
-    shape[x->ndim - 1] = N;
-    hyb_tensor *y = graph_output(g, OP, x->device, x->ndim, shape);
+    hyb_tensor *y = matmul_output(g, OP, x, N);
     if (!y) return NULL;
     const hyb_backend *be = op_backend(OP, x->device);
     if (!be) return NULL;
