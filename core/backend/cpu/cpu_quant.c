@@ -324,21 +324,33 @@ AVX2_FN static inline __m256i unpack_nibbles(const uint8_t *qs) {
         w3 = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(b_, 4), o_));                   \
     } while (0)
 
-AVX2_FN static inline __m256 block_t(const float *x, __m256 w0, __m256 w1, __m256 w2, __m256 w3) {
+/* PRECISE: acc += (w0 x0 + w1 x1 + w2 x2 + w3 x3) * d over the block's 32 activations x */
+AVX2_FN static inline __m256 precise_block(__m256 acc, const float *x, __m256 w0, __m256 w1,
+                                           __m256 w2, __m256 w3, __m256 d) {
     __m256 t = _mm256_mul_ps(w0, _mm256_loadu_ps(x));
     t = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), t);
     t = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), t);
-    return _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), t);
+    t = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), t);
+    return _mm256_fmadd_ps(t, d, acc);
+}
+
+/* the same for a block given as 32 bytes, signed (sgn) or unsigned */
+AVX2_FN static inline __m256 precise_bytes(__m256 acc, const float *x, __m256i v, int sgn,
+                                           __m256 d) {
+    __m256 w0, w1, w2, w3;
+    if (sgn)
+        BYTES_TO_PS(v, i, w0, w1, w2, w3);
+    else
+        BYTES_TO_PS(v, u, w0, w1, w2, w3);
+    return precise_block(acc, x, w0, w1, w2, w3, d);
 }
 
 AVX2_FN static float dot_p_q8_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++, w += 34) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
-        __m256i v = _mm256_loadu_si256((const __m256i *)(w + 2));
-        __m256 w0, w1, w2, w3;
-        BYTES_TO_PS(v, i, w0, w1, w2, w3);
-        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        acc = precise_bytes(acc, xr->x + (int64_t)b * QK,
+                            _mm256_loadu_si256((const __m256i *)(w + 2)), 1, d);
     }
     return hsum_avx(acc);
 }
@@ -349,7 +361,7 @@ AVX2_FN static float dot_p_q4_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
         __m256 w0, w1, w2, w3;
         NIBBLES_TO_PS(w + 2, 8, w0, w1, w2, w3);
-        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        acc = precise_block(acc, xr->x + (int64_t)b * QK, w0, w1, w2, w3, d);
     }
     return hsum_avx(acc);
 }
@@ -362,7 +374,7 @@ AVX2_FN static float dot_p_q4_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
         const float m = _cvtsh_ss(ld16(w + 2));
         __m256 w0, w1, w2, w3;
         NIBBLES_TO_PS(w + 4, 0, w0, w1, w2, w3);
-        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        acc = precise_block(acc, xr->x + (int64_t)b * QK, w0, w1, w2, w3, d);
         sm = fmaf(m, xr->xsum[b], sm);
     }
     return hsum_avx(acc) + sm;
@@ -444,8 +456,7 @@ AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
                     wk[k] = _mm256_cvtepi32_ps(t ? _mm256_srli_epi32(bq[k], 4)
                                                  : _mm256_and_si256(bq[k], m15));
                 const __m256 w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3];
-                acc = _mm256_fmadd_ps(block_t(xr->x + ((int64_t)b * 8 + j) * QK, w0, w1, w2, w3),
-                                      dl, acc);
+                acc = precise_block(acc, xr->x + ((int64_t)b * 8 + j) * QK, w0, w1, w2, w3, dl);
                 sm = fmaf(dmin * (float)imn, xr->xsum[(int64_t)b * 8 + j], sm);
             }
         }
@@ -538,10 +549,8 @@ AVX2_FN static float dot_p_q5_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
     const __m256i off = _mm256_set1_epi8(16);
     for (int b = 0; b < nb; b++, w += 22) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
-        __m256i v = _mm256_sub_epi8(q5_bytes(w + 6, ld32(w + 2)), off);
-        __m256 w0, w1, w2, w3;
-        BYTES_TO_PS(v, i, w0, w1, w2, w3);
-        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        acc = precise_bytes(acc, xr->x + (int64_t)b * QK,
+                            _mm256_sub_epi8(q5_bytes(w + 6, ld32(w + 2)), off), 1, d);
     }
     return hsum_avx(acc);
 }
@@ -552,10 +561,7 @@ AVX2_FN static float dot_p_q5_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
     for (int b = 0; b < nb; b++, w += 24) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
         const float m = _cvtsh_ss(ld16(w + 2));
-        __m256i v = q5_bytes(w + 8, ld32(w + 4));
-        __m256 w0, w1, w2, w3;
-        BYTES_TO_PS(v, u, w0, w1, w2, w3);
-        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        acc = precise_bytes(acc, xr->x + (int64_t)b * QK, q5_bytes(w + 8, ld32(w + 4)), 0, d);
         sm = fmaf(m, xr->xsum[b], sm);
     }
     return hsum_avx(acc) + sm;
