@@ -72,17 +72,24 @@ typedef struct flist {
     int64_t n, cap;
 } flist;
 
+/* Room for one more element in the growing array arr of *cap elements of `size` bytes holding n:
+ * the capacity doubles (from `first`) when full. Returns the array (moved when it grew), NULL when
+ * out of memory (arr is then unchanged). */
+static void *grow(void *arr, int64_t n, int64_t *cap, int64_t first, size_t size) {
+    if (n < *cap) return arr;
+    int64_t c = *cap ? 2 * *cap : first;
+    void *p = realloc(arr, size * (size_t)c);
+    if (p) *cap = c;
+    return p;
+}
+
 static int flist_push(flist *l, fentry x) {
-    if (l->n == l->cap) {
-        int64_t cap = l->cap ? 2 * l->cap : 64;
-        fentry *ne = realloc(l->e, sizeof(fentry) * (size_t)cap);
-        if (!ne) {
-            free(x.path);
-            return hyb_error_set(HYB_ERR_NOMEM, "dataset: out of memory listing files");
-        }
-        l->e = ne;
-        l->cap = cap;
+    fentry *e = grow(l->e, l->n, &l->cap, 64, sizeof *e);
+    if (!e) {
+        free(x.path);
+        return hyb_error_set(HYB_ERR_NOMEM, "dataset: out of memory listing files");
     }
+    l->e = e;
     l->e[l->n++] = x;
     return HYB_OK;
 }
@@ -325,13 +332,9 @@ typedef struct doclist {
 } doclist;
 
 static int push_doc(doclist *l, doc x) {
-    if (l->n == l->cap) {
-        int64_t cap = l->cap ? 2 * l->cap : 256;
-        doc *nd = realloc(l->d, sizeof(doc) * (size_t)cap);
-        if (!nd) return hyb_error_set(HYB_ERR_NOMEM, "dataset: out of memory");
-        l->d = nd;
-        l->cap = cap;
-    }
+    doc *d = grow(l->d, l->n, &l->cap, 256, sizeof *d);
+    if (!d) return hyb_error_set(HYB_ERR_NOMEM, "dataset: out of memory");
+    l->d = d;
     l->d[l->n++] = x;
     return HYB_OK;
 }

@@ -245,14 +245,6 @@ int hyb_adamw_save(const hyb_adamw *o, const char *path) {
     return rc;
 }
 
-static const char *shape_fmt(int ndim, const int64_t *shape, char *buf, size_t n) {
-    size_t k = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && k < n; i++)
-        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
-    if (k < n) snprintf(buf + k, n - k, "]");
-    return buf;
-}
-
 int hyb_adamw_load(hyb_adamw *o, const char *path) {
     hyb_safetensors *st;
     HYB_TRY(hyb_safetensors_open(path, &st));
@@ -291,8 +283,8 @@ int hyb_adamw_load(hyb_adamw *o, const char *path) {
                     rc = hyb_error_set(
                         HYB_ERR_FORMAT,
                         "%s: optimiser state '%s': file has %s %s, the parameter is %s", path, name,
-                        shape_fmt(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
-                        shape_fmt(p->ndim, p->shape, b, sizeof b));
+                        hyb_shape_str(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
+                        hyb_shape_str(p->ndim, p->shape, b, sizeof b));
                     break;
                 }
                 if (pass == 1) {

@@ -63,12 +63,13 @@ int64_t hyb_dtype_block_bytes(hyb_dtype t) {
 
 // ---- tensors --------------------------------------------------------------------------------
 
-static void shape_to_str(int ndim, const int64_t *shape, char *buf, size_t n) {
+const char *hyb_shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
     size_t k = 0;
     k += (size_t)snprintf(buf + k, n - k, "[");
     for (int i = 0; i < ndim && k < n; i++)
         k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
     if (k < n) snprintf(buf + k, n - k, "]");
+    return buf;
 }
 
 /* Validate dtype/shape, fill the metadata of t (contiguous strides). */
@@ -83,12 +84,12 @@ static int tensor_init(hyb_tensor *t, hyb_dtype dtype, int ndim, const int64_t *
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0) {
             char s[128];
-            shape_to_str(ndim, shape, s, sizeof s);
+            hyb_shape_str(ndim, shape, s, sizeof s);
             return hyb_error_set(HYB_ERR_ARG, "%s: negative dimension in shape %s", who, s);
         }
         if (shape[i] > 0 && numel > INT64_MAX / 16 / shape[i]) {
             char s[128];
-            shape_to_str(ndim, shape, s, sizeof s);
+            hyb_shape_str(ndim, shape, s, sizeof s);
             return hyb_error_set(HYB_ERR_ARG, "%s: shape %s is too large", who, s);
         }
         numel *= shape[i];
@@ -96,7 +97,7 @@ static int tensor_init(hyb_tensor *t, hyb_dtype dtype, int ndim, const int64_t *
     int64_t be = DT[dtype].block_elems;
     if (be > 1 && ndim > 0 && shape[ndim - 1] % be != 0) {
         char s[128];
-        shape_to_str(ndim, shape, s, sizeof s);
+        hyb_shape_str(ndim, shape, s, sizeof s);
         return hyb_error_set(HYB_ERR_ARG,
                              "%s: shape %s %s: innermost dimension is not a multiple of the "
                              "block size %lld",
@@ -166,7 +167,7 @@ hyb_tensor *hyb_tensor_view(hyb_tensor *t, int ndim, const int64_t *shape) {
     if (tensor_init(&tmp, t->dtype, ndim, shape, "hyb_tensor_view") != HYB_OK) return NULL;
     if (hyb_tensor_numel(&tmp) != hyb_tensor_numel(t)) {
         char b[128];
-        shape_to_str(ndim, shape, b, sizeof b);
+        hyb_shape_str(ndim, shape, b, sizeof b);
         hyb_error_set(HYB_ERR_ARG,
                       "hyb_tensor_view: cannot view %s as %s: element counts differ "
                       "(%lld vs %lld)",
@@ -375,7 +376,7 @@ const char *hyb_tensor_shape_str(const hyb_tensor *t, char *buf, size_t n) {
         return buf;
     }
     char s[128];
-    shape_to_str(t->ndim, t->shape, s, sizeof s);
+    hyb_shape_str(t->ndim, t->shape, s, sizeof s);
     snprintf(buf, n, "%s %s", s, hyb_dtype_name(t->dtype));
     return buf;
 }

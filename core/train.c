@@ -76,6 +76,17 @@ int hyb_model_n_frozen(const hyb_model *m) {
 
 // ---- distillation loss --------------------------------------------------------------------------
 
+/* Term k of the distillation loss: l (NULL: its op failed) into parts[k] and the weighted sum's
+ * inputs. 0 on failure. */
+static int add_term(hyb_tensor *l, float wk, int k, float *parts, hyb_tensor **ins, float *w,
+                    int *n) {
+    if (!l) return 0;
+    if (parts && hyb_tensor_download(l, &parts[k]) != HYB_OK) return 0;
+    ins[*n] = l;
+    w[(*n)++] = wk;
+    return 1;
+}
+
 hyb_tensor *hyb_distill_loss_apply(hyb_graph *g, const hyb_distill_loss *cfg, hyb_tensor *student,
                                    hyb_tensor *teacher, const int32_t *targets, const float *mask,
                                    float parts[3]) {
@@ -92,27 +103,15 @@ hyb_tensor *hyb_distill_loss_apply(hyb_graph *g, const hyb_distill_loss *cfg, hy
     hyb_tensor *ins[3];
     float w[3];
     int n = 0;
-    if (cfg->w_rkl > 0) {
-        hyb_tensor *l = hyb_kl_reverse(g, student, teacher, mask, cfg->temperature);
-        if (!l) return NULL;
-        if (parts && hyb_tensor_download(l, &parts[0]) != HYB_OK) return NULL;
-        ins[n] = l;
-        w[n++] = cfg->w_rkl;
-    }
-    if (cfg->w_fkl > 0) {
-        hyb_tensor *l = hyb_kl_forward(g, student, teacher, mask, cfg->temperature);
-        if (!l) return NULL;
-        if (parts && hyb_tensor_download(l, &parts[1]) != HYB_OK) return NULL;
-        ins[n] = l;
-        w[n++] = cfg->w_fkl;
-    }
-    if (cfg->w_ce > 0) {
-        hyb_tensor *l = hyb_cross_entropy(g, student, targets, mask);
-        if (!l) return NULL;
-        if (parts && hyb_tensor_download(l, &parts[2]) != HYB_OK) return NULL;
-        ins[n] = l;
-        w[n++] = cfg->w_ce;
-    }
+    if (cfg->w_rkl > 0 && !add_term(hyb_kl_reverse(g, student, teacher, mask, cfg->temperature),
+                                    cfg->w_rkl, 0, parts, ins, w, &n))
+        return NULL;
+    if (cfg->w_fkl > 0 && !add_term(hyb_kl_forward(g, student, teacher, mask, cfg->temperature),
+                                    cfg->w_fkl, 1, parts, ins, w, &n))
+        return NULL;
+    if (cfg->w_ce > 0 &&
+        !add_term(hyb_cross_entropy(g, student, targets, mask), cfg->w_ce, 2, parts, ins, w, &n))
+        return NULL;
     if (n == 1 && w[0] == 1.0f) return ins[0]; /* the plain loss: no extra node */
     return hyb_weighted_sum(g, ins, w, n);
 }
@@ -485,14 +484,6 @@ static int meta_i64(const hyb_safetensors *st, const char *path, const char *key
     return HYB_OK;
 }
 
-static const char *shape_fmt(int ndim, const int64_t *shape, char *buf, size_t n) {
-    size_t k = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && k < n; i++)
-        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
-    if (k < n) snprintf(buf + k, n - k, "]");
-    return buf;
-}
-
 /* Find `name` with p's shape in st (f32 for optimiser state); error names both shapes. */
 static int find_like(const hyb_safetensors *st, const char *path, const char *name,
                      const hyb_tensor *p, int f32_only, const hyb_st_tensor **out) {
@@ -506,8 +497,8 @@ static int find_like(const hyb_safetensors *st, const char *path, const char *na
         !(t->dtype == HYB_ST_F32 || t->dtype == HYB_ST_BF16 || t->dtype == HYB_ST_F16))
         return hyb_error_set(
             HYB_ERR_FORMAT, "%s: tensor '%s': file has %s %s, the model expects %s f32", path, name,
-            shape_fmt(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
-            shape_fmt(p->ndim, p->shape, b, sizeof b));
+            hyb_shape_str(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
+            hyb_shape_str(p->ndim, p->shape, b, sizeof b));
     *out = t;
     return HYB_OK;
 }

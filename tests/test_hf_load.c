@@ -250,12 +250,18 @@ static void check_param(hyb_model *m, const char *hf, const char *gg) {
               "%s differs from the HF-layout original of %s", hf, gg);
 }
 
-static void test_load_untied(void) {
-    variant v = {"llama", 0, NULL, NULL, 0, 0};
+/* The llama GGUF (tied embeddings or not) written and loaded; NULL (a failed check) if not. */
+static hyb_model *load_llama(int tied) {
+    variant v = {"llama", tied, NULL, NULL, 0, 0};
     write_gguf(g_path, &v);
     hyb_model *m = NULL;
     int rc = hyb_model_load_gguf(g_path, &m);
     CHECK_MSG(rc == HYB_OK, "load: %s", hyb_error());
+    return m;
+}
+
+static void test_load_untied(void) {
+    hyb_model *m = load_llama(0);
     if (!m) return;
     CHECK(m->L == L && m->D == D && m->V == V && m->F == F);
     CHECK(!m->map->tie_embeddings && m->lm_head != m->embed);
@@ -275,11 +281,7 @@ static void test_load_untied(void) {
 }
 
 static void test_load_tied(void) {
-    variant v = {"llama", 1, NULL, NULL, 0, 0};
-    write_gguf(g_path, &v);
-    hyb_model *m = NULL;
-    int rc = hyb_model_load_gguf(g_path, &m);
-    CHECK_MSG(rc == HYB_OK, "load: %s", hyb_error());
+    hyb_model *m = load_llama(1);
     if (!m) return;
     CHECK(m->map->tie_embeddings);
     CHECK(m->lm_head == m->embed);

@@ -288,46 +288,53 @@ static void test_header_errors(void) {
     clear_dir();
     const char *p = tmp_path("bad.safetensors");
     float d[4] = {0};
-    write_raw(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,32]}}", d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", "past the end", NULL});
-    write_raw(p, "{\"x\": {\"dtype\": \"F32\", \"shape\": [4", d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"not valid JSON", NULL});
-    write_raw(p, "[1, 2]", d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"not a JSON object", NULL});
-    write_raw(p, "{\"x\":{\"dtype\":\"F7\",\"shape\":[4],\"data_offsets\":[0,16]}}", d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT,
-                      (const char *[]){"tensor 'x'", "unknown dtype 'F7'", NULL});
-    write_raw(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,16]}}", d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", "needs 12 bytes", NULL});
-    write_raw(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[-4],\"data_offsets\":[0,16]}}", d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", "shape[0]", NULL});
-    write_raw(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[2.5],\"data_offsets\":[0,16]}}", d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", NULL});
-    write_raw(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[16,0]}}", d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", NULL});
-    write_raw(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[4]}}", d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", "data_offsets", NULL});
-    write_raw(p, "{\"x\":{\"shape\":[4],\"data_offsets\":[0,16]}}", d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", "dtype", NULL});
-    write_raw(p,
-              "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-              "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
-              d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"overlap", NULL});
-    write_raw(p,
-              "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-              "\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
-              d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"'x'", "twice", NULL});
-    write_raw(p, "{\"__metadata__\":{\"a\":1}}", d, 0);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"__metadata__", NULL});
-    write_raw(p,
-              "{\"x\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],"
-              "\"data_offsets\":[0,16]}}",
-              d, 16);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"tensor 'x'", NULL});
-    write_raw(p, "{} garbage", d, 0);
-    expect_open_error(p, HYB_ERR_FORMAT, (const char *[]){"trailing", NULL});
+    /* each header is rejected with a message naming the file and these words */
+    static const struct {
+        size_t data_bytes;
+        const char *needles[3]; /* NULL-terminated */
+        const char *header;
+    } bad[] = {
+        {16,
+         {"tensor 'x'", "past the end", NULL},
+         "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,32]}}"},
+        {16, {"not valid JSON", NULL}, "{\"x\": {\"dtype\": \"F32\", \"shape\": [4"},
+        {16, {"not a JSON object", NULL}, "[1, 2]"},
+        {16,
+         {"tensor 'x'", "unknown dtype 'F7'", NULL},
+         "{\"x\":{\"dtype\":\"F7\",\"shape\":[4],\"data_offsets\":[0,16]}}"},
+        {16,
+         {"tensor 'x'", "needs 12 bytes", NULL},
+         "{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,16]}}"},
+        {16,
+         {"tensor 'x'", "shape[0]", NULL},
+         "{\"x\":{\"dtype\":\"F32\",\"shape\":[-4],\"data_offsets\":[0,16]}}"},
+        {16,
+         {"tensor 'x'", NULL},
+         "{\"x\":{\"dtype\":\"F32\",\"shape\":[2.5],\"data_offsets\":[0,16]}}"},
+        {16,
+         {"tensor 'x'", NULL},
+         "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[16,0]}}"},
+        {16, {"tensor 'x'", "data_offsets", NULL}, "{\"x\":{\"dtype\":\"F32\",\"shape\":[4]}}"},
+        {16, {"tensor 'x'", "dtype", NULL}, "{\"x\":{\"shape\":[4],\"data_offsets\":[0,16]}}"},
+        {16,
+         {"overlap", NULL},
+         "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+         "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}"},
+        {16,
+         {"'x'", "twice", NULL},
+         "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+         "\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}"},
+        {0, {"__metadata__", NULL}, "{\"__metadata__\":{\"a\":1}}"},
+        {16,
+         {"tensor 'x'", NULL},
+         "{\"x\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],"
+         "\"data_offsets\":[0,16]}}"},
+        {0, {"trailing", NULL}, "{} garbage"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        write_raw(p, bad[i].header, d, bad[i].data_bytes);
+        expect_open_error(p, HYB_ERR_FORMAT, bad[i].needles);
+    }
     /* a huge header length */
     unsigned char big[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, '{', '}'};
     write_bytes(p, big, sizeof big);

@@ -90,19 +90,26 @@ static void check_freq(hyb_sampler *s, const float *l, int V, const int32_t *h, 
     free(cnt);
 }
 
+/* hyb_sampler_probs within 1e-6 of expect; then, when n > 0, n draws follow it (check_freq) */
+static void check_dist(hyb_sampler *s, const float *l, int V, const int32_t *h, int nh,
+                       const double *expect, int n) {
+    float *pr = calloc((size_t)V, sizeof *pr);
+    CHECK(hyb_sampler_probs(s, l, h, nh, pr) == HYB_OK);
+    for (int v = 0; v < V; v++)
+        CHECK_NEAR(pr[v], expect[v], 1e-6);
+    free(pr);
+    if (n > 0) check_freq(s, l, V, h, nh, expect, n);
+}
+
 static void test_temperature_distribution(void) {
     const int V = 8;
     float l[8] = {1.0f, 0.5f, -0.3f, 2.0f, 0.0f, -2.0f, 1.2f, 0.7f};
     double ex[8];
-    float pr[8];
     const float temps[3] = {0.5f, 1.0f, 2.0f};
     for (int ti = 0; ti < 3; ti++) {
         softmax_d(l, V, temps[ti], ex);
         hyb_sampler *s = mk(V, temps[ti], 0, 1.0f, 1.0f, 100 + ti);
-        CHECK(hyb_sampler_probs(s, l, NULL, 0, pr) == HYB_OK);
-        for (int v = 0; v < V; v++)
-            CHECK_NEAR(pr[v], ex[v], 1e-6);
-        check_freq(s, l, V, NULL, 0, ex, 40000);
+        check_dist(s, l, V, NULL, 0, ex, 40000);
         hyb_sampler_free(s);
     }
 }
@@ -111,7 +118,6 @@ static void test_top_k(void) {
     const int V = 6;
     float l[6] = {0.0f, 3.0f, 1.0f, 2.0f, 2.0f, -1.0f};
     double ex[6] = {0};
-    float pr[6];
     /* k = 2: the 2nd largest is 2.0, tokens 3 and 4 tie at it: HF keeps both -> {1, 3, 4} */
     float kept[3] = {3.0f, 2.0f, 2.0f};
     double pk[3];
@@ -120,17 +126,12 @@ static void test_top_k(void) {
     ex[3] = pk[1];
     ex[4] = pk[2];
     hyb_sampler *s = mk(V, 1.0f, 2, 1.0f, 1.0f, 7);
-    CHECK(hyb_sampler_probs(s, l, NULL, 0, pr) == HYB_OK);
-    for (int v = 0; v < V; v++)
-        CHECK_NEAR(pr[v], ex[v], 1e-6);
-    check_freq(s, l, V, NULL, 0, ex, 20000);
+    check_dist(s, l, V, NULL, 0, ex, 20000);
     hyb_sampler_free(s);
     /* k >= V: no filtering */
     s = mk(V, 1.0f, 100, 1.0f, 1.0f, 7);
     softmax_d(l, V, 1.0, ex);
-    CHECK(hyb_sampler_probs(s, l, NULL, 0, pr) == HYB_OK);
-    for (int v = 0; v < V; v++)
-        CHECK_NEAR(pr[v], ex[v], 1e-6);
+    check_dist(s, l, V, NULL, 0, ex, 0);
     hyb_sampler_free(s);
 }
 
@@ -187,11 +188,7 @@ static void test_combined_order(void) {
     ex[1] = pk[0] / (pk[0] + pk[1]);
     ex[5] = pk[1] / (pk[0] + pk[1]);
     hyb_sampler *s = mk(V, 0.5f, 3, 0.9f, 2.0f, 5);
-    float pr[6];
-    CHECK(hyb_sampler_probs(s, l, h, 1, pr) == HYB_OK);
-    for (int v = 0; v < V; v++)
-        CHECK_NEAR(pr[v], ex[v], 1e-6);
-    check_freq(s, l, V, h, 1, ex, 20000);
+    check_dist(s, l, V, h, 1, ex, 20000);
     hyb_sampler_free(s);
 }
 

@@ -259,38 +259,31 @@ static void test_spm_spec(void) {
     spec_free(&h);
 }
 
-static void test_llama3_regex(void) {
-    hyb_tokenizer *t = load("llama3_tiny.tokenizer.json");
-    if (t) check_golden(t, "llama3_tiny_golden.json", "ids", 1, 1);
+/* A regex pre-tokenizer model from its tokenizer.json, then again from a hand-made spec with the
+ * given pre-tokenizer: both match the golden ids. */
+static void check_regex(const char *json, const char *golden, hyb_pretok_kind pretok) {
+    hyb_tokenizer *t = load(json);
+    if (t) check_golden(t, golden, "ids", 1, 1);
     hyb_tokenizer_free(t);
     spec_holder h;
-    CHECK(spec_from_json("llama3_tiny.tokenizer.json", &h));
+    CHECK(spec_from_json(json, &h));
     h.spec.model = HYB_TOK_BYTE_LEVEL;
-    h.spec.pretok = HYB_PRETOK_LLAMA3;
+    h.spec.pretok = pretok;
     h.spec.ignore_merges = 1;
     h.spec.bos_id = 0, h.spec.add_bos = 1;
     t = hyb_tokenizer_new_bpe(&h.spec);
     CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
-    if (t) check_golden(t, "llama3_tiny_golden.json", "ids", 1, 1);
+    if (t) check_golden(t, golden, "ids", 1, 1);
     hyb_tokenizer_free(t);
     spec_free(&h);
 }
 
+static void test_llama3_regex(void) {
+    check_regex("llama3_tiny.tokenizer.json", "llama3_tiny_golden.json", HYB_PRETOK_LLAMA3);
+}
+
 static void test_tekken_regex(void) {
-    hyb_tokenizer *t = load("tekken_tiny.tokenizer.json");
-    if (t) check_golden(t, "tekken_tiny_golden.json", "ids", 1, 1);
-    hyb_tokenizer_free(t);
-    spec_holder h;
-    CHECK(spec_from_json("tekken_tiny.tokenizer.json", &h));
-    h.spec.model = HYB_TOK_BYTE_LEVEL;
-    h.spec.pretok = HYB_PRETOK_TEKKEN;
-    h.spec.ignore_merges = 1;
-    h.spec.bos_id = 0, h.spec.add_bos = 1;
-    t = hyb_tokenizer_new_bpe(&h.spec);
-    CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
-    if (t) check_golden(t, "tekken_tiny_golden.json", "ids", 1, 1);
-    hyb_tokenizer_free(t);
-    spec_free(&h);
+    check_regex("tekken_tiny.tokenizer.json", "tekken_tiny_golden.json", HYB_PRETOK_TEKKEN);
 }
 
 /* Hand-checked BPE: merges apply lowest rank first, leftmost first on ties. */
@@ -539,6 +532,23 @@ static hyb_tokenizer *tok_from_image(unsigned char *img, size_t size) {
     return t;
 }
 
+/* A SentencePiece-style ("llama", scores, no merges) GGUF tokenizer of n tokens, bos 1, eos 2,
+ * unknown 0; *img is its GGUF image, which the caller frees after the tokenizer. */
+static hyb_tokenizer *llama_scores_tok(const char *const *toks, const int32_t *types,
+                                       const float *scores, int n, unsigned char **img) {
+    gbuf g = {0};
+    kv_str(&g, "tokenizer.ggml.model", "llama");
+    kv_strs(&g, "tokenizer.ggml.tokens", toks, n);
+    kv_i32s(&g, "tokenizer.ggml.token_type", types, n);
+    kv_f32s(&g, "tokenizer.ggml.scores", scores, n);
+    kv_u32(&g, "tokenizer.ggml.bos_token_id", 1);
+    kv_u32(&g, "tokenizer.ggml.eos_token_id", 2);
+    kv_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
+    size_t size;
+    *img = gfinish(&g, &size);
+    return tok_from_image(*img, size);
+}
+
 static void test_gguf_llama_scores(void) {
     /* SentencePiece-style, no merges: merge priority comes from the merged token's score */
     const char *toks[] = {"<unk>",
@@ -555,17 +565,8 @@ static void test_gguf_llama_scores(void) {
                           "ab"};
     int32_t types[] = {2, 3, 3, 6, 1, 1, 1, 1, 1, 1};
     float scores[] = {0, 0, 0, 0, -10, -10, -10, -1, -2, -3};
-    gbuf g = {0};
-    kv_str(&g, "tokenizer.ggml.model", "llama");
-    kv_strs(&g, "tokenizer.ggml.tokens", toks, 10);
-    kv_i32s(&g, "tokenizer.ggml.token_type", types, 10);
-    kv_f32s(&g, "tokenizer.ggml.scores", scores, 10);
-    kv_u32(&g, "tokenizer.ggml.bos_token_id", 1);
-    kv_u32(&g, "tokenizer.ggml.eos_token_id", 2);
-    kv_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
-    size_t size;
-    unsigned char *img = gfinish(&g, &size);
-    hyb_tokenizer *t = tok_from_image(img, size);
+    unsigned char *img;
+    hyb_tokenizer *t = llama_scores_tok(toks, types, scores, 10, &img);
     CHECK_MSG(t != NULL, "%s", hyb_error());
     if (t) {
         int32_t ids[16];
@@ -641,17 +642,8 @@ static void test_gguf_vs_sentencepiece(void) {
     cJSON_ArrayForEach(it, js) scores[i++] = (float)it->valuedouble;
     i = 0;
     cJSON_ArrayForEach(it, jy) types[i++] = it->valueint;
-    gbuf g = {0};
-    kv_str(&g, "tokenizer.ggml.model", "llama");
-    kv_strs(&g, "tokenizer.ggml.tokens", toks, n);
-    kv_i32s(&g, "tokenizer.ggml.token_type", types, n);
-    kv_f32s(&g, "tokenizer.ggml.scores", scores, n);
-    kv_u32(&g, "tokenizer.ggml.bos_token_id", 1);
-    kv_u32(&g, "tokenizer.ggml.eos_token_id", 2);
-    kv_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
-    size_t size;
-    unsigned char *img = gfinish(&g, &size);
-    hyb_tokenizer *t = tok_from_image(img, size);
+    unsigned char *img;
+    hyb_tokenizer *t = llama_scores_tok(toks, types, scores, n, &img);
     CHECK_MSG(t != NULL, "%s", hyb_error());
     int k = 0, same = 0, ndec = 0;
     const cJSON *e;

@@ -229,6 +229,21 @@ static int parse_mixers(hyb_layermap *m, const hyb_cfg_table *root) {
     return HYB_OK;
 }
 
+/* layout.<key> gave n layers (counted as `what`): it must be model.n_layers; m->layer_mixer is
+ * allocated for them. */
+static int alloc_layers(hyb_layermap *m, const hyb_cfg_table *layout, const char *key, int n,
+                        const char *what) {
+    if (n != m->n_layers) {
+        int line, col;
+        hyb_cfg_pos(layout, key, 1, &line, &col);
+        return hyb_cfg_error_at(layout, line, col, "layout.%s has %d %s but model.n_layers = %d",
+                                key, n, what, m->n_layers);
+    }
+    m->layer_mixer = calloc((size_t)n, sizeof *m->layer_mixer);
+    if (!m->layer_mixer) return hyb_error_set(HYB_ERR_NOMEM, "out of memory (%d layers)", n);
+    return HYB_OK;
+}
+
 static int parse_pattern(hyb_layermap *m, const hyb_cfg_table *layout) {
     const char *pat;
     HYB_TRY(hyb_cfg_string(layout, "pattern", NULL, &pat));
@@ -253,15 +268,7 @@ static int parse_pattern(hyb_layermap *m, const hyb_cfg_table *layout) {
         }
         count++;
     }
-    if (count != m->n_layers) {
-        int line, col;
-        hyb_cfg_pos(layout, "pattern", 1, &line, &col);
-        return hyb_cfg_error_at(layout, line, col,
-                                "layout.pattern has %d layers but model.n_layers = %d", count,
-                                m->n_layers);
-    }
-    m->layer_mixer = calloc((size_t)count, sizeof *m->layer_mixer);
-    if (!m->layer_mixer) return hyb_error_set(HYB_ERR_NOMEM, "out of memory (%d layers)", count);
+    HYB_TRY(alloc_layers(m, layout, "pattern", count, "layers"));
     int l = 0;
     for (size_t i = 0; pat[i]; i++)
         if (!isspace((unsigned char)pat[i])) m->layer_mixer[l++] = find_by_symbol(m, pat[i]);
@@ -285,15 +292,7 @@ static int parse_layers(hyb_layermap *m, const hyb_cfg_table *layout) {
                                     known_mixers(m, 0, known, sizeof known));
         }
     }
-    if (n != m->n_layers) {
-        int line, col;
-        hyb_cfg_pos(layout, "layers", 1, &line, &col);
-        return hyb_cfg_error_at(layout, line, col,
-                                "layout.layers has %d entries but model.n_layers = %d", n,
-                                m->n_layers);
-    }
-    m->layer_mixer = calloc((size_t)n, sizeof *m->layer_mixer);
-    if (!m->layer_mixer) return hyb_error_set(HYB_ERR_NOMEM, "out of memory (%d layers)", n);
+    HYB_TRY(alloc_layers(m, layout, "layers", n, "entries"));
     for (int i = 0; i < n; i++) {
         const char *s;
         HYB_TRY(hyb_cfg_array_string(layout, "layers", i, &s));

@@ -15,6 +15,20 @@ static int embedding_bwd(hyb_graph *g, hyb_node *n) {
     return HYB_OK;
 }
 
+/* The checks both embeddings make on ids (W is a 2-D [V, D] weight): B, T >= 0, ids non-NULL
+ * where B * T > 0 and every id in [0, V). Nonzero (error set) when one fails. */
+int embedding_check_ids(const char *OP, const hyb_tensor *W, const int32_t *ids, int B, int T) {
+    char a[128];
+    if (B < 0 || T < 0) return hyb_error_set(HYB_ERR_ARG, "%s: negative B=%d or T=%d", OP, B, T);
+    const int64_t n = (int64_t)B * T, V = W->shape[0];
+    if (n > 0 && !ids) return hyb_error_set(HYB_ERR_ARG, "%s: ids is NULL", OP);
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return hyb_error_set(HYB_ERR_ARG, "%s: ids[%lld] = %d is outside [0, %lld) of W %s", OP,
+                                 (long long)i, ids[i], (long long)V, op_shape(W, a, sizeof a));
+    return HYB_OK;
+}
+
 hyb_tensor *hyb_embedding(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B, int T) {
     static const char OP[] = "hyb_embedding";
     char a[128];
@@ -26,15 +40,8 @@ hyb_tensor *hyb_embedding(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B
         return hyb_error_set(HYB_ERR_ARG, "%s: W %s must be 2-D [V, D]", OP,
                              op_shape(W, a, sizeof a)),
                NULL;
-    if (B < 0 || T < 0)
-        return hyb_error_set(HYB_ERR_ARG, "%s: negative B=%d or T=%d", OP, B, T), NULL;
-    const int64_t n = (int64_t)B * T, V = W->shape[0], D = W->shape[1];
-    if (n > 0 && !ids) return hyb_error_set(HYB_ERR_ARG, "%s: ids is NULL", OP), NULL;
-    for (int64_t i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= V)
-            return hyb_error_set(HYB_ERR_ARG, "%s: ids[%lld] = %d is outside [0, %lld) of W %s", OP,
-                                 (long long)i, ids[i], (long long)V, op_shape(W, a, sizeof a)),
-                   NULL;
+    if (embedding_check_ids(OP, W, ids, B, T)) return NULL;
+    const int64_t n = (int64_t)B * T, D = W->shape[1];
     const hyb_backend *be = op_backend(OP, W->device);
     if (!be) return NULL;
     int64_t shape[3] = {B, T, D};
@@ -75,9 +82,29 @@ static int matmul_bwd(hyb_graph *g, hyb_node *n) {
     return HYB_OK;
 }
 
+/* The checks and the output both matmuls share: x's last dim is W's K; y is x's shape with the
+ * last dim N. */
+int matmul_check_inner(const char *OP, const hyb_tensor *x, const hyb_tensor *W) {
+    char a[128], b[128];
+    const int64_t K = x->shape[x->ndim - 1];
+    if (K != W->shape[1])
+        return hyb_error_set(HYB_ERR_ARG, "%s: x %s and W %s: inner dims differ (%lld vs %lld)", OP,
+                             op_shape(x, a, sizeof a), op_shape(W, b, sizeof b), (long long)K,
+                             (long long)W->shape[1]);
+    return HYB_OK;
+}
+
+hyb_tensor *matmul_output(hyb_graph *g, const char *OP, const hyb_tensor *x, int N) {
+    int64_t shape[HYB_MAX_DIMS];
+    for (int i = 0; i < x->ndim; i++)
+        shape[i] = x->shape[i];
+    shape[x->ndim - 1] = N;
+    return graph_output(g, OP, x->device, x->ndim, shape);
+}
+
 hyb_tensor *hyb_matmul(hyb_graph *g, hyb_tensor *x, hyb_tensor *W) {
     static const char OP[] = "hyb_matmul";
-    char a[128], b[128];
+    char a[128];
     if (!g) return hyb_error_set(HYB_ERR_ARG, "%s: graph is NULL", OP), NULL;
     if (W && hyb_dtype_block_elems(W->dtype) > 1) /* HYB_QUANT hook: op_linear_quant.c */
         return hyb_matmul_quant(g, x, W);
@@ -87,11 +114,7 @@ hyb_tensor *hyb_matmul(hyb_graph *g, hyb_tensor *x, hyb_tensor *W) {
                              op_shape(W, a, sizeof a)),
                NULL;
     const int64_t K = x->shape[x->ndim - 1];
-    if (K != W->shape[1])
-        return hyb_error_set(HYB_ERR_ARG, "%s: x %s and W %s: inner dims differ (%lld vs %lld)", OP,
-                             op_shape(x, a, sizeof a), op_shape(W, b, sizeof b), (long long)K,
-                             (long long)W->shape[1]),
-               NULL;
+    if (matmul_check_inner(OP, x, W)) return NULL;
     if (op_check_same_device(OP, "x", x, "W", W)) return NULL;
     int M;
     if (op_rows_int(OP, "x", x, K, &M)) return NULL;
@@ -100,11 +123,7 @@ hyb_tensor *hyb_matmul(hyb_graph *g, hyb_tensor *x, hyb_tensor *W) {
     const int N = (int)W->shape[0];
     const hyb_backend *be = op_backend(OP, x->device);
     if (!be) return NULL;
-    int64_t shape[HYB_MAX_DIMS];
-    for (int i = 0; i < x->ndim; i++)
-        shape[i] = x->shape[i];
-    shape[x->ndim - 1] = N;
-    hyb_tensor *y = graph_output(g, OP, x->device, x->ndim, shape);
+    hyb_tensor *y = matmul_output(g, OP, x, N);
     if (!y) return NULL;
     OP_CALL(OP, be->sgemm(be, 0, 1, M, N, (int)K, 1.0f, (const float *)x->data, (int)K,
                           (const float *)W->data, (int)K, 0.0f, (float *)y->data, N));

@@ -39,25 +39,17 @@ static int check_frozen(const char *op, hyb_graph *g, hyb_tensor *x, hyb_tensor 
 
 hyb_tensor *hyb_matmul_quant(hyb_graph *g, hyb_tensor *x, hyb_tensor *W) {
     static const char OP[] = "hyb_matmul";
-    char a[128], b[128];
+    char a[128];
     if (op_check_f32(OP, "x", x) || check_quant_w(OP, W)) return NULL;
     const int64_t K = x->shape[x->ndim - 1];
-    if (K != W->shape[1])
-        return hyb_error_set(HYB_ERR_ARG, "%s: x %s and W %s: inner dims differ (%lld vs %lld)", OP,
-                             op_shape(x, a, sizeof a), op_shape(W, b, sizeof b), (long long)K,
-                             (long long)W->shape[1]),
-               NULL;
+    if (matmul_check_inner(OP, x, W)) return NULL;
     if (op_check_same_device(OP, "x", x, "W", W) || check_frozen(OP, g, x, W)) return NULL;
     int M;
     if (op_rows_int(OP, "x", x, K, &M)) return NULL;
     if (W->shape[0] > 0x7fffffff || K > 0x7fffffff)
         return hyb_error_set(HYB_ERR_ARG, "%s: W %s too large", OP, op_shape(W, a, sizeof a)), NULL;
     const int N = (int)W->shape[0];
-    int64_t shape[HYB_MAX_DIMS];
-    for (int i = 0; i < x->ndim; i++)
-        shape[i] = x->shape[i];
-    shape[x->ndim - 1] = N;
-    hyb_tensor *y = graph_output(g, OP, x->device, x->ndim, shape);
+    hyb_tensor *y = matmul_output(g, OP, x, N);
     if (!y) return NULL;
     const hyb_backend *be = op_backend(OP, x->device);
     if (!be) return NULL;
@@ -77,17 +69,9 @@ hyb_tensor *hyb_matmul_quant(hyb_graph *g, hyb_tensor *x, hyb_tensor *W) {
 
 hyb_tensor *hyb_embedding_quant(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B, int T) {
     static const char OP[] = "hyb_embedding";
-    char a[128];
     if (check_quant_w(OP, W) || check_frozen(OP, g, NULL, W)) return NULL;
-    if (B < 0 || T < 0)
-        return hyb_error_set(HYB_ERR_ARG, "%s: negative B=%d or T=%d", OP, B, T), NULL;
-    const int64_t n = (int64_t)B * T, V = W->shape[0], D = W->shape[1];
-    if (n > 0 && !ids) return hyb_error_set(HYB_ERR_ARG, "%s: ids is NULL", OP), NULL;
-    for (int64_t i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= V)
-            return hyb_error_set(HYB_ERR_ARG, "%s: ids[%lld] = %d is outside [0, %lld) of W %s", OP,
-                                 (long long)i, ids[i], (long long)V, op_shape(W, a, sizeof a)),
-                   NULL;
+    if (embedding_check_ids(OP, W, ids, B, T)) return NULL;
+    const int64_t n = (int64_t)B * T, D = W->shape[1];
     int64_t shape[3] = {B, T, D};
     hyb_tensor *y = graph_output(g, OP, W->device, 3, shape);
     if (!y) return NULL;

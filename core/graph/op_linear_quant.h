@@ -6,4 +6,9 @@
 
 hyb_tensor *hyb_matmul_quant(hyb_graph *g, hyb_tensor *x, hyb_tensor *W);
 hyb_tensor *hyb_embedding_quant(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B, int T);
+/* op_linear.c: the ids checks hyb_embedding and hyb_embedding_quant share. */
+int embedding_check_ids(const char *OP, const hyb_tensor *W, const int32_t *ids, int B, int T);
+/* op_linear.c: hyb_matmul's inner-dims check and output, shared with hyb_matmul_quant. */
+int matmul_check_inner(const char *OP, const hyb_tensor *x, const hyb_tensor *W);
+hyb_tensor *matmul_output(hyb_graph *g, const char *OP, const hyb_tensor *x, int N);
 #endif

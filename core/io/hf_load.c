@@ -388,29 +388,29 @@ static void unpermute_heads(float *w, int n_heads, int hd, int64_t cols, float *
     }
 }
 
-static const char *shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
-    size_t len = 0;
-    len += (size_t)snprintf(buf, n, "[");
-    for (int d = 0; d < ndim && len < n; d++)
-        len += (size_t)snprintf(buf + len, n - len, d ? ", %lld" : "%lld", (long long)shape[d]);
-    if (len < n) snprintf(buf + len, n - len, "]");
-    return buf;
-}
-
 /* ---- GGUF -------------------------------------------------------------------------------------*/
+
+/* rc of looking up metadata key k: HYB_OK when found, or missing and not required (*missing: the
+ * caller takes its default); else the error. */
+static int gg_found(int rc, const char *path, const char *k, int required, int *missing) {
+    *missing = rc == HYB_ERR_NOTFOUND && !required;
+    if (*missing) return HYB_OK;
+    if (rc == HYB_ERR_NOTFOUND)
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: metadata key '%s' is missing", path, k);
+    if (rc != HYB_OK) return hyb_error_wrap(rc, "%s", path);
+    return HYB_OK;
+}
 
 static int gg_int(hyb_gguf *g, const char *path, const char *arch, const char *key, int required,
                   int64_t def, int64_t *out) {
     char k[128];
+    int missing;
     snprintf(k, sizeof k, "%s.%s", arch, key);
-    int rc = hyb_gguf_get_int(g, k, out);
-    if (rc == HYB_ERR_NOTFOUND && !required) {
+    HYB_TRY(gg_found(hyb_gguf_get_int(g, k, out), path, k, required, &missing));
+    if (missing) {
         *out = def;
         return HYB_OK;
     }
-    if (rc == HYB_ERR_NOTFOUND)
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: metadata key '%s' is missing", path, k);
-    if (rc != HYB_OK) return hyb_error_wrap(rc, "%s", path);
     if (*out < 0 || *out > INT32_MAX)
         return hyb_error_set(HYB_ERR_FORMAT, "%s: metadata '%s' = %lld is out of range", path, k,
                              (long long)*out);
@@ -420,15 +420,10 @@ static int gg_int(hyb_gguf *g, const char *path, const char *arch, const char *k
 static int gg_float(hyb_gguf *g, const char *path, const char *arch, const char *key, int required,
                     double def, double *out) {
     char k[128];
+    int missing;
     snprintf(k, sizeof k, "%s.%s", arch, key);
-    int rc = hyb_gguf_get_float(g, k, out);
-    if (rc == HYB_ERR_NOTFOUND && !required) {
-        *out = def;
-        return HYB_OK;
-    }
-    if (rc == HYB_ERR_NOTFOUND)
-        return hyb_error_set(HYB_ERR_FORMAT, "%s: metadata key '%s' is missing", path, k);
-    if (rc != HYB_OK) return hyb_error_wrap(rc, "%s", path);
+    HYB_TRY(gg_found(hyb_gguf_get_float(g, k, out), path, k, required, &missing));
+    if (missing) *out = def;
     return HYB_OK;
 }
 
@@ -537,7 +532,7 @@ static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llam
         int64_t ti_idx = hyb_gguf_find_tensor(g, gname);
         if (ti_idx < 0) {
             rc = hyb_error_set(HYB_ERR_FORMAT, "%s: tensor '%s' (for %s %s) is missing", path,
-                               gname, t->name, shape_str(t->ndim, t->shape, a, sizeof a));
+                               gname, t->name, hyb_shape_str(t->ndim, t->shape, a, sizeof a));
             break;
         }
         const hyb_gguf_tensor *ti = hyb_gguf_tensor_at(g, ti_idx);
@@ -546,8 +541,8 @@ static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llam
             same = ti->shape[d] == t->shape[d];
         if (!same) {
             rc = hyb_error_set(HYB_ERR_FORMAT, "%s: tensor '%s' has shape %s, but %s needs %s",
-                               path, gname, shape_str(ti->ndim, ti->shape, a, sizeof a), t->name,
-                               shape_str(t->ndim, t->shape, b, sizeof b));
+                               path, gname, hyb_shape_str(ti->ndim, ti->shape, a, sizeof a),
+                               t->name, hyb_shape_str(t->ndim, t->shape, b, sizeof b));
             break;
         }
         used[ti_idx] = 1;
@@ -902,15 +897,15 @@ static int hf_fill(hyb_model *m, shard_set *s, const char *dir, const hf_plan *p
         char a[96], b[96];
         if (!st)
             return hyb_error_set(HYB_ERR_FORMAT, "%s: tensor '%s' %s is missing", dir, t->name,
-                                 shape_str(t->ndim, t->shape, a, sizeof a));
+                                 hyb_shape_str(t->ndim, t->shape, a, sizeof a));
         int same = st->ndim == t->ndim && t->dtype == HYB_F32 && hyb_tensor_is_contiguous(t);
         for (int d = 0; same && d < t->ndim; d++)
             same = st->shape[d] == t->shape[d];
         if (!same)
             return hyb_error_set(HYB_ERR_FORMAT, "%s: tensor '%s' has shape %s, the model needs %s",
                                  hyb_safetensors_path(s->st[k - 1]), t->name,
-                                 shape_str(st->ndim, st->shape, a, sizeof a),
-                                 shape_str(t->ndim, t->shape, b, sizeof b));
+                                 hyb_shape_str(st->ndim, st->shape, a, sizeof a),
+                                 hyb_shape_str(t->ndim, t->shape, b, sizeof b));
         HYB_TRY(hyb_safetensors_read_f32(s->st[k - 1], st, hyb_tensor_f32(t), st->numel));
     }
     return HYB_OK;

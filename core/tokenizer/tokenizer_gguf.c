@@ -41,6 +41,13 @@ static int get_flag(const hyb_gguf *g, const char *key, int dflt) {
     return v;
 }
 
+/* malloc(n * size), or NULL with "<path>: out of memory" set */
+static void *alloc_or_err(uint64_t n, size_t size, const char *path) {
+    void *p = malloc(n * size);
+    if (!p) hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+    return p;
+}
+
 /* String array `key` into a pointer array (pointers into g). */
 static int str_array(const hyb_gguf *g, const char *key, const char ***out, uint64_t *n,
                      const char *path, int required) {
@@ -57,8 +64,8 @@ static int str_array(const hyb_gguf *g, const char *key, const char ***out, uint
     if (len > INT32_MAX)
         return hyb_error_set(HYB_ERR_FORMAT, "%s: %s has %llu entries", path, key,
                              (unsigned long long)len);
-    const char **a = malloc((len ? len : 1) * sizeof *a);
-    if (!a) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
+    const char **a = alloc_or_err(len ? len : 1, sizeof *a, path);
+    if (!a) return HYB_ERR_NOMEM;
     for (uint64_t i = 0; i < len; i++) {
         uint64_t sl;
         a[i] = hyb_gguf_kv_arr_str(g, kv, i, &sl);
@@ -130,11 +137,8 @@ hyb_tokenizer *hyb_tokenizer_from_gguf(const struct hyb_gguf *g) {
                 path, (unsigned long long)hyb_gguf_kv_arr_len(g, kv), (unsigned long long)n_tokens);
             goto done;
         }
-        types = malloc(n_tokens * sizeof *types);
-        if (!types) {
-            hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
-            goto done;
-        }
+        types = alloc_or_err(n_tokens, sizeof *types, path);
+        if (!types) goto done;
         for (uint64_t i = 0; i < n_tokens; i++) {
             int64_t v;
             if (hyb_gguf_kv_arr_int(g, kv, i, &v) != HYB_OK) {
@@ -164,11 +168,8 @@ hyb_tokenizer *hyb_tokenizer_from_gguf(const struct hyb_gguf *g) {
                           path);
             goto done;
         }
-        scores = malloc(n_tokens * sizeof *scores);
-        if (!scores) {
-            hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
-            goto done;
-        }
+        scores = alloc_or_err(n_tokens, sizeof *scores, path);
+        if (!scores) goto done;
         for (uint64_t i = 0; i < n_tokens; i++) {
             double v;
             if (hyb_gguf_kv_arr_float(g, kv, i, &v) != HYB_OK) {

@@ -109,108 +109,98 @@ static inline int nib(const uint8_t *qs, int e) {
     return e < 16 ? (qs[e] & 0x0F) : (qs[e - 16] >> 4);
 }
 
-static float dot_p_q8_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 34) {
-        const float d = hyb_f16_to_f32(ld16(w));
-        const int8_t *q = (const int8_t *)(w + 2);
-        const float *x = xr->x + (int64_t)b * QK;
-        for (int l = 0; l < 8; l++) {
-            float t = (float)q[l] * x[l];
-            t = fmaf((float)q[8 + l], x[8 + l], t);
-            t = fmaf((float)q[16 + l], x[16 + l], t);
-            t = fmaf((float)q[24 + l], x[24 + l], t);
-            acc[l] = fmaf(t, d, acc[l]);
-        }
+/* One 32-value block q (integers) into the 8 lanes. PRECISE: x the f32 activations, scale d.
+ * FAST: xq the int8 activations, s their 8 lane scales; lanes 0-3 take d_lo, lanes 4-7 d_hi. */
+static inline void block_p_sc(float acc[8], const int8_t *q, const float *x, float d) {
+    for (int l = 0; l < 8; l++) {
+        float t = (float)q[l] * x[l];
+        t = fmaf((float)q[8 + l], x[8 + l], t);
+        t = fmaf((float)q[16 + l], x[16 + l], t);
+        t = fmaf((float)q[24 + l], x[24 + l], t);
+        acc[l] = fmaf(t, d, acc[l]);
     }
-    return hsum8(acc);
 }
 
-static float dot_p_q4_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 18) {
-        const float d = hyb_f16_to_f32(ld16(w));
-        const uint8_t *qs = w + 2;
-        const float *x = xr->x + (int64_t)b * QK;
-        for (int l = 0; l < 8; l++) {
-            float t = (float)(nib(qs, l) - 8) * x[l];
-            t = fmaf((float)(nib(qs, 8 + l) - 8), x[8 + l], t);
-            t = fmaf((float)(nib(qs, 16 + l) - 8), x[16 + l], t);
-            t = fmaf((float)(nib(qs, 24 + l) - 8), x[24 + l], t);
-            acc[l] = fmaf(t, d, acc[l]);
-        }
+static inline void block_f_sc(float acc[8], const int8_t *q, const int8_t *xq, const float *s,
+                              float d_lo, float d_hi) {
+    for (int l = 0; l < 8; l++) {
+        int32_t i = 0;
+        for (int j = 4 * l; j < 4 * l + 4; j++)
+            i += (int32_t)q[j] * xq[j];
+        acc[l] = fmaf((float)i, s[l] * (l < 4 ? d_lo : d_hi), acc[l]);
     }
-    return hsum8(acc);
 }
 
-static float dot_p_q4_1_sc(const uint8_t *w, const xrow *xr, int nb) {
+/* Q5_0 / Q5_1: element e (0..31) of a block, 0..31 */
+static inline int q5(const uint8_t *qs, uint32_t qh, int e) {
+    return nib(qs, e) | (int)(((qh >> e) & 1u) << 4);
+}
+static inline uint32_t ld32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+/* A 32-value block of type t (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1): its values q, scale d and (Q4_1,
+ * Q5_1) offset m; returns whether it has the offset. */
+static inline int unpack32_sc(int t, const uint8_t *w, int8_t q[QK], float *d, float *m) {
+    *d = hyb_f16_to_f32(ld16(w));
+    switch (t) {
+    case T_Q8_0:
+        memcpy(q, w + 2, QK);
+        return 0;
+    case T_Q4_0:
+        for (int e = 0; e < QK; e++)
+            q[e] = (int8_t)(nib(w + 2, e) - 8);
+        return 0;
+    case T_Q4_1:
+        *m = hyb_f16_to_f32(ld16(w + 2));
+        for (int e = 0; e < QK; e++)
+            q[e] = (int8_t)nib(w + 4, e);
+        return 1;
+    case T_Q5_0:
+        for (int e = 0; e < QK; e++)
+            q[e] = (int8_t)(q5(w + 6, ld32(w + 2), e) - 16);
+        return 0;
+    default: /* T_Q5_1 */
+        *m = hyb_f16_to_f32(ld16(w + 2));
+        for (int e = 0; e < QK; e++)
+            q[e] = (int8_t)q5(w + 8, ld32(w + 4), e);
+        return 1;
+    }
+}
+
+/* The scalar kernel of a 32-value block type, PRECISE or FAST; the offset m * sum(x) of Q4_1 and
+ * Q5_1 is accumulated per block in sm. */
+static inline float dot32_sc(int t, int fast, const uint8_t *w, const xrow *xr, int nb) {
     float acc[8] = {0}, sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 20) {
-        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
-        const uint8_t *qs = w + 4;
-        const float *x = xr->x + (int64_t)b * QK;
-        for (int l = 0; l < 8; l++) {
-            float t = (float)nib(qs, l) * x[l];
-            t = fmaf((float)nib(qs, 8 + l), x[8 + l], t);
-            t = fmaf((float)nib(qs, 16 + l), x[16 + l], t);
-            t = fmaf((float)nib(qs, 24 + l), x[24 + l], t);
-            acc[l] = fmaf(t, d, acc[l]);
-        }
-        sm = fmaf(m, xr->xsum[b], sm);
+    int has_m = 0;
+    int8_t q[QK];
+    for (int b = 0; b < nb; b++, w += BLOCK_BYTES[t]) {
+        float d, m = 0.0f;
+        has_m = unpack32_sc(t, w, q, &d, &m);
+        if (fast)
+            block_f_sc(acc, q, xr->q + (int64_t)b * QK, xr->s + (int64_t)b * 8, d, d);
+        else
+            block_p_sc(acc, q, xr->x + (int64_t)b * QK, d);
+        if (has_m) sm = fmaf(m, xr->xsum[b], sm);
     }
-    return hsum8(acc) + sm;
+    return has_m ? hsum8(acc) + sm : hsum8(acc);
 }
 
-static float dot_f_q8_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 34) {
-        const float d = hyb_f16_to_f32(ld16(w));
-        const int8_t *q = (const int8_t *)(w + 2), *xq = xr->q + (int64_t)b * QK;
-        const float *s = xr->s + (int64_t)b * 8;
-        for (int l = 0; l < 8; l++) {
-            int32_t i = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++)
-                i += (int32_t)q[j] * xq[j];
-            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
-        }
+/* The table's scalar entries: name() calls fn(args..., w, xr, nb); PRECISE passes fast = 0. */
+#define SC_KERNEL(name, fn, ...)                                                                   \
+    static float name(const uint8_t *w, const xrow *xr, int nb) {                                  \
+        return fn(__VA_ARGS__, w, xr, nb);                                                         \
     }
-    return hsum8(acc);
-}
-
-static float dot_f_q4_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 18) {
-        const float d = hyb_f16_to_f32(ld16(w));
-        const uint8_t *qs = w + 2;
-        const int8_t *xq = xr->q + (int64_t)b * QK;
-        const float *s = xr->s + (int64_t)b * 8;
-        for (int l = 0; l < 8; l++) {
-            int32_t i = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++)
-                i += (nib(qs, j) - 8) * xq[j];
-            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
-        }
-    }
-    return hsum8(acc);
-}
-
-static float dot_f_q4_1_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0}, sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 20) {
-        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
-        const uint8_t *qs = w + 4;
-        const int8_t *xq = xr->q + (int64_t)b * QK;
-        const float *s = xr->s + (int64_t)b * 8;
-        for (int l = 0; l < 8; l++) {
-            int32_t i = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++)
-                i += nib(qs, j) * xq[j];
-            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
-        }
-        sm = fmaf(m, xr->xsum[b], sm);
-    }
-    return hsum8(acc) + sm;
-}
+SC_KERNEL(dot_p_q8_0_sc, dot32_sc, T_Q8_0, 0)
+SC_KERNEL(dot_p_q4_0_sc, dot32_sc, T_Q4_0, 0)
+SC_KERNEL(dot_p_q4_1_sc, dot32_sc, T_Q4_1, 0)
+SC_KERNEL(dot_p_q5_0_sc, dot32_sc, T_Q5_0, 0)
+SC_KERNEL(dot_p_q5_1_sc, dot32_sc, T_Q5_1, 0)
+SC_KERNEL(dot_f_q8_0_sc, dot32_sc, T_Q8_0, 1)
+SC_KERNEL(dot_f_q4_0_sc, dot32_sc, T_Q4_0, 1)
+SC_KERNEL(dot_f_q4_1_sc, dot32_sc, T_Q4_1, 1)
+SC_KERNEL(dot_f_q5_0_sc, dot32_sc, T_Q5_0, 1)
+SC_KERNEL(dot_f_q5_1_sc, dot32_sc, T_Q5_1, 1)
 
 /* Q4_K's six-bit scale and min of sub-block j (as core/io/dequant.c decodes them) */
 static inline void k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
@@ -231,8 +221,10 @@ static inline int q6(const uint8_t *blk, int u, int l) {
     return lo | (hi << 4);
 }
 
-static float dot_p_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+/* Q4_K: each sub-block j a Q4_1-like block of scale d sc_j and offset -dmin mn_j. */
+static inline float dot_q4_k_sc(int fast, const uint8_t *w, const xrow *xr, int nb) {
     float acc[8] = {0}, sm = 0.0f;
+    int8_t q[QK];
     for (int b = 0; b < nb; b++, w += 144) {
         const float d = hyb_f16_to_f32(ld16(w)), dmin = hyb_f16_to_f32(ld16(w + 2));
         for (int j = 0; j < 8; j++) {
@@ -241,57 +233,41 @@ static float dot_p_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
             const float dl = d * (float)isc, ml = dmin * (float)imn;
             const uint8_t *qs = w + 16 + 32 * (j / 2);
             const int sh = 4 * (j % 2);
-            const float *x = xr->x + ((int64_t)b * 8 + j) * QK;
-            for (int l = 0; l < 8; l++) {
-                float t = (float)((qs[l] >> sh) & 15) * x[l];
-                t = fmaf((float)((qs[8 + l] >> sh) & 15), x[8 + l], t);
-                t = fmaf((float)((qs[16 + l] >> sh) & 15), x[16 + l], t);
-                t = fmaf((float)((qs[24 + l] >> sh) & 15), x[24 + l], t);
-                acc[l] = fmaf(t, dl, acc[l]);
-            }
-            sm = fmaf(ml, xr->xsum[(int64_t)b * 8 + j], sm);
+            for (int e = 0; e < QK; e++)
+                q[e] = (int8_t)((qs[e] >> sh) & 15);
+            const int64_t bj = (int64_t)b * 8 + j;
+            if (fast)
+                block_f_sc(acc, q, xr->q + bj * QK, xr->s + bj * 8, dl, dl);
+            else
+                block_p_sc(acc, q, xr->x + bj * QK, dl);
+            sm = fmaf(ml, xr->xsum[bj], sm);
         }
     }
     return hsum8(acc) - sm;
 }
 
-static float dot_f_q4_k_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0}, sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 144) {
-        const float d = hyb_f16_to_f32(ld16(w)), dmin = hyb_f16_to_f32(ld16(w + 2));
-        for (int j = 0; j < 8; j++) {
-            int isc, imn;
-            k_scale_min(w + 4, j, &isc, &imn);
-            const float dl = d * (float)isc, ml = dmin * (float)imn;
-            const uint8_t *qs = w + 16 + 32 * (j / 2);
-            const int sh = 4 * (j % 2);
-            const int8_t *xq = xr->q + ((int64_t)b * 8 + j) * QK;
-            const float *s = xr->s + ((int64_t)b * 8 + j) * 8;
-            for (int l = 0; l < 8; l++) {
-                int32_t i = 0;
-                for (int e = 4 * l; e < 4 * l + 4; e++)
-                    i += ((qs[e] >> sh) & 15) * xq[e];
-                acc[l] = fmaf((float)i, s[l] * dl, acc[l]);
-            }
-            sm = fmaf(ml, xr->xsum[(int64_t)b * 8 + j], sm);
-        }
-    }
-    return hsum8(acc) - sm;
-}
-
-static float dot_p_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
+/* Q6_K: each 32-value block u a Q8_0-like block with scale d sc_2u (values 0-15) and d sc_2u+1 */
+static inline float dot_q6_k_sc(int fast, const uint8_t *w, const xrow *xr, int nb) {
     float acc[8] = {0};
+    int8_t q[QK];
     for (int b = 0; b < nb; b++, w += 210) {
         const float d = hyb_f16_to_f32(ld16(w + 208));
         const int8_t *sc = (const int8_t *)(w + 192);
         for (int u = 0; u < 8; u++) {
             const float d0 = d * (float)sc[2 * u], d1 = d * (float)sc[2 * u + 1];
-            const float *x = xr->x + ((int64_t)b * 8 + u) * QK;
+            const int64_t bu = (int64_t)b * 8 + u;
+            for (int e = 0; e < QK; e++)
+                q[e] = (int8_t)(q6(w, u, e) - 32);
+            if (fast) {
+                block_f_sc(acc, q, xr->q + bu * QK, xr->s + bu * 8, d0, d1);
+                continue;
+            }
+            const float *x = xr->x + bu * QK;
             for (int l = 0; l < 8; l++) {
-                float t0 = (float)(q6(w, u, l) - 32) * x[l];
-                t0 = fmaf((float)(q6(w, u, 8 + l) - 32), x[8 + l], t0);
-                float t1 = (float)(q6(w, u, 16 + l) - 32) * x[16 + l];
-                t1 = fmaf((float)(q6(w, u, 24 + l) - 32), x[24 + l], t1);
+                float t0 = (float)q[l] * x[l];
+                t0 = fmaf((float)q[8 + l], x[8 + l], t0);
+                float t1 = (float)q[16 + l] * x[16 + l];
+                t1 = fmaf((float)q[24 + l], x[24 + l], t1);
                 acc[l] = fmaf(t0, d0, acc[l]);
                 acc[l] = fmaf(t1, d1, acc[l]);
             }
@@ -300,107 +276,10 @@ static float dot_p_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
     return hsum8(acc);
 }
 
-static float dot_f_q6_k_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 210) {
-        const float d = hyb_f16_to_f32(ld16(w + 208));
-        const int8_t *sc = (const int8_t *)(w + 192);
-        for (int u = 0; u < 8; u++) {
-            const int8_t *xq = xr->q + ((int64_t)b * 8 + u) * QK;
-            const float *s = xr->s + ((int64_t)b * 8 + u) * 8;
-            for (int l = 0; l < 8; l++) {
-                int32_t i = 0;
-                for (int e = 4 * l; e < 4 * l + 4; e++)
-                    i += (q6(w, u, e) - 32) * xq[e];
-                const float dl = d * (float)sc[2 * u + l / 4];
-                acc[l] = fmaf((float)i, s[l] * dl, acc[l]);
-            }
-        }
-    }
-    return hsum8(acc);
-}
-
-/* Q5_0 / Q5_1: element e (0..31) of a block, 0..31 */
-static inline int q5(const uint8_t *qs, uint32_t qh, int e) {
-    return nib(qs, e) | (int)(((qh >> e) & 1u) << 4);
-}
-static inline uint32_t ld32(const uint8_t *p) {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
-static float dot_p_q5_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 22) {
-        const float d = hyb_f16_to_f32(ld16(w));
-        const uint32_t qh = ld32(w + 2);
-        const uint8_t *qs = w + 6;
-        const float *x = xr->x + (int64_t)b * QK;
-        for (int l = 0; l < 8; l++) {
-            float t = (float)(q5(qs, qh, l) - 16) * x[l];
-            t = fmaf((float)(q5(qs, qh, 8 + l) - 16), x[8 + l], t);
-            t = fmaf((float)(q5(qs, qh, 16 + l) - 16), x[16 + l], t);
-            t = fmaf((float)(q5(qs, qh, 24 + l) - 16), x[24 + l], t);
-            acc[l] = fmaf(t, d, acc[l]);
-        }
-    }
-    return hsum8(acc);
-}
-
-static float dot_p_q5_1_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0}, sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 24) {
-        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
-        const uint32_t qh = ld32(w + 4);
-        const uint8_t *qs = w + 8;
-        const float *x = xr->x + (int64_t)b * QK;
-        for (int l = 0; l < 8; l++) {
-            float t = (float)q5(qs, qh, l) * x[l];
-            t = fmaf((float)q5(qs, qh, 8 + l), x[8 + l], t);
-            t = fmaf((float)q5(qs, qh, 16 + l), x[16 + l], t);
-            t = fmaf((float)q5(qs, qh, 24 + l), x[24 + l], t);
-            acc[l] = fmaf(t, d, acc[l]);
-        }
-        sm = fmaf(m, xr->xsum[b], sm);
-    }
-    return hsum8(acc) + sm;
-}
-
-static float dot_f_q5_0_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0};
-    for (int b = 0; b < nb; b++, w += 22) {
-        const float d = hyb_f16_to_f32(ld16(w));
-        const uint32_t qh = ld32(w + 2);
-        const uint8_t *qs = w + 6;
-        const int8_t *xq = xr->q + (int64_t)b * QK;
-        const float *s = xr->s + (int64_t)b * 8;
-        for (int l = 0; l < 8; l++) {
-            int32_t i = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++)
-                i += (q5(qs, qh, j) - 16) * xq[j];
-            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
-        }
-    }
-    return hsum8(acc);
-}
-
-static float dot_f_q5_1_sc(const uint8_t *w, const xrow *xr, int nb) {
-    float acc[8] = {0}, sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 24) {
-        const float d = hyb_f16_to_f32(ld16(w)), m = hyb_f16_to_f32(ld16(w + 2));
-        const uint32_t qh = ld32(w + 4);
-        const uint8_t *qs = w + 8;
-        const int8_t *xq = xr->q + (int64_t)b * QK;
-        const float *s = xr->s + (int64_t)b * 8;
-        for (int l = 0; l < 8; l++) {
-            int32_t i = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++)
-                i += q5(qs, qh, j) * xq[j];
-            acc[l] = fmaf((float)i, s[l] * d, acc[l]);
-        }
-        sm = fmaf(m, xr->xsum[b], sm);
-    }
-    return hsum8(acc) + sm;
-}
+SC_KERNEL(dot_p_q4_k_sc, dot_q4_k_sc, 0)
+SC_KERNEL(dot_p_q6_k_sc, dot_q6_k_sc, 0)
+SC_KERNEL(dot_f_q4_k_sc, dot_q4_k_sc, 1)
+SC_KERNEL(dot_f_q6_k_sc, dot_q6_k_sc, 1)
 
 /* ---- AVX2 + FMA + F16C kernels ----------------------------------------------------------------*/
 
@@ -445,21 +324,33 @@ AVX2_FN static inline __m256i unpack_nibbles(const uint8_t *qs) {
         w3 = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(b_, 4), o_));                   \
     } while (0)
 
-AVX2_FN static inline __m256 block_t(const float *x, __m256 w0, __m256 w1, __m256 w2, __m256 w3) {
+/* PRECISE: acc += (w0 x0 + w1 x1 + w2 x2 + w3 x3) * d over the block's 32 activations x */
+AVX2_FN static inline __m256 precise_block(__m256 acc, const float *x, __m256 w0, __m256 w1,
+                                           __m256 w2, __m256 w3, __m256 d) {
     __m256 t = _mm256_mul_ps(w0, _mm256_loadu_ps(x));
     t = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), t);
     t = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), t);
-    return _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), t);
+    t = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), t);
+    return _mm256_fmadd_ps(t, d, acc);
+}
+
+/* the same for a block given as 32 bytes, signed (sgn) or unsigned */
+AVX2_FN static inline __m256 precise_bytes(__m256 acc, const float *x, __m256i v, int sgn,
+                                           __m256 d) {
+    __m256 w0, w1, w2, w3;
+    if (sgn)
+        BYTES_TO_PS(v, i, w0, w1, w2, w3);
+    else
+        BYTES_TO_PS(v, u, w0, w1, w2, w3);
+    return precise_block(acc, x, w0, w1, w2, w3, d);
 }
 
 AVX2_FN static float dot_p_q8_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++, w += 34) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
-        __m256i v = _mm256_loadu_si256((const __m256i *)(w + 2));
-        __m256 w0, w1, w2, w3;
-        BYTES_TO_PS(v, i, w0, w1, w2, w3);
-        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        acc = precise_bytes(acc, xr->x + (int64_t)b * QK,
+                            _mm256_loadu_si256((const __m256i *)(w + 2)), 1, d);
     }
     return hsum_avx(acc);
 }
@@ -470,7 +361,7 @@ AVX2_FN static float dot_p_q4_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
         __m256 w0, w1, w2, w3;
         NIBBLES_TO_PS(w + 2, 8, w0, w1, w2, w3);
-        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        acc = precise_block(acc, xr->x + (int64_t)b * QK, w0, w1, w2, w3, d);
     }
     return hsum_avx(acc);
 }
@@ -483,7 +374,7 @@ AVX2_FN static float dot_p_q4_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
         const float m = _cvtsh_ss(ld16(w + 2));
         __m256 w0, w1, w2, w3;
         NIBBLES_TO_PS(w + 4, 0, w0, w1, w2, w3);
-        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        acc = precise_block(acc, xr->x + (int64_t)b * QK, w0, w1, w2, w3, d);
         sm = fmaf(m, xr->xsum[b], sm);
     }
     return hsum_avx(acc) + sm;
@@ -497,15 +388,20 @@ AVX2_FN static inline __m256 lanes_us(__m256i a, __m256i b) {
 AVX2_FN static inline __m256 lanes_ss(__m256i a, __m256i b) {
     return lanes_us(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
 }
+/* FAST: acc += lanes(wv, int8 block j of the row) * (lane scales of block j * d); signed weights
+ * (lanes_ss) or unsigned (lanes_us) */
+AVX2_FN static inline __m256 fast_block(__m256 acc, __m256i wv, int sgn, const xrow *xr, int64_t j,
+                                        __m256 d) {
+    const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + j * 8), d);
+    const __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + j * QK));
+    return _mm256_fmadd_ps(sgn ? lanes_ss(wv, xv) : lanes_us(wv, xv), sc, acc);
+}
 
 AVX2_FN static float dot_f_q8_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++, w += 34) {
-        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
-                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
-        __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
-        acc = _mm256_fmadd_ps(lanes_ss(wv, xv), sc, acc);
+        acc = fast_block(acc, _mm256_loadu_si256((const __m256i *)(w + 2)), 1, xr, b,
+                         _mm256_set1_ps(_cvtsh_ss(ld16(w))));
     }
     return hsum_avx(acc);
 }
@@ -514,11 +410,8 @@ AVX2_FN static float dot_f_q4_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     const __m256i off = _mm256_set1_epi8(8);
     for (int b = 0; b < nb; b++, w += 18) {
-        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
-                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
-        __m256i wv = _mm256_sub_epi8(unpack_nibbles(w + 2), off);
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
-        acc = _mm256_fmadd_ps(lanes_ss(wv, xv), sc, acc);
+        acc = fast_block(acc, _mm256_sub_epi8(unpack_nibbles(w + 2), off), 1, xr, b,
+                         _mm256_set1_ps(_cvtsh_ss(ld16(w))));
     }
     return hsum_avx(acc);
 }
@@ -527,12 +420,8 @@ AVX2_FN static float dot_f_q4_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     float sm = 0.0f;
     for (int b = 0; b < nb; b++, w += 20) {
-        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
-                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
         const float m = _cvtsh_ss(ld16(w + 2));
-        __m256i wv = unpack_nibbles(w + 4);
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
-        acc = _mm256_fmadd_ps(lanes_us(wv, xv), sc, acc);
+        acc = fast_block(acc, unpack_nibbles(w + 4), 0, xr, b, _mm256_set1_ps(_cvtsh_ss(ld16(w))));
         sm = fmaf(m, xr->xsum[b], sm);
     }
     return hsum_avx(acc) + sm;
@@ -567,8 +456,7 @@ AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
                     wk[k] = _mm256_cvtepi32_ps(t ? _mm256_srli_epi32(bq[k], 4)
                                                  : _mm256_and_si256(bq[k], m15));
                 const __m256 w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3];
-                acc = _mm256_fmadd_ps(block_t(xr->x + ((int64_t)b * 8 + j) * QK, w0, w1, w2, w3),
-                                      dl, acc);
+                acc = precise_block(acc, xr->x + ((int64_t)b * 8 + j) * QK, w0, w1, w2, w3, dl);
                 sm = fmaf(dmin * (float)imn, xr->xsum[(int64_t)b * 8 + j], sm);
             }
         }
@@ -588,10 +476,7 @@ AVX2_FN static float dot_f_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
                 const int64_t j = (int64_t)b * 8 + 2 * c + t;
                 int isc, imn;
                 k_scale_min(w + 4, 2 * c + t, &isc, &imn);
-                const __m256 sc =
-                    _mm256_mul_ps(_mm256_loadu_ps(xr->s + j * 8), _mm256_set1_ps(d * (float)isc));
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + j * QK));
-                acc = _mm256_fmadd_ps(lanes_us(q[t], xv), sc, acc);
+                acc = fast_block(acc, q[t], 0, xr, j, _mm256_set1_ps(d * (float)isc));
                 sm = fmaf(dmin * (float)imn, xr->xsum[j], sm);
             }
         }
@@ -642,11 +527,9 @@ AVX2_FN static float dot_f_q6_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
         for (int u = 0; u < 8; u++) {
             const int64_t j = (int64_t)b * 8 + u;
             __m256i v = _mm256_sub_epi8(q6k_block(w, u), off);
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + j * QK));
             const __m256 dl = _mm256_set_m128(_mm_set1_ps(d * (float)sc[2 * u + 1]),
                                               _mm_set1_ps(d * (float)sc[2 * u]));
-            const __m256 scv = _mm256_mul_ps(_mm256_loadu_ps(xr->s + j * 8), dl);
-            acc = _mm256_fmadd_ps(lanes_ss(v, xv), scv, acc);
+            acc = fast_block(acc, v, 1, xr, j, dl);
         }
     }
     return hsum_avx(acc);
@@ -666,10 +549,8 @@ AVX2_FN static float dot_p_q5_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
     const __m256i off = _mm256_set1_epi8(16);
     for (int b = 0; b < nb; b++, w += 22) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
-        __m256i v = _mm256_sub_epi8(q5_bytes(w + 6, ld32(w + 2)), off);
-        __m256 w0, w1, w2, w3;
-        BYTES_TO_PS(v, i, w0, w1, w2, w3);
-        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        acc = precise_bytes(acc, xr->x + (int64_t)b * QK,
+                            _mm256_sub_epi8(q5_bytes(w + 6, ld32(w + 2)), off), 1, d);
     }
     return hsum_avx(acc);
 }
@@ -680,10 +561,7 @@ AVX2_FN static float dot_p_q5_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
     for (int b = 0; b < nb; b++, w += 24) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
         const float m = _cvtsh_ss(ld16(w + 2));
-        __m256i v = q5_bytes(w + 8, ld32(w + 4));
-        __m256 w0, w1, w2, w3;
-        BYTES_TO_PS(v, u, w0, w1, w2, w3);
-        acc = _mm256_fmadd_ps(block_t(xr->x + (int64_t)b * QK, w0, w1, w2, w3), d, acc);
+        acc = precise_bytes(acc, xr->x + (int64_t)b * QK, q5_bytes(w + 8, ld32(w + 4)), 0, d);
         sm = fmaf(m, xr->xsum[b], sm);
     }
     return hsum_avx(acc) + sm;
@@ -693,11 +571,8 @@ AVX2_FN static float dot_f_q5_0_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     const __m256i off = _mm256_set1_epi8(16);
     for (int b = 0; b < nb; b++, w += 22) {
-        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
-                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
-        __m256i wv = _mm256_sub_epi8(q5_bytes(w + 6, ld32(w + 2)), off);
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
-        acc = _mm256_fmadd_ps(lanes_ss(wv, xv), sc, acc);
+        acc = fast_block(acc, _mm256_sub_epi8(q5_bytes(w + 6, ld32(w + 2)), off), 1, xr, b,
+                         _mm256_set1_ps(_cvtsh_ss(ld16(w))));
     }
     return hsum_avx(acc);
 }
@@ -706,12 +581,9 @@ AVX2_FN static float dot_f_q5_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     float sm = 0.0f;
     for (int b = 0; b < nb; b++, w += 24) {
-        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(xr->s + (int64_t)b * 8),
-                                        _mm256_set1_ps(_cvtsh_ss(ld16(w))));
         const float m = _cvtsh_ss(ld16(w + 2));
-        __m256i wv = q5_bytes(w + 8, ld32(w + 4));
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr->q + (int64_t)b * QK));
-        acc = _mm256_fmadd_ps(lanes_us(wv, xv), sc, acc);
+        acc = fast_block(acc, q5_bytes(w + 8, ld32(w + 4)), 0, xr, b,
+                         _mm256_set1_ps(_cvtsh_ss(ld16(w))));
         sm = fmaf(m, xr->xsum[b], sm);
     }
     return hsum_avx(acc) + sm;

@@ -106,6 +106,8 @@ int hyb_tensor_move(hyb_tensor *t, const struct hyb_backend *be);
 int64_t hyb_tensor_numel(const hyb_tensor *t);
 size_t hyb_tensor_nbytes(const hyb_tensor *t);
 int hyb_tensor_is_contiguous(const hyb_tensor *t);
+/* "[2, 3, 4]" into buf (n > 0); returns buf. */
+const char *hyb_shape_str(int ndim, const int64_t *shape, char *buf, size_t n);
 /* "[2, 3, 4] f32" into buf; returns buf. */
 const char *hyb_tensor_shape_str(const hyb_tensor *t, char *buf, size_t n);
 /* Same dtype and shape? */
