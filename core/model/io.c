@@ -489,15 +489,6 @@ done:
     return rc;
 }
 
-static const char *shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
-    size_t k = 0;
-    k += (size_t)snprintf(buf + k, n - k, "[");
-    for (int i = 0; i < ndim && k < n; i++)
-        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
-    if (k < n) snprintf(buf + k, n - k, "]");
-    return buf;
-}
-
 int hyb_model_load_params(hyb_model *m, const char *path) {
     return hyb_model_load_params_ex(m, path, 0);
 }
@@ -529,7 +520,7 @@ int hyb_model_load_params_ex(hyb_model *m, const char *path, unsigned flags) {
             int l = identity_layer_of(m, p);
             if (l >= 0 && omitted[l]) continue; /* src[i] NULL: norms 1, MLP zero (step 3) */
             rc = hyb_error_set(HYB_ERR_NOTFOUND, "%s: tensor '%s' %s is missing", path, p->name,
-                               shape_str(p->ndim, p->shape, a, sizeof a));
+                               hyb_shape_str(p->ndim, p->shape, a, sizeof a));
             goto done;
         }
         int same = t->ndim == p->ndim;
@@ -538,8 +529,8 @@ int hyb_model_load_params_ex(hyb_model *m, const char *path, unsigned flags) {
         if (!same) {
             rc = hyb_error_set(
                 HYB_ERR_FORMAT, "%s: tensor '%s': file has %s %s, the model expects %s", path,
-                p->name, shape_str(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
-                shape_str(p->ndim, p->shape, b, sizeof b));
+                p->name, hyb_shape_str(t->ndim, t->shape, a, sizeof a), hyb_st_dtype_name(t->dtype),
+                hyb_shape_str(p->ndim, p->shape, b, sizeof b));
             goto done;
         }
         if (t->dtype == HYB_ST_F8_E4M3 || t->dtype == HYB_ST_F8_E5M2) {
@@ -563,7 +554,7 @@ int hyb_model_load_params_ex(hyb_model *m, const char *path, unsigned flags) {
                 HYB_ERR_FORMAT,
                 "%s: tensor '%s' %s is not a parameter of this model (layer map '%s'); pass "
                 "HYB_LOAD_ALLOW_EXTRA to ignore extra tensors",
-                path, t->name, shape_str(t->ndim, t->shape, a, sizeof a), m->map->path);
+                path, t->name, hyb_shape_str(t->ndim, t->shape, a, sizeof a), m->map->path);
             goto done;
         }
         n_extra++;
