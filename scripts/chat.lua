@@ -10,10 +10,7 @@
 local hyb = require("hyb")
 local gen = require("genlib")
 
-local usage = gen.usage("chat",
-  "usage: hyb chat [--model PATH] [--temperature T] [--top-k K] [--top-p P]\n" ..
-  "         [--repetition-penalty R] [--seed S] [--max-tokens N] [--system TEXT]\n" ..
-  "         [--stop STR]... [--max-ctx N] [--verbose]\n")
+local usage = gen.usage("chat", "usage: hyb chat " .. gen.common_usage .. "\n")
 
 local opts = gen.parse_args(arg, gen.with_sampling{
   model = "string", stop = "list", system = "string", device = "string", verbose = "flag",

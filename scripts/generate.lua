@@ -23,9 +23,7 @@ local hyb = require("hyb")
 local gen = require("genlib")
 
 local usage = gen.usage("generate",
-  "usage: hyb generate [--model PATH] [--max-tokens N] [--temperature T] [--top-k K]\n" ..
-  "         [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--chat]\n" ..
-  "         [--system TEXT] [--max-ctx N] [--device cpu|cuda[:N]] [--quiet] [--verbose] PROMPT\n")
+  "usage: hyb generate " .. gen.common_usage .. "\n         [--chat] [--quiet] PROMPT\n")
 
 local opts = gen.parse_args(arg, gen.with_sampling{
   model = "string", stop = "list", chat = "flag", system = "string", device = "string",

@@ -75,6 +75,11 @@ M.sampling_spec = {
   ["max-tokens"] = {"int", 1, 1 << 24}, ["max-ctx"] = {"int", 1, 1 << 24},
 }
 
+-- The usage text of the options generate and chat share.
+M.common_usage = "[--model PATH] [--temperature T] [--top-k K] [--top-p P]\n" ..
+  "         [--repetition-penalty R] [--seed S] [--max-tokens N] [--max-ctx N]\n" ..
+  "         [--device cpu|cuda[:N]] [--system TEXT] [--stop STR]... [--verbose]"
+
 -- spec plus M.sampling_spec (a new table)
 function M.with_sampling(spec)
   local r = {}

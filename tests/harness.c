@@ -118,6 +118,14 @@ const char *harness_data_dir(void) {
     return dd ? dd : "tests/data";
 }
 
+const char *harness_data_file(const char *dir, const char *name) {
+    static char buf[4][4096];
+    static int k;
+    char *b = buf[k++ & 3];
+    snprintf(b, sizeof buf[0], "%s/%s/%s", harness_data_dir(), dir, name);
+    return b;
+}
+
 float harness_frand(unsigned long long *state) {
     *state = *state * 6364136223846793005ull + 1442695040888963407ull;
     return (float)((*state >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;

@@ -54,6 +54,8 @@ int harness_mkdtemp(char *dir, size_t cap, const char *tag);
 const char *harness_sub(const char *dir, const char *name);
 /* The test data directory: $HYB_TEST_DATA, else tests/data. */
 const char *harness_data_dir(void);
+/* "<data dir>/<dir>/<name>" (a static buffer, four in rotation). */
+const char *harness_data_file(const char *dir, const char *name);
 /* A golden-logits file written by the tests/reference scripts: int32 magic, B, T, V, then
  * int32 ids [B*T] and float32 logits [B*T*V]. harness_read_golden: 0 when it was read whole
  * (free with harness_golden_free), -1 after a harness_fail naming the file. */

@@ -16,26 +16,10 @@
 static char model_path[4096];
 static hyb_tokenizer *tg, *tj;
 
-static char *data_path(const char *name) {
-    const char *d = getenv("HYB_TEST_DATA");
-    static char buf[4096];
-    snprintf(buf, sizeof buf, "%s/tokenizer/%s", d ? d : "tests/data", name);
-    return buf;
-}
+#define data_path(name) harness_data_file("tokenizer", name) /* tests/data/tokenizer/<name> */
 
 static cJSON *read_json(const char *name) {
-    FILE *f = fopen(data_path(name), "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    size_t r = fread(b, 1, (size_t)n, f);
-    fclose(f);
-    b[r] = 0;
-    cJSON *j = cJSON_Parse(b);
-    free(b);
-    return j;
+    return harness_read_json(data_path(name));
 }
 
 static void test_vocab_equal(void) {

@@ -15,19 +15,10 @@
 #include "hyb/gguf.h"
 #include "hyb/tokenizer.h"
 
-static char *data_path(const char *name) {
-    const char *d = getenv("HYB_TEST_DATA");
-    static char buf[4096];
-    snprintf(buf, sizeof buf, "%s/tokenizer/%s", d ? d : "tests/data", name);
-    return buf;
-}
+#define data_path(name) harness_data_file("tokenizer", name) /* tests/data/tokenizer/<name> */
 
 static cJSON *read_json(const char *name) {
-    char *s = harness_read_file(data_path(name), NULL);
-    if (!s) return NULL;
-    cJSON *j = cJSON_Parse(s);
-    free(s);
-    return j;
+    return harness_read_json(data_path(name));
 }
 
 /* Compare encode(text) with the golden array `key`; returns 1 when equal. */

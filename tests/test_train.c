@@ -20,26 +20,9 @@
 #define M_PI 3.14159265358979323846
 #endif
 
-static const char *MAP_TEXT = "[model]\n"
-                              "name = \"train-test\"\n"
-                              "d_model = 32\n"
-                              "n_layers = 2\n"
-                              "vocab_size = 256\n"
-                              "d_ff = 48\n"
-                              "norm_eps = 1e-5\n"
-                              "tie_embeddings = true\n"
-                              "max_seq = 64\n"
-                              "\n"
-                              "[mixers.attn]\n"
-                              "type = \"mha\"\n"
-                              "symbol = \"t\"\n"
-                              "n_heads = 4\n"
-                              "n_kv_heads = 2\n"
-                              "head_dim = 8\n"
-                              "rope_theta = 10000.0\n"
-                              "\n"
-                              "[layout]\n"
-                              "pattern = \"tt\"\n";
+/* rope_theta left at mha's default, 10000 */
+static const char *MAP_TEXT = HARNESS_MAP_MODEL("train-test", 2, 256) HARNESS_MAP_ATTN
+    "[layout]\npattern = \"tt\"\n";
 
 static char g_dir[256];
 static const char *sub(const char *name) {

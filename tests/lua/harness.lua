@@ -80,6 +80,23 @@ end
 H.root = (arg and arg[0] and arg[0]:match("^(.*)/tests/lua/[^/]*$")) or "."
 
 -- A fresh temporary directory (removed by H.rmdir).
+-- The [data] and [train] sections of the tiny distillation recipes of the tests: the byte-level
+-- example texts of `root`, 2 x 32-token batches, accum micro-batches.
+function H.tiny_recipe_data(root, accum)
+  return ([[
+[data]
+files = ["%s/examples/data"]
+tokenizer = "bytes"
+val_fraction = 0.1
+[train]
+lr = 1e-3
+warmup = 2
+batch = 2
+seq_len = 32
+accum = %d
+]]):format(root, accum)
+end
+
 function H.tmpdir()
   local p = io.popen("mktemp -d 2>/dev/null")
   local d = p and p:read("l")

@@ -99,17 +99,7 @@ log_every = 100
 eval_every = 3
 eval_batches = 2
 ckpt_every = 2
-[data]
-files = ["%s/examples/data"]
-tokenizer = "bytes"
-val_fraction = 0.1
-[train]
-lr = 1e-3
-warmup = 2
-batch = 2
-seq_len = 32
-accum = 2
-[stages.s1]
+%s[stages.s1]
 layers = [3]
 %s
 steps = 6
@@ -121,7 +111,7 @@ loss = "mix"
 weights = {rkl = 1.0, ce = 0.5}
 freeze = ["model.embed_tokens.weight"]
 lr_scale = { "*" = 0.25, "model.layers.*" = 1.0 }
-]]):format(tmp, root, have_mamba and 'mixer = "mamba1"\nconfig = "d_inner = 128\\nd_xb = 64\\nd_state = 16"' or 'mixer = "identity"'))
+]]):format(tmp, H.tiny_recipe_data(root, 2), have_mamba and 'mixer = "mamba1"\nconfig = "d_inner = 128\\nd_xb = 64\\nd_state = 16"' or 'mixer = "identity"'))
   f:close()
   local cmd = ("'%s' run '%s/scripts/distill.lua' '%s' '%%s' > '%s/log.txt' 2>&1"):format(bin, root, recipe, tmp)
   H.eq(sh(cmd:format(tmp .. "/A")), 0, "uninterrupted run")

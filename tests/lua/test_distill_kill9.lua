@@ -36,17 +36,7 @@ log_every = 100
 eval_every = 4
 eval_batches = 1
 ckpt_every = 1
-[data]
-files = ["%s/examples/data"]
-tokenizer = "bytes"
-val_fraction = 0.1
-[train]
-lr = 1e-3
-warmup = 2
-batch = 2
-seq_len = 32
-accum = 1
-[stages.s1]
+%s[stages.s1]
 layers = [3]
 mixer = "identity"
 steps = 12
@@ -54,7 +44,7 @@ steps = 12
 layers = [1]
 mixer = "identity"
 steps = 8
-]]):format(tmp, root))
+]]):format(tmp, H.tiny_recipe_data(root, 1)))
   f:close()
   local cmd = ("'%s' run '%s/scripts/distill.lua' '%s' '%%s' >> '%s/log.txt' 2>&1"):format(bin, root, recipe, tmp)
   local t0 = hyb.time()
