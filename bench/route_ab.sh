@@ -21,7 +21,7 @@ MODEL=${MODEL:-$HOME/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 for bin in "$A" "$B"; do [[ -x $bin ]] || { echo "route_ab: $bin is not an executable" >&2; exit 2; }; done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-export OMP_WAIT_POLICY=passive
+export OMP_WAIT_POLICY=passive HYB_SCRIPTS_DIR=$PWD/scripts  # both binaries run these scripts and libraries
 up_before=$(uptime)
 run() { # label binary round
     "$2" run scripts/bench_cpu.lua "$MODEL" --out "$tmp/cpu-$1-$3.json" >/dev/null 2>&1
