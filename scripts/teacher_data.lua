@@ -30,7 +30,8 @@ usage: hyb teacher_data --out FILE [--prompts FILE] [--corpus PATH ...] [options
   --max-tokens N        reply length at most (256)
   --temperature X (0.8) --top-p X (0.95) --top-k N (0) --seed N (1)
   --slots N             requests decoding together in the engine (8)
-  --system TEXT         the system turn (default: SmolLM2's)]]
+  --system TEXT         the system turn (default: SmolLM2's)
+  --device D            where the teacher runs: cpu (default), cuda, cuda:N]]
   if msg then
     io.stderr:write("hyb teacher_data: ", msg, "\n", text, "\n")
     os.exit(2)
@@ -42,7 +43,7 @@ end
 local o = genlib.parse_args(arg, genlib.with_sampling{out = "string", teacher = "string",
   tokenizer = "string", prompts = "string", corpus = "list", include = "list", exclude = "list",
   ["snippet-chars"] = {"int", 1, 1 << 24}, n = {"int", 1, 1 << 31}, slots = {"int", 1, 65536},
-  system = "string"}, usage)
+  system = "string", device = "string"}, usage)
 if #o._ > 0 then usage("unexpected argument '" .. o._[1] .. "'") end
 if not o.out then usage("--out is required") end
 if not o.prompts and not o.corpus then usage("give --prompts FILE and/or --corpus PATH") end
@@ -87,7 +88,9 @@ if not tokspec then
 end
 local tok = tokspec ~= "bytes" and hyb.data.tokenizer(expand(tokspec)) or nil
 -- a layer map (.toml) gives a randomly initialised model: for tests and dry runs only
+local device = genlib.open_device(o.device, "teacher_data")
 local model = teacher:match("%.toml$") and hyb.model(teacher, {seed = 1}) or hyb.train.load(teacher)
+if device then model:to(device) end
 if tok and tok:vocab_size() > model:config().vocab_size then
   error(("the tokenizer has %d tokens but the teacher's vocabulary is %d"):format(tok:vocab_size(),
     model:config().vocab_size), 0)
