@@ -29,6 +29,25 @@ static struct {
     int nfns;
 } g_k = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
+/* Compile `src` (NULL: the embedded file `file`, with the backend's standard options) for this
+ * device through the kernel cache and load it; a cached image that does not load (stale or
+ * damaged) is rebuilt once without the cache. */
+static int compile_and_load(const char *file, const char *src, const char *const *opts, int nopts,
+                            CUmodule *out) {
+    hyb_cuda_image img;
+    for (int use_cache = 1;; use_cache = 0) {
+        HYB_TRY(
+            src ? hyb_cuda_nvrtc_compile(file, src, opts, nopts, hyb_cuda_g.arch, use_cache, &img)
+                : hyb_cuda_compile_builtin(file, hyb_cuda_g.arch, use_cache, &img));
+        CUresult r = hyb_cu.cuModuleLoadData(out, img.data);
+        const int retry = r != CUDA_SUCCESS && img.from_cache;
+        if (retry)
+            hyb_log(HYB_LOG_WARN, "cached kernel %s (%s) did not load: recompiling", file, img.key);
+        hyb_cuda_image_free(&img);
+        if (!retry) return hyb_cu_check(r, "cuModuleLoadData", __FILE__, __LINE__);
+    }
+}
+
 static int load_module(const char *file, CUmodule *out) {
     for (int i = 0; i < g_k.nmods; i++)
         if (strcmp(g_k.mods[i].file, file) == 0) {
@@ -37,18 +56,8 @@ static int load_module(const char *file, CUmodule *out) {
         }
     if (g_k.nmods == MAX_MODULES)
         return hyb_error_set(HYB_ERR, "CUDA: too many kernel modules (%d)", MAX_MODULES);
-    hyb_cuda_image img;
-    HYB_TRY(hyb_cuda_compile_builtin(file, hyb_cuda_g.arch, 1, &img));
     CUmodule mod = NULL;
-    CUresult r = hyb_cu.cuModuleLoadData(&mod, img.data);
-    if (r != CUDA_SUCCESS && img.from_cache) { /* a stale or damaged cache entry: rebuild it */
-        hyb_log(HYB_LOG_WARN, "cached kernel %s (%s) did not load: recompiling", file, img.key);
-        hyb_cuda_image_free(&img);
-        HYB_TRY(hyb_cuda_compile_builtin(file, hyb_cuda_g.arch, 0, &img));
-        r = hyb_cu.cuModuleLoadData(&mod, img.data);
-    }
-    hyb_cuda_image_free(&img);
-    int rc = hyb_cu_check(r, "cuModuleLoadData", __FILE__, __LINE__);
+    int rc = compile_and_load(file, NULL, NULL, 0, &mod);
     if (rc != HYB_OK) return hyb_error_wrap(rc, "loading kernels of %s", file);
     g_k.mods[g_k.nmods].file = file;
     g_k.mods[g_k.nmods].mod = mod;
@@ -124,27 +133,14 @@ static int plugin_kernel(const char *file, const char *source, const char *kerne
                            file, MAX_PLUGIN_FUNCS);
         goto done;
     }
-    hyb_cuda_image img;
-    if ((rc = hyb_cuda_nvrtc_compile(file, source, opts, nopts, hyb_cuda_g.arch, 1, &img)) !=
-        HYB_OK)
-        goto done;
     CUmodule mod = NULL;
-    CUresult r = hyb_cu.cuModuleLoadData(&mod, img.data);
-    if (r != CUDA_SUCCESS && img.from_cache) { /* a stale or damaged cache entry: rebuild it */
-        hyb_cuda_image_free(&img);
-        if ((rc = hyb_cuda_nvrtc_compile(file, source, opts, nopts, hyb_cuda_g.arch, 0, &img)) !=
-            HYB_OK)
-            goto done;
-        r = hyb_cu.cuModuleLoadData(&mod, img.data);
-    }
-    hyb_cuda_image_free(&img);
-    if ((rc = hyb_cu_check(r, "cuModuleLoadData", __FILE__, __LINE__)) != HYB_OK) {
+    if ((rc = compile_and_load(file, source, opts, nopts, &mod)) != HYB_OK) {
         rc = hyb_error_wrap(rc, "cuda kernel %s: loading %s", kernel, file);
         goto done;
     }
     CUfunction fn = NULL;
-    rc = hyb_cu_check(hyb_cu.cuModuleGetFunction(&fn, mod, kernel), "cuModuleGetFunction",
-                      __FILE__, __LINE__);
+    rc = hyb_cu_check(hyb_cu.cuModuleGetFunction(&fn, mod, kernel), "cuModuleGetFunction", __FILE__,
+                      __LINE__);
     if (rc != HYB_OK) {
         hyb_cu.cuModuleUnload(mod);
         rc = hyb_error_wrap(rc, "cuda kernel %s: not in %s (declare it extern \"C\" __global__)",
@@ -166,9 +162,9 @@ static int plugin_launch(void *fn, const char *kernel, const unsigned grid[3],
     if (!fn || !grid || !block)
         return hyb_error_set(HYB_ERR_ARG, "cuda launch %s: no function or sizes",
                              kernel ? kernel : "?");
-    CUresult r = hyb_cu.cuLaunchKernel((CUfunction)fn, grid[0], grid[1], grid[2], block[0],
-                                       block[1], block[2], shared_bytes, hyb_cuda_g.stream, args,
-                                       NULL);
+    CUresult r =
+        hyb_cu.cuLaunchKernel((CUfunction)fn, grid[0], grid[1], grid[2], block[0], block[1],
+                              block[2], shared_bytes, hyb_cuda_g.stream, args, NULL);
     if (r != CUDA_SUCCESS)
         return hyb_error_wrap(hyb_cu_check(r, "cuLaunchKernel", __FILE__, __LINE__),
                               "kernel %s (grid %u x %u x %u, block %u x %u x %u, %u shared bytes)",
