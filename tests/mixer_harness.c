@@ -955,10 +955,14 @@ static void dev_get(const hyb_backend *be, float *host, const float *d, size_t n
  * 1e-5 of their largest element (sums over all tokens cancel). */
 static const mh_tol DEV_TOL_Y = {.rel1 = 1e-5}, DEV_TOL_G = {.relmax = 1e-5};
 
-void mh_check_backend(const mh_case *c, mh_inst *I, const hyb_backend *be) {
-    (void)c;
-    enum { B = 2, T = 5, M = 16, STEPS = 3 };
+/* One shape: B sequences of T tokens (forward, backward, prefill into states of max_ctx M), then
+ * STEPS batched decode steps at distinct positions. */
+static void check_backend_shape(mh_inst *I, const hyb_backend *be, const int B, const int T,
+                                const int M) {
+    enum { STEPS = 3 };
     const int D = I->D, np = I->m->n_params;
+    if (B > 4) return;
+    printf("   %s vs cpu at B = %d, T = %d, max_ctx = %d\n", be->name, B, T, M);
     const long nx = (long)B * T * D;
     const hyb_mixer_kernels *k = &I->m->desc->kernels[be->device];
     hyb_rng r;
@@ -977,12 +981,12 @@ void mh_check_backend(const mh_case *c, mh_inst *I, const hyb_backend *be) {
         memcpy(g0[i], I->gp[i], (size_t)mh_pnumel(I, i) * 4);
     }
     const size_t sb = hyb_mixer_state_bytes(I->m, M);
-    void *hs[B];
+    void *hs[4];
     for (int b = 0; b < B; b++)
         hs[b] = state_new(sb, -1);
     CHECK(mh_fwd(I, B, T, x, yp0, NULL, hs, NULL, M) == HYB_OK);
     for (int s = 0; s < STEPS; s++) {
-        int32_t pos[B] = {T + s, T + s};
+        int32_t pos[4] = {T + s, T + s, T + s, T + s};
         CHECK(mh_dec(I, B, xdec + (size_t)s * B * D, yd0 + (size_t)s * B * D, hs, pos, M) ==
               HYB_OK);
     }
@@ -998,7 +1002,7 @@ void mh_check_backend(const mh_case *c, mh_inst *I, const hyb_backend *be) {
           *dxd = dev_put(be, xdec, (size_t)B * STEPS * D, &ok),
           *dyd = dev_put(be, NULL, (size_t)B * STEPS * D, &ok);
     size_t svb = I->m->desc->saved_bytes(I->m->self, B, T);
-    void *dsaved = be->alloc(be, svb ? svb : 1), *ds[B];
+    void *dsaved = be->alloc(be, svb ? svb : 1), *ds[4];
     for (int b = 0; b < B; b++) {
         ds[b] = be->alloc(be, sb ? sb : 1);
         ok &= ds[b] && be->memset0(be, ds[b], sb) == HYB_OK;
@@ -1043,7 +1047,7 @@ void mh_check_backend(const mh_case *c, mh_inst *I, const hyb_backend *be) {
         snprintf(what, sizeof what, "prefill y on %s", be->name);
         mh_compare(what, y1, yp0, nx, DEV_TOL_Y);
         for (int s = 0; s < STEPS; s++) {
-            int32_t pos[B] = {T + s, T + s};
+            int32_t pos[4] = {T + s, T + s, T + s, T + s};
             hyb_mixer_dec da = {.n = B, .be = be, .x = dxd + (size_t)s * B * D,
                                 .y = dyd + (size_t)s * B * D, .params = cdp, .states = ds,
                                 .pos = pos, .max_ctx = M};
@@ -1086,6 +1090,15 @@ void mh_check_backend(const mh_case *c, mh_inst *I, const hyb_backend *be) {
     free(saved);
 }
 
+void mh_check_backend(const mh_case *c, mh_inst *I, const hyb_backend *be) {
+    (void)c;
+    /* a short batch, then lengths that cross the 16/32/64-token tiles and chunks of device
+     * kernels (attention tiles, scan and delta-rule chunks) with a ragged last one */
+    static const int SHAPES[][3] = {{2, 5, 16}, {2, 37, 48}, {1, 70, 80}};
+    for (size_t i = 0; i < sizeof SHAPES / sizeof SHAPES[0]; i++)
+        check_backend_shape(I, be, SHAPES[i][0], SHAPES[i][1], SHAPES[i][2]);
+}
+
 void mh_check_backends(const mh_case *c, mh_inst *I) {
     const hyb_mixer_desc *d = I->m->desc;
     char have[128] = "";
@@ -1094,6 +1107,10 @@ void mh_check_backends(const mh_case *c, mh_inst *I) {
             snprintf(have + strlen(have), sizeof have - strlen(have), "%s%s", have[0] ? ", " : "",
                      hyb_device_name((hyb_device)dev));
     printf("   %s has kernels for: %s\n", I->m->type, have);
+    /* HYB_TEST_REQUIRE_DEVICE=cuda (the emulated runs): that device must open and the mixer must
+     * have kernels for it, so the comparison can never pass by skipping */
+    const char *need = getenv("HYB_TEST_REQUIRE_DEVICE");
+    if (need && !need[0]) need = NULL;
     /* the device path's plumbing (alloc, upload, download, device states) on the CPU itself */
     mh_check_backend(c, I, hyb_backend_cpu());
     char name[64], status[256];
@@ -1101,6 +1118,8 @@ void mh_check_backends(const mh_case *c, mh_inst *I) {
          i++) {
         const hyb_backend *be = NULL;
         if (hyb_backend_open(name, &be) != HYB_OK || !be) {
+            CHECK_MSG(!need || strncmp(need, name, strlen(need)), "HYB_TEST_REQUIRE_DEVICE=%s: %s", need,
+                      hyb_error());
             int has = 0;
             for (int dev = 0; dev < HYB_DEV_COUNT; dev++)
                 if (!strcmp(hyb_device_name((hyb_device)dev), name))
@@ -1112,6 +1131,8 @@ void mh_check_backends(const mh_case *c, mh_inst *I) {
         if (!d->kernels[be->device].forward) {
             CHECK(hyb_mixer_kernel_check(I->m, be->device, HYB_MIXER_FORWARD) ==
                   HYB_ERR_UNSUPPORTED);
+            CHECK_MSG(!need || strncmp(need, name, strlen(need)), "HYB_TEST_REQUIRE_DEVICE=%s: %s has no kernels "
+                      "for it", need, I->m->type);
             printf("   skip %s on %s: the plugin has no kernels for it (%s)\n", I->m->type, name,
                    hyb_error());
             continue;
@@ -1267,6 +1288,30 @@ static void run_create(void) {
     printf("   %s, D = %d\n", desc, c->D);
 }
 
+unsigned mh_checks_selected(void) {
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } names[] = {{"fd", MH_FD},         {"decode", MH_DECODE},     {"chunked", MH_CHUNKED},
+                 {"snapshot", MH_SNAPSHOT}, {"graph", MH_GRAPH},   {"backends", MH_BACKENDS},
+                 {"bad_input", MH_BAD_INPUT}, {"ref", 0} /* test_mixers' reference rows */};
+    const char *env = getenv("HYB_TEST_CHECKS");
+    if (!env || !env[0]) return MH_ALL;
+    unsigned bits = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", env);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        size_t i = 0;
+        while (i < sizeof names / sizeof names[0] && strcmp(names[i].name, tok)) i++;
+        CHECK_MSG(i < sizeof names / sizeof names[0],
+                  "HYB_TEST_CHECKS: unknown check '%s' (fd, decode, chunked, snapshot, graph, "
+                  "backends, bad_input, ref)", tok);
+        if (i < sizeof names / sizeof names[0]) bits |= names[i].bit;
+    }
+    return bits;
+}
+
 void mh_run_case(const mh_case *c) {
     static const struct {
         unsigned bit;
@@ -1290,8 +1335,9 @@ void mh_run_case(const mh_case *c) {
     if (run_created && !train && (c->checks & (MH_FD | MH_GRAPH | MH_BACKENDS)))
         printf("   skip %s: finite differences, graph op and backends need a CPU backward "
                "(inference-only plugin)\n", c->label);
+    const unsigned only = mh_checks_selected();
     for (size_t i = 0; run_created && i < sizeof checks / sizeof checks[0]; i++) {
-        if (!(c->checks & checks[i].bit)) continue;
+        if (!(c->checks & checks[i].bit & only)) continue;
         if (!train && (checks[i].bit & (MH_FD | MH_GRAPH | MH_BACKENDS))) continue;
         snprintf(name, sizeof name, "%s: %s", c->label, checks[i].name);
         run_fn = checks[i].fn;

@@ -214,7 +214,10 @@ void mh_check_backends(const mh_case *c, mh_inst *I);
  * that opens, and once with the CPU backend itself as a loopback of the device path). */
 void mh_check_backend(const mh_case *c, mh_inst *I, const hyb_backend *be);
 void mh_check_bad_input(const mh_case *c, mh_inst *I);
-/* Builds the row's instance and runs every check in c->checks. */
+/* The checks HYB_TEST_CHECKS names (comma-separated: fd, decode, chunked, snapshot, graph,
+ * backends, bad_input); MH_ALL when it is unset. */
+unsigned mh_checks_selected(void);
+/* Builds the row's instance and runs every check in c->checks that is also selected. */
 void mh_run_case(const mh_case *c);
 /* A row for a mixer the table does not know (a third-party plugin): every check at D with the
  * given TOML (NULL: defaults) and generic sizes. */

@@ -8,6 +8,8 @@
  * the build has no CUDA headers or NVRTC cannot be loaded. */
 #include <stdlib.h>
 #include <string.h>
+#include <glob.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -32,6 +34,26 @@ static void test_fnv1a(void) {
     CHECK(hyb_fnv1a64(HYB_FNV64_INIT, "foobar", 6) == 0x85944171f73967e8ull);
 }
 
+/* each `__global__ void name(` of the source is a symbol of the image; returns how many */
+static int check_symbols(const char *name, const char *text, const hyb_cuda_image *img, int arch) {
+    const char *p = text;
+    int nk = 0;
+    while ((p = strstr(p, "__global__ void ")) != NULL) {
+        p += strlen("__global__ void ");
+        char kname[64];
+        size_t k = 0;
+        while (p[k] && p[k] != '(' && p[k] != ' ' && k + 1 < sizeof kname) {
+            kname[k] = p[k];
+            k++;
+        }
+        kname[k] = '\0';
+        CHECK_MSG(contains(img->data, img->size, kname), "%s: kernel %s not in the sm_%d image",
+                  name, kname, arch);
+        nk++;
+    }
+    return nk;
+}
+
 /* every kernel file, both archs: a cubin (ELF) holding each extern "C" kernel it defines */
 static void test_all_kernels_compile(void) {
     int nfiles = 0;
@@ -48,28 +70,145 @@ static void test_all_kernels_compile(void) {
             if (rc != HYB_OK) continue;
             CHECK(img.is_cubin == 1);
             CHECK(img.size > 4 && memcmp(img.data, "\x7f" "ELF", 4) == 0);
-            /* each `extern "C" __global__ void hyb_x(` of the source is a symbol of the cubin */
-            const char *p = hyb_cuda_sources[i].text;
-            int nk = 0;
-            while ((p = strstr(p, "__global__ void ")) != NULL) {
-                p += strlen("__global__ void ");
-                char kname[64];
-                size_t k = 0;
-                while (p[k] && p[k] != '(' && k + 1 < sizeof kname) {
-                    kname[k] = p[k];
-                    k++;
-                }
-                kname[k] = '\0';
-                CHECK_MSG(contains(img.data, img.size, kname), "%s: kernel %s not in the sm_%d cubin",
-                          name, kname, archs[a]);
-                nk++;
-            }
+            int nk = check_symbols(name, hyb_cuda_sources[i].text, &img, archs[a]);
             CHECK_MSG(nk > 0, "%s defines no kernel", name);
             hyb_cuda_image_free(&img);
         }
     }
     CHECK(nfiles >= 3); /* elementwise.cu, rows.cu, loss.cu */
     CHECK(hyb_cuda_source_text("common.cuh") != NULL);
+}
+
+/* ---- the plugins' kernel files ----------------------------------------------------------------
+ * Every plugins/<name>/*.cu (and plugins/common/*.cu) of the source tree, for sm_80 and sm_90, in
+ * each variant it declares. Two comment lines in a .cu file tell this test what the plugin does
+ * at run time:
+ *   // hyb-prepend: a.cuh b.cuh      files the plugin puts before this one (its own directory or
+ *                                     plugins/common), as the core does with common.cuh
+ *   // hyb-variant: -DHD=64 -DBT=16  one set of -D options the plugin compiles it with (one line per
+ *                                     set; none: compiled once without options)
+ */
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    if (b) b[n] = '\0';
+    fclose(f);
+    return b;
+}
+
+/* the text after `tag` up to the end of the line, from *p on; advances *p; NULL when none */
+static int next_tag(const char **p, const char *tag, char *out, size_t n) {
+    const char *q = strstr(*p, tag);
+    if (!q) return 0;
+    q += strlen(tag);
+    size_t k = 0;
+    while (q[k] && q[k] != '\n' && k + 1 < n) {
+        out[k] = q[k];
+        k++;
+    }
+    out[k] = '\0';
+    *p = q + k;
+    return 1;
+}
+
+static char *plugin_full_source(const char *dir, const char *common, const char *text) {
+    size_t cap = strlen(text) + 1, len = 0;
+    char *full = malloc(cap);
+    full[0] = '\0';
+    char line[512];
+    const char *p = text;
+    if (next_tag(&p, "// hyb-prepend:", line, sizeof line)) {
+        for (char *save = NULL, *tok = strtok_r(line, " \t", &save); tok;
+             tok = strtok_r(NULL, " \t", &save)) {
+            char path[1024];
+            snprintf(path, sizeof path, "%s/%s", dir, tok);
+            char *h = slurp(path);
+            if (!h) {
+                snprintf(path, sizeof path, "%s/%s", common, tok);
+                h = slurp(path);
+            }
+            CHECK_MSG(h != NULL, "hyb-prepend: %s found neither in %s nor in %s", tok, dir, common);
+            if (!h) continue;
+            cap += strlen(h) + 1;
+            full = realloc(full, cap);
+            memcpy(full + len, h, strlen(h));
+            len += strlen(h);
+            full[len++] = '\n';
+            full[len] = '\0';
+            free(h);
+        }
+    }
+    memcpy(full + len, text, strlen(text) + 1);
+    return full;
+}
+
+static void test_plugin_kernels_compile(void) {
+    const char *src = getenv("HYB_SOURCE_DIR");
+    if (!src) {
+        printf("   skipped: HYB_SOURCE_DIR is not set\n");
+        return;
+    }
+    char pattern[1024], common[1024];
+    snprintf(pattern, sizeof pattern, "%s/plugins/*/*.cu", src);
+    snprintf(common, sizeof common, "%s/plugins/common", src);
+    glob_t g;
+    if (glob(pattern, 0, NULL, &g) != 0) {
+        printf("   no plugin kernel files under %s/plugins\n", src);
+        return;
+    }
+    int ncompiled = 0;
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        const char *path = g.gl_pathv[i];
+        char *text = slurp(path);
+        CHECK_MSG(text != NULL, "cannot read %s", path);
+        if (!text) continue;
+        char dir[1024];
+        snprintf(dir, sizeof dir, "%s", path);
+        *strrchr(dir, '/') = '\0';
+        char *full = plugin_full_source(dir, common, text);
+        const char *name = strrchr(path, '/') + 1;
+        /* the variants: each line's options, or one empty set */
+        char vars[16][512];
+        int nv = 0;
+        for (const char *p = text; nv < 16 && next_tag(&p, "// hyb-variant:", vars[nv], sizeof vars[nv]);)
+            nv++;
+        if (nv == 0) vars[nv++][0] = '\0';
+        for (int v = 0; v < nv; v++) {
+            const char *opts[16];
+            int nopts = 0;
+            char buf[512];
+            snprintf(buf, sizeof buf, "%s", vars[v]);
+            for (char *save = NULL, *tok = strtok_r(buf, " \t", &save); tok && nopts < 16;
+                 tok = strtok_r(NULL, " \t", &save))
+                opts[nopts++] = tok;
+            static const int archs[] = {80, 90};
+            for (int a = 0; a < 2; a++) {
+                hyb_cuda_image img;
+                int rc = hyb_cuda_nvrtc_compile(name, full, opts, nopts, archs[a], 1, &img);
+                CHECK_MSG(rc == HYB_OK, "%s [%s] for sm_%d: %s", path, vars[v], archs[a],
+                          hyb_error());
+                if (rc != HYB_OK) continue;
+                CHECK(img.is_cubin == 1);
+                CHECK_MSG(check_symbols(name, text, &img, archs[a]) > 0, "%s defines no kernel",
+                          path);
+                hyb_cuda_image_free(&img);
+                ncompiled++;
+            }
+        }
+        printf("   %s: %d variant(s) for sm_80 and sm_90\n", path + strlen(src) + 1, nv);
+        free(full);
+        free(text);
+    }
+    globfree(&g);
+    CHECK(ncompiled > 0);
 }
 
 static void test_cache_hit(void) {
@@ -152,6 +291,7 @@ int main(void) {
            hyb_cuda_nvrtc_version() % 1000 / 10, g_cache);
     RUN(test_fnv1a);
     RUN(test_all_kernels_compile);
+    RUN(test_plugin_kernels_compile);
     RUN(test_cache_hit);
     RUN(test_broken_source_shows_log);
     RUN(test_unknown_source);
