@@ -1656,13 +1656,17 @@ int hyb_serve_run(const hyb_serve_config *cfg) {
 
     pthread_t eng;
     pthread_create(&eng, NULL, engine_main, s);
+    /* libmicrohttpd's own messages (a client that closed early, a malformed request line) only
+     * with HYB_LOG=debug: each one is also answered or counted here */
+    const char *lv = getenv("HYB_LOG");
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+                     MHD_USE_POLL | MHD_USE_ITC;
+    if (lv && strcmp(lv, "debug") == 0) flags |= MHD_USE_ERROR_LOG;
     if (v6) flags |= MHD_USE_IPv6;
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
         (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300, MHD_OPTION_CONNECTION_LIMIT,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)(s->cfg.max_queue + s->cfg.slots + 64), MHD_OPTION_END);
     if (!d) {
         int err = errno;
