@@ -62,6 +62,15 @@ def main():
     status, h = srv.curl("/health")
     check(status == 200 and json.loads(h)["status"] == "ok", h)
 
+    # a server that cannot start says why in one line, exit status 1
+    for args, want in ((["/no/such/model.gguf", "--port", "0"], "no/such/model.gguf"),
+                       ([model, "--port", str(srv.port)], "cannot listen on 127.0.0.1:%d" %
+                        srv.port)):
+        r = subprocess.run([hyb, "serve", *args], capture_output=True, text=True, timeout=60)
+        check(r.returncode == 1 and want in r.stderr and "traceback" not in r.stderr,
+              "hyb serve %s: %d %r" % (args, r.returncode, r.stderr))
+    step("bad model / port in use: one line, exit 1")
+
     # ---- 1. both endpoints, streaming and not ----------------------------------------------------
     cpl = {"model": model_id, "prompt": "The three primary colors are", "max_tokens": 20,
            "temperature": 0}
