@@ -1603,7 +1603,9 @@ static void unload(srv *s) {
     hyb_tokenizer_free(s->tok);
 }
 
-static int bind_addr(const char *host, int port, struct sockaddr_storage *ss, int *v6) {
+/* The listening socket, made before the model loads so that a bad address or a port in use
+ * fails at once. */
+static int open_listener(const char *host, int port, int *fd_out, int *v6) {
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -1613,9 +1615,19 @@ static int bind_addr(const char *host, int port, struct sockaddr_storage *ss, in
     int rc = getaddrinfo(host, ps, &hints, &ai);
     if (rc != 0 || !ai)
         return hyb_error_set(HYB_ERR_ARG, "--host '%s': %s", host, gai_strerror(rc));
-    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
     *v6 = ai->ai_family == AF_INET6;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 256) != 0) {
+        int err = errno;
+        if (fd >= 0) close(fd);
+        freeaddrinfo(ai);
+        return hyb_error_set(HYB_ERR_IO, "cannot listen on %s%s%s:%d: %s", *v6 ? "[" : "", host,
+                             *v6 ? "]" : "", port, strerror(err));
+    }
     freeaddrinfo(ai);
+    *fd_out = fd;
     return HYB_OK;
 }
 
@@ -1635,11 +1647,11 @@ int hyb_serve_run(const hyb_serve_config *cfg) {
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work, NULL);
     pthread_cond_init(&s->idle, NULL);
-    int rc = load(s);
-    struct sockaddr_storage ss;
-    int v6 = 0;
-    if (rc == HYB_OK) rc = bind_addr(s->cfg.host, s->cfg.port, &ss, &v6);
+    int lfd = -1, v6 = 0;
+    int rc = open_listener(s->cfg.host, s->cfg.port, &lfd, &v6);
+    if (rc == HYB_OK) rc = load(s);
     if (rc != HYB_OK) {
+        if (lfd >= 0) close(lfd);
         unload(s);
         free(s);
         return rc;
@@ -1664,8 +1676,8 @@ int hyb_serve_run(const hyb_serve_config *cfg) {
     if (lv && strcmp(lv, "debug") == 0) flags |= MHD_USE_ERROR_LOG;
     if (v6) flags |= MHD_USE_IPv6;
     struct MHD_Daemon *d = MHD_start_daemon(
-        flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_LISTEN_SOCKET,
+        (MHD_socket)lfd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)(s->cfg.max_queue + s->cfg.slots + 64), MHD_OPTION_END);
     if (!d) {
@@ -1676,8 +1688,9 @@ int hyb_serve_run(const hyb_serve_config *cfg) {
         pthread_mutex_unlock(&s->mu);
         pthread_join(eng, NULL);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
-        rc = hyb_error_set(HYB_ERR_IO, "hyb serve: cannot listen on %s:%d: %s", s->cfg.host,
-                           s->cfg.port, strerror(err ? err : EADDRINUSE));
+        close(lfd);
+        rc = hyb_error_set(HYB_ERR_IO, "cannot start the HTTP server on %s:%d: %s", s->cfg.host,
+                           s->cfg.port, strerror(err ? err : EINVAL));
         unload(s);
         free(s);
         return rc;
