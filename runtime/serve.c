@@ -287,6 +287,7 @@ typedef struct srv {
     int q_len;
     req live; /* list head */
     int n_live;
+    int n_busy; /* connections with a request being read or answered */
     int stopping, quit;
     long created;
     uint64_t next_id;
@@ -1144,6 +1145,8 @@ typedef struct conn_ctx {
     req *r; /* a streaming request, released by the response's free callback */
 } conn_ctx;
 
+static volatile int g_closing; /* shutting down: answers close their connection */
+
 static enum MHD_Result send_text(struct MHD_Connection *conn, int status, const char *ctype,
                                  const char *text, size_t n) {
     struct MHD_Response *resp =
@@ -1152,6 +1155,7 @@ static enum MHD_Result send_text(struct MHD_Connection *conn, int status, const 
     MHD_add_response_header(resp, "Content-Type", ctype);
     if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (g_closing) MHD_add_response_header(resp, "Connection", "close");
     enum MHD_Result rc = MHD_queue_response(conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return rc;
@@ -1461,6 +1465,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!cc) return MHD_NO;
         cc->s = s;
         *con_cls = cc;
+        pthread_mutex_lock(&s->mu);
+        s->n_busy++;
+        pthread_mutex_unlock(&s->mu);
         int post = strcmp(method, "POST") == 0;
         int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
         if (strcmp(url, "/v1/completions") == 0 || strcmp(url, "/completions") == 0)
@@ -1524,6 +1531,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
     conn_ctx *cc = *con_cls;
     if (!cc) return;
+    srv *s = cc->s;
+    pthread_mutex_lock(&s->mu);
+    if (--s->n_busy == 0) pthread_cond_broadcast(&s->idle);
+    pthread_mutex_unlock(&s->mu);
     buf_free(&cc->body);
     free(cc);
     *con_cls = NULL;
@@ -1720,6 +1731,7 @@ int hyb_serve_run(const hyb_serve_config *cfg) {
     }
     pthread_mutex_lock(&s->mu);
     s->stopping = 1;
+    g_closing = 1;
     int running = s->n_live;
     pthread_mutex_unlock(&s->mu);
     MHD_socket ls = MHD_quiesce_daemon(d);
@@ -1730,7 +1742,7 @@ int hyb_serve_run(const hyb_serve_config *cfg) {
         fflush(stderr);
     }
     pthread_mutex_lock(&s->mu);
-    while (s->n_live > 0) {
+    while (s->n_live > 0 || s->n_busy > 0) { /* answered and sent */
         pthread_mutex_unlock(&s->mu);
         siginfo_t si;
         struct timespec ts = {0, 100000000L};
@@ -1754,6 +1766,7 @@ int hyb_serve_run(const hyb_serve_config *cfg) {
         }
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    g_closing = 0;
     if (!s->cfg.quiet) {
         fprintf(stderr, "hyb serve: stopped (%lld tokens generated)\n", s->gen_tokens);
         fflush(stderr);
