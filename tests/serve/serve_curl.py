@@ -54,6 +54,9 @@ def main():
         skip("curl is not installed")
 
     srv = Server(hyb, model, "--slots", "16", "--max-ctx", "512", "--max-queue", "64")
+    # the second server (section 5) loads meanwhile
+    srv2 = Server(hyb, model, "--slots", "1", "--max-queue", "1", "--max-ctx", "512",
+                  "--api-key", "sekret", "--threads", "1", wait=False)
     step("server up on port %d" % srv.port)
     status, models = srv.curl("/v1/models")
     models = json.loads(models)
@@ -247,8 +250,7 @@ def main():
     step("%d malformed requests answered 4xx with the field named" % (len(bad) + 5))
 
     # ---- 5. API key and a full queue (a second server) ---------------------------------------
-    srv2 = Server(hyb, model, "--slots", "1", "--max-queue", "1", "--max-ctx", "512",
-                  "--api-key", "sekret", "--threads", "1")
+    srv2.wait_ready()
     status, body = srv2.curl(C, raw='{"prompt": "x", "max_tokens": 1}')
     err_of(status, json.loads(body), 401, None)
     status, body = srv2.curl(C, raw='{"prompt": "x", "max_tokens": 1}',

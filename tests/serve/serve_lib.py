@@ -5,6 +5,7 @@ with curl.
     status, body = srv.post("/v1/completions", {"prompt": "Hi", "max_tokens": 4})
     srv.stop()                                 # SIGTERM, returns the exit status
 """
+import atexit
 import json
 import os
 import re
@@ -15,6 +16,16 @@ import tempfile
 import time
 
 SKIP = 77
+_servers = []
+
+
+@atexit.register
+def _kill_leftovers():
+    """A failed test leaves no server behind."""
+    for srv in _servers:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
 
 
 def skip(msg):
@@ -31,14 +42,20 @@ def model_path():
 
 
 class Server:
-    def __init__(self, hyb, model, *args, env=None):
+    def __init__(self, hyb, model, *args, env=None, wait=True):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="hyb-serve-", suffix=".log",
                                                delete=False)
         e = dict(os.environ)
         e.update(env or {})
         self.proc = subprocess.Popen([hyb, "serve", model, "--port", "0", *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=e)
+        _servers.append(self)
         self.port = None
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self):
+        """Wait for the "listening on" line (the model is loaded)."""
         t0 = time.time()
         while time.time() - t0 < 60:
             with open(self.log.name) as f:
