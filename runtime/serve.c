@@ -376,7 +376,7 @@ static int on_token(void *user, const hyb_token_event *ev) {
     req *r = c->r;
     srv *s = r->s;
     lp_entry lp;
-    int want_lp = r->logprobs >= 0;
+    int want_lp = r->logprobs >= 0 && ev->logits; /* logits: the event's, on the host */
     if (want_lp) logprobs_of(ev->logits, s->V, ev->token, r->logprobs, &lp);
     double t = now_s();
     pthread_mutex_lock(&s->mu);
