@@ -21,11 +21,26 @@ _servers = []
 
 @atexit.register
 def _kill_leftovers():
-    """A failed test leaves no server behind."""
+    """A failed test leaves no server behind (and no log file)."""
     for srv in _servers:
         if srv.proc.poll() is None:
             srv.proc.kill()
             srv.proc.wait()
+        try:
+            os.unlink(srv.log.name)
+        except OSError:
+            pass
+
+
+def _excepthook(kind, value, tb):
+    """On a failure, show what each server printed."""
+    sys.__excepthook__(kind, value, tb)
+    for srv in _servers:
+        print("---- server log (port %s) ----\n%s" % (srv.port, srv.output()[-3000:]),
+              file=sys.stderr)
+
+
+sys.excepthook = _excepthook
 
 
 def skip(msg):
