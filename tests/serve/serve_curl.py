@@ -169,8 +169,8 @@ def main():
     p.kill()
     p.wait()
     t = time.time()
-    srv.wait_metric("hyb_active_slots", lambda v: v == 0, timeout=2)
-    srv.wait_metric("hyb_requests_cancelled_total", lambda v: v == before + 1, timeout=2)
+    srv.wait_metric("hyb_active_slots", lambda v: v == 0, timeout=5)
+    srv.wait_metric("hyb_requests_cancelled_total", lambda v: v == before + 1, timeout=5)
     step("killed stream: slot free after %.2fs" % (time.time() - t))
     p = subprocess.Popen(["curl", "-s", srv.url + "/v1/completions", "-H",
                           "Content-Type: application/json", "-d",
@@ -179,8 +179,8 @@ def main():
     p.kill()
     p.wait()
     t = time.time()
-    srv.wait_metric("hyb_active_slots", lambda v: v == 0, timeout=2)
-    srv.wait_metric("hyb_requests_cancelled_total", lambda v: v == before + 2, timeout=2)
+    srv.wait_metric("hyb_active_slots", lambda v: v == 0, timeout=5)
+    srv.wait_metric("hyb_requests_cancelled_total", lambda v: v == before + 2, timeout=5)
     step("killed non-streaming client: slot free after %.2fs" % (time.time() - t))
 
     # ---- 4. malformed requests ---------------------------------------------------------------------
