@@ -1709,10 +1709,13 @@ int hyb_serve_run(const hyb_serve_config *cfg) {
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
     int port = di ? di->port : s->cfg.port;
     if (!s->cfg.quiet) {
+        hyb_engine_stats st;
+        hyb_engine_get_stats(s->e, &st);
         fprintf(stderr,
-                "hyb serve: model %s (%d layers, vocab %d), %d slots, context %d tokens, queue "
-                "%d\nhyb serve: listening on http://%s%s%s:%d/v1%s\n",
-                s->model_id, s->m->L, s->V, s->cfg.slots, s->max_ctx, s->cfg.max_queue,
+                "hyb serve: model %s (%d layers, vocab %d), %d slots, context %d tokens (%.0f MiB "
+                "of state), queue %d\nhyb serve: listening on http://%s%s%s:%d/v1%s\n",
+                s->model_id, s->m->L, s->V, s->cfg.slots, s->max_ctx,
+                (double)st.state_bytes / (1024.0 * 1024.0), s->cfg.max_queue,
                 v6 ? "[" : "", s->cfg.host, v6 ? "]" : "", port,
                 s->cfg.api_key && *s->cfg.api_key ? " (API key required)" : "");
         fflush(stderr);
