@@ -25,6 +25,7 @@
 
 #include "hyb/atomic.h"
 #include "hyb/common.h"
+#include "hyb/gguf.h"
 #include "tok_internal.h"
 
 typedef struct merge_row {
@@ -383,4 +384,55 @@ int tok_apply_hf_config(hyb_tokenizer *t, const char *tokenizer_json_path) {
         t->eos_id = ids[1];
     }
     return rc;
+}
+
+/* The chat template that comes with a tokenizer: a GGUF's tokenizer.chat_template, or the
+ * chat_template of the tokenizer_config.json beside a tokenizer.json (path: the .gguf, the
+ * tokenizer.json or a directory holding one). malloc'ed; NULL when there is none (no error). */
+char *hyb_tokenizer_chat_template(const char *path) {
+    size_t n = strlen(path);
+    if (n > 5 && !strcmp(path + n - 5, ".gguf")) {
+        hyb_gguf *g = NULL;
+        if (hyb_gguf_open(path, &g) != HYB_OK) {
+            hyb_error_clear();
+            return NULL;
+        }
+        const char *s = NULL;
+        uint64_t len = 0;
+        char *out = NULL;
+        if (hyb_gguf_get_str(g, "tokenizer.chat_template", &s, &len) == HYB_OK && s &&
+            (out = malloc(len + 1))) {
+            memcpy(out, s, len);
+            out[len] = 0;
+        }
+        hyb_error_clear();
+        hyb_gguf_close(g);
+        return out;
+    }
+    char cfg[4096];
+    const char *slash = strrchr(path, '/');
+    if (n > 5 && !strcmp(path + n - 5, ".json"))
+        snprintf(cfg, sizeof cfg, "%.*s/tokenizer_config.json", slash ? (int)(slash - path) : 1,
+                 slash ? path : ".");
+    else
+        snprintf(cfg, sizeof cfg, "%s/tokenizer_config.json", path);
+    FILE *f = fopen(cfg, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    long len = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 0 && len < (64l << 20) &&
+        fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)len + 1)) &&
+        fread(buf, 1, (size_t)len, f) == (size_t)len)
+        buf[len] = 0;
+    else
+        len = -1;
+    fclose(f);
+    char *out = NULL;
+    cJSON *root = len >= 0 ? cJSON_ParseWithLength(buf, (size_t)len) : NULL;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "chat_template");
+    if (cJSON_IsString(t) && (out = malloc(strlen(t->valuestring) + 1)))
+        memcpy(out, t->valuestring, strlen(t->valuestring) + 1);
+    cJSON_Delete(root);
+    free(buf);
+    return out;
 }

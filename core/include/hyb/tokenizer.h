@@ -117,6 +117,11 @@ int hyb_tokenizer_save_json(const hyb_tokenizer *tok, const char *path);
 int hyb_tokenizer_save_hf(const hyb_tokenizer *tok, const char *dir, const char *chat_template,
                           int model_max_length);
 
+/* The chat template that comes with a tokenizer (a .gguf's tokenizer.chat_template, or the
+ * chat_template of the tokenizer_config.json beside a tokenizer.json / in a directory), malloc'ed,
+ * or NULL when there is none. */
+char *hyb_tokenizer_chat_template(const char *path);
+
 /* Flags for encode / decode. */
 enum {
     HYB_TOK_ADD_SPECIAL = 1,      /* encode: add bos/eos as the tokenizer says */
