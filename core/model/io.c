@@ -280,8 +280,10 @@ static char *join_path(const char *dir, const char *file) {
  *               block types and "i" for identity layers. Facts confirmed from the public Fast-LLM
  *               HF code (fast_llm_external_models/apriel_hybrid_ssm), read, not copied: the config
  *               is a MistralConfig subclass with `hybrid_block_layout` and one `ssm_cfg` dict;
- *               Fast-LLM names the type "apriel_hybrid_ssm", the released checkpoints
- *               "apriel_h" (SPEC.md section 1); "i" (AprielHybridIdentity) returns the hidden
+ *               Fast-LLM's export writes model_type "apriel_hybrid_ssm", architectures
+ *               AprielHybridSSMForCausalLM and an auto_map into configuration_/modeling_
+ *               apriel_hybrid_ssm.py, as the released checkpoints do: hyb writes the same (SPEC.md
+ *               section 1 calls the format "apriel_h"; both are read); "i" (AprielHybridIdentity) returns the hidden
  *               states unchanged: the WHOLE block, MLP included, is skipped, so a hyb identity
  *               layer (which keeps its MLP) is written as "i" only when its MLP is exactly zero;
  *               hyb_model_load_hf_dir builds "i" layers that way;
@@ -320,11 +322,25 @@ static char *hf_config_for(const hyb_model *m, const char *fmt, char *why, size_
     snprintf(why, nwhy, "out of memory");
     if (!root || !arch || !lay) goto done;
     cJSON_AddItemToArray(arch, cJSON_CreateString(llama    ? "LlamaForCausalLM"
-                                                  : apriel ? "AprielHForCausalLM"
+                                                  : apriel ? "AprielHybridSSMForCausalLM"
                                                            : "HybHybridForCausalLM"));
     cJSON_AddItemToObject(root, "architectures", arch);
     arch = NULL;
-    int rc = hyb_hfj_set_string(j, "model_type", fmt);
+    /* apriel_h is written under the names of the released checkpoints and of Fast-LLM's export
+     * (model_type apriel_hybrid_ssm, auto_map into the modeling files put beside the config), so
+     * AutoModelForCausalLM with trust_remote_code loads it; both names are read back. */
+    int rc = hyb_hfj_set_string(j, "model_type", apriel ? "apriel_hybrid_ssm" : fmt);
+    if (!rc && apriel) {
+        cJSON *am = cJSON_AddObjectToObject(root, "auto_map");
+        if (!am ||
+            !cJSON_AddStringToObject(am, "AutoConfig",
+                                     "configuration_apriel_hybrid_ssm.AprielHybridSSMConfig") ||
+            !cJSON_AddStringToObject(am, "AutoModel",
+                                     "modeling_apriel_hybrid_ssm.AprielHybridSSMModel") ||
+            !cJSON_AddStringToObject(am, "AutoModelForCausalLM",
+                                     "modeling_apriel_hybrid_ssm.AprielHybridSSMForCausalLM"))
+            goto done;
+    }
     if (!rc) rc = hyb_hfj_set_int(j, "hidden_size", m->D);
     if (!rc) rc = hyb_hfj_set_int(j, "intermediate_size", m->F);
     if (!rc) rc = hyb_hfj_set_int(j, "num_hidden_layers", m->L);
