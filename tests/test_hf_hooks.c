@@ -445,6 +445,41 @@ static void test_example_plugin(void) {
     hyb_model_free(m);
 }
 
+/* --dtype bf16 (issue 16): every tensor stored as BF16, torch_dtype "bfloat16", and the model
+ * read back holds each parameter rounded to bf16 (nearest even), bit for bit. */
+static void test_bf16_export(void) {
+    hyb_model *m = make("tmtm", 0); /* no identity layer: its norms are not stored (1 on load) */
+    if (!m) return;
+    const char *dir = sub("bf16");
+    CHECK_MSG(hyb_model_save_as(m, dir, HYB_BF16) == HYB_OK, "%s", hyb_error());
+    CHECK(hyb_model_save_as(m, dir, HYB_Q8_0) == HYB_ERR_ARG);
+    char p[700];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    cJSON *js = harness_read_json(p);
+    CHECK(js && !strcmp(harness_jstr(js, "torch_dtype"), "bfloat16"));
+    cJSON_Delete(js);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    hyb_safetensors *st = NULL;
+    CHECK_MSG(hyb_safetensors_open(p, &st) == HYB_OK, "%s", hyb_error());
+    int n_bf16 = 0, n = st ? hyb_safetensors_count(st) : 0;
+    for (int i = 0; i < n; i++) n_bf16 += hyb_safetensors_tensor(st, i)->dtype == HYB_ST_BF16;
+    CHECK_MSG(n > 0 && n_bf16 == n, "%d of %d tensors stored as BF16", n_bf16, n);
+    hyb_safetensors_close(st);
+    hyb_model *h = NULL;
+    CHECK_MSG(hyb_model_load_hf_dir(dir, &h) == HYB_OK, "%s", hyb_error());
+    if (h) {
+        int bad = 0;
+        for (int i = 0; i < m->n_params && i < h->n_params; i++) {
+            const float *a = hyb_tensor_f32(m->params[i]), *b = hyb_tensor_f32(h->params[i]);
+            for (int64_t j = 0, k = hyb_tensor_numel(m->params[i]); j < k; j++)
+                bad += hyb_bf16_to_f32(hyb_f32_to_bf16(a[j])) != b[j];
+        }
+        CHECK_MSG(bad == 0, "%d parameters differ from their bf16 rounding after the reload", bad);
+        hyb_model_free(h);
+    }
+    hyb_model_free(m);
+}
+
 int main(void) {
     static const char *const need[] = {"mha", "mamba1", "deltanet", "gated_deltanet"};
     for (int i = 0; i < 4; i++) {
@@ -465,6 +500,7 @@ int main(void) {
     RUN(test_d_inner_null);
     RUN(test_identity_tensors_omitted);
     RUN(test_example_plugin);
+    RUN(test_bf16_export);
     harness_rm_rf(g_dir);
     return harness_done();
 }

@@ -172,6 +172,8 @@ H.run("flag values outside their ranges are refused with the range", function()
     {"bench_cpu --bogus", "unknown option --bogus"},
     {"distill --bogus", "unknown option --bogus"},
     {"samples tok 0 m", "N must be an integer in [1, 16777216], got '0'"},
+    {"export m.gguf out --dtype q8", "--dtype must be f32 or bf16, got 'q8'"},
+    {"export m.gguf", "needs MODEL and OUT"},
   }
   for _, c in ipairs(cases) do
     local out, code = H.sh(HYB .. " " .. c[1])

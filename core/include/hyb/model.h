@@ -167,6 +167,9 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
  * hyb_identity_layers_omitted lists them and hyb_model_load_params restores norms 1, MLP zero).
  * Otherwise no config.json, with a log line giving each format's reason. */
 int hyb_model_save(hyb_model *m, const char *dir);
+/* The same with the weights stored as `dtype`: HYB_F32, or HYB_BF16 (rounded to nearest even;
+ * config.json's torch_dtype says "bfloat16"). A load widens them back to f32. */
+int hyb_model_save_as(hyb_model *m, const char *dir, hyb_dtype dtype);
 /* Load parameters from a safetensors file into an already built model: every model parameter
  * must be present with the same shape (error names the tensor and both shapes); F32/F16/BF16
  * (and integer) tensors are converted to f32. Tensors in the file that are not parameters are an
