@@ -78,9 +78,10 @@ typedef struct hyb_model {
  * allocated here (owner HYB_OWN_PARAM): the first backward reaching a parameter, or an
  * optimiser over it, allocates its ->grad zeroed; an inference-only model holds none. */
 int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out);
-/* flags: HYB_BUILD_NO_INIT leaves the embedding, MLP and lm_head zero (for a model whose weights
- * are loaded next: skips drawing ~all random numbers; norms are still 1 and mixers still run
- * their plugin's init). */
+/* flags: HYB_BUILD_NO_INIT leaves the embedding, MLP, lm_head and every mixer parameter zero
+ * (HYB_MIXER_NO_INIT) for a model whose weights are all loaded next (every loader requires each
+ * tensor, or fills omitted identity layers itself): no random numbers drawn, no plugin init; norms
+ * are still 1. */
 #define HYB_BUILD_NO_INIT 1u
 int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_model **out);
 void hyb_model_free(hyb_model *m);
