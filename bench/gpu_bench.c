@@ -988,7 +988,7 @@ static int summary(const char *dir) {
         }
     }
     if (j[0] && !strcmp(str(j[0], "status") ?: "", "ok")) {
-        snprintf(v, sizeof v, "%.0f GB/s", num(j[0], "GBps"));
+        snprintf(v, sizeof v, "%.3g GB/s", num(j[0], "GBps"));
         line("device copy (read+write)", v, "", "reference bandwidth");
     }
     if (j[1]) {
@@ -1006,7 +1006,7 @@ static int summary(const char *dir) {
                 line(what, "skipped", ">= 70% of copy", str(o, "reason"));
                 continue;
             }
-            snprintf(v, sizeof v, "%.0f GB/s = %.0f%%", g, 100 * fr);
+            snprintf(v, sizeof v, "%.3g GB/s = %.0f%%", g, 100 * fr);
             line(what, v, ">= 70% of copy", fr >= 0.7 ? "met" : "NOT met");
         }
     }
