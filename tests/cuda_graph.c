@@ -1,8 +1,8 @@
 /* tests/cuda_graph.c: CUDA graph capture and replay through the backend table (graph_begin,
  * graph_end, graph_launch, graph_free; core/backend/cuda/cuda_graph.c).
  *
- * A fixed sequence of core-op launches and device copies (the non-GEMM part of a decoder layer:
- * rmsnorm, swiglu, add, axpy, scale, softmax, copy, memset) is run directly and captured once;
+ * A fixed sequence of core-op launches, a cuBLAS GEMM and device copies (rmsnorm, sgemm,
+ * swiglu, add, axpy, scale, softmax, copy, memset) is run directly and captured once;
  * the replay must give the same bytes as the direct run (bitwise), on the capture-time inputs and
  * again after new inputs are uploaded into the same device buffers (the per-step input pattern of
  * a captured decode step); the capture itself must run nothing; a download inside a capture makes
@@ -33,7 +33,7 @@ static float frand(void) {
 }
 
 typedef struct {
-    float *x, *w, *y, *rstd, *z, *u, *p, *q, *junk;
+    float *x, *w, *y, *rstd, *z, *u, *p, *q, *junk, *wm, *g;
 } bufs;
 
 static float *dalloc(size_t n) {
@@ -42,10 +42,12 @@ static float *dalloc(size_t n) {
     return p;
 }
 
-/* the fixed sequence: reads x, w; writes y, rstd, z, u, p, q, junk */
+/* the fixed sequence: reads x, w, wm; writes y, rstd, g, z, u, p, q, junk */
 static int sequence(const bufs *b) {
     HYB_TRY(gpu->rmsnorm_fwd(gpu, b->x, b->w, b->y, b->rstd, ROWS, D, 1e-5f));
-    HYB_TRY(gpu->swiglu_fwd(gpu, b->y, b->x, b->z, N));
+    /* g = y wm^T (cuBLAS: captured on a GPU; recorded as a host call by the emulation) */
+    HYB_TRY(gpu->sgemm(gpu, 0, 1, ROWS, D, D, 1.0f, b->y, D, b->wm, D, 0.0f, b->g, D));
+    HYB_TRY(gpu->swiglu_fwd(gpu, b->g, b->x, b->z, N));
     HYB_TRY(gpu->add(gpu, b->z, b->y, b->u, N));
     HYB_TRY(gpu->axpy(gpu, b->u, b->x, 0.5f, N));
     HYB_TRY(gpu->scale(gpu, b->u, 1.25f, N));
@@ -55,7 +57,7 @@ static int sequence(const bufs *b) {
     return HYB_OK;
 }
 
-/* outputs y | rstd | u | p | q | junk into host memory */
+/* outputs y | rstd | u | p | q | junk | g into host memory */
 static void outputs(const bufs *b, float *h) {
     CHECK(gpu->download(gpu, h, b->y, N * sizeof(float)) == HYB_OK);
     CHECK(gpu->download(gpu, h + N, b->rstd, ROWS * sizeof(float)) == HYB_OK);
@@ -63,28 +65,34 @@ static void outputs(const bufs *b, float *h) {
     CHECK(gpu->download(gpu, h + 2 * N + ROWS, b->p, N * sizeof(float)) == HYB_OK);
     CHECK(gpu->download(gpu, h + 3 * N + ROWS, b->q, N * sizeof(float)) == HYB_OK);
     CHECK(gpu->download(gpu, h + 4 * N + ROWS, b->junk, N * sizeof(float)) == HYB_OK);
+    CHECK(gpu->download(gpu, h + 5 * N + ROWS, b->g, N * sizeof(float)) == HYB_OK);
 }
-#define NOUT (5 * N + ROWS)
+#define NOUT (6 * N + ROWS)
 
 /* poison every output with a NaN pattern */
 static void poison(const bufs *b) {
     float *nan = malloc(N * sizeof(float));
     memset(nan, 0xff, N * sizeof(float));
-    float *outs[] = {b->y, b->rstd, b->z, b->u, b->p, b->q, b->junk};
-    for (int i = 0; i < 7; i++)
+    float *outs[] = {b->y, b->rstd, b->z, b->u, b->p, b->q, b->junk, b->g};
+    for (int i = 0; i < 8; i++)
         CHECK(gpu->upload(gpu, outs[i], nan, (i == 1 ? ROWS : N) * sizeof(float)) == HYB_OK);
     free(nan);
 }
 
 static void test_replay_matches_direct(void) {
     bufs b = {dalloc(N), dalloc(D), dalloc(N), dalloc(ROWS), dalloc(N), dalloc(N),
-              dalloc(N), dalloc(N), dalloc(N)};
+              dalloc(N), dalloc(N), dalloc(N), dalloc((size_t)D * D), dalloc(N)};
     float *hx = malloc(N * sizeof(float)), *hw = malloc(D * sizeof(float));
     float *direct = malloc(NOUT * sizeof(float)), *replay = malloc(NOUT * sizeof(float));
     float *poisoned = malloc(NOUT * sizeof(float)), *before = malloc(NOUT * sizeof(float));
     for (int i = 0; i < D; i++)
         hw[i] = 1.0f + 0.5f * frand();
     CHECK(gpu->upload(gpu, b.w, hw, D * sizeof(float)) == HYB_OK);
+    float *hm = malloc((size_t)D * D * sizeof(float));
+    for (int i = 0; i < D * D; i++)
+        hm[i] = 0.1f * frand();
+    CHECK(gpu->upload(gpu, b.wm, hm, (size_t)D * D * sizeof(float)) == HYB_OK);
+    free(hm);
 
     for (int round = 0; round < 3; round++) {
         for (int64_t i = 0; i < N; i++)
@@ -123,8 +131,8 @@ static void test_replay_matches_direct(void) {
             graph = NULL;
         }
     }
-    float *all[] = {b.x, b.w, b.y, b.rstd, b.z, b.u, b.p, b.q, b.junk};
-    for (int i = 0; i < 9; i++)
+    float *all[] = {b.x, b.w, b.y, b.rstd, b.z, b.u, b.p, b.q, b.junk, b.wm, b.g};
+    for (int i = 0; i < 11; i++)
         gpu->free(gpu, all[i]);
     free(hx);
     free(hw);

@@ -30,9 +30,9 @@ struct CUctx_st {
  * cuGraphLaunch replays the records in order. A synchronising call on a capturing stream
  * (cuStreamSynchronize; the backend's downloads do one) fails with
  * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the capture, as on a GPU, so
- * cuStreamEndCapture then returns CUDA_ERROR_STREAM_CAPTURE_INVALIDATED. cuBLAS calls are NOT
- * recorded here (cublas_emu.c runs them at once): emulated captures must not contain GEMMs. */
-enum { EMU_NODE_KERNEL = 0, EMU_NODE_COPY, EMU_NODE_SET8, EMU_NODE_SET32 };
+ * cuStreamEndCapture then returns CUDA_ERROR_STREAM_CAPTURE_INVALIDATED. The emulated cuBLAS
+ * records its GEMMs as host calls (hyb_emu_capture_hostfn), with alpha and beta by value. */
+enum { EMU_NODE_KERNEL = 0, EMU_NODE_COPY, EMU_NODE_SET8, EMU_NODE_SET32, EMU_NODE_HOST };
 typedef struct emu_node {
     int kind;
     struct CUfunc_st *f;
@@ -44,6 +44,7 @@ typedef struct emu_node {
     const void *src;
     size_t n;
     unsigned val;
+    void (*hostfn)(const void *); /* EMU_NODE_HOST: hostfn(argbuf) */
 } emu_node;
 struct CUgraph_st {
     emu_node *nodes;
@@ -216,6 +217,24 @@ static CUresult capture_kernel(CUstream st, struct CUfunc_st *f, const unsigned 
     e->shmem = shmem;
     if (!node_args(e, n, sz, params)) return CUDA_ERROR_OUT_OF_MEMORY;
     return CUDA_SUCCESS;
+}
+int hyb_emu_capture_hostfn(void *stream, void (*fn)(const void *), const void *data, size_t n) {
+    CUstream st = stream;
+    if (!st || !st->capture) return 0;
+    emu_node *e = graph_add(st->capture);
+    char *copy = malloc(n ? n : 1);
+    if (!e || !copy) { /* cannot record: the capture is unusable */
+        free(copy);
+        if (e) st->capture->n--;
+        st->invalidated = 1;
+        return 1;
+    }
+    memcpy(copy, data, n);
+    e->kind = EMU_NODE_HOST;
+    e->hostfn = fn;
+    e->argbuf = copy;
+    e->n = n;
+    return 1;
 }
 static CUresult capture_mem(CUstream st, int kind, void *dst, const void *src, size_t n,
                             unsigned val) {
@@ -586,6 +605,9 @@ CUresult cuGraphInstantiate(CUgraphExec *ex, CUgraph g, unsigned long long flags
             unsigned sz[256];
             a->f->argsizes(sz, 256);
             if (!node_args(b, a->nargs, sz, a->args)) goto oom;
+        } else if (a->kind == EMU_NODE_HOST) {
+            if (!(b->argbuf = malloc(a->n ? a->n : 1))) goto oom;
+            memcpy(b->argbuf, a->argbuf, a->n);
         }
     }
     *ex = x;
@@ -620,6 +642,9 @@ CUresult cuGraphLaunch(CUgraphExec x, CUstream st) {
         case EMU_NODE_SET32:
             for (size_t k = 0; k < e->n; k++)
                 ((unsigned *)e->dst)[k] = e->val;
+            break;
+        case EMU_NODE_HOST:
+            e->hostfn(e->argbuf);
             break;
         }
     }
