@@ -1,6 +1,6 @@
 /* bench/gpu_bench.c: the GPU benchmarks of issue 14 (run by scripts/gpu_test.sh).
  *
- *   gpu_bench [options] copy|scan|decode|distill|serve|all ...
+ *   gpu_bench [options] copy|scan|decode|distill|graph|serve|all ...
  *   gpu_bench summary DIR          # the table of every DIR/gpu-*.json (and DIR/torch.json)
  *
  *   copy     device-to-device copy bandwidth (be->copy), bytes read + written
@@ -14,6 +14,9 @@
  *   distill  one distillation step (teacher forward + student forward/backward + clip + AdamW,
  *            hyb_trainer_step, reverse KL): student = the h3 hybrid and student = a clone of the
  *            teacher (all attention; the shape PyTorch is compared with), interleaved
+ *   graph    the dense part of a batch-1 decode step (SmolLM2 shapes: norms, GEMMs, swiglu, adds;
+ *            no attention kernel): direct launches vs one CUDA graph replay (backend graph_*),
+ *            interleaved; the replay's logits compared with the direct ones (bitwise)
  *   serve    hybrid vs teacher decode throughput at the Apriel-H1 shape (graphs/apriel-h1-30.toml
  *            vs graphs/apriel-nemotron-15b.toml), random weights: S sequences decoded together;
  *            the step time is measured at contexts 0..N (N = 16384 outputs), both models
@@ -932,6 +935,176 @@ static int bench_serve(void) {
     return 0;
 }
 
+/* ---- graph: the dense part of a batch-1 decode step, direct launches vs CUDA graph replay ----
+ * SmolLM2-135M's shapes: per layer rmsnorm, q/k/v/o and gate/up/down GEMMs (M = 1), swiglu, two
+ * residual adds; the attention kernel itself (the mha plugin's decode) is not in it: q stands in
+ * for its output. Final norm and the lm_head GEMM. The step's input (the token's embedding row) is
+ * uploaded into a fixed device buffer before each step, as a captured decode step needs. */
+typedef struct {
+    int D, F, L, V, Q, KV;
+    float *h, *xn, *rstd, *q, *k, *v, *o, *gate, *up, *act, *dn, *logits, *hn;
+    float **wq, **wk, **wv, **wo, **wg, **wu, **wd, **n1, **n2, *nf, *lm;
+} dense_step;
+
+static int dense_run(const dense_step *d) {
+    const hyb_backend *b = BE;
+    for (int l = 0; l < d->L; l++) {
+        HYB_TRY(b->rmsnorm_fwd(b, d->h, d->n1[l], d->xn, d->rstd, 1, d->D, 1e-5f));
+        HYB_TRY(b->sgemm(b, 0, 1, 1, d->Q, d->D, 1.f, d->xn, d->D, d->wq[l], d->D, 0.f, d->q, d->Q));
+        HYB_TRY(b->sgemm(b, 0, 1, 1, d->KV, d->D, 1.f, d->xn, d->D, d->wk[l], d->D, 0.f, d->k, d->KV));
+        HYB_TRY(b->sgemm(b, 0, 1, 1, d->KV, d->D, 1.f, d->xn, d->D, d->wv[l], d->D, 0.f, d->v, d->KV));
+        HYB_TRY(b->sgemm(b, 0, 1, 1, d->D, d->Q, 1.f, d->q, d->Q, d->wo[l], d->Q, 0.f, d->o, d->D));
+        HYB_TRY(b->add(b, d->h, d->o, d->h, d->D));
+        HYB_TRY(b->rmsnorm_fwd(b, d->h, d->n2[l], d->xn, d->rstd, 1, d->D, 1e-5f));
+        HYB_TRY(b->sgemm(b, 0, 1, 1, d->F, d->D, 1.f, d->xn, d->D, d->wg[l], d->D, 0.f, d->gate, d->F));
+        HYB_TRY(b->sgemm(b, 0, 1, 1, d->F, d->D, 1.f, d->xn, d->D, d->wu[l], d->D, 0.f, d->up, d->F));
+        HYB_TRY(b->swiglu_fwd(b, d->gate, d->up, d->act, d->F));
+        HYB_TRY(b->sgemm(b, 0, 1, 1, d->D, d->F, 1.f, d->act, d->F, d->wd[l], d->F, 0.f, d->dn, d->D));
+        HYB_TRY(b->add(b, d->h, d->dn, d->h, d->D));
+    }
+    HYB_TRY(b->rmsnorm_fwd(b, d->h, d->nf, d->hn, d->rstd, 1, d->D, 1e-5f));
+    return b->sgemm(b, 0, 1, 1, d->V, d->D, 1.f, d->hn, d->D, d->lm, d->D, 0.f, d->logits, d->V);
+}
+
+static int bench_graph(void) {
+    cJSON *r = result_new("graph");
+    if (!BE->graph_begin) {
+        skipped(r, "graph", "the backend has no graph entries");
+        return 0;
+    }
+    dense_step d = O.smoke ? (dense_step){.D = 64, .F = 128, .L = 3, .V = 256, .Q = 64, .KV = 32}
+                           : (dense_step){.D = 576, .F = 1536, .L = 30, .V = 49152, .Q = 576, .KV = 192};
+    /* all weights in one block, filled from a random block */
+    size_t per = (size_t)d.Q * d.D + 2 * (size_t)d.KV * d.D + (size_t)d.D * d.Q +
+                 3 * (size_t)d.F * d.D + 2 * (size_t)d.D;
+    size_t total = per * d.L + (size_t)d.D + (size_t)d.V * d.D;
+    size_t act = 4 * (size_t)d.D + d.Q + 2 * (size_t)d.KV + 3 * (size_t)d.F + d.D + d.V + 8;
+    float *W = BE->alloc(BE, total * sizeof(float)), *A = BE->alloc(BE, act * sizeof(float));
+    size_t blk = total < ((size_t)1 << 22) ? total : ((size_t)1 << 22);
+    float *hr = malloc(blk * sizeof(float));
+    for (size_t i = 0; i < blk; i++)
+        hr[i] = 0.05f * rnd_normal();
+    if (!W || !A) return failed(r, "graph", "alloc"), 1;
+    for (size_t o = 0; o < total; o += blk)
+        if (BE->upload(BE, W + o, hr, (total - o < blk ? total - o : blk) * sizeof(float)))
+            return failed(r, "graph", "upload"), 1;
+    float *p = W, *a = A;
+#define TAKE(dst, n) (dst = p, p += (n))
+    float **arrs[9];
+    for (int i = 0; i < 9; i++)
+        arrs[i] = calloc((size_t)d.L, sizeof(float *));
+    d.wq = arrs[0], d.wk = arrs[1], d.wv = arrs[2], d.wo = arrs[3], d.wg = arrs[4], d.wu = arrs[5],
+    d.wd = arrs[6], d.n1 = arrs[7], d.n2 = arrs[8];
+    for (int l = 0; l < d.L; l++) {
+        TAKE(d.wq[l], (size_t)d.Q * d.D);
+        TAKE(d.wk[l], (size_t)d.KV * d.D);
+        TAKE(d.wv[l], (size_t)d.KV * d.D);
+        TAKE(d.wo[l], (size_t)d.D * d.Q);
+        TAKE(d.wg[l], (size_t)d.F * d.D);
+        TAKE(d.wu[l], (size_t)d.F * d.D);
+        TAKE(d.wd[l], (size_t)d.D * d.F);
+        TAKE(d.n1[l], (size_t)d.D);
+        TAKE(d.n2[l], (size_t)d.D);
+    }
+    TAKE(d.nf, (size_t)d.D);
+    TAKE(d.lm, (size_t)d.V * d.D);
+#undef TAKE
+#define TAKEA(dst, n) (dst = a, a += (n))
+    TAKEA(d.h, d.D);
+    TAKEA(d.xn, d.D);
+    TAKEA(d.hn, d.D);
+    TAKEA(d.o, d.D);
+    TAKEA(d.q, d.Q);
+    TAKEA(d.k, d.KV);
+    TAKEA(d.v, d.KV);
+    TAKEA(d.gate, d.F);
+    TAKEA(d.up, d.F);
+    TAKEA(d.act, d.F);
+    TAKEA(d.dn, d.D);
+    TAKEA(d.logits, d.V);
+    TAKEA(d.rstd, 8);
+#undef TAKEA
+    int K = O.smoke ? 3 : 50; /* steps per repetition */
+    float *hx = malloc(sizeof(float) * (size_t)d.D * K);
+    for (size_t i = 0; i < (size_t)d.D * K; i++)
+        hx[i] = rnd_normal();
+    float *l1 = malloc(sizeof(float) * (size_t)d.V), *l2 = malloc(sizeof(float) * (size_t)d.V);
+    void *graph = NULL;
+    /* warm-up: direct once (loads the kernels, cuBLAS), then capture */
+    if (BE->upload(BE, d.h, hx, sizeof(float) * (size_t)d.D) || dense_run(&d) ||
+        dev_sync(d.logits))
+        return failed(r, "graph", "direct step"), 1;
+    double t0 = hyb_time_now();
+    if (BE->graph_begin(BE)) return failed(r, "graph", "graph_begin"), 1;
+    int rc = dense_run(&d);
+    int rc2 = BE->graph_end(BE, &graph);
+    double t_capture = hyb_time_now() - t0;
+    if (rc || rc2) return failed(r, "graph", "capture"), 1;
+    /* the same input through both: bitwise? */
+    int bitwise = 1;
+    double maxdiff = 0;
+    for (int k = 0; k < (O.smoke ? 3 : 4); k++) {
+        const float *x = hx + (size_t)d.D * k;
+        if (BE->upload(BE, d.h, x, sizeof(float) * (size_t)d.D) || dense_run(&d) ||
+            BE->download(BE, l1, d.logits, sizeof(float) * (size_t)d.V) ||
+            BE->upload(BE, d.h, x, sizeof(float) * (size_t)d.D) || BE->graph_launch(BE, graph) ||
+            BE->download(BE, l2, d.logits, sizeof(float) * (size_t)d.V))
+            return failed(r, "graph", "compare"), 1;
+        for (int i = 0; i < d.V; i++) {
+            double df = fabs((double)l1[i] - (double)l2[i]);
+            if (memcmp(&l1[i], &l2[i], sizeof(float)) != 0) bitwise = 0;
+            if (df > maxdiff || df != df) maxdiff = df;
+        }
+    }
+    double *td = calloc((size_t)O.reps, sizeof(double)), *tg = calloc((size_t)O.reps, sizeof(double));
+    for (int rep = -O.warmup; rep < O.reps; rep++)
+        for (int w = 0; w < 2; w++) {
+            int use_graph = (w + rep) & 1; /* alternate which goes first */
+            double s0 = hyb_time_now();
+            for (int k = 0; k < K; k++) {
+                if (BE->upload(BE, d.h, hx + (size_t)d.D * k, sizeof(float) * (size_t)d.D))
+                    return failed(r, "graph", "upload"), 1;
+                if (use_graph ? BE->graph_launch(BE, graph) : dense_run(&d))
+                    return failed(r, "graph", use_graph ? "replay" : "direct"), 1;
+                if (dev_sync(d.logits)) return failed(r, "graph", "sync"), 1;
+            }
+            double per_step = (hyb_time_now() - s0) / K;
+            if (rep >= 0) (use_graph ? tg : td)[rep] = per_step;
+        }
+    double md = median(td, O.reps), mg = median(tg, O.reps);
+    int launches = d.L * 12 + 2;
+    cJSON_AddStringToObject(r, "status", "ok");
+    cJSON_AddStringToObject(r, "what",
+                            "dense part of a batch-1 decode step at SmolLM2-135M's shapes (per layer "
+                            "2 rmsnorm, 7 GEMMs M=1, swiglu, 2 adds; final norm, lm_head), the "
+                            "attention kernel excluded; input row uploaded before each step, "
+                            "synchronised after each step");
+    cJSON_AddNumberToObject(r, "launches_per_step", launches);
+    cJSON_AddNumberToObject(r, "capture_s", t_capture);
+    cJSON_AddBoolToObject(r, "replay_bitwise_equal", bitwise);
+    cJSON_AddNumberToObject(r, "replay_max_abs_diff", maxdiff);
+    cJSON_AddItemToObject(r, "direct_step_s", jarr(td, O.reps));
+    cJSON_AddItemToObject(r, "graph_step_s", jarr(tg, O.reps));
+    cJSON_AddNumberToObject(r, "direct_median_s", md);
+    cJSON_AddNumberToObject(r, "graph_median_s", mg);
+    cJSON_AddNumberToObject(r, "speedup", md / mg);
+    char note[128];
+    snprintf(note, sizeof note, "%d launches/step, replay %s direct", launches,
+             bitwise ? "bitwise ==" : "differs from");
+    row("graph", "dense decode step, direct", md * 1e3, "ms", note);
+    row("graph", "dense decode step, graph replay", mg * 1e3, "ms", note);
+    row("graph", "graph speedup", md / mg, "x", "");
+    if (!bitwise && O.smoke) g_failed = 1; /* the emulation must replay exactly */
+    result_write(r, "graph");
+    BE->graph_free(BE, graph);
+    BE->free(BE, W);
+    BE->free(BE, A);
+    for (int i = 0; i < 9; i++)
+        free(arrs[i]);
+    free(hr), free(hx), free(l1), free(l2), free(td), free(tg);
+    return 0;
+}
+
 /* ---- summary: one table over the JSON files --------------------------------------------------*/
 static cJSON *read_json(const char *dir, const char *name) {
     char path[1024];
@@ -966,9 +1139,9 @@ static void line(const char *what, const char *value, const char *target, const 
 }
 static int summary(const char *dir) {
     const char *names[] = {"gpu-copy.json", "gpu-scan.json", "gpu-decode.json", "gpu-distill.json",
-                           "gpu-serve.json", "torch.json"};
-    cJSON *j[6];
-    for (int i = 0; i < 6; i++)
+                           "gpu-serve.json", "torch.json", "gpu-graph.json"};
+    cJSON *j[7];
+    for (int i = 0; i < 7; i++)
         j[i] = read_json(dir, names[i]);
     char v[64], t[64];
     printf("\n| %-44s | %-22s | %-16s | %s\n", "benchmark", "hyb", "target", "note");
@@ -977,7 +1150,8 @@ static int summary(const char *dir) {
     const char *gpu = NULL;
     for (int i = 0; i < 5 && !gpu; i++)
         gpu = str(j[i], "gpu");
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 7; i++) {
+        if (i == 5) continue; /* torch: below */
         if (!j[i]) {
             line(names[i], "not run", "", "");
             continue;
@@ -1050,11 +1224,21 @@ static int summary(const char *dir) {
                  num(j[4], "output_tokens"));
         line("serve hybrid/teacher, Apriel-H1 shape", v, t, note);
     }
+    if (j[6] && !strcmp(str(j[6], "status") ?: "", "ok")) {
+        snprintf(v, sizeof v, "%.3g -> %.3g ms", num(j[6], "direct_median_s") * 1e3,
+                 num(j[6], "graph_median_s") * 1e3);
+        char note[160];
+        const cJSON *bw = cJSON_GetObjectItemCaseSensitive(j[6], "replay_bitwise_equal");
+        snprintf(note, sizeof note, "%.2fx, %g launches/step, replay %s", num(j[6], "speedup"),
+                 num(j[6], "launches_per_step"),
+                 cJSON_IsTrue(bw) ? "bitwise == direct" : "NOT bitwise == direct");
+        line("dense decode step: direct -> graph replay", v, "", note);
+    }
     if (!j[5] || str(j[5], "pytorch"))
         line("PyTorch reference", j[5] ? str(j[5], "pytorch") : "not run", "",
              j[5] ? str(j[5], "reason") : "");
     printf("(GPU: %s; JSON in %s)\n", gpu ? gpu : "unknown", dir);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 7; i++)
         cJSON_Delete(j[i]);
     return 0;
 }
@@ -1064,7 +1248,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: gpu_bench [--smoke] [--device cuda] [--out DIR] [--reps N] [--warmup N]\n"
                "                 [--model F.gguf] [--serve-layers L] [--serve-slots S]\n"
                "                 [--serve-tokens N] [--serve-points P] [--emu-cpu-mixers]\n"
-               "                 copy|scan|decode|distill|serve|all ...\n"
+               "                 copy|scan|decode|distill|graph|serve|all ...\n"
                "       gpu_bench summary DIR\n");
 }
 
@@ -1129,8 +1313,8 @@ int main(int argc, char **argv) {
         for (int k = i; k < argc; k++) {
             const char *w = argv[k];
             if (!strcmp(w, "all")) {
-                const char *all[] = {"copy", "scan", "decode", "distill", "serve"};
-                for (int q = 0; q < 5; q++)
+                const char *all[] = {"copy", "scan", "decode", "distill", "graph", "serve"};
+                for (int q = 0; q < 6; q++)
                     skipped(result_new(all[q]), all[q], why);
             } else
                 skipped(result_new(w), w, why);
@@ -1146,9 +1330,10 @@ int main(int argc, char **argv) {
         if (all || !strcmp(w, "scan")) bench_scan();
         if (all || !strcmp(w, "decode")) bench_decode();
         if (all || !strcmp(w, "distill")) bench_distill();
+        if (all || !strcmp(w, "graph")) bench_graph();
         if (all || !strcmp(w, "serve")) bench_serve();
         if (!all && strcmp(w, "copy") && strcmp(w, "scan") && strcmp(w, "decode") &&
-            strcmp(w, "distill") && strcmp(w, "serve")) {
+            strcmp(w, "distill") && strcmp(w, "serve") && strcmp(w, "graph")) {
             fprintf(stderr, "gpu_bench: unknown benchmark '%s'\n", w);
             return 2;
         }

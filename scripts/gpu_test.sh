@@ -221,7 +221,7 @@ if [[ "$steps" == all || "$steps" == bench ]]; then
     bench+=(${HYB_GPU_BENCH_ARGS:-})
     export HYB_PLUGIN_PATH="$build/plugins" OMP_NUM_THREADS=${OMP_NUM_THREADS:-$jobs}
     # the short ones first; serve last with what is left (PyTorch before it, ~1 min)
-    for b in copy scan decode distill; do
+    for b in copy scan decode distill graph; do
         say "bench $b"
         timeout "$(left)" "${bench[@]}" "$b" 2>&1 | tee -a "$build/bench.log" || status=1
     done
