@@ -10,6 +10,7 @@
  * that change per call (the replay would read the capture-time host address again). The driver
  * reports the first as CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED at the call and invalidates the
  * capture; graph_end then fails with a message saying so and the stream is usable again. */
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "backend/cuda/cuda_internal.h"
@@ -21,12 +22,31 @@ typedef struct hyb_cuda_graph {
 } hyb_cuda_graph;
 
 static int g_capturing;
+static CUdeviceptr g_workspace; /* cuBLAS's, fixed from the first capture on */
+
+/* cuBLAS may allocate its workspace on a call, which a capture cannot hold: give it one of its
+ * own (32 MiB, what cuBLAS asks for on Hopper) before the first capture; it stays for the
+ * process (later GEMMs use it too). */
+static int fixed_workspace(void) {
+    if (g_workspace) return HYB_OK;
+    const size_t n = (size_t)32 << 20;
+    CU_CHECK(hyb_cu.cuMemAlloc(&g_workspace, n));
+    int rc = hyb_cublas_check(hyb_cublas.cublasSetWorkspace(hyb_cuda_g.blas,
+                                                            (void *)(uintptr_t)g_workspace, n),
+                              "cublasSetWorkspace", __FILE__, __LINE__);
+    if (rc != HYB_OK) {
+        hyb_cu.cuMemFree(g_workspace);
+        g_workspace = 0;
+    }
+    return rc;
+}
 
 int hyb_cuda_graph_begin(const hyb_backend *be) {
     (void)be;
     if (g_capturing)
         return hyb_error_set(HYB_ERR_ARG, "cuda graph_begin: a capture is already open");
     HYB_TRY(hyb_cuda_bind());
+    HYB_TRY(fixed_workspace());
     CU_CHECK(hyb_cu.cuStreamBeginCapture(hyb_cuda_g.stream, CU_STREAM_CAPTURE_MODE_RELAXED));
     g_capturing = 1;
     return HYB_OK;

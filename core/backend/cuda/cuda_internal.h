@@ -75,6 +75,7 @@ typedef struct hyb_cublas_api {
     HYB_CU_FN(cublasGetStatusString)
     HYB_CU_FN(cublasSgemm)
     HYB_CU_FN(cublasGemmEx)
+    HYB_CU_FN(cublasSetWorkspace) /* a fixed workspace: cuBLAS inside a graph capture */
 } hyb_cublas_api;
 
 extern hyb_cu_api hyb_cu;

@@ -142,7 +142,7 @@ static int load_cublas(void) {
     static const char *const syms[] = {
         HYB_STR(cublasCreate),      HYB_STR(cublasDestroy),         HYB_STR(cublasSetStream),
         HYB_STR(cublasSetMathMode), HYB_STR(cublasGetStatusString), HYB_STR(cublasSgemm),
-        HYB_STR(cublasGemmEx)};
+        HYB_STR(cublasGemmEx),      HYB_STR(cublasSetWorkspace)};
     _Static_assert(sizeof syms / sizeof *syms * sizeof(void *) == sizeof(hyb_cublas_api),
                    "cuBLAS symbol list and table differ");
     char tried[512];

@@ -29,6 +29,10 @@ cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) {
     h->stream = s;
     return CUBLAS_STATUS_SUCCESS;
 }
+cublasStatus_t cublasSetWorkspace(cublasHandle_t h, void *ws, size_t n) {
+    (void)ws, (void)n; /* the CPU GEMM needs none */
+    return h ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED;
+}
 cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
     h->math = m;
