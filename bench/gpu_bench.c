@@ -1165,7 +1165,7 @@ static int summary(const char *dir) {
         snprintf(v, sizeof v, "%.3g GB/s", num(j[0], "GBps"));
         line("device copy (read+write)", v, "", "reference bandwidth");
     }
-    if (j[1]) {
+    if (j[1] && cJSON_GetObjectItemCaseSensitive(j[1], "mixers")) {
         const char *mx[] = {"mamba1", "deltanet", "gated_deltanet"};
         for (int k = 0; k < 3; k++) {
             char path[64], what[96];
