@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="cuda", help="cuda (default); cpu only to test this script")
     a = ap.parse_args()
     res = {"bench": "torch"}
 
@@ -46,13 +47,13 @@ def main():
         res.update(pytorch="not available", reason=f"import torch, transformers: {e}")
         write()
         return 0
-    if not torch.cuda.is_available():
+    if a.device == "cuda" and not torch.cuda.is_available():
         res.update(pytorch="not available", reason="torch sees no CUDA device")
         write()
         return 0
-    dev = torch.device("cuda")
+    dev = torch.device(a.device)
     res.update(torch=torch.__version__, transformers=transformers.__version__,
-               gpu=torch.cuda.get_device_name(0))
+               gpu=torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = False
     if a.smoke:
         cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -63,14 +64,38 @@ def main():
                    num_attention_heads=9, num_key_value_heads=3, vocab_size=49152)
         P, G, B, T = 32, 256, 4, 512
     conf = LlamaConfig(**cfg, max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
-                       tie_word_embeddings=True, attn_implementation="eager")
+                       tie_word_embeddings=True)
+    conf._attn_implementation = "eager"  # HF's plain PyTorch attention (the "eager" baseline)
     res["config"] = cfg
 
     def sync():
-        torch.cuda.synchronize()
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+
+    def empty_cache():
+        if a.device == "cuda":
+            torch.cuda.empty_cache()
 
     # ---- decode ----
     res["decode"] = {}
+    try:
+        decode(a, res, cfg, conf, dev, P, G, sync, empty_cache)
+    except Exception as e:  # noqa: BLE001  (one failed section must not lose the others)
+        res["decode"]["error"] = repr(e)
+        print(f"gpu_torch_ref: decode failed: {e!r}")
+    res["distill"] = {}
+    try:
+        distill(a, res, cfg, conf, dev, B, T, sync, empty_cache)
+    except Exception as e:  # noqa: BLE001
+        res["distill"]["error"] = repr(e)
+        print(f"gpu_torch_ref: distill failed: {e!r}")
+    write()
+    return 0
+
+
+def decode(a, res, cfg, conf, dev, P, G, sync, empty_cache):
+    import torch
+    from transformers import LlamaForCausalLM
     for name, dt in (("bf16", torch.bfloat16), ("f32", torch.float32)):
         torch.manual_seed(0)
         m = LlamaForCausalLM(conf).to(dev, dt).eval()
@@ -93,10 +118,13 @@ def main():
                                    generated=G, attn="eager")
         print(f"RESULT|torch|HF eager decode {name}|{statistics.median(speeds):.4g}|tok/s|batch 1")
         del m
-        torch.cuda.empty_cache()
+        empty_cache()
 
-    # ---- distill step ----
-    res["distill"] = {}
+
+
+def distill(a, res, cfg, conf, dev, B, T, sync, empty_cache):
+    import torch
+    from transformers import LlamaForCausalLM
     for name in ("bf16", "f32"):
         torch.manual_seed(0)
         teacher = LlamaForCausalLM(conf).to(dev).eval()
@@ -108,7 +136,7 @@ def main():
                                  {"params": nodecay, "weight_decay": 0.0}],
                                 lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
         ids = torch.randint(0, cfg["vocab_size"], (B, T), device=dev)
-        ac = torch.autocast("cuda", dtype=torch.bfloat16, enabled=(name == "bf16"))
+        ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=(name == "bf16"))
         times = []
         for rep in range(-1, a.reps):
             sync()
@@ -131,9 +159,7 @@ def main():
                                     student="copy of the teacher (all attention)")
         print(f"RESULT|torch|distill step {name}|{statistics.median(times) * 1e3:.4g}|ms|B={B} T={T}")
         del teacher, student, opt
-        torch.cuda.empty_cache()
-    write()
-    return 0
+        empty_cache()
 
 
 if __name__ == "__main__":
