@@ -1237,7 +1237,15 @@ static int summary(const char *dir) {
     if (!j[5] || str(j[5], "pytorch"))
         line("PyTorch reference", j[5] ? str(j[5], "pytorch") : "not run", "",
              j[5] ? str(j[5], "reason") : "");
-    printf("(GPU: %s; JSON in %s)\n", gpu ? gpu : "unknown", dir);
+    int smoke = 0, emu = 0;
+    for (int i = 0; i < 7; i++) {
+        if (i == 5 || !j[i]) continue;
+        smoke |= cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j[i], "smoke"));
+        emu |= cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j[i], "emulated"));
+    }
+    printf("(GPU: %s%s%s; JSON in %s)\n", gpu ? gpu : emu ? "none, CUDA emulated on the CPU" : "unknown",
+           smoke ? "; SMOKE sizes (tiny shapes, not the models named above)" : "",
+           emu ? "; mixers without CUDA kernels ran their CPU kernels" : "", dir);
     for (int i = 0; i < 7; i++)
         cJSON_Delete(j[i]);
     return 0;
