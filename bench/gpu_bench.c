@@ -1306,6 +1306,16 @@ int main(int argc, char **argv) {
         if (!serve_set[2]) O.serve_points = 3;
         O.serve_layers = 5;
     }
+    static const char *const known[] = {"copy", "scan", "decode", "distill", "graph", "serve", "all"};
+    for (int k = i; k < argc; k++) {
+        int ok = 0;
+        for (int q = 0; q < 7; q++)
+            ok |= !strcmp(argv[k], known[q]);
+        if (!ok) {
+            fprintf(stderr, "gpu_bench: unknown benchmark '%s'\n", argv[k]);
+            return usage(stderr), 2;
+        }
+    }
     if (O.reps < 1) O.reps = 1;
     if (O.warmup < 0) O.warmup = 0;
     if (O.emu_cpu_mixers && !emulated()) {
@@ -1340,11 +1350,6 @@ int main(int argc, char **argv) {
         if (all || !strcmp(w, "distill")) bench_distill();
         if (all || !strcmp(w, "graph")) bench_graph();
         if (all || !strcmp(w, "serve")) bench_serve();
-        if (!all && strcmp(w, "copy") && strcmp(w, "scan") && strcmp(w, "decode") &&
-            strcmp(w, "distill") && strcmp(w, "serve") && strcmp(w, "graph")) {
-            fprintf(stderr, "gpu_bench: unknown benchmark '%s'\n", w);
-            return 2;
-        }
     }
     return g_failed;
 }
