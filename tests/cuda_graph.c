@@ -6,7 +6,8 @@
  * the replay must give the same bytes as the direct run (bitwise), on the capture-time inputs and
  * again after new inputs are uploaded into the same device buffers (the per-step input pattern of
  * a captured decode step); the capture itself must run nothing; a download inside a capture makes
- * graph_end fail with a clear error and leaves the backend usable; the CPU backend has no graph
+ * graph_end fail with a clear error and leaves the backend usable, and so does an entry that
+ * uploads a host array (rope's positions); the CPU backend has no graph
  * entries. Label `cuda` (exits 77 without a GPU); as cuda_graph_emu on the emulation (label
  * cuda-emu), where the driver's stand-ins record and replay the work (emu/driver.c). */
 #include <stdint.h>
@@ -179,6 +180,25 @@ static void test_sync_in_capture(void) {
     gpu->free(gpu, c);
 }
 
+/* an entry that uploads a host array (rope's positions) cannot be captured: the upload waits for
+ * the stream, so the capture is invalidated and graph_end says so (a captured decode step needs
+ * the positions in a device buffer instead) */
+static void test_host_array_entry(void) {
+    const int B = 1, T = 2, H = 2, hd = 8;
+    float *x = dalloc((size_t)B * T * H * hd);
+    CHECK(gpu->memset0(gpu, x, sizeof(float) * (size_t)B * T * H * hd) == HYB_OK);
+    int32_t pos[2] = {3, 4};
+    CHECK(gpu->graph_begin(gpu) == HYB_OK);
+    int rc = gpu->rope(gpu, x, B, T, H, hd, pos, 10000.0f, 0);
+    void *graph = NULL;
+    int rc_end = gpu->graph_end(gpu, &graph);
+    CHECK_MSG(rc != HYB_OK || rc_end != HYB_OK, "rope with host positions was captured");
+    CHECK(graph == NULL);
+    printf("  (rope inside a capture: %s)\n", hyb_error());
+    CHECK(gpu->rope(gpu, x, B, T, H, hd, pos, 10000.0f, 0) == HYB_OK); /* usable again */
+    gpu->free(gpu, x);
+}
+
 static void test_cpu_has_none(void) {
     const hyb_backend *cpu = hyb_backend_cpu();
     CHECK(cpu->graph_begin == NULL && cpu->graph_end == NULL && cpu->graph_launch == NULL &&
@@ -197,6 +217,7 @@ int main(void) {
     }
     RUN(test_replay_matches_direct);
     RUN(test_sync_in_capture);
+    RUN(test_host_array_entry);
     RUN(test_cpu_has_none);
     hyb_cuda_shutdown();
     return harness_done();

@@ -63,8 +63,9 @@ int hyb_cuda_graph_end(const hyb_backend *be, void **out) {
         if (g) hyb_cu.cuGraphDestroy(g);
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
                              "cuda graph capture invalidated: the captured work waited for the "
-                             "device (a download, a loss or sumsq entry returning a host value) "
-                             "or did something else a CUDA graph cannot hold");
+                             "device (a download; a loss or sumsq entry returning a host value; "
+                             "an entry uploading a host array: rope's positions, embedding ids, "
+                             "targets) or did something else a CUDA graph cannot hold");
     }
     CU_CHECK(r);
     hyb_cuda_graph *h = calloc(1, sizeof *h);
