@@ -122,7 +122,14 @@ static int l_llm(lua_State *L) {
     memset(l, 0, sizeof *l);
     luaL_setmetatable(L, LHYB_LLM_MT);
     int dir = is_directory(path);
-    int rc = dir ? hyb_model_load_hf_dir(path, &l->m) : hyb_model_load_gguf(path, &l->m);
+    /* a directory hyb saved (layermap.toml: the exact layer map, whatever HF can express), else
+     * an HF checkpoint directory (config.json), else a GGUF file */
+    char lm_path[1200];
+    snprintf(lm_path, sizeof lm_path, "%s/layermap.toml", path);
+    struct stat lm_st;
+    int rc = !dir                         ? hyb_model_load_gguf(path, &l->m)
+             : stat(lm_path, &lm_st) == 0 ? hyb_model_load(path, &l->m)
+                                          : hyb_model_load_hf_dir(path, &l->m);
     if (rc != HYB_OK) {
         l->m = NULL;
         return lhyb_raise_hyb(L, F);
