@@ -369,6 +369,7 @@ static int m1_hf_import(const hyb_model_dims *dims, const char *format, const hy
 
 static const hyb_mixer_desc M1_DESC = {
     HYB_PL_DESC_REQUIRED(m1),
+    .kernels[HYB_DEV_CUDA] = {m1_forward_cuda, m1_backward_cuda, m1_decode_cuda},
     .name = "mamba1",
     .version = "1.0.0",
     .description = "Mamba-1 selective scan with GQA-shaped x/B (Apriel-H1 \"m2\", MIL init "
