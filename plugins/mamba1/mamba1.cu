@@ -206,7 +206,7 @@ extern "C" __global__ void m1_scan_bwd(const float *zxbc, const float *v, const 
     const int h = dd / NS, c = dd % NS, g = h / rep;
     const int nC = Di / NS, nX = Dx / NS, gpb = CPB / (rep * NS);
     float *shC = m1_sh, *shB = m1_sh + NS * stride;
-    float A[NS], dh[NS], dA[NS], hc[NS], hp[NS];
+    float A[NS], dh[NS], dA[NS], hc[NS];
 #pragma unroll
     for (int n = 0; n < NS; n++) {
         A[n] = act ? -expf(alog[(i64)dd * NS + n]) : 0.0f;
@@ -237,12 +237,10 @@ extern "C" __global__ void m1_scan_bwd(const float *zxbc, const float *v, const 
             const i64 r = (i64)b * T + t;
             if (act) {
                 const i64 e = r * Di + d;
+                /* h_t and h_{t-1} (the chunk start at t0), loaded as used: fewer live registers */
                 const float *cur = S + ((i64)b * Lc + (t - t0)) * NS * Di + d;
-#pragma unroll
-                for (int n = 0; n < NS; n++) {
-                    hc[n] = cur[(i64)n * Di];
-                    hp[n] = t > t0 ? cur[(i64)(n - NS) * Di] : h0[n * NS];
-                }
+                const float *prv = t > t0 ? cur - (i64)NS * Di : h0;
+                const i64 ps = t > t0 ? Di : NS;
                 const float vv = v[e], cp = cpre[e];
                 const float dtv = m1_softplus(vv), uv = m1_silu(cp), dy = dys[e];
                 const float *Bv = zxbc + r * P + Di + Dx + g * NS,
@@ -253,10 +251,11 @@ extern "C" __global__ void m1_scan_bwd(const float *zxbc, const float *v, const 
 #pragma unroll
                 for (int n = 0; n < NS; n++) {
                     const float a = expf(dtv * A[n]), bn = Bv[n];
+                    const float hcn = cur[(i64)n * Di], hpn = prv[n * ps];
                     const float gh = dh[n] + dy * Cv[n];
-                    shC[n * stride + tid] = dy * hc[n];
-                    gdt += gh * (hp[n] * a * A[n] + bn * uv);
-                    dA[n] += gh * hp[n] * a * dtv;
+                    shC[n * stride + tid] = dy * hcn;
+                    gdt += gh * (hpn * a * A[n] + bn * uv);
+                    dA[n] += gh * hpn * a * dtv;
                     shB[n * stride + tid] = gh * dtu;
                     guc += gh * dtv * bn;
                     dh[n] = gh * a;
