@@ -616,6 +616,65 @@ static void test_cuda_continue(void) {
     mh_inst_free(&I);
 }
 
+/* Training forward + backward on cuda against the CPU over many chunks (chunk 3, T = 23: eight
+ * chunks, the last partial; test_mixers' lengths cross at most one chunk boundary), repeat 3 and
+ * the single dt bias: y, dx and every parameter gradient. */
+static void test_cuda_train(void) {
+    const hyb_backend *be = cuda_be();
+    if (!be) return;
+    enum { D = 12, B = 2, T = 23 };
+    const char *toml = "d_inner = 18\nd_xb = 6\nd_state = 3\ndt_rank = 3\nd_conv = 3\nchunk = 3\n"
+                       "double_dt_bias = false\n";
+    mh_inst I;
+    if (inst_new(&I, D, toml, 41) == 0) {
+        mh_init_mamba1(&I, 42, 1.0f);
+        const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
+        hyb_rng r;
+        hyb_rng_seed(&r, 43);
+        const size_t nx = (size_t)B * T * D;
+        float *x = mh_randn(&r, nx, 1.0f), *dy = mh_randn(&r, nx, 1.0f);
+        float *y0 = malloc(nx * 4), *dx0 = malloc(nx * 4), *h = malloc(nx * 4);
+        void *saved = mh_saved_new(&I, B, T);
+        mh_zero_grads(&I);
+        CHECK(mh_fwd(&I, B, T, x, y0, saved, NULL, NULL, 0) == HYB_OK);
+        CHECK(mh_bwd(&I, B, T, x, dy, dx0, saved) == HYB_OK);
+        const float *dp[NP];
+        float *dg[NP];
+        for (int i = 0; i < NP; i++) {
+            dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
+            dg[i] = dput(be, NULL, (size_t)mh_pnumel(&I, i) * 4);
+        }
+        float *dx_ = dput(be, x, nx * 4), *ddy = dput(be, dy, nx * 4), *dyo = dput(be, NULL, nx * 4),
+              *ddx = dput(be, NULL, nx * 4);
+        void *dsaved = dput(be, NULL, I.m->desc->saved_bytes(I.m->self, B, T));
+        hyb_mixer_fwd f = {.B = B, .T = T, .be = be, .x = dx_, .y = dyo, .params = dp,
+                           .saved = dsaved};
+        CHECK_MSG(k->forward(I.m->self, &f) == HYB_OK, "%s", hyb_error());
+        CHECK(be->download(be, h, dyo, nx * 4) == HYB_OK);
+        mh_compare("8-chunk forward y on cuda", h, y0, (long)nx, (mh_tol){.rel1 = 1e-5});
+        hyb_mixer_bwd bw = {.B = B, .T = T, .be = be, .x = dx_, .dy = ddy, .dx = ddx, .params = dp,
+                            .grads = dg, .saved = dsaved};
+        CHECK_MSG(k->backward(I.m->self, &bw) == HYB_OK, "%s", hyb_error());
+        CHECK(be->download(be, h, ddx, nx * 4) == HYB_OK);
+        mh_compare("8-chunk backward dx on cuda", h, dx0, (long)nx, (mh_tol){.rel1 = 1e-5});
+        for (int i = 0; i < NP; i++) {
+            const long n = mh_pnumel(&I, i);
+            float *g = malloc((size_t)n * 4);
+            CHECK(be->download(be, g, dg[i], (size_t)n * 4) == HYB_OK);
+            char what[96];
+            snprintf(what, sizeof what, "d%s on cuda", I.m->decls[i].name);
+            mh_compare(what, g, I.gp[i], n, (mh_tol){.relmax = 1e-5});
+            free(g);
+            be->free(be, (void *)dp[i]);
+            be->free(be, dg[i]);
+        }
+        be->free(be, dx_), be->free(be, ddy), be->free(be, dyo), be->free(be, ddx);
+        be->free(be, dsaved);
+        free(x), free(dy), free(y0), free(dx0), free(h), free(saved);
+    }
+    mh_inst_free(&I);
+}
+
 /* d_state past the registers' limit (forward and decode), and a backward whose x/B group does not
  * fit one block's shared memory: HYB_ERR_UNSUPPORTED naming mamba1, the layer, the op, the shape */
 static void cuda_refused(const char *toml, int want_fwd_ok, const char *op, const char *shape) {
@@ -693,6 +752,7 @@ int main(void) {
     RUN(test_model_hybrid);
     RUN(test_graph_files);
     RUN(test_cuda_continue);
+    RUN(test_cuda_train);
     RUN(test_cuda_refused);
     return harness_done();
 }

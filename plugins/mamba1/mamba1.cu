@@ -17,15 +17,18 @@
  *    thread per (channel, state): y_t[d] = sum_n h[d,n] C[n] is then a sequential sum inside the
  *    thread (the CPU's order, no shuffles), B[n] and C[n] are the same addresses for the N
  *    channels of a head (broadcast loads), and dt, u, ys are read and written coalesced over
- *    channels. The price is parallelism (B * Di threads; the scan is sequential in T within a
- *    chunk's thread), fine for training batches and the Apriel-H1 width, and N registers per
- *    array (hence d_state <= 64).
+ *    channels. The price is parallelism (B * Di threads, times the chunks of T in the forward;
+ *    the backward is sequential over T), and N registers per array (hence d_state <= 64).
  *  - forward: m1_prep_fwd (elementwise over [BT, Di]: dt_proj bias (twice for m2), softplus, the
  *    causal depthwise conv from zxbc's x columns (x_rep) and, for a continued prefill, the conv
- *    window of the state, silu) then m1_scan_fwd (sequential in t; saves the state at every chunk
- *    start into `hb`, writes ys and the gated ys * silu(z) for out_proj, and, with states, the
- *    final scan state and conv window). Chunks over T are the unit of the backward's
- *    recomputation.
+ *    window of the state, silu) then the scan: ys, the gated ys * silu(z) for out_proj, the state
+ *    at every chunk start (`hb`, the backward's recomputation points) and, with states, the final
+ *    scan state and conv window. One chunk (T <= chunk): m1_scan_fwd, sequential over T. Several:
+ *    parallel over chunks too, in three passes: m1_scan_local (each chunk from the zero state:
+ *    its end state and sum of dt), m1_scan_carry (sequential over chunks only: start_{c+1} =
+ *    exp(A sum dt) start_c + local_c, the exact linear recurrence, into hb), then m1_scan_fwd
+ *    per chunk from hb. Twice the exp work, but B * Di * nch threads instead of B * Di: a
+ *    prefill of one sequence (B * Di = 4096 for Apriel-H1) would otherwise fill a few SMs.
  *  - backward: m1_gate_fwd/m1_gate_bwd (out_proj's input and the gate's adjoint), then
  *    m1_scan_bwd: per chunk, last first, the chunk's states are recomputed from the saved chunk
  *    start into a scratch [B, L, N, Di] (coalesced over channels) with the forward's step, then
@@ -101,32 +104,38 @@ extern "C" __global__ void m1_prep_fwd(const float *zxbc, float *v, const float 
     }
 }
 
-/* The selective scan, one thread per (sequence b = blockIdx.y, channel d). h[n] in registers:
+/* The selective scan, one thread per (sequence b = blockIdx.y, channel d) and, with split, per
+ * time chunk (blockIdx.z); h[n] in registers:
  *   h = exp(dt A[n]) h + dt u B[n];  y = sum_n h C[n] + D u;  ys = y, yg = y * silu(z)
- * hb (or NULL): the state at every chunk start, [B, nch, nC, N(n), N(c)] as mamba1.h.
- * st/cont (or NULL): read the initial state when cont[b], write the final state and the conv
- * window (the last K x_rep inputs; before this chunk: the old window when cont[b], else 0).
+ * hb: the state at every chunk start, [B, nch, nC, N(n), N(c)] as mamba1.h. split = 0: the thread
+ * runs all T steps from the initial state and writes hb (when not NULL) on the way; split = 1:
+ * it runs its chunk from hb (written by m1_scan_carry).
+ * st/cont (or NULL): the initial state is read when cont[b]; the thread that ends the sequence
+ * writes the final state and the conv window (the last K x_rep inputs; before this call: the old
+ * window when cont[b], else 0).
  * yg may alias dt (each element is read before it is written, by the same thread). */
 extern "C" __global__ void m1_scan_fwd(const float *zxbc, const float *dt, const float *u,
                                        const float *alog, const float *Dskip, float *ys,
                                        float *yg, float *hb, float *const *st, const int *cont,
                                        int B, int T, int Di, int Dx, int P, int K, int rep,
-                                       int chunk, int nch) {
-    const int d = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y;
-    if (d >= Di || b >= B) return;
+                                       int chunk, int nch, int split) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y, ch = blockIdx.z;
+    if (d >= Di || b >= B || ch >= nch) return;
     const int h = d / NS, c = d % NS, g = h / rep;
+    const int t0 = split ? ch * chunk : 0, t1 = split && t0 + chunk < T ? t0 + chunk : T;
     float A[NS], s[NS];
     float *ssm = st ? st[b] + (i64)d * NS : 0;
     const int cn = st ? cont[b] : 0;
+    const float *hs = split ? hb + (((i64)b * nch + ch) * Di + (i64)h * NS) * NS + c : 0;
 #pragma unroll
     for (int n = 0; n < NS; n++) {
         A[n] = -expf(alog[(i64)d * NS + n]);
-        s[n] = cn ? ssm[n] : 0.0f;
+        s[n] = split ? hs[n * NS] : (cn ? ssm[n] : 0.0f);
     }
     const float Dk = Dskip[d];
-    for (int t = 0; t < T; t++) {
+    for (int t = t0; t < t1; t++) {
         const i64 r = (i64)b * T + t, e = r * Di + d;
-        if (hb && t % chunk == 0) {
+        if (!split && hb && t % chunk == 0) {
             float *o = hb + (((i64)b * nch + t / chunk) * Di + (i64)h * NS) * NS + c;
 #pragma unroll
             for (int n = 0; n < NS; n++) o[n * NS] = s[n];
@@ -145,7 +154,7 @@ extern "C" __global__ void m1_scan_fwd(const float *zxbc, const float *dt, const
         ys[e] = y;
         yg[e] = y * m1_silu(zr[d]);
     }
-    if (st) {
+    if (st && t1 == T) {
 #pragma unroll
         for (int n = 0; n < NS; n++) ssm[n] = s[n];
         float *cs = st[b] + (i64)Di * NS + (i64)d * K;
@@ -154,6 +163,63 @@ extern "C" __global__ void m1_scan_fwd(const float *zxbc, const float *dt, const
             const int j = T - K + k;
             cs[k] = j >= 0 ? zxbc[((i64)b * T + j) * P + xc] : (cn ? cs[K + j] : 0.0f);
         }
+    }
+}
+
+/* Split scan, pass 1: thread (channel d, chunk ch = blockIdx.y < nch - 1, sequence b =
+ * blockIdx.z) runs its chunk from the zero state: hl [B, nch, N, Di] its end state, sdt [B, nch,
+ * Di] the chunk's sum of dt (its decay is exp(A sdt)). */
+extern "C" __global__ void m1_scan_local(const float *zxbc, const float *dt, const float *u,
+                                         const float *alog, float *hl, float *sdt, int B, int T,
+                                         int Di, int Dx, int P, int rep, int chunk, int nch) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, ch = blockIdx.y, b = blockIdx.z;
+    if (d >= Di || b >= B || ch >= nch - 1) return;
+    const int g = d / NS / rep, t0 = ch * chunk, t1 = t0 + chunk < T ? t0 + chunk : T;
+    float A[NS], s[NS];
+#pragma unroll
+    for (int n = 0; n < NS; n++) {
+        A[n] = -expf(alog[(i64)d * NS + n]);
+        s[n] = 0.0f;
+    }
+    float sum = 0.0f;
+    for (int t = t0; t < t1; t++) {
+        const i64 r = (i64)b * T + t, e = r * Di + d;
+        const float *Bv = zxbc + r * P + Di + Dx + g * NS;
+        const float dtv = dt[e], dtu = dtv * u[e];
+        sum += dtv;
+#pragma unroll
+        for (int n = 0; n < NS; n++) s[n] = expf(dtv * A[n]) * s[n] + dtu * Bv[n];
+    }
+    float *o = hl + ((i64)b * nch + ch) * NS * Di + d;
+#pragma unroll
+    for (int n = 0; n < NS; n++) o[(i64)n * Di] = s[n];
+    sdt[((i64)b * nch + ch) * Di + d] = sum;
+}
+
+/* Split scan, pass 2: thread (sequence b = blockIdx.y, channel d) carries the state over the
+ * chunks: hb[ch] = h; h = exp(A sdt[ch]) h + hl[ch]. The initial state as m1_scan_fwd. */
+extern "C" __global__ void m1_scan_carry(const float *hl, const float *sdt, const float *alog,
+                                         float *hb, float *const *st, const int *cont, int B,
+                                         int Di, int nch) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y;
+    if (d >= Di || b >= B) return;
+    const int h = d / NS, c = d % NS;
+    const int cn = st ? cont[b] : 0;
+    float A[NS], s[NS];
+#pragma unroll
+    for (int n = 0; n < NS; n++) {
+        A[n] = -expf(alog[(i64)d * NS + n]);
+        s[n] = cn ? st[b][(i64)d * NS + n] : 0.0f;
+    }
+    for (int ch = 0; ch < nch; ch++) {
+        float *o = hb + (((i64)b * nch + ch) * Di + (i64)h * NS) * NS + c;
+#pragma unroll
+        for (int n = 0; n < NS; n++) o[n * NS] = s[n];
+        if (ch == nch - 1) break;
+        const float sum = sdt[((i64)b * nch + ch) * Di + d];
+        const float *l = hl + ((i64)b * nch + ch) * NS * Di + d;
+#pragma unroll
+        for (int n = 0; n < NS; n++) s[n] = expf(A[n] * sum) * s[n] + l[(i64)n * Di];
     }
 }
 

@@ -10,6 +10,7 @@
  *
  * Forward:  zxbc, dtl = x [Win; Wdtin]^T, v = dtl Wdt^T      (sgemm)
  *           m1_prep_fwd: v += b_dt (x2), dt = softplus(v), cpre = conv(x_rep), u = silu(cpre)
+ *           [T over several chunks: m1_scan_local, m1_scan_carry: the chunk-start states]
  *           m1_scan_fwd: ys, yg = ys silu(z), the chunk-start states, the final state and window
  *           y = yg Wout^T                                    (sgemm)
  * Backward: m1_gate_fwd (yg), dWout += dy^T yg, dyg = dy Wout, m1_gate_bwd (dz's z columns, dys),
@@ -47,12 +48,14 @@ enum {
     K_CONV_W,
     K_CONV_X,
     K_DEC,
+    K_LOCAL,
+    K_CARRY,
     K_N
 };
 static const char *const KNAMES[K_N] = {"m1_prep_fwd", "m1_scan_fwd",  "m1_gate_fwd",
                                         "m1_gate_bwd", "m1_scan_bwd",  "m1_reduce_dA",
                                         "m1_colsum",   "m1_conv_bwd_w", "m1_conv_bwd_x",
-                                        "m1_decode"};
+                                        "m1_decode",   "m1_scan_local", "m1_scan_carry"};
 
 /* HYB_ERR_UNSUPPORTED naming the mixer, the layer, the op and the shape */
 static int unsupported(const m1 *m, const char *op, const char *fmt, ...) {
@@ -68,13 +71,16 @@ static int unsupported(const m1 *m, const char *op, const char *fmt, ...) {
 }
 
 /* The shapes the kernels take; backward also needs its block of whole x/B groups. */
-static int check_shape(const m1 *m, const char *op, int B) {
+static int check_shape(const m1 *m, const char *op, int B, int T) {
     if (m->N > CU_MAX_STATE)
         return unsupported(m, op,
                            "d_state = %d: the kernels keep a channel's states in registers "
                            "(d_state <= %d)",
                            m->N, CU_MAX_STATE);
     if (B > 65535) return unsupported(m, op, "%d sequences in one call (at most 65535)", B);
+    if (m1_n_chunks(T, m->chunk) > 65535)
+        return unsupported(m, op, "T = %d in %d chunks of %d (at most 65535 chunks)", T,
+                           m1_n_chunks(T, m->chunk), m->chunk);
     return HYB_OK;
 }
 
@@ -170,7 +176,7 @@ int m1_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     m1 *m = self;
     const hyb_backend *be = a->be;
     HYB_TRY(m1_check_fwd(m, a));
-    HYB_TRY(check_shape(m, "forward", a->B));
+    HYB_TRY(check_shape(m, "forward", a->B, a->T));
     HYB_TRY(load(m, be, "forward"));
     int B = a->B, T = a->T, D = m->D, Di = m->Di, Dx = m->Dx, K = m->K, R = m->R, Pw = m->P,
         rep = m->rep, dbl = m->dbl;
@@ -190,8 +196,12 @@ int m1_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     float *zxbc = (float *)(base + sizeof(m1_saved_hdr)), *dtl = zxbc + BT * Pw,
           *v = dtl + BT * R, *cpre = v + BT * Di, *ys = cpre + BT * Di;
     float *hb = a->saved ? ys + BT * Di : NULL;
-    /* dt [BT, Di] (then the gated ys, out_proj's input), u [BT, Di] */
-    float *work = be->alloc(be, 2 * BT * Di * sizeof(float));
+    /* dt [BT, Di] (then the gated ys, out_proj's input), u [BT, Di]; with several chunks (the
+     * split scan) hl [B, nch, N, Di], sdt [B, nch, Di] and, without `saved`, hb [B, nch, Di, N] */
+    int split = nch > 1;
+    const size_t nchunk = split ? (size_t)B * nch * Di : 0;
+    float *work = be->alloc(be, (2 * BT * Di + nchunk * (m->N + 1 + (a->saved ? 0 : m->N))) *
+                                    sizeof(float));
     float **dst = NULL;
     int *dcont = NULL;
     int rc = work ? HYB_OK : HYB_ERR_NOMEM;
@@ -219,13 +229,24 @@ int m1_forward_cuda(void *self, const hyb_mixer_fwd *a) {
                         &dt,   &B,  &T,  &Di, &Dx,  &Pw,  &K,     &rep,  &dbl};
         rc = launch(be, m, K_PREP, grid_for((int64_t)BT * Di), 1, CU_TPB, 0, args);
     }
+    const unsigned gx = (unsigned)((Di + CU_TPB - 1) / CU_TPB);
+    const float *alog = P[M1_ALOG], *Dk = P[M1_DSKIP];
+    if (rc == HYB_OK && split) { /* the chunk-start states first, in two passes */
+        float *hl = u + BT * Di, *sdt = hl + nchunk * m->N;
+        if (!hb) hb = sdt + nchunk;
+        void *la[] = {&zxbc, &dt, &u, &alog, &hl, &sdt, &B, &T, &Di, &Dx, &Pw, &rep, &chunk, &nch};
+        const unsigned grid[3] = {gx, (unsigned)(nch - 1), (unsigned)B}, block[3] = {CU_TPB, 1, 1};
+        rc = be->launch(be, m->cu_fn[K_LOCAL], KNAMES[K_LOCAL], grid, block, 0, la);
+        void *ca[] = {&hl, &sdt, &alog, &hb, &dst, &dcont, &B, &Di, &nch};
+        if (rc == HYB_OK) rc = launch(be, m, K_CARRY, gx, (unsigned)B, CU_TPB, 0, ca);
+    }
     if (rc == HYB_OK) {
-        const float *alog = P[M1_ALOG], *Dk = P[M1_DSKIP];
         float *yg = dt; /* read (dt) then written (yg) by the same thread */
-        void *args[] = {&zxbc, &dt, &u,  &alog, &Dk,  &ys,  &yg, &hb, &dst,   &dcont,
-                        &B,    &T,  &Di, &Dx,   &Pw,  &K,   &rep, &chunk, &nch};
-        rc = launch(be, m, K_SCAN, (unsigned)((Di + CU_TPB - 1) / CU_TPB), (unsigned)B, CU_TPB, 0,
-                    args);
+        void *args[] = {&zxbc, &dt, &u,  &alog, &Dk, &ys, &yg,  &hb,    &dst, &dcont,
+                        &B,    &T,  &Di, &Dx,   &Pw, &K,  &rep, &chunk, &nch, &split};
+        const unsigned grid[3] = {gx, (unsigned)B, split ? (unsigned)nch : 1u},
+                       block[3] = {CU_TPB, 1, 1};
+        rc = be->launch(be, m->cu_fn[K_SCAN], KNAMES[K_SCAN], grid, block, 0, args);
     }
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, (int)BT, D, Di, 1.0f, dt, Di, P[M1_WOUT], Di, 0.0f, a->y, D);
@@ -251,7 +272,7 @@ int m1_backward_cuda(void *self, const hyb_mixer_bwd *a) {
                          "mamba1 (layer %d): backward [B=%d, T=%d] without a matching saved "
                          "forward",
                          m->layer, B, T);
-    HYB_TRY(check_shape(m, "backward", B));
+    HYB_TRY(check_shape(m, "backward", B, T));
     unsigned bth = 0, bsh = 0, bgx = 0;
     HYB_TRY(bwd_block(m, &bth, &bsh, &bgx));
     HYB_TRY(load(m, be, "backward"));
@@ -351,7 +372,7 @@ int m1_decode_cuda(void *self, const hyb_mixer_dec *a) {
     m1 *m = self;
     const hyb_backend *be = a->be;
     HYB_TRY(m1_check_dec(m, a));
-    HYB_TRY(check_shape(m, "decode", a->n));
+    HYB_TRY(check_shape(m, "decode", a->n, 1));
     HYB_TRY(load(m, be, "decode"));
     int n = a->n, D = m->D, Di = m->Di, Dx = m->Dx, K = m->K, R = m->R, Pw = m->P, rep = m->rep,
         dbl = m->dbl;
