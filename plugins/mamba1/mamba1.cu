@@ -17,8 +17,8 @@
  *    thread per (channel, state): y_t[d] = sum_n h[d,n] C[n] is then a sequential sum inside the
  *    thread (the CPU's order, no shuffles), B[n] and C[n] are the same addresses for the N
  *    channels of a head (broadcast loads), and dt, u, ys are read and written coalesced over
- *    channels. The price is parallelism (B * Di threads, times the chunks of T in the forward;
- *    the backward is sequential over T), and N registers per array (hence d_state <= 64).
+ *    channels. The price is parallelism (B * Di threads, times the chunks of T in the forward
+ *    and the backward), and N registers per array (hence d_state <= 64).
  *  - forward: m1_prep_fwd (elementwise over [BT, Di]: dt_proj bias (twice for m2), softplus, the
  *    causal depthwise conv from zxbc's x columns (x_rep) and, for a continued prefill, the conv
  *    window of the state, silu) then the scan: ys, the gated ys * silu(z) for out_proj, the state
@@ -29,15 +29,19 @@
  *    exp(A sum dt) start_c + local_c, the exact linear recurrence, into hb), then m1_scan_fwd
  *    per chunk from hb. Twice the exp work, but B * Di * nch threads instead of B * Di: a
  *    prefill of one sequence (B * Di = 4096 for Apriel-H1) would otherwise fill a few SMs.
- *  - backward: m1_gate_fwd/m1_gate_bwd (out_proj's input and the gate's adjoint), then
- *    m1_scan_bwd: per chunk, last first, the chunk's states are recomputed from the saved chunk
- *    start into a scratch [B, L, N, Di] (coalesced over channels) with the forward's step, then
- *    the reverse recurrence runs with dh, dA in registers. Sums over channels (dC over a head's
+ *  - backward: m1_gate_fwd/m1_gate_bwd (out_proj's input and the gate's adjoint), then the
+ *    reverse scan, parallel over chunks: the adjoint of the state, dh, obeys its own linear
+ *    recurrence dh_{t-1} = (dh_t + dys_t C_t) a_t, which needs no states, so m1_bwd_local (each
+ *    chunk from dh = 0) and m1_bwd_carry (over chunk ends, last first: exp(A sum dt) dh + local)
+ *    give every chunk its dh at its end; then m1_scan_bwd, per chunk (in waves of chunks, to
+ *    bound the scratch), recomputes the chunk's states from the saved chunk start into a scratch
+ *    [B, wave, L, N, Di] (coalesced over channels) with the forward's step, and runs the reverse
+ *    recurrence with dh, dA in registers. Sums over channels (dC over a head's
  *    N channels, dB over a group's rep*N channels) go through shared memory: each thread writes
  *    its 2N contributions, one barrier, then one thread per output sums them in channel order,
  *    a second barrier; a block is whole x/B groups, so no atomics and the result does not depend
- *    on the thread order. dA, dD sum over t in registers and over the batch in m1_reduce_dA
- *    (per-sequence partials: deterministic). softplus' and silu' are applied on the way out
+ *    on the thread order. dA, dD sum over t in registers and over the batch and the chunks in
+ *    m1_reduce_dA (per-(sequence, chunk) partials: deterministic). softplus' and silu' are applied on the way out
  *    (ddt = dv, du = dcpre), m1_colsum makes the dt bias gradient, m1_conv_bwd_w/x the conv.
  *  - decode: one kernel per step, one thread per (sequence, channel): conv window shift in the
  *    state, conv, softplus, scan step on the state in place ([Di, N] channel-major: each thread
@@ -250,23 +254,81 @@ extern "C" __global__ void m1_gate_bwd(const float *ys, const float *zxbc, float
     }
 }
 
-/* The backward scan. Block (blockIdx.x, sequence b = blockIdx.y) = blockDim.x channels = whole
- * x/B groups (gpb = blockDim.x / (rep N) of them); threads past Di only take part in the
- * barriers. Per chunk, last first: the states of the chunk are recomputed from hb into
- * S [B, Lc, N, Di], then the reverse recurrence (mamba1_scan.c's equations):
+/* Backward, pass 1 (several chunks): thread (channel d, chunk ch = blockIdx.y + 1, sequence b =
+ * blockIdx.z) runs the adjoint recurrence of the state through its chunk from dh = 0 at its end:
+ *   dh = (dh + dys C[n]) exp(dt A[n]),  t from the chunk's last step to its first
+ * It needs no states: L [B, nch, N, Di] (dh at the chunk start), sdt [B, nch, Di] (sum of dt). */
+extern "C" __global__ void m1_bwd_local(const float *zxbc, const float *v, const float *dys,
+                                        const float *alog, float *L, float *sdt, int B, int T,
+                                        int Di, int Dx, int P, int chunk, int nch) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, ch = blockIdx.y + 1, b = blockIdx.z;
+    if (d >= Di || b >= B || ch >= nch) return;
+    const int h = d / NS, t0 = ch * chunk, t1 = t0 + chunk < T ? t0 + chunk : T;
+    float A[NS], dh[NS];
+#pragma unroll
+    for (int n = 0; n < NS; n++) {
+        A[n] = -expf(alog[(i64)d * NS + n]);
+        dh[n] = 0.0f;
+    }
+    float sum = 0.0f;
+    for (int t = t1 - 1; t >= t0; t--) {
+        const i64 r = (i64)b * T + t, e = r * Di + d;
+        const float dtv = m1_softplus(v[e]), dy = dys[e];
+        const float *Cv = zxbc + r * P + Di + 2 * Dx + h * NS;
+        sum += dtv;
+#pragma unroll
+        for (int n = 0; n < NS; n++) dh[n] = (dh[n] + dy * Cv[n]) * expf(dtv * A[n]);
+    }
+    float *o = L + ((i64)b * nch + ch) * NS * Di + d;
+#pragma unroll
+    for (int n = 0; n < NS; n++) o[(i64)n * Di] = dh[n];
+    sdt[((i64)b * nch + ch) * Di + d] = sum;
+}
+
+/* Backward, pass 2: thread (channel d, sequence b = blockIdx.y) carries dh over the chunks, last
+ * first: E[ch] = dh at the end of chunk ch (0 for the last); dh = exp(A sdt[ch]) dh + L[ch]. */
+extern "C" __global__ void m1_bwd_carry(const float *L, const float *sdt, const float *alog,
+                                        float *E, int B, int Di, int nch) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y;
+    if (d >= Di || b >= B) return;
+    float A[NS], dh[NS];
+#pragma unroll
+    for (int n = 0; n < NS; n++) {
+        A[n] = -expf(alog[(i64)d * NS + n]);
+        dh[n] = 0.0f;
+    }
+    for (int ch = nch - 1; ch >= 0; ch--) {
+        float *o = E + ((i64)b * nch + ch) * NS * Di + d;
+#pragma unroll
+        for (int n = 0; n < NS; n++) o[(i64)n * Di] = dh[n];
+        if (ch == 0) break;
+        const float sum = sdt[((i64)b * nch + ch) * Di + d];
+        const float *l = L + ((i64)b * nch + ch) * NS * Di + d;
+#pragma unroll
+        for (int n = 0; n < NS; n++) dh[n] = expf(A[n] * sum) * dh[n] + l[(i64)n * Di];
+    }
+}
+
+/* Backward, pass 3: the chunks of a wave in parallel. Block (blockIdx.x, sequence b = blockIdx.y,
+ * chunk ch = cbase + blockIdx.z) = blockDim.x channels = whole x/B groups (gpb = blockDim.x /
+ * (rep N) of them); threads past Di only take part in the barriers. The chunk's states are
+ * recomputed from hb into S [B, gridDim.z, Lc, N, Di] (coalesced over channels), then the reverse
+ * recurrence (mamba1_scan.c's equations) from dh = E[ch] (NULL: one chunk, dh = 0):
  *   gh = dh[n] + dys C[n]; dC[n] += dys h_t; ddt += gh (h_{t-1} a A + B[n] u); dA += gh h_{t-1} a dt;
  *   dB[n] += gh dt u; du += gh dt B[n] (+ D dys); dh[n] = gh a
  * writes ddt * softplus'(v) (= dv) and du * silu'(cpre) (= dcpre) per element, dB and dC into
- * dz's B and C columns (=, each element once), dA and dD per (b, channel) into partA [B, Di, N],
- * partD [B, Di]. Dynamic shared memory: 2 N (blockDim.x + 1) floats. */
+ * dz's B and C columns (=, each element once), dA and dD per (b, chunk, channel) into
+ * partA [B, nch, Di, N], partD [B, nch, Di]. Dynamic shared memory: 2 N (blockDim.x + 1) floats. */
 extern "C" __global__ void m1_scan_bwd(const float *zxbc, const float *v, const float *cpre,
                                        const float *dys, const float *alog, const float *Dskip,
-                                       const float *hb, float *S, float *dz, float *ddt,
-                                       float *dcpre, float *partA, float *partD, int B, int T,
-                                       int Di, int Dx, int P, int rep, int chunk, int nch, int Lc) {
+                                       const float *hb, const float *E, float *S, float *dz,
+                                       float *ddt, float *dcpre, float *partA, float *partD,
+                                       int B, int T, int Di, int Dx, int P, int rep, int chunk,
+                                       int nch, int Lc, int cbase) {
     extern __shared__ float m1_sh[];
     const int CPB = blockDim.x, tid = threadIdx.x, b = blockIdx.y, stride = CPB + 1;
-    const int d = blockIdx.x * CPB + tid;
+    const int ch = cbase + blockIdx.z, d = blockIdx.x * CPB + tid;
+    if (ch >= nch) return; /* the whole block */
     const bool act = d < Di;
     const int dd = act ? d : 0;
     const int h = dd / NS, c = dd % NS, g = h / rep;
@@ -276,92 +338,92 @@ extern "C" __global__ void m1_scan_bwd(const float *zxbc, const float *v, const 
 #pragma unroll
     for (int n = 0; n < NS; n++) {
         A[n] = act ? -expf(alog[(i64)dd * NS + n]) : 0.0f;
-        dh[n] = 0.0f;
+        dh[n] = act && E ? E[((i64)b * nch + ch) * NS * Di + (i64)n * Di + dd] : 0.0f;
         dA[n] = 0.0f;
     }
     const float Dk = act ? Dskip[dd] : 0.0f;
     float dD = 0.0f;
-    for (int ch = nch - 1; ch >= 0; ch--) {
-        const int t0 = ch * chunk, t1 = t0 + chunk < T ? t0 + chunk : T;
-        const float *h0 = hb + (((i64)b * nch + ch) * Di + (i64)h * NS) * NS + c; /* [n * NS] */
-        if (act) { /* recompute the chunk's states */
+    const int t0 = ch * chunk, t1 = t0 + chunk < T ? t0 + chunk : T;
+    const float *h0 = hb + (((i64)b * nch + ch) * Di + (i64)h * NS) * NS + c; /* [n * NS] */
+    float *Sb = S + ((i64)b * gridDim.z + blockIdx.z) * Lc * NS * Di + dd;
+    if (act) { /* recompute the chunk's states */
 #pragma unroll
-            for (int n = 0; n < NS; n++) hc[n] = h0[n * NS];
-            for (int t = t0; t < t1; t++) {
-                const i64 r = (i64)b * T + t, e = r * Di + d;
-                const float dtv = m1_softplus(v[e]), uv = m1_silu(cpre[e]), dtu = dtv * uv;
-                const float *Bv = zxbc + r * P + Di + Dx + g * NS;
-                float *o = S + ((i64)b * Lc + (t - t0)) * NS * Di + d;
+        for (int n = 0; n < NS; n++) hc[n] = h0[n * NS];
+        for (int t = t0; t < t1; t++) {
+            const i64 r = (i64)b * T + t, e = r * Di + d;
+            const float dtv = m1_softplus(v[e]), uv = m1_silu(cpre[e]), dtu = dtv * uv;
+            const float *Bv = zxbc + r * P + Di + Dx + g * NS;
+            float *o = Sb + (i64)(t - t0) * NS * Di;
 #pragma unroll
-                for (int n = 0; n < NS; n++) {
-                    hc[n] = expf(dtv * A[n]) * hc[n] + dtu * Bv[n];
-                    o[(i64)n * Di] = hc[n];
-                }
+            for (int n = 0; n < NS; n++) {
+                hc[n] = expf(dtv * A[n]) * hc[n] + dtu * Bv[n];
+                o[(i64)n * Di] = hc[n];
             }
-        }
-        for (int t = t1 - 1; t >= t0; t--) {
-            const i64 r = (i64)b * T + t;
-            if (act) {
-                const i64 e = r * Di + d;
-                /* h_t and h_{t-1} (the chunk start at t0), loaded as used: fewer live registers */
-                const float *cur = S + ((i64)b * Lc + (t - t0)) * NS * Di + d;
-                const float *prv = t > t0 ? cur - (i64)NS * Di : h0;
-                const i64 ps = t > t0 ? Di : NS;
-                const float vv = v[e], cp = cpre[e];
-                const float dtv = m1_softplus(vv), uv = m1_silu(cp), dy = dys[e];
-                const float *Bv = zxbc + r * P + Di + Dx + g * NS,
-                            *Cv = zxbc + r * P + Di + 2 * Dx + h * NS;
-                float gdt = 0.0f, guc = Dk * dy;
-                const float dtu = dtv * uv;
-                dD += dy * uv;
-#pragma unroll
-                for (int n = 0; n < NS; n++) {
-                    const float a = expf(dtv * A[n]), bn = Bv[n];
-                    const float hcn = cur[(i64)n * Di], hpn = prv[n * ps];
-                    const float gh = dh[n] + dy * Cv[n];
-                    shC[n * stride + tid] = dy * hcn;
-                    gdt += gh * (hpn * a * A[n] + bn * uv);
-                    dA[n] += gh * hpn * a * dtv;
-                    shB[n * stride + tid] = gh * dtu;
-                    guc += gh * dtv * bn;
-                    dh[n] = gh * a;
-                }
-                ddt[e] = gdt * m1_dsoftplus(vv);
-                dcpre[e] = guc * m1_dsilu(cp);
-            }
-            __syncthreads();
-            { /* dC: one thread per (head of the block, n), summed over the head's channels */
-                const int lh = tid / NS, n = tid % NS, hh = blockIdx.x * (CPB / NS) + lh;
-                if (hh < nC) {
-                    float sc = 0.0f;
-                    for (int k = 0; k < NS; k++) sc += shC[n * stride + lh * NS + k];
-                    dz[r * P + Di + 2 * Dx + (i64)hh * NS + n] = sc;
-                }
-            }
-            if (tid < gpb * NS) { /* dB: one thread per (group of the block, n), head by head */
-                const int lg = tid / NS, n = tid % NS, gg = blockIdx.x * gpb + lg;
-                if (gg < nX) {
-                    float tot = 0.0f;
-                    for (int j = 0; j < rep; j++) {
-                        float sb = 0.0f;
-                        for (int k = 0; k < NS; k++)
-                            sb += shB[n * stride + (lg * rep + j) * NS + k];
-                        tot += sb;
-                    }
-                    dz[r * P + Di + Dx + (i64)gg * NS + n] = tot;
-                }
-            }
-            __syncthreads();
         }
     }
-    if (act) {
+    for (int t = t1 - 1; t >= t0; t--) {
+        const i64 r = (i64)b * T + t;
+        if (act) {
+            const i64 e = r * Di + d;
+            /* h_t and h_{t-1} (the chunk start at t0), loaded as used: fewer live registers */
+            const float *cur = Sb + (i64)(t - t0) * NS * Di;
+            const float *prv = t > t0 ? cur - (i64)NS * Di : h0;
+            const i64 ps = t > t0 ? Di : NS;
+            const float vv = v[e], cp = cpre[e];
+            const float dtv = m1_softplus(vv), uv = m1_silu(cp), dy = dys[e];
+            const float *Bv = zxbc + r * P + Di + Dx + g * NS,
+                        *Cv = zxbc + r * P + Di + 2 * Dx + h * NS;
+            float gdt = 0.0f, guc = Dk * dy;
+            const float dtu = dtv * uv;
+            dD += dy * uv;
 #pragma unroll
-        for (int n = 0; n < NS; n++) partA[((i64)b * Di + d) * NS + n] = dA[n];
-        partD[(i64)b * Di + d] = dD;
+            for (int n = 0; n < NS; n++) {
+                const float a = expf(dtv * A[n]), bn = Bv[n];
+                const float hcn = cur[(i64)n * Di], hpn = prv[n * ps];
+                const float gh = dh[n] + dy * Cv[n];
+                shC[n * stride + tid] = dy * hcn;
+                gdt += gh * (hpn * a * A[n] + bn * uv);
+                dA[n] += gh * hpn * a * dtv;
+                shB[n * stride + tid] = gh * dtu;
+                guc += gh * dtv * bn;
+                dh[n] = gh * a;
+            }
+            ddt[e] = gdt * m1_dsoftplus(vv);
+            dcpre[e] = guc * m1_dsilu(cp);
+        }
+        __syncthreads();
+        { /* dC: one thread per (head of the block, n), summed over the head's channels */
+            const int lh = tid / NS, n = tid % NS, hh = blockIdx.x * (CPB / NS) + lh;
+            if (hh < nC) {
+                float sc = 0.0f;
+                for (int k = 0; k < NS; k++) sc += shC[n * stride + lh * NS + k];
+                dz[r * P + Di + 2 * Dx + (i64)hh * NS + n] = sc;
+            }
+        }
+        if (tid < gpb * NS) { /* dB: one thread per (group of the block, n), head by head */
+            const int lg = tid / NS, n = tid % NS, gg = blockIdx.x * gpb + lg;
+            if (gg < nX) {
+                float tot = 0.0f;
+                for (int j = 0; j < rep; j++) {
+                    float sb = 0.0f;
+                    for (int k = 0; k < NS; k++) sb += shB[n * stride + (lg * rep + j) * NS + k];
+                    tot += sb;
+                }
+                dz[r * P + Di + Dx + (i64)gg * NS + n] = tot;
+            }
+        }
+        __syncthreads();
+    }
+    if (act) {
+        const i64 pc = (i64)b * nch + ch;
+#pragma unroll
+        for (int n = 0; n < NS; n++) partA[(pc * Di + d) * NS + n] = dA[n];
+        partD[pc * Di + d] = dD;
     }
 }
 
-/* gAlog[d, n] += (sum_b partA[b, d, n]) * A[d, n], A = -exp(A_log); gD[d] += sum_b partD[b, d] */
+/* gAlog[d, n] += (sum_p partA[p, d, n]) * A[d, n], A = -exp(A_log); gD[d] += sum_p partD[p, d];
+ * p over the B * nch (sequence, chunk) partials */
 extern "C" __global__ void m1_reduce_dA(const float *partA, const float *partD, const float *alog,
                                         float *gAlog, float *gD, int B, int Di) {
     const i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x;

@@ -14,7 +14,9 @@
  *           m1_scan_fwd: ys, yg = ys silu(z), the chunk-start states, the final state and window
  *           y = yg Wout^T                                    (sgemm)
  * Backward: m1_gate_fwd (yg), dWout += dy^T yg, dyg = dy Wout, m1_gate_bwd (dz's z columns, dys),
- *           m1_scan_bwd (dv, dcpre, dB, dC, per-sequence dA/dD), m1_reduce_dA, m1_colsum (b_dt),
+ *           [several chunks: m1_bwd_local, m1_bwd_carry: dh at every chunk end]
+ *           m1_scan_bwd per wave of chunks (dv, dcpre, dB, dC, per-(sequence, chunk) dA/dD),
+ *           m1_reduce_dA, m1_colsum (b_dt),
  *           the dt_proj / dt_in_proj GEMMs, m1_conv_bwd_w, m1_conv_bwd_x (dz's x columns),
  *           the in_proj GEMMs.
  * Decode:   the three input GEMMs, m1_decode (conv window, scan step, gate on the state in place),
@@ -36,6 +38,10 @@
 #define CU_MAX_STATE 64
 #define CU_TPB 128u               /* threads per block of the per-channel kernels */
 #define CU_SHMEM_MAX (48u * 1024) /* static + dynamic shared memory without an opt-in */
+/* backward: chunks per wave of m1_scan_bwd, for about this many threads in flight, unless their
+ * recomputed states (B * wave * L * N * Di floats) would pass CU_WAVE_BYTES */
+#define CU_WAVE_THREADS ((int64_t)1 << 17)
+#define CU_WAVE_BYTES ((int64_t)256 << 20)
 
 enum {
     K_PREP,
@@ -50,12 +56,15 @@ enum {
     K_DEC,
     K_LOCAL,
     K_CARRY,
+    K_BLOCAL,
+    K_BCARRY,
     K_N
 };
 static const char *const KNAMES[K_N] = {"m1_prep_fwd", "m1_scan_fwd",  "m1_gate_fwd",
                                         "m1_gate_bwd", "m1_scan_bwd",  "m1_reduce_dA",
                                         "m1_colsum",   "m1_conv_bwd_w", "m1_conv_bwd_x",
-                                        "m1_decode",   "m1_scan_local", "m1_scan_carry"};
+                                        "m1_decode",   "m1_scan_local", "m1_scan_carry",
+                                        "m1_bwd_local", "m1_bwd_carry"};
 
 /* HYB_ERR_UNSUPPORTED naming the mixer, the layer, the op and the shape */
 static int unsupported(const m1 *m, const char *op, const char *fmt, ...) {
@@ -285,17 +294,28 @@ int m1_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     const float *const *P = a->params;
     float *const *G = a->grads;
 
+    /* chunks per wave of the reverse scan */
+    const int64_t per_chunk = (int64_t)B * Lc * m->N * Di;
+    int64_t w = (CU_WAVE_THREADS + (int64_t)B * Di - 1) / ((int64_t)B * Di);
+    if (w * per_chunk * (int64_t)sizeof(float) > CU_WAVE_BYTES)
+        w = CU_WAVE_BYTES / ((int64_t)sizeof(float) * per_chunk);
+    if (w > nch) w = nch;
+    if (w < 1) w = 1;
+    const int wave = (int)w;
+
     /* dz [BT, P] (zeroed: the conv adds into its x columns), dys, ddt (first the gated ys),
-     * dcpre [BT, Di], ddtl [BT, R], the recomputed states S [B, Lc, N, Di], partA [B, Di, N],
-     * partD [B, Di] */
-    const size_t nz = BT * Pw,
-                 nf = nz + 3 * BT * Di + BT * R + (size_t)B * Lc * m->N * Di +
-                      (size_t)B * Di * m->N + (size_t)B * Di;
+     * dcpre [BT, Di], ddtl [BT, R], the recomputed states S [B, wave, Lc, N, Di], partA
+     * [B, nch, Di, N], partD [B, nch, Di]; with several chunks L, E [B, nch, N, Di], sdt [B, nch,
+     * Di] (m1_bwd_local / m1_bwd_carry) */
+    const size_t nz = BT * Pw, npc = (size_t)B * nch * Di,
+                 nf = nz + 3 * BT * Di + BT * R + (size_t)wave * per_chunk + npc * (m->N + 1) +
+                      (nch > 1 ? npc * (2 * (size_t)m->N + 1) : 0);
     float *buf = be->alloc(be, nf * sizeof(float));
     if (!buf) return HYB_ERR_NOMEM;
     float *dz = buf, *dys = dz + nz, *ddt = dys + BT * Di, *dcpre = ddt + BT * Di,
-          *ddtl = dcpre + BT * Di, *S = ddtl + BT * R, *partA = S + (size_t)B * Lc * m->N * Di,
-          *partD = partA + (size_t)B * Di * m->N;
+          *ddtl = dcpre + BT * Di, *S = ddtl + BT * R, *partA = S + (size_t)wave * per_chunk,
+          *partD = partA + npc * m->N, *Lb = partD + npc, *E = nch > 1 ? Lb + npc * m->N : NULL,
+          *sdt = Lb + 2 * npc * m->N;
     int rc = be->memset0(be, dz, nz * sizeof(float));
 
     /* out_proj and the gate */
@@ -312,18 +332,29 @@ int m1_backward_cuda(void *self, const hyb_mixer_bwd *a) {
         void *args[] = {&ys, &zxbc, &dys, &dz, &rows, &Di, &Pw};
         rc = launch(be, m, K_GATE_B, grid_for(rows * Di), 1, CU_TPB, 0, args);
     }
-    /* the scan in reverse, then dA_log and D over the batch */
-    if (rc == HYB_OK) {
-        const float *alog = P[M1_ALOG], *Dk = P[M1_DSKIP];
-        void *args[] = {&zxbc, &v,   &cpre, &dys, &alog, &Dk,  &hb,    &S,   &dz,
-                        &ddt,  &dcpre, &partA, &partD, &B, &T, &Di,   &Dx,  &Pw,
-                        &rep,  &chunk, &nch, &Lc};
-        rc = launch(be, m, K_SCAN_B, bgx, (unsigned)B, bth, bsh, args);
+    /* the scan in reverse: dh at every chunk end, then the chunks in waves; dA_log and D over
+     * the batch and the chunks */
+    const unsigned gx = (unsigned)((Di + CU_TPB - 1) / CU_TPB);
+    const float *alog = P[M1_ALOG], *Dk = P[M1_DSKIP];
+    if (rc == HYB_OK && nch > 1) {
+        void *la[] = {&zxbc, &v, &dys, &alog, &Lb, &sdt, &B, &T, &Di, &Dx, &Pw, &chunk, &nch};
+        const unsigned grid[3] = {gx, (unsigned)(nch - 1), (unsigned)B}, block[3] = {CU_TPB, 1, 1};
+        rc = be->launch(be, m->cu_fn[K_BLOCAL], KNAMES[K_BLOCAL], grid, block, 0, la);
+        void *ca[] = {&Lb, &sdt, &alog, &E, &B, &Di, &nch};
+        if (rc == HYB_OK) rc = launch(be, m, K_BCARRY, gx, (unsigned)B, CU_TPB, 0, ca);
+    }
+    for (int cbase = 0; rc == HYB_OK && cbase < nch; cbase += wave) {
+        void *args[] = {&zxbc, &v,     &cpre,  &dys, &alog, &Dk,  &hb,    &E,
+                        &S,    &dz,    &ddt,   &dcpre, &partA, &partD, &B,  &T,
+                        &Di,   &Dx,    &Pw,    &rep, &chunk, &nch, &Lc,  &cbase};
+        const unsigned nz3 = (unsigned)(nch - cbase < wave ? nch - cbase : wave);
+        const unsigned grid[3] = {bgx, (unsigned)B, nz3}, block[3] = {bth, 1, 1};
+        rc = be->launch(be, m->cu_fn[K_SCAN_B], KNAMES[K_SCAN_B], grid, block, bsh, args);
     }
     if (rc == HYB_OK) {
-        const float *alog = P[M1_ALOG];
         float *gA = G[M1_ALOG], *gD = G[M1_DSKIP];
-        void *args[] = {&partA, &partD, &alog, &gA, &gD, &B, &Di};
+        int np = B * nch;
+        void *args[] = {&partA, &partD, &alog, &gA, &gD, &np, &Di};
         rc = launch(be, m, K_RED, (unsigned)(((int64_t)Di * m->N + CU_TPB - 1) / CU_TPB), 1,
                     CU_TPB, 0, args);
     }
