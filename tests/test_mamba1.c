@@ -675,6 +675,54 @@ static void test_cuda_train(void) {
     mh_inst_free(&I);
 }
 
+/* A decode step of more sequences than one launch of the decode kernel takes (64): 67 sequences,
+ * every third at pos 0 over a used state, the others continuing, on cuda vs the CPU. */
+static void test_cuda_decode_many(void) {
+    const hyb_backend *be = cuda_be();
+    if (!be) return;
+    enum { D = 8, NSEQ = 67, MAXC = 16 };
+    mh_inst I;
+    if (inst_new(&I, D, "d_inner = 8\nd_xb = 4\nd_state = 2\ndt_rank = 2\nd_conv = 3\n", 51) == 0) {
+        mh_init_mamba1(&I, 52, 1.0f);
+        const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
+        hyb_rng r;
+        hyb_rng_seed(&r, 53);
+        const size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
+        float *st0 = mh_randn(&r, sb / 4 * NSEQ, 1.0f), *x = mh_randn(&r, (size_t)NSEQ * D, 1.0f);
+        float *y0 = malloc((size_t)NSEQ * D * 4), *y1 = malloc((size_t)NSEQ * D * 4), *h = malloc(sb);
+        void *hs[NSEQ], *ds[NSEQ];
+        int32_t pos[NSEQ];
+        const float *dp[NP];
+        for (int i = 0; i < NP; i++) dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
+        for (int i = 0; i < NSEQ; i++) {
+            hs[i] = malloc(sb);
+            memcpy(hs[i], st0 + sb / 4 * i, sb);
+            ds[i] = dput(be, hs[i], sb);
+            pos[i] = i % 3 == 0 ? 0 : 1 + i % 7;
+        }
+        float *dx = dput(be, x, (size_t)NSEQ * D * 4), *dy = dput(be, NULL, (size_t)NSEQ * D * 4);
+        CHECK(mh_dec(&I, NSEQ, x, y0, hs, pos, MAXC) == HYB_OK);
+        hyb_mixer_dec da = {.n = NSEQ, .be = be, .x = dx, .y = dy, .params = dp, .states = ds,
+                            .pos = pos, .max_ctx = MAXC};
+        CHECK_MSG(k->decode(I.m->self, &da) == HYB_OK, "%s", hyb_error());
+        CHECK(be->download(be, y1, dy, (size_t)NSEQ * D * 4) == HYB_OK);
+        mh_compare("decode of 67 sequences on cuda", y1, y0, (long)NSEQ * D, (mh_tol){.rel1 = 1e-5});
+        double es = 0;
+        for (int i = 0; i < NSEQ; i++) {
+            CHECK(be->download(be, h, ds[i], sb) == HYB_OK);
+            es = fmax(es, harness_max_rel(h, hs[i], (int64_t)(sb / 4), 1.0));
+            free(hs[i]);
+            be->free(be, ds[i]);
+        }
+        printf("   their states: max rel err %.3g\n", es);
+        CHECK(es < 1e-5);
+        for (int i = 0; i < NP; i++) be->free(be, (void *)dp[i]);
+        be->free(be, dx), be->free(be, dy);
+        free(st0), free(x), free(y0), free(y1), free(h);
+    }
+    mh_inst_free(&I);
+}
+
 /* d_state past the registers' limit (forward and decode), and a backward whose x/B group does not
  * fit one block's shared memory: HYB_ERR_UNSUPPORTED naming mamba1, the layer, the op, the shape */
 static void cuda_refused(const char *toml, int want_fwd_ok, const char *op, const char *shape) {
@@ -753,6 +801,7 @@ int main(void) {
     RUN(test_graph_files);
     RUN(test_cuda_continue);
     RUN(test_cuda_train);
+    RUN(test_cuda_decode_many);
     RUN(test_cuda_refused);
     return harness_done();
 }

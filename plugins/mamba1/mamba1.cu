@@ -46,8 +46,9 @@
  *  - decode: one kernel per step, one thread per (sequence, channel): conv window shift in the
  *    state, conv, softplus, scan step on the state in place ([Di, N] channel-major: each thread
  *    owns N contiguous floats), D skip, gate.
- * The decode states come as a device array of per-sequence pointers plus a "continue" flag per
- * sequence (pos > 0), uploaded by the host: kernels never take host pointers.
+ * The prefill's states come as a device array of per-sequence pointers plus a "continue" flag per
+ * sequence (pos > 0), uploaded by the host; a decode step's in a by-value kernel parameter
+ * (struct m1_seqs, up to 64 sequences a launch): kernels never take host pointers.
  */
 #ifndef D_STATE
 #define D_STATE 16
@@ -506,18 +507,29 @@ extern "C" __global__ void m1_conv_bwd_x(const float *dcpre, const float *cw, fl
     }
 }
 
-/* One decode step, one thread per (sequence i = blockIdx.y, channel d), on the state in place:
- * state = ssm [Di, N] then conv window [Di, K] (mamba1.h); cont[i] = 0 (pos 0): both start at 0.
+/* The states of up to M1_SEQ_MAX sequences, passed by value to m1_decode (a kernel parameter:
+ * no upload and no synchronisation per decode step). The host's m1_seqs (mamba1_cuda.c) has the
+ * same layout. */
+#define M1_SEQ_MAX 64
+struct m1_seqs {
+    float *p[M1_SEQ_MAX]; /* device pointers to the decode states */
+    int cont[M1_SEQ_MAX]; /* pos > 0: the state holds tokens; else it starts from zero */
+};
+
+/* One decode step, one thread per (sequence i = i0 + blockIdx.y, channel d), on the state in
+ * place: state = ssm [Di, N] then conv window [Di, K] (mamba1.h), sq.p[blockIdx.y]; both start at
+ * 0 when !sq.cont[blockIdx.y] (pos 0).
  * v: [n, Di] dt_proj output without bias; ys: [n, Di] written, the gated y (out_proj's input). */
 extern "C" __global__ void m1_decode(const float *zxbc, const float *v, const float *cw,
                                      const float *cb, const float *bdt, const float *alog,
-                                     const float *Dskip, float *const *st, const int *cont,
-                                     float *ys, int n, int Di, int Dx, int P, int K, int rep,
-                                     int dbl) {
-    const int d = blockIdx.x * blockDim.x + threadIdx.x, i = blockIdx.y;
-    if (d >= Di || i >= n) return;
-    const int h = d / NS, g = h / rep, cn = cont[i];
-    float *ssm = st[i] + (i64)d * NS, *w = st[i] + (i64)Di * NS + (i64)d * K;
+                                     const float *Dskip, const __grid_constant__ m1_seqs sq,
+                                     int i0, float *ys, int n, int Di, int Dx, int P, int K,
+                                     int rep, int dbl) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, i = i0 + blockIdx.y;
+    if (d >= Di || i >= n || blockIdx.y >= M1_SEQ_MAX) return;
+    float *const st = sq.p[blockIdx.y];
+    const int h = d / NS, g = h / rep, cn = sq.cont[blockIdx.y];
+    float *ssm = st + (i64)d * NS, *w = st + (i64)Di * NS + (i64)d * K;
     const float *zr = zxbc + (i64)i * P;
     const float bd = bdt[d], v0 = v[(i64)i * Di + d];
     const float dtv = m1_softplus(dbl ? v0 + (bd + bd) : v0 + bd);

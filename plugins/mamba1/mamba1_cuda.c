@@ -179,6 +179,15 @@ static int upload_seqs(const hyb_backend *be, void *const *states, const int32_t
     return HYB_OK;
 }
 
+/* The decode kernel's by-value parameter (struct m1_seqs of mamba1.cu, the same layout). */
+#define M1_SEQ_MAX 64
+typedef struct m1_seqs {
+    void *p[M1_SEQ_MAX];
+    int32_t cont[M1_SEQ_MAX];
+} m1_seqs;
+_Static_assert(sizeof(m1_seqs) == M1_SEQ_MAX * (sizeof(void *) + sizeof(int32_t)),
+               "m1_seqs has no padding (mamba1.cu reads the same layout)");
+
 /* ---- forward / prefill ----------------------------------------------------------------------*/
 
 int m1_forward_cuda(void *self, const hyb_mixer_fwd *a) {
@@ -314,8 +323,11 @@ int m1_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     if (!buf) return HYB_ERR_NOMEM;
     float *dz = buf, *dys = dz + nz, *ddt = dys + BT * Di, *dcpre = ddt + BT * Di,
           *ddtl = dcpre + BT * Di, *S = ddtl + BT * R, *partA = S + (size_t)wave * per_chunk,
-          *partD = partA + npc * m->N, *Lb = partD + npc, *E = nch > 1 ? Lb + npc * m->N : NULL,
-          *sdt = Lb + 2 * npc * m->N;
+          *partD = partA + npc * m->N, *Lb = partD + npc, *E = NULL, *sdt = NULL;
+    if (nch > 1) {
+        E = Lb + npc * m->N;
+        sdt = E + npc * m->N;
+    }
     int rc = be->memset0(be, dz, nz * sizeof(float));
 
     /* out_proj and the gate */
@@ -413,27 +425,28 @@ int m1_decode_cuda(void *self, const hyb_mixer_dec *a) {
     if (!buf) return HYB_ERR_NOMEM;
     float *zxbc = buf, *dtl = zxbc + (size_t)n * Pw, *v = dtl + (size_t)n * R,
           *ys = v + (size_t)n * Di;
-    void *seqs = NULL;
-    float **dst = NULL;
-    int *dcont = NULL;
-    int rc = upload_seqs(be, a->states, a->pos, n, &seqs, &dst, &dcont);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 1, n, Pw, D, 1.0f, a->x, D, P[M1_WIN], D, 0.0f, zxbc, Pw);
+    int rc = be->sgemm(be, 0, 1, n, Pw, D, 1.0f, a->x, D, P[M1_WIN], D, 0.0f, zxbc, Pw);
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, n, R, D, 1.0f, a->x, D, P[M1_WDTIN], D, 0.0f, dtl, R);
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, n, Di, R, 1.0f, dtl, R, P[M1_WDT], R, 0.0f, v, Di);
-    if (rc == HYB_OK) {
-        const float *cw = P[M1_CONVW], *cb = P[M1_CONVB], *bdt = P[M1_BDT], *alog = P[M1_ALOG],
-                    *Dk = P[M1_DSKIP];
-        void *args[] = {&zxbc, &v, &cw, &cb, &bdt, &alog, &Dk,  &dst, &dcont,
+    const float *cw = P[M1_CONVW], *cb = P[M1_CONVB], *bdt = P[M1_BDT], *alog = P[M1_ALOG],
+                *Dk = P[M1_DSKIP];
+    for (int i0 = 0; rc == HYB_OK && i0 < n; i0 += M1_SEQ_MAX) {
+        const int cnt = n - i0 < M1_SEQ_MAX ? n - i0 : M1_SEQ_MAX;
+        m1_seqs sq;
+        memset(&sq, 0, sizeof sq);
+        for (int i = 0; i < cnt; i++) {
+            sq.p[i] = a->states[i0 + i];
+            sq.cont[i] = a->pos[i0 + i] > 0;
+        }
+        void *args[] = {&zxbc, &v, &cw, &cb, &bdt, &alog, &Dk, &sq, &i0,
                         &ys,   &n, &Di, &Dx, &Pw,  &K,    &rep, &dbl};
-        rc = launch(be, m, K_DEC, (unsigned)((Di + CU_TPB - 1) / CU_TPB), (unsigned)n, CU_TPB, 0,
+        rc = launch(be, m, K_DEC, (unsigned)((Di + CU_TPB - 1) / CU_TPB), (unsigned)cnt, CU_TPB, 0,
                     args);
     }
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, n, D, Di, 1.0f, ys, Di, P[M1_WOUT], Di, 0.0f, a->y, D);
-    be->free(be, seqs);
     be->free(be, buf);
     return rc;
 }
