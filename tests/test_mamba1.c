@@ -563,53 +563,80 @@ static void test_cuda_continue(void) {
         hyb_rng r;
         hyb_rng_seed(&r, 23);
         const size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
-        float *x1 = mh_randn(&r, (size_t)B * T1 * D, 1.0f), *x2 = mh_randn(&r, (size_t)B * T2 * D, 1.0f),
+        float *x1 = mh_randn(&r, (size_t)B * T1 * D, 1.0f),
+              *x2 = mh_randn(&r, (size_t)B * T2 * D, 1.0f),
               *xd = mh_randn(&r, (size_t)STEPS * B * D, 1.0f);
         float *y1 = malloc((size_t)B * T1 * D * 4), *y2 = malloc((size_t)B * T2 * D * 4),
               *yd = malloc((size_t)STEPS * B * D * 4), *h = malloc((size_t)B * T2 * D * 4);
         void *hs[B], *ds[B];
         const float *dp[NP];
-        for (int i = 0; i < NP; i++) dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
+        for (int i = 0; i < NP; i++)
+            dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
         for (int b = 0; b < B; b++) {
             hs[b] = malloc(sb);
             memset(hs[b], 0x55, sb);
             ds[b] = dput(be, hs[b], sb);
         }
-        float *dx1 = dput(be, x1, (size_t)B * T1 * D * 4), *dx2 = dput(be, x2, (size_t)B * T2 * D * 4),
-              *dxd = dput(be, xd, (size_t)STEPS * B * D * 4), *dy = dput(be, NULL, (size_t)B * T2 * D * 4);
+        float *dx1 = dput(be, x1, (size_t)B * T1 * D * 4),
+              *dx2 = dput(be, x2, (size_t)B * T2 * D * 4),
+              *dxd = dput(be, xd, (size_t)STEPS * B * D * 4),
+              *dy = dput(be, NULL, (size_t)B * T2 * D * 4);
         const int32_t pos2[B] = {T1, 0};
         /* the CPU */
         CHECK(mh_fwd(&I, B, T1, x1, y1, NULL, hs, NULL, MAXC) == HYB_OK);
         CHECK(mh_fwd(&I, B, T2, x2, y2, NULL, hs, pos2, MAXC) == HYB_OK);
         for (int s = 0; s < STEPS; s++) {
             const int32_t pd[B] = {T1 + T2 + s, T2 + s};
-            CHECK(mh_dec(&I, B, xd + (size_t)s * B * D, yd + (size_t)s * B * D, hs, pd, MAXC) == HYB_OK);
+            CHECK(mh_dec(&I, B, xd + (size_t)s * B * D, yd + (size_t)s * B * D, hs, pd, MAXC) ==
+                  HYB_OK);
         }
         /* the device */
-        hyb_mixer_fwd f1 = {.B = B, .T = T1, .be = be, .x = dx1, .y = dy, .params = dp, .states = ds,
+        hyb_mixer_fwd f1 = {.B = B,
+                            .T = T1,
+                            .be = be,
+                            .x = dx1,
+                            .y = dy,
+                            .params = dp,
+                            .states = ds,
                             .max_ctx = MAXC};
         CHECK_MSG(k->forward(I.m->self, &f1) == HYB_OK, "%s", hyb_error());
-        hyb_mixer_fwd f2 = {.B = B, .T = T2, .be = be, .x = dx2, .y = dy, .params = dp, .states = ds,
-                            .pos = pos2, .max_ctx = MAXC};
+        hyb_mixer_fwd f2 = {.B = B,
+                            .T = T2,
+                            .be = be,
+                            .x = dx2,
+                            .y = dy,
+                            .params = dp,
+                            .states = ds,
+                            .pos = pos2,
+                            .max_ctx = MAXC};
         CHECK_MSG(k->forward(I.m->self, &f2) == HYB_OK, "%s", hyb_error());
         CHECK(be->download(be, h, dy, (size_t)B * T2 * D * 4) == HYB_OK);
         mh_compare("continued prefill y on cuda", h, y2, (long)B * T2 * D, (mh_tol){.rel1 = 1e-5});
         for (int s = 0; s < STEPS; s++) {
             const int32_t pd[B] = {T1 + T2 + s, T2 + s};
-            hyb_mixer_dec da = {.n = B, .be = be, .x = dxd + (size_t)s * B * D, .y = dy, .params = dp,
-                                .states = ds, .pos = pd, .max_ctx = MAXC};
+            hyb_mixer_dec da = {.n = B,
+                                .be = be,
+                                .x = dxd + (size_t)s * B * D,
+                                .y = dy,
+                                .params = dp,
+                                .states = ds,
+                                .pos = pd,
+                                .max_ctx = MAXC};
             CHECK_MSG(k->decode(I.m->self, &da) == HYB_OK, "%s", hyb_error());
             CHECK(be->download(be, h, dy, (size_t)B * D * 4) == HYB_OK);
-            mh_compare("decode y on cuda", h, yd + (size_t)s * B * D, (long)B * D, (mh_tol){.rel1 = 1e-5});
+            mh_compare("decode y on cuda", h, yd + (size_t)s * B * D, (long)B * D,
+                       (mh_tol){.rel1 = 1e-5});
         }
         float *st = malloc(sb);
         for (int b = 0; b < B; b++) {
             CHECK(be->download(be, st, ds[b], sb) == HYB_OK);
-            mh_compare("state (ssm, conv window) on cuda", st, hs[b], (long)(sb / 4), (mh_tol){.rel1 = 1e-5});
+            mh_compare("state (ssm, conv window) on cuda", st, hs[b], (long)(sb / 4),
+                       (mh_tol){.rel1 = 1e-5});
             free(hs[b]);
             be->free(be, ds[b]);
         }
-        for (int i = 0; i < NP; i++) be->free(be, (void *)dp[i]);
+        for (int i = 0; i < NP; i++)
+            be->free(be, (void *)dp[i]);
         be->free(be, dx1), be->free(be, dx2), be->free(be, dxd), be->free(be, dy);
         free(st), free(x1), free(x2), free(xd), free(y1), free(y2), free(yd), free(h);
     }
@@ -644,16 +671,23 @@ static void test_cuda_train(void) {
             dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
             dg[i] = dput(be, NULL, (size_t)mh_pnumel(&I, i) * 4);
         }
-        float *dx_ = dput(be, x, nx * 4), *ddy = dput(be, dy, nx * 4), *dyo = dput(be, NULL, nx * 4),
-              *ddx = dput(be, NULL, nx * 4);
+        float *dx_ = dput(be, x, nx * 4), *ddy = dput(be, dy, nx * 4),
+              *dyo = dput(be, NULL, nx * 4), *ddx = dput(be, NULL, nx * 4);
         void *dsaved = dput(be, NULL, I.m->desc->saved_bytes(I.m->self, B, T));
-        hyb_mixer_fwd f = {.B = B, .T = T, .be = be, .x = dx_, .y = dyo, .params = dp,
-                           .saved = dsaved};
+        hyb_mixer_fwd f = {
+            .B = B, .T = T, .be = be, .x = dx_, .y = dyo, .params = dp, .saved = dsaved};
         CHECK_MSG(k->forward(I.m->self, &f) == HYB_OK, "%s", hyb_error());
         CHECK(be->download(be, h, dyo, nx * 4) == HYB_OK);
         mh_compare("8-chunk forward y on cuda", h, y0, (long)nx, (mh_tol){.rel1 = 1e-5});
-        hyb_mixer_bwd bw = {.B = B, .T = T, .be = be, .x = dx_, .dy = ddy, .dx = ddx, .params = dp,
-                            .grads = dg, .saved = dsaved};
+        hyb_mixer_bwd bw = {.B = B,
+                            .T = T,
+                            .be = be,
+                            .x = dx_,
+                            .dy = ddy,
+                            .dx = ddx,
+                            .params = dp,
+                            .grads = dg,
+                            .saved = dsaved};
         CHECK_MSG(k->backward(I.m->self, &bw) == HYB_OK, "%s", hyb_error());
         CHECK(be->download(be, h, ddx, nx * 4) == HYB_OK);
         mh_compare("8-chunk backward dx on cuda", h, dx0, (long)nx, (mh_tol){.rel1 = 1e-5});
@@ -689,11 +723,13 @@ static void test_cuda_decode_many(void) {
         hyb_rng_seed(&r, 53);
         const size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
         float *st0 = mh_randn(&r, sb / 4 * NSEQ, 1.0f), *x = mh_randn(&r, (size_t)NSEQ * D, 1.0f);
-        float *y0 = malloc((size_t)NSEQ * D * 4), *y1 = malloc((size_t)NSEQ * D * 4), *h = malloc(sb);
+        float *y0 = malloc((size_t)NSEQ * D * 4), *y1 = malloc((size_t)NSEQ * D * 4),
+              *h = malloc(sb);
         void *hs[NSEQ], *ds[NSEQ];
         int32_t pos[NSEQ];
         const float *dp[NP];
-        for (int i = 0; i < NP; i++) dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
+        for (int i = 0; i < NP; i++)
+            dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
         for (int i = 0; i < NSEQ; i++) {
             hs[i] = malloc(sb);
             memcpy(hs[i], st0 + sb / 4 * i, sb);
@@ -702,11 +738,18 @@ static void test_cuda_decode_many(void) {
         }
         float *dx = dput(be, x, (size_t)NSEQ * D * 4), *dy = dput(be, NULL, (size_t)NSEQ * D * 4);
         CHECK(mh_dec(&I, NSEQ, x, y0, hs, pos, MAXC) == HYB_OK);
-        hyb_mixer_dec da = {.n = NSEQ, .be = be, .x = dx, .y = dy, .params = dp, .states = ds,
-                            .pos = pos, .max_ctx = MAXC};
+        hyb_mixer_dec da = {.n = NSEQ,
+                            .be = be,
+                            .x = dx,
+                            .y = dy,
+                            .params = dp,
+                            .states = ds,
+                            .pos = pos,
+                            .max_ctx = MAXC};
         CHECK_MSG(k->decode(I.m->self, &da) == HYB_OK, "%s", hyb_error());
         CHECK(be->download(be, y1, dy, (size_t)NSEQ * D * 4) == HYB_OK);
-        mh_compare("decode of 67 sequences on cuda", y1, y0, (long)NSEQ * D, (mh_tol){.rel1 = 1e-5});
+        mh_compare("decode of 67 sequences on cuda", y1, y0, (long)NSEQ * D,
+                   (mh_tol){.rel1 = 1e-5});
         double es = 0;
         for (int i = 0; i < NSEQ; i++) {
             CHECK(be->download(be, h, ds[i], sb) == HYB_OK);
@@ -716,7 +759,8 @@ static void test_cuda_decode_many(void) {
         }
         printf("   their states: max rel err %.3g\n", es);
         CHECK(es < 1e-5);
-        for (int i = 0; i < NP; i++) be->free(be, (void *)dp[i]);
+        for (int i = 0; i < NP; i++)
+            be->free(be, (void *)dp[i]);
         be->free(be, dx), be->free(be, dy);
         free(st0), free(x), free(y0), free(y1), free(h);
     }
@@ -743,7 +787,8 @@ static void cuda_refused(const char *toml, int want_fwd_ok, const char *op, cons
     }
     float *x = dput(be, NULL, (size_t)T * D * 4), *y = dput(be, NULL, (size_t)T * D * 4),
           *dx = dput(be, NULL, (size_t)T * D * 4);
-    const size_t svb = I.m->desc->saved_bytes(I.m->self, 1, T), sb = hyb_mixer_state_bytes(I.m, MAXC);
+    const size_t svb = I.m->desc->saved_bytes(I.m->self, 1, T),
+                 sb = hyb_mixer_state_bytes(I.m, MAXC);
     void *saved = dput(be, NULL, svb), *st = dput(be, NULL, sb);
     hyb_mixer_fwd f = {.B = 1, .T = T, .be = be, .x = x, .y = y, .params = dp, .saved = saved};
     int rc = k->forward(I.m->self, &f);
@@ -753,8 +798,15 @@ static void cuda_refused(const char *toml, int want_fwd_ok, const char *op, cons
     snprintf(want[2], sizeof want[2], "%s", shape);
     if (want_fwd_ok) {
         CHECK_MSG(rc == HYB_OK, "%s", hyb_error());
-        hyb_mixer_bwd a = {.B = 1, .T = T, .be = be, .x = x, .dy = y, .dx = dx, .params = dp,
-                           .grads = g, .saved = saved};
+        hyb_mixer_bwd a = {.B = 1,
+                           .T = T,
+                           .be = be,
+                           .x = x,
+                           .dy = y,
+                           .dx = dx,
+                           .params = dp,
+                           .grads = g,
+                           .saved = saved};
         rc = k->backward(I.m->self, &a);
     } else {
         const char *e = hyb_error();
@@ -764,8 +816,14 @@ static void cuda_refused(const char *toml, int want_fwd_ok, const char *op, cons
                   "rc %d, '%s'", rc, e);
         want_fwd_ok = -1; /* checked */
         int32_t pos = 0;
-        hyb_mixer_dec da = {.n = 1, .be = be, .x = x, .y = y, .params = dp, .states = &st,
-                            .pos = &pos, .max_ctx = MAXC};
+        hyb_mixer_dec da = {.n = 1,
+                            .be = be,
+                            .x = x,
+                            .y = y,
+                            .params = dp,
+                            .states = &st,
+                            .pos = &pos,
+                            .max_ctx = MAXC};
         int rd = k->decode(I.m->self, &da);
         CHECK_MSG(rd == HYB_ERR_UNSUPPORTED && strstr(hyb_error(), "cuda decode"), "decode: %d %s",
                   rd, hyb_error());
@@ -777,7 +835,8 @@ static void cuda_refused(const char *toml, int want_fwd_ok, const char *op, cons
                       strstr(e, want[2]),
                   "rc %d, '%s'", rc, e);
     }
-    for (int i = 0; i < NP; i++) be->free(be, (void *)dp[i]), be->free(be, g[i]);
+    for (int i = 0; i < NP; i++)
+        be->free(be, (void *)dp[i]), be->free(be, g[i]);
     be->free(be, x), be->free(be, y), be->free(be, dx), be->free(be, saved), be->free(be, st);
     mh_inst_free(&I);
 }

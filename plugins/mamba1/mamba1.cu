@@ -41,8 +41,9 @@
  *    its 2N contributions, one barrier, then one thread per output sums them in channel order,
  *    a second barrier; a block is whole x/B groups, so no atomics and the result does not depend
  *    on the thread order. dA, dD sum over t in registers and over the batch and the chunks in
- *    m1_reduce_dA (per-(sequence, chunk) partials: deterministic). softplus' and silu' are applied on the way out
- *    (ddt = dv, du = dcpre), m1_colsum makes the dt bias gradient, m1_conv_bwd_w/x the conv.
+ *    m1_reduce_dA (per-(sequence, chunk) partials: deterministic). softplus' and silu' are
+ *    applied on the way out (ddt = dv, du = dcpre), m1_colsum makes the dt bias gradient,
+ *    m1_conv_bwd_w/x the conv.
  *  - decode: one kernel per step, one thread per (sequence, channel): conv window shift in the
  *    state, conv, softplus, scan step on the state in place ([Di, N] channel-major: each thread
  *    owns N contiguous floats), D skip, gate.
@@ -315,8 +316,8 @@ extern "C" __global__ void m1_bwd_carry(const float *L, const float *sdt, const 
  * (rep N) of them); threads past Di only take part in the barriers. The chunk's states are
  * recomputed from hb into S [B, gridDim.z, Lc, N, Di] (coalesced over channels), then the reverse
  * recurrence (mamba1_scan.c's equations) from dh = E[ch] (NULL: one chunk, dh = 0):
- *   gh = dh[n] + dys C[n]; dC[n] += dys h_t; ddt += gh (h_{t-1} a A + B[n] u); dA += gh h_{t-1} a dt;
- *   dB[n] += gh dt u; du += gh dt B[n] (+ D dys); dh[n] = gh a
+ *   gh = dh[n] + dys C[n]; dC[n] += dys h_t; ddt += gh (h_{t-1} a A + B[n] u);
+ *   dA += gh h_{t-1} a dt; dB[n] += gh dt u; du += gh dt B[n] (+ D dys); dh[n] = gh a
  * writes ddt * softplus'(v) (= dv) and du * silu'(cpre) (= dcpre) per element, dB and dC into
  * dz's B and C columns (=, each element once), dA and dD per (b, chunk, channel) into
  * partA [B, nch, Di, N], partD [B, nch, Di]. Dynamic shared memory: 2 N (blockDim.x + 1) floats. */

@@ -60,11 +60,10 @@ enum {
     K_BCARRY,
     K_N
 };
-static const char *const KNAMES[K_N] = {"m1_prep_fwd", "m1_scan_fwd",  "m1_gate_fwd",
-                                        "m1_gate_bwd", "m1_scan_bwd",  "m1_reduce_dA",
-                                        "m1_colsum",   "m1_conv_bwd_w", "m1_conv_bwd_x",
-                                        "m1_decode",   "m1_scan_local", "m1_scan_carry",
-                                        "m1_bwd_local", "m1_bwd_carry"};
+static const char *const KNAMES[K_N] = {
+    "m1_prep_fwd",   "m1_scan_fwd",   "m1_gate_fwd",   "m1_gate_bwd",   "m1_scan_bwd",
+    "m1_reduce_dA",  "m1_colsum",     "m1_conv_bwd_w", "m1_conv_bwd_x", "m1_decode",
+    "m1_scan_local", "m1_scan_carry", "m1_bwd_local",  "m1_bwd_carry"};
 
 /* HYB_ERR_UNSUPPORTED naming the mixer, the layer, the op and the shape */
 static int unsupported(const m1 *m, const char *op, const char *fmt, ...) {
@@ -127,8 +126,8 @@ static int load(m1 *m, const hyb_backend *be, const char *op) {
     return HYB_OK;
 }
 
-static int launch(const hyb_backend *be, const m1 *m, int k, unsigned gx, unsigned gy,
-                  unsigned bx, unsigned shmem, void **args) {
+static int launch(const hyb_backend *be, const m1 *m, int k, unsigned gx, unsigned gy, unsigned bx,
+                  unsigned shmem, void **args) {
     const unsigned grid[3] = {gx, gy, 1}, block[3] = {bx, 1, 1};
     return be->launch(be, m->cu_fn[k], KNAMES[k], grid, block, shmem, args);
 }
@@ -211,15 +210,15 @@ int m1_forward_cuda(void *self, const hyb_mixer_fwd *a) {
         if (!tmp) return HYB_ERR_NOMEM;
         base = tmp;
     }
-    float *zxbc = (float *)(base + sizeof(m1_saved_hdr)), *dtl = zxbc + BT * Pw,
-          *v = dtl + BT * R, *cpre = v + BT * Di, *ys = cpre + BT * Di;
+    float *zxbc = (float *)(base + sizeof(m1_saved_hdr)), *dtl = zxbc + BT * Pw, *v = dtl + BT * R,
+          *cpre = v + BT * Di, *ys = cpre + BT * Di;
     float *hb = a->saved ? ys + BT * Di : NULL;
     /* dt [BT, Di] (then the gated ys, out_proj's input), u [BT, Di]; with several chunks (the
      * split scan) hl [B, nch, N, Di], sdt [B, nch, Di] and, without `saved`, hb [B, nch, Di, N] */
     int split = nch > 1;
     const size_t nchunk = split ? (size_t)B * nch * Di : 0;
-    float *work = be->alloc(be, (2 * BT * Di + nchunk * (m->N + 1 + (a->saved ? 0 : m->N))) *
-                                    sizeof(float));
+    float *work =
+        be->alloc(be, (2 * BT * Di + nchunk * (m->N + 1 + (a->saved ? 0 : m->N))) * sizeof(float));
     float **dst = NULL;
     int *dcont = NULL;
     int rc = work ? HYB_OK : HYB_ERR_NOMEM;
@@ -243,8 +242,8 @@ int m1_forward_cuda(void *self, const hyb_mixer_fwd *a) {
         rc = be->sgemm(be, 0, 1, (int)BT, Di, R, 1.0f, dtl, R, P[M1_WDT], R, 0.0f, v, Di);
     if (rc == HYB_OK) {
         const float *cw = P[M1_CONVW], *cb = P[M1_CONVB], *bdt = P[M1_BDT];
-        void *args[] = {&zxbc, &v,  &cw, &cb, &bdt, &dst, &dcont, &cpre, &u,
-                        &dt,   &B,  &T,  &Di, &Dx,  &Pw,  &K,     &rep,  &dbl};
+        void *args[] = {&zxbc, &v, &cw, &cb, &bdt, &dst, &dcont, &cpre, &u,
+                        &dt,   &B, &T,  &Di, &Dx,  &Pw,  &K,     &rep,  &dbl};
         rc = launch(be, m, K_PREP, grid_for((int64_t)BT * Di), 1, CU_TPB, 0, args);
     }
     const unsigned gx = (unsigned)((Di + CU_TPB - 1) / CU_TPB);
@@ -298,8 +297,8 @@ int m1_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     const size_t BT = (size_t)B * T;
     int64_t rows = (int64_t)BT;
     const float *zxbc = (const float *)((const unsigned char *)a->saved + sizeof(m1_saved_hdr)),
-                *dtl = zxbc + BT * Pw, *v = dtl + BT * R, *cpre = v + BT * Di,
-                *ys = cpre + BT * Di, *hb = ys + BT * Di;
+                *dtl = zxbc + BT * Pw, *v = dtl + BT * R, *cpre = v + BT * Di, *ys = cpre + BT * Di,
+                *hb = ys + BT * Di;
     const float *const *P = a->params;
     float *const *G = a->grads;
 
@@ -356,9 +355,9 @@ int m1_backward_cuda(void *self, const hyb_mixer_bwd *a) {
         if (rc == HYB_OK) rc = launch(be, m, K_BCARRY, gx, (unsigned)B, CU_TPB, 0, ca);
     }
     for (int cbase = 0; rc == HYB_OK && cbase < nch; cbase += wave) {
-        void *args[] = {&zxbc, &v,     &cpre,  &dys, &alog, &Dk,  &hb,    &E,
-                        &S,    &dz,    &ddt,   &dcpre, &partA, &partD, &B,  &T,
-                        &Di,   &Dx,    &Pw,    &rep, &chunk, &nch, &Lc,  &cbase};
+        void *args[] = {&zxbc, &v,  &cpre, &dys,   &alog,  &Dk,    &hb, &E,
+                        &S,    &dz, &ddt,  &dcpre, &partA, &partD, &B,  &T,
+                        &Di,   &Dx, &Pw,   &rep,   &chunk, &nch,   &Lc, &cbase};
         const unsigned nz3 = (unsigned)(nch - cbase < wave ? nch - cbase : wave);
         const unsigned grid[3] = {bgx, (unsigned)B, nz3}, block[3] = {bth, 1, 1};
         rc = be->launch(be, m->cu_fn[K_SCAN_B], KNAMES[K_SCAN_B], grid, block, bsh, args);
@@ -367,8 +366,8 @@ int m1_backward_cuda(void *self, const hyb_mixer_bwd *a) {
         float *gA = G[M1_ALOG], *gD = G[M1_DSKIP];
         int np = B * nch;
         void *args[] = {&partA, &partD, &alog, &gA, &gD, &np, &Di};
-        rc = launch(be, m, K_RED, (unsigned)(((int64_t)Di * m->N + CU_TPB - 1) / CU_TPB), 1,
-                    CU_TPB, 0, args);
+        rc = launch(be, m, K_RED, (unsigned)(((int64_t)Di * m->N + CU_TPB - 1) / CU_TPB), 1, CU_TPB,
+                    0, args);
     }
     /* dt_proj bias (added twice for m2: twice the gradient), dt_proj, dt_in_proj */
     if (rc == HYB_OK) {
@@ -428,8 +427,7 @@ int m1_decode_cuda(void *self, const hyb_mixer_dec *a) {
     int rc = be->sgemm(be, 0, 1, n, Pw, D, 1.0f, a->x, D, P[M1_WIN], D, 0.0f, zxbc, Pw);
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, n, R, D, 1.0f, a->x, D, P[M1_WDTIN], D, 0.0f, dtl, R);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 1, n, Di, R, 1.0f, dtl, R, P[M1_WDT], R, 0.0f, v, Di);
+    if (rc == HYB_OK) rc = be->sgemm(be, 0, 1, n, Di, R, 1.0f, dtl, R, P[M1_WDT], R, 0.0f, v, Di);
     const float *cw = P[M1_CONVW], *cb = P[M1_CONVB], *bdt = P[M1_BDT], *alog = P[M1_ALOG],
                 *Dk = P[M1_DSKIP];
     for (int i0 = 0; rc == HYB_OK && i0 < n; i0 += M1_SEQ_MAX) {
@@ -440,7 +438,7 @@ int m1_decode_cuda(void *self, const hyb_mixer_dec *a) {
             sq.p[i] = a->states[i0 + i];
             sq.cont[i] = a->pos[i0 + i] > 0;
         }
-        void *args[] = {&zxbc, &v, &cw, &cb, &bdt, &alog, &Dk, &sq, &i0,
+        void *args[] = {&zxbc, &v, &cw, &cb, &bdt, &alog, &Dk,  &sq, &i0,
                         &ys,   &n, &Di, &Dx, &Pw,  &K,    &rep, &dbl};
         rc = launch(be, m, K_DEC, (unsigned)((Di + CU_TPB - 1) / CU_TPB), (unsigned)cnt, CU_TPB, 0,
                     args);
