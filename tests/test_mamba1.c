@@ -767,6 +767,106 @@ static void test_cuda_decode_many(void) {
     mh_inst_free(&I);
 }
 
+/* The saved block and the decode state are the same bytes on both devices: a CPU forward's saved
+ * block and a CPU prefill's states, uploaded as they are, drive the CUDA backward and decode to the
+ * CPU's results (and a CUDA state downloaded drives the CPU decode). */
+static void test_cuda_layouts(void) {
+    const hyb_backend *be = cuda_be();
+    if (!be) return;
+    enum { D = 12, B = 2, T = 10, MAXC = 16 };
+    const char *toml = "d_inner = 16\nd_xb = 8\nd_state = 4\ndt_rank = 2\nd_conv = 3\nchunk = 4\n";
+    mh_inst I;
+    if (inst_new(&I, D, toml, 61) == 0) {
+        mh_init_mamba1(&I, 62, 1.0f);
+        const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
+        hyb_rng r;
+        hyb_rng_seed(&r, 63);
+        const size_t nx = (size_t)B * T * D, sb = hyb_mixer_state_bytes(I.m, MAXC),
+                     svb = I.m->desc->saved_bytes(I.m->self, B, T);
+        float *x = mh_randn(&r, nx, 1.0f), *dy = mh_randn(&r, nx, 1.0f),
+              *xd = mh_randn(&r, (size_t)B * D, 1.0f);
+        float *y = malloc(nx * 4), *dx0 = malloc(nx * 4), *h = malloc(nx * 4),
+              *yd0 = malloc((size_t)B * D * 4);
+        void *saved = mh_saved_new(&I, B, T), *hs[B], *ds[B];
+        mh_zero_grads(&I);
+        CHECK(mh_fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK);
+        CHECK(mh_bwd(&I, B, T, x, dy, dx0, saved) == HYB_OK);
+        const float *dp[NP];
+        float *dg[NP];
+        for (int i = 0; i < NP; i++) {
+            dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
+            dg[i] = dput(be, NULL, (size_t)mh_pnumel(&I, i) * 4);
+        }
+        for (int b = 0; b < B; b++) {
+            hs[b] = malloc(sb);
+            memset(hs[b], 0, sb);
+        }
+        CHECK(mh_fwd(&I, B, T, x, y, NULL, hs, NULL, MAXC) == HYB_OK);
+        for (int b = 0; b < B; b++)
+            ds[b] = dput(be, hs[b], sb); /* the CPU's states, as bytes */
+        const int32_t pos[B] = {T, T};
+        CHECK(mh_dec(&I, B, xd, yd0, hs, pos, MAXC) == HYB_OK);
+        float *dx_ = dput(be, x, nx * 4), *ddy = dput(be, dy, nx * 4),
+              *ddx = dput(be, NULL, nx * 4), *dxd = dput(be, xd, (size_t)B * D * 4),
+              *dyd = dput(be, NULL, (size_t)B * D * 4);
+        void *dsaved = dput(be, saved, svb); /* the CPU's saved block, as bytes */
+        hyb_mixer_bwd bw = {.B = B,
+                            .T = T,
+                            .be = be,
+                            .x = dx_,
+                            .dy = ddy,
+                            .dx = ddx,
+                            .params = dp,
+                            .grads = dg,
+                            .saved = dsaved};
+        CHECK_MSG(k->backward(I.m->self, &bw) == HYB_OK, "%s", hyb_error());
+        CHECK(be->download(be, h, ddx, nx * 4) == HYB_OK);
+        mh_compare("cuda backward from the CPU's saved block: dx", h, dx0, (long)nx,
+                   (mh_tol){.rel1 = 1e-5});
+        float *g = malloc((size_t)mh_pnumel(&I, 0) * 4);
+        CHECK(be->download(be, g, dg[0], (size_t)mh_pnumel(&I, 0) * 4) == HYB_OK);
+        mh_compare("  and din_proj.weight", g, I.gp[0], mh_pnumel(&I, 0), (mh_tol){.relmax = 1e-5});
+        hyb_mixer_dec da = {.n = B,
+                            .be = be,
+                            .x = dxd,
+                            .y = dyd,
+                            .params = dp,
+                            .states = ds,
+                            .pos = pos,
+                            .max_ctx = MAXC};
+        CHECK_MSG(k->decode(I.m->self, &da) == HYB_OK, "%s", hyb_error());
+        CHECK(be->download(be, h, dyd, (size_t)B * D * 4) == HYB_OK);
+        mh_compare("cuda decode from the CPU's states: y", h, yd0, (long)B * D,
+                   (mh_tol){.rel1 = 1e-5});
+        /* and back: the CUDA states, downloaded, continue on the CPU as the CPU's own */
+        float *yc = malloc((size_t)B * D * 4), *yg = malloc((size_t)B * D * 4);
+        void *hc[B];
+        const int32_t pos2[B] = {T + 1, T + 1};
+        for (int b = 0; b < B; b++) {
+            hc[b] = malloc(sb);
+            CHECK(be->download(be, hc[b], ds[b], sb) == HYB_OK);
+        }
+        CHECK(mh_dec(&I, B, xd, yc, hc, pos2, MAXC) == HYB_OK);
+        CHECK(mh_dec(&I, B, xd, yg, hs, pos2, MAXC) == HYB_OK);
+        mh_compare("CPU decode from the cuda states: y", yc, yg, (long)B * D,
+                   (mh_tol){.rel1 = 1e-5});
+        for (int b = 0; b < B; b++) {
+            free(hs[b]);
+            free(hc[b]);
+            be->free(be, ds[b]);
+        }
+        for (int i = 0; i < NP; i++) {
+            be->free(be, (void *)dp[i]);
+            be->free(be, dg[i]);
+        }
+        be->free(be, dx_), be->free(be, ddy), be->free(be, ddx), be->free(be, dxd);
+        be->free(be, dyd), be->free(be, dsaved);
+        free(x), free(dy), free(xd), free(y), free(dx0), free(h), free(yd0), free(g), free(yc);
+        free(yg), free(saved);
+    }
+    mh_inst_free(&I);
+}
+
 /* d_state past the registers' limit (forward and decode), and a backward whose x/B group does not
  * fit one block's shared memory: HYB_ERR_UNSUPPORTED naming mamba1, the layer, the op, the shape */
 static void cuda_refused(const char *toml, int want_fwd_ok, const char *op, const char *shape) {
@@ -861,6 +961,7 @@ int main(void) {
     RUN(test_cuda_continue);
     RUN(test_cuda_train);
     RUN(test_cuda_decode_many);
+    RUN(test_cuda_layouts);
     RUN(test_cuda_refused);
     return harness_done();
 }
