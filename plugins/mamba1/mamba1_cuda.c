@@ -41,7 +41,7 @@
 /* backward: chunks per wave of m1_scan_bwd, for about this many threads in flight, unless their
  * recomputed states (B * wave * L * N * Di floats) would pass CU_WAVE_BYTES */
 #define CU_WAVE_THREADS ((int64_t)1 << 17)
-#define CU_WAVE_BYTES ((int64_t)256 << 20)
+#define CU_WAVE_BYTES ((int64_t)512 << 20)
 
 enum {
     K_PREP,
