@@ -132,6 +132,13 @@ static int launch(const hyb_backend *be, const m1 *m, int k, unsigned gx, unsign
     return be->launch(be, m->cu_fn[k], KNAMES[k], grid, block, shmem, args);
 }
 
+/* threads per block of a kernel with one thread per channel: CU_TPB, or d_inner rounded up to a
+ * warp when it is smaller (fewer idle threads; each is a fiber in the emulation) */
+static unsigned chan_threads(int Di) {
+    const unsigned w = ((unsigned)Di + 31u) / 32u * 32u;
+    return w < CU_TPB ? w : CU_TPB;
+}
+
 /* blocks of CU_TPB for a grid-stride loop over n elements */
 static unsigned grid_for(int64_t n) {
     int64_t g = (n + CU_TPB - 1) / CU_TPB;
@@ -246,23 +253,23 @@ int m1_forward_cuda(void *self, const hyb_mixer_fwd *a) {
                         &dt,   &B, &T,  &Di, &Dx,  &Pw,  &K,     &rep,  &dbl};
         rc = launch(be, m, K_PREP, grid_for((int64_t)BT * Di), 1, CU_TPB, 0, args);
     }
-    const unsigned gx = (unsigned)((Di + CU_TPB - 1) / CU_TPB);
+    const unsigned ct = chan_threads(Di), gx = ((unsigned)Di + ct - 1) / ct;
     const float *alog = P[M1_ALOG], *Dk = P[M1_DSKIP];
     if (rc == HYB_OK && split) { /* the chunk-start states first, in two passes */
         float *hl = u + BT * Di, *sdt = hl + nchunk * m->N;
         if (!hb) hb = sdt + nchunk;
         void *la[] = {&zxbc, &dt, &u, &alog, &hl, &sdt, &B, &T, &Di, &Dx, &Pw, &rep, &chunk, &nch};
-        const unsigned grid[3] = {gx, (unsigned)(nch - 1), (unsigned)B}, block[3] = {CU_TPB, 1, 1};
+        const unsigned grid[3] = {gx, (unsigned)(nch - 1), (unsigned)B}, block[3] = {ct, 1, 1};
         rc = be->launch(be, m->cu_fn[K_LOCAL], KNAMES[K_LOCAL], grid, block, 0, la);
         void *ca[] = {&hl, &sdt, &alog, &hb, &dst, &dcont, &B, &Di, &nch};
-        if (rc == HYB_OK) rc = launch(be, m, K_CARRY, gx, (unsigned)B, CU_TPB, 0, ca);
+        if (rc == HYB_OK) rc = launch(be, m, K_CARRY, gx, (unsigned)B, ct, 0, ca);
     }
     if (rc == HYB_OK) {
         float *yg = dt; /* read (dt) then written (yg) by the same thread */
         void *args[] = {&zxbc, &dt, &u,  &alog, &Dk, &ys, &yg,  &hb,    &dst, &dcont,
                         &B,    &T,  &Di, &Dx,   &Pw, &K,  &rep, &chunk, &nch, &split};
         const unsigned grid[3] = {gx, (unsigned)B, split ? (unsigned)nch : 1u},
-                       block[3] = {CU_TPB, 1, 1};
+                       block[3] = {ct, 1, 1};
         rc = be->launch(be, m->cu_fn[K_SCAN], KNAMES[K_SCAN], grid, block, 0, args);
     }
     if (rc == HYB_OK)
@@ -345,14 +352,14 @@ int m1_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     }
     /* the scan in reverse: dh at every chunk end, then the chunks in waves; dA_log and D over
      * the batch and the chunks */
-    const unsigned gx = (unsigned)((Di + CU_TPB - 1) / CU_TPB);
+    const unsigned ct = chan_threads(Di), gx = ((unsigned)Di + ct - 1) / ct;
     const float *alog = P[M1_ALOG], *Dk = P[M1_DSKIP];
     if (rc == HYB_OK && nch > 1) {
         void *la[] = {&zxbc, &v, &dys, &alog, &Lb, &sdt, &B, &T, &Di, &Dx, &Pw, &chunk, &nch};
-        const unsigned grid[3] = {gx, (unsigned)(nch - 1), (unsigned)B}, block[3] = {CU_TPB, 1, 1};
+        const unsigned grid[3] = {gx, (unsigned)(nch - 1), (unsigned)B}, block[3] = {ct, 1, 1};
         rc = be->launch(be, m->cu_fn[K_BLOCAL], KNAMES[K_BLOCAL], grid, block, 0, la);
         void *ca[] = {&Lb, &sdt, &alog, &E, &B, &Di, &nch};
-        if (rc == HYB_OK) rc = launch(be, m, K_BCARRY, gx, (unsigned)B, CU_TPB, 0, ca);
+        if (rc == HYB_OK) rc = launch(be, m, K_BCARRY, gx, (unsigned)B, ct, 0, ca);
     }
     for (int cbase = 0; rc == HYB_OK && cbase < nch; cbase += wave) {
         void *args[] = {&zxbc, &v,  &cpre, &dys,   &alog,  &Dk,    &hb, &E,
@@ -430,6 +437,7 @@ int m1_decode_cuda(void *self, const hyb_mixer_dec *a) {
     if (rc == HYB_OK) rc = be->sgemm(be, 0, 1, n, Di, R, 1.0f, dtl, R, P[M1_WDT], R, 0.0f, v, Di);
     const float *cw = P[M1_CONVW], *cb = P[M1_CONVB], *bdt = P[M1_BDT], *alog = P[M1_ALOG],
                 *Dk = P[M1_DSKIP];
+    const unsigned ct = chan_threads(Di);
     for (int i0 = 0; rc == HYB_OK && i0 < n; i0 += M1_SEQ_MAX) {
         const int cnt = n - i0 < M1_SEQ_MAX ? n - i0 : M1_SEQ_MAX;
         m1_seqs sq;
@@ -440,8 +448,7 @@ int m1_decode_cuda(void *self, const hyb_mixer_dec *a) {
         }
         void *args[] = {&zxbc, &v, &cw, &cb, &bdt, &alog, &Dk,  &sq, &i0,
                         &ys,   &n, &Di, &Dx, &Pw,  &K,    &rep, &dbl};
-        rc = launch(be, m, K_DEC, (unsigned)((Di + CU_TPB - 1) / CU_TPB), (unsigned)cnt, CU_TPB, 0,
-                    args);
+        rc = launch(be, m, K_DEC, ((unsigned)Di + ct - 1) / ct, (unsigned)cnt, ct, 0, args);
     }
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, n, D, Di, 1.0f, ys, Di, P[M1_WOUT], Di, 0.0f, a->y, D);
