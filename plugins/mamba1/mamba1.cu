@@ -14,8 +14,8 @@
  *
  * Design (sizes as mamba1.h: Di channels in nC heads of N, x/B groups of rep heads):
  *  - one thread per (sequence, channel[, time chunk]) with the channel's N states in registers,
- *    not one thread per (channel, state): y_t[d] = sum_n h[d,n] C[n] is then a sequential sum inside the
- *    thread (the CPU's order, no shuffles), B[n] and C[n] are the same addresses for the N
+ *    not one thread per (channel, state): y_t[d] = sum_n h[d,n] C[n] is then a sequential sum
+ *    inside the thread (the CPU's order, no shuffles), B[n] and C[n] are the same addresses for the N
  *    channels of a head (broadcast loads), and dt, u, ys are read and written coalesced over
  *    channels. The price is parallelism (B * Di threads, times the chunks of T in the forward
  *    and the backward), and N registers per array (hence d_state <= 64).
@@ -41,8 +41,8 @@
  *    its 2N contributions, one barrier, then one thread per output sums them in channel order,
  *    a second barrier; a block is whole x/B groups, so no atomics and the result does not depend
  *    on the thread order (the column sums m1_colsum, m1_conv_bwd_w use atomics only past 4096
- *    rows, to split them over blocks). dA, dD sum over t in registers and over the batch and the chunks in
- *    m1_reduce_dA (per-(sequence, chunk) partials: deterministic). softplus' and silu' are
+ *    rows, to split them over blocks). dA, dD sum over t in registers and over the batch and
+ *    the chunks in m1_reduce_dA (per-(sequence, chunk) partials: deterministic). softplus' and silu' are
  *    applied on the way out (ddt = dv, du = dcpre), m1_colsum makes the dt bias gradient,
  *    m1_conv_bwd_w/x the conv.
  *  - decode: one kernel per step, one thread per (sequence, channel): conv window shift in the
