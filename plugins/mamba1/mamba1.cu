@@ -13,12 +13,12 @@
  * // hyb-variant: -DD_STATE=64
  *
  * Design (sizes as mamba1.h: Di channels in nC heads of N, x/B groups of rep heads):
- *  - one thread per (sequence, channel[, time chunk]) with the channel's N states in registers,
- *    not one thread per (channel, state): y_t[d] = sum_n h[d,n] C[n] is then a sequential sum
- *    inside the thread (the CPU's order, no shuffles), B[n] and C[n] are the same addresses for the N
+ *  - one thread per (sequence, channel[, time chunk]) with the channel's N states in registers, not
+ *    one thread per (channel, state): y_t[d] = sum_n h[d,n] C[n] is then a sequential sum inside
+ *    the thread (the CPU's order, no shuffles), B[n] and C[n] are the same addresses for the N
  *    channels of a head (broadcast loads), and dt, u, ys are read and written coalesced over
- *    channels. The price is parallelism (B * Di threads, times the chunks of T in the forward
- *    and the backward), and N registers per array (hence d_state <= 64).
+ *    channels. The price is parallelism (B * Di threads, times the chunks of T in the forward and
+ *    the backward), and N registers per array (hence d_state <= 64).
  *  - forward: m1_prep_fwd (elementwise over [BT, Di]: dt_proj bias (twice for m2), softplus, the
  *    causal depthwise conv from zxbc's x columns (x_rep) and, for a continued prefill, the conv
  *    window of the state, silu) then the scan: ys, the gated ys * silu(z) for out_proj, the state
@@ -29,22 +29,21 @@
  *    exp(A sum dt) start_c + local_c, the exact linear recurrence, into hb), then m1_scan_fwd
  *    per chunk from hb. Twice the exp work, but B * Di * nch threads instead of B * Di: a
  *    prefill of one sequence (B * Di = 4096 for Apriel-H1) would otherwise fill a few SMs.
- *  - backward: m1_gate_fwd/m1_gate_bwd (out_proj's input and the gate's adjoint), then the
- *    reverse scan, parallel over chunks: the adjoint of the state, dh, obeys its own linear
- *    recurrence dh_{t-1} = (dh_t + dys_t C_t) a_t, which needs no states, so m1_bwd_local (each
- *    chunk from dh = 0) and m1_bwd_carry (over chunk ends, last first: exp(A sum dt) dh + local)
- *    give every chunk its dh at its end; then m1_scan_bwd, per chunk (in waves of chunks, to
- *    bound the scratch), recomputes the chunk's states from the saved chunk start into a scratch
- *    [B, wave, L, N, Di] (coalesced over channels) with the forward's step, and runs the reverse
- *    recurrence with dh, dA in registers. Sums over channels (dC over a head's
- *    N channels, dB over a group's rep*N channels) go through shared memory: each thread writes
- *    its 2N contributions, one barrier, then one thread per output sums them in channel order,
- *    a second barrier; a block is whole x/B groups, so no atomics and the result does not depend
- *    on the thread order (the column sums m1_colsum, m1_conv_bwd_w use atomics only past 4096
- *    rows, to split them over blocks). dA, dD sum over t in registers and over the batch and
- *    the chunks in m1_reduce_dA (per-(sequence, chunk) partials: deterministic). softplus' and silu' are
- *    applied on the way out (ddt = dv, du = dcpre), m1_colsum makes the dt bias gradient,
- *    m1_conv_bwd_w/x the conv.
+ *  - backward: m1_gate_fwd/m1_gate_bwd (out_proj's input and the gate's adjoint), then the reverse
+ *    scan, parallel over chunks: the adjoint of the state, dh, obeys its own linear recurrence
+ *    dh_{t-1} = (dh_t + dys_t C_t) a_t, which needs no states, so m1_bwd_local (each chunk from dh
+ *    = 0) and m1_bwd_carry (over chunk ends, last first: exp(A sum dt) dh + local) give every chunk
+ *    its dh at its end; then m1_scan_bwd, per chunk (in waves of chunks, to bound the scratch),
+ *    recomputes the chunk's states from the saved chunk start into a scratch [B, wave, L, N, Di]
+ *    (coalesced over channels) with the forward's step, and runs the reverse recurrence with dh, dA
+ *    in registers. Sums over channels (dC over a head's N channels, dB over a group's rep*N
+ *    channels) go through shared memory: each thread writes its 2N contributions, one barrier, then
+ *    one thread per output sums them in channel order, a second barrier; a block is whole x/B
+ *    groups, so no atomics and the result does not depend on the thread order (the column sums
+ *    m1_colsum, m1_conv_bwd_w use atomics only past 4096 rows, to split them over blocks). dA, dD
+ *    sum over t in registers and over the batch and the chunks in m1_reduce_dA (per-(sequence,
+ *    chunk) partials: deterministic). softplus' and silu' are applied on the way out (ddt = dv, du
+ *    = dcpre), m1_colsum makes the dt bias gradient, m1_conv_bwd_w/x the conv.
  *  - decode: one kernel per step, one thread per (sequence, channel): conv window shift in the
  *    state, conv, softplus, scan step on the state in place ([Di, N] channel-major: each thread
  *    owns N contiguous floats), D skip, gate.
