@@ -260,8 +260,9 @@ extern "C" __launch_bounds__(128) __global__ void dn_chunk_fwd(
 
 /* The backward of the recurrence. grid (pairs in this wave, ceil(n/bv)), pair bh = bh0 +
  * blockIdx.x; dynamic shared memory (n bv + 2 n + 6 bv) floats. Sscr: per block
- * (min(chunk, T) + 1) n bv floats. dQp, dKp: [nslab][B*T, C] per-slab parts of dq, dk; dV [B*T, C] written; dBp, dGp:
- * [nslab][B*T, H] per-slab parts of dbeta and of dg (the latter already times the decay a). */
+ * (min(chunk, T) + 1) n bv floats. dQp, dKp: [nslab][B*T, C] per-slab parts of dq, dk; dV
+ * [B*T, C] written; dBp, dGp: [nslab][B*T, H] per-slab parts of dbeta and of dg (the latter
+ * already times the decay a). */
 extern "C" __launch_bounds__(128) __global__ void dn_chunk_bwd(
     const float *Qn, const float *Kn, const float *Vn, const float *Bl, const float *Al,
     const float *A_log, const float *dt_bias, const float *dO, const float *CHK, float *Sscr,
@@ -392,13 +393,20 @@ extern "C" __launch_bounds__(128) __global__ void dn_norm_gate_bwd(
     for (int i = threadIdx.x; i < n; i += blockDim.x) dO[off + i] = rs * dO[off + i] - k3 * O[off + i];
 }
 
-/* dst[c] += sum_r src[r cols + c]; one thread per column */
-extern "C" __global__ void dn_colsum(const float *src, float *dst, long long rows, int cols) {
+/* Column sums in two deterministic passes (no atomics): grid (ceil(cols/blockDim), nparts), block
+ * y sums rows [y rpb, (y+1) rpb) of column c; acc = 0: written to dst[y cols + c] (the partial
+ * sums), acc = 1: added to dst[c] (then gridDim.y == 1). */
+extern "C" __global__ void dn_colsum(const float *src, float *dst, long long rows, int cols,
+                                     long long rpb, int acc) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cols) return;
-    float acc = 0.0f;
-    for (long long r = 0; r < rows; r++) acc += src[r * cols + c];
-    dst[c] += acc;
+    const long long r0 = blockIdx.y * rpb, r1 = r0 + rpb < rows ? r0 + rpb : rows;
+    float s = 0.0f;
+    for (long long r = r0; r < r1; r++) s += src[r * cols + c];
+    if (acc)
+        dst[c] += s;
+    else
+        dst[(long long)blockIdx.y * cols + c] = s;
 }
 
 /* i over B*T*H: dbeta and dg summed over the slabs; dBl = dbeta beta (1 - beta); gated:

@@ -712,6 +712,27 @@ static int dn_cu_launch(dn *m, const hyb_backend *be, int k, unsigned gx, unsign
     return be->launch(be, m->cu_fn[k], DN_KNAMES[k], grid, block, smem, args);
 }
 
+/* dst[c] += sum_r src[r cols + c] (src [rows, cols]): partial sums over row blocks into tmp
+ * (>= 64 cols floats), then their sum; deterministic */
+static int dn_cu_colsum(dn *m, const hyb_backend *be, const float *src, float *dst,
+                        long long rows, int cols, float *tmp) {
+    long long rpb = (rows + 63) / 64;
+    if (rpb < 64) rpb = 64;
+    const unsigned parts = (unsigned)((rows + rpb - 1) / rpb), gx = (unsigned)((cols + 127) / 128);
+    int acc = 0;
+    if (parts <= 1) {
+        acc = 1;
+        void *args[] = {(void *)&src, &dst, &rows, &cols, &rows, &acc};
+        return dn_cu_launch(m, be, DN_K_COLSUM, gx, 1, 1, 128, 0, args);
+    }
+    void *a1[] = {(void *)&src, &tmp, &rows, &cols, &rpb, &acc};
+    HYB_TRY(dn_cu_launch(m, be, DN_K_COLSUM, gx, parts, 1, 128, 0, a1));
+    long long np = parts;
+    acc = 1;
+    void *a2[] = {&tmp, &dst, &np, &cols, &np, &acc};
+    return dn_cu_launch(m, be, DN_K_COLSUM, gx, 1, 1, 128, 0, a2);
+}
+
 /* threads for a per-head kernel (a multiple of 32 covering n, at most 128) */
 static unsigned dn_cu_head_threads(int n) {
     unsigned t = (unsigned)((n + 31) / 32 * 32);
@@ -901,7 +922,9 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
      * dBp dGs [nslab BTH], dBl dAl pA pD [BTH] */
     const size_t nwork = 12 * BTC + 2 * (size_t)nslab * BTC + (2 * (size_t)nslab + 4) * BTH;
     float *work = be->alloc(be, nwork * sizeof(float));
-    float *Sscr = be->alloc(be, (size_t)wave * per_pair);
+    /* Sscr also holds dn_cu_colsum's partial sums (64 max(n, H) floats) outside the recurrence */
+    size_t nscr = (size_t)wave * per_pair, ncol = 64 * (size_t)(n > H ? n : H) * sizeof(float);
+    float *Sscr = be->alloc(be, nscr > ncol ? nscr : ncol);
     int rc = work && Sscr ? HYB_OK : HYB_ERR_NOMEM;
     if (rc != HYB_OK) goto out;
     float *Pre = work, *Post = Pre + 3 * BTC, *Z = Post + 3 * BTC, *dO = Z + BTC, *dGq = dO + BTC,
@@ -937,11 +960,8 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
         rc = dn_cu_launch(m, be, DN_K_NORM_GATE_BWD, (unsigned)BT, (unsigned)H, 1,
                           dn_cu_head_threads(n), 0, args);
     }
-    if (rc == HYB_OK) {
-        long long rows = (long long)BTH;
-        void *args[] = {&Pn, (void *)&G[DN_NORM], &rows, (void *)&n};
-        rc = dn_cu_launch(m, be, DN_K_COLSUM, (unsigned)((n + 127) / 128), 1, 1, 128, 0, args);
-    }
+    if (rc == HYB_OK) /* o_norm's dw: the rows' parts summed (Sscr is free until the recurrence) */
+        rc = dn_cu_colsum(m, be, Pn, G[DN_NORM], (long long)BTH, n, Sscr);
     if (rc == HYB_OK)
         rc = be->sgemm(be, 1, 0, C, D, (int)BT, 1.0f, dGq, C, a->x, D, 1.0f, G[DN_WG], D);
     if (rc == HYB_OK)
@@ -970,13 +990,8 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 0, (int)BT, D, H, 1.0f, dBl, H, P[DN_WB], D, 1.0f, a->dx, D);
     if (DN_GATED) {
-        long long rows = (long long)BT;
-        for (int i = 0; i < 2 && rc == HYB_OK; i++) {
-            float *src = i ? pD : pA;
-            void *args[] = {&src, (void *)&G[i ? DN_DTB : DN_ALOG], &rows, (void *)&H};
-            rc = dn_cu_launch(m, be, DN_K_COLSUM, (unsigned)((H + 127) / 128), 1, 1, 128, 0,
-                              args);
-        }
+        if (rc == HYB_OK) rc = dn_cu_colsum(m, be, pA, G[DN_ALOG], (long long)BT, H, Sscr);
+        if (rc == HYB_OK) rc = dn_cu_colsum(m, be, pD, G[DN_DTB], (long long)BT, H, Sscr);
         if (rc == HYB_OK)
             rc = be->sgemm(be, 1, 0, H, D, (int)BT, 1.0f, dAl, H, a->x, D, 1.0f, G[DN_WA], D);
         if (rc == HYB_OK)
