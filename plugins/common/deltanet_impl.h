@@ -16,6 +16,17 @@
  * saved (forward -> backward): a 64-byte header, then the projections Qr, Kr, Vr, Gp [B*T, C],
  * Bl [B*T, H], (gated) Al [B*T, H], the recurrence output O [B*T, C], and the state at the start
  * of every chunk [B, H, ceil(T/chunk), n, n]; everything else is recomputed by backward.
+ *
+ * Devices: kernels[HYB_DEV_CPU] = dn_forward / dn_backward / dn_decode (plain C + OpenMP, the
+ * recurrence in deltanet_core.h); kernels[HYB_DEV_CUDA] = dn_forward_cuda / dn_backward_cuda /
+ * dn_decode_cuda (section "CUDA" below; the kernels and their design are in
+ * plugins/common/deltanet.cu, embedded at build time and compiled by NVRTC through be->kernel).
+ * Both keep the saved block and the decode state in the layouts above (a state is the same bytes
+ * on either device, so snapshots stay byte copies) and agree to f32 rounding (tests/test_mixers
+ * compares them on the emulated device, HYB_CUDA_EMULATE=1). The CUDA path differs only in
+ * order of operations: the forward splits a chunk into sub-chunks when the shared memory asks
+ * for it (checkpoints stay at chunk starts), the UT solve works on v_new directly (no W), and
+ * the backward's sums over value columns are per-slab partials added afterwards.
  */
 #ifndef HYB_PLUGIN_DELTANET_IMPL_H
 #define HYB_PLUGIN_DELTANET_IMPL_H
