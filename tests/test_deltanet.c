@@ -7,6 +7,8 @@
  *  - a longer sequence on the threaded path: prefill + decode, and a directional derivative
  *  - DIL init from an `mha` mixer copies exactly (GQA heads repeated), and shape mismatches fail
  *  - config errors name file:line:col and the key
+ *  - the device kernels (every backend that opens; HYB_CUDA_EMULATE=1 for the emulated CUDA)
+ *    against the CPU on a ragged value slab and on sub-chunked chunks
  *  - in a model (mha + deltanet + gated_deltanet layers): prefill + batched decode equals the
  *    forward, a training backward reaches the mixers, and a DIL swap of an attention layer
  *    starts as an identity mixer (zero output gate): logits equal the leave-one-out model's
@@ -329,8 +331,38 @@ static void test_hybrid_model(void) {
     }
 }
 
+/* ---- device kernels on shapes the shared harness row does not reach ---------------------------
+ * test_mixers' row (head_dim 8, chunk 4) runs the CUDA kernels with two full value slabs and
+ * whole chunks. Here: head_dim 5 (slabs of 2 columns: a ragged last slab) with a chunk of 3, and
+ * head_dim 64 with chunk 64 (the forward splits each chunk into sub-chunks that fit its shared
+ * memory; T = 70 crosses a chunk). Every device that opens (HYB_CUDA_EMULATE=1: the emulated
+ * one) against the CPU, forward / backward / prefill / decode at T = 5, 37, 70. Weights of
+ * head_dim 64 are scaled by 0.2, not 0.3: at 0.3 the two devices' dx differ by up to 1.2e-5
+ * (max rel) however the device orders its sums (sub-chunks of 1, 7 or 34 tokens: the same), so
+ * that is f32 conditioning (the L2-norm backward removes most of dq, dk), not a kernel error. */
+
+static void test_device_shapes(void) {
+    static const struct {
+        int D;
+        const char *toml;
+        float scale;
+    } SH[2] = {{12, "n_heads = 3\nhead_dim = 5\nconv_size = 3\nchunk = 3\n", 0.3f},
+               {32, "n_heads = 2\nhead_dim = 64\nchunk = 64\n", 0.2f}};
+    for (int gated = 0; gated < 2; gated++)
+        for (int i = 0; i < 2; i++) {
+            mh_inst I;
+            printf("   %s, D = %d, %s\n", TYPES[gated], SH[i].D, SH[i].toml);
+            if (inst_new(&I, TYPES[gated], SH[i].D, SH[i].toml, 31 + i, SH[i].scale) == 0) {
+                mh_case c = mh_default_case(TYPES[gated], SH[i].D, SH[i].toml);
+                mh_check_backends(&c, &I);
+            }
+            mh_inst_free(&I);
+        }
+}
+
 int main(void) {
     if (mh_require("deltanet", "gated_deltanet", "mha", NULL)) return 1;
+    RUN(test_device_shapes);
     RUN(test_chunk_sizes);
     RUN(test_long_sequence);
     RUN(test_init_from_mha);
