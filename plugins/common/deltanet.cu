@@ -69,24 +69,34 @@ __device__ __forceinline__ float dn_gate(const float *Al, const float *A_log, co
     return Al ? -expf(A_log[h]) * dn_softplus(Al[r * H + h] + dt_bias[h]) : 0.0f;
 }
 
-/* tab (device, u64): [B] base of S per sequence (the state, or scratch), [B] base of the conv
- * windows in the state (0: no state), [B] 1 when the sequence continues its state. */
+/* The sequences of one launch that has decode states, passed by value (kernel parameter space:
+ * no upload, so a prefill or decode step never waits for a copy): sequence b = b0 + i of B,
+ * i < nb <= DN_SEQS (the host launches larger batches in groups). deltanet_impl.h has the same
+ * struct (dn_cu_seqs). */
+#define DN_SEQS 64
+struct dn_seqs {
+    unsigned long long S[DN_SEQS]; /* S [H, n, n] of the state */
+    unsigned long long W[DN_SEQS]; /* its conv windows [3][C][K-1] */
+    int cont[DN_SEQS];             /* 1: continue the state (pos > 0), 0: start from zeros */
+    int b0, nb;                    /* nb == 0: no states (all B sequences, zero windows) */
+};
 
-/* grid (B*T, H, 3), block: threads over the head's n channels. raw: [3][B*T, C] (Qr, Kr, Vr
- * consecutive, as in the saved block); w: the three conv weights [C, K]; post: [3][B*T, C];
- * pre: [3][B*T, C] or NULL. */
+/* grid (rows, H, 3): rows b0 T .. (b0 + nb) T - 1 (nb == 0: all B T), block: threads over the
+ * head's n channels. raw: [3][B*T, C] (Qr, Kr, Vr consecutive, as in the saved block); w: the
+ * three conv weights [C, K]; post: [3][B*T, C]; pre: [3][B*T, C] or NULL. */
 extern "C" __launch_bounds__(128) __global__ void dn_conv_act(
     const float *raw, const float *wq, const float *wk, const float *wv, float *post, float *pre,
-    const unsigned long long *tab, int B, int T, int H, int n, int K, float qscale) {
+    const dn_seqs sq, int B, int T, int H, int n, int K, float qscale) {
     __shared__ float red[32];
     const int s = blockIdx.z, h = blockIdx.y;
-    const long long r = blockIdx.x, BT = (long long)B * T, C = (long long)H * n;
-    const int b = (int)(r / T), t = (int)(r % T), W = K - 1;
+    const long long r = (long long)sq.b0 * T + blockIdx.x, BT = (long long)B * T,
+                    C = (long long)H * n;
+    const int b = (int)(r / T), t = (int)(r % T), W = K - 1, bl = b - sq.b0;
     const float *xr = raw + s * BT * C + (long long)b * T * C;
     const float *wc = s == 0 ? wq : s == 1 ? wk : wv;
     const float *win = nullptr;
-    if (tab && tab[2 * B + b] && tab[B + b])
-        win = (const float *)(size_t)tab[B + b] + (long long)s * C * W;
+    if (bl < sq.nb && sq.cont[bl] && sq.W[bl])
+        win = (const float *)(size_t)sq.W[bl] + (long long)s * C * W;
     float *po = post + s * BT * C + r * C + (long long)h * n;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -108,19 +118,18 @@ extern "C" __launch_bounds__(128) __global__ void dn_conv_act(
     for (int i = threadIdx.x; i < n; i += blockDim.x) po[i] *= rs;
 }
 
-/* the new windows [3][C][K-1] of each state after T raw inputs; one thread per (b, s, channel),
- * in place (entry i reads old entry i + T > i before it is written) */
-extern "C" __global__ void dn_window(const float *raw, const unsigned long long *tab, int B, int T,
-                                     int C, int K) {
+/* the new windows [3][C][K-1] of the launch's states after T raw inputs; one thread per (b, s,
+ * channel), in place (entry i reads old entry i + T > i before it is written) */
+extern "C" __global__ void dn_window(const float *raw, const dn_seqs sq, int B, int T, int C,
+                                     int K) {
     const int W = K - 1;
     const long long BT = (long long)B * T;
-    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < (long long)B * 3 * C;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < (long long)sq.nb * 3 * C;
          e += (long long)gridDim.x * blockDim.x) {
-        const int b = (int)(e / (3LL * C)), s = (int)(e / C % 3);
+        const int bl = (int)(e / (3LL * C)), b = sq.b0 + bl, s = (int)(e / C % 3);
         const long long c = e % C;
-        if (!tab[B + b]) continue;
-        float *win = (float *)(size_t)tab[B + b] + (long long)s * C * W + c * W;
-        const int cont = tab[2 * B + b] != 0;
+        float *win = (float *)(size_t)sq.W[bl] + (long long)s * C * W + c * W;
+        const int cont = sq.cont[bl];
         const float *xr = raw + s * BT * C + (long long)b * T * C;
         for (int i = 0; i < W; i++) {
             const int tau = T - W + i;
@@ -145,22 +154,24 @@ extern "C" __launch_bounds__(128) __global__ void dn_norm_gate(const float *O, c
     }
 }
 
-/* The chunked forward. grid (B*H, ceil(n/bv)); dynamic shared memory
- * (n bv + 2 cc n + 3 cc bv + 2 cc cc + 4 cc) floats. Qn, Kn, Vn, O: [B*T, C]; Bl, Al: [B*T, H]
- * (Al nullptr: no gating); CHK: [B, H, nch, n, n] or NULL. */
+/* The chunked forward. grid (sequences x H, ceil(n/bv)): Sall non-NULL: all B sequences, S of
+ * sequence b at Sall + b H n n starting from zeros (training, no states); else the nb sequences
+ * of sq. Dynamic shared memory (n bv + 2 cc n + 3 cc bv + 2 cc cc + 4 cc) floats. Qn, Kn, Vn, O:
+ * [B*T, C]; Bl, Al: [B*T, H] (Al NULL: no gating); CHK: [B, H, nch, n, n] or NULL. */
 extern "C" __launch_bounds__(128) __global__ void dn_chunk_fwd(
     const float *Qn, const float *Kn, const float *Vn, const float *Bl, const float *Al,
-    const float *A_log, const float *dt_bias, float *O, float *CHK, const unsigned long long *tab,
+    const float *A_log, const float *dt_bias, float *O, float *CHK, float *Sall, const dn_seqs sq,
     int B, int T, int H, int n, int bv, int cc, int chunk, int nch) {
     extern __shared__ float dn_smem[];
-    const int bh = blockIdx.x, b = bh / H, h = bh % H, j0 = blockIdx.y * bv;
+    const int bl = blockIdx.x / H, h = blockIdx.x % H, b = (Sall ? 0 : sq.b0) + bl,
+              bh = b * H + h, j0 = blockIdx.y * bv;
     const int wcols = n - j0 < bv ? n - j0 : bv, tid = threadIdx.x, NT = blockDim.x;
     const long long C = (long long)H * n, nn = (long long)n * n;
     float *S = dn_smem, *Kc = S + n * bv, *Qc = Kc + cc * n, *V = Qc + cc * n, *KS = V + cc * bv,
           *QS = KS + cc * bv, *A = QS + cc * bv, *QK = A + cc * cc, *Gam = QK + cc * cc,
           *Bt = Gam + cc, *eG = Bt + cc, *dL = eG + cc;
-    float *Sg = (float *)(size_t)tab[b] + (long long)h * nn;
-    const int cont = tab[2 * B + b] != 0;
+    float *Sg = Sall ? Sall + (long long)bh * nn : (float *)(size_t)sq.S[bl] + (long long)h * nn;
+    const int cont = Sall ? 0 : sq.cont[bl];
     for (int e = tid; e < n * bv; e += NT) {
         const int m = e / bv, jj = e % bv;
         S[e] = cont && jj < wcols ? Sg[(long long)m * n + j0 + jj] : 0.0f;

@@ -680,11 +680,11 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
  * arithmetic on them; GEMMs go through be->sgemm exactly as on the CPU, everything else is a
  * kernel of plugins/common/deltanet.cu (its header comment has the design), launched through
  * be->kernel / be->launch on the backend's stream. Host memory crosses only by be->upload /
- * be->download: the saved block's header, and a small table per call of each sequence's state
- * pointers and whether it continues (pos and states are host arrays). The saved block and the
- * state have the CPU's layouts (a CPU-written saved block is not readable here and vice versa
- * only because they live on different devices). Shapes that no launch can cover (shared memory
- * or grid limits) are HYB_ERR_UNSUPPORTED naming the mixer, the op and the shape. */
+ * be->download of the saved block's header (training); the states' pointers and whether each
+ * continues (states and pos are host arrays) go to the kernels by value (dn_cu_seqs, up to 64
+ * sequences a launch), so a prefill or decode step never waits for a copy. The saved block and
+ * the state have the CPU's layouts. Shapes that no launch can cover (shared memory or grid
+ * limits) are HYB_ERR_UNSUPPORTED naming the mixer, the op and the shape. */
 
 #include "hyb_plugin_cu.h" /* hyb_cu_deltanet_cu: plugins/common/deltanet.cu, embedded */
 
@@ -708,6 +708,13 @@ static const char *const DN_KNAMES[DN_K_COUNT] = {
     "dn_act_bwd",       "dn_conv_bwd_x",    "dn_conv_bwd_w",
 };
 #define DN_CU_SMEM 49152                   /* shared memory per block without an opt-in */
+#define DN_CU_SEQS 64 /* sequences per launch with states: DN_SEQS of deltanet.cu */
+/* struct dn_seqs of deltanet.cu (a kernel argument by value): the same layout */
+typedef struct dn_cu_seqs {
+    uint64_t S[DN_CU_SEQS], W[DN_CU_SEQS];
+    int32_t cont[DN_CU_SEQS];
+    int32_t b0, nb;
+} dn_cu_seqs;
 #define DN_CU_SCRATCH ((size_t)64 << 20)    /* recomputed states of one backward wave, bytes */
 
 static int dn_cu_launch(dn *m, const hyb_backend *be, int k, unsigned gx, unsigned gy, unsigned gz,
@@ -831,21 +838,11 @@ static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x,
           *O = Al + (DN_GATED ? BT * H : 0), *CHK = O + BT * C;
     const size_t nwork = 3 * BT * C + (states ? 0 : (size_t)B * H * nn);
     float *work = be->alloc(be, nwork * sizeof(float));
-    uint64_t *tab = be->alloc(be, 3 * (size_t)B * sizeof(uint64_t));
-    uint64_t *htab = H_->alloc(3 * (size_t)B * sizeof(uint64_t));
-    if (!work || !tab || !htab) {
+    if (!work) {
         rc = HYB_ERR_NOMEM;
         goto out;
     }
-    float *Qn = work, *Sall = work + 3 * BT * C;
-    for (int b = 0; b < B; b++) { /* pointers into device memory: arithmetic only */
-        const int p0 = pos ? pos[b] : 0;
-        htab[b] = states ? (uint64_t)(uintptr_t)states[b]
-                         : (uint64_t)(uintptr_t)(Sall + (size_t)b * H * nn);
-        htab[B + b] = states ? (uint64_t)(uintptr_t)((float *)states[b] + (size_t)H * nn) : 0;
-        htab[2 * B + b] = states && p0 > 0;
-    }
-    rc = be->upload(be, tab, htab, 3 * (size_t)B * sizeof(uint64_t));
+    float *Qn = work, *Kn = Qn + BT * C, *Vn = Kn + BT * C, *Sall = states ? NULL : Vn + BT * C;
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WQ], Qr, (int)BT, D, C);
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WK], Kr, (int)BT, D, C);
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WV], Vr, (int)BT, D, C);
@@ -856,24 +853,38 @@ static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x,
     const float *Alp = DN_GATED ? Al : NULL, *alog = DN_GATED ? P[DN_ALOG] : NULL,
                 *dtb = DN_GATED ? P[DN_DTB] : NULL;
     float *chk = saved ? CHK : NULL;
-    if (rc == HYB_OK) {
-        void *args[] = {&Qr, (void *)&P[DN_CQ], (void *)&P[DN_CK], (void *)&P[DN_CV], &Qn, &nul,
-                        &tab, &B, &T, (void *)&H, (void *)&n, (void *)&K, &qs};
-        rc = dn_cu_launch(m, be, DN_K_CONV_ACT, (unsigned)BT, (unsigned)H, 3,
-                          dn_cu_head_threads(n), 0, args);
-    }
-    if (rc == HYB_OK && states && K > 1) { /* after the conv read the old windows */
-        void *args[] = {&Qr, &tab, &B, &T, (void *)&C, (void *)&K};
-        rc = dn_cu_launch(m, be, DN_K_WINDOW, dn_cu_blocks((int64_t)B * 3 * C), 1, 1, 128, 0,
-                          args);
-    }
-    if (rc == HYB_OK) {
-        float *Kn = Qn + BT * C, *Vn = Kn + BT * C;
-        void *args[] = {&Qn, &Kn, &Vn, &Bl, (void *)&Alp, (void *)&alog, (void *)&dtb, &O, &chk,
-                        &tab, &B, &T, (void *)&H, (void *)&n, &sh.bv, &sh.cc,
-                        (void *)&chunk, (void *)&nch};
-        rc = dn_cu_launch(m, be, DN_K_CHUNK_FWD, (unsigned)(B * H), (unsigned)sh.nslab, 1,
-                          (unsigned)sh.nt, sh.smem_f, args);
+    /* without states one launch of each over all B; with states groups of DN_CU_SEQS sequences */
+    for (int b0 = 0; rc == HYB_OK && b0 < B; b0 += DN_CU_SEQS) {
+        dn_cu_seqs sq;
+        memset(&sq, 0, sizeof sq);
+        sq.b0 = b0;
+        sq.nb = !states ? 0 : B - b0 < DN_CU_SEQS ? B - b0 : DN_CU_SEQS;
+        for (int i = 0; i < sq.nb; i++) { /* device pointers: arithmetic only */
+            float *st = states[b0 + i];
+            sq.S[i] = (uint64_t)(uintptr_t)st;
+            sq.W[i] = (uint64_t)(uintptr_t)(st + (size_t)H * nn);
+            sq.cont[i] = pos && pos[b0 + i] > 0;
+        }
+        const int nb = states ? sq.nb : B;
+        {
+            void *args[] = {&Qr, (void *)&P[DN_CQ], (void *)&P[DN_CK], (void *)&P[DN_CV], &Qn,
+                            &nul, &sq, &B, &T, (void *)&H, (void *)&n, (void *)&K, &qs};
+            rc = dn_cu_launch(m, be, DN_K_CONV_ACT, (unsigned)((size_t)nb * T), (unsigned)H, 3,
+                              dn_cu_head_threads(n), 0, args);
+        }
+        if (rc == HYB_OK && states && K > 1) { /* after the conv read the old windows */
+            void *args[] = {&Qr, &sq, &B, &T, (void *)&C, (void *)&K};
+            rc = dn_cu_launch(m, be, DN_K_WINDOW, dn_cu_blocks((int64_t)nb * 3 * C), 1, 1, 128, 0,
+                              args);
+        }
+        if (rc == HYB_OK) {
+            void *args[] = {&Qn, &Kn, &Vn, &Bl, (void *)&Alp, (void *)&alog, (void *)&dtb, &O,
+                            &chk, &Sall, &sq, &B, &T, (void *)&H, (void *)&n, &sh.bv, &sh.cc,
+                            (void *)&chunk, (void *)&nch};
+            rc = dn_cu_launch(m, be, DN_K_CHUNK_FWD, (unsigned)(nb * H), (unsigned)sh.nslab, 1,
+                              (unsigned)sh.nt, sh.smem_f, args);
+        }
+        if (!states) break;
     }
     if (rc == HYB_OK) { /* Z into Qn (no longer needed) */
         void *args[] = {&O, &Gp, (void *)&P[DN_NORM], &Qn, (void *)&H, (void *)&n, &m->eps};
@@ -882,8 +893,6 @@ static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x,
     }
     if (rc == HYB_OK) rc = dn_linear(be, Qn, P[DN_WO], y, (int)BT, C, D);
 out:
-    H_->free(htab);
-    if (tab) be->free(be, tab);
     if (work) be->free(be, work);
     if (tmp) be->free(be, tmp);
     return rc;
@@ -945,11 +954,12 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     float qs = 1.0f / sqrtf((float)n);
     const float *Alp = DN_GATED ? Al : NULL, *alog = DN_GATED ? P[DN_ALOG] : NULL,
                 *dtb = DN_GATED ? P[DN_DTB] : NULL;
-    const uint64_t *notab = NULL;
+    dn_cu_seqs nosq; /* no states: zero windows */
+    memset(&nosq, 0, sizeof nosq);
     /* recompute the activations (whole sequences: no windows) */
     {
         void *args[] = {(void *)&Qr, (void *)&P[DN_CQ], (void *)&P[DN_CK], (void *)&P[DN_CV],
-                        &Post, &Pre, (void *)&notab, &B, &T, (void *)&H, (void *)&n, (void *)&K,
+                        &Post, &Pre, &nosq, &B, &T, (void *)&H, (void *)&n, (void *)&K,
                         &qs};
         rc = dn_cu_launch(m, be, DN_K_CONV_ACT, (unsigned)BT, (unsigned)H, 3,
                           dn_cu_head_threads(n), 0, args);
