@@ -36,13 +36,21 @@
  *
  * dn_chunk_bwd: the CPU's backward (deltanet_core.h dn_core_backward) per slab: chunks in
  * reverse; the states inside a chunk are recomputed token by token from the saved checkpoint into
- * a global scratch [(chunk+1), n, bv] per block (the host launches the (sequence, head) pairs in
- * waves so that scratch stays bounded), then the tokens are reversed with dS [n, bv] in shared
- * memory. Column-local results (dv) are written; the sums over columns (dq, dk, dbeta, dg) are
- * written per slab and summed by the consumers (dn_act_bwd, dn_beta_gate_bwd).
+ * a global scratch [min(chunk, T) + 1, n, bv] per block (the host launches the (sequence, head)
+ * pairs in waves so that scratch stays bounded), then the tokens are reversed with dS [n, bv] in
+ * shared memory. Column-local results (dv) are written; the sums over columns (dq, dk, dbeta, dg)
+ * are written per slab and summed by the consumers (dn_act_bwd, dn_beta_gate_bwd).
  *
- * Every kernel strides over its elements with blockDim.x (a multiple of 32) threads, so any head
- * size / slab / chunk works; the host picks sizes that keep the shared memory <= 48 KiB.
+ * Sizes (host, dn_cu_plan): bv = min(32, n / 2, 4096 / n) (at least 1: head_dim 8 -> 2 slabs,
+ * 128 -> 4 of 32, 512 -> 64 of 8), threads = n bv / 4 rounded to 32..128, cc = the largest
+ * sub-chunk whose shared memory fits 48 KiB (head_dim 64: 34, 128: 20; no opt-in attribute is
+ * needed). Every kernel strides over its elements with blockDim.x (a multiple of 32) threads, so
+ * any head size / slab / chunk works. States reach the kernels by value (struct dn_seqs): a
+ * decode step uploads nothing and never synchronises.
+ *
+ * Not done yet: bf16/f16 storage (the models are f32), tensor cores for the [cl x n] products
+ * (A, QK, KS, QS are scalar FMA loops), a WY-form chunked backward (the backward is the CPU's
+ * token-recurrent one, parallel over (sequence, head, slab) only).
  */
 
 #define DN_L2_EPS 1e-6f

@@ -715,7 +715,9 @@ typedef struct dn_cu_seqs {
     int32_t cont[DN_CU_SEQS];
     int32_t b0, nb;
 } dn_cu_seqs;
-#define DN_CU_SCRATCH ((size_t)64 << 20)    /* recomputed states of one backward wave, bytes */
+/* recomputed states of one backward wave, bytes: at head_dim 128, chunk 64 (4.3 MB per (sequence,
+ * head)) 60 pairs = 240 blocks, enough to fill an H100 */
+#define DN_CU_SCRATCH ((size_t)256 << 20)
 
 static int dn_cu_launch(dn *m, const hyb_backend *be, int k, unsigned gx, unsigned gy, unsigned gz,
                         unsigned bx, unsigned smem, void **args) {
