@@ -112,7 +112,8 @@ extern "C" __launch_bounds__(128) __global__ void dn_conv_act(
         float acc = 0.0f;
         for (int j = 0; j < K; j++) {
             const int tau = t - W + j;
-            const float xv = tau >= 0 ? xr[(long long)tau * C + c] : (win ? win[c * W + W + tau] : 0.0f);
+            const float xv = tau >= 0 ? xr[(long long)tau * C + c]
+                                      : (win ? win[c * W + W + tau] : 0.0f);
             acc += wc[c * K + j] * xv;
         }
         if (pre) pre[s * BT * C + r * C + c] = acc;
@@ -132,7 +133,8 @@ extern "C" __global__ void dn_window(const float *raw, const dn_seqs sq, int B, 
                                      int K) {
     const int W = K - 1;
     const long long BT = (long long)B * T;
-    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < (long long)sq.nb * 3 * C;
+    const long long tot = (long long)sq.nb * 3 * C;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < tot;
          e += (long long)gridDim.x * blockDim.x) {
         const int bl = (int)(e / (3LL * C)), b = sq.b0 + bl, s = (int)(e / C % 3);
         const long long c = e % C;
@@ -203,7 +205,8 @@ extern "C" __launch_bounds__(128) __global__ void dn_chunk_fwd(
         }
         for (int e = tid; e < cl * bv; e += NT) {
             const int i = e / bv, jj = e % bv;
-            V[e] = jj < wcols ? Vn[((long long)b * T + t0 + i) * C + (long long)h * n + j0 + jj] : 0.0f;
+            const long long row = ((long long)b * T + t0 + i) * C + (long long)h * n;
+            V[e] = jj < wcols ? Vn[row + j0 + jj] : 0.0f;
         }
         for (int i = tid; i < cl; i += NT) {
             const long long r = (long long)b * T + t0 + i;
@@ -314,7 +317,8 @@ extern "C" __launch_bounds__(128) __global__ void dn_chunk_bwd(
             for (int m = tid; m < n; m += NT) k[m] = Kn[ro + m];
             for (int jj = tid; jj < bv; jj += NT) vv[jj] = jj < wcols ? Vn[ro + j0 + jj] : 0.0f;
             __syncthreads();
-            const float be = dn_sigmoid(Bl[r * H + h]), a = Al ? expf(dn_gate(Al, A_log, dt_bias, r, H, h)) : 1.0f;
+            const float be = dn_sigmoid(Bl[r * H + h]),
+                        a = Al ? expf(dn_gate(Al, A_log, dt_bias, r, H, h)) : 1.0f;
             const float *Sp = St + i * nbv;
             float *Sc = St + (i + 1) * nbv;
             for (int jj = tid; jj < bv; jj += NT) {
@@ -328,7 +332,8 @@ extern "C" __launch_bounds__(128) __global__ void dn_chunk_bwd(
         for (int i = cl - 1; i >= 0; i--) {
             const long long r = (long long)b * T + t0 + i, ro = r * C + (long long)h * n;
             const float *Sp = St + i * nbv, *Sc = St + (i + 1) * nbv;
-            const float be = dn_sigmoid(Bl[r * H + h]), a = Al ? expf(dn_gate(Al, A_log, dt_bias, r, H, h)) : 1.0f;
+            const float be = dn_sigmoid(Bl[r * H + h]),
+                        a = Al ? expf(dn_gate(Al, A_log, dt_bias, r, H, h)) : 1.0f;
             __syncthreads();
             for (int m = tid; m < n; m += NT) {
                 k[m] = Kn[ro + m];
@@ -409,7 +414,8 @@ extern "C" __launch_bounds__(128) __global__ void dn_norm_gate_bwd(
     }
     dot = dn_block_sum(dot, red);
     const float k3 = dot * rs * rs * rs / n;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) dO[off + i] = rs * dO[off + i] - k3 * O[off + i];
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        dO[off + i] = rs * dO[off + i] - k3 * O[off + i];
 }
 
 /* Column sums in two deterministic passes (no atomics): grid (ceil(cols/blockDim), nparts), block
