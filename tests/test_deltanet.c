@@ -9,7 +9,7 @@
  *  - config errors name file:line:col and the key
  *  - the device kernels (every backend that opens; HYB_CUDA_EMULATE=1 for the emulated CUDA)
  *    against the CPU on a ragged value slab and on sub-chunked chunks, and through prefills
- *    that continue states (CUDA only)
+ *    that continue states, and a shape too large for the kernels refused by name (CUDA only)
  *  - in a model (mha + deltanet + gated_deltanet layers): prefill + batched decode equals the
  *    forward, a training backward reaches the mixers, and a DIL swap of an attention layer
  *    starts as an identity mixer (zero output gate): logits equal the leave-one-out model's
@@ -457,10 +457,39 @@ static void test_device_continue(void) {
     }
 }
 
+/* ---- a shape the device kernels cannot take -----------------------------------------------------
+ * B * T rows beyond a grid's 2^31 - 1: HYB_ERR_UNSUPPORTED naming the mixer, the op and the shape,
+ * before any memory is touched (x and y are never read: NULL here), not a CPU fallback. */
+static void test_device_unsupported(void) {
+    const hyb_backend *be = NULL;
+    const char *need = getenv("HYB_TEST_REQUIRE_DEVICE");
+    if (hyb_backend_open("cuda", &be) != HYB_OK || !be) {
+        CHECK_MSG(!need || strcmp(need, "cuda") != 0, "HYB_TEST_REQUIRE_DEVICE=cuda: %s",
+                  hyb_error());
+        printf("   skip: %s\n", hyb_error());
+        return;
+    }
+    for (int gated = 0; gated < 2; gated++) {
+        mh_inst I;
+        if (inst_new(&I, TYPES[gated], DD, DEC_TOML[0], 41, 0.3f) == 0) {
+            const hyb_mixer_kernels *k = &I.m->desc->kernels[be->device];
+            hyb_mixer_fwd a = {.B = 65536, .T = 65536, .be = be, .params = I.pp};
+            const int rc = k->forward(I.m->self, &a);
+            const char *e = hyb_error();
+            printf("   %s\n", e);
+            CHECK_MSG(rc == HYB_ERR_UNSUPPORTED && strstr(e, TYPES[gated]) &&
+                          strstr(e, "cuda forward") && strstr(e, "B = 65536, T = 65536"),
+                      "rc %d: %s", rc, e);
+        }
+        mh_inst_free(&I);
+    }
+}
+
 int main(void) {
     if (mh_require("deltanet", "gated_deltanet", "mha", NULL)) return 1;
     RUN(test_device_shapes);
     RUN(test_device_continue);
+    RUN(test_device_unsupported);
     RUN(test_chunk_sizes);
     RUN(test_long_sequence);
     RUN(test_init_from_mha);
