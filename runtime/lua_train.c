@@ -620,6 +620,7 @@ static int trainer_tostring(lua_State *L) {
 
 typedef struct ltok {
     hyb_tokenizer *tok;
+    char *chat_template; /* what came with it (GGUF metadata, tokenizer_config.json), or NULL */
 } ltok;
 
 static ltok *check_tok(lua_State *L, int idx, const char *F) {
@@ -634,6 +635,7 @@ static int l_tokenizer(lua_State *L) {
     const char *path = check_string(L, 1, F, "path");
     ltok *t = (ltok *)lua_newuserdatauv(L, sizeof(ltok), 0);
     t->tok = NULL;
+    t->chat_template = NULL;
     luaL_setmetatable(L, LHYB_TOKENIZER_MT);
     char p[4200];
     if (is_dir(path)) {
@@ -645,6 +647,33 @@ static int l_tokenizer(lua_State *L) {
         t->tok = hyb_tokenizer_load_json(path);
     }
     if (!t->tok) return lhyb_raise_hyb(L, F);
+    t->chat_template = hyb_tokenizer_chat_template(path);
+    return 1;
+}
+
+/* tok:save(dir[, {max_len = n}]): dir/tokenizer.json + dir/tokenizer_config.json (the chat
+ * template that came with the tokenizer, bos/eos, model_max_length = max_len), so a model saved
+ * in dir opens with its tokenizer in hyb generate/chat/serve, hyb.llm and AutoTokenizer. */
+static int tk_save(lua_State *L) {
+    static const char *const allowed[] = {"max_len", NULL};
+    const char *F = "tokenizer:save";
+    ltok *t = check_tok(L, 1, F);
+    const char *dir = check_string(L, 2, F, "dir");
+    lhyb_check_opts(L, 3, F, allowed);
+    lua_Integer max_len = lhyb_opt_field_int(L, 3, F, "max_len", 0, 1 << 30, 0);
+    if (hyb_mkdir_p(dir) != HYB_OK ||
+        hyb_tokenizer_save_hf(t->tok, dir, t->chat_template, (int)max_len) != HYB_OK)
+        return lhyb_raise_hyb(L, F);
+    return 0;
+}
+
+/* tok:chat_template() -> the template string that came with the tokenizer, or nil */
+static int tk_chat_template(lua_State *L) {
+    ltok *t = check_tok(L, 1, "tokenizer:chat_template");
+    if (t->chat_template)
+        lua_pushstring(L, t->chat_template);
+    else
+        lua_pushnil(L);
     return 1;
 }
 
@@ -704,6 +733,8 @@ static int tok_gc(lua_State *L) {
     ltok *t = (ltok *)luaL_checkudata(L, 1, LHYB_TOKENIZER_MT);
     hyb_tokenizer_free(t->tok);
     t->tok = NULL;
+    free(t->chat_template);
+    t->chat_template = NULL;
     return 0;
 }
 static int tok_tostring(lua_State *L) {
@@ -996,6 +1027,7 @@ void lhyb_open_train(lua_State *L) {
     static const luaL_Reg tok_methods[] = {
         {"encode", tk_encode}, {"decode", tk_decode},     {"vocab_size", tk_vocab_size},
         {"eos", tk_eos},       {"identity", tk_identity}, {"close", tok_gc},
+        {"save", tk_save},     {"chat_template", tk_chat_template},
         {NULL, NULL}};
     static const luaL_Reg ds_methods[] = {{"batch", ds_batch},     {"val_batch", ds_val_batch},
                                           {"windows", ds_windows}, {"info", ds_info},

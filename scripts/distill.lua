@@ -407,6 +407,9 @@ for si, name in ipairs(order) do
     end
     mf:close()
     student:save(dir .. "/model")
+    -- the student is a model: its directory carries the tokenizer (and chat template) it was
+    -- distilled with, so hyb generate / chat / serve and hyb.llm open it as it is
+    if tok then tok:save(dir .. "/model") end
     tr:save(final, {stage = name, data_seed = data_seed}) -- last: its presence marks the stage done
     os.remove(ckpt)
     write_svg()
@@ -417,3 +420,11 @@ for si, name in ipairs(order) do
 end
 write_svg()
 print("distillation done: " .. out)
+if prev then
+  local last = prev:gsub("/[^/]*$", "") .. "/model"
+  if tok then
+    print("chat with the student: hyb chat --model " .. last)
+  else
+    print("chat with the student: hyb chat --model " .. last .. " --tokenizer <the teacher's tokenizer>")
+  end
+end

@@ -76,7 +76,7 @@ M.sampling_spec = {
 }
 
 -- The usage text of the options generate and chat share.
-M.common_usage = "[--model PATH] [--temperature T] [--top-k K] [--top-p P]\n" ..
+M.common_usage = "[--model PATH] [--tokenizer PATH] [--temperature T] [--top-k K] [--top-p P]\n" ..
   "         [--repetition-penalty R] [--seed S] [--max-tokens N] [--max-ctx N]\n" ..
   "         [--device cpu|cuda[:N]] [--system TEXT] [--stop STR]... [--verbose]"
 

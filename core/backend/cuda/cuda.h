@@ -144,4 +144,9 @@ int hyb_cuda_sumsq(const float *x, int64_t n, double *out);
 /* x: [n] f32 -> y: [n] bf16 (round to nearest even); and back (exact). */
 int hyb_cuda_f32_to_bf16(const float *x, void *y, int64_t n);
 int hyb_cuda_bf16_to_f32(const void *x, float *y, int64_t n);
+/* ---- CUDA graphs (cuda_graph.c): the backend's graph_* entries (hyb/backend.h) ---- */
+int hyb_cuda_graph_begin(const hyb_backend *be);
+int hyb_cuda_graph_end(const hyb_backend *be, void **graph);
+int hyb_cuda_graph_launch(const hyb_backend *be, void *graph);
+void hyb_cuda_graph_free(const hyb_backend *be, void *graph);
 #endif

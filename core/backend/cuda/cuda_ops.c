@@ -612,6 +612,10 @@ static hyb_backend g_cuda_backend = {
     .scale = be_scale,
     .kernel = be_kernel,
     .launch = be_launch,
+    .graph_begin = hyb_cuda_graph_begin, /* cuda_graph.c */
+    .graph_end = hyb_cuda_graph_end,
+    .graph_launch = hyb_cuda_graph_launch,
+    .graph_free = hyb_cuda_graph_free,
 };
 
 const hyb_backend *hyb_backend_cuda(void) {

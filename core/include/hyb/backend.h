@@ -132,6 +132,22 @@ struct hyb_backend {
      * bytes, and args as cuLaunchKernel takes them (an array of pointers to each argument). */
     int (*launch)(const hyb_backend *be, void *fn, const char *kernel, const unsigned grid[3],
                   const unsigned block[3], unsigned shared_bytes, void **args);
+
+    /* ---- graphs: record a fixed sequence of this backend's work once, replay it (NULL on the
+     * CPU). Between graph_begin and graph_end the entries called on this backend are recorded,
+     * not run (CUDA stream capture); graph_launch replays them with the same pointers and the
+     * same argument values, reading the device buffers as they are at replay time: per-step
+     * inputs go into fixed device buffers (be->upload) before each replay. Not capturable: any
+     * entry that waits for the device (download, the loss and sumsq entries, which return a
+     * host value) and entries that upload host arrays (rope's pos, embedding ids, ce targets:
+     * the upload would replay the capture-time host pointer); one of them makes graph_end fail
+     * with an error naming the cause, and the backend is usable again. Buffers freed during a
+     * capture must not be reused by other work while the graph lives. */
+    int (*graph_begin)(const hyb_backend *be);
+    /* *graph = the instantiated graph (NULL on failure) */
+    int (*graph_end)(const hyb_backend *be, void **graph);
+    int (*graph_launch)(const hyb_backend *be, void *graph);
+    void (*graph_free)(const hyb_backend *be, void *graph);
 };
 
 /* ---- the registry ---- */
