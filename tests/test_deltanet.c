@@ -485,11 +485,80 @@ static void test_device_unsupported(void) {
     }
 }
 
+/* ---- a decode step as a CUDA graph ------------------------------------------------------------
+ * The device decode uploads nothing and never waits (states go to the kernels by value), so it
+ * can be captured (be->graph_begin / graph_end) and replayed: after a prefill of 6 tokens, one
+ * captured decode step replayed 4 times with new inputs in the same device buffer equals 4 CPU
+ * decode steps. */
+static void test_device_graph(void) {
+    const hyb_backend *be = NULL;
+    if (hyb_backend_open("cuda", &be) != HYB_OK || !be || !be->graph_begin) {
+        printf("   skip: %s\n", hyb_error());
+        return;
+    }
+    enum { B = 2, M = 24, T0 = 6, STEPS = 4 };
+    const mh_tol tol = {.rel1 = 1e-5};
+    for (int gated = 0; gated < 2; gated++) {
+        mh_inst I;
+        if (inst_new(&I, TYPES[gated], DD, DEC_TOML[0], 41, 0.3f) != 0) {
+            mh_inst_free(&I);
+            continue;
+        }
+        const hyb_mixer_kernels *k = &I.m->desc->kernels[be->device];
+        const int np = I.m->n_params;
+        const size_t sb = hyb_mixer_state_bytes(I.m, M), nx = (size_t)B * T0 * DD;
+        float *dp[16] = {0}, *xd = be->alloc(be, nx * 4), *yd = be->alloc(be, nx * 4);
+        void *hs[B], *ds[B];
+        for (int i = 0; i < np; i++) {
+            dp[i] = be->alloc(be, (size_t)mh_pnumel(&I, i) * 4);
+            be->upload(be, dp[i], I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
+        }
+        for (int b = 0; b < B; b++) {
+            hs[b] = calloc(1, sb);
+            ds[b] = be->alloc(be, sb);
+            be->memset0(be, ds[b], sb);
+        }
+        hyb_rng r;
+        hyb_rng_seed(&r, 9);
+        float *x = mh_randn(&r, nx, 1.0f), *y0 = malloc(nx * 4), *y1 = malloc(nx * 4);
+        const float *const *cdp = (const float *const *)dp;
+        int32_t pos[B] = {0, 0};
+        CHECK(mh_fwd(&I, B, T0, x, y0, NULL, hs, pos, M) == HYB_OK);
+        be->upload(be, xd, x, nx * 4);
+        hyb_mixer_fwd a = {.B = B, .T = T0, .be = be, .x = xd, .y = yd, .params = cdp,
+                           .states = ds, .pos = pos, .max_ctx = M};
+        CHECK(k->forward(I.m->self, &a) == HYB_OK);
+        pos[0] = pos[1] = T0;
+        hyb_mixer_dec da = {.n = B, .be = be, .x = xd, .y = yd, .params = cdp, .states = ds,
+                            .pos = pos, .max_ctx = M};
+        void *g = NULL;
+        CHECK_MSG(be->graph_begin(be) == HYB_OK, "%s", hyb_error());
+        int rc = k->decode(I.m->self, &da);
+        CHECK_MSG(be->graph_end(be, &g) == HYB_OK && rc == HYB_OK && g, "%s", hyb_error());
+        for (int s = 0; g && s < STEPS; s++) {
+            float *xs = mh_randn(&r, (size_t)B * DD, 1.0f);
+            CHECK(mh_dec(&I, B, xs, y0, hs, pos, M) == HYB_OK);
+            be->upload(be, xd, xs, (size_t)B * DD * 4);
+            CHECK_MSG(be->graph_launch(be, g) == HYB_OK, "%s", hyb_error());
+            be->download(be, y1, yd, (size_t)B * DD * 4);
+            char what[64];
+            snprintf(what, sizeof what, "graph decode step %d", s);
+            mh_compare(what, y1, y0, (long)B * DD, tol);
+            pos[0]++, pos[1]++;
+            free(xs);
+        }
+        if (g) be->graph_free(be, g);
+        free(x), free(y0), free(y1);
+        mh_inst_free(&I);
+    }
+}
+
 int main(void) {
     if (mh_require("deltanet", "gated_deltanet", "mha", NULL)) return 1;
     RUN(test_device_shapes);
     RUN(test_device_continue);
     RUN(test_device_unsupported);
+    RUN(test_device_graph);
     RUN(test_chunk_sizes);
     RUN(test_long_sequence);
     RUN(test_init_from_mha);
