@@ -941,8 +941,10 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     if (wave < 1) wave = 1;
     if (wave > B * H) wave = B * H;
     /* Pre Post [3 BTC], Z, dO, dGq [BTC], Dout [3 BTC], DP [2 nslab BTC], Pn [BTC],
-     * dBp dGs [nslab BTH], dBl dAl pA pD [BTH] */
-    const size_t nwork = 12 * BTC + 2 * (size_t)nslab * BTC + (2 * (size_t)nslab + 4) * BTH;
+     * dBp dGs [nslab BTH], dBl dAl pA pD [BTH]: 3 + 3 + 3 + 3 + 1 = 13 BTC besides DP (12 was one
+     * short: the tail of dGs/pD ran past the block; AddressSanitizer on exact-size emulated
+     * blocks found it) */
+    const size_t nwork = 13 * BTC + 2 * (size_t)nslab * BTC + (2 * (size_t)nslab + 4) * BTH;
     float *work = be->alloc(be, nwork * sizeof(float));
     /* Sscr also holds dn_cu_colsum's partial sums (64 max(n, H) floats) outside the recurrence */
     size_t nscr = (size_t)wave * per_pair, ncol = 64 * (size_t)(n > H ? n : H) * sizeof(float);
