@@ -151,6 +151,44 @@ static void test_rmsnorm(void) {
     free(x), free(w), free(dy), free(y), free(rstd), free(dx), free(dw);
 }
 
+/* fused residual add + rmsnorm: the CPU entry is bit-identical to add then rmsnorm_fwd; CUDA
+ * matches the CPU (h exactly: one f32 add; y and rstd to the f32 tolerance); in place (h = a)
+ * too. D = 576 > the block size and not a multiple of it, D = 7 < one warp. */
+static void test_add_rmsnorm(void) {
+    static const int64_t shapes[2][2] = {{300, 576}, {5, 7}};
+    for (int s = 0; s < 2; s++) {
+        const int64_t rows = shapes[s][0], D = shapes[s][1], n = rows * D;
+        float *a = rnd(n, 3), *b = rnd(n, 2), *w = rnd(D, 1);
+        float *h = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * n);
+        float *rstd = malloc(sizeof(float) * rows), *h2 = malloc(sizeof(float) * n);
+        float *y2 = malloc(sizeof(float) * n), *rstd2 = malloc(sizeof(float) * rows);
+        CHECK(cpu->add_rmsnorm_fwd(cpu, a, b, w, h, y, rstd, rows, D, 1e-5f) == HYB_OK);
+        cpu->add(cpu, a, b, h2, n);
+        cpu->rmsnorm_fwd(cpu, h2, w, y2, rstd2, rows, D, 1e-5f);
+        CHECK(memcmp(h, h2, sizeof(float) * n) == 0 && memcmp(y, y2, sizeof(float) * n) == 0 &&
+              memcmp(rstd, rstd2, sizeof(float) * rows) == 0);
+        float *d_a = to_dev(a, n), *d_b = to_dev(b, n), *d_w = to_dev(w, D);
+        float *d_h = to_dev(h2, n), *d_y = to_dev(y2, n), *d_r = to_dev(rstd2, rows);
+        CHECK_MSG(gpu->add_rmsnorm_fwd(gpu, d_a, d_b, d_w, d_h, d_y, d_r, rows, D, 1e-5f) ==
+                      HYB_OK,
+                  "%s", hyb_error());
+        float *gh = from_dev(d_h, n);
+        CHECK(memcmp(gh, h, sizeof(float) * n) == 0);
+        CHECK_DEV(d_y, y, n, TOL);
+        CHECK_DEV(d_r, rstd, rows, TOL);
+        /* in place: h written over a */
+        d_y = to_dev(y2, n), d_r = to_dev(rstd2, rows);
+        CHECK(gpu->add_rmsnorm_fwd(gpu, d_a, d_b, d_w, d_a, d_y, d_r, rows, D, 1e-5f) == HYB_OK);
+        float *ga = from_dev(d_a, n);
+        CHECK(memcmp(ga, h, sizeof(float) * n) == 0);
+        CHECK_DEV(d_y, y, n, TOL);
+        CHECK_DEV(d_r, rstd, rows, TOL);
+        gpu->free(gpu, d_b), gpu->free(gpu, d_w);
+        free(a), free(b), free(w), free(h), free(y), free(rstd), free(h2), free(y2), free(rstd2);
+        free(gh), free(ga);
+    }
+}
+
 static void test_rope(void) {
     const int B = 2, T = 37, H = 3, hd = 64;
     const int64_t n = (int64_t)B * T * H * hd;
@@ -444,6 +482,7 @@ int main(void) {
     RUN(test_swiglu);
     RUN(test_embedding);
     RUN(test_rmsnorm);
+    RUN(test_add_rmsnorm);
     RUN(test_rope);
     RUN(test_softmax);
     RUN(test_cross_entropy);

@@ -126,6 +126,19 @@ static int mock_rmsnorm_fwd(const hyb_backend *be, const float *x, const float *
     const hyb_backend *c = hyb_backend_cpu();
     return c->rmsnorm_fwd(c, x, w, y, rstd, rows, D, eps);
 }
+static int mock_add_rmsnorm_fwd(const hyb_backend *be, const float *a, const float *b,
+                                const float *w, float *h, float *y, float *rstd, int64_t rows,
+                                int64_t D, float eps) {
+    (void)be;
+    g_calls[2]++;
+    own(a, "add_rmsnorm a");
+    own(b, "add_rmsnorm b");
+    own(w, "add_rmsnorm w");
+    own(h, "add_rmsnorm h");
+    own(y, "add_rmsnorm y");
+    const hyb_backend *c = hyb_backend_cpu();
+    return c->add_rmsnorm_fwd(c, a, b, w, h, y, rstd, rows, D, eps);
+}
 static int mock_adamw(const hyb_backend *be, float *p, const float *g, float *m, float *v,
                       int64_t n, float b1, float b2, float eps, float shrink, float step,
                       float ibc2) {
@@ -171,6 +184,7 @@ static void mock_init(void) {
     MOCK.sgemm = mock_sgemm;
     MOCK.rope = mock_rope;
     MOCK.rmsnorm_fwd = mock_rmsnorm_fwd;
+    MOCK.add_rmsnorm_fwd = mock_add_rmsnorm_fwd;
     MOCK.adamw = mock_adamw;
     MOCK.ce_fwd = mock_ce_fwd;
     CHECK(hyb_backend_add_provider(&MOCK_PROVIDER) == HYB_OK);

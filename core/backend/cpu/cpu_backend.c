@@ -56,6 +56,10 @@ CPU_ENTRY(rmsnorm_fwd,
           (const hyb_backend *be, const float *x, const float *w, float *y, float *rstd,
            int64_t rows, int64_t D, float eps),
           (x, w, y, rstd, rows, D, eps))
+CPU_ENTRY(add_rmsnorm_fwd,
+          (const hyb_backend *be, const float *a, const float *b, const float *w, float *h,
+           float *y, float *rstd, int64_t rows, int64_t D, float eps),
+          (a, b, w, h, y, rstd, rows, D, eps))
 CPU_ENTRY(rmsnorm_bwd,
           (const hyb_backend *be, const float *x, const float *w, const float *rstd,
            const float *dy, float *dx, float *dw, int64_t rows, int64_t D),
@@ -131,6 +135,7 @@ static const hyb_backend CPU_BACKEND = {
     .embedding_fwd = cpu_embedding_fwd,
     .embedding_bwd = cpu_embedding_bwd,
     .rmsnorm_fwd = cpu_rmsnorm_fwd,
+    .add_rmsnorm_fwd = cpu_add_rmsnorm_fwd,
     .rmsnorm_bwd = cpu_rmsnorm_bwd,
     .swiglu_fwd = cpu_swiglu_fwd,
     .swiglu_bwd = cpu_swiglu_bwd,

@@ -334,6 +334,15 @@ int hyb_cuda_rmsnorm_fwd(const float *x, const float *w, float *y, float *rstd, 
     LAUNCH("hyb_rmsnorm_fwd", (unsigned)rows, 1, BLOCK, &x, &w, &y, &rstd, &rows, &D, &eps);
     return HYB_OK;
 }
+int hyb_cuda_add_rmsnorm_fwd(const float *a, const float *b, const float *w, float *h, float *y,
+                             float *rstd, int64_t rows, int64_t D, float eps) {
+    if (rows <= 0) return HYB_OK;
+    HYB_TRY(rows_ok("add_rmsnorm_fwd", rows));
+    GET("rows.cu", "hyb_add_rmsnorm_fwd");
+    LAUNCH("hyb_add_rmsnorm_fwd", (unsigned)rows, 1, BLOCK, &a, &b, &w, &h, &y, &rstd, &rows, &D,
+           &eps);
+    return HYB_OK;
+}
 int hyb_cuda_rmsnorm_bwd(const float *x, const float *w, const float *rstd, const float *dy,
                          float *dx, float *dw, int64_t rows, int64_t D) {
     if (rows <= 0) return HYB_OK;
@@ -519,6 +528,11 @@ CUDA_ENTRY(rmsnorm_fwd,
            (const hyb_backend *be, const float *x, const float *w, float *y, float *rstd,
             int64_t rows, int64_t D, float eps),
            (x, w, y, rstd, rows, D, eps), "rmsnorm_fwd [%lld, %lld]", (long long)rows, (long long)D)
+CUDA_ENTRY(add_rmsnorm_fwd,
+           (const hyb_backend *be, const float *a, const float *b, const float *w, float *h,
+            float *y, float *rstd, int64_t rows, int64_t D, float eps),
+           (a, b, w, h, y, rstd, rows, D, eps), "add_rmsnorm_fwd [%lld, %lld]", (long long)rows,
+           (long long)D)
 CUDA_ENTRY(rmsnorm_bwd,
            (const hyb_backend *be, const float *x, const float *w, const float *rstd,
             const float *dy, float *dx, float *dw, int64_t rows, int64_t D),
@@ -596,6 +610,7 @@ static hyb_backend g_cuda_backend = {
     .embedding_fwd = be_embedding_fwd,
     .embedding_bwd = be_embedding_bwd,
     .rmsnorm_fwd = be_rmsnorm_fwd,
+    .add_rmsnorm_fwd = be_add_rmsnorm_fwd,
     .rmsnorm_bwd = be_rmsnorm_bwd,
     .swiglu_fwd = be_swiglu_fwd,
     .swiglu_bwd = be_swiglu_bwd,
