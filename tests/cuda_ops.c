@@ -22,6 +22,7 @@
 #include "hyb/common.h"
 
 #ifdef HYB_HAVE_CUDA
+#include "backend/cpu/cpu.h"
 #include "backend/cuda/cuda.h"
 
 #define TOL 1e-7
@@ -385,6 +386,82 @@ static void test_adamw(void) {
     free(p), free(g), free(m), free(v), free(gp), free(gm), free(gv);
 }
 
+/* |a - b| <= rel |b| + 1e-30 element by element; the count of those that are not */
+static int64_t n_off(const float *a, const float *b, int64_t n, double rel) {
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++)
+        bad += !(fabs((double)a[i] - b[i]) <= rel * fabs((double)b[i]) + 1e-30);
+    return bad;
+}
+
+/* multi-tensor AdamW: tensors of sizes around the kernel's 4096-element chunk (and an empty one),
+ * per-tensor shrink and step sizes, three steps: the second reuses the cached device table, the
+ * third passes another table (a subset, reordered) that must be uploaded. CUDA vs CPU 1e-6
+ * relative per element; the CPU entry is bitwise the loop of single-tensor calls. */
+static void test_adamw_multi(void) {
+    enum { NT = 6 };
+    static const int64_t sizes[NT] = {4096, 1, 0, 4097, 10000, 50001};
+    hyb_adamw_tensor tc[NT], tg[NT];
+    float *p[NT], *g[NT], *m[NT], *v[NT], *pr[NT], *mr[NT], *vr[NT];
+    for (int i = 0; i < NT; i++) {
+        const int64_t n = sizes[i];
+        p[i] = rnd(n, 1), g[i] = rnd(n, 0.1f), m[i] = rnd(n, 0.01f), v[i] = rnd(n, 0.001f);
+        for (int64_t k = 0; k < n; k++)
+            v[i][k] = fabsf(v[i][k]);
+        pr[i] = malloc(sizeof(float) * (size_t)(n ? n : 1));
+        mr[i] = malloc(sizeof(float) * (size_t)(n ? n : 1));
+        vr[i] = malloc(sizeof(float) * (size_t)(n ? n : 1));
+        memcpy(pr[i], p[i], sizeof(float) * (size_t)n);
+        memcpy(mr[i], m[i], sizeof(float) * (size_t)n);
+        memcpy(vr[i], v[i], sizeof(float) * (size_t)n);
+        const float shrink = i % 2 ? 1.0f : 0.9999f, step = 1e-3f * (float)(i + 1);
+        tc[i] = (hyb_adamw_tensor){p[i], g[i], m[i], v[i], n, 0, shrink, step};
+        tg[i] = (hyb_adamw_tensor){to_dev(p[i], n), to_dev(g[i], n), to_dev(m[i], n),
+                                   to_dev(v[i], n), n, 0, shrink, step};
+    }
+    const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, isb = 1.02f;
+    for (int step = 0; step < 3; step++) {
+        int cnt = NT;
+        const hyb_adamw_tensor *c = tc, *d = tg;
+        hyb_adamw_tensor sc[NT], sg[NT];
+        if (step == 2) { /* tensors 5, 3, 0 only */
+            static const int pick[3] = {5, 3, 0};
+            for (int j = 0; j < 3; j++)
+                sc[j] = tc[pick[j]], sg[j] = tg[pick[j]];
+            cnt = 3, c = sc, d = sg;
+        }
+        CHECK(cpu->adamw_multi(cpu, c, cnt, b1, b2, eps, isb) == HYB_OK);
+        CHECK_MSG(gpu->adamw_multi(gpu, d, cnt, b1, b2, eps, isb) == HYB_OK, "%s", hyb_error());
+        for (int j = 0; j < cnt; j++) { /* the reference: one single-tensor call each */
+            const int i = step == 2 ? (j == 0 ? 5 : j == 1 ? 3 : 0) : j;
+            hyb_cpu_adamw(pr[i], g[i], mr[i], vr[i], sizes[i], b1, b2, eps, tc[i].shrink,
+                          tc[i].step_size, isb);
+        }
+    }
+    for (int i = 0; i < NT; i++) {
+        const int64_t n = sizes[i];
+        CHECK(memcmp(p[i], pr[i], sizeof(float) * (size_t)n) == 0 &&
+              memcmp(m[i], mr[i], sizeof(float) * (size_t)n) == 0 &&
+              memcmp(v[i], vr[i], sizeof(float) * (size_t)n) == 0);
+        float *gp = malloc(sizeof(float) * (size_t)(n ? n : 1)), *gm = malloc(sizeof(float) * (size_t)(n ? n : 1));
+        float *gv = malloc(sizeof(float) * (size_t)(n ? n : 1));
+        gpu->download(gpu, gp, tg[i].p, sizeof(float) * (size_t)n);
+        gpu->download(gpu, gm, tg[i].m, sizeof(float) * (size_t)n);
+        gpu->download(gpu, gv, tg[i].v, sizeof(float) * (size_t)n);
+        int64_t bad = n_off(gp, p[i], n, 1e-6) + n_off(gm, m[i], n, 1e-6) + n_off(gv, v[i], n, 1e-6);
+        CHECK_MSG(bad == 0, "adamw_multi tensor %d (n = %lld): %lld values off by > 1e-6", i,
+                  (long long)n, (long long)bad);
+        gpu->free(gpu, tg[i].p), gpu->free(gpu, (void *)tg[i].g), gpu->free(gpu, tg[i].m);
+        gpu->free(gpu, tg[i].v);
+        free(p[i]), free(g[i]), free(m[i]), free(v[i]), free(pr[i]), free(mr[i]), free(vr[i]);
+        free(gp), free(gm), free(gv);
+    }
+    /* a bad table is an error naming the op, not a crash */
+    hyb_adamw_tensor badt = {NULL, NULL, NULL, NULL, 5, 0, 1.0f, 1.0f};
+    CHECK(gpu->adamw_multi(gpu, &badt, 1, b1, b2, eps, isb) != HYB_OK);
+    CHECK_MSG(strstr(hyb_error(), "adamw_multi"), "%s", hyb_error());
+}
+
 /* scale and sumsq (gradient clipping) and the adamw entry, through the backend tables */
 static void test_clip_entries(void) {
     const int64_t n = 65537;
@@ -491,6 +568,7 @@ int main(void) {
     RUN(test_bf16_convert);
     RUN(test_gemm_bf16);
     RUN(test_adamw);
+    RUN(test_adamw_multi);
     RUN(test_clip_entries);
     RUN(test_plugin_kernel);
     RUN(test_pool);

@@ -151,6 +151,19 @@ static int mock_adamw(const hyb_backend *be, float *p, const float *g, float *m,
     const hyb_backend *c = hyb_backend_cpu();
     return c->adamw(c, p, g, m, v, n, b1, b2, eps, shrink, step, ibc2);
 }
+static int mock_adamw_multi(const hyb_backend *be, const hyb_adamw_tensor *t, int count,
+                            float b1, float b2, float eps, float ibc2) {
+    (void)be;
+    g_calls[3]++;
+    for (int i = 0; i < count; i++) {
+        own(t[i].p, "adamw_multi p");
+        own(t[i].g, "adamw_multi g");
+        own(t[i].m, "adamw_multi m");
+        own(t[i].v, "adamw_multi v");
+    }
+    const hyb_backend *c = hyb_backend_cpu();
+    return c->adamw_multi(c, t, count, b1, b2, eps, ibc2);
+}
 static int mock_ce_fwd(const hyb_backend *be, const float *lg, const int32_t *t, const float *w,
                        float *lse, int64_t rows, int64_t V, double *sum) {
     (void)be;
@@ -186,6 +199,7 @@ static void mock_init(void) {
     MOCK.rmsnorm_fwd = mock_rmsnorm_fwd;
     MOCK.add_rmsnorm_fwd = mock_add_rmsnorm_fwd;
     MOCK.adamw = mock_adamw;
+    MOCK.adamw_multi = mock_adamw_multi;
     MOCK.ce_fwd = mock_ce_fwd;
     CHECK(hyb_backend_add_provider(&MOCK_PROVIDER) == HYB_OK);
 }

@@ -102,6 +102,14 @@ CPU_ENTRY(adamw,
           (const hyb_backend *be, float *p, const float *g, float *m, float *v, int64_t n, float b1,
            float b2, float eps, float shrink, float step_size, float inv_sqrt_bc2),
           (p, g, m, v, n, b1, b2, eps, shrink, step_size, inv_sqrt_bc2))
+static int cpu_adamw_multi(const hyb_backend *be, const hyb_adamw_tensor *t, int count, float b1,
+                           float b2, float eps, float inv_sqrt_bc2) {
+    (void)be;
+    for (int i = 0; i < count; i++)
+        hyb_cpu_adamw(t[i].p, t[i].g, t[i].m, t[i].v, t[i].n, b1, b2, eps, t[i].shrink,
+                      t[i].step_size, inv_sqrt_bc2);
+    return HYB_OK;
+}
 static int cpu_sumsq(const hyb_backend *be, const float *x, int64_t n, double *out) {
     (void)be;
     *out = hyb_cpu_sumsq(x, n);
@@ -148,6 +156,7 @@ static const hyb_backend CPU_BACKEND = {
     .kl_fwd = cpu_kl_fwd,
     .kl_bwd = cpu_kl_bwd,
     .adamw = cpu_adamw,
+    .adamw_multi = cpu_adamw_multi,
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
     .qmatmul = cpu_qmatmul,

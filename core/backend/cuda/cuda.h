@@ -140,6 +140,8 @@ int hyb_cuda_kl_bwd(const float *s, const float *t, const float *w, const float 
  * inv_sqrt_bc2 = 1 / sqrt(1 - b2^t)). */
 int hyb_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
                    float eps, float shrink, float step_size, float inv_sqrt_bc2);
+int hyb_cuda_adamw_multi(const hyb_adamw_tensor *t, int count, float b1, float b2, float eps,
+                         float inv_sqrt_bc2);
 /* x *= alpha; *out = sum x^2 (partials per block in double, added on the host in block order) */
 int hyb_cuda_scale(float *x, float alpha, int64_t n);
 int hyb_cuda_sumsq(const float *x, int64_t n, double *out);

@@ -28,6 +28,14 @@ static struct {
     } fns[MAX_FUNCS];
     int nfns;
 } g_k = {.mu = PTHREAD_MUTEX_INITIALIZER};
+/* the multi-tensor AdamW table (hyb_cuda_adamw_multi) */
+#define ADAMW_CHUNK 4096 /* = HYB_ADAMW_CHUNK of elementwise.cu */
+static struct {
+    pthread_mutex_t mu;
+    hyb_adamw_tensor *host; /* what dev holds (count entries); scratch: host + cap */
+    void *dev;
+    int cap, count;
+} g_aw = {.mu = PTHREAD_MUTEX_INITIALIZER, .count = -1};
 
 /* Compile `src` (NULL: the embedded file `file`, with the backend's standard options) for this
  * device through the kernel cache and load it; a cached image that does not load (stale or
@@ -178,6 +186,11 @@ void hyb_cuda_ops_reset(void) { /* after the context went away (hyb_cuda_shutdow
     g_k.nmods = g_k.nfns = 0;
     g_npk = 0;
     pthread_mutex_unlock(&g_k.mu);
+    pthread_mutex_lock(&g_aw.mu); /* the table's device memory went with the context */
+    g_aw.dev = NULL;
+    g_aw.cap = 0;
+    g_aw.count = -1;
+    pthread_mutex_unlock(&g_aw.mu);
 }
 
 #define GET(file, name)                                                                            \
@@ -251,6 +264,66 @@ int hyb_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, floa
                    float eps, float shrink, float step_size, float inv_sqrt_bc2) {
     void *args[] = {&p, &g, &m, &v, &n, &b1, &b2, &eps, &shrink, &step_size, &inv_sqrt_bc2};
     return elementwise("hyb_adamw", n, args);
+}
+/* Multi-tensor AdamW: the table of non-empty tensors with their first virtual block, kept on the
+ * device between calls and uploaded again only when its contents change (an optimiser passes the
+ * same pointers every step; equal contents are a valid table whatever allocated them). */
+
+int hyb_cuda_adamw_multi(const hyb_adamw_tensor *t, int count, float b1, float b2, float eps,
+                         float inv_sqrt_bc2) {
+    if (count < 0 || (count > 0 && !t))
+        return hyb_error_set(HYB_ERR_ARG, "adamw_multi: bad tensor table (count %d)", count);
+    for (int i = 0; i < count; i++)
+        if (t[i].n < 0 || (t[i].n > 0 && (!t[i].p || !t[i].g || !t[i].m || !t[i].v)))
+            return hyb_error_set(HYB_ERR_ARG, "adamw_multi: tensor %d of %d: n = %lld, a NULL buffer",
+                                 i, count, (long long)t[i].n);
+    if (count == 0) return HYB_OK;
+    GET("elementwise.cu", "hyb_adamw_multi");
+    int rc = HYB_OK;
+    pthread_mutex_lock(&g_aw.mu);
+    if (count > g_aw.cap) {
+        hyb_adamw_tensor *h = realloc(g_aw.host, sizeof *h * 2 * (size_t)count);
+        if (!h) {
+            rc = hyb_error_set(HYB_ERR_NOMEM, "adamw_multi: out of memory (%d tensors)", count);
+            goto out;
+        }
+        g_aw.host = h;
+        if (g_aw.dev) hyb_cuda_free(g_aw.dev);
+        g_aw.dev = hyb_cuda_malloc(sizeof *h * (size_t)count);
+        g_aw.cap = g_aw.dev ? count : 0;
+        g_aw.count = -1;
+        if (!g_aw.dev) {
+            rc = hyb_error_wrap(HYB_ERR_NOMEM, "adamw_multi: table of %d tensors", count);
+            goto out;
+        }
+    }
+    hyb_adamw_tensor *tab = g_aw.host + g_aw.cap; /* the new table, built in the scratch half */
+    int k = 0;
+    int64_t blocks = 0;
+    for (int i = 0; i < count; i++) {
+        if (t[i].n == 0) continue;
+        tab[k] = t[i];
+        tab[k].first_block = blocks;
+        blocks += (t[i].n + ADAMW_CHUNK - 1) / ADAMW_CHUNK;
+        k++;
+    }
+    if (k == 0) goto out;
+    if (k != g_aw.count || memcmp(tab, g_aw.host, sizeof *tab * (size_t)k) != 0) {
+        g_aw.count = -1;
+        if ((rc = hyb_cuda_upload(g_aw.dev, tab, sizeof *tab * (size_t)k)) != HYB_OK) goto out;
+        memcpy(g_aw.host, tab, sizeof *tab * (size_t)k);
+        g_aw.count = k;
+    }
+    int64_t cap = (int64_t)(hyb_cuda_g.n_sm > 0 ? hyb_cuda_g.n_sm : 1) * 32;
+    unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
+    void *args[] = {&g_aw.dev, &k, &blocks, &b1, &b2, &eps, &inv_sqrt_bc2};
+    rc = hyb_cuda_launch(fn_, "hyb_adamw_multi", grid, 1, BLOCK, args);
+    if (rc != HYB_OK)
+        rc = hyb_error_wrap(rc, "adamw_multi: %d tensors, %lld blocks of %d", k, (long long)blocks,
+                            ADAMW_CHUNK);
+out:
+    pthread_mutex_unlock(&g_aw.mu);
+    return rc;
 }
 int hyb_cuda_scale(float *x, float alpha, int64_t n) {
     void *args[] = {&x, &alpha, &n};
@@ -581,6 +654,10 @@ CUDA_ENTRY(adamw,
             float b1, float b2, float eps, float shrink, float step_size, float inv_sqrt_bc2),
            (p, g, m, v, n, b1, b2, eps, shrink, step_size, inv_sqrt_bc2), "adamw n=%lld",
            (long long)n)
+CUDA_ENTRY(adamw_multi,
+           (const hyb_backend *be, const hyb_adamw_tensor *t, int count, float b1, float b2,
+            float eps, float inv_sqrt_bc2),
+           (t, count, b1, b2, eps, inv_sqrt_bc2), "adamw_multi (%d tensors)", count)
 CUDA_ENTRY(sumsq, (const hyb_backend *be, const float *x, int64_t n, double *out), (x, n, out),
            "sumsq n=%lld", (long long)n)
 static int be_kernel(const hyb_backend *be, const char *file, const char *source,
@@ -623,6 +700,7 @@ static hyb_backend g_cuda_backend = {
     .kl_fwd = be_kl_fwd,
     .kl_bwd = be_kl_bwd,
     .adamw = be_adamw,
+    .adamw_multi = be_adamw_multi,
     .sumsq = be_sumsq,
     .scale = be_scale,
     .kernel = be_kernel,

@@ -34,6 +34,21 @@ extern "C" {
 
 typedef struct hyb_backend hyb_backend;
 
+/* One parameter tensor of a multi-tensor AdamW step (be->adamw_multi): p, g, m, v: [n] on the
+ * backend's device, and the two per-tensor scalars of be->adamw (they differ by lr_scale and by
+ * weight decay on or off). The layout is shared with the CUDA kernel (kernels/elementwise.cu):
+ * change both together. */
+typedef struct hyb_adamw_tensor {
+    float *p;
+    const float *g;
+    float *m;
+    float *v;
+    int64_t n;
+    int64_t first_block; /* filled in by the CUDA backend; callers leave it 0 */
+    float shrink;
+    float step_size;
+} hyb_adamw_tensor;
+
 struct hyb_backend {
     const char *name;  /* "cpu", "cuda:0" */
     hyb_device device; /* the kind of device its memory lives on */
@@ -118,6 +133,13 @@ struct hyb_backend {
      * p -= step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps) */
     int (*adamw)(const hyb_backend *be, float *p, const float *g, float *m, float *v, int64_t n,
                  float b1, float b2, float eps, float shrink, float step_size, float inv_sqrt_bc2);
+    /* The adamw update above on `count` tensors t[0..count) (a HOST array; the shared scalars
+     * b1, b2, eps, inv_sqrt_bc2 once, shrink and step_size per tensor): the same arithmetic as one
+     * be->adamw per tensor, in one call. CPU: that loop (bitwise the same). CUDA: one launch over
+     * all tensors (a device table of the pointers and sizes, uploaded only when it changed since
+     * the last call: an optimiser's table is the same every step). */
+    int (*adamw_multi)(const hyb_backend *be, const hyb_adamw_tensor *t, int count, float b1,
+                       float b2, float eps, float inv_sqrt_bc2);
     /* Sum of squares of x: [n] into *out (host, double): gradient clipping's global norm. */
     int (*sumsq)(const hyb_backend *be, const float *x, int64_t n, double *out);
     /* x *= alpha, [n] */
