@@ -462,6 +462,98 @@ static void test_adamw_multi(void) {
     CHECK_MSG(strstr(hyb_error(), "adamw_multi"), "%s", hyb_error());
 }
 
+/* On-device sampling against the CPU entry (= core/sample.c's hyb_sample_with) over many
+ * settings and draws. Rows have repeated values (ties for top-k, top-p order and the arg max),
+ * NaN and -inf entries, and histories with repeats. Contract (hyb/backend.h): the same token,
+ * except when u lies within ~1e-6 of a boundary between two tokens' cumulative probabilities;
+ * such a draw counts as a boundary case when the CPU picks the device's token at u -+ 1e-6, and
+ * there may be at most 1% of them (under emulation expf is the host's, so there are ~none). */
+static void test_sample(void) {
+    enum { N = 8, V = 3000, H = 40 };
+    static const struct {
+        float t;
+        int k;
+        float p, pen;
+    } cfg[] = {{0.0f, 0, 1.0f, 1.0f},   {0.0f, 0, 1.0f, 1.3f}, {1.0f, 1, 1.0f, 1.0f},
+               {0.7f, 0, 1.0f, 1.0f},   {1.0f, 40, 1.0f, 1.0f}, {1.3f, 0, 0.9f, 1.0f},
+               {0.8f, 50, 0.8f, 1.0f},  {1.0f, 0, 0.95f, 1.3f}, {1.0f, 0, 0.01f, 1.0f},
+               {2.0f, 2999, 0.5f, 0.7f}, {0.5f, 7, 0.0f, 1.1f}, {1.0f, 3000, 0.99f, 1.0f}};
+    const int n_cfg = (int)(sizeof cfg / sizeof cfg[0]), reps = 4;
+    float *lg = malloc(sizeof(float) * N * V);
+    int32_t hist[N][H], tc[N], tg[N];
+    hyb_sample_row rows[N];
+    int draws = 0, exact = 0, boundary = 0, bad = 0;
+    for (int c = 0; c < n_cfg; c++)
+        for (int rep = 0; rep < reps; rep++) {
+            for (int64_t i = 0; i < (int64_t)N * V; i++) {
+                float x = 3.0f * urand();
+                if ((i % 97) == 5) x = 2.5f;                                /* repeats */
+                if ((i % 1500) == 700 || (i % 1500) == 1200) x = 3.0f; /* tied maxima */
+                if ((i % 1009) == 11) x = -INFINITY;
+                if ((i % 1013) == 17) x = NAN;
+                lg[i] = x;
+            }
+            for (int r = 0; r < N; r++) {
+                for (int j = 0; j < H; j++)
+                    hist[r][j] = (int32_t)((urand() + 1.0f) * 0.5f * 200.0f) % V; /* repeats */
+                rows[r] = (hyb_sample_row){cfg[c].t, cfg[c].k, cfg[c].p, cfg[c].pen,
+                                           (urand() + 1.0f) * 0.5f, hist[r], r % 3 ? H : 0};
+                if (rows[r].u >= 1.0f) rows[r].u = 0.999f;
+            }
+            if (rep == 1) rows[0].u = 0.0f, rows[1].u = 0.99999994f; /* the ends */
+            float *d = to_dev(lg, (int64_t)N * V);
+            CHECK(cpu->sample(cpu, lg, N, V, rows, tc) == HYB_OK);
+            CHECK_MSG(gpu->sample(gpu, d, N, V, rows, tg) == HYB_OK, "%s", hyb_error());
+            gpu->free(gpu, d);
+            for (int r = 0; r < N; r++) {
+                draws++;
+                if (tg[r] == tc[r]) {
+                    exact++;
+                    continue;
+                }
+                hyb_sample_row lo = rows[r], hi = rows[r];
+                int32_t tl = -1, th = -1;
+                lo.u = rows[r].u > 1e-6f ? rows[r].u - 1e-6f : 0.0f;
+                hi.u = rows[r].u + 1e-6f < 1.0f ? rows[r].u + 1e-6f : rows[r].u;
+                cpu->sample(cpu, lg + (int64_t)r * V, 1, V, &lo, &tl);
+                cpu->sample(cpu, lg + (int64_t)r * V, 1, V, &hi, &th);
+                if (tg[r] == tl || tg[r] == th)
+                    boundary++;
+                else {
+                    bad++;
+                    printf("  cfg %d rep %d row %d (u %.9g): cuda %d, cpu %d\n", c, rep, r,
+                           (double)rows[r].u, tg[r], tc[r]);
+                }
+            }
+        }
+    printf("  %d draws: %d the same token, %d boundary cases, %d different\n", draws, exact,
+           boundary, bad);
+    CHECK(bad == 0 && boundary * 100 <= draws);
+    /* +inf logits: uniform over them; an all-NaN/-inf row and a bad history id are errors */
+    for (int64_t i = 0; i < (int64_t)N * V; i++)
+        lg[i] = (i % V) % 500 == 3 ? INFINITY : (i % V) == 9 ? NAN : -INFINITY;
+    for (int64_t i = V; i < 2 * V; i++)
+        lg[i] = NAN;
+    for (int r = 0; r < N; r++)
+        rows[r] = (hyb_sample_row){1.0f, 0, 0.9f, 1.0f, (float)r / N, NULL, 0};
+    float *d = to_dev(lg, (int64_t)N * V);
+    CHECK(cpu->sample(cpu, lg, 1, V, rows, tc) == HYB_OK);
+    CHECK(gpu->sample(gpu, d, 1, V, rows, tg) == HYB_OK && tg[0] == tc[0]);
+    for (int r = 2; r < N; r++) {
+        CHECK(cpu->sample(cpu, lg + (int64_t)r * V, 1, V, rows + r, tc + r) == HYB_OK);
+        CHECK(gpu->sample(gpu, d + (int64_t)r * V, 1, V, rows + r, tg + r) == HYB_OK &&
+              tg[r] == tc[r]);
+    }
+    CHECK(gpu->sample(gpu, d, N, V, rows, tg) != HYB_OK); /* row 1: all NaN */
+    CHECK_MSG(strstr(hyb_error(), "row 1") && strstr(hyb_error(), "NaN"), "%s", hyb_error());
+    int32_t badh = V;
+    rows[0].history = &badh, rows[0].n_history = 1;
+    CHECK(gpu->sample(gpu, d, 1, V, rows, tg) != HYB_OK);
+    CHECK_MSG(strstr(hyb_error(), "sample") && strstr(hyb_error(), "history"), "%s", hyb_error());
+    gpu->free(gpu, d);
+    free(lg);
+}
+
 /* scale and sumsq (gradient clipping) and the adamw entry, through the backend tables */
 static void test_clip_entries(void) {
     const int64_t n = 65537;
@@ -569,6 +661,7 @@ int main(void) {
     RUN(test_gemm_bf16);
     RUN(test_adamw);
     RUN(test_adamw_multi);
+    RUN(test_sample);
     RUN(test_clip_entries);
     RUN(test_plugin_kernel);
     RUN(test_pool);

@@ -6,6 +6,7 @@
 #include "backend/cpu/cpu.h"
 #include "backend/cpu/cpu_quant.h"
 #include "hyb/backend.h"
+#include "hyb/sample.h"
 
 /* An entry that forwards its arguments (all but `be`) to the kernel hyb_cpu_<name>. */
 #define CPU_ENTRY(name, params, args)                                                              \
@@ -110,6 +111,20 @@ static int cpu_adamw_multi(const hyb_backend *be, const hyb_adamw_tensor *t, int
                       t[i].step_size, inv_sqrt_bc2);
     return HYB_OK;
 }
+static int cpu_sample(const hyb_backend *be, const float *logits, int64_t n, int64_t V,
+                      const hyb_sample_row *rows, int32_t *out) {
+    (void)be;
+    if (V <= 0 || V > 0x7fffffff)
+        return hyb_error_set(HYB_ERR_ARG, "cpu sample: V = %lld", (long long)V);
+    for (int64_t i = 0; i < n; i++) {
+        const hyb_sample_row *r = &rows[i];
+        hyb_sampler_params p = {r->temperature, r->top_k, r->top_p, r->repetition_penalty};
+        int32_t t = hyb_sample_with(&p, logits + i * V, (int)V, r->history, r->n_history, r->u);
+        if (t < 0) return hyb_error_wrap(t, "cpu sample: row %lld of %lld", (long long)i, (long long)n);
+        out[i] = t;
+    }
+    return HYB_OK;
+}
 static int cpu_sumsq(const hyb_backend *be, const float *x, int64_t n, double *out) {
     (void)be;
     *out = hyb_cpu_sumsq(x, n);
@@ -157,6 +172,7 @@ static const hyb_backend CPU_BACKEND = {
     .kl_bwd = cpu_kl_bwd,
     .adamw = cpu_adamw,
     .adamw_multi = cpu_adamw_multi,
+    .sample = cpu_sample,
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
     .qmatmul = cpu_qmatmul,

@@ -142,6 +142,8 @@ int hyb_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, floa
                    float eps, float shrink, float step_size, float inv_sqrt_bc2);
 int hyb_cuda_adamw_multi(const hyb_adamw_tensor *t, int count, float b1, float b2, float eps,
                          float inv_sqrt_bc2);
+int hyb_cuda_sample(const float *logits, int64_t n, int64_t V, const hyb_sample_row *rows,
+                    int32_t *out);
 /* x *= alpha; *out = sum x^2 (partials per block in double, added on the host in block order) */
 int hyb_cuda_scale(float *x, float alpha, int64_t n);
 int hyb_cuda_sumsq(const float *x, int64_t n, double *out);

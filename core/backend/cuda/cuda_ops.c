@@ -542,6 +542,114 @@ int hyb_cuda_kl_bwd(const float *s, const float *t, const float *w, const float 
     return rc;
 }
 
+/* ---- sampling ---------------------------------------------------------------------------------
+ */
+typedef struct { /* = hyb_sample_param of sample.cu */
+    float temperature;
+    int top_k;
+    float top_p;
+    float penalty;
+    float u;
+    int greedy;
+} sample_param;
+
+int hyb_cuda_sample(const float *logits, int64_t n, int64_t V, const hyb_sample_row *rows,
+                    int32_t *out) {
+    if (n <= 0) return HYB_OK;
+    if (V <= 0 || V > 0x7fffffff)
+        return hyb_error_set(HYB_ERR_ARG, "sample: V = %lld outside [1, 2^31)", (long long)V);
+    HYB_TRY(rows_ok("sample", n));
+    if (n > 0x7ffffffe || (uint64_t)n * (uint64_t)V > ((uint64_t)1 << 40))
+        return hyb_error_set(HYB_ERR_ARG, "sample: [%lld, %lld] is too large", (long long)n,
+                             (long long)V);
+    /* the table: params [n], then pen_off [n + 1] and the distinct penalised tokens (ints) */
+    int64_t n_pen = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const hyb_sample_row *r = &rows[i];
+        if (!(r->temperature >= 0.0f && r->temperature <= 100.0f) || r->top_k < 0 ||
+            !(r->top_p >= 0.0f && r->top_p <= 1.0f) ||
+            !(r->repetition_penalty > 0.0f && r->repetition_penalty <= 100.0f) ||
+            !(r->u >= 0.0f && r->u < 1.0f) || r->n_history < 0 ||
+            (r->n_history > 0 && !r->history))
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "sample: row %lld: bad settings (temperature %g, top_k %d, top_p "
+                                 "%g, repetition_penalty %g, u %g, %d history tokens)",
+                                 (long long)i, (double)r->temperature, r->top_k, (double)r->top_p,
+                                 (double)r->repetition_penalty, (double)r->u, r->n_history);
+        for (int j = 0; j < r->n_history; j++)
+            if (r->history[j] < 0 || r->history[j] >= V)
+                return hyb_error_set(HYB_ERR_ARG,
+                                     "sample: row %lld: history token %d at position %d is "
+                                     "outside [0, %lld)",
+                                     (long long)i, r->history[j], j, (long long)V);
+        if (r->repetition_penalty != 1.0f) n_pen += r->n_history;
+    }
+    const size_t tab_bytes =
+        sizeof(sample_param) * (size_t)n + sizeof(int) * (size_t)(n + 1 + (n_pen ? n_pen : 1));
+    char *tab = malloc(tab_bytes);
+    uint8_t *seen = n_pen ? calloc((size_t)V, 1) : NULL;
+    int32_t *hout = malloc(sizeof(int32_t) * (size_t)n);
+    char *dtab = NULL;
+    float *scratch = NULL;
+    int rc = HYB_ERR_NOMEM;
+    if (!tab || !hout || (n_pen && !seen)) {
+        hyb_error_set(HYB_ERR_NOMEM, "sample: out of memory");
+        goto out;
+    }
+    sample_param *prm = (sample_param *)tab;
+    int *off = (int *)(tab + sizeof(sample_param) * (size_t)n), *tok = off + n + 1;
+    int np = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const hyb_sample_row *r = &rows[i];
+        prm[i] = (sample_param){r->temperature, r->top_k, r->top_p, r->repetition_penalty, r->u,
+                                r->temperature <= 0.0f || r->top_k == 1};
+        off[i] = np;
+        if (r->repetition_penalty == 1.0f) continue;
+        const int first = np;
+        for (int j = 0; j < r->n_history; j++)
+            if (!seen[r->history[j]]) seen[r->history[j]] = 1, tok[np++] = r->history[j];
+        for (int j = first; j < np; j++)
+            seen[tok[j]] = 0;
+    }
+    off[n] = np;
+    CUfunction fn_ = hyb_cuda_function("sample.cu", "hyb_sample");
+    if (!fn_) {
+        rc = HYB_ERR;
+        goto out;
+    }
+    dtab = hyb_cuda_malloc(tab_bytes);
+    scratch = hyb_cuda_malloc(sizeof(float) * 2 * (size_t)n * (size_t)V);
+    int *dout = hyb_cuda_malloc(sizeof(int32_t) * (size_t)n);
+    if (!dtab || !scratch || !dout) {
+        rc = hyb_error_wrap(HYB_ERR_NOMEM, "sample [%lld, %lld]", (long long)n, (long long)V);
+        hyb_cuda_free(dout);
+        goto out;
+    }
+    rc = hyb_cuda_upload(dtab, tab, tab_bytes);
+    if (rc == HYB_OK) {
+        float *dw = scratch, *dp = scratch + (size_t)n * (size_t)V;
+        sample_param *dprm = (sample_param *)dtab;
+        int *doff = (int *)(dtab + sizeof(sample_param) * (size_t)n), *dtok = doff + n + 1;
+        void *args[] = {&logits, &dw, &dp, &dprm, &doff, &dtok, &dout, &V};
+        rc = hyb_cuda_launch(fn_, "hyb_sample", (unsigned)n, 1, BLOCK, args);
+    }
+    if (rc == HYB_OK) rc = hyb_cuda_download(hout, dout, sizeof(int32_t) * (size_t)n);
+    hyb_cuda_free(dout);
+    for (int64_t i = 0; rc == HYB_OK && i < n; i++) {
+        if (hout[i] < 0 || hout[i] >= V)
+            rc = hyb_error_set(HYB_ERR_ARG, "sample: row %lld: all %lld logits are NaN or -inf",
+                               (long long)i, (long long)V);
+        out[i] = hout[i];
+    }
+out:
+    free(tab);
+    free(seen);
+    free(hout);
+    hyb_cuda_free(dtab);
+    hyb_cuda_free(scratch);
+    return rc;
+}
+
 /* ---- the backend table ------------------------------------------------------------------------
  */
 static char g_cuda_name[32] = "cuda:0";
@@ -658,6 +766,10 @@ CUDA_ENTRY(adamw_multi,
            (const hyb_backend *be, const hyb_adamw_tensor *t, int count, float b1, float b2,
             float eps, float inv_sqrt_bc2),
            (t, count, b1, b2, eps, inv_sqrt_bc2), "adamw_multi (%d tensors)", count)
+CUDA_ENTRY(sample,
+           (const hyb_backend *be, const float *logits, int64_t n, int64_t V,
+            const hyb_sample_row *rows, int32_t *out),
+           (logits, n, V, rows, out), "sample [%lld, %lld]", (long long)n, (long long)V)
 CUDA_ENTRY(sumsq, (const hyb_backend *be, const float *x, int64_t n, double *out), (x, n, out),
            "sumsq n=%lld", (long long)n)
 static int be_kernel(const hyb_backend *be, const char *file, const char *source,
@@ -701,6 +813,7 @@ static hyb_backend g_cuda_backend = {
     .kl_bwd = be_kl_bwd,
     .adamw = be_adamw,
     .adamw_multi = be_adamw_multi,
+    .sample = be_sample,
     .sumsq = be_sumsq,
     .scale = be_scale,
     .kernel = be_kernel,

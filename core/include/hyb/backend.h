@@ -34,6 +34,19 @@ extern "C" {
 
 typedef struct hyb_backend hyb_backend;
 
+/* One row of an on-device sampling call (be->sample): the settings of hyb_sampler_params
+ * (hyb/sample.h, same ranges) and the uniform draw u in [0, 1) the row's sampler RNG gave
+ * (hyb_rng_uniform; ignored when greedy: temperature <= 0 or top_k == 1, draw none then). */
+typedef struct hyb_sample_row {
+    float temperature;
+    int top_k;
+    float top_p;
+    float repetition_penalty;
+    float u;
+    const int32_t *history; /* HOST [n_history]: tokens seen (prompt + generated), may be NULL */
+    int n_history;
+} hyb_sample_row;
+
 /* One parameter tensor of a multi-tensor AdamW step (be->adamw_multi): p, g, m, v: [n] on the
  * backend's device, and the two per-tensor scalars of be->adamw (they differ by lr_scale and by
  * weight decay on or off). The layout is shared with the CUDA kernel (kernels/elementwise.cu):
@@ -140,6 +153,18 @@ struct hyb_backend {
      * the last call: an optimiser's table is the same every step). */
     int (*adamw_multi)(const hyb_backend *be, const hyb_adamw_tensor *t, int count, float b1,
                        float b2, float eps, float inv_sqrt_bc2);
+    /* Sampling: one token per row of logits: [n, V] (on the device) into out: [n] (HOST), each
+     * row with its own settings rows[i] (a HOST array). The token is the one core/sample.c's
+     * hyb_sample_with(settings, logits row, history, u) picks: repetition penalty, greedy
+     * (arg max, lowest index on ties), temperature, top-k (ties kept), top-p (in descending
+     * order, ties by index), inverse CDF at u. Contract for a device backend: its sums run in
+     * another order than the CPU's, so a draw u within ~1e-6 (relative) of the boundary between
+     * two tokens' cumulative probabilities may pick the neighbour; greedy rows, the kept sets
+     * of top-k and the penalties are exact. Only the n ids (and the rows' settings and
+     * histories, uploaded) cross the bus. Errors (a history id outside [0, V), settings out of
+     * range, a row whose logits are all NaN or -inf) name the row. */
+    int (*sample)(const hyb_backend *be, const float *logits, int64_t n, int64_t V,
+                  const hyb_sample_row *rows, int32_t *out);
     /* Sum of squares of x: [n] into *out (host, double): gradient clipping's global norm. */
     int (*sumsq)(const hyb_backend *be, const float *x, int64_t n, double *out);
     /* x *= alpha, [n] */
