@@ -243,8 +243,8 @@ static void *const *decode_states(void *ctx, int layer) {
     return c->st;
 }
 
-int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
-                     float *logits) {
+static int decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
+                  float *logits, int on_device) {
     HYB_TRY(check_state(m, s, "hyb_model_decode"));
     if (n <= 0 || !seqs || !ids)
         return hyb_error_set(HYB_ERR_ARG, "hyb_model_decode: no sequences (n = %d)", n);
@@ -282,8 +282,10 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
     else {
         if (logits) {
             const hyb_backend *be = hyb_backend_get(lg->device);
-            rc = be ? be->download(be, logits, lg->data, (size_t)n * (size_t)m->V * sizeof(float))
-                    : HYB_ERR_UNSUPPORTED;
+            const size_t nb = (size_t)n * (size_t)m->V * sizeof(float);
+            rc = !be          ? HYB_ERR_UNSUPPORTED
+                 : on_device ? be->copy(be, logits, lg->data, nb)
+                             : be->download(be, logits, lg->data, nb);
         }
         if (rc == HYB_OK)
             for (int i = 0; i < n; i++)
@@ -293,4 +295,14 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
     free(st);
     free(pos);
     return rc;
+}
+
+int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
+                     float *logits) {
+    return decode(m, s, n, seqs, ids, logits, 0);
+}
+
+int hyb_model_decode_dev(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs,
+                         const int32_t *ids, float *dev_logits) {
+    return decode(m, s, n, seqs, ids, dev_logits, 1);
 }
