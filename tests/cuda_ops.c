@@ -386,6 +386,83 @@ static void test_adamw(void) {
     free(p), free(g), free(m), free(v), free(gp), free(gm), free(gv);
 }
 
+/* bf16 storage variants (kernels/store.cu with -DHYB_STORE_BF16): inputs are bf16, the reference
+ * is the CPU's f32 op on the same (decoded) inputs, rounded to bf16 (round to nearest even).
+ * Stated tolerance: every output within ONE bf16 ulp of that reference (|d| <= 2^-7 |ref|, bf16
+ * keeping 8 significant bits): the
+ * f32 results differ from the CPU's only in summation order / expf rounding (~1e-7 relative),
+ * which can flip a rounding decision but never by more than one ulp. add and the stored residual
+ * h of add + rmsnorm are exact (one f32 add of two bf16 values, rounded once). */
+static uint16_t *bf16_arr(float *x, int64_t n) { /* x rounded in place; its bf16 bits */
+    uint16_t *b = malloc(2 * (size_t)(n ? n : 1));
+    for (int64_t i = 0; i < n; i++) {
+        b[i] = harness_bf16(x[i]);
+        x[i] = f32_of(b[i]);
+    }
+    return b;
+}
+static void *bf16_dev(const uint16_t *b, int64_t n) {
+    void *d = gpu->alloc(gpu, 2 * (size_t)(n ? n : 1));
+    gpu->upload(gpu, d, b, 2 * (size_t)n);
+    return d;
+}
+/* outputs of d (bf16, n) off by more than one bf16 ulp from ref (f32) rounded; frees d */
+static int64_t bf16_off(void *d, const float *ref, int64_t n, int exact) {
+    uint16_t *g = malloc(2 * (size_t)(n ? n : 1));
+    gpu->download(gpu, g, d, 2 * (size_t)n);
+    gpu->free(gpu, d);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float r = f32_of(harness_bf16(ref[i])), x = f32_of(g[i]);
+        bad += exact ? g[i] != harness_bf16(ref[i])
+                     : !(fabsf(x - r) <= 0x1p-7f * fabsf(r) + 1e-30f);
+    }
+    free(g);
+    return bad;
+}
+static void test_store_bf16(void) {
+    const int64_t rows = 37, D = 576, n = rows * D;
+    float *a = rnd(n, 3), *b = rnd(n, 2), *w = rnd(D, 1);
+    uint16_t *ab = bf16_arr(a, n), *bb = bf16_arr(b, n), *wb = bf16_arr(w, D);
+    float *h = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * n);
+    float *rs = malloc(sizeof(float) * rows);
+    void *da = bf16_dev(ab, n), *db = bf16_dev(bb, n), *dw = bf16_dev(wb, D);
+    /* add: exact */
+    cpu->add(cpu, a, b, h, n);
+    void *dy = gpu->alloc(gpu, 2 * (size_t)n);
+    CHECK_MSG(hyb_cuda_add_bf16(da, db, dy, n) == HYB_OK, "%s", hyb_error());
+    CHECK(bf16_off(dy, h, n, 1) == 0);
+    /* swiglu */
+    cpu->swiglu_fwd(cpu, a, b, y, n);
+    dy = gpu->alloc(gpu, 2 * (size_t)n);
+    CHECK(hyb_cuda_swiglu_fwd_bf16(da, db, dy, n) == HYB_OK);
+    int64_t off = bf16_off(dy, y, n, 0);
+    CHECK_MSG(off == 0, "swiglu bf16: %lld outputs off by more than one bf16 ulp", (long long)off);
+    /* rmsnorm */
+    cpu->rmsnorm_fwd(cpu, a, w, y, rs, rows, D, 1e-5f);
+    dy = gpu->alloc(gpu, 2 * (size_t)n);
+    float *drs = gpu->alloc(gpu, sizeof(float) * rows);
+    CHECK(hyb_cuda_rmsnorm_fwd_bf16(da, dw, dy, drs, rows, D, 1e-5f) == HYB_OK);
+    off = bf16_off(dy, y, n, 0);
+    CHECK_MSG(off == 0, "rmsnorm bf16: %lld outputs off by more than one bf16 ulp", (long long)off);
+    CHECK_DEV(drs, rs, rows, TOL);
+    /* add + rmsnorm: h exact, the norm of the rounded h */
+    for (int64_t i = 0; i < n; i++)
+        h[i] = f32_of(harness_bf16(a[i] + b[i]));
+    cpu->rmsnorm_fwd(cpu, h, w, y, rs, rows, D, 1e-5f);
+    void *dh = gpu->alloc(gpu, 2 * (size_t)n);
+    dy = gpu->alloc(gpu, 2 * (size_t)n);
+    drs = gpu->alloc(gpu, sizeof(float) * rows);
+    CHECK(hyb_cuda_add_rmsnorm_fwd_bf16(da, db, dw, dh, dy, drs, rows, D, 1e-5f) == HYB_OK);
+    CHECK(bf16_off(dh, h, n, 1) == 0);
+    off = bf16_off(dy, y, n, 0);
+    CHECK_MSG(off == 0, "add_rmsnorm bf16: %lld outputs off by more than one bf16 ulp",
+              (long long)off);
+    CHECK_DEV(drs, rs, rows, TOL);
+    gpu->free(gpu, da), gpu->free(gpu, db), gpu->free(gpu, dw);
+    free(a), free(b), free(w), free(ab), free(bb), free(wb), free(h), free(y), free(rs);
+}
+
 /* |a - b| <= rel |b| + 1e-30 element by element; the count of those that are not */
 static int64_t n_off(const float *a, const float *b, int64_t n, double rel) {
     int64_t bad = 0;
@@ -662,6 +739,7 @@ int main(void) {
     RUN(test_adamw);
     RUN(test_adamw_multi);
     RUN(test_sample);
+    RUN(test_store_bf16);
     RUN(test_clip_entries);
     RUN(test_plugin_kernel);
     RUN(test_pool);

@@ -19,6 +19,7 @@ static struct {
     pthread_mutex_t mu;
     struct {
         const char *file;
+        const char *variant; /* the extra -D option, NULL for the standard build */
         CUmodule mod;
     } mods[MAX_MODULES];
     int nmods;
@@ -44,9 +45,10 @@ static int compile_and_load(const char *file, const char *src, const char *const
                             CUmodule *out) {
     hyb_cuda_image img;
     for (int use_cache = 1;; use_cache = 0) {
-        HYB_TRY(
-            src ? hyb_cuda_nvrtc_compile(file, src, opts, nopts, hyb_cuda_g.arch, use_cache, &img)
-                : hyb_cuda_compile_builtin(file, hyb_cuda_g.arch, use_cache, &img));
+        HYB_TRY(src ? hyb_cuda_nvrtc_compile(file, src, opts, nopts, hyb_cuda_g.arch, use_cache,
+                                             &img)
+                    : hyb_cuda_compile_builtin_opts(file, opts, nopts, hyb_cuda_g.arch, use_cache,
+                                                    &img));
         CUresult r = hyb_cu.cuModuleLoadData(out, img.data);
         const int retry = r != CUDA_SUCCESS && img.from_cache;
         if (retry)
@@ -56,17 +58,24 @@ static int compile_and_load(const char *file, const char *src, const char *const
     }
 }
 
-static int load_module(const char *file, CUmodule *out) {
+/* The module of embedded file `file` built with the standard options plus `variant` (one -D
+ * option, a static string; NULL: none). */
+static int load_module(const char *file, const char *variant, CUmodule *out) {
     for (int i = 0; i < g_k.nmods; i++)
-        if (strcmp(g_k.mods[i].file, file) == 0) {
+        if (strcmp(g_k.mods[i].file, file) == 0 &&
+            (variant ? g_k.mods[i].variant && strcmp(g_k.mods[i].variant, variant) == 0
+                     : !g_k.mods[i].variant)) {
             *out = g_k.mods[i].mod;
             return HYB_OK;
         }
     if (g_k.nmods == MAX_MODULES)
         return hyb_error_set(HYB_ERR, "CUDA: too many kernel modules (%d)", MAX_MODULES);
     CUmodule mod = NULL;
-    int rc = compile_and_load(file, NULL, NULL, 0, &mod);
-    if (rc != HYB_OK) return hyb_error_wrap(rc, "loading kernels of %s", file);
+    int rc = compile_and_load(file, NULL, variant ? &variant : NULL, variant ? 1 : 0, &mod);
+    if (rc != HYB_OK)
+        return hyb_error_wrap(rc, "loading kernels of %s%s%s", file, variant ? " " : "",
+                              variant ? variant : "");
+    g_k.mods[g_k.nmods].variant = variant;
     g_k.mods[g_k.nmods].file = file;
     g_k.mods[g_k.nmods].mod = mod;
     g_k.nmods++;
@@ -84,7 +93,7 @@ CUfunction hyb_cuda_function(const char *file, const char *kernel) {
             goto out;
         }
     CUmodule mod = NULL;
-    if (load_module(file, &mod) != HYB_OK) goto out;
+    if (load_module(file, NULL, &mod) != HYB_OK) goto out;
     if (hyb_cu_check(hyb_cu.cuModuleGetFunction(&fn, mod, kernel), "cuModuleGetFunction", __FILE__,
                      __LINE__) != HYB_OK) {
         hyb_error_wrap(HYB_ERR, "kernel %s of %s", kernel, file);
@@ -95,6 +104,42 @@ CUfunction hyb_cuda_function(const char *file, const char *kernel) {
         g_k.fns[g_k.nfns].kernel = kernel;
         g_k.fns[g_k.nfns].fn = fn;
         g_k.nfns++;
+    }
+out:
+    pthread_mutex_unlock(&g_k.mu);
+    return fn;
+}
+
+/* kernel `kernel` of the `variant` build of `file` (variants share kernel names, so they are
+ * cached apart from hyb_cuda_function's); NULL + error */
+#define MAX_VARIANT_FUNCS 16
+static struct {
+    const char *variant, *kernel;
+    CUfunction fn;
+} g_vf[MAX_VARIANT_FUNCS];
+static int g_nvf;
+static CUfunction variant_function(const char *file, const char *variant, const char *kernel) {
+    CUfunction fn = NULL;
+    if (hyb_cuda_bind() != HYB_OK) return NULL;
+    pthread_mutex_lock(&g_k.mu);
+    for (int i = 0; i < g_nvf; i++)
+        if (strcmp(g_vf[i].variant, variant) == 0 && strcmp(g_vf[i].kernel, kernel) == 0) {
+            fn = g_vf[i].fn;
+            goto out;
+        }
+    CUmodule mod = NULL;
+    if (load_module(file, variant, &mod) != HYB_OK) goto out;
+    if (hyb_cu_check(hyb_cu.cuModuleGetFunction(&fn, mod, kernel), "cuModuleGetFunction", __FILE__,
+                     __LINE__) != HYB_OK) {
+        hyb_error_wrap(HYB_ERR, "kernel %s of %s %s", kernel, file, variant);
+        fn = NULL;
+        goto out;
+    }
+    if (g_nvf < MAX_VARIANT_FUNCS) {
+        g_vf[g_nvf].variant = variant;
+        g_vf[g_nvf].kernel = kernel;
+        g_vf[g_nvf].fn = fn;
+        g_nvf++;
     }
 out:
     pthread_mutex_unlock(&g_k.mu);
@@ -185,6 +230,7 @@ void hyb_cuda_ops_reset(void) { /* after the context went away (hyb_cuda_shutdow
     pthread_mutex_lock(&g_k.mu);
     g_k.nmods = g_k.nfns = 0;
     g_npk = 0;
+    g_nvf = 0;
     pthread_mutex_unlock(&g_k.mu);
     pthread_mutex_lock(&g_aw.mu); /* the table's device memory went with the context */
     g_aw.dev = NULL;
@@ -540,6 +586,42 @@ int hyb_cuda_kl_bwd(const float *s, const float *t, const float *w, const float 
     int rc = hyb_cuda_launch(fn_, "hyb_kl_bwd", (unsigned)rows, 1, BLOCK, args);
     hyb_cuda_free(dw);
     return rc;
+}
+
+/* ---- bf16 storage (kernels/store.cu built with -DHYB_STORE_BF16) ----------------------------- */
+static const char BF16[] = "-DHYB_STORE_BF16";
+#define GET_BF16(name)                                                                             \
+    CUfunction fn_ = variant_function("store.cu", BF16, name);                                     \
+    if (!fn_) return HYB_ERR
+int hyb_cuda_rmsnorm_fwd_bf16(const void *x, const void *w, void *y, float *rstd, int64_t rows,
+                              int64_t D, float eps) {
+    if (rows <= 0) return HYB_OK;
+    HYB_TRY(rows_ok("rmsnorm_fwd_bf16", rows));
+    GET_BF16("hyb_st_rmsnorm_fwd");
+    LAUNCH("hyb_st_rmsnorm_fwd (bf16)", (unsigned)rows, 1, BLOCK, &x, &w, &y, &rstd, &rows, &D,
+           &eps);
+    return HYB_OK;
+}
+int hyb_cuda_add_rmsnorm_fwd_bf16(const void *a, const void *b, const void *w, void *h, void *y,
+                                  float *rstd, int64_t rows, int64_t D, float eps) {
+    if (rows <= 0) return HYB_OK;
+    HYB_TRY(rows_ok("add_rmsnorm_fwd_bf16", rows));
+    GET_BF16("hyb_st_add_rmsnorm_fwd");
+    LAUNCH("hyb_st_add_rmsnorm_fwd (bf16)", (unsigned)rows, 1, BLOCK, &a, &b, &w, &h, &y, &rstd,
+           &rows, &D, &eps);
+    return HYB_OK;
+}
+int hyb_cuda_swiglu_fwd_bf16(const void *gate, const void *up, void *y, int64_t n) {
+    if (n <= 0) return HYB_OK;
+    GET_BF16("hyb_st_swiglu_fwd");
+    LAUNCH("hyb_st_swiglu_fwd (bf16)", grid_for(n), 1, BLOCK, &gate, &up, &y, &n);
+    return HYB_OK;
+}
+int hyb_cuda_add_bf16(const void *a, const void *b, void *y, int64_t n) {
+    if (n <= 0) return HYB_OK;
+    GET_BF16("hyb_st_add");
+    LAUNCH("hyb_st_add (bf16)", grid_for(n), 1, BLOCK, &a, &b, &y, &n);
+    return HYB_OK;
 }
 
 /* ---- sampling ---------------------------------------------------------------------------------
