@@ -136,8 +136,8 @@ int hyb_engine_new(hyb_model *m, const hyb_engine_opts *o, hyb_engine **out) {
         e->toks = malloc(sizeof *e->toks * (size_t)o->slots);
         if (!e->dlogits || !e->srows || !e->toks) {
             hyb_engine_free(e);
-            return hyb_error_wrap(HYB_ERR_NOMEM, "hyb_engine_new: device logits [%d, %d]",
-                                  o->slots, m->V);
+            return hyb_error_wrap(HYB_ERR_NOMEM, "hyb_engine_new: device logits [%d, %d]", o->slots,
+                                  m->V);
         }
     }
     e->st.state_bytes = e->kv->bytes;
@@ -699,7 +699,6 @@ static int waits_for_prefix(const hyb_engine *e, const req *r) {
     return best && !best->ready && best->busy;
 }
 
-
 /* The decode step's tokens from the logits on the device (dlogits [n, V]): one be->sample call
  * for all n rows, each with its request's settings and, when it draws, the next uniform of the
  * request's RNG, the one hyb_sampler_sample would have used (the contract of be->sample). */
@@ -707,14 +706,14 @@ static int sample_on_device(hyb_engine *e, int n, double dt, int rc) {
     for (int i = 0; i < n; i++) {
         req *r = e->slot_req[e->seqs[i]];
         const hyb_sampler_params *sp = &r->smp->p;
-        e->srows[i] = (hyb_sample_row){.temperature = sp->temperature,
-                                       .top_k = sp->top_k,
-                                       .top_p = sp->top_p,
-                                       .repetition_penalty = sp->repetition_penalty,
-                                       .u = hyb_sampler_greedy(sp) ? 0.0f
-                                                                   : hyb_rng_uniform(&r->smp->rng),
-                                       .history = r->tokens,
-                                       .n_history = r->n_prompt + r->n_gen};
+        e->srows[i] =
+            (hyb_sample_row){.temperature = sp->temperature,
+                             .top_k = sp->top_k,
+                             .top_p = sp->top_p,
+                             .repetition_penalty = sp->repetition_penalty,
+                             .u = hyb_sampler_greedy(sp) ? 0.0f : hyb_rng_uniform(&r->smp->rng),
+                             .history = r->tokens,
+                             .n_history = r->n_prompt + r->n_gen};
     }
     double t0 = hyb_time_now();
     int src = e->sbe->sample(e->sbe, e->dlogits, n, e->V, e->srows, e->toks);
@@ -730,8 +729,7 @@ static int sample_on_device(hyb_engine *e, int n, double dt, int rc) {
         req *r = e->slot_req[e->seqs[i]];
         r->decode_s += dt;
         r->decode_tokens++;
-        int trc = accept_token(e, r, e->toks[i], t1, NULL,
-                               e->dlogits + (size_t)i * (size_t)e->V);
+        int trc = accept_token(e, r, e->toks[i], t1, NULL, e->dlogits + (size_t)i * (size_t)e->V);
         if (trc != HYB_OK && rc == HYB_OK) rc = trc;
     }
     return rc;

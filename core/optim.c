@@ -213,8 +213,7 @@ int hyb_adamw_step(hyb_adamw *o) {
             rc = o->be->adamw(o->be, tab[i].p, tab[i].g, tab[i].m, tab[i].v, tab[i].n, b1, b2, eps,
                               tab[i].shrink, tab[i].step_size, inv_sqrt_bc2);
     free(tab);
-    if (rc != HYB_OK)
-        return hyb_error_wrap(rc, "hyb_adamw_step: %d parameter tensors", k);
+    if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_adamw_step: %d parameter tensors", k);
     return HYB_OK;
 }
 

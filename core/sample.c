@@ -155,7 +155,8 @@ static float kth_largest(const float *vals, const int32_t *idx, int n, int k, fl
 }
 
 /* Fill idx[0..*n_out) with the kept tokens and w[tok] with their normalised probabilities
- * (w, idx: [V] scratch, seen: [V] zeros, left zero). *greedy_tok >= 0 when the choice is deterministic. */
+ * (w, idx: [V] scratch, seen: [V] zeros, left zero). *greedy_tok >= 0 when the choice is
+ * deterministic. */
 static int prepare_in(const hyb_sampler_params *sp, int V, float *w, int32_t *idx, uint8_t *seen,
                       const float *logits, const int32_t *hist, int n_hist, int *n_out,
                       int32_t *greedy_tok) {

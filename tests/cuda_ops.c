@@ -170,8 +170,7 @@ static void test_add_rmsnorm(void) {
               memcmp(rstd, rstd2, sizeof(float) * rows) == 0);
         float *d_a = to_dev(a, n), *d_b = to_dev(b, n), *d_w = to_dev(w, D);
         float *d_h = to_dev(h2, n), *d_y = to_dev(y2, n), *d_r = to_dev(rstd2, rows);
-        CHECK_MSG(gpu->add_rmsnorm_fwd(gpu, d_a, d_b, d_w, d_h, d_y, d_r, rows, D, 1e-5f) ==
-                      HYB_OK,
+        CHECK_MSG(gpu->add_rmsnorm_fwd(gpu, d_a, d_b, d_w, d_h, d_y, d_r, rows, D, 1e-5f) == HYB_OK,
                   "%s", hyb_error());
         float *gh = from_dev(d_h, n);
         CHECK(memcmp(gh, h, sizeof(float) * n) == 0);
@@ -414,8 +413,8 @@ static int64_t bf16_off(void *d, const float *ref, int64_t n, int exact) {
     int64_t bad = 0;
     for (int64_t i = 0; i < n; i++) {
         const float r = f32_of(harness_bf16(ref[i])), x = f32_of(g[i]);
-        bad += exact ? g[i] != harness_bf16(ref[i])
-                     : !(fabsf(x - r) <= 0x1p-7f * fabsf(r) + 1e-30f);
+        bad +=
+            exact ? g[i] != harness_bf16(ref[i]) : !(fabsf(x - r) <= 0x1p-7f * fabsf(r) + 1e-30f);
     }
     free(g);
     return bad;
@@ -493,8 +492,8 @@ static void test_adamw_multi(void) {
         memcpy(vr[i], v[i], sizeof(float) * (size_t)n);
         const float shrink = i % 2 ? 1.0f : 0.9999f, step = 1e-3f * (float)(i + 1);
         tc[i] = (hyb_adamw_tensor){p[i], g[i], m[i], v[i], n, 0, shrink, step};
-        tg[i] = (hyb_adamw_tensor){to_dev(p[i], n), to_dev(g[i], n), to_dev(m[i], n),
-                                   to_dev(v[i], n), n, 0, shrink, step};
+        tg[i] = (hyb_adamw_tensor){
+            to_dev(p[i], n), to_dev(g[i], n), to_dev(m[i], n), to_dev(v[i], n), n, 0, shrink, step};
     }
     const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, isb = 1.02f;
     for (int step = 0; step < 3; step++) {
@@ -520,12 +519,14 @@ static void test_adamw_multi(void) {
         CHECK(memcmp(p[i], pr[i], sizeof(float) * (size_t)n) == 0 &&
               memcmp(m[i], mr[i], sizeof(float) * (size_t)n) == 0 &&
               memcmp(v[i], vr[i], sizeof(float) * (size_t)n) == 0);
-        float *gp = malloc(sizeof(float) * (size_t)(n ? n : 1)), *gm = malloc(sizeof(float) * (size_t)(n ? n : 1));
+        float *gp = malloc(sizeof(float) * (size_t)(n ? n : 1)),
+              *gm = malloc(sizeof(float) * (size_t)(n ? n : 1));
         float *gv = malloc(sizeof(float) * (size_t)(n ? n : 1));
         gpu->download(gpu, gp, tg[i].p, sizeof(float) * (size_t)n);
         gpu->download(gpu, gm, tg[i].m, sizeof(float) * (size_t)n);
         gpu->download(gpu, gv, tg[i].v, sizeof(float) * (size_t)n);
-        int64_t bad = n_off(gp, p[i], n, 1e-6) + n_off(gm, m[i], n, 1e-6) + n_off(gv, v[i], n, 1e-6);
+        int64_t bad =
+            n_off(gp, p[i], n, 1e-6) + n_off(gm, m[i], n, 1e-6) + n_off(gv, v[i], n, 1e-6);
         CHECK_MSG(bad == 0, "adamw_multi tensor %d (n = %lld): %lld values off by > 1e-6", i,
                   (long long)n, (long long)bad);
         gpu->free(gpu, tg[i].p), gpu->free(gpu, (void *)tg[i].g), gpu->free(gpu, tg[i].m);
@@ -551,10 +552,10 @@ static void test_sample(void) {
         float t;
         int k;
         float p, pen;
-    } cfg[] = {{0.0f, 0, 1.0f, 1.0f},   {0.0f, 0, 1.0f, 1.3f}, {1.0f, 1, 1.0f, 1.0f},
-               {0.7f, 0, 1.0f, 1.0f},   {1.0f, 40, 1.0f, 1.0f}, {1.3f, 0, 0.9f, 1.0f},
-               {0.8f, 50, 0.8f, 1.0f},  {1.0f, 0, 0.95f, 1.3f}, {1.0f, 0, 0.01f, 1.0f},
-               {2.0f, 2999, 0.5f, 0.7f}, {0.5f, 7, 0.0f, 1.1f}, {1.0f, 3000, 0.99f, 1.0f}};
+    } cfg[] = {{0.0f, 0, 1.0f, 1.0f},    {0.0f, 0, 1.0f, 1.3f},  {1.0f, 1, 1.0f, 1.0f},
+               {0.7f, 0, 1.0f, 1.0f},    {1.0f, 40, 1.0f, 1.0f}, {1.3f, 0, 0.9f, 1.0f},
+               {0.8f, 50, 0.8f, 1.0f},   {1.0f, 0, 0.95f, 1.3f}, {1.0f, 0, 0.01f, 1.0f},
+               {2.0f, 2999, 0.5f, 0.7f}, {0.5f, 7, 0.0f, 1.1f},  {1.0f, 3000, 0.99f, 1.0f}};
     const int n_cfg = (int)(sizeof cfg / sizeof cfg[0]), reps = 4;
     float *lg = malloc(sizeof(float) * N * V);
     int32_t hist[N][H], tc[N], tg[N];
@@ -564,7 +565,7 @@ static void test_sample(void) {
         for (int rep = 0; rep < reps; rep++) {
             for (int64_t i = 0; i < (int64_t)N * V; i++) {
                 float x = 3.0f * urand();
-                if ((i % 97) == 5) x = 2.5f;                                /* repeats */
+                if ((i % 97) == 5) x = 2.5f;                           /* repeats */
                 if ((i % 1500) == 700 || (i % 1500) == 1200) x = 3.0f; /* tied maxima */
                 if ((i % 1009) == 11) x = -INFINITY;
                 if ((i % 1013) == 17) x = NAN;
@@ -573,8 +574,9 @@ static void test_sample(void) {
             for (int r = 0; r < N; r++) {
                 for (int j = 0; j < H; j++)
                     hist[r][j] = (int32_t)((urand() + 1.0f) * 0.5f * 200.0f) % V; /* repeats */
-                rows[r] = (hyb_sample_row){cfg[c].t, cfg[c].k, cfg[c].p, cfg[c].pen,
-                                           (urand() + 1.0f) * 0.5f, hist[r], r % 3 ? H : 0};
+                rows[r] = (hyb_sample_row){
+                    cfg[c].t, cfg[c].k,     cfg[c].p, cfg[c].pen, (urand() + 1.0f) * 0.5f,
+                    hist[r],  r % 3 ? H : 0};
                 if (rows[r].u >= 1.0f) rows[r].u = 0.999f;
             }
             if (rep == 1) rows[0].u = 0.0f, rows[1].u = 0.99999994f; /* the ends */

@@ -152,8 +152,8 @@ static int mock_adamw(const hyb_backend *be, float *p, const float *g, float *m,
     const hyb_backend *c = hyb_backend_cpu();
     return c->adamw(c, p, g, m, v, n, b1, b2, eps, shrink, step, ibc2);
 }
-static int mock_adamw_multi(const hyb_backend *be, const hyb_adamw_tensor *t, int count,
-                            float b1, float b2, float eps, float ibc2) {
+static int mock_adamw_multi(const hyb_backend *be, const hyb_adamw_tensor *t, int count, float b1,
+                            float b2, float eps, float ibc2) {
     (void)be;
     g_calls[3]++;
     for (int i = 0; i < count; i++) {
@@ -426,16 +426,17 @@ static int count_event(void *user, const hyb_token_event *ev) {
 }
 
 enum { N_REQ = 4, MAX_TOK = 10 };
-static void engine_tokens(hyb_model *m, int32_t toks[N_REQ][MAX_TOK], int *n_toks,
-                          ev_count ec[2]) {
+static void engine_tokens(hyb_model *m, int32_t toks[N_REQ][MAX_TOK], int *n_toks, ev_count ec[2]) {
     hyb_engine_opts o = hyb_engine_defaults();
     o.slots = 3; /* 4 requests: one waits for a slot */
     o.max_ctx = 32;
     hyb_engine *e = NULL;
     CHECK_MSG(hyb_engine_new(m, &o, &e) == HYB_OK, "%s", hyb_error());
     if (!e) return;
-    static const hyb_sampler_params sp[N_REQ] = {
-        {0.0f, 0, 1.0f, 1.0f}, {0.9f, 10, 1.0f, 1.0f}, {1.2f, 0, 0.8f, 1.2f}, {0.7f, 5, 0.9f, 1.0f}};
+    static const hyb_sampler_params sp[N_REQ] = {{0.0f, 0, 1.0f, 1.0f},
+                                                 {0.9f, 10, 1.0f, 1.0f},
+                                                 {1.2f, 0, 0.8f, 1.2f},
+                                                 {0.7f, 5, 0.9f, 1.0f}};
     for (int r = 0; r < N_REQ; r++) {
         int32_t prompt[6];
         for (int i = 0; i < 6; i++)

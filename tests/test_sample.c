@@ -320,8 +320,8 @@ static void test_sample_with_contract(void) {
     float lg[V];
     int32_t hist[20];
     static const hyb_sampler_params ps[] = {{0.0f, 0, 1.0f, 1.0f}, {0.8f, 0, 1.0f, 1.2f},
-                                           {1.0f, 1, 1.0f, 1.0f}, {1.1f, 20, 1.0f, 1.0f},
-                                           {0.9f, 0, 0.7f, 1.1f}, {1.3f, 30, 0.9f, 0.8f}};
+                                            {1.0f, 1, 1.0f, 1.0f}, {1.1f, 20, 1.0f, 1.0f},
+                                            {0.9f, 0, 0.7f, 1.1f}, {1.3f, 30, 0.9f, 0.8f}};
     hyb_rng data;
     hyb_rng_seed(&data, 3);
     int same = 0, total = 0;

@@ -24,8 +24,7 @@ typedef void *const *(*state_fn)(void *ctx, int layer);
 /* The residual add of a block is fused with the norm that follows it (the next block's input
  * norm, the MLP's norm or the final norm): `pend` holds the branch output not yet added to h, and
  * norm() adds it and normalises in one backend call (hyb_add_rmsnorm: same values and tape). */
-static hyb_tensor *norm(hyb_graph *g, hyb_tensor **h, hyb_tensor **pend, hyb_tensor *w,
-                        float eps) {
+static hyb_tensor *norm(hyb_graph *g, hyb_tensor **h, hyb_tensor **pend, hyb_tensor *w, float eps) {
     if (!*pend) return hyb_rmsnorm(g, *h, w, eps);
     hyb_tensor *y = hyb_add_rmsnorm(g, *h, *pend, w, eps, h);
     *pend = NULL;
@@ -283,7 +282,7 @@ static int decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, cons
         if (logits) {
             const hyb_backend *be = hyb_backend_get(lg->device);
             const size_t nb = (size_t)n * (size_t)m->V * sizeof(float);
-            rc = !be          ? HYB_ERR_UNSUPPORTED
+            rc = !be         ? HYB_ERR_UNSUPPORTED
                  : on_device ? be->copy(be, logits, lg->data, nb)
                              : be->download(be, logits, lg->data, nb);
         }

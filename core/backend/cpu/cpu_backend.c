@@ -120,7 +120,8 @@ static int cpu_sample(const hyb_backend *be, const float *logits, int64_t n, int
         const hyb_sample_row *r = &rows[i];
         hyb_sampler_params p = {r->temperature, r->top_k, r->top_p, r->repetition_penalty};
         int32_t t = hyb_sample_with(&p, logits + i * V, (int)V, r->history, r->n_history, r->u);
-        if (t < 0) return hyb_error_wrap(t, "cpu sample: row %lld of %lld", (long long)i, (long long)n);
+        if (t < 0)
+            return hyb_error_wrap(t, "cpu sample: row %lld of %lld", (long long)i, (long long)n);
         out[i] = t;
     }
     return HYB_OK;

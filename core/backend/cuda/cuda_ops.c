@@ -45,10 +45,10 @@ static int compile_and_load(const char *file, const char *src, const char *const
                             CUmodule *out) {
     hyb_cuda_image img;
     for (int use_cache = 1;; use_cache = 0) {
-        HYB_TRY(src ? hyb_cuda_nvrtc_compile(file, src, opts, nopts, hyb_cuda_g.arch, use_cache,
-                                             &img)
-                    : hyb_cuda_compile_builtin_opts(file, opts, nopts, hyb_cuda_g.arch, use_cache,
-                                                    &img));
+        HYB_TRY(
+            src ? hyb_cuda_nvrtc_compile(file, src, opts, nopts, hyb_cuda_g.arch, use_cache, &img)
+                : hyb_cuda_compile_builtin_opts(file, opts, nopts, hyb_cuda_g.arch, use_cache,
+                                                &img));
         CUresult r = hyb_cu.cuModuleLoadData(out, img.data);
         const int retry = r != CUDA_SUCCESS && img.from_cache;
         if (retry)
@@ -321,8 +321,9 @@ int hyb_cuda_adamw_multi(const hyb_adamw_tensor *t, int count, float b1, float b
         return hyb_error_set(HYB_ERR_ARG, "adamw_multi: bad tensor table (count %d)", count);
     for (int i = 0; i < count; i++)
         if (t[i].n < 0 || (t[i].n > 0 && (!t[i].p || !t[i].g || !t[i].m || !t[i].v)))
-            return hyb_error_set(HYB_ERR_ARG, "adamw_multi: tensor %d of %d: n = %lld, a NULL buffer",
-                                 i, count, (long long)t[i].n);
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "adamw_multi: tensor %d of %d: n = %lld, a NULL buffer", i, count,
+                                 (long long)t[i].n);
     if (count == 0) return HYB_OK;
     GET("elementwise.cu", "hyb_adamw_multi");
     int rc = HYB_OK;
@@ -651,8 +652,7 @@ int hyb_cuda_sample(const float *logits, int64_t n, int64_t V, const hyb_sample_
         if (!(r->temperature >= 0.0f && r->temperature <= 100.0f) || r->top_k < 0 ||
             !(r->top_p >= 0.0f && r->top_p <= 1.0f) ||
             !(r->repetition_penalty > 0.0f && r->repetition_penalty <= 100.0f) ||
-            !(r->u >= 0.0f && r->u < 1.0f) || r->n_history < 0 ||
-            (r->n_history > 0 && !r->history))
+            !(r->u >= 0.0f && r->u < 1.0f) || r->n_history < 0 || (r->n_history > 0 && !r->history))
             return hyb_error_set(HYB_ERR_ARG,
                                  "sample: row %lld: bad settings (temperature %g, top_k %d, top_p "
                                  "%g, repetition_penalty %g, u %g, %d history tokens)",
@@ -683,8 +683,9 @@ int hyb_cuda_sample(const float *logits, int64_t n, int64_t V, const hyb_sample_
     int np = 0;
     for (int64_t i = 0; i < n; i++) {
         const hyb_sample_row *r = &rows[i];
-        prm[i] = (sample_param){r->temperature, r->top_k, r->top_p, r->repetition_penalty, r->u,
-                                r->temperature <= 0.0f || r->top_k == 1};
+        prm[i] = (sample_param){r->temperature, r->top_k,
+                                r->top_p,       r->repetition_penalty,
+                                r->u,           r->temperature <= 0.0f || r->top_k == 1};
         off[i] = np;
         if (r->repetition_penalty == 1.0f) continue;
         const int first = np;

@@ -101,7 +101,7 @@ struct hyb_backend {
      * a or b (the residual stream updated in place); y must not alias a, b or h. The backward is
      * rmsnorm_bwd on h plus the identity into both addends (the graph records two nodes). */
     int (*add_rmsnorm_fwd)(const hyb_backend *be, const float *a, const float *b, const float *w,
-                            float *h, float *y, float *rstd, int64_t rows, int64_t D, float eps);
+                           float *h, float *y, float *rstd, int64_t rows, int64_t D, float eps);
     /* dx: [rows, D] +=, dw: [D] += (either may be NULL) */
     int (*rmsnorm_bwd)(const hyb_backend *be, const float *x, const float *w, const float *rstd,
                         const float *dy, float *dx, float *dw, int64_t rows, int64_t D);
