@@ -43,7 +43,11 @@
  * hyb.train.greedy and the benchmarks (hyb bench, hyb.bench) all run requests through it, so
  * prefill, batched decode, sampling and the stop rules live here only. Per request:
  *  - sampling: p.sampler + p.seed (a sampler made for the request), or p.sampler_state, a
- *    caller's sampler used in place (its random stream goes on across requests: a chat);
+ *    caller's sampler used in place (its random stream goes on across requests: a chat). With
+ *    the model on a device whose backend has be->sample, a decode step's logits stay there and
+ *    one be->sample call picks every row's token with the uniform its request's RNG yields (the
+ *    stream hyb_sampler_sample would use): only ids come back (HYB_DEVICE_SAMPLE=0: download
+ *    the logits and sample on the host, as prefill's first token always is);
  *  - stop rules, checked in this order after each sampled token: an id of p.eos (HYB_FINISH_EOS),
  *    a stop string (HYB_FINISH_STOP; needs p.tok), max_tokens (HYB_FINISH_LENGTH), a full
  *    context (HYB_FINISH_CTX); then on_token sees the token (and the finish), and may stop a
