@@ -588,7 +588,8 @@ static int m_generate(lua_State *L) {
     p.tok = l->tok;
     p.on_token = gen_on_token;
     p.user = &cb;
-    p.flags = HYB_REQ_PIN | HYB_REQ_CONTINUE;
+    p.flags = HYB_REQ_PIN | HYB_REQ_CONTINUE | HYB_REQ_FINAL_LOGITS; /* gen_on_token reads the
+                                                                        final token's only */
     p.slot = 0;
     int32_t eos = hyb_tokenizer_eos_id(l->tok);
     if (eos >= 0 && eos < l->m->V) p.eos[p.n_eos++] = eos;

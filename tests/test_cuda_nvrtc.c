@@ -77,6 +77,16 @@ static void test_all_kernels_compile(void) {
     }
     CHECK(nfiles >= 3); /* elementwise.cu, rows.cu, loss.cu */
     CHECK(hyb_cuda_source_text("common.cuh") != NULL);
+    /* the variant builds the backend loads: store.cu with bf16 storage */
+    static const char *const bf16[] = {"-DHYB_STORE_BF16"};
+    for (int arch = 80; arch <= 90; arch += 10) {
+        hyb_cuda_image img;
+        int rc = hyb_cuda_compile_builtin_opts("store.cu", bf16, 1, arch, 1, &img);
+        CHECK_MSG(rc == HYB_OK, "store.cu -DHYB_STORE_BF16 for sm_%d: %s", arch, hyb_error());
+        if (rc != HYB_OK) continue;
+        CHECK(check_symbols("store.cu", hyb_cuda_source_text("store.cu"), &img, arch) == 4);
+        hyb_cuda_image_free(&img);
+    }
 }
 
 /* ---- the plugins' kernel files ----------------------------------------------------------------

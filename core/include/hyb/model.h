@@ -154,6 +154,11 @@ int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids,
  * (reset them). Same for prefill. */
 int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
                      float *logits);
+/* hyb_model_decode with the logits left on the model's device: dev_logits [n, V] is memory of
+ * the model's backend (be->alloc), filled by a device-to-device copy; for be->sample, so only
+ * token ids cross the bus (core/engine.c). */
+int hyb_model_decode_dev(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs,
+                         const int32_t *ids, float *dev_logits);
 
 /* ---- checkpoints -------------------------------------------------------------------------------*/
 /* Write dir/model.safetensors (HF names, f32) and dir/layermap.toml atomically (tmp + fsync +
