@@ -548,6 +548,14 @@ static void test_device_graph(void) {
             free(xs);
         }
         if (g) be->graph_free(be, g);
+        for (int b = 0; b < B; b++) {
+            free(hs[b]);
+            be->free(be, ds[b]);
+        }
+        for (int i = 0; i < np; i++)
+            be->free(be, dp[i]);
+        be->free(be, xd);
+        be->free(be, yd);
         free(x), free(y0), free(y1);
         mh_inst_free(&I);
     }
