@@ -15,6 +15,17 @@
  * hyb_hybrid formats, attention_bias (apriel_h attention has no biases: such an mha is refused
  * there). Every mha layer of a model must agree on them (one set of keys).
  *
+ * Devices: the CPU (mha_attn.c) and CUDA (mha_cuda.c, kernels in mha_attn.cu), with the same
+ * saved block and decode state (byte for byte the same layout, mha.h). On CUDA the projections
+ * are cuBLAS sgemm and RoPE the backend's; the attention is mha_attn.cu, compiled per head_dim
+ * (4, 8, 16, 32, 64, 128; another head_dim is HYB_ERR_UNSUPPORTED on CUDA, naming the op and
+ * shape): forward = one fused flash-attention kernel (blocks of 32 queries of one head, 16 for
+ * head_dim > 64, key tiles of 32 in shared memory, online softmax with warp shuffles, 128
+ * threads), saving the row log-sum-exp; backward = flash-attention-2 recomputation from it in
+ * two deterministic passes (dQ per query tile; dK/dV per key tile over the query heads of its KV
+ * head, no atomics); decode = flash-decoding (splits of 64 keys of the head-major cache, all
+ * query heads of a KV head per block, then a combine kernel).
+ *
  * Initialisation: every weight N(0, 0.02), as HF LlamaPreTrainedModel._init_weights with
  * initializer_range = 0.02; biases zero. Applied by the host from the declarations (no
  * init_params).
@@ -103,6 +114,7 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
 static void mha_destroy(void *self) {
     mha *m = self;
     if (m && m->dec_buf) m->dec_be->free(m->dec_be, m->dec_buf);
+    if (m) H_->free(m->cu_host);
     H_->free(self);
 }
 
@@ -242,6 +254,7 @@ static int mha_hf_import(const hyb_model_dims *dims, const char *format, const h
 
 static const hyb_mixer_desc MHA_DESC = {
     HYB_PL_DESC_REQUIRED(mha),
+    .kernels[HYB_DEV_CUDA] = {mha_forward_cuda, mha_backward_cuda, mha_decode_cuda},
     .name = "mha",
     .version = "1.0.0",
     .description =

@@ -27,6 +27,9 @@
 
 extern const hyb_host *mha_host;
 
+/* first word of the saved block's header (hyb_pl_saved_hdr), CPU and CUDA alike */
+#define MHA_SAVED_MAGIC 0x31414d48u /* "HMA1" */
+
 enum { MHA_WQ = 0, MHA_WK, MHA_WV, MHA_WO, MHA_BQ, MHA_BK, MHA_BV };
 
 typedef struct mha {
@@ -39,8 +42,18 @@ typedef struct mha {
     void *dec_buf;
     size_t dec_cap;
     const hyb_backend *dec_be; /* the backend dec_buf came from */
+    /* CUDA (mha_cuda.c): the kernels of mha_attn.cu compiled for this head_dim on cu_be, and a
+     * host staging buffer for the device arrays of state pointers and positions */
+    void *cu_fn[16];
+    const hyb_backend *cu_be;
+    void *cu_host;
+    size_t cu_host_cap;
 } mha;
 
 HYB_PL_DECLARE_KERNELS(mha);
+/* the CUDA kernels (mha_cuda.c) */
+int mha_forward_cuda(void *self, const hyb_mixer_fwd *a);
+int mha_backward_cuda(void *self, const hyb_mixer_bwd *a);
+int mha_decode_cuda(void *self, const hyb_mixer_dec *a);
 
 #endif

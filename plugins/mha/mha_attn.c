@@ -28,7 +28,7 @@
 #endif
 
 #define H_ mha_host
-#define SAVED_MAGIC 0x31414d48u /* "HMA1" */
+#define SAVED_MAGIC MHA_SAVED_MAGIC
 #define QBLK 64                 /* query rows per attention block */
 
 /* e^x for x <= 0 (scores minus their maximum), vectorisable (no libm call): Cephes expf's range

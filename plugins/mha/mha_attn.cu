@@ -1,0 +1,439 @@
+/* plugins/mha/mha_attn.cu: the `mha` mixer's CUDA kernels (f32 storage, f32 accumulation),
+ * compiled by the backend (be->kernel: NVRTC, or g++ under HYB_CUDA_EMULATE=1) with
+ * -DHEAD_DIM=hd; the host side is plugins/mha/mha_cuda.c. No #include: NVRTC compiles this
+ * without the CUDA include path.
+ *
+ * Layouts are the CPU's (mha.h): Q, O [B*T, H*hd] and K, V [B*T, KV*hd] rows (Q, K after RoPE),
+ * LSE [B, H, T], the KV cache of a sequence head-major [KV, max_ctx, hd] (K, then V). Query head
+ * h reads KV head h / (H / KV) (GQA) by index: K and V are never expanded.
+ *
+ * Every block has NT = 128 threads (4 warps).
+ *
+ * mha_fwd      flash-attention forward. Block = TQ queries of one (sequence, head): grid
+ *              (ceil(T / TQ), H, B). TQ = 32 (16 for hd > 64, to keep the static shared memory
+ *              under 48 KiB). The Q tile stays in shared memory; the keys 0 .. last query of the
+ *              block go by in tiles of TK = 32 (K and V tiles in shared memory, K rows padded to
+ *              hd + 1 floats against bank conflicts). Per tile: scores (warp w takes rows
+ *              w, w + 4, ..., lane j key j), causal mask, online softmax per row with warp
+ *              shuffles (running max m, sum l, the factor exp(m_old - m_new) that rescales the
+ *              output), then O += P V with the output tile in registers (TQ * hd / 128 floats a
+ *              thread). Writes O / l and LSE = m + log l (saved for the backward: no [T, T]).
+ * mha_bwd_dr   Dr[b, h, t] = dO . O of each row (flash-attention-2's D).
+ * mha_bwd_dq   dQ. Block = TB queries of one (sequence, head) (TB = 32, 16 for hd > 64), key
+ *              tiles of TB: P = exp(scale q.k - lse) recomputed, dS = P (dO.v - Dr), dQ += dS K
+ *              in registers; written (=) once, scaled.
+ * mha_bwd_dkv  dK, dV. Block = TB keys of one (sequence, KV head); loops over the group's query
+ *              heads and the query tiles at or after its keys, recomputing P and dS the same
+ *              way: dV += P^T dO, dK += dS^T Q in registers, written once. dQ and dK/dV are two
+ *              passes (S and dS computed twice) rather than one with atomics: no atomics, and
+ *              every sum runs in a fixed order, so the backward is deterministic.
+ * mha_cache_put  rows of fresh K, V (after RoPE) into each sequence's cache at its position
+ *              (states and positions as device arrays).
+ * mha_dec_split  flash-decoding: grid (splits, KV * head groups, n). Block = DCH = 64 keys of one
+ *              sequence's cache against up to GB = 8 query heads of one KV head (the cache is read
+ *              once for the whole group): scores (a warp per key), softmax of the split per head,
+ *              unnormalised output. Partial per (sequence, head, split): o[hd], m, l.
+ * mha_dec_combine  merges a (sequence, head)'s splits: M = max m_c, l = sum l_c e^(m_c - M),
+ *              o = sum o_c e^(m_c - M) / l.
+ * mha_add_bias, mha_bias_grad  the q/k/v biases (forward add; backward column sums, row order
+ *              as the CPU's).
+ */
+// hyb-variant: -DHEAD_DIM=4
+// hyb-variant: -DHEAD_DIM=8
+// hyb-variant: -DHEAD_DIM=16
+// hyb-variant: -DHEAD_DIM=32
+// hyb-variant: -DHEAD_DIM=64
+// hyb-variant: -DHEAD_DIM=128
+
+#ifndef HEAD_DIM
+#error "compile mha_attn.cu with -DHEAD_DIM=<head dim>"
+#endif
+#define HD HEAD_DIM
+#define HDP (HD + 1)
+#define NT 128
+#define NW (NT / 32)
+#define TQ (HD > 64 ? 16 : 32) /* forward: query rows per block */
+#define TK 32                  /* forward: keys per tile (one per lane) */
+#define TB (HD > 64 ? 16 : 32) /* backward: query rows and keys per tile */
+#define DCH 64                 /* decode: keys per split */
+#define GB 8                   /* decode: query heads per block */
+#define FULL_MASK 0xffffffffu
+#define NEG_INF __int_as_float(0xff800000)
+typedef long long i64;
+
+__device__ __forceinline__ float mha_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ float mha_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+/* Q, O rows (b*T + i) of stride ldq, head h at column h*HD; key j of sequence b, KV head g at
+ * K + b*k_bs + g*k_hs + j*ldk (V the same); queries sit at positions p0 + i (a continued
+ * prefill: the keys 0 .. p0 - 1 are already in the cache K, V point into). */
+extern "C" __launch_bounds__(NT) __global__ void mha_fwd(const float *Q, int ldq, const float *K,
+                                                          const float *V, i64 k_bs, i64 k_hs,
+                                                          int ldk, float *O, float *LSE, int T,
+                                                          int H, int group, int p0, float scale) {
+    __shared__ float Qs[TQ][HD];
+    __shared__ float Ks[TK][HDP];
+    __shared__ float Vs[TK][HD];
+    __shared__ float Ps[TQ][TK + 1];
+    __shared__ float m_s[TQ];
+    __shared__ float l_s[TQ];
+    __shared__ float a_s[TQ];
+    enum { OPT = (TQ * HD + NT - 1) / NT };
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * TQ, g = h / group;
+    const int nq = T - i0 < TQ ? T - i0 : TQ;
+    const float *q = Q + ((i64)b * T + i0) * ldq + (i64)h * HD;
+    const float *kb = K + b * k_bs + g * k_hs, *vb = V + b * k_bs + g * k_hs;
+    for (int e = tid; e < TQ * HD; e += NT) {
+        const int r = e / HD, d = e % HD;
+        Qs[r][d] = r < nq ? q[(i64)r * ldq + d] : 0.0f;
+    }
+    if (tid < TQ) {
+        m_s[tid] = NEG_INF;
+        l_s[tid] = 0.0f;
+    }
+    float acc[OPT];
+    for (int u = 0; u < OPT; u++) acc[u] = 0.0f;
+    const int kend = p0 + i0 + nq; /* keys 0 .. kend - 1: up to the block's last query */
+    __syncthreads();
+    for (int j0 = 0; j0 < kend; j0 += TK) {
+        for (int e = tid; e < TK * HD; e += NT) {
+            const int j = e / HD, d = e % HD;
+            const int ok = j0 + j < kend;
+            Ks[j][d] = ok ? kb[(i64)(j0 + j) * ldk + d] : 0.0f;
+            Vs[j][d] = ok ? vb[(i64)(j0 + j) * ldk + d] : 0.0f;
+        }
+        __syncthreads();
+        for (int r = warp; r < TQ; r += NW) {
+            const float m_old = m_s[r], l_old = l_s[r];
+            float s = 0.0f;
+            for (int d = 0; d < HD; d++) s += Qs[r][d] * Ks[lane][d];
+            const int kpos = j0 + lane, qpos = p0 + i0 + r;
+            /* key 0 is in every row's first tile, so m is finite from the first tile on */
+            s = kpos <= qpos && kpos < kend ? s * scale : NEG_INF;
+            const float m_new = fmaxf(m_old, mha_warp_max(s));
+            const float p = s == NEG_INF ? 0.0f : expf(s - m_new);
+            const float ls = mha_warp_sum(p);
+            Ps[r][lane] = p;
+            if (lane == 0) {
+                const float al = expf(m_old - m_new); /* 0 on the first tile (m_old = -inf) */
+                a_s[r] = al;
+                m_s[r] = m_new;
+                l_s[r] = l_old * al + ls;
+            }
+        }
+        __syncthreads();
+        for (int u = 0; u < OPT; u++) {
+            const int e = tid + u * NT;
+            if (e < TQ * HD) {
+                const int r = e / HD, d = e % HD;
+                float o = acc[u] * a_s[r];
+                for (int j = 0; j < TK; j++) o += Ps[r][j] * Vs[j][d];
+                acc[u] = o;
+            }
+        }
+        __syncthreads();
+    }
+    for (int u = 0; u < OPT; u++) {
+        const int e = tid + u * NT;
+        if (e < TQ * HD) {
+            const int r = e / HD, d = e % HD;
+            if (r < nq) O[((i64)b * T + i0 + r) * ldq + (i64)h * HD + d] = acc[u] / l_s[r];
+        }
+    }
+    if (tid < nq) LSE[((i64)b * H + h) * T + i0 + tid] = m_s[tid] + logf(l_s[tid]);
+}
+
+/* Dr[b, h, t] = sum_d dO[b*T + t, h*HD + d] O[...], one thread per (row, head) */
+extern "C" __launch_bounds__(NT) __global__ void mha_bwd_dr(const float *dO, const float *O,
+                                                             float *Dr, int B, int T, int H) {
+    const i64 idx = (i64)blockIdx.x * NT + threadIdx.x;
+    if (idx >= (i64)B * T * H) return;
+    const i64 row = idx / H;
+    const int h = (int)(idx % H), b = (int)(row / T), t = (int)(row % T);
+    const float *a = dO + row * H * HD + (i64)h * HD, *o = O + row * H * HD + (i64)h * HD;
+    float s = 0.0f;
+    for (int d = 0; d < HD; d++) s += a[d] * o[d];
+    Dr[((i64)b * H + h) * T + t] = s;
+}
+
+/* S = scale q.k, P = exp(S - lse) (causal), dS = P (dO.v - Dr) for a [TB queries] x [TB keys]
+ * tile in shared memory; rows past T and keys past the query are 0 */
+__device__ __forceinline__ void mha_bwd_tile(const float (*Qs)[HD], const float (*dOs)[HD],
+                                             const float (*Ks)[HDP], const float (*Vs)[HDP],
+                                             const float *lse_s, const float *dr_s,
+                                             float (*Ps)[TB + 1], float (*dSs)[TB + 1], int i0,
+                                             int j0, int T, float scale) {
+    for (int e = threadIdx.x; e < TB * TB; e += NT) {
+        const int r = e / TB, j = e % TB;
+        const int valid = j0 + j <= i0 + r && i0 + r < T;
+        float s = 0.0f, dp = 0.0f;
+        for (int d = 0; d < HD; d++) {
+            s += Qs[r][d] * Ks[j][d];
+            dp += dOs[r][d] * Vs[j][d];
+        }
+        const float p = valid ? expf(s * scale - lse_s[r]) : 0.0f;
+        if (Ps) Ps[r][j] = p;
+        dSs[r][j] = p * (dp - dr_s[r]);
+    }
+}
+
+/* query rows i0 .. i0 + TB - 1 of head h of sequence b into shared memory (zeros past T) */
+__device__ __forceinline__ void mha_bwd_load_q(float (*Qs)[HD], float (*dOs)[HD], float *lse_s,
+                                               float *dr_s, const float *Q, const float *dO,
+                                               const float *LSE, const float *Dr, int b, int h,
+                                               int i0, int T, int H) {
+    const i64 qd = (i64)H * HD;
+    for (int e = threadIdx.x; e < TB * HD; e += NT) {
+        const int r = e / HD, d = e % HD;
+        const int ok = i0 + r < T;
+        const i64 off = ((i64)b * T + i0 + r) * qd + (i64)h * HD + d;
+        Qs[r][d] = ok ? Q[off] : 0.0f;
+        dOs[r][d] = ok ? dO[off] : 0.0f;
+    }
+    for (int r = threadIdx.x; r < TB; r += NT) {
+        const int ok = i0 + r < T;
+        lse_s[r] = ok ? LSE[((i64)b * H + h) * T + i0 + r] : 0.0f;
+        dr_s[r] = ok ? Dr[((i64)b * H + h) * T + i0 + r] : 0.0f;
+    }
+}
+
+/* keys j0 .. j0 + TB - 1 of KV head g of sequence b into shared memory (zeros past kend) */
+__device__ __forceinline__ void mha_bwd_load_k(float (*Ks)[HDP], float (*Vs)[HDP], const float *K,
+                                               const float *V, int b, int g, int j0, int kend,
+                                               int T, int KV) {
+    const i64 kd = (i64)KV * HD;
+    for (int e = threadIdx.x; e < TB * HD; e += NT) {
+        const int j = e / HD, d = e % HD;
+        const int ok = j0 + j < kend;
+        const i64 off = ((i64)b * T + j0 + j) * kd + (i64)g * HD + d;
+        Ks[j][d] = ok ? K[off] : 0.0f;
+        Vs[j][d] = ok ? V[off] : 0.0f;
+    }
+}
+
+/* dQ [B*T, H*HD] written: grid (ceil(T / TB), H, B) */
+extern "C" __launch_bounds__(NT) __global__ void mha_bwd_dq(const float *Q, const float *K,
+                                                             const float *V, const float *dO,
+                                                             const float *LSE, const float *Dr,
+                                                             float *dQ, int T, int H, int KV,
+                                                             float scale) {
+    __shared__ float Qs[TB][HD];
+    __shared__ float dOs[TB][HD];
+    __shared__ float Ks[TB][HDP];
+    __shared__ float Vs[TB][HDP];
+    __shared__ float dSs[TB][TB + 1];
+    __shared__ float lse_s[TB];
+    __shared__ float dr_s[TB];
+    enum { OPT = (TB * HD + NT - 1) / NT };
+    const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * TB, g = h / (H / KV);
+    const int nq = T - i0 < TB ? T - i0 : TB, kend = i0 + nq;
+    mha_bwd_load_q(Qs, dOs, lse_s, dr_s, Q, dO, LSE, Dr, b, h, i0, T, H);
+    float acc[OPT];
+    for (int u = 0; u < OPT; u++) acc[u] = 0.0f;
+    for (int j0 = 0; j0 < kend; j0 += TB) {
+        mha_bwd_load_k(Ks, Vs, K, V, b, g, j0, kend, T, KV);
+        __syncthreads();
+        mha_bwd_tile(Qs, dOs, Ks, Vs, lse_s, dr_s, NULL, dSs, i0, j0, T, scale);
+        __syncthreads();
+        for (int u = 0; u < OPT; u++) {
+            const int e = threadIdx.x + u * NT;
+            if (e < TB * HD) {
+                const int r = e / HD, d = e % HD;
+                float a = acc[u];
+                for (int j = 0; j < TB; j++) a += dSs[r][j] * Ks[j][d];
+                acc[u] = a;
+            }
+        }
+        __syncthreads();
+    }
+    for (int u = 0; u < OPT; u++) {
+        const int e = threadIdx.x + u * NT;
+        if (e < TB * HD) {
+            const int r = e / HD, d = e % HD;
+            if (r < nq) dQ[((i64)b * T + i0 + r) * H * HD + (i64)h * HD + d] = acc[u] * scale;
+        }
+    }
+}
+
+/* dK, dV [B*T, KV*HD] written: grid (ceil(T / TB), KV, B) */
+extern "C" __launch_bounds__(NT) __global__ void mha_bwd_dkv(const float *Q, const float *K,
+                                                              const float *V, const float *dO,
+                                                              const float *LSE, const float *Dr,
+                                                              float *dK, float *dV, int T, int H,
+                                                              int KV, float scale) {
+    __shared__ float Qs[TB][HD];
+    __shared__ float dOs[TB][HD];
+    __shared__ float Ks[TB][HDP];
+    __shared__ float Vs[TB][HDP];
+    __shared__ float Ps[TB][TB + 1];
+    __shared__ float dSs[TB][TB + 1];
+    __shared__ float lse_s[TB];
+    __shared__ float dr_s[TB];
+    enum { OPT = (TB * HD + NT - 1) / NT };
+    const int b = blockIdx.z, g = blockIdx.y, j0 = blockIdx.x * TB, group = H / KV;
+    const int nk = T - j0 < TB ? T - j0 : TB;
+    mha_bwd_load_k(Ks, Vs, K, V, b, g, j0, j0 + nk, T, KV);
+    float accK[OPT], accV[OPT];
+    for (int u = 0; u < OPT; u++) accK[u] = accV[u] = 0.0f;
+    for (int h = g * group; h < (g + 1) * group; h++)
+        for (int i0 = j0; i0 < T; i0 += TB) { /* queries before j0 do not see these keys */
+            __syncthreads(); /* the previous tile's Qs, dOs, Ps, dSs are read */
+            mha_bwd_load_q(Qs, dOs, lse_s, dr_s, Q, dO, LSE, Dr, b, h, i0, T, H);
+            __syncthreads();
+            mha_bwd_tile(Qs, dOs, Ks, Vs, lse_s, dr_s, Ps, dSs, i0, j0, T, scale);
+            __syncthreads();
+            for (int u = 0; u < OPT; u++) {
+                const int e = threadIdx.x + u * NT;
+                if (e < TB * HD) {
+                    const int j = e / HD, d = e % HD;
+                    float ak = accK[u], av = accV[u];
+                    for (int r = 0; r < TB; r++) {
+                        av += Ps[r][j] * dOs[r][d];
+                        ak += dSs[r][j] * Qs[r][d];
+                    }
+                    accK[u] = ak;
+                    accV[u] = av;
+                }
+            }
+        }
+    const i64 kd = (i64)KV * HD;
+    for (int u = 0; u < OPT; u++) {
+        const int e = threadIdx.x + u * NT;
+        if (e < TB * HD) {
+            const int j = e / HD, d = e % HD;
+            if (j < nk) {
+                const i64 off = ((i64)b * T + j0 + j) * kd + (i64)g * HD + d;
+                dK[off] = accK[u] * scale;
+                dV[off] = accV[u];
+            }
+        }
+    }
+}
+
+/* Kn, Vn rows (b*T + t) of [KV*HD] into the cache of sequence b (states[b], device pointers) at
+ * position pos[b] + t: grid (T, B) */
+extern "C" __launch_bounds__(NT) __global__ void mha_cache_put(float *const *states,
+                                                                const int *pos, const float *Kn,
+                                                                const float *Vn, int T, int KV,
+                                                                int max_ctx) {
+    const int t = blockIdx.x, b = blockIdx.y;
+    float *kc = states[b], *vc = kc + (i64)KV * max_ctx * HD;
+    const i64 p = pos[b] + t, kd = (i64)KV * HD, row = (i64)b * T + t;
+    for (int e = threadIdx.x; e < KV * HD; e += NT) {
+        const int g = e / HD, d = e % HD;
+        kc[((i64)g * max_ctx + p) * HD + d] = Kn[row * kd + e];
+        vc[((i64)g * max_ctx + p) * HD + d] = Vn[row * kd + e];
+    }
+}
+
+/* Partial results of split c of sequence i: keys c*DCH .. of its cache (pos[i] + 1 keys in all)
+ * against the query heads hb .. hb + GB - 1 of KV head g. grid (nsplit, KV * ngb, n), ngb =
+ * ceil(group / GB). part[((i*H + h) * nsplit + c) * (HD + 2)]: o[HD] (unnormalised), m, l. */
+extern "C" __launch_bounds__(NT) __global__ void mha_dec_split(const float *Q,
+                                                                float *const *states,
+                                                                const int *pos, float *part, int H,
+                                                                int KV, int max_ctx, int nsplit,
+                                                                float scale) {
+    __shared__ float qs[GB][HD];
+    __shared__ float ss[GB][DCH];
+    const int group = H / KV, ngb = (group + GB - 1) / GB;
+    const int i = blockIdx.z, c = blockIdx.x, g = blockIdx.y / ngb, hb = (blockIdx.y % ngb) * GB;
+    const int len = pos[i] + 1, j0 = c * DCH;
+    if (j0 >= len) return; /* this sequence has fewer splits (the whole block leaves) */
+    const int nk = len - j0 < DCH ? len - j0 : DCH, nh = group - hb < GB ? group - hb : GB;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const float *kb = states[i] + ((i64)g * max_ctx + j0) * HD;
+    const float *vb = kb + (i64)KV * max_ctx * HD;
+    const int h0 = g * group + hb;
+    for (int e = tid; e < nh * HD; e += NT)
+        qs[e / HD][e % HD] = Q[((i64)i * H + h0) * HD + e];
+    __syncthreads();
+    enum { KPL = (HD + 31) / 32 }; /* key elements per lane */
+    for (int j = warp; j < nk; j += NW) {
+        float kr[KPL];
+        for (int u = 0; u < KPL; u++) {
+            const int d = lane + 32 * u;
+            kr[u] = d < HD ? kb[(i64)j * HD + d] : 0.0f;
+        }
+        for (int hh = 0; hh < nh; hh++) {
+            float s = 0.0f;
+            for (int u = 0; u < KPL; u++) {
+                const int d = lane + 32 * u;
+                if (d < HD) s += qs[hh][d] * kr[u];
+            }
+            s = mha_warp_sum(s);
+            if (lane == 0) ss[hh][j] = s * scale;
+        }
+    }
+    __syncthreads();
+    for (int hh = warp; hh < nh; hh += NW) {
+        float mx = NEG_INF;
+        for (int j = lane; j < nk; j += 32) mx = fmaxf(mx, ss[hh][j]);
+        mx = mha_warp_max(mx);
+        float l = 0.0f;
+        for (int j = lane; j < nk; j += 32) {
+            const float p = expf(ss[hh][j] - mx);
+            ss[hh][j] = p;
+            l += p;
+        }
+        l = mha_warp_sum(l);
+        if (lane == 0) {
+            float *pp = part + (((i64)i * H + h0 + hh) * nsplit + c) * (HD + 2);
+            pp[HD] = mx;
+            pp[HD + 1] = l;
+        }
+    }
+    __syncthreads();
+    for (int e = tid; e < nh * HD; e += NT) {
+        const int hh = e / HD, d = e % HD;
+        float o = 0.0f;
+        for (int j = 0; j < nk; j++) o += ss[hh][j] * vb[(i64)j * HD + d];
+        part[(((i64)i * H + h0 + hh) * nsplit + c) * (HD + 2) + d] = o;
+    }
+}
+
+/* O [n, H*HD] from the splits of each (sequence, head): grid (H, n) */
+extern "C" __launch_bounds__(NT) __global__ void mha_dec_combine(const float *part,
+                                                                  const int *pos, float *O, int H,
+                                                                  int nsplit) {
+    const int h = blockIdx.x, i = blockIdx.y;
+    const int ns = (pos[i] + DCH) / DCH; /* ceil((pos + 1) / DCH) */
+    const float *p0 = part + ((i64)i * H + h) * nsplit * (HD + 2);
+    float M = NEG_INF;
+    for (int c = 0; c < ns; c++) M = fmaxf(M, p0[(i64)c * (HD + 2) + HD]);
+    float l = 0.0f;
+    for (int c = 0; c < ns; c++)
+        l += expf(p0[(i64)c * (HD + 2) + HD] - M) * p0[(i64)c * (HD + 2) + HD + 1];
+    const float inv = 1.0f / l;
+    for (int d = threadIdx.x; d < HD; d += NT) {
+        float o = 0.0f;
+        for (int c = 0; c < ns; c++)
+            o += expf(p0[(i64)c * (HD + 2) + HD] - M) * p0[(i64)c * (HD + 2) + d];
+        O[((i64)i * H + h) * HD + d] = o * inv;
+    }
+}
+
+/* Y[r, c] += bias[c], [rows, cols] */
+extern "C" __launch_bounds__(NT) __global__ void mha_add_bias(float *Y, const float *bias,
+                                                               i64 rows, int cols) {
+    const i64 n = rows * cols;
+    for (i64 e = (i64)blockIdx.x * NT + threadIdx.x; e < n; e += (i64)gridDim.x * NT)
+        Y[e] += bias[e % cols];
+}
+
+/* G[c] += sum_r dY[r, c], rows in order (as the CPU), one thread per column */
+extern "C" __launch_bounds__(NT) __global__ void mha_bias_grad(const float *dY, float *G, i64 rows,
+                                                                int cols) {
+    const int c = blockIdx.x * NT + threadIdx.x;
+    if (c >= cols) return;
+    float g = G[c];
+    for (i64 r = 0; r < rows; r++) g += dY[r * cols + c];
+    G[c] = g;
+}
