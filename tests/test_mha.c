@@ -6,6 +6,10 @@
  *  - a decode step large enough to open the OpenMP region; decode across the 512-key chunks with
  *    GQA groups (and alone == batched, bitwise)
  *  - forward and backward bitwise independent of the thread count (1, 2, 3)
+ *  - CUDA: a head_dim mha_attn.cu has no variant for is HYB_ERR_UNSUPPORTED naming the mixer, the
+ *    op and the shape, for forward, backward and decode, before any device work (checked on the
+ *    CUDA backend when it opens, e.g. HYB_CUDA_EMULATE=1, else on the CPU backend handed to the
+ *    CUDA kernels, which refuse before touching memory)
  */
 #include <stdint.h>
 #ifdef _OPENMP
@@ -170,8 +174,60 @@ static void test_threads_bitwise(void) {
 #endif
 }
 
+/* CUDA kernels for a head_dim without a compiled variant: refused, never a CPU fallback */
+static void test_cuda_unsupported_head_dim(void) {
+    mh_inst I;
+    if (inst_new(&I, 8, "n_heads = 2\nn_kv_heads = 1\nhead_dim = 6\n", 3, 0.3f) != 0) {
+        mh_inst_free(&I);
+        return;
+    }
+    const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
+    CHECK(k->forward && k->backward && k->decode);
+    if (!k->forward || !k->backward || !k->decode) {
+        mh_inst_free(&I);
+        return;
+    }
+    const hyb_backend *be = NULL;
+    if (hyb_backend_open("cuda", &be) != HYB_OK || !be) {
+        printf("   (no CUDA backend: %s; the CPU backend stands in)\n", hyb_error());
+        be = hyb_backend_cpu();
+    }
+    enum { B = 2, T = 5, MAXC = 8 };
+    float *x = be->alloc(be, sizeof(float) * B * T * 8), *y = be->alloc(be, sizeof(float) * B * T * 8);
+    void *saved = be->alloc(be, I.m->desc->saved_bytes(I.m->self, B, T));
+    const size_t sb = I.m->desc->state_bytes(I.m->self, MAXC);
+    void *st[B] = {be->alloc(be, sb), be->alloc(be, sb)};
+    int32_t pos[B] = {3, 4};
+    const float *const *P = (const float *const *)I.pp;
+    hyb_mixer_fwd fa = {.B = B, .T = T, .be = be, .x = x, .y = y, .params = P, .saved = saved};
+    hyb_mixer_bwd ba = {.B = B, .T = T, .be = be, .x = x, .dy = y, .dx = y, .params = P,
+                        .grads = I.gp, .saved = saved};
+    hyb_mixer_dec da = {.n = B, .be = be, .x = x, .y = y, .params = P, .states = st, .pos = pos,
+                        .max_ctx = MAXC};
+    for (int op = 0; op < 3; op++) {
+        static const char *name[3] = {"forward", "backward", "decode"};
+        static const char *shape[3] = {"T = 5", "T = 5", "n = 2"};
+        int rc = op == 0 ? k->forward(I.m->self, &fa)
+                 : op == 1 ? k->backward(I.m->self, &ba)
+                           : k->decode(I.m->self, &da);
+        CHECK_MSG(rc == HYB_ERR_UNSUPPORTED, "%s: rc %d", name[op], rc);
+        const char *e = hyb_error();
+        CHECK_MSG(strstr(e, "mha (layer") && strstr(e, name[op]) && strstr(e, "head_dim = 6") &&
+                      strstr(e, shape[op]),
+                  "%s: %s", name[op], e);
+        printf("   %s: %s\n", name[op], e);
+    }
+    be->free(be, x);
+    be->free(be, y);
+    be->free(be, saved);
+    be->free(be, st[0]);
+    be->free(be, st[1]);
+    mh_inst_free(&I);
+}
+
 int main(void) {
     if (mh_require("mha", NULL)) return 1;
+    RUN(test_cuda_unsupported_head_dim);
     RUN(test_long_sequence);
     RUN(test_threads_bitwise);
     RUN(test_decode_chunks);

@@ -63,9 +63,9 @@ static int cu_load(mha *m, const hyb_backend *be, const char *op, const char *sh
         have |= HEAD_DIMS[i] == m->hd;
     if (!have)
         return H_->error(HYB_ERR_UNSUPPORTED,
-                         "mha (layer %d): no %s %s kernel for head_dim = %d (H = %d, KV = %d, %s); "
-                         "mha_attn.cu is compiled for head_dim 4, 8, 16, 32, 64, 128",
-                         m->layer, be->name, op, m->hd, m->H, m->KV, shape);
+                         "mha (layer %d): no CUDA %s kernel for head_dim = %d (H = %d, KV = %d, "
+                         "%s) on %s; mha_attn.cu is compiled for head_dim 4, 8, 16, 32, 64, 128",
+                         m->layer, op, m->hd, m->H, m->KV, shape, be->name);
     if (!be->kernel || !be->launch)
         return H_->error(HYB_ERR_UNSUPPORTED,
                          "mha (layer %d): %s %s: the backend runs no device kernels", m->layer,
