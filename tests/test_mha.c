@@ -6,6 +6,10 @@
  *  - a decode step large enough to open the OpenMP region; decode across the 512-key chunks with
  *    GQA groups (and alone == batched, bitwise)
  *  - forward and backward bitwise independent of the thread count (1, 2, 3)
+ *  - CUDA (when the backend opens, e.g. HYB_CUDA_EMULATE=1): decode across the 64-key splits of
+ *    the flash-decoding kernel (lengths on both sides of each boundary, GQA groups of 10 > the 8
+ *    query heads a block serves), from caches the CPU prefilled (the same byte layout), against
+ *    the CPU decode: outputs and the appended cache rows
  *  - CUDA: a head_dim mha_attn.cu has no variant for is HYB_ERR_UNSUPPORTED naming the mixer, the
  *    op and the shape, for forward, backward and decode, before any device work (checked on the
  *    CUDA backend when it opens, e.g. HYB_CUDA_EMULATE=1, else on the CPU backend handed to the
@@ -174,6 +178,94 @@ static void test_threads_bitwise(void) {
 #endif
 }
 
+/* CUDA decode across its 64-key splits against the CPU, from CPU-prefilled caches */
+static void test_cuda_decode_splits(void) {
+    const hyb_backend *be = NULL;
+    if (hyb_backend_open("cuda", &be) != HYB_OK || !be) {
+        printf("   skip: no CUDA backend: %s\n", hyb_error());
+        return;
+    }
+    enum { D = 32, NS = 6, MAXC = 260, STEPS = 2 };
+    mh_inst I;
+    if (inst_new(&I, D, "n_heads = 10\nn_kv_heads = 1\nhead_dim = 16\nrope_theta = 10000.0\n",
+                 23, 0.15f) != 0) {
+        mh_inst_free(&I);
+        return;
+    }
+    const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
+    /* tokens already in the cache: keys = pos + 1 on both sides of 64, 128 and 256 */
+    const int pre[NS] = {62, 63, 64, 127, 128, 255};
+    const size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
+    hyb_rng r;
+    hyb_rng_seed(&r, 5);
+    void *hs[NS], *ds[NS];
+    int ok = 1;
+    for (int i = 0; i < NS; i++) {
+        hs[i] = calloc(1, sb);
+        float *x = mh_randn(&r, (size_t)pre[i] * D, 1.0f), *y = malloc((size_t)pre[i] * D * 4);
+        CHECK(mh_fwd(&I, 1, pre[i], x, y, NULL, &hs[i], NULL, MAXC) == HYB_OK);
+        ds[i] = be->alloc(be, sb);
+        ok &= ds[i] && be->upload(be, ds[i], hs[i], sb) == HYB_OK;
+        free(x);
+        free(y);
+    }
+    const int np = I.m->n_params;
+    const float **dp = calloc((size_t)np, sizeof *dp);
+    for (int i = 0; i < np; i++) {
+        float *p = be->alloc(be, (size_t)mh_pnumel(&I, i) * 4);
+        ok &= p && be->upload(be, p, I.pp[i], (size_t)mh_pnumel(&I, i) * 4) == HYB_OK;
+        dp[i] = p;
+    }
+    float *xd = mh_randn(&r, (size_t)NS * D, 1.0f), *y0 = malloc((size_t)NS * D * 4),
+          *y1 = malloc((size_t)NS * D * 4), *st = malloc(sb);
+    float *dx = be->alloc(be, (size_t)NS * D * 4), *dy = be->alloc(be, (size_t)NS * D * 4);
+    ok &= dx && dy;
+    CHECK_MSG(ok, "device buffers: %s", hyb_error());
+    double ey = 0, es = 0;
+    for (int s = 0; ok && s < STEPS; s++) {
+        int32_t pos[NS];
+        for (int i = 0; i < NS; i++)
+            pos[i] = pre[i] + s;
+        CHECK(mh_dec(&I, NS, xd, y0, hs, pos, MAXC) == HYB_OK);
+        CHECK(be->upload(be, dx, xd, (size_t)NS * D * 4) == HYB_OK);
+        hyb_mixer_dec da = {.n = NS, .be = be, .x = dx, .y = dy, .params = dp, .states = ds,
+                            .pos = pos, .max_ctx = MAXC};
+        CHECK_MSG(k->decode(I.m->self, &da) == HYB_OK, "%s", hyb_error());
+        CHECK(be->download(be, y1, dy, (size_t)NS * D * 4) == HYB_OK);
+        double e = harness_max_rel(y1, y0, (long)NS * D, 1.0);
+        ey = e > ey ? e : ey;
+        /* the appended K and V rows (K after RoPE) of every sequence */
+        const size_t hstride = (size_t)16 * MAXC;
+        for (int i = 0; i < NS; i++) {
+            CHECK(be->download(be, st, ds[i], sb) == HYB_OK);
+            for (int kv = 0; kv < 2; kv++) {
+                const size_t off = kv * hstride + (size_t)pos[i] * 16;
+                e = harness_max_rel(st + off, (const float *)hs[i] + off, 16, 1.0);
+                es = e > es ? e : es;
+            }
+        }
+        for (long j = 0; j < (long)NS * D; j++)
+            xd[j] = 0.5f * xd[j] + 0.25f;
+    }
+    printf("   %d sequences, cache lengths %d..%d, %d steps: y max rel %.3g, new cache rows %.3g\n",
+           NS, pre[0], pre[NS - 1] + STEPS, STEPS, ey, es);
+    CHECK_MSG(ey < 1e-5 && es < 1e-6, "decode y %g, cache rows %g", ey, es);
+    for (int i = 0; i < NS; i++) {
+        be->free(be, ds[i]);
+        free(hs[i]);
+    }
+    for (int i = 0; i < np; i++)
+        be->free(be, (void *)dp[i]);
+    be->free(be, dx);
+    be->free(be, dy);
+    free(dp);
+    free(xd);
+    free(y0);
+    free(y1);
+    free(st);
+    mh_inst_free(&I);
+}
+
 /* CUDA kernels for a head_dim without a compiled variant: refused, never a CPU fallback */
 static void test_cuda_unsupported_head_dim(void) {
     mh_inst I;
@@ -228,6 +320,7 @@ static void test_cuda_unsupported_head_dim(void) {
 int main(void) {
     if (mh_require("mha", NULL)) return 1;
     RUN(test_cuda_unsupported_head_dim);
+    RUN(test_cuda_decode_splits);
     RUN(test_long_sequence);
     RUN(test_threads_bitwise);
     RUN(test_decode_chunks);
