@@ -99,6 +99,7 @@ extern "C" __launch_bounds__(NT) __global__ void mha_fwd(const float *Q, int ldq
         l_s[tid] = 0.0f;
     }
     float acc[OPT];
+    #pragma unroll
     for (int u = 0; u < OPT; u++) acc[u] = 0.0f;
     const int kend = p0 + i0 + nq; /* keys 0 .. kend - 1: up to the block's last query */
     __syncthreads();
@@ -129,6 +130,7 @@ extern "C" __launch_bounds__(NT) __global__ void mha_fwd(const float *Q, int ldq
             }
         }
         __syncthreads();
+        #pragma unroll
         for (int u = 0; u < OPT; u++) {
             const int e = tid + u * NT;
             if (e < TQ * HD) {
@@ -140,6 +142,7 @@ extern "C" __launch_bounds__(NT) __global__ void mha_fwd(const float *Q, int ldq
         }
         __syncthreads();
     }
+    #pragma unroll
     for (int u = 0; u < OPT; u++) {
         const int e = tid + u * NT;
         if (e < TQ * HD) {
@@ -236,12 +239,14 @@ extern "C" __launch_bounds__(NT) __global__ void mha_bwd_dq(const float *Q, cons
     const int nq = T - i0 < TB ? T - i0 : TB, kend = i0 + nq;
     mha_bwd_load_q(Qs, dOs, lse_s, dr_s, Q, dO, LSE, Dr, b, h, i0, T, H);
     float acc[OPT];
+    #pragma unroll
     for (int u = 0; u < OPT; u++) acc[u] = 0.0f;
     for (int j0 = 0; j0 < kend; j0 += TB) {
         mha_bwd_load_k(Ks, Vs, K, V, b, g, j0, kend, T, KV);
         __syncthreads();
         mha_bwd_tile(Qs, dOs, Ks, Vs, lse_s, dr_s, NULL, dSs, i0, j0, T, scale);
         __syncthreads();
+        #pragma unroll
         for (int u = 0; u < OPT; u++) {
             const int e = threadIdx.x + u * NT;
             if (e < TB * HD) {
@@ -253,6 +258,7 @@ extern "C" __launch_bounds__(NT) __global__ void mha_bwd_dq(const float *Q, cons
         }
         __syncthreads();
     }
+    #pragma unroll
     for (int u = 0; u < OPT; u++) {
         const int e = threadIdx.x + u * NT;
         if (e < TB * HD) {
@@ -281,6 +287,7 @@ extern "C" __launch_bounds__(NT) __global__ void mha_bwd_dkv(const float *Q, con
     const int nk = T - j0 < TB ? T - j0 : TB;
     mha_bwd_load_k(Ks, Vs, K, V, b, g, j0, j0 + nk, T, KV);
     float accK[OPT], accV[OPT];
+    #pragma unroll
     for (int u = 0; u < OPT; u++) accK[u] = accV[u] = 0.0f;
     for (int h = g * group; h < (g + 1) * group; h++)
         for (int i0 = j0; i0 < T; i0 += TB) { /* queries before j0 do not see these keys */
@@ -289,6 +296,7 @@ extern "C" __launch_bounds__(NT) __global__ void mha_bwd_dkv(const float *Q, con
             __syncthreads();
             mha_bwd_tile(Qs, dOs, Ks, Vs, lse_s, dr_s, Ps, dSs, i0, j0, T, scale);
             __syncthreads();
+            #pragma unroll
             for (int u = 0; u < OPT; u++) {
                 const int e = threadIdx.x + u * NT;
                 if (e < TB * HD) {
@@ -304,6 +312,7 @@ extern "C" __launch_bounds__(NT) __global__ void mha_bwd_dkv(const float *Q, con
             }
         }
     const i64 kd = (i64)KV * HD;
+    #pragma unroll
     for (int u = 0; u < OPT; u++) {
         const int e = threadIdx.x + u * NT;
         if (e < TB * HD) {
@@ -358,12 +367,14 @@ extern "C" __launch_bounds__(NT) __global__ void mha_dec_split(const float *Q,
     enum { KPL = (HD + 31) / 32 }; /* key elements per lane */
     for (int j = warp; j < nk; j += NW) {
         float kr[KPL];
+        #pragma unroll
         for (int u = 0; u < KPL; u++) {
             const int d = lane + 32 * u;
             kr[u] = d < HD ? kb[(i64)j * HD + d] : 0.0f;
         }
         for (int hh = 0; hh < nh; hh++) {
             float s = 0.0f;
+            #pragma unroll
             for (int u = 0; u < KPL; u++) {
                 const int d = lane + 32 * u;
                 if (d < HD) s += qs[hh][d] * kr[u];
