@@ -10,11 +10,16 @@
  *    the flash-decoding kernel (lengths on both sides of each boundary, GQA groups of 10 > the 8
  *    query heads a block serves), from caches the CPU prefilled (the same byte layout), against
  *    the CPU decode: outputs and the appended cache rows
+ *  - CUDA, attn_precision = "bf16" (the forward on tensor cores): training forward and a
+ *    continued prefill against the CPU's f32 forward at a bf16 tolerance, 1e-2 of max(|ref|, 1)
+ *    (flash-attention's bf16 tests, like the other peers, hold ~1e-2); a wrong fragment index
+ *    gives errors of the size of the output
  *  - CUDA: a head_dim mha_attn.cu has no variant for is HYB_ERR_UNSUPPORTED naming the mixer, the
  *    op and the shape, for forward, backward and decode, before any device work (checked on the
  *    CUDA backend when it opens, e.g. HYB_CUDA_EMULATE=1, else on the CPU backend handed to the
  *    CUDA kernels, which refuse before touching memory)
  */
+#include <math.h>
 #include <stdint.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -269,6 +274,173 @@ static void test_cuda_decode_splits(void) {
     mh_inst_free(&I);
 }
 
+/* H, KV, head_dim of an mha instance (from its parameter shapes) */
+typedef struct {
+    int H, KV, hd;
+} mha_dims_t;
+static mha_dims_t mha_dims(const mh_inst *I) {
+    mha_dims_t d; /* describe: "mha H=%d KV=%d hd=%d ..." */
+    char buf[128];
+    I->m->desc->describe(I->m->self, buf, sizeof buf);
+    if (sscanf(buf, "mha H=%d KV=%d hd=%d", &d.H, &d.KV, &d.hd) != 3) d.H = d.KV = d.hd = 1;
+    return d;
+}
+
+/* f to bf16 (round to nearest even) and back */
+static double bf16r(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* max |O - ref| / max |ref| of a saved block (mha.h layout, after the 64-byte header) where ref
+ * is causal attention in double on the bf16-rounded Q, K, V of the same block: what is left is
+ * the kernel's own rounding (P to bf16), not its inputs' */
+static double bf16_attention_err(const float *sv, int B, int T, int H, int KV, int hd) {
+    const size_t BT = (size_t)B * T, qd = (size_t)H * hd, kd = (size_t)KV * hd;
+    const float *Q = sv + 16, *K = Q + BT * qd, *V = K + BT * kd, *O = V + BT * kd;
+    const double scale = 1.0 / sqrt((double)hd);
+    double *sc = malloc(sizeof(double) * (size_t)T), emax = 0, rmax = 0;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++) {
+                const int g = h / (H / KV);
+                const float *q = Q + ((size_t)b * T + i) * qd + (size_t)h * hd;
+                double m = -INFINITY, l = 0;
+                for (int j = 0; j <= i; j++) {
+                    const float *k = K + ((size_t)b * T + j) * kd + (size_t)g * hd;
+                    double a = 0;
+                    for (int d = 0; d < hd; d++)
+                        a += bf16r(q[d]) * bf16r(k[d]);
+                    sc[j] = a * scale;
+                    m = sc[j] > m ? sc[j] : m;
+                }
+                for (int j = 0; j <= i; j++)
+                    l += (sc[j] = exp(sc[j] - m));
+                for (int d = 0; d < hd; d++) {
+                    double o = 0;
+                    for (int j = 0; j <= i; j++)
+                        o += sc[j] * bf16r(V[((size_t)b * T + j) * kd + (size_t)g * hd + d]);
+                    o /= l;
+                    const double e = fabs(O[((size_t)b * T + i) * qd + (size_t)h * hd + d] - o);
+                    emax = e > emax ? e : emax;
+                    rmax = fabs(o) > rmax ? fabs(o) : rmax;
+                }
+            }
+    free(sc);
+    return emax / (rmax > 0 ? rmax : 1);
+}
+
+/* The bf16 tensor-core forward against the CPU's f32 forward */
+static void test_cuda_bf16_forward(void) {
+    const hyb_backend *be = NULL;
+    if (hyb_backend_open("cuda", &be) != HYB_OK || !be) {
+        printf("   skip: no CUDA backend: %s\n", hyb_error());
+        return;
+    }
+    static const char *TOMLS[] = {
+        "n_heads = 4\nn_kv_heads = 2\nhead_dim = 64\nattn_precision = \"bf16\"\n",
+        "n_heads = 3\nn_kv_heads = 1\nhead_dim = 16\nattn_precision = \"bf16\"\n"};
+    /* weights N(0, 0.1): y against the CPU's f32 (bf16 inputs: errors grow with the logits);
+     * N(0, 0.3), sharp softmax: only the attention against the bf16-rounded reference */
+    static const float SCALES[] = {0.1f, 0.3f};
+    for (int c = 0; c < 4; c++) {
+        const float wscale = SCALES[c / 2];
+        enum { D = 32, B = 2, T = 70, P0 = 30, MAXC = 128 };
+        mh_inst I;
+        if (inst_new(&I, D, TOMLS[c % 2], 31 + c, wscale) != 0) {
+            mh_inst_free(&I);
+            continue;
+        }
+        const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
+        hyb_rng r;
+        hyb_rng_seed(&r, 8);
+        const size_t nx = (size_t)B * T * D;
+        float *x = mh_randn(&r, nx, 1.0f), *y0 = malloc(nx * 4), *y1 = malloc(nx * 4);
+        const size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
+        void *hs[B], *ds[B];
+        int ok = 1;
+        for (int b = 0; b < B; b++) {
+            hs[b] = calloc(1, sb);
+            ds[b] = be->alloc(be, sb);
+            ok &= ds[b] != NULL;
+        }
+        const int np = I.m->n_params;
+        const float **dp = calloc((size_t)np, sizeof *dp);
+        for (int i = 0; i < np; i++) {
+            float *p = be->alloc(be, (size_t)mh_pnumel(&I, i) * 4);
+            ok &= p && be->upload(be, p, I.pp[i], (size_t)mh_pnumel(&I, i) * 4) == HYB_OK;
+            dp[i] = p;
+        }
+        const size_t svb = I.m->desc->saved_bytes(I.m->self, B, T);
+        float *dx = be->alloc(be, nx * 4), *dy = be->alloc(be, nx * 4);
+        void *dsaved = be->alloc(be, svb);
+        ok &= dx && dy && dsaved && be->upload(be, dx, x, nx * 4) == HYB_OK;
+        CHECK_MSG(ok, "device buffers: %s", hyb_error());
+        double ef = 1, ep = 1, eo = 1;
+        if (ok) {
+            /* training forward (whole sequences) */
+            CHECK(mh_fwd(&I, B, T, x, y0, NULL, NULL, NULL, 0) == HYB_OK);
+            hyb_mixer_fwd fa = {.B = B, .T = T, .be = be, .x = dx, .y = dy, .params = dp,
+                                .saved = dsaved};
+            CHECK_MSG(k->forward(I.m->self, &fa) == HYB_OK, "%s", hyb_error());
+            CHECK(be->download(be, y1, dy, nx * 4) == HYB_OK);
+            ef = harness_max_rel(y1, y0, (long)nx, 1.0);
+            float *sv = malloc(svb);
+            CHECK(be->download(be, sv, dsaved, svb) == HYB_OK);
+            const mha_dims_t md = mha_dims(&I);
+            eo = bf16_attention_err(sv, B, T, md.H, md.KV, md.hd);
+            free(sv);
+            /* a prefill of P0 tokens, then T - P0 more continuing at pos = P0: the bf16 kernel
+             * reading the cache, queries at positions > 0 */
+            const int32_t pos[B] = {P0, P0};
+            float *xa = malloc((size_t)B * P0 * D * 4), *xb = malloc((size_t)B * (T - P0) * D * 4);
+            for (int b = 0; b < B; b++) {
+                memcpy(xa + (size_t)b * P0 * D, x + (size_t)b * T * D, (size_t)P0 * D * 4);
+                memcpy(xb + (size_t)b * (T - P0) * D, x + ((size_t)b * T + P0) * D,
+                       (size_t)(T - P0) * D * 4);
+            }
+            CHECK(mh_fwd(&I, B, P0, xa, y0, NULL, hs, NULL, MAXC) == HYB_OK);
+            CHECK(mh_fwd(&I, B, T - P0, xb, y0, NULL, hs, pos, MAXC) == HYB_OK);
+            CHECK(be->upload(be, dx, xa, (size_t)B * P0 * D * 4) == HYB_OK);
+            hyb_mixer_fwd pa = {.B = B, .T = P0, .be = be, .x = dx, .y = dy, .params = dp,
+                                .states = ds, .max_ctx = MAXC};
+            CHECK_MSG(k->forward(I.m->self, &pa) == HYB_OK, "%s", hyb_error());
+            CHECK(be->upload(be, dx, xb, (size_t)B * (T - P0) * D * 4) == HYB_OK);
+            hyb_mixer_fwd pb = {.B = B, .T = T - P0, .be = be, .x = dx, .y = dy, .params = dp,
+                                .states = ds, .pos = pos, .max_ctx = MAXC};
+            CHECK_MSG(k->forward(I.m->self, &pb) == HYB_OK, "%s", hyb_error());
+            CHECK(be->download(be, y1, dy, (size_t)B * (T - P0) * D * 4) == HYB_OK);
+            ep = harness_max_rel(y1, y0, (long)B * (T - P0) * D, 1.0);
+            free(xa);
+            free(xb);
+        }
+        char desc[128];
+        I.m->desc->describe(I.m->self, desc, sizeof desc);
+        printf("   %s, weights x%.1f, B=%d T=%d: attention vs bf16-input reference %.3g; y vs cpu "
+               "f32 max rel %.3g, continued prefill %.3g (bounds 1e-2%s)\n", desc, wscale, B, T,
+               eo, ef, ep, c < 2 ? "" : "; y not checked");
+        CHECK_MSG(eo < 1e-2, "bf16 attention vs reference %g", eo);
+        if (c < 2) CHECK_MSG(ef < 1e-2 && ep < 1e-2, "bf16 forward %g, continued prefill %g", ef, ep);
+        for (int b = 0; b < B; b++) {
+            be->free(be, ds[b]);
+            free(hs[b]);
+        }
+        for (int i = 0; i < np; i++)
+            be->free(be, (void *)dp[i]);
+        be->free(be, dx);
+        be->free(be, dy);
+        be->free(be, dsaved);
+        free(dp);
+        free(x);
+        free(y0);
+        free(y1);
+        mh_inst_free(&I);
+    }
+}
+
 /* CUDA kernels for a head_dim without a compiled variant: refused, never a CPU fallback */
 static void test_cuda_unsupported_head_dim(void) {
     mh_inst I;
@@ -324,6 +496,7 @@ int main(void) {
     if (mh_require("mha", NULL)) return 1;
     RUN(test_cuda_unsupported_head_dim);
     RUN(test_cuda_decode_splits);
+    RUN(test_cuda_bf16_forward);
     RUN(test_long_sequence);
     RUN(test_threads_bitwise);
     RUN(test_decode_chunks);

@@ -7,6 +7,11 @@
  *   head_dim    hd, even (default d_model / n_heads, which must then divide evenly)
  *   rope_theta  RoPE base (default 10000)
  *   bias        q/k/v projection biases (default false; o_proj never has one)
+ *   attn_precision  "f32" (default) or "bf16": the CUDA forward's attention on tensor cores, Q/K/V
+ *               tiles rounded to bf16, f32 accumulation and softmax (head_dim 16, 32, 64 or 128;
+ *               ~1e-2 relative to f32). The CPU, the CUDA backward (f32 recomputation from the
+ *               saved f32 Q/K/V and the forward's LSE) and the decode ignore it; tensors in
+ *               memory, saved blocks and states stay f32 either way.
  *   type, symbol  read by the layer map, accepted here
  *
  * HF config.json (hf_layer_type "t"): the MistralConfig / LlamaConfig attention keys at the top
@@ -38,8 +43,9 @@
 const hyb_host *mha_host;
 #define H_ mha_host
 
-static const char *const MHA_KEYS[] = {"type",     "symbol",     "n_heads", "n_kv_heads",
-                                       "head_dim", "rope_theta", "bias",    NULL};
+static const char *const MHA_KEYS[] = {"type",       "symbol",     "n_heads",
+                                       "n_kv_heads", "head_dim",   "rope_theta",
+                                       "bias",       "attn_precision", NULL};
 
 static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void **self) {
     *self = NULL;
@@ -50,7 +56,7 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
     int64_t nh = 0, nkv = 0, hd = 0, bias = 0;
     double theta = 10000.0;
     int64_t def_h = D % 64 == 0 ? D / 64 : 0;
-    int bias_i = 0;
+    int bias_i = 0, bf16 = 0;
 #define CFG_ERR(key, fmt, ...)                                                                     \
     H_->cfg_error(cfg, key, "mha (layer %d): " fmt, dims->layer, __VA_ARGS__)
     if (cfg) {
@@ -82,6 +88,12 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
             return CFG_ERR("rope_theta", "rope_theta must be in (1, 1e12], got %g", theta);
         HYB_TRY(H_->cfg_bool(cfg, "bias", 0, &bias_i));
         bias = bias_i;
+        const char *prec = NULL;
+        HYB_TRY(H_->cfg_string(cfg, "attn_precision", "f32", &prec));
+        if (strcmp(prec, "f32") != 0 && strcmp(prec, "bf16") != 0)
+            return CFG_ERR("attn_precision", "attn_precision must be \"f32\" or \"bf16\", got \"%s\"",
+                           prec);
+        bf16 = !strcmp(prec, "bf16");
 #undef CFG_ERR
     } else {
         if (def_h == 0)
@@ -105,6 +117,7 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
     m->hd = (int)hd;
     m->layer = dims->layer;
     m->bias = (int)bias;
+    m->bf16 = bf16;
     m->theta = (float)theta;
     m->theta_cfg = theta;
     *self = m;
@@ -120,8 +133,8 @@ static void mha_destroy(void *self) {
 
 static int mha_describe(void *self, char *buf, size_t n) {
     mha *m = self;
-    snprintf(buf, n, "mha H=%d KV=%d hd=%d theta=%g%s", m->H, m->KV, m->hd, (double)m->theta,
-             m->bias ? " bias" : "");
+    snprintf(buf, n, "mha H=%d KV=%d hd=%d theta=%g%s%s", m->H, m->KV, m->hd, (double)m->theta,
+             m->bias ? " bias" : "", m->bf16 ? " attn=bf16" : "");
     return HYB_OK;
 }
 

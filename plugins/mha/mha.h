@@ -35,6 +35,7 @@ enum { MHA_WQ = 0, MHA_WK, MHA_WV, MHA_WO, MHA_BQ, MHA_BK, MHA_BV };
 typedef struct mha {
     int D, H, KV, hd, layer;
     int bias;         /* 1: q/k/v projections have biases */
+    int bf16;         /* attn_precision = "bf16": the CUDA forward on tensor cores (mha_attn.cu) */
     float theta;      /* RoPE base */
     double theta_cfg; /* rope_theta as configured (written to HF configs) */
     /* decode scratch, grown on demand and kept (no allocation per step once warm); one decode

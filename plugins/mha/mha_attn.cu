@@ -37,6 +37,19 @@
  *              o = sum o_c e^(m_c - M) / l.
  * mha_add_bias, mha_bias_grad  the q/k/v biases (forward add; backward column sums, row order
  *              as the CPU's).
+ *
+ * With -DMHA_BF16=1 (head_dim a multiple of 16; the instance's attn_precision = "bf16"):
+ * mha_fwd_bf16  the forward on tensor cores: Q, K, V tiles stored in bf16 in shared memory,
+ *              products by mma.sync m16n8k16 (bf16 in, f32 accumulate), softmax and the output in
+ *              f32. Block = 64 queries (4 warps x 16 rows) of one (sequence, head); key tiles of
+ *              32. Each warp keeps its Q fragments and its 16 x hd output in registers; the score
+ *              fragments (16 x 32 f32) are rescaled by the online softmax and reused, packed to
+ *              bf16, as the A operand of P V (the accumulator layout of S is the A layout of P).
+ *              Same arguments and outputs (O, LSE) as mha_fwd. The tensor cores are reached
+ *              through inline PTX, not <mma.h>: the backend's NVRTC has no CUDA include path.
+ *              Under the emulation (no PTX) mma16816 gathers the operands with warp shuffles
+ *              following the PTX fragment layouts, so the fragment indexing of the kernel is what
+ *              the emulated tests check.
  */
 // hyb-variant: -DHEAD_DIM=4
 // hyb-variant: -DHEAD_DIM=8
@@ -44,6 +57,10 @@
 // hyb-variant: -DHEAD_DIM=32
 // hyb-variant: -DHEAD_DIM=64
 // hyb-variant: -DHEAD_DIM=128
+// hyb-variant: -DHEAD_DIM=16 -DMHA_BF16=1
+// hyb-variant: -DHEAD_DIM=32 -DMHA_BF16=1
+// hyb-variant: -DHEAD_DIM=64 -DMHA_BF16=1
+// hyb-variant: -DHEAD_DIM=128 -DMHA_BF16=1
 
 #ifndef HEAD_DIM
 #error "compile mha_attn.cu with -DHEAD_DIM=<head dim>"
@@ -447,4 +464,210 @@ extern "C" __launch_bounds__(NT) __global__ void mha_bias_grad(const float *dY, 
     float g = G[c];
     for (i64 r = 0; r < rows; r++) g += dY[r * cols + c];
     G[c] = g;
+}
+
+#if MHA_BF16
+#if HD % 16 != 0
+#error "MHA_BF16 needs HEAD_DIM % 16 == 0"
+#endif
+#define BQ16 64     /* queries per block: 4 warps x 16 rows */
+#define BK16 32     /* keys per tile: 4 n-tiles of 8 */
+#define HDS (HD + 8) /* bf16 row stride in shared memory (16 bytes of padding: banks) */
+
+__device__ __forceinline__ unsigned short mha_f2bf(float f) { /* round to nearest even */
+    const unsigned u = __float_as_uint(f);
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+__device__ __forceinline__ float mha_bf2f(unsigned v, int hi) {
+    return __uint_as_float(hi ? v & 0xffff0000u : v << 16);
+}
+__device__ __forceinline__ unsigned mha_pack(unsigned short lo, unsigned short hi) {
+    return (unsigned)lo | ((unsigned)hi << 16);
+}
+/* two consecutive bf16 of shared memory (even index) as one register, the low one first */
+__device__ __forceinline__ unsigned mha_ld2(const unsigned short *p) {
+#ifdef HYB_CUDA_EMU
+    return mha_pack(p[0], p[1]);
+#else
+    return *reinterpret_cast<const unsigned *>(p);
+#endif
+}
+
+/* d (16x8 f32) += A (16x16 bf16, row-major) B (16x8 bf16, column-major); fragments of lane
+ * 4 g + t (PTX ISA, mma.m16n8k16 .bf16): a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1],
+ * a[2] = A[g][2t+8, 2t+9], a[3] = A[g+8][2t+8, 2t+9]; b[0] = B[2t, 2t+1][g],
+ * b[1] = B[2t+8, 2t+9][g]; d[0..1] = D[g][2t, 2t+1], d[2..3] = D[g+8][2t, 2t+1]. */
+__device__ __forceinline__ void mha_mma16816(float d[4], const unsigned a[4], const unsigned b[2]) {
+#ifdef HYB_CUDA_EMU
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    float acc0 = d[0], acc1 = d[1], acc2 = d[2], acc3 = d[3];
+    for (int k = 0; k < 16; k++) {
+        const int kr = (k & 7) >> 1, hi = k & 1, kh = k >> 3;
+        /* A[row][k] sits in lane (row % 8) * 4 + kr, register (row >= 8) + 2 kh */
+        const unsigned ra0 = __shfl_sync(FULL_MASK, a[2 * kh], g * 4 + kr);
+        const unsigned ra1 = __shfl_sync(FULL_MASK, a[2 * kh + 1], g * 4 + kr);
+        /* B[k][col] sits in lane col * 4 + kr, register kh */
+        const unsigned rb0 = __shfl_sync(FULL_MASK, b[kh], (2 * t) * 4 + kr);
+        const unsigned rb1 = __shfl_sync(FULL_MASK, b[kh], (2 * t + 1) * 4 + kr);
+        const float A0 = mha_bf2f(ra0, hi), A1 = mha_bf2f(ra1, hi);
+        const float B0 = mha_bf2f(rb0, hi), B1 = mha_bf2f(rb1, hi);
+        acc0 += A0 * B0;
+        acc1 += A0 * B1;
+        acc2 += A1 * B0;
+        acc3 += A1 * B1;
+    }
+    d[0] = acc0;
+    d[1] = acc1;
+    d[2] = acc2;
+    d[3] = acc3;
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+#endif /* MHA_BF16 (helpers) */
+
+/* mha_fwd on tensor cores (arguments as mha_fwd): grid (ceil(T / 64), H, B). Declared in every
+ * variant, its body only with MHA_BF16 (the emulated build registers every __global__ of the
+ * file, also inside a disabled #if). */
+extern "C" __launch_bounds__(NT) __global__ void mha_fwd_bf16(const float *Q, int ldq,
+                                                               const float *K, const float *V,
+                                                               i64 k_bs, i64 k_hs, int ldk,
+                                                               float *O, float *LSE, int T,
+                                                               int H, int group, int p0,
+                                                               float scale) {
+#if MHA_BF16
+    __shared__ unsigned short Qh[BQ16][HDS];
+    __shared__ unsigned short Kh[BK16][HDS];
+    __shared__ unsigned short Vh[BK16][HDS];
+    enum { KS = HD / 16, DT = HD / 8, NTL = BK16 / 8, KK = BK16 / 16 };
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * BQ16, kvh = h / group;
+    const int nq = T - i0 < BQ16 ? T - i0 : BQ16;
+    const float *q = Q + ((i64)b * T + i0) * ldq + (i64)h * HD;
+    const float *kb = K + b * k_bs + kvh * k_hs, *vb = V + b * k_bs + kvh * k_hs;
+    for (int e = tid; e < BQ16 * HD; e += NT) {
+        const int r = e / HD, d = e % HD;
+        Qh[r][d] = mha_f2bf(r < nq ? q[(i64)r * ldq + d] : 0.0f);
+    }
+    __syncthreads();
+    const int r0 = warp * 16 + g, r1 = r0 + 8; /* this lane's two rows of the block */
+    const int qp0 = p0 + i0 + r0, qp1 = p0 + i0 + r1;
+    unsigned qa[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) {
+        qa[ks][0] = mha_ld2(&Qh[r0][ks * 16 + 2 * t]);
+        qa[ks][1] = mha_ld2(&Qh[r1][ks * 16 + 2 * t]);
+        qa[ks][2] = mha_ld2(&Qh[r0][ks * 16 + 8 + 2 * t]);
+        qa[ks][3] = mha_ld2(&Qh[r1][ks * 16 + 8 + 2 * t]);
+    }
+    float o[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+    const int kend = p0 + i0 + nq;
+    for (int j0 = 0; j0 < kend; j0 += BK16) {
+        __syncthreads(); /* the previous tile's Kh, Vh are read */
+        for (int e = tid; e < BK16 * HD; e += NT) {
+            const int j = e / HD, d = e % HD;
+            const int ok = j0 + j < kend;
+            Kh[j][d] = mha_f2bf(ok ? kb[(i64)(j0 + j) * ldk + d] : 0.0f);
+            Vh[j][d] = mha_f2bf(ok ? vb[(i64)(j0 + j) * ldk + d] : 0.0f);
+        }
+        __syncthreads();
+        float s[NTL][4];
+#pragma unroll
+        for (int nt = 0; nt < NTL; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                unsigned bb[2];
+                bb[0] = mha_ld2(&Kh[nt * 8 + g][ks * 16 + 2 * t]);
+                bb[1] = mha_ld2(&Kh[nt * 8 + g][ks * 16 + 8 + 2 * t]);
+                mha_mma16816(s[nt], qa[ks], bb);
+            }
+        }
+        /* scale, causal mask; the tile's row maxima (the 4 lanes of a row hold 8 keys each) */
+        float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+        for (int nt = 0; nt < NTL; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int key = j0 + nt * 8 + 2 * t + (i & 1), qp = i < 2 ? qp0 : qp1;
+                const float v = key <= qp && key < kend ? s[nt][i] * scale : NEG_INF;
+                s[nt][i] = v;
+                if (i < 2)
+                    mx0 = fmaxf(mx0, v);
+                else
+                    mx1 = fmaxf(mx1, v);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 2));
+        /* key 0 is in every row's first tile: the maxima are finite from then on */
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float al0 = expf(m0 - mn0), al1 = expf(m1 - mn1);
+        float ls0 = 0.0f, ls1 = 0.0f;
+        unsigned pa[KK][4];
+#pragma unroll
+        for (int nt = 0; nt < NTL; nt++) {
+            const float e0 = s[nt][0] == NEG_INF ? 0.0f : expf(s[nt][0] - mn0);
+            const float e1 = s[nt][1] == NEG_INF ? 0.0f : expf(s[nt][1] - mn0);
+            const float e2 = s[nt][2] == NEG_INF ? 0.0f : expf(s[nt][2] - mn1);
+            const float e3 = s[nt][3] == NEG_INF ? 0.0f : expf(s[nt][3] - mn1);
+            ls0 += e0 + e1;
+            ls1 += e2 + e3;
+            /* S's accumulator layout is P's A layout: n-tiles 2kk, 2kk+1 -> k-step kk */
+            pa[nt >> 1][(nt & 1) * 2] = mha_pack(mha_f2bf(e0), mha_f2bf(e1));
+            pa[nt >> 1][(nt & 1) * 2 + 1] = mha_pack(mha_f2bf(e2), mha_f2bf(e3));
+        }
+        ls0 += __shfl_xor_sync(FULL_MASK, ls0, 1);
+        ls0 += __shfl_xor_sync(FULL_MASK, ls0, 2);
+        ls1 += __shfl_xor_sync(FULL_MASK, ls1, 1);
+        ls1 += __shfl_xor_sync(FULL_MASK, ls1, 2);
+        l0 = l0 * al0 + ls0;
+        l1 = l1 * al1 + ls1;
+        m0 = mn0;
+        m1 = mn1;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+            o[dt][0] *= al0;
+            o[dt][1] *= al0;
+            o[dt][2] *= al1;
+            o[dt][3] *= al1;
+#pragma unroll
+            for (int kk = 0; kk < KK; kk++) {
+                /* B[k][n] = V[kk*16 + k][dt*8 + n] */
+                const int c = dt * 8 + g, k0 = kk * 16 + 2 * t;
+                unsigned bb[2];
+                bb[0] = mha_pack(Vh[k0][c], Vh[k0 + 1][c]);
+                bb[1] = mha_pack(Vh[k0 + 8][c], Vh[k0 + 9][c]);
+                mha_mma16816(o[dt], pa[kk], bb);
+            }
+        }
+    }
+    const float il0 = 1.0f / l0, il1 = 1.0f / l1;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) {
+        const int c = dt * 8 + 2 * t;
+        if (r0 < nq) {
+            float *or0 = O + ((i64)b * T + i0 + r0) * ldq + (i64)h * HD + c;
+            or0[0] = o[dt][0] * il0;
+            or0[1] = o[dt][1] * il0;
+        }
+        if (r1 < nq) {
+            float *or1 = O + ((i64)b * T + i0 + r1) * ldq + (i64)h * HD + c;
+            or1[0] = o[dt][2] * il1;
+            or1[1] = o[dt][3] * il1;
+        }
+    }
+    if (t == 0) {
+        if (r0 < nq) LSE[((i64)b * H + h) * T + i0 + r0] = m0 + logf(l0);
+        if (r1 < nq) LSE[((i64)b * H + h) * T + i0 + r1] = m1 + logf(l1);
+    }
+#endif /* MHA_BF16 */
 }

@@ -31,6 +31,7 @@
 /* these must match mha_attn.cu */
 #define CU_NT 128
 #define CU_TQ(hd) ((hd) > 64 ? 16 : 32)
+#define CU_BQ16 64 /* mha_fwd_bf16 */
 #define CU_TB(hd) ((hd) > 64 ? 16 : 32)
 #define CU_DCH 64
 #define CU_GB 8
@@ -45,11 +46,12 @@ enum {
     K_DCOMB,
     K_BIAS,
     K_BGRAD,
+    K_FWD16, /* the -DMHA_BF16=1 module: only with attn_precision = "bf16" */
     K_COUNT
 };
 static const char *const KNAMES[K_COUNT] = {
     "mha_fwd",       "mha_bwd_dr",      "mha_bwd_dq",   "mha_bwd_dkv",  "mha_cache_put",
-    "mha_dec_split", "mha_dec_combine", "mha_add_bias", "mha_bias_grad"};
+    "mha_dec_split", "mha_dec_combine", "mha_add_bias", "mha_bias_grad", "mha_fwd_bf16"};
 
 /* the head dims mha_attn.cu is compiled for (its `// hyb-variant:` lines) */
 static const int HEAD_DIMS[] = {4, 8, 16, 32, 64, 128};
@@ -70,12 +72,21 @@ static int cu_load(mha *m, const hyb_backend *be, const char *op, const char *sh
         return H_->error(HYB_ERR_UNSUPPORTED,
                          "mha (layer %d): %s %s: the backend runs no device kernels", m->layer,
                          be->name, op);
+    if (m->bf16 && m->hd % 16 != 0)
+        return H_->error(HYB_ERR_UNSUPPORTED,
+                         "mha (layer %d): no CUDA %s kernel for attn_precision = \"bf16\" at "
+                         "head_dim = %d (%s) on %s; the bf16 forward needs head_dim 16, 32, 64 or "
+                         "128",
+                         m->layer, op, m->hd, shape, be->name);
     char opt[32];
     snprintf(opt, sizeof opt, "-DHEAD_DIM=%d", m->hd);
-    const char *opts[1] = {opt};
-    for (int k = 0; k < K_COUNT; k++)
-        HYB_BE_TRY(be->kernel(be, "mha_attn.cu", hyb_cu_mha_attn_cu, KNAMES[k], opts, 1,
-                              &m->cu_fn[k]));
+    const char *opts[2] = {opt, "-DMHA_BF16=1"};
+    for (int k = 0; k < K_COUNT; k++) {
+        m->cu_fn[k] = NULL;
+        if (k == K_FWD16 && !m->bf16) continue;
+        HYB_BE_TRY(be->kernel(be, "mha_attn.cu", hyb_cu_mha_attn_cu, KNAMES[k], opts,
+                              k == K_FWD16 ? 2 : 1, &m->cu_fn[k]));
+    }
     m->cu_be = be;
     return HYB_OK;
 }
@@ -221,14 +232,17 @@ int mha_forward_cuda(void *self, const hyb_mixer_fwd *a) {
             int ldk = hd, p0 = a->pos ? a->pos[b] : 0;
             void *fargs[] = {&qb, &ldq, &kb, &vb, &k_bs, &k_hs, &ldk, &ob, &lb,
                              &Ti, &Hi, &group, &p0, (void *)&scale};
-            rc = cu_launch(be, m, K_FWD, cdiv(T, CU_TQ(hd)), (unsigned)H, 1, fargs);
+            rc = m->bf16 ? cu_launch(be, m, K_FWD16, cdiv(T, CU_BQ16), (unsigned)H, 1, fargs)
+                         : cu_launch(be, m, K_FWD, cdiv(T, CU_TQ(hd)), (unsigned)H, 1, fargs);
         }
     } else {
         long long k_bs = (long long)T * kd, k_hs = hd;
         int ldk = (int)kd, p0 = 0;
         void *fargs[] = {&Q, &ldq, &K, &V, &k_bs, &k_hs, &ldk, &O, &LSE,
                          &Ti, &Hi, &group, &p0, (void *)&scale};
-        rc = cu_launch(be, m, K_FWD, cdiv(T, CU_TQ(hd)), (unsigned)H, (unsigned)B, fargs);
+        rc = m->bf16
+                 ? cu_launch(be, m, K_FWD16, cdiv(T, CU_BQ16), (unsigned)H, (unsigned)B, fargs)
+                 : cu_launch(be, m, K_FWD, cdiv(T, CU_TQ(hd)), (unsigned)H, (unsigned)B, fargs);
     }
     if (rc == HYB_OK) rc = linear(m, be, O, P[MHA_WO], NULL, a->y, (int)BT, (int)qd, D);
 done:
