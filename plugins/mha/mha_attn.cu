@@ -139,6 +139,7 @@ extern "C" __launch_bounds__(NT) __global__ void mha_fwd(const float *Q, int ldq
             const float p = s == NEG_INF ? 0.0f : expf(s - m_new);
             const float ls = mha_warp_sum(p);
             Ps[r][lane] = p;
+            __syncwarp(); /* every lane has read m_s[r], l_s[r] before lane 0 writes them */
             if (lane == 0) {
                 const float al = expf(m_old - m_new); /* 0 on the first tile (m_old = -inf) */
                 a_s[r] = al;
@@ -540,9 +541,9 @@ extern "C" __launch_bounds__(NT) __global__ void mha_fwd_bf16(const float *Q, in
                                                                int H, int group, int p0,
                                                                float scale) {
 #if MHA_BF16
-    __shared__ unsigned short Qh[BQ16][HDS];
-    __shared__ unsigned short Kh[BK16][HDS];
-    __shared__ unsigned short Vh[BK16][HDS];
+    __shared__ __align__(16) unsigned short Qh[BQ16][HDS]; /* 32-bit fragment loads */
+    __shared__ __align__(16) unsigned short Kh[BK16][HDS]; /* 32-bit fragment loads */
+    __shared__ __align__(16) unsigned short Vh[BK16][HDS]; /* 32-bit fragment loads */
     enum { KS = HD / 16, DT = HD / 8, NTL = BK16 / 8, KK = BK16 / 16 };
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * BQ16, kvh = h / group;
