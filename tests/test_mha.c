@@ -6,10 +6,11 @@
  *  - a decode step large enough to open the OpenMP region; decode across the 512-key chunks with
  *    GQA groups (and alone == batched, bitwise)
  *  - forward and backward bitwise independent of the thread count (1, 2, 3)
- *  - CUDA (when the backend opens, e.g. HYB_CUDA_EMULATE=1): decode across the 64-key splits of
- *    the flash-decoding kernel (lengths on both sides of each boundary, GQA groups of 10 > the 8
- *    query heads a block serves), from caches the CPU prefilled (the same byte layout), against
- *    the CPU decode: outputs and the appended cache rows
+ *  - CUDA (when the backend opens, e.g. HYB_CUDA_EMULATE=1): decode across the 64-key chunks and
+ *    the splits of the flash-decoding kernel (lengths on both sides of chunk boundaries, splits
+ *    of several chunks, GQA groups of 10 > the 8 query heads a block serves), from caches the
+ *    CPU prefilled (the same byte layout), against the CPU decode: outputs and the appended
+ *    cache rows
  *  - CUDA, attn_precision = "bf16" (the forward on tensor cores): training forward and a
  *    continued prefill against the CPU's f32 forward at a bf16 tolerance, 1e-2 of max(|ref|, 1)
  *    (flash-attention's bf16 tests, like the other peers, hold ~1e-2); a wrong fragment index
@@ -183,17 +184,17 @@ static void test_threads_bitwise(void) {
 #endif
 }
 
-/* CUDA decode across its 64-key splits against the CPU, from CPU-prefilled caches */
+/* CUDA decode across its 64-key chunks and splits against the CPU, from CPU-prefilled caches */
 static void test_cuda_decode_splits(void) {
     const hyb_backend *be = NULL;
     if (hyb_backend_open("cuda", &be) != HYB_OK || !be) {
         printf("   skip: no CUDA backend: %s\n", hyb_error());
         return;
     }
-    /* MAXC = 256: a state is 2 * 16 * 256 floats = 32 KiB, a size the backend's pool hands out
-     * exactly, so a read past a cache's end reaches AddressSanitizer's redzone (an emulated ASan
-     * build); the last sequence ends on the last row */
-    enum { D = 32, NS = 6, MAXC = 256, STEPS = 2 };
+    /* MAXC = 4096: a state is 2 * 16 * 4096 floats = 512 KiB, a size the backend's pool hands
+     * out exactly, so a read past a cache's end reaches AddressSanitizer's redzone (an emulated
+     * ASan build); the last sequence ends on the last row */
+    enum { D = 32, NS = 7, MAXC = 4096, STEPS = 2 };
     mh_inst I;
     if (inst_new(&I, D, "n_heads = 10\nn_kv_heads = 1\nhead_dim = 16\nrope_theta = 10000.0\n",
                  23, 0.15f) != 0) {
@@ -201,8 +202,10 @@ static void test_cuda_decode_splits(void) {
         return;
     }
     const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
-    /* tokens already in the cache: keys = pos + 1 on both sides of 64 and 128, and up to 256 */
-    const int pre[NS] = {62, 63, 64, 127, 128, 254};
+    /* tokens already in the cache: keys = pos + 1 on both sides of 64 and 128 (one chunk per
+     * split), and 2901.. and 4095.. keys: more chunks than the 36 splits a launch of 7 x 1 x 2
+     * blocks gets (mha_cuda.c: 512 blocks), so a split runs over 2 chunks, the last one partial */
+    const int pre[NS] = {62, 63, 64, 127, 128, 2900, 4094};
     const size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
     hyb_rng r;
     hyb_rng_seed(&r, 5);

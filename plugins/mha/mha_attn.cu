@@ -29,10 +29,15 @@
  *              every sum runs in a fixed order, so the backward is deterministic.
  * mha_cache_put  rows of fresh K, V (after RoPE) into each sequence's cache at its position
  *              (states and positions as device arrays).
- * mha_dec_split  flash-decoding: grid (splits, KV * head groups, n). Block = DCH = 64 keys of one
- *              sequence's cache against up to GB = 8 query heads of one KV head (the cache is read
- *              once for the whole group): scores (a warp per key), softmax of the split per head,
- *              unnormalised output. Partial per (sequence, head, split): o[hd], m, l.
+ * mha_dec_split  flash-decoding: grid (maxs splits, KV * head groups, n). Block = one split of
+ *              one sequence's cache against up to GB = 8 query heads of one KV head (the cache is
+ *              read once for the whole group). A split is a run of 64-key chunks (ceil(chunks /
+ *              maxs) of them: at most maxs splits, so the partials stay bounded at any length;
+ *              the host picks maxs from n and KV to fill the GPU, at most 64); per chunk: K rows
+ *              into shared memory (coalesced: a chunk of the head-major cache is contiguous),
+ *              scores (a thread per head and key), online softmax per head (a warp per head),
+ *              output in registers (V read coalesced from the cache). Partial per (sequence,
+ *              head, split): o[hd] unnormalised, m, l.
  * mha_dec_combine  merges a (sequence, head)'s splits: M = max m_c, l = sum l_c e^(m_c - M),
  *              o = sum o_c e^(m_c - M) / l.
  * mha_add_bias, mha_bias_grad  the q/k/v biases (forward add; backward column sums, row order
@@ -72,7 +77,7 @@
 #define TQ (HD > 64 ? 16 : 32) /* forward: query rows per block */
 #define TK 32                  /* forward: keys per tile (one per lane) */
 #define TB (HD > 64 ? 16 : 32) /* backward: query rows and keys per tile */
-#define DCH 64                 /* decode: keys per split */
+#define DCH 64                 /* decode: keys per chunk (a split is whole chunks) */
 #define GB 8                   /* decode: query heads per block */
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
@@ -360,81 +365,118 @@ extern "C" __launch_bounds__(NT) __global__ void mha_cache_put(float *const *sta
     }
 }
 
-/* Partial results of split c of sequence i: keys c*DCH .. of its cache (pos[i] + 1 keys in all)
- * against the query heads hb .. hb + GB - 1 of KV head g. grid (nsplit, KV * ngb, n), ngb =
- * ceil(group / GB). part[((i*H + h) * nsplit + c) * (HD + 2)]: o[HD] (unnormalised), m, l. */
+/* The split of a sequence of len keys when a launch has at most maxs splits: chunks of DCH keys,
+ * ceil(chunks / maxs) of them per split (so a split's length is a multiple of DCH) */
+__device__ __forceinline__ int mha_split_len(int len, int maxs) {
+    const int chunks = (len + DCH - 1) / DCH;
+    return DCH * ((chunks + maxs - 1) / maxs);
+}
+
+/* Partial results of split c of sequence i (pos[i] + 1 keys in its cache, split as
+ * mha_split_len) against the query heads hb .. hb + GB - 1 of KV head g; the split's keys go by
+ * in chunks of DCH with an online softmax. grid (maxs, KV * ngb, n), ngb = ceil(group / GB).
+ * part[((i*H + h) * maxs + c) * (HD + 2)]: o[HD] (unnormalised), m, l. */
 extern "C" __launch_bounds__(NT) __global__ void mha_dec_split(const float *Q,
                                                                 float *const *states,
                                                                 const int *pos, float *part, int H,
-                                                                int KV, int max_ctx, int nsplit,
+                                                                int KV, int max_ctx, int maxs,
                                                                 float scale) {
     __shared__ float qs[GB][HD];
+    __shared__ float Ks[DCH][HDP];
     __shared__ float ss[GB][DCH];
+    __shared__ float m_s[GB];
+    __shared__ float l_s[GB];
+    __shared__ float a_s[GB];
+    enum { OPD = (GB * HD + NT - 1) / NT };
     const int group = H / KV, ngb = (group + GB - 1) / GB;
     const int i = blockIdx.z, c = blockIdx.x, g = blockIdx.y / ngb, hb = (blockIdx.y % ngb) * GB;
-    const int len = pos[i] + 1, j0 = c * DCH;
+    const int len = pos[i] + 1, per = mha_split_len(len, maxs), j0 = c * per;
     if (j0 >= len) return; /* this sequence has fewer splits (the whole block leaves) */
-    const int nk = len - j0 < DCH ? len - j0 : DCH, nh = group - hb < GB ? group - hb : GB;
+    const int jend = len - j0 < per ? len : j0 + per;
+    const int nh = group - hb < GB ? group - hb : GB;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const float *kb = states[i] + ((i64)g * max_ctx + j0) * HD;
-    const float *vb = kb + (i64)KV * max_ctx * HD;
+    const float *kh = states[i] + (i64)g * max_ctx * HD;
+    const float *vh = kh + (i64)KV * max_ctx * HD;
     const int h0 = g * group + hb;
     for (int e = tid; e < nh * HD; e += NT)
         qs[e / HD][e % HD] = Q[((i64)i * H + h0) * HD + e];
+    if (tid < GB) {
+        m_s[tid] = NEG_INF;
+        l_s[tid] = 0.0f;
+    }
+    float acc[OPD];
+#pragma unroll
+    for (int u = 0; u < OPD; u++) acc[u] = 0.0f;
     __syncthreads();
-    enum { KPL = (HD + 31) / 32 }; /* key elements per lane */
-    for (int j = warp; j < nk; j += NW) {
-        float kr[KPL];
-        #pragma unroll
-        for (int u = 0; u < KPL; u++) {
-            const int d = lane + 32 * u;
-            kr[u] = d < HD ? kb[(i64)j * HD + d] : 0.0f;
-        }
-        for (int hh = 0; hh < nh; hh++) {
-            float s = 0.0f;
-            #pragma unroll
-            for (int u = 0; u < KPL; u++) {
-                const int d = lane + 32 * u;
-                if (d < HD) s += qs[hh][d] * kr[u];
+    for (int c0 = j0; c0 < jend; c0 += DCH) {
+        const int nk = jend - c0 < DCH ? jend - c0 : DCH;
+        const float *kb = kh + (i64)c0 * HD, *vb = vh + (i64)c0 * HD;
+        /* the chunk's K rows (contiguous in the head-major cache) into shared memory, then one
+         * thread per (head, key) score */
+        for (int e = tid; e < nk * HD; e += NT) Ks[e / HD][e % HD] = kb[e];
+        __syncthreads();
+        for (int e = tid; e < nh * DCH; e += NT) {
+            const int hh = e / DCH, j = e % DCH;
+            if (j < nk) {
+                float sc = 0.0f;
+                for (int d = 0; d < HD; d++) sc += qs[hh][d] * Ks[j][d];
+                ss[hh][j] = sc * scale;
             }
-            s = mha_warp_sum(s);
-            if (lane == 0) ss[hh][j] = s * scale;
         }
+        __syncthreads();
+        for (int hh = warp; hh < nh; hh += NW) { /* a warp per head: the chunk's softmax */
+            const float m_old = m_s[hh], l_old = l_s[hh];
+            float mx = NEG_INF;
+            for (int j = lane; j < nk; j += 32) mx = fmaxf(mx, ss[hh][j]);
+            const float m_new = fmaxf(m_old, mha_warp_max(mx));
+            float l = 0.0f;
+            for (int j = lane; j < nk; j += 32) {
+                const float p = expf(ss[hh][j] - m_new);
+                ss[hh][j] = p;
+                l += p;
+            }
+            l = mha_warp_sum(l);
+            __syncwarp();
+            if (lane == 0) {
+                const float al = expf(m_old - m_new); /* 0 on the first chunk */
+                a_s[hh] = al;
+                m_s[hh] = m_new;
+                l_s[hh] = l_old * al + l;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < OPD; u++) {
+            const int e = tid + u * NT;
+            if (e < nh * HD) {
+                const int hh = e / HD, d = e % HD;
+                float o = acc[u] * a_s[hh];
+                for (int j = 0; j < nk; j++) o += ss[hh][j] * vb[(i64)j * HD + d];
+                acc[u] = o;
+            }
+        }
+        __syncthreads();
     }
-    __syncthreads();
-    for (int hh = warp; hh < nh; hh += NW) {
-        float mx = NEG_INF;
-        for (int j = lane; j < nk; j += 32) mx = fmaxf(mx, ss[hh][j]);
-        mx = mha_warp_max(mx);
-        float l = 0.0f;
-        for (int j = lane; j < nk; j += 32) {
-            const float p = expf(ss[hh][j] - mx);
-            ss[hh][j] = p;
-            l += p;
-        }
-        l = mha_warp_sum(l);
-        if (lane == 0) {
-            float *pp = part + (((i64)i * H + h0 + hh) * nsplit + c) * (HD + 2);
-            pp[HD] = mx;
-            pp[HD + 1] = l;
-        }
+#pragma unroll
+    for (int u = 0; u < OPD; u++) {
+        const int e = tid + u * NT;
+        if (e < nh * HD)
+            part[(((i64)i * H + h0 + e / HD) * maxs + c) * (HD + 2) + e % HD] = acc[u];
     }
-    __syncthreads();
-    for (int e = tid; e < nh * HD; e += NT) {
-        const int hh = e / HD, d = e % HD;
-        float o = 0.0f;
-        for (int j = 0; j < nk; j++) o += ss[hh][j] * vb[(i64)j * HD + d];
-        part[(((i64)i * H + h0 + hh) * nsplit + c) * (HD + 2) + d] = o;
+    if (tid < nh) {
+        float *pp = part + (((i64)i * H + h0 + tid) * maxs + c) * (HD + 2);
+        pp[HD] = m_s[tid];
+        pp[HD + 1] = l_s[tid];
     }
 }
 
 /* O [n, H*HD] from the splits of each (sequence, head): grid (H, n) */
 extern "C" __launch_bounds__(NT) __global__ void mha_dec_combine(const float *part,
                                                                   const int *pos, float *O, int H,
-                                                                  int nsplit) {
+                                                                  int maxs) {
     const int h = blockIdx.x, i = blockIdx.y;
-    const int ns = (pos[i] + DCH) / DCH; /* ceil((pos + 1) / DCH) */
-    const float *p0 = part + ((i64)i * H + h) * nsplit * (HD + 2);
+    const int len = pos[i] + 1, per = mha_split_len(len, maxs), ns = (len + per - 1) / per;
+    const float *p0 = part + ((i64)i * H + h) * maxs * (HD + 2);
     float M = NEG_INF;
     for (int c = 0; c < ns; c++) M = fmaxf(M, p0[(i64)c * (HD + 2) + HD]);
     float l = 0.0f;
@@ -502,20 +544,22 @@ __device__ __forceinline__ void mha_mma16816(float d[4], const unsigned a[4], co
 #ifdef HYB_CUDA_EMU
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     float acc0 = d[0], acc1 = d[1], acc2 = d[2], acc3 = d[3];
-    for (int k = 0; k < 16; k++) {
-        const int kr = (k & 7) >> 1, hi = k & 1, kh = k >> 3;
+    for (int kp = 0; kp < 8; kp++) { /* k = 2 kp, 2 kp + 1: the two halves of one register */
+        const int kr = kp & 3, kh = kp >> 2;
         /* A[row][k] sits in lane (row % 8) * 4 + kr, register (row >= 8) + 2 kh */
         const unsigned ra0 = __shfl_sync(FULL_MASK, a[2 * kh], g * 4 + kr);
         const unsigned ra1 = __shfl_sync(FULL_MASK, a[2 * kh + 1], g * 4 + kr);
         /* B[k][col] sits in lane col * 4 + kr, register kh */
         const unsigned rb0 = __shfl_sync(FULL_MASK, b[kh], (2 * t) * 4 + kr);
         const unsigned rb1 = __shfl_sync(FULL_MASK, b[kh], (2 * t + 1) * 4 + kr);
-        const float A0 = mha_bf2f(ra0, hi), A1 = mha_bf2f(ra1, hi);
-        const float B0 = mha_bf2f(rb0, hi), B1 = mha_bf2f(rb1, hi);
-        acc0 += A0 * B0;
-        acc1 += A0 * B1;
-        acc2 += A1 * B0;
-        acc3 += A1 * B1;
+        for (int hi = 0; hi < 2; hi++) {
+            const float A0 = mha_bf2f(ra0, hi), A1 = mha_bf2f(ra1, hi);
+            const float B0 = mha_bf2f(rb0, hi), B1 = mha_bf2f(rb1, hi);
+            acc0 += A0 * B0;
+            acc1 += A0 * B1;
+            acc2 += A1 * B0;
+            acc3 += A1 * B1;
+        }
     }
     d[0] = acc0;
     d[1] = acc1;

@@ -9,8 +9,8 @@
  *   backward  dO = dy Wo, dWo; Dr = rowsum(dO O); the dQ pass and the dK/dV pass (recomputing P
  *             from LSE; two passes, no atomics: deterministic); inverse RoPE; bias gradients
  *             (column sums kernel); the projection gradients through sgemm.
- *   decode    projections, RoPE, cache_put, flash-decoding (splits of 64 keys, then a combine
- *             kernel), o_proj.
+ *   decode    projections, RoPE, cache_put, flash-decoding (at most DEC_MAX_SPLITS splits of
+ *             whole 64-key chunks per sequence, then a combine kernel), o_proj.
  * Every pointer handed in is device memory and is only passed to be-> entries and kernels: the
  * saved header is written with be->upload and read back with be->download; positions for RoPE
  * are host arrays (backend.h); the states' device pointers and positions the kernels index are
@@ -35,6 +35,10 @@
 #define CU_TB(hd) ((hd) > 64 ? 16 : 32)
 #define CU_DCH 64
 #define CU_GB 8
+/* decode: blocks a launch aims at (splits x KV heads x head groups x sequences), so that a single
+ * long sequence still fills an H100's 132 SMs, and the most splits of one sequence */
+#define DEC_TARGET_BLOCKS 512
+#define DEC_MAX_SPLITS 64
 
 enum {
     K_FWD,
@@ -375,17 +379,23 @@ int mha_decode_cuda(void *self, const hyb_mixer_dec *a) {
     const hyb_backend *be = a->be;
     const int n = a->n, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
     if (n <= 0) return H_->error(HYB_ERR_ARG, "mha (layer %d): decode with n = %d", m->layer, n);
-    int nsplit = 1, pmax = 0;
+    int chunks = 1, pmax = 0;
     for (int i = 0; i < n; i++) {
         if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
             return H_->error(HYB_ERR_ARG,
                              "mha (layer %d): decode sequence %d at pos %d: the KV cache "
                              "holds max_ctx = %d tokens",
                              m->layer, i, a->pos[i], a->max_ctx);
-        const int ns = (a->pos[i] + CU_DCH) / CU_DCH;
-        nsplit = ns > nsplit ? ns : nsplit;
+        const int c = (a->pos[i] + CU_DCH) / CU_DCH; /* 64-key chunks of pos + 1 keys */
+        chunks = c > chunks ? c : chunks;
         pmax = a->pos[i] > pmax ? a->pos[i] : pmax;
     }
+    /* splits per sequence (mha_attn.cu: mha_split_len): enough blocks to fill the GPU, never
+     * more than the chunks or DEC_MAX_SPLITS */
+    const int ngb = (H / KV + CU_GB - 1) / CU_GB;
+    long want = DEC_TARGET_BLOCKS / ((long)n * KV * ngb);
+    int nsplit = want < 1 ? 1 : want > DEC_MAX_SPLITS ? DEC_MAX_SPLITS : (int)want;
+    if (nsplit > chunks) nsplit = chunks;
     char shape[64];
     snprintf(shape, sizeof shape, "n = %d, pos <= %d", n, pmax);
     HYB_TRY(cu_load(m, be, "decode", shape));
@@ -416,7 +426,6 @@ int mha_decode_cuda(void *self, const hyb_mixer_dec *a) {
     }
     const float scale = 1.0f / sqrtf((float)hd);
     if (rc == HYB_OK) {
-        const int group = H / KV, ngb = (group + CU_GB - 1) / CU_GB;
         void *args[] = {&Q, &sp, &pp, &part, &Hi, &KVi, &mc, &ns, (void *)&scale};
         rc = cu_launch(be, m, K_DSPLIT, (unsigned)nsplit, (unsigned)(KV * ngb), (unsigned)n,
                        args);
