@@ -13,6 +13,8 @@
  *   saved (training forward -> backward): a 64-byte header, then Q [B*T, qd] and K [B*T, kd]
  *     (both after RoPE), V [B*T, kd], O [B*T, qd] (attention output before o_proj),
  *     LSE [B, H, T] (log-sum-exp of each softmax row, so backward recomputes P exactly).
+ *   Both layouts are the same, byte for byte, for the CPU kernels (mha_attn.c) and the CUDA ones
+ *   (mha_cuda.c, mha_attn.cu): a state or saved block is per instance, not per device.
  */
 #ifndef HYB_PLUGIN_MHA_H
 #define HYB_PLUGIN_MHA_H

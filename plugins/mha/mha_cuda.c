@@ -174,6 +174,9 @@ int mha_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     char shape[64];
     snprintf(shape, sizeof shape, "B = %d, T = %d", B, T);
     HYB_TRY(cu_load(m, be, "forward", shape));
+    if (B > 65535) /* gridDim.z */
+        return H_->error(HYB_ERR_UNSUPPORTED, "mha (layer %d): CUDA forward of B = %d > 65535 "
+                         "sequences in one call", m->layer, B);
     const size_t BT = (size_t)B * T, qd = (size_t)H * hd, kd = (size_t)KV * hd;
     const float *const *P = a->params;
     const int bias = m->bias;
@@ -269,6 +272,9 @@ int mha_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     char shape[64];
     snprintf(shape, sizeof shape, "B = %d, T = %d", B, T);
     HYB_TRY(cu_load(m, be, "backward", shape));
+    if (B > 65535) /* gridDim.z */
+        return H_->error(HYB_ERR_UNSUPPORTED, "mha (layer %d): CUDA backward of B = %d > 65535 "
+                         "sequences in one call", m->layer, B);
     hyb_pl_saved_hdr hdr;
     memset(&hdr, 0, sizeof hdr);
     if (a->saved) HYB_BE_TRY(be->download(be, &hdr, a->saved, sizeof hdr));
@@ -399,6 +405,9 @@ int mha_decode_cuda(void *self, const hyb_mixer_dec *a) {
     char shape[64];
     snprintf(shape, sizeof shape, "n = %d, pos <= %d", n, pmax);
     HYB_TRY(cu_load(m, be, "decode", shape));
+    if (n > 65535) /* gridDim.z */
+        return H_->error(HYB_ERR_UNSUPPORTED, "mha (layer %d): CUDA decode of n = %d > 65535 "
+                         "sequences in one step", m->layer, n);
     const size_t qd = (size_t)H * hd, kd = (size_t)KV * hd;
     /* Q, K, V, O, partials (floats), then the states' pointers and positions */
     const size_t nfl = (size_t)n * (2 * qd + 2 * kd) + (size_t)n * H * nsplit * (hd + 2);
