@@ -184,17 +184,10 @@ static void test_threads_bitwise(void) {
 #endif
 }
 
-/* CUDA decode across its 64-key chunks and splits against the CPU, from CPU-prefilled caches */
-static void test_cuda_decode_splits(void) {
-    const hyb_backend *be = NULL;
-    if (hyb_backend_open("cuda", &be) != HYB_OK || !be) {
-        printf("   skip: no CUDA backend: %s\n", hyb_error());
-        return;
-    }
-    /* MAXC = 4096: a state is 2 * 16 * 4096 floats = 512 KiB, a size the backend's pool hands
-     * out exactly, so a read past a cache's end reaches AddressSanitizer's redzone (an emulated
-     * ASan build); the last sequence ends on the last row */
-    enum { D = 32, NS = 7, MAXC = 4096, STEPS = 2 };
+/* CUDA decode steps of NS sequences (caches the CPU prefilled with pre[i] tokens, byte copies)
+ * against the CPU decode: outputs and the appended cache rows */
+static void cuda_decode_vs_cpu(const hyb_backend *be, int NS, const int *pre, int MAXC, int STEPS) {
+    enum { D = 32, HD = 16 };
     mh_inst I;
     if (inst_new(&I, D, "n_heads = 10\nn_kv_heads = 1\nhead_dim = 16\nrope_theta = 10000.0\n",
                  23, 0.15f) != 0) {
@@ -202,23 +195,24 @@ static void test_cuda_decode_splits(void) {
         return;
     }
     const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
-    /* tokens already in the cache: keys = pos + 1 on both sides of 64 and 128 (one chunk per
-     * split), and 2901.. and 4095.. keys: more chunks than the 36 splits a launch of 7 x 1 x 2
-     * blocks gets (mha_cuda.c: 512 blocks), so a split runs over 2 chunks, the last one partial */
-    const int pre[NS] = {62, 63, 64, 127, 128, 2900, 4094};
     const size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
     hyb_rng r;
     hyb_rng_seed(&r, 5);
-    void *hs[NS], *ds[NS];
-    int ok = 1;
+    void **hs = calloc((size_t)NS, sizeof *hs), **ds = calloc((size_t)NS, sizeof *ds);
+    int32_t *pos = calloc((size_t)NS, sizeof *pos);
+    int ok = 1, pmin = MAXC, pmax = 0;
     for (int i = 0; i < NS; i++) {
         hs[i] = calloc(1, sb);
-        float *x = mh_randn(&r, (size_t)pre[i] * D, 1.0f), *y = malloc((size_t)pre[i] * D * 4);
-        CHECK(mh_fwd(&I, 1, pre[i], x, y, NULL, &hs[i], NULL, MAXC) == HYB_OK);
+        if (pre[i] > 0) {
+            float *x = mh_randn(&r, (size_t)pre[i] * D, 1.0f), *y = malloc((size_t)pre[i] * D * 4);
+            CHECK(mh_fwd(&I, 1, pre[i], x, y, NULL, &hs[i], NULL, MAXC) == HYB_OK);
+            free(x);
+            free(y);
+        }
         ds[i] = be->alloc(be, sb);
         ok &= ds[i] && be->upload(be, ds[i], hs[i], sb) == HYB_OK;
-        free(x);
-        free(y);
+        pmin = pre[i] < pmin ? pre[i] : pmin;
+        pmax = pre[i] > pmax ? pre[i] : pmax;
     }
     const int np = I.m->n_params;
     const float **dp = calloc((size_t)np, sizeof *dp);
@@ -234,7 +228,6 @@ static void test_cuda_decode_splits(void) {
     CHECK_MSG(ok, "device buffers: %s", hyb_error());
     double ey = 0, es = 0;
     for (int s = 0; ok && s < STEPS; s++) {
-        int32_t pos[NS];
         for (int i = 0; i < NS; i++)
             pos[i] = pre[i] + s;
         CHECK(mh_dec(&I, NS, xd, y0, hs, pos, MAXC) == HYB_OK);
@@ -246,12 +239,12 @@ static void test_cuda_decode_splits(void) {
         double e = harness_max_rel(y1, y0, (long)NS * D, 1.0);
         ey = e > ey ? e : ey;
         /* the appended K and V rows (K after RoPE) of every sequence */
-        const size_t hstride = (size_t)16 * MAXC;
+        const size_t hstride = (size_t)HD * MAXC;
         for (int i = 0; i < NS; i++) {
             CHECK(be->download(be, st, ds[i], sb) == HYB_OK);
             for (int kv = 0; kv < 2; kv++) {
-                const size_t off = kv * hstride + (size_t)pos[i] * 16;
-                e = harness_max_rel(st + off, (const float *)hs[i] + off, 16, 1.0);
+                const size_t off = kv * hstride + (size_t)pos[i] * HD;
+                e = harness_max_rel(st + off, (const float *)hs[i] + off, HD, 1.0);
                 es = e > es ? e : es;
             }
         }
@@ -259,7 +252,7 @@ static void test_cuda_decode_splits(void) {
             xd[j] = 0.5f * xd[j] + 0.25f;
     }
     printf("   %d sequences, cache lengths %d..%d, %d steps: y max rel %.3g, new cache rows %.3g\n",
-           NS, pre[0], pre[NS - 1] + STEPS, STEPS, ey, es);
+           NS, pmin, pmax + STEPS, STEPS, ey, es);
     CHECK_MSG(ey < 1e-5 && es < 1e-6, "decode y %g, cache rows %g", ey, es);
     for (int i = 0; i < NS; i++) {
         be->free(be, ds[i]);
@@ -270,11 +263,35 @@ static void test_cuda_decode_splits(void) {
     be->free(be, dx);
     be->free(be, dy);
     free(dp);
+    free(hs);
+    free(ds);
+    free(pos);
     free(xd);
     free(y0);
     free(y1);
     free(st);
     mh_inst_free(&I);
+}
+
+static void test_cuda_decode_splits(void) {
+    const hyb_backend *be = NULL;
+    if (hyb_backend_open("cuda", &be) != HYB_OK || !be) {
+        printf("   skip: no CUDA backend: %s\n", hyb_error());
+        return;
+    }
+    /* MAXC = 4096: a state is 2 * 16 * 4096 floats = 512 KiB, so a read past a cache's end
+     * reaches AddressSanitizer's redzone (an emulated ASan build) also where the backend's pool
+     * rounds sizes up; the last sequence ends on the last row. Keys = pos + 1 on both sides of
+     * 64 and 128 (one chunk per split), and 2901.. and 4095.. keys: more chunks than the 36
+     * splits a launch of 7 x 1 x 2 blocks gets (mha_cuda.c: 512 blocks), so a split runs over 2
+     * chunks, the last one partial. */
+    static const int pre[7] = {62, 63, 64, 127, 128, 2900, 4094};
+    cuda_decode_vs_cpu(be, 7, pre, 4096, 2);
+    /* 67 sequences in one step (two launches of at most 64), one of them with an empty cache */
+    int many[67];
+    for (int i = 0; i < 67; i++)
+        many[i] = (i * 7) % 40;
+    cuda_decode_vs_cpu(be, 67, many, 48, 1);
 }
 
 /* H, KV, head_dim of an mha instance (from its parameter shapes) */

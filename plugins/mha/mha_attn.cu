@@ -28,7 +28,11 @@
  *              passes (S and dS computed twice) rather than one with atomics: no atomics, and
  *              every sum runs in a fixed order, so the backward is deterministic.
  * mha_cache_put  rows of fresh K, V (after RoPE) into each sequence's cache at its position
- *              (states and positions as device arrays).
+ *              (prefill: states and positions as device arrays, uploaded once per call).
+ * mha_dec_rope_put  a decode step's RoPE of Q and K (the backend's formula) and the K, V rows into
+ *              the caches. The decode kernels get the sequences' caches and positions by value
+ *              (struct mha_seqs, 64 sequences a launch): a step uploads nothing and never waits
+ *              for the device.
  * mha_dec_split  flash-decoding: grid (maxs splits, KV * head groups, n). Block = one split of
  *              one sequence's cache against up to GB = 8 query heads of one KV head (the cache is
  *              read once for the whole group). A split is a run of 64-key chunks (ceil(chunks /
@@ -365,6 +369,56 @@ extern "C" __launch_bounds__(NT) __global__ void mha_cache_put(float *const *sta
     }
 }
 
+/* The sequences of one decode launch, passed by value (no upload, no stream synchronisation per
+ * step): their caches (device pointers) and positions (tokens already in each cache). */
+#define DEC_SEQS 64
+struct mha_seqs {
+    float *st[DEC_SEQS];
+    int pos[DEC_SEQS];
+};
+
+/* RoPE of one head row in place at position p, the backend's formula (core/backend/cuda/kernels
+ * elementwise.cu hyb_rope), pair i by thread */
+__device__ __forceinline__ void mha_rope_pair(float *xh, int i, int p, float theta) {
+    const int half = HD / 2;
+    const float inv = 1.0f / powf(theta, (float)(2 * i) / (float)HD);
+    const float ang = (float)p * inv;
+    float sn, cs;
+    sincosf(ang, &sn, &cs);
+    const float x1 = xh[i], x2 = xh[i + half];
+    xh[i] = x1 * cs - x2 * sn;
+    xh[i + half] = x2 * cs + x1 * sn;
+}
+
+/* Decode step of sequence blockIdx.x of sq: RoPE of its Q row (H heads) in place and of its K
+ * row, and the K and V rows into its cache at its position. Q [n, H*HD], K, V [n, KV*HD]. */
+extern "C" __launch_bounds__(NT) __global__ void mha_dec_rope_put(float *Q, const float *K,
+                                                                   const float *V, mha_seqs sq,
+                                                                   int H, int KV, int max_ctx,
+                                                                   float theta) {
+    const int i = blockIdx.x, p = sq.pos[i], half = HD / 2;
+    float *q = Q + (i64)i * H * HD;
+    for (int e = threadIdx.x; e < H * half; e += NT)
+        mha_rope_pair(q + (e / half) * HD, e % half, p, theta);
+    float *kc = sq.st[i], *vc = kc + (i64)KV * max_ctx * HD;
+    const float *k = K + (i64)i * KV * HD, *v = V + (i64)i * KV * HD;
+    for (int e = threadIdx.x; e < KV * half; e += NT) {
+        const int g = e / half, j = e % half;
+        const float inv = 1.0f / powf(theta, (float)(2 * j) / (float)HD);
+        const float ang = (float)p * inv;
+        float sn, cs;
+        sincosf(ang, &sn, &cs);
+        const float x1 = k[g * HD + j], x2 = k[g * HD + j + half];
+        float *kr = kc + ((i64)g * max_ctx + p) * HD;
+        kr[j] = x1 * cs - x2 * sn;
+        kr[j + half] = x2 * cs + x1 * sn;
+    }
+    for (int e = threadIdx.x; e < KV * HD; e += NT) {
+        const int g = e / HD, d = e % HD;
+        vc[((i64)g * max_ctx + p) * HD + d] = v[e];
+    }
+}
+
 /* The split of a sequence of len keys when a launch has at most maxs splits: chunks of DCH keys,
  * ceil(chunks / maxs) of them per split (so a split's length is a multiple of DCH) */
 __device__ __forceinline__ int mha_split_len(int len, int maxs) {
@@ -376,10 +430,9 @@ __device__ __forceinline__ int mha_split_len(int len, int maxs) {
  * mha_split_len) against the query heads hb .. hb + GB - 1 of KV head g; the split's keys go by
  * in chunks of DCH with an online softmax. grid (maxs, KV * ngb, n), ngb = ceil(group / GB).
  * part[((i*H + h) * maxs + c) * (HD + 2)]: o[HD] (unnormalised), m, l. */
-extern "C" __launch_bounds__(NT) __global__ void mha_dec_split(const float *Q,
-                                                                float *const *states,
-                                                                const int *pos, float *part, int H,
-                                                                int KV, int max_ctx, int maxs,
+extern "C" __launch_bounds__(NT) __global__ void mha_dec_split(const float *Q, mha_seqs sq,
+                                                                float *part, int H, int KV,
+                                                                int max_ctx, int maxs,
                                                                 float scale) {
     __shared__ float qs[GB][HD];
     __shared__ float Ks[DCH][HDP];
@@ -390,12 +443,12 @@ extern "C" __launch_bounds__(NT) __global__ void mha_dec_split(const float *Q,
     enum { OPD = (GB * HD + NT - 1) / NT };
     const int group = H / KV, ngb = (group + GB - 1) / GB;
     const int i = blockIdx.z, c = blockIdx.x, g = blockIdx.y / ngb, hb = (blockIdx.y % ngb) * GB;
-    const int len = pos[i] + 1, per = mha_split_len(len, maxs), j0 = c * per;
+    const int len = sq.pos[i] + 1, per = mha_split_len(len, maxs), j0 = c * per;
     if (j0 >= len) return; /* this sequence has fewer splits (the whole block leaves) */
     const int jend = len - j0 < per ? len : j0 + per;
     const int nh = group - hb < GB ? group - hb : GB;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const float *kh = states[i] + (i64)g * max_ctx * HD;
+    const float *kh = sq.st[i] + (i64)g * max_ctx * HD;
     const float *vh = kh + (i64)KV * max_ctx * HD;
     const int h0 = g * group + hb;
     for (int e = tid; e < nh * HD; e += NT)
@@ -472,10 +525,10 @@ extern "C" __launch_bounds__(NT) __global__ void mha_dec_split(const float *Q,
 
 /* O [n, H*HD] from the splits of each (sequence, head): grid (H, n) */
 extern "C" __launch_bounds__(NT) __global__ void mha_dec_combine(const float *part,
-                                                                  const int *pos, float *O, int H,
+                                                                  mha_seqs sq, float *O, int H,
                                                                   int maxs) {
     const int h = blockIdx.x, i = blockIdx.y;
-    const int len = pos[i] + 1, per = mha_split_len(len, maxs), ns = (len + per - 1) / per;
+    const int len = sq.pos[i] + 1, per = mha_split_len(len, maxs), ns = (len + per - 1) / per;
     const float *p0 = part + ((i64)i * H + h) * maxs * (HD + 2);
     float M = NEG_INF;
     for (int c = 0; c < ns; c++) M = fmaxf(M, p0[(i64)c * (HD + 2) + HD]);

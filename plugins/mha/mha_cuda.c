@@ -9,12 +9,14 @@
  *   backward  dO = dy Wo, dWo; Dr = rowsum(dO O); the dQ pass and the dK/dV pass (recomputing P
  *             from LSE; two passes, no atomics: deterministic); inverse RoPE; bias gradients
  *             (column sums kernel); the projection gradients through sgemm.
- *   decode    projections, RoPE, cache_put, flash-decoding (at most DEC_MAX_SPLITS splits of
- *             whole 64-key chunks per sequence, then a combine kernel), o_proj.
+ *   decode    projections, then per launch of up to 64 sequences (their caches and positions
+ *             passed by value: a step uploads nothing and does not wait for the device) RoPE +
+ *             cache rows, flash-decoding (at most DEC_MAX_SPLITS splits of whole 64-key chunks
+ *             per sequence), the combine kernel; o_proj.
  * Every pointer handed in is device memory and is only passed to be-> entries and kernels: the
  * saved header is written with be->upload and read back with be->download; positions for RoPE
  * are host arrays (backend.h); the states' device pointers and positions the kernels index are
- * uploaded into device scratch.
+ * uploaded into device scratch (prefill: once per call) or passed by value (decode).
  *
  * Kernels are compiled per head_dim (-DHEAD_DIM=hd, the hyb-variant lines of mha_attn.cu): a
  * head_dim without a variant is HYB_ERR_UNSUPPORTED naming the mixer, the op and the shape,
@@ -39,6 +41,12 @@
  * long sequence still fills an H100's 132 SMs, and the most splits of one sequence */
 #define DEC_TARGET_BLOCKS 512
 #define DEC_MAX_SPLITS 64
+/* struct mha_seqs of mha_attn.cu, a decode launch's sequences by value (the same layout) */
+#define DEC_SEQS 64
+typedef struct mha_seqs {
+    float *st[DEC_SEQS];
+    int32_t pos[DEC_SEQS];
+} mha_seqs;
 
 enum {
     K_FWD,
@@ -50,12 +58,13 @@ enum {
     K_DCOMB,
     K_BIAS,
     K_BGRAD,
+    K_DROPE,
     K_FWD16, /* the -DMHA_BF16=1 module: only with attn_precision = "bf16" */
     K_COUNT
 };
 static const char *const KNAMES[K_COUNT] = {
     "mha_fwd",       "mha_bwd_dr",      "mha_bwd_dq",   "mha_bwd_dkv",  "mha_cache_put",
-    "mha_dec_split", "mha_dec_combine", "mha_add_bias", "mha_bias_grad", "mha_fwd_bf16"};
+    "mha_dec_split", "mha_dec_combine", "mha_add_bias", "mha_bias_grad", "mha_dec_rope_put", "mha_fwd_bf16"};
 
 /* the head dims mha_attn.cu is compiled for (its `// hyb-variant:` lines) */
 static const int HEAD_DIMS[] = {4, 8, 16, 32, 64, 128};
@@ -398,50 +407,52 @@ int mha_decode_cuda(void *self, const hyb_mixer_dec *a) {
     }
     /* splits per sequence (mha_attn.cu: mha_split_len): enough blocks to fill the GPU, never
      * more than the chunks or DEC_MAX_SPLITS */
-    const int ngb = (H / KV + CU_GB - 1) / CU_GB;
-    long want = DEC_TARGET_BLOCKS / ((long)n * KV * ngb);
+    const int ngb = (H / KV + CU_GB - 1) / CU_GB, nl = n < DEC_SEQS ? n : DEC_SEQS;
+    long want = DEC_TARGET_BLOCKS / ((long)nl * KV * ngb);
     int nsplit = want < 1 ? 1 : want > DEC_MAX_SPLITS ? DEC_MAX_SPLITS : (int)want;
     if (nsplit > chunks) nsplit = chunks;
     char shape[64];
     snprintf(shape, sizeof shape, "n = %d, pos <= %d", n, pmax);
     HYB_TRY(cu_load(m, be, "decode", shape));
-    if (n > 65535) /* gridDim.z */
-        return H_->error(HYB_ERR_UNSUPPORTED, "mha (layer %d): CUDA decode of n = %d > 65535 "
-                         "sequences in one step", m->layer, n);
     const size_t qd = (size_t)H * hd, kd = (size_t)KV * hd;
-    /* Q, K, V, O, partials (floats), then the states' pointers and positions */
-    const size_t nfl = (size_t)n * (2 * qd + 2 * kd) + (size_t)n * H * nsplit * (hd + 2);
-    const size_t off = (nfl * sizeof(float) + 15) & ~(size_t)15;
-    char *buf = dec_scratch(m, be, off + (size_t)n * (sizeof(void *) + sizeof(int32_t)));
+    /* Q, K, V, O, partials */
+    const size_t pw = (size_t)H * nsplit * (hd + 2); /* partial floats of one sequence */
+    float *buf = dec_scratch(m, be, sizeof(float) * (size_t)n * (2 * qd + 2 * kd + pw));
     if (!buf) return HYB_ERR_NOMEM;
-    float *Q = (float *)buf, *K = Q + (size_t)n * qd, *V = K + (size_t)n * kd,
-          *O = V + (size_t)n * kd, *part = O + (size_t)n * qd;
-    float **sp = (float **)(buf + off);
-    int32_t *pp = (int32_t *)(buf + off + (size_t)n * sizeof(void *));
+    float *Q = buf, *K = Q + (size_t)n * qd, *V = K + (size_t)n * kd, *O = V + (size_t)n * kd,
+          *part = O + (size_t)n * qd;
     const float *const *P = a->params;
-    int rc = put_states(m, be, sp, a->states, a->pos, n);
-    if (rc == HYB_OK)
-        rc = linear(m, be, a->x, P[MHA_WQ], m->bias ? P[MHA_BQ] : NULL, Q, n, D, (int)qd);
+    int rc = linear(m, be, a->x, P[MHA_WQ], m->bias ? P[MHA_BQ] : NULL, Q, n, D, (int)qd);
     if (rc == HYB_OK)
         rc = linear(m, be, a->x, P[MHA_WK], m->bias ? P[MHA_BK] : NULL, K, n, D, (int)kd);
     if (rc == HYB_OK)
         rc = linear(m, be, a->x, P[MHA_WV], m->bias ? P[MHA_BV] : NULL, V, n, D, (int)kd);
-    if (rc == HYB_OK) rc = be->rope(be, Q, 1, n, H, hd, a->pos, m->theta, 0);
-    if (rc == HYB_OK) rc = be->rope(be, K, 1, n, KV, hd, a->pos, m->theta, 0);
-    int one = 1, KVi = KV, Hi = H, mc = a->max_ctx, ns = nsplit;
-    if (rc == HYB_OK) {
-        void *args[] = {&sp, &pp, &K, &V, &one, &KVi, &mc};
-        rc = cu_launch(be, m, K_PUT, 1, (unsigned)n, 1, args);
-    }
+    /* per launch, up to DEC_SEQS sequences by value: RoPE + cache rows, splits, combine (no
+     * upload: RoPE here rather than be->rope, whose positions are a host array it uploads) */
+    int KVi = KV, Hi = H, mc = a->max_ctx, ns = nsplit;
+    float theta = m->theta;
     const float scale = 1.0f / sqrtf((float)hd);
-    if (rc == HYB_OK) {
-        void *args[] = {&Q, &sp, &pp, &part, &Hi, &KVi, &mc, &ns, (void *)&scale};
-        rc = cu_launch(be, m, K_DSPLIT, (unsigned)nsplit, (unsigned)(KV * ngb), (unsigned)n,
-                       args);
-    }
-    if (rc == HYB_OK) {
-        void *args[] = {&part, &pp, &O, &Hi, &ns};
-        rc = cu_launch(be, m, K_DCOMB, (unsigned)H, (unsigned)n, 1, args);
+    for (int s0 = 0; rc == HYB_OK && s0 < n; s0 += DEC_SEQS) {
+        const int cnt = n - s0 < DEC_SEQS ? n - s0 : DEC_SEQS;
+        mha_seqs sq;
+        memset(&sq, 0, sizeof sq);
+        for (int i = 0; i < cnt; i++) {
+            sq.st[i] = (float *)a->states[s0 + i];
+            sq.pos[i] = a->pos[s0 + i];
+        }
+        float *q = Q + (size_t)s0 * qd, *k = K + (size_t)s0 * kd, *v = V + (size_t)s0 * kd,
+              *o = O + (size_t)s0 * qd, *pt = part + (size_t)s0 * pw;
+        void *a1[] = {&q, &k, &v, &sq, &Hi, &KVi, &mc, &theta};
+        rc = cu_launch(be, m, K_DROPE, (unsigned)cnt, 1, 1, a1);
+        if (rc == HYB_OK) {
+            void *a2[] = {&q, &sq, &pt, &Hi, &KVi, &mc, &ns, (void *)&scale};
+            rc = cu_launch(be, m, K_DSPLIT, (unsigned)nsplit, (unsigned)(KV * ngb),
+                           (unsigned)cnt, a2);
+        }
+        if (rc == HYB_OK) {
+            void *a3[] = {&pt, &sq, &o, &Hi, &ns};
+            rc = cu_launch(be, m, K_DCOMB, (unsigned)H, (unsigned)cnt, 1, a3);
+        }
     }
     if (rc == HYB_OK) rc = linear(m, be, O, P[MHA_WO], NULL, a->y, n, (int)qd, D);
     return rc;
