@@ -189,8 +189,8 @@ static void test_threads_bitwise(void) {
 static void cuda_decode_vs_cpu(const hyb_backend *be, int NS, const int *pre, int MAXC, int STEPS) {
     enum { D = 32, HD = 16 };
     mh_inst I;
-    if (inst_new(&I, D, "n_heads = 10\nn_kv_heads = 1\nhead_dim = 16\nrope_theta = 10000.0\n",
-                 23, 0.15f) != 0) {
+    if (inst_new(&I, D, "n_heads = 10\nn_kv_heads = 1\nhead_dim = 16\nrope_theta = 10000.0\n", 23,
+                 0.15f) != 0) {
         mh_inst_free(&I);
         return;
     }
@@ -232,8 +232,14 @@ static void cuda_decode_vs_cpu(const hyb_backend *be, int NS, const int *pre, in
             pos[i] = pre[i] + s;
         CHECK(mh_dec(&I, NS, xd, y0, hs, pos, MAXC) == HYB_OK);
         CHECK(be->upload(be, dx, xd, (size_t)NS * D * 4) == HYB_OK);
-        hyb_mixer_dec da = {.n = NS, .be = be, .x = dx, .y = dy, .params = dp, .states = ds,
-                            .pos = pos, .max_ctx = MAXC};
+        hyb_mixer_dec da = {.n = NS,
+                            .be = be,
+                            .x = dx,
+                            .y = dy,
+                            .params = dp,
+                            .states = ds,
+                            .pos = pos,
+                            .max_ctx = MAXC};
         CHECK_MSG(k->decode(I.m->self, &da) == HYB_OK, "%s", hyb_error());
         CHECK(be->download(be, y1, dy, (size_t)NS * D * 4) == HYB_OK);
         double e = harness_max_rel(y1, y0, (long)NS * D, 1.0);
@@ -403,8 +409,8 @@ static void test_cuda_bf16_forward(void) {
         if (ok) {
             /* training forward (whole sequences) */
             CHECK(mh_fwd(&I, B, T, x, y0, NULL, NULL, NULL, 0) == HYB_OK);
-            hyb_mixer_fwd fa = {.B = B, .T = T, .be = be, .x = dx, .y = dy, .params = dp,
-                                .saved = dsaved};
+            hyb_mixer_fwd fa = {
+                .B = B, .T = T, .be = be, .x = dx, .y = dy, .params = dp, .saved = dsaved};
             CHECK_MSG(k->forward(I.m->self, &fa) == HYB_OK, "%s", hyb_error());
             CHECK(be->download(be, y1, dy, nx * 4) == HYB_OK);
             ef = harness_max_rel(y1, y0, (long)nx, 1.0);
@@ -425,12 +431,25 @@ static void test_cuda_bf16_forward(void) {
             CHECK(mh_fwd(&I, B, P0, xa, y0, NULL, hs, NULL, MAXC) == HYB_OK);
             CHECK(mh_fwd(&I, B, T - P0, xb, y0, NULL, hs, pos, MAXC) == HYB_OK);
             CHECK(be->upload(be, dx, xa, (size_t)B * P0 * D * 4) == HYB_OK);
-            hyb_mixer_fwd pa = {.B = B, .T = P0, .be = be, .x = dx, .y = dy, .params = dp,
-                                .states = ds, .max_ctx = MAXC};
+            hyb_mixer_fwd pa = {.B = B,
+                                .T = P0,
+                                .be = be,
+                                .x = dx,
+                                .y = dy,
+                                .params = dp,
+                                .states = ds,
+                                .max_ctx = MAXC};
             CHECK_MSG(k->forward(I.m->self, &pa) == HYB_OK, "%s", hyb_error());
             CHECK(be->upload(be, dx, xb, (size_t)B * (T - P0) * D * 4) == HYB_OK);
-            hyb_mixer_fwd pb = {.B = B, .T = T - P0, .be = be, .x = dx, .y = dy, .params = dp,
-                                .states = ds, .pos = pos, .max_ctx = MAXC};
+            hyb_mixer_fwd pb = {.B = B,
+                                .T = T - P0,
+                                .be = be,
+                                .x = dx,
+                                .y = dy,
+                                .params = dp,
+                                .states = ds,
+                                .pos = pos,
+                                .max_ctx = MAXC};
             CHECK_MSG(k->forward(I.m->self, &pb) == HYB_OK, "%s", hyb_error());
             CHECK(be->download(be, y1, dy, (size_t)B * (T - P0) * D * 4) == HYB_OK);
             ep = harness_max_rel(y1, y0, (long)B * (T - P0) * D, 1.0);
@@ -440,10 +459,11 @@ static void test_cuda_bf16_forward(void) {
         char desc[128];
         I.m->desc->describe(I.m->self, desc, sizeof desc);
         printf("   %s, weights x%.1f, B=%d T=%d: attention vs bf16-input reference %.3g; y vs cpu "
-               "f32 max rel %.3g, continued prefill %.3g (bounds 1e-2%s)\n", desc, wscale, B, T,
-               eo, ef, ep, c < 2 ? "" : "; y not checked");
+               "f32 max rel %.3g, continued prefill %.3g (bounds 1e-2%s)\n",
+               desc, wscale, B, T, eo, ef, ep, c < 2 ? "" : "; y not checked");
         CHECK_MSG(eo < 1e-2, "bf16 attention vs reference %g", eo);
-        if (c < 2) CHECK_MSG(ef < 1e-2 && ep < 1e-2, "bf16 forward %g, continued prefill %g", ef, ep);
+        if (c < 2)
+            CHECK_MSG(ef < 1e-2 && ep < 1e-2, "bf16 forward %g, continued prefill %g", ef, ep);
         for (int b = 0; b < B; b++) {
             be->free(be, ds[b]);
             free(hs[b]);
@@ -480,21 +500,29 @@ static void test_cuda_unsupported_head_dim(void) {
         be = hyb_backend_cpu();
     }
     enum { B = 2, T = 5, MAXC = 8 };
-    float *x = be->alloc(be, sizeof(float) * B * T * 8), *y = be->alloc(be, sizeof(float) * B * T * 8);
+    float *x = be->alloc(be, sizeof(float) * B * T * 8),
+          *y = be->alloc(be, sizeof(float) * B * T * 8);
     void *saved = be->alloc(be, I.m->desc->saved_bytes(I.m->self, B, T));
     const size_t sb = I.m->desc->state_bytes(I.m->self, MAXC);
     void *st[B] = {be->alloc(be, sb), be->alloc(be, sb)};
     int32_t pos[B] = {3, 4};
     const float *const *P = (const float *const *)I.pp;
     hyb_mixer_fwd fa = {.B = B, .T = T, .be = be, .x = x, .y = y, .params = P, .saved = saved};
-    hyb_mixer_bwd ba = {.B = B, .T = T, .be = be, .x = x, .dy = y, .dx = y, .params = P,
-                        .grads = I.gp, .saved = saved};
-    hyb_mixer_dec da = {.n = B, .be = be, .x = x, .y = y, .params = P, .states = st, .pos = pos,
-                        .max_ctx = MAXC};
+    hyb_mixer_bwd ba = {.B = B,
+                        .T = T,
+                        .be = be,
+                        .x = x,
+                        .dy = y,
+                        .dx = y,
+                        .params = P,
+                        .grads = I.gp,
+                        .saved = saved};
+    hyb_mixer_dec da = {
+        .n = B, .be = be, .x = x, .y = y, .params = P, .states = st, .pos = pos, .max_ctx = MAXC};
     for (int op = 0; op < 3; op++) {
         static const char *name[3] = {"forward", "backward", "decode"};
         static const char *shape[3] = {"T = 5", "T = 5", "n = 2"};
-        int rc = op == 0 ? k->forward(I.m->self, &fa)
+        int rc = op == 0   ? k->forward(I.m->self, &fa)
                  : op == 1 ? k->backward(I.m->self, &ba)
                            : k->decode(I.m->self, &da);
         CHECK_MSG(rc == HYB_ERR_UNSUPPORTED, "%s: rc %d", name[op], rc);

@@ -43,8 +43,8 @@
 const hyb_host *mha_host;
 #define H_ mha_host
 
-static const char *const MHA_KEYS[] = {"type",       "symbol",     "n_heads",
-                                       "n_kv_heads", "head_dim",   "rope_theta",
+static const char *const MHA_KEYS[] = {"type",       "symbol",         "n_heads",
+                                       "n_kv_heads", "head_dim",       "rope_theta",
                                        "bias",       "attn_precision", NULL};
 
 static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void **self) {
@@ -91,8 +91,8 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
         const char *prec = NULL;
         HYB_TRY(H_->cfg_string(cfg, "attn_precision", "f32", &prec));
         if (strcmp(prec, "f32") != 0 && strcmp(prec, "bf16") != 0)
-            return CFG_ERR("attn_precision", "attn_precision must be \"f32\" or \"bf16\", got \"%s\"",
-                           prec);
+            return CFG_ERR("attn_precision",
+                           "attn_precision must be \"f32\" or \"bf16\", got \"%s\"", prec);
         bf16 = !strcmp(prec, "bf16");
 #undef CFG_ERR
     } else {

@@ -1,8 +1,9 @@
 /* plugins/mha/mha_cuda.c: forward, backward and decode of the `mha` mixer on CUDA (f32).
  *
  * The same math, saved block and KV-cache layout as the CPU kernels (mha_attn.c, mha.h); the
- * projections are be->sgemm (cuBLAS) and RoPE be->rope, exactly as on the CPU; everything the
- * CPU does with loops over buffers is a kernel of mha_attn.cu (its top comment has the kernel
+ * projections are be->sgemm (cuBLAS) and RoPE be->rope as on the CPU (except the decode's, fused
+ * into a kernel with the backend's formula); everything the CPU does with loops over buffers is
+ * a kernel of mha_attn.cu (its top comment has the kernel
  * design: tiles, threads, what is saved, the decode split):
  *   forward   Q, K, V projections (+ bias kernel), RoPE, cache_put (prefill), the fused
  *             flash-attention kernel (O and LSE into the saved block), o_proj.
@@ -47,6 +48,8 @@ typedef struct mha_seqs {
     float *st[DEC_SEQS];
     int32_t pos[DEC_SEQS];
 } mha_seqs;
+_Static_assert(sizeof(mha_seqs) == DEC_SEQS * (sizeof(float *) + sizeof(int32_t)),
+               "mha_seqs: no padding, as the kernels' struct");
 
 enum {
     K_FWD,
@@ -62,9 +65,10 @@ enum {
     K_FWD16, /* the -DMHA_BF16=1 module: only with attn_precision = "bf16" */
     K_COUNT
 };
-static const char *const KNAMES[K_COUNT] = {
-    "mha_fwd",       "mha_bwd_dr",      "mha_bwd_dq",   "mha_bwd_dkv",  "mha_cache_put",
-    "mha_dec_split", "mha_dec_combine", "mha_add_bias", "mha_bias_grad", "mha_dec_rope_put", "mha_fwd_bf16"};
+static const char *const KNAMES[K_COUNT] = {"mha_fwd",          "mha_bwd_dr",    "mha_bwd_dq",
+                                            "mha_bwd_dkv",      "mha_cache_put", "mha_dec_split",
+                                            "mha_dec_combine",  "mha_add_bias",  "mha_bias_grad",
+                                            "mha_dec_rope_put", "mha_fwd_bf16"};
 
 /* the head dims mha_attn.cu is compiled for (its `// hyb-variant:` lines) */
 static const int HEAD_DIMS[] = {4, 8, 16, 32, 64, 128};
@@ -184,8 +188,10 @@ int mha_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     snprintf(shape, sizeof shape, "B = %d, T = %d", B, T);
     HYB_TRY(cu_load(m, be, "forward", shape));
     if (B > 65535) /* gridDim.z */
-        return H_->error(HYB_ERR_UNSUPPORTED, "mha (layer %d): CUDA forward of B = %d > 65535 "
-                         "sequences in one call", m->layer, B);
+        return H_->error(HYB_ERR_UNSUPPORTED,
+                         "mha (layer %d): CUDA forward of B = %d > 65535 "
+                         "sequences in one call",
+                         m->layer, B);
     const size_t BT = (size_t)B * T, qd = (size_t)H * hd, kd = (size_t)KV * hd;
     const float *const *P = a->params;
     const int bias = m->bias;
@@ -246,19 +252,18 @@ int mha_forward_cuda(void *self, const hyb_mixer_fwd *a) {
             float *ob = O + (size_t)b * T * qd, *lb = LSE + (size_t)b * H * T;
             long long k_bs = 0, k_hs = (long long)a->max_ctx * hd;
             int ldk = hd, p0 = a->pos ? a->pos[b] : 0;
-            void *fargs[] = {&qb, &ldq, &kb, &vb, &k_bs, &k_hs, &ldk, &ob, &lb,
-                             &Ti, &Hi, &group, &p0, (void *)&scale};
+            void *fargs[] = {&qb, &ldq, &kb, &vb, &k_bs,  &k_hs, &ldk,
+                             &ob, &lb,  &Ti, &Hi, &group, &p0,   (void *)&scale};
             rc = m->bf16 ? cu_launch(be, m, K_FWD16, cdiv(T, CU_BQ16), (unsigned)H, 1, fargs)
                          : cu_launch(be, m, K_FWD, cdiv(T, CU_TQ(hd)), (unsigned)H, 1, fargs);
         }
     } else {
         long long k_bs = (long long)T * kd, k_hs = hd;
         int ldk = (int)kd, p0 = 0;
-        void *fargs[] = {&Q, &ldq, &K, &V, &k_bs, &k_hs, &ldk, &O, &LSE,
-                         &Ti, &Hi, &group, &p0, (void *)&scale};
-        rc = m->bf16
-                 ? cu_launch(be, m, K_FWD16, cdiv(T, CU_BQ16), (unsigned)H, (unsigned)B, fargs)
-                 : cu_launch(be, m, K_FWD, cdiv(T, CU_TQ(hd)), (unsigned)H, (unsigned)B, fargs);
+        void *fargs[] = {&Q, &ldq, &K,  &V,  &k_bs,  &k_hs, &ldk,
+                         &O, &LSE, &Ti, &Hi, &group, &p0,   (void *)&scale};
+        rc = m->bf16 ? cu_launch(be, m, K_FWD16, cdiv(T, CU_BQ16), (unsigned)H, (unsigned)B, fargs)
+                     : cu_launch(be, m, K_FWD, cdiv(T, CU_TQ(hd)), (unsigned)H, (unsigned)B, fargs);
     }
     if (rc == HYB_OK) rc = linear(m, be, O, P[MHA_WO], NULL, a->y, (int)BT, (int)qd, D);
 done:
@@ -282,8 +287,10 @@ int mha_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     snprintf(shape, sizeof shape, "B = %d, T = %d", B, T);
     HYB_TRY(cu_load(m, be, "backward", shape));
     if (B > 65535) /* gridDim.z */
-        return H_->error(HYB_ERR_UNSUPPORTED, "mha (layer %d): CUDA backward of B = %d > 65535 "
-                         "sequences in one call", m->layer, B);
+        return H_->error(HYB_ERR_UNSUPPORTED,
+                         "mha (layer %d): CUDA backward of B = %d > 65535 "
+                         "sequences in one call",
+                         m->layer, B);
     hyb_pl_saved_hdr hdr;
     memset(&hdr, 0, sizeof hdr);
     if (a->saved) HYB_BE_TRY(be->download(be, &hdr, a->saved, sizeof hdr));
@@ -320,8 +327,8 @@ int mha_backward_cuda(void *self, const hyb_mixer_bwd *a) {
         rc = cu_launch(be, m, K_DR, cdiv((long long)BT * H, CU_NT), 1, 1, args);
     }
     if (rc == HYB_OK) {
-        void *args[] = {(void *)&Q, (void *)&K, (void *)&V, &dO, (void *)&LSE, &Dr, &dQ,
-                        &Ti,        &Hi,        &KVi,       (void *)&scale};
+        void *args[] = {(void *)&Q, (void *)&K, (void *)&V, &dO,  (void *)&LSE,  &Dr,
+                        &dQ,        &Ti,        &Hi,        &KVi, (void *)&scale};
         rc = cu_launch(be, m, K_DQ, cdiv(T, CU_TB(hd)), (unsigned)H, (unsigned)B, args);
     }
     if (rc == HYB_OK) {
@@ -446,8 +453,8 @@ int mha_decode_cuda(void *self, const hyb_mixer_dec *a) {
         rc = cu_launch(be, m, K_DROPE, (unsigned)cnt, 1, 1, a1);
         if (rc == HYB_OK) {
             void *a2[] = {&q, &sq, &pt, &Hi, &KVi, &mc, &ns, (void *)&scale};
-            rc = cu_launch(be, m, K_DSPLIT, (unsigned)nsplit, (unsigned)(KV * ngb),
-                           (unsigned)cnt, a2);
+            rc = cu_launch(be, m, K_DSPLIT, (unsigned)nsplit, (unsigned)(KV * ngb), (unsigned)cnt,
+                           a2);
         }
         if (rc == HYB_OK) {
             void *a3[] = {&pt, &sq, &o, &Hi, &ns};
