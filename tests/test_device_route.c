@@ -230,23 +230,37 @@ static hyb_model *build(void) {
 }
 
 /* Mixer descriptors with the CPU kernels declared for the mock device too (its memory is host
- * memory, so the CPU kernels are right there; they compute through the `be` they are given). */
-static hyb_mixer_desc g_desc[8];
-static int g_n_desc;
-static void give_mock_kernels(hyb_model *m) {
+ * memory, so the CPU kernels are right there; they compute through the `be` they are given), or
+ * (strip_device_kernels) with no kernels for it, whatever the plugins ship, so the refusals do
+ * not depend on which mixers have CUDA kernels yet. */
+typedef struct desc_set {
+    hyb_mixer_desc d[8];
+    int n;
+} desc_set;
+static desc_set g_mock_descs, g_cpu_only_descs;
+static void swap_descs(hyb_model *m, desc_set *s, int give) {
     for (int l = 0; l < m->L; l++) {
         hyb_mixer *mx = m->layers[l].mixer;
         if (!mx) continue;
         int k = 0;
-        while (k < g_n_desc && strcmp(g_desc[k].name, mx->desc->name) != 0)
+        while (k < s->n && strcmp(s->d[k].name, mx->desc->name) != 0)
             k++;
-        if (k == g_n_desc) {
-            g_desc[k] = *mx->desc;
-            g_desc[k].kernels[HYB_DEV_CUDA] = g_desc[k].kernels[HYB_DEV_CPU];
-            g_n_desc++;
+        if (k == s->n) {
+            s->d[k] = *mx->desc;
+            if (give)
+                s->d[k].kernels[HYB_DEV_CUDA] = s->d[k].kernels[HYB_DEV_CPU];
+            else
+                memset(&s->d[k].kernels[HYB_DEV_CUDA], 0, sizeof s->d[k].kernels[HYB_DEV_CUDA]);
+            s->n++;
         }
-        mx->desc = &g_desc[k];
+        mx->desc = &s->d[k];
     }
+}
+static void give_mock_kernels(hyb_model *m) {
+    swap_descs(m, &g_mock_descs, 1);
+}
+static void strip_device_kernels(hyb_model *m) {
+    swap_descs(m, &g_cpu_only_descs, 0);
 }
 
 static void params_host(hyb_model *m, float **out, int64_t *total) {
@@ -275,10 +289,11 @@ static void test_refusals(void) {
     CHECK(hyb_backend_open("mock", &be) == HYB_OK && be == &MOCK);
     CHECK(hyb_backend_get(HYB_DEV_CUDA) == &MOCK);
 
-    /* the plugins declare CPU kernels only: moving there is refused, naming what is missing,
-     * and nothing moves */
+    /* mixers with CPU kernels only: moving there is refused, naming what is missing, and
+     * nothing moves */
     hyb_model *m = build();
     if (!m) return;
+    strip_device_kernels(m);
     CHECK(hyb_model_to_device(m, be) == HYB_ERR_UNSUPPORTED);
     CHECK_MSG(strstr(hyb_error(), "mixer 'mha' (layer 0) has no forward kernel for device cuda") &&
                   strstr(hyb_error(), "kernels for: cpu"),
@@ -396,10 +411,22 @@ static void test_train_on_device(void) {
         next[0] = (next[0] + 5) % 53;
         next[1] = (next[1] + 3) % 53;
     }
-    /* a swap on a device model builds the new mixer on the CPU, then moves it */
-    CHECK(hyb_model_swap(dev, 1, "mha", dev->map->mixers[0].table, 0, 3) == HYB_ERR_UNSUPPORTED);
-    CHECK_MSG(strstr(hyb_error(), "no forward kernel for device cuda"), "%s", hyb_error());
-    CHECK(dev->layers[1].mixer && strcmp(dev->layers[1].mixer->type, "mamba1") == 0);
+    /* a swap on a device model builds the new mixer on the CPU, then moves it: refused when the
+     * plugin has no kernels for the device (the layer keeps its mixer), else done */
+    const hyb_mixer_desc *mha_desc = NULL;
+    CHECK(hyb_plugin_find("mha", &mha_desc) == HYB_OK && mha_desc);
+    if (mha_desc && !mha_desc->kernels[HYB_DEV_CUDA].forward) {
+        CHECK(hyb_model_swap(dev, 1, "mha", dev->map->mixers[0].table, 0, 3) ==
+              HYB_ERR_UNSUPPORTED);
+        CHECK_MSG(strstr(hyb_error(), "no forward kernel for device cuda"), "%s", hyb_error());
+        CHECK(dev->layers[1].mixer && strcmp(dev->layers[1].mixer->type, "mamba1") == 0);
+    } else if (mha_desc) {
+        CHECK_MSG(hyb_model_swap(dev, 1, "mha", dev->map->mixers[0].table, 0, 3) == HYB_OK, "%s",
+                  hyb_error());
+        CHECK(dev->layers[1].mixer && strcmp(dev->layers[1].mixer->type, "mha") == 0);
+        for (int i = 0; i < dev->n_params; i++)
+            CHECK(dev->params[i]->device == HYB_DEV_CUDA);
+    }
 
     hyb_kvstate_free(k1);
     hyb_kvstate_free(k2);
