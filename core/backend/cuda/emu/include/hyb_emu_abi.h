@@ -13,7 +13,7 @@
 #define HYB_EMU_ABI_H
 #include <stddef.h>
 
-#define HYB_EMU_ABI 4
+#define HYB_EMU_ABI 5
 
 typedef struct hyb_emu_u3 {
     unsigned int x, y, z;
