@@ -304,10 +304,35 @@ static void push_cfg_table(lua_State *L, const hyb_cfg_table *t, const char *F) 
     lua_setfield(L, -2, "__order");
 }
 
-/* hyb.train.read_toml(path) -> a Lua table (every table gets an "__order" list of its keys) */
+/* Into the table at the top of the stack: "<prefix>key" -> "source:line:col" of every key of t
+ * and of its subtables (inline ones too), for messages that point into the file. */
+static void push_cfg_positions(lua_State *L, const hyb_cfg_table *t, const char *prefix) {
+    const char **keys = NULL;
+    int nk = hyb_cfg_keys(t, &keys);
+    for (int i = 0; i < nk; i++) {
+        char where[1200], full[600];
+        snprintf(full, sizeof full, "%s%s", prefix, keys[i]);
+        lua_pushstring(L, hyb_cfg_where(t, keys[i], where, sizeof where));
+        lua_setfield(L, -2, full);
+        const hyb_cfg_table *sub = hyb_cfg_subtable(t, keys[i]);
+        if (sub) {
+            char sp[600];
+            snprintf(sp, sizeof sp, "%s.", full);
+            push_cfg_positions(L, sub, sp);
+        }
+    }
+}
+
+/* hyb.train.read_toml(path [, {positions = true}]) -> a Lua table (every table gets an "__order"
+ * list of its keys); with positions, a second table: dotted key path ("train.lr",
+ * "stages.h3.steps", "data.generate.n") -> "path:line:col" of that key in the file */
 static int l_read_toml(lua_State *L) {
+    static const char *const allowed[] = {"positions", NULL};
     const char *F = "hyb.train.read_toml";
     const char *path = check_string(L, 1, F, "path");
+    lhyb_check_opts(L, 2, F, allowed);
+    int want_pos = lua_istable(L, 2) && lhyb_opt_field_bool(L, 2, F, "positions", 0);
+    lua_settop(L, 1);
     hyb_toml *doc = hyb_toml_parse_file(path);
     if (!doc) return lhyb_raise_hyb(L, F);
     /* free the document even when a conversion error is raised: a to-be-closed userdata */
@@ -318,9 +343,13 @@ static int l_read_toml(lua_State *L) {
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
     push_cfg_table(L, hyb_toml_root(doc), F);
+    if (want_pos) {
+        lua_newtable(L);
+        push_cfg_positions(L, hyb_toml_root(doc), "");
+    }
     hyb_toml_free(doc);
     *box = NULL;
-    return 1;
+    return want_pos ? 2 : 1;
 }
 
 // ---- trainer ------------------------------------------------------------------------------------
