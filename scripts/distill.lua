@@ -143,6 +143,35 @@ for _, name in ipairs(R.stages.__order) do
     end
   end
 end
+-- Each stage's mixer and config, tried on a throwaway clone of the teacher (random init: only the
+-- plugin's own checks of its keys, types and ranges), so that a typo in a mixer config fails here
+-- and not after the data is tokenized and the earlier stages have trained.
+do
+  local teacher_map = hyb.train.layermap_toml(teacher)
+  local todo, tried = {}, {}
+  for _, name in ipairs(R.stages.__order) do
+    local S = R.stages[name]
+    local mixer = S.mixer or "mamba1"
+    local cfg = S.config
+    if cfg and teacher_map:find("[mixers." .. mixer .. "]", 1, true) then cfg = nil end
+    local key = mixer .. "\0" .. tostring(cfg)
+    if mixer ~= "identity" and not tried[key] then
+      tried[key] = true
+      todo[#todo + 1] = {name = name, S = S, mixer = mixer, cfg = cfg}
+    end
+  end
+  if #todo > 0 then
+    local probe <close> = hyb.train.clone(teacher)
+    for _, t in ipairs(todo) do
+      local ok, err = pcall(probe.swap, probe, (t.S.layers or {})[1] or 0, t.mixer, {init = "random", config = t.cfg})
+      if not ok then
+        local at = "stages." .. t.name .. (t.S.config ~= nil and ".config" or t.S.mixer ~= nil and ".mixer" or "")
+        error(("%s: stage '%s': mixer \"%s\"%s: %s"):format(recipe_pos[at] or recipe_path, t.name, t.mixer,
+          t.cfg and " with this config" or "", (tostring(err):gsub("^model:swap: ", ""))), 0)
+      end
+    end
+  end
+end
 
 local tok = nil
 local tokspec = data.tokenizer or (teacher_path:match("%.gguf$") and teacher_path) or "bytes"

@@ -157,6 +157,21 @@ H.run("hyb distill: a typo fails before any work, one line, nothing written", fu
   H.check(not ok and log:find(p .. ":16:1: stage 's1': layers element 1 = 4 is out of range: the teacher has 4 layers",
     1, true) ~= nil, log)
   H.check(not H.exists(tmp .. "/out2/data.bin"), "no data tokenized")
+  -- the mixer and its config (the plugin's own key checks) are tried before the data too
+  p = write("mixer.toml", edit("mixer = \"identity\"", "mixer = \"mamba9\""))
+  ok = os.execute(("'%s' distill '%s' '%s/out3' > '%s/log.txt' 2>&1"):format(bin, p, tmp, tmp))
+  log = io.open(tmp .. "/log.txt"):read("a")
+  H.check(not ok and log:find(p .. ":17:1: stage 's1': mixer \"mamba9\": ", 1, true) ~= nil and
+    log:find("unknown mixer type 'mamba9'", 1, true) ~= nil, log)
+  H.check(not H.exists(tmp .. "/out3/data.bin"), "no data tokenized (mixer)")
+  if H.have_plugin("mamba1") then
+    p = write("config.toml", edit("mixer = \"identity\"", "mixer = \"mamba1\"\nconfig = \"d_inner = 128\\nd_xb = 64\\nd_stat = 16\""))
+    ok = os.execute(("'%s' distill '%s' '%s/out4' > '%s/log.txt' 2>&1"):format(bin, p, tmp, tmp))
+    log = io.open(tmp .. "/log.txt"):read("a")
+    H.check(not ok and log:find(p .. ":18:1: stage 's1': mixer \"mamba1\" with this config: ", 1, true) ~= nil and
+      log:find("unknown key 'd_stat' at the top level (did you mean 'd_state'?)", 1, true) ~= nil, log)
+    H.check(not H.exists(tmp .. "/out4/data.bin"), "no data tokenized (config)")
+  end
 end)
 
 os.execute("rm -rf '" .. tmp .. "'")
