@@ -54,7 +54,7 @@
 -- process, as a kill would.
 local hyb = require("hyb")
 local RL = require("recipelib")
-local P = require("progress")
+local P = require("progresslib")
 
 local usage = "usage: hyb distill [--quiet] <recipe.toml> [out_dir]"
 local args, quiet = {}, false

@@ -34,7 +34,7 @@ function E.parse_args(args, spec, usage)
     if key then
       local flag = key
       key = key:gsub("-", "_")
-      if spec[key] == nil then fail(("unknown option --%s"):format(flag)) end
+      if spec[key] == nil then fail(("unknown option --%s%s"):format(flag, require("recipelib").option_hint(flag, spec))) end
       if type(spec[key]) == "boolean" then
         o[key] = true
       else

@@ -103,6 +103,21 @@ function RL.suggest(key, valid)
   return best
 end
 
+-- " (did you mean --max-tokens?)" for an unknown command-line option, or "": names is a set or a
+-- list of the valid option names (without "--"; "_" and "-" are the same).
+function RL.option_hint(name, names)
+  local valid = {}
+  for k, v in pairs(names) do
+    local n = type(k) == "number" and v or k
+    if type(n) == "string" then valid[(n:gsub("_", "-"))] = true end
+  end
+  local saved = RL.aliases
+  RL.aliases = {}
+  local best = RL.suggest((name:gsub("_", "-")), valid)
+  RL.aliases = saved
+  return best and (" (did you mean --" .. best .. "?)") or ""
+end
+
 local function sorted_keys(t)
   local l = {}
   for k in pairs(t) do l[#l + 1] = k end

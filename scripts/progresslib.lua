@@ -1,6 +1,6 @@
--- scripts/progress.lua: progress reporting for long loops (distill, importance, eval).
+-- scripts/progresslib.lua: progress reporting for long loops (distill, importance, eval).
 --
---   local P = require("progress")
+--   local P = require("progresslib")
 --   local p = P.new{mode = P.mode(quiet, io.stdout), stream = io.stdout, total = work_units}
 --   p:update(done_units, "text after the bar")   -- redrawn in place (bar) or every `every` (lines)
 --   p:log("a line that stays")                  -- clears the bar, prints, redraws
