@@ -82,7 +82,7 @@ local run = R.run
 local data = R.data
 local train = R.train or {}
 if quiet then hyb.log_level("warn") end
-local prog = P.new{mode = P.mode(quiet, io.stdout), stream = io.stdout}
+local prog <close> = P.new{mode = P.mode(quiet, io.stdout), stream = io.stdout}
 local function say(line) prog:log(line) end
 local out = args[2] or run.out or error(recipe_path .. ": [run] out is missing and no out_dir given")
 local seed = run.seed or 1
@@ -458,8 +458,9 @@ for si, name in ipairs(order) do
       local rec = {kind = "train", stage = name, stage_index = si, step = st.step, loss = st.loss, rkl = st.rkl,
         fkl = st.fkl, ce = st.ce, lr = st.lr, grad_norm = st.grad_norm, tok_s = tps}
       mf:write(json(rec), "\n")
-      prog:update(stage_base + st.step * step_tokens, ("stage %d/%d %s  step %d/%d  loss %.4f  %.0f tok/s  ETA %s (stage %s)"):format(
-        si, #order, name, st.step, steps, st.loss, tps, P.duration(prog:eta()),
+      local run_done_now = stage_base + st.step * step_tokens
+      prog:update(run_done_now, ("stage %d/%d %s  step %d/%d  loss %.4f  %.0f tok/s  ETA %s (stage %s)"):format(
+        si, #order, name, st.step, steps, st.loss, tps, P.duration(prog:eta(run_done_now)),
         P.duration((steps - st.step) * el / math.max(st.step - start, 1))))
       if prog.mode == "lines" and (st.step % (run.log_every or 10) == 0 or st.step == steps or st.step == start + 1) then
         local eta = (steps - st.step) * el / math.max(st.step - start, 1)

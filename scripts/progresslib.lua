@@ -3,8 +3,8 @@
 --   local P = require("progresslib")
 --   local p = P.new{mode = P.mode(quiet, io.stdout), stream = io.stdout, total = work_units}
 --   p:update(done_units, "text after the bar")   -- redrawn in place (bar) or every `every` (lines)
---   p:log("a line that stays")                  -- clears the bar, prints, redraws
---   p:finish()                                   -- ends the bar line
+--   p:log("a line that stays")                  -- clears the bar, prints, redraws the bar below
+--   p:finish()                                   -- ends the bar line (it stays on screen)
 --
 -- Modes: "bar" (the stream is a terminal: one line redrawn in place), "lines" (plain lines, for
 -- logs and pipes), "quiet" (nothing but what the caller prints with p:summary and errors).
@@ -45,12 +45,14 @@ function P.new(o)
 end
 
 -- Seconds left for the whole run, from the rate of this process (units per wall second,
--- everything included: evaluations, checkpoints), nil before any unit is done.
-function P:eta()
-  local did = self.done - self.done0
+-- everything included: evaluations, checkpoints), nil before any unit is done. done: the units
+-- done now (default: the last update's).
+function P:eta(done)
+  done = done or self.done
+  local did = done - self.done0
   if did <= 0 then return nil end
   local rate = did / math.max(hyb.time() - self.t0, 1e-9)
-  return (self.total - self.done) / rate
+  return math.max(self.total - done, 0) / rate
 end
 
 function P:bar()
@@ -65,18 +67,20 @@ function P:update(done, text)
   if self.mode ~= "bar" then return end
   local line = self:bar() .. " " .. (text or "")
   if #line > self.columns - 1 then line = line:sub(1, self.columns - 1) end
+  self.line = line
   self.stream:write("\r", line, "\27[K")
   self.stream:flush()
   self.drawn = true
 end
 
--- A line that stays (not in quiet mode): above the bar in bar mode.
+-- A line that stays (not in quiet mode): in bar mode it goes above the bar, which is redrawn
+-- below it.
 function P:log(line)
   if self.mode == "quiet" then return end
   if self.drawn then self.stream:write("\r\27[K") end
   self.stream:write(line, "\n")
+  if self.drawn then self.stream:write("\r", self.line, "\27[K") end
   self.stream:flush()
-  self.drawn = false
 end
 
 -- A line printed in every mode (the final summary).
@@ -91,5 +95,9 @@ function P:finish()
   if self.drawn then self.stream:write("\n") self.stream:flush() end
   self.drawn = false
 end
+
+-- `local p <close> = P.new{...}`: an error that ends the script ends the bar line first, so the
+-- message is a line of its own.
+P.__close = P.finish
 
 return P
