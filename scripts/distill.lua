@@ -7,8 +7,8 @@
 -- are swapped to the stage's mixer (MIL init by default), then the student is distilled for
 -- `steps` optimiser updates. Output in out_dir:
 --   data.bin                     the tokenized dataset cache
---   <stage>/ckpt.safetensors     training checkpoint (every ckpt_every steps, atomic)
---   <stage>/final.safetensors    the stage's final checkpoint (its presence = stage done)
+--   <stage>/ckpt.safetensors     training checkpoint (every ckpt_every steps, atomic; lean)
+--   <stage>/final.safetensors    the stage's final parameters (its presence = stage done; lean)
 --   <stage>/model/               model:save of the final student (layermap.toml + safetensors)
 --   metrics.jsonl                one JSON object per step / evaluation
 --   loss.svg                     the loss curves (train, held-out), stage boundaries
@@ -17,7 +17,10 @@
 --
 -- Recipe keys (all optional unless said):
 --   [run]   teacher (required: .gguf, HF dir, model:save dir), out, seed = 1,
---           log_every = 10, eval_every = 50, eval_batches = 4, ckpt_every = 50
+--           log_every = 10, eval_every = 50, eval_batches = 4, ckpt_every = 50,
+--           checkpoints = "lean" | "full" (lean: <stage>/ckpt and final hold only the trainable
+--           parameters, the frozen ones stay in the stage's base, the teacher or the previous
+--           stage's final, named by path and content hash; final never holds optimiser state)
 --   [data]  files (required unless generate is given: paths; a directory gives its files,
 --           recursively, sorted), include = ["*.rst.txt", ...] and exclude = ["translations/*"]
 --           (globs for the files found in directories: a pattern without '/' matches the name,
@@ -86,6 +89,7 @@ local prog <close> = P.new{mode = P.mode(quiet, io.stdout), stream = io.stdout}
 local function say(line) prog:log(line) end
 local out = args[2] or run.out or error(recipe_path .. ": [run] out is missing and no out_dir given")
 local seed = run.seed or 1
+local lean = (run.checkpoints or "lean") == "lean"
 local exit_after = tonumber(os.getenv("HYB_DISTILL_EXIT_AFTER") or "")
 local recipe_dir = recipe_path:match("^(.*)/[^/]*$") or "."
 
@@ -372,6 +376,10 @@ for si, name in ipairs(order) do
     local T = setting(S, "seq_len", 256)
     local accum = setting(S, "accum", 1)
     local student = prev and hyb.train.load(prev, load_opts) or hyb.train.clone(teacher)
+    -- lean checkpoints: the trainable parameters (and moments); the frozen ones are the base's,
+    -- the file this stage's student was built from (recorded by path and content hash)
+    local save_opts = lean and {base = prev or teacher_path} or nil
+    local final_opts = {base = lean and (prev or teacher_path) or nil, optimizer = false}
     local layers = S.layers
     if not layers and S.lowest then
       layers = ranking_layers(S.ranking or error("stage " .. name .. ": lowest needs ranking"), S.lowest, student)
@@ -474,7 +482,7 @@ for si, name in ipairs(order) do
       end
       mf:flush()
       if st.step % (run.ckpt_every or 50) == 0 and st.step < steps then
-        tr:save(ckpt, {stage = name, data_seed = data_seed})
+        tr:save(ckpt, {stage = name, data_seed = data_seed}, save_opts)
       end
       done_steps = done_steps + 1
       if exit_after and done_steps >= exit_after then
@@ -487,7 +495,9 @@ for si, name in ipairs(order) do
     -- the student is a model: its directory carries the tokenizer (and chat template) it was
     -- distilled with, so hyb generate / chat / serve and hyb.llm open it as it is
     if tok then tok:save(dir .. "/model") end
-    tr:save(final, {stage = name, data_seed = data_seed}) -- last: its presence marks the stage done
+    -- last: its presence marks the stage done; a model snapshot (no optimiser state: the next
+    -- stage starts a new one), lean like the checkpoints; <stage>/model above is the whole model
+    tr:save(final, {stage = name, data_seed = data_seed}, final_opts)
     os.remove(ckpt)
     write_svg()
     say(("stage %d/%d '%s': done, %s"):format(si, #order, name, final))
