@@ -29,7 +29,7 @@ function M.parse_args(argv, spec, usage)
     if a == "--help" or a == "-h" then usage() end
     if name then
       local kind = spec[name]
-      if not kind then usage("unknown option --" .. name) end
+      if not kind then usage("unknown option --" .. name .. require("recipelib").option_hint(name, spec)) end
       local lo, hi, lo_open
       if type(kind) == "table" then kind, lo, hi, lo_open = kind[1], kind[2], kind[3], kind[4] end
       if kind == "flag" then
