@@ -57,6 +57,12 @@ struct hyb_engine {
     done_node *done_head, *done_tail;
     float *logits;       /* [S, V] */
     int32_t *seqs, *ids; /* [S] */
+    /* on-device sampling (the model on a device whose backend has be->sample): the decode step's
+     * logits stay there in dlogits [S, V]; be->sample returns the ids into toks [S] */
+    const hyb_backend *sbe;
+    float *dlogits;
+    hyb_sample_row *srows;
+    int32_t *toks;
     pentry *pe;
     int n_pe, cap_pe;
     uint64_t tick;
@@ -121,6 +127,19 @@ int hyb_engine_new(hyb_model *m, const hyb_engine_opts *o, hyb_engine **out) {
         hyb_engine_free(e);
         return hyb_error_set(HYB_ERR_NOMEM, "hyb_engine_new: out of memory");
     }
+    const hyb_backend *be = m->be;
+    const char *ds = getenv("HYB_DEVICE_SAMPLE"); /* "0": download the logits, sample on the host */
+    if (be && be->device != HYB_DEV_CPU && be->sample && !(ds && strcmp(ds, "0") == 0)) {
+        e->sbe = be;
+        e->dlogits = be->alloc(be, sizeof(float) * (size_t)o->slots * (size_t)m->V);
+        e->srows = malloc(sizeof *e->srows * (size_t)o->slots);
+        e->toks = malloc(sizeof *e->toks * (size_t)o->slots);
+        if (!e->dlogits || !e->srows || !e->toks) {
+            hyb_engine_free(e);
+            return hyb_error_wrap(HYB_ERR_NOMEM, "hyb_engine_new: device logits [%d, %d]", o->slots,
+                                  m->V);
+        }
+    }
     e->st.state_bytes = e->kv->bytes;
     *out = e;
     return HYB_OK;
@@ -180,6 +199,9 @@ void hyb_engine_free(hyb_engine *e) {
     free(e->logits);
     free(e->seqs);
     free(e->ids);
+    if (e->dlogits) e->sbe->free(e->sbe, e->dlogits);
+    free(e->srows);
+    free(e->toks);
     free(e);
 }
 
@@ -500,11 +522,21 @@ static int text_add(req *r, int32_t tok, int is_eos, int *stopped) {
 
 /* Sample the next token from logits [V], apply the stop rules (hyb/engine.h), stream it; finishes
  * the request or leaves it pending for decode. */
+static int accept_token(hyb_engine *e, req *r, int32_t tok, double t1, const float *logits,
+                        const float *dev_logits);
 static int take_token(hyb_engine *e, req *r, const float *logits) {
     double t0 = hyb_time_now();
     int32_t tok = hyb_sampler_sample(r->smp, logits, r->tokens, r->n_prompt + r->n_gen);
     double t1 = hyb_time_now();
     e->st.t_sample += t1 - t0;
+    return accept_token(e, r, tok, t1, logits, NULL);
+}
+
+/* The sampled token tok (or a negative status) of request r: the stop rules, streaming. The
+ * event's logits: the host row `logits`, or (sampled on the device) dev_logits [V] downloaded
+ * only for a callback that wants them (HYB_REQ_FINAL_LOGITS: on the final token only). */
+static int accept_token(hyb_engine *e, req *r, int32_t tok, double t1, const float *logits,
+                        const float *dev_logits) {
     if (tok < 0) {
         int rc = hyb_error_wrap(tok, "engine: request %lld: sampling", (long long)r->id);
         finish_req(e, r, HYB_FINISH_ERROR);
@@ -528,6 +560,17 @@ static int take_token(hyb_engine *e, req *r, const float *logits) {
     if (why < 0 && r->n_gen >= r->max_tokens) why = HYB_FINISH_LENGTH;
     if (why < 0 && e->kv->pos[r->slot] >= e->kv->max_ctx) why = HYB_FINISH_CTX;
     if (r->p.tok) final = why >= 0 ? r->text_len : r->text_len - held_back(r, r->text, r->text_len);
+    if (r->p.on_token && !logits && dev_logits &&
+        (!(r->p.flags & HYB_REQ_FINAL_LOGITS) || why >= 0)) {
+        float *row = e->logits + (size_t)r->slot * (size_t)e->V;
+        int rc = e->sbe->download(e->sbe, row, dev_logits, sizeof(float) * (size_t)e->V);
+        if (rc != HYB_OK) {
+            rc = hyb_error_wrap(rc, "engine: request %lld: logits", (long long)r->id);
+            finish_req(e, r, HYB_FINISH_ERROR);
+            return rc;
+        }
+        logits = row;
+    }
     if (r->p.on_token) {
         hyb_token_event ev = {.id = r->id,
                               .token = tok,
@@ -656,6 +699,42 @@ static int waits_for_prefix(const hyb_engine *e, const req *r) {
     return best && !best->ready && best->busy;
 }
 
+/* The decode step's tokens from the logits on the device (dlogits [n, V]): one be->sample call
+ * for all n rows, each with its request's settings and, when it draws, the next uniform of the
+ * request's RNG, the one hyb_sampler_sample would have used (the contract of be->sample). */
+static int sample_on_device(hyb_engine *e, int n, double dt, int rc) {
+    for (int i = 0; i < n; i++) {
+        req *r = e->slot_req[e->seqs[i]];
+        const hyb_sampler_params *sp = &r->smp->p;
+        e->srows[i] =
+            (hyb_sample_row){.temperature = sp->temperature,
+                             .top_k = sp->top_k,
+                             .top_p = sp->top_p,
+                             .repetition_penalty = sp->repetition_penalty,
+                             .u = hyb_sampler_greedy(sp) ? 0.0f : hyb_rng_uniform(&r->smp->rng),
+                             .history = r->tokens,
+                             .n_history = r->n_prompt + r->n_gen};
+    }
+    double t0 = hyb_time_now();
+    int src = e->sbe->sample(e->sbe, e->dlogits, n, e->V, e->srows, e->toks);
+    double t1 = hyb_time_now();
+    e->st.t_sample += t1 - t0;
+    if (src != HYB_OK) {
+        src = hyb_error_wrap(src, "engine: sampling %d sequences on %s", n, e->sbe->name);
+        for (int i = 0; i < n; i++)
+            finish_req(e, e->slot_req[e->seqs[i]], HYB_FINISH_ERROR);
+        return rc == HYB_OK ? src : rc;
+    }
+    for (int i = 0; i < n; i++) {
+        req *r = e->slot_req[e->seqs[i]];
+        r->decode_s += dt;
+        r->decode_tokens++;
+        int trc = accept_token(e, r, e->toks[i], t1, NULL, e->dlogits + (size_t)i * (size_t)e->V);
+        if (trc != HYB_OK && rc == HYB_OK) rc = trc;
+    }
+    return rc;
+}
+
 int hyb_engine_step(hyb_engine *e) {
     int S = e->o.slots, rc = HYB_OK;
     e->st.steps++;
@@ -741,7 +820,8 @@ int hyb_engine_step(hyb_engine *e) {
     }
     if (n > 0) {
         double t0 = hyb_time_now();
-        int drc = hyb_model_decode(e->m, e->kv, n, e->seqs, e->ids, e->logits);
+        int drc = e->dlogits ? hyb_model_decode_dev(e->m, e->kv, n, e->seqs, e->ids, e->dlogits)
+                             : hyb_model_decode(e->m, e->kv, n, e->seqs, e->ids, e->logits);
         double dt = hyb_time_now() - t0;
         e->st.t_decode += dt;
         e->st.decode_calls++;
@@ -752,6 +832,7 @@ int hyb_engine_step(hyb_engine *e) {
             return rc == HYB_OK ? drc : rc;
         }
         e->st.decode_tokens += n;
+        if (e->dlogits) return sample_on_device(e, n, dt, rc);
         for (int i = 0; i < n; i++) {
             req *r = e->slot_req[e->seqs[i]];
             r->decode_s += dt;

@@ -584,9 +584,11 @@ int hyb_mixer_new_ex(const char *type, const hyb_model_dims *dims, const hyb_cfg
         t->requires_grad = 1;
         t->owner = HYB_OWN_PARAM;
         if (!(flags & HYB_MIXER_LAZY_GRAD) && (rc = hyb_tensor_grad_ensure(t)) != HYB_OK) goto fail;
-        if ((rc = apply_init(t, pd, mix_seed(seed, dims->layer, i))) != HYB_OK) goto fail;
+        if (!(flags & HYB_MIXER_NO_INIT) &&
+            (rc = apply_init(t, pd, mix_seed(seed, dims->layer, i))) != HYB_OK)
+            goto fail;
     }
-    if (d->init_params) {
+    if (d->init_params && !(flags & HYB_MIXER_NO_INIT)) {
         float **pp = hyb_malloc(sizeof(float *) * (size_t)(np ? np : 1));
         if (!pp) {
             rc = HYB_ERR_NOMEM;

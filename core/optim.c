@@ -189,16 +189,31 @@ int hyb_adamw_step(hyb_adamw *o) {
     const double bc2 = 1.0 - pow((double)o->beta2, t);
     const float inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
     const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
+    /* every parameter with a gradient in one backend call (be->adamw_multi) */
+    hyb_adamw_tensor *tab = malloc(sizeof *tab * (size_t)(o->n ? o->n : 1));
+    if (!tab) return hyb_error_set(HYB_ERR_NOMEM, "hyb_adamw_step: out of memory");
+    int k = 0;
     for (int i = 0; i < o->n; i++) {
         hyb_tensor *p = o->params[i];
         if (!has_grad(p)) continue;
         const float lr = o->lr * o->lr_scale[i];
-        const float step_size = (float)((double)lr / bc1);
-        const float shrink = o->decay[i] ? 1.0f - lr * o->weight_decay : 1.0f;
-        int rc = o->be->adamw(o->be, hyb_tensor_f32(p), hyb_tensor_cf32(p->grad), o->m[i], o->v[i],
-                              hyb_tensor_numel(p), b1, b2, eps, shrink, step_size, inv_sqrt_bc2);
-        if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_adamw_step: '%s'", p->name);
+        tab[k++] = (hyb_adamw_tensor){.p = hyb_tensor_f32(p),
+                                      .g = hyb_tensor_cf32(p->grad),
+                                      .m = o->m[i],
+                                      .v = o->v[i],
+                                      .n = hyb_tensor_numel(p),
+                                      .shrink = o->decay[i] ? 1.0f - lr * o->weight_decay : 1.0f,
+                                      .step_size = (float)((double)lr / bc1)};
     }
+    int rc = HYB_OK;
+    if (o->be->adamw_multi)
+        rc = o->be->adamw_multi(o->be, tab, k, b1, b2, eps, inv_sqrt_bc2);
+    else /* a backend without the multi-tensor entry */
+        for (int i = 0; i < k && rc == HYB_OK; i++)
+            rc = o->be->adamw(o->be, tab[i].p, tab[i].g, tab[i].m, tab[i].v, tab[i].n, b1, b2, eps,
+                              tab[i].shrink, tab[i].step_size, inv_sqrt_bc2);
+    free(tab);
+    if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_adamw_step: %d parameter tensors", k);
     return HYB_OK;
 }
 

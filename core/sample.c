@@ -154,19 +154,18 @@ static float kth_largest(const float *vals, const int32_t *idx, int n, int k, fl
     return heap[0];
 }
 
-/* Fill s->idx[0..*n_out) with the kept tokens and s->work[tok] with their normalised
- * probabilities. *greedy_tok >= 0 when the choice is deterministic. */
-static int prepare(hyb_sampler *s, const float *logits, const int32_t *hist, int n_hist, int *n_out,
-                   int32_t *greedy_tok) {
-    const int V = s->V;
-    float *w = s->work;
-    int32_t *idx = s->idx;
+/* Fill idx[0..*n_out) with the kept tokens and w[tok] with their normalised probabilities
+ * (w, idx: [V] scratch, seen: [V] zeros, left zero). *greedy_tok >= 0 when the choice is
+ * deterministic. */
+static int prepare_in(const hyb_sampler_params *sp, int V, float *w, int32_t *idx, uint8_t *seen,
+                      const float *logits, const int32_t *hist, int n_hist, int *n_out,
+                      int32_t *greedy_tok) {
     *n_out = 0;
     *greedy_tok = -1;
     memcpy(w, logits, (size_t)V * sizeof *w);
-    HYB_TRY(penalise(w, V, hist, n_hist, s->p.repetition_penalty, s->seen));
+    HYB_TRY(penalise(w, V, hist, n_hist, sp->repetition_penalty, seen));
 
-    if (s->p.temperature <= 0.0f || s->p.top_k == 1) {
+    if (sp->temperature <= 0.0f || sp->top_k == 1) {
         int32_t t = hyb_sample_argmax(w, V);
         if (t < 0 || (isinf(w[t]) && w[t] < 0))
             return hyb_error_set(HYB_ERR_ARG, "sampler: all %d logits are NaN or -inf", V);
@@ -174,7 +173,7 @@ static int prepare(hyb_sampler *s, const float *logits, const int32_t *hist, int
         return HYB_OK;
     }
 
-    const float inv_t = 1.0f / s->p.temperature;
+    const float inv_t = 1.0f / sp->temperature;
     int n = 0;
     float mx = -INFINITY;
     for (int i = 0; i < V; i++) {
@@ -195,17 +194,17 @@ static int prepare(hyb_sampler *s, const float *logits, const int32_t *hist, int
         return HYB_OK;
     }
 
-    if (s->p.top_k > 0 && s->p.top_k < n) {
-        float *heap = malloc((size_t)s->p.top_k * sizeof *heap);
+    if (sp->top_k > 0 && sp->top_k < n) {
+        float *heap = malloc((size_t)sp->top_k * sizeof *heap);
         if (!heap) return hyb_error_set(HYB_ERR_NOMEM, "sampler: out of memory");
-        float thr = kth_largest(w, idx, n, s->p.top_k, heap);
+        float thr = kth_largest(w, idx, n, sp->top_k, heap);
         free(heap);
         int m = 0;
         for (int c = 0; c < n; c++)
             if (w[idx[c]] >= thr) idx[m++] = idx[c];
         n = m;
     }
-    const int use_top_p = s->p.top_p > 0.0f && s->p.top_p < 1.0f;
+    const int use_top_p = sp->top_p > 0.0f && sp->top_p < 1.0f;
     if (use_top_p) {
         sort_desc(idx, n, w);
     }
@@ -223,7 +222,7 @@ static int prepare(hyb_sampler *s, const float *logits, const int32_t *hist, int
     if (use_top_p) { /* keep token c iff the mass before it (descending order) is < top_p */
         double before = 0.0;
         int m = 0;
-        while (m < n && (m == 0 || before < (double)s->p.top_p))
+        while (m < n && (m == 0 || before < (double)sp->top_p))
             before += w[idx[m++]];
         n = m;
         double kept = 0.0;
@@ -234,6 +233,53 @@ static int prepare(hyb_sampler *s, const float *logits, const int32_t *hist, int
     }
     *n_out = n;
     return HYB_OK;
+}
+
+static int prepare(hyb_sampler *s, const float *logits, const int32_t *hist, int n_hist, int *n_out,
+                   int32_t *greedy_tok) {
+    return prepare_in(&s->p, s->V, s->work, s->idx, s->seen, logits, hist, n_hist, n_out,
+                      greedy_tok);
+}
+
+/* Step 5: inverse CDF at u over the kept tokens idx[0..n) in their fixed order (index order, or
+ * descending probability with top-p), masses w[idx[c]] summed in double. */
+static int32_t draw(const float *w, const int32_t *idx, int n, float uf) {
+    double u = (double)uf, acc = 0.0;
+    double total = 0.0;
+    for (int c = 0; c < n; c++)
+        total += w[idx[c]];
+    u *= total;
+    for (int c = 0; c < n; c++) {
+        acc += w[idx[c]];
+        if (u < acc) return idx[c];
+    }
+    return idx[n - 1]; /* u rounded up to the total */
+}
+
+int hyb_sampler_greedy(const hyb_sampler_params *p) {
+    return p->temperature <= 0.0f || p->top_k == 1;
+}
+
+int32_t hyb_sample_with(const hyb_sampler_params *p, const float *logits, int V,
+                        const int32_t *history, int n_history, float u) {
+    HYB_TRY(check_params(p));
+    if (V <= 0) return hyb_error_set(HYB_ERR_ARG, "sampler: V must be > 0, got %d", V);
+    float *w = malloc((size_t)V * sizeof *w);
+    int32_t *idx = malloc((size_t)V * sizeof *idx);
+    uint8_t *seen = calloc((size_t)V, 1);
+    int32_t tok;
+    if (!w || !idx || !seen) {
+        tok = hyb_error_set(HYB_ERR_NOMEM, "sampler: out of memory (V = %d)", V);
+    } else {
+        int n;
+        int32_t g;
+        tok = prepare_in(p, V, w, idx, seen, logits, history, n_history, &n, &g);
+        if (tok == HYB_OK) tok = g >= 0 ? g : draw(w, idx, n, u);
+    }
+    free(w);
+    free(idx);
+    free(seen);
+    return tok;
 }
 
 int hyb_sampler_probs(hyb_sampler *s, const float *logits, const int32_t *history, int n_history,
@@ -258,15 +304,5 @@ int32_t hyb_sampler_sample(hyb_sampler *s, const float *logits, const int32_t *h
     int rc = prepare(s, logits, history, n_history, &n, &g);
     if (rc != HYB_OK) return rc;
     if (g >= 0) return g;
-    /* inverse CDF over the kept tokens in their fixed order */
-    double u = (double)hyb_rng_uniform(&s->rng), acc = 0.0;
-    double total = 0.0;
-    for (int c = 0; c < n; c++)
-        total += s->work[s->idx[c]];
-    u *= total;
-    for (int c = 0; c < n; c++) {
-        acc += s->work[s->idx[c]];
-        if (u < acc) return s->idx[c];
-    }
-    return s->idx[n - 1]; /* u rounded up to the total */
+    return draw(s->work, s->idx, n, hyb_rng_uniform(&s->rng));
 }

@@ -4,6 +4,7 @@
  * accumulation, clip, AdamW), checkpoints (one safetensors file with params, moments, metadata). */
 #include "hyb/train.h"
 
+#include <dirent.h>
 #include <fnmatch.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -346,8 +347,17 @@ static const char *const reserved_meta[] = {"format",       "step",   "tokens", 
 
 int hyb_trainer_save(hyb_trainer *t, const char *path, int n_meta, const char *const *keys,
                      const char *const *vals) {
+    return hyb_trainer_save_ex(t, path, NULL, n_meta, keys, vals);
+}
+
+int hyb_trainer_save_ex(hyb_trainer *t, const char *path, const hyb_ckpt_opts *o, int n_meta,
+                        const char *const *keys, const char *const *vals) {
     static const char W[] = "hyb_trainer_save";
     HYB_TRY(check_fresh(t, W));
+    const char *base = o ? o->base : NULL;
+    int with_opt = !(o && o->no_optimizer);
+    if (base && (!o->base_hash || !*o->base_hash || !*base))
+        return hyb_error_set(HYB_ERR_ARG, "%s: a lean checkpoint needs the base's path and hash", W);
     for (int i = 0; i < n_meta; i++) {
         if (!keys[i] || !vals[i] || !keys[i][0] || strncmp(keys[i], "hyb_", 4) == 0)
             return hyb_error_set(HYB_ERR_ARG,
@@ -372,15 +382,16 @@ int hyb_trainer_save(hyb_trainer *t, const char *path, int n_meta, const char *c
     char name[200], val[64];
     for (int i = 0; i < m->n_params && rc == HYB_OK; i++) {
         hyb_tensor *p = m->params[i];
-        rc = hyb_st_writer_add_tensor(w, p->name, p);
-        for (int k = 0; k < 2 && rc == HYB_OK; k++) {
-            hyb_tensor mt = hyb_adamw_moment(t->opt, i, k);
-            snprintf(name, sizeof name, "optimizer.%s.%s", p->name, k ? "exp_avg_sq" : "exp_avg");
-            rc = hyb_st_writer_add_tensor(w, name, &mt);
-        }
         if (!p->requires_grad) {
             strcat(frozen, p->name);
             strcat(frozen, "\n");
+            if (base) continue; /* lean: the base has it */
+        }
+        rc = hyb_st_writer_add_tensor(w, p->name, p);
+        for (int k = 0; k < 2 && rc == HYB_OK && with_opt; k++) {
+            hyb_tensor mt = hyb_adamw_moment(t->opt, i, k);
+            snprintf(name, sizeof name, "optimizer.%s.%s", p->name, k ? "exp_avg_sq" : "exp_avg");
+            rc = hyb_st_writer_add_tensor(w, name, &mt);
         }
     }
 #define META(k, fmt, v)                                                                            \
@@ -402,6 +413,9 @@ int hyb_trainer_save(hyb_trainer *t, const char *path, int n_meta, const char *c
 #undef META
     if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "hyb_layermap", toml);
     if (rc == HYB_OK) rc = hyb_st_writer_meta(w, "frozen", frozen);
+    if (rc == HYB_OK && base) rc = hyb_st_writer_meta(w, "hyb_base", base);
+    if (rc == HYB_OK && base) rc = hyb_st_writer_meta(w, "hyb_base_hash", o->base_hash);
+    if (rc == HYB_OK && !with_opt) rc = hyb_st_writer_meta(w, "hyb_optimizer", "0");
     for (int i = 0; i < n_meta && rc == HYB_OK; i++)
         rc = hyb_st_writer_meta(w, keys[i], vals[i]);
     if (rc == HYB_OK) rc = hyb_st_writer_save(w, path);
@@ -519,13 +533,59 @@ static void apply_frozen(hyb_model *m, const char *list) {
     }
 }
 
-/* Validate (pass 0) then copy (pass 1) the parameters and, with opt, the moments. */
-static int load_tensors(const hyb_safetensors *st, const char *path, hyb_model *m, hyb_adamw *opt) {
+/* Whether `name` is a line of the newline-separated list. */
+static int in_list(const char *list, const char *name) {
+    size_t len = strlen(name);
+    for (const char *s = list; s && *s;) {
+        const char *e = strchr(s, '\n');
+        size_t k = e ? (size_t)(e - s) : strlen(s);
+        if (k == len && strncmp(s, name, len) == 0) return 1;
+        s = e ? e + 1 : s + k;
+    }
+    return 0;
+}
+
+/* A frozen parameter of a lean checkpoint: from `base` (same name, shape, dtype), or, without a
+ * base, left as the model has it (a trainer's student, built from the base by the caller). */
+static int from_base(const char *path, const hyb_model *base, hyb_tensor *p, int copy) {
+    if (!base) return HYB_OK;
+    const hyb_tensor *b = NULL;
+    for (int i = 0; i < base->n_params && !b; i++)
+        if (strcmp(base->params[i]->name, p->name) == 0) b = base->params[i];
+    char x[128], y[128];
+    if (!b)
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: parameter '%s' is frozen, so it comes from the base, which lacks it",
+                             path, p->name);
+    int same = b->ndim == p->ndim && b->dtype == p->dtype;
+    for (int d = 0; same && d < p->ndim; d++)
+        same = b->shape[d] == p->shape[d];
+    if (!same)
+        return hyb_error_set(HYB_ERR_FORMAT, "%s: parameter '%s': the base has %s %s, the model %s %s",
+                             path, p->name, hyb_shape_str(b->ndim, b->shape, x, sizeof x),
+                             hyb_dtype_name(b->dtype), hyb_shape_str(p->ndim, p->shape, y, sizeof y),
+                             hyb_dtype_name(p->dtype));
+    if (!copy) return HYB_OK;
+    if (b->device == HYB_DEV_CPU) {
+        memcpy(p->data, b->data, hyb_tensor_nbytes(p));
+        return HYB_OK;
+    }
+    return hyb_tensor_download(b, p->data);
+}
+
+/* Validate (pass 0) then copy (pass 1) the parameters and, with opt, the moments. A lean
+ * checkpoint (lean_frozen: its frozen list) lacks its frozen parameters: from_base. */
+static int load_tensors(const hyb_safetensors *st, const char *path, hyb_model *m, hyb_adamw *opt,
+                        const char *lean_frozen, const hyb_model *base) {
     char name[200];
     for (int pass = 0; pass < 2; pass++)
         for (int i = 0; i < m->n_params; i++) {
             hyb_tensor *p = m->params[i];
             const hyb_st_tensor *t;
+            if (lean_frozen && in_list(lean_frozen, p->name)) {
+                HYB_TRY(from_base(path, base, p, pass));
+                continue;
+            }
             HYB_TRY(find_like(st, path, p->name, p, 0, &t));
             if (pass) HYB_TRY(hyb_safetensors_read_tensor(st, t, p));
             if (!opt) continue;
@@ -558,14 +618,26 @@ int hyb_trainer_load(hyb_trainer *t, const char *path, hyb_ckpt_meta *meta) {
     int rc = meta_i64(st, path, "step", &step);
     if (rc == HYB_OK) rc = meta_i64(st, path, "tokens", &tokens);
     if (rc == HYB_OK) rc = meta_i64(st, path, "opt_step", &opt_step);
+    const char *opt_meta = hyb_safetensors_meta(st, "hyb_optimizer");
+    if (rc == HYB_OK && opt_meta && strcmp(opt_meta, "0") == 0)
+        rc = hyb_error_set(HYB_ERR_FORMAT,
+                           "%s: a model snapshot without optimiser state (a stage's final "
+                           "checkpoint): load it as a model, it cannot resume training",
+                           path);
+    /* lean: the frozen parameters are not in the file; the student has them from the base */
+    const char *lean = hyb_safetensors_meta(st, "hyb_base") ? hyb_safetensors_meta(st, "frozen") : NULL;
+    if (lean && !*lean) lean = NULL;
+    int n_stored = t->student->n_params;
+    for (int i = 0; lean && i < t->student->n_params; i++)
+        n_stored -= in_list(lean, t->student->params[i]->name);
     /* the tensor count must match too: a checkpoint of a model with more parameters is not ours */
-    if (rc == HYB_OK && hyb_safetensors_count(st) != 3 * t->student->n_params)
+    if (rc == HYB_OK && hyb_safetensors_count(st) != 3 * n_stored)
         rc = hyb_error_set(
             HYB_ERR_FORMAT,
-            "%s: %d tensors, but this student has %d parameters (x3 with the optimiser state): a "
+            "%s: %d tensors, but this student has %d %sparameters (x3 with the optimiser state): a "
             "checkpoint of a different layer map?",
-            path, hyb_safetensors_count(st), t->student->n_params);
-    if (rc == HYB_OK) rc = load_tensors(st, path, t->student, t->opt);
+            path, hyb_safetensors_count(st), n_stored, lean ? "trainable " : "");
+    if (rc == HYB_OK) rc = load_tensors(st, path, t->student, t->opt, lean, NULL);
     if (rc == HYB_OK) {
         t->step = step;
         t->tokens = tokens;
@@ -587,10 +659,22 @@ int hyb_ckpt_read_meta(const char *path, hyb_ckpt_meta *meta) {
 }
 
 int hyb_model_from_checkpoint(const char *path, hyb_model **out) {
+    return hyb_model_from_checkpoint_base(path, NULL, out);
+}
+
+int hyb_model_from_checkpoint_base(const char *path, const hyb_model *base, hyb_model **out) {
     *out = NULL;
     hyb_safetensors *st;
     HYB_TRY(open_ckpt(path, &st));
     int rc = HYB_OK;
+    const char *base_path = hyb_safetensors_meta(st, "hyb_base");
+    const char *lean = base_path ? hyb_safetensors_meta(st, "frozen") : NULL;
+    if (lean && !*lean) lean = NULL;
+    if (lean && !base)
+        rc = hyb_error_set(HYB_ERR_ARG,
+                           "%s: a lean checkpoint: its frozen parameters are in its base %s (load "
+                           "the base and use hyb_model_from_checkpoint_base)",
+                           path, base_path);
     hyb_model *m = NULL;
     const char *toml = hyb_safetensors_meta(st, "hyb_layermap");
     hyb_layermap *map = NULL;
@@ -598,7 +682,7 @@ int hyb_model_from_checkpoint(const char *path, hyb_model **out) {
     if (rc == HYB_OK) rc = hyb_layermap_parse(toml, path, &map);
     if (rc == HYB_OK)
         rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, &m); /* values come from the file */
-    if (rc == HYB_OK) rc = load_tensors(st, path, m, NULL);
+    if (rc == HYB_OK) rc = load_tensors(st, path, m, NULL, lean, base);
     if (rc == HYB_OK) apply_frozen(m, hyb_safetensors_meta(st, "frozen"));
     hyb_safetensors_close(st);
     if (rc != HYB_OK) {
@@ -607,4 +691,78 @@ int hyb_model_from_checkpoint(const char *path, hyb_model **out) {
     }
     *out = m;
     return HYB_OK;
+}
+
+// ---- content hash -------------------------------------------------------------------------------
+
+#define FNV_OFFSET 1469598103934665603ull
+#define FNV_PRIME 1099511628211ull
+
+static int hash_file(const char *path, uint64_t *h) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return hyb_error_set(HYB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    unsigned char buf[1 << 16];
+    size_t n;
+    uint64_t x = *h;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        for (size_t i = 0; i < n; i++) {
+            x ^= buf[i];
+            x *= FNV_PRIME;
+        }
+    int err = ferror(f);
+    fclose(f);
+    if (err) return hyb_error_set(HYB_ERR_IO, "%s: read error", path);
+    *h = x;
+    return HYB_OK;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int hyb_file_hash(const char *path, char out[17]) {
+    uint64_t h = FNV_OFFSET;
+    DIR *d = opendir(path);
+    int rc = HYB_OK;
+    if (!d) {
+        if (errno != ENOTDIR) return hyb_error_set(HYB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        HYB_TRY(hash_file(path, &h));
+    } else {
+        char **names = NULL;
+        int n = 0, cap = 0;
+        struct dirent *e;
+        while (rc == HYB_OK && (e = readdir(d)) != NULL) {
+            if (e->d_name[0] == '.') continue;
+            if (n == cap) {
+                cap = cap ? 2 * cap : 16;
+                char **nn = realloc(names, sizeof(char *) * (size_t)cap);
+                if (!nn) { rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_file_hash: out of memory"); break; }
+                names = nn;
+            }
+            names[n] = dup_s(e->d_name);
+            if (!names[n]) rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_file_hash: out of memory");
+            else n++;
+        }
+        closedir(d);
+        if (rc == HYB_OK) qsort(names, (size_t)n, sizeof(char *), cmp_str);
+        for (int i = 0; i < n && rc == HYB_OK; i++) {
+            char p[4200];
+            snprintf(p, sizeof p, "%s/%s", path, names[i]);
+            DIR *sub = opendir(p);
+            if (sub) { /* not recursive */
+                closedir(sub);
+                continue;
+            }
+            for (const char *c = names[i]; *c; c++) {
+                h ^= (unsigned char)*c;
+                h *= FNV_PRIME;
+            }
+            rc = hash_file(p, &h);
+        }
+        for (int i = 0; i < n; i++)
+            free(names[i]);
+        free(names);
+    }
+    if (rc == HYB_OK) snprintf(out, 17, "%016" PRIx64, h);
+    return rc;
 }

@@ -133,4 +133,9 @@ void *lhyb_test_class(lua_State *L, int idx, const char *mt, const char *fname);
 void lhyb_register_class(lua_State *L, const char *mt, const luaL_Reg *methods, lua_CFunction gc,
                          lua_CFunction close, lua_CFunction tostring);
 
+/* runtime/repl.c: the interactive prompt over L (hyb installed); returns the exit status. */
+int lhyb_repl(lua_State *L);
+/* 1 when hyb runs with --verbose / HYB_VERBOSE (errors then carry tracebacks). */
+int lhyb_verbose(void);
+
 #endif

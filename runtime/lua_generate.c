@@ -68,9 +68,21 @@ static int is_directory(const char *p) {
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* hyb.llm([path][, {max_ctx = n, device = "cpu"|"cuda[:N]"}]) */
+/* The tokenizer at `tp`: a .gguf, a tokenizer.json, or a directory holding one. */
+static hyb_tokenizer *load_tokenizer(const char *tp) {
+    size_t n = strlen(tp);
+    if (is_directory(tp)) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/tokenizer.json", tp);
+        return hyb_tokenizer_load_json(p);
+    }
+    if (n > 5 && !strcmp(tp + n - 5, ".gguf")) return hyb_tokenizer_load_gguf(tp);
+    return hyb_tokenizer_load_json(tp);
+}
+
+/* hyb.llm([path][, {max_ctx = n, device = "cpu"|"cuda[:N]", tokenizer = path}]) */
 static int l_llm(lua_State *L) {
-    static const char *const allowed[] = {"max_ctx", "device", NULL};
+    static const char *const allowed[] = {"max_ctx", "device", "tokenizer", NULL};
     const char *F = "hyb.llm";
     char buf[1024];
     const char *path = NULL;
@@ -95,23 +107,56 @@ static int l_llm(lua_State *L) {
     }
     lhyb_check_opts(L, opt_idx, F, allowed);
     lua_Integer max_ctx = lhyb_opt_field_int(L, opt_idx, F, "max_ctx", 1, 1 << 24, 0);
+    const char *tok_path = NULL;
+    if (lua_istable(L, opt_idx)) {
+        lua_getfield(L, opt_idx, "tokenizer");
+        if (lua_type(L, -1) == LUA_TSTRING)
+            tok_path = lua_tostring(L, -1); /* stays on the stack (and alive) until we return */
+        else if (!lua_isnil(L, -1))
+            return luaL_error(L, "%s: tokenizer must be a path string, got %s", F,
+                              lhyb_describe(L, -1, buf, 96));
+    }
     const hyb_backend *be = lhyb_opt_device(L, opt_idx, F); /* opened before the model loads */
 
     lllm *l = (lllm *)lua_newuserdatauv(L, sizeof(lllm), 0);
     memset(l, 0, sizeof *l);
     luaL_setmetatable(L, LHYB_LLM_MT);
     int dir = is_directory(path);
-    int rc = dir ? hyb_model_load_hf_dir(path, &l->m) : hyb_model_load_gguf(path, &l->m);
+    /* a directory hyb saved (layermap.toml: the exact layer map, whatever HF can express), else
+     * an HF checkpoint directory (config.json), else a GGUF file */
+    char lm_path[1200];
+    snprintf(lm_path, sizeof lm_path, "%s/layermap.toml", path);
+    struct stat lm_st;
+    int rc = !dir                         ? hyb_model_load_gguf(path, &l->m)
+             : stat(lm_path, &lm_st) == 0 ? hyb_model_load(path, &l->m)
+                                          : hyb_model_load_hf_dir(path, &l->m);
     if (rc != HYB_OK) {
         l->m = NULL;
         return lhyb_raise_hyb(L, F);
     }
-    if (dir) {
+    if (tok_path) {
+        l->tok = load_tokenizer(tok_path);
+    } else if (dir) {
         char tp[1200];
         snprintf(tp, sizeof tp, "%s/tokenizer.json", path);
+        struct stat st;
+        if (stat(tp, &st) != 0) {
+            llm_release(l);
+            return luaL_error(L,
+                              "%s: %s has no tokenizer.json (a model saved without its tokenizer): "
+                              "pass the teacher's with --tokenizer PATH (a .gguf, a tokenizer.json "
+                              "or a directory holding one)",
+                              F, path);
+        }
         l->tok = hyb_tokenizer_load_json(tp);
     } else {
         l->tok = hyb_tokenizer_load_gguf(path);
+    }
+    if (l->tok && hyb_tokenizer_vocab_size(l->tok) > l->m->V) { /* padded embeddings are fine */
+        int tv = hyb_tokenizer_vocab_size(l->tok), mv = l->m->V;
+        llm_release(l);
+        return luaL_error(L, "%s: the tokenizer has %d tokens but the model's vocabulary only %d", F,
+                          tv, mv);
     }
     if (!l->tok || (be && hyb_model_to_device(l->m, be) != HYB_OK)) {
         llm_release(l);
@@ -543,7 +588,8 @@ static int m_generate(lua_State *L) {
     p.tok = l->tok;
     p.on_token = gen_on_token;
     p.user = &cb;
-    p.flags = HYB_REQ_PIN | HYB_REQ_CONTINUE;
+    p.flags = HYB_REQ_PIN | HYB_REQ_CONTINUE | HYB_REQ_FINAL_LOGITS; /* gen_on_token reads the
+                                                                        final token's only */
     p.slot = 0;
     int32_t eos = hyb_tokenizer_eos_id(l->tok);
     if (eos >= 0 && eos < l->m->V) p.eos[p.n_eos++] = eos;

@@ -1,6 +1,8 @@
 /* runtime/lua_hyb.c: the `hyb` module table: constructors (lua_tensor.c, lua_model.c), hyb.data
  * (lua_data.c), hyb.optim, and the small functions below (plugins, time, version). */
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hyb/common.h"
 #include "hyb/mixer.h"
@@ -72,6 +74,26 @@ static int l_time(lua_State *L) {
     return 1;
 }
 
+/* hyb.isatty("stdout" | "stderr" | "stdin") -> whether that stream is a terminal (progress bars
+ * are drawn only there). HYB_TTY=0 / HYB_TTY=1 in the environment overrides the answer (tests). */
+static int l_isatty(lua_State *L) {
+    static const char *const names[] = {"stdin", "stdout", "stderr", NULL};
+    const char *s = luaL_optstring(L, 1, "stdout");
+    int fd = -1;
+    for (int i = 0; names[i]; i++)
+        if (strcmp(names[i], s) == 0) fd = i;
+    if (fd < 0)
+        return lhyb_error(L, "hyb.isatty: stream must be \"stdin\", \"stdout\" or \"stderr\", got \"%s\"",
+                          s);
+    const char *ov = getenv("HYB_TTY");
+    if (ov && (strcmp(ov, "0") == 0 || strcmp(ov, "1") == 0)) {
+        lua_pushboolean(L, ov[0] == '1');
+        return 1;
+    }
+    lua_pushboolean(L, isatty(fd));
+    return 1;
+}
+
 /* hyb.log_level("debug" | "info" | "warn" | "error") */
 static int l_log_level(lua_State *L) {
     static const char *const names[] = {"debug", "info", "warn", "error", NULL};
@@ -93,6 +115,7 @@ int luaopen_hyb(lua_State *L) {
                                      {"device", l_device},
                                      {"plugin_path", l_plugin_path},
                                      {"time", l_time},
+                                     {"isatty", l_isatty},
                                      {"log_level", l_log_level},
                                      {NULL, NULL}};
     luaL_newlib(L, funcs);

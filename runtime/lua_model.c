@@ -529,10 +529,26 @@ static int m_device(lua_State *L) {
     return 1;
 }
 
+/* model:save(dir[, {dtype = "f32"|"bf16"}]) */
 static int m_save(lua_State *L) {
-    lmodel *lm = check_model(L, 1, "model:save");
-    const char *dir = check_out_path(L, 2, "model:save", "dir", 0);
-    if (hyb_model_save(lm->m, dir) != HYB_OK) return lhyb_raise_hyb(L, "model:save");
+    static const char *const allowed[] = {"dtype", NULL};
+    const char *F = "model:save";
+    lmodel *lm = check_model(L, 1, F);
+    const char *dir = check_out_path(L, 2, F, "dir", 0);
+    lhyb_check_opts(L, 3, F, allowed);
+    hyb_dtype dt = HYB_F32;
+    if (lua_istable(L, 3)) {
+        lua_getfield(L, 3, "dtype");
+        if (!lua_isnil(L, -1)) {
+            const char *s = lua_tostring(L, -1);
+            if (!s || (strcmp(s, "f32") && strcmp(s, "bf16")))
+                return luaL_error(L, "%s: dtype must be \"f32\" or \"bf16\", got %s", F,
+                                  s ? s : luaL_typename(L, -1));
+            dt = strcmp(s, "bf16") ? HYB_F32 : HYB_BF16;
+        }
+        lua_pop(L, 1);
+    }
+    if (hyb_model_save_as(lm->m, dir, dt) != HYB_OK) return lhyb_raise_hyb(L, F);
     return 0;
 }
 

@@ -118,6 +118,59 @@ static int l_clone(lua_State *L) {
 /* hyb.train.load(path[, {device = "cpu"|"cuda[:N]"}]) -> hyb.model from a .gguf file, an HF
  * directory (config.json), a directory saved by model:save (layermap.toml) or a training checkpoint
  * (.safetensors), on the device asked for */
+/* The base of a lean checkpoint (metadata hyb_base, hyb_base_hash; NULL / HYB_OK when it has
+ * none) must still hash as it did when the checkpoint was written. */
+static int check_base(const char *path, const hyb_ckpt_meta *meta, const char **base) {
+    *base = hyb_ckpt_meta_get(meta, "hyb_base");
+    if (!*base) return HYB_OK;
+    const char *want = hyb_ckpt_meta_get(meta, "hyb_base_hash");
+    char have[17];
+    int rc = hyb_file_hash(*base, have);
+    if (rc != HYB_OK) return hyb_error_wrap(rc, "%s: its base (a lean checkpoint keeps only what training changed)", path);
+    if (!want || strcmp(want, have) != 0)
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "%s: its base %s has changed since the checkpoint was written (hash %s, "
+                             "recorded %s): the frozen parameters would not be the trained model's",
+                             path, *base, have, want ? want : "(none)");
+    return HYB_OK;
+}
+
+/* A model from any path hyb.train.load takes; a lean checkpoint loads its base first (depth:
+ * chains of lean checkpoints, each stage's on the previous stage's). */
+static int load_model(lua_State *L, const char *F, const char *path, int depth, hyb_model **m) {
+    char p[4200];
+    *m = NULL;
+    if (is_dir(path)) {
+        snprintf(p, sizeof p, "%s/layermap.toml", path);
+        if (is_file(p)) return hyb_model_load(path, m);
+        return hyb_model_load_hf_dir(path, m);
+    }
+    if (ends_with(path, ".gguf")) return hyb_model_load_gguf(path, m);
+    if (ends_with(path, ".safetensors")) {
+        hyb_ckpt_meta meta;
+        HYB_TRY(hyb_ckpt_read_meta(path, &meta));
+        const char *base_path;
+        int rc = check_base(path, &meta, &base_path);
+        if (rc == HYB_OK && !base_path) rc = hyb_model_from_checkpoint(path, m);
+        if (rc == HYB_OK && base_path) {
+            hyb_model *base = NULL;
+            if (depth >= 32)
+                rc = hyb_error_set(HYB_ERR_FORMAT, "%s: more than 32 lean checkpoints on one another", path);
+            else
+                rc = load_model(L, F, base_path, depth + 1, &base);
+            if (rc == HYB_OK) rc = hyb_model_from_checkpoint_base(path, base, m);
+            hyb_model_free(base);
+        }
+        hyb_ckpt_meta_free(&meta);
+        return rc;
+    }
+    if (!is_file(path)) return hyb_error_set(HYB_ERR_NOTFOUND, "'%s' does not exist", path);
+    return hyb_error_set(HYB_ERR_ARG,
+                         "'%s': expected a .gguf file, a training checkpoint (.safetensors) or a "
+                         "directory",
+                         path);
+}
+
 static int l_load(lua_State *L) {
     static const char *const allowed[] = {"device", NULL};
     const char *F = "hyb.train.load";
@@ -125,26 +178,7 @@ static int l_load(lua_State *L) {
     lhyb_check_opts(L, 2, F, allowed);
     const hyb_backend *be = lhyb_opt_device(L, 2, F);
     hyb_model *m = NULL;
-    int rc;
-    char p[4200];
-    if (is_dir(path)) {
-        snprintf(p, sizeof p, "%s/layermap.toml", path);
-        if (is_file(p))
-            rc = hyb_model_load(path, &m);
-        else
-            rc = hyb_model_load_hf_dir(path, &m);
-    } else if (ends_with(path, ".gguf")) {
-        rc = hyb_model_load_gguf(path, &m);
-    } else if (ends_with(path, ".safetensors")) {
-        rc = hyb_model_from_checkpoint(path, &m);
-    } else if (!is_file(path)) {
-        return lhyb_error(L, "%s: '%s' does not exist", F, path);
-    } else {
-        return lhyb_error(
-            L,
-            "%s: '%s': expected a .gguf file, a training checkpoint (.safetensors) or a directory",
-            F, path);
-    }
+    int rc = load_model(L, F, path, 0, &m);
     if (rc == HYB_OK && be && (rc = hyb_model_to_device(m, be)) != HYB_OK) hyb_model_free(m);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     lhyb_push_model(L, m, F);
@@ -304,10 +338,35 @@ static void push_cfg_table(lua_State *L, const hyb_cfg_table *t, const char *F) 
     lua_setfield(L, -2, "__order");
 }
 
-/* hyb.train.read_toml(path) -> a Lua table (every table gets an "__order" list of its keys) */
+/* Into the table at the top of the stack: "<prefix>key" -> "source:line:col" of every key of t
+ * and of its subtables (inline ones too), for messages that point into the file. */
+static void push_cfg_positions(lua_State *L, const hyb_cfg_table *t, const char *prefix) {
+    const char **keys = NULL;
+    int nk = hyb_cfg_keys(t, &keys);
+    for (int i = 0; i < nk; i++) {
+        char where[1200], full[600];
+        snprintf(full, sizeof full, "%s%s", prefix, keys[i]);
+        lua_pushstring(L, hyb_cfg_where(t, keys[i], where, sizeof where));
+        lua_setfield(L, -2, full);
+        const hyb_cfg_table *sub = hyb_cfg_subtable(t, keys[i]);
+        if (sub) {
+            char sp[608];
+            snprintf(sp, sizeof sp, "%s.", full);
+            push_cfg_positions(L, sub, sp);
+        }
+    }
+}
+
+/* hyb.train.read_toml(path [, {positions = true}]) -> a Lua table (every table gets an "__order"
+ * list of its keys); with positions, a second table: dotted key path ("train.lr",
+ * "stages.h3.steps", "data.generate.n") -> "path:line:col" of that key in the file */
 static int l_read_toml(lua_State *L) {
+    static const char *const allowed[] = {"positions", NULL};
     const char *F = "hyb.train.read_toml";
     const char *path = check_string(L, 1, F, "path");
+    lhyb_check_opts(L, 2, F, allowed);
+    int want_pos = lua_istable(L, 2) && lhyb_opt_field_bool(L, 2, F, "positions", 0);
+    lua_settop(L, 1);
     hyb_toml *doc = hyb_toml_parse_file(path);
     if (!doc) return lhyb_raise_hyb(L, F);
     /* free the document even when a conversion error is raised: a to-be-closed userdata */
@@ -318,9 +377,13 @@ static int l_read_toml(lua_State *L) {
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
     push_cfg_table(L, hyb_toml_root(doc), F);
+    if (want_pos) {
+        lua_newtable(L);
+        push_cfg_positions(L, hyb_toml_root(doc), "");
+    }
     hyb_toml_free(doc);
     *box = NULL;
-    return 1;
+    return want_pos ? 2 : 1;
 }
 
 // ---- trainer ------------------------------------------------------------------------------------
@@ -514,10 +577,13 @@ static int t_eval(lua_State *L) {
     return 1;
 }
 
-/* tr:save(path[, {key = "value", ...}]) -> writes a training checkpoint atomically */
+/* tr:save(path[, {key = "value", ...}[, {base = path, optimizer = true}]]) -> writes a training
+ * checkpoint atomically. base: lean (the trainable parameters and their moments; the frozen ones
+ * are the base's, recorded by path and content hash); optimizer = false: no moments (a model
+ * snapshot, which tr:load refuses). */
 static int t_save(lua_State *L) {
     const char *F = "trainer:save";
-    lua_settop(L, 3);
+    lua_settop(L, 4);
     ltrainer *t = check_trainer(L, 1, F);
     const char *path = check_string(L, 2, F, "path");
     int n = 0;
@@ -550,9 +616,34 @@ static int t_save(lua_State *L) {
             lua_pop(L, 2);
         }
     }
+    hyb_ckpt_opts co = {NULL, NULL, 0};
+    char hash[17], real[4096];
+    if (!lua_isnil(L, 4)) {
+        static const char *const allowed[] = {"base", "optimizer", NULL};
+        lhyb_check_opts(L, 4, F, allowed);
+        const char *base = lhyb_opt_field_string(L, 4, F, "base", NULL);
+        co.no_optimizer = !lhyb_opt_field_bool(L, 4, F, "optimizer", 1);
+        if (base) {
+            if (!realpath(base, real)) return lhyb_error(L, "%s: base '%s': %s", F, base, strerror(errno));
+            if (hyb_file_hash(real, hash) != HYB_OK) return lhyb_raise_hyb(L, F);
+            co.base = real;
+            co.base_hash = hash;
+        }
+    }
     make_parent(L, F, path);
-    if (hyb_trainer_save(t->t, path, n, keys, vals) != HYB_OK) return lhyb_raise_hyb(L, F);
+    if (hyb_trainer_save_ex(t->t, path, &co, n, keys, vals) != HYB_OK) return lhyb_raise_hyb(L, F);
     return 0;
+}
+
+/* hyb.train.file_hash(path) -> 16 hex digits: the content hash a lean checkpoint records of its
+ * base (a file, or a directory's files) */
+static int l_file_hash(lua_State *L) {
+    const char *F = "hyb.train.file_hash";
+    const char *path = check_string(L, 1, F, "path");
+    char h[17];
+    if (hyb_file_hash(path, h) != HYB_OK) return lhyb_raise_hyb(L, F);
+    lua_pushstring(L, h);
+    return 1;
 }
 
 /* tr:load(path) -> metadata table; restores params, moments, step, frozen flags */
@@ -561,6 +652,12 @@ static int t_load(lua_State *L) {
     ltrainer *t = check_trainer(L, 1, F);
     const char *path = check_string(L, 2, F, "path");
     hyb_ckpt_meta meta;
+    /* a lean checkpoint: its base must be what it was (the student was built from it) */
+    if (hyb_ckpt_read_meta(path, &meta) != HYB_OK) return lhyb_raise_hyb(L, F);
+    const char *base;
+    int rc = check_base(path, &meta, &base);
+    hyb_ckpt_meta_free(&meta);
+    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     if (hyb_trainer_load(t->t, path, &meta) != HYB_OK) return lhyb_raise_hyb(L, F);
     push_meta(L, &meta);
     hyb_ckpt_meta_free(&meta);
@@ -620,6 +717,7 @@ static int trainer_tostring(lua_State *L) {
 
 typedef struct ltok {
     hyb_tokenizer *tok;
+    char *chat_template; /* what came with it (GGUF metadata, tokenizer_config.json), or NULL */
 } ltok;
 
 static ltok *check_tok(lua_State *L, int idx, const char *F) {
@@ -634,6 +732,7 @@ static int l_tokenizer(lua_State *L) {
     const char *path = check_string(L, 1, F, "path");
     ltok *t = (ltok *)lua_newuserdatauv(L, sizeof(ltok), 0);
     t->tok = NULL;
+    t->chat_template = NULL;
     luaL_setmetatable(L, LHYB_TOKENIZER_MT);
     char p[4200];
     if (is_dir(path)) {
@@ -645,6 +744,33 @@ static int l_tokenizer(lua_State *L) {
         t->tok = hyb_tokenizer_load_json(path);
     }
     if (!t->tok) return lhyb_raise_hyb(L, F);
+    t->chat_template = hyb_tokenizer_chat_template(path);
+    return 1;
+}
+
+/* tok:save(dir[, {max_len = n}]): dir/tokenizer.json + dir/tokenizer_config.json (the chat
+ * template that came with the tokenizer, bos/eos, model_max_length = max_len), so a model saved
+ * in dir opens with its tokenizer in hyb generate/chat/serve, hyb.llm and AutoTokenizer. */
+static int tk_save(lua_State *L) {
+    static const char *const allowed[] = {"max_len", NULL};
+    const char *F = "tokenizer:save";
+    ltok *t = check_tok(L, 1, F);
+    const char *dir = check_string(L, 2, F, "dir");
+    lhyb_check_opts(L, 3, F, allowed);
+    lua_Integer max_len = lhyb_opt_field_int(L, 3, F, "max_len", 0, 1 << 30, 0);
+    if (hyb_mkdir_p(dir) != HYB_OK ||
+        hyb_tokenizer_save_hf(t->tok, dir, t->chat_template, (int)max_len) != HYB_OK)
+        return lhyb_raise_hyb(L, F);
+    return 0;
+}
+
+/* tok:chat_template() -> the template string that came with the tokenizer, or nil */
+static int tk_chat_template(lua_State *L) {
+    ltok *t = check_tok(L, 1, "tokenizer:chat_template");
+    if (t->chat_template)
+        lua_pushstring(L, t->chat_template);
+    else
+        lua_pushnil(L);
     return 1;
 }
 
@@ -704,6 +830,8 @@ static int tok_gc(lua_State *L) {
     ltok *t = (ltok *)luaL_checkudata(L, 1, LHYB_TOKENIZER_MT);
     hyb_tokenizer_free(t->tok);
     t->tok = NULL;
+    free(t->chat_template);
+    t->chat_template = NULL;
     return 0;
 }
 static int tok_tostring(lua_State *L) {
@@ -996,6 +1124,7 @@ void lhyb_open_train(lua_State *L) {
     static const luaL_Reg tok_methods[] = {
         {"encode", tk_encode}, {"decode", tk_decode},     {"vocab_size", tk_vocab_size},
         {"eos", tk_eos},       {"identity", tk_identity}, {"close", tok_gc},
+        {"save", tk_save},     {"chat_template", tk_chat_template},
         {NULL, NULL}};
     static const luaL_Reg ds_methods[] = {{"batch", ds_batch},     {"val_batch", ds_val_batch},
                                           {"windows", ds_windows}, {"info", ds_info},
@@ -1011,6 +1140,7 @@ void lhyb_open_train(lua_State *L) {
                                            {"frozen", l_frozen},
                                            {"trainer", l_trainer},
                                            {"checkpoint_meta", l_checkpoint_meta},
+                                           {"file_hash", l_file_hash},
                                            {"greedy", l_greedy},
                                            {"read_toml", l_read_toml},
                                            {"layermap_toml", l_layermap_toml},

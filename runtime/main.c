@@ -169,17 +169,40 @@ static void add_package_path(lua_State *L, const char *dir) {
     lua_pop(L, 2);
 }
 
-/* Run `script` (a file, or a chunk when is_chunk) with args[0..nargs). Returns the exit status. */
-static int run_lua(const char *script, int is_chunk, char **args, int nargs) {
+int lhyb_verbose(void) { return g_verbose; }
+
+/* A Lua state with the standard libraries, hyb installed and the scripts directory on
+ * package.path; NULL after a message. */
+static lua_State *new_state(void) {
     lua_State *L = luaL_newstate();
     if (!L) {
         fprintf(stderr, "%s: cannot create the Lua state (out of memory)\n", progname);
-        return 1;
+        return NULL;
     }
     luaL_openlibs(L);
     lhyb_install(L);
     char sd[PATH_MAX];
     if (scripts_dir(sd, sizeof sd)) add_package_path(L, sd);
+    return L;
+}
+
+/* The interactive prompt (runtime/repl.c). */
+static int run_repl(void) {
+    lua_State *L = new_state();
+    if (!L) return 1;
+    lua_createtable(L, 0, 1); /* arg as for `hyb run`: arg[0] names the prompt */
+    lua_pushliteral(L, "repl");
+    lua_rawseti(L, -2, 0);
+    lua_setglobal(L, "arg");
+    int rc = lhyb_repl(L);
+    lua_close(L);
+    return rc;
+}
+
+/* Run `script` (a file, or a chunk when is_chunk) with args[0..nargs). Returns the exit status. */
+static int run_lua(const char *script, int is_chunk, char **args, int nargs) {
+    lua_State *L = new_state();
+    if (!L) return 1;
 
     /* arg table as in lua.c: arg[-1] = the binary (absolute path), arg[0] = script,
      * arg[1..] = arguments */
@@ -265,6 +288,8 @@ static void usage(FILE *out) {
             "  plugins                     list the mixer plugins found and the search path\n"
             "  devices                     list the devices (cpu, cuda[:N]) and whether each can "
             "be used\n"
+            "  repl                        the interactive Lua prompt with hyb loaded (also `hyb`\n"
+            "                              alone on a terminal): =expr prints, Tab completes\n"
             "  version                     print the version\n"
             "  help                        this text\n"
             "  --verbose <command> ...     show the Lua traceback with an error (also\n"
@@ -356,10 +381,12 @@ int main(int argc, char **argv) {
         argc--;
     }
     if (argc < 2) {
+        if (isatty(0) && isatty(1)) return run_repl(); /* `hyb` on a terminal: the prompt */
         usage(stderr);
         return 2;
     }
     const char *cmd = argv[1];
+    if (strcmp(cmd, "repl") == 0) return run_repl();
     if (strcmp(cmd, "run") == 0) {
         if (argc < 3) {
             fprintf(stderr, "%s run: missing the script to run\n\n", progname);

@@ -66,7 +66,11 @@ while i <= #args do
   if a == "-h" then usage() end
   if not k then usage("unexpected argument " .. a) end
   if k == "help" or a == "-h" then usage() end
-  if opt[k] == nil and k ~= "out" then usage("unknown option --" .. k) end
+  if opt[k] == nil and k ~= "out" then
+    local names = {out = true}
+    for n in pairs(opt) do names[n] = true end
+    usage("unknown option --" .. k .. require("recipelib").option_hint(k, names))
+  end
   local v = args[i + 1]
   if v == nil then usage("--" .. k .. " needs a value") end
   if numeric[k] then

@@ -7,8 +7,8 @@
 -- are swapped to the stage's mixer (MIL init by default), then the student is distilled for
 -- `steps` optimiser updates. Output in out_dir:
 --   data.bin                     the tokenized dataset cache
---   <stage>/ckpt.safetensors     training checkpoint (every ckpt_every steps, atomic)
---   <stage>/final.safetensors    the stage's final checkpoint (its presence = stage done)
+--   <stage>/ckpt.safetensors     training checkpoint (every ckpt_every steps, atomic; lean)
+--   <stage>/final.safetensors    the stage's final parameters (its presence = stage done; lean)
 --   <stage>/model/               model:save of the final student (layermap.toml + safetensors)
 --   metrics.jsonl                one JSON object per step / evaluation
 --   loss.svg                     the loss curves (train, held-out), stage boundaries
@@ -17,7 +17,10 @@
 --
 -- Recipe keys (all optional unless said):
 --   [run]   teacher (required: .gguf, HF dir, model:save dir), out, seed = 1,
---           log_every = 10, eval_every = 50, eval_batches = 4, ckpt_every = 50
+--           log_every = 10, eval_every = 50, eval_batches = 4, ckpt_every = 50,
+--           checkpoints = "lean" | "full" (lean: <stage>/ckpt and final hold only the trainable
+--           parameters, the frozen ones stay in the stage's base, the teacher or the previous
+--           stage's final, named by path and content hash; final never holds optimiser state)
 --   [data]  files (required unless generate is given: paths; a directory gives its files,
 --           recursively, sorted), include = ["*.rst.txt", ...] and exclude = ["translations/*"]
 --           (globs for the files found in directories: a pattern without '/' matches the name,
@@ -44,30 +47,49 @@
 --           mixer = "mamba1" | "identity" | a plugin type, init = "mil" | "random",
 --           config = "TOML text of the mixer table", steps (required), and any [train] key to
 --           override it for this stage.
+-- Every section and key is checked before any work starts (scripts/recipelib.lua): an unknown key,
+-- a wrong type or a value out of range is one line naming file:line:col, the key and the nearest
+-- valid key or the range.
+-- Progress: on a terminal, one line redrawn in place (stage k/n, step, loss, tok/s, the ETA of
+-- the whole run and of the stage); otherwise a plain line every log_every steps; --quiet prints
+-- only the final summary and errors. HYB_TTY=1 / 0 overrides the terminal test.
 -- HYB_DISTILL_EXIT_AFTER=n (tests): exit abruptly (status 3) after n optimiser updates of this
 -- process, as a kill would.
 local hyb = require("hyb")
+local RL = require("recipelib")
+local P = require("progresslib")
 
-local usage = "usage: hyb distill <recipe.toml> [out_dir]"
-if arg[1] == "--help" or arg[1] == "-h" then
-  print(usage)
-  os.exit(0)
+local usage = "usage: hyb distill [--quiet] <recipe.toml> [out_dir]"
+local args, quiet = {}, false
+for _, a in ipairs(arg) do
+  if a == "--help" or a == "-h" then
+    print(usage)
+    os.exit(0)
+  elseif a == "--quiet" or a == "-q" then
+    quiet = true
+  elseif a ~= "--verbose" then
+    args[#args + 1] = a
+  end
 end
-if not arg[1] or arg[1]:sub(1, 1) == "-" or (arg[2] and arg[2]:sub(1, 1) == "-") or arg[3] then
-  local why = not arg[1] and "no recipe given"
-    or ((arg[1]:sub(1, 1) == "-" and arg[1]) or (arg[2] and arg[2]:sub(1, 1) == "-" and arg[2]))
-       and ("unknown option " .. (arg[1]:sub(1, 1) == "-" and arg[1] or arg[2]))
-    or ("unexpected argument " .. arg[3])
+if not args[1] or args[1]:sub(1, 1) == "-" or (args[2] and args[2]:sub(1, 1) == "-") or args[3] then
+  local why = not args[1] and "no recipe given"
+    or ((args[1]:sub(1, 1) == "-" and args[1]) or (args[2] and args[2]:sub(1, 1) == "-" and args[2]))
+       and ("unknown option " .. (args[1]:sub(1, 1) == "-" and args[1] or args[2]))
+    or ("unexpected argument " .. args[3])
   io.stderr:write("hyb distill: ", why, "\n", usage, "\n")
   os.exit(2)
 end
-local recipe_path = arg[1]
-local R = hyb.train.read_toml(recipe_path)
-local run = R.run or error(recipe_path .. ": missing [run]")
-local data = R.data or error(recipe_path .. ": missing [data]")
+local recipe_path = args[1]
+local R, recipe_pos = RL.read(recipe_path) -- every key checked: nothing runs on a bad recipe
+local run = R.run
+local data = R.data
 local train = R.train or {}
-local out = arg[2] or run.out or error(recipe_path .. ": [run] out is missing and no out_dir given")
+if quiet then hyb.log_level("warn") end
+local prog <close> = P.new{mode = P.mode(quiet, io.stdout), stream = io.stdout}
+local function say(line) prog:log(line) end
+local out = args[2] or run.out or error(recipe_path .. ": [run] out is missing and no out_dir given")
 local seed = run.seed or 1
+local lean = (run.checkpoints or "lean") == "lean"
 local exit_after = tonumber(os.getenv("HYB_DISTILL_EXIT_AFTER") or "")
 local recipe_dir = recipe_path:match("^(.*)/[^/]*$") or "."
 
@@ -116,6 +138,44 @@ end
 local load_opts = device and {device = device} or nil
 local teacher = hyb.train.load(teacher_path, load_opts)
 local V = teacher:config().vocab_size
+local n_layers = teacher:config().n_layers
+for _, name in ipairs(R.stages.__order) do
+  for i, l in ipairs(R.stages[name].layers or {}) do
+    if l >= n_layers then
+      error(("%s: stage '%s': layers element %d = %d is out of range: the teacher has %d layers (0 to %d)"):format(
+        recipe_pos["stages." .. name .. ".layers"] or recipe_path, name, i, l, n_layers, n_layers - 1), 0)
+    end
+  end
+end
+-- Each stage's mixer and config, tried on a throwaway clone of the teacher (random init: only the
+-- plugin's own checks of its keys, types and ranges), so that a typo in a mixer config fails here
+-- and not after the data is tokenized and the earlier stages have trained.
+do
+  local teacher_map = hyb.train.layermap_toml(teacher)
+  local todo, tried = {}, {}
+  for _, name in ipairs(R.stages.__order) do
+    local S = R.stages[name]
+    local mixer = S.mixer or "mamba1"
+    local cfg = S.config
+    if cfg and teacher_map:find("[mixers." .. mixer .. "]", 1, true) then cfg = nil end
+    local key = mixer .. "\0" .. tostring(cfg)
+    if mixer ~= "identity" and not tried[key] then
+      tried[key] = true
+      todo[#todo + 1] = {name = name, S = S, mixer = mixer, cfg = cfg}
+    end
+  end
+  if #todo > 0 then
+    local probe <close> = hyb.train.clone(teacher)
+    for _, t in ipairs(todo) do
+      local ok, err = pcall(probe.swap, probe, (t.S.layers or {})[1] or 0, t.mixer, {init = "random", config = t.cfg})
+      if not ok then
+        local at = "stages." .. t.name .. (t.S.config ~= nil and ".config" or t.S.mixer ~= nil and ".mixer" or "")
+        error(("%s: stage '%s': mixer \"%s\"%s: %s"):format(recipe_pos[at] or recipe_path, t.name, t.mixer,
+          t.cfg and " with this config" or "", (tostring(err):gsub("^model:swap: ", ""))), 0)
+      end
+    end
+  end
+end
 
 local tok = nil
 local tokspec = data.tokenizer or (teacher_path:match("%.gguf$") and teacher_path) or "bytes"
@@ -134,14 +194,6 @@ end
 -- ---- teacher-generated data ([data] generate) --------------------------------------------------
 if data.generate ~= nil then
   local G = data.generate
-  if type(G) ~= "table" then error(recipe_path .. ": [data] generate must be a table {n =, prompts =, ...}", 0) end
-  local known = {n = 1, prompts = 1, corpus = 1, include = 1, exclude = 1, snippet_chars = 1, max_tokens = 1,
-    temperature = 1, top_p = 1, top_k = 1, seed = 1, slots = 1, system = 1, out = 1, max_ctx = 1}
-  for k in pairs(G) do
-    if k ~= "__order" and not known[k] then
-      error(("%s: [data] generate: unknown key '%s'"):format(recipe_path, tostring(k)), 0)
-    end
-  end
   local TL = require("teacherlib")
   local corpus = G.corpus
   if type(corpus) == "string" then corpus = {corpus} end
@@ -153,12 +205,12 @@ if data.generate ~= nil then
   local gset = {out = expand(G.out or (out .. "/teacher.txt")), max_tokens = G.max_tokens or 256,
     temperature = G.temperature or 0.8, top_p = G.top_p or 0.95, top_k = G.top_k or 0, seed = G.seed or seed,
     slots = G.slots or 8, system = G.system, max_ctx = G.max_ctx, teacher = TL.teacher_id(teacher_path),
-    source = TL.source(src)}
+    source = TL.source(src), log = say}
   local ok, prompts = pcall(TL.prompts, src)
   if not ok then error(recipe_path .. ": [data] generate: " .. tostring(prompts), 0) end
   local done = TL.status(gset, #prompts)
   if done == #prompts then
-    print(("data: teacher text %s complete (%d prompts)"):format(gset.out, #prompts))
+    say(("data: teacher text %s complete (%d prompts)"):format(gset.out, #prompts))
   else
     TL.generate(teacher, tok, prompts, gset)
   end
@@ -171,7 +223,7 @@ local ds = hyb.data.dataset{files = files, include = strlist(data.include), excl
   max_bytes = data.max_bytes, tokenizer = tok, special = special and tok ~= nil, cache = out .. "/data.bin",
   val_fraction = data.val_fraction or 0.05, seed = data.seed or seed}
 local info = ds:info()
-print(("data: %d training + %d held-out tokens from %d documents in %d files, %d bytes (%s)"):format(info.train_tokens,
+say(("data: %d training + %d held-out tokens from %d documents in %d files, %d bytes (%s)"):format(info.train_tokens,
   info.val_tokens, info.docs, info.files, info.bytes, info.from_cache and "cache" or "tokenized"))
 if tok and tok:vocab_size() > V then
   error(("the tokenizer has %d tokens but the teacher's vocabulary is %d"):format(tok:vocab_size(), V))
@@ -281,18 +333,40 @@ local function ranking_layers(path, n, student)
   return layers
 end
 
-local stages = R.stages or error(recipe_path .. ": no [stages.<name>] tables")
+local stages = R.stages
 local order = stages.__order
 local done_steps = 0
 local prev = nil
 local eval_batches = run.eval_batches or 4
+
+-- progress of the whole run in tokens (stages may differ in batch x seq_len): all stages' steps,
+-- less what finished stages and checkpoints already hold
+local function stage_tokens_per_step(S)
+  return setting(S, "accum", 1) * setting(S, "batch", 4) * setting(S, "seq_len", 256)
+end
+local run_tokens, run_done, run_steps = 0, 0, 0
+for _, name in ipairs(order) do
+  local S = stages[name]
+  local tps = stage_tokens_per_step(S)
+  run_tokens = run_tokens + S.steps * tps
+  run_steps = run_steps + S.steps
+  if exists(out .. "/" .. name .. "/final.safetensors") then
+    run_done = run_done + S.steps * tps
+  elseif exists(out .. "/" .. name .. "/ckpt.safetensors") then
+    local ok, meta = pcall(hyb.train.checkpoint_meta, out .. "/" .. name .. "/ckpt.safetensors")
+    run_done = run_done + (ok and tonumber(meta.step) or 0) * tps
+  end
+end
+prog.total, prog.done0, prog.done, prog.t0 = run_tokens, run_done, run_done, hyb.time()
+local run_t0 = hyb.time()
+local last_val = nil
 
 for si, name in ipairs(order) do
   local S = stages[name]
   local dir = out .. "/" .. name
   local final = dir .. "/final.safetensors"
   if exists(final) then
-    print(("stage %d '%s': done (%s)"):format(si, name, final))
+    say(("stage %d/%d '%s': done (%s)"):format(si, #order, name, final))
     prev = final
     goto continue
   end
@@ -302,6 +376,10 @@ for si, name in ipairs(order) do
     local T = setting(S, "seq_len", 256)
     local accum = setting(S, "accum", 1)
     local student = prev and hyb.train.load(prev, load_opts) or hyb.train.clone(teacher)
+    -- lean checkpoints: the trainable parameters (and moments); the frozen ones are the base's,
+    -- the file this stage's student was built from (recorded by path and content hash)
+    local save_opts = lean and {base = prev or teacher_path} or nil
+    local final_opts = {base = lean and (prev or teacher_path) or nil, optimizer = false}
     local layers = S.layers
     if not layers and S.lowest then
       layers = ranking_layers(S.ranking or error("stage " .. name .. ": lowest needs ranking"), S.lowest, student)
@@ -332,7 +410,7 @@ for si, name in ipairs(order) do
     local ckpt = dir .. "/ckpt.safetensors"
     if exists(ckpt) then
       local meta = tr:load(ckpt)
-      print(("stage %d '%s': resumed from %s at step %d"):format(si, name, ckpt, tr:steps()))
+      say(("stage %d '%s': resumed from %s at step %d"):format(si, name, ckpt, tr:steps()))
       assert(meta.stage == name, ckpt .. " belongs to stage " .. tostring(meta.stage))
     end
     local groups = {}
@@ -350,9 +428,9 @@ for si, name in ipairs(order) do
       end
       groups[#groups + 1] = ("%s x%g"):format(pat, sc)
     end
-    if #groups > 0 then print(("stage %d '%s': lr groups: %s"):format(si, name, table.concat(groups, ", "))) end
+    if #groups > 0 then say(("stage %d '%s': lr groups: %s"):format(si, name, table.concat(groups, ", "))) end
     truncate_metrics(si, tr:steps())
-    print(("stage %d '%s': %s, layers %s -> %s, %d steps of %d x %d x %d tokens"):format(si, name,
+    say(("stage %d/%d '%s': %s, layers %s -> %s, %d steps of %d x %d x %d tokens"):format(si, #order, name,
       student:pattern(), json(layers or {}), mixer, steps, accum, B, T))
     local mf = assert(io.open(metrics_path, "a"))
     local data_seed = seed * 1000 + si
@@ -373,31 +451,38 @@ for si, name in ipairs(order) do
     end
     if tr:steps() == 0 then
       local r = evaluate(0)
-      print(("  held-out before: loss %.4f  rkl %.4f  ce %.4f"):format(r.loss, r.rkl or 0 / 0, r.ce or 0 / 0))
+      say(("  held-out before: loss %.4f  rkl %.4f  ce %.4f"):format(r.loss, r.rkl or 0 / 0, r.ce or 0 / 0))
     end
     local t0, tok0 = hyb.time(), 0
     local start = tr:steps()
+    local step_tokens = accum * B * T
+    local stage_base = prog.done - start * step_tokens -- run tokens before this stage's step 0
     for step = start, steps - 1 do
       local ids, tg = ds:batch(step, accum * B, T, data_seed)
       local st = tr:step(ids, B, T, needs_targets and {targets = tg} or nil)
-      tok0 = tok0 + accum * B * T
+      tok0 = tok0 + step_tokens
       local el = hyb.time() - t0
       local tps = tok0 / math.max(el, 1e-9)
       local rec = {kind = "train", stage = name, stage_index = si, step = st.step, loss = st.loss, rkl = st.rkl,
         fkl = st.fkl, ce = st.ce, lr = st.lr, grad_norm = st.grad_norm, tok_s = tps}
       mf:write(json(rec), "\n")
-      if st.step % (run.log_every or 10) == 0 or st.step == steps or st.step == start + 1 then
+      local run_done_now = stage_base + st.step * step_tokens
+      prog:update(run_done_now, ("stage %d/%d %s  step %d/%d  loss %.4f  %.0f tok/s  ETA %s (stage %s)"):format(
+        si, #order, name, st.step, steps, st.loss, tps, P.duration(prog:eta(run_done_now)),
+        P.duration((steps - st.step) * el / math.max(st.step - start, 1))))
+      if prog.mode == "lines" and (st.step % (run.log_every or 10) == 0 or st.step == steps or st.step == start + 1) then
         local eta = (steps - st.step) * el / math.max(st.step - start, 1)
-        print(("  [%s] step %5d/%d  loss %.4f  lr %.2e  |g| %.3f  %7.0f tok/s  ETA %5.0f s"):format(name,
-          st.step, steps, st.loss, st.lr, st.grad_norm, tps, eta))
+        say(("  [%s] step %5d/%d  loss %.4f  lr %.2e  |g| %.3f  %7.0f tok/s  ETA %5.0f s  run ETA %s"):format(name,
+          st.step, steps, st.loss, st.lr, st.grad_norm, tps, eta, P.duration(prog:eta())))
       end
       if st.step % (run.eval_every or 50) == 0 or st.step == steps then
         local r = evaluate(st.step)
-        print(("  [%s] held-out at %d: loss %.4f"):format(name, st.step, r.loss))
+        last_val = r.loss
+        say(("  [%s] held-out at %d: loss %.4f"):format(name, st.step, r.loss))
       end
       mf:flush()
       if st.step % (run.ckpt_every or 50) == 0 and st.step < steps then
-        tr:save(ckpt, {stage = name, data_seed = data_seed})
+        tr:save(ckpt, {stage = name, data_seed = data_seed}, save_opts)
       end
       done_steps = done_steps + 1
       if exit_after and done_steps >= exit_after then
@@ -407,13 +492,28 @@ for si, name in ipairs(order) do
     end
     mf:close()
     student:save(dir .. "/model")
-    tr:save(final, {stage = name, data_seed = data_seed}) -- last: its presence marks the stage done
+    -- the student is a model: its directory carries the tokenizer (and chat template) it was
+    -- distilled with, so hyb generate / chat / serve and hyb.llm open it as it is
+    if tok then tok:save(dir .. "/model") end
+    -- last: its presence marks the stage done; a model snapshot (no optimiser state: the next
+    -- stage starts a new one), lean like the checkpoints; <stage>/model above is the whole model
+    tr:save(final, {stage = name, data_seed = data_seed}, final_opts)
     os.remove(ckpt)
     write_svg()
-    print(("stage %d '%s': done, %s"):format(si, name, final))
+    say(("stage %d/%d '%s': done, %s"):format(si, #order, name, final))
     prev = final
   end
   ::continue::
 end
 write_svg()
-print("distillation done: " .. out)
+prog:finish()
+prog:summary(("distillation done: %s (%d stages, %d steps; %s%s in this run)"):format(out, #order, run_steps,
+  last_val and ("final held-out loss %.4f, "):format(last_val) or "", P.duration(hyb.time() - run_t0)))
+if prev then
+  local last = prev:gsub("/[^/]*$", "") .. "/model"
+  if tok then
+    prog:summary("chat with the student: hyb chat --model " .. last)
+  else
+    prog:summary("chat with the student: hyb chat --model " .. last .. " --tokenizer <the teacher's tokenizer>")
+  end
+end

@@ -34,7 +34,7 @@ function E.parse_args(args, spec, usage)
     if key then
       local flag = key
       key = key:gsub("-", "_")
-      if spec[key] == nil then fail(("unknown option --%s"):format(flag)) end
+      if spec[key] == nil then fail(("unknown option --%s%s"):format(flag, require("recipelib").option_hint(flag, spec))) end
       if type(spec[key]) == "boolean" then
         o[key] = true
       else
@@ -83,7 +83,7 @@ end
 function E.data_spec(extra)
   local spec = {teacher = "", device = "", data = "", tokenizer = "", batches = 4, batch = 2,
     seq_len = 128, cache = "", val_fraction = 0.05, include = "", exclude = "", max_bytes = 0,
-    special = false, seed = 1, help = false}
+    special = false, seed = 1, help = false, quiet = false}
   for k, v in pairs(extra) do spec[k] = v end
   return spec
 end

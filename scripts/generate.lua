@@ -26,7 +26,7 @@ local usage = gen.usage("generate",
   "usage: hyb generate " .. gen.common_usage .. "\n         [--chat] [--quiet] PROMPT\n")
 
 local opts = gen.parse_args(arg, gen.with_sampling{
-  model = "string", stop = "list", chat = "flag", system = "string", device = "string",
+  model = "string", tokenizer = "string", stop = "list", chat = "flag", system = "string", device = "string",
   quiet = "flag", verbose = "flag",
 }, usage)
 if #opts._ ~= 1 then usage(#opts._ == 0 and "no prompt given" or "give the prompt as one argument") end
@@ -34,7 +34,7 @@ if #opts._ ~= 1 then usage(#opts._ == 0 and "no prompt given" or "give the promp
 local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the model loads
 if not opts.verbose then hyb.log_level("warn") end
 local device = gen.open_device(opts.device, "generate")
-local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device})
+local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device, tokenizer = opts.tokenizer})
 local prompt = opts._[1]
 local stops = opts.stop or {}
 if opts.chat then

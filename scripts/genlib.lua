@@ -29,7 +29,7 @@ function M.parse_args(argv, spec, usage)
     if a == "--help" or a == "-h" then usage() end
     if name then
       local kind = spec[name]
-      if not kind then usage("unknown option --" .. name) end
+      if not kind then usage("unknown option --" .. name .. require("recipelib").option_hint(name, spec)) end
       local lo, hi, lo_open
       if type(kind) == "table" then kind, lo, hi, lo_open = kind[1], kind[2], kind[3], kind[4] end
       if kind == "flag" then
@@ -76,7 +76,7 @@ M.sampling_spec = {
 }
 
 -- The usage text of the options generate and chat share.
-M.common_usage = "[--model PATH] [--temperature T] [--top-k K] [--top-p P]\n" ..
+M.common_usage = "[--model PATH] [--tokenizer PATH] [--temperature T] [--top-k K] [--top-p P]\n" ..
   "         [--repetition-penalty R] [--seed S] [--max-tokens N] [--max-ctx N]\n" ..
   "         [--device cpu|cuda[:N]] [--system TEXT] [--stop STR]... [--verbose]"
 

@@ -4,10 +4,14 @@
 # scripts/gpu_test.sh unpacks them with `dpkg -x` into a private prefix (no root, no apt there).
 #
 #   scripts/gpu_carry.sh [DIR]        # on a machine with apt sources (this one): fills DIR/*.deb
-#   HYB_CARRY_TOOLS=0 scripts/gpu_carry.sh   # without cmake (the GPU machine has one)
+#   HYB_CARRY_TOOLS=1 scripts/gpu_carry.sh   # with cmake too, for a machine that has none
+#
+# Default: no cmake. The lent H100/H200 image has CMake and ninja (KINDS.md), and cmake's closure
+# (cmake-data, libicu, perl, curl...) is 51 MB of the 64 MiB that may travel; without it .debs/ is
+# about 17 MB.
 #
 # What is carried: the dev packages of hyb's dependencies (Lua 5.4, OpenBLAS, toml++, PCRE2,
-# cJSON) and pkgconf, plus cmake unless HYB_CARRY_TOOLS=0, with the closure of their Depends,
+# cJSON) and pkgconf, plus cmake when HYB_CARRY_TOOLS=1, with the closure of their Depends,
 # minus what every Debian system has (Priority required/important) and minus the C toolchain's
 # own packages (libc6-dev, libstdc++6, ...: the GPU machine compiles, so it has them). The .debs
 # are for this machine's release and architecture: the GPU machine needs the same Debian release
@@ -18,7 +22,7 @@ out=${1:-.debs}
 LIBS=(liblua5.4-dev libopenblas-dev libopenblas0-pthread libopenblas-pthread-dev
       libtomlplusplus-dev libpcre2-dev libcjson-dev pkgconf)
 TOOLS=(cmake)
-[[ "${HYB_CARRY_TOOLS:-1}" == 1 ]] && LIBS+=("${TOOLS[@]}")
+[[ "${HYB_CARRY_TOOLS:-0}" == 1 ]] && LIBS+=("${TOOLS[@]}")
 # present wherever a C/C++ compiler is: never carried
 TOOLCHAIN=(libc6 libc6-dev libstdc++6 libgcc-s1 gcc-12-base libgomp1 linux-libc-dev libcrypt-dev
            libcrypt1 libnsl-dev libnsl2 libtirpc-dev libtirpc3 rpcsvc-proto)

@@ -11,13 +11,16 @@
 -- the mean loss of the last half of the steps is recorded. Least important = smallest loss.
 -- Writes JSON {"metric", "order" (least important first; from MMR when it ran, else LOO),
 -- "loo": {layer: kl}, "mmr": {layer: loss}} (scripts/distill.lua reads "order") and prints a table.
+-- Progress on stderr: a bar redrawn in place on a terminal (layer, score, ETA of the whole run),
+-- else one line per layer; --quiet prints only the table and errors (HYB_TTY=1/0 overrides).
 local hyb = require("hyb")
 local E = require("evallib")
+local P = require("progresslib")
 
 local usage = [=[usage: hyb importance --teacher PATH --data FILES [--tokenizer bytes|PATH] [--device cpu|cuda[:N]] [--batches 4]
        [--batch 2] [--seq-len 128] [--layers 0,1,...] [--mmr-steps 0] [--mmr-lr 1e-3]
        [--out ranking.json] [--cache PATH] [--val-fraction 0.05] [--seed 1]
-       [--include GLOBS] [--exclude GLOBS] [--max-bytes N] [--special]]=]
+       [--include GLOBS] [--exclude GLOBS] [--max-bytes N] [--special] [--quiet]]=]
 local o = E.parse_or_usage(arg, E.data_spec{layers = "", mmr_steps = 0, mmr_lr = 1e-3,
   out = "ranking.json"}, usage)
 
@@ -33,24 +36,35 @@ else
   for l = 0, L - 1 do layers[#layers + 1] = l end
 end
 
+-- progress in work units: a LOO layer = its forward batches; an MMR step ~ 3 forward batches
+-- (forward and backward of the student, forward of the teacher)
+local have_mamba = false
+for _, p in ipairs(hyb.plugins()) do if p.name == "mamba1" then have_mamba = true end end
+local mmr_on = o.mmr_steps > 0 and have_mamba
+local prog <close> = P.new{mode = P.mode(o.quiet, io.stderr), stream = io.stderr,
+  total = #layers * o.batches + (mmr_on and #layers * o.mmr_steps * 3 or 0)}
+local units = 0
+
 -- LOO
 local cache = {}
 local loo, rows = {}, {}
-for _, l in ipairs(layers) do
+for i, l in ipairs(layers) do
   local m <close> = hyb.train.clone(teacher)
   m:set_identity(l)
   local t0 = hyb.time()
   loo[l] = E.rkl(m, teacher, ds, o.batches, o.batch, o.seq_len, cache)
   rows[#rows + 1] = {layer = l, loo = loo[l], secs = hyb.time() - t0}
-  io.stderr:write(("LOO layer %d: rKL %.5f\n"):format(l, loo[l]))
+  units = units + o.batches
+  prog:update(units, ("LOO layer %d (%d/%d)  rKL %.5f  ETA %s"):format(l, i, #layers, loo[l], P.duration(prog:eta(units))))
+  if prog.mode == "lines" then
+    prog:log(("LOO layer %d: rKL %.5f  (%d/%d, ETA %s)"):format(l, loo[l], i, #layers, P.duration(prog:eta())))
+  end
 end
 
 -- MMR
 local mmr = nil
-local have_mamba = false
-for _, p in ipairs(hyb.plugins()) do if p.name == "mamba1" then have_mamba = true end end
 if o.mmr_steps > 0 and not have_mamba then
-  io.stderr:write("MMR skipped: the mamba1 plugin is not available (hyb plugins)\n")
+  prog:log("MMR skipped: the mamba1 plugin is not available (hyb plugins)")
 elseif o.mmr_steps > 0 then
   -- the teacher's attention shapes give the MIL-compatible mamba1 config (SPEC.md section 4)
   local tmp = os.tmpname()
@@ -69,7 +83,10 @@ elseif o.mmr_steps > 0 then
   mmr = {}
   for i, l in ipairs(layers) do
     local mixer_name = map.layout.layers and map.layout.layers[l + 1]
-    if mixer_name and map.mixers[mixer_name].type ~= "mha" then goto next_layer end -- attention layers only
+    if mixer_name and map.mixers[mixer_name].type ~= "mha" then -- attention layers only
+      units = units + o.mmr_steps * 3
+      goto next_layer
+    end
     do
     local m <close> = hyb.train.clone(teacher)
     swap_opts.seed = o.seed + l
@@ -80,14 +97,21 @@ elseif o.mmr_steps > 0 then
       local ids = ds:batch(step, o.batch, o.seq_len, o.seed)
       local st = tr:step(ids, o.batch, o.seq_len)
       if step >= o.mmr_steps // 2 then sum, n = sum + st.loss, n + 1 end
+      units = units + 3
+      prog:update(units, ("MMR layer %d (%d/%d)  step %d/%d  loss %.5f  ETA %s"):format(l, i, #layers, step + 1,
+        o.mmr_steps, st.loss, P.duration(prog:eta(units))))
     end
     mmr[l] = sum / n
     rows[i].mmr = mmr[l]
-    io.stderr:write(("MMR layer %d: loss %.5f\n"):format(l, mmr[l]))
+    if prog.mode == "lines" then
+      prog:log(("MMR layer %d: loss %.5f  (%d/%d, ETA %s)"):format(l, mmr[l], i, #layers, P.duration(prog:eta())))
+    end
     end
     ::next_layer::
   end
 end
+
+prog:finish()
 
 local function order_by(scores)
   local ord = {}

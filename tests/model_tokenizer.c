@@ -153,6 +153,41 @@ static void test_unknown_bytes(void) {
     free(ids);
 }
 
+/* The GGUF tokenizer written as tokenizer.json + tokenizer_config.json (what a saved student
+ * carries) and read back: bos/eos and every sample's ids as HF's. */
+static void test_saved_from_gguf(void) {
+    char dir[256];
+    CHECK(harness_mkdtemp(dir, sizeof dir, "toksave") == 0);
+    CHECK_MSG(hyb_tokenizer_save_hf(tg, dir, NULL, 8192) == HYB_OK, "%s", hyb_error());
+    hyb_tokenizer *u = hyb_tokenizer_load_json(harness_sub(dir, "tokenizer.json"));
+    CHECK_MSG(u != NULL, "%s", hyb_error());
+    if (u) {
+        CHECK(hyb_tokenizer_bos_id(u) == 1 && hyb_tokenizer_eos_id(u) == 2);
+        cJSON *g = read_json("smollm2_golden.json");
+        const cJSON *e;
+        int k = 0, same = 0;
+        cJSON_ArrayForEach(e, g) {
+            const char *text = cJSON_GetObjectItem(e, "text")->valuestring;
+            const cJSON *gold = cJSON_GetObjectItem(e, "ids");
+            int32_t *a = NULL;
+            size_t na = 0;
+            CHECK(hyb_tokenizer_encode_alloc(u, text, strlen(text), 0, &a, &na) == HYB_OK);
+            int eq = (size_t)cJSON_GetArraySize(gold) == na;
+            for (size_t i = 0; eq && i < na; i++)
+                eq = a[i] == cJSON_GetArrayItem(gold, (int)i)->valueint;
+            CHECK_MSG(eq, "sample %d: the saved tokenizer's ids differ from HF for \"%.60s\"", k,
+                      text);
+            same += eq;
+            free(a);
+            k++;
+        }
+        printf("  %d/%d samples: GGUF tokenizer saved as tokenizer.json = HF golden\n", same, k);
+        cJSON_Delete(g);
+    }
+    hyb_tokenizer_free(u);
+    harness_rm_rf(dir);
+}
+
 int main(void) {
     const char *env = getenv("HYB_MODEL");
     if (env && *env)
@@ -179,6 +214,7 @@ int main(void) {
     RUN(test_samples);
     RUN(test_chat_template_tokens);
     RUN(test_unknown_bytes);
+    RUN(test_saved_from_gguf);
     hyb_tokenizer_free(tg);
     hyb_tokenizer_free(tj);
     return harness_done();

@@ -91,10 +91,16 @@ static void roundtrip(int tied) {
     cJSON *js = harness_read_json(p);
     CHECK_MSG(js != NULL, "%s missing or not JSON", p);
     if (js) {
-        CHECK(!strcmp(harness_jstr(js, "model_type"), "apriel_h"));
+        /* the names of the released checkpoints and Fast-LLM's export (issue 16) */
+        CHECK(!strcmp(harness_jstr(js, "model_type"), "apriel_hybrid_ssm"));
         const cJSON *arch = cJSON_GetObjectItemCaseSensitive(js, "architectures");
         CHECK(cJSON_IsArray(arch) && cJSON_GetArraySize(arch) == 1 &&
-              !strcmp(cJSON_GetArrayItem(arch, 0)->valuestring, "AprielHForCausalLM"));
+              !strcmp(cJSON_GetArrayItem(arch, 0)->valuestring, "AprielHybridSSMForCausalLM"));
+        const cJSON *am = cJSON_GetObjectItemCaseSensitive(js, "auto_map");
+        CHECK(am && !strcmp(harness_jstr(am, "AutoModelForCausalLM"),
+                            "modeling_apriel_hybrid_ssm.AprielHybridSSMForCausalLM") &&
+              !strcmp(harness_jstr(am, "AutoConfig"),
+                      "configuration_apriel_hybrid_ssm.AprielHybridSSMConfig"));
         CHECK(harness_jnum(js, "hidden_size") == 32 && harness_jnum(js, "intermediate_size") == 40);
         CHECK(harness_jnum(js, "num_hidden_layers") == 4 && harness_jnum(js, "vocab_size") == 48);
         CHECK(harness_jnum(js, "num_attention_heads") == 4 &&

@@ -267,7 +267,7 @@ static void test_err_model_keys(void) {
 static void test_err_nonpositive(void) {
     EXPECT_MAP_ERROR("[model]\nd_model = 0\nn_layers = 4\nvocab_size = 256\nd_ff = 128\n"
                      "max_seq = 32\n" MIXERS_OK "[layout]\npattern = \"tttt\"\n",
-                     HYB_ERR_FORMAT, "t.toml:2:11:", "model.d_model must be positive", "got 0");
+                     HYB_ERR_FORMAT, "t.toml:2:11:", "model.d_model must be positive (range [1, ", "got 0");
     EXPECT_MAP_ERROR("[model]\nd_model = 64\nn_layers = -4\nvocab_size = 256\nd_ff = 128\n"
                      "max_seq = 32\n" MIXERS_OK "[layout]\npattern = \"tttt\"\n",
                      HYB_ERR_FORMAT, "t.toml:3:12:", "model.n_layers must be positive", "-4");

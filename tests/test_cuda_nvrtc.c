@@ -77,10 +77,20 @@ static void test_all_kernels_compile(void) {
     }
     CHECK(nfiles >= 3); /* elementwise.cu, rows.cu, loss.cu */
     CHECK(hyb_cuda_source_text("common.cuh") != NULL);
+    /* the variant builds the backend loads: store.cu with bf16 storage */
+    static const char *const bf16[] = {"-DHYB_STORE_BF16"};
+    for (int arch = 80; arch <= 90; arch += 10) {
+        hyb_cuda_image img;
+        int rc = hyb_cuda_compile_builtin_opts("store.cu", bf16, 1, arch, 1, &img);
+        CHECK_MSG(rc == HYB_OK, "store.cu -DHYB_STORE_BF16 for sm_%d: %s", arch, hyb_error());
+        if (rc != HYB_OK) continue;
+        CHECK(check_symbols("store.cu", hyb_cuda_source_text("store.cu"), &img, arch) == 4);
+        hyb_cuda_image_free(&img);
+    }
 }
 
 /* ---- the plugins' kernel files ----------------------------------------------------------------
- * Every plugins/<name>/*.cu (and plugins/common/*.cu) of the source tree, for sm_80 and sm_90, in
+ * Every .cu file of plugins/<name>/ (and of plugins/common/) in the source tree, for sm_80 and sm_90, in
  * each variant it declares. Two comment lines in a .cu file tell this test what the plugin does
  * at run time:
  *   // hyb-prepend: a.cuh b.cuh      files the plugin puts before this one (its own directory or
@@ -128,7 +138,7 @@ static char *plugin_full_source(const char *dir, const char *common, const char 
     if (next_tag(&p, "// hyb-prepend:", line, sizeof line)) {
         for (char *save = NULL, *tok = strtok_r(line, " \t", &save); tok;
              tok = strtok_r(NULL, " \t", &save)) {
-            char path[1024];
+            char path[2600];
             snprintf(path, sizeof path, "%s/%s", dir, tok);
             char *h = slurp(path);
             if (!h) {
@@ -184,8 +194,8 @@ static void test_plugin_kernels_compile(void) {
         for (int v = 0; v < nv; v++) {
             const char *opts[16];
             int nopts = 0;
-            char buf[512];
-            snprintf(buf, sizeof buf, "%s", vars[v]);
+            char buf[sizeof vars[0]];
+            memcpy(buf, vars[v], sizeof buf);
             for (char *save = NULL, *tok = strtok_r(buf, " \t", &save); tok && nopts < 16;
                  tok = strtok_r(NULL, " \t", &save))
                 opts[nopts++] = tok;

@@ -7,6 +7,9 @@
  *  - a longer sequence on the threaded path: prefill + decode, and a directional derivative
  *  - DIL init from an `mha` mixer copies exactly (GQA heads repeated), and shape mismatches fail
  *  - config errors name file:line:col and the key
+ *  - the device kernels (every backend that opens; HYB_CUDA_EMULATE=1 for the emulated CUDA)
+ *    against the CPU on a ragged value slab and on sub-chunked chunks, and through prefills
+ *    that continue states, and a shape too large for the kernels refused by name (CUDA only)
  *  - in a model (mha + deltanet + gated_deltanet layers): prefill + batched decode equals the
  *    forward, a training backward reaches the mixers, and a DIL swap of an attention layer
  *    starts as an identity mixer (zero output gate): logits equal the leave-one-out model's
@@ -329,8 +332,241 @@ static void test_hybrid_model(void) {
     }
 }
 
+/* ---- device kernels on shapes the shared harness row does not reach ---------------------------
+ * test_mixers' row (head_dim 8, chunk 4) runs the CUDA kernels with two full value slabs and
+ * whole chunks. Here: head_dim 5 (slabs of 2 columns: a ragged last slab) with a chunk of 3, and
+ * head_dim 64 with chunk 64 (the forward splits each chunk into sub-chunks that fit its shared
+ * memory; T = 70 crosses a chunk). Every device that opens (HYB_CUDA_EMULATE=1: the emulated
+ * one) against the CPU, forward / backward / prefill / decode at T = 5, 37, 70. Weights of
+ * head_dim 64 are scaled by 0.2, not 0.3: at 0.3 the two devices' dx differ by up to 1.2e-5
+ * (max rel) however the device orders its sums (sub-chunks of 1, 7 or 34 tokens: the same), so
+ * that is f32 conditioning (the L2-norm backward removes most of dq, dk), not a kernel error. */
+
+static void test_device_shapes(void) {
+    static const struct {
+        int D;
+        const char *toml;
+        float scale;
+    } SH[2] = {{12, "n_heads = 3\nhead_dim = 5\nconv_size = 3\nchunk = 3\n", 0.3f},
+               {32, "n_heads = 2\nhead_dim = 64\nchunk = 64\n", 0.2f}};
+    for (int gated = 0; gated < 2; gated++)
+        for (int i = 0; i < 2; i++) {
+            mh_inst I;
+            printf("   %s, D = %d, %s\n", TYPES[gated], SH[i].D, SH[i].toml);
+            if (inst_new(&I, TYPES[gated], SH[i].D, SH[i].toml, 31 + i, SH[i].scale) == 0) {
+                mh_case c = mh_default_case(TYPES[gated], SH[i].D, SH[i].toml);
+                mh_check_backends(&c, &I);
+            }
+            mh_inst_free(&I);
+        }
+}
+
+/* ---- a continued prefill on the device ---------------------------------------------------------
+ * test_mixers' device rows prefill from position 0, then decode. Here prefills continue states:
+ * segments of 5, 2 (shorter than the conv window K - 1 = 3) and 7 tokens, then a decode step, for
+ * two sequences of which the second restarts at position 0 in the second segment (one call mixes
+ * a continued and a fresh state); outputs and the final states (S and conv windows) against the
+ * CPU's. */
+static void test_device_continue(void) {
+    const hyb_backend *be = NULL;
+    const char *need = getenv("HYB_TEST_REQUIRE_DEVICE");
+    if (hyb_backend_open("cuda", &be) != HYB_OK || !be) {
+        CHECK_MSG(!need || strcmp(need, "cuda") != 0, "HYB_TEST_REQUIRE_DEVICE=cuda: %s",
+                  hyb_error());
+        printf("   skip: %s\n", hyb_error());
+        return;
+    }
+    enum { B = 2, M = 24, NSEG = 4, TMAX = 7 };
+    static const int SEG[NSEG] = {5, 2, 7, 1};
+    const mh_tol tol = {.rel1 = 1e-5};
+    for (int gated = 0; gated < 2; gated++) {
+        mh_inst I;
+        if (inst_new(&I, TYPES[gated], DD, DEC_TOML[0], 41, 0.3f) != 0) {
+            mh_inst_free(&I);
+            continue;
+        }
+        const hyb_mixer_kernels *k = &I.m->desc->kernels[be->device];
+        const int np = I.m->n_params;
+        const size_t sb = hyb_mixer_state_bytes(I.m, M), nx = (size_t)B * TMAX * DD;
+        int ok = k->forward != NULL;
+        float *dp[16] = {0}, *xd = be->alloc(be, nx * 4), *yd = be->alloc(be, nx * 4);
+        void *hs[B], *ds[B];
+        for (int i = 0; i < np; i++) {
+            dp[i] = be->alloc(be, (size_t)mh_pnumel(&I, i) * 4);
+            ok &= dp[i] && be->upload(be, dp[i], I.pp[i], (size_t)mh_pnumel(&I, i) * 4) == HYB_OK;
+        }
+        for (int b = 0; b < B; b++) {
+            hs[b] = calloc(1, sb);
+            ds[b] = be->alloc(be, sb);
+            ok &= ds[b] && be->memset0(be, ds[b], sb) == HYB_OK;
+        }
+        ok &= xd && yd;
+        CHECK_MSG(ok, "%s: device buffers: %s", TYPES[gated], hyb_error());
+        hyb_rng r;
+        hyb_rng_seed(&r, 9);
+        int32_t pos[B] = {0, 0};
+        float *y0 = malloc(nx * 4), *y1 = malloc(nx * 4);
+        for (int s = 0; ok && s < NSEG; s++) {
+            const int T = SEG[s];
+            if (s == 1) pos[1] = 0; /* sequence 1 starts afresh */
+            float *x = mh_randn(&r, (size_t)B * T * DD, 1.0f);
+            const float *const *cdp = (const float *const *)dp;
+            int rc0, rc1;
+            ok &= be->upload(be, xd, x, (size_t)B * T * DD * 4) == HYB_OK;
+            if (T > 1) {
+                rc0 = mh_fwd(&I, B, T, x, y0, NULL, hs, pos, M);
+                hyb_mixer_fwd a = {.B = B, .T = T, .be = be, .x = xd, .y = yd, .params = cdp,
+                                   .states = ds, .pos = pos, .max_ctx = M};
+                rc1 = k->forward(I.m->self, &a);
+            } else {
+                rc0 = mh_dec(&I, B, x, y0, hs, pos, M);
+                hyb_mixer_dec a = {.n = B, .be = be, .x = xd, .y = yd, .params = cdp,
+                                   .states = ds, .pos = pos, .max_ctx = M};
+                rc1 = k->decode(I.m->self, &a);
+            }
+            CHECK_MSG(rc0 == HYB_OK && rc1 == HYB_OK, "%s segment %d: %s", TYPES[gated], s,
+                      hyb_error());
+            ok &= rc0 == HYB_OK && rc1 == HYB_OK &&
+                  be->download(be, y1, yd, (size_t)B * T * DD * 4) == HYB_OK;
+            char what[96];
+            snprintf(what, sizeof what, "%s %d tokens at %d, %d", T > 1 ? "prefill" : "decode", T,
+                     pos[0], pos[1]);
+            if (ok) mh_compare(what, y1, y0, (long)B * T * DD, tol);
+            for (int b = 0; b < B; b++)
+                pos[b] += T;
+            free(x);
+        }
+        float *st = malloc(sb);
+        for (int b = 0; ok && b < B; b++) {
+            ok &= be->download(be, st, ds[b], sb) == HYB_OK;
+            char what[64];
+            snprintf(what, sizeof what, "state %d (S, windows)", b);
+            mh_compare(what, st, hs[b], (long)(sb / 4), tol);
+        }
+        CHECK_MSG(ok, "%s: %s", TYPES[gated], hyb_error());
+        free(st), free(y0), free(y1);
+        for (int b = 0; b < B; b++) {
+            free(hs[b]);
+            be->free(be, ds[b]);
+        }
+        for (int i = 0; i < np; i++)
+            be->free(be, dp[i]);
+        be->free(be, xd);
+        be->free(be, yd);
+        mh_inst_free(&I);
+    }
+}
+
+/* ---- a shape the device kernels cannot take -----------------------------------------------------
+ * B * T rows beyond a grid's 2^31 - 1: HYB_ERR_UNSUPPORTED naming the mixer, the op and the shape,
+ * before any memory is touched (x and y are never read: NULL here), not a CPU fallback. */
+static void test_device_unsupported(void) {
+    const hyb_backend *be = NULL;
+    const char *need = getenv("HYB_TEST_REQUIRE_DEVICE");
+    if (hyb_backend_open("cuda", &be) != HYB_OK || !be) {
+        CHECK_MSG(!need || strcmp(need, "cuda") != 0, "HYB_TEST_REQUIRE_DEVICE=cuda: %s",
+                  hyb_error());
+        printf("   skip: %s\n", hyb_error());
+        return;
+    }
+    for (int gated = 0; gated < 2; gated++) {
+        mh_inst I;
+        if (inst_new(&I, TYPES[gated], DD, DEC_TOML[0], 41, 0.3f) == 0) {
+            const hyb_mixer_kernels *k = &I.m->desc->kernels[be->device];
+            hyb_mixer_fwd a = {.B = 65536, .T = 65536, .be = be, .params = I.pp};
+            const int rc = k->forward(I.m->self, &a);
+            const char *e = hyb_error();
+            printf("   %s\n", e);
+            CHECK_MSG(rc == HYB_ERR_UNSUPPORTED && strstr(e, TYPES[gated]) &&
+                          strstr(e, "cuda forward") && strstr(e, "B = 65536, T = 65536"),
+                      "rc %d: %s", rc, e);
+        }
+        mh_inst_free(&I);
+    }
+}
+
+/* ---- a decode step as a CUDA graph ------------------------------------------------------------
+ * The device decode uploads nothing and never waits (states go to the kernels by value), so it
+ * can be captured (be->graph_begin / graph_end) and replayed: after a prefill of 6 tokens, one
+ * captured decode step replayed 4 times with new inputs in the same device buffer equals 4 CPU
+ * decode steps. */
+static void test_device_graph(void) {
+    const hyb_backend *be = NULL;
+    if (hyb_backend_open("cuda", &be) != HYB_OK || !be || !be->graph_begin) {
+        printf("   skip: %s\n", hyb_error());
+        return;
+    }
+    enum { B = 2, M = 24, T0 = 6, STEPS = 4 };
+    const mh_tol tol = {.rel1 = 1e-5};
+    for (int gated = 0; gated < 2; gated++) {
+        mh_inst I;
+        if (inst_new(&I, TYPES[gated], DD, DEC_TOML[0], 41, 0.3f) != 0) {
+            mh_inst_free(&I);
+            continue;
+        }
+        const hyb_mixer_kernels *k = &I.m->desc->kernels[be->device];
+        const int np = I.m->n_params;
+        const size_t sb = hyb_mixer_state_bytes(I.m, M), nx = (size_t)B * T0 * DD;
+        float *dp[16] = {0}, *xd = be->alloc(be, nx * 4), *yd = be->alloc(be, nx * 4);
+        void *hs[B], *ds[B];
+        for (int i = 0; i < np; i++) {
+            dp[i] = be->alloc(be, (size_t)mh_pnumel(&I, i) * 4);
+            be->upload(be, dp[i], I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
+        }
+        for (int b = 0; b < B; b++) {
+            hs[b] = calloc(1, sb);
+            ds[b] = be->alloc(be, sb);
+            be->memset0(be, ds[b], sb);
+        }
+        hyb_rng r;
+        hyb_rng_seed(&r, 9);
+        float *x = mh_randn(&r, nx, 1.0f), *y0 = malloc(nx * 4), *y1 = malloc(nx * 4);
+        const float *const *cdp = (const float *const *)dp;
+        int32_t pos[B] = {0, 0};
+        CHECK(mh_fwd(&I, B, T0, x, y0, NULL, hs, pos, M) == HYB_OK);
+        be->upload(be, xd, x, nx * 4);
+        hyb_mixer_fwd a = {.B = B, .T = T0, .be = be, .x = xd, .y = yd, .params = cdp,
+                           .states = ds, .pos = pos, .max_ctx = M};
+        CHECK(k->forward(I.m->self, &a) == HYB_OK);
+        pos[0] = pos[1] = T0;
+        hyb_mixer_dec da = {.n = B, .be = be, .x = xd, .y = yd, .params = cdp, .states = ds,
+                            .pos = pos, .max_ctx = M};
+        void *g = NULL;
+        CHECK_MSG(be->graph_begin(be) == HYB_OK, "%s", hyb_error());
+        int rc = k->decode(I.m->self, &da);
+        CHECK_MSG(be->graph_end(be, &g) == HYB_OK && rc == HYB_OK && g, "%s", hyb_error());
+        for (int s = 0; g && s < STEPS; s++) {
+            float *xs = mh_randn(&r, (size_t)B * DD, 1.0f);
+            CHECK(mh_dec(&I, B, xs, y0, hs, pos, M) == HYB_OK);
+            be->upload(be, xd, xs, (size_t)B * DD * 4);
+            CHECK_MSG(be->graph_launch(be, g) == HYB_OK, "%s", hyb_error());
+            be->download(be, y1, yd, (size_t)B * DD * 4);
+            char what[64];
+            snprintf(what, sizeof what, "graph decode step %d", s);
+            mh_compare(what, y1, y0, (long)B * DD, tol);
+            pos[0]++, pos[1]++;
+            free(xs);
+        }
+        if (g) be->graph_free(be, g);
+        for (int b = 0; b < B; b++) {
+            free(hs[b]);
+            be->free(be, ds[b]);
+        }
+        for (int i = 0; i < np; i++)
+            be->free(be, dp[i]);
+        be->free(be, xd);
+        be->free(be, yd);
+        free(x), free(y0), free(y1);
+        mh_inst_free(&I);
+    }
+}
+
 int main(void) {
     if (mh_require("deltanet", "gated_deltanet", "mha", NULL)) return 1;
+    RUN(test_device_shapes);
+    RUN(test_device_continue);
+    RUN(test_device_unsupported);
+    RUN(test_device_graph);
     RUN(test_chunk_sizes);
     RUN(test_long_sequence);
     RUN(test_init_from_mha);

@@ -23,6 +23,7 @@
 
 #include "harness.h"
 #include "hyb/backend.h"
+#include "hyb/engine.h"
 #include "hyb/model.h"
 
 /* ---- the mock device --------------------------------------------------------------------------
@@ -126,6 +127,19 @@ static int mock_rmsnorm_fwd(const hyb_backend *be, const float *x, const float *
     const hyb_backend *c = hyb_backend_cpu();
     return c->rmsnorm_fwd(c, x, w, y, rstd, rows, D, eps);
 }
+static int mock_add_rmsnorm_fwd(const hyb_backend *be, const float *a, const float *b,
+                                const float *w, float *h, float *y, float *rstd, int64_t rows,
+                                int64_t D, float eps) {
+    (void)be;
+    g_calls[2]++;
+    own(a, "add_rmsnorm a");
+    own(b, "add_rmsnorm b");
+    own(w, "add_rmsnorm w");
+    own(h, "add_rmsnorm h");
+    own(y, "add_rmsnorm y");
+    const hyb_backend *c = hyb_backend_cpu();
+    return c->add_rmsnorm_fwd(c, a, b, w, h, y, rstd, rows, D, eps);
+}
 static int mock_adamw(const hyb_backend *be, float *p, const float *g, float *m, float *v,
                       int64_t n, float b1, float b2, float eps, float shrink, float step,
                       float ibc2) {
@@ -137,6 +151,27 @@ static int mock_adamw(const hyb_backend *be, float *p, const float *g, float *m,
     own(v, "adamw v");
     const hyb_backend *c = hyb_backend_cpu();
     return c->adamw(c, p, g, m, v, n, b1, b2, eps, shrink, step, ibc2);
+}
+static int mock_adamw_multi(const hyb_backend *be, const hyb_adamw_tensor *t, int count, float b1,
+                            float b2, float eps, float ibc2) {
+    (void)be;
+    g_calls[3]++;
+    for (int i = 0; i < count; i++) {
+        own(t[i].p, "adamw_multi p");
+        own(t[i].g, "adamw_multi g");
+        own(t[i].m, "adamw_multi m");
+        own(t[i].v, "adamw_multi v");
+    }
+    const hyb_backend *c = hyb_backend_cpu();
+    return c->adamw_multi(c, t, count, b1, b2, eps, ibc2);
+}
+static int mock_sample(const hyb_backend *be, const float *lg, int64_t n, int64_t V,
+                       const hyb_sample_row *rows, int32_t *out) {
+    (void)be;
+    g_calls[7]++;
+    own(lg, "sample logits");
+    const hyb_backend *c = hyb_backend_cpu();
+    return c->sample(c, lg, n, V, rows, out);
 }
 static int mock_ce_fwd(const hyb_backend *be, const float *lg, const int32_t *t, const float *w,
                        float *lse, int64_t rows, int64_t V, double *sum) {
@@ -171,7 +206,10 @@ static void mock_init(void) {
     MOCK.sgemm = mock_sgemm;
     MOCK.rope = mock_rope;
     MOCK.rmsnorm_fwd = mock_rmsnorm_fwd;
+    MOCK.add_rmsnorm_fwd = mock_add_rmsnorm_fwd;
     MOCK.adamw = mock_adamw;
+    MOCK.adamw_multi = mock_adamw_multi;
+    MOCK.sample = mock_sample;
     MOCK.ce_fwd = mock_ce_fwd;
     CHECK(hyb_backend_add_provider(&MOCK_PROVIDER) == HYB_OK);
 }
@@ -192,23 +230,37 @@ static hyb_model *build(void) {
 }
 
 /* Mixer descriptors with the CPU kernels declared for the mock device too (its memory is host
- * memory, so the CPU kernels are right there; they compute through the `be` they are given). */
-static hyb_mixer_desc g_desc[8];
-static int g_n_desc;
-static void give_mock_kernels(hyb_model *m) {
+ * memory, so the CPU kernels are right there; they compute through the `be` they are given), or
+ * (strip_device_kernels) with no kernels for it, whatever the plugins ship, so the refusals do
+ * not depend on which mixers have CUDA kernels yet. */
+typedef struct desc_set {
+    hyb_mixer_desc d[8];
+    int n;
+} desc_set;
+static desc_set g_mock_descs, g_cpu_only_descs;
+static void swap_descs(hyb_model *m, desc_set *s, int give) {
     for (int l = 0; l < m->L; l++) {
         hyb_mixer *mx = m->layers[l].mixer;
         if (!mx) continue;
         int k = 0;
-        while (k < g_n_desc && strcmp(g_desc[k].name, mx->desc->name) != 0)
+        while (k < s->n && strcmp(s->d[k].name, mx->desc->name) != 0)
             k++;
-        if (k == g_n_desc) {
-            g_desc[k] = *mx->desc;
-            g_desc[k].kernels[HYB_DEV_CUDA] = g_desc[k].kernels[HYB_DEV_CPU];
-            g_n_desc++;
+        if (k == s->n) {
+            s->d[k] = *mx->desc;
+            if (give)
+                s->d[k].kernels[HYB_DEV_CUDA] = s->d[k].kernels[HYB_DEV_CPU];
+            else
+                memset(&s->d[k].kernels[HYB_DEV_CUDA], 0, sizeof s->d[k].kernels[HYB_DEV_CUDA]);
+            s->n++;
         }
-        mx->desc = &g_desc[k];
+        mx->desc = &s->d[k];
     }
+}
+static void give_mock_kernels(hyb_model *m) {
+    swap_descs(m, &g_mock_descs, 1);
+}
+static void strip_device_kernels(hyb_model *m) {
+    swap_descs(m, &g_cpu_only_descs, 0);
 }
 
 static void params_host(hyb_model *m, float **out, int64_t *total) {
@@ -237,10 +289,11 @@ static void test_refusals(void) {
     CHECK(hyb_backend_open("mock", &be) == HYB_OK && be == &MOCK);
     CHECK(hyb_backend_get(HYB_DEV_CUDA) == &MOCK);
 
-    /* the plugins declare CPU kernels only: moving there is refused, naming what is missing,
-     * and nothing moves */
+    /* mixers with CPU kernels only: moving there is refused, naming what is missing, and
+     * nothing moves */
     hyb_model *m = build();
     if (!m) return;
+    strip_device_kernels(m);
     CHECK(hyb_model_to_device(m, be) == HYB_ERR_UNSUPPORTED);
     CHECK_MSG(strstr(hyb_error(), "mixer 'mha' (layer 0) has no forward kernel for device cuda") &&
                   strstr(hyb_error(), "kernels for: cpu"),
@@ -358,10 +411,22 @@ static void test_train_on_device(void) {
         next[0] = (next[0] + 5) % 53;
         next[1] = (next[1] + 3) % 53;
     }
-    /* a swap on a device model builds the new mixer on the CPU, then moves it */
-    CHECK(hyb_model_swap(dev, 1, "mha", dev->map->mixers[0].table, 0, 3) == HYB_ERR_UNSUPPORTED);
-    CHECK_MSG(strstr(hyb_error(), "no forward kernel for device cuda"), "%s", hyb_error());
-    CHECK(dev->layers[1].mixer && strcmp(dev->layers[1].mixer->type, "mamba1") == 0);
+    /* a swap on a device model builds the new mixer on the CPU, then moves it: refused when the
+     * plugin has no kernels for the device (the layer keeps its mixer), else done */
+    const hyb_mixer_desc *mha_desc = NULL;
+    CHECK(hyb_plugin_find("mha", &mha_desc) == HYB_OK && mha_desc);
+    if (mha_desc && !mha_desc->kernels[HYB_DEV_CUDA].forward) {
+        CHECK(hyb_model_swap(dev, 1, "mha", dev->map->mixers[0].table, 0, 3) ==
+              HYB_ERR_UNSUPPORTED);
+        CHECK_MSG(strstr(hyb_error(), "no forward kernel for device cuda"), "%s", hyb_error());
+        CHECK(dev->layers[1].mixer && strcmp(dev->layers[1].mixer->type, "mamba1") == 0);
+    } else if (mha_desc) {
+        CHECK_MSG(hyb_model_swap(dev, 1, "mha", dev->map->mixers[0].table, 0, 3) == HYB_OK, "%s",
+                  hyb_error());
+        CHECK(dev->layers[1].mixer && strcmp(dev->layers[1].mixer->type, "mha") == 0);
+        for (int i = 0; i < dev->n_params; i++)
+            CHECK(dev->params[i]->device == HYB_DEV_CUDA);
+    }
 
     hyb_kvstate_free(k1);
     hyb_kvstate_free(k2);
@@ -375,6 +440,92 @@ static void test_train_on_device(void) {
               g_foreign);
 }
 
+/* ---- the engine on the device: sampling there (be->sample) gives the CPU's tokens ---------- */
+typedef struct {
+    int events, with_logits, final_with_logits;
+} ev_count;
+static int count_event(void *user, const hyb_token_event *ev) {
+    ev_count *c = user;
+    c->events++;
+    c->with_logits += ev->logits != NULL;
+    if (ev->finish >= 0) c->final_with_logits += ev->logits != NULL;
+    return 0;
+}
+
+enum { N_REQ = 4, MAX_TOK = 10 };
+static void engine_tokens(hyb_model *m, int32_t toks[N_REQ][MAX_TOK], int *n_toks, ev_count ec[2]) {
+    hyb_engine_opts o = hyb_engine_defaults();
+    o.slots = 3; /* 4 requests: one waits for a slot */
+    o.max_ctx = 32;
+    hyb_engine *e = NULL;
+    CHECK_MSG(hyb_engine_new(m, &o, &e) == HYB_OK, "%s", hyb_error());
+    if (!e) return;
+    static const hyb_sampler_params sp[N_REQ] = {{0.0f, 0, 1.0f, 1.0f},
+                                                 {0.9f, 10, 1.0f, 1.0f},
+                                                 {1.2f, 0, 0.8f, 1.2f},
+                                                 {0.7f, 5, 0.9f, 1.0f}};
+    for (int r = 0; r < N_REQ; r++) {
+        int32_t prompt[6];
+        for (int i = 0; i < 6; i++)
+            prompt[i] = (r * 13 + i * 7 + 2) % 53;
+        hyb_request_params p = hyb_request_defaults();
+        p.max_tokens = MAX_TOK;
+        p.sampler = sp[r];
+        p.seed = 100 + (uint64_t)r;
+        if (r >= 2) { /* a callback that wants every row's logits, and one the final only */
+            p.on_token = count_event;
+            p.user = &ec[r - 2];
+            if (r == 3) p.flags = HYB_REQ_FINAL_LOGITS;
+        }
+        CHECK_MSG(hyb_engine_submit(e, prompt, 2 + r, &p, NULL) == HYB_OK, "%s", hyb_error());
+    }
+    CHECK_MSG(hyb_engine_run(e) == HYB_OK, "%s", hyb_error());
+    hyb_completion c;
+    while (hyb_engine_pop(e, &c)) {
+        const int r = (int)c.id - 1;
+        if (r >= 0 && r < N_REQ) {
+            n_toks[r] = c.n_tokens;
+            memcpy(toks[r], c.tokens, sizeof(int32_t) * (size_t)c.n_tokens);
+        }
+        hyb_completion_free(&c);
+    }
+    hyb_engine_free(e);
+}
+
+static void test_engine_on_device(void) {
+    hyb_model *ref = build(), *dev = build();
+    if (!ref || !dev) return;
+    const hyb_backend *be = NULL;
+    CHECK_MSG(hyb_backend_open(g_dev, &be) == HYB_OK, "%s", hyb_error());
+    if (!be) return;
+    give_mock_kernels(dev);
+    CHECK_MSG(hyb_model_to_device(dev, be) == HYB_OK, "%s", hyb_error());
+    int32_t t1[N_REQ][MAX_TOK], t2[N_REQ][MAX_TOK];
+    int n1[N_REQ] = {0}, n2[N_REQ] = {0};
+    ev_count e1[2] = {{0}}, e2[2] = {{0}};
+    engine_tokens(ref, t1, n1, e1);
+    long s0 = g_calls[7];
+    engine_tokens(dev, t2, n2, e2);
+    CHECK(!g_mock || g_calls[7] > s0); /* it sampled on the device */
+    for (int r = 0; r < N_REQ; r++) {
+        CHECK_MSG(n1[r] == MAX_TOK && n2[r] == n1[r] &&
+                      memcmp(t1[r], t2[r], sizeof(int32_t) * (size_t)n1[r]) == 0,
+                  "request %d: the device's tokens differ from the CPU's", r);
+        printf("  request %d:", r);
+        for (int i = 0; i < n2[r]; i++)
+            printf(" %d", t2[r][i]);
+        printf("\n");
+    }
+    /* every event of the plain callback has logits; with HYB_REQ_FINAL_LOGITS the final one
+     * does (on the CPU all do) */
+    CHECK(e2[0].events == MAX_TOK && e2[0].with_logits == MAX_TOK);
+    CHECK(e2[1].events == MAX_TOK && e2[1].final_with_logits == 1);
+    CHECK_MSG(e2[1].with_logits == 2, "%d events with logits", /* + the prefill token's */
+              e2[1].with_logits);
+    hyb_model_free(ref);
+    hyb_model_free(dev);
+}
+
 int main(void) {
     const char *d = getenv("HYB_ROUTE_DEVICE");
     if (d && *d && strcmp(d, "mock") != 0) {
@@ -386,10 +537,12 @@ int main(void) {
             return HARNESS_SKIP;
         }
         RUN(test_train_on_device);
+        RUN(test_engine_on_device);
         return harness_done();
     }
     mock_init();
     RUN(test_refusals);
     RUN(test_train_on_device);
+    RUN(test_engine_on_device);
     return harness_done();
 }

@@ -198,9 +198,9 @@ static void test_bias_and_identity(void) {
     static const char *const want2[] = {"mamba1", "mha", "identity"};
     roundtrip("nodbl", "nti", 0, "hyb_hybrid", want2); /* double_dt_bias = false */
     static const char *const want3[] = {"t", "t", "i", "t"};
-    roundtrip("tti", "ttit", 1, "apriel_h", want3);
+    roundtrip("tti", "ttit", 1, "apriel_hybrid_ssm", want3);
     static const char *const want4[] = {"m2", "t", "i", "m2"};
-    roundtrip("apriel", "mtim", 0, "apriel_h", want4);
+    roundtrip("apriel", "mtim", 0, "apriel_hybrid_ssm", want4);
 }
 
 /* Layers of one mixer type must agree: two deltanet configs have no HF form. */
@@ -232,11 +232,21 @@ static void test_apriel_export_unchanged(void) {
     cJSON *a = harness_read_json(p), *b = a ? cJSON_Duplicate(a, 1) : NULL;
     cJSON_Delete(a);
     a = harness_read_json(q);
-    /* the one key added since: n_qk_heads = d_inner / d_state = 32 / 4 */
+    /* the key added since: n_qk_heads = d_inner / d_state = 32 / 4 */
     cJSON *ssm = b ? cJSON_GetObjectItemCaseSensitive(b, "ssm_cfg") : NULL;
     CHECK_MSG(harness_jnum(ssm, "n_qk_heads") == 8, "ssm_cfg.n_qk_heads %g",
               harness_jnum(ssm, "n_qk_heads"));
     if (ssm) cJSON_DeleteItemFromObjectCaseSensitive(ssm, "n_qk_heads");
+    /* and the names of the released checkpoints (issue 16): the fixture has the older ones */
+    CHECK(!strcmp(harness_jstr(b, "model_type"), "apriel_hybrid_ssm"));
+    CHECK(cJSON_GetObjectItemCaseSensitive(b, "auto_map") != NULL);
+    if (b) {
+        cJSON_DeleteItemFromObjectCaseSensitive(b, "auto_map");
+        cJSON_ReplaceItemInObjectCaseSensitive(b, "model_type", cJSON_CreateString("apriel_h"));
+        cJSON *arch = cJSON_CreateArray();
+        cJSON_AddItemToArray(arch, cJSON_CreateString("AprielHForCausalLM"));
+        cJSON_ReplaceItemInObjectCaseSensitive(b, "architectures", arch);
+    }
     CHECK_MSG(a && b && cJSON_Compare(a, b, 1), "exported config.json differs from %s", q);
     cJSON_Delete(a);
     cJSON_Delete(b);
@@ -435,6 +445,41 @@ static void test_example_plugin(void) {
     hyb_model_free(m);
 }
 
+/* --dtype bf16 (issue 16): every tensor stored as BF16, torch_dtype "bfloat16", and the model
+ * read back holds each parameter rounded to bf16 (nearest even), bit for bit. */
+static void test_bf16_export(void) {
+    hyb_model *m = make("tmtm", 0); /* no identity layer: its norms are not stored (1 on load) */
+    if (!m) return;
+    const char *dir = sub("bf16");
+    CHECK_MSG(hyb_model_save_as(m, dir, HYB_BF16) == HYB_OK, "%s", hyb_error());
+    CHECK(hyb_model_save_as(m, dir, HYB_Q8_0) == HYB_ERR_ARG);
+    char p[700];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    cJSON *js = harness_read_json(p);
+    CHECK(js && !strcmp(harness_jstr(js, "torch_dtype"), "bfloat16"));
+    cJSON_Delete(js);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    hyb_safetensors *st = NULL;
+    CHECK_MSG(hyb_safetensors_open(p, &st) == HYB_OK, "%s", hyb_error());
+    int n_bf16 = 0, n = st ? hyb_safetensors_count(st) : 0;
+    for (int i = 0; i < n; i++) n_bf16 += hyb_safetensors_tensor(st, i)->dtype == HYB_ST_BF16;
+    CHECK_MSG(n > 0 && n_bf16 == n, "%d of %d tensors stored as BF16", n_bf16, n);
+    hyb_safetensors_close(st);
+    hyb_model *h = NULL;
+    CHECK_MSG(hyb_model_load_hf_dir(dir, &h) == HYB_OK, "%s", hyb_error());
+    if (h) {
+        int bad = 0;
+        for (int i = 0; i < m->n_params && i < h->n_params; i++) {
+            const float *a = hyb_tensor_f32(m->params[i]), *b = hyb_tensor_f32(h->params[i]);
+            for (int64_t j = 0, k = hyb_tensor_numel(m->params[i]); j < k; j++)
+                bad += hyb_bf16_to_f32(hyb_f32_to_bf16(a[j])) != b[j];
+        }
+        CHECK_MSG(bad == 0, "%d parameters differ from their bf16 rounding after the reload", bad);
+        hyb_model_free(h);
+    }
+    hyb_model_free(m);
+}
+
 int main(void) {
     static const char *const need[] = {"mha", "mamba1", "deltanet", "gated_deltanet"};
     for (int i = 0; i < 4; i++) {
@@ -455,6 +500,7 @@ int main(void) {
     RUN(test_d_inner_null);
     RUN(test_identity_tensors_omitted);
     RUN(test_example_plugin);
+    RUN(test_bf16_export);
     harness_rm_rf(g_dir);
     return harness_done();
 }

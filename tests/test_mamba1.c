@@ -523,6 +523,431 @@ static void test_graph_files(void) {
     check_graph("smollm2-135m-h15.toml", h15, smol);
 }
 
+/* ---- CUDA (runs where a cuda device opens: a GPU, or HYB_CUDA_EMULATE=1) ----------------------
+ * test_mixers compares forward, backward, prefill from pos 0 and decode with the CPU; here what
+ * it does not reach: a prefill continued from states (one sequence at pos 3 < d_conv, so the conv
+ * window spans the state and the chunk; one back at pos 0 over a used state, which must be
+ * ignored), then decode, outputs and the whole states (same layout: byte copies) against the CPU;
+ * and the shapes the kernels refuse, with the mixer, the op and the shape named. */
+
+static const hyb_backend *cuda_be(void) {
+    const hyb_backend *be = NULL;
+    const char *need = getenv("HYB_TEST_REQUIRE_DEVICE");
+    if (hyb_backend_open("cuda", &be) != HYB_OK || !be) {
+        CHECK_MSG(!need || strcmp(need, "cuda") != 0, "HYB_TEST_REQUIRE_DEVICE=cuda: %s",
+                  hyb_error());
+        printf("   skipped: no cuda device: %s\n", hyb_error());
+        return NULL;
+    }
+    return be;
+}
+
+static void *dput(const hyb_backend *be, const void *h, size_t bytes) {
+    void *d = be->alloc(be, bytes ? bytes : 1);
+    CHECK(d != NULL);
+    if (d && h) CHECK(be->upload(be, d, h, bytes) == HYB_OK);
+    if (d && !h) CHECK(be->memset0(be, d, bytes) == HYB_OK);
+    return d;
+}
+
+static void test_cuda_continue(void) {
+    const hyb_backend *be = cuda_be();
+    if (!be) return;
+    enum { D = 24, B = 2, T1 = 3, T2 = 9, STEPS = 2, MAXC = 40 };
+    const char *toml = "d_inner = 32\nd_xb = 16\nd_state = 4\ndt_rank = 4\nd_conv = 4\nchunk = 4\n";
+    mh_inst I;
+    if (inst_new(&I, D, toml, 21) == 0) {
+        mh_init_mamba1(&I, 22, 1.0f);
+        const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
+        CHECK(k->forward && k->backward && k->decode);
+        hyb_rng r;
+        hyb_rng_seed(&r, 23);
+        const size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
+        float *x1 = mh_randn(&r, (size_t)B * T1 * D, 1.0f),
+              *x2 = mh_randn(&r, (size_t)B * T2 * D, 1.0f),
+              *xd = mh_randn(&r, (size_t)STEPS * B * D, 1.0f);
+        float *y1 = malloc((size_t)B * T1 * D * 4), *y2 = malloc((size_t)B * T2 * D * 4),
+              *yd = malloc((size_t)STEPS * B * D * 4), *h = malloc((size_t)B * T2 * D * 4);
+        void *hs[B], *ds[B];
+        const float *dp[NP];
+        for (int i = 0; i < NP; i++)
+            dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
+        for (int b = 0; b < B; b++) {
+            hs[b] = malloc(sb);
+            memset(hs[b], 0x55, sb);
+            ds[b] = dput(be, hs[b], sb);
+        }
+        float *dx1 = dput(be, x1, (size_t)B * T1 * D * 4),
+              *dx2 = dput(be, x2, (size_t)B * T2 * D * 4),
+              *dxd = dput(be, xd, (size_t)STEPS * B * D * 4),
+              *dy = dput(be, NULL, (size_t)B * T2 * D * 4);
+        const int32_t pos2[B] = {T1, 0};
+        /* the CPU */
+        CHECK(mh_fwd(&I, B, T1, x1, y1, NULL, hs, NULL, MAXC) == HYB_OK);
+        CHECK(mh_fwd(&I, B, T2, x2, y2, NULL, hs, pos2, MAXC) == HYB_OK);
+        for (int s = 0; s < STEPS; s++) {
+            const int32_t pd[B] = {T1 + T2 + s, T2 + s};
+            CHECK(mh_dec(&I, B, xd + (size_t)s * B * D, yd + (size_t)s * B * D, hs, pd, MAXC) ==
+                  HYB_OK);
+        }
+        /* the device */
+        hyb_mixer_fwd f1 = {.B = B,
+                            .T = T1,
+                            .be = be,
+                            .x = dx1,
+                            .y = dy,
+                            .params = dp,
+                            .states = ds,
+                            .max_ctx = MAXC};
+        CHECK_MSG(k->forward(I.m->self, &f1) == HYB_OK, "%s", hyb_error());
+        hyb_mixer_fwd f2 = {.B = B,
+                            .T = T2,
+                            .be = be,
+                            .x = dx2,
+                            .y = dy,
+                            .params = dp,
+                            .states = ds,
+                            .pos = pos2,
+                            .max_ctx = MAXC};
+        CHECK_MSG(k->forward(I.m->self, &f2) == HYB_OK, "%s", hyb_error());
+        CHECK(be->download(be, h, dy, (size_t)B * T2 * D * 4) == HYB_OK);
+        mh_compare("continued prefill y on cuda", h, y2, (long)B * T2 * D, (mh_tol){.rel1 = 1e-5});
+        for (int s = 0; s < STEPS; s++) {
+            const int32_t pd[B] = {T1 + T2 + s, T2 + s};
+            hyb_mixer_dec da = {.n = B,
+                                .be = be,
+                                .x = dxd + (size_t)s * B * D,
+                                .y = dy,
+                                .params = dp,
+                                .states = ds,
+                                .pos = pd,
+                                .max_ctx = MAXC};
+            CHECK_MSG(k->decode(I.m->self, &da) == HYB_OK, "%s", hyb_error());
+            CHECK(be->download(be, h, dy, (size_t)B * D * 4) == HYB_OK);
+            mh_compare("decode y on cuda", h, yd + (size_t)s * B * D, (long)B * D,
+                       (mh_tol){.rel1 = 1e-5});
+        }
+        float *st = malloc(sb);
+        for (int b = 0; b < B; b++) {
+            CHECK(be->download(be, st, ds[b], sb) == HYB_OK);
+            mh_compare("state (ssm, conv window) on cuda", st, hs[b], (long)(sb / 4),
+                       (mh_tol){.rel1 = 1e-5});
+            free(hs[b]);
+            be->free(be, ds[b]);
+        }
+        for (int i = 0; i < NP; i++)
+            be->free(be, (void *)dp[i]);
+        be->free(be, dx1), be->free(be, dx2), be->free(be, dxd), be->free(be, dy);
+        free(st), free(x1), free(x2), free(xd), free(y1), free(y2), free(yd), free(h);
+    }
+    mh_inst_free(&I);
+}
+
+/* Training forward + backward on cuda against the CPU over many chunks (chunk 3, T = 23: eight
+ * chunks, the last partial; test_mixers' lengths cross at most one chunk boundary), repeat 3 and
+ * the single dt bias: y, dx and every parameter gradient. */
+static void test_cuda_train(void) {
+    const hyb_backend *be = cuda_be();
+    if (!be) return;
+    enum { D = 12, B = 2, T = 23 };
+    const char *toml = "d_inner = 18\nd_xb = 6\nd_state = 3\ndt_rank = 3\nd_conv = 3\nchunk = 3\n"
+                       "double_dt_bias = false\n";
+    mh_inst I;
+    if (inst_new(&I, D, toml, 41) == 0) {
+        mh_init_mamba1(&I, 42, 1.0f);
+        const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
+        hyb_rng r;
+        hyb_rng_seed(&r, 43);
+        const size_t nx = (size_t)B * T * D;
+        float *x = mh_randn(&r, nx, 1.0f), *dy = mh_randn(&r, nx, 1.0f);
+        float *y0 = malloc(nx * 4), *dx0 = malloc(nx * 4), *h = malloc(nx * 4);
+        void *saved = mh_saved_new(&I, B, T);
+        mh_zero_grads(&I);
+        CHECK(mh_fwd(&I, B, T, x, y0, saved, NULL, NULL, 0) == HYB_OK);
+        CHECK(mh_bwd(&I, B, T, x, dy, dx0, saved) == HYB_OK);
+        const float *dp[NP];
+        float *dg[NP];
+        for (int i = 0; i < NP; i++) {
+            dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
+            dg[i] = dput(be, NULL, (size_t)mh_pnumel(&I, i) * 4);
+        }
+        float *dx_ = dput(be, x, nx * 4), *ddy = dput(be, dy, nx * 4),
+              *dyo = dput(be, NULL, nx * 4), *ddx = dput(be, NULL, nx * 4);
+        void *dsaved = dput(be, NULL, I.m->desc->saved_bytes(I.m->self, B, T));
+        hyb_mixer_fwd f = {
+            .B = B, .T = T, .be = be, .x = dx_, .y = dyo, .params = dp, .saved = dsaved};
+        CHECK_MSG(k->forward(I.m->self, &f) == HYB_OK, "%s", hyb_error());
+        CHECK(be->download(be, h, dyo, nx * 4) == HYB_OK);
+        mh_compare("8-chunk forward y on cuda", h, y0, (long)nx, (mh_tol){.rel1 = 1e-5});
+        hyb_mixer_bwd bw = {.B = B,
+                            .T = T,
+                            .be = be,
+                            .x = dx_,
+                            .dy = ddy,
+                            .dx = ddx,
+                            .params = dp,
+                            .grads = dg,
+                            .saved = dsaved};
+        CHECK_MSG(k->backward(I.m->self, &bw) == HYB_OK, "%s", hyb_error());
+        CHECK(be->download(be, h, ddx, nx * 4) == HYB_OK);
+        mh_compare("8-chunk backward dx on cuda", h, dx0, (long)nx, (mh_tol){.rel1 = 1e-5});
+        for (int i = 0; i < NP; i++) {
+            const long n = mh_pnumel(&I, i);
+            float *g = malloc((size_t)n * 4);
+            CHECK(be->download(be, g, dg[i], (size_t)n * 4) == HYB_OK);
+            char what[96];
+            snprintf(what, sizeof what, "d%s on cuda", I.m->decls[i].name);
+            mh_compare(what, g, I.gp[i], n, (mh_tol){.relmax = 1e-5});
+            free(g);
+            be->free(be, (void *)dp[i]);
+            be->free(be, dg[i]);
+        }
+        be->free(be, dx_), be->free(be, ddy), be->free(be, dyo), be->free(be, ddx);
+        be->free(be, dsaved);
+        free(x), free(dy), free(y0), free(dx0), free(h), free(saved);
+    }
+    mh_inst_free(&I);
+}
+
+/* A decode step of more sequences than one launch of the decode kernel takes (64): 67 sequences,
+ * every third at pos 0 over a used state, the others continuing, on cuda vs the CPU. */
+static void test_cuda_decode_many(void) {
+    const hyb_backend *be = cuda_be();
+    if (!be) return;
+    enum { D = 8, NSEQ = 67, MAXC = 16 };
+    mh_inst I;
+    if (inst_new(&I, D, "d_inner = 8\nd_xb = 4\nd_state = 2\ndt_rank = 2\nd_conv = 3\n", 51) == 0) {
+        mh_init_mamba1(&I, 52, 1.0f);
+        const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
+        hyb_rng r;
+        hyb_rng_seed(&r, 53);
+        const size_t sb = hyb_mixer_state_bytes(I.m, MAXC);
+        float *st0 = mh_randn(&r, sb / 4 * NSEQ, 1.0f), *x = mh_randn(&r, (size_t)NSEQ * D, 1.0f);
+        float *y0 = malloc((size_t)NSEQ * D * 4), *y1 = malloc((size_t)NSEQ * D * 4),
+              *h = malloc(sb);
+        void *hs[NSEQ], *ds[NSEQ];
+        int32_t pos[NSEQ];
+        const float *dp[NP];
+        for (int i = 0; i < NP; i++)
+            dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
+        for (int i = 0; i < NSEQ; i++) {
+            hs[i] = malloc(sb);
+            memcpy(hs[i], st0 + sb / 4 * i, sb);
+            ds[i] = dput(be, hs[i], sb);
+            pos[i] = i % 3 == 0 ? 0 : 1 + i % 7;
+        }
+        float *dx = dput(be, x, (size_t)NSEQ * D * 4), *dy = dput(be, NULL, (size_t)NSEQ * D * 4);
+        CHECK(mh_dec(&I, NSEQ, x, y0, hs, pos, MAXC) == HYB_OK);
+        hyb_mixer_dec da = {.n = NSEQ,
+                            .be = be,
+                            .x = dx,
+                            .y = dy,
+                            .params = dp,
+                            .states = ds,
+                            .pos = pos,
+                            .max_ctx = MAXC};
+        CHECK_MSG(k->decode(I.m->self, &da) == HYB_OK, "%s", hyb_error());
+        CHECK(be->download(be, y1, dy, (size_t)NSEQ * D * 4) == HYB_OK);
+        mh_compare("decode of 67 sequences on cuda", y1, y0, (long)NSEQ * D,
+                   (mh_tol){.rel1 = 1e-5});
+        double es = 0;
+        for (int i = 0; i < NSEQ; i++) {
+            CHECK(be->download(be, h, ds[i], sb) == HYB_OK);
+            es = fmax(es, harness_max_rel(h, hs[i], (int64_t)(sb / 4), 1.0));
+            free(hs[i]);
+            be->free(be, ds[i]);
+        }
+        printf("   their states: max rel err %.3g\n", es);
+        CHECK(es < 1e-5);
+        for (int i = 0; i < NP; i++)
+            be->free(be, (void *)dp[i]);
+        be->free(be, dx), be->free(be, dy);
+        free(st0), free(x), free(y0), free(y1), free(h);
+    }
+    mh_inst_free(&I);
+}
+
+/* The saved block and the decode state are the same bytes on both devices: a CPU forward's saved
+ * block and a CPU prefill's states, uploaded as they are, drive the CUDA backward and decode to the
+ * CPU's results (and a CUDA state downloaded drives the CPU decode). */
+static void test_cuda_layouts(void) {
+    const hyb_backend *be = cuda_be();
+    if (!be) return;
+    enum { D = 12, B = 2, T = 10, MAXC = 16 };
+    const char *toml = "d_inner = 16\nd_xb = 8\nd_state = 4\ndt_rank = 2\nd_conv = 3\nchunk = 4\n";
+    mh_inst I;
+    if (inst_new(&I, D, toml, 61) == 0) {
+        mh_init_mamba1(&I, 62, 1.0f);
+        const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
+        hyb_rng r;
+        hyb_rng_seed(&r, 63);
+        const size_t nx = (size_t)B * T * D, sb = hyb_mixer_state_bytes(I.m, MAXC),
+                     svb = I.m->desc->saved_bytes(I.m->self, B, T);
+        float *x = mh_randn(&r, nx, 1.0f), *dy = mh_randn(&r, nx, 1.0f),
+              *xd = mh_randn(&r, (size_t)B * D, 1.0f);
+        float *y = malloc(nx * 4), *dx0 = malloc(nx * 4), *h = malloc(nx * 4),
+              *yd0 = malloc((size_t)B * D * 4);
+        void *saved = mh_saved_new(&I, B, T), *hs[B], *ds[B];
+        mh_zero_grads(&I);
+        CHECK(mh_fwd(&I, B, T, x, y, saved, NULL, NULL, 0) == HYB_OK);
+        CHECK(mh_bwd(&I, B, T, x, dy, dx0, saved) == HYB_OK);
+        const float *dp[NP];
+        float *dg[NP];
+        for (int i = 0; i < NP; i++) {
+            dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
+            dg[i] = dput(be, NULL, (size_t)mh_pnumel(&I, i) * 4);
+        }
+        for (int b = 0; b < B; b++) {
+            hs[b] = malloc(sb);
+            memset(hs[b], 0, sb);
+        }
+        CHECK(mh_fwd(&I, B, T, x, y, NULL, hs, NULL, MAXC) == HYB_OK);
+        for (int b = 0; b < B; b++)
+            ds[b] = dput(be, hs[b], sb); /* the CPU's states, as bytes */
+        const int32_t pos[B] = {T, T};
+        CHECK(mh_dec(&I, B, xd, yd0, hs, pos, MAXC) == HYB_OK);
+        float *dx_ = dput(be, x, nx * 4), *ddy = dput(be, dy, nx * 4),
+              *ddx = dput(be, NULL, nx * 4), *dxd = dput(be, xd, (size_t)B * D * 4),
+              *dyd = dput(be, NULL, (size_t)B * D * 4);
+        void *dsaved = dput(be, saved, svb); /* the CPU's saved block, as bytes */
+        hyb_mixer_bwd bw = {.B = B,
+                            .T = T,
+                            .be = be,
+                            .x = dx_,
+                            .dy = ddy,
+                            .dx = ddx,
+                            .params = dp,
+                            .grads = dg,
+                            .saved = dsaved};
+        CHECK_MSG(k->backward(I.m->self, &bw) == HYB_OK, "%s", hyb_error());
+        CHECK(be->download(be, h, ddx, nx * 4) == HYB_OK);
+        mh_compare("cuda backward from the CPU's saved block: dx", h, dx0, (long)nx,
+                   (mh_tol){.rel1 = 1e-5});
+        float *g = malloc((size_t)mh_pnumel(&I, 0) * 4);
+        CHECK(be->download(be, g, dg[0], (size_t)mh_pnumel(&I, 0) * 4) == HYB_OK);
+        mh_compare("  and din_proj.weight", g, I.gp[0], mh_pnumel(&I, 0), (mh_tol){.relmax = 1e-5});
+        hyb_mixer_dec da = {.n = B,
+                            .be = be,
+                            .x = dxd,
+                            .y = dyd,
+                            .params = dp,
+                            .states = ds,
+                            .pos = pos,
+                            .max_ctx = MAXC};
+        CHECK_MSG(k->decode(I.m->self, &da) == HYB_OK, "%s", hyb_error());
+        CHECK(be->download(be, h, dyd, (size_t)B * D * 4) == HYB_OK);
+        mh_compare("cuda decode from the CPU's states: y", h, yd0, (long)B * D,
+                   (mh_tol){.rel1 = 1e-5});
+        /* and back: the CUDA states, downloaded, continue on the CPU as the CPU's own */
+        float *yc = malloc((size_t)B * D * 4), *yg = malloc((size_t)B * D * 4);
+        void *hc[B];
+        const int32_t pos2[B] = {T + 1, T + 1};
+        for (int b = 0; b < B; b++) {
+            hc[b] = malloc(sb);
+            CHECK(be->download(be, hc[b], ds[b], sb) == HYB_OK);
+        }
+        CHECK(mh_dec(&I, B, xd, yc, hc, pos2, MAXC) == HYB_OK);
+        CHECK(mh_dec(&I, B, xd, yg, hs, pos2, MAXC) == HYB_OK);
+        mh_compare("CPU decode from the cuda states: y", yc, yg, (long)B * D,
+                   (mh_tol){.rel1 = 1e-5});
+        for (int b = 0; b < B; b++) {
+            free(hs[b]);
+            free(hc[b]);
+            be->free(be, ds[b]);
+        }
+        for (int i = 0; i < NP; i++) {
+            be->free(be, (void *)dp[i]);
+            be->free(be, dg[i]);
+        }
+        be->free(be, dx_), be->free(be, ddy), be->free(be, ddx), be->free(be, dxd);
+        be->free(be, dyd), be->free(be, dsaved);
+        free(x), free(dy), free(xd), free(y), free(dx0), free(h), free(yd0), free(g), free(yc);
+        free(yg), free(saved);
+    }
+    mh_inst_free(&I);
+}
+
+/* d_state past the registers' limit (forward and decode), and a backward whose x/B group does not
+ * fit one block's shared memory: HYB_ERR_UNSUPPORTED naming mamba1, the layer, the op, the shape */
+static void cuda_refused(const char *toml, int want_fwd_ok, const char *op, const char *shape) {
+    const hyb_backend *be = cuda_be();
+    if (!be) return;
+    enum { D = 8, T = 3, MAXC = 8 };
+    mh_inst I;
+    if (inst_new(&I, D, toml, 31) != 0) {
+        mh_inst_free(&I);
+        return;
+    }
+    const hyb_mixer_kernels *k = &I.m->desc->kernels[HYB_DEV_CUDA];
+    const float *dp[NP];
+    float *g[NP];
+    for (int i = 0; i < NP; i++) {
+        dp[i] = dput(be, I.pp[i], (size_t)mh_pnumel(&I, i) * 4);
+        g[i] = dput(be, NULL, (size_t)mh_pnumel(&I, i) * 4);
+    }
+    float *x = dput(be, NULL, (size_t)T * D * 4), *y = dput(be, NULL, (size_t)T * D * 4),
+          *dx = dput(be, NULL, (size_t)T * D * 4);
+    const size_t svb = I.m->desc->saved_bytes(I.m->self, 1, T),
+                 sb = hyb_mixer_state_bytes(I.m, MAXC);
+    void *saved = dput(be, NULL, svb), *st = dput(be, NULL, sb);
+    hyb_mixer_fwd f = {.B = 1, .T = T, .be = be, .x = x, .y = y, .params = dp, .saved = saved};
+    int rc = k->forward(I.m->self, &f);
+    char want[3][96];
+    snprintf(want[0], sizeof want[0], "mamba1 (layer 0)");
+    snprintf(want[1], sizeof want[1], "cuda %s", op);
+    snprintf(want[2], sizeof want[2], "%s", shape);
+    if (want_fwd_ok) {
+        CHECK_MSG(rc == HYB_OK, "%s", hyb_error());
+        hyb_mixer_bwd a = {.B = 1,
+                           .T = T,
+                           .be = be,
+                           .x = x,
+                           .dy = y,
+                           .dx = dx,
+                           .params = dp,
+                           .grads = g,
+                           .saved = saved};
+        rc = k->backward(I.m->self, &a);
+    } else {
+        const char *e = hyb_error();
+        printf("   %s\n", e);
+        CHECK_MSG(rc == HYB_ERR_UNSUPPORTED && strstr(e, want[0]) && strstr(e, want[1]) &&
+                      strstr(e, want[2]),
+                  "rc %d, '%s'", rc, e);
+        want_fwd_ok = -1; /* checked */
+        int32_t pos = 0;
+        hyb_mixer_dec da = {.n = 1,
+                            .be = be,
+                            .x = x,
+                            .y = y,
+                            .params = dp,
+                            .states = &st,
+                            .pos = &pos,
+                            .max_ctx = MAXC};
+        int rd = k->decode(I.m->self, &da);
+        CHECK_MSG(rd == HYB_ERR_UNSUPPORTED && strstr(hyb_error(), "cuda decode"), "decode: %d %s",
+                  rd, hyb_error());
+    }
+    if (want_fwd_ok == 1) {
+        const char *e = hyb_error();
+        printf("   %s\n", e);
+        CHECK_MSG(rc == HYB_ERR_UNSUPPORTED && strstr(e, want[0]) && strstr(e, want[1]) &&
+                      strstr(e, want[2]),
+                  "rc %d, '%s'", rc, e);
+    }
+    for (int i = 0; i < NP; i++)
+        be->free(be, (void *)dp[i]), be->free(be, g[i]);
+    be->free(be, x), be->free(be, y), be->free(be, dx), be->free(be, saved), be->free(be, st);
+    mh_inst_free(&I);
+}
+
+static void test_cuda_refused(void) {
+    cuda_refused("d_inner = 100\nd_xb = 100\nd_state = 100\ndt_rank = 2\n", 0, "forward",
+                 "d_state = 100");
+    cuda_refused("d_inner = 128\nd_xb = 64\nd_state = 64\ndt_rank = 2\n", 1, "backward",
+                 "x/B group of 128 channels");
+}
+
 int main(void) {
     if (mh_require("mamba1", "mha", NULL)) return 1;
     RUN(test_chunk_sizes);
@@ -533,5 +958,10 @@ int main(void) {
     RUN(test_config_errors);
     RUN(test_model_hybrid);
     RUN(test_graph_files);
+    RUN(test_cuda_continue);
+    RUN(test_cuda_train);
+    RUN(test_cuda_decode_many);
+    RUN(test_cuda_layouts);
+    RUN(test_cuda_refused);
     return harness_done();
 }

@@ -142,6 +142,63 @@ static void test_rmsnorm(void) {
     gc_free(w);
 }
 
+/* the fused residual add + rmsnorm: both outputs used (y + h), so gradients flow through the
+ * norm and straight through the residual */
+static hyb_tensor *f_add_rmsnorm(hyb_graph *g, hyb_tensor **in, void *ctx) {
+    hyb_tensor *h = NULL;
+    hyb_tensor *y = hyb_add_rmsnorm(g, in[0], in[1], in[2], *(float *)ctx, &h);
+    return y ? hyb_add(g, y, h) : NULL;
+}
+static hyb_tensor *f_add_then_rmsnorm(hyb_graph *g, hyb_tensor **in, void *ctx) {
+    hyb_tensor *h = hyb_add(g, in[0], in[1]);
+    hyb_tensor *y = h ? hyb_rmsnorm(g, h, in[2], *(float *)ctx) : NULL;
+    return y ? hyb_add(g, y, h) : NULL;
+}
+
+static void test_add_rmsnorm(void) {
+    int64_t xs[3] = {2, 3, 8}, ws[1] = {8};
+    hyb_tensor *a = leaf(3, xs, 6, 0.3f, 1), *b = leaf(3, xs, 7, -0.1f, 0.5f);
+    hyb_tensor *w = leaf(1, ws, 8, 1, 0.3f);
+    float eps = 1e-5f;
+    hyb_tensor *in[3] = {a, b, w};
+    gc_check("add_rmsnorm", f_add_rmsnorm, in, 3, &eps, 1000);
+    /* the same values, nodes and gradients as the separate ops, bit for bit (CPU) */
+    float out[2][48], grad[2][3][48];
+    int nodes[2];
+    float seed[48];
+    for (int i = 0; i < 48; i++)
+        seed[i] = (float)(i % 7) - 3.0f;
+    for (int k = 0; k < 2; k++) {
+        hyb_graph *g = hyb_graph_new();
+        for (int i = 0; i < 3; i++)
+            gc_zero_grad(in[i]);
+        hyb_tensor *y = (k ? f_add_then_rmsnorm : f_add_rmsnorm)(g, in, &eps);
+        CHECK(y != NULL);
+        if (!y) return;
+        memcpy(out[k], hyb_tensor_f32(y), sizeof out[k]);
+        nodes[k] = hyb_graph_n_nodes(g);
+        CHECK(graph_backward_seed(g, y, seed) == HYB_OK);
+        for (int i = 0; i < 3; i++)
+            memcpy(grad[k][i], hyb_tensor_cf32(in[i]->grad),
+                   sizeof(float) * (size_t)hyb_tensor_numel(in[i]));
+        hyb_graph_free(g);
+    }
+    CHECK(nodes[0] == nodes[1] && memcmp(out[0], out[1], sizeof out[0]) == 0);
+    CHECK(memcmp(grad[0][0], grad[1][0], sizeof(float) * 48) == 0 &&
+          memcmp(grad[0][1], grad[1][1], sizeof(float) * 48) == 0 &&
+          memcmp(grad[0][2], grad[1][2], sizeof(float) * 8) == 0);
+    /* shape errors name the op and the shapes */
+    hyb_graph *g = hyb_graph_new();
+    hyb_tensor *h = NULL;
+    CHECK(hyb_add_rmsnorm(g, a, w, w, eps, &h) == NULL && h == NULL);
+    CHECK_MSG(strstr(hyb_error(), "hyb_add_rmsnorm") && strstr(hyb_error(), "[2, 3, 8]"), "%s",
+              hyb_error());
+    hyb_graph_free(g);
+    gc_free(a);
+    gc_free(b);
+    gc_free(w);
+}
+
 // ---- rope -----------------------------------------------------------------------------------
 
 static const int32_t ROPE_POS[3] = {5, 0, 417};
@@ -733,6 +790,7 @@ int main(void) {
     RUN(test_matmul);
     RUN(test_embedding);
     RUN(test_rmsnorm);
+    RUN(test_add_rmsnorm);
     RUN(test_rope);
     RUN(test_elementwise);
     RUN(test_cross_entropy);

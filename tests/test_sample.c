@@ -313,6 +313,41 @@ static void test_vs_hf_processors(void) {
     cJSON_Delete(root);
 }
 
+/* hyb_sample_with (the reference of be->sample) picks hyb_sampler_sample's token when given the
+ * uniform the sampler's RNG yields, and the RNG is drawn only when the choice is not greedy */
+static void test_sample_with_contract(void) {
+    enum { V = 500 };
+    float lg[V];
+    int32_t hist[20];
+    static const hyb_sampler_params ps[] = {{0.0f, 0, 1.0f, 1.0f}, {0.8f, 0, 1.0f, 1.2f},
+                                            {1.0f, 1, 1.0f, 1.0f}, {1.1f, 20, 1.0f, 1.0f},
+                                            {0.9f, 0, 0.7f, 1.1f}, {1.3f, 30, 0.9f, 0.8f}};
+    hyb_rng data;
+    hyb_rng_seed(&data, 3);
+    int same = 0, total = 0;
+    for (size_t c = 0; c < sizeof ps / sizeof ps[0]; c++) {
+        hyb_sampler *s = NULL;
+        CHECK(hyb_sampler_new(V, &ps[c], 77 + c, &s) == HYB_OK);
+        if (!s) return;
+        for (int rep = 0; rep < 50; rep++) {
+            for (int i = 0; i < V; i++)
+                lg[i] = 4.0f * (hyb_rng_uniform(&data) - 0.5f);
+            for (int i = 0; i < 20; i++)
+                hist[i] = (int32_t)(hyb_rng_uniform(&data) * 100);
+            hyb_rng before = s->rng, mine = s->rng;
+            const float u = hyb_sampler_greedy(&ps[c]) ? 0.0f : hyb_rng_uniform(&mine);
+            const int32_t ref = hyb_sampler_sample(s, lg, hist, 20);
+            const int32_t got = hyb_sample_with(&ps[c], lg, V, hist, 20, u);
+            CHECK(memcmp(&s->rng, &mine, sizeof mine) == 0); /* the same draws were consumed */
+            CHECK(hyb_sampler_greedy(&ps[c]) == (memcmp(&before, &s->rng, sizeof before) == 0));
+            same += ref == got;
+            total++;
+        }
+        hyb_sampler_free(s);
+    }
+    CHECK_MSG(same == total, "%d of %d tokens differ", total - same, total);
+}
+
 int main(void) {
     RUN(test_greedy);
     RUN(test_repetition_penalty_formula);
@@ -323,5 +358,6 @@ int main(void) {
     RUN(test_determinism);
     RUN(test_errors);
     RUN(test_vs_hf_processors);
+    RUN(test_sample_with_contract);
     return harness_done();
 }

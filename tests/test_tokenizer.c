@@ -113,6 +113,49 @@ static void check_golden(const hyb_tokenizer *tok, const char *golden, const cha
     cJSON_Delete(g);
 }
 
+/* t written with hyb_tokenizer_save_hf and read back (tokenizer.json + tokenizer_config.json):
+ * the copy must tokenize exactly as t, so each golden check runs on it too. NULL on failure. */
+static hyb_tokenizer *saved_again(const hyb_tokenizer *t) {
+    char dir[256];
+    CHECK(harness_mkdtemp(dir, sizeof dir, "toksave") == 0);
+    int rc = hyb_tokenizer_save_hf(t, dir, "{{ messages }}", 2048);
+    CHECK_MSG(rc == HYB_OK, "save_hf: %s", hyb_error());
+    hyb_tokenizer *u = NULL;
+    if (rc == HYB_OK) {
+        u = hyb_tokenizer_load_json(harness_sub(dir, "tokenizer.json"));
+        CHECK_MSG(u != NULL, "reload of the saved tokenizer: %s", hyb_error());
+    }
+    if (u) {
+        CHECK(hyb_tokenizer_vocab_size(u) == hyb_tokenizer_vocab_size(t));
+        CHECK_MSG(hyb_tokenizer_bos_id(u) == hyb_tokenizer_bos_id(t) &&
+                      hyb_tokenizer_eos_id(u) == hyb_tokenizer_eos_id(t),
+                  "saved bos/eos %d/%d, want %d/%d", hyb_tokenizer_bos_id(u),
+                  hyb_tokenizer_eos_id(u), hyb_tokenizer_bos_id(t), hyb_tokenizer_eos_id(t));
+        int bad = 0;
+        for (int32_t i = 0; i < hyb_tokenizer_vocab_size(t); i++) {
+            size_t la, lb;
+            const char *a = hyb_tokenizer_token_to_piece(t, i, &la);
+            const char *b = hyb_tokenizer_token_to_piece(u, i, &lb);
+            bad += !(a && b && la == lb && memcmp(a, b, la) == 0);
+            bad += (hyb_tokenizer_token_type(t, i) == HYB_TOKEN_CONTROL) !=
+                   (hyb_tokenizer_token_type(u, i) == HYB_TOKEN_CONTROL);
+        }
+        CHECK_MSG(bad == 0, "%d token pieces/types differ after save + load", bad);
+        printf("  saved as tokenizer.json and read back:\n");
+    }
+    harness_rm_rf(dir);
+    return u;
+}
+
+/* check_golden on t, then on t saved and read back */
+static void check_golden_saved(const hyb_tokenizer *t, const char *golden, const char *key,
+                               int roundtrip, int check_special) {
+    check_golden(t, golden, key, roundtrip, check_special);
+    hyb_tokenizer *u = saved_again(t);
+    if (u) check_golden(u, golden, key, roundtrip, check_special);
+    hyb_tokenizer_free(u);
+}
+
 static hyb_tokenizer *load(const char *name) {
     hyb_tokenizer *t = hyb_tokenizer_load_json(data_path(name));
     CHECK_MSG(t != NULL, "load %s: %s", name, hyb_error());
@@ -131,7 +174,7 @@ static void test_smollm2_json(void) {
     const char *p = hyb_tokenizer_token_to_piece(t, hyb_tokenizer_token_id(t, "\xC4\xA0the"), &pl);
     CHECK(p && pl == 4 && memcmp(p, " the", 4) == 0);
     CHECK(hyb_tokenizer_token_to_piece(t, 49152, &pl) == NULL);
-    check_golden(t, "smollm2_golden.json", "ids", 1, 1);
+    check_golden_saved(t, "smollm2_golden.json", "ids", 1, 1);
     CHECK(hyb_tokenizer_eos_id(t) == 0); /* guessed from "<|endoftext|>": no template */
     CHECK(hyb_tokenizer_set_special_ids(t, 1, 2) == HYB_OK);
     CHECK(hyb_tokenizer_bos_id(t) == 1 && hyb_tokenizer_eos_id(t) == 2);
@@ -200,13 +243,13 @@ static void test_smollm2_spec(void) {
     h.spec.bos_id = 1, h.spec.eos_id = 2;
     hyb_tokenizer *t = hyb_tokenizer_new_bpe(&h.spec);
     CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
-    if (t) check_golden(t, "smollm2_golden.json", "ids", 1, 0);
+    if (t) check_golden_saved(t, "smollm2_golden.json", "ids", 1, 0);
     hyb_tokenizer_free(t);
     /* same vocab, plain GPT-2 regex: the tokenizer transformers builds from the GGUF */
     h.spec.pretok = HYB_PRETOK_GPT2;
     t = hyb_tokenizer_new_bpe(&h.spec);
     CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
-    if (t) check_golden(t, "smollm2_golden.json", "ids_gpt2", 1, 0);
+    if (t) check_golden_saved(t, "smollm2_golden.json", "ids_gpt2", 1, 0);
     hyb_tokenizer_free(t);
     spec_free(&h);
 }
@@ -221,7 +264,7 @@ static void test_spm_json(void) {
         if (!t) continue;
         CHECK(hyb_tokenizer_bos_id(t) == 1);
         CHECK(hyb_tokenizer_unk_id(t) == 0);
-        check_golden(t, b, "ids", 0, 1);
+        check_golden_saved(t, b, "ids", 0, 1);
         hyb_tokenizer_free(t);
     }
 }
@@ -240,7 +283,7 @@ static void test_spm_spec(void) {
     hyb_tokenizer *t = hyb_tokenizer_new_bpe(&h.spec);
     CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
     if (t) {
-        check_golden(t, "spm_llama2_golden.json", "ids", 0, 1);
+        check_golden_saved(t, "spm_llama2_golden.json", "ids", 0, 1);
         CHECK(hyb_tokenizer_max_tokens(t, 10) == 6 * 10 + 4 + 1);
         size_t pl;
         const char *p = hyb_tokenizer_token_to_piece(t, 3 + 0xE4, &pl);
@@ -254,7 +297,7 @@ static void test_spm_spec(void) {
  * given pre-tokenizer: both match the golden ids. */
 static void check_regex(const char *json, const char *golden, hyb_pretok_kind pretok) {
     hyb_tokenizer *t = load(json);
-    if (t) check_golden(t, golden, "ids", 1, 1);
+    if (t) check_golden_saved(t, golden, "ids", 1, 1);
     hyb_tokenizer_free(t);
     spec_holder h;
     CHECK(spec_from_json(json, &h));
@@ -264,7 +307,7 @@ static void check_regex(const char *json, const char *golden, hyb_pretok_kind pr
     h.spec.bos_id = 0, h.spec.add_bos = 1;
     t = hyb_tokenizer_new_bpe(&h.spec);
     CHECK_MSG(t != NULL, "new_bpe: %s", hyb_error());
-    if (t) check_golden(t, golden, "ids", 1, 1);
+    if (t) check_golden_saved(t, golden, "ids", 1, 1);
     hyb_tokenizer_free(t);
     spec_free(&h);
 }

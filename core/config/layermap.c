@@ -81,8 +81,8 @@ static int get_dim(const hyb_cfg_table *model, const char *key, int required, in
     int line, col;
     hyb_cfg_pos(model, key, 1, &line, &col);
     if (v <= 0)
-        return hyb_cfg_error_at(model, line, col, "model.%s must be positive, got %lld", key,
-                                (long long)v);
+        return hyb_cfg_error_at(model, line, col, "model.%s must be positive (range [1, %d]), got %lld",
+                                key, max, (long long)v);
     if (v > max)
         return hyb_cfg_error_at(model, line, col, "model.%s = %lld is too large (range [1, %d])",
                                 key, (long long)v, max);

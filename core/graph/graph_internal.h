@@ -81,6 +81,9 @@ int op_record(hyb_graph *g, const char *op, hyb_tensor *out, hyb_tensor *const *
  * t's shape, f32, same device (error otherwise). */
 int graph_grad(hyb_graph *g, hyb_tensor *t, float **out);
 
+/* The backward of hyb_add (dy into both addends), shared with the fused hyb_add_rmsnorm. */
+int op_add_bwd(hyb_graph *g, hyb_node *n);
+
 /* Reverse pass from a non-scalar output with upstream gradient seed[numel(out)] (host memory);
  * hyb_graph_backward is the scalar case. Used by the gradient checks. */
 int graph_backward_seed(hyb_graph *g, hyb_tensor *out, const float *seed);

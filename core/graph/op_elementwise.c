@@ -46,7 +46,7 @@ hyb_tensor *hyb_swiglu(hyb_graph *g, hyb_tensor *gate, hyb_tensor *up) {
 
 // ---- add ------------------------------------------------------------------------------------
 
-static int add_bwd(hyb_graph *g, hyb_node *n) {
+int op_add_bwd(hyb_graph *g, hyb_node *n) {
     const int64_t N = hyb_tensor_numel(n->out);
     const float *dy = (const float *)n->out->grad->data;
     for (int i = 0; i < 2; i++) {
@@ -58,7 +58,7 @@ static int add_bwd(hyb_graph *g, hyb_node *n) {
 }
 
 hyb_tensor *hyb_add(hyb_graph *g, hyb_tensor *a, hyb_tensor *b) {
-    return binary_op(g, "hyb_add", "a", a, "b", b, 1, add_bwd);
+    return binary_op(g, "hyb_add", "a", a, "b", b, 1, op_add_bwd);
 }
 
 // ---- softmax --------------------------------------------------------------------------------

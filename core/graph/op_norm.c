@@ -46,6 +46,50 @@ hyb_tensor *hyb_rmsnorm(hyb_graph *g, hyb_tensor *x, hyb_tensor *w, float eps) {
     return y;
 }
 
+/* Two tape nodes (add: h = a + b; rmsnorm: y = norm(h)) with the forward of both done by one
+ * kernel: the backward is that of the separate ops, node for node. */
+hyb_tensor *hyb_add_rmsnorm(hyb_graph *g, hyb_tensor *a, hyb_tensor *b, hyb_tensor *w, float eps,
+                            hyb_tensor **h_out) {
+    static const char OP[] = "hyb_add_rmsnorm";
+    char sa[128], sb[128];
+    if (h_out) *h_out = NULL;
+    if (!g || !h_out) OP_ERR("%s: graph and h are required", OP);
+    if (op_check_f32(OP, "a", a) || op_check_f32(OP, "b", b) || op_check_f32(OP, "w", w))
+        return NULL;
+    if (!hyb_tensor_same_shape(a, b))
+        OP_ERR("%s: a %s and b %s: shapes differ", OP, op_shape(a, sa, sizeof sa),
+               op_shape(b, sb, sizeof sb));
+    const int64_t D = a->shape[a->ndim - 1];
+    if (w->ndim != 1 || w->shape[0] != D)
+        OP_ERR("%s: a %s and w %s: w must be [%lld]", OP, op_shape(a, sa, sizeof sa),
+               op_shape(w, sb, sizeof sb), (long long)D);
+    if (!(eps >= 0.0f)) OP_ERR("%s: eps %g must be >= 0", OP, (double)eps);
+    if (op_check_same_device(OP, "a", a, "b", b) || op_check_same_device(OP, "a", a, "w", w))
+        return NULL;
+    const hyb_backend *be;
+    hyb_tensor *h = op_output_like(g, OP, a, &be);
+    hyb_tensor *y = h ? op_output_like(g, OP, a, &be) : NULL;
+    if (!y) return NULL;
+    const int64_t rows = D ? hyb_tensor_numel(a) / D : 0;
+    float *rstd = graph_dev_alloc(g, a->device, sizeof(float) * (size_t)(rows ? rows : 1));
+    if (!rstd) return NULL;
+    OP_CALL(OP, be->add_rmsnorm_fwd(be, (const float *)a->data, (const float *)b->data,
+                                    (const float *)w->data, (float *)h->data, (float *)y->data,
+                                    rstd, rows, D, eps));
+    hyb_tensor *ins_add[2] = {a, b};
+    if (op_record(g, "hyb_add", h, ins_add, 2, op_add_bwd, NULL)) return NULL;
+    hyb_tensor *ins[2] = {h, w};
+    hyb_node *nd;
+    if (op_record(g, "hyb_rmsnorm", y, ins, 2, rmsnorm_bwd, &nd)) return NULL;
+    if (nd) {
+        nd->saved[0] = rstd;
+        nd->iv[0] = rows;
+        nd->iv[1] = D;
+    }
+    *h_out = h;
+    return y;
+}
+
 // ---- rope -----------------------------------------------------------------------------------
 
 static int rope_bwd(hyb_graph *g, hyb_node *n) {

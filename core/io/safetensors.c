@@ -635,6 +635,47 @@ int hyb_st_writer_add_tensor(hyb_st_writer *w, const char *name, const hyb_tenso
     return HYB_OK;
 }
 
+int hyb_st_writer_add_tensor_as(hyb_st_writer *w, const char *name, const hyb_tensor *t,
+                                hyb_dtype store) {
+    if (store == t->dtype) return hyb_st_writer_add_tensor(w, name, t);
+    if (t->dtype != HYB_F32 || (store != HYB_BF16 && store != HYB_F16))
+        return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                             "safetensors writer: tensor '%s': %s cannot be stored as %s", name,
+                             hyb_dtype_name(t->dtype), hyb_dtype_name(store));
+    if (!hyb_tensor_is_contiguous(t))
+        return hyb_error_set(HYB_ERR_ARG, "safetensors writer: tensor '%s' must be contiguous",
+                             name);
+    const int64_t n = hyb_tensor_numel(t);
+    float *tmp = NULL;
+    const float *x = t->device == HYB_DEV_CPU ? (const float *)t->data : NULL;
+    if (!x) { /* a device tensor: read it back first */
+        tmp = hyb_malloc((size_t)(n ? n : 1) * sizeof *tmp);
+        if (!tmp)
+            return hyb_error_set(HYB_ERR_NOMEM, "safetensors writer: out of memory for '%s'", name);
+        int rc = hyb_tensor_download(t, tmp);
+        if (rc != HYB_OK) {
+            hyb_free(tmp);
+            return rc;
+        }
+        x = tmp;
+    }
+    uint16_t *h = hyb_malloc((size_t)(n ? n : 1) * sizeof *h);
+    if (!h) {
+        hyb_free(tmp);
+        return hyb_error_set(HYB_ERR_NOMEM, "safetensors writer: out of memory for '%s'", name);
+    }
+    for (int64_t i = 0; i < n; i++) /* round to nearest even, as torch's .to(bfloat16) */
+        h[i] = store == HYB_BF16 ? hyb_f32_to_bf16(x[i]) : hyb_f32_to_f16(x[i]);
+    hyb_free(tmp);
+    int rc = hyb_st_writer_add(w, name, store, t->ndim, t->shape, h);
+    if (rc != HYB_OK) {
+        hyb_free(h);
+        return rc;
+    }
+    w->e[w->n - 1].owned = h;
+    return HYB_OK;
+}
+
 int hyb_st_writer_meta(hyb_st_writer *w, const char *key, const char *value) {
     for (int i = 0; i < w->n_meta; i++)
         if (strcmp(w->meta_k[i], key) == 0) {

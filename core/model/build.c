@@ -263,7 +263,9 @@ int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_mod
         if (!is_identity(spec->type)) {
             hyb_model_dims dims = model_dims(m, l);
             rc = hyb_mixer_new_ex(spec->type, &dims, spec->table, seed_mix(ls, 1),
-                                  HYB_MIXER_LAZY_GRAD, &ly->mixer);
+                                  HYB_MIXER_LAZY_GRAD |
+                                      ((flags & HYB_BUILD_NO_INIT) ? HYB_MIXER_NO_INIT : 0),
+                                  &ly->mixer);
             if (rc != HYB_OK) {
                 ly->mixer = NULL;
                 rc = hyb_error_wrap(rc, "%s: layer %d (mixer '%s', type '%s')", spec->where, l,

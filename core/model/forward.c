@@ -21,10 +21,20 @@
  * NULL. */
 typedef void *const *(*state_fn)(void *ctx, int layer);
 
+/* The residual add of a block is fused with the norm that follows it (the next block's input
+ * norm, the MLP's norm or the final norm): `pend` holds the branch output not yet added to h, and
+ * norm() adds it and normalises in one backend call (hyb_add_rmsnorm: same values and tape). */
+static hyb_tensor *norm(hyb_graph *g, hyb_tensor **h, hyb_tensor **pend, hyb_tensor *w, float eps) {
+    if (!*pend) return hyb_rmsnorm(g, *h, w, eps);
+    hyb_tensor *y = hyb_add_rmsnorm(g, *h, *pend, w, eps, h);
+    *pend = NULL;
+    return y;
+}
+
 static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T,
                          state_fn states, void *sctx, const int32_t *pos, int max_ctx) {
     const float eps = (float)m->map->norm_eps;
-    hyb_tensor *h = hyb_embedding(g, m->embed, ids, B, T);
+    hyb_tensor *h = hyb_embedding(g, m->embed, ids, B, T), *pend = NULL;
     if (!h) {
         hyb_error_wrap(HYB_ERR_ARG, "model forward: embedding");
         return NULL;
@@ -32,27 +42,27 @@ static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, 
     for (int l = 0; l < m->L; l++) {
         hyb_layer *ly = &m->layers[l];
         if (ly->mixer) {
-            hyb_tensor *u = hyb_rmsnorm(g, h, ly->norm_in, eps);
+            hyb_tensor *u = norm(g, &h, &pend, ly->norm_in, eps);
             hyb_tensor *y =
                 u ? hyb_mixer_apply(g, ly->mixer, u, states ? states(sctx, l) : NULL, pos, max_ctx)
                   : NULL;
-            h = y ? hyb_add(g, h, y) : NULL;
-            if (!h) goto fail_layer;
+            if (!y) goto fail_layer;
+            pend = y; /* h + y, added by the next norm */
         }
-        hyb_tensor *v = hyb_rmsnorm(g, h, ly->norm_post, eps);
+        hyb_tensor *v = norm(g, &h, &pend, ly->norm_post, eps);
         hyb_tensor *gt = v ? hyb_matmul(g, v, ly->w_gate) : NULL;
         hyb_tensor *up = gt ? hyb_matmul(g, v, ly->w_up) : NULL;
         hyb_tensor *a = up ? hyb_swiglu(g, gt, up) : NULL;
         hyb_tensor *d = a ? hyb_matmul(g, a, ly->w_down) : NULL;
-        h = d ? hyb_add(g, h, d) : NULL;
-        if (!h) goto fail_layer;
+        if (!d) goto fail_layer;
+        pend = d;
         continue;
     fail_layer:
         hyb_error_wrap(HYB_ERR, "model forward: layer %d (%s)", l,
                        ly->mixer ? ly->mixer->type : HYB_MIXER_IDENTITY);
         return NULL;
     }
-    hyb_tensor *hn = hyb_rmsnorm(g, h, m->norm_f, eps);
+    hyb_tensor *hn = norm(g, &h, &pend, m->norm_f, eps);
     if (!hn) hyb_error_wrap(HYB_ERR, "model forward: final norm");
     return hn;
 }
@@ -232,8 +242,8 @@ static void *const *decode_states(void *ctx, int layer) {
     return c->st;
 }
 
-int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
-                     float *logits) {
+static int decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
+                  float *logits, int on_device) {
     HYB_TRY(check_state(m, s, "hyb_model_decode"));
     if (n <= 0 || !seqs || !ids)
         return hyb_error_set(HYB_ERR_ARG, "hyb_model_decode: no sequences (n = %d)", n);
@@ -271,8 +281,10 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
     else {
         if (logits) {
             const hyb_backend *be = hyb_backend_get(lg->device);
-            rc = be ? be->download(be, logits, lg->data, (size_t)n * (size_t)m->V * sizeof(float))
-                    : HYB_ERR_UNSUPPORTED;
+            const size_t nb = (size_t)n * (size_t)m->V * sizeof(float);
+            rc = !be         ? HYB_ERR_UNSUPPORTED
+                 : on_device ? be->copy(be, logits, lg->data, nb)
+                             : be->download(be, logits, lg->data, nb);
         }
         if (rc == HYB_OK)
             for (int i = 0; i < n; i++)
@@ -282,4 +294,14 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
     free(st);
     free(pos);
     return rc;
+}
+
+int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
+                     float *logits) {
+    return decode(m, s, n, seqs, ids, logits, 0);
+}
+
+int hyb_model_decode_dev(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs,
+                         const int32_t *ids, float *dev_logits) {
+    return decode(m, s, n, seqs, ids, dev_logits, 1);
 }

@@ -280,8 +280,10 @@ static char *join_path(const char *dir, const char *file) {
  *               block types and "i" for identity layers. Facts confirmed from the public Fast-LLM
  *               HF code (fast_llm_external_models/apriel_hybrid_ssm), read, not copied: the config
  *               is a MistralConfig subclass with `hybrid_block_layout` and one `ssm_cfg` dict;
- *               Fast-LLM names the type "apriel_hybrid_ssm", the released checkpoints
- *               "apriel_h" (SPEC.md section 1); "i" (AprielHybridIdentity) returns the hidden
+ *               Fast-LLM's export writes model_type "apriel_hybrid_ssm", architectures
+ *               AprielHybridSSMForCausalLM and an auto_map into configuration_/modeling_
+ *               apriel_hybrid_ssm.py, as the released checkpoints do: hyb writes the same (SPEC.md
+ *               section 1 calls the format "apriel_h"; both are read); "i" (AprielHybridIdentity) returns the hidden
  *               states unchanged: the WHOLE block, MLP included, is skipped, so a hyb identity
  *               layer (which keeps its MLP) is written as "i" only when its MLP is exactly zero;
  *               hyb_model_load_hf_dir builds "i" layers that way;
@@ -312,7 +314,8 @@ static int all_zero(const hyb_tensor *t) {
 }
 
 /* The config.json text of m in `fmt`, or NULL with the reason in why (no error set). */
-static char *hf_config_for(const hyb_model *m, const char *fmt, char *why, size_t nwhy) {
+static char *hf_config_for(const hyb_model *m, const char *fmt, const char *torch_dtype, char *why,
+                           size_t nwhy) {
     const int llama = !strcmp(fmt, HYB_HF_LLAMA), apriel = !strcmp(fmt, HYB_HF_APRIEL_H);
     char *text = NULL;
     cJSON *root = cJSON_CreateObject(), *arch = cJSON_CreateArray(), *lay = cJSON_CreateArray();
@@ -320,11 +323,25 @@ static char *hf_config_for(const hyb_model *m, const char *fmt, char *why, size_
     snprintf(why, nwhy, "out of memory");
     if (!root || !arch || !lay) goto done;
     cJSON_AddItemToArray(arch, cJSON_CreateString(llama    ? "LlamaForCausalLM"
-                                                  : apriel ? "AprielHForCausalLM"
+                                                  : apriel ? "AprielHybridSSMForCausalLM"
                                                            : "HybHybridForCausalLM"));
     cJSON_AddItemToObject(root, "architectures", arch);
     arch = NULL;
-    int rc = hyb_hfj_set_string(j, "model_type", fmt);
+    /* apriel_h is written under the names of the released checkpoints and of Fast-LLM's export
+     * (model_type apriel_hybrid_ssm, auto_map into the modeling files put beside the config), so
+     * AutoModelForCausalLM with trust_remote_code loads it; both names are read back. */
+    int rc = hyb_hfj_set_string(j, "model_type", apriel ? "apriel_hybrid_ssm" : fmt);
+    if (!rc && apriel) {
+        cJSON *am = cJSON_AddObjectToObject(root, "auto_map");
+        if (!am ||
+            !cJSON_AddStringToObject(am, "AutoConfig",
+                                     "configuration_apriel_hybrid_ssm.AprielHybridSSMConfig") ||
+            !cJSON_AddStringToObject(am, "AutoModel",
+                                     "modeling_apriel_hybrid_ssm.AprielHybridSSMModel") ||
+            !cJSON_AddStringToObject(am, "AutoModelForCausalLM",
+                                     "modeling_apriel_hybrid_ssm.AprielHybridSSMForCausalLM"))
+            goto done;
+    }
     if (!rc) rc = hyb_hfj_set_int(j, "hidden_size", m->D);
     if (!rc) rc = hyb_hfj_set_int(j, "intermediate_size", m->F);
     if (!rc) rc = hyb_hfj_set_int(j, "num_hidden_layers", m->L);
@@ -380,8 +397,8 @@ static char *hf_config_for(const hyb_model *m, const char *fmt, char *why, size_
     if (!rc && !llama) rc = hyb_hfj_set_null(j, "sliding_window");
     if (!rc) rc = hyb_hfj_set_string(j, "hidden_act", "silu");
     if (!rc) rc = hyb_hfj_set_float(j, "initializer_range", 0.02);
-    if (!rc && llama) rc = hyb_hfj_set_string(j, "dtype", "float32");
-    if (!rc) rc = hyb_hfj_set_string(j, "torch_dtype", "float32");
+    if (!rc && llama) rc = hyb_hfj_set_string(j, "dtype", torch_dtype);
+    if (!rc) rc = hyb_hfj_set_string(j, "torch_dtype", torch_dtype);
     if (rc) {
         snprintf(why, nwhy, "%s", hyb_error());
         hyb_error_clear();
@@ -400,13 +417,13 @@ done:
 }
 
 /* The config.json of the first format that expresses m, or NULL with the reasons in why. */
-static char *hf_config_json(const hyb_model *m, char *why, size_t nwhy) {
+static char *hf_config_json(const hyb_model *m, const char *torch_dtype, char *why, size_t nwhy) {
     static const char *const formats[] = {HYB_HF_LLAMA, HYB_HF_APRIEL_H, HYB_HF_HYB_HYBRID};
     size_t k = 0;
     why[0] = 0;
     for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++) {
         char one[1024];
-        char *text = hf_config_for(m, formats[i], one, sizeof one);
+        char *text = hf_config_for(m, formats[i], torch_dtype, one, sizeof one);
         if (text) return text;
         if (k < nwhy)
             k += (size_t)snprintf(why + k, nwhy - k, "%s%s: %s", i ? "; " : "", formats[i], one);
@@ -429,6 +446,13 @@ static int identity_layer_of(const hyb_model *m, const hyb_tensor *t) {
 #define OMITTED_KEY "hyb_identity_layers_omitted"
 
 int hyb_model_save(hyb_model *m, const char *dir) {
+    return hyb_model_save_as(m, dir, HYB_F32);
+}
+
+int hyb_model_save_as(hyb_model *m, const char *dir, hyb_dtype dtype) {
+    if (dtype != HYB_F32 && dtype != HYB_BF16)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_save %s: dtype %s (f32 or bf16)", dir,
+                             hyb_dtype_name(dtype));
     HYB_TRY(hyb_mkdir_p(dir));
     int rc = HYB_OK;
     char *toml = hyb_model_layermap_toml(m);
@@ -443,13 +467,13 @@ int hyb_model_save(hyb_model *m, const char *dir) {
      * HF side has no tensors for them, so neither has the file (issue 16); the metadata lists
      * them, and hyb_model_load_params gives them back (norms 1, MLP zero). */
     char why[4096];
-    char *cfg = hf_config_json(m, why, sizeof why);
+    char *cfg = hf_config_json(m, dtype == HYB_BF16 ? "bfloat16" : "float32", why, sizeof why);
     hyb_strbuf omitted = {0};
     for (int l = 0; l < m->L && cfg; l++)
         if (!m->layers[l].mixer) hyb_strbuf_printf(&omitted, "%s%d", omitted.n ? "," : "", l);
     for (int i = 0; i < m->n_params && rc == HYB_OK; i++)
         if (!(cfg && identity_layer_of(m, m->params[i]) >= 0))
-            rc = hyb_st_writer_add_tensor(w, m->params[i]->name, m->params[i]);
+            rc = hyb_st_writer_add_tensor_as(w, m->params[i]->name, m->params[i], dtype);
     if (rc == HYB_OK && omitted.n) rc = hyb_st_writer_meta(w, OMITTED_KEY, omitted.p);
     if (rc == HYB_OK && omitted.oom)
         rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_model_save: out of memory");

@@ -47,6 +47,7 @@ enum { TOK_PREPEND_ALWAYS = 0, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER };
 typedef struct tok_pretok {
     int kind;
     pcre2_code *re; /* SPLIT (also the GPT-2 regex of BYTELEVEL when use_regex) */
+    char *pattern;  /* SPLIT: the regex's source (tokenizer.json is written from it) */
     int behavior, invert;
     int add_prefix_space;      /* BYTELEVEL */
     int prepend_scheme, split; /* METASPACE (replacement is always "▁") */
@@ -116,6 +117,9 @@ int tok_add_split(hyb_tokenizer *t, const char *pattern, size_t plen, int behavi
                   const char *where);
 int tok_add_bytelevel(hyb_tokenizer *t, int add_prefix_space, int use_regex);
 int tok_add_metaspace(hyb_tokenizer *t, int prepend_scheme, int split);
+/* bos/eos from the tokenizer_config.json beside a tokenizer.json, if there is one
+ * (tokenizer_save.c). */
+int tok_apply_hf_config(hyb_tokenizer *t, const char *tokenizer_json_path);
 /* Final step: compute pieces, byte tables, sort added tokens. */
 int tok_finish(hyb_tokenizer *t);
 

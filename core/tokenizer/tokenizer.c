@@ -399,6 +399,9 @@ int tok_add_split(hyb_tokenizer *t, const char *pattern, size_t plen, int behavi
         return HYB_ERR_NOMEM;
     }
     p->kind = TOK_PT_SPLIT, p->re = re, p->behavior = behavior, p->invert = invert;
+    if (!(p->pattern = malloc(plen + 1))) return hyb_error_set(HYB_ERR_NOMEM, "tokenizer: out of memory");
+    memcpy(p->pattern, pattern, plen);
+    p->pattern[plen] = 0;
     return HYB_OK;
 }
 
@@ -554,7 +557,7 @@ void hyb_tokenizer_free(hyb_tokenizer *t) {
         free(t->norms[i].a), free(t->norms[i].b);
     free(t->norms);
     for (int i = 0; i < t->n_pretoks; i++)
-        pcre2_code_free(t->pretoks[i].re);
+        pcre2_code_free(t->pretoks[i].re), free(t->pretoks[i].pattern);
     free(t->pretoks);
     for (int i = 0; i < t->n_added; i++)
         free(t->added[i].text);

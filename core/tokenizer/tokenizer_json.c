@@ -534,5 +534,9 @@ hyb_tokenizer *hyb_tokenizer_load_json(const char *path) {
     }
     hyb_tokenizer *t = hyb_tokenizer_load_json_mem(buf, n, path);
     free(buf);
+    if (t && tok_apply_hf_config(t, path) != HYB_OK) { /* tokenizer_config.json beside it */
+        hyb_tokenizer_free(t);
+        return NULL;
+    }
     return t;
 }

@@ -16,6 +16,17 @@
  * saved (forward -> backward): a 64-byte header, then the projections Qr, Kr, Vr, Gp [B*T, C],
  * Bl [B*T, H], (gated) Al [B*T, H], the recurrence output O [B*T, C], and the state at the start
  * of every chunk [B, H, ceil(T/chunk), n, n]; everything else is recomputed by backward.
+ *
+ * Devices: kernels[HYB_DEV_CPU] = dn_forward / dn_backward / dn_decode (plain C + OpenMP, the
+ * recurrence in deltanet_core.h); kernels[HYB_DEV_CUDA] = dn_forward_cuda / dn_backward_cuda /
+ * dn_decode_cuda (section "CUDA" below; the kernels and their design are in
+ * plugins/common/deltanet.cu, embedded at build time and compiled by NVRTC through be->kernel).
+ * Both keep the saved block and the decode state in the layouts above (a state is the same bytes
+ * on either device, so snapshots stay byte copies) and agree to f32 rounding (tests/test_mixers
+ * compares them on the emulated device, HYB_CUDA_EMULATE=1). The CUDA path differs only in
+ * order of operations: the forward splits a chunk into sub-chunks when the shared memory asks
+ * for it (checkpoints stay at chunk starts), the UT solve works on v_new directly (no W), and
+ * the backward's sums over value columns are per-slab partials added afterwards.
  */
 #ifndef HYB_PLUGIN_DELTANET_IMPL_H
 #define HYB_PLUGIN_DELTANET_IMPL_H
@@ -64,6 +75,9 @@ typedef struct dn {
     int D, H, n, C, K, chunk, layer;
     float eps;      /* o_norm epsilon */
     double eps_cfg; /* norm_eps as configured (written to HF configs) */
+    /* CUDA: the kernels of deltanet.cu, fetched once from cu_be (its cache compiles them once) */
+    const hyb_backend *cu_be;
+    void *cu_fn[16];
 } dn;
 
 /* ---- configuration ---------------------------------------------------------------------------
@@ -435,8 +449,8 @@ static int dn_run(const hyb_backend *be, dn *m, int B, int T, const float *x, fl
     return rc;
 }
 
-static int dn_forward(void *self, const hyb_mixer_fwd *a) {
-    dn *m = self;
+/* the argument checks of forward (every device) */
+static int dn_check_fwd(const dn *m, const hyb_mixer_fwd *a) {
     if (a->B <= 0 || a->T <= 0)
         return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): forward with B = %d, T = %d", m->layer,
                          a->B, a->T);
@@ -458,11 +472,17 @@ static int dn_forward(void *self, const hyb_mixer_fwd *a) {
                              "(pos[%d] = %d > 0) is not supported; train on whole sequences",
                              m->layer, b, p0);
     }
+    return HYB_OK;
+}
+
+static int dn_forward(void *self, const hyb_mixer_fwd *a) {
+    dn *m = self;
+    HYB_TRY(dn_check_fwd(m, a));
     return dn_run(a->be, m, a->B, a->T, a->x, a->y, a->params, a->saved, a->states, a->pos, 0);
 }
 
-static int dn_decode(void *self, const hyb_mixer_dec *a) {
-    dn *m = self;
+/* the argument checks of decode (every device) */
+static int dn_check_dec(const dn *m, const hyb_mixer_dec *a) {
     if (a->n <= 0)
         return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): decode with n = %d", m->layer, a->n);
     for (int i = 0; i < a->n; i++)
@@ -471,6 +491,12 @@ static int dn_decode(void *self, const hyb_mixer_dec *a) {
                              DN_NAME " (layer %d): decode sequence %d at pos %d: the context "
                                      "holds max_ctx = %d tokens",
                              m->layer, i, a->pos[i], a->max_ctx);
+    return HYB_OK;
+}
+
+static int dn_decode(void *self, const hyb_mixer_dec *a) {
+    dn *m = self;
+    HYB_TRY(dn_check_dec(m, a));
     /* n sequences of one token each: B = n, T = 1, recurrent step */
     return dn_run(a->be, m, a->n, 1, a->x, a->y, a->params, NULL, a->states, a->pos, 1);
 }
@@ -648,6 +674,385 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
     return rc;
 }
 
+/* ---- CUDA -------------------------------------------------------------------------------------
+ * kernels[HYB_DEV_CUDA]: the same layer on the device. Every pointer of the argument blocks (x, y,
+ * params, grads, saved, each states[b]) is device memory: the host code below only does pointer
+ * arithmetic on them; GEMMs go through be->sgemm exactly as on the CPU, everything else is a
+ * kernel of plugins/common/deltanet.cu (its header comment has the design), launched through
+ * be->kernel / be->launch on the backend's stream. Host memory crosses only by be->upload /
+ * be->download of the saved block's header (training); the states' pointers and whether each
+ * continues (states and pos are host arrays) go to the kernels by value (dn_cu_seqs, up to 64
+ * sequences a launch), so a prefill or decode step never waits for a copy. The saved block and
+ * the state have the CPU's layouts. Shapes that no launch can cover (shared memory or grid
+ * limits) are HYB_ERR_UNSUPPORTED naming the mixer, the op and the shape. */
+
+#include "hyb_plugin_cu.h" /* hyb_cu_deltanet_cu: plugins/common/deltanet.cu, embedded */
+
+enum {
+    DN_K_CONV_ACT = 0,
+    DN_K_WINDOW,
+    DN_K_NORM_GATE,
+    DN_K_CHUNK_FWD,
+    DN_K_CHUNK_BWD,
+    DN_K_NORM_GATE_BWD,
+    DN_K_COLSUM,
+    DN_K_BETA_GATE_BWD,
+    DN_K_ACT_BWD,
+    DN_K_CONV_BWD_X,
+    DN_K_CONV_BWD_W,
+    DN_K_COUNT
+};
+static const char *const DN_KNAMES[DN_K_COUNT] = {
+    "dn_conv_act",      "dn_window", "dn_norm_gate",     "dn_chunk_fwd",
+    "dn_chunk_bwd",     "dn_norm_gate_bwd", "dn_colsum", "dn_beta_gate_bwd",
+    "dn_act_bwd",       "dn_conv_bwd_x",    "dn_conv_bwd_w",
+};
+#define DN_CU_SMEM 49152                   /* shared memory per block without an opt-in */
+#define DN_CU_SEQS 64 /* sequences per launch with states: DN_SEQS of deltanet.cu */
+/* struct dn_seqs of deltanet.cu (a kernel argument by value): the same layout */
+typedef struct dn_cu_seqs {
+    uint64_t S[DN_CU_SEQS], W[DN_CU_SEQS];
+    int32_t cont[DN_CU_SEQS];
+    int32_t b0, nb;
+} dn_cu_seqs;
+/* recomputed states of one backward wave, bytes: at head_dim 128, chunk 64 (4.3 MB per (sequence,
+ * head)) 60 pairs = 240 blocks, enough to fill an H100 */
+#define DN_CU_SCRATCH ((size_t)256 << 20)
+
+static int dn_cu_launch(dn *m, const hyb_backend *be, int k, unsigned gx, unsigned gy, unsigned gz,
+                        unsigned bx, unsigned smem, void **args) {
+    if (m->cu_be != be) {
+        memset(m->cu_fn, 0, sizeof m->cu_fn);
+        m->cu_be = be;
+    }
+    if (!m->cu_fn[k])
+        HYB_TRY(be->kernel(be, "deltanet.cu", hyb_cu_deltanet_cu, DN_KNAMES[k], NULL, 0,
+                           &m->cu_fn[k]));
+    const unsigned grid[3] = {gx, gy, gz}, block[3] = {bx, 1, 1};
+    return be->launch(be, m->cu_fn[k], DN_KNAMES[k], grid, block, smem, args);
+}
+
+/* dst[c] += sum_r src[r cols + c] (src [rows, cols]): partial sums over row blocks into tmp
+ * (>= 64 cols floats), then their sum; deterministic */
+static int dn_cu_colsum(dn *m, const hyb_backend *be, const float *src, float *dst,
+                        long long rows, int cols, float *tmp) {
+    long long rpb = (rows + 63) / 64;
+    if (rpb < 64) rpb = 64;
+    const unsigned parts = (unsigned)((rows + rpb - 1) / rpb), gx = (unsigned)((cols + 127) / 128);
+    int acc = 0;
+    if (parts <= 1) {
+        acc = 1;
+        void *args[] = {(void *)&src, &dst, &rows, &cols, &rows, &acc};
+        return dn_cu_launch(m, be, DN_K_COLSUM, gx, 1, 1, 128, 0, args);
+    }
+    void *a1[] = {(void *)&src, &tmp, &rows, &cols, &rpb, &acc};
+    HYB_TRY(dn_cu_launch(m, be, DN_K_COLSUM, gx, parts, 1, 128, 0, a1));
+    long long np = parts;
+    acc = 1;
+    void *a2[] = {&tmp, &dst, &np, &cols, &np, &acc};
+    return dn_cu_launch(m, be, DN_K_COLSUM, gx, 1, 1, 128, 0, a2);
+}
+
+/* threads for a per-head kernel (a multiple of 32 covering n, at most 128) */
+static unsigned dn_cu_head_threads(int n) {
+    unsigned t = (unsigned)((n + 31) / 32 * 32);
+    return t > 128 ? 128 : t;
+}
+/* blocks of 128 for a grid-stride loop over `count` elements */
+static unsigned dn_cu_blocks(int64_t count) {
+    int64_t g = (count + 127) / 128;
+    return (unsigned)(g < 1 ? 1 : g > 1024 ? 1024 : g);
+}
+
+/* The launch shape of the recurrence kernels: slab width bv (value columns per block), threads,
+ * forward sub-chunk cc; HYB_ERR_UNSUPPORTED when none fits. */
+typedef struct dn_cu_shape {
+    int bv, nslab, nt, cc, cmax;
+    unsigned smem_f, smem_b;
+} dn_cu_shape;
+
+static size_t dn_cu_smem_fwd(int n, int bv, int cc) {
+    return ((size_t)n * bv + 2 * (size_t)cc * n + 3 * (size_t)cc * bv + 2 * (size_t)cc * cc +
+            4 * (size_t)cc) * sizeof(float);
+}
+
+static int dn_cu_plan(const dn *m, const char *op, int B, int T, dn_cu_shape *s) {
+    const int n = m->n;
+    int bv = n / 2;
+    if (bv > 32) bv = 32;
+    if (bv > 4096 / n) bv = 4096 / n;
+    if (bv < 1) bv = 1;
+    s->bv = bv;
+    s->nslab = (n + bv - 1) / bv;
+    int nt = (n * bv / 4 + 31) / 32 * 32;
+    s->nt = nt < 32 ? 32 : nt > 128 ? 128 : nt;
+    s->cmax = m->chunk < T ? m->chunk : T;
+    s->cc = 0;
+    for (int cc = s->cmax; cc >= 1; cc--)
+        if (dn_cu_smem_fwd(n, bv, cc) <= DN_CU_SMEM) {
+            s->cc = cc;
+            break;
+        }
+    s->smem_f = s->cc ? (unsigned)dn_cu_smem_fwd(n, bv, s->cc) : 0;
+    const size_t sb = ((size_t)n * bv + 2 * (size_t)n + 6 * (size_t)bv) * sizeof(float) + 128;
+    s->smem_b = (unsigned)sb;
+    const char *why = NULL;
+    if (!s->cc || sb > DN_CU_SMEM)
+        why = "the state slab needs more than 48 KiB of shared memory";
+    else if ((int64_t)B * T > 0x7fffffff || (int64_t)B * m->H > 0x7fffffff)
+        why = "more rows than a grid holds";
+    else if (m->H > 65535 || s->nslab > 65535)
+        why = "more heads than a grid holds";
+    if (why)
+        return H_->error(HYB_ERR_UNSUPPORTED,
+                         DN_NAME " (layer %d): cuda %s: no kernel for B = %d, T = %d, n_heads %d, "
+                                 "head_dim %d, chunk %d: %s",
+                         m->layer, op, B, T, m->H, m->n, m->chunk, why);
+    return HYB_OK;
+}
+
+/* forward / prefill / decode on the device: dn_run's steps (T == 1 is the recurrent step: the
+ * chunked kernel with one-token chunks) */
+static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x, float *y,
+                     const float *const *P, void *saved, void *const *states, const int32_t *pos,
+                     const char *op) {
+    dn_cu_shape sh;
+    HYB_TRY(dn_cu_plan(m, op, B, T, &sh));
+    int rc = HYB_OK;
+    const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K, chunk = m->chunk;
+    const int nch = (int)dn_n_chunks(m, T);
+    const size_t BT = (size_t)B * T, nn = (size_t)n * n;
+    void *tmp = NULL;
+    char *blk = saved;
+    if (!saved) {
+        blk = tmp = be->alloc(be, dn_saved_bytes(m, B, T));
+        if (!tmp) return HYB_ERR_NOMEM;
+    } else {
+        hyb_pl_saved_hdr hd;
+        memset(&hd, 0, sizeof hd);
+        hd.magic = DN_SAVED_MAGIC;
+        hd.B = B;
+        hd.T = T;
+        HYB_TRY(be->upload(be, saved, &hd, sizeof hd));
+    }
+    float *Qr = (float *)(blk + sizeof(hyb_pl_saved_hdr)), *Kr = Qr + BT * C, *Vr = Kr + BT * C,
+          *Gp = Vr + BT * C, *Bl = Gp + BT * C, *Al = Bl + BT * H,
+          *O = Al + (DN_GATED ? BT * H : 0), *CHK = O + BT * C;
+    const size_t nwork = 3 * BT * C + (states ? 0 : (size_t)B * H * nn);
+    float *work = be->alloc(be, nwork * sizeof(float));
+    if (!work) {
+        rc = HYB_ERR_NOMEM;
+        goto out;
+    }
+    float *Qn = work, *Kn = Qn + BT * C, *Vn = Kn + BT * C, *Sall = states ? NULL : Vn + BT * C;
+    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WQ], Qr, (int)BT, D, C);
+    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WK], Kr, (int)BT, D, C);
+    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WV], Vr, (int)BT, D, C);
+    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WG], Gp, (int)BT, D, C);
+    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WB], Bl, (int)BT, D, H);
+    if (DN_GATED && rc == HYB_OK) rc = dn_linear(be, x, P[DN_WA], Al, (int)BT, D, H);
+    float qs = 1.0f / sqrtf((float)n), *nul = NULL;
+    const float *Alp = DN_GATED ? Al : NULL, *alog = DN_GATED ? P[DN_ALOG] : NULL,
+                *dtb = DN_GATED ? P[DN_DTB] : NULL;
+    float *chk = saved ? CHK : NULL;
+    /* without states one launch of each over all B; with states groups of DN_CU_SEQS sequences */
+    for (int b0 = 0; rc == HYB_OK && b0 < B; b0 += DN_CU_SEQS) {
+        dn_cu_seqs sq;
+        memset(&sq, 0, sizeof sq);
+        sq.b0 = b0;
+        sq.nb = !states ? 0 : B - b0 < DN_CU_SEQS ? B - b0 : DN_CU_SEQS;
+        for (int i = 0; i < sq.nb; i++) { /* device pointers: arithmetic only */
+            float *st = states[b0 + i];
+            sq.S[i] = (uint64_t)(uintptr_t)st;
+            sq.W[i] = (uint64_t)(uintptr_t)(st + (size_t)H * nn);
+            sq.cont[i] = pos && pos[b0 + i] > 0;
+        }
+        const int nb = states ? sq.nb : B;
+        {
+            void *args[] = {&Qr, (void *)&P[DN_CQ], (void *)&P[DN_CK], (void *)&P[DN_CV], &Qn,
+                            &nul, &sq, &B, &T, (void *)&H, (void *)&n, (void *)&K, &qs};
+            rc = dn_cu_launch(m, be, DN_K_CONV_ACT, (unsigned)((size_t)nb * T), (unsigned)H, 3,
+                              dn_cu_head_threads(n), 0, args);
+        }
+        if (rc == HYB_OK && states && K > 1) { /* after the conv read the old windows */
+            void *args[] = {&Qr, &sq, &B, &T, (void *)&C, (void *)&K};
+            rc = dn_cu_launch(m, be, DN_K_WINDOW, dn_cu_blocks((int64_t)nb * 3 * C), 1, 1, 128, 0,
+                              args);
+        }
+        if (rc == HYB_OK) {
+            void *args[] = {&Qn, &Kn, &Vn, &Bl, (void *)&Alp, (void *)&alog, (void *)&dtb, &O,
+                            &chk, &Sall, &sq, &B, &T, (void *)&H, (void *)&n, &sh.bv, &sh.cc,
+                            (void *)&chunk, (void *)&nch};
+            rc = dn_cu_launch(m, be, DN_K_CHUNK_FWD, (unsigned)(nb * H), (unsigned)sh.nslab, 1,
+                              (unsigned)sh.nt, sh.smem_f, args);
+        }
+        if (!states) break;
+    }
+    if (rc == HYB_OK) { /* Z into Qn (no longer needed) */
+        void *args[] = {&O, &Gp, (void *)&P[DN_NORM], &Qn, (void *)&H, (void *)&n, &m->eps};
+        rc = dn_cu_launch(m, be, DN_K_NORM_GATE, (unsigned)BT, (unsigned)H, 1,
+                          dn_cu_head_threads(n), 0, args);
+    }
+    if (rc == HYB_OK) rc = dn_linear(be, Qn, P[DN_WO], y, (int)BT, C, D);
+out:
+    if (work) be->free(be, work);
+    if (tmp) be->free(be, tmp);
+    return rc;
+}
+
+static int dn_forward_cuda(void *self, const hyb_mixer_fwd *a) {
+    dn *m = self;
+    HYB_TRY(dn_check_fwd(m, a));
+    return dn_cu_run(a->be, m, a->B, a->T, a->x, a->y, a->params, a->saved, a->states, a->pos,
+                     a->states ? "prefill" : "forward");
+}
+
+static int dn_decode_cuda(void *self, const hyb_mixer_dec *a) {
+    dn *m = self;
+    HYB_TRY(dn_check_dec(m, a));
+    return dn_cu_run(a->be, m, a->n, 1, a->x, a->y, a->params, NULL, a->states, a->pos, "decode");
+}
+
+static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
+    dn *m = self;
+    const hyb_backend *be = a->be;
+    int B = a->B, T = a->T;
+    const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K, chunk = m->chunk;
+    hyb_pl_saved_hdr hd;
+    if (!a->saved || be->download(be, &hd, a->saved, sizeof hd) != HYB_OK ||
+        hd.magic != DN_SAVED_MAGIC || hd.B != B || hd.T != T)
+        return H_->error(HYB_ERR_ARG,
+                         DN_NAME " (layer %d): backward [B=%d, T=%d] without a matching "
+                                 "saved forward",
+                         m->layer, B, T);
+    dn_cu_shape sh;
+    HYB_TRY(dn_cu_plan(m, "backward", B, T, &sh));
+    const int nch = (int)dn_n_chunks(m, T), nslab = sh.nslab;
+    const size_t BT = (size_t)B * T, BTC = BT * C, BTH = BT * H;
+    const char *blk = a->saved;
+    const float *Qr = (const float *)(blk + sizeof(hyb_pl_saved_hdr)), *Kr = Qr + BTC,
+                *Vr = Kr + BTC, *Gp = Vr + BTC, *Bl = Gp + BTC, *Al = Bl + BTH,
+                *O = Al + (DN_GATED ? BTH : 0), *CHK = O + BTC;
+    const float *const *P = a->params;
+    float *const *G = a->grads;
+    /* scratch of the recomputed states: (cmax+1) n bv floats per block, pairs in waves */
+    const size_t per_pair = (size_t)nslab * (sh.cmax + 1) * n * sh.bv * sizeof(float);
+    int wave = (int)(DN_CU_SCRATCH / per_pair);
+    if (wave < 1) wave = 1;
+    if (wave > B * H) wave = B * H;
+    /* Pre Post [3 BTC], Z, dO, dGq [BTC], Dout [3 BTC], DP [2 nslab BTC], Pn [BTC],
+     * dBp dGs [nslab BTH], dBl dAl pA pD [BTH]: 3 + 3 + 3 + 3 + 1 = 13 BTC besides DP (12 was one
+     * short: the tail of dGs/pD ran past the block; AddressSanitizer on exact-size emulated
+     * blocks found it) */
+    const size_t nwork = 13 * BTC + 2 * (size_t)nslab * BTC + (2 * (size_t)nslab + 4) * BTH;
+    float *work = be->alloc(be, nwork * sizeof(float));
+    /* Sscr also holds dn_cu_colsum's partial sums (64 max(n, H) floats) outside the recurrence */
+    size_t nscr = (size_t)wave * per_pair, ncol = 64 * (size_t)(n > H ? n : H) * sizeof(float);
+    float *Sscr = be->alloc(be, nscr > ncol ? nscr : ncol);
+    int rc = work && Sscr ? HYB_OK : HYB_ERR_NOMEM;
+    if (rc != HYB_OK) goto out;
+    float *Pre = work, *Post = Pre + 3 * BTC, *Z = Post + 3 * BTC, *dO = Z + BTC, *dGq = dO + BTC,
+          *Dout = dGq + BTC, *DP = Dout + 3 * BTC, *Pn = DP + 2 * (size_t)nslab * BTC,
+          *dBp = Pn + BTC, *dGs = dBp + (size_t)nslab * BTH, *dBl = dGs + (size_t)nslab * BTH,
+          *dAl = dBl + BTH, *pA = dAl + BTH, *pD = pA + BTH;
+    float qs = 1.0f / sqrtf((float)n);
+    const float *Alp = DN_GATED ? Al : NULL, *alog = DN_GATED ? P[DN_ALOG] : NULL,
+                *dtb = DN_GATED ? P[DN_DTB] : NULL;
+    dn_cu_seqs nosq; /* no states: zero windows */
+    memset(&nosq, 0, sizeof nosq);
+    /* recompute the activations (whole sequences: no windows) */
+    {
+        void *args[] = {(void *)&Qr, (void *)&P[DN_CQ], (void *)&P[DN_CK], (void *)&P[DN_CV],
+                        &Post, &Pre, &nosq, &B, &T, (void *)&H, (void *)&n, (void *)&K,
+                        &qs};
+        rc = dn_cu_launch(m, be, DN_K_CONV_ACT, (unsigned)BT, (unsigned)H, 3,
+                          dn_cu_head_threads(n), 0, args);
+    }
+    if (rc == HYB_OK) {
+        void *args[] = {(void *)&O, (void *)&Gp, (void *)&P[DN_NORM], &Z, (void *)&H, (void *)&n,
+                        &m->eps};
+        rc = dn_cu_launch(m, be, DN_K_NORM_GATE, (unsigned)BT, (unsigned)H, 1,
+                          dn_cu_head_threads(n), 0, args);
+    }
+    /* y = Z Wo^T */
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, D, C, (int)BT, 1.0f, a->dy, D, Z, C, 1.0f, G[DN_WO], C);
+    if (rc == HYB_OK) /* Z := dZ */
+        rc = be->sgemm(be, 0, 0, (int)BT, C, D, 1.0f, a->dy, D, P[DN_WO], C, 0.0f, Z, C);
+    if (rc == HYB_OK) {
+        void *args[] = {(void *)&O, (void *)&Gp, (void *)&P[DN_NORM], &Z, &dGq, &dO, &Pn,
+                        (void *)&H, (void *)&n, &m->eps};
+        rc = dn_cu_launch(m, be, DN_K_NORM_GATE_BWD, (unsigned)BT, (unsigned)H, 1,
+                          dn_cu_head_threads(n), 0, args);
+    }
+    if (rc == HYB_OK) /* o_norm's dw: the rows' parts summed (Sscr is free until the recurrence) */
+        rc = dn_cu_colsum(m, be, Pn, G[DN_NORM], (long long)BTH, n, Sscr);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, C, D, (int)BT, 1.0f, dGq, C, a->x, D, 1.0f, G[DN_WG], D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, D, C, 1.0f, dGq, C, P[DN_WG], D, 0.0f, a->dx, D);
+    /* the recurrence, in waves of `wave` (sequence, head) pairs */
+    float *dQp = DP, *dKp = DP + (size_t)nslab * BTC, *dV = Dout + 2 * BTC;
+    float *Qn = Post, *Kn = Post + BTC, *Vn = Post + 2 * BTC;
+    for (int bh0 = 0; rc == HYB_OK && bh0 < B * H; bh0 += wave) {
+        const int cnt = B * H - bh0 < wave ? B * H - bh0 : wave;
+        void *args[] = {&Qn, &Kn, &Vn, (void *)&Bl, (void *)&Alp, (void *)&alog, (void *)&dtb,
+                        &dO, (void *)&CHK, &Sscr, &dQp, &dKp, &dV, &dBp, &dGs, &B, &T,
+                        (void *)&H, (void *)&n, &sh.bv, (void *)&chunk, (void *)&nch, &bh0};
+        rc = dn_cu_launch(m, be, DN_K_CHUNK_BWD, (unsigned)cnt, (unsigned)nslab, 1,
+                          (unsigned)sh.nt, sh.smem_b - 128, args);
+    }
+    /* beta = sigmoid(Bl); g = -exp(A_log) softplus(Al + dt_bias) */
+    if (rc == HYB_OK) {
+        long long bth = (long long)BTH;
+        void *args[] = {(void *)&Bl, (void *)&Alp, (void *)&alog, (void *)&dtb, &dBp, &dGs,
+                        (void *)&nslab, &bth, (void *)&H, &dBl, &dAl, &pA, &pD};
+        rc = dn_cu_launch(m, be, DN_K_BETA_GATE_BWD, dn_cu_blocks((int64_t)BTH), 1, 1, 128, 0,
+                          args);
+    }
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, H, D, (int)BT, 1.0f, dBl, H, a->x, D, 1.0f, G[DN_WB], D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, D, H, 1.0f, dBl, H, P[DN_WB], D, 1.0f, a->dx, D);
+    if (DN_GATED) {
+        if (rc == HYB_OK) rc = dn_cu_colsum(m, be, pA, G[DN_ALOG], (long long)BT, H, Sscr);
+        if (rc == HYB_OK) rc = dn_cu_colsum(m, be, pD, G[DN_DTB], (long long)BT, H, Sscr);
+        if (rc == HYB_OK)
+            rc = be->sgemm(be, 1, 0, H, D, (int)BT, 1.0f, dAl, H, a->x, D, 1.0f, G[DN_WA], D);
+        if (rc == HYB_OK)
+            rc = be->sgemm(be, 0, 0, (int)BT, D, H, 1.0f, dAl, H, P[DN_WA], D, 1.0f, a->dx, D);
+    }
+    /* l2 norm (q, k), silu, conv, projection backward */
+    if (rc == HYB_OK) {
+        void *args[] = {&DP, (void *)&nslab, &Pre, &Dout, &B, &T, (void *)&H, (void *)&n, &qs};
+        rc = dn_cu_launch(m, be, DN_K_ACT_BWD, (unsigned)BT, (unsigned)H, 3,
+                          dn_cu_head_threads(n), 0, args);
+    }
+    float *draw = Post; /* the activations are no longer needed */
+    if (rc == HYB_OK) {
+        void *args[] = {&Dout, (void *)&P[DN_CQ], (void *)&P[DN_CK], (void *)&P[DN_CV], &draw,
+                        &B, &T, (void *)&C, (void *)&K};
+        rc = dn_cu_launch(m, be, DN_K_CONV_BWD_X, dn_cu_blocks((int64_t)(3 * BTC)), 1, 1, 128, 0,
+                          args);
+    }
+    if (rc == HYB_OK) {
+        void *args[] = {&Dout, (void *)&Qr, (void *)&G[DN_CQ], (void *)&G[DN_CK],
+                        (void *)&G[DN_CV], &B, &T, (void *)&C, (void *)&K};
+        rc = dn_cu_launch(m, be, DN_K_CONV_BWD_W, dn_cu_blocks(3 * (int64_t)C * K), 1, 1, 128, 0,
+                          args);
+    }
+    for (int s = 0; s < 3 && rc == HYB_OK; s++) {
+        const float *d = draw + (size_t)s * BTC;
+        rc = be->sgemm(be, 1, 0, C, D, (int)BT, 1.0f, d, C, a->x, D, 1.0f, G[DN_WQ + s], D);
+        if (rc == HYB_OK)
+            rc = be->sgemm(be, 0, 0, (int)BT, D, C, 1.0f, d, C, P[DN_WQ + s], D, 1.0f, a->dx, D);
+    }
+out:
+    if (Sscr) be->free(be, Sscr);
+    if (work) be->free(be, work);
+    return rc;
+}
+
 /* ---- attention-derived init ("DIL") -----------------------------------------------------------
  * From an `mha` mixer of the same layer: q heads <- the teacher's q heads, k/v head h <- the
  * teacher's kv head h / (H / KV) (GQA repeated), o_proj <- o_proj; output gate g_proj = 0,
@@ -796,6 +1201,7 @@ static const hyb_mixer_desc DN_DESC = {
     .hf_layer_type = NULL, /* no apriel_h block type */
     .hf_export = dn_hf_export,
     .hf_import = dn_hf_import,
+    .kernels[HYB_DEV_CUDA] = {dn_forward_cuda, dn_backward_cuda, dn_decode_cuda},
 };
 
 HYB_PL_ENTRY(dn_host, DN_DESC)

@@ -6,6 +6,7 @@
  * Per head (state S [dk, dv], dk = dv = head_dim):
  *   S_t = (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t
  * Prefill/training use the chunked WY form (chunk `chunk`), decode the recurrent form.
+ * Devices: cpu and cuda (kernels in plugins/common/deltanet.cu, see deltanet_impl.h).
  *
  * TOML keys of [mixers.<name>] (type = "deltanet"):
  *   n_heads    H (default d_model / 64)

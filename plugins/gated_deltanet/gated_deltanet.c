@@ -6,6 +6,7 @@
  * Per head (state S [dk, dv], dk = dv = head_dim), g_t = -exp(A_log) softplus(a_t + dt_bias):
  *   S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t
  * Prefill/training use the chunked WY form with cumulative decay, decode the recurrent form.
+ * Devices: cpu and cuda (kernels in plugins/common/deltanet.cu, see deltanet_impl.h).
  *
  * TOML keys: as `deltanet` (n_heads, head_dim, conv_size, chunk, norm_eps, type, symbol).
  * Parameters (hf_prefix "mixer"): the ten of `deltanet` (see plugins/deltanet/deltanet.c), then

@@ -1,6 +1,22 @@
 /* plugins/mamba1/mamba1.c: the `mamba1` mixer plugin: descriptor, TOML config, parameters,
  * initialisation (random and MIL from `mha`), decode state. The math (forward, backward, decode)
- * is in mamba1_scan.c; shapes and layouts are in mamba1.h.
+ * is in mamba1_scan.c (CPU) and mamba1_cuda.c + mamba1.cu (CUDA); shapes and layouts are in
+ * mamba1.h, shared by both devices (a saved block or a state is the same bytes on either).
+ *
+ * Devices: kernels[HYB_DEV_CPU] (OpenMP, mamba1_scan.c) and kernels[HYB_DEV_CUDA]: the GEMMs
+ * through be->sgemm, everything else in NVRTC kernels (mamba1.cu, compiled per d_state with
+ * -DD_STATE): conv1d forward / backward (weights, input) / decode step, the selective scan with one
+ * thread per (sequence, channel, time chunk) holding the channel's d_state states in registers:
+ * chunk-local scans, a carry over the chunk starts (the state saved at each chunk start, as on the
+ * CPU), then each chunk from its start; backward by a reverse scan per chunk that recomputes the
+ * chunk's states from its saved start, the adjoint dh entering each chunk carried the same way (its
+ * recurrence needs no states); one fused decode kernel (conv window shift, scan step, D skip, gate)
+ * on the state in place. Channel sums (dB, dC) through shared memory in fixed order, batch and
+ * chunk sums (dA_log, D, biases) in separate reductions: no atomics at test sizes, results
+ * independent of the thread order. The CUDA kernels refuse, with HYB_ERR_UNSUPPORTED naming the op
+ * and the shape: d_state > 64, and in backward an x/B group (d_state * repeat channels) whose block
+ * would need over 1024 threads or 48 KiB of shared memory (2 d_state (threads + 1) floats). Tested
+ * against the CPU on emulated CUDA (test_mixers, test_mamba1 with HYB_CUDA_EMULATE=1).
  *
  * The mixer is Apriel-H1's "m2" (SPEC.md section 3): Mamba-1 selective-scan math with GQA-shaped
  * projections, for one token u [D]:
@@ -369,6 +385,7 @@ static int m1_hf_import(const hyb_model_dims *dims, const char *format, const hy
 
 static const hyb_mixer_desc M1_DESC = {
     HYB_PL_DESC_REQUIRED(m1),
+    .kernels[HYB_DEV_CUDA] = {m1_forward_cuda, m1_backward_cuda, m1_decode_cuda},
     .name = "mamba1",
     .version = "1.0.0",
     .description = "Mamba-1 selective scan with GQA-shaped x/B (Apriel-H1 \"m2\", MIL init "

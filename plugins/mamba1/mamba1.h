@@ -57,8 +57,30 @@ typedef struct m1 {
     int nC, nX, rep, P;
     int dbl;   /* 1: dt_proj.bias is added a second time inside the softplus (SPEC "m2") */
     int chunk; /* time chunk of the scan: boundary states are saved every `chunk` steps */
+    /* CUDA (mamba1_cuda.c): the kernels of mamba1.cu compiled for this d_state on cu_be */
+    const hyb_backend *cu_be;
+    void *cu_fn[16];
 } m1;
 
+/* the first 64 bytes of `saved` (written by the forward of either device, checked by backward) */
+#define M1_SAVED_MAGIC 0x3141424du /* "MBA1" */
+typedef struct m1_saved_hdr {
+    uint32_t magic;
+    int32_t B, T, chunk, nch;
+    uint8_t pad[44];
+} m1_saved_hdr;
+
+static inline int m1_n_chunks(int T, int chunk) {
+    return (T + chunk - 1) / chunk;
+}
+
 HYB_PL_DECLARE_KERNELS(m1);
+/* argument checks shared by the CPU and CUDA kernels (mamba1_scan.c) */
+int m1_check_fwd(const m1 *m, const hyb_mixer_fwd *a);
+int m1_check_dec(const m1 *m, const hyb_mixer_dec *a);
+/* the CUDA kernels (mamba1_cuda.c; compute in mamba1.cu) */
+int m1_forward_cuda(void *self, const hyb_mixer_fwd *a);
+int m1_backward_cuda(void *self, const hyb_mixer_bwd *a);
+int m1_decode_cuda(void *self, const hyb_mixer_dec *a);
 
 #endif

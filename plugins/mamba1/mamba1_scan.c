@@ -55,14 +55,7 @@
 #endif
 
 #define H_ m1_host
-#define SAVED_MAGIC 0x3141424du /* "MBA1" */
 #define PAR_WORK 262144.0       /* open an OpenMP region only above this many inner steps (~1 ms) */
-
-typedef struct saved_hdr {
-    uint32_t magic;
-    int32_t B, T, chunk, nch;
-    uint8_t pad[44];
-} saved_hdr;
 
 static inline float siluf_(float v) {
     return v / (1.0f + expf(-v));
@@ -159,16 +152,12 @@ static float *make_A(const hyb_backend *be, const m1 *m, const float *alog) {
     return A;
 }
 
-static inline int n_chunks(int T, int chunk) {
-    return (T + chunk - 1) / chunk;
-}
-
 size_t m1_saved_bytes(void *self, int B, int T) {
     m1 *m = self;
     size_t BT = (size_t)B * T;
     size_t nf = BT * ((size_t)m->P + m->R + 3 * (size_t)m->Di) +
-                (size_t)B * n_chunks(T, m->chunk) * m->Di * m->N;
-    return sizeof(saved_hdr) + nf * sizeof(float);
+                (size_t)B * m1_n_chunks(T, m->chunk) * m->Di * m->N;
+    return sizeof(m1_saved_hdr) + nf * sizeof(float);
 }
 
 /* v = dtl Wdt^T + b_dt (+ b_dt again when double_dt_bias): [rows, Di] */
@@ -189,13 +178,9 @@ static int dt_pre(const hyb_backend *be, const m1 *m, const float *const *P, con
     return HYB_OK;
 }
 
-/* ---- forward / prefill ----------------------------------------------------------------------*/
-
-int m1_forward(void *self, const hyb_mixer_fwd *a) {
-    m1 *m = self;
-    const hyb_backend *be = a->be;
-    int rc = HYB_OK;
-    const int B = a->B, T = a->T, D = m->D, Di = m->Di, N = m->N, K = m->K, R = m->R, Pw = m->P;
+/* The argument checks of a forward (every device): sizes, positions against the states. */
+int m1_check_fwd(const m1 *m, const hyb_mixer_fwd *a) {
+    const int B = a->B, T = a->T;
     if (B <= 0 || T <= 0)
         return H_->error(HYB_ERR_ARG, "mamba1 (layer %d): forward with B = %d, T = %d", m->layer, B,
                          T);
@@ -216,17 +201,41 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
                              "%d > 0) is not supported; train on whole sequences",
                              m->layer, b, p0);
     }
+    return HYB_OK;
+}
+
+/* The argument checks of a decode step (every device). */
+int m1_check_dec(const m1 *m, const hyb_mixer_dec *a) {
+    const int n = a->n;
+    if (n <= 0) return H_->error(HYB_ERR_ARG, "mamba1 (layer %d): decode with n = %d", m->layer, n);
+    for (int i = 0; i < n; i++)
+        if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
+            return H_->error(HYB_ERR_ARG,
+                             "mamba1 (layer %d): decode sequence %d at pos %d: the state is "
+                             "sized for max_ctx = %d tokens",
+                             m->layer, i, a->pos[i], a->max_ctx);
+    return HYB_OK;
+}
+
+/* ---- forward / prefill ----------------------------------------------------------------------*/
+
+int m1_forward(void *self, const hyb_mixer_fwd *a) {
+    m1 *m = self;
+    const hyb_backend *be = a->be;
+    int rc = HYB_OK;
+    const int B = a->B, T = a->T, D = m->D, Di = m->Di, N = m->N, K = m->K, R = m->R, Pw = m->P;
+    HYB_TRY(m1_check_fwd(m, a));
     const float *const *P = a->params;
     const size_t BT = (size_t)B * T;
-    const int chunk = m->chunk, nch = n_chunks(T, chunk);
+    const int chunk = m->chunk, nch = m1_n_chunks(T, chunk);
 
     /* zxbc, dtl, v, cpre, ys (+ hb): in `saved` when training, else a temporary block */
     float *zxbc, *hb = NULL;
     void *tmp = NULL;
     if (a->saved) {
-        saved_hdr *h = a->saved;
+        m1_saved_hdr *h = a->saved;
         memset(h, 0, sizeof *h);
-        h->magic = SAVED_MAGIC;
+        h->magic = M1_SAVED_MAGIC;
         h->B = B;
         h->T = T;
         h->chunk = chunk;
@@ -354,9 +363,9 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     int rc = HYB_OK;
     const int B = a->B, T = a->T, D = m->D, Di = m->Di, Dx = m->Dx, N = m->N, K = m->K, R = m->R,
               Pw = m->P;
-    const saved_hdr *hdr = a->saved;
-    if (!hdr || hdr->magic != SAVED_MAGIC || hdr->B != B || hdr->T != T || hdr->chunk < 1 ||
-        hdr->nch != n_chunks(T, hdr->chunk))
+    const m1_saved_hdr *hdr = a->saved;
+    if (!hdr || hdr->magic != M1_SAVED_MAGIC || hdr->B != B || hdr->T != T || hdr->chunk < 1 ||
+        hdr->nch != m1_n_chunks(T, hdr->chunk))
         return H_->error(HYB_ERR_ARG,
                          "mamba1 (layer %d): backward [B=%d, T=%d] without a matching saved "
                          "forward",
@@ -553,13 +562,7 @@ int m1_decode(void *self, const hyb_mixer_dec *a) {
     const hyb_backend *be = a->be;
     int rc = HYB_OK;
     const int n = a->n, D = m->D, Di = m->Di, Dx = m->Dx, N = m->N, K = m->K, R = m->R, Pw = m->P;
-    if (n <= 0) return H_->error(HYB_ERR_ARG, "mamba1 (layer %d): decode with n = %d", m->layer, n);
-    for (int i = 0; i < n; i++)
-        if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
-            return H_->error(HYB_ERR_ARG,
-                             "mamba1 (layer %d): decode sequence %d at pos %d: the state is "
-                             "sized for max_ctx = %d tokens",
-                             m->layer, i, a->pos[i], a->max_ctx);
+    HYB_TRY(m1_check_dec(m, a));
     const float *const *P = a->params;
     const int nthr = hyb_pl_max_threads();
     float *buf = be->alloc(be, sizeof(float) *

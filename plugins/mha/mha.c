@@ -7,6 +7,11 @@
  *   head_dim    hd, even (default d_model / n_heads, which must then divide evenly)
  *   rope_theta  RoPE base (default 10000)
  *   bias        q/k/v projection biases (default false; o_proj never has one)
+ *   attn_precision  "f32" (default) or "bf16": the CUDA forward's attention on tensor cores, Q/K/V
+ *               tiles rounded to bf16, f32 accumulation and softmax (head_dim 16, 32, 64 or 128;
+ *               ~1e-2 relative to f32). The CPU, the CUDA backward (f32 recomputation from the
+ *               saved f32 Q/K/V and the forward's LSE) and the decode ignore it; tensors in
+ *               memory, saved blocks and states stay f32 either way.
  *   type, symbol  read by the layer map, accepted here
  *
  * HF config.json (hf_layer_type "t"): the MistralConfig / LlamaConfig attention keys at the top
@@ -14,6 +19,17 @@
  * (default hidden_size / num_attention_heads), rope_theta (default 10000) and, in the llama and
  * hyb_hybrid formats, attention_bias (apriel_h attention has no biases: such an mha is refused
  * there). Every mha layer of a model must agree on them (one set of keys).
+ *
+ * Devices: the CPU (mha_attn.c) and CUDA (mha_cuda.c, kernels in mha_attn.cu), with the same
+ * saved block and decode state (byte for byte the same layout, mha.h). On CUDA the projections
+ * are cuBLAS sgemm and RoPE the backend's; the attention is mha_attn.cu, compiled per head_dim
+ * (4, 8, 16, 32, 64, 128; another head_dim is HYB_ERR_UNSUPPORTED on CUDA, naming the op and
+ * shape): forward = one fused flash-attention kernel (blocks of 32 queries of one head, 16 for
+ * head_dim > 64, key tiles of 32 in shared memory, online softmax with warp shuffles, 128
+ * threads), saving the row log-sum-exp; backward = flash-attention-2 recomputation from it in
+ * two deterministic passes (dQ per query tile; dK/dV per key tile over the query heads of its KV
+ * head, no atomics); decode = flash-decoding (splits of 64 keys of the head-major cache, all
+ * query heads of a KV head per block, then a combine kernel).
  *
  * Initialisation: every weight N(0, 0.02), as HF LlamaPreTrainedModel._init_weights with
  * initializer_range = 0.02; biases zero. Applied by the host from the declarations (no
@@ -27,8 +43,9 @@
 const hyb_host *mha_host;
 #define H_ mha_host
 
-static const char *const MHA_KEYS[] = {"type",     "symbol",     "n_heads", "n_kv_heads",
-                                       "head_dim", "rope_theta", "bias",    NULL};
+static const char *const MHA_KEYS[] = {"type",       "symbol",         "n_heads",
+                                       "n_kv_heads", "head_dim",       "rope_theta",
+                                       "bias",       "attn_precision", NULL};
 
 static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void **self) {
     *self = NULL;
@@ -39,7 +56,7 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
     int64_t nh = 0, nkv = 0, hd = 0, bias = 0;
     double theta = 10000.0;
     int64_t def_h = D % 64 == 0 ? D / 64 : 0;
-    int bias_i = 0;
+    int bias_i = 0, bf16 = 0;
 #define CFG_ERR(key, fmt, ...)                                                                     \
     H_->cfg_error(cfg, key, "mha (layer %d): " fmt, dims->layer, __VA_ARGS__)
     if (cfg) {
@@ -71,6 +88,12 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
             return CFG_ERR("rope_theta", "rope_theta must be in (1, 1e12], got %g", theta);
         HYB_TRY(H_->cfg_bool(cfg, "bias", 0, &bias_i));
         bias = bias_i;
+        const char *prec = NULL;
+        HYB_TRY(H_->cfg_string(cfg, "attn_precision", "f32", &prec));
+        if (strcmp(prec, "f32") != 0 && strcmp(prec, "bf16") != 0)
+            return CFG_ERR("attn_precision",
+                           "attn_precision must be \"f32\" or \"bf16\", got \"%s\"", prec);
+        bf16 = !strcmp(prec, "bf16");
 #undef CFG_ERR
     } else {
         if (def_h == 0)
@@ -94,6 +117,7 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
     m->hd = (int)hd;
     m->layer = dims->layer;
     m->bias = (int)bias;
+    m->bf16 = bf16;
     m->theta = (float)theta;
     m->theta_cfg = theta;
     *self = m;
@@ -103,13 +127,14 @@ static int mha_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void
 static void mha_destroy(void *self) {
     mha *m = self;
     if (m && m->dec_buf) m->dec_be->free(m->dec_be, m->dec_buf);
+    if (m) H_->free(m->cu_host);
     H_->free(self);
 }
 
 static int mha_describe(void *self, char *buf, size_t n) {
     mha *m = self;
-    snprintf(buf, n, "mha H=%d KV=%d hd=%d theta=%g%s", m->H, m->KV, m->hd, (double)m->theta,
-             m->bias ? " bias" : "");
+    snprintf(buf, n, "mha H=%d KV=%d hd=%d theta=%g%s%s", m->H, m->KV, m->hd, (double)m->theta,
+             m->bias ? " bias" : "", m->bf16 ? " attn=bf16" : "");
     return HYB_OK;
 }
 
@@ -242,6 +267,7 @@ static int mha_hf_import(const hyb_model_dims *dims, const char *format, const h
 
 static const hyb_mixer_desc MHA_DESC = {
     HYB_PL_DESC_REQUIRED(mha),
+    .kernels[HYB_DEV_CUDA] = {mha_forward_cuda, mha_backward_cuda, mha_decode_cuda},
     .name = "mha",
     .version = "1.0.0",
     .description =

@@ -13,6 +13,8 @@
  *   saved (training forward -> backward): a 64-byte header, then Q [B*T, qd] and K [B*T, kd]
  *     (both after RoPE), V [B*T, kd], O [B*T, qd] (attention output before o_proj),
  *     LSE [B, H, T] (log-sum-exp of each softmax row, so backward recomputes P exactly).
+ *   Both layouts are the same, byte for byte, for the CPU kernels (mha_attn.c) and the CUDA ones
+ *   (mha_cuda.c, mha_attn.cu): a state or saved block is per instance, not per device.
  */
 #ifndef HYB_PLUGIN_MHA_H
 #define HYB_PLUGIN_MHA_H
@@ -27,11 +29,15 @@
 
 extern const hyb_host *mha_host;
 
+/* first word of the saved block's header (hyb_pl_saved_hdr), CPU and CUDA alike */
+#define MHA_SAVED_MAGIC 0x31414d48u /* "HMA1" */
+
 enum { MHA_WQ = 0, MHA_WK, MHA_WV, MHA_WO, MHA_BQ, MHA_BK, MHA_BV };
 
 typedef struct mha {
     int D, H, KV, hd, layer;
     int bias;         /* 1: q/k/v projections have biases */
+    int bf16;         /* attn_precision = "bf16": the CUDA forward on tensor cores (mha_attn.cu) */
     float theta;      /* RoPE base */
     double theta_cfg; /* rope_theta as configured (written to HF configs) */
     /* decode scratch, grown on demand and kept (no allocation per step once warm); one decode
@@ -39,8 +45,18 @@ typedef struct mha {
     void *dec_buf;
     size_t dec_cap;
     const hyb_backend *dec_be; /* the backend dec_buf came from */
+    /* CUDA (mha_cuda.c): the kernels of mha_attn.cu compiled for this head_dim on cu_be, and a
+     * host staging buffer for the device arrays of state pointers and positions */
+    void *cu_fn[16];
+    const hyb_backend *cu_be;
+    void *cu_host;
+    size_t cu_host_cap;
 } mha;
 
 HYB_PL_DECLARE_KERNELS(mha);
+/* the CUDA kernels (mha_cuda.c) */
+int mha_forward_cuda(void *self, const hyb_mixer_fwd *a);
+int mha_backward_cuda(void *self, const hyb_mixer_bwd *a);
+int mha_decode_cuda(void *self, const hyb_mixer_dec *a);
 
 #endif

@@ -28,8 +28,8 @@
 #endif
 
 #define H_ mha_host
-#define SAVED_MAGIC 0x31414d48u /* "HMA1" */
-#define QBLK 64                 /* query rows per attention block */
+#define SAVED_MAGIC MHA_SAVED_MAGIC
+#define QBLK 64 /* query rows per attention block */
 
 /* e^x for x <= 0 (scores minus their maximum), vectorisable (no libm call): Cephes expf's range
  * reduction and polynomial, relative error ~2e-7; 0 below -87 (where expf is denormal). Also

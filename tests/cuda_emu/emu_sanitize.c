@@ -85,6 +85,19 @@ static unsigned long long dev_i(size_t n, int mod) {
     free(h);
     return d;
 }
+static unsigned long long dev_h(size_t n) { /* n bf16 values in [-2, 2) */
+    unsigned short *h = malloc(2 * n);
+    for (size_t i = 0; i < n; i++) {
+        float f = -2.0f + 4.0f * (float)((i * 2654435761u) % 1000u) / 1000.0f;
+        unsigned int u;
+        memcpy(&u, &f, 4);
+        h[i] = (unsigned short)(u >> 16);
+    }
+    unsigned long long d = emu_alloc(2 * n);
+    emu_put(d, h, 2 * n);
+    free(h);
+    return d;
+}
 #define LAUNCH(file_src, name, gx, gy, ...)                                                        \
     do {                                                                                           \
         void *k_ = emu_build(#name, file_src, #name, "-DHYB_BLOCK=256");                          \
@@ -140,6 +153,63 @@ static int real_kernels(void) {
     LAUNCH(loss, hyb_ce_bwd, (unsigned)R, 1, &lg, &tgt, &lw, &lse, &dl, &R, &Vl, &scale);
     LAUNCH(loss, hyb_kl_fwd, (unsigned)R, 1, &lg, &tg, &lw, &st, &R, &Vl, &temp, &reverse);
     LAUNCH(loss, hyb_kl_bwd, (unsigned)R, 1, &lg, &tg, &lw, &st, &dl, &R, &Vl, &temp, &reverse, &scale);
+    /* fused add + rmsnorm, in place (h = a) as trunk() may call it */
+    unsigned long long ra = dev_f((size_t)(R * D), -2, 2), rb = dev_f((size_t)(R * D), -1, 1);
+    LAUNCH(rows_src, hyb_add_rmsnorm_fwd, (unsigned)R, 1, &ra, &rb, &w, &ra, &yy, &rstd, &R, &D,
+           &eps);
+    /* multi-tensor AdamW: tensors of 1000, 4097 (two chunks) and 1 element, a grid of 2 for 4
+     * chunks (the grid-stride path); the table laid out as hyb_adamw_tensor */
+    struct {
+        unsigned long long p, g, m, v;
+        long long n, first_block;
+        float shrink, step_size;
+    } tab[3];
+    const long long tn[3] = {1000, 4097, 1}, tf[3] = {0, 1, 3};
+    for (int i = 0; i < 3; i++) {
+        tab[i].p = dev_f((size_t)tn[i], -1, 1), tab[i].g = dev_f((size_t)tn[i], -1, 1);
+        tab[i].m = dev_f((size_t)tn[i], -1, 1), tab[i].v = dev_f((size_t)tn[i], 0, 1);
+        tab[i].n = tn[i], tab[i].first_block = tf[i], tab[i].shrink = shrink, tab[i].step_size = step;
+    }
+    unsigned long long dtab = emu_alloc(sizeof tab);
+    emu_put(dtab, tab, sizeof tab);
+    int cnt = 3;
+    long long nblk = 4;
+    LAUNCH(ew, hyb_adamw_multi, 2, 1, &dtab, &cnt, &nblk, &b1, &b2, &eps, &isb);
+    /* sampling: 4 rows of Vl (greedy; plain; top-k + top-p; top-p + penalties) */
+    char *smp = real_source("sample.cu");
+    struct {
+        float t;
+        int k;
+        float p, pen, u;
+        int greedy;
+    } prm[4] = {{0.0f, 0, 1.0f, 1.3f, 0.0f, 1},
+                {1.0f, 0, 1.0f, 1.0f, 0.3f, 0},
+                {0.8f, 40, 0.9f, 1.0f, 0.7f, 0},
+                {1.2f, 0, 0.5f, 1.2f, 0.999f, 0}};
+    const int off[5] = {0, 3, 3, 3, 5}, tok[5] = {1, 7, 9, 2, 650};
+    long long Rs = 4;
+    unsigned long long dprm = emu_alloc(sizeof prm), doff = emu_alloc(sizeof off);
+    unsigned long long dtok = emu_alloc(sizeof tok), dout = dev_i(4, 1);
+    emu_put(dprm, prm, sizeof prm), emu_put(doff, off, sizeof off), emu_put(dtok, tok, sizeof tok);
+    unsigned long long sw = dev_f((size_t)(Rs * Vl), 0, 1), sp = dev_f((size_t)(Rs * Vl), 0, 1);
+    LAUNCH(smp, hyb_sample, (unsigned)Rs, 1, &lg, &sw, &sp, &dprm, &doff, &dtok, &dout, &Vl);
+    /* store.cu: the f32 build and the bf16 one (the backend's -DHYB_STORE_BF16) */
+    char *store = real_source("store.cu"), *store16 = malloc(strlen(store) + 40);
+    sprintf(store16, "#define HYB_STORE_BF16 1\n%s", store);
+    LAUNCH(store, hyb_st_rmsnorm_fwd, (unsigned)R, 1, &x, &w, &yy, &rstd, &R, &D, &eps);
+    LAUNCH(store, hyb_st_add_rmsnorm_fwd, (unsigned)R, 1, &ra, &rb, &w, &ra, &yy, &rstd, &R, &D,
+           &eps);
+    LAUNCH(store, hyb_st_swiglu_fwd, 3, 1, &a, &b, &y, &n);
+    LAUNCH(store, hyb_st_add, 3, 1, &a, &b, &y, &n);
+    unsigned long long ha = dev_h((size_t)n), hb = dev_h((size_t)n), hy = dev_h((size_t)n);
+    unsigned long long hx = dev_h((size_t)(R * D)), hw = dev_h((size_t)D);
+    unsigned long long hh = dev_h((size_t)(R * D)), hz = dev_h((size_t)(R * D));
+    LAUNCH(store16, hyb_st_rmsnorm_fwd, (unsigned)R, 1, &hx, &hw, &hz, &rstd, &R, &D, &eps);
+    LAUNCH(store16, hyb_st_add_rmsnorm_fwd, (unsigned)R, 1, &hx, &hh, &hw, &hx, &hz, &rstd, &R,
+           &D, &eps);
+    LAUNCH(store16, hyb_st_swiglu_fwd, 3, 1, &ha, &hb, &hy, &n);
+    LAUNCH(store16, hyb_st_add, 3, 1, &ha, &hb, &hy, &n);
+    free(smp), free(store), free(store16);
     free(ew), free(rows_src), free(loss);
     printf("real kernels: %d launches failed\n", bad);
     return bad ? 3 : 0;

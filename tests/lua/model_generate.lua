@@ -128,6 +128,34 @@ raises(function() llm:generate(ids, {on_text = 1}) end, "on_text", "on_text 1")
 raises(function() llm:generate(ids, {max_token = 1}) end, "max_token", "unknown option")
 check(llm:pos() == 0, "failed calls leave the context alone")
 
+-- 6. a saved model is a model (issue 16): model:save + tokenizer:save make a directory that
+-- hyb.llm (and so generate / chat / serve) opens as it is, with the GGUF's eos and chat template;
+-- without tokenizer.json the error names --tokenizer, and tokenizer = PATH supplies one
+do
+  local dir = os.tmpname()
+  os.remove(dir)
+  hyb.train.load(path):save(dir)
+  local ok, err = pcall(hyb.llm, dir, {max_ctx = 128})
+  check(not ok and tostring(err):find("--tokenizer PATH", 1, true), "dir without a tokenizer: " .. tostring(err))
+  local l2 = hyb.llm(dir, {max_ctx = 128, tokenizer = path})
+  local r2 = gen.generate(l2, l2:encode(prompt), {sampler = hyb.sampler{}, max_tokens = 16})
+  check(r2.text == "The capital of France is Paris.", "tokenizer = gguf: '" .. r2.text .. "'")
+  l2:close()
+  local tok = hyb.data.tokenizer(path)
+  check((tok:chat_template() or ""):find("<|im_start|>", 1, true), "the GGUF's chat template")
+  tok:save(dir)
+  local l3 = hyb.llm(dir, {max_ctx = 128})
+  check(l3:eos() == 2, "saved tokenizer eos " .. l3:eos())
+  check(same(l3:encode(prompt), prompt_ids), "saved tokenizer ids differ from HF")
+  local r3 = gen.generate(l3, l3:encode(prompt), {sampler = hyb.sampler{}, max_tokens = 16})
+  check(r3.text == "The capital of France is Paris." and r3.reason == "eos",
+        "saved dir: '" .. r3.text .. "' " .. r3.reason)
+  check(hyb.data.tokenizer(dir):chat_template() == tok:chat_template(), "chat template kept")
+  l3:close()
+  check(not pcall(hyb.llm, dir, {tokenizer = 5}), "tokenizer = 5 accepted")
+  os.execute("rm -rf '" .. dir .. "'")
+end
+
 -- 5. errors
 check(not pcall(hyb.sampler, {top_k = -1}), "top_k = -1 accepted")
 check(not pcall(hyb.sampler, {temperatur = 1}), "unknown option accepted")

@@ -105,6 +105,18 @@ H.run("usage errors exit 2", function()
   H.eq(code, 2, "a path is not a script name")
 end)
 
+-- the prompt on a pipe (the terminal side is tests/repl_tmux.sh): expressions print, statements
+-- run, an unfinished statement continues, an error is one line and the session goes on
+H.run("repl on standard input", function()
+  local input = tmp .. "/repl.in"
+  write(input, 'x = 20 + 1\n=x * 2\nerror("boom 5")\nfor i = 1, 2 do\n  x = x + i\nend\nx, "s", {1, k = true}\n')
+  local out, code = H.sh(HYB .. " repl < " .. H.quote(input))
+  H.eq(code, 0, "repl exit status at the end of input")
+  H.check(out:find("42\n", 1, true), "=x * 2 printed 42: " .. out)
+  H.check(out:find("boom 5", 1, true) and not out:find("traceback", 1, true), "one-line error: " .. out)
+  H.check(out:find('24\t"s"\t{1, k = true}', 1, true), "values after the error and the loop: " .. out)
+end)
+
 H.run("version, help, plugins", function()
   local out, code = H.sh(HYB .. " version")
   H.eq(code, 0, "version status")
@@ -171,7 +183,12 @@ H.run("flag values outside their ranges are refused with the range", function()
     {"bench --reps 0", "--reps must be >= 1"},
     {"bench_cpu --bogus", "unknown option --bogus"},
     {"distill --bogus", "unknown option --bogus"},
+    {"eval --prompt-lne 3 --teacher t --data d", "unknown option --prompt-lne (did you mean --prompt-len?)"},
+    {"importance --mmr-step 3", "unknown option --mmr-step (did you mean --mmr-steps?)"},
+    {"generate --max-token 3 hi", "unknown option --max-token (did you mean --max-tokens?)"},
     {"samples tok 0 m", "N must be an integer in [1, 16777216], got '0'"},
+    {"export m.gguf out --dtype q8", "--dtype must be f32 or bf16, got 'q8'"},
+    {"export m.gguf", "needs MODEL and OUT"},
   }
   for _, c in ipairs(cases) do
     local out, code = H.sh(HYB .. " " .. c[1])

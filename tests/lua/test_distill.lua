@@ -158,12 +158,13 @@ lr_scale = { "*" = 0.25, "model.layers.*" = 1.0 }
   end
   local rc, msg = bad_recipe('lr_scale = { "nope.*" = 0.5 }')
   H.check(rc ~= 0 and msg:find("stage 's2': lr_scale pattern 'nope.*' matches no parameter", 1, true) ~= nil, msg)
+  -- (recipelib: checked before anything runs, with the position in the file)
   rc, msg = bad_recipe('lr_scale = { "*" = "fast" }')
-  H.check(rc ~= 0 and msg:find("lr_scale '*' must be a number", 1, true) ~= nil, msg)
+  H.check(rc ~= 0 and msg:find(":14: 'stages.s2.lr_scale.*' must be a number, got \"fast\"", 1, true) ~= nil, msg)
   rc, msg = bad_recipe('lr_scale = { "*" = -1.0 }')
-  H.check(rc ~= 0 and msg:find("scale must be a finite number", 1, true) ~= nil, msg)
+  H.check(rc ~= 0 and msg:find("'stages.s2.lr_scale.*' = -1 is out of range: it must be in [0, 1e+06]", 1, true) ~= nil, msg)
   rc, msg = bad_recipe('lr_scale = 3')
-  H.check(rc ~= 0 and msg:find("lr_scale must be a table", 1, true) ~= nil, msg)
+  H.check(rc ~= 0 and msg:find("'stages.s2.lr_scale' must be a table", 1, true) ~= nil, msg)
 end)
 
 H.run("importance and eval scripts", function()

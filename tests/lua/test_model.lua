@@ -414,5 +414,37 @@ H.run("close", function()
   H.check(true, "gc after close")
 end)
 
+-- issue 16: a model saved by hyb that no HF config can express (an identity layer keeping its
+-- MLP, as set_identity leaves it) has only layermap.toml + safetensors: hyb.llm opens it from
+-- layermap.toml, with the tokenizer given, and generates what the in-memory model predicts
+H.run("a saved hybrid without config.json is a model for hyb.llm", function()
+  local src = io.open(MAP):read("a"):gsub("vocab_size = 256", "vocab_size = 902")
+  local m = hyb.model(hyb.parse_layermap(src, "tiny902.toml"), {seed = 3})
+  m:set_identity({1})
+  local dir = tmp .. "/no_config"
+  m:save(dir)
+  H.check(io.open(dir .. "/config.json") == nil, "config.json written for an unexpressible model")
+  local tokjson = (os.getenv("HYB_TEST_DATA") or (H.root .. "/tests/data")) .. "/tokenizer/llama3_tiny.tokenizer.json"
+  H.raises(function() hyb.llm(dir) end, "--tokenizer PATH")
+  local llm = hyb.llm(dir, {tokenizer = tokjson, max_ctx = 32})
+  local ids = llm:encode("hello world")
+  local r = llm:generate(ids, {max_tokens = 4})
+  H.eq(#r.ids, 4, "generated ids")
+  -- the same greedy continuation from the model in memory: argmax of its logits, token by token
+  local seq = {}
+  for i, v in ipairs(ids) do seq[i] = v end
+  for k = 1, 4 do
+    local lg = m:forward(seq, 1, #seq, {grad = false})
+    local best, bi = -math.huge, -1
+    for v = 1, 902 do
+      local x = lg:get(1, #seq, v)
+      if x > best then best, bi = x, v - 1 end
+    end
+    H.eq(r.ids[k], bi, "greedy token " .. k)
+    seq[#seq + 1] = bi
+  end
+  llm:close()
+end)
+
 H.rmdir(tmp)
 os.exit(H.done())

@@ -82,7 +82,7 @@ def main():
                                                              "golden_logits.bin")
     with open(os.path.join(mdir, "config.json")) as f:
         cfg = json.load(f)
-    assert cfg["model_type"] == "apriel_h", cfg["model_type"]
+    assert cfg["model_type"] in ("apriel_h", "apriel_hybrid_ssm"), cfg["model_type"]
     W = {k: torch.from_numpy(v.astype(np.float64)) for k, v in
          load_file(os.path.join(mdir, "model.safetensors")).items()}
     D, eps = cfg["hidden_size"], cfg["rms_norm_eps"]

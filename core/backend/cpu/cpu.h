@@ -20,6 +20,8 @@ void hyb_cpu_embedding_fwd(const float *W, const int32_t *ids, float *y, int64_t
 void hyb_cpu_embedding_bwd(float *dW, const int32_t *ids, const float *dy, int64_t n, int64_t D);
 void hyb_cpu_rmsnorm_fwd(const float *x, const float *w, float *y, float *rstd, int64_t rows,
                          int64_t D, float eps);
+void hyb_cpu_add_rmsnorm_fwd(const float *a, const float *b, const float *w, float *h, float *y,
+                             float *rstd, int64_t rows, int64_t D, float eps);
 void hyb_cpu_rmsnorm_bwd(const float *x, const float *w, const float *rstd, const float *dy,
                          float *dx, float *dw, int64_t rows, int64_t D);
 void hyb_cpu_swiglu_fwd(const float *gate, const float *up, float *y, int64_t n);

@@ -6,6 +6,7 @@
 #include "backend/cpu/cpu.h"
 #include "backend/cpu/cpu_quant.h"
 #include "hyb/backend.h"
+#include "hyb/sample.h"
 
 /* An entry that forwards its arguments (all but `be`) to the kernel hyb_cpu_<name>. */
 #define CPU_ENTRY(name, params, args)                                                              \
@@ -56,6 +57,10 @@ CPU_ENTRY(rmsnorm_fwd,
           (const hyb_backend *be, const float *x, const float *w, float *y, float *rstd,
            int64_t rows, int64_t D, float eps),
           (x, w, y, rstd, rows, D, eps))
+CPU_ENTRY(add_rmsnorm_fwd,
+          (const hyb_backend *be, const float *a, const float *b, const float *w, float *h,
+           float *y, float *rstd, int64_t rows, int64_t D, float eps),
+          (a, b, w, h, y, rstd, rows, D, eps))
 CPU_ENTRY(rmsnorm_bwd,
           (const hyb_backend *be, const float *x, const float *w, const float *rstd,
            const float *dy, float *dx, float *dw, int64_t rows, int64_t D),
@@ -98,6 +103,29 @@ CPU_ENTRY(adamw,
           (const hyb_backend *be, float *p, const float *g, float *m, float *v, int64_t n, float b1,
            float b2, float eps, float shrink, float step_size, float inv_sqrt_bc2),
           (p, g, m, v, n, b1, b2, eps, shrink, step_size, inv_sqrt_bc2))
+static int cpu_adamw_multi(const hyb_backend *be, const hyb_adamw_tensor *t, int count, float b1,
+                           float b2, float eps, float inv_sqrt_bc2) {
+    (void)be;
+    for (int i = 0; i < count; i++)
+        hyb_cpu_adamw(t[i].p, t[i].g, t[i].m, t[i].v, t[i].n, b1, b2, eps, t[i].shrink,
+                      t[i].step_size, inv_sqrt_bc2);
+    return HYB_OK;
+}
+static int cpu_sample(const hyb_backend *be, const float *logits, int64_t n, int64_t V,
+                      const hyb_sample_row *rows, int32_t *out) {
+    (void)be;
+    if (V <= 0 || V > 0x7fffffff)
+        return hyb_error_set(HYB_ERR_ARG, "cpu sample: V = %lld", (long long)V);
+    for (int64_t i = 0; i < n; i++) {
+        const hyb_sample_row *r = &rows[i];
+        hyb_sampler_params p = {r->temperature, r->top_k, r->top_p, r->repetition_penalty};
+        int32_t t = hyb_sample_with(&p, logits + i * V, (int)V, r->history, r->n_history, r->u);
+        if (t < 0)
+            return hyb_error_wrap(t, "cpu sample: row %lld of %lld", (long long)i, (long long)n);
+        out[i] = t;
+    }
+    return HYB_OK;
+}
 static int cpu_sumsq(const hyb_backend *be, const float *x, int64_t n, double *out) {
     (void)be;
     *out = hyb_cpu_sumsq(x, n);
@@ -131,6 +159,7 @@ static const hyb_backend CPU_BACKEND = {
     .embedding_fwd = cpu_embedding_fwd,
     .embedding_bwd = cpu_embedding_bwd,
     .rmsnorm_fwd = cpu_rmsnorm_fwd,
+    .add_rmsnorm_fwd = cpu_add_rmsnorm_fwd,
     .rmsnorm_bwd = cpu_rmsnorm_bwd,
     .swiglu_fwd = cpu_swiglu_fwd,
     .swiglu_bwd = cpu_swiglu_bwd,
@@ -143,6 +172,8 @@ static const hyb_backend CPU_BACKEND = {
     .kl_fwd = cpu_kl_fwd,
     .kl_bwd = cpu_kl_bwd,
     .adamw = cpu_adamw,
+    .adamw_multi = cpu_adamw_multi,
+    .sample = cpu_sample,
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
     .qmatmul = cpu_qmatmul,

@@ -49,7 +49,8 @@ static inline void store_c(float *c, float s, float alpha, float beta) {
  * (4 K floats) stays in L1 across the M rows, so the weights stream from memory once. Built for
  * AVX-512, AVX2+FMA and baseline x86-64, picked at load time (ifunc); results differ from BLAS
  * only by summation order and FMA rounding. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+/* (not under ThreadSanitizer: the ifunc resolver runs before TSan's runtime and crashes) */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
 static void

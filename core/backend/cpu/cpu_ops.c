@@ -52,21 +52,38 @@ void hyb_cpu_embedding_bwd(float *dW, const int32_t *ids, const float *dy, int64
 
 // ---- rmsnorm --------------------------------------------------------------------------------
 
+/* One row of the forward; the fused add + rmsnorm runs the same code on h, so both give the
+ * same bits. */
+static inline void rmsnorm_row(const float *xr, const float *w, float *yr, float *rstd, int64_t D,
+                               float eps) {
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < D; i++)
+        ss += (double)xr[i] * xr[i];
+    float rs = (float)(1.0 / sqrt(ss / (double)D + (double)eps));
+    *rstd = rs;
+#pragma omp simd
+    for (int64_t i = 0; i < D; i++)
+        yr[i] = w[i] * (xr[i] * rs);
+}
+
 void hyb_cpu_rmsnorm_fwd(const float *x, const float *w, float *y, float *rstd, int64_t rows,
                          int64_t D, float eps) {
 #pragma omp parallel for schedule(static) if (rows * D > PAR_MIN)
+    for (int64_t r = 0; r < rows; r++)
+        rmsnorm_row(x + r * D, w, y + r * D, rstd + r, D, eps);
+}
+
+void hyb_cpu_add_rmsnorm_fwd(const float *a, const float *b, const float *w, float *h, float *y,
+                             float *rstd, int64_t rows, int64_t D, float eps) {
+#pragma omp parallel for schedule(static) if (rows * D > PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * D;
-        float *yr = y + r * D;
-        double ss = 0.0;
-#pragma omp simd reduction(+ : ss)
-        for (int64_t i = 0; i < D; i++)
-            ss += (double)xr[i] * xr[i];
-        float rs = (float)(1.0 / sqrt(ss / (double)D + (double)eps));
-        rstd[r] = rs;
+        const float *ar = a + r * D, *br = b + r * D;
+        float *hr = h + r * D;
 #pragma omp simd
         for (int64_t i = 0; i < D; i++)
-            yr[i] = w[i] * (xr[i] * rs);
+            hr[i] = ar[i] + br[i];
+        rmsnorm_row(hr, w, y + r * D, rstd + r, D, eps);
     }
 }
 

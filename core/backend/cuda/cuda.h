@@ -98,6 +98,9 @@ char *hyb_cuda_source_full(const char *name);
 /* Compile an embedded kernel file (hyb_cuda_source_full) with the backend's standard options
  * (-DHYB_BLOCK=256) for `arch`. */
 int hyb_cuda_compile_builtin(const char *name, int arch, int use_cache, hyb_cuda_image *out);
+/* The same with extra options after the standard ones (a variant: "-DHYB_STORE_BF16"). */
+int hyb_cuda_compile_builtin_opts(const char *name, const char *const *extra, int n_extra, int arch,
+                                  int use_cache, hyb_cuda_image *out);
 
 /* ---- GEMM (cuda_gemm.c), row-major like hyb_cpu_sgemm ---- */
 /* C[M,N] = alpha op(A) op(B) + beta C, f32 (no TF32: CUBLAS_DEFAULT_MATH, COMPUTE_32F) */
@@ -116,6 +119,8 @@ int hyb_cuda_embedding_fwd(const float *W, const int32_t *ids, float *y, int64_t
 int hyb_cuda_embedding_bwd(float *dW, const int32_t *ids, const float *dy, int64_t n, int64_t D);
 int hyb_cuda_rmsnorm_fwd(const float *x, const float *w, float *y, float *rstd, int64_t rows,
                          int64_t D, float eps);
+int hyb_cuda_add_rmsnorm_fwd(const float *a, const float *b, const float *w, float *h, float *y,
+                             float *rstd, int64_t rows, int64_t D, float eps);
 int hyb_cuda_rmsnorm_bwd(const float *x, const float *w, const float *rstd, const float *dy,
                          float *dx, float *dw, int64_t rows, int64_t D);
 int hyb_cuda_swiglu_fwd(const float *gate, const float *up, float *y, int64_t n);
@@ -138,10 +143,28 @@ int hyb_cuda_kl_bwd(const float *s, const float *t, const float *w, const float 
  * inv_sqrt_bc2 = 1 / sqrt(1 - b2^t)). */
 int hyb_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
                    float eps, float shrink, float step_size, float inv_sqrt_bc2);
+int hyb_cuda_adamw_multi(const hyb_adamw_tensor *t, int count, float b1, float b2, float eps,
+                         float inv_sqrt_bc2);
+int hyb_cuda_sample(const float *logits, int64_t n, int64_t V, const hyb_sample_row *rows,
+                    int32_t *out);
+/* bf16 storage (raw bf16 bits, round to nearest even on store), f32 arithmetic and accumulation:
+ * kernels/store.cu built with -DHYB_STORE_BF16. Shapes and meaning as the f32 entries
+ * (hyb/backend.h); rstd stays f32. add_rmsnorm normalises the bf16-rounded h it stores. */
+int hyb_cuda_rmsnorm_fwd_bf16(const void *x, const void *w, void *y, float *rstd, int64_t rows,
+                              int64_t D, float eps);
+int hyb_cuda_add_rmsnorm_fwd_bf16(const void *a, const void *b, const void *w, void *h, void *y,
+                                  float *rstd, int64_t rows, int64_t D, float eps);
+int hyb_cuda_swiglu_fwd_bf16(const void *gate, const void *up, void *y, int64_t n);
+int hyb_cuda_add_bf16(const void *a, const void *b, void *y, int64_t n);
 /* x *= alpha; *out = sum x^2 (partials per block in double, added on the host in block order) */
 int hyb_cuda_scale(float *x, float alpha, int64_t n);
 int hyb_cuda_sumsq(const float *x, int64_t n, double *out);
 /* x: [n] f32 -> y: [n] bf16 (round to nearest even); and back (exact). */
 int hyb_cuda_f32_to_bf16(const float *x, void *y, int64_t n);
 int hyb_cuda_bf16_to_f32(const void *x, float *y, int64_t n);
+/* ---- CUDA graphs (cuda_graph.c): the backend's graph_* entries (hyb/backend.h) ---- */
+int hyb_cuda_graph_begin(const hyb_backend *be);
+int hyb_cuda_graph_end(const hyb_backend *be, void **graph);
+int hyb_cuda_graph_launch(const hyb_backend *be, void *graph);
+void hyb_cuda_graph_free(const hyb_backend *be, void *graph);
 #endif

@@ -20,6 +20,8 @@ int hyb_cuda_bind(void) {
     return HYB_OK;
 }
 
+int hyb_cuda_emulated(void); /* cuda_emu_select.c */
+
 /* ---- caching pool -------------------------------------------------------------------------- */
 /* Size classes: 256 B, 512 B, ... 32 MiB (powers of two), then multiples of 2 MiB. A freed block
  * goes to the free list of its class; an allocation takes a block of exactly its class size. */
@@ -92,7 +94,11 @@ void *hyb_cuda_malloc(size_t nbytes) {
         return NULL;
     }
     int cls;
-    const size_t sz = class_size(nbytes ? nbytes : 1, &cls);
+    size_t sz = class_size(nbytes ? nbytes : 1, &cls);
+    /* emulated: blocks of the exact size asked for (still cached), so AddressSanitizer on the
+     * emulated kernels sees a read or write one element past a buffer instead of the class's
+     * rounding slack hiding it */
+    if (hyb_cuda_emulated()) sz = nbytes ? nbytes : 1;
     pthread_mutex_lock(&g_pool.mu);
     pool_block **pp = &g_pool.free_lists[cls], *b = NULL;
     for (; *pp; pp = &(*pp)->next)

@@ -42,6 +42,13 @@ typedef struct hyb_cu_api {
     HYB_CU_FN(cuModuleUnload)
     HYB_CU_FN(cuModuleGetFunction)
     HYB_CU_FN(cuLaunchKernel)
+    /* CUDA graphs (cuda_graph.c): stream capture, instantiate, replay */
+    HYB_CU_FN(cuStreamBeginCapture)
+    HYB_CU_FN(cuStreamEndCapture)
+    HYB_CU_FN(cuGraphInstantiate)
+    HYB_CU_FN(cuGraphLaunch)
+    HYB_CU_FN(cuGraphExecDestroy)
+    HYB_CU_FN(cuGraphDestroy)
 } hyb_cu_api;
 
 typedef struct hyb_nvrtc_api {
@@ -68,6 +75,7 @@ typedef struct hyb_cublas_api {
     HYB_CU_FN(cublasGetStatusString)
     HYB_CU_FN(cublasSgemm)
     HYB_CU_FN(cublasGemmEx)
+    HYB_CU_FN(cublasSetWorkspace) /* a fixed workspace: cuBLAS inside a graph capture */
 } hyb_cublas_api;
 
 extern hyb_cu_api hyb_cu;

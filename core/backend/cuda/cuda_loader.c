@@ -113,7 +113,11 @@ static int load_driver(void) {
         HYB_STR(cuStreamSynchronize), HYB_STR(cuMemAlloc),       HYB_STR(cuMemFree),
         HYB_STR(cuMemGetInfo),     HYB_STR(cuMemcpyHtoDAsync),   HYB_STR(cuMemcpyDtoHAsync),
         HYB_STR(cuMemcpyDtoDAsync), HYB_STR(cuMemsetD8Async),    HYB_STR(cuModuleLoadData),
-        HYB_STR(cuModuleUnload),   HYB_STR(cuModuleGetFunction), HYB_STR(cuLaunchKernel)};
+        HYB_STR(cuModuleUnload),   HYB_STR(cuModuleGetFunction), HYB_STR(cuLaunchKernel),
+        /* graphs: in every driver since CUDA 10; cuGraphInstantiate is the header's name for
+         * cuGraphInstantiateWithFlags (CUDA 12+), cuStreamBeginCapture for its _v2 */
+        HYB_STR(cuStreamBeginCapture), HYB_STR(cuStreamEndCapture), HYB_STR(cuGraphInstantiate),
+        HYB_STR(cuGraphLaunch),    HYB_STR(cuGraphExecDestroy),  HYB_STR(cuGraphDestroy)};
     _Static_assert(sizeof syms / sizeof *syms * sizeof(void *) == sizeof(hyb_cu_api),
                    "driver symbol list and table differ");
     /* only the system loader path: $CUDA_HOME/lib64/stubs/libcuda.so is a link-time stub */
@@ -138,7 +142,7 @@ static int load_cublas(void) {
     static const char *const syms[] = {
         HYB_STR(cublasCreate),      HYB_STR(cublasDestroy),         HYB_STR(cublasSetStream),
         HYB_STR(cublasSetMathMode), HYB_STR(cublasGetStatusString), HYB_STR(cublasSgemm),
-        HYB_STR(cublasGemmEx)};
+        HYB_STR(cublasGemmEx),      HYB_STR(cublasSetWorkspace)};
     _Static_assert(sizeof syms / sizeof *syms * sizeof(void *) == sizeof(hyb_cublas_api),
                    "cuBLAS symbol list and table differ");
     char tried[512];

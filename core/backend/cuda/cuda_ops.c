@@ -19,6 +19,7 @@ static struct {
     pthread_mutex_t mu;
     struct {
         const char *file;
+        const char *variant; /* the extra -D option, NULL for the standard build */
         CUmodule mod;
     } mods[MAX_MODULES];
     int nmods;
@@ -28,6 +29,14 @@ static struct {
     } fns[MAX_FUNCS];
     int nfns;
 } g_k = {.mu = PTHREAD_MUTEX_INITIALIZER};
+/* the multi-tensor AdamW table (hyb_cuda_adamw_multi) */
+#define ADAMW_CHUNK 4096 /* = HYB_ADAMW_CHUNK of elementwise.cu */
+static struct {
+    pthread_mutex_t mu;
+    hyb_adamw_tensor *host; /* what dev holds (count entries); scratch: host + cap */
+    void *dev;
+    int cap, count;
+} g_aw = {.mu = PTHREAD_MUTEX_INITIALIZER, .count = -1};
 
 /* Compile `src` (NULL: the embedded file `file`, with the backend's standard options) for this
  * device through the kernel cache and load it; a cached image that does not load (stale or
@@ -38,7 +47,8 @@ static int compile_and_load(const char *file, const char *src, const char *const
     for (int use_cache = 1;; use_cache = 0) {
         HYB_TRY(
             src ? hyb_cuda_nvrtc_compile(file, src, opts, nopts, hyb_cuda_g.arch, use_cache, &img)
-                : hyb_cuda_compile_builtin(file, hyb_cuda_g.arch, use_cache, &img));
+                : hyb_cuda_compile_builtin_opts(file, opts, nopts, hyb_cuda_g.arch, use_cache,
+                                                &img));
         CUresult r = hyb_cu.cuModuleLoadData(out, img.data);
         const int retry = r != CUDA_SUCCESS && img.from_cache;
         if (retry)
@@ -48,17 +58,24 @@ static int compile_and_load(const char *file, const char *src, const char *const
     }
 }
 
-static int load_module(const char *file, CUmodule *out) {
+/* The module of embedded file `file` built with the standard options plus `variant` (one -D
+ * option, a static string; NULL: none). */
+static int load_module(const char *file, const char *variant, CUmodule *out) {
     for (int i = 0; i < g_k.nmods; i++)
-        if (strcmp(g_k.mods[i].file, file) == 0) {
+        if (strcmp(g_k.mods[i].file, file) == 0 &&
+            (variant ? g_k.mods[i].variant && strcmp(g_k.mods[i].variant, variant) == 0
+                     : !g_k.mods[i].variant)) {
             *out = g_k.mods[i].mod;
             return HYB_OK;
         }
     if (g_k.nmods == MAX_MODULES)
         return hyb_error_set(HYB_ERR, "CUDA: too many kernel modules (%d)", MAX_MODULES);
     CUmodule mod = NULL;
-    int rc = compile_and_load(file, NULL, NULL, 0, &mod);
-    if (rc != HYB_OK) return hyb_error_wrap(rc, "loading kernels of %s", file);
+    int rc = compile_and_load(file, NULL, variant ? &variant : NULL, variant ? 1 : 0, &mod);
+    if (rc != HYB_OK)
+        return hyb_error_wrap(rc, "loading kernels of %s%s%s", file, variant ? " " : "",
+                              variant ? variant : "");
+    g_k.mods[g_k.nmods].variant = variant;
     g_k.mods[g_k.nmods].file = file;
     g_k.mods[g_k.nmods].mod = mod;
     g_k.nmods++;
@@ -76,7 +93,7 @@ CUfunction hyb_cuda_function(const char *file, const char *kernel) {
             goto out;
         }
     CUmodule mod = NULL;
-    if (load_module(file, &mod) != HYB_OK) goto out;
+    if (load_module(file, NULL, &mod) != HYB_OK) goto out;
     if (hyb_cu_check(hyb_cu.cuModuleGetFunction(&fn, mod, kernel), "cuModuleGetFunction", __FILE__,
                      __LINE__) != HYB_OK) {
         hyb_error_wrap(HYB_ERR, "kernel %s of %s", kernel, file);
@@ -87,6 +104,42 @@ CUfunction hyb_cuda_function(const char *file, const char *kernel) {
         g_k.fns[g_k.nfns].kernel = kernel;
         g_k.fns[g_k.nfns].fn = fn;
         g_k.nfns++;
+    }
+out:
+    pthread_mutex_unlock(&g_k.mu);
+    return fn;
+}
+
+/* kernel `kernel` of the `variant` build of `file` (variants share kernel names, so they are
+ * cached apart from hyb_cuda_function's); NULL + error */
+#define MAX_VARIANT_FUNCS 16
+static struct {
+    const char *variant, *kernel;
+    CUfunction fn;
+} g_vf[MAX_VARIANT_FUNCS];
+static int g_nvf;
+static CUfunction variant_function(const char *file, const char *variant, const char *kernel) {
+    CUfunction fn = NULL;
+    if (hyb_cuda_bind() != HYB_OK) return NULL;
+    pthread_mutex_lock(&g_k.mu);
+    for (int i = 0; i < g_nvf; i++)
+        if (strcmp(g_vf[i].variant, variant) == 0 && strcmp(g_vf[i].kernel, kernel) == 0) {
+            fn = g_vf[i].fn;
+            goto out;
+        }
+    CUmodule mod = NULL;
+    if (load_module(file, variant, &mod) != HYB_OK) goto out;
+    if (hyb_cu_check(hyb_cu.cuModuleGetFunction(&fn, mod, kernel), "cuModuleGetFunction", __FILE__,
+                     __LINE__) != HYB_OK) {
+        hyb_error_wrap(HYB_ERR, "kernel %s of %s %s", kernel, file, variant);
+        fn = NULL;
+        goto out;
+    }
+    if (g_nvf < MAX_VARIANT_FUNCS) {
+        g_vf[g_nvf].variant = variant;
+        g_vf[g_nvf].kernel = kernel;
+        g_vf[g_nvf].fn = fn;
+        g_nvf++;
     }
 out:
     pthread_mutex_unlock(&g_k.mu);
@@ -177,7 +230,13 @@ void hyb_cuda_ops_reset(void) { /* after the context went away (hyb_cuda_shutdow
     pthread_mutex_lock(&g_k.mu);
     g_k.nmods = g_k.nfns = 0;
     g_npk = 0;
+    g_nvf = 0;
     pthread_mutex_unlock(&g_k.mu);
+    pthread_mutex_lock(&g_aw.mu); /* the table's device memory went with the context */
+    g_aw.dev = NULL;
+    g_aw.cap = 0;
+    g_aw.count = -1;
+    pthread_mutex_unlock(&g_aw.mu);
 }
 
 #define GET(file, name)                                                                            \
@@ -251,6 +310,67 @@ int hyb_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, floa
                    float eps, float shrink, float step_size, float inv_sqrt_bc2) {
     void *args[] = {&p, &g, &m, &v, &n, &b1, &b2, &eps, &shrink, &step_size, &inv_sqrt_bc2};
     return elementwise("hyb_adamw", n, args);
+}
+/* Multi-tensor AdamW: the table of non-empty tensors with their first virtual block, kept on the
+ * device between calls and uploaded again only when its contents change (an optimiser passes the
+ * same pointers every step; equal contents are a valid table whatever allocated them). */
+
+int hyb_cuda_adamw_multi(const hyb_adamw_tensor *t, int count, float b1, float b2, float eps,
+                         float inv_sqrt_bc2) {
+    if (count < 0 || (count > 0 && !t))
+        return hyb_error_set(HYB_ERR_ARG, "adamw_multi: bad tensor table (count %d)", count);
+    for (int i = 0; i < count; i++)
+        if (t[i].n < 0 || (t[i].n > 0 && (!t[i].p || !t[i].g || !t[i].m || !t[i].v)))
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "adamw_multi: tensor %d of %d: n = %lld, a NULL buffer", i, count,
+                                 (long long)t[i].n);
+    if (count == 0) return HYB_OK;
+    GET("elementwise.cu", "hyb_adamw_multi");
+    int rc = HYB_OK;
+    pthread_mutex_lock(&g_aw.mu);
+    if (count > g_aw.cap) {
+        hyb_adamw_tensor *h = realloc(g_aw.host, sizeof *h * 2 * (size_t)count);
+        if (!h) {
+            rc = hyb_error_set(HYB_ERR_NOMEM, "adamw_multi: out of memory (%d tensors)", count);
+            goto out;
+        }
+        g_aw.host = h;
+        if (g_aw.dev) hyb_cuda_free(g_aw.dev);
+        g_aw.dev = hyb_cuda_malloc(sizeof *h * (size_t)count);
+        g_aw.cap = g_aw.dev ? count : 0;
+        g_aw.count = -1;
+        if (!g_aw.dev) {
+            rc = hyb_error_wrap(HYB_ERR_NOMEM, "adamw_multi: table of %d tensors", count);
+            goto out;
+        }
+    }
+    hyb_adamw_tensor *tab = g_aw.host + g_aw.cap; /* the new table, built in the scratch half */
+    int k = 0;
+    int64_t blocks = 0;
+    for (int i = 0; i < count; i++) {
+        if (t[i].n == 0) continue;
+        tab[k] = t[i];
+        tab[k].first_block = blocks;
+        blocks += (t[i].n + ADAMW_CHUNK - 1) / ADAMW_CHUNK;
+        k++;
+    }
+    if (k == 0) goto out;
+    if (k != g_aw.count || memcmp(tab, g_aw.host, sizeof *tab * (size_t)k) != 0) {
+        g_aw.count = -1;
+        if ((rc = hyb_cuda_upload(g_aw.dev, tab, sizeof *tab * (size_t)k)) != HYB_OK) goto out;
+        memcpy(g_aw.host, tab, sizeof *tab * (size_t)k);
+        g_aw.count = k;
+    }
+    int64_t cap = (int64_t)(hyb_cuda_g.n_sm > 0 ? hyb_cuda_g.n_sm : 1) * 32;
+    unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
+    void *args[] = {&g_aw.dev, &k, &blocks, &b1, &b2, &eps, &inv_sqrt_bc2};
+    rc = hyb_cuda_launch(fn_, "hyb_adamw_multi", grid, 1, BLOCK, args);
+    if (rc != HYB_OK)
+        rc = hyb_error_wrap(rc, "adamw_multi: %d tensors, %lld blocks of %d", k, (long long)blocks,
+                            ADAMW_CHUNK);
+out:
+    pthread_mutex_unlock(&g_aw.mu);
+    return rc;
 }
 int hyb_cuda_scale(float *x, float alpha, int64_t n) {
     void *args[] = {&x, &alpha, &n};
@@ -332,6 +452,15 @@ int hyb_cuda_rmsnorm_fwd(const float *x, const float *w, float *y, float *rstd, 
     HYB_TRY(rows_ok("rmsnorm_fwd", rows));
     GET("rows.cu", "hyb_rmsnorm_fwd");
     LAUNCH("hyb_rmsnorm_fwd", (unsigned)rows, 1, BLOCK, &x, &w, &y, &rstd, &rows, &D, &eps);
+    return HYB_OK;
+}
+int hyb_cuda_add_rmsnorm_fwd(const float *a, const float *b, const float *w, float *h, float *y,
+                             float *rstd, int64_t rows, int64_t D, float eps) {
+    if (rows <= 0) return HYB_OK;
+    HYB_TRY(rows_ok("add_rmsnorm_fwd", rows));
+    GET("rows.cu", "hyb_add_rmsnorm_fwd");
+    LAUNCH("hyb_add_rmsnorm_fwd", (unsigned)rows, 1, BLOCK, &a, &b, &w, &h, &y, &rstd, &rows, &D,
+           &eps);
     return HYB_OK;
 }
 int hyb_cuda_rmsnorm_bwd(const float *x, const float *w, const float *rstd, const float *dy,
@@ -460,6 +589,150 @@ int hyb_cuda_kl_bwd(const float *s, const float *t, const float *w, const float 
     return rc;
 }
 
+/* ---- bf16 storage (kernels/store.cu built with -DHYB_STORE_BF16) ----------------------------- */
+static const char BF16[] = "-DHYB_STORE_BF16";
+#define GET_BF16(name)                                                                             \
+    CUfunction fn_ = variant_function("store.cu", BF16, name);                                     \
+    if (!fn_) return HYB_ERR
+int hyb_cuda_rmsnorm_fwd_bf16(const void *x, const void *w, void *y, float *rstd, int64_t rows,
+                              int64_t D, float eps) {
+    if (rows <= 0) return HYB_OK;
+    HYB_TRY(rows_ok("rmsnorm_fwd_bf16", rows));
+    GET_BF16("hyb_st_rmsnorm_fwd");
+    LAUNCH("hyb_st_rmsnorm_fwd (bf16)", (unsigned)rows, 1, BLOCK, &x, &w, &y, &rstd, &rows, &D,
+           &eps);
+    return HYB_OK;
+}
+int hyb_cuda_add_rmsnorm_fwd_bf16(const void *a, const void *b, const void *w, void *h, void *y,
+                                  float *rstd, int64_t rows, int64_t D, float eps) {
+    if (rows <= 0) return HYB_OK;
+    HYB_TRY(rows_ok("add_rmsnorm_fwd_bf16", rows));
+    GET_BF16("hyb_st_add_rmsnorm_fwd");
+    LAUNCH("hyb_st_add_rmsnorm_fwd (bf16)", (unsigned)rows, 1, BLOCK, &a, &b, &w, &h, &y, &rstd,
+           &rows, &D, &eps);
+    return HYB_OK;
+}
+int hyb_cuda_swiglu_fwd_bf16(const void *gate, const void *up, void *y, int64_t n) {
+    if (n <= 0) return HYB_OK;
+    GET_BF16("hyb_st_swiglu_fwd");
+    LAUNCH("hyb_st_swiglu_fwd (bf16)", grid_for(n), 1, BLOCK, &gate, &up, &y, &n);
+    return HYB_OK;
+}
+int hyb_cuda_add_bf16(const void *a, const void *b, void *y, int64_t n) {
+    if (n <= 0) return HYB_OK;
+    GET_BF16("hyb_st_add");
+    LAUNCH("hyb_st_add (bf16)", grid_for(n), 1, BLOCK, &a, &b, &y, &n);
+    return HYB_OK;
+}
+
+/* ---- sampling ---------------------------------------------------------------------------------
+ */
+typedef struct { /* = hyb_sample_param of sample.cu */
+    float temperature;
+    int top_k;
+    float top_p;
+    float penalty;
+    float u;
+    int greedy;
+} sample_param;
+
+int hyb_cuda_sample(const float *logits, int64_t n, int64_t V, const hyb_sample_row *rows,
+                    int32_t *out) {
+    if (n <= 0) return HYB_OK;
+    if (V <= 0 || V > 0x7fffffff)
+        return hyb_error_set(HYB_ERR_ARG, "sample: V = %lld outside [1, 2^31)", (long long)V);
+    HYB_TRY(rows_ok("sample", n));
+    if (n > 0x7ffffffe || (uint64_t)n * (uint64_t)V > ((uint64_t)1 << 40))
+        return hyb_error_set(HYB_ERR_ARG, "sample: [%lld, %lld] is too large", (long long)n,
+                             (long long)V);
+    /* the table: params [n], then pen_off [n + 1] and the distinct penalised tokens (ints) */
+    int64_t n_pen = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const hyb_sample_row *r = &rows[i];
+        if (!(r->temperature >= 0.0f && r->temperature <= 100.0f) || r->top_k < 0 ||
+            !(r->top_p >= 0.0f && r->top_p <= 1.0f) ||
+            !(r->repetition_penalty > 0.0f && r->repetition_penalty <= 100.0f) ||
+            !(r->u >= 0.0f && r->u < 1.0f) || r->n_history < 0 || (r->n_history > 0 && !r->history))
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "sample: row %lld: bad settings (temperature %g, top_k %d, top_p "
+                                 "%g, repetition_penalty %g, u %g, %d history tokens)",
+                                 (long long)i, (double)r->temperature, r->top_k, (double)r->top_p,
+                                 (double)r->repetition_penalty, (double)r->u, r->n_history);
+        for (int j = 0; j < r->n_history; j++)
+            if (r->history[j] < 0 || r->history[j] >= V)
+                return hyb_error_set(HYB_ERR_ARG,
+                                     "sample: row %lld: history token %d at position %d is "
+                                     "outside [0, %lld)",
+                                     (long long)i, r->history[j], j, (long long)V);
+        if (r->repetition_penalty != 1.0f) n_pen += r->n_history;
+    }
+    const size_t tab_bytes =
+        sizeof(sample_param) * (size_t)n + sizeof(int) * (size_t)(n + 1 + (n_pen ? n_pen : 1));
+    char *tab = malloc(tab_bytes);
+    uint8_t *seen = n_pen ? calloc((size_t)V, 1) : NULL;
+    int32_t *hout = malloc(sizeof(int32_t) * (size_t)n);
+    char *dtab = NULL;
+    float *scratch = NULL;
+    int rc = HYB_ERR_NOMEM;
+    if (!tab || !hout || (n_pen && !seen)) {
+        hyb_error_set(HYB_ERR_NOMEM, "sample: out of memory");
+        goto out;
+    }
+    sample_param *prm = (sample_param *)tab;
+    int *off = (int *)(tab + sizeof(sample_param) * (size_t)n), *tok = off + n + 1;
+    int np = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const hyb_sample_row *r = &rows[i];
+        prm[i] = (sample_param){r->temperature, r->top_k,
+                                r->top_p,       r->repetition_penalty,
+                                r->u,           r->temperature <= 0.0f || r->top_k == 1};
+        off[i] = np;
+        if (r->repetition_penalty == 1.0f) continue;
+        const int first = np;
+        for (int j = 0; j < r->n_history; j++)
+            if (!seen[r->history[j]]) seen[r->history[j]] = 1, tok[np++] = r->history[j];
+        for (int j = first; j < np; j++)
+            seen[tok[j]] = 0;
+    }
+    off[n] = np;
+    CUfunction fn_ = hyb_cuda_function("sample.cu", "hyb_sample");
+    if (!fn_) {
+        rc = HYB_ERR;
+        goto out;
+    }
+    dtab = hyb_cuda_malloc(tab_bytes);
+    scratch = hyb_cuda_malloc(sizeof(float) * 2 * (size_t)n * (size_t)V);
+    int *dout = hyb_cuda_malloc(sizeof(int32_t) * (size_t)n);
+    if (!dtab || !scratch || !dout) {
+        rc = hyb_error_wrap(HYB_ERR_NOMEM, "sample [%lld, %lld]", (long long)n, (long long)V);
+        hyb_cuda_free(dout);
+        goto out;
+    }
+    rc = hyb_cuda_upload(dtab, tab, tab_bytes);
+    if (rc == HYB_OK) {
+        float *dw = scratch, *dp = scratch + (size_t)n * (size_t)V;
+        sample_param *dprm = (sample_param *)dtab;
+        int *doff = (int *)(dtab + sizeof(sample_param) * (size_t)n), *dtok = doff + n + 1;
+        void *args[] = {&logits, &dw, &dp, &dprm, &doff, &dtok, &dout, &V};
+        rc = hyb_cuda_launch(fn_, "hyb_sample", (unsigned)n, 1, BLOCK, args);
+    }
+    if (rc == HYB_OK) rc = hyb_cuda_download(hout, dout, sizeof(int32_t) * (size_t)n);
+    hyb_cuda_free(dout);
+    for (int64_t i = 0; rc == HYB_OK && i < n; i++) {
+        if (hout[i] < 0 || hout[i] >= V)
+            rc = hyb_error_set(HYB_ERR_ARG, "sample: row %lld: all %lld logits are NaN or -inf",
+                               (long long)i, (long long)V);
+        out[i] = hout[i];
+    }
+out:
+    free(tab);
+    free(seen);
+    free(hout);
+    hyb_cuda_free(dtab);
+    hyb_cuda_free(scratch);
+    return rc;
+}
+
 /* ---- the backend table ------------------------------------------------------------------------
  */
 static char g_cuda_name[32] = "cuda:0";
@@ -519,6 +792,11 @@ CUDA_ENTRY(rmsnorm_fwd,
            (const hyb_backend *be, const float *x, const float *w, float *y, float *rstd,
             int64_t rows, int64_t D, float eps),
            (x, w, y, rstd, rows, D, eps), "rmsnorm_fwd [%lld, %lld]", (long long)rows, (long long)D)
+CUDA_ENTRY(add_rmsnorm_fwd,
+           (const hyb_backend *be, const float *a, const float *b, const float *w, float *h,
+            float *y, float *rstd, int64_t rows, int64_t D, float eps),
+           (a, b, w, h, y, rstd, rows, D, eps), "add_rmsnorm_fwd [%lld, %lld]", (long long)rows,
+           (long long)D)
 CUDA_ENTRY(rmsnorm_bwd,
            (const hyb_backend *be, const float *x, const float *w, const float *rstd,
             const float *dy, float *dx, float *dw, int64_t rows, int64_t D),
@@ -567,6 +845,14 @@ CUDA_ENTRY(adamw,
             float b1, float b2, float eps, float shrink, float step_size, float inv_sqrt_bc2),
            (p, g, m, v, n, b1, b2, eps, shrink, step_size, inv_sqrt_bc2), "adamw n=%lld",
            (long long)n)
+CUDA_ENTRY(adamw_multi,
+           (const hyb_backend *be, const hyb_adamw_tensor *t, int count, float b1, float b2,
+            float eps, float inv_sqrt_bc2),
+           (t, count, b1, b2, eps, inv_sqrt_bc2), "adamw_multi (%d tensors)", count)
+CUDA_ENTRY(sample,
+           (const hyb_backend *be, const float *logits, int64_t n, int64_t V,
+            const hyb_sample_row *rows, int32_t *out),
+           (logits, n, V, rows, out), "sample [%lld, %lld]", (long long)n, (long long)V)
 CUDA_ENTRY(sumsq, (const hyb_backend *be, const float *x, int64_t n, double *out), (x, n, out),
            "sumsq n=%lld", (long long)n)
 static int be_kernel(const hyb_backend *be, const char *file, const char *source,
@@ -596,6 +882,7 @@ static hyb_backend g_cuda_backend = {
     .embedding_fwd = be_embedding_fwd,
     .embedding_bwd = be_embedding_bwd,
     .rmsnorm_fwd = be_rmsnorm_fwd,
+    .add_rmsnorm_fwd = be_add_rmsnorm_fwd,
     .rmsnorm_bwd = be_rmsnorm_bwd,
     .swiglu_fwd = be_swiglu_fwd,
     .swiglu_bwd = be_swiglu_bwd,
@@ -608,10 +895,16 @@ static hyb_backend g_cuda_backend = {
     .kl_fwd = be_kl_fwd,
     .kl_bwd = be_kl_bwd,
     .adamw = be_adamw,
+    .adamw_multi = be_adamw_multi,
+    .sample = be_sample,
     .sumsq = be_sumsq,
     .scale = be_scale,
     .kernel = be_kernel,
     .launch = be_launch,
+    .graph_begin = hyb_cuda_graph_begin, /* cuda_graph.c */
+    .graph_end = hyb_cuda_graph_end,
+    .graph_launch = hyb_cuda_graph_launch,
+    .graph_free = hyb_cuda_graph_free,
 };
 
 const hyb_backend *hyb_backend_cuda(void) {

@@ -212,11 +212,20 @@ char *hyb_cuda_source_full(const char *name) {
 }
 
 int hyb_cuda_compile_builtin(const char *name, int arch, int use_cache, hyb_cuda_image *out) {
+    return hyb_cuda_compile_builtin_opts(name, NULL, 0, arch, use_cache, out);
+}
+
+int hyb_cuda_compile_builtin_opts(const char *name, const char *const *extra, int n_extra, int arch,
+                                  int use_cache, hyb_cuda_image *out) {
     memset(out, 0, sizeof *out);
+    if (n_extra < 0 || n_extra > 7 || (n_extra > 0 && !extra))
+        return hyb_error_set(HYB_ERR_ARG, "%s: bad extra options (%d)", name, n_extra);
     char *src = hyb_cuda_source_full(name);
     if (!src) return HYB_ERR_NOTFOUND;
-    static const char *const opts[] = {"-DHYB_BLOCK=256"};
-    int rc = hyb_cuda_nvrtc_compile(name, src, opts, 1, arch, use_cache, out);
+    const char *opts[8] = {"-DHYB_BLOCK=256"};
+    for (int i = 0; i < n_extra; i++)
+        opts[1 + i] = extra[i];
+    int rc = hyb_cuda_nvrtc_compile(name, src, opts, 1 + n_extra, arch, use_cache, out);
     free(src);
     return rc;
 }

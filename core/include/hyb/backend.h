@@ -34,6 +34,34 @@ extern "C" {
 
 typedef struct hyb_backend hyb_backend;
 
+/* One row of an on-device sampling call (be->sample): the settings of hyb_sampler_params
+ * (hyb/sample.h, same ranges) and the uniform draw u in [0, 1) the row's sampler RNG gave
+ * (hyb_rng_uniform; ignored when greedy: temperature <= 0 or top_k == 1, draw none then). */
+typedef struct hyb_sample_row {
+    float temperature;
+    int top_k;
+    float top_p;
+    float repetition_penalty;
+    float u;
+    const int32_t *history; /* HOST [n_history]: tokens seen (prompt + generated), may be NULL */
+    int n_history;
+} hyb_sample_row;
+
+/* One parameter tensor of a multi-tensor AdamW step (be->adamw_multi): p, g, m, v: [n] on the
+ * backend's device, and the two per-tensor scalars of be->adamw (they differ by lr_scale and by
+ * weight decay on or off). The layout is shared with the CUDA kernel (kernels/elementwise.cu):
+ * change both together. */
+typedef struct hyb_adamw_tensor {
+    float *p;
+    const float *g;
+    float *m;
+    float *v;
+    int64_t n;
+    int64_t first_block; /* filled in by the CUDA backend; callers leave it 0 */
+    float shrink;
+    float step_size;
+} hyb_adamw_tensor;
+
 struct hyb_backend {
     const char *name;  /* "cpu", "cuda:0" */
     hyb_device device; /* the kind of device its memory lives on */
@@ -66,6 +94,14 @@ struct hyb_backend {
      */
     int (*rmsnorm_fwd)(const hyb_backend *be, const float *x, const float *w, float *y,
                         float *rstd, int64_t rows, int64_t D, float eps);
+    /* Fused residual add + RMSNorm (the transformer block's "h = h + f(h); u = norm(h)"):
+     * a, b: [rows, D], w: [D] -> h = a + b: [rows, D] written, y = w * (h * rstd): [rows, D]
+     * written, rstd: [rows] written, exactly as add followed by rmsnorm_fwd on h (the CPU result
+     * is bit-identical to the two calls; CUDA reads a and b once, one block per row). h may alias
+     * a or b (the residual stream updated in place); y must not alias a, b or h. The backward is
+     * rmsnorm_bwd on h plus the identity into both addends (the graph records two nodes). */
+    int (*add_rmsnorm_fwd)(const hyb_backend *be, const float *a, const float *b, const float *w,
+                           float *h, float *y, float *rstd, int64_t rows, int64_t D, float eps);
     /* dx: [rows, D] +=, dw: [D] += (either may be NULL) */
     int (*rmsnorm_bwd)(const hyb_backend *be, const float *x, const float *w, const float *rstd,
                         const float *dy, float *dx, float *dw, int64_t rows, int64_t D);
@@ -110,6 +146,25 @@ struct hyb_backend {
      * p -= step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps) */
     int (*adamw)(const hyb_backend *be, float *p, const float *g, float *m, float *v, int64_t n,
                  float b1, float b2, float eps, float shrink, float step_size, float inv_sqrt_bc2);
+    /* The adamw update above on `count` tensors t[0..count) (a HOST array; the shared scalars
+     * b1, b2, eps, inv_sqrt_bc2 once, shrink and step_size per tensor): the same arithmetic as one
+     * be->adamw per tensor, in one call. CPU: that loop (bitwise the same). CUDA: one launch over
+     * all tensors (a device table of the pointers and sizes, uploaded only when it changed since
+     * the last call: an optimiser's table is the same every step). */
+    int (*adamw_multi)(const hyb_backend *be, const hyb_adamw_tensor *t, int count, float b1,
+                       float b2, float eps, float inv_sqrt_bc2);
+    /* Sampling: one token per row of logits: [n, V] (on the device) into out: [n] (HOST), each
+     * row with its own settings rows[i] (a HOST array). The token is the one core/sample.c's
+     * hyb_sample_with(settings, logits row, history, u) picks: repetition penalty, greedy
+     * (arg max, lowest index on ties), temperature, top-k (ties kept), top-p (in descending
+     * order, ties by index), inverse CDF at u. Contract for a device backend: its sums run in
+     * another order than the CPU's, so a draw u within ~1e-6 (relative) of the boundary between
+     * two tokens' cumulative probabilities may pick the neighbour; greedy rows, the kept sets
+     * of top-k and the penalties are exact. Only the n ids (and the rows' settings and
+     * histories, uploaded) cross the bus. Errors (a history id outside [0, V), settings out of
+     * range, a row whose logits are all NaN or -inf) name the row. */
+    int (*sample)(const hyb_backend *be, const float *logits, int64_t n, int64_t V,
+                  const hyb_sample_row *rows, int32_t *out);
     /* Sum of squares of x: [n] into *out (host, double): gradient clipping's global norm. */
     int (*sumsq)(const hyb_backend *be, const float *x, int64_t n, double *out);
     /* x *= alpha, [n] */
@@ -132,6 +187,22 @@ struct hyb_backend {
      * bytes, and args as cuLaunchKernel takes them (an array of pointers to each argument). */
     int (*launch)(const hyb_backend *be, void *fn, const char *kernel, const unsigned grid[3],
                   const unsigned block[3], unsigned shared_bytes, void **args);
+
+    /* ---- graphs: record a fixed sequence of this backend's work once, replay it (NULL on the
+     * CPU). Between graph_begin and graph_end the entries called on this backend are recorded,
+     * not run (CUDA stream capture); graph_launch replays them with the same pointers and the
+     * same argument values, reading the device buffers as they are at replay time: per-step
+     * inputs go into fixed device buffers (be->upload) before each replay. Not capturable: any
+     * entry that waits for the device (download, the loss and sumsq entries, which return a
+     * host value) and entries that upload host arrays (rope's pos, embedding ids, ce targets:
+     * the upload would replay the capture-time host pointer); one of them makes graph_end fail
+     * with an error naming the cause, and the backend is usable again. Buffers freed during a
+     * capture must not be reused by other work while the graph lives. */
+    int (*graph_begin)(const hyb_backend *be);
+    /* *graph = the instantiated graph (NULL on failure) */
+    int (*graph_end)(const hyb_backend *be, void **graph);
+    int (*graph_launch)(const hyb_backend *be, void *graph);
+    void (*graph_free)(const hyb_backend *be, void *graph);
 };
 
 /* ---- the registry ---- */

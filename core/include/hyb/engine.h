@@ -43,7 +43,11 @@
  * hyb.train.greedy and the benchmarks (hyb bench, hyb.bench) all run requests through it, so
  * prefill, batched decode, sampling and the stop rules live here only. Per request:
  *  - sampling: p.sampler + p.seed (a sampler made for the request), or p.sampler_state, a
- *    caller's sampler used in place (its random stream goes on across requests: a chat);
+ *    caller's sampler used in place (its random stream goes on across requests: a chat). With
+ *    the model on a device whose backend has be->sample, a decode step's logits stay there and
+ *    one be->sample call picks every row's token with the uniform its request's RNG yields (the
+ *    stream hyb_sampler_sample would use): only ids come back (HYB_DEVICE_SAMPLE=0: download
+ *    the logits and sample on the host, as prefill's first token always is);
  *  - stop rules, checked in this order after each sampled token: an id of p.eos (HYB_FINISH_EOS),
  *    a stop string (HYB_FINISH_STOP; needs p.tok), max_tokens (HYB_FINISH_LENGTH), a full
  *    context (HYB_FINISH_CTX); then on_token sees the token (and the finish), and may stop a
@@ -98,7 +102,7 @@ typedef struct hyb_token_event {
     const char *text; /* with p.tok: the text that became final with this token (may be empty) */
     size_t text_len;
     int finish;          /* HYB_FINISH_* when this token ends the request, else -1 */
-    const float *logits; /* [V] the logits it was sampled from */
+    const float *logits; /* [V] the logits it was sampled from (NULL: see HYB_REQ_FINAL_LOGITS) */
 } hyb_token_event;
 /* Returns 0 to go on, > 0 to stop the request here (HYB_FINISH_STOP), < 0 (a hyb_status) to fail
  * it: it finishes with HYB_FINISH_ERROR and hyb_engine_step returns that status. */
@@ -106,6 +110,10 @@ typedef int (*hyb_token_fn)(void *user, const hyb_token_event *ev);
 
 #define HYB_REQ_PIN 1u      /* run in slot p.slot */
 #define HYB_REQ_CONTINUE 2u /* with HYB_REQ_PIN: keep the slot's state (see above) */
+/* on_token's ev.logits is needed on the final token (finish >= 0) only, and may be NULL before:
+ * a model on a device then samples there (be->sample) and downloads no logits but the final
+ * row's. Without it, a request with on_token gets every row's logits (downloaded per token). */
+#define HYB_REQ_FINAL_LOGITS 4u
 
 typedef struct hyb_request_params {
     int max_tokens; /* new tokens at most (1 <= max_tokens < max_ctx) */

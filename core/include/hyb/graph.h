@@ -59,6 +59,13 @@ hyb_tensor *hyb_embedding(hyb_graph *g, hyb_tensor *W, const int32_t *ids, int B
 hyb_tensor *hyb_matmul(hyb_graph *g, hyb_tensor *x, hyb_tensor *W);
 /* x: [..., D], w: [D] -> x / sqrt(mean(x^2) + eps) * w (variance in f32) */
 hyb_tensor *hyb_rmsnorm(hyb_graph *g, hyb_tensor *x, hyb_tensor *w, float eps);
+/* The residual add fused with the next norm: a, b: [..., D] (same shape), w: [D] ->
+ * *h = a + b (the new residual stream) and returns rmsnorm(*h, w, eps); the same values as
+ * hyb_add then hyb_rmsnorm (bit-identical on the CPU) from one kernel (be->add_rmsnorm_fwd). The
+ * tape gets the same two nodes as the separate ops (add, rmsnorm), so gradients are unchanged.
+ * NULL (and *h = NULL) on error. */
+hyb_tensor *hyb_add_rmsnorm(hyb_graph *g, hyb_tensor *a, hyb_tensor *b, hyb_tensor *w, float eps,
+                            hyb_tensor **h);
 /* x: [B, T, H, hd]; pos: [T] positions (NULL = 0..T-1) -> rotated copy (HF half-split layout) */
 hyb_tensor *hyb_rope(hyb_graph *g, hyb_tensor *x, const int32_t *pos, float theta);
 /* gate, up: [..., F] -> silu(gate) * up */

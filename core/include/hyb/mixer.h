@@ -60,6 +60,9 @@ int hyb_mixer_new(const char *type, const hyb_model_dims *dims, const hyb_cfg_ta
 /* flags: HYB_MIXER_LAZY_GRAD leaves the parameters' ->grad NULL until the graph's backward or an
  * optimiser needs it (hyb_tensor_grad_ensure); models build their mixers this way. */
 #define HYB_MIXER_LAZY_GRAD 1u
+/* HYB_MIXER_NO_INIT leaves the parameters zero (no host init, no init_params): for a mixer whose
+ * every parameter is about to be read from a file (a load never keeps an init value). */
+#define HYB_MIXER_NO_INIT 2u
 int hyb_mixer_new_ex(const char *type, const hyb_model_dims *dims, const hyb_cfg_table *cfg,
                      uint64_t seed, unsigned flags, hyb_mixer **out);
 void hyb_mixer_free(hyb_mixer *m);

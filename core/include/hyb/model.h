@@ -78,9 +78,10 @@ typedef struct hyb_model {
  * allocated here (owner HYB_OWN_PARAM): the first backward reaching a parameter, or an
  * optimiser over it, allocates its ->grad zeroed; an inference-only model holds none. */
 int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out);
-/* flags: HYB_BUILD_NO_INIT leaves the embedding, MLP and lm_head zero (for a model whose weights
- * are loaded next: skips drawing ~all random numbers; norms are still 1 and mixers still run
- * their plugin's init). */
+/* flags: HYB_BUILD_NO_INIT leaves the embedding, MLP, lm_head and every mixer parameter zero
+ * (HYB_MIXER_NO_INIT) for a model whose weights are all loaded next (every loader requires each
+ * tensor, or fills omitted identity layers itself): no random numbers drawn, no plugin init; norms
+ * are still 1. */
 #define HYB_BUILD_NO_INIT 1u
 int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_model **out);
 void hyb_model_free(hyb_model *m);
@@ -153,6 +154,11 @@ int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids,
  * (reset them). Same for prefill. */
 int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, const int32_t *ids,
                      float *logits);
+/* hyb_model_decode with the logits left on the model's device: dev_logits [n, V] is memory of
+ * the model's backend (be->alloc), filled by a device-to-device copy; for be->sample, so only
+ * token ids cross the bus (core/engine.c). */
+int hyb_model_decode_dev(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs,
+                         const int32_t *ids, float *dev_logits);
 
 /* ---- checkpoints -------------------------------------------------------------------------------*/
 /* Write dir/model.safetensors (HF names, f32) and dir/layermap.toml atomically (tmp + fsync +
@@ -167,6 +173,9 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
  * hyb_identity_layers_omitted lists them and hyb_model_load_params restores norms 1, MLP zero).
  * Otherwise no config.json, with a log line giving each format's reason. */
 int hyb_model_save(hyb_model *m, const char *dir);
+/* The same with the weights stored as `dtype`: HYB_F32, or HYB_BF16 (rounded to nearest even;
+ * config.json's torch_dtype says "bfloat16"). A load widens them back to f32. */
+int hyb_model_save_as(hyb_model *m, const char *dir, hyb_dtype dtype);
 /* Load parameters from a safetensors file into an already built model: every model parameter
  * must be present with the same shape (error names the tensor and both shapes); F32/F16/BF16
  * (and integer) tensors are converted to f32. Tensors in the file that are not parameters are an

@@ -112,6 +112,10 @@ int hyb_st_writer_add(hyb_st_writer *w, const char *name, hyb_dtype dtype, int n
                       const int64_t *shape, const void *data);
 /* A contiguous CPU tensor (any of the dtypes above). */
 int hyb_st_writer_add_tensor(hyb_st_writer *w, const char *name, const hyb_tensor *t);
+/* The same, stored as `store`: an f32 tensor (on any device) is rounded to BF16 or F16 (to
+ * nearest even) into a copy the writer owns; any other pair is HYB_ERR_UNSUPPORTED. */
+int hyb_st_writer_add_tensor_as(hyb_st_writer *w, const char *name, const hyb_tensor *t,
+                                hyb_dtype store);
 /* A __metadata__ entry (later values replace earlier ones for the same key). */
 int hyb_st_writer_meta(hyb_st_writer *w, const char *key, const char *value);
 /* Write atomically (hyb/atomic.h). */

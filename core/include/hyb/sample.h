@@ -62,6 +62,14 @@ int32_t hyb_sampler_sample(hyb_sampler *s, const float *logits, const int32_t *h
 int hyb_sampler_probs(hyb_sampler *s, const float *logits, const int32_t *history, int n_history,
                       float *probs);
 
+/* Is the choice deterministic (temperature <= 0 or top_k == 1: the arg max, no draw)? */
+int hyb_sampler_greedy(const hyb_sampler_params *p);
+/* The token hyb_sampler_sample picks for these params and logits when its RNG yields u (one
+ * hyb_rng_uniform in [0, 1), drawn only when the choice is not greedy; ignored when it is). The
+ * reference of the backends' on-device sampling (be->sample, hyb/backend.h). Same return codes. */
+int32_t hyb_sample_with(const hyb_sampler_params *p, const float *logits, int V,
+                        const int32_t *history, int n_history, float u);
+
 /* Step 1 alone, in place: logits [V]. Each distinct token of history is penalised once. */
 int hyb_sample_repetition_penalty(float *logits, int V, const int32_t *history, int n_history,
                                   float penalty);

@@ -93,7 +93,8 @@ typedef struct hyb_tokenizer_spec {
 /* Returns NULL and sets hyb_error() on a bad spec (merge naming an unknown token, ...). */
 hyb_tokenizer *hyb_tokenizer_new_bpe(const hyb_tokenizer_spec *spec);
 /* HF tokenizer.json (model type BPE). Unsupported pre-tokenizers/normalizers are an error that
- * names them. Returns NULL and sets hyb_error() on failure. */
+ * names them. A tokenizer_config.json in the same directory sets bos/eos from its bos_token /
+ * eos_token, as HF's tokenizer classes do. Returns NULL and sets hyb_error() on failure. */
 hyb_tokenizer *hyb_tokenizer_load_json(const char *path);
 /* Same, from the JSON text in memory (`name` is used in error messages). */
 hyb_tokenizer *hyb_tokenizer_load_json_mem(const char *json, size_t len, const char *name);
@@ -107,6 +108,19 @@ hyb_tokenizer *hyb_tokenizer_load_gguf(const char *path);
 struct hyb_gguf;
 hyb_tokenizer *hyb_tokenizer_from_gguf(const struct hyb_gguf *g);
 void hyb_tokenizer_free(hyb_tokenizer *tok);
+
+/* Write the tokenizer as HF tokenizer.json (atomically), whatever it was loaded from: loading the
+ * file back gives the same ids for every text (core/tokenizer/tokenizer_save.c). */
+int hyb_tokenizer_save_json(const hyb_tokenizer *tok, const char *path);
+/* dir/tokenizer.json and dir/tokenizer_config.json (bos/eos/unk/pad token names, add_bos/eos,
+ * model_max_length when > 0, chat_template when not NULL): what AutoTokenizer and hyb read. */
+int hyb_tokenizer_save_hf(const hyb_tokenizer *tok, const char *dir, const char *chat_template,
+                          int model_max_length);
+
+/* The chat template that comes with a tokenizer (a .gguf's tokenizer.chat_template, or the
+ * chat_template of the tokenizer_config.json beside a tokenizer.json / in a directory), malloc'ed,
+ * or NULL when there is none. */
+char *hyb_tokenizer_chat_template(const char *path);
 
 /* Flags for encode / decode. */
 enum {

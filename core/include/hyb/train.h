@@ -136,6 +136,26 @@ int hyb_trainer_eval(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
 int hyb_trainer_save(hyb_trainer *t, const char *path, int n_meta, const char *const *keys,
                      const char *const *vals);
 
+/* Lean and final checkpoints (hyb_trainer_save_ex):
+ *   base != NULL: a lean checkpoint: only the trainable parameters (requires_grad) and their
+ *     moments; the frozen ones are those of `base` (a .gguf, a model directory or another
+ *     checkpoint), recorded with its content hash (hyb_file_hash) as "hyb_base" and
+ *     "hyb_base_hash". hyb_trainer_load leaves the frozen parameters as the student has them (the
+ *     caller built it from the base); hyb_model_from_checkpoint_base takes them from the base.
+ *   no_optimizer: no moments ("hyb_optimizer" = "0"): a model snapshot (a stage's final), which
+ *     hyb_trainer_load refuses. */
+typedef struct hyb_ckpt_opts {
+    const char *base;      /* the base's path as recorded (NULL: a full checkpoint) */
+    const char *base_hash; /* its hyb_file_hash (required with base) */
+    int no_optimizer;
+} hyb_ckpt_opts;
+int hyb_trainer_save_ex(hyb_trainer *t, const char *path, const hyb_ckpt_opts *o, int n_meta,
+                        const char *const *keys, const char *const *vals);
+
+/* Content hash of a file, or of a directory's regular files (names and bytes, sorted by name,
+ * not recursive): 16 hex digits (FNV-1a 64) into out[17]. */
+int hyb_file_hash(const char *path, char out[17]);
+
 /* Key/value metadata read back from a checkpoint (all of its __metadata__). */
 typedef struct hyb_ckpt_meta {
     int n;
@@ -150,8 +170,11 @@ void hyb_ckpt_meta_free(hyb_ckpt_meta *m);
  * be NULL) receives the metadata; free with hyb_ckpt_meta_free. */
 int hyb_trainer_load(hyb_trainer *t, const char *path, hyb_ckpt_meta *meta);
 
-/* Build the model stored in a training checkpoint (its layer map + parameters). */
+/* Build the model stored in a training checkpoint (its layer map + parameters). A lean one needs
+ * its base: hyb_model_from_checkpoint_base, with the base model already loaded (the parameters
+ * the file lacks are copied from it by name; the caller checks the base's hash). */
 int hyb_model_from_checkpoint(const char *path, hyb_model **out);
+int hyb_model_from_checkpoint_base(const char *path, const hyb_model *base, hyb_model **out);
 /* Read only the metadata of a checkpoint. */
 int hyb_ckpt_read_meta(const char *path, hyb_ckpt_meta *meta);
 

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "emu_internal.h"          /* hyb_emu_capture_hostfn: GEMMs inside a graph capture */
 #include "include/hyb_emu_half.h" /* the emulated device's f16/bf16 conversions */
 
 struct cublasContext {
@@ -27,6 +28,10 @@ cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
     h->stream = s;
     return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetWorkspace(cublasHandle_t h, void *ws, size_t n) {
+    (void)ws, (void)n; /* the CPU GEMM needs none */
+    return h ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED;
 }
 cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
@@ -51,15 +56,35 @@ static int bad_dims(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
            ldc < (m > 1 ? m : 1);
 }
 
+/* a GEMM's arguments by value (alpha, beta too: pointer mode host), so that a graph capture can
+ * record it (hyb_emu_capture_hostfn) and run it at each replay */
+typedef struct {
+    cublasOperation_t ta, tb;
+    int m, n, k;
+    float alpha;
+    const float *A;
+    int lda;
+    const float *B;
+    int ldb;
+    float beta;
+    float *C;
+    int ldc;
+} sgemm_args;
+static void sgemm_run(const void *p) {
+    const sgemm_args *a = p;
+    cblas_sgemm(CblasColMajor, a->ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                a->tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, a->m, a->n, a->k, a->alpha, a->A,
+                a->lda, a->B, a->ldb, a->beta, a->C, a->ldc);
+}
+
 cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
                            int n, int k, const float *alpha, const float *A, int lda,
                            const float *B, int ldb, const float *beta, float *C, int ldc) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
     if (bad_dims(ta, tb, m, n, k, lda, ldb, ldc)) return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
-                tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, A, lda, B, ldb,
-                *beta, C, ldc);
+    sgemm_args a = {ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc};
+    if (!hyb_emu_capture_hostfn(h->stream, sgemm_run, &a, sizeof a)) sgemm_run(&a);
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -78,6 +103,26 @@ static float *widen(const void *p, cudaDataType t, int rows, int cols, int ld) {
     return o;
 }
 
+typedef struct {
+    cublasOperation_t ta, tb;
+    int m, n, k;
+    float alpha;
+    const void *A;
+    cudaDataType at;
+    int lda;
+    const void *B;
+    cudaDataType bt;
+    int ldb;
+    float beta;
+    void *C;
+    cudaDataType ct;
+    int ldc;
+} gemmex_args;
+static cublasStatus_t gemmex_run(const gemmex_args *g);
+static void gemmex_replay(const void *p) {
+    gemmex_run(p);
+}
+
 cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
                             int n, int k, const void *alpha, const void *A, cudaDataType at,
                             int lda, const void *B, cudaDataType bt, int ldb, const void *beta,
@@ -92,6 +137,19 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
     if (!ok_t || (comp != CUBLAS_COMPUTE_32F && comp != CUBLAS_COMPUTE_32F_PEDANTIC))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    gemmex_args g = {ta, tb, m, n, k, *(const float *)alpha, A, at, lda, B, bt, ldb,
+                     *(const float *)beta, C, ct, ldc};
+    if (hyb_emu_capture_hostfn(h->stream, gemmex_replay, &g, sizeof g))
+        return CUBLAS_STATUS_SUCCESS;
+    return gemmex_run(&g);
+}
+
+static cublasStatus_t gemmex_run(const gemmex_args *g) {
+    const cublasOperation_t ta = g->ta, tb = g->tb;
+    const int m = g->m, n = g->n, k = g->k, lda = g->lda, ldb = g->ldb, ldc = g->ldc;
+    const cudaDataType at = g->at, bt = g->bt, ct = g->ct;
+    const void *A = g->A, *B = g->B;
+    void *C = g->C;
     const int ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;
     const int br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
     float *a = widen(A, at, ar, ac, lda), *b = widen(B, bt, br, bc, ldb);
@@ -100,7 +158,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
         free(a), free(b), free(c);
         return CUBLAS_STATUS_ALLOC_FAILED;
     }
-    const float al = *(const float *)alpha, be = *(const float *)beta;
+    const float al = g->alpha, be = g->beta;
     if (be == 0.0f) memset(c, 0, sizeof(float) * (size_t)m * (size_t)n); /* beta 0: C not read */
     cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
                 tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, al, a, ar, b, br, be, c, m);

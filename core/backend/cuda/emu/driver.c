@@ -22,11 +22,44 @@
 struct CUctx_st {
     int dummy;
 };
+/* ---- CUDA graphs (stream capture) -------------------------------------------------------------
+ * While a stream captures (cuStreamBeginCapture), the work queued on it is recorded, not run:
+ * kernel launches (their arguments copied by value, as the driver does, with the sizes the
+ * emulated build exports per kernel: hyb_emu_argsizes_<name>), device copies and memsets, and
+ * copies to and from host memory (the host pointer is kept: a replay reads / writes it then).
+ * cuGraphLaunch replays the records in order. A synchronising call on a capturing stream
+ * (cuStreamSynchronize; the backend's downloads do one) fails with
+ * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the capture, as on a GPU, so
+ * cuStreamEndCapture then returns CUDA_ERROR_STREAM_CAPTURE_INVALIDATED. The emulated cuBLAS
+ * records its GEMMs as host calls (hyb_emu_capture_hostfn), with alpha and beta by value. */
+enum { EMU_NODE_KERNEL = 0, EMU_NODE_COPY, EMU_NODE_SET8, EMU_NODE_SET32, EMU_NODE_HOST };
+typedef struct emu_node {
+    int kind;
+    struct CUfunc_st *f;
+    unsigned grid[3], blk[3], shmem;
+    unsigned nargs;
+    void **args;   /* [nargs] pointers into argbuf */
+    char *argbuf;  /* the argument values, copied at capture */
+    void *dst;
+    const void *src;
+    size_t n;
+    unsigned val;
+    void (*hostfn)(const void *); /* EMU_NODE_HOST: hostfn(argbuf) */
+} emu_node;
+struct CUgraph_st {
+    emu_node *nodes;
+    int n, cap;
+};
+struct CUgraphExec_st {
+    struct CUgraph_st g;
+};
 struct CUstream_st {
-    int dummy;
+    struct CUgraph_st *capture; /* non-NULL while capturing */
+    int invalidated;            /* a synchronising call happened during the capture */
 };
 struct CUfunc_st {
     void (*entry)(void **);
+    unsigned (*argsizes)(unsigned *sz, unsigned cap); /* NULL: not capturable */
     char name[256];
     int max_dyn_shared;
     struct CUfunc_st *next; /* the module's functions, freed with it (as the driver does) */
@@ -124,6 +157,95 @@ static int tab_del(uintptr_t p) {
         g_tab[i] = g_tab[j];
         i = j;
     }
+}
+
+/* ---- graph records (see "CUDA graphs" above) -------------------------------------------------- */
+static emu_node *graph_add(struct CUgraph_st *g) {
+    if (g->n == g->cap) {
+        int cap = g->cap ? 2 * g->cap : 32;
+        emu_node *nn = realloc(g->nodes, sizeof *nn * (size_t)cap);
+        if (!nn) return NULL;
+        g->nodes = nn;
+        g->cap = cap;
+    }
+    emu_node *e = &g->nodes[g->n++];
+    memset(e, 0, sizeof *e);
+    return e;
+}
+static void graph_clear(struct CUgraph_st *g) {
+    for (int i = 0; i < g->n; i++) {
+        free(g->nodes[i].args);
+        free(g->nodes[i].argbuf);
+    }
+    free(g->nodes);
+    memset(g, 0, sizeof *g);
+}
+/* copy a node's argument values (8-byte aligned slots) */
+static int node_args(emu_node *e, unsigned nargs, const unsigned *sz, void *const *params) {
+    size_t off = 0;
+    for (unsigned i = 0; i < nargs; i++)
+        off += (sz[i] + 7u) & ~(size_t)7;
+    e->nargs = nargs;
+    e->args = calloc(nargs ? nargs : 1, sizeof(void *));
+    e->argbuf = calloc(off ? off : 1, 1);
+    if (!e->args || !e->argbuf) return 0;
+    off = 0;
+    for (unsigned i = 0; i < nargs; i++) {
+        memcpy(e->argbuf + off, params[i], sz[i]);
+        e->args[i] = e->argbuf + off;
+        off += (sz[i] + 7u) & ~(size_t)7;
+    }
+    return 1;
+}
+static CUresult capture_kernel(CUstream st, struct CUfunc_st *f, const unsigned grid[3],
+                               const unsigned blk[3], unsigned shmem, void **params) {
+    if (!f->argsizes) {
+        fprintf(stderr, "hyb cuda emu: cuLaunchKernel(%s) during capture: the module has no "
+                        "argument sizes (rebuilt kernel cache needed)\n", f->name);
+        st->invalidated = 1;
+        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
+    unsigned sz[256];
+    unsigned n = f->argsizes(sz, 256);
+    if (n > 256 || (n && !params)) return CUDA_ERROR_INVALID_VALUE;
+    emu_node *e = graph_add(st->capture);
+    if (!e) return CUDA_ERROR_OUT_OF_MEMORY;
+    e->kind = EMU_NODE_KERNEL;
+    e->f = f;
+    memcpy(e->grid, grid, sizeof e->grid);
+    memcpy(e->blk, blk, sizeof e->blk);
+    e->shmem = shmem;
+    if (!node_args(e, n, sz, params)) return CUDA_ERROR_OUT_OF_MEMORY;
+    return CUDA_SUCCESS;
+}
+int hyb_emu_capture_hostfn(void *stream, void (*fn)(const void *), const void *data, size_t n) {
+    CUstream st = stream;
+    if (!st || !st->capture) return 0;
+    emu_node *e = graph_add(st->capture);
+    char *copy = malloc(n ? n : 1);
+    if (!e || !copy) { /* cannot record: the capture is unusable */
+        free(copy);
+        if (e) st->capture->n--;
+        st->invalidated = 1;
+        return 1;
+    }
+    memcpy(copy, data, n);
+    e->kind = EMU_NODE_HOST;
+    e->hostfn = fn;
+    e->argbuf = copy;
+    e->n = n;
+    return 1;
+}
+static CUresult capture_mem(CUstream st, int kind, void *dst, const void *src, size_t n,
+                            unsigned val) {
+    emu_node *e = graph_add(st->capture);
+    if (!e) return CUDA_ERROR_OUT_OF_MEMORY;
+    e->kind = kind;
+    e->dst = dst;
+    e->src = src;
+    e->n = n;
+    e->val = val;
+    return CUDA_SUCCESS;
 }
 
 /* ---- driver API ---------------------------------------------------------------------------- */
@@ -245,11 +367,18 @@ CUresult cuStreamCreate(CUstream *s, unsigned int flags) {
     return *s ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
 }
 CUresult cuStreamDestroy(CUstream s) {
+    if (s && s->capture) {
+        graph_clear(s->capture);
+        free(s->capture);
+    }
     free(s);
     return CUDA_SUCCESS;
 }
 CUresult cuStreamSynchronize(CUstream s) {
-    (void)s;
+    if (s && s->capture) { /* as the driver: not allowed while capturing, and it ends the capture's use */
+        s->invalidated = 1;
+        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
     return CUDA_SUCCESS; /* everything ran when it was queued */
 }
 
@@ -290,17 +419,18 @@ CUresult cuMemGetInfo(size_t *fr, size_t *tot) {
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyHtoDAsync(CUdeviceptr d, const void *s, size_t n, CUstream st) {
-    (void)st;
+    if (st && st->capture) return capture_mem(st, EMU_NODE_COPY, (void *)(uintptr_t)d, s, n, 0);
     if (n) memcpy((void *)(uintptr_t)d, s, n);
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyDtoHAsync(void *d, CUdeviceptr s, size_t n, CUstream st) {
-    (void)st;
+    if (st && st->capture) return capture_mem(st, EMU_NODE_COPY, d, (const void *)(uintptr_t)s, n, 0);
     if (n) memcpy(d, (const void *)(uintptr_t)s, n);
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream st) {
-    (void)st;
+    if (st && st->capture)
+        return capture_mem(st, EMU_NODE_COPY, (void *)(uintptr_t)d, (const void *)(uintptr_t)s, n, 0);
     if (n) memmove((void *)(uintptr_t)d, (const void *)(uintptr_t)s, n);
     return CUDA_SUCCESS;
 }
@@ -314,12 +444,12 @@ CUresult cuMemcpyDtoD(CUdeviceptr d, CUdeviceptr s, size_t n) {
     return cuMemcpyDtoDAsync(d, s, n, NULL);
 }
 CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream st) {
-    (void)st;
+    if (st && st->capture) return capture_mem(st, EMU_NODE_SET8, (void *)(uintptr_t)d, NULL, n, v);
     if (n) memset((void *)(uintptr_t)d, v, n);
     return CUDA_SUCCESS;
 }
 CUresult cuMemsetD32Async(CUdeviceptr d, unsigned int v, size_t n, CUstream st) {
-    (void)st;
+    if (st && st->capture) return capture_mem(st, EMU_NODE_SET32, (void *)(uintptr_t)d, NULL, n, v);
     unsigned int *p = (unsigned int *)(uintptr_t)d;
     for (size_t i = 0; i < n; i++) p[i] = v;
     return CUDA_SUCCESS;
@@ -392,6 +522,8 @@ CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name) {
     struct CUfunc_st *fn = calloc(1, sizeof *fn);
     if (!fn) return CUDA_ERROR_OUT_OF_MEMORY;
     fn->entry = (void (*)(void **))e;
+    snprintf(sym, sizeof sym, "hyb_emu_argsizes_%s", name);
+    fn->argsizes = (unsigned (*)(unsigned *, unsigned))dlsym(m->dl, sym);
     snprintf(fn->name, sizeof fn->name, "%s", name);
     fn->max_dyn_shared = 48 << 10;
     fn->next = m->fns;
@@ -423,10 +555,110 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned
         (int)shmem > f->max_dyn_shared)
         return CUDA_ERROR_INVALID_VALUE;
     const unsigned grid[3] = {gx, gy, gz}, blk[3] = {bx, by, bz};
+    if (st && st->capture) return capture_kernel(st, f, grid, blk, shmem, params);
     char err[1024];
     if (hyb_emu_run(f->entry, params, f->name, grid, blk, shmem, err, sizeof err) != 0) {
         fprintf(stderr, "hyb cuda emu: launch failed: %s\n", err);
         return CUDA_ERROR_LAUNCH_FAILED;
     }
+    return CUDA_SUCCESS;
+}
+
+/* ---- CUDA graphs -------------------------------------------------------------------------------- */
+CUresult cuStreamBeginCapture(CUstream st, CUstreamCaptureMode mode) {
+    NEED_INIT();
+    (void)mode;
+    if (!st) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; /* the legacy stream cannot capture */
+    if (st->capture) return CUDA_ERROR_ILLEGAL_STATE;
+    st->capture = calloc(1, sizeof *st->capture);
+    st->invalidated = 0;
+    return st->capture ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+CUresult cuStreamEndCapture(CUstream st, CUgraph *g) {
+    if (!st || !g) return CUDA_ERROR_INVALID_VALUE;
+    if (!st->capture) return CUDA_ERROR_ILLEGAL_STATE;
+    struct CUgraph_st *cg = st->capture;
+    st->capture = NULL;
+    *g = NULL;
+    if (st->invalidated) {
+        st->invalidated = 0;
+        graph_clear(cg);
+        free(cg);
+        return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    }
+    *g = cg;
+    return CUDA_SUCCESS;
+}
+CUresult cuGraphInstantiate(CUgraphExec *ex, CUgraph g, unsigned long long flags) {
+    (void)flags;
+    if (!ex || !g) return CUDA_ERROR_INVALID_VALUE;
+    struct CUgraphExec_st *x = calloc(1, sizeof *x);
+    if (!x) return CUDA_ERROR_OUT_OF_MEMORY;
+    for (int i = 0; i < g->n; i++) { /* a deep copy: the graph may be destroyed first */
+        const emu_node *a = &g->nodes[i];
+        emu_node *b = graph_add(&x->g);
+        if (!b) goto oom;
+        *b = *a;
+        b->args = NULL;
+        b->argbuf = NULL;
+        if (a->kind == EMU_NODE_KERNEL) {
+            unsigned sz[256];
+            a->f->argsizes(sz, 256);
+            if (!node_args(b, a->nargs, sz, a->args)) goto oom;
+        } else if (a->kind == EMU_NODE_HOST) {
+            if (!(b->argbuf = malloc(a->n ? a->n : 1))) goto oom;
+            memcpy(b->argbuf, a->argbuf, a->n);
+        }
+    }
+    *ex = x;
+    return CUDA_SUCCESS;
+oom:
+    graph_clear(&x->g);
+    free(x);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+CUresult cuGraphLaunch(CUgraphExec x, CUstream st) {
+    NEED_INIT();
+    if (!x) return CUDA_ERROR_INVALID_VALUE;
+    if (st && st->capture) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; /* not emulated */
+    for (int i = 0; i < x->g.n; i++) {
+        const emu_node *e = &x->g.nodes[i];
+        switch (e->kind) {
+        case EMU_NODE_KERNEL: {
+            char err[1024];
+            if (hyb_emu_run(e->f->entry, e->args, e->f->name, e->grid, e->blk, e->shmem, err,
+                            sizeof err) != 0) {
+                fprintf(stderr, "hyb cuda emu: graph launch failed at node %d: %s\n", i, err);
+                return CUDA_ERROR_LAUNCH_FAILED;
+            }
+            break;
+        }
+        case EMU_NODE_COPY:
+            if (e->n) memmove(e->dst, e->src, e->n);
+            break;
+        case EMU_NODE_SET8:
+            if (e->n) memset(e->dst, (int)e->val, e->n);
+            break;
+        case EMU_NODE_SET32:
+            for (size_t k = 0; k < e->n; k++)
+                ((unsigned *)e->dst)[k] = e->val;
+            break;
+        case EMU_NODE_HOST:
+            e->hostfn(e->argbuf);
+            break;
+        }
+    }
+    return CUDA_SUCCESS;
+}
+CUresult cuGraphExecDestroy(CUgraphExec x) {
+    if (!x) return CUDA_ERROR_INVALID_VALUE;
+    graph_clear(&x->g);
+    free(x);
+    return CUDA_SUCCESS;
+}
+CUresult cuGraphDestroy(CUgraph g) {
+    if (!g) return CUDA_ERROR_INVALID_VALUE;
+    graph_clear(g);
+    free(g);
     return CUDA_SUCCESS;
 }

@@ -58,4 +58,8 @@ const char *hyb_emu_sanitize_mode(void);
 
 /* the kernel cache directory for emulated builds: ${HYB_CACHE:-~/.cache/hyb}/kernels-emu */
 int hyb_emu_cache_dir(char *buf, size_t n);
+/* While stream st captures a CUDA graph (driver.c), record a host call fn(copy of data[0..n))
+ * to be made at each replay and return 1; return 0 when st is not capturing (then the caller runs
+ * the work now). The emulated cuBLAS records its GEMMs this way. */
+int hyb_emu_capture_hostfn(void *st, void (*fn)(const void *), const void *data, size_t n);
 #endif

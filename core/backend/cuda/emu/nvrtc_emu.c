@@ -395,6 +395,10 @@ nvrtcResult nvrtcCompileProgram(nvrtcProgram prog, int nopts, const char *const 
     argv[na++] = "-g";
     argv[na++] = "-fPIC";
     argv[na++] = "-shared";
+    /* bind the module's own symbols inside it: a kernel named like a function the host process
+     * exports (the hyb binary exports hyb_rope, the graph op, for its plugins) would otherwise
+     * be interposed, and the kernel's entry would call the host's function */
+    argv[na++] = "-Wl,-Bsymbolic";
     argv[na++] = "-ffp-contract=off";
     argv[na++] = "-fno-strict-aliasing";
     argv[na++] = incopt;

@@ -98,6 +98,44 @@ extern "C" __global__ void hyb_adamw(float *p, const float *g, float *m, float *
         p[i] = p[i] * shrink - step_size * mk / (sqrtf(vk) * inv_sqrt_bc2 + eps);
     }
 }
+/* Multi-tensor AdamW: the update above over `count` tensors in one launch. t: the device table
+ * (layout = hyb_adamw_tensor of hyb/backend.h); tensor k owns the blocks [first_block,
+ * first_block + ceil(n / HYB_ADAMW_CHUNK)) of the n_blocks virtual blocks, each a chunk of
+ * HYB_ADAMW_CHUNK elements; the grid strides over the virtual blocks and finds each one's tensor
+ * by binary search over first_block. */
+#define HYB_ADAMW_CHUNK 4096
+struct hyb_adamw_tensor {
+    float *p;
+    const float *g;
+    float *m;
+    float *v;
+    i64 n;
+    i64 first_block;
+    float shrink;
+    float step_size;
+};
+extern "C" __global__ void hyb_adamw_multi(const hyb_adamw_tensor *t, int count, i64 n_blocks,
+                                           float b1, float b2, float eps, float inv_sqrt_bc2) {
+    for (i64 c = blockIdx.x; c < n_blocks; c += gridDim.x) {
+        int lo = 0, hi = count - 1; /* the last tensor with first_block <= c */
+        while (lo < hi) {
+            const int mid = (lo + hi + 1) >> 1;
+            if (t[mid].first_block <= c) lo = mid;
+            else hi = mid - 1;
+        }
+        const hyb_adamw_tensor tk = t[lo];
+        const i64 start = (c - tk.first_block) * HYB_ADAMW_CHUNK;
+        const i64 end = start + HYB_ADAMW_CHUNK < tk.n ? start + HYB_ADAMW_CHUNK : tk.n;
+        for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+            const float gi = tk.g[i];
+            const float mk = b1 * tk.m[i] + (1.0f - b1) * gi;
+            const float vk = b2 * tk.v[i] + (1.0f - b2) * gi * gi;
+            tk.m[i] = mk;
+            tk.v[i] = vk;
+            tk.p[i] = tk.p[i] * tk.shrink - tk.step_size * mk / (sqrtf(vk) * inv_sqrt_bc2 + eps);
+        }
+    }
+}
 /* x: [n]; x *= alpha (gradient clipping) */
 extern "C" __global__ void hyb_scale(float *x, float alpha, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)

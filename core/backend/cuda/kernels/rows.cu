@@ -18,6 +18,29 @@ extern "C" __global__ void hyb_rmsnorm_fwd(const float *x, const float *w, float
     if (threadIdx.x == 0) rstd[r] = rs;
     for (i64 i = threadIdx.x; i < D; i += HYB_BLOCK) yr[i] = w[i] * (xr[i] * rs);
 }
+/* Fused residual add + rmsnorm: a, b: [rows, D] -> h = a + b, y = w * (h * rstd), rstd: [rows].
+ * One block per row: a and b are read once, h written once; the second loop reads back the h
+ * elements this thread wrote itself (no barrier needed beyond the reduction's). h may alias a or
+ * b (each element is read before it is written, by the same thread). */
+extern "C" __global__ void hyb_add_rmsnorm_fwd(const float *a, const float *b, const float *w,
+                                               float *h, float *y, float *rstd, i64 rows, i64 D,
+                                               float eps) {
+    __shared__ double sh[HYB_WARPS];
+    const i64 r = blockIdx.x;
+    if (r >= rows) return;
+    const float *ar = a + r * D, *br = b + r * D;
+    float *hr = h + r * D, *yr = y + r * D;
+    double ss = 0.0;
+    for (i64 i = threadIdx.x; i < D; i += HYB_BLOCK) {
+        const float v = ar[i] + br[i];
+        hr[i] = v;
+        ss += (double)v * v;
+    }
+    ss = block_sum_d(ss, sh);
+    const float rs = (float)(1.0 / sqrt(ss / (double)D + (double)eps));
+    if (threadIdx.x == 0) rstd[r] = rs;
+    for (i64 i = threadIdx.x; i < D; i += HYB_BLOCK) yr[i] = w[i] * (hr[i] * rs);
+}
 /* dx: [rows, D] += r w dy - r^3 x (sum_j w_j dy_j x_j) / D */
 extern "C" __global__ void hyb_rmsnorm_bwd_dx(const float *x, const float *w, const float *rstd,
                                               const float *dy, float *dx, i64 rows, i64 D) {

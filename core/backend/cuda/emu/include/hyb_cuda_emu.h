@@ -348,10 +348,21 @@ static inline void invoke(void (*f)(P...), void **a, std::index_sequence<I...>) 
 template <class... P> static inline void invoke(void (*f)(P...), void **a) {
     invoke(f, a, std::index_sequence_for<P...>{});
 }
+/* the kernel's parameter count and sizes: what a CUDA graph capture copies by value (driver.c) */
+template <class... P> static inline unsigned argsizes(void (*)(P...), unsigned *sz, unsigned cap) {
+    const unsigned s[] = {0u, (unsigned)sizeof(typename std::decay<P>::type)...};
+    for (unsigned i = 0; i < sizeof...(P) && i < cap; i++)
+        sz[i] = s[i + 1];
+    return (unsigned)sizeof...(P);
+}
 } // namespace hyb_emu_detail
 #define HYB_EMU_KERNEL(k)                                                                          \
     extern "C" __attribute__((visibility("default"))) void hyb_emu_entry_##k(void **a) {          \
         ::hyb_emu_detail::invoke(k, a);                                                          \
+    }                                                                                              \
+    extern "C" __attribute__((visibility("default"))) unsigned hyb_emu_argsizes_##k(unsigned *sz,  \
+                                                                                    unsigned cap) { \
+        return ::hyb_emu_detail::argsizes(k, sz, cap);                                           \
     }
 
 #endif

@@ -7,12 +7,13 @@
  * `hyb_emu_rt` (and checks `hyb_emu_module_abi` == HYB_EMU_ABI). Every kernel the source defines
  * has an entry `void hyb_emu_entry_<name>(void **args)` (appended by the emulated compiler) that
  * unpacks cuLaunchKernel's argument pointers and calls the kernel; the runtime calls it once per
- * CUDA thread, each on its own fiber. */
+ * CUDA thread, each on its own fiber. And `unsigned hyb_emu_argsizes_<name>(unsigned *sz, unsigned
+ * cap)` gives the kernel's parameter count and sizes (a graph capture copies the values; ABI 4). */
 #ifndef HYB_EMU_ABI_H
 #define HYB_EMU_ABI_H
 #include <stddef.h>
 
-#define HYB_EMU_ABI 3
+#define HYB_EMU_ABI 5
 
 typedef struct hyb_emu_u3 {
     unsigned int x, y, z;
