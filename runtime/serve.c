@@ -890,6 +890,9 @@ static int parse_request(srv *s, int ep, const char *body, size_t len, req *r, a
     }
     p.tok = s->tok;
     p.on_token = on_token;
+    /* without logprobs no token needs its logits: a model on a device then samples there and
+     * downloads no logits per token */
+    if (r->logprobs < 0) p.flags |= HYB_REQ_FINAL_LOGITS;
     if (s->eos >= 0) p.eos[p.n_eos++] = s->eos;
     p.stop = (const char *const *)r->stops;
     p.n_stop = r->n_stop;
