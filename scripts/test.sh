@@ -7,7 +7,8 @@
 # then, in three steps that can each be turned off:
 #   asan  - the same suite built with AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/;
 #           any report fails the test); the model tests that take minutes under ASan are left
-#           out: $HYB_ASAN_EXCLUDE (default: model_teacher, lua_model_generate, lua_model_bench)
+#           out: $HYB_ASAN_EXCLUDE (default: model_teacher, lua_model_generate, lua_model_bench,
+#           serve_curl; serve_openai runs the server under ASan, leak check at its exit included)
 #   fuzz  - each libFuzzer target of tests/fuzz/ for $HYB_FUZZ_SECONDS (default 10) seconds
 #           from the seeds in the repository (scripts/fuzz.sh; skips with a message when clang or
 #           libFuzzer is missing)
@@ -35,7 +36,7 @@ ctest --test-dir "$build" --output-on-failure -j "${HYB_TEST_JOBS:-2}" -L "$labe
 if [[ "${HYB_TEST_ASAN:-1}" == 1 ]]; then
     step "ASan + UBSan build ($asan)"
     HYB_BUILD_DIR=$asan CMAKE_BUILD_TYPE=RelWithDebInfo "$root/scripts/build.sh" -DHYB_SANITIZE=ON
-    exclude=${HYB_ASAN_EXCLUDE-model_teacher|lua_model_generate|lua_model_bench}
+    exclude=${HYB_ASAN_EXCLUDE-model_teacher|lua_model_generate|lua_model_bench|serve_curl}
     step "ASan + UBSan ctest -L '$labels'${exclude:+ -E '$exclude' (minutes each under ASan)}"
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
         ctest --test-dir "$asan" --output-on-failure -j "${HYB_TEST_JOBS:-2}" -L "$labels" \
