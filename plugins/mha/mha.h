@@ -55,6 +55,8 @@ typedef struct mha {
 
 HYB_PL_DECLARE_KERNELS(mha);
 /* the CUDA kernels (mha_cuda.c) */
+/* the forward's argument checks, shared by the CPU and CUDA kernels (mha_attn.c) */
+int mha_check_fwd(const mha *m, const hyb_mixer_fwd *a, int *p_max);
 int mha_forward_cuda(void *self, const hyb_mixer_fwd *a);
 int mha_backward_cuda(void *self, const hyb_mixer_bwd *a);
 int mha_decode_cuda(void *self, const hyb_mixer_dec *a);

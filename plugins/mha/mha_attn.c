@@ -178,15 +178,15 @@ size_t mha_saved_bytes(void *self, int B, int T) {
 /* ---- forward / prefill ------------------------------------------------------------------------
  */
 
-int mha_forward(void *self, const hyb_mixer_fwd *a) {
-    mha *m = self;
-    const hyb_backend *be = a->be;
-    const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
+/* The checks of a forward call both devices make (same messages): B, T, each sequence's start
+ * against the states' capacity, no backward through a continued prefill. *p_max: the largest
+ * start. */
+int mha_check_fwd(const mha *m, const hyb_mixer_fwd *a, int *p_max) {
+    const int B = a->B, T = a->T;
     if (B <= 0 || T <= 0)
         return H_->error(HYB_ERR_ARG, "mha (layer %d): forward with B = %d, T = %d", m->layer, B,
                          T);
-    const size_t BT = (size_t)B * T, qd = (size_t)H * hd, kd = (size_t)KV * hd;
-    int p_max = 0;
+    *p_max = 0;
     for (int b = 0; b < B; b++) {
         int p0 = a->pos ? a->pos[b] : 0;
         if (p0 < 0 || (p0 > 0 && !a->states))
@@ -203,8 +203,18 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
                 "mha (layer %d): backward through a continued "
                 "prefill (pos[%d] = %d > 0) is not supported; train on whole sequences",
                 m->layer, b, p0);
-        if (p0 > p_max) p_max = p0;
+        if (p0 > *p_max) *p_max = p0;
     }
+    return HYB_OK;
+}
+
+int mha_forward(void *self, const hyb_mixer_fwd *a) {
+    mha *m = self;
+    const hyb_backend *be = a->be;
+    const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
+    int p_max = 0;
+    HYB_TRY(mha_check_fwd(m, a, &p_max));
+    const size_t BT = (size_t)B * T, qd = (size_t)H * hd, kd = (size_t)KV * hd;
     const float *const *P = a->params;
     const int bias = m->bias;
 

@@ -164,26 +164,8 @@ int mha_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     mha *m = self;
     const hyb_backend *be = a->be;
     const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
-    if (B <= 0 || T <= 0)
-        return H_->error(HYB_ERR_ARG, "mha (layer %d): forward with B = %d, T = %d", m->layer, B,
-                         T);
-    for (int b = 0; b < B; b++) {
-        int p0 = a->pos ? a->pos[b] : 0;
-        if (p0 < 0 || (p0 > 0 && !a->states))
-            return H_->error(HYB_ERR_ARG, "mha (layer %d): forward with pos[%d] = %d %s", m->layer,
-                             b, p0, p0 < 0 ? "(negative)" : "but no states to continue from");
-        if (a->states && (int64_t)p0 + T > a->max_ctx)
-            return H_->error(HYB_ERR_ARG,
-                             "mha (layer %d): sequence %d: pos %d + T %d exceeds the "
-                             "state capacity max_ctx = %d",
-                             m->layer, b, p0, T, a->max_ctx);
-        if (p0 > 0 && a->saved)
-            return H_->error(
-                HYB_ERR_UNSUPPORTED,
-                "mha (layer %d): backward through a continued "
-                "prefill (pos[%d] = %d > 0) is not supported; train on whole sequences",
-                m->layer, b, p0);
-    }
+    int p_max;
+    HYB_TRY(mha_check_fwd(m, a, &p_max));
     char shape[64];
     snprintf(shape, sizeof shape, "B = %d, T = %d", B, T);
     HYB_TRY(cu_load(m, be, "forward", shape));
