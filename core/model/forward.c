@@ -439,9 +439,11 @@ const hyb_tensor *hyb_model_captured(const hyb_model *m, int layer, hyb_capture_
     return c->taped && c->grad_done ? c->grad[k] : NULL;
 }
 
-int hyb_model_capture_info(const hyb_model *m, uint64_t *forwards, int *taped, int *grads_ready) {
+int hyb_model_capture_info(const hyb_model *m, uint64_t *forwards, int *grads, int *taped,
+                           int *grads_ready) {
     const hyb_capture *c = m ? m->capture : NULL;
     if (forwards) *forwards = c ? c->forwards : 0;
+    if (grads) *grads = c ? c->grads : 0;
     if (taped) *taped = c ? c->taped : 0;
     if (grads_ready) *grads_ready = c ? (c->taped && c->grad_done) : 0;
     return c != NULL;

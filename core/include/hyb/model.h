@@ -174,9 +174,10 @@ void hyb_model_capture_clear(hyb_model *m);
  * not recorded by a forward yet, or (a gradient) no backward ran since the last forward. */
 const hyb_tensor *hyb_model_captured(const hyb_model *m, int layer, hyb_capture_point p, int grad);
 /* Facts about the capture (any pointer may be NULL): forwards recorded since the request, whether
- * the last forward taped the points (grads requested and grad mode on), and whether a backward
+ * gradients were requested, whether the last forward taped the points (grads requested and grad mode on), and whether a backward
  * filled the gradients since. Returns 0 when no capture is set. */
-int hyb_model_capture_info(const hyb_model *m, uint64_t *forwards, int *taped, int *grads_ready);
+int hyb_model_capture_info(const hyb_model *m, uint64_t *forwards, int *grads, int *taped,
+                           int *grads_ready);
 /* Internal (hyb_model_free): free the capture without touching the graph that holds its taps.
  * hyb_model_capture_clear and a new request remove those taps from that graph, so a graph a
  * capture tapped must not be freed before the capture is cleared or its next forward. */
