@@ -27,8 +27,15 @@ hyb_graph *hyb_graph_new(void) {
     return g;
 }
 
+static void taps_drop(hyb_graph *g) {
+    for (int i = 0; i < g->n_taps; i++)
+        if (g->taps[i].link && *g->taps[i].link == g) *g->taps[i].link = NULL;
+    g->n_taps = 0;
+}
+
 void hyb_graph_free(hyb_graph *g) {
     if (!g) return;
+    taps_drop(g);
     if (g->dev[HYB_DEV_CUDA]) hyb_arena_free(g->dev[HYB_DEV_CUDA]);
     hyb_arena_free(g->host);
     free(g->nodes);
@@ -39,7 +46,7 @@ void hyb_graph_free(hyb_graph *g) {
 void hyb_graph_reset(hyb_graph *g) {
     if (!g) return;
     g->n_nodes = 0;
-    g->n_taps = 0;
+    taps_drop(g);
     hyb_arena_reset(g->host);
     if (g->dev[HYB_DEV_CUDA]) hyb_arena_reset(g->dev[HYB_DEV_CUDA]);
 }
@@ -233,7 +240,8 @@ int graph_grad(hyb_graph *g, hyb_tensor *t, float **out) {
 
 // ---- gradient taps --------------------------------------------------------------------------
 
-int hyb_graph_tap_grad(hyb_graph *g, hyb_tensor *t, hyb_tensor *dst, int *done) {
+int hyb_graph_tap_grad(hyb_graph *g, hyb_tensor *t, hyb_tensor *dst, int *done,
+                       hyb_graph **link) {
     char a[128], b[128];
     if (!g || !t || !dst)
         return hyb_error_set(HYB_ERR_ARG, "hyb_graph_tap_grad: graph, tensor or destination is NULL");
@@ -254,7 +262,8 @@ int hyb_graph_tap_grad(hyb_graph *g, hyb_tensor *t, hyb_tensor *dst, int *done) 
         g->taps = nt;
         g->cap_taps = cap;
     }
-    g->taps[g->n_taps++] = (hyb_grad_tap){t, dst, done};
+    g->taps[g->n_taps++] = (hyb_grad_tap){t, dst, done, link};
+    if (link) *link = g;
     t->requires_grad = 1;
     return HYB_OK;
 }

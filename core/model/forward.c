@@ -23,7 +23,8 @@ struct hyb_capture {
     uint64_t forwards;    /* forwards recorded */
     int taped;            /* the last forward tapped the points */
     int grad_done;        /* a backward filled the gradients since (set by the graph's taps) */
-    hyb_graph *tap_graph; /* the graph holding the taps (untapped before dst tensors go) */
+    hyb_graph *tap_graph; /* the graph holding the taps, NULL once it dropped them (reset, free):
+                             untapped before the dst tensors go */
 };
 
 // ---- forward -----------------------------------------------------------------------------------
@@ -369,9 +370,9 @@ int hyb_capture_point_from_name(const char *name) {
     return -1;
 }
 
-static void capture_free(hyb_capture *c, int untap) {
+static void capture_free(hyb_capture *c) {
     if (!c) return;
-    if (untap && c->tap_graph) hyb_graph_untap(c->tap_graph, &c->grad_done);
+    if (c->tap_graph) /* still holds the taps (a reset or freed graph NULLs it) */ hyb_graph_untap(c->tap_graph, &c->grad_done);
     for (int i = 0; i < c->L * HYB_CAP_COUNT; i++) {
         if (c->val) hyb_tensor_free(c->val[i]);
         if (c->grad) hyb_tensor_free(c->grad[i]);
@@ -385,15 +386,10 @@ static void capture_free(hyb_capture *c, int untap) {
 
 void hyb_model_capture_clear(hyb_model *m) {
     if (!m) return;
-    capture_free(m->capture, 1);
+    capture_free(m->capture);
     m->capture = NULL;
 }
 
-/* hyb_model_free: the graphs may be gone already (their nodes point into the model anyway) */
-void hyb_model_capture_drop(hyb_model *m) {
-    capture_free(m->capture, 0);
-    m->capture = NULL;
-}
 
 int hyb_model_capture(hyb_model *m, const int *layers, int n, unsigned points, int grads) {
     if (!m) return hyb_error_set(HYB_ERR_ARG, "hyb_model_capture: model is NULL");
@@ -418,7 +414,7 @@ int hyb_model_capture(hyb_model *m, const int *layers, int n, unsigned points, i
         c->have = calloc(k, 1);
     }
     if (!c || !c->points || !c->val || !c->grad || !c->have) {
-        capture_free(c, 0);
+        capture_free(c);
         return hyb_error_set(HYB_ERR_NOMEM, "hyb_model_capture: out of memory");
     }
     for (int i = 0; i < n; i++)
@@ -482,8 +478,8 @@ static int cap_record(hyb_model *m, hyb_graph *g, int l, int p, hyb_tensor *t) {
     c->have[k] = 1;
     if (c->taped) {
         HYB_TRY(cap_fit(&c->grad[k], t));
-        HYB_TRY(hyb_graph_tap_grad(g, t, c->grad[k], &c->grad_done));
-        c->tap_graph = g;
+        /* the graph NULLs tap_graph when it drops the taps (reset, free) */
+        HYB_TRY(hyb_graph_tap_grad(g, t, c->grad[k], &c->grad_done, &c->tap_graph));
     }
     return HYB_OK;
 }

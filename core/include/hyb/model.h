@@ -151,7 +151,8 @@ hyb_tensor *hyb_model_forward(hyb_model *m, hyb_graph *g, const int32_t *ids, in
  * (hyb_graph_tap_grad): after a backward the gradient of the loss w.r.t. the activation is
  * there, even when every parameter upstream is frozen. Mixers are opaque: points are around them.
  * The capture belongs to the model (freed with it, and by clear or a new capture); the tensors
- * stay valid until the next forward or capture change. */
+ * stay valid until the next forward or capture change. Its taps leave the graph when the capture
+ * goes, and a graph reset or freed first lets the capture know, so either may go first. */
 typedef enum hyb_capture_point {
     HYB_CAP_BLOCK_IN = 0,
     HYB_CAP_MIXER_IN,
@@ -178,10 +179,6 @@ const hyb_tensor *hyb_model_captured(const hyb_model *m, int layer, hyb_capture_
  * filled the gradients since. Returns 0 when no capture is set. */
 int hyb_model_capture_info(const hyb_model *m, uint64_t *forwards, int *grads, int *taped,
                            int *grads_ready);
-/* Internal (hyb_model_free): free the capture without touching the graph that holds its taps.
- * hyb_model_capture_clear and a new request remove those taps from that graph, so a graph a
- * capture tapped must not be freed before the capture is cleared or its next forward. */
-void hyb_model_capture_drop(hyb_model *m);
 
 /* ---- inference state: per-sequence decode state for every layer ------------------------------*/
 typedef struct hyb_kvstate {
