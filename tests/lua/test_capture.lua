@@ -261,6 +261,38 @@ H.run("prefill and decode record too (no tape there)", function()
   H.check(m:captured({grads = false})[3].block_out.value ~= nil, "values without grads")
 end)
 
+-- On a device the values are copied there and downloaded for Lua: the same as the CPU's (the
+-- CUDA backend, emulated on the CPU by ctest's lua_test_capture_cuda_emu; noted and passed over
+-- where no CUDA device can be opened).
+H.run("a model on CUDA captures what the CPU does", function()
+  local cuda
+  for _, d in ipairs(hyb.devices()) do
+    if d.name == "cuda" and d.status:match("^available") then cuda = true end
+  end
+  if not cuda then
+    print("note: no CUDA device (real or HYB_CUDA_EMULATE=1): the device case is not run")
+    return
+  end
+  local pts = {"block_in", "mixer_in", "mixer_out", "block_out"}
+  local function run(dev)
+    local m = hyb.model(H.root .. "/graphs/tiny.toml", {seed = 10})
+    if dev then m:to(dev) end
+    m:capture({layers = {1, 3}, points = pts, grads = true})
+    m:loss(m:forward(ids, B, T), tg):backward()
+    return m:captured()
+  end
+  local a, b = run(nil), run("cuda")
+  for _, l in ipairs({1, 3}) do
+    for _, p in ipairs(pts) do
+      local va, ga = a[l][p].value, a[l][p].grad
+      H.check(va:max_abs_diff(b[l][p].value) <= 1e-4 * math.max(1, math.abs(va:max()), math.abs(va:min())),
+              ("cuda value of %s at layer %d"):format(p, l))
+      H.check(ga:max_abs_diff(b[l][p].grad) <= 1e-4 * math.max(1e-3, math.abs(ga:max()), math.abs(ga:min())),
+              ("cuda grad of %s at layer %d"):format(p, l))
+    end
+  end
+end)
+
 H.run("bad arguments", function()
   local m = hyb.model(H.root .. "/graphs/tiny.toml", {seed = 9})
   H.raises(function() m:capture({points = {"mixer_output"}}) end,
