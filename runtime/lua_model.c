@@ -739,8 +739,8 @@ static int m_capture(lua_State *L) {
         return 1;
     }
     if (!lua_istable(L, 2))
-        return lhyb_error(L, "%s: expected a table {layers =, points =, grads =} or nil, got %s",
-                          F, lhyb_describe(L, 2, buf, sizeof buf));
+        return lhyb_error(L, "%s: expected a table {layers =, points =, grads =} or nil, got %s", F,
+                          lhyb_describe(L, 2, buf, sizeof buf));
     lhyb_check_opts(L, 2, F, allowed);
     int grads = lhyb_opt_field_bool(L, 2, F, "grads", 0);
     /* points: a name or a table of names */
@@ -762,8 +762,9 @@ static int m_capture(lua_State *L) {
                 lua_rawgeti(L, 3, i + 1);
             else
                 lua_pushvalue(L, 3);
-            int p = lua_type(L, -1) == LUA_TSTRING ? hyb_capture_point_from_name(lua_tostring(L, -1))
-                                                   : -1;
+            int p = lua_type(L, -1) == LUA_TSTRING
+                        ? hyb_capture_point_from_name(lua_tostring(L, -1))
+                        : -1;
             if (p < 0)
                 return lhyb_error(L,
                                   "%s: points[%d] must be one of block_in, mixer_in, mixer_out, "
@@ -813,8 +814,7 @@ static int m_captured(lua_State *L) {
     if (!hyb_model_capture_info(m, &forwards, &grads_req, &taped, &ready))
         return lhyb_error(L, "%s: no capture is set (call model:capture{layers =, points =} first)",
                           F);
-    if (forwards == 0)
-        return lhyb_error(L, "%s: no forward ran since model:capture", F);
+    if (forwards == 0) return lhyb_error(L, "%s: no forward ran since model:capture", F);
     int want_grads = lhyb_opt_field_bool(L, 2, F, "grads", 1);
     if (!grads_req && lua_istable(L, 2)) {
         lua_getfield(L, 2, "grads");

@@ -240,13 +240,14 @@ int graph_grad(hyb_graph *g, hyb_tensor *t, float **out) {
 
 // ---- gradient taps --------------------------------------------------------------------------
 
-int hyb_graph_tap_grad(hyb_graph *g, hyb_tensor *t, hyb_tensor *dst, int *done,
-                       hyb_graph **link) {
+int hyb_graph_tap_grad(hyb_graph *g, hyb_tensor *t, hyb_tensor *dst, int *done, hyb_graph **link) {
     char a[128], b[128];
     if (!g || !t || !dst)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_graph_tap_grad: graph, tensor or destination is NULL");
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_graph_tap_grad: graph, tensor or destination is NULL");
     if (!g->grad_enabled)
-        return hyb_error_set(HYB_ERR_ARG, "hyb_graph_tap_grad: grad mode is off (nothing is taped)");
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_graph_tap_grad: grad mode is off (nothing is taped)");
     if (t->owner != HYB_OWN_ARENA || t->dtype != HYB_F32 || dst->dtype != HYB_F32 ||
         hyb_tensor_numel(t) != hyb_tensor_numel(dst) || t->device != dst->device ||
         !hyb_tensor_is_contiguous(dst))

@@ -48,9 +48,9 @@ struct hyb_node {
 };
 
 typedef struct hyb_grad_tap {
-    hyb_tensor *t;   /* the activation whose gradient is wanted (arena tensor) */
-    hyb_tensor *dst; /* where the gradient is copied after each reverse pass */
-    int *done;       /* set to 1 then (may be NULL) */
+    hyb_tensor *t;    /* the activation whose gradient is wanted (arena tensor) */
+    hyb_tensor *dst;  /* where the gradient is copied after each reverse pass */
+    int *done;        /* set to 1 then (may be NULL) */
     hyb_graph **link; /* the owner's pointer to this graph: NULLed when the taps are dropped */
 } hyb_grad_tap;
 

@@ -53,7 +53,7 @@ static void cap_begin(hyb_model *m, hyb_graph *g);
 #define CAPTURE(L, P, T)                                                                           \
     do {                                                                                           \
         if (m->capture && cap_record(m, g, (L), (P), (T)) != HYB_OK) {                             \
-            hyb_error_wrap(HYB_ERR, "model forward: capture of %s at layer %d",                     \
+            hyb_error_wrap(HYB_ERR, "model forward: capture of %s at layer %d",                    \
                            hyb_capture_point_name(P), (L));                                        \
             return NULL;                                                                           \
         }                                                                                          \
@@ -356,7 +356,6 @@ int hyb_model_decode_dev(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seq
 
 // ---- capture -----------------------------------------------------------------------------------
 
-
 static const char *const cap_names[HYB_CAP_COUNT] = {"block_in", "mixer_in", "mixer_out",
                                                      "mlp_in",   "mlp_out",  "block_out"};
 
@@ -372,7 +371,8 @@ int hyb_capture_point_from_name(const char *name) {
 
 static void capture_free(hyb_capture *c) {
     if (!c) return;
-    if (c->tap_graph) /* still holds the taps (a reset or freed graph NULLs it) */ hyb_graph_untap(c->tap_graph, &c->grad_done);
+    if (c->tap_graph) /* still holds the taps (a reset or freed graph NULLs it) */
+        hyb_graph_untap(c->tap_graph, &c->grad_done);
     for (int i = 0; i < c->L * HYB_CAP_COUNT; i++) {
         if (c->val) hyb_tensor_free(c->val[i]);
         if (c->grad) hyb_tensor_free(c->grad[i]);
@@ -390,7 +390,6 @@ void hyb_model_capture_clear(hyb_model *m) {
     m->capture = NULL;
 }
 
-
 int hyb_model_capture(hyb_model *m, const int *layers, int n, unsigned points, int grads) {
     if (!m) return hyb_error_set(HYB_ERR_ARG, "hyb_model_capture: model is NULL");
     if (n < 1 || !layers)
@@ -401,9 +400,8 @@ int hyb_model_capture(hyb_model *m, const int *layers, int n, unsigned points, i
                              points);
     for (int i = 0; i < n; i++)
         if (layers[i] < 0 || layers[i] >= m->L)
-            return hyb_error_set(HYB_ERR_ARG,
-                                 "hyb_model_capture: layer %d out of range [0, %d)", layers[i],
-                                 m->L);
+            return hyb_error_set(HYB_ERR_ARG, "hyb_model_capture: layer %d out of range [0, %d)",
+                                 layers[i], m->L);
     hyb_capture *c = calloc(1, sizeof *c);
     size_t k = (size_t)m->L * HYB_CAP_COUNT;
     if (c) {
@@ -425,8 +423,7 @@ int hyb_model_capture(hyb_model *m, const int *layers, int n, unsigned points, i
     return HYB_OK;
 }
 
-const hyb_tensor *hyb_model_captured(const hyb_model *m, int layer, hyb_capture_point p,
-                                     int grad) {
+const hyb_tensor *hyb_model_captured(const hyb_model *m, int layer, hyb_capture_point p, int grad) {
     const hyb_capture *c = m ? m->capture : NULL;
     if (!c || layer < 0 || layer >= c->L || (int)p < 0 || p >= HYB_CAP_COUNT) return NULL;
     size_t k = (size_t)layer * HYB_CAP_COUNT + (size_t)p;

@@ -131,7 +131,8 @@ hyb_tensor *hyb_model_forward(hyb_model *m, hyb_graph *g, const int32_t *ids, in
 /* ---- capture: activations and their gradients, for analysis ----------------------------------
  *
  *   int layers[] = {0, 3};
- *   hyb_model_capture(m, layers, 2, HYB_CAP_BIT(HYB_CAP_MIXER_IN) | HYB_CAP_BIT(HYB_CAP_MIXER_OUT), 1);
+ *   unsigned pts = HYB_CAP_BIT(HYB_CAP_MIXER_IN) | HYB_CAP_BIT(HYB_CAP_MIXER_OUT);
+ *   hyb_model_capture(m, layers, 2, pts, 1);                  // 1: with gradients
  *   logits = hyb_model_forward(m, g, ids, B, T);  loss = ...;  hyb_graph_backward(g, loss, 1);
  *   const hyb_tensor *y  = hyb_model_captured(m, 3, HYB_CAP_MIXER_OUT, 0);   // [B, T, D]
  *   const hyb_tensor *dy = hyb_model_captured(m, 3, HYB_CAP_MIXER_OUT, 1);   // dloss/dy
@@ -175,8 +176,8 @@ void hyb_model_capture_clear(hyb_model *m);
  * not recorded by a forward yet, or (a gradient) no backward ran since the last forward. */
 const hyb_tensor *hyb_model_captured(const hyb_model *m, int layer, hyb_capture_point p, int grad);
 /* Facts about the capture (any pointer may be NULL): forwards recorded since the request, whether
- * gradients were requested, whether the last forward taped the points (grads requested and grad mode on), and whether a backward
- * filled the gradients since. Returns 0 when no capture is set. */
+ * gradients were requested, whether the last forward taped the points (grads requested and grad
+ * mode on), and whether a backward filled the gradients since. Returns 0 when no capture is set. */
 int hyb_model_capture_info(const hyb_model *m, uint64_t *forwards, int *grads, int *taped,
                            int *grads_ready);
 
