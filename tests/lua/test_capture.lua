@@ -143,6 +143,70 @@ H.run("values: a swapped mixer and an identity layer (plugins are opaque)", func
   check_values(m, "hybrid")
 end)
 
+-- graphs/tiny.toml's attention (4 query heads over 2 KV heads of 32, RoPE theta 1e4, HF's
+-- half-split layout, causal softmax, no biases) written out in Lua: rows u[T][D] of one sequence
+-- -> the mixer's output rows
+local function attention(m, l, u)
+  local H_, KV, hd, theta = 4, 2, 32, 10000.0
+  local P = "model.layers." .. l .. ".self_attn."
+  local Wq, Wk = vec(m:param(P .. "q_proj.weight")), vec(m:param(P .. "k_proj.weight"))
+  local Wv, Wo = vec(m:param(P .. "v_proj.weight")), vec(m:param(P .. "o_proj.weight"))
+  local function rope(x, heads, pos)
+    for h = 0, heads - 1 do
+      for i = 0, hd / 2 - 1 do
+        local a = pos * theta ^ (-2 * i / hd)
+        local x1, x2 = x[h * hd + i + 1], x[h * hd + i + hd / 2 + 1]
+        x[h * hd + i + 1] = x1 * math.cos(a) - x2 * math.sin(a)
+        x[h * hd + i + hd / 2 + 1] = x2 * math.cos(a) + x1 * math.sin(a)
+      end
+    end
+    return x
+  end
+  local q, k, v = {}, {}, {}
+  for t = 1, #u do
+    q[t], k[t], v[t] = rope(linear(u[t], Wq), H_, t - 1), rope(linear(u[t], Wk), KV, t - 1), linear(u[t], Wv)
+  end
+  local out = {}
+  for t = 1, #u do
+    local o = {}
+    for h = 0, H_ - 1 do
+      local g = h // (H_ // KV)
+      local s, mx = {}, -math.huge
+      for j = 1, t do
+        local d = 0
+        for i = 1, hd do d = d + q[t][h * hd + i] * k[j][g * hd + i] end
+        s[j] = d / math.sqrt(hd)
+        mx = math.max(mx, s[j])
+      end
+      local z = 0
+      for j = 1, t do s[j] = math.exp(s[j] - mx); z = z + s[j] end
+      for i = 1, hd do
+        local acc = 0
+        for j = 1, t do acc = acc + s[j] / z * v[j][g * hd + i] end
+        o[h * hd + i] = acc
+      end
+    end
+    out[t] = linear(o, Wo)
+  end
+  return out
+end
+
+H.run("mixer_out of attention = attention recomputed in Lua from mixer_in", function()
+  local m = hyb.model(H.root .. "/graphs/tiny.toml", {seed = 11})
+  m:capture({layers = {0, 2}, points = {"mixer_in", "mixer_out"}})
+  m:forward(ids, B, T, {grad = false})
+  local c = m:captured()
+  for _, l in ipairs({0, 2}) do
+    local u, y = rows(c[l].mixer_in.value), rows(c[l].mixer_out.value)
+    for b = 0, B - 1 do
+      local ub, yb = {}, {}
+      for t = 1, T do ub[t], yb[t] = u[b * T + t], y[b * T + t] end
+      H.check(max_rel(yb, attention(m, l, ub)) < 1e-4,
+              ("layer %d, sequence %d: captured mixer_out = attention(mixer_in)"):format(l, b))
+    end
+  end
+end)
+
 H.run("capture off: bitwise logits, the same graph memory and nodes", function()
   local m = hyb.model(H.root .. "/graphs/tiny.toml", {seed = 5})
   local l0 = m:forward(ids, B, T):clone()
