@@ -63,7 +63,8 @@ end
 -- q_proj, d_xb from k_proj
 local function mamba_config(k)
   local P = "model.layers." .. k .. ".self_attn."
-  return ("d_inner = %d\nd_xb = %d\nd_state = 16\ndt_rank = 16\nd_conv = 4\n"):format(teacher:param(P .. "q_proj.weight"):shape()[1],
+  local fmt = "d_inner = %d\nd_xb = %d\nd_state = 16\ndt_rank = 16\nd_conv = 4\n"
+  return fmt:format(teacher:param(P .. "q_proj.weight"):shape()[1],
                                                teacher:param(P .. "k_proj.weight"):shape()[1])
 end
 
@@ -99,7 +100,8 @@ local function attention(k, u)
   end
   local q, kk, v = {}, {}, {}
   for t = 1, #u do
-    q[t], kk[t], v[t] = rope(linear(u[t], W.q), NH, t - 1), rope(linear(u[t], W.k), KV, t - 1), linear(u[t], W.v)
+    q[t] = rope(linear(u[t], W.q), NH, t - 1)
+    kk[t], v[t] = rope(linear(u[t], W.k), KV, t - 1), linear(u[t], W.v)
   end
   local out, ent = {}, 0
   for t = 1, #u do
