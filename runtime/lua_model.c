@@ -720,6 +720,150 @@ static int m_set_identity(lua_State *L) {
     return 1;
 }
 
+/* ---- capture (hyb_model_capture): activations and their gradients for analysis -------------- */
+
+/* model:capture({layers = {..} | n, points = {..} | "name", grads = false}) or model:capture(nil)
+ *   layers: 0-based layer indices (default: every layer); points: names among block_in,
+ *   mixer_in, mixer_out, mlp_in, mlp_out, block_out (default: all); grads: also the gradients of
+ *   the loss w.r.t. them after loss:backward(). nil clears. Returns the model. */
+static int m_capture(lua_State *L) {
+    static const char *const allowed[] = {"layers", "points", "grads", NULL};
+    const char *F = "model:capture";
+    char buf[96];
+    lua_settop(L, 2);
+    lmodel *lm = check_model(L, 1, F);
+    hyb_model *m = lm->m;
+    if (lua_isnil(L, 2)) {
+        hyb_model_capture_clear(m);
+        lua_settop(L, 1);
+        return 1;
+    }
+    if (!lua_istable(L, 2))
+        return lhyb_error(L, "%s: expected a table {layers =, points =, grads =} or nil, got %s", F,
+                          lhyb_describe(L, 2, buf, sizeof buf));
+    lhyb_check_opts(L, 2, F, allowed);
+    int grads = lhyb_opt_field_bool(L, 2, F, "grads", 0);
+    /* points: a name or a table of names */
+    unsigned points = 0;
+    lua_getfield(L, 2, "points"); /* 3 */
+    if (lua_isnil(L, 3)) {
+        points = (1u << HYB_CAP_COUNT) - 1;
+    } else {
+        int n = 1, tbl = lua_istable(L, 3);
+        if (tbl) {
+            n = (int)lua_rawlen(L, 3);
+            if (n < 1) return lhyb_error(L, "%s: points must not be empty", F);
+        } else if (lua_type(L, 3) != LUA_TSTRING) {
+            return lhyb_error(L, "%s: points must be a point name or a table of them, got %s", F,
+                              lhyb_describe(L, 3, buf, sizeof buf));
+        }
+        for (int i = 0; i < n; i++) {
+            if (tbl)
+                lua_rawgeti(L, 3, i + 1);
+            else
+                lua_pushvalue(L, 3);
+            int p = lua_type(L, -1) == LUA_TSTRING
+                        ? hyb_capture_point_from_name(lua_tostring(L, -1))
+                        : -1;
+            if (p < 0)
+                return lhyb_error(L,
+                                  "%s: points[%d] must be one of block_in, mixer_in, mixer_out, "
+                                  "mlp_in, mlp_out, block_out, got %s",
+                                  F, i + 1, lhyb_describe(L, -1, buf, sizeof buf));
+            lua_pop(L, 1);
+            points |= HYB_CAP_BIT(p);
+        }
+    }
+    lua_getfield(L, 2, "layers"); /* 4 */
+    int *layers = NULL, n;
+    if (lua_isnil(L, 4)) {
+        layers = (int *)lua_newuserdatauv(L, sizeof(int) * (size_t)m->L, 0);
+        for (int l = 0; l < m->L; l++)
+            layers[l] = l;
+        n = m->L;
+    } else {
+        n = check_layers(L, 4, F, m->L, &layers);
+    }
+    if (hyb_model_capture(m, layers, n, points, grads) != HYB_OK) return lhyb_raise_hyb(L, F);
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* a host copy the script owns of a captured tensor */
+static void push_capture_copy(lua_State *L, const hyb_tensor *t, const char *F) {
+    hyb_tensor *c = hyb_tensor_new(HYB_F32, t->ndim, t->shape);
+    if (c && hyb_tensor_download(t, c->data) != HYB_OK) {
+        hyb_tensor_free(c);
+        c = NULL;
+    }
+    lhyb_push_owned(L, c, F);
+}
+
+/* model:captured([{grads = true}]) -> {[layer] = {[point] = {value = t, grad = t}}} from the last
+ * forward (and the backward after it). grads = false leaves the gradients out (before a
+ * backward). */
+static int m_captured(lua_State *L) {
+    static const char *const allowed[] = {"grads", NULL};
+    const char *F = "model:captured";
+    lua_settop(L, 2);
+    lmodel *lm = check_model(L, 1, F);
+    hyb_model *m = lm->m;
+    lhyb_check_opts(L, 2, F, allowed);
+    uint64_t forwards = 0;
+    int grads_req = 0, taped = 0, ready = 0;
+    if (!hyb_model_capture_info(m, &forwards, &grads_req, &taped, &ready))
+        return lhyb_error(L, "%s: no capture is set (call model:capture{layers =, points =} first)",
+                          F);
+    if (forwards == 0) return lhyb_error(L, "%s: no forward ran since model:capture", F);
+    int want_grads = lhyb_opt_field_bool(L, 2, F, "grads", 1);
+    if (!grads_req && lua_istable(L, 2)) {
+        lua_getfield(L, 2, "grads");
+        if (lua_toboolean(L, -1))
+            return lhyb_error(L,
+                              "%s: grads = true but the capture was made without gradients "
+                              "(model:capture{..., grads = true})",
+                              F);
+        lua_pop(L, 1);
+    }
+    if (grads_req && want_grads) {
+        if (!taped)
+            return lhyb_error(L,
+                              "%s: grads = true but the last forward had no tape (it ran with "
+                              "{grad = false}); run model:forward with grad on, then "
+                              "loss:backward(), or pass {grads = false}",
+                              F);
+        if (!ready)
+            return lhyb_error(L,
+                              "%s: grads = true but no backward ran since the last forward; call "
+                              "loss:backward() first, or pass {grads = false}",
+                              F);
+    }
+    lua_newtable(L);
+    for (int l = 0; l < m->L; l++) {
+        int any = 0;
+        for (int p = 0; p < HYB_CAP_COUNT; p++) {
+            const hyb_tensor *v = hyb_model_captured(m, l, (hyb_capture_point)p, 0);
+            if (!v) continue;
+            if (!any) {
+                lua_newtable(L);
+                any = 1;
+            }
+            lua_createtable(L, 0, 2);
+            push_capture_copy(L, v, F);
+            lua_setfield(L, -2, "value");
+            const hyb_tensor *gr =
+                grads_req && want_grads ? hyb_model_captured(m, l, (hyb_capture_point)p, 1) : NULL;
+            if (gr) {
+                push_capture_copy(L, gr, F);
+                lua_setfield(L, -2, "grad");
+            }
+            lua_setfield(L, -2, hyb_capture_point_name(p));
+        }
+        if (any) lua_rawseti(L, -2, l);
+    }
+    return 1;
+}
+
 static int model_tostring(lua_State *L) {
     char pat[4096];
     lmodel *lm = (lmodel *)luaL_checkudata(L, 1, LHYB_MODEL_MT);
@@ -920,6 +1064,8 @@ static const luaL_Reg model_methods[] = {{"forward", m_forward},
                                          {"swap", m_swap},
                                          {"clone", m_clone},
                                          {"set_identity", m_set_identity},
+                                         {"capture", m_capture},
+                                         {"captured", m_captured},
                                          {NULL, NULL}};
 
 static const luaL_Reg loss_methods[] = {

@@ -27,17 +27,26 @@ hyb_graph *hyb_graph_new(void) {
     return g;
 }
 
+static void taps_drop(hyb_graph *g) {
+    for (int i = 0; i < g->n_taps; i++)
+        if (g->taps[i].link && *g->taps[i].link == g) *g->taps[i].link = NULL;
+    g->n_taps = 0;
+}
+
 void hyb_graph_free(hyb_graph *g) {
     if (!g) return;
+    taps_drop(g);
     if (g->dev[HYB_DEV_CUDA]) hyb_arena_free(g->dev[HYB_DEV_CUDA]);
     hyb_arena_free(g->host);
     free(g->nodes);
+    free(g->taps);
     hyb_free(g);
 }
 
 void hyb_graph_reset(hyb_graph *g) {
     if (!g) return;
     g->n_nodes = 0;
+    taps_drop(g);
     hyb_arena_reset(g->host);
     if (g->dev[HYB_DEV_CUDA]) hyb_arena_reset(g->dev[HYB_DEV_CUDA]);
 }
@@ -229,6 +238,59 @@ int graph_grad(hyb_graph *g, hyb_tensor *t, float **out) {
     return HYB_OK;
 }
 
+// ---- gradient taps --------------------------------------------------------------------------
+
+int hyb_graph_tap_grad(hyb_graph *g, hyb_tensor *t, hyb_tensor *dst, int *done, hyb_graph **link) {
+    char a[128], b[128];
+    if (!g || !t || !dst)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_graph_tap_grad: graph, tensor or destination is NULL");
+    if (!g->grad_enabled)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_graph_tap_grad: grad mode is off (nothing is taped)");
+    if (t->owner != HYB_OWN_ARENA || t->dtype != HYB_F32 || dst->dtype != HYB_F32 ||
+        hyb_tensor_numel(t) != hyb_tensor_numel(dst) || t->device != dst->device ||
+        !hyb_tensor_is_contiguous(dst))
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_graph_tap_grad: activation %s (an f32 graph tensor) and "
+                             "destination %s must match (numel, device, contiguous)",
+                             hyb_tensor_shape_str(t, a, sizeof a),
+                             hyb_tensor_shape_str(dst, b, sizeof b));
+    if (g->n_taps == g->cap_taps) {
+        int cap = g->cap_taps ? 2 * g->cap_taps : 16;
+        hyb_grad_tap *nt = realloc(g->taps, sizeof *nt * (size_t)cap);
+        if (!nt) return hyb_error_set(HYB_ERR_NOMEM, "hyb_graph_tap_grad: out of memory");
+        g->taps = nt;
+        g->cap_taps = cap;
+    }
+    g->taps[g->n_taps++] = (hyb_grad_tap){t, dst, done, link};
+    if (link) *link = g;
+    t->requires_grad = 1;
+    return HYB_OK;
+}
+
+void hyb_graph_untap(hyb_graph *g, const int *done) {
+    if (!g) return;
+    int k = 0;
+    for (int i = 0; i < g->n_taps; i++)
+        if (g->taps[i].done != done) g->taps[k++] = g->taps[i];
+    g->n_taps = k;
+}
+
+/* after the pass: each tap's gradient (or zeros) into its destination */
+static int taps_collect(hyb_graph *g) {
+    for (int i = 0; i < g->n_taps; i++) {
+        hyb_grad_tap *tp = &g->taps[i];
+        const hyb_backend *be = hyb_backend_get(tp->dst->device);
+        if (!be) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "hyb_graph_backward: gradient tap");
+        size_t nb = hyb_tensor_nbytes(tp->dst);
+        HYB_TRY(tp->t->grad ? be->copy(be, tp->dst->data, tp->t->grad->data, nb)
+                            : be->memset0(be, tp->dst->data, nb));
+        if (tp->done) *tp->done = 1;
+    }
+    return HYB_OK;
+}
+
 // ---- the reverse pass -----------------------------------------------------------------------
 
 /* zero the intermediate grads of a previous pass, seed out's grad, run the nodes in reverse */
@@ -243,6 +305,14 @@ static int run_backward(hyb_graph *g, hyb_tensor *out, const float *seed) {
             HYB_TRY(ob->memset0(ob, o->grad->data, hyb_tensor_nbytes(o->grad)));
         }
     }
+    for (int i = 0; i < g->n_taps; i++) { /* a tapped tensor may have no producer node */
+        hyb_tensor *o = g->taps[i].t;
+        if (o->grad && o->grad->owner == HYB_OWN_ARENA) {
+            const hyb_backend *ob = hyb_backend_get(o->device);
+            if (!ob) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "hyb_graph_backward");
+            HYB_TRY(ob->memset0(ob, o->grad->data, hyb_tensor_nbytes(o->grad)));
+        }
+    }
     float *d;
     HYB_TRY(graph_grad(g, out, &d));
     HYB_TRY(be->upload(be, d, seed, sizeof(float) * (size_t)hyb_tensor_numel(out)));
@@ -252,7 +322,7 @@ static int run_backward(hyb_graph *g, hyb_tensor *out, const float *seed) {
         int rc = n->backward(g, n);
         if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_graph_backward: node %d (%s)", i, n->op);
     }
-    return HYB_OK;
+    return g->n_taps ? taps_collect(g) : HYB_OK;
 }
 
 static int check_backward_root(const char *who, hyb_graph *g, hyb_tensor *out) {

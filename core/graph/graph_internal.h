@@ -47,12 +47,21 @@ struct hyb_node {
     void *ptr;      /* op-specific object (the mixer for hyb_mixer_apply) */
 };
 
+typedef struct hyb_grad_tap {
+    hyb_tensor *t;    /* the activation whose gradient is wanted (arena tensor) */
+    hyb_tensor *dst;  /* where the gradient is copied after each reverse pass */
+    int *done;        /* set to 1 then (may be NULL) */
+    hyb_graph **link; /* the owner's pointer to this graph: NULLed when the taps are dropped */
+} hyb_grad_tap;
+
 struct hyb_graph {
     hyb_arena *host;               /* tensor structs, host-side saved data, CPU activations */
     hyb_arena *dev[HYB_DEV_COUNT]; /* per device data arena; dev[HYB_DEV_CPU] == host */
     hyb_node *nodes;
     int n_nodes, cap_nodes;
     int grad_enabled;
+    hyb_grad_tap *taps; /* hyb_graph_tap_grad; dropped by hyb_graph_reset */
+    int n_taps, cap_taps;
 };
 
 /* Host memory from the graph's arena (not zeroed). */

@@ -160,6 +160,7 @@ static hyb_model_dims model_dims(const hyb_model *m, int layer) {
 
 void hyb_model_free(hyb_model *m) {
     if (!m) return;
+    hyb_model_capture_clear(m);
     if (m->layers) {
         for (int l = 0; l < m->L; l++) {
             hyb_layer *ly = &m->layers[l];

@@ -12,6 +12,21 @@
 #include <string.h>
 #include <unistd.h>
 
+/* hyb_model_capture (the functions are at the end of this file) */
+struct hyb_capture {
+    int L;
+    unsigned *points;     /* [L] HYB_CAP_BIT masks */
+    int grads;            /* gradients requested */
+    hyb_tensor **val;     /* [L * HYB_CAP_COUNT] owned copies, on the model's device */
+    hyb_tensor **grad;    /* [L * HYB_CAP_COUNT] owned gradient destinations */
+    unsigned char *have;  /* [L * HYB_CAP_COUNT] recorded by the last forward */
+    uint64_t forwards;    /* forwards recorded */
+    int taped;            /* the last forward tapped the points */
+    int grad_done;        /* a backward filled the gradients since (set by the graph's taps) */
+    hyb_graph *tap_graph; /* the graph holding the taps, NULL once it dropped them (reset, free):
+                             untapped before the dst tensors go */
+};
+
 // ---- forward -----------------------------------------------------------------------------------
 
 /* The residual trunk: embedding, L blocks, final norm -> [B, T, D]. The one block code of the
@@ -31,30 +46,59 @@ static hyb_tensor *norm(hyb_graph *g, hyb_tensor **h, hyb_tensor **pend, hyb_ten
     return y;
 }
 
+static int cap_record(hyb_model *m, hyb_graph *g, int l, int p, hyb_tensor *t);
+static void cap_begin(hyb_model *m, hyb_graph *g);
+
+/* with a capture set (hyb_model_capture): copy (and tap) point P of layer L; nothing otherwise */
+#define CAPTURE(L, P, T)                                                                           \
+    do {                                                                                           \
+        if (m->capture && cap_record(m, g, (L), (P), (T)) != HYB_OK) {                             \
+            hyb_error_wrap(HYB_ERR, "model forward: capture of %s at layer %d",                    \
+                           hyb_capture_point_name(P), (L));                                        \
+            return NULL;                                                                           \
+        }                                                                                          \
+    } while (0)
+
 static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T,
                          state_fn states, void *sctx, const int32_t *pos, int max_ctx) {
     const float eps = (float)m->map->norm_eps;
+    if (m->capture) cap_begin(m, g);
     hyb_tensor *h = hyb_embedding(g, m->embed, ids, B, T), *pend = NULL;
     if (!h) {
         hyb_error_wrap(HYB_ERR_ARG, "model forward: embedding");
         return NULL;
     }
+    /* capturing gradients: record the whole trunk, so that every tapped activation is on the
+     * tape before its first reader (also when the parameters below it are frozen) */
+    if (m->capture && m->capture->taped) h->requires_grad = 1;
     for (int l = 0; l < m->L; l++) {
         hyb_layer *ly = &m->layers[l];
         if (ly->mixer) {
             hyb_tensor *u = norm(g, &h, &pend, ly->norm_in, eps);
+            if (!u) goto fail_layer;
+            /* h is now the block's input: the previous block's output */
+            if (l > 0) CAPTURE(l - 1, HYB_CAP_BLOCK_OUT, h);
+            CAPTURE(l, HYB_CAP_BLOCK_IN, h);
+            CAPTURE(l, HYB_CAP_MIXER_IN, u);
             hyb_tensor *y =
-                u ? hyb_mixer_apply(g, ly->mixer, u, states ? states(sctx, l) : NULL, pos, max_ctx)
-                  : NULL;
+                hyb_mixer_apply(g, ly->mixer, u, states ? states(sctx, l) : NULL, pos, max_ctx);
             if (!y) goto fail_layer;
+            CAPTURE(l, HYB_CAP_MIXER_OUT, y);
             pend = y; /* h + y, added by the next norm */
         }
         hyb_tensor *v = norm(g, &h, &pend, ly->norm_post, eps);
-        hyb_tensor *gt = v ? hyb_matmul(g, v, ly->w_gate) : NULL;
+        if (!v) goto fail_layer;
+        if (!ly->mixer) { /* identity layer: h is the block's input */
+            if (l > 0) CAPTURE(l - 1, HYB_CAP_BLOCK_OUT, h);
+            CAPTURE(l, HYB_CAP_BLOCK_IN, h);
+        }
+        CAPTURE(l, HYB_CAP_MLP_IN, v);
+        hyb_tensor *gt = hyb_matmul(g, v, ly->w_gate);
         hyb_tensor *up = gt ? hyb_matmul(g, v, ly->w_up) : NULL;
         hyb_tensor *a = up ? hyb_swiglu(g, gt, up) : NULL;
         hyb_tensor *d = a ? hyb_matmul(g, a, ly->w_down) : NULL;
         if (!d) goto fail_layer;
+        CAPTURE(l, HYB_CAP_MLP_OUT, d);
         pend = d;
         continue;
     fail_layer:
@@ -63,7 +107,11 @@ static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, 
         return NULL;
     }
     hyb_tensor *hn = norm(g, &h, &pend, m->norm_f, eps);
-    if (!hn) hyb_error_wrap(HYB_ERR, "model forward: final norm");
+    if (!hn) {
+        hyb_error_wrap(HYB_ERR, "model forward: final norm");
+        return NULL;
+    }
+    CAPTURE(m->L - 1, HYB_CAP_BLOCK_OUT, h);
     return hn;
 }
 
@@ -304,4 +352,131 @@ int hyb_model_decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, c
 int hyb_model_decode_dev(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs,
                          const int32_t *ids, float *dev_logits) {
     return decode(m, s, n, seqs, ids, dev_logits, 1);
+}
+
+// ---- capture -----------------------------------------------------------------------------------
+
+static const char *const cap_names[HYB_CAP_COUNT] = {"block_in", "mixer_in", "mixer_out",
+                                                     "mlp_in",   "mlp_out",  "block_out"};
+
+const char *hyb_capture_point_name(int p) {
+    return p >= 0 && p < HYB_CAP_COUNT ? cap_names[p] : NULL;
+}
+
+int hyb_capture_point_from_name(const char *name) {
+    for (int p = 0; name && p < HYB_CAP_COUNT; p++)
+        if (strcmp(cap_names[p], name) == 0) return p;
+    return -1;
+}
+
+static void capture_free(hyb_capture *c) {
+    if (!c) return;
+    if (c->tap_graph) /* still holds the taps (a reset or freed graph NULLs it) */
+        hyb_graph_untap(c->tap_graph, &c->grad_done);
+    for (int i = 0; i < c->L * HYB_CAP_COUNT; i++) {
+        if (c->val) hyb_tensor_free(c->val[i]);
+        if (c->grad) hyb_tensor_free(c->grad[i]);
+    }
+    free(c->val);
+    free(c->grad);
+    free(c->have);
+    free(c->points);
+    free(c);
+}
+
+void hyb_model_capture_clear(hyb_model *m) {
+    if (!m) return;
+    capture_free(m->capture);
+    m->capture = NULL;
+}
+
+int hyb_model_capture(hyb_model *m, const int *layers, int n, unsigned points, int grads) {
+    if (!m) return hyb_error_set(HYB_ERR_ARG, "hyb_model_capture: model is NULL");
+    if (n < 1 || !layers)
+        return hyb_error_set(HYB_ERR_ARG, "hyb_model_capture: no layers given (n = %d)", n);
+    if (points == 0 || (points >> HYB_CAP_COUNT) != 0)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_model_capture: points mask 0x%x names no point or an unknown one",
+                             points);
+    for (int i = 0; i < n; i++)
+        if (layers[i] < 0 || layers[i] >= m->L)
+            return hyb_error_set(HYB_ERR_ARG, "hyb_model_capture: layer %d out of range [0, %d)",
+                                 layers[i], m->L);
+    hyb_capture *c = calloc(1, sizeof *c);
+    size_t k = (size_t)m->L * HYB_CAP_COUNT;
+    if (c) {
+        c->L = m->L;
+        c->points = calloc((size_t)m->L, sizeof *c->points);
+        c->val = calloc(k, sizeof *c->val);
+        c->grad = calloc(k, sizeof *c->grad);
+        c->have = calloc(k, 1);
+    }
+    if (!c || !c->points || !c->val || !c->grad || !c->have) {
+        capture_free(c);
+        return hyb_error_set(HYB_ERR_NOMEM, "hyb_model_capture: out of memory");
+    }
+    for (int i = 0; i < n; i++)
+        c->points[layers[i]] |= points;
+    c->grads = grads ? 1 : 0;
+    hyb_model_capture_clear(m);
+    m->capture = c;
+    return HYB_OK;
+}
+
+const hyb_tensor *hyb_model_captured(const hyb_model *m, int layer, hyb_capture_point p, int grad) {
+    const hyb_capture *c = m ? m->capture : NULL;
+    if (!c || layer < 0 || layer >= c->L || (int)p < 0 || p >= HYB_CAP_COUNT) return NULL;
+    size_t k = (size_t)layer * HYB_CAP_COUNT + (size_t)p;
+    if (!c->have[k]) return NULL;
+    if (!grad) return c->val[k];
+    return c->taped && c->grad_done ? c->grad[k] : NULL;
+}
+
+int hyb_model_capture_info(const hyb_model *m, uint64_t *forwards, int *grads, int *taped,
+                           int *grads_ready) {
+    const hyb_capture *c = m ? m->capture : NULL;
+    if (forwards) *forwards = c ? c->forwards : 0;
+    if (grads) *grads = c ? c->grads : 0;
+    if (taped) *taped = c ? c->taped : 0;
+    if (grads_ready) *grads_ready = c ? (c->taped && c->grad_done) : 0;
+    return c != NULL;
+}
+
+/* an owned f32 tensor shaped like t on t's device in *slot (reused when it already fits) */
+static int cap_fit(hyb_tensor **slot, const hyb_tensor *t) {
+    hyb_tensor *v = *slot;
+    if (v && v->device == t->device && v->ndim == t->ndim &&
+        memcmp(v->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim) == 0)
+        return HYB_OK;
+    hyb_tensor_free(v);
+    *slot = hyb_tensor_new_on(hyb_backend_get(t->device), HYB_F32, t->ndim, t->shape);
+    return *slot ? HYB_OK : hyb_error_wrap(HYB_ERR_NOMEM, "capture");
+}
+
+static void cap_begin(hyb_model *m, hyb_graph *g) {
+    hyb_capture *c = m->capture;
+    c->forwards++;
+    memset(c->have, 0, (size_t)c->L * HYB_CAP_COUNT);
+    if (c->tap_graph) hyb_graph_untap(c->tap_graph, &c->grad_done); /* the last forward's taps */
+    c->tap_graph = NULL;
+    c->taped = c->grads && hyb_graph_grad_enabled(g);
+    c->grad_done = 0;
+}
+
+/* copy t (point p of layer l) out of the graph; with grads, tap it */
+static int cap_record(hyb_model *m, hyb_graph *g, int l, int p, hyb_tensor *t) {
+    hyb_capture *c = m->capture;
+    if (!(c->points[l] & HYB_CAP_BIT(p))) return HYB_OK;
+    size_t k = (size_t)l * HYB_CAP_COUNT + (size_t)p;
+    const hyb_backend *be = hyb_backend_get(t->device);
+    if (!be) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "capture");
+    HYB_TRY(cap_fit(&c->val[k], t));
+    HYB_TRY(be->copy(be, c->val[k]->data, t->data, hyb_tensor_nbytes(t)));
+    c->have[k] = 1;
+    if (c->taped) {
+        HYB_TRY(cap_fit(&c->grad[k], t));
+        /* the graph NULLs tap_graph when it drops the taps (reset, free) */
+        HYB_TRY(hyb_graph_tap_grad(g, t, c->grad[k], &c->grad_done, &c->tap_graph));
+    }
+    return HYB_OK;
 }

@@ -51,6 +51,21 @@ int hyb_graph_n_nodes(const hyb_graph *g);
  * ACCUMULATED into their ->grad; intermediate grads live in the arena. */
 int hyb_graph_backward(hyb_graph *g, hyb_tensor *loss, float scale);
 
+/* Gradient tap (analysis, hyb_model_capture): mark t (an activation of g, f32) as requiring grad,
+ * so that the ops reading it from now on are recorded, and after every reverse pass on g until
+ * hyb_graph_reset copy the complete gradient that reached t into dst (f32, t's numel and device,
+ * owned by the caller; zeros when no gradient reached t) and set *done = 1 (done may be NULL).
+ * The copy runs after the whole pass, not from a node next to t's producer: a fused op
+ * (hyb_add_rmsnorm) records a consumer of its own output, whose share would come after such a
+ * node. t's gradient is zeroed before each pass (as intermediate grads are). Taps cost nothing
+ * when none is set. Must be called while grad mode is on (HYB_ERR_ARG otherwise).
+ * link (may be NULL): the owner's pointer to g; set to g here, and to NULL when g drops its taps
+ * (hyb_graph_reset, hyb_graph_free), so an owner that frees dst first calls hyb_graph_untap on a
+ * graph that is still alive (*link non-NULL) or on none. */
+int hyb_graph_tap_grad(hyb_graph *g, hyb_tensor *t, hyb_tensor *dst, int *done, hyb_graph **link);
+/* Remove the taps whose `done` pointer is `done` (before freeing their destinations). */
+void hyb_graph_untap(hyb_graph *g, const int *done);
+
 /* ---- core ops (x: [..., D] means any number of leading dims) ----------------------------------*/
 
 /* W: [V, D], ids: [B*T] token ids (copied) -> [B, T, D]. An id outside [0, V) is an error. */

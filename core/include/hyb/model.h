@@ -51,6 +51,8 @@ typedef struct hyb_layer {
     hyb_tensor *w_down;        /* [D, F] */
 } hyb_layer;
 
+typedef struct hyb_capture hyb_capture; /* hyb_model_capture (below) */
+
 typedef struct hyb_model {
     hyb_layermap *map; /* owned */
     int D, V, F, L;
@@ -67,6 +69,7 @@ typedef struct hyb_model {
                             model moves to another device */
     const struct hyb_backend *be; /* the device everything lives on; NULL = the CPU */
     hyb_graph *scratch;  /* internal: no-grad graph reused by prefill/decode */
+    hyb_capture *capture; /* hyb_model_capture; NULL = none (the forward pays nothing) */
 } hyb_model;
 
 /* Build with random init (seeded). Takes ownership of map (also on failure). Unknown mixer types
@@ -124,6 +127,59 @@ int hyb_model_clone(const hyb_model *m, hyb_model **out);
 /* Full-sequence forward (training / evaluation): ids [B*T] -> logits [B, T, V] (graph-owned).
  * NULL + error on failure. */
 hyb_tensor *hyb_model_forward(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T);
+
+/* ---- capture: activations and their gradients, for analysis ----------------------------------
+ *
+ *   int layers[] = {0, 3};
+ *   unsigned pts = HYB_CAP_BIT(HYB_CAP_MIXER_IN) | HYB_CAP_BIT(HYB_CAP_MIXER_OUT);
+ *   hyb_model_capture(m, layers, 2, pts, 1);                  // 1: with gradients
+ *   logits = hyb_model_forward(m, g, ids, B, T);  loss = ...;  hyb_graph_backward(g, loss, 1);
+ *   const hyb_tensor *y  = hyb_model_captured(m, 3, HYB_CAP_MIXER_OUT, 0);   // [B, T, D]
+ *   const hyb_tensor *dy = hyb_model_captured(m, 3, HYB_CAP_MIXER_OUT, 1);   // dloss/dy
+ *   hyb_model_capture_clear(m);
+ *
+ * The points of block l (see the block above):
+ *   block_in  h        the residual stream entering the block (block_out of l-1; the embedding)
+ *   mixer_in  u        RMSNorm_in(h), what the mixer reads
+ *   mixer_out Mixer(u) what the mixer returns (before the residual add)
+ *   mlp_in    v        RMSNorm_post(h + Mixer(u))
+ *   mlp_out            W_down(...), the MLP's output (before the residual add)
+ *   block_out          h' + mlp_out, the residual stream leaving the block
+ * An identity layer has no mixer_in/mixer_out (hyb_model_captured gives NULL for them). Every
+ * forward through the trunk (hyb_model_forward, prefill, decode) copies each requested value out
+ * of the graph into a tensor of the capture on the model's device ([B, T, D]; the latest forward
+ * wins). With grads, a forward whose graph records (grad mode on) also taps each point
+ * (hyb_graph_tap_grad): after a backward the gradient of the loss w.r.t. the activation is
+ * there, even when every parameter upstream is frozen. Mixers are opaque: points are around them.
+ * The capture belongs to the model (freed with it, and by clear or a new capture); the tensors
+ * stay valid until the next forward or capture change. Its taps leave the graph when the capture
+ * goes, and a graph reset or freed first lets the capture know, so either may go first. */
+typedef enum hyb_capture_point {
+    HYB_CAP_BLOCK_IN = 0,
+    HYB_CAP_MIXER_IN,
+    HYB_CAP_MIXER_OUT,
+    HYB_CAP_MLP_IN,
+    HYB_CAP_MLP_OUT,
+    HYB_CAP_BLOCK_OUT,
+    HYB_CAP_COUNT
+} hyb_capture_point;
+#define HYB_CAP_BIT(p) (1u << (p))
+/* "block_in", ... ; NULL for a bad value. */
+const char *hyb_capture_point_name(int p);
+/* The point named `name`, or -1. */
+int hyb_capture_point_from_name(const char *name);
+/* Request a capture of `points` (HYB_CAP_BIT mask, not 0) at each of layers[n] (0-based, in
+ * [0, L), n >= 1), with their gradients when grads. Replaces any previous capture. */
+int hyb_model_capture(hyb_model *m, const int *layers, int n, unsigned points, int grads);
+void hyb_model_capture_clear(hyb_model *m);
+/* The captured value (grad 0) or gradient (grad 1) of a point of a layer; NULL when not requested,
+ * not recorded by a forward yet, or (a gradient) no backward ran since the last forward. */
+const hyb_tensor *hyb_model_captured(const hyb_model *m, int layer, hyb_capture_point p, int grad);
+/* Facts about the capture (any pointer may be NULL): forwards recorded since the request, whether
+ * gradients were requested, whether the last forward taped the points (grads requested and grad
+ * mode on), and whether a backward filled the gradients since. Returns 0 when no capture is set. */
+int hyb_model_capture_info(const hyb_model *m, uint64_t *forwards, int *grads, int *taped,
+                           int *grads_ready);
 
 /* ---- inference state: per-sequence decode state for every layer ------------------------------*/
 typedef struct hyb_kvstate {
