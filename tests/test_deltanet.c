@@ -225,7 +225,19 @@ static void test_config_errors(void) {
         {"type = \"X\"\nchunk = 0\nn_heads = 2\n", "chunk", "test.toml:2:"},
         {"type = \"X\"\nn_heads = 2\nnorm_eps = -1.0\n", "norm_eps", "test.toml:3:"},
         {"type = \"X\"\nn_heads = 2\nchunk = \"big\"\n", "chunk", "test.toml:3:"},
-        {"type = \"X\"\nn_heads = 2\nexpand_v = 2\n", "expand_v", "test.toml:3:"},
+        /* an unknown key (expand_k is fla's, not ours) */
+        {"type = \"X\"\nn_heads = 2\nexpand_k = 2\n", "expand_k", "test.toml:3:"},
+        /* the fla options: range and type errors name the key */
+        {"type = \"X\"\nn_heads = 2\nexpand_v = 0.3\n", "expand_v", "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nexpand_v = 0.0\n", "expand_v", "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nexpand_v = 64.0\n", "expand_v", "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nnum_v_heads = 3\n", "num_v_heads", "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nnum_v_heads = 1\n", "num_v_heads", "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nuse_gate = 1\n", "use_gate", "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nuse_short_conv = \"no\"\n", "use_short_conv",
+         "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nallow_neg_eigval = 2\n", "allow_neg_eigval",
+         "test.toml:3:"},
     };
     for (int gated = 0; gated < 2; gated++)
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
