@@ -138,13 +138,13 @@ static inline size_t dn_backward_scratch(int n, int nv, int c) {
  *   dv_t = beta dw;  dbeta_t = dw . (v_t - a u);  du = -a beta dw
  *   dS <- a dS + k_t du^T;  dg_t = a da
  * The initial state is zero (training runs whole sequences), so dS at t = 0 is dropped.
- * dq, dk rows written (row stride ld), dv rows (ldv); dbeta, dg written (stride ldh; dg only if
- * g). */
+ * dq, dk rows written (row stride ldd: with grouped values each value head has its own), dv rows
+ * (ldv); dbeta, dg written (stride ldh; dg only if g). */
 static void dn_core_backward(int n, int nv, int T, int c, const float *q, const float *k,
                              size_t ld, const float *v, size_t ldv, const float *beta,
                              const float *g, size_t ldh, const float *dout, size_t ldo,
-                             const float *chk, float *dq, float *dk, float *dv, float *dbeta,
-                             float *dg, float *scr) {
+                             const float *chk, float *dq, float *dk, size_t ldd, float *dv,
+                             float *dbeta, float *dg, float *scr) {
     const size_t nn = (size_t)n * nv;
     float *Sb = scr, *dS = Sb + ((size_t)c + 1) * nn, *u = dS + nn, *w = u + nv, *dw = w + nv,
           *du = dw + nv;
@@ -171,7 +171,7 @@ static void dn_core_backward(int n, int nv, int T, int c, const float *q, const 
             const float *qt = q + t * ld, *kt = k + t * ld, *vt = v + t * ldv,
                         *dot_ = dout + t * ldo;
             const float b = beta[t * ldh], a = g ? expf(g[t * ldh]) : 1.0f;
-            float *dqt = dq + t * ld, *dkt = dk + t * ld, *dvt = dv + t * ldv;
+            float *dqt = dq + t * ldd, *dkt = dk + t * ldd, *dvt = dv + t * ldv;
             for (int m = 0; m < n; m++) {
                 hyb_pl_axpy(dS + (size_t)m * nv, qt[m], dot_, nv);
                 dqt[m] = hyb_pl_dot(Sc + (size_t)m * nv, dot_, nv);

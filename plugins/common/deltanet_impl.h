@@ -142,7 +142,8 @@ static int dn_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void 
                            "%lld",
                            (long long)nh, (long long)nvh);
         HYB_TRY(H_->cfg_float(cfg, "expand_v", 1.0, &ev));
-        const double nvd = ev * (double)hd;
+        double nvd = ev * (double)hd; /* 0.6 * 5 may land a rounding step off 3 */
+        if (fabs(nvd - floor(nvd + 0.5)) < 1e-9) nvd = floor(nvd + 0.5);
         if (!(ev > 0) || nvd != floor(nvd) || nvd < 1 || nvd > 512)
             return CFG_ERR("expand_v",
                            "expand_v * head_dim must be a whole number in [1, 512], got %g * "
@@ -161,7 +162,7 @@ static int dn_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void 
     }
     if (nvh < 0) nvh = nh;
 #undef CFG_ERR
-    const int64_t nv = (int64_t)(ev * (double)hd);
+    const int64_t nv = (int64_t)floor(ev * (double)hd + 0.5);
     if (nh * hd > (1 << 20) || nvh * nv > (1 << 20))
         return H_->error(HYB_ERR_ARG,
                          DN_NAME " (layer %d): n_heads * head_dim = %lld or num_v_heads * "
@@ -720,7 +721,7 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
         dn_core_backward(n, nv, T, c, Qn + r0 * C + ho, Kn + r0 * C + ho, C, Vn + r0 * Cv + vo, Cv,
                          beta + r0 * Hv + hv, DN_GATED ? g + r0 * Hv + hv : NULL, Hv,
                          dO + r0 * Cv + vo, Cv, CHK + ((size_t)b * Hv + hv) * nch * nn,
-                         dQ + r0 * Cq + (size_t)hv * n, dK + r0 * Cq + (size_t)hv * n,
+                         dQ + r0 * Cq + (size_t)hv * n, dK + r0 * Cq + (size_t)hv * n, Cq,
                          dV + r0 * Cv + vo, dbeta + r0 * Hv + hv, dg + r0 * Hv + hv,
                          scr + (size_t)hyb_pl_thread_id() * scr_t);
     }
