@@ -495,6 +495,38 @@ static void test_device_unsupported(void) {
         }
         mh_inst_free(&I);
     }
+    /* the fla options without CUDA kernels: every entry refuses, naming the option (never a
+     * silently wrong result); allow_neg_eigval runs (tests/test_mixers compares it with the CPU) */
+    static const struct {
+        const char *toml, *name;
+    } opts[] = {
+        {"n_heads = 2\nhead_dim = 8\nnum_v_heads = 4\n", "num_v_heads"},
+        {"n_heads = 2\nhead_dim = 8\nexpand_v = 2.0\n", "expand_v"},
+        {"n_heads = 2\nhead_dim = 8\nuse_gate = false\n", "use_gate"},
+        {"n_heads = 2\nhead_dim = 8\nuse_short_conv = false\n", "use_short_conv"},
+    };
+    for (int gated = 0; gated < 2; gated++)
+        for (size_t o = 0; o < sizeof opts / sizeof opts[0]; o++) {
+            mh_inst I;
+            if (inst_new(&I, TYPES[gated], 16, opts[o].toml, 41, 0.3f) != 0) continue;
+            const hyb_mixer_kernels *k = &I.m->desc->kernels[be->device];
+            int32_t pos[1] = {0};
+            hyb_mixer_fwd fa = {.B = 1, .T = 3, .be = be, .params = I.pp};
+            hyb_mixer_bwd ba = {.B = 1, .T = 3, .be = be, .params = I.pp};
+            hyb_mixer_dec da = {.n = 1, .be = be, .params = I.pp, .pos = pos, .max_ctx = 8};
+            const char *ops[3] = {"cuda forward", "cuda backward", "cuda decode"};
+            for (int op = 0; op < 3; op++) {
+                const int rc = op == 0   ? k->forward(I.m->self, &fa)
+                               : op == 1 ? k->backward(I.m->self, &ba)
+                                         : k->decode(I.m->self, &da);
+                const char *e = hyb_error();
+                if (gated == 0 && op == 0) printf("   %s\n", e);
+                CHECK_MSG(rc == HYB_ERR_UNSUPPORTED && strstr(e, ops[op]) &&
+                              strstr(e, opts[o].name),
+                          "%s %s: rc %d: %s", TYPES[gated], opts[o].name, rc, e);
+            }
+            mh_inst_free(&I);
+        }
 }
 
 /* ---- a decode step as a CUDA graph ------------------------------------------------------------

@@ -171,7 +171,7 @@ extern "C" __launch_bounds__(128) __global__ void dn_norm_gate(const float *O, c
 extern "C" __launch_bounds__(128) __global__ void dn_chunk_fwd(
     const float *Qn, const float *Kn, const float *Vn, const float *Bl, const float *Al,
     const float *A_log, const float *dt_bias, float *O, float *CHK, float *Sall, const dn_seqs sq,
-    int B, int T, int H, int n, int bv, int cc, int chunk, int nch) {
+    int B, int T, int H, int n, int bv, int cc, int chunk, int nch, float bscale) {
     extern __shared__ float dn_smem[];
     const int bl = blockIdx.x / H, h = blockIdx.x % H, b = (Sall ? 0 : sq.b0) + bl,
               bh = b * H + h, j0 = blockIdx.y * bv;
@@ -210,7 +210,7 @@ extern "C" __launch_bounds__(128) __global__ void dn_chunk_fwd(
         }
         for (int i = tid; i < cl; i += NT) {
             const long long r = (long long)b * T + t0 + i;
-            Bt[i] = dn_sigmoid(Bl[r * H + h]);
+            Bt[i] = bscale * dn_sigmoid(Bl[r * H + h]);
             Gam[i] = dn_gate(Al, A_log, dt_bias, r, H, h);
         }
         __syncthreads();
@@ -289,7 +289,7 @@ extern "C" __launch_bounds__(128) __global__ void dn_chunk_bwd(
     const float *Qn, const float *Kn, const float *Vn, const float *Bl, const float *Al,
     const float *A_log, const float *dt_bias, const float *dO, const float *CHK, float *Sscr,
     float *dQp, float *dKp, float *dV, float *dBp, float *dGp, int B, int T, int H, int n, int bv,
-    int chunk, int nch, int bh0) {
+    int chunk, int nch, int bh0, float bscale) {
     extern __shared__ float dn_smem[];
     __shared__ float red[32];
     const int bh = bh0 + blockIdx.x, b = bh / H, h = bh % H, slab = blockIdx.y, j0 = slab * bv;
@@ -317,7 +317,7 @@ extern "C" __launch_bounds__(128) __global__ void dn_chunk_bwd(
             for (int m = tid; m < n; m += NT) k[m] = Kn[ro + m];
             for (int jj = tid; jj < bv; jj += NT) vv[jj] = jj < wcols ? Vn[ro + j0 + jj] : 0.0f;
             __syncthreads();
-            const float be = dn_sigmoid(Bl[r * H + h]),
+            const float be = bscale * dn_sigmoid(Bl[r * H + h]),
                         a = Al ? expf(dn_gate(Al, A_log, dt_bias, r, H, h)) : 1.0f;
             const float *Sp = St + i * nbv;
             float *Sc = St + (i + 1) * nbv;
@@ -332,7 +332,7 @@ extern "C" __launch_bounds__(128) __global__ void dn_chunk_bwd(
         for (int i = cl - 1; i >= 0; i--) {
             const long long r = (long long)b * T + t0 + i, ro = r * C + (long long)h * n;
             const float *Sp = St + i * nbv, *Sc = St + (i + 1) * nbv;
-            const float be = dn_sigmoid(Bl[r * H + h]),
+            const float be = bscale * dn_sigmoid(Bl[r * H + h]),
                         a = Al ? expf(dn_gate(Al, A_log, dt_bias, r, H, h)) : 1.0f;
             __syncthreads();
             for (int m = tid; m < n; m += NT) {
@@ -434,18 +434,20 @@ extern "C" __global__ void dn_colsum(const float *src, float *dst, long long row
         dst[(long long)blockIdx.y * cols + c] = s;
 }
 
-/* i over B*T*H: dbeta and dg summed over the slabs; dBl = dbeta beta (1 - beta); gated:
+/* i over B*T*H: dbeta and dg summed over the slabs; beta = bscale s, s = sigmoid(Bl) (bscale 2:
+ * allow_neg_eigval), dBl = dbeta bscale s (1 - s); gated:
  * dAl = dg * d(g)/d(Al), pA = dg g (-> dA_log), pD = dAl (-> ddt_bias) */
 extern "C" __global__ void dn_beta_gate_bwd(const float *Bl, const float *Al, const float *A_log,
                                             const float *dt_bias, const float *dBp,
                                             const float *dGp, int nslab, long long BTH, int H,
-                                            float *dBl, float *dAl, float *pA, float *pD) {
+                                            float *dBl, float *dAl, float *pA, float *pD,
+                                            float bscale) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < BTH;
          i += (long long)gridDim.x * blockDim.x) {
         float db = 0.0f;
         for (int s = 0; s < nslab; s++) db += dBp[s * BTH + i];
         const float be = dn_sigmoid(Bl[i]);
-        dBl[i] = db * (be * (1.0f - be));
+        dBl[i] = db * (bscale * (be * (1.0f - be)));
         if (Al) {
             const int h = (int)(i % H);
             float dg = 0.0f;

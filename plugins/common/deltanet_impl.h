@@ -933,13 +933,12 @@ static size_t dn_cu_smem_fwd(int n, int bv, int cc) {
 }
 
 /* the fla options the CUDA kernels do not have yet: HYB_ERR_UNSUPPORTED naming the first one set
- * (the CPU kernels have them all) */
+ * (the CPU kernels have them all; allow_neg_eigval is on both: bscale = 2 in the kernels) */
 static int dn_cu_options(const dn *m, const char *op) {
     const char *opt = m->Hv != m->H    ? "num_v_heads != n_heads"
                       : m->nv != m->n  ? "expand_v != 1"
                       : !m->gate       ? "use_gate = false"
                       : !m->conv       ? "use_short_conv = false"
-                      : m->neg         ? "allow_neg_eigval = true"
                                        : NULL;
     if (!opt) return HYB_OK;
     return H_->error(HYB_ERR_UNSUPPORTED,
@@ -992,6 +991,7 @@ static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x,
     dn_cu_shape sh;
     HYB_TRY(dn_cu_plan(m, op, B, T, &sh));
     int rc = HYB_OK;
+    float bscale = m->neg ? 2.0f : 1.0f; /* beta = bscale sigmoid(Bl) */
     const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K, chunk = m->chunk;
     const int nch = (int)dn_n_chunks(m, T);
     const size_t BT = (size_t)B * T, nn = (size_t)n * n;
@@ -1055,7 +1055,7 @@ static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x,
         if (rc == HYB_OK) {
             void *args[] = {&Qn, &Kn, &Vn, &Bl, (void *)&Alp, (void *)&alog, (void *)&dtb, &O,
                             &chk, &Sall, &sq, &B, &T, (void *)&H, (void *)&n, &sh.bv, &sh.cc,
-                            (void *)&chunk, (void *)&nch};
+                            (void *)&chunk, (void *)&nch, &bscale};
             rc = dn_cu_launch(m, be, DN_K_CHUNK_FWD, (unsigned)(nb * H), (unsigned)sh.nslab, 1,
                               (unsigned)sh.nt, sh.smem_f, args);
         }
@@ -1088,6 +1088,7 @@ static int dn_decode_cuda(void *self, const hyb_mixer_dec *a) {
 
 static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     dn *m = self;
+    HYB_TRY(dn_cu_options(m, "backward"));
     const hyb_backend *be = a->be;
     int B = a->B, T = a->T;
     const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K, chunk = m->chunk;
@@ -1100,6 +1101,7 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
                          m->layer, B, T);
     dn_cu_shape sh;
     HYB_TRY(dn_cu_plan(m, "backward", B, T, &sh));
+    float bscale = m->neg ? 2.0f : 1.0f; /* beta = bscale sigmoid(Bl) */
     const int nch = (int)dn_n_chunks(m, T), nslab = sh.nslab;
     const size_t BT = (size_t)B * T, BTC = BT * C, BTH = BT * H;
     const char *blk = a->saved;
@@ -1171,7 +1173,8 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
         const int cnt = B * H - bh0 < wave ? B * H - bh0 : wave;
         void *args[] = {&Qn, &Kn, &Vn, (void *)&Bl, (void *)&Alp, (void *)&alog, (void *)&dtb,
                         &dO, (void *)&CHK, &Sscr, &dQp, &dKp, &dV, &dBp, &dGs, &B, &T,
-                        (void *)&H, (void *)&n, &sh.bv, (void *)&chunk, (void *)&nch, &bh0};
+                        (void *)&H, (void *)&n, &sh.bv, (void *)&chunk, (void *)&nch, &bh0,
+                        &bscale};
         rc = dn_cu_launch(m, be, DN_K_CHUNK_BWD, (unsigned)cnt, (unsigned)nslab, 1,
                           (unsigned)sh.nt, sh.smem_b - 128, args);
     }
@@ -1179,7 +1182,7 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     if (rc == HYB_OK) {
         long long bth = (long long)BTH;
         void *args[] = {(void *)&Bl, (void *)&Alp, (void *)&alog, (void *)&dtb, &dBp, &dGs,
-                        (void *)&nslab, &bth, (void *)&H, &dBl, &dAl, &pA, &pD};
+                        (void *)&nslab, &bth, (void *)&H, &dBl, &dAl, &pA, &pD, &bscale};
         rc = dn_cu_launch(m, be, DN_K_BETA_GATE_BWD, dn_cu_blocks((int64_t)BTH), 1, 1, 128, 0,
                           args);
     }
