@@ -115,6 +115,43 @@ static int load_deltanet(FILE *f, int gated, mh_ref *r) {
     return 0;
 }
 
+/* The same reference with flash-linear-attention's options ("DNT2"): header 12 x int32 (magic,
+ * B, T, D, H, hd, conv size, gated, num_v_heads, value head size, flags: 1 use_gate, 2
+ * use_short_conv, 4 allow_neg_eigval, 0) and norm_eps; the parameters the options drop are absent,
+ * S is [num_v_heads, hd, dv], the windows (with convs) q, k [C, K-1] then v [Cv, K-1]. Tolerances
+ * as load_deltanet. */
+static int load_deltanet2(FILE *f, int gated, mh_ref *r) {
+    int32_t h[12];
+    double eps;
+    int ok = fread(h, 4, 12, f) == 12 && fread(&eps, 8, 1, f) == 1 && h[0] == 0x32544e44 &&
+             h[7] == gated;
+    CHECK_MSG(ok, "deltanet (options) golden: bad header");
+    if (!ok) return -1;
+    const int H = h[4], n = h[5], K = h[6], Hv = h[8], nv = h[9], gate = h[10] & 1,
+              conv = (h[10] >> 1) & 1, neg = (h[10] >> 2) & 1;
+    const long C = (long)H * n, Cv = (long)Hv * nv;
+    r->B = h[1], r->T = h[2], r->D = h[3];
+    snprintf(r->toml, sizeof r->toml,
+             "type = \"%s\"\nn_heads = %d\nhead_dim = %d\nconv_size = %d\nchunk = 16\n"
+             "norm_eps = %.17g\nnum_v_heads = %d\nexpand_v = %.17g\nuse_gate = %s\n"
+             "use_short_conv = %s\nallow_neg_eigval = %s\n",
+             gated ? "gated_deltanet" : "deltanet", H, n, K, eps, Hv, (double)nv / n,
+             gate ? "true" : "false", conv ? "true" : "false", neg ? "true" : "false");
+    r->layout = conv ? "x P y S S dy dx G" : "x P y S dy dx G";
+    r->tol_y = r->tol_dx = (mh_tol){.relrms = 1e-5};
+    r->tol_grad = (mh_tol){.relrms = 1e-4};
+    r->tol_acc = (mh_tol){.relrms = 2e-4};
+    r->n_parts = conv ? 2 : 1;
+    r->parts[0].name = "S";
+    r->parts[0].off = 0, r->parts[0].n = (long)Hv * n * nv;
+    r->parts[0].tol = (mh_tol){.relrms = 1e-5};
+    r->parts[1].name = "conv windows";
+    r->parts[1].off = (long)Hv * n * nv, r->parts[1].n = (2 * C + Cv) * (K - 1);
+    r->parts[1].tol = (mh_tol){.relrms = 1e-6};
+    r->state_floats = (long)Hv * n * nv + (conv ? (2 * C + Cv) * (K - 1) : 0);
+    return 0;
+}
+
 static const struct ref_row {
     const char *type, *file;
     mh_ref_loader load;
@@ -128,6 +165,11 @@ static const struct ref_row {
     {"mamba1", "mamba1/golden_nodbl.bin", load_mamba1, 7}, /* T = 40: 6 chunks, the last partial */
     {"deltanet", "deltanet/deltanet.bin", load_deltanet, 0},
     {"gated_deltanet", "deltanet/gated_deltanet.bin", load_deltanet, 1},
+    /* fla's options: GVA 2:4, expand_v 0.5, beta in (0, 2); no gate, no short convs */
+    {"deltanet", "deltanet/deltanet_gva.bin", load_deltanet2, 0},
+    {"gated_deltanet", "deltanet/gated_deltanet_gva.bin", load_deltanet2, 1},
+    {"deltanet", "deltanet/deltanet_nogate_noconv.bin", load_deltanet2, 0},
+    {"gated_deltanet", "deltanet/gated_deltanet_nogate_noconv.bin", load_deltanet2, 1},
 };
 
 /* ---- the cases --------------------------------------------------------------------------------
