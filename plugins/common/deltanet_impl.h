@@ -3,7 +3,8 @@
  * plugins/gated_deltanet/gated_deltanet.c (DN_GATED 1), each of which becomes its own
  * self-contained libhyb-<name>.so; those files document the TOML keys, parameters and init.
  *
- * Layer, per token x [D] (C = H*n, n = head_dim = dk = dv):
+ * Layer, per token x [D] (C = H*n, n = head_dim = dk = dv; the options below change dv and the
+ * value heads):
  *   q, k, v = silu(causal_conv_K(W_{q,k,v} x))                  depthwise over C channels, no bias
  *   q, k    = per head x / sqrt(|x|^2 + 1e-6); q *= n^-1/2
  *   beta    = sigmoid(W_b x)                                     [H]
@@ -11,11 +12,19 @@
  *   o       = delta-rule recurrence per head (deltanet_core.h)    [C]
  *   z       = RMSNorm_head(o) * o_norm.weight * silu(W_g x)       [C]
  *   y       = W_o z                                               [D]
- * Decode state of one sequence (f32): S [H, n, n], then the raw (pre-conv) inputs of the last
- * K-1 tokens for each of the three convs: [3][C][K-1], oldest first (q, k, v).
- * saved (forward -> backward): a 64-byte header, then the projections Qr, Kr, Vr, Gp [B*T, C],
- * Bl [B*T, H], (gated) Al [B*T, H], the recurrence output O [B*T, C], and the state at the start
- * of every chunk [B, H, ceil(T/chunk), n, n]; everything else is recomputed by backward.
+ * flash-linear-attention's options (struct dn): Hv = num_v_heads value heads of nv = expand_v * n
+ * (Cv = Hv nv; value head hv reads q/k head hv / (Hv / H), backward sums dq, dk over the group),
+ * beta = 2 sigmoid with allow_neg_eigval, no silu(W_g x) factor without use_gate, q/k/v =
+ * silu(W x) without use_short_conv. beta, g, b_proj, a_proj, A_log, dt_bias are per value head.
+ * Parameters an option turns off are not declared; slot[] maps the logical DN_* order to the
+ * declared one (dn_logical, once per call).
+ * Decode state of one sequence (f32): S [Hv, n, nv], then the raw (pre-conv) inputs of the last
+ * K-1 tokens for each of the three convs: q [C][K-1], k [C][K-1], v [Cv][K-1], oldest first (none
+ * without short convs). With the defaults (Hv = H, nv = n) these are the layouts of before.
+ * saved (forward -> backward): a 64-byte header, then the projections Qr, Kr [B*T, C], Vr, Gp
+ * [B*T, Cv] (Gp only with the gate), Bl [B*T, Hv], (gated) Al [B*T, Hv], the recurrence output
+ * O [B*T, Cv], and the state at the start of every chunk [B, Hv, ceil(T/chunk), n, nv];
+ * everything else is recomputed by backward.
  *
  * Devices: kernels[HYB_DEV_CPU] = dn_forward / dn_backward / dn_decode (plain C + OpenMP, the
  * recurrence in deltanet_core.h); kernels[HYB_DEV_CUDA] = dn_forward_cuda / dn_backward_cuda /
