@@ -279,6 +279,14 @@ static const mh_case CASES[] = {
     DN_OPT_ROW("gated_deltanet", "GVA 2:4 expand_v 0.5 neg eigval", DN_OPT_A2, DN_OPT_STATE_A),
     DN_OPT_ROW("deltanet", "no gate no conv", DN_OPT_B2, DN_OPT_STATE_B),
     DN_OPT_ROW("gated_deltanet", "no gate no conv", DN_OPT_B2, DN_OPT_STATE_B),
+    /* no output gate: every check, backends included (CUDA has it) */
+    {"deltanet no gate", "deltanet", 16, "n_heads = 2\nhead_dim = 8\nchunk = 4\nuse_gate = false\n",
+     11, NULL, 78, 0.3f, NO_FD, {0}, {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, DN_STATE_BYTES, 1},
+     {2, {2, 5}, 6, 20, 1e-5}, {6, 5, 24, DN_STATE_BYTES}, 1},
+    {"gated_deltanet no gate", "gated_deltanet", 16,
+     "n_heads = 2\nhead_dim = 8\nchunk = 4\nuse_gate = false\n", 11, NULL, 78, 0.3f, NO_FD, {0},
+     {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, DN_STATE_BYTES, 1}, {2, {2, 5}, 6, 20, 1e-5},
+     {6, 5, 24, DN_STATE_BYTES}, 1},
     /* allow_neg_eigval alone has CUDA kernels: every check, backends included */
     {"deltanet neg eigval", "deltanet", 16, "n_heads = 2\nhead_dim = 8\nchunk = 4\nallow_neg_eigval = true\n",
      11, NULL, 78, 0.3f, NO_FD, {0}, {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, DN_STATE_BYTES, 1},

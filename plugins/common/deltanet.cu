@@ -148,7 +148,7 @@ extern "C" __global__ void dn_window(const float *raw, const dn_seqs sq, int B, 
     }
 }
 
-/* grid (B*T, H): Z = RMSNorm_head(O) w silu(Gp) */
+/* grid (B*T, H): Z = RMSNorm_head(O) w silu(Gp) (Gp NULL: use_gate off, no silu(Gp) factor) */
 extern "C" __launch_bounds__(128) __global__ void dn_norm_gate(const float *O, const float *Gp,
                                                                const float *w, float *Z, int H,
                                                                int n, float eps) {
@@ -159,8 +159,12 @@ extern "C" __launch_bounds__(128) __global__ void dn_norm_gate(const float *O, c
     ss = dn_block_sum(ss, red);
     const float rs = 1.0f / sqrtf(ss / n + eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float gp = Gp[off + i];
-        Z[off + i] = O[off + i] * rs * w[i] * gp * dn_sigmoid(gp);
+        if (Gp) {
+            const float gp = Gp[off + i];
+            Z[off + i] = O[off + i] * rs * w[i] * gp * dn_sigmoid(gp);
+        } else {
+            Z[off + i] = O[off + i] * rs * w[i];
+        }
     }
 }
 
@@ -404,9 +408,14 @@ extern "C" __launch_bounds__(128) __global__ void dn_norm_gate_bwd(
     const float rs = 1.0f / sqrtf(ss / n + eps);
     float dot = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float gp = Gp[off + i], o = O[off + i], dz = dZ[off + i];
-        const float sg = dn_sigmoid(gp), si = gp * sg, nv = o * rs * w[i];
-        dGp[off + i] = dz * nv * sg * (1.0f + gp * (1.0f - sg));
+        const float o = O[off + i], dz = dZ[off + i];
+        float si = 1.0f; /* Gp NULL (use_gate off): no gate factor, dGp not written */
+        if (Gp) {
+            const float gp = Gp[off + i];
+            const float sg = dn_sigmoid(gp), nv = o * rs * w[i];
+            si = gp * sg;
+            dGp[off + i] = dz * nv * sg * (1.0f + gp * (1.0f - sg));
+        }
         const float dn_ = dz * si;
         Pn[off + i] = dn_ * o * rs;
         dO[off + i] = dn_ * w[i];

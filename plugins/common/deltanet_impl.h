@@ -942,11 +942,11 @@ static size_t dn_cu_smem_fwd(int n, int bv, int cc) {
 }
 
 /* the fla options the CUDA kernels do not have yet: HYB_ERR_UNSUPPORTED naming the first one set
- * (the CPU kernels have them all; allow_neg_eigval is on both: bscale = 2 in the kernels) */
+ * (the CPU kernels have them all; allow_neg_eigval (bscale = 2 in the kernels) and use_gate = false
+ * (Gp NULL) run on both) */
 static int dn_cu_options(const dn *m, const char *op) {
     const char *opt = m->Hv != m->H    ? "num_v_heads != n_heads"
                       : m->nv != m->n  ? "expand_v != 1"
-                      : !m->gate       ? "use_gate = false"
                       : !m->conv       ? "use_short_conv = false"
                                        : NULL;
     if (!opt) return HYB_OK;
@@ -1017,9 +1017,11 @@ static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x,
         hd.T = T;
         HYB_TRY(be->upload(be, saved, &hd, sizeof hd));
     }
-    float *Qr = (float *)(blk + sizeof(hyb_pl_saved_hdr)), *Kr = Qr + BT * C, *Vr = Kr + BT * C,
-          *Gp = Vr + BT * C, *Bl = Gp + BT * C, *Al = Bl + BT * H,
-          *O = Al + (DN_GATED ? BT * H : 0), *CHK = O + BT * C;
+    /* the options this path has leave Cv = C, Hv = H: the saved layout's Gp is absent without
+     * the gate */
+    const dn_saved_ptrs spp = dn_saved_layout(m, (float *)(blk + sizeof(hyb_pl_saved_hdr)), BT);
+    float *Qr = spp.Qr, *Kr = spp.Kr, *Vr = spp.Vr, *Gp = m->gate ? spp.Gp : NULL, *Bl = spp.Bl,
+          *Al = spp.Al, *O = spp.O, *CHK = spp.CHK;
     const size_t nwork = 3 * BT * C + (states ? 0 : (size_t)B * H * nn);
     float *work = be->alloc(be, nwork * sizeof(float));
     if (!work) {
@@ -1030,7 +1032,7 @@ static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x,
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WQ], Qr, (int)BT, D, C);
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WK], Kr, (int)BT, D, C);
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WV], Vr, (int)BT, D, C);
-    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WG], Gp, (int)BT, D, C);
+    if (Gp && rc == HYB_OK) rc = dn_linear(be, x, P[DN_WG], Gp, (int)BT, D, C);
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WB], Bl, (int)BT, D, H);
     if (DN_GATED && rc == HYB_OK) rc = dn_linear(be, x, P[DN_WA], Al, (int)BT, D, H);
     float qs = 1.0f / sqrtf((float)n), *nul = NULL;
@@ -1085,14 +1087,19 @@ out:
 static int dn_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     dn *m = self;
     HYB_TRY(dn_check_fwd(m, a));
-    return dn_cu_run(a->be, m, a->B, a->T, a->x, a->y, a->params, a->saved, a->states, a->pos,
-                     a->states ? "prefill" : "forward");
+    float *P[DN_NPARAM]; /* device pointers in logical slots */
+    dn_logical(m, (float *const *)a->params, P);
+    return dn_cu_run(a->be, m, a->B, a->T, a->x, a->y, (const float *const *)P, a->saved,
+                     a->states, a->pos, a->states ? "prefill" : "forward");
 }
 
 static int dn_decode_cuda(void *self, const hyb_mixer_dec *a) {
     dn *m = self;
     HYB_TRY(dn_check_dec(m, a));
-    return dn_cu_run(a->be, m, a->n, 1, a->x, a->y, a->params, NULL, a->states, a->pos, "decode");
+    float *P[DN_NPARAM];
+    dn_logical(m, (float *const *)a->params, P);
+    return dn_cu_run(a->be, m, a->n, 1, a->x, a->y, (const float *const *)P, NULL, a->states,
+                     a->pos, "decode");
 }
 
 static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
@@ -1114,11 +1121,15 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     const int nch = (int)dn_n_chunks(m, T), nslab = sh.nslab;
     const size_t BT = (size_t)B * T, BTC = BT * C, BTH = BT * H;
     const char *blk = a->saved;
-    const float *Qr = (const float *)(blk + sizeof(hyb_pl_saved_hdr)), *Kr = Qr + BTC,
-                *Vr = Kr + BTC, *Gp = Vr + BTC, *Bl = Gp + BTC, *Al = Bl + BTH,
-                *O = Al + (DN_GATED ? BTH : 0), *CHK = O + BTC;
-    const float *const *P = a->params;
-    float *const *G = a->grads;
+    const dn_saved_ptrs spp =
+        dn_saved_layout(m, (float *)(blk + sizeof(hyb_pl_saved_hdr)), BT); /* Cv = C, Hv = H */
+    const float *Qr = spp.Qr, *Gp = m->gate ? spp.Gp : NULL, *Bl = spp.Bl, *Al = spp.Al,
+                *O = spp.O, *CHK = spp.CHK; /* Kr, Vr follow Qr: the kernels take all three */
+    float *P_[DN_NPARAM], *G_[DN_NPARAM]; /* device pointers in logical slots */
+    dn_logical(m, (float *const *)a->params, P_);
+    dn_logical(m, a->grads, G_);
+    const float *const *P = (const float *const *)P_;
+    float *const *G = G_;
     /* scratch of the recomputed states: (cmax+1) n bv floats per block, pairs in waves */
     const size_t per_pair = (size_t)nslab * (sh.cmax + 1) * n * sh.bv * sizeof(float);
     int wave = (int)(DN_CU_SCRATCH / per_pair);
@@ -1171,10 +1182,11 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     }
     if (rc == HYB_OK) /* o_norm's dw: the rows' parts summed (Sscr is free until the recurrence) */
         rc = dn_cu_colsum(m, be, Pn, G[DN_NORM], (long long)BTH, n, Sscr);
-    if (rc == HYB_OK)
+    if (Gp && rc == HYB_OK)
         rc = be->sgemm(be, 1, 0, C, D, (int)BT, 1.0f, dGq, C, a->x, D, 1.0f, G[DN_WG], D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 0, (int)BT, D, C, 1.0f, dGq, C, P[DN_WG], D, 0.0f, a->dx, D);
+    if (rc == HYB_OK) /* the first write of dx (use_gate off: zeros, the rest add to it) */
+        rc = Gp ? be->sgemm(be, 0, 0, (int)BT, D, C, 1.0f, dGq, C, P[DN_WG], D, 0.0f, a->dx, D)
+                : be->memset0(be, a->dx, BT * D * sizeof(float));
     /* the recurrence, in waves of `wave` (sequence, head) pairs */
     float *dQp = DP, *dKp = DP + (size_t)nslab * BTC, *dV = Dout + 2 * BTC;
     float *Qn = Post, *Kn = Post + BTC, *Vn = Post + 2 * BTC;
