@@ -496,14 +496,13 @@ static void test_device_unsupported(void) {
         mh_inst_free(&I);
     }
     /* the fla options without CUDA kernels: every entry refuses, naming the option (never a
-     * silently wrong result); allow_neg_eigval and use_gate = false run (tests/test_mixers
-     * compares them with the CPU) */
+     * silently wrong result); allow_neg_eigval, use_gate = false and use_short_conv = false run
+     * (tests/test_mixers compares them with the CPU) */
     static const struct {
         const char *toml, *name;
     } opts[] = {
         {"n_heads = 2\nhead_dim = 8\nnum_v_heads = 4\n", "num_v_heads"},
         {"n_heads = 2\nhead_dim = 8\nexpand_v = 2.0\n", "expand_v"},
-        {"n_heads = 2\nhead_dim = 8\nuse_short_conv = false\n", "use_short_conv"},
     };
     for (int gated = 0; gated < 2; gated++)
         for (size_t o = 0; o < sizeof opts / sizeof opts[0]; o++) {

@@ -205,9 +205,10 @@ static const struct ref_row {
      {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, DN_STATE_BYTES, 1}, {2, {2, 5}, 6, 20, 1e-5},             \
      {6, 5, 24, DN_STATE_BYTES}, 1}
 
-/* the fla options (CPU only for now: the CUDA kernels refuse them, so no backends check):
- *  A: grouped values 2:4 (GVA), expand_v 1.5 (dv = 6 != dk = 4), allow_neg_eigval;
- *  B: no output gate, no short convs (q, k, v = silu(projection)), hd 5 */
+/* the fla options:
+ *  A: grouped values 2:4 (GVA), expand_v 1.5 (dv = 6 != dk = 4), allow_neg_eigval (CPU only:
+ *     the CUDA kernels refuse GVA and expand_v, so no backends check);
+ *  B: no output gate, no short convs (q, k, v = silu(projection)), hd 5 (CPU and CUDA) */
 #define DN_OPT_A "n_heads = 2\nnum_v_heads = 4\nhead_dim = 4\nexpand_v = 1.5\nallow_neg_eigval = true\n"
 #define DN_OPT_B "n_heads = 2\nhead_dim = 5\nuse_gate = false\nuse_short_conv = false\n"
 #define DN_FD_OPT_ROW(type, label, opts)                                                           \
@@ -217,9 +218,9 @@ static const struct ref_row {
  * and windows (2 C + Cv) (K - 1) = (32 + 16) 3; B' = no gate, no convs: S [2, 8, 8] only */
 #define DN_OPT_STATE_A ((4 * 8 * 4 + 48 * 3) * 4)
 #define DN_OPT_STATE_B (2 * 8 * 8 * 4)
-#define DN_OPT_ROW(type, label, opts, bytes)                                                       \
+#define DN_OPT_ROW(type, label, opts, bytes, checks)                                               \
     {type " " label, type, 16, opts "chunk = 4\n", 11, NULL, 78, 0.3f,                             \
-     NO_FD & ~MH_BACKENDS, {0}, {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, bytes, 1},                    \
+     checks, {0}, {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, bytes, 1},                    \
      {2, {2, 5}, 6, 20, 1e-5}, {6, 5, 24, bytes}, 1}
 #define DN_OPT_A2                                                                                  \
     "n_heads = 2\nnum_v_heads = 4\nhead_dim = 8\nexpand_v = 0.5\nallow_neg_eigval = true\n"
@@ -275,10 +276,12 @@ static const mh_case CASES[] = {
     DN_FD_OPT_ROW("gated_deltanet", "GVA 2:4 expand_v 1.5 neg eigval", DN_OPT_A),
     DN_FD_OPT_ROW("deltanet", "no gate no conv", DN_OPT_B),
     DN_FD_OPT_ROW("gated_deltanet", "no gate no conv", DN_OPT_B),
-    DN_OPT_ROW("deltanet", "GVA 2:4 expand_v 0.5 neg eigval", DN_OPT_A2, DN_OPT_STATE_A),
-    DN_OPT_ROW("gated_deltanet", "GVA 2:4 expand_v 0.5 neg eigval", DN_OPT_A2, DN_OPT_STATE_A),
-    DN_OPT_ROW("deltanet", "no gate no conv", DN_OPT_B2, DN_OPT_STATE_B),
-    DN_OPT_ROW("gated_deltanet", "no gate no conv", DN_OPT_B2, DN_OPT_STATE_B),
+    DN_OPT_ROW("deltanet", "GVA 2:4 expand_v 0.5 neg eigval", DN_OPT_A2, DN_OPT_STATE_A,
+               NO_FD & ~MH_BACKENDS),
+    DN_OPT_ROW("gated_deltanet", "GVA 2:4 expand_v 0.5 neg eigval", DN_OPT_A2, DN_OPT_STATE_A,
+               NO_FD & ~MH_BACKENDS),
+    DN_OPT_ROW("deltanet", "no gate no conv", DN_OPT_B2, DN_OPT_STATE_B, NO_FD),
+    DN_OPT_ROW("gated_deltanet", "no gate no conv", DN_OPT_B2, DN_OPT_STATE_B, NO_FD),
     /* no output gate: every check, backends included (CUDA has it) */
     {"deltanet no gate", "deltanet", 16, "n_heads = 2\nhead_dim = 8\nchunk = 4\nuse_gate = false\n",
      11, NULL, 78, 0.3f, NO_FD, {0}, {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, DN_STATE_BYTES, 1},

@@ -114,7 +114,7 @@ extern "C" __launch_bounds__(128) __global__ void dn_conv_act(
             const int tau = t - W + j;
             const float xv = tau >= 0 ? xr[(long long)tau * C + c]
                                       : (win ? win[c * W + W + tau] : 0.0f);
-            acc += wc[c * K + j] * xv;
+            acc += (wc ? wc[c * K + j] : 1.0f) * xv; /* wc NULL (no short conv): K = 1, xv */
         }
         if (pre) pre[s * BT * C + r * C + c] = acc;
         const float a = acc * dn_sigmoid(acc);
@@ -520,7 +520,7 @@ extern "C" __global__ void dn_conv_bwd_x(const float *D, const float *wq, const 
         float acc = 0.0f;
         for (int j = 0; j < K; j++) {
             const int to = t + (K - 1) - j;
-            if (to < T) acc += d[(r - t + to) * C + c] * wc[c * K + j];
+            if (to < T) acc += d[(r - t + to) * C + c] * (wc ? wc[c * K + j] : 1.0f);
         }
         draw[e] = acc;
     }

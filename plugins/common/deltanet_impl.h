@@ -942,12 +942,11 @@ static size_t dn_cu_smem_fwd(int n, int bv, int cc) {
 }
 
 /* the fla options the CUDA kernels do not have yet: HYB_ERR_UNSUPPORTED naming the first one set
- * (the CPU kernels have them all; allow_neg_eigval (bscale = 2 in the kernels) and use_gate = false
- * (Gp NULL) run on both) */
+ * (the CPU kernels have them all; allow_neg_eigval (bscale = 2 in the kernels), use_gate = false
+ * (Gp NULL) and use_short_conv = false (conv kernels with K = 1, NULL weights) run on both) */
 static int dn_cu_options(const dn *m, const char *op) {
     const char *opt = m->Hv != m->H    ? "num_v_heads != n_heads"
                       : m->nv != m->n  ? "expand_v != 1"
-                      : !m->conv       ? "use_short_conv = false"
                                        : NULL;
     if (!opt) return HYB_OK;
     return H_->error(HYB_ERR_UNSUPPORTED,
@@ -1001,7 +1000,8 @@ static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x,
     HYB_TRY(dn_cu_plan(m, op, B, T, &sh));
     int rc = HYB_OK;
     float bscale = m->neg ? 2.0f : 1.0f; /* beta = bscale sigmoid(Bl) */
-    const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K, chunk = m->chunk;
+    /* no short conv: the conv kernels with K = 1 and NULL weights are the identity */
+    const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->conv ? m->K : 1, chunk = m->chunk;
     const int nch = (int)dn_n_chunks(m, T);
     const size_t BT = (size_t)B * T, nn = (size_t)n * n;
     void *tmp = NULL;
@@ -1107,7 +1107,8 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     HYB_TRY(dn_cu_options(m, "backward"));
     const hyb_backend *be = a->be;
     int B = a->B, T = a->T;
-    const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K, chunk = m->chunk;
+    /* no short conv: the conv kernels with K = 1 and NULL weights are the identity */
+    const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->conv ? m->K : 1, chunk = m->chunk;
     hyb_pl_saved_hdr hd;
     if (!a->saved || be->download(be, &hd, a->saved, sizeof hd) != HYB_OK ||
         hd.magic != DN_SAVED_MAGIC || hd.B != B || hd.T != T)
@@ -1232,7 +1233,7 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
         rc = dn_cu_launch(m, be, DN_K_CONV_BWD_X, dn_cu_blocks((int64_t)(3 * BTC)), 1, 1, 128, 0,
                           args);
     }
-    if (rc == HYB_OK) {
+    if (rc == HYB_OK && m->conv) {
         void *args[] = {&Dout, (void *)&Qr, (void *)&G[DN_CQ], (void *)&G[DN_CK],
                         (void *)&G[DN_CV], &B, &T, (void *)&C, (void *)&K};
         rc = dn_cu_launch(m, be, DN_K_CONV_BWD_W, dn_cu_blocks(3 * (int64_t)C * K), 1, 1, 128, 0,

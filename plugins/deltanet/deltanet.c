@@ -22,8 +22,8 @@
  *   use_short_conv  the q/k/v convolutions (default true; false: silu(projection), no conv
  *                   weights, no conv windows in the state)
  *   allow_neg_eigval  beta = 2 sigmoid(b_proj x) in (0, 2) (default false: sigmoid, (0, 1))
- *   The cuda kernels have allow_neg_eigval and use_gate = false; num_v_heads != n_heads,
- *   expand_v != 1 and use_short_conv = false are HYB_ERR_UNSUPPORTED there (cpu only).
+ *   The cuda kernels have allow_neg_eigval, use_gate and use_short_conv; num_v_heads !=
+ *   n_heads and expand_v != 1 are HYB_ERR_UNSUPPORTED there (cpu only).
  *   type, symbol  read by the layer map, accepted here
  *
  * Parameters (hf_prefix "mixer", C = H * head_dim, Cv = Hv * dv), in declaration order (the
