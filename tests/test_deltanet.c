@@ -225,7 +225,19 @@ static void test_config_errors(void) {
         {"type = \"X\"\nchunk = 0\nn_heads = 2\n", "chunk", "test.toml:2:"},
         {"type = \"X\"\nn_heads = 2\nnorm_eps = -1.0\n", "norm_eps", "test.toml:3:"},
         {"type = \"X\"\nn_heads = 2\nchunk = \"big\"\n", "chunk", "test.toml:3:"},
-        {"type = \"X\"\nn_heads = 2\nexpand_v = 2\n", "expand_v", "test.toml:3:"},
+        /* an unknown key (expand_k is fla's, not ours) */
+        {"type = \"X\"\nn_heads = 2\nexpand_k = 2\n", "expand_k", "test.toml:3:"},
+        /* the fla options: range and type errors name the key */
+        {"type = \"X\"\nn_heads = 2\nexpand_v = 0.3\n", "expand_v", "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nexpand_v = 0.0\n", "expand_v", "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nexpand_v = 64.0\n", "expand_v", "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nnum_v_heads = 3\n", "num_v_heads", "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nnum_v_heads = 1\n", "num_v_heads", "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nuse_gate = 1\n", "use_gate", "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nuse_short_conv = \"no\"\n", "use_short_conv",
+         "test.toml:3:"},
+        {"type = \"X\"\nn_heads = 2\nallow_neg_eigval = 2\n", "allow_neg_eigval",
+         "test.toml:3:"},
     };
     for (int gated = 0; gated < 2; gated++)
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -483,6 +495,37 @@ static void test_device_unsupported(void) {
         }
         mh_inst_free(&I);
     }
+    /* the fla options without CUDA kernels: every entry refuses, naming the option (never a
+     * silently wrong result); allow_neg_eigval, use_gate = false and use_short_conv = false run
+     * (tests/test_mixers compares them with the CPU) */
+    static const struct {
+        const char *toml, *name;
+    } opts[] = {
+        {"n_heads = 2\nhead_dim = 8\nnum_v_heads = 4\n", "num_v_heads"},
+        {"n_heads = 2\nhead_dim = 8\nexpand_v = 2.0\n", "expand_v"},
+    };
+    for (int gated = 0; gated < 2; gated++)
+        for (size_t o = 0; o < sizeof opts / sizeof opts[0]; o++) {
+            mh_inst I;
+            if (inst_new(&I, TYPES[gated], 16, opts[o].toml, 41, 0.3f) != 0) continue;
+            const hyb_mixer_kernels *k = &I.m->desc->kernels[be->device];
+            int32_t pos[1] = {0};
+            hyb_mixer_fwd fa = {.B = 1, .T = 3, .be = be, .params = I.pp};
+            hyb_mixer_bwd ba = {.B = 1, .T = 3, .be = be, .params = I.pp};
+            hyb_mixer_dec da = {.n = 1, .be = be, .params = I.pp, .pos = pos, .max_ctx = 8};
+            const char *ops[3] = {"cuda forward", "cuda backward", "cuda decode"};
+            for (int op = 0; op < 3; op++) {
+                const int rc = op == 0   ? k->forward(I.m->self, &fa)
+                               : op == 1 ? k->backward(I.m->self, &ba)
+                                         : k->decode(I.m->self, &da);
+                const char *e = hyb_error();
+                if (gated == 0 && op == 0) printf("   %s\n", e);
+                CHECK_MSG(rc == HYB_ERR_UNSUPPORTED && strstr(e, ops[op]) &&
+                              strstr(e, opts[o].name),
+                          "%s %s: rc %d: %s", TYPES[gated], opts[o].name, rc, e);
+            }
+            mh_inst_free(&I);
+        }
 }
 
 /* ---- a decode step as a CUDA graph ------------------------------------------------------------

@@ -38,7 +38,8 @@ static char g_dir[512];
 static const char *sub(const char *name) { return harness_sub(g_dir, name); }
 
 /* symbols: t mha, b mha with biases, m mamba1, n mamba1 with double_dt_bias = false, d deltanet,
- * e a second deltanet config, g gated_deltanet, i identity */
+ * e a second deltanet config, g gated_deltanet, i identity; o deltanet and h gated_deltanet with
+ * flash-linear-attention's options set away from their defaults */
 #define MAP                                                                                        \
     "[model]\nname = \"hooks-test\"\nd_model = 32\nn_layers = %d\nvocab_size = 48\nd_ff = 40\n"    \
     "norm_eps = 1e-5\ntie_embeddings = %s\nmax_seq = 64\n\n"                                       \
@@ -55,6 +56,10 @@ static const char *sub(const char *name) { return harness_sub(g_dir, name); }
     "[mixers.dn2]\ntype = \"deltanet\"\nsymbol = \"e\"\nn_heads = 4\nhead_dim = 8\n\n"             \
     "[mixers.gdn]\ntype = \"gated_deltanet\"\nsymbol = \"g\"\nn_heads = 4\nhead_dim = 8\n"         \
     "conv_size = 3\nchunk = 8\n\n"                                                                 \
+    "[mixers.dnopt]\ntype = \"deltanet\"\nsymbol = \"o\"\nn_heads = 2\nhead_dim = 8\n"              \
+    "num_v_heads = 4\nexpand_v = 0.5\nuse_gate = false\nallow_neg_eigval = true\n\n"             \
+    "[mixers.gdnopt]\ntype = \"gated_deltanet\"\nsymbol = \"h\"\nn_heads = 2\nhead_dim = 8\n"      \
+    "expand_v = 2.0\nuse_short_conv = false\n\n"                                                   \
     "[mixers.skip]\ntype = \"identity\"\nsymbol = \"i\"\n\n"                                       \
     "[layout]\npattern = \"%s\"\n"
 
@@ -168,6 +173,45 @@ static void test_deltanet_hybrid(void) {
     roundtrip("dn", "tdigmd", 0, "hyb_hybrid", want);
     static const char *const want2[] = {"gated_deltanet", "deltanet", "gated_deltanet"};
     roundtrip("dn_tied", "gdg", 1, "hyb_hybrid", want2);
+    /* the fla options survive the round trip (describe names them; the logits are bit-equal) */
+    static const char *const want3[] = {"mha", "deltanet", "gated_deltanet", "deltanet"};
+    roundtrip("dn_opts", "toho", 0, "hyb_hybrid", want3);
+}
+
+/* the options are written only when set: a default deltanet has none of them */
+static void test_deltanet_option_keys(void) {
+    const char *dir;
+    char p[700];
+    hyb_model *m = make_saved("dnoptkeys", "toh", 0, &dir, p);
+    if (!m) return;
+    cJSON *js = harness_read_json(p);
+    const cJSON *mc = js ? cJSON_GetObjectItemCaseSensitive(js, "mixer_cfg") : NULL;
+    const cJSON *dn = mc ? cJSON_GetObjectItemCaseSensitive(mc, "deltanet") : NULL;
+    const cJSON *gd = mc ? cJSON_GetObjectItemCaseSensitive(mc, "gated_deltanet") : NULL;
+    CHECK_MSG(cJSON_IsObject(dn) && cJSON_IsObject(gd), "mixer_cfg.deltanet / gated_deltanet");
+    CHECK(harness_jnum(dn, "num_v_heads") == 4 && harness_jnum(dn, "expand_v") == 0.5);
+    CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(dn, "use_gate")));
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(dn, "allow_neg_eigval")));
+    CHECK(!cJSON_GetObjectItemCaseSensitive(dn, "use_short_conv"));
+    CHECK(harness_jnum(gd, "expand_v") == 2.0);
+    CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(gd, "use_short_conv")));
+    CHECK(!cJSON_GetObjectItemCaseSensitive(gd, "num_v_heads") &&
+          !cJSON_GetObjectItemCaseSensitive(gd, "use_gate") &&
+          !cJSON_GetObjectItemCaseSensitive(gd, "allow_neg_eigval"));
+    cJSON_Delete(js);
+    hyb_model_free(m);
+    m = make_saved("dnoptkeys0", "dgt", 0, &dir, p); /* defaults: no option keys */
+    if (!m) return;
+    js = harness_read_json(p);
+    mc = js ? cJSON_GetObjectItemCaseSensitive(js, "mixer_cfg") : NULL;
+    dn = mc ? cJSON_GetObjectItemCaseSensitive(mc, "deltanet") : NULL;
+    static const char *const keys[] = {"num_v_heads", "expand_v", "use_gate", "use_short_conv",
+                                       "allow_neg_eigval"};
+    for (int i = 0; i < 5; i++)
+        CHECK_MSG(dn && !cJSON_GetObjectItemCaseSensitive(dn, keys[i]), "default config has %s",
+                  keys[i]);
+    cJSON_Delete(js);
+    hyb_model_free(m);
 }
 
 static void test_deltanet_keys(void) {
@@ -494,6 +538,7 @@ int main(void) {
     RUN(test_apriel_export_unchanged);
     RUN(test_deltanet_hybrid);
     RUN(test_deltanet_keys);
+    RUN(test_deltanet_option_keys);
     RUN(test_bias_and_identity);
     RUN(test_disagreeing_layers);
     RUN(test_import_errors);

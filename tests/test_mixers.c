@@ -115,6 +115,43 @@ static int load_deltanet(FILE *f, int gated, mh_ref *r) {
     return 0;
 }
 
+/* The same reference with flash-linear-attention's options ("DNT2"): header 12 x int32 (magic,
+ * B, T, D, H, hd, conv size, gated, num_v_heads, value head size, flags: 1 use_gate, 2
+ * use_short_conv, 4 allow_neg_eigval, 0) and norm_eps; the parameters the options drop are absent,
+ * S is [num_v_heads, hd, dv], the windows (with convs) q, k [C, K-1] then v [Cv, K-1]. Tolerances
+ * as load_deltanet. */
+static int load_deltanet2(FILE *f, int gated, mh_ref *r) {
+    int32_t h[12];
+    double eps;
+    int ok = fread(h, 4, 12, f) == 12 && fread(&eps, 8, 1, f) == 1 && h[0] == 0x32544e44 &&
+             h[7] == gated;
+    CHECK_MSG(ok, "deltanet (options) golden: bad header");
+    if (!ok) return -1;
+    const int H = h[4], n = h[5], K = h[6], Hv = h[8], nv = h[9], gate = h[10] & 1,
+              conv = (h[10] >> 1) & 1, neg = (h[10] >> 2) & 1;
+    const long C = (long)H * n, Cv = (long)Hv * nv;
+    r->B = h[1], r->T = h[2], r->D = h[3];
+    snprintf(r->toml, sizeof r->toml,
+             "type = \"%s\"\nn_heads = %d\nhead_dim = %d\nconv_size = %d\nchunk = 16\n"
+             "norm_eps = %.17g\nnum_v_heads = %d\nexpand_v = %.17g\nuse_gate = %s\n"
+             "use_short_conv = %s\nallow_neg_eigval = %s\n",
+             gated ? "gated_deltanet" : "deltanet", H, n, K, eps, Hv, (double)nv / n,
+             gate ? "true" : "false", conv ? "true" : "false", neg ? "true" : "false");
+    r->layout = conv ? "x P y S S dy dx G" : "x P y S dy dx G";
+    r->tol_y = r->tol_dx = (mh_tol){.relrms = 1e-5};
+    r->tol_grad = (mh_tol){.relrms = 1e-4};
+    r->tol_acc = (mh_tol){.relrms = 2e-4};
+    r->n_parts = conv ? 2 : 1;
+    r->parts[0].name = "S";
+    r->parts[0].off = 0, r->parts[0].n = (long)Hv * n * nv;
+    r->parts[0].tol = (mh_tol){.relrms = 1e-5};
+    r->parts[1].name = "conv windows";
+    r->parts[1].off = (long)Hv * n * nv, r->parts[1].n = (2 * C + Cv) * (K - 1);
+    r->parts[1].tol = (mh_tol){.relrms = 1e-6};
+    r->state_floats = (long)Hv * n * nv + (conv ? (2 * C + Cv) * (K - 1) : 0);
+    return 0;
+}
+
 static const struct ref_row {
     const char *type, *file;
     mh_ref_loader load;
@@ -128,6 +165,11 @@ static const struct ref_row {
     {"mamba1", "mamba1/golden_nodbl.bin", load_mamba1, 7}, /* T = 40: 6 chunks, the last partial */
     {"deltanet", "deltanet/deltanet.bin", load_deltanet, 0},
     {"gated_deltanet", "deltanet/gated_deltanet.bin", load_deltanet, 1},
+    /* fla's options: GVA 2:4, expand_v 0.5, beta in (0, 2); no gate, no short convs */
+    {"deltanet", "deltanet/deltanet_gva.bin", load_deltanet2, 0},
+    {"gated_deltanet", "deltanet/gated_deltanet_gva.bin", load_deltanet2, 1},
+    {"deltanet", "deltanet/deltanet_nogate_noconv.bin", load_deltanet2, 0},
+    {"gated_deltanet", "deltanet/gated_deltanet_nogate_noconv.bin", load_deltanet2, 1},
 };
 
 /* ---- the cases --------------------------------------------------------------------------------
@@ -162,6 +204,27 @@ static const struct ref_row {
     {type, type, 16, "n_heads = 2\nhead_dim = 8\nchunk = 4\n", 11, NULL, 78, 0.3f, NO_FD, {0},     \
      {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, DN_STATE_BYTES, 1}, {2, {2, 5}, 6, 20, 1e-5},             \
      {6, 5, 24, DN_STATE_BYTES}, 1}
+
+/* the fla options:
+ *  A: grouped values 2:4 (GVA), expand_v 1.5 (dv = 6 != dk = 4), allow_neg_eigval (CPU only:
+ *     the CUDA kernels refuse GVA and expand_v, so no backends check);
+ *  B: no output gate, no short convs (q, k, v = silu(projection)), hd 5 (CPU and CUDA) */
+#define DN_OPT_A "n_heads = 2\nnum_v_heads = 4\nhead_dim = 4\nexpand_v = 1.5\nallow_neg_eigval = true\n"
+#define DN_OPT_B "n_heads = 2\nhead_dim = 5\nuse_gate = false\nuse_short_conv = false\n"
+#define DN_FD_OPT_ROW(type, label, opts)                                                           \
+    {type " " label, type, 8, opts "conv_size = 3\nchunk = 3\n", 5, NULL, 36, 0.5f, FD_ONLY,      \
+     FD_DN, NO_STATE}
+/* state rows, D = 16: A' = 2:4 heads of dk 8, dv 4 (expand_v 0.5), beta in (0, 2): S [4, 8, 4]
+ * and windows (2 C + Cv) (K - 1) = (32 + 16) 3; B' = no gate, no convs: S [2, 8, 8] only */
+#define DN_OPT_STATE_A ((4 * 8 * 4 + 48 * 3) * 4)
+#define DN_OPT_STATE_B (2 * 8 * 8 * 4)
+#define DN_OPT_ROW(type, label, opts, bytes, checks)                                               \
+    {type " " label, type, 16, opts "chunk = 4\n", 11, NULL, 78, 0.3f,                             \
+     checks, {0}, {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, bytes, 1},                    \
+     {2, {2, 5}, 6, 20, 1e-5}, {6, 5, 24, bytes}, 1}
+#define DN_OPT_A2                                                                                  \
+    "n_heads = 2\nnum_v_heads = 4\nhead_dim = 8\nexpand_v = 0.5\nallow_neg_eigval = true\n"
+#define DN_OPT_B2 "n_heads = 2\nhead_dim = 8\nuse_gate = false\nuse_short_conv = false\n"
 
 /* Rows: label, type, D, TOML, seed, init (NULL: by type), init seed, init scale, checks, fd,
  * decode {ns, len, pre, max_ctx, garbage, state bytes, fixed}, chunked {ns, first, second,
@@ -209,6 +272,32 @@ static const mh_case CASES[] = {
     DN_FD_ROW("gated_deltanet"),
     DN_ROW("deltanet"),
     DN_ROW("gated_deltanet"),
+    DN_FD_OPT_ROW("deltanet", "GVA 2:4 expand_v 1.5 neg eigval", DN_OPT_A),
+    DN_FD_OPT_ROW("gated_deltanet", "GVA 2:4 expand_v 1.5 neg eigval", DN_OPT_A),
+    DN_FD_OPT_ROW("deltanet", "no gate no conv", DN_OPT_B),
+    DN_FD_OPT_ROW("gated_deltanet", "no gate no conv", DN_OPT_B),
+    DN_OPT_ROW("deltanet", "GVA 2:4 expand_v 0.5 neg eigval", DN_OPT_A2, DN_OPT_STATE_A,
+               NO_FD & ~MH_BACKENDS),
+    DN_OPT_ROW("gated_deltanet", "GVA 2:4 expand_v 0.5 neg eigval", DN_OPT_A2, DN_OPT_STATE_A,
+               NO_FD & ~MH_BACKENDS),
+    DN_OPT_ROW("deltanet", "no gate no conv", DN_OPT_B2, DN_OPT_STATE_B, NO_FD),
+    DN_OPT_ROW("gated_deltanet", "no gate no conv", DN_OPT_B2, DN_OPT_STATE_B, NO_FD),
+    /* no output gate: every check, backends included (CUDA has it) */
+    {"deltanet no gate", "deltanet", 16, "n_heads = 2\nhead_dim = 8\nchunk = 4\nuse_gate = false\n",
+     11, NULL, 78, 0.3f, NO_FD, {0}, {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, DN_STATE_BYTES, 1},
+     {2, {2, 5}, 6, 20, 1e-5}, {6, 5, 24, DN_STATE_BYTES}, 1},
+    {"gated_deltanet no gate", "gated_deltanet", 16,
+     "n_heads = 2\nhead_dim = 8\nchunk = 4\nuse_gate = false\n", 11, NULL, 78, 0.3f, NO_FD, {0},
+     {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, DN_STATE_BYTES, 1}, {2, {2, 5}, 6, 20, 1e-5},
+     {6, 5, 24, DN_STATE_BYTES}, 1},
+    /* allow_neg_eigval alone has CUDA kernels: every check, backends included */
+    {"deltanet neg eigval", "deltanet", 16, "n_heads = 2\nhead_dim = 8\nchunk = 4\nallow_neg_eigval = true\n",
+     11, NULL, 78, 0.3f, NO_FD, {0}, {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, DN_STATE_BYTES, 1},
+     {2, {2, 5}, 6, 20, 1e-5}, {6, 5, 24, DN_STATE_BYTES}, 1},
+    {"gated_deltanet neg eigval", "gated_deltanet", 16,
+     "n_heads = 2\nhead_dim = 8\nchunk = 4\nallow_neg_eigval = true\n", 11, NULL, 78, 0.3f, NO_FD,
+     {0}, {3, {9, 6, 11}, {4, 1, 7}, 16, 0x7f, DN_STATE_BYTES, 1}, {2, {2, 5}, 6, 20, 1e-5},
+     {6, 5, 24, DN_STATE_BYTES}, 1},
 };
 enum { N_CASES = sizeof CASES / sizeof CASES[0] };
 

@@ -114,7 +114,7 @@ extern "C" __launch_bounds__(128) __global__ void dn_conv_act(
             const int tau = t - W + j;
             const float xv = tau >= 0 ? xr[(long long)tau * C + c]
                                       : (win ? win[c * W + W + tau] : 0.0f);
-            acc += wc[c * K + j] * xv;
+            acc += (wc ? wc[c * K + j] : 1.0f) * xv; /* wc NULL (no short conv): K = 1, xv */
         }
         if (pre) pre[s * BT * C + r * C + c] = acc;
         const float a = acc * dn_sigmoid(acc);
@@ -148,7 +148,7 @@ extern "C" __global__ void dn_window(const float *raw, const dn_seqs sq, int B, 
     }
 }
 
-/* grid (B*T, H): Z = RMSNorm_head(O) w silu(Gp) */
+/* grid (B*T, H): Z = RMSNorm_head(O) w silu(Gp) (Gp NULL: use_gate off, no silu(Gp) factor) */
 extern "C" __launch_bounds__(128) __global__ void dn_norm_gate(const float *O, const float *Gp,
                                                                const float *w, float *Z, int H,
                                                                int n, float eps) {
@@ -159,8 +159,12 @@ extern "C" __launch_bounds__(128) __global__ void dn_norm_gate(const float *O, c
     ss = dn_block_sum(ss, red);
     const float rs = 1.0f / sqrtf(ss / n + eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float gp = Gp[off + i];
-        Z[off + i] = O[off + i] * rs * w[i] * gp * dn_sigmoid(gp);
+        if (Gp) {
+            const float gp = Gp[off + i];
+            Z[off + i] = O[off + i] * rs * w[i] * gp * dn_sigmoid(gp);
+        } else {
+            Z[off + i] = O[off + i] * rs * w[i];
+        }
     }
 }
 
@@ -171,7 +175,7 @@ extern "C" __launch_bounds__(128) __global__ void dn_norm_gate(const float *O, c
 extern "C" __launch_bounds__(128) __global__ void dn_chunk_fwd(
     const float *Qn, const float *Kn, const float *Vn, const float *Bl, const float *Al,
     const float *A_log, const float *dt_bias, float *O, float *CHK, float *Sall, const dn_seqs sq,
-    int B, int T, int H, int n, int bv, int cc, int chunk, int nch) {
+    int B, int T, int H, int n, int bv, int cc, int chunk, int nch, float bscale) {
     extern __shared__ float dn_smem[];
     const int bl = blockIdx.x / H, h = blockIdx.x % H, b = (Sall ? 0 : sq.b0) + bl,
               bh = b * H + h, j0 = blockIdx.y * bv;
@@ -210,7 +214,7 @@ extern "C" __launch_bounds__(128) __global__ void dn_chunk_fwd(
         }
         for (int i = tid; i < cl; i += NT) {
             const long long r = (long long)b * T + t0 + i;
-            Bt[i] = dn_sigmoid(Bl[r * H + h]);
+            Bt[i] = bscale * dn_sigmoid(Bl[r * H + h]);
             Gam[i] = dn_gate(Al, A_log, dt_bias, r, H, h);
         }
         __syncthreads();
@@ -289,7 +293,7 @@ extern "C" __launch_bounds__(128) __global__ void dn_chunk_bwd(
     const float *Qn, const float *Kn, const float *Vn, const float *Bl, const float *Al,
     const float *A_log, const float *dt_bias, const float *dO, const float *CHK, float *Sscr,
     float *dQp, float *dKp, float *dV, float *dBp, float *dGp, int B, int T, int H, int n, int bv,
-    int chunk, int nch, int bh0) {
+    int chunk, int nch, int bh0, float bscale) {
     extern __shared__ float dn_smem[];
     __shared__ float red[32];
     const int bh = bh0 + blockIdx.x, b = bh / H, h = bh % H, slab = blockIdx.y, j0 = slab * bv;
@@ -317,7 +321,7 @@ extern "C" __launch_bounds__(128) __global__ void dn_chunk_bwd(
             for (int m = tid; m < n; m += NT) k[m] = Kn[ro + m];
             for (int jj = tid; jj < bv; jj += NT) vv[jj] = jj < wcols ? Vn[ro + j0 + jj] : 0.0f;
             __syncthreads();
-            const float be = dn_sigmoid(Bl[r * H + h]),
+            const float be = bscale * dn_sigmoid(Bl[r * H + h]),
                         a = Al ? expf(dn_gate(Al, A_log, dt_bias, r, H, h)) : 1.0f;
             const float *Sp = St + i * nbv;
             float *Sc = St + (i + 1) * nbv;
@@ -332,7 +336,7 @@ extern "C" __launch_bounds__(128) __global__ void dn_chunk_bwd(
         for (int i = cl - 1; i >= 0; i--) {
             const long long r = (long long)b * T + t0 + i, ro = r * C + (long long)h * n;
             const float *Sp = St + i * nbv, *Sc = St + (i + 1) * nbv;
-            const float be = dn_sigmoid(Bl[r * H + h]),
+            const float be = bscale * dn_sigmoid(Bl[r * H + h]),
                         a = Al ? expf(dn_gate(Al, A_log, dt_bias, r, H, h)) : 1.0f;
             __syncthreads();
             for (int m = tid; m < n; m += NT) {
@@ -404,9 +408,14 @@ extern "C" __launch_bounds__(128) __global__ void dn_norm_gate_bwd(
     const float rs = 1.0f / sqrtf(ss / n + eps);
     float dot = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float gp = Gp[off + i], o = O[off + i], dz = dZ[off + i];
-        const float sg = dn_sigmoid(gp), si = gp * sg, nv = o * rs * w[i];
-        dGp[off + i] = dz * nv * sg * (1.0f + gp * (1.0f - sg));
+        const float o = O[off + i], dz = dZ[off + i];
+        float si = 1.0f; /* Gp NULL (use_gate off): no gate factor, dGp not written */
+        if (Gp) {
+            const float gp = Gp[off + i];
+            const float sg = dn_sigmoid(gp), nv = o * rs * w[i];
+            si = gp * sg;
+            dGp[off + i] = dz * nv * sg * (1.0f + gp * (1.0f - sg));
+        }
         const float dn_ = dz * si;
         Pn[off + i] = dn_ * o * rs;
         dO[off + i] = dn_ * w[i];
@@ -434,18 +443,20 @@ extern "C" __global__ void dn_colsum(const float *src, float *dst, long long row
         dst[(long long)blockIdx.y * cols + c] = s;
 }
 
-/* i over B*T*H: dbeta and dg summed over the slabs; dBl = dbeta beta (1 - beta); gated:
+/* i over B*T*H: dbeta and dg summed over the slabs; beta = bscale s, s = sigmoid(Bl) (bscale 2:
+ * allow_neg_eigval), dBl = dbeta bscale s (1 - s); gated:
  * dAl = dg * d(g)/d(Al), pA = dg g (-> dA_log), pD = dAl (-> ddt_bias) */
 extern "C" __global__ void dn_beta_gate_bwd(const float *Bl, const float *Al, const float *A_log,
                                             const float *dt_bias, const float *dBp,
                                             const float *dGp, int nslab, long long BTH, int H,
-                                            float *dBl, float *dAl, float *pA, float *pD) {
+                                            float *dBl, float *dAl, float *pA, float *pD,
+                                            float bscale) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < BTH;
          i += (long long)gridDim.x * blockDim.x) {
         float db = 0.0f;
         for (int s = 0; s < nslab; s++) db += dBp[s * BTH + i];
         const float be = dn_sigmoid(Bl[i]);
-        dBl[i] = db * (be * (1.0f - be));
+        dBl[i] = db * (bscale * (be * (1.0f - be)));
         if (Al) {
             const int h = (int)(i % H);
             float dg = 0.0f;
@@ -509,7 +520,7 @@ extern "C" __global__ void dn_conv_bwd_x(const float *D, const float *wq, const 
         float acc = 0.0f;
         for (int j = 0; j < K; j++) {
             const int to = t + (K - 1) - j;
-            if (to < T) acc += d[(r - t + to) * C + c] * wc[c * K + j];
+            if (to < T) acc += d[(r - t + to) * C + c] * (wc ? wc[c * K + j] : 1.0f);
         }
         draw[e] = acc;
     }

@@ -3,7 +3,8 @@
  * plugins/gated_deltanet/gated_deltanet.c (DN_GATED 1), each of which becomes its own
  * self-contained libhyb-<name>.so; those files document the TOML keys, parameters and init.
  *
- * Layer, per token x [D] (C = H*n, n = head_dim = dk = dv):
+ * Layer, per token x [D] (C = H*n, n = head_dim = dk = dv; the options below change dv and the
+ * value heads):
  *   q, k, v = silu(causal_conv_K(W_{q,k,v} x))                  depthwise over C channels, no bias
  *   q, k    = per head x / sqrt(|x|^2 + 1e-6); q *= n^-1/2
  *   beta    = sigmoid(W_b x)                                     [H]
@@ -11,11 +12,19 @@
  *   o       = delta-rule recurrence per head (deltanet_core.h)    [C]
  *   z       = RMSNorm_head(o) * o_norm.weight * silu(W_g x)       [C]
  *   y       = W_o z                                               [D]
- * Decode state of one sequence (f32): S [H, n, n], then the raw (pre-conv) inputs of the last
- * K-1 tokens for each of the three convs: [3][C][K-1], oldest first (q, k, v).
- * saved (forward -> backward): a 64-byte header, then the projections Qr, Kr, Vr, Gp [B*T, C],
- * Bl [B*T, H], (gated) Al [B*T, H], the recurrence output O [B*T, C], and the state at the start
- * of every chunk [B, H, ceil(T/chunk), n, n]; everything else is recomputed by backward.
+ * flash-linear-attention's options (struct dn): Hv = num_v_heads value heads of nv = expand_v * n
+ * (Cv = Hv nv; value head hv reads q/k head hv / (Hv / H), backward sums dq, dk over the group),
+ * beta = 2 sigmoid with allow_neg_eigval, no silu(W_g x) factor without use_gate, q/k/v =
+ * silu(W x) without use_short_conv. beta, g, b_proj, a_proj, A_log, dt_bias are per value head.
+ * Parameters an option turns off are not declared; slot[] maps the logical DN_* order to the
+ * declared one (dn_logical, once per call).
+ * Decode state of one sequence (f32): S [Hv, n, nv], then the raw (pre-conv) inputs of the last
+ * K-1 tokens for each of the three convs: q [C][K-1], k [C][K-1], v [Cv][K-1], oldest first (none
+ * without short convs). With the defaults (Hv = H, nv = n) these are the layouts of before.
+ * saved (forward -> backward): a 64-byte header, then the projections Qr, Kr [B*T, C], Vr, Gp
+ * [B*T, Cv] (Gp only with the gate), Bl [B*T, Hv], (gated) Al [B*T, Hv], the recurrence output
+ * O [B*T, Cv], and the state at the start of every chunk [B, Hv, ceil(T/chunk), n, nv];
+ * everything else is recomputed by backward.
  *
  * Devices: kernels[HYB_DEV_CPU] = dn_forward / dn_backward / dn_decode (plain C + OpenMP, the
  * recurrence in deltanet_core.h); kernels[HYB_DEV_CUDA] = dn_forward_cuda / dn_backward_cuda /
@@ -73,6 +82,14 @@ enum {
 
 typedef struct dn {
     int D, H, n, C, K, chunk, layer;
+    /* fla options: Hv value heads (num_v_heads, a multiple of H: value head hv reads q/k head
+     * hv / (Hv / H)), nv = expand_v * n the value head size, Cv = Hv * nv; neg: beta = 2 sigmoid
+     * (allow_neg_eigval); gate: the silu output gate g_proj (use_gate); conv: the short
+     * convolutions (use_short_conv; off: q, k, v = silu(projection), no windows in the state) */
+    int Hv, nv, Cv, neg, gate, conv;
+    double expand_v;
+    /* parameters present: np of them; slot[logical DN_*] = declared index or -1; lg = inverse */
+    int np, slot[DN_NPARAM], lg[DN_NPARAM];
     float eps;      /* o_norm epsilon */
     double eps_cfg; /* norm_eps as configured (written to HF configs) */
     /* CUDA: the kernels of deltanet.cu, fetched once from cu_be (its cache compiles them once) */
@@ -83,8 +100,10 @@ typedef struct dn {
 /* ---- configuration ---------------------------------------------------------------------------
  */
 
-static const char *const DN_KEYS[] = {"type",      "symbol", "n_heads",  "head_dim",
-                                      "conv_size", "chunk",  "norm_eps", NULL};
+static const char *const DN_KEYS[] = {
+    "type",     "symbol",      "n_heads",          "head_dim", "conv_size",      "chunk",
+    "norm_eps", "num_v_heads", "expand_v",         "use_gate", "use_short_conv",
+    "allow_neg_eigval", NULL};
 
 static int dn_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void **self) {
     *self = NULL;
@@ -93,7 +112,9 @@ static int dn_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void 
         return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): d_model must be > 0, got %d",
                          dims->layer, D);
     int64_t nh = D % 64 == 0 ? D / 64 : 0, hd = -1, K = 4, chunk = 64;
-    double eps = dims->norm_eps > 0 ? dims->norm_eps : 1e-5;
+    double eps = dims->norm_eps > 0 ? dims->norm_eps : 1e-5, ev = 1.0;
+    int64_t nvh = -1;
+    int gate = 1, conv = 1, neg = 0;
 #define CFG_ERR(key, fmt, ...)                                                                     \
     H_->cfg_error(cfg, key, DN_NAME " (layer %d): " fmt, dims->layer, __VA_ARGS__)
     if (cfg) {
@@ -123,6 +144,23 @@ static int dn_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void 
         HYB_TRY(H_->cfg_float(cfg, "norm_eps", eps, &eps));
         if (!(eps > 0) || eps > 1)
             return CFG_ERR("norm_eps", "norm_eps must be in (0, 1], got %g", eps);
+        HYB_TRY(H_->cfg_int(cfg, "num_v_heads", nh, &nvh));
+        if (nvh < nh || nvh > 4096 || nvh % nh != 0)
+            return CFG_ERR("num_v_heads",
+                           "num_v_heads must be a multiple of n_heads = %lld (at most 4096), got "
+                           "%lld",
+                           (long long)nh, (long long)nvh);
+        HYB_TRY(H_->cfg_float(cfg, "expand_v", 1.0, &ev));
+        double nvd = ev * (double)hd; /* 0.6 * 5 may land a rounding step off 3 */
+        if (fabs(nvd - floor(nvd + 0.5)) < 1e-9) nvd = floor(nvd + 0.5);
+        if (!(ev > 0) || nvd != floor(nvd) || nvd < 1 || nvd > 512)
+            return CFG_ERR("expand_v",
+                           "expand_v * head_dim must be a whole number in [1, 512], got %g * "
+                           "%lld",
+                           ev, (long long)hd);
+        HYB_TRY(H_->cfg_bool(cfg, "use_gate", 1, &gate));
+        HYB_TRY(H_->cfg_bool(cfg, "use_short_conv", 1, &conv));
+        HYB_TRY(H_->cfg_bool(cfg, "allow_neg_eigval", 0, &neg));
     } else {
         if (nh == 0)
             return H_->error(HYB_ERR_ARG,
@@ -131,10 +169,14 @@ static int dn_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void 
                              dims->layer, D);
         hd = 64;
     }
+    if (nvh < 0) nvh = nh;
 #undef CFG_ERR
-    if (nh * hd > (1 << 20))
-        return H_->error(HYB_ERR_ARG, DN_NAME " (layer %d): n_heads * head_dim = %lld is too large",
-                         dims->layer, (long long)(nh * hd));
+    const int64_t nv = (int64_t)floor(ev * (double)hd + 0.5);
+    if (nh * hd > (1 << 20) || nvh * nv > (1 << 20))
+        return H_->error(HYB_ERR_ARG,
+                         DN_NAME " (layer %d): n_heads * head_dim = %lld or num_v_heads * "
+                                 "head_dim * expand_v = %lld is too large",
+                         dims->layer, (long long)(nh * hd), (long long)(nvh * nv));
     dn *m = H_->alloc(sizeof *m);
     if (!m) return HYB_ERR_NOMEM;
     m->D = D;
@@ -146,6 +188,20 @@ static int dn_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void 
     m->layer = dims->layer;
     m->eps = (float)eps;
     m->eps_cfg = eps;
+    m->Hv = (int)nvh;
+    m->nv = (int)nv;
+    m->Cv = (int)(nvh * nv);
+    m->expand_v = ev;
+    m->gate = gate;
+    m->conv = conv;
+    m->neg = neg;
+    m->np = 0;
+    for (int i = 0; i < DN_NPARAM; i++) {
+        const int on = (DN_GATED || i < DN_WA) && (gate || i != DN_WG) &&
+                       (conv || (i != DN_CQ && i != DN_CK && i != DN_CV));
+        m->slot[i] = on ? m->np : -1;
+        if (on) m->lg[m->np++] = i;
+    }
     *self = m;
     return HYB_OK;
 }
@@ -156,14 +212,22 @@ static void dn_destroy(void *self) {
 
 static int dn_describe(void *self, char *buf, size_t len) {
     dn *m = self;
-    snprintf(buf, len, DN_NAME " H=%d hd=%d conv=%d chunk=%d eps=%g", m->H, m->n, m->K, m->chunk,
-             (double)m->eps);
+    int k = snprintf(buf, len, DN_NAME " H=%d hd=%d conv=%d chunk=%d eps=%g", m->H, m->n,
+                     m->conv ? m->K : 0, m->chunk, (double)m->eps);
+    if (k >= 0 && (size_t)k < len && (m->Hv != m->H || m->nv != m->n || !m->gate || m->neg))
+        snprintf(buf + k, len - (size_t)k, " Hv=%d dv=%d gate=%d neg=%d", m->Hv, m->nv, m->gate,
+                 m->neg);
     return HYB_OK;
 }
 
 static int dn_n_params(void *self) {
-    (void)self;
-    return DN_GATED ? DN_NPARAM : DN_WA;
+    return ((dn *)self)->np;
+}
+
+/* a declared-order array (params / grads of a call) as logical DN_* slots (NULL: absent) */
+static void dn_logical(const dn *m, float *const *in, float **out) {
+    for (int i = 0; i < DN_NPARAM; i++)
+        out[i] = m->slot[i] >= 0 ? in[m->slot[i]] : NULL;
 }
 
 static const char *const DN_PARAM_NAMES[DN_NPARAM] = {
@@ -176,36 +240,41 @@ static const char *const DN_PARAM_NAMES[DN_NPARAM] = {
 
 static int dn_param_decl(void *self, int i, hyb_param_decl *d) {
     dn *m = self;
-    const int64_t C = m->C, D = m->D, H = m->H;
+    const int64_t C = m->C, Cv = m->Cv, D = m->D, Hv = m->Hv;
     const float cb = 1.0f / sqrtf((float)m->K); /* nn.Conv1d default bound, fan_in = K */
     if (i < 0 || i >= dn_n_params(self))
         return H_->error(HYB_ERR_ARG, DN_NAME ": param_decl index %d out of range", i);
-    const char *name = DN_PARAM_NAMES[i];
-    switch (i) {
+    const int li = m->lg[i];
+    const char *name = DN_PARAM_NAMES[li];
+    switch (li) {
     case DN_WQ:
     case DN_WK:
+        hyb_pl_decl(d, name, 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        break;
     case DN_WV:
     case DN_WG:
-        hyb_pl_decl(d, name, 2, C, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        hyb_pl_decl(d, name, 2, Cv, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
         break;
     case DN_WB:
     case DN_WA:
-        hyb_pl_decl(d, name, 2, H, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        hyb_pl_decl(d, name, 2, Hv, D, 0, HYB_INIT_NORMAL, 0.02f, 0);
         break;
     case DN_CQ:
     case DN_CK:
-    case DN_CV:
         hyb_pl_decl(d, name, 3, C, 1, m->K, HYB_INIT_UNIFORM, cb, 0);
         break;
+    case DN_CV:
+        hyb_pl_decl(d, name, 3, Cv, 1, m->K, HYB_INIT_UNIFORM, cb, 0);
+        break;
     case DN_NORM:
-        hyb_pl_decl(d, name, 1, m->n, 0, 0, HYB_INIT_ONES, 0, 1);
+        hyb_pl_decl(d, name, 1, m->nv, 0, 0, HYB_INIT_ONES, 0, 1);
         break;
     case DN_WO:
-        hyb_pl_decl(d, name, 2, D, C, 0, HYB_INIT_NORMAL, 0.02f, 0);
+        hyb_pl_decl(d, name, 2, D, Cv, 0, HYB_INIT_NORMAL, 0.02f, 0);
         break;
     case DN_ALOG:
     case DN_DTB:
-        hyb_pl_decl(d, name, 1, H, 0, 0, HYB_INIT_CUSTOM, 0, 1);
+        hyb_pl_decl(d, name, 1, Hv, 0, 0, HYB_INIT_CUSTOM, 0, 1);
         break;
     }
     return HYB_OK;
@@ -215,9 +284,9 @@ static int dn_param_decl(void *self, int i, hyb_param_decl *d) {
  * softplus^-1(dt), dt = exp(U(log 1e-3, log 1e-1)) floored at 1e-4 (fla / Mamba). */
 static void dn_init_decay(const dn *m, float *A_log, float *dt_bias, uint64_t seed) {
     uint64_t st = seed ^ 0x9e3779b97f4a7c15ull;
-    H_->rng_uniform(&st, A_log, (size_t)m->H, 0.0f, 16.0f);
-    H_->rng_uniform(&st, dt_bias, (size_t)m->H, logf(1e-3f), logf(1e-1f));
-    for (int h = 0; h < m->H; h++) {
+    H_->rng_uniform(&st, A_log, (size_t)m->Hv, 0.0f, 16.0f);
+    H_->rng_uniform(&st, dt_bias, (size_t)m->Hv, logf(1e-3f), logf(1e-1f));
+    for (int h = 0; h < m->Hv; h++) {
         A_log[h] = logf(A_log[h] > 1e-4f ? A_log[h] : 1e-4f);
         double dt = exp((double)dt_bias[h]);
         if (dt < 1e-4) dt = 1e-4;
@@ -226,15 +295,20 @@ static void dn_init_decay(const dn *m, float *A_log, float *dt_bias, uint64_t se
 }
 
 static int dn_init_params(void *self, float *const *params, uint64_t seed) {
-    if (DN_GATED) dn_init_decay(self, params[DN_ALOG], params[DN_DTB], seed);
+    const dn *m = self;
+    if (DN_GATED) dn_init_decay(m, params[m->slot[DN_ALOG]], params[m->slot[DN_DTB]], seed);
     return HYB_OK;
 }
 
 /* ---- state ------------------------------------------------------------------------------------
  */
 
+/* conv window length per channel (0 without the short convs) */
+static int dn_kw(const dn *m) {
+    return m->conv ? m->K - 1 : 0;
+}
 static size_t dn_state_floats(const dn *m) {
-    return (size_t)m->H * m->n * m->n + 3 * (size_t)m->C * (m->K - 1);
+    return (size_t)m->Hv * m->n * m->nv + (2 * (size_t)m->C + m->Cv) * dn_kw(m);
 }
 static size_t dn_state_bytes(void *self, int max_ctx) {
     (void)max_ctx;
@@ -315,30 +389,41 @@ static void dn_act_norm(float *x, size_t rows, int H, int n, int l2, float scale
         }
 }
 
-/* beta [rows, H] = sigmoid(Bl); gated: g = -exp(A_log) softplus(Al + dt_bias) */
+/* beta [rows, Hv] = sigmoid(Bl) (allow_neg_eigval: 2 sigmoid(Bl)); gated:
+ * g = -exp(A_log) softplus(Al + dt_bias) */
 static void dn_beta_gate(const dn *m, const float *Bl, const float *Al, const float *const *P,
                          float *beta, float *g, size_t rows) {
-    for (size_t i = 0; i < rows * m->H; i++)
+    const int Hv = m->Hv;
+    for (size_t i = 0; i < rows * Hv; i++)
         beta[i] = hyb_pl_sigmoid(Bl[i]);
+    if (m->neg)
+        for (size_t i = 0; i < rows * Hv; i++)
+            beta[i] *= 2.0f;
     if (DN_GATED)
         for (size_t r = 0; r < rows; r++)
-            for (int h = 0; h < m->H; h++) {
-                size_t i = r * m->H + h;
+            for (int h = 0; h < Hv; h++) {
+                size_t i = r * Hv + h;
                 g[i] = -expf(P[DN_ALOG][h]) * hyb_pl_softplus(Al[i] + P[DN_DTB][h]);
             }
 }
 
-/* z [rows, C] = RMSNorm_head(O) * w * silu(Gp) */
+/* z [rows, Cv] = RMSNorm_head(O) * w * silu(Gp) (use_gate off: no silu(Gp) factor) */
 static void dn_norm_gate(const dn *m, const float *O, const float *Gp, const float *w, float *Z,
                          size_t rows) {
-    const int n = m->n;
+    const int n = m->nv;
     for (size_t r = 0; r < rows; r++)
-        for (int h = 0; h < m->H; h++) {
-            size_t off = r * m->C + (size_t)h * n;
-            const float *o = O + off, *gp = Gp + off;
+        for (int h = 0; h < m->Hv; h++) {
+            size_t off = r * m->Cv + (size_t)h * n;
+            const float *o = O + off;
             float rs = 1.0f / sqrtf(hyb_pl_dot(o, o, n) / n + m->eps);
-            for (int i = 0; i < n; i++)
-                Z[off + i] = o[i] * rs * w[i] * gp[i] * hyb_pl_sigmoid(gp[i]);
+            if (m->gate) {
+                const float *gp = Gp + off;
+                for (int i = 0; i < n; i++)
+                    Z[off + i] = o[i] * rs * w[i] * gp[i] * hyb_pl_sigmoid(gp[i]);
+            } else {
+                for (int i = 0; i < n; i++)
+                    Z[off + i] = o[i] * rs * w[i];
+            }
         }
 }
 
@@ -346,104 +431,130 @@ static size_t dn_n_chunks(const dn *m, int T) {
     return (size_t)((T + m->chunk - 1) / m->chunk);
 }
 
+/* the saved block's float layout: Qr Kr [BT, C], Vr [BT, Cv], Gp [BT, Cv] (use_gate), Bl [BT, Hv],
+ * Al [BT, Hv] (gated), O [BT, Cv], CHK [B, Hv, nch, n, nv] */
+typedef struct dn_saved_ptrs {
+    float *Qr, *Kr, *Vr, *Gp, *Bl, *Al, *O, *CHK;
+} dn_saved_ptrs;
+static dn_saved_ptrs dn_saved_layout(const dn *m, float *base, size_t BT) {
+    dn_saved_ptrs p;
+    p.Qr = base;
+    p.Kr = p.Qr + BT * m->C;
+    p.Vr = p.Kr + BT * m->C;
+    p.Gp = p.Vr + BT * m->Cv;
+    p.Bl = p.Gp + (m->gate ? BT * m->Cv : 0);
+    p.Al = p.Bl + BT * m->Hv;
+    p.O = p.Al + (DN_GATED ? BT * m->Hv : 0);
+    p.CHK = p.O + BT * m->Cv;
+    return p;
+}
+
 static size_t dn_saved_bytes(void *self, int B, int T) {
     dn *m = self;
     size_t BT = (size_t)B * T;
-    size_t fl = BT * (5 * (size_t)m->C + (DN_GATED ? 2 : 1) * (size_t)m->H) +
-                (size_t)B * m->H * dn_n_chunks(m, T) * m->n * m->n;
+    size_t fl = BT * (2 * (size_t)m->C + (m->gate ? 3 : 2) * (size_t)m->Cv +
+                      (DN_GATED ? 2 : 1) * (size_t)m->Hv) +
+                (size_t)B * m->Hv * dn_n_chunks(m, T) * m->n * m->nv;
     return sizeof(hyb_pl_saved_hdr) + fl * sizeof(float);
 }
 
 /* ---- forward / prefill --------------------------------------------------------------------------
- * Rows of all [*, C] / [*, H] buffers are b*T + t. With states, sequence b continues after
- * pos[b] tokens (pos 0: the state's old contents are ignored). T == 1 steps use the recurrent
- * form (that is what decode calls), longer runs the chunked form. */
+ * Rows of all [*, C] / [*, Cv] / [*, Hv] buffers are b*T + t. With states, sequence b continues
+ * after pos[b] tokens (pos 0: the state's old contents are ignored). T == 1 steps use the
+ * recurrent form (that is what decode calls), longer runs the chunked form. P: logical slots. */
 
 static int dn_run(const hyb_backend *be, dn *m, int B, int T, const float *x, float *y,
                   const float *const *P, void *saved, void *const *states, const int32_t *pos,
                   int recurrent) {
     int rc = HYB_OK;
-    const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K;
-    const size_t BT = (size_t)B * T, nn = (size_t)n * n, nch = dn_n_chunks(m, T);
+    const int D = m->D, H = m->H, Hv = m->Hv, n = m->n, nv = m->nv, C = m->C, Cv = m->Cv,
+              K = m->K, Kw = dn_kw(m), grp = m->Hv / m->H;
+    const size_t BT = (size_t)B * T, nn = (size_t)n * nv, nch = dn_n_chunks(m, T);
     void *tmp;
-    float *Qr = hyb_pl_saved_begin(saved, &tmp, be, dn_saved_bytes(m, B, T), DN_SAVED_MAGIC, B, T);
-    if (!Qr) return HYB_ERR_NOMEM;
-    float *Kr, *Vr, *Gp, *Bl, *Al, *O, *CHK;
-    Kr = Qr + BT * C;
-    Vr = Kr + BT * C;
-    Gp = Vr + BT * C;
-    Bl = Gp + BT * C;
-    Al = Bl + BT * H;
-    O = Al + (DN_GATED ? BT * H : 0);
-    CHK = O + BT * C;
+    float *base =
+        hyb_pl_saved_begin(saved, &tmp, be, dn_saved_bytes(m, B, T), DN_SAVED_MAGIC, B, T);
+    if (!base) return HYB_ERR_NOMEM;
+    const dn_saved_ptrs sp = dn_saved_layout(m, base, BT);
+    float *Qr = sp.Qr, *Kr = sp.Kr, *Vr = sp.Vr, *Gp = sp.Gp, *Bl = sp.Bl, *Al = sp.Al, *O = sp.O,
+          *CHK = sp.CHK;
+    const int Cs[3] = {C, C, Cv};
+    const size_t woff[3] = {0, (size_t)C * Kw, 2 * (size_t)C * Kw}; /* window offsets */
 
     const int nthr = hyb_pl_max_threads(), c = recurrent ? 1 : (m->chunk < T ? m->chunk : T);
-    const size_t scr_t = dn_chunked_scratch(n, c) + 2 * (size_t)n;
-    const size_t nwork = 3 * BT * C + 2 * BT * H + (size_t)nthr * scr_t + 3 * (size_t)C * (K - 1) +
-                         (states ? 0 : (size_t)B * H * nn);
+    const size_t scr_t = dn_chunked_scratch(n, nv, c) + 2 * (size_t)nv;
+    const size_t nwork = BT * (2 * (size_t)C + (Cv > C ? Cv : C)) + BT * Cv + 2 * BT * Hv +
+                         (size_t)nthr * scr_t + (2 * (size_t)C + Cv) * Kw +
+                         (states ? 0 : (size_t)B * Hv * nn);
     float *work = be->alloc(be, nwork * sizeof(float));
     if (!work) {
         be->free(be, tmp);
         return HYB_ERR_NOMEM;
     }
-    float *Qn = work, *Kn = Qn + BT * C, *Vn = Kn + BT * C, *beta = Vn + BT * C, *g = beta + BT * H,
-          *scr = g + BT * H, *nwin = scr + (size_t)nthr * scr_t,
-          *Sall = nwin + 3 * (size_t)C * (K - 1);
+    /* Qn doubles as Z [BT, Cv] at the end: max(C, Cv) columns */
+    float *Qn = work, *Kn = Qn + BT * (Cv > C ? Cv : C), *Vn = Kn + BT * C, *beta = Vn + BT * Cv,
+          *g = beta + BT * Hv, *scr = g + BT * Hv, *nwin = scr + (size_t)nthr * scr_t,
+          *Sall = nwin + (2 * (size_t)C + Cv) * Kw;
 
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WQ], Qr, (int)BT, D, C);
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WK], Kr, (int)BT, D, C);
-    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WV], Vr, (int)BT, D, C);
-    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WG], Gp, (int)BT, D, C);
-    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WB], Bl, (int)BT, D, H);
-    if (DN_GATED && rc == HYB_OK) rc = dn_linear(be, x, P[DN_WA], Al, (int)BT, D, H);
+    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WV], Vr, (int)BT, D, Cv);
+    if (m->gate && rc == HYB_OK) rc = dn_linear(be, x, P[DN_WG], Gp, (int)BT, D, Cv);
+    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WB], Bl, (int)BT, D, Hv);
+    if (DN_GATED && rc == HYB_OK) rc = dn_linear(be, x, P[DN_WA], Al, (int)BT, D, Hv);
 
     const float *raw[3] = {Qr, Kr, Vr};
     float *cv[3] = {Qn, Kn, Vn};
     for (int b = 0; b < B; b++) {
         const int p0 = pos ? pos[b] : 0;
-        float *win = states && p0 > 0 ? (float *)states[b] + H * nn : NULL;
+        float *win = states && p0 > 0 ? (float *)states[b] + Hv * nn : NULL;
         for (int s = 0; s < 3; s++) {
-            const float *ws = win ? win + (size_t)s * C * (K - 1) : NULL;
-            dn_conv(raw[s] + (size_t)b * T * C, P[DN_CQ + s], ws, cv[s] + (size_t)b * T * C, T, C,
-                    K);
+            const int Cc = Cs[s];
+            if (!m->conv) { /* no short conv: the projection itself goes to silu */
+                memcpy(cv[s] + (size_t)b * T * Cc, raw[s] + (size_t)b * T * Cc,
+                       (size_t)T * Cc * sizeof(float));
+                continue;
+            }
+            const float *ws = win ? win + woff[s] : NULL;
+            dn_conv(raw[s] + (size_t)b * T * Cc, P[DN_CQ + s], ws, cv[s] + (size_t)b * T * Cc, T,
+                    Cc, K);
             if (states) { /* after the conv read the old window */
-                dn_window_update(raw[s] + (size_t)b * T * C, ws, nwin + (size_t)s * C * (K - 1), T,
-                                 C, K);
-                memcpy((float *)states[b] + H * nn + (size_t)s * C * (K - 1),
-                       nwin + (size_t)s * C * (K - 1), (size_t)C * (K - 1) * sizeof(float));
+                dn_window_update(raw[s] + (size_t)b * T * Cc, ws, nwin + woff[s], T, Cc, K);
+                memcpy((float *)states[b] + Hv * nn + woff[s], nwin + woff[s],
+                       (size_t)Cc * Kw * sizeof(float));
             }
         }
     }
     const float qs = 1.0f / sqrtf((float)n);
     dn_act_norm(Qn, BT, H, n, 1, qs);
     dn_act_norm(Kn, BT, H, n, 1, 1.0f);
-    dn_act_norm(Vn, BT, H, n, 0, 1.0f);
+    dn_act_norm(Vn, BT, Hv, nv, 0, 1.0f);
     dn_beta_gate(m, Bl, Al, P, beta, g, BT);
 
-    const int par = (double)B * H * T * nn > 1e5;
+    const int par = (double)B * Hv * T * nn > 1e5;
 #pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (int bh = 0; bh < B * H; bh++) {
-        const int b = bh / H, h = bh % H;
+    for (int bh = 0; bh < B * Hv; bh++) {
+        const int b = bh / Hv, hv = bh % Hv, h = hv / grp;
         const int p0 = pos ? pos[b] : 0;
-        float *sc = scr + (size_t)hyb_pl_thread_id() * scr_t, *tmp2 = sc + dn_chunked_scratch(n, c);
+        float *sc = scr + (size_t)hyb_pl_thread_id() * scr_t,
+              *tmp2 = sc + dn_chunked_scratch(n, nv, c);
         /* S lives in the state when there is one, else in Sall */
-        float *Sp = states ? (float *)states[b] + (size_t)h * nn : Sall + (size_t)bh * nn;
+        float *Sp = states ? (float *)states[b] + (size_t)hv * nn : Sall + (size_t)bh * nn;
         if (!states || p0 == 0) memset(Sp, 0, nn * sizeof(float));
-        const size_t r0 = (size_t)b * T, ho = (size_t)h * n;
-        const float *gp = DN_GATED ? g + r0 * H + h : NULL;
-        float *chk = saved ? CHK + ((size_t)b * H + h) * nch * nn : NULL;
+        const size_t r0 = (size_t)b * T, ho = (size_t)h * n, vo = (size_t)hv * nv;
+        const float *gp = DN_GATED ? g + r0 * Hv + hv : NULL;
+        float *chk = saved ? CHK + ((size_t)b * Hv + hv) * nch * nn : NULL;
         if (recurrent) {
             if (chk) memcpy(chk, Sp, nn * sizeof(float));
-            dn_recurrent(n, T, Qn + r0 * C + ho, Kn + r0 * C + ho, Vn + r0 * C + ho, C,
-                         beta + r0 * H + h, gp, H, Sp, O + r0 * C + ho, C, tmp2);
+            dn_recurrent(n, nv, T, Qn + r0 * C + ho, Kn + r0 * C + ho, C, Vn + r0 * Cv + vo, Cv,
+                         beta + r0 * Hv + hv, gp, Hv, Sp, O + r0 * Cv + vo, Cv, tmp2);
         } else {
-            dn_chunked(n, T, c, Qn + r0 * C + ho, Kn + r0 * C + ho, Vn + r0 * C + ho, C,
-                       beta + r0 * H + h, gp, H, Sp, O + r0 * C + ho, C, chk, sc);
+            dn_chunked(n, nv, T, c, Qn + r0 * C + ho, Kn + r0 * C + ho, C, Vn + r0 * Cv + vo, Cv,
+                       beta + r0 * Hv + hv, gp, Hv, Sp, O + r0 * Cv + vo, Cv, chk, sc);
         }
     }
 
     dn_norm_gate(m, O, Gp, P[DN_NORM], Qn, BT); /* Z into Qn (no longer needed) */
-    if (rc == HYB_OK) rc = dn_linear(be, Qn, P[DN_WO], y, (int)BT, C, D);
+    if (rc == HYB_OK) rc = dn_linear(be, Qn, P[DN_WO], y, (int)BT, Cv, D);
     be->free(be, work);
     be->free(be, tmp);
     return rc;
@@ -478,7 +589,10 @@ static int dn_check_fwd(const dn *m, const hyb_mixer_fwd *a) {
 static int dn_forward(void *self, const hyb_mixer_fwd *a) {
     dn *m = self;
     HYB_TRY(dn_check_fwd(m, a));
-    return dn_run(a->be, m, a->B, a->T, a->x, a->y, a->params, a->saved, a->states, a->pos, 0);
+    float *P[DN_NPARAM];
+    dn_logical(m, (float *const *)a->params, P);
+    return dn_run(a->be, m, a->B, a->T, a->x, a->y, (const float *const *)P, a->saved, a->states,
+                  a->pos, 0);
 }
 
 /* the argument checks of decode (every device) */
@@ -497,8 +611,11 @@ static int dn_check_dec(const dn *m, const hyb_mixer_dec *a) {
 static int dn_decode(void *self, const hyb_mixer_dec *a) {
     dn *m = self;
     HYB_TRY(dn_check_dec(m, a));
+    float *P[DN_NPARAM];
+    dn_logical(m, (float *const *)a->params, P);
     /* n sequences of one token each: B = n, T = 1, recurrent step */
-    return dn_run(a->be, m, a->n, 1, a->x, a->y, a->params, NULL, a->states, a->pos, 1);
+    return dn_run(a->be, m, a->n, 1, a->x, a->y, (const float *const *)P, NULL, a->states, a->pos,
+                  1);
 }
 
 /* ---- backward ---------------------------------------------------------------------------------
@@ -508,105 +625,145 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
     dn *m = self;
     const hyb_backend *be = a->be;
     int rc = HYB_OK;
-    const int B = a->B, T = a->T, D = m->D, H = m->H, n = m->n, C = m->C, K = m->K;
-    const float *Qr = hyb_pl_saved_data(a->saved, DN_SAVED_MAGIC, B, T);
-    if (!Qr)
+    const int B = a->B, T = a->T, D = m->D, H = m->H, Hv = m->Hv, n = m->n, nv = m->nv, C = m->C,
+              Cv = m->Cv, K = m->K, grp = m->Hv / m->H;
+    const float *base = hyb_pl_saved_data(a->saved, DN_SAVED_MAGIC, B, T);
+    if (!base)
         return H_->error(HYB_ERR_ARG,
                          DN_NAME " (layer %d): backward [B=%d, T=%d] without a matching "
                                  "saved forward",
                          m->layer, B, T);
-    const size_t BT = (size_t)B * T, nn = (size_t)n * n, nch = dn_n_chunks(m, T);
-    const float *Kr = Qr + BT * C, *Vr = Kr + BT * C, *Gp = Vr + BT * C, *Bl = Gp + BT * C,
-                *Al = Bl + BT * H, *O = Al + (DN_GATED ? BT * H : 0), *CHK = O + BT * C;
-    const float *const *P = a->params;
-    float *const *G = a->grads;
+    const size_t BT = (size_t)B * T, nn = (size_t)n * nv, nch = dn_n_chunks(m, T);
+    const dn_saved_ptrs sp = dn_saved_layout(m, (float *)base, BT);
+    const float *Qr = sp.Qr, *Kr = sp.Kr, *Vr = sp.Vr, *Gp = sp.Gp, *Bl = sp.Bl, *Al = sp.Al,
+                *O = sp.O, *CHK = sp.CHK;
+    float *P_[DN_NPARAM], *G[DN_NPARAM];
+    dn_logical(m, (float *const *)a->params, P_);
+    dn_logical(m, a->grads, G);
+    const float *const *P = (const float *const *)P_;
     const int c = m->chunk < T ? m->chunk : T, nthr = hyb_pl_max_threads();
-    const size_t scr_t = dn_backward_scratch(n, c);
-    /* Qc Kc Vc (conv pre-act), Qn Kn Vn, Z/dZ, dO, dQ dK dV, beta g dbeta dg, scratch */
-    const size_t nwork = 11 * BT * C + 4 * BT * H + (size_t)nthr * scr_t;
+    const size_t scr_t = dn_backward_scratch(n, nv, c);
+    const int Cs[3] = {C, C, Cv};
+    /* per row: Qc Kc Qn Kn (C), Vc Vn dO dV (Cv), Z/dZ/draw and dGp (max(C, Cv)), dQ dK per value
+     * head (Hv n; with GVA the q/k head sums go to dQs dKs (C)); beta g dbeta dg (Hv) */
+    const size_t Cm = Cv > C ? Cv : C, Cq = (size_t)Hv * n;
+    const size_t nwork = BT * (4 * (size_t)C + 4 * (size_t)Cv + 2 * Cm + 2 * Cq +
+                               (grp > 1 ? 2 * (size_t)C : 0) + 4 * (size_t)Hv) +
+                         (size_t)nthr * scr_t;
     float *work = be->alloc(be, nwork * sizeof(float));
     if (!work) return HYB_ERR_NOMEM;
     /* the gradient buffers accumulate (+=): be->alloc memory is not zeroed */
     rc = be->memset0(be, work, nwork * sizeof(float));
-    float *Qc = work, *Kc = Qc + BT * C, *Vc = Kc + BT * C, *Qn = Vc + BT * C, *Kn = Qn + BT * C,
-          *Vn = Kn + BT * C, *Z = Vn + BT * C, *dO = Z + BT * C, *dQ = dO + BT * C,
-          *dK = dQ + BT * C, *dV = dK + BT * C, *beta = dV + BT * C, *g = beta + BT * H,
-          *dbeta = g + BT * H, *dg = dbeta + BT * H, *scr = dg + BT * H;
+    float *Qc = work, *Kc = Qc + BT * C, *Qn = Kc + BT * C, *Kn = Qn + BT * C, *Vc = Kn + BT * C,
+          *Vn = Vc + BT * Cv, *dO = Vn + BT * Cv, *dV = dO + BT * Cv, *Z = dV + BT * Cv,
+          *dGp = Z + BT * Cm, *dQ = dGp + BT * Cm, *dK = dQ + BT * Cq, *dQs = dK + BT * Cq,
+          *dKs = dQs + (grp > 1 ? BT * C : 0), *beta = dKs + (grp > 1 ? BT * C : 0),
+          *g = beta + BT * Hv, *dbeta = g + BT * Hv, *dg = dbeta + BT * Hv, *scr = dg + BT * Hv;
 
     /* recompute the activations */
     const float *raw[3] = {Qr, Kr, Vr};
     float *pre[3] = {Qc, Kc, Vc}, *post[3] = {Qn, Kn, Vn};
     for (int s = 0; s < 3; s++) {
-        for (int b = 0; b < B; b++)
-            dn_conv(raw[s] + (size_t)b * T * C, P[DN_CQ + s], NULL, pre[s] + (size_t)b * T * C, T,
-                    C, K);
-        memcpy(post[s], pre[s], BT * C * sizeof(float));
+        const int Cc = Cs[s];
+        if (m->conv)
+            for (int b = 0; b < B; b++)
+                dn_conv(raw[s] + (size_t)b * T * Cc, P[DN_CQ + s], NULL,
+                        pre[s] + (size_t)b * T * Cc, T, Cc, K);
+        else
+            memcpy(pre[s], raw[s], BT * Cc * sizeof(float));
+        memcpy(post[s], pre[s], BT * Cc * sizeof(float));
     }
     const float qs = 1.0f / sqrtf((float)n);
     dn_act_norm(Qn, BT, H, n, 1, qs);
     dn_act_norm(Kn, BT, H, n, 1, 1.0f);
-    dn_act_norm(Vn, BT, H, n, 0, 1.0f);
+    dn_act_norm(Vn, BT, Hv, nv, 0, 1.0f);
     dn_beta_gate(m, Bl, Al, P, beta, g, BT);
 
     /* y = Z Wo^T */
     dn_norm_gate(m, O, Gp, P[DN_NORM], Z, BT);
     if (rc == HYB_OK)
-        rc = be->sgemm(be, 1, 0, D, C, (int)BT, 1.0f, a->dy, D, Z, C, 1.0f, G[DN_WO], C);
+        rc = be->sgemm(be, 1, 0, D, Cv, (int)BT, 1.0f, a->dy, D, Z, Cv, 1.0f, G[DN_WO], Cv);
     if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 0, (int)BT, C, D, 1.0f, a->dy, D, P[DN_WO], C, 0.0f, Z,
-                       C); /* Z := dZ */
+        rc = be->sgemm(be, 0, 0, (int)BT, Cv, D, 1.0f, a->dy, D, P[DN_WO], Cv, 0.0f, Z,
+                       Cv); /* Z := dZ */
 
-    /* z = o r w silu(gp): dGp (into dV as scratch? no: own pass), dw, dO */
-    float *dGp = dQ; /* dQ is free until the recurrence backward */
+    /* z = o r w silu(gp) (or o r w): dGp, dw, dO */
     const float *w = P[DN_NORM];
     for (size_t r = 0; r < BT; r++)
-        for (int h = 0; h < H; h++) {
-            const size_t off = r * C + (size_t)h * n;
-            const float *o = O + off, *gp = Gp + off, *dz = Z + off;
-            const float rs = 1.0f / sqrtf(hyb_pl_dot(o, o, n) / n + m->eps);
+        for (int h = 0; h < Hv; h++) {
+            const size_t off = r * Cv + (size_t)h * nv;
+            const float *o = O + off, *dz = Z + off;
+            const float rs = 1.0f / sqrtf(hyb_pl_dot(o, o, nv) / nv + m->eps);
             float dot_ = 0;
-            for (int i = 0; i < n; i++) {
-                const float sg = hyb_pl_sigmoid(gp[i]), si = gp[i] * sg;
-                const float nv = o[i] * rs * w[i];
-                dGp[off + i] = dz[i] * nv * sg * (1.0f + gp[i] * (1.0f - sg));
+            for (int i = 0; i < nv; i++) {
+                float si = 1.0f;
+                if (m->gate) {
+                    const float gpi = Gp[off + i], sg = hyb_pl_sigmoid(gpi);
+                    si = gpi * sg;
+                    const float nvv = o[i] * rs * w[i];
+                    dGp[off + i] = dz[i] * nvv * sg * (1.0f + gpi * (1.0f - sg));
+                }
                 const float dn_ = dz[i] * si; /* dL/d(normed o * w) */
                 G[DN_NORM][i] += dn_ * o[i] * rs;
                 dO[off + i] = dn_ * w[i];
                 dot_ += dO[off + i] * o[i];
             }
-            const float k3 = dot_ * rs * rs * rs / n;
-            for (int i = 0; i < n; i++)
+            const float k3 = dot_ * rs * rs * rs / nv;
+            for (int i = 0; i < nv; i++)
                 dO[off + i] = rs * dO[off + i] - k3 * o[i];
         }
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 1, 0, C, D, (int)BT, 1.0f, dGp, C, a->x, D, 1.0f, G[DN_WG], D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 0, (int)BT, D, C, 1.0f, dGp, C, P[DN_WG], D, 0.0f, a->dx, D);
-
-    /* the recurrence */
-    const int par = (double)B * H * T * nn > 1e5;
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (int bh = 0; bh < B * H; bh++) {
-        const int b = bh / H, h = bh % H;
-        const size_t r0 = (size_t)b * T, ho = (size_t)h * n;
-        dn_core_backward(n, T, c, Qn + r0 * C + ho, Kn + r0 * C + ho, Vn + r0 * C + ho, C,
-                         beta + r0 * H + h, DN_GATED ? g + r0 * H + h : NULL, H, dO + r0 * C + ho,
-                         C, CHK + ((size_t)b * H + h) * nch * nn, dQ + r0 * C + ho,
-                         dK + r0 * C + ho, dV + r0 * C + ho, dbeta + r0 * H + h, dg + r0 * H + h,
-                         scr + (size_t)hyb_pl_thread_id() * scr_t);
+    if (m->gate && rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, Cv, D, (int)BT, 1.0f, dGp, Cv, a->x, D, 1.0f, G[DN_WG], D);
+    if (rc == HYB_OK) {
+        if (m->gate)
+            rc = be->sgemm(be, 0, 0, (int)BT, D, Cv, 1.0f, dGp, Cv, P[DN_WG], D, 0.0f, a->dx, D);
+        else
+            rc = be->memset0(be, a->dx, BT * D * sizeof(float));
     }
 
-    /* beta = sigmoid(Bl); g = -exp(A_log) softplus(Al + dt_bias) */
-    for (size_t i = 0; i < BT * H; i++)
-        dbeta[i] *= beta[i] * (1.0f - beta[i]);
+    /* the recurrence: dq, dk per value head (row stride Hv n) */
+    const int par = (double)B * Hv * T * nn > 1e5;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (int bh = 0; bh < B * Hv; bh++) {
+        const int b = bh / Hv, hv = bh % Hv, h = hv / grp;
+        const size_t r0 = (size_t)b * T, ho = (size_t)h * n, vo = (size_t)hv * nv;
+        dn_core_backward(n, nv, T, c, Qn + r0 * C + ho, Kn + r0 * C + ho, C, Vn + r0 * Cv + vo, Cv,
+                         beta + r0 * Hv + hv, DN_GATED ? g + r0 * Hv + hv : NULL, Hv,
+                         dO + r0 * Cv + vo, Cv, CHK + ((size_t)b * Hv + hv) * nch * nn,
+                         dQ + r0 * Cq + (size_t)hv * n, dK + r0 * Cq + (size_t)hv * n, Cq,
+                         dV + r0 * Cv + vo, dbeta + r0 * Hv + hv, dg + r0 * Hv + hv,
+                         scr + (size_t)hyb_pl_thread_id() * scr_t);
+    }
+    if (grp > 1) { /* GVA: the value heads of a group share their q/k head */
+        for (size_t r = 0; r < BT; r++)
+            for (int h = 0; h < H; h++)
+                for (int j = 0; j < grp; j++)
+                    for (int i = 0; i < n; i++) {
+                        const size_t src = r * Cq + ((size_t)h * grp + j) * n + i;
+                        dQs[r * C + (size_t)h * n + i] += dQ[src];
+                        dKs[r * C + (size_t)h * n + i] += dK[src];
+                    }
+        dQ = dQs;
+        dK = dKs;
+    }
+
+    /* beta = sigmoid(Bl) (x 2 with allow_neg_eigval); g = -exp(A_log) softplus(Al + dt_bias) */
+    if (m->neg)
+        for (size_t i = 0; i < BT * Hv; i++) { /* beta = 2 s: dBl = dbeta 2 s (1 - s) */
+            const float s = 0.5f * beta[i];
+            dbeta[i] *= beta[i] * (1.0f - s);
+        }
+    else
+        for (size_t i = 0; i < BT * Hv; i++)
+            dbeta[i] *= beta[i] * (1.0f - beta[i]);
     if (rc == HYB_OK)
-        rc = be->sgemm(be, 1, 0, H, D, (int)BT, 1.0f, dbeta, H, a->x, D, 1.0f, G[DN_WB], D);
+        rc = be->sgemm(be, 1, 0, Hv, D, (int)BT, 1.0f, dbeta, Hv, a->x, D, 1.0f, G[DN_WB], D);
     if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 0, (int)BT, D, H, 1.0f, dbeta, H, P[DN_WB], D, 1.0f, a->dx, D);
+        rc = be->sgemm(be, 0, 0, (int)BT, D, Hv, 1.0f, dbeta, Hv, P[DN_WB], D, 1.0f, a->dx, D);
     if (DN_GATED) {
         for (size_t r = 0; r < BT; r++)
-            for (int h = 0; h < H; h++) {
-                const size_t i = r * H + h;
+            for (int h = 0; h < Hv; h++) {
+                const size_t i = r * Hv + h;
                 const float eA = expf(P[DN_ALOG][h]), zz = Al[i] + P[DN_DTB][h];
                 G[DN_ALOG][h] += dg[i] * g[i];
                 const float da = -dg[i] * eA * hyb_pl_sigmoid(zz);
@@ -614,61 +771,69 @@ static int dn_backward(void *self, const hyb_mixer_bwd *a) {
                 dg[i] = da;
             }
         if (rc == HYB_OK)
-            rc = be->sgemm(be, 1, 0, H, D, (int)BT, 1.0f, dg, H, a->x, D, 1.0f, G[DN_WA], D);
+            rc = be->sgemm(be, 1, 0, Hv, D, (int)BT, 1.0f, dg, Hv, a->x, D, 1.0f, G[DN_WA], D);
         if (rc == HYB_OK)
-            rc = be->sgemm(be, 0, 0, (int)BT, D, H, 1.0f, dg, H, P[DN_WA], D, 1.0f, a->dx, D);
+            rc = be->sgemm(be, 0, 0, (int)BT, D, Hv, 1.0f, dg, Hv, P[DN_WA], D, 1.0f, a->dx, D);
     }
 
     /* l2 norm (q, k), silu, conv, projection backward; dQ/dK/dV become d(raw) in place */
     float *dpost[3] = {dQ, dK, dV};
+    const int Hs[3] = {H, H, Hv}, ns[3] = {n, n, nv};
     for (int s = 0; s < 3; s++) {
         float *d = dpost[s];
         const float *pc = pre[s];
+        const int Cc = Cs[s], hn = ns[s];
         for (size_t r = 0; r < BT; r++)
-            for (int h = 0; h < H; h++) {
-                const size_t off = r * C + (size_t)h * n;
+            for (int h = 0; h < Hs[s]; h++) {
+                const size_t off = r * Cc + (size_t)h * hn;
                 float *dd = d + off;
                 const float *p = pc + off;
                 if (s < 2) { /* y = scale * a / sqrt(|a|^2 + eps), a = silu(p) */
                     const float sc = s == 0 ? qs : 1.0f;
                     float aa = 0, ad = 0, av[512];
-                    for (int i = 0; i < n; i++) {
+                    for (int i = 0; i < hn; i++) {
                         av[i] = p[i] * hyb_pl_sigmoid(p[i]);
                         aa += av[i] * av[i];
                         ad += av[i] * dd[i];
                     }
                     const float rr = 1.0f / sqrtf(aa + DN_L2_EPS);
-                    for (int i = 0; i < n; i++)
+                    for (int i = 0; i < hn; i++)
                         dd[i] = sc * (rr * dd[i] - av[i] * rr * rr * rr * ad);
                 }
-                for (int i = 0; i < n; i++) {
+                for (int i = 0; i < hn; i++) {
                     const float sg = hyb_pl_sigmoid(p[i]);
                     dd[i] *= sg * (1.0f + p[i] * (1.0f - sg));
                 }
             }
-        /* conv: pre[t, c] = sum_j w[c, j] raw[t-K+1+j, c] */
-        float *dw = G[DN_CQ + s];
-        const float *wc = P[DN_CQ + s], *xr = raw[s];
-        float *draw = Z; /* dZ no longer needed */
-        for (int b = 0; b < B; b++) {
-            const size_t r0 = (size_t)b * T;
-            for (int t = 0; t < T; t++)
-                for (int ch = 0; ch < C; ch++) {
-                    float acc = 0;
-                    for (int j = 0; j < K; j++) {
-                        int to = t + (K - 1) - j; /* output that reads raw[t] through tap j */
-                        if (to < T) acc += d[(r0 + to) * C + ch] * wc[(size_t)ch * K + j];
-                        int ti = t - (K - 1) + j;
-                        if (ti >= 0)
-                            dw[(size_t)ch * K + j] += d[(r0 + t) * C + ch] * xr[(r0 + ti) * C + ch];
+        /* conv: pre[t, c] = sum_j w[c, j] raw[t-K+1+j, c]; without it d(raw) = d(pre) */
+        float *draw = d;
+        if (m->conv) {
+            float *dw = G[DN_CQ + s];
+            const float *wc = P[DN_CQ + s], *xr = raw[s];
+            draw = Z; /* dZ no longer needed */
+            for (int b = 0; b < B; b++) {
+                const size_t r0 = (size_t)b * T;
+                for (int t = 0; t < T; t++)
+                    for (int ch = 0; ch < Cc; ch++) {
+                        float acc = 0;
+                        for (int j = 0; j < K; j++) {
+                            int to = t + (K - 1) - j; /* output that reads raw[t] through tap j */
+                            if (to < T) acc += d[(r0 + to) * Cc + ch] * wc[(size_t)ch * K + j];
+                            int ti = t - (K - 1) + j;
+                            if (ti >= 0)
+                                dw[(size_t)ch * K + j] +=
+                                    d[(r0 + t) * Cc + ch] * xr[(r0 + ti) * Cc + ch];
+                        }
+                        draw[(r0 + t) * Cc + ch] = acc;
                     }
-                    draw[(r0 + t) * C + ch] = acc;
-                }
+            }
         }
         if (rc == HYB_OK)
-            rc = be->sgemm(be, 1, 0, C, D, (int)BT, 1.0f, draw, C, a->x, D, 1.0f, G[DN_WQ + s], D);
+            rc = be->sgemm(be, 1, 0, Cc, D, (int)BT, 1.0f, draw, Cc, a->x, D, 1.0f, G[DN_WQ + s],
+                           D);
         if (rc == HYB_OK)
-            rc = be->sgemm(be, 0, 0, (int)BT, D, C, 1.0f, draw, C, P[DN_WQ + s], D, 1.0f, a->dx, D);
+            rc = be->sgemm(be, 0, 0, (int)BT, D, Cc, 1.0f, draw, Cc, P[DN_WQ + s], D, 1.0f, a->dx,
+                           D);
     }
     be->free(be, work);
     return rc;
@@ -776,7 +941,22 @@ static size_t dn_cu_smem_fwd(int n, int bv, int cc) {
             4 * (size_t)cc) * sizeof(float);
 }
 
+/* the fla options the CUDA kernels do not have yet: HYB_ERR_UNSUPPORTED naming the first one set
+ * (the CPU kernels have them all; allow_neg_eigval (bscale = 2 in the kernels), use_gate = false
+ * (Gp NULL) and use_short_conv = false (conv kernels with K = 1, NULL weights) run on both) */
+static int dn_cu_options(const dn *m, const char *op) {
+    const char *opt = m->Hv != m->H    ? "num_v_heads != n_heads"
+                      : m->nv != m->n  ? "expand_v != 1"
+                                       : NULL;
+    if (!opt) return HYB_OK;
+    return H_->error(HYB_ERR_UNSUPPORTED,
+                     DN_NAME " (layer %d): cuda %s: the option %s has no CUDA kernel yet (the "
+                             "cpu device has it)",
+                     m->layer, op, opt);
+}
+
 static int dn_cu_plan(const dn *m, const char *op, int B, int T, dn_cu_shape *s) {
+    HYB_TRY(dn_cu_options(m, op));
     const int n = m->n;
     int bv = n / 2;
     if (bv > 32) bv = 32;
@@ -819,7 +999,9 @@ static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x,
     dn_cu_shape sh;
     HYB_TRY(dn_cu_plan(m, op, B, T, &sh));
     int rc = HYB_OK;
-    const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K, chunk = m->chunk;
+    float bscale = m->neg ? 2.0f : 1.0f; /* beta = bscale sigmoid(Bl) */
+    /* no short conv: the conv kernels with K = 1 and NULL weights are the identity */
+    const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->conv ? m->K : 1, chunk = m->chunk;
     const int nch = (int)dn_n_chunks(m, T);
     const size_t BT = (size_t)B * T, nn = (size_t)n * n;
     void *tmp = NULL;
@@ -835,9 +1017,11 @@ static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x,
         hd.T = T;
         HYB_TRY(be->upload(be, saved, &hd, sizeof hd));
     }
-    float *Qr = (float *)(blk + sizeof(hyb_pl_saved_hdr)), *Kr = Qr + BT * C, *Vr = Kr + BT * C,
-          *Gp = Vr + BT * C, *Bl = Gp + BT * C, *Al = Bl + BT * H,
-          *O = Al + (DN_GATED ? BT * H : 0), *CHK = O + BT * C;
+    /* the options this path has leave Cv = C, Hv = H: the saved layout's Gp is absent without
+     * the gate */
+    const dn_saved_ptrs spp = dn_saved_layout(m, (float *)(blk + sizeof(hyb_pl_saved_hdr)), BT);
+    float *Qr = spp.Qr, *Kr = spp.Kr, *Vr = spp.Vr, *Gp = m->gate ? spp.Gp : NULL, *Bl = spp.Bl,
+          *Al = spp.Al, *O = spp.O, *CHK = spp.CHK;
     const size_t nwork = 3 * BT * C + (states ? 0 : (size_t)B * H * nn);
     float *work = be->alloc(be, nwork * sizeof(float));
     if (!work) {
@@ -848,7 +1032,7 @@ static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x,
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WQ], Qr, (int)BT, D, C);
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WK], Kr, (int)BT, D, C);
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WV], Vr, (int)BT, D, C);
-    if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WG], Gp, (int)BT, D, C);
+    if (Gp && rc == HYB_OK) rc = dn_linear(be, x, P[DN_WG], Gp, (int)BT, D, C);
     if (rc == HYB_OK) rc = dn_linear(be, x, P[DN_WB], Bl, (int)BT, D, H);
     if (DN_GATED && rc == HYB_OK) rc = dn_linear(be, x, P[DN_WA], Al, (int)BT, D, H);
     float qs = 1.0f / sqrtf((float)n), *nul = NULL;
@@ -882,7 +1066,7 @@ static int dn_cu_run(const hyb_backend *be, dn *m, int B, int T, const float *x,
         if (rc == HYB_OK) {
             void *args[] = {&Qn, &Kn, &Vn, &Bl, (void *)&Alp, (void *)&alog, (void *)&dtb, &O,
                             &chk, &Sall, &sq, &B, &T, (void *)&H, (void *)&n, &sh.bv, &sh.cc,
-                            (void *)&chunk, (void *)&nch};
+                            (void *)&chunk, (void *)&nch, &bscale};
             rc = dn_cu_launch(m, be, DN_K_CHUNK_FWD, (unsigned)(nb * H), (unsigned)sh.nslab, 1,
                               (unsigned)sh.nt, sh.smem_f, args);
         }
@@ -903,21 +1087,28 @@ out:
 static int dn_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     dn *m = self;
     HYB_TRY(dn_check_fwd(m, a));
-    return dn_cu_run(a->be, m, a->B, a->T, a->x, a->y, a->params, a->saved, a->states, a->pos,
-                     a->states ? "prefill" : "forward");
+    float *P[DN_NPARAM]; /* device pointers in logical slots */
+    dn_logical(m, (float *const *)a->params, P);
+    return dn_cu_run(a->be, m, a->B, a->T, a->x, a->y, (const float *const *)P, a->saved,
+                     a->states, a->pos, a->states ? "prefill" : "forward");
 }
 
 static int dn_decode_cuda(void *self, const hyb_mixer_dec *a) {
     dn *m = self;
     HYB_TRY(dn_check_dec(m, a));
-    return dn_cu_run(a->be, m, a->n, 1, a->x, a->y, a->params, NULL, a->states, a->pos, "decode");
+    float *P[DN_NPARAM];
+    dn_logical(m, (float *const *)a->params, P);
+    return dn_cu_run(a->be, m, a->n, 1, a->x, a->y, (const float *const *)P, NULL, a->states,
+                     a->pos, "decode");
 }
 
 static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     dn *m = self;
+    HYB_TRY(dn_cu_options(m, "backward"));
     const hyb_backend *be = a->be;
     int B = a->B, T = a->T;
-    const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->K, chunk = m->chunk;
+    /* no short conv: the conv kernels with K = 1 and NULL weights are the identity */
+    const int D = m->D, H = m->H, n = m->n, C = m->C, K = m->conv ? m->K : 1, chunk = m->chunk;
     hyb_pl_saved_hdr hd;
     if (!a->saved || be->download(be, &hd, a->saved, sizeof hd) != HYB_OK ||
         hd.magic != DN_SAVED_MAGIC || hd.B != B || hd.T != T)
@@ -927,14 +1118,19 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
                          m->layer, B, T);
     dn_cu_shape sh;
     HYB_TRY(dn_cu_plan(m, "backward", B, T, &sh));
+    float bscale = m->neg ? 2.0f : 1.0f; /* beta = bscale sigmoid(Bl) */
     const int nch = (int)dn_n_chunks(m, T), nslab = sh.nslab;
     const size_t BT = (size_t)B * T, BTC = BT * C, BTH = BT * H;
     const char *blk = a->saved;
-    const float *Qr = (const float *)(blk + sizeof(hyb_pl_saved_hdr)), *Kr = Qr + BTC,
-                *Vr = Kr + BTC, *Gp = Vr + BTC, *Bl = Gp + BTC, *Al = Bl + BTH,
-                *O = Al + (DN_GATED ? BTH : 0), *CHK = O + BTC;
-    const float *const *P = a->params;
-    float *const *G = a->grads;
+    const dn_saved_ptrs spp =
+        dn_saved_layout(m, (float *)(blk + sizeof(hyb_pl_saved_hdr)), BT); /* Cv = C, Hv = H */
+    const float *Qr = spp.Qr, *Gp = m->gate ? spp.Gp : NULL, *Bl = spp.Bl, *Al = spp.Al,
+                *O = spp.O, *CHK = spp.CHK; /* Kr, Vr follow Qr: the kernels take all three */
+    float *P_[DN_NPARAM], *G_[DN_NPARAM]; /* device pointers in logical slots */
+    dn_logical(m, (float *const *)a->params, P_);
+    dn_logical(m, a->grads, G_);
+    const float *const *P = (const float *const *)P_;
+    float *const *G = G_;
     /* scratch of the recomputed states: (cmax+1) n bv floats per block, pairs in waves */
     const size_t per_pair = (size_t)nslab * (sh.cmax + 1) * n * sh.bv * sizeof(float);
     int wave = (int)(DN_CU_SCRATCH / per_pair);
@@ -987,10 +1183,11 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     }
     if (rc == HYB_OK) /* o_norm's dw: the rows' parts summed (Sscr is free until the recurrence) */
         rc = dn_cu_colsum(m, be, Pn, G[DN_NORM], (long long)BTH, n, Sscr);
-    if (rc == HYB_OK)
+    if (Gp && rc == HYB_OK)
         rc = be->sgemm(be, 1, 0, C, D, (int)BT, 1.0f, dGq, C, a->x, D, 1.0f, G[DN_WG], D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 0, (int)BT, D, C, 1.0f, dGq, C, P[DN_WG], D, 0.0f, a->dx, D);
+    if (rc == HYB_OK) /* the first write of dx (use_gate off: zeros, the rest add to it) */
+        rc = Gp ? be->sgemm(be, 0, 0, (int)BT, D, C, 1.0f, dGq, C, P[DN_WG], D, 0.0f, a->dx, D)
+                : be->memset0(be, a->dx, BT * D * sizeof(float));
     /* the recurrence, in waves of `wave` (sequence, head) pairs */
     float *dQp = DP, *dKp = DP + (size_t)nslab * BTC, *dV = Dout + 2 * BTC;
     float *Qn = Post, *Kn = Post + BTC, *Vn = Post + 2 * BTC;
@@ -998,7 +1195,8 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
         const int cnt = B * H - bh0 < wave ? B * H - bh0 : wave;
         void *args[] = {&Qn, &Kn, &Vn, (void *)&Bl, (void *)&Alp, (void *)&alog, (void *)&dtb,
                         &dO, (void *)&CHK, &Sscr, &dQp, &dKp, &dV, &dBp, &dGs, &B, &T,
-                        (void *)&H, (void *)&n, &sh.bv, (void *)&chunk, (void *)&nch, &bh0};
+                        (void *)&H, (void *)&n, &sh.bv, (void *)&chunk, (void *)&nch, &bh0,
+                        &bscale};
         rc = dn_cu_launch(m, be, DN_K_CHUNK_BWD, (unsigned)cnt, (unsigned)nslab, 1,
                           (unsigned)sh.nt, sh.smem_b - 128, args);
     }
@@ -1006,7 +1204,7 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     if (rc == HYB_OK) {
         long long bth = (long long)BTH;
         void *args[] = {(void *)&Bl, (void *)&Alp, (void *)&alog, (void *)&dtb, &dBp, &dGs,
-                        (void *)&nslab, &bth, (void *)&H, &dBl, &dAl, &pA, &pD};
+                        (void *)&nslab, &bth, (void *)&H, &dBl, &dAl, &pA, &pD, &bscale};
         rc = dn_cu_launch(m, be, DN_K_BETA_GATE_BWD, dn_cu_blocks((int64_t)BTH), 1, 1, 128, 0,
                           args);
     }
@@ -1035,7 +1233,7 @@ static int dn_backward_cuda(void *self, const hyb_mixer_bwd *a) {
         rc = dn_cu_launch(m, be, DN_K_CONV_BWD_X, dn_cu_blocks((int64_t)(3 * BTC)), 1, 1, 128, 0,
                           args);
     }
-    if (rc == HYB_OK) {
+    if (rc == HYB_OK && m->conv) {
         void *args[] = {&Dout, (void *)&Qr, (void *)&G[DN_CQ], (void *)&G[DN_CK],
                         (void *)&G[DN_CV], &B, &T, (void *)&C, (void *)&K};
         rc = dn_cu_launch(m, be, DN_K_CONV_BWD_W, dn_cu_blocks(3 * (int64_t)C * K), 1, 1, 128, 0,
@@ -1069,8 +1267,16 @@ static int dn_find(const hyb_mixer_src *src, const char *name, int64_t rows, int
     return -1;
 }
 
-static int dn_init_from(void *self, float *const *params, const hyb_mixer_src *src, uint64_t seed) {
+static int dn_init_from(void *self, float *const *params_decl, const hyb_mixer_src *src,
+                        uint64_t seed) {
     dn *m = self;
+    if (m->Hv != m->H || m->nv != m->n)
+        return H_->error(HYB_ERR_UNSUPPORTED,
+                         DN_NAME " (layer %d): init from mha needs num_v_heads = n_heads and "
+                                 "expand_v = 1 (have %d value heads of %d for %d heads of %d)",
+                         m->layer, m->Hv, m->nv, m->H, m->n);
+    float *params[DN_NPARAM];
+    dn_logical(m, params_decl, params);
     if (!src || !src->type || strcmp(src->type, "mha") != 0)
         return H_->error(HYB_ERR_UNSUPPORTED,
                          DN_NAME " (layer %d): cannot initialise from mixer type '%s' (known: mha)",
@@ -1112,9 +1318,9 @@ static int dn_init_from(void *self, float *const *params, const hyb_mixer_src *s
                headb);
     }
     memcpy(params[DN_WO], src->params[io], (size_t)D * C * sizeof(float));
-    memset(params[DN_WG], 0, (size_t)C * rowb);
+    if (m->gate) memset(params[DN_WG], 0, (size_t)C * rowb);
     memset(params[DN_WB], 0, (size_t)H * rowb);
-    for (int s = 0; s < 3; s++) {
+    for (int s = 0; s < 3 && m->conv; s++) {
         float *w = params[DN_CQ + s];
         memset(w, 0, (size_t)C * m->K * sizeof(float));
         for (int ch = 0; ch < C; ch++)
@@ -1129,8 +1335,9 @@ static int dn_init_from(void *self, float *const *params, const hyb_mixer_src *s
 /* ---- HF config.json ---------------------------------------------------------------------------
  * No HF modeling code has this layer in a hybrid config, so only hyb's own hyb_hybrid format
  * (docs/HF_CONFIG.md) carries it: the layout names the mixer type, and its options live in
- * mixer_cfg.<type>: n_heads, head_dim, conv_size, chunk, norm_eps (every layer of the type shares
- * them). The parameters keep their hyb/fla names under model.layers.<i>.mixer. */
+ * mixer_cfg.<type>: n_heads, head_dim, conv_size, chunk, norm_eps, and, only when set away from
+ * their defaults, num_v_heads, expand_v, use_gate, use_short_conv, allow_neg_eigval (every layer
+ * of the type shares them). The parameters keep their hyb/fla names under model.layers.<i>.mixer. */
 
 static int dn_hf_export(void *self, const char *format, hyb_json *c) {
     dn *m = self;
@@ -1157,6 +1364,12 @@ static int dn_hf_export(void *self, const char *format, hyb_json *c) {
         eps = strtod(t, NULL);
     }
     HYB_TRY(H_->json_set_float(o, "norm_eps", eps));
+    /* the fla options, only when set (a default config reads as before) */
+    if (m->Hv != m->H) HYB_TRY(H_->json_set_int(o, "num_v_heads", m->Hv));
+    if (m->nv != m->n) HYB_TRY(H_->json_set_float(o, "expand_v", m->expand_v));
+    if (!m->gate) HYB_TRY(H_->json_set_bool(o, "use_gate", 0));
+    if (!m->conv) HYB_TRY(H_->json_set_bool(o, "use_short_conv", 0));
+    if (m->neg) HYB_TRY(H_->json_set_bool(o, "allow_neg_eigval", 1));
     return HYB_OK;
 }
 
@@ -1182,6 +1395,23 @@ static int dn_hf_import(const hyb_model_dims *dims, const char *format, const hy
         HYB_TRY(H_->json_float(o, "norm_eps", 1, 0, &eps));
         HYB_TRY(H_->toml_float(t, "norm_eps", eps));
     }
+    if (H_->json_type(o, "num_v_heads") != HYB_JSON_ABSENT) {
+        int64_t nvh;
+        HYB_TRY(H_->json_int(o, "num_v_heads", 1, 0, &nvh));
+        HYB_TRY(H_->toml_int(t, "num_v_heads", nvh));
+    }
+    if (H_->json_type(o, "expand_v") != HYB_JSON_ABSENT) {
+        double ev;
+        HYB_TRY(H_->json_float(o, "expand_v", 1, 1.0, &ev));
+        HYB_TRY(H_->toml_float(t, "expand_v", ev));
+    }
+    static const char *const BOOLS[3] = {"use_gate", "use_short_conv", "allow_neg_eigval"};
+    for (int i = 0; i < 3; i++)
+        if (H_->json_type(o, BOOLS[i]) != HYB_JSON_ABSENT) {
+            int v;
+            HYB_TRY(H_->json_bool(o, BOOLS[i], 1, 0, &v));
+            HYB_TRY(H_->toml_bool(t, BOOLS[i], v));
+        }
     return HYB_OK;
 }
 

@@ -8,13 +8,15 @@
  * Prefill/training use the chunked WY form with cumulative decay, decode the recurrent form.
  * Devices: cpu and cuda (kernels in plugins/common/deltanet.cu, see deltanet_impl.h).
  *
- * TOML keys: as `deltanet` (n_heads, head_dim, conv_size, chunk, norm_eps, type, symbol).
- * Parameters (hf_prefix "mixer"): the ten of `deltanet` (see plugins/deltanet/deltanet.c), then
- *   a_proj.weight [H, D]  A_log [H]  dt_bias [H]
+ * TOML keys: as `deltanet` (n_heads, head_dim, conv_size, chunk, norm_eps, num_v_heads,
+ * expand_v, use_gate, use_short_conv, allow_neg_eigval, type, symbol; the decay is per value
+ * head).
+ * Parameters (hf_prefix "mixer"): those of `deltanet` (see plugins/deltanet/deltanet.c), then
+ *   a_proj.weight [Hv, D]  A_log [Hv]  dt_bias [Hv]
  * Init: as deltanet; A_log = log(A), A ~ U(0, 16); dt_bias = softplus^-1(dt),
  * dt = exp(U(log 1e-3, log 1e-1)) floored at 1e-4 (fla, Mamba). init_from "mha" as deltanet, with
  * A_log / dt_bias redrawn as above.
- * Decode state per sequence (f32): S [H, head_dim, head_dim], then conv windows [3][C][K-1].
+ * Decode state per sequence (f32): as `deltanet` (S [Hv, head_dim, dv], then the windows).
  */
 #define DN_GATED 1
 #define DN_NAME "gated_deltanet"
