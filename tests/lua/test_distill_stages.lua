@@ -139,4 +139,45 @@ lowest = 2
   os.execute("rm -rf '" .. tmp .. "'")
 end)
 
+H.run("progressive LOO stages rank by held-out NLL", function()
+  local K = require("rankinglib")
+  local tmp = H.tmpdir()
+  hyb.model(root .. "/graphs/tiny.toml", {seed = 1}):save(tmp .. "/teacher")
+  local recipe = tmp .. "/l.toml"
+  local f = assert(io.open(recipe, "w"))
+  f:write(([[
+[run]
+teacher = "%s/teacher"
+eval_batches = 1
+[data]
+files = ["%s/examples/data"]
+tokenizer = "bytes"
+val_fraction = 0.1
+[rank]
+criterion = "nll"
+batches = 2
+[train]
+batch = 1
+seq_len = 16
+[stages.a]
+lowest = 1
+mixer = "identity"
+steps = 1
+[stages.b]
+lowest = 1
+mixer = "identity"
+steps = 1
+]]):format(tmp, root))
+  f:close()
+  H.check(os.execute(("'%s' distill --quiet '%s' '%s/L' > '%s/l.log' 2>&1"):format(bin, recipe, tmp, tmp)), "LOO run")
+  local b = K.json_decode(io.open(tmp .. "/L/b/ranking.json"):read("a"))
+  H.eq(b.method, "loo")
+  H.eq(b.criterion, "nll")
+  H.eq(#b.candidates, 3, "b ranks the layers a left")
+  local best, bl = math.huge, nil
+  for l, sc in pairs(b.scores) do if sc.nll < best then best, bl = sc.nll, tonumber(l) end end
+  H.eq(b.layers[1], bl, "b takes the layer whose removal costs the least NLL")
+  os.execute("rm -rf '" .. tmp .. "'")
+end)
+
 os.exit(H.done())
