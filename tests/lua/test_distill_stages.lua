@@ -139,7 +139,7 @@ lowest = 2
   os.execute("rm -rf '" .. tmp .. "'")
 end)
 
-H.run("progressive LOO stages rank by held-out NLL", function()
+H.run("progressive: a ranking file for the first stage, then LOO by held-out NLL", function()
   local K = require("rankinglib")
   local tmp = H.tmpdir()
   hyb.model(root .. "/graphs/tiny.toml", {seed = 1}):save(tmp .. "/teacher")
@@ -161,16 +161,26 @@ batch = 1
 seq_len = 16
 [stages.a]
 lowest = 1
+ranking = "%s/rank.json"
 mixer = "identity"
 steps = 1
 [stages.b]
 lowest = 1
+ranking = "%s/rank.json"
 mixer = "identity"
 steps = 1
-]]):format(tmp, root))
+]]):format(tmp, root, tmp, tmp))
   f:close()
+  -- a ranking file serves the first stage (nothing converted yet); b ranks in the run
+  local g = assert(io.open(tmp .. "/rank.json", "w"))
+  g:write('{"order": [2, 0, 1, 3]}\n')
+  g:close()
   H.check(os.execute(("'%s' distill --quiet '%s' '%s/L' > '%s/l.log' 2>&1"):format(bin, recipe, tmp, tmp)), "LOO run")
+  local a = K.json_decode(io.open(tmp .. "/L/a/ranking.json"):read("a"))
+  H.eq(a.source, "file", "stage a takes the file's ranking")
+  H.eq(a.layers[1], 2, "the file's least important layer")
   local b = K.json_decode(io.open(tmp .. "/L/b/ranking.json"):read("a"))
+  H.eq(table.concat(b.candidates, ","), "0,1,3", "b ranks the rest")
   H.eq(b.method, "loo")
   H.eq(b.criterion, "nll")
   H.eq(#b.candidates, 3, "b ranks the layers a left")
