@@ -354,6 +354,24 @@ local choose_layers
 local rank = R.rank or {}
 local progressive = rank.progressive ~= false
 
+-- The in-run ranking a `lowest` stage does when `converted` layers are already converted, as work
+-- units for the run's progress (tokens: a probe update ~ a training step of B x T tokens, a
+-- held-out batch of the candidate ~ a third of one, the teacher's logits being cached); nil when
+-- the stage ranks nothing here (layers given, or its ranking file serves).
+local function rank_plan(S, converted)
+  if S.layers or not S.lowest then return nil end
+  if S.ranking and (not progressive or converted == 0) then return nil end
+  local mixer = S.mixer or "mamba1"
+  local method = rank.method or (mixer == "identity" and "loo" or "mmr")
+  local B, T = rank.batch or setting(S, "batch", 4), rank.seq_len or setting(S, "seq_len", 256)
+  local nb, steps = rank.batches or run.eval_batches or 4, rank.steps or 20
+  local eval = nb * B * T // 3
+  local per_step = B * T
+  local per_layer = method == "mmr" and (steps * per_step + 2 * eval) or eval
+  return {method = method, cand = n_layers - converted, per_step = method == "mmr" and per_step or 0,
+    eval = method == "mmr" and 2 * eval or eval, units = (n_layers - converted) * per_layer}
+end
+
 local function read_json(path)
   local f = io.open(path, "r")
   if not f then return nil end
@@ -402,7 +420,20 @@ choose_layers = function(si, name, S, student, dir)
       (" (%d steps at lr %g, only the swapped %s trains)"):format(o.steps, o.lr, mixer) or (" (" .. crit .. ")"),
       rec.converted_before))
     local t0 = hyb.time()
+    local plan = rank_plan(S, rec.converted_before)
+    local done0, cur_i, cur_l = prog.done, 1, remaining[1]
+    local function show(extra)
+      prog:update(prog.done, ("stage %d/%d %s  ranking layer %d (%d/%d)%s  ETA %s"):format(si, #R.stages.__order, name,
+        cur_l, cur_i, #remaining, extra or "", P.duration(prog:eta())))
+    end
+    o.on_step = function(step, st)
+      prog.done = prog.done + plan.per_step
+      show(("  probe step %d/%d  loss %.4f"):format(step, o.steps, st.loss))
+    end
     o.on_layer = function(i, l, sc, secs)
+      prog.done = prog.done + plan.eval
+      cur_i, cur_l = i + 1, remaining[i + 1] or l
+      show()
       if method == "mmr" then
         say(("  rank [%s] layer %2d (%d/%d): rKL %.5f after MIL -> %.5f after the probe (x%.3f)  %.1fs"):format(name,
           l, i, #remaining, sc.kl_mil, sc.kl_after, sc.recovered, secs))
@@ -416,6 +447,7 @@ choose_layers = function(si, name, S, student, dir)
     local okr, scores = pcall(method == "mmr" and K.mmr or K.loo, student, teacher, ds, remaining, o)
     if not quiet and not os.getenv("HYB_LOG") then hyb.log_level("info") end
     if not okr then error(scores, 0) end
+    prog.done = done0 + plan.units -- the plan's estimate, whatever the rounding
     local ord = K.order(scores, key)
     local chosen = {}
     for i = 1, S.lowest do chosen[i] = ord[i] end
@@ -518,11 +550,19 @@ local function stage_tokens_per_step(S)
   return setting(S, "accum", 1) * setting(S, "batch", 4) * setting(S, "seq_len", 256)
 end
 local run_tokens, run_done, run_steps = 0, 0, 0
+local converted = 0
 for _, name in ipairs(order) do
   local S = stages[name]
   local tps = stage_tokens_per_step(S)
   run_tokens = run_tokens + S.steps * tps
   run_steps = run_steps + S.steps
+  -- the layer choice of a progressive stage (ranked here): done once its ranking.json is there
+  local plan = rank_plan(S, converted)
+  converted = converted + (S.layers and #S.layers or S.lowest or 0)
+  if plan then
+    run_tokens = run_tokens + plan.units
+    if exists(out .. "/" .. name .. "/ranking.json") then run_done = run_done + plan.units end
+  end
   if exists(out .. "/" .. name .. "/final.safetensors") then
     run_done = run_done + S.steps * tps
   elseif exists(out .. "/" .. name .. "/ckpt.safetensors") then

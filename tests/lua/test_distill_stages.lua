@@ -88,7 +88,10 @@ lowest = 2
       tmp, out))
     return ok
   end
-  H.check(run("P"), "progressive run")
+  H.check(run("P", "HYB_TTY=1"), "progressive run")
+  local plog = io.open(tmp .. "/P.log"):read("a")
+  H.check(plog:find("%] +%d+%% stage 2/2 b  ranking layer %d %(%d/3%)  probe step 3/3  loss [%d.]+  ETA") ~= nil,
+    "the bar shows the ranking's progress")
   -- one rank line per stage; stage b ranks the 3 layers left with a's layer already converted
   local ranks = {}
   for line in io.lines(tmp .. "/P/metrics.jsonl") do
