@@ -386,14 +386,22 @@ end
 -- A stage resumed after its choice takes the layers from ranking.json.
 choose_layers = function(si, name, S, student, dir)
   local rec_path = dir .. "/ranking.json"
+  local mixer = S.mixer or "mamba1"
+  -- what the choice depends on in the recipe: a ranking.json made under other settings is not reused
+  local sig = json({layers = S.layers, lowest = S.lowest, ranking = S.ranking, mixer = mixer, rank = rank,
+    progressive = progressive})
   local old = read_json(rec_path)
-  if old and old.layers then
+  if old and old.layers and old.sig == sig then
     say(("stage %d/%d '%s': layers %s (%s, from %s)"):format(si, #R.stages.__order, name, json(old.layers),
       old.source, rec_path))
     return old.layers
+  elseif old and exists(dir .. "/ckpt.safetensors") then
+    error(("%s: stage '%s' was started with layers %s chosen under other recipe settings (%s); remove %s to start the stage again"):format(
+      recipe_path, name, json(old.layers or {}), rec_path, dir), 0)
+  elseif old then
+    say(("stage %d/%d '%s': the recipe changed since %s: choosing again"):format(si, #R.stages.__order, name, rec_path))
   end
-  local rec = {stage = name, stage_index = si, progressive = progressive}
-  local mixer = S.mixer or "mamba1"
+  local rec = {stage = name, stage_index = si, progressive = progressive, sig = sig}
   local remaining = K.remaining(student, teacher)
   rec.converted_before = n_layers - #remaining
   if S.layers then

@@ -42,12 +42,30 @@ function K.heldout(model, teacher, ds, nb, B, T, cache)
   return rkl / nb, nll / nb
 end
 
--- The layers of `student` that still run the teacher's mixer (not converted yet), among `layers`
--- (default: all).
+-- The mixer type of each layer of `model` (0-based: types[l] = "mha", "mamba1", "identity", ...),
+-- from its layer map.
+function K.mixer_types(model)
+  local tmp = os.tmpname()
+  local f = assert(io.open(tmp, "w"))
+  f:write(hyb.train.layermap_toml(model))
+  f:close()
+  local ok, map = pcall(hyb.train.read_toml, tmp)
+  os.remove(tmp)
+  if not ok then error(map, 0) end
+  local types = {}
+  for i, name in ipairs(map.layout.layers) do types[i - 1] = map.mixers[name] and map.mixers[name].type or name end
+  return types
+end
+
+-- The candidates for conversion: the layers (among `layers`, default all) that are attention
+-- (mixer type mha) in the teacher and still the teacher's mixer in `student` (not converted yet).
 function K.remaining(student, teacher, layers)
   local sp, tp = student:pattern(), teacher:pattern()
+  local st, tt = K.mixer_types(student), K.mixer_types(teacher)
   local out = {}
-  local function keep(l) if sp:sub(l + 1, l + 1) == tp:sub(l + 1, l + 1) then out[#out + 1] = l end end
+  local function keep(l)
+    if tt[l] == "mha" and st[l] == "mha" and sp:sub(l + 1, l + 1) == tp:sub(l + 1, l + 1) then out[#out + 1] = l end
+  end
   if layers then for _, l in ipairs(layers) do keep(l) end
   else for l = 0, #tp - 1 do keep(l) end end
   return out
