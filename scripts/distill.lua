@@ -10,7 +10,10 @@
 --   <stage>/ckpt.safetensors     training checkpoint (every ckpt_every steps, atomic; lean)
 --   <stage>/final.safetensors    the stage's final parameters (its presence = stage done; lean)
 --   <stage>/model/               model:save of the final student (layermap.toml + safetensors)
---   metrics.jsonl                one JSON object per step / evaluation
+--   metrics.jsonl                one JSON object per step / evaluation / layer choice ("kind":"rank")
+--   <stage>/ranking.json         the stage's layer choice: how, the candidates' scores, the layers
+--                                (a resumed stage takes its layers from here)
+--   report.md, report.json       every stage's choice and scores, held-out loss before and after
 --   loss.svg                     the loss curves (train, held-out), stage boundaries
 -- Running the same command again after a kill resumes from the last checkpoint and produces
 -- bitwise the same result as an uninterrupted run (data order is a function of (seed, step)).
@@ -42,8 +45,19 @@
 --           lr_scale = { "*" = 0.01, "model.layers.*.mixer.*" = 1.0 } (learning-rate groups:
 --           parameters matching a glob use lr x scale; applied in the order written, a later
 --           glob overrides an earlier one: this one trains the mixers at lr, the rest 100x slower)
---   [stages.<name>]  in file order: layers = [..] | (lowest = n, ranking = "file.json": the n
---           least important layers of the ranking not yet swapped; scripts/importance.lua),
+--   [rank]  how stages with `lowest = n` choose their n layers (scripts/rankinglib.lua):
+--           progressive = true (each such stage re-ranks the layers the current student still
+--             runs as attention, against the original teacher, just before it swaps; false: the
+--             stage's ranking file alone), method = "mmr" | "loo" (default: mmr for a mixer
+--             stage, loo for an identity stage), criterion = "rkl" | "nll" (what LOO ranks by:
+--             held-out reverse KL to the teacher, or teacher-forced mean token NLL of the
+--             held-out text), steps = 20 and lr = 3e-3 (each MMR probe: only the swapped mixer
+--             trains, constant lr, reverse KL, on the recipe's training data), batch and seq_len
+--             (default the stage's), batches = eval_batches (held-out batches per score), seed.
+--   [stages.<name>]  in file order: layers = [..] | lowest = n [, ranking = "file.json"]: the n
+--           least important layers not yet swapped; from the file (scripts/importance.lua) when
+--           progressive is off, or when the student has no layer converted yet (the file ranks
+--           against the teacher itself); else ranked in the run as [rank] says,
 --           mixer = "mamba1" | "identity" | a plugin type, init = "mil" | "random",
 --           config = "TOML text of the mixer table", steps (required), and any [train] key to
 --           override it for this stage.
@@ -58,6 +72,8 @@
 local hyb = require("hyb")
 local RL = require("recipelib")
 local P = require("progresslib")
+local K = require("rankinglib")
+local E = require("evallib")
 
 local usage = "usage: hyb distill [--quiet] <recipe.toml> [out_dir]"
 local args, quiet = {}, false
@@ -333,6 +349,203 @@ local function ranking_layers(path, n, student)
   return layers
 end
 
+-- ---- choosing a stage's layers ([rank]) ---------------------------------------------------------
+local choose_layers
+local rank = R.rank or {}
+local progressive = rank.progressive ~= false
+
+-- The in-run ranking a `lowest` stage does when `converted` layers are already converted, as work
+-- units for the run's progress (tokens: a probe update ~ a training step of B x T tokens, a
+-- held-out batch of the candidate ~ a third of one, the teacher's logits being cached); nil when
+-- the stage ranks nothing here (layers given, or its ranking file serves).
+local function rank_plan(S, converted)
+  if S.layers or not S.lowest then return nil end
+  if S.ranking and (not progressive or converted == 0) then return nil end
+  local mixer = S.mixer or "mamba1"
+  local method = rank.method or (mixer == "identity" and "loo" or "mmr")
+  local B, T = rank.batch or setting(S, "batch", 4), rank.seq_len or setting(S, "seq_len", 256)
+  local nb, steps = rank.batches or run.eval_batches or 4, rank.steps or 20
+  local eval = nb * B * T // 3
+  local per_step = B * T
+  local per_layer = method == "mmr" and (steps * per_step + 2 * eval) or eval
+  return {method = method, cand = n_layers - converted, per_step = method == "mmr" and per_step or 0,
+    eval = method == "mmr" and 2 * eval or eval, units = (n_layers - converted) * per_layer}
+end
+
+local function read_json(path)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local text = f:read("a")
+  f:close()
+  return K.json_decode(text, path)
+end
+
+-- The layers stage si swaps, recorded in <dir>/ranking.json (and, when ranked here, as a "rank"
+-- line of metrics.jsonl): S.layers as given; else the S.lowest least important layers the student
+-- still runs with the teacher's mixer, from S.ranking (the file) or ranked now against the teacher.
+-- A stage resumed after its choice takes the layers from ranking.json.
+choose_layers = function(si, name, S, student, dir)
+  local rec_path = dir .. "/ranking.json"
+  local mixer = S.mixer or "mamba1"
+  -- what the choice depends on in the recipe: a ranking.json made under other settings is not reused
+  local sig = json({layers = S.layers, lowest = S.lowest, ranking = S.ranking, mixer = mixer, rank = rank,
+    progressive = progressive})
+  local old = read_json(rec_path)
+  if old and old.layers and old.sig == sig then
+    say(("stage %d/%d '%s': layers %s (%s, from %s)"):format(si, #R.stages.__order, name, json(old.layers),
+      old.source, rec_path))
+    return old.layers
+  elseif old and exists(dir .. "/ckpt.safetensors") then
+    error(("%s: stage '%s' was started with layers %s chosen under other recipe settings (%s); remove %s to start the stage again"):format(
+      recipe_path, name, json(old.layers or {}), rec_path, dir), 0)
+  elseif old then
+    say(("stage %d/%d '%s': the recipe changed since %s: choosing again"):format(si, #R.stages.__order, name, rec_path))
+  end
+  local rec = {stage = name, stage_index = si, progressive = progressive, sig = sig}
+  local remaining = K.remaining(student, teacher)
+  rec.converted_before = n_layers - #remaining
+  if S.layers then
+    rec.source, rec.layers = "layers", S.layers
+  elseif S.ranking and (not progressive or rec.converted_before == 0) then
+    rec.source, rec.file = "file", S.ranking
+    rec.layers = ranking_layers(S.ranking, S.lowest, student)
+  elseif S.lowest then
+    local method = rank.method or (mixer == "identity" and "loo" or "mmr")
+    local crit = method == "loo" and (rank.criterion or "rkl") or nil
+    local key = K.key(method, crit)
+    if #remaining < S.lowest then
+      error(("%s: stage '%s': only %d layers left to swap, lowest = %d wanted"):format(
+        recipe_pos["stages." .. name .. ".lowest"] or recipe_path, name, #remaining, S.lowest), 0)
+    end
+    local o = {batch = rank.batch or setting(S, "batch", 4), seq_len = rank.seq_len or setting(S, "seq_len", 256),
+      batches = rank.batches or run.eval_batches or 4, steps = rank.steps or 20, lr = rank.lr or 3e-3,
+      seed = rank.seed or seed, mixer = mixer, init = S.init or "mil", cache = {}}
+    -- as for the stage's swap: a student that already has the mixer in its map takes no config
+    o.config = S.config
+    if o.config and hyb.train.layermap_toml(student):find("[mixers." .. mixer .. "]", 1, true) then o.config = nil end
+    say(("stage %d/%d '%s': ranking %d remaining layers by %s%s against the teacher (%d converted)"):format(si,
+      #R.stages.__order, name, #remaining, method:upper(), method == "mmr" and
+      (" (%d steps at lr %g, only the swapped %s trains)"):format(o.steps, o.lr, mixer) or (" (" .. crit .. ")"),
+      rec.converted_before))
+    local t0 = hyb.time()
+    local plan = rank_plan(S, rec.converted_before)
+    local done0, cur_i, cur_l = prog.done, 1, remaining[1]
+    local function show(extra)
+      prog:update(prog.done, ("stage %d/%d %s  ranking layer %d (%d/%d)%s  ETA %s"):format(si, #R.stages.__order, name,
+        cur_l, cur_i, #remaining, extra or "", P.duration(prog:eta())))
+    end
+    o.on_step = function(step, st)
+      prog.done = prog.done + plan.per_step
+      show(("  probe step %d/%d  loss %.4f"):format(step, o.steps, st.loss))
+    end
+    o.on_layer = function(i, l, sc, secs)
+      prog.done = prog.done + plan.eval
+      cur_i, cur_l = i + 1, remaining[i + 1] or l
+      show()
+      if method == "mmr" then
+        say(("  rank [%s] layer %2d (%d/%d): rKL %.5f after MIL -> %.5f after the probe (x%.3f)  %.1fs"):format(name,
+          l, i, #remaining, sc.kl_mil, sc.kl_after, sc.recovered, secs))
+      else
+        say(("  rank [%s] layer %2d (%d/%d): LOO rKL %.5f  NLL %.4f  %.1fs"):format(name, l, i, #remaining, sc.rkl,
+          sc.nll, secs))
+      end
+    end
+    -- each probe clones and swaps: keep their info lines out of the log (HYB_LOG keeps them)
+    if not quiet and not os.getenv("HYB_LOG") then hyb.log_level("warn") end
+    local okr, scores = pcall(method == "mmr" and K.mmr or K.loo, student, teacher, ds, remaining, o)
+    if not quiet and not os.getenv("HYB_LOG") then hyb.log_level("info") end
+    if not okr then error(scores, 0) end
+    prog.done = done0 + plan.units -- the plan's estimate, whatever the rounding
+    local ord = K.order(scores, key)
+    local chosen = {}
+    for i = 1, S.lowest do chosen[i] = ord[i] end
+    table.sort(chosen)
+    rec.source, rec.method, rec.criterion, rec.key = method, method, crit, key
+    rec.candidates, rec.scores, rec.order, rec.layers = remaining, K.keyed(scores), ord, chosen
+    rec.secs = hyb.time() - t0
+    if method == "mmr" then rec.probe = {steps = o.steps, lr = o.lr, batch = o.batch, seq_len = o.seq_len} end
+    rec.batches = o.batches
+  end
+  if rec.source ~= "layers" then
+    say(("stage %d/%d '%s': layers %s chosen (%s)"):format(si, #R.stages.__order, name, json(rec.layers), rec.source))
+  end
+  if rec.source ~= "layers" then -- a choice made here (layers given in the recipe are no decision)
+    local line = {kind = "rank", stage = name, stage_index = si, step = 0}
+    for k, v in pairs(rec) do line[k] = v end
+    local mf = assert(io.open(metrics_path, "a"))
+    mf:write(json(line), "\n")
+    mf:close()
+  end
+  E.write(rec_path, E.json(rec) .. "\n")
+  return rec.layers
+end
+
+-- report.md / report.json: every stage's layer choice (how, scores) and held-out loss before and
+-- after its training, from <stage>/ranking.json and metrics.jsonl.
+local function write_report()
+  local val = {}
+  local f = io.open(metrics_path, "r")
+  if f then
+    for line in f:lines() do
+      if line:find('"kind":"val"', 1, true) then
+        local ok, r = pcall(K.json_decode, line, metrics_path)
+        if ok and r.stage then
+          val[r.stage] = val[r.stage] or {}
+          if r.step == 0 then val[r.stage].before = r end
+          val[r.stage].after = r
+        end
+      end
+    end
+    f:close()
+  end
+  local rep = {out = out, recipe = recipe_path, teacher = teacher_path, progressive = progressive, stages = {}}
+  local md = {"# Distillation report", "", ("recipe `%s`, teacher `%s`, out `%s`; progressive ranking: %s"):format(
+    recipe_path, teacher_path, out, progressive and "on" or "off"), "",
+    "| # | stage | chosen by | layers | held-out rKL before | after | steps done |", "|---|---|---|---|---|---|---|"}
+  local details = {}
+  for si, name in ipairs(R.stages.__order) do
+    local rec = read_json(out .. "/" .. name .. "/ranking.json")
+    if rec then
+      local v = val[name] or {}
+      local st = {stage = name, index = si, choice = rec, rkl_before = v.before and v.before.rkl,
+        rkl_after = v.after and v.after.rkl, loss_after = v.after and v.after.loss, step = v.after and v.after.step}
+      rep.stages[#rep.stages + 1] = st
+      local how = rec.source == "file" and ("file " .. tostring(rec.file)) or rec.source == "layers" and "given"
+        or (rec.method .. (rec.criterion and (" (" .. rec.criterion .. ")") or ""))
+      local function f4(x) return x and ("%.5f"):format(x) or "-" end
+      md[#md + 1] = ("| %d | %s | %s | %s | %s | %s | %s |"):format(si, name, how, table.concat(rec.layers, " "),
+        f4(st.rkl_before), f4(st.rkl_after), tostring(st.step or "-"))
+      if rec.scores then
+        local chosen = {}
+        for _, l in ipairs(rec.layers) do chosen[l] = true end
+        details[#details + 1] = ""
+        details[#details + 1] = ("## Stage %d '%s': %s over %d remaining layers (%d converted before), %.0f s"):format(si,
+          name, how, #rec.candidates, rec.converted_before, rec.secs or 0)
+        details[#details + 1] = ""
+        if rec.method == "mmr" then
+          details[#details + 1] = "| rank | layer | rKL after MIL | rKL after probe | after / MIL | chosen |"
+          details[#details + 1] = "|---|---|---|---|---|---|"
+        else
+          details[#details + 1] = "| rank | layer | LOO rKL | LOO NLL | chosen |"
+          details[#details + 1] = "|---|---|---|---|---|"
+        end
+        for i, l in ipairs(rec.order) do
+          local sc = rec.scores[tostring(l)]
+          if rec.method == "mmr" then
+            details[#details + 1] = ("| %d | %d | %.5f | %.5f | %.3f | %s |"):format(i, l, sc.kl_mil, sc.kl_after,
+              sc.recovered, chosen[l] and "yes" or "")
+          else
+            details[#details + 1] = ("| %d | %d | %.5f | %.4f | %s |"):format(i, l, sc.rkl, sc.nll, chosen[l] and "yes" or "")
+          end
+        end
+      end
+    end
+  end
+  for _, d in ipairs(details) do md[#md + 1] = d end
+  E.write(out .. "/report.json", E.json(rep) .. "\n")
+  E.write(out .. "/report.md", table.concat(md, "\n") .. "\n")
+end
+
 local stages = R.stages
 local order = stages.__order
 local done_steps = 0
@@ -345,11 +558,19 @@ local function stage_tokens_per_step(S)
   return setting(S, "accum", 1) * setting(S, "batch", 4) * setting(S, "seq_len", 256)
 end
 local run_tokens, run_done, run_steps = 0, 0, 0
+local converted = 0
 for _, name in ipairs(order) do
   local S = stages[name]
   local tps = stage_tokens_per_step(S)
   run_tokens = run_tokens + S.steps * tps
   run_steps = run_steps + S.steps
+  -- the layer choice of a progressive stage (ranked here): done once its ranking.json is there
+  local plan = rank_plan(S, converted)
+  converted = converted + (S.layers and #S.layers or S.lowest or 0)
+  if plan then
+    run_tokens = run_tokens + plan.units
+    if exists(out .. "/" .. name .. "/ranking.json") then run_done = run_done + plan.units end
+  end
   if exists(out .. "/" .. name .. "/final.safetensors") then
     run_done = run_done + S.steps * tps
   elseif exists(out .. "/" .. name .. "/ckpt.safetensors") then
@@ -380,11 +601,8 @@ for si, name in ipairs(order) do
     -- the file this stage's student was built from (recorded by path and content hash)
     local save_opts = lean and {base = prev or teacher_path} or nil
     local final_opts = {base = lean and (prev or teacher_path) or nil, optimizer = false}
-    local layers = S.layers
-    if not layers and S.lowest then
-      layers = ranking_layers(S.ranking or error("stage " .. name .. ": lowest needs ranking"), S.lowest, student)
-    end
     local mixer = S.mixer or "mamba1"
+    local layers = choose_layers(si, name, S, student, dir)
     if layers and #layers > 0 then
       if mixer == "identity" then
         student:set_identity(layers)
@@ -500,14 +718,16 @@ for si, name in ipairs(order) do
     tr:save(final, {stage = name, data_seed = data_seed}, final_opts)
     os.remove(ckpt)
     write_svg()
+    write_report()
     say(("stage %d/%d '%s': done, %s"):format(si, #order, name, final))
     prev = final
   end
   ::continue::
 end
 write_svg()
+write_report()
 prog:finish()
-prog:summary(("distillation done: %s (%d stages, %d steps; %s%s in this run)"):format(out, #order, run_steps,
+prog:summary(("distillation done: %s, report %s/report.md (%d stages, %d steps; %s%s in this run)"):format(out, out, #order, run_steps,
   last_val and ("final held-out loss %.4f, "):format(last_val) or "", P.duration(hyb.time() - run_t0)))
 if prev then
   local last = prev:gsub("/[^/]*$", "") .. "/model"

@@ -34,6 +34,12 @@ RL.schema = {
       system = str, out = {t = "string", nonempty = true}, max_ctx = int(1, 1 << 24),
     }},
   }},
+  -- how stages with `lowest` choose their layers (scripts/distill.lua, scripts/rankinglib.lua)
+  rank = {t = "table", keys = {
+    progressive = {t = "bool"}, method = {t = "string", enum = {"mmr", "loo"}},
+    criterion = {t = "string", enum = {"rkl", "nll"}}, steps = int(1, BIG), lr = num(0, 1, true),
+    batch = int(1, 65536), seq_len = int(1, 1 << 24), batches = int(1, 1 << 20), seed = int(0, BIG),
+  }},
   train = {t = "table", keys = {}}, -- filled below: the training keys
   stages = {t = "table", each = {t = "table", keys = {}}}, -- filled below
 }
@@ -234,7 +240,7 @@ function RL.check(tbl, path, pos)
     end
   end
 
-  check_table(tbl, {keys = RL.schema}, "", "the recipe (sections: [run], [data], [train], [stages.<name>])")
+  check_table(tbl, {keys = RL.schema}, "", "the recipe (sections: [run], [data], [rank], [train], [stages.<name>])")
 
   -- what the schema alone cannot say
   local run, data, stages = tbl.run, tbl.data, tbl.stages
@@ -255,7 +261,16 @@ function RL.check(tbl, path, pos)
     if S.layers ~= nil and S.lowest ~= nil then
       fail(sp .. ".lowest", "stage '%s': give layers or lowest (with ranking), not both", name)
     end
-    if S.lowest ~= nil and S.ranking == nil then fail(sp .. ".lowest", "stage '%s': lowest needs ranking", name) end
+    local rank = tbl.rank or {}
+    if S.lowest ~= nil and S.ranking == nil and rank.progressive == false then
+      fail(sp .. ".lowest", "stage '%s': lowest needs ranking (a file from hyb importance) when [rank] progressive = false", name)
+    end
+    if S.ranking ~= nil and S.lowest == nil then
+      fail(sp .. ".ranking", "stage '%s': ranking is used with lowest = n (how many layers to take)", name)
+    end
+    if S.lowest ~= nil and rank.method == "mmr" and S.mixer == "identity" then
+      fail("rank.method", "stage '%s': [rank] method = \"mmr\" probes a mixer, but the stage's mixer is identity (use method = \"loo\")", name)
+    end
     local lr, min_lr = get("lr") or 3e-4, get("min_lr")
     if min_lr and min_lr > lr then
       fail(S.min_lr ~= nil and sp .. ".min_lr" or "train.min_lr", "stage '%s': min_lr = %s is above lr = %s",

@@ -185,6 +185,7 @@ H.run("flag values outside their ranges are refused with the range", function()
     {"distill --bogus", "unknown option --bogus"},
     {"eval --prompt-lne 3 --teacher t --data d", "unknown option --prompt-lne (did you mean --prompt-len?)"},
     {"importance --mmr-step 3", "unknown option --mmr-step (did you mean --mmr-steps?)"},
+    {"importance --loo-by ce --teacher t --data d", "--loo-by must be rkl or nll, got \"ce\""},
     {"generate --max-token 3 hi", "unknown option --max-token (did you mean --max-tokens?)"},
     {"samples tok 0 m", "N must be an integer in [1, 16777216], got '0'"},
     {"export m.gguf out --dtype q8", "--dtype must be f32 or bf16, got 'q8'"},

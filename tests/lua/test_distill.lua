@@ -198,6 +198,8 @@ teacher = "%s/teacher"
 [data]
 files = ["%s/examples/data"]
 tokenizer = "bytes"
+[rank]
+progressive = false
 [train]
 batch = 1
 seq_len = 16

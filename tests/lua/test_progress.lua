@@ -148,7 +148,7 @@ seq_len = 64
   out = sh_err("HYB_TTY=1 " .. base:format("importance", im))
   H.check(out:find("\r[####################] 100% LOO layer 3 (4/4)", 1, true) ~= nil, "importance bar: " .. out)
   out = sh_err("HYB_TTY=0 " .. base:format("importance", im))
-  H.check(out:find("LOO layer 0: rKL [%d.]+  %(1/4, ETA") ~= nil, "importance lines: " .. out)
+  H.check(out:find("LOO layer 0: rKL [%d.]+  NLL [%d.]+  %(1/4, ETA") ~= nil, "importance lines: " .. out)
   out = sh_err("HYB_TTY=1 " .. base:format("importance", "--quiet " .. im))
   H.eq(out, "", "importance --quiet: nothing on stderr")
   out, rc = sh(base:format("eval", "--prompts 1 '" .. tmp .. "/missing'"))
