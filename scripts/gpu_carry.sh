@@ -8,7 +8,7 @@
 #
 # Default: no cmake. The lent H100/H200 image has CMake and ninja (KINDS.md), and cmake's closure
 # (cmake-data, libicu, perl, curl...) is 51 MB of the 64 MiB that may travel; without it .debs/ is
-# about 17 MB.
+# about 27 MB (63 packages, with libedit and libmicrohttpd for the prompt and hyb serve).
 #
 # What is carried: the dev packages of hyb's dependencies (Lua 5.4, OpenBLAS, toml++, PCRE2,
 # cJSON) and pkgconf, plus cmake when HYB_CARRY_TOOLS=1, with the closure of their Depends,
@@ -20,7 +20,7 @@ set -euo pipefail
 
 out=${1:-.debs}
 LIBS=(liblua5.4-dev libopenblas-dev libopenblas0-pthread libopenblas-pthread-dev
-      libtomlplusplus-dev libpcre2-dev libcjson-dev pkgconf)
+      libtomlplusplus-dev libpcre2-dev libcjson-dev libedit-dev libmicrohttpd-dev pkgconf)
 TOOLS=(cmake)
 [[ "${HYB_CARRY_TOOLS:-0}" == 1 ]] && LIBS+=("${TOOLS[@]}")
 # present wherever a C/C++ compiler is: never carried
