@@ -17,7 +17,9 @@ usage.completion_tokens each server reports in its last chunk (else one per chun
 
 llama-server: ~/.cache/hyb/llama-server/llama-server (or --llama-server PATH), built from the
 llama.cpp vendored in the llama-cpp-python sdist (docs/SERVE.md has the commands); without it the
-benchmark runs hyb alone and says so. OMP_WAIT_POLICY=passive for both (hyb sets it itself).
+benchmark runs hyb alone and says so. Each server runs in its own default configuration: hyb sets
+OMP_WAIT_POLICY=passive itself, llama-server keeps libgomp's default (--llama-omp-passive forces
+passive on it too, as earlier runs of this script did).
 """
 import argparse
 import http.client
@@ -174,12 +176,19 @@ def main():
     ap.add_argument("--ctx", type=int, default=512, help="context per slot")
     ap.add_argument("--hyb-env", default="", help="extra environment for hyb, e.g. HYB_QUANT=fast")
     ap.add_argument("--json", default="")
+    ap.add_argument("--llama-omp-passive", action="store_true",
+                    help="run llama-server with OMP_WAIT_POLICY=passive too (not its default)")
     a = ap.parse_args()
     have_llama = os.access(a.llama_server, os.X_OK)
     if not have_llama:
         print("llama-server not found at %s: hyb alone" % a.llama_server, flush=True)
-    env = dict(os.environ, OMP_WAIT_POLICY="passive")
-    hyb_env = dict(env)
+    # each server in its own default configuration: hyb sets OMP_WAIT_POLICY=passive itself;
+    # llama.cpp's ggml threads run with libgomp's default (spin a while, then sleep), which is
+    # how llama-server is normally run (forcing passive on it slowed its batched decode)
+    env = dict(os.environ)
+    if a.llama_omp_passive:
+        env["OMP_WAIT_POLICY"] = "passive"
+    hyb_env = dict(os.environ, OMP_WAIT_POLICY="passive")
     for kv in a.hyb_env.split():
         k, v = kv.split("=", 1)
         hyb_env[k] = v
