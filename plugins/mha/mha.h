@@ -57,6 +57,11 @@ HYB_PL_DECLARE_KERNELS(mha);
 /* the CUDA kernels (mha_cuda.c) */
 /* the forward's argument checks, shared by the CPU and CUDA kernels (mha_attn.c) */
 int mha_check_fwd(const mha *m, const hyb_mixer_fwd *a, int *p_max);
+/* the projections' backward (dW += d^T x for q/k/v, dx written), both devices (mha_attn.c) */
+int mha_proj_bwd(const mha *m, const hyb_mixer_bwd *a, const float *dQ, const float *dK,
+                 const float *dV);
+/* the instance's decode scratch on be's device, grown as needed (mha_attn.c) */
+void *mha_dec_scratch(mha *m, const hyb_backend *be, size_t bytes);
 int mha_forward_cuda(void *self, const hyb_mixer_fwd *a);
 int mha_backward_cuda(void *self, const hyb_mixer_bwd *a);
 int mha_decode_cuda(void *self, const hyb_mixer_dec *a);

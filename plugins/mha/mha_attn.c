@@ -208,6 +208,27 @@ int mha_check_fwd(const mha *m, const hyb_mixer_fwd *a, int *p_max) {
     return HYB_OK;
 }
 
+/* The projections' backward, the same on every device: dW_{q,k,v} += d{Q,K,V}^T x and
+ * dx = dQ Wq + dK Wk + dV Wv (written). dQ: [B*T, H*hd], dK, dV: [B*T, KV*hd]. */
+int mha_proj_bwd(const mha *m, const hyb_mixer_bwd *a, const float *dQ, const float *dK,
+                 const float *dV) {
+    const hyb_backend *be = a->be;
+    const int D = m->D, BT = a->B * a->T, qd = m->H * m->hd, kd = m->KV * m->hd;
+    const float *const *P = a->params;
+    float *const *G = a->grads;
+    const float *d[3] = {dQ, dK, dV};
+    static const int W[3] = {MHA_WQ, MHA_WK, MHA_WV};
+    int rc = HYB_OK;
+    for (int i = 0; i < 3 && rc == HYB_OK; i++) {
+        const int n = i ? kd : qd;
+        rc = be->sgemm(be, 1, 0, n, D, BT, 1.0f, d[i], n, a->x, D, 1.0f, G[W[i]], D);
+        if (rc == HYB_OK)
+            rc = be->sgemm(be, 0, 0, BT, D, n, 1.0f, d[i], n, P[W[i]], D, i ? 1.0f : 0.0f, a->dx,
+                           D);
+    }
+    return rc;
+}
+
 int mha_forward(void *self, const hyb_mixer_fwd *a) {
     mha *m = self;
     const hyb_backend *be = a->be;
@@ -422,24 +443,7 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
         }
     }
     /* projections: dW += d^T x, dx = sum d W */
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 1, 0, (int)qd, D, (int)BT, 1.0f, dQ, (int)qd, a->x, D, 1.0f, G[MHA_WQ],
-                       D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 1, 0, (int)kd, D, (int)BT, 1.0f, dK, (int)kd, a->x, D, 1.0f, G[MHA_WK],
-                       D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 1, 0, (int)kd, D, (int)BT, 1.0f, dV, (int)kd, a->x, D, 1.0f, G[MHA_WV],
-                       D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 0, (int)BT, D, (int)qd, 1.0f, dQ, (int)qd, P[MHA_WQ], D, 0.0f, a->dx,
-                       D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 0, (int)BT, D, (int)kd, 1.0f, dK, (int)kd, P[MHA_WK], D, 1.0f, a->dx,
-                       D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 0, (int)BT, D, (int)kd, 1.0f, dV, (int)kd, P[MHA_WV], D, 1.0f, a->dx,
-                       D);
+    if (rc == HYB_OK) rc = mha_proj_bwd(m, a, dQ, dK, dV);
     be->free(be, buf);
     return rc;
 }
@@ -526,8 +530,8 @@ attend_chunk(const float *q, int G, const float *k, const float *v, size_t ld, i
 }
 
 /* scratch of at least `bytes` on be's device (grown, kept across calls; remade when the backend
- * changes) */
-static void *dec_scratch(mha *m, const hyb_backend *be, size_t bytes) {
+ * changes): the decode buffer of an instance, on either device */
+void *mha_dec_scratch(mha *m, const hyb_backend *be, size_t bytes) {
     if (bytes > m->dec_cap || m->dec_be != be) {
         void *p = be->alloc(be, bytes);
         if (!p) return NULL;
@@ -563,7 +567,7 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
     const size_t partw = (size_t)G * (hd + 2); /* floats of one task's partials */
     size_t nfl = (size_t)n * (2 * qd + 2 * kd) + ntask * partw + (size_t)nthr * G * DEC_CHUNK;
     size_t nbytes = nfl * sizeof(float) + (size_t)(n + 1) * sizeof(size_t);
-    float *buf = dec_scratch(m, be, nbytes);
+    float *buf = mha_dec_scratch(m, be, nbytes);
     if (!buf) return HYB_ERR_NOMEM;
     float *Q = buf, *K = Q + (size_t)n * qd, *V = K + (size_t)n * kd, *O = V + (size_t)n * kd,
           *part = O + (size_t)n * qd, *scratch = part + ntask * partw;

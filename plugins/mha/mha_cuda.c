@@ -337,24 +337,7 @@ int mha_backward_cuda(void *self, const hyb_mixer_bwd *a) {
         }
     }
     /* projections: dW += d^T x, dx = sum d W */
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 1, 0, (int)qd, D, (int)BT, 1.0f, dQ, (int)qd, a->x, D, 1.0f, G[MHA_WQ],
-                       D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 1, 0, (int)kd, D, (int)BT, 1.0f, dK, (int)kd, a->x, D, 1.0f, G[MHA_WK],
-                       D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 1, 0, (int)kd, D, (int)BT, 1.0f, dV, (int)kd, a->x, D, 1.0f, G[MHA_WV],
-                       D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 0, (int)BT, D, (int)qd, 1.0f, dQ, (int)qd, P[MHA_WQ], D, 0.0f, a->dx,
-                       D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 0, (int)BT, D, (int)kd, 1.0f, dK, (int)kd, P[MHA_WK], D, 1.0f, a->dx,
-                       D);
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 0, (int)BT, D, (int)kd, 1.0f, dV, (int)kd, P[MHA_WV], D, 1.0f, a->dx,
-                       D);
+    if (rc == HYB_OK) rc = mha_proj_bwd(m, a, dQ, dK, dV);
 done:
     if (buf) be->free(be, buf);
     H_->free(posbuf);
@@ -363,20 +346,6 @@ done:
 
 /* ---- decode -----------------------------------------------------------------------------------
  */
-
-/* device scratch of at least `bytes` (grown, kept across calls; remade when the backend changes);
- * the CPU decode's buffer (mha->dec_buf), so an instance keeps one */
-static void *dec_scratch(mha *m, const hyb_backend *be, size_t bytes) {
-    if (bytes > m->dec_cap || m->dec_be != be) {
-        void *p = be->alloc(be, bytes);
-        if (!p) return NULL;
-        if (m->dec_buf) m->dec_be->free(m->dec_be, m->dec_buf);
-        m->dec_buf = p;
-        m->dec_cap = bytes;
-        m->dec_be = be;
-    }
-    return m->dec_buf;
-}
 
 int mha_decode_cuda(void *self, const hyb_mixer_dec *a) {
     mha *m = self;
@@ -406,7 +375,7 @@ int mha_decode_cuda(void *self, const hyb_mixer_dec *a) {
     const size_t qd = (size_t)H * hd, kd = (size_t)KV * hd;
     /* Q, K, V, O, partials */
     const size_t pw = (size_t)H * nsplit * (hd + 2); /* partial floats of one sequence */
-    float *buf = dec_scratch(m, be, sizeof(float) * (size_t)n * (2 * qd + 2 * kd + pw));
+    float *buf = mha_dec_scratch(m, be, sizeof(float) * (size_t)n * (2 * qd + 2 * kd + pw));
     if (!buf) return HYB_ERR_NOMEM;
     float *Q = buf, *K = Q + (size_t)n * qd, *V = K + (size_t)n * kd, *O = V + (size_t)n * kd,
           *part = O + (size_t)n * qd;
