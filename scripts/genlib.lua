@@ -132,7 +132,18 @@ function M.check_request(llm, ids, max_tokens, usage)
   end
 end
 
+-- A conversation as the model reads it: its own chat template (llm:apply_chat_template, the Jinja
+-- template that came with the model, rendered as HF does; hyb's ChatML when it has none), with
+-- a system turn first when `system` is given. Ends with the generation prompt.
+function M.chat_prompt(llm, messages, system)
+  local msgs = {}
+  if system then msgs[1] = {role = "system", content = system} end
+  for _, m in ipairs(messages) do msgs[#msgs + 1] = m end
+  return llm:apply_chat_template(msgs, {add_generation_prompt = true})
+end
+
 -- SmolLM2's chat template (ChatML): a default system turn when the first message is not one.
+-- For the data scripts that write the default teacher's prompts (teacher_data, samples).
 M.default_system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 function M.chatml_turn(role, content)
