@@ -1,0 +1,560 @@
+/* plugins/mamba2/mamba2_ssd.c: forward, backward and decode of the `mamba2` mixer on the CPU (f32).
+ * Equations and layouts: mamba2.c, mamba2.h and docs/MAMBA2.md.
+ *
+ * Forward over x [B, T, D]:
+ *   1. zxbcdt = x Win^T [BT, Pin]                                   (be->sgemm over all rows)
+ *   2. cpre = causal depthwise conv of the x|B|C columns (+ bias) [BT, Cd], xbc = silu(cpre);
+ *      dt = softplus(dt_raw + dt_bias) [BT, nh]                     (OpenMP over rows)
+ *   3. the chunked SSD, one (sequence, head) per work unit (OpenMP over units), chunks of Q steps
+ *      in order; per chunk with state S [Pd, N] at its start and a_t = dt_t A:
+ *        seg(t, j) = sum_{j < i <= t} a_i (summed directly from j + 1 to t, not as a difference of
+ *                    cumulative sums, which would lose the digits of large decays in f32)
+ *        y_t = sum_{j <= t} exp(seg(t, j)) (C_t . B_j) dt_j x_j      (intra-chunk, quadratic)
+ *            + exp(seg(t, t0 - 1)) S C_t + D x_t                     (inter-chunk, from the state)
+ *        S <- exp(seg(t1, t0 - 1)) S + sum_j exp(seg(t1, j)) dt_j x_j B_j^T    (t1: the last step)
+ *      ys [BT, Di]; the state at every chunk start is saved for the backward (hb)
+ *   4. gated RMSNorm per group: g = ys silu(z), yn = g rstd w, rstd = (mean_group g^2 + eps)^-1/2
+ *   5. y = yn Wout^T
+ *
+ * Backward, from dy (per row; dyn = dy Wout, dWout += dy^T yn):
+ *   norm: u = w dyn, dg = rstd (u - g rstd^2 mean(u g)), dw += dyn g rstd;
+ *         dys = dg silu(z), dz = dg ys silu'(z)
+ *   SSD (the recurrence's adjoint, reverse time, per (sequence, head), the chunk's states
+ *   recomputed from its saved start with h_t = e_t h_{t-1} + dt_t x_t B_t^T, e_t = exp(dt_t A)):
+ *         gh = dh + dys_t C_t^T                 (dL/dh_t, [Pd, N])
+ *         dC_t += gh... : dC_t = h_t^T dys_t;   dx_t = dt_t gh B_t + D dys_t;  dB_t = dt_t gh^T x_t
+ *         ddt_t = sum(gh x_t B_t^T) + A e_t sum(gh h_{t-1});   dA += dt_t e_t sum(gh h_{t-1})
+ *         dD += dys_t . x_t;   dh = e_t gh
+ *   (dB, dC per head, then summed over the heads of a group in head order: no atomics, the result
+ *   does not depend on the thread count); dA_log = dA A; d dt_raw = ddt sigmoid(dt_raw + dt_bias)
+ *   conv: dcpre = dxbc silu'(cpre): weight/bias grads, the input's adjoint into dzxbcdt's x|B|C
+ *   columns; dWin += dzxbcdt^T x; dx = dzxbcdt Win.
+ * The forward runs the chunked (dual) form and the backward the recurrent adjoint: both are the
+ * same function, so the gradients agree with the chunked forward's to f32 rounding (the harness's
+ * finite differences and the PyTorch reference's autograd through ssd_minimal check that).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "../common/be_call.h"
+#include "../common/plugin_util.h"
+#include "mamba2.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define H_ m2_host
+#define PAR_WORK 262144.0 /* open an OpenMP region only above this many inner steps (~1 ms) */
+
+static inline float siluf_(float v) {
+    return v / (1.0f + expf(-v));
+}
+/* silu'(v) = s (1 + v (1 - s)), s = sigmoid(v) */
+static inline float dsiluf_(float v) {
+    float s = hyb_pl_sigmoid(v);
+    return s * (1.0f + v * (1.0f - s));
+}
+/* softplus' = sigmoid (hyb_pl_softplus: PyTorch's threshold 20) */
+static inline float dsoftplusf_(float v) {
+    return v > 20.0f ? 1.0f : hyb_pl_sigmoid(v);
+}
+
+size_t m2_saved_bytes(void *self, int B, int T) {
+    m2 *m = self;
+    const size_t BT = (size_t)B * T;
+    const size_t nf = BT * ((size_t)m->Pin + m->Cd + m->Di + m->G) +
+                      (size_t)B * m2_n_chunks(T, m->Q) * m->Di * m->N;
+    return sizeof(m2_saved_hdr) + nf * sizeof(float);
+}
+
+int m2_check_fwd(const m2 *m, const hyb_mixer_fwd *a) {
+    const int B = a->B, T = a->T;
+    if (B <= 0 || T <= 0)
+        return H_->error(HYB_ERR_ARG, "mamba2 (layer %d): forward with B = %d, T = %d", m->layer, B,
+                         T);
+    for (int b = 0; b < B; b++) {
+        int p0 = a->pos ? a->pos[b] : 0;
+        if (p0 < 0 || (p0 > 0 && !a->states))
+            return H_->error(HYB_ERR_ARG, "mamba2 (layer %d): forward with pos[%d] = %d %s",
+                             m->layer, b, p0,
+                             p0 < 0 ? "(negative)" : "but no states to continue from");
+        if (a->states && (int64_t)p0 + T > a->max_ctx)
+            return H_->error(HYB_ERR_ARG,
+                             "mamba2 (layer %d): sequence %d: pos %d + T %d exceeds the state "
+                             "capacity max_ctx = %d",
+                             m->layer, b, p0, T, a->max_ctx);
+        if (p0 > 0 && a->saved)
+            return H_->error(HYB_ERR_UNSUPPORTED,
+                             "mamba2 (layer %d): backward through a continued prefill (pos[%d] = "
+                             "%d > 0) is not supported; train on whole sequences",
+                             m->layer, b, p0);
+    }
+    return HYB_OK;
+}
+
+int m2_check_dec(const m2 *m, const hyb_mixer_dec *a) {
+    const int n = a->n;
+    if (n <= 0) return H_->error(HYB_ERR_ARG, "mamba2 (layer %d): decode with n = %d", m->layer, n);
+    for (int i = 0; i < n; i++)
+        if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
+            return H_->error(HYB_ERR_ARG,
+                             "mamba2 (layer %d): decode sequence %d at pos %d: the state is "
+                             "sized for max_ctx = %d tokens",
+                             m->layer, i, a->pos[i], a->max_ctx);
+    return HYB_OK;
+}
+
+int m2_check_saved(const m2 *m, const m2_saved_hdr *h, int B, int T) {
+    if (!h || h->magic != M2_SAVED_MAGIC || h->B != B || h->T != T || h->chunk < 1 ||
+        h->nch != m2_n_chunks(T, h->chunk))
+        return H_->error(HYB_ERR_ARG,
+                         "mamba2 (layer %d): backward [B=%d, T=%d] without a matching saved "
+                         "forward",
+                         m->layer, B, T);
+    return HYB_OK;
+}
+
+/* The chunked SSD of one (sequence, head) over T steps: x [T] rows of stride ldx (the head's Pd
+ * columns), Bm/Cm rows of stride ldx (the group's N columns), dt [T] stride ldt, A scalar, Dk the
+ * skip; S [Pd, N] the state on entry (updated to the end state); y rows of stride ldy. hb (or
+ * NULL): the state at every chunk start, [nch] blocks of stride hbs floats. W: scratch Q*Q + Q. */
+static void ssd_chunked(int T, int Q, int Pd, int N, const float *x, const float *Bm,
+                        const float *Cm, size_t ldx, const float *dt, size_t ldt, float A, float Dk,
+                        float *restrict S, float *y, size_t ldy, float *hb, size_t hbs,
+                        float *restrict W) {
+    float *dec = W + (size_t)Q * Q;
+    for (int t0 = 0, c = 0; t0 < T; t0 += Q, c++) {
+        const int L = T - t0 < Q ? T - t0 : Q;
+        if (hb) memcpy(hb + (size_t)c * hbs, S, (size_t)Pd * N * sizeof(float));
+        /* W[i][j] = exp(seg(t0+i, t0+j)) (C_i . B_j) dt_j, dec[i] = exp(seg(t0+i, t0-1)) */
+        for (int i = 0; i < L; i++) {
+            const float *Ci = Cm + (size_t)(t0 + i) * ldx;
+            float s = 0.0f;
+            for (int j = i; j >= 0; j--) {
+                const float dtj = dt[(size_t)(t0 + j) * ldt];
+                W[(size_t)i * Q + j] =
+                    expf(s) * hyb_pl_dot(Ci, Bm + (size_t)(t0 + j) * ldx, N) * dtj;
+                s += dtj * A;
+            }
+            dec[i] = expf(s);
+        }
+        for (int i = 0; i < L; i++) {
+            float *yi = y + (size_t)(t0 + i) * ldy;
+            const float *xi = x + (size_t)(t0 + i) * ldx, *Ci = Cm + (size_t)(t0 + i) * ldx;
+            for (int p = 0; p < Pd; p++) /* inter-chunk: from the state, plus the skip */
+                yi[p] = dec[i] * hyb_pl_dot(S + (size_t)p * N, Ci, N) + Dk * xi[p];
+            for (int j = 0; j <= i; j++) /* intra-chunk */
+                hyb_pl_axpy(yi, W[(size_t)i * Q + j], x + (size_t)(t0 + j) * ldx, Pd);
+        }
+        /* the state at the chunk's end: exp(seg(t1, j)) dt_j is W's last row without C . B */
+        const float dl = dec[L - 1];
+        for (size_t e = 0; e < (size_t)Pd * N; e++)
+            S[e] *= dl;
+        float s = 0.0f;
+        for (int j = L - 1; j >= 0; j--) {
+            const float dtj = dt[(size_t)(t0 + j) * ldt], cj = expf(s) * dtj;
+            const float *xj = x + (size_t)(t0 + j) * ldx, *Bj = Bm + (size_t)(t0 + j) * ldx;
+            for (int p = 0; p < Pd; p++)
+                hyb_pl_axpy(S + (size_t)p * N, cj * xj[p], Bj, N);
+            s += dtj * A;
+        }
+    }
+}
+
+/* gated RMSNorm of one row: g = ys silu(z) per group of gs channels, yn = g rstd w */
+static void gate_norm_row(const m2 *m, const float *ys, const float *z, const float *w, float *yn,
+                          float *rstd) {
+    const int gs = m->Di / m->G;
+    for (int g = 0; g < m->G; g++) {
+        float ss = 0.0f;
+        for (int c = g * gs; c < (g + 1) * gs; c++) {
+            const float v = ys[c] * siluf_(z[c]);
+            yn[c] = v;
+            ss += v * v;
+        }
+        const float r = 1.0f / sqrtf(ss / (float)gs + m->eps);
+        if (rstd) rstd[g] = r;
+        for (int c = g * gs; c < (g + 1) * gs; c++)
+            yn[c] *= r * w[c];
+    }
+}
+
+/* ---- forward / prefill ----------------------------------------------------------------------*/
+
+int m2_forward(void *self, const hyb_mixer_fwd *a) {
+    m2 *m = self;
+    const hyb_backend *be = a->be;
+    HYB_TRY(m2_check_fwd(m, a));
+    const int B = a->B, T = a->T, D = m->D, Di = m->Di, N = m->N, K = m->K, Pin = m->Pin,
+              Cd = m->Cd, nh = m->nh, Pd = m->Pd, G = m->G, Q = m->Q;
+    const float *const *P = a->params;
+    const size_t BT = (size_t)B * T;
+    const int nch = m2_n_chunks(T, Q);
+    const size_t nsv = BT * ((size_t)Pin + Cd + Di + G);
+
+    /* zxbcdt, cpre, ys, rstd (+ hb): in `saved` when training, else a temporary block */
+    float *zx, *hb = NULL;
+    void *tmp = NULL;
+    if (a->saved) {
+        m2_saved_hdr *h = a->saved;
+        memset(h, 0, sizeof *h);
+        h->magic = M2_SAVED_MAGIC;
+        h->B = B;
+        h->T = T;
+        h->chunk = Q;
+        h->nch = nch;
+        zx = (float *)(h + 1);
+    } else {
+        tmp = be->alloc(be, nsv * sizeof(float));
+        if (!tmp) return HYB_ERR_NOMEM;
+        zx = tmp;
+    }
+    float *cpre = zx + BT * Pin, *ys = cpre + BT * Cd, *rstd = ys + BT * Di;
+    if (a->saved) hb = rstd + BT * G;
+
+    /* xbc [BT, Cd], dt [BT, nh], yn [BT, Di], conv history [B, Cd, K], per-thread state and
+     * chunk scratch */
+    const int nthr = hyb_pl_max_threads();
+    const size_t per_thr = (size_t)Pd * N + (size_t)Q * Q + Q;
+    float *work = be->alloc(be, sizeof(float) * (BT * ((size_t)Cd + nh + Di) +
+                                                 (size_t)B * Cd * K + (size_t)nthr * per_thr));
+    if (!work) {
+        be->free(be, tmp);
+        return HYB_ERR_NOMEM;
+    }
+    float *xbc = work, *dt = xbc + BT * Cd, *yn = dt + BT * nh, *hist = yn + BT * Di,
+          *thr = hist + (size_t)B * Cd * K;
+    int rc = be->sgemm(be, 0, 1, (int)BT, Pin, D, 1.0f, a->x, D, P[M2_WIN], D, 0.0f, zx, Pin);
+
+    for (int b = 0; b < B; b++) { /* the previous K raw conv inputs (zeros at the start) */
+        const int p0 = a->pos ? a->pos[b] : 0;
+        if (p0 > 0)
+            memcpy(hist + (size_t)b * Cd * K, (const float *)a->states[b] + (size_t)Di * N,
+                   (size_t)Cd * K * sizeof(float));
+        else
+            memset(hist + (size_t)b * Cd * K, 0, (size_t)Cd * K * sizeof(float));
+    }
+
+    /* conv + silu, softplus */
+    const float *cw = P[M2_CONVW], *cb = P[M2_CONVB], *dtb = P[M2_DTB];
+    const int cx = m2_col_x(m), cdt = m2_col_dt(m);
+#pragma omp parallel for schedule(static) if (rc == HYB_OK && (double)BT * Cd * K > PAR_WORK)
+    for (long r = 0; r < (long)BT; r++) {
+        const int b = (int)(r / T), t = (int)(r % T);
+        const float *hs = hist + (size_t)b * Cd * K;
+        for (int c = 0; c < Cd; c++) {
+            float acc = cb[c];
+            for (int k = 0; k < K; k++) {
+                const int j = t - (K - 1) + k; /* source time */
+                const float v =
+                    j >= 0 ? zx[((size_t)b * T + j) * Pin + cx + c] : hs[(size_t)c * K + K + j];
+                acc += cw[(size_t)c * K + k] * v;
+            }
+            cpre[(size_t)r * Cd + c] = acc;
+            xbc[(size_t)r * Cd + c] = siluf_(acc);
+        }
+        for (int h = 0; h < nh; h++)
+            dt[(size_t)r * nh + h] = hyb_pl_softplus(zx[(size_t)r * Pin + cdt + h] + dtb[h]);
+    }
+
+    /* the chunked SSD, one (sequence, head) per unit */
+    const float *alog = P[M2_ALOG], *Dk = P[M2_DSKIP];
+#pragma omp parallel for schedule(dynamic, 1) if (rc == HYB_OK && (double)BT * Di * (N + Q) > PAR_WORK)
+    for (int unit = 0; unit < B * nh; unit++) {
+        const int b = unit / nh, h = unit % nh, g = h / m->hpg;
+        float *S = thr + (size_t)hyb_pl_thread_id() * per_thr, *W = S + (size_t)Pd * N;
+        const int p0 = a->pos ? a->pos[b] : 0;
+        float *st = a->states ? (float *)a->states[b] + (size_t)h * Pd * N : NULL;
+        if (st && p0 > 0)
+            memcpy(S, st, (size_t)Pd * N * sizeof(float));
+        else
+            memset(S, 0, (size_t)Pd * N * sizeof(float));
+        const float *xr = xbc + (size_t)b * T * Cd;
+        ssd_chunked(T, Q, Pd, N, xr + (size_t)h * Pd, xr + Di + (size_t)g * N,
+                    xr + Di + (size_t)(G + g) * N, Cd, dt + (size_t)b * T * nh + h, nh,
+                    -expf(alog[h]), Dk[h], S, ys + (size_t)b * T * Di + (size_t)h * Pd, Di,
+                    hb ? hb + (((size_t)b * nch) * nh + h) * Pd * N : NULL,
+                    (size_t)nh * Pd * N, W);
+        if (st) memcpy(st, S, (size_t)Pd * N * sizeof(float));
+    }
+
+    /* gated norm, out_proj */
+    for (size_t r = 0; r < BT; r++)
+        gate_norm_row(m, ys + r * Di, zx + r * Pin, P[M2_NORMW], yn + r * Di, rstd + r * G);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 1, (int)BT, D, Di, 1.0f, yn, Di, P[M2_WOUT], Di, 0.0f, a->y, D);
+
+    /* the conv window of each state: the last K raw inputs (before the prompt: the old window) */
+    if (a->states)
+        for (int b = 0; b < B; b++) {
+            float *cs = (float *)a->states[b] + (size_t)Di * N;
+            const float *hs = hist + (size_t)b * Cd * K;
+            for (int c = 0; c < Cd; c++)
+                for (int k = 0; k < K; k++) {
+                    const int j = T - K + k;
+                    cs[(size_t)c * K + k] = j >= 0 ? zx[((size_t)b * T + j) * Pin + cx + c]
+                                                   : hs[(size_t)c * K + K + j];
+                }
+        }
+    be->free(be, work);
+    be->free(be, tmp);
+    return rc;
+}
+
+/* ---- backward -------------------------------------------------------------------------------*/
+
+int m2_backward(void *self, const hyb_mixer_bwd *a) {
+    m2 *m = self;
+    const hyb_backend *be = a->be;
+    const int B = a->B, T = a->T, D = m->D, Di = m->Di, N = m->N, K = m->K, Pin = m->Pin,
+              Cd = m->Cd, nh = m->nh, Pd = m->Pd, G = m->G;
+    HYB_TRY(m2_check_saved(m, a->saved, B, T));
+    const m2_saved_hdr *hdr = a->saved;
+    const int Q = hdr->chunk, nch = hdr->nch;
+    const size_t BT = (size_t)B * T;
+    const float *zx = (const float *)(hdr + 1), *cpre = zx + BT * Pin, *ys = cpre + BT * Cd,
+                *rstd = ys + BT * Di, *hb = rstd + BT * G;
+    const float *const *P = a->params;
+    float *const *Gr = a->grads;
+
+    /* dzx [BT, Pin], xbc [BT, Cd], dxbc [BT, Cd], dt [BT, nh], ddt [BT, nh], yn / dyn / dys
+     * [BT, Di] (reused), dBh, dCh [BT, nh, N], partials dA, dD [B, nh], per-thread states
+     * (Q + 1) Pd N and dh Pd N */
+    const int nthr = hyb_pl_max_threads();
+    const size_t per_thr = ((size_t)Q + 2) * Pd * N;
+    const size_t nf = BT * ((size_t)Pin + 2 * (size_t)Cd + 2 * (size_t)nh + 2 * (size_t)Di +
+                            2 * (size_t)nh * N) +
+                      2 * (size_t)B * nh + (size_t)nthr * per_thr;
+    float *buf = be->alloc(be, nf * sizeof(float));
+    if (!buf) return HYB_ERR_NOMEM;
+    float *dzx = buf, *xbc = dzx + BT * Pin, *dxbc = xbc + BT * Cd, *dt = dxbc + BT * Cd,
+          *ddt = dt + BT * nh, *yn = ddt + BT * nh, *dys = yn + BT * Di, *dBh = dys + BT * Di,
+          *dCh = dBh + BT * nh * N, *pA = dCh + BT * nh * N, *pD = pA + (size_t)B * nh,
+          *thr = pD + (size_t)B * nh;
+    memset(dzx, 0, BT * Pin * sizeof(float));
+    const float *dtb = P[M2_DTB], *nw = P[M2_NORMW];
+    const int cx = m2_col_x(m), cdt = m2_col_dt(m), gs = Di / G;
+    for (size_t r = 0; r < BT; r++) {
+        for (int c = 0; c < Cd; c++)
+            xbc[r * Cd + c] = siluf_(cpre[r * Cd + c]);
+        for (int h = 0; h < nh; h++)
+            dt[r * nh + h] = hyb_pl_softplus(zx[r * Pin + cdt + h] + dtb[h]);
+        /* yn from the saved rstd */
+        for (int c = 0; c < Di; c++)
+            yn[r * Di + c] = ys[r * Di + c] * siluf_(zx[r * Pin + c]) * rstd[r * G + c / gs] * nw[c];
+    }
+    /* out_proj */
+    int rc = be->sgemm(be, 1, 0, D, Di, (int)BT, 1.0f, a->dy, D, yn, Di, 1.0f, Gr[M2_WOUT], Di);
+    float *dyn = yn; /* yn is not needed any more */
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, Di, D, 1.0f, a->dy, D, P[M2_WOUT], Di, 0.0f, dyn, Di);
+    /* the gated norm: dys, dz (dzx's z columns), d norm.weight */
+    float *gnw = Gr[M2_NORMW];
+    for (size_t r = 0; r < BT && rc == HYB_OK; r++) {
+        const float *zr = zx + r * Pin, *yr = ys + r * Di, *dr = dyn + r * Di;
+        for (int g = 0; g < G; g++) {
+            const float rr = rstd[r * G + g];
+            float s = 0.0f;
+            for (int c = g * gs; c < (g + 1) * gs; c++)
+                s += nw[c] * dr[c] * yr[c] * siluf_(zr[c]);
+            s /= (float)gs;
+            for (int c = g * gs; c < (g + 1) * gs; c++) {
+                const float sz = siluf_(zr[c]), gv = yr[c] * sz;
+                gnw[c] += dr[c] * gv * rr;
+                const float dg = rr * (nw[c] * dr[c] - gv * rr * rr * s);
+                dys[r * Di + c] = dg * sz;
+                dzx[r * Pin + c] = dg * yr[c] * dsiluf_(zr[c]);
+            }
+        }
+    }
+
+    /* the SSD's adjoint, one (sequence, head) per unit, chunks last to first */
+    const float *alog = P[M2_ALOG], *Dk = P[M2_DSKIP];
+    const size_t PN = (size_t)Pd * N;
+#pragma omp parallel for schedule(dynamic, 1) if (rc == HYB_OK && (double)BT * Di * N > PAR_WORK)
+    for (int unit = 0; unit < B * nh; unit++) {
+        const int b = unit / nh, h = unit % nh, g = h / m->hpg;
+        float *Sb = thr + (size_t)hyb_pl_thread_id() * per_thr, *dh = Sb + ((size_t)Q + 1) * PN;
+        const float A = -expf(alog[h]), Dh = Dk[h];
+        memset(dh, 0, PN * sizeof(float));
+        double dA = 0.0, dD = 0.0; /* sums over T of terms that cancel: in double */
+        for (int c = nch - 1; c >= 0; c--) {
+            const int t0 = c * Q, L = T - t0 < Q ? T - t0 : Q;
+            memcpy(Sb, hb + (((size_t)b * nch + c) * nh + h) * PN, PN * sizeof(float));
+            for (int i = 0; i < L; i++) { /* recompute the chunk's states */
+                const size_t r = (size_t)b * T + t0 + i;
+                const float dtv = dt[r * nh + h], e = expf(dtv * A);
+                const float *xr = xbc + r * Cd + (size_t)h * Pd, *Br = xbc + r * Cd + Di +
+                                                                        (size_t)g * N;
+                const float *prv = Sb + (size_t)i * PN;
+                float *cur = Sb + (size_t)(i + 1) * PN;
+                for (int p = 0; p < Pd; p++) {
+                    const float dx_ = dtv * xr[p];
+                    for (int n = 0; n < N; n++)
+                        cur[(size_t)p * N + n] = e * prv[(size_t)p * N + n] + dx_ * Br[n];
+                }
+            }
+            for (int i = L - 1; i >= 0; i--) {
+                const size_t r = (size_t)b * T + t0 + i;
+                const float dtv = dt[r * nh + h], e = expf(dtv * A);
+                const float *xr = xbc + r * Cd + (size_t)h * Pd,
+                            *Br = xbc + r * Cd + Di + (size_t)g * N,
+                            *Cr = xbc + r * Cd + Di + (size_t)(G + g) * N,
+                            *dyr = dys + r * Di + (size_t)h * Pd;
+                const float *prv = Sb + (size_t)i * PN, *cur = prv + PN;
+                float *dB = dBh + (r * nh + h) * N, *dC = dCh + (r * nh + h) * N;
+                float *dxr = dxbc + r * Cd + (size_t)h * Pd;
+                for (int n = 0; n < N; n++)
+                    dB[n] = dC[n] = 0.0f;
+                double sxb = 0.0, shp = 0.0;
+                for (int p = 0; p < Pd; p++) {
+                    const float dyp = dyr[p], xp = xr[p];
+                    float *dhp = dh + (size_t)p * N;
+                    const float *cp = cur + (size_t)p * N, *pp = prv + (size_t)p * N;
+                    float gx = 0.0f, sb = 0.0f, sp = 0.0f;
+#pragma omp simd reduction(+ : gx, sb, sp)
+                    for (int n = 0; n < N; n++) {
+                        const float gh = dhp[n] + dyp * Cr[n];
+                        dC[n] += dyp * cp[n];
+                        dB[n] += gh * xp;
+                        gx += gh * Br[n];
+                        sp += gh * pp[n];
+                        sb += gh * Br[n] * xp;
+                        dhp[n] = gh * e;
+                    }
+                    dxr[p] = dtv * gx + Dh * dyp;
+                    dD += (double)dyp * xp;
+                    sxb += sb;
+                    shp += sp;
+                }
+                for (int n = 0; n < N; n++)
+                    dB[n] *= dtv;
+                const double da = e * shp;
+                ddt[r * nh + h] = (float)(sxb + A * da);
+                dA += dtv * da;
+            }
+        }
+        pA[(size_t)b * nh + h] = (float)dA;
+        pD[(size_t)b * nh + h] = (float)dD;
+    }
+    /* dB, dC: the heads of each group in order; dt; A_log, D over the batch */
+    for (size_t r = 0; r < BT; r++) {
+        for (int g = 0; g < G; g++) {
+            float *oB = dxbc + r * Cd + Di + (size_t)g * N, *oC = oB + (size_t)G * N;
+            for (int n = 0; n < N; n++)
+                oB[n] = oC[n] = 0.0f;
+            for (int j = 0; j < m->hpg; j++) {
+                const int h = g * m->hpg + j;
+                hyb_pl_axpy(oB, 1.0f, dBh + (r * nh + h) * N, N);
+                hyb_pl_axpy(oC, 1.0f, dCh + (r * nh + h) * N, N);
+            }
+        }
+        for (int h = 0; h < nh; h++) {
+            const float gv = ddt[r * nh + h] * dsoftplusf_(zx[r * Pin + cdt + h] + dtb[h]);
+            dzx[r * Pin + cdt + h] = gv;
+            Gr[M2_DTB][h] += gv;
+        }
+    }
+    for (int h = 0; h < nh; h++) {
+        float sa = 0.0f, sd = 0.0f;
+        for (int b = 0; b < B; b++) {
+            sa += pA[(size_t)b * nh + h];
+            sd += pD[(size_t)b * nh + h];
+        }
+        Gr[M2_ALOG][h] += sa * -expf(alog[h]);
+        Gr[M2_DSKIP][h] += sd;
+    }
+
+    /* the conv: dcpre = dxbc silu'(cpre); weights, bias; the input's adjoint into dzx (x|B|C
+     * columns), one channel per unit (each owns its column) */
+    const float *cw = P[M2_CONVW];
+    float *gcw = Gr[M2_CONVW], *gcb = Gr[M2_CONVB];
+    for (size_t i = 0; i < BT * Cd; i++)
+        dxbc[i] *= dsiluf_(cpre[i]);
+#pragma omp parallel for schedule(static) if (rc == HYB_OK && (double)BT * Cd * K > PAR_WORK)
+    for (int c = 0; c < Cd; c++) {
+        float gbias = 0.0f, gw[64];
+        memset(gw, 0, sizeof gw);
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                const size_t r = (size_t)b * T + t;
+                const float gc = dxbc[r * Cd + c];
+                gbias += gc;
+                for (int k = 0; k < K; k++) {
+                    const int j = t - (K - 1) + k;
+                    if (j < 0) continue; /* zero history in training */
+                    const size_t rj = (size_t)b * T + j;
+                    gw[k] += gc * zx[rj * Pin + cx + c];
+                    dzx[rj * Pin + cx + c] += gc * cw[(size_t)c * K + k];
+                }
+            }
+        gcb[c] += gbias;
+        for (int k = 0; k < K; k++)
+            gcw[(size_t)c * K + k] += gw[k];
+    }
+    /* in_proj */
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 1, 0, Pin, D, (int)BT, 1.0f, dzx, Pin, a->x, D, 1.0f, Gr[M2_WIN], D);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 0, (int)BT, D, Pin, 1.0f, dzx, Pin, P[M2_WIN], D, 0.0f, a->dx, D);
+    be->free(be, buf);
+    return rc;
+}
+
+/* ---- decode ---------------------------------------------------------------------------------*/
+
+int m2_decode(void *self, const hyb_mixer_dec *a) {
+    m2 *m = self;
+    const hyb_backend *be = a->be;
+    HYB_TRY(m2_check_dec(m, a));
+    const int n = a->n, D = m->D, Di = m->Di, N = m->N, K = m->K, Pin = m->Pin, Cd = m->Cd,
+              nh = m->nh, Pd = m->Pd, G = m->G;
+    const float *const *P = a->params;
+    /* zx [n, Pin], xbc [n, Cd], ys [n, Di], yn [n, Di] */
+    float *buf = be->alloc(be, sizeof(float) * (size_t)n * ((size_t)Pin + Cd + 2 * (size_t)Di));
+    if (!buf) return HYB_ERR_NOMEM;
+    float *zx = buf, *xbc = zx + (size_t)n * Pin, *ys = xbc + (size_t)n * Cd,
+          *yn = ys + (size_t)n * Di;
+    int rc = be->sgemm(be, 0, 1, n, Pin, D, 1.0f, a->x, D, P[M2_WIN], D, 0.0f, zx, Pin);
+    const float *cw = P[M2_CONVW], *cb = P[M2_CONVB], *dtb = P[M2_DTB], *alog = P[M2_ALOG],
+                *Dk = P[M2_DSKIP];
+    const int cx = m2_col_x(m), cdt = m2_col_dt(m);
+#pragma omp parallel for schedule(static) if (rc == HYB_OK && (double)n * Di * N > PAR_WORK)
+    for (int i = 0; i < n; i++) {
+        float *ssm = a->states[i], *cs = ssm + (size_t)Di * N;
+        if (a->pos[i] == 0) /* a sequence without tokens starts from the zero state */
+            memset(ssm, 0, ((size_t)Di * N + (size_t)Cd * K) * sizeof(float));
+        const float *zr = zx + (size_t)i * Pin;
+        float *xr = xbc + (size_t)i * Cd;
+        for (int c = 0; c < Cd; c++) {
+            float *w = cs + (size_t)c * K;
+            memmove(w, w + 1, (size_t)(K - 1) * sizeof(float));
+            w[K - 1] = zr[cx + c];
+            float acc = cb[c];
+            for (int k = 0; k < K; k++)
+                acc += cw[(size_t)c * K + k] * w[k];
+            xr[c] = siluf_(acc);
+        }
+        for (int h = 0; h < nh; h++) {
+            const int g = h / m->hpg;
+            const float dtv = hyb_pl_softplus(zr[cdt + h] + dtb[h]);
+            const float e = expf(dtv * -expf(alog[h]));
+            const float *xh = xr + (size_t)h * Pd, *Bv = xr + Di + (size_t)g * N,
+                        *Cv = xr + Di + (size_t)(G + g) * N;
+            float *S = ssm + (size_t)h * Pd * N, *y = ys + (size_t)i * Di + (size_t)h * Pd;
+            for (int p = 0; p < Pd; p++) {
+                float *Sp = S + (size_t)p * N;
+                const float dx_ = dtv * xh[p];
+                for (int k = 0; k < N; k++)
+                    Sp[k] = e * Sp[k] + dx_ * Bv[k];
+                y[p] = hyb_pl_dot(Sp, Cv, N) + Dk[h] * xh[p];
+            }
+        }
+        gate_norm_row(m, ys + (size_t)i * Di, zr, P[M2_NORMW], yn + (size_t)i * Di, NULL);
+    }
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 1, n, D, Di, 1.0f, yn, Di, P[M2_WOUT], Di, 0.0f, a->y, D);
+    be->free(be, buf);
+    return rc;
+}
