@@ -7,9 +7,7 @@
  * (and, in the backward, of its adjoint) in registers, in loops unrolled over N.
  *
  * hyb-variant lines (tests/test_cuda_nvrtc.c compiles each for sm_80 and sm_90):
- * // hyb-variant: -DD_STATE=4
  * // hyb-variant: -DD_STATE=16
- * // hyb-variant: -DD_STATE=64
  * // hyb-variant: -DD_STATE=128
  *
  * Design (sizes as mamba2.h): correctness first, the simpler parallel form of the SSD.

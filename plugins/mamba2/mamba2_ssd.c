@@ -118,48 +118,54 @@ int m2_check_saved(const m2 *m, const m2_saved_hdr *h, int B, int T) {
 /* The chunked SSD of one (sequence, head) over T steps: x [T] rows of stride ldx (the head's Pd
  * columns), Bm/Cm rows of stride ldx (the group's N columns), dt [T] stride ldt, A scalar, Dk the
  * skip; S [Pd, N] the state on entry (updated to the end state); y rows of stride ldy. hb (or
- * NULL): the state at every chunk start, [nch] blocks of stride hbs floats. W: scratch Q*Q + Q. */
-static void ssd_chunked(int T, int Q, int Pd, int N, const float *x, const float *Bm,
-                        const float *Cm, size_t ldx, const float *dt, size_t ldt, float A, float Dk,
-                        float *restrict S, float *y, size_t ldy, float *hb, size_t hbs,
-                        float *restrict W) {
-    float *dec = W + (size_t)Q * Q;
+ * NULL): the state at every chunk start, [nch] blocks of stride hbs floats. W: scratch
+ * Q * (Q + 1 + N + Pd) floats. The four products of a chunk are GEMMs (single-threaded inside the
+ * caller's OpenMP region):
+ *   CB = C B^T [L, L];  W = CB * exp(seg) * dt (lower triangle, 0 above);  y = W X
+ *   y += diag(exp(seg(t, t0 - 1))) C S^T;  S = exp(seg(t1, t0 - 1)) S + (c * X)^T B,
+ *   c_j = exp(seg(t1, j)) dt_j */
+static int ssd_chunked(const hyb_backend *be, int T, int Q, int Pd, int N, const float *x,
+                       const float *Bm, const float *Cm, int ldx, const float *dt, size_t ldt,
+                       float A, float Dk, float *restrict S, float *y, int ldy, float *hb,
+                       size_t hbs, float *restrict W) {
+    float *dec = W + (size_t)Q * Q, *Cs = dec + Q, *Xw = Cs + (size_t)Q * N;
     for (int t0 = 0, c = 0; t0 < T; t0 += Q, c++) {
         const int L = T - t0 < Q ? T - t0 : Q;
+        const float *xc = x + (size_t)t0 * ldx, *Bc = Bm + (size_t)t0 * ldx,
+                    *Cc = Cm + (size_t)t0 * ldx;
+        float *yc = y + (size_t)t0 * ldy;
         if (hb) memcpy(hb + (size_t)c * hbs, S, (size_t)Pd * N * sizeof(float));
-        /* W[i][j] = exp(seg(t0+i, t0+j)) (C_i . B_j) dt_j, dec[i] = exp(seg(t0+i, t0-1)) */
+        HYB_BE_TRY(be->sgemm(be, 0, 1, L, L, N, 1.0f, Cc, ldx, Bc, ldx, 0.0f, W, Q));
+        /* W[i][j] *= exp(seg(t0+i, t0+j)) dt_j below the diagonal, 0 above; dec[i] =
+         * exp(seg(t0+i, t0-1)); seg summed from j + 1 to i directly (see the top) */
         for (int i = 0; i < L; i++) {
-            const float *Ci = Cm + (size_t)(t0 + i) * ldx;
-            float s = 0.0f;
+            float *Wi = W + (size_t)i * Q, s = 0.0f;
             for (int j = i; j >= 0; j--) {
                 const float dtj = dt[(size_t)(t0 + j) * ldt];
-                W[(size_t)i * Q + j] =
-                    expf(s) * hyb_pl_dot(Ci, Bm + (size_t)(t0 + j) * ldx, N) * dtj;
+                Wi[j] *= expf(s) * dtj;
                 s += dtj * A;
             }
+            for (int j = i + 1; j < L; j++)
+                Wi[j] = 0.0f;
             dec[i] = expf(s);
+            for (int n = 0; n < N; n++)
+                Cs[(size_t)i * N + n] = dec[i] * Cc[(size_t)i * ldx + n];
         }
-        for (int i = 0; i < L; i++) {
-            float *yi = y + (size_t)(t0 + i) * ldy;
-            const float *xi = x + (size_t)(t0 + i) * ldx, *Ci = Cm + (size_t)(t0 + i) * ldx;
-            for (int p = 0; p < Pd; p++) /* inter-chunk: from the state, plus the skip */
-                yi[p] = dec[i] * hyb_pl_dot(S + (size_t)p * N, Ci, N) + Dk * xi[p];
-            for (int j = 0; j <= i; j++) /* intra-chunk */
-                hyb_pl_axpy(yi, W[(size_t)i * Q + j], x + (size_t)(t0 + j) * ldx, Pd);
-        }
-        /* the state at the chunk's end: exp(seg(t1, j)) dt_j is W's last row without C . B */
-        const float dl = dec[L - 1];
-        for (size_t e = 0; e < (size_t)Pd * N; e++)
-            S[e] *= dl;
+        HYB_BE_TRY(be->sgemm(be, 0, 0, L, Pd, L, 1.0f, W, Q, xc, ldx, 0.0f, yc, ldy));
+        HYB_BE_TRY(be->sgemm(be, 0, 1, L, Pd, N, 1.0f, Cs, N, S, N, 1.0f, yc, ldy));
+        for (int i = 0; i < L; i++)
+            hyb_pl_axpy(yc + (size_t)i * ldy, Dk, xc + (size_t)i * ldx, Pd);
+        /* the state at the chunk's end */
         float s = 0.0f;
         for (int j = L - 1; j >= 0; j--) {
             const float dtj = dt[(size_t)(t0 + j) * ldt], cj = expf(s) * dtj;
-            const float *xj = x + (size_t)(t0 + j) * ldx, *Bj = Bm + (size_t)(t0 + j) * ldx;
             for (int p = 0; p < Pd; p++)
-                hyb_pl_axpy(S + (size_t)p * N, cj * xj[p], Bj, N);
+                Xw[(size_t)j * Pd + p] = cj * xc[(size_t)j * ldx + p];
             s += dtj * A;
         }
+        HYB_BE_TRY(be->sgemm(be, 1, 0, Pd, N, L, 1.0f, Xw, Pd, Bc, ldx, dec[L - 1], S, N));
     }
+    return HYB_OK;
 }
 
 /* gated RMSNorm of one row: g = ys silu(z) per group of gs channels, yn = g rstd w */
@@ -216,7 +222,7 @@ int m2_forward(void *self, const hyb_mixer_fwd *a) {
     /* xbc [BT, Cd], dt [BT, nh], yn [BT, Di], conv history [B, Cd, K], per-thread state and
      * chunk scratch */
     const int nthr = hyb_pl_max_threads();
-    const size_t per_thr = (size_t)Pd * N + (size_t)Q * Q + Q;
+    const size_t per_thr = (size_t)Pd * N + (size_t)Q * (Q + 1 + N + Pd);
     float *work = be->alloc(be, sizeof(float) * (BT * ((size_t)Cd + nh + Di) +
                                                  (size_t)B * Cd * K + (size_t)nthr * per_thr));
     if (!work) {
@@ -271,11 +277,12 @@ int m2_forward(void *self, const hyb_mixer_fwd *a) {
         else
             memset(S, 0, (size_t)Pd * N * sizeof(float));
         const float *xr = xbc + (size_t)b * T * Cd;
-        ssd_chunked(T, Q, Pd, N, xr + (size_t)h * Pd, xr + Di + (size_t)g * N,
-                    xr + Di + (size_t)(G + g) * N, Cd, dt + (size_t)b * T * nh + h, nh,
-                    -expf(alog[h]), Dk[h], S, ys + (size_t)b * T * Di + (size_t)h * Pd, Di,
-                    hb ? hb + (((size_t)b * nch) * nh + h) * Pd * N : NULL,
-                    (size_t)nh * Pd * N, W);
+        HYB_BE_TRY_PAR(rc, ssd_chunked(be, T, Q, Pd, N, xr + (size_t)h * Pd, xr + Di + (size_t)g * N,
+                                       xr + Di + (size_t)(G + g) * N, Cd,
+                                       dt + (size_t)b * T * nh + h, nh, -expf(alog[h]), Dk[h], S,
+                                       ys + (size_t)b * T * Di + (size_t)h * Pd, Di,
+                                       hb ? hb + (((size_t)b * nch) * nh + h) * Pd * N : NULL,
+                                       (size_t)nh * Pd * N, W));
         if (st) memcpy(st, S, (size_t)Pd * N * sizeof(float));
     }
 
