@@ -19,19 +19,15 @@
  * Backward, from dy (per row; dyn = dy Wout, dWout += dy^T yn):
  *   norm: u = w dyn, dg = rstd (u - g rstd^2 mean(u g)), dw += dyn g rstd;
  *         dys = dg silu(z), dz = dg ys silu'(z)
- *   SSD (the recurrence's adjoint, reverse time, per (sequence, head), the chunk's states
- *   recomputed from its saved start with h_t = e_t h_{t-1} + dt_t x_t B_t^T, e_t = exp(dt_t A)):
- *         gh = dh + dys_t C_t^T                 (dL/dh_t, [Pd, N])
- *         dC_t += gh... : dC_t = h_t^T dys_t;   dx_t = dt_t gh B_t + D dys_t;  dB_t = dt_t gh^T x_t
- *         ddt_t = sum(gh x_t B_t^T) + A e_t sum(gh h_{t-1});   dA += dt_t e_t sum(gh h_{t-1})
- *         dD += dys_t . x_t;   dh = e_t gh
- *   (dB, dC per head, then summed over the heads of a group in head order: no atomics, the result
+ *   SSD: the chunked form's adjoint (ssd_chunked_bwd), one (sequence, head) per unit, chunks last
+ *   to first from the saved chunk-start states, the state's adjoint carried backwards; nine GEMMs
+ *   per chunk and the decay gradients through the segment sums (equations at ssd_chunked_bwd);
+ *   dB, dC per head, then summed over the heads of a group in head order (no atomics, the result
  *   does not depend on the thread count); dA_log = dA A; d dt_raw = ddt sigmoid(dt_raw + dt_bias)
  *   conv: dcpre = dxbc silu'(cpre): weight/bias grads, the input's adjoint into dzxbcdt's x|B|C
  *   columns; dWin += dzxbcdt^T x; dx = dzxbcdt Win.
- * The forward runs the chunked (dual) form and the backward the recurrent adjoint: both are the
- * same function, so the gradients agree with the chunked forward's to f32 rounding (the harness's
- * finite differences and the PyTorch reference's autograd through ssd_minimal check that).
+ * (The CUDA backward is the recurrence's adjoint instead, mamba2.cu: the same function; the harness
+ * compares the two at 1e-5, its finite differences and the PyTorch reference check both.)
  */
 #include <math.h>
 #include <string.h>
@@ -164,6 +160,136 @@ static int ssd_chunked(const hyb_backend *be, int T, int Q, int Pd, int N, const
             s += dtj * A;
         }
         HYB_BE_TRY(be->sgemm(be, 1, 0, Pd, N, L, 1.0f, Xw, Pd, Bc, ldx, dec[L - 1], S, N));
+    }
+    return HYB_OK;
+}
+
+/* The adjoint of ssd_chunked for one (sequence, head), chunks last to first, with the adjoint dS of
+ * the state at the chunk's end carried backwards (0 after the last). Per chunk with start state S0
+ * (saved), E[i][j] = exp(seg(i, j)), M = (C B^T) * E * dt (lower triangle), dec_i =
+ * exp(seg(i, t0 - 1)), c_j = exp(seg(t1, j)) dt_j, and the SSD output's adjoint dY:
+ *   dM = dY X^T;  dX = M^T dY + D dY + diag(c) B dS^T
+ *   dCB = dM * E * dt;  dC = dCB B + diag(dec) dY S0;  dB = dCB^T C + diag(c) X dS
+ *   dS <- dec_end dS + dY^T diag(dec) C;   dD += sum dY * X
+ * and the decays through seg: G[i][j] = d L / d seg(i, j) (dM * M inside the chunk; the dec, c and
+ * dec_end terms against seg(i, t0 - 1) and seg(t1, j)), da_k = sum over j < k <= i of G[i][j];
+ * ddt_t = A da_t + (the direct dt terms of M and c), dA += da_t dt_t. The products are GEMMs
+ * (single-threaded inside the caller's region). x, B, C rows of stride ldx; dY rows of stride
+ * ldy; dX written rows of stride ldx, dB / dC rows of stride ldbc, ddt of stride ldt. W: scratch
+ * of ssd_bwd_floats(). */
+static size_t ssd_bwd_floats(int Q, int Pd, int N) {
+    return 4 * (size_t)Q * Q + (size_t)Q * Pd + 3 * (size_t)Q * N + (size_t)Pd * N + 8 * (size_t)Q;
+}
+
+static int ssd_chunked_bwd(const hyb_backend *be, int T, int Q, int Pd, int N, const float *x,
+                           const float *Bm, const float *Cm, int ldx, const float *dt, size_t ldt,
+                           float A, float Dk, const float *dY, int ldy, const float *hb, size_t hbs,
+                           float *dX, float *dBo, float *dCo, int ldbc, float *ddt, double *dA,
+                           double *dD, float *restrict W) {
+    float *E = W, *M = E + (size_t)Q * Q, *dM = M + (size_t)Q * Q, *CB = dM + (size_t)Q * Q,
+          *T1 = CB + (size_t)Q * Q, *T2 = T1 + (size_t)Q * Pd, *T3 = T2 + (size_t)Q * N,
+          *Cs = T3 + (size_t)Q * N, *dS = Cs + (size_t)Q * N, *dec = dS + (size_t)Pd * N,
+          *cex = dec + Q, *ddir = cex + Q, *gdec = ddir + Q, *gc = gdec + Q, *da = gc + Q;
+    memset(dS, 0, (size_t)Pd * N * sizeof(float));
+    const int nch = (T + Q - 1) / Q;
+    for (int c = nch - 1; c >= 0; c--) {
+        const int t0 = c * Q, L = T - t0 < Q ? T - t0 : Q;
+        const float *xc = x + (size_t)t0 * ldx, *Bc = Bm + (size_t)t0 * ldx,
+                    *Cc = Cm + (size_t)t0 * ldx, *dYc = dY + (size_t)t0 * ldy,
+                    *S0 = hb + (size_t)c * hbs;
+        float *dXc = dX + (size_t)t0 * ldx;
+        /* decays: E (lower), dec, cex[j] = exp(seg(L-1, j)) */
+        for (int i = 0; i < L; i++) {
+            float s = 0.0f;
+            for (int j = i; j >= 0; j--) {
+                E[(size_t)i * Q + j] = expf(s);
+                s += dt[(size_t)(t0 + j) * ldt] * A;
+            }
+            dec[i] = expf(s);
+        }
+        for (int j = 0; j < L; j++)
+            cex[j] = E[(size_t)(L - 1) * Q + j];
+        const float dl = dec[L - 1];
+        HYB_BE_TRY(be->sgemm(be, 0, 1, L, L, N, 1.0f, Cc, ldx, Bc, ldx, 0.0f, CB, Q));
+        HYB_BE_TRY(be->sgemm(be, 0, 1, L, L, Pd, 1.0f, dYc, ldy, xc, ldx, 0.0f, dM, Q));
+        for (int i = 0; i < L; i++)
+            for (int j = 0; j < L; j++) {
+                const size_t k = (size_t)i * Q + j;
+                M[k] = j <= i ? CB[k] * E[k] * dt[(size_t)(t0 + j) * ldt] : 0.0f;
+            }
+        /* dX = M^T dY + D dY + diag(c) (B dS^T); gc_j = x_j . (dS B_j) */
+        HYB_BE_TRY(be->sgemm(be, 1, 0, L, Pd, L, 1.0f, M, Q, dYc, ldy, 0.0f, dXc, ldx));
+        HYB_BE_TRY(be->sgemm(be, 0, 1, L, Pd, N, 1.0f, Bc, ldx, dS, N, 0.0f, T1, Pd));
+        for (int j = 0; j < L; j++) {
+            const float cj = cex[j] * dt[(size_t)(t0 + j) * ldt];
+            float *dxj = dXc + (size_t)j * ldx;
+            const float *xj = xc + (size_t)j * ldx, *dyj = dYc + (size_t)j * ldy,
+                        *t1 = T1 + (size_t)j * Pd;
+            double sd = 0.0;
+            for (int p = 0; p < Pd; p++) {
+                dxj[p] += Dk * dyj[p] + cj * t1[p];
+                sd += (double)dyj[p] * xj[p];
+            }
+            *dD += sd;
+            gc[j] = hyb_pl_dot(xj, t1, Pd);
+        }
+        /* dCB = dM * E * dt (in CB), the direct dt terms, G = dM * M (in dM) */
+        for (int j = 0; j < L; j++)
+            ddir[j] = 0.0f;
+        for (int i = 0; i < L; i++)
+            for (int j = 0; j <= i; j++) {
+                const size_t k = (size_t)i * Q + j;
+                const float dtj = dt[(size_t)(t0 + j) * ldt], de = dM[k] * E[k];
+                ddir[j] += de * CB[k];
+                CB[k] = de * dtj;
+                dM[k] *= M[k];
+            }
+        for (int i = 0; i < L; i++)
+            for (int j = i + 1; j < L; j++)
+                CB[(size_t)i * Q + j] = 0.0f;
+        /* dC = dCB B + diag(dec) dY S0; gdec_i = C_i . (dY S0)_i */
+        HYB_BE_TRY(be->sgemm(be, 0, 0, L, N, L, 1.0f, CB, Q, Bc, ldx, 0.0f, dCo + (size_t)t0 * ldbc,
+                             ldbc));
+        HYB_BE_TRY(be->sgemm(be, 0, 0, L, N, Pd, 1.0f, dYc, ldy, S0, N, 0.0f, T2, N));
+        for (int i = 0; i < L; i++) {
+            gdec[i] = hyb_pl_dot(Cc + (size_t)i * ldx, T2 + (size_t)i * N, N);
+            hyb_pl_axpy(dCo + (size_t)(t0 + i) * ldbc, dec[i], T2 + (size_t)i * N, N);
+            for (int n = 0; n < N; n++)
+                Cs[(size_t)i * N + n] = dec[i] * Cc[(size_t)i * ldx + n];
+        }
+        /* dB = dCB^T C + diag(c) X dS */
+        HYB_BE_TRY(be->sgemm(be, 1, 0, L, N, L, 1.0f, CB, Q, Cc, ldx, 0.0f, dBo + (size_t)t0 * ldbc,
+                             ldbc));
+        HYB_BE_TRY(be->sgemm(be, 0, 0, L, N, Pd, 1.0f, xc, ldx, dS, N, 0.0f, T3, N));
+        for (int j = 0; j < L; j++)
+            hyb_pl_axpy(dBo + (size_t)(t0 + j) * ldbc, cex[j] * dt[(size_t)(t0 + j) * ldt],
+                        T3 + (size_t)j * N, N);
+        /* the end decay's adjoint, then the state's adjoint at the chunk start */
+        double gdl = 0.0;
+        for (size_t e = 0; e < (size_t)Pd * N; e++)
+            gdl += (double)dS[e] * S0[e];
+        HYB_BE_TRY(be->sgemm(be, 1, 0, Pd, N, L, 1.0f, dYc, ldy, Cs, N, dl, dS, N));
+        /* da_k = sum_{i >= k} sum_{-1 <= j < k} G[i][j], G[i][-1] = gdec_i dec_i (+ gdl dl for
+         * the last row), G[L-1][j] += gc_j c_j */
+        for (int j = 0; j < L; j++) {
+            const float cj = cex[j] * dt[(size_t)(t0 + j) * ldt];
+            dM[(size_t)(L - 1) * Q + j] += gc[j] * cj;
+            ddir[j] += gc[j] * cex[j];
+            da[j] = 0.0f;
+        }
+        for (int i = 0; i < L; i++) {
+            double run = (double)gdec[i] * dec[i] + (i == L - 1 ? gdl * dl : 0.0);
+            const float *Gi = dM + (size_t)i * Q;
+            for (int k = 0; k <= i; k++) {
+                da[k] += (float)run;
+                run += Gi[k];
+            }
+        }
+        for (int j = 0; j < L; j++) {
+            const float dtj = dt[(size_t)(t0 + j) * ldt];
+            ddt[(size_t)(t0 + j) * ldt] = A * da[j] + ddir[j];
+            *dA += (double)da[j] * dtj;
+        }
     }
     return HYB_OK;
 }
@@ -329,7 +455,7 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
      * [BT, Di] (reused), dBh, dCh [BT, nh, N], partials dA, dD [B, nh], per-thread states
      * (Q + 1) Pd N and dh Pd N */
     const int nthr = hyb_pl_max_threads();
-    const size_t per_thr = ((size_t)Q + 2) * Pd * N;
+    const size_t per_thr = ssd_bwd_floats(Q, Pd, N);
     const size_t nf = BT * ((size_t)Pin + 2 * (size_t)Cd + 2 * (size_t)nh + 2 * (size_t)Di +
                             2 * (size_t)nh * N) +
                       2 * (size_t)B * nh + (size_t)nthr * per_thr;
@@ -382,66 +508,18 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
 #pragma omp parallel for schedule(dynamic, 1) if (rc == HYB_OK && (double)BT * Di * N > PAR_WORK)
     for (int unit = 0; unit < B * nh; unit++) {
         const int b = unit / nh, h = unit % nh, g = h / m->hpg;
-        float *Sb = thr + (size_t)hyb_pl_thread_id() * per_thr, *dh = Sb + ((size_t)Q + 1) * PN;
-        const float A = -expf(alog[h]), Dh = Dk[h];
-        memset(dh, 0, PN * sizeof(float));
+        float *W = thr + (size_t)hyb_pl_thread_id() * per_thr;
         double dA = 0.0, dD = 0.0; /* sums over T of terms that cancel: in double */
-        for (int c = nch - 1; c >= 0; c--) {
-            const int t0 = c * Q, L = T - t0 < Q ? T - t0 : Q;
-            memcpy(Sb, hb + (((size_t)b * nch + c) * nh + h) * PN, PN * sizeof(float));
-            for (int i = 0; i < L; i++) { /* recompute the chunk's states */
-                const size_t r = (size_t)b * T + t0 + i;
-                const float dtv = dt[r * nh + h], e = expf(dtv * A);
-                const float *xr = xbc + r * Cd + (size_t)h * Pd, *Br = xbc + r * Cd + Di +
-                                                                        (size_t)g * N;
-                const float *prv = Sb + (size_t)i * PN;
-                float *cur = Sb + (size_t)(i + 1) * PN;
-                for (int p = 0; p < Pd; p++) {
-                    const float dx_ = dtv * xr[p];
-                    for (int n = 0; n < N; n++)
-                        cur[(size_t)p * N + n] = e * prv[(size_t)p * N + n] + dx_ * Br[n];
-                }
-            }
-            for (int i = L - 1; i >= 0; i--) {
-                const size_t r = (size_t)b * T + t0 + i;
-                const float dtv = dt[r * nh + h], e = expf(dtv * A);
-                const float *xr = xbc + r * Cd + (size_t)h * Pd,
-                            *Br = xbc + r * Cd + Di + (size_t)g * N,
-                            *Cr = xbc + r * Cd + Di + (size_t)(G + g) * N,
-                            *dyr = dys + r * Di + (size_t)h * Pd;
-                const float *prv = Sb + (size_t)i * PN, *cur = prv + PN;
-                float *dB = dBh + (r * nh + h) * N, *dC = dCh + (r * nh + h) * N;
-                float *dxr = dxbc + r * Cd + (size_t)h * Pd;
-                for (int n = 0; n < N; n++)
-                    dB[n] = dC[n] = 0.0f;
-                double sxb = 0.0, shp = 0.0;
-                for (int p = 0; p < Pd; p++) {
-                    const float dyp = dyr[p], xp = xr[p];
-                    float *dhp = dh + (size_t)p * N;
-                    const float *cp = cur + (size_t)p * N, *pp = prv + (size_t)p * N;
-                    float gx = 0.0f, sb = 0.0f, sp = 0.0f;
-#pragma omp simd reduction(+ : gx, sb, sp)
-                    for (int n = 0; n < N; n++) {
-                        const float gh = dhp[n] + dyp * Cr[n];
-                        dC[n] += dyp * cp[n];
-                        dB[n] += gh * xp;
-                        gx += gh * Br[n];
-                        sp += gh * pp[n];
-                        sb += gh * Br[n] * xp;
-                        dhp[n] = gh * e;
-                    }
-                    dxr[p] = dtv * gx + Dh * dyp;
-                    dD += (double)dyp * xp;
-                    sxb += sb;
-                    shp += sp;
-                }
-                for (int n = 0; n < N; n++)
-                    dB[n] *= dtv;
-                const double da = e * shp;
-                ddt[r * nh + h] = (float)(sxb + A * da);
-                dA += dtv * da;
-            }
-        }
+        const size_t r0 = (size_t)b * T;
+        const float *xr = xbc + r0 * Cd;
+        HYB_BE_TRY_PAR(rc, ssd_chunked_bwd(be, T, Q, Pd, N, xr + (size_t)h * Pd,
+                                           xr + Di + (size_t)g * N, xr + Di + (size_t)(G + g) * N,
+                                           Cd, dt + r0 * nh + h, nh, -expf(alog[h]), Dk[h],
+                                           dys + r0 * Di + (size_t)h * Pd, Di,
+                                           hb + ((size_t)b * nch * nh + h) * PN, (size_t)nh * PN,
+                                           dxbc + r0 * Cd + (size_t)h * Pd, dBh + (r0 * nh + h) * N,
+                                           dCh + (r0 * nh + h) * N, nh * N, ddt + r0 * nh + h,
+                                           &dA, &dD, W));
         pA[(size_t)b * nh + h] = (float)dA;
         pD[(size_t)b * nh + h] = (float)dD;
     }
