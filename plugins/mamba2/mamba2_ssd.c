@@ -42,6 +42,7 @@
 
 #define H_ m2_host
 #define PAR_WORK 262144.0 /* open an OpenMP region only above this many inner steps (~1 ms) */
+#define PAR_ELEM 65536.0  /* ... or this many elements of an element-wise loop with an exp */
 
 static inline float siluf_(float v) {
     return v / (1.0f + expf(-v));
@@ -413,7 +414,8 @@ int m2_forward(void *self, const hyb_mixer_fwd *a) {
     }
 
     /* gated norm, out_proj */
-    for (size_t r = 0; r < BT; r++)
+#pragma omp parallel for schedule(static) if ((double)BT * Di > PAR_ELEM)
+    for (long r = 0; r < (long)BT; r++)
         gate_norm_row(m, ys + r * Di, zx + r * Pin, P[M2_NORMW], yn + r * Di, rstd + r * G);
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, (int)BT, D, Di, 1.0f, yn, Di, P[M2_WOUT], Di, 0.0f, a->y, D);
@@ -468,7 +470,9 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
     memset(dzx, 0, BT * Pin * sizeof(float));
     const float *dtb = P[M2_DTB], *nw = P[M2_NORMW];
     const int cx = m2_col_x(m), cdt = m2_col_dt(m), gs = Di / G;
-    for (size_t r = 0; r < BT; r++) {
+#pragma omp parallel for schedule(static) if ((double)BT * (Cd + Di) > PAR_ELEM)
+    for (long rl = 0; rl < (long)BT; rl++) {
+        const size_t r = (size_t)rl;
         for (int c = 0; c < Cd; c++)
             xbc[r * Cd + c] = siluf_(cpre[r * Cd + c]);
         for (int h = 0; h < nh; h++)
@@ -483,23 +487,35 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 0, (int)BT, Di, D, 1.0f, a->dy, D, P[M2_WOUT], Di, 0.0f, dyn, Di);
     /* the gated norm: dys, dz (dzx's z columns), d norm.weight */
-    float *gnw = Gr[M2_NORMW];
-    for (size_t r = 0; r < BT && rc == HYB_OK; r++) {
+    float *gnw = Gr[M2_NORMW], *gvr = dxbc; /* g rstd: scratch until the SSD's adjoint */
+#pragma omp parallel for schedule(static) if ((double)BT * Di > PAR_ELEM)
+    for (long rl = 0; rl < (long)BT; rl++) {
+        const size_t r = (size_t)rl;
         const float *zr = zx + r * Pin, *yr = ys + r * Di, *dr = dyn + r * Di;
         for (int g = 0; g < G; g++) {
             const float rr = rstd[r * G + g];
             float s = 0.0f;
-            for (int c = g * gs; c < (g + 1) * gs; c++)
-                s += nw[c] * dr[c] * yr[c] * siluf_(zr[c]);
+            for (int c = g * gs; c < (g + 1) * gs; c++) {
+                const float sz = siluf_(zr[c]);
+                s += nw[c] * dr[c] * yr[c] * sz;
+                dys[r * Di + c] = sz;
+            }
             s /= (float)gs;
             for (int c = g * gs; c < (g + 1) * gs; c++) {
-                const float sz = siluf_(zr[c]), gv = yr[c] * sz;
-                gnw[c] += dr[c] * gv * rr;
+                const float sz = dys[r * Di + c], gv = yr[c] * sz;
+                gvr[r * Cd + c] = gv * rr;
                 const float dg = rr * (nw[c] * dr[c] - gv * rr * rr * s);
                 dys[r * Di + c] = dg * sz;
                 dzx[r * Pin + c] = dg * yr[c] * dsiluf_(zr[c]);
             }
         }
+    }
+#pragma omp parallel for schedule(static) if ((double)BT * Di > PAR_ELEM)
+    for (int c = 0; c < Di; c++) { /* rows in order */
+        float acc = 0.0f;
+        for (size_t r = 0; r < BT; r++)
+            acc += dyn[r * Di + c] * gvr[r * Cd + c];
+        gnw[c] += acc;
     }
 
     /* the SSD's adjoint, one (sequence, head) per unit, chunks last to first */
@@ -524,7 +540,9 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
         pD[(size_t)b * nh + h] = (float)dD;
     }
     /* dB, dC: the heads of each group in order; dt; A_log, D over the batch */
-    for (size_t r = 0; r < BT; r++) {
+#pragma omp parallel for schedule(static) if ((double)BT * (2 * G * N + nh) > PAR_ELEM)
+    for (long rl = 0; rl < (long)BT; rl++) {
+        const size_t r = (size_t)rl;
         for (int g = 0; g < G; g++) {
             float *oB = dxbc + r * Cd + Di + (size_t)g * N, *oC = oB + (size_t)G * N;
             for (int n = 0; n < N; n++)
@@ -535,11 +553,14 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
                 hyb_pl_axpy(oC, 1.0f, dCh + (r * nh + h) * N, N);
             }
         }
-        for (int h = 0; h < nh; h++) {
-            const float gv = ddt[r * nh + h] * dsoftplusf_(zx[r * Pin + cdt + h] + dtb[h]);
-            dzx[r * Pin + cdt + h] = gv;
-            Gr[M2_DTB][h] += gv;
-        }
+        for (int h = 0; h < nh; h++)
+            dzx[r * Pin + cdt + h] = ddt[r * nh + h] * dsoftplusf_(zx[r * Pin + cdt + h] + dtb[h]);
+    }
+    for (int h = 0; h < nh; h++) { /* rows in order */
+        float acc = 0.0f;
+        for (size_t r = 0; r < BT; r++)
+            acc += dzx[r * Pin + cdt + h];
+        Gr[M2_DTB][h] += acc;
     }
     for (int h = 0; h < nh; h++) {
         float sa = 0.0f, sd = 0.0f;
@@ -555,7 +576,8 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
      * columns), one channel per unit (each owns its column) */
     const float *cw = P[M2_CONVW];
     float *gcw = Gr[M2_CONVW], *gcb = Gr[M2_CONVB];
-    for (size_t i = 0; i < BT * Cd; i++)
+#pragma omp parallel for schedule(static) if ((double)BT * Cd > PAR_ELEM)
+    for (long i = 0; i < (long)(BT * Cd); i++)
         dxbc[i] *= dsiluf_(cpre[i]);
 #pragma omp parallel for schedule(static) if (rc == HYB_OK && (double)BT * Cd * K > PAR_WORK)
     for (int c = 0; c < Cd; c++) {
