@@ -8,8 +8,8 @@
  *
  * Writes dump.bin (the golden-file layout of tests/reference/mamba2_ref.py up to the parameters,
  * then hyb's y and dx) so that the PyTorch side checks it computes the same function, and prints
- * one JSON line: the median training step (ms), the median decode step at batch 1 and batch B
- * (ms), tokens/s. Needs HYB_PLUGIN_PATH (build/plugins). */
+ * one JSON line: the median training step (wall and process CPU ms), the median decode step at
+ * batch 1 and batch B (ms). Needs HYB_PLUGIN_PATH (build/plugins). */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +21,12 @@
 static double now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static double cpu_ms(void) { /* CPU time of the process (all threads) */
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
@@ -102,19 +108,21 @@ int main(int argc, char **argv) {
     float *x = mh_randn(&r, nx, 1.0f), *dy = mh_randn(&r, nx, 1.0f);
     float *y = malloc(nx * 4), *dx = malloc(nx * 4);
     void *saved = mh_saved_new(&I, B, T);
-    double *tt = malloc(sizeof(double) * (size_t)(reps + 1));
+    double *tt = malloc(sizeof(double) * (size_t)(reps + 1)),
+           *tc = malloc(sizeof(double) * (size_t)(reps + 1));
     for (int k = 0; k <= reps; k++) { /* the first is a warm-up */
         mh_zero_grads(&I);
-        double t0 = now_ms();
+        double t0 = now_ms(), c0 = cpu_ms();
         int rc = mh_fwd(&I, B, T, x, y, saved, NULL, NULL, 0);
         if (rc == HYB_OK) rc = mh_bwd(&I, B, T, x, dy, dx, saved);
         tt[k] = now_ms() - t0;
+        tc[k] = cpu_ms() - c0;
         if (rc != HYB_OK) {
             fprintf(stderr, "train step: %s\n", hyb_error());
             return 1;
         }
     }
-    const double train = median(tt + 1, reps);
+    const double train = median(tt + 1, reps), train_cpu = median(tc + 1, reps);
     const double dec1 = time_decode(&I, 1, T, steps, x, D), decB = time_decode(&I, B, T, steps, x, D);
     FILE *f = fopen(argv[12], "wb");
     if (!f) {
@@ -132,10 +140,11 @@ int main(int argc, char **argv) {
     fwrite(y, 4, nx, f);
     fwrite(dx, 4, nx, f);
     fclose(f);
-    printf("{\"impl\": \"hyb\", \"B\": %d, \"T\": %d, \"train_ms\": %.4f, \"decode1_ms\": %.4f, "
-           "\"decodeB_ms\": %.4f, \"reps\": %d, \"steps\": %d}\n",
-           B, T, train, dec1, decB, reps, steps);
+    printf("{\"impl\": \"hyb\", \"B\": %d, \"T\": %d, \"train_ms\": %.4f, \"train_cpu_ms\": %.4f, "
+           "\"decode1_ms\": %.4f, \"decodeB_ms\": %.4f, \"reps\": %d, \"steps\": %d}\n",
+           B, T, train, train_cpu, dec1, decB, reps, steps);
     free(tt);
+    free(tc);
     mh_free(4, x, dy, y, dx);
     free(saved);
     mh_inst_free(&I);

@@ -3,7 +3,8 @@
 # the PyTorch reference eager in float32 (bench/mamba2_bench_torch.py, on the same weights and
 # inputs, which it checks), interleaved hyb / torch per round so that a change in load hits both.
 # Timed: a training step (forward + backward into every parameter gradient; no optimiser) at
-# B x T, and a decode step (one token after a prefill of T) at batch 1 and batch B.
+# B x T, wall and process CPU time (on a loaded machine the CPU time is the steadier measure of the
+# work), and a decode step (one token after a prefill of T) at batch 1 and batch B.
 #
 #   bench/mamba2_bench.sh [rounds] [threads]              (defaults 3, 1)
 # Env: SHAPE="B T D d_inner headdim ngroups d_state d_conv chunk" (default "4 256 256 512 64 1 64 4
@@ -37,7 +38,8 @@ print(f"check: torch vs hyb y max rel {max(t['y_vs_hyb'] for t in raw['torch']):
       f"dx max rel {max(t['dx_vs_hyb'] for t in raw['torch']):.2g} (torch {raw['torch'][0]['torch']})")
 print(f"| {'':28} | {'hyb (ms)':>10} | {'torch (ms)':>10} | {'torch / hyb':>11} |")
 print(f"|{'-' * 30}|{'-' * 12}|{'-' * 12}|{'-' * 13}|")
-for key, name in (("train_ms", f"train step B={B} T={T}"), ("decode1_ms", "decode step, batch 1"),
+for key, name in (("train_ms", f"train step B={B} T={T}"), ("train_cpu_ms", "  the same, process CPU time"),
+                  ("decode1_ms", "decode step, batch 1"),
                   ("decodeB_ms", f"decode step, batch {B}")):
     h = statistics.median(x[key] for x in raw["hyb"])
     t = statistics.median(x[key] for x in raw["torch"])

@@ -78,19 +78,20 @@ def main():
     path, reps, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     torch.set_num_threads(threads)
     B, T, D, cfg, x, P0, dy, y_h, dx_h = load(path)
-    ts, y, dx = [], None, None
+    ts, tc, y, dx = [], [], None, None
     for k in range(reps + 1):  # the first is a warm-up
         xx = x.clone().requires_grad_(True)
         P = [p.clone().requires_grad_(True) for p in P0]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         y, _, _ = ref.mixer(xx, P, cfg, True)
         (y * dy).sum().backward()
         if k:
             ts.append((time.perf_counter() - t0) * 1e3)
+            tc.append((time.process_time() - c0) * 1e3)
         dx = xx.grad
     rel = lambda a, b: float((a - b).abs().max() / b.abs().max().clamp(min=1.0))
     out = {
-        "impl": "torch", "B": B, "T": T, "train_ms": statistics.median(ts),
+        "impl": "torch", "B": B, "T": T, "train_ms": statistics.median(ts), "train_cpu_ms": statistics.median(tc),
         "decode1_ms": time_decode(1, T, steps, x, P0, cfg), "decodeB_ms": time_decode(B, T, steps, x, P0, cfg),
         "y_vs_hyb": rel(y.detach(), y_h), "dx_vs_hyb": rel(dx, dx_h), "threads": threads,
         "torch": torch.__version__,
