@@ -8,7 +8,7 @@
  *    out_proj <- the summed o_proj blocks; shape mismatches and unknown sources are clear errors
  *  - TOML errors carry file:line:col and the key (an unknown key names the nearest one)
  *  - a tiny model with a layer swapped to mamba2 (MIL) trains and its prefill + decode equals the
- *    full forward
+ *    full forward; graphs/smollm2-135m-mamba2-h3.toml loads and its shapes take MIL
  *  - on CUDA (emulated in test_mamba2_emu): the shapes the kernels refuse are refused naming the
  *    op and the shape (the kernels themselves run against the CPU's in test_mixers_emu_*)
  */
@@ -284,6 +284,55 @@ static void test_model_hybrid(void) {
     hyb_toml_free(mdoc);
 }
 
+/* ---- the shipped layer map -------------------------------------------------------------------*/
+
+/* graphs/smollm2-135m-mamba2-h3.toml: loads, has mamba2 at layers 5, 15, 25, and MIL from the
+ * file's attention mixer works with its shapes (both mixers built at SmolLM2's size) */
+static void test_graph_file(void) {
+    char path[4096];
+    const char *dd = getenv("HYB_TEST_DATA");
+    snprintf(path, sizeof path, "%s/../../graphs/smollm2-135m-mamba2-h3.toml",
+             dd ? dd : "tests/data");
+    hyb_layermap *map = NULL;
+    if (hyb_layermap_load(path, &map) != HYB_OK) {
+        CHECK_MSG(0, "%s", hyb_error());
+        return;
+    }
+    int is_ = -1, ia = -1, n_s = 0;
+    for (int i = 0; i < map->n_mixers; i++) {
+        if (!strcmp(map->mixers[i].type, "mamba2")) is_ = i;
+        if (!strcmp(map->mixers[i].type, "mha")) ia = i;
+    }
+    CHECK(is_ >= 0 && ia >= 0);
+    for (int l = 0; l < map->n_layers && is_ >= 0; l++) {
+        const int want = l == 5 || l == 15 || l == 25;
+        CHECK_MSG((map->layer_mixer[l] == is_) == want, "layer %d", l);
+        n_s += map->layer_mixer[l] == is_;
+    }
+    CHECK(n_s == 3);
+    if (is_ >= 0 && ia >= 0) {
+        hyb_model_dims dims = {.d_model = map->d_model, .n_layers = map->n_layers, .layer = 5,
+                               .max_seq = map->max_seq, .norm_eps = (float)map->norm_eps};
+        hyb_mixer *att = NULL, *ssd = NULL;
+        CHECK_MSG(hyb_mixer_new("mha", &dims, map->mixers[ia].table, 3, &att) == HYB_OK, "%s",
+                  hyb_error());
+        CHECK_MSG(hyb_mixer_new("mamba2", &dims, map->mixers[is_].table, 4, &ssd) == HYB_OK, "%s",
+                  hyb_error());
+        if (att && ssd) {
+            CHECK_MSG(hyb_mixer_init_from(ssd, att, map->mixers[ia].table, 5) == HYB_OK, "%s",
+                      hyb_error());
+            char buf[256];
+            ssd->desc->describe(ssd->self, buf, sizeof buf);
+            const size_t sb = hyb_mixer_state_bytes(ssd, map->max_seq);
+            printf("   smollm2-135m-mamba2-h3.toml: %s, state %zu floats per layer\n", buf, sb / 4);
+            CHECK(sb == (192 * 64 + (192 + 2 * 3 * 64) * 4) * 4);
+        }
+        hyb_mixer_free(att);
+        hyb_mixer_free(ssd);
+    }
+    hyb_layermap_free(map);
+}
+
 /* ---- CUDA: shapes the kernels refuse ---------------------------------------------------------*/
 
 static void test_cuda_refused(void) {
@@ -371,6 +420,7 @@ int main(void) {
     RUN(test_mil_init);
     RUN(test_config_errors);
     RUN(test_model_hybrid);
+    RUN(test_graph_file);
     RUN(test_cuda_refused);
     return harness_done();
 }
