@@ -145,6 +145,11 @@ void hyb_comm_free(hyb_comm *c) {
 }
 
 #ifndef HYB_HAVE_CUDA
+int hyb_comm_nccl_probe(int *version) {
+    *version = 0;
+    return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                         "hyb_comm_nccl_probe: this hyb was built without CUDA (no NCCL)");
+}
 int hyb_comm_nccl_new(hyb_comm *boot, hyb_comm **out) {
     *out = NULL;
     return hyb_error_set(HYB_ERR_UNSUPPORTED,

@@ -228,12 +228,17 @@ static double mono_s(void) {
 typedef struct grad_bucket {
     float *data;
     int hi, lo;
+    int inplace; /* one host gradient reduced where it is (no copies) */
     hyb_comm_req *req;
 } grad_bucket;
 
 static int bucket_finish(hyb_trainer *t, hyb_tensor **p, grad_bucket *b) {
     int rc = hyb_comm_wait(t->comm, b->req);
     b->req = NULL;
+    if (b->inplace) {
+        b->data = NULL;
+        return rc;
+    }
     size_t off = 0;
     for (int i = b->hi; rc == HYB_OK && i >= b->lo; i--) {
         if (!p[i]->requires_grad) continue;
@@ -245,10 +250,11 @@ static int bucket_finish(hyb_trainer *t, hyb_tensor **p, grad_bucket *b) {
     return rc;
 }
 
-/* Sum every trainable parameter's gradient over the ranks, in buckets of about bucket_bytes taken
- * from the last parameter down (the order a backward produces them). Each bucket is packed
- * (a device gradient is downloaded), its non-blocking all-reduce posted, and the next bucket packed
- * while it runs; at most two are in flight. (The graph's backward has no per-tensor hook, so this
+/* Sum every trainable parameter's gradient over the ranks, in buckets taken from the last
+ * parameter down (the order a backward produces them): a host gradient of 1 MB or more (or half a
+ * bucket) is a bucket of its own, reduced in place; smaller (and device) gradients are packed into buckets of up to
+ * bucket_bytes (a device gradient downloaded). Each bucket's non-blocking all-reduce is posted
+ * and the next bucket prepared while it runs; at most two are in flight. (The graph's backward has no per-tensor hook, so this
  * starts after the backward of the step's last micro-batch: docs/DISTRIBUTED.md.) Every rank has
  * the same parameters with the same flags, so the buckets line up. */
 static int reduce_grads(hyb_trainer *t) {
@@ -268,20 +274,25 @@ static int reduce_grads(hyb_trainer *t) {
         return HYB_OK;
     }
     const size_t cap = t->bucket_bytes / sizeof(float);
+    /* a host gradient of at least this many floats (1 MB, or half a bucket when buckets are
+     * smaller) is reduced in place, a bucket of its own (no copies); smaller ones and device ones
+     * are packed */
+    const size_t own = cap / 2 < ((size_t)1 << 18) ? (cap / 2 ? cap / 2 : 1) : ((size_t)1 << 18);
     grad_bucket fly[2] = {{0}};
     int nfly = 0, rc = HYB_OK;
     int i = np - 1;
     while (rc == HYB_OK && i >= 0) {
-        /* the next bucket: params from i down until cap is reached (a bigger tensor alone) */
+        while (i >= 0 && !p[i]->requires_grad)
+            i--;
+        if (i < 0) break;
         int hi = i, lo = i;
         size_t n = 0;
+        int inplace = 0;
         for (; i >= 0; i--) {
-            if (!p[i]->requires_grad) {
-                lo = i;
-                continue;
-            }
+            if (!p[i]->requires_grad) continue;
             size_t k = (size_t)hyb_tensor_numel(p[i]);
-            if (n > 0 && n + k > cap) break;
+            int big = p[i]->device == HYB_DEV_CPU && k >= own;
+            if (n > 0 && (n + k > cap || big)) break;
             if (p[i]->device == HYB_DEV_CPU && (rc = hyb_tensor_grad_ensure(p[i])) != HYB_OK) break;
             if (!p[i]->grad) {
                 rc = hyb_error_set(HYB_ERR, "%s: '%s' has no gradient", W, p[i]->name);
@@ -289,26 +300,32 @@ static int reduce_grads(hyb_trainer *t) {
             }
             n += k;
             lo = i;
+            if (big) { /* alone */
+                inplace = 1;
+                i--;
+                break;
+            }
         }
         if (rc != HYB_OK || n == 0) break;
-        if (nfly == 2) { /* the oldest must land before a third is posted */
+        if (nfly == 2) { /* the oldest must land before another is posted */
             rc = bucket_finish(t, p, &fly[0]);
             fly[0] = fly[1];
             nfly = 1;
             if (rc != HYB_OK) break;
         }
         grad_bucket *b = &fly[nfly];
-        b->data = malloc(sizeof(float) * n);
         b->hi = hi;
         b->lo = lo;
         b->req = NULL;
+        b->inplace = inplace;
+        b->data = inplace ? hyb_tensor_f32(p[lo]->grad) : malloc(sizeof(float) * n);
         if (!b->data) {
             rc = hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory (%zu bytes)", W, n * sizeof(float));
             break;
         }
         nfly++;
         size_t off = 0;
-        for (int j = hi; rc == HYB_OK && j >= lo; j--) {
+        for (int j = hi; rc == HYB_OK && !inplace && j >= lo; j--) {
             if (!p[j]->requires_grad) continue;
             rc = hyb_tensor_download(p[j]->grad, b->data + off);
             off += (size_t)hyb_tensor_numel(p[j]);
@@ -318,7 +335,7 @@ static int reduce_grads(hyb_trainer *t) {
     for (int k = 0; k < nfly; k++) {
         int r2 = fly[k].data ? (rc == HYB_OK ? bucket_finish(t, p, &fly[k]) : HYB_OK) : HYB_OK;
         if (rc == HYB_OK) rc = r2;
-        free(fly[k].data);
+        if (!fly[k].inplace) free(fly[k].data);
     }
     return rc;
 }
@@ -413,6 +430,11 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
     }
     if (dp) {
         double t0 = mono_s();
+        if (t->comm_profile) {
+            if ((rc = hyb_comm_barrier(t->comm, 0)) != HYB_OK) goto done;
+            s.wait_s = mono_s() - t0;
+            t0 = mono_s();
+        }
         if ((rc = reduce_grads(t)) != HYB_OK) goto done;
         double m[4] = {s.loss, s.parts[0], s.parts[1], s.parts[2]};
         if ((rc = hyb_comm_allreduce_f64(t->comm, m, 4)) != HYB_OK) goto done;

@@ -413,7 +413,7 @@ static int l_trainer(lua_State *L) {
     static const char *const allowed[] = {
         "teacher", "lr",   "min_lr", "warmup", "steps",   "weight_decay", "betas",
         "eps",     "clip", "accum",  "loss",   "weights", "temperature",  "data_parallel",
-        "bucket_mb", NULL};
+        "bucket_mb", "comm_profile", NULL};
     const char *F = "hyb.train.trainer";
     lua_settop(L, 2);
     hyb_model *student = lhyb_check_model(L, 1, F);
@@ -503,6 +503,7 @@ static int l_trainer(lua_State *L) {
         if (mb < 0 || mb > 1 << 16)
             return lhyb_error(L, "%s: option 'bucket_mb' must be in (0, 65536], got %g", F, mb);
         hyb_trainer_set_comm(t->t, hyb_comm_world(), mb);
+        t->t->comm_profile = lhyb_opt_field_bool(L, 2, F, "comm_profile", 0);
     }
     return 1;
 }
@@ -565,6 +566,7 @@ static int t_step(lua_State *L) {
     lhyb_set_num(L, "grad_norm", st.grad_norm);
     lhyb_set_num(L, "lr", st.lr);
     lhyb_set_num(L, "comm_s", st.comm_s);
+    lhyb_set_num(L, "wait_s", st.wait_s);
     lhyb_set_int(L, "step", st.step);
     lua_pushboolean(L, st.skipped);
     lua_setfield(L, -2, "skipped");

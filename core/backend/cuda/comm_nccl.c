@@ -93,6 +93,14 @@ static int nccl_load(void) {
     return HYB_OK;
 }
 
+int hyb_comm_nccl_probe(int *version) {
+    *version = 0;
+    HYB_TRY(nccl_load());
+    if (g_nccl.GetVersion(version) != NCCL_SUCCESS)
+        return hyb_error_set(HYB_ERR_UNSUPPORTED, "libnccl.so.2: ncclGetVersion failed");
+    return HYB_OK;
+}
+
 typedef struct nccl_impl {
     nccl_comm_t comm;
 } nccl_impl;

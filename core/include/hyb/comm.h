@@ -74,6 +74,9 @@ void hyb_comm_abort(hyb_comm *c, int code, const char *why);
  * says which). */
 int hyb_comm_nccl_new(hyb_comm *boot, hyb_comm **out);
 void hyb_comm_free(hyb_comm *c); /* a comm from hyb_comm_nccl_new (the world is never freed) */
+/* Load libnccl.so.2 and resolve every NCCL function the nccl comm uses, without a GPU; *version
+ * = ncclGetVersion's (e.g. 22703 for 2.27.3). HYB_ERR_UNSUPPORTED naming what is missing. */
+int hyb_comm_nccl_probe(int *version);
 
 /* ---- the table behind the interface (core/comm*.c) -------------------------------------------*/
 typedef struct hyb_comm_ops {

@@ -87,6 +87,8 @@ typedef struct hyb_trainer {
     hyb_trainer_cfg cfg;
     struct hyb_comm *comm;        /* data parallel (hyb_trainer_set_comm); NULL: one process */
     size_t bucket_bytes;          /* gradient all-reduce bucket (default 25 MB) */
+    int comm_profile;             /* 1: a barrier before the gradient all-reduce, timed apart
+                                     (wait_s: the ranks' imbalance; comm_s: the reduction) */
     hyb_model *student, *teacher; /* borrowed */
     hyb_adamw *opt;               /* owned */
     hyb_graph *g, *tg;            /* student (tape) and teacher (no grad) graphs */
@@ -103,6 +105,7 @@ typedef struct hyb_train_stats {
     int64_t step;     /* update number just done (1-based) */
     int skipped;      /* 1: non-finite gradient, no update (step still counts) */
     double comm_s;    /* seconds in the gradient/loss all-reduce (0 for one process) */
+    double wait_s;    /* comm_profile: seconds waiting for the slowest rank before it */
 } hyb_train_stats;
 
 /* teacher may be NULL when the loss is pure CE (w_rkl = w_fkl = 0). The student and teacher must
