@@ -10,8 +10,8 @@
 -- takes B / N of them, as hyb distill does. Timed: K steps after `warmup`, each a tr:step with
 -- reverse KL; with N > 1 the trainer's comm_profile splits each step's communication into the
 -- wait for the slowest rank (a barrier: imbalance, not transfer) and the reduction itself (the
--- bucketed gradient all-reduce plus the loss sums). Also timed alone: the all-reduce of the
--- gradient bytes once more (after a barrier), as in a step. Rank 0 prints one JSON line and
+-- bucketed gradient all-reduce plus the loss sums). Also timed alone (hyb.comm.bench_allreduce,
+-- median of 3): the all-reduce of as many floats as the gradients, after a barrier. Rank 0 prints one JSON line and
 -- writes --out.
 local hyb = require("hyb")
 local comm = hyb.comm
@@ -72,10 +72,16 @@ end
 -- every rank's medians to rank 0 (the step is as slow as the slowest rank)
 local all = comm.allreduce({median(steps), median(comms), median(waits)})
 local step_s, comm_s, wait_s = all[1] / world, all[2] / world, all[3] / world
-local r = {ranks = world, B = B, T = T, K = K, tokens_per_step = B * T, step_s = step_s,
+-- the gradient bytes alone, as the step reduces them (median of 3)
+local ar = {}
+for k = 1, 3 do ar[k] = comm.bench_allreduce(trainable, opt.bucket_mb) end
+local ar_s = world > 1 and comm.allreduce({median(ar)})[1] / world or 0
+local r = {ranks = world, allreduce_s = ar_s, B = B, T = T, K = K, tokens_per_step = B * T, step_s = step_s,
   tok_s = B * T / step_s, comm_s = comm_s, wait_s = wait_s, comm_share = comm_s / step_s,
   wait_share = wait_s / step_s, grad_bytes = trainable * 4, bucket_mb = opt.bucket_mb,
-  allreduce_gbps = world > 1 and comm_s > 0 and trainable * 4 / comm_s / 1e9 or nil,
+  -- algorithm bandwidth: gradient bytes / all-reduce seconds (in the step, and alone)
+  step_allreduce_gbps = world > 1 and comm_s > 0 and trainable * 4 / comm_s / 1e9 or nil,
+  allreduce_gbps = world > 1 and ar_s > 0 and trainable * 4 / ar_s / 1e9 or nil,
   threads = tonumber(os.getenv("OMP_NUM_THREADS") or "") or 0, model = opt.model}
 if rank == 0 then
   local line = require("evallib").json_compact(r)

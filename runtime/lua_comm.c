@@ -11,6 +11,8 @@
  *   hyb.comm.abort(msg[, code])                           -- end every rank, naming this one
  *   hyb.comm.same_params(model) -> same, hash             -- every rank's parameters bitwise
  *       equal to rank 0's? (FNV-1a 64 of all parameter bytes; hash: this rank's, 16 hex digits)
+ *   hyb.comm.bench_allreduce(n[, bucket_mb = 25]) -> seconds: after a barrier, n host floats
+ *       summed over the ranks in buckets (two in flight), as a step's gradients are (benchmarks)
  *   hyb.comm.kill()                                       -- tests: SIGKILL this process */
 #include <signal.h>
 #include <stdio.h>
@@ -146,6 +148,44 @@ static int c_same_params(lua_State *L) {
     return 2;
 }
 
+static int c_bench_allreduce(lua_State *L) {
+    const char *F = "hyb.comm.bench_allreduce";
+    lua_Integer n = luaL_checkinteger(L, 1);
+    double mb = luaL_optnumber(L, 2, 25);
+    if (n < 1 || n > ((lua_Integer)1 << 34) || !(mb > 0 && mb <= 65536))
+        return lhyb_error(L, "%s: n %lld must be in [1, 2^34] and bucket_mb %g in (0, 65536]", F,
+                          (long long)n, mb);
+    float *x = malloc(sizeof(float) * (size_t)n);
+    if (!x) return lhyb_error(L, "%s: out of memory (%lld floats)", F, (long long)n);
+    for (lua_Integer i = 0; i < n; i++)
+        x[i] = 1.0f;
+    hyb_comm *c = hyb_comm_world();
+    size_t cap = (size_t)(mb * 262144);
+    if (cap < 1) cap = 1;
+    int rc = hyb_comm_barrier(c, 0);
+    double t0 = hyb_time_now();
+    hyb_comm_req *fly[2] = {NULL, NULL};
+    int nf = 0;
+    for (size_t off = 0; rc == HYB_OK && off < (size_t)n; off += cap) {
+        size_t k = (size_t)n - off < cap ? (size_t)n - off : cap;
+        if (nf == 2) {
+            rc = hyb_comm_wait(c, fly[0]);
+            fly[0] = fly[1];
+            nf = 1;
+        }
+        if (rc == HYB_OK) rc = hyb_comm_iallreduce_f32(c, x + off, k, &fly[nf++]);
+    }
+    for (int i = 0; i < nf && rc == HYB_OK; i++)
+        rc = hyb_comm_wait(c, fly[i]);
+    double dt = hyb_time_now() - t0;
+    int ok = rc == HYB_OK && x[0] == (float)hyb_comm_size(c) && x[n - 1] == (float)hyb_comm_size(c);
+    free(x);
+    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    if (!ok) return lhyb_error(L, "%s: wrong sums", F);
+    lua_pushnumber(L, dt);
+    return 1;
+}
+
 void lhyb_open_comm(lua_State *L) {
     static const luaL_Reg funcs[] = {{"rank", c_rank},           {"size", c_size},
                                      {"kind", c_kind},           {"have_mpi", c_have_mpi},
@@ -153,6 +193,7 @@ void lhyb_open_comm(lua_State *L) {
                                      {"barrier", c_barrier},     {"timeout", c_timeout},
                                      {"abort", c_abort},         {"kill", c_kill},
                                      {"same_params", c_same_params},
+                                     {"bench_allreduce", c_bench_allreduce},
                                      {NULL, NULL}};
     luaL_newlib(L, funcs);
     lua_setfield(L, -2, "comm");
