@@ -5,7 +5,10 @@
 --   hyb run tests/mpi/distill_mpi.lua equal   np=2 vs one process with the same global batch:
 --       parameters equal to <= 1e-5 relative (Frobenius norm of the difference over all
 --       parameters), the losses of every step to 1e-5, and the two ranks' parameters bitwise
---       identical (the "ranks" line distill writes after each stage compares their hashes)
+--       identical (the "ranks" line distill writes after each stage compares their hashes); a
+--       `lowest = 1` stage ranked by LOO split over the 2 ranks chooses the layer one process
+--       chooses (scores within 1e-5); a batch that does not divide over the ranks is refused
+--       naming the recipe's file:line:col and key
 --   hyb run tests/mpi/distill_mpi.lua kill    rank 1 SIGKILLed after 5 updates: mpirun exits
 --       non-zero within 60 s, the checkpoint on disk parses, the same command resumes and ends
 --       bitwise equal to an uninterrupted np=2 run; resuming that checkpoint in one process
@@ -141,6 +144,63 @@ if mode == "equal" then
     H.eq(same, 2, "stages after which both ranks' parameters were bitwise the same")
     -- rank 0 alone wrote: no file of rank 1 (its temporaries would carry its pid)
     H.eq(tonumber(capture("find '" .. tmp .. "/two' -name '*.tmp*' | wc -l")), 0, "temporaries left")
+  end)
+  H.run("LOO ranking split over the ranks chooses as one process; a batch that does not divide is refused", function()
+    local rl = tmp .. "/rank.toml"
+    local g = assert(io.open(rl, "w"))
+    g:write(([[
+[run]
+teacher = "%s/teacher"
+seed = 5
+eval_batches = 2
+[data]
+files = ["%s/examples/data"]
+tokenizer = "bytes"
+val_fraction = 0.1
+[train]
+lr = 1e-3
+batch = 2
+seq_len = 32
+[rank]
+method = "loo"
+[stages.s1]
+layers = [3]
+mixer = "identity"
+steps = 2
+[stages.s2]
+lowest = 1
+mixer = "identity"
+steps = 2
+]]):format(tmp, root))
+    g:close()
+    local function run(out, ranks)
+      return sh(("%s%s'%s' run '%s/scripts/distill.lua' --quiet '%s' '%s/%s' >> '%s' 2>&1"):format(env,
+        ranks == 1 and "" or mpi, bin, root, rl, tmp, out, log))
+    end
+    H.eq(run("rank1", 1), 0, "one process")
+    local rc = run("rank2", 2)
+    if rc ~= 0 then dump_log() end
+    H.eq(rc, 0, "np=2")
+    local function choice(out)
+      for _, line in ipairs(metrics(out)) do
+        if line:find('"kind":"rank"', 1, true) then return require("rankinglib").json_decode(line, out) end
+      end
+    end
+    local c1, c2 = choice("rank1"), choice("rank2")
+    H.check(c1 and c2, "both runs ranked the layers")
+    H.eq(table.concat(c2.layers, ","), table.concat(c1.layers, ","), "layers chosen")
+    H.eq(table.concat(c2.order, ","), table.concat(c1.order, ","), "order")
+    for l, sc in pairs(c1.scores) do
+      H.near(c2.scores[l].rkl, sc.rkl, 1e-5 * math.abs(sc.rkl), "LOO rKL of layer " .. l)
+    end
+    -- batch 3 over 2 ranks
+    local bad = tmp .. "/bad.toml"
+    g = assert(io.open(bad, "w"))
+    g:write((io.open(rl):read("a"):gsub("batch = 2", "batch = 3")))
+    g:close()
+    local text = capture(("%s%s'%s' run '%s/scripts/distill.lua' '%s' '%s/bad'"):format(env, mpi, bin, root, bad, tmp))
+    H.check(text:find("bad.toml:11:1: [train] batch = 3 (the global micro-batch) does not divide over 2 ranks", 1, true) ~= nil,
+      "the error names the file, the key and the ranks:\n" .. text:sub(1, 600))
   end)
 elseif mode == "kill" then
   H.run("a rank killed mid-run ends the job; the resume matches an uninterrupted run", function()
