@@ -98,7 +98,7 @@ function K.gather(scores)
     for line in text:gmatch("[^\n]+") do
       local l = tonumber(line:match("^(%-?%d+)"))
       local v = {}
-      for k, x in line:gmatch("(%w+)=(%S+)") do v[k] = tonumber(x) end
+      for k, x in line:gmatch("([%w_]+)=(%S+)") do v[k] = tonumber(x) end
       all[l] = v
     end
   end

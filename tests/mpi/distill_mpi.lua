@@ -8,7 +8,8 @@
 --       identical (the "ranks" line distill writes after each stage compares their hashes); a
 --       `lowest = 1` stage ranked by LOO split over the 2 ranks chooses the layer one process
 --       chooses (scores within 1e-5); a batch that does not divide over the ranks is refused
---       naming the recipe's file:line:col and key
+--       naming the recipe's file:line:col and key; `hyb importance` (LOO and MMR probes split over
+--       the ranks, scores gathered) writes the same ranking file as one process
 --   hyb run tests/mpi/distill_mpi.lua kill    rank 1 SIGKILLed after 5 updates: mpirun exits
 --       non-zero within 60 s, the checkpoint on disk parses, the same command resumes and ends
 --       bitwise equal to an uninterrupted np=2 run; resuming that checkpoint in one process
@@ -201,6 +202,21 @@ steps = 2
     local text = capture(("%s%s'%s' run '%s/scripts/distill.lua' '%s' '%s/bad'"):format(env, mpi, bin, root, bad, tmp))
     H.check(text:find("bad.toml:11:1: [train] batch = 3 (the global micro-batch) does not divide over 2 ranks", 1, true) ~= nil,
       "the error names the file, the key and the ranks:\n" .. text:sub(1, 600))
+  end)
+  H.run("hyb importance (LOO + MMR) split over 2 ranks writes the one-process ranking file", function()
+    local function run(out, ranks)
+      return sh(("%s%s'%s' run '%s/scripts/importance.lua' --teacher '%s/teacher' --data '%s/examples/data' " ..
+        "--tokenizer bytes --batches 2 --seq-len 32 --mmr-steps 2 --out '%s/%s' --quiet >> '%s' 2>&1"):format(env,
+        ranks == 1 and "" or mpi, bin, root, tmp, root, tmp, out, log))
+    end
+    H.eq(run("imp1.json", 1), 0, "one process")
+    local rc = run("imp2.json", 2)
+    if rc ~= 0 then dump_log() end
+    H.eq(rc, 0, "np=2")
+    -- each probe runs in one process on one rank: the scores are bitwise the same, so the files are
+    local a, b = io.open(tmp .. "/imp1.json"):read("a"), io.open(tmp .. "/imp2.json"):read("a")
+    H.check(a:find('"mmr": {', 1, true) ~= nil, "MMR ran: " .. a:sub(1, 200))
+    H.eq(b, a, "ranking file")
   end)
 elseif mode == "kill" then
   H.run("a rank killed mid-run ends the job; the resume matches an uninterrupted run", function()
