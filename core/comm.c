@@ -79,6 +79,8 @@ hyb_comm *hyb_comm_world(void) {
     return g_world;
 }
 
+hyb_comm *hyb_comm_current(void) { return g_world; }
+
 void hyb_comm_finalize(void) {
 #ifdef HYB_HAVE_MPI
     hyb_comm_mpi_finalize();

@@ -160,9 +160,21 @@ if not teacher_path:match("^/") and not exists(teacher_path) and exists(recipe_d
   teacher_path = recipe_dir .. "/" .. teacher_path
 end
 -- [run] device = "cpu" | "cuda" | "cuda:N": the teacher, the students and all their compute
+-- (under mpirun, "cuda" is cuda:<local rank mod devices>)
 local device = run.device
 if device ~= nil and (type(device) ~= "string" or device == "") then
   error(recipe_path .. ": [run] device must be a device name such as \"cpu\" or \"cuda:0\"", 0)
+end
+-- data parallel on GPUs: "cuda" without an index puts each rank of a node on its own device
+-- (the launcher's local rank modulo the node's device count)
+if device == "cuda" and world > 1 then
+  local lr = tonumber(os.getenv("OMPI_COMM_WORLD_LOCAL_RANK") or os.getenv("MPI_LOCALRANKID")
+    or os.getenv("SLURM_LOCALID") or "")
+  local n = 1
+  for _, d in ipairs(hyb.devices()) do
+    if d.name == "cuda" then n = tonumber(tostring(d.status):match("(%d+) devices?")) or 1 end
+  end
+  if lr then device = ("cuda:%d"):format(lr % n) end
 end
 if device ~= nil then
   local ok, err = pcall(hyb.device, device)

@@ -39,6 +39,8 @@ typedef struct hyb_comm_req hyb_comm_req;
  * with atexit by the first call). */
 hyb_comm *hyb_comm_world(void);
 void hyb_comm_finalize(void);
+/* The world if hyb_comm_world has made it, else NULL (never starts MPI). */
+hyb_comm *hyb_comm_current(void);
 /* 1 when this binary was built with MPI (HYB_HAVE_MPI). */
 int hyb_comm_have_mpi(void);
 
