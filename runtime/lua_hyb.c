@@ -127,6 +127,7 @@ int luaopen_hyb(lua_State *L) {
     lhyb_open_bench(L);  /* hyb.bench (lua_bench.c) */
     lhyb_open_engine(L); /* hyb.engine, hyb.plan_memory (lua_engine.c) */
     lhyb_open_serve(L);  /* hyb.serve (lua_serve.c) */
+    lhyb_open_comm(L);   /* hyb.comm (lua_comm.c) */
     lhyb_set_str(L, "version", HYB_VERSION);
     return 1;
 }

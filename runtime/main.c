@@ -31,6 +31,7 @@
 
 #include "hyb/common.h"
 #include "hyb/mixer.h"
+#include "hyb/comm.h"
 #include "lhyb.h"
 
 #ifndef HYB_SCRIPTS_DIR
@@ -140,6 +141,11 @@ static void report(lua_State *L) {
     fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error without a message)");
     fflush(stderr);
     lua_pop(L, 1);
+    /* one rank of several failed: the others would wait for it in their next collective (and
+     * MPI_Finalize at exit would wait for them), so end the whole job now */
+    hyb_comm *c = hyb_comm_current();
+    if (c && hyb_comm_size(c) > 1)
+        hyb_comm_abort(c, 1, "the script failed on this rank (error above); ending the job");
 }
 
 /* Call the function below nargs arguments on the stack with the traceback handler. */
