@@ -44,6 +44,12 @@
 #define LOCKED 0xFFFFFFFFu
 #define CHUNKS_PER_THREAD 4
 #define MAX_THREADS 1024
+/* lateness score (see the end of hyb_pool_parallel_for): +LATE_UP per late dispatch, -1 per
+ * timely one; spinning stops at LATE_OFF and resumes at LATE_ON */
+#define LATE_UP 4
+#define LATE_MAX 64
+#define LATE_OFF 32
+#define LATE_ON 8
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -79,7 +85,9 @@ static void futex_wake(_Atomic uint32_t *w) {
 typedef struct pool {
     int nthreads; /* the caller included */
     pthread_t *th;
-    int64_t spin_ns;
+    int64_t spin_max; /* HYB_POOL_SPIN_US */
+    _Atomic int64_t spin_ns; /* in force now: spin_max, or 0 while the machine is oversubscribed */
+    int late;                /* the dispatcher's lateness score, 0..LATE_MAX (under g_mu) */
 
     _Alignas(64) _Atomic uint64_t next;
     _Alignas(64) _Atomic uint32_t seq;
@@ -147,17 +155,18 @@ void hyb_pool_counts(int64_t *parallel, int64_t *serial) {
 }
 
 /* Claim and run the chunks of generation gen until none is left. */
-static void run_chunks(pool *p, uint32_t gen, int tid) {
+static int run_chunks(pool *p, uint32_t gen, int tid) {
+    int ran = 0;
     for (;;) {
         uint64_t c = atomic_load_explicit(&p->next, memory_order_acquire);
-        if ((uint32_t)(c >> 32) != gen || (uint32_t)c == LOCKED) return;
+        if ((uint32_t)(c >> 32) != gen || (uint32_t)c == LOCKED) return ran;
         hyb_pool_fn fn = atomic_load_explicit(&p->fn, memory_order_acquire);
         void *ctx = atomic_load_explicit(&p->ctx, memory_order_acquire);
         int64_t n = atomic_load_explicit(&p->n, memory_order_acquire);
         int64_t chunk = atomic_load_explicit(&p->chunk, memory_order_acquire);
         uint32_t nch = atomic_load_explicit(&p->nchunks, memory_order_acquire);
         uint32_t i = (uint32_t)c;
-        if (i >= nch) return;
+        if (i >= nch) return ran;
         if (!atomic_compare_exchange_weak_explicit(&p->next, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_relaxed))
             continue;
@@ -170,6 +179,7 @@ static void run_chunks(pool *p, uint32_t gen, int tid) {
                     snprintf(p->errmsg, sizeof p->errmsg, "%s", hyb_error());
             }
         }
+        ran++;
         if (atomic_fetch_add(&p->done, 1) + 1 == nch && atomic_load(&p->waiting))
             futex_wake(&p->done);
     }
@@ -196,7 +206,7 @@ static void *worker_main(void *arg) {
                 cpu_relax();
                 s = atomic_load_explicit(&p->seq, memory_order_acquire);
                 if (s != seen || atomic_load_explicit(&p->quit, memory_order_relaxed)) break;
-                if ((it & 63) == 0 && now_ns() - t0 > p->spin_ns) break;
+                if ((it & 63) == 0 && now_ns() - t0 > atomic_load_explicit(&p->spin_ns, memory_order_relaxed)) break;
                 if ((it & 1023) == 0) sched_yield(); /* a busy machine: let waiting work run */
             }
         }
@@ -232,7 +242,8 @@ static pool *pool_create(int nthreads) {
     p->nthreads = nthreads;
     const char *e = getenv("HYB_POOL_SPIN_US");
     long us = e && *e ? strtol(e, NULL, 10) : 200;
-    p->spin_ns = (us < 0 ? 0 : us > 1000000 ? 1000000 : us) * 1000;
+    p->spin_max = (us < 0 ? 0 : us > 1000000 ? 1000000 : us) * 1000;
+    atomic_store(&p->spin_ns, p->spin_max);
     atomic_store(&p->next, (uint64_t)g_gen << 32 | LOCKED);
     atomic_store(&p->seq, g_gen);
     p->th = calloc((size_t)nthreads, sizeof *p->th);
@@ -316,18 +327,20 @@ int hyb_pool_parallel_for(int64_t n, int64_t grain, hyb_pool_fn fn, void *ctx) {
     atomic_store(&p->seq, gen);
     if (atomic_load(&p->sleepers) > 0) futex_wake(&p->seq);
 
+    const int64_t t_pub = now_ns();
     t_in_pool = 1;
-    run_chunks(p, gen, 0);
+    const int own = run_chunks(p, gen, 0);
     t_in_pool = 0;
 
     /* wait for the chunks other threads claimed */
+    const int64_t t_own = now_ns();
+    const int64_t spin = atomic_load_explicit(&p->spin_ns, memory_order_relaxed);
     if (atomic_load_explicit(&p->done, memory_order_acquire) != (uint32_t)nch) {
-        const int64_t t0 = now_ns();
         for (unsigned it = 1; atomic_load_explicit(&p->done, memory_order_acquire) != (uint32_t)nch;
              it++) {
             cpu_relax();
             if ((it & 1023) == 0) sched_yield();
-            if ((it & 63) == 0 && now_ns() - t0 > p->spin_ns) {
+            if ((it & 63) == 0 && now_ns() - t_own > spin) {
                 atomic_store(&p->waiting, 1);
                 uint32_t d;
                 while ((d = atomic_load(&p->done)) != (uint32_t)nch)
@@ -337,6 +350,20 @@ int hyb_pool_parallel_for(int64_t n, int64_t grain, hyb_pool_fn fn, void *ctx) {
             }
         }
     }
+    /* Oversubscription: spinning pays only while the workers keep their cores. When other work
+     * takes them, a spinning worker burns the share of CPU time the scheduler gives it and then
+     * sits preempted, holding a chunk the dispatcher must wait for (measured: decode 5x slower on
+     * 2 cores at load 14). So a dispatch is late when no worker took part in it, or when the
+     * dispatcher waited for the others much longer than one of its own chunks took; a
+     * mostly-late recent history switches spinning off (workers sleep on the futex at once and
+     * are woken per dispatch, as OpenMP's passive policy does) until dispatches are on time
+     * again. */
+    const int64_t wait = now_ns() - t_own, per_own = (t_own - t_pub) / (own > 0 ? own : 1);
+    const int late = own == (int)nch || wait > 2 * per_own + 20000;
+    p->late += late ? LATE_UP : -1;
+    p->late = p->late < 0 ? 0 : p->late > LATE_MAX ? LATE_MAX : p->late;
+    const int64_t want_spin = p->late >= LATE_OFF ? 0 : p->late <= LATE_ON ? p->spin_max : spin;
+    if (want_spin != spin) atomic_store_explicit(&p->spin_ns, want_spin, memory_order_relaxed);
     int rc = atomic_load(&p->err);
     if (rc != HYB_OK) hyb_error_set(rc, "%s", p->errmsg);
     pthread_mutex_unlock(&g_mu);
