@@ -4,14 +4,17 @@
  * concurrent chunks, nested dispatches run serially on the calling thread (no deadlock, same
  * result), errors from any chunk come back with their message, thousands of back-to-back dispatches
  * (the decode pattern) complete, the pool wakes up after its workers went to sleep, changing the
- * thread count rebuilds it, and dispatches from several threads at once all complete. Runs clean
+ * thread count rebuilds it, dispatches from several threads at once all complete, and the skinny
+ * GEMM of decode gives the same bits on 1..4 threads. The pool part runs clean
  * under ASan/UBSan (HYB_SANITIZE) and TSan. */
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "backend/cpu/cpu.h"
 #include "backend/cpu/cpu_pool.h"
 #include "harness.h"
 #include "hyb/backend.h"
@@ -239,6 +242,45 @@ static void test_settings(void) {
     CHECK(hyb_set_threads(0) == HYB_OK && hyb_threads() == 2); /* the default follows the env */
 }
 
+/* the decode products that run on the pool (the skinny x W^T path of hyb_cpu_sgemm, M <= 16):
+ * the same bits for every thread count, and close to a double reference */
+static void test_sgemm_threads(void) {
+    enum { N = 1000, K = 512 };
+    float *W = malloc(sizeof(float) * N * K), *x = malloc(sizeof(float) * 16 * K);
+    float *y1 = malloc(sizeof(float) * 16 * N), *y = malloc(sizeof(float) * 16 * N);
+    hyb_rng r;
+    hyb_rng_seed(&r, 7);
+    hyb_rng_fill_normal(&r, W, (int64_t)N * K, 0.0f, 1.0f);
+    hyb_rng_fill_normal(&r, x, 16 * K, 0.0f, 1.0f);
+    const int Ms[] = {1, 3, 16};
+    for (size_t mi = 0; mi < 3; mi++) {
+        const int M = Ms[mi];
+        CHECK(hyb_set_threads(1) == HYB_OK);
+        hyb_cpu_sgemm(0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, y1, N);
+        double worst = 0;
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) {
+                double ref = 0;
+                for (int k = 0; k < K; k++)
+                    ref += (double)x[m * K + k] * W[(int64_t)n * K + k];
+                double e = fabs(ref - y1[m * N + n]);
+                worst = e > worst ? e : worst;
+            }
+        CHECK_MSG(worst < 1e-3, "M %d: error %g against the double reference", M, worst);
+        for (int t = 2; t <= 4; t++) {
+            CHECK(hyb_set_threads(t) == HYB_OK);
+            int64_t p0, p1;
+            hyb_pool_counts(&p0, NULL);
+            hyb_cpu_sgemm(0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, y, N);
+            hyb_pool_counts(&p1, NULL);
+            CHECK_MSG(p1 == p0 + 1, "M %d threads %d: the product did not use the pool", M, t);
+            CHECK_MSG(memcmp(y, y1, sizeof(float) * (size_t)M * N) == 0,
+                      "M %d threads %d: result differs from 1 thread", M, t);
+        }
+    }
+    free(W), free(x), free(y1), free(y);
+}
+
 int main(void) {
     RUN(test_settings);
     RUN(test_coverage);
@@ -247,5 +289,6 @@ int main(void) {
     RUN(test_errors);
     RUN(test_sleep_wake);
     RUN(test_concurrent);
+    RUN(test_sgemm_threads);
     return harness_done();
 }
