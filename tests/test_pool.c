@@ -131,7 +131,17 @@ static int nest_fn(void *ctx, int64_t lo, int64_t hi, int tid) {
     }
     return HYB_OK;
 }
+static int set_inside_fn(void *ctx, int64_t lo, int64_t hi, int tid) {
+    if (hyb_set_threads(2) == HYB_OK) atomic_store((_Atomic int *)ctx, 1);
+    return HYB_OK;
+}
 static void test_nested(void) {
+    { /* changing the count from inside a task is an error, not a deadlock */
+        CHECK(hyb_set_threads(2) == HYB_OK);
+        _Atomic int changed = 0;
+        CHECK(hyb_pool_parallel_for(64, 1, set_inside_fn, &changed) == HYB_OK);
+        CHECK(atomic_load(&changed) == 0);
+    }
     for (int t = 1; t <= 4; t++) {
         CHECK(hyb_set_threads(t) == HYB_OK);
         nest o = {0};

@@ -268,6 +268,8 @@ int hyb_set_threads(int n) {
     if (n < 0 || n > MAX_THREADS)
         return hyb_error_set(HYB_ERR_ARG, "threads: %d is out of range (0 = default, 1..%d)", n,
                              MAX_THREADS);
+    if (t_in_pool) /* the dispatcher holds g_mu: waiting for it here would never end */
+        return hyb_error_set(HYB_ERR_ARG, "threads: cannot be changed from inside a parallel task");
     pthread_mutex_lock(&g_mu);
     __atomic_store_n(&g_threads, n, __ATOMIC_RELAXED);
     const int want = hyb_threads();
