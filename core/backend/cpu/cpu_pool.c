@@ -110,7 +110,7 @@ static pool *g_pool;
 static uint32_t g_gen; /* the dispatcher's generation counter (under g_mu) */
 static int g_threads;  /* 0: default */
 static _Thread_local int t_in_pool;
-static _Atomic int64_t g_npar, g_nser;
+static _Atomic int64_t g_npar, g_nser, g_nlate, g_nnospin; /* counts for HYB_POOL_STATS */
 
 static int default_threads(void) {
     const char *e = getenv("OMP_NUM_THREADS");
@@ -140,8 +140,11 @@ int hyb_pool_threads(void) {
 
 /* HYB_POOL_STATS=1: the dispatch counts on stderr at exit (sync points per token, bench/) */
 static void stats_report(void) {
-    fprintf(stderr, "hyb pool: %d threads, %lld parallel dispatches, %lld serial\n", hyb_threads(),
-            (long long)atomic_load(&g_npar), (long long)atomic_load(&g_nser));
+    fprintf(stderr,
+            "hyb pool: %d threads, %lld parallel dispatches (%lld late, %lld without spinning), "
+            "%lld serial\n",
+            hyb_threads(), (long long)atomic_load(&g_npar), (long long)atomic_load(&g_nlate),
+            (long long)atomic_load(&g_nnospin), (long long)atomic_load(&g_nser));
 }
 
 __attribute__((constructor)) static void stats_init(void) {
@@ -362,6 +365,8 @@ int hyb_pool_parallel_for(int64_t n, int64_t grain, hyb_pool_fn fn, void *ctx) {
      * again. */
     const int64_t wait = now_ns() - t_own, per_own = (t_own - t_pub) / (own > 0 ? own : 1);
     const int late = own == (int)nch || wait > 2 * per_own + 20000;
+    if (late) atomic_fetch_add_explicit(&g_nlate, 1, memory_order_relaxed);
+    if (spin == 0) atomic_fetch_add_explicit(&g_nnospin, 1, memory_order_relaxed);
     p->late += late ? LATE_UP : -1;
     p->late = p->late < 0 ? 0 : p->late > LATE_MAX ? LATE_MAX : p->late;
     const int64_t want_spin = p->late >= LATE_OFF ? 0 : p->late <= LATE_ON ? p->spin_max : spin;
