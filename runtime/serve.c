@@ -454,9 +454,9 @@ static void admit(srv *s) {
 
 static void *engine_main(void *arg) {
     srv *s = (srv *)arg;
-#ifdef _OPENMP
-    if (s->cfg.threads > 0) omp_set_num_threads(s->cfg.threads);
-#endif
+    /* the pool's count (process-wide) and OpenMP's on this thread, which runs the engine */
+    if (s->cfg.threads > 0 && hyb_set_threads(s->cfg.threads) != HYB_OK)
+        fprintf(stderr, "hyb serve: %s\n", hyb_error());
     pthread_mutex_lock(&s->mu);
     for (;;) {
         admit(s);

@@ -17,6 +17,8 @@
 --                           template that came with the model, else ChatML)
 --   --system TEXT           system message for --chat
 --   --max-ctx N             context capacity in tokens (default: the model's, at most 4096)
+--   --threads N             CPU compute threads, this one included (default: OMP_NUM_THREADS,
+--                           else all the cores this process may use)
 --   --quiet                 no statistics line at the end
 --   --verbose               log the model layout while loading
 -- EOS always stops. Statistics (prefill and decode tokens/s) go to stderr.
