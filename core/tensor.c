@@ -137,6 +137,17 @@ hyb_tensor *hyb_tensor_new(hyb_dtype dtype, int ndim, const int64_t *shape) {
     return t;
 }
 
+hyb_tensor *hyb_param_no_data(hyb_dtype dtype, int ndim, const int64_t *shape) {
+    hyb_tensor tmp;
+    if (tensor_init(&tmp, dtype, ndim, shape, "hyb_param_no_data") != HYB_OK) return NULL;
+    hyb_tensor *t = hyb_malloc(sizeof *t);
+    if (!t) return NULL;
+    *t = tmp;
+    t->owner = HYB_OWN_HEAP;
+    t->data = NULL;
+    return t;
+}
+
 hyb_tensor *hyb_tensor_wrap(hyb_dtype dtype, int ndim, const int64_t *shape, void *data) {
     hyb_tensor tmp;
     if (tensor_init(&tmp, dtype, ndim, shape, "hyb_tensor_wrap") != HYB_OK) return NULL;
@@ -224,7 +235,6 @@ void hyb_tensor_free(hyb_tensor *t) {
     if (t->owner == HYB_OWN_ARENA) return; /* struct and data belong to the arena */
     if (t->owner == HYB_OWN_HEAP || t->owner == HYB_OWN_PARAM) {
         if (t->device == HYB_DEV_CPU) {
-            hyb_quant_shadow_forget(t->data); /* HYB_QUANT: its blocks, if any (cpu_quant.h) */
             hyb_free(t->data);
         } else {
             const hyb_backend *be = hyb_backend_get(t->device);

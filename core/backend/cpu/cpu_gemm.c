@@ -121,9 +121,6 @@ void hyb_cpu_sgemm(int transA, int transB, int M, int N, int K, float alpha, con
                 C[(int64_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(int64_t)i * ldc + j];
         return;
     }
-    /* HYB_QUANT: a registered f32 weight multiplies from its GGUF blocks (cpu_quant.h shadows) */
-    if (hyb_quant_shadow_gemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
-        return;
     blas_pin();
     const double flops = (double)M * N * K;
     const int par = !omp_in_parallel() && omp_get_max_threads() > 1 && flops >= PAR_MIN_FLOPS;

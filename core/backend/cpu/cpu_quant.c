@@ -635,7 +635,7 @@ int hyb_quant_have_avx2(void) {
 /* ---- settings ---------------------------------------------------------------------------------*/
 
 static hyb_quant_config g_cfg;
-static int g_cfg_init;
+static int g_cfg_init, g_cfg_chosen; /* chosen: HYB_QUANT set, or hyb_quant_set called */
 
 const char *hyb_quant_mode_name(hyb_quant_mode m) {
     static const char *N[] = {"off", "precise", "fast", "emul"};
@@ -679,6 +679,8 @@ hyb_quant_config hyb_quant_get(void) {
             hyb_log(HYB_LOG_WARN, "%s; quantized compute is off", hyb_error());
             c = (hyb_quant_config){HYB_QUANT_OFF, 4, 0, HYB_QISA_AUTO};
         }
+        const char *env = getenv("HYB_QUANT");
+        g_cfg_chosen = env && *env;
         const char *isa = getenv("HYB_QUANT_ISA");
         if (isa && !strcasecmp(isa, "scalar")) c.isa = HYB_QISA_SCALAR;
         g_cfg = c;
@@ -690,6 +692,12 @@ hyb_quant_config hyb_quant_get(void) {
 void hyb_quant_set(const hyb_quant_config *c) {
     g_cfg = *c;
     g_cfg_init = 1;
+    g_cfg_chosen = 1;
+}
+
+int hyb_quant_is_chosen(void) {
+    (void)hyb_quant_get();
+    return g_cfg_chosen;
 }
 
 /* ---- activations ------------------------------------------------------------------------------*/
@@ -899,88 +907,4 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
     }
     free(xsum), free(xe), free(q), free(s);
     return HYB_OK;
-}
-
-/* ---- shadows of f32 weights (see cpu_quant.h) -------------------------------------------------*/
-
-typedef struct shadow {
-    const float *f32;
-    int64_t N, K;
-    hyb_dtype wt;
-    void *blocks;
-} shadow;
-
-static pthread_mutex_t sh_mu = PTHREAD_MUTEX_INITIALIZER;
-static shadow *sh;
-static int sh_n, sh_cap;
-static volatile int sh_any; /* sh_n > 0, read without the lock as a fast exit */
-
-int hyb_quant_shadow_add(const float *f32, int64_t N, int64_t K, hyb_dtype wt, void *blocks) {
-    if (!f32 || !blocks || !hyb_quant_supported(wt) || N <= 0 || K <= 0 ||
-        K % hyb_dtype_block_elems(wt))
-        return hyb_error_set(HYB_ERR_ARG, "hyb_quant_shadow_add: bad arguments");
-    pthread_mutex_lock(&sh_mu);
-    int rc = HYB_OK;
-    if (sh_n == sh_cap) {
-        int cap = sh_cap ? 2 * sh_cap : 64;
-        shadow *p = realloc(sh, sizeof *p * (size_t)cap);
-        if (!p)
-            rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_quant_shadow_add: out of memory");
-        else
-            sh = p, sh_cap = cap;
-    }
-    if (rc == HYB_OK) {
-        sh[sh_n++] = (shadow){f32, N, K, wt, blocks};
-        sh_any = 1;
-    }
-    pthread_mutex_unlock(&sh_mu);
-    return rc;
-}
-
-void hyb_quant_shadow_forget(const void *f32) {
-    if (!sh_any || !f32) return;
-    pthread_mutex_lock(&sh_mu);
-    for (int i = 0; i < sh_n; i++)
-        if ((const void *)sh[i].f32 == f32) {
-            free(sh[i].blocks);
-            sh[i--] = sh[--sh_n];
-        }
-    sh_any = sh_n > 0;
-    pthread_mutex_unlock(&sh_mu);
-}
-
-int hyb_quant_shadow_count(void) {
-    pthread_mutex_lock(&sh_mu);
-    int n = sh_n;
-    pthread_mutex_unlock(&sh_mu);
-    return n;
-}
-
-int64_t hyb_quant_shadow_bytes(const void *f32) {
-    int64_t b = 0;
-    pthread_mutex_lock(&sh_mu);
-    for (int i = 0; i < sh_n; i++)
-        if ((const void *)sh[i].f32 == f32) b = sh[i].N * hyb_quant_row_bytes(sh[i].wt, sh[i].K);
-    pthread_mutex_unlock(&sh_mu);
-    return b;
-}
-
-int hyb_quant_shadow_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
-                          int lda, const float *B, int ldb, float beta, float *C, int ldc) {
-    if (!sh_any || transA || !transB || M < 1 || M > HYB_QUANT_GEMV_MAX_M || alpha != 1.0f ||
-        beta != 0.0f || lda != K || ldb != K || ldc != N)
-        return 0;
-    hyb_quant_config c = hyb_quant_get();
-    if (c.mode == HYB_QUANT_OFF) return 0;
-    shadow hit = {0};
-    pthread_mutex_lock(&sh_mu);
-    for (int i = 0; i < sh_n; i++)
-        if (sh[i].f32 == B && sh[i].N == N && sh[i].K == K) {
-            hit = sh[i];
-            break;
-        }
-    pthread_mutex_unlock(&sh_mu);
-    if (!hit.blocks) return 0;
-    /* blocks live until the f32 data is freed, which cannot happen during this product */
-    return hyb_cpu_quant_matmul(hit.wt, hit.blocks, A, C, M, N, K, &c) == HYB_OK;
 }
