@@ -73,8 +73,13 @@ hyb_tensor *hyb_mixer_apply(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x, vo
     for (int i = 0; i < m->n_params; i++) {
         hyb_tensor *p = m->params[i];
         const char *pn = m->decls ? m->decls[i].name : "param";
-        if (p->dtype != HYB_F32 && m->decls && m->decls[i].quant_ok && !p->requires_grad &&
+        if (p->dtype != HYB_F32 && m->decls && m->decls[i].quant_ok &&
             hyb_dtype_block_elems(p->dtype) > 1 && p->device == HYB_DEV_CPU) {
+            if (p->requires_grad)
+                OP_ERR("%s: mixer '%s' (layer %d) parameter '%s' is quantized (%s) and asks for a "
+                       "gradient: quantized weights are for inference (load the model with quant "
+                       "= off, --quant off, to train it)",
+                       OP, m->type, m->dims.layer, pn, hyb_dtype_name(p->dtype));
             n_quant++; /* a frozen projection in GGUF blocks (ABI 3: param_dtypes) */
         } else if (op_check_f32(OP, pn, p)) {
             return NULL;

@@ -638,6 +638,14 @@ int hyb_model_load_gguf_ex(const char *path, int quant, hyb_model **out) {
     int rc = gguf_read_config(g, path, &c);
     if (rc == HYB_OK) rc = build_from_config(path, &c, &m);
     if (rc == HYB_OK) rc = gguf_fill(m, g, path, &c, quant, &mapped);
+    int64_t nq = 0;
+    for (int i = 0; m && rc == HYB_OK && i < m->n_params; i++)
+        nq += m->params[i]->dtype != HYB_F32;
+    /* an inference load: frozen as a whole (the f32 norms too), so that a forward on a graph
+     * with gradients on records nothing through the quantized weights; hyb_model_clone gives a
+     * trainable f32 copy */
+    for (int i = 0; nq && i < m->n_params; i++)
+        m->params[i]->requires_grad = 0;
     if (rc == HYB_OK && mapped) { /* parameters point into the mapping: the model keeps it */
         m->source = g;
         m->source_free = gguf_source_free;
@@ -648,9 +656,6 @@ int hyb_model_load_gguf_ex(const char *path, int quant, hyb_model **out) {
         hyb_model_free(m);
         return rc;
     }
-    int64_t nq = 0;
-    for (int i = 0; i < m->n_params; i++)
-        nq += m->params[i]->dtype != HYB_F32;
     hyb_log(HYB_LOG_INFO, "%s: %s, %d layers, d_model %d, %d/%d heads of %d, vocab %d%s; %lld of %d weights quantized (%s)", path,
             c.name, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size,
             c.tie_embeddings ? ", tied embeddings" : "", (long long)nq, m->n_params,

@@ -232,6 +232,9 @@ int hyb_model_clone(const hyb_model *src, hyb_model **out) {
                              "hyb_model_clone: %d parameters in the copy, %d in the source",
                              m->n_params, src->n_params);
     }
+    int src_quant = 0; /* an inference load (quantized weights, all frozen): the copy trains */
+    for (int i = 0; i < src->n_params; i++)
+        src_quant |= src->params[i]->dtype != HYB_F32;
     for (int i = 0; i < m->n_params; i++) {
         const hyb_tensor *a = src->params[i];
         hyb_tensor *b = m->params[i];
@@ -256,7 +259,7 @@ int hyb_model_clone(const hyb_model *src, hyb_model **out) {
             hyb_model_free(m);
             return hyb_error_wrap(rc, "hyb_model_clone");
         }
-        b->requires_grad = a->requires_grad;
+        b->requires_grad = a->requires_grad || src_quant;
         m->no_decay[i] = src->no_decay[i];
     }
     /* the copy lives where the source does */
