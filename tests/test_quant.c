@@ -23,8 +23,9 @@
 #include "io/quant_load.h"
 #include "hyb/tensor.h"
 
-static const hyb_dtype TYPES[] = {HYB_Q8_0, HYB_Q4_0, HYB_Q4_1, HYB_Q5_0, HYB_Q5_1, HYB_Q4_K, HYB_Q6_K};
-#define NTYPES 7
+static const hyb_dtype TYPES[] = {HYB_Q8_0, HYB_Q4_0, HYB_Q4_1, HYB_Q5_0,
+                                  HYB_Q5_1, HYB_Q4_K, HYB_Q5_K, HYB_Q6_K};
+#define NTYPES 8
 
 static uint8_t *random_blocks(hyb_rng *r, hyb_dtype t, int N, int K) {
     const int64_t rb = hyb_quant_row_bytes(t, K), nbytes = rb * N;
@@ -35,12 +36,13 @@ static uint8_t *random_blocks(hyb_rng *r, hyb_dtype t, int N, int K) {
     /* the f16 scales: d (Q6_K: at byte 208; K-quants smaller, they multiply 6/8-bit scales) and
      * Q4_1's m / Q4_K's dmin after it */
     const int doff = t == HYB_Q6_K ? 208 : 0;
-    const float dmax = t == HYB_Q4_K ? 0.002f : t == HYB_Q6_K ? 0.0005f : 0.05f;
+    const float dmax = t == HYB_Q4_K ? 0.002f : t == HYB_Q5_K ? 0.001f : t == HYB_Q6_K ? 0.0005f : 0.05f;
     for (int64_t off = 0; off < nbytes; off += bb) {
         uint16_t d = hyb_f32_to_f16(dmax * (0.02f + hyb_rng_uniform(r)));
         memcpy(w + off + doff, &d, 2);
-        if (t == HYB_Q4_1 || t == HYB_Q5_1 || t == HYB_Q4_K) {
-            uint16_t m = hyb_f32_to_f16((t == HYB_Q4_K ? 0.004f : -0.4f) * hyb_rng_uniform(r));
+        if (t == HYB_Q4_1 || t == HYB_Q5_1 || t == HYB_Q4_K || t == HYB_Q5_K) {
+            const float mmax = t == HYB_Q4_K ? 0.004f : t == HYB_Q5_K ? 0.004f : -0.4f;
+            uint16_t m = hyb_f32_to_f16(mmax * hyb_rng_uniform(r));
             memcpy(w + off + 2, &m, 2);
         }
     }

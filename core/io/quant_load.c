@@ -9,7 +9,7 @@
 #include "hyb/hf.h"
 
 const char *hyb_quant_supported_list(void) {
-    return "Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q6_K";
+    return "Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K";
 }
 
 /* offsets of the f16 scales in a block of each GGML type (0 fields: not a scaled block type) */

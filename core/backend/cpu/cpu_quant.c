@@ -7,7 +7,9 @@
  * qs[16]: value d * q + m.
  * K-quants, 256 values: Q4_K = d, dmin, scales[12] (8 six-bit scales + mins), qs[128]; sub-block j
  * (32 values) is nibble j%2 of qs[32(j/2) ..], value d sc_j q - dmin mn_j: the kernels treat each
- * sub-block as a Q4_1 block with scale d sc_j and offset -dmin mn_j. Q6_K = ql[128], qh[64],
+ * sub-block as a Q4_1 block with scale d sc_j and offset -dmin mn_j. Q5_K = d, dmin, scales[12],
+ * qh[32], qs[128]: Q4_K's layout with qh inserted and a fifth bit, bit j of qh[l] for element l of
+ * sub-block j (values 0..31). Q6_K = ql[128], qh[64],
  * scales:i8[16], d; 32-value block u of half h: low nibble u/2 of ql[64h + 32(u%2) + l], high two
  * bits 2u of qh[32h + l], value d sc_(e/16) (q - 32): a Q8_0-like block with two scales.
  * The activation side is unchanged: 32-value blocks (sub-blocks of a K-quant super-block).
@@ -49,7 +51,7 @@
 
 #define QK 32
 
-typedef enum { T_Q8_0 = 0, T_Q4_0, T_Q4_1, T_Q4_K, T_Q6_K, T_Q5_0, T_Q5_1, T_COUNT } qtype;
+typedef enum { T_Q8_0 = 0, T_Q4_0, T_Q4_1, T_Q4_K, T_Q6_K, T_Q5_0, T_Q5_1, T_Q5_K, T_COUNT } qtype;
 
 static int qtype_of(hyb_dtype t) {
     switch (t) {
@@ -67,13 +69,15 @@ static int qtype_of(hyb_dtype t) {
         return T_Q5_0;
     case HYB_Q5_1:
         return T_Q5_1;
+    case HYB_Q5_K:
+        return T_Q5_K;
     default:
         return -1;
     }
 }
 
-static const int BLOCK_BYTES[T_COUNT] = {34, 18, 20, 144, 210, 22, 24};
-static const int BLOCK_ELEMS[T_COUNT] = {32, 32, 32, 256, 256, 32, 32};
+static const int BLOCK_BYTES[T_COUNT] = {34, 18, 20, 144, 210, 22, 24, 176};
+static const int BLOCK_ELEMS[T_COUNT] = {32, 32, 32, 256, 256, 32, 32, 256};
 
 int hyb_quant_supported(hyb_dtype t) {
     return qtype_of(t) >= 0;
@@ -221,20 +225,23 @@ static inline int q6(const uint8_t *blk, int u, int l) {
     return lo | (hi << 4);
 }
 
-/* Q4_K: each sub-block j a Q4_1-like block of scale d sc_j and offset -dmin mn_j. */
-static inline float dot_q4_k_sc(int fast, const uint8_t *w, const xrow *xr, int nb) {
+/* Q4_K: each sub-block j a Q4_1-like block of scale d sc_j and offset -dmin mn_j. Q5_K (k5): the
+ * same with qh[32] before qs (176-byte blocks) and a fifth bit, bit j of qh[e] for element e of
+ * sub-block j (values 0..31). */
+static inline float dot_q4_k_sc(int k5, int fast, const uint8_t *w, const xrow *xr, int nb) {
     float acc[8] = {0}, sm = 0.0f;
     int8_t q[QK];
-    for (int b = 0; b < nb; b++, w += 144) {
+    for (int b = 0; b < nb; b++, w += k5 ? 176 : 144) {
         const float d = hyb_f16_to_f32(ld16(w)), dmin = hyb_f16_to_f32(ld16(w + 2));
+        const uint8_t *qh = w + 16;
         for (int j = 0; j < 8; j++) {
             int isc, imn;
             k_scale_min(w + 4, j, &isc, &imn);
             const float dl = d * (float)isc, ml = dmin * (float)imn;
-            const uint8_t *qs = w + 16 + 32 * (j / 2);
+            const uint8_t *qs = w + (k5 ? 48 : 16) + 32 * (j / 2);
             const int sh = 4 * (j % 2);
             for (int e = 0; e < QK; e++)
-                q[e] = (int8_t)((qs[e] >> sh) & 15);
+                q[e] = (int8_t)(((qs[e] >> sh) & 15) | (k5 ? ((qh[e] >> j) & 1) << 4 : 0));
             const int64_t bj = (int64_t)b * 8 + j;
             if (fast)
                 block_f_sc(acc, q, xr->q + bj * QK, xr->s + bj * 8, dl, dl);
@@ -276,10 +283,12 @@ static inline float dot_q6_k_sc(int fast, const uint8_t *w, const xrow *xr, int 
     return hsum8(acc);
 }
 
-SC_KERNEL(dot_p_q4_k_sc, dot_q4_k_sc, 0)
+SC_KERNEL(dot_p_q4_k_sc, dot_q4_k_sc, 0, 0)
 SC_KERNEL(dot_p_q6_k_sc, dot_q6_k_sc, 0)
-SC_KERNEL(dot_f_q4_k_sc, dot_q4_k_sc, 1)
+SC_KERNEL(dot_f_q4_k_sc, dot_q4_k_sc, 0, 1)
 SC_KERNEL(dot_f_q6_k_sc, dot_q6_k_sc, 1)
+SC_KERNEL(dot_p_q5_k_sc, dot_q4_k_sc, 1, 0)
+SC_KERNEL(dot_f_q5_k_sc, dot_q4_k_sc, 1, 1)
 
 /* ---- AVX2 + FMA + F16C kernels ----------------------------------------------------------------*/
 
@@ -434,14 +443,21 @@ AVX2_FN static inline void q4k_pair(const uint8_t *qs, __m256i *lo, __m256i *hi)
     *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
 }
 
-AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+/* Q4_K, and Q5_K when k5 (qh[32] at byte 16, qs at 48, bit j of qh[e] the fifth bit of element e
+ * of sub-block j); k5 is a constant in each caller, so each gets its own code */
+AVX2_FN static inline float dot_p_qk45_avx2(int k5, const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     float sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 144) {
+    for (int b = 0; b < nb; b++, w += k5 ? 176 : 144) {
         const float d = _cvtsh_ss(ld16(w)), dmin = _cvtsh_ss(ld16(w + 2));
+        __m256i bh[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                         _mm256_setzero_si256()};
+        if (k5)
+            for (int k = 0; k < 4; k++)
+                bh[k] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w + 16 + 8 * k)));
         for (int c = 0; c < 4; c++) {
             /* bytes 8k..8k+7 of qs[32c ..] widened once; nibble t is sub-block 2c + t */
-            const uint8_t *qs = w + 16 + 32 * c;
+            const uint8_t *qs = w + (k5 ? 48 : 16) + 32 * c;
             __m256i bq[4];
             for (int k = 0; k < 4; k++)
                 bq[k] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * k)));
@@ -450,11 +466,16 @@ AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
                 int isc, imn;
                 k_scale_min(w + 4, j, &isc, &imn);
                 const __m256 dl = _mm256_set1_ps(d * (float)isc);
-                const __m256i m15 = _mm256_set1_epi32(15);
+                const __m256i m15 = _mm256_set1_epi32(15), one = _mm256_set1_epi32(1);
                 __m256 wk[4];
-                for (int k = 0; k < 4; k++)
-                    wk[k] = _mm256_cvtepi32_ps(t ? _mm256_srli_epi32(bq[k], 4)
-                                                 : _mm256_and_si256(bq[k], m15));
+                for (int k = 0; k < 4; k++) {
+                    __m256i v = t ? _mm256_srli_epi32(bq[k], 4) : _mm256_and_si256(bq[k], m15);
+                    if (k5) /* | ((qh >> j) & 1) << 4 */
+                        v = _mm256_or_si256(
+                            v, _mm256_slli_epi32(
+                                   _mm256_and_si256(_mm256_srli_epi32(bh[k], j), one), 4));
+                    wk[k] = _mm256_cvtepi32_ps(v);
+                }
                 const __m256 w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3];
                 acc = precise_block(acc, xr->x + ((int64_t)b * 8 + j) * QK, w0, w1, w2, w3, dl);
                 sm = fmaf(dmin * (float)imn, xr->xsum[(int64_t)b * 8 + j], sm);
@@ -464,14 +485,29 @@ AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
     return hsum_avx(acc) - sm;
 }
 
-AVX2_FN static float dot_f_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    return dot_p_qk45_avx2(0, w, xr, nb);
+}
+AVX2_FN static float dot_p_q5_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    return dot_p_qk45_avx2(1, w, xr, nb);
+}
+
+AVX2_FN static inline float dot_f_qk45_avx2(int k5, const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     float sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 144) {
+    const __m256i one = _mm256_set1_epi8(1);
+    for (int b = 0; b < nb; b++, w += k5 ? 176 : 144) {
         const float d = _cvtsh_ss(ld16(w)), dmin = _cvtsh_ss(ld16(w + 2));
+        const __m256i qh = k5 ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
             __m256i q[2];
-            q4k_pair(w + 16 + 32 * c, &q[0], &q[1]);
+            q4k_pair(w + (k5 ? 48 : 16) + 32 * c, &q[0], &q[1]);
+            if (k5) /* bit 2c + t of qh[e] -> bit 4 of element e of sub-block 2c + t */
+                for (int t = 0; t < 2; t++) {
+                    const __m256i hb = _mm256_and_si256(
+                        _mm256_srli_epi16(qh, 2 * c + t), one); /* per byte: bit (2c+t) */
+                    q[t] = _mm256_or_si256(q[t], _mm256_slli_epi16(hb, 4));
+                }
             for (int t = 0; t < 2; t++) {
                 const int64_t j = (int64_t)b * 8 + 2 * c + t;
                 int isc, imn;
@@ -482,6 +518,13 @@ AVX2_FN static float dot_f_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
         }
     }
     return hsum_avx(acc) - sm;
+}
+
+AVX2_FN static float dot_f_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    return dot_f_qk45_avx2(0, w, xr, nb);
+}
+AVX2_FN static float dot_f_q5_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    return dot_f_qk45_avx2(1, w, xr, nb);
 }
 
 /* Q6_K: the 32 values (0..63) of 32-value block u of a super-block, as bytes */
@@ -598,15 +641,15 @@ typedef struct kernels {
 
 static const kernels K_SCALAR = {
     {dot_p_q8_0_sc, dot_p_q4_0_sc, dot_p_q4_1_sc, dot_p_q4_k_sc, dot_p_q6_k_sc, dot_p_q5_0_sc,
-     dot_p_q5_1_sc},
+     dot_p_q5_1_sc, dot_p_q5_k_sc},
     {dot_f_q8_0_sc, dot_f_q4_0_sc, dot_f_q4_1_sc, dot_f_q4_k_sc, dot_f_q6_k_sc, dot_f_q5_0_sc,
-     dot_f_q5_1_sc}};
+     dot_f_q5_1_sc, dot_f_q5_k_sc}};
 #ifdef HYB_QUANT_X86
 static const kernels K_AVX2 = {
     {dot_p_q8_0_avx2, dot_p_q4_0_avx2, dot_p_q4_1_avx2, dot_p_q4_k_avx2, dot_p_q6_k_avx2,
-     dot_p_q5_0_avx2, dot_p_q5_1_avx2},
+     dot_p_q5_0_avx2, dot_p_q5_1_avx2, dot_p_q5_k_avx2},
     {dot_f_q8_0_avx2, dot_f_q4_0_avx2, dot_f_q4_1_avx2, dot_f_q4_k_avx2, dot_f_q6_k_avx2,
-     dot_f_q5_0_avx2, dot_f_q5_1_avx2}};
+     dot_f_q5_0_avx2, dot_f_q5_1_avx2, dot_f_q5_k_avx2}};
 #endif
 
 int hyb_quant_have_avx2(void) {
@@ -839,7 +882,7 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
     if (qt < 0)
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
                              "quantized matmul: weight type %s is not supported (supported: "
-                             "q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q6_k)",
+                             "q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k)",
                              hyb_dtype_name(wt));
     if (M < 0 || N < 0 || K < 0 || K % BLOCK_ELEMS[qt])
         return hyb_error_set(HYB_ERR_ARG,

@@ -4,7 +4,8 @@
  *   hyb_cpu_quant_matmul(HYB_Q4_1, Wblocks, x, y, M, N, K, &c);   // y[M,N] = x[M,K] W[N,K]^T
  *
  * W: N rows of K/32 (or K/256) blocks, row-major, exactly the bytes of a GGUF tensor with
- * shape {N, K}. Supported weight types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K
+ * shape {N, K}. Supported weight types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K,
+ * Q6_K
  * (hyb_quant_supported()).
  *
  * Activation paths (c->mode):

@@ -42,7 +42,7 @@ int hyb_llama_layermap_text(const hyb_llama_config *cfg, char *buf, size_t n);
 int hyb_model_load_gguf(const char *path, hyb_model **out);
 /* The same with the weights' form chosen (issue 22). quant 0: every parameter f32 (dequantised
  * at load; trainable). quant 1: every frozen linear weight whose GGUF type has a quantized kernel
- * (Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q6_K) stays in its blocks with no f32 copy, pointing into the
+ * (Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K) stays in its blocks with no f32 copy, pointing into the
  * mapped file (q/k: a row-permuted copy of the blocks): the token embedding (rows dequantised on
  * lookup), lm_head (tied: the embedding's blocks), MLP gate/up/down, and the mixer parameters
  * their plugin declared quant_ok (mha's q/k/v/o); these are inference-only (requires_grad 0; a

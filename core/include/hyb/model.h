@@ -130,7 +130,8 @@ int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_tabl
 
 /* Deep copy: same layout (the layer map is re-read from its TOML serialisation, so the copy owns
  * everything), same parameter values and requires_grad flags, grads zero. E.g. a student made
- * from the teacher before swapping its layers. */
+ * from the teacher before swapping its layers. A model with quantized weights (an inference load
+ * of a quantized GGUF) gives an f32 copy (the weights dequantised) whose parameters all train. */
 int hyb_model_clone(const hyb_model *m, hyb_model **out);
 
 /* Full-sequence forward (training / evaluation): ids [B*T] -> logits [B, T, V] (graph-owned).

@@ -43,6 +43,7 @@ typedef enum hyb_dtype {
     HYB_Q6_K,
     HYB_Q5_0,
     HYB_Q5_1,
+    HYB_Q5_K,
     HYB_DTYPE_COUNT
 } hyb_dtype;
 
