@@ -48,6 +48,7 @@ local o = genlib.parse_args(arg, genlib.with_sampling{out = "string", teacher = 
   system = "string", device = "string"}, usage)
 if #o._ > 0 then usage("unexpected argument '" .. o._[1] .. "'") end
 if not o.out then usage("--out is required") end
+local quant_opt = genlib.quant(o, usage) -- a bad --quant fails before any other check
 if not o.prompts and not o.corpus then usage("give --prompts FILE and/or --corpus PATH") end
 if o.corpus and not o.n then usage("--n is required with --corpus") end
 if o.n and o.n < 1 then usage("--n must be at least 1") end
@@ -93,7 +94,7 @@ local tok = tokspec ~= "bytes" and hyb.data.tokenizer(expand(tokspec)) or nil
 local device = genlib.open_device(o.device, "teacher_data")
 -- the teacher only generates: a quantized .gguf computes from its blocks on the CPU (--quant,
 -- default $HYB_QUANT, else precise); moved to another device it loads f32
-local quant = genlib.quant(o, usage) or (device and device ~= "cpu" and "off" or "auto")
+local quant = quant_opt or (device and device ~= "cpu" and "off" or "auto")
 local model = teacher:match("%.toml$") and hyb.model(teacher, {seed = 1}) or
   hyb.train.load(teacher, {quant = quant})
 if device then model:to(device) end
