@@ -191,9 +191,10 @@ static void test_against_dequantized(void) {
 static void test_tiled(void) {
     hyb_rng r;
     hyb_rng_seed(&r, 3);
-    const shape ss[] = {{HYB_QUANT_GEMV_MAX_M + 1, 77, 96}, {40, 301, 576}};
+    /* the last spans three tiles of 455 rows (1 MiB of f32 at K = 576) and a partial one */
+    const shape ss[] = {{HYB_QUANT_GEMV_MAX_M + 1, 77, 96}, {40, 301, 576}, {18, 1400, 576}};
     for (int ti = 0; ti < NTYPES; ti++)
-        for (int si = 0; si < 2; si++) {
+        for (int si = 0; si < 3; si++) {
             shape s = for_type(TYPES[ti], ss[si]);
             const size_t n = (size_t)s.M * s.N;
             uint8_t *W = random_blocks(&r, TYPES[ti], s.N, s.K);
