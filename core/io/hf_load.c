@@ -656,9 +656,11 @@ int hyb_model_load_gguf_ex(const char *path, int quant, hyb_model **out) {
         hyb_model_free(m);
         return rc;
     }
-    hyb_log(HYB_LOG_INFO, "%s: %s, %d layers, d_model %d, %d/%d heads of %d, vocab %d%s; %lld of %d weights quantized (%s)", path,
-            c.name, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size,
-            c.tie_embeddings ? ", tied embeddings" : "", (long long)nq, m->n_params,
+    hyb_log(HYB_LOG_INFO,
+            "%s: %s, %d layers, d_model %d, %d/%d heads of %d, vocab %d%s; %lld of %d weights "
+            "quantized (%s)",
+            path, c.name, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim,
+            c.vocab_size, c.tie_embeddings ? ", tied embeddings" : "", (long long)nq, m->n_params,
             nq ? hyb_quant_mode_name(hyb_quant_get().mode) : "f32 compute");
     *out = m;
     return HYB_OK;

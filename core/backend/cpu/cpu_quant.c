@@ -498,7 +498,8 @@ AVX2_FN static inline float dot_f_qk45_avx2(int k5, const uint8_t *w, const xrow
     const __m256i one = _mm256_set1_epi8(1);
     for (int b = 0; b < nb; b++, w += k5 ? 176 : 144) {
         const float d = _cvtsh_ss(ld16(w)), dmin = _cvtsh_ss(ld16(w + 2));
-        const __m256i qh = k5 ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
+        const __m256i qh =
+            k5 ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
             __m256i q[2];
             q4k_pair(w + (k5 ? 48 : 16) + 32 * c, &q[0], &q[1]);
