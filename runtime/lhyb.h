@@ -101,6 +101,13 @@ const char *lhyb_opt_field_string(lua_State *L, int idx, const char *fname, cons
  * NULL when absent (the CPU). A device that cannot be opened raises its one-line reason. */
 struct hyb_backend;
 const struct hyb_backend *lhyb_opt_device(lua_State *L, int idx, const char *fname);
+/* The option `quant` ("off" | "precise" | "fast" | "auto") of the table at idx, for loading a GGUF
+ * (hyb_model_load_gguf_ex's quant argument). Given: sets the process-wide mode (hyb/hf.h
+ * hyb_quant_mode_set) and returns 0 for off, else 1. Absent: an inference load (inference 1)
+ * takes the mode HYB_QUANT chose, else HYB_QUANT_DEFAULT_MODE, and returns 1 unless that is off;
+ * a training load (inference 0) returns 0 (f32: trainable). "auto": as absent with inference 1.
+ * A bad value raises naming it. */
+int lhyb_opt_quant(lua_State *L, int idx, const char *fname, int inference);
 /* A short description of the value at idx for messages: "-3", "2.5", "string \"x\"", "nil". */
 const char *lhyb_describe(lua_State *L, int idx, char *buf, size_t n);
 

@@ -85,9 +85,10 @@ static hyb_tokenizer *load_tokenizer(const char *tp) {
     return hyb_tokenizer_load_json(tp);
 }
 
-/* hyb.llm([path][, {max_ctx = n, device = "cpu"|"cuda[:N]", tokenizer = path}]) */
+/* hyb.llm([path][, {max_ctx = n, device = "cpu"|"cuda[:N]", tokenizer = path,
+ *                   quant = "off"|"precise"|"fast"}]) */
 static int l_llm(lua_State *L) {
-    static const char *const allowed[] = {"max_ctx", "device", "tokenizer", NULL};
+    static const char *const allowed[] = {"max_ctx", "device", "tokenizer", "quant", NULL};
     const char *F = "hyb.llm";
     char buf[1024];
     const char *path = NULL;
@@ -122,6 +123,8 @@ static int l_llm(lua_State *L) {
                               lhyb_describe(L, -1, buf, 96));
     }
     const hyb_backend *be = lhyb_opt_device(L, opt_idx, F); /* opened before the model loads */
+    /* quantized weights compute on the CPU: another device loads f32 unless quant is given */
+    const int quant = lhyb_opt_quant(L, opt_idx, F, !be || be->device == HYB_DEV_CPU);
 
     lllm *l = (lllm *)lua_newuserdatauv(L, sizeof(lllm), 0);
     memset(l, 0, sizeof *l);
@@ -132,7 +135,7 @@ static int l_llm(lua_State *L) {
     char lm_path[1200];
     snprintf(lm_path, sizeof lm_path, "%s/layermap.toml", path);
     struct stat lm_st;
-    int rc = !dir                         ? hyb_model_load_gguf(path, &l->m)
+    int rc = !dir                         ? hyb_model_load_gguf_ex(path, quant, &l->m)
              : stat(lm_path, &lm_st) == 0 ? hyb_model_load(path, &l->m)
                                           : hyb_model_load_hf_dir(path, &l->m);
     if (rc != HYB_OK) {

@@ -116,9 +116,11 @@ static int l_clone(lua_State *L) {
     return 1;
 }
 
-/* hyb.train.load(path[, {device = "cpu"|"cuda[:N]"}]) -> hyb.model from a .gguf file, an HF
- * directory (config.json), a directory saved by model:save (layermap.toml) or a training checkpoint
- * (.safetensors), on the device asked for */
+/* hyb.train.load(path[, {device = "cpu"|"cuda[:N]", quant = "off"|"precise"|"fast"}]) ->
+ * hyb.model from a .gguf file, an HF directory (config.json), a directory saved by model:save
+ * (layermap.toml) or a training checkpoint (.safetensors), on the device asked for. quant
+ * (a .gguf only; default off = f32, trainable): keep the frozen weights in their blocks and
+ * compute in that mode (inference only: a backward through them is refused) */
 /* The base of a lean checkpoint (metadata hyb_base, hyb_base_hash; NULL / HYB_OK when it has
  * none) must still hash as it did when the checkpoint was written. */
 static int check_base(const char *path, const hyb_ckpt_meta *meta, const char **base) {
@@ -138,7 +140,8 @@ static int check_base(const char *path, const hyb_ckpt_meta *meta, const char **
 
 /* A model from any path hyb.train.load takes; a lean checkpoint loads its base first (depth:
  * chains of lean checkpoints, each stage's on the previous stage's). */
-static int load_model(lua_State *L, const char *F, const char *path, int depth, hyb_model **m) {
+static int load_model(lua_State *L, const char *F, const char *path, int depth, int quant,
+                      hyb_model **m) {
     char p[4200];
     *m = NULL;
     if (is_dir(path)) {
@@ -146,7 +149,7 @@ static int load_model(lua_State *L, const char *F, const char *path, int depth, 
         if (is_file(p)) return hyb_model_load(path, m);
         return hyb_model_load_hf_dir(path, m);
     }
-    if (ends_with(path, ".gguf")) return hyb_model_load_gguf(path, m);
+    if (ends_with(path, ".gguf")) return hyb_model_load_gguf_ex(path, quant, m);
     if (ends_with(path, ".safetensors")) {
         hyb_ckpt_meta meta;
         HYB_TRY(hyb_ckpt_read_meta(path, &meta));
@@ -158,7 +161,7 @@ static int load_model(lua_State *L, const char *F, const char *path, int depth, 
             if (depth >= 32)
                 rc = hyb_error_set(HYB_ERR_FORMAT, "%s: more than 32 lean checkpoints on one another", path);
             else
-                rc = load_model(L, F, base_path, depth + 1, &base);
+                rc = load_model(L, F, base_path, depth + 1, 0, &base);
             if (rc == HYB_OK) rc = hyb_model_from_checkpoint_base(path, base, m);
             hyb_model_free(base);
         }
@@ -173,13 +176,16 @@ static int load_model(lua_State *L, const char *F, const char *path, int depth, 
 }
 
 static int l_load(lua_State *L) {
-    static const char *const allowed[] = {"device", NULL};
+    static const char *const allowed[] = {"device", "quant", NULL};
     const char *F = "hyb.train.load";
     const char *path = check_string(L, 1, F, "path");
     lhyb_check_opts(L, 2, F, allowed);
     const hyb_backend *be = lhyb_opt_device(L, 2, F);
+    /* f32 (trainable) unless quant is given: a frozen model (a teacher, an evaluation) may keep
+     * a quantized GGUF's blocks */
+    const int quant = lhyb_opt_quant(L, 2, F, 0);
     hyb_model *m = NULL;
-    int rc = load_model(L, F, path, 0, &m);
+    int rc = load_model(L, F, path, 0, quant, &m);
     if (rc == HYB_OK && be && (rc = hyb_model_to_device(m, be)) != HYB_OK) hyb_model_free(m);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     lhyb_push_model(L, m, F);

@@ -1613,7 +1613,7 @@ static int load(srv *s) {
         return HYB_ERR_ARG;
     int dir = is_dir(c->model_path);
     int rc = dir ? hyb_model_load_hf_dir(c->model_path, &s->m)
-                 : hyb_model_load_gguf(c->model_path, &s->m);
+                 : hyb_model_load_gguf_ex(c->model_path, c->quant, &s->m);
     if (rc != HYB_OK) {
         s->m = NULL;
         return rc;

@@ -33,6 +33,8 @@ typedef struct hyb_serve_config {
     int prefill_chunk;      /* engine prefill chunk (0: no limit) */
     int prefix_block;       /* engine automatic prefix caching block (0: off) */
     const char *device;     /* NULL/"cpu", "cuda", "cuda:N" */
+    int quant;              /* a .gguf: 1 keeps its frozen weights in blocks (hyb/hf.h
+                               hyb_model_load_gguf_ex), 0 loads f32 */
     const char *api_key;    /* NULL: no authentication */
     int quiet;              /* no startup/shutdown lines */
 } hyb_serve_config;

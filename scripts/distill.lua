@@ -21,6 +21,8 @@
 -- Recipe keys (all optional unless said):
 --   [run]   teacher (required: .gguf, HF dir, model:save dir), out, seed = 1,
 --           log_every = 10, eval_every = 50, eval_batches = 4, ckpt_every = 50,
+--           teacher_quant = "precise" | "fast" | "off" (a .gguf teacher on the CPU computes from
+--           its quantized blocks, default precise; off: dequantised to f32 at load),
 --           checkpoints = "lean" | "full" (lean: <stage>/ckpt and final hold only the trainable
 --           parameters, the frozen ones stay in the stage's base, the teacher or the previous
 --           stage's final, named by path and content hash; final never holds optimiser state)
@@ -181,7 +183,14 @@ if device ~= nil then
   if not ok then error(recipe_path .. ": [run] device: " .. tostring(err):gsub("^hyb%.device: ", ""), 0) end
 end
 local load_opts = device and {device = device} or nil
-local teacher = hyb.train.load(teacher_path, load_opts)
+-- [run] teacher_quant = "off" | "precise" | "fast": a quantized .gguf teacher is frozen, so on
+-- the CPU its forward runs on its GGUF blocks (no f32 copy), precise by default (the f32
+-- computation up to summation order); "off" dequantises it to f32. The students are f32 clones.
+local teacher_opts = {device = device}
+if teacher_path:match("%.gguf$") then
+  teacher_opts.quant = run.teacher_quant or ((device == nil or device == "cpu") and "precise" or "off")
+end
+local teacher = hyb.train.load(teacher_path, teacher_opts)
 local V = teacher:config().vocab_size
 local n_layers = teacher:config().n_layers
 for _, name in ipairs(R.stages.__order) do

@@ -19,6 +19,9 @@
 --   --max-ctx N             context capacity in tokens (default: the model's, at most 4096)
 --   --threads N             CPU compute threads, this one included (default: OMP_NUM_THREADS,
 --                           else all the cores this process may use)
+--   --quant MODE            a quantized GGUF's weights: precise (default: kept in their blocks,
+--                           f32 activations), fast (activations rounded to int8 per 4 values),
+--                           off (dequantised to f32 at load); default $HYB_QUANT, else precise
 --   --quiet                 no statistics line at the end
 --   --verbose               log the model layout while loading
 -- EOS always stops. Statistics (prefill and decode tokens/s) go to stderr.
@@ -37,7 +40,8 @@ if #opts._ ~= 1 then usage(#opts._ == 0 and "no prompt given" or "give the promp
 local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the model loads
 if not opts.verbose then hyb.log_level("warn") end
 local device = gen.open_device(opts.device, "generate")
-local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device, tokenizer = opts.tokenizer})
+local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device, tokenizer = opts.tokenizer,
+                                 quant = gen.quant(opts, usage)})
 local prompt = opts._[1]
 local stops = opts.stop or {}
 if opts.chat then

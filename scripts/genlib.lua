@@ -74,12 +74,24 @@ M.sampling_spec = {
   ["repetition-penalty"] = {"number", 0, 100, true}, seed = {"int", 0, 1 << 53},
   ["max-tokens"] = {"int", 1, 1 << 24}, ["max-ctx"] = {"int", 1, 1 << 24},
   threads = {"int", 1, 1024},
+  quant = "string",
 }
+
+-- --quant off|precise|fast: how a quantized GGUF's weights compute (docs/DESIGN.md, "Quantized
+-- weights"). Returns the value for hyb.llm / hyb.train.load / hyb.serve's `quant` option (nil
+-- when not given: then HYB_QUANT, else the default, precise); a bad value is a usage error.
+M.quant_usage = "[--quant off|precise|fast]"
+function M.quant(opts, usage)
+  local q = opts.quant
+  if q == nil or q == "off" or q == "precise" or q == "fast" then return q end
+  usage("--quant must be off, precise or fast, got '" .. tostring(q) .. "'")
+end
 
 -- The usage text of the options generate and chat share.
 M.common_usage = "[--model PATH] [--tokenizer PATH] [--temperature T] [--top-k K] [--top-p P]\n" ..
   "         [--repetition-penalty R] [--seed S] [--max-tokens N] [--max-ctx N]\n" ..
-  "         [--device cpu|cuda[:N]] [--threads N] [--system TEXT] [--stop STR]... [--verbose]"
+  "         [--device cpu|cuda[:N]] [--threads N] [--quant off|precise|fast] [--system TEXT]\n" ..
+  "         [--stop STR]... [--verbose]"
 
 -- spec plus M.sampling_spec (a new table)
 function M.with_sampling(spec)

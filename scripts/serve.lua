@@ -15,6 +15,8 @@
 --   --api-key KEY      require 'Authorization: Bearer KEY' (also $HYB_API_KEY); /health is open
 --   --threads N        compute threads (default: OMP_NUM_THREADS or all cores)
 --   --device DEV       cpu (default) or cuda[:N]
+--   --quant MODE       a quantized GGUF's weights: precise (default), fast or off (f32), as
+--                      hyb generate --quant; default $HYB_QUANT, else precise
 --   --name ID          the model id clients send (default: the file name without .gguf)
 --   --tokenizer PATH   a tokenizer.json to use instead of the model's
 --   --prefill-chunk N  prompt tokens prefilled per engine step over all requests (default 0: all)
@@ -28,6 +30,7 @@ local gen = require("genlib")
 local usage = gen.usage("serve",
   "usage: hyb serve [--host ADDR] [--port N] [--slots N] [--max-ctx N] [--max-queue N]\n" ..
   "         [--max-body BYTES] [--api-key KEY] [--threads N] [--device cpu|cuda[:N]]\n" ..
+  "         [--quant off|precise|fast]\n" ..
   "         [--name ID] [--tokenizer PATH] [--prefill-chunk N] [--prefix-block N] [--quiet]\n" ..
   "         MODEL\n" ..
   "Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,\n" ..
@@ -39,7 +42,7 @@ local opts = gen.parse_args(arg, {
   ["max-body"] = {"int", 1, 1 << 40}, ["api-key"] = "string", threads = {"int", 1, 1024},
   device = "string", name = "string", tokenizer = "string",
   ["prefill-chunk"] = {"int", 0, 1 << 24}, ["prefix-block"] = {"int", 0, 1 << 24},
-  quiet = "flag", verbose = "flag",
+  quiet = "flag", verbose = "flag", quant = "string",
 }, usage)
 if #opts._ > 1 then usage("give one MODEL") end
 local model = opts._[1] or opts.model or os.getenv("HYB_MODEL")
@@ -56,7 +59,7 @@ local ok, err = pcall(hyb.serve, {
   max_ctx = opts["max-ctx"], max_queue = opts["max-queue"], max_body = opts["max-body"],
   api_key = api_key, threads = opts.threads, device = opts.device, name = opts.name,
   tokenizer = opts.tokenizer, prefill_chunk = opts["prefill-chunk"],
-  prefix_block = opts["prefix-block"], quiet = opts.quiet,
+  prefix_block = opts["prefix-block"], quiet = opts.quiet, quant = gen.quant(opts, usage),
 })
 if not ok then
   io.stderr:write("hyb serve: ", (tostring(err):gsub("^hyb%.serve: ", "")), "\n")

@@ -142,10 +142,23 @@ bwd_rows(float *p, float *dp, int qb, int nk, int i0, const float *lse, const fl
     }
 }
 
-/* Y[rows, out] = X[rows, in] W^T (+ b) */
-static int linear(const hyb_backend *be, const float *X, const float *W, const float *b, float *Y,
-                  int rows, int in, int out) {
-    HYB_BE_TRY(be->sgemm(be, 0, 1, rows, out, in, 1.0f, X, in, W, in, 0.0f, Y, out));
+/* dtype of parameter i of a forward or decode call (ABI 3: NULL param_dtypes = all f32) */
+#define PDT(a, i) ((a)->param_dtypes ? (a)->param_dtypes[i] : (int)HYB_F32)
+
+/* Y[rows, out] = X[rows, in] W^T (+ b); W f32, or GGUF blocks of dtype wt (a frozen projection
+ * of a model loaded from a quantized GGUF: hyb_param_decl.quant_ok, ABI 3) through be->qmatmul */
+static int linear(const hyb_backend *be, const float *X, const float *W, int wt, const float *b,
+                  float *Y, int rows, int in, int out) {
+    if (wt != HYB_F32) {
+        if (!be->qmatmul)
+            return H_->error(HYB_ERR_UNSUPPORTED,
+                             "mha: a projection is quantized (dtype %d) and backend %s has no "
+                             "quantized matmul",
+                             wt, be->name);
+        HYB_BE_TRY(be->qmatmul(be, wt, W, X, Y, rows, out, in));
+    } else {
+        HYB_BE_TRY(be->sgemm(be, 0, 1, rows, out, in, 1.0f, X, in, W, in, 0.0f, Y, out));
+    }
     if (b)
         for (int r = 0; r < rows; r++)
             hyb_pl_axpy(Y + (size_t)r * out, 1.0f, b, out);
@@ -266,11 +279,14 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
             posbuf[(size_t)b * T + t] = p0 + t;
     }
     /* rows carry their own positions: RoPE over one batch of BT rows */
-    int rc = linear(be, a->x, P[MHA_WQ], bias ? P[MHA_BQ] : NULL, Q, (int)BT, D, (int)qd);
+    int rc = linear(be, a->x, P[MHA_WQ], PDT(a, MHA_WQ), bias ? P[MHA_BQ] : NULL, Q, (int)BT,
+                    D, (int)qd);
     if (rc == HYB_OK)
-        rc = linear(be, a->x, P[MHA_WK], bias ? P[MHA_BK] : NULL, K, (int)BT, D, (int)kd);
+        rc = linear(be, a->x, P[MHA_WK], PDT(a, MHA_WK), bias ? P[MHA_BK] : NULL, K, (int)BT,
+                    D, (int)kd);
     if (rc == HYB_OK)
-        rc = linear(be, a->x, P[MHA_WV], bias ? P[MHA_BV] : NULL, V, (int)BT, D, (int)kd);
+        rc = linear(be, a->x, P[MHA_WV], PDT(a, MHA_WV), bias ? P[MHA_BV] : NULL, V, (int)BT,
+                    D, (int)kd);
     if (rc == HYB_OK) rc = be->rope(be, Q, 1, (int)BT, H, hd, posbuf, m->theta, 0);
     if (rc == HYB_OK) rc = be->rope(be, K, 1, (int)BT, KV, hd, posbuf, m->theta, 0);
     if (rc != HYB_OK) goto done;
@@ -324,7 +340,8 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
                                           LSE + ((size_t)b * H + h) * T + i0));
     }
     rc = perr;
-    if (rc == HYB_OK) rc = linear(be, O, P[MHA_WO], NULL, a->y, (int)BT, (int)qd, D);
+    if (rc == HYB_OK)
+        rc = linear(be, O, P[MHA_WO], PDT(a, MHA_WO), NULL, a->y, (int)BT, (int)qd, D);
 done:
     be->free(be, scratch);
     be->free(be, tmp);
@@ -613,11 +630,14 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
 
     const float *const *P = a->params;
     if (rc == HYB_OK)
-        rc = linear(be, a->x, P[MHA_WQ], m->bias ? P[MHA_BQ] : NULL, Q, n, D, (int)qd);
+        rc = linear(be, a->x, P[MHA_WQ], PDT(a, MHA_WQ), m->bias ? P[MHA_BQ] : NULL, Q, n, D,
+                    (int)qd);
     if (rc == HYB_OK)
-        rc = linear(be, a->x, P[MHA_WK], m->bias ? P[MHA_BK] : NULL, K, n, D, (int)kd);
+        rc = linear(be, a->x, P[MHA_WK], PDT(a, MHA_WK), m->bias ? P[MHA_BK] : NULL, K, n, D,
+                    (int)kd);
     if (rc == HYB_OK)
-        rc = linear(be, a->x, P[MHA_WV], m->bias ? P[MHA_BV] : NULL, V, n, D, (int)kd);
+        rc = linear(be, a->x, P[MHA_WV], PDT(a, MHA_WV), m->bias ? P[MHA_BV] : NULL, V, n, D,
+                    (int)kd);
     if (rc == HYB_OK) rc = be->rope(be, Q, 1, n, H, hd, a->pos, m->theta, 0);
     if (rc == HYB_OK) rc = be->rope(be, K, 1, n, KV, hd, a->pos, m->theta, 0);
     for (int i = 0; i < n; i++)
@@ -652,6 +672,7 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
                 o[d] *= inv;
         }
     }
-    if (rc == HYB_OK) rc = linear(be, O, P[MHA_WO], NULL, a->y, n, (int)qd, D);
+    if (rc == HYB_OK)
+        rc = linear(be, O, P[MHA_WO], PDT(a, MHA_WO), NULL, a->y, n, (int)qd, D);
     return rc;
 }

@@ -190,6 +190,11 @@ H.run("flag values outside their ranges are refused with the range", function()
     {"samples tok 0 m", "N must be an integer in [1, 16777216], got '0'"},
     {"export m.gguf out --dtype q8", "--dtype must be f32 or bf16, got 'q8'"},
     {"export m.gguf", "needs MODEL and OUT"},
+    {"generate --quant turbo hi", "--quant must be off, precise or fast, got 'turbo'"},
+    {"chat --quant q8", "--quant must be off, precise or fast, got 'q8'"},
+    {"serve --quant 4bit m.gguf", "--quant must be off, precise or fast, got '4bit'"},
+    {"bench_cpu --quant fastest", "--quant must be off, precise or fast, got 'fastest'"},
+    {"teacher_data --out x --quant no", "--quant must be off, precise or fast, got 'no'"},
   }
   for _, c in ipairs(cases) do
     local out, code = H.sh(HYB .. " " .. c[1])

@@ -144,9 +144,6 @@ void hyb_cpu_sgemm(int transA, int transB, int M, int N, int K, float alpha, con
                 C[(int64_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(int64_t)i * ldc + j];
         return;
     }
-    /* HYB_QUANT: a registered f32 weight multiplies from its GGUF blocks (cpu_quant.h shadows) */
-    if (hyb_quant_shadow_gemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
-        return;
     blas_pin();
     const double flops = (double)M * N * K;
     if (!transA && transB && M <= SKINNY_MAX_M) {

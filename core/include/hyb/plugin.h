@@ -32,7 +32,9 @@
  *  - Every function returns 0 on success or a negative hyb_status; on failure it first calls
  *    host->error(code, fmt, ...) with a message naming the mixer, the layer and the problem.
  *  - Activations are f32, row-major, outermost first: x: [B, T, D] means x[(b*T + t)*D + d].
- *    Parameters are f32 arrays in the order and shapes of param_decl (weights [out, in] as HF).
+ *    Parameters are f32 arrays in the order and shapes of param_decl (weights [out, in] as HF),
+ *    except a decl with quant_ok, which forward and decode may receive as GGUF blocks
+ *    (param_dtypes[i] says which; be->qmatmul multiplies them).
  *  - Gradients are ACCUMULATED into grads[] (+=); dx is WRITTEN (=).
  *  - The kernels of device d (desc->kernels[d]) get pointers to memory of that device and the
  *    backend `be` of that device (be->device == d); scratch memory comes from be->alloc/free,
@@ -54,8 +56,10 @@ extern "C" {
 #endif
 
 /* 2: compute through the call's backend (`be` in the fwd/bwd/dec args; hyb_host has no sgemm or
- *    rope any more) and per-device kernels (hyb_mixer_desc.kernels[device]). */
-#define HYB_PLUGIN_ABI_VERSION 2u
+ *    rope any more) and per-device kernels (hyb_mixer_desc.kernels[device]).
+ * 3: quantized frozen weights: hyb_param_decl.quant_ok and hyb_mixer_fwd/dec.param_dtypes (a
+ *    parameter declared quant_ok may arrive as GGUF blocks; multiply it with be->qmatmul). */
+#define HYB_PLUGIN_ABI_VERSION 3u
 /* Device slots in hyb_mixer_desc.kernels, indexed by hyb_device (room for device kinds to come). */
 #define HYB_PLUGIN_MAX_DEVICES 4
 #define HYB_PLUGIN_ENTRY_SYMBOL "hyb_plugin_entry"
@@ -123,6 +127,13 @@ typedef struct hyb_param_decl {
     int init; /* hyb_init_kind */
     float init_a;
     int no_decay; /* 1: exclude from weight decay (norms, biases, A_log, D) */
+    /* 1: a linear weight [out, in] that the kernels only ever use as y = x W^T (forward and
+     * decode), so the host may hand it over in a GGUF block dtype (Q8_0, Q4_K, ...: see
+     * param_dtypes) when it is frozen and the model was loaded from a quantized GGUF for
+     * inference: the kernels then multiply it with be->qmatmul instead of be->sgemm. Such a
+     * parameter never reaches backward, init_params or init_from quantized (the host refuses
+     * a tape through it and gives init_from f32 copies). 0: always f32. (ABI 3) */
+    int quant_ok;
 } hyb_param_decl;
 
 /* ---- host services ------------------------------------------------------------------------- */
@@ -212,6 +223,10 @@ typedef struct hyb_mixer_fwd {
     void *const *states;         /* [B] per-sequence decode states to fill, or NULL */
     const int32_t *pos;          /* [B] tokens already in states[b] (continue), or NULL = 0 */
     int max_ctx;                 /* capacity of the states in tokens */
+    /* [n_params] hyb_dtype of each params[i] (ABI 3): HYB_F32, or a GGUF block type (then
+     * params[i] points at its blocks, rows of K/block_elems blocks) for a decl with quant_ok.
+     * Multiply such a weight with be->qmatmul(be, dtype, W, x, y, M, N, K). */
+    const int *param_dtypes;
 } hyb_mixer_fwd;
 
 typedef struct hyb_mixer_bwd {
@@ -234,6 +249,7 @@ typedef struct hyb_mixer_dec {
     void *const *states;        /* [n] */
     const int32_t *pos;         /* [n] position of the new token = tokens already in state */
     int max_ctx;
+    const int *param_dtypes;    /* [n_params], as in hyb_mixer_fwd (ABI 3) */
 } hyb_mixer_dec;
 
 /* Source of an init_from call: another mixer's parameters in the same layer. */
