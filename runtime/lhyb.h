@@ -45,6 +45,7 @@ int luaopen_hyb(lua_State *L);
 
 /* Register sub-modules into the table at the top of the stack. */
 void lhyb_open_tensor(lua_State *L);
+void lhyb_open_autograd(lua_State *L); /* tensor ops + autodiff (lua_autograd.c) */
 void lhyb_open_model(lua_State *L);
 void lhyb_open_data(lua_State *L);
 void lhyb_open_generate(lua_State *L); /* hyb.llm, hyb.sampler (lua_generate.c) */

@@ -19,7 +19,7 @@
 static int tensor_gc(lua_State *L);
 
 static lhyb_tensor *new_box(lua_State *L) {
-    return (lhyb_tensor *)lhyb_new_object(L, sizeof(lhyb_tensor), 1, LHYB_TENSOR_MT);
+    return (lhyb_tensor *)lhyb_new_object(L, sizeof(lhyb_tensor), 3, LHYB_TENSOR_MT);
 }
 
 lhyb_tensor *lhyb_push_owned(lua_State *L, hyb_tensor *t, const char *fname) {
@@ -554,4 +554,5 @@ void lhyb_open_tensor(lua_State *L) {
     lua_setfield(L, -2, "__len");
     lua_pop(L, 1);
     luaL_setfuncs(L, tensor_funcs, 0);
+    lhyb_open_autograd(L); /* ops, autodiff, printing (lua_autograd.c) */
 }
