@@ -1605,6 +1605,12 @@ static int l_no_grad(lua_State *L) {
     return lua_gettop(L);
 }
 
+int lhyb_set_grad_enabled(int on) {
+    int old = g_grad_on;
+    g_grad_on = on;
+    return old;
+}
+
 static int l_grad_enabled(lua_State *L) {
     lua_pushboolean(L, g_grad_on);
     return 1;

@@ -131,4 +131,39 @@ function M.snapshot(state)
   return c
 end
 
+-- ---- for runtime/lua_mixer.c (layer maps naming type = "lua:<path>") ----------------------------
+
+-- The parameter declarations, checked: { {name=, shape=, init=, std=}, ... }
+function M:decls()
+  local decls = self.def.params(self.cfg, self.dims)
+  if type(decls) ~= "table" then fail(self, "params() must return a table of declarations") end
+  for i, d in ipairs(decls) do
+    if type(d.name) ~= "string" or type(d.shape) ~= "table" then
+      fail(self, "parameter declaration %d needs a name and a shape", i)
+    end
+  end
+  return decls
+end
+
+-- The state's entries in name order: { {name, shape}, ... }
+function M:state_list()
+  local st = self.def.state(self.cfg, self.dims)
+  if type(st) ~= "table" then fail(self, "state() must return a table of shapes") end
+  local names = {}
+  for k in pairs(st) do names[#names + 1] = k end
+  table.sort(names)
+  local out = {}
+  for i, k in ipairs(names) do out[i] = {k, st[k]} end
+  return out
+end
+
+function M:describe()
+  local keys = {}
+  for k in pairs(self.cfg) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local parts = {self.def.name}
+  for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. tostring(self.cfg[k]) end
+  return table.concat(parts, " ") .. " (Lua, " .. self.path .. ")"
+end
+
 return M

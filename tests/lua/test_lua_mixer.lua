@@ -169,4 +169,129 @@ H.run("bad mixers are clear errors", function()
   H.rmdir(dir)
 end)
 
+-- ---- the same mixer in a layer map: type = "lua:<path>" (runtime/lua_mixer.c) ------------------
+local MAP = [[
+[model]
+name = "tinylua"
+d_model = 32
+n_layers = 2
+vocab_size = 16
+d_ff = 64
+norm_eps = 1e-5
+tie_embeddings = true
+max_seq = 64
+
+[mixers.attn]
+type = "mha"
+symbol = "t"
+n_heads = 2
+n_kv_heads = 1
+head_dim = 16
+rope_theta = 10000.0
+
+[mixers.gla]
+type = "lua:examples/mixers/gla.lua"
+symbol = "g"
+heads = 2
+head_dim = 8
+
+[layout]
+pattern = "PATTERN"
+]]
+local function map_of(pattern, extra)
+  return hyb.parse_layermap(MAP:gsub("PATTERN", pattern):gsub("head_dim = 8\n", "head_dim = 8\n" .. (extra or "")), "inline.toml")
+end
+-- sequences a b a b ...: the next token is the one two back (the mixer must carry it)
+local function abab(seed, Bn, Tn)
+  local r = hyb.randn({2 * Bn}, seed):totable()
+  local ids, tg = {}, {}
+  for b = 1, Bn do
+    local a, c = math.floor(math.abs(r[2 * b - 1]) * 40) % 16, math.floor(math.abs(r[2 * b]) * 40) % 16
+    for t = 1, Tn do ids[#ids + 1] = t % 2 == 1 and a or c; tg[#tg + 1] = t % 2 == 1 and c or a end
+  end
+  return ids, tg
+end
+
+H.run("layer map: gradients through the model vs finite differences", function()
+  local m = hyb.model(map_of("tg"), {seed = 1})
+  local ids, tg = abab(5, 2, 6)
+  local function L() return m:loss(m:forward(ids, 2, 6, {grad = false}), tg):value() end
+  m:zero_grad()
+  m:loss(m:forward(ids, 2, 6), tg):backward()
+  local worst, n = 0, 0
+  -- the Lua mixer's parameters, and one before it (its dx reaches layer 0)
+  for _, name in ipairs({"model.layers.1.mixer.q_proj.weight", "model.layers.1.mixer.a_proj.weight",
+                         "model.layers.1.mixer.o_proj.weight", "model.layers.0.self_attn.v_proj.weight"}) do
+    local p, g = m:param(name), m:grad(name)
+    local s = p:shape()
+    for j = 1, 8 do
+      local r, idx = (j * 37) % p:numel(), {}
+      for k = #s, 1, -1 do idx[k] = r % s[k] + 1; r = r // s[k] end
+      local a = {table.unpack(idx)}
+      local x0 = p:get(table.unpack(idx))
+      a[#a + 1] = x0 + 1e-2; p:set(table.unpack(a)); local lp = L()
+      a[#a] = x0 - 1e-2; p:set(table.unpack(a)); local lm = L()
+      a[#a] = x0; p:set(table.unpack(a))
+      local num, ana = (lp - lm) / 2e-2, g:get(table.unpack(idx))
+      worst = math.max(worst, math.abs(num - ana) / math.max(1e-2, math.abs(num)))
+      n = n + 1
+    end
+  end
+  H.check(worst < 1e-2, ("%d model gradients, worst relative error %.2e"):format(n, worst))
+end)
+
+H.run("layer map: trains, generates (steps = full forwards), saves and loads", function()
+  local m = hyb.model(map_of("tg"), {seed = 1})
+  local opt = hyb.optim.adamw(m, {lr = 3e-3})
+  local first, last = 0, 0
+  for step = 1, 60 do
+    local ids, tg = abab(step % 4, 8, 16)
+    local loss = m:loss(m:forward(ids, 8, 16), tg)
+    loss:backward()
+    opt:step()
+    if step <= 4 then first = first + loss:value() / 4 end
+    if step > 56 then last = last + loss:value() / 4 end
+  end
+  H.check(last < 0.7 * first, ("training loss falls: %.3f -> %.3f"):format(first, last))
+  -- generation through the engine (prefill fills the Lua state, decode steps it) vs argmax of
+  -- full forwards over the growing sequence
+  local prompt = {3, 9, 3, 9, 3}
+  local gen = hyb.train.greedy(m, prompt, 6)
+  local seq = {table.unpack(prompt)}
+  for _ = 1, 6 do
+    local lg = m:forward(seq, 1, #seq, {grad = false})
+    seq[#seq + 1] = lg:argmax_last()[#seq]
+  end
+  H.eq(table.concat(gen, " "), table.concat({table.unpack(seq, #prompt + 1)}, " "), "engine decode = full forwards")
+  local dir = H.tmpdir()
+  m:save(dir .. "/ck")
+  local back = hyb.load(dir .. "/ck")
+  local ids = abab(99, 2, 8)
+  local a = m:forward(ids, 2, 8, {grad = false}):clone()
+  local b = back:forward(ids, 2, 8, {grad = false}):clone()
+  H.eq(a:max_abs_diff(b), 0, "a saved and loaded model gives the same logits")
+  H.rmdir(dir)
+end)
+
+H.run("layer map: swap and bad input", function()
+  local m = hyb.model(map_of("tt"), {seed = 2})
+  m:swap({1}, "lua:examples/mixers/gla.lua", {config = "heads = 4\nhead_dim = 4"})
+  H.check(m:layout():find("lua:examples/mixers/gla.lua", 1, true), "swapped in: " .. m:layout())
+  local ids, tg = abab(1, 2, 8)
+  local loss = m:loss(m:forward(ids, 2, 8), tg)
+  loss:backward()
+  H.check(m:grad("model.layers.1.mixer.q_proj.weight"):max_abs_diff(hyb.zeros({16, 32})) > 0, "the swapped Lua mixer gets gradients")
+  H.raises(function() m:swap({0}, "lua:examples/mixers/gla.lua", {init = "mil"}) end, "gla", "no init from attention yet")
+  H.raises(function() hyb.model(map_of("tg", "nheads = 3\n")) end, "nheads", "unknown config key")
+  H.raises(function() hyb.model(map_of("tg", "heads = \"x\"\n")) end, "heads", "config key of the wrong type")
+  H.raises(function() hyb.model(hyb.parse_layermap(MAP:gsub("PATTERN", "tg"):gsub("mixers/gla.lua", "mixers/none.lua"), "x.toml")) end, "cannot open the Lua file 'examples/mixers/none.lua'", "missing file")
+  local dir = H.tmpdir()
+  local f = assert(io.open(dir .. "/w.lua", "w"))
+  f:write("local m = dofile('" .. GLA .. "') m.forward = function(p, x) return x:narrow(2, 1, 1) end return m")
+  f:close()
+  local bad = hyb.model(hyb.parse_layermap(MAP:gsub("PATTERN", "tg"):gsub("examples/mixers/gla.lua", dir .. "/w.lua"), "x.toml"))
+  H.raises(function() bad:forward(ids, 2, 8) end, "lua mixer 'gla' (layer 1): forward returned [2, 1, 32] for an input [2, 8, 32]", "wrong output shape names the mixer and layer")
+  H.rmdir(dir)
+end)
+
 os.exit(H.done())
