@@ -252,6 +252,7 @@ H.run("layer map: trains, generates (steps = full forwards), saves and loads", f
     if step <= 4 then first = first + loss:value() / 4 end
     if step > 56 then last = last + loss:value() / 4 end
   end
+  print(("layer map training: loss %.3f -> %.3f"):format(first, last))
   H.check(last < 0.7 * first, ("training loss falls: %.3f -> %.3f"):format(first, last))
   -- generation through the engine (prefill fills the Lua state, decode steps it) vs argmax of
   -- full forwards over the growing sequence
@@ -291,6 +292,27 @@ H.run("layer map: swap and bad input", function()
   f:close()
   local bad = hyb.model(hyb.parse_layermap(MAP:gsub("PATTERN", "tg"):gsub("examples/mixers/gla.lua", dir .. "/w.lua"), "x.toml"))
   H.raises(function() bad:forward(ids, 2, 8) end, "lua mixer 'gla' (layer 1): forward returned [2, 1, 32] for an input [2, 8, 32]", "wrong output shape names the mixer and layer")
+  H.rmdir(dir)
+end)
+
+H.run("layer map: distillation into a Lua layer (trainer, reverse KL, checkpoint)", function()
+  local teacher = hyb.model(map_of("tt"), {seed = 3})
+  local student = hyb.train.clone(teacher)
+  student:swap({1}, "lua:examples/mixers/gla.lua", {config = "heads = 2\nhead_dim = 16"})
+  hyb.train.freeze(student, "*")
+  hyb.train.freeze(student, "model.layers.1.mixer.*", false)
+  local tr = hyb.train.trainer(student, {teacher = teacher, lr = 1e-2, warmup = 0, steps = 40, weight_decay = 0})
+  local ids = abab(7, 4, 16)
+  local first = tr:eval(ids, 4, 16).loss
+  for _ = 1, 40 do tr:step(ids, 4, 16) end
+  local after = tr:eval(ids, 4, 16).loss
+  print(("distillation: reverse KL %.4f -> %.4f"):format(first, after))
+  H.check(after < 0.7 * first, ("reverse KL to the teacher falls: %.4f -> %.4f"):format(first, after))
+  local dir = H.tmpdir()
+  tr:save(dir .. "/ck.safetensors")
+  local tr2 = hyb.train.trainer(hyb.train.load(dir .. "/ck.safetensors"), {teacher = teacher, lr = 1e-2, warmup = 0, steps = 40, weight_decay = 0})
+  tr2:load(dir .. "/ck.safetensors")
+  H.near(tr2:eval(ids, 4, 16).loss, after, 1e-6, "a training checkpoint with a Lua layer reloads")
   H.rmdir(dir)
 end)
 
