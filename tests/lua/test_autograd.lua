@@ -411,4 +411,16 @@ H.run("errors", function()
   H.check(y:has_nan(), "has_nan without check_nan")
 end)
 
+H.run("an op on a backend without its kernel is a clear error", function()
+  if not pcall(hyb.device, "cuda") then print("(no CUDA device: HYB_CUDA_EMULATE=1 runs this part)") return end
+  local m = hyb.model(H.root .. "/graphs/tiny.toml", {seed = 1})
+  m:to("cuda")
+  local p = m:param("model.norm.weight")
+  H.raises(function() return hyb.exp(p) end, "hyb.exp: no cuda kernel for op hyb.exp (backend entry ewise", "unary")
+  H.raises(function() return p * p end, "hyb.mul: no cuda kernel", "binary metamethod")
+  H.raises(function() return hyb.matmul(p:reshape({1, 128}), p:reshape({128, 1})) end, "hyb.matmul: no cuda kernel", "matmul")
+  H.raises(function() return p:softmax() end, "hyb.softmax: no cuda kernel", "axis op")
+  H.check(tostring(p):find("device=cuda", 1, true), "a device tensor prints")
+end)
+
 os.exit(H.done())
