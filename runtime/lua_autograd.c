@@ -1897,6 +1897,61 @@ static int t_index(lua_State *L) {
     return 1;
 }
 
+/* ---- devices --------------------------------------------------------------------------------- */
+
+/* d in += gy across devices (through host memory) */
+static int bwd_to(lnode *n, hyb_tensor **in, hyb_tensor **saved, hyb_tensor *gy, hyb_tensor **gin) {
+    (void)saved;
+    if (!gin[0]) return HYB_OK;
+    int64_t cnt = hyb_tensor_numel(gy);
+    float *h = malloc((size_t)cnt * sizeof(float));
+    if (!h) return hyb_error_set(HYB_ERR_NOMEM, "tensor:to backward: out of memory");
+    int rc = hyb_tensor_download(gy, h);
+    const hyb_backend *be = hyb_backend_get(in[0]->device);
+    hyb_tensor *tmp = NULL;
+    if (rc == HYB_OK && !be) rc = HYB_ERR;
+    if (rc == HYB_OK) {
+        tmp = hyb_tensor_new_on(be, HYB_F32, gy->ndim, gy->shape);
+        rc = tmp ? hyb_tensor_upload(tmp, h) : HYB_ERR_NOMEM;
+    }
+    if (rc == HYB_OK) rc = be->axpy(be, gin[0]->data, tmp->data, 1.0f, cnt);
+    (void)n;
+    hyb_tensor_free(tmp);
+    free(h);
+    return rc;
+}
+
+/* t:to(device) -> a copy on "cpu" / "cuda" / "cuda:N" (on the tape) */
+static int l_to(lua_State *L) {
+    const char *op = "tensor:to";
+    lua_settop(L, 2);
+    hyb_tensor *t = argbox(L, 1, op, 1)->t;
+    const char *name = lhyb_check_string(L, 2, op, "device");
+    const hyb_backend *be = NULL;
+    if (hyb_backend_open(name, &be) != HYB_OK) return lhyb_raise_hyb(L, op);
+    t = t->dtype == HYB_F32 ? make_contig(L, 1, op) : t;
+    if (!is_contig(t)) return lhyb_error(L, "%s: the tensor must be contiguous", op);
+    size_t nb = hyb_tensor_nbytes(t);
+    void *h = malloc(nb ? nb : 1);
+    if (!h) return lhyb_error(L, "%s: out of memory", op);
+    lhyb_tensor *ob = lhyb_push_owned(L, hyb_tensor_new_on(be, t->dtype, t->ndim, t->shape), op);
+    int rc = hyb_tensor_download(t, h);
+    if (rc == HYB_OK) rc = hyb_tensor_upload(ob->t, h);
+    free(h);
+    check_rc(L, rc, op);
+    if (t->dtype == HYB_F32) {
+        int in[1] = {1};
+        record(L, op, be, -1, bwd_to, in, 1, NULL, 0);
+    }
+    return 1;
+}
+
+/* t:device() -> "cpu" / "cuda" */
+static int l_device_of(lua_State *L) {
+    lua_pushstring(L, hyb_device_name(argbox(L, 1, "tensor:device", 1)->t->device));
+    return 1;
+}
+
 /* ---- registration ---------------------------------------------------------------------------- */
 
 static const luaL_Reg ops[] = {{"exp", l_exp},
@@ -1949,13 +2004,10 @@ static const luaL_Reg ops[] = {{"exp", l_exp},
                                {"cat", l_cat},
                                {NULL, NULL}};
 
-static const luaL_Reg methods[] = {{"backward", t_backward},
-                                   {"requires_grad", t_requires_grad},
-                                   {"is_leaf", t_is_leaf},
-                                   {"grad_fn", t_grad_fn},
-                                   {"zero_grad", t_zero_grad},
-                                   {"has_nan", t_has_nan},
-                                   {NULL, NULL}};
+static const luaL_Reg methods[] = {
+    {"backward", t_backward},           {"to", l_to},           {"device", l_device_of},
+    {"requires_grad", t_requires_grad}, {"is_leaf", t_is_leaf}, {"grad_fn", t_grad_fn},
+    {"zero_grad", t_zero_grad},         {"has_nan", t_has_nan}, {NULL, NULL}};
 
 static const luaL_Reg funcs[] = {
     {"ones", l_ones},           {"full", l_full},       {"arange", l_arange},

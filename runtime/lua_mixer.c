@@ -17,7 +17,7 @@
  *    output's tape is kept in a registry table keyed by the `saved` buffer until the backward,
  *    which runs y:backward(dy) and copies x.grad into dx and adds each parameter's .grad.
  *  - forward without a tape: no_grad; with states (prefill): the step form token by token.
- * Limits: CPU only (the tensor ops have CPU kernels only); one Lua state, so not from another
+ * The same functions serve the CPU and CUDA (the ops run where their tensors are). Limits: one Lua state, so not from another
  * thread (`hyb serve`'s engine thread); no init_from (MIL) yet. */
 #include <pthread.h>
 #include <stdio.h>
@@ -84,10 +84,13 @@ static int lua_fail(lua_State *L, const lm_self *s, const char *what) {
 }
 
 /* Push a tensor over external memory (not freed by Lua), shape (nd, shape). */
+static hyb_device g_dev = HYB_DEV_CPU; /* the device of the call in progress */
+
 static hyb_tensor *push_ext(lua_State *L, const void *data, int nd, const int64_t *shape) {
     hyb_tensor *t = hyb_tensor_wrap(HYB_F32, nd, shape, (void *)data);
     if (!t) return NULL;
     t->owner = HYB_OWN_EXTERNAL;
+    t->device = g_dev;
     lhyb_push_owned(L, t, "lua mixer");
     return t;
 }
@@ -454,6 +457,7 @@ static int run_steps(lua_State *L, lm_self *s, const hyb_backend *be, const floa
 static int lm_forward(void *self, const hyb_mixer_fwd *a) {
     lm_self *s = self;
     HYB_TRY(check_thread(s->type, s->dims.layer));
+    g_dev = a->be->device;
     lua_State *L = g_L;
     int top = lua_gettop(L), rc = HYB_OK, D = s->dims.d_model;
     luaL_checkstack(L, 32, "lua mixer");
@@ -510,6 +514,7 @@ done:
 static int lm_backward(void *self, const hyb_mixer_bwd *a) {
     lm_self *s = self;
     HYB_TRY(check_thread(s->type, s->dims.layer));
+    g_dev = a->be->device;
     lua_State *L = g_L;
     int top = lua_gettop(L), rc = HYB_OK, D = s->dims.d_model;
     int64_t n = (int64_t)a->B * a->T * D;
@@ -568,6 +573,7 @@ done:
 static int lm_decode(void *self, const hyb_mixer_dec *a) {
     lm_self *s = self;
     HYB_TRY(check_thread(s->type, s->dims.layer));
+    g_dev = a->be->device;
     lua_State *L = g_L;
     int top = lua_gettop(L), rc = HYB_OK, D = s->dims.d_model;
     push_inst(L, s);
@@ -644,6 +650,8 @@ static int lm_resolve(const char *name, const hyb_mixer_desc **out) {
     d->kernels[HYB_DEV_CPU].forward = lm_forward;
     d->kernels[HYB_DEV_CPU].backward = lm_backward;
     d->kernels[HYB_DEV_CPU].decode = lm_decode;
+    /* the same functions on CUDA: the tensor ops run on the device of their inputs */
+    d->kernels[HYB_DEV_CUDA] = d->kernels[HYB_DEV_CPU];
     g_n_types++;
     *out = d;
     return HYB_OK;

@@ -28,8 +28,8 @@ return {
     local q, k, v = self.heads(c, x, p["q_proj.weight"]), self.heads(c, x, p["k_proj.weight"]),
                     self.heads(c, x, p["v_proj.weight"])
     local A = (-x:matmul(p["a_proj.weight"]:transpose()):softplus()):transpose(2, 3):cumsum(3)
-    local causal = hyb.ones({s[2], s[2]}):tril()
-    local decay = hyb.where(causal, A:unsqueeze(4) - A:unsqueeze(3), -1e30):exp() -- [B, H, T, T]
+    -- exp(A_t - A_s) for s <= t (where it is <= 0), 0 above the diagonal: [B, H, T, T]
+    local decay = hyb.minimum(A:unsqueeze(4) - A:unsqueeze(3), 0):exp():tril()
     local o = (q:matmul(k:transpose()) * decay):matmul(v)                        -- [B, H, T, hd]
     o = o:permute({1, 3, 2, 4}):reshape({s[1], s[2], c.heads * c.head_dim})
     return o:matmul(p["o_proj.weight"]:transpose())

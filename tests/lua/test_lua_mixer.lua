@@ -316,4 +316,23 @@ H.run("layer map: distillation into a Lua layer (trainer, reverse KL, checkpoint
   H.rmdir(dir)
 end)
 
+H.run("layer map on (emulated) CUDA: the same logits, gradients and generation as the CPU", function()
+  if not pcall(hyb.device, "cuda") then print("(no CUDA device: HYB_CUDA_EMULATE=1 runs this part)") return end
+  local cpu = hyb.model(map_of("tg"), {seed = 4})
+  local gpu = hyb.model(map_of("tg"), {seed = 4})
+  gpu:to("cuda")
+  local ids, tg = abab(3, 2, 8)
+  local a = cpu:forward(ids, 2, 8, {grad = false}):clone()
+  local b = gpu:forward(ids, 2, 8, {grad = false}):to("cpu")
+  H.check(a:max_abs_diff(b) < 1e-4, "logits: " .. a:max_abs_diff(b))
+  cpu:loss(cpu:forward(ids, 2, 8), tg):backward()
+  gpu:loss(gpu:forward(ids, 2, 8), tg):backward()
+  for _, n in ipairs({"model.layers.1.mixer.q_proj.weight", "model.layers.1.mixer.a_proj.weight", "model.layers.0.self_attn.q_proj.weight"}) do
+    local gc, gg = cpu:grad(n), gpu:grad(n):to("cpu")
+    local scale = math.max(1e-3, math.abs(gc:max()), math.abs(gc:min()))
+    H.check(gc:max_abs_diff(gg) / scale < 1e-4, n .. ": " .. gc:max_abs_diff(gg) / scale)
+  end
+  H.eq(table.concat(hyb.train.greedy(gpu, {3, 9, 3}, 5), " "), table.concat(hyb.train.greedy(cpu, {3, 9, 3}, 5), " "), "greedy generation")
+end)
+
 os.exit(H.done())
