@@ -17,8 +17,8 @@
  *    output's tape is kept in a registry table keyed by the `saved` buffer until the backward,
  *    which runs y:backward(dy) and copies x.grad into dx and adds each parameter's .grad.
  *  - forward without a tape: no_grad; with states (prefill): the step form token by token.
- * The same functions serve the CPU and CUDA (the ops run where their tensors are). Limits: one Lua state, so not from another
- * thread (`hyb serve`'s engine thread); no init_from (MIL) yet. */
+ * The same functions serve the CPU and CUDA (the ops run where their tensors are). Limits: one Lua
+ * state, so not from another thread (`hyb serve`'s engine thread); no init_from (MIL) yet. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -595,11 +595,12 @@ static int lm_decode(void *self, const hyb_mixer_dec *a) {
         return lm_create_type(g_types[i].name, d, c, o);                                           \
     }
 CREATE_N(0)
-CREATE_N(1) CREATE_N(2) CREATE_N(3) CREATE_N(4) CREATE_N(5) CREATE_N(6) CREATE_N(7) CREATE_N(8)
-    CREATE_N(9) CREATE_N(10) CREATE_N(11) CREATE_N(12) CREATE_N(13) CREATE_N(14) CREATE_N(15)
-        CREATE_N(16) CREATE_N(17) CREATE_N(18) CREATE_N(19) CREATE_N(20) CREATE_N(21) CREATE_N(22)
-            CREATE_N(23) CREATE_N(24) CREATE_N(25) CREATE_N(26) CREATE_N(27) CREATE_N(28)
-                CREATE_N(29) CREATE_N(30)
+CREATE_N(1)
+CREATE_N(2) CREATE_N(3) CREATE_N(4) CREATE_N(5) CREATE_N(6) CREATE_N(7) CREATE_N(8) CREATE_N(9)
+    CREATE_N(10) CREATE_N(11) CREATE_N(12) CREATE_N(13) CREATE_N(14) CREATE_N(15) CREATE_N(16)
+        CREATE_N(17) CREATE_N(18) CREATE_N(19) CREATE_N(20) CREATE_N(21) CREATE_N(22) CREATE_N(23)
+            CREATE_N(24) CREATE_N(25) CREATE_N(26) CREATE_N(27) CREATE_N(28) CREATE_N(29)
+                CREATE_N(30)
                     CREATE_N(31) static int (*const CREATES[MAX_LUA_MIXERS])(const hyb_model_dims *,
                                                                              const hyb_cfg_table *,
                                                                              void **) = {

@@ -554,6 +554,6 @@ void lhyb_open_tensor(lua_State *L) {
     lua_setfield(L, -2, "__len");
     lua_pop(L, 1);
     luaL_setfuncs(L, tensor_funcs, 0);
-    lhyb_open_autograd(L); /* ops, autodiff, printing (lua_autograd.c) */
+    lhyb_open_autograd(L);   /* ops, autodiff, printing (lua_autograd.c) */
     lhyb_open_lua_mixers(L); /* type = "lua:<path>" in layer maps (lua_mixer.c) */
 }

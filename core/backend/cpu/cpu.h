@@ -56,17 +56,17 @@ int hyb_cpu_axis(int op, const float *x, float *y, int64_t outer, int64_t n, int
                  float alpha);
 int hyb_cpu_axis_bwd(int op, const float *x, const float *y, const float *dy, float *dx,
                      int64_t outer, int64_t n, int64_t inner, float alpha);
-int hyb_cpu_tri(const float *x, float *y, int64_t batch, int64_t R, int64_t C, int64_t k,
-                int upper, int accumulate);
-int hyb_cpu_conv1d_causal(const float *x, const float *w, float *y, int64_t B, int64_t T,
-                          int64_t C, int64_t K);
-int hyb_cpu_conv1d_causal_bwd(const float *x, const float *w, const float *dy, float *dx,
-                              float *dw, int64_t B, int64_t T, int64_t C, int64_t K);
+int hyb_cpu_tri(const float *x, float *y, int64_t batch, int64_t R, int64_t C, int64_t k, int upper,
+                int accumulate);
+int hyb_cpu_conv1d_causal(const float *x, const float *w, float *y, int64_t B, int64_t T, int64_t C,
+                          int64_t K);
+int hyb_cpu_conv1d_causal_bwd(const float *x, const float *w, const float *dy, float *dx, float *dw,
+                              int64_t B, int64_t T, int64_t C, int64_t K);
 int hyb_cpu_gather(const float *x, const int32_t *idx, float *y, int64_t outer, int64_t n,
                    int64_t inner, int64_t m);
 int hyb_cpu_gather_bwd(const int32_t *idx, const float *dy, float *dx, int64_t outer, int64_t n,
                        int64_t inner, int64_t m);
-int hyb_cpu_sgemm_batched(int tA, int tB, int M, int N, int K, float alpha, const float *A,
-                          int lda, int64_t sA, const float *B, int ldb, int64_t sB, float beta,
-                          float *C, int ldc, int64_t sC, int batch);
+int hyb_cpu_sgemm_batched(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                          int64_t sA, const float *B, int ldb, int64_t sB, float beta, float *C,
+                          int ldc, int64_t sC, int batch);
 #endif

@@ -156,9 +156,8 @@ CPU_ENTRY_RC(ewise,
              (op, y, sy, a, sa, b, sb, c, sc, shape, alpha, beta))
 CPU_ENTRY_RC(ewise_bwd,
              (const hyb_backend *be, int op, int which, const float *a, const int64_t *sa,
-              const float *b, const int64_t *sb, const float *c, const int64_t *sc,
-              const float *dy, float *d, const int64_t *shape, const int64_t *dshape, float alpha,
-              float beta),
+              const float *b, const int64_t *sb, const float *c, const int64_t *sc, const float *dy,
+              float *d, const int64_t *shape, const int64_t *dshape, float alpha, float beta),
              (op, which, a, sa, b, sb, c, sc, dy, d, shape, dshape, alpha, beta))
 CPU_ENTRY_RC(axis,
              (const hyb_backend *be, int op, const float *x, float *y, int64_t outer, int64_t n,
@@ -173,8 +172,8 @@ CPU_ENTRY_RC(tri,
               int64_t k, int upper, int accumulate),
              (x, y, batch, R, C, k, upper, accumulate))
 CPU_ENTRY_RC(conv1d_causal,
-             (const hyb_backend *be, const float *x, const float *w, float *y, int64_t B,
-              int64_t T, int64_t C, int64_t K),
+             (const hyb_backend *be, const float *x, const float *w, float *y, int64_t B, int64_t T,
+              int64_t C, int64_t K),
              (x, w, y, B, T, C, K))
 CPU_ENTRY_RC(conv1d_causal_bwd,
              (const hyb_backend *be, const float *x, const float *w, const float *dy, float *dx,

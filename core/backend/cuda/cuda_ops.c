@@ -758,10 +758,11 @@ static int report(int rc, const char *fmt, ...) {
 
 CUDA_ENTRY(ewise,
            (const hyb_backend *be, int op, float *y, const int64_t *sy, const float *a,
-            const int64_t *sa, const float *b, const int64_t *sb, const float *c,
-            const int64_t *sc, const int64_t *shape, float alpha, float beta),
-           (op, y, sy, a, sa, b, sb, c, sc, shape, alpha, beta), "ewise op %d [%lld, %lld, %lld, %lld]",
-           op, (long long)shape[0], (long long)shape[1], (long long)shape[2], (long long)shape[3])
+            const int64_t *sa, const float *b, const int64_t *sb, const float *c, const int64_t *sc,
+            const int64_t *shape, float alpha, float beta),
+           (op, y, sy, a, sa, b, sb, c, sc, shape, alpha, beta),
+           "ewise op %d [%lld, %lld, %lld, %lld]", op, (long long)shape[0], (long long)shape[1],
+           (long long)shape[2], (long long)shape[3])
 CUDA_ENTRY(ewise_bwd,
            (const hyb_backend *be, int op, int which, const float *a, const int64_t *sa,
             const float *b, const int64_t *sb, const float *c, const int64_t *sc, const float *dy,
@@ -784,8 +785,8 @@ CUDA_ENTRY(tri,
            (x, y, batch, R, C, k, upper, accumulate), "tri [%lld, %lld, %lld]", (long long)batch,
            (long long)R, (long long)C)
 CUDA_ENTRY(conv1d_causal,
-           (const hyb_backend *be, const float *x, const float *w, float *y, int64_t B,
-            int64_t T, int64_t C, int64_t K),
+           (const hyb_backend *be, const float *x, const float *w, float *y, int64_t B, int64_t T,
+            int64_t C, int64_t K),
            (x, w, y, B, T, C, K), "conv1d_causal [%lld, %lld, %lld] K=%lld", (long long)B,
            (long long)T, (long long)C, (long long)K)
 CUDA_ENTRY(conv1d_causal_bwd,
@@ -804,9 +805,9 @@ CUDA_ENTRY(gather_bwd,
            (idx, dy, dx, outer, n, inner, m), "gather_bwd [%lld, %lld, %lld] m=%lld",
            (long long)outer, (long long)n, (long long)inner, (long long)m)
 CUDA_ENTRY(sgemm_batched,
-           (const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha,
-            const float *A, int lda, int64_t sA, const float *B, int ldb, int64_t sB, float beta,
-            float *C, int ldc, int64_t sC, int batch),
+           (const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha, const float *A,
+            int lda, int64_t sA, const float *B, int ldb, int64_t sB, float beta, float *C, int ldc,
+            int64_t sC, int batch),
            (tA, tB, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch),
            "sgemm_batched M=%d N=%d K=%d batch=%d", M, N, K, batch)
 
