@@ -588,6 +588,81 @@ static int lm_decode(void *self, const hyb_mixer_dec *a) {
     return rc;
 }
 
+/* init_from: def.init_from(p, src, cfg) with p the new parameters and src = {type =, params =
+ * {name = tensor}} (host memory, before the model moves); it returns {name = tensor} of values
+ * to copy into p (each of its parameter's size). */
+static int lm_init_from(void *self, float *const *params, const hyb_mixer_src *src,
+                        uint64_t seed) {
+    (void)seed;
+    lm_self *s = self;
+    HYB_TRY(check_thread(s->type, s->dims.layer));
+    g_dev = HYB_DEV_CPU;
+    lua_State *L = g_L;
+    int top = lua_gettop(L), rc = HYB_OK;
+    luaL_checkstack(L, 16, "lua mixer");
+    push_inst(L, s);
+    int inst = lua_gettop(L);
+    lua_getfield(L, inst, "def");
+    lua_getfield(L, -1, "init_from");
+    if (!lua_isfunction(L, -1)) {
+        lua_settop(L, top);
+        return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                             "mixer '%s' (layer %d) cannot be initialised from '%s': its Lua "
+                             "table has no init_from",
+                             s->type, s->dims.layer, src->type);
+    }
+    int fn = lua_gettop(L);
+    if ((rc = push_params(L, s, (const float *const *)params, 0)) != HYB_OK) goto done;
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, src->type);
+    lua_setfield(L, -2, "type");
+    lua_createtable(L, 0, src->n_params);
+    for (int i = 0; i < src->n_params; i++) {
+        if (!push_ext(L, src->params[i], src->decls[i].ndim, src->decls[i].shape)) {
+            rc = HYB_ERR_NOMEM;
+            goto done;
+        }
+        lua_setfield(L, -2, src->decls[i].name);
+    }
+    lua_setfield(L, -2, "params");
+    lua_getfield(L, inst, "cfg");
+    int saved_mode = lhyb_set_grad_enabled(0);
+    int r = lua_pcall(L, 3, 1, 0);
+    lhyb_set_grad_enabled(saved_mode);
+    (void)fn;
+    if (r != LUA_OK) {
+        rc = hyb_error_set(HYB_ERR_ARG, "lua mixer %s (layer %d): init_from '%s': %s", s->type,
+                           s->dims.layer, src->type, lua_tostring(L, -1));
+        goto done;
+    }
+    if (!lua_istable(L, -1)) {
+        rc = hyb_error_set(HYB_ERR_ARG,
+                           "lua mixer %s (layer %d): init_from must return a table {name = "
+                           "tensor}",
+                           s->type, s->dims.layer);
+        goto done;
+    }
+    int res = lua_gettop(L);
+    const hyb_backend *cpu = hyb_backend_cpu();
+    for (int i = 0; i < s->n_params && rc == HYB_OK; i++) {
+        lua_getfield(L, res, s->decls[i].name);
+        if (lhyb_test_tensor(L, -1)) {
+            int64_t n = 1;
+            for (int k = 0; k < s->decls[i].ndim; k++)
+                n *= s->decls[i].shape[k];
+            rc = copy_out(L, -1, cpu, params[i], n);
+            if (rc != HYB_OK)
+                hyb_error_wrap(rc, "lua mixer %s (layer %d): init_from's '%s' (it must have %lld "
+                                   "elements)",
+                               s->type, s->dims.layer, s->decls[i].name, (long long)n);
+        }
+        lua_pop(L, 1);
+    }
+done:
+    lua_settop(L, top);
+    return rc;
+}
+
 /* ---- the resolver ---------------------------------------------------------------------------- */
 
 #define CREATE_N(i)                                                                                \
@@ -651,6 +726,7 @@ static int lm_resolve(const char *name, const hyb_mixer_desc **out) {
     d->kernels[HYB_DEV_CPU].forward = lm_forward;
     d->kernels[HYB_DEV_CPU].backward = lm_backward;
     d->kernels[HYB_DEV_CPU].decode = lm_decode;
+    d->init_from = lm_init_from;
     /* the same functions on CUDA: the tensor ops run on the device of their inputs */
     d->kernels[HYB_DEV_CUDA] = d->kernels[HYB_DEV_CPU];
     g_n_types++;

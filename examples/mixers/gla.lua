@@ -34,6 +34,15 @@ return {
     o = o:permute({1, 3, 2, 4}):reshape({s[1], s[2], c.heads * c.head_dim})
     return o:matmul(p["o_proj.weight"]:transpose())
   end,
+  -- MIL-style init from the attention layer it replaces: its q, k, v, o projections (k and v
+  -- heads repeated for grouped-query attention) when head_dim and the head count fit
+  init_from = function(p, src, c)
+    local q, k, v, o = src.params["q_proj.weight"], src.params["k_proj.weight"], src.params["v_proj.weight"], src.params["o_proj.weight"]
+    if not (q and q:shape()[1] == c.heads * c.head_dim) then error("needs q_proj [heads * head_dim, D] of an attention layer") end
+    local D, KV = q:shape()[2], k:shape()[1] // c.head_dim
+    local rep = function(w) return w:reshape({KV, 1, c.head_dim, D}):expand({KV, c.heads // KV, c.head_dim, D}):reshape({c.heads * c.head_dim, D}) end
+    return {["q_proj.weight"] = q, ["k_proj.weight"] = rep(k), ["v_proj.weight"] = rep(v), ["o_proj.weight"] = o}
+  end,
   step = function(p, x, state, c, self) -- x [B, 1, D]
     local s = x:shape()
     local q, k, v = self.heads(c, x, p["q_proj.weight"]), self.heads(c, x, p["k_proj.weight"]),

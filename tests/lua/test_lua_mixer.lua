@@ -1,4 +1,4 @@
--- tests/lua/test_lua_mixer.lua: a mixer defined in Lua (examples/mixers/gla.lua, 46 lines, through
+-- tests/lua/test_lua_mixer.lua: a mixer defined in Lua (examples/mixers/gla.lua, 55 lines, through
 -- scripts/mixerlib.lua): its step form equals its parallel forward, its autodiff gradients match
 -- finite differences, a tiny language model built from it trains (the loss falls) and generates
 -- the same tokens by steps as by full forwards; bad mixer files and configs are clear errors.
@@ -282,7 +282,17 @@ H.run("layer map: swap and bad input", function()
   local loss = m:loss(m:forward(ids, 2, 8), tg)
   loss:backward()
   H.check(m:grad("model.layers.1.mixer.q_proj.weight"):max_abs_diff(hyb.zeros({16, 32})) > 0, "the swapped Lua mixer gets gradients")
-  H.raises(function() m:swap({0}, "lua:examples/mixers/gla.lua", {init = "mil"}) end, "gla", "no init from attention yet")
+  -- MIL-style init from the attention it replaces (gla.lua's init_from), on a fresh model
+  m = hyb.model(map_of("tt"), {seed = 5})
+  local q = m:param("model.layers.0.self_attn.q_proj.weight"):clone()
+  local k = m:param("model.layers.0.self_attn.k_proj.weight"):clone() -- [16, 32]: one kv head
+  H.raises(function() m:swap({0}, "lua:examples/mixers/gla.lua", {init = "mil"}) end,
+    "init_from 'mha': ", "init_from's own error (head_dim 8 does not fit) is reported")
+  m:swap({0}, "lua:examples/mixers/gla.lua", {init = "mil", config = "heads = 2\nhead_dim = 16"})
+  H.eq(m:param("model.layers.0.mixer.q_proj.weight"):max_abs_diff(q), 0, "q_proj copied from attention")
+  local k2 = m:param("model.layers.0.mixer.k_proj.weight")
+  H.eq(k2:narrow(1, 1, 16):max_abs_diff(k), 0, "k_proj head 1 = the kv head")
+  H.eq(k2:narrow(1, 17, 16):max_abs_diff(k), 0, "k_proj head 2 = the kv head (repeated)")
   H.raises(function() hyb.model(map_of("tg", "nheads = 3\n")) end, "nheads", "unknown config key")
   H.raises(function() hyb.model(map_of("tg", "heads = \"x\"\n")) end, "heads", "config key of the wrong type")
   H.raises(function() hyb.model(hyb.parse_layermap(MAP:gsub("PATTERN", "tg"):gsub("mixers/gla.lua", "mixers/none.lua"), "x.toml")) end, "cannot open the Lua file 'examples/mixers/none.lua'", "missing file")
