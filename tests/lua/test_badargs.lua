@@ -72,13 +72,11 @@ H.run("module functions", function()
     if type(v) == "function" and not skip[k] then names[#names + 1] = k end
   end
   table.sort(names)
-  -- the tensor ops (also tensor methods, swept there with a tensor self) take 2 arguments here,
-  -- except those with a third: the sweep grows with the cube of the pool
+  -- the tensor ops are also tensor methods, swept below with a tensor self and two more
+  -- arguments; here two (the sweep grows with the cube of the pool)
   local tmeth = select(2, debug.getupvalue(getmetatable(hyb.ones({1})).__index, 1))
-  local three = {where = true, narrow = true, slice = true, gather = true, rms_norm = true,
-                 split = true, sum = true, mean = true, max = true}
   for _, k in ipairs(names) do
-    sweep("hyb." .. k, hyb[k], nil, (tmeth[k] == hyb[k] and not three[k]) and 2 or 3)
+    sweep("hyb." .. k, hyb[k], nil, tmeth[k] == hyb[k] and 2 or 3)
   end
   for k, v in pairs(hyb.data) do sweep("hyb.data." .. k, v, nil, 3) end
   sweep("hyb.optim.adamw", hyb.optim.adamw, nil, 2)
