@@ -8,6 +8,13 @@ local hyb = require("hyb")
 local ML = require("mixerlib")
 local GLA = H.root .. "/examples/mixers/gla.lua"
 local D = 16
+-- a short directory: a layer-map mixer type ("lua:<path>") has at most 63 bytes
+local function shortdir()
+  local p = io.popen("mktemp -d /tmp/hlmXXXXXX")
+  local d = p:read("l")
+  p:close()
+  return assert(d, "mktemp failed")
+end
 
 local function flat(t)
   local out = {}
@@ -296,7 +303,7 @@ H.run("layer map: swap and bad input", function()
   H.raises(function() hyb.model(map_of("tg", "nheads = 3\n")) end, "nheads", "unknown config key")
   H.raises(function() hyb.model(map_of("tg", "heads = \"x\"\n")) end, "heads", "config key of the wrong type")
   H.raises(function() hyb.model(hyb.parse_layermap(MAP:gsub("PATTERN", "tg"):gsub("mixers/gla.lua", "mixers/none.lua"), "x.toml")) end, "cannot open the Lua file 'examples/mixers/none.lua'", "missing file")
-  local dir = H.tmpdir()
+  local dir = shortdir()
   local f = assert(io.open(dir .. "/w.lua", "w"))
   f:write("local m = dofile('" .. GLA .. "') m.forward = function(p, x) return x:narrow(2, 1, 1) end return m")
   f:close()
