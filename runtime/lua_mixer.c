@@ -466,7 +466,22 @@ static int lm_forward(void *self, const hyb_mixer_fwd *a) {
     int inst = lua_gettop(L);
     if ((rc = push_params(L, s, a->params, a->saved != NULL)) != HYB_OK) goto done;
     lua_setfield(L, inst, "params");
+    if (a->pos && !a->states) {
+        rc = hyb_error_set(HYB_ERR_ARG, "mixer %s (layer %d): positions without states", s->type,
+                           s->dims.layer);
+        goto done;
+    }
     if (a->states) {
+        for (int b = 0; b < a->B; b++) {
+            int p0 = a->pos ? a->pos[b] : 0;
+            if (p0 < 0 || (int64_t)p0 + a->T > a->max_ctx) {
+                rc = hyb_error_set(HYB_ERR_ARG,
+                                   "mixer %s (layer %d): sequence %d: %d + %d tokens exceed "
+                                   "max_ctx = %d",
+                                   s->type, s->dims.layer, b, p0, a->T, a->max_ctx);
+                goto done;
+            }
+        }
         for (int b = 0; b < a->B && rc == HYB_OK; b++)
             rc = run_steps(L, s, a->be, a->x + (int64_t)b * a->T * D, a->y + (int64_t)b * a->T * D,
                            a->T, a->states[b], a->pos ? a->pos[b] : 0, a->params);
@@ -578,6 +593,14 @@ static int lm_decode(void *self, const hyb_mixer_dec *a) {
     int top = lua_gettop(L), rc = HYB_OK, D = s->dims.d_model;
     push_inst(L, s);
     int inst = lua_gettop(L);
+    for (int b = 0; b < a->n; b++)
+        if (a->pos[b] < 0 || a->pos[b] >= a->max_ctx) {
+            lua_settop(L, top);
+            return hyb_error_set(HYB_ERR_ARG,
+                                 "mixer %s (layer %d): sequence %d: position %d is outside "
+                                 "max_ctx = %d",
+                                 s->type, s->dims.layer, b, a->pos[b], a->max_ctx);
+        }
     if ((rc = push_params(L, s, a->params, 0)) == HYB_OK) {
         lua_setfield(L, inst, "params");
         for (int b = 0; b < a->n && rc == HYB_OK; b++)
@@ -591,8 +614,7 @@ static int lm_decode(void *self, const hyb_mixer_dec *a) {
 /* init_from: def.init_from(p, src, cfg) with p the new parameters and src = {type =, params =
  * {name = tensor}} (host memory, before the model moves); it returns {name = tensor} of values
  * to copy into p (each of its parameter's size). */
-static int lm_init_from(void *self, float *const *params, const hyb_mixer_src *src,
-                        uint64_t seed) {
+static int lm_init_from(void *self, float *const *params, const hyb_mixer_src *src, uint64_t seed) {
     (void)seed;
     lm_self *s = self;
     HYB_TRY(check_thread(s->type, s->dims.layer));
@@ -652,8 +674,9 @@ static int lm_init_from(void *self, float *const *params, const hyb_mixer_src *s
                 n *= s->decls[i].shape[k];
             rc = copy_out(L, -1, cpu, params[i], n);
             if (rc != HYB_OK)
-                hyb_error_wrap(rc, "lua mixer %s (layer %d): init_from's '%s' (it must have %lld "
-                                   "elements)",
+                hyb_error_wrap(rc,
+                               "lua mixer %s (layer %d): init_from's '%s' (it must have %lld "
+                               "elements)",
                                s->type, s->dims.layer, s->decls[i].name, (long long)n);
         }
         lua_pop(L, 1);
@@ -671,21 +694,21 @@ done:
     }
 CREATE_N(0)
 CREATE_N(1)
-CREATE_N(2) CREATE_N(3) CREATE_N(4) CREATE_N(5) CREATE_N(6) CREATE_N(7) CREATE_N(8) CREATE_N(9)
-    CREATE_N(10) CREATE_N(11) CREATE_N(12) CREATE_N(13) CREATE_N(14) CREATE_N(15) CREATE_N(16)
-        CREATE_N(17) CREATE_N(18) CREATE_N(19) CREATE_N(20) CREATE_N(21) CREATE_N(22) CREATE_N(23)
-            CREATE_N(24) CREATE_N(25) CREATE_N(26) CREATE_N(27) CREATE_N(28) CREATE_N(29)
-                CREATE_N(30)
-                    CREATE_N(31) static int (*const CREATES[MAX_LUA_MIXERS])(const hyb_model_dims *,
-                                                                             const hyb_cfg_table *,
-                                                                             void **) = {
-                        lm_create_0,  lm_create_1,  lm_create_2,  lm_create_3,  lm_create_4,
-                        lm_create_5,  lm_create_6,  lm_create_7,  lm_create_8,  lm_create_9,
-                        lm_create_10, lm_create_11, lm_create_12, lm_create_13, lm_create_14,
-                        lm_create_15, lm_create_16, lm_create_17, lm_create_18, lm_create_19,
-                        lm_create_20, lm_create_21, lm_create_22, lm_create_23, lm_create_24,
-                        lm_create_25, lm_create_26, lm_create_27, lm_create_28, lm_create_29,
-                        lm_create_30, lm_create_31};
+CREATE_N(2)
+CREATE_N(3) CREATE_N(4) CREATE_N(5) CREATE_N(6) CREATE_N(7) CREATE_N(8) CREATE_N(9) CREATE_N(10)
+    CREATE_N(11) CREATE_N(12) CREATE_N(13) CREATE_N(14) CREATE_N(15) CREATE_N(16) CREATE_N(17)
+        CREATE_N(18) CREATE_N(19) CREATE_N(20) CREATE_N(21) CREATE_N(22) CREATE_N(23) CREATE_N(24)
+            CREATE_N(25) CREATE_N(26) CREATE_N(27) CREATE_N(28) CREATE_N(29) CREATE_N(30)
+                CREATE_N(31) static int (*const CREATES[MAX_LUA_MIXERS])(const hyb_model_dims *,
+                                                                         const hyb_cfg_table *,
+                                                                         void **) = {
+                    lm_create_0,  lm_create_1,  lm_create_2,  lm_create_3,  lm_create_4,
+                    lm_create_5,  lm_create_6,  lm_create_7,  lm_create_8,  lm_create_9,
+                    lm_create_10, lm_create_11, lm_create_12, lm_create_13, lm_create_14,
+                    lm_create_15, lm_create_16, lm_create_17, lm_create_18, lm_create_19,
+                    lm_create_20, lm_create_21, lm_create_22, lm_create_23, lm_create_24,
+                    lm_create_25, lm_create_26, lm_create_27, lm_create_28, lm_create_29,
+                    lm_create_30, lm_create_31};
 
 static int lm_resolve(const char *name, const hyb_mixer_desc **out) {
     for (int i = 0; i < g_n_types; i++)
