@@ -163,7 +163,13 @@ static void check_rc(lua_State *L, int rc, const char *op) {
 /* Push a new zeroed f32 tensor on be's device. */
 static lhyb_tensor *new_out(lua_State *L, const char *op, const hyb_backend *be, int nd,
                             const int64_t *shape) {
-    return lhyb_push_owned(L, hyb_tensor_new_on(be, HYB_F32, nd, shape), op);
+    lhyb_tensor *b = lhyb_push_owned(L, hyb_tensor_new_on(be, HYB_F32, nd, shape), op);
+    /* Lua's collector sees only the small box, not the tensor's data: tell it about the data
+     * (an incremental step as if that many KB were allocated), so that a loop of ops frees its
+     * dead tensors at the pace it makes them instead of growing until the Lua heap doubles. */
+    size_t kb = hyb_tensor_nbytes(b->t) >> 10;
+    if (kb) lua_gc(L, LUA_GCSTEP, kb > (size_t)INT32_MAX ? INT32_MAX : (int)kb);
+    return b;
 }
 
 static int check_dim(lua_State *L, int idx, const char *op, int nd, const char *what) {
