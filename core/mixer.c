@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "backend/cpu/cpu_pool.h"
 #include "hyb/backend.h"
 #include "hyb/config.h"
 #include "io/hf_config.h"
@@ -97,6 +98,8 @@ static const hyb_host HOST = {
     .toml_float = hyb_toml_put_float,
     .toml_bool = hyb_toml_put_bool,
     .toml_string = hyb_toml_put_string,
+    .parallel_for = hyb_pool_parallel_for,
+    .threads = hyb_pool_threads,
 };
 
 const hyb_host *hyb_host_services(void) {

@@ -56,6 +56,7 @@ void lhyb_open_generate(lua_State *L); /* hyb.llm, hyb.sampler (lua_generate.c) 
 void lhyb_open_bench(lua_State *L);    /* hyb.bench (lua_bench.c) */
 void lhyb_open_engine(lua_State *L);   /* hyb.engine, hyb.plan_memory (lua_engine.c) */
 void lhyb_open_train(lua_State *L);    /* hyb.train, hyb.data.dataset/tokenizer (lua_train.c) */
+void lhyb_open_comm(lua_State *L);     /* hyb.comm (lua_comm.c) */
 void lhyb_open_serve(lua_State *L);    /* hyb.serve (lua_serve.c, serve.c) */
 
 /* A live hyb.model at idx (raises otherwise), and pushing a new hyb.model that takes ownership

@@ -31,6 +31,7 @@
 #include "hyb/train.h"
 #include "hyb/backend.h"
 #include "hyb/engine.h"
+#include "hyb/comm.h"
 #include "lhyb.h"
 
 #define LHYB_TRAINER_MT "hyb.trainer"
@@ -411,7 +412,8 @@ static ltrainer *check_trainer(lua_State *L, int idx, const char *F) {
 static int l_trainer(lua_State *L) {
     static const char *const allowed[] = {
         "teacher", "lr",   "min_lr", "warmup", "steps",   "weight_decay", "betas",
-        "eps",     "clip", "accum",  "loss",   "weights", "temperature",  NULL};
+        "eps",     "clip", "accum",  "loss",   "weights", "temperature",  "data_parallel",
+        "bucket_mb", "comm_profile", NULL};
     const char *F = "hyb.train.trainer";
     lua_settop(L, 2);
     hyb_model *student = lhyb_check_model(L, 1, F);
@@ -495,6 +497,14 @@ static int l_trainer(lua_State *L) {
         t->t = NULL;
         return lhyb_raise_hyb(L, F);
     }
+    /* data_parallel = true: sum the gradients over hyb.comm's ranks (docs/DISTRIBUTED.md) */
+    if (lhyb_opt_field_bool(L, 2, F, "data_parallel", 0)) {
+        double mb = lhyb_opt_field_number(L, 2, F, "bucket_mb", 0);
+        if (mb < 0 || mb > 1 << 16)
+            return lhyb_error(L, "%s: option 'bucket_mb' must be in (0, 65536], got %g", F, mb);
+        hyb_trainer_set_comm(t->t, hyb_comm_world(), mb);
+        t->t->comm_profile = lhyb_opt_field_bool(L, 2, F, "comm_profile", 0);
+    }
     return 1;
 }
 
@@ -555,6 +565,8 @@ static int t_step(lua_State *L) {
     push_parts(L, st.parts);
     lhyb_set_num(L, "grad_norm", st.grad_norm);
     lhyb_set_num(L, "lr", st.lr);
+    lhyb_set_num(L, "comm_s", st.comm_s);
+    lhyb_set_num(L, "wait_s", st.wait_s);
     lhyb_set_int(L, "step", st.step);
     lua_pushboolean(L, st.skipped);
     lua_setfield(L, -2, "skipped");
@@ -1033,7 +1045,11 @@ static int push_batch(lua_State *L, lds *d, int split, int64_t step, int B, int 
     return 2;
 }
 
-/* ds:batch(step, B, T, seed) -> ids, targets (i32 [B, T]) */
+/* ds:batch(step, B, T, seed[, {rank=, world=, accum=}]) -> ids, targets (i32 [B, T]).
+ * With the shard option: this rank's rows of the global batch of B rows, seen as accum
+ * micro-batches of B/accum rows, each split in world equal parts: for every micro-batch k, rows
+ * k*B/accum + rank*m .. + m-1 with m = B/(accum*world); ids, targets [accum*m, T]. The ranks'
+ * rows together are the batch one process reads (hyb_dataset_batch_rows). */
 static int ds_batch(lua_State *L) {
     const char *F = "dataset:batch";
     lds *d = check_ds(L, 1, F);
@@ -1041,7 +1057,29 @@ static int ds_batch(lua_State *L) {
     int B = (int)lhyb_check_int(L, 3, F, "B", 1, 1 << 16);
     int T = (int)lhyb_check_int(L, 4, F, "T", 1, 1 << 24);
     lua_Integer seed = lhyb_check_int(L, 5, F, "seed", 0, LUA_MAXINTEGER);
-    return push_batch(L, d, HYB_SPLIT_TRAIN, step, B, T, (uint64_t)seed, F);
+    if (lua_isnoneornil(L, 6)) return push_batch(L, d, HYB_SPLIT_TRAIN, step, B, T, (uint64_t)seed, F);
+    static const char *const allowed[] = {"rank", "world", "accum", NULL};
+    lhyb_check_opts(L, 6, F, allowed);
+    int world = (int)lhyb_opt_field_int(L, 6, F, "world", 1, 1 << 20, 1);
+    int rank = (int)lhyb_opt_field_int(L, 6, F, "rank", 0, world - 1, 0);
+    int accum = (int)lhyb_opt_field_int(L, 6, F, "accum", 1, 1 << 16, 1);
+    if (B % accum != 0 || (B / accum) % world != 0)
+        return lhyb_error(L,
+                          "%s: a batch of %d rows does not split into accum %d micro-batches of "
+                          "world %d equal shards",
+                          F, B, accum, world);
+    const int micro = B / accum, m = micro / world;
+    int64_t shape[2] = {(int64_t)accum * m, T};
+    lhyb_tensor *ids = lhyb_push_owned(L, hyb_tensor_new(HYB_I32, 2, shape), F);
+    lhyb_tensor *tg = lhyb_push_owned(L, hyb_tensor_new(HYB_I32, 2, shape), F);
+    for (int k = 0; k < accum; k++) {
+        const int64_t o = (int64_t)k * m * T;
+        if (hyb_dataset_batch_rows(d->d, HYB_SPLIT_TRAIN, step, B, k * micro + rank * m, m, T,
+                                   (uint64_t)seed, (int32_t *)ids->t->data + o,
+                                   (int32_t *)tg->t->data + o) != HYB_OK)
+            return lhyb_raise_hyb(L, F);
+    }
+    return 2;
 }
 
 /* ds:val_batch(j, B, T) -> ids, targets of the fixed held-out batch j (0-based) */

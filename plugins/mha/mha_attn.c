@@ -543,6 +543,41 @@ void *mha_dec_scratch(mha *m, const hyb_backend *be, size_t bytes) {
     return m->dec_buf;
 }
 
+/* The attention tasks [lo, hi) of a decode step (a pool chunk): task t = (sequence i, KV head g,
+ * chunk c of its keys) writes its partials part[t] (merged afterwards in chunk order, so the result
+ * does not depend on which thread ran what). */
+typedef struct dec_job {
+    const mha *m;
+    const hyb_mixer_dec *a;
+    const float *Q;
+    float *scratch, *part;
+    const size_t *t0;
+    float scale;
+    size_t qd, partw;
+} dec_job;
+
+static int dec_tasks(void *ctx, int64_t lo, int64_t hi, int tid) {
+    const dec_job *j = ctx;
+    const hyb_mixer_dec *a = j->a;
+    const int KV = j->m->KV, hd = j->m->hd, G = j->m->H / KV;
+    const size_t *t0 = j->t0;
+    for (size_t t = (size_t)lo; t < (size_t)hi; t++) {
+        int i = 0;
+        while (t >= t0[i + 1])
+            i++;
+        const size_t nch = (t0[i + 1] - t0[i]) / (size_t)KV, local = t - t0[i];
+        const int g = (int)(local / nch), c = (int)(local % nch);
+        const int j0 = c * DEC_CHUNK, len = a->pos[i] + 1;
+        const int nk = len - j0 < DEC_CHUNK ? len - j0 : DEC_CHUNK;
+        const float *kb = (const float *)a->states[i] + ((size_t)g * a->max_ctx + j0) * hd;
+        const float *vb = kb + (size_t)KV * a->max_ctx * hd;
+        float *s = j->scratch + (size_t)tid * G * DEC_CHUNK;
+        attend_chunk(j->Q + (size_t)i * j->qd + (size_t)g * G * hd, G, kb, vb, (size_t)hd, nk, hd,
+                     j->scale, s, j->part + t * j->partw);
+    }
+    return HYB_OK;
+}
+
 int mha_decode(void *self, const hyb_mixer_dec *a) {
     mha *m = self;
     const hyb_backend *be = a->be;
@@ -563,7 +598,7 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
     size_t ntask = 0;
     for (int i = 0; i < n; i++)
         ntask += (size_t)KV * (size_t)((a->pos[i] + DEC_CHUNK) / DEC_CHUNK);
-    const int nthr = hyb_pl_max_threads();
+    const int nthr = hyb_pl_threads(H_);
     const size_t partw = (size_t)G * (hd + 2); /* floats of one task's partials */
     size_t nfl = (size_t)n * (2 * qd + 2 * kd) + ntask * partw + (size_t)nthr * G * DEC_CHUNK;
     size_t nbytes = nfl * sizeof(float) + (size_t)(n + 1) * sizeof(size_t);
@@ -588,24 +623,10 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
     for (int i = 0; i < n; i++)
         cache_put(a->states[i], a->max_ctx, KV, hd, a->pos[i], 1, K + (size_t)i * kd,
                   V + (size_t)i * kd);
-    const float scale = 1.0f / sqrtf((float)hd);
-    /* threads only when there is enough work to pay for a parallel region */
+    /* threads (hyb's pool) only when there is enough work to pay for a dispatch */
     const int par = nthr > 1 && ntask > 1 && work * H * hd > 2e5;
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (size_t t = 0; t < ntask; t++) {
-        int i = 0;
-        while (t >= t0[i + 1])
-            i++;
-        const size_t nch = (t0[i + 1] - t0[i]) / (size_t)KV, local = t - t0[i];
-        const int g = (int)(local / nch), c = (int)(local % nch);
-        const int j0 = c * DEC_CHUNK, len = a->pos[i] + 1;
-        const int nk = len - j0 < DEC_CHUNK ? len - j0 : DEC_CHUNK;
-        const float *kb = (const float *)a->states[i] + ((size_t)g * a->max_ctx + j0) * hd;
-        const float *vb = kb + (size_t)KV * a->max_ctx * hd;
-        float *s = scratch + (size_t)hyb_pl_thread_id() * G * DEC_CHUNK;
-        attend_chunk(Q + (size_t)i * qd + (size_t)g * G * hd, G, kb, vb, (size_t)hd, nk, hd, scale,
-                     s, part + t * partw);
-    }
+    dec_job job = {m, a, Q, scratch, part, t0, 1.0f / sqrtf((float)hd), qd, partw};
+    if (rc == HYB_OK) rc = hyb_pl_parallel_for(H_, par, (int64_t)ntask, 1, dec_tasks, &job);
     /* merge the chunks of each (sequence, head), in chunk order */
     for (int i = 0; i < n; i++) {
         const size_t nch = (t0[i + 1] - t0[i]) / (size_t)KV;

@@ -46,6 +46,7 @@
 #endif
 
 #include "backend/cpu/cpu.h"
+#include "backend/cpu/cpu_pool.h"
 
 #define QK 32
 
@@ -825,6 +826,27 @@ static int matmul_tiled(hyb_dtype wt, const uint8_t *W, int64_t rb, const float 
                   : HYB_OK;
 }
 
+/* The GEMV's output rows [lo, hi) (a pool chunk): y[m, n] = dot(W[n], x[m]). */
+typedef struct gemv_job {
+    dot_fn dot;
+    const uint8_t *W;
+    int64_t rb;
+    const xrow *xr;
+    float *y;
+    int M, N, nb;
+} gemv_job;
+
+static int gemv_rows(void *ctx, int64_t lo, int64_t hi, int tid) {
+    const gemv_job *j = ctx;
+    (void)tid;
+    for (int64_t n = lo; n < hi; n++) {
+        const uint8_t *wn = j->W + n * j->rb;
+        for (int m = 0; m < j->M; m++)
+            j->y[(size_t)m * j->N + n] = j->dot(wn, &j->xr[m], j->nb);
+    }
+    return HYB_OK;
+}
+
 int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, int M, int N,
                          int K, const hyb_quant_config *c) {
     const int qt = qtype_of(wt);
@@ -851,9 +873,9 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
 #endif
     const int64_t rb = (int64_t)(K / BLOCK_ELEMS[qt]) * BLOCK_BYTES[qt];
     const int nb = K / BLOCK_ELEMS[qt]; /* weight blocks per row (the kernels' loop count) */
-    const int par = !omp_in_parallel() && omp_get_max_threads() > 1 &&
-                    (double)M * N * K >= (double)(1 << 18);
-    if (M > HYB_QUANT_GEMV_MAX_M) return matmul_tiled(wt, W, rb, x, y, M, N, K, par);
+    const int par = !omp_in_parallel() && (double)M * N * K >= (double)(1 << 18);
+    if (M > HYB_QUANT_GEMV_MAX_M)
+        return matmul_tiled(wt, W, rb, x, y, M, N, K, par && omp_get_max_threads() > 1);
 
     /* prepare the activation rows */
     const int fast = c->mode == HYB_QUANT_FAST, emul = c->mode == HYB_QUANT_EMUL;
@@ -889,16 +911,10 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
         }
         xr[m] = (xrow){xm, qm, sm, xsum + (size_t)m * nx};
     }
-    const dot_fn dot = fast ? kt->fast[qt] : kt->precise[qt];
-    const uint8_t *Wb = (const uint8_t *)W;
-#pragma omp parallel for schedule(static) if (par)
-    for (int n = 0; n < N; n++) {
-        const uint8_t *wn = Wb + (int64_t)n * rb;
-        for (int m = 0; m < M; m++)
-            y[(size_t)m * N + n] = dot(wn, &xr[m], nb);
-    }
+    gemv_job job = {fast ? kt->fast[qt] : kt->precise[qt], (const uint8_t *)W, rb, xr, y, M, N, nb};
+    int rc = par ? hyb_pool_parallel_for(N, 16, gemv_rows, &job) : gemv_rows(&job, 0, N, 0);
     free(xsum), free(xe), free(q), free(s);
-    return HYB_OK;
+    return rc;
 }
 
 /* ---- shadows of f32 weights (see cpu_quant.h) -------------------------------------------------*/

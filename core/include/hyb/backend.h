@@ -326,6 +326,13 @@ const char *hyb_device_name(hyb_device dev);
 /* The built-in CPU backend. */
 const hyb_backend *hyb_backend_cpu(void);
 
+/* CPU compute threads, the calling thread included: the persistent pool of the CPU kernels
+ * (core/backend/cpu/cpu_pool.h) and OpenMP's count on the calling thread. n = 0 restores the
+ * default: OMP_NUM_THREADS, else the cores this process may run on. Error for n < 0 or > 1024. */
+int hyb_set_threads(int n);
+/* The count in force (>= 1). */
+int hyb_threads(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -186,6 +186,18 @@ typedef struct hyb_host {
     int (*toml_float)(hyb_toml *t, const char *key, double v);
     int (*toml_bool)(hyb_toml *t, const char *key, int v);
     int (*toml_string)(hyb_toml *t, const char *key, const char *v);
+
+    /* ---- CPU threads (added at the end in ABI 2: a plugin built against an older host sees a
+     * smaller struct_size and runs serially; plugins/common/plugin_util.h's hyb_pl_parallel_for
+     * checks). parallel_for runs fn over [0, n) on hyb's persistent thread pool, in chunks of a
+     * multiple of grain items, the caller taking part; fn returns HYB_OK or an error (set with
+     * host->error), and the first error is returned with its message. tid is in [0, threads())
+     * and unique among the threads of one call: index per-thread scratch with it. A call from
+     * inside a chunk (or an OpenMP parallel region) runs serially on the calling thread with
+     * tid 0. Results must not depend on the chunking (the thread count decides it). */
+    int (*parallel_for)(int64_t n, int64_t grain,
+                        int (*fn)(void *ctx, int64_t lo, int64_t hi, int tid), void *ctx);
+    int (*threads)(void); /* the pool's thread count, the caller included (--threads) */
 } hyb_host;
 
 /* ---- the mixer vtable --------------------------------------------------------------------- */
