@@ -413,9 +413,30 @@ static void known_mixers(const dir_list *l, char *buf, size_t n) {
     if (nn == 0) snprintf(buf, n, "(none)");
 }
 
+static char g_resolver_prefix[16];
+static hyb_plugin_resolver g_resolver;
+
+void hyb_plugin_set_resolver(const char *prefix, hyb_plugin_resolver fn) {
+    pthread_mutex_lock(&g_lock);
+    snprintf(g_resolver_prefix, sizeof g_resolver_prefix, "%s", prefix ? prefix : "");
+    g_resolver = prefix && prefix[0] ? fn : NULL;
+    pthread_mutex_unlock(&g_lock);
+}
+
 int hyb_plugin_find(const char *name, const hyb_mixer_desc **out) {
     if (out) *out = NULL;
     if (!name || !name[0]) return hyb_error_set(HYB_ERR_ARG, "hyb_plugin_find: empty mixer name");
+    pthread_mutex_lock(&g_lock);
+    hyb_plugin_resolver res = g_resolver;
+    size_t plen = strlen(g_resolver_prefix);
+    int match = res && strncmp(name, g_resolver_prefix, plen) == 0;
+    pthread_mutex_unlock(&g_lock);
+    if (match) return res(name, out);
+    if (strncmp(name, "lua:", 4) == 0)
+        return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                             "mixer type '%s': Lua-defined mixers need the hyb executable (its "
+                             "Lua runtime), not libhyb alone",
+                             name);
     for (const char *c = name; *c; c++)
         if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || *c == '-') ||
             c - name >= 63)

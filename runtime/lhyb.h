@@ -45,6 +45,11 @@ int luaopen_hyb(lua_State *L);
 
 /* Register sub-modules into the table at the top of the stack. */
 void lhyb_open_tensor(lua_State *L);
+void lhyb_open_autograd(lua_State *L); /* tensor ops + autodiff (lua_autograd.c) */
+/* Grad mode of the tensor ops (hyb.no_grad turns it off); returns the previous mode. */
+int lhyb_set_grad_enabled(int on);
+/* Layer-map mixer types "lua:<path>" (lua_mixer.c): the resolver over this Lua state. */
+void lhyb_open_lua_mixers(lua_State *L);
 void lhyb_open_model(lua_State *L);
 void lhyb_open_data(lua_State *L);
 void lhyb_open_generate(lua_State *L); /* hyb.llm, hyb.sampler (lua_generate.c) */

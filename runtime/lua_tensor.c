@@ -19,7 +19,15 @@
 static int tensor_gc(lua_State *L);
 
 static lhyb_tensor *new_box(lua_State *L) {
-    return (lhyb_tensor *)lhyb_new_object(L, sizeof(lhyb_tensor), 1, LHYB_TENSOR_MT);
+    return (lhyb_tensor *)lhyb_new_object(L, sizeof(lhyb_tensor), 3, LHYB_TENSOR_MT);
+}
+
+/* Bytes of tensor data owned by live Lua boxes (hyb.live_tensor_bytes: tests of memory use). */
+static int64_t g_live_bytes;
+
+static int64_t owned_data_bytes(const hyb_tensor *t) {
+    return t->owner == HYB_OWN_HEAP || t->owner == HYB_OWN_PARAM ? (int64_t)hyb_tensor_nbytes(t)
+                                                                 : 0;
 }
 
 lhyb_tensor *lhyb_push_owned(lua_State *L, hyb_tensor *t, const char *fname) {
@@ -27,7 +35,13 @@ lhyb_tensor *lhyb_push_owned(lua_State *L, hyb_tensor *t, const char *fname) {
     lhyb_tensor *b = new_box(L);
     b->t = t;
     b->owned = 1;
+    g_live_bytes += owned_data_bytes(t);
     return b;
+}
+
+static int l_live_tensor_bytes(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)g_live_bytes);
+    return 1;
 }
 
 lhyb_tensor *lhyb_push_borrowed(lua_State *L, hyb_tensor *t, int owner_idx, const uint64_t *genp,
@@ -520,7 +534,10 @@ static int t_len(lua_State *L) {
 
 static int tensor_gc(lua_State *L) {
     lhyb_tensor *b = (lhyb_tensor *)luaL_checkudata(L, 1, LHYB_TENSOR_MT);
-    if (b->t && b->owned) hyb_tensor_free(b->t);
+    if (b->t && b->owned) {
+        g_live_bytes -= owned_data_bytes(b->t);
+        hyb_tensor_free(b->t);
+    }
     b->t = NULL;
     return 0;
 }
@@ -545,7 +562,11 @@ static const luaL_Reg tensor_methods[] = {{"shape", t_shape},
                                           {NULL, NULL}};
 
 static const luaL_Reg tensor_funcs[] = {
-    {"tensor", l_tensor}, {"zeros", l_zeros}, {"randn", l_randn}, {NULL, NULL}};
+    {"tensor", l_tensor},
+    {"zeros", l_zeros},
+    {"randn", l_randn},
+    {"live_tensor_bytes", l_live_tensor_bytes},
+    {NULL, NULL}};
 
 void lhyb_open_tensor(lua_State *L) {
     lhyb_register_class(L, LHYB_TENSOR_MT, tensor_methods, tensor_gc, tensor_gc, t_tostring);
@@ -554,4 +575,6 @@ void lhyb_open_tensor(lua_State *L) {
     lua_setfield(L, -2, "__len");
     lua_pop(L, 1);
     luaL_setfuncs(L, tensor_funcs, 0);
+    lhyb_open_autograd(L);   /* ops, autodiff, printing (lua_autograd.c) */
+    lhyb_open_lua_mixers(L); /* type = "lua:<path>" in layer maps (lua_mixer.c) */
 }

@@ -72,7 +72,12 @@ H.run("module functions", function()
     if type(v) == "function" and not skip[k] then names[#names + 1] = k end
   end
   table.sort(names)
-  for _, k in ipairs(names) do sweep("hyb." .. k, hyb[k], nil, 3) end
+  -- the tensor ops are also tensor methods, swept below with a tensor self and two more
+  -- arguments; here two (the sweep grows with the cube of the pool)
+  local tmeth = select(2, debug.getupvalue(getmetatable(hyb.ones({1})).__index, 1))
+  for _, k in ipairs(names) do
+    sweep("hyb." .. k, hyb[k], nil, tmeth[k] == hyb[k] and 2 or 3)
+  end
   for k, v in pairs(hyb.data) do sweep("hyb.data." .. k, v, nil, 3) end
   -- hyb.comm (one process here); kill and abort end the process by design
   for k, v in pairs(hyb.comm) do
@@ -93,11 +98,14 @@ H.run("methods", function()
   }
   for kind, obj in pairs(objects) do
     local mt = getmetatable(obj)
+    local index = mt.__index
+    -- hyb.tensor's __index is a function (t.grad, then the methods: its upvalue)
+    if type(index) == "function" then index = select(2, debug.getupvalue(index, 1)) end
     local names = {}
-    for k in pairs(mt.__index) do names[#names + 1] = k end
+    for k in pairs(index) do names[#names + 1] = k end
     table.sort(names)
     for _, k in ipairs(names) do
-      local fn = mt.__index[k]
+      local fn = index[k]
       local arity = (k == "forward" or k == "loss" or k == "set" or k == "get" or k == "swap") and 3 or 2
       sweep(kind .. ":" .. k, fn, obj, arity)
       -- wrong self
@@ -107,7 +115,7 @@ H.run("methods", function()
       end
     end
     -- metamethods with wrong self
-    for _, mm in ipairs({"__gc", "__close", "__tostring", "__len"}) do
+    for _, mm in ipairs({"__gc", "__close", "__tostring", "__len", "__add", "__sub", "__mul", "__div", "__unm", "__pow"}) do
       if mt[mm] then
         for i = 1, NP do
           if pool[i] ~= nil and getmetatable(pool[i]) ~= mt then try(kind .. "." .. mm, mt[mm], pool[i]) end

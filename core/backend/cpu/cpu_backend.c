@@ -143,6 +143,56 @@ static int cpu_qmatmul(const hyb_backend *be, int wt, const void *W, const float
     return hyb_cpu_quant_matmul((hyb_dtype)wt, W, x, y, M, N, K, &c);
 }
 
+/* The tensor-op entries forward to cpu_tensor.c (which returns the status). */
+#define CPU_ENTRY_RC(name, params, args)                                                           \
+    static int cpu_##name params {                                                                 \
+        (void)be;                                                                                  \
+        return hyb_cpu_##name args;                                                                \
+    }
+CPU_ENTRY_RC(ewise,
+             (const hyb_backend *be, int op, float *y, const int64_t *sy, const float *a,
+              const int64_t *sa, const float *b, const int64_t *sb, const float *c,
+              const int64_t *sc, const int64_t *shape, float alpha, float beta),
+             (op, y, sy, a, sa, b, sb, c, sc, shape, alpha, beta))
+CPU_ENTRY_RC(ewise_bwd,
+             (const hyb_backend *be, int op, int which, const float *a, const int64_t *sa,
+              const float *b, const int64_t *sb, const float *c, const int64_t *sc, const float *dy,
+              float *d, const int64_t *shape, const int64_t *dshape, float alpha, float beta),
+             (op, which, a, sa, b, sb, c, sc, dy, d, shape, dshape, alpha, beta))
+CPU_ENTRY_RC(axis,
+             (const hyb_backend *be, int op, const float *x, float *y, int64_t outer, int64_t n,
+              int64_t inner, float alpha),
+             (op, x, y, outer, n, inner, alpha))
+CPU_ENTRY_RC(axis_bwd,
+             (const hyb_backend *be, int op, const float *x, const float *y, const float *dy,
+              float *dx, int64_t outer, int64_t n, int64_t inner, float alpha),
+             (op, x, y, dy, dx, outer, n, inner, alpha))
+CPU_ENTRY_RC(tri,
+             (const hyb_backend *be, const float *x, float *y, int64_t batch, int64_t R, int64_t C,
+              int64_t k, int upper, int accumulate),
+             (x, y, batch, R, C, k, upper, accumulate))
+CPU_ENTRY_RC(conv1d_causal,
+             (const hyb_backend *be, const float *x, const float *w, float *y, int64_t B, int64_t T,
+              int64_t C, int64_t K),
+             (x, w, y, B, T, C, K))
+CPU_ENTRY_RC(conv1d_causal_bwd,
+             (const hyb_backend *be, const float *x, const float *w, const float *dy, float *dx,
+              float *dw, int64_t B, int64_t T, int64_t C, int64_t K),
+             (x, w, dy, dx, dw, B, T, C, K))
+CPU_ENTRY_RC(gather,
+             (const hyb_backend *be, const float *x, const int32_t *idx, float *y, int64_t outer,
+              int64_t n, int64_t inner, int64_t m),
+             (x, idx, y, outer, n, inner, m))
+CPU_ENTRY_RC(gather_bwd,
+             (const hyb_backend *be, const int32_t *idx, const float *dy, float *dx, int64_t outer,
+              int64_t n, int64_t inner, int64_t m),
+             (idx, dy, dx, outer, n, inner, m))
+CPU_ENTRY_RC(sgemm_batched,
+             (const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha,
+              const float *A, int lda, int64_t sA, const float *B, int ldb, int64_t sB, float beta,
+              float *C, int ldc, int64_t sC, int batch),
+             (tA, tB, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch))
+
 static const hyb_backend CPU_BACKEND = {
     .name = "cpu",
     .device = HYB_DEV_CPU,
@@ -177,6 +227,16 @@ static const hyb_backend CPU_BACKEND = {
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
     .qmatmul = cpu_qmatmul,
+    .ewise = cpu_ewise,
+    .ewise_bwd = cpu_ewise_bwd,
+    .axis = cpu_axis,
+    .axis_bwd = cpu_axis_bwd,
+    .tri = cpu_tri,
+    .conv1d_causal = cpu_conv1d_causal,
+    .conv1d_causal_bwd = cpu_conv1d_causal_bwd,
+    .gather = cpu_gather,
+    .gather_bwd = cpu_gather_bwd,
+    .sgemm_batched = cpu_sgemm_batched,
 };
 
 const hyb_backend *hyb_backend_cpu(void) {

@@ -167,4 +167,30 @@ int hyb_cuda_graph_begin(const hyb_backend *be);
 int hyb_cuda_graph_end(const hyb_backend *be, void **graph);
 int hyb_cuda_graph_launch(const hyb_backend *be, void *graph);
 void hyb_cuda_graph_free(const hyb_backend *be, void *graph);
+/* The tensor-op kernels (cuda_tensor.c, kernels/tensor.cu; hyb/backend.h documents them). */
+int hyb_cuda_ewise(int op, float *y, const int64_t *sy, const float *a, const int64_t *sa,
+                   const float *b, const int64_t *sb, const float *c, const int64_t *sc,
+                   const int64_t *shape, float alpha, float beta);
+int hyb_cuda_ewise_bwd(int op, int which, const float *a, const int64_t *sa, const float *b,
+                       const int64_t *sb, const float *c, const int64_t *sc, const float *dy,
+                       float *d, const int64_t *shape, const int64_t *dshape, float alpha,
+                       float beta);
+int hyb_cuda_axis(int op, const float *x, float *y, int64_t outer, int64_t n, int64_t inner,
+                  float alpha);
+int hyb_cuda_axis_bwd(int op, const float *x, const float *y, const float *dy, float *dx,
+                      int64_t outer, int64_t n, int64_t inner, float alpha);
+int hyb_cuda_tri(const float *x, float *y, int64_t batch, int64_t R, int64_t C, int64_t k,
+                 int upper, int accumulate);
+int hyb_cuda_conv1d_causal(const float *x, const float *w, float *y, int64_t B, int64_t T,
+                           int64_t C, int64_t K);
+int hyb_cuda_conv1d_causal_bwd(const float *x, const float *w, const float *dy, float *dx,
+                               float *dw, int64_t B, int64_t T, int64_t C, int64_t K);
+int hyb_cuda_gather(const float *x, const int32_t *idx, float *y, int64_t outer, int64_t n,
+                    int64_t inner, int64_t m);
+int hyb_cuda_gather_bwd(const int32_t *idx, const float *dy, float *dx, int64_t outer, int64_t n,
+                        int64_t inner, int64_t m);
+int hyb_cuda_sgemm_batched(int tA, int tB, int M, int N, int K, float alpha, const float *A,
+                           int lda, int64_t sA, const float *B, int ldb, int64_t sB, float beta,
+                           float *C, int ldc, int64_t sC, int batch);
+
 #endif

@@ -756,6 +756,61 @@ static int report(int rc, const char *fmt, ...) {
         return report(hyb_cuda_##name args, __VA_ARGS__);                                          \
     }
 
+CUDA_ENTRY(ewise,
+           (const hyb_backend *be, int op, float *y, const int64_t *sy, const float *a,
+            const int64_t *sa, const float *b, const int64_t *sb, const float *c, const int64_t *sc,
+            const int64_t *shape, float alpha, float beta),
+           (op, y, sy, a, sa, b, sb, c, sc, shape, alpha, beta),
+           "ewise op %d [%lld, %lld, %lld, %lld]", op, (long long)shape[0], (long long)shape[1],
+           (long long)shape[2], (long long)shape[3])
+CUDA_ENTRY(ewise_bwd,
+           (const hyb_backend *be, int op, int which, const float *a, const int64_t *sa,
+            const float *b, const int64_t *sb, const float *c, const int64_t *sc, const float *dy,
+            float *d, const int64_t *shape, const int64_t *dshape, float alpha, float beta),
+           (op, which, a, sa, b, sb, c, sc, dy, d, shape, dshape, alpha, beta),
+           "ewise_bwd op %d operand %d", op, which)
+CUDA_ENTRY(axis,
+           (const hyb_backend *be, int op, const float *x, float *y, int64_t outer, int64_t n,
+            int64_t inner, float alpha),
+           (op, x, y, outer, n, inner, alpha), "axis op %d [%lld, %lld, %lld]", op,
+           (long long)outer, (long long)n, (long long)inner)
+CUDA_ENTRY(axis_bwd,
+           (const hyb_backend *be, int op, const float *x, const float *y, const float *dy,
+            float *dx, int64_t outer, int64_t n, int64_t inner, float alpha),
+           (op, x, y, dy, dx, outer, n, inner, alpha), "axis_bwd op %d [%lld, %lld, %lld]", op,
+           (long long)outer, (long long)n, (long long)inner)
+CUDA_ENTRY(tri,
+           (const hyb_backend *be, const float *x, float *y, int64_t batch, int64_t R, int64_t C,
+            int64_t k, int upper, int accumulate),
+           (x, y, batch, R, C, k, upper, accumulate), "tri [%lld, %lld, %lld]", (long long)batch,
+           (long long)R, (long long)C)
+CUDA_ENTRY(conv1d_causal,
+           (const hyb_backend *be, const float *x, const float *w, float *y, int64_t B, int64_t T,
+            int64_t C, int64_t K),
+           (x, w, y, B, T, C, K), "conv1d_causal [%lld, %lld, %lld] K=%lld", (long long)B,
+           (long long)T, (long long)C, (long long)K)
+CUDA_ENTRY(conv1d_causal_bwd,
+           (const hyb_backend *be, const float *x, const float *w, const float *dy, float *dx,
+            float *dw, int64_t B, int64_t T, int64_t C, int64_t K),
+           (x, w, dy, dx, dw, B, T, C, K), "conv1d_causal_bwd [%lld, %lld, %lld] K=%lld",
+           (long long)B, (long long)T, (long long)C, (long long)K)
+CUDA_ENTRY(gather,
+           (const hyb_backend *be, const float *x, const int32_t *idx, float *y, int64_t outer,
+            int64_t n, int64_t inner, int64_t m),
+           (x, idx, y, outer, n, inner, m), "gather [%lld, %lld, %lld] m=%lld", (long long)outer,
+           (long long)n, (long long)inner, (long long)m)
+CUDA_ENTRY(gather_bwd,
+           (const hyb_backend *be, const int32_t *idx, const float *dy, float *dx, int64_t outer,
+            int64_t n, int64_t inner, int64_t m),
+           (idx, dy, dx, outer, n, inner, m), "gather_bwd [%lld, %lld, %lld] m=%lld",
+           (long long)outer, (long long)n, (long long)inner, (long long)m)
+CUDA_ENTRY(sgemm_batched,
+           (const hyb_backend *be, int tA, int tB, int M, int N, int K, float alpha, const float *A,
+            int lda, int64_t sA, const float *B, int ldb, int64_t sB, float beta, float *C, int ldc,
+            int64_t sC, int batch),
+           (tA, tB, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch),
+           "sgemm_batched M=%d N=%d K=%d batch=%d", M, N, K, batch)
+
 static void *be_alloc(const hyb_backend *be, size_t n) {
     (void)be;
     return hyb_cuda_malloc(n);
@@ -899,6 +954,16 @@ static hyb_backend g_cuda_backend = {
     .sample = be_sample,
     .sumsq = be_sumsq,
     .scale = be_scale,
+    .ewise = be_ewise,
+    .ewise_bwd = be_ewise_bwd,
+    .axis = be_axis,
+    .axis_bwd = be_axis_bwd,
+    .tri = be_tri,
+    .conv1d_causal = be_conv1d_causal,
+    .conv1d_causal_bwd = be_conv1d_causal_bwd,
+    .gather = be_gather,
+    .gather_bwd = be_gather_bwd,
+    .sgemm_batched = be_sgemm_batched,
     .kernel = be_kernel,
     .launch = be_launch,
     .graph_begin = hyb_cuda_graph_begin, /* cuda_graph.c */

@@ -62,6 +62,47 @@ typedef struct hyb_adamw_tensor {
     float step_size;
 } hyb_adamw_tensor;
 
+/* Elementwise ops of be->ewise / be->ewise_bwd: y = f(a, b, c) with the scalars alpha, beta. */
+typedef enum hyb_ew_op {
+    HYB_EW_COPY = 0, /* a */
+    HYB_EW_ADD,      /* a + b */
+    HYB_EW_SUB,      /* a - b */
+    HYB_EW_MUL,      /* a * b */
+    HYB_EW_DIV,      /* a / b */
+    HYB_EW_WHERE,    /* a != 0 ? b : c */
+    HYB_EW_AFFINE,   /* alpha * a + beta */
+    HYB_EW_RDIV,     /* alpha / a */
+    HYB_EW_POW,      /* a ^ alpha */
+    HYB_EW_EXP,
+    HYB_EW_LOG,
+    HYB_EW_SIGMOID,
+    HYB_EW_SILU,     /* a * sigmoid(a) */
+    HYB_EW_SOFTPLUS, /* log(1 + exp(a)) */
+    HYB_EW_TANH,
+    HYB_EW_SQRT,
+    HYB_EW_RSQRT,
+    HYB_EW_GT, /* comparisons: 1 or 0, no gradient */
+    HYB_EW_LT,
+    HYB_EW_GE,
+    HYB_EW_LE,
+    HYB_EW_EQ,
+    HYB_EW_MAXIMUM, /* max(a, b) (the gradient goes to a on ties) */
+    HYB_EW_MINIMUM,
+    HYB_EW_ABS,
+    HYB_EW_COUNT
+} hyb_ew_op;
+
+/* Ops along one axis of be->axis / be->axis_bwd. */
+typedef enum hyb_axis_op {
+    HYB_AX_SUM = 0, /* times alpha */
+    HYB_AX_MAX,
+    HYB_AX_LSE,
+    HYB_AX_SOFTMAX,
+    HYB_AX_LOGSOFTMAX,
+    HYB_AX_CUMSUM,
+    HYB_AX_COUNT
+} hyb_axis_op;
+
 struct hyb_backend {
     const char *name;  /* "cpu", "cuda:0" */
     hyb_device device; /* the kind of device its memory lives on */
@@ -177,6 +218,57 @@ struct hyb_backend {
      * there). */
     int (*qmatmul)(const hyb_backend *be, int wt, const void *W, const float *x, float *y, int M,
                    int N, int K);
+
+    /* ---- tensor ops (the Lua tensor library with autodiff, runtime/lua_autograd.c) ----
+     * Shapes here are 4 dims (HYB_MAX_DIMS, left-padded with 1s), outermost first; strides are in
+     * elements and 0 on a broadcast dim. NULL on a backend without these kernels (the Lua op then
+     * says "no <device> kernel for op <name>"). */
+    /* y[i] = f(a[i], b[i], c[i]) for every index i of shape (op: hyb_ew_op; unused operands NULL),
+     * each operand read through its strides, y written through sy (y may be a strided view; it may
+     * alias a with the same strides: an in-place update). alpha, beta: the op's scalars. */
+    int (*ewise)(const hyb_backend *be, int op, float *y, const int64_t *sy, const float *a,
+                 const int64_t *sa, const float *b, const int64_t *sb, const float *c,
+                 const int64_t *sc, const int64_t *shape, float alpha, float beta);
+    /* The gradient of ewise with respect to operand `which` (0 = a, 1 = b, 2 = c): dy: contiguous
+     * [shape]; d: contiguous [dshape] += sum over the broadcast dims (dshape[k] == 1 < shape[k]) of
+     * dy * df/d(operand). One call for a broadcast input's whole gradient. */
+    int (*ewise_bwd)(const hyb_backend *be, int op, int which, const float *a, const int64_t *sa,
+                     const float *b, const int64_t *sb, const float *c, const int64_t *sc,
+                     const float *dy, float *d, const int64_t *shape, const int64_t *dshape,
+                     float alpha, float beta);
+    /* Along one axis of a contiguous x: [outer, n, inner] (op: hyb_axis_op). SUM (times alpha:
+     * mean = 1/n), MAX, LSE (log-sum-exp) write y: [outer, inner]; SOFTMAX, LOGSOFTMAX, CUMSUM
+     * (inclusive) write y: [outer, n, inner]. */
+    int (*axis)(const hyb_backend *be, int op, const float *x, float *y, int64_t outer, int64_t n,
+                int64_t inner, float alpha);
+    /* Its backward: dx: [outer, n, inner] += from dy (y's shape) and the saved x, y (MAX: the first
+     * maximum gets dy). */
+    int (*axis_bwd)(const hyb_backend *be, int op, const float *x, const float *y, const float *dy,
+                    float *dx, int64_t outer, int64_t n, int64_t inner, float alpha);
+    /* x, y: [batch, R, C] contiguous; y = x with the entries outside the triangle zeroed: lower
+     * (upper = 0) keeps j <= i + k, upper keeps j >= i + k. accumulate: y += instead of =. */
+    int (*tri)(const hyb_backend *be, const float *x, float *y, int64_t batch, int64_t R,
+               int64_t C, int64_t k, int upper, int accumulate);
+    /* Causal depthwise conv1d: x: [B, T, C], w: [C, K] -> y: [B, T, C] written,
+     * y[b,t,c] = sum_j w[c,j] x[b, t-K+1+j, c] (x = 0 before t = 0). */
+    int (*conv1d_causal)(const hyb_backend *be, const float *x, const float *w, float *y,
+                         int64_t B, int64_t T, int64_t C, int64_t K);
+    /* dx: [B, T, C] +=, dw: [C, K] += (either may be NULL) */
+    int (*conv1d_causal_bwd)(const hyb_backend *be, const float *x, const float *w,
+                             const float *dy, float *dx, float *dw, int64_t B, int64_t T,
+                             int64_t C, int64_t K);
+    /* x: [outer, n, inner], idx: [outer, m, inner] (i32, ON THE DEVICE, 0-based, each in [0, n):
+     * an error names the first one outside) -> y: [outer, m, inner] = x[o, idx[o,j,i], i]. */
+    int (*gather)(const hyb_backend *be, const float *x, const int32_t *idx, float *y,
+                  int64_t outer, int64_t n, int64_t inner, int64_t m);
+    /* dx: [outer, n, inner] += scatter of dy: [outer, m, inner] by idx */
+    int (*gather_bwd)(const hyb_backend *be, const int32_t *idx, const float *dy, float *dx,
+                      int64_t outer, int64_t n, int64_t inner, int64_t m);
+    /* batch GEMMs C_i = alpha op(A_i) op(B_i) + beta C_i, with A_i = A + i*sA (sA = 0: the same
+     * matrix for every i), likewise B, C (sC > 0: the C_i do not overlap). */
+    int (*sgemm_batched)(const hyb_backend *be, int transA, int transB, int M, int N, int K,
+                         float alpha, const float *A, int lda, int64_t sA, const float *B, int ldb,
+                         int64_t sB, float beta, float *C, int ldc, int64_t sC, int batch);
 
     /* ---- device code: a plugin's own kernels (NULL on the CPU, whose kernels are plain C) ---- */
     /* *fn = the kernel `kernel` (extern "C" __global__) of the CUDA C++ `source` (called `file`

@@ -31,6 +31,11 @@ const hyb_host *hyb_host_services(void);
 int hyb_plugin_load_file(const char *path, const hyb_mixer_desc **out);
 /* Find a plugin by mixer type name, loading libhyb-<name>.so from the search path on first use.
  * Not found: HYB_ERR_NOTFOUND, message lists the directories searched and the known mixers. */
+/* A resolver for mixer types that are not plugin files: types starting with `prefix` ("lua:")
+ * are handed to fn, which returns a descriptor that stays valid for the process (the hyb
+ * executable registers runtime/lua_mixer.c's for "lua:<path>"). One resolver; NULL removes it. */
+typedef int (*hyb_plugin_resolver)(const char *name, const struct hyb_mixer_desc **out);
+void hyb_plugin_set_resolver(const char *prefix, hyb_plugin_resolver fn);
 int hyb_plugin_find(const char *name, const hyb_mixer_desc **out);
 /* Load every libhyb-*.so on the search path; returns the count. Errors of single files are
  * logged as warnings. */
