@@ -91,7 +91,7 @@ if mode == "logits" then
   local fmt
   for p = 1, npos do
     llm:feed(ids[p])
-    local l = llm:logits()
+    local l = llm:logits():totable()
     fmt = fmt or ("<" .. ("f"):rep(#l))
     f:write(fmt:pack(table.unpack(l)))
   end
