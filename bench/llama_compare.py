@@ -362,8 +362,8 @@ def paired_ratio(runs_h, runs_l, key):
 def fmt(v, nd=3):
     if v is None:
         return "-"
-    if isinstance(v, str):
-        return v
+    if isinstance(v, str):  # an error: its start in the table (whole in the JSON)
+        return v if len(v) <= 60 else v[:57] + "..."
     if v == 0:
         return "0"
     if abs(v) < 1e-2 or abs(v) >= 1e5:
@@ -395,11 +395,11 @@ def report_file(fr, modes):
         vals, rats = [], []
         for m in modes:
             s = fr["summary"].get(m)
-            vals.append(fmt(s[key]) if s else fr["errors"].get(m, "-"))
+            vals.append(fmt(s[key]) if s else fmt(fr["errors"].get(m)))
             r = paired_ratio(fr["runs"][m], fr["runs"]["llama.cpp"], key) if s and llama else None
             ratios.setdefault(m, {})[key] = r
             rats.append(fmt(r))
-        vals.append(fmt(llama[key]) if llama else fr["errors"].get("llama.cpp", "-"))
+        vals.append(fmt(llama[key]) if llama else fmt(fr["errors"].get("llama.cpp")))
         if key == "decode0_tok_s" or key == "decodec_tok_s":
             target = "fast >= 1.2, precise >= 1.0"
         else:
@@ -426,7 +426,7 @@ def report_file(fr, modes):
             if isinstance(a, dict):
                 vals.append(fmt(a[key]) if key == "mean_kl" else f"{100 * a[key]:.2f}%")
             else:
-                vals.append(a or "-")
+                vals.append(fmt(a))
         rats = []
         for m in modes:
             a, lc = acc.get(m), acc.get("llama.cpp")
@@ -580,7 +580,7 @@ def cmd_run(a):
                     fr["accuracy"]["off"] = "reference"
             else:
                 for c in dumps:
-                    fr["accuracy"][c] = "no f32 reference (hyb cannot load this file)"
+                    fr["accuracy"][c] = "no f32 reference (hyb off failed)"
             for path, _ in dumps.values():
                 os.remove(path)
         fr["loadavg_end"] = loadavg()
