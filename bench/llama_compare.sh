@@ -49,7 +49,7 @@ set -eu
 cd "$(dirname "$0")/.."
 B=${HYB_BUILD_DIR:-build}
 HYB=$B/hyb
-THREADS=2 REPS=3 POSITIONS=512 MODES=precise,fast KV=f16 JSON= LABEL=
+THREADS=2 REPS=3 POSITIONS=512 MODES=precise,fast KV=f16 JSON='' LABEL=''
 usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 need() { [ $# -ge 2 ] || { echo "llama_compare.sh: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
@@ -110,13 +110,13 @@ PY=.venv-bench/bin/python
 "$PY" -c "import numpy, jinja2, diskcache, typing_extensions" 2>/dev/null ||
   .venv-bench/bin/pip install -q numpy jinja2 diskcache typing_extensions
 if [ -n "${LLAMA_CPP_PYTHONPATH:-}" ]; then
-  export PYTHONPATH=$LLAMA_CPP_PYTHONPATH
-  export LLAMA_CPP_LIB_PATH=${LLAMA_CPP_LIB_PATH:-$LLAMA_CPP_PYTHONPATH/llama_cpp/lib}
+  export PYTHONPATH="$LLAMA_CPP_PYTHONPATH"
+  export LLAMA_CPP_LIB_PATH="${LLAMA_CPP_LIB_PATH:-$LLAMA_CPP_PYTHONPATH/llama_cpp/lib}"
   LDESC="llama_cpp from $LLAMA_CPP_PYTHONPATH, libllama from $LLAMA_CPP_LIB_PATH"
 elif "$PY" -c "import llama_cpp" 2>/dev/null; then
   LDESC="llama-cpp-python installed in .venv-bench"
 elif [ -f "$LBUILD/bin/libllama.so" ] && [ -d "$SDIST/llama_cpp" ]; then
-  export PYTHONPATH=$SDIST LLAMA_CPP_LIB_PATH=$LBUILD/bin
+  export PYTHONPATH="$SDIST" LLAMA_CPP_LIB_PATH="$LBUILD/bin"
   LDESC="llama-cpp-python 0.3.36 sdist, libllama of its Release GGML_NATIVE build ($LBUILD)"
 else
   echo "installing llama-cpp-python into .venv-bench (compiled from the sdist: 10+ minutes)" >&2
