@@ -226,6 +226,7 @@ def cmd_tokenize(a):
 
 
 def cmd_speed(a):
+    import llama_cpp  # noqa: F401  (its import, numpy included, is not llama.cpp's memory)
     ids = read_ids(a.ids)
     rss0 = status_kb("VmRSS")
     m = Llama(a.model, max(a.prefill, a.ctx + a.decode) + 8, a.threads)
