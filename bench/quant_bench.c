@@ -15,9 +15,8 @@
  *     precise; fast with 4-value f32 activation scales (the default) and with 32-value f16 scales
  *     (llama.cpp's rounding of activations for these weight types); the same two roundings
  *     emulated in f32 (emul: x' = dequant(quant(x)) then the precise kernel).
- * Prints a table and writes JSON (default bench/results/quant-<time>.json). With QUANT_DUMP=FILE
- * it also writes the token ids and the f32 model's logits there (int32 npos, V; int32 ids[npos];
- * f32 logits[npos][V]) for bench/quant_llama.py.
+ * Prints a table and writes JSON (default bench/results/quant-<time>.json). The comparison with
+ * llama.cpp is bench/llama_compare.sh.
  *
  * Build and run (after the Release build in build/): bench/quant_bench.sh
  */
@@ -299,16 +298,6 @@ int main(int argc, char **argv) {
     if (!ref || !out) die("out of memory");
     hyb_quant_set(&off);
     run_positions(mf, kf, ids, npos, V, ref);
-    const char *dump = npos > 0 ? getenv("QUANT_DUMP") : NULL; /* for bench/quant_llama.py: ids and f32 logits */
-    if (dump && *dump) {
-        FILE *df = fopen(dump, "wb");
-        int32_t hdr[2] = {npos, V};
-        if (!df || fwrite(hdr, sizeof hdr, 1, df) != 1 ||
-            fwrite(ids, sizeof(int32_t), (size_t)npos, df) != (size_t)npos ||
-            fwrite(ref, sizeof(float) * (size_t)V, (size_t)npos, df) != (size_t)npos)
-            fprintf(stderr, "quant_bench: cannot write %s\n", dump);
-        if (df) fclose(df);
-    }
     struct {
         const char *name;
         hyb_quant_config c;
