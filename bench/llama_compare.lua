@@ -15,7 +15,7 @@
 -- logits: the first N ids fed one decode step at a time (the generation path); each position's
 --   logits [V] appended to OUT as little-endian f32 (N x V), for the KL / top-1 analysis.
 -- Options: --prefill N, --decode N, --ctx N, and --llm KEY=VALUE (repeatable): a field of
--- hyb.llm's option table (e.g. quant=fast, kv_cache=f16, threads=2); bench/llama_compare.sh
+-- hyb.llm's option table (e.g. quant=fast, kv_cache=f16), or threads=N (hyb.threads); bench/llama_compare.sh
 -- passes the ones this hyb lists as flags of `hyb generate`, so that an older binary is not
 -- given options it would refuse. Values that look like integers are passed as integers.
 local hyb = require("hyb")
@@ -82,6 +82,11 @@ local rss0 = status_kb("VmRSS")
 if mode == "logits" then llm_opts.max_ctx = llm_opts.max_ctx or npos + 8
 else llm_opts.max_ctx = llm_opts.max_ctx or math.max(o.prefill, o.ctx + o.decode) + 8 end
 local t0 = hyb.time()
+-- the thread count is the process's (hyb.threads), not an option of one model
+if llm_opts.threads then
+  if hyb.threads then hyb.threads(llm_opts.threads) end
+  llm_opts.threads = nil
+end
 local llm = hyb.llm(model, llm_opts)
 local load_s = hyb.time() - t0
 
