@@ -100,6 +100,10 @@ const char *lhyb_opt_field_string(lua_State *L, int idx, const char *fname, cons
  * NULL when absent (the CPU). A device that cannot be opened raises its one-line reason. */
 struct hyb_backend;
 const struct hyb_backend *lhyb_opt_device(lua_State *L, int idx, const char *fname);
+/* The option `kv_cache` of the table at idx ("f16", "q8_0", "f32") as a hyb_kv_dtype;
+ * HYB_KV_DEFAULT (f16) when absent; another value raises "<fname>: kv_cache: unknown KV cache
+ * type 'x' (allowed: f16, q8_0, f32)". */
+int lhyb_opt_kv_cache(lua_State *L, int idx, const char *fname);
 /* A short description of the value at idx for messages: "-3", "2.5", "string \"x\"", "nil". */
 const char *lhyb_describe(lua_State *L, int idx, char *buf, size_t n);
 

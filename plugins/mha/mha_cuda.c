@@ -160,12 +160,24 @@ static int put_states(mha *m, const hyb_backend *be, void *dev, void *const *sta
 /* ---- forward / prefill ------------------------------------------------------------------------
  */
 
+/* the KV types the CUDA kernels store: f32 and f16 (mha_attn.cu, -DMHA_KV_F16) */
+static int cu_check_kv(const mha *m, int kv, const char *op) {
+    if (kv == HYB_KV_F32 || kv == HYB_KV_F16) return HYB_OK;
+    return H_->error(HYB_ERR_UNSUPPORTED,
+                     "mha (layer %d): CUDA %s: kv_cache = %s is not supported on CUDA (its "
+                     "kernels store f16 and f32 KV caches); use kv_cache f16 or f32",
+                     m->layer, op, kv == HYB_KV_Q8_0 ? "q8_0" : "(unknown)");
+}
+
 int mha_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     mha *m = self;
     const hyb_backend *be = a->be;
     const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
     int p_max;
     HYB_TRY(mha_check_fwd(m, a, &p_max));
+    const int kv = a->states ? a->kv : HYB_KV_F32;
+    HYB_TRY(cu_check_kv(m, kv, "forward"));
+    if (kv != HYB_KV_F32) return H_->error(HYB_ERR_UNSUPPORTED, "mha: CUDA f16 KV: TODO");
     char shape[64];
     snprintf(shape, sizeof shape, "B = %d, T = %d", B, T);
     HYB_TRY(cu_load(m, be, "forward", shape));
@@ -352,6 +364,8 @@ int mha_decode_cuda(void *self, const hyb_mixer_dec *a) {
     const hyb_backend *be = a->be;
     const int n = a->n, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
     if (n <= 0) return H_->error(HYB_ERR_ARG, "mha (layer %d): decode with n = %d", m->layer, n);
+    HYB_TRY(cu_check_kv(m, a->kv, "decode"));
+    if (a->kv != HYB_KV_F32) return H_->error(HYB_ERR_UNSUPPORTED, "mha: CUDA f16 KV: TODO");
     int chunks = 1, pmax = 0;
     for (int i = 0; i < n; i++) {
         if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
