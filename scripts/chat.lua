@@ -20,7 +20,8 @@ if #opts._ > 0 then usage("unexpected argument '" .. opts._[1] .. "'") end
 local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the model loads
 if not opts.verbose then hyb.log_level("warn") end
 local device = gen.open_device(opts.device, "chat")
-local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device, tokenizer = opts.tokenizer})
+local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device, tokenizer = opts.tokenizer,
+                                 kv_cache = opts["kv-cache"]})
 local max_tokens = opts["max-tokens"] or 512
 gen.check_request(llm, nil, max_tokens, usage)
 local stops = {"<|im_end|>"}

@@ -16,6 +16,7 @@
 --   --chat                  wrap the prompt in the ChatML template (one user turn)
 --   --system TEXT           system message for --chat
 --   --max-ctx N             context capacity in tokens (default: the model's, at most 4096)
+--   --kv-cache T            KV cache storage: f16 (default), q8_0 or f32 (docs/BENCHMARKS.md)
 --   --quiet                 no statistics line at the end
 --   --verbose               log the model layout while loading
 -- EOS always stops. Statistics (prefill and decode tokens/s) go to stderr.
@@ -34,7 +35,8 @@ if #opts._ ~= 1 then usage(#opts._ == 0 and "no prompt given" or "give the promp
 local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the model loads
 if not opts.verbose then hyb.log_level("warn") end
 local device = gen.open_device(opts.device, "generate")
-local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device, tokenizer = opts.tokenizer})
+local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device, tokenizer = opts.tokenizer,
+                                 kv_cache = opts["kv-cache"]})
 local prompt = opts._[1]
 local stops = opts.stop or {}
 if opts.chat then

@@ -1183,13 +1183,109 @@ static void check_backend_shape(mh_inst *I, const hyb_backend *be, const int B, 
     free(saved);
 }
 
+/* Prefill + STEPS decode steps with the KV cache stored as kv (not f32) on the device against the
+ * CPU kernels with the same cache: both round the same K/V rows (to nearest even), so they agree
+ * to DEV_TOL_KV. A device that refuses the type must say HYB_ERR_UNSUPPORTED naming it. */
+static void check_backend_kv(mh_inst *I, const hyb_backend *be, int kv, const int B, const int T,
+                             const int M) {
+    enum { STEPS = 3 };
+    const int D = I->D, np = I->m->n_params;
+    /* The CPU and the device compute K and V in f32 with different summation orders (~1e-7
+     * apart); a value that falls that close to an f16 rounding midpoint rounds to neighbours
+     * 2^-11 apart on the two sides. Measured under the CUDA emulation: at most 6e-7 on these
+     * shapes (no such flip); 1e-4 leaves room for a few flips on a GPU and is still 10x below the
+     * f16 rounding itself (~1e-3 on these rows, mh_check_decode). */
+    static const mh_tol DEV_TOL_KV = {.rel1 = 1e-4};
+    const long nx = (long)B * T * D;
+    const hyb_mixer_kernels *k = &I->m->desc->kernels[be->device];
+    hyb_rng r;
+    hyb_rng_seed(&r, 43);
+    float *x = mh_randn(&r, (size_t)nx, 1.0f), *xdec = mh_randn(&r, (size_t)B * STEPS * D, 1.0f);
+    float *yp0 = malloc((size_t)nx * 4), *yd0 = malloc((size_t)B * STEPS * D * 4),
+          *y1 = malloc((size_t)nx * 4), *yd1 = malloc((size_t)B * STEPS * D * 4);
+    mh_kv = kv;
+    const size_t sb = hyb_mixer_state_bytes_kv(I->m, M, kv);
+    void *hs[4], *ds[4] = {0};
+    for (int b = 0; b < B; b++)
+        hs[b] = state_new(sb, -1);
+    CHECK(mh_fwd(I, B, T, x, yp0, NULL, hs, NULL, M) == HYB_OK);
+    for (int s = 0; s < STEPS; s++) {
+        int32_t pos[4] = {T + s, T + s, T + s, T + s};
+        CHECK(mh_dec(I, B, xdec + (size_t)s * B * D, yd0 + (size_t)s * B * D, hs, pos, M) ==
+              HYB_OK);
+    }
+    mh_kv = HYB_KV_F32;
+    int ok = 1;
+    float **dp = calloc((size_t)np + 1, sizeof *dp);
+    for (int i = 0; i < np; i++)
+        dp[i] = dev_put(be, I->pp[i], (size_t)mh_pnumel(I, i), &ok);
+    float *dx_ = dev_put(be, x, (size_t)nx, &ok), *dy_ = dev_put(be, NULL, (size_t)nx, &ok),
+          *dxd = dev_put(be, xdec, (size_t)B * STEPS * D, &ok),
+          *dyd = dev_put(be, NULL, (size_t)B * STEPS * D, &ok);
+    for (int b = 0; b < B; b++) {
+        ds[b] = be->alloc(be, sb ? sb : 1);
+        ok &= ds[b] && be->memset0(be, ds[b], sb) == HYB_OK;
+    }
+    CHECK_MSG(ok, "%s: device buffers: %s", be->name, hyb_error());
+    const float *const *cdp = (const float *const *)dp;
+    if (ok) {
+        char what[96];
+        hyb_mixer_fwd pa = {.B = B, .T = T, .be = be, .x = dx_, .y = dy_, .params = cdp,
+                            .states = ds, .max_ctx = M, .kv = kv};
+        int rc = k->forward(I->m->self, &pa);
+        if (rc == HYB_ERR_UNSUPPORTED && be->device != HYB_DEV_CPU) {
+            printf("   %s refuses kv_cache %s: %s\n", be->name, hyb_kv_dtype_name(kv), hyb_error());
+            CHECK(strstr(hyb_error(), "kv_cache") && strstr(hyb_error(), hyb_kv_dtype_name(kv)));
+        } else {
+            CHECK_MSG(rc == HYB_OK, "%s prefill (kv %s): %s", be->name, hyb_kv_dtype_name(kv),
+                      hyb_error());
+            dev_get(be, y1, dy_, (size_t)nx, &ok);
+            snprintf(what, sizeof what, "prefill y on %s, kv %s", be->name, hyb_kv_dtype_name(kv));
+            mh_compare(what, y1, yp0, nx, DEV_TOL_KV);
+            for (int s = 0; s < STEPS; s++) {
+                int32_t pos[4] = {T + s, T + s, T + s, T + s};
+                hyb_mixer_dec da = {.n = B, .be = be, .x = dxd + (size_t)s * B * D,
+                                    .y = dyd + (size_t)s * B * D, .params = cdp, .states = ds,
+                                    .pos = pos, .max_ctx = M, .kv = kv};
+                CHECK_MSG(k->decode(I->m->self, &da) == HYB_OK, "%s decode (kv %s): %s", be->name,
+                          hyb_kv_dtype_name(kv), hyb_error());
+            }
+            dev_get(be, yd1, dyd, (size_t)B * STEPS * D, &ok);
+            snprintf(what, sizeof what, "%d decode steps on %s, kv %s", STEPS, be->name,
+                     hyb_kv_dtype_name(kv));
+            mh_compare(what, yd1, yd0, (long)B * STEPS * D, DEV_TOL_KV);
+            CHECK_MSG(ok, "%s: download: %s", be->name, hyb_error());
+        }
+    }
+    for (int i = 0; i < np; i++)
+        be->free(be, dp[i]);
+    float *dbufs[4] = {dx_, dy_, dxd, dyd};
+    for (int i = 0; i < 4; i++)
+        be->free(be, dbufs[i]);
+    for (int b = 0; b < B; b++) {
+        be->free(be, ds[b]);
+        free(hs[b]);
+    }
+    free(dp);
+    free(x);
+    free(xdec);
+    free(yp0);
+    free(yd0);
+    free(y1);
+    free(yd1);
+}
+
 void mh_check_backend(const mh_case *c, mh_inst *I, const hyb_backend *be) {
     (void)c;
     /* a short batch, then lengths that cross the 16/32/64-token tiles and chunks of device
      * kernels (attention tiles, scan and delta-rule chunks) with a ragged last one */
     static const int SHAPES[][3] = {{2, 5, 16}, {2, 37, 48}, {1, 70, 80}};
-    for (size_t i = 0; i < sizeof SHAPES / sizeof SHAPES[0]; i++)
+    for (size_t i = 0; i < sizeof SHAPES / sizeof SHAPES[0]; i++) {
         check_backend_shape(I, be, SHAPES[i][0], SHAPES[i][1], SHAPES[i][2]);
+        /* a mixer whose state has a KV cache (the *_kv hooks): its compressed types too */
+        for (int kv = HYB_KV_F16; I->m->desc->state_bytes_kv && kv < HYB_KV_COUNT; kv++)
+            if (SHAPES[i][0] <= 4) check_backend_kv(I, be, kv, SHAPES[i][0], SHAPES[i][1], SHAPES[i][2]);
+    }
 }
 
 void mh_check_backends(const mh_case *c, mh_inst *I) {

@@ -51,6 +51,8 @@ typedef struct mha {
      * host staging buffer for the device arrays of state pointers and positions */
     void *cu_fn[16];
     const hyb_backend *cu_be;
+    void *cu_fn16[16]; /* the kernels that touch the cache, compiled with -DMHA_KV_F16=1 */
+    const hyb_backend *cu_be16;
     void *cu_host;
     size_t cu_host_cap;
 } mha;

@@ -190,6 +190,11 @@ H.run("flag values outside their ranges are refused with the range", function()
     {"samples tok 0 m", "N must be an integer in [1, 16777216], got '0'"},
     {"export m.gguf out --dtype q8", "--dtype must be f32 or bf16, got 'q8'"},
     {"export m.gguf", "needs MODEL and OUT"},
+    {"generate --kv-cache q4 hi", "--kv-cache must be one of f16, q8_0, f32, got 'q4'"},
+    {"chat --kv-cache=F16", "--kv-cache must be one of f16, q8_0, f32, got 'F16'"},
+    {"serve --kv-cache bf16", "--kv-cache must be one of f16, q8_0, f32, got 'bf16'"},
+    {"teacher_data --out x --kv-cache q8", "--kv-cache must be one of f16, q8_0, f32, got 'q8'"},
+    {"bench_cpu --kv-cache q4", "--kv-cache must be one of f16, q8_0, f32, got 'q4'"},
   }
   for _, c in ipairs(cases) do
     local out, code = H.sh(HYB .. " " .. c[1])
