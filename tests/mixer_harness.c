@@ -303,7 +303,9 @@ double mh_model_decode_vs_forward(hyb_model *m, int ns, const int32_t *ids, int 
     for (int s = 0; s < ns; s++)
         ok &= (full[s] = harness_logits(m, ids + (size_t)s * stride, 1, len[s])) != NULL;
     hyb_kvstate *kv = NULL;
-    CHECK_MSG(hyb_kvstate_new(m, ns, max_ctx, &kv) == HYB_OK, "%s", hyb_error());
+    /* an f32 KV cache: decode == forward to f32 rounding (the compressed types have their own
+     * bounds: mh_check_decode, model_kvcache) */
+    CHECK_MSG(hyb_kvstate_new_ex(m, ns, max_ctx, HYB_KV_F32, &kv) == HYB_OK, "%s", hyb_error());
     double worst = ok && kv ? 0 : INFINITY;
     for (int s = 0; s < ns && kv && ok; s++) {
         const int32_t *id = ids + (size_t)s * stride;

@@ -89,8 +89,8 @@ double mh_allclose_ratio(const float *a, const float *b, long n, double rtol, do
 
 /* (logits of a model forward without a tape: harness_logits in harness.h) */
 
-/* Prefill + batched decode of a model against its forward logits: sequence s (ids + s * stride)
- * has len[s] tokens, prompt[s] prefilled (in two calls of split[s] and the rest when split is
+/* Prefill + batched decode of a model (an f32 KV cache) against its forward logits: sequence s
+ * (ids + s * stride) has len[s] tokens, prompt[s] prefilled (in two calls of split[s] and the rest when split is
  * non-NULL and split[s] > 0), then decoded in batches of every unfinished sequence. Returns the
  * worst max rel error (floor 1) of the logits. */
 double mh_model_decode_vs_forward(hyb_model *m, int ns, const int32_t *ids, int stride,
