@@ -57,17 +57,16 @@ static hyb_quant_config qc(hyb_quant_mode m, int group, int f16) {
     return c;
 }
 
-/* bytes of weights the model holds as parameters; *streamed: bytes a decode step reads (a
- * parameter with blocks registered as its shadow is read as those blocks) */
+/* bytes of weights the model holds as parameters; *streamed: bytes a decode step reads (the
+ * same since the attention projections are quantized parameters too, no shadows) */
 static size_t weight_bytes(hyb_model *m, size_t *streamed) {
     int n;
     hyb_tensor **p = hyb_model_params(m, &n);
     size_t b = 0, s = 0;
     for (int i = 0; i < n; i++) {
         const size_t nb = hyb_tensor_nbytes(p[i]);
-        const int64_t sh = hyb_quant_shadow_bytes(p[i]->data);
         b += nb;
-        s += sh > 0 ? (size_t)sh : nb;
+        s += nb;
     }
     *streamed = s;
     return b;

@@ -673,6 +673,15 @@ static int make_perm(hyb_dataset *d, int64_t W, int T, uint64_t seed, int64_t ep
 
 int hyb_dataset_batch(hyb_dataset *d, int split, int64_t step, int B, int T, uint64_t seed,
                       int32_t *ids, int32_t *targets) {
+    return hyb_dataset_batch_rows(d, split, step, B, 0, B, T, seed, ids, targets);
+}
+
+int hyb_dataset_batch_rows(hyb_dataset *d, int split, int64_t step, int B, int first, int n,
+                           int T, uint64_t seed, int32_t *ids, int32_t *targets) {
+    if (first < 0 || n < 1 || first > B - n)
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_dataset_batch: rows %d..%d are not in a batch of %d", first,
+                             first + n - 1, B);
     if (B < 1 || T < 1 || step < 0 || (split != HYB_SPLIT_TRAIN && split != HYB_SPLIT_VAL))
         return hyb_error_set(HYB_ERR_ARG,
                              "hyb_dataset_batch: bad arguments (split %d, step %" PRId64
@@ -688,7 +697,7 @@ int hyb_dataset_batch(hyb_dataset *d, int split, int64_t step, int B, int T, uin
                              split == HYB_SPLIT_VAL ? "held-out" : "training",
                              split == HYB_SPLIT_VAL ? d->n_val : d->n_train, T, T + 1);
     const int32_t *base = split == HYB_SPLIT_VAL ? d->tokens + d->n_train : d->tokens;
-    for (int b = 0; b < B; b++) {
+    for (int b = first; b < first + n; b++) {
         int64_t i = step * B + b, w;
         if (split == HYB_SPLIT_VAL) {
             w = i % W;
@@ -697,8 +706,9 @@ int hyb_dataset_batch(hyb_dataset *d, int split, int64_t step, int B, int T, uin
             w = d->perm[i % W];
         }
         const int32_t *src = base + w * T;
-        memcpy(ids + (int64_t)b * T, src, sizeof(int32_t) * (size_t)T);
-        if (targets) memcpy(targets + (int64_t)b * T, src + 1, sizeof(int32_t) * (size_t)T);
+        const int64_t o = (int64_t)(b - first) * T; /* row b of the batch: row b - first here */
+        memcpy(ids + o, src, sizeof(int32_t) * (size_t)T);
+        if (targets) memcpy(targets + o, src + 1, sizeof(int32_t) * (size_t)T);
     }
     return HYB_OK;
 }

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "backend/cpu/cpu_pool.h"
 #include "hyb/backend.h"
 #include "hyb/config.h"
 #include "io/hf_config.h"
@@ -97,6 +98,8 @@ static const hyb_host HOST = {
     .toml_float = hyb_toml_put_float,
     .toml_bool = hyb_toml_put_bool,
     .toml_string = hyb_toml_put_string,
+    .parallel_for = hyb_pool_parallel_for,
+    .threads = hyb_pool_threads,
 };
 
 const hyb_host *hyb_host_services(void) {
@@ -579,7 +582,8 @@ int hyb_mixer_new_ex(const char *type, const hyb_model_dims *dims, const hyb_cfg
                                    type, pd->name);
                 goto fail;
             }
-        hyb_tensor *t = hyb_tensor_new(HYB_F32, pd->ndim, pd->shape);
+        hyb_tensor *t = (flags & HYB_MIXER_NO_DATA) ? hyb_param_no_data(HYB_F32, pd->ndim, pd->shape)
+                                                    : hyb_tensor_new(HYB_F32, pd->ndim, pd->shape);
         if (!t) {
             rc = hyb_error_wrap(HYB_ERR_ARG, "mixer '%s' parameter %s", type, pd->name);
             goto fail;
@@ -590,11 +594,11 @@ int hyb_mixer_new_ex(const char *type, const hyb_model_dims *dims, const hyb_cfg
         t->requires_grad = 1;
         t->owner = HYB_OWN_PARAM;
         if (!(flags & HYB_MIXER_LAZY_GRAD) && (rc = hyb_tensor_grad_ensure(t)) != HYB_OK) goto fail;
-        if (!(flags & HYB_MIXER_NO_INIT) &&
+        if (!(flags & (HYB_MIXER_NO_INIT | HYB_MIXER_NO_DATA)) &&
             (rc = apply_init(t, pd, mix_seed(seed, dims->layer, i))) != HYB_OK)
             goto fail;
     }
-    if (d->init_params && !(flags & HYB_MIXER_NO_INIT)) {
+    if (d->init_params && !(flags & (HYB_MIXER_NO_INIT | HYB_MIXER_NO_DATA))) {
         float **pp = hyb_malloc(sizeof(float *) * (size_t)(np ? np : 1));
         if (!pp) {
             rc = HYB_ERR_NOMEM;
@@ -659,7 +663,7 @@ static const float **param_ptrs(const hyb_mixer *m, const float **stack, int cap
         m->n_params <= cap ? stack : hyb_malloc(sizeof(float *) * (size_t)m->n_params);
     if (!p) return NULL;
     for (int i = 0; i < m->n_params; i++)
-        p[i] = hyb_tensor_cf32(m->params[i]);
+        p[i] = (const float *)m->params[i]->data; /* f32, or GGUF blocks (param_dtypes) */
     return p;
 }
 
@@ -712,9 +716,18 @@ int hyb_mixer_decode_kv(hyb_mixer *m, const float *x, float *y, int n, void *con
         return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "mixer '%s' (layer %d) decode", m->type,
                               m->dims.layer);
     const float *stack[64];
+    int dstack[64];
     const float **pp = param_ptrs(m, stack, 64);
-    if (!pp) return HYB_ERR_NOMEM;
+    int *dt = m->n_params <= 64 ? dstack : hyb_malloc(sizeof(int) * (size_t)m->n_params);
+    if (!pp || !dt) {
+        if (pp && pp != stack) hyb_free((void *)pp);
+        if (dt && dt != dstack) hyb_free(dt);
+        return HYB_ERR_NOMEM;
+    }
+    for (int i = 0; i < m->n_params; i++)
+        dt[i] = (int)m->params[i]->dtype;
     hyb_mixer_dec a = {.n = n,
+                       .param_dtypes = dt,
                        .be = be,
                        .x = x,
                        .y = y,
@@ -725,12 +738,21 @@ int hyb_mixer_decode_kv(hyb_mixer *m, const float *x, float *y, int n, void *con
                        .kv = kv};
     int rc = m->desc->kernels[dev].decode(m->self, &a);
     if (pp != stack) hyb_free((void *)pp);
+    if (dt != dstack) hyb_free(dt);
     return rc;
 }
 
 int hyb_mixer_move(hyb_mixer *m, const hyb_backend *be) {
     HYB_TRY(hyb_mixer_kernel_check(m, be->device, HYB_MIXER_FORWARD));
     HYB_TRY(hyb_mixer_kernel_check(m, be->device, HYB_MIXER_DECODE));
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i]->dtype != HYB_F32 && be->device != HYB_DEV_CPU)
+            return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                                 "mixer '%s' (layer %d): parameter '%s' is quantized (%s), which "
+                                 "computes on the CPU only; load the model with quant = off "
+                                 "(--quant off) to run it on %s",
+                                 m->type, m->dims.layer, m->decls[i].name,
+                                 hyb_dtype_name(m->params[i]->dtype), be->name);
     for (int i = 0; i < m->n_params; i++) {
         int rc = hyb_tensor_move(m->params[i], be);
         if (rc != HYB_OK)
@@ -804,25 +826,37 @@ int hyb_mixer_init_from(hyb_mixer *dst, const hyb_mixer *src, const hyb_cfg_tabl
     const float *stack[64];
     const float **sp = param_ptrs(src, stack, 64);
     float **dp = hyb_malloc(sizeof(float *) * (size_t)(dst->n_params ? dst->n_params : 1));
-    float **host = NULL; /* host copies of a source on a device */
-    if (sp && dp && mixer_device(src) != HYB_DEV_CPU) {
+    float **host = NULL; /* host f32 copies of a source on a device or in GGUF blocks */
+    int need_host = mixer_device(src) != HYB_DEV_CPU;
+    for (int i = 0; i < src->n_params; i++)
+        need_host |= src->params[i]->dtype != HYB_F32;
+    if (sp && dp && need_host) {
         host = hyb_malloc(sizeof(float *) * (size_t)(src->n_params ? src->n_params : 1));
         for (int i = 0; host && i < src->n_params; i++) {
-            size_t nb = hyb_tensor_nbytes(src->params[i]);
+            const hyb_tensor *p = src->params[i];
+            const int quant = p->dtype != HYB_F32;
+            if (!quant && p->device == HYB_DEV_CPU) continue; /* host[i] NULL: sp[i] as it is */
+            size_t nb = (size_t)hyb_tensor_numel(p) * sizeof(float);
             host[i] = hyb_malloc(nb ? nb : 1);
-            if (!host[i] || hyb_tensor_download(src->params[i], host[i]) != HYB_OK) {
+            int ok = host[i] != NULL;
+            if (ok && quant) /* a frozen projection kept in GGUF blocks: init_from reads f32 */
+                ok = p->device == HYB_DEV_CPU &&
+                     hyb_dequantize(p->dtype, p->data, host[i], hyb_tensor_numel(p)) == HYB_OK;
+            else if (ok)
+                ok = hyb_tensor_download(p, host[i]) == HYB_OK;
+            if (!ok) {
                 for (int k = 0; k <= i; k++)
                     hyb_free(host[k]);
                 hyb_free(host);
                 if (sp != stack) hyb_free((void *)sp);
                 hyb_free(dp);
                 return hyb_error_wrap(HYB_ERR_NOMEM, "mixer '%s': reading '%s' for init_from",
-                                      dst->type, src->params[i]->name);
+                                      dst->type, p->name);
             }
             sp[i] = host[i];
         }
     }
-    if (!sp || !dp || (mixer_device(src) != HYB_DEV_CPU && !host)) {
+    if (!sp || !dp || (need_host && !host)) {
         if (sp && sp != stack) hyb_free((void *)sp);
         hyb_free(dp);
         return HYB_ERR_NOMEM;

@@ -19,6 +19,7 @@ static const struct {
     [HYB_F32] = {"f32", 1, 4},     [HYB_F16] = {"f16", 1, 2},       [HYB_BF16] = {"bf16", 1, 2},
     [HYB_I32] = {"i32", 1, 4},     [HYB_Q8_0] = {"q8_0", 32, 34},   [HYB_Q4_0] = {"q4_0", 32, 18},
     [HYB_Q4_1] = {"q4_1", 32, 20}, [HYB_Q4_K] = {"q4_k", 256, 144}, [HYB_Q6_K] = {"q6_k", 256, 210},
+    [HYB_Q5_K] = {"q5_k", 256, 176},
     [HYB_Q5_0] = {"q5_0", 32, 22}, [HYB_Q5_1] = {"q5_1", 32, 24},
 };
 
@@ -137,6 +138,17 @@ hyb_tensor *hyb_tensor_new(hyb_dtype dtype, int ndim, const int64_t *shape) {
     return t;
 }
 
+hyb_tensor *hyb_param_no_data(hyb_dtype dtype, int ndim, const int64_t *shape) {
+    hyb_tensor tmp;
+    if (tensor_init(&tmp, dtype, ndim, shape, "hyb_param_no_data") != HYB_OK) return NULL;
+    hyb_tensor *t = hyb_malloc(sizeof *t);
+    if (!t) return NULL;
+    *t = tmp;
+    t->owner = HYB_OWN_HEAP;
+    t->data = NULL;
+    return t;
+}
+
 hyb_tensor *hyb_tensor_wrap(hyb_dtype dtype, int ndim, const int64_t *shape, void *data) {
     hyb_tensor tmp;
     if (tensor_init(&tmp, dtype, ndim, shape, "hyb_tensor_wrap") != HYB_OK) return NULL;
@@ -224,7 +236,6 @@ void hyb_tensor_free(hyb_tensor *t) {
     if (t->owner == HYB_OWN_ARENA) return; /* struct and data belong to the arena */
     if (t->owner == HYB_OWN_HEAP || t->owner == HYB_OWN_PARAM) {
         if (t->device == HYB_DEV_CPU) {
-            hyb_quant_shadow_forget(t->data); /* HYB_QUANT: its blocks, if any (cpu_quant.h) */
             hyb_free(t->data);
         } else {
             const hyb_backend *be = hyb_backend_get(t->device);
@@ -492,6 +503,7 @@ int hyb_convert_to_f32(hyb_dtype src_type, const void *src, float *dst, int64_t 
     case HYB_Q6_K:
     case HYB_Q5_0:
     case HYB_Q5_1:
+    case HYB_Q5_K:
         if (n % DT[src_type].block_elems)
             return hyb_error_set(HYB_ERR_ARG,
                                  "hyb_convert_to_f32: %lld elements of %s is not a whole number "

@@ -12,9 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "graph/graph_internal.h"
 #include "hyb/atomic.h"
+#include "hyb/comm.h"
 #include "hyb/safetensors.h"
 
 /* A checkpoint's counters are integers in [0, HYB_CKPT_COUNTER_MAX] (2^53: exact in a double, and
@@ -204,6 +206,140 @@ static int check_fresh(const hyb_trainer *t, const char *who) {
     return HYB_OK;
 }
 
+// ---- data parallel: the gradient all-reduce ----------------------------------------------------
+
+void hyb_trainer_set_comm(hyb_trainer *t, hyb_comm *comm, double bucket_mb) {
+    t->comm = comm;
+    if (bucket_mb <= 0) {
+        const char *e = getenv("HYB_COMM_BUCKET_MB");
+        bucket_mb = e && atof(e) > 0 ? atof(e) : 25.0;
+    }
+    t->bucket_bytes = (size_t)(bucket_mb * 1024 * 1024);
+    if (t->bucket_bytes < sizeof(float)) t->bucket_bytes = sizeof(float);
+}
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* One bucket: the gradients of params[lo..hi] (walking down: hi >= lo), packed in data. */
+typedef struct grad_bucket {
+    float *data;
+    int hi, lo;
+    int inplace; /* one host gradient reduced where it is (no copies) */
+    hyb_comm_req *req;
+} grad_bucket;
+
+static int bucket_finish(hyb_trainer *t, hyb_tensor **p, grad_bucket *b) {
+    int rc = hyb_comm_wait(t->comm, b->req);
+    b->req = NULL;
+    if (b->inplace) {
+        b->data = NULL;
+        return rc;
+    }
+    size_t off = 0;
+    for (int i = b->hi; rc == HYB_OK && i >= b->lo; i--) {
+        if (!p[i]->requires_grad) continue;
+        rc = hyb_tensor_upload(p[i]->grad, b->data + off);
+        off += (size_t)hyb_tensor_numel(p[i]);
+    }
+    free(b->data);
+    b->data = NULL;
+    return rc;
+}
+
+/* Sum every trainable parameter's gradient over the ranks, in buckets taken from the last
+ * parameter down (the order a backward produces them): a host gradient of 1 MB or more (or half a
+ * bucket) is a bucket of its own, reduced in place; smaller (and device) gradients are packed into buckets of up to
+ * bucket_bytes (a device gradient downloaded). Each bucket's non-blocking all-reduce is posted
+ * and the next bucket prepared while it runs; at most two are in flight. (The graph's backward has no per-tensor hook, so this
+ * starts after the backward of the step's last micro-batch: docs/DISTRIBUTED.md.) Every rank has
+ * the same parameters with the same flags, so the buckets line up. */
+static int reduce_grads(hyb_trainer *t) {
+    static const char W[] = "hyb_trainer_step: gradient all-reduce";
+    int np;
+    hyb_tensor **p = hyb_model_params(t->student, &np);
+    /* an NCCL comm reduces device gradients in place on the GPU, tensor by tensor */
+    if (strcmp(hyb_comm_kind(t->comm), "nccl") == 0) {
+        for (int i = np - 1; i >= 0; i--) {
+            if (!p[i]->requires_grad) continue;
+            if (p[i]->device == HYB_DEV_CPU) HYB_TRY(hyb_tensor_grad_ensure(p[i]));
+            if (!p[i]->grad)
+                return hyb_error_set(HYB_ERR, "%s: '%s' has no gradient", W, p[i]->name);
+            HYB_TRY(hyb_comm_allreduce_f32(t->comm, hyb_tensor_f32(p[i]->grad),
+                                           (size_t)hyb_tensor_numel(p[i]), p[i]->device));
+        }
+        return HYB_OK;
+    }
+    const size_t cap = t->bucket_bytes / sizeof(float);
+    /* a host gradient of at least this many floats (1 MB, or half a bucket when buckets are
+     * smaller) is reduced in place, a bucket of its own (no copies); smaller ones and device ones
+     * are packed */
+    const size_t own = cap / 2 < ((size_t)1 << 18) ? (cap / 2 ? cap / 2 : 1) : ((size_t)1 << 18);
+    grad_bucket fly[2] = {{0}};
+    int nfly = 0, rc = HYB_OK;
+    int i = np - 1;
+    while (rc == HYB_OK && i >= 0) {
+        while (i >= 0 && !p[i]->requires_grad)
+            i--;
+        if (i < 0) break;
+        int hi = i, lo = i;
+        size_t n = 0;
+        int inplace = 0;
+        for (; i >= 0; i--) {
+            if (!p[i]->requires_grad) continue;
+            size_t k = (size_t)hyb_tensor_numel(p[i]);
+            int big = p[i]->device == HYB_DEV_CPU && k >= own;
+            if (n > 0 && (n + k > cap || big)) break;
+            if (p[i]->device == HYB_DEV_CPU && (rc = hyb_tensor_grad_ensure(p[i])) != HYB_OK) break;
+            if (!p[i]->grad) {
+                rc = hyb_error_set(HYB_ERR, "%s: '%s' has no gradient", W, p[i]->name);
+                break;
+            }
+            n += k;
+            lo = i;
+            if (big) { /* alone */
+                inplace = 1;
+                i--;
+                break;
+            }
+        }
+        if (rc != HYB_OK || n == 0) break;
+        if (nfly == 2) { /* the oldest must land before another is posted */
+            rc = bucket_finish(t, p, &fly[0]);
+            fly[0] = fly[1];
+            nfly = 1;
+            if (rc != HYB_OK) break;
+        }
+        grad_bucket *b = &fly[nfly];
+        b->hi = hi;
+        b->lo = lo;
+        b->req = NULL;
+        b->inplace = inplace;
+        b->data = inplace ? hyb_tensor_f32(p[lo]->grad) : malloc(sizeof(float) * n);
+        if (!b->data) {
+            rc = hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory (%zu bytes)", W, n * sizeof(float));
+            break;
+        }
+        nfly++;
+        size_t off = 0;
+        for (int j = hi; rc == HYB_OK && !inplace && j >= lo; j--) {
+            if (!p[j]->requires_grad) continue;
+            rc = hyb_tensor_download(p[j]->grad, b->data + off);
+            off += (size_t)hyb_tensor_numel(p[j]);
+        }
+        if (rc == HYB_OK) rc = hyb_comm_iallreduce_f32(t->comm, b->data, n, &b->req);
+    }
+    for (int k = 0; k < nfly; k++) {
+        int r2 = fly[k].data ? (rc == HYB_OK ? bucket_finish(t, p, &fly[k]) : HYB_OK) : HYB_OK;
+        if (rc == HYB_OK) rc = r2;
+        if (!fly[k].inplace) free(fly[k].data);
+    }
+    return rc;
+}
+
 /* Forward the teacher (no tape) and the student for one micro-batch; returns the loss node. */
 static hyb_tensor *micro_loss(hyb_trainer *t, const hyb_distill_loss *lc, const int32_t *ids,
                               const int32_t *targets, const float *mask, int B, int T, int grad,
@@ -239,7 +375,7 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
     const int K = t->cfg.accum;
     const int64_t n = (int64_t)B * T;
     if (t->step < 0 || t->step >= HYB_CKPT_COUNTER_MAX || t->tokens < 0 ||
-        t->tokens > HYB_CKPT_COUNTER_MAX - (int64_t)K * n)
+        t->tokens > HYB_CKPT_COUNTER_MAX - (int64_t)K * n * (t->comm ? hyb_comm_size(t->comm) : 1))
         return hyb_error_set(HYB_ERR_ARG, "%s: step %" PRId64 " or tokens %" PRId64
                              " out of range [0, 2^53]", W, t->step, t->tokens);
     /* each micro-batch's share of the total mask weight */
@@ -259,6 +395,13 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
     int rc = HYB_OK;
     hyb_train_stats s;
     memset(&s, 0, sizeof s);
+    const int dp = t->comm && hyb_comm_size(t->comm) > 1;
+    const int world = dp ? hyb_comm_size(t->comm) : 1;
+    if (dp) { /* the shares are of the global batch's weight */
+        double t0 = mono_s();
+        if ((rc = hyb_comm_allreduce_f64(t->comm, &total, 1)) != HYB_OK) goto done;
+        s.comm_s += mono_s() - t0;
+    }
     if (!(total > 0)) {
         rc = hyb_error_set(HYB_ERR_ARG, "%s: the loss mask has no positive weight", W);
         goto done;
@@ -285,6 +428,21 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
             goto done;
         }
     }
+    if (dp) {
+        double t0 = mono_s();
+        if (t->comm_profile) {
+            if ((rc = hyb_comm_barrier(t->comm, 0)) != HYB_OK) goto done;
+            s.wait_s = mono_s() - t0;
+            t0 = mono_s();
+        }
+        if ((rc = reduce_grads(t)) != HYB_OK) goto done;
+        double m[4] = {s.loss, s.parts[0], s.parts[1], s.parts[2]};
+        if ((rc = hyb_comm_allreduce_f64(t->comm, m, 4)) != HYB_OK) goto done;
+        s.loss = m[0];
+        for (int j = 0; j < 3; j++)
+            s.parts[j] = m[j + 1];
+        s.comm_s += mono_s() - t0;
+    }
     int np;
     hyb_tensor **p = hyb_model_params(t->student, &np);
     s.grad_norm = hyb_grad_clip(p, np, t->cfg.clip);
@@ -298,7 +456,7 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
                 t->step + 1, s.grad_norm);
     }
     t->step++;
-    t->tokens += (int64_t)K * n;
+    t->tokens += (int64_t)K * n * world;
     s.step = t->step;
 done:
     hyb_graph_reset(t->g);

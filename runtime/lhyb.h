@@ -51,6 +51,7 @@ void lhyb_open_generate(lua_State *L); /* hyb.llm, hyb.sampler (lua_generate.c) 
 void lhyb_open_bench(lua_State *L);    /* hyb.bench (lua_bench.c) */
 void lhyb_open_engine(lua_State *L);   /* hyb.engine, hyb.plan_memory (lua_engine.c) */
 void lhyb_open_train(lua_State *L);    /* hyb.train, hyb.data.dataset/tokenizer (lua_train.c) */
+void lhyb_open_comm(lua_State *L);     /* hyb.comm (lua_comm.c) */
 void lhyb_open_serve(lua_State *L);    /* hyb.serve (lua_serve.c, serve.c) */
 
 /* A live hyb.model at idx (raises otherwise), and pushing a new hyb.model that takes ownership
@@ -100,6 +101,13 @@ const char *lhyb_opt_field_string(lua_State *L, int idx, const char *fname, cons
  * NULL when absent (the CPU). A device that cannot be opened raises its one-line reason. */
 struct hyb_backend;
 const struct hyb_backend *lhyb_opt_device(lua_State *L, int idx, const char *fname);
+/* The option `quant` ("off" | "precise" | "fast" | "auto") of the table at idx, for loading a GGUF
+ * (hyb_model_load_gguf_ex's quant argument). Given: sets the process-wide mode (hyb/hf.h
+ * hyb_quant_mode_set) and returns 0 for off, else 1. Absent: an inference load (inference 1)
+ * takes the mode HYB_QUANT chose, else HYB_QUANT_DEFAULT_MODE, and returns 1 unless that is off;
+ * a training load (inference 0) returns 0 (f32: trainable). "auto": as absent with inference 1.
+ * A bad value raises naming it. */
+int lhyb_opt_quant(lua_State *L, int idx, const char *fname, int inference);
 /* The option `kv_cache` of the table at idx ("f16", "q8_0", "f32") as a hyb_kv_dtype;
  * HYB_KV_DEFAULT (f16) when absent; another value raises "<fname>: kv_cache: unknown KV cache
  * type 'x' (allowed: f16, q8_0, f32)". */

@@ -62,12 +62,14 @@ static int32_t *synth_ids(int n, int V, uint32_t seed) {
     return ids;
 }
 
-/* hyb.bench.load(path) */
+/* hyb.bench.load(path[, {quant = "off"|"precise"|"fast", kv_cache = "f16"|"q8_0"|"f32"}])
+ * (defaults as hyb.llm) */
 static int l_load(lua_State *L) {
     const char *F = "hyb.bench.load";
-    static const char *const allowed[] = {"kv_cache", NULL};
+    static const char *const allowed[] = {"quant", "kv_cache", NULL};
     const char *path = luaL_checkstring(L, 1);
     lhyb_check_opts(L, 2, F, allowed);
+    const int quant = lhyb_opt_quant(L, 2, F, 1);
     const int kv = lhyb_opt_kv_cache(L, 2, F);
     lbench *b = (lbench *)lua_newuserdatauv(L, sizeof(lbench), 0);
     memset(b, 0, sizeof *b);
@@ -76,7 +78,7 @@ static int l_load(lua_State *L) {
     struct stat st;
     int dir = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
     double t0 = hyb_time_now();
-    int rc = dir ? hyb_model_load_hf_dir(path, &b->m) : hyb_model_load_gguf(path, &b->m);
+    int rc = dir ? hyb_model_load_hf_dir(path, &b->m) : hyb_model_load_gguf_ex(path, quant, &b->m);
     b->load_s = hyb_time_now() - t0;
     if (rc != HYB_OK) {
         b->m = NULL;

@@ -20,6 +20,8 @@
  * at most max_ctx tokens (default: the model's max_seq, at most 4096); going past it is an error.
  * Per-token work happens in C; Lua drives the loop, one call per token.
  */
+#include <cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -46,6 +48,8 @@ typedef struct lllm {
     int n_hist;
     double t_prefill, t_decode; /* seconds spent */
     long n_prefill, n_decode;   /* tokens */
+    char *chat_template;        /* the model's own, else hyb's ChatML (malloc'ed) */
+    int own_template;           /* 1: it came with the model / tokenizer */
 } lllm;
 
 static void llm_release(lllm *l) {
@@ -54,6 +58,7 @@ static void llm_release(lllm *l) {
     hyb_tokenizer_free(l->tok);
     free(l->logits);
     free(l->hist);
+    free(l->chat_template);
     memset(l, 0, sizeof *l);
 }
 
@@ -81,9 +86,10 @@ static hyb_tokenizer *load_tokenizer(const char *tp) {
 }
 
 /* hyb.llm([path][, {max_ctx = n, device = "cpu"|"cuda[:N]", tokenizer = path,
- *                    kv_cache = "f16"|"q8_0"|"f32"}]) */
+ *                   quant = "off"|"precise"|"fast", kv_cache = "f16"|"q8_0"|"f32"}]) */
 static int l_llm(lua_State *L) {
-    static const char *const allowed[] = {"max_ctx", "device", "tokenizer", "kv_cache", NULL};
+    static const char *const allowed[] = {"max_ctx", "device", "tokenizer", "quant", "kv_cache",
+                                          NULL};
     const char *F = "hyb.llm";
     char buf[1024];
     const char *path = NULL;
@@ -119,6 +125,8 @@ static int l_llm(lua_State *L) {
                               lhyb_describe(L, -1, buf, 96));
     }
     const hyb_backend *be = lhyb_opt_device(L, opt_idx, F); /* opened before the model loads */
+    /* quantized weights compute on the CPU: another device loads f32 unless quant is given */
+    const int quant = lhyb_opt_quant(L, opt_idx, F, !be || be->device == HYB_DEV_CPU);
 
     lllm *l = (lllm *)lua_newuserdatauv(L, sizeof(lllm), 0);
     memset(l, 0, sizeof *l);
@@ -129,7 +137,7 @@ static int l_llm(lua_State *L) {
     char lm_path[1200];
     snprintf(lm_path, sizeof lm_path, "%s/layermap.toml", path);
     struct stat lm_st;
-    int rc = !dir                         ? hyb_model_load_gguf(path, &l->m)
+    int rc = !dir                         ? hyb_model_load_gguf_ex(path, quant, &l->m)
              : stat(lm_path, &lm_st) == 0 ? hyb_model_load(path, &l->m)
                                           : hyb_model_load_hf_dir(path, &l->m);
     if (rc != HYB_OK) {
@@ -163,6 +171,20 @@ static int l_llm(lua_State *L) {
     if (!l->tok || (be && hyb_model_to_device(l->m, be) != HYB_OK)) {
         llm_release(l);
         return lhyb_raise_hyb(L, F);
+    }
+    /* the chat template that came with the tokenizer (or the model file), else hyb's ChatML */
+    l->chat_template = hyb_tokenizer_chat_template(tok_path ? tok_path : path);
+    if (l->chat_template && hyb_chat_template_check(l->chat_template) != HYB_OK) {
+        hyb_log(HYB_LOG_WARN, "%s: the model's chat template cannot be used (%s); using ChatML", F,
+                hyb_error());
+        hyb_error_clear();
+        free(l->chat_template);
+        l->chat_template = NULL;
+    }
+    l->own_template = l->chat_template != NULL;
+    if (!l->chat_template && !(l->chat_template = strdup(hyb_chat_template_chatml()))) {
+        llm_release(l);
+        return luaL_error(L, "%s: out of memory", F);
     }
     if (max_ctx == 0) max_ctx = l->m->map->max_seq < 4096 ? l->m->map->max_seq : 4096;
     if (max_ctx > l->m->map->max_seq) {
@@ -307,6 +329,166 @@ static int m_eos(lua_State *L) {
 
 static int m_bos(lua_State *L) {
     return push_id_or_nil(L, hyb_tokenizer_bos_id(check_llm(L, 1, "llm:bos")->tok));
+}
+
+/* A Lua value as JSON for a chat template's variables: tables with items 1..n (n > 0) are lists,
+ * other tables objects with string keys; strings, numbers, booleans, nil. Called twice: with
+ * build = 0 it only checks, raising a Lua error that names the place (messages[2].content), so
+ * that with build = 1 nothing can raise while cJSON memory is held. */
+static cJSON *lua_to_json(lua_State *L, int idx, const char *F, char *path, size_t cap, int depth,
+                          int build) {
+    static cJSON checked; /* what the checking pass returns: not NULL */
+    idx = lua_absindex(L, idx);
+    if (depth > 64) luaL_error(L, "%s: %s is nested too deeply", F, path);
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: return build ? cJSON_CreateNull() : &checked;
+    case LUA_TBOOLEAN: return build ? cJSON_CreateBool(lua_toboolean(L, idx)) : &checked;
+    case LUA_TNUMBER: {
+        double d = lua_tonumber(L, idx);
+        if (!isfinite(d)) luaL_error(L, "%s: %s is not a finite number", F, path);
+        return build ? cJSON_CreateNumber(d) : &checked;
+    }
+    case LUA_TSTRING: return build ? cJSON_CreateString(lua_tostring(L, idx)) : &checked;
+    case LUA_TTABLE: {
+        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+        size_t plen = strlen(path);
+        cJSON *a = !build ? &checked : n > 0 ? cJSON_CreateArray() : cJSON_CreateObject();
+        if (n > 0) {
+            for (lua_Integer i = 1; a && i <= n; i++) {
+                lua_rawgeti(L, idx, i);
+                snprintf(path + plen, cap - plen, "[%lld]", (long long)i);
+                cJSON *v = lua_to_json(L, -1, F, path, cap, depth + 1, build);
+                path[plen] = 0;
+                lua_pop(L, 1);
+                if (!build) continue;
+                if (!v) {
+                    cJSON_Delete(a);
+                    return NULL;
+                }
+                cJSON_AddItemToArray(a, v);
+            }
+            return a;
+        }
+        lua_pushnil(L);
+        while (a && lua_next(L, idx)) {
+            if (lua_type(L, -2) != LUA_TSTRING) /* only in the checking pass: nothing held */
+                luaL_error(L, "%s: %s has a non-string key (%s)", F, path, luaL_typename(L, -2));
+            const char *k = lua_tostring(L, -2);
+            snprintf(path + plen, cap - plen, ".%s", k);
+            cJSON *v = lua_to_json(L, -1, F, path, cap, depth + 1, build);
+            path[plen] = 0;
+            lua_pop(L, 1);
+            if (!build) continue;
+            if (!v) {
+                lua_pop(L, 1);
+                cJSON_Delete(a);
+                return NULL;
+            }
+            cJSON_AddItemToObject(a, k, v);
+        }
+        return a;
+    }
+    default:
+        luaL_error(L, "%s: %s is a %s (a template takes strings, numbers, booleans and tables)", F,
+                   path, luaL_typename(L, idx));
+        return NULL;
+    }
+}
+
+/* llm:chat_template() -> the template text, and true when it came with the model (false: hyb's
+ * ChatML, used when the model has none) */
+static int m_chat_template(lua_State *L) {
+    lllm *l = check_llm(L, 1, "llm:chat_template");
+    lua_pushstring(L, l->chat_template);
+    lua_pushboolean(L, l->own_template);
+    return 2;
+}
+
+/* llm:apply_chat_template(messages[, {add_generation_prompt = true, template = text, <name> =
+ * value...}]) -> the prompt text. messages: {{role = "user", content = "Hi"}, ...}. The model's
+ * template (or opts.template) is rendered as HF's apply_chat_template does, with bos_token and
+ * eos_token from the tokenizer and any other option as a template variable (e.g. tools). */
+static int m_apply_chat_template(lua_State *L) {
+    const char *F = "llm:apply_chat_template";
+    lllm *l = check_llm(L, 1, F);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 2, i);
+        if (!lua_istable(L, -1))
+            return luaL_error(L, "%s: messages[%d] must be a table {role = ..., content = ...}, got %s",
+                              F, (int)i, luaL_typename(L, -1));
+        lua_getfield(L, -1, "role");
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "%s: messages[%d].role must be a string, got %s", F, (int)i,
+                              luaL_typename(L, -1));
+        lua_pop(L, 2);
+    }
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    const char *tmpl = l->chat_template;
+    char path[256] = "messages";
+    /* check everything first (errors raise here, holding nothing) */
+    if (n > 0) lua_to_json(L, 2, F, path, sizeof path, 0, 0);
+    if (lua_istable(L, 3)) {
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            if (lua_type(L, -2) != LUA_TSTRING) return luaL_error(L, "%s: option keys must be strings", F);
+            const char *k = lua_tostring(L, -2);
+            if (!strcmp(k, "template")) {
+                if (lua_type(L, -1) != LUA_TSTRING)
+                    return luaL_error(L, "%s: template must be a string, got %s", F,
+                                      luaL_typename(L, -1));
+                tmpl = lua_tostring(L, -1); /* stays alive: the options table holds it */
+            } else if (!strcmp(k, "messages")) {
+                return luaL_error(L, "%s: pass messages as the first argument, not an option", F);
+            } else {
+                snprintf(path, sizeof path, "%s", k);
+                lua_to_json(L, -1, F, path, sizeof path, 0, 0);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    /* then build: nothing below raises before the cJSON tree is freed */
+    cJSON *ctx = cJSON_CreateObject();
+    snprintf(path, sizeof path, "messages");
+    cJSON *msgs = n > 0 ? lua_to_json(L, 2, F, path, sizeof path, 0, 1) : cJSON_CreateArray();
+    if (!ctx || !msgs) {
+        cJSON_Delete(ctx), cJSON_Delete(msgs);
+        return luaL_error(L, "%s: out of memory", F);
+    }
+    cJSON_AddItemToObject(ctx, "messages", msgs);
+    for (int k = 0; k < 2; k++) {
+        int32_t id = k ? hyb_tokenizer_eos_id(l->tok) : hyb_tokenizer_bos_id(l->tok);
+        size_t len = 0;
+        const char *p = id >= 0 ? hyb_tokenizer_token_to_piece(l->tok, id, &len) : NULL;
+        char buf[256];
+        snprintf(buf, sizeof buf, "%.*s", p ? (int)(len < 255 ? len : 255) : 0, p ? p : "");
+        cJSON_AddStringToObject(ctx, k ? "eos_token" : "bos_token", buf);
+    }
+    if (lua_istable(L, 3)) {
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            const char *k = lua_tostring(L, -2);
+            if (strcmp(k, "template") != 0) {
+                snprintf(path, sizeof path, "%s", k);
+                cJSON *v = lua_to_json(L, -1, F, path, sizeof path, 0, 1);
+                cJSON_DeleteItemFromObject(ctx, k);
+                if (v) cJSON_AddItemToObject(ctx, k, v);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    if (!cJSON_GetObjectItem(ctx, "add_generation_prompt"))
+        cJSON_AddTrueToObject(ctx, "add_generation_prompt");
+    char *json = cJSON_PrintUnformatted(ctx), *out = NULL;
+    cJSON_Delete(ctx);
+    if (!json) return luaL_error(L, "%s: out of memory", F);
+    int rc = hyb_chat_template_render(tmpl, json, &out);
+    free(json);
+    if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
+    lua_pushstring(L, out);
+    free(out);
+    return 1;
 }
 
 static int m_vocab_size(lua_State *L) {
@@ -689,7 +871,9 @@ void lhyb_open_generate(lua_State *L) {
         {"vocab_size", m_vocab_size}, {"max_ctx", m_max_ctx},   {"pos", m_pos},
         {"reset", m_reset},           {"prefill", m_prefill},   {"feed", m_feed},
         {"sample", m_sample},         {"generate", m_generate}, {"logits", m_logits},
-        {"stats", m_stats},           {"close", m_close},       {NULL, NULL}};
+        {"stats", m_stats},           {"close", m_close},
+        {"chat_template", m_chat_template}, {"apply_chat_template", m_apply_chat_template},
+        {NULL, NULL}};
     static const luaL_Reg sampler_methods[] = {
         {"sample", s_sample}, {"reseed", s_reseed}, {NULL, NULL}};
     lhyb_register_class(L, LHYB_LLM_MT, llm_methods, m_close, m_close, m_tostring);

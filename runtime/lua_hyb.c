@@ -109,6 +109,20 @@ static int l_log_level(lua_State *L) {
                       s);
 }
 
+/* hyb.threads([n]) -> the CPU compute threads in force (the caller included); with n, sets them
+ * first: n >= 1, or 0 for the default (OMP_NUM_THREADS, else the cores this process may use) */
+static int l_threads(lua_State *L) {
+    if (!lua_isnoneornil(L, 1)) {
+        lua_Integer n = luaL_checkinteger(L, 1);
+        if (n < 0 || n > 1024)
+            return lhyb_error(L, "hyb.threads: n must be in [0, 1024] (0 = default), got %lld",
+                              (long long)n);
+        if (hyb_set_threads((int)n) != HYB_OK) return lhyb_error(L, "hyb.threads: %s", hyb_error());
+    }
+    lua_pushinteger(L, hyb_threads());
+    return 1;
+}
+
 int luaopen_hyb(lua_State *L) {
     static const luaL_Reg funcs[] = {{"plugins", l_plugins},
                                      {"devices", l_devices},
@@ -117,6 +131,7 @@ int luaopen_hyb(lua_State *L) {
                                      {"time", l_time},
                                      {"isatty", l_isatty},
                                      {"log_level", l_log_level},
+                                     {"threads", l_threads},
                                      {NULL, NULL}};
     luaL_newlib(L, funcs);
     lhyb_open_tensor(L);
@@ -127,6 +142,7 @@ int luaopen_hyb(lua_State *L) {
     lhyb_open_bench(L);  /* hyb.bench (lua_bench.c) */
     lhyb_open_engine(L); /* hyb.engine, hyb.plan_memory (lua_engine.c) */
     lhyb_open_serve(L);  /* hyb.serve (lua_serve.c) */
+    lhyb_open_comm(L);   /* hyb.comm (lua_comm.c) */
     lhyb_set_str(L, "version", HYB_VERSION);
     return 1;
 }

@@ -19,7 +19,7 @@ static int l_serve(lua_State *L) {
     static const char *const allowed[] = {"model",     "host",          "port",         "slots",
                                           "max_ctx",   "max_queue",     "max_body",     "threads",
                                           "device",    "api_key",       "name",         "tokenizer",
-                                          "prefill_chunk", "prefix_block", "quiet",
+                                          "prefill_chunk", "prefix_block", "quiet",     "quant",
                                           "kv_cache",  NULL};
     const char *F = "hyb.serve";
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -38,6 +38,7 @@ static int l_serve(lua_State *L) {
     c.prefill_chunk = (int)lhyb_opt_field_int(L, 1, F, "prefill_chunk", 0, 1 << 24, 0);
     c.prefix_block = (int)lhyb_opt_field_int(L, 1, F, "prefix_block", 0, 1 << 24, 0);
     c.device = lhyb_opt_field_string(L, 1, F, "device", NULL);
+    c.quant = lhyb_opt_quant(L, 1, F, !c.device || !strcmp(c.device, "cpu"));
     c.api_key = lhyb_opt_field_string(L, 1, F, "api_key", NULL);
     c.name = lhyb_opt_field_string(L, 1, F, "name", NULL);
     c.tokenizer = lhyb_opt_field_string(L, 1, F, "tokenizer", NULL);

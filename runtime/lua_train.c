@@ -31,6 +31,7 @@
 #include "hyb/train.h"
 #include "hyb/backend.h"
 #include "hyb/engine.h"
+#include "hyb/comm.h"
 #include "lhyb.h"
 
 #define LHYB_TRAINER_MT "hyb.trainer"
@@ -115,9 +116,11 @@ static int l_clone(lua_State *L) {
     return 1;
 }
 
-/* hyb.train.load(path[, {device = "cpu"|"cuda[:N]"}]) -> hyb.model from a .gguf file, an HF
- * directory (config.json), a directory saved by model:save (layermap.toml) or a training checkpoint
- * (.safetensors), on the device asked for */
+/* hyb.train.load(path[, {device = "cpu"|"cuda[:N]", quant = "off"|"precise"|"fast"}]) ->
+ * hyb.model from a .gguf file, an HF directory (config.json), a directory saved by model:save
+ * (layermap.toml) or a training checkpoint (.safetensors), on the device asked for. quant
+ * (a .gguf only; default off = f32, trainable): keep the frozen weights in their blocks and
+ * compute in that mode (inference only: a backward through them is refused) */
 /* The base of a lean checkpoint (metadata hyb_base, hyb_base_hash; NULL / HYB_OK when it has
  * none) must still hash as it did when the checkpoint was written. */
 static int check_base(const char *path, const hyb_ckpt_meta *meta, const char **base) {
@@ -137,7 +140,8 @@ static int check_base(const char *path, const hyb_ckpt_meta *meta, const char **
 
 /* A model from any path hyb.train.load takes; a lean checkpoint loads its base first (depth:
  * chains of lean checkpoints, each stage's on the previous stage's). */
-static int load_model(lua_State *L, const char *F, const char *path, int depth, hyb_model **m) {
+static int load_model(lua_State *L, const char *F, const char *path, int depth, int quant,
+                      hyb_model **m) {
     char p[4200];
     *m = NULL;
     if (is_dir(path)) {
@@ -145,7 +149,7 @@ static int load_model(lua_State *L, const char *F, const char *path, int depth, 
         if (is_file(p)) return hyb_model_load(path, m);
         return hyb_model_load_hf_dir(path, m);
     }
-    if (ends_with(path, ".gguf")) return hyb_model_load_gguf(path, m);
+    if (ends_with(path, ".gguf")) return hyb_model_load_gguf_ex(path, quant, m);
     if (ends_with(path, ".safetensors")) {
         hyb_ckpt_meta meta;
         HYB_TRY(hyb_ckpt_read_meta(path, &meta));
@@ -157,7 +161,7 @@ static int load_model(lua_State *L, const char *F, const char *path, int depth, 
             if (depth >= 32)
                 rc = hyb_error_set(HYB_ERR_FORMAT, "%s: more than 32 lean checkpoints on one another", path);
             else
-                rc = load_model(L, F, base_path, depth + 1, &base);
+                rc = load_model(L, F, base_path, depth + 1, 0, &base);
             if (rc == HYB_OK) rc = hyb_model_from_checkpoint_base(path, base, m);
             hyb_model_free(base);
         }
@@ -172,13 +176,16 @@ static int load_model(lua_State *L, const char *F, const char *path, int depth, 
 }
 
 static int l_load(lua_State *L) {
-    static const char *const allowed[] = {"device", NULL};
+    static const char *const allowed[] = {"device", "quant", NULL};
     const char *F = "hyb.train.load";
     const char *path = check_string(L, 1, F, "path");
     lhyb_check_opts(L, 2, F, allowed);
     const hyb_backend *be = lhyb_opt_device(L, 2, F);
+    /* f32 (trainable) unless quant is given: a frozen model (a teacher, an evaluation) may keep
+     * a quantized GGUF's blocks */
+    const int quant = lhyb_opt_quant(L, 2, F, 0);
     hyb_model *m = NULL;
-    int rc = load_model(L, F, path, 0, &m);
+    int rc = load_model(L, F, path, 0, quant, &m);
     if (rc == HYB_OK && be && (rc = hyb_model_to_device(m, be)) != HYB_OK) hyb_model_free(m);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);
     lhyb_push_model(L, m, F);
@@ -411,7 +418,8 @@ static ltrainer *check_trainer(lua_State *L, int idx, const char *F) {
 static int l_trainer(lua_State *L) {
     static const char *const allowed[] = {
         "teacher", "lr",   "min_lr", "warmup", "steps",   "weight_decay", "betas",
-        "eps",     "clip", "accum",  "loss",   "weights", "temperature",  NULL};
+        "eps",     "clip", "accum",  "loss",   "weights", "temperature",  "data_parallel",
+        "bucket_mb", "comm_profile", NULL};
     const char *F = "hyb.train.trainer";
     lua_settop(L, 2);
     hyb_model *student = lhyb_check_model(L, 1, F);
@@ -495,6 +503,14 @@ static int l_trainer(lua_State *L) {
         t->t = NULL;
         return lhyb_raise_hyb(L, F);
     }
+    /* data_parallel = true: sum the gradients over hyb.comm's ranks (docs/DISTRIBUTED.md) */
+    if (lhyb_opt_field_bool(L, 2, F, "data_parallel", 0)) {
+        double mb = lhyb_opt_field_number(L, 2, F, "bucket_mb", 0);
+        if (mb < 0 || mb > 1 << 16)
+            return lhyb_error(L, "%s: option 'bucket_mb' must be in (0, 65536], got %g", F, mb);
+        hyb_trainer_set_comm(t->t, hyb_comm_world(), mb);
+        t->t->comm_profile = lhyb_opt_field_bool(L, 2, F, "comm_profile", 0);
+    }
     return 1;
 }
 
@@ -555,6 +571,8 @@ static int t_step(lua_State *L) {
     push_parts(L, st.parts);
     lhyb_set_num(L, "grad_norm", st.grad_norm);
     lhyb_set_num(L, "lr", st.lr);
+    lhyb_set_num(L, "comm_s", st.comm_s);
+    lhyb_set_num(L, "wait_s", st.wait_s);
     lhyb_set_int(L, "step", st.step);
     lua_pushboolean(L, st.skipped);
     lua_setfield(L, -2, "skipped");
@@ -1033,7 +1051,11 @@ static int push_batch(lua_State *L, lds *d, int split, int64_t step, int B, int 
     return 2;
 }
 
-/* ds:batch(step, B, T, seed) -> ids, targets (i32 [B, T]) */
+/* ds:batch(step, B, T, seed[, {rank=, world=, accum=}]) -> ids, targets (i32 [B, T]).
+ * With the shard option: this rank's rows of the global batch of B rows, seen as accum
+ * micro-batches of B/accum rows, each split in world equal parts: for every micro-batch k, rows
+ * k*B/accum + rank*m .. + m-1 with m = B/(accum*world); ids, targets [accum*m, T]. The ranks'
+ * rows together are the batch one process reads (hyb_dataset_batch_rows). */
 static int ds_batch(lua_State *L) {
     const char *F = "dataset:batch";
     lds *d = check_ds(L, 1, F);
@@ -1041,7 +1063,29 @@ static int ds_batch(lua_State *L) {
     int B = (int)lhyb_check_int(L, 3, F, "B", 1, 1 << 16);
     int T = (int)lhyb_check_int(L, 4, F, "T", 1, 1 << 24);
     lua_Integer seed = lhyb_check_int(L, 5, F, "seed", 0, LUA_MAXINTEGER);
-    return push_batch(L, d, HYB_SPLIT_TRAIN, step, B, T, (uint64_t)seed, F);
+    if (lua_isnoneornil(L, 6)) return push_batch(L, d, HYB_SPLIT_TRAIN, step, B, T, (uint64_t)seed, F);
+    static const char *const allowed[] = {"rank", "world", "accum", NULL};
+    lhyb_check_opts(L, 6, F, allowed);
+    int world = (int)lhyb_opt_field_int(L, 6, F, "world", 1, 1 << 20, 1);
+    int rank = (int)lhyb_opt_field_int(L, 6, F, "rank", 0, world - 1, 0);
+    int accum = (int)lhyb_opt_field_int(L, 6, F, "accum", 1, 1 << 16, 1);
+    if (B % accum != 0 || (B / accum) % world != 0)
+        return lhyb_error(L,
+                          "%s: a batch of %d rows does not split into accum %d micro-batches of "
+                          "world %d equal shards",
+                          F, B, accum, world);
+    const int micro = B / accum, m = micro / world;
+    int64_t shape[2] = {(int64_t)accum * m, T};
+    lhyb_tensor *ids = lhyb_push_owned(L, hyb_tensor_new(HYB_I32, 2, shape), F);
+    lhyb_tensor *tg = lhyb_push_owned(L, hyb_tensor_new(HYB_I32, 2, shape), F);
+    for (int k = 0; k < accum; k++) {
+        const int64_t o = (int64_t)k * m * T;
+        if (hyb_dataset_batch_rows(d->d, HYB_SPLIT_TRAIN, step, B, k * micro + rank * m, m, T,
+                                   (uint64_t)seed, (int32_t *)ids->t->data + o,
+                                   (int32_t *)tg->t->data + o) != HYB_OK)
+            return lhyb_raise_hyb(L, F);
+    }
+    return 2;
 }
 
 /* ds:val_batch(j, B, T) -> ids, targets of the fixed held-out batch j (0-based) */

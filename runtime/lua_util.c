@@ -8,6 +8,7 @@
 
 #include "hyb/common.h"
 #include "hyb/backend.h"
+#include "hyb/hf.h"
 #include "hyb/mixer.h"
 #include "lhyb.h"
 
@@ -342,6 +343,24 @@ const struct hyb_backend *lhyb_opt_device(lua_State *L, int idx, const char *fna
     const hyb_backend *be = NULL;
     if (hyb_backend_open(name, &be) != HYB_OK) lhyb_raise_hyb(L, fname);
     return be;
+}
+
+int lhyb_opt_quant(lua_State *L, int idx, const char *fname, int inference) {
+    const char *q = lhyb_opt_field_string(L, idx, fname, "quant", NULL);
+    if (q && !strcmp(q, "auto")) q = NULL, inference = 1; /* the inference default */
+    if (q) {
+        if (strcmp(q, "off") && strcmp(q, "precise") && strcmp(q, "fast") && strcmp(q, "emul"))
+            return luaL_error(L,
+                              "%s: quant must be \"off\", \"precise\", \"fast\" or \"auto\", "
+                              "got \"%s\"",
+                              fname, q);
+        if (hyb_quant_mode_set(q) != HYB_OK) lhyb_raise_hyb(L, fname);
+        return strcmp(q, "off") != 0;
+    }
+    if (!inference) return 0;
+    if (!hyb_quant_mode_chosen() && hyb_quant_mode_set(HYB_QUANT_DEFAULT_MODE) != HYB_OK)
+        lhyb_raise_hyb(L, fname);
+    return strcmp(hyb_quant_mode_current(), "off") != 0;
 }
 
 void lhyb_set_int(lua_State *L, const char *key, lua_Integer v) {

@@ -31,6 +31,7 @@
 
 #include "hyb/common.h"
 #include "hyb/mixer.h"
+#include "hyb/comm.h"
 #include "lhyb.h"
 
 #ifndef HYB_SCRIPTS_DIR
@@ -140,6 +141,11 @@ static void report(lua_State *L) {
     fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error without a message)");
     fflush(stderr);
     lua_pop(L, 1);
+    /* one rank of several failed: the others would wait for it in their next collective (and
+     * MPI_Finalize at exit would wait for them), so end the whole job now */
+    hyb_comm *c = hyb_comm_current();
+    if (c && hyb_comm_size(c) > 1)
+        hyb_comm_abort(c, 1, "the script failed on this rank (error above); ending the job");
 }
 
 /* Call the function below nargs arguments on the stack with the traceback handler. */
@@ -362,7 +368,10 @@ static int valid_script_name(const char *s) {
  * laptop, several jobs) spinning threads steal the cores the others need and a tiny model trains
  * several times slower (measured 7x on 2 busy cores). libgomp reads OMP_WAIT_POLICY once, while
  * the program loads, so choose "passive" by re-executing ourselves with it set, unless the user
- * chose a policy. */
+ * chose a policy. Decode does not depend on it: its products and attention run on hyb's own pool
+ * (core/backend/cpu/cpu_pool.c: workers spin up to HYB_POOL_SPIN_US, then sleep), and OpenMP is
+ * left with the large regions of prefill and training, whose wake-up cost passive waiting does
+ * not notice. */
 static void ensure_omp_wait_policy(char **argv) {
     if (getenv("OMP_WAIT_POLICY")) return;
     if (setenv("OMP_WAIT_POLICY", "passive", 0) != 0) return;

@@ -278,6 +278,9 @@ typedef struct srv {
     char model_id[256];
     hyb_model *m;
     hyb_tokenizer *tok;
+    char *chat_template; /* the model's own (GGUF / tokenizer_config.json), else hyb's ChatML */
+    char *bos_text, *eos_text; /* the special tokens' text, for the template's bos/eos_token */
+    int chatml_stop;     /* add "<|im_end|>" as a stop string (ChatML templates) */
     hyb_engine *e;
     int max_ctx, V;
     int32_t eos;
@@ -452,9 +455,9 @@ static void admit(srv *s) {
 
 static void *engine_main(void *arg) {
     srv *s = (srv *)arg;
-#ifdef _OPENMP
-    if (s->cfg.threads > 0) omp_set_num_threads(s->cfg.threads);
-#endif
+    /* the pool's count (process-wide) and OpenMP's on this thread, which runs the engine */
+    if (s->cfg.threads > 0 && hyb_set_threads(s->cfg.threads) != HYB_OK)
+        fprintf(stderr, "hyb serve: %s\n", hyb_error());
     pthread_mutex_lock(&s->mu);
     for (;;) {
         admit(s);
@@ -561,12 +564,12 @@ static int tokenize(srv *s, const char *text, size_t len, int32_t **ids, int *n,
     return 0;
 }
 
-/* ChatML (the SmolLM2 template, as scripts/genlib.lua's chatml): a default system turn unless the
- * first message is one, then the assistant header. */
-static const char *default_system = "You are a helpful AI assistant named SmolLM, trained by "
-                                    "Hugging Face";
-
-static int chat_prompt(const cJSON *msgs, buf *out, apierr *e) {
+/* The prompt of a chat request. The messages are checked here (roles, text content), then
+ * rendered by the model's chat template (s->chat_template: its own, else hyb's ChatML) as HF's
+ * apply_chat_template would (core/tokenizer/chat_template.c). A template that refuses the
+ * conversation (raise_exception, e.g. "roles must alternate") is a 400 naming 'messages' with the
+ * template's message. */
+static int chat_prompt(srv *s, const cJSON *msgs, buf *out, apierr *e) {
     if (!cJSON_IsArray(msgs))
         return api_fail(e, 400, "messages", is_null(msgs) ? "missing_field" : "invalid_type",
                         is_null(msgs) ? "'messages' is required"
@@ -575,31 +578,39 @@ static int chat_prompt(const cJSON *msgs, buf *out, apierr *e) {
     if (n == 0) return api_fail(e, 400, "messages", "invalid_value", "'messages' is empty");
     int i = 0;
     const cJSON *m;
+    buf content_text = {0}; /* one message's text content */
+    cJSON *tmsgs = cJSON_CreateArray();
+    if (!tmsgs) return api_fail(e, 500, "", "server_error", "out of memory");
     cJSON_ArrayForEach(m, msgs) {
         char pname[64];
         snprintf(pname, sizeof pname, "messages[%d]", i);
-        if (!cJSON_IsObject(m))
+        if (!cJSON_IsObject(m)) {
+            buf_free(&content_text), cJSON_Delete(tmsgs);
             return api_fail(e, 400, pname, "invalid_type", "'%s' must be an object, got %s", pname,
                             type_name(m));
+        }
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
         snprintf(pname, sizeof pname, "messages[%d].role", i);
-        if (!cJSON_IsString(role))
+        if (!cJSON_IsString(role)) {
+            buf_free(&content_text), cJSON_Delete(tmsgs);
             return api_fail(e, 400, pname, "invalid_type", "'%s' must be a string, got %s", pname,
                             type_name(role));
+        }
         const char *rn = role->valuestring;
         if (strcmp(rn, "developer") == 0) rn = "system";
-        if (strcmp(rn, "system") && strcmp(rn, "user") && strcmp(rn, "assistant"))
+        if (strcmp(rn, "system") && strcmp(rn, "user") && strcmp(rn, "assistant")) {
+            buf_free(&content_text), cJSON_Delete(tmsgs);
             return api_fail(e, 400, pname, "invalid_value",
                             "'%s' must be one of system, developer, user, assistant; got '%s'",
                             pname, role->valuestring);
-        if (i == 0 && strcmp(rn, "system") != 0) {
-            buf_printf(out, "<|im_start|>system\n%s<|im_end|>\n", default_system);
         }
-        buf_printf(out, "<|im_start|>%s\n", rn);
+        content_text.n = 0;
+        if (content_text.p) content_text.p[0] = 0;
+        buf *dst = &content_text;
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
         snprintf(pname, sizeof pname, "messages[%d].content", i);
         if (cJSON_IsString(content)) {
-            buf_puts(out, content->valuestring);
+            buf_puts(dst, content->valuestring);
         } else if (cJSON_IsArray(content)) {
             int k = 0;
             const cJSON *part;
@@ -610,23 +621,55 @@ static int chat_prompt(const cJSON *msgs, buf *out, apierr *e) {
                     strcmp(ty->valuestring, "text") != 0 || !cJSON_IsString(tx)) {
                     char pp[96];
                     snprintf(pp, sizeof pp, "%s[%d]", pname, k);
+                    buf_free(&content_text), cJSON_Delete(tmsgs);
                     return api_fail(e, 400, pp, "invalid_value",
                                     "'%s' must be a text part {\"type\": \"text\", \"text\": ...} "
                                     "(this model reads text only)",
                                     pp);
                 }
-                buf_puts(out, tx->valuestring);
+                buf_puts(dst, tx->valuestring);
                 k++;
             }
         } else if (!(is_null(content) && strcmp(rn, "assistant") == 0)) {
+            buf_free(&content_text), cJSON_Delete(tmsgs);
             return api_fail(e, 400, pname, is_null(content) ? "missing_field" : "invalid_type",
                             "'%s' must be a string or an array of text parts, got %s", pname,
                             type_name(content));
         }
-        buf_puts(out, "<|im_end|>\n");
+        cJSON *tm = cJSON_CreateObject();
+        if (!tm || !cJSON_AddStringToObject(tm, "role", rn) ||
+            !cJSON_AddStringToObject(tm, "content", content_text.p ? content_text.p : "")) {
+            cJSON_Delete(tm), buf_free(&content_text), cJSON_Delete(tmsgs);
+            return api_fail(e, 500, "", "server_error", "out of memory");
+        }
+        cJSON_AddItemToArray(tmsgs, tm);
         i++;
     }
-    buf_puts(out, "<|im_start|>assistant\n");
+    buf_free(&content_text);
+    /* the template, with HF's variables */
+    cJSON *ctx = cJSON_CreateObject();
+    char *ctx_json = NULL, *text = NULL;
+    if (ctx) {
+        cJSON_AddItemToObject(ctx, "messages", tmsgs);
+        tmsgs = NULL;
+        cJSON_AddTrueToObject(ctx, "add_generation_prompt");
+        cJSON_AddStringToObject(ctx, "bos_token", s->bos_text ? s->bos_text : "");
+        cJSON_AddStringToObject(ctx, "eos_token", s->eos_text ? s->eos_text : "");
+        ctx_json = cJSON_PrintUnformatted(ctx);
+    }
+    cJSON_Delete(ctx);
+    cJSON_Delete(tmsgs);
+    if (!ctx_json) return api_fail(e, 500, "", "server_error", "out of memory");
+    int rc = hyb_chat_template_render(s->chat_template, ctx_json, &text);
+    free(ctx_json);
+    if (rc != HYB_OK) {
+        int r = api_fail(e, 400, "messages", "invalid_value",
+                         "the model's chat template refused these messages: %s", hyb_error());
+        hyb_error_clear();
+        return r;
+    }
+    buf_puts(out, text);
+    free(text);
     return 0;
 }
 
@@ -782,7 +825,7 @@ static int parse_request(srv *s, int ep, const char *body, size_t len, req *r, a
     /* prompts */
     if (ep == EP_CHAT) {
         buf text = {0};
-        if (chat_prompt(cJSON_GetObjectItemCaseSensitive(root, "messages"), &text, e) < 0) {
+        if (chat_prompt(s, cJSON_GetObjectItemCaseSensitive(root, "messages"), &text, e) < 0) {
             buf_free(&text);
             goto out;
         }
@@ -790,7 +833,7 @@ static int parse_request(srv *s, int ep, const char *body, size_t len, req *r, a
         buf_free(&text);
         if (trc < 0) goto out;
         r->n_prompts = 1;
-        if (r->n_stop < MAX_STOP + 1) r->stops[r->n_stop++] = strdup("<|im_end|>");
+        if (s->chatml_stop && r->n_stop < MAX_STOP + 1) r->stops[r->n_stop++] = strdup("<|im_end|>");
     } else {
         const cJSON *pr = cJSON_GetObjectItemCaseSensitive(root, "prompt");
         if (is_null(pr)) {
@@ -1571,7 +1614,7 @@ static int load(srv *s) {
         return HYB_ERR_ARG;
     int dir = is_dir(c->model_path);
     int rc = dir ? hyb_model_load_hf_dir(c->model_path, &s->m)
-                 : hyb_model_load_gguf(c->model_path, &s->m);
+                 : hyb_model_load_gguf_ex(c->model_path, c->quant, &s->m);
     if (rc != HYB_OK) {
         s->m = NULL;
         return rc;
@@ -1586,6 +1629,26 @@ static int load(srv *s) {
         s->tok = hyb_tokenizer_load_gguf(c->model_path);
     }
     if (!s->tok) return HYB_ERR_ARG;
+    /* the chat template that came with the tokenizer (or the model file); ChatML without one */
+    s->chat_template = hyb_tokenizer_chat_template(c->tokenizer ? c->tokenizer : c->model_path);
+    if (s->chat_template && hyb_chat_template_check(s->chat_template) != HYB_OK) {
+        hyb_log(HYB_LOG_WARN, "serve: the model's chat template cannot be used (%s); chat requests "
+                "are written as ChatML", hyb_error());
+        hyb_error_clear();
+        free(s->chat_template);
+        s->chat_template = NULL;
+    }
+    if (!s->chat_template) s->chat_template = strdup(hyb_chat_template_chatml());
+    if (!s->chat_template) return hyb_error_set(HYB_ERR_NOMEM, "serve: out of memory");
+    s->chatml_stop = strstr(s->chat_template, "<|im_end|>") != NULL;
+    for (int k = 0; k < 2; k++) {
+        int32_t id = k ? hyb_tokenizer_eos_id(s->tok) : hyb_tokenizer_bos_id(s->tok);
+        size_t len = 0;
+        const char *p = id >= 0 ? hyb_tokenizer_token_to_piece(s->tok, id, &len) : NULL;
+        char *t = p ? malloc(len + 1) : NULL;
+        if (t) memcpy(t, p, len), t[len] = 0;
+        *(k ? &s->eos_text : &s->bos_text) = t;
+    }
     if (be && hyb_model_to_device(s->m, be) != HYB_OK) return HYB_ERR_ARG;
     int max_seq = s->m->map->max_seq;
     s->max_ctx = c->max_ctx ? c->max_ctx : (max_seq < 2048 ? max_seq : 2048);
@@ -1617,6 +1680,9 @@ static void unload(srv *s) {
     hyb_engine_free(s->e);
     hyb_model_free(s->m);
     hyb_tokenizer_free(s->tok);
+    free(s->chat_template);
+    free(s->bos_text);
+    free(s->eos_text);
 }
 
 /* The listening socket, made before the model loads so that a bad address or a port in use

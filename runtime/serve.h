@@ -34,6 +34,8 @@ typedef struct hyb_serve_config {
     int prefix_block;       /* engine automatic prefix caching block (0: off) */
     int kv_cache;           /* hyb_kv_dtype of the KV caches (HYB_KV_F16 by default) */
     const char *device;     /* NULL/"cpu", "cuda", "cuda:N" */
+    int quant;              /* a .gguf: 1 keeps its frozen weights in blocks (hyb/hf.h
+                               hyb_model_load_gguf_ex), 0 loads f32 */
     const char *api_key;    /* NULL: no authentication */
     int quiet;              /* no startup/shutdown lines */
 } hyb_serve_config;

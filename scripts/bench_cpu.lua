@@ -1,7 +1,10 @@
 -- scripts/bench_cpu.lua: CPU inference benchmark of the default teacher (or $HYB_MODEL / arg 1).
 --
---   hyb bench_cpu [model.gguf] [--quick] [--out FILE] [--kv-cache f16|q8_0|f32]
+--   hyb bench_cpu [model.gguf] [--quick] [--quant off|precise|fast] [--out FILE]
+--                 [--kv-cache f16|q8_0|f32]
 --
+-- --quant: how a quantized GGUF's weights compute, as hyb generate --quant (default $HYB_QUANT,
+-- else precise; off = dequantised to f32 at load).
 -- Reports load time, prefill tok/s at prompt lengths 64/256/1024, decode tok/s at batch 1/4/16
 -- (after a 32-token context per sequence), peak RSS, and the memory-bound floor: bytes of weights
 -- one decode step reads divided by the measured read bandwidth. Prints a table and writes JSON to
@@ -10,14 +13,15 @@
 -- CPU seconds (user + system of all threads) are reported too: on a shared machine they move
 -- less with other processes' load than wall time does. "ms" is per prefill / per decode step.
 -- --kv-cache: the attention KV cache's storage type (default f16; kv_bytes_per_token follows it).
-local USAGE = "usage: hyb bench_cpu [model.gguf] [--quick] [--out FILE] [--kv-cache f16|q8_0|f32]"
+local USAGE = "usage: hyb bench_cpu [model.gguf] [--quick] [--quant off|precise|fast] [--out FILE]"
+  .. " [--kv-cache f16|q8_0|f32]"
 local function usage(msg)
   if not msg then print(USAGE) os.exit(0) end -- --help
   io.stderr:write("hyb bench_cpu: ", msg, "\n", USAGE, "\n")
   os.exit(2)
 end
 local args = { ... }
-local path, out, quick, kv_cache = nil, nil, false, "f16"
+local path, out, quick, quant, kv_cache = nil, nil, false, nil, "f16"
 local i = 1
 while i <= #args do
   local a = args[i]
@@ -37,6 +41,15 @@ while i <= #args do
   elseif a == "--out" then
     i = i + 1
     out = args[i] or usage("--out needs a value")
+  elseif a == "--quant" or a:match("^%-%-quant=") then
+    quant = a:match("^%-%-quant=(.*)$")
+    if not quant then
+      i = i + 1
+      quant = args[i] or usage("--quant needs a value")
+    end
+    if quant ~= "off" and quant ~= "precise" and quant ~= "fast" then
+      usage("--quant must be off, precise or fast, got '" .. quant .. "'")
+    end
   elseif a:sub(1, 1) == "-" then
     usage("unknown option " .. a)
   elseif path then
@@ -92,7 +105,7 @@ local bw = hyb.bench.bandwidth(256)
 res.copy_GBps, res.read_GBps = bw.copy / 1e9, bw.read / 1e9
 
 res.kv_cache = kv_cache
-local m <close> = hyb.bench.load(path, {kv_cache = kv_cache})
+local m <close> = hyb.bench.load(path, {quant = quant, kv_cache = kv_cache})
 res.load_s = m:load_s()
 res.weight_bytes = m:weight_bytes()
 res.kv_bytes_per_token = m:kv_bytes_per_token()

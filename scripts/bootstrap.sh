@@ -10,7 +10,8 @@
 #
 # Needs: cmake, a C11 compiler and g++ (C++17, for the toml++ shim), pkg-config, Lua 5.4,
 # OpenBLAS, toml++, PCRE2, cJSON, libedit (the prompt's line editing), libmicrohttpd (the HTTP
-# server of `hyb serve`); tmux drives the prompt's test as a terminal; OpenMP is gcc's libgomp
+# server of `hyb serve`), OpenMPI (libopenmpi-dev + openmpi-bin: `mpirun -np N hyb distill`, data-
+# parallel distillation, docs/DISTRIBUTED.md); tmux drives the prompt's test as a terminal; OpenMP is gcc's libgomp
 # (comes with gcc). python3 with pip is
 # used only by scripts/fetch_model.sh (`pip download`, no venv). CUDA is optional and never
 # installed here: the CUDA backend is compiled when the toolkit's headers exist.
@@ -31,7 +32,7 @@ if [[ "${1:-}" == --fuzz ]]; then
 fi
 
 PKGS=(cmake make gcc g++ pkg-config liblua5.4-dev libopenblas-dev libtomlplusplus-dev
-      libpcre2-dev libcjson-dev libedit-dev tmux libmicrohttpd-dev)
+      libpcre2-dev libcjson-dev libedit-dev tmux libmicrohttpd-dev libopenmpi-dev openmpi-bin)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "bootstrap: not a Debian-based system; make sure these (or their equivalents) are" \

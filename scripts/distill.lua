@@ -21,6 +21,8 @@
 -- Recipe keys (all optional unless said):
 --   [run]   teacher (required: .gguf, HF dir, model:save dir), out, seed = 1,
 --           log_every = 10, eval_every = 50, eval_batches = 4, ckpt_every = 50,
+--           teacher_quant = "precise" | "fast" | "off" (a .gguf teacher on the CPU computes from
+--           its quantized blocks, default precise; off: dequantised to f32 at load),
 --           checkpoints = "lean" | "full" (lean: <stage>/ckpt and final hold only the trainable
 --           parameters, the frozen ones stay in the stage's base, the teacher or the previous
 --           stage's final, named by path and content hash; final never holds optimiser state)
@@ -68,7 +70,12 @@
 -- the whole run and of the stage); otherwise a plain line every log_every steps; --quiet prints
 -- only the final summary and errors. HYB_TTY=1 / 0 overrides the terminal test.
 -- HYB_DISTILL_EXIT_AFTER=n (tests): exit abruptly (status 3) after n optimiser updates of this
--- process, as a kill would.
+-- process, as a kill would; with HYB_DISTILL_EXIT_RANK=r under mpirun only rank r stops, killed
+-- by SIGKILL.
+-- Data parallel (docs/DISTRIBUTED.md): `mpirun -np N hyb distill recipe.toml` runs N ranks; the
+-- recipe's batch is the global one (each rank takes batch / N rows of every micro-batch: batch
+-- must divide by N), the gradients are summed over the ranks before every update, rank 0 alone
+-- writes (checkpoints, metrics, reports, models), the held-out batches are split over the ranks.
 local hyb = require("hyb")
 local RL = require("recipelib")
 local P = require("progresslib")
@@ -100,6 +107,11 @@ local R, recipe_pos = RL.read(recipe_path) -- every key checked: nothing runs on
 local run = R.run
 local data = R.data
 local train = R.train or {}
+-- data parallel: this process is rank `my_rank` of `world`; only rank 0 writes files
+local comm = hyb.comm
+local world, my_rank = comm.size(), comm.rank()
+local writer = my_rank == 0
+if not writer then quiet = true end -- rank 0 speaks for the job
 if quiet then hyb.log_level("warn") end
 local prog <close> = P.new{mode = P.mode(quiet, io.stdout), stream = io.stdout}
 local function say(line) prog:log(line) end
@@ -107,6 +119,13 @@ local out = args[2] or run.out or error(recipe_path .. ": [run] out is missing a
 local seed = run.seed or 1
 local lean = (run.checkpoints or "lean") == "lean"
 local exit_after = tonumber(os.getenv("HYB_DISTILL_EXIT_AFTER") or "")
+local exit_rank = tonumber(os.getenv("HYB_DISTILL_EXIT_RANK") or "")
+-- HYB_DISTILL_STALL_AFTER=n (tests): rank HYB_DISTILL_EXIT_RANK (default 1) stops taking part
+-- for 60 s after n updates, as a hung peer would (the others' collectives must time out)
+local stall_after = tonumber(os.getenv("HYB_DISTILL_STALL_AFTER") or "")
+-- a long phase on one rank (tokenizing, generating the teacher's text, saving) while the others
+-- wait: at least an hour, however short the collectives' deadline
+local long_wait = math.max(comm.timeout(), 3600)
 local recipe_dir = recipe_path:match("^(.*)/[^/]*$") or "."
 
 local function expand(p)
@@ -143,16 +162,35 @@ if not teacher_path:match("^/") and not exists(teacher_path) and exists(recipe_d
   teacher_path = recipe_dir .. "/" .. teacher_path
 end
 -- [run] device = "cpu" | "cuda" | "cuda:N": the teacher, the students and all their compute
+-- (under mpirun, "cuda" is cuda:<local rank mod devices>)
 local device = run.device
 if device ~= nil and (type(device) ~= "string" or device == "") then
   error(recipe_path .. ": [run] device must be a device name such as \"cpu\" or \"cuda:0\"", 0)
+end
+-- data parallel on GPUs: "cuda" without an index puts each rank of a node on its own device
+-- (the launcher's local rank modulo the node's device count)
+if device == "cuda" and world > 1 then
+  local lr = tonumber(os.getenv("OMPI_COMM_WORLD_LOCAL_RANK") or os.getenv("MPI_LOCALRANKID")
+    or os.getenv("SLURM_LOCALID") or "")
+  local n = 1
+  for _, d in ipairs(hyb.devices()) do
+    if d.name == "cuda" then n = tonumber(tostring(d.status):match("(%d+) devices?")) or 1 end
+  end
+  if lr then device = ("cuda:%d"):format(lr % n) end
 end
 if device ~= nil then
   local ok, err = pcall(hyb.device, device)
   if not ok then error(recipe_path .. ": [run] device: " .. tostring(err):gsub("^hyb%.device: ", ""), 0) end
 end
 local load_opts = device and {device = device} or nil
-local teacher = hyb.train.load(teacher_path, load_opts)
+-- [run] teacher_quant = "off" | "precise" | "fast": a quantized .gguf teacher is frozen, so on
+-- the CPU its forward runs on its GGUF blocks (no f32 copy), precise by default (the f32
+-- computation up to summation order); "off" dequantises it to f32. The students are f32 clones.
+local teacher_opts = {device = device}
+if teacher_path:match("%.gguf$") then
+  teacher_opts.quant = run.teacher_quant or ((device == nil or device == "cpu") and "precise" or "off")
+end
+local teacher = hyb.train.load(teacher_path, teacher_opts)
 local V = teacher:config().vocab_size
 local n_layers = teacher:config().n_layers
 for _, name in ipairs(R.stages.__order) do
@@ -160,6 +198,19 @@ for _, name in ipairs(R.stages.__order) do
     if l >= n_layers then
       error(("%s: stage '%s': layers element %d = %d is out of range: the teacher has %d layers (0 to %d)"):format(
         recipe_pos["stages." .. name .. ".layers"] or recipe_path, name, i, l, n_layers, n_layers - 1), 0)
+    end
+  end
+end
+-- The recipe's batch is global: every micro-batch splits evenly over the ranks.
+if world > 1 then
+  for _, name in ipairs(R.stages.__order) do
+    local S = R.stages[name]
+    local B = S.batch or train.batch or 4
+    if B % world ~= 0 then
+      local key = S.batch and ("stages." .. name .. ".batch") or "train.batch"
+      error(("%s: %s = %d (the global micro-batch) does not divide over %d ranks: each rank takes batch / ranks rows of every micro-batch (accum = %d); use a batch that is a multiple of %d, or another -np"):format(
+        recipe_pos[key] or recipe_path, S.batch and ("[stages." .. name .. "] batch") or "[train] batch", B, world,
+        S.accum or train.accum or 1, world), 0)
     end
   end
 end
@@ -224,20 +275,29 @@ if data.generate ~= nil then
     source = TL.source(src), log = say}
   local ok, prompts = pcall(TL.prompts, src)
   if not ok then error(recipe_path .. ": [data] generate: " .. tostring(prompts), 0) end
-  local done = TL.status(gset, #prompts)
-  if done == #prompts then
-    say(("data: teacher text %s complete (%d prompts)"):format(gset.out, #prompts))
-  else
-    TL.generate(teacher, tok, prompts, gset)
+  if writer then -- rank 0 writes the teacher's text; the others wait for it
+    local done = TL.status(gset, #prompts)
+    if done == #prompts then
+      say(("data: teacher text %s complete (%d prompts)"):format(gset.out, #prompts))
+    else
+      TL.generate(teacher, tok, prompts, gset)
+    end
   end
+  comm.barrier(long_wait)
   files[#files + 1] = gset.out
 end
 
 local special = data.special
 if special == nil then special = data.generate ~= nil end
-local ds = hyb.data.dataset{files = files, include = strlist(data.include), exclude = strlist(data.exclude),
-  max_bytes = data.max_bytes, tokenizer = tok, special = special and tok ~= nil, cache = out .. "/data.bin",
-  val_fraction = data.val_fraction or 0.05, seed = data.seed or seed}
+local function open_dataset()
+  return hyb.data.dataset{files = files, include = strlist(data.include), exclude = strlist(data.exclude),
+    max_bytes = data.max_bytes, tokenizer = tok, special = special and tok ~= nil, cache = out .. "/data.bin",
+    val_fraction = data.val_fraction or 0.05, seed = data.seed or seed}
+end
+-- rank 0 tokenizes and writes the cache; then the others read it
+local ds = writer and open_dataset() or nil
+comm.barrier(long_wait)
+ds = ds or open_dataset()
 local info = ds:info()
 say(("data: %d training + %d held-out tokens from %d documents in %d files, %d bytes (%s)"):format(info.train_tokens,
   info.val_tokens, info.docs, info.files, info.bytes, info.from_cache and "cache" or "tokenized"))
@@ -251,6 +311,7 @@ local metrics_path = out .. "/metrics.jsonl"
 -- Keep the lines of stages before `stage` and of `stage` up to `upto` steps (a resumed stage
 -- rewrites what came after its checkpoint).
 local function truncate_metrics(stage_idx, upto)
+  if not writer then return end
   local f = io.open(metrics_path, "r")
   if not f then return end
   local keep = {}
@@ -267,6 +328,7 @@ local function truncate_metrics(stage_idx, upto)
 end
 
 local function write_svg()
+  if not writer then return end
   local f = io.open(metrics_path, "r")
   if not f then return end
   local tr, va, bounds = {}, {}, {}
@@ -472,17 +534,20 @@ choose_layers = function(si, name, S, student, dir)
   if rec.source ~= "layers" then -- a choice made here (layers given in the recipe are no decision)
     local line = {kind = "rank", stage = name, stage_index = si, step = 0}
     for k, v in pairs(rec) do line[k] = v end
-    local mf = assert(io.open(metrics_path, "a"))
-    mf:write(json(line), "\n")
-    mf:close()
+    if writer then
+      local mf = assert(io.open(metrics_path, "a"))
+      mf:write(json(line), "\n")
+      mf:close()
+    end
   end
-  E.write(rec_path, E.json(rec) .. "\n")
+  if writer then E.write(rec_path, E.json(rec) .. "\n") end
   return rec.layers
 end
 
 -- report.md / report.json: every stage's layer choice (how, scores) and held-out loss before and
 -- after its training, from <stage>/ranking.json and metrics.jsonl.
 local function write_report()
+  if not writer then return end
   local val = {}
   local f = io.open(metrics_path, "r")
   if f then
@@ -624,13 +689,28 @@ for si, name in ipairs(order) do
       min_lr = setting(S, "min_lr", setting(S, "lr", 3e-4) / 10), warmup = setting(S, "warmup", 0),
       steps = steps, accum = accum, loss = setting(S, "loss", "reverse_kl"), weights = strip(setting(S, "weights", nil)),
       temperature = setting(S, "temperature", 1.0), weight_decay = setting(S, "weight_decay", 0.1),
-      clip = setting(S, "clip", 1.0)})
+      clip = setting(S, "clip", 1.0), data_parallel = world > 1})
     local ckpt = dir .. "/ckpt.safetensors"
     if exists(ckpt) then
       local meta = tr:load(ckpt)
       say(("stage %d '%s': resumed from %s at step %d"):format(si, name, ckpt, tr:steps()))
       assert(meta.stage == name, ckpt .. " belongs to stage " .. tostring(meta.stage))
+      -- the data position is (data_seed, step, global batch): the same at any world size, and the
+      -- parameters and moments are the same on every rank, so a checkpoint of W ranks resumes
+      -- on W' (the gradient sums then run in another order: equal up to float rounding)
+      local rows = tonumber(meta.global_batch_rows or "")
+      if rows and rows ~= accum * B then
+        error(("%s: written with a global batch of %d rows per step, the recipe now says %d (accum %d x batch %d); remove %s to start the stage again"):format(
+          ckpt, rows, accum * B, accum, B, dir), 0)
+      end
+      local w0 = tonumber(meta.world_size or "1")
+      if w0 ~= world then
+        say(("stage %d '%s': the checkpoint was written by %d rank(s), resuming on %d (same global batch, same data order)"):format(
+          si, name, w0, world))
+      end
     end
+    -- every rank has read the checkpoint before rank 0 may replace it
+    comm.barrier()
     local groups = {}
     local scales = setting(S, "lr_scale", nil)
     if scales ~= nil and (type(scales) ~= "table" or not scales.__order) then
@@ -650,16 +730,31 @@ for si, name in ipairs(order) do
     truncate_metrics(si, tr:steps())
     say(("stage %d/%d '%s': %s, layers %s -> %s, %d steps of %d x %d x %d tokens"):format(si, #order, name,
       student:pattern(), json(layers or {}), mixer, steps, accum, B, T))
-    local mf = assert(io.open(metrics_path, "a"))
+    local mf = writer and assert(io.open(metrics_path, "a"))
+      or {write = function() end, flush = function() end, close = function() end}
     local data_seed = seed * 1000 + si
+    local Bw = B // world -- this rank's rows of every micro-batch
+    local shard = world > 1 and {rank = my_rank, world = world, accum = accum} or nil
+    -- checkpoint metadata: the data position (data_seed, step, rows per step) and the world size
+    local ckpt_meta = {stage = name, data_seed = data_seed, world_size = tostring(world),
+      global_batch_rows = tostring(accum * B)}
     local needs_targets = setting(S, "loss", "reverse_kl") == "ce" or (setting(S, "weights", {}).ce or 0) > 0
     local function evaluate(step)
       local sum, parts = 0, {}
-      for j = 0, eval_batches - 1 do
+      -- held-out batch j on rank j % world; the sums over the ranks (one process: all of them, in order)
+      for j = my_rank, eval_batches - 1, world do
         local ids, tg = ds:val_batch(j, B, T)
         local r = tr:eval(ids, B, T, {targets = tg})
         sum = sum + r.loss
         for k, v in pairs(r) do if k ~= "loss" then parts[k] = (parts[k] or 0) + v / eval_batches end end
+      end
+      if world > 1 then
+        local keys = {"rkl", "fkl", "ce"}
+        local v = {sum}
+        for i, k in ipairs(keys) do v[1 + i] = parts[k] or 0; v[4 + i] = parts[k] and 1 or 0 end
+        v = comm.allreduce(v)
+        sum, parts = v[1], {}
+        for i, k in ipairs(keys) do if v[4 + i] > 0 then parts[k] = v[1 + i] end end
       end
       local rec = {kind = "val", stage = name, stage_index = si, step = step, loss = sum / eval_batches}
       for k, v in pairs(parts) do rec[k] = v end
@@ -676,13 +771,14 @@ for si, name in ipairs(order) do
     local step_tokens = accum * B * T
     local stage_base = prog.done - start * step_tokens -- run tokens before this stage's step 0
     for step = start, steps - 1 do
-      local ids, tg = ds:batch(step, accum * B, T, data_seed)
-      local st = tr:step(ids, B, T, needs_targets and {targets = tg} or nil)
+      local ids, tg = ds:batch(step, accum * B, T, data_seed, shard)
+      local st = tr:step(ids, Bw, T, needs_targets and {targets = tg} or nil)
       tok0 = tok0 + step_tokens
       local el = hyb.time() - t0
       local tps = tok0 / math.max(el, 1e-9)
       local rec = {kind = "train", stage = name, stage_index = si, step = st.step, loss = st.loss, rkl = st.rkl,
-        fkl = st.fkl, ce = st.ce, lr = st.lr, grad_norm = st.grad_norm, tok_s = tps}
+        fkl = st.fkl, ce = st.ce, lr = st.lr, grad_norm = st.grad_norm, tok_s = tps,
+        comm_s = world > 1 and st.comm_s or nil, ranks = world > 1 and world or nil}
       mf:write(json(rec), "\n")
       local run_done_now = stage_base + st.step * step_tokens
       prog:update(run_done_now, ("stage %d/%d %s  step %d/%d  loss %.4f  %.0f tok/s  ETA %s (stage %s)"):format(
@@ -699,24 +795,42 @@ for si, name in ipairs(order) do
         say(("  [%s] held-out at %d: loss %.4f"):format(name, st.step, r.loss))
       end
       mf:flush()
-      if st.step % (run.ckpt_every or 50) == 0 and st.step < steps then
-        tr:save(ckpt, {stage = name, data_seed = data_seed}, save_opts)
+      if writer and st.step % (run.ckpt_every or 50) == 0 and st.step < steps then
+        tr:save(ckpt, ckpt_meta, save_opts)
       end
       done_steps = done_steps + 1
-      if exit_after and done_steps >= exit_after then
+      if stall_after and done_steps == stall_after and my_rank == (exit_rank or 1) then
+        os.execute("exec sleep 60 </dev/null >/dev/null 2>&1") -- holds none of mpirun's pipes
+      end
+      if exit_after and done_steps >= exit_after and (not exit_rank or exit_rank == my_rank) then
         io.stdout:flush()
+        if world > 1 then comm.kill() end -- a rank killed: the job must end on every rank
         os.exit(3, false) -- as abrupt as a kill: no cleanup, no close
       end
     end
+    if world > 1 then
+      -- the ranks apply the same summed gradients: their parameters must be bitwise the same
+      local same, h = comm.same_params(student)
+      mf:write(json({kind = "ranks", stage = name, stage_index = si, step = steps, ranks = world,
+        same = same, hash = h}), "\n")
+      mf:flush()
+      if not same then
+        comm.abort(("stage '%s': the ranks' parameters differ after %d steps (rank %d: %s)"):format(name, steps,
+          my_rank, h), 4)
+      end
+    end
     mf:close()
-    student:save(dir .. "/model")
-    -- the student is a model: its directory carries the tokenizer (and chat template) it was
-    -- distilled with, so hyb generate / chat / serve and hyb.llm open it as it is
-    if tok then tok:save(dir .. "/model") end
-    -- last: its presence marks the stage done; a model snapshot (no optimiser state: the next
-    -- stage starts a new one), lean like the checkpoints; <stage>/model above is the whole model
-    tr:save(final, {stage = name, data_seed = data_seed}, final_opts)
-    os.remove(ckpt)
+    if writer then
+      student:save(dir .. "/model")
+      -- the student is a model: its directory carries the tokenizer (and chat template) it was
+      -- distilled with, so hyb generate / chat / serve and hyb.llm open it as it is
+      if tok then tok:save(dir .. "/model") end
+      -- last: its presence marks the stage done; a model snapshot (no optimiser state: the next
+      -- stage starts a new one), lean like the checkpoints; <stage>/model above is the whole model
+      tr:save(final, ckpt_meta, final_opts)
+      os.remove(ckpt)
+    end
+    comm.barrier(long_wait) -- the next stage loads `final` on every rank
     write_svg()
     write_report()
     say(("stage %d/%d '%s': done, %s"):format(si, #order, name, final))

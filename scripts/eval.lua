@@ -12,6 +12,8 @@
 --             greedily; the model sees the same context and its argmax is compared at each step
 --   prefix    mean length of the identical prefix of the model's own greedy continuation
 --   tok/s     forward throughput (full sequences); gen tok/s: greedy decode with the KV cache
+-- --quant: how quantized GGUF models (the teacher, a .gguf CKPT) compute, as hyb generate --quant
+-- (default $HYB_QUANT, else precise); other models are f32.
 -- Prints a table and writes JSON (--out, default eval.json). Progress on stderr: a bar redrawn in
 -- place on a terminal (model k/n, ETA of the whole run), else one line per model; --quiet prints
 -- only the table and errors (HYB_TTY=1/0 overrides the terminal test).
@@ -19,12 +21,13 @@ local hyb = require("hyb")
 local E = require("evallib")
 local P = require("progresslib")
 
-local usage = [[usage: hyb eval --teacher PATH --data FILES [--tokenizer bytes|PATH] [--device cpu|cuda:N] [--batches 4]
+local usage = [[usage: hyb eval --teacher PATH --data FILES [--tokenizer bytes|PATH] [--device cpu|cuda:N]
+       [--quant off|precise|fast] [--batches 4]
        [--batch 2] [--seq-len 128] [--prompts 4] [--prompt-len 32] [--gen 32] [--out eval.json]
        [--cache PATH] [--val-fraction 0.05] [--seed 1]
        [--include GLOBS] [--exclude GLOBS] [--max-bytes N] [--special] [--quiet] CKPT...]]
 local o, ckpts = E.parse_or_usage(arg, E.data_spec{prompts = 4, prompt_len = 32, gen = 32,
-  out = "eval.json"}, usage)
+  out = "eval.json", quant = ""}, usage)
 
 for _, c in ipairs(ckpts) do -- before any work: a missing model is one line, not a late error
   local f = io.open(E.expand(c), "rb")
@@ -32,7 +35,7 @@ for _, c in ipairs(ckpts) do -- before any work: a missing model is one line, no
   f:close()
 end
 local teacher_path = E.expand(o.teacher)
-local load_opts = E.load_opts(o, "eval")
+local load_opts = E.inference_load_opts(o, "eval") -- models only run forward here
 local teacher = hyb.train.load(teacher_path, load_opts)
 local ds = E.dataset(o, teacher_path)
 

@@ -70,6 +70,23 @@ end
 -- at once: one that cannot be used ends the program with one line naming it (exit status 1).
 function E.load_opts(o, prog)
   if (o.device or "") == "" then return nil end
+  return E.device_opts(o, prog)
+end
+
+-- As load_opts, for a command that only runs models forward (eval): a quantized GGUF keeps its
+-- blocks, computing in o.quant (--quant off|precise|fast; "" = $HYB_QUANT, else precise).
+function E.inference_load_opts(o, prog)
+  if o.quant ~= "" and o.quant ~= "off" and o.quant ~= "precise" and o.quant ~= "fast" then
+    io.stderr:write(prog, ": --quant must be off, precise or fast, got '", o.quant, "'\n")
+    os.exit(2)
+  end
+  local r = (o.device or "") ~= "" and E.device_opts(o, prog) or {}
+  -- quantized weights compute on the CPU: another device loads f32 unless --quant says
+  r.quant = o.quant ~= "" and o.quant or ((o.device or "") == "" or o.device == "cpu") and "auto" or nil
+  return r
+end
+
+function E.device_opts(o, prog)
   local ok, err = pcall(hyb.device, o.device)
   if not ok then
     io.stderr:write(prog, ": ", (tostring(err):gsub("^hyb%.device: ", "")), "\n")

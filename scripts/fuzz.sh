@@ -18,7 +18,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${HYB_FUZZ_BUILD_DIR:-$root/build-fuzz}
 targets=("$@")
-((${#targets[@]})) || targets=(gguf hfconfig layermap safetensors tokenizer)
+((${#targets[@]})) || targets=(chattemplate gguf hfconfig layermap safetensors tokenizer)
 
 "$root/scripts/bootstrap.sh" --fuzz || true
 cc=$(command -v clang || true)

@@ -13,9 +13,15 @@
 --   --repetition-penalty R  1 = off (default 1); in (0, 100]
 --   --seed S                sampler seed (default 0)
 --   --stop STRING           stop when the output contains STRING (repeatable)
---   --chat                  wrap the prompt in the ChatML template (one user turn)
+--   --chat                  wrap the prompt in the model's chat template (one user turn; the
+--                           template that came with the model, else ChatML)
 --   --system TEXT           system message for --chat
 --   --max-ctx N             context capacity in tokens (default: the model's, at most 4096)
+--   --threads N             CPU compute threads, this one included (default: OMP_NUM_THREADS,
+--                           else all the cores this process may use)
+--   --quant MODE            a quantized GGUF's weights: precise (default: kept in their blocks,
+--                           f32 activations), fast (activations rounded to int8 per 4 values),
+--                           off (dequantised to f32 at load); default $HYB_QUANT, else precise
 --   --kv-cache T            KV cache storage: f16 (default), q8_0 or f32 (docs/BENCHMARKS.md)
 --   --quiet                 no statistics line at the end
 --   --verbose               log the model layout while loading
@@ -36,12 +42,12 @@ local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the
 if not opts.verbose then hyb.log_level("warn") end
 local device = gen.open_device(opts.device, "generate")
 local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device, tokenizer = opts.tokenizer,
-                                 kv_cache = opts["kv-cache"]})
+                                 quant = gen.quant(opts, usage), kv_cache = opts["kv-cache"]})
 local prompt = opts._[1]
 local stops = opts.stop or {}
 if opts.chat then
-  prompt = gen.chatml({{role = "user", content = prompt}}, opts.system)
-  stops[#stops + 1] = "<|im_end|>"
+  prompt = gen.chat_prompt(llm, {{role = "user", content = prompt}}, opts.system)
+  if llm:chat_template():find("<|im_end|>", 1, true) then stops[#stops + 1] = "<|im_end|>" end
 end
 
 local ids = llm:encode(prompt)

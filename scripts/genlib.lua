@@ -85,14 +85,26 @@ M.sampling_spec = {
   temperature = {"number", 0, 100}, ["top-k"] = {"int", 0, 1 << 24}, ["top-p"] = {"number", 0, 1, true},
   ["repetition-penalty"] = {"number", 0, 100, true}, seed = {"int", 0, 1 << 53},
   ["max-tokens"] = {"int", 1, 1 << 24}, ["max-ctx"] = {"int", 1, 1 << 24},
+  threads = {"int", 1, 1024},
+  quant = "string",
   ["kv-cache"] = M.KV_CACHE,
 }
+
+-- --quant off|precise|fast: how a quantized GGUF's weights compute (docs/DESIGN.md, "Quantized
+-- weights"). Returns the value for hyb.llm / hyb.train.load / hyb.serve's `quant` option (nil
+-- when not given: then HYB_QUANT, else the default, precise); a bad value is a usage error.
+M.quant_usage = "[--quant off|precise|fast]"
+function M.quant(opts, usage)
+  local q = opts.quant
+  if q == nil or q == "off" or q == "precise" or q == "fast" then return q end
+  usage("--quant must be off, precise or fast, got '" .. tostring(q) .. "'")
+end
 
 -- The usage text of the options generate and chat share.
 M.common_usage = "[--model PATH] [--tokenizer PATH] [--temperature T] [--top-k K] [--top-p P]\n" ..
   "         [--repetition-penalty R] [--seed S] [--max-tokens N] [--max-ctx N]\n" ..
-  "         [--kv-cache f16|q8_0|f32]\n" ..
-  "         [--device cpu|cuda[:N]] [--system TEXT] [--stop STR]... [--verbose]"
+  "         [--device cpu|cuda[:N]] [--threads N] [--quant off|precise|fast] [--system TEXT]\n" ..
+  "         [--kv-cache f16|q8_0|f32] [--stop STR]... [--verbose]"
 
 -- spec plus M.sampling_spec (a new table)
 function M.with_sampling(spec)
@@ -118,6 +130,8 @@ end
 -- The sampler for the command-line options; with usage, a bad value is a usage error naming
 -- the option (--top-k ...), without a traceback.
 function M.sampler(opts, usage)
+  -- --threads N: the CPU compute threads (hyb.threads), set before the model loads
+  if opts.threads then hyb.threads(opts.threads) end
   local ok, s = pcall(hyb.sampler, {
     temperature = opts.temperature or 0, top_k = opts["top-k"] or 0, top_p = opts["top-p"] or 1,
     repetition_penalty = opts["repetition-penalty"] or 1, seed = opts.seed or 0,
@@ -146,7 +160,18 @@ function M.check_request(llm, ids, max_tokens, usage)
   end
 end
 
+-- A conversation as the model reads it: its own chat template (llm:apply_chat_template, the Jinja
+-- template that came with the model, rendered as HF does; hyb's ChatML when it has none), with
+-- a system turn first when `system` is given. Ends with the generation prompt.
+function M.chat_prompt(llm, messages, system)
+  local msgs = {}
+  if system then msgs[1] = {role = "system", content = system} end
+  for _, m in ipairs(messages) do msgs[#msgs + 1] = m end
+  return llm:apply_chat_template(msgs, {add_generation_prompt = true})
+end
+
 -- SmolLM2's chat template (ChatML): a default system turn when the first message is not one.
+-- For the data scripts that write the default teacher's prompts (teacher_data, samples).
 M.default_system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 function M.chatml_turn(role, content)

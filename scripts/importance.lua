@@ -39,7 +39,10 @@ end
 local teacher_path = E.expand(o.teacher)
 local load_opts = E.load_opts(o, "importance")
 local teacher = hyb.train.load(teacher_path, load_opts)
-local ds = E.dataset(o, teacher_path)
+-- under mpirun: rank 0 tokenizes (and writes --cache) first, then the others read
+local ds = hyb.comm.rank() == 0 and E.dataset(o, teacher_path) or nil
+hyb.comm.barrier(math.max(hyb.comm.timeout(), 3600))
+ds = ds or E.dataset(o, teacher_path)
 local L = teacher:config().n_layers
 local layers = {}
 if o.layers ~= "" then
@@ -73,6 +76,14 @@ local loo = K.loo(teacher, teacher, ds, layers, {batches = o.batches, batch = o.
         P.duration(prog:eta())))
     end
   end})
+
+-- under mpirun the layers were split over the ranks: the rows of the other ranks' layers
+for _, l in ipairs(layers) do
+  if not rowof[l] and loo[l] then
+    rows[#rows + 1] = {layer = l, loo = loo[l].rkl, nll = loo[l].nll}
+    rowof[l] = rows[#rows]
+  end
+end
 
 -- MMR
 local mmr = nil
@@ -123,7 +134,14 @@ elseif o.mmr_steps > 0 then
     end})
 end
 
+if mmr then -- the other ranks' MMR scores (gathered by K.mmr)
+  for l, sc in pairs(mmr) do
+    local r = rowof[l]
+    if r and not r.mmr then r.mmr, r.mil, r.rec = sc.kl_after, sc.kl_mil, sc.recovered end
+  end
+end
 prog:finish()
+if hyb.comm.rank() ~= 0 then os.exit(0) end -- rank 0 reports and writes
 
 local function order_by(scores, key)
   local ord = K.order(scores, key)

@@ -10,6 +10,10 @@
 --     -- mixer's parameters trained for `steps` updates against the teacher
 --   local order = K.order(s, "rkl")  -- least important (smallest score) first
 --
+-- Under mpirun (hyb.comm.size() > 1) K.loo and K.mmr split `layers` over the ranks (the i-th on
+-- rank (i - 1) % size; each probe is independent of the others) and every rank returns every
+-- layer's score, gathered with hyb.comm.broadcast; on_layer runs for this rank's layers.
+--
 -- Every score is measured against `teacher`, the original model, on the dataset's held-out
 -- batches; `student` is the model whose layers are candidates (the teacher itself, or a student
 -- with earlier stages' layers already converted). Neither model is changed.
@@ -71,20 +75,52 @@ function K.remaining(student, teacher, layers)
   return out
 end
 
+-- Data parallel: is the i-th layer of a list this rank's?
+local function mine(i)
+  local W = hyb.comm.size()
+  return W == 1 or (i - 1) % W == hyb.comm.rank()
+end
+
+-- Every rank's scores to every rank: {layer = {key = number}}, numbers in %.17g (exact).
+function K.gather(scores)
+  local c = hyb.comm
+  if c.size() == 1 then return scores end
+  local lines = {}
+  for l, v in pairs(scores) do
+    local kv = {}
+    for k, x in pairs(v) do kv[#kv + 1] = ("%s=%.17g"):format(k, x) end
+    table.sort(kv)
+    lines[#lines + 1] = l .. " " .. table.concat(kv, " ")
+  end
+  local all = {}
+  for r = 0, c.size() - 1 do
+    local text = c.broadcast(c.rank() == r and table.concat(lines, "\n") or nil, r)
+    for line in text:gmatch("[^\n]+") do
+      local l = tonumber(line:match("^(%-?%d+)"))
+      local v = {}
+      for k, x in line:gmatch("([%w_]+)=(%S+)") do v[k] = tonumber(x) end
+      all[l] = v
+    end
+  end
+  return all
+end
+
 -- Leave-one-out: each layer of `layers` replaced by identity on a clone of `student`.
 -- o: batches, batch, seq_len, cache (teacher logits), on_layer(i, l, score, secs)
 function K.loo(student, teacher, ds, layers, o)
   local scores = {}
   local cache = o.cache or {}
   for i, l in ipairs(layers) do
-    local t0 = hyb.time()
-    local m <close> = hyb.train.clone(student)
-    m:set_identity(l)
-    local rkl, nll = K.heldout(m, teacher, ds, o.batches, o.batch, o.seq_len, cache)
-    scores[l] = {rkl = rkl, nll = nll}
-    if o.on_layer then o.on_layer(i, l, scores[l], hyb.time() - t0) end
+    if mine(i) then
+      local t0 = hyb.time()
+      local m <close> = hyb.train.clone(student)
+      m:set_identity(l)
+      local rkl, nll = K.heldout(m, teacher, ds, o.batches, o.batch, o.seq_len, cache)
+      scores[l] = {rkl = rkl, nll = nll}
+      if o.on_layer then o.on_layer(i, l, scores[l], hyb.time() - t0) end
+    end
   end
-  return scores
+  return K.gather(scores)
 end
 
 -- The parameter glob of layer l's mixer: the only parameters an MMR probe trains.
@@ -127,11 +163,13 @@ function K.mmr(student, teacher, ds, layers, o)
   local scores = {}
   o.cache = o.cache or {}
   for i, l in ipairs(layers) do
-    local t0 = hyb.time()
-    scores[l] = K.mmr_probe(student, teacher, ds, l, o)
-    if o.on_layer then o.on_layer(i, l, scores[l], hyb.time() - t0) end
+    if mine(i) then
+      local t0 = hyb.time()
+      scores[l] = K.mmr_probe(student, teacher, ds, l, o)
+      if o.on_layer then o.on_layer(i, l, scores[l], hyb.time() - t0) end
+    end
   end
-  return scores
+  return K.gather(scores)
 end
 
 -- The scored layers ordered by scores[l][key] (a number table works too), smallest first; ties

@@ -23,6 +23,7 @@ RL.schema = {
     teacher = {t = "string", nonempty = true}, out = {t = "string", nonempty = true}, seed = int(0, BIG),
     log_every = int(1, BIG), eval_every = int(1, BIG), eval_batches = int(1, 1 << 20), ckpt_every = int(1, BIG),
     device = {t = "string", nonempty = true}, checkpoints = {t = "string", enum = {"lean", "full"}},
+    teacher_quant = {t = "string", enum = {"off", "precise", "fast"}},
   }},
   data = {t = "table", keys = {
     files = strs, include = strs, exclude = strs, max_bytes = int(1, BIG), tokenizer = {t = "string", nonempty = true},

@@ -15,6 +15,8 @@
 --   --api-key KEY      require 'Authorization: Bearer KEY' (also $HYB_API_KEY); /health is open
 --   --threads N        compute threads (default: OMP_NUM_THREADS or all cores)
 --   --device DEV       cpu (default) or cuda[:N]
+--   --quant MODE       a quantized GGUF's weights: precise (default), fast or off (f32), as
+--                      hyb generate --quant; default $HYB_QUANT, else precise
 --   --name ID          the model id clients send (default: the file name without .gguf)
 --   --tokenizer PATH   a tokenizer.json to use instead of the model's
 --   --prefill-chunk N  prompt tokens prefilled per engine step over all requests (default 0: all)
@@ -29,8 +31,8 @@ local gen = require("genlib")
 local usage = gen.usage("serve",
   "usage: hyb serve [--host ADDR] [--port N] [--slots N] [--max-ctx N] [--max-queue N]\n" ..
   "         [--max-body BYTES] [--api-key KEY] [--threads N] [--device cpu|cuda[:N]]\n" ..
-  "         [--name ID] [--tokenizer PATH] [--prefill-chunk N] [--prefix-block N]\n" ..
-  "         [--kv-cache f16|q8_0|f32] [--quiet]\n" ..
+  "         [--quant off|precise|fast] [--kv-cache f16|q8_0|f32]\n" ..
+  "         [--name ID] [--tokenizer PATH] [--prefill-chunk N] [--prefix-block N] [--quiet]\n" ..
   "         MODEL\n" ..
   "Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,\n" ..
   "GET /metrics (docs/SERVE.md).\n")
@@ -41,7 +43,7 @@ local opts = gen.parse_args(arg, {
   ["max-body"] = {"int", 1, 1 << 40}, ["api-key"] = "string", threads = {"int", 1, 1024},
   device = "string", name = "string", tokenizer = "string",
   ["prefill-chunk"] = {"int", 0, 1 << 24}, ["prefix-block"] = {"int", 0, 1 << 24},
-  ["kv-cache"] = gen.KV_CACHE, quiet = "flag", verbose = "flag",
+  quiet = "flag", verbose = "flag", quant = "string", ["kv-cache"] = gen.KV_CACHE,
 }, usage)
 if #opts._ > 1 then usage("give one MODEL") end
 local model = opts._[1] or opts.model or os.getenv("HYB_MODEL")
@@ -58,7 +60,8 @@ local ok, err = pcall(hyb.serve, {
   max_ctx = opts["max-ctx"], max_queue = opts["max-queue"], max_body = opts["max-body"],
   api_key = api_key, threads = opts.threads, device = opts.device, name = opts.name,
   tokenizer = opts.tokenizer, prefill_chunk = opts["prefill-chunk"],
-  prefix_block = opts["prefix-block"], kv_cache = opts["kv-cache"], quiet = opts.quiet,
+  prefix_block = opts["prefix-block"], quiet = opts.quiet, quant = gen.quant(opts, usage),
+  kv_cache = opts["kv-cache"],
 })
 if not ok then
   io.stderr:write("hyb serve: ", (tostring(err):gsub("^hyb%.serve: ", "")), "\n")

@@ -20,6 +20,8 @@ usage: hyb teacher_data --out FILE [--prompts FILE] [--corpus PATH ...] [options
   --teacher PATH        .gguf, HF directory or model:save directory / checkpoint (a layer map
                         .toml: random weights, for tests)
                         (default: $HYB_MODEL, else the default teacher in ~/.cache/hyb/models)
+  --quant MODE          a quantized .gguf teacher computes from its blocks: precise (default),
+                        fast, or off (f32), as hyb generate --quant
   --tokenizer PATH      "bytes", a .gguf / tokenizer.json / directory (default: the teacher's
                         when it is a .gguf or has a tokenizer.json, else bytes)
   --prompts FILE        one prompt a line, or JSONL with a "prompt" (or "instruction", "text") field
@@ -46,6 +48,7 @@ local o = genlib.parse_args(arg, genlib.with_sampling{out = "string", teacher = 
   system = "string", device = "string"}, usage)
 if #o._ > 0 then usage("unexpected argument '" .. o._[1] .. "'") end
 if not o.out then usage("--out is required") end
+local quant_opt = genlib.quant(o, usage) -- a bad --quant fails before any other check
 if not o.prompts and not o.corpus then usage("give --prompts FILE and/or --corpus PATH") end
 if o.corpus and not o.n then usage("--n is required with --corpus") end
 if o.n and o.n < 1 then usage("--n must be at least 1") end
@@ -90,7 +93,11 @@ end
 local tok = tokspec ~= "bytes" and hyb.data.tokenizer(expand(tokspec)) or nil
 -- a layer map (.toml) gives a randomly initialised model: for tests and dry runs only
 local device = genlib.open_device(o.device, "teacher_data")
-local model = teacher:match("%.toml$") and hyb.model(teacher, {seed = 1}) or hyb.train.load(teacher)
+-- the teacher only generates: a quantized .gguf computes from its blocks on the CPU (--quant,
+-- default $HYB_QUANT, else precise); moved to another device it loads f32
+local quant = quant_opt or (device and device ~= "cpu" and "off" or "auto")
+local model = teacher:match("%.toml$") and hyb.model(teacher, {seed = 1}) or
+  hyb.train.load(teacher, {quant = quant})
 if device then model:to(device) end
 if tok and tok:vocab_size() > model:config().vocab_size then
   error(("the tokenizer has %d tokens but the teacher's vocabulary is %d"):format(tok:vocab_size(),

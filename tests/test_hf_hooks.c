@@ -39,7 +39,7 @@ static const char *sub(const char *name) { return harness_sub(g_dir, name); }
 
 /* symbols: t mha, b mha with biases, m mamba1, n mamba1 with double_dt_bias = false, d deltanet,
  * e a second deltanet config, g gated_deltanet, i identity; o deltanet and h gated_deltanet with
- * flash-linear-attention's options set away from their defaults */
+ * flash-linear-attention's options set away from their defaults; s mamba2 (2 groups of 2 heads) */
 #define MAP                                                                                        \
     "[model]\nname = \"hooks-test\"\nd_model = 32\nn_layers = %d\nvocab_size = 48\nd_ff = 40\n"    \
     "norm_eps = 1e-5\ntie_embeddings = %s\nmax_seq = 64\n\n"                                       \
@@ -60,6 +60,8 @@ static const char *sub(const char *name) { return harness_sub(g_dir, name); }
     "num_v_heads = 4\nexpand_v = 0.5\nuse_gate = false\nallow_neg_eigval = true\n\n"             \
     "[mixers.gdnopt]\ntype = \"gated_deltanet\"\nsymbol = \"h\"\nn_heads = 2\nhead_dim = 8\n"      \
     "expand_v = 2.0\nuse_short_conv = false\n\n"                                                   \
+    "[mixers.ssd]\ntype = \"mamba2\"\nsymbol = \"s\"\nd_inner = 48\nheaddim = 12\nngroups = 2\n"    \
+    "d_state = 8\nd_conv = 3\nchunk_size = 5\nnorm_eps = 1e-4\n\n"                                 \
     "[mixers.skip]\ntype = \"identity\"\nsymbol = \"i\"\n\n"                                       \
     "[layout]\npattern = \"%s\"\n"
 
@@ -245,6 +247,32 @@ static void test_bias_and_identity(void) {
     roundtrip("tti", "ttit", 1, "apriel_hybrid_ssm", want3);
     static const char *const want4[] = {"m2", "t", "i", "m2"};
     roundtrip("apriel", "mtim", 0, "apriel_hybrid_ssm", want4);
+}
+
+static void expect_import_error(const char *name, const char *pattern, const char *from,
+                                const char *to, const char *n1, const char *n2);
+
+/* mamba2 (hyb_hybrid only): mixer_cfg.mamba2 carries every shape key; the hybrid round-trips with
+ * bit-identical logits; a missing key is an error naming it */
+static void test_mamba2_hybrid(void) {
+    static const char *const want[] = {"mha", "mamba2", "identity", "mamba2", "deltanet"};
+    roundtrip("mamba2", "tsisd", 0, "hyb_hybrid", want);
+    const char *dir;
+    char p[700];
+    hyb_model *m = make_saved("mamba2keys", "st", 1, &dir, p);
+    if (!m) return;
+    cJSON *js = harness_read_json(p);
+    const cJSON *mc = js ? cJSON_GetObjectItemCaseSensitive(js, "mixer_cfg") : NULL;
+    const cJSON *o = mc ? cJSON_GetObjectItemCaseSensitive(mc, "mamba2") : NULL;
+    CHECK_MSG(cJSON_IsObject(o), "mixer_cfg.mamba2");
+    CHECK(harness_jnum(o, "d_inner") == 48 && harness_jnum(o, "headdim") == 12 &&
+          harness_jnum(o, "ngroups") == 2 && harness_jnum(o, "d_state") == 8 &&
+          harness_jnum(o, "d_conv") == 3 && harness_jnum(o, "chunk_size") == 5 &&
+          harness_jnum(o, "norm_eps") == 1e-4);
+    cJSON_Delete(js);
+    hyb_model_free(m);
+    expect_import_error("mamba2nokey", "ts", "\"headdim\": 12", "\"head_dim\": 12", "mamba2",
+                        "\"headdim\" is missing");
 }
 
 /* Layers of one mixer type must agree: two deltanet configs have no HF form. */
@@ -525,8 +553,8 @@ static void test_bf16_export(void) {
 }
 
 int main(void) {
-    static const char *const need[] = {"mha", "mamba1", "deltanet", "gated_deltanet"};
-    for (int i = 0; i < 4; i++) {
+    static const char *const need[] = {"mha", "mamba1", "mamba2", "deltanet", "gated_deltanet"};
+    for (int i = 0; i < 5; i++) {
         const hyb_mixer_desc *d;
         if (hyb_plugin_find(need[i], &d) != HYB_OK) {
             fprintf(stderr, "skipping: plugin %s is not available: %s\n", need[i], hyb_error());
@@ -540,6 +568,7 @@ int main(void) {
     RUN(test_deltanet_keys);
     RUN(test_deltanet_option_keys);
     RUN(test_bias_and_identity);
+    RUN(test_mamba2_hybrid);
     RUN(test_disagreeing_layers);
     RUN(test_import_errors);
     RUN(test_d_inner_null);

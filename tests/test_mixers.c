@@ -15,6 +15,7 @@
  *                                          that mixer by one default row with that table
  *   HYB_TEST_MIXER_D=n                      d_model of the default rows (16)
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -152,6 +153,44 @@ static int load_deltanet2(FILE *f, int gated, mh_ref *r) {
     return 0;
 }
 
+
+/* Mamba-2 (tests/reference/mamba2_ref.py: PyTorch float64, the paper's chunked SSD, checked there
+ * against the naive recurrence to 1e-12): header 12 x int32 (magic, B, T, D, d_inner, headdim,
+ * ngroups, d_state, d_conv, chunk_size, 0, 0) and norm_eps (double). `arg`: the chunk size to run
+ * with (0: the file's), so one file checks several chunkings. y, dx, the ssm state: max |ours - ref|
+ * / max(|ref|, 1) < 1e-5 (the brief's 1e-5 relative; measured ~1e-7); the conv state holds raw
+ * in_proj outputs (sgemm rounding only): 1e-5 absolute; parameter gradients (sums over every token,
+ * over the heads of a group for B and C): max err / (1 + max |ref|) < 1e-5, i.e. 1e-5 relative for
+ * every gradient larger than 1 (measured <= 1e-6) and 1e-5 absolute below: groups4.bin's dA_log is
+ * a sum of O(1) terms that cancel to 0.05, where f32 inputs alone leave ~3e-6 (5e-5 of it). */
+static int load_mamba2(FILE *f, int chunk, mh_ref *r) {
+    int32_t h[12];
+    double eps;
+    int ok = fread(h, 4, 12, f) == 12 && fread(&eps, 8, 1, f) == 1 && h[0] == 0x3241424D;
+    CHECK_MSG(ok, "mamba2 golden: bad header");
+    if (!ok) return -1;
+    const int Di = h[4], Pd = h[5], G = h[6], N = h[7], K = h[8];
+    r->B = h[1], r->T = h[2], r->D = h[3];
+    snprintf(r->toml, sizeof r->toml,
+             "type = \"mamba2\"\nd_inner = %d\nheaddim = %d\nngroups = %d\nd_state = %d\n"
+             "d_conv = %d\nchunk_size = %d\nnorm_eps = %.17g\n",
+             Di, Pd, G, N, K, chunk > 0 ? chunk : h[9], eps);
+    r->layout = "x P y dy dx G S S";
+    r->tol_y = r->tol_dx = (mh_tol){.rel1 = 1e-5};
+    r->tol_grad = (mh_tol){.abs1 = 1e-5};
+    r->tol_acc = (mh_tol){.abs1 = 1e-4};
+    const long Cd = Di + 2L * G * N;
+    r->n_parts = 2;
+    r->parts[0].name = "ssm_state";
+    r->parts[0].off = 0, r->parts[0].n = (long)Di * N;
+    r->parts[0].tol = (mh_tol){.rel1 = 1e-5};
+    r->parts[1].name = "conv_state";
+    r->parts[1].off = (long)Di * N, r->parts[1].n = Cd * K;
+    r->parts[1].tol = (mh_tol){.abs = 1e-5};
+    r->state_floats = (long)Di * N + Cd * K;
+    return 0;
+}
+
 static const struct ref_row {
     const char *type, *file;
     mh_ref_loader load;
@@ -170,6 +209,14 @@ static const struct ref_row {
     {"gated_deltanet", "deltanet/gated_deltanet_gva.bin", load_deltanet2, 1},
     {"deltanet", "deltanet/deltanet_nogate_noconv.bin", load_deltanet2, 0},
     {"gated_deltanet", "deltanet/gated_deltanet_nogate_noconv.bin", load_deltanet2, 1},
+    /* Mamba-2: 2 groups, T = 13 in chunks of 4 (4, 4, 4, 1); the same in one chunk and in chunks
+     * of 1 (the pure recurrence); 1 group, chunks 8, 8, 4; 4 groups, one chunk longer than T */
+    {"mamba2", "mamba2/groups2.bin", load_mamba2, 0},
+    {"mamba2", "mamba2/groups2.bin", load_mamba2, 64},
+    {"mamba2", "mamba2/groups2.bin", load_mamba2, 1},
+    {"mamba2", "mamba2/group1.bin", load_mamba2, 0},
+    {"mamba2", "mamba2/group1.bin", load_mamba2, 3},
+    {"mamba2", "mamba2/groups4.bin", load_mamba2, 0},
 };
 
 /* ---- the cases --------------------------------------------------------------------------------
@@ -180,6 +227,10 @@ static const struct ref_row {
  *    normwise 1e-3.
  *  - mamba1: central differences, h = 1e-2: noise ~1e-5 in L, ~5e-4 in the quotient, truncation
  *    ~1e-4 |L'''|: per element 3e-3 + 3e-3 |an|, normwise 2e-3.
+ *  - mamba2: the 4-point rule; the gated RMSNorm over groups of 2-4 channels is strongly curved
+ *    (h = 5e-3 where it is), while the single-group row's small dt_bias / A_log gradients (~0.04)
+ *    need a larger step against the f32 noise of L (h = 2e-2): per element 3e-3 + 3e-3 |an|,
+ *    normwise 2e-3.
  *  - deltanet, gated_deltanet: the 4-point rule (O(h^4)), h = 5e-3: L ~ 10 carries noise ~1e-6,
  *    amplified by 18 / (12 h) = 300 to ~3e-4; the q/k L2 normalisation of short (hd = 5) vectors
  *    makes the curvature large, which is why the 2-point rule is not enough: per element
@@ -193,6 +244,7 @@ static const struct ref_row {
 #define FD_MHA {2, 5, 2, 1e-2f, 2e-3, 2e-3, 1e-3}
 #define FD_MAMBA(B, T) {B, T, 2, 1e-2f, 3e-3, 3e-3, 2e-3}
 #define FD_DN {2, 7, 4, 5e-3f, 3e-3, 3e-3, 2e-3}
+#define FD_MAMBA2(B, T, h) {B, T, 4, h, 3e-3, 3e-3, 2e-3}
 /* H = 2, hd = 5 (odd, != D / H), K = 3, chunk 3 over T = 7: two full chunks and a partial */
 #define DN_FD_ROW(type)                                                                            \
     {type " H 2 hd 5", type, 8, "n_heads = 2\nhead_dim = 5\nconv_size = 3\nchunk = 3\n", 5, NULL,  \
@@ -225,6 +277,37 @@ static const struct ref_row {
 #define DN_OPT_A2                                                                                  \
     "n_heads = 2\nnum_v_heads = 4\nhead_dim = 8\nexpand_v = 0.5\nallow_neg_eigval = true\n"
 #define DN_OPT_B2 "n_heads = 2\nhead_dim = 8\nuse_gate = false\nuse_short_conv = false\n"
+
+
+/* Mamba-2 test parameters (away from the plugin's init, so every path matters): dt_bias in
+ * U(-2, 0.5) (dt ~ 0.13..0.97: strong decays within a chunk), A_log = log U(1, 4), D ~ N(1, 0.5),
+ * norm.weight ~ N(1, 0.2), conv1d.bias ~ N(0, 0.3), weights N(0, scale / sqrt(fan_in)). */
+static void init_mamba2(mh_inst *I, uint64_t seed, float scale) {
+    hyb_rng r;
+    hyb_rng_seed(&r, seed);
+    const hyb_param_decl *d = I->m->decls;
+    for (int i = 0; i < I->m->n_params; i++) {
+        float *p = (float *)I->pp[i];
+        const long n = mh_pnumel(I, i);
+        if (!strcmp(d[i].name, "dt_bias")) {
+            hyb_rng_fill_uniform(&r, p, n, -2.0f, 0.5f);
+        } else if (!strcmp(d[i].name, "A_log")) {
+            hyb_rng_fill_uniform(&r, p, n, 1.0f, 4.0f);
+            for (long k = 0; k < n; k++)
+                p[k] = logf(p[k]);
+        } else if (!strcmp(d[i].name, "D")) {
+            hyb_rng_fill_normal(&r, p, n, 1.0f, 0.5f);
+        } else if (!strcmp(d[i].name, "norm.weight")) {
+            hyb_rng_fill_normal(&r, p, n, 1.0f, 0.2f);
+        } else if (!strcmp(d[i].name, "conv1d.bias")) {
+            hyb_rng_fill_normal(&r, p, n, 0.0f, 0.3f);
+        } else {
+            hyb_rng_fill_normal(&r, p, n, 0.0f, scale / sqrtf((float)d[i].shape[d[i].ndim - 1]));
+        }
+    }
+}
+/* state: ssm [d_inner, d_state] + conv window [d_inner + 2 ngroups d_state, d_conv] */
+#define M2_STATE(Di, G, N, K) (((Di) * (N) + ((Di) + 2 * (G) * (N)) * (K)) * 4)
 
 /* Rows: label, type, D, TOML, seed, init (NULL: by type), init seed, init scale, checks, fd,
  * decode {ns, len, pre, max_ctx, garbage, state bytes, fixed}, chunked {ns, first, second,
@@ -264,6 +347,30 @@ static const mh_case CASES[] = {
      * head size (d_state 16) with repeat 4: 17 sequences at positions 13..29 */
     {"mamba1 Di 1024 large decode step", "mamba1", 64,
      "d_inner = 1024\nd_xb = 256\nd_state = 16\ndt_rank = 8\n", 21, NULL, 22, 1.0f, MH_DECODE, {0},
+     {17,
+      {30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30},
+      {29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13},
+      64, 0x55, 0, 1}, {0}, {0}, 0},
+    /* Mamba-2: 4 heads of 2 in 2 groups, N = 3, K = 3, chunks of 3 over T = 7 (3, 3, 1) */
+    {"mamba2 2 groups chunk 3", "mamba2", 6,
+     "d_inner = 8\nheaddim = 2\nngroups = 2\nd_state = 3\nd_conv = 3\nchunk_size = 3\n", 5,
+     init_mamba2, 31, 1.0f, FD_ONLY, FD_MAMBA2(2, 7, 5e-3f), NO_STATE},
+    /* one group of 2 heads of 4, K = 4 > the first tokens, one chunk longer than T */
+    {"mamba2 1 group one chunk", "mamba2", 5,
+     "d_inner = 8\nheaddim = 4\nd_state = 2\nd_conv = 4\nchunk_size = 16\n", 5, init_mamba2,
+     32, 1.0f, FD_ONLY, FD_MAMBA2(1, 6, 2e-2f), NO_STATE},
+    /* fixed-size state (ssm + conv window); prompts of 1 and 2 < d_conv and one of none; chunks
+     * of 4 (the conv window and the chunks both span the prefill's split) */
+    {"mamba2", "mamba2", 24,
+     "d_inner = 32\nheaddim = 8\nngroups = 2\nd_state = 4\nd_conv = 4\nchunk_size = 4\n", 11,
+     init_mamba2, 12, 1.0f, NO_FD, {0},
+     {4, {19, 9, 23, 6}, {7, 1, 2, 0}, 40, 0x55, M2_STATE(32, 2, 4, 4), 1},
+     {3, {2, 9, 5}, 6, 40, 1e-5}, {6, 5, 24, M2_STATE(32, 2, 4, 4)}, 1},
+    /* a decode step large enough to open the OpenMP region (n * Di * N > 262144): 17 sequences,
+     * 16 heads of 64 in 2 groups, d_state 16 */
+    {"mamba2 Di 1024 large decode step", "mamba2", 64,
+     "d_inner = 1024\nheaddim = 64\nngroups = 2\nd_state = 16\n", 21, init_mamba2, 22, 1.0f,
+     MH_DECODE, {0},
      {17,
       {30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30},
       {29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13},
@@ -360,7 +467,7 @@ int main(void) {
     const int D = ds && atoi(ds) > 0 ? atoi(ds) : 16;
     /* every plugin on the search path; the shipped ones must be there */
     int n = hyb_plugin_scan();
-    static const char *SHIPPED[] = {"mha", "mamba1", "deltanet", "gated_deltanet"};
+    static const char *SHIPPED[] = {"mha", "mamba1", "mamba2", "deltanet", "gated_deltanet"};
     for (size_t i = 0; i < sizeof SHIPPED / sizeof SHIPPED[0]; i++) {
         const hyb_mixer_desc *d;
         if (selected(SHIPPED[i]) && hyb_plugin_find(SHIPPED[i], &d) != HYB_OK) {
@@ -384,7 +491,8 @@ int main(void) {
     for (size_t i = 0; i < N_REFS; i++) {
         if (!refs || selected(REFS[i].type) != 1) continue;
         char chunk[32] = "";
-        if (REFS[i].load == load_mamba1) snprintf(chunk, sizeof chunk, " chunk %d", REFS[i].arg);
+        if (REFS[i].load == load_mamba1 || (REFS[i].load == load_mamba2 && REFS[i].arg))
+            snprintf(chunk, sizeof chunk, " chunk %d", REFS[i].arg);
         snprintf(names[i], sizeof names[i], "%s: reference %s%s", REFS[i].type, REFS[i].file,
                  chunk);
         cur_ref = &REFS[i];

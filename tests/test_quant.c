@@ -23,8 +23,9 @@
 #include "io/quant_load.h"
 #include "hyb/tensor.h"
 
-static const hyb_dtype TYPES[] = {HYB_Q8_0, HYB_Q4_0, HYB_Q4_1, HYB_Q5_0, HYB_Q5_1, HYB_Q4_K, HYB_Q6_K};
-#define NTYPES 7
+static const hyb_dtype TYPES[] = {HYB_Q8_0, HYB_Q4_0, HYB_Q4_1, HYB_Q5_0,
+                                  HYB_Q5_1, HYB_Q4_K, HYB_Q5_K, HYB_Q6_K};
+#define NTYPES 8
 
 static uint8_t *random_blocks(hyb_rng *r, hyb_dtype t, int N, int K) {
     const int64_t rb = hyb_quant_row_bytes(t, K), nbytes = rb * N;
@@ -35,12 +36,13 @@ static uint8_t *random_blocks(hyb_rng *r, hyb_dtype t, int N, int K) {
     /* the f16 scales: d (Q6_K: at byte 208; K-quants smaller, they multiply 6/8-bit scales) and
      * Q4_1's m / Q4_K's dmin after it */
     const int doff = t == HYB_Q6_K ? 208 : 0;
-    const float dmax = t == HYB_Q4_K ? 0.002f : t == HYB_Q6_K ? 0.0005f : 0.05f;
+    const float dmax = t == HYB_Q4_K ? 0.002f : t == HYB_Q5_K ? 0.001f : t == HYB_Q6_K ? 0.0005f : 0.05f;
     for (int64_t off = 0; off < nbytes; off += bb) {
         uint16_t d = hyb_f32_to_f16(dmax * (0.02f + hyb_rng_uniform(r)));
         memcpy(w + off + doff, &d, 2);
-        if (t == HYB_Q4_1 || t == HYB_Q5_1 || t == HYB_Q4_K) {
-            uint16_t m = hyb_f32_to_f16((t == HYB_Q4_K ? 0.004f : -0.4f) * hyb_rng_uniform(r));
+        if (t == HYB_Q4_1 || t == HYB_Q5_1 || t == HYB_Q4_K || t == HYB_Q5_K) {
+            const float mmax = t == HYB_Q4_K ? 0.004f : t == HYB_Q5_K ? 0.004f : -0.4f;
+            uint16_t m = hyb_f32_to_f16(mmax * hyb_rng_uniform(r));
             memcpy(w + off + 2, &m, 2);
         }
     }
@@ -189,9 +191,10 @@ static void test_against_dequantized(void) {
 static void test_tiled(void) {
     hyb_rng r;
     hyb_rng_seed(&r, 3);
-    const shape ss[] = {{HYB_QUANT_GEMV_MAX_M + 1, 77, 96}, {40, 301, 576}};
+    /* the last spans three tiles of 455 rows (1 MiB of f32 at K = 576) and a partial one */
+    const shape ss[] = {{HYB_QUANT_GEMV_MAX_M + 1, 77, 96}, {40, 301, 576}, {18, 1400, 576}};
     for (int ti = 0; ti < NTYPES; ti++)
-        for (int si = 0; si < 2; si++) {
+        for (int si = 0; si < 3; si++) {
             shape s = for_type(TYPES[ti], ss[si]);
             const size_t n = (size_t)s.M * s.N;
             uint8_t *W = random_blocks(&r, TYPES[ti], s.N, s.K);
@@ -254,113 +257,92 @@ static void test_bad_input(void) {
     CHECK(strstr(hyb_error(), "256") != NULL);
 }
 
-/* a registered f32 weight multiplies from its blocks in hyb_cpu_sgemm (decode shapes only), and
- * from its f32 data again once forgotten (hyb_tensor_free forgets what it frees) */
-static void test_shadow(void) {
-    hyb_rng r;
-    hyb_rng_seed(&r, 5);
-    const int N = 45, K = 192;
-    uint8_t *W = random_blocks(&r, HYB_Q4_1, N, K);
-    int64_t sh[2] = {N, K};
-    hyb_tensor *Wf = hyb_tensor_new(HYB_F32, 2, sh);
-    CHECK(hyb_dequantize(HYB_Q4_1, W, hyb_tensor_f32(Wf), (int64_t)N * K) == HYB_OK);
-    float *x = random_x(&r, HYB_QUANT_GEMV_MAX_M, K);
-    float yq[HYB_QUANT_GEMV_MAX_M * 45], ys[HYB_QUANT_GEMV_MAX_M * 45], yf[45];
-    const hyb_quant_config saved = hyb_quant_get(), fast = cfg(HYB_QUANT_FAST, 4, 0, 0);
-    hyb_quant_set(&fast);
-    const int n0 = hyb_quant_shadow_count();
-    uint8_t *blocks = malloc((size_t)hyb_quant_row_bytes(HYB_Q4_1, K) * N);
-    memcpy(blocks, W, (size_t)hyb_quant_row_bytes(HYB_Q4_1, K) * N);
-    CHECK(hyb_quant_shadow_add(hyb_tensor_cf32(Wf), N, K, HYB_Q4_1, blocks) == HYB_OK);
-    CHECK(hyb_quant_shadow_count() == n0 + 1);
-    for (int M = 1; M <= HYB_QUANT_GEMV_MAX_M; M += HYB_QUANT_GEMV_MAX_M - 1) {
-        /* decode shapes: from the blocks in the current mode, bit for bit */
-        CHECK(hyb_cpu_quant_matmul(HYB_Q4_1, W, x, yq, M, N, K, &fast) == HYB_OK);
-        hyb_cpu_sgemm(0, 1, M, N, K, 1.0f, x, K, hyb_tensor_cf32(Wf), K, 0.0f, ys, N);
-        CHECK(memcmp(yq, ys, sizeof(float) * (size_t)M * N) == 0);
-    }
-    CHECK(hyb_cpu_quant_matmul(HYB_Q4_1, W, x, yq, 1, N, K, &fast) == HYB_OK);
-    hyb_tensor_free(Wf); /* forgets the shadow */
-    CHECK(hyb_quant_shadow_count() == n0);
-    Wf = hyb_tensor_new(HYB_F32, 2, sh);
-    CHECK(hyb_dequantize(HYB_Q4_1, W, hyb_tensor_f32(Wf), (int64_t)N * K) == HYB_OK);
-    hyb_cpu_sgemm(0, 1, 1, N, K, 1.0f, x, K, hyb_tensor_cf32(Wf), K, 0.0f, yf, N);
-    CHECK(memcmp(yq, yf, sizeof(float) * N) != 0); /* f32 again (fast's rounding differs) */
-    hyb_quant_set(&saved);
-    hyb_tensor_free(Wf);
-    free(W), free(x);
-}
-
-/* the loader's two entry points: blocks adopted by a graph-consumed weight, NaN/Inf scales
- * refused with the tensor's name, and an attention shadow with GGUF's per-head row order put back
- * (the product through the shadow must match the f32 rows in HF order) */
+/* the loader's entry points: blocks kept with no f32 copy (pointing at the file's bytes), NaN/Inf
+ * scales refused with the tensor's name, a type without a kernel left to f32, and q/k with GGUF's
+ * per-head row order put back (the product from the permuted blocks must match the f32 rows in
+ * HF order) */
 static void test_loader(void) {
     hyb_rng r;
     hyb_rng_seed(&r, 6);
-    const hyb_quant_config saved = hyb_quant_get(), pre = cfg(HYB_QUANT_PRECISE, 4, 0, 0);
-    hyb_quant_set(&pre);
     const int N = 16, K = 64; /* 2 heads of 8 rows (with 4 rows the permutation is its own
                                * inverse, and a reversed one would pass) */
     const int64_t rb = hyb_quant_row_bytes(HYB_Q4_1, K), nbytes = rb * N;
     uint8_t *W = random_blocks(&r, HYB_Q4_1, N, K);
     int64_t sh[2] = {N, K};
 
-    hyb_tensor *t = hyb_tensor_new(HYB_F32, 2, sh);
-    t->owner = HYB_OWN_PARAM;
-    snprintf(t->name, sizeof t->name, "model.layers.3.mlp.up_proj.weight");
-    CHECK(hyb_quant_adopt_gguf(t, "blk.3.ffn_up.weight", HYB_GGML_Q4_1, W, (uint64_t)nbytes) == 1);
-    CHECK(t->dtype == HYB_Q4_1 && !t->requires_grad && memcmp(t->data, W, (size_t)nbytes) == 0);
-    hyb_tensor_free(t);
+    hyb_tensor *t = hyb_param_no_data(HYB_F32, 2, sh);
+    CHECK(hyb_quant_keep_gguf(t, "blk.3.ffn_up.weight", HYB_GGML_Q4_1, W, (uint64_t)nbytes, 0,
+                              0) == 1);
+    CHECK(t->dtype == HYB_Q4_1 && !t->requires_grad && t->data == W &&
+          t->owner == HYB_OWN_EXTERNAL);
+    hyb_tensor_free(t); /* leaves W alone (ASan would catch a free of it) */
 
+    CHECK(hyb_quant_check_scales("blk.3.ffn_up.weight", HYB_GGML_Q4_1, W, (uint64_t)nbytes) ==
+          HYB_OK);
     uint8_t *bad = malloc((size_t)nbytes);
     memcpy(bad, W, (size_t)nbytes);
     bad[5 * 20 + 3] = 0x7e; /* block 5's m: f16 exponent all ones = NaN */
-    t = hyb_tensor_new(HYB_F32, 2, sh);
-    t->owner = HYB_OWN_PARAM;
-    snprintf(t->name, sizeof t->name, "model.layers.3.mlp.up_proj.weight");
-    CHECK(hyb_quant_adopt_gguf(t, "blk.3.ffn_up.weight", HYB_GGML_Q4_1, bad, (uint64_t)nbytes) ==
+    CHECK(hyb_quant_check_scales("blk.3.ffn_up.weight", HYB_GGML_Q4_1, bad, (uint64_t)nbytes) ==
           HYB_ERR_FORMAT);
-    CHECK(strstr(hyb_error(), "blk.3.ffn_up.weight") && strstr(hyb_error(), "block 5"));
-    CHECK(t->dtype == HYB_F32);
-    /* not a graph-consumed weight: left alone */
-    snprintf(t->name, sizeof t->name, "model.layers.3.self_attn.q_proj.weight");
-    CHECK(hyb_quant_adopt_gguf(t, "blk.3.attn_q.weight", HYB_GGML_Q4_1, W, (uint64_t)nbytes) == 0);
-    CHECK(t->dtype == HYB_F32);
+    CHECK(strstr(hyb_error(), "blk.3.ffn_up.weight") && strstr(hyb_error(), "block 5") &&
+          strstr(hyb_error(), "Q4_1"));
+    memcpy(bad, W, (size_t)nbytes);
+    bad[2 * 20 + 1] = 0x7c; /* block 2's d: +Inf */
+    CHECK(hyb_quant_check_scales("blk.3.ffn_up.weight", HYB_GGML_Q4_1, bad, (uint64_t)nbytes) ==
+          HYB_ERR_FORMAT);
+    CHECK(strstr(hyb_error(), "block 2"));
+    /* Q6_K's d sits at byte 208 of its 210 */
+    uint8_t k6[210 * 2];
+    memset(k6, 0, sizeof k6);
+    CHECK(hyb_quant_check_scales("blk.0.ffn_down.weight", HYB_GGML_Q6_K, k6, sizeof k6) == HYB_OK);
+    k6[210 + 209] = 0xfc; /* block 1: -Inf */
+    CHECK(hyb_quant_check_scales("blk.0.ffn_down.weight", HYB_GGML_Q6_K, k6, sizeof k6) ==
+          HYB_ERR_FORMAT);
+    CHECK(strstr(hyb_error(), "blk.0.ffn_down.weight") && strstr(hyb_error(), "block 1"));
+    /* wrong byte count for the shape */
+    t = hyb_param_no_data(HYB_F32, 2, sh);
+    CHECK(hyb_quant_keep_gguf(t, "blk.3.ffn_up.weight", HYB_GGML_Q4_1, W, (uint64_t)nbytes - 20,
+                              0, 0) == HYB_ERR_FORMAT);
+    CHECK(strstr(hyb_error(), "blk.3.ffn_up.weight") && t->dtype == HYB_F32 && !t->data);
+    /* a block type without a kernel (Q2_K) stays for the f32 path */
+    int64_t sh2[2] = {1, 256};
+    hyb_tensor *t2 = hyb_param_no_data(HYB_F32, 2, sh2);
+    uint8_t q2[84] = {0};
+    CHECK(hyb_quant_keep_gguf(t2, "blk.0.ffn_gate.weight", HYB_GGML_Q2_K, q2, sizeof q2, 0, 0) ==
+          0);
+    CHECK(t2->dtype == HYB_F32 && !t2->data);
+    hyb_tensor_free(t2);
     hyb_tensor_free(t);
 
     /* q_proj: GGUF row h*hd + 2i + j is HF row h*hd + j*hd/2 + i */
-    t = hyb_tensor_new(HYB_F32, 2, sh);
-    t->owner = HYB_OWN_PARAM;
-    snprintf(t->name, sizeof t->name, "model.layers.3.self_attn.q_proj.weight");
-    float *gg = malloc(sizeof(float) * (size_t)N * K);
+    const hyb_quant_config saved = hyb_quant_get(), pre = cfg(HYB_QUANT_PRECISE, 4, 0, 0);
+    hyb_quant_set(&pre);
+    t = hyb_param_no_data(HYB_F32, 2, sh);
+    float *gg = malloc(sizeof(float) * (size_t)N * K), *hf = malloc(sizeof(float) * (size_t)N * K);
     CHECK(hyb_dequantize(HYB_Q4_1, W, gg, (int64_t)N * K) == HYB_OK);
     const int hd = 8, half = 4;
     for (int h = 0; h < 2; h++)
         for (int i = 0; i < half; i++)
             for (int j = 0; j < 2; j++)
-                memcpy(hyb_tensor_f32(t) + (size_t)(h * hd + j * half + i) * K,
+                memcpy(hf + (size_t)(h * hd + j * half + i) * K,
                        gg + (size_t)(h * hd + 2 * i + j) * K, sizeof(float) * K);
-    const int n0 = hyb_quant_shadow_count();
-    CHECK(hyb_quant_shadow_gguf(t, "blk.3.attn_q.weight", HYB_GGML_Q4_1, W, (uint64_t)nbytes, 2,
-                                hd) == HYB_OK);
-    CHECK(hyb_quant_shadow_count() == n0 + 1);
-    float *x = random_x(&r, 1, K), yq[16], yf[16];
-    hyb_cpu_sgemm(0, 1, 1, N, K, 1.0f, x, K, hyb_tensor_cf32(t), K, 0.0f, yq, N); /* shadow */
+    CHECK(hyb_quant_keep_gguf(t, "blk.3.attn_q.weight", HYB_GGML_Q4_1, W, (uint64_t)nbytes, 2,
+                              hd) == 1);
+    CHECK(t->data != W && t->owner == HYB_OWN_PARAM && t->dtype == HYB_Q4_1);
+    float *x = random_x(&r, 1, K), yq[16];
+    CHECK(hyb_cpu_quant_matmul(HYB_Q4_1, t->data, x, yq, 1, N, K, &pre) == HYB_OK);
     for (int n = 0; n < N; n++) {
         double a = 0, ab = 0;
         for (int k = 0; k < K; k++) {
-            a += (double)x[k] * hyb_tensor_cf32(t)[(size_t)n * K + k];
-            ab += fabs((double)x[k] * hyb_tensor_cf32(t)[(size_t)n * K + k]);
+            a += (double)x[k] * hf[(size_t)n * K + k];
+            ab += fabs((double)x[k] * hf[(size_t)n * K + k]);
         }
-        yf[n] = (float)a;
-        CHECK_MSG(fabs(yq[n] - a) <= F32_TOL * ab + 1e-30, "row %d: shadow %.9g vs f32 %.9g", n,
+        CHECK_MSG(fabs(yq[n] - a) <= F32_TOL * ab + 1e-30, "row %d: blocks %.9g vs f32 %.9g", n,
                   yq[n], a);
     }
-    (void)yf;
     hyb_tensor_free(t);
-    CHECK(hyb_quant_shadow_count() == n0);
     hyb_quant_set(&saved);
-    free(W), free(bad), free(gg), free(x);
+    free(W), free(bad), free(gg), free(hf), free(x);
 }
 
 int main(void) {
@@ -369,7 +351,6 @@ int main(void) {
     RUN(test_tiled);
     RUN(test_finer_scales_help);
     RUN(test_bad_input);
-    RUN(test_shadow);
     RUN(test_loader);
     return harness_done();
 }

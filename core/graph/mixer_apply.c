@@ -74,11 +74,21 @@ hyb_tensor *hyb_mixer_apply_kv(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x,
     const int B = (int)x->shape[0], T = (int)x->shape[1];
     if (m->n_params < 0 || (m->n_params > 0 && !m->params))
         OP_ERR("%s: mixer '%s' has no parameter array", OP, m->type);
-    int wants_grad = x->requires_grad;
+    int wants_grad = x->requires_grad, n_quant = 0;
     for (int i = 0; i < m->n_params; i++) {
         hyb_tensor *p = m->params[i];
         const char *pn = m->decls ? m->decls[i].name : "param";
-        if (op_check_f32(OP, pn, p)) return NULL;
+        if (p->dtype != HYB_F32 && m->decls && m->decls[i].quant_ok &&
+            hyb_dtype_block_elems(p->dtype) > 1 && p->device == HYB_DEV_CPU) {
+            if (p->requires_grad)
+                OP_ERR("%s: mixer '%s' (layer %d) parameter '%s' is quantized (%s) and asks for a "
+                       "gradient: quantized weights are for inference (load the model with quant "
+                       "= off, --quant off, to train it)",
+                       OP, m->type, m->dims.layer, pn, hyb_dtype_name(p->dtype));
+            n_quant++; /* a frozen projection in GGUF blocks (ABI 3: param_dtypes) */
+        } else if (op_check_f32(OP, pn, p)) {
+            return NULL;
+        }
         if (op_check_same_device(OP, "x", x, pn, p)) return NULL;
         if (m->decls) {
             int64_t want = 1;
@@ -94,6 +104,11 @@ hyb_tensor *hyb_mixer_apply_kv(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x,
     const hyb_backend *be = op_backend(OP, x->device);
     if (!be) return NULL;
     const int recording = g->grad_enabled && wants_grad;
+    if (recording && n_quant)
+        OP_ERR("%s: mixer '%s' (layer %d) has quantized weights (a model loaded from a quantized "
+               "GGUF for inference), which have no backward; load it with quant = off (--quant "
+               "off) to train through it",
+               OP, m->type, m->dims.layer);
     const int step = states && T == 1 && !recording; /* one token of B sequences: decode */
     if (step && (!pos || max_ctx <= 0))
         OP_ERR("%s: mixer '%s' (layer %d): a decode step needs pos and max_ctx (got %s, %d)", OP,
@@ -103,8 +118,12 @@ hyb_tensor *hyb_mixer_apply_kv(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x,
     const float **params =
         graph_host_alloc(g, sizeof(float *) * (size_t)(m->n_params ? m->n_params : 1));
     if (!params) return NULL;
-    for (int i = 0; i < m->n_params; i++)
+    int *dtypes = graph_host_alloc(g, sizeof(int) * (size_t)(m->n_params ? m->n_params : 1));
+    if (!dtypes) return NULL;
+    for (int i = 0; i < m->n_params; i++) {
         params[i] = (const float *)m->params[i]->data;
+        dtypes[i] = (int)m->params[i]->dtype;
+    }
     void *saved = NULL;
     if (recording) {
         size_t sb = m->desc->saved_bytes(m->self, B, T);
@@ -124,6 +143,7 @@ hyb_tensor *hyb_mixer_apply_kv(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x,
         da.states = states;
         da.pos = pos;
         da.max_ctx = max_ctx;
+        da.param_dtypes = dtypes;
         da.kv = kv;
         int rc = m->desc->kernels[x->device].decode(m->self, &da);
         if (rc != HYB_OK) {
@@ -146,6 +166,7 @@ hyb_tensor *hyb_mixer_apply_kv(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x,
     fa.states = states;
     fa.pos = pos;
     fa.max_ctx = max_ctx;
+    fa.param_dtypes = dtypes;
     fa.kv = kv;
     int rc = m->desc->kernels[x->device].forward(m->self, &fa);
     if (rc != HYB_OK) {

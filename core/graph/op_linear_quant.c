@@ -16,7 +16,7 @@ static int check_quant_w(const char *op, const hyb_tensor *W) {
     if (!hyb_quant_supported(W->dtype))
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
                              "%s: W '%s' %s: quantized weight type %s has no kernel (supported: "
-                             "q8_0 q4_0 q4_1)",
+                             "q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k)",
                              op, W->name, op_shape(W, a, sizeof a), hyb_dtype_name(W->dtype));
     if (W->device != HYB_DEV_CPU)
         return hyb_error_set(HYB_ERR_UNSUPPORTED, "%s: quantized W '%s' must be on the CPU", op,

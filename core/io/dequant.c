@@ -152,6 +152,8 @@ int hyb_ggml_type_from_dtype(hyb_dtype t) {
         return HYB_GGML_Q5_0;
     case HYB_Q5_1:
         return HYB_GGML_Q5_1;
+    case HYB_Q5_K:
+        return HYB_GGML_Q5_K;
     default:
         return -1;
     }

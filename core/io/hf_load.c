@@ -18,6 +18,7 @@
 #include <cJSON.h>
 
 #include "hyb/gguf.h"
+#include "backend/cpu/cpu_quant.h"
 #include "io/quant_load.h"
 #include "hyb/safetensors.h"
 #include "../strbuf.h"
@@ -322,13 +323,13 @@ static int check_config(const char *src, const hyb_llama_config *c, const char *
     return HYB_OK;
 }
 
-static int hf_build(const char *src, const hf_plan *p, hyb_model **out);
+static int hf_build(const char *src, const hf_plan *p, unsigned flags, hyb_model **out);
 
 static int build_from_config(const char *src, const hyb_llama_config *c, hyb_model **out) {
     HYB_TRY(check_config(src, c, NULL));
     hf_plan p;
     int rc = llama_plan(c, src, &p);
-    if (rc == HYB_OK) rc = hf_build(src, &p, out);
+    if (rc == HYB_OK) rc = hf_build(src, &p, HYB_BUILD_NO_DATA, out); /* gguf_fill gives data */
     plan_free(&p);
     return rc;
 }
@@ -514,11 +515,31 @@ static int gguf_read_config(hyb_gguf *g, const char *path, hyb_llama_config *c) 
     return check_config(path, c, GGUF_KEYS);
 }
 
-static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llama_config *c) {
+/* 1 when parameter t may stay in GGUF blocks: a frozen linear weight that the graph's matmul /
+ * embedding ops consume (token embedding, lm_head, MLP gate/up/down), or a mixer parameter whose
+ * plugin declared it quant_ok (hyb/plugin.h, ABI 3: e.g. mha's q/k/v/o projections) */
+static int may_stay_quantized(const hyb_model *m, const hyb_tensor *t) {
+    if (t == m->embed || t == m->lm_head) return 1;
+    for (int l = 0; l < m->L; l++) {
+        const hyb_layer *ly = &m->layers[l];
+        if (t == ly->w_gate || t == ly->w_up || t == ly->w_down) return 1;
+        if (ly->mixer)
+            for (int i = 0; i < ly->mixer->n_params; i++)
+                if (ly->mixer->params[i] == t) return ly->mixer->decls[i].quant_ok;
+    }
+    return 0;
+}
+
+/* Fill every parameter of m (built with HYB_BUILD_NO_DATA: no memory yet) from the file. With
+ * keep_quant, a parameter that may stay quantized takes the file's blocks (pointing into the
+ * mapping, or a row-permuted copy for q/k); *mapped tells whether any points into the mapping. */
+static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llama_config *c,
+                     int keep_quant, int *mapped) {
     int64_t nt = hyb_gguf_tensor_count(g);
     uint8_t *used = calloc((size_t)(nt > 0 ? nt : 1), 1);
     float *tmp = NULL;
     int rc = HYB_OK;
+    *mapped = 0;
     if (!used) return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory", path);
     for (int p = 0; p < m->n_params && rc == HYB_OK; p++) {
         hyb_tensor *t = m->params[p];
@@ -546,19 +567,37 @@ static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llam
             break;
         }
         used[ti_idx] = 1;
-        if (perm == PERM_NONE) { /* HYB_QUANT: keep linear weights in their blocks (quant_load.c) */
-            int kept = hyb_quant_adopt_gguf(t, gname, ti->type, ti->data, ti->nbytes);
-            if (kept < 0) rc = hyb_error_wrap(kept, "%s", path);
-            if (kept) continue;
+        /* a NaN/Inf block scale is refused whatever the weights become (f32 or blocks) */
+        if ((rc = hyb_quant_check_scales(gname, ti->type, ti->data, ti->nbytes)) != HYB_OK) {
+            rc = hyb_error_wrap(rc, "%s", path);
+            break;
+        }
+        const int nh = perm == PERM_Q ? c->n_heads : perm == PERM_K ? c->n_kv_heads : 0;
+        if (keep_quant && may_stay_quantized(m, t)) { /* blocks, no f32 copy (quant_load.c) */
+            int kept = hyb_quant_keep_gguf(t, gname, ti->type, ti->data, ti->nbytes, nh,
+                                           c->head_dim);
+            if (kept < 0) {
+                rc = hyb_error_wrap(kept, "%s", path);
+                break;
+            }
+            if (kept) {
+                *mapped |= nh == 0;
+                continue;
+            }
+        }
+        if (!t->data && !(t->data = hyb_malloc(hyb_tensor_nbytes(t)))) { /* HYB_BUILD_NO_DATA */
+            rc = hyb_error_wrap(HYB_ERR_NOMEM, "%s: tensor '%s'", path, gname);
+            break;
         }
         rc = hyb_gguf_tensor_to_f32(g, ti_idx, hyb_tensor_f32(t));
         if (rc != HYB_OK) {
-            rc = hyb_error_wrap(rc, "%s: tensor '%s' (%s)", path, gname,
-                                hyb_ggml_type_name(ti->type) ? hyb_ggml_type_name(ti->type) : "?");
+            const char *tn = hyb_ggml_type_name(ti->type);
+            rc = hyb_error_wrap(rc, "%s: tensor '%s' (%s; hyb reads F32 F16 BF16 %s and the other "
+                                "K-quants)",
+                                path, gname, tn ? tn : "?", hyb_quant_supported_list());
             break;
         }
         if (perm != PERM_NONE) {
-            int nh = perm == PERM_Q ? c->n_heads : c->n_kv_heads;
             int64_t cols = t->ndim == 2 ? t->shape[1] : 1;
             if (t->shape[0] != (int64_t)nh * c->head_dim) {
                 rc = hyb_error_set(HYB_ERR_FORMAT,
@@ -573,16 +612,6 @@ static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llam
             }
             unpermute_heads(hyb_tensor_f32(t), nh, c->head_dim, cols, tmp);
         }
-        /* HYB_QUANT: attention projections also keep their blocks, as shadows (quant_load.c) */
-        rc = hyb_quant_shadow_gguf(t, gname, ti->type, ti->data, ti->nbytes,
-                                   perm == PERM_NONE ? 0
-                                   : perm == PERM_Q  ? c->n_heads
-                                                     : c->n_kv_heads,
-                                   c->head_dim);
-        if (rc != HYB_OK) {
-            rc = hyb_error_wrap(rc, "%s", path);
-            break;
-        }
     }
     if (rc == HYB_OK)
         for (int64_t i = 0; i < nt; i++)
@@ -594,25 +623,51 @@ static int gguf_fill(hyb_model *m, hyb_gguf *g, const char *path, const hyb_llam
     return rc;
 }
 
-int hyb_model_load_gguf(const char *path, hyb_model **out) {
+static void gguf_source_free(void *g) {
+    hyb_gguf_close((hyb_gguf *)g);
+}
+
+int hyb_model_load_gguf_ex(const char *path, int quant, hyb_model **out) {
     *out = NULL;
+    if (quant < 0) quant = hyb_quant_get().mode != HYB_QUANT_OFF;
     hyb_gguf *g = NULL;
     HYB_TRY(hyb_gguf_open(path, &g));
     hyb_llama_config c;
     hyb_model *m = NULL;
+    int mapped = 0;
     int rc = gguf_read_config(g, path, &c);
     if (rc == HYB_OK) rc = build_from_config(path, &c, &m);
-    if (rc == HYB_OK) rc = gguf_fill(m, g, path, &c);
+    if (rc == HYB_OK) rc = gguf_fill(m, g, path, &c, quant, &mapped);
+    int64_t nq = 0;
+    for (int i = 0; m && rc == HYB_OK && i < m->n_params; i++)
+        nq += m->params[i]->dtype != HYB_F32;
+    /* an inference load: frozen as a whole (the f32 norms too), so that a forward on a graph
+     * with gradients on records nothing through the quantized weights; hyb_model_clone gives a
+     * trainable f32 copy */
+    for (int i = 0; nq && i < m->n_params; i++)
+        m->params[i]->requires_grad = 0;
+    if (rc == HYB_OK && mapped) { /* parameters point into the mapping: the model keeps it */
+        m->source = g;
+        m->source_free = gguf_source_free;
+        g = NULL;
+    }
     hyb_gguf_close(g);
     if (rc != HYB_OK) {
         hyb_model_free(m);
         return rc;
     }
-    hyb_log(HYB_LOG_INFO, "%s: %s, %d layers, d_model %d, %d/%d heads of %d, vocab %d%s", path,
-            c.name, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size,
-            c.tie_embeddings ? ", tied embeddings" : "");
+    hyb_log(HYB_LOG_INFO,
+            "%s: %s, %d layers, d_model %d, %d/%d heads of %d, vocab %d%s; %lld of %d weights "
+            "quantized (%s)",
+            path, c.name, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim,
+            c.vocab_size, c.tie_embeddings ? ", tied embeddings" : "", (long long)nq, m->n_params,
+            nq ? hyb_quant_mode_name(hyb_quant_get().mode) : "f32 compute");
     *out = m;
     return HYB_OK;
+}
+
+int hyb_model_load_gguf(const char *path, hyb_model **out) {
+    return hyb_model_load_gguf_ex(path, -1, out);
 }
 
 /* ---- HF checkpoint directories ----------------------------------------------------------------*/
@@ -913,13 +968,13 @@ static int hf_fill(hyb_model *m, shard_set *s, const char *dir, const hf_plan *p
 
 /* Build the model of a plan (its generated layer map), without random init: every parameter is
  * read next, and the MLP of an identity layer skipped by the format must stay zero. */
-static int hf_build(const char *src, const hf_plan *p, hyb_model **out) {
+static int hf_build(const char *src, const hf_plan *p, unsigned flags, hyb_model **out) {
     char source[600];
     snprintf(source, sizeof source, "%s (generated layer map)", src);
     hyb_layermap *map = NULL;
     int rc = hyb_layermap_parse(p->toml, source, &map);
     if (rc != HYB_OK) return hyb_error_wrap(rc, "%s", src);
-    rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT, out); /* takes ownership of map */
+    rc = hyb_model_build_ex(map, 0, HYB_BUILD_NO_INIT | flags, out); /* takes ownership of map */
     if (rc != HYB_OK) return hyb_error_wrap(rc, "%s", src);
     return HYB_OK;
 }
@@ -941,7 +996,7 @@ int hyb_model_load_hf_dir(const char *dir, hyb_model **out) {
         return rc;
     }
     hyb_model *m = NULL;
-    rc = hf_build(dir, &p, &m);
+    rc = hf_build(dir, &p, 0, &m);
     if (rc == HYB_OK) rc = hf_fill(m, &s, dir, &p);
     shards_close(&s);
     if (rc == HYB_OK && strcmp(p.format, HYB_HF_LLAMA) != 0)

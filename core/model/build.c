@@ -36,11 +36,14 @@ static void param_free(hyb_tensor *t) {
  * need (backward, optimiser; owner HYB_OWN_PARAM): an inference-only model holds no gradients. */
 static hyb_tensor *param_new(const char *name, int ndim, const int64_t *shape, int normal,
                              uint64_t seed) {
-    hyb_tensor *t = hyb_tensor_new(HYB_F32, ndim, shape);
+    /* normal == -2 (HYB_BUILD_NO_DATA): no data yet, the loader gives it (hyb_param_no_data) */
+    hyb_tensor *t = normal == -2 ? hyb_param_no_data(HYB_F32, ndim, shape)
+                                 : hyb_tensor_new(HYB_F32, ndim, shape);
     if (!t) return NULL;
     t->owner = HYB_OWN_PARAM;
     t->requires_grad = 1;
     snprintf(t->name, sizeof t->name, "%s", name);
+    if (normal == -2) return t;
     float *p = hyb_tensor_f32(t);
     int64_t n = hyb_tensor_numel(t);
     if (normal < 0) {
@@ -180,6 +183,8 @@ void hyb_model_free(hyb_model *m) {
     free(m->no_decay);
     if (m->scratch) hyb_graph_free(m->scratch);
     hyb_layermap_free(m->map);
+    /* after the parameters: quantized ones may point into it (a mapped GGUF) */
+    if (m->source_free) m->source_free(m->source);
     free(m);
 }
 
@@ -244,7 +249,8 @@ int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_mod
     m->F = map->d_ff;
     m->L = map->n_layers;
     int rc = HYB_OK;
-    const int rnd = (flags & HYB_BUILD_NO_INIT) ? -1 : 1; /* N(0, 0.02) or left zero */
+    /* N(0, 0.02), left zero, or (HYB_BUILD_NO_DATA) not even allocated */
+    const int rnd = (flags & HYB_BUILD_NO_DATA) ? -2 : (flags & HYB_BUILD_NO_INIT) ? -1 : 1;
     const int64_t D = m->D, V = m->V, F = m->F;
     int64_t sh_vd[2] = {V, D}, sh_d[1] = {D}, sh_fd[2] = {F, D}, sh_df[2] = {D, F};
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
@@ -265,7 +271,8 @@ int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_mod
             hyb_model_dims dims = model_dims(m, l);
             rc = hyb_mixer_new_ex(spec->type, &dims, spec->table, seed_mix(ls, 1),
                                   HYB_MIXER_LAZY_GRAD |
-                                      ((flags & HYB_BUILD_NO_INIT) ? HYB_MIXER_NO_INIT : 0),
+                                      ((flags & HYB_BUILD_NO_INIT) ? HYB_MIXER_NO_INIT : 0) |
+                                      ((flags & HYB_BUILD_NO_DATA) ? HYB_MIXER_NO_DATA : 0),
                                   &ly->mixer);
             if (rc != HYB_OK) {
                 ly->mixer = NULL;
@@ -403,6 +410,14 @@ int hyb_model_to_device(hyb_model *m, const hyb_backend *be) {
     int rc = hyb_model_check_device(m, be->device, 0);
     if (rc != HYB_OK)
         return hyb_error_wrap(rc, "model '%s' cannot run on %s", m->map->name, be->name);
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i]->dtype != HYB_F32 && be->device != HYB_DEV_CPU)
+            return hyb_error_set(HYB_ERR_UNSUPPORTED,
+                                 "model '%s' cannot run on %s: parameter '%s' is quantized (%s), "
+                                 "which computes on the CPU only; load the model with quant = "
+                                 "off (--quant off) to run it there",
+                                 m->map->name, be->name, m->params[i]->name,
+                                 hyb_dtype_name(m->params[i]->dtype));
     for (int i = 0; i < m->n_params; i++)
         if ((rc = hyb_tensor_move(m->params[i], be)) != HYB_OK)
             return hyb_error_wrap(rc,

@@ -232,6 +232,9 @@ int hyb_model_clone(const hyb_model *src, hyb_model **out) {
                              "hyb_model_clone: %d parameters in the copy, %d in the source",
                              m->n_params, src->n_params);
     }
+    int src_quant = 0; /* an inference load (quantized weights, all frozen): the copy trains */
+    for (int i = 0; i < src->n_params; i++)
+        src_quant |= src->params[i]->dtype != HYB_F32;
     for (int i = 0; i < m->n_params; i++) {
         const hyb_tensor *a = src->params[i];
         hyb_tensor *b = m->params[i];
@@ -241,13 +244,22 @@ int hyb_model_clone(const hyb_model *src, hyb_model **out) {
                 HYB_ERR, "hyb_model_clone: parameter %d is '%s' in the source, '%s' in the copy", i,
                 a->name, b->name);
         }
-        if (a->device == HYB_DEV_CPU)
+        if (a->dtype != HYB_F32) { /* quantized (frozen): the copy is f32, trainable */
+            if ((rc = hyb_dequantize(a->dtype, a->data, hyb_tensor_f32(b),
+                                     hyb_tensor_numel(a))) != HYB_OK) {
+                hyb_model_free(m);
+                return hyb_error_wrap(rc, "hyb_model_clone: '%s'", a->name);
+            }
+            b->requires_grad = 1;
+            m->no_decay[i] = src->no_decay[i];
+            continue;
+        } else if (a->device == HYB_DEV_CPU)
             memcpy(b->data, a->data, hyb_tensor_nbytes(a));
         else if ((rc = hyb_tensor_download(a, b->data)) != HYB_OK) { /* the copy is on the CPU */
             hyb_model_free(m);
             return hyb_error_wrap(rc, "hyb_model_clone");
         }
-        b->requires_grad = a->requires_grad;
+        b->requires_grad = a->requires_grad || src_quant;
         m->no_decay[i] = src->no_decay[i];
     }
     /* the copy lives where the source does */

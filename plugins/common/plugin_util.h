@@ -10,6 +10,7 @@
 #define HYB_PLUGIN_UTIL_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,6 +37,29 @@ static inline int hyb_pl_thread_id(void) {
 #else
     return 0;
 #endif
+}
+
+/* ---- hyb's CPU thread pool (hyb_host.parallel_for) -------------------------------------------*/
+
+/* Whether host has the pool entries (hosts older than them have a smaller struct_size). */
+static inline int hyb_pl_has_pool(const hyb_host *h) {
+    return h && h->struct_size >= offsetof(hyb_host, threads) + sizeof h->threads &&
+           h->parallel_for && h->threads;
+}
+
+/* Threads of a hyb_pl_parallel_for call (the caller included): size per-thread scratch by it. */
+static inline int hyb_pl_threads(const hyb_host *h) {
+    return hyb_pl_has_pool(h) ? h->threads() : 1;
+}
+
+/* fn over [0, n) on the host's pool in chunks of a multiple of grain items (par != 0 and a host
+ * that has the pool), else serially on this thread with tid 0. Returns the first error of fn. */
+static inline int hyb_pl_parallel_for(const hyb_host *h, int par, int64_t n, int64_t grain,
+                                      int (*fn)(void *ctx, int64_t lo, int64_t hi, int tid),
+                                      void *ctx) {
+    if (n <= 0) return 0;
+    if (par && hyb_pl_has_pool(h)) return h->parallel_for(n, grain, fn, ctx);
+    return fn(ctx, 0, n, 0);
 }
 
 /* ---- f32 vector kernels -----------------------------------------------------------------------*/

@@ -557,14 +557,23 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
 
 /* ---- decode ---------------------------------------------------------------------------------*/
 
+typedef struct dec_job {
+    const m1 *m;
+    const hyb_mixer_dec *a;
+    const float *zxbc;
+    float *v, *ys, *uu, *sbuf;
+    const float *A;
+} dec_job;
+static int dec_units(void *ctx, int64_t lo, int64_t hi, int tid);
+
 int m1_decode(void *self, const hyb_mixer_dec *a) {
     m1 *m = self;
     const hyb_backend *be = a->be;
     int rc = HYB_OK;
-    const int n = a->n, D = m->D, Di = m->Di, Dx = m->Dx, N = m->N, K = m->K, R = m->R, Pw = m->P;
+    const int n = a->n, D = m->D, Di = m->Di, N = m->N, K = m->K, R = m->R, Pw = m->P;
     HYB_TRY(m1_check_dec(m, a));
     const float *const *P = a->params;
-    const int nthr = hyb_pl_max_threads();
+    const int nthr = hyb_pl_threads(m1_host);
     float *buf = be->alloc(be, sizeof(float) *
                                    ((size_t)n * (Pw + R + 3 * (size_t)Di) + (size_t)nthr * N * N));
     float *A = make_A(be, m, P[M1_ALOG]);
@@ -583,10 +592,29 @@ int m1_decode(void *self, const hyb_mixer_dec *a) {
     for (int i = 0; i < n; i++) /* a sequence without tokens starts from the zero state */
         if (a->pos[i] == 0) memset(a->states[i], 0, (size_t)Di * (N + K) * sizeof(float));
 
-    const float *cw = P[M1_CONVW], *cb = P[M1_CONVB], *Dk = P[M1_DSKIP];
-    const int nC = m->nC;
-#pragma omp parallel for schedule(static) if ((double)n * Di * N > PAR_WORK)
-    for (int unit = 0; unit < n * nC; unit++) {
+    dec_job job = {m, a, zxbc, v, ys, uu, sbuf, A};
+    if (rc == HYB_OK)
+        rc = hyb_pl_parallel_for(m1_host, (double)n * Di * N > PAR_WORK, (int64_t)n * m->nC, 1,
+                                 dec_units, &job);
+    if (rc == HYB_OK)
+        rc = be->sgemm(be, 0, 1, n, D, Di, 1.0f, ys, Di, P[M1_WOUT], Di, 0.0f, a->y, D);
+    be->free(be, A);
+    be->free(be, buf);
+    return rc;
+}
+
+/* The (sequence, C head) units [lo, hi) of a decode step (a pool chunk): conv window shift, scan
+ * step and gate, each unit on its own rows of the state and of ys. */
+static int dec_units(void *ctx, int64_t lo, int64_t hi, int tid) {
+    const dec_job *j = ctx;
+    const m1 *m = j->m;
+    const hyb_mixer_dec *a = j->a;
+    const int Di = m->Di, Dx = m->Dx, N = m->N, K = m->K, Pw = m->P, nC = m->nC;
+    const float *const *P = a->params;
+    const float *cw = P[M1_CONVW], *cb = P[M1_CONVB], *Dk = P[M1_DSKIP], *A = j->A;
+    const float *zxbc = j->zxbc;
+    float *v = j->v, *ys = j->ys, *uu = j->uu;
+    for (int unit = (int)lo; unit < (int)hi; unit++) {
         const int i = unit / nC, h = unit % nC, g = h / m->rep;
         const size_t d0 = (size_t)h * N;
         float *ssm = a->states[i], *cs = ssm + (size_t)Di * N;
@@ -602,7 +630,7 @@ int m1_decode(void *self, const hyb_mixer_dec *a) {
             u[d] = siluf_(acc);
             dtv[d] = hyb_pl_softplus(dtv[d]);
         }
-        float *sh = sbuf + (size_t)hyb_pl_thread_id() * N * N;
+        float *sh = j->sbuf + (size_t)tid * N * N;
         transpose_nn(sh, ssm + d0 * N, N);
         step_head(sh, N, dtv + d0, u + d0, zr + Di + Dx + (size_t)g * N, zr + Di + 2 * Dx + d0,
                   A + d0 * N, Dk + d0, ys + (size_t)i * Di + d0);
@@ -610,9 +638,5 @@ int m1_decode(void *self, const hyb_mixer_dec *a) {
         for (size_t d = d0; d < d0 + N; d++)
             ys[(size_t)i * Di + d] *= siluf_(zr[d]);
     }
-    if (rc == HYB_OK)
-        rc = be->sgemm(be, 0, 1, n, D, Di, 1.0f, ys, Di, P[M1_WOUT], Di, 0.0f, a->y, D);
-    be->free(be, A);
-    be->free(be, buf);
-    return rc;
+    return HYB_OK;
 }

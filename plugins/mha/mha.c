@@ -185,6 +185,9 @@ static int mha_param_decl(void *self, int i, hyb_param_decl *d) {
     }
     if (i >= MHA_BQ && !m->bias)
         return H_->error(HYB_ERR_ARG, "mha: param_decl index %d out of range", i);
+    /* the projections are only ever used as x W^T in forward and decode: a frozen one may come as
+     * GGUF blocks (linear() in mha_attn.c multiplies it with be->qmatmul) */
+    d->quant_ok = i <= MHA_WO;
     return HYB_OK;
 }
 

@@ -168,10 +168,23 @@ bwd_rows(float *p, float *dp, int qb, int nk, int i0, const float *lse, const fl
     }
 }
 
-/* Y[rows, out] = X[rows, in] W^T (+ b) */
-static int linear(const hyb_backend *be, const float *X, const float *W, const float *b, float *Y,
-                  int rows, int in, int out) {
-    HYB_BE_TRY(be->sgemm(be, 0, 1, rows, out, in, 1.0f, X, in, W, in, 0.0f, Y, out));
+/* dtype of parameter i of a forward or decode call (ABI 3: NULL param_dtypes = all f32) */
+#define PDT(a, i) ((a)->param_dtypes ? (a)->param_dtypes[i] : (int)HYB_F32)
+
+/* Y[rows, out] = X[rows, in] W^T (+ b); W f32, or GGUF blocks of dtype wt (a frozen projection
+ * of a model loaded from a quantized GGUF: hyb_param_decl.quant_ok, ABI 3) through be->qmatmul */
+static int linear(const hyb_backend *be, const float *X, const float *W, int wt, const float *b,
+                  float *Y, int rows, int in, int out) {
+    if (wt != HYB_F32) {
+        if (!be->qmatmul)
+            return H_->error(HYB_ERR_UNSUPPORTED,
+                             "mha: a projection is quantized (dtype %d) and backend %s has no "
+                             "quantized matmul",
+                             wt, be->name);
+        HYB_BE_TRY(be->qmatmul(be, wt, W, X, Y, rows, out, in));
+    } else {
+        HYB_BE_TRY(be->sgemm(be, 0, 1, rows, out, in, 1.0f, X, in, W, in, 0.0f, Y, out));
+    }
     if (b)
         for (int r = 0; r < rows; r++)
             hyb_pl_axpy(Y + (size_t)r * out, 1.0f, b, out);
@@ -304,11 +317,14 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
             posbuf[(size_t)b * T + t] = p0 + t;
     }
     /* rows carry their own positions: RoPE over one batch of BT rows */
-    int rc = linear(be, a->x, P[MHA_WQ], bias ? P[MHA_BQ] : NULL, Q, (int)BT, D, (int)qd);
+    int rc = linear(be, a->x, P[MHA_WQ], PDT(a, MHA_WQ), bias ? P[MHA_BQ] : NULL, Q, (int)BT,
+                    D, (int)qd);
     if (rc == HYB_OK)
-        rc = linear(be, a->x, P[MHA_WK], bias ? P[MHA_BK] : NULL, K, (int)BT, D, (int)kd);
+        rc = linear(be, a->x, P[MHA_WK], PDT(a, MHA_WK), bias ? P[MHA_BK] : NULL, K, (int)BT,
+                    D, (int)kd);
     if (rc == HYB_OK)
-        rc = linear(be, a->x, P[MHA_WV], bias ? P[MHA_BV] : NULL, V, (int)BT, D, (int)kd);
+        rc = linear(be, a->x, P[MHA_WV], PDT(a, MHA_WV), bias ? P[MHA_BV] : NULL, V, (int)BT,
+                    D, (int)kd);
     if (rc == HYB_OK) rc = be->rope(be, Q, 1, (int)BT, H, hd, posbuf, m->theta, 0);
     if (rc == HYB_OK) rc = be->rope(be, K, 1, (int)BT, KV, hd, posbuf, m->theta, 0);
     if (rc != HYB_OK) goto done;
@@ -372,7 +388,8 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
                                           LSE + ((size_t)b * H + h) * T + i0));
     }
     rc = perr;
-    if (rc == HYB_OK) rc = linear(be, O, P[MHA_WO], NULL, a->y, (int)BT, (int)qd, D);
+    if (rc == HYB_OK)
+        rc = linear(be, O, P[MHA_WO], PDT(a, MHA_WO), NULL, a->y, (int)BT, (int)qd, D);
 done:
     be->free(be, scratch);
     be->free(be, tmp);
@@ -631,6 +648,43 @@ void *mha_dec_scratch(mha *m, const hyb_backend *be, size_t bytes) {
     return m->dec_buf;
 }
 
+/* The attention tasks [lo, hi) of a decode step (a pool chunk): task t = (sequence i, KV head g,
+ * chunk c of its keys) writes its partials part[t] (merged afterwards in chunk order, so the result
+ * does not depend on which thread ran what). */
+typedef struct dec_job {
+    const mha *m;
+    const hyb_mixer_dec *a;
+    const float *Q;
+    float *scratch, *part;
+    const size_t *t0;
+    float scale;
+    size_t qd, partw;
+    size_t rowb, tscr; /* bytes of a cache row; floats of a thread's scratch (s, then a tile) */
+    int kv;            /* the cache's hyb_kv_dtype */
+} dec_job;
+
+static int dec_tasks(void *ctx, int64_t lo, int64_t hi, int tid) {
+    const dec_job *j = ctx;
+    const hyb_mixer_dec *a = j->a;
+    const int KV = j->m->KV, hd = j->m->hd, G = j->m->H / KV;
+    const size_t *t0 = j->t0;
+    for (size_t t = (size_t)lo; t < (size_t)hi; t++) {
+        int i = 0;
+        while (t >= t0[i + 1])
+            i++;
+        const size_t nch = (t0[i + 1] - t0[i]) / (size_t)KV, local = t - t0[i];
+        const int g = (int)(local / nch), c = (int)(local % nch);
+        const int j0 = c * DEC_CHUNK, len = a->pos[i] + 1;
+        const int nk = len - j0 < DEC_CHUNK ? len - j0 : DEC_CHUNK;
+        const char *kb = (const char *)a->states[i] + ((size_t)g * a->max_ctx + j0) * j->rowb;
+        const char *vb = kb + (size_t)KV * a->max_ctx * j->rowb;
+        float *s = j->scratch + (size_t)tid * j->tscr;
+        attend_chunk(j->Q + (size_t)i * j->qd + (size_t)g * G * hd, G, kb, vb, j->rowb, j->kv, nk,
+                     hd, j->scale, s, s + (size_t)G * DEC_CHUNK, j->part + t * j->partw);
+    }
+    return HYB_OK;
+}
+
 int mha_decode(void *self, const hyb_mixer_dec *a) {
     mha *m = self;
     const hyb_backend *be = a->be;
@@ -653,7 +707,7 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
     size_t ntask = 0;
     for (int i = 0; i < n; i++)
         ntask += (size_t)KV * (size_t)((a->pos[i] + DEC_CHUNK) / DEC_CHUNK);
-    const int nthr = hyb_pl_max_threads();
+    const int nthr = hyb_pl_threads(H_);
     const size_t partw = (size_t)G * (hd + 2); /* floats of one task's partials */
     const size_t tscr = (size_t)G * DEC_CHUNK + (size_t)DEC_TILE * hd; /* per thread: s, tile */
     size_t nfl = (size_t)n * (2 * qd + 2 * kd) + ntask * partw + (size_t)nthr * tscr;
@@ -669,34 +723,23 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
 
     const float *const *P = a->params;
     if (rc == HYB_OK)
-        rc = linear(be, a->x, P[MHA_WQ], m->bias ? P[MHA_BQ] : NULL, Q, n, D, (int)qd);
+        rc = linear(be, a->x, P[MHA_WQ], PDT(a, MHA_WQ), m->bias ? P[MHA_BQ] : NULL, Q, n, D,
+                    (int)qd);
     if (rc == HYB_OK)
-        rc = linear(be, a->x, P[MHA_WK], m->bias ? P[MHA_BK] : NULL, K, n, D, (int)kd);
+        rc = linear(be, a->x, P[MHA_WK], PDT(a, MHA_WK), m->bias ? P[MHA_BK] : NULL, K, n, D,
+                    (int)kd);
     if (rc == HYB_OK)
-        rc = linear(be, a->x, P[MHA_WV], m->bias ? P[MHA_BV] : NULL, V, n, D, (int)kd);
+        rc = linear(be, a->x, P[MHA_WV], PDT(a, MHA_WV), m->bias ? P[MHA_BV] : NULL, V, n, D,
+                    (int)kd);
     if (rc == HYB_OK) rc = be->rope(be, Q, 1, n, H, hd, a->pos, m->theta, 0);
     if (rc == HYB_OK) rc = be->rope(be, K, 1, n, KV, hd, a->pos, m->theta, 0);
     for (int i = 0; i < n; i++)
         cache_put(a->states[i], a->max_ctx, KV, hd, a->pos[i], 1, K + (size_t)i * kd,
                   V + (size_t)i * kd, kv);
-    const float scale = 1.0f / sqrtf((float)hd);
-    /* threads only when there is enough work to pay for a parallel region */
+    /* threads (hyb's pool) only when there is enough work to pay for a dispatch */
     const int par = nthr > 1 && ntask > 1 && work * H * hd > 2e5;
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (size_t t = 0; t < ntask; t++) {
-        int i = 0;
-        while (t >= t0[i + 1])
-            i++;
-        const size_t nch = (t0[i + 1] - t0[i]) / (size_t)KV, local = t - t0[i];
-        const int g = (int)(local / nch), c = (int)(local % nch);
-        const int j0 = c * DEC_CHUNK, len = a->pos[i] + 1;
-        const int nk = len - j0 < DEC_CHUNK ? len - j0 : DEC_CHUNK;
-        const char *kb = (const char *)a->states[i] + ((size_t)g * a->max_ctx + j0) * rowb;
-        const char *vb = kb + (size_t)KV * a->max_ctx * rowb;
-        float *s = scratch + (size_t)hyb_pl_thread_id() * tscr;
-        attend_chunk(Q + (size_t)i * qd + (size_t)g * G * hd, G, kb, vb, rowb, kv, nk, hd, scale,
-                     s, s + (size_t)G * DEC_CHUNK, part + t * partw);
-    }
+    dec_job job = {m, a, Q, scratch, part, t0, 1.0f / sqrtf((float)hd), qd, partw, rowb, tscr, kv};
+    if (rc == HYB_OK) rc = hyb_pl_parallel_for(H_, par, (int64_t)ntask, 1, dec_tasks, &job);
     /* merge the chunks of each (sequence, head), in chunk order */
     for (int i = 0; i < n; i++) {
         const size_t nch = (t0[i + 1] - t0[i]) / (size_t)KV;
@@ -722,6 +765,7 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
                 o[d] *= inv;
         }
     }
-    if (rc == HYB_OK) rc = linear(be, O, P[MHA_WO], NULL, a->y, n, (int)qd, D);
+    if (rc == HYB_OK)
+        rc = linear(be, O, P[MHA_WO], PDT(a, MHA_WO), NULL, a->y, n, (int)qd, D);
     return rc;
 }

@@ -166,6 +166,11 @@ for i = 1, 129 do long[i] = 100 end
 local ok, err = pcall(llm.prefill, llm, long)
 check(not ok and tostring(err):find("max_ctx"), "context overflow: " .. tostring(err))
 check(not pcall(hyb.llm, "/nonexistent/model.gguf"), "missing model file accepted")
+do -- quant: a bad value is refused naming it (before the model loads)
+  local ok2, err2 = pcall(hyb.llm, path, {quant = "turbo"})
+  check(not ok2 and tostring(err2):find('quant must be "off", "precise", "fast" or "auto", got "turbo"', 1, true),
+        "quant = turbo: " .. tostring(err2))
+end
 llm:close()
 check(not pcall(llm.pos, llm), "closed llm usable")
 

@@ -74,6 +74,11 @@ H.run("module functions", function()
   table.sort(names)
   for _, k in ipairs(names) do sweep("hyb." .. k, hyb[k], nil, 3) end
   for k, v in pairs(hyb.data) do sweep("hyb.data." .. k, v, nil, 3) end
+  -- hyb.comm (one process here); kill and abort end the process by design
+  for k, v in pairs(hyb.comm) do
+    if k ~= "kill" and k ~= "abort" then sweep("hyb.comm." .. k, v, nil, 2) end
+  end
+  hyb.comm.timeout(600)
   sweep("hyb.optim.adamw", hyb.optim.adamw, nil, 2)
   H.check(calls > 1000, "many calls made: " .. calls)
 end)

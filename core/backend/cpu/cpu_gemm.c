@@ -1,6 +1,7 @@
 /* core/backend/cpu/cpu_gemm.c: GEMM on the CPU.
  *
- * Threading: one thread pool, libgomp's. OpenBLAS (the pthread build) is pinned to one thread the
+ * Threading: skinny products (decode) run on hyb's persistent pool (cpu_pool.h), whose workers
+ * spin briefly then sleep; larger ones on libgomp's. OpenBLAS (the pthread build) is pinned to one thread the
  * first time we call it, and large products are split here into OpenMP slices, each an
  * OpenBLAS call on one thread. With OpenBLAS's own pool as well, its spinning workers and the
  * OpenMP workers of the row-wise ops and the attention plugin (which calls sgemm from inside its
@@ -15,6 +16,7 @@
 #include <stdint.h>
 
 #include "backend/cpu/cpu.h"
+#include "backend/cpu/cpu_pool.h"
 #include "backend/cpu/cpu_quant.h"
 
 /* Products below this many multiply-adds run on the calling thread. */
@@ -111,6 +113,27 @@ skinny_nt_rows(int M, int n0, int n1, int K, float alpha, const float *A, int ld
     }
 }
 
+/* A pool chunk of the skinny product: output columns (weight rows) [lo, hi). */
+typedef struct skinny_job {
+    int M, K;
+    float alpha;
+    const float *A;
+    int lda;
+    const float *B;
+    int ldb;
+    float beta;
+    float *C;
+    int ldc;
+} skinny_job;
+
+static int skinny_chunk(void *ctx, int64_t lo, int64_t hi, int tid) {
+    const skinny_job *j = ctx;
+    (void)tid;
+    skinny_nt_rows(j->M, (int)lo, (int)hi, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta,
+                   j->C, j->ldc);
+    return HYB_OK;
+}
+
 void hyb_cpu_sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
                    int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
@@ -121,27 +144,19 @@ void hyb_cpu_sgemm(int transA, int transB, int M, int N, int K, float alpha, con
                 C[(int64_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(int64_t)i * ldc + j];
         return;
     }
-    /* HYB_QUANT: a registered f32 weight multiplies from its GGUF blocks (cpu_quant.h shadows) */
-    if (hyb_quant_shadow_gemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
-        return;
     blas_pin();
     const double flops = (double)M * N * K;
-    const int par = !omp_in_parallel() && omp_get_max_threads() > 1 && flops >= PAR_MIN_FLOPS;
     if (!transA && transB && M <= SKINNY_MAX_M) {
-        if (!par) {
-            skinny_nt_rows(M, 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        skinny_job j = {M, K, alpha, A, lda, B, ldb, beta, C, ldc};
+        if (flops < PAR_MIN_FLOPS) {
+            skinny_chunk(&j, 0, N, 0);
             return;
         }
-#pragma omp parallel
-        {
-            int nt = omp_get_num_threads(), id = omp_get_thread_num();
-            /* slices in multiples of 16 rows of W: whole cache lines of C per thread */
-            int chunk = ((N + nt - 1) / nt + 15) & ~15;
-            int n0 = id * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
-            if (n0 < n1) skinny_nt_rows(M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        }
+        /* the pool (cpu_pool.h), slices in multiples of 16 rows of W: whole cache lines of C */
+        (void)hyb_pool_parallel_for(N, 16, skinny_chunk, &j); /* skinny_chunk cannot fail */
         return;
     }
+    const int par = !omp_in_parallel() && omp_get_max_threads() > 1 && flops >= PAR_MIN_FLOPS;
     if (!par) {
         blas_sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;

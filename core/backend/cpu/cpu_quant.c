@@ -7,7 +7,9 @@
  * qs[16]: value d * q + m.
  * K-quants, 256 values: Q4_K = d, dmin, scales[12] (8 six-bit scales + mins), qs[128]; sub-block j
  * (32 values) is nibble j%2 of qs[32(j/2) ..], value d sc_j q - dmin mn_j: the kernels treat each
- * sub-block as a Q4_1 block with scale d sc_j and offset -dmin mn_j. Q6_K = ql[128], qh[64],
+ * sub-block as a Q4_1 block with scale d sc_j and offset -dmin mn_j. Q5_K = d, dmin, scales[12],
+ * qh[32], qs[128]: Q4_K's layout with qh inserted and a fifth bit, bit j of qh[l] for element l of
+ * sub-block j (values 0..31). Q6_K = ql[128], qh[64],
  * scales:i8[16], d; 32-value block u of half h: low nibble u/2 of ql[64h + 32(u%2) + l], high two
  * bits 2u of qh[32h + l], value d sc_(e/16) (q - 32): a Q8_0-like block with two scales.
  * The activation side is unchanged: 32-value blocks (sub-blocks of a K-quant super-block).
@@ -46,10 +48,11 @@
 #endif
 
 #include "backend/cpu/cpu.h"
+#include "backend/cpu/cpu_pool.h"
 
 #define QK 32
 
-typedef enum { T_Q8_0 = 0, T_Q4_0, T_Q4_1, T_Q4_K, T_Q6_K, T_Q5_0, T_Q5_1, T_COUNT } qtype;
+typedef enum { T_Q8_0 = 0, T_Q4_0, T_Q4_1, T_Q4_K, T_Q6_K, T_Q5_0, T_Q5_1, T_Q5_K, T_COUNT } qtype;
 
 static int qtype_of(hyb_dtype t) {
     switch (t) {
@@ -67,13 +70,15 @@ static int qtype_of(hyb_dtype t) {
         return T_Q5_0;
     case HYB_Q5_1:
         return T_Q5_1;
+    case HYB_Q5_K:
+        return T_Q5_K;
     default:
         return -1;
     }
 }
 
-static const int BLOCK_BYTES[T_COUNT] = {34, 18, 20, 144, 210, 22, 24};
-static const int BLOCK_ELEMS[T_COUNT] = {32, 32, 32, 256, 256, 32, 32};
+static const int BLOCK_BYTES[T_COUNT] = {34, 18, 20, 144, 210, 22, 24, 176};
+static const int BLOCK_ELEMS[T_COUNT] = {32, 32, 32, 256, 256, 32, 32, 256};
 
 int hyb_quant_supported(hyb_dtype t) {
     return qtype_of(t) >= 0;
@@ -221,20 +226,23 @@ static inline int q6(const uint8_t *blk, int u, int l) {
     return lo | (hi << 4);
 }
 
-/* Q4_K: each sub-block j a Q4_1-like block of scale d sc_j and offset -dmin mn_j. */
-static inline float dot_q4_k_sc(int fast, const uint8_t *w, const xrow *xr, int nb) {
+/* Q4_K: each sub-block j a Q4_1-like block of scale d sc_j and offset -dmin mn_j. Q5_K (k5): the
+ * same with qh[32] before qs (176-byte blocks) and a fifth bit, bit j of qh[e] for element e of
+ * sub-block j (values 0..31). */
+static inline float dot_q4_k_sc(int k5, int fast, const uint8_t *w, const xrow *xr, int nb) {
     float acc[8] = {0}, sm = 0.0f;
     int8_t q[QK];
-    for (int b = 0; b < nb; b++, w += 144) {
+    for (int b = 0; b < nb; b++, w += k5 ? 176 : 144) {
         const float d = hyb_f16_to_f32(ld16(w)), dmin = hyb_f16_to_f32(ld16(w + 2));
+        const uint8_t *qh = w + 16;
         for (int j = 0; j < 8; j++) {
             int isc, imn;
             k_scale_min(w + 4, j, &isc, &imn);
             const float dl = d * (float)isc, ml = dmin * (float)imn;
-            const uint8_t *qs = w + 16 + 32 * (j / 2);
+            const uint8_t *qs = w + (k5 ? 48 : 16) + 32 * (j / 2);
             const int sh = 4 * (j % 2);
             for (int e = 0; e < QK; e++)
-                q[e] = (int8_t)((qs[e] >> sh) & 15);
+                q[e] = (int8_t)(((qs[e] >> sh) & 15) | (k5 ? ((qh[e] >> j) & 1) << 4 : 0));
             const int64_t bj = (int64_t)b * 8 + j;
             if (fast)
                 block_f_sc(acc, q, xr->q + bj * QK, xr->s + bj * 8, dl, dl);
@@ -276,10 +284,12 @@ static inline float dot_q6_k_sc(int fast, const uint8_t *w, const xrow *xr, int 
     return hsum8(acc);
 }
 
-SC_KERNEL(dot_p_q4_k_sc, dot_q4_k_sc, 0)
+SC_KERNEL(dot_p_q4_k_sc, dot_q4_k_sc, 0, 0)
 SC_KERNEL(dot_p_q6_k_sc, dot_q6_k_sc, 0)
-SC_KERNEL(dot_f_q4_k_sc, dot_q4_k_sc, 1)
+SC_KERNEL(dot_f_q4_k_sc, dot_q4_k_sc, 0, 1)
 SC_KERNEL(dot_f_q6_k_sc, dot_q6_k_sc, 1)
+SC_KERNEL(dot_p_q5_k_sc, dot_q4_k_sc, 1, 0)
+SC_KERNEL(dot_f_q5_k_sc, dot_q4_k_sc, 1, 1)
 
 /* ---- AVX2 + FMA + F16C kernels ----------------------------------------------------------------*/
 
@@ -434,14 +444,21 @@ AVX2_FN static inline void q4k_pair(const uint8_t *qs, __m256i *lo, __m256i *hi)
     *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
 }
 
-AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+/* Q4_K, and Q5_K when k5 (qh[32] at byte 16, qs at 48, bit j of qh[e] the fifth bit of element e
+ * of sub-block j); k5 is a constant in each caller, so each gets its own code */
+AVX2_FN static inline float dot_p_qk45_avx2(int k5, const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     float sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 144) {
+    for (int b = 0; b < nb; b++, w += k5 ? 176 : 144) {
         const float d = _cvtsh_ss(ld16(w)), dmin = _cvtsh_ss(ld16(w + 2));
+        __m256i bh[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                         _mm256_setzero_si256()};
+        if (k5)
+            for (int k = 0; k < 4; k++)
+                bh[k] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w + 16 + 8 * k)));
         for (int c = 0; c < 4; c++) {
             /* bytes 8k..8k+7 of qs[32c ..] widened once; nibble t is sub-block 2c + t */
-            const uint8_t *qs = w + 16 + 32 * c;
+            const uint8_t *qs = w + (k5 ? 48 : 16) + 32 * c;
             __m256i bq[4];
             for (int k = 0; k < 4; k++)
                 bq[k] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * k)));
@@ -450,11 +467,16 @@ AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
                 int isc, imn;
                 k_scale_min(w + 4, j, &isc, &imn);
                 const __m256 dl = _mm256_set1_ps(d * (float)isc);
-                const __m256i m15 = _mm256_set1_epi32(15);
+                const __m256i m15 = _mm256_set1_epi32(15), one = _mm256_set1_epi32(1);
                 __m256 wk[4];
-                for (int k = 0; k < 4; k++)
-                    wk[k] = _mm256_cvtepi32_ps(t ? _mm256_srli_epi32(bq[k], 4)
-                                                 : _mm256_and_si256(bq[k], m15));
+                for (int k = 0; k < 4; k++) {
+                    __m256i v = t ? _mm256_srli_epi32(bq[k], 4) : _mm256_and_si256(bq[k], m15);
+                    if (k5) /* | ((qh >> j) & 1) << 4 */
+                        v = _mm256_or_si256(
+                            v, _mm256_slli_epi32(
+                                   _mm256_and_si256(_mm256_srli_epi32(bh[k], j), one), 4));
+                    wk[k] = _mm256_cvtepi32_ps(v);
+                }
                 const __m256 w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3];
                 acc = precise_block(acc, xr->x + ((int64_t)b * 8 + j) * QK, w0, w1, w2, w3, dl);
                 sm = fmaf(dmin * (float)imn, xr->xsum[(int64_t)b * 8 + j], sm);
@@ -464,14 +486,30 @@ AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
     return hsum_avx(acc) - sm;
 }
 
-AVX2_FN static float dot_f_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+AVX2_FN static float dot_p_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    return dot_p_qk45_avx2(0, w, xr, nb);
+}
+AVX2_FN static float dot_p_q5_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    return dot_p_qk45_avx2(1, w, xr, nb);
+}
+
+AVX2_FN static inline float dot_f_qk45_avx2(int k5, const uint8_t *w, const xrow *xr, int nb) {
     __m256 acc = _mm256_setzero_ps();
     float sm = 0.0f;
-    for (int b = 0; b < nb; b++, w += 144) {
+    const __m256i one = _mm256_set1_epi8(1);
+    for (int b = 0; b < nb; b++, w += k5 ? 176 : 144) {
         const float d = _cvtsh_ss(ld16(w)), dmin = _cvtsh_ss(ld16(w + 2));
+        const __m256i qh =
+            k5 ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
             __m256i q[2];
-            q4k_pair(w + 16 + 32 * c, &q[0], &q[1]);
+            q4k_pair(w + (k5 ? 48 : 16) + 32 * c, &q[0], &q[1]);
+            if (k5) /* bit 2c + t of qh[e] -> bit 4 of element e of sub-block 2c + t */
+                for (int t = 0; t < 2; t++) {
+                    const __m256i hb = _mm256_and_si256(
+                        _mm256_srli_epi16(qh, 2 * c + t), one); /* per byte: bit (2c+t) */
+                    q[t] = _mm256_or_si256(q[t], _mm256_slli_epi16(hb, 4));
+                }
             for (int t = 0; t < 2; t++) {
                 const int64_t j = (int64_t)b * 8 + 2 * c + t;
                 int isc, imn;
@@ -482,6 +520,13 @@ AVX2_FN static float dot_f_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
         }
     }
     return hsum_avx(acc) - sm;
+}
+
+AVX2_FN static float dot_f_q4_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    return dot_f_qk45_avx2(0, w, xr, nb);
+}
+AVX2_FN static float dot_f_q5_k_avx2(const uint8_t *w, const xrow *xr, int nb) {
+    return dot_f_qk45_avx2(1, w, xr, nb);
 }
 
 /* Q6_K: the 32 values (0..63) of 32-value block u of a super-block, as bytes */
@@ -598,15 +643,15 @@ typedef struct kernels {
 
 static const kernels K_SCALAR = {
     {dot_p_q8_0_sc, dot_p_q4_0_sc, dot_p_q4_1_sc, dot_p_q4_k_sc, dot_p_q6_k_sc, dot_p_q5_0_sc,
-     dot_p_q5_1_sc},
+     dot_p_q5_1_sc, dot_p_q5_k_sc},
     {dot_f_q8_0_sc, dot_f_q4_0_sc, dot_f_q4_1_sc, dot_f_q4_k_sc, dot_f_q6_k_sc, dot_f_q5_0_sc,
-     dot_f_q5_1_sc}};
+     dot_f_q5_1_sc, dot_f_q5_k_sc}};
 #ifdef HYB_QUANT_X86
 static const kernels K_AVX2 = {
     {dot_p_q8_0_avx2, dot_p_q4_0_avx2, dot_p_q4_1_avx2, dot_p_q4_k_avx2, dot_p_q6_k_avx2,
-     dot_p_q5_0_avx2, dot_p_q5_1_avx2},
+     dot_p_q5_0_avx2, dot_p_q5_1_avx2, dot_p_q5_k_avx2},
     {dot_f_q8_0_avx2, dot_f_q4_0_avx2, dot_f_q4_1_avx2, dot_f_q4_k_avx2, dot_f_q6_k_avx2,
-     dot_f_q5_0_avx2, dot_f_q5_1_avx2}};
+     dot_f_q5_0_avx2, dot_f_q5_1_avx2, dot_f_q5_k_avx2}};
 #endif
 
 int hyb_quant_have_avx2(void) {
@@ -635,7 +680,7 @@ int hyb_quant_have_avx2(void) {
 /* ---- settings ---------------------------------------------------------------------------------*/
 
 static hyb_quant_config g_cfg;
-static int g_cfg_init;
+static int g_cfg_init, g_cfg_chosen; /* chosen: HYB_QUANT set, or hyb_quant_set called */
 
 const char *hyb_quant_mode_name(hyb_quant_mode m) {
     static const char *N[] = {"off", "precise", "fast", "emul"};
@@ -679,6 +724,8 @@ hyb_quant_config hyb_quant_get(void) {
             hyb_log(HYB_LOG_WARN, "%s; quantized compute is off", hyb_error());
             c = (hyb_quant_config){HYB_QUANT_OFF, 4, 0, HYB_QISA_AUTO};
         }
+        const char *env = getenv("HYB_QUANT");
+        g_cfg_chosen = env && *env;
         const char *isa = getenv("HYB_QUANT_ISA");
         if (isa && !strcasecmp(isa, "scalar")) c.isa = HYB_QISA_SCALAR;
         g_cfg = c;
@@ -690,6 +737,12 @@ hyb_quant_config hyb_quant_get(void) {
 void hyb_quant_set(const hyb_quant_config *c) {
     g_cfg = *c;
     g_cfg_init = 1;
+    g_cfg_chosen = 1;
+}
+
+int hyb_quant_is_chosen(void) {
+    (void)hyb_quant_get();
+    return g_cfg_chosen;
 }
 
 /* ---- activations ------------------------------------------------------------------------------*/
@@ -794,9 +847,12 @@ AVX2_FN static void prep_row_avx2(const float *x, int K, int group, int f16, int
 
 /* ---- matmul -----------------------------------------------------------------------------------*/
 
-/* Weight rows decoded per sgemm tile (M > HYB_QUANT_GEMV_MAX_M): about 256 KiB of f32. */
+/* Weight rows decoded per sgemm tile (M > HYB_QUANT_GEMV_MAX_M): about 1 MiB of f32. Measured
+ * on the default model's forward over 2 x 128 tokens (2 threads, interleaved): 256 KiB tiles
+ * took 1.18-1.29x the f32 model's time, 1 MiB tiles 0.98-1.02x (fewer, larger sgemm calls: the
+ * activations are packed once per tile). */
 static int tile_rows(int K) {
-    int r = (65536 / K) & ~15;
+    int r = (262144 / K) & ~15;
     return r < 16 ? 16 : r;
 }
 
@@ -825,13 +881,34 @@ static int matmul_tiled(hyb_dtype wt, const uint8_t *W, int64_t rb, const float 
                   : HYB_OK;
 }
 
+/* The GEMV's output rows [lo, hi) (a pool chunk): y[m, n] = dot(W[n], x[m]). */
+typedef struct gemv_job {
+    dot_fn dot;
+    const uint8_t *W;
+    int64_t rb;
+    const xrow *xr;
+    float *y;
+    int M, N, nb;
+} gemv_job;
+
+static int gemv_rows(void *ctx, int64_t lo, int64_t hi, int tid) {
+    const gemv_job *j = ctx;
+    (void)tid;
+    for (int64_t n = lo; n < hi; n++) {
+        const uint8_t *wn = j->W + n * j->rb;
+        for (int m = 0; m < j->M; m++)
+            j->y[(size_t)m * j->N + n] = j->dot(wn, &j->xr[m], j->nb);
+    }
+    return HYB_OK;
+}
+
 int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, int M, int N,
                          int K, const hyb_quant_config *c) {
     const int qt = qtype_of(wt);
     if (qt < 0)
         return hyb_error_set(HYB_ERR_UNSUPPORTED,
                              "quantized matmul: weight type %s is not supported (supported: "
-                             "q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q6_k)",
+                             "q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k)",
                              hyb_dtype_name(wt));
     if (M < 0 || N < 0 || K < 0 || K % BLOCK_ELEMS[qt])
         return hyb_error_set(HYB_ERR_ARG,
@@ -851,9 +928,9 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
 #endif
     const int64_t rb = (int64_t)(K / BLOCK_ELEMS[qt]) * BLOCK_BYTES[qt];
     const int nb = K / BLOCK_ELEMS[qt]; /* weight blocks per row (the kernels' loop count) */
-    const int par = !omp_in_parallel() && omp_get_max_threads() > 1 &&
-                    (double)M * N * K >= (double)(1 << 18);
-    if (M > HYB_QUANT_GEMV_MAX_M) return matmul_tiled(wt, W, rb, x, y, M, N, K, par);
+    const int par = !omp_in_parallel() && (double)M * N * K >= (double)(1 << 18);
+    if (M > HYB_QUANT_GEMV_MAX_M)
+        return matmul_tiled(wt, W, rb, x, y, M, N, K, par && omp_get_max_threads() > 1);
 
     /* prepare the activation rows */
     const int fast = c->mode == HYB_QUANT_FAST, emul = c->mode == HYB_QUANT_EMUL;
@@ -889,98 +966,8 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
         }
         xr[m] = (xrow){xm, qm, sm, xsum + (size_t)m * nx};
     }
-    const dot_fn dot = fast ? kt->fast[qt] : kt->precise[qt];
-    const uint8_t *Wb = (const uint8_t *)W;
-#pragma omp parallel for schedule(static) if (par)
-    for (int n = 0; n < N; n++) {
-        const uint8_t *wn = Wb + (int64_t)n * rb;
-        for (int m = 0; m < M; m++)
-            y[(size_t)m * N + n] = dot(wn, &xr[m], nb);
-    }
+    gemv_job job = {fast ? kt->fast[qt] : kt->precise[qt], (const uint8_t *)W, rb, xr, y, M, N, nb};
+    int rc = par ? hyb_pool_parallel_for(N, 16, gemv_rows, &job) : gemv_rows(&job, 0, N, 0);
     free(xsum), free(xe), free(q), free(s);
-    return HYB_OK;
-}
-
-/* ---- shadows of f32 weights (see cpu_quant.h) -------------------------------------------------*/
-
-typedef struct shadow {
-    const float *f32;
-    int64_t N, K;
-    hyb_dtype wt;
-    void *blocks;
-} shadow;
-
-static pthread_mutex_t sh_mu = PTHREAD_MUTEX_INITIALIZER;
-static shadow *sh;
-static int sh_n, sh_cap;
-static volatile int sh_any; /* sh_n > 0, read without the lock as a fast exit */
-
-int hyb_quant_shadow_add(const float *f32, int64_t N, int64_t K, hyb_dtype wt, void *blocks) {
-    if (!f32 || !blocks || !hyb_quant_supported(wt) || N <= 0 || K <= 0 ||
-        K % hyb_dtype_block_elems(wt))
-        return hyb_error_set(HYB_ERR_ARG, "hyb_quant_shadow_add: bad arguments");
-    pthread_mutex_lock(&sh_mu);
-    int rc = HYB_OK;
-    if (sh_n == sh_cap) {
-        int cap = sh_cap ? 2 * sh_cap : 64;
-        shadow *p = realloc(sh, sizeof *p * (size_t)cap);
-        if (!p)
-            rc = hyb_error_set(HYB_ERR_NOMEM, "hyb_quant_shadow_add: out of memory");
-        else
-            sh = p, sh_cap = cap;
-    }
-    if (rc == HYB_OK) {
-        sh[sh_n++] = (shadow){f32, N, K, wt, blocks};
-        sh_any = 1;
-    }
-    pthread_mutex_unlock(&sh_mu);
     return rc;
-}
-
-void hyb_quant_shadow_forget(const void *f32) {
-    if (!sh_any || !f32) return;
-    pthread_mutex_lock(&sh_mu);
-    for (int i = 0; i < sh_n; i++)
-        if ((const void *)sh[i].f32 == f32) {
-            free(sh[i].blocks);
-            sh[i--] = sh[--sh_n];
-        }
-    sh_any = sh_n > 0;
-    pthread_mutex_unlock(&sh_mu);
-}
-
-int hyb_quant_shadow_count(void) {
-    pthread_mutex_lock(&sh_mu);
-    int n = sh_n;
-    pthread_mutex_unlock(&sh_mu);
-    return n;
-}
-
-int64_t hyb_quant_shadow_bytes(const void *f32) {
-    int64_t b = 0;
-    pthread_mutex_lock(&sh_mu);
-    for (int i = 0; i < sh_n; i++)
-        if ((const void *)sh[i].f32 == f32) b = sh[i].N * hyb_quant_row_bytes(sh[i].wt, sh[i].K);
-    pthread_mutex_unlock(&sh_mu);
-    return b;
-}
-
-int hyb_quant_shadow_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
-                          int lda, const float *B, int ldb, float beta, float *C, int ldc) {
-    if (!sh_any || transA || !transB || M < 1 || M > HYB_QUANT_GEMV_MAX_M || alpha != 1.0f ||
-        beta != 0.0f || lda != K || ldb != K || ldc != N)
-        return 0;
-    hyb_quant_config c = hyb_quant_get();
-    if (c.mode == HYB_QUANT_OFF) return 0;
-    shadow hit = {0};
-    pthread_mutex_lock(&sh_mu);
-    for (int i = 0; i < sh_n; i++)
-        if (sh[i].f32 == B && sh[i].N == N && sh[i].K == K) {
-            hit = sh[i];
-            break;
-        }
-    pthread_mutex_unlock(&sh_mu);
-    if (!hit.blocks) return 0;
-    /* blocks live until the f32 data is freed, which cannot happen during this product */
-    return hyb_cpu_quant_matmul(hit.wt, hit.blocks, A, C, M, N, K, &c) == HYB_OK;
 }

@@ -4,7 +4,8 @@
  *   hyb_cpu_quant_matmul(HYB_Q4_1, Wblocks, x, y, M, N, K, &c);   // y[M,N] = x[M,K] W[N,K]^T
  *
  * W: N rows of K/32 (or K/256) blocks, row-major, exactly the bytes of a GGUF tensor with
- * shape {N, K}. Supported weight types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K
+ * shape {N, K}. Supported weight types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K,
+ * Q6_K
  * (hyb_quant_supported()).
  *
  * Activation paths (c->mode):
@@ -53,6 +54,8 @@ typedef struct hyb_quant_config {
  * HYB_QUANT_ISA=auto|scalar), then changed only through hyb_quant_set(). */
 hyb_quant_config hyb_quant_get(void);
 void hyb_quant_set(const hyb_quant_config *c);
+/* 1 when the mode was chosen: HYB_QUANT set in the environment, or hyb_quant_set called */
+int hyb_quant_is_chosen(void);
 /* Parse "off|precise|fast|emul" and "g<N>[h]"; HYB_OK or HYB_ERR_ARG naming the bad text. */
 int hyb_quant_parse(const char *mode, const char *act, hyb_quant_config *c);
 const char *hyb_quant_mode_name(hyb_quant_mode m);
@@ -68,23 +71,6 @@ int64_t hyb_quant_row_bytes(hyb_dtype t, int64_t K);
  * CPU without it). */
 int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, int M, int N,
                          int K, const hyb_quant_config *c);
-
-/* Shadows: the mixer plugins receive their weights as f32 pointers and multiply them through the
- * host's sgemm (hyb_cpu_sgemm), so a GGUF attention projection loaded with HYB_QUANT keeps its f32
- * copy (plugins may read it) and registers its blocks here under that f32 pointer. hyb_cpu_sgemm
- * then computes a decode-sized product (no transposed A, transposed B, M <= HYB_QUANT_GEMV_MAX_M,
- * alpha 1, beta 0, dense leading dimensions, the whole registered matrix) from the blocks in the
- * current mode. Interim until the mixer ABI hands plugins tensors (issue 22 / backend redesign).
- * The registry owns `blocks` (a malloc'ed copy); hyb_tensor_free forgets the shadow of the data
- * it frees, so a reused address never meets a stale entry. Thread-safe (a mutex). */
-int hyb_quant_shadow_add(const float *f32, int64_t N, int64_t K, hyb_dtype wt, void *blocks);
-void hyb_quant_shadow_forget(const void *f32);
-int hyb_quant_shadow_count(void);
-/* Bytes of the blocks registered under f32 (0 when none). */
-int64_t hyb_quant_shadow_bytes(const void *f32);
-/* 1 when it computed C (see above), 0 when the caller must run the f32 product. */
-int hyb_quant_shadow_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
-                          int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 /* The activation rounding of FAST/EMUL for one row of K values (K % 32 == 0): q[K] int8,
  * scale[K/4] (one per 4 consecutive values: group > 4 repeats it). Exposed for the tests. */

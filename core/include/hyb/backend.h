@@ -171,8 +171,10 @@ struct hyb_backend {
     int (*scale)(const hyb_backend *be, float *x, float alpha, int64_t n);
 
     /* y[M,N] = x[M,K] W[N,K]^T with W kept in GGUF blocks of dtype wt (hyb_dtype: Q8_0, Q4_0,
-     * Q4_1, Q5_0, Q5_1, Q4_K, Q6_K; the HYB_QUANT load path, core/io/quant_load.c). NULL where the
-     * backend has no quantized kernels (a model loaded that way is then refused there). */
+     * Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; a quantized GGUF loaded for inference, core/io/
+     * quant_load.c; mixer plugins call it for parameters given as blocks, plugin ABI 3). NULL
+     * where the backend has no quantized kernels (a model loaded that way is then refused
+     * there). */
     int (*qmatmul)(const hyb_backend *be, int wt, const void *W, const float *x, float *y, int M,
                    int N, int K);
 
@@ -233,6 +235,13 @@ int hyb_backend_describe(int i, char *name, size_t name_n, char *status, size_t 
 const char *hyb_device_name(hyb_device dev);
 /* The built-in CPU backend. */
 const hyb_backend *hyb_backend_cpu(void);
+
+/* CPU compute threads, the calling thread included: the persistent pool of the CPU kernels
+ * (core/backend/cpu/cpu_pool.h) and OpenMP's count on the calling thread. n = 0 restores the
+ * default: OMP_NUM_THREADS, else the cores this process may run on. Error for n < 0 or > 1024. */
+int hyb_set_threads(int n);
+/* The count in force (>= 1). */
+int hyb_threads(void);
 
 #ifdef __cplusplus
 }

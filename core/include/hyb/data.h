@@ -69,6 +69,10 @@ void hyb_dataset_free(hyb_dataset *d);
  * fewer than T + 1 tokens. */
 int hyb_dataset_batch(hyb_dataset *d, int split, int64_t step, int B, int T, uint64_t seed,
                       int32_t *ids, int32_t *targets);
+/* Rows first .. first+n-1 of that batch of B (ids, targets: [n*T]): a data-parallel rank reads
+ * only its own rows of the global batch, the same tokens one process would put there. */
+int hyb_dataset_batch_rows(hyb_dataset *d, int split, int64_t step, int B, int first, int n,
+                           int T, uint64_t seed, int32_t *ids, int32_t *targets);
 /* Number of windows of T + 1 tokens in a split (the length of an epoch in samples). */
 int64_t hyb_dataset_windows(const hyb_dataset *d, int split, int T);
 

@@ -40,6 +40,30 @@ int hyb_llama_layermap_text(const hyb_llama_config *cfg, char *buf, size_t n);
  * tensors). The q/k projections are stored by llama.cpp with their rows interleaved per head
  * for its RoPE; they are put back into the HF half-split layout the `mha` mixer uses. */
 int hyb_model_load_gguf(const char *path, hyb_model **out);
+/* The same with the weights' form chosen (issue 22). quant 0: every parameter f32 (dequantised
+ * at load; trainable). quant 1: every frozen linear weight whose GGUF type has a quantized kernel
+ * (Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K) stays in its blocks with no f32 copy, pointing into the
+ * mapped file (q/k: a row-permuted copy of the blocks): the token embedding (rows dequantised on
+ * lookup), lm_head (tied: the embedding's blocks), MLP gate/up/down, and the mixer parameters
+ * their plugin declared quant_ok (mha's q/k/v/o); these are inference-only (requires_grad 0; a
+ * backward through them is refused) and compute on the CPU in the process-wide mode
+ * (hyb_quant_get: precise or fast). Other types are dequantised to f32 with a warning naming the
+ * tensor. quant -1: 1 when hyb_quant_get().mode is not off (HYB_QUANT, hyb_quant_set), else 0
+ * (= hyb_model_load_gguf). Every block type's f16 scales are checked at load: a NaN/Inf scale is
+ * refused naming the tensor and the block. */
+int hyb_model_load_gguf_ex(const char *path, int quant, hyb_model **out);
+
+/* The process-wide path quantized weights compute in: "precise" (f32 activations, blocks decoded
+ * in registers), "fast" (activations rounded to int8 per 4 values, integer dot products), "off"
+ * (a quantized GGUF loads as f32), or "emul" (fast's rounding in f32, for measurements). Read at
+ * first use from HYB_QUANT; hyb_quant_mode_set overrides it (HYB_ERR_ARG naming the text when it
+ * is none of these). The inference front ends (hyb generate / chat / serve / eval / bench_cpu
+ * --quant, hyb.llm{quant=}) load a quantized GGUF in HYB_QUANT_DEFAULT_MODE when neither the flag
+ * nor HYB_QUANT chose one (hyb_quant_mode_chosen() == 0); training loads stay f32. */
+#define HYB_QUANT_DEFAULT_MODE "precise"
+int hyb_quant_mode_set(const char *mode);
+const char *hyb_quant_mode_current(void);
+int hyb_quant_mode_chosen(void);
 
 /* An HF checkpoint directory: config.json (model_type llama, mistral, apriel_h /
  * apriel_hybrid_ssm or hyb_hybrid, docs/HF_CONFIG.md: the layer map comes from

@@ -63,6 +63,9 @@ int hyb_mixer_new(const char *type, const hyb_model_dims *dims, const hyb_cfg_ta
 /* HYB_MIXER_NO_INIT leaves the parameters zero (no host init, no init_params): for a mixer whose
  * every parameter is about to be read from a file (a load never keeps an init value). */
 #define HYB_MIXER_NO_INIT 2u
+/* HYB_MIXER_NO_DATA (with NO_INIT): the parameters get no memory (data NULL) until a loader
+ * gives each one (hyb_model_build_ex's HYB_BUILD_NO_DATA). */
+#define HYB_MIXER_NO_DATA 4u
 int hyb_mixer_new_ex(const char *type, const hyb_model_dims *dims, const hyb_cfg_table *cfg,
                      uint64_t seed, unsigned flags, hyb_mixer **out);
 void hyb_mixer_free(hyb_mixer *m);

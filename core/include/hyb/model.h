@@ -70,6 +70,10 @@ typedef struct hyb_model {
     const struct hyb_backend *be; /* the device everything lives on; NULL = the CPU */
     hyb_graph *scratch;  /* internal: no-grad graph reused by prefill/decode */
     hyb_capture *capture; /* hyb_model_capture; NULL = none (the forward pays nothing) */
+    /* internal: what quantized parameters point into (a mapped GGUF file, hyb_model_load_gguf
+     * with quantized weights), released by source_free(source) after the parameters */
+    void *source;
+    void (*source_free)(void *source);
 } hyb_model;
 
 /* Build with random init (seeded). Takes ownership of map (also on failure). Unknown mixer types
@@ -86,6 +90,11 @@ int hyb_model_build(hyb_layermap *map, uint64_t seed, hyb_model **out);
  * tensor, or fills omitted identity layers itself): no random numbers drawn, no plugin init; norms
  * are still 1. */
 #define HYB_BUILD_NO_INIT 1u
+/* HYB_BUILD_NO_DATA (a loader's): as NO_INIT, and the embedding, MLP, lm_head and mixer
+ * parameters get no memory at all (data NULL, HYB_MIXER_NO_DATA) until the loader gives each
+ * one: f32 it allocates, or quantized blocks (no f32 copy is ever made of those). Norms are
+ * allocated (ones). */
+#define HYB_BUILD_NO_DATA 2u
 int hyb_model_build_ex(hyb_layermap *map, uint64_t seed, unsigned flags, hyb_model **out);
 void hyb_model_free(hyb_model *m);
 
@@ -121,7 +130,8 @@ int hyb_model_swap(hyb_model *m, int layer, const char *type, const hyb_cfg_tabl
 
 /* Deep copy: same layout (the layer map is re-read from its TOML serialisation, so the copy owns
  * everything), same parameter values and requires_grad flags, grads zero. E.g. a student made
- * from the teacher before swapping its layers. */
+ * from the teacher before swapping its layers. A model with quantized weights (an inference load
+ * of a quantized GGUF) gives an f32 copy (the weights dequantised) whose parameters all train. */
 int hyb_model_clone(const hyb_model *m, hyb_model **out);
 
 /* Full-sequence forward (training / evaluation): ids [B*T] -> logits [B, T, V] (graph-owned).

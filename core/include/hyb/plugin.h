@@ -32,7 +32,9 @@
  *  - Every function returns 0 on success or a negative hyb_status; on failure it first calls
  *    host->error(code, fmt, ...) with a message naming the mixer, the layer and the problem.
  *  - Activations are f32, row-major, outermost first: x: [B, T, D] means x[(b*T + t)*D + d].
- *    Parameters are f32 arrays in the order and shapes of param_decl (weights [out, in] as HF).
+ *    Parameters are f32 arrays in the order and shapes of param_decl (weights [out, in] as HF),
+ *    except a decl with quant_ok, which forward and decode may receive as GGUF blocks
+ *    (param_dtypes[i] says which; be->qmatmul multiplies them).
  *  - Gradients are ACCUMULATED into grads[] (+=); dx is WRITTEN (=).
  *  - The kernels of device d (desc->kernels[d]) get pointers to memory of that device and the
  *    backend `be` of that device (be->device == d); scratch memory comes from be->alloc/free,
@@ -54,8 +56,10 @@ extern "C" {
 #endif
 
 /* 2: compute through the call's backend (`be` in the fwd/bwd/dec args; hyb_host has no sgemm or
- *    rope any more) and per-device kernels (hyb_mixer_desc.kernels[device]). */
-#define HYB_PLUGIN_ABI_VERSION 2u
+ *    rope any more) and per-device kernels (hyb_mixer_desc.kernels[device]).
+ * 3: quantized frozen weights: hyb_param_decl.quant_ok and hyb_mixer_fwd/dec.param_dtypes (a
+ *    parameter declared quant_ok may arrive as GGUF blocks; multiply it with be->qmatmul). */
+#define HYB_PLUGIN_ABI_VERSION 3u
 /* Device slots in hyb_mixer_desc.kernels, indexed by hyb_device (room for device kinds to come). */
 #define HYB_PLUGIN_MAX_DEVICES 4
 #define HYB_PLUGIN_ENTRY_SYMBOL "hyb_plugin_entry"
@@ -134,6 +138,13 @@ typedef struct hyb_param_decl {
     int init; /* hyb_init_kind */
     float init_a;
     int no_decay; /* 1: exclude from weight decay (norms, biases, A_log, D) */
+    /* 1: a linear weight [out, in] that the kernels only ever use as y = x W^T (forward and
+     * decode), so the host may hand it over in a GGUF block dtype (Q8_0, Q4_K, ...: see
+     * param_dtypes) when it is frozen and the model was loaded from a quantized GGUF for
+     * inference: the kernels then multiply it with be->qmatmul instead of be->sgemm. Such a
+     * parameter never reaches backward, init_params or init_from quantized (the host refuses
+     * a tape through it and gives init_from f32 copies). 0: always f32. (ABI 3) */
+    int quant_ok;
 } hyb_param_decl;
 
 /* ---- host services ------------------------------------------------------------------------- */
@@ -197,6 +208,18 @@ typedef struct hyb_host {
     int (*toml_float)(hyb_toml *t, const char *key, double v);
     int (*toml_bool)(hyb_toml *t, const char *key, int v);
     int (*toml_string)(hyb_toml *t, const char *key, const char *v);
+
+    /* ---- CPU threads (added at the end in ABI 2: a plugin built against an older host sees a
+     * smaller struct_size and runs serially; plugins/common/plugin_util.h's hyb_pl_parallel_for
+     * checks). parallel_for runs fn over [0, n) on hyb's persistent thread pool, in chunks of a
+     * multiple of grain items, the caller taking part; fn returns HYB_OK or an error (set with
+     * host->error), and the first error is returned with its message. tid is in [0, threads())
+     * and unique among the threads of one call: index per-thread scratch with it. A call from
+     * inside a chunk (or an OpenMP parallel region) runs serially on the calling thread with
+     * tid 0. Results must not depend on the chunking (the thread count decides it). */
+    int (*parallel_for)(int64_t n, int64_t grain,
+                        int (*fn)(void *ctx, int64_t lo, int64_t hi, int tid), void *ctx);
+    int (*threads)(void); /* the pool's thread count, the caller included (--threads) */
 } hyb_host;
 
 /* ---- the mixer vtable --------------------------------------------------------------------- */
@@ -211,6 +234,10 @@ typedef struct hyb_mixer_fwd {
     void *const *states;         /* [B] per-sequence decode states to fill, or NULL */
     const int32_t *pos;          /* [B] tokens already in states[b] (continue), or NULL = 0 */
     int max_ctx;                 /* capacity of the states in tokens */
+    /* [n_params] hyb_dtype of each params[i] (ABI 3): HYB_F32, or a GGUF block type (then
+     * params[i] points at its blocks, rows of K/block_elems blocks) for a decl with quant_ok.
+     * Multiply such a weight with be->qmatmul(be, dtype, W, x, y, M, N, K). */
+    const int *param_dtypes;
     int kv;                      /* hyb_kv_dtype of the states' KV cache (mixers with *_kv hooks) */
 } hyb_mixer_fwd;
 
@@ -234,6 +261,7 @@ typedef struct hyb_mixer_dec {
     void *const *states;        /* [n] */
     const int32_t *pos;         /* [n] position of the new token = tokens already in state */
     int max_ctx;
+    const int *param_dtypes;    /* [n_params], as in hyb_mixer_fwd (ABI 3) */
     int kv;                     /* hyb_kv_dtype of the states' KV cache (mixers with *_kv hooks) */
 } hyb_mixer_dec;
 
@@ -321,7 +349,7 @@ typedef struct hyb_mixer_desc {
     int (*hf_import)(const hyb_model_dims *dims, const char *format, const hyb_json *config,
                      hyb_toml *table);
 
-    /* ---- KV-cache storage type (optional; added at the end in ABI 2) -----------------------
+    /* ---- KV-cache storage type (optional; added at the end in ABI 3) -----------------------
      * For a mixer whose decode state is a cache of per-token rows (attention's K and V), stored
      * as the kvstate's hyb_kv_dtype. With state_bytes_kv set the host sizes, snapshots and
      * restores the state with these (the kv argument: the kvstate's type) instead of

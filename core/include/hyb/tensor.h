@@ -43,6 +43,7 @@ typedef enum hyb_dtype {
     HYB_Q6_K,
     HYB_Q5_0,
     HYB_Q5_1,
+    HYB_Q5_K,
     HYB_DTYPE_COUNT
 } hyb_dtype;
 
@@ -89,6 +90,9 @@ int hyb_tensor_grad_ensure(hyb_tensor *t);
 hyb_tensor *hyb_tensor_wrap(hyb_dtype dtype, int ndim, const int64_t *shape, void *data);
 /* Contiguous view of t with a new shape (same numel). NULL + error if numel differs. */
 hyb_tensor *hyb_tensor_view(hyb_tensor *t, int ndim, const int64_t *shape);
+/* A heap tensor whose data is not allocated yet (data NULL; a loader gives it: allocates it, or
+ * points it at quantized blocks). hyb_tensor_free frees what it holds then. */
+hyb_tensor *hyb_param_no_data(hyb_dtype dtype, int ndim, const int64_t *shape);
 /* Deep copy (contiguous heap tensor). */
 hyb_tensor *hyb_tensor_clone(const hyb_tensor *t);
 void hyb_tensor_free(hyb_tensor *t);

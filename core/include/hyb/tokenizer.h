@@ -122,6 +122,22 @@ int hyb_tokenizer_save_hf(const hyb_tokenizer *tok, const char *dir, const char 
  * or NULL when there is none. */
 char *hyb_tokenizer_chat_template(const char *path);
 
+/* Render a chat template, the Jinja2 source models ship (core/tokenizer/chat_template.c,
+ * docs/CHAT_TEMPLATES.md), as HF's apply_chat_template does: trim_blocks, lstrip_blocks, break/
+ * continue, raise_exception(), strftime_now(), namespace(), a tojson that keeps key order.
+ * ctx_json: a JSON object whose members are the template's variables, e.g.
+ *   {"messages": [{"role": "user", "content": "Hi"}], "add_generation_prompt": true,
+ *    "bos_token": "<s>", "eos_token": "</s>"}
+ * *out: the text, malloc'ed. Errors (HYB_ERR_ARG) name the template's line and column: a syntax
+ * error, an undefined value used, the template's own raise_exception('...'), or a limit reached
+ * (64 MiB of output, 256 MiB of values, 1e7 evaluation steps, nesting 200, range() of 1e6). */
+int hyb_chat_template_render(const char *tmpl, const char *ctx_json, char **out);
+/* Parse only: HYB_OK, or the syntax error with its line and column. */
+int hyb_chat_template_check(const char *tmpl);
+/* hyb's template for models that ship none: ChatML with SmolLM2's default system turn (the
+ * default model's own template, character for character). */
+const char *hyb_chat_template_chatml(void);
+
 /* Flags for encode / decode. */
 enum {
     HYB_TOK_ADD_SPECIAL = 1,      /* encode: add bos/eos as the tokenizer says */

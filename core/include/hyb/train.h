@@ -81,8 +81,14 @@ typedef struct hyb_trainer_cfg {
  * pure reverse KL at T = 1 (the Apriel-H1 recipe). */
 void hyb_trainer_cfg_default(hyb_trainer_cfg *c);
 
+struct hyb_comm;
+
 typedef struct hyb_trainer {
     hyb_trainer_cfg cfg;
+    struct hyb_comm *comm;        /* data parallel (hyb_trainer_set_comm); NULL: one process */
+    size_t bucket_bytes;          /* gradient all-reduce bucket (default 25 MB) */
+    int comm_profile;             /* 1: a barrier before the gradient all-reduce, timed apart
+                                     (wait_s: the ranks' imbalance; comm_s: the reduction) */
     hyb_model *student, *teacher; /* borrowed */
     hyb_adamw *opt;               /* owned */
     hyb_graph *g, *tg;            /* student (tape) and teacher (no grad) graphs */
@@ -98,6 +104,8 @@ typedef struct hyb_train_stats {
     double lr;        /* the lr used for this update */
     int64_t step;     /* update number just done (1-based) */
     int skipped;      /* 1: non-finite gradient, no update (step still counts) */
+    double comm_s;    /* seconds in the gradient/loss all-reduce (0 for one process) */
+    double wait_s;    /* comm_profile: seconds waiting for the slowest rank before it */
 } hyb_train_stats;
 
 /* teacher may be NULL when the loss is pure CE (w_rkl = w_fkl = 0). The student and teacher must
@@ -113,6 +121,16 @@ void hyb_trainer_free(hyb_trainer *t);
  * mixers at the schedule's lr and everything else 100x slower:
  *   hyb_trainer_lr_scale(t, "*", 0.01f); hyb_trainer_lr_scale(t, "model.layers.*.mixer.*", 1); */
 int hyb_trainer_lr_scale(hyb_trainer *t, const char *pattern, float scale);
+
+/* Data parallel (docs/DISTRIBUTED.md): every rank runs its own trainer on its own rows of the
+ * global batch, and hyb_trainer_step sums the gradients over the ranks of `comm` (bucketed, last
+ * layers first, each bucket's MPI_Iallreduce in flight while the next is packed) before the clip
+ * and AdamW, which then run identically everywhere. The micro-batch shares are taken over the
+ * global mask weight (one small all-reduce), so W ranks with B/W rows each equal one process with
+ * B rows up to the order of the float sums; the loss and parts in the stats are the global ones,
+ * tokens counts the global batch. comm NULL or of size 1: exactly the one-process step.
+ * bucket_mb <= 0 keeps the default (25, or HYB_COMM_BUCKET_MB). */
+void hyb_trainer_set_comm(hyb_trainer *t, struct hyb_comm *comm, double bucket_mb);
 
 /* One optimiser update over cfg.accum micro-batches of B sequences of T tokens:
  * ids, targets: [accum * B * T] (targets may be NULL when w_ce = 0), mask [accum * B * T] or NULL.
