@@ -71,7 +71,7 @@ struct hyb_engine {
 };
 
 hyb_engine_opts hyb_engine_defaults(void) {
-    hyb_engine_opts o = {4, 0, 0, 0, 16};
+    hyb_engine_opts o = {4, 0, 0, 0, 16, HYB_KV_DEFAULT};
     return o;
 }
 
@@ -114,7 +114,7 @@ int hyb_engine_new(hyb_model *m, const hyb_engine_opts *o, hyb_engine **out) {
     e->o.max_ctx = max_ctx;
     e->V = m->V;
     e->next_id = 1;
-    int rc = hyb_kvstate_new(m, o->slots, max_ctx, &e->kv);
+    int rc = hyb_kvstate_new_ex(m, o->slots, max_ctx, o->kv_cache, &e->kv);
     if (rc != HYB_OK) {
         free(e);
         return hyb_error_wrap(rc, "hyb_engine_new: %d slots of %d tokens", o->slots, max_ctx);
@@ -141,6 +141,13 @@ int hyb_engine_new(hyb_model *m, const hyb_engine_opts *o, hyb_engine **out) {
         }
     }
     e->st.state_bytes = e->kv->bytes;
+    e->st.kv_cache = o->kv_cache;
+    for (int l = 0; l < m->L; l++) { /* growth of a slot's state by one token of context */
+        const hyb_mixer *mx = m->layers[l].mixer;
+        if (mx)
+            e->st.kv_bytes_per_token += hyb_mixer_state_bytes_kv(mx, max_ctx, o->kv_cache) -
+                                        hyb_mixer_state_bytes_kv(mx, max_ctx - 1, o->kv_cache);
+    }
     *out = e;
     return HYB_OK;
 }
@@ -368,11 +375,11 @@ static int pe_snapshot(hyb_engine *e, pentry *p, int slot, const float *logits) 
         if (!s || !mx) continue;
         const hyb_backend *be = hyb_mixer_backend(mx);
         if (!be) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "prefix snapshot: layer %d", l);
-        int64_t sz = hyb_mixer_state_snapshot(mx, s, p->n, kv->max_ctx, NULL);
+        int64_t sz = hyb_mixer_state_snapshot_kv(mx, s, p->n, kv->max_ctx, kv->kv, NULL);
         if (sz < 0) return hyb_error_wrap((int)sz, "prefix snapshot: layer %d", l);
         p->snap[l] = be->alloc(be, sz > 0 ? (size_t)sz : 1);
         if (!p->snap[l]) goto oom;
-        int64_t w = hyb_mixer_state_snapshot(mx, s, p->n, kv->max_ctx, p->snap[l]);
+        int64_t w = hyb_mixer_state_snapshot_kv(mx, s, p->n, kv->max_ctx, kv->kv, p->snap[l]);
         if (w < 0) return hyb_error_wrap((int)w, "prefix snapshot: layer %d", l);
         p->bytes += (size_t)sz;
     }
@@ -391,7 +398,7 @@ static int pe_restore(hyb_engine *e, const pentry *p, int slot) {
         void *s = kv->state[l][slot];
         const hyb_mixer *mx = e->m->layers[l].mixer;
         if (!s || !mx || !p->snap[l]) continue;
-        int rc = hyb_mixer_state_restore(mx, s, p->snap[l], p->n, kv->max_ctx);
+        int rc = hyb_mixer_state_restore_kv(mx, s, p->snap[l], p->n, kv->max_ctx, kv->kv);
         if (rc < 0) return hyb_error_wrap(rc, "prefix restore: layer %d", l);
     }
     kv->pos[slot] = p->n;
@@ -904,7 +911,14 @@ int hyb_plan_memory(const hyb_layermap *map, size_t budget_bytes, int context,
 
 int hyb_plan_memory_ex(const hyb_layermap *map, size_t budget_bytes, int context,
                        int weight_elem_bytes, hyb_memory_plan *out) {
+    return hyb_plan_memory_kv(map, budget_bytes, context, weight_elem_bytes, HYB_KV_F32, out);
+}
+
+int hyb_plan_memory_kv(const hyb_layermap *map, size_t budget_bytes, int context,
+                       int weight_elem_bytes, int kv, hyb_memory_plan *out) {
     memset(out, 0, sizeof *out);
+    if (!hyb_kv_dtype_name(kv))
+        return hyb_error_set(HYB_ERR_ARG, "hyb_plan_memory: unknown KV cache type %d", kv);
     if (weight_elem_bytes < 1 || weight_elem_bytes > 8)
         return hyb_error_set(HYB_ERR_ARG,
                              "hyb_plan_memory: weight_elem_bytes must be in [1, 8], got %d",
@@ -947,7 +961,8 @@ int hyb_plan_memory_ex(const hyb_layermap *map, size_t budget_bytes, int context
                 ne *= (size_t)pd.shape[k];
             elems += ne;
         }
-        size_t s1 = d->state_bytes(self, c1), s2 = d->state_bytes(self, c2);
+        size_t s1 = d->state_bytes_kv ? d->state_bytes_kv(self, c1, kv) : d->state_bytes(self, c1),
+               s2 = d->state_bytes_kv ? d->state_bytes_kv(self, c2, kv) : d->state_bytes(self, c2);
         d->destroy(self);
         size_t lo = c1 < c2 ? s1 : s2, hi = c1 < c2 ? s2 : s1;
         int dc = c1 < c2 ? c2 - c1 : c1 - c2;

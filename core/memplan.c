@@ -64,6 +64,11 @@ int hyb_mem_plan_weights(const hyb_layermap *map, uint64_t *bytes) {
 }
 
 int hyb_mem_plan_state(const struct hyb_model *m, int n_seq, int max_ctx, uint64_t *bytes) {
+    return hyb_mem_plan_state_kv(m, n_seq, max_ctx, HYB_KV_DEFAULT, bytes);
+}
+
+int hyb_mem_plan_state_kv(const struct hyb_model *m, int n_seq, int max_ctx, int kv,
+                          uint64_t *bytes) {
     *bytes = 0;
     if (!m || n_seq <= 0 || max_ctx <= 0)
         return hyb_error_set(HYB_ERR_ARG, "hyb_mem_plan_state: bad arguments");
@@ -71,7 +76,7 @@ int hyb_mem_plan_state(const struct hyb_model *m, int n_seq, int max_ctx, uint64
     for (int l = 0; l < m->L; l++) {
         const hyb_mixer *mx = m->layers[l].mixer;
         if (!mx) continue;
-        uint64_t per = hyb_mixer_state_bytes(mx, max_ctx);
+        uint64_t per = hyb_mixer_state_bytes_kv(mx, max_ctx, kv);
         per = add_sat(per, 63) & ~(uint64_t)63;
         total = add_sat(total, mul_sat(per, (uint64_t)n_seq));
     }

@@ -209,6 +209,12 @@ static int validate_desc(const char *path, const hyb_mixer_desc *d) {
             "plugin %s (mixer '%s'): state_snapshot and state_restore must be both "
             "set or both NULL",
             path, d->name);
+    if (!!d->state_snapshot_kv != !!d->state_restore_kv ||
+        (d->state_snapshot_kv && !d->state_bytes_kv))
+        return hyb_error_set(HYB_ERR_FORMAT,
+                             "plugin %s (mixer '%s'): state_snapshot_kv and state_restore_kv must "
+                             "be both set or both NULL, and need state_bytes_kv",
+                             path, d->name);
     if (!!d->hf_export != !!d->hf_import)
         return hyb_error_set(HYB_ERR_FORMAT,
                              "plugin %s (mixer '%s'): hf_export and hf_import must be both set or "
@@ -648,7 +654,28 @@ void hyb_mixer_free(hyb_mixer *m) {
 }
 
 size_t hyb_mixer_state_bytes(const hyb_mixer *m, int max_ctx) {
+    return hyb_mixer_state_bytes_kv(m, max_ctx, HYB_KV_F32);
+}
+
+size_t hyb_mixer_state_bytes_kv(const hyb_mixer *m, int max_ctx, int kv) {
+    if (m->desc->state_bytes_kv) return m->desc->state_bytes_kv(m->self, max_ctx, kv);
     return m->desc->state_bytes(m->self, max_ctx);
+}
+
+static const char *const KV_NAMES[HYB_KV_COUNT] = {"f32", "f16", "q8_0"};
+
+const char *hyb_kv_dtype_name(int kv) {
+    return kv >= 0 && kv < HYB_KV_COUNT ? KV_NAMES[kv] : NULL;
+}
+
+int hyb_kv_dtype_parse(const char *s, const char *what, int *out) {
+    for (int k = 0; s && k < HYB_KV_COUNT; k++)
+        if (!strcmp(s, KV_NAMES[k])) {
+            *out = k;
+            return HYB_OK;
+        }
+    return hyb_error_set(HYB_ERR_ARG, "%s: unknown KV cache type '%s' (allowed: f16, q8_0, f32)",
+                         what ? what : "kv_cache", s ? s : "(null)");
 }
 
 /* Parameter pointers in declaration order into a caller buffer (small: stack for <= 64). */
@@ -694,6 +721,11 @@ int hyb_mixer_kernel_check(const hyb_mixer *m, hyb_device dev, hyb_mixer_op op) 
 
 int hyb_mixer_decode(hyb_mixer *m, const float *x, float *y, int n, void *const *states,
                      const int32_t *pos, int max_ctx) {
+    return hyb_mixer_decode_kv(m, x, y, n, states, pos, max_ctx, HYB_KV_F32);
+}
+
+int hyb_mixer_decode_kv(hyb_mixer *m, const float *x, float *y, int n, void *const *states,
+                        const int32_t *pos, int max_ctx, int kv) {
     if (n <= 0 || !x || !y || !states || !pos || max_ctx <= 0)
         return hyb_error_set(
             HYB_ERR_ARG, "mixer '%s' (layer %d): decode with n = %d, max_ctx = %d%s", m->type,
@@ -723,7 +755,8 @@ int hyb_mixer_decode(hyb_mixer *m, const float *x, float *y, int n, void *const 
                        .params = pp,
                        .states = states,
                        .pos = pos,
-                       .max_ctx = max_ctx};
+                       .max_ctx = max_ctx,
+                       .kv = kv};
     int rc = m->desc->kernels[dev].decode(m->self, &a);
     if (pp != stack) hyb_free((void *)pp);
     if (dt != dstack) hyb_free(dt);
@@ -756,32 +789,46 @@ const hyb_backend *hyb_mixer_backend(const hyb_mixer *m) {
 
 int64_t hyb_mixer_state_snapshot(const hyb_mixer *m, const void *state, int pos, int max_ctx,
                                  void *dst) {
+    return hyb_mixer_state_snapshot_kv(m, state, pos, max_ctx, HYB_KV_F32, dst);
+}
+
+int64_t hyb_mixer_state_snapshot_kv(const hyb_mixer *m, const void *state, int pos, int max_ctx,
+                                    int kv, void *dst) {
     const hyb_backend *be = hyb_mixer_backend(m);
     if (!be) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "mixer '%s' state snapshot", m->type);
-    if (m->desc->state_snapshot) {
-        int64_t n = m->desc->state_snapshot(m->self, be, state, pos, max_ctx, dst);
+    const int kvh = m->desc->state_bytes_kv != NULL;
+    if (kvh ? m->desc->state_snapshot_kv != NULL : m->desc->state_snapshot != NULL) {
+        int64_t n = kvh ? m->desc->state_snapshot_kv(m->self, be, state, pos, max_ctx, kv, dst)
+                        : m->desc->state_snapshot(m->self, be, state, pos, max_ctx, dst);
         if (n < 0)
             return hyb_error_wrap((int)n, "mixer '%s' (layer %d): snapshot of %d tokens", m->type,
                                   m->dims.layer, pos);
         return n;
     }
-    size_t n = hyb_mixer_state_bytes(m, max_ctx);
+    size_t n = hyb_mixer_state_bytes_kv(m, max_ctx, kv);
     if (dst) HYB_TRY(be->copy(be, dst, state, n));
     return (int64_t)n;
 }
 
 int hyb_mixer_state_restore(const hyb_mixer *m, void *state, const void *src, int pos,
                             int max_ctx) {
+    return hyb_mixer_state_restore_kv(m, state, src, pos, max_ctx, HYB_KV_F32);
+}
+
+int hyb_mixer_state_restore_kv(const hyb_mixer *m, void *state, const void *src, int pos,
+                               int max_ctx, int kv) {
     const hyb_backend *be = hyb_mixer_backend(m);
     if (!be) return hyb_error_wrap(HYB_ERR_UNSUPPORTED, "mixer '%s' state restore", m->type);
-    if (m->desc->state_restore) {
-        int rc = m->desc->state_restore(m->self, be, state, src, pos, max_ctx);
+    const int kvh = m->desc->state_bytes_kv != NULL;
+    if (kvh ? m->desc->state_restore_kv != NULL : m->desc->state_restore != NULL) {
+        int rc = kvh ? m->desc->state_restore_kv(m->self, be, state, src, pos, max_ctx, kv)
+                     : m->desc->state_restore(m->self, be, state, src, pos, max_ctx);
         if (rc != HYB_OK)
             return hyb_error_wrap(rc, "mixer '%s' (layer %d): restore of %d tokens", m->type,
                                   m->dims.layer, pos);
         return HYB_OK;
     }
-    return be->copy(be, state, src, hyb_mixer_state_bytes(m, max_ctx));
+    return be->copy(be, state, src, hyb_mixer_state_bytes_kv(m, max_ctx, kv));
 }
 
 int hyb_mixer_init_from(hyb_mixer *dst, const hyb_mixer *src, const hyb_cfg_table *src_cfg,

@@ -113,6 +113,10 @@ const struct hyb_backend *lhyb_opt_device(lua_State *L, int idx, const char *fna
  * a training load (inference 0) returns 0 (f32: trainable). "auto": as absent with inference 1.
  * A bad value raises naming it. */
 int lhyb_opt_quant(lua_State *L, int idx, const char *fname, int inference);
+/* The option `kv_cache` of the table at idx ("f16", "q8_0", "f32") as a hyb_kv_dtype;
+ * HYB_KV_DEFAULT (f16) when absent; another value raises "<fname>: kv_cache: unknown KV cache
+ * type 'x' (allowed: f16, q8_0, f32)". */
+int lhyb_opt_kv_cache(lua_State *L, int idx, const char *fname);
 /* A short description of the value at idx for messages: "-3", "2.5", "string \"x\"", "nil". */
 const char *lhyb_describe(lua_State *L, int idx, char *buf, size_t n);
 

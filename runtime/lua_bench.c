@@ -1,6 +1,8 @@
 /* runtime/lua_bench.c: hyb.bench, the hooks scripts/bench_cpu.lua needs to time inference.
  *
- *   local m = hyb.bench.load(path)          -- a .gguf (or HF dir) model; m:load_s() its load time
+ *   local m = hyb.bench.load(path[, {kv_cache = "f16"|"q8_0"|"f32"}])
+ *                                           -- a .gguf (or HF dir) model; m:load_s() its load time;
+ *                                              its engines store KV caches as kv_cache (f16)
  *   m:prefill(T)                            -- wall and CPU seconds (all threads) for one prefill
  *                                              of T synthetic tokens (+ sampling the next one)
  *   m:decode(B, steps[, ctx])               -- wall and CPU seconds for `steps` decode steps of B
@@ -30,6 +32,7 @@
 typedef struct lbench {
     hyb_model *m;
     double load_s;
+    int kv; /* hyb_kv_dtype of the KV caches (option kv_cache) */
 } lbench;
 
 static lbench *check_bench(lua_State *L, int idx, const char *fname) {
@@ -59,15 +62,18 @@ static int32_t *synth_ids(int n, int V, uint32_t seed) {
     return ids;
 }
 
-/* hyb.bench.load(path[, {quant = "off"|"precise"|"fast"}]) (default as hyb.llm) */
+/* hyb.bench.load(path[, {quant = "off"|"precise"|"fast", kv_cache = "f16"|"q8_0"|"f32"}])
+ * (defaults as hyb.llm) */
 static int l_load(lua_State *L) {
     const char *F = "hyb.bench.load";
-    static const char *const allowed[] = {"quant", NULL};
+    static const char *const allowed[] = {"quant", "kv_cache", NULL};
     const char *path = luaL_checkstring(L, 1);
     lhyb_check_opts(L, 2, F, allowed);
     const int quant = lhyb_opt_quant(L, 2, F, 1);
+    const int kv = lhyb_opt_kv_cache(L, 2, F);
     lbench *b = (lbench *)lua_newuserdatauv(L, sizeof(lbench), 0);
     memset(b, 0, sizeof *b);
+    b->kv = kv;
     luaL_setmetatable(L, LHYB_BENCH_MT);
     struct stat st;
     int dir = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
@@ -91,9 +97,10 @@ static int m_load_s(lua_State *L) {
 
 /* An engine of n_req slots of max_ctx tokens with n_req greedy requests of T synthetic prompt
  * tokens and max_tokens new ones queued. */
-static int bench_engine(hyb_model *m, int n_req, int T, int max_ctx, int max_tokens, uint32_t seed,
-                        hyb_engine **out) {
+static int bench_engine(hyb_model *m, int kv, int n_req, int T, int max_ctx, int max_tokens,
+                        uint32_t seed, hyb_engine **out) {
     hyb_engine_opts o = hyb_engine_defaults();
+    o.kv_cache = kv;
     o.slots = n_req;
     o.max_ctx = max_ctx;
     hyb_request_params p = hyb_request_defaults();
@@ -131,7 +138,7 @@ static int m_prefill(lua_State *L) {
     lbench *b = check_bench(L, 1, F);
     int T = (int)lhyb_check_int(L, 2, F, "T", 1, 1 << 20);
     hyb_engine *e = NULL;
-    if (bench_engine(b->m, 1, T, T + 1, 1, 1, &e) != HYB_OK) {
+    if (bench_engine(b->m, b->kv, 1, T, T + 1, 1, 1, &e) != HYB_OK) {
         hyb_engine_free(e);
         return lhyb_raise_hyb(L, F);
     }
@@ -149,7 +156,7 @@ static int m_decode(lua_State *L) {
     int ctx = lua_isnoneornil(L, 4) ? 32 : (int)lhyb_check_int(L, 4, F, "ctx", 1, 1 << 20);
     hyb_engine *e = NULL;
     /* max_tokens: one from the prefill, one per decode */
-    int rc = bench_engine(b->m, B, ctx, ctx + steps + 2, steps + 2, 7, &e);
+    int rc = bench_engine(b->m, b->kv, B, ctx, ctx + steps + 2, steps + 2, 7, &e);
     if (rc == HYB_OK) rc = hyb_engine_step(e); /* admit, prefill, first decode */
     if (rc != HYB_OK) {
         hyb_engine_free(e);
@@ -181,8 +188,8 @@ static int m_kv_bytes(lua_State *L) {
     const char *F = "bench:kv_bytes_per_token";
     lbench *b = check_bench(L, 1, F);
     hyb_kvstate *s1 = NULL, *s2 = NULL;
-    if (hyb_kvstate_new(b->m, 1, 64, &s1) != HYB_OK) return lhyb_raise_hyb(L, F);
-    if (hyb_kvstate_new(b->m, 1, 128, &s2) != HYB_OK) {
+    if (hyb_kvstate_new_ex(b->m, 1, 64, b->kv, &s1) != HYB_OK) return lhyb_raise_hyb(L, F);
+    if (hyb_kvstate_new_ex(b->m, 1, 128, b->kv, &s2) != HYB_OK) {
         hyb_kvstate_free(s1);
         return lhyb_raise_hyb(L, F);
     }

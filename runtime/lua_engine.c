@@ -17,6 +17,7 @@
 
 #include "hyb/config.h"
 #include "hyb/engine.h"
+#include "hyb/mixer.h"
 #include "lhyb.h"
 
 #define LHYB_ENGINE_MT "hyb.engine"
@@ -42,10 +43,10 @@ static int engine_gc(lua_State *L) {
 }
 
 /* hyb.engine(model_or_llm[, {slots=, max_ctx=, prefill_chunk=, prefix_block=,
- * max_prefix_entries=}]) */
+ * max_prefix_entries=, kv_cache=}]) */
 static int l_engine(lua_State *L) {
     static const char *const allowed[] = {
-        "slots", "max_ctx", "prefill_chunk", "prefix_block", "max_prefix_entries", NULL};
+        "slots", "max_ctx", "prefill_chunk", "prefix_block", "max_prefix_entries", "kv_cache", NULL};
     const char *F = "hyb.engine";
     char buf[96];
     void *ud = luaL_testudata(L, 1, LHYB_MODEL_MT);
@@ -63,6 +64,7 @@ static int l_engine(lua_State *L) {
     o.prefix_block = (int)lhyb_opt_field_int(L, 2, F, "prefix_block", 0, 1 << 24, 0);
     o.max_prefix_entries =
         (int)lhyb_opt_field_int(L, 2, F, "max_prefix_entries", 0, 1 << 20, o.max_prefix_entries);
+    o.kv_cache = lhyb_opt_kv_cache(L, 2, F);
     lengine *le = (lengine *)lua_newuserdatauv(L, sizeof(lengine), 1);
     memset(le, 0, sizeof *le);
     luaL_setmetatable(L, LHYB_ENGINE_MT);
@@ -260,6 +262,9 @@ static int l_stats(lua_State *L) {
     lhyb_set_int(L, "prefix_entries", s.prefix_entries);
     lhyb_set_int(L, "prefix_bytes", (lua_Integer)s.prefix_bytes);
     lhyb_set_int(L, "state_bytes", (lua_Integer)s.state_bytes);
+    lhyb_set_int(L, "kv_bytes_per_token", (lua_Integer)s.kv_bytes_per_token);
+    lua_pushstring(L, hyb_kv_dtype_name(s.kv_cache));
+    lua_setfield(L, -2, "kv_cache");
     lhyb_set_int(L, "waiting", s.waiting);
     lhyb_set_int(L, "active", s.active);
     lhyb_set_int(L, "max_active", s.max_active);
@@ -269,10 +274,11 @@ static int l_stats(lua_State *L) {
     return 1;
 }
 
-/* hyb.plan_memory(layermap_path[, {budget_bytes=, context=, weight_dtype="f32"|"bf16"|"f16"}]) ->
- * table (text = one line) */
+/* hyb.plan_memory(layermap_path[, {budget_bytes=, context=, weight_dtype="f32"|"bf16"|"f16",
+ * kv_cache="f16"|"q8_0"|"f32"}]) -> table (text = one line) */
 static int l_plan_memory(lua_State *L) {
-    static const char *const allowed[] = {"budget_bytes", "context", "weight_dtype", NULL};
+    static const char *const allowed[] = {"budget_bytes", "context", "weight_dtype", "kv_cache",
+                                          NULL};
     const char *F = "hyb.plan_memory";
     char buf[1024];
     if (lua_type(L, 1) != LUA_TSTRING)
@@ -289,11 +295,12 @@ static int l_plan_memory(lua_State *L) {
     if (!wb)
         return lhyb_error(L, "%s: weight_dtype must be \"f32\", \"bf16\" or \"f16\", got \"%s\"", F,
                           wd);
+    const int kv = lhyb_opt_kv_cache(L, 2, F);
     hyb_layermap *map = NULL;
     if (hyb_layermap_load(lua_tostring(L, 1), &map) != HYB_OK) return lhyb_raise_hyb(L, F);
     lua_Integer ctx = lhyb_opt_field_int(L, 2, F, "context", 1, 1 << 30, map->max_seq);
     hyb_memory_plan p;
-    int rc = hyb_plan_memory_ex(map, (size_t)budget, (int)ctx, wb, &p);
+    int rc = hyb_plan_memory_kv(map, (size_t)budget, (int)ctx, wb, kv, &p);
     if (rc == HYB_OK) hyb_memory_plan_format(&p, map->name, buf, sizeof buf);
     hyb_layermap_free(map);
     if (rc != HYB_OK) return lhyb_raise_hyb(L, F);

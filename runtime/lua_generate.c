@@ -86,9 +86,10 @@ static hyb_tokenizer *load_tokenizer(const char *tp) {
 }
 
 /* hyb.llm([path][, {max_ctx = n, device = "cpu"|"cuda[:N]", tokenizer = path,
- *                   quant = "off"|"precise"|"fast"}]) */
+ *                   quant = "off"|"precise"|"fast", kv_cache = "f16"|"q8_0"|"f32"}]) */
 static int l_llm(lua_State *L) {
-    static const char *const allowed[] = {"max_ctx", "device", "tokenizer", "quant", NULL};
+    static const char *const allowed[] = {"max_ctx", "device", "tokenizer", "quant", "kv_cache",
+                                          NULL};
     const char *F = "hyb.llm";
     char buf[1024];
     const char *path = NULL;
@@ -113,6 +114,7 @@ static int l_llm(lua_State *L) {
     }
     lhyb_check_opts(L, opt_idx, F, allowed);
     lua_Integer max_ctx = lhyb_opt_field_int(L, opt_idx, F, "max_ctx", 1, 1 << 24, 0);
+    const int kv_cache = lhyb_opt_kv_cache(L, opt_idx, F);
     const char *tok_path = NULL;
     if (lua_istable(L, opt_idx)) {
         lua_getfield(L, opt_idx, "tokenizer");
@@ -201,6 +203,7 @@ static int l_llm(lua_State *L) {
     hyb_engine_opts eo = hyb_engine_defaults();
     eo.slots = 1;
     eo.max_ctx = l->max_ctx;
+    eo.kv_cache = kv_cache;
     if (hyb_engine_new(l->m, &eo, &l->e) != HYB_OK) {
         l->e = NULL;
         llm_release(l);

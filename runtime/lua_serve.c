@@ -20,7 +20,7 @@ static int l_serve(lua_State *L) {
                                           "max_ctx",   "max_queue",     "max_body",     "threads",
                                           "device",    "api_key",       "name",         "tokenizer",
                                           "prefill_chunk", "prefix_block", "quiet",     "quant",
-                                          NULL};
+                                          "kv_cache",  NULL};
     const char *F = "hyb.serve";
     luaL_checktype(L, 1, LUA_TTABLE);
     lhyb_check_opts(L, 1, F, allowed);
@@ -43,6 +43,7 @@ static int l_serve(lua_State *L) {
     c.name = lhyb_opt_field_string(L, 1, F, "name", NULL);
     c.tokenizer = lhyb_opt_field_string(L, 1, F, "tokenizer", NULL);
     c.quiet = lhyb_opt_field_bool(L, 1, F, "quiet", 0);
+    c.kv_cache = lhyb_opt_kv_cache(L, 1, F);
     if (hyb_serve_run(&c) != HYB_OK) return luaL_error(L, "%s", hyb_error());
     lua_pushboolean(L, 1);
     return 1;

@@ -9,6 +9,7 @@
 #include "hyb/common.h"
 #include "hyb/backend.h"
 #include "hyb/hf.h"
+#include "hyb/mixer.h"
 #include "lhyb.h"
 
 const char *lhyb_describe(lua_State *L, int idx, char *buf, size_t n) {
@@ -324,6 +325,16 @@ float *lhyb_check_floats(lua_State *L, int idx, const char *fname, const char *a
             lhyb_error(L, "%s: %s entry %lld must be a finite weight >= 0, got %g", fname, argname,
                        (long long)(i + 1), (double)out[i]);
     return out;
+}
+
+int lhyb_opt_kv_cache(lua_State *L, int idx, const char *fname) {
+    const char *v = lhyb_opt_field_string(L, idx, fname, "kv_cache", NULL);
+    if (!v) return HYB_KV_DEFAULT;
+    char what[96];
+    snprintf(what, sizeof what, "%s: kv_cache", fname);
+    int kv;
+    if (hyb_kv_dtype_parse(v, what, &kv) != HYB_OK) return lhyb_error(L, "%s", hyb_error());
+    return kv;
 }
 
 const struct hyb_backend *lhyb_opt_device(lua_State *L, int idx, const char *fname) {

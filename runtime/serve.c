@@ -55,6 +55,7 @@ hyb_serve_config hyb_serve_defaults(void) {
     c.slots = 16;
     c.max_queue = 256;
     c.max_body = 1 << 20;
+    c.kv_cache = HYB_KV_DEFAULT;
     return c;
 }
 
@@ -1663,6 +1664,7 @@ static int load(srv *s) {
     eo.max_ctx = s->max_ctx;
     eo.prefill_chunk = c->prefill_chunk;
     eo.prefix_block = c->prefix_block;
+    eo.kv_cache = c->kv_cache;
     if (hyb_engine_new(s->m, &eo, &s->e) != HYB_OK) {
         s->e = NULL;
         return HYB_ERR_ARG;

@@ -32,6 +32,7 @@ typedef struct hyb_serve_config {
     int threads;            /* OpenMP threads of the engine (0: OpenMP's default) */
     int prefill_chunk;      /* engine prefill chunk (0: no limit) */
     int prefix_block;       /* engine automatic prefix caching block (0: off) */
+    int kv_cache;           /* hyb_kv_dtype of the KV caches (HYB_KV_F16 by default) */
     const char *device;     /* NULL/"cpu", "cuda", "cuda:N" */
     int quant;              /* a .gguf: 1 keeps its frozen weights in blocks (hyb/hf.h
                                hyb_model_load_gguf_ex), 0 loads f32 */

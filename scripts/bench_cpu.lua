@@ -1,6 +1,7 @@
 -- scripts/bench_cpu.lua: CPU inference benchmark of the default teacher (or $HYB_MODEL / arg 1).
 --
 --   hyb bench_cpu [model.gguf] [--quick] [--quant off|precise|fast] [--out FILE]
+--                 [--kv-cache f16|q8_0|f32]
 --
 -- --quant: how a quantized GGUF's weights compute, as hyb generate --quant (default $HYB_QUANT,
 -- else precise; off = dequantised to f32 at load).
@@ -11,14 +12,16 @@
 -- warm-up run), so background load shows up as noise in the worst, not the reported, figure.
 -- CPU seconds (user + system of all threads) are reported too: on a shared machine they move
 -- less with other processes' load than wall time does. "ms" is per prefill / per decode step.
+-- --kv-cache: the attention KV cache's storage type (default f16; kv_bytes_per_token follows it).
 local USAGE = "usage: hyb bench_cpu [model.gguf] [--quick] [--quant off|precise|fast] [--out FILE]"
+  .. " [--kv-cache f16|q8_0|f32]"
 local function usage(msg)
   if not msg then print(USAGE) os.exit(0) end -- --help
   io.stderr:write("hyb bench_cpu: ", msg, "\n", USAGE, "\n")
   os.exit(2)
 end
 local args = { ... }
-local path, out, quick, quant = nil, nil, false, nil
+local path, out, quick, quant, kv_cache = nil, nil, false, nil, "f16"
 local i = 1
 while i <= #args do
   local a = args[i]
@@ -26,6 +29,15 @@ while i <= #args do
     usage()
   elseif a == "--quick" then
     quick = true
+  elseif a == "--kv-cache" or a:match("^%-%-kv%-cache=") then
+    kv_cache = a:match("^%-%-kv%-cache=(.*)$")
+    if not kv_cache then
+      i = i + 1
+      kv_cache = args[i] or usage("--kv-cache needs a value")
+    end
+    if kv_cache ~= "f16" and kv_cache ~= "q8_0" and kv_cache ~= "f32" then
+      usage("--kv-cache must be one of f16, q8_0, f32, got '" .. kv_cache .. "'")
+    end
   elseif a == "--out" then
     i = i + 1
     out = args[i] or usage("--out needs a value")
@@ -92,7 +104,8 @@ local res = {
 local bw = hyb.bench.bandwidth(256)
 res.copy_GBps, res.read_GBps = bw.copy / 1e9, bw.read / 1e9
 
-local m <close> = hyb.bench.load(path, {quant = quant})
+res.kv_cache = kv_cache
+local m <close> = hyb.bench.load(path, {quant = quant, kv_cache = kv_cache})
 res.load_s = m:load_s()
 res.weight_bytes = m:weight_bytes()
 res.kv_bytes_per_token = m:kv_bytes_per_token()

@@ -24,7 +24,7 @@ local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the
 if not opts.verbose then hyb.log_level("warn") end
 local device = gen.open_device(opts.device, "chat")
 local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device, tokenizer = opts.tokenizer,
-                                 quant = gen.quant(opts, usage)})
+                                 quant = gen.quant(opts, usage), kv_cache = opts["kv-cache"]})
 local max_tokens = opts["max-tokens"] or 512
 gen.check_request(llm, nil, max_tokens, usage)
 local stops = {}

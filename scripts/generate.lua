@@ -22,6 +22,7 @@
 --   --quant MODE            a quantized GGUF's weights: precise (default: kept in their blocks,
 --                           f32 activations), fast (activations rounded to int8 per 4 values),
 --                           off (dequantised to f32 at load); default $HYB_QUANT, else precise
+--   --kv-cache T            KV cache storage: f16 (default), q8_0 or f32 (docs/BENCHMARKS.md)
 --   --quiet                 no statistics line at the end
 --   --verbose               log the model layout while loading
 -- EOS always stops. Statistics (prefill and decode tokens/s) go to stderr.
@@ -41,7 +42,7 @@ local sampler = gen.sampler(opts, usage) -- bad sampling options fail before the
 if not opts.verbose then hyb.log_level("warn") end
 local device = gen.open_device(opts.device, "generate")
 local llm = hyb.llm(opts.model, {max_ctx = opts["max-ctx"], device = device, tokenizer = opts.tokenizer,
-                                 quant = gen.quant(opts, usage)})
+                                 quant = gen.quant(opts, usage), kv_cache = opts["kv-cache"]})
 local prompt = opts._[1]
 local stops = opts.stop or {}
 if opts.chat then

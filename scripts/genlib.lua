@@ -17,7 +17,8 @@ end
 
 -- parse_args(arg, spec, usage): spec maps option names (without "--") to "string", "int",
 -- "number", "flag" or "list" (repeatable string), or for a number with a stated range to
--- {"int"|"number", lo, hi[, lo_open]} (lo_open: lo itself is not allowed). Positional arguments
+-- {"int"|"number", lo, hi[, lo_open]} (lo_open: lo itself is not allowed), or for a string out of
+-- a fixed set to {"choice", {values...}}. Positional arguments
 -- land in result._. Mistakes call usage(message) (which must exit with status 2); --help / -h
 -- calls usage() (which prints the usage on stdout and exits 0).
 function M.parse_args(argv, spec, usage)
@@ -32,6 +33,7 @@ function M.parse_args(argv, spec, usage)
       if not kind then usage("unknown option --" .. name .. require("recipelib").option_hint(name, spec)) end
       local lo, hi, lo_open
       if type(kind) == "table" then kind, lo, hi, lo_open = kind[1], kind[2], kind[3], kind[4] end
+      local choices = kind == "choice" and lo or nil
       if kind == "flag" then
         r[name] = true
       else
@@ -53,6 +55,13 @@ function M.parse_args(argv, spec, usage)
                   tostring(lo), tostring(hi), v))
           end
           r[name] = n
+        elseif choices then
+          local okv = false
+          for _, c in ipairs(choices) do okv = okv or c == v end
+          if not okv then
+            usage(("--%s must be one of %s, got '%s'"):format(name, table.concat(choices, ", "), v))
+          end
+          r[name] = v
         elseif kind == "list" then
           r[name] = r[name] or {}
           table.insert(r[name], v)
@@ -68,6 +77,9 @@ function M.parse_args(argv, spec, usage)
   return r
 end
 
+-- --kv-cache: the attention KV cache's storage type (hyb.llm's kv_cache; f16 by default).
+M.KV_CACHE = {"choice", {"f16", "q8_0", "f32"}}
+
 -- The sampling and generation options of generate, chat and teacher_data, with their ranges.
 M.sampling_spec = {
   temperature = {"number", 0, 100}, ["top-k"] = {"int", 0, 1 << 24}, ["top-p"] = {"number", 0, 1, true},
@@ -75,6 +87,7 @@ M.sampling_spec = {
   ["max-tokens"] = {"int", 1, 1 << 24}, ["max-ctx"] = {"int", 1, 1 << 24},
   threads = {"int", 1, 1024},
   quant = "string",
+  ["kv-cache"] = M.KV_CACHE,
 }
 
 -- --quant off|precise|fast: how a quantized GGUF's weights compute (docs/DESIGN.md, "Quantized
@@ -91,7 +104,7 @@ end
 M.common_usage = "[--model PATH] [--tokenizer PATH] [--temperature T] [--top-k K] [--top-p P]\n" ..
   "         [--repetition-penalty R] [--seed S] [--max-tokens N] [--max-ctx N]\n" ..
   "         [--device cpu|cuda[:N]] [--threads N] [--quant off|precise|fast] [--system TEXT]\n" ..
-  "         [--stop STR]... [--verbose]"
+  "         [--kv-cache f16|q8_0|f32] [--stop STR]... [--verbose]"
 
 -- spec plus M.sampling_spec (a new table)
 function M.with_sampling(spec)

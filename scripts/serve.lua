@@ -21,6 +21,7 @@
 --   --tokenizer PATH   a tokenizer.json to use instead of the model's
 --   --prefill-chunk N  prompt tokens prefilled per engine step over all requests (default 0: all)
 --   --prefix-block N   automatic prefix caching in blocks of N tokens (default 0: off)
+--   --kv-cache T       KV cache storage: f16 (default), q8_0 or f32
 --   --quiet            no startup and shutdown lines
 -- SIGTERM or SIGINT: stop accepting, finish the requests accepted, exit 0 (a second one cancels
 -- them).
@@ -30,7 +31,7 @@ local gen = require("genlib")
 local usage = gen.usage("serve",
   "usage: hyb serve [--host ADDR] [--port N] [--slots N] [--max-ctx N] [--max-queue N]\n" ..
   "         [--max-body BYTES] [--api-key KEY] [--threads N] [--device cpu|cuda[:N]]\n" ..
-  "         [--quant off|precise|fast]\n" ..
+  "         [--quant off|precise|fast] [--kv-cache f16|q8_0|f32]\n" ..
   "         [--name ID] [--tokenizer PATH] [--prefill-chunk N] [--prefix-block N] [--quiet]\n" ..
   "         MODEL\n" ..
   "Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,\n" ..
@@ -42,7 +43,7 @@ local opts = gen.parse_args(arg, {
   ["max-body"] = {"int", 1, 1 << 40}, ["api-key"] = "string", threads = {"int", 1, 1024},
   device = "string", name = "string", tokenizer = "string",
   ["prefill-chunk"] = {"int", 0, 1 << 24}, ["prefix-block"] = {"int", 0, 1 << 24},
-  quiet = "flag", verbose = "flag", quant = "string",
+  quiet = "flag", verbose = "flag", quant = "string", ["kv-cache"] = gen.KV_CACHE,
 }, usage)
 if #opts._ > 1 then usage("give one MODEL") end
 local model = opts._[1] or opts.model or os.getenv("HYB_MODEL")
@@ -60,6 +61,7 @@ local ok, err = pcall(hyb.serve, {
   api_key = api_key, threads = opts.threads, device = opts.device, name = opts.name,
   tokenizer = opts.tokenizer, prefill_chunk = opts["prefill-chunk"],
   prefix_block = opts["prefix-block"], quiet = opts.quiet, quant = gen.quant(opts, usage),
+  kv_cache = opts["kv-cache"],
 })
 if not ok then
   io.stderr:write("hyb serve: ", (tostring(err):gsub("^hyb%.serve: ", "")), "\n")

@@ -74,6 +74,7 @@ local src = {prompts = expand(o.prompts), corpus = o.corpus, include = o.include
 if src.corpus then for i, p in ipairs(src.corpus) do src.corpus[i] = expand(p) end end
 local settings = {out = expand(o.out), max_tokens = max_tokens, temperature = temperature, top_p = top_p,
   top_k = o["top-k"] or 0, seed = o.seed or 1, slots = o.slots or 8, system = o.system,
+  kv_cache = o["kv-cache"],
   teacher = T.teacher_id(teacher), source = T.source(src)}
 
 local prompts = T.prompts(src)

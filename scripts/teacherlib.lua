@@ -327,7 +327,8 @@ function T.generate(model, tok, prompts, o)
   end
   local max_seq = model:config().max_seq or 2048
   local max_ctx = math.min(o.max_ctx or (longest + o.max_tokens + 1), max_seq, 4096)
-  local e = hyb.engine(model, {slots = o.slots or 8, max_ctx = max_ctx, prefill_chunk = o.prefill_chunk or 0})
+  local e = hyb.engine(model, {slots = o.slots or 8, max_ctx = max_ctx, prefill_chunk = o.prefill_chunk or 0,
+                               kv_cache = o.kv_cache})
   local out_f = assert(io.open(o.out, "ab"))
   local idx_f = assert(io.open(o.out .. ".idx", "a"))
   local pos = last_end

@@ -498,7 +498,7 @@ static void test_model_decode(void) {
     const int V = m->V;
     const float *full = hyb_tensor_cf32(lg);
     hyb_kvstate *kv;
-    CHECK(hyb_kvstate_new(m, 1, 64, &kv) == HYB_OK);
+    CHECK(hyb_kvstate_new_ex(m, 1, 64, HYB_KV_F32, &kv) == HYB_OK); /* f32 cache: exact */
     float *step = malloc((size_t)V * 4);
     CHECK(hyb_model_prefill(m, kv, 0, ids, P, step) == HYB_OK);
     double worst = harness_max_rel(step, full + (size_t)(P - 1) * V, V, 1.0), spread = 0;

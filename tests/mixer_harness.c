@@ -94,7 +94,8 @@ int mh_fwd_on(const hyb_mixer *m, const hyb_backend *be, const float *const *par
                        .saved = saved,
                        .states = states,
                        .pos = pos,
-                       .max_ctx = max_ctx};
+                       .max_ctx = max_ctx,
+                       .kv = mh_kv};
     return m->desc->kernels[HYB_DEV_CPU].forward(m->self, &a);
 }
 
@@ -124,7 +125,8 @@ int mh_dec_on(const hyb_mixer *m, const hyb_backend *be, const float *const *par
                        .params = params,
                        .states = states,
                        .pos = pos,
-                       .max_ctx = max_ctx};
+                       .max_ctx = max_ctx,
+                       .kv = mh_kv};
     return m->desc->kernels[HYB_DEV_CPU].decode(m->self, &a);
 }
 
@@ -140,8 +142,10 @@ int mh_bwd(mh_inst *I, int B, int T, const float *x, const float *dy, float *dx,
 
 int mh_dec(mh_inst *I, int n, const float *x, float *y, void *const *states, const int32_t *pos,
            int max_ctx) {
-    return hyb_mixer_decode(I->m, x, y, n, states, pos, max_ctx);
+    return hyb_mixer_decode_kv(I->m, x, y, n, states, pos, max_ctx, mh_kv);
 }
+
+int mh_kv = HYB_KV_F32;
 
 /* ---- parameter initialisers -------------------------------------------------------------------
  */
@@ -299,7 +303,9 @@ double mh_model_decode_vs_forward(hyb_model *m, int ns, const int32_t *ids, int 
     for (int s = 0; s < ns; s++)
         ok &= (full[s] = harness_logits(m, ids + (size_t)s * stride, 1, len[s])) != NULL;
     hyb_kvstate *kv = NULL;
-    CHECK_MSG(hyb_kvstate_new(m, ns, max_ctx, &kv) == HYB_OK, "%s", hyb_error());
+    /* an f32 KV cache: decode == forward to f32 rounding (the compressed types have their own
+     * bounds: mh_check_decode, model_kvcache) */
+    CHECK_MSG(hyb_kvstate_new_ex(m, ns, max_ctx, HYB_KV_F32, &kv) == HYB_OK, "%s", hyb_error());
     double worst = ok && kv ? 0 : INFINITY;
     for (int s = 0; s < ns && kv && ok; s++) {
         const int32_t *id = ids + (size_t)s * stride;
@@ -590,10 +596,16 @@ static void *state_new(size_t sb, int garbage) {
 
 double mh_decode_vs_forward(mh_inst *I, int ns, const int *len, const int *pre, int max_ctx,
                             int garbage, uint64_t xseed, int *max_n_out) {
+    return mh_decode_vs_forward_kv(I, ns, len, pre, max_ctx, garbage, xseed, max_n_out, NULL);
+}
+
+double mh_decode_vs_forward_kv(mh_inst *I, int ns, const int *len, const int *pre, int max_ctx,
+                               int garbage, uint64_t xseed, int *max_n_out, double *bound) {
     const int D = I->D;
     hyb_rng r;
     hyb_rng_seed(&r, xseed);
-    size_t sb = hyb_mixer_state_bytes(I->m, max_ctx);
+    size_t sb = hyb_mixer_state_bytes_kv(I->m, max_ctx, mh_kv);
+    if (bound) *bound = 0;
     float **x = calloc((size_t)ns, sizeof *x), **yfull = calloc((size_t)ns, sizeof *yfull);
     void **st = calloc((size_t)ns, sizeof *st), **sp = calloc((size_t)ns, sizeof *sp);
     int32_t *pos = calloc((size_t)ns, sizeof *pos), *ps = calloc((size_t)ns, sizeof *ps);
@@ -608,6 +620,7 @@ double mh_decode_vs_forward(mh_inst *I, int ns, const int *len, const int *pre, 
         yfull[s] = malloc((size_t)len[s] * D * 4);
         CHECK(mh_fwd(I, 1, len[s], x[s], yfull[s], NULL, NULL, NULL, 0) == HYB_OK);
         st[s] = state_new(sb, garbage);
+        if (bound) *bound = fmax(*bound, mh_kv_bound_mha(I, mh_kv, x[s], len[s]));
     }
     for (int s = 0; s < ns; s++) { /* each prefix (different lengths) into its own state */
         if (!pre[s]) continue;
@@ -656,21 +669,103 @@ double mh_decode_vs_forward(mh_inst *I, int ns, const int *len, const int *pre, 
     return worst;
 }
 
+/* The first-order bound on |decode - forward| (each output element) that storing an mha KV cache
+ * as kv implies, for one sequence x [T, D] (0 for f32 and for other mixers). A stored value is
+ * off by |dk| <= u |k| (f16: u = 2^-11, round to nearest) or, for q8_0, by at most
+ * amax (1/254 + 2^-11) with amax the absmax of its 32-value block (half a step of d = amax/127,
+ * plus d's own f16 rounding times |q| <= 127). Then per query head, with k rotated by RoPE (a
+ * rotation: the 2-norms below do not see it):
+ *   |ds_j| = |q . dk_j| / sqrt(hd) <= e_s = u ||q||_2 ||k_j||_2 / sqrt(hd)            (f16)
+ *                                    or eq sqrt(2) ||q||_1 max_pair|k_j| / sqrt(hd)   (q8_0)
+ *   softmax: sum_j |dp_j| <= 2 max_j |ds_j|, so |do| <= (2 max e_s + e_v) max|v|, e_v = u or eq
+ *   y = o Wo^T: |dy_i| <= sum_c |Wo[i, c]| |do_c| <= ||Wo||_inf max |do|.
+ * The maxima are taken over every head and position of the sequence (an upper bound). */
+double mh_kv_bound_mha(mh_inst *I, int kv, const float *x, int T) {
+    if (kv == HYB_KV_F32 || strcmp(I->m->type, "mha") != 0) return 0;
+    char desc[256];
+    int H = 0, KV = 0, hd = 0;
+    I->m->desc->describe(I->m->self, desc, sizeof desc);
+    if (sscanf(desc, "mha H=%d KV=%d hd=%d", &H, &KV, &hd) != 3) return INFINITY;
+    const int D = I->D, qd = H * hd, kd = KV * hd, bias = I->m->n_params > 4;
+    const float *Wq = I->pp[0], *Wk = I->pp[1], *Wv = I->pp[2], *Wo = I->pp[3];
+    double qmax = 0, kmax = 0, vmax = 0, wo = 0, q1max = 0, kpmax = 0;
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * D;
+        for (int h = 0; h < H + 2 * KV; h++) { /* q heads, k heads, v heads */
+            const int which = h < H ? 0 : h < H + KV ? 1 : 2, hh = which == 0 ? h : which == 1 ? h - H : h - H - KV;
+            const float *W = which == 0 ? Wq : which == 1 ? Wk : Wv;
+            const float *b = bias ? I->pp[4 + which] : NULL;
+            double n2 = 0, n1 = 0, row_v[1024];
+            for (int d = 0; d < hd; d++) {
+                const int row = hh * hd + d;
+                double a = b ? b[row] : 0;
+                for (int i = 0; i < D; i++)
+                    a += (double)W[(size_t)row * D + i] * xt[i];
+                n2 += a * a;
+                n1 += fabs(a);
+                row_v[d] = a;
+                if (which == 2) vmax = fmax(vmax, fabs(a));
+            }
+            if (which == 0) qmax = fmax(qmax, sqrt(n2));
+            if (which == 0) q1max = fmax(q1max, n1);
+            if (which == 1) {
+                kmax = fmax(kmax, sqrt(n2));
+                for (int d = 0; d < hd / 2; d++) /* RoPE rotates the pairs (d, d + hd/2) */
+                    kpmax = fmax(kpmax, hypot(row_v[d], row_v[d + hd / 2]));
+            }
+        }
+    }
+    (void)kd;
+    for (int i = 0; i < D; i++) {
+        double rs = 0;
+        for (int c = 0; c < qd; c++)
+            rs += fabs(Wo[(size_t)i * qd + c]);
+        wo = fmax(wo, rs);
+    }
+    const double u = 1.0 / 2048.0, eq = 1.0 / 254.0 + u;
+    /* q8_0: |q . dk| <= eq ||q||_1 ||k||_inf after RoPE, and a rotation of the pairs keeps
+     * ||k||_inf <= max pair norm and grows ||q||_1 by at most sqrt(2) */
+    const double es = kv == HYB_KV_F16 ? u * qmax * kmax / sqrt((double)hd)
+                                       : eq * sqrt(2.0) * q1max * kpmax / sqrt((double)hd);
+    const double ev = kv == HYB_KV_F16 ? u : eq;
+    return wo * (2 * es + ev) * vmax;
+}
+
 void mh_check_decode(const mh_case *c, mh_inst *I) {
     size_t sb = hyb_mixer_state_bytes(I->m, c->dec.max_ctx);
     CHECK_MSG(!c->dec.state_bytes || sb == (size_t)c->dec.state_bytes,
               "state_bytes(%d) = %zu, want %ld", c->dec.max_ctx, sb, c->dec.state_bytes);
     if (c->dec.fixed_state) CHECK(hyb_mixer_state_bytes(I->m, 1) == sb);
-    int max_n = 0;
-    double worst = mh_decode_vs_forward(I, c->dec.ns, c->dec.len, c->dec.pre, c->dec.max_ctx,
-                                        c->dec.garbage, 5, &max_n);
-    printf("   %d sequences of", c->dec.ns);
-    for (int s = 0; s < c->dec.ns; s++)
-        if (s < 4 || s == c->dec.ns - 1)
-            printf("%s %d (%d prefilled)", s == 4 ? " ..." : "", c->dec.len[s], c->dec.pre[s]);
-    printf(", batches up to %d: max rel err vs full forward %.3g\n", max_n, worst);
-    CHECK(max_n == c->dec.ns);
-    CHECK_MSG(worst < 1e-5, "decode vs forward: %g", worst);
+    /* every KV-cache type: f32 to the f32 tolerance; f16 and q8_0 (a mixer with the *_kv hooks,
+     * mha) within the bound its rounding implies (mh_kv_bound_mha) and visibly rounded; a mixer
+     * without the hooks (recurrent state) keeps an f32 state whatever the type asks */
+    const int has_kv = I->m->desc->state_bytes_kv != NULL;
+    for (int kv = HYB_KV_F32; kv < HYB_KV_COUNT; kv++) {
+        mh_kv = kv;
+        if (!has_kv) CHECK(hyb_mixer_state_bytes_kv(I->m, c->dec.max_ctx, kv) == sb);
+        int max_n = 0;
+        double bound = 0;
+        double worst = mh_decode_vs_forward_kv(I, c->dec.ns, c->dec.len, c->dec.pre,
+                                               c->dec.max_ctx, c->dec.garbage, 5, &max_n, &bound);
+        printf("   kv %s: %d sequences of", hyb_kv_dtype_name(kv), c->dec.ns);
+        for (int s = 0; s < c->dec.ns; s++)
+            if (s < 4 || s == c->dec.ns - 1)
+                printf("%s %d (%d prefilled)", s == 4 ? " ..." : "", c->dec.len[s], c->dec.pre[s]);
+        printf(", batches up to %d: max rel err vs full forward %.3g", max_n, worst);
+        CHECK(max_n == c->dec.ns);
+        if (kv == HYB_KV_F32 || !has_kv) {
+            printf("\n");
+            CHECK_MSG(worst < 1e-5, "kv %s: decode vs forward: %g", hyb_kv_dtype_name(kv), worst);
+        } else if (!strcmp(I->m->type, "mha")) {
+            printf(" (bound %.3g)\n", bound + 1e-5);
+            CHECK_MSG(worst < bound + 1e-5, "kv %s: decode vs forward: %g > bound %g",
+                      hyb_kv_dtype_name(kv), worst, bound + 1e-5);
+            CHECK_MSG(worst > 1e-6, "kv %s: decode vs forward %g: the cache was not rounded",
+                      hyb_kv_dtype_name(kv), worst);
+        } else
+            printf(" (no bound known for '%s': not checked)\n", I->m->type);
+    }
+    mh_kv = HYB_KV_F32;
 }
 
 static int64_t snapshot_new(mh_inst *I, const void *st, int pos, int max_ctx, void **out) {
@@ -1090,13 +1185,109 @@ static void check_backend_shape(mh_inst *I, const hyb_backend *be, const int B, 
     free(saved);
 }
 
+/* Prefill + STEPS decode steps with the KV cache stored as kv (not f32) on the device against the
+ * CPU kernels with the same cache: both round the same K/V rows (to nearest even), so they agree
+ * to DEV_TOL_KV. A device that refuses the type must say HYB_ERR_UNSUPPORTED naming it. */
+static void check_backend_kv(mh_inst *I, const hyb_backend *be, int kv, const int B, const int T,
+                             const int M) {
+    enum { STEPS = 3 };
+    const int D = I->D, np = I->m->n_params;
+    /* The CPU and the device compute K and V in f32 with different summation orders (~1e-7
+     * apart); a value that falls that close to an f16 rounding midpoint rounds to neighbours
+     * 2^-11 apart on the two sides. Measured under the CUDA emulation: at most 6e-7 on these
+     * shapes (no such flip); 1e-4 leaves room for a few flips on a GPU and is still 10x below the
+     * f16 rounding itself (~1e-3 on these rows, mh_check_decode). */
+    static const mh_tol DEV_TOL_KV = {.rel1 = 1e-4};
+    const long nx = (long)B * T * D;
+    const hyb_mixer_kernels *k = &I->m->desc->kernels[be->device];
+    hyb_rng r;
+    hyb_rng_seed(&r, 43);
+    float *x = mh_randn(&r, (size_t)nx, 1.0f), *xdec = mh_randn(&r, (size_t)B * STEPS * D, 1.0f);
+    float *yp0 = malloc((size_t)nx * 4), *yd0 = malloc((size_t)B * STEPS * D * 4),
+          *y1 = malloc((size_t)nx * 4), *yd1 = malloc((size_t)B * STEPS * D * 4);
+    mh_kv = kv;
+    const size_t sb = hyb_mixer_state_bytes_kv(I->m, M, kv);
+    void *hs[4], *ds[4] = {0};
+    for (int b = 0; b < B; b++)
+        hs[b] = state_new(sb, -1);
+    CHECK(mh_fwd(I, B, T, x, yp0, NULL, hs, NULL, M) == HYB_OK);
+    for (int s = 0; s < STEPS; s++) {
+        int32_t pos[4] = {T + s, T + s, T + s, T + s};
+        CHECK(mh_dec(I, B, xdec + (size_t)s * B * D, yd0 + (size_t)s * B * D, hs, pos, M) ==
+              HYB_OK);
+    }
+    mh_kv = HYB_KV_F32;
+    int ok = 1;
+    float **dp = calloc((size_t)np + 1, sizeof *dp);
+    for (int i = 0; i < np; i++)
+        dp[i] = dev_put(be, I->pp[i], (size_t)mh_pnumel(I, i), &ok);
+    float *dx_ = dev_put(be, x, (size_t)nx, &ok), *dy_ = dev_put(be, NULL, (size_t)nx, &ok),
+          *dxd = dev_put(be, xdec, (size_t)B * STEPS * D, &ok),
+          *dyd = dev_put(be, NULL, (size_t)B * STEPS * D, &ok);
+    for (int b = 0; b < B; b++) {
+        ds[b] = be->alloc(be, sb ? sb : 1);
+        ok &= ds[b] && be->memset0(be, ds[b], sb) == HYB_OK;
+    }
+    CHECK_MSG(ok, "%s: device buffers: %s", be->name, hyb_error());
+    const float *const *cdp = (const float *const *)dp;
+    if (ok) {
+        char what[96];
+        hyb_mixer_fwd pa = {.B = B, .T = T, .be = be, .x = dx_, .y = dy_, .params = cdp,
+                            .states = ds, .max_ctx = M, .kv = kv};
+        int rc = k->forward(I->m->self, &pa);
+        if (rc == HYB_ERR_UNSUPPORTED && be->device != HYB_DEV_CPU) {
+            printf("   %s refuses kv_cache %s: %s\n", be->name, hyb_kv_dtype_name(kv), hyb_error());
+            CHECK(strstr(hyb_error(), "kv_cache") && strstr(hyb_error(), hyb_kv_dtype_name(kv)));
+        } else {
+            CHECK_MSG(rc == HYB_OK, "%s prefill (kv %s): %s", be->name, hyb_kv_dtype_name(kv),
+                      hyb_error());
+            dev_get(be, y1, dy_, (size_t)nx, &ok);
+            snprintf(what, sizeof what, "prefill y on %s, kv %s", be->name, hyb_kv_dtype_name(kv));
+            mh_compare(what, y1, yp0, nx, DEV_TOL_KV);
+            for (int s = 0; s < STEPS; s++) {
+                int32_t pos[4] = {T + s, T + s, T + s, T + s};
+                hyb_mixer_dec da = {.n = B, .be = be, .x = dxd + (size_t)s * B * D,
+                                    .y = dyd + (size_t)s * B * D, .params = cdp, .states = ds,
+                                    .pos = pos, .max_ctx = M, .kv = kv};
+                CHECK_MSG(k->decode(I->m->self, &da) == HYB_OK, "%s decode (kv %s): %s", be->name,
+                          hyb_kv_dtype_name(kv), hyb_error());
+            }
+            dev_get(be, yd1, dyd, (size_t)B * STEPS * D, &ok);
+            snprintf(what, sizeof what, "%d decode steps on %s, kv %s", STEPS, be->name,
+                     hyb_kv_dtype_name(kv));
+            mh_compare(what, yd1, yd0, (long)B * STEPS * D, DEV_TOL_KV);
+            CHECK_MSG(ok, "%s: download: %s", be->name, hyb_error());
+        }
+    }
+    for (int i = 0; i < np; i++)
+        be->free(be, dp[i]);
+    float *dbufs[4] = {dx_, dy_, dxd, dyd};
+    for (int i = 0; i < 4; i++)
+        be->free(be, dbufs[i]);
+    for (int b = 0; b < B; b++) {
+        be->free(be, ds[b]);
+        free(hs[b]);
+    }
+    free(dp);
+    free(x);
+    free(xdec);
+    free(yp0);
+    free(yd0);
+    free(y1);
+    free(yd1);
+}
+
 void mh_check_backend(const mh_case *c, mh_inst *I, const hyb_backend *be) {
     (void)c;
     /* a short batch, then lengths that cross the 16/32/64-token tiles and chunks of device
      * kernels (attention tiles, scan and delta-rule chunks) with a ragged last one */
     static const int SHAPES[][3] = {{2, 5, 16}, {2, 37, 48}, {1, 70, 80}};
-    for (size_t i = 0; i < sizeof SHAPES / sizeof SHAPES[0]; i++)
+    for (size_t i = 0; i < sizeof SHAPES / sizeof SHAPES[0]; i++) {
         check_backend_shape(I, be, SHAPES[i][0], SHAPES[i][1], SHAPES[i][2]);
+        /* a mixer whose state has a KV cache (the *_kv hooks): its compressed types too */
+        for (int kv = HYB_KV_F16; I->m->desc->state_bytes_kv && kv < HYB_KV_COUNT; kv++)
+            if (SHAPES[i][0] <= 4) check_backend_kv(I, be, kv, SHAPES[i][0], SHAPES[i][1], SHAPES[i][2]);
+    }
 }
 
 void mh_check_backends(const mh_case *c, mh_inst *I) {

@@ -89,8 +89,8 @@ double mh_allclose_ratio(const float *a, const float *b, long n, double rtol, do
 
 /* (logits of a model forward without a tape: harness_logits in harness.h) */
 
-/* Prefill + batched decode of a model against its forward logits: sequence s (ids + s * stride)
- * has len[s] tokens, prompt[s] prefilled (in two calls of split[s] and the rest when split is
+/* Prefill + batched decode of a model (an f32 KV cache) against its forward logits: sequence s
+ * (ids + s * stride) has len[s] tokens, prompt[s] prefilled (in two calls of split[s] and the rest when split is
  * non-NULL and split[s] > 0), then decoded in batches of every unfinished sequence. Returns the
  * worst max rel error (floor 1) of the logits. */
 double mh_model_decode_vs_forward(hyb_model *m, int ns, const int32_t *ids, int stride,
@@ -198,6 +198,17 @@ typedef struct mh_case {
  * whole sequence: the worst max rel error (floor 1); *max_n gets the largest batch. */
 double mh_decode_vs_forward(mh_inst *I, int ns, const int *len, const int *pre, int max_ctx,
                             int garbage, uint64_t xseed, int *max_n);
+/* The same with the states' KV cache stored as mh_kv; *bound (may be NULL) gets the largest
+ * mh_kv_bound_mha of the sequences. */
+double mh_decode_vs_forward_kv(mh_inst *I, int ns, const int *len, const int *pre, int max_ctx,
+                               int garbage, uint64_t xseed, int *max_n, double *bound);
+/* The KV-cache type (hyb_kv_dtype) of the states the harness's kernels calls use (mh_fwd, mh_dec,
+ * mh_fwd_on, mh_dec_on: the .kv of their arguments); HYB_KV_F32 except inside a check that sets
+ * it. */
+extern int mh_kv;
+/* The first-order bound on |decode - forward| per output element that an mha KV cache stored as
+ * kv implies for the sequence x [T, D] (0 for f32 and other mixers): see mixer_harness.c. */
+double mh_kv_bound_mha(mh_inst *I, int kv, const float *x, int T);
 /* first[s] tokens into each state, then `second` more of all ns sequences in one batched call
  * continuing at first[s], then one more token (continued prefill vs decode on the whole state):
  * worst rel error of the outputs and of the states' snapshots against one prefill of it all. */

@@ -29,7 +29,7 @@ static char g_model[1024], g_text[1024];
 
 static void feed(hyb_model *m, const int32_t *ids, int n, float *out) {
     hyb_kvstate *kv;
-    CHECK(hyb_kvstate_new(m, 1, n + 1, &kv) == HYB_OK);
+    CHECK(hyb_kvstate_new_ex(m, 1, n + 1, HYB_KV_F32, &kv) == HYB_OK); /* weights alone */
     int32_t seq = 0;
     for (int p = 0; p < n; p++) {
         int rc = hyb_model_decode(m, kv, 1, &seq, &ids[p], out + (size_t)p * m->V);

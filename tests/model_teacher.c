@@ -158,7 +158,7 @@ static void test_prefill_decode_equals_forward(void) {
     memcpy(seq + np, gen, sizeof *seq * 8);
     float *full = forward(seq, T);
     hyb_kvstate *s = NULL;
-    int rc = hyb_kvstate_new(M, 2, T + 4, &s);
+    int rc = hyb_kvstate_new_ex(M, 2, T + 4, HYB_KV_F32, &s); /* f32 cache: == forward */
     CHECK_MSG(rc == HYB_OK, "kvstate: %s", hyb_error());
     float *lg = malloc(sizeof(float) * 2 * V);
     if (full && rc == HYB_OK) {

@@ -315,9 +315,23 @@ static void test_memory_plan(void) {
     if (m) {
         CHECK(p.weight_bytes == (size_t)hyb_model_n_elements(m) * sizeof(float));
         hyb_kvstate *kv = NULL;
-        CHECK(hyb_kvstate_new(m, 3, 100, &kv) == HYB_OK);
+        CHECK(hyb_kvstate_new_ex(m, 3, 100, HYB_KV_F32, &kv) == HYB_OK);
         if (kv) CHECK(kv->bytes == 3 * seq);
         hyb_kvstate_free(kv);
+        /* the default KV cache is f16 (half the attention bytes; the recurrent state stays f32),
+         * and the plan for it says the same */
+        size_t seq16 = 2 * ((attn / 2 + 63) / 64 * 64) + 2 * ((rec + 63) / 64 * 64);
+        kv = NULL;
+        CHECK(hyb_kvstate_new(m, 3, 100, &kv) == HYB_OK);
+        if (kv) CHECK(kv->bytes == 3 * seq16 && kv->kv == HYB_KV_F16);
+        hyb_kvstate_free(kv);
+        hyb_memory_plan p16;
+        CHECK(hyb_plan_memory_kv(map, (size_t)64 << 20, 100, 4, HYB_KV_F16, &p16) == HYB_OK);
+        CHECK(p16.kv_bytes_per_token == 2 * 2 * (2 * 8) * 2 && p16.bytes_per_seq == seq16);
+        CHECK(p16.fixed_bytes_per_seq == p.fixed_bytes_per_seq);
+        /* an unknown type is refused by name */
+        CHECK(hyb_kvstate_new_ex(m, 1, 8, 7, &kv) == HYB_ERR_ARG && !kv);
+        CHECK(strstr(hyb_error(), "unknown KV cache type 7") != NULL);
         hyb_model_free(m);
     }
     CHECK(p.max_batch == (int64_t)((((size_t)64 << 20) - p.weight_bytes) / seq));

@@ -386,8 +386,8 @@ static void check_prefill_decode(hyb_model *m) {
         if (!full[s]) return;
     }
     /* the batched full forward agrees with the B=1 ones (same length sequences) */
-    hyb_kvstate *kv;
-    CHECK(hyb_kvstate_new(m, 4, 32, &kv) == HYB_OK);
+    hyb_kvstate *kv; /* an f32 KV cache: the same numbers as the forward (to 1e-5) */
+    CHECK(hyb_kvstate_new_ex(m, 4, 32, HYB_KV_F32, &kv) == HYB_OK);
     if (!kv) return;
     CHECK(kv->bytes > 0);
     const int slot[NS] = {2, 0, 3}; /* sequence s lives in slot[s] */
@@ -584,8 +584,8 @@ static void test_hf_llama_logits(void) {
             printf("  vs HF LlamaForCausalLM (float64): rel rms %.3g, max rel %.3g\n", rel, mx);
             CHECK_MSG(rel < 1e-5 && mx < 1e-5, "rel rms %g max rel %g", rel, mx);
             /* and decoding token by token gives the same logits */
-            hyb_kvstate *kv;
-            CHECK(hyb_kvstate_new(m, B, T, &kv) == HYB_OK);
+            hyb_kvstate *kv; /* f32 KV cache (f16 rounds K and V: ~1e-3) */
+            CHECK(hyb_kvstate_new_ex(m, B, T, HYB_KV_F32, &kv) == HYB_OK);
             float *lg = malloc((size_t)B * V * sizeof *lg);
             double worst = 0;
             for (int t = 0; t < T && kv; t++) {

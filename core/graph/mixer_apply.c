@@ -55,6 +55,11 @@ static int mixer_bwd(hyb_graph *g, hyb_node *n) {
 
 hyb_tensor *hyb_mixer_apply(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x, void *const *states,
                             const int32_t *pos, int max_ctx) {
+    return hyb_mixer_apply_kv(g, m, x, states, pos, max_ctx, HYB_KV_F32);
+}
+
+hyb_tensor *hyb_mixer_apply_kv(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x,
+                               void *const *states, const int32_t *pos, int max_ctx, int kv) {
     static const char OP[] = "hyb_mixer_apply";
     char a[128], b[128];
     if (!g) OP_ERR("%s: graph is NULL", OP);
@@ -139,6 +144,7 @@ hyb_tensor *hyb_mixer_apply(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x, vo
         da.pos = pos;
         da.max_ctx = max_ctx;
         da.param_dtypes = dtypes;
+        da.kv = kv;
         int rc = m->desc->kernels[x->device].decode(m->self, &da);
         if (rc != HYB_OK) {
             hyb_error_wrap(rc < 0 ? rc : HYB_ERR,
@@ -161,6 +167,7 @@ hyb_tensor *hyb_mixer_apply(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x, vo
     fa.pos = pos;
     fa.max_ctx = max_ctx;
     fa.param_dtypes = dtypes;
+    fa.kv = kv;
     int rc = m->desc->kernels[x->device].forward(m->self, &fa);
     if (rc != HYB_OK) {
         hyb_error_wrap(rc < 0 ? rc : HYB_ERR, "%s: mixer '%s' (layer %d) forward on x %s", OP,

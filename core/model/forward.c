@@ -60,7 +60,7 @@ static void cap_begin(hyb_model *m, hyb_graph *g);
     } while (0)
 
 static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, int T,
-                         state_fn states, void *sctx, const int32_t *pos, int max_ctx) {
+                         state_fn states, void *sctx, const int32_t *pos, int max_ctx, int kv) {
     const float eps = (float)m->map->norm_eps;
     if (m->capture) cap_begin(m, g);
     hyb_tensor *h = hyb_embedding(g, m->embed, ids, B, T), *pend = NULL;
@@ -81,7 +81,7 @@ static hyb_tensor *trunk(hyb_model *m, hyb_graph *g, const int32_t *ids, int B, 
             CAPTURE(l, HYB_CAP_BLOCK_IN, h);
             CAPTURE(l, HYB_CAP_MIXER_IN, u);
             hyb_tensor *y =
-                hyb_mixer_apply(g, ly->mixer, u, states ? states(sctx, l) : NULL, pos, max_ctx);
+                hyb_mixer_apply_kv(g, ly->mixer, u, states ? states(sctx, l) : NULL, pos, max_ctx, kv);
             if (!y) goto fail_layer;
             CAPTURE(l, HYB_CAP_MIXER_OUT, y);
             pend = y; /* h + y, added by the next norm */
@@ -120,7 +120,7 @@ hyb_tensor *hyb_model_forward(hyb_model *m, hyb_graph *g, const int32_t *ids, in
         hyb_error_set(HYB_ERR_ARG, "hyb_model_forward: bad batch B=%d T=%d", B, T);
         return NULL;
     }
-    hyb_tensor *hn = trunk(m, g, ids, B, T, NULL, NULL, NULL, 0);
+    hyb_tensor *hn = trunk(m, g, ids, B, T, NULL, NULL, NULL, 0, HYB_KV_F32);
     if (!hn) return NULL;
     hyb_tensor *logits = hyb_matmul(g, hn, m->lm_head);
     if (!logits) hyb_error_wrap(HYB_ERR, "model forward: lm_head");
@@ -130,7 +130,16 @@ hyb_tensor *hyb_model_forward(hyb_model *m, hyb_graph *g, const int32_t *ids, in
 // ---- inference state ---------------------------------------------------------------------------
 
 int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
+    return hyb_kvstate_new_ex(m, n_seq, max_ctx, HYB_KV_DEFAULT, out);
+}
+
+int hyb_kvstate_new_ex(hyb_model *m, int n_seq, int max_ctx, int kv, hyb_kvstate **out) {
     *out = NULL;
+    if (!hyb_kv_dtype_name(kv))
+        return hyb_error_set(HYB_ERR_ARG,
+                             "hyb_kvstate_new: unknown KV cache type %d (allowed: HYB_KV_F16, "
+                             "HYB_KV_Q8_0, HYB_KV_F32)",
+                             kv);
     if (n_seq <= 0 || max_ctx <= 0)
         return hyb_error_set(HYB_ERR_ARG,
                              "hyb_kvstate_new: n_seq (%d) and max_ctx (%d) must be positive", n_seq,
@@ -139,9 +148,9 @@ int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
         uint64_t need;
         char what[600], detail[96];
         snprintf(what, sizeof what, "hyb_kvstate_new: the decode state of %s", m->map->path);
-        snprintf(detail, sizeof detail, "%d sequence%s of %d tokens", n_seq, n_seq > 1 ? "s" : "",
-                 max_ctx);
-        HYB_TRY(hyb_mem_plan_state(m, n_seq, max_ctx, &need));
+        snprintf(detail, sizeof detail, "%d sequence%s of %d tokens, %s KV cache", n_seq,
+                 n_seq > 1 ? "s" : "", max_ctx, hyb_kv_dtype_name(kv));
+        HYB_TRY(hyb_mem_plan_state_kv(m, n_seq, max_ctx, kv, &need));
         HYB_TRY(hyb_mem_check(what, need, detail));
     }
     hyb_kvstate *s = calloc(1, sizeof *s);
@@ -150,6 +159,7 @@ int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
     s->be = be;
     s->n_seq = n_seq;
     s->max_ctx = max_ctx;
+    s->kv = kv;
     s->L = m->L;
     s->model = m;
     s->generation = m->generation;
@@ -162,7 +172,7 @@ int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out) {
         if (!s->state[l]) goto oom;
         const hyb_mixer *mx = m->layers[l].mixer;
         if (!mx) continue;
-        size_t per = hyb_mixer_state_bytes(mx, max_ctx);
+        size_t per = hyb_mixer_state_bytes_kv(mx, max_ctx, kv);
         if (per == 0) continue;
         size_t stride = (per + 63) & ~(size_t)63;
         if (stride > SIZE_MAX / (size_t)n_seq) goto oom;
@@ -204,7 +214,8 @@ void hyb_kvstate_reset_seq(hyb_kvstate *s, int seq) {
     for (int l = 0; l < s->L; l++) {
         if (!s->state[l][seq]) continue;
         const hyb_mixer *mx = (m && m->generation == s->generation) ? m->layers[l].mixer : NULL;
-        if (mx && s->be->memset0(s->be, s->state[l][seq], hyb_mixer_state_bytes(mx, s->max_ctx)))
+        if (mx && s->be->memset0(s->be, s->state[l][seq],
+                                 hyb_mixer_state_bytes_kv(mx, s->max_ctx, s->kv)))
             hyb_log(HYB_LOG_ERROR, "hyb_kvstate_reset_seq: layer %d: %s", l, hyb_error());
     }
 }
@@ -252,7 +263,7 @@ int hyb_model_prefill(hyb_model *m, hyb_kvstate *s, int seq, const int32_t *ids,
     if (!g) return hyb_error_wrap(HYB_ERR_NOMEM, "hyb_model_prefill");
     prefill_ctx c = {s, seq};
     int rc = HYB_OK;
-    hyb_tensor *hn = trunk(m, g, ids, 1, T, prefill_states, &c, &s->pos[seq], s->max_ctx);
+    hyb_tensor *hn = trunk(m, g, ids, 1, T, prefill_states, &c, &s->pos[seq], s->max_ctx, s->kv);
     if (!hn) {
         rc = hyb_error_wrap(HYB_ERR, "hyb_model_prefill: sequence %d", seq);
         goto done;
@@ -322,7 +333,7 @@ static int decode(hyb_model *m, hyb_kvstate *s, int n, const int32_t *seqs, cons
     /* the same blocks as training and prefill (trunk), on [n, 1] tokens with their states */
     decode_ctx c = {s, seqs, n, st};
     int rc = HYB_OK;
-    hyb_tensor *hn = trunk(m, g, ids, n, 1, decode_states, &c, pos, s->max_ctx);
+    hyb_tensor *hn = trunk(m, g, ids, n, 1, decode_states, &c, pos, s->max_ctx, s->kv);
     hyb_tensor *lg = hn ? hyb_matmul(g, hn, m->lm_head) : NULL;
     if (!lg)
         rc = hyb_error_wrap(HYB_ERR, "hyb_model_decode: %d sequence%s", n, n == 1 ? "" : "s");

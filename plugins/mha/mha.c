@@ -36,6 +36,7 @@
  * init_params).
  */
 #include "mha.h"
+#include "mha_kv.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -190,41 +191,57 @@ static int mha_param_decl(void *self, int i, hyb_param_decl *d) {
     return HYB_OK;
 }
 
-static size_t mha_state_bytes(void *self, int max_ctx) {
+static size_t mha_state_bytes_kv(void *self, int max_ctx, int kv) {
     mha *m = self;
-    return max_ctx <= 0 ? 0 : 2 * (size_t)m->KV * m->hd * (size_t)max_ctx * sizeof(float);
+    return max_ctx <= 0 ? 0 : 2 * (size_t)m->KV * mha_kv_row_bytes(m->hd, kv) * (size_t)max_ctx;
 }
 
-static int64_t mha_state_snapshot(void *self, const hyb_backend *be, const void *state, int pos,
-                                  int max_ctx, void *dst) {
+static size_t mha_state_bytes(void *self, int max_ctx) {
+    return mha_state_bytes_kv(self, max_ctx, HYB_KV_F32);
+}
+
+static int64_t mha_state_snapshot_kv(void *self, const hyb_backend *be, const void *state, int pos,
+                                     int max_ctx, int kv, void *dst) {
     mha *m = self;
     if (pos < 0 || pos > max_ctx)
         return H_->error(HYB_ERR_ARG, "mha (layer %d): snapshot of %d tokens from a state of %d",
                          m->layer, pos, max_ctx);
-    /* the first pos rows of each of the 2*KV head blocks (K heads, then V heads) */
-    const size_t blk = (size_t)m->hd * pos * sizeof(float), hs = (size_t)m->hd * max_ctx;
+    /* the first pos rows of each of the 2*KV head blocks (K heads, then V heads), as stored */
+    const size_t rowb = mha_kv_row_bytes(m->hd, kv), blk = rowb * (size_t)pos,
+                 hs = rowb * (size_t)max_ctx;
     if (dst)
         for (int b = 0; b < 2 * m->KV; b++) {
             int rc = be->copy(be, (char *)dst + (size_t)b * blk,
-                              (const float *)state + (size_t)b * hs, blk);
+                              (const char *)state + (size_t)b * hs, blk);
             if (rc != HYB_OK) return rc;
         }
     return (int64_t)(2 * (size_t)m->KV * blk);
 }
 
-static int mha_state_restore(void *self, const hyb_backend *be, void *state, const void *src,
-                             int pos, int max_ctx) {
+static int64_t mha_state_snapshot(void *self, const hyb_backend *be, const void *state, int pos,
+                                  int max_ctx, void *dst) {
+    return mha_state_snapshot_kv(self, be, state, pos, max_ctx, HYB_KV_F32, dst);
+}
+
+static int mha_state_restore_kv(void *self, const hyb_backend *be, void *state, const void *src,
+                                int pos, int max_ctx, int kv) {
     mha *m = self;
     if (pos < 0 || pos > max_ctx)
         return H_->error(HYB_ERR_ARG, "mha (layer %d): restore of %d tokens into a state of %d",
                          m->layer, pos, max_ctx);
-    const size_t blk = (size_t)m->hd * pos * sizeof(float), hs = (size_t)m->hd * max_ctx;
+    const size_t rowb = mha_kv_row_bytes(m->hd, kv), blk = rowb * (size_t)pos,
+                 hs = rowb * (size_t)max_ctx;
     for (int b = 0; b < 2 * m->KV; b++) {
         int rc =
-            be->copy(be, (float *)state + (size_t)b * hs, (const char *)src + (size_t)b * blk, blk);
+            be->copy(be, (char *)state + (size_t)b * hs, (const char *)src + (size_t)b * blk, blk);
         if (rc != HYB_OK) return rc;
     }
     return HYB_OK;
+}
+
+static int mha_state_restore(void *self, const hyb_backend *be, void *state, const void *src,
+                             int pos, int max_ctx) {
+    return mha_state_restore_kv(self, be, state, src, pos, max_ctx, HYB_KV_F32);
 }
 
 /* ---- HF config.json ---------------------------------------------------------------------------*/
@@ -283,6 +300,9 @@ static const hyb_mixer_desc MHA_DESC = {
     .hf_layer_type = "t",
     .hf_export = mha_hf_export,
     .hf_import = mha_hf_import,
+    .state_bytes_kv = mha_state_bytes_kv,
+    .state_snapshot_kv = mha_state_snapshot_kv,
+    .state_restore_kv = mha_state_restore_kv,
 };
 
 HYB_PL_ENTRY(mha_host, MHA_DESC)

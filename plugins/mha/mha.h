@@ -6,10 +6,12 @@
  *     0 q_proj.weight [qd, D]   1 k_proj.weight [kd, D]   2 v_proj.weight [kd, D]
  *     3 o_proj.weight [D, qd]   (bias = true adds 4 q_proj.bias [qd], 5 k_proj.bias [kd],
  *                                6 v_proj.bias [kd], Qwen2-style; o_proj has no bias)
- *   decode state of one sequence (f32), head-major: K cache [KV, max_ctx, hd] then V cache
- *     [KV, max_ctx, hd]; row t of head g holds token t (K after RoPE). Head-major so that a
- *     decode task (one KV head of one sequence) streams contiguous memory. Snapshot of `pos`
- *     tokens: rows [0, pos) of K head 0 .. KV-1, then of V head 0 .. KV-1: 2*KV*pos*hd*4 bytes.
+ *   decode state of one sequence, head-major: K cache [KV, max_ctx, row] then V cache
+ *     [KV, max_ctx, row]; row t of head g holds token t (K after RoPE), a row being hd values in
+ *     the kvstate's KV type (hyb_kv_dtype: f32, f16 or q8_0, mha_kv.h; rowb bytes =
+ *     mha_kv_row_bytes(hd, kv)). Head-major so that a decode task (one KV head of one sequence)
+ *     streams contiguous memory. Snapshot of `pos` tokens: rows [0, pos) of K head 0 .. KV-1,
+ *     then of V head 0 .. KV-1, as stored: 2*KV*pos*rowb bytes.
  *   saved (training forward -> backward): a 64-byte header, then Q [B*T, qd] and K [B*T, kd]
  *     (both after RoPE), V [B*T, kd], O [B*T, qd] (attention output before o_proj),
  *     LSE [B, H, T] (log-sum-exp of each softmax row, so backward recomputes P exactly).
@@ -49,6 +51,8 @@ typedef struct mha {
      * host staging buffer for the device arrays of state pointers and positions */
     void *cu_fn[16];
     const hyb_backend *cu_be;
+    void *cu_fn16[16]; /* the kernels that touch the cache, compiled with -DMHA_KV_F16=1 */
+    const hyb_backend *cu_be16;
     void *cu_host;
     size_t cu_host_cap;
 } mha;

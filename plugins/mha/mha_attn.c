@@ -1,4 +1,6 @@
-/* plugins/mha/mha_attn.c: forward, backward and decode of the `mha` mixer on the CPU (f32).
+/* plugins/mha/mha_attn.c: forward, backward and decode of the `mha` mixer on the CPU (f32 math;
+ * the KV cache in the kvstate's type, f32, f16 or q8_0: rows converted on store, and widened to
+ * f32 a tile at a time on load, mha_kv.h).
  *
  *   q = RoPE(x Wq^T + bq), k = RoPE(x Wk^T + bk), v = x Wv^T + bv        per head, GQA group
  *   o_h[t] = sum_{j <= pos+t} softmax_j(q_h[t] . k_g[j] / sqrt(hd)) v_g[j], g = h / (H / KV)
@@ -22,6 +24,7 @@
 #include "../common/be_call.h"
 #include "../common/plugin_util.h"
 #include "mha.h"
+#include "mha_kv.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -30,6 +33,7 @@
 #define H_ mha_host
 #define SAVED_MAGIC MHA_SAVED_MAGIC
 #define QBLK 64 /* query rows per attention block */
+#define PKT 256 /* prefill from a compressed cache: keys widened to f32 per tile */
 
 /* e^x for x <= 0 (scores minus their maximum), vectorisable (no libm call): Cephes expf's range
  * reduction and polynomial, relative error ~2e-7; 0 below -87 (where expf is denormal). Also
@@ -119,6 +123,28 @@ static int attend_block(const hyb_backend *be, const float *q, size_t ldq, const
     return be->sgemm(be, 0, 0, qb, hd, nk, 1.0f, s, nk, v, (int)ldk, 0.0f, o, (int)ldo);
 }
 
+/* attend_block against a cache stored as kv (not f32): keys and values of the cache's head
+ * (rows rowb bytes apart from kc, vc) widened PKT rows at a time into tile [PKT, hd] (per-thread
+ * scratch), the products by sgemm per tile; the same softmax. */
+static int attend_block_kv(const hyb_backend *be, const float *q, size_t ldq, const char *kc,
+                           const char *vc, size_t rowb, int kv, int p_first, int qb, int hd,
+                           float scale, float *s, float *tile, float *o, size_t ldo, float *lse) {
+    const int nk = p_first + qb;
+    for (int j0 = 0; j0 < nk; j0 += PKT) {
+        const int n = nk - j0 < PKT ? nk - j0 : PKT;
+        mha_kv_load(tile, kc + (size_t)j0 * rowb, rowb, n, hd, kv);
+        HYB_BE_TRY(be->sgemm(be, 0, 1, qb, n, hd, scale, q, (int)ldq, tile, hd, 0.0f, s + j0, nk));
+    }
+    softmax_rows(s, qb, nk, p_first, lse);
+    for (int j0 = 0; j0 < nk; j0 += PKT) {
+        const int n = nk - j0 < PKT ? nk - j0 : PKT;
+        mha_kv_load(tile, vc + (size_t)j0 * rowb, rowb, n, hd, kv);
+        HYB_BE_TRY(be->sgemm(be, 0, 0, qb, hd, n, 1.0f, s + j0, nk, tile, hd, j0 ? 1.0f : 0.0f, o,
+                             (int)ldo));
+    }
+    return HYB_OK;
+}
+
 /* Backward's recomputation for one block (queries i0 .. i0 + qb - 1, keys 0 .. nk - 1): on
  * entry p holds the scaled scores and dp = dO V^T; on exit p = exp(s - lse) (causal, 0 above the
  * diagonal) and dp = p (dp - dr). */
@@ -165,20 +191,28 @@ static int linear(const hyb_backend *be, const float *X, const float *W, int wt,
     return HYB_OK;
 }
 
-/* Append T tokens at position p0 to one sequence's KV cache (head-major, see mha.h):
- * Kn, Vn: [T, KV*hd] rows (K after RoPE). */
+/* Append T tokens at position p0 to one sequence's KV cache (head-major, rows of type kv, see
+ * mha.h), converted on store: Kn, Vn: [T, KV*hd] f32 rows (K after RoPE). */
 static void cache_put(void *state, int max_ctx, int KV, int hd, int p0, int T, const float *Kn,
-                      const float *Vn) {
-    float *kc = state, *vc = kc + (size_t)KV * max_ctx * hd;
-    const size_t kd = (size_t)KV * hd;
+                      const float *Vn, int kv) {
+    const size_t rowb = mha_kv_row_bytes(hd, kv), kd = (size_t)KV * hd;
+    char *kc = state, *vc = kc + (size_t)KV * max_ctx * rowb;
     for (int g = 0; g < KV; g++) {
-        float *kg = kc + ((size_t)g * max_ctx + p0) * hd,
-              *vg = vc + ((size_t)g * max_ctx + p0) * hd;
+        char *kg = kc + ((size_t)g * max_ctx + p0) * rowb,
+             *vg = vc + ((size_t)g * max_ctx + p0) * rowb;
         for (int t = 0; t < T; t++) {
-            memcpy(kg + (size_t)t * hd, Kn + t * kd + (size_t)g * hd, (size_t)hd * sizeof(float));
-            memcpy(vg + (size_t)t * hd, Vn + t * kd + (size_t)g * hd, (size_t)hd * sizeof(float));
+            mha_kv_store(kg + (size_t)t * rowb, Kn + t * kd + (size_t)g * hd, hd, kv);
+            mha_kv_store(vg + (size_t)t * rowb, Vn + t * kd + (size_t)g * hd, hd, kv);
         }
     }
+}
+
+/* the KV type of a call: one this CPU code stores */
+static int check_kv(const mha *m, int kv) {
+    if (kv == HYB_KV_F32 || kv == HYB_KV_F16 || kv == HYB_KV_Q8_0) return HYB_OK;
+    return H_->error(HYB_ERR_UNSUPPORTED,
+                     "mha (layer %d): kv_cache type %d is not one of f32, f16, q8_0", m->layer,
+                     kv);
 }
 
 size_t mha_saved_bytes(void *self, int B, int T) {
@@ -248,7 +282,10 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
     const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
     int p_max = 0;
     HYB_TRY(mha_check_fwd(m, a, &p_max));
+    const int kv = a->states ? a->kv : HYB_KV_F32;
+    HYB_TRY(check_kv(m, kv));
     const size_t BT = (size_t)B * T, qd = (size_t)H * hd, kd = (size_t)KV * hd;
+    const size_t rowb = mha_kv_row_bytes(hd, kv);
     const float *const *P = a->params;
     const int bias = m->bias;
 
@@ -263,9 +300,10 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
     LSE = O + BT * qd;
 
     /* scores scratch: one [QBLK, keys] block per thread (the attention runs in one parallel
-     * region, below) */
+     * region, below), and a [PKT, hd] tile after it when the cache is compressed */
     const int nthr = hyb_pl_max_threads();
-    size_t n_keys_max = (size_t)p_max + T, nscr = (size_t)QBLK * n_keys_max;
+    size_t n_keys_max = (size_t)p_max + T,
+           nscr = (size_t)QBLK * n_keys_max + (kv != HYB_KV_F32 ? (size_t)PKT * hd : 0);
     float *scratch = be->alloc(be, sizeof(float) * ((size_t)nthr * nscr + BT));
     if (!scratch) {
         be->free(be, tmp);
@@ -294,7 +332,7 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
     if (a->states)
         for (int b = 0; b < B; b++)
             cache_put(a->states[b], a->max_ctx, KV, hd, a->pos ? a->pos[b] : 0, T,
-                      K + (size_t)b * T * kd, V + (size_t)b * T * kd);
+                      K + (size_t)b * T * kd, V + (size_t)b * T * kd, kv);
 
     /* One parallel region over the tasks (sequence b, head h, block of QBLK queries); each task
      * writes only its own rows of O and LSE, and its sgemm calls run on the calling thread, so
@@ -316,6 +354,18 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
         const int blk = nblk - 1 - (int)(t / nbh), b = (int)(t % nbh) / H, h = (int)(t % nbh) % H;
         const int p0 = a->pos ? a->pos[b] : 0, g = h / group, i0 = blk * QBLK;
         const int qb = T - i0 < QBLK ? T - i0 : QBLK;
+        const size_t row0 = (size_t)b * T + i0;
+        float *scr = scratch + (size_t)hyb_pl_thread_id() * nscr;
+        if (kv != HYB_KV_F32) { /* a compressed cache: widened a tile at a time */
+            const char *kc = (const char *)a->states[b] + (size_t)g * a->max_ctx * rowb;
+            const char *vc = kc + (size_t)KV * a->max_ctx * rowb;
+            HYB_BE_TRY_PAR(perr, attend_block_kv(be, Q + row0 * qd + (size_t)h * hd, qd, kc, vc,
+                                                 rowb, kv, p0 + i0, qb, hd, scale, scr,
+                                                 scr + (size_t)QBLK * n_keys_max,
+                                                 O + row0 * qd + (size_t)h * hd, qd,
+                                                 LSE + ((size_t)b * H + h) * T + i0));
+            continue;
+        }
         /* keys/values of KV head g: head-major in the cache (row stride hd), else rows of the
          * fresh K/V (stride kd) */
         const float *kb, *vb;
@@ -331,11 +381,9 @@ int mha_forward(void *self, const hyb_mixer_fwd *a) {
             ldk = kd;
             hstride = (size_t)hd;
         }
-        const size_t row0 = (size_t)b * T + i0;
         HYB_BE_TRY_PAR(perr, attend_block(be, Q + row0 * qd + (size_t)h * hd, qd,
                                           kb + (size_t)g * hstride, vb + (size_t)g * hstride, ldk,
-                                          p0 + i0, qb, hd, scale,
-                                          scratch + (size_t)hyb_pl_thread_id() * nscr,
+                                          p0 + i0, qb, hd, scale, scr,
                                           O + row0 * qd + (size_t)h * hd, qd,
                                           LSE + ((size_t)b * H + h) * T + i0));
     }
@@ -478,15 +526,14 @@ int mha_backward(void *self, const hyb_mixer_bwd *a) {
 
 #define DEC_CHUNK 512 /* keys per decode task */
 
-/* One task: G query heads (q row h at q + h*hd) against nk keys (key j at k + j*ld, value j at
- * v + j*ld). s: [G * nk] scratch. part: per head hd + 2 floats: o (unnormalised), m, l.
- * Built for AVX-512, AVX2+FMA and baseline x86-64 (picked at load time, like the host's GEMM). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+/* Scores of G query heads (q row h at q + h*hd) against nk keys (key j at k + j*ld) into
+ * s[h*sld + j], scaled. Inlined into attend_chunk's target clones. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
 #endif
-static void
-attend_chunk(const float *q, int G, const float *k, const float *v, size_t ld, int nk, int hd,
-             float scale, float *s, float *part) {
+static inline void
+chunk_scores(const float *q, int G, const float *k, size_t ld, int nk, int hd, float scale,
+             float *s, size_t sld) {
     if (hd % 16 == 0) {
         /* 16 lane sums and a fixed tree: element-wise vector code (an `omp simd reduction`
          * here ends in a sequential 16-add chain per score, which dominated the profile) */
@@ -509,7 +556,7 @@ attend_chunk(const float *q, int G, const float *k, const float *v, size_t ld, i
 #pragma omp simd
                 for (int l = 0; l < 4; l++)
                     acc[l] += acc[l + 4];
-                s[(size_t)h * nk + j] = ((acc[0] + acc[2]) + (acc[1] + acc[3])) * scale;
+                s[(size_t)h * sld + j] = ((acc[0] + acc[2]) + (acc[1] + acc[3])) * scale;
             }
         }
     } else {
@@ -521,10 +568,53 @@ attend_chunk(const float *q, int G, const float *k, const float *v, size_t ld, i
 #pragma omp simd reduction(+ : acc)
                 for (int d = 0; d < hd; d++)
                     acc += qh[d] * kj[d];
-                s[(size_t)h * nk + j] = acc * scale;
+                s[(size_t)h * sld + j] = acc * scale;
             }
         }
     }
+}
+
+/* part (per head hd + 2 floats, o first) o_h += sum_j p[h*sld + j] v_j over nk values (value j
+ * at v + j*ld). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+chunk_accum(const float *p, size_t sld, int G, const float *v, size_t ld, int nk, int hd,
+            float *part) {
+    for (int j = 0; j < nk; j++) {
+        const float *vj = v + (size_t)j * ld;
+        for (int h = 0; h < G; h++) {
+            float *oh = part + (size_t)h * (hd + 2);
+            const float pj = p[(size_t)h * sld + j];
+#pragma omp simd
+            for (int d = 0; d < hd; d++)
+                oh[d] += pj * vj[d];
+        }
+    }
+}
+
+#define DEC_TILE 32 /* keys widened to f32 at a time from a compressed cache (decode) */
+
+/* One task: G query heads (q row h at q + h*hd) against nk keys of one KV head's cache (key j's
+ * row at k + j*rowb bytes, value j's at v + j*rowb) stored as kv. s: [G * nk] scratch, tile:
+ * [DEC_TILE * hd] scratch (a compressed cache is widened DEC_TILE rows at a time, in L1; f32 rows
+ * are read in place). part: per head hd + 2 floats: o (unnormalised), m, l.
+ * Built for AVX-512, AVX2+FMA and baseline x86-64 (picked at load time, like the host's GEMM). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+static void
+attend_chunk(const float *q, int G, const char *k, const char *v, size_t rowb, int kv, int nk,
+             int hd, float scale, float *s, float *tile, float *part) {
+    if (kv == HYB_KV_F32)
+        chunk_scores(q, G, (const float *)k, (size_t)hd, nk, hd, scale, s, (size_t)nk);
+    else
+        for (int j0 = 0; j0 < nk; j0 += DEC_TILE) {
+            const int n = nk - j0 < DEC_TILE ? nk - j0 : DEC_TILE;
+            mha_kv_load(tile, k + (size_t)j0 * rowb, rowb, n, hd, kv);
+            chunk_scores(q, G, tile, (size_t)hd, n, hd, scale, s + j0, (size_t)nk);
+        }
     for (int h = 0; h < G; h++) {
         float *sh = s + (size_t)h * nk, *ph = part + (size_t)h * (hd + 2);
         float m;
@@ -534,16 +624,14 @@ attend_chunk(const float *q, int G, const float *k, const float *v, size_t ld, i
         ph[hd] = m;
         ph[hd + 1] = l;
     }
-    for (int j = 0; j < nk; j++) {
-        const float *vj = v + (size_t)j * ld;
-        for (int h = 0; h < G; h++) {
-            float *oh = part + (size_t)h * (hd + 2);
-            const float p = s[(size_t)h * nk + j];
-#pragma omp simd
-            for (int d = 0; d < hd; d++)
-                oh[d] += p * vj[d];
+    if (kv == HYB_KV_F32)
+        chunk_accum(s, (size_t)nk, G, (const float *)v, (size_t)hd, nk, hd, part);
+    else
+        for (int j0 = 0; j0 < nk; j0 += DEC_TILE) {
+            const int n = nk - j0 < DEC_TILE ? nk - j0 : DEC_TILE;
+            mha_kv_load(tile, v + (size_t)j0 * rowb, rowb, n, hd, kv);
+            chunk_accum(s + j0, (size_t)nk, G, tile, (size_t)hd, n, hd, part);
         }
-    }
 }
 
 /* scratch of at least `bytes` on be's device (grown, kept across calls; remade when the backend
@@ -571,6 +659,8 @@ typedef struct dec_job {
     const size_t *t0;
     float scale;
     size_t qd, partw;
+    size_t rowb, tscr; /* bytes of a cache row; floats of a thread's scratch (s, then a tile) */
+    int kv;            /* the cache's hyb_kv_dtype */
 } dec_job;
 
 static int dec_tasks(void *ctx, int64_t lo, int64_t hi, int tid) {
@@ -586,11 +676,11 @@ static int dec_tasks(void *ctx, int64_t lo, int64_t hi, int tid) {
         const int g = (int)(local / nch), c = (int)(local % nch);
         const int j0 = c * DEC_CHUNK, len = a->pos[i] + 1;
         const int nk = len - j0 < DEC_CHUNK ? len - j0 : DEC_CHUNK;
-        const float *kb = (const float *)a->states[i] + ((size_t)g * a->max_ctx + j0) * hd;
-        const float *vb = kb + (size_t)KV * a->max_ctx * hd;
-        float *s = j->scratch + (size_t)tid * G * DEC_CHUNK;
-        attend_chunk(j->Q + (size_t)i * j->qd + (size_t)g * G * hd, G, kb, vb, (size_t)hd, nk, hd,
-                     j->scale, s, j->part + t * j->partw);
+        const char *kb = (const char *)a->states[i] + ((size_t)g * a->max_ctx + j0) * j->rowb;
+        const char *vb = kb + (size_t)KV * a->max_ctx * j->rowb;
+        float *s = j->scratch + (size_t)tid * j->tscr;
+        attend_chunk(j->Q + (size_t)i * j->qd + (size_t)g * G * hd, G, kb, vb, j->rowb, j->kv, nk,
+                     hd, j->scale, s, s + (size_t)G * DEC_CHUNK, j->part + t * j->partw);
     }
     return HYB_OK;
 }
@@ -601,7 +691,9 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
     int rc = HYB_OK;
     const int n = a->n, D = m->D, H = m->H, KV = m->KV, hd = m->hd, G = H / KV;
     if (n <= 0) return H_->error(HYB_ERR_ARG, "mha (layer %d): decode with n = %d", m->layer, n);
-    const size_t qd = (size_t)H * hd, kd = (size_t)KV * hd;
+    HYB_TRY(check_kv(m, a->kv));
+    const int kv = a->kv;
+    const size_t qd = (size_t)H * hd, kd = (size_t)KV * hd, rowb = mha_kv_row_bytes(hd, kv);
     double work = 0;
     for (int i = 0; i < n; i++) {
         if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
@@ -617,13 +709,14 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
         ntask += (size_t)KV * (size_t)((a->pos[i] + DEC_CHUNK) / DEC_CHUNK);
     const int nthr = hyb_pl_threads(H_);
     const size_t partw = (size_t)G * (hd + 2); /* floats of one task's partials */
-    size_t nfl = (size_t)n * (2 * qd + 2 * kd) + ntask * partw + (size_t)nthr * G * DEC_CHUNK;
+    const size_t tscr = (size_t)G * DEC_CHUNK + (size_t)DEC_TILE * hd; /* per thread: s, tile */
+    size_t nfl = (size_t)n * (2 * qd + 2 * kd) + ntask * partw + (size_t)nthr * tscr;
     size_t nbytes = nfl * sizeof(float) + (size_t)(n + 1) * sizeof(size_t);
     float *buf = mha_dec_scratch(m, be, nbytes);
     if (!buf) return HYB_ERR_NOMEM;
     float *Q = buf, *K = Q + (size_t)n * qd, *V = K + (size_t)n * kd, *O = V + (size_t)n * kd,
           *part = O + (size_t)n * qd, *scratch = part + ntask * partw;
-    size_t *t0 = (size_t *)(scratch + (size_t)nthr * G * DEC_CHUNK);
+    size_t *t0 = (size_t *)(scratch + (size_t)nthr * tscr);
     t0[0] = 0;
     for (int i = 0; i < n; i++)
         t0[i + 1] = t0[i] + (size_t)KV * (size_t)((a->pos[i] + DEC_CHUNK) / DEC_CHUNK);
@@ -642,10 +735,10 @@ int mha_decode(void *self, const hyb_mixer_dec *a) {
     if (rc == HYB_OK) rc = be->rope(be, K, 1, n, KV, hd, a->pos, m->theta, 0);
     for (int i = 0; i < n; i++)
         cache_put(a->states[i], a->max_ctx, KV, hd, a->pos[i], 1, K + (size_t)i * kd,
-                  V + (size_t)i * kd);
+                  V + (size_t)i * kd, kv);
     /* threads (hyb's pool) only when there is enough work to pay for a dispatch */
     const int par = nthr > 1 && ntask > 1 && work * H * hd > 2e5;
-    dec_job job = {m, a, Q, scratch, part, t0, 1.0f / sqrtf((float)hd), qd, partw};
+    dec_job job = {m, a, Q, scratch, part, t0, 1.0f / sqrtf((float)hd), qd, partw, rowb, tscr, kv};
     if (rc == HYB_OK) rc = hyb_pl_parallel_for(H_, par, (int64_t)ntask, 1, dec_tasks, &job);
     /* merge the chunks of each (sequence, head), in chunk order */
     for (int i = 0; i < n; i++) {

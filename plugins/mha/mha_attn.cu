@@ -1,6 +1,6 @@
-/* plugins/mha/mha_attn.cu: the `mha` mixer's CUDA kernels (f32 storage, f32 accumulation),
- * compiled by the backend (be->kernel: NVRTC, or g++ under HYB_CUDA_EMULATE=1) with
- * -DHEAD_DIM=hd; the host side is plugins/mha/mha_cuda.c. No #include: NVRTC compiles this
+/* plugins/mha/mha_attn.cu: the `mha` mixer's CUDA kernels (f32 storage, f32 accumulation; the
+ * KV cache f32 or, with -DMHA_KV_F16=1, f16), compiled by the backend (be->kernel: NVRTC, or g++
+ * under HYB_CUDA_EMULATE=1) with -DHEAD_DIM=hd; the host side is plugins/mha/mha_cuda.c. No #include: NVRTC compiles this
  * without the CUDA include path.
  *
  * Layouts are the CPU's (mha.h): Q, O [B*T, H*hd] and K, V [B*T, KV*hd] rows (Q, K after RoPE),
@@ -70,6 +70,12 @@
 // hyb-variant: -DHEAD_DIM=32 -DMHA_BF16=1
 // hyb-variant: -DHEAD_DIM=64 -DMHA_BF16=1
 // hyb-variant: -DHEAD_DIM=128 -DMHA_BF16=1
+// hyb-variant: -DHEAD_DIM=4 -DMHA_KV_F16=1
+// hyb-variant: -DHEAD_DIM=8 -DMHA_KV_F16=1
+// hyb-variant: -DHEAD_DIM=16 -DMHA_KV_F16=1
+// hyb-variant: -DHEAD_DIM=32 -DMHA_KV_F16=1
+// hyb-variant: -DHEAD_DIM=64 -DMHA_KV_F16=1
+// hyb-variant: -DHEAD_DIM=128 -DMHA_KV_F16=1
 
 #ifndef HEAD_DIM
 #error "compile mha_attn.cu with -DHEAD_DIM=<head dim>"
@@ -86,6 +92,61 @@
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
 typedef long long i64;
+
+/* The KV cache's element (mha.h): f32, or with -DMHA_KV_F16=1 IEEE half (the kvstate's
+ * kv_cache = "f16"), stored rounded to nearest even and widened to f32 on load (registers and
+ * shared memory only). The kernels that touch the cache (mha_cache_put, mha_dec_rope_put,
+ * mha_dec_split, mha_cache_get) take kv_t pointers; every other kernel is the same in both. */
+#ifndef MHA_KV_F16
+#define MHA_KV_F16 0
+#endif
+#if MHA_KV_F16
+typedef unsigned short kv_t;
+#ifdef HYB_CUDA_EMU
+/* the emulation has no PTX: the conversions in integer arithmetic (the CPU's mha_kv.h rules) */
+__device__ __forceinline__ float mha_kv_h2f(unsigned short h) {
+    const unsigned s = (unsigned)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1f) return __uint_as_float(s | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0));
+    if (e) return __uint_as_float(s | ((e + 112u) << 23) | (m << 13));
+    return __uint_as_float(s | __float_as_uint((float)m * 5.9604644775390625e-8f));
+}
+__device__ __forceinline__ unsigned short mha_kv_f2h(float f) {
+    const unsigned u = __float_as_uint(f), a = u & 0x7fffffffu;
+    const unsigned short s = (unsigned short)((u >> 16) & 0x8000u);
+    if (a >= 0x7f800000u)
+        return (unsigned short)(s | 0x7c00u | (a > 0x7f800000u ? 0x200u | ((a >> 13) & 0x3ffu) : 0));
+    if (a >= 0x477ff000u) return (unsigned short)(s | 0x7c00u);
+    if (a < 0x38800000u) {
+        if (a < 0x33000000u) return s;
+        const unsigned e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
+        const int sh = (int)(126 - e);
+        unsigned q = m >> sh, rem = m & ((1u << sh) - 1), half = 1u << (sh - 1);
+        if (rem > half || (rem == half && (q & 1u))) q++;
+        return (unsigned short)(s | q);
+    }
+    unsigned r = a - 0x38000000u;
+    r = (r + 0xfffu + ((r >> 13) & 1u)) >> 13;
+    return (unsigned short)(s | r);
+}
+#else
+__device__ __forceinline__ float mha_kv_h2f(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ unsigned short mha_kv_f2h(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+#endif
+__device__ __forceinline__ float kv_ld(const kv_t *p, i64 i) { return mha_kv_h2f(p[i]); }
+__device__ __forceinline__ void kv_st(kv_t *p, i64 i, float v) { p[i] = mha_kv_f2h(v); }
+#else
+typedef float kv_t;
+__device__ __forceinline__ float kv_ld(const kv_t *p, i64 i) { return p[i]; }
+__device__ __forceinline__ void kv_st(kv_t *p, i64 i, float v) { p[i] = v; }
+#endif
 
 __device__ __forceinline__ float mha_warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
@@ -355,17 +416,31 @@ extern "C" __launch_bounds__(NT) __global__ void mha_bwd_dkv(const float *Q, con
 
 /* Kn, Vn rows (b*T + t) of [KV*HD] into the cache of sequence b (states[b], device pointers) at
  * position pos[b] + t: grid (T, B) */
-extern "C" __launch_bounds__(NT) __global__ void mha_cache_put(float *const *states,
+extern "C" __launch_bounds__(NT) __global__ void mha_cache_put(kv_t *const *states,
                                                                 const int *pos, const float *Kn,
                                                                 const float *Vn, int T, int KV,
                                                                 int max_ctx) {
     const int t = blockIdx.x, b = blockIdx.y;
-    float *kc = states[b], *vc = kc + (i64)KV * max_ctx * HD;
+    kv_t *kc = states[b], *vc = kc + (i64)KV * max_ctx * HD;
     const i64 p = pos[b] + t, kd = (i64)KV * HD, row = (i64)b * T + t;
     for (int e = threadIdx.x; e < KV * HD; e += NT) {
         const int g = e / HD, d = e % HD;
-        kc[((i64)g * max_ctx + p) * HD + d] = Kn[row * kd + e];
-        vc[((i64)g * max_ctx + p) * HD + d] = Vn[row * kd + e];
+        kv_st(kc, ((i64)g * max_ctx + p) * HD + d, Kn[row * kd + e]);
+        kv_st(vc, ((i64)g * max_ctx + p) * HD + d, Vn[row * kd + e]);
+    }
+}
+
+/* Rows [0, n) of every KV head of one sequence's cache (st) widened to f32: Kf, Vf [KV, n, HD]
+ * (a prefill continuing from an f16 cache runs mha_fwd on them). grid (n, KV) */
+extern "C" __launch_bounds__(NT) __global__ void mha_cache_get(const kv_t *st, float *Kf,
+                                                                float *Vf, int n, int KV,
+                                                                int max_ctx) {
+    const int t = blockIdx.x, g = blockIdx.y;
+    const kv_t *kc = st + ((i64)g * max_ctx + t) * HD, *vc = kc + (i64)KV * max_ctx * HD;
+    float *ko = Kf + ((i64)g * n + t) * HD, *vo = Vf + ((i64)g * n + t) * HD;
+    for (int d = threadIdx.x; d < HD; d += NT) {
+        ko[d] = kv_ld(kc, d);
+        vo[d] = kv_ld(vc, d);
     }
 }
 
@@ -373,7 +448,7 @@ extern "C" __launch_bounds__(NT) __global__ void mha_cache_put(float *const *sta
  * step): their caches (device pointers) and positions (tokens already in each cache). */
 #define DEC_SEQS 64
 struct mha_seqs {
-    float *st[DEC_SEQS];
+    kv_t *st[DEC_SEQS];
     int pos[DEC_SEQS];
 };
 
@@ -400,7 +475,7 @@ extern "C" __launch_bounds__(NT) __global__ void mha_dec_rope_put(float *Q, cons
     float *q = Q + (i64)i * H * HD;
     for (int e = threadIdx.x; e < H * half; e += NT)
         mha_rope_pair(q + (e / half) * HD, e % half, p, theta);
-    float *kc = sq.st[i], *vc = kc + (i64)KV * max_ctx * HD;
+    kv_t *kc = sq.st[i], *vc = kc + (i64)KV * max_ctx * HD;
     const float *k = K + (i64)i * KV * HD, *v = V + (i64)i * KV * HD;
     for (int e = threadIdx.x; e < KV * half; e += NT) {
         const int g = e / half, j = e % half;
@@ -409,13 +484,13 @@ extern "C" __launch_bounds__(NT) __global__ void mha_dec_rope_put(float *Q, cons
         float sn, cs;
         sincosf(ang, &sn, &cs);
         const float x1 = k[g * HD + j], x2 = k[g * HD + j + half];
-        float *kr = kc + ((i64)g * max_ctx + p) * HD;
-        kr[j] = x1 * cs - x2 * sn;
-        kr[j + half] = x2 * cs + x1 * sn;
+        kv_t *kr = kc + ((i64)g * max_ctx + p) * HD;
+        kv_st(kr, j, x1 * cs - x2 * sn);
+        kv_st(kr, j + half, x2 * cs + x1 * sn);
     }
     for (int e = threadIdx.x; e < KV * HD; e += NT) {
         const int g = e / HD, d = e % HD;
-        vc[((i64)g * max_ctx + p) * HD + d] = v[e];
+        kv_st(vc, ((i64)g * max_ctx + p) * HD + d, v[e]);
     }
 }
 
@@ -448,8 +523,8 @@ extern "C" __launch_bounds__(NT) __global__ void mha_dec_split(const float *Q, m
     const int jend = len - j0 < per ? len : j0 + per;
     const int nh = group - hb < GB ? group - hb : GB;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const float *kh = sq.st[i] + (i64)g * max_ctx * HD;
-    const float *vh = kh + (i64)KV * max_ctx * HD;
+    const kv_t *kh = sq.st[i] + (i64)g * max_ctx * HD;
+    const kv_t *vh = kh + (i64)KV * max_ctx * HD;
     const int h0 = g * group + hb;
     for (int e = tid; e < nh * HD; e += NT)
         qs[e / HD][e % HD] = Q[((i64)i * H + h0) * HD + e];
@@ -463,10 +538,10 @@ extern "C" __launch_bounds__(NT) __global__ void mha_dec_split(const float *Q, m
     __syncthreads();
     for (int c0 = j0; c0 < jend; c0 += DCH) {
         const int nk = jend - c0 < DCH ? jend - c0 : DCH;
-        const float *kb = kh + (i64)c0 * HD, *vb = vh + (i64)c0 * HD;
-        /* the chunk's K rows (contiguous in the head-major cache) into shared memory, then one
-         * thread per (head, key) score */
-        for (int e = tid; e < nk * HD; e += NT) Ks[e / HD][e % HD] = kb[e];
+        const kv_t *kb = kh + (i64)c0 * HD, *vb = vh + (i64)c0 * HD;
+        /* the chunk's K rows (contiguous in the head-major cache) into shared memory (widened
+         * to f32 there from an f16 cache), then one thread per (head, key) score */
+        for (int e = tid; e < nk * HD; e += NT) Ks[e / HD][e % HD] = kv_ld(kb, e);
         __syncthreads();
         for (int e = tid; e < nh * DCH; e += NT) {
             const int hh = e / DCH, j = e % DCH;
@@ -504,7 +579,7 @@ extern "C" __launch_bounds__(NT) __global__ void mha_dec_split(const float *Q, m
             if (e < nh * HD) {
                 const int hh = e / HD, d = e % HD;
                 float o = acc[u] * a_s[hh];
-                for (int j = 0; j < nk; j++) o += ss[hh][j] * vb[(i64)j * HD + d];
+                for (int j = 0; j < nk; j++) o += ss[hh][j] * kv_ld(vb, (i64)j * HD + d);
                 acc[u] = o;
             }
         }

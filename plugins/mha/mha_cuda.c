@@ -1,4 +1,8 @@
-/* plugins/mha/mha_cuda.c: forward, backward and decode of the `mha` mixer on CUDA (f32).
+/* plugins/mha/mha_cuda.c: forward, backward and decode of the `mha` mixer on CUDA (f32; the KV
+ * cache f32 or f16: the cache kernels of mha_attn.cu's -DMHA_KV_F16=1 variant; a prefill
+ * continuing from an f16 cache widens the rows its sequence attends to into f32 scratch first, a
+ * decode reads the f16 cache in the flash-decoding kernel itself; q8_0 is HYB_ERR_UNSUPPORTED
+ * on CUDA).
  *
  * The same math, saved block and KV-cache layout as the CPU kernels (mha_attn.c, mha.h); the
  * projections are be->sgemm (cuBLAS) and RoPE be->rope as on the CPU (except the decode's, fused
@@ -45,7 +49,7 @@
 /* struct mha_seqs of mha_attn.cu, a decode launch's sequences by value (the same layout) */
 #define DEC_SEQS 64
 typedef struct mha_seqs {
-    float *st[DEC_SEQS];
+    void *st[DEC_SEQS]; /* float * or (f16 cache) unsigned short *: pointers either way */
     int32_t pos[DEC_SEQS];
 } mha_seqs;
 _Static_assert(sizeof(mha_seqs) == DEC_SEQS * (sizeof(float *) + sizeof(int32_t)),
@@ -63,12 +67,16 @@ enum {
     K_BGRAD,
     K_DROPE,
     K_FWD16, /* the -DMHA_BF16=1 module: only with attn_precision = "bf16" */
+    K_GET,
     K_COUNT
 };
 static const char *const KNAMES[K_COUNT] = {"mha_fwd",          "mha_bwd_dr",    "mha_bwd_dq",
                                             "mha_bwd_dkv",      "mha_cache_put", "mha_dec_split",
                                             "mha_dec_combine",  "mha_add_bias",  "mha_bias_grad",
-                                            "mha_dec_rope_put", "mha_fwd_bf16"};
+                                            "mha_dec_rope_put", "mha_fwd_bf16",
+                                            "mha_cache_get"};
+/* the kernels that touch the KV cache: from the -DMHA_KV_F16=1 module for an f16 cache */
+static const int KV_KERNELS[] = {K_PUT, K_DROPE, K_DSPLIT, K_GET};
 
 /* the head dims mha_attn.cu is compiled for (its `// hyb-variant:` lines) */
 static const int HEAD_DIMS[] = {4, 8, 16, 32, 64, 128};
@@ -108,11 +116,38 @@ static int cu_load(mha *m, const hyb_backend *be, const char *op, const char *sh
     return HYB_OK;
 }
 
-static int cu_launch(const hyb_backend *be, mha *m, int k, unsigned gx, unsigned gy, unsigned gz,
-                     void **args) {
+/* cu_load, and for an f16 KV cache (kv = HYB_KV_F16) the cache kernels of the -DMHA_KV_F16=1
+ * module into m->cu_fn16 (compiled once, kept). fn: the table of the cache kernels to use. */
+static int cu_load_kv(mha *m, const hyb_backend *be, int kv, const char *op, const char *shape,
+                      void ***fn) {
+    HYB_TRY(cu_load(m, be, op, shape));
+    *fn = m->cu_fn;
+    if (kv != HYB_KV_F16) return HYB_OK;
+    if (m->cu_be16 != be) {
+        char opt[32];
+        snprintf(opt, sizeof opt, "-DHEAD_DIM=%d", m->hd);
+        const char *opts[2] = {opt, "-DMHA_KV_F16=1"};
+        for (size_t i = 0; i < sizeof KV_KERNELS / sizeof KV_KERNELS[0]; i++) {
+            const int k = KV_KERNELS[i];
+            HYB_BE_TRY(be->kernel(be, "mha_attn.cu", hyb_cu_mha_attn_cu, KNAMES[k], opts, 2,
+                                  &m->cu_fn16[k]));
+        }
+        m->cu_be16 = be;
+    }
+    *fn = m->cu_fn16;
+    return HYB_OK;
+}
+
+static int cu_launch_fn(const hyb_backend *be, void *const *fn, int k, unsigned gx, unsigned gy,
+                        unsigned gz, void **args) {
     if (!gx || !gy || !gz) return HYB_OK;
     const unsigned grid[3] = {gx, gy, gz}, block[3] = {CU_NT, 1, 1};
-    return be->launch(be, m->cu_fn[k], KNAMES[k], grid, block, 0, args);
+    return be->launch(be, fn[k], KNAMES[k], grid, block, 0, args);
+}
+
+static int cu_launch(const hyb_backend *be, mha *m, int k, unsigned gx, unsigned gy, unsigned gz,
+                     void **args) {
+    return cu_launch_fn(be, m->cu_fn, k, gx, gy, gz, args);
 }
 
 static unsigned cdiv(long long a, long long b) {
@@ -160,15 +195,27 @@ static int put_states(mha *m, const hyb_backend *be, void *dev, void *const *sta
 /* ---- forward / prefill ------------------------------------------------------------------------
  */
 
+/* the KV types the CUDA kernels store: f32 and f16 (mha_attn.cu, -DMHA_KV_F16) */
+static int cu_check_kv(const mha *m, int kv, const char *op) {
+    if (kv == HYB_KV_F32 || kv == HYB_KV_F16) return HYB_OK;
+    return H_->error(HYB_ERR_UNSUPPORTED,
+                     "mha (layer %d): CUDA %s: kv_cache = %s is not supported on CUDA (its "
+                     "kernels store f16 and f32 KV caches); use kv_cache f16 or f32",
+                     m->layer, op, kv == HYB_KV_Q8_0 ? "q8_0" : "(unknown)");
+}
+
 int mha_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     mha *m = self;
     const hyb_backend *be = a->be;
     const int B = a->B, T = a->T, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
     int p_max;
     HYB_TRY(mha_check_fwd(m, a, &p_max));
+    const int kv = a->states ? a->kv : HYB_KV_F32;
+    HYB_TRY(cu_check_kv(m, kv, "forward"));
     char shape[64];
     snprintf(shape, sizeof shape, "B = %d, T = %d", B, T);
-    HYB_TRY(cu_load(m, be, "forward", shape));
+    void **kfn;
+    HYB_TRY(cu_load_kv(m, be, kv, "forward", shape, &kfn));
     if (B > 65535) /* gridDim.z */
         return H_->error(HYB_ERR_UNSUPPORTED,
                          "mha (layer %d): CUDA forward of B = %d > 65535 "
@@ -188,8 +235,10 @@ int mha_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     }
     float *Q = (float *)((char *)blk + sizeof(hyb_pl_saved_hdr));
     float *K = Q + BT * qd, *V = K + BT * kd, *O = V + BT * kd, *LSE = O + BT * qd;
-    /* device scratch: the states' pointers and positions (prefill) */
+    /* device scratch: the states' pointers and positions (prefill); with an f16 cache, the keys
+     * and values 0 .. pos + T - 1 of one sequence widened to f32 ([KV, n, hd] each) for mha_fwd */
     void *dst = NULL;
+    float *wide = NULL;
     int32_t *posbuf = H_->alloc(BT * sizeof(int32_t));
     int rc = posbuf ? HYB_OK : HYB_ERR_NOMEM;
     if (rc == HYB_OK && a->saved) {
@@ -203,6 +252,10 @@ int mha_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     if (rc == HYB_OK && a->states) {
         dst = be->alloc(be, (size_t)B * (sizeof(void *) + sizeof(int32_t)));
         rc = dst ? put_states(m, be, dst, a->states, a->pos, B) : HYB_ERR_NOMEM;
+    }
+    if (rc == HYB_OK && kv != HYB_KV_F32) {
+        wide = be->alloc(be, 2 * sizeof(float) * (size_t)KV * ((size_t)p_max + T) * hd);
+        if (!wide) rc = HYB_ERR_NOMEM;
     }
     if (rc != HYB_OK) goto done;
     for (int b = 0; b < B; b++) {
@@ -226,7 +279,7 @@ int mha_forward_cuda(void *self, const hyb_mixer_fwd *a) {
         int32_t *pp = (int32_t *)((char *)dst + (size_t)B * sizeof(void *));
         int kvi = KV, mc = a->max_ctx;
         void *args[] = {&sp, &pp, &K, &V, &Ti, &kvi, &mc};
-        rc = cu_launch(be, m, K_PUT, (unsigned)T, (unsigned)B, 1, args);
+        rc = cu_launch_fn(be, kfn, K_PUT, (unsigned)T, (unsigned)B, 1, args);
         /* attention of each sequence against its cache (keys 0 .. pos + T - 1) */
         for (int b = 0; rc == HYB_OK && b < B; b++) {
             const float *qb = Q + (size_t)b * T * qd, *kb = (const float *)a->states[b],
@@ -234,6 +287,16 @@ int mha_forward_cuda(void *self, const hyb_mixer_fwd *a) {
             float *ob = O + (size_t)b * T * qd, *lb = LSE + (size_t)b * H * T;
             long long k_bs = 0, k_hs = (long long)a->max_ctx * hd;
             int ldk = hd, p0 = a->pos ? a->pos[b] : 0;
+            if (kv != HYB_KV_F32) { /* the rows this sequence attends to, widened */
+                int nk = p0 + T;
+                const void *st = a->states[b];
+                float *kf = wide, *vf = wide + (size_t)KV * nk * hd;
+                void *gargs[] = {(void *)&st, &kf, &vf, &nk, &kvi, &mc};
+                rc = cu_launch_fn(be, kfn, K_GET, (unsigned)nk, (unsigned)KV, 1, gargs);
+                kb = kf;
+                vb = vf;
+                k_hs = (long long)nk * hd;
+            }
             void *fargs[] = {&qb, &ldq, &kb, &vb, &k_bs,  &k_hs, &ldk,
                              &ob, &lb,  &Ti, &Hi, &group, &p0,   (void *)&scale};
             rc = m->bf16 ? cu_launch(be, m, K_FWD16, cdiv(T, CU_BQ16), (unsigned)H, 1, fargs)
@@ -250,6 +313,7 @@ int mha_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     if (rc == HYB_OK) rc = linear(m, be, O, P[MHA_WO], NULL, a->y, (int)BT, (int)qd, D);
 done:
     if (dst) be->free(be, dst);
+    if (wide) be->free(be, wide);
     if (tmp) be->free(be, tmp);
     H_->free(posbuf);
     return rc;
@@ -352,6 +416,7 @@ int mha_decode_cuda(void *self, const hyb_mixer_dec *a) {
     const hyb_backend *be = a->be;
     const int n = a->n, D = m->D, H = m->H, KV = m->KV, hd = m->hd;
     if (n <= 0) return H_->error(HYB_ERR_ARG, "mha (layer %d): decode with n = %d", m->layer, n);
+    HYB_TRY(cu_check_kv(m, a->kv, "decode"));
     int chunks = 1, pmax = 0;
     for (int i = 0; i < n; i++) {
         if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
@@ -371,7 +436,8 @@ int mha_decode_cuda(void *self, const hyb_mixer_dec *a) {
     if (nsplit > chunks) nsplit = chunks;
     char shape[64];
     snprintf(shape, sizeof shape, "n = %d, pos <= %d", n, pmax);
-    HYB_TRY(cu_load(m, be, "decode", shape));
+    void **kfn;
+    HYB_TRY(cu_load_kv(m, be, a->kv, "decode", shape, &kfn));
     const size_t qd = (size_t)H * hd, kd = (size_t)KV * hd;
     /* Q, K, V, O, partials */
     const size_t pw = (size_t)H * nsplit * (hd + 2); /* partial floats of one sequence */
@@ -395,17 +461,17 @@ int mha_decode_cuda(void *self, const hyb_mixer_dec *a) {
         mha_seqs sq;
         memset(&sq, 0, sizeof sq);
         for (int i = 0; i < cnt; i++) {
-            sq.st[i] = (float *)a->states[s0 + i];
+            sq.st[i] = a->states[s0 + i];
             sq.pos[i] = a->pos[s0 + i];
         }
         float *q = Q + (size_t)s0 * qd, *k = K + (size_t)s0 * kd, *v = V + (size_t)s0 * kd,
               *o = O + (size_t)s0 * qd, *pt = part + (size_t)s0 * pw;
         void *a1[] = {&q, &k, &v, &sq, &Hi, &KVi, &mc, &theta};
-        rc = cu_launch(be, m, K_DROPE, (unsigned)cnt, 1, 1, a1);
+        rc = cu_launch_fn(be, kfn, K_DROPE, (unsigned)cnt, 1, 1, a1);
         if (rc == HYB_OK) {
             void *a2[] = {&q, &sq, &pt, &Hi, &KVi, &mc, &ns, (void *)&scale};
-            rc = cu_launch(be, m, K_DSPLIT, (unsigned)nsplit, (unsigned)(KV * ngb), (unsigned)cnt,
-                           a2);
+            rc = cu_launch_fn(be, kfn, K_DSPLIT, (unsigned)nsplit, (unsigned)(KV * ngb),
+                              (unsigned)cnt, a2);
         }
         if (rc == HYB_OK) {
             void *a3[] = {&pt, &sq, &o, &Hi, &ns};

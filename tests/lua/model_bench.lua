@@ -16,8 +16,9 @@ H.run("bench_cpu --quick writes its table and JSON", function()
   -- weights of SmolLM2-135M in f32: 134515008 parameters * 4 bytes (tied lm_head counted once,
   -- the embedding read as the lm_head)
   H.check(j:find('"weight_bytes": 538060032', 1, true), "weight_bytes: " .. j)
-  -- KV cache: 30 layers x (K + V) x 3 heads x 64 x 4 bytes per token
-  H.check(j:find('"kv_bytes_per_token": 46080', 1, true), "kv_bytes_per_token: " .. j)
+  -- KV cache (f16, the default): 30 layers x (K + V) x 3 heads x 64 x 2 bytes per token
+  H.check(j:find('"kv_bytes_per_token": 23040', 1, true), "kv_bytes_per_token: " .. j)
+  H.check(j:find('"kv_cache": "f16"', 1, true), "kv_cache: " .. j)
   for _, key in ipairs({ "load_s", "read_GBps", "floor_ms_per_token", "peak_rss_mb", "tok_s" }) do
     local v = tonumber(j:match('"' .. key .. '": ([%d%.e+-]+)'))
     H.check(v and v > 0, key .. " = " .. tostring(v))

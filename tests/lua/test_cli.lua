@@ -195,6 +195,11 @@ H.run("flag values outside their ranges are refused with the range", function()
     {"serve --quant 4bit m.gguf", "--quant must be off, precise or fast, got '4bit'"},
     {"bench_cpu --quant fastest", "--quant must be off, precise or fast, got 'fastest'"},
     {"teacher_data --out x --quant no", "--quant must be off, precise or fast, got 'no'"},
+    {"generate --kv-cache q4 hi", "--kv-cache must be one of f16, q8_0, f32, got 'q4'"},
+    {"chat --kv-cache=F16", "--kv-cache must be one of f16, q8_0, f32, got 'F16'"},
+    {"serve --kv-cache bf16", "--kv-cache must be one of f16, q8_0, f32, got 'bf16'"},
+    {"teacher_data --out x --kv-cache q8", "--kv-cache must be one of f16, q8_0, f32, got 'q8'"},
+    {"bench_cpu --kv-cache q4", "--kv-cache must be one of f16, q8_0, f32, got 'q4'"},
   }
   for _, c in ipairs(cases) do
     local out, code = H.sh(HYB .. " " .. c[1])

@@ -60,6 +60,15 @@ H.run("engine equals generation alone", function()
   local s = e:stats()
   H.eq(s.finished, 5)
   H.eq(s.max_active, 2)
+  -- 2 layers x (K + V) x 2 KV heads x 16 values, f16 by default
+  H.eq(s.kv_cache, "f16")
+  H.eq(s.kv_bytes_per_token, 2 * 2 * 2 * 16 * 2)
+  for kv, row in pairs({f32 = 16 * 4, q8_0 = 2 + 16}) do -- q8_0: one f16 scale + 16 int8 a row
+    local s2 = hyb.engine(m, {slots = 3, max_ctx = 48, kv_cache = kv}):stats()
+    H.eq(s2.kv_cache, kv)
+    H.eq(s2.kv_bytes_per_token, 2 * 2 * 2 * row)
+    H.eq(s2.state_bytes, 3 * 2 * math.ceil(2 * 2 * row * 48 / 64) * 64)
+  end
 end)
 
 H.run("prefix cache from Lua", function()
@@ -80,16 +89,25 @@ H.run("prefix cache from Lua", function()
 end)
 
 H.run("plan_memory", function()
-  local p = hyb.plan_memory("graphs/smollm2-135m.toml", {budget_bytes = 4e9, context = 1024})
+  local p = hyb.plan_memory("graphs/smollm2-135m.toml", {budget_bytes = 4e9, context = 1024,
+                                                         kv_cache = "f32"})
   -- 30 layers x K and V x 3 KV heads x 64 x 4 bytes
   H.eq(p.kv_bytes_per_token, 30 * 2 * 3 * 64 * 4)
   H.eq(p.fixed_bytes_per_seq, 0)
   H.eq(p.bytes_per_seq, 30 * 2 * 3 * 64 * 4 * 1024)
+  -- the default KV cache is f16 (2 bytes a value); q8_0: two f16 scales and 64 int8 a row of 64
+  local p16 = hyb.plan_memory("graphs/smollm2-135m.toml", {budget_bytes = 4e9, context = 1024})
+  H.eq(p16.kv_bytes_per_token, 30 * 2 * 3 * 64 * 2)
+  local p8 = hyb.plan_memory("graphs/smollm2-135m.toml",
+                             {budget_bytes = 4e9, context = 1024, kv_cache = "q8_0"})
+  H.eq(p8.kv_bytes_per_token, 30 * 2 * 3 * (2 * 2 + 64))
+  H.raises(function() hyb.plan_memory("graphs/smollm2-135m.toml", {kv_cache = "q4"}) end,
+           "kv_cache: unknown KV cache type 'q4' (allowed: f16, q8_0, f32)")
   H.eq(p.max_batch, (4000000000 - p.weight_bytes) // p.bytes_per_seq)
   -- the 15B map is only planned, never built
   local q = hyb.plan_memory("graphs/apriel-nemotron-15b.toml",
                             {budget_bytes = 80e9, context = 8192, weight_dtype = "bf16"})
-  H.eq(q.kv_bytes_per_token, 50 * 2 * 8 * 128 * 4)
+  H.eq(q.kv_bytes_per_token, 50 * 2 * 8 * 128 * 2)
   H.check(q.max_batch >= 1 and q.weight_bytes > 25e9, q.text)
   H.raises(function() hyb.plan_memory("graphs/apriel-nemotron-15b.toml", {budget_bytes = 1e9}) end,
            "does not hold the weights")
@@ -101,6 +119,9 @@ H.run("bad arguments", function()
   local m = model()
   H.raises(function() hyb.engine(42) end, "hyb.model or a hyb.llm")
   H.raises(function() hyb.engine(m, {slots = 0}) end, "slots")
+  H.raises(function() hyb.engine(m, {kv_cache = "f8"}) end,
+           "hyb.engine: kv_cache: unknown KV cache type 'f8' (allowed: f16, q8_0, f32)")
+  H.raises(function() hyb.engine(m, {kv_cache = 16}) end, "kv_cache")
   local e = hyb.engine(m, {max_ctx = 16})
   H.raises(function() e:submit({}) end, "1 or more ids")
   H.raises(function() e:submit({1, 2, 99}) end, "[0, 39]")

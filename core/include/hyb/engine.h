@@ -80,6 +80,8 @@ typedef struct hyb_engine_opts {
     int prefill_chunk;      /* prompt tokens prefilled per step over all requests; 0: no limit */
     int prefix_block;       /* automatic prefix caching block size in tokens; 0: off */
     int max_prefix_entries; /* cached snapshots kept (LRU); default 16 */
+    int kv_cache;           /* hyb_kv_dtype of the attention KV caches: HYB_KV_F16 (default),
+                               HYB_KV_Q8_0 or HYB_KV_F32; recurrent states stay f32 */
 } hyb_engine_opts;
 
 #define HYB_ENGINE_MAX_EOS 8
@@ -158,6 +160,9 @@ typedef struct hyb_engine_stats {
     int prefix_entries;
     size_t prefix_bytes;                   /* bytes held by cached snapshots */
     size_t state_bytes;                    /* bytes of the slots' kvstate */
+    size_t kv_bytes_per_token;             /* of one slot's state per token of context (the
+                                              attention caches, in the kv_cache type) */
+    int kv_cache;                          /* hyb_kv_dtype of the caches */
     int waiting, active, max_active;
     double t_prefill, t_decode, t_sample;  /* seconds */
 } hyb_engine_stats;
@@ -226,6 +231,10 @@ int hyb_plan_memory(const hyb_layermap *map, size_t budget_bytes, int context,
  * decode states stay f32 (what the mixers' state_bytes report). */
 int hyb_plan_memory_ex(const hyb_layermap *map, size_t budget_bytes, int context,
                        int weight_elem_bytes, hyb_memory_plan *out);
+/* The same with the attention KV caches stored as kv (hyb_kv_dtype; hyb_engine_opts.kv_cache):
+ * their state_bytes_kv (recurrent states stay f32). */
+int hyb_plan_memory_kv(const hyb_layermap *map, size_t budget_bytes, int context,
+                       int weight_elem_bytes, int kv, hyb_memory_plan *out);
 /* Human-readable multi-line description of a plan into buf. */
 void hyb_memory_plan_format(const hyb_memory_plan *p, const char *name, char *buf, size_t n);
 

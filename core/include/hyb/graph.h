@@ -113,6 +113,9 @@ hyb_tensor *hyb_weighted_sum(hyb_graph *g, hyb_tensor *const *ins, const float *
  * (NULL for training). */
 hyb_tensor *hyb_mixer_apply(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x, void *const *states,
                             const int32_t *pos, int max_ctx);
+/* The same with states whose KV cache is stored as kv (hyb_kv_dtype; the plain one: f32). */
+hyb_tensor *hyb_mixer_apply_kv(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x,
+                               void *const *states, const int32_t *pos, int max_ctx, int kv);
 
 #ifdef __cplusplus
 }

@@ -31,8 +31,12 @@ struct hyb_model;
  * is created and destroyed; nothing large is allocated). Plugin errors are returned as is. */
 int hyb_mem_plan_weights(const hyb_layermap *map, uint64_t *bytes);
 /* Bytes of the decode state of n_seq sequences of max_ctx tokens for m's mixers (64-byte aligned
- * per sequence, as hyb_kvstate_new lays it out). HYB_ERR_ARG on overflow. */
+ * per sequence, as hyb_kvstate_new lays it out: an f16 KV cache). HYB_ERR_ARG on overflow. */
 int hyb_mem_plan_state(const struct hyb_model *m, int n_seq, int max_ctx, uint64_t *bytes);
+/* The same for a KV cache stored as kv (hyb_kv_dtype; the plain one is for HYB_KV_DEFAULT, as
+ * hyb_kvstate_new). */
+int hyb_mem_plan_state_kv(const struct hyb_model *m, int n_seq, int max_ctx, int kv,
+                          uint64_t *bytes);
 /* Memory available now, in bytes: $HYB_MEM_LIMIT when set (bytes; for tests, or to keep
  * headroom), else MemAvailable from /proc/meminfo, lowered to what the cgroup allows
  * (memory.max - memory.current) when that is less. 0 when unknown (no check is made). *source

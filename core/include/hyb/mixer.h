@@ -74,8 +74,17 @@ int hyb_mixer_new(const char *type, const hyb_model_dims *dims, const hyb_cfg_ta
 int hyb_mixer_new_ex(const char *type, const hyb_model_dims *dims, const hyb_cfg_table *cfg,
                      uint64_t seed, unsigned flags, hyb_mixer **out);
 void hyb_mixer_free(hyb_mixer *m);
-/* Per-sequence decode state size for a context of max_ctx tokens. */
+/* Per-sequence decode state size for a context of max_ctx tokens (f32 KV cache). */
 size_t hyb_mixer_state_bytes(const hyb_mixer *m, int max_ctx);
+/* The same with the KV cache stored as kv (hyb_kv_dtype, plugin.h); a mixer without the plugin's
+ * state_bytes_kv hook (recurrent state) keeps its f32 size. The other *_kv functions below are
+ * their namesakes for a state of that type (the plain ones: HYB_KV_F32). */
+size_t hyb_mixer_state_bytes_kv(const hyb_mixer *m, int max_ctx, int kv);
+/* "f32", "f16", "q8_0"; NULL for a bad value. */
+const char *hyb_kv_dtype_name(int kv);
+/* The hyb_kv_dtype named s into *out; else HYB_ERR_ARG "<what>: unknown KV cache type 'x'
+ * (allowed: f16, q8_0, f32)" (what: the flag or option, e.g. "--kv-cache"). */
+int hyb_kv_dtype_parse(const char *s, const char *what, int *out);
 /* The kernels a model run asks of a mixer. */
 typedef enum hyb_mixer_op { HYB_MIXER_FORWARD = 0, HYB_MIXER_BACKWARD, HYB_MIXER_DECODE } hyb_mixer_op;
 /* HYB_OK when m's plugin has the kernel `op` for device `dev`; else HYB_ERR_UNSUPPORTED and
@@ -86,6 +95,8 @@ int hyb_mixer_kernel_check(const hyb_mixer *m, hyb_device dev, hyb_mixer_op op);
  * (through that device's backend). */
 int hyb_mixer_decode(hyb_mixer *m, const float *x, float *y, int n, void *const *states,
                      const int32_t *pos, int max_ctx);
+int hyb_mixer_decode_kv(hyb_mixer *m, const float *x, float *y, int n, void *const *states,
+                        const int32_t *pos, int max_ctx, int kv);
 /* Move m's parameters to be's device, after checking it has forward and decode kernels there. */
 int hyb_mixer_move(hyb_mixer *m, const hyb_backend *be);
 /* The backend of the device m's parameters live on (NULL + error when none is open). */
@@ -97,6 +108,10 @@ int64_t hyb_mixer_state_snapshot(const hyb_mixer *m, const void *state, int pos,
 /* Restore a snapshot made by hyb_mixer_state_snapshot. */
 int hyb_mixer_state_restore(const hyb_mixer *m, void *state, const void *src, int pos,
                             int max_ctx);
+int64_t hyb_mixer_state_snapshot_kv(const hyb_mixer *m, const void *state, int pos, int max_ctx,
+                                    int kv, void *dst);
+int hyb_mixer_state_restore_kv(const hyb_mixer *m, void *state, const void *src, int pos,
+                               int max_ctx, int kv);
 /* Initialise dst's params from src (same layer); HYB_ERR_UNSUPPORTED when dst has no init_from. */
 int hyb_mixer_init_from(hyb_mixer *dst, const hyb_mixer *src, const hyb_cfg_table *src_cfg,
                         uint64_t seed);

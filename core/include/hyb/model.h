@@ -202,9 +202,14 @@ typedef struct hyb_kvstate {
     const struct hyb_backend *be; /* the model's backend when it was made */
     const hyb_model *model;    /* the model it was made for ... */
     uint64_t generation;       /* ... and its generation (stale after a swap) */
+    int kv;                    /* hyb_kv_dtype of the attention KV caches (recurrent states: f32) */
 } hyb_kvstate;
 
+/* n_seq sequences of max_ctx tokens, the KV cache in HYB_KV_DEFAULT (f16). */
 int hyb_kvstate_new(hyb_model *m, int n_seq, int max_ctx, hyb_kvstate **out);
+/* The same with the attention KV caches stored as kv (HYB_KV_F16, HYB_KV_Q8_0, HYB_KV_F32:
+ * plugin.h); the recurrent states of Mamba/DeltaNet mixers stay f32. A bad kv: HYB_ERR_ARG. */
+int hyb_kvstate_new_ex(hyb_model *m, int n_seq, int max_ctx, int kv, hyb_kvstate **out);
 void hyb_kvstate_free(hyb_kvstate *s);
 void hyb_kvstate_reset_seq(hyb_kvstate *s, int seq);
 

@@ -101,6 +101,17 @@ typedef enum hyb_json_type {
     HYB_JSON_OBJECT,
 } hyb_json_type;
 
+/* Storage type of a decode state's attention KV cache (a kvstate's kv_cache; the kernels get it
+ * as hyb_mixer_fwd.kv / hyb_mixer_dec.kv). Only mixers with the *_kv hooks (below) store it
+ * compressed; recurrent states (Mamba, DeltaNet) stay f32 whatever it says. 0 is f32, so that a
+ * zeroed argument block means f32.
+ *   HYB_KV_F16   IEEE half, rounded to nearest even on store
+ *   HYB_KV_Q8_0  per row of head_dim values: ceil(head_dim / 32) f16 scales (absmax / 127 of
+ *                each run of 32 values), then head_dim int8 (round to nearest) */
+typedef enum hyb_kv_dtype { HYB_KV_F32 = 0, HYB_KV_F16 = 1, HYB_KV_Q8_0 = 2 } hyb_kv_dtype;
+#define HYB_KV_COUNT 3
+#define HYB_KV_DEFAULT HYB_KV_F16
+
 /* Facts about the model the mixer lives in. */
 typedef struct hyb_model_dims {
     int d_model;    /* D: width of the residual stream */
@@ -227,6 +238,7 @@ typedef struct hyb_mixer_fwd {
      * params[i] points at its blocks, rows of K/block_elems blocks) for a decl with quant_ok.
      * Multiply such a weight with be->qmatmul(be, dtype, W, x, y, M, N, K). */
     const int *param_dtypes;
+    int kv;                      /* hyb_kv_dtype of the states' KV cache (mixers with *_kv hooks) */
 } hyb_mixer_fwd;
 
 typedef struct hyb_mixer_bwd {
@@ -250,6 +262,7 @@ typedef struct hyb_mixer_dec {
     const int32_t *pos;         /* [n] position of the new token = tokens already in state */
     int max_ctx;
     const int *param_dtypes;    /* [n_params], as in hyb_mixer_fwd (ABI 3) */
+    int kv;                     /* hyb_kv_dtype of the states' KV cache (mixers with *_kv hooks) */
 } hyb_mixer_dec;
 
 /* Source of an init_from call: another mixer's parameters in the same layer. */
@@ -335,6 +348,21 @@ typedef struct hyb_mixer_desc {
      * (host->json_* do). Called once per mixer type in the file. */
     int (*hf_import)(const hyb_model_dims *dims, const char *format, const hyb_json *config,
                      hyb_toml *table);
+
+    /* ---- KV-cache storage type (optional; added at the end in ABI 3) -----------------------
+     * For a mixer whose decode state is a cache of per-token rows (attention's K and V), stored
+     * as the kvstate's hyb_kv_dtype. With state_bytes_kv set the host sizes, snapshots and
+     * restores the state with these (the kv argument: the kvstate's type) instead of
+     * state_bytes / state_snapshot / state_restore (which then describe the f32 layout), and
+     * passes the same type to the kernels (fwd/dec .kv). A type the mixer (or a device's kernels)
+     * cannot store: HYB_ERR_UNSUPPORTED naming the option and the type. NULL (recurrent states):
+     * the state is f32 whatever the kvstate's type, and the kernels ignore .kv. All three set or
+     * none (state_snapshot_kv / state_restore_kv may both be NULL: a whole copy). */
+    size_t (*state_bytes_kv)(void *self, int max_ctx, int kv);
+    int64_t (*state_snapshot_kv)(void *self, const hyb_backend *be, const void *state, int pos,
+                                 int max_ctx, int kv, void *dst);
+    int (*state_restore_kv)(void *self, const hyb_backend *be, void *state, const void *src,
+                            int pos, int max_ctx, int kv);
 } hyb_mixer_desc;
 
 typedef const hyb_mixer_desc *(*hyb_plugin_entry_fn)(const hyb_host *host);
