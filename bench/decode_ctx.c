@@ -57,7 +57,9 @@ int main(int argc, char **argv) {
     hyb_kvstate *s;
     if (hyb_layermap_load(argv[1], &map) != HYB_OK) return fail();
     if (hyb_model_build(map, 1, &m) != HYB_OK) return fail();
-    if (hyb_kvstate_new(m, B, ctx + steps * (reps + 1) + 2, &s) != HYB_OK) return fail();
+    /* f32 caches: the states are filled with random f32 values below */
+    if (hyb_kvstate_new_ex(m, B, ctx + steps * (reps + 1) + 2, HYB_KV_F32, &s) != HYB_OK)
+        return fail();
     uint32_t x = 12345;
     for (int l = 0; l < s->L; l++) {
         if (!m->layers[l].mixer) continue;

@@ -772,7 +772,7 @@ static int serve_fill(serve_model *sm, int c, int S, int32_t *buf) {
             hyb_mixer *mx = sm->m->layers[l].mixer;
             if (!mx || !s->state[l]) continue;
             HYB_TRY(BE->copy(BE, s->state[l][j], s->state[l][0],
-                             hyb_mixer_state_bytes(mx, s->max_ctx)));
+                             hyb_mixer_state_bytes_kv(mx, s->max_ctx, s->kv)));
         }
         s->pos[j] = s->pos[0];
     }
