@@ -38,7 +38,8 @@ static void single_abort(hyb_comm *c, int code, const char *why) {
 static const hyb_comm_ops single_ops = {single_allreduce_f32, single_allreduce_f64,
                                         single_iallreduce_f32, single_wait,
                                         single_broadcast,      single_barrier,
-                                        single_abort,          NULL};
+                                        single_abort,          NULL,
+                                        NULL};
 
 // ---- the world -----------------------------------------------------------------------------------
 
@@ -126,6 +127,12 @@ int hyb_comm_iallreduce_f32(hyb_comm *c, float *buf, size_t n, hyb_comm_req **re
 int hyb_comm_wait(hyb_comm *c, hyb_comm_req *req) {
     if (!req) return HYB_OK;
     return c->ops->wait(c, req);
+}
+int hyb_comm_test(hyb_comm *c, hyb_comm_req *req, int *done) {
+    *done = 1;
+    if (!req) return HYB_OK;
+    *done = 0;
+    return c->ops->test ? c->ops->test(c, req, done) : HYB_OK;
 }
 int hyb_comm_broadcast(hyb_comm *c, void *buf, size_t bytes, int root) {
     if (root < 0 || root >= c->size)

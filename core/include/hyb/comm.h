@@ -61,6 +61,10 @@ int hyb_comm_allreduce_f64(hyb_comm *c, double *buf, size_t n);
  * hyb_comm_wait completes and frees it (with the deadline above). */
 int hyb_comm_iallreduce_f32(hyb_comm *c, float *buf, size_t n, hyb_comm_req **req);
 int hyb_comm_wait(hyb_comm *c, hyb_comm_req *req);
+/* Advance req without blocking (MPI moves a non-blocking collective forward only inside MPI
+ * calls); *done = 1 once it has completed (req stays valid: hyb_comm_wait still frees it).
+ * NULL req: done. A comm without a progress call reports 0 until hyb_comm_wait. */
+int hyb_comm_test(hyb_comm *c, hyb_comm_req *req, int *done);
 /* Root's `bytes` bytes of buf to every rank (host memory). */
 int hyb_comm_broadcast(hyb_comm *c, void *buf, size_t bytes, int root);
 /* Every rank reaches this point; timeout_s <= 0: the comm's deadline. */
@@ -90,6 +94,7 @@ typedef struct hyb_comm_ops {
     int (*barrier)(hyb_comm *c, double timeout_s);
     void (*abort)(hyb_comm *c, int code, const char *why);
     void (*free)(hyb_comm *c);
+    int (*test)(hyb_comm *c, hyb_comm_req *req, int *done); /* may be NULL */
 } hyb_comm_ops;
 
 struct hyb_comm {
