@@ -82,7 +82,45 @@ hyb_comm *hyb_comm_world(void) {
 
 hyb_comm *hyb_comm_current(void) { return g_world; }
 
+static hyb_comm *g_grads_nccl; /* hyb_comm_grads' NCCL comm */
+static int g_grads_tried;
+
+hyb_comm *hyb_comm_select_grads(hyb_comm *world, hyb_device dev, hyb_comm_nccl_maker make,
+                                char *why, size_t why_len) {
+    if (why && why_len) why[0] = 0;
+    if (!world || dev != HYB_DEV_CUDA || !world->kind || strcmp(world->kind, "mpi") != 0)
+        return world;
+    hyb_comm *c = NULL;
+    int rc = (make ? make : hyb_comm_nccl_new)(world, &c);
+    if (rc == HYB_OK && c) return c;
+    if (why && why_len)
+        snprintf(why, why_len, "%s", rc != HYB_OK ? hyb_error() : "the NCCL maker gave no comm");
+    return world;
+}
+
+hyb_comm *hyb_comm_grads(hyb_device dev) {
+    hyb_comm *w = hyb_comm_world();
+    if (dev != HYB_DEV_CUDA) return w;
+    if (!g_grads_tried) {
+        g_grads_tried = 1;
+        char why[512];
+        hyb_comm *c = hyb_comm_select_grads(w, dev, NULL, why, sizeof why);
+        if (c != w)
+            g_grads_nccl = c;
+        else if (why[0])
+            hyb_log(HYB_LOG_WARN,
+                    "rank %d of %d: CUDA gradients are reduced through MPI with host staging "
+                    "(NCCL not used: %s)",
+                    w->rank, w->size, why);
+    }
+    return g_grads_nccl ? g_grads_nccl : w;
+}
+
 void hyb_comm_finalize(void) {
+    if (g_grads_nccl) { /* before MPI goes */
+        hyb_comm_free(g_grads_nccl);
+        g_grads_nccl = NULL;
+    }
 #ifdef HYB_HAVE_MPI
     hyb_comm_mpi_finalize();
 #endif
