@@ -105,10 +105,7 @@ done
 # the prefix (OPAL_PREFIX relocates Debian's /usr build)
 mpi_cmake=()
 if ! command -v mpirun >/dev/null && [[ -x "$prefix/usr/bin/mpicc.openmpi" ]]; then
-    export OPAL_PREFIX="$prefix/usr"
-    for so in "$prefix/usr/lib/$multiarch/openmpi/lib"/*.so.*; do
-        [[ -e "$so" && ! -e "$ldpath/$(basename "$so")" ]] && ln -s "$so" "$ldpath/$(basename "$so")"
-    done
+    export OPAL_PREFIX="$prefix/usr" # (libmpi.so.40 and its peers are linked into $ldpath above)
     mkdir -p "$prefix/bin"
     ln -sf "$prefix/usr/bin/mpirun.openmpi" "$prefix/bin/mpirun"
     ln -sf "$prefix/usr/bin/mpicc.openmpi" "$prefix/bin/mpicc"
