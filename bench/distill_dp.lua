@@ -18,12 +18,12 @@ local comm = hyb.comm
 local world, rank = comm.size(), comm.rank()
 
 local opt = {model = os.getenv("HYB_MODEL") or (os.getenv("HOME") .. "/.cache/hyb/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-  B = 2, T = 64, K = 3, warmup = 1, bucket_mb = 25, out = nil}
+  B = 2, T = 64, K = 3, warmup = 1, bucket_mb = 25, profile = 1, out = nil}
 local i = 1
 while i <= #arg do
   local k = arg[i]:match("^%-%-(.+)$")
   if not k or (opt[k] == nil and k ~= "out") then
-    io.stderr:write("usage: hyb run bench/distill_dp.lua [--model GGUF] [--B n] [--T n] [--K n] [--warmup n] [--bucket_mb x] [--out FILE]\n")
+    io.stderr:write("usage: hyb run bench/distill_dp.lua [--model GGUF] [--B n] [--T n] [--K n] [--warmup n] [--bucket_mb x] [--profile 0|1] [--out FILE]\n")
     os.exit(2)
   end
   local v = arg[i + 1] or error("--" .. k .. " needs a value")
@@ -39,7 +39,7 @@ local teacher = hyb.train.load(opt.model)
 local student = hyb.train.clone(teacher)
 local V = teacher:config().vocab_size
 local tr = hyb.train.trainer(student, {teacher = teacher, lr = 1e-4, steps = 1000, data_parallel = world > 1,
-  bucket_mb = opt.bucket_mb, comm_profile = world > 1})
+  bucket_mb = opt.bucket_mb, comm_profile = world > 1 and opt.profile ~= 0})
 
 -- the global batch (the same on every rank), this rank's rows of it
 local ids = {}
@@ -82,7 +82,8 @@ local r = {ranks = world, allreduce_s = ar_s, B = B, T = T, K = K, tokens_per_st
   -- algorithm bandwidth: gradient bytes / all-reduce seconds (in the step, and alone)
   step_allreduce_gbps = world > 1 and comm_s > 0 and trainable * 4 / comm_s / 1e9 or nil,
   allreduce_gbps = world > 1 and ar_s > 0 and trainable * 4 / ar_s / 1e9 or nil,
-  threads = tonumber(os.getenv("OMP_NUM_THREADS") or "") or 0, model = opt.model}
+  threads = tonumber(os.getenv("OMP_NUM_THREADS") or "") or 0, model = opt.model,
+  overlap = world > 1 and os.getenv("HYB_COMM_OVERLAP") ~= "0", profile = opt.profile ~= 0}
 if rank == 0 then
   local line = require("evallib").json_compact(r)
   print(line)

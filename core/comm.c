@@ -38,7 +38,8 @@ static void single_abort(hyb_comm *c, int code, const char *why) {
 static const hyb_comm_ops single_ops = {single_allreduce_f32, single_allreduce_f64,
                                         single_iallreduce_f32, single_wait,
                                         single_broadcast,      single_barrier,
-                                        single_abort,          NULL};
+                                        single_abort,          NULL,
+                                        NULL};
 
 // ---- the world -----------------------------------------------------------------------------------
 
@@ -81,7 +82,45 @@ hyb_comm *hyb_comm_world(void) {
 
 hyb_comm *hyb_comm_current(void) { return g_world; }
 
+static hyb_comm *g_grads_nccl; /* hyb_comm_grads' NCCL comm */
+static int g_grads_tried;
+
+hyb_comm *hyb_comm_select_grads(hyb_comm *world, hyb_device dev, hyb_comm_nccl_maker make,
+                                char *why, size_t why_len) {
+    if (why && why_len) why[0] = 0;
+    if (!world || dev != HYB_DEV_CUDA || !world->kind || strcmp(world->kind, "mpi") != 0)
+        return world;
+    hyb_comm *c = NULL;
+    int rc = (make ? make : hyb_comm_nccl_new)(world, &c);
+    if (rc == HYB_OK && c) return c;
+    if (why && why_len)
+        snprintf(why, why_len, "%s", rc != HYB_OK ? hyb_error() : "the NCCL maker gave no comm");
+    return world;
+}
+
+hyb_comm *hyb_comm_grads(hyb_device dev) {
+    hyb_comm *w = hyb_comm_world();
+    if (dev != HYB_DEV_CUDA) return w;
+    if (!g_grads_tried) {
+        g_grads_tried = 1;
+        char why[512];
+        hyb_comm *c = hyb_comm_select_grads(w, dev, NULL, why, sizeof why);
+        if (c != w)
+            g_grads_nccl = c;
+        else if (why[0])
+            hyb_log(HYB_LOG_WARN,
+                    "rank %d of %d: CUDA gradients are reduced through MPI with host staging "
+                    "(NCCL not used: %s)",
+                    w->rank, w->size, why);
+    }
+    return g_grads_nccl ? g_grads_nccl : w;
+}
+
 void hyb_comm_finalize(void) {
+    if (g_grads_nccl) { /* before MPI goes */
+        hyb_comm_free(g_grads_nccl);
+        g_grads_nccl = NULL;
+    }
 #ifdef HYB_HAVE_MPI
     hyb_comm_mpi_finalize();
 #endif
@@ -126,6 +165,12 @@ int hyb_comm_iallreduce_f32(hyb_comm *c, float *buf, size_t n, hyb_comm_req **re
 int hyb_comm_wait(hyb_comm *c, hyb_comm_req *req) {
     if (!req) return HYB_OK;
     return c->ops->wait(c, req);
+}
+int hyb_comm_test(hyb_comm *c, hyb_comm_req *req, int *done) {
+    *done = 1;
+    if (!req) return HYB_OK;
+    *done = 0;
+    return c->ops->test ? c->ops->test(c, req, done) : HYB_OK;
 }
 int hyb_comm_broadcast(hyb_comm *c, void *buf, size_t bytes, int root) {
     if (root < 0 || root >= c->size)

@@ -145,6 +145,12 @@ static int mpi_wait(hyb_comm *c, hyb_comm_req *q) {
     return HYB_OK;
 }
 
+static int mpi_test(hyb_comm *c, hyb_comm_req *q, int *done) {
+    int rc = MPI_Test(&q->r, done, MPI_STATUS_IGNORE); /* a completed request becomes NULL */
+    if (rc != MPI_SUCCESS) fail(c, "allreduce", q->bytes, rc);
+    return HYB_OK;
+}
+
 static int mpi_broadcast(hyb_comm *c, void *buf, size_t bytes, int root) {
     for (size_t off = 0; off < bytes;) {
         size_t k = bytes - off > ((size_t)1 << 30) ? ((size_t)1 << 30) : bytes - off;
@@ -167,7 +173,7 @@ static int mpi_barrier(hyb_comm *c, double timeout_s) {
 
 static const hyb_comm_ops mpi_ops = {mpi_allreduce_f32, mpi_allreduce_f64, mpi_iallreduce_f32,
                                      mpi_wait,          mpi_broadcast,     mpi_barrier,
-                                     mpi_abort,         NULL};
+                                     mpi_abort,         NULL,              mpi_test};
 
 static hyb_comm g_mpi;
 static mpi_impl g_mpi_impl;

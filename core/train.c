@@ -216,6 +216,8 @@ void hyb_trainer_set_comm(hyb_trainer *t, hyb_comm *comm, double bucket_mb) {
     }
     t->bucket_bytes = (size_t)(bucket_mb * 1024 * 1024);
     if (t->bucket_bytes < sizeof(float)) t->bucket_bytes = sizeof(float);
+    const char *o = getenv("HYB_COMM_OVERLAP");
+    t->overlap = !(o && strcmp(o, "0") == 0);
 }
 
 static double mono_s(void) {
@@ -227,11 +229,83 @@ static double mono_s(void) {
 /* One bucket: the gradients of params[lo..hi] (walking down: hi >= lo), packed in data. */
 typedef struct grad_bucket {
     float *data;
+    size_t n;    /* floats */
     int hi, lo;
     int inplace; /* one host gradient reduced where it is (no copies) */
+    int left;    /* overlap: trainable parameters of the bucket whose gradient is not final */
+    int done;    /* overlap: the request has completed (hyb_comm_test) */
     hyb_comm_req *req;
 } grad_bucket;
 
+/* The buckets, from the last parameter down (the order a backward produces them): a host
+ * gradient of 1 MB or more (or half a bucket when buckets are smaller) is a bucket of its own,
+ * reduced in place (no copies); smaller (and device) gradients are packed into buckets of up to
+ * bucket_bytes. The composition depends only on the parameters (count, size, device, flags), so
+ * every rank makes the same buckets in the same order, overlapped or not. */
+static int plan_buckets(const hyb_trainer *t, hyb_tensor **p, int np, grad_bucket **out, int *nout) {
+    const size_t cap = t->bucket_bytes / sizeof(float);
+    const size_t own = cap / 2 < ((size_t)1 << 18) ? (cap / 2 ? cap / 2 : 1) : ((size_t)1 << 18);
+    grad_bucket *b = NULL;
+    int nb = 0, cb = 0;
+    int i = np - 1;
+    while (i >= 0) {
+        while (i >= 0 && !p[i]->requires_grad)
+            i--;
+        if (i < 0) break;
+        grad_bucket g = {0};
+        g.hi = g.lo = i;
+        for (; i >= 0; i--) {
+            if (!p[i]->requires_grad) continue;
+            size_t k = (size_t)hyb_tensor_numel(p[i]);
+            int big = p[i]->device == HYB_DEV_CPU && k >= own;
+            if (g.n > 0 && (g.n + k > cap || big)) break;
+            g.n += k;
+            g.lo = i;
+            g.left++;
+            if (big) { /* alone */
+                g.inplace = 1;
+                i--;
+                break;
+            }
+        }
+        if (nb == cb) {
+            cb = cb ? 2 * cb : 16;
+            grad_bucket *b2 = realloc(b, sizeof *b * (size_t)cb);
+            if (!b2) {
+                free(b);
+                return hyb_error_set(HYB_ERR_NOMEM, "hyb_trainer_step: out of memory");
+            }
+            b = b2;
+        }
+        b[nb++] = g;
+    }
+    *out = b;
+    *nout = nb;
+    return HYB_OK;
+}
+
+/* Pack bucket b (download device gradients) and post its non-blocking all-reduce. */
+static int bucket_post(hyb_trainer *t, hyb_tensor **p, grad_bucket *b) {
+    static const char W[] = "hyb_trainer_step: gradient all-reduce";
+    for (int i = b->hi; i >= b->lo; i--) {
+        if (!p[i]->requires_grad) continue;
+        if (p[i]->device == HYB_DEV_CPU) HYB_TRY(hyb_tensor_grad_ensure(p[i]));
+        if (!p[i]->grad) return hyb_error_set(HYB_ERR, "%s: '%s' has no gradient", W, p[i]->name);
+    }
+    b->data = b->inplace ? hyb_tensor_f32(p[b->lo]->grad) : malloc(sizeof(float) * b->n);
+    if (!b->data)
+        return hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory (%zu bytes)", W,
+                             b->n * sizeof(float));
+    size_t off = 0;
+    for (int j = b->hi; !b->inplace && j >= b->lo; j--) {
+        if (!p[j]->requires_grad) continue;
+        HYB_TRY(hyb_tensor_download(p[j]->grad, b->data + off));
+        off += (size_t)hyb_tensor_numel(p[j]);
+    }
+    return hyb_comm_iallreduce_f32(t->comm, b->data, b->n, &b->req);
+}
+
+/* Wait for a posted bucket and unpack it. */
 static int bucket_finish(hyb_trainer *t, hyb_tensor **p, grad_bucket *b) {
     int rc = hyb_comm_wait(t->comm, b->req);
     b->req = NULL;
@@ -250,15 +324,19 @@ static int bucket_finish(hyb_trainer *t, hyb_tensor **p, grad_bucket *b) {
     return rc;
 }
 
-/* Sum every trainable parameter's gradient over the ranks, in buckets taken from the last
- * parameter down (the order a backward produces them): a host gradient of 1 MB or more (or half a
- * bucket) is a bucket of its own, reduced in place; smaller (and device) gradients are packed into buckets of up to
- * bucket_bytes (a device gradient downloaded). Each bucket's non-blocking all-reduce is posted
- * and the next bucket prepared while it runs; at most two are in flight. (The graph's backward has no per-tensor hook, so this
- * starts after the backward of the step's last micro-batch: docs/DISTRIBUTED.md.) Every rank has
- * the same parameters with the same flags, so the buckets line up. */
+/* Free the packed buffers; after an error a posted request's buffer is left to the ending job
+ * (MPI may still write it). */
+static void buckets_free(grad_bucket *b, int nb) {
+    for (int k = 0; k < nb; k++)
+        if (!b[k].inplace && !b[k].req) free(b[k].data);
+    free(b);
+}
+
+/* Sum every trainable parameter's gradient over the ranks after the backward: the buckets of
+ * plan_buckets in order, each one's non-blocking all-reduce posted while the next is prepared, at
+ * most two in flight. (The overlapped path posts the same buckets in the same order from the
+ * backward's gradient-ready hook: overlap_* below.) */
 static int reduce_grads(hyb_trainer *t) {
-    static const char W[] = "hyb_trainer_step: gradient all-reduce";
     int np;
     hyb_tensor **p = hyb_model_params(t->student, &np);
     /* an NCCL comm reduces device gradients in place on the GPU, tensor by tensor */
@@ -267,76 +345,122 @@ static int reduce_grads(hyb_trainer *t) {
             if (!p[i]->requires_grad) continue;
             if (p[i]->device == HYB_DEV_CPU) HYB_TRY(hyb_tensor_grad_ensure(p[i]));
             if (!p[i]->grad)
-                return hyb_error_set(HYB_ERR, "%s: '%s' has no gradient", W, p[i]->name);
+                return hyb_error_set(HYB_ERR, "hyb_trainer_step: gradient all-reduce: '%s' has "
+                                              "no gradient", p[i]->name);
             HYB_TRY(hyb_comm_allreduce_f32(t->comm, hyb_tensor_f32(p[i]->grad),
                                            (size_t)hyb_tensor_numel(p[i]), p[i]->device));
         }
         return HYB_OK;
     }
-    const size_t cap = t->bucket_bytes / sizeof(float);
-    /* a host gradient of at least this many floats (1 MB, or half a bucket when buckets are
-     * smaller) is reduced in place, a bucket of its own (no copies); smaller ones and device ones
-     * are packed */
-    const size_t own = cap / 2 < ((size_t)1 << 18) ? (cap / 2 ? cap / 2 : 1) : ((size_t)1 << 18);
-    grad_bucket fly[2] = {{0}};
-    int nfly = 0, rc = HYB_OK;
-    int i = np - 1;
-    while (rc == HYB_OK && i >= 0) {
-        while (i >= 0 && !p[i]->requires_grad)
-            i--;
-        if (i < 0) break;
-        int hi = i, lo = i;
-        size_t n = 0;
-        int inplace = 0;
-        for (; i >= 0; i--) {
-            if (!p[i]->requires_grad) continue;
-            size_t k = (size_t)hyb_tensor_numel(p[i]);
-            int big = p[i]->device == HYB_DEV_CPU && k >= own;
-            if (n > 0 && (n + k > cap || big)) break;
-            if (p[i]->device == HYB_DEV_CPU && (rc = hyb_tensor_grad_ensure(p[i])) != HYB_OK) break;
-            if (!p[i]->grad) {
-                rc = hyb_error_set(HYB_ERR, "%s: '%s' has no gradient", W, p[i]->name);
-                break;
-            }
-            n += k;
-            lo = i;
-            if (big) { /* alone */
-                inplace = 1;
-                i--;
-                break;
-            }
-        }
-        if (rc != HYB_OK || n == 0) break;
-        if (nfly == 2) { /* the oldest must land before another is posted */
-            rc = bucket_finish(t, p, &fly[0]);
-            fly[0] = fly[1];
-            nfly = 1;
-            if (rc != HYB_OK) break;
-        }
-        grad_bucket *b = &fly[nfly];
-        b->hi = hi;
-        b->lo = lo;
-        b->req = NULL;
-        b->inplace = inplace;
-        b->data = inplace ? hyb_tensor_f32(p[lo]->grad) : malloc(sizeof(float) * n);
-        if (!b->data) {
-            rc = hyb_error_set(HYB_ERR_NOMEM, "%s: out of memory (%zu bytes)", W, n * sizeof(float));
-            break;
-        }
-        nfly++;
-        size_t off = 0;
-        for (int j = hi; rc == HYB_OK && !inplace && j >= lo; j--) {
-            if (!p[j]->requires_grad) continue;
-            rc = hyb_tensor_download(p[j]->grad, b->data + off);
-            off += (size_t)hyb_tensor_numel(p[j]);
-        }
-        if (rc == HYB_OK) rc = hyb_comm_iallreduce_f32(t->comm, b->data, n, &b->req);
+    grad_bucket *b;
+    int nb, rc = HYB_OK, oldest = 0;
+    HYB_TRY(plan_buckets(t, p, np, &b, &nb));
+    for (int k = 0; k < nb && rc == HYB_OK; k++) {
+        if (k - oldest == 2) rc = bucket_finish(t, p, &b[oldest++]); /* at most two in flight */
+        if (rc == HYB_OK) rc = bucket_post(t, p, &b[k]);
     }
-    for (int k = 0; k < nfly; k++) {
-        int r2 = fly[k].data ? (rc == HYB_OK ? bucket_finish(t, p, &fly[k]) : HYB_OK) : HYB_OK;
-        if (rc == HYB_OK) rc = r2;
-        if (!fly[k].inplace) free(fly[k].data);
+    for (int k = oldest; k < nb && rc == HYB_OK; k++)
+        rc = bucket_finish(t, p, &b[k]);
+    buckets_free(b, nb);
+    return rc;
+}
+
+/* ---- overlap: buckets posted from the backward ---------------------------------------------
+ * Before the step's last backward the buckets are planned (plan_buckets) and the graph's
+ * gradient-ready hook set: each call marks one parameter final; when the next bucket in order
+ * has none left it is packed and posted (then any later complete ones), so every rank posts the
+ * same buckets in the same order as reduce_grads, and the sums are the same bits. Each call also
+ * tests the posted requests, which is what moves MPI's transfer forward during the backward.
+ * After the backward: the rest is posted (parameters no node read), all are waited for. */
+typedef struct overlap {
+    hyb_trainer *t;
+    hyb_tensor **p;
+    grad_bucket *b;
+    int nb, next;   /* next: the first bucket not posted */
+    int *bucket_of; /* [np]: the bucket of parameter i (-1: frozen) */
+    struct pidx {
+        const hyb_tensor *t;
+        int i;
+    } *by_ptr;      /* [np] sorted by tensor address */
+    int np;
+    double hook_s;  /* seconds spent in the hook (packing, posting, testing) */
+} overlap;
+
+static int pidx_cmp(const void *a, const void *b) {
+    const struct pidx *x = a, *y = b;
+    return x->t == y->t ? 0 : ((uintptr_t)x->t < (uintptr_t)y->t ? -1 : 1);
+}
+
+static int overlap_post_ready(overlap *o) {
+    while (o->next < o->nb && o->b[o->next].left == 0)
+        HYB_TRY(bucket_post(o->t, o->p, &o->b[o->next++]));
+    return HYB_OK;
+}
+
+static int overlap_hook(void *ctx, hyb_tensor *pt) {
+    overlap *o = ctx;
+    double t0 = mono_s();
+    struct pidx key = {pt, 0};
+    struct pidx *f = bsearch(&key, o->by_ptr, (size_t)o->np, sizeof key, pidx_cmp);
+    if (f && o->bucket_of[f->i] >= 0) {
+        grad_bucket *b = &o->b[o->bucket_of[f->i]];
+        if (b->left <= 0)
+            return hyb_error_set(HYB_ERR, "hyb_trainer_step: gradient of '%s' reported final "
+                                          "twice", pt->name);
+        b->left--;
+        HYB_TRY(overlap_post_ready(o));
     }
+    for (int k = 0; k < o->next; k++) {
+        if (o->b[k].done) continue;
+        HYB_TRY(hyb_comm_test(o->t->comm, o->b[k].req, &o->b[k].done));
+    }
+    o->hook_s += mono_s() - t0;
+    return HYB_OK;
+}
+
+static void overlap_free(overlap *o) {
+    if (o->t) hyb_graph_on_grad_ready(o->t->g, NULL, NULL);
+    if (o->b) buckets_free(o->b, o->nb);
+    free(o->bucket_of);
+    free(o->by_ptr);
+    memset(o, 0, sizeof *o);
+}
+
+static int overlap_begin(hyb_trainer *t, overlap *o) {
+    memset(o, 0, sizeof *o);
+    int np;
+    hyb_tensor **p = hyb_model_params(t->student, &np);
+    o->p = p;
+    o->np = np;
+    HYB_TRY(plan_buckets(t, p, np, &o->b, &o->nb));
+    o->t = t;
+    o->bucket_of = malloc(sizeof(int) * (size_t)(np ? np : 1));
+    o->by_ptr = malloc(sizeof *o->by_ptr * (size_t)(np ? np : 1));
+    if (!o->bucket_of || !o->by_ptr) {
+        overlap_free(o);
+        return hyb_error_set(HYB_ERR_NOMEM, "hyb_trainer_step: out of memory");
+    }
+    for (int i = 0; i < np; i++) {
+        o->bucket_of[i] = -1;
+        o->by_ptr[i] = (struct pidx){p[i], i};
+    }
+    for (int k = 0; k < o->nb; k++)
+        for (int i = o->b[k].hi; i >= o->b[k].lo; i--)
+            if (p[i]->requires_grad) o->bucket_of[i] = k;
+    qsort(o->by_ptr, (size_t)np, sizeof *o->by_ptr, pidx_cmp);
+    hyb_graph_on_grad_ready(t->g, overlap_hook, o);
+    return HYB_OK;
+}
+
+/* After the backward: post what the hook did not (in order), wait for everything. */
+static int overlap_end(overlap *o) {
+    hyb_graph_on_grad_ready(o->t->g, NULL, NULL);
+    int rc = HYB_OK;
+    for (; o->next < o->nb && rc == HYB_OK; o->next++)
+        rc = bucket_post(o->t, o->p, &o->b[o->next]);
+    for (int k = 0; k < o->next && rc == HYB_OK; k++)
+        rc = bucket_finish(o->t, o->p, &o->b[k]);
+    overlap_free(o);
     return rc;
 }
 
@@ -395,6 +519,8 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
     int rc = HYB_OK;
     hyb_train_stats s;
     memset(&s, 0, sizeof s);
+    overlap ov;
+    memset(&ov, 0, sizeof ov);
     const int dp = t->comm && hyb_comm_size(t->comm) > 1;
     const int world = dp ? hyb_comm_size(t->comm) : 1;
     if (dp) { /* the shares are of the global batch's weight */
@@ -407,6 +533,12 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
         goto done;
     }
     hyb_model_zero_grad(t->student);
+    /* overlap: the buckets start from the last backward (host buckets through MPI; an NCCL comm
+     * reduces after the backward) */
+    int last = -1;
+    for (int k = 0; k < K; k++)
+        if (wk[k] != 0) last = k;
+    const int ovl = dp && t->overlap && strcmp(hyb_comm_kind(t->comm), "nccl") != 0;
     for (int k = 0; k < K; k++) {
         if (wk[k] == 0) continue; /* nothing to learn from this micro-batch */
         float parts[3];
@@ -423,6 +555,7 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
         s.loss += share * lv;
         for (int j = 0; j < 3; j++)
             s.parts[j] += share * parts[j];
+        if (ovl && k == last && (rc = overlap_begin(t, &ov)) != HYB_OK) goto done;
         if ((rc = hyb_graph_backward(t->g, loss, (float)share)) != HYB_OK) {
             rc = hyb_error_wrap(rc, "%s: micro-batch %d", W, k);
             goto done;
@@ -435,7 +568,13 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
             s.wait_s = mono_s() - t0;
             t0 = mono_s();
         }
-        if ((rc = reduce_grads(t)) != HYB_OK) goto done;
+        if (ov.t) {
+            s.comm_s += ov.hook_s; /* packing, posting and testing inside the backward */
+            rc = overlap_end(&ov);
+        } else {
+            rc = reduce_grads(t);
+        }
+        if (rc != HYB_OK) goto done;
         double m[4] = {s.loss, s.parts[0], s.parts[1], s.parts[2]};
         if ((rc = hyb_comm_allreduce_f64(t->comm, m, 4)) != HYB_OK) goto done;
         s.loss = m[0];
@@ -459,6 +598,7 @@ int hyb_trainer_step(hyb_trainer *t, const int32_t *ids, const int32_t *targets,
     t->tokens += (int64_t)K * n * world;
     s.step = t->step;
 done:
+    if (ov.t) overlap_free(&ov); /* an error before overlap_end */
     hyb_graph_reset(t->g);
     hyb_graph_reset(t->tg);
     if (wk != wsum) free(wk);

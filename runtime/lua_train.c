@@ -508,7 +508,10 @@ static int l_trainer(lua_State *L) {
         double mb = lhyb_opt_field_number(L, 2, F, "bucket_mb", 0);
         if (mb < 0 || mb > 1 << 16)
             return lhyb_error(L, "%s: option 'bucket_mb' must be in (0, 65536], got %g", F, mb);
-        hyb_trainer_set_comm(t->t, hyb_comm_world(), mb);
+        /* CUDA gradients under mpirun: NCCL when it loads, else MPI with host staging (logged
+         * once); host gradients: MPI (hyb_comm_grads) */
+        hyb_device dev = student->be ? student->be->device : HYB_DEV_CPU;
+        hyb_trainer_set_comm(t->t, hyb_comm_grads(dev), mb);
         t->t->comm_profile = lhyb_opt_field_bool(L, 2, F, "comm_profile", 0);
     }
     return 1;

@@ -8,7 +8,8 @@
 #
 # Default: no cmake. The lent H100/H200 image has CMake and ninja (KINDS.md), and cmake's closure
 # (cmake-data, libicu, perl, curl...) is 51 MB of the 64 MiB that may travel; without it .debs/ is
-# about 27 MB (63 packages, with libedit and libmicrohttpd for the prompt and hyb serve).
+# about 27 MB (63 packages, with libedit and libmicrohttpd for the prompt and hyb serve), plus
+# OpenMPI (below).
 #
 # What is carried: the dev packages of hyb's dependencies (Lua 5.4, OpenBLAS, toml++, PCRE2,
 # cJSON) and pkgconf, plus cmake when HYB_CARRY_TOOLS=1, with the closure of their Depends,
@@ -23,6 +24,15 @@ LIBS=(liblua5.4-dev libopenblas-dev libopenblas0-pthread libopenblas-pthread-dev
       libtomlplusplus-dev libpcre2-dev libcjson-dev libedit-dev libmicrohttpd-dev pkgconf)
 TOOLS=(cmake)
 [[ "${HYB_CARRY_TOOLS:-0}" == 1 ]] && LIBS+=("${TOOLS[@]}")
+# OpenMPI (data-parallel distillation, docs/DISTRIBUTED.md; default on, HYB_CARRY_MPI=0: off):
+# the run-time library and mpirun with their closure, and libopenmpi-dev alone (mpi.h, libmpi.so,
+# the mpicc wrapper) without its Depends, which pull gfortran/flang (~400 MB). Measured
+# (apt-cache sizes): +~22 MB, 50 packages, most of it libicu72 (9.4 MB, through libxml2/hwloc).
+NODEPS=()
+if [[ "${HYB_CARRY_MPI:-1}" == 1 ]]; then
+    LIBS+=(libopenmpi3 openmpi-bin openmpi-common)
+    NODEPS+=(libopenmpi-dev)
+fi
 # present wherever a C/C++ compiler is: never carried
 TOOLCHAIN=(libc6 libc6-dev libstdc++6 libgcc-s1 gcc-12-base libgomp1 linux-libc-dev libcrypt-dev
            libcrypt1 libnsl-dev libnsl2 libtirpc-dev libtirpc3 rpcsvc-proto)
@@ -45,6 +55,7 @@ pkgs=()
 for p in "${cand[@]}"; do
     grep -qx -- "$p" <<<"$core" || pkgs+=("$p")
 done
+pkgs+=(${NODEPS[@]+"${NODEPS[@]}"})
 
 mkdir -p "$out"
 echo "gpu_carry: downloading ${#pkgs[@]} packages into $out/"

@@ -101,6 +101,18 @@ for d in "${libdirs[@]}"; do
         [[ -e "$ldpath/$name" ]] || ln -s "$so" "$ldpath/$name"
     done
 done
+# OpenMPI carried (scripts/gpu_carry.sh) and none here: its libraries, wrappers and mpirun from
+# the prefix (OPAL_PREFIX relocates Debian's /usr build)
+mpi_cmake=()
+if ! command -v mpirun >/dev/null && [[ -x "$prefix/usr/bin/mpicc.openmpi" ]]; then
+    export OPAL_PREFIX="$prefix/usr" # (libmpi.so.40 and its peers are linked into $ldpath above)
+    mkdir -p "$prefix/bin"
+    ln -sf "$prefix/usr/bin/mpirun.openmpi" "$prefix/bin/mpirun"
+    ln -sf "$prefix/usr/bin/mpicc.openmpi" "$prefix/bin/mpicc"
+    export PATH="$prefix/bin:$prefix/usr/bin:$PATH"
+    mpi_cmake=(-DMPI_C_COMPILER="$prefix/usr/bin/mpicc.openmpi")
+    say "OpenMPI from the prefix (OPAL_PREFIX=$OPAL_PREFIX)"
+fi
 export LD_LIBRARY_PATH="$ldpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PKG_CONFIG_PATH="$prefix/usr/lib/$multiarch/pkgconfig:$prefix/usr/lib/$multiarch/openblas-pthread/pkgconfig:$prefix/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 export CMAKE_PREFIX_PATH="$prefix/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
@@ -137,12 +149,13 @@ if [[ ! -f "$CUDA_HOME/include/cublas_v2.h" ]]; then
     say "cuBLAS headers from $(dirname "$hdr") (merged into $merged)"
     export CUDA_HOME="$merged"
 fi
-# NVRTC and cuBLAS at run time: the loader path, then $CUDA_HOME/lib64; else the copies inside
-# Python's nvidia-* wheels, when that is where this machine has them
+# NVRTC, cuBLAS and NCCL at run time: the loader path, then $CUDA_HOME/lib64; else the copies
+# inside Python's nvidia-* wheels, when that is where this machine has them
 if [[ "$smoke" != 1 ]]; then
-    for lib in libnvrtc.so libcublas.so; do
+    for lib in libnvrtc.so libcublas.so libnccl.so; do
         if ! ldconfig -p 2>/dev/null | grep -q "$lib\." && ! compgen -G "$CUDA_HOME/lib64/$lib.*" >/dev/null; then
             d=$(find /usr/local /opt /usr/lib -name "$lib.1[0-9]*" 2>/dev/null | head -1)
+            [[ -n "$d" ]] || d=$(find /usr/local /opt /usr/lib -name "$lib.[0-9]*" 2>/dev/null | head -1)
             if [[ -n "$d" ]]; then
                 export LD_LIBRARY_PATH="$(dirname "$d")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
                 say "$lib from $(dirname "$d")"
@@ -155,7 +168,7 @@ fi
 
 # ---- 2. configure --------------------------------------------------------------------------------
 mkdir -p "$build"
-if ! "$cmake_bin" -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Release \
+if ! "$cmake_bin" -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Release ${mpi_cmake[@]+"${mpi_cmake[@]}"} \
         ${pkgconf_bin:+-DPKG_CONFIG_EXECUTABLE="$pkgconf_bin"} > "$build/configure.log" 2>&1; then
     cat "$build/configure.log" >&2
     echo "gpu_test: configure failed (log: $build/configure.log)" >&2
@@ -164,6 +177,7 @@ fi
 grep -E '^-- (hyb|Checking for module|  Found)' "$build/configure.log" || true
 # show where each dependency was found (they must come from the prefix or the system)
 grep -E '^(LUA|OPENBLAS|TOMLPP|PCRE2|CJSON)_(INCLUDE_DIRS|LINK_LIBRARIES):' "$build/CMakeCache.txt" | sed 's/^/  /'
+grep -q 'data-parallel training compiled in' "$build/configure.log" && have_mpi=1 || have_mpi=0
 grep -q 'CUDA backend compiled in' "$build/configure.log" ||
     { echo "gpu_test: configured WITHOUT the CUDA backend (see $build/configure.log)" >&2; exit 1; }
 [[ "$steps" == configure ]] && { say "configured in $build (HYB_GPU_STEPS=configure: stopping)"; exit 0; }
@@ -211,6 +225,28 @@ if [[ "$steps" == all || "$steps" == test ]]; then
         status=1
     fi
     [[ "${#tests[@]}" -gt 0 ]] || { echo "gpu_test: no test has the label '$labels'" >&2; status=1; }
+    # NCCL for distillation's gradients (docs/DISTRIBUTED.md): under mpirun, hyb_comm_grads(cuda)
+    # is the NCCL comm and sums a device buffer on the GPU (cuda_comm_grads nccl; ctest ran its
+    # one-process mode). A build without MPI cannot: that fails the run (HYB_GPU_REQUIRE=1).
+    if [[ "$smoke" != 1 ]]; then
+        if [[ "$have_mpi" == 1 ]] && command -v mpirun >/dev/null; then
+            say "NCCL: mpirun -np 1 cuda_comm_grads nccl"
+            set +e
+            OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_plm_rsh_agent=false \
+                timeout $(( $(left) > 120 ? 120 : $(left) )) mpirun -np 1 --oversubscribe \
+                "$build/tests/cuda_comm_grads" nccl 2>&1 | tee "$build/nccl.log"
+            rc=${PIPESTATUS[0]}
+            set -e
+            if [[ "$rc" == 0 ]] && grep -q "device floats summed on nccl, exact" "$build/nccl.log"; then
+                say "NCCL under mpirun: ok"
+            else
+                say "NCCL under mpirun FAILED (status $rc, log $build/nccl.log)"; status=1
+            fi
+        else
+            say "NCCL under mpirun: NOT RUN (hyb built without MPI, or no mpirun: scripts/gpu_carry.sh carries OpenMPI)"
+            [[ "${HYB_GPU_REQUIRE:-1}" == 1 ]] && status=1
+        fi
+    fi
 fi
 
 # ---- 5. the benchmarks ----------------------------------------------------------------------------

@@ -97,8 +97,52 @@ static void test_nccl(void) {
     printf("  hyb_comm_nccl_new without a GPU: %s\n", hyb_error());
 }
 
+/* hyb_comm_select_grads, with fake worlds and a fake NCCL maker (no GPU, no MPI needed) */
+static int g_made;
+static hyb_comm g_fake_nccl = {NULL, "nccl", 0, 2, 600.0, NULL, NULL};
+static int maker_ok(hyb_comm *boot, hyb_comm **out) {
+    g_made++;
+    g_fake_nccl.boot = boot;
+    *out = &g_fake_nccl;
+    return HYB_OK;
+}
+static int maker_missing(hyb_comm *boot, hyb_comm **out) {
+    (void)boot;
+    g_made++;
+    *out = NULL;
+    return hyb_error_set(HYB_ERR_UNSUPPORTED, "fake: libnccl.so.2 not found (NCCL)");
+}
+
+static void test_select_grads(void) {
+    hyb_comm mpi = {NULL, "mpi", 1, 2, 600.0, NULL, NULL};
+    hyb_comm *single = hyb_comm_world();
+    char why[256] = "x";
+    /* host gradients: the world, NCCL never tried */
+    g_made = 0;
+    CHECK(hyb_comm_select_grads(&mpi, HYB_DEV_CPU, maker_ok, why, sizeof why) == &mpi);
+    CHECK(g_made == 0 && why[0] == 0);
+    /* one process (no launcher): the single world even for CUDA gradients, nothing made */
+    CHECK(hyb_comm_select_grads(single, HYB_DEV_CUDA, maker_ok, why, sizeof why) == single);
+    CHECK(g_made == 0 && why[0] == 0);
+    CHECK(hyb_comm_grads(HYB_DEV_CUDA) == single && hyb_comm_grads(HYB_DEV_CPU) == single);
+    /* CUDA gradients under MPI, NCCL loads: the NCCL comm over the world */
+    hyb_comm *c = hyb_comm_select_grads(&mpi, HYB_DEV_CUDA, maker_ok, why, sizeof why);
+    CHECK(c == &g_fake_nccl && g_fake_nccl.boot == &mpi && g_made == 1 && why[0] == 0);
+    /* NCCL missing: the MPI world (host staging), the reason kept for the log */
+    g_made = 0;
+    c = hyb_comm_select_grads(&mpi, HYB_DEV_CUDA, maker_missing, why, sizeof why);
+    CHECK(c == &mpi && g_made == 1);
+    CHECK_MSG(strstr(why, "libnccl.so.2 not found") != NULL, "why = '%s'", why);
+    CHECK(hyb_comm_select_grads(&mpi, HYB_DEV_CUDA, maker_missing, NULL, 0) == &mpi);
+    /* the real maker on this machine (no initialised CUDA backend): refused, the world kept */
+    c = hyb_comm_select_grads(&mpi, HYB_DEV_CUDA, NULL, why, sizeof why);
+    CHECK(c == &mpi && strstr(why, "hyb_comm_nccl_new") != NULL);
+    printf("  NCCL refused here, MPI kept: %s\n", why);
+}
+
 int main(void) {
     RUN(test_single);
+    RUN(test_select_grads);
     RUN(test_badargs);
     RUN(test_batch_rows);
     RUN(test_nccl);

@@ -186,6 +186,87 @@ static void test_backward_accumulates(void) {
     hyb_graph_free(g);
 }
 
+/* The gradient-ready hook: each trainable parameter reported once, and its gradient at that
+ * moment is already its final gradient of the pass (bitwise); the tied embedding (read by the
+ * first node and the lm_head) comes last; a frozen one is not reported; an error from the hook
+ * stops the pass with it. */
+typedef struct ready_log {
+    hyb_tensor **p;
+    int seen[NP], order[NP], n;
+    float *snap[NP];
+    int fail_at; /* return an error at this report (-1: never) */
+} ready_log;
+
+static int ready_cb(void *ctx, hyb_tensor *t) {
+    ready_log *r = ctx;
+    int i = 0;
+    while (i < NP && r->p[i] != t)
+        i++;
+    CHECK(i < NP);
+    if (i == NP) return HYB_ERR;
+    r->seen[i]++;
+    if (r->n == r->fail_at) return hyb_error_set(HYB_ERR_ARG, "ready_cb: stop at %d", r->n);
+    r->order[r->n++] = i;
+    int64_t n = hyb_tensor_numel(t);
+    free(r->snap[i]);
+    r->snap[i] = malloc(sizeof(float) * (size_t)n);
+    memcpy(r->snap[i], t->grad->data, sizeof(float) * (size_t)n);
+    return HYB_OK;
+}
+
+static void test_grad_ready_hook(void) {
+    hyb_tensor *p[NP];
+    make_model(p);
+    hyb_graph *g = hyb_graph_new();
+    ready_log r;
+    memset(&r, 0, sizeof r);
+    r.p = p;
+    r.fail_at = -1;
+    hyb_graph_on_grad_ready(g, ready_cb, &r);
+    hyb_tensor *L = model_loss(g, p, NULL);
+    CHECK(L && hyb_graph_backward(g, L, 1.0f) == HYB_OK);
+    CHECK(r.n == NP);
+    for (int i = 0; i < NP; i++) {
+        CHECK_MSG(r.seen[i] == 1, "param %d reported %d times", i, r.seen[i]);
+        int64_t n = hyb_tensor_numel(p[i]);
+        CHECK_MSG(r.snap[i] && memcmp(r.snap[i], p[i]->grad->data, sizeof(float) * (size_t)n) == 0,
+                  "param %d: gradient at the report is not the final one", i);
+    }
+    CHECK(r.order[0] == NP - 1); /* the final norm first (after the lm_head's matmul) */
+    CHECK(r.order[NP - 1] == 0); /* the tied embedding last: its first node is the lookup */
+    CHECK(r.order[1] == 1 + 4 * (NL - 1) + 3); /* then the last layer's down projection */
+    /* reset keeps the hook; a frozen parameter is not reported */
+    hyb_graph_reset(g);
+    for (int i = 0; i < NP; i++)
+        gc_zero_grad(p[i]);
+    memset(r.seen, 0, sizeof r.seen);
+    r.n = 0;
+    p[2]->requires_grad = 0;
+    L = model_loss(g, p, NULL);
+    CHECK(L && hyb_graph_backward(g, L, 1.0f) == HYB_OK);
+    CHECK(r.n == NP - 1 && r.seen[2] == 0);
+    p[2]->requires_grad = 1;
+    /* an error from the hook ends the pass with it */
+    hyb_graph_reset(g);
+    r.n = 0;
+    r.fail_at = 3;
+    L = model_loss(g, p, NULL);
+    CHECK(L && hyb_graph_backward(g, L, 1.0f) != HYB_OK);
+    CHECK(strstr(hyb_error(), "ready_cb: stop at 3") != NULL);
+    /* removed: nothing reported */
+    hyb_graph_on_grad_ready(g, NULL, NULL);
+    hyb_graph_reset(g);
+    r.n = 0;
+    r.fail_at = -1;
+    L = model_loss(g, p, NULL);
+    CHECK(L && hyb_graph_backward(g, L, 1.0f) == HYB_OK && r.n == 0);
+    for (int i = 0; i < NP; i++) {
+        free(r.snap[i]);
+        gc_free(p[i]);
+    }
+    hyb_graph_free(g);
+}
+
 static void test_backward_errors(void) {
     hyb_graph *g = hyb_graph_new();
     CHECK(hyb_graph_backward(g, NULL, 1.0f) == HYB_ERR_ARG);
@@ -222,6 +303,7 @@ int main(void) {
     RUN(test_graph_memory);
     RUN(test_model_gradcheck);
     RUN(test_backward_accumulates);
+    RUN(test_grad_ready_hook);
     RUN(test_backward_errors);
     return harness_done();
 }

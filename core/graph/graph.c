@@ -1,5 +1,6 @@
 /* core/graph/graph.c: the tape (nodes, arena, grad mode) and the reverse pass. */
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -291,6 +292,65 @@ static int taps_collect(hyb_graph *g) {
     return HYB_OK;
 }
 
+// ---- the gradient-ready hook ----------------------------------------------------------------
+
+void hyb_graph_on_grad_ready(hyb_graph *g, hyb_grad_ready_fn fn, void *ctx) {
+    if (!g) return;
+    g->ready_fn = fn;
+    g->ready_ctx = ctx;
+}
+
+/* (parameter, earliest node that accumulates into its gradient) */
+typedef struct ready_ev {
+    hyb_tensor *t;
+    int node;
+} ready_ev;
+
+static int ev_by_tensor(const void *a, const void *b) {
+    const ready_ev *x = a, *y = b;
+    if (x->t != y->t) return (uintptr_t)x->t < (uintptr_t)y->t ? -1 : 1;
+    return (x->node > y->node) - (x->node < y->node);
+}
+
+static int ev_by_node_desc(const void *a, const void *b) {
+    const ready_ev *x = a, *y = b;
+    if (x->node != y->node) return x->node > y->node ? -1 : 1;
+    return (uintptr_t)x->t < (uintptr_t)y->t ? -1 : (x->t != y->t);
+}
+
+/* The events of a pass, in the order the reverse loop meets them: every non-activation tensor
+ * that requires grad and is an input (in[] or xin[]) of a node, with the lowest such node. */
+static int ready_plan(hyb_graph *g, ready_ev **out, int *nout) {
+    size_t n = 0, cap = 0;
+    ready_ev *ev = NULL;
+    for (int i = 0; i < g->n_nodes; i++) {
+        hyb_node *nd = &g->nodes[i];
+        for (int j = 0; j < nd->n_in + nd->n_xin; j++) {
+            hyb_tensor *t = j < nd->n_in ? nd->in[j] : nd->xin[j - nd->n_in];
+            if (!t || !t->requires_grad || t->owner == HYB_OWN_ARENA) continue;
+            if (n == cap) {
+                cap = cap ? 2 * cap : 256;
+                ready_ev *e2 = realloc(ev, sizeof *ev * cap);
+                if (!e2) {
+                    free(ev);
+                    return hyb_error_set(HYB_ERR_NOMEM, "hyb_graph_backward: gradient-ready "
+                                                        "hook: out of memory");
+                }
+                ev = e2;
+            }
+            ev[n++] = (ready_ev){t, i};
+        }
+    }
+    if (n) qsort(ev, n, sizeof *ev, ev_by_tensor);
+    size_t k = 0; /* keep each tensor's first (lowest node) entry */
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || ev[i].t != ev[i - 1].t) ev[k++] = ev[i];
+    if (k) qsort(ev, k, sizeof *ev, ev_by_node_desc);
+    *out = ev;
+    *nout = (int)k;
+    return HYB_OK;
+}
+
 // ---- the reverse pass -----------------------------------------------------------------------
 
 /* zero the intermediate grads of a previous pass, seed out's grad, run the nodes in reverse */
@@ -316,12 +376,26 @@ static int run_backward(hyb_graph *g, hyb_tensor *out, const float *seed) {
     float *d;
     HYB_TRY(graph_grad(g, out, &d));
     HYB_TRY(be->upload(be, d, seed, sizeof(float) * (size_t)hyb_tensor_numel(out)));
+    ready_ev *ev = NULL;
+    int nev = 0, next = 0;
+    if (g->ready_fn) HYB_TRY(ready_plan(g, &ev, &nev));
+    int rc = HYB_OK;
     for (int i = g->n_nodes - 1; i >= 0; i--) {
         hyb_node *n = &g->nodes[i];
-        if (!n->out->grad) continue; /* no gradient reached this node */
-        int rc = n->backward(g, n);
-        if (rc != HYB_OK) return hyb_error_wrap(rc, "hyb_graph_backward: node %d (%s)", i, n->op);
+        if (n->out->grad) { /* else no gradient reached this node */
+            rc = n->backward(g, n);
+            if (rc != HYB_OK) {
+                rc = hyb_error_wrap(rc, "hyb_graph_backward: node %d (%s)", i, n->op);
+                break;
+            }
+        }
+        /* the parameters whose last (earliest) consumer was node i are final */
+        for (; next < nev && ev[next].node == i && rc == HYB_OK; next++)
+            rc = g->ready_fn(g->ready_ctx, ev[next].t);
+        if (rc != HYB_OK) break;
     }
+    free(ev);
+    HYB_TRY(rc);
     return g->n_taps ? taps_collect(g) : HYB_OK;
 }
 

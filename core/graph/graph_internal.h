@@ -45,6 +45,8 @@ struct hyb_node {
     int64_t iv[4];  /* small integer parameters */
     float fv[4];    /* small float parameters */
     void *ptr;      /* op-specific object (the mixer for hyb_mixer_apply) */
+    hyb_tensor **xin; /* tensors besides in[] whose gradients the backward accumulates (a */
+    int n_xin;        /* mixer's parameters); the gradient-ready hook counts them as inputs */
 };
 
 typedef struct hyb_grad_tap {
@@ -62,6 +64,8 @@ struct hyb_graph {
     int grad_enabled;
     hyb_grad_tap *taps; /* hyb_graph_tap_grad; dropped by hyb_graph_reset */
     int n_taps, cap_taps;
+    hyb_grad_ready_fn ready_fn; /* hyb_graph_on_grad_ready (kept across resets) */
+    void *ready_ctx;
 };
 
 /* Host memory from the graph's arena (not zeroed). */

@@ -180,6 +180,8 @@ hyb_tensor *hyb_mixer_apply_kv(hyb_graph *g, struct hyb_mixer *m, hyb_tensor *x,
         hyb_node *nd = graph_record(g, OP, y, ins, 1, mixer_bwd);
         if (!nd) return NULL;
         nd->ptr = m;
+        nd->xin = m->params; /* accumulated by mixer_bwd: final after this node (grad hook) */
+        nd->n_xin = m->n_params;
         nd->saved[0] = saved;
         nd->saved[1] = (void *)params;
         nd->iv[0] = B;

@@ -4,7 +4,9 @@
 --
 --   hyb run tests/mpi/distill_mpi.lua equal   np=2 vs one process with the same global batch:
 --       parameters equal to <= 1e-5 relative (Frobenius norm of the difference over all
---       parameters), the losses of every step to 1e-5, and the two ranks' parameters bitwise
+--       parameters), the losses of every step to 1e-5, the run with the all-reduce overlapped
+--       with the backward bitwise equal to the one without (HYB_COMM_OVERLAP=0), and the two
+--       ranks' parameters bitwise
 --       identical (the "ranks" line distill writes after each stage compares their hashes); a
 --       `lowest = 1` stage ranked by LOO split over the 2 ranks chooses the layer one process
 --       chooses (scores within 1e-5); a batch that does not divide over the ranks is refused
@@ -126,6 +128,15 @@ if mode == "equal" then
     local rel, nbit = compare(tmp .. "/one/s2/final.safetensors", tmp .. "/two/s2/final.safetensors")
     io.stderr:write(("  np=2 vs np=1: relative difference %.3g, %d tensors not bitwise equal\n"):format(rel, nbit))
     H.check(rel <= 1e-5, ("parameters differ by %.3g relative (> 1e-5)"):format(rel))
+    -- the buckets posted from the backward's gradient-ready hook (the default) reduce the same
+    -- buckets in the same order as after the backward (HYB_COMM_OVERLAP=0): the same bits; a
+    -- bucket posted before its gradients are final would miss their last contributions
+    rc = sh(distill("seq", "HYB_COMM_BUCKET_MB=0.1 HYB_COMM_OVERLAP=0 ", 2))
+    if rc ~= 0 then dump_log() end
+    H.eq(rc, 0, "mpirun -np 2 run without overlap")
+    local rel2, nbit2 = compare(tmp .. "/seq/s2/final.safetensors", tmp .. "/two/s2/final.safetensors")
+    io.stderr:write(("  np=2 overlapped vs after the backward: relative %.3g, %d tensors not bitwise equal\n"):format(rel2, nbit2))
+    H.eq(nbit2, 0, "tensors of the overlapped run not bitwise equal to the non-overlapped one")
     -- the same steps' losses (global, averaged over the ranks)
     local l1, l2 = {}, {}
     for _, line in ipairs(metrics("one")) do

@@ -169,6 +169,9 @@ static int nccl_iallreduce_f32(hyb_comm *c, float *buf, size_t n, hyb_comm_req *
     return hyb_comm_iallreduce_f32(c->boot, buf, n, req);
 }
 static int nccl_wait(hyb_comm *c, hyb_comm_req *req) { return hyb_comm_wait(c->boot, req); }
+static int nccl_test(hyb_comm *c, hyb_comm_req *req, int *done) {
+    return hyb_comm_test(c->boot, req, done);
+}
 static int nccl_broadcast(hyb_comm *c, void *buf, size_t bytes, int root) {
     return hyb_comm_broadcast(c->boot, buf, bytes, root);
 }
@@ -189,7 +192,7 @@ static void nccl_free(hyb_comm *c) {
 
 static const hyb_comm_ops nccl_ops = {nccl_allreduce_f32, nccl_allreduce_f64, nccl_iallreduce_f32,
                                       nccl_wait,          nccl_broadcast,     nccl_barrier,
-                                      nccl_abort,         nccl_free};
+                                      nccl_abort,         nccl_free,          nccl_test};
 
 int hyb_comm_nccl_new(hyb_comm *boot, hyb_comm **out) {
     static const char W[] = "hyb_comm_nccl_new";

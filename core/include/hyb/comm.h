@@ -61,6 +61,10 @@ int hyb_comm_allreduce_f64(hyb_comm *c, double *buf, size_t n);
  * hyb_comm_wait completes and frees it (with the deadline above). */
 int hyb_comm_iallreduce_f32(hyb_comm *c, float *buf, size_t n, hyb_comm_req **req);
 int hyb_comm_wait(hyb_comm *c, hyb_comm_req *req);
+/* Advance req without blocking (MPI moves a non-blocking collective forward only inside MPI
+ * calls); *done = 1 once it has completed (req stays valid: hyb_comm_wait still frees it).
+ * NULL req: done. A comm without a progress call reports 0 until hyb_comm_wait. */
+int hyb_comm_test(hyb_comm *c, hyb_comm_req *req, int *done);
 /* Root's `bytes` bytes of buf to every rank (host memory). */
 int hyb_comm_broadcast(hyb_comm *c, void *buf, size_t bytes, int root);
 /* Every rank reaches this point; timeout_s <= 0: the comm's deadline. */
@@ -76,6 +80,22 @@ void hyb_comm_abort(hyb_comm *c, int code, const char *why);
  * says which). */
 int hyb_comm_nccl_new(hyb_comm *boot, hyb_comm **out);
 void hyb_comm_free(hyb_comm *c); /* a comm from hyb_comm_nccl_new (the world is never freed) */
+
+/* Which communicator reduces a trainer's gradients that live on `dev` (the decision, apart so it
+ * is tested without a GPU):
+ *   - a world that is not "mpi" (one process, no launcher), or host gradients: the world;
+ *   - CUDA gradients under an MPI world: a new NCCL comm from make(world, &c) (make NULL:
+ *     hyb_comm_nccl_new), reducing device buffers on the GPU; the caller owns it (hyb_comm_free);
+ *   - make fails (no libnccl, no GPU, the CUDA emulation): the world, which stages device
+ *     gradients through host memory; why (when not NULL) gets the reason, else why[0] = 0.
+ * make is called on every rank or none (the decision depends only on the world and dev). */
+typedef int (*hyb_comm_nccl_maker)(hyb_comm *boot, hyb_comm **out);
+hyb_comm *hyb_comm_select_grads(hyb_comm *world, hyb_device dev, hyb_comm_nccl_maker make,
+                                char *why, size_t why_len);
+/* hyb_comm_select_grads over hyb_comm_world() with hyb_comm_nccl_new, made once per process: the
+ * NCCL comm is kept (freed by hyb_comm_finalize), a fallback to MPI is logged once (warning, the
+ * reason and "host staging"). */
+hyb_comm *hyb_comm_grads(hyb_device dev);
 /* Load libnccl.so.2 and resolve every NCCL function the nccl comm uses, without a GPU; *version
  * = ncclGetVersion's (e.g. 22703 for 2.27.3). HYB_ERR_UNSUPPORTED naming what is missing. */
 int hyb_comm_nccl_probe(int *version);
@@ -90,6 +110,7 @@ typedef struct hyb_comm_ops {
     int (*barrier)(hyb_comm *c, double timeout_s);
     void (*abort)(hyb_comm *c, int code, const char *why);
     void (*free)(hyb_comm *c);
+    int (*test)(hyb_comm *c, hyb_comm_req *req, int *done); /* may be NULL */
 } hyb_comm_ops;
 
 struct hyb_comm {

@@ -66,6 +66,16 @@ int hyb_graph_tap_grad(hyb_graph *g, hyb_tensor *t, hyb_tensor *dst, int *done, 
 /* Remove the taps whose `done` pointer is `done` (before freeing their destinations). */
 void hyb_graph_untap(hyb_graph *g, const int *done);
 
+/* Gradient-ready hook (data-parallel overlap, docs/DISTRIBUTED.md): during every reverse pass on
+ * g, fn(ctx, p) is called once for each tensor p that is not an activation of g (a parameter)
+ * whose gradient the tape accumulates into, right after the backward of the last node that
+ * accumulates into p has run (the earliest such node on the tape): p->grad is then final for this
+ * pass. Parameters no node reads are not reported. fn returning an error stops the pass with it.
+ * fn NULL removes the hook (the default: the pass then does no extra work). Kept across
+ * hyb_graph_reset. */
+typedef int (*hyb_grad_ready_fn)(void *ctx, hyb_tensor *p);
+void hyb_graph_on_grad_ready(hyb_graph *g, hyb_grad_ready_fn fn, void *ctx);
+
 /* ---- core ops (x: [..., D] means any number of leading dims) ----------------------------------*/
 
 /* W: [V, D], ids: [B*T] token ids (copied) -> [B, T, D]. An id outside [0, V) is an error. */

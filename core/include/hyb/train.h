@@ -89,6 +89,8 @@ typedef struct hyb_trainer {
     size_t bucket_bytes;          /* gradient all-reduce bucket (default 25 MB) */
     int comm_profile;             /* 1: a barrier before the gradient all-reduce, timed apart
                                      (wait_s: the ranks' imbalance; comm_s: the reduction) */
+    int overlap;                  /* 1 (default; HYB_COMM_OVERLAP=0: 0): host buckets start from
+                                     the last backward's gradient-ready hook, not after it */
     hyb_model *student, *teacher; /* borrowed */
     hyb_adamw *opt;               /* owned */
     hyb_graph *g, *tg;            /* student (tape) and teacher (no grad) graphs */
