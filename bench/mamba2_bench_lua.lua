@@ -2,7 +2,7 @@
 -- the weights and inputs that bench/mamba2_bench.c dumps (run by bench/mamba2_bench.sh, interleaved
 -- with the C plugin and PyTorch). It checks that it computes the plugin's y and dx, then times a
 -- training step (forward + the tape's backward of sum(y * dy) into x and every parameter) and a
--- decode step (the mixer's `step` for one token after a prefill of T by steps, untimed) at batch 1
+-- decode step (the mixer's `step` for one token after a prefill of T tokens by steps, untimed) at batch 1
 -- and batch B, each the median over its repetitions. Prints one JSON line.
 --   hyb run bench/mamba2_bench_lua.lua dump.bin reps decode_steps threads
 local hyb = require("hyb")
@@ -55,7 +55,8 @@ end
 local function decode(n)
   return hyb.no_grad(function()
     local xn = x:narrow(1, 1, 1):expand({n, T, D}):contiguous()
-    local _, st = m:step_all(xn)
+    local st, _ = m:new_state(n)
+    for t = 1, T do _, st = m:step(xn:narrow(2, t, 1), st) end
     local ts = {}
     for i = 1, steps do
       local u = xn:narrow(2, (i - 1) % T + 1, 1):contiguous()
