@@ -6,6 +6,7 @@
 -- out = out_proj(rmsnorm_per_group(y silu(z)) norm.weight). The parallel form is the chunked SSD:
 -- inside a chunk a masked quadratic form (segment sums), across chunks the states. Tensors have at
 -- most 4 dims, so [B, nc, Q, ...] is folded to [B nc, ...] and a state [Pd, N] to Pd N columns.
+-- Tensors made here (masks, padding) follow the input's device, so the same code runs on CUDA.
 local function dims(c, D)
   local Di = c.d_inner > 0 and c.d_inner or c.expand * D
   local Pd = math.min(c.headdim, Di)
@@ -18,7 +19,7 @@ local function segexp(a)
   local s, L = a:shape(), a:shape()[a:ndim()]
   local n = a:ndim()
   s[n + 1] = L
-  return (a:unsqueeze(n + 1):expand(s) * hyb.ones({L, L}):tril(-1)):cumsum(n):exp():tril()
+  return (a:unsqueeze(n + 1):expand(s) * hyb.ones({L, L}):tril(-1):to(a:device())):cumsum(n):exp():tril()
 end
 -- per-head views of the group-shared B or C [B, T, G N] -> [B, T, nh, N]
 local function heads(t, c, nh)
@@ -80,7 +81,7 @@ return {
     local X = xs:reshape({B, T, nh, Pd}) * dt:unsqueeze(4)
     local function chunks(t)                       -- [B, T, nh, n] -> [B nc, nh, Q, n], zero-padded
       local s = t:shape()
-      if nc * Q > T then t = hyb.cat({t, hyb.zeros({B, nc * Q - T, s[3], s[4]})}, 2) end
+      if nc * Q > T then t = hyb.cat({t, hyb.zeros({B, nc * Q - T, s[3], s[4]}):to(x:device())}, 2) end
       return t:reshape({B * nc, Q, s[3], s[4]}):permute({1, 3, 2, 4})
     end
     X, Bh, Ch = chunks(X), chunks(Bh), chunks(Ch)
@@ -93,8 +94,8 @@ return {
     local S = (X * L:narrow(3, Q, 1):transpose()):transpose():matmul(Bh)
     -- inter-chunk: the state entering chunk k is sum_{j<k} exp(a_{j+1} + .. + a_{k-1}) S_j
     local tot = last:reshape({B, nc, nh}):permute({1, 3, 2})                      -- [B, nh, nc]
-    tot = hyb.cat({hyb.zeros({B, nh, 1}), tot}, 3)
-    S = hyb.cat({hyb.zeros({B, nh, 1, Pd * N}), S:reshape({B, nc, nh, Pd * N}):permute({1, 3, 2, 4})}, 3)
+    tot = hyb.cat({hyb.zeros({B, nh, 1}):to(x:device()), tot}, 3)
+    S = hyb.cat({hyb.zeros({B, nh, 1, Pd * N}):to(x:device()), S:reshape({B, nc, nh, Pd * N}):permute({1, 3, 2, 4})}, 3)
     local S0 = segexp(tot):matmul(S):narrow(3, 1, nc)                             -- [B, nh, nc, Pd N]
     S0 = S0:permute({1, 3, 2, 4}):reshape({B * nc, nh, Pd, N})
     Y = Y + Ch:matmul(S0:transpose()) * acum:exp():unsqueeze(4)                  -- from the state
