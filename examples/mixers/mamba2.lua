@@ -27,13 +27,12 @@ local function heads(t, c, nh)
   return t:reshape({s[1] * s[2], c.ngroups, 1, c.d_state})
           :expand({-1, -1, nh // c.ngroups, -1}):reshape({s[1], s[2], nh, c.d_state})
 end
--- in_proj and the conv's output (before silu) -> x, B, C, dt, z; xc [B, T, Cd]
+-- in_proj and the conv's output (before silu) -> x, B, C [B, T, G N], dt, z; xc [B, T, Cd]
 local function split(c, p, zxbcdt, xc, D)
   local Di, Pd, nh, GN, Cd = dims(c, D)
   local u = (xc + p["conv1d.bias"]):silu()
   local dt = (zxbcdt:narrow(3, Di + Cd + 1, nh) + p["dt_bias"]):softplus()
-  return u:narrow(3, 1, Di), heads(u:narrow(3, Di + 1, GN), c, nh), heads(u:narrow(3, Di + GN + 1, GN), c, nh),
-         dt, zxbcdt:narrow(3, 1, Di)
+  return u:narrow(3, 1, Di), u:narrow(3, Di + 1, GN), u:narrow(3, Di + GN + 1, GN), dt, zxbcdt:narrow(3, 1, Di)
 end
 -- y [B, T, Di] (SSD + D x) -> out_proj(rmsnorm_g(y silu(z)) w)
 local function gate_out(c, p, y, z)
@@ -76,7 +75,8 @@ return {
     local nc = (T + Q - 1) // Q
     local zxbcdt = x:matmul(p["in_proj.weight"]:transpose())                       -- [B, T, Pin]
     local xc = hyb.conv1d_causal(zxbcdt:narrow(3, Di + 1, Cd), p["conv1d.weight"]:reshape({Cd, c.d_conv}))
-    local xs, Bh, Ch, dt, z = split(c, p, zxbcdt, xc, D)
+    local xs, Bg, Cg, dt, z = split(c, p, zxbcdt, xc, D)
+    local G, hg = c.ngroups, nh // c.ngroups                    -- groups, heads per group
     local a = dt * -p["A_log"]:exp()                                              -- [B, T, nh]
     local X = xs:reshape({B, T, nh, Pd}) * dt:unsqueeze(4)
     local function chunks(t)                       -- [B, T, nh, n] -> [B nc, nh, Q, n], zero-padded
@@ -84,21 +84,25 @@ return {
       if nc * Q > T then t = hyb.cat({t, hyb.zeros({B, nc * Q - T, s[3], s[4]}):to(x:device())}, 2) end
       return t:reshape({B * nc, Q, s[3], s[4]}):permute({1, 3, 2, 4})
     end
-    X, Bh, Ch = chunks(X), chunks(Bh), chunks(Ch)
+    -- B and C are shared by the heads of a group: products per group, heads folded beside them
+    X, Bg, Cg = chunks(X), chunks(Bg:reshape({B, T, G, N})), chunks(Cg:reshape({B, T, G, N}))
     a = chunks(a:unsqueeze(4)):squeeze(4)                                         -- [B nc, nh, Q]
     local L = segexp(a)                                                           -- [B nc, nh, Q, Q]
-    local Y = (Ch:matmul(Bh:transpose()) * L):matmul(X)                            -- intra-chunk
+    local CB = Cg:matmul(Bg:transpose()):reshape({B * nc * G, 1, Q, Q})           -- intra-chunk
+    local Y = (CB * L:reshape({B * nc * G, hg, Q, Q})):matmul(X:reshape({B * nc * G, hg, Q, Pd}))
+    Y = Y:reshape({B * nc, nh, Q, Pd})
     local acum = a:cumsum(3)
     local last = acum:narrow(3, Q, 1)                                             -- [B nc, nh, 1]
     -- the state each chunk adds, sum_j exp(seg(end, j)) X_j B_j^T: [B nc, nh, Pd, N]
-    local S = (X * L:narrow(3, Q, 1):transpose()):transpose():matmul(Bh)
+    local S = (X * L:narrow(3, Q, 1):transpose()):transpose():reshape({B * nc, G, hg * Pd, Q}):matmul(Bg)
     -- inter-chunk: the state entering chunk k is sum_{j<k} exp(a_{j+1} + .. + a_{k-1}) S_j
     local tot = last:reshape({B, nc, nh}):permute({1, 3, 2})                      -- [B, nh, nc]
     tot = hyb.cat({hyb.zeros({B, nh, 1}):to(x:device()), tot}, 3)
     S = hyb.cat({hyb.zeros({B, nh, 1, Pd * N}):to(x:device()), S:reshape({B, nc, nh, Pd * N}):permute({1, 3, 2, 4})}, 3)
     local S0 = segexp(tot):matmul(S):narrow(3, 1, nc)                             -- [B, nh, nc, Pd N]
-    S0 = S0:permute({1, 3, 2, 4}):reshape({B * nc, nh, Pd, N})
-    Y = Y + Ch:matmul(S0:transpose()) * acum:exp():unsqueeze(4)                  -- from the state
+    S0 = S0:permute({1, 3, 2, 4}):reshape({B * nc, G, hg * Pd, N})
+    local Yo = Cg:matmul(S0:transpose()):reshape({B * nc * G, Q, hg, Pd}):permute({1, 3, 2, 4})
+    Y = Y + Yo:reshape({B * nc, nh, Q, Pd}) * acum:exp():unsqueeze(4)            -- from the state
     Y = Y:permute({1, 3, 2, 4}):reshape({B, nc * Q, Di}):narrow(2, 1, T)
     Y = Y + (xs:reshape({B, T, nh, Pd}) * p["D"]:unsqueeze(2)):reshape({B, T, Di})
     return gate_out(c, p, Y, z)
@@ -109,7 +113,8 @@ return {
     local zxbcdt = x:matmul(p["in_proj.weight"]:transpose())
     local win = hyb.cat({st.conv_state:narrow(3, 2, c.d_conv - 1), zxbcdt:narrow(3, Di + 1, Cd):transpose()}, 3)
     local xc = (win * p["conv1d.weight"]:reshape({Cd, c.d_conv})):sum(3, true):transpose()   -- [B, 1, Cd]
-    local xs, Bh, Ch, dt, z = split(c, p, zxbcdt, xc, D)
+    local xs, Bg, Cg, dt, z = split(c, p, zxbcdt, xc, D)
+    local Bh, Ch = heads(Bg, c, nh), heads(Cg, c, nh)
     dt = dt:reshape({B, nh, 1, 1})
     local h = st.ssm_state * (dt * -p["A_log"]:exp():reshape({nh, 1, 1})):exp()
             + (xs:reshape({B, nh, Pd, 1}) * dt):matmul(Bh:reshape({B, nh, 1, c.d_state}))
