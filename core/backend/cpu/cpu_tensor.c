@@ -168,6 +168,34 @@ int hyb_cpu_ewise_bwd(int op, int which, const float *a, const int64_t *sa, cons
         sdy[k] = sdy[k + 1] * s[k + 1];
     for (int k = 0; k < 4; k++)
         red[k] = ds[k] == s[k] ? 1 : s[k]; /* loop extent over the reduced dims */
+    if (red[0] == 1 && red[1] == 1 && red[2] == 1 && red[3] == 1) {
+        /* nothing reduced (the common case): walk the operands' strides without an index
+         * division per element; the same float result as the general loop below (one term:
+         * the double product of two floats is exact, rounded once) */
+#pragma omp parallel for collapse(2) schedule(static) if (nd > 32768)
+        for (int64_t i0 = 0; i0 < s[0]; i0++)
+            for (int64_t i1 = 0; i1 < s[1]; i1++) {
+                const int64_t base = (i0 * s[1] + i1) * s[2] * s[3];
+                const float *aa = a + i0 * sa[0] + i1 * sa[1], *bb = b + i0 * sb[0] + i1 * sb[1],
+                            *cc = c + i0 * sc[0] + i1 * sc[1];
+                for (int64_t i2 = 0; i2 < s[2]; i2++)
+                    for (int64_t i3 = 0; i3 < s[3]; i3++) {
+                        const int64_t j = base + i2 * s[3] + i3;
+                        const float g = dy[j];
+                        if (g != 0.0f)
+                            d[j] += (float)((double)g * ew_d(op, which, aa[i2 * sa[2] + i3 * sa[3]],
+                                                             bb[i2 * sb[2] + i3 * sb[3]],
+                                                             cc[i2 * sc[2] + i3 * sc[3]], alpha));
+                    }
+            }
+        return HYB_OK;
+    }
+    /* the operands' strides along the reduced dims (0 elsewhere) */
+    int64_t ra[4], rb[4], rc[4], ry[4];
+    for (int k = 0; k < 4; k++) {
+        const int r = red[k] > 1;
+        ra[k] = r ? sa[k] : 0, rb[k] = r ? sb[k] : 0, rc[k] = r ? sc[k] : 0, ry[k] = r ? sdy[k] : 0;
+    }
 #pragma omp parallel for schedule(static) if (nd > 4096)
     for (int64_t j = 0; j < nd; j++) {
         int64_t dj[4], r = j;
@@ -175,24 +203,25 @@ int hyb_cpu_ewise_bwd(int op, int which, const float *a, const int64_t *sa, cons
             dj[k] = r % ds[k];
             r /= ds[k];
         }
+        int64_t a0 = 0, b0 = 0, c0 = 0, y0 = 0; /* offsets of the kept dims */
+        for (int k = 0; k < 4; k++)
+            if (red[k] == 1) a0 += dj[k] * sa[k], b0 += dj[k] * sb[k], c0 += dj[k] * sc[k],
+                    y0 += dj[k] * sdy[k];
         double acc = 0;
         for (int64_t r0 = 0; r0 < red[0]; r0++)
             for (int64_t r1 = 0; r1 < red[1]; r1++)
-                for (int64_t r2 = 0; r2 < red[2]; r2++)
+                for (int64_t r2 = 0; r2 < red[2]; r2++) {
+                    const int64_t oa = a0 + r0 * ra[0] + r1 * ra[1] + r2 * ra[2],
+                                  ob = b0 + r0 * rb[0] + r1 * rb[1] + r2 * rb[2],
+                                  oc = c0 + r0 * rc[0] + r1 * rc[1] + r2 * rc[2],
+                                  oy = y0 + r0 * ry[0] + r1 * ry[1] + r2 * ry[2];
                     for (int64_t r3 = 0; r3 < red[3]; r3++) {
-                        int64_t i[4] = {red[0] > 1 ? r0 : dj[0], red[1] > 1 ? r1 : dj[1],
-                                        red[2] > 1 ? r2 : dj[2], red[3] > 1 ? r3 : dj[3]};
-                        int64_t oa = 0, ob = 0, oc = 0, oy = 0;
-                        for (int k = 0; k < 4; k++) {
-                            oa += i[k] * sa[k];
-                            ob += i[k] * sb[k];
-                            oc += i[k] * sc[k];
-                            oy += i[k] * sdy[k];
-                        }
-                        float g = dy[oy];
+                        float g = dy[oy + r3 * ry[3]];
                         if (g != 0.0f)
-                            acc += (double)g * ew_d(op, which, a[oa], b[ob], c[oc], alpha);
+                            acc += (double)g * ew_d(op, which, a[oa + r3 * ra[3]], b[ob + r3 * rb[3]],
+                                                    c[oc + r3 * rc[3]], alpha);
                     }
+                }
         d[j] += (float)acc;
     }
     return HYB_OK;
