@@ -37,8 +37,9 @@ if [[ "${HYB_TEST_ASAN:-1}" == 1 ]]; then
     step "ASan + UBSan build ($asan)"
     HYB_BUILD_DIR=$asan CMAKE_BUILD_TYPE=RelWithDebInfo "$root/scripts/build.sh" -DHYB_SANITIZE=ON
     # test_cuda_nvrtc: NVRTC compiling every kernel for two archs is the same work (minutes, not
-    # instrumented) as in the normal run above
-    exclude=${HYB_ASAN_EXCLUDE-model_teacher|lua_model_generate|lua_model_bench|serve_curl|test_cuda_nvrtc}
+    # instrumented) as in the normal run above. model_kvcache (3.5 min under ASan): its KV-cache
+    # conversions run under ASan in test_mha_kv and test_mixers' per-type rows
+    exclude=${HYB_ASAN_EXCLUDE-model_teacher|model_kvcache|lua_model_generate|lua_model_bench|serve_curl|test_cuda_nvrtc}
     step "ASan + UBSan ctest -L '$labels'${exclude:+ -E '$exclude' (minutes each under ASan)}"
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
         ctest --test-dir "$asan" --output-on-failure -j "${HYB_TEST_JOBS:-2}" -L "$labels" \
