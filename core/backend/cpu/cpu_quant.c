@@ -98,6 +98,8 @@ typedef struct xrow {
 } xrow;
 
 typedef float (*dot_fn)(const uint8_t *w, const xrow *xr, int nb);
+/* the same for M rows at once: out[m] = dot(w, xr[m]) (PRECISE, AVX2; see mdot_p_q8_0_avx2) */
+typedef void (*mdot_fn)(const uint8_t *w, const xrow *xr, int M, int nb, float *out);
 
 static inline uint16_t ld16(const uint8_t *p) {
     return (uint16_t)(p[0] | (p[1] << 8));
@@ -390,6 +392,60 @@ AVX2_FN static float dot_p_q4_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
     return hsum_avx(acc) + sm;
 }
 
+/* PRECISE for M rows at once (batched decode): each block's weights are unpacked once and used
+ * for every row, instead of once per row. Row m goes through exactly dot_p_<type>_avx2's
+ * operations in the same order, so its result is bit-identical to the one-row kernel's: a sequence
+ * decodes the same alone or in a batch (serve's concurrent-equals-alone test). M <= GEMV_MAX_M. */
+AVX2_FN static void mdot_p_q8_0_avx2(const uint8_t *w, const xrow *xr, int M, int nb, float *out) {
+    __m256 acc[HYB_QUANT_GEMV_MAX_M];
+    for (int m = 0; m < M; m++)
+        acc[m] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, w += 34) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(w + 2));
+        __m256 w0, w1, w2, w3;
+        BYTES_TO_PS(v, i, w0, w1, w2, w3);
+        for (int m = 0; m < M; m++)
+            acc[m] = precise_block(acc[m], xr[m].x + (int64_t)b * QK, w0, w1, w2, w3, d);
+    }
+    for (int m = 0; m < M; m++)
+        out[m] = hsum_avx(acc[m]);
+}
+
+AVX2_FN static void mdot_p_q4_0_avx2(const uint8_t *w, const xrow *xr, int M, int nb, float *out) {
+    __m256 acc[HYB_QUANT_GEMV_MAX_M];
+    for (int m = 0; m < M; m++)
+        acc[m] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, w += 18) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        __m256 w0, w1, w2, w3;
+        NIBBLES_TO_PS(w + 2, 8, w0, w1, w2, w3);
+        for (int m = 0; m < M; m++)
+            acc[m] = precise_block(acc[m], xr[m].x + (int64_t)b * QK, w0, w1, w2, w3, d);
+    }
+    for (int m = 0; m < M; m++)
+        out[m] = hsum_avx(acc[m]);
+}
+
+AVX2_FN static void mdot_p_q4_1_avx2(const uint8_t *w, const xrow *xr, int M, int nb, float *out) {
+    __m256 acc[HYB_QUANT_GEMV_MAX_M];
+    float sm[HYB_QUANT_GEMV_MAX_M];
+    for (int m = 0; m < M; m++)
+        acc[m] = _mm256_setzero_ps(), sm[m] = 0.0f;
+    for (int b = 0; b < nb; b++, w += 20) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld16(w)));
+        const float mn = _cvtsh_ss(ld16(w + 2));
+        __m256 w0, w1, w2, w3;
+        NIBBLES_TO_PS(w + 4, 0, w0, w1, w2, w3);
+        for (int m = 0; m < M; m++) {
+            acc[m] = precise_block(acc[m], xr[m].x + (int64_t)b * QK, w0, w1, w2, w3, d);
+            sm[m] = fmaf(mn, xr[m].xsum[b], sm[m]);
+        }
+    }
+    for (int m = 0; m < M; m++)
+        out[m] = hsum_avx(acc[m]) + sm[m];
+}
+
 /* lane l = sum of the 4 products of bytes 4l..4l+3; a: unsigned bytes, b: signed */
 AVX2_FN static inline __m256 lanes_us(__m256i a, __m256i b) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
@@ -639,19 +695,22 @@ AVX2_FN static float dot_f_q5_1_avx2(const uint8_t *w, const xrow *xr, int nb) {
 
 typedef struct kernels {
     dot_fn precise[T_COUNT], fast[T_COUNT];
+    mdot_fn mprecise[T_COUNT]; /* several rows per weight row, where there is one (else NULL) */
 } kernels;
 
 static const kernels K_SCALAR = {
     {dot_p_q8_0_sc, dot_p_q4_0_sc, dot_p_q4_1_sc, dot_p_q4_k_sc, dot_p_q6_k_sc, dot_p_q5_0_sc,
      dot_p_q5_1_sc, dot_p_q5_k_sc},
     {dot_f_q8_0_sc, dot_f_q4_0_sc, dot_f_q4_1_sc, dot_f_q4_k_sc, dot_f_q6_k_sc, dot_f_q5_0_sc,
-     dot_f_q5_1_sc, dot_f_q5_k_sc}};
+     dot_f_q5_1_sc, dot_f_q5_k_sc},
+    {NULL}}; /* no multi-row scalar kernels: the row-by-row loop is the same arithmetic */
 #ifdef HYB_QUANT_X86
 static const kernels K_AVX2 = {
     {dot_p_q8_0_avx2, dot_p_q4_0_avx2, dot_p_q4_1_avx2, dot_p_q4_k_avx2, dot_p_q6_k_avx2,
      dot_p_q5_0_avx2, dot_p_q5_1_avx2, dot_p_q5_k_avx2},
     {dot_f_q8_0_avx2, dot_f_q4_0_avx2, dot_f_q4_1_avx2, dot_f_q4_k_avx2, dot_f_q6_k_avx2,
-     dot_f_q5_0_avx2, dot_f_q5_1_avx2, dot_f_q5_k_avx2}};
+     dot_f_q5_0_avx2, dot_f_q5_1_avx2, dot_f_q5_k_avx2},
+    {mdot_p_q8_0_avx2, mdot_p_q4_0_avx2, mdot_p_q4_1_avx2}};
 #endif
 
 int hyb_quant_have_avx2(void) {
@@ -884,6 +943,7 @@ static int matmul_tiled(hyb_dtype wt, const uint8_t *W, int64_t rb, const float 
 /* The GEMV's output rows [lo, hi) (a pool chunk): y[m, n] = dot(W[n], x[m]). */
 typedef struct gemv_job {
     dot_fn dot;
+    mdot_fn mdot; /* or NULL: then dot row by row */
     const uint8_t *W;
     int64_t rb;
     const xrow *xr;
@@ -894,8 +954,15 @@ typedef struct gemv_job {
 static int gemv_rows(void *ctx, int64_t lo, int64_t hi, int tid) {
     const gemv_job *j = ctx;
     (void)tid;
+    float t[HYB_QUANT_GEMV_MAX_M];
     for (int64_t n = lo; n < hi; n++) {
         const uint8_t *wn = j->W + n * j->rb;
+        if (j->mdot && j->M > 1) {
+            j->mdot(wn, j->xr, j->M, j->nb, t);
+            for (int m = 0; m < j->M; m++)
+                j->y[(size_t)m * j->N + n] = t[m];
+            continue;
+        }
         for (int m = 0; m < j->M; m++)
             j->y[(size_t)m * j->N + n] = j->dot(wn, &j->xr[m], j->nb);
     }
@@ -966,7 +1033,8 @@ int hyb_cpu_quant_matmul(hyb_dtype wt, const void *W, const float *x, float *y, 
         }
         xr[m] = (xrow){xm, qm, sm, xsum + (size_t)m * nx};
     }
-    gemv_job job = {fast ? kt->fast[qt] : kt->precise[qt], (const uint8_t *)W, rb, xr, y, M, N, nb};
+    gemv_job job = {fast ? kt->fast[qt] : kt->precise[qt], fast || emul ? NULL : kt->mprecise[qt],
+                    (const uint8_t *)W, rb, xr, y, M, N, nb};
     int rc = par ? hyb_pool_parallel_for(N, 16, gemv_rows, &job) : gemv_rows(&job, 0, N, 0);
     free(xsum), free(xe), free(q), free(s);
     return rc;
