@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "../common/be_call.h"
+#include "../common/ssm_util.h"
 #include "hyb_plugin_cu.h"
 #include "mamba1.h"
 
@@ -135,15 +136,12 @@ static int launch(const hyb_backend *be, const m1 *m, int k, unsigned gx, unsign
 /* threads per block of a kernel with one thread per channel: CU_TPB, or d_inner rounded up to a
  * warp when it is smaller (fewer idle threads; each is a fiber in the emulation) */
 static unsigned chan_threads(int Di) {
-    const unsigned w = ((unsigned)Di + 31u) / 32u * 32u;
-    return w < CU_TPB ? w : CU_TPB;
+    return hyb_ssm_warp_threads(Di, CU_TPB);
 }
 
 /* blocks of CU_TPB for a grid-stride loop over n elements */
 static unsigned grid_for(int64_t n) {
-    int64_t g = (n + CU_TPB - 1) / CU_TPB;
-    if (g > 8192) g = 8192;
-    return (unsigned)(g < 1 ? 1 : g);
+    return hyb_ssm_grid_for(n, CU_TPB);
 }
 
 /* rows per blockIdx.y chunk of the column reductions: one chunk (deterministic) up to 4096
@@ -159,30 +157,7 @@ static int64_t rows_chunk(int64_t rows, unsigned *ny) {
  * flags (pos > 0) uploaded as one device block: [n] pointers, then [n] int32. */
 static int upload_seqs(const hyb_backend *be, void *const *states, const int32_t *pos, int n,
                        void **blk, float ***dst, int **dcont) {
-    const size_t bytes = (size_t)n * (sizeof(void *) + sizeof(int32_t));
-    unsigned char *h = H_->alloc(bytes);
-    *blk = be->alloc(be, bytes);
-    if (!h || !*blk) {
-        H_->free(h);
-        be->free(be, *blk);
-        *blk = NULL;
-        return HYB_ERR_NOMEM;
-    }
-    for (int i = 0; i < n; i++) {
-        const int32_t c = pos && pos[i] > 0;
-        memcpy(h + (size_t)i * sizeof(void *), &states[i], sizeof(void *));
-        memcpy(h + (size_t)n * sizeof(void *) + (size_t)i * sizeof(int32_t), &c, sizeof c);
-    }
-    int rc = be->upload(be, *blk, h, bytes);
-    H_->free(h);
-    if (rc != HYB_OK) {
-        be->free(be, *blk);
-        *blk = NULL;
-        return rc;
-    }
-    *dst = (float **)*blk;
-    *dcont = (int *)((unsigned char *)*blk + (size_t)n * sizeof(void *));
-    return HYB_OK;
+    return hyb_ssm_upload_seqs(H_, be, states, pos, n, blk, dst, dcont);
 }
 
 /* The decode kernel's by-value parameter (struct m1_seqs of mamba1.cu, the same layout). */

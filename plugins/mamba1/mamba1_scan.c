@@ -41,6 +41,7 @@
 
 #include "../common/be_call.h"
 #include "../common/plugin_util.h"
+#include "../common/ssm_util.h"
 #include "mamba1.h"
 
 #ifdef _OPENMP
@@ -180,41 +181,12 @@ static int dt_pre(const hyb_backend *be, const m1 *m, const float *const *P, con
 
 /* The argument checks of a forward (every device): sizes, positions against the states. */
 int m1_check_fwd(const m1 *m, const hyb_mixer_fwd *a) {
-    const int B = a->B, T = a->T;
-    if (B <= 0 || T <= 0)
-        return H_->error(HYB_ERR_ARG, "mamba1 (layer %d): forward with B = %d, T = %d", m->layer, B,
-                         T);
-    for (int b = 0; b < B; b++) {
-        int p0 = a->pos ? a->pos[b] : 0;
-        if (p0 < 0 || (p0 > 0 && !a->states))
-            return H_->error(HYB_ERR_ARG, "mamba1 (layer %d): forward with pos[%d] = %d %s",
-                             m->layer, b, p0,
-                             p0 < 0 ? "(negative)" : "but no states to continue from");
-        if (a->states && (int64_t)p0 + T > a->max_ctx)
-            return H_->error(HYB_ERR_ARG,
-                             "mamba1 (layer %d): sequence %d: pos %d + T %d exceeds the state "
-                             "capacity max_ctx = %d",
-                             m->layer, b, p0, T, a->max_ctx);
-        if (p0 > 0 && a->saved)
-            return H_->error(HYB_ERR_UNSUPPORTED,
-                             "mamba1 (layer %d): backward through a continued prefill (pos[%d] = "
-                             "%d > 0) is not supported; train on whole sequences",
-                             m->layer, b, p0);
-    }
-    return HYB_OK;
+    return hyb_ssm_check_fwd(H_, "mamba1", m->layer, a);
 }
 
 /* The argument checks of a decode step (every device). */
 int m1_check_dec(const m1 *m, const hyb_mixer_dec *a) {
-    const int n = a->n;
-    if (n <= 0) return H_->error(HYB_ERR_ARG, "mamba1 (layer %d): decode with n = %d", m->layer, n);
-    for (int i = 0; i < n; i++)
-        if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
-            return H_->error(HYB_ERR_ARG,
-                             "mamba1 (layer %d): decode sequence %d at pos %d: the state is "
-                             "sized for max_ctx = %d tokens",
-                             m->layer, i, a->pos[i], a->max_ctx);
-    return HYB_OK;
+    return hyb_ssm_check_dec(H_, "mamba1", m->layer, a);
 }
 
 /* ---- forward / prefill ----------------------------------------------------------------------*/
@@ -271,14 +243,7 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
 
     /* conv history: the previous K raw inputs of each sequence (zeros at the start). Copied
      * because the states are rewritten below. */
-    for (int b = 0; b < B; b++) { /* (scratch from be->alloc is not zeroed: write both cases) */
-        int p0 = a->pos ? a->pos[b] : 0;
-        if (p0 > 0)
-            memcpy(hist + (size_t)b * Di * K, (const float *)a->states[b] + (size_t)Di * N,
-                   (size_t)Di * K * sizeof(float));
-        else
-            memset(hist + (size_t)b * Di * K, 0, (size_t)Di * K * sizeof(float));
-    }
+    hyb_ssm_conv_hist(hist, B, Di, K, a->pos, a->states, (size_t)Di * N);
 
     /* 2. conv + silu, softplus */
     const float *cw = P[M1_CONVW], *cb = P[M1_CONVB];
@@ -289,13 +254,9 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
         float *cr = cpre + (size_t)r * Di;
         for (int d = 0; d < Di; d++) {
             const int xc = Di + xcol(m, d);
-            float acc = cb[d];
-            for (int k = 0; k < K; k++) {
-                const int j = t - (K - 1) + k; /* source time */
-                const float xv =
-                    j >= 0 ? zxbc[((size_t)b * T + j) * Pw + xc] : hb_[(size_t)d * K + K + j];
-                acc += cw[(size_t)d * K + k] * xv;
-            }
+            const float acc = hyb_ssm_conv_at(cw + (size_t)d * K, cb[d], K, t,
+                                              zxbc + (size_t)b * T * Pw + xc, (size_t)Pw,
+                                              hb_ + (size_t)d * K);
             cr[d] = acc;
             u[(size_t)r * Di + d] = siluf_(acc);
             dt[(size_t)r * Di + d] = hyb_pl_softplus(v[(size_t)r * Di + d]);
@@ -342,11 +303,8 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
             const float *hb_ = hist + (size_t)b * Di * K;
             for (int d = 0; d < Di; d++) {
                 const int xc = Di + xcol(m, d);
-                for (int k = 0; k < K; k++) {
-                    const int j = T - K + k;
-                    cs[(size_t)d * K + k] =
-                        j >= 0 ? zxbc[((size_t)b * T + j) * Pw + xc] : hb_[(size_t)d * K + K + j];
-                }
+                hyb_ssm_conv_window(cs + (size_t)d * K, K, T, zxbc + (size_t)b * T * Pw + xc,
+                                    (size_t)Pw, hb_ + (size_t)d * K);
             }
         }
     be->free(be, A);
@@ -524,24 +482,8 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     for (int g = 0; g < m->nX; g++) {
         for (int d = g * m->rep * N; d < (g + 1) * m->rep * N; d++) {
             const int xc = Di + xcol(m, d);
-            float gbias = 0.0f, gw[64];
-            memset(gw, 0, sizeof gw);
-            for (int b = 0; b < B; b++)
-                for (int t = 0; t < T; t++) {
-                    const size_t r = (size_t)b * T + t;
-                    const float gc = du[r * Di + d];
-                    gbias += gc;
-                    for (int k = 0; k < K; k++) {
-                        const int j = t - (K - 1) + k;
-                        if (j < 0) continue; /* zero history in training */
-                        const size_t rj = (size_t)b * T + j;
-                        gw[k] += gc * zxbc[rj * Pw + xc];
-                        dz[rj * Pw + xc] += gc * cw[(size_t)d * K + k];
-                    }
-                }
-            gcb[d] += gbias;
-            for (int k = 0; k < K; k++)
-                gcw[(size_t)d * K + k] += gw[k];
+            hyb_ssm_conv_bwd(B, T, K, du + d, (size_t)Di, zxbc + xc, dz + xc, (size_t)Pw,
+                             cw + (size_t)d * K, gcw + (size_t)d * K, gcb + d);
         }
     }
 
@@ -621,12 +563,8 @@ static int dec_units(void *ctx, int64_t lo, int64_t hi, int tid) {
         const float *zr = zxbc + (size_t)i * Pw;
         float *u = uu + (size_t)i * Di, *dtv = v + (size_t)i * Di; /* dt overwrites v */
         for (size_t d = d0; d < d0 + N; d++) {
-            float *w = cs + d * K;
-            memmove(w, w + 1, (size_t)(K - 1) * sizeof(float));
-            w[K - 1] = zr[Di + xcol(m, (int)d)];
-            float acc = cb[d];
-            for (int k = 0; k < K; k++)
-                acc += cw[d * K + k] * w[k];
+            const float acc =
+                hyb_ssm_conv_step(cs + d * K, K, zr[Di + xcol(m, (int)d)], cw + d * K, cb[d]);
             u[d] = siluf_(acc);
             dtv[d] = hyb_pl_softplus(dtv[d]);
         }

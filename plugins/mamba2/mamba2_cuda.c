@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "../common/be_call.h"
+#include "../common/ssm_util.h"
 #include "hyb_plugin_cu.h"
 #include "mamba2.h"
 
@@ -111,44 +112,18 @@ static int launch3(const hyb_backend *be, const m2 *m, int k, unsigned gx, unsig
 
 /* a grid-stride loop over n elements */
 static int launch_n(const hyb_backend *be, const m2 *m, int k, int64_t n, void **args) {
-    int64_t g = (n + CU_TPB - 1) / CU_TPB;
-    if (g > 8192) g = 8192;
-    return launch3(be, m, k, (unsigned)(g < 1 ? 1 : g), 1, 1, CU_TPB, 0, args);
+    return launch3(be, m, k, hyb_ssm_grid_for(n, CU_TPB), 1, 1, CU_TPB, 0, args);
 }
 
 /* threads per block over headdim rows: headdim rounded up to a warp, at most CU_TPB */
 static unsigned row_threads(int Pd) {
-    const unsigned w = ((unsigned)Pd + 31u) / 32u * 32u;
-    return w < CU_TPB ? w : CU_TPB;
+    return hyb_ssm_warp_threads(Pd, CU_TPB);
 }
 
 /* The per-sequence state pointers and "continue" flags (pos > 0) uploaded as one device block. */
 static int upload_seqs(const hyb_backend *be, void *const *states, const int32_t *pos, int n,
                        void **blk, float ***dst, int **dcont) {
-    const size_t bytes = (size_t)n * (sizeof(void *) + sizeof(int32_t));
-    unsigned char *h = H_->alloc(bytes);
-    *blk = be->alloc(be, bytes);
-    if (!h || !*blk) {
-        H_->free(h);
-        be->free(be, *blk);
-        *blk = NULL;
-        return HYB_ERR_NOMEM;
-    }
-    for (int i = 0; i < n; i++) {
-        const int32_t c = pos && pos[i] > 0;
-        memcpy(h + (size_t)i * sizeof(void *), &states[i], sizeof(void *));
-        memcpy(h + (size_t)n * sizeof(void *) + (size_t)i * sizeof(int32_t), &c, sizeof c);
-    }
-    int rc = be->upload(be, *blk, h, bytes);
-    H_->free(h);
-    if (rc != HYB_OK) {
-        be->free(be, *blk);
-        *blk = NULL;
-        return rc;
-    }
-    *dst = (float **)*blk;
-    *dcont = (int *)((unsigned char *)*blk + (size_t)n * sizeof(void *));
-    return HYB_OK;
+    return hyb_ssm_upload_seqs(H_, be, states, pos, n, blk, dst, dcont);
 }
 
 #define M2_SEQ_MAX 64

@@ -34,6 +34,7 @@
 
 #include "../common/be_call.h"
 #include "../common/plugin_util.h"
+#include "../common/ssm_util.h"
 #include "mamba2.h"
 
 #ifdef _OPENMP
@@ -66,40 +67,11 @@ size_t m2_saved_bytes(void *self, int B, int T) {
 }
 
 int m2_check_fwd(const m2 *m, const hyb_mixer_fwd *a) {
-    const int B = a->B, T = a->T;
-    if (B <= 0 || T <= 0)
-        return H_->error(HYB_ERR_ARG, "mamba2 (layer %d): forward with B = %d, T = %d", m->layer, B,
-                         T);
-    for (int b = 0; b < B; b++) {
-        int p0 = a->pos ? a->pos[b] : 0;
-        if (p0 < 0 || (p0 > 0 && !a->states))
-            return H_->error(HYB_ERR_ARG, "mamba2 (layer %d): forward with pos[%d] = %d %s",
-                             m->layer, b, p0,
-                             p0 < 0 ? "(negative)" : "but no states to continue from");
-        if (a->states && (int64_t)p0 + T > a->max_ctx)
-            return H_->error(HYB_ERR_ARG,
-                             "mamba2 (layer %d): sequence %d: pos %d + T %d exceeds the state "
-                             "capacity max_ctx = %d",
-                             m->layer, b, p0, T, a->max_ctx);
-        if (p0 > 0 && a->saved)
-            return H_->error(HYB_ERR_UNSUPPORTED,
-                             "mamba2 (layer %d): backward through a continued prefill (pos[%d] = "
-                             "%d > 0) is not supported; train on whole sequences",
-                             m->layer, b, p0);
-    }
-    return HYB_OK;
+    return hyb_ssm_check_fwd(H_, "mamba2", m->layer, a);
 }
 
 int m2_check_dec(const m2 *m, const hyb_mixer_dec *a) {
-    const int n = a->n;
-    if (n <= 0) return H_->error(HYB_ERR_ARG, "mamba2 (layer %d): decode with n = %d", m->layer, n);
-    for (int i = 0; i < n; i++)
-        if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
-            return H_->error(HYB_ERR_ARG,
-                             "mamba2 (layer %d): decode sequence %d at pos %d: the state is "
-                             "sized for max_ctx = %d tokens",
-                             m->layer, i, a->pos[i], a->max_ctx);
-    return HYB_OK;
+    return hyb_ssm_check_dec(H_, "mamba2", m->layer, a);
 }
 
 int m2_check_saved(const m2 *m, const m2_saved_hdr *h, int B, int T) {
@@ -360,14 +332,8 @@ int m2_forward(void *self, const hyb_mixer_fwd *a) {
           *thr = hist + (size_t)B * Cd * K;
     int rc = be->sgemm(be, 0, 1, (int)BT, Pin, D, 1.0f, a->x, D, P[M2_WIN], D, 0.0f, zx, Pin);
 
-    for (int b = 0; b < B; b++) { /* the previous K raw conv inputs (zeros at the start) */
-        const int p0 = a->pos ? a->pos[b] : 0;
-        if (p0 > 0)
-            memcpy(hist + (size_t)b * Cd * K, (const float *)a->states[b] + (size_t)Di * N,
-                   (size_t)Cd * K * sizeof(float));
-        else
-            memset(hist + (size_t)b * Cd * K, 0, (size_t)Cd * K * sizeof(float));
-    }
+    /* the previous K raw conv inputs (zeros at the start) */
+    hyb_ssm_conv_hist(hist, B, Cd, K, a->pos, a->states, (size_t)Di * N);
 
     /* conv + silu, softplus */
     const float *cw = P[M2_CONVW], *cb = P[M2_CONVB], *dtb = P[M2_DTB];
@@ -377,13 +343,9 @@ int m2_forward(void *self, const hyb_mixer_fwd *a) {
         const int b = (int)(r / T), t = (int)(r % T);
         const float *hs = hist + (size_t)b * Cd * K;
         for (int c = 0; c < Cd; c++) {
-            float acc = cb[c];
-            for (int k = 0; k < K; k++) {
-                const int j = t - (K - 1) + k; /* source time */
-                const float v =
-                    j >= 0 ? zx[((size_t)b * T + j) * Pin + cx + c] : hs[(size_t)c * K + K + j];
-                acc += cw[(size_t)c * K + k] * v;
-            }
+            const float acc = hyb_ssm_conv_at(cw + (size_t)c * K, cb[c], K, t,
+                                              zx + (size_t)b * T * Pin + cx + c, (size_t)Pin,
+                                              hs + (size_t)c * K);
             cpre[(size_t)r * Cd + c] = acc;
             xbc[(size_t)r * Cd + c] = siluf_(acc);
         }
@@ -426,11 +388,8 @@ int m2_forward(void *self, const hyb_mixer_fwd *a) {
             float *cs = (float *)a->states[b] + (size_t)Di * N;
             const float *hs = hist + (size_t)b * Cd * K;
             for (int c = 0; c < Cd; c++)
-                for (int k = 0; k < K; k++) {
-                    const int j = T - K + k;
-                    cs[(size_t)c * K + k] = j >= 0 ? zx[((size_t)b * T + j) * Pin + cx + c]
-                                                   : hs[(size_t)c * K + K + j];
-                }
+                hyb_ssm_conv_window(cs + (size_t)c * K, K, T, zx + (size_t)b * T * Pin + cx + c,
+                                    (size_t)Pin, hs + (size_t)c * K);
         }
     be->free(be, work);
     be->free(be, tmp);
@@ -580,26 +539,9 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
     for (long i = 0; i < (long)(BT * Cd); i++)
         dxbc[i] *= dsiluf_(cpre[i]);
 #pragma omp parallel for schedule(static) if (rc == HYB_OK && (double)BT * Cd * K > PAR_WORK)
-    for (int c = 0; c < Cd; c++) {
-        float gbias = 0.0f, gw[64];
-        memset(gw, 0, sizeof gw);
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++) {
-                const size_t r = (size_t)b * T + t;
-                const float gc = dxbc[r * Cd + c];
-                gbias += gc;
-                for (int k = 0; k < K; k++) {
-                    const int j = t - (K - 1) + k;
-                    if (j < 0) continue; /* zero history in training */
-                    const size_t rj = (size_t)b * T + j;
-                    gw[k] += gc * zx[rj * Pin + cx + c];
-                    dzx[rj * Pin + cx + c] += gc * cw[(size_t)c * K + k];
-                }
-            }
-        gcb[c] += gbias;
-        for (int k = 0; k < K; k++)
-            gcw[(size_t)c * K + k] += gw[k];
-    }
+    for (int c = 0; c < Cd; c++)
+        hyb_ssm_conv_bwd(B, T, K, dxbc + c, (size_t)Cd, zx + cx + c, dzx + cx + c, (size_t)Pin,
+                         cw + (size_t)c * K, gcw + (size_t)c * K, gcb + c);
     /* in_proj */
     if (rc == HYB_OK)
         rc = be->sgemm(be, 1, 0, Pin, D, (int)BT, 1.0f, dzx, Pin, a->x, D, 1.0f, Gr[M2_WIN], D);
@@ -635,12 +577,8 @@ int m2_decode(void *self, const hyb_mixer_dec *a) {
         const float *zr = zx + (size_t)i * Pin;
         float *xr = xbc + (size_t)i * Cd;
         for (int c = 0; c < Cd; c++) {
-            float *w = cs + (size_t)c * K;
-            memmove(w, w + 1, (size_t)(K - 1) * sizeof(float));
-            w[K - 1] = zr[cx + c];
-            float acc = cb[c];
-            for (int k = 0; k < K; k++)
-                acc += cw[(size_t)c * K + k] * w[k];
+            const float acc =
+                hyb_ssm_conv_step(cs + (size_t)c * K, K, zr[cx + c], cw + (size_t)c * K, cb[c]);
             xr[c] = siluf_(acc);
         }
         for (int h = 0; h < nh; h++) {

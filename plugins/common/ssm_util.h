@@ -1,0 +1,185 @@
+/* plugins/common/ssm_util.h: host-side helpers that the state-space mixers (mamba1, mamba2) share:
+ * the argument checks of a forward / decode against the per-sequence states, and the CUDA glue
+ * that uploads the per-sequence state pointers and sizes the launch grids.
+ *
+ * Header-only, all functions static (see plugin_util.h for why): the code is the same expressions
+ * in the same order as the per-plugin copies it replaces. `name` is the mixer's name as it
+ * appears in error messages ("mamba1", "mamba2"). Not a public header. */
+#ifndef HYB_SSM_UTIL_H
+#define HYB_SSM_UTIL_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "hyb/common.h" /* hyb_status values only */
+#include "hyb/plugin.h"
+
+/* ---- argument checks -------------------------------------------------------------------------*/
+
+/* The argument checks of a forward (every device): sizes, positions against the states. */
+static inline int hyb_ssm_check_fwd(const hyb_host *h, const char *name, int layer,
+                                    const hyb_mixer_fwd *a) {
+    const int B = a->B, T = a->T;
+    if (B <= 0 || T <= 0)
+        return h->error(HYB_ERR_ARG, "%s (layer %d): forward with B = %d, T = %d", name, layer, B,
+                        T);
+    for (int b = 0; b < B; b++) {
+        int p0 = a->pos ? a->pos[b] : 0;
+        if (p0 < 0 || (p0 > 0 && !a->states))
+            return h->error(HYB_ERR_ARG, "%s (layer %d): forward with pos[%d] = %d %s", name,
+                            layer, b, p0, p0 < 0 ? "(negative)" : "but no states to continue from");
+        if (a->states && (int64_t)p0 + T > a->max_ctx)
+            return h->error(HYB_ERR_ARG,
+                            "%s (layer %d): sequence %d: pos %d + T %d exceeds the state "
+                            "capacity max_ctx = %d",
+                            name, layer, b, p0, T, a->max_ctx);
+        if (p0 > 0 && a->saved)
+            return h->error(HYB_ERR_UNSUPPORTED,
+                            "%s (layer %d): backward through a continued prefill (pos[%d] = "
+                            "%d > 0) is not supported; train on whole sequences",
+                            name, layer, b, p0);
+    }
+    return HYB_OK;
+}
+
+/* The argument checks of a decode step (every device). */
+static inline int hyb_ssm_check_dec(const hyb_host *h, const char *name, int layer,
+                                    const hyb_mixer_dec *a) {
+    const int n = a->n;
+    if (n <= 0) return h->error(HYB_ERR_ARG, "%s (layer %d): decode with n = %d", name, layer, n);
+    for (int i = 0; i < n; i++)
+        if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
+            return h->error(HYB_ERR_ARG,
+                            "%s (layer %d): decode sequence %d at pos %d: the state is "
+                            "sized for max_ctx = %d tokens",
+                            name, layer, i, a->pos[i], a->max_ctx);
+    return HYB_OK;
+}
+
+/* ---- the causal depthwise conv1d on the CPU (f32) --------------------------------------------
+ * A channel's input is a column of a row-major matrix: x[t * ldx], t in [0, T), one sequence.
+ * Its history hc [K] holds the K raw inputs before t = 0 (hc[K + j] is time j < 0); w [K] are
+ * the channel's taps, the last one on the current step. */
+
+/* The conv history of each of B sequences, [B, C, K]: the K raw inputs before this call, copied
+ * from states[b] + off when pos[b] > 0 (the states are rewritten later), else zeros (scratch from
+ * be->alloc is not zeroed: both cases are written). */
+static inline void hyb_ssm_conv_hist(float *hist, int B, int C, int K, const int32_t *pos,
+                                     void *const *states, size_t off) {
+    for (int b = 0; b < B; b++) {
+        const int p0 = pos ? pos[b] : 0;
+        if (p0 > 0)
+            memcpy(hist + (size_t)b * C * K, (const float *)states[b] + off,
+                   (size_t)C * K * sizeof(float));
+        else
+            memset(hist + (size_t)b * C * K, 0, (size_t)C * K * sizeof(float));
+    }
+}
+
+/* One channel's conv at step t: bias + sum_k w[k] x(t - (K - 1) + k), in k order. */
+static inline float hyb_ssm_conv_at(const float *w, float bias, int K, int t, const float *x,
+                                    size_t ldx, const float *hc) {
+    float acc = bias;
+    for (int k = 0; k < K; k++) {
+        const int j = t - (K - 1) + k; /* source time */
+        const float v = j >= 0 ? x[(size_t)j * ldx] : hc[K + j];
+        acc += w[k] * v;
+    }
+    return acc;
+}
+
+/* One channel's conv window after T steps: cs[k] = x(T - K + k) (from hc before t = 0). */
+static inline void hyb_ssm_conv_window(float *cs, int K, int T, const float *x, size_t ldx,
+                                       const float *hc) {
+    for (int k = 0; k < K; k++) {
+        const int j = T - K + k;
+        cs[k] = j >= 0 ? x[(size_t)j * ldx] : hc[K + j];
+    }
+}
+
+/* One decode step of one channel: shift the window w [K] left, append xin, return the conv. */
+static inline float hyb_ssm_conv_step(float *win, int K, float xin, const float *w, float bias) {
+    memmove(win, win + 1, (size_t)(K - 1) * sizeof(float));
+    win[K - 1] = xin;
+    float acc = bias;
+    for (int k = 0; k < K; k++)
+        acc += w[k] * win[k];
+    return acc;
+}
+
+/* One channel's conv backward over B sequences of T steps (zero history, as in training): g the
+ * conv output's adjoint (g[r * ldg], r = b T + t); x / dx the input and its adjoint (column
+ * stride ldx, dx accumulated); w [K] the taps; gw [K] and *gb the weight / bias gradients
+ * (accumulated). K <= 64. */
+static inline void hyb_ssm_conv_bwd(int B, int T, int K, const float *g, size_t ldg,
+                                    const float *x, float *dx, size_t ldx, const float *w,
+                                    float *gw, float *gb) {
+    float gbias = 0.0f, gk[64];
+    memset(gk, 0, sizeof gk);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const size_t r = (size_t)b * T + t;
+            const float gc = g[r * ldg];
+            gbias += gc;
+            for (int k = 0; k < K; k++) {
+                const int j = t - (K - 1) + k;
+                if (j < 0) continue; /* zero history in training */
+                const size_t rj = (size_t)b * T + j;
+                gk[k] += gc * x[rj * ldx];
+                dx[rj * ldx] += gc * w[k];
+            }
+        }
+    *gb += gbias;
+    for (int k = 0; k < K; k++)
+        gw[k] += gk[k];
+}
+
+/* ---- CUDA glue (host side) -------------------------------------------------------------------*/
+
+/* threads per block of a kernel with one thread per item of n (channels, head rows): tpb, or n
+ * rounded up to a warp when it is smaller (fewer idle threads; each is a fiber in the emulation) */
+static inline unsigned hyb_ssm_warp_threads(int n, unsigned tpb) {
+    const unsigned w = ((unsigned)n + 31u) / 32u * 32u;
+    return w < tpb ? w : tpb;
+}
+
+/* blocks of tpb threads for a grid-stride loop over n elements (at most 8192, at least 1) */
+static inline unsigned hyb_ssm_grid_for(int64_t n, unsigned tpb) {
+    int64_t g = (n + tpb - 1) / tpb;
+    if (g > 8192) g = 8192;
+    return (unsigned)(g < 1 ? 1 : g);
+}
+
+/* The per-sequence state pointers (device addresses, from the host array `states`) and "continue"
+ * flags (pos > 0) uploaded as one device block: [n] pointers, then [n] int32. *blk is the block
+ * (the caller frees it with be->free), *dst and *dcont point into it. */
+static inline int hyb_ssm_upload_seqs(const hyb_host *H, const hyb_backend *be,
+                                      void *const *states, const int32_t *pos, int n, void **blk,
+                                      float ***dst, int **dcont) {
+    const size_t bytes = (size_t)n * (sizeof(void *) + sizeof(int32_t));
+    unsigned char *h = H->alloc(bytes);
+    *blk = be->alloc(be, bytes);
+    if (!h || !*blk) {
+        H->free(h);
+        be->free(be, *blk);
+        *blk = NULL;
+        return HYB_ERR_NOMEM;
+    }
+    for (int i = 0; i < n; i++) {
+        const int32_t c = pos && pos[i] > 0;
+        memcpy(h + (size_t)i * sizeof(void *), &states[i], sizeof(void *));
+        memcpy(h + (size_t)n * sizeof(void *) + (size_t)i * sizeof(int32_t), &c, sizeof c);
+    }
+    int rc = be->upload(be, *blk, h, bytes);
+    H->free(h);
+    if (rc != HYB_OK) {
+        be->free(be, *blk);
+        *blk = NULL;
+        return rc;
+    }
+    *dst = (float **)*blk;
+    *dcont = (int *)((unsigned char *)*blk + (size_t)n * sizeof(void *));
+    return HYB_OK;
+}
+
+#endif
