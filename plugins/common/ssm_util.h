@@ -14,6 +14,32 @@
 #include "hyb/common.h" /* hyb_status values only */
 #include "hyb/plugin.h"
 
+/* ---- config --------------------------------------------------------------------------------*/
+
+/* A whole-number key that must lie in [1, max]: *var holds the default on entry, the value on
+ * return; a value out of range is a cfg_error naming the key. */
+static inline int hyb_ssm_cfg_pos(const hyb_host *h, const hyb_cfg_table *cfg, const char *name,
+                                  int layer, const char *key, int64_t *var, int max) {
+    HYB_TRY(h->cfg_int(cfg, key, *var, var));
+    if (*var < 1 || *var > max)
+        return h->cfg_error(cfg, key, "%s (layer %d): %s must be in [1, %d], got %lld", name,
+                            layer, key, max, (long long)*var);
+    return HYB_OK;
+}
+
+/* The limits every SSM mixer puts on d_conv (the CPU backward keeps K taps on the stack) and
+ * d_state, checked after all keys are read. */
+static inline int hyb_ssm_cfg_conv_state(const hyb_host *h, const hyb_cfg_table *cfg,
+                                         const char *name, int layer, int64_t K, int64_t N) {
+    if (K > 64)
+        return h->cfg_error(cfg, "d_conv", "%s (layer %d): d_conv must be in [1, 64], got %lld",
+                            name, layer, (long long)K);
+    if (N > 256)
+        return h->cfg_error(cfg, "d_state", "%s (layer %d): d_state must be in [1, 256], got %lld",
+                            name, layer, (long long)N);
+    return HYB_OK;
+}
+
 /* ---- argument checks -------------------------------------------------------------------------*/
 
 /* The argument checks of a forward (every device): sizes, positions against the states. */
