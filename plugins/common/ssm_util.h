@@ -14,6 +14,42 @@
 #include "hyb/common.h" /* hyb_status values only */
 #include "hyb/plugin.h"
 
+/* ---- the header of `saved` ------------------------------------------------------------------*/
+
+/* The first 64 bytes of `saved` (written by the forward of either device, checked by backward);
+ * magic names the mixer, chunk is the time chunk of the boundary states, nch their count. */
+typedef struct hyb_ssm_saved_hdr {
+    uint32_t magic;
+    int32_t B, T, chunk, nch;
+    uint8_t pad[44];
+} hyb_ssm_saved_hdr;
+_Static_assert(sizeof(hyb_ssm_saved_hdr) == 64, "hyb_ssm_saved_hdr is 64 bytes");
+
+static inline int hyb_ssm_n_chunks(int T, int chunk) {
+    return (T + chunk - 1) / chunk;
+}
+
+static inline void hyb_ssm_saved_fill(hyb_ssm_saved_hdr *h, uint32_t magic, int B, int T, int chunk,
+                                      int nch) {
+    memset(h, 0, sizeof *h);
+    h->magic = magic;
+    h->B = B;
+    h->T = T;
+    h->chunk = chunk;
+    h->nch = nch;
+}
+
+/* h (host memory, NULL: no saved) is the header of a forward of these B, T for this mixer. */
+static inline int hyb_ssm_check_saved(const hyb_host *H, const char *name, int layer,
+                                      const hyb_ssm_saved_hdr *h, uint32_t magic, int B, int T) {
+    if (!h || h->magic != magic || h->B != B || h->T != T || h->chunk < 1 ||
+        h->nch != hyb_ssm_n_chunks(T, h->chunk))
+        return H->error(HYB_ERR_ARG,
+                        "%s (layer %d): backward [B=%d, T=%d] without a matching saved forward",
+                        name, layer, B, T);
+    return HYB_OK;
+}
+
 /* ---- config --------------------------------------------------------------------------------*/
 
 /* A whole-number key that must lie in [1, max]: *var holds the default on entry, the value on
@@ -22,8 +58,8 @@ static inline int hyb_ssm_cfg_pos(const hyb_host *h, const hyb_cfg_table *cfg, c
                                   int layer, const char *key, int64_t *var, int max) {
     HYB_TRY(h->cfg_int(cfg, key, *var, var));
     if (*var < 1 || *var > max)
-        return h->cfg_error(cfg, key, "%s (layer %d): %s must be in [1, %d], got %lld", name,
-                            layer, key, max, (long long)*var);
+        return h->cfg_error(cfg, key, "%s (layer %d): %s must be in [1, %d], got %lld", name, layer,
+                            key, max, (long long)*var);
     return HYB_OK;
 }
 
@@ -52,8 +88,8 @@ static inline int hyb_ssm_check_fwd(const hyb_host *h, const char *name, int lay
     for (int b = 0; b < B; b++) {
         int p0 = a->pos ? a->pos[b] : 0;
         if (p0 < 0 || (p0 > 0 && !a->states))
-            return h->error(HYB_ERR_ARG, "%s (layer %d): forward with pos[%d] = %d %s", name,
-                            layer, b, p0, p0 < 0 ? "(negative)" : "but no states to continue from");
+            return h->error(HYB_ERR_ARG, "%s (layer %d): forward with pos[%d] = %d %s", name, layer,
+                            b, p0, p0 < 0 ? "(negative)" : "but no states to continue from");
         if (a->states && (int64_t)p0 + T > a->max_ctx)
             return h->error(HYB_ERR_ARG,
                             "%s (layer %d): sequence %d: pos %d + T %d exceeds the state "
@@ -137,9 +173,8 @@ static inline float hyb_ssm_conv_step(float *win, int K, float xin, const float 
  * conv output's adjoint (g[r * ldg], r = b T + t); x / dx the input and its adjoint (column
  * stride ldx, dx accumulated); w [K] the taps; gw [K] and *gb the weight / bias gradients
  * (accumulated). K <= 64. */
-static inline void hyb_ssm_conv_bwd(int B, int T, int K, const float *g, size_t ldg,
-                                    const float *x, float *dx, size_t ldx, const float *w,
-                                    float *gw, float *gb) {
+static inline void hyb_ssm_conv_bwd(int B, int T, int K, const float *g, size_t ldg, const float *x,
+                                    float *dx, size_t ldx, const float *w, float *gw, float *gb) {
     float gbias = 0.0f, gk[64];
     memset(gk, 0, sizeof gk);
     for (int b = 0; b < B; b++)
@@ -176,12 +211,23 @@ static inline unsigned hyb_ssm_grid_for(int64_t n, unsigned tpb) {
     return (unsigned)(g < 1 ? 1 : g);
 }
 
+/* The decode kernels' by-value parameter: the states of up to HYB_SSM_SEQ_MAX sequences and their
+ * "continue" flags (a kernel parameter: no upload and no synchronisation per decode step).
+ * mamba1.cu's m1_seqs and mamba2.cu's m2_seqs have the same layout. */
+#define HYB_SSM_SEQ_MAX 64
+typedef struct hyb_ssm_seqs {
+    void *p[HYB_SSM_SEQ_MAX];
+    int32_t cont[HYB_SSM_SEQ_MAX];
+} hyb_ssm_seqs;
+_Static_assert(sizeof(hyb_ssm_seqs) == HYB_SSM_SEQ_MAX * (sizeof(void *) + sizeof(int32_t)),
+               "hyb_ssm_seqs has no padding (the .cu files read the same layout)");
+
 /* The per-sequence state pointers (device addresses, from the host array `states`) and "continue"
  * flags (pos > 0) uploaded as one device block: [n] pointers, then [n] int32. *blk is the block
  * (the caller frees it with be->free), *dst and *dcont point into it. */
-static inline int hyb_ssm_upload_seqs(const hyb_host *H, const hyb_backend *be,
-                                      void *const *states, const int32_t *pos, int n, void **blk,
-                                      float ***dst, int **dcont) {
+static inline int hyb_ssm_upload_seqs(const hyb_host *H, const hyb_backend *be, void *const *states,
+                                      const int32_t *pos, int n, void **blk, float ***dst,
+                                      int **dcont) {
     const size_t bytes = (size_t)n * (sizeof(void *) + sizeof(int32_t));
     unsigned char *h = H->alloc(bytes);
     *blk = be->alloc(be, bytes);

@@ -67,7 +67,6 @@
  * q/k/v biases of a biased mha have no counterpart here and are dropped (a warning says so).
  */
 #include "mamba1.h"
-#include "../common/ssm_util.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -30,7 +30,6 @@
 #include <string.h>
 
 #include "../common/be_call.h"
-#include "../common/ssm_util.h"
 #include "hyb_plugin_cu.h"
 #include "mamba1.h"
 
@@ -153,21 +152,7 @@ static int64_t rows_chunk(int64_t rows, unsigned *ny) {
     return per;
 }
 
-/* The per-sequence state pointers (device addresses, from the host array `states`) and "continue"
- * flags (pos > 0) uploaded as one device block: [n] pointers, then [n] int32. */
-static int upload_seqs(const hyb_backend *be, void *const *states, const int32_t *pos, int n,
-                       void **blk, float ***dst, int **dcont) {
-    return hyb_ssm_upload_seqs(H_, be, states, pos, n, blk, dst, dcont);
-}
 
-/* The decode kernel's by-value parameter (struct m1_seqs of mamba1.cu, the same layout). */
-#define M1_SEQ_MAX 64
-typedef struct m1_seqs {
-    void *p[M1_SEQ_MAX];
-    int32_t cont[M1_SEQ_MAX];
-} m1_seqs;
-_Static_assert(sizeof(m1_seqs) == M1_SEQ_MAX * (sizeof(void *) + sizeof(int32_t)),
-               "m1_seqs has no padding (mamba1.cu reads the same layout)");
 
 /* ---- forward / prefill ----------------------------------------------------------------------*/
 
@@ -206,15 +191,11 @@ int m1_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     int rc = work ? HYB_OK : HYB_ERR_NOMEM;
     if (rc == HYB_OK && a->saved) {
         m1_saved_hdr h;
-        memset(&h, 0, sizeof h);
-        h.magic = M1_SAVED_MAGIC;
-        h.B = B;
-        h.T = T;
-        h.chunk = chunk;
-        h.nch = nch;
+        hyb_ssm_saved_fill(&h, M1_SAVED_MAGIC, B, T, chunk, nch);
         rc = be->upload(be, a->saved, &h, sizeof h);
     }
-    if (rc == HYB_OK && a->states) rc = upload_seqs(be, a->states, a->pos, B, &seqs, &dst, &dcont);
+    if (rc == HYB_OK && a->states)
+        rc = hyb_ssm_upload_seqs(H_, be, a->states, a->pos, B, &seqs, &dst, &dcont);
     float *dt = work, *u = work ? work + BT * Di : NULL;
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, (int)BT, Pw, D, 1.0f, a->x, D, P[M1_WIN], D, 0.0f, zxbc, Pw);
@@ -265,12 +246,8 @@ int m1_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     m1_saved_hdr hdr;
     memset(&hdr, 0, sizeof hdr);
     if (a->saved) HYB_TRY(be->download(be, &hdr, a->saved, sizeof hdr));
-    if (!a->saved || hdr.magic != M1_SAVED_MAGIC || hdr.B != B || hdr.T != T || hdr.chunk < 1 ||
-        hdr.nch != m1_n_chunks(T, hdr.chunk))
-        return H_->error(HYB_ERR_ARG,
-                         "mamba1 (layer %d): backward [B=%d, T=%d] without a matching saved "
-                         "forward",
-                         m->layer, B, T);
+    HYB_TRY(hyb_ssm_check_saved(H_, "mamba1", m->layer, a->saved ? &hdr : NULL, M1_SAVED_MAGIC, B,
+                                T));
     HYB_TRY(check_shape(m, "backward", B, T));
     unsigned bth = 0, bsh = 0, bgx = 0;
     HYB_TRY(bwd_block(m, &bth, &bsh, &bgx));
@@ -413,9 +390,9 @@ int m1_decode_cuda(void *self, const hyb_mixer_dec *a) {
     const float *cw = P[M1_CONVW], *cb = P[M1_CONVB], *bdt = P[M1_BDT], *alog = P[M1_ALOG],
                 *Dk = P[M1_DSKIP];
     const unsigned ct = chan_threads(Di);
-    for (int i0 = 0; rc == HYB_OK && i0 < n; i0 += M1_SEQ_MAX) {
-        const int cnt = n - i0 < M1_SEQ_MAX ? n - i0 : M1_SEQ_MAX;
-        m1_seqs sq;
+    for (int i0 = 0; rc == HYB_OK && i0 < n; i0 += HYB_SSM_SEQ_MAX) {
+        const int cnt = n - i0 < HYB_SSM_SEQ_MAX ? n - i0 : HYB_SSM_SEQ_MAX;
+        hyb_ssm_seqs sq;
         memset(&sq, 0, sizeof sq);
         for (int i = 0; i < cnt; i++) {
             sq.p[i] = a->states[i0 + i];

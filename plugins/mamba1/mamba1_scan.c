@@ -41,7 +41,6 @@
 
 #include "../common/be_call.h"
 #include "../common/plugin_util.h"
-#include "../common/ssm_util.h"
 #include "mamba1.h"
 
 #ifdef _OPENMP
@@ -206,12 +205,7 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
     void *tmp = NULL;
     if (a->saved) {
         m1_saved_hdr *h = a->saved;
-        memset(h, 0, sizeof *h);
-        h->magic = M1_SAVED_MAGIC;
-        h->B = B;
-        h->T = T;
-        h->chunk = chunk;
-        h->nch = nch;
+        hyb_ssm_saved_fill(h, M1_SAVED_MAGIC, B, T, chunk, nch);
         zxbc = (float *)(h + 1);
     } else {
         tmp = be->alloc(be, BT * ((size_t)Pw + R + 3 * (size_t)Di) * sizeof(float));
@@ -322,12 +316,7 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     const int B = a->B, T = a->T, D = m->D, Di = m->Di, Dx = m->Dx, N = m->N, K = m->K, R = m->R,
               Pw = m->P;
     const m1_saved_hdr *hdr = a->saved;
-    if (!hdr || hdr->magic != M1_SAVED_MAGIC || hdr->B != B || hdr->T != T || hdr->chunk < 1 ||
-        hdr->nch != m1_n_chunks(T, hdr->chunk))
-        return H_->error(HYB_ERR_ARG,
-                         "mamba1 (layer %d): backward [B=%d, T=%d] without a matching saved "
-                         "forward",
-                         m->layer, B, T);
+    HYB_TRY(hyb_ssm_check_saved(H_, "mamba1", m->layer, hdr, M1_SAVED_MAGIC, B, T));
     const int chunk = hdr->chunk, nch = hdr->nch;
     const size_t BT = (size_t)B * T;
     const float *zxbc = (const float *)(hdr + 1), *dtl = zxbc + BT * Pw, *v = dtl + BT * R,

@@ -55,7 +55,6 @@
  *   every mamba2 layer (they must agree). No apriel_h block type.
  */
 #include "mamba2.h"
-#include "../common/ssm_util.h"
 
 #include <math.h>
 #include <stdio.h>

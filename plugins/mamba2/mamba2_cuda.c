@@ -23,7 +23,6 @@
 #include <string.h>
 
 #include "../common/be_call.h"
-#include "../common/ssm_util.h"
 #include "hyb_plugin_cu.h"
 #include "mamba2.h"
 
@@ -120,19 +119,7 @@ static unsigned row_threads(int Pd) {
     return hyb_ssm_warp_threads(Pd, CU_TPB);
 }
 
-/* The per-sequence state pointers and "continue" flags (pos > 0) uploaded as one device block. */
-static int upload_seqs(const hyb_backend *be, void *const *states, const int32_t *pos, int n,
-                       void **blk, float ***dst, int **dcont) {
-    return hyb_ssm_upload_seqs(H_, be, states, pos, n, blk, dst, dcont);
-}
 
-#define M2_SEQ_MAX 64
-typedef struct m2_seqs {
-    void *p[M2_SEQ_MAX];
-    int32_t cont[M2_SEQ_MAX];
-} m2_seqs;
-_Static_assert(sizeof(m2_seqs) == M2_SEQ_MAX * (sizeof(void *) + sizeof(int32_t)),
-               "m2_seqs has no padding (mamba2.cu reads the same layout)");
 
 /* ---- forward / prefill ----------------------------------------------------------------------*/
 
@@ -165,15 +152,11 @@ int m2_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     int rc = work ? HYB_OK : HYB_ERR_NOMEM;
     if (rc == HYB_OK && a->saved) {
         m2_saved_hdr h;
-        memset(&h, 0, sizeof h);
-        h.magic = M2_SAVED_MAGIC;
-        h.B = B;
-        h.T = T;
-        h.chunk = chunk;
-        h.nch = nch;
+        hyb_ssm_saved_fill(&h, M2_SAVED_MAGIC, B, T, chunk, nch);
         rc = be->upload(be, a->saved, &h, sizeof h);
     }
-    if (rc == HYB_OK && a->states) rc = upload_seqs(be, a->states, a->pos, B, &seqs, &dst, &dcont);
+    if (rc == HYB_OK && a->states)
+        rc = hyb_ssm_upload_seqs(H_, be, a->states, a->pos, B, &seqs, &dst, &dcont);
     float *xbc = work, *dt = work ? work + BT * Cd : NULL, *yn = dt ? dt + BT * nh : NULL;
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, (int)BT, Pin, D, 1.0f, a->x, D, P[M2_WIN], D, 0.0f, zx, Pin);
@@ -348,9 +331,9 @@ int m2_decode_cuda(void *self, const hyb_mixer_dec *a) {
     const float *cw = P[M2_CONVW], *cb = P[M2_CONVB], *dtb = P[M2_DTB], *alog = P[M2_ALOG],
                 *Dk = P[M2_DSKIP], *nw = P[M2_NORMW];
     const unsigned rt = row_threads(Pd);
-    for (int i0 = 0; rc == HYB_OK && i0 < n; i0 += M2_SEQ_MAX) {
-        const int cnt = n - i0 < M2_SEQ_MAX ? n - i0 : M2_SEQ_MAX;
-        m2_seqs sq;
+    for (int i0 = 0; rc == HYB_OK && i0 < n; i0 += HYB_SSM_SEQ_MAX) {
+        const int cnt = n - i0 < HYB_SSM_SEQ_MAX ? n - i0 : HYB_SSM_SEQ_MAX;
+        hyb_ssm_seqs sq;
         memset(&sq, 0, sizeof sq);
         for (int i = 0; i < cnt; i++) {
             sq.p[i] = a->states[i0 + i];

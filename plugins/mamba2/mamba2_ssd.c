@@ -34,7 +34,6 @@
 
 #include "../common/be_call.h"
 #include "../common/plugin_util.h"
-#include "../common/ssm_util.h"
 #include "mamba2.h"
 
 #ifdef _OPENMP
@@ -75,13 +74,7 @@ int m2_check_dec(const m2 *m, const hyb_mixer_dec *a) {
 }
 
 int m2_check_saved(const m2 *m, const m2_saved_hdr *h, int B, int T) {
-    if (!h || h->magic != M2_SAVED_MAGIC || h->B != B || h->T != T || h->chunk < 1 ||
-        h->nch != m2_n_chunks(T, h->chunk))
-        return H_->error(HYB_ERR_ARG,
-                         "mamba2 (layer %d): backward [B=%d, T=%d] without a matching saved "
-                         "forward",
-                         m->layer, B, T);
-    return HYB_OK;
+    return hyb_ssm_check_saved(H_, "mamba2", m->layer, h, M2_SAVED_MAGIC, B, T);
 }
 
 /* The chunked SSD of one (sequence, head) over T steps: x [T] rows of stride ldx (the head's Pd
@@ -303,12 +296,7 @@ int m2_forward(void *self, const hyb_mixer_fwd *a) {
     void *tmp = NULL;
     if (a->saved) {
         m2_saved_hdr *h = a->saved;
-        memset(h, 0, sizeof *h);
-        h->magic = M2_SAVED_MAGIC;
-        h->B = B;
-        h->T = T;
-        h->chunk = Q;
-        h->nch = nch;
+        hyb_ssm_saved_fill(h, M2_SAVED_MAGIC, B, T, Q, nch);
         zx = (float *)(h + 1);
     } else {
         tmp = be->alloc(be, nsv * sizeof(float));
