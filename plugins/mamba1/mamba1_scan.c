@@ -36,6 +36,14 @@
  * sums over channels for dB (rep*N channels), dC (N channels) and over the batch for dA_log, D,
  * conv1d need no atomics.
  */
+/* The scan's exp (m1_expf) clamps its argument; GCC if-converts (and so vectorises) a float
+ * comparison only when it may assume that comparisons do not trap (nothing here enables FP
+ * traps). Before the includes: GCC does not inline a function compiled with other options, so
+ * the header helpers (ssm_util.h's conv, plugin_util.h's) must be compiled under it too. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include <math.h>
 #include <string.h>
 
@@ -45,13 +53,6 @@
 
 #ifdef _OPENMP
 #include <omp.h>
-#endif
-
-/* The scan's exp (m1_expf) clamps its argument; GCC if-converts (and so vectorises) a float
- * comparison only when it may assume that comparisons do not trap (nothing here enables FP
- * traps). */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
 #endif
 
 #define H_ m1_host
