@@ -1,6 +1,7 @@
 /* plugins/common/ssm_util.h: host-side helpers that the state-space mixers (mamba1, mamba2) share:
- * the argument checks of a forward / decode against the per-sequence states, and the CUDA glue
- * that uploads the per-sequence state pointers and sizes the launch grids.
+ * the saved-block header, two config checks, the argument checks of a forward / decode against
+ * the per-sequence states, the causal depthwise conv1d on the CPU (forward, window, decode step,
+ * backward) and the CUDA host glue (kernel compile, sequence-block upload, grid sizes).
  *
  * Header-only, all functions static (see plugin_util.h for why): the code is the same expressions
  * in the same order as the per-plugin copies it replaces. `name` is the mixer's name as it
@@ -9,10 +10,13 @@
 #define HYB_SSM_UTIL_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "hyb/common.h" /* hyb_status values only */
 #include "hyb/plugin.h"
+
+#include "be_call.h"
 
 /* ---- the header of `saved` ------------------------------------------------------------------*/
 
@@ -209,6 +213,18 @@ static inline unsigned hyb_ssm_grid_for(int64_t n, unsigned tpb) {
     int64_t g = (n + tpb - 1) / tpb;
     if (g > 8192) g = 8192;
     return (unsigned)(g < 1 ? 1 : g);
+}
+
+/* Compiles the kernels names[0 .. nk) of the CUDA source `src` (file name `file`) for this
+ * d_state (-DD_STATE=...) into fn[0 .. nk); be->kernel caches them across instances. */
+static inline int hyb_ssm_cu_compile(const hyb_backend *be, const char *file, const char *src,
+                                     const char *const *names, int nk, int d_state, void **fn) {
+    char opt[32];
+    snprintf(opt, sizeof opt, "-DD_STATE=%d", d_state);
+    const char *opts[1] = {opt};
+    for (int k = 0; k < nk; k++)
+        HYB_BE_TRY(be->kernel(be, file, src, names[k], opts, 1, &fn[k]));
+    return HYB_OK;
 }
 
 /* The decode kernels' by-value parameter: the states of up to HYB_SSM_SEQ_MAX sequences and their

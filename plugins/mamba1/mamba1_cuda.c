@@ -117,11 +117,7 @@ static int load(m1 *m, const hyb_backend *be, const char *op) {
     if (m->cu_be == be) return HYB_OK;
     if (!be->kernel || !be->launch)
         return unsupported(m, op, "backend %s cannot run device kernels", be->name);
-    char opt[32];
-    snprintf(opt, sizeof opt, "-DD_STATE=%d", m->N);
-    const char *opts[1] = {opt};
-    for (int k = 0; k < K_N; k++)
-        HYB_BE_TRY(be->kernel(be, CU_FILE, hyb_cu_mamba1_cu, KNAMES[k], opts, 1, &m->cu_fn[k]));
+    HYB_BE_TRY(hyb_ssm_cu_compile(be, CU_FILE, hyb_cu_mamba1_cu, KNAMES, K_N, m->N, m->cu_fn));
     m->cu_be = be;
     return HYB_OK;
 }
