@@ -9,6 +9,7 @@
 #ifndef HYB_SSM_UTIL_H
 #define HYB_SSM_UTIL_H
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,6 +18,22 @@
 #include "hyb/plugin.h"
 
 #include "be_call.h"
+#include "plugin_util.h"
+
+/* ---- scalars of the CPU paths ---------------------------------------------------------------*/
+
+static inline float hyb_ssm_silu(float v) {
+    return v / (1.0f + expf(-v));
+}
+/* silu'(v) = s (1 + v (1 - s)), s = sigmoid(v) */
+static inline float hyb_ssm_dsilu(float v) {
+    float s = hyb_pl_sigmoid(v);
+    return s * (1.0f + v * (1.0f - s));
+}
+/* softplus' = sigmoid (hyb_pl_softplus: PyTorch's threshold 20, as selective_scan_ref) */
+static inline float hyb_ssm_dsoftplus(float v) {
+    return v > 20.0f ? 1.0f : hyb_pl_sigmoid(v);
+}
 
 /* ---- the header of `saved` ------------------------------------------------------------------*/
 

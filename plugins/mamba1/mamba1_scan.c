@@ -58,19 +58,6 @@
 #define H_ m1_host
 #define PAR_WORK 262144.0       /* open an OpenMP region only above this many inner steps (~1 ms) */
 
-static inline float siluf_(float v) {
-    return v / (1.0f + expf(-v));
-}
-/* silu'(v) = s (1 + v (1 - s)), s = sigmoid(v) */
-static inline float dsiluf_(float v) {
-    float s = hyb_pl_sigmoid(v);
-    return s * (1.0f + v * (1.0f - s));
-}
-/* softplus' = sigmoid (hyb_pl_softplus: PyTorch's threshold 20, as selective_scan_ref) */
-static inline float dsoftplusf_(float v) {
-    return v > 20.0f ? 1.0f : hyb_pl_sigmoid(v);
-}
-
 /* x column of channel d (x_rep[d] = x[g*N + s]) */
 static inline int xcol(const m1 *m, int d) {
     return (d / m->N / m->rep) * m->N + d % m->N;
@@ -253,7 +240,7 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
                                               zxbc + (size_t)b * T * Pw + xc, (size_t)Pw,
                                               hb_ + (size_t)d * K);
             cr[d] = acc;
-            u[(size_t)r * Di + d] = siluf_(acc);
+            u[(size_t)r * Di + d] = hyb_ssm_silu(acc);
             dt[(size_t)r * Di + d] = hyb_pl_softplus(v[(size_t)r * Di + d]);
         }
     }
@@ -287,7 +274,7 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
     float *yg = dt;
     for (size_t r = 0; r < BT; r++)
         for (int d = 0; d < Di; d++)
-            yg[r * Di + d] = ys[r * Di + d] * siluf_(zxbc[r * Pw + d]);
+            yg[r * Di + d] = ys[r * Di + d] * hyb_ssm_silu(zxbc[r * Pw + d]);
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, (int)BT, D, Di, 1.0f, yg, Di, P[M1_WOUT], Di, 0.0f, a->y, D);
 
@@ -348,7 +335,7 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     float *yg = dt;
     for (size_t r = 0; r < BT; r++)
         for (int d = 0; d < Di; d++)
-            yg[r * Di + d] = ys[r * Di + d] * siluf_(zxbc[r * Pw + d]);
+            yg[r * Di + d] = ys[r * Di + d] * hyb_ssm_silu(zxbc[r * Pw + d]);
     if (rc == HYB_OK)
         rc = be->sgemm(be, 1, 0, D, Di, (int)BT, 1.0f, a->dy, D, yg, Di, 1.0f, G[M1_WOUT], Di);
     if (rc == HYB_OK)
@@ -356,9 +343,9 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     for (size_t r = 0; r < BT; r++)
         for (int d = 0; d < Di; d++) {
             const float z = zxbc[r * Pw + d], dyg = dys[r * Di + d];
-            dz[r * Pw + d] = dyg * ys[r * Di + d] * dsiluf_(z);
-            dys[r * Di + d] = dyg * siluf_(z);
-            u[r * Di + d] = siluf_(cpre[r * Di + d]);
+            dz[r * Pw + d] = dyg * ys[r * Di + d] * hyb_ssm_dsilu(z);
+            dys[r * Di + d] = dyg * hyb_ssm_silu(z);
+            u[r * Di + d] = hyb_ssm_silu(cpre[r * Di + d]);
             dt[r * Di + d] = hyb_pl_softplus(v[r * Di + d]);
         }
 
@@ -449,7 +436,7 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     const float bmul = m->dbl ? 2.0f : 1.0f;
     for (size_t r = 0; r < BT; r++)
         for (int d = 0; d < Di; d++) {
-            float g_v = ddt[r * Di + d] * dsoftplusf_(v[r * Di + d]);
+            float g_v = ddt[r * Di + d] * hyb_ssm_dsoftplus(v[r * Di + d]);
             ddt[r * Di + d] = g_v;
             gb[d] += bmul * g_v;
         }
@@ -467,7 +454,7 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     const float *cw = P[M1_CONVW];
     float *gcw = G[M1_CONVW], *gcb = G[M1_CONVB];
     for (size_t i = 0; i < BT * Di; i++)
-        du[i] *= dsiluf_(cpre[i]);
+        du[i] *= hyb_ssm_dsilu(cpre[i]);
 #pragma omp parallel for schedule(dynamic, 1) if ((double)BT * Di * K > PAR_WORK)
     for (int g = 0; g < m->nX; g++) {
         for (int d = g * m->rep * N; d < (g + 1) * m->rep * N; d++) {
@@ -555,7 +542,7 @@ static int dec_units(void *ctx, int64_t lo, int64_t hi, int tid) {
         for (size_t d = d0; d < d0 + N; d++) {
             const float acc =
                 hyb_ssm_conv_step(cs + d * K, K, zr[Di + xcol(m, (int)d)], cw + d * K, cb[d]);
-            u[d] = siluf_(acc);
+            u[d] = hyb_ssm_silu(acc);
             dtv[d] = hyb_pl_softplus(dtv[d]);
         }
         float *sh = j->sbuf + (size_t)tid * N * N;
@@ -564,7 +551,7 @@ static int dec_units(void *ctx, int64_t lo, int64_t hi, int tid) {
                   A + d0 * N, Dk + d0, ys + (size_t)i * Di + d0);
         transpose_nn(ssm + d0 * N, sh, N);
         for (size_t d = d0; d < d0 + N; d++)
-            ys[(size_t)i * Di + d] *= siluf_(zr[d]);
+            ys[(size_t)i * Di + d] *= hyb_ssm_silu(zr[d]);
     }
     return HYB_OK;
 }

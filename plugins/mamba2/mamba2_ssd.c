@@ -44,19 +44,6 @@
 #define PAR_WORK 262144.0 /* open an OpenMP region only above this many inner steps (~1 ms) */
 #define PAR_ELEM 65536.0  /* ... or this many elements of an element-wise loop with an exp */
 
-static inline float siluf_(float v) {
-    return v / (1.0f + expf(-v));
-}
-/* silu'(v) = s (1 + v (1 - s)), s = sigmoid(v) */
-static inline float dsiluf_(float v) {
-    float s = hyb_pl_sigmoid(v);
-    return s * (1.0f + v * (1.0f - s));
-}
-/* softplus' = sigmoid (hyb_pl_softplus: PyTorch's threshold 20) */
-static inline float dsoftplusf_(float v) {
-    return v > 20.0f ? 1.0f : hyb_pl_sigmoid(v);
-}
-
 size_t m2_saved_bytes(void *self, int B, int T) {
     m2 *m = self;
     const size_t BT = (size_t)B * T;
@@ -267,7 +254,7 @@ static void gate_norm_row(const m2 *m, const float *ys, const float *z, const fl
     for (int g = 0; g < m->G; g++) {
         float ss = 0.0f;
         for (int c = g * gs; c < (g + 1) * gs; c++) {
-            const float v = ys[c] * siluf_(z[c]);
+            const float v = ys[c] * hyb_ssm_silu(z[c]);
             yn[c] = v;
             ss += v * v;
         }
@@ -335,7 +322,7 @@ int m2_forward(void *self, const hyb_mixer_fwd *a) {
                                               zx + (size_t)b * T * Pin + cx + c, (size_t)Pin,
                                               hs + (size_t)c * K);
             cpre[(size_t)r * Cd + c] = acc;
-            xbc[(size_t)r * Cd + c] = siluf_(acc);
+            xbc[(size_t)r * Cd + c] = hyb_ssm_silu(acc);
         }
         for (int h = 0; h < nh; h++)
             dt[(size_t)r * nh + h] = hyb_pl_softplus(zx[(size_t)r * Pin + cdt + h] + dtb[h]);
@@ -421,12 +408,13 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
     for (long rl = 0; rl < (long)BT; rl++) {
         const size_t r = (size_t)rl;
         for (int c = 0; c < Cd; c++)
-            xbc[r * Cd + c] = siluf_(cpre[r * Cd + c]);
+            xbc[r * Cd + c] = hyb_ssm_silu(cpre[r * Cd + c]);
         for (int h = 0; h < nh; h++)
             dt[r * nh + h] = hyb_pl_softplus(zx[r * Pin + cdt + h] + dtb[h]);
         /* yn from the saved rstd */
         for (int c = 0; c < Di; c++)
-            yn[r * Di + c] = ys[r * Di + c] * siluf_(zx[r * Pin + c]) * rstd[r * G + c / gs] * nw[c];
+            yn[r * Di + c] =
+                ys[r * Di + c] * hyb_ssm_silu(zx[r * Pin + c]) * rstd[r * G + c / gs] * nw[c];
     }
     /* out_proj */
     int rc = be->sgemm(be, 1, 0, D, Di, (int)BT, 1.0f, a->dy, D, yn, Di, 1.0f, Gr[M2_WOUT], Di);
@@ -443,7 +431,7 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
             const float rr = rstd[r * G + g];
             float s = 0.0f;
             for (int c = g * gs; c < (g + 1) * gs; c++) {
-                const float sz = siluf_(zr[c]);
+                const float sz = hyb_ssm_silu(zr[c]);
                 s += nw[c] * dr[c] * yr[c] * sz;
                 dys[r * Di + c] = sz;
             }
@@ -453,7 +441,7 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
                 gvr[r * Cd + c] = gv * rr;
                 const float dg = rr * (nw[c] * dr[c] - gv * rr * rr * s);
                 dys[r * Di + c] = dg * sz;
-                dzx[r * Pin + c] = dg * yr[c] * dsiluf_(zr[c]);
+                dzx[r * Pin + c] = dg * yr[c] * hyb_ssm_dsilu(zr[c]);
             }
         }
     }
@@ -501,7 +489,8 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
             }
         }
         for (int h = 0; h < nh; h++)
-            dzx[r * Pin + cdt + h] = ddt[r * nh + h] * dsoftplusf_(zx[r * Pin + cdt + h] + dtb[h]);
+            dzx[r * Pin + cdt + h] =
+                ddt[r * nh + h] * hyb_ssm_dsoftplus(zx[r * Pin + cdt + h] + dtb[h]);
     }
     for (int h = 0; h < nh; h++) { /* rows in order */
         float acc = 0.0f;
@@ -525,7 +514,7 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
     float *gcw = Gr[M2_CONVW], *gcb = Gr[M2_CONVB];
 #pragma omp parallel for schedule(static) if ((double)BT * Cd > PAR_ELEM)
     for (long i = 0; i < (long)(BT * Cd); i++)
-        dxbc[i] *= dsiluf_(cpre[i]);
+        dxbc[i] *= hyb_ssm_dsilu(cpre[i]);
 #pragma omp parallel for schedule(static) if (rc == HYB_OK && (double)BT * Cd * K > PAR_WORK)
     for (int c = 0; c < Cd; c++)
         hyb_ssm_conv_bwd(B, T, K, dxbc + c, (size_t)Cd, zx + cx + c, dzx + cx + c, (size_t)Pin,
@@ -567,7 +556,7 @@ int m2_decode(void *self, const hyb_mixer_dec *a) {
         for (int c = 0; c < Cd; c++) {
             const float acc =
                 hyb_ssm_conv_step(cs + (size_t)c * K, K, zr[cx + c], cw + (size_t)c * K, cb[c]);
-            xr[c] = siluf_(acc);
+            xr[c] = hyb_ssm_silu(acc);
         }
         for (int h = 0; h < nh; h++) {
             const int g = h / m->hpg;
