@@ -88,12 +88,7 @@ static int m1_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void 
     int64_t Di = D, Dx, N = 16, R = (D + 15) / 16, K = 4, chunk = 64;
     int dbl = 1;
 #define CFG_ERR(key, fmt, ...) H_->cfg_error(cfg, key, "mamba1 (layer %d): " fmt, L, __VA_ARGS__)
-#define GET_POS(key, var)                                                                          \
-    do {                                                                                           \
-        HYB_TRY(H_->cfg_int(cfg, key, var, &var));                                                 \
-        if (var < 1 || var > MAX_DIM)                                                              \
-            return CFG_ERR(key, "%s must be in [1, %d], got %lld", key, MAX_DIM, (long long)var);  \
-    } while (0)
+#define GET_POS(key, var) HYB_TRY(hyb_ssm_cfg_pos(H_, cfg, "mamba1", L, key, &var, MAX_DIM))
     if (cfg) HYB_TRY(H_->cfg_check_keys(cfg, M1_KEYS));
     GET_POS("d_inner", Di);
     Dx = Di;
@@ -104,8 +99,7 @@ static int m1_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void 
     GET_POS("chunk", chunk);
     HYB_TRY(H_->cfg_bool(cfg, "double_dt_bias", 1, &dbl));
 #undef GET_POS
-    if (K > 64) return CFG_ERR("d_conv", "d_conv must be in [1, 64], got %lld", (long long)K);
-    if (N > 256) return CFG_ERR("d_state", "d_state must be in [1, 256], got %lld", (long long)N);
+    HYB_TRY(hyb_ssm_cfg_conv_state(H_, cfg, "mamba1", L, K, N));
     if (Di % N != 0)
         return CFG_ERR("d_inner", "d_inner = %lld must be a multiple of d_state = %lld",
                        (long long)Di, (long long)N);

@@ -509,8 +509,8 @@ extern "C" __global__ void m1_conv_bwd_x(const float *dcpre, const float *cw, fl
 }
 
 /* The states of up to M1_SEQ_MAX sequences, passed by value to m1_decode (a kernel parameter:
- * no upload and no synchronisation per decode step). The host's m1_seqs (mamba1_cuda.c) has the
- * same layout. */
+ * no upload and no synchronisation per decode step). The host's hyb_ssm_seqs
+ * (plugins/common/ssm_util.h) has the same layout. */
 #define M1_SEQ_MAX 64
 struct m1_seqs {
     float *p[M1_SEQ_MAX]; /* device pointers to the decode states */

@@ -36,6 +36,7 @@
 #include "hyb/plugin.h"
 
 #include "../common/plugin_util.h"
+#include "../common/ssm_util.h"
 
 extern const hyb_host *m1_host;
 
@@ -62,17 +63,10 @@ typedef struct m1 {
     void *cu_fn[16];
 } m1;
 
-/* the first 64 bytes of `saved` (written by the forward of either device, checked by backward) */
+/* the first 64 bytes of `saved` (ssm_util.h) */
 #define M1_SAVED_MAGIC 0x3141424du /* "MBA1" */
-typedef struct m1_saved_hdr {
-    uint32_t magic;
-    int32_t B, T, chunk, nch;
-    uint8_t pad[44];
-} m1_saved_hdr;
-
-static inline int m1_n_chunks(int T, int chunk) {
-    return (T + chunk - 1) / chunk;
-}
+typedef hyb_ssm_saved_hdr m1_saved_hdr;
+#define m1_n_chunks hyb_ssm_n_chunks
 
 HYB_PL_DECLARE_KERNELS(m1);
 /* argument checks shared by the CPU and CUDA kernels (mamba1_scan.c) */

@@ -117,11 +117,7 @@ static int load(m1 *m, const hyb_backend *be, const char *op) {
     if (m->cu_be == be) return HYB_OK;
     if (!be->kernel || !be->launch)
         return unsupported(m, op, "backend %s cannot run device kernels", be->name);
-    char opt[32];
-    snprintf(opt, sizeof opt, "-DD_STATE=%d", m->N);
-    const char *opts[1] = {opt};
-    for (int k = 0; k < K_N; k++)
-        HYB_BE_TRY(be->kernel(be, CU_FILE, hyb_cu_mamba1_cu, KNAMES[k], opts, 1, &m->cu_fn[k]));
+    HYB_BE_TRY(hyb_ssm_cu_compile(be, CU_FILE, hyb_cu_mamba1_cu, KNAMES, K_N, m->N, m->cu_fn));
     m->cu_be = be;
     return HYB_OK;
 }
@@ -135,15 +131,12 @@ static int launch(const hyb_backend *be, const m1 *m, int k, unsigned gx, unsign
 /* threads per block of a kernel with one thread per channel: CU_TPB, or d_inner rounded up to a
  * warp when it is smaller (fewer idle threads; each is a fiber in the emulation) */
 static unsigned chan_threads(int Di) {
-    const unsigned w = ((unsigned)Di + 31u) / 32u * 32u;
-    return w < CU_TPB ? w : CU_TPB;
+    return hyb_ssm_warp_threads(Di, CU_TPB);
 }
 
 /* blocks of CU_TPB for a grid-stride loop over n elements */
 static unsigned grid_for(int64_t n) {
-    int64_t g = (n + CU_TPB - 1) / CU_TPB;
-    if (g > 8192) g = 8192;
-    return (unsigned)(g < 1 ? 1 : g);
+    return hyb_ssm_grid_for(n, CU_TPB);
 }
 
 /* rows per blockIdx.y chunk of the column reductions: one chunk (deterministic) up to 4096
@@ -155,44 +148,7 @@ static int64_t rows_chunk(int64_t rows, unsigned *ny) {
     return per;
 }
 
-/* The per-sequence state pointers (device addresses, from the host array `states`) and "continue"
- * flags (pos > 0) uploaded as one device block: [n] pointers, then [n] int32. */
-static int upload_seqs(const hyb_backend *be, void *const *states, const int32_t *pos, int n,
-                       void **blk, float ***dst, int **dcont) {
-    const size_t bytes = (size_t)n * (sizeof(void *) + sizeof(int32_t));
-    unsigned char *h = H_->alloc(bytes);
-    *blk = be->alloc(be, bytes);
-    if (!h || !*blk) {
-        H_->free(h);
-        be->free(be, *blk);
-        *blk = NULL;
-        return HYB_ERR_NOMEM;
-    }
-    for (int i = 0; i < n; i++) {
-        const int32_t c = pos && pos[i] > 0;
-        memcpy(h + (size_t)i * sizeof(void *), &states[i], sizeof(void *));
-        memcpy(h + (size_t)n * sizeof(void *) + (size_t)i * sizeof(int32_t), &c, sizeof c);
-    }
-    int rc = be->upload(be, *blk, h, bytes);
-    H_->free(h);
-    if (rc != HYB_OK) {
-        be->free(be, *blk);
-        *blk = NULL;
-        return rc;
-    }
-    *dst = (float **)*blk;
-    *dcont = (int *)((unsigned char *)*blk + (size_t)n * sizeof(void *));
-    return HYB_OK;
-}
 
-/* The decode kernel's by-value parameter (struct m1_seqs of mamba1.cu, the same layout). */
-#define M1_SEQ_MAX 64
-typedef struct m1_seqs {
-    void *p[M1_SEQ_MAX];
-    int32_t cont[M1_SEQ_MAX];
-} m1_seqs;
-_Static_assert(sizeof(m1_seqs) == M1_SEQ_MAX * (sizeof(void *) + sizeof(int32_t)),
-               "m1_seqs has no padding (mamba1.cu reads the same layout)");
 
 /* ---- forward / prefill ----------------------------------------------------------------------*/
 
@@ -231,15 +187,11 @@ int m1_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     int rc = work ? HYB_OK : HYB_ERR_NOMEM;
     if (rc == HYB_OK && a->saved) {
         m1_saved_hdr h;
-        memset(&h, 0, sizeof h);
-        h.magic = M1_SAVED_MAGIC;
-        h.B = B;
-        h.T = T;
-        h.chunk = chunk;
-        h.nch = nch;
+        hyb_ssm_saved_fill(&h, M1_SAVED_MAGIC, B, T, chunk, nch);
         rc = be->upload(be, a->saved, &h, sizeof h);
     }
-    if (rc == HYB_OK && a->states) rc = upload_seqs(be, a->states, a->pos, B, &seqs, &dst, &dcont);
+    if (rc == HYB_OK && a->states)
+        rc = hyb_ssm_upload_seqs(H_, be, a->states, a->pos, B, &seqs, &dst, &dcont);
     float *dt = work, *u = work ? work + BT * Di : NULL;
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, (int)BT, Pw, D, 1.0f, a->x, D, P[M1_WIN], D, 0.0f, zxbc, Pw);
@@ -290,12 +242,8 @@ int m1_backward_cuda(void *self, const hyb_mixer_bwd *a) {
     m1_saved_hdr hdr;
     memset(&hdr, 0, sizeof hdr);
     if (a->saved) HYB_TRY(be->download(be, &hdr, a->saved, sizeof hdr));
-    if (!a->saved || hdr.magic != M1_SAVED_MAGIC || hdr.B != B || hdr.T != T || hdr.chunk < 1 ||
-        hdr.nch != m1_n_chunks(T, hdr.chunk))
-        return H_->error(HYB_ERR_ARG,
-                         "mamba1 (layer %d): backward [B=%d, T=%d] without a matching saved "
-                         "forward",
-                         m->layer, B, T);
+    HYB_TRY(hyb_ssm_check_saved(H_, "mamba1", m->layer, a->saved ? &hdr : NULL, M1_SAVED_MAGIC, B,
+                                T));
     HYB_TRY(check_shape(m, "backward", B, T));
     unsigned bth = 0, bsh = 0, bgx = 0;
     HYB_TRY(bwd_block(m, &bth, &bsh, &bgx));
@@ -438,9 +386,9 @@ int m1_decode_cuda(void *self, const hyb_mixer_dec *a) {
     const float *cw = P[M1_CONVW], *cb = P[M1_CONVB], *bdt = P[M1_BDT], *alog = P[M1_ALOG],
                 *Dk = P[M1_DSKIP];
     const unsigned ct = chan_threads(Di);
-    for (int i0 = 0; rc == HYB_OK && i0 < n; i0 += M1_SEQ_MAX) {
-        const int cnt = n - i0 < M1_SEQ_MAX ? n - i0 : M1_SEQ_MAX;
-        m1_seqs sq;
+    for (int i0 = 0; rc == HYB_OK && i0 < n; i0 += HYB_SSM_SEQ_MAX) {
+        const int cnt = n - i0 < HYB_SSM_SEQ_MAX ? n - i0 : HYB_SSM_SEQ_MAX;
+        hyb_ssm_seqs sq;
         memset(&sq, 0, sizeof sq);
         for (int i = 0; i < cnt; i++) {
             sq.p[i] = a->states[i0 + i];

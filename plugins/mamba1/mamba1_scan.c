@@ -36,6 +36,14 @@
  * sums over channels for dB (rep*N channels), dC (N channels) and over the batch for dA_log, D,
  * conv1d need no atomics.
  */
+/* The scan's exp (m1_expf) clamps its argument; GCC if-converts (and so vectorises) a float
+ * comparison only when it may assume that comparisons do not trap (nothing here enables FP
+ * traps). Before the includes: GCC does not inline a function compiled with other options, so
+ * the header helpers (ssm_util.h's conv, plugin_util.h's) must be compiled under it too. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include <math.h>
 #include <string.h>
 
@@ -47,28 +55,8 @@
 #include <omp.h>
 #endif
 
-/* The scan's exp (m1_expf) clamps its argument; GCC if-converts (and so vectorises) a float
- * comparison only when it may assume that comparisons do not trap (nothing here enables FP
- * traps). */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
-
 #define H_ m1_host
 #define PAR_WORK 262144.0       /* open an OpenMP region only above this many inner steps (~1 ms) */
-
-static inline float siluf_(float v) {
-    return v / (1.0f + expf(-v));
-}
-/* silu'(v) = s (1 + v (1 - s)), s = sigmoid(v) */
-static inline float dsiluf_(float v) {
-    float s = hyb_pl_sigmoid(v);
-    return s * (1.0f + v * (1.0f - s));
-}
-/* softplus' = sigmoid (hyb_pl_softplus: PyTorch's threshold 20, as selective_scan_ref) */
-static inline float dsoftplusf_(float v) {
-    return v > 20.0f ? 1.0f : hyb_pl_sigmoid(v);
-}
 
 /* x column of channel d (x_rep[d] = x[g*N + s]) */
 static inline int xcol(const m1 *m, int d) {
@@ -180,41 +168,12 @@ static int dt_pre(const hyb_backend *be, const m1 *m, const float *const *P, con
 
 /* The argument checks of a forward (every device): sizes, positions against the states. */
 int m1_check_fwd(const m1 *m, const hyb_mixer_fwd *a) {
-    const int B = a->B, T = a->T;
-    if (B <= 0 || T <= 0)
-        return H_->error(HYB_ERR_ARG, "mamba1 (layer %d): forward with B = %d, T = %d", m->layer, B,
-                         T);
-    for (int b = 0; b < B; b++) {
-        int p0 = a->pos ? a->pos[b] : 0;
-        if (p0 < 0 || (p0 > 0 && !a->states))
-            return H_->error(HYB_ERR_ARG, "mamba1 (layer %d): forward with pos[%d] = %d %s",
-                             m->layer, b, p0,
-                             p0 < 0 ? "(negative)" : "but no states to continue from");
-        if (a->states && (int64_t)p0 + T > a->max_ctx)
-            return H_->error(HYB_ERR_ARG,
-                             "mamba1 (layer %d): sequence %d: pos %d + T %d exceeds the state "
-                             "capacity max_ctx = %d",
-                             m->layer, b, p0, T, a->max_ctx);
-        if (p0 > 0 && a->saved)
-            return H_->error(HYB_ERR_UNSUPPORTED,
-                             "mamba1 (layer %d): backward through a continued prefill (pos[%d] = "
-                             "%d > 0) is not supported; train on whole sequences",
-                             m->layer, b, p0);
-    }
-    return HYB_OK;
+    return hyb_ssm_check_fwd(H_, "mamba1", m->layer, a);
 }
 
 /* The argument checks of a decode step (every device). */
 int m1_check_dec(const m1 *m, const hyb_mixer_dec *a) {
-    const int n = a->n;
-    if (n <= 0) return H_->error(HYB_ERR_ARG, "mamba1 (layer %d): decode with n = %d", m->layer, n);
-    for (int i = 0; i < n; i++)
-        if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
-            return H_->error(HYB_ERR_ARG,
-                             "mamba1 (layer %d): decode sequence %d at pos %d: the state is "
-                             "sized for max_ctx = %d tokens",
-                             m->layer, i, a->pos[i], a->max_ctx);
-    return HYB_OK;
+    return hyb_ssm_check_dec(H_, "mamba1", m->layer, a);
 }
 
 /* ---- forward / prefill ----------------------------------------------------------------------*/
@@ -234,12 +193,7 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
     void *tmp = NULL;
     if (a->saved) {
         m1_saved_hdr *h = a->saved;
-        memset(h, 0, sizeof *h);
-        h->magic = M1_SAVED_MAGIC;
-        h->B = B;
-        h->T = T;
-        h->chunk = chunk;
-        h->nch = nch;
+        hyb_ssm_saved_fill(h, M1_SAVED_MAGIC, B, T, chunk, nch);
         zxbc = (float *)(h + 1);
     } else {
         tmp = be->alloc(be, BT * ((size_t)Pw + R + 3 * (size_t)Di) * sizeof(float));
@@ -271,14 +225,7 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
 
     /* conv history: the previous K raw inputs of each sequence (zeros at the start). Copied
      * because the states are rewritten below. */
-    for (int b = 0; b < B; b++) { /* (scratch from be->alloc is not zeroed: write both cases) */
-        int p0 = a->pos ? a->pos[b] : 0;
-        if (p0 > 0)
-            memcpy(hist + (size_t)b * Di * K, (const float *)a->states[b] + (size_t)Di * N,
-                   (size_t)Di * K * sizeof(float));
-        else
-            memset(hist + (size_t)b * Di * K, 0, (size_t)Di * K * sizeof(float));
-    }
+    hyb_ssm_conv_hist(hist, B, Di, K, a->pos, a->states, (size_t)Di * N);
 
     /* 2. conv + silu, softplus */
     const float *cw = P[M1_CONVW], *cb = P[M1_CONVB];
@@ -289,15 +236,11 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
         float *cr = cpre + (size_t)r * Di;
         for (int d = 0; d < Di; d++) {
             const int xc = Di + xcol(m, d);
-            float acc = cb[d];
-            for (int k = 0; k < K; k++) {
-                const int j = t - (K - 1) + k; /* source time */
-                const float xv =
-                    j >= 0 ? zxbc[((size_t)b * T + j) * Pw + xc] : hb_[(size_t)d * K + K + j];
-                acc += cw[(size_t)d * K + k] * xv;
-            }
+            const float acc = hyb_ssm_conv_at(cw + (size_t)d * K, cb[d], K, t,
+                                              zxbc + (size_t)b * T * Pw + xc, (size_t)Pw,
+                                              hb_ + (size_t)d * K);
             cr[d] = acc;
-            u[(size_t)r * Di + d] = siluf_(acc);
+            u[(size_t)r * Di + d] = hyb_ssm_silu(acc);
             dt[(size_t)r * Di + d] = hyb_pl_softplus(v[(size_t)r * Di + d]);
         }
     }
@@ -331,7 +274,7 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
     float *yg = dt;
     for (size_t r = 0; r < BT; r++)
         for (int d = 0; d < Di; d++)
-            yg[r * Di + d] = ys[r * Di + d] * siluf_(zxbc[r * Pw + d]);
+            yg[r * Di + d] = ys[r * Di + d] * hyb_ssm_silu(zxbc[r * Pw + d]);
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, (int)BT, D, Di, 1.0f, yg, Di, P[M1_WOUT], Di, 0.0f, a->y, D);
 
@@ -342,11 +285,8 @@ int m1_forward(void *self, const hyb_mixer_fwd *a) {
             const float *hb_ = hist + (size_t)b * Di * K;
             for (int d = 0; d < Di; d++) {
                 const int xc = Di + xcol(m, d);
-                for (int k = 0; k < K; k++) {
-                    const int j = T - K + k;
-                    cs[(size_t)d * K + k] =
-                        j >= 0 ? zxbc[((size_t)b * T + j) * Pw + xc] : hb_[(size_t)d * K + K + j];
-                }
+                hyb_ssm_conv_window(cs + (size_t)d * K, K, T, zxbc + (size_t)b * T * Pw + xc,
+                                    (size_t)Pw, hb_ + (size_t)d * K);
             }
         }
     be->free(be, A);
@@ -364,12 +304,7 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     const int B = a->B, T = a->T, D = m->D, Di = m->Di, Dx = m->Dx, N = m->N, K = m->K, R = m->R,
               Pw = m->P;
     const m1_saved_hdr *hdr = a->saved;
-    if (!hdr || hdr->magic != M1_SAVED_MAGIC || hdr->B != B || hdr->T != T || hdr->chunk < 1 ||
-        hdr->nch != m1_n_chunks(T, hdr->chunk))
-        return H_->error(HYB_ERR_ARG,
-                         "mamba1 (layer %d): backward [B=%d, T=%d] without a matching saved "
-                         "forward",
-                         m->layer, B, T);
+    HYB_TRY(hyb_ssm_check_saved(H_, "mamba1", m->layer, hdr, M1_SAVED_MAGIC, B, T));
     const int chunk = hdr->chunk, nch = hdr->nch;
     const size_t BT = (size_t)B * T;
     const float *zxbc = (const float *)(hdr + 1), *dtl = zxbc + BT * Pw, *v = dtl + BT * R,
@@ -400,7 +335,7 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     float *yg = dt;
     for (size_t r = 0; r < BT; r++)
         for (int d = 0; d < Di; d++)
-            yg[r * Di + d] = ys[r * Di + d] * siluf_(zxbc[r * Pw + d]);
+            yg[r * Di + d] = ys[r * Di + d] * hyb_ssm_silu(zxbc[r * Pw + d]);
     if (rc == HYB_OK)
         rc = be->sgemm(be, 1, 0, D, Di, (int)BT, 1.0f, a->dy, D, yg, Di, 1.0f, G[M1_WOUT], Di);
     if (rc == HYB_OK)
@@ -408,9 +343,9 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     for (size_t r = 0; r < BT; r++)
         for (int d = 0; d < Di; d++) {
             const float z = zxbc[r * Pw + d], dyg = dys[r * Di + d];
-            dz[r * Pw + d] = dyg * ys[r * Di + d] * dsiluf_(z);
-            dys[r * Di + d] = dyg * siluf_(z);
-            u[r * Di + d] = siluf_(cpre[r * Di + d]);
+            dz[r * Pw + d] = dyg * ys[r * Di + d] * hyb_ssm_dsilu(z);
+            dys[r * Di + d] = dyg * hyb_ssm_silu(z);
+            u[r * Di + d] = hyb_ssm_silu(cpre[r * Di + d]);
             dt[r * Di + d] = hyb_pl_softplus(v[r * Di + d]);
         }
 
@@ -501,7 +436,7 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     const float bmul = m->dbl ? 2.0f : 1.0f;
     for (size_t r = 0; r < BT; r++)
         for (int d = 0; d < Di; d++) {
-            float g_v = ddt[r * Di + d] * dsoftplusf_(v[r * Di + d]);
+            float g_v = ddt[r * Di + d] * hyb_ssm_dsoftplus(v[r * Di + d]);
             ddt[r * Di + d] = g_v;
             gb[d] += bmul * g_v;
         }
@@ -519,29 +454,13 @@ int m1_backward(void *self, const hyb_mixer_bwd *a) {
     const float *cw = P[M1_CONVW];
     float *gcw = G[M1_CONVW], *gcb = G[M1_CONVB];
     for (size_t i = 0; i < BT * Di; i++)
-        du[i] *= dsiluf_(cpre[i]);
+        du[i] *= hyb_ssm_dsilu(cpre[i]);
 #pragma omp parallel for schedule(dynamic, 1) if ((double)BT * Di * K > PAR_WORK)
     for (int g = 0; g < m->nX; g++) {
         for (int d = g * m->rep * N; d < (g + 1) * m->rep * N; d++) {
             const int xc = Di + xcol(m, d);
-            float gbias = 0.0f, gw[64];
-            memset(gw, 0, sizeof gw);
-            for (int b = 0; b < B; b++)
-                for (int t = 0; t < T; t++) {
-                    const size_t r = (size_t)b * T + t;
-                    const float gc = du[r * Di + d];
-                    gbias += gc;
-                    for (int k = 0; k < K; k++) {
-                        const int j = t - (K - 1) + k;
-                        if (j < 0) continue; /* zero history in training */
-                        const size_t rj = (size_t)b * T + j;
-                        gw[k] += gc * zxbc[rj * Pw + xc];
-                        dz[rj * Pw + xc] += gc * cw[(size_t)d * K + k];
-                    }
-                }
-            gcb[d] += gbias;
-            for (int k = 0; k < K; k++)
-                gcw[(size_t)d * K + k] += gw[k];
+            hyb_ssm_conv_bwd(B, T, K, du + d, (size_t)Di, zxbc + xc, dz + xc, (size_t)Pw,
+                             cw + (size_t)d * K, gcw + (size_t)d * K, gcb + d);
         }
     }
 
@@ -621,13 +540,9 @@ static int dec_units(void *ctx, int64_t lo, int64_t hi, int tid) {
         const float *zr = zxbc + (size_t)i * Pw;
         float *u = uu + (size_t)i * Di, *dtv = v + (size_t)i * Di; /* dt overwrites v */
         for (size_t d = d0; d < d0 + N; d++) {
-            float *w = cs + d * K;
-            memmove(w, w + 1, (size_t)(K - 1) * sizeof(float));
-            w[K - 1] = zr[Di + xcol(m, (int)d)];
-            float acc = cb[d];
-            for (int k = 0; k < K; k++)
-                acc += cw[d * K + k] * w[k];
-            u[d] = siluf_(acc);
+            const float acc =
+                hyb_ssm_conv_step(cs + d * K, K, zr[Di + xcol(m, (int)d)], cw + d * K, cb[d]);
+            u[d] = hyb_ssm_silu(acc);
             dtv[d] = hyb_pl_softplus(dtv[d]);
         }
         float *sh = j->sbuf + (size_t)tid * N * N;
@@ -636,7 +551,7 @@ static int dec_units(void *ctx, int64_t lo, int64_t hi, int tid) {
                   A + d0 * N, Dk + d0, ys + (size_t)i * Di + d0);
         transpose_nn(ssm + d0 * N, sh, N);
         for (size_t d = d0; d < d0 + N; d++)
-            ys[(size_t)i * Di + d] *= siluf_(zr[d]);
+            ys[(size_t)i * Di + d] *= hyb_ssm_silu(zr[d]);
     }
     return HYB_OK;
 }

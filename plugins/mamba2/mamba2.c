@@ -79,12 +79,7 @@ static int m2_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void 
     int64_t N = 64, K = 4, expand = 2, Di, Pd, G = 1, Q = 64;
     double eps = 1e-5, dt_min = 1e-3, dt_max = 0.1, dt_floor = 1e-4, a_min = 1.0, a_max = 16.0;
 #define CFG_ERR(key, fmt, ...) H_->cfg_error(cfg, key, "mamba2 (layer %d): " fmt, L, __VA_ARGS__)
-#define GET_POS(key, var)                                                                          \
-    do {                                                                                           \
-        HYB_TRY(H_->cfg_int(cfg, key, var, &var));                                                 \
-        if (var < 1 || var > MAX_DIM)                                                              \
-            return CFG_ERR(key, "%s must be in [1, %d], got %lld", key, MAX_DIM, (long long)var);  \
-    } while (0)
+#define GET_POS(key, var) HYB_TRY(hyb_ssm_cfg_pos(H_, cfg, "mamba2", L, key, &var, MAX_DIM))
     if (cfg) HYB_TRY(H_->cfg_check_keys(cfg, M2_KEYS));
     GET_POS("d_state", N);
     GET_POS("d_conv", K);
@@ -102,8 +97,7 @@ static int m2_create(const hyb_model_dims *dims, const hyb_cfg_table *cfg, void 
     HYB_TRY(H_->cfg_float(cfg, "A_init_min", a_min, &a_min));
     HYB_TRY(H_->cfg_float(cfg, "A_init_max", a_max, &a_max));
 #undef GET_POS
-    if (K > 64) return CFG_ERR("d_conv", "d_conv must be in [1, 64], got %lld", (long long)K);
-    if (N > 256) return CFG_ERR("d_state", "d_state must be in [1, 256], got %lld", (long long)N);
+    HYB_TRY(hyb_ssm_cfg_conv_state(H_, cfg, "mamba2", L, K, N));
     if (Q > 1024) /* the intra-chunk matrix is Q x Q floats per thread */
         return CFG_ERR("chunk_size", "chunk_size must be in [1, 1024], got %lld", (long long)Q);
     if (Di % Pd != 0)

@@ -427,7 +427,7 @@ extern "C" __global__ void m2_conv_bwd_x(const float *dcpre, const float *cw, fl
 }
 
 /* The states of up to M2_SEQ_MAX sequences, passed by value to the decode kernels; the host's
- * m2_seqs (mamba2_cuda.c) has the same layout. */
+ * hyb_ssm_seqs (plugins/common/ssm_util.h) has the same layout. */
 #define M2_SEQ_MAX 64
 struct m2_seqs {
     float *p[M2_SEQ_MAX]; /* device pointers to the decode states */

@@ -34,6 +34,7 @@
 #include "hyb/plugin.h"
 
 #include "../common/plugin_util.h"
+#include "../common/ssm_util.h"
 
 extern const hyb_host *m2_host;
 
@@ -67,17 +68,10 @@ static inline int m2_col_B(const m2 *m) { return 2 * m->Di; }
 static inline int m2_col_C(const m2 *m) { return 2 * m->Di + m->G * m->N; }
 static inline int m2_col_dt(const m2 *m) { return 2 * m->Di + 2 * m->G * m->N; }
 
-/* the first 64 bytes of `saved` (written by the forward of either device, checked by backward) */
+/* the first 64 bytes of `saved` (ssm_util.h) */
 #define M2_SAVED_MAGIC 0x3241424du /* "MBA2" */
-typedef struct m2_saved_hdr {
-    uint32_t magic;
-    int32_t B, T, chunk, nch;
-    uint8_t pad[44];
-} m2_saved_hdr;
-
-static inline int m2_n_chunks(int T, int chunk) {
-    return (T + chunk - 1) / chunk;
-}
+typedef hyb_ssm_saved_hdr m2_saved_hdr;
+#define m2_n_chunks hyb_ssm_n_chunks
 
 HYB_PL_DECLARE_KERNELS(m2);
 /* argument checks shared by the CPU and CUDA kernels (mamba2_ssd.c) */

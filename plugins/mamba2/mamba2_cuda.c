@@ -94,11 +94,7 @@ static int load(m2 *m, const hyb_backend *be, const char *op) {
     if (m->cu_be == be) return HYB_OK;
     if (!be->kernel || !be->launch)
         return unsupported(m, op, "backend %s cannot run device kernels", be->name);
-    char opt[32];
-    snprintf(opt, sizeof opt, "-DD_STATE=%d", m->N);
-    const char *opts[1] = {opt};
-    for (int k = 0; k < K_N; k++)
-        HYB_BE_TRY(be->kernel(be, CU_FILE, hyb_cu_mamba2_cu, KNAMES[k], opts, 1, &m->cu_fn[k]));
+    HYB_BE_TRY(hyb_ssm_cu_compile(be, CU_FILE, hyb_cu_mamba2_cu, KNAMES, K_N, m->N, m->cu_fn));
     m->cu_be = be;
     return HYB_OK;
 }
@@ -111,53 +107,15 @@ static int launch3(const hyb_backend *be, const m2 *m, int k, unsigned gx, unsig
 
 /* a grid-stride loop over n elements */
 static int launch_n(const hyb_backend *be, const m2 *m, int k, int64_t n, void **args) {
-    int64_t g = (n + CU_TPB - 1) / CU_TPB;
-    if (g > 8192) g = 8192;
-    return launch3(be, m, k, (unsigned)(g < 1 ? 1 : g), 1, 1, CU_TPB, 0, args);
+    return launch3(be, m, k, hyb_ssm_grid_for(n, CU_TPB), 1, 1, CU_TPB, 0, args);
 }
 
 /* threads per block over headdim rows: headdim rounded up to a warp, at most CU_TPB */
 static unsigned row_threads(int Pd) {
-    const unsigned w = ((unsigned)Pd + 31u) / 32u * 32u;
-    return w < CU_TPB ? w : CU_TPB;
+    return hyb_ssm_warp_threads(Pd, CU_TPB);
 }
 
-/* The per-sequence state pointers and "continue" flags (pos > 0) uploaded as one device block. */
-static int upload_seqs(const hyb_backend *be, void *const *states, const int32_t *pos, int n,
-                       void **blk, float ***dst, int **dcont) {
-    const size_t bytes = (size_t)n * (sizeof(void *) + sizeof(int32_t));
-    unsigned char *h = H_->alloc(bytes);
-    *blk = be->alloc(be, bytes);
-    if (!h || !*blk) {
-        H_->free(h);
-        be->free(be, *blk);
-        *blk = NULL;
-        return HYB_ERR_NOMEM;
-    }
-    for (int i = 0; i < n; i++) {
-        const int32_t c = pos && pos[i] > 0;
-        memcpy(h + (size_t)i * sizeof(void *), &states[i], sizeof(void *));
-        memcpy(h + (size_t)n * sizeof(void *) + (size_t)i * sizeof(int32_t), &c, sizeof c);
-    }
-    int rc = be->upload(be, *blk, h, bytes);
-    H_->free(h);
-    if (rc != HYB_OK) {
-        be->free(be, *blk);
-        *blk = NULL;
-        return rc;
-    }
-    *dst = (float **)*blk;
-    *dcont = (int *)((unsigned char *)*blk + (size_t)n * sizeof(void *));
-    return HYB_OK;
-}
 
-#define M2_SEQ_MAX 64
-typedef struct m2_seqs {
-    void *p[M2_SEQ_MAX];
-    int32_t cont[M2_SEQ_MAX];
-} m2_seqs;
-_Static_assert(sizeof(m2_seqs) == M2_SEQ_MAX * (sizeof(void *) + sizeof(int32_t)),
-               "m2_seqs has no padding (mamba2.cu reads the same layout)");
 
 /* ---- forward / prefill ----------------------------------------------------------------------*/
 
@@ -190,15 +148,11 @@ int m2_forward_cuda(void *self, const hyb_mixer_fwd *a) {
     int rc = work ? HYB_OK : HYB_ERR_NOMEM;
     if (rc == HYB_OK && a->saved) {
         m2_saved_hdr h;
-        memset(&h, 0, sizeof h);
-        h.magic = M2_SAVED_MAGIC;
-        h.B = B;
-        h.T = T;
-        h.chunk = chunk;
-        h.nch = nch;
+        hyb_ssm_saved_fill(&h, M2_SAVED_MAGIC, B, T, chunk, nch);
         rc = be->upload(be, a->saved, &h, sizeof h);
     }
-    if (rc == HYB_OK && a->states) rc = upload_seqs(be, a->states, a->pos, B, &seqs, &dst, &dcont);
+    if (rc == HYB_OK && a->states)
+        rc = hyb_ssm_upload_seqs(H_, be, a->states, a->pos, B, &seqs, &dst, &dcont);
     float *xbc = work, *dt = work ? work + BT * Cd : NULL, *yn = dt ? dt + BT * nh : NULL;
     if (rc == HYB_OK)
         rc = be->sgemm(be, 0, 1, (int)BT, Pin, D, 1.0f, a->x, D, P[M2_WIN], D, 0.0f, zx, Pin);
@@ -373,9 +327,9 @@ int m2_decode_cuda(void *self, const hyb_mixer_dec *a) {
     const float *cw = P[M2_CONVW], *cb = P[M2_CONVB], *dtb = P[M2_DTB], *alog = P[M2_ALOG],
                 *Dk = P[M2_DSKIP], *nw = P[M2_NORMW];
     const unsigned rt = row_threads(Pd);
-    for (int i0 = 0; rc == HYB_OK && i0 < n; i0 += M2_SEQ_MAX) {
-        const int cnt = n - i0 < M2_SEQ_MAX ? n - i0 : M2_SEQ_MAX;
-        m2_seqs sq;
+    for (int i0 = 0; rc == HYB_OK && i0 < n; i0 += HYB_SSM_SEQ_MAX) {
+        const int cnt = n - i0 < HYB_SSM_SEQ_MAX ? n - i0 : HYB_SSM_SEQ_MAX;
+        hyb_ssm_seqs sq;
         memset(&sq, 0, sizeof sq);
         for (int i = 0; i < cnt; i++) {
             sq.p[i] = a->states[i0 + i];

@@ -44,19 +44,6 @@
 #define PAR_WORK 262144.0 /* open an OpenMP region only above this many inner steps (~1 ms) */
 #define PAR_ELEM 65536.0  /* ... or this many elements of an element-wise loop with an exp */
 
-static inline float siluf_(float v) {
-    return v / (1.0f + expf(-v));
-}
-/* silu'(v) = s (1 + v (1 - s)), s = sigmoid(v) */
-static inline float dsiluf_(float v) {
-    float s = hyb_pl_sigmoid(v);
-    return s * (1.0f + v * (1.0f - s));
-}
-/* softplus' = sigmoid (hyb_pl_softplus: PyTorch's threshold 20) */
-static inline float dsoftplusf_(float v) {
-    return v > 20.0f ? 1.0f : hyb_pl_sigmoid(v);
-}
-
 size_t m2_saved_bytes(void *self, int B, int T) {
     m2 *m = self;
     const size_t BT = (size_t)B * T;
@@ -66,50 +53,15 @@ size_t m2_saved_bytes(void *self, int B, int T) {
 }
 
 int m2_check_fwd(const m2 *m, const hyb_mixer_fwd *a) {
-    const int B = a->B, T = a->T;
-    if (B <= 0 || T <= 0)
-        return H_->error(HYB_ERR_ARG, "mamba2 (layer %d): forward with B = %d, T = %d", m->layer, B,
-                         T);
-    for (int b = 0; b < B; b++) {
-        int p0 = a->pos ? a->pos[b] : 0;
-        if (p0 < 0 || (p0 > 0 && !a->states))
-            return H_->error(HYB_ERR_ARG, "mamba2 (layer %d): forward with pos[%d] = %d %s",
-                             m->layer, b, p0,
-                             p0 < 0 ? "(negative)" : "but no states to continue from");
-        if (a->states && (int64_t)p0 + T > a->max_ctx)
-            return H_->error(HYB_ERR_ARG,
-                             "mamba2 (layer %d): sequence %d: pos %d + T %d exceeds the state "
-                             "capacity max_ctx = %d",
-                             m->layer, b, p0, T, a->max_ctx);
-        if (p0 > 0 && a->saved)
-            return H_->error(HYB_ERR_UNSUPPORTED,
-                             "mamba2 (layer %d): backward through a continued prefill (pos[%d] = "
-                             "%d > 0) is not supported; train on whole sequences",
-                             m->layer, b, p0);
-    }
-    return HYB_OK;
+    return hyb_ssm_check_fwd(H_, "mamba2", m->layer, a);
 }
 
 int m2_check_dec(const m2 *m, const hyb_mixer_dec *a) {
-    const int n = a->n;
-    if (n <= 0) return H_->error(HYB_ERR_ARG, "mamba2 (layer %d): decode with n = %d", m->layer, n);
-    for (int i = 0; i < n; i++)
-        if (a->pos[i] < 0 || a->pos[i] >= a->max_ctx)
-            return H_->error(HYB_ERR_ARG,
-                             "mamba2 (layer %d): decode sequence %d at pos %d: the state is "
-                             "sized for max_ctx = %d tokens",
-                             m->layer, i, a->pos[i], a->max_ctx);
-    return HYB_OK;
+    return hyb_ssm_check_dec(H_, "mamba2", m->layer, a);
 }
 
 int m2_check_saved(const m2 *m, const m2_saved_hdr *h, int B, int T) {
-    if (!h || h->magic != M2_SAVED_MAGIC || h->B != B || h->T != T || h->chunk < 1 ||
-        h->nch != m2_n_chunks(T, h->chunk))
-        return H_->error(HYB_ERR_ARG,
-                         "mamba2 (layer %d): backward [B=%d, T=%d] without a matching saved "
-                         "forward",
-                         m->layer, B, T);
-    return HYB_OK;
+    return hyb_ssm_check_saved(H_, "mamba2", m->layer, h, M2_SAVED_MAGIC, B, T);
 }
 
 /* The chunked SSD of one (sequence, head) over T steps: x [T] rows of stride ldx (the head's Pd
@@ -302,7 +254,7 @@ static void gate_norm_row(const m2 *m, const float *ys, const float *z, const fl
     for (int g = 0; g < m->G; g++) {
         float ss = 0.0f;
         for (int c = g * gs; c < (g + 1) * gs; c++) {
-            const float v = ys[c] * siluf_(z[c]);
+            const float v = ys[c] * hyb_ssm_silu(z[c]);
             yn[c] = v;
             ss += v * v;
         }
@@ -331,12 +283,7 @@ int m2_forward(void *self, const hyb_mixer_fwd *a) {
     void *tmp = NULL;
     if (a->saved) {
         m2_saved_hdr *h = a->saved;
-        memset(h, 0, sizeof *h);
-        h->magic = M2_SAVED_MAGIC;
-        h->B = B;
-        h->T = T;
-        h->chunk = Q;
-        h->nch = nch;
+        hyb_ssm_saved_fill(h, M2_SAVED_MAGIC, B, T, Q, nch);
         zx = (float *)(h + 1);
     } else {
         tmp = be->alloc(be, nsv * sizeof(float));
@@ -360,14 +307,8 @@ int m2_forward(void *self, const hyb_mixer_fwd *a) {
           *thr = hist + (size_t)B * Cd * K;
     int rc = be->sgemm(be, 0, 1, (int)BT, Pin, D, 1.0f, a->x, D, P[M2_WIN], D, 0.0f, zx, Pin);
 
-    for (int b = 0; b < B; b++) { /* the previous K raw conv inputs (zeros at the start) */
-        const int p0 = a->pos ? a->pos[b] : 0;
-        if (p0 > 0)
-            memcpy(hist + (size_t)b * Cd * K, (const float *)a->states[b] + (size_t)Di * N,
-                   (size_t)Cd * K * sizeof(float));
-        else
-            memset(hist + (size_t)b * Cd * K, 0, (size_t)Cd * K * sizeof(float));
-    }
+    /* the previous K raw conv inputs (zeros at the start) */
+    hyb_ssm_conv_hist(hist, B, Cd, K, a->pos, a->states, (size_t)Di * N);
 
     /* conv + silu, softplus */
     const float *cw = P[M2_CONVW], *cb = P[M2_CONVB], *dtb = P[M2_DTB];
@@ -377,15 +318,11 @@ int m2_forward(void *self, const hyb_mixer_fwd *a) {
         const int b = (int)(r / T), t = (int)(r % T);
         const float *hs = hist + (size_t)b * Cd * K;
         for (int c = 0; c < Cd; c++) {
-            float acc = cb[c];
-            for (int k = 0; k < K; k++) {
-                const int j = t - (K - 1) + k; /* source time */
-                const float v =
-                    j >= 0 ? zx[((size_t)b * T + j) * Pin + cx + c] : hs[(size_t)c * K + K + j];
-                acc += cw[(size_t)c * K + k] * v;
-            }
+            const float acc = hyb_ssm_conv_at(cw + (size_t)c * K, cb[c], K, t,
+                                              zx + (size_t)b * T * Pin + cx + c, (size_t)Pin,
+                                              hs + (size_t)c * K);
             cpre[(size_t)r * Cd + c] = acc;
-            xbc[(size_t)r * Cd + c] = siluf_(acc);
+            xbc[(size_t)r * Cd + c] = hyb_ssm_silu(acc);
         }
         for (int h = 0; h < nh; h++)
             dt[(size_t)r * nh + h] = hyb_pl_softplus(zx[(size_t)r * Pin + cdt + h] + dtb[h]);
@@ -426,11 +363,8 @@ int m2_forward(void *self, const hyb_mixer_fwd *a) {
             float *cs = (float *)a->states[b] + (size_t)Di * N;
             const float *hs = hist + (size_t)b * Cd * K;
             for (int c = 0; c < Cd; c++)
-                for (int k = 0; k < K; k++) {
-                    const int j = T - K + k;
-                    cs[(size_t)c * K + k] = j >= 0 ? zx[((size_t)b * T + j) * Pin + cx + c]
-                                                   : hs[(size_t)c * K + K + j];
-                }
+                hyb_ssm_conv_window(cs + (size_t)c * K, K, T, zx + (size_t)b * T * Pin + cx + c,
+                                    (size_t)Pin, hs + (size_t)c * K);
         }
     be->free(be, work);
     be->free(be, tmp);
@@ -474,12 +408,13 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
     for (long rl = 0; rl < (long)BT; rl++) {
         const size_t r = (size_t)rl;
         for (int c = 0; c < Cd; c++)
-            xbc[r * Cd + c] = siluf_(cpre[r * Cd + c]);
+            xbc[r * Cd + c] = hyb_ssm_silu(cpre[r * Cd + c]);
         for (int h = 0; h < nh; h++)
             dt[r * nh + h] = hyb_pl_softplus(zx[r * Pin + cdt + h] + dtb[h]);
         /* yn from the saved rstd */
         for (int c = 0; c < Di; c++)
-            yn[r * Di + c] = ys[r * Di + c] * siluf_(zx[r * Pin + c]) * rstd[r * G + c / gs] * nw[c];
+            yn[r * Di + c] =
+                ys[r * Di + c] * hyb_ssm_silu(zx[r * Pin + c]) * rstd[r * G + c / gs] * nw[c];
     }
     /* out_proj */
     int rc = be->sgemm(be, 1, 0, D, Di, (int)BT, 1.0f, a->dy, D, yn, Di, 1.0f, Gr[M2_WOUT], Di);
@@ -496,7 +431,7 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
             const float rr = rstd[r * G + g];
             float s = 0.0f;
             for (int c = g * gs; c < (g + 1) * gs; c++) {
-                const float sz = siluf_(zr[c]);
+                const float sz = hyb_ssm_silu(zr[c]);
                 s += nw[c] * dr[c] * yr[c] * sz;
                 dys[r * Di + c] = sz;
             }
@@ -506,7 +441,7 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
                 gvr[r * Cd + c] = gv * rr;
                 const float dg = rr * (nw[c] * dr[c] - gv * rr * rr * s);
                 dys[r * Di + c] = dg * sz;
-                dzx[r * Pin + c] = dg * yr[c] * dsiluf_(zr[c]);
+                dzx[r * Pin + c] = dg * yr[c] * hyb_ssm_dsilu(zr[c]);
             }
         }
     }
@@ -554,7 +489,8 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
             }
         }
         for (int h = 0; h < nh; h++)
-            dzx[r * Pin + cdt + h] = ddt[r * nh + h] * dsoftplusf_(zx[r * Pin + cdt + h] + dtb[h]);
+            dzx[r * Pin + cdt + h] =
+                ddt[r * nh + h] * hyb_ssm_dsoftplus(zx[r * Pin + cdt + h] + dtb[h]);
     }
     for (int h = 0; h < nh; h++) { /* rows in order */
         float acc = 0.0f;
@@ -578,28 +514,11 @@ int m2_backward(void *self, const hyb_mixer_bwd *a) {
     float *gcw = Gr[M2_CONVW], *gcb = Gr[M2_CONVB];
 #pragma omp parallel for schedule(static) if ((double)BT * Cd > PAR_ELEM)
     for (long i = 0; i < (long)(BT * Cd); i++)
-        dxbc[i] *= dsiluf_(cpre[i]);
+        dxbc[i] *= hyb_ssm_dsilu(cpre[i]);
 #pragma omp parallel for schedule(static) if (rc == HYB_OK && (double)BT * Cd * K > PAR_WORK)
-    for (int c = 0; c < Cd; c++) {
-        float gbias = 0.0f, gw[64];
-        memset(gw, 0, sizeof gw);
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++) {
-                const size_t r = (size_t)b * T + t;
-                const float gc = dxbc[r * Cd + c];
-                gbias += gc;
-                for (int k = 0; k < K; k++) {
-                    const int j = t - (K - 1) + k;
-                    if (j < 0) continue; /* zero history in training */
-                    const size_t rj = (size_t)b * T + j;
-                    gw[k] += gc * zx[rj * Pin + cx + c];
-                    dzx[rj * Pin + cx + c] += gc * cw[(size_t)c * K + k];
-                }
-            }
-        gcb[c] += gbias;
-        for (int k = 0; k < K; k++)
-            gcw[(size_t)c * K + k] += gw[k];
-    }
+    for (int c = 0; c < Cd; c++)
+        hyb_ssm_conv_bwd(B, T, K, dxbc + c, (size_t)Cd, zx + cx + c, dzx + cx + c, (size_t)Pin,
+                         cw + (size_t)c * K, gcw + (size_t)c * K, gcb + c);
     /* in_proj */
     if (rc == HYB_OK)
         rc = be->sgemm(be, 1, 0, Pin, D, (int)BT, 1.0f, dzx, Pin, a->x, D, 1.0f, Gr[M2_WIN], D);
@@ -635,13 +554,9 @@ int m2_decode(void *self, const hyb_mixer_dec *a) {
         const float *zr = zx + (size_t)i * Pin;
         float *xr = xbc + (size_t)i * Cd;
         for (int c = 0; c < Cd; c++) {
-            float *w = cs + (size_t)c * K;
-            memmove(w, w + 1, (size_t)(K - 1) * sizeof(float));
-            w[K - 1] = zr[cx + c];
-            float acc = cb[c];
-            for (int k = 0; k < K; k++)
-                acc += cw[(size_t)c * K + k] * w[k];
-            xr[c] = siluf_(acc);
+            const float acc =
+                hyb_ssm_conv_step(cs + (size_t)c * K, K, zr[cx + c], cw + (size_t)c * K, cb[c]);
+            xr[c] = hyb_ssm_silu(acc);
         }
         for (int h = 0; h < nh; h++) {
             const int g = h / m->hpg;
