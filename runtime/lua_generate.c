@@ -458,12 +458,10 @@ static int m_apply_chat_template(lua_State *L) {
     }
     cJSON_AddItemToObject(ctx, "messages", msgs);
     for (int k = 0; k < 2; k++) {
-        int32_t id = k ? hyb_tokenizer_eos_id(l->tok) : hyb_tokenizer_bos_id(l->tok);
-        size_t len = 0;
-        const char *p = id >= 0 ? hyb_tokenizer_token_to_piece(l->tok, id, &len) : NULL;
-        char buf[256];
-        snprintf(buf, sizeof buf, "%.*s", p ? (int)(len < 255 ? len : 255) : 0, p ? p : "");
-        cJSON_AddStringToObject(ctx, k ? "eos_token" : "bos_token", buf);
+        char *t = hyb_tokenizer_special_text(
+            l->tok, k ? hyb_tokenizer_eos_id(l->tok) : hyb_tokenizer_bos_id(l->tok));
+        cJSON_AddStringToObject(ctx, k ? "eos_token" : "bos_token", t ? t : "");
+        free(t);
     }
     if (lua_istable(L, 3)) {
         lua_pushnil(L);

@@ -653,8 +653,8 @@ static int chat_prompt(srv *s, const cJSON *msgs, buf *out, apierr *e) {
         cJSON_AddItemToObject(ctx, "messages", tmsgs);
         tmsgs = NULL;
         cJSON_AddTrueToObject(ctx, "add_generation_prompt");
-        cJSON_AddStringToObject(ctx, "bos_token", s->bos_text ? s->bos_text : "");
-        cJSON_AddStringToObject(ctx, "eos_token", s->eos_text ? s->eos_text : "");
+        cJSON_AddStringToObject(ctx, "bos_token", s->bos_text);
+        cJSON_AddStringToObject(ctx, "eos_token", s->eos_text);
         ctx_json = cJSON_PrintUnformatted(ctx);
     }
     cJSON_Delete(ctx);
@@ -1641,14 +1641,9 @@ static int load(srv *s) {
     if (!s->chat_template) s->chat_template = strdup(hyb_chat_template_chatml());
     if (!s->chat_template) return hyb_error_set(HYB_ERR_NOMEM, "serve: out of memory");
     s->chatml_stop = strstr(s->chat_template, "<|im_end|>") != NULL;
-    for (int k = 0; k < 2; k++) {
-        int32_t id = k ? hyb_tokenizer_eos_id(s->tok) : hyb_tokenizer_bos_id(s->tok);
-        size_t len = 0;
-        const char *p = id >= 0 ? hyb_tokenizer_token_to_piece(s->tok, id, &len) : NULL;
-        char *t = p ? malloc(len + 1) : NULL;
-        if (t) memcpy(t, p, len), t[len] = 0;
-        *(k ? &s->eos_text : &s->bos_text) = t;
-    }
+    s->bos_text = hyb_tokenizer_special_text(s->tok, hyb_tokenizer_bos_id(s->tok));
+    s->eos_text = hyb_tokenizer_special_text(s->tok, hyb_tokenizer_eos_id(s->tok));
+    if (!s->bos_text || !s->eos_text) return hyb_error_set(HYB_ERR_NOMEM, "serve: out of memory");
     if (be && hyb_model_to_device(s->m, be) != HYB_OK) return HYB_ERR_ARG;
     int max_seq = s->m->map->max_seq;
     s->max_ctx = c->max_ctx ? c->max_ctx : (max_seq < 2048 ? max_seq : 2048);

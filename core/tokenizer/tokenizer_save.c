@@ -436,3 +436,15 @@ char *hyb_tokenizer_chat_template(const char *path) {
     free(buf);
     return out;
 }
+
+char *hyb_tokenizer_special_text(const hyb_tokenizer *tok, int32_t id) {
+    size_t len = 0;
+    const char *p = id >= 0 ? hyb_tokenizer_token_to_piece(tok, id, &len) : NULL;
+    if (!p) len = 0;
+    char *t = malloc(len + 1);
+    if (t) {
+        if (len) memcpy(t, p, len);
+        t[len] = 0;
+    }
+    return t;
+}

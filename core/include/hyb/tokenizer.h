@@ -122,6 +122,10 @@ int hyb_tokenizer_save_hf(const hyb_tokenizer *tok, const char *dir, const char 
  * or NULL when there is none. */
 char *hyb_tokenizer_chat_template(const char *path);
 
+/* The text of token `id` (e.g. the bos/eos a chat template names as bos_token/eos_token),
+ * malloc'ed; "" for id < 0 or an id the tokenizer lacks. NULL only when out of memory. */
+char *hyb_tokenizer_special_text(const hyb_tokenizer *tok, int32_t id);
+
 /* Render a chat template, the Jinja2 source models ship (core/tokenizer/chat_template.c,
  * docs/CHAT_TEMPLATES.md), as HF's apply_chat_template does: trim_blocks, lstrip_blocks, break/
  * continue, raise_exception(), strftime_now(), namespace(), a tojson that keeps key order.
